@@ -1,0 +1,55 @@
+/* backend_cpu.c — the CPU backend's function table. */
+#include "tensor/cpu/cpu.h"
+
+#include <omp.h>
+#include <stdlib.h>
+
+static void *cpu_raw_alloc(size_t bytes)
+{
+    /* 64-byte alignment: full cache lines and AVX-512 loads */
+    void *p = NULL;
+    return posix_memalign(&p, 64, bytes) == 0 ? p : NULL;
+}
+
+static void cpu_raw_free(void *p) { free(p); }
+
+const struct backend backend_cpu = {
+    .name = "cpu",
+    .device = DEVICE_CPU,
+    .raw_alloc = cpu_raw_alloc,
+    .raw_free = cpu_raw_free,
+    .copy = cpu_copy,
+    .fill = cpu_fill,
+    .unary = cpu_unary,
+    .unary_backward = cpu_unary_backward,
+    .binary = cpu_binary,
+    .where = cpu_where,
+    .reduce = cpu_reduce,
+    .matmul = cpu_matmul,
+    .conv2d = cpu_conv2d,
+    .conv2d_backward_input = cpu_conv2d_backward_input,
+    .conv2d_backward_weight = cpu_conv2d_backward_weight,
+    .softmax = cpu_softmax,
+    .softmax_backward = cpu_softmax_backward,
+    .layer_norm = cpu_layer_norm,
+    .layer_norm_backward = cpu_layer_norm_backward,
+    .group_norm = cpu_group_norm,
+    .group_norm_backward = cpu_group_norm_backward,
+    .attention = cpu_attention,
+    .attention_backward = cpu_attention_backward,
+    .resize = cpu_resize,
+    .resize_backward = cpu_resize_backward,
+    .avg_pool2d = cpu_avg_pool2d,
+    .avg_pool2d_backward = cpu_avg_pool2d_backward,
+    .embedding = cpu_embedding,
+    .embedding_backward = cpu_embedding_backward,
+    .random = cpu_random,
+};
+
+void tensor_set_num_threads(int n)
+{
+    if (n < 1) n = 1;
+    omp_set_num_threads(n);
+}
+
+int tensor_num_threads(void) { return omp_get_max_threads(); }

@@ -1,0 +1,122 @@
+/* cpu.h — shared helpers of the CPU kernels: a strided multi-operand iterator and the
+ * kernel entry points that backend_cpu.c puts in the table. */
+#ifndef TENSOR_CPU_H
+#define TENSOR_CPU_H
+
+#include "tensor/backend.h"
+
+#include <stdint.h>
+#include <string.h>
+
+/* Below this many elements a loop runs on one thread: spawning costs more than it saves. */
+#define CPU_PAR_MIN 32768
+
+/* Iterates up to 4 same-shape operands. Dims of size 1 are dropped and neighbouring dims
+ * that are contiguous in every operand are merged, so a contiguous tensor becomes one dim
+ * and the inner loop is as long as possible. Offsets and strides are in elements. */
+struct cpu_iter {
+    int nops, ndim;
+    int64_t shape[TENSOR_MAX_DIMS];
+    int64_t stride[4][TENSOR_MAX_DIMS];
+    int64_t base[4];
+    int64_t inner, outer;          /* inner = shape[ndim-1]; outer = product of the rest */
+    int64_t inner_stride[4];
+};
+
+static inline void cpu_iter_init(struct cpu_iter *it, int nops, const struct tensor *const *ts)
+{
+    const struct tensor *t0 = ts[0];
+    it->nops = nops;
+    it->ndim = 0;
+    for (int k = 0; k < nops; k++) it->base[k] = ts[k]->offset;
+    for (int d = 0; d < t0->ndim; d++) {
+        if (t0->shape[d] == 1) continue;
+        int nd = it->ndim;
+        bool merge = nd > 0;
+        for (int k = 0; k < nops && merge; k++)
+            merge = it->stride[k][nd - 1] == ts[k]->stride[d] * t0->shape[d];
+        if (merge) {
+            it->shape[nd - 1] *= t0->shape[d];
+            for (int k = 0; k < nops; k++) it->stride[k][nd - 1] = ts[k]->stride[d];
+        } else {
+            it->shape[nd] = t0->shape[d];
+            for (int k = 0; k < nops; k++) it->stride[k][nd] = ts[k]->stride[d];
+            it->ndim++;
+        }
+    }
+    if (it->ndim == 0) {   /* a scalar, or all dims of size 1 */
+        it->ndim = 1;
+        it->shape[0] = 1;
+        for (int k = 0; k < nops; k++) it->stride[k][0] = 1;
+    }
+    for (int d = 0; d < t0->ndim; d++)
+        if (t0->shape[d] == 0) it->shape[0] = 0;
+    it->inner = it->shape[it->ndim - 1];
+    it->outer = 1;
+    for (int d = 0; d < it->ndim - 1; d++) it->outer *= it->shape[d];
+    for (int k = 0; k < nops; k++) it->inner_stride[k] = it->stride[k][it->ndim - 1];
+}
+
+/* element offsets of the start of inner row `o` */
+static inline void cpu_iter_offsets(const struct cpu_iter *it, int64_t o, int64_t *off)
+{
+    for (int k = 0; k < it->nops; k++) off[k] = it->base[k];
+    for (int d = it->ndim - 2; d >= 0; d--) {
+        int64_t i = o % it->shape[d];
+        o /= it->shape[d];
+        for (int k = 0; k < it->nops; k++) off[k] += i * it->stride[k][d];
+    }
+}
+
+#define CPU_PTR(T, t) ((T *)(t)->storage->data)
+
+/* kernels (one file each family) */
+enum status cpu_copy(struct tensor *dst, const struct tensor *src);
+enum status cpu_fill(struct tensor *dst, double value);
+enum status cpu_unary(enum unary_op op, struct tensor *out, const struct tensor *a, const double *p);
+enum status cpu_unary_backward(enum unary_op op, struct tensor *dx, const struct tensor *dy,
+                               const struct tensor *x, const struct tensor *y, const double *p);
+enum status cpu_binary(enum binary_op op, struct tensor *out, const struct tensor *a, const struct tensor *b);
+enum status cpu_where(struct tensor *out, const struct tensor *cond, const struct tensor *a, const struct tensor *b);
+enum status cpu_reduce(enum reduce_op op, struct tensor *out, const struct tensor *a);
+enum status cpu_matmul(struct tensor *out, const struct tensor *a, const struct tensor *b, double alpha, double beta);
+enum status cpu_softmax(struct tensor *out, const struct tensor *x, bool log);
+enum status cpu_softmax_backward(struct tensor *dx, const struct tensor *dy, const struct tensor *y, bool log);
+enum status cpu_embedding(struct tensor *out, const struct tensor *weight, const struct tensor *ids);
+enum status cpu_embedding_backward(struct tensor *dweight, const struct tensor *dy, const struct tensor *ids);
+enum status cpu_conv2d(struct tensor *out, const struct tensor *x, const struct tensor *w,
+                       const struct tensor *bias, const struct conv2d_params *p);
+enum status cpu_conv2d_backward_input(struct tensor *dx, const struct tensor *dy, const struct tensor *w,
+                                      const struct conv2d_params *p);
+enum status cpu_conv2d_backward_weight(struct tensor *dw, struct tensor *db, const struct tensor *dy,
+                                       const struct tensor *x, const struct conv2d_params *p);
+enum status cpu_layer_norm(struct tensor *out, struct tensor *mean, struct tensor *rstd, const struct tensor *x,
+                           const struct tensor *w, const struct tensor *b, double eps);
+enum status cpu_layer_norm_backward(struct tensor *dx, struct tensor *dw, struct tensor *db, const struct tensor *dy,
+                                    const struct tensor *x, const struct tensor *w, const struct tensor *mean,
+                                    const struct tensor *rstd);
+enum status cpu_group_norm(struct tensor *out, struct tensor *mean, struct tensor *rstd, const struct tensor *x,
+                           const struct tensor *w, const struct tensor *b, int groups, double eps);
+enum status cpu_group_norm_backward(struct tensor *dx, struct tensor *dw, struct tensor *db, const struct tensor *dy,
+                                    const struct tensor *x, const struct tensor *w, const struct tensor *mean,
+                                    const struct tensor *rstd, int groups);
+enum status cpu_attention(struct tensor *out, struct tensor *lse, const struct tensor *q, const struct tensor *k,
+                          const struct tensor *v, double scale, bool causal);
+enum status cpu_attention_backward(struct tensor *dq, struct tensor *dk, struct tensor *dv, const struct tensor *dout,
+                                   const struct tensor *q, const struct tensor *k, const struct tensor *v,
+                                   const struct tensor *out, const struct tensor *lse, double scale, bool causal);
+enum status cpu_resize(struct tensor *out, const struct tensor *x, enum resize_mode mode, bool align_corners);
+enum status cpu_resize_backward(struct tensor *dx, const struct tensor *dy, enum resize_mode mode, bool align_corners);
+enum status cpu_avg_pool2d(struct tensor *out, const struct tensor *x, const struct pool2d_params *p);
+enum status cpu_avg_pool2d_backward(struct tensor *dx, const struct tensor *dy, const struct pool2d_params *p);
+enum status cpu_random(struct tensor *out, uint64_t seed, uint64_t offset, bool normal);
+
+/* dtype guard used by float kernels */
+static inline enum status cpu_need_float(const struct tensor *t, const char *op)
+{
+    if (t->dtype == DTYPE_F32 || t->dtype == DTYPE_F64) return STATUS_OK;
+    return tensor_fail(STATUS_DTYPE, "%s: dtype %s is not supported on the CPU (use f32 or f64; "
+                       "f16/bf16 are storage types: convert with tensor_to_dtype)", op, dtype_name(t->dtype));
+}
+
+#endif

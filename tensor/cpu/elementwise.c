@@ -1,0 +1,139 @@
+/* elementwise.c — copy, fill, unary, binary and where on the CPU, any strides. */
+#include "tensor/cpu/cpu.h"
+
+#include <tgmath.h>
+
+#define T float
+#define SUF f32
+#include "tensor/cpu/elementwise_impl.h"
+#undef T
+#undef SUF
+#define T double
+#define SUF f64
+#include "tensor/cpu/elementwise_impl.h"
+#undef T
+#undef SUF
+
+static enum status same_dtype(const struct tensor *a, const struct tensor *b, const char *op)
+{
+    if (a->dtype == b->dtype) return STATUS_OK;
+    return tensor_fail(STATUS_DTYPE, "%s: dtype mismatch (%s vs %s)", op, dtype_name(a->dtype), dtype_name(b->dtype));
+}
+
+enum status cpu_unary(enum unary_op op, struct tensor *out, const struct tensor *a, const double *p)
+{
+    enum status s;
+    if ((s = cpu_need_float(a, "unary")) || (s = same_dtype(out, a, "unary"))) return s;
+    if (a->dtype == DTYPE_F32) unary_run_f32(op, out, a, p);
+    else unary_run_f64(op, out, a, p);
+    return STATUS_OK;
+}
+
+enum status cpu_unary_backward(enum unary_op op, struct tensor *dx, const struct tensor *dy, const struct tensor *x,
+                               const struct tensor *y, const double *p)
+{
+    enum status s;
+    if ((s = cpu_need_float(dy, "unary_backward")) || (s = same_dtype(dx, dy, "unary_backward"))) return s;
+    if (dy->dtype == DTYPE_F32) unary_bwd_run_f32(op, dx, dy, x, y, p);
+    else unary_bwd_run_f64(op, dx, dy, x, y, p);
+    return STATUS_OK;
+}
+
+enum status cpu_binary(enum binary_op op, struct tensor *out, const struct tensor *a, const struct tensor *b)
+{
+    enum status s;
+    if ((s = cpu_need_float(a, "binary")) || (s = same_dtype(a, b, "binary")) || (s = same_dtype(out, a, "binary")))
+        return s;
+    if (a->dtype == DTYPE_F32) binary_run_f32(op, out, a, b);
+    else binary_run_f64(op, out, a, b);
+    return STATUS_OK;
+}
+
+enum status cpu_where(struct tensor *out, const struct tensor *cond, const struct tensor *a, const struct tensor *b)
+{
+    enum status s;
+    if ((s = cpu_need_float(a, "where")) || (s = same_dtype(a, b, "where")) || (s = same_dtype(out, a, "where")) ||
+        (s = same_dtype(cond, a, "where")))
+        return s;
+    if (a->dtype == DTYPE_F32) where_run_f32(out, cond, a, b);
+    else where_run_f64(out, cond, a, b);
+    return STATUS_OK;
+}
+
+/* ---- copy with dtype conversion: a load and a store per dtype, rows in parallel */
+
+static inline double load_as_double(const char *base, enum dtype dt, int64_t i)
+{
+    switch (dt) {
+    case DTYPE_F32: return ((const float *)base)[i];
+    case DTYPE_F64: return ((const double *)base)[i];
+    case DTYPE_F16: return f16_to_f32(((const uint16_t *)base)[i]);
+    case DTYPE_BF16: return bf16_to_f32(((const uint16_t *)base)[i]);
+    case DTYPE_I32: return ((const int32_t *)base)[i];
+    case DTYPE_I64: return (double)((const int64_t *)base)[i];
+    default: return 0;
+    }
+}
+
+static inline void store_double(char *base, enum dtype dt, int64_t i, double v)
+{
+    switch (dt) {
+    case DTYPE_F32: ((float *)base)[i] = (float)v; break;
+    case DTYPE_F64: ((double *)base)[i] = v; break;
+    case DTYPE_F16: ((uint16_t *)base)[i] = f32_to_f16((float)v); break;
+    case DTYPE_BF16: ((uint16_t *)base)[i] = f32_to_bf16((float)v); break;
+    case DTYPE_I32: ((int32_t *)base)[i] = (int32_t)v; break;
+    case DTYPE_I64: ((int64_t *)base)[i] = (int64_t)v; break;
+    default: break;
+    }
+}
+
+enum status cpu_copy(struct tensor *dst, const struct tensor *src)
+{
+    struct cpu_iter it;
+    const struct tensor *ts[2] = {dst, src};
+    cpu_iter_init(&it, 2, ts);
+    char *pd = dst->storage->data;
+    const char *ps = src->storage->data;
+    const size_t esz = dtype_size(dst->dtype);
+    const bool same = dst->dtype == src->dtype;
+    /* i64 -> i64 must not round-trip through double */
+    const bool raw = same && (it.inner_stride[0] == 1 && it.inner_stride[1] == 1);
+#pragma omp parallel for schedule(static) if (it.outer * it.inner >= CPU_PAR_MIN && it.outer > 1)
+    for (int64_t o = 0; o < it.outer; o++) {
+        int64_t off[4];
+        cpu_iter_offsets(&it, o, off);
+        if (raw) {
+            memmove(pd + off[0] * (int64_t)esz, ps + off[1] * (int64_t)esz, (size_t)it.inner * esz);
+        } else if (same && esz == 8) {
+            for (int64_t i = 0; i < it.inner; i++)
+                ((int64_t *)pd)[off[0] + i * it.inner_stride[0]] = ((const int64_t *)ps)[off[1] + i * it.inner_stride[1]];
+        } else if (same && esz == 4) {
+            for (int64_t i = 0; i < it.inner; i++)
+                ((int32_t *)pd)[off[0] + i * it.inner_stride[0]] = ((const int32_t *)ps)[off[1] + i * it.inner_stride[1]];
+        } else if (same && esz == 2) {
+            for (int64_t i = 0; i < it.inner; i++)
+                ((uint16_t *)pd)[off[0] + i * it.inner_stride[0]] = ((const uint16_t *)ps)[off[1] + i * it.inner_stride[1]];
+        } else {
+            for (int64_t i = 0; i < it.inner; i++)
+                store_double(pd, dst->dtype, off[0] + i * it.inner_stride[0],
+                             load_as_double(ps, src->dtype, off[1] + i * it.inner_stride[1]));
+        }
+    }
+    return STATUS_OK;
+}
+
+enum status cpu_fill(struct tensor *dst, double value)
+{
+    struct cpu_iter it;
+    const struct tensor *ts[1] = {dst};
+    cpu_iter_init(&it, 1, ts);
+    char *pd = dst->storage->data;
+#pragma omp parallel for schedule(static) if (it.outer * it.inner >= CPU_PAR_MIN && it.outer > 1)
+    for (int64_t o = 0; o < it.outer; o++) {
+        int64_t off[4];
+        cpu_iter_offsets(&it, o, off);
+        for (int64_t i = 0; i < it.inner; i++) store_double(pd, dst->dtype, off[0] + i * it.inner_stride[0], value);
+    }
+    return STATUS_OK;
+}

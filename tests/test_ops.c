@@ -1,0 +1,448 @@
+/* test_ops.c — gradient checks and reference checks of the core ops: elementwise,
+ * broadcasting, reductions, views, matmul, linear, softmax, embedding, losses, dropout. */
+#include "tests/harness.h"
+
+#include <math.h>
+#include <string.h>
+
+/* ---------------------------------------------------------------- unary */
+
+struct unary_case {
+    const char *name;
+    enum unary_op op;
+    double p[2];
+    double lo, hi;     /* input range (log/sqrt need positive inputs) */
+    double kink;       /* keep inputs at least 1e-2 away from this point (NAN = none) */
+};
+
+static const struct unary_case unary_cases[] = {
+    {"neg", UNARY_NEG, {0}, -2, 2, NAN},          {"abs", UNARY_ABS, {0}, -2, 2, 0},
+    {"exp", UNARY_EXP, {0}, -2, 2, NAN},          {"log", UNARY_LOG, {0}, 0.2, 3, NAN},
+    {"sqrt", UNARY_SQRT, {0}, 0.2, 3, NAN},       {"rsqrt", UNARY_RSQRT, {0}, 0.2, 3, NAN},
+    {"sin", UNARY_SIN, {0}, -3, 3, NAN},          {"cos", UNARY_COS, {0}, -3, 3, NAN},
+    {"tanh", UNARY_TANH, {0}, -2, 2, NAN},        {"sigmoid", UNARY_SIGMOID, {0}, -3, 3, NAN},
+    {"silu", UNARY_SILU, {0}, -3, 3, NAN},        {"relu", UNARY_RELU, {0}, -2, 2, 0},
+    {"gelu", UNARY_GELU, {0}, -3, 3, NAN},        {"gelu_tanh", UNARY_GELU_TANH, {0}, -3, 3, NAN},
+    {"quick_gelu", UNARY_QUICK_GELU, {0}, -3, 3, NAN},
+    {"pow[p=2.5]", UNARY_POW, {2.5, 0}, 0.2, 2, NAN}, {"pow[p=-1.5]", UNARY_POW, {-1.5, 0}, 0.3, 2, NAN},
+    {"clamp[-0.5,0.7]", UNARY_CLAMP, {-0.5, 0.7}, -2, 2, -0.5},
+    {"square", UNARY_SQUARE, {0}, -2, 2, NAN},    {"reciprocal", UNARY_RECIPROCAL, {0}, 0.3, 2, NAN},
+    {"affine[2,-1]", UNARY_AFFINE, {2, -1}, -2, 2, NAN},
+};
+
+static struct tensor *f_unary(struct tensor *const *in, void *ctx)
+{
+    const struct unary_case *c = ctx;
+    return ag_unary(c->op, in[0], c->p);
+}
+
+static void push_from_kink(struct tensor *x, double kink, double kink2)
+{
+    for (int64_t i = 0; i < tensor_numel(x); i++) {
+        double v = tensor_get_flat(x, i);
+        if (kink == kink && fabs(v - kink) < 1e-2) tensor_set_flat(x, i, kink + (v < kink ? -2e-2 : 2e-2));
+        if (kink2 == kink2 && fabs(v - kink2) < 1e-2) tensor_set_flat(x, i, kink2 + (v < kink2 ? -2e-2 : 2e-2));
+    }
+}
+
+START_TEST(test_unary)
+{
+    LEAK_CHECK_BEGIN();
+    const struct unary_case *c = &unary_cases[_i];
+    for (int nc = 0; nc < 2; nc++) {
+        tensor_scope_begin();
+        struct tensor *x = test_uniform(DTYPE_F64, TENSOR_SHAPE(3, 5), c->lo, c->hi);
+        push_from_kink(x, c->kink, c->op == UNARY_CLAMP ? c->p[1] : NAN);
+        if (nc) x = test_noncontig(x);
+        char label[96];
+        snprintf(label, sizeof label, "%s%s", c->name, nc ? "[noncontig]" : "");
+        ck_assert(gradcheck(label, f_unary, (void *)c, 1, &x, NULL));
+        tensor_scope_end();
+    }
+    LEAK_CHECK_END();
+}
+END_TEST
+
+/* forward values against libm in double */
+START_TEST(test_unary_values)
+{
+    LEAK_CHECK_BEGIN();
+    tensor_scope_begin();
+    struct tensor *x = test_uniform(DTYPE_F64, TENSOR_SHAPE(64), 0.1, 2);
+    struct tensor *y = ag_gelu(x), *t = ag_tanh(x), *q = ag_quick_gelu(x), *gt = ag_gelu_tanh(x);
+    for (int64_t i = 0; i < 64; i++) {
+        double v = tensor_get_flat(x, i);
+        ck_assert_double_eq_tol(tensor_get_flat(y, i), 0.5 * v * (1 + erf(v / sqrt(2))), 1e-15);
+        ck_assert_double_eq_tol(tensor_get_flat(t, i), tanh(v), 1e-15);
+        ck_assert_double_eq_tol(tensor_get_flat(q, i), v / (1 + exp(-1.702 * v)), 1e-15);
+        ck_assert_double_eq_tol(tensor_get_flat(gt, i), 0.5 * v * (1 + tanh(sqrt(2 / M_PI) * (v + 0.044715 * v * v * v))), 1e-15);
+    }
+    tensor_scope_end();
+    LEAK_CHECK_END();
+}
+END_TEST
+
+/* ---------------------------------------------------------------- binary, broadcasting */
+
+struct binary_case {
+    const char *name;
+    struct tensor *(*fn)(struct tensor *, struct tensor *);
+};
+static const struct binary_case binary_cases[] = {
+    {"add", ag_add}, {"sub", ag_sub}, {"mul", ag_mul}, {"div", ag_div}, {"maximum", ag_maximum}, {"minimum", ag_minimum},
+};
+
+static struct tensor *f_binary(struct tensor *const *in, void *ctx)
+{
+    const struct binary_case *c = ctx;
+    return c->fn(in[0], in[1]);
+}
+
+START_TEST(test_binary)
+{
+    LEAK_CHECK_BEGIN();
+    const struct binary_case *c = &binary_cases[_i];
+    /* same shape, broadcast both ways, scalar, non-contiguous */
+    const int64_t shapes[][2][4] = {
+        {{2, 3, 4, 0}, {2, 3, 4, 0}}, {{2, 3, 4, 0}, {3, 1, 0, 0}}, {{4, 0, 0, 0}, {2, 3, 4, 0}}, {{2, 1, 4, 0}, {3, 1, 0, 0}},
+    };
+    const int nds[][2] = {{3, 3}, {3, 2}, {1, 3}, {3, 2}};
+    const char *tags[] = {"same", "bcast_b", "bcast_a", "bcast_both"};
+    for (int k = 0; k < 5; k++) {
+        tensor_scope_begin();
+        int s = k < 4 ? k : 0;
+        struct tensor *a = test_uniform(DTYPE_F64, nds[s][0], shapes[s][0], 0.5, 2);
+        struct tensor *b = test_uniform(DTYPE_F64, nds[s][1], shapes[s][1], -2, -0.5);
+        if (k == 4) { a = test_noncontig(a); b = test_noncontig(b); }
+        if (c->fn == ag_maximum || c->fn == ag_minimum) {   /* interleave the ranges, no ties */
+            b = ag_affine(b, 1, 2.3);
+            push_from_kink(b, 1.0, NAN);
+        }
+        struct tensor *in[2] = {a, b};
+        char label[96];
+        snprintf(label, sizeof label, "%s[%s]", c->name, k < 4 ? tags[k] : "noncontig");
+        ck_assert(gradcheck(label, f_binary, (void *)c, 2, in, NULL));
+        tensor_scope_end();
+    }
+    LEAK_CHECK_END();
+}
+END_TEST
+
+static struct tensor *f_where(struct tensor *const *in, void *ctx)
+{
+    (void)ctx;
+    return ag_where(in[2], in[0], in[1]);
+}
+
+START_TEST(test_where)
+{
+    LEAK_CHECK_BEGIN();
+    tensor_scope_begin();
+    struct tensor *a = test_uniform(DTYPE_F64, TENSOR_SHAPE(3, 4), -1, 1);
+    struct tensor *b = test_uniform(DTYPE_F64, TENSOR_SHAPE(4), -1, 1);
+    struct tensor *c = ag_compare(BINARY_GT, test_uniform(DTYPE_F64, TENSOR_SHAPE(3, 1), -1, 1),
+                                  tensor_zeros(DTYPE_F64, 0, NULL, DEVICE_CPU));
+    struct tensor *in[3] = {a, b, c};
+    const struct gc_opts o = {.nograd = 4};
+    ck_assert(gradcheck("where[bcast]", f_where, NULL, 3, in, &o));
+    tensor_scope_end();
+    LEAK_CHECK_END();
+}
+END_TEST
+
+/* ---------------------------------------------------------------- reductions */
+
+struct reduce_case {
+    const char *name;
+    int kind;   /* 0 sum, 1 mean, 2 var, 3 max, 4 norm, 5 normalize */
+    int n, dims[3];
+    bool keepdim;
+};
+static const struct reduce_case reduce_cases[] = {
+    {"sum[all]", 0, 0, {0}, false},          {"sum[dim=1]", 0, 1, {1}, false},     {"sum[dims=0,2,keepdim]", 0, 2, {0, 2}, true},
+    {"mean[dim=-1]", 1, 1, {-1}, false},     {"mean[all]", 1, 0, {0}, false},      {"var[dim=1]", 2, 1, {1}, false},
+    {"var[dims=0,2,keepdim]", 2, 2, {0, 2}, true}, {"max[dim=1]", 3, 1, {1}, false}, {"max[dim=2,keepdim]", 3, 1, {2}, true},
+    {"norm[dim=2]", 4, 1, {2}, false},       {"norm[all]", 4, 0, {0}, false},      {"normalize[dim=1]", 5, 1, {1}, false},
+};
+
+static struct tensor *f_reduce(struct tensor *const *in, void *ctx)
+{
+    const struct reduce_case *c = ctx;
+    switch (c->kind) {
+    case 0: return ag_sum(in[0], c->n, c->dims, c->keepdim);
+    case 1: return ag_mean(in[0], c->n, c->dims, c->keepdim);
+    case 2: return ag_var(in[0], c->n, c->dims, c->keepdim, 1);
+    case 3: return ag_max(in[0], c->dims[0], c->keepdim);
+    case 4: return ag_norm(in[0], c->n, c->dims, c->keepdim);
+    default: return ag_normalize(in[0], c->dims[0], 1e-12);
+    }
+}
+
+START_TEST(test_reduce)
+{
+    LEAK_CHECK_BEGIN();
+    const struct reduce_case *c = &reduce_cases[_i];
+    for (int nc = 0; nc < 2; nc++) {
+        tensor_scope_begin();
+        /* distinct values spaced apart, so max has a unique winner away from ties */
+        struct tensor *x = test_uniform(DTYPE_F64, TENSOR_SHAPE(3, 4, 5), -1, 1);
+        for (int64_t i = 0; i < 60; i++) tensor_set_flat(x, i, 0.03 * (double)((i * 37) % 60) - 0.9 + 0.001 * tensor_get_flat(x, i));
+        if (nc) x = test_noncontig(x);
+        char label[96];
+        snprintf(label, sizeof label, "%s%s", c->name, nc ? "[noncontig]" : "");
+        ck_assert(gradcheck(label, f_reduce, (void *)c, 1, &x, NULL));
+        tensor_scope_end();
+    }
+    LEAK_CHECK_END();
+}
+END_TEST
+
+START_TEST(test_reduce_values)
+{
+    LEAK_CHECK_BEGIN();
+    tensor_scope_begin();
+    /* a long reduction goes through the chunked path: compare with a plain double loop */
+    struct tensor *x = test_uniform(DTYPE_F32, TENSOR_SHAPE(300000), -1, 1);
+    double ref = 0;
+    for (int64_t i = 0; i < 300000; i++) ref += tensor_get_flat(x, i);
+    struct tensor *s = ag_sum(x, 0, NULL, false);
+    ck_assert_double_eq_tol(tensor_get_flat(s, 0), ref, 1e-6 * 300000);
+    struct tensor *am = ag_argmax(tensor_reshape(x, TENSOR_SHAPE(300, 1000)), 1, false);
+    for (int r = 0; r < 300; r += 37) {
+        int64_t best = 0;
+        for (int64_t j = 1; j < 1000; j++)
+            if (tensor_get_flat(x, r * 1000 + j) > tensor_get_flat(x, r * 1000 + best)) best = j;
+        ck_assert_int_eq((int64_t)tensor_get_flat(am, r), best);
+    }
+    tensor_scope_end();
+    LEAK_CHECK_END();
+}
+END_TEST
+
+/* ---------------------------------------------------------------- views and shapes */
+
+static struct tensor *f_views(struct tensor *const *in, void *ctx)
+{
+    int which = (int)(intptr_t)ctx;
+    struct tensor *x = in[0];
+    const int perm[3] = {2, 0, 1};
+    switch (which) {
+    case 0: return ag_reshape(x, TENSOR_SHAPE(4, 15));
+    case 1: return ag_permute(x, perm);
+    case 2: return ag_narrow(x, 2, 1, 3);
+    case 3: return ag_expand(ag_unsqueeze(x, 0), TENSOR_SHAPE(2, 3, 4, 5));
+    case 4: return ag_squeeze(ag_unsqueeze(x, 1), 1);
+    case 5: { struct tensor *p[2]; ag_chunk(x, 1, 2, p); return ag_concat(2, (struct tensor *[]){p[1], p[0]}, 1); }
+    case 6: { struct tensor *p[3]; ag_split(x, 2, 3, (int64_t[]){1, 3, 1}, p); return ag_mul(p[1], ag_concat(3, p, 2) ? p[1] : NULL); }
+    default: return ag_contiguous(ag_transpose(x, 0, 2));
+    }
+}
+
+START_TEST(test_views)
+{
+    LEAK_CHECK_BEGIN();
+    static const char *names[] = {"reshape", "permute", "narrow", "expand", "squeeze_unsqueeze", "chunk_concat", "split", "contiguous"};
+    for (int nc = 0; nc < 2; nc++) {
+        tensor_scope_begin();
+        struct tensor *x = test_uniform(DTYPE_F64, TENSOR_SHAPE(3, 4, 5), -1, 1);
+        if (nc) x = test_noncontig(x);
+        char label[96];
+        snprintf(label, sizeof label, "%s%s", names[_i], nc ? "[noncontig]" : "");
+        ck_assert(gradcheck(label, f_views, (void *)(intptr_t)_i, 1, &x, NULL));
+        tensor_scope_end();
+    }
+    LEAK_CHECK_END();
+}
+END_TEST
+
+/* ---------------------------------------------------------------- matmul, linear */
+
+static struct tensor *f_matmul(struct tensor *const *in, void *ctx) { (void)ctx; return ag_matmul(in[0], in[1]); }
+static struct tensor *f_linear(struct tensor *const *in, void *ctx) { return ag_linear(in[0], in[1], ctx ? in[2] : NULL); }
+
+START_TEST(test_matmul)
+{
+    LEAK_CHECK_BEGIN();
+    tensor_scope_begin();
+    struct {
+        const char *name;
+        int na, nb;
+        int64_t a[4], b[4];
+        bool ta, tb;
+    } cases[] = {
+        {"matmul[2d]", 2, 2, {3, 4}, {4, 5}, false, false},
+        {"matmul[batched]", 3, 3, {2, 3, 4}, {2, 4, 5}, false, false},
+        {"matmul[bcast_batch]", 4, 2, {2, 2, 3, 4}, {4, 5}, false, false},
+        {"matmul[transposed_a]", 3, 3, {2, 4, 3}, {2, 4, 5}, true, false},
+        {"matmul[transposed_b]", 3, 3, {2, 3, 4}, {2, 5, 4}, false, true},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+        struct tensor *a = test_uniform(DTYPE_F64, cases[k].na, cases[k].a, -1, 1);
+        struct tensor *b = test_uniform(DTYPE_F64, cases[k].nb, cases[k].b, -1, 1);
+        if (cases[k].ta) a = tensor_transpose(a, -1, -2);
+        if (cases[k].tb) b = tensor_transpose(b, -1, -2);
+        struct tensor *in[2] = {a, b};
+        ck_assert(gradcheck(cases[k].name, f_matmul, NULL, 2, in, NULL));
+    }
+    struct tensor *x = test_uniform(DTYPE_F64, TENSOR_SHAPE(2, 3, 6), -1, 1);
+    struct tensor *w = test_uniform(DTYPE_F64, TENSOR_SHAPE(4, 6), -1, 1);
+    struct tensor *b = test_uniform(DTYPE_F64, TENSOR_SHAPE(4), -1, 1);
+    struct tensor *in[3] = {x, w, b};
+    ck_assert(gradcheck("linear[bias]", f_linear, (void *)1, 3, in, NULL));
+    ck_assert(gradcheck("linear[no_bias]", f_linear, NULL, 2, in, NULL));
+    struct tensor *in2[3] = {test_noncontig(x), tensor_transpose(test_uniform(DTYPE_F64, TENSOR_SHAPE(6, 4), -1, 1), 0, 1), b};
+    ck_assert(gradcheck("linear[noncontig]", f_linear, (void *)1, 3, in2, NULL));
+    tensor_scope_end();
+    LEAK_CHECK_END();
+}
+END_TEST
+
+/* f32 BLAS path against a naive double loop at a size where blocking matters */
+START_TEST(test_matmul_reference)
+{
+    LEAK_CHECK_BEGIN();
+    tensor_scope_begin();
+    const int64_t B = 3, M = 67, K = 129, N = 71;
+    struct tensor *a = test_uniform(DTYPE_F32, TENSOR_SHAPE(B, M, K), -1, 1);
+    struct tensor *b = tensor_transpose(test_uniform(DTYPE_F32, TENSOR_SHAPE(B, N, K), -1, 1), 1, 2);
+    struct tensor *c = ag_matmul(a, b);
+    double num = 0, den = 0;
+    for (int64_t bi = 0; bi < B; bi++)
+        for (int64_t i = 0; i < M; i++)
+            for (int64_t j = 0; j < N; j++) {
+                double s = 0;
+                for (int64_t k = 0; k < K; k++)
+                    s += tensor_get(a, (int64_t[]){bi, i, k}) * tensor_get(b, (int64_t[]){bi, k, j});
+                double d = tensor_get(c, (int64_t[]){bi, i, j}) - s;
+                num += d * d;
+                den += s * s;
+            }
+    printf("reference matmul[f32,%lldx%lldx%lld] rel=%.1e\n", (long long)M, (long long)K, (long long)N, sqrt(num / den));
+    ck_assert(sqrt(num / den) < 1e-6);
+    tensor_scope_end();
+    LEAK_CHECK_END();
+}
+END_TEST
+
+/* ---------------------------------------------------------------- softmax, embedding, losses */
+
+static struct tensor *f_softmax(struct tensor *const *in, void *ctx)
+{
+    int k = (int)(intptr_t)ctx;
+    return k < 2 ? ag_softmax(in[0], k ? 0 : -1) : ag_log_softmax(in[0], k == 2 ? -1 : 0);
+}
+
+START_TEST(test_softmax)
+{
+    LEAK_CHECK_BEGIN();
+    static const char *names[] = {"softmax[dim=-1]", "softmax[dim=0]", "log_softmax[dim=-1]", "log_softmax[dim=0]"};
+    for (int nc = 0; nc < 2; nc++) {
+        tensor_scope_begin();
+        struct tensor *x = test_uniform(DTYPE_F64, TENSOR_SHAPE(3, 7), -3, 3);
+        if (nc) x = test_noncontig(x);
+        char label[96];
+        snprintf(label, sizeof label, "%s%s", names[_i], nc ? "[noncontig]" : "");
+        ck_assert(gradcheck(label, f_softmax, (void *)(intptr_t)_i, 1, &x, NULL));
+        tensor_scope_end();
+    }
+    LEAK_CHECK_END();
+}
+END_TEST
+
+START_TEST(test_softmax_reference)
+{
+    LEAK_CHECK_BEGIN();
+    tensor_scope_begin();
+    struct tensor *x = test_uniform(DTYPE_F32, TENSOR_SHAPE(5, 300), -20, 20);
+    struct tensor *y = ag_softmax(x, -1), *ly = ag_log_softmax(x, -1);
+    for (int r = 0; r < 5; r++) {
+        double mx = -INFINITY, s = 0;
+        for (int j = 0; j < 300; j++) mx = fmax(mx, tensor_get_flat(x, r * 300 + j));
+        for (int j = 0; j < 300; j++) s += exp(tensor_get_flat(x, r * 300 + j) - mx);
+        for (int j = 0; j < 300; j++) {
+            double v = tensor_get_flat(x, r * 300 + j) - mx;
+            ck_assert_double_eq_tol(tensor_get_flat(y, r * 300 + j), exp(v) / s, 1e-7);
+            ck_assert_double_eq_tol(tensor_get_flat(ly, r * 300 + j), v - log(s), 1e-5);
+        }
+    }
+    tensor_scope_end();
+    LEAK_CHECK_END();
+}
+END_TEST
+
+static struct tensor *f_embedding(struct tensor *const *in, void *ctx) { (void)ctx; return ag_embedding(in[0], in[1]); }
+static struct tensor *f_mse(struct tensor *const *in, void *ctx) { (void)ctx; return ag_mse_loss(in[0], in[1]); }
+static struct tensor *f_ce(struct tensor *const *in, void *ctx) { (void)ctx; return ag_cross_entropy(in[0], in[1]); }
+static struct tensor *f_dropout(struct tensor *const *in, void *ctx)
+{
+    (void)ctx;
+    ag_rng_set(1234, 0);   /* the same mask on every evaluation */
+    return ag_dropout(in[0], 0.3, true);
+}
+
+START_TEST(test_misc)
+{
+    LEAK_CHECK_BEGIN();
+    tensor_scope_begin();
+    struct tensor *table = test_uniform(DTYPE_F64, TENSOR_SHAPE(7, 3), -1, 1);
+    int64_t idv[6] = {3, 0, 6, 3, 3, 1};
+    struct tensor *ids = tensor_from_data(DTYPE_I64, TENSOR_SHAPE(2, 3), idv);
+    struct tensor *in[2] = {table, ids};
+    const struct gc_opts ng = {.nograd = 2};
+    ck_assert(gradcheck("embedding[repeated_ids]", f_embedding, NULL, 2, in, &ng));
+    struct tensor *a = test_uniform(DTYPE_F64, TENSOR_SHAPE(4, 5), -1, 1), *b = test_uniform(DTYPE_F64, TENSOR_SHAPE(4, 5), -1, 1);
+    struct tensor *ab[2] = {a, b};
+    ck_assert(gradcheck("mse_loss", f_mse, NULL, 2, ab, NULL));
+    int32_t tv[4] = {2, 0, 4, 2};
+    struct tensor *logits[2] = {a, tensor_from_data(DTYPE_I32, TENSOR_SHAPE(4), tv)};
+    ck_assert(gradcheck("cross_entropy", f_ce, NULL, 2, logits, &ng));
+    ck_assert(gradcheck("dropout[p=0.3]", f_dropout, NULL, 1, &a, NULL));
+    /* out-of-range ids are an error, not a crash */
+    int64_t bad[2] = {1, 7};
+    ck_assert_ptr_null(ag_embedding(table, tensor_from_data(DTYPE_I64, TENSOR_SHAPE(2), bad)));
+    ck_assert(strstr(tensor_error(), "outside the table") != NULL);
+    tensor_scope_end();
+    LEAK_CHECK_END();
+}
+END_TEST
+
+START_TEST(test_dropout_stats)
+{
+    LEAK_CHECK_BEGIN();
+    tensor_scope_begin();
+    struct tensor *x = tensor_full(DTYPE_F32, TENSOR_SHAPE(100000), 1.0, DEVICE_CPU);
+    struct tensor *y = ag_dropout(x, 0.25, true);
+    int64_t zeros = 0;
+    double sum = 0;
+    for (int64_t i = 0; i < 100000; i++) { double v = tensor_get_flat(y, i); zeros += v == 0; sum += v; }
+    ck_assert(fabs((double)zeros / 100000 - 0.25) < 0.01);
+    ck_assert(fabs(sum / 100000 - 1.0) < 0.02);
+    struct tensor *z = ag_dropout(x, 0.25, false);
+    ck_assert_ptr_eq(z->storage, x->storage);
+    tensor_scope_end();
+    LEAK_CHECK_END();
+}
+END_TEST
+
+int main(void)
+{
+    test_seed();
+    Suite *s = suite_create("ops");
+    TCase *tc = tcase_create("core");
+    tcase_set_timeout(tc, 120);
+    tcase_add_loop_test(tc, test_unary, 0, sizeof unary_cases / sizeof *unary_cases);
+    tcase_add_test(tc, test_unary_values);
+    tcase_add_loop_test(tc, test_binary, 0, sizeof binary_cases / sizeof *binary_cases);
+    tcase_add_test(tc, test_where);
+    tcase_add_loop_test(tc, test_reduce, 0, sizeof reduce_cases / sizeof *reduce_cases);
+    tcase_add_test(tc, test_reduce_values);
+    tcase_add_loop_test(tc, test_views, 0, 8);
+    tcase_add_test(tc, test_matmul);
+    tcase_add_test(tc, test_matmul_reference);
+    tcase_add_loop_test(tc, test_softmax, 0, 4);
+    tcase_add_test(tc, test_softmax_reference);
+    tcase_add_test(tc, test_misc);
+    tcase_add_test(tc, test_dropout_stats);
+    suite_add_tcase(s, tc);
+    return test_run_suite(s);
+}
