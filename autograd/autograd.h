@@ -20,6 +20,10 @@
 #include "tensor/backend.h"
 #include "tensor/tensor.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /* ---------------------------------------------------------------- grad mode, leaves */
 void ag_no_grad_begin(void);
 void ag_no_grad_end(void);
@@ -139,5 +143,9 @@ void ag_rng_get(uint64_t *seed, uint64_t *offset);
 void ag_rng_set(uint64_t seed, uint64_t offset);
 struct tensor *ag_rand(enum dtype dt, int ndim, const int64_t *shape, enum device dev);    /* U[0,1) */
 struct tensor *ag_randn(enum dtype dt, int ndim, const int64_t *shape, enum device dev);   /* N(0,1) */
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

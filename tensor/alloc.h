@@ -13,6 +13,10 @@
 #include <stdio.h>
 #include "tensor/tensor.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 struct mem_stats {
     int64_t live_bytes;      /* bytes in blocks handed out (rounded to the size class) */
     int64_t peak_bytes;      /* max of live_bytes since start or the last mem_reset_peak */
@@ -36,5 +40,9 @@ void mem_print_stats(FILE *f, enum device dev);
 int64_t mem_parse_size(const char *s);
 /* human-readable size into buf */
 const char *mem_format(int64_t bytes, char *buf, size_t n);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -10,6 +10,10 @@
 
 #include "tensor/tensor.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 enum unary_op {
     UNARY_NEG, UNARY_ABS, UNARY_EXP, UNARY_LOG, UNARY_SQRT, UNARY_RSQRT, UNARY_SIN, UNARY_COS,
     UNARY_TANH, UNARY_SIGMOID, UNARY_SILU, UNARY_RELU, UNARY_GELU, UNARY_GELU_TANH,
@@ -131,5 +135,9 @@ const struct backend *backend_for(enum device dev);   /* NULL if not built/avail
 const struct backend *backend_of(const struct tensor *t);
 void backend_register(enum device dev, const struct backend *b);
 extern const struct backend backend_cpu;
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -20,6 +20,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #define TENSOR_MAX_DIMS 8
 
 enum dtype { DTYPE_F32, DTYPE_F64, DTYPE_F16, DTYPE_BF16, DTYPE_I32, DTYPE_I64, DTYPE_COUNT };
@@ -159,5 +163,9 @@ int tensor_num_threads(void);
  * backends with atomics switch to ordered reductions) */
 void tensor_set_deterministic(bool on);
 bool tensor_deterministic(void);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif
