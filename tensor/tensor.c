@@ -750,7 +750,19 @@ struct tensor *tensor_contiguous(struct tensor *t)
 
 static const struct backend *backends[DEVICE_COUNT] = {[DEVICE_CPU] = &backend_cpu};
 
-const struct backend *backend_for(enum device dev) { return (unsigned)dev < DEVICE_COUNT ? backends[dev] : NULL; }
+#ifdef TENSOR_HAVE_CUDA
+#include "tensor/cuda/cuda.h"
+#endif
+
+const struct backend *backend_for(enum device dev)
+{
+    if ((unsigned)dev >= DEVICE_COUNT) return NULL;
+#ifdef TENSOR_HAVE_CUDA
+    /* the CUDA backend registers itself on first use, if a device is present */
+    if (dev == DEVICE_CUDA && !backends[dev]) cuda_init();
+#endif
+    return backends[dev];
+}
 const struct backend *backend_of(const struct tensor *t) { return backends[t->storage->device]; }
 void backend_register(enum device dev, const struct backend *b) { backends[dev] = b; }
 
