@@ -86,7 +86,10 @@ static double eval(gc_fn f, void *ctx, int n, struct tensor *const *in, struct t
         struct tensor *l = ag_sum(ag_mul(y, ag_reshape(Rc, y->ndim, y->shape)), 0, NULL, false);
         if (l) {
             L = tensor_get_flat(l, 0);
-            if (grad && l->requires_grad && ag_backward(l, NULL, false)) L = NAN;
+            if (grad && l->requires_grad && ag_backward(l, NULL, false)) {
+                fprintf(stderr, "gradcheck: backward failed: %s\n", tensor_error());
+                L = NAN;
+            }
         }
         if (out_keep) *out_keep = tensor_keep(tensor_clone(y));
     } else {
