@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# gpu-check.sh — one call on a GPU machine: build, run the GPU test suite (and the CPU suites),
+# run the GPU benchmarks, print a short table last.
+#
+# The GPU machine has CUDA, meson, ninja and PyTorch but none of our Debian libraries and no
+# network, so the build uses Debian packages unpacked here first into .deps/root (ignored by
+# git, carried along with the call):
+#   scripts/gpu-check.sh --prepare        # on the development machine (needs apt)
+#   device run: carry [".deps"], command: scripts/gpu-check.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD/.deps/root
+if [ "${1:-}" = --prepare ]; then
+    rm -rf .deps && mkdir -p .deps/debs "$ROOT"
+    (cd .deps/debs && apt-get download libopenblas0-openmp libopenblas-openmp-dev libgfortran5 libgomp1 check \
+        libsubunit0 libsubunit-dev libcjson1 libcjson-dev libpng16-16 libpng-dev zlib1g-dev pkgconf pkgconf-bin libpkgconf3)
+    for f in .deps/debs/*.deb; do dpkg -x "$f" "$ROOT"; done
+    # keep what the build needs: no static archives, docs, or the separate LAPACK
+    find "$ROOT" -name '*.a' -delete
+    rm -rf "$ROOT/usr/share" "$ROOT"/usr/lib/x86_64-linux-gnu/openblas-openmp/{libblas.so*,liblapack.so*,cmake} .deps/debs
+    du -sh .deps
+    exit 0
+fi
+[ -d "$ROOT" ] || { echo "gpu-check: $ROOT is missing: run scripts/gpu-check.sh --prepare first and carry .deps"; exit 2; }
+
+LIB=$ROOT/usr/lib/x86_64-linux-gnu
+command -v pkg-config >/dev/null || export PATH=$PATH:$ROOT/usr/bin
+export PKG_CONFIG_PATH=$LIB/pkgconfig PKG_CONFIG_SYSROOT_DIR=$ROOT
+export LD_LIBRARY_PATH=$LIB:$LIB/openblas-openmp${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+OUTDIR=${OUT:-/tmp/gpu-check}
+mkdir -p "$OUTDIR"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUTDIR/gpu.txt"
+
+t0=$(date +%s)
+if [ ! -f build-gpu/build.ninja ]; then
+    meson setup build-gpu -Ddeps_root="$ROOT" -Dcuda=enabled > "$OUTDIR/setup.log" 2>&1 || { tail -40 "$OUTDIR/setup.log"; exit 1; }
+fi
+ninja -C build-gpu > "$OUTDIR/build.log" 2>&1 || { grep -E "error" -A3 "$OUTDIR/build.log" | head -60; exit 1; }
+echo "build: $(( $(date +%s) - t0 )) s"
+
+# GPU suite first (verbose: one line per op), then everything else
+meson test -C build-gpu cuda --verbose --timeout-multiplier 2 > "$OUTDIR/test-cuda.log" 2>&1
+cuda_rc=$?
+grep -E "^cuda |SKIP|FAIL|Checks" "$OUTDIR/test-cuda.log" | tail -80
+meson test -C build-gpu --no-suite cuda --num-processes 8 > "$OUTDIR/test-all.log" 2>&1
+all_rc=$?
+grep -E "^ *[0-9]+/[0-9]+ " "$OUTDIR/test-all.log"
+
+bench_rc=0
+if [ -x build-gpu/bench/bench_gpu ]; then
+    ./build-gpu/bench/bench_gpu > "$OUTDIR/bench-ours.txt" 2>&1 || bench_rc=$?
+    python3 bench/torch_gpu.py > "$OUTDIR/bench-torch.txt" 2>&1 || true
+fi
+
+echo
+echo "== summary ($(cat "$OUTDIR/gpu.txt")) =="
+printf "%-12s %s\n" "cuda suite" "$([ $cuda_rc -eq 0 ] && echo passed || echo FAILED)"
+printf "%-12s %s\n" "cpu suites" "$([ $all_rc -eq 0 ] && echo passed || echo FAILED)"
+if [ -f "$OUTDIR/bench-ours.txt" ]; then
+    bench/join_gpu_bench.sh "$OUTDIR/bench-ours.txt" "$OUTDIR/bench-torch.txt" 2>/dev/null || cat "$OUTDIR/bench-ours.txt"
+fi
+[ $cuda_rc -eq 0 ] && [ $all_rc -eq 0 ] && [ $bench_rc -eq 0 ]
