@@ -38,7 +38,7 @@ void ag_zero_grad(struct tensor *t);          /* drops t->grad */
 /* Backpropagate from `root`. grad = NULL means d(root)/d(root) = 1 and root must have one
  * element. retain_graph keeps saved tensors so a second backward is possible. */
 enum status ag_backward(struct tensor *root, struct tensor *grad, bool retain_graph);
-/* several roots at once, each with its output gradient (NULL entries are skipped) */
+/* several roots at once, each with its output gradient (grads or an entry NULL: ones, for a one-element root) */
 enum status ag_backward_many(int n, struct tensor *const *roots, struct tensor *const *grads, bool retain_graph);
 
 /* ---------------------------------------------------------------- checkpointing */

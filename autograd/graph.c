@@ -152,7 +152,15 @@ struct ag_node *ag_record(const char *name, ag_backward_fn fn, int n_in, struct 
 int ag_save(struct ag_node *n, struct tensor *t)
 {
     assert(n->n_saved < AG_MAX_SAVED && "too many saved tensors for one node");
-    n->saved[n->n_saved] = tensor_ref(t);
+    /* An output of n itself (exp, tanh, softmax save y) is kept as a graph-free alias: a
+     * reference to y would own n through y->node, a cycle that outlives every user
+     * reference when backward never runs. */
+    if (t && t->node == n) {
+        struct tensor *a = tensor_keep(tensor_alias(t));
+        n->saved[n->n_saved] = a ? a : tensor_ref(t);   /* out of host memory: leak rather than crash */
+    } else {
+        n->saved[n->n_saved] = tensor_ref(t);
+    }
     return n->n_saved++;
 }
 
@@ -342,6 +350,12 @@ enum status ag_backward_many(int n_roots, struct tensor *const *roots, struct te
             char a[128], b[128];
             return tensor_fail(STATUS_SHAPE, "backward: output gradient %s does not match root %s",
                                tensor_shape_str(grads[r], a, sizeof a), tensor_shape_str(roots[r], b, sizeof b));
+        } else if (grads[r]->dtype != roots[r]->dtype || tensor_device(grads[r]) != tensor_device(roots[r])) {
+            /* backward kernels read saved tensors with the gradient's dtype */
+            return tensor_fail(grads[r]->dtype != roots[r]->dtype ? STATUS_DTYPE : STATUS_DEVICE,
+                               "backward: output gradient (%s, %s) does not match root %d (%s, %s)",
+                               dtype_name(grads[r]->dtype), device_name(tensor_device(grads[r])), r,
+                               dtype_name(roots[r]->dtype), device_name(tensor_device(roots[r])));
         }
         if (roots[r]->node && roots[r]->node->released && !roots[r]->node->leaf)
             return tensor_fail(STATUS_GRAPH, "backward: the graph of this root ('%s') was already released; pass "

@@ -61,6 +61,8 @@ int64_t mem_parse_size(const char *s)
     if (*end == 'i') end++;
     if (*end == 'B' || *end == 'b') end++;
     if (*end) return -1;
+    /* "inf", "nan" and sizes past int64 would make the conversion undefined */
+    if (!(v * mul < 9.2e18)) return -1;
     return (int64_t)(v * mul);
 }
 

@@ -236,7 +236,7 @@ struct tensor *tensor_empty(enum dtype dt, int ndim, const int64_t *shape, enum 
     if (!t) { mem_free(dev, st->data, st->bytes); free(st); atomic_fetch_sub(&n_live_storages, 1); return NULL; }
     t->dtype = dt;
     t->ndim = ndim;
-    memcpy(t->shape, shape, (size_t)ndim * sizeof *shape);
+    if (ndim) memcpy(t->shape, shape, (size_t)ndim * sizeof *shape);   /* shape may be NULL for a scalar */
     set_contiguous_strides(t);
     t->storage = st;
     return tensor_autorelease(t);
@@ -289,7 +289,7 @@ struct tensor *tensor_wrap(enum dtype dt, int ndim, const int64_t *shape, void *
     atomic_fetch_add(&n_live_storages, 1);
     t->dtype = dt;
     t->ndim = ndim;
-    memcpy(t->shape, shape, (size_t)ndim * sizeof *shape);
+    if (ndim) memcpy(t->shape, shape, (size_t)ndim * sizeof *shape);   /* shape may be NULL for a scalar */
     set_contiguous_strides(t);
     st->bytes = (size_t)tensor_numel(t) * dtype_size(dt);
     t->storage = st;
@@ -482,6 +482,10 @@ struct tensor *tensor_alias(struct tensor *t)
 static bool view_strides(const struct tensor *t, int ndim, const int64_t *shape, int64_t *stride)
 {
     int64_t numel = tensor_numel(t);
+    if (t->ndim == 0) {   /* one element: every shape of ones is a view */
+        for (int d = 0; d < ndim; d++) stride[d] = 1;
+        return true;
+    }
     if (numel == 0) {
         int64_t s = 1;
         for (int d = ndim - 1; d >= 0; d--) { stride[d] = s; s *= shape[d] ? shape[d] : 1; }
@@ -509,9 +513,22 @@ static bool view_strides(const struct tensor *t, int ndim, const int64_t *shape,
     return view_d == -1;
 }
 
+/* "[2,-1,3]" into buf: the sizes a caller asked for */
+static const char *sizes_str(int ndim, const int64_t *shape, char *buf, size_t n)
+{
+    size_t k = (size_t)snprintf(buf, n, "[");
+    for (int d = 0; d < ndim && k < n; d++) k += (size_t)snprintf(buf + k, n - k, d ? ",%lld" : "%lld", (long long)shape[d]);
+    if (k < n) snprintf(buf + k, n - k, "]");
+    return buf;
+}
+
 static bool resolve_shape(const struct tensor *t, int ndim, const int64_t *shape, int64_t *out, const char *op)
 {
-    if (!check_shape(ndim, shape, op) && tensor_status() != STATUS_SHAPE) return false;
+    /* not check_shape: -1 is allowed here, and a successful call must not leave an error behind */
+    if (ndim < 0 || ndim > TENSOR_MAX_DIMS) {
+        tensor_fail(STATUS_SHAPE, "%s: %d dims requested, at most %d supported", op, ndim, TENSOR_MAX_DIMS);
+        return false;
+    }
     int infer = -1;
     int64_t known = 1;
     for (int d = 0; d < ndim; d++) {
@@ -527,9 +544,9 @@ static bool resolve_shape(const struct tensor *t, int ndim, const int64_t *shape
     } else if (known != n) goto bad;
     return true;
 bad:;
-    char a[128];
-    tensor_fail(STATUS_SHAPE, "%s: cannot view a tensor of shape %s (%lld elements) with %d dims of the given sizes",
-                op, tensor_shape_str(t, a, sizeof a), (long long)n, ndim);
+    char a[128], b[160];
+    tensor_fail(STATUS_SHAPE, "%s: cannot view a tensor of shape %s (%lld elements) as %s", op,
+                tensor_shape_str(t, a, sizeof a), (long long)n, sizes_str(ndim, shape, b, sizeof b));
     return false;
 }
 
@@ -540,9 +557,9 @@ struct tensor *tensor_view(struct tensor *t, int ndim, const int64_t *shape)
     int64_t sh[TENSOR_MAX_DIMS], st[TENSOR_MAX_DIMS];
     if (!resolve_shape(t, ndim, shape, sh, "view")) return NULL;
     if (!view_strides(t, ndim, sh, st)) {
-        char a[128];
-        tensor_fail(STATUS_SHAPE, "view: the strides of a tensor of shape %s do not allow this view; use reshape",
-                    tensor_shape_str(t, a, sizeof a));
+        char a[128], b[160];
+        tensor_fail(STATUS_SHAPE, "view: the strides of a tensor of shape %s do not allow the view %s; use reshape",
+                    tensor_shape_str(t, a, sizeof a), sizes_str(ndim, sh, b, sizeof b));
         return NULL;
     }
     struct tensor *v = view_of(t);
@@ -625,8 +642,9 @@ struct tensor *tensor_select(struct tensor *t, int dim, int64_t index)
     if ((dim = tensor_dim(t, dim, "select")) < 0) return NULL;
     if (index < 0) index += t->shape[dim];
     if (index < 0 || index >= t->shape[dim]) {
-        tensor_fail(STATUS_SHAPE, "select: index %lld out of range for dim %d of size %lld", (long long)index, dim,
-                    (long long)t->shape[dim]);
+        char a[128];
+        tensor_fail(STATUS_SHAPE, "select: index %lld out of range for dim %d of shape %s", (long long)index, dim,
+                    tensor_shape_str(t, a, sizeof a));
         return NULL;
     }
     struct tensor *v = view_of(t);
@@ -650,7 +668,7 @@ struct tensor *tensor_expand(struct tensor *t, int ndim, const int64_t *shape)
     for (int d = ndim - 1; d >= 0; d--) {
         int sd = d - (ndim - t->ndim);
         int64_t size = sd >= 0 ? t->shape[sd] : 1, want = shape[d] == -1 ? size : shape[d];
-        if (size != want && size != 1) {
+        if (want < 0 || (size != want && size != 1)) {
             char a[128];
             tensor_fail(STATUS_SHAPE, "expand: dim %d of shape %s has size %lld, cannot expand to %lld", sd,
                         tensor_shape_str(t, a, sizeof a), (long long)size, (long long)want);
@@ -667,7 +685,12 @@ struct tensor *tensor_squeeze(struct tensor *t, int dim)
 {
     if (!t) return NULL;
     if ((dim = tensor_dim(t, dim, "squeeze")) < 0) return NULL;
-    if (t->shape[dim] != 1) { tensor_fail(STATUS_SHAPE, "squeeze: dim %d has size %lld, not 1", dim, (long long)t->shape[dim]); return NULL; }
+    if (t->shape[dim] != 1) {
+        char a[128];
+        tensor_fail(STATUS_SHAPE, "squeeze: dim %d of shape %s has size %lld, not 1", dim, tensor_shape_str(t, a, sizeof a),
+                    (long long)t->shape[dim]);
+        return NULL;
+    }
     return tensor_select(t, dim, 0);
 }
 

@@ -33,7 +33,9 @@ enum status cpu_unary_backward(enum unary_op op, struct tensor *dx, const struct
                                const struct tensor *y, const double *p)
 {
     enum status s;
-    if ((s = cpu_need_float(dy, "unary_backward")) || (s = same_dtype(dx, dy, "unary_backward"))) return s;
+    if ((s = cpu_need_float(dy, "unary_backward")) || (s = same_dtype(dx, dy, "unary_backward")) ||
+        (x && (s = same_dtype(x, dy, "unary_backward"))) || (y && (s = same_dtype(y, dy, "unary_backward"))))
+        return s;
     if (dy->dtype == DTYPE_F32) unary_bwd_run_f32(op, dx, dy, x, y, p);
     else unary_bwd_run_f64(op, dx, dy, x, y, p);
     return STATUS_OK;
