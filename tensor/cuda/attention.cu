@@ -1,0 +1,706 @@
+/* attention.cu — fused scaled-dot-product attention (forward and backward) for the CUDA backend.
+ *
+ * Contract (backend.h): q [B,H,L,D], k [B,H,S,D], v [B,H,S,Dv] -> out [B,H,L,Dv] and
+ * lse [B,H,L] = log sum_j exp(scale * q_i . k_j). Causal: query i sees keys j <= i + (S - L).
+ * A query row that sees no key at all gets out = 0, lse = -inf and zero gradients.
+ *
+ * Algorithm (f32, head dims up to 256): flash-attention-2 style, SIMT f32, never forming
+ * the L x S matrix. Head dims are padded (zeros in shared memory) to DP in {32, 48, 64, 80,
+ * 96, 128, 160, 192, 256}, one template instance each.
+ *  - forward: a block of 256 threads owns 64 query rows; it streams key/value tiles of BN
+ *    (64, or 32 when DP > 128) rows through shared memory, computes S = Q K^T for a 4 x BN/16
+ *    micro-tile per thread, keeps the running max / sum per row (online softmax, base 2 with
+ *    scale*log2(e) folded into Q), rescales its 4 x DP/16 output accumulators and adds P V.
+ *  - backward: D_i = rowsum(dO_i * O_i) first; then two kernels that each recompute
+ *    P = exp(S - lse) tile by tile: one per key tile accumulates dV = P^T dO and
+ *    dK = scale * dS^T Q over all query tiles, one per query tile accumulates
+ *    dQ = scale * dS K over all key tiles, with dS = P * (dO V^T - D). Each gradient row is
+ *    owned by exactly one block, so there are no atomics.
+ * f64, and head dims above 256, use simple kernels (a thread per query or key row, same maths).
+ * Memory: shared memory only (57 KB for DP = 48 up to 209 KB for the DP = 256 dQ kernel),
+ * plus a [B,H,L] f32 buffer for D in the backward. All tensors are read and written through
+ * their strides (any layout, e.g. the [B,L,H,D] permuted views of a fused projection).
+ * Determinism: no atomics; every sum has a fixed order, so results are bit-identical between
+ * runs. */
+#include "tensor/cuda/cuda.h"
+
+#include <cuda_runtime.h>
+#include <math.h>
+
+namespace {
+
+constexpr int kThreads = 256;
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+/* a [B, H, rows, cols] operand: base pointer and element strides */
+template <typename T> struct opnd {
+    T *p;
+    int64_t sb, sh, sl, sd;
+    __host__ __device__ T *at(int b, int h) const { return p + b * sb + h * sh; }
+};
+
+template <typename T> opnd<T> make_opnd(const struct tensor *t)
+{
+    return opnd<T>{(T *)t->storage->data + t->offset, t->stride[0], t->stride[1], t->stride[2], t->stride[3]};
+}
+
+struct dims {
+    int B, H, L, S, D, Dv;
+    int causal;
+    double scale;
+};
+
+/* ---------------------------------------------------------------- tile configuration */
+
+template <int DP> struct cfg {
+    static constexpr int LD = DP + 4;              /* smem pitch of [rows][DP] tiles: 16-byte rows, no bank conflicts */
+    static constexpr int BM = 64;                  /* query rows per block (forward, dQ) */
+    static constexpr int BN = DP <= 128 ? 64 : 32; /* key rows per tile */
+    static constexpr int PLD = BN + 4;
+    /* dK/dV kernel: BN key rows per block (thread rows), BMK query rows per tile */
+    static constexpr int BMK = DP <= 64 ? 64 : 32;
+    static constexpr int TYK = BN / 4, TXK = kThreads / TYK;
+    static constexpr int PTLD = BMK + 4;
+    static_assert(DP % 16 == 0 && DP % TXK == 0 && BMK % TXK == 0, "tile shape");
+    static constexpr size_t fwd_smem = sizeof(float) * (size_t)(BM * LD + 2 * BN * LD + BM * PLD);
+    static constexpr size_t dq_smem = sizeof(float) * (size_t)(2 * BM * LD + 2 * BN * LD + BM * PLD + 2 * BM);
+    static constexpr size_t dkdv_smem = sizeof(float) * (size_t)(2 * BN * LD + 2 * BMK * LD + 2 * BN * PTLD + 2 * BMK);
+};
+
+/* sm[r][d] = mul * src[row0 + r, d] for r < nrows, d < ncols, zero elsewhere ([ROWS][DP] tile) */
+template <int ROWS, int DP, int LD>
+__device__ __forceinline__ void load_tile(float *sm, const float *src, int64_t sl, int64_t sd, int nrows, int ncols, float mul)
+{
+    for (int idx = threadIdx.x; idx < ROWS * DP; idx += kThreads) {
+        const int r = idx / DP, d = idx - r * DP;
+        float v = 0.f;
+        if (r < nrows && d < ncols) v = src[(int64_t)r * sl + (int64_t)d * sd] * mul;
+        sm[r * LD + d] = v;
+    }
+}
+
+/* acc[i][j] += sum_k A[i*LDA + k] * B[j*CS*LDB + k]  (both operands k-contiguous, K % 4 == 0) */
+template <int R, int C, int K, int LDA, int LDB, int CS>
+__device__ __forceinline__ void mm_nt(float (&acc)[R][C], const float *A, const float *B)
+{
+#pragma unroll 2
+    for (int k = 0; k < K; k += 4) {
+        float4 a[R], b[C];
+#pragma unroll
+        for (int i = 0; i < R; i++) a[i] = *reinterpret_cast<const float4 *>(A + i * LDA + k);
+#pragma unroll
+        for (int j = 0; j < C; j++) b[j] = *reinterpret_cast<const float4 *>(B + j * CS * LDB + k);
+#pragma unroll
+        for (int i = 0; i < R; i++)
+#pragma unroll
+            for (int j = 0; j < C; j++) {
+                acc[i][j] = fmaf(a[i].x, b[j].x, acc[i][j]);
+                acc[i][j] = fmaf(a[i].y, b[j].y, acc[i][j]);
+                acc[i][j] = fmaf(a[i].z, b[j].z, acc[i][j]);
+                acc[i][j] = fmaf(a[i].w, b[j].w, acc[i][j]);
+            }
+    }
+}
+
+/* acc[i][j] += sum_k A[i*LDA + k] * B[k*LDB + j*CS]  (A k-contiguous, K % 4 == 0) */
+template <int R, int C, int K, int LDA, int LDB, int CS>
+__device__ __forceinline__ void mm_nn(float (&acc)[R][C], const float *A, const float *B)
+{
+#pragma unroll 2
+    for (int k = 0; k < K; k += 4) {
+        float4 a[R];
+#pragma unroll
+        for (int i = 0; i < R; i++) a[i] = *reinterpret_cast<const float4 *>(A + i * LDA + k);
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) {
+            float b[C];
+#pragma unroll
+            for (int j = 0; j < C; j++) b[j] = B[(k + kk) * LDB + j * CS];
+#pragma unroll
+            for (int i = 0; i < R; i++) {
+                const float av = kk == 0 ? a[i].x : kk == 1 ? a[i].y : kk == 2 ? a[i].z : a[i].w;
+#pragma unroll
+                for (int j = 0; j < C; j++) acc[i][j] = fmaf(av, b[j], acc[i][j]);
+            }
+        }
+    }
+}
+
+__device__ __forceinline__ float sum16(float v)
+{
+    v += __shfl_xor_sync(0xffffffffu, v, 8);
+    v += __shfl_xor_sync(0xffffffffu, v, 4);
+    v += __shfl_xor_sync(0xffffffffu, v, 2);
+    v += __shfl_xor_sync(0xffffffffu, v, 1);
+    return v;
+}
+
+__device__ __forceinline__ float max16(float v)
+{
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 8));
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 4));
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+    return v;
+}
+
+/* ---------------------------------------------------------------- f32 forward */
+
+template <int DP>
+__global__ void __launch_bounds__(kThreads)
+attn_fwd_kernel(opnd<float> out, float *__restrict__ lse, int64_t lsb, int64_t lsh, int64_t lsl, opnd<const float> q,
+                opnd<const float> k, opnd<const float> v, dims dm)
+{
+    using C = cfg<DP>;
+    constexpr int BM = C::BM, BN = C::BN, LD = C::LD, PLD = C::PLD, CS = BN / 16, CO = DP / 16;
+    extern __shared__ float4 smem4[];
+    float *Qs = reinterpret_cast<float *>(smem4), *Ks = Qs + BM * LD, *Vs = Ks + BN * LD, *Ps = Vs + BN * LD;
+
+    const int ntiles = (dm.L + BM - 1) / BM;
+    const int tile = ntiles - 1 - (int)(blockIdx.x % ntiles);   /* heaviest (causal) tiles first */
+    const int bh = (int)(blockIdx.x / ntiles), b = bh / dm.H, h = bh % dm.H;
+    const int q0 = tile * BM, tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+    const int off = dm.S - dm.L;   /* causal: key j visible to query i iff j <= i + off */
+
+    load_tile<BM, DP, LD>(Qs, q.at(b, h) + (int64_t)q0 * q.sl, q.sl, q.sd, dm.L - q0, dm.D, (float)dm.scale * kLog2e);
+
+    float m[4], l[4], o[4][CO];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        m[i] = -INFINITY;
+        l[i] = 0.f;
+#pragma unroll
+        for (int j = 0; j < CO; j++) o[i][j] = 0.f;
+    }
+    const int n_end = dm.causal ? min(dm.S, q0 + BM + off) : dm.S;
+    const float *kb = k.at(b, h), *vb = v.at(b, h);
+    for (int k0 = 0; k0 < n_end; k0 += BN) {
+        __syncthreads();   /* the previous tile's Ks/Vs/Ps are consumed */
+        load_tile<BN, DP, LD>(Ks, kb + (int64_t)k0 * k.sl, k.sl, k.sd, dm.S - k0, dm.D, 1.f);
+        load_tile<BN, DP, LD>(Vs, vb + (int64_t)k0 * v.sl, v.sl, v.sd, dm.S - k0, dm.Dv, 1.f);
+        __syncthreads();
+        float s[4][CS];
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+#pragma unroll
+            for (int j = 0; j < CS; j++) s[i][j] = 0.f;
+        mm_nt<4, CS, DP, LD, LD, 16>(s, Qs + ty * 4 * LD, Ks + tx * LD);
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int qi = q0 + ty * 4 + i;
+            float mx = -INFINITY;
+#pragma unroll
+            for (int j = 0; j < CS; j++) {
+                const int kj = k0 + tx + 16 * j;
+                if (kj >= dm.S || (dm.causal && kj > qi + off)) s[i][j] = -INFINITY;
+                mx = fmaxf(mx, s[i][j]);
+            }
+            mx = max16(mx);
+            const float mn = fmaxf(m[i], mx), mu = mn == -INFINITY ? 0.f : mn;
+            const float alpha = exp2f(m[i] - mu);
+            m[i] = mn;
+            float rs = 0.f;
+#pragma unroll
+            for (int j = 0; j < CS; j++) {
+                const float p = exp2f(s[i][j] - mu);
+                rs += p;
+                Ps[(ty * 4 + i) * PLD + tx + 16 * j] = p;
+            }
+            l[i] = l[i] * alpha + rs;
+#pragma unroll
+            for (int j = 0; j < CO; j++) o[i][j] *= alpha;
+        }
+        __syncthreads();
+        mm_nn<4, CO, BN, PLD, LD, 16>(o, Ps + ty * 4 * PLD, Vs + tx);
+    }
+    float *ob = out.at(b, h);
+    float *lb = lse + b * lsb + h * lsh;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const float lt = sum16(l[i]);
+        const int qi = q0 + ty * 4 + i;
+        if (qi >= dm.L) continue;
+        const float inv = lt > 0.f ? 1.f / lt : 0.f;
+#pragma unroll
+        for (int j = 0; j < CO; j++) {
+            const int d = tx + 16 * j;
+            if (d < dm.Dv) ob[(int64_t)qi * out.sl + (int64_t)d * out.sd] = o[i][j] * inv;
+        }
+        if (tx == 0) lb[(int64_t)qi * lsl] = lt > 0.f ? (m[i] + log2f(lt)) * kLn2 : -INFINITY;
+    }
+}
+
+/* ---------------------------------------------------------------- backward: D = rowsum(dO * O) */
+
+template <typename T>
+__global__ void attn_bwd_pre_kernel(T *__restrict__ Dv_out, opnd<const T> dout, opnd<const T> out, dims dm)
+{
+    const int64_t row = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    if (row >= (int64_t)dm.B * dm.H * dm.L) return;
+    const int i = (int)(row % dm.L), bh = (int)(row / dm.L), b = bh / dm.H, h = bh % dm.H;
+    const T *g = dout.at(b, h) + (int64_t)i * dout.sl, *o = out.at(b, h) + (int64_t)i * out.sl;
+    T acc = 0;
+    for (int d = lane; d < dm.Dv; d += 32) acc += g[(int64_t)d * dout.sd] * o[(int64_t)d * out.sd];
+#pragma unroll
+    for (int s = 16; s > 0; s >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, s);
+    if (lane == 0) Dv_out[row] = acc;
+}
+
+/* ---------------------------------------------------------------- f32 backward: dK, dV */
+
+template <int DP>
+__global__ void __launch_bounds__(kThreads)
+attn_bwd_dkdv_kernel(opnd<float> dk, opnd<float> dv, opnd<const float> q, opnd<const float> k, opnd<const float> v,
+                     opnd<const float> dout, const float *__restrict__ lse, int64_t lsb, int64_t lsh, int64_t lsl,
+                     const float *__restrict__ Dvec, dims dm)
+{
+    using C = cfg<DP>;
+    constexpr int BN = C::BN, BMK = C::BMK, LD = C::LD, PTLD = C::PTLD, TX = C::TXK;
+    constexpr int CQ = BMK / TX, CA = DP / TX;
+    extern __shared__ float4 smem4[];
+    float *Ks = reinterpret_cast<float *>(smem4), *Vs = Ks + BN * LD, *Qs = Vs + BN * LD, *dOs = Qs + BMK * LD;
+    float *Pts = dOs + BMK * LD, *dSts = Pts + BN * PTLD, *lse2 = dSts + BN * PTLD, *Ds = lse2 + BMK;
+
+    const int ntiles = (dm.S + BN - 1) / BN;
+    const int tile = (int)(blockIdx.x % ntiles);
+    const int bh = (int)(blockIdx.x / ntiles), b = bh / dm.H, h = bh % dm.H;
+    const int k0 = tile * BN, tx = threadIdx.x % TX, ty = threadIdx.x / TX;
+    const int off = dm.S - dm.L;
+    const float sl2 = (float)dm.scale * kLog2e;
+
+    load_tile<BN, DP, LD>(Ks, k.at(b, h) + (int64_t)k0 * k.sl, k.sl, k.sd, dm.S - k0, dm.D, 1.f);
+    load_tile<BN, DP, LD>(Vs, v.at(b, h) + (int64_t)k0 * v.sl, v.sl, v.sd, dm.S - k0, dm.Dv, 1.f);
+
+    float ak[4][CA], av[4][CA];
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < CA; j++) ak[i][j] = av[i][j] = 0.f;
+
+    int m_begin = dm.causal ? max(0, k0 - off) : 0;
+    m_begin = m_begin / BMK * BMK;
+    const float *qb = q.at(b, h), *gb = dout.at(b, h);
+    const float *lb = lse + b * lsb + h * lsh, *db = Dvec + (int64_t)bh * dm.L;
+    for (int q0 = m_begin; q0 < dm.L; q0 += BMK) {
+        __syncthreads();
+        load_tile<BMK, DP, LD>(Qs, qb + (int64_t)q0 * q.sl, q.sl, q.sd, dm.L - q0, dm.D, 1.f);
+        load_tile<BMK, DP, LD>(dOs, gb + (int64_t)q0 * dout.sl, dout.sl, dout.sd, dm.L - q0, dm.Dv, 1.f);
+        for (int r = threadIdx.x; r < BMK; r += kThreads) {
+            const bool in = q0 + r < dm.L;
+            lse2[r] = in ? lb[(int64_t)(q0 + r) * lsl] * kLog2e : -INFINITY;
+            Ds[r] = in ? db[q0 + r] : 0.f;
+        }
+        __syncthreads();
+        float st[4][CQ], dpt[4][CQ];
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+#pragma unroll
+            for (int j = 0; j < CQ; j++) st[i][j] = dpt[i][j] = 0.f;
+        mm_nt<4, CQ, DP, LD, LD, TX>(st, Ks + ty * 4 * LD, Qs + tx * LD);
+        mm_nt<4, CQ, DP, LD, LD, TX>(dpt, Vs + ty * 4 * LD, dOs + tx * LD);
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int kn = k0 + ty * 4 + i;
+#pragma unroll
+            for (int j = 0; j < CQ; j++) {
+                const int mc = tx + TX * j, qm = q0 + mc;
+                const float l2 = lse2[mc];
+                const bool ok = kn < dm.S && qm < dm.L && l2 != -INFINITY && !(dm.causal && kn > qm + off);
+                const float p = ok ? exp2f(st[i][j] * sl2 - l2) : 0.f;
+                Pts[(ty * 4 + i) * PTLD + mc] = p;
+                dSts[(ty * 4 + i) * PTLD + mc] = p * (dpt[i][j] - Ds[mc]);
+            }
+        }
+        __syncthreads();
+        mm_nn<4, CA, BMK, PTLD, LD, TX>(av, Pts + ty * 4 * PTLD, dOs + tx);
+        mm_nn<4, CA, BMK, PTLD, LD, TX>(ak, dSts + ty * 4 * PTLD, Qs + tx);
+    }
+    float *dkb = dk.p ? dk.at(b, h) : nullptr, *dvb = dv.p ? dv.at(b, h) : nullptr;
+    const float scale = (float)dm.scale;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const int kn = k0 + ty * 4 + i;
+        if (kn >= dm.S) continue;
+#pragma unroll
+        for (int j = 0; j < CA; j++) {
+            const int d = tx + TX * j;
+            if (dkb && d < dm.D) dkb[(int64_t)kn * dk.sl + (int64_t)d * dk.sd] = ak[i][j] * scale;
+            if (dvb && d < dm.Dv) dvb[(int64_t)kn * dv.sl + (int64_t)d * dv.sd] = av[i][j];
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- f32 backward: dQ */
+
+template <int DP>
+__global__ void __launch_bounds__(kThreads)
+attn_bwd_dq_kernel(opnd<float> dq, opnd<const float> q, opnd<const float> k, opnd<const float> v, opnd<const float> dout,
+                   const float *__restrict__ lse, int64_t lsb, int64_t lsh, int64_t lsl, const float *__restrict__ Dvec,
+                   dims dm)
+{
+    using C = cfg<DP>;
+    constexpr int BM = C::BM, BN = C::BN, LD = C::LD, PLD = C::PLD, CS = BN / 16, CO = DP / 16;
+    extern __shared__ float4 smem4[];
+    float *Qs = reinterpret_cast<float *>(smem4), *dOs = Qs + BM * LD, *Ks = dOs + BM * LD, *Vs = Ks + BN * LD;
+    float *dSs = Vs + BN * LD, *lse2 = dSs + BM * PLD, *Ds = lse2 + BM;
+
+    const int ntiles = (dm.L + BM - 1) / BM;
+    const int tile = ntiles - 1 - (int)(blockIdx.x % ntiles);
+    const int bh = (int)(blockIdx.x / ntiles), b = bh / dm.H, h = bh % dm.H;
+    const int q0 = tile * BM, tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+    const int off = dm.S - dm.L;
+    const float sl2 = (float)dm.scale * kLog2e;
+
+    load_tile<BM, DP, LD>(Qs, q.at(b, h) + (int64_t)q0 * q.sl, q.sl, q.sd, dm.L - q0, dm.D, 1.f);
+    load_tile<BM, DP, LD>(dOs, dout.at(b, h) + (int64_t)q0 * dout.sl, dout.sl, dout.sd, dm.L - q0, dm.Dv, 1.f);
+    {
+        const float *lb = lse + b * lsb + h * lsh, *db = Dvec + (int64_t)bh * dm.L;
+        for (int r = threadIdx.x; r < BM; r += kThreads) {
+            const bool in = q0 + r < dm.L;
+            lse2[r] = in ? lb[(int64_t)(q0 + r) * lsl] * kLog2e : -INFINITY;
+            Ds[r] = in ? db[q0 + r] : 0.f;
+        }
+    }
+    float a[4][CO];
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < CO; j++) a[i][j] = 0.f;
+    const int n_end = dm.causal ? min(dm.S, q0 + BM + off) : dm.S;
+    const float *kb = k.at(b, h), *vb = v.at(b, h);
+    for (int k0 = 0; k0 < n_end; k0 += BN) {
+        __syncthreads();
+        load_tile<BN, DP, LD>(Ks, kb + (int64_t)k0 * k.sl, k.sl, k.sd, dm.S - k0, dm.D, 1.f);
+        load_tile<BN, DP, LD>(Vs, vb + (int64_t)k0 * v.sl, v.sl, v.sd, dm.S - k0, dm.Dv, 1.f);
+        __syncthreads();
+        float s[4][CS], dp[4][CS];
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+#pragma unroll
+            for (int j = 0; j < CS; j++) s[i][j] = dp[i][j] = 0.f;
+        mm_nt<4, CS, DP, LD, LD, 16>(s, Qs + ty * 4 * LD, Ks + tx * LD);
+        mm_nt<4, CS, DP, LD, LD, 16>(dp, dOs + ty * 4 * LD, Vs + tx * LD);
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int r = ty * 4 + i, qm = q0 + r;
+            const float l2 = lse2[r], dd = Ds[r];
+#pragma unroll
+            for (int j = 0; j < CS; j++) {
+                const int kn = k0 + tx + 16 * j;
+                const bool ok = kn < dm.S && qm < dm.L && l2 != -INFINITY && !(dm.causal && kn > qm + off);
+                const float p = ok ? exp2f(s[i][j] * sl2 - l2) : 0.f;
+                dSs[r * PLD + tx + 16 * j] = p * (dp[i][j] - dd);
+            }
+        }
+        __syncthreads();
+        mm_nn<4, CO, BN, PLD, LD, 16>(a, dSs + ty * 4 * PLD, Ks + tx);
+    }
+    float *qo = dq.at(b, h);
+    const float scale = (float)dm.scale;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const int qm = q0 + ty * 4 + i;
+        if (qm >= dm.L) continue;
+#pragma unroll
+        for (int j = 0; j < CO; j++) {
+            const int d = tx + 16 * j;
+            if (d < dm.D) qo[(int64_t)qm * dq.sl + (int64_t)d * dq.sd] = a[i][j] * scale;
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- simple kernels (f64, D > 256) */
+
+/* a thread per query row; online softmax with the output row as accumulator */
+template <typename T>
+__global__ void attn_fwd_simple_kernel(opnd<T> out, T *__restrict__ lse, int64_t lsb, int64_t lsh, int64_t lsl,
+                                       opnd<const T> q, opnd<const T> k, opnd<const T> v, dims dm)
+{
+    const int64_t row = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (row >= (int64_t)dm.B * dm.H * dm.L) return;
+    const int i = (int)(row % dm.L), bh = (int)(row / dm.L), b = bh / dm.H, h = bh % dm.H;
+    const T *qr = q.at(b, h) + (int64_t)i * q.sl, *kb = k.at(b, h), *vb = v.at(b, h);
+    T *o = out.at(b, h) + (int64_t)i * out.sl;
+    const T scale = (T)dm.scale;
+    for (int d = 0; d < dm.Dv; d++) o[(int64_t)d * out.sd] = 0;
+    T m = -INFINITY, l = 0;
+    const int jend = dm.causal ? min(dm.S, i + dm.S - dm.L + 1) : dm.S;
+    for (int j = 0; j < jend; j++) {
+        const T *kr = kb + (int64_t)j * k.sl, *vr = vb + (int64_t)j * v.sl;
+        T s = 0;
+        for (int d = 0; d < dm.D; d++) s += qr[(int64_t)d * q.sd] * kr[(int64_t)d * k.sd];
+        s *= scale;
+        if (s > m) {
+            const T c = exp(m - s);
+            l *= c;
+            for (int d = 0; d < dm.Dv; d++) o[(int64_t)d * out.sd] *= c;
+            m = s;
+        }
+        const T p = exp(s - m);
+        l += p;
+        for (int d = 0; d < dm.Dv; d++) o[(int64_t)d * out.sd] += p * vr[(int64_t)d * v.sd];
+    }
+    const T inv = l > 0 ? T(1) / l : T(0);
+    for (int d = 0; d < dm.Dv; d++) o[(int64_t)d * out.sd] *= inv;
+    lse[b * lsb + h * lsh + (int64_t)i * lsl] = l > 0 ? m + log(l) : (T)-INFINITY;
+}
+
+template <typename T>
+__global__ void attn_bwd_dq_simple_kernel(opnd<T> dq, opnd<const T> q, opnd<const T> k, opnd<const T> v,
+                                          opnd<const T> dout, const T *__restrict__ lse, int64_t lsb, int64_t lsh,
+                                          int64_t lsl, const T *__restrict__ Dvec, dims dm)
+{
+    const int64_t row = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (row >= (int64_t)dm.B * dm.H * dm.L) return;
+    const int i = (int)(row % dm.L), bh = (int)(row / dm.L), b = bh / dm.H, h = bh % dm.H;
+    const T *qr = q.at(b, h) + (int64_t)i * q.sl, *gr = dout.at(b, h) + (int64_t)i * dout.sl;
+    const T *kb = k.at(b, h), *vb = v.at(b, h);
+    T *o = dq.at(b, h) + (int64_t)i * dq.sl;
+    const T scale = (T)dm.scale, ls = lse[b * lsb + h * lsh + (int64_t)i * lsl], Di = Dvec[row];
+    for (int d = 0; d < dm.D; d++) o[(int64_t)d * dq.sd] = 0;
+    if (ls == (T)-INFINITY) return;
+    const int jend = dm.causal ? min(dm.S, i + dm.S - dm.L + 1) : dm.S;
+    for (int j = 0; j < jend; j++) {
+        const T *kr = kb + (int64_t)j * k.sl, *vr = vb + (int64_t)j * v.sl;
+        T s = 0, dp = 0;
+        for (int d = 0; d < dm.D; d++) s += qr[(int64_t)d * q.sd] * kr[(int64_t)d * k.sd];
+        for (int d = 0; d < dm.Dv; d++) dp += gr[(int64_t)d * dout.sd] * vr[(int64_t)d * v.sd];
+        const T p = exp(s * scale - ls), ds = p * (dp - Di) * scale;
+        for (int d = 0; d < dm.D; d++) o[(int64_t)d * dq.sd] += ds * kr[(int64_t)d * k.sd];
+    }
+}
+
+template <typename T>
+__global__ void attn_bwd_dkdv_simple_kernel(opnd<T> dk, opnd<T> dv, opnd<const T> q, opnd<const T> k, opnd<const T> v,
+                                            opnd<const T> dout, const T *__restrict__ lse, int64_t lsb, int64_t lsh,
+                                            int64_t lsl, const T *__restrict__ Dvec, dims dm)
+{
+    const int64_t row = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (row >= (int64_t)dm.B * dm.H * dm.S) return;
+    const int j = (int)(row % dm.S), bh = (int)(row / dm.S), b = bh / dm.H, h = bh % dm.H;
+    const T *kr = k.at(b, h) + (int64_t)j * k.sl, *vr = v.at(b, h) + (int64_t)j * v.sl;
+    const T *qb = q.at(b, h), *gb = dout.at(b, h);
+    T *ok = dk.p ? dk.at(b, h) + (int64_t)j * dk.sl : nullptr, *ov = dv.p ? dv.at(b, h) + (int64_t)j * dv.sl : nullptr;
+    const T scale = (T)dm.scale;
+    if (ok)
+        for (int d = 0; d < dm.D; d++) ok[(int64_t)d * dk.sd] = 0;
+    if (ov)
+        for (int d = 0; d < dm.Dv; d++) ov[(int64_t)d * dv.sd] = 0;
+    const int ibegin = dm.causal ? max(0, j - (dm.S - dm.L)) : 0;
+    for (int i = ibegin; i < dm.L; i++) {
+        const T ls = lse[b * lsb + h * lsh + (int64_t)i * lsl];
+        if (ls == (T)-INFINITY) continue;
+        const T *qr = qb + (int64_t)i * q.sl, *gr = gb + (int64_t)i * dout.sl;
+        T s = 0, dp = 0;
+        for (int d = 0; d < dm.D; d++) s += qr[(int64_t)d * q.sd] * kr[(int64_t)d * k.sd];
+        for (int d = 0; d < dm.Dv; d++) dp += gr[(int64_t)d * dout.sd] * vr[(int64_t)d * v.sd];
+        const T p = exp(s * scale - ls), ds = p * (dp - Dvec[(int64_t)bh * dm.L + i]) * scale;
+        if (ov)
+            for (int d = 0; d < dm.Dv; d++) ov[(int64_t)d * dv.sd] += p * gr[(int64_t)d * dout.sd];
+        if (ok)
+            for (int d = 0; d < dm.D; d++) ok[(int64_t)d * dk.sd] += ds * qr[(int64_t)d * q.sd];
+    }
+}
+
+/* ---------------------------------------------------------------- launchers */
+
+int padded_dim(int d)
+{
+    static const int dps[] = {32, 48, 64, 80, 96, 128, 160, 192, 256};
+    for (int p : dps)
+        if (d <= p) return p;
+    return 0;   /* too wide for the tiled kernels */
+}
+
+/* raise a kernel's dynamic shared memory limit once (*done caches it per kernel instance) */
+template <typename K> enum status set_smem(K kernel, size_t bytes, bool *done)
+{
+    if (bytes > 48 * 1024 && !*done)
+        CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+    *done = true;
+    return STATUS_OK;
+}
+
+template <int DP>
+enum status fwd_tiled(opnd<float> out, float *lse, int64_t lsb, int64_t lsh, int64_t lsl, opnd<const float> q,
+                      opnd<const float> k, opnd<const float> v, const dims &dm)
+{
+    using C = cfg<DP>;
+    enum status s;
+    static bool ready = false;
+    if ((s = set_smem(attn_fwd_kernel<DP>, C::fwd_smem, &ready))) return s;
+    const int64_t blocks = (int64_t)dm.B * dm.H * ((dm.L + C::BM - 1) / C::BM);
+    if (blocks == 0) return STATUS_OK;
+    attn_fwd_kernel<DP><<<(unsigned)blocks, kThreads, C::fwd_smem, (cudaStream_t)cuda_stream()>>>(out, lse, lsb, lsh, lsl,
+                                                                                                  q, k, v, dm);
+    CUDA_LAUNCHED();
+    return STATUS_OK;
+}
+
+template <int DP>
+enum status bwd_tiled(opnd<float> dq, opnd<float> dk, opnd<float> dv, opnd<const float> q, opnd<const float> k,
+                      opnd<const float> v, opnd<const float> dout, const float *lse, int64_t lsb, int64_t lsh,
+                      int64_t lsl, const float *Dvec, const dims &dm)
+{
+    using C = cfg<DP>;
+    enum status s;
+    cudaStream_t st = (cudaStream_t)cuda_stream();
+    static bool ready_kv = false, ready_q = false;
+    const int64_t kv_blocks = (int64_t)dm.B * dm.H * ((dm.S + C::BN - 1) / C::BN);
+    const int64_t q_blocks = (int64_t)dm.B * dm.H * ((dm.L + C::BM - 1) / C::BM);
+    if ((dk.p || dv.p) && kv_blocks > 0) {
+        if ((s = set_smem(attn_bwd_dkdv_kernel<DP>, C::dkdv_smem, &ready_kv))) return s;
+        const int64_t blocks = kv_blocks;
+        attn_bwd_dkdv_kernel<DP><<<(unsigned)blocks, kThreads, C::dkdv_smem, st>>>(dk, dv, q, k, v, dout, lse, lsb, lsh,
+                                                                                    lsl, Dvec, dm);
+        CUDA_LAUNCHED();
+    }
+    if (dq.p && q_blocks > 0) {
+        if ((s = set_smem(attn_bwd_dq_kernel<DP>, C::dq_smem, &ready_q))) return s;
+        const int64_t blocks = q_blocks;
+        attn_bwd_dq_kernel<DP><<<(unsigned)blocks, kThreads, C::dq_smem, st>>>(dq, q, k, v, dout, lse, lsb, lsh, lsl, Dvec,
+                                                                               dm);
+        CUDA_LAUNCHED();
+    }
+    return STATUS_OK;
+}
+
+#define ATTN_DISPATCH(dp, call)                                                                            \
+    switch (dp) {                                                                                          \
+    case 32: return call(32);                                                                              \
+    case 48: return call(48);                                                                              \
+    case 64: return call(64);                                                                              \
+    case 80: return call(80);                                                                              \
+    case 96: return call(96);                                                                              \
+    case 128: return call(128);                                                                            \
+    case 160: return call(160);                                                                            \
+    case 192: return call(192);                                                                            \
+    case 256: return call(256);                                                                            \
+    default: break;                                                                                        \
+    }
+
+template <typename T>
+enum status forward_run(struct tensor *out, struct tensor *lse, const struct tensor *q, const struct tensor *k,
+                        const struct tensor *v, const dims &dm)
+{
+    const opnd<T> o = make_opnd<T>(out);
+    const opnd<const T> qo = make_opnd<const T>(q), ko = make_opnd<const T>(k), vo = make_opnd<const T>(v);
+    T *lp = (T *)lse->storage->data + lse->offset;
+    const int64_t lsb = lse->stride[0], lsh = lse->stride[1], lsl = lse->stride[2];
+    if constexpr (sizeof(T) == 4) {
+        const int dp = padded_dim(dm.D > dm.Dv ? dm.D : dm.Dv);
+#define FWD_CALL(DP) fwd_tiled<DP>(o, lp, lsb, lsh, lsl, qo, ko, vo, dm)
+        ATTN_DISPATCH(dp, FWD_CALL)
+#undef FWD_CALL
+    }
+    const int64_t rows = (int64_t)dm.B * dm.H * dm.L;
+    attn_fwd_simple_kernel<T><<<(unsigned)((rows + 127) / 128), 128, 0, (cudaStream_t)cuda_stream()>>>(o, lp, lsb, lsh, lsl,
+                                                                                                       qo, ko, vo, dm);
+    CUDA_LAUNCHED();
+    return STATUS_OK;
+}
+
+template <typename T>
+enum status backward_run(struct tensor *dq, struct tensor *dk, struct tensor *dv, const struct tensor *dout,
+                         const struct tensor *q, const struct tensor *k, const struct tensor *v, const struct tensor *out,
+                         const struct tensor *lse, const dims &dm)
+{
+    const opnd<T> none = {nullptr, 0, 0, 0, 0};
+    const opnd<T> dqo = dq ? make_opnd<T>(dq) : none, dko = dk ? make_opnd<T>(dk) : none, dvo = dv ? make_opnd<T>(dv) : none;
+    const opnd<const T> qo = make_opnd<const T>(q), ko = make_opnd<const T>(k), vo = make_opnd<const T>(v);
+    const opnd<const T> go = make_opnd<const T>(dout), oo = make_opnd<const T>(out);
+    const T *lp = (const T *)lse->storage->data + lse->offset;
+    const int64_t lsb = lse->stride[0], lsh = lse->stride[1], lsl = lse->stride[2];
+    cudaStream_t st = (cudaStream_t)cuda_stream();
+
+    /* D = rowsum(dO * O), [B*H*L] */
+    const int64_t rows = (int64_t)dm.B * dm.H * dm.L;
+    int64_t n = rows > 0 ? rows : 1;
+    struct tensor *dt = tensor_empty(sizeof(T) == 4 ? DTYPE_F32 : DTYPE_F64, 1, &n, DEVICE_CUDA);
+    if (!dt) return tensor_status() ? tensor_status() : STATUS_OOM;
+    T *Dvec = (T *)dt->storage->data;
+    if (rows > 0) {
+        attn_bwd_pre_kernel<T><<<(unsigned)((rows + 7) / 8), 256, 0, st>>>(Dvec, go, oo, dm);
+        CUDA_LAUNCHED();
+    }
+    if constexpr (sizeof(T) == 4) {
+        const int dp = padded_dim(dm.D > dm.Dv ? dm.D : dm.Dv);
+#define BWD_CALL(DP) bwd_tiled<DP>(dqo, dko, dvo, qo, ko, vo, go, lp, lsb, lsh, lsl, Dvec, dm)
+        ATTN_DISPATCH(dp, BWD_CALL)
+#undef BWD_CALL
+    }
+    if (dq && rows > 0) {
+        attn_bwd_dq_simple_kernel<T><<<(unsigned)((rows + 127) / 128), 128, 0, st>>>(dqo, qo, ko, vo, go, lp, lsb, lsh, lsl,
+                                                                                    Dvec, dm);
+        CUDA_LAUNCHED();
+    }
+    const int64_t krows = (int64_t)dm.B * dm.H * dm.S;
+    if ((dk || dv) && krows > 0) {
+        attn_bwd_dkdv_simple_kernel<T><<<(unsigned)((krows + 127) / 128), 128, 0, st>>>(dko, dvo, qo, ko, vo, go, lp, lsb,
+                                                                                       lsh, lsl, Dvec, dm);
+        CUDA_LAUNCHED();
+    }
+    return STATUS_OK;
+}
+
+/* shapes and dtypes of one call; fills dm */
+enum status check(const char *op, const struct tensor *q, const struct tensor *k, const struct tensor *v,
+                  const struct tensor *out, const struct tensor *lse, double scale, bool causal, dims *dm)
+{
+    if (q->dtype != DTYPE_F32 && q->dtype != DTYPE_F64)
+        return tensor_fail(STATUS_DTYPE, "%s: dtype %s is not supported on CUDA (use f32 or f64)", op, dtype_name(q->dtype));
+    const struct tensor *all[5] = {k, v, out, lse, NULL};
+    for (int i = 0; all[i]; i++)
+        if (all[i]->dtype != q->dtype)
+            return tensor_fail(STATUS_DTYPE, "%s: all tensors must be %s", op, dtype_name(q->dtype));
+    if (q->ndim != 4 || k->ndim != 4 || v->ndim != 4 || out->ndim != 4 || lse->ndim != 3)
+        return tensor_fail(STATUS_SHAPE, "%s: expected q/k/v/out [B,H,*,*] and lse [B,H,L]", op);
+    const int64_t B = q->shape[0], H = q->shape[1], L = q->shape[2], D = q->shape[3], S = k->shape[2], Dv = v->shape[3];
+    if (k->shape[0] != B || k->shape[1] != H || k->shape[3] != D || v->shape[0] != B || v->shape[1] != H ||
+        v->shape[2] != S || out->shape[0] != B || out->shape[1] != H || out->shape[2] != L || out->shape[3] != Dv ||
+        lse->shape[0] != B || lse->shape[1] != H || lse->shape[2] != L)
+        return tensor_fail(STATUS_SHAPE, "%s: q [%lld,%lld,%lld,%lld], k, v, out, lse do not agree", op, (long long)B,
+                           (long long)H, (long long)L, (long long)D);
+    if (B * H > INT32_MAX || L > INT32_MAX / 2 || S > INT32_MAX / 2 || D > INT32_MAX || Dv > INT32_MAX ||
+        B * H * ((L > S ? L : S) + 63) / 64 > UINT32_MAX)
+        return tensor_fail(STATUS_SHAPE, "%s: sizes too large", op);
+    *dm = dims{(int)B, (int)H, (int)L, (int)S, (int)D, (int)Dv, causal ? 1 : 0, scale};
+    return STATUS_OK;
+}
+
+}  // namespace
+
+/* ---------------------------------------------------------------- entry points */
+
+extern "C" enum status cuda_attention(struct tensor *out, struct tensor *lse, const struct tensor *q, const struct tensor *k,
+                                      const struct tensor *v, double scale, bool causal)
+{
+    dims dm;
+    enum status s;
+    if ((s = check("attention", q, k, v, out, lse, scale, causal, &dm))) return s;
+    if ((int64_t)dm.B * dm.H * dm.L == 0) return STATUS_OK;
+    return q->dtype == DTYPE_F32 ? forward_run<float>(out, lse, q, k, v, dm) : forward_run<double>(out, lse, q, k, v, dm);
+}
+
+extern "C" enum status cuda_attention_backward(struct tensor *dq, struct tensor *dk, struct tensor *dv,
+                                               const struct tensor *dout, const struct tensor *q, const struct tensor *k,
+                                               const struct tensor *v, const struct tensor *out, const struct tensor *lse,
+                                               double scale, bool causal)
+{
+    dims dm;
+    enum status s;
+    const char *op = "attention_backward";
+    if ((s = check(op, q, k, v, out, lse, scale, causal, &dm))) return s;
+    if (!tensor_same_shape(dout, out) || dout->dtype != q->dtype || (dq && (!tensor_same_shape(dq, q) || dq->dtype != q->dtype)) ||
+        (dk && (!tensor_same_shape(dk, k) || dk->dtype != q->dtype)) ||
+        (dv && (!tensor_same_shape(dv, v) || dv->dtype != q->dtype)))
+        return tensor_fail(STATUS_SHAPE, "%s: dout/dq/dk/dv must match out/q/k/v in shape and dtype", op);
+    if ((int64_t)dm.B * dm.H == 0) return STATUS_OK;
+    tensor_scope_begin();
+    s = q->dtype == DTYPE_F32 ? backward_run<float>(dq, dk, dv, dout, q, k, v, out, lse, dm)
+                              : backward_run<double>(dq, dk, dv, dout, q, k, v, out, lse, dm);
+    tensor_scope_end();
+    return s;
+}

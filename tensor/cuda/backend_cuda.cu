@@ -1,0 +1,146 @@
+/* backend_cuda.cu — the CUDA backend's table, device discovery, raw memory, host transfers,
+ * the stream and the cuBLAS handle. */
+#include "tensor/cuda/common.cuh"
+
+#include <pthread.h>
+#include <stdio.h>
+
+/* Everything runs on one non-blocking stream, so kernels are ordered among themselves and a
+ * block freed to the caching allocator can be handed out again at once: any later use of it
+ * is queued behind the kernels that still read it. */
+static cudaStream_t g_stream;
+static cublasHandle_t g_blas;
+static bool g_tf32;
+
+static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+static enum status g_init_status = STATUS_DEVICE;
+static char g_init_msg[512];
+
+void *cuda_stream(void) { return (void *)g_stream; }
+cublasHandle_t cuda_blas_handle(void) { return g_blas; }
+void cuda_set_tf32(bool on) { g_tf32 = on; }
+bool cuda_tf32(void) { return g_tf32; }
+
+enum status cuda_synchronize(void)
+{
+    CUDA_TRY(cudaStreamSynchronize(g_stream));
+    return STATUS_OK;
+}
+
+static void *cuda_raw_alloc(size_t bytes)
+{
+    void *p = NULL;
+    /* plain device memory (never managed); out of memory is reported by alloc.c with the
+     * size and the usage, so only clear the (non-sticky) error here */
+    if (cudaMalloc(&p, bytes) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return NULL;
+    }
+    return p;
+}
+
+static void cuda_raw_free(void *p)
+{
+    /* cudaFree waits for the device, so no kernel still reads the block */
+    cudaError_t e = cudaFree(p);
+    if (e != cudaSuccess) {
+        fprintf(stderr, "draft: cudaFree failed: %s\n", cudaGetErrorString(e));
+        (void)cudaGetLastError();
+    }
+}
+
+/* Transfers go through the stream, behind the kernels that produce or consume the bytes, and
+ * wait for completion: the host buffer may be reused as soon as we return. */
+static enum status cuda_upload(void *dst, const void *src, size_t bytes)
+{
+    if (!bytes) return STATUS_OK;
+    CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, g_stream));
+    CUDA_TRY(cudaStreamSynchronize(g_stream));
+    return STATUS_OK;
+}
+
+static enum status cuda_download(void *dst, const void *src, size_t bytes)
+{
+    if (!bytes) return STATUS_OK;
+    CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, g_stream));
+    CUDA_TRY(cudaStreamSynchronize(g_stream));
+    return STATUS_OK;
+}
+
+const struct backend backend_cuda = {
+    .name = "cuda",
+    .device = DEVICE_CUDA,
+    .raw_alloc = cuda_raw_alloc,
+    .raw_free = cuda_raw_free,
+    .copy = cuda_copy,
+    .fill = cuda_fill,
+    .upload = cuda_upload,
+    .download = cuda_download,
+    .unary = cuda_unary,
+    .unary_backward = cuda_unary_backward,
+    .binary = cuda_binary,
+    .where = cuda_where,
+    .reduce = cuda_reduce,
+    .matmul = cuda_matmul,
+    .conv2d = cuda_conv2d,
+    .conv2d_backward_input = cuda_conv2d_backward_input,
+    .conv2d_backward_weight = cuda_conv2d_backward_weight,
+    .softmax = cuda_softmax,
+    .softmax_backward = cuda_softmax_backward,
+    .layer_norm = cuda_layer_norm,
+    .layer_norm_backward = cuda_layer_norm_backward,
+    .group_norm = cuda_group_norm,
+    .group_norm_backward = cuda_group_norm_backward,
+    .attention = cuda_attention,
+    .attention_backward = cuda_attention_backward,
+    .resize = cuda_resize,
+    .resize_backward = cuda_resize_backward,
+    .avg_pool2d = cuda_avg_pool2d,
+    .avg_pool2d_backward = cuda_avg_pool2d_backward,
+    .embedding = cuda_embedding,
+    .embedding_backward = cuda_embedding_backward,
+    .random = cuda_random,
+};
+
+static void init_once(void)
+{
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess || n == 0) {
+        (void)cudaGetLastError();
+        snprintf(g_init_msg, sizeof g_init_msg, "CUDA: no usable device (%s)",
+                 e != cudaSuccess ? cudaGetErrorString(e) : "cudaGetDeviceCount found 0 devices");
+        return;
+    }
+    const char *step = "cudaSetDevice";
+    if ((e = cudaSetDevice(0)) == cudaSuccess) {
+        step = "cudaStreamCreateWithFlags";
+        e = cudaStreamCreateWithFlags(&g_stream, cudaStreamNonBlocking);
+    }
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        snprintf(g_init_msg, sizeof g_init_msg, "CUDA: %s failed: %s", step, cudaGetErrorString(e));
+        return;
+    }
+    cublasStatus_t b = cublasCreate(&g_blas);
+    if (b == CUBLAS_STATUS_SUCCESS) b = cublasSetStream(g_blas, g_stream);
+    if (b != CUBLAS_STATUS_SUCCESS) {
+        snprintf(g_init_msg, sizeof g_init_msg, "CUDA: cuBLAS initialisation failed: %s", cublasGetStatusName(b));
+        return;
+    }
+    g_init_status = STATUS_OK;
+    backend_register(DEVICE_CUDA, &backend_cuda);
+}
+
+enum status cuda_init(void)
+{
+    pthread_once(&g_once, init_once);
+    if (g_init_status) return tensor_fail(g_init_status, "%s", g_init_msg);
+    return STATUS_OK;
+}
+
+bool cuda_available(void)
+{
+    pthread_once(&g_once, init_once);
+    return g_init_status == STATUS_OK;
+}

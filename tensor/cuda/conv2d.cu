@@ -1,0 +1,528 @@
+/* conv2d.cu — 2-D convolution (forward, backward input, backward weight) for the CUDA backend.
+ *
+ * Algorithm: tiled im2col + cuBLAS. With K = C*KH*KW (row k = (c, kh, kw)) and a tile of
+ * output pixels, im2col writes col[K, pixels] and one strided-batched GEMM per group computes
+ *   forward          out_g[Og, P]   = w_g[Og, Kg] @ col_g[Kg, P]        (batched over images)
+ *   backward weight  dw_g[Og, Kg]  += dy_g[Og, P] @ col_g[Kg, P]^T      (batched over groups)
+ *   backward input   dcol[R, OHW]   = w_g[:, rows]^T @ dy_g[Og, OHW]     (batched over images)
+ * and the backward input finishes with col2im as a gather: each dx element sums the dcol
+ * entries that read it, so no atomics are needed. 1x1 convolutions with stride 1 and no padding
+ * skip im2col and use x / dx directly as the GEMM operand. Bias is pre-filled into the output
+ * and the GEMM accumulates onto it (beta = 1); db is a per-channel reduction kernel.
+ * f32 GEMMs use cublasGemmStridedBatchedEx with CUBLAS_COMPUTE_32F, or
+ * CUBLAS_COMPUTE_32F_FAST_TF32 when cuda_tf32() is on; f64 uses cublasDgemmStridedBatched.
+ * Memory: one workspace of at most kWorkspaceBytes (64 MiB; more only when a single output
+ * row of pixels times K needs it) from the caching allocator: a tile is a batch of whole
+ * images when they fit, else a range of pixels of one image (forward, backward weight) or a
+ * range of channels of one image (backward input, so that col2im sees every pixel of them).
+ * Non-contiguous x / w / dy are copied to contiguous temporaries.
+ * Determinism: cuBLAS GEMMs are deterministic (no atomics mode is enabled); backward weight
+ * accumulates tiles in a fixed order; col2im and db are gathers with fixed summation order.
+ * The cuBLAS handle is this file's own, created lazily and bound to cuda_stream() per call. */
+#include "tensor/cuda/cuda.h"
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <limits.h>
+
+namespace {
+
+/* im2col workspace bound. On an H200, [2,320,64,64] 3x3 (TF32) ran fwd/bwd-input/bwd-weight in
+ * 0.163/0.211/0.168 ms with 32 MiB, 0.159/0.208/0.151 with 64 MiB, 0.169/0.192/0.146 with 128 MiB. */
+constexpr size_t kWorkspaceBytes = (size_t)64 << 20;
+
+#define CUBLAS_TRY(call)                                                                                  \
+    do {                                                                                                  \
+        cublasStatus_t st_ = (call);                                                                      \
+        if (st_ != CUBLAS_STATUS_SUCCESS)                                                                 \
+            return tensor_fail(STATUS_DEVICE, "cuBLAS error %s in %s at %s:%d", cublasGetStatusString(st_), \
+                               #call, __FILE__, __LINE__);                                                \
+    } while (0)
+
+template <typename T> T *dptr(const struct tensor *t) { return (T *)t->storage->data + t->offset; }
+
+cublasHandle_t g_handle = nullptr;
+
+enum status blas_handle(cublasHandle_t *h)
+{
+    if (!g_handle) CUBLAS_TRY(cublasCreate(&g_handle));
+    CUBLAS_TRY(cublasSetStream(g_handle, (cudaStream_t)cuda_stream()));
+    *h = g_handle;
+    return STATUS_OK;
+}
+
+/* column-major C[m,n] = op(A)[m,k] @ op(B)[k,n] + beta * C, strided-batched */
+enum status gemm(cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t n, int64_t k, const float *A, int64_t lda,
+                 int64_t sA, const float *B, int64_t ldb, int64_t sB, float beta, float *C, int64_t ldc, int64_t sC,
+                 int64_t batch)
+{
+    cublasHandle_t h = nullptr;
+    enum status s = STATUS_OK;
+    if ((s = blas_handle(&h))) return s;
+    const float one = 1.0f;
+    const cublasComputeType_t ct = cuda_tf32() ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+    CUBLAS_TRY(cublasGemmStridedBatchedEx(h, ta, tb, (int)m, (int)n, (int)k, &one, A, CUDA_R_32F, (int)lda, sA, B,
+                                          CUDA_R_32F, (int)ldb, sB, &beta, C, CUDA_R_32F, (int)ldc, sC, (int)batch, ct,
+                                          CUBLAS_GEMM_DEFAULT));
+    return STATUS_OK;
+}
+
+enum status gemm(cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t n, int64_t k, const double *A,
+                 int64_t lda, int64_t sA, const double *B, int64_t ldb, int64_t sB, double beta, double *C, int64_t ldc,
+                 int64_t sC, int64_t batch)
+{
+    cublasHandle_t h = nullptr;
+    enum status s = STATUS_OK;
+    if ((s = blas_handle(&h))) return s;
+    const double one = 1.0;
+    CUBLAS_TRY(cublasDgemmStridedBatched(h, ta, tb, (int)m, (int)n, (int)k, &one, A, (int)lda, sA, B, (int)ldb, sB, &beta,
+                                         C, (int)ldc, sC, (int)batch));
+    return STATUS_OK;
+}
+
+/* ---------------------------------------------------------------- host helpers */
+
+const struct tensor *contig(const struct tensor *t, enum status *s)
+{
+    if (!t || tensor_is_contiguous(t)) return t;
+    struct tensor *c = tensor_empty(t->dtype, t->ndim, t->shape, DEVICE_CUDA);
+    if (!c) { *s = tensor_status() ? tensor_status() : STATUS_OOM; return NULL; }
+    if ((*s = cuda_copy(c, t))) return NULL;
+    return c;
+}
+
+struct outbuf {
+    struct tensor *dst = nullptr, *tmp = nullptr;
+    enum status open(struct tensor *t)
+    {
+        dst = t;
+        if (!t || tensor_is_contiguous(t)) return STATUS_OK;
+        tmp = tensor_empty(t->dtype, t->ndim, t->shape, DEVICE_CUDA);
+        return tmp ? STATUS_OK : (tensor_status() ? tensor_status() : STATUS_OOM);
+    }
+    template <typename T> T *p() const { return dst ? dptr<T>(tmp ? tmp : dst) : nullptr; }
+    enum status close() { return tmp ? cuda_copy(dst, tmp) : STATUS_OK; }
+};
+
+template <typename T> T *scratch(int64_t elems, enum status *s)
+{
+    int64_t n = elems > 0 ? elems : 1;
+    struct tensor *t = tensor_empty(sizeof(T) == 4 ? DTYPE_F32 : DTYPE_F64, 1, &n, DEVICE_CUDA);
+    if (!t) { *s = tensor_status() ? tensor_status() : STATUS_OOM; return NULL; }
+    return (T *)t->storage->data;
+}
+
+/* the geometry of one convolution, everything derived once */
+struct geom {
+    int64_t N, C, H, W, O, KH, KW, OH, OW;
+    int sh, sw, pt, pl, dh, dw, G;
+    int64_t Cg, Og, KK, Kg, K, HW, OHW;
+    bool pointwise;   /* 1x1, stride 1, no padding: col == x */
+};
+
+enum status make_geom(geom *g, const struct tensor *x, const struct tensor *w, const struct tensor *y,
+                      const struct conv2d_params *p, const char *op)
+{
+    if (x->dtype != DTYPE_F32 && x->dtype != DTYPE_F64)
+        return tensor_fail(STATUS_DTYPE, "%s: dtype %s is not supported on CUDA (use f32 or f64)", op, dtype_name(x->dtype));
+    if (w->dtype != x->dtype || y->dtype != x->dtype)
+        return tensor_fail(STATUS_DTYPE, "%s: x, w and out/dy must share a dtype (%s, %s, %s)", op, dtype_name(x->dtype),
+                           dtype_name(w->dtype), dtype_name(y->dtype));
+    if (x->ndim != 4 || w->ndim != 4 || y->ndim != 4)
+        return tensor_fail(STATUS_SHAPE, "%s: x, w and out/dy must be 4-D", op);
+    if (!p || p->groups <= 0 || p->stride_h <= 0 || p->stride_w <= 0 || p->dil_h <= 0 || p->dil_w <= 0 || p->pad_top < 0 ||
+        p->pad_bottom < 0 || p->pad_left < 0 || p->pad_right < 0)
+        return tensor_fail(STATUS_VALUE, "%s: bad parameters (stride, dilation, groups > 0; padding >= 0)", op);
+    g->N = x->shape[0], g->C = x->shape[1], g->H = x->shape[2], g->W = x->shape[3];
+    g->O = w->shape[0], g->KH = w->shape[2], g->KW = w->shape[3];
+    g->OH = y->shape[2], g->OW = y->shape[3];
+    g->sh = p->stride_h, g->sw = p->stride_w, g->pt = p->pad_top, g->pl = p->pad_left;
+    g->dh = p->dil_h, g->dw = p->dil_w, g->G = p->groups;
+    if (g->C % g->G || g->O % g->G || w->shape[1] != g->C / g->G || y->shape[0] != g->N || y->shape[1] != g->O)
+        return tensor_fail(STATUS_SHAPE, "%s: x [%lld,%lld,..], w [%lld,%lld,..], out [%lld,%lld,..] do not fit groups=%d", op,
+                           (long long)g->N, (long long)g->C, (long long)g->O, (long long)w->shape[1],
+                           (long long)y->shape[0], (long long)y->shape[1], g->G);
+    const int64_t eh = g->H + p->pad_top + p->pad_bottom - (int64_t)g->dh * (g->KH - 1) - 1;
+    const int64_t ew = g->W + p->pad_left + p->pad_right - (int64_t)g->dw * (g->KW - 1) - 1;
+    if (eh < 0 || ew < 0 || g->OH != eh / g->sh + 1 || g->OW != ew / g->sw + 1)
+        return tensor_fail(STATUS_SHAPE, "%s: output %lldx%lld does not match input %lldx%lld with this kernel/stride/padding",
+                           op, (long long)g->OH, (long long)g->OW, (long long)g->H, (long long)g->W);
+    g->Cg = g->C / g->G, g->Og = g->O / g->G, g->KK = g->KH * g->KW;
+    g->Kg = g->Cg * g->KK, g->K = g->C * g->KK, g->HW = g->H * g->W, g->OHW = g->OH * g->OW;
+    if (g->K > INT_MAX || g->HW > INT_MAX || g->OHW > INT_MAX || g->O > INT_MAX || g->N > INT_MAX ||
+        g->KK * g->OHW > INT_MAX)
+        return tensor_fail(STATUS_SHAPE, "%s: sizes exceed the 32-bit limits of the GEMM calls", op);
+    g->pointwise = g->KH == 1 && g->KW == 1 && g->sh == 1 && g->sw == 1 && p->pad_top == 0 && p->pad_bottom == 0 &&
+                   p->pad_left == 0 && p->pad_right == 0;
+    return STATUS_OK;
+}
+
+/* a tiling of (image, pixel) for im2col: nb whole images of OHW pixels, or P pixels of one image */
+struct tiling {
+    int64_t nb, P;
+};
+
+tiling pixel_tiling(const geom &g, size_t es)
+{
+    const int64_t ws = (int64_t)(kWorkspaceBytes / es), per_img = g.K * g.OHW;
+    if (per_img <= ws) {
+        int64_t nb = ws / per_img;
+        nb = nb < g.N ? nb : g.N;
+        return tiling{nb < 65535 ? nb : 65535, g.OHW};
+    }
+    int64_t pmax = ws / g.K;
+    if (pmax < 256) pmax = 256;   /* huge K: exceed the budget rather than run tiny GEMMs */
+    const int64_t ntiles = (g.OHW + pmax - 1) / pmax;
+    int64_t P = (g.OHW + ntiles - 1) / ntiles;
+    P = (P + 3) / 4 * 4;
+    return tiling{1, P < g.OHW ? P : g.OHW};
+}
+
+/* ---------------------------------------------------------------- kernels */
+
+struct kgeom {   /* what the kernels need, as 32-bit where the host checked it fits */
+    int C, H, W, KH, KW, OH, OW, sh, sw, pt, pl, dh, dw, KK, K, HW, OHW;
+};
+
+kgeom kernel_geom(const geom &g)
+{
+    return kgeom{(int)g.C, (int)g.H, (int)g.W, (int)g.KH, (int)g.KW, (int)g.OH, (int)g.OW, g.sh, g.sw, g.pt, g.pl,
+                 g.dh, g.dw, (int)g.KK, (int)g.K, (int)g.HW, (int)g.OHW};
+}
+
+constexpr int kIm2colThreads = 256;
+
+/* col[i][k][p] = x[n0+i, c, oh*sh - pt + kh*dh, ow*sw - pl + kw*dw] (0 outside), for the pixels
+ * p0 .. p0+pc of images n0 .. n0+nb; grid.x = K rows, grid.y covers pc in V-wide runs, grid.z = nb */
+template <typename T, int V>
+__global__ void __launch_bounds__(kIm2colThreads)
+im2col_kernel(T *__restrict__ col, const T *__restrict__ x, kgeom g, int64_t n0, int p0, int pc)
+{
+    const int k = blockIdx.x;
+    const int64_t i = blockIdx.z, r = i * g.K + k;
+    const int p = (blockIdx.y * kIm2colThreads + threadIdx.x) * V;
+    if (p >= pc) return;
+    const int c = k / g.KK, kk = k % g.KK, kh = kk / g.KW, kw = kk % g.KW;
+    const T *xp = x + ((n0 + i) * g.C + c) * (int64_t)g.HW;
+    const int hoff = kh * g.dh - g.pt, woff = kw * g.dw - g.pl;
+    const int q = p0 + p;
+    int oh = q / g.OW, ow = q % g.OW;
+    T v[V];
+#pragma unroll
+    for (int j = 0; j < V; j++) {
+        const int ih = oh * g.sh + hoff, iw = ow * g.sw + woff;
+        v[j] = ((unsigned)ih < (unsigned)g.H && (unsigned)iw < (unsigned)g.W) ? __ldg(xp + ih * g.W + iw) : T(0);
+        if (++ow == g.OW) { ow = 0; oh++; }
+    }
+    T *dst = col + r * pc + p;
+    if constexpr (V == 4) {
+        *reinterpret_cast<float4 *>(dst) = make_float4(v[0], v[1], v[2], v[3]);
+    } else {
+#pragma unroll
+        for (int j = 0; j < V; j++)
+            if (p + j < pc) dst[j] = v[j];
+    }
+}
+
+/* dx[n0+i, c0+ci, ih, iw] = sum over (kh, kw) of dcol[i][ci*KK + kh*KW + kw][oh*OW + ow] where
+ * ih = oh*sh - pt + kh*dh, iw = ow*sw - pl + kw*dw; dcol is [nb][cc*KK][OHW] */
+template <typename T>
+__global__ void __launch_bounds__(256)
+col2im_kernel(T *__restrict__ dx, const T *__restrict__ dcol, kgeom g, int64_t n0, int c0, int cc, int64_t nb)
+{
+    const int pix = blockIdx.x * blockDim.x + threadIdx.x;
+    if (pix >= g.HW) return;
+    const int ih = pix / g.W, iw = pix % g.W;
+    for (int64_t i = blockIdx.z; i < nb; i += gridDim.z)
+    for (int ci = blockIdx.y; ci < cc; ci += gridDim.y) {
+        const T *dc = dcol + (i * cc + ci) * (int64_t)g.KK * g.OHW;
+        T acc = 0;
+        for (int kh = 0; kh < g.KH; kh++) {
+            int th = ih + g.pt - kh * g.dh;
+            if (th < 0) break;   /* th only decreases with kh */
+            if (th % g.sh) continue;
+            th /= g.sh;
+            if (th >= g.OH) continue;
+            for (int kw = 0; kw < g.KW; kw++) {
+                int tw = iw + g.pl - kw * g.dw;
+                if (tw < 0) break;
+                if (tw % g.sw) continue;
+                tw /= g.sw;
+                if (tw >= g.OW) continue;
+                acc += dc[(int64_t)(kh * g.KW + kw) * g.OHW + th * g.OW + tw];
+            }
+        }
+        dx[((n0 + i) * g.C + c0 + ci) * (int64_t)g.HW + pix] = acc;
+    }
+}
+
+/* out[n, o, :] = bias[o] */
+template <typename T>
+__global__ void __launch_bounds__(256)
+bias_fill_kernel(T *__restrict__ out, const T *__restrict__ bias, int64_t N, int64_t O, int64_t OHW)
+{
+    const int64_t p = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (p >= OHW) return;
+    for (int64_t n = blockIdx.z; n < N; n += gridDim.z)
+        for (int64_t o = blockIdx.y; o < O; o += gridDim.y) out[(n * O + o) * OHW + p] = bias[o];
+}
+
+/* db[o] = sum over n, pixels of dy[n, o, :]: one block per channel, fixed-order tree */
+template <typename T>
+__global__ void __launch_bounds__(256)
+bias_grad_kernel(T *__restrict__ db, int64_t sdb, const T *__restrict__ dy, int64_t N, int64_t O, int64_t OHW)
+{
+    __shared__ double part[8];
+    const int64_t o = blockIdx.x;
+    double acc = 0;
+    for (int64_t n = 0; n < N; n++) {
+        const T *g = dy + (n * O + o) * OHW;
+        for (int64_t p = threadIdx.x; p < OHW; p += 256) acc += (double)g[p];
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, off);
+    if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = acc;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double s = part[0];
+        for (int i = 1; i < 8; i++) s += part[i];
+        db[o * sdb] = (T)s;
+    }
+}
+
+/* grid: x over pixels, y over channels, z over images (y, z loop past 65535): no 64-bit divisions */
+dim3 plane_grid(int64_t pixels, int64_t N, int64_t C, int threads)
+{
+    const int64_t gy = C < 65535 ? C : 65535, gz = N < 65535 ? N : 65535;
+    return dim3((unsigned)((pixels + threads - 1) / threads), (unsigned)(gy > 0 ? gy : 1), (unsigned)(gz > 0 ? gz : 1));
+}
+
+template <typename T> enum status im2col(T *col, const T *x, const geom &g, int64_t n0, int64_t nb, int64_t p0, int64_t pc)
+{
+    const kgeom kg = kernel_geom(g);
+    cudaStream_t st = (cudaStream_t)cuda_stream();
+    const bool v4 = sizeof(T) == 4 && pc % 4 == 0;
+    const int per_block = kIm2colThreads * (v4 ? 4 : 1);
+    const dim3 grid((unsigned)g.K, (unsigned)((pc + per_block - 1) / per_block), (unsigned)nb);
+    if constexpr (sizeof(T) == 4) {
+        if (v4) im2col_kernel<T, 4><<<grid, kIm2colThreads, 0, st>>>(col, x, kg, n0, (int)p0, (int)pc);
+        else im2col_kernel<T, 1><<<grid, kIm2colThreads, 0, st>>>(col, x, kg, n0, (int)p0, (int)pc);
+    } else {
+        im2col_kernel<T, 1><<<grid, kIm2colThreads, 0, st>>>(col, x, kg, n0, (int)p0, (int)pc);
+    }
+    CUDA_LAUNCHED();
+    return STATUS_OK;
+}
+
+/* ---------------------------------------------------------------- the three operations */
+
+template <typename T> enum status conv_forward(T *out, const T *x, const T *w, const T *bias, const geom &g)
+{
+    enum status s = STATUS_OK;
+    const T beta = bias ? T(1) : T(0);
+    if (bias) {
+        bias_fill_kernel<T><<<plane_grid(g.OHW, g.N, g.O, 256), 256, 0, (cudaStream_t)cuda_stream()>>>(out, bias, g.N, g.O,
+                                                                                                      g.OHW);
+        CUDA_LAUNCHED();
+    }
+    if (g.Kg == 0) return STATUS_OK;   /* no input channels: the output is the bias */
+    if (g.pointwise) {
+        for (int gi = 0; gi < g.G; gi++)
+            if ((s = gemm(CUBLAS_OP_N, CUBLAS_OP_N, g.OHW, g.Og, g.Cg, x + gi * g.Cg * g.HW, g.HW, g.C * g.HW,
+                          w + gi * g.Og * g.Kg, g.Kg, 0, beta, out + gi * g.Og * g.OHW, g.OHW, g.O * g.OHW, g.N)))
+                return s;
+        return STATUS_OK;
+    }
+    const tiling t = pixel_tiling(g, sizeof(T));
+    T *col = scratch<T>(t.nb * g.K * t.P, &s);
+    if (!col) return s;
+    for (int64_t n0 = 0; n0 < g.N; n0 += t.nb) {
+        const int64_t nb = g.N - n0 < t.nb ? g.N - n0 : t.nb;
+        for (int64_t p0 = 0; p0 < g.OHW; p0 += t.P) {
+            const int64_t pc = g.OHW - p0 < t.P ? g.OHW - p0 : t.P;
+            if ((s = im2col<T>(col, x, g, n0, nb, p0, pc))) return s;
+            for (int gi = 0; gi < g.G; gi++)
+                if ((s = gemm(CUBLAS_OP_N, CUBLAS_OP_N, pc, g.Og, g.Kg, col + gi * g.Kg * pc, pc, g.K * pc,
+                              w + gi * g.Og * g.Kg, g.Kg, 0, beta, out + n0 * g.O * g.OHW + gi * g.Og * g.OHW + p0, g.OHW,
+                              g.O * g.OHW, nb)))
+                    return s;
+        }
+    }
+    return STATUS_OK;
+}
+
+template <typename T> enum status conv_backward_input(T *dx, const T *dy, const T *w, const geom &g)
+{
+    enum status s = STATUS_OK;
+    if (g.pointwise) {
+        for (int gi = 0; gi < g.G; gi++)
+            if ((s = gemm(CUBLAS_OP_N, CUBLAS_OP_T, g.HW, g.Cg, g.Og, dy + gi * g.Og * g.OHW, g.OHW, g.O * g.OHW,
+                          w + gi * g.Og * g.Kg, g.Kg, 0, T(0), dx + gi * g.Cg * g.HW, g.HW, g.C * g.HW, g.N)))
+                return s;
+        return STATUS_OK;
+    }
+    /* tile: cc channels of one group (all pixels), nb images when a whole group fits */
+    const int64_t ws = (int64_t)(kWorkspaceBytes / sizeof(T)), per_ch = g.KK * g.OHW;
+    int64_t cc = ws / per_ch;
+    cc = cc < 1 ? 1 : cc > g.Cg ? g.Cg : cc;
+    const int64_t nchunks = (g.Cg + cc - 1) / cc;
+    cc = (g.Cg + nchunks - 1) / nchunks;   /* even chunks */
+    int64_t nbt = cc == g.Cg ? ws / (g.Cg * per_ch) : 1;
+    nbt = nbt < 1 ? 1 : nbt > g.N ? g.N : nbt > 65535 ? 65535 : nbt;
+    T *dcol = scratch<T>(nbt * cc * per_ch, &s);
+    if (!dcol) return s;
+    const kgeom kg = kernel_geom(g);
+    cudaStream_t st = (cudaStream_t)cuda_stream();
+    for (int64_t n0 = 0; n0 < g.N; n0 += nbt) {
+        const int64_t nb = g.N - n0 < nbt ? g.N - n0 : nbt;
+        for (int gi = 0; gi < g.G; gi++)
+            for (int64_t cl = 0; cl < g.Cg; cl += cc) {
+                const int64_t ccc = g.Cg - cl < cc ? g.Cg - cl : cc, R = ccc * g.KK;
+                if ((s = gemm(CUBLAS_OP_N, CUBLAS_OP_T, g.OHW, R, g.Og, dy + n0 * g.O * g.OHW + gi * g.Og * g.OHW, g.OHW,
+                              g.O * g.OHW, w + gi * g.Og * g.Kg + cl * g.KK, g.Kg, 0, T(0), dcol, g.OHW, R * g.OHW, nb)))
+                    return s;
+                col2im_kernel<T><<<plane_grid(g.HW, nb, ccc, 256), 256, 0, st>>>(dx, dcol, kg, n0, (int)(gi * g.Cg + cl),
+                                                                                 (int)ccc, nb);
+                CUDA_LAUNCHED();
+            }
+    }
+    return STATUS_OK;
+}
+
+template <typename T> enum status conv_backward_weight(T *dw, const T *dy, const T *x, const geom &g)
+{
+    enum status s = STATUS_OK;
+    bool first = true;
+    if (g.pointwise) {
+        for (int64_t n = 0; n < g.N; n++, first = false)
+            if ((s = gemm(CUBLAS_OP_T, CUBLAS_OP_N, g.Kg, g.Og, g.HW, x + n * g.C * g.HW, g.HW, g.Cg * g.HW,
+                          dy + n * g.O * g.OHW, g.OHW, g.Og * g.OHW, first ? T(0) : T(1), dw, g.Kg, g.Og * g.Kg, g.G)))
+                return s;
+        return STATUS_OK;
+    }
+    const tiling t = pixel_tiling(g, sizeof(T));
+    T *col = scratch<T>(t.nb * g.K * t.P, &s);
+    if (!col) return s;
+    for (int64_t n0 = 0; n0 < g.N; n0 += t.nb) {
+        const int64_t nb = g.N - n0 < t.nb ? g.N - n0 : t.nb;
+        for (int64_t p0 = 0; p0 < g.OHW; p0 += t.P) {
+            const int64_t pc = g.OHW - p0 < t.P ? g.OHW - p0 : t.P;
+            if ((s = im2col<T>(col, x, g, n0, nb, p0, pc))) return s;
+            for (int64_t i = 0; i < nb; i++, first = false)
+                if ((s = gemm(CUBLAS_OP_T, CUBLAS_OP_N, g.Kg, g.Og, pc, col + i * g.K * pc, pc, g.Kg * pc,
+                              dy + (n0 + i) * g.O * g.OHW + p0, g.OHW, g.Og * g.OHW, first ? T(0) : T(1), dw, g.Kg,
+                              g.Og * g.Kg, g.G)))
+                    return s;
+        }
+    }
+    return STATUS_OK;
+}
+
+/* ---------------------------------------------------------------- bodies (inside a scope) */
+
+enum status forward_body(struct tensor *out, const struct tensor *x, const struct tensor *w, const struct tensor *bias,
+                         const struct conv2d_params *p)
+{
+    geom g;
+    enum status s = STATUS_OK;
+    if ((s = make_geom(&g, x, w, out, p, "conv2d"))) return s;
+    if (bias && (bias->dtype != x->dtype || tensor_numel(bias) != g.O))
+        return tensor_fail(STATUS_SHAPE, "conv2d: bias must be [%lld] of dtype %s", (long long)g.O, dtype_name(x->dtype));
+    if (tensor_numel(out) == 0) return STATUS_OK;
+    if (g.Kg == 0 && !bias) return cuda_fill(out, 0);
+    const struct tensor *xc, *wc, *bc = NULL;
+    if (!(xc = contig(x, &s)) || !(wc = contig(w, &s)) || (bias && !(bc = contig(bias, &s)))) return s;
+    outbuf o;
+    if ((s = o.open(out))) return s;
+    if (x->dtype == DTYPE_F32)
+        s = conv_forward<float>(o.p<float>(), dptr<float>(xc), dptr<float>(wc), bc ? dptr<float>(bc) : NULL, g);
+    else
+        s = conv_forward<double>(o.p<double>(), dptr<double>(xc), dptr<double>(wc), bc ? dptr<double>(bc) : NULL, g);
+    return s ? s : o.close();
+}
+
+enum status backward_input_body(struct tensor *dx, const struct tensor *dy, const struct tensor *w,
+                                const struct conv2d_params *p)
+{
+    geom g;
+    enum status s = STATUS_OK;
+    if ((s = make_geom(&g, dx, w, dy, p, "conv2d_backward_input"))) return s;
+    if (tensor_numel(dx) == 0) return STATUS_OK;
+    if (tensor_numel(dy) == 0 || g.O == 0) return cuda_fill(dx, 0);
+    const struct tensor *dyc, *wc;
+    if (!(dyc = contig(dy, &s)) || !(wc = contig(w, &s))) return s;
+    outbuf o;
+    if ((s = o.open(dx))) return s;
+    if (dy->dtype == DTYPE_F32) s = conv_backward_input<float>(o.p<float>(), dptr<float>(dyc), dptr<float>(wc), g);
+    else s = conv_backward_input<double>(o.p<double>(), dptr<double>(dyc), dptr<double>(wc), g);
+    return s ? s : o.close();
+}
+
+enum status backward_weight_body(struct tensor *dw, struct tensor *db, const struct tensor *dy, const struct tensor *x,
+                                 const struct conv2d_params *p)
+{
+    geom g;
+    enum status s = STATUS_OK;
+    if ((s = make_geom(&g, x, dw, dy, p, "conv2d_backward_weight"))) return s;
+    if (db && (db->dtype != x->dtype || tensor_numel(db) != g.O || (!tensor_is_contiguous(db) && db->ndim != 1)))
+        return tensor_fail(STATUS_SHAPE, "conv2d_backward_weight: db must be [%lld] of dtype %s", (long long)g.O,
+                           dtype_name(x->dtype));
+    const int64_t sdb = db && !tensor_is_contiguous(db) ? db->stride[0] : 1;
+    const struct tensor *dyc, *xc;
+    if (!(dyc = contig(dy, &s)) || !(xc = contig(x, &s))) return s;
+    const bool empty = g.N == 0 || g.OHW == 0;
+    if (tensor_numel(dw) > 0) {
+        if (empty) {
+            if ((s = cuda_fill(dw, 0))) return s;
+        } else {
+            outbuf o;
+            if ((s = o.open(dw))) return s;
+            if (x->dtype == DTYPE_F32) s = conv_backward_weight<float>(o.p<float>(), dptr<float>(dyc), dptr<float>(xc), g);
+            else s = conv_backward_weight<double>(o.p<double>(), dptr<double>(dyc), dptr<double>(xc), g);
+            if (s || (s = o.close())) return s;
+        }
+    }
+    if (db && g.O > 0) {
+        if (empty) return cuda_fill(db, 0);
+        cudaStream_t st = (cudaStream_t)cuda_stream();
+        if (x->dtype == DTYPE_F32)
+            bias_grad_kernel<float><<<(unsigned)g.O, 256, 0, st>>>(dptr<float>(db), sdb, dptr<float>(dyc), g.N,
+                                                                  g.O, g.OHW);
+        else
+            bias_grad_kernel<double><<<(unsigned)g.O, 256, 0, st>>>(dptr<double>(db), sdb, dptr<double>(dyc), g.N,
+                                                                   g.O, g.OHW);
+        CUDA_LAUNCHED();
+    }
+    return STATUS_OK;
+}
+
+}  // namespace
+
+/* ---------------------------------------------------------------- entry points */
+
+extern "C" enum status cuda_conv2d(struct tensor *out, const struct tensor *x, const struct tensor *w,
+                                   const struct tensor *bias, const struct conv2d_params *p)
+{
+    tensor_scope_begin();
+    enum status s = forward_body(out, x, w, bias, p);
+    tensor_scope_end();
+    return s;
+}
+
+extern "C" enum status cuda_conv2d_backward_input(struct tensor *dx, const struct tensor *dy, const struct tensor *w,
+                                                  const struct conv2d_params *p)
+{
+    tensor_scope_begin();
+    enum status s = backward_input_body(dx, dy, w, p);
+    tensor_scope_end();
+    return s;
+}
+
+extern "C" enum status cuda_conv2d_backward_weight(struct tensor *dw, struct tensor *db, const struct tensor *dy,
+                                                   const struct tensor *x, const struct conv2d_params *p)
+{
+    tensor_scope_begin();
+    enum status s = backward_weight_body(dw, db, dy, x, p);
+    tensor_scope_end();
+    return s;
+}

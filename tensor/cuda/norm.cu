@@ -1,0 +1,961 @@
+/* norm.cu — layer_norm and group_norm, forward and backward, for the CUDA backend.
+ *
+ * Algorithm. Statistics are one pass of Welford/Chan: each thread folds its elements in
+ * chunks of 4 (one float4 load) into a running (count, mean, M2) in the accumulation type
+ * (float for f32, double for f64), and threads/blocks are merged with Chan's formula in
+ * double. The normalise pass re-reads x (from L1/L2: a row or group was just read) and
+ * writes out = x * scale + shift with per-channel scale = rstd * w, shift = b - mean * scale.
+ *  - layer_norm: a warp per row when the row has <= 4096 elements, else a block per row.
+ *  - group_norm: a [N*G, S] grid of stats blocks (S splits per group, so that the GPU has
+ *    enough blocks even with 64 groups) writes partial Welford states; the normalise kernel
+ *    runs one block per (n, c) plane and merges its group's S partials in order.
+ *  - backward: dx = rstd * (dy*w - mean(dy*w) - xhat * mean(dy*w*xhat)) with the two sums per
+ *    row (layer_norm: in the row kernel) or per (n, c) plane then per group (group_norm);
+ *    dw/db are per-channel sums over rows (layer_norm: [chunk, column] partials, then a sum
+ *    over chunks) or over N (group_norm, from the per-plane sums).
+ * Memory: group_norm uses N*G*S*24 bytes of partials (forward) and N*C*16 + N*G*16 bytes
+ * (backward); layer_norm backward uses 16 bytes * n * chunks (chunks <= 256). Non-contiguous
+ * inputs are copied to contiguous temporaries; non-contiguous outputs go through one.
+ * Determinism: no atomics; every reduction is a fixed tree or a fixed sequential order, so
+ * results are bit-identical between runs. */
+#include "tensor/cuda/cuda.h"
+
+#include <cooperative_groups.h>
+#include <cuda_pipeline.h>
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdlib.h>
+#include <type_traits>
+
+namespace cgrp = cooperative_groups;
+
+namespace {
+
+constexpr int kThreads = 256;
+
+template <typename T> T *dptr(const struct tensor *t) { return (T *)t->storage->data + t->offset; }
+
+/* per-thread accumulation type: float for f32 (memory-bound kernels), double for f64 */
+template <typename T> using acc_t = typename std::conditional<std::is_same<T, double>::value, double, float>::type;
+
+/* ---------------------------------------------------------------- host helpers */
+
+/* t itself when contiguous, else a contiguous copy owned by the enclosing scope */
+const struct tensor *contig(const struct tensor *t, enum status *s)
+{
+    if (!t || tensor_is_contiguous(t)) return t;
+    struct tensor *c = tensor_empty(t->dtype, t->ndim, t->shape, DEVICE_CUDA);
+    if (!c) { *s = tensor_status() ? tensor_status() : STATUS_OOM; return NULL; }
+    if ((*s = cuda_copy(c, t))) return NULL;
+    return c;
+}
+
+/* an output: written in place when contiguous, else through a temporary copied back */
+struct outbuf {
+    struct tensor *dst = nullptr, *tmp = nullptr;
+    enum status open(struct tensor *t)
+    {
+        dst = t;
+        if (!t || tensor_is_contiguous(t)) return STATUS_OK;
+        tmp = tensor_empty(t->dtype, t->ndim, t->shape, DEVICE_CUDA);
+        return tmp ? STATUS_OK : (tensor_status() ? tensor_status() : STATUS_OOM);
+    }
+    template <typename T> T *p() const { return dst ? dptr<T>(tmp ? tmp : dst) : nullptr; }
+    enum status close() { return tmp ? cuda_copy(dst, tmp) : STATUS_OK; }
+};
+
+void *scratch(size_t bytes, enum status *s)
+{
+    int64_t n = (int64_t)((bytes + 7) / 8);
+    struct tensor *t = tensor_empty(DTYPE_F64, 1, &n, DEVICE_CUDA);
+    if (!t) { *s = tensor_status() ? tensor_status() : STATUS_OOM; return NULL; }
+    return t->storage->data;
+}
+
+int sm_count()
+{
+    static int n = 0;
+    if (!n) {
+        int dev = 0;
+        if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+            n = 132;
+    }
+    return n;
+}
+
+bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
+
+/* DRAFT_GN_TWOPASS=1 forces the two-pass group_norm (for tests and comparisons) */
+bool fused_disabled()
+{
+    const char *e = getenv("DRAFT_GN_TWOPASS");
+    return e && *e == '1';
+}
+
+enum status need_float(const struct tensor *t, const char *op)
+{
+    if (t->dtype == DTYPE_F32 || t->dtype == DTYPE_F64) return STATUS_OK;
+    return tensor_fail(STATUS_DTYPE, "%s: dtype %s is not supported on CUDA (use f32 or f64)", op, dtype_name(t->dtype));
+}
+
+enum status same_dtype(const struct tensor *ref, const struct tensor *t, const char *op, const char *what)
+{
+    if (!t || t->dtype == ref->dtype) return STATUS_OK;
+    return tensor_fail(STATUS_DTYPE, "%s: %s is %s but x is %s", op, what, dtype_name(t->dtype), dtype_name(ref->dtype));
+}
+
+/* ---------------------------------------------------------------- device helpers */
+
+/* V consecutive elements (V = 4 only for float, 16-byte aligned) */
+template <typename T, int V> struct alignas(sizeof(T) * V) vec { T v[V]; };
+
+template <typename T, int V> __device__ __forceinline__ vec<T, V> load(const T *p)
+{
+    vec<T, V> r;
+    if constexpr (V == 4 && std::is_same<T, float>::value) {
+        float4 f = __ldg(reinterpret_cast<const float4 *>(p));
+        r.v[0] = f.x; r.v[1] = f.y; r.v[2] = f.z; r.v[3] = f.w;
+    } else {
+#pragma unroll
+        for (int i = 0; i < V; i++) r.v[i] = __ldg(p + i);
+    }
+    return r;
+}
+
+template <typename T, int V> __device__ __forceinline__ void store(T *p, const vec<T, V> &r)
+{
+    if constexpr (V == 4 && std::is_same<T, float>::value) {
+        *reinterpret_cast<float4 *>(p) = make_float4(r.v[0], r.v[1], r.v[2], r.v[3]);
+    } else {
+#pragma unroll
+        for (int i = 0; i < V; i++) p[i] = r.v[i];
+    }
+}
+
+/* Welford state: per thread in A, merged in double */
+template <typename A> struct wstate { A n, mean, m2; };
+struct wsum { double n, mean, m2; };
+
+/* fold V values into a thread's state: the chunk's own mean/M2, then Chan's merge */
+template <typename A, typename T, int V> __device__ __forceinline__ void welford_add(wstate<A> &s, const vec<T, V> &x)
+{
+    A cs = 0;
+#pragma unroll
+    for (int i = 0; i < V; i++) cs += (A)x.v[i];
+    const A cm = cs * (A(1) / A(V));
+    A cm2 = 0;
+#pragma unroll
+    for (int i = 0; i < V; i++) { A d = (A)x.v[i] - cm; cm2 += d * d; }
+    const A nn = s.n + A(V);
+    const A d = cm - s.mean, f = A(V) / nn;
+    s.mean += d * f;
+    s.m2 += cm2 + d * d * s.n * f;
+    s.n = nn;
+}
+
+__device__ __forceinline__ wsum wmerge(wsum a, wsum b)
+{
+    const double n = a.n + b.n;
+    if (b.n == 0) return a;
+    if (a.n == 0) return b;
+    const double d = b.mean - a.mean, f = b.n / n;
+    return wsum{n, a.mean + d * f, a.m2 + b.m2 + d * d * a.n * f};
+}
+
+__device__ __forceinline__ wsum shfl_down(wsum s, int o)
+{
+    return wsum{__shfl_down_sync(0xffffffffu, s.n, o), __shfl_down_sync(0xffffffffu, s.mean, o),
+                __shfl_down_sync(0xffffffffu, s.m2, o)};
+}
+
+/* Merge the states of a group of GS threads (a warp, or the whole block when GS == blockDim);
+ * every thread of the group gets the result. Fixed tree: deterministic. Call once per kernel. */
+template <int GS> __device__ wsum group_welford(wsum s)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) s = wmerge(s, shfl_down(s, o));
+    if constexpr (GS == 32) {
+        return wsum{__shfl_sync(0xffffffffu, s.n, 0), __shfl_sync(0xffffffffu, s.mean, 0),
+                    __shfl_sync(0xffffffffu, s.m2, 0)};
+    } else {
+        __shared__ wsum part[GS / 32];
+        __shared__ wsum res;
+        const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+        if (lane == 0) part[warp] = s;
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            wsum r = part[0];
+            for (int i = 1; i < GS / 32; i++) r = wmerge(r, part[i]);
+            res = r;
+        }
+        __syncthreads();
+        return res;
+    }
+}
+
+/* sums of two values over a group of GS threads, every thread gets them (fixed tree) */
+template <int GS> __device__ double2 group_sum2(double a, double b)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        a += __shfl_down_sync(0xffffffffu, a, o);
+        b += __shfl_down_sync(0xffffffffu, b, o);
+    }
+    if constexpr (GS == 32) {
+        return make_double2(__shfl_sync(0xffffffffu, a, 0), __shfl_sync(0xffffffffu, b, 0));
+    } else {
+        __shared__ double2 part[GS / 32];
+        __shared__ double2 res;
+        const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+        if (lane == 0) part[warp] = make_double2(a, b);
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            double2 r = part[0];
+            for (int i = 1; i < GS / 32; i++) { r.x += part[i].x; r.y += part[i].y; }
+            res = r;
+        }
+        __syncthreads();
+        return res;
+    }
+}
+
+/* sum over the block (kThreads threads) in a fixed order; every thread gets it. red: [kThreads/32] */
+__device__ double block_sum(double v, double *red)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+    if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = v;
+    __syncthreads();
+    double r = 0;
+#pragma unroll
+    for (int i = 0; i < kThreads / 32; i++) r += red[i];
+    __syncthreads();   /* red may be reused */
+    return r;
+}
+
+/* ---------------------------------------------------------------- layer_norm */
+
+/* x, out: [rows, n] contiguous; GS threads per row; V elements per load */
+template <typename T, int GS, int V>
+__global__ void __launch_bounds__(kThreads)
+ln_fwd_kernel(T *__restrict__ out, T *__restrict__ mean, T *__restrict__ rstd, const T *__restrict__ x,
+              const T *__restrict__ w, const T *__restrict__ b, int64_t rows, int64_t n, double eps)
+{
+    using A = acc_t<T>;
+    const int lane = threadIdx.x % GS;
+    const int64_t row = (int64_t)blockIdx.x * (kThreads / GS) + threadIdx.x / GS;
+    if (row >= rows) return;   /* uniform within a group */
+    const T *xr = x + row * n;
+    wstate<A> st = {0, 0, 0};
+    for (int64_t j = (int64_t)lane * V; j < n; j += (int64_t)GS * V) welford_add<A, T, V>(st, load<T, V>(xr + j));
+    const wsum s = group_welford<GS>(wsum{(double)st.n, (double)st.mean, (double)st.m2});
+    const double var = s.m2 / (double)n, rs = 1.0 / sqrt(var + eps);
+    if (lane == 0) {
+        if (mean) mean[row] = (T)s.mean;
+        if (rstd) rstd[row] = (T)rs;
+    }
+    const A mu = (A)s.mean, r = (A)rs;
+    T *o = out + row * n;
+    for (int64_t j = (int64_t)lane * V; j < n; j += (int64_t)GS * V) {
+        vec<T, V> v = load<T, V>(xr + j);
+#pragma unroll
+        for (int i = 0; i < V; i++) {
+            A y = ((A)v.v[i] - mu) * r;
+            if (w) y *= (A)w[j + i];
+            if (b) y += (A)b[j + i];
+            v.v[i] = (T)y;
+        }
+        store<T, V>(o + j, v);
+    }
+}
+
+/* dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * w */
+template <typename T, int GS, int V>
+__global__ void __launch_bounds__(kThreads)
+ln_bwd_dx_kernel(T *__restrict__ dx, const T *__restrict__ dy, const T *__restrict__ x, const T *__restrict__ w,
+                 const T *__restrict__ mean, const T *__restrict__ rstd, int64_t rows, int64_t n)
+{
+    using A = acc_t<T>;
+    const int lane = threadIdx.x % GS;
+    const int64_t row = (int64_t)blockIdx.x * (kThreads / GS) + threadIdx.x / GS;
+    if (row >= rows) return;
+    const T *xr = x + row * n, *dyr = dy + row * n;
+    const A mu = (A)mean[row], r = (A)rstd[row];
+    double s1 = 0, s2 = 0;
+    for (int64_t j = (int64_t)lane * V; j < n; j += (int64_t)GS * V) {
+        vec<T, V> xv = load<T, V>(xr + j), gv = load<T, V>(dyr + j);
+        A c1 = 0, c2 = 0;
+#pragma unroll
+        for (int i = 0; i < V; i++) {
+            A g = (A)gv.v[i];
+            if (w) g *= (A)w[j + i];
+            c1 += g;
+            c2 += g * (((A)xv.v[i] - mu) * r);
+        }
+        s1 += (double)c1;
+        s2 += (double)c2;
+    }
+    const double2 s = group_sum2<GS>(s1, s2);
+    const A m1 = (A)(s.x / (double)n), m2 = (A)(s.y / (double)n);
+    T *o = dx + row * n;
+    for (int64_t j = (int64_t)lane * V; j < n; j += (int64_t)GS * V) {
+        vec<T, V> xv = load<T, V>(xr + j), gv = load<T, V>(dyr + j);
+#pragma unroll
+        for (int i = 0; i < V; i++) {
+            A g = (A)gv.v[i];
+            if (w) g *= (A)w[j + i];
+            const A xh = ((A)xv.v[i] - mu) * r;
+            xv.v[i] = (T)(r * (g - m1 - xh * m2));
+        }
+        store<T, V>(o + j, xv);
+    }
+}
+
+/* dw/db partials: block (column strip of 32, row chunk); part[chunk][col] = (sum dy*xhat, sum dy) */
+constexpr int kLnColRows = 8;
+template <typename T>
+__global__ void __launch_bounds__(32 * kLnColRows)
+ln_bwd_wb_part_kernel(double2 *__restrict__ part, const T *__restrict__ dy, const T *__restrict__ x,
+                      const T *__restrict__ mean, const T *__restrict__ rstd, int64_t rows, int64_t n, int64_t chunk)
+{
+    using A = acc_t<T>;
+    __shared__ double2 sm[kLnColRows][33];
+    const int tx = threadIdx.x % 32, ty = threadIdx.x / 32;
+    const int64_t col = (int64_t)blockIdx.x * 32 + tx;
+    const int64_t r0 = (int64_t)blockIdx.y * chunk, r1 = min(rows, r0 + chunk);
+    double sw = 0, sb = 0;
+    if (col < n) {
+        for (int64_t r = r0 + ty; r < r1; r += kLnColRows) {
+            const A g = (A)dy[r * n + col];
+            sw += (double)(g * (((A)x[r * n + col] - (A)mean[r]) * (A)rstd[r]));
+            sb += (double)g;
+        }
+    }
+    sm[ty][tx] = make_double2(sw, sb);
+    __syncthreads();
+    if (ty == 0 && col < n) {
+        double2 acc = sm[0][tx];
+        for (int i = 1; i < kLnColRows; i++) { acc.x += sm[i][tx].x; acc.y += sm[i][tx].y; }
+        part[(int64_t)blockIdx.y * n + col] = acc;
+    }
+}
+
+template <typename T>
+__global__ void ln_bwd_wb_final_kernel(T *__restrict__ dw, T *__restrict__ db, const double2 *__restrict__ part,
+                                       int64_t n, int nchunks)
+{
+    const int64_t col = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (col >= n) return;
+    double sw = 0, sb = 0;
+    for (int c = 0; c < nchunks; c++) { sw += part[(int64_t)c * n + col].x; sb += part[(int64_t)c * n + col].y; }
+    if (dw) dw[col] = (T)sw;
+    if (db) db[col] = (T)sb;
+}
+
+/* ---------------------------------------------------------------- group_norm */
+
+/* part[g * S + s] = Welford state of chunk s of group g; x: [N*G groups of ge elements] */
+template <typename T, int V>
+__global__ void __launch_bounds__(kThreads)
+gn_stats_kernel(wsum *__restrict__ part, const T *__restrict__ x, int64_t ge, int64_t chunk)
+{
+    using A = acc_t<T>;
+    const int64_t g = blockIdx.x;
+    const int s = blockIdx.y;
+    const int64_t j0 = (int64_t)s * chunk, j1 = min(ge, j0 + chunk);
+    const T *xg = x + g * ge;
+    wstate<A> st = {0, 0, 0};
+    for (int64_t j = j0 + (int64_t)threadIdx.x * V; j < j1; j += (int64_t)kThreads * V) welford_add<A, T, V>(st, load<T, V>(xg + j));
+    const wsum r = group_welford<kThreads>(wsum{(double)st.n, (double)st.mean, (double)st.m2});
+    if (threadIdx.x == 0) part[g * gridDim.y + s] = r;
+}
+
+/* one block per (n, c) plane of HW elements */
+template <typename T, int V>
+__global__ void __launch_bounds__(kThreads)
+gn_norm_kernel(T *__restrict__ out, T *__restrict__ mean, T *__restrict__ rstd, const T *__restrict__ x,
+               const T *__restrict__ w, const T *__restrict__ b, const wsum *__restrict__ part, int S, int C,
+               int cg, int64_t HW, double eps)
+{
+    using A = acc_t<T>;
+    __shared__ A coef[2];
+    const int64_t plane = blockIdx.x;
+    const int c = (int)(plane % C);
+    const int64_t g = (plane / C) * (C / cg) + c / cg;
+    if (threadIdx.x == 0) {
+        wsum r = part[g * S];
+        for (int i = 1; i < S; i++) r = wmerge(r, part[g * S + i]);
+        const double rs = 1.0 / sqrt(r.m2 / r.n + eps);
+        const double sc = rs * (w ? (double)w[c] : 1.0);
+        coef[0] = (A)sc;
+        coef[1] = (A)((b ? (double)b[c] : 0.0) - r.mean * sc);
+        if (c % cg == 0) {
+            if (mean) mean[g] = (T)r.mean;
+            if (rstd) rstd[g] = (T)rs;
+        }
+    }
+    __syncthreads();
+    const A sc = coef[0], sh = coef[1];
+    const T *xp = x + plane * HW;
+    T *op = out + plane * HW;
+    for (int64_t j = (int64_t)threadIdx.x * V; j < HW; j += (int64_t)kThreads * V) {
+        vec<T, V> v = load<T, V>(xp + j);
+#pragma unroll
+        for (int i = 0; i < V; i++) v.v[i] = (T)((A)v.v[i] * sc + sh);
+        store<T, V>(op + j, v);
+    }
+}
+
+/* One pass for f32 when a group fits in the shared memory of a cluster of blocks (Hopper): each
+ * of the cluster's blocks stages its chunk of the group in shared memory (cp.async, so every
+ * load is in flight at once), folds it into Welford, the cluster merges the block states through
+ * distributed shared memory in rank order, and each block normalises its chunk from shared
+ * memory. x is read once and out written once.
+ * grid = (cluster size, N*G); dynamic smem = chunk + 2*cg floats. */
+template <int V>
+__global__ void __launch_bounds__(kThreads)
+gn_fused_kernel(float *__restrict__ out, float *__restrict__ mean, float *__restrict__ rstd, const float *__restrict__ x,
+                const float *__restrict__ w, const float *__restrict__ b, int C, int cg, int HW, int ge, int chunk,
+                double eps)
+{
+    extern __shared__ float4 gn_smem4[];
+    float *xs = reinterpret_cast<float *>(gn_smem4), *coef = xs + chunk;
+    __shared__ wsum blk, remote[8];
+    __shared__ double stat[2];
+    cgrp::cluster_group cl = cgrp::this_cluster();
+    const int rank = (int)cl.block_rank(), ncl = (int)cl.num_blocks();
+    const int64_t g = blockIdx.y;
+    const int j0 = rank * chunk, j1 = min(ge, j0 + chunk);
+    const float *xg = x + g * ge;
+    for (int j = j0 + (int)threadIdx.x * V; j < j1; j += kThreads * V)
+        __pipeline_memcpy_async(xs + (j - j0), xg + j, sizeof(float) * V);
+    __pipeline_commit();
+    /* while the chunk streams in: this group's w and b (raw, turned into scale/shift below) */
+    const int c0 = (int)(g % (C / cg)) * cg;
+    for (int i = threadIdx.x; i < cg; i += kThreads) {
+        coef[i] = w ? w[c0 + i] : 1.f;
+        coef[cg + i] = b ? b[c0 + i] : 0.f;
+    }
+    __pipeline_wait_prior(0);   /* each thread reads back only what it copied itself */
+    /* the block's chunk is in shared memory: exact two-pass mean and M2 (sums only, no divisions
+     * in the tree), then one direct merge of the cluster's block states */
+    __shared__ double red[kThreads / 32];
+    const double nb = (double)max(j1 - j0, 0);
+    float part = 0.f;
+    for (int j = j0 + (int)threadIdx.x * V; j < j1; j += kThreads * V) {
+        const vec<float, V> v = *reinterpret_cast<const vec<float, V> *>(xs + (j - j0));
+#pragma unroll
+        for (int i = 0; i < V; i++) part += v.v[i];
+    }
+    const double mb = nb > 0 ? block_sum(part, red) / nb : 0.0;
+    const float mbf = (float)mb;
+    part = 0.f;
+    for (int j = j0 + (int)threadIdx.x * V; j < j1; j += kThreads * V) {
+        const vec<float, V> v = *reinterpret_cast<const vec<float, V> *>(xs + (j - j0));
+#pragma unroll
+        for (int i = 0; i < V; i++) part += (v.v[i] - mbf) * (v.v[i] - mbf);
+    }
+    const double m2b = block_sum(part, red);
+    if (threadIdx.x == 0) blk = wsum{nb, mb, m2b};
+    cl.sync();
+    if ((int)threadIdx.x < ncl) remote[threadIdx.x] = *cl.map_shared_rank(&blk, (int)threadIdx.x);
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double n = 0, sum = 0, m2 = 0;
+        for (int i = 0; i < ncl; i++) n += remote[i].n, sum += remote[i].n * remote[i].mean;
+        const double mu = sum / n;
+        for (int i = 0; i < ncl; i++) {
+            const double d = remote[i].mean - mu;
+            m2 += remote[i].m2 + remote[i].n * d * d;
+        }
+        const double rs = 1.0 / sqrt(m2 / n + eps);
+        const wsum t = {n, mu, m2};
+        stat[0] = t.mean;
+        stat[1] = rs;
+        if (rank == 0) {
+            if (mean) mean[g] = (float)t.mean;
+            if (rstd) rstd[g] = (float)rs;
+        }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < cg; i += kThreads) {
+        const double sc = stat[1] * (double)coef[i];
+        coef[cg + i] = (float)((double)coef[cg + i] - stat[0] * sc);
+        coef[i] = (float)sc;
+    }
+    __syncthreads();
+    float *og = out + g * ge;
+    for (int j = j0 + (int)threadIdx.x * V; j < j1; j += kThreads * V) {
+        vec<float, V> v = *reinterpret_cast<const vec<float, V> *>(xs + (j - j0));
+        const int ci = j / HW;   /* one channel per vector: V == 4 only when HW % 4 == 0 */
+        const float sc = coef[ci], sh = coef[cg + ci];
+#pragma unroll
+        for (int i = 0; i < V; i++) v.v[i] = v.v[i] * sc + sh;
+        store<float, V>(og + j, v);
+    }
+    cl.sync();   /* every block's blk stays alive until the whole cluster has read it */
+}
+
+/* ab[plane] = (sum dy, sum dy * x) over the plane's HW elements */
+template <typename T, int V>
+__global__ void __launch_bounds__(kThreads)
+gn_bwd_plane_kernel(double2 *__restrict__ ab, const T *__restrict__ dy, const T *__restrict__ x, int64_t HW)
+{
+    using A = acc_t<T>;
+    const int64_t plane = blockIdx.x;
+    const T *dp = dy + plane * HW, *xp = x + plane * HW;
+    double sa = 0, sb = 0;
+    for (int64_t j = (int64_t)threadIdx.x * V; j < HW; j += (int64_t)kThreads * V) {
+        vec<T, V> g = load<T, V>(dp + j), xv = load<T, V>(xp + j);
+        A ca = 0, cb = 0;
+#pragma unroll
+        for (int i = 0; i < V; i++) { ca += (A)g.v[i]; cb += (A)g.v[i] * (A)xv.v[i]; }
+        sa += (double)ca;
+        sb += (double)cb;
+    }
+    const double2 r = group_sum2<kThreads>(sa, sb);
+    if (threadIdx.x == 0) ab[plane] = r;
+}
+
+/* per (n, g): coef = (k2, k3) with dx = rstd * w[c] * dy + k2 * x + k3 */
+template <typename T>
+__global__ void gn_bwd_coef_kernel(double2 *__restrict__ coef, const double2 *__restrict__ ab, const T *__restrict__ w,
+                                   const T *__restrict__ mean, const T *__restrict__ rstd, int64_t NG, int G, int cg,
+                                   int64_t HW)
+{
+    const int64_t ng = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (ng >= NG) return;
+    const int64_t n = ng / G;
+    const int g = (int)(ng % G), C = G * cg;
+    const double mu = (double)mean[ng], rs = (double)rstd[ng];
+    double s1 = 0, s2 = 0;   /* sum dy*w, sum dy*w*(x - mean) */
+    for (int i = 0; i < cg; i++) {
+        const int c = g * cg + i;
+        const double2 v = ab[n * C + c];
+        const double wc = w ? (double)w[c] : 1.0;
+        s1 += wc * v.x;
+        s2 += wc * (v.y - mu * v.x);
+    }
+    const double m = (double)cg * (double)HW;
+    const double k2 = -rs * rs * rs * s2 / m;   /* xhat * mean(g * xhat) * rstd, per unit x */
+    const double k3 = -rs * s1 / m - k2 * mu;
+    coef[ng] = make_double2(k2, k3);
+}
+
+template <typename T, int V>
+__global__ void __launch_bounds__(kThreads)
+gn_bwd_dx_kernel(T *__restrict__ dx, const T *__restrict__ dy, const T *__restrict__ x, const T *__restrict__ w,
+                 const T *__restrict__ rstd, const double2 *__restrict__ coef, int C, int cg, int64_t HW)
+{
+    using A = acc_t<T>;
+    const int64_t plane = blockIdx.x;
+    const int c = (int)(plane % C);
+    const int64_t g = (plane / C) * (C / cg) + c / cg;
+    const double2 k = coef[g];
+    const A k1 = (A)((double)rstd[g] * (w ? (double)w[c] : 1.0)), k2 = (A)k.x, k3 = (A)k.y;
+    const T *dp = dy + plane * HW, *xp = x + plane * HW;
+    T *op = dx + plane * HW;
+    for (int64_t j = (int64_t)threadIdx.x * V; j < HW; j += (int64_t)kThreads * V) {
+        vec<T, V> g = load<T, V>(dp + j), xv = load<T, V>(xp + j);
+#pragma unroll
+        for (int i = 0; i < V; i++) g.v[i] = (T)(k1 * (A)g.v[i] + k2 * (A)xv.v[i] + k3);
+        store<T, V>(op + j, g);
+    }
+}
+
+/* dw[c] = sum_n rstd * (sum dy*x - mean * sum dy), db[c] = sum_n sum dy; in order of n */
+template <typename T>
+__global__ void gn_bwd_wb_kernel(T *__restrict__ dw, T *__restrict__ db, const double2 *__restrict__ ab,
+                                 const T *__restrict__ mean, const T *__restrict__ rstd, int64_t N, int C, int cg)
+{
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    const int G = C / cg;
+    double sw = 0, sb = 0;
+    for (int64_t n = 0; n < N; n++) {
+        const double2 v = ab[n * C + c];
+        const int64_t g = n * G + c / cg;
+        sw += (double)rstd[g] * (v.y - (double)mean[g] * v.x);
+        sb += v.x;
+    }
+    if (dw) dw[c] = (T)sw;
+    if (db) db[c] = (T)sb;
+}
+
+/* ---------------------------------------------------------------- launchers */
+
+template <typename T>
+enum status layer_norm_run(T *out, T *mean, T *rstd, const T *x, const T *w, const T *b, int64_t rows, int64_t n, double eps)
+{
+    cudaStream_t st = (cudaStream_t)cuda_stream();
+    const bool v4 = std::is_same<T, float>::value && n % 4 == 0 && aligned16(x) && aligned16(out);
+    if (n <= 4096) {
+        const int64_t blocks = (rows + kThreads / 32 - 1) / (kThreads / 32);
+        if (v4) ln_fwd_kernel<T, 32, 4><<<(unsigned)blocks, kThreads, 0, st>>>(out, mean, rstd, x, w, b, rows, n, eps);
+        else ln_fwd_kernel<T, 32, 1><<<(unsigned)blocks, kThreads, 0, st>>>(out, mean, rstd, x, w, b, rows, n, eps);
+    } else {
+        if (v4) ln_fwd_kernel<T, kThreads, 4><<<(unsigned)rows, kThreads, 0, st>>>(out, mean, rstd, x, w, b, rows, n, eps);
+        else ln_fwd_kernel<T, kThreads, 1><<<(unsigned)rows, kThreads, 0, st>>>(out, mean, rstd, x, w, b, rows, n, eps);
+    }
+    CUDA_LAUNCHED();
+    return STATUS_OK;
+}
+
+template <typename T>
+enum status layer_norm_bwd_run(T *dx, T *dw, T *db, const T *dy, const T *x, const T *w, const T *mean, const T *rstd,
+                               int64_t rows, int64_t n)
+{
+    cudaStream_t st = (cudaStream_t)cuda_stream();
+    enum status s = STATUS_OK;
+    if (dx) {
+        const bool v4 = std::is_same<T, float>::value && n % 4 == 0 && aligned16(x) && aligned16(dy) && aligned16(dx);
+        if (n <= 4096) {
+            const int64_t blocks = (rows + kThreads / 32 - 1) / (kThreads / 32);
+            if (v4) ln_bwd_dx_kernel<T, 32, 4><<<(unsigned)blocks, kThreads, 0, st>>>(dx, dy, x, w, mean, rstd, rows, n);
+            else ln_bwd_dx_kernel<T, 32, 1><<<(unsigned)blocks, kThreads, 0, st>>>(dx, dy, x, w, mean, rstd, rows, n);
+        } else {
+            if (v4) ln_bwd_dx_kernel<T, kThreads, 4><<<(unsigned)rows, kThreads, 0, st>>>(dx, dy, x, w, mean, rstd, rows, n);
+            else ln_bwd_dx_kernel<T, kThreads, 1><<<(unsigned)rows, kThreads, 0, st>>>(dx, dy, x, w, mean, rstd, rows, n);
+        }
+        CUDA_LAUNCHED();
+    }
+    if (dw || db) {
+        const int64_t colblocks = (n + 31) / 32;
+        int64_t nchunks = (4 * sm_count() + colblocks - 1) / colblocks;
+        nchunks = nchunks < 1 ? 1 : nchunks > 256 ? 256 : nchunks;
+        int64_t chunk = (rows + nchunks - 1) / nchunks;
+        if (chunk < 1) chunk = 1;
+        nchunks = rows ? (rows + chunk - 1) / chunk : 1;
+        double2 *part = (double2 *)scratch((size_t)nchunks * (size_t)n * sizeof(double2), &s);
+        if (!part) return s;
+        ln_bwd_wb_part_kernel<T><<<dim3((unsigned)colblocks, (unsigned)nchunks), 32 * kLnColRows, 0, st>>>(
+            part, dy, x, mean, rstd, rows, n, chunk);
+        CUDA_LAUNCHED();
+        ln_bwd_wb_final_kernel<T><<<(unsigned)((n + 255) / 256), 256, 0, st>>>(dw, db, part, n, (int)nchunks);
+        CUDA_LAUNCHED();
+    }
+    return STATUS_OK;
+}
+
+/* The one-pass cluster kernel when it applies (f32, a group fits in <= 8 blocks' shared memory);
+ * *done tells whether it ran. A launch the device refuses falls back to the two-pass path. */
+constexpr int kFusedSmemMax = 96 * 1024;
+enum status group_norm_fused(bool *done, float *out, float *mean, float *rstd, const float *x, const float *w,
+                             const float *b, int64_t N, int C, int G, int64_t HW, double eps)
+{
+    *done = false;
+    const int cg = C / G;
+    const int64_t NG = N * G, ge = (int64_t)cg * HW;
+    if (NG > 65535 || ge >= INT32_MAX / 2) return STATUS_OK;
+    int cl = 0;
+    int64_t chunk = 0;
+    for (int c = 1; c <= 8; c *= 2) {
+        chunk = ((ge + c - 1) / c + 3) / 4 * 4;
+        if ((chunk + 2 * cg) * (int64_t)sizeof(float) <= kFusedSmemMax && (NG * c >= 2 * sm_count() || c == 8)) {
+            cl = c;
+            break;
+        }
+    }
+    if (!cl) return STATUS_OK;
+    const bool v4 = HW % 4 == 0 && aligned16(x) && aligned16(out);
+    void (*kernel)(float *, float *, float *, const float *, const float *, const float *, int, int, int, int, int,
+                   double) = v4 ? gn_fused_kernel<4> : gn_fused_kernel<1>;
+    const size_t smem = (size_t)(chunk + 2 * cg) * sizeof(float);
+    static bool raised[2];
+    if (smem > 48 * 1024 && !raised[v4]) {
+        if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kFusedSmemMax) != cudaSuccess) {
+            (void)cudaGetLastError();
+            return STATUS_OK;
+        }
+        raised[v4] = true;
+    }
+    cudaLaunchConfig_t lc = {};
+    lc.gridDim = dim3((unsigned)cl, (unsigned)NG);
+    lc.blockDim = dim3(kThreads);
+    lc.dynamicSmemBytes = smem;
+    lc.stream = (cudaStream_t)cuda_stream();
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = (unsigned)cl;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    lc.attrs = attr;
+    lc.numAttrs = 1;
+    if (cudaLaunchKernelEx(&lc, kernel, out, mean, rstd, x, w, b, C, cg, (int)HW, (int)ge, (int)chunk, eps) != cudaSuccess) {
+        (void)cudaGetLastError();   /* e.g. no cluster support: use the two-pass kernels */
+        return STATUS_OK;
+    }
+    *done = true;
+    return STATUS_OK;
+}
+
+template <typename T>
+enum status group_norm_run(T *out, T *mean, T *rstd, const T *x, const T *w, const T *b, int64_t N, int C, int G,
+                           int64_t HW, double eps)
+{
+    cudaStream_t st = (cudaStream_t)cuda_stream();
+    enum status s = STATUS_OK;
+    const int cg = C / G;
+    const int64_t NG = N * G, ge = (int64_t)cg * HW;
+    if constexpr (std::is_same<T, float>::value) {
+        bool done = false;
+        if (!fused_disabled() && (s = group_norm_fused(&done, out, mean, rstd, x, w, b, N, C, G, HW, eps))) return s;
+        if (done) return STATUS_OK;
+    }
+    /* splits per group: enough blocks to fill the GPU, at least 2048 elements each */
+    int64_t S = (4 * sm_count() + NG - 1) / NG;
+    const int64_t smax = ge / 2048 > 0 ? ge / 2048 : 1;
+    S = S < 1 ? 1 : S > smax ? smax : S > 1024 ? 1024 : S;
+    int64_t chunk = (ge + S - 1) / S;
+    chunk = (chunk + 3) / 4 * 4;
+    S = (ge + chunk - 1) / chunk;
+    if (S < 1) S = 1;
+    wsum *part = (wsum *)scratch((size_t)NG * (size_t)S * sizeof(wsum), &s);
+    if (!part) return s;
+    const bool isf = std::is_same<T, float>::value;
+    if (isf && ge % 4 == 0 && aligned16(x))
+        gn_stats_kernel<T, 4><<<dim3((unsigned)NG, (unsigned)S), kThreads, 0, st>>>(part, x, ge, chunk);
+    else
+        gn_stats_kernel<T, 1><<<dim3((unsigned)NG, (unsigned)S), kThreads, 0, st>>>(part, x, ge, chunk);
+    CUDA_LAUNCHED();
+    const int64_t planes = N * C;
+    if (isf && HW % 4 == 0 && aligned16(x) && aligned16(out))
+        gn_norm_kernel<T, 4><<<(unsigned)planes, kThreads, 0, st>>>(out, mean, rstd, x, w, b, part, (int)S, C, cg, HW, eps);
+    else
+        gn_norm_kernel<T, 1><<<(unsigned)planes, kThreads, 0, st>>>(out, mean, rstd, x, w, b, part, (int)S, C, cg, HW, eps);
+    CUDA_LAUNCHED();
+    return STATUS_OK;
+}
+
+template <typename T>
+enum status group_norm_bwd_run(T *dx, T *dw, T *db, const T *dy, const T *x, const T *w, const T *mean, const T *rstd,
+                               int64_t N, int C, int G, int64_t HW)
+{
+    cudaStream_t st = (cudaStream_t)cuda_stream();
+    enum status s = STATUS_OK;
+    const int cg = C / G;
+    const int64_t planes = N * C, NG = N * G;
+    double2 *ab = (double2 *)scratch((size_t)(planes + NG) * sizeof(double2), &s);
+    if (!ab) return s;
+    double2 *coef = ab + planes;
+    const bool v4 = std::is_same<T, float>::value && HW % 4 == 0 && aligned16(x) && aligned16(dy) &&
+                    (!dx || aligned16(dx));
+    if (v4) gn_bwd_plane_kernel<T, 4><<<(unsigned)planes, kThreads, 0, st>>>(ab, dy, x, HW);
+    else gn_bwd_plane_kernel<T, 1><<<(unsigned)planes, kThreads, 0, st>>>(ab, dy, x, HW);
+    CUDA_LAUNCHED();
+    if (dx) {
+        gn_bwd_coef_kernel<T><<<(unsigned)((NG + 127) / 128), 128, 0, st>>>(coef, ab, w, mean, rstd, NG, G, cg, HW);
+        CUDA_LAUNCHED();
+        if (v4) gn_bwd_dx_kernel<T, 4><<<(unsigned)planes, kThreads, 0, st>>>(dx, dy, x, w, rstd, coef, C, cg, HW);
+        else gn_bwd_dx_kernel<T, 1><<<(unsigned)planes, kThreads, 0, st>>>(dx, dy, x, w, rstd, coef, C, cg, HW);
+        CUDA_LAUNCHED();
+    }
+    if (dw || db) {
+        gn_bwd_wb_kernel<T><<<(unsigned)((C + 127) / 128), 128, 0, st>>>(dw, db, ab, mean, rstd, N, C, cg);
+        CUDA_LAUNCHED();
+    }
+    return STATUS_OK;
+}
+
+/* ---------------------------------------------------------------- entry bodies (inside a scope) */
+
+enum status layer_norm_body(struct tensor *out, struct tensor *mean, struct tensor *rstd, const struct tensor *x,
+                            const struct tensor *w, const struct tensor *b, double eps)
+{
+    const char *op = "layer_norm";
+    enum status s = STATUS_OK;
+    if ((s = need_float(x, op)) || (s = same_dtype(x, out, op, "out")) || (s = same_dtype(x, w, op, "w")) ||
+        (s = same_dtype(x, b, op, "b")) || (s = same_dtype(x, mean, op, "mean")) || (s = same_dtype(x, rstd, op, "rstd")))
+        return s;
+    const int64_t numel = tensor_numel(x);
+    int64_t rows;
+    if (mean) rows = tensor_numel(mean);
+    else if (rstd) rows = tensor_numel(rstd);
+    else if (w) rows = tensor_numel(w) ? numel / tensor_numel(w) : 0;
+    else return tensor_fail(STATUS_VALUE, "layer_norm: need mean, rstd or w to know the row length");
+    if (numel == 0 || rows == 0) return STATUS_OK;
+    const int64_t n = numel / rows;
+    if (n * rows != numel || tensor_numel(out) != numel || (w && tensor_numel(w) != n) || (b && tensor_numel(b) != n) ||
+        (rstd && tensor_numel(rstd) != rows))
+        return tensor_fail(STATUS_SHAPE, "layer_norm: %lld elements do not split into %lld rows matching w/b/out",
+                           (long long)numel, (long long)rows);
+    const struct tensor *xc, *wc = NULL, *bc = NULL;
+    if (!(xc = contig(x, &s)) || (w && !(wc = contig(w, &s))) || (b && !(bc = contig(b, &s)))) return s;
+    outbuf o, om, orr;
+    if ((s = o.open(out)) || (s = om.open(mean)) || (s = orr.open(rstd))) return s;
+    if (x->dtype == DTYPE_F32)
+        s = layer_norm_run<float>(o.p<float>(), om.p<float>(), orr.p<float>(), dptr<float>(xc), wc ? dptr<float>(wc) : NULL,
+                                  bc ? dptr<float>(bc) : NULL, rows, n, eps);
+    else
+        s = layer_norm_run<double>(o.p<double>(), om.p<double>(), orr.p<double>(), dptr<double>(xc),
+                                   wc ? dptr<double>(wc) : NULL, bc ? dptr<double>(bc) : NULL, rows, n, eps);
+    if (s || (s = o.close()) || (s = om.close()) || (s = orr.close())) return s;
+    return STATUS_OK;
+}
+
+enum status layer_norm_backward_body(struct tensor *dx, struct tensor *dw, struct tensor *db, const struct tensor *dy,
+                                     const struct tensor *x, const struct tensor *w, const struct tensor *mean,
+                                     const struct tensor *rstd)
+{
+    const char *op = "layer_norm_backward";
+    enum status s = STATUS_OK;
+    if ((s = need_float(x, op)) || (s = same_dtype(x, dy, op, "dy")) || (s = same_dtype(x, dx, op, "dx")) ||
+        (s = same_dtype(x, dw, op, "dw")) || (s = same_dtype(x, db, op, "db")) || (s = same_dtype(x, w, op, "w")) ||
+        (s = same_dtype(x, mean, op, "mean")) || (s = same_dtype(x, rstd, op, "rstd")))
+        return s;
+    if (!mean || !rstd) return tensor_fail(STATUS_VALUE, "layer_norm_backward: mean and rstd are required");
+    const int64_t numel = tensor_numel(x), rows = tensor_numel(mean);
+    if (numel == 0 || rows == 0) {
+        if (dw && (s = cuda_fill(dw, 0))) return s;
+        if (db && (s = cuda_fill(db, 0))) return s;
+        return STATUS_OK;
+    }
+    const int64_t n = numel / rows;
+    if (n * rows != numel || tensor_numel(dy) != numel || tensor_numel(rstd) != rows || (dx && tensor_numel(dx) != numel) ||
+        (w && tensor_numel(w) != n) || (dw && tensor_numel(dw) != n) || (db && tensor_numel(db) != n))
+        return tensor_fail(STATUS_SHAPE, "layer_norm_backward: %lld elements do not split into %lld rows matching w/dw/db",
+                           (long long)numel, (long long)rows);
+    const struct tensor *xc, *dyc, *wc = NULL, *mc, *rc;
+    if (!(xc = contig(x, &s)) || !(dyc = contig(dy, &s)) || (w && !(wc = contig(w, &s))) || !(mc = contig(mean, &s)) ||
+        !(rc = contig(rstd, &s)))
+        return s;
+    outbuf odx, odw, odb;
+    if ((s = odx.open(dx)) || (s = odw.open(dw)) || (s = odb.open(db))) return s;
+    if (x->dtype == DTYPE_F32)
+        s = layer_norm_bwd_run<float>(odx.p<float>(), odw.p<float>(), odb.p<float>(), dptr<float>(dyc), dptr<float>(xc),
+                                      wc ? dptr<float>(wc) : NULL, dptr<float>(mc), dptr<float>(rc), rows, n);
+    else
+        s = layer_norm_bwd_run<double>(odx.p<double>(), odw.p<double>(), odb.p<double>(), dptr<double>(dyc),
+                                       dptr<double>(xc), wc ? dptr<double>(wc) : NULL, dptr<double>(mc), dptr<double>(rc),
+                                       rows, n);
+    if (s || (s = odx.close()) || (s = odw.close()) || (s = odb.close())) return s;
+    return STATUS_OK;
+}
+
+/* x [N, C, *] -> N, C, spatial size; checks groups */
+enum status gn_dims(const struct tensor *x, int groups, const char *op, int64_t *N, int *C, int64_t *HW)
+{
+    if (x->ndim < 2) return tensor_fail(STATUS_SHAPE, "%s: x needs at least 2 dims [N, C, *], got %d", op, x->ndim);
+    *N = x->shape[0];
+    if (x->shape[1] > INT32_MAX) return tensor_fail(STATUS_SHAPE, "%s: too many channels", op);
+    *C = (int)x->shape[1];
+    *HW = 1;
+    for (int d = 2; d < x->ndim; d++) *HW *= x->shape[d];
+    if (groups <= 0 || *C % groups)
+        return tensor_fail(STATUS_VALUE, "%s: %d channels do not split into %d groups", op, *C, groups);
+    return STATUS_OK;
+}
+
+enum status group_norm_body(struct tensor *out, struct tensor *mean, struct tensor *rstd, const struct tensor *x,
+                            const struct tensor *w, const struct tensor *b, int groups, double eps)
+{
+    const char *op = "group_norm";
+    enum status s = STATUS_OK;
+    if ((s = need_float(x, op)) || (s = same_dtype(x, out, op, "out")) || (s = same_dtype(x, w, op, "w")) ||
+        (s = same_dtype(x, b, op, "b")) || (s = same_dtype(x, mean, op, "mean")) || (s = same_dtype(x, rstd, op, "rstd")))
+        return s;
+    int64_t N = 0, HW = 0;
+    int C = 0;
+    if ((s = gn_dims(x, groups, op, &N, &C, &HW))) return s;
+    if (tensor_numel(out) != tensor_numel(x) || (w && tensor_numel(w) != C) || (b && tensor_numel(b) != C) ||
+        (mean && tensor_numel(mean) != N * groups) || (rstd && tensor_numel(rstd) != N * groups))
+        return tensor_fail(STATUS_SHAPE, "group_norm: out/w/b/mean/rstd do not match x [N=%lld, C=%d] with %d groups",
+                           (long long)N, C, groups);
+    if (tensor_numel(x) == 0) return STATUS_OK;
+    const struct tensor *xc, *wc = NULL, *bc = NULL;
+    if (!(xc = contig(x, &s)) || (w && !(wc = contig(w, &s))) || (b && !(bc = contig(b, &s)))) return s;
+    outbuf o, om, orr;
+    if ((s = o.open(out)) || (s = om.open(mean)) || (s = orr.open(rstd))) return s;
+    if (x->dtype == DTYPE_F32)
+        s = group_norm_run<float>(o.p<float>(), om.p<float>(), orr.p<float>(), dptr<float>(xc), wc ? dptr<float>(wc) : NULL,
+                                  bc ? dptr<float>(bc) : NULL, N, C, groups, HW, eps);
+    else
+        s = group_norm_run<double>(o.p<double>(), om.p<double>(), orr.p<double>(), dptr<double>(xc),
+                                   wc ? dptr<double>(wc) : NULL, bc ? dptr<double>(bc) : NULL, N, C, groups, HW, eps);
+    if (s || (s = o.close()) || (s = om.close()) || (s = orr.close())) return s;
+    return STATUS_OK;
+}
+
+enum status group_norm_backward_body(struct tensor *dx, struct tensor *dw, struct tensor *db, const struct tensor *dy,
+                                     const struct tensor *x, const struct tensor *w, const struct tensor *mean,
+                                     const struct tensor *rstd, int groups)
+{
+    const char *op = "group_norm_backward";
+    enum status s = STATUS_OK;
+    if ((s = need_float(x, op)) || (s = same_dtype(x, dy, op, "dy")) || (s = same_dtype(x, dx, op, "dx")) ||
+        (s = same_dtype(x, dw, op, "dw")) || (s = same_dtype(x, db, op, "db")) || (s = same_dtype(x, w, op, "w")) ||
+        (s = same_dtype(x, mean, op, "mean")) || (s = same_dtype(x, rstd, op, "rstd")))
+        return s;
+    if (!mean || !rstd) return tensor_fail(STATUS_VALUE, "group_norm_backward: mean and rstd are required");
+    int64_t N = 0, HW = 0;
+    int C = 0;
+    if ((s = gn_dims(x, groups, op, &N, &C, &HW))) return s;
+    if (tensor_numel(dy) != tensor_numel(x) || (dx && tensor_numel(dx) != tensor_numel(x)) || (w && tensor_numel(w) != C) ||
+        (dw && tensor_numel(dw) != C) || (db && tensor_numel(db) != C) || tensor_numel(mean) != N * groups ||
+        tensor_numel(rstd) != N * groups)
+        return tensor_fail(STATUS_SHAPE, "group_norm_backward: dy/dx/w/dw/db/mean/rstd do not match x [N=%lld, C=%d] "
+                           "with %d groups", (long long)N, C, groups);
+    if (tensor_numel(x) == 0) {
+        if (dw && (s = cuda_fill(dw, 0))) return s;
+        if (db && (s = cuda_fill(db, 0))) return s;
+        return STATUS_OK;
+    }
+    const struct tensor *xc, *dyc, *wc = NULL, *mc, *rc;
+    if (!(xc = contig(x, &s)) || !(dyc = contig(dy, &s)) || (w && !(wc = contig(w, &s))) || !(mc = contig(mean, &s)) ||
+        !(rc = contig(rstd, &s)))
+        return s;
+    outbuf odx, odw, odb;
+    if ((s = odx.open(dx)) || (s = odw.open(dw)) || (s = odb.open(db))) return s;
+    if (x->dtype == DTYPE_F32)
+        s = group_norm_bwd_run<float>(odx.p<float>(), odw.p<float>(), odb.p<float>(), dptr<float>(dyc), dptr<float>(xc),
+                                      wc ? dptr<float>(wc) : NULL, dptr<float>(mc), dptr<float>(rc), N, C, groups, HW);
+    else
+        s = group_norm_bwd_run<double>(odx.p<double>(), odw.p<double>(), odb.p<double>(), dptr<double>(dyc),
+                                       dptr<double>(xc), wc ? dptr<double>(wc) : NULL, dptr<double>(mc), dptr<double>(rc),
+                                       N, C, groups, HW);
+    if (s || (s = odx.close()) || (s = odw.close()) || (s = odb.close())) return s;
+    return STATUS_OK;
+}
+
+}  // namespace
+
+/* ---------------------------------------------------------------- entry points: each runs in its
+ * own tensor scope so temporaries (contiguous copies, partials) are released on every path */
+
+extern "C" enum status cuda_layer_norm(struct tensor *out, struct tensor *mean, struct tensor *rstd, const struct tensor *x,
+                                       const struct tensor *w, const struct tensor *b, double eps)
+{
+    tensor_scope_begin();
+    enum status s = layer_norm_body(out, mean, rstd, x, w, b, eps);
+    tensor_scope_end();
+    return s;
+}
+
+extern "C" enum status cuda_layer_norm_backward(struct tensor *dx, struct tensor *dw, struct tensor *db,
+                                                const struct tensor *dy, const struct tensor *x, const struct tensor *w,
+                                                const struct tensor *mean, const struct tensor *rstd)
+{
+    tensor_scope_begin();
+    enum status s = layer_norm_backward_body(dx, dw, db, dy, x, w, mean, rstd);
+    tensor_scope_end();
+    return s;
+}
+
+extern "C" enum status cuda_group_norm(struct tensor *out, struct tensor *mean, struct tensor *rstd, const struct tensor *x,
+                                       const struct tensor *w, const struct tensor *b, int groups, double eps)
+{
+    tensor_scope_begin();
+    enum status s = group_norm_body(out, mean, rstd, x, w, b, groups, eps);
+    tensor_scope_end();
+    return s;
+}
+
+extern "C" enum status cuda_group_norm_backward(struct tensor *dx, struct tensor *dw, struct tensor *db,
+                                                const struct tensor *dy, const struct tensor *x, const struct tensor *w,
+                                                const struct tensor *mean, const struct tensor *rstd, int groups)
+{
+    tensor_scope_begin();
+    enum status s = group_norm_backward_body(dx, dw, db, dy, x, w, mean, rstd, groups);
+    tensor_scope_end();
+    return s;
+}
