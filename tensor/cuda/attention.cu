@@ -21,7 +21,10 @@
  * plus a [B,H,L] f32 buffer for D in the backward. All tensors are read and written through
  * their strides (any layout, e.g. the [B,L,H,D] permuted views of a fused projection).
  * Determinism: no atomics; every sum has a fixed order, so results are bit-identical between
- * runs. */
+ * runs.
+ * Measured on an H200 (f32, B=2, H=8; torch 2.11 SDPA f32 in brackets): L=S=4096 D=40 forward
+ * 2.35 ms (2.08), backward 6.92 ms (5.29); L=4096 S=77: 0.094 (0.085) / 0.78 (1.14); L=S=1024
+ * D=80: 0.23 (0.20) / 0.77 (0.65); L=S=256 D=160: 0.096 (0.054) / 0.25 (0.22). */
 #include "tensor/cuda/cuda.h"
 
 #include <cuda_runtime.h>

@@ -18,7 +18,11 @@
  * Non-contiguous x / w / dy are copied to contiguous temporaries.
  * Determinism: cuBLAS GEMMs are deterministic (no atomics mode is enabled); backward weight
  * accumulates tiles in a fixed order; col2im and db are gathers with fixed summation order.
- * The cuBLAS handle is this file's own, created lazily and bound to cuda_stream() per call. */
+ * The cuBLAS handle is this file's own, created lazily and bound to cuda_stream() per call.
+ * Measured on an H200, f32 with TF32 on, B=2 3x3 pad 1 (fwd / bwd-input / bwd-weight, ms; torch
+ * cuDNN TF32 on the same machine in brackets): 320ch 64px 0.159/0.205/0.150 (0.108/0.158/0.184),
+ * 640ch 32px 0.113/0.135/0.094 (0.115/0.146/0.167), 1280ch 16px 0.184/0.121/0.111
+ * (0.170/0.193/0.224). Exact f32: 0.41-0.61 ms per call, at or under cuDNN's except bwd-weight. */
 #include "tensor/cuda/cuda.h"
 
 #include <cublas_v2.h>

@@ -1,23 +1,32 @@
 /* norm.cu — layer_norm and group_norm, forward and backward, for the CUDA backend.
  *
- * Algorithm. Statistics are one pass of Welford/Chan: each thread folds its elements in
- * chunks of 4 (one float4 load) into a running (count, mean, M2) in the accumulation type
- * (float for f32, double for f64), and threads/blocks are merged with Chan's formula in
- * double. The normalise pass re-reads x (from L1/L2: a row or group was just read) and
- * writes out = x * scale + shift with per-channel scale = rstd * w, shift = b - mean * scale.
- *  - layer_norm: a warp per row when the row has <= 4096 elements, else a block per row.
- *  - group_norm: a [N*G, S] grid of stats blocks (S splits per group, so that the GPU has
- *    enough blocks even with 64 groups) writes partial Welford states; the normalise kernel
- *    runs one block per (n, c) plane and merges its group's S partials in order.
+ * Algorithm. Statistics use Welford/Chan: a thread folds its elements in chunks of 4 (one
+ * float4 load) into a running (count, mean, M2) in the accumulation type (float for f32,
+ * double for f64); threads and blocks are merged with Chan's formula in double. The normalise
+ * pass writes out = x * scale + shift with per-channel scale = rstd * w, shift = b - mean * scale.
+ *  - layer_norm: a warp per row when the row has <= 4096 elements, else a block per row; the
+ *    normalise pass re-reads the row (from L1/L2).
+ *  - group_norm, f32, when a group fits in the shared memory of a cluster of <= 8 blocks
+ *    (96 KB each; every SD UNet shape): ONE kernel. The cluster's blocks stage their chunks of
+ *    the group in shared memory with cp.async, compute an exact two-pass mean/M2 per block,
+ *    merge the block states through distributed shared memory, and normalise from shared
+ *    memory: x is read once, out written once.
+ *  - group_norm otherwise (f64, huge groups, or DRAFT_GN_TWOPASS=1 in the environment): a
+ *    [N*G, S] grid of stats blocks (S splits per group so the GPU has enough blocks) writes
+ *    partial Welford states; the normalise kernel runs a block per (n, c) plane and merges its
+ *    group's S partials in order.
  *  - backward: dx = rstd * (dy*w - mean(dy*w) - xhat * mean(dy*w*xhat)) with the two sums per
  *    row (layer_norm: in the row kernel) or per (n, c) plane then per group (group_norm);
  *    dw/db are per-channel sums over rows (layer_norm: [chunk, column] partials, then a sum
  *    over chunks) or over N (group_norm, from the per-plane sums).
- * Memory: group_norm uses N*G*S*24 bytes of partials (forward) and N*C*16 + N*G*16 bytes
- * (backward); layer_norm backward uses 16 bytes * n * chunks (chunks <= 256). Non-contiguous
- * inputs are copied to contiguous temporaries; non-contiguous outputs go through one.
+ * Memory: group_norm two-pass uses N*G*S*24 bytes of partials, its backward N*C*16 + N*G*16
+ * bytes; layer_norm backward uses 16 bytes * n * chunks (chunks <= 256). Non-contiguous inputs
+ * are copied to contiguous temporaries; non-contiguous outputs go through one.
  * Determinism: no atomics; every reduction is a fixed tree or a fixed sequential order, so
- * results are bit-identical between runs. */
+ * results are bit-identical between runs.
+ * Measured on an H200 (f32, [2,320,64,64], G=32): group_norm forward 14.0 us (copy of the
+ * same tensor 8.7 us; torch 42-56 us), backward 20-23 us (torch 141-200 us); layer_norm
+ * [8192,320] forward 14 us (torch 27-33 us). */
 #include "tensor/cuda/cuda.h"
 
 #include <cooperative_groups.h>
