@@ -1,0 +1,213 @@
+/* bench_gpu.c — GPU benchmarks of the engine's CUDA backend (a program, not a test).
+ * Prints "RESULT <name> <median ms> <figure> <unit>" lines that bench/join_gpu_bench.sh
+ * pairs with bench/torch_gpu.py's, same names. Median of timed repetitions after warm-up;
+ * the host clock is read after a device synchronize. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "autograd/autograd.h"
+#include "tensor/alloc.h"
+#ifdef TENSOR_HAVE_CUDA
+#include "tensor/cuda/cuda.h"
+#endif
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+typedef enum status (*bench_fn)(void *ctx);
+
+/* median time of fn in ms, or a negative number with the error printed */
+static double time_it(const char *name, bench_fn fn, void *ctx, int warm, int reps)
+{
+    double t[64];
+    if (reps > 64) reps = 64;
+    for (int i = 0; i < warm + reps; i++) {
+#ifdef TENSOR_HAVE_CUDA
+        cuda_synchronize();
+#endif
+        double t0 = now_ms();
+        tensor_scope_begin();
+        enum status s = fn(ctx);
+        tensor_scope_end();
+#ifdef TENSOR_HAVE_CUDA
+        if (!s) s = cuda_synchronize();
+#endif
+        if (s) {
+            printf("RESULT %s n/a 0 %s\n", name, tensor_error());
+            return -1;
+        }
+        if (i >= warm) t[i - warm] = now_ms() - t0;
+    }
+    qsort(t, (size_t)reps, sizeof *t, cmp_double);
+    return t[reps / 2];
+}
+
+struct args {
+    struct tensor *a, *b, *c, *d;
+    struct conv2d_params cp;
+    bool backward;
+};
+
+static enum status run_matmul(void *p)
+{
+    struct args *a = p;
+    return ag_matmul(a->a, a->b) ? STATUS_OK : tensor_status();
+}
+
+static enum status run_conv(void *p)
+{
+    struct args *a = p;
+    struct tensor *y = ag_conv2d(a->a, a->b, a->c, &a->cp);
+    if (!y) return tensor_status();
+    return a->backward ? ag_backward(y, a->d, false) : STATUS_OK;
+}
+
+static enum status run_gn(void *p)
+{
+    struct args *a = p;
+    struct tensor *y = ag_group_norm(a->a, 32, a->b, a->c, 1e-5);
+    if (!y) return tensor_status();
+    return a->backward ? ag_backward(y, a->d, false) : STATUS_OK;
+}
+
+static enum status run_attn(void *p)
+{
+    struct args *a = p;
+    struct tensor *y = ag_attention(a->a, a->b, a->c, 0, false);
+    if (!y) return tensor_status();
+    return a->backward ? ag_backward(y, a->d, false) : STATUS_OK;
+}
+
+static enum status run_add(void *p)
+{
+    struct args *a = p;
+    return ag_add(a->a, a->b) ? STATUS_OK : tensor_status();
+}
+
+static enum status run_copy(void *p)
+{
+    struct args *a = p;
+    return tensor_copy_(a->c, a->a);
+}
+
+static struct tensor *randn_dev(enum dtype dt, int nd, const int64_t *shape, bool grad)
+{
+    struct tensor *t = tensor_keep(ag_randn(dt, nd, shape, DEVICE_CUDA));
+    if (t && grad) ag_set_requires_grad(t, true);
+    return t;
+}
+
+static void release(struct args *a)
+{
+    tensor_free(a->a);
+    tensor_free(a->b);
+    tensor_free(a->c);
+    tensor_free(a->d);
+    memset(a, 0, sizeof *a);
+}
+
+int main(void)
+{
+#ifndef TENSOR_HAVE_CUDA
+    printf("bench_gpu: built without CUDA\n");
+    return 0;
+#else
+    if (cuda_init()) {
+        printf("bench_gpu: no GPU: %s\n", tensor_error());
+        return 0;
+    }
+    ag_rng_seed(1);
+    struct args a = {0};
+    /* matmul 8192^3: f32, then TF32 */
+    a.a = randn_dev(DTYPE_F32, TENSOR_SHAPE(8192, 8192), false);
+    a.b = randn_dev(DTYPE_F32, TENSOR_SHAPE(8192, 8192), false);
+    double flops = 2.0 * 8192.0 * 8192.0 * 8192.0;
+    double ms = time_it("matmul_f32_8192", run_matmul, &a, 2, 10);
+    if (ms > 0) printf("RESULT matmul_f32_8192 %.3f %.1f TFLOP/s\n", ms, flops / ms / 1e9);
+    cuda_set_tf32(true);
+    ms = time_it("matmul_tf32_8192", run_matmul, &a, 2, 10);
+    if (ms > 0) printf("RESULT matmul_tf32_8192 %.3f %.1f TFLOP/s\n", ms, flops / ms / 1e9);
+    release(&a);
+    /* bf16 storage (f32 accumulation) */
+    a.a = tensor_keep(tensor_to_dtype(randn_dev(DTYPE_F32, TENSOR_SHAPE(8192, 8192), false), DTYPE_BF16));
+    a.b = tensor_keep(tensor_to_dtype(randn_dev(DTYPE_F32, TENSOR_SHAPE(8192, 8192), false), DTYPE_BF16));
+    ms = time_it("matmul_bf16_8192", run_matmul, &a, 2, 10);
+    if (ms > 0) printf("RESULT matmul_bf16_8192 %.3f %.1f TFLOP/s\n", ms, flops / ms / 1e9);
+    release(&a);
+
+    /* conv2d at SD 1.4 shapes, TF32 as PyTorch's cuDNN default for convolutions */
+    const int64_t cs[3][2] = {{320, 64}, {640, 32}, {1280, 16}};
+    for (int i = 0; i < 3; i++) {
+        for (int bw = 0; bw < 2; bw++) {
+            int64_t C = cs[i][0], S = cs[i][1];
+            a.a = randn_dev(DTYPE_F32, TENSOR_SHAPE(2, C, S, S), bw);
+            a.b = randn_dev(DTYPE_F32, TENSOR_SHAPE(C, C, 3, 3), bw);
+            a.c = randn_dev(DTYPE_F32, TENSOR_SHAPE(C), bw);
+            a.d = randn_dev(DTYPE_F32, TENSOR_SHAPE(2, C, S, S), false);
+            a.cp = conv2d_params_default();
+            a.cp.pad_top = a.cp.pad_bottom = a.cp.pad_left = a.cp.pad_right = 1;
+            a.backward = bw;
+            char name[64];
+            snprintf(name, sizeof name, "conv2d_%lldc_%lldpx_%s", (long long)C, (long long)S, bw ? "fwdbwd" : "fwd");
+            ms = time_it(name, run_conv, &a, 3, 20);
+            double f = 2.0 * 2 * C * S * S * C * 9 * (bw ? 3 : 1);
+            if (ms > 0) printf("RESULT %s %.3f %.1f TFLOP/s\n", name, ms, f / ms / 1e9);
+            release(&a);
+        }
+    }
+    cuda_set_tf32(false);
+
+    /* group_norm [2,320,64,64] */
+    for (int bw = 0; bw < 2; bw++) {
+        a.a = randn_dev(DTYPE_F32, TENSOR_SHAPE(2, 320, 64, 64), bw);
+        a.b = randn_dev(DTYPE_F32, TENSOR_SHAPE(320), bw);
+        a.c = randn_dev(DTYPE_F32, TENSOR_SHAPE(320), bw);
+        a.d = randn_dev(DTYPE_F32, TENSOR_SHAPE(2, 320, 64, 64), false);
+        a.backward = bw;
+        const char *name = bw ? "group_norm_fwdbwd" : "group_norm_fwd";
+        ms = time_it(name, run_gn, &a, 3, 20);
+        double bytes = 2.0 * 320 * 64 * 64 * 4 * (bw ? 5 : 2);   /* fwd: read x, write y; bwd: + read dy, x, write dx */
+        if (ms > 0) printf("RESULT %s %.3f %.1f GB/s\n", name, ms, bytes / ms / 1e6);
+        release(&a);
+    }
+
+    /* attention B=2, 8 heads, L=4096, d=40 */
+    for (int bw = 0; bw < 2; bw++) {
+        a.a = randn_dev(DTYPE_F32, TENSOR_SHAPE(2, 8, 4096, 40), bw);
+        a.b = randn_dev(DTYPE_F32, TENSOR_SHAPE(2, 8, 4096, 40), bw);
+        a.c = randn_dev(DTYPE_F32, TENSOR_SHAPE(2, 8, 4096, 40), bw);
+        a.d = randn_dev(DTYPE_F32, TENSOR_SHAPE(2, 8, 4096, 40), false);
+        a.backward = bw;
+        const char *name = bw ? "attention_fwdbwd" : "attention_fwd";
+        ms = time_it(name, run_attn, &a, 3, 20);
+        double f = 4.0 * 2 * 8 * 4096.0 * 4096 * 40 * (bw ? 3.5 : 1);
+        if (ms > 0) printf("RESULT %s %.3f %.1f TFLOP/s\n", name, ms, f / ms / 1e9);
+        release(&a);
+    }
+
+    /* elementwise add vs a device-to-device copy, 64M floats */
+    a.a = randn_dev(DTYPE_F32, TENSOR_SHAPE(1 << 26), false);
+    a.b = randn_dev(DTYPE_F32, TENSOR_SHAPE(1 << 26), false);
+    a.c = tensor_keep(tensor_empty(DTYPE_F32, TENSOR_SHAPE(1 << 26), DEVICE_CUDA));
+    double n = (double)(1 << 26) * 4;
+    ms = time_it("copy_64M", run_copy, &a, 3, 20);
+    if (ms > 0) printf("RESULT copy_64M %.3f %.1f GB/s\n", ms, 2 * n / ms / 1e6);
+    ms = time_it("add_64M", run_add, &a, 3, 20);
+    if (ms > 0) printf("RESULT add_64M %.3f %.1f GB/s\n", ms, 3 * n / ms / 1e6);
+    release(&a);
+    mem_print_stats(stdout, DEVICE_CUDA);
+    return 0;
+#endif
+}

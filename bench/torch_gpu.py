@@ -1,0 +1,92 @@
+"""PyTorch side of bench_gpu.c: the same cases, same names, median of timed repetitions
+measured with CUDA events after warm-up. Prints RESULT lines."""
+import statistics
+import torch
+import torch.nn.functional as F
+
+dev = "cuda"
+
+
+def timed(fn, warm, reps):
+    ts = []
+    for i in range(warm + reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        s.record()
+        fn()
+        e.record()
+        torch.cuda.synchronize()
+        if i >= warm:
+            ts.append(s.elapsed_time(e))
+    return statistics.median(ts)
+
+
+def main():
+    torch.manual_seed(1)
+    print(f"# torch {torch.__version__} on {torch.cuda.get_device_name()}")
+    flops = 2 * 8192 ** 3
+    a = torch.randn(8192, 8192, device=dev)
+    b = torch.randn(8192, 8192, device=dev)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    ms = timed(lambda: a @ b, 2, 10)
+    print(f"RESULT matmul_f32_8192 {ms:.3f} {flops / ms / 1e9:.1f} TFLOP/s")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    ms = timed(lambda: a @ b, 2, 10)
+    print(f"RESULT matmul_tf32_8192 {ms:.3f} {flops / ms / 1e9:.1f} TFLOP/s")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    ab, bb = a.bfloat16(), b.bfloat16()
+    ms = timed(lambda: ab @ bb, 2, 10)
+    print(f"RESULT matmul_bf16_8192 {ms:.3f} {flops / ms / 1e9:.1f} TFLOP/s")
+    del a, b, ab, bb
+    torch.backends.cudnn.allow_tf32 = True  # PyTorch's default for convolutions
+    for C, S in ((320, 64), (640, 32), (1280, 16)):
+        for bw in (False, True):
+            x = torch.randn(2, C, S, S, device=dev, requires_grad=bw)
+            w = torch.randn(C, C, 3, 3, device=dev, requires_grad=bw)
+            bias = torch.randn(C, device=dev, requires_grad=bw)
+            g = torch.randn(2, C, S, S, device=dev)
+
+            def run():
+                y = F.conv2d(x, w, bias, padding=1)
+                if bw:
+                    y.backward(g)
+            name = f"conv2d_{C}c_{S}px_{'fwdbwd' if bw else 'fwd'}"
+            ms = timed(run, 3, 20)
+            f = 2.0 * 2 * C * S * S * C * 9 * (3 if bw else 1)
+            print(f"RESULT {name} {ms:.3f} {f / ms / 1e9:.1f} TFLOP/s")
+    for bw in (False, True):
+        x = torch.randn(2, 320, 64, 64, device=dev, requires_grad=bw)
+        w = torch.randn(320, device=dev, requires_grad=bw)
+        bias = torch.randn(320, device=dev, requires_grad=bw)
+        g = torch.randn(2, 320, 64, 64, device=dev)
+
+        def run():
+            y = F.group_norm(x, 32, w, bias, 1e-5)
+            if bw:
+                y.backward(g)
+        ms = timed(run, 3, 20)
+        byts = 2.0 * 320 * 64 * 64 * 4 * (5 if bw else 2)
+        print(f"RESULT group_norm_{'fwdbwd' if bw else 'fwd'} {ms:.3f} {byts / ms / 1e6:.1f} GB/s")
+    for bw in (False, True):
+        q, k, v = (torch.randn(2, 8, 4096, 40, device=dev, requires_grad=bw) for _ in range(3))
+        g = torch.randn(2, 8, 4096, 40, device=dev)
+
+        def run():
+            y = F.scaled_dot_product_attention(q, k, v)
+            if bw:
+                y.backward(g)
+        ms = timed(run, 3, 20)
+        f = 4.0 * 2 * 8 * 4096 * 4096 * 40 * (3.5 if bw else 1)
+        print(f"RESULT attention_{'fwdbwd' if bw else 'fwd'} {ms:.3f} {f / ms / 1e9:.1f} TFLOP/s")
+    n = 1 << 26
+    a = torch.randn(n, device=dev)
+    b = torch.randn(n, device=dev)
+    c = torch.empty(n, device=dev)
+    ms = timed(lambda: c.copy_(a), 3, 20)
+    print(f"RESULT copy_64M {ms:.3f} {2 * n * 4 / ms / 1e6:.1f} GB/s")
+    ms = timed(lambda: torch.add(a, b), 3, 20)
+    print(f"RESULT add_64M {ms:.3f} {3 * n * 4 / ms / 1e6:.1f} GB/s")
+
+
+if __name__ == "__main__":
+    main()
