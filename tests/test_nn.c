@@ -1,0 +1,153 @@
+/* test_nn.c — the parameter store (names, loading with exact-name and shape checks, dtype
+ * casting, saving), the basic layers, and config.json reading. */
+#include "tests/harness.h"
+#include "nn/config.h"
+#include "nn/module.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static void build_small(struct nn_params *ps, struct nn_linear *l, struct nn_conv2d *c, struct nn_group_norm *g)
+{
+    ck_assert_int_eq(nn_linear_init(l, ps, "proj", 6, 4, true), STATUS_OK);
+    ck_assert_int_eq(nn_conv2d_init(c, ps, "down.conv", 4, 8, 3, 2, 1, true), STATUS_OK);
+    ck_assert_int_eq(nn_group_norm_init(g, ps, "down.norm", 4, 8, 1e-5), STATUS_OK);
+}
+
+START_TEST(test_params)
+{
+    LEAK_CHECK_BEGIN();
+    struct nn_params ps;
+    nn_params_init(&ps, DTYPE_F32, DEVICE_CPU);
+    struct nn_linear l;
+    struct nn_conv2d c;
+    struct nn_group_norm g;
+    build_small(&ps, &l, &c, &g);
+    ck_assert_int_eq(ps.n, 6);
+    ck_assert_int_eq(nn_params_count(&ps), 6 * 4 + 4 + 8 * 4 * 9 + 8 + 8 + 8);
+    ck_assert_ptr_eq(nn_param_find(&ps, "down.conv.weight"), c.weight);
+    ck_assert_str_eq(c.weight->name, "down.conv.weight");
+    ck_assert_ptr_null(nn_param_new(&ps, "proj", "weight", TENSOR_SHAPE(1)));
+    ck_assert(strstr(tensor_error(), "proj.weight") != NULL);
+    ck_assert_int_eq(nn_params_init_default(&ps, 7), STATUS_OK);
+    ck_assert_double_eq(tensor_get_flat(g.weight, 3), 1.0);
+    ck_assert_double_eq(tensor_get_flat(g.bias, 3), 0.0);
+    /* forward shapes through the layers */
+    tensor_scope_begin();
+    struct tensor *x = test_uniform(DTYPE_F32, TENSOR_SHAPE(2, 4, 9, 9), -1, 1);
+    struct tensor *y = nn_group_norm_forward(&g, nn_conv2d_forward(&c, x));
+    ck_assert_msg(y != NULL, "%s", tensor_error());
+    ck_assert_int_eq(y->shape[1], 8);
+    ck_assert_int_eq(y->shape[2], 5);
+    struct tensor *z = nn_linear_forward(&l, test_uniform(DTYPE_F32, TENSOR_SHAPE(3, 6), -1, 1));
+    ck_assert_int_eq(z->shape[1], 4);
+    tensor_scope_end();
+    /* to bf16 and back keeps names */
+    ck_assert_int_eq(nn_params_to_dtype(&ps, DTYPE_BF16), STATUS_OK);
+    ck_assert_int_eq(nn_param_find(&ps, "proj.weight")->dtype, DTYPE_BF16);
+    nn_params_free(&ps);
+    LEAK_CHECK_END();
+}
+END_TEST
+
+START_TEST(test_load)
+{
+    LEAK_CHECK_BEGIN();
+    struct nn_params a, b;
+    struct nn_linear l1, l2;
+    struct nn_conv2d c1, c2;
+    struct nn_group_norm g1, g2;
+    nn_params_init(&a, DTYPE_F32, DEVICE_CPU);
+    nn_params_init(&b, DTYPE_F32, DEVICE_CPU);
+    build_small(&a, &l1, &c1, &g1);
+    build_small(&b, &l2, &c2, &g2);
+    nn_params_init_default(&a, 3);
+    char path[] = "/tmp/draft-test-nn-XXXXXX";
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    ck_assert_int_eq(nn_params_save(&a, path), STATUS_OK);
+    struct safetensors *st = safetensors_open(path);
+    ck_assert_ptr_nonnull(st);
+    ck_assert_int_eq(nn_params_load(&b, st, "", false), STATUS_OK);
+    tensor_scope_begin();
+    ck_assert_double_eq(test_max_abs_diff(c1.weight, c2.weight), 0.0);
+    tensor_scope_end();
+    /* a model with a parameter the file lacks */
+    struct nn_linear extra;
+    nn_linear_init(&extra, &b, "head", 2, 2, false);
+    ck_assert_int_eq(nn_params_load(&b, st, "", false), STATUS_FORMAT);
+    ck_assert(strstr(tensor_error(), "missing tensor 'head.weight'") && strstr(tensor_error(), path));
+    /* a file with a tensor the model lacks */
+    struct nn_params small;
+    struct nn_linear only;
+    nn_params_init(&small, DTYPE_F32, DEVICE_CPU);
+    nn_linear_init(&only, &small, "proj", 6, 4, true);
+    ck_assert_int_eq(nn_params_load(&small, st, "", false), STATUS_FORMAT);
+    ck_assert(strstr(tensor_error(), "unexpected tensor") != NULL);
+    ck_assert_int_eq(nn_params_load(&small, st, "", true), STATUS_OK);
+    /* a shape mismatch names both shapes */
+    struct nn_params wrong;
+    struct nn_linear wl;
+    nn_params_init(&wrong, DTYPE_F32, DEVICE_CPU);
+    nn_linear_init(&wl, &wrong, "proj", 5, 4, true);
+    ck_assert_int_eq(nn_params_load(&wrong, st, "", true), STATUS_SHAPE);
+    ck_assert(strstr(tensor_error(), "proj.weight") && strstr(tensor_error(), "[4,6]") && strstr(tensor_error(), "[4,5]"));
+    safetensors_close(st);
+    unlink(path);
+    nn_params_free(&a);
+    nn_params_free(&b);
+    nn_params_free(&small);
+    nn_params_free(&wrong);
+    LEAK_CHECK_END();
+}
+END_TEST
+
+START_TEST(test_config)
+{
+    struct nn_config c;
+    const char *json = "{\"_class_name\":\"X\",\"in_channels\":4,\"norm_eps\":1e-5,\"flip\":true,\"name\":\"unet\","
+                       "\"blocks\":[320,640],\"heads\":8,\"types\":[\"A\",\"B\"],\"unused\":1}";
+    ck_assert_int_eq(nn_config_parse(&c, json, strlen(json), "cfg.json"), STATUS_OK);
+    ck_assert_int_eq(nn_config_int(&c, "in_channels", 0), 4);
+    ck_assert_double_eq(nn_config_double(&c, "norm_eps", 0), 1e-5);
+    ck_assert(nn_config_bool(&c, "flip", false));
+    char buf[32];
+    ck_assert_str_eq(nn_config_string(&c, "name", "", buf, sizeof buf), "unet");
+    long long v[4];
+    ck_assert_int_eq(nn_config_int_array(&c, "blocks", v, 4, false), 2);
+    ck_assert_int_eq(v[1], 640);
+    ck_assert_int_eq(nn_config_int_array(&c, "heads", v, 4, true), 1);
+    char types[4][64];
+    ck_assert_int_eq(nn_config_string_array(&c, "types", types, 4), 2);
+    ck_assert_int_eq(nn_config_int(&c, "absent", 77), 77);
+    ck_assert_int_eq(nn_config_finish(&c), STATUS_FORMAT);
+    ck_assert(strstr(tensor_error(), "cfg.json") && strstr(tensor_error(), "'unused'"));
+    const char *ign[1] = {"unused"};
+    nn_config_ignore(&c, ign, 1);
+    ck_assert_int_eq(nn_config_finish(&c), STATUS_OK);
+    nn_config_free(&c);
+    /* wrong types are remembered and reported */
+    const char *bad = "{\"in_channels\":\"four\"}";
+    ck_assert_int_eq(nn_config_parse(&c, bad, strlen(bad), "bad.json"), STATUS_OK);
+    ck_assert_int_eq(nn_config_int(&c, "in_channels", 4), 4);
+    ck_assert_int_eq(nn_config_finish(&c), STATUS_FORMAT);
+    ck_assert(strstr(tensor_error(), "must be an integer") != NULL);
+    nn_config_free(&c);
+    ck_assert_int_eq(nn_config_parse(&c, "[1]", 3, "arr.json"), STATUS_FORMAT);
+    ck_assert_int_eq(nn_config_load(&c, "/nonexistent/config.json"), STATUS_IO);
+}
+END_TEST
+
+int main(void)
+{
+    test_seed();
+    Suite *s = suite_create("nn");
+    TCase *tc = tcase_create("nn");
+    tcase_add_test(tc, test_params);
+    tcase_add_test(tc, test_load);
+    tcase_add_test(tc, test_config);
+    suite_add_tcase(s, tc);
+    return test_run_suite(s);
+}
