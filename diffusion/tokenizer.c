@@ -1,0 +1,3 @@
+/* tokenizer.c — placeholder until the module lands. */
+#include "nn/module.h"
+int diffusion_tokenizer_placeholder;

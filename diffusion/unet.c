@@ -1,0 +1,3 @@
+/* unet.c — placeholder until the module lands. */
+#include "nn/module.h"
+int diffusion_unet_placeholder;

@@ -1,0 +1,3 @@
+/* vae.c — placeholder until the module lands. */
+#include "nn/module.h"
+int diffusion_vae_placeholder;
