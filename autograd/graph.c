@@ -251,6 +251,11 @@ static enum status accumulate_leaf(struct tensor *leaf, struct tensor *g)
         tensor_free(g);
         return s;
     }
+    if (!leaf->grad && g->refcount == 1 && g->storage->refcount == 1 && !g->storage->external && !g->node &&
+        g->dtype == leaf->dtype && g->offset == 0 && tensor_is_contiguous(g)) {
+        leaf->grad = g;   /* nobody else sees this buffer: take it instead of copying */
+        return STATUS_OK;
+    }
     if (!leaf->grad) {
         /* the leaf's own contiguous copy: later accumulation may write into it */
         struct tensor *c = tensor_empty(leaf->dtype, leaf->ndim, leaf->shape, leaf->storage->device);

@@ -92,7 +92,7 @@ struct backend {
     enum status (*softmax)(struct tensor *out, const struct tensor *x, bool log);
     enum status (*softmax_backward)(struct tensor *dx, const struct tensor *dy, const struct tensor *y, bool log);
 
-    /* layer_norm over the last `n` elements of each row: x viewed as [rows, n].
+    /* layer_norm over the last `n` elements of each row: x viewed as [rows, n] (dx, dw, db may be NULL).
      * mean, rstd: [rows] f32/f64 (same dtype as x); w, b: [n] or NULL */
     enum status (*layer_norm)(struct tensor *out, struct tensor *mean, struct tensor *rstd,
                               const struct tensor *x, const struct tensor *w, const struct tensor *b, double eps);
