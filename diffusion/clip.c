@@ -1,3 +1,393 @@
-/* clip.c — placeholder until the module lands. */
-#include "nn/module.h"
-int diffusion_clip_placeholder;
+/* clip.c — CLIPTextModel and CLIPVisionModelWithProjection (transformers modeling_clip.py). */
+#include "diffusion/clip.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---------------------------------------------------------------- config */
+
+static enum status clip_act_parse(struct nn_config *c, enum clip_act *act)
+{
+    char buf[64];
+    const char *s = nn_config_string(c, "hidden_act", "quick_gelu", buf, sizeof buf);
+    if (!s) return STATUS_OK;   /* a type error is remembered and reported by finish */
+    if (!strcmp(s, "quick_gelu")) *act = CLIP_ACT_QUICK_GELU;
+    else if (!strcmp(s, "gelu")) *act = CLIP_ACT_GELU;
+    else if (!strcmp(s, "gelu_new") || !strcmp(s, "gelu_pytorch_tanh")) *act = CLIP_ACT_GELU_TANH;
+    else return tensor_fail(STATUS_FORMAT, "%s: hidden_act '%s' is not supported (quick_gelu, gelu, gelu_new, gelu_pytorch_tanh)",
+                            c->path, s);
+    return STATUS_OK;
+}
+
+static enum status clip_model_type_check(struct nn_config *c, const char *want)
+{
+    char buf[64];
+    const char *s = nn_config_string(c, "model_type", want, buf, sizeof buf);
+    if (s && strcmp(s, want))
+        return tensor_fail(STATUS_FORMAT, "%s: model_type '%s' is not '%s'", c->path, s, want);
+    return STATUS_OK;
+}
+
+/* keys of transformers' CLIP configs that do not change the inference/training forward:
+ * dropout is inactive at these rates in SD (0.0) and the model runs without it; the token ids
+ * other than eos and the initialisers only matter elsewhere */
+static const char *const clip_ignored_keys[] = {
+    "architectures", "torch_dtype", "transformers_version", "attention_dropout", "dropout",
+    "initializer_factor", "initializer_range", "bos_token_id", "pad_token_id",
+};
+
+enum status clip_text_config_read(struct clip_text_config *cfg, struct nn_config *c)
+{
+    memset(cfg, 0, sizeof *cfg);
+    enum status s = clip_model_type_check(c, "clip_text_model");
+    if (s) return s;
+    cfg->vocab_size = nn_config_int(c, "vocab_size", 49408);
+    cfg->hidden_size = nn_config_int(c, "hidden_size", 512);
+    cfg->intermediate_size = nn_config_int(c, "intermediate_size", 2048);
+    cfg->num_hidden_layers = (int)nn_config_int(c, "num_hidden_layers", 12);
+    cfg->num_attention_heads = (int)nn_config_int(c, "num_attention_heads", 8);
+    cfg->max_position_embeddings = nn_config_int(c, "max_position_embeddings", 77);
+    cfg->layer_norm_eps = nn_config_double(c, "layer_norm_eps", 1e-5);
+    cfg->eos_token_id = nn_config_int(c, "eos_token_id", 2);
+    if ((s = clip_act_parse(c, &cfg->hidden_act))) return s;
+    /* CLIPTextModel has no projection; CLIPTextModelWithProjection would read it */
+    static const char *const text_only[] = {"projection_dim"};
+    nn_config_ignore(c, clip_ignored_keys, (int)(sizeof clip_ignored_keys / sizeof *clip_ignored_keys));
+    nn_config_ignore(c, text_only, 1);
+    if ((s = nn_config_finish(c))) return s;
+    if (cfg->vocab_size <= 0 || cfg->hidden_size <= 0 || cfg->intermediate_size <= 0 || cfg->num_hidden_layers < 0 ||
+        cfg->num_attention_heads <= 0 || cfg->max_position_embeddings <= 0 || !(cfg->layer_norm_eps > 0))
+        return tensor_fail(STATUS_FORMAT, "%s: sizes, heads, positions and layer_norm_eps must be positive", c->path);
+    if (cfg->hidden_size % cfg->num_attention_heads)
+        return tensor_fail(STATUS_FORMAT, "%s: hidden_size %lld is not a multiple of num_attention_heads %d", c->path,
+                           (long long)cfg->hidden_size, cfg->num_attention_heads);
+    return STATUS_OK;
+}
+
+enum status clip_vision_config_read(struct clip_vision_config *cfg, struct nn_config *c)
+{
+    memset(cfg, 0, sizeof *cfg);
+    enum status s = clip_model_type_check(c, "clip_vision_model");
+    if (s) return s;
+    cfg->hidden_size = nn_config_int(c, "hidden_size", 768);
+    cfg->intermediate_size = nn_config_int(c, "intermediate_size", 3072);
+    cfg->num_hidden_layers = (int)nn_config_int(c, "num_hidden_layers", 12);
+    cfg->num_attention_heads = (int)nn_config_int(c, "num_attention_heads", 12);
+    cfg->num_channels = nn_config_int(c, "num_channels", 3);
+    cfg->image_size = nn_config_int(c, "image_size", 224);
+    cfg->patch_size = nn_config_int(c, "patch_size", 32);
+    cfg->projection_dim = nn_config_int(c, "projection_dim", 512);
+    cfg->layer_norm_eps = nn_config_double(c, "layer_norm_eps", 1e-5);
+    if ((s = clip_act_parse(c, &cfg->hidden_act))) return s;
+    static const char *const vision_only[] = {"eos_token_id"};
+    nn_config_ignore(c, clip_ignored_keys, (int)(sizeof clip_ignored_keys / sizeof *clip_ignored_keys));
+    nn_config_ignore(c, vision_only, 1);
+    if ((s = nn_config_finish(c))) return s;
+    if (cfg->hidden_size <= 0 || cfg->intermediate_size <= 0 || cfg->num_hidden_layers < 0 ||
+        cfg->num_attention_heads <= 0 || cfg->num_channels <= 0 || cfg->image_size <= 0 || cfg->patch_size <= 0 ||
+        cfg->projection_dim <= 0 || !(cfg->layer_norm_eps > 0))
+        return tensor_fail(STATUS_FORMAT, "%s: sizes, heads and layer_norm_eps must be positive", c->path);
+    if (cfg->hidden_size % cfg->num_attention_heads)
+        return tensor_fail(STATUS_FORMAT, "%s: hidden_size %lld is not a multiple of num_attention_heads %d", c->path,
+                           (long long)cfg->hidden_size, cfg->num_attention_heads);
+    if (cfg->image_size % cfg->patch_size)
+        return tensor_fail(STATUS_FORMAT, "%s: image_size %lld is not a multiple of patch_size %lld", c->path,
+                           (long long)cfg->image_size, (long long)cfg->patch_size);
+    return STATUS_OK;
+}
+
+enum status clip_text_config_load(struct clip_text_config *cfg, const char *path)
+{
+    struct nn_config c;
+    enum status s = nn_config_load(&c, path);
+    if (!s) s = clip_text_config_read(cfg, &c);
+    nn_config_free(&c);
+    return s;
+}
+
+enum status clip_vision_config_load(struct clip_vision_config *cfg, const char *path)
+{
+    struct nn_config c;
+    enum status s = nn_config_load(&c, path);
+    if (!s) s = clip_vision_config_read(cfg, &c);
+    nn_config_free(&c);
+    return s;
+}
+
+/* ---------------------------------------------------------------- encoder (shared) */
+
+static enum status clip_encoder_layer_init(struct clip_encoder_layer *l, struct nn_params *ps, const char *prefix,
+                                           int64_t hidden, int64_t inter, double eps)
+{
+    char p[512];
+    enum status s;
+#define SUB(name) nn_name(p, sizeof p, prefix, name)
+    if ((s = nn_linear_init(&l->q_proj, ps, SUB("self_attn.q_proj"), hidden, hidden, true))) return s;
+    if ((s = nn_linear_init(&l->k_proj, ps, SUB("self_attn.k_proj"), hidden, hidden, true))) return s;
+    if ((s = nn_linear_init(&l->v_proj, ps, SUB("self_attn.v_proj"), hidden, hidden, true))) return s;
+    if ((s = nn_linear_init(&l->out_proj, ps, SUB("self_attn.out_proj"), hidden, hidden, true))) return s;
+    if ((s = nn_layer_norm_init(&l->layer_norm1, ps, SUB("layer_norm1"), hidden, eps))) return s;
+    if ((s = nn_linear_init(&l->fc1, ps, SUB("mlp.fc1"), hidden, inter, true))) return s;
+    if ((s = nn_linear_init(&l->fc2, ps, SUB("mlp.fc2"), inter, hidden, true))) return s;
+    if ((s = nn_layer_norm_init(&l->layer_norm2, ps, SUB("layer_norm2"), hidden, eps))) return s;
+#undef SUB
+    return STATUS_OK;
+}
+
+/* "<prefix>.encoder.layers.N..." */
+static enum status clip_encoder_init(struct clip_encoder *e, struct nn_params *ps, const char *prefix, int n_layers,
+                                     int n_heads, int64_t hidden, int64_t inter, double eps, enum clip_act act)
+{
+    e->n_layers = n_layers;
+    e->n_heads = n_heads;
+    e->act = act;
+    e->layers = calloc(n_layers > 0 ? (size_t)n_layers : 1, sizeof *e->layers);
+    if (!e->layers) return tensor_fail(STATUS_OOM, "clip: out of memory for %d layers", n_layers);
+    for (int i = 0; i < n_layers; i++) {
+        char rel[64], p[512];
+        snprintf(rel, sizeof rel, "encoder.layers.%d", i);
+        enum status s = clip_encoder_layer_init(&e->layers[i], ps, nn_name(p, sizeof p, prefix, rel), hidden, inter, eps);
+        if (s) return s;
+    }
+    return STATUS_OK;
+}
+
+static void clip_encoder_free(struct clip_encoder *e)
+{
+    free(e->layers);
+    e->layers = NULL;
+    e->n_layers = 0;
+}
+
+static struct tensor *clip_act_forward(enum clip_act act, struct tensor *x)
+{
+    switch (act) {
+    case CLIP_ACT_GELU: return ag_gelu(x);
+    case CLIP_ACT_GELU_TANH: return ag_gelu_tanh(x);
+    default: return ag_quick_gelu(x);
+    }
+}
+
+/* x [B, L, D] -> [B, H, L, D/H] view (no copy) */
+static struct tensor *clip_heads(struct tensor *x, int H)
+{
+    const int64_t B = x->shape[0], L = x->shape[1], D = x->shape[2];
+    static const int perm[4] = {0, 2, 1, 3};
+    return ag_permute(ag_reshape(x, TENSOR_SHAPE(B, L, H, D / H)), perm);
+}
+
+static struct tensor *clip_encoder_layer_forward(const struct clip_encoder_layer *l, int H, enum clip_act act,
+                                                 struct tensor *x, bool causal)
+{
+    tensor_scope_begin();
+    const int64_t B = x->shape[0], L = x->shape[1], D = x->shape[2];
+    /* self-attention: softmax(q k^T / sqrt(d) [+ causal mask]) v, heads of D/H */
+    struct tensor *h = nn_layer_norm_forward(&l->layer_norm1, x);
+    struct tensor *q = clip_heads(nn_linear_forward(&l->q_proj, h), H);
+    struct tensor *k = clip_heads(nn_linear_forward(&l->k_proj, h), H);
+    struct tensor *v = clip_heads(nn_linear_forward(&l->v_proj, h), H);
+    static const int perm[4] = {0, 2, 1, 3};
+    struct tensor *a = ag_permute(ag_attention(q, k, v, 0.0, causal), perm);   /* [B, L, H, D/H] */
+    a = ag_reshape(a, TENSOR_SHAPE(B, L, D));
+    x = ag_add(x, nn_linear_forward(&l->out_proj, a));
+    /* MLP */
+    h = nn_layer_norm_forward(&l->layer_norm2, x);
+    h = nn_linear_forward(&l->fc2, clip_act_forward(act, nn_linear_forward(&l->fc1, h)));
+    return tensor_scope_return(ag_add(x, h));
+}
+
+static struct tensor *clip_encoder_forward(const struct clip_encoder *e, struct tensor *x, bool causal)
+{
+    tensor_scope_begin();
+    for (int i = 0; i < e->n_layers && x; i++) x = clip_encoder_layer_forward(&e->layers[i], e->n_heads, e->act, x, causal);
+    return tensor_scope_return(x);
+}
+
+/* ---------------------------------------------------------------- text */
+
+enum status clip_text_init(struct clip_text_model *m, const struct clip_text_config *cfg, struct nn_params *ps,
+                           const char *prefix)
+{
+    memset(m, 0, sizeof *m);
+    m->cfg = *cfg;
+    char base[512], p[512];
+    nn_name(base, sizeof base, prefix, "text_model");
+    enum status s;
+    const int64_t D = cfg->hidden_size;
+    if ((s = nn_embedding_init(&m->token_embedding, ps, nn_name(p, sizeof p, base, "embeddings.token_embedding"),
+                               cfg->vocab_size, D)))
+        return s;
+    if ((s = nn_embedding_init(&m->position_embedding, ps, nn_name(p, sizeof p, base, "embeddings.position_embedding"),
+                               cfg->max_position_embeddings, D)))
+        return s;
+    if ((s = clip_encoder_init(&m->encoder, ps, base, cfg->num_hidden_layers, cfg->num_attention_heads, D,
+                               cfg->intermediate_size, cfg->layer_norm_eps, cfg->hidden_act)))
+        return s;
+    return nn_layer_norm_init(&m->final_layer_norm, ps, nn_name(p, sizeof p, base, "final_layer_norm"), D,
+                              cfg->layer_norm_eps);
+}
+
+void clip_text_free(struct clip_text_model *m) { clip_encoder_free(&m->encoder); }
+
+struct tensor *clip_text_forward(const struct clip_text_model *m, struct tensor *input_ids)
+{
+    if (!input_ids) return NULL;
+    char a[128];
+    if (input_ids->ndim != 2 || input_ids->shape[1] < 1 || input_ids->shape[1] > m->cfg.max_position_embeddings ||
+        (input_ids->dtype != DTYPE_I32 && input_ids->dtype != DTYPE_I64)) {
+        tensor_fail(STATUS_SHAPE, "clip_text_forward: input_ids must be i32/i64 [B, L] with 1 <= L <= %lld, got %s %s",
+                    (long long)m->cfg.max_position_embeddings, dtype_name(input_ids->dtype),
+                    tensor_shape_str(input_ids, a, sizeof a));
+        return NULL;
+    }
+    tensor_scope_begin();
+    const int64_t L = input_ids->shape[1];
+    /* position_ids = 0..L-1: the first L rows of the table, broadcast over the batch */
+    struct tensor *pos = ag_narrow(m->position_embedding.weight, 0, 0, L);
+    struct tensor *x = ag_add(nn_embedding_forward(&m->token_embedding, input_ids), pos);
+    x = clip_encoder_forward(&m->encoder, x, true);
+    return tensor_scope_return(nn_layer_norm_forward(&m->final_layer_norm, x));
+}
+
+struct tensor *clip_text_pooled(const struct clip_text_model *m, struct tensor *input_ids,
+                                struct tensor *last_hidden_state)
+{
+    if (!input_ids || !last_hidden_state) return NULL;
+    char a[128], b[128];
+    if (input_ids->ndim != 2 || last_hidden_state->ndim != 3 || last_hidden_state->shape[0] != input_ids->shape[0] ||
+        last_hidden_state->shape[1] != input_ids->shape[1] || input_ids->shape[0] < 1 ||
+        (input_ids->dtype != DTYPE_I32 && input_ids->dtype != DTYPE_I64)) {
+        tensor_fail(STATUS_SHAPE, "clip_text_pooled: input_ids i32/i64 [B, L] and last_hidden_state [B, L, D] expected, got %s and %s",
+                    tensor_shape_str(input_ids, a, sizeof a), tensor_shape_str(last_hidden_state, b, sizeof b));
+        return NULL;
+    }
+    tensor_scope_begin();
+    const int64_t B = input_ids->shape[0], L = input_ids->shape[1];
+    struct tensor *ids = tensor_to_device(input_ids, DEVICE_CPU);
+    struct tensor **rows = ids ? calloc((size_t)B, sizeof *rows) : NULL;
+    struct tensor *out = NULL;
+    if (rows) {
+        for (int64_t bi = 0; bi < B; bi++) {
+            /* transformers: eos_token_id == 2 (old configs) pools at argmax(ids), the highest id
+             * being <|endoftext|>; otherwise at the first eos_token_id (the last position if none) */
+            int64_t at = -1;
+            double best = 0;
+            for (int64_t j = 0; j < L; j++) {
+                double v = tensor_get(ids, (int64_t[]){bi, j});
+                if (m->cfg.eos_token_id == 2) {
+                    if (at < 0 || v > best) at = j, best = v;
+                } else if ((int64_t)v == m->cfg.eos_token_id) {
+                    at = j;
+                    break;
+                }
+            }
+            if (at < 0) at = L - 1;
+            rows[bi] = ag_narrow(ag_narrow(last_hidden_state, 0, bi, 1), 1, at, 1);   /* [1, 1, D] */
+        }
+        out = ag_reshape(ag_concat((int)B, rows, 0), TENSOR_SHAPE(B, last_hidden_state->shape[2]));
+        free(rows);
+    } else if (ids) {
+        tensor_fail(STATUS_OOM, "clip_text_pooled: out of memory");
+    }
+    return tensor_scope_return(out);
+}
+
+/* ---------------------------------------------------------------- vision */
+
+enum status clip_vision_init(struct clip_vision_model *m, const struct clip_vision_config *cfg, struct nn_params *ps,
+                             const char *prefix)
+{
+    memset(m, 0, sizeof *m);
+    m->cfg = *cfg;
+    char base[512], p[512];
+    nn_name(base, sizeof base, prefix, "vision_model");
+    enum status s;
+    const int64_t D = cfg->hidden_size, grid = cfg->image_size / cfg->patch_size;
+    m->class_embedding = nn_param_new(ps, base, "embeddings.class_embedding", TENSOR_SHAPE(D));
+    if (!m->class_embedding) return tensor_status();
+    if ((s = nn_conv2d_init(&m->patch_embedding, ps, nn_name(p, sizeof p, base, "embeddings.patch_embedding"),
+                            cfg->num_channels, D, (int)cfg->patch_size, (int)cfg->patch_size, 0, false)))
+        return s;
+    if ((s = nn_embedding_init(&m->position_embedding, ps, nn_name(p, sizeof p, base, "embeddings.position_embedding"),
+                               grid * grid + 1, D)))
+        return s;
+    if ((s = nn_layer_norm_init(&m->pre_layrnorm, ps, nn_name(p, sizeof p, base, "pre_layrnorm"), D, cfg->layer_norm_eps)))
+        return s;
+    if ((s = clip_encoder_init(&m->encoder, ps, base, cfg->num_hidden_layers, cfg->num_attention_heads, D,
+                               cfg->intermediate_size, cfg->layer_norm_eps, cfg->hidden_act)))
+        return s;
+    if ((s = nn_layer_norm_init(&m->post_layernorm, ps, nn_name(p, sizeof p, base, "post_layernorm"), D,
+                                cfg->layer_norm_eps)))
+        return s;
+    return nn_linear_init(&m->visual_projection, ps, nn_name(p, sizeof p, prefix, "visual_projection"), D,
+                          cfg->projection_dim, false);
+}
+
+void clip_vision_free(struct clip_vision_model *m) { clip_encoder_free(&m->encoder); }
+
+struct tensor *clip_vision_forward(const struct clip_vision_model *m, struct tensor *pixel_values)
+{
+    if (!pixel_values) return NULL;
+    const struct clip_vision_config *cfg = &m->cfg;
+    char a[128];
+    if (pixel_values->ndim != 4 || pixel_values->shape[0] < 1 || pixel_values->shape[1] != cfg->num_channels ||
+        pixel_values->shape[2] != cfg->image_size || pixel_values->shape[3] != cfg->image_size) {
+        tensor_fail(STATUS_SHAPE, "clip_vision_forward: pixel_values must be [B, %lld, %lld, %lld], got %s",
+                    (long long)cfg->num_channels, (long long)cfg->image_size, (long long)cfg->image_size,
+                    tensor_shape_str(pixel_values, a, sizeof a));
+        return NULL;
+    }
+    tensor_scope_begin();
+    const int64_t B = pixel_values->shape[0], D = cfg->hidden_size, grid = cfg->image_size / cfg->patch_size;
+    const int64_t N = grid * grid;
+    /* patches [B, D, g, g] -> tokens [B, g*g, D] (row-major over the grid, as flatten(2).transpose(1, 2)) */
+    struct tensor *x = nn_conv2d_forward(&m->patch_embedding, pixel_values);
+    x = ag_transpose(ag_reshape(x, TENSOR_SHAPE(B, D, N)), 1, 2);
+    struct tensor *cls = ag_expand(ag_reshape(m->class_embedding, TENSOR_SHAPE(1, 1, D)), TENSOR_SHAPE(B, 1, D));
+    x = ag_concat(2, (struct tensor *[]){cls, x}, 1);   /* [B, N + 1, D] */
+    x = ag_add(x, m->position_embedding.weight);
+    x = nn_layer_norm_forward(&m->pre_layrnorm, x);
+    x = clip_encoder_forward(&m->encoder, x, false);
+    /* pooled = post_layernorm(class token) -> projection */
+    struct tensor *pooled = ag_reshape(ag_narrow(x, 1, 0, 1), TENSOR_SHAPE(B, D));
+    pooled = nn_layer_norm_forward(&m->post_layernorm, pooled);
+    return tensor_scope_return(nn_linear_forward(&m->visual_projection, pooled));
+}
+
+/* ---------------------------------------------------------------- loading */
+
+static bool clip_is_position_ids(const char *name)
+{
+    static const char suffix[] = "embeddings.position_ids";
+    size_t n = strlen(name), k = sizeof suffix - 1;
+    return n >= k && !strcmp(name + n - k, suffix) && (n == k || name[n - k - 1] == '.');
+}
+
+enum status clip_params_load(struct nn_params *ps, const struct safetensors *st, const char *key_prefix)
+{
+    const char *kp = key_prefix ? key_prefix : "";
+    size_t kl = strlen(kp);
+    char name[512];
+    for (int i = 0; i < st->n; i++) {
+        const struct safetensors_entry *e = &st->entries[i];
+        if (strncmp(e->name, kp, kl)) continue;
+        if (nn_param_find(ps, e->name + kl)) continue;
+        if (!clip_is_position_ids(e->name))
+            return tensor_fail(STATUS_FORMAT, "%s: unexpected tensor '%s' (not a parameter of this model)", st->path,
+                               e->name);
+        /* the forward uses positions 0, 1, 2, ...; a file whose buffer says otherwise is not
+         * what this code computes */
+        snprintf(name, sizeof name, "%s", e->name);
+        tensor_scope_begin();
+        struct tensor *ids = safetensors_load(st, name, DTYPE_I64, DEVICE_CPU);
+        enum status s = ids ? STATUS_OK : tensor_status();
+        for (int64_t j = 0; !s && j < tensor_numel(ids); j++)
+            if (tensor_get_flat(ids, j) != (double)j)
+                s = tensor_fail(STATUS_FORMAT, "%s: buffer '%s' is not 0, 1, 2, ... (entry %lld is %g)", st->path, name,
+                                (long long)j, tensor_get_flat(ids, j));
+        tensor_scope_end();
+        if (s) return s;
+    }
+    return nn_params_load(ps, st, kp, true);
+}

@@ -76,14 +76,21 @@ void nn_params_set_trainable(struct nn_params *ps, bool on)
 enum status nn_params_to_dtype(struct nn_params *ps, enum dtype dt)
 {
     for (int i = 0; i < ps->n; i++) {
-        struct tensor *old = ps->v[i].t;
-        if (old->dtype == dt) continue;
-        struct tensor *c = tensor_keep(tensor_to_dtype(old, dt));
+        struct tensor *t = ps->v[i].t;
+        if (t->dtype == dt) continue;
+        struct tensor *c = tensor_keep(tensor_to_dtype(t, dt));
         if (!c) return tensor_status();
-        tensor_set_name(c, ps->v[i].name);
-        c->requires_grad = old->requires_grad && dtype_is_float(dt);
-        tensor_free(old);   /* one parameter at a time: never two full copies of the model */
-        ps->v[i].t = c;
+        /* swap the converted storage into the parameter's own header, so layers holding a
+         * pointer to it stay valid; one parameter at a time, never two copies of the model */
+        struct storage *old = t->storage;
+        t->storage = c->storage;
+        c->storage = old;
+        t->dtype = dt;
+        t->offset = c->offset;
+        for (int d = 0; d < t->ndim; d++) t->stride[d] = c->stride[d];
+        t->requires_grad = t->requires_grad && dtype_is_float(dt);
+        ag_zero_grad(t);
+        tensor_free(c);
     }
     ps->dtype = dt;
     return STATUS_OK;

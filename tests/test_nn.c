@@ -46,6 +46,8 @@ START_TEST(test_params)
     /* to bf16 and back keeps names */
     ck_assert_int_eq(nn_params_to_dtype(&ps, DTYPE_BF16), STATUS_OK);
     ck_assert_int_eq(nn_param_find(&ps, "proj.weight")->dtype, DTYPE_BF16);
+    ck_assert_ptr_eq(nn_param_find(&ps, "proj.weight"), l.weight);   /* layers keep valid pointers */
+    ck_assert_int_eq(l.weight->dtype, DTYPE_BF16);
     nn_params_free(&ps);
     LEAK_CHECK_END();
 }
