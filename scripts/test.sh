@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # test.sh [--sanitize] [--verbose] — build and run every test suite; the last line is
 # "N passed, N failed, N skipped" (suites). --sanitize builds build-asan with AddressSanitizer
-# and UndefinedBehaviorSanitizer (debug, leaks checked) and runs the same suites there.
+# and UndefinedBehaviorSanitizer (leaks checked; CUDA off: nothing runs it without a GPU) and runs
+# the same suites there.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 build=build
@@ -9,7 +10,7 @@ args=()
 verbose=()
 for a in "$@"; do
     case "$a" in
-    --sanitize) build=build-asan; args=(-Db_sanitize=address,undefined -Dbuildtype=debugoptimized -Db_lundef=false) ;;
+    --sanitize) build=build-asan; args=(-Db_sanitize=address,undefined -Dbuildtype=debugoptimized -Db_lundef=false -Dcuda=disabled) ;;
     --verbose) verbose=(--verbose) ;;
     *) echo "test.sh: unknown option $a" >&2; exit 2 ;;
     esac
