@@ -154,6 +154,70 @@ END_TEST
 START_TEST(test_nested_bitwise) { check_loop_bitwise("nested", 8, 0.1, true); }
 END_TEST
 
+/* ---------------------------------------------------------------- residual conv blocks */
+
+struct conv_block {
+    struct tensor *w1, *b1, *w2, *b2, *gw, *gb;
+};
+
+static enum status conv_block_fn(void *ctx, struct tensor *const *in, struct tensor **out)
+{
+    struct conv_block *c = ctx;
+    struct conv2d_params p = conv2d_params_default();
+    p.pad_top = p.pad_bottom = p.pad_left = p.pad_right = 1;
+    struct tensor *h = ag_silu(ag_group_norm(ag_conv2d(in[0], c->w1, c->b1, &p), 4, c->gw, c->gb, 1e-5));
+    out[0] = ag_add(in[0], ag_conv2d(h, c->w2, c->b2, &p));
+    return out[0] ? STATUS_OK : tensor_status();
+}
+
+START_TEST(test_conv_blocks_bitwise)
+{
+    LEAK_CHECK_BEGIN();
+    tensor_set_deterministic(true);
+    enum { NB = 4 };
+    struct conv_block blocks[NB];
+    struct tensor *params[NB * 6];
+    for (int b = 0; b < NB; b++) {
+        struct conv_block *c = &blocks[b];
+        c->w1 = tensor_keep(test_uniform(DTYPE_F32, TENSOR_SHAPE(16, 8, 3, 3), -0.2, 0.2));
+        c->b1 = tensor_keep(test_uniform(DTYPE_F32, TENSOR_SHAPE(16), -0.1, 0.1));
+        c->w2 = tensor_keep(test_uniform(DTYPE_F32, TENSOR_SHAPE(8, 16, 3, 3), -0.2, 0.2));
+        c->b2 = tensor_keep(test_uniform(DTYPE_F32, TENSOR_SHAPE(8), -0.1, 0.1));
+        c->gw = tensor_keep(test_uniform(DTYPE_F32, TENSOR_SHAPE(16), 0.5, 1.5));
+        c->gb = tensor_keep(test_uniform(DTYPE_F32, TENSOR_SHAPE(16), -0.1, 0.1));
+        struct tensor *ps[6] = {c->w1, c->b1, c->w2, c->b2, c->gw, c->gb};
+        for (int i = 0; i < 6; i++) { ag_set_requires_grad(ps[i], true); params[b * 6 + i] = ps[i]; }
+    }
+    struct tensor *x0 = tensor_keep(test_uniform(DTYPE_F32, TENSOR_SHAPE(2, 8, 12, 12), -1, 1));
+    ag_set_requires_grad(x0, true);
+    struct tensor *grads[2][NB * 6 + 1];
+    for (int ck = 0; ck < 2; ck++) {
+        tensor_scope_begin();
+        struct tensor *x = x0;
+        for (int b = 0; b < NB; b++) {
+            struct tensor *o[1];
+            enum status s = ck ? ag_checkpoint(conv_block_fn, &blocks[b], 1, &x, 1, o) : conv_block_fn(&blocks[b], &x, o);
+            ck_assert_msg(s == STATUS_OK, "%s", tensor_error());
+            x = o[0];
+        }
+        ck_assert_int_eq(ag_backward(ag_mean(ag_square(x), 0, NULL, false), NULL, false), STATUS_OK);
+        tensor_scope_end();
+        for (int i = 0; i < NB * 6; i++) { grads[ck][i] = tensor_ref(params[i]->grad); ag_zero_grad(params[i]); }
+        grads[ck][NB * 6] = tensor_ref(x0->grad);
+        ag_zero_grad(x0);
+    }
+    bool same = true;
+    for (int i = 0; i <= NB * 6; i++) same = same && bit_equal(grads[0][i], grads[1][i]);
+    printf("checkpoint residual_conv_blocks x%d: gradients %s\n", NB, same ? "bit-identical" : "DIFFER");
+    ck_assert(same);
+    for (int i = 0; i <= NB * 6; i++) { tensor_free(grads[0][i]); tensor_free(grads[1][i]); }
+    for (int i = 0; i < NB * 6; i++) tensor_free(params[i]);
+    tensor_free(x0);
+    tensor_set_deterministic(false);
+    LEAK_CHECK_END();
+}
+END_TEST
+
 /* ---------------------------------------------------------------- residual blocks, several inputs and outputs */
 
 /* four inputs (two activations, the weights), two outputs, a no-grad region inside */
@@ -298,6 +362,7 @@ int main(void)
     tcase_add_test(tc, test_sampler_loop_bitwise);
     tcase_add_test(tc, test_dropout_bitwise);
     tcase_add_test(tc, test_nested_bitwise);
+    tcase_add_test(tc, test_conv_blocks_bitwise);
     tcase_add_test(tc, test_residual_gradcheck);
     tcase_add_test(tc, test_captured_params);
     tcase_add_test(tc, test_peak_memory);
