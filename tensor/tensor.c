@@ -2,6 +2,7 @@
 #include "tensor/tensor.h"
 #include "tensor/alloc.h"
 #include "tensor/backend.h"
+#include "tensor/half.h"
 
 #include <assert.h>
 #include <math.h>
@@ -127,7 +128,7 @@ const char *device_name(enum device d) { return d == DEVICE_CPU ? "cpu" : d == D
 
 float bf16_to_f32(uint16_t h)
 {
-    uint32_t u = (uint32_t)h << 16;
+    uint32_t u = half_bf16_to_f32_bits(h);
     float f;
     memcpy(&f, &u, 4);
     return f;
@@ -137,23 +138,12 @@ uint16_t f32_to_bf16(float f)
 {
     uint32_t u;
     memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);   /* quiet NaN */
-    u += 0x7fffu + ((u >> 16) & 1);   /* round to nearest even */
-    return (uint16_t)(u >> 16);
+    return half_f32_bits_to_bf16(u);
 }
 
 float f16_to_f32(uint16_t h)
 {
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, u;
-    if (exp == 0) {
-        if (man == 0) u = sign;
-        else {   /* subnormal: normalise */
-            int e = -1;
-            do { man <<= 1; e++; } while (!(man & 0x400));
-            u = sign | ((uint32_t)(127 - 15 - e) << 23) | ((man & 0x3ff) << 13);
-        }
-    } else if (exp == 31) u = sign | 0x7f800000u | (man << 13);
-    else u = sign | ((exp + 127 - 15) << 23) | (man << 13);
+    uint32_t u = half_f16_to_f32_bits(h);
     float f;
     memcpy(&f, &u, 4);
     return f;
@@ -163,23 +153,7 @@ uint16_t f32_to_f16(float f)
 {
     uint32_t u;
     memcpy(&u, &f, 4);
-    uint32_t sign = (u >> 16) & 0x8000;
-    int32_t exp = (int32_t)((u >> 23) & 0xff) - 127 + 15;
-    uint32_t man = u & 0x7fffff;
-    if (((u >> 23) & 0xff) == 0xff) return (uint16_t)(sign | 0x7c00 | (man ? 0x200 : 0));
-    if (exp >= 31) return (uint16_t)(sign | 0x7c00);
-    if (exp <= 0) {
-        if (exp < -10) return (uint16_t)sign;
-        man |= 0x800000;
-        int shift = 14 - exp;
-        uint32_t half = 1u << (shift - 1), rest = man & ((1u << shift) - 1);
-        uint32_t r = man >> shift;
-        if (rest > half || (rest == half && (r & 1))) r++;
-        return (uint16_t)(sign | r);
-    }
-    uint32_t r = ((uint32_t)exp << 10) | (man >> 13), rest = man & 0x1fff;
-    if (rest > 0x1000 || (rest == 0x1000 && (r & 1))) r++;   /* may carry into the exponent: correct */
-    return (uint16_t)(sign | r);
+    return half_f32_bits_to_f16(u);
 }
 
 /* ---------------------------------------------------------------- creation */

@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "tensor/cuda/cuda.h"
+#include "tensor/half.h"
 
 #define CUBLAS_TRY(call)                                                                                   \
     do {                                                                                                   \
@@ -156,53 +157,11 @@ __device__ __forceinline__ void cu_offsets(const cu_iter<NOPS> &it, I i, I (&off
 }
 
 /* ---------------------------------------------------------------- conversions
- * The same integer code as tensor.c, so a conversion gives the same bits on both devices
+ * tensor/half.h is shared with tensor.c, so a conversion gives the same bits on both devices
  * (NaN payloads included). */
-__device__ __forceinline__ float cu_bf16_to_f32(uint16_t h) { return __uint_as_float((uint32_t)h << 16); }
-
-__device__ __forceinline__ uint16_t cu_f32_to_bf16(float f)
-{
-    uint32_t u = __float_as_uint(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
-    u += 0x7fffu + ((u >> 16) & 1);
-    return (uint16_t)(u >> 16);
-}
-
-__device__ __forceinline__ float cu_f16_to_f32(uint16_t h)
-{
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, u;
-    if (exp == 0) {
-        if (man == 0) u = sign;
-        else {
-            int e = -1;
-            do { man <<= 1; e++; } while (!(man & 0x400));
-            u = sign | ((uint32_t)(127 - 15 - e) << 23) | ((man & 0x3ff) << 13);
-        }
-    } else if (exp == 31) u = sign | 0x7f800000u | (man << 13);
-    else u = sign | ((exp + 127 - 15) << 23) | (man << 13);
-    return __uint_as_float(u);
-}
-
-__device__ __forceinline__ uint16_t cu_f32_to_f16(float f)
-{
-    uint32_t u = __float_as_uint(f);
-    uint32_t sign = (u >> 16) & 0x8000;
-    int32_t exp = (int32_t)((u >> 23) & 0xff) - 127 + 15;
-    uint32_t man = u & 0x7fffff;
-    if (((u >> 23) & 0xff) == 0xff) return (uint16_t)(sign | 0x7c00 | (man ? 0x200 : 0));
-    if (exp >= 31) return (uint16_t)(sign | 0x7c00);
-    if (exp <= 0) {
-        if (exp < -10) return (uint16_t)sign;
-        man |= 0x800000;
-        int shift = 14 - exp;
-        uint32_t half = 1u << (shift - 1), rest = man & ((1u << shift) - 1);
-        uint32_t r = man >> shift;
-        if (rest > half || (rest == half && (r & 1))) r++;
-        return (uint16_t)(sign | r);
-    }
-    uint32_t r = ((uint32_t)exp << 10) | (man >> 13), rest = man & 0x1fff;
-    if (rest > 0x1000 || (rest == 0x1000 && (r & 1))) r++;
-    return (uint16_t)(sign | r);
-}
+__device__ __forceinline__ float cu_bf16_to_f32(uint16_t h) { return __uint_as_float(half_bf16_to_f32_bits(h)); }
+__device__ __forceinline__ uint16_t cu_f32_to_bf16(float f) { return half_f32_bits_to_bf16(__float_as_uint(f)); }
+__device__ __forceinline__ float cu_f16_to_f32(uint16_t h) { return __uint_as_float(half_f16_to_f32_bits(h)); }
+__device__ __forceinline__ uint16_t cu_f32_to_f16(float f) { return half_f32_bits_to_f16(__float_as_uint(f)); }
 
 #endif
