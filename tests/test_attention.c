@@ -255,8 +255,11 @@ START_TEST(test_partial_and_strided)
 }
 END_TEST
 
-/* bit-identical results with 1 and 2 threads: heads in parallel (B*H = 3) and a single head
- * (the threads go to BLAS and the row loops) */
+/* Heads in parallel (B*H = 3): every GEMM runs single-threaded inside our own parallel region,
+ * so 1 and 2 threads give identical bits. A single head (the threads go to BLAS and the row
+ * loops): OpenBLAS may split a GEMM differently for another thread count on some CPUs (seen on
+ * an Intel Xeon host), so there the run is repeated at the same thread count and must be
+ * bit-identical, and across thread counts it must agree to float32 rounding. */
 START_TEST(test_determinism)
 {
     LEAK_CHECK_BEGIN();
@@ -268,9 +271,10 @@ START_TEST(test_determinism)
     struct tensor *k = make_input(DTYPE_F32, CONTIGUOUS, 1, H, 190, 40, -1, 1);
     struct tensor *v = make_input(DTYPE_F32, CONTIGUOUS, 1, H, 190, 40, -1, 1);
     struct tensor *dout = make_input(DTYPE_F32, CONTIGUOUS, 1, H, 200, 40, -1, 1);
-    struct tensor *res[2][4];
-    for (int t = 0; t < 2; t++) {
-        tensor_set_num_threads(t + 1);
+    struct tensor *res[3][4];
+    const int threads[3] = {1, 2, 2};
+    for (int t = 0; t < 3; t++) {
+        tensor_set_num_threads(threads[t]);
         struct tensor *x[3] = {ag_detach(q), ag_detach(k), ag_detach(v)};
         for (int i = 0; i < 3; i++) ag_set_requires_grad(x[i], true);
         res[t][0] = ag_attention(x[0], x[1], x[2], 0, true);
@@ -278,7 +282,11 @@ START_TEST(test_determinism)
         for (int i = 0; i < 3; i++) res[t][i + 1] = x[i]->grad;
     }
     tensor_set_num_threads(threads0);
-    for (int i = 0; i < 4; i++) ck_assert(identical(res[0][i], res[1][i]));
+    for (int i = 0; i < 4; i++) {
+        ck_assert(identical(res[1][i], res[2][i]));   /* repeated run, same threads */
+        if (H > 1) ck_assert(identical(res[0][i], res[1][i]));
+        else ck_assert(test_rel_err(res[0][i], res[1][i]) < 1e-6);
+    }
     tensor_scope_end();
     LEAK_CHECK_END();
 }
