@@ -43,7 +43,7 @@ constexpr size_t kWorkspaceBytes = (size_t)64 << 20;
                                #call, __FILE__, __LINE__);                                                \
     } while (0)
 
-template <typename T> T *dptr(const struct tensor *t) { return (T *)t->storage->data + t->offset; }
+#include "tensor/cuda/nn_util.cuh"
 
 cublasHandle_t g_handle = nullptr;
 
@@ -85,28 +85,6 @@ enum status gemm(cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t 
 }
 
 /* ---------------------------------------------------------------- host helpers */
-
-const struct tensor *contig(const struct tensor *t, enum status *s)
-{
-    if (!t || tensor_is_contiguous(t)) return t;
-    struct tensor *c = tensor_empty(t->dtype, t->ndim, t->shape, DEVICE_CUDA);
-    if (!c) { *s = tensor_status() ? tensor_status() : STATUS_OOM; return NULL; }
-    if ((*s = cuda_copy(c, t))) return NULL;
-    return c;
-}
-
-struct outbuf {
-    struct tensor *dst = nullptr, *tmp = nullptr;
-    enum status open(struct tensor *t)
-    {
-        dst = t;
-        if (!t || tensor_is_contiguous(t)) return STATUS_OK;
-        tmp = tensor_empty(t->dtype, t->ndim, t->shape, DEVICE_CUDA);
-        return tmp ? STATUS_OK : (tensor_status() ? tensor_status() : STATUS_OOM);
-    }
-    template <typename T> T *p() const { return dst ? dptr<T>(tmp ? tmp : dst) : nullptr; }
-    enum status close() { return tmp ? cuda_copy(dst, tmp) : STATUS_OK; }
-};
 
 template <typename T> T *scratch(int64_t elems, enum status *s)
 {
