@@ -7,7 +7,9 @@ build=${1:-build}
 shift || true
 
 pkgs=(gcc make meson ninja-build pkg-config libopenblas-openmp-dev check libsubunit-dev libcjson-dev
-      libpng-dev zlib1g-dev libzip-dev)
+      libpng-dev zlib1g-dev libzip-dev
+      libfreetype-dev fonts-noto-color-emoji unicode-data   # the emoji dataset (draft-emoji-data)
+      fonts-dejavu-core)   # grid captions (draft/image.c)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

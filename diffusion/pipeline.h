@@ -1,0 +1,95 @@
+/* pipeline.h — StableDiffusionPipeline: the components of a diffusers folder and the
+ * text-to-image path (diffusers pipelines/stable_diffusion/pipeline_stable_diffusion.py).
+ *
+ * A folder holds model_index.json and one sub-folder per component:
+ *   tokenizer/     vocab.json, merges.txt                       (CLIPTokenizer)
+ *   text_encoder/  config.json, model.safetensors                (CLIPTextModel)
+ *   unet/          config.json, diffusion_pytorch_model.safetensors (UNet2DConditionModel)
+ *   vae/           config.json, diffusion_pytorch_model.safetensors (AutoencoderKL)
+ *   scheduler/     scheduler_config.json                         (read as a DDIMScheduler)
+ * Weights may also be `*.fp16.safetensors` (the "fp16" variant) or PyTorch `*.bin` files
+ * (read by the restricted unpickler of nn/pickle.h). The safety checker and feature
+ * extractor of the real repository are not loaded.
+ *
+ * Sampling: classifier-free guidance runs the UNet once on the batch [unconditional;
+ * conditional] and mixes eps = eps_u + g (eps_c - eps_u); DDIM steps from init latents;
+ * images = vae.decode(latents / scaling_factor), in [-1, 1] (not clamped). Every function is
+ * built from ag_ ops, so the DRaFT trainer can differentiate through any part of it. */
+#ifndef DIFFUSION_PIPELINE_H
+#define DIFFUSION_PIPELINE_H
+
+#include "diffusion/clip.h"
+#include "diffusion/ddim.h"
+#include "diffusion/tokenizer.h"
+#include "diffusion/unet.h"
+#include "diffusion/vae.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct sd_pipeline {
+    char dir[1024];
+    enum dtype dtype;
+    enum device device;
+    struct clip_tokenizer *tokenizer;
+    struct clip_text_model text_encoder;
+    struct nn_params text_params;
+    struct sd_unet unet;
+    struct nn_params unet_params;
+    struct sd_vae vae;
+    struct nn_params vae_params;
+    struct sd_ddim scheduler;
+};
+
+/* Load every component of the diffusers folder `dir`, parameters in dtype `dt` on `dev`
+ * (converted while loading: never two full copies). On failure the message names the file
+ * and, for weights, the tensor; sd_pipeline_free is safe to call afterwards. */
+enum status sd_pipeline_load(struct sd_pipeline *p, const char *dir, enum dtype dt, enum device dev);
+/* The original single-file layout (sd-v1-4.ckpt through the restricted unpickler, or a
+ * .safetensors with the same keys; diffusion/ldm.h names the map): the weights of UNet, VAE
+ * and text encoder come from `file`, the configs, tokenizer and scheduler from the diffusers
+ * folder `config_dir` (its weights are not read). EMA copies and schedule buffers are
+ * skipped; any other tensor the model does not use is an error. */
+enum status sd_pipeline_load_single_file(struct sd_pipeline *p, const char *file, const char *config_dir,
+                                         enum dtype dt, enum device dev);
+void sd_pipeline_free(struct sd_pipeline *p);
+
+/* the UNet's latent size for an image side (image / 2^(vae levels - 1)) */
+int64_t sd_pipeline_latent_size(const struct sd_pipeline *p, int64_t image_size);
+
+/* prompts -> ids [n, 77] (i32, bos + at most 75 ids + eos, eos padding: SD's tokenizer call) */
+struct tensor *sd_pipeline_tokenize(const struct sd_pipeline *p, int n, const char *const *prompts);
+/* ids [n, 77] -> text embeddings [n, 77, hidden] (the final LayerNorm's output) */
+struct tensor *sd_pipeline_encode(const struct sd_pipeline *p, struct tensor *ids);
+/* the guidance context: [2n, 77, hidden] = [uncond; cond] for one batch of n prompts */
+struct tensor *sd_pipeline_context(const struct sd_pipeline *p, struct tensor *uncond_ids, struct tensor *cond_ids);
+
+/* One guided noise prediction: x [n, C, h, w] at timestep t with context [2n, 77, D]
+ * (uncond first); guidance <= 1 or context of n rows means no guidance (one UNet call on the
+ * conditional rows given). */
+struct tensor *sd_pipeline_eps(struct sd_pipeline *p, struct tensor *x, int64_t t, struct tensor *context,
+                               double guidance);
+/* one guided DDIM step from x at timestep t (scheduler timesteps must be set); noise may be
+ * NULL (eta = 0, or drawn from the engine's RNG) */
+struct tensor *sd_pipeline_step(struct sd_pipeline *p, struct tensor *x, int64_t t, struct tensor *context,
+                                double guidance, double eta, struct tensor *noise);
+/* latents [n, 4, h, w] -> images [n, 3, 8h, 8w] in [-1, 1]: vae.decode(latents / scaling) */
+struct tensor *sd_pipeline_decode(struct sd_pipeline *p, struct tensor *latents);
+
+/* The whole text-to-image path: sd_ddim_set_timesteps(steps), every step guided, decoded.
+ * When after_step is non-NULL, the latents after step i are kept there (new references;
+ * array of `steps` slots). Returns the images. */
+struct sd_sample_opts {
+    int steps;
+    double guidance;
+    double eta;
+};
+struct tensor *sd_pipeline_sample(struct sd_pipeline *p, struct tensor *init_latents, struct tensor *context,
+                                  const struct sd_sample_opts *o, struct tensor **after_step);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,429 @@
+/* report.c — SVG line chart, diversity measures, HTML report (see report.h). */
+#include "draft/report.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "draft/image.h"
+
+/* ---------------------------------------------------------------- a growing string */
+
+struct sbuf {
+    char *s;
+    size_t len, cap;
+    bool oom;
+};
+
+static void sb_grow(struct sbuf *b, size_t add)
+{
+    if (b->oom) return;
+    if (b->len + add + 1 <= b->cap) return;
+    size_t cap = b->cap ? b->cap : 4096;
+    while (cap < b->len + add + 1) cap *= 2;
+    char *ns = realloc(b->s, cap);
+    if (!ns) {
+        b->oom = true;
+        return;
+    }
+    b->s = ns;
+    b->cap = cap;
+}
+
+static void sb_putn(struct sbuf *b, const char *s, size_t n)
+{
+    sb_grow(b, n);
+    if (b->oom) return;
+    memcpy(b->s + b->len, s, n);
+    b->len += n;
+    b->s[b->len] = 0;
+}
+
+static void sb_puts(struct sbuf *b, const char *s) { sb_putn(b, s, strlen(s)); }
+
+static void sb_printf(struct sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void sb_printf(struct sbuf *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (n < 0) {
+        b->oom = true;
+        return;
+    }
+    sb_grow(b, (size_t)n);
+    if (b->oom) return;
+    va_start(ap, fmt);
+    vsnprintf(b->s + b->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->len += (size_t)n;
+}
+
+/* text for XML/HTML content and attribute values */
+static void sb_escape(struct sbuf *b, const char *s)
+{
+    if (!s) return;
+    for (; *s; s++) {
+        switch (*s) {
+        case '&': sb_puts(b, "&amp;"); break;
+        case '<': sb_puts(b, "&lt;"); break;
+        case '>': sb_puts(b, "&gt;"); break;
+        case '"': sb_puts(b, "&quot;"); break;
+        case '\'': sb_puts(b, "&#39;"); break;
+        default: sb_putn(b, s, 1);
+        }
+    }
+}
+
+/* a relative path as a URL: unreserved characters and '/' kept, everything else %XX */
+static void sb_url(struct sbuf *b, const char *s)
+{
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || strchr("-._~/", *p))
+            sb_putn(b, (const char *)p, 1);
+        else
+            sb_printf(b, "%%%02X", *p);
+    }
+}
+
+/* ---------------------------------------------------------------- SVG chart */
+
+/* the "nice number" of Heckbert (Graphics Gems, 1990): 1, 2, 5 or 10 × 10^k near x */
+static double nice_num(double x, bool round_it)
+{
+    double e = floor(log10(x)), f = x / pow(10, e), nf;
+    if (round_it) nf = f < 1.5 ? 1 : f < 3 ? 2 : f < 7 ? 5 : 10;
+    else nf = f <= 1 ? 1 : f <= 2 ? 2 : f <= 5 ? 5 : 10;
+    return nf * pow(10, e);
+}
+
+struct axis {
+    double lo, hi, step;
+    int decimals;
+};
+
+/* round-number ticks covering [mn, mx], about `want` of them */
+static struct axis nice_axis(double mn, double mx, int want)
+{
+    if (!(mx > mn)) {   /* one value (or none): a unit-ish window around it */
+        double pad = mn != 0 ? fabs(mn) * 0.1 : 1;
+        mn -= pad;
+        mx += pad;
+    }
+    double step = nice_num(nice_num(mx - mn, false) / (want - 1), true);
+    struct axis a = {floor(mn / step) * step, ceil(mx / step) * step, step, 0};
+    int d = -(int)floor(log10(step) + 1e-9);
+    a.decimals = d > 0 ? (d < 12 ? d : 12) : 0;
+    return a;
+}
+
+static void fmt_tick(char *buf, size_t n, double v, int decimals)
+{
+    snprintf(buf, n, "%.*f", decimals, v);
+    if (strspn(buf, "-0.") == strlen(buf) && buf[0] == '-') memmove(buf, buf + 1, strlen(buf));   /* no "-0" */
+}
+
+static const char *const palette[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+                                      "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"};
+
+char *draft_svg_line_chart(const double *x, const double *const *ys, const char *const *series_names, int n_series,
+                           int n, const char *title, const char *xlabel, const char *ylabel)
+{
+    if (n < 0 || n_series < 0 || (n > 0 && (!x || (n_series > 0 && !ys)))) {
+        tensor_fail(STATUS_VALUE, "draft_svg_line_chart: bad arguments (n=%d, n_series=%d, x %s, ys %s)", n, n_series,
+                    x ? "given" : "NULL", ys ? "given" : "NULL");
+        return NULL;
+    }
+    const int W = 760, H = 420, L = 72, R = W - 180, T = 44, B = H - 56;   /* plot box [L,R]×[T,B] */
+    double xmn = INFINITY, xmx = -INFINITY, ymn = INFINITY, ymx = -INFINITY;
+    for (int i = 0; i < n; i++) {
+        if (!isfinite(x[i])) continue;
+        for (int k = 0; k < n_series; k++) {
+            if (!ys[k] || !isfinite(ys[k][i])) continue;
+            xmn = fmin(xmn, x[i]);
+            xmx = fmax(xmx, x[i]);
+            ymn = fmin(ymn, ys[k][i]);
+            ymx = fmax(ymx, ys[k][i]);
+        }
+    }
+    bool empty = !(xmn <= xmx);
+    if (empty) xmn = ymn = 0, xmx = ymx = 1;
+    struct axis ax = nice_axis(xmn, xmx, 7), ay = nice_axis(ymn, ymx, 6);
+#define PX(v) (L + ((v)-ax.lo) / (ax.hi - ax.lo) * (R - L))
+#define PY(v) (B - ((v)-ay.lo) / (ay.hi - ay.lo) * (B - T))
+
+    struct sbuf b = {0};
+    sb_printf(&b,
+              "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" viewBox=\"0 0 %d %d\" "
+              "font-family=\"DejaVu Sans, Verdana, sans-serif\" font-size=\"12\">\n"
+              "<rect width=\"%d\" height=\"%d\" fill=\"#ffffff\"/>\n",
+              W, H, W, H, W, H);
+    if (title) {
+        sb_printf(&b, "<text x=\"%d\" y=\"24\" text-anchor=\"middle\" font-size=\"16\" font-weight=\"bold\">", (L + R) / 2);
+        sb_escape(&b, title);
+        sb_puts(&b, "</text>\n");
+    }
+    /* grid lines and tick labels */
+    char tb[64];
+    sb_puts(&b, "<g class=\"axes\" stroke=\"#dddddd\" stroke-width=\"1\">\n");
+    for (int i = 0;; i++) {
+        double v = ax.lo + i * ax.step;
+        if (v > ax.hi + ax.step * 1e-6) break;
+        sb_printf(&b, "<line x1=\"%.2f\" y1=\"%d\" x2=\"%.2f\" y2=\"%d\"/>\n", PX(v), T, PX(v), B);
+    }
+    for (int i = 0;; i++) {
+        double v = ay.lo + i * ay.step;
+        if (v > ay.hi + ay.step * 1e-6) break;
+        sb_printf(&b, "<line x1=\"%d\" y1=\"%.2f\" x2=\"%d\" y2=\"%.2f\"/>\n", L, PY(v), R, PY(v));
+    }
+    sb_puts(&b, "</g>\n<g class=\"ticks\" fill=\"#333333\">\n");
+    for (int i = 0;; i++) {
+        double v = ax.lo + i * ax.step;
+        if (v > ax.hi + ax.step * 1e-6) break;
+        fmt_tick(tb, sizeof tb, v, ax.decimals);
+        sb_printf(&b, "<text x=\"%.2f\" y=\"%d\" text-anchor=\"middle\">%s</text>\n", PX(v), B + 16, tb);
+    }
+    for (int i = 0;; i++) {
+        double v = ay.lo + i * ay.step;
+        if (v > ay.hi + ay.step * 1e-6) break;
+        fmt_tick(tb, sizeof tb, v, ay.decimals);
+        sb_printf(&b, "<text x=\"%d\" y=\"%.2f\" text-anchor=\"end\" dominant-baseline=\"middle\">%s</text>\n", L - 6,
+                  PY(v), tb);
+    }
+    sb_puts(&b, "</g>\n");
+    sb_printf(&b, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"none\" stroke=\"#333333\"/>\n", L, T, R - L,
+              B - T);
+    if (xlabel) {
+        sb_printf(&b, "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">", (L + R) / 2, H - 16);
+        sb_escape(&b, xlabel);
+        sb_puts(&b, "</text>\n");
+    }
+    if (ylabel) {
+        sb_printf(&b, "<text transform=\"translate(18 %d) rotate(-90)\" text-anchor=\"middle\">", (T + B) / 2);
+        sb_escape(&b, ylabel);
+        sb_puts(&b, "</text>\n");
+    }
+    if (empty)
+        sb_printf(&b, "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\" fill=\"#999999\">no data</text>\n", (L + R) / 2,
+                  (T + B) / 2);
+    /* series: one polyline per run of finite points, a dot for a point on its own */
+    for (int k = 0; k < n_series && !empty; k++) {
+        if (!ys[k]) continue;
+        const char *col = palette[k % 10];
+        sb_printf(&b, "<g class=\"series\" stroke=\"%s\" fill=\"%s\">\n", col, col);
+        for (int i = 0; i < n;) {
+            if (!isfinite(x[i]) || !isfinite(ys[k][i])) {
+                i++;
+                continue;
+            }
+            int j = i;
+            while (j < n && isfinite(x[j]) && isfinite(ys[k][j])) j++;
+            if (j - i == 1) {
+                sb_printf(&b, "<circle cx=\"%.2f\" cy=\"%.2f\" r=\"2.5\" stroke=\"none\"/>\n", PX(x[i]), PY(ys[k][i]));
+            } else {
+                sb_puts(&b, "<polyline fill=\"none\" stroke-width=\"1.8\" stroke-linejoin=\"round\" points=\"");
+                for (int t = i; t < j; t++) sb_printf(&b, "%s%.2f,%.2f", t > i ? " " : "", PX(x[t]), PY(ys[k][t]));
+                sb_puts(&b, "\"/>\n");
+            }
+            i = j;
+        }
+        sb_puts(&b, "</g>\n");
+    }
+    /* legend, right of the plot */
+    sb_puts(&b, "<g class=\"legend\">\n");
+    for (int k = 0, row = 0; k < n_series; k++) {
+        if (!ys[k]) continue;
+        int y = T + 8 + row++ * 20;
+        sb_printf(&b, "<line x1=\"%d\" y1=\"%d\" x2=\"%d\" y2=\"%d\" stroke=\"%s\" stroke-width=\"3\"/>\n", R + 14, y,
+                  R + 34, y, palette[k % 10]);
+        sb_printf(&b, "<text x=\"%d\" y=\"%d\" dominant-baseline=\"middle\">", R + 40, y);
+        if (series_names && series_names[k]) sb_escape(&b, series_names[k]);
+        else sb_printf(&b, "series %d", k + 1);
+        sb_puts(&b, "</text>\n");
+    }
+    sb_puts(&b, "</g>\n</svg>\n");
+#undef PX
+#undef PY
+    if (b.oom) {
+        free(b.s);
+        tensor_fail(STATUS_OOM, "draft_svg_line_chart: out of memory (%d series of %d points)", n_series, n);
+        return NULL;
+    }
+    return b.s;
+}
+
+/* ---------------------------------------------------------------- diversity */
+
+/* images as a contiguous CPU float64 [B, N] copy in *out (a new reference); NULL with a message */
+static struct tensor *as_rows(const struct tensor *images, const char *op)
+{
+    if (!images) {
+        if (!tensor_status()) tensor_fail(STATUS_VALUE, "%s: NULL images", op);
+        return NULL;
+    }
+    char sb[64];
+    if (images->ndim != 4 || images->shape[1] != 3 || !dtype_is_float(images->dtype) || images->shape[0] < 2) {
+        tensor_fail(STATUS_SHAPE, "%s: expected a float [B,3,H,W] tensor with B >= 2, got %s %s", op,
+                    dtype_name(images->dtype), tensor_shape_str(images, sb, sizeof sb));
+        return NULL;
+    }
+    tensor_scope_begin();
+    struct tensor *cpu = tensor_to_device(images, DEVICE_CPU);
+    struct tensor *f = cpu ? tensor_to_dtype(cpu, DTYPE_F64) : NULL;
+    struct tensor *c = f ? tensor_contiguous(f) : NULL;
+    return tensor_keep(tensor_scope_return(c));
+}
+
+double draft_diversity(const struct tensor *images)
+{
+    struct tensor *t = as_rows(images, "draft_diversity");
+    if (!t) return NAN;
+    int64_t B = t->shape[0], N = tensor_numel(t) / B;
+    const double *p = tensor_data_ptr(t);
+    double total = 0;
+    for (int64_t i = 0; i < B; i++)
+        for (int64_t j = i + 1; j < B; j++) {
+            double ss = 0;
+            const double *a = p + i * N, *c = p + j * N;
+            for (int64_t k = 0; k < N; k++) ss += (a[k] - c[k]) * (a[k] - c[k]);
+            total += sqrt(ss / (double)N) / 2;
+        }
+    tensor_free(t);
+    return total / (double)(B * (B - 1) / 2);
+}
+
+double draft_pixel_std(const struct tensor *images)
+{
+    struct tensor *t = as_rows(images, "draft_pixel_std");
+    if (!t) return NAN;
+    int64_t B = t->shape[0], N = tensor_numel(t) / B;
+    const double *p = tensor_data_ptr(t);
+    double total = 0;
+    for (int64_t k = 0; k < N; k++) {
+        double m = 0, v = 0;
+        for (int64_t i = 0; i < B; i++) m += p[i * N + k];
+        m /= (double)B;
+        for (int64_t i = 0; i < B; i++) v += (p[i * N + k] - m) * (p[i * N + k] - m);
+        total += sqrt(v / (double)B);
+    }
+    tensor_free(t);
+    return total / (double)N;
+}
+
+/* ---------------------------------------------------------------- HTML */
+
+static void sb_num(struct sbuf *b, double v)
+{
+    if (isnan(v)) sb_puts(b, "n/a");
+    else sb_printf(b, "%.4f", v);
+}
+
+static void sb_delta(struct sbuf *b, double before, double after)
+{
+    if (isnan(before) || isnan(after)) {
+        sb_puts(b, "n/a");
+        return;
+    }
+    sb_printf(b, "%+.4f", after - before);
+}
+
+static void sb_figure(struct sbuf *b, const char *png, const char *caption)
+{
+    sb_puts(b, "<figure><img src=\"");
+    sb_url(b, png);
+    sb_puts(b, "\" alt=\"");
+    sb_escape(b, caption);
+    sb_puts(b, "\"><figcaption>");
+    sb_escape(b, caption);
+    sb_puts(b, " — <code>");
+    sb_escape(b, png);
+    sb_puts(b, "</code></figcaption></figure>\n");
+}
+
+static const char css[] =
+    "body{font-family:'DejaVu Sans',Verdana,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}"
+    "h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd}"
+    "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}"
+    "th{background:#f3f3f3}td.num{text-align:right;font-family:monospace}"
+    ".summary{font-size:1.1em;background:#f6f8ff;border-left:4px solid #4a6cd4;padding:.6em 1em}"
+    "figure{display:inline-block;margin:0 1em 1em 0;vertical-align:top}"
+    "figure img{max-width:100%;image-rendering:pixelated;border:1px solid #ccc}"
+    "figcaption{font-size:.9em;color:#555}code{font-size:.95em}";
+
+enum status draft_report_html(const char *path, const struct draft_report *r)
+{
+    if (!r) return tensor_fail(STATUS_VALUE, "draft_report_html %s: NULL report", path);
+    if (r->n_settings < 0 || (r->n_settings > 0 && (!r->setting_keys || !r->setting_values)) || r->n_grids < 0 ||
+        (r->n_grids > 0 && !r->grids))
+        return tensor_fail(STATUS_VALUE, "draft_report_html %s: bad counts (n_settings=%d, n_grids=%d) or NULL arrays",
+                           path, r->n_settings, r->n_grids);
+    const char *title = r->title ? r->title : "DRaFT run report";
+    struct sbuf b = {0};
+    sb_puts(&b, "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>");
+    sb_escape(&b, title);
+    sb_printf(&b, "</title>\n<style>%s</style>\n</head>\n<body>\n<h1>", css);
+    sb_escape(&b, title);
+    sb_puts(&b, "</h1>\n");
+    if (r->summary) {
+        sb_puts(&b, "<p class=\"summary\">");
+        sb_escape(&b, r->summary);
+        sb_puts(&b, "</p>\n");
+    }
+    sb_puts(&b, "<h2>Results</h2>\n<table>\n<tr><th></th><th>before</th><th>after</th><th>change</th></tr>\n");
+    sb_puts(&b, "<tr><th>reward</th><td class=\"num\">");
+    sb_num(&b, r->reward_before);
+    sb_puts(&b, "</td><td class=\"num\">");
+    sb_num(&b, r->reward_after);
+    sb_puts(&b, "</td><td class=\"num\">");
+    sb_delta(&b, r->reward_before, r->reward_after);
+    sb_puts(&b, "</td></tr>\n<tr><th>diversity</th><td class=\"num\">");
+    sb_num(&b, r->diversity_before);
+    sb_puts(&b, "</td><td class=\"num\">");
+    sb_num(&b, r->diversity_after);
+    sb_puts(&b, "</td><td class=\"num\">");
+    sb_delta(&b, r->diversity_before, r->diversity_after);
+    sb_puts(&b, "</td></tr>\n</table>\n<p><small>Diversity: mean pairwise RMS pixel distance between the samples, "
+                "divided by 2 (0 = all samples identical). A reward that rises while diversity collapses is a sign "
+                "of reward hacking.</small></p>\n");
+    if (r->chart_svg) {
+        sb_puts(&b, "<h2>Training curves</h2>\n<div class=\"chart\">\n");
+        sb_puts(&b, r->chart_svg);
+        sb_puts(&b, "</div>\n");
+    }
+    if (r->before_png || r->after_png) {
+        sb_puts(&b, "<h2>Samples before and after</h2>\n<div>\n");
+        if (r->before_png) sb_figure(&b, r->before_png, "before fine-tuning");
+        if (r->after_png) sb_figure(&b, r->after_png, "after fine-tuning");
+        sb_puts(&b, "</div>\n");
+    }
+    if (r->n_grids > 0) {
+        sb_puts(&b, "<h2>Samples during training</h2>\n<div>\n");
+        for (int i = 0; i < r->n_grids; i++) {
+            if (!r->grids[i].png) continue;
+            char cap[48];
+            snprintf(cap, sizeof cap, "step %d", r->grids[i].step);
+            sb_figure(&b, r->grids[i].png, cap);
+        }
+        sb_puts(&b, "</div>\n");
+    }
+    if (r->n_settings > 0) {
+        sb_puts(&b, "<h2>Settings</h2>\n<table>\n");
+        for (int i = 0; i < r->n_settings; i++) {
+            sb_puts(&b, "<tr><th>");
+            sb_escape(&b, r->setting_keys[i]);
+            sb_puts(&b, "</th><td>");
+            sb_escape(&b, r->setting_values[i]);
+            sb_puts(&b, "</td></tr>\n");
+        }
+        sb_puts(&b, "</table>\n");
+    }
+    sb_puts(&b, "</body>\n</html>\n");
+    enum status s = b.oom ? tensor_fail(STATUS_OOM, "draft_report_html %s: out of memory", path)
+                          : draft_file_write_atomic(path, b.s, b.len);
+    free(b.s);
+    return s;
+}

@@ -1,0 +1,62 @@
+/* report.h — the run report: an SVG line chart, sample-diversity measures and a self-contained
+ * HTML page (inline CSS and SVG, images by relative path).
+ *
+ * Errors go through tensor_fail(): read them with tensor_error(). */
+#ifndef DRAFT_REPORT_H
+#define DRAFT_REPORT_H
+
+#include "tensor/tensor.h"
+
+/* A standalone SVG document (no XML prolog, so it can also be inlined into HTML), malloc'd;
+ * NULL with a message on bad arguments or out of memory.
+ * `x` has n values; `ys[k]` (k < n_series) has n values, NaN/inf marking gaps (a NULL series is
+ * skipped). Each series is one <g> holding one <polyline> per run of finite points (so one
+ * polyline per series when there are no gaps) and a <circle> for each isolated point. Axes get
+ * ticks at round numbers (1, 2 or 5 × 10^k) covering the finite data; n = 0 or no finite data
+ * draws empty axes with "no data". `series_names`, `title`, `xlabel`, `ylabel` may be NULL;
+ * all text is XML-escaped. */
+char *draft_svg_line_chart(const double *x, const double *const *ys, const char *const *series_names, int n_series,
+                           int n, const char *title, const char *xlabel, const char *ylabel);
+
+/* Diversity of a batch of samples, to make reward hacking visible (the fine-tuned model
+ * collapsing to one image that scores well). `images` is [B,3,H,W] in [-1,1], any float dtype,
+ * device and strides; B >= 2, else NaN with a message.
+ *
+ * draft_diversity: mean over the B(B-1)/2 pairs i<j of RMS(x_i - x_j) / 2, where RMS is the
+ *   root mean square over all 3·H·W values. 0 for identical images; 1 only for pairs that
+ *   are pixel-wise opposite extremes (-1 vs +1); two independent uniform images give about 0.41.
+ * draft_pixel_std: mean over the 3·H·W positions of the standard deviation across the B samples
+ *   (population std, divide by B), in [-1,1] units (so in [0,1]). It is the usual cheap
+ *   "per-pixel variance" collapse check; for B = 2 it is mean|x_0 - x_1| / 2.
+ * Both are pixel-space measures: they see colour and layout changes, not semantic ones (a
+ * feature-space measure such as LPIPS or CLIP-embedding distances would need a model). */
+double draft_diversity(const struct tensor *images);
+double draft_pixel_std(const struct tensor *images);
+
+/* One intermediate sample grid of the run. */
+struct draft_report_grid {
+    int step;
+    const char *png;   /* path relative to the HTML file */
+};
+
+/* Everything the HTML report shows. Strings are UTF-8 and may be NULL (section left out);
+ * numbers may be NaN (shown as "n/a"). */
+struct draft_report {
+    const char *title;
+    int n_settings;                      /* the run's settings, shown as a key/value table */
+    const char *const *setting_keys;
+    const char *const *setting_values;
+    const char *chart_svg;               /* inlined as is: trusted markup (draft_svg_line_chart's output) */
+    const char *before_png, *after_png;  /* sample grids before and after fine-tuning (relative paths) */
+    int n_grids;                         /* intermediate grids, in step order */
+    const struct draft_report_grid *grids;
+    double reward_before, reward_after;
+    double diversity_before, diversity_after;   /* draft_diversity of the before/after samples */
+    const char *summary;                 /* the final one-line summary */
+};
+
+/* Writes the report as one self-contained HTML file, atomically (temporary file, then rename).
+ * All text is HTML-escaped; image paths are percent-encoded in src and escaped in captions. */
+enum status draft_report_html(const char *path, const struct draft_report *r);
+
+#endif

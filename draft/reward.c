@@ -1,0 +1,847 @@
+/* reward.c — DRaFT's differentiable rewards (see reward.h for the specs and conventions). */
+#include "draft/reward.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "nn/pickle.h"
+
+static const char reward_specs[] =
+    "  aesthetic:<clip_vision_dir>,<head.pth|head.safetensors>\n"
+    "  clip:<clip_model_dir>[,logit_scale][,text=<target text>]\n"
+    "  colorfulness\n"
+    "  brightness=<target in [0,1]>\n"
+    "  contrast=<target std in [0,1]>\n"
+    "  jpeg\n"
+    "  red\n";
+
+const char *draft_reward_specs(void) { return reward_specs; }
+
+/* ---------------------------------------------------------------- small helpers */
+
+static bool file_exists(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+/* a constant from f64 host data, in dt on dev (caller- or scope-owned) */
+static struct tensor *const_tensor(const double *data, int ndim, const int64_t *shape, enum dtype dt, enum device dev)
+{
+    tensor_scope_begin();
+    struct tensor *t = tensor_from_data(DTYPE_F64, ndim, shape, data);
+    if (t && dt != DTYPE_F64) t = tensor_to_dtype(t, dt);
+    if (t && dev != DEVICE_CPU) t = tensor_to_device(t, dev);
+    return tensor_scope_return(t);
+}
+
+static struct tensor *cast_to(struct tensor *x, enum dtype dt, enum device dev)
+{
+    if (x && x->dtype != dt) x = ag_to_dtype(x, dt);
+    if (x && tensor_device(x) != dev) x = ag_to_device(x, dev);
+    return x;
+}
+
+/* [-1, 1] -> [0, 1], clamped as the SD pipeline does before any reward model sees the image */
+static struct tensor *to_unit(struct tensor *images) { return ag_clamp(ag_affine(images, 0.5, 0.5), 0, 1); }
+
+static struct tensor *channel(struct tensor *x, int c) { return ag_narrow(x, 1, c, 1); }   /* [B,1,H,W] */
+
+static struct tensor *lincomb3(struct tensor *r, struct tensor *g, struct tensor *b, double wr, double wg, double wb)
+{
+    return ag_add(ag_add(ag_scale(r, wr), ag_scale(g, wg)), ag_scale(b, wb));
+}
+
+static const int spatial_dims[3] = {1, 2, 3};
+
+/* ---------------------------------------------------------------- analytic rewards */
+
+enum analytic_kind { AN_COLORFULNESS, AN_BRIGHTNESS, AN_CONTRAST, AN_JPEG, AN_RED };
+
+struct analytic_ctx {
+    enum analytic_kind kind;
+    double target;
+};
+
+/* eps under square roots: keeps the gradient finite for a flat image; it moves the value by at
+ * most sqrt(eps) = 1e-6 */
+#define SQRT_EPS 1e-12
+
+static struct tensor *colorfulness(struct tensor *x)
+{
+    struct tensor *R = channel(x, 0), *G = channel(x, 1), *B = channel(x, 2);
+    struct tensor *rg = ag_sub(R, G), *yb = ag_sub(ag_scale(ag_add(R, G), 0.5), B);
+    struct tensor *var = ag_add(ag_var(rg, 3, spatial_dims, false, 0), ag_var(yb, 3, spatial_dims, false, 0));
+    struct tensor *mrg = ag_mean(rg, 3, spatial_dims, false), *myb = ag_mean(yb, 3, spatial_dims, false);
+    struct tensor *msq = ag_add(ag_square(mrg), ag_square(myb));
+    return ag_add(ag_sqrt(ag_affine(var, 1, SQRT_EPS)), ag_scale(ag_sqrt(ag_affine(msq, 1, SQRT_EPS)), 0.3));
+}
+
+static struct tensor *luminance(struct tensor *x)   /* Rec. 601, as JPEG's Y */
+{
+    return lincomb3(channel(x, 0), channel(x, 1), channel(x, 2), 0.299, 0.587, 0.114);
+}
+
+/* JPEG (ITU T.81 Annex K) quantisation tables at quality 50 */
+static const double jpeg_q_luma[64] = {
+    16, 11, 10, 16, 24,  40,  51,  61,  12, 12, 14, 19, 26,  58,  60,  55,  14, 13, 16, 24, 40,  57,  69,  56,
+    14, 17, 22, 29, 51,  87,  80,  62,  18, 22, 37, 56, 68,  109, 103, 77,  24, 35, 55, 64, 81,  104, 113, 92,
+    49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99,
+};
+static const double jpeg_q_chroma[64] = {
+    17, 18, 24, 47, 99, 99, 99, 99, 18, 21, 26, 66, 99, 99, 99, 99, 24, 26, 56, 99, 99, 99, 99, 99,
+    47, 66, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99,
+    99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99,
+};
+#define JPEG_SMOOTH_ABS 0.01   /* |z| ~ sqrt(z^2 + d^2) - d, in units of one quantisation step */
+
+/* JPEG compressibility surrogate. 0..255 RGB -> level-shifted YCbCr (JFIF full range, no
+ * chroma subsampling) -> orthonormal 8x8 DCT-II per block (D X D^T as batched matmuls) -> z =
+ * coef / Q (luma table for Y, chroma for Cb/Cr) -> -mean(smooth |z|) over channels, blocks and
+ * coefficients: fewer / smaller quantised coefficients = fewer bits. Images whose sides are not
+ * multiples of 8 are cropped to the top-left multiple (JPEG would pad by replication). */
+static struct tensor *jpeg_surrogate(struct tensor *x)
+{
+    const int64_t Bn = x->shape[0], H8 = x->shape[2] / 8, W8 = x->shape[3] / 8;
+    x = ag_narrow(ag_narrow(ag_scale(x, 255), 2, 0, H8 * 8), 3, 0, W8 * 8);
+    struct tensor *R = channel(x, 0), *G = channel(x, 1), *B = channel(x, 2);
+    struct tensor *ycc[3] = {
+        ag_affine(lincomb3(R, G, B, 0.299, 0.587, 0.114), 1, -128),
+        lincomb3(R, G, B, -0.168736, -0.331264, 0.5),
+        lincomb3(R, G, B, 0.5, -0.418688, -0.081312),
+    };
+    struct tensor *y = ag_concat(3, ycc, 1);
+    y = ag_reshape(y, 6, (int64_t[]){Bn, 3, H8, 8, W8, 8});
+    y = ag_permute(y, (int[]){0, 1, 2, 4, 3, 5});   /* [B, 3, H8, W8, 8(rows), 8(cols)] */
+    double d[64], dt_[64], q[3 * 64];
+    for (int u = 0; u < 8; u++)
+        for (int k = 0; k < 8; k++) {
+            d[u * 8 + k] = (u ? sqrt(2.0 / 8) : sqrt(1.0 / 8)) * cos((2 * k + 1) * u * M_PI / 16);
+            dt_[k * 8 + u] = d[u * 8 + k];
+        }
+    for (int i = 0; i < 64; i++) q[i] = jpeg_q_luma[i], q[64 + i] = q[128 + i] = jpeg_q_chroma[i];
+    const enum dtype dt = x->dtype;
+    const enum device dev = tensor_device(x);
+    struct tensor *D = const_tensor(d, 2, (int64_t[]){8, 8}, dt, dev);
+    struct tensor *DT = const_tensor(dt_, 2, (int64_t[]){8, 8}, dt, dev);
+    struct tensor *Q = const_tensor(q, 5, (int64_t[]){3, 1, 1, 8, 8}, dt, dev);
+    struct tensor *coef = ag_matmul(ag_matmul(D, y), DT);   /* F[u][v] = sum D[u][r] X[r][c] D[v][c] */
+    struct tensor *z = ag_div(coef, Q);
+    struct tensor *a = ag_affine(ag_sqrt(ag_affine(ag_square(z), 1, JPEG_SMOOTH_ABS * JPEG_SMOOTH_ABS)), 1,
+                                 -JPEG_SMOOTH_ABS);
+    return ag_neg(ag_mean(a, 5, (int[]){1, 2, 3, 4, 5}, false));
+}
+
+static struct tensor *analytic_score(struct draft_reward *r, struct tensor *images, const char *const *prompts)
+{
+    (void)prompts;
+    const struct analytic_ctx *c = r->ctx;
+    tensor_scope_begin();
+    struct tensor *x = to_unit(images), *s = NULL;
+    switch (c->kind) {
+    case AN_COLORFULNESS: s = colorfulness(x); break;
+    case AN_BRIGHTNESS:
+        s = ag_neg(ag_square(ag_affine(ag_mean(luminance(x), 3, spatial_dims, false), 1, -c->target)));
+        break;
+    case AN_CONTRAST: {
+        struct tensor *sd = ag_sqrt(ag_affine(ag_var(luminance(x), 3, spatial_dims, false, 0), 1, SQRT_EPS));
+        s = ag_neg(ag_square(ag_affine(sd, 1, -c->target)));
+        break;
+    }
+    case AN_JPEG:
+        if (images->shape[2] < 8 || images->shape[3] < 8) {
+            tensor_fail(STATUS_SHAPE, "reward jpeg: images must be at least 8x8, got %lldx%lld",
+                        (long long)images->shape[2], (long long)images->shape[3]);
+            break;
+        }
+        s = jpeg_surrogate(x);
+        break;
+    case AN_RED:
+        s = ag_mean(ag_sub(channel(x, 0), ag_scale(ag_add(channel(x, 1), channel(x, 2)), 0.5)), 3, spatial_dims, false);
+        break;
+    }
+    return tensor_scope_return(s);
+}
+
+static void plain_free(struct draft_reward *r)
+{
+    free(r->ctx);
+    free(r);
+}
+
+static struct draft_reward *reward_new(const char *name, struct tensor *(*score)(struct draft_reward *, struct tensor *,
+                                                                               const char *const *),
+                                       void (*fr)(struct draft_reward *), void *ctx)
+{
+    struct draft_reward *r = calloc(1, sizeof *r);
+    if (!r) {
+        tensor_fail(STATUS_OOM, "reward %s: out of memory", name);
+        return NULL;
+    }
+    snprintf(r->name, sizeof r->name, "%s", name);
+    r->score = score;
+    r->free = fr;
+    r->ctx = ctx;
+    return r;
+}
+
+static struct draft_reward *analytic_create(const char *name, enum analytic_kind kind, double target)
+{
+    struct analytic_ctx *c = calloc(1, sizeof *c);
+    if (!c) {
+        tensor_fail(STATUS_OOM, "reward %s: out of memory", name);
+        return NULL;
+    }
+    c->kind = kind;
+    c->target = target;
+    struct draft_reward *r = reward_new(name, analytic_score, plain_free, c);
+    if (!r) free(c);
+    return r;
+}
+
+/* ---------------------------------------------------------------- CLIP preprocessing */
+
+/* PIL's bicubic filter (libImaging/Resample.c: a = -0.5, support 2) */
+static double pil_bicubic(double x)
+{
+    const double a = -0.5;
+    if (x < 0) x = -x;
+    if (x < 1) return ((a + 2) * x - (a + 3)) * x * x + 1;
+    if (x < 2) return (((x - 5) * x + 8) * x - 4) * a;
+    return 0;
+}
+
+struct tensor *draft_pil_bicubic_matrix(int64_t in, int64_t out)
+{
+    if (in <= 0 || out <= 0) {
+        tensor_fail(STATUS_VALUE, "draft_pil_bicubic_matrix: sizes must be positive, got %lld -> %lld", (long long)in,
+                    (long long)out);
+        return NULL;
+    }
+    struct tensor *m = tensor_zeros(DTYPE_F64, 2, (int64_t[]){out, in}, DEVICE_CPU);
+    if (!m) return NULL;
+    double *w = tensor_data_ptr(m);
+    /* precompute_coeffs: the filter widens by the downscale factor (antialias) */
+    const double scale = (double)in / (double)out, filterscale = scale < 1 ? 1 : scale;
+    const double support = 2.0 * filterscale, ss = 1.0 / filterscale;
+    for (int64_t xx = 0; xx < out; xx++) {
+        double center = ((double)xx + 0.5) * scale, ww = 0;
+        int64_t xmin = (int64_t)(center - support + 0.5), xmax = (int64_t)(center + support + 0.5);
+        if (xmin < 0) xmin = 0;
+        if (xmax > in) xmax = in;
+        for (int64_t x = xmin; x < xmax; x++) ww += (w[xx * in + x] = pil_bicubic(((double)x - center + 0.5) * ss));
+        if (ww != 0)
+            for (int64_t x = xmin; x < xmax; x++) w[xx * in + x] /= ww;
+    }
+    return m;
+}
+
+/* python round(v / 2) for an integer v >= 0 (ties to even), as torchvision's CenterCrop */
+static int64_t half_round_even(int64_t v)
+{
+    int64_t k = v / 2;
+    if (v % 2 == 0) return k;
+    return (k % 2 == 0) ? k : k + 1;
+}
+
+/* the resize matrix for one side: PIL resize in -> scaled, then rows [offset, offset + size) */
+static struct tensor *side_matrix(int64_t in, int64_t scaled, int64_t size, enum dtype dt, enum device dev)
+{
+    tensor_scope_begin();
+    struct tensor *m = draft_pil_bicubic_matrix(in, scaled);
+    if (m) m = tensor_narrow(m, 0, half_round_even(scaled - size), size);
+    if (m) m = tensor_contiguous(m);
+    if (m && dt != DTYPE_F64) m = tensor_to_dtype(m, dt);
+    if (m && dev != DEVICE_CPU) m = tensor_to_device(m, dev);
+    return tensor_scope_return(m);
+}
+
+static const double clip_mean[3] = {0.48145466, 0.4578275, 0.40821073};
+static const double clip_std[3] = {0.26862954, 0.26130258, 0.27577711};
+
+struct tensor *draft_clip_preprocess(struct tensor *images, int64_t size)
+{
+    if (!images) return NULL;
+    char a[128];
+    if (images->ndim != 4 || images->shape[1] != 3 || images->shape[0] < 1 || !dtype_is_float(images->dtype) ||
+        size <= 0) {
+        tensor_fail(STATUS_SHAPE, "draft_clip_preprocess: images must be float [B, 3, H, W] and size > 0, got %s %s, size %lld",
+                    dtype_name(images->dtype), tensor_shape_str(images, a, sizeof a), (long long)size);
+        return NULL;
+    }
+    tensor_scope_begin();
+    const enum dtype dt = images->dtype;
+    const enum device dev = tensor_device(images);
+    const int64_t H = images->shape[2], W = images->shape[3];
+    struct tensor *x = to_unit(images);
+    if (H != size || W != size) {
+        /* Resize(size): the shortest side becomes size, the other int(size * long / short); then CenterCrop */
+        int64_t nh = H <= W ? size : size * H / W, nw = H <= W ? size * W / H : size;
+        if (nh < size) nh = size;
+        if (nw < size) nw = size;
+        struct tensor *mv = side_matrix(H, nh, size, dt, dev), *mh = side_matrix(W, nw, size, dt, dev);
+        x = ag_matmul(ag_matmul(mv, x), mh ? tensor_transpose(mh, 0, 1) : NULL);
+    }
+    const int64_t cs[4] = {1, 3, 1, 1};
+    struct tensor *mean = const_tensor(clip_mean, 4, cs, dt, dev), *std = const_tensor(clip_std, 4, cs, dt, dev);
+    return tensor_scope_return(ag_div(ag_sub(x, mean), std));
+}
+
+/* ---------------------------------------------------------------- config and weights loading */
+
+/* a sub-config of a CLIPModel config.json (text_config / vision_config) restricted to the keys
+ * the CLIP config readers know: real configs carry dozens of generic PretrainedConfig keys
+ * (return_dict, chunk_size_feed_forward, ...) that do not change the forward */
+static enum status sub_config(struct nn_config *top, const char *key, const char *const *keep, int n_keep,
+                              struct nn_config *out)
+{
+    const cJSON *sub = cJSON_GetObjectItemCaseSensitive((const cJSON *)top->root, key);
+    if (!cJSON_IsObject(sub)) return tensor_fail(STATUS_FORMAT, "%s: '%s' is missing or not an object", top->path, key);
+    cJSON *o = cJSON_CreateObject();
+    if (!o) return tensor_fail(STATUS_OOM, "%s: out of memory", top->path);
+    for (int i = 0; i < n_keep; i++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(sub, keep[i]);
+        if (v) cJSON_AddItemToObject(o, keep[i], cJSON_Duplicate(v, true));
+    }
+    char *json = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    if (!json) return tensor_fail(STATUS_OOM, "%s: out of memory", top->path);
+    char label[600];
+    snprintf(label, sizeof label, "%s[%s]", top->path, key);
+    enum status s = nn_config_parse(out, json, strlen(json), label);
+    free(json);
+    return s;
+}
+
+static const char *const text_keys[] = {
+    "model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+    "max_position_embeddings", "layer_norm_eps", "hidden_act", "eos_token_id",
+};
+static const char *const vision_keys[] = {
+    "model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_channels",
+    "image_size", "patch_size", "projection_dim", "layer_norm_eps", "hidden_act",
+};
+#define N_OF(a) ((int)(sizeof(a) / sizeof *(a)))
+
+/* the configs of <dir>/config.json. A CLIPModel config (text_config/vision_config) fills the
+ * towers asked for (tc may be NULL) and the top-level projection_dim; a bare
+ * CLIPVisionModelWithProjection config fills vc only. *whole says which it was. */
+static enum status clip_folder_configs(const char *dir, struct clip_text_config *tc, struct clip_vision_config *vc,
+                                       int64_t *projection_dim, bool *whole)
+{
+    char path[1024];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    if (!file_exists(path)) return tensor_fail(STATUS_IO, "CLIP folder %s: no config.json (expected %s)", dir, path);
+    struct nn_config top;
+    enum status s = nn_config_load(&top, path);
+    if (s) return s;
+    *whole = nn_config_has(&top, "vision_config");
+    if (!*whole) {
+        if (tc) s = tensor_fail(STATUS_FORMAT, "%s: not a CLIPModel config (no text_config / vision_config)", path);
+        else s = clip_vision_config_read(vc, &top);
+        *projection_dim = vc->projection_dim;
+        nn_config_free(&top);
+        return s;
+    }
+    struct nn_config sub;
+    s = sub_config(&top, "vision_config", vision_keys, N_OF(vision_keys), &sub);
+    if (!s) {
+        s = clip_vision_config_read(vc, &sub);
+        nn_config_free(&sub);
+    }
+    if (!s && tc) {
+        s = sub_config(&top, "text_config", text_keys, N_OF(text_keys), &sub);
+        if (!s) {
+            s = clip_text_config_read(tc, &sub);
+            nn_config_free(&sub);
+        }
+    }
+    /* CLIPModel's projections use the top-level projection_dim (the sub-configs' may be stale) */
+    *projection_dim = nn_config_int(&top, "projection_dim", 512);
+    if (!s && *projection_dim <= 0) s = tensor_fail(STATUS_FORMAT, "%s: projection_dim must be positive", path);
+    vc->projection_dim = *projection_dim;
+    nn_config_free(&top);
+    return s;
+}
+
+static struct safetensors *clip_folder_weights(const char *dir)
+{
+    char path[1024];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    if (!file_exists(path)) {
+        tensor_fail(STATUS_IO, "CLIP folder %s: no model.safetensors (expected %s)", dir, path);
+        return NULL;
+    }
+    return safetensors_open(path);
+}
+
+/* ---------------------------------------------------------------- aesthetic head */
+
+#define HEAD_LAYERS 5
+static const char *const head_layer_names[HEAD_LAYERS] = {"layers.0", "layers.2", "layers.4", "layers.6", "layers.7"};
+
+struct draft_aesthetic_head {
+    struct tensor *w[HEAD_LAYERS], *b[HEAD_LAYERS];   /* owned */
+    int64_t dim;
+};
+
+void draft_aesthetic_head_free(struct draft_aesthetic_head *h)
+{
+    if (!h) return;
+    for (int i = 0; i < HEAD_LAYERS; i++) {
+        tensor_free(h->w[i]);
+        tensor_free(h->b[i]);
+    }
+    free(h);
+}
+
+int64_t draft_aesthetic_head_dim(const struct draft_aesthetic_head *h) { return h ? h->dim : 0; }
+
+struct draft_aesthetic_head *draft_aesthetic_head_load(const char *path, enum dtype dt, enum device dev)
+{
+    if (!path || !file_exists(path)) {
+        tensor_fail(STATUS_IO, "aesthetic head: cannot open '%s' (a .pth or .safetensors with keys layers.0/2/4/6/7)",
+                    path ? path : "(null)");
+        return NULL;
+    }
+    /* torch.save files are zips ("PK"); anything else is read as safetensors */
+    unsigned char magic[2] = {0};
+    FILE *f = fopen(path, "rb");
+    bool is_zip = f && fread(magic, 1, 2, f) == 2 && magic[0] == 'P' && magic[1] == 'K';
+    if (f) fclose(f);
+    struct torch_file *tf = is_zip ? torch_file_open(path) : NULL;
+    struct safetensors *st = is_zip ? NULL : safetensors_open(path);
+    if (!tf && !st) return NULL;
+    struct draft_aesthetic_head *h = calloc(1, sizeof *h);
+    enum status s = h ? STATUS_OK : tensor_fail(STATUS_OOM, "aesthetic head: out of memory");
+    tensor_scope_begin();
+    int64_t in = -1;
+    for (int i = 0; !s && i < HEAD_LAYERS; i++) {
+        char wn[64], bn[64], a[128], c[128];
+        snprintf(wn, sizeof wn, "%s.weight", head_layer_names[i]);
+        snprintf(bn, sizeof bn, "%s.bias", head_layer_names[i]);
+        struct tensor *w = tf ? torch_file_load(tf, wn, DTYPE_F64) : safetensors_load(st, wn, DTYPE_F64, DEVICE_CPU);
+        struct tensor *b = tf ? torch_file_load(tf, bn, DTYPE_F64) : safetensors_load(st, bn, DTYPE_F64, DEVICE_CPU);
+        if (!w || !b) {
+            s = tensor_fail(STATUS_FORMAT, "aesthetic head %s: cannot read %s / %s (%s)", path, wn, bn, tensor_error());
+            break;
+        }
+        const int64_t out = i == HEAD_LAYERS - 1 ? 1 : (w->ndim == 2 ? w->shape[0] : -1);
+        if (i == 0 && w->ndim == 2) in = w->shape[1];
+        if (w->ndim != 2 || w->shape[1] != in || w->shape[0] != out || b->ndim != 1 || b->shape[0] != out) {
+            s = tensor_fail(STATUS_SHAPE, "aesthetic head %s: %s is %s and %s is %s; expected [%lld, %lld] and [%lld]%s",
+                            path, wn, tensor_shape_str(w, a, sizeof a), bn, tensor_shape_str(b, c, sizeof c),
+                            (long long)out, (long long)in, (long long)out,
+                            i == HEAD_LAYERS - 1 ? " (the last layer gives one score)" : "");
+            break;
+        }
+        if (i == 0) h->dim = in;
+        in = out;
+        h->w[i] = tensor_keep(cast_to(w, dt, dev));
+        h->b[i] = tensor_keep(cast_to(b, dt, dev));
+        if (!h->w[i] || !h->b[i]) s = tensor_status();
+    }
+    tensor_scope_end();
+    if (tf) torch_file_close(tf);
+    if (st) safetensors_close(st);
+    if (s) {
+        draft_aesthetic_head_free(h);
+        return NULL;
+    }
+    return h;
+}
+
+struct tensor *draft_aesthetic_head_forward(const struct draft_aesthetic_head *h, struct tensor *embeds)
+{
+    if (!embeds) return NULL;
+    char a[128];
+    if (embeds->ndim != 2 || embeds->shape[1] != h->dim) {
+        tensor_fail(STATUS_SHAPE, "aesthetic head: embeds must be [B, %lld], got %s", (long long)h->dim,
+                    tensor_shape_str(embeds, a, sizeof a));
+        return NULL;
+    }
+    tensor_scope_begin();
+    /* eval mode: the Dropouts between the linears are identities and there are no activations */
+    struct tensor *x = cast_to(embeds, h->w[0]->dtype, tensor_device(h->w[0]));
+    for (int i = 0; i < HEAD_LAYERS; i++) x = ag_linear(x, h->w[i], h->b[i]);
+    return tensor_scope_return(x);
+}
+
+/* ---------------------------------------------------------------- aesthetic reward */
+
+struct aesthetic_ctx {
+    struct nn_params ps;
+    struct clip_vision_model vm;
+    bool vm_init;
+    struct draft_aesthetic_head *head;
+};
+
+/* the reference's normalized(): a / ||a||, a zero norm replaced by 1; a tiny eps does the same */
+#define NORM_EPS 1e-12
+
+static struct tensor *aesthetic_score(struct draft_reward *r, struct tensor *images, const char *const *prompts)
+{
+    (void)prompts;
+    struct aesthetic_ctx *c = r->ctx;
+    tensor_scope_begin();
+    struct tensor *px = draft_clip_preprocess(images, c->vm.cfg.image_size);
+    px = cast_to(px, c->vm.class_embedding->dtype, tensor_device(c->vm.class_embedding));
+    struct tensor *e = ag_normalize(clip_vision_forward(&c->vm, px), 1, NORM_EPS);
+    struct tensor *s = draft_aesthetic_head_forward(c->head, e);
+    s = s ? ag_reshape(s, 1, (int64_t[]){s->shape[0]}) : NULL;
+    return tensor_scope_return(cast_to(s, images->dtype, tensor_device(images)));
+}
+
+static void aesthetic_free(struct draft_reward *r)
+{
+    struct aesthetic_ctx *c = r->ctx;
+    if (c) {
+        if (c->vm_init) clip_vision_free(&c->vm);
+        nn_params_free(&c->ps);
+        draft_aesthetic_head_free(c->head);
+        free(c);
+    }
+    free(r);
+}
+
+struct draft_reward *draft_reward_aesthetic_create(const char *clip_vision_dir, const char *head_path, enum dtype dt,
+                                                   enum device dev)
+{
+    if (!clip_vision_dir || !head_path) {
+        tensor_fail(STATUS_VALUE, "reward aesthetic: a CLIP vision folder and a head file are both needed");
+        return NULL;
+    }
+    struct aesthetic_ctx *c = calloc(1, sizeof *c);
+    if (!c) {
+        tensor_fail(STATUS_OOM, "reward aesthetic: out of memory");
+        return NULL;
+    }
+    nn_params_init(&c->ps, dt, dev);
+    struct draft_reward *r = reward_new("aesthetic", aesthetic_score, aesthetic_free, c);
+    if (!r) {
+        nn_params_free(&c->ps);
+        free(c);
+        return NULL;
+    }
+    struct clip_vision_config vc;
+    int64_t proj;
+    bool whole = false;
+    enum status s = clip_folder_configs(clip_vision_dir, NULL, &vc, &proj, &whole);
+    if (!s) {
+        s = clip_vision_init(&c->vm, &vc, &c->ps, "");
+        c->vm_init = true;
+    }
+    if (!s) {
+        struct safetensors *st = clip_folder_weights(clip_vision_dir);
+        /* a whole CLIPModel file also holds the text tower: ignore it */
+        s = st ? (whole ? nn_params_load(&c->ps, st, "", true) : clip_params_load(&c->ps, st, "")) : tensor_status();
+        safetensors_close(st);
+    }
+    if (!s && !(c->head = draft_aesthetic_head_load(head_path, dt, dev))) s = tensor_status();
+    if (!s && c->head->dim != vc.projection_dim)
+        s = tensor_fail(STATUS_SHAPE, "reward aesthetic: the head %s reads %lld-d embeddings but the CLIP tower in %s "
+                                      "projects to %lld (projection_dim)",
+                        head_path, (long long)c->head->dim, clip_vision_dir, (long long)vc.projection_dim);
+    if (s) {
+        aesthetic_free(r);
+        return NULL;
+    }
+    return r;
+}
+
+/* ---------------------------------------------------------------- CLIP similarity reward */
+
+struct clip_ctx {
+    /* owned when loaded from a folder */
+    struct nn_params ps;
+    bool own, text_init, vision_init;
+    struct clip_text_model tm;
+    struct clip_vision_model vm;
+    struct nn_linear tproj_own;
+    struct clip_tokenizer *tok_own;
+    /* what the score uses (the owned ones, or borrowed) */
+    const struct clip_text_model *text;
+    const struct nn_linear *tproj;
+    const struct clip_vision_model *vision;
+    const struct clip_tokenizer *tok;
+    double scale;
+    struct tensor *target_emb;   /* [1, P] normalised, owned; NULL: use the prompts */
+};
+
+/* normalised text embeddings [n, P] of n texts, computed without a graph (the reward is
+ * differentiated w.r.t. the images only) */
+static struct tensor *clip_text_embeds(const struct clip_ctx *c, int n, const char *const *texts)
+{
+    int32_t *ids = malloc(sizeof *ids * (size_t)n * CLIP_CONTEXT);
+    if (!ids) {
+        tensor_fail(STATUS_OOM, "reward clip: out of memory");
+        return NULL;
+    }
+    enum status s = STATUS_OK;
+    for (int i = 0; !s && i < n; i++) {
+        if (!texts[i]) s = tensor_fail(STATUS_VALUE, "reward clip: prompt %d is NULL", i);
+        else s = clip_tokenize_77(c->tok, texts[i], ids + (size_t)i * CLIP_CONTEXT);
+    }
+    if (s) {
+        free(ids);
+        return NULL;
+    }
+    tensor_scope_begin();
+    ag_no_grad_begin();
+    struct tensor *t = tensor_from_data(DTYPE_I32, 2, (int64_t[]){n, CLIP_CONTEXT}, ids);
+    free(ids);
+    const struct tensor *w = c->text->token_embedding.weight;
+    if (t && tensor_device(w) != DEVICE_CPU) t = tensor_to_device(t, tensor_device(w));
+    struct tensor *e = clip_text_pooled(c->text, t, clip_text_forward(c->text, t));
+    if (c->tproj) e = nn_linear_forward(c->tproj, e);
+    e = ag_normalize(e, 1, NORM_EPS);
+    ag_no_grad_end();
+    return tensor_scope_return(e);
+}
+
+static struct tensor *clip_score(struct draft_reward *r, struct tensor *images, const char *const *prompts)
+{
+    struct clip_ctx *c = r->ctx;
+    const int64_t B = images->shape[0];
+    if (!c->target_emb && !prompts) {
+        tensor_fail(STATUS_VALUE, "reward clip: no prompts given and no target text set (spec text=...)");
+        return NULL;
+    }
+    tensor_scope_begin();
+    const struct tensor *vw = c->vision->class_embedding;
+    struct tensor *px = cast_to(draft_clip_preprocess(images, c->vision->cfg.image_size), vw->dtype, tensor_device(vw));
+    struct tensor *ie = ag_normalize(clip_vision_forward(c->vision, px), 1, NORM_EPS);
+    struct tensor *te = c->target_emb ? c->target_emb : clip_text_embeds(c, (int)B, prompts);
+    te = cast_to(te, vw->dtype, tensor_device(vw));
+    char a[128], b[128];
+    struct tensor *s = NULL;
+    if (ie && te && ie->shape[1] != te->shape[1])
+        tensor_fail(STATUS_SHAPE, "reward clip: image embeds %s and text embeds %s differ in width (a text projection missing?)",
+                    tensor_shape_str(ie, a, sizeof a), tensor_shape_str(te, b, sizeof b));
+    else
+        s = ag_scale(ag_sum(ag_mul(ie, te), 1, (int[]){1}, false), c->scale);
+    return tensor_scope_return(cast_to(s, images->dtype, tensor_device(images)));
+}
+
+static void clip_free_reward(struct draft_reward *r)
+{
+    struct clip_ctx *c = r->ctx;
+    if (c) {
+        tensor_free(c->target_emb);
+        if (c->own) {
+            if (c->text_init) clip_text_free(&c->tm);
+            if (c->vision_init) clip_vision_free(&c->vm);
+            nn_params_free(&c->ps);
+            clip_tokenizer_free(c->tok_own);
+        }
+        free(c);
+    }
+    free(r);
+}
+
+/* fills the target embedding when a target text is given */
+static enum status clip_finish(struct clip_ctx *c, const char *target_text)
+{
+    if (c->vision->cfg.projection_dim <= 0) return tensor_fail(STATUS_VALUE, "reward clip: bad vision tower");
+    if (!target_text) return STATUS_OK;
+    tensor_scope_begin();
+    c->target_emb = tensor_keep(clip_text_embeds(c, 1, &target_text));
+    tensor_scope_end();
+    return c->target_emb ? STATUS_OK : tensor_status();
+}
+
+struct draft_reward *draft_reward_clip_from_models(const struct clip_text_model *text,
+                                                   const struct nn_linear *text_projection,
+                                                   const struct clip_vision_model *vision,
+                                                   const struct clip_tokenizer *tok, const char *target_text,
+                                                   double scale)
+{
+    if (!text || !vision || !tok) {
+        tensor_fail(STATUS_VALUE, "draft_reward_clip_from_models: text tower, vision tower and tokenizer are required");
+        return NULL;
+    }
+    const int64_t tw = text_projection ? text_projection->weight->shape[0] : text->cfg.hidden_size;
+    if (tw != vision->cfg.projection_dim) {
+        tensor_fail(STATUS_SHAPE, "draft_reward_clip_from_models: text embeddings are %lld-d but image embeddings %lld-d%s",
+                    (long long)tw, (long long)vision->cfg.projection_dim,
+                    text_projection ? "" : " (pass a text projection)");
+        return NULL;
+    }
+    struct clip_ctx *c = calloc(1, sizeof *c);
+    struct draft_reward *r = c ? reward_new("clip", clip_score, clip_free_reward, c) : NULL;
+    if (!r) {
+        free(c);
+        tensor_fail(STATUS_OOM, "reward clip: out of memory");
+        return NULL;
+    }
+    c->text = text, c->tproj = text_projection, c->vision = vision, c->tok = tok, c->scale = scale;
+    if (clip_finish(c, target_text)) {
+        clip_free_reward(r);
+        return NULL;
+    }
+    return r;
+}
+
+static struct clip_tokenizer *clip_folder_tokenizer(const char *dir)
+{
+    char v[1024], m[1024];
+    for (int k = 0; k < 2; k++) {
+        snprintf(v, sizeof v, "%s%s/vocab.json", dir, k ? "/tokenizer" : "");
+        snprintf(m, sizeof m, "%s%s/merges.txt", dir, k ? "/tokenizer" : "");
+        if (file_exists(v) && file_exists(m)) return clip_tokenizer_load(v, m);
+    }
+    tensor_fail(STATUS_IO, "CLIP folder %s: no vocab.json + merges.txt in it or in %s/tokenizer", dir, dir);
+    return NULL;
+}
+
+struct draft_reward *draft_reward_clip_create(const char *clip_dir, const char *target_text, bool use_logit_scale,
+                                              enum dtype dt, enum device dev)
+{
+    if (!clip_dir) {
+        tensor_fail(STATUS_VALUE, "reward clip: a CLIPModel folder is needed");
+        return NULL;
+    }
+    struct clip_ctx *c = calloc(1, sizeof *c);
+    struct draft_reward *r = c ? reward_new("clip", clip_score, clip_free_reward, c) : NULL;
+    if (!r) {
+        free(c);
+        tensor_fail(STATUS_OOM, "reward clip: out of memory");
+        return NULL;
+    }
+    c->own = true;
+    nn_params_init(&c->ps, dt, dev);
+    c->text = &c->tm, c->vision = &c->vm, c->tproj = &c->tproj_own, c->scale = 1;
+    struct clip_text_config tc;
+    struct clip_vision_config vc;
+    int64_t proj;
+    bool whole;
+    struct safetensors *st = NULL;
+    enum status s = clip_folder_configs(clip_dir, &tc, &vc, &proj, &whole);
+    if (!s) s = (c->text_init = true, clip_text_init(&c->tm, &tc, &c->ps, ""));
+    if (!s) s = (c->vision_init = true, clip_vision_init(&c->vm, &vc, &c->ps, ""));
+    if (!s) s = nn_linear_init(&c->tproj_own, &c->ps, "text_projection", tc.hidden_size, proj, false);
+    if (!s && !(st = clip_folder_weights(clip_dir))) s = tensor_status();
+    if (!s && safetensors_find(st, "logit_scale") && !nn_param_new(&c->ps, "", "logit_scale", 0, NULL))
+        s = tensor_status();
+    if (!s && use_logit_scale && !safetensors_find(st, "logit_scale"))
+        s = tensor_fail(STATUS_FORMAT, "reward clip: %s/model.safetensors has no 'logit_scale' (drop the logit_scale flag)",
+                        clip_dir);
+    if (!s) s = clip_params_load(&c->ps, st, "");
+    safetensors_close(st);
+    if (!s && use_logit_scale) c->scale = exp(tensor_get_flat(nn_param_find(&c->ps, "logit_scale"), 0));
+    if (!s && !(c->tok_own = clip_folder_tokenizer(clip_dir))) s = tensor_status();
+    c->tok = c->tok_own;
+    if (!s) s = clip_finish(c, target_text);
+    if (s) {
+        clip_free_reward(r);
+        return NULL;
+    }
+    return r;
+}
+
+/* ---------------------------------------------------------------- interface */
+
+struct tensor *draft_reward_score(struct draft_reward *r, struct tensor *images, const char *const *prompts)
+{
+    if (!r) {
+        tensor_fail(STATUS_VALUE, "draft_reward_score: no reward");
+        return NULL;
+    }
+    if (!images) return NULL;
+    char a[128];
+    if (images->ndim != 4 || images->shape[0] < 1 || images->shape[1] != 3 || images->shape[2] < 1 ||
+        images->shape[3] < 1 || !dtype_is_float(images->dtype)) {
+        tensor_fail(STATUS_SHAPE, "reward %s: images must be float [B, 3, H, W] in [-1, 1], got %s %s", r->name,
+                    dtype_name(images->dtype), tensor_shape_str(images, a, sizeof a));
+        return NULL;
+    }
+    return r->score(r, images, prompts);
+}
+
+void draft_reward_free(struct draft_reward *r)
+{
+    if (r) r->free(r);
+}
+
+static enum status parse_number(const char *spec, const char *s, double *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (!*s || *end || errno || !isfinite(v))
+        return tensor_fail(STATUS_VALUE, "reward spec '%s': '%s' is not a number; valid specs:\n%s", spec, s, reward_specs);
+    *out = v;
+    return STATUS_OK;
+}
+
+struct draft_reward *draft_reward_create_on(const char *spec, enum dtype dt, enum device dev)
+{
+    if (!spec || !*spec) {
+        tensor_fail(STATUS_VALUE, "reward spec is empty; valid specs:\n%s", reward_specs);
+        return NULL;
+    }
+    double v = 0;
+    if (!strcmp(spec, "colorfulness")) return analytic_create("colorfulness", AN_COLORFULNESS, 0);
+    if (!strcmp(spec, "jpeg")) return analytic_create("jpeg", AN_JPEG, 0);
+    if (!strcmp(spec, "red")) return analytic_create("red", AN_RED, 0);
+    if (!strncmp(spec, "brightness=", 11))
+        return parse_number(spec, spec + 11, &v) ? NULL : analytic_create("brightness", AN_BRIGHTNESS, v);
+    if (!strncmp(spec, "contrast=", 9))
+        return parse_number(spec, spec + 9, &v) ? NULL : analytic_create("contrast", AN_CONTRAST, v);
+    if (!strncmp(spec, "aesthetic:", 10)) {
+        const char *args = spec + 10, *comma = strrchr(args, ',');
+        if (!comma || comma == args || !comma[1]) {
+            tensor_fail(STATUS_VALUE, "reward spec '%s': expected aesthetic:<clip_vision_dir>,<head file>", spec);
+            return NULL;
+        }
+        char *dir = strndup(args, (size_t)(comma - args));
+        if (!dir) {
+            tensor_fail(STATUS_OOM, "reward spec: out of memory");
+            return NULL;
+        }
+        struct draft_reward *r = draft_reward_aesthetic_create(dir, comma + 1, dt, dev);
+        free(dir);
+        return r;
+    }
+    if (!strncmp(spec, "clip:", 5)) {
+        char *args = strdup(spec + 5);
+        if (!args) {
+            tensor_fail(STATUS_OOM, "reward spec: out of memory");
+            return NULL;
+        }
+        bool logit = false;
+        const char *text = NULL;
+        size_t n = strlen(args);
+        static const char flag[] = ",logit_scale";
+        if (n >= sizeof flag - 1 && !strcmp(args + n - (sizeof flag - 1), flag)) {   /* trailing flag */
+            logit = true;
+            args[n - (sizeof flag - 1)] = 0;
+        }
+        char *t = strstr(args, ",text=");
+        if (t) {
+            *t = 0;
+            text = t + 6;
+        }
+        /* what is left: <dir>[,logit_scale] */
+        char *opt = strchr(args, ',');
+        enum status s = STATUS_OK;
+        if (opt) {
+            *opt++ = 0;
+            if (!strcmp(opt, "logit_scale")) logit = true;
+            else s = tensor_fail(STATUS_VALUE, "reward spec '%s': unknown option '%s'; valid specs:\n%s", spec, opt, reward_specs);
+        }
+        if (!s && !*args) s = tensor_fail(STATUS_VALUE, "reward spec '%s': the CLIP folder is missing", spec);
+        struct draft_reward *r = s ? NULL : draft_reward_clip_create(args, text, logit, dt, dev);
+        free(args);
+        return r;
+    }
+    tensor_fail(STATUS_VALUE, "unknown reward spec '%s'; valid specs:\n%s", spec, reward_specs);
+    return NULL;
+}
+
+struct draft_reward *draft_reward_create(const char *spec) { return draft_reward_create_on(spec, DTYPE_F32, DEVICE_CPU); }

@@ -1,0 +1,101 @@
+/* reward.h — the differentiable rewards DRaFT maximises, behind one interface.
+ *
+ * A reward maps decoded images (the VAE output: [B, 3, H, W] float in [-1, 1]) and B prompts
+ * to scores [B] in the images' dtype, built from ag_ ops so the trainer can backpropagate into
+ * the images (and through them into the LoRA). Every reward first maps the images to [0, 1] and
+ * clamps them there, as the SD pipeline does before its images reach any reward model.
+ *
+ * Specs (draft_reward_create):
+ *   aesthetic:<clip_vision_dir>,<head>   LAION aesthetic predictor: CLIP image embedding,
+ *       L2-normalised, into the MLP head (layers.0/2/4/6/7, no activations). <clip_vision_dir>
+ *       holds config.json + model.safetensors of a CLIPVisionModelWithProjection, or of a whole
+ *       CLIPModel (vision_config inside; the text tower is ignored). <head> is the torch .pth
+ *       (sac+logos+ava1-l14-linearMSE.pth) or a .safetensors file with the same keys.
+ *   clip:<clip_dir>[,logit_scale][,text=<target text>]   cosine between the image and text
+ *       embeddings of a CLIPModel folder (HPSv2 / PickScore style): <clip_dir>/config.json with
+ *       text_config and vision_config, <clip_dir>/model.safetensors with text_model.*,
+ *       vision_model.*, visual_projection.weight, text_projection.weight (and logit_scale, needed
+ *       only with the logit_scale flag: the score is then exp(logit_scale) * cosine), vocab.json
+ *       + merges.txt in <clip_dir> or <clip_dir>/tokenizer. The text is each image's prompt, or
+ *       <target text> for all; text= takes the rest of the spec, commas included (a trailing
+ *       ",logit_scale" is still read as the flag).
+ *   colorfulness          Hasler–Süsstrunk: sqrt(std_rg² + std_yb²) + 0.3 sqrt(mean_rg² + mean_yb²)
+ *   brightness=<target>   -(mean luminance - target)², luminance Y = .299 R + .587 G + .114 B
+ *   contrast=<target>     -(std of luminance - target)² (population std)
+ *   jpeg                  JPEG compressibility surrogate: -mean |DCT coef| / Q (see reward.c)
+ *   red                   mean(R - (G + B) / 2)
+ *
+ * CLIP preprocessing (both model rewards): [0,1] -> resize to the tower's image_size as PIL's
+ * bicubic with antialias (a = -0.5, support scaled by the downscale factor: what openai CLIP's
+ * Resize(BICUBIC) and HF CLIPImageProcessor do), shortest side first and then a centre crop, both
+ * written as two constant matmuls (rows of the resize matrix, so the crop costs nothing); then
+ * (x - mean) / std with the OpenAI CLIP mean/std. Differences from the reference: no uint8
+ * rounding or clipping between PIL's two passes.
+ *
+ * Ownership: a reward owns what its create function loaded; draft_reward_clip_from_models
+ * borrows its towers and tokenizer (they must outlive the reward). Scores are new references.
+ */
+#ifndef DRAFT_REWARD_H
+#define DRAFT_REWARD_H
+
+#include "diffusion/clip.h"
+#include "diffusion/tokenizer.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct draft_reward {
+    char name[64];
+    struct tensor *(*score)(struct draft_reward *r, struct tensor *images, const char *const *prompts);
+    void (*free)(struct draft_reward *r);
+    void *ctx;
+};
+
+/* scores [B] (images' dtype); prompts may be NULL for rewards that read no text. NULL with a
+ * message on a bad shape / dtype or a missing prompt. */
+struct tensor *draft_reward_score(struct draft_reward *r, struct tensor *images, const char *const *prompts);
+void draft_reward_free(struct draft_reward *r);   /* NULL is fine */
+
+/* parse a spec (above); models in f32 on the CPU. NULL + a message listing the valid specs. */
+struct draft_reward *draft_reward_create(const char *spec);
+/* the same with the model weights in dt on dev (analytic rewards ignore both) */
+struct draft_reward *draft_reward_create_on(const char *spec, enum dtype dt, enum device dev);
+/* the valid spec forms, one per line (for --help texts and error messages) */
+const char *draft_reward_specs(void);
+
+struct draft_reward *draft_reward_aesthetic_create(const char *clip_vision_dir, const char *head_path, enum dtype dt,
+                                                   enum device dev);
+/* target_text NULL: score against each image's prompt. use_logit_scale: multiply by exp(logit_scale). */
+struct draft_reward *draft_reward_clip_create(const char *clip_dir, const char *target_text, bool use_logit_scale,
+                                              enum dtype dt, enum device dev);
+/* from built towers (borrowed). text_projection NULL: the pooled text output is the text embedding
+ * (its width must equal vision->cfg.projection_dim). The cosine is multiplied by `scale` (1 for plain
+ * cosine, exp(logit_scale) for PickScore). Text runs in the text tower's dtype, images in the
+ * vision tower's. */
+struct draft_reward *draft_reward_clip_from_models(const struct clip_text_model *text,
+                                                   const struct nn_linear *text_projection,
+                                                   const struct clip_vision_model *vision,
+                                                   const struct clip_tokenizer *tok, const char *target_text,
+                                                   double scale);
+
+/* ---------------------------------------------------------------- pieces, for tests and tools */
+
+/* the LAION MLP head alone: 5 linears read from a .pth (torch zip) or .safetensors file */
+struct draft_aesthetic_head;
+struct draft_aesthetic_head *draft_aesthetic_head_load(const char *path, enum dtype dt, enum device dev);
+void draft_aesthetic_head_free(struct draft_aesthetic_head *h);
+int64_t draft_aesthetic_head_dim(const struct draft_aesthetic_head *h);   /* input width */
+/* embeds [B, dim] (already normalised) -> scores [B, 1] */
+struct tensor *draft_aesthetic_head_forward(const struct draft_aesthetic_head *h, struct tensor *embeds);
+
+/* images [B, 3, H, W] in [-1, 1] -> CLIP pixel_values [B, 3, size, size] (see above) */
+struct tensor *draft_clip_preprocess(struct tensor *images, int64_t size);
+/* the PIL-bicubic resize matrix [out, in] (f64, CPU): row i holds the weights of output pixel i */
+struct tensor *draft_pil_bicubic_matrix(int64_t in, int64_t out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,702 @@
+/* run.c — a DRaFT training run (see run.h). */
+#include "draft/run.h"
+
+#include "diffusion/lora.h"
+#include "draft/image.h"
+#include "draft/report.h"
+#include "tensor/alloc.h"
+
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static volatile sig_atomic_t stop_requested;
+
+void draft_run_request_stop(void) { stop_requested = 1; }
+
+void draft_run_config_default(struct draft_run_config *c)
+{
+    memset(c, 0, sizeof *c);
+    snprintf(c->reward, sizeof c->reward, "colorfulness");
+    snprintf(c->prompts, sizeof c->prompts, "@animals");
+    snprintf(c->out, sizeof c->out, "runs/draft");
+    c->dtype = DTYPE_F32;
+    draft_method_config_default(&c->method);
+    c->lora_rank = 8;
+    c->lora_alpha = 8;
+    c->opt = nn_adamw_config_default();
+    c->opt.lr = 4e-4;          /* DRAFT.md: LoRA rank 8, lr 4e-4, AdamW weight decay 0.1 */
+    c->opt.weight_decay = 0.1;
+    c->opt.max_grad_norm = 1.0;
+    c->batch = 4;
+    c->iters = 200;
+    c->seed = 0;
+    c->eval_images = 8;
+    c->eval_every = 0;
+    c->save_every = 50;
+    c->progress = true;
+}
+
+/* ---------------------------------------------------------------- prompts */
+
+static const char *const animals[] = {
+    "cat",     "dog",    "horse", "monkey",  "rabbit", "zebra",   "spider", "bird",     "sheep",
+    "deer",    "cow",    "goat",  "lion",    "tiger",  "bear",    "raccoon", "fox",     "wolf",
+    "lizard",  "beetle", "ant",   "butterfly", "fish", "shark",   "whale",  "dolphin",  "squirrel",
+    "mouse",   "rat",    "snake", "turtle",  "frog",   "chicken", "duck",   "goose",    "bee",
+    "pig",     "turkey", "fly",   "llama",   "camel",  "bat",     "gorilla", "hedgehog", "kangaroo",
+};
+
+static const char *const emoji_prompts[] = {
+    "red apple", "grinning face", "taxi", "fire", "green heart", "sun", "cat face", "rocket",
+    "pizza", "snowman", "rainbow", "tulip", "ghost", "banana", "blue circle", "star",
+};
+
+static char *dup_str(const char *s)
+{
+    size_t n = strlen(s) + 1;
+    char *d = malloc(n);
+    if (d) memcpy(d, s, n);
+    return d;
+}
+
+void draft_prompts_free(char **prompts, int n)
+{
+    for (int i = 0; i < n && prompts; i++) free(prompts[i]);
+    free(prompts);
+}
+
+enum status draft_prompts_load(const char *spec, char ***prompts, int *n)
+{
+    *prompts = NULL;
+    *n = 0;
+    int cap = 64, k = 0;
+    char **v = malloc((size_t)cap * sizeof *v);
+    if (!v) return tensor_fail(STATUS_OOM, "out of host memory");
+    if (spec[0] == '@') {
+        const char *const *set = NULL;
+        int m = 0;
+        bool photo = false;
+        if (!strcmp(spec, "@animals")) set = animals, m = (int)(sizeof animals / sizeof *animals), photo = true;
+        else if (!strcmp(spec, "@emoji")) set = emoji_prompts, m = (int)(sizeof emoji_prompts / sizeof *emoji_prompts);
+        else {
+            free(v);
+            return tensor_fail(STATUS_VALUE, "unknown prompt set '%s' (built in: @animals, @emoji; or a file path)", spec);
+        }
+        for (int i = 0; i < m; i++) {
+            char buf[256];
+            snprintf(buf, sizeof buf, photo ? "a photo of a %s" : "%s", set[i]);
+            if (k == cap) {
+                char **nv = realloc(v, (size_t)(cap *= 2) * sizeof *v);
+                if (!nv) break;
+                v = nv;
+            }
+            if (!(v[k] = dup_str(buf))) break;
+            k++;
+        }
+        if (k != m) {
+            draft_prompts_free(v, k);
+            return tensor_fail(STATUS_OOM, "out of host memory");
+        }
+    } else {
+        FILE *f = fopen(spec, "r");
+        if (!f) {
+            free(v);
+            return tensor_fail(STATUS_IO, "%s: cannot open the prompt file: %s", spec, strerror(errno));
+        }
+        char line[4096];
+        int lineno = 0;
+        while (fgets(line, sizeof line, f)) {
+            lineno++;
+            size_t L = strlen(line);
+            if (L == sizeof line - 1 && line[L - 1] != '\n') {
+                fclose(f);
+                draft_prompts_free(v, k);
+                return tensor_fail(STATUS_FORMAT, "%s:%d: line longer than %zu bytes", spec, lineno, sizeof line - 2);
+            }
+            while (L && (line[L - 1] == '\n' || line[L - 1] == '\r' || line[L - 1] == ' ')) line[--L] = 0;
+            char *s = line;
+            while (*s == ' ' || *s == '\t') s++;
+            if (!*s || *s == '#') continue;
+            if (k == cap) {
+                char **nv = realloc(v, (size_t)(cap *= 2) * sizeof *v);
+                if (!nv) break;
+                v = nv;
+            }
+            if (!(v[k] = dup_str(s))) break;
+            k++;
+        }
+        bool err = ferror(f) || !feof(f);
+        fclose(f);
+        if (err) {
+            draft_prompts_free(v, k);
+            return tensor_fail(STATUS_IO, "%s: read error", spec);
+        }
+        if (!k) {
+            free(v);
+            return tensor_fail(STATUS_VALUE, "%s: no prompts (one a line; '#' starts a comment)", spec);
+        }
+    }
+    *prompts = v;
+    *n = k;
+    return STATUS_OK;
+}
+
+/* ---------------------------------------------------------------- determinism */
+
+/* splitmix64: the per-step generators are seeded by (seed, step, stream), nothing carries over */
+static uint64_t mix64(uint64_t x)
+{
+    x += 0x9e3779b97f4a7c15ULL;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+static uint64_t stream_seed(uint64_t seed, uint64_t step, uint64_t stream)
+{
+    return mix64(mix64(seed ^ 0x5eedULL) + mix64(step * 4 + stream));
+}
+
+enum { STREAM_PROMPTS, STREAM_LATENTS, STREAM_TRUNC };
+#define EVAL_SEED_BASE 0x4556414cULL   /* held-out: never equal to a training stream seed */
+
+/* ---------------------------------------------------------------- the run */
+
+struct run {
+    const struct draft_run_config *c;
+    struct sd_pipeline p;
+    struct sd_lora lora;
+    struct nn_adamw opt;
+    struct draft_reward *reward;
+    char **prompts;
+    int n_prompts;
+    int64_t latent_c, latent_hw;
+    int step;                 /* optimiser steps done */
+    FILE *metrics;
+    double *curve_x, *curve_y, *curve_ex, *curve_ey;   /* train reward per step; eval reward */
+    int n_curve, n_eval_curve, cap_curve;
+    double t_start;
+    /* eval set: fixed seeds, prompts cycled */
+    struct tensor *eval_latents, *eval_context;
+    const char **eval_prompts;
+    double reward_before, diversity_before;
+};
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void path_in(const struct run *r, char *buf, size_t n, const char *name)
+{
+    snprintf(buf, n, "%s/%s", r->c->out, name);
+}
+
+static enum status mkdir_p(const char *path)
+{
+    char tmp[1100];
+    snprintf(tmp, sizeof tmp, "%s", path);
+    for (char *s = tmp + 1; *s; s++) {
+        if (*s != '/') continue;
+        *s = 0;
+        if (mkdir(tmp, 0755) && errno != EEXIST) return tensor_fail(STATUS_IO, "%s: cannot create: %s", tmp, strerror(errno));
+        *s = '/';
+    }
+    if (mkdir(tmp, 0755) && errno != EEXIST) return tensor_fail(STATUS_IO, "%s: cannot create: %s", tmp, strerror(errno));
+    return STATUS_OK;
+}
+
+/* latents for `n` images from the engine RNG seeded by `seed` */
+static struct tensor *latents_for(struct run *r, int n, uint64_t seed)
+{
+    ag_rng_set(seed, 0);
+    return ag_randn(r->p.dtype, 4, (int64_t[]){n, r->latent_c, r->latent_hw, r->latent_hw}, r->p.device);
+}
+
+/* [uncond; cond] text embeddings for n prompts, no graph */
+static struct tensor *context_for(struct run *r, int n, const char *const *prompts)
+{
+    const char **empty = calloc((size_t)n, sizeof *empty);
+    if (!empty) {
+        tensor_fail(STATUS_OOM, "out of host memory");
+        return NULL;
+    }
+    for (int i = 0; i < n; i++) empty[i] = "";
+    ag_no_grad_begin();
+    tensor_scope_begin();
+    struct tensor *ctx = sd_pipeline_context(&r->p, sd_pipeline_tokenize(&r->p, n, empty), sd_pipeline_tokenize(&r->p, n, prompts));
+    ctx = tensor_scope_return(ctx);
+    ag_no_grad_end();
+    free(empty);
+    return ctx;
+}
+
+static void curve_push(struct run *r, bool eval, double x, double y)
+{
+    int *n = eval ? &r->n_eval_curve : &r->n_curve;
+    if (*n == r->cap_curve) {
+        int cap = r->cap_curve ? 2 * r->cap_curve : 256;
+        double *a = realloc(r->curve_x, (size_t)cap * sizeof *a), *b = a ? realloc(r->curve_y, (size_t)cap * sizeof *b) : NULL;
+        if (a) r->curve_x = a;
+        if (b) r->curve_y = b;
+        double *cx = b ? realloc(r->curve_ex, (size_t)cap * sizeof *cx) : NULL;
+        if (cx) r->curve_ex = cx;
+        double *cy = cx ? realloc(r->curve_ey, (size_t)cap * sizeof *cy) : NULL;
+        if (cy) r->curve_ey = cy;
+        if (!cy) return;   /* out of memory: the chart loses points, the run goes on */
+        r->cap_curve = cap;
+    }
+    if (*n >= r->cap_curve) return;
+    (eval ? r->curve_ex : r->curve_x)[*n] = x;
+    (eval ? r->curve_ey : r->curve_y)[*n] = y;
+    (*n)++;
+}
+
+/* evaluation on the held-out seeds: mean reward, diversity, and a grid (path may be NULL) */
+static enum status evaluate(struct run *r, const char *grid_path, double *reward, double *diversity)
+{
+    struct tensor *images = NULL;
+    enum status s = draft_sample_eval(&r->p, &r->c->method, r->reward, r->eval_latents, r->eval_context,
+                                      r->eval_prompts, &images, reward, NULL);
+    if (s) return s;
+    if (diversity) *diversity = draft_diversity(images);
+    if (grid_path) {
+        const int n = (int)images->shape[0];
+        s = draft_grid_save(grid_path, images, n <= 4 ? n : (n + 1) / 2, 0, r->eval_prompts);
+    }
+    tensor_free(images);
+    return s;
+}
+
+/* ---------------------------------------------------------------- checkpoints */
+
+/* one file: "lora.<param>" tensors, the optimiser's state, and the run's metadata */
+static enum status draft_checkpoint_save(const char *path, const struct sd_lora *l, const struct nn_adamw *o, int n_meta,
+                                         const char *const *mk, const char *const *mv)
+{
+    const int nl = l->params.n, na = nn_adamw_state_count(o), n = nl + na;
+    char **names = calloc((size_t)n, sizeof *names);
+    struct tensor **ts = calloc((size_t)n, sizeof *ts);
+    const char *keys[32], *vals[32];
+    char abuf[NN_ADAMW_META][32];
+    enum status s = names && ts && n_meta + NN_ADAMW_META <= 32 ? STATUS_OK : tensor_fail(STATUS_OOM, "out of host memory");
+    for (int i = 0; i < nl && !s; i++) {
+        size_t len = strlen(l->params.v[i].name) + 6;
+        if (!(names[i] = malloc(len))) s = tensor_fail(STATUS_OOM, "out of host memory");
+        else snprintf(names[i], len, "lora.%s", l->params.v[i].name);
+        ts[i] = tensor_ref(l->params.v[i].t);
+    }
+    if (!s) s = nn_adamw_state_collect(o, names + nl, ts + nl, keys + n_meta, vals + n_meta, abuf);
+    for (int i = 0; i < n_meta; i++) keys[i] = mk[i], vals[i] = mv[i];
+    if (!s) s = safetensors_save(path, n, (const char *const *)names, ts, n_meta + NN_ADAMW_META, keys, vals);
+    for (int i = 0; i < n && names; i++) free(names[i]);
+    for (int i = 0; i < n && ts; i++) tensor_free(ts[i]);
+    free(names);
+    free(ts);
+    return s;
+}
+
+static enum status draft_checkpoint_load(const struct safetensors *st, struct sd_lora *l, struct nn_adamw *o)
+{
+    char key[600];
+    for (int i = 0; i < l->params.n; i++) {
+        snprintf(key, sizeof key, "lora.%s", l->params.v[i].name);
+        if (!safetensors_find(st, key))
+            return tensor_fail(STATUS_FORMAT, "%s: no '%s': the checkpoint is of another LoRA (rank, targets or model)",
+                               st->path, key);
+        enum status s = safetensors_load_into(st, key, l->params.v[i].t);
+        if (s) return s;
+    }
+    return nn_adamw_state_read(o, st);
+}
+
+static enum status save_checkpoint(struct run *r)
+{
+    char path[1200], meta_step[32], meta_seed[32];
+    path_in(r, path, sizeof path, "checkpoint.safetensors");
+    snprintf(meta_step, sizeof meta_step, "%d", r->step);
+    snprintf(meta_seed, sizeof meta_seed, "%llu", (unsigned long long)r->c->seed);
+    char before[64], div_before[64];
+    snprintf(before, sizeof before, "%.17g", r->reward_before);
+    snprintf(div_before, sizeof div_before, "%.17g", r->diversity_before);
+    const char *mk[] = {"format", "draft.step", "draft.seed", "draft.method", "draft.reward_before", "draft.diversity_before"};
+    const char *mv[] = {"draft-checkpoint-1", meta_step, meta_seed, draft_method_name(r->c->method.method), before, div_before};
+    return draft_checkpoint_save(path, &r->lora, &r->opt, (int)(sizeof mk / sizeof *mk), mk, mv);
+}
+
+static enum status load_checkpoint(struct run *r)
+{
+    char path[1200];
+    path_in(r, path, sizeof path, "checkpoint.safetensors");
+    struct safetensors *st = safetensors_open(path);
+    if (!st) return tensor_fail(STATUS_IO, "--resume: %s: %s", path, tensor_error());
+    enum status s = draft_checkpoint_load(st, &r->lora, &r->opt);
+    const char *step = s ? NULL : safetensors_metadata(st, "draft.step");
+    const char *seed = s ? NULL : safetensors_metadata(st, "draft.seed");
+    const char *rb = s ? NULL : safetensors_metadata(st, "draft.reward_before");
+    const char *db = s ? NULL : safetensors_metadata(st, "draft.diversity_before");
+    if (!s && (!step || !seed || !rb || !db)) s = tensor_fail(STATUS_FORMAT, "%s: not a draft-run checkpoint (metadata missing)", path);
+    if (!s && strtoull(seed, NULL, 10) != r->c->seed)
+        s = tensor_fail(STATUS_VALUE, "--resume: %s was trained with --seed %s, this run has %llu", path, seed,
+                        (unsigned long long)r->c->seed);
+    if (!s) {
+        r->step = atoi(step);
+        r->reward_before = strtod(rb, NULL);
+        r->diversity_before = strtod(db, NULL);
+    }
+    safetensors_close(st);
+    return s;
+}
+
+/* ---------------------------------------------------------------- progress */
+
+static void fmt_duration(char *buf, size_t n, double s)
+{
+    if (!(s >= 0) || s > 1e7) snprintf(buf, n, "?");
+    else if (s < 60) snprintf(buf, n, "%.0fs", s);
+    else if (s < 3600) snprintf(buf, n, "%dm%02ds", (int)s / 60, (int)s % 60);
+    else snprintf(buf, n, "%dh%02dm", (int)s / 3600, ((int)s % 3600) / 60);
+}
+
+static void progress(const struct run *r, double reward, double loss, double step_s, double gnorm)
+{
+    const int w = 24, done = r->step, total = r->c->iters;
+    char bar[32], eta[32];
+    int k = total ? (int)((int64_t)w * done / total) : w;
+    for (int i = 0; i < w; i++) bar[i] = i < k ? '#' : '.';
+    bar[w] = 0;
+    fmt_duration(eta, sizeof eta, step_s * (total - done));
+    fprintf(stderr, "\r[%s] %d/%d reward %.4f loss %.4f |g| %.3g %.2fs/step ETA %s   ", bar, done, total, reward,
+            loss, gnorm, step_s, eta);
+    if (done == total) fputc('\n', stderr);
+    fflush(stderr);
+}
+
+/* ---------------------------------------------------------------- one step */
+
+static enum status train_step(struct run *r, double *reward_out, double *gnorm_out)
+{
+    const struct draft_run_config *c = r->c;
+    const int B = c->batch, accum = c->opt.accum_steps > 0 ? c->opt.accum_steps : 1;
+    double reward_sum = 0;
+    enum status s = STATUS_OK;
+    for (int m = 0; m < accum && !s; m++) {
+        const uint64_t micro = (uint64_t)r->step * (uint64_t)accum + (uint64_t)m;
+        uint64_t ps = stream_seed(c->seed, micro, STREAM_PROMPTS);
+        const char *pr[256];
+        for (int b = 0; b < B; b++) {
+            ps = mix64(ps);
+            pr[b] = r->prompts[ps % (uint64_t)r->n_prompts];
+        }
+        uint64_t tr = mix64(stream_seed(c->seed, micro, STREAM_TRUNC));
+        int trunc = -1;
+        if (c->method.method == DRAFT_ALIGNPROP) trunc = 1 + (int)(tr % (uint64_t)c->method.steps);
+        if (c->method.method == DRAFT_REFL)
+            trunc = c->method.refl_lo + (int)(tr % (uint64_t)(c->method.refl_hi - c->method.refl_lo + 1));
+        tensor_scope_begin();
+        struct tensor *ctx = context_for(r, B, pr);
+        /* the latents, then (inside the objective) LV's noise, from the step's own stream */
+        struct tensor *x = ctx ? latents_for(r, B, stream_seed(c->seed, micro, STREAM_LATENTS)) : NULL;
+        double J = 0;
+        s = x ? draft_objective_backward(&r->p, &c->method, r->reward, x, ctx, pr, trunc, NULL, 1.0, &J, NULL)
+              : tensor_status();
+        tensor_scope_end();
+        reward_sum += J;
+    }
+    if (s) return s;
+    bool updated = false;
+    double gnorm = NAN;
+    for (int m = 0; m < accum && !s; m++) s = nn_adamw_step(&r->opt, &updated, &gnorm);
+    *reward_out = reward_sum / accum;
+    *gnorm_out = gnorm;
+    return s;
+}
+
+
+/* ---------------------------------------------------------------- report */
+
+static enum status draft_run_write_report(struct run *r, const struct draft_run_result *res)
+{
+    const struct draft_run_config *c = r->c;
+    const int n = r->step + 1;
+    double *x = malloc((size_t)n * sizeof *x), *yt = malloc((size_t)n * sizeof *yt), *ye = malloc((size_t)n * sizeof *ye);
+    struct draft_report_grid *grids = calloc((size_t)n, sizeof *grids);
+    char **grid_paths = calloc((size_t)n, sizeof *grid_paths);
+    enum status s = STATUS_OK;
+    if (!x || !yt || !ye || !grids || !grid_paths) s = tensor_fail(STATUS_OOM, "out of host memory");
+    char *svg = NULL;
+    int n_grids = 0;
+    if (!s) {
+        for (int i = 0; i < n; i++) x[i] = i, yt[i] = NAN, ye[i] = NAN;
+        for (int i = 0; i < r->n_curve; i++)
+            if (r->curve_x[i] >= 0 && r->curve_x[i] < n) yt[(int)r->curve_x[i]] = r->curve_y[i];
+        for (int i = 0; i < r->n_eval_curve; i++)
+            if (r->curve_ex[i] >= 0 && r->curve_ex[i] < n) ye[(int)r->curve_ex[i]] = r->curve_ey[i];
+        const double *ys[2] = {yt, ye};
+        const char *names[2] = {"training batch", "held-out seeds"};
+        svg = draft_svg_line_chart(x, ys, names, 2, n, "reward", "step", "reward");
+        if (!svg) s = tensor_status();
+        for (int i = 1; i < n && !s && c->eval_every; i++) {
+            if (i % c->eval_every || i == r->step) continue;
+            char rel[64], full[1200];
+            snprintf(rel, sizeof rel, "samples/step_%05d.png", i);
+            path_in(r, full, sizeof full, rel);
+            if (access(full, R_OK)) continue;
+            grid_paths[n_grids] = dup_str(rel);
+            grids[n_grids] = (struct draft_report_grid){i, grid_paths[n_grids]};
+            n_grids++;
+        }
+    }
+    char v[16][1100], summary[256];
+    const char *keys[16] = {"model", "reward", "prompts", "method", "steps / guidance / eta", "k / lv_n",
+                            "LoRA rank / alpha", "lr / weight decay / clip", "batch x accum", "iterations", "seed",
+                            "held-out images", "dtype", "seconds"};
+    int nk = 0;
+    snprintf(v[nk++], sizeof v[0], "%s", c->model);
+    snprintf(v[nk++], sizeof v[0], "%s", c->reward);
+    snprintf(v[nk++], sizeof v[0], "%s (%d prompts)", c->prompts, r->n_prompts);
+    snprintf(v[nk++], sizeof v[0], "%s%s", draft_method_name(c->method.method), c->method.checkpoint ? " (checkpointed)" : "");
+    snprintf(v[nk++], sizeof v[0], "%d / %g / %g", c->method.steps, c->method.guidance, c->method.eta);
+    snprintf(v[nk++], sizeof v[0], "%d / %d", c->method.k, c->method.lv_n);
+    snprintf(v[nk++], sizeof v[0], "%d / %g", c->lora_rank, c->lora_alpha);
+    snprintf(v[nk++], sizeof v[0], "%g / %g / %g", c->opt.lr, c->opt.weight_decay, c->opt.max_grad_norm);
+    snprintf(v[nk++], sizeof v[0], "%d x %d", c->batch, c->opt.accum_steps);
+    snprintf(v[nk++], sizeof v[0], "%d", r->step);
+    snprintf(v[nk++], sizeof v[0], "%llu", (unsigned long long)c->seed);
+    snprintf(v[nk++], sizeof v[0], "%d", c->eval_images);
+    snprintf(v[nk++], sizeof v[0], "%s", dtype_name(c->dtype));
+    snprintf(v[nk++], sizeof v[0], "%.1f", res->seconds);
+    const char *vals[16];
+    for (int i = 0; i < nk; i++) vals[i] = v[i];
+    snprintf(summary, sizeof summary, "final: reward_before=%.6f reward_after=%.6f steps=%d seconds=%.1f",
+             r->reward_before, res->reward_after, r->step, res->seconds);
+    if (!s) {
+        struct draft_report rep = {
+            .title = "DRaFT run",
+            .n_settings = nk,
+            .setting_keys = keys,
+            .setting_values = vals,
+            .chart_svg = svg,
+            .before_png = "before.png",
+            .after_png = "after.png",
+            .n_grids = n_grids,
+            .grids = grids,
+            .reward_before = r->reward_before,
+            .reward_after = res->reward_after,
+            .diversity_before = r->diversity_before,
+            .diversity_after = res->diversity_after,
+            .summary = summary,
+        };
+        char path[1200];
+        path_in(r, path, sizeof path, "report.html");
+        s = draft_report_html(path, &rep);
+    }
+    for (int i = 0; i < n_grids; i++) free(grid_paths[i]);
+    free(grid_paths);
+    free(grids);
+    free(svg);
+    free(x);
+    free(yt);
+    free(ye);
+    return s;
+}
+
+/* ---------------------------------------------------------------- draft_run */
+
+static void run_free(struct run *r)
+{
+    if (r->metrics) fclose(r->metrics);
+    tensor_free(r->eval_latents);
+    tensor_free(r->eval_context);
+    free(r->eval_prompts);
+    draft_prompts_free(r->prompts, r->n_prompts);
+    draft_reward_free(r->reward);
+    nn_adamw_free(&r->opt);
+    sd_lora_detach(&r->p.unet);
+    sd_lora_free(&r->lora);
+    sd_pipeline_free(&r->p);
+    free(r->curve_x);
+    free(r->curve_y);
+    free(r->curve_ex);
+    free(r->curve_ey);
+}
+
+static enum status check_config(const struct draft_run_config *c)
+{
+    if (!c->model[0]) return tensor_fail(STATUS_VALUE, "no model: give a diffusers folder with --model");
+    if (c->batch < 1 || c->batch > 256) return tensor_fail(STATUS_VALUE, "--batch must be in [1, 256], got %d", c->batch);
+    if (c->iters < 0) return tensor_fail(STATUS_VALUE, "--iters must be >= 0, got %d", c->iters);
+    if (c->lora_rank < 1 || c->lora_rank > 1024) return tensor_fail(STATUS_VALUE, "--lora-rank must be in [1, 1024], got %d", c->lora_rank);
+    if (!(c->lora_alpha > 0)) return tensor_fail(STATUS_VALUE, "--lora-alpha must be > 0, got %g", c->lora_alpha);
+    if (c->eval_images < 1 || c->eval_images > 256) return tensor_fail(STATUS_VALUE, "--eval-images must be in [1, 256], got %d", c->eval_images);
+    if (c->eval_every < 0 || c->save_every < 0) return tensor_fail(STATUS_VALUE, "--eval-every and --save-every must be >= 0");
+    if (!(c->opt.lr > 0) || !isfinite(c->opt.lr)) return tensor_fail(STATUS_VALUE, "--lr must be > 0, got %g", c->opt.lr);
+    return draft_method_config_check(&c->method);
+}
+
+enum status draft_run(const struct draft_run_config *c, struct draft_run_result *res)
+{
+    memset(res, 0, sizeof *res);
+    enum status s = check_config(c);
+    if (s) return s;
+    struct run run = {.c = c}, *r = &run;
+    r->t_start = now_s();
+    stop_requested = 0;
+    char path[1200], name[64];
+
+    if ((s = mkdir_p(c->out))) return s;
+    path_in(r, path, sizeof path, "samples");
+    if ((s = mkdir_p(path))) return s;
+    if ((s = sd_pipeline_load(&r->p, c->model, c->dtype, DEVICE_CPU))) goto done;
+    if ((s = draft_prompts_load(c->prompts, &r->prompts, &r->n_prompts))) goto done;
+    if (!(r->reward = draft_reward_create(c->reward))) {
+        s = tensor_status();
+        goto done;
+    }
+    r->latent_c = r->p.unet.in_channels;
+    {
+        const int64_t img = c->image_size > 0 ? c->image_size : r->p.vae.cfg.sample_size;
+        const int64_t f = (int64_t)1 << (r->p.vae.cfg.n_blocks - 1), m = f << r->p.unet.n_samplers;
+        if (img <= 0 || img % m) {
+            s = tensor_fail(STATUS_VALUE, "--size %lld: must be a positive multiple of %lld for this model", (long long)img,
+                            (long long)m);
+            goto done;
+        }
+        r->latent_hw = img / f;
+    }
+    if ((s = sd_lora_init(&r->lora, &r->p.unet, c->lora_rank, c->lora_alpha, NULL, DTYPE_F32, c->seed))) goto done;
+    if ((s = sd_lora_attach(&r->lora, &r->p.unet, 1.0))) goto done;
+    if ((s = nn_adamw_init(&r->opt, &c->opt, &r->lora.params))) goto done;
+
+    /* held-out evaluation set */
+    const int E = c->eval_images;
+    r->eval_prompts = calloc((size_t)E, sizeof *r->eval_prompts);
+    if (!r->eval_prompts) {
+        s = tensor_fail(STATUS_OOM, "out of host memory");
+        goto done;
+    }
+    for (int i = 0; i < E; i++) r->eval_prompts[i] = r->prompts[i % r->n_prompts];
+    r->eval_context = context_for(r, E, r->eval_prompts);
+    r->eval_latents = r->eval_context ? latents_for(r, E, EVAL_SEED_BASE + c->seed) : NULL;
+    if (!r->eval_latents) {
+        s = tensor_status();
+        goto done;
+    }
+
+    if (c->resume) {
+        if ((s = load_checkpoint(r))) goto done;
+        fprintf(stderr, "draft-run: resumed at step %d/%d from %s/checkpoint.safetensors\n", r->step, c->iters, c->out);
+    } else {
+        path_in(r, path, sizeof path, "before.png");
+        if ((s = evaluate(r, path, &r->reward_before, &r->diversity_before))) goto done;
+        fprintf(stderr, "draft-run: reward before %.4f on %d held-out seeds (diversity %.4f)\n", r->reward_before, E,
+                r->diversity_before);
+    }
+    /* metrics: a resumed run drops the lines after its checkpoint so the file stays one run */
+    path_in(r, path, sizeof path, "metrics.jsonl");
+    if (c->resume) {
+        FILE *in = fopen(path, "r");
+        char tmp[1220];
+        snprintf(tmp, sizeof tmp, "%s.tmp", path);
+        FILE *outf = fopen(tmp, "w");
+        if (in && outf) {
+            char line[2048];
+            while (fgets(line, sizeof line, in)) {
+                const char *sp = strstr(line, "\"step\": ");
+                int st = sp ? atoi(sp + 8) : 0;
+                if (st > r->step) continue;
+                fputs(line, outf);
+                double y;
+                const char *rw = strstr(line, "\"reward\": ");
+                if (rw && sscanf(rw + 10, "%lf", &y) == 1) curve_push(r, strstr(line, "\"eval\"") != NULL, st, y);
+            }
+        }
+        if (in) fclose(in);
+        if (outf && !fclose(outf)) rename(tmp, path);
+    }
+    r->metrics = fopen(path, c->resume ? "a" : "w");
+    if (!r->metrics) {
+        s = tensor_fail(STATUS_IO, "%s: cannot write: %s", path, strerror(errno));
+        goto done;
+    }
+    if (!c->resume) {
+        fprintf(r->metrics, "{\"step\": 0, \"eval\": true, \"reward\": %.9g, \"diversity\": %.6g}\n", r->reward_before,
+                r->diversity_before);
+        curve_push(r, true, 0, r->reward_before);
+    }
+
+    double step_avg = 0;
+    while (r->step < c->iters) {
+        const double t0 = now_s();
+        double J = 0, gnorm = 0;
+        mem_reset_peak(DEVICE_CPU);
+        s = train_step(r, &J, &gnorm);
+        if (s) {
+            fprintf(stderr, "\n");
+            tensor_fail(s, "step %d: %s; the last good checkpoint is %s/checkpoint.safetensors (use --resume)",
+                        r->step + 1, tensor_error(), c->out);
+            goto done;
+        }
+        r->step++;
+        const double dt = now_s() - t0;
+        step_avg = step_avg ? 0.8 * step_avg + 0.2 * dt : dt;
+        struct mem_stats ms;
+        mem_get_stats(DEVICE_CPU, &ms);
+        fprintf(r->metrics,
+                "{\"step\": %d, \"reward\": %.9g, \"loss\": %.9g, \"grad_norm\": %.6g, \"lr\": %.6g, \"seconds\": %.4f, "
+                "\"peak_mib\": %.1f}\n",
+                r->step, J, -J, gnorm, nn_adamw_lr(&r->opt), dt, (double)ms.peak_bytes / 1048576.0);
+        fflush(r->metrics);
+        curve_push(r, false, r->step, J);
+        if (c->progress) progress(r, J, -J, step_avg, gnorm);
+        if (c->eval_every && r->step % c->eval_every == 0 && r->step < c->iters) {
+            double er, ed;
+            snprintf(name, sizeof name, "samples/step_%05d.png", r->step);
+            path_in(r, path, sizeof path, name);
+            if ((s = evaluate(r, path, &er, &ed))) goto done;
+            fprintf(r->metrics, "{\"step\": %d, \"eval\": true, \"reward\": %.9g, \"diversity\": %.6g}\n", r->step, er, ed);
+            fflush(r->metrics);
+            curve_push(r, true, r->step, er);
+        }
+        const bool stop = stop_requested || (c->stop_after && r->step == c->stop_after);
+        if ((c->save_every && r->step % c->save_every == 0) || stop || r->step == c->iters)
+            if ((s = save_checkpoint(r))) goto done;
+        if (stop) {
+            if (c->progress) fputc('\n', stderr);
+            fprintf(stderr, "draft-run: stopped at step %d; checkpoint saved, continue with --resume\n", r->step);
+            res->interrupted = true;
+            goto done;
+        }
+    }
+
+    /* after: evaluation, LoRA files, report */
+    path_in(r, path, sizeof path, "after.png");
+    if ((s = evaluate(r, path, &res->reward_after, &res->diversity_after))) goto done;
+    fprintf(r->metrics, "{\"step\": %d, \"eval\": true, \"reward\": %.9g, \"diversity\": %.6g}\n", r->step,
+            res->reward_after, res->diversity_after);
+    fflush(r->metrics);
+    curve_push(r, true, r->step, res->reward_after);
+    path_in(r, path, sizeof path, "lora.safetensors");
+    if ((s = sd_lora_save(&r->lora, path, SD_LORA_PEFT))) goto done;
+    path_in(r, path, sizeof path, "lora_kohya.safetensors");
+    if ((s = sd_lora_save(&r->lora, path, SD_LORA_KOHYA))) goto done;
+    res->seconds = now_s() - r->t_start;
+    s = draft_run_write_report(r, res);
+
+done:
+    res->reward_before = r->reward_before;
+    res->diversity_before = r->diversity_before;
+    res->steps = r->step;
+    res->seconds = now_s() - r->t_start;
+    run_free(r);
+    return s;
+}

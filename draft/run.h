@@ -1,0 +1,75 @@
+/* run.h — a whole DRaFT training run, as `draft-run` drives it: model, LoRA, reward, prompts,
+ * AdamW, the method's objective (train.h), evaluation on held-out seeds, metrics, sample grids,
+ * atomic checkpoints with resume, and the final report.
+ *
+ * Determinism: every random draw of step i (which prompts, the initial latents, LV's noise,
+ * the truncation point) comes from generators seeded by (seed, i), never from state carried
+ * across steps, so a run resumed from the checkpoint of step i continues bit-identically on
+ * the CPU: the checkpoint holds the LoRA, the optimiser's moments and step count, and i.
+ *
+ * Output folder:
+ *   metrics.jsonl        one JSON object per step (and per evaluation)
+ *   checkpoint.safetensors  LoRA + AdamW state + step (written atomically every save_every steps)
+ *   before.png after.png    fixed-seed evaluation grids, samples/step_NNNNN.png in between
+ *   lora.safetensors         the LoRA, diffusers/PEFT names (load_lora_weights reads it)
+ *   lora_kohya.safetensors   the same in the kohya/A1111 names with .alpha
+ *   report.html              reward curve (SVG), grids, settings, diversity
+ */
+#ifndef DRAFT_RUN_H
+#define DRAFT_RUN_H
+
+#include "draft/train.h"
+#include "nn/optim.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct draft_run_config {
+    char model[1024];      /* diffusers folder */
+    char reward[1024];     /* reward spec (reward.h) */
+    char prompts[1024];    /* prompt file, one a line; or "@animals", "@emoji" built-in sets */
+    char out[1024];        /* run folder */
+    enum dtype dtype;      /* the frozen base weights' dtype (LoRA and optimiser stay f32) */
+    struct draft_method_config method;
+    int lora_rank;
+    double lora_alpha;
+    struct nn_adamw_config opt;
+    int batch;             /* images per micro-batch */
+    int iters;             /* optimiser steps */
+    uint64_t seed;
+    int image_size;        /* pixels; 0 = the UNet's sample_size times the VAE factor */
+    int eval_images;       /* held-out seeds evaluated before, during and after training */
+    int eval_every;        /* 0 = only before and after */
+    int save_every;        /* checkpoint period in steps; 0 = only at the end */
+    bool resume;           /* continue from out/checkpoint.safetensors */
+    bool progress;         /* a progress bar on stderr */
+    int stop_after;        /* test hook: stop (as if killed, after saving) once this step is done; 0 = off */
+};
+void draft_run_config_default(struct draft_run_config *c);
+
+/* the result of a run */
+struct draft_run_result {
+    double reward_before, reward_after;
+    double diversity_before, diversity_after;
+    int steps;             /* optimiser steps completed (including resumed ones) */
+    double seconds;        /* wall time of this invocation */
+    bool interrupted;      /* Ctrl-C or stop_after: checkpoint saved, no final evaluation */
+};
+
+enum status draft_run(const struct draft_run_config *c, struct draft_run_result *res);
+
+/* built-in prompt sets: "@animals" (the 45 simple animals of the DDPO/DRaFT aesthetic
+ * benchmark, "a photo of a <animal>") and "@emoji" (captions for the embedded model). A file
+ * path reads one prompt a line (blank lines and lines starting with '#' skipped). */
+enum status draft_prompts_load(const char *spec, char ***prompts, int *n);
+void draft_prompts_free(char **prompts, int n);
+
+/* ask a running draft_run to save and stop after the current step (async-signal-safe) */
+void draft_run_request_stop(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,414 @@
+/* test_draft.c — the DRaFT family's reward gradients against golden/draft.safetensors (the
+ * reference computed them in float64), central finite differences in float64, and the
+ * identities between the variants: K = T is full DRaFT, checkpointed equals plain, LV with
+ * n = 1 equals the re-noise formula written out. */
+#include "tests/harness.h"
+#include "tests/parity.h"
+#include "diffusion/lora.h"
+#include "draft/run.h"
+#include "draft/train.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* the golden reward: r_b = mean_{c,h,w}(image_b * w), w [3, H, W] */
+struct weighted_ctx {
+    struct tensor *w;
+};
+
+static struct tensor *weighted_score(struct draft_reward *r, struct tensor *images, const char *const *prompts)
+{
+    (void)prompts;
+    struct weighted_ctx *c = r->ctx;
+    int dims[3] = {1, 2, 3};
+    tensor_scope_begin();
+    struct tensor *w = ag_to_dtype(c->w, images->dtype);
+    return tensor_scope_return(ag_mean(ag_mul(images, w), 3, dims, false));
+}
+
+/* everything a variant needs, in one dtype */
+struct fixture {
+    struct sd_pipeline p;
+    struct sd_lora lora;
+    struct draft_reward reward;
+    struct weighted_ctx rctx;
+    struct tensor *context, *init, *lv_noise;
+};
+
+static bool fixture_open(struct fixture *f, const struct safetensors *gold, const struct safetensors *pipe,
+                         enum dtype dt)
+{
+    char dir[512];
+    if (!parity_path("tiny-sd/model_index.json", dir, sizeof dir)) return false;
+    *strrchr(dir, '/') = 0;
+    memset(f, 0, sizeof *f);
+    ck_assert_msg(sd_pipeline_load(&f->p, dir, dt, DEVICE_CPU) == STATUS_OK, "%s", tensor_error());
+    ck_assert_msg(sd_lora_init(&f->lora, &f->p.unet, 2, 2.0, NULL, dt, 1) == STATUS_OK, "%s", tensor_error());
+    /* the reference's LoRA values: "lora.<module>.lora_A.weight" */
+    for (int i = 0; i < f->lora.params.n; i++) {
+        char key[600];
+        snprintf(key, sizeof key, "lora.%s", f->lora.params.v[i].name);
+        ck_assert_msg(safetensors_load_into(gold, key, f->lora.params.v[i].t) == STATUS_OK, "%s", tensor_error());
+    }
+    ck_assert_int_eq(f->lora.params.n, 2 * f->p.unet.n_projs);
+    ck_assert_int_eq(sd_lora_attach(&f->lora, &f->p.unet, 1.0), STATUS_OK);
+    tensor_scope_begin();
+    struct tensor *u = safetensors_load(pipe, "uncond_input_ids", DTYPE_I32, DEVICE_CPU);
+    struct tensor *c = safetensors_load(pipe, "input_ids", DTYPE_I32, DEVICE_CPU);
+    ag_no_grad_begin();
+    f->context = tensor_keep(sd_pipeline_context(&f->p, u, c));
+    ag_no_grad_end();
+    f->init = tensor_keep(safetensors_load(gold, "init_latents", dt, DEVICE_CPU));
+    f->lv_noise = tensor_keep(safetensors_load(gold, "lv_noise", dt, DEVICE_CPU));
+    f->rctx.w = tensor_keep(safetensors_load(gold, "reward_weights", dt, DEVICE_CPU));
+    tensor_scope_end();
+    ck_assert_msg(f->context && f->init && f->lv_noise && f->rctx.w, "%s", tensor_error());
+    snprintf(f->reward.name, sizeof f->reward.name, "weighted");
+    f->reward.score = weighted_score;
+    f->reward.ctx = &f->rctx;
+    return true;
+}
+
+static void fixture_close(struct fixture *f)
+{
+    tensor_free(f->context);
+    tensor_free(f->init);
+    tensor_free(f->lv_noise);
+    tensor_free(f->rctx.w);
+    sd_lora_detach(&f->p.unet);
+    sd_lora_free(&f->lora);
+    sd_pipeline_free(&f->p);
+}
+
+static void zero_grads(struct fixture *f)
+{
+    for (int i = 0; i < f->lora.params.n; i++) ag_zero_grad(f->lora.params.v[i].t);
+}
+
+static void config_for(struct draft_method_config *c, const char *variant)
+{
+    draft_method_config_default(c);
+    c->steps = 4;
+    c->guidance = 7.5;
+    c->eta = 0.0;
+    if (!strcmp(variant, "full")) c->method = DRAFT_FULL;
+    else if (!strcmp(variant, "lv")) c->method = DRAFT_LV, c->lv_n = 2;
+    else c->method = DRAFT_K, c->k = variant[1] - '0';
+}
+
+/* J and the gradients of J (not of the loss -J) for a variant */
+static double run_variant(struct fixture *f, const struct draft_method_config *c, struct tensor **final)
+{
+    double J = NAN;
+    zero_grads(f);
+    enum status s = draft_objective_backward(&f->p, c, &f->reward, f->init, f->context, NULL, -1, f->lv_noise, -1.0,
+                                             &J, final);
+    ck_assert_msg(s == STATUS_OK, "%s", tensor_error());
+    return J;
+}
+
+START_TEST(test_golden_gradients)
+{
+    char gp[512], pp[512];
+    if (!parity_path("golden/draft.safetensors", gp, sizeof gp) ||
+        !parity_path("golden/pipeline.safetensors", pp, sizeof pp))
+        return;
+    LEAK_CHECK_BEGIN();
+    struct safetensors *gold = safetensors_open(gp), *pipe = safetensors_open(pp);
+    ck_assert_msg(gold && pipe, "%s", tensor_error());
+    struct fixture f;
+    if (!fixture_open(&f, gold, pipe, DTYPE_F32)) return;
+    static const char *const variants[] = {"full", "k1", "k2", "lv"};
+    for (int v = 0; v < 4; v++) {
+        struct draft_method_config c;
+        config_for(&c, variants[v]);
+        struct tensor *final = NULL;
+        double J = run_variant(&f, &c, &final);
+        tensor_scope_begin();
+        char key[700];
+        snprintf(key, sizeof key, "%s.reward", variants[v]);
+        struct tensor *gr = parity_load(gold, key);
+        double Jg = tensor_get_flat(gr, 0);
+        printf("draft %s: J %.9g golden %.9g\n", variants[v], J, Jg);
+        ck_assert_msg(fabs(J - Jg) <= PARITY_RTOL_FWD * fabs(Jg) + 1e-7, "%s: J %.9g vs golden %.9g", variants[v], J, Jg);
+        snprintf(key, sizeof key, "%s.final_latents", variants[v]);
+        if (safetensors_find(gold, key))
+            ck_assert(parity_check(key, final, parity_load(gold, key), PARITY_RTOL_FWD, parity_rms(gold, key)));
+        snprintf(key, sizeof key, "%s.grad.", variants[v]);
+        const double S = parity_rms(gold, key);
+        int ok = 0;
+        for (int i = 0; i < f.lora.params.n; i++) {
+            snprintf(key, sizeof key, "%s.grad.%s", variants[v], f.lora.params.v[i].name);
+            struct tensor *g = f.lora.params.v[i].t->grad;
+            ck_assert_msg(g != NULL, "%s: no gradient", key);
+            ok += parity_check(key, g, parity_load(gold, key), PARITY_RTOL_GRAD, S);
+        }
+        ck_assert_int_eq(ok, f.lora.params.n);
+        tensor_scope_end();
+        tensor_free(final);
+    }
+    zero_grads(&f);
+    fixture_close(&f);
+    safetensors_close(gold);
+    safetensors_close(pipe);
+    LEAK_CHECK_END();
+}
+END_TEST
+
+/* central differences of J in float64 on a few LoRA coordinates, for full DRaFT (the other
+ * variants stop gradients on purpose, so a finite difference of their sampler is not their
+ * gradient) */
+START_TEST(test_finite_differences)
+{
+    char gp[512], pp[512];
+    if (!parity_path("golden/draft.safetensors", gp, sizeof gp) ||
+        !parity_path("golden/pipeline.safetensors", pp, sizeof pp))
+        return;
+    LEAK_CHECK_BEGIN();
+    struct safetensors *gold = safetensors_open(gp), *pipe = safetensors_open(pp);
+    struct fixture f;
+    if (!fixture_open(&f, gold, pipe, DTYPE_F64)) return;
+    static const char *const variants[] = {"full"};
+    /* the first self-attention query (A and B), and the last projection's B */
+    static const int params[] = {0, 1, -1};
+    for (int v = 0; v < 1; v++) {
+        struct draft_method_config c;
+        config_for(&c, variants[v]);
+        run_variant(&f, &c, NULL);
+        for (int k = 0; k < 3; k++) {
+            int pi = params[k] >= 0 ? params[k] : f.lora.params.n - 1;
+            struct tensor *t = f.lora.params.v[pi].t;
+            const double g = tensor_get_flat(t->grad, 1);
+            double *val = (double *)tensor_data_ptr(t) + 1;
+            const double h = 1e-5, x0 = *val;
+            double Jp, Jm;
+            ag_no_grad_begin();
+            *val = x0 + h;
+            ck_assert_int_eq(draft_sample_eval(&f.p, &c, &f.reward, f.init, f.context, NULL, NULL, &Jp, NULL), STATUS_OK);
+            *val = x0 - h;
+            ck_assert_int_eq(draft_sample_eval(&f.p, &c, &f.reward, f.init, f.context, NULL, NULL, &Jm, NULL), STATUS_OK);
+            ag_no_grad_end();
+            *val = x0;
+            const double fd = (Jp - Jm) / (2 * h);
+            printf("gradcheck draft.%s %s[1]: analytic %.10g fd %.10g\n", variants[v], f.lora.params.v[pi].name, g, fd);
+            ck_assert_msg(fabs(g - fd) <= 1e-5 * fabs(fd) + 1e-9, "full: %.12g vs fd %.12g", g, fd);
+        }
+    }
+    zero_grads(&f);
+    fixture_close(&f);
+    safetensors_close(gold);
+    safetensors_close(pipe);
+    LEAK_CHECK_END();
+}
+END_TEST
+
+
+/* the gradients of every LoRA tensor, copied out */
+static struct tensor **grads_copy(struct fixture *f)
+{
+    struct tensor **g = calloc((size_t)f->lora.params.n, sizeof *g);
+    ck_assert_ptr_nonnull(g);
+    for (int i = 0; i < f->lora.params.n; i++) {
+        ck_assert_ptr_nonnull(f->lora.params.v[i].t->grad);
+        g[i] = tensor_contiguous(f->lora.params.v[i].t->grad);
+    }
+    return g;
+}
+
+static void grads_free(struct fixture *f, struct tensor **g)
+{
+    for (int i = 0; i < f->lora.params.n; i++) tensor_free(g[i]);
+    free(g);
+}
+
+/* K = T is full DRaFT; checkpointed equals plain (bit for bit on the CPU) */
+START_TEST(test_identities)
+{
+    char gp[512], pp[512];
+    if (!parity_path("golden/draft.safetensors", gp, sizeof gp) ||
+        !parity_path("golden/pipeline.safetensors", pp, sizeof pp))
+        return;
+    LEAK_CHECK_BEGIN();
+    struct safetensors *gold = safetensors_open(gp), *pipe = safetensors_open(pp);
+    struct fixture f;
+    if (!fixture_open(&f, gold, pipe, DTYPE_F32)) return;
+    struct draft_method_config c;
+    config_for(&c, "full");
+    const double Jf = run_variant(&f, &c, NULL);
+    struct tensor **gf = grads_copy(&f);
+    c.method = DRAFT_K;
+    c.k = c.steps;
+    const double Jk = run_variant(&f, &c, NULL);
+    struct tensor **gk = grads_copy(&f);
+    config_for(&c, "full");
+    c.checkpoint = false;
+    const double Jp = run_variant(&f, &c, NULL);
+    struct tensor **gp_ = grads_copy(&f);
+    ck_assert(Jf == Jk && Jf == Jp);
+    for (int i = 0; i < f.lora.params.n; i++) {
+        ck_assert_msg(test_max_abs_diff(gf[i], gk[i]) == 0.0, "K=T differs from full at %s", f.lora.params.v[i].name);
+        ck_assert_msg(test_max_abs_diff(gf[i], gp_[i]) == 0.0, "checkpointed differs from plain at %s (%g)",
+                      f.lora.params.v[i].name, test_max_abs_diff(gf[i], gp_[i]));
+    }
+    grads_free(&f, gf);
+    grads_free(&f, gk);
+    grads_free(&f, gp_);
+    zero_grads(&f);
+    fixture_close(&f);
+    safetensors_close(gold);
+    safetensors_close(pipe);
+    LEAK_CHECK_END();
+}
+END_TEST
+
+/* LV with n = 1 and fixed noise is the re-noise formula written out: x0 sampled with no graph,
+ * x1 = sqrt(abar(t1)) x0 + sqrt(1 - abar(t1)) eps, one guided DDIM step, reward of its decode */
+START_TEST(test_lv_formula)
+{
+    char gp[512], pp[512];
+    if (!parity_path("golden/draft.safetensors", gp, sizeof gp) ||
+        !parity_path("golden/pipeline.safetensors", pp, sizeof pp))
+        return;
+    LEAK_CHECK_BEGIN();
+    struct safetensors *gold = safetensors_open(gp), *pipe = safetensors_open(pp);
+    struct fixture f;
+    if (!fixture_open(&f, gold, pipe, DTYPE_F32)) return;
+    struct draft_method_config c;
+    config_for(&c, "lv");
+    c.lv_n = 1;
+    const double J = run_variant(&f, &c, NULL);
+    struct tensor **g = grads_copy(&f);
+
+    zero_grads(&f);
+    tensor_scope_begin();
+    ck_assert_int_eq(sd_ddim_set_timesteps(&f.p.scheduler, 4), STATUS_OK);
+    ag_no_grad_begin();
+    struct tensor *x = f.init;
+    for (int i = 0; i < 4; i++) x = sd_pipeline_step(&f.p, x, f.p.scheduler.timesteps[i], f.context, 7.5, 0.0, NULL);
+    ag_no_grad_end();
+    ck_assert(parity_check("lv.x0", x, parity_load(gold, "lv.x0"), PARITY_RTOL_FWD, parity_rms(gold, "lv.x0")));
+    const int64_t t1 = f.p.scheduler.timesteps[3];
+    const double ab = f.p.scheduler.alphas_cumprod[t1];
+    struct tensor *eps = ag_squeeze(ag_narrow(f.lv_noise, 0, 0, 1), 0);
+    struct tensor *x1 = ag_add(ag_scale(x, sqrt(ab)), ag_scale(eps, sqrt(1.0 - ab)));
+    struct tensor *y = sd_pipeline_step(&f.p, x1, t1, f.context, 7.5, 0.0, NULL);
+    struct tensor *r = weighted_score(&f.reward, sd_pipeline_decode(&f.p, y), NULL);
+    struct tensor *Jd = ag_mean(r, 0, NULL, false);
+    ck_assert_int_eq(ag_backward(Jd, NULL, false), STATUS_OK);
+    const double jd = tensor_get_flat(Jd, 0);
+    tensor_scope_end();
+    ck_assert_msg(fabs(J - jd) <= 1e-6 * fabs(jd), "LV n=1: %.9g vs formula %.9g", J, jd);
+    for (int i = 0; i < f.lora.params.n; i++) {
+        const double e = test_rel_err(g[i], f.lora.params.v[i].t->grad);
+        ck_assert_msg(e <= 1e-5, "LV n=1 gradient of %s differs from the formula's: rel %g", f.lora.params.v[i].name, e);
+    }
+    grads_free(&f, g);
+    zero_grads(&f);
+    fixture_close(&f);
+    safetensors_close(gold);
+    safetensors_close(pipe);
+    LEAK_CHECK_END();
+}
+END_TEST
+
+/* ---------------------------------------------------------------- whole runs */
+
+static void run_config(struct draft_run_config *c, const char *dir, const char *out)
+{
+    draft_run_config_default(c);
+    snprintf(c->model, sizeof c->model, "%s", dir);
+    snprintf(c->out, sizeof c->out, "%s", out);
+    snprintf(c->reward, sizeof c->reward, "brightness=1");
+    snprintf(c->prompts, sizeof c->prompts, "@animals");
+    c->method.steps = 4;
+    c->method.lv_n = 2;
+    c->batch = 2;
+    c->iters = 4;
+    c->eval_images = 2;
+    c->image_size = 64;   /* 8x8 latents: the VAE decode dominates the time */
+    c->lora_rank = 4;
+    c->lora_alpha = 4;
+    c->opt.lr = 3e-3;
+    c->save_every = 2;
+    c->progress = false;
+    c->seed = 7;
+}
+
+static unsigned char *slurp(const char *path, size_t *n)
+{
+    FILE *f = fopen(path, "rb");
+    ck_assert_msg(f != NULL, "%s", path);
+    fseek(f, 0, SEEK_END);
+    long L = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    unsigned char *b = malloc((size_t)L + 1);
+    ck_assert_int_eq(fread(b, 1, (size_t)L, f), (size_t)L);
+    fclose(f);
+    *n = (size_t)L;
+    return b;
+}
+
+/* a short run raises the reward on held-out seeds; an interrupted and resumed run ends with the
+ * same LoRA bytes as an uninterrupted one */
+START_TEST(test_run_and_resume)
+{
+    char dir[512];
+    if (!parity_path("tiny-sd/model_index.json", dir, sizeof dir)) return;
+    *strrchr(dir, '/') = 0;
+    LEAK_CHECK_BEGIN();
+    char a[256], b[256], cmd[600];
+    snprintf(a, sizeof a, "/tmp/draft_run_a_%d", (int)getpid());
+    snprintf(b, sizeof b, "/tmp/draft_run_b_%d", (int)getpid());
+    struct draft_run_config c;
+    struct draft_run_result ra, rb;
+    run_config(&c, dir, a);
+    ck_assert_msg(draft_run(&c, &ra) == STATUS_OK, "%s", tensor_error());
+    printf("draft run: reward %.6f -> %.6f in %d steps, %.1f s\n", ra.reward_before, ra.reward_after, ra.steps, ra.seconds);
+    ck_assert_int_eq(ra.steps, 4);
+    ck_assert_msg(ra.reward_after > ra.reward_before, "reward did not rise: %g -> %g", ra.reward_before, ra.reward_after);
+
+    run_config(&c, dir, b);
+    c.stop_after = 2;
+    ck_assert_msg(draft_run(&c, &rb) == STATUS_OK, "%s", tensor_error());
+    ck_assert(rb.interrupted);
+    ck_assert_int_eq(rb.steps, 2);
+    c.stop_after = 0;
+    c.resume = true;
+    ck_assert_msg(draft_run(&c, &rb) == STATUS_OK, "%s", tensor_error());
+    ck_assert_int_eq(rb.steps, 4);
+    ck_assert(rb.reward_before == ra.reward_before && rb.reward_after == ra.reward_after);
+    static const char *const files[] = {"lora.safetensors", "lora_kohya.safetensors", "checkpoint.safetensors"};
+    for (int i = 0; i < 3; i++) {
+        char pa[400], pb[400];
+        snprintf(pa, sizeof pa, "%s/%s", a, files[i]);
+        snprintf(pb, sizeof pb, "%s/%s", b, files[i]);
+        size_t na, nb;
+        unsigned char *da = slurp(pa, &na), *db = slurp(pb, &nb);
+        ck_assert_msg(na == nb && !memcmp(da, db, na), "%s differs between the resumed and the uninterrupted run", files[i]);
+        free(da);
+        free(db);
+    }
+    snprintf(cmd, sizeof cmd, "%s/report.html", a);
+    ck_assert_int_eq(access(cmd, R_OK), 0);
+    snprintf(cmd, sizeof cmd, "rm -rf %s %s", a, b);
+    ck_assert_int_eq(system(cmd), 0);
+    LEAK_CHECK_END();
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("draft");
+    TCase *tc = tcase_create("draft");
+    tcase_set_timeout(tc, 900);
+    tcase_add_test(tc, test_golden_gradients);
+    tcase_add_test(tc, test_finite_differences);
+    tcase_add_test(tc, test_identities);
+    tcase_add_test(tc, test_lv_formula);
+    tcase_add_test(tc, test_run_and_resume);
+    suite_add_tcase(s, tc);
+    return test_run_suite(s);
+}

@@ -1,0 +1,813 @@
+/* test_image_io.c — draft/image.h and draft/report.h: tensor → 8-bit conversion (rounding at
+ * the edges and at exact ties, clamping, NaN, dtypes, non-contiguous views), PNG round trips
+ * (and reading grey/palette/RGBA files written with libpng directly), truncated and corrupt
+ * PNGs, grid geometry and pixel placement, captions (when the font is installed; skipped with a
+ * reason otherwise), the SVG chart, the diversity measures against hand-computed values and
+ * the HTML report. With DRAFT_REPORT_DEMO=DIR set, also writes a demo report into DIR. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#if __has_include(<png.h>)
+#include <png.h>
+#define HAVE_PNG_H 1
+#endif
+
+#include "draft/image.h"
+#include "draft/report.h"
+#include "tests/harness.h"
+
+static char tmpdir[64];
+
+static void tmp_setup(void)
+{
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/draft_imgio_XXXXXX");
+    ck_assert(mkdtemp(tmpdir) != NULL);
+}
+
+/* removes every file in tmpdir (there are no subfolders), then the folder; a leftover
+ * temporary file from an atomic write would make rmdir fail */
+static int count_files(void);
+static void tmp_teardown(void)
+{
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -f %s/*", tmpdir);
+    ck_assert(system(cmd) == 0);
+    ck_assert(rmdir(tmpdir) == 0);
+}
+
+static int count_files(void)
+{
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "ls -A %s | wc -l", tmpdir);
+    FILE *p = popen(cmd, "r");
+    ck_assert(p != NULL);
+    int n = -1;
+    ck_assert(fscanf(p, "%d", &n) == 1);
+    pclose(p);
+    return n;
+}
+
+static char *path_in(const char *name)
+{
+    static char p[4][128];
+    static int k;
+    k = (k + 1) % 4;
+    snprintf(p[k], sizeof p[k], "%s/%s", tmpdir, name);
+    return p[k];
+}
+
+static uint8_t *slurp(const char *path, size_t *n)
+{
+    FILE *f = fopen(path, "rb");
+    ck_assert_msg(f != NULL, "cannot open %s", path);
+    fseek(f, 0, SEEK_END);
+    long l = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *b = malloc((size_t)l + 1);
+    ck_assert(fread(b, 1, (size_t)l, f) == (size_t)l);
+    fclose(f);
+    b[l] = 0;
+    *n = (size_t)l;
+    return b;
+}
+
+static void spit(const char *path, const void *data, size_t n)
+{
+    FILE *f = fopen(path, "wb");
+    ck_assert(f != NULL);
+    ck_assert(fwrite(data, 1, n, f) == n);
+    ck_assert(fclose(f) == 0);
+}
+
+/* a non-finite number printed anywhere ("nan", "-inf", ... as a value, not inside a word) */
+static bool has_nonfinite(const char *s)
+{
+    for (const char *p = s; *p; p++) {
+        bool word_start = p == s || !((p[-1] >= 'a' && p[-1] <= 'z') || (p[-1] >= 'A' && p[-1] <= 'Z'));
+        if (word_start && (!strncasecmp(p, "nan", 3) || !strncasecmp(p, "inf", 3))) return true;
+    }
+    return false;
+}
+
+static int count_str(const char *hay, const char *needle)
+{
+    int c = 0;
+    for (const char *p = strstr(hay, needle); p; p = strstr(p + 1, needle)) c++;
+    return c;
+}
+
+/* xorshift bytes, seeded from the suite seed */
+static uint64_t rng_state;
+static uint32_t rnd(void)
+{
+    if (!rng_state) rng_state = test_seed() | 1;
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (uint32_t)(rng_state >> 11);
+}
+
+static void random_image(struct draft_image *im, int w, int h)
+{
+    ck_assert_int_eq(draft_image_alloc(im, w, h, 0), STATUS_OK);
+    for (size_t i = 0; i < (size_t)w * h * 3; i++) im->rgb[i] = (uint8_t)rnd();
+}
+
+static uint8_t px(const struct draft_image *im, int x, int y, int c) { return im->rgb[((size_t)y * im->w + x) * 3 + c]; }
+
+static bool png_available(void)
+{
+    struct draft_image im;
+    ck_assert_int_eq(draft_image_alloc(&im, 1, 1, 0), STATUS_OK);
+    enum status s = draft_png_write(path_in("probe.png"), &im);
+    draft_image_free(&im);
+    unlink(path_in("probe.png"));
+    if (s) printf("SKIP PNG checks: %s\n", tensor_error());
+    return s == STATUS_OK;
+}
+
+/* ---------------------------------------------------------------- tensor → image */
+
+/* expected bytes for values known exactly: -1 → 0, +1 → 255, x = 2k/255 - 1 → k, just above /
+ * below the midpoint of k and k+1 → k+1 / k, out of range clamps, NaN → 0 */
+START_TEST(test_from_tensor_values)
+{
+    LEAK_CHECK_BEGIN();
+    enum { N = 12 };
+    double x[N], want[N];
+    int n = 0;
+    x[n] = -1, want[n++] = 0;
+    x[n] = 1, want[n++] = 255;
+    x[n] = 0, want[n++] = 128;   /* p = 127.5 exactly: ties to even */
+    x[n] = -7.5, want[n++] = 0;
+    x[n] = 3, want[n++] = 255;
+    x[n] = NAN, want[n++] = 0;
+    x[n] = 2 * 37 / 255.0 - 1, want[n++] = 37;
+    x[n] = 2 * (200.5 / 255.0) - 1 + 1e-4, want[n++] = 201;   /* p ≈ 200.5128 */
+    x[n] = 2 * (200.5 / 255.0) - 1 - 1e-4, want[n++] = 200;   /* p ≈ 200.4872 */
+    x[n] = 2 * (0.4 / 255.0) - 1, want[n++] = 0;
+    x[n] = 2 * (254.6 / 255.0) - 1, want[n++] = 255;
+    /* float32 x whose p = fl(fl(x/2+0.5)*255) is exactly 64.5: numpy's round (ties to even,
+     * what diffusers uses) gives 64, half up would give 65 */
+    x[n] = -0x1.f9f9f8p-2, want[n++] = 64;
+    ck_assert_int_eq(n, N);
+    /* [2,3,1,N]: image 1 channel c holds x; image 0 holds -x (to see b selects) */
+    struct tensor *t = tensor_zeros(DTYPE_F64, TENSOR_SHAPE(2, 3, 1, N), DEVICE_CPU);
+    for (int c = 0; c < 3; c++)
+        for (int i = 0; i < N; i++) {
+            tensor_set_flat(t, (int64_t)(3 + c) * N + i, x[i]);
+            tensor_set_flat(t, (int64_t)c * N + i, c == 0 ? 1.0 : -1.0);
+        }
+    struct draft_image im;
+    ck_assert_int_eq(draft_image_from_tensor(t, 1, &im), STATUS_OK);
+    ck_assert_int_eq(im.w, N);
+    ck_assert_int_eq(im.h, 1);
+    for (int i = 0; i < N; i++)
+        for (int c = 0; c < 3; c++) ck_assert_msg(px(&im, i, 0, c) == want[i], "x=%a c=%d: got %d want %g", x[i], c, px(&im, i, 0, c), want[i]);
+    draft_image_free(&im);
+    ck_assert_int_eq(draft_image_from_tensor(t, 0, &im), STATUS_OK);
+    for (int i = 0; i < N; i++) {
+        ck_assert_int_eq(px(&im, i, 0, 0), 255);
+        ck_assert_int_eq(px(&im, i, 0, 1), 0);
+    }
+    draft_image_free(&im);
+    /* the same bytes from f32, f16 and bf16 where the value is representable (±1, 0, clamps) */
+    enum dtype dts[] = {DTYPE_F32, DTYPE_F16, DTYPE_BF16};
+    for (int d = 0; d < 3; d++) {
+        struct tensor *c = tensor_to_dtype(t, dts[d]);
+        ck_assert_int_eq(draft_image_from_tensor(c, 1, &im), STATUS_OK);
+        for (int i = 0; i < 6; i++) ck_assert_int_eq(px(&im, i, 0, 2), want[i]);
+        draft_image_free(&im);
+        tensor_free(c);
+    }
+    /* errors: bad index, bad shape, integer dtype, NULL — an error, `out` empty */
+    ck_assert_int_ne(draft_image_from_tensor(t, 2, &im), STATUS_OK);
+    ck_assert(im.rgb == NULL && im.w == 0);
+    ck_assert_int_ne(draft_image_from_tensor(t, -1, &im), STATUS_OK);
+    struct tensor *bad = tensor_zeros(DTYPE_F32, TENSOR_SHAPE(1, 4, 2, 2), DEVICE_CPU);
+    ck_assert_int_ne(draft_image_from_tensor(bad, 0, &im), STATUS_OK);
+    ck_assert_msg(strstr(tensor_error(), "[1,4,2,2]") != NULL, "message: %s", tensor_error());
+    tensor_free(bad);
+    bad = tensor_zeros(DTYPE_I32, TENSOR_SHAPE(1, 3, 2, 2), DEVICE_CPU);
+    ck_assert_int_ne(draft_image_from_tensor(bad, 0, &im), STATUS_OK);
+    tensor_free(bad);
+    tensor_clear_error();
+    ck_assert_int_ne(draft_image_from_tensor(NULL, 0, &im), STATUS_OK);
+    tensor_free(t);
+    LEAK_CHECK_END();
+}
+END_TEST
+
+/* a permuted [B,H,W,3] buffer and test_noncontig's reversed storage give the same bytes as
+ * the contiguous tensor, and every pixel lands at (y, x) channel c */
+START_TEST(test_from_tensor_noncontig)
+{
+    LEAK_CHECK_BEGIN();
+    const int B = 2, H = 5, W = 7;
+    struct tensor *t = test_uniform(DTYPE_F32, TENSOR_SHAPE(B, 3, H, W), -1.2, 1.2);
+    struct tensor *nc = test_noncontig(t);
+    ck_assert(!tensor_is_contiguous(nc));
+    /* HWC storage viewed as CHW */
+    struct tensor *hwc = tensor_empty(DTYPE_F32, TENSOR_SHAPE(B, H, W, 3), DEVICE_CPU);
+    struct tensor *chw = tensor_permute(hwc, (int[]){0, 3, 1, 2});
+    ck_assert_int_eq(tensor_copy_(chw, t), STATUS_OK);
+    ck_assert(!tensor_is_contiguous(chw));
+    for (int b = 0; b < B; b++) {
+        struct draft_image a, c, d;
+        ck_assert_int_eq(draft_image_from_tensor(t, b, &a), STATUS_OK);
+        ck_assert_int_eq(draft_image_from_tensor(nc, b, &c), STATUS_OK);
+        ck_assert_int_eq(draft_image_from_tensor(chw, b, &d), STATUS_OK);
+        ck_assert(c.w == W && c.h == H && d.w == W && d.h == H);
+        ck_assert(memcmp(a.rgb, c.rgb, (size_t)W * H * 3) == 0);
+        ck_assert(memcmp(a.rgb, d.rgb, (size_t)W * H * 3) == 0);
+        for (int y = 0; y < H; y++)
+            for (int x = 0; x < W; x++)
+                for (int ch = 0; ch < 3; ch++) {
+                    double v = tensor_get(t, (int64_t[]){b, ch, y, x});
+                    double p = fmin(fmax(v / 2 + 0.5, 0), 1) * 255;
+                    /* away from ties the exact value decides (float32 steps are far below 1e-3) */
+                    if (fabs(p - floor(p) - 0.5) > 1e-3)
+                        ck_assert_int_eq(px(&a, x, y, ch), (int)floor(p + 0.5));
+                }
+        draft_image_free(&a);
+        draft_image_free(&c);
+        draft_image_free(&d);
+    }
+    tensor_free(chw);
+    tensor_free(hwc);
+    tensor_free(nc);
+    tensor_free(t);
+    LEAK_CHECK_END();
+}
+END_TEST
+
+/* ---------------------------------------------------------------- PNG */
+
+START_TEST(test_png_roundtrip)
+{
+    if (!png_available()) return;
+    int sizes[][2] = {{1, 1}, {37, 23}, {256, 3}};
+    for (int k = 0; k < 3; k++) {
+        struct draft_image a, b;
+        random_image(&a, sizes[k][0], sizes[k][1]);
+        const char *p = path_in("rt.png");
+        ck_assert_msg(draft_png_write(p, &a) == STATUS_OK, "%s", tensor_error());
+        ck_assert_int_eq(count_files(), 1);   /* no temporary left behind */
+        ck_assert_msg(draft_png_read(p, &b) == STATUS_OK, "%s", tensor_error());
+        ck_assert_int_eq(b.w, a.w);
+        ck_assert_int_eq(b.h, a.h);
+        ck_assert(memcmp(a.rgb, b.rgb, (size_t)a.w * a.h * 3) == 0);
+        draft_image_free(&a);
+        draft_image_free(&b);
+    }
+    /* overwriting an existing file works; a missing folder is an error naming the path */
+    struct draft_image a;
+    random_image(&a, 4, 4);
+    ck_assert_int_eq(draft_png_write(path_in("rt.png"), &a), STATUS_OK);
+    const char *bad = path_in("no/such/dir/x.png");
+    ck_assert_int_eq(draft_png_write(bad, &a), STATUS_IO);
+    ck_assert_msg(strstr(tensor_error(), bad) != NULL, "message: %s", tensor_error());
+    struct draft_image empty = {0};
+    ck_assert_int_ne(draft_png_write(path_in("e.png"), &empty), STATUS_OK);
+    draft_image_free(&a);
+}
+END_TEST
+
+#ifdef HAVE_PNG_H
+/* a w×h PNG of colour type `type` with bit depth `bits`, pixels from `pix` (already in that
+ * format, rows packed), an optional palette */
+static void write_raw_png(const char *path, int w, int h, int type, int bits, const uint8_t *pix, const png_color *pal,
+                          int n_pal, bool interlace)
+{
+    FILE *f = fopen(path, "wb");
+    ck_assert(f != NULL);
+    png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
+    png_infop info = png_create_info_struct(png);
+    ck_assert(!setjmp(png_jmpbuf(png)));
+    png_init_io(png, f);
+    png_set_IHDR(png, info, w, h, bits, type, interlace ? PNG_INTERLACE_ADAM7 : PNG_INTERLACE_NONE,
+                 PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+    if (pal) png_set_PLTE(png, info, pal, n_pal);
+    png_write_info(png, info);
+    int ch = type == PNG_COLOR_TYPE_RGB ? 3 : type == PNG_COLOR_TYPE_RGBA ? 4 : type == PNG_COLOR_TYPE_GRAY_ALPHA ? 2 : 1;
+    size_t rowbytes = ((size_t)w * ch * bits + 7) / 8;
+    png_bytep *rows = malloc(sizeof *rows * h);
+    for (int y = 0; y < h; y++) rows[y] = (png_bytep)pix + y * rowbytes;
+    png_write_image(png, rows);
+    png_write_end(png, NULL);
+    png_destroy_write_struct(&png, &info);
+    free(rows);
+    fclose(f);
+}
+#endif
+
+/* grey, grey+alpha, palette, RGBA, 16-bit and interlaced files come back as the RGB they show */
+START_TEST(test_png_read_formats)
+{
+#ifndef HAVE_PNG_H
+    printf("SKIP png formats: png.h not available to the test\n");
+#else
+    if (!png_available()) return;
+    const int w = 5, h = 3, n = w * h;
+    uint8_t grey[15], ga[30], idx[15], rgba[60], rgb16[90], rgb[45];
+    png_color pal[4] = {{10, 20, 30}, {200, 100, 0}, {0, 255, 7}, {1, 2, 3}};
+    for (int i = 0; i < n; i++) {
+        grey[i] = (uint8_t)rnd();
+        ga[2 * i] = grey[i], ga[2 * i + 1] = (uint8_t)rnd();
+        idx[i] = (uint8_t)(rnd() % 4);
+        for (int c = 0; c < 4; c++) rgba[4 * i + c] = (uint8_t)rnd();
+        for (int c = 0; c < 3; c++) {
+            rgb[3 * i + c] = (uint8_t)rnd();
+            rgb16[6 * i + 2 * c] = rgb[3 * i + c], rgb16[6 * i + 2 * c + 1] = rgb[3 * i + c];   /* v*257: scales back exactly */
+        }
+    }
+    struct draft_image im;
+    write_raw_png(path_in("g.png"), w, h, PNG_COLOR_TYPE_GRAY, 8, grey, NULL, 0, false);
+    ck_assert_msg(draft_png_read(path_in("g.png"), &im) == STATUS_OK, "%s", tensor_error());
+    for (int i = 0; i < n; i++)
+        for (int c = 0; c < 3; c++) ck_assert_int_eq(im.rgb[3 * i + c], grey[i]);
+    draft_image_free(&im);
+    write_raw_png(path_in("ga.png"), w, h, PNG_COLOR_TYPE_GRAY_ALPHA, 8, ga, NULL, 0, true);
+    ck_assert_msg(draft_png_read(path_in("ga.png"), &im) == STATUS_OK, "%s", tensor_error());
+    for (int i = 0; i < n; i++)
+        for (int c = 0; c < 3; c++) ck_assert_int_eq(im.rgb[3 * i + c], grey[i]);
+    draft_image_free(&im);
+    write_raw_png(path_in("p.png"), w, h, PNG_COLOR_TYPE_PALETTE, 8, idx, pal, 4, false);
+    ck_assert_msg(draft_png_read(path_in("p.png"), &im) == STATUS_OK, "%s", tensor_error());
+    for (int i = 0; i < n; i++) {
+        ck_assert_int_eq(im.rgb[3 * i], pal[idx[i]].red);
+        ck_assert_int_eq(im.rgb[3 * i + 1], pal[idx[i]].green);
+        ck_assert_int_eq(im.rgb[3 * i + 2], pal[idx[i]].blue);
+    }
+    draft_image_free(&im);
+    write_raw_png(path_in("a.png"), w, h, PNG_COLOR_TYPE_RGBA, 8, rgba, NULL, 0, true);
+    ck_assert_msg(draft_png_read(path_in("a.png"), &im) == STATUS_OK, "%s", tensor_error());
+    for (int i = 0; i < n; i++)
+        for (int c = 0; c < 3; c++) ck_assert_int_eq(im.rgb[3 * i + c], rgba[4 * i + c]);
+    draft_image_free(&im);
+    write_raw_png(path_in("16.png"), w, h, PNG_COLOR_TYPE_RGB, 16, rgb16, NULL, 0, false);
+    ck_assert_msg(draft_png_read(path_in("16.png"), &im) == STATUS_OK, "%s", tensor_error());
+    ck_assert(im.w == w && im.h == h && memcmp(im.rgb, rgb, sizeof rgb) == 0);
+    draft_image_free(&im);
+#endif
+}
+END_TEST
+
+/* every truncation of a valid file, flipped bytes, garbage, an empty and a missing file: an
+ * error with the path in the message and an empty image, never a crash */
+START_TEST(test_png_corrupt)
+{
+    if (!png_available()) return;
+    struct draft_image a, b;
+    random_image(&a, 19, 11);
+    const char *good = path_in("good.png"), *bad = path_in("bad.png");
+    ck_assert_int_eq(draft_png_write(good, &a), STATUS_OK);
+    size_t n;
+    uint8_t *bytes = slurp(good, &n);
+    int errors = 0;
+    for (size_t len = 0; len < n; len++) {
+        spit(bad, bytes, len);
+        enum status s = draft_png_read(bad, &b);
+        ck_assert_msg(s != STATUS_OK, "truncated to %zu of %zu bytes but read fine", len, n);
+        ck_assert(b.rgb == NULL && b.w == 0 && b.h == 0);
+        ck_assert_msg(strstr(tensor_error(), bad) != NULL, "message without the path: %s", tensor_error());
+        errors++;
+    }
+    ck_assert_int_eq(errors, (int)n);
+    /* flip each byte after the signature in turn: the file has only critical chunks (IHDR,
+     * IDAT, IEND), whose lengths, types and CRCs libpng checks, so every flip is an error */
+    for (size_t i = 8; i < n; i++) {
+        uint8_t *c = malloc(n);
+        memcpy(c, bytes, n);
+        c[i] ^= 0x5A;
+        spit(bad, c, n);
+        free(c);
+        enum status s = draft_png_read(bad, &b);
+        ck_assert_msg(s != STATUS_OK, "byte %zu of %zu flipped but the file read fine", i, n);
+        ck_assert(b.rgb == NULL);
+    }
+    spit(bad, "this is not a png file at all", 29);
+    ck_assert_int_eq(draft_png_read(bad, &b), STATUS_FORMAT);
+    spit(bad, "", 0);
+    ck_assert_int_eq(draft_png_read(bad, &b), STATUS_FORMAT);
+    ck_assert_int_eq(draft_png_read(path_in("missing.png"), &b), STATUS_IO);
+    ck_assert_msg(strstr(tensor_error(), "missing.png") != NULL, "message: %s", tensor_error());
+    free(bytes);
+    draft_image_free(&a);
+}
+END_TEST
+
+/* ---------------------------------------------------------------- grids */
+
+/* tile i's pixel (x, y) of the grid must be source pixel (x/u, y/u); gaps and empty cells
+ * are background */
+static void check_grid(const struct draft_image *g, const struct draft_image *ims, int n, int cols, int u, int K)
+{
+    const int G = DRAFT_GRID_GAP;
+    int w = ims[0].w, h = ims[0].h, tw = w * u, th = h * u, rows = (n + cols - 1) / cols;
+    ck_assert_int_eq(g->w, cols * tw + (cols + 1) * G);
+    ck_assert_int_eq(g->h, rows * (th + K) + (rows + 1) * G);
+    /* which pixels belong to a tile */
+    uint8_t *owned = calloc((size_t)g->w * g->h, 1);
+    for (int i = 0; i < n; i++) {
+        int x0 = G + (i % cols) * (tw + G), y0 = G + (i / cols) * (th + K + G);
+        for (int y = 0; y < th; y++)
+            for (int x = 0; x < tw; x++) {
+                owned[(size_t)(y0 + y) * g->w + x0 + x] = 1;
+                for (int c = 0; c < 3; c++)
+                    ck_assert_msg(px(g, x0 + x, y0 + y, c) == px(&ims[i], x / u, y / u, c), "tile %d pixel (%d,%d)", i, x, y);
+            }
+        for (int y = th; y < th + K; y++)
+            for (int x = 0; x < tw; x++) owned[(size_t)(y0 + y) * g->w + x0 + x] = 2;   /* caption box */
+    }
+    for (int y = 0; y < g->h; y++)
+        for (int x = 0; x < g->w; x++)
+            if (!owned[(size_t)y * g->w + x])
+                for (int c = 0; c < 3; c++) ck_assert_msg(px(g, x, y, c) == DRAFT_GRID_BG, "background at (%d,%d)", x, y);
+    free(owned);
+}
+
+/* ink (non-background pixels) inside the caption box [x0,x0+w)×[y0+ya, y0+yb) */
+static int ink_in(const struct draft_image *g, int x0, int w, int y0, int ya, int yb)
+{
+    int k = 0;
+    for (int y = y0 + ya; y < y0 + yb; y++)
+        for (int x = x0; x < x0 + w; x++)
+            if (px(g, x, y, 0) != DRAFT_GRID_BG) k++;
+    return k;
+}
+
+START_TEST(test_grid_geometry)
+{
+    struct draft_image ims[7], g;
+    for (int i = 0; i < 7; i++) random_image(&ims[i], 4, 3);
+    /* 5 tiles, 3 columns, ×2: 2 rows, one empty cell */
+    ck_assert_int_eq(draft_grid(ims, 5, 3, 2, NULL, &g), STATUS_OK);
+    ck_assert_int_eq(g.w, 3 * 8 + 4 * DRAFT_GRID_GAP);
+    ck_assert_int_eq(g.h, 2 * 6 + 3 * DRAFT_GRID_GAP);
+    check_grid(&g, ims, 5, 3, 2, 0);
+    draft_image_free(&g);
+    /* cols 0 → ceil(sqrt(7)) = 3; cols > n → n; upscale 1 */
+    ck_assert_int_eq(draft_grid(ims, 7, 0, 1, NULL, &g), STATUS_OK);
+    check_grid(&g, ims, 7, 3, 1, 0);
+    draft_image_free(&g);
+    ck_assert_int_eq(draft_grid(ims, 2, 10, 3, NULL, &g), STATUS_OK);
+    check_grid(&g, ims, 2, 2, 3, 0);
+    draft_image_free(&g);
+    /* labels add the caption strip under every row; NULL entries are allowed. The font is
+     * pointed at a missing file so that the boxes stay background and check_grid sees all. */
+    const char *old = getenv("DRAFT_FONT");
+    char *saved = old ? strdup(old) : NULL;
+    setenv("DRAFT_FONT", "/nonexistent/font.ttf", 1);
+    const char *labels[5] = {"one", NULL, "three", "", "five"};
+    ck_assert_int_eq(draft_grid(ims, 5, 2, 1, labels, &g), STATUS_OK);
+    ck_assert_int_eq(g.h, 3 * (3 + DRAFT_GRID_CAPTION_H) + 4 * DRAFT_GRID_GAP);
+    check_grid(&g, ims, 5, 2, 1, DRAFT_GRID_CAPTION_H);
+    for (int i = 0; i < 5; i++)   /* no font: the caption boxes stay empty */
+        ck_assert_int_eq(ink_in(&g, DRAFT_GRID_GAP + (i % 2) * (4 + DRAFT_GRID_GAP), 4,
+                                DRAFT_GRID_GAP + (i / 2) * (3 + DRAFT_GRID_CAPTION_H + DRAFT_GRID_GAP) + 3, 0,
+                                DRAFT_GRID_CAPTION_H),
+                         0);
+    draft_image_free(&g);
+    if (saved) setenv("DRAFT_FONT", saved, 1);
+    else unsetenv("DRAFT_FONT");
+    free(saved);
+    /* upscale 0: tiles at least DRAFT_GRID_AUTO_WIDTH wide: 4 px → ×16 (the maximum); 32 → ×4 */
+    ck_assert_int_eq(draft_grid(ims, 1, 1, 0, NULL, &g), STATUS_OK);
+    ck_assert_int_eq(g.w, 4 * DRAFT_GRID_MAX_UPSCALE + 2 * DRAFT_GRID_GAP);
+    draft_image_free(&g);
+    struct draft_image big;
+    random_image(&big, 32, 32);
+    ck_assert_int_eq(draft_grid(&big, 1, 1, 0, NULL, &g), STATUS_OK);
+    ck_assert_int_eq(g.w, 128 + 2 * DRAFT_GRID_GAP);
+    check_grid(&g, &big, 1, 1, 4, 0);
+    draft_image_free(&g);
+    /* errors: sizes differ, no images, upscale out of range */
+    ck_assert_int_eq(draft_grid((struct draft_image[]){ims[0], big}, 2, 2, 1, NULL, &g), STATUS_SHAPE);
+    ck_assert_msg(strstr(tensor_error(), "image 1 is 32x32") != NULL, "message: %s", tensor_error());
+    ck_assert(g.rgb == NULL);
+    ck_assert_int_ne(draft_grid(ims, 0, 1, 1, NULL, &g), STATUS_OK);
+    ck_assert_int_ne(draft_grid(ims, 2, 1, DRAFT_GRID_MAX_UPSCALE + 1, NULL, &g), STATUS_OK);
+    ck_assert_int_ne(draft_grid(ims, 2, 1, -1, NULL, &g), STATUS_OK);
+    draft_image_free(&big);
+    for (int i = 0; i < 7; i++) draft_image_free(&ims[i]);
+}
+END_TEST
+
+START_TEST(test_grid_labels)
+{
+    if (!draft_captions_available()) {
+        printf("SKIP caption rendering: no FreeType in this build or font %s does not load (install "
+               "libfreetype-dev and fonts-dejavu-core, or set DRAFT_FONT)\n",
+               draft_font_path());
+        return;
+    }
+    struct draft_image ims[4], g;
+    for (int i = 0; i < 4; i++) random_image(&ims[i], 32, 32);
+    const char *labels[4] = {"red apple", NULL,
+                             "a very long caption that cannot possibly fit into two lines of a small tile, so it ends in an ellipsis",
+                             "grüne Äpfel ✓ and a word-that-is-far-too-long-for-one-line-of-text"};
+    ck_assert_int_eq(draft_grid(ims, 4, 4, 4, labels, &g), STATUS_OK);
+    check_grid(&g, ims, 4, 4, 4, DRAFT_GRID_CAPTION_H);   /* tiles untouched, gaps clean */
+    const int G = DRAFT_GRID_GAP, tw = 128, y0 = G + 128, L = DRAFT_GRID_LINE_H;
+    int first[4], second[4];
+    for (int i = 0; i < 4; i++) {
+        int x0 = G + i * (tw + G);
+        first[i] = ink_in(&g, x0, tw, y0, 0, 2 + L);
+        second[i] = ink_in(&g, x0, tw, y0, 2 + L, DRAFT_GRID_CAPTION_H);
+    }
+    ck_assert_msg(first[0] > 20 && second[0] == 0, "short caption: %d / %d ink pixels", first[0], second[0]);
+    ck_assert_msg(first[1] == 0 && second[1] == 0, "NULL caption drew %d / %d", first[1], second[1]);
+    ck_assert_msg(first[2] > 20 && second[2] > 20, "long caption: %d / %d", first[2], second[2]);
+    ck_assert_msg(first[3] > 20 && second[3] > 20, "long word: %d / %d", first[3], second[3]);
+    /* a centred short caption leaves both ends of its box empty */
+    ck_assert_int_eq(ink_in(&g, G, 10, y0, 0, DRAFT_GRID_CAPTION_H), 0);
+    ck_assert_int_eq(ink_in(&g, G + tw - 10, 10, y0, 0, DRAFT_GRID_CAPTION_H), 0);
+    draft_image_free(&g);
+    for (int i = 0; i < 4; i++) draft_image_free(&ims[i]);
+}
+END_TEST
+
+/* draft_grid_save: tensor → grid → PNG, read back and compared with the parts */
+START_TEST(test_grid_save)
+{
+    if (!png_available()) return;
+    LEAK_CHECK_BEGIN();
+    struct tensor *t = test_uniform(DTYPE_F32, TENSOR_SHAPE(3, 3, 6, 5), -1, 1);
+    ck_assert_msg(draft_grid_save(path_in("grid.png"), t, 2, 2, NULL) == STATUS_OK, "%s", tensor_error());
+    struct draft_image g, ims[3];
+    ck_assert_int_eq(draft_png_read(path_in("grid.png"), &g), STATUS_OK);
+    for (int i = 0; i < 3; i++) ck_assert_int_eq(draft_image_from_tensor(t, i, &ims[i]), STATUS_OK);
+    check_grid(&g, ims, 3, 2, 2, 0);
+    for (int i = 0; i < 3; i++) draft_image_free(&ims[i]);
+    draft_image_free(&g);
+    ck_assert_int_ne(draft_grid_save(path_in("x.png"), NULL, 2, 2, NULL), STATUS_OK);
+    tensor_free(t);
+    LEAK_CHECK_END();
+}
+END_TEST
+
+/* ---------------------------------------------------------------- SVG */
+
+START_TEST(test_svg_chart)
+{
+    enum { N = 50 };
+    double x[N], a[N], b[N], c[N];
+    for (int i = 0; i < N; i++) {
+        x[i] = 2 * i;   /* 0..98 */
+        a[i] = 0.13 + 0.7 * i / (N - 1);
+        b[i] = 0.5 + 0.1 * sin(i);
+        c[i] = i == 20 || i == 21 ? NAN : 0.3;
+    }
+    c[40] = INFINITY;   /* a single point between two gaps... */
+    c[39] = NAN;        /* ...made isolated: c[41..49] still a run */
+    const double *ys[3] = {a, b, c};
+    const char *names[3] = {"reward", "loss <train>", "aesthetic & co"};
+    char *s = draft_svg_line_chart(x, ys, names, 2, N, "title a<b", "step", "value");
+    ck_assert_msg(s != NULL, "%s", tensor_error());
+    ck_assert(strncmp(s, "<svg xmlns=\"http://www.w3.org/2000/svg\"", 39) == 0);
+    ck_assert(strstr(s, "</svg>\n") != NULL && strstr(s, "</svg>\n")[7] == 0);
+    ck_assert_int_eq(count_str(s, "<polyline"), 2);
+    ck_assert(strstr(s, "title a&lt;b") != NULL && strstr(s, "a<b") == NULL);
+    ck_assert(strstr(s, "loss &lt;train&gt;") != NULL);
+    /* x 0..98 → ticks every 20 up to 100; y 0.13..0.83 → every 0.1 or 0.2 from 0.1/0.0 */
+    ck_assert(strstr(s, ">20</text>") && strstr(s, ">100</text>"));
+    ck_assert_msg(strstr(s, ">0.4</text>") && strstr(s, ">0.8</text>"), "%s", s);
+    ck_assert(!strstr(s, ">0.45</text>"));
+    free(s);
+    /* series c: runs 0..19, 22..38, 41..49 → 3 polylines; no NaN/inf text anywhere */
+    s = draft_svg_line_chart(x, ys, names, 3, N, NULL, NULL, NULL);
+    ck_assert(s != NULL);
+    ck_assert_int_eq(count_str(s, "<polyline"), 2 + 3);
+    ck_assert(!has_nonfinite(s));
+    ck_assert(strstr(s, "aesthetic &amp; co") != NULL);
+    free(s);
+    /* an isolated point is a circle */
+    double x3[3] = {0, 1, 2}, y3[3] = {1, NAN, 2};
+    const double *ys3[1] = {y3};
+    s = draft_svg_line_chart(x3, ys3, NULL, 1, 3, "t", "x", "y");
+    ck_assert_int_eq(count_str(s, "<polyline"), 0);
+    ck_assert_int_eq(count_str(s, "<circle"), 2);
+    ck_assert(strstr(s, "series 1") != NULL);
+    free(s);
+    /* n = 1 and n = 0 and all-NaN: valid documents */
+    s = draft_svg_line_chart(x3, ys3, NULL, 1, 1, "one", NULL, NULL);
+    ck_assert(s && count_str(s, "<circle") == 1 && !has_nonfinite(s));
+    free(s);
+    s = draft_svg_line_chart(NULL, NULL, NULL, 0, 0, "empty", NULL, NULL);
+    ck_assert(s && strstr(s, "no data") && count_str(s, "<polyline") == 0);
+    free(s);
+    double nan3[3] = {NAN, NAN, NAN};
+    const double *ysn[1] = {nan3};
+    s = draft_svg_line_chart(x3, ysn, NULL, 1, 3, NULL, NULL, NULL);
+    ck_assert(s && strstr(s, "no data") && !has_nonfinite(s));
+    free(s);
+    /* a constant series still gets an axis with distinct ticks */
+    double k3[3] = {5, 5, 5};
+    const double *ysk[1] = {k3};
+    s = draft_svg_line_chart(x3, ysk, NULL, 1, 3, NULL, NULL, NULL);
+    ck_assert(s && count_str(s, "<polyline") == 1 && strstr(s, ">5.0</text>"));
+    free(s);
+    ck_assert(draft_svg_line_chart(NULL, ys, NULL, 1, 3, NULL, NULL, NULL) == NULL);
+    ck_assert(draft_svg_line_chart(x, ys, NULL, 1, -1, NULL, NULL, NULL) == NULL);
+}
+END_TEST
+
+/* ---------------------------------------------------------------- diversity */
+
+START_TEST(test_diversity)
+{
+    LEAK_CHECK_BEGIN();
+    /* identical images (an expanded view: stride 0 over the batch) → 0 */
+    struct tensor *one = test_uniform(DTYPE_F32, TENSOR_SHAPE(1, 3, 4, 4), -1, 1);
+    struct tensor *same = tensor_expand(one, TENSOR_SHAPE(5, 3, 4, 4));
+    ck_assert(draft_diversity(same) == 0);
+    ck_assert(draft_pixel_std(same) == 0);
+    /* two images of 6 values, a = 0, b = (1, -1, 0.5, 0, 0, 0):
+     * RMS(a-b) = sqrt(2.25/6), diversity = sqrt(0.375)/2; pixel std = mean |a-b|/2 = 2.5/2/6 */
+    double vals[12] = {0, 0, 0, 0, 0, 0, 1, -1, 0.5, 0, 0, 0};
+    struct tensor *two = tensor_from_data(DTYPE_F64, TENSOR_SHAPE(2, 3, 1, 2), vals);
+    ck_assert_double_eq_tol(draft_diversity(two), sqrt(0.375) / 2, 1e-15);
+    ck_assert_double_eq_tol(draft_pixel_std(two), 2.5 / 12, 1e-15);
+    /* three constant images 0, +1, -1: pairs 0.5, 0.5, 1 → 2/3; std of {0,1,-1} = sqrt(2/3) */
+    struct tensor *three = tensor_zeros(DTYPE_F32, TENSOR_SHAPE(3, 3, 2, 2), DEVICE_CPU);
+    for (int i = 0; i < 12; i++) tensor_set_flat(three, 12 + i, 1), tensor_set_flat(three, 24 + i, -1);
+    ck_assert_double_eq_tol(draft_diversity(three), 2.0 / 3, 1e-15);
+    ck_assert_double_eq_tol(draft_pixel_std(three), sqrt(2.0 / 3), 1e-15);
+    /* the same on a non-contiguous copy and in bf16 (values exact there) */
+    struct tensor *nc = test_noncontig(three);
+    struct tensor *bf = tensor_to_dtype(three, DTYPE_BF16);
+    ck_assert_double_eq_tol(draft_diversity(nc), 2.0 / 3, 1e-15);
+    ck_assert_double_eq_tol(draft_diversity(bf), 2.0 / 3, 1e-15);
+    /* B = 1 and a bad shape: NaN with a message */
+    ck_assert(isnan(draft_diversity(one)));
+    ck_assert_msg(strstr(tensor_error(), "B >= 2") != NULL, "message: %s", tensor_error());
+    ck_assert(isnan(draft_pixel_std(one)));
+    tensor_free(bf);
+    tensor_free(nc);
+    tensor_free(three);
+    tensor_free(two);
+    tensor_free(same);
+    tensor_free(one);
+    LEAK_CHECK_END();
+}
+END_TEST
+
+/* ---------------------------------------------------------------- HTML */
+
+START_TEST(test_report_html)
+{
+    const char *keys[3] = {"learning rate", "prompt", "reward"};
+    const char *values[3] = {"1e-4", "a <b>cat</b> & \"dog\"", "aesthetic"};
+    struct draft_report_grid grids[2] = {{10, "grids/step_10.png"}, {20, "grids/step 20&x.png"}};
+    double x[3] = {0, 10, 20}, y[3] = {5.1, 5.4, 5.9};
+    const double *ys[1] = {y};
+    char *svg = draft_svg_line_chart(x, ys, (const char *[]){"reward"}, 1, 3, "reward", "step", NULL);
+    struct draft_report r = {
+        .title = "Run <script>alert(1)</script>",
+        .n_settings = 3,
+        .setting_keys = keys,
+        .setting_values = values,
+        .chart_svg = svg,
+        .before_png = "before.png",
+        .after_png = "after.png",
+        .n_grids = 2,
+        .grids = grids,
+        .reward_before = 5.1,
+        .reward_after = 5.9,
+        .diversity_before = 0.4,
+        .diversity_after = NAN,
+        .summary = "reward 5.10 -> 5.90 (+0.80) <ok>",
+    };
+    const char *p = path_in("report.html");
+    ck_assert_msg(draft_report_html(p, &r) == STATUS_OK, "%s", tensor_error());
+    ck_assert_int_eq(count_files(), 1);
+    size_t n;
+    char *h = (char *)slurp(p, &n);
+    ck_assert(strncmp(h, "<!DOCTYPE html>", 15) == 0);
+    ck_assert(strstr(h, "Run &lt;script&gt;alert(1)&lt;/script&gt;") != NULL);
+    ck_assert(strstr(h, "<script") == NULL);
+    ck_assert(strstr(h, "a &lt;b&gt;cat&lt;/b&gt; &amp; &quot;dog&quot;") != NULL);
+    ck_assert(strstr(h, "<th>learning rate</th><td>1e-4</td>") != NULL);
+    ck_assert(strstr(h, "src=\"before.png\"") && strstr(h, "src=\"after.png\""));
+    ck_assert(strstr(h, "src=\"grids/step_10.png\""));
+    ck_assert_msg(strstr(h, "src=\"grids/step%2020%26x.png\""), "%s", h);
+    ck_assert(strstr(h, "step 20&amp;x.png"));
+    ck_assert(strstr(h, "step 10") && strstr(h, "step 20"));
+    ck_assert(strstr(h, svg) != NULL);   /* inline, unchanged */
+    ck_assert(strstr(h, "&lt;ok&gt;") != NULL);
+    ck_assert(strstr(h, "5.1000") && strstr(h, "5.9000") && strstr(h, "+0.8000"));
+    ck_assert(strstr(h, "n/a") != NULL);   /* NaN diversity after */
+    ck_assert(strstr(h, "</html>\n") != NULL);
+    free(h);
+    /* everything optional left out still gives a page; a bad folder is an error with the path */
+    struct draft_report empty = {.reward_before = NAN, .reward_after = NAN, .diversity_before = NAN, .diversity_after = NAN};
+    ck_assert_int_eq(draft_report_html(path_in("empty.html"), &empty), STATUS_OK);
+    const char *bad = path_in("nope/r.html");
+    ck_assert_int_eq(draft_report_html(bad, &r), STATUS_IO);
+    ck_assert(strstr(tensor_error(), bad) != NULL);
+    r.n_grids = 3, r.grids = NULL;
+    ck_assert_int_eq(draft_report_html(path_in("x.html"), &r), STATUS_VALUE);
+    free(svg);
+}
+END_TEST
+
+/* ---------------------------------------------------------------- demo */
+
+static const char *demo_captions[] = {"grinning face", "red apple", "a cat wearing sunglasses on a beach at sunset",
+                                      "rocket", "green heart", "snowman without snow", "hot beverage",
+                                      "a very long caption that keeps going well past what two lines can hold"};
+
+/* smooth colourful 32×32 test patterns: a gradient and a disc per image */
+static void demo_images(struct tensor *t, int phase)
+{
+    int64_t B = t->shape[0], S = t->shape[2];
+    for (int64_t b = 0; b < B; b++) {
+        double cx = (double)(rnd() % S), cy = (double)(rnd() % S), r = 5 + rnd() % 10;
+        double col[3] = {(rnd() % 200) / 100.0 - 1, (rnd() % 200) / 100.0 - 1, (rnd() % 200) / 100.0 - 1};
+        for (int64_t y = 0; y < S; y++)
+            for (int64_t x = 0; x < S; x++)
+                for (int c = 0; c < 3; c++) {
+                    double v = (double)(x + y) / (2 * S) * (c == phase % 3 ? 1.6 : 0.4) - 0.6;
+                    if ((x - cx) * (x - cx) + (y - cy) * (y - cy) < r * r) v = col[c];
+                    tensor_set_flat(t, ((b * 3 + c) * S + y) * S + x, v);
+                }
+    }
+}
+
+START_TEST(test_demo_report)
+{
+    const char *dir = getenv("DRAFT_REPORT_DEMO");
+    if (!dir || !*dir) {
+        printf("SKIP demo report: set DRAFT_REPORT_DEMO=DIR to write one\n");
+        return;
+    }
+    mkdir(dir, 0777);
+    char p[3][512];
+    struct tensor *t = tensor_zeros(DTYPE_F32, TENSOR_SHAPE(8, 3, 32, 32), DEVICE_CPU);
+    demo_images(t, 0);
+    double div_before = draft_diversity(t);
+    snprintf(p[0], sizeof p[0], "%s/before.png", dir);
+    ck_assert_msg(draft_grid_save(p[0], t, 4, 0, demo_captions) == STATUS_OK, "%s", tensor_error());
+    demo_images(t, 1);
+    snprintf(p[1], sizeof p[1], "%s/step_50.png", dir);
+    ck_assert_int_eq(draft_grid_save(p[1], t, 4, 0, demo_captions), STATUS_OK);
+    demo_images(t, 2);
+    double div_after = draft_diversity(t);
+    snprintf(p[2], sizeof p[2], "%s/after.png", dir);
+    ck_assert_int_eq(draft_grid_save(p[2], t, 4, 0, demo_captions), STATUS_OK);
+    tensor_free(t);
+    enum { N = 100 };
+    double x[N], rw[N], ls[N];
+    double acc = 5.0;
+    for (int i = 0; i < N; i++) {
+        x[i] = i;
+        acc += 0.02 + ((int)(rnd() % 1000) - 500) / 5000.0;
+        rw[i] = acc;
+        ls[i] = i == 30 ? NAN : 1.0 / (1 + 0.05 * i) + (rnd() % 100) / 1000.0;
+    }
+    const double *ys[2] = {rw, ls};
+    char *svg = draft_svg_line_chart(x, ys, (const char *[]){"reward (aesthetic)", "loss"}, 2, N,
+                                     "Training <demo>", "step", "value");
+    ck_assert(svg != NULL);
+    snprintf(p[0], sizeof p[0], "%s/chart.svg", dir);
+    ck_assert_int_eq(draft_file_write_atomic(p[0], svg, strlen(svg)), STATUS_OK);
+    const char *keys[] = {"model", "reward", "steps", "lr", "LoRA rank"};
+    const char *vals[] = {"demo (random patterns)", "aesthetic", "100", "1e-4", "4"};
+    struct draft_report_grid grids[1] = {{50, "step_50.png"}};
+    struct draft_report r = {"DRaFT demo report", 5, keys, vals, svg, "before.png", "after.png", 1, grids,
+                             rw[0], rw[N - 1], div_before, div_after, "demo: random chart and pattern grids"};
+    snprintf(p[0], sizeof p[0], "%s/report.html", dir);
+    ck_assert_int_eq(draft_report_html(p[0], &r), STATUS_OK);
+    printf("demo report: %s (grids %s/before.png, after.png, step_50.png; chart.svg)\n", p[0], dir);
+    free(svg);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("image_io");
+    TCase *tc = tcase_create("image");
+    tcase_add_checked_fixture(tc, tmp_setup, tmp_teardown);
+    tcase_add_test(tc, test_from_tensor_values);
+    tcase_add_test(tc, test_from_tensor_noncontig);
+    tcase_add_test(tc, test_png_roundtrip);
+    tcase_add_test(tc, test_png_read_formats);
+    tcase_add_test(tc, test_png_corrupt);
+    tcase_add_test(tc, test_grid_geometry);
+    tcase_add_test(tc, test_grid_labels);
+    tcase_add_test(tc, test_grid_save);
+    suite_add_tcase(s, tc);
+    TCase *tr = tcase_create("report");
+    tcase_add_checked_fixture(tr, tmp_setup, tmp_teardown);
+    tcase_add_test(tr, test_svg_chart);
+    tcase_add_test(tr, test_diversity);
+    tcase_add_test(tr, test_report_html);
+    tcase_add_test(tr, test_demo_report);
+    suite_add_tcase(s, tr);
+    return test_run_suite(s);
+}

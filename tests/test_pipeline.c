@@ -1,0 +1,329 @@
+/* test_pipeline.c — the diffusers pipeline folder loader and the whole text-to-image path
+ * (tokenize, encode [uncond; cond], 4 guided DDIM steps, VAE decode) against
+ * golden/pipeline.safetensors, plus folder errors a user can act on. */
+#include "tests/harness.h"
+#include "tests/parity.h"
+#include "diffusion/pipeline.h"
+#include "diffusion/ldm.h"
+#include "tests/torch_save.h"
+#include "nn/weights.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <limits.h>
+
+START_TEST(test_parity)
+{
+    char dir[512], gp[512];
+    if (!parity_path("tiny-sd/model_index.json", dir, sizeof dir) ||
+        !parity_path("golden/pipeline.safetensors", gp, sizeof gp))
+        return;
+    *strrchr(dir, '/') = 0;
+    LEAK_CHECK_BEGIN();
+    struct sd_pipeline p;
+    ck_assert_msg(sd_pipeline_load(&p, dir, DTYPE_F32, DEVICE_CPU) == STATUS_OK, "%s", tensor_error());
+    struct safetensors *gold = safetensors_open(gp);
+    ck_assert_msg(gold != NULL, "%s", tensor_error());
+    tensor_scope_begin();
+
+    /* the empty prompt through our tokenizer is the unconditional ids of the reference */
+    const char *empty[2] = {"", ""};
+    struct tensor *uids = sd_pipeline_tokenize(&p, 2, empty);
+    struct tensor *gu = safetensors_load(gold, "uncond_input_ids", DTYPE_I32, DEVICE_CPU);
+    ck_assert_ptr_nonnull(uids);
+    ck_assert_ptr_nonnull(gu);
+    ck_assert_int_eq(memcmp(tensor_data_ptr(uids), tensor_data_ptr(gu), 2 * 77 * sizeof(int32_t)), 0);
+
+    struct tensor *cids = safetensors_load(gold, "input_ids", DTYPE_I32, DEVICE_CPU);
+    struct tensor *ctx = sd_pipeline_context(&p, gu, cids);
+    ck_assert_msg(ctx != NULL, "%s", tensor_error());
+    struct sd_sample_opts o = {.steps = 4, .guidance = 7.5, .eta = 0.0};
+    struct tensor *after[4] = {0};
+    struct tensor *img = sd_pipeline_sample(&p, parity_load(gold, "init_latents"), ctx, &o, after);
+    ck_assert_msg(img != NULL, "%s", tensor_error());
+
+    struct tensor *ts = safetensors_load(gold, "timesteps", DTYPE_I64, DEVICE_CPU);
+    ck_assert_int_eq(p.scheduler.num_inference_steps, 4);
+    for (int i = 0; i < 4; i++) ck_assert_int_eq(p.scheduler.timesteps[i], ((int64_t *)tensor_data_ptr(ts))[i]);
+    int ok = 0;
+    for (int i = 0; i < 4; i++) {
+        char key[64];
+        snprintf(key, sizeof key, "latents_after_step%d", i);
+        ok += parity_check(key, after[i], parity_load(gold, key), PARITY_RTOL_FWD, parity_rms(gold, key));
+        tensor_free(after[i]);
+    }
+    ok += parity_check("image", img, parity_load(gold, "image"), PARITY_RTOL_FWD, parity_rms(gold, "image"));
+    ck_assert_int_eq(ok, 5);
+    tensor_scope_end();
+    safetensors_close(gold);
+    sd_pipeline_free(&p);
+    LEAK_CHECK_END();
+}
+END_TEST
+
+/* ---------------------------------------------------------------- folder errors */
+
+static char tmpdir[256];
+
+static void write_file(const char *rel, const char *text)
+{
+    char path[600];
+    snprintf(path, sizeof path, "%s/%s", tmpdir, rel);
+    FILE *f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+static void expect_error(const char *what, const char *needle)
+{
+    struct sd_pipeline p;
+    enum status s = sd_pipeline_load(&p, tmpdir, DTYPE_F32, DEVICE_CPU);
+    ck_assert_msg(s != STATUS_OK, "%s: loaded", what);
+    ck_assert_msg(strstr(tensor_error(), needle) != NULL, "%s: message '%s' lacks '%s'", what, tensor_error(), needle);
+    sd_pipeline_free(&p);
+}
+
+START_TEST(test_folder_errors)
+{
+    LEAK_CHECK_BEGIN();
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/draft_pipeline_%d", (int)getpid());
+    ck_assert_int_eq(mkdir(tmpdir, 0700), 0);
+    expect_error("no model_index", "model_index.json");
+    write_file("model_index.json", "[1, 2");
+    expect_error("broken json", "not a JSON object");
+    write_file("model_index.json", "{\"unet\": [\"diffusers\", \"UNet2DConditionModel\"]}");
+    expect_error("missing component", "\"tokenizer\" missing");
+    write_file("model_index.json",
+               "{\"tokenizer\": [\"transformers\", \"CLIPTokenizer\"], \"text_encoder\": [\"transformers\", "
+               "\"CLIPTextModel\"], \"unet\": [\"diffusers\", \"UNet2DModel\"], \"vae\": [\"diffusers\", "
+               "\"AutoencoderKL\"], \"scheduler\": [\"diffusers\", \"PNDMScheduler\"]}");
+    expect_error("wrong class", "UNet2DModel");
+    write_file("model_index.json",
+               "{\"tokenizer\": [\"transformers\", \"CLIPTokenizer\"], \"text_encoder\": [\"transformers\", "
+               "\"CLIPTextModel\"], \"unet\": [\"diffusers\", \"UNet2DConditionModel\"], \"vae\": [\"diffusers\", "
+               "\"AutoencoderKL\"], \"scheduler\": [\"diffusers\", \"PNDMScheduler\"], \"safety_checker\": [null, null]}");
+    expect_error("no tokenizer files", "vocab.json");
+    char path[600];
+    snprintf(path, sizeof path, "%s/model_index.json", tmpdir);
+    unlink(path);
+    rmdir(tmpdir);
+    LEAK_CHECK_END();
+}
+END_TEST
+
+/* a real folder with one component's weights removed names the folder and what it looked for */
+START_TEST(test_missing_weights)
+{
+    char dir[512];
+    if (!parity_path("tiny-sd/model_index.json", dir, sizeof dir)) return;
+    *strrchr(dir, '/') = 0;
+    char abs_dir[PATH_MAX];   /* symlinks need an absolute target */
+    ck_assert_ptr_nonnull(realpath(dir, abs_dir));
+    ck_assert_int_lt(strlen(abs_dir), 400);
+    LEAK_CHECK_BEGIN();
+    char link_dir[300], cmd[2400];
+    snprintf(link_dir, sizeof link_dir, "/tmp/draft_pipeline_w_%d", (int)getpid());
+    /* a copy of the folder made of symlinks, without the VAE weights */
+    snprintf(cmd, sizeof cmd,
+             "mkdir -p %s/vae && for c in model_index.json tokenizer text_encoder unet scheduler; do ln -s %s/$c %s/$c; "
+             "done && ln -s %s/vae/config.json %s/vae/config.json",
+             link_dir, abs_dir, link_dir, abs_dir, link_dir);
+    ck_assert_int_eq(system(cmd), 0);
+    struct sd_pipeline p;
+    ck_assert_int_ne(sd_pipeline_load(&p, link_dir, DTYPE_F32, DEVICE_CPU), STATUS_OK);
+    ck_assert_msg(strstr(tensor_error(), "/vae: no weights") != NULL, "%s", tensor_error());
+    sd_pipeline_free(&p);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", link_dir);
+    ck_assert_int_eq(system(cmd), 0);
+    LEAK_CHECK_END();
+}
+END_TEST
+
+
+/* ---------------------------------------------------------------- the original single-file layout */
+
+struct ldm_file {
+    int n, cap;
+    char **names;
+    struct tensor **ts;
+};
+
+static void ldm_add(struct ldm_file *f, const char *name, struct tensor *t)
+{
+    if (f->n == f->cap) {
+        f->cap = f->cap ? 2 * f->cap : 256;
+        f->names = realloc(f->names, (size_t)f->cap * sizeof *f->names);
+        f->ts = realloc(f->ts, (size_t)f->cap * sizeof *f->ts);
+        ck_assert(f->names && f->ts);
+    }
+    f->names[f->n] = strdup(name);
+    f->ts[f->n++] = t;
+}
+
+static bool ldm_has(const struct ldm_file *f, const char *name)
+{
+    for (int i = 0; i < f->n; i++)
+        if (!strcmp(f->names[i], name)) return true;
+    return false;
+}
+
+static void ldm_component(struct ldm_file *f, const struct nn_params *ps, nn_name_map_fn map, void *ctx)
+{
+    char key[600];
+    for (int i = 0; i < ps->n; i++) {
+        ck_assert_msg(map(ctx, ps->v[i].name, key, sizeof key), "no LDM key for %s", ps->v[i].name);
+        ck_assert_msg(!ldm_has(f, key), "two parameters map to %s", key);
+        struct tensor *t = tensor_ref(ps->v[i].t);
+        /* the original VAE attention projections are 1x1 convolutions */
+        if (strstr(key, ".mid.attn_1.") && t->ndim == 2) {
+            struct tensor *c = tensor_reshape(t, 4, (int64_t[]){t->shape[0], t->shape[1], 1, 1});
+            tensor_free(t);
+            t = c;
+        }
+        ldm_add(f, key, t);
+    }
+}
+
+static void ldm_free(struct ldm_file *f)
+{
+    for (int i = 0; i < f->n; i++) {
+        free(f->names[i]);
+        tensor_free(f->ts[i]);
+    }
+    free(f->names);
+    free(f->ts);
+    memset(f, 0, sizeof *f);
+}
+
+static void expect_same_params(const struct nn_params *a, const struct nn_params *b)
+{
+    ck_assert_int_eq(a->n, b->n);
+    for (int i = 0; i < a->n; i++) {
+        ck_assert_str_eq(a->v[i].name, b->v[i].name);
+        ck_assert_msg(test_max_abs_diff(a->v[i].t, b->v[i].t) == 0.0, "%s differs by %g", a->v[i].name,
+                      test_max_abs_diff(a->v[i].t, b->v[i].t));
+    }
+}
+
+static void expect_single_error(const char *file, const char *dir, const char *needle)
+{
+    struct sd_pipeline p;
+    ck_assert_int_ne(sd_pipeline_load_single_file(&p, file, dir, DTYPE_F32, DEVICE_CPU), STATUS_OK);
+    ck_assert_msg(strstr(tensor_error(), needle) != NULL, "message '%s' lacks '%s'", tensor_error(), needle);
+    sd_pipeline_free(&p);
+}
+
+START_TEST(test_single_file)
+{
+    char dir[512];
+    if (!parity_path("tiny-sd/model_index.json", dir, sizeof dir)) return;
+    *strrchr(dir, '/') = 0;
+    LEAK_CHECK_BEGIN();
+    struct sd_pipeline a;
+    ck_assert_msg(sd_pipeline_load(&a, dir, DTYPE_F32, DEVICE_CPU) == STATUS_OK, "%s", tensor_error());
+    struct ldm_file f = {0};
+    ldm_component(&f, &a.unet_params, sd_ldm_unet_key, &a.unet);
+    ldm_component(&f, &a.vae_params, sd_ldm_vae_key, &a.vae);
+    ldm_component(&f, &a.text_params, sd_ldm_text_key, NULL);
+    /* the worked examples of SD14.md 1.4 (the tiny UNet has SD 1.4's block structure) */
+    static const char *const examples[] = {
+        "model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn1.to_q.weight",
+        "model.diffusion_model.output_blocks.2.1.conv.weight",
+        "model.diffusion_model.output_blocks.5.2.conv.weight",
+        "model.diffusion_model.output_blocks.11.0.skip_connection.weight",
+        "model.diffusion_model.input_blocks.3.0.op.weight",
+        "model.diffusion_model.input_blocks.1.0.in_layers.0.weight",
+        "model.diffusion_model.middle_block.1.proj_in.weight",
+        "model.diffusion_model.time_embed.2.bias",
+        "model.diffusion_model.out.2.weight",
+        "first_stage_model.decoder.up.3.block.0.conv1.weight",
+        "first_stage_model.decoder.up.1.upsample.conv.weight",
+        "first_stage_model.encoder.down.0.downsample.conv.weight",
+        "first_stage_model.encoder.mid.attn_1.proj_out.weight",
+        "first_stage_model.decoder.mid.block_2.norm1.bias",
+        "first_stage_model.decoder.norm_out.weight",
+        "cond_stage_model.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight",
+    };
+    for (size_t i = 0; i < sizeof examples / sizeof examples[0]; i++)
+        ck_assert_msg(ldm_has(&f, examples[i]), "no %s", examples[i]);
+    const int n_model = f.n;
+    /* what a real .ckpt carries besides the weights: skipped */
+    ldm_add(&f, "model_ema.decay", tensor_scalar(DTYPE_F32, 0.9999));
+    ldm_add(&f, "model_ema.diffusion_modelout2weight", tensor_ref(f.ts[0]));
+    ldm_add(&f, "alphas_cumprod", tensor_zeros(DTYPE_F32, TENSOR_SHAPE(1000), DEVICE_CPU));
+    ldm_add(&f, "cond_stage_model.transformer.text_model.embeddings.position_ids",
+            tensor_zeros(DTYPE_F32, TENSOR_SHAPE(1, 77), DEVICE_CPU));
+
+    char st_path[300], ck_path[300], bad_path[300];
+    snprintf(st_path, sizeof st_path, "/tmp/draft_ldm_%d.safetensors", (int)getpid());
+    snprintf(ck_path, sizeof ck_path, "/tmp/draft_ldm_%d.ckpt", (int)getpid());
+    snprintf(bad_path, sizeof bad_path, "/tmp/draft_ldm_bad_%d.safetensors", (int)getpid());
+    ck_assert_msg(safetensors_save(st_path, f.n, (const char *const *)f.names, f.ts, 0, NULL, NULL) == STATUS_OK, "%s",
+                  tensor_error());
+    test_torch_save(ck_path, f.n, (const char *const *)f.names, f.ts, true);
+    const char *files[2] = {st_path, ck_path};
+    for (int k = 0; k < 2; k++) {
+        struct sd_pipeline b;
+        ck_assert_msg(sd_pipeline_load_single_file(&b, files[k], dir, DTYPE_F32, DEVICE_CPU) == STATUS_OK, "%s: %s",
+                      files[k], tensor_error());
+        printf("single file %s\n", files[k]);
+        expect_same_params(&a.unet_params, &b.unet_params);
+        expect_same_params(&a.vae_params, &b.vae_params);
+        expect_same_params(&a.text_params, &b.text_params);
+        sd_pipeline_free(&b);
+    }
+    /* a tensor the model does not have, inside a component's prefix */
+    ldm_add(&f, "model.diffusion_model.input_blocks.99.0.weight", tensor_zeros(DTYPE_F32, TENSOR_SHAPE(2), DEVICE_CPU));
+    ck_assert_int_eq(safetensors_save(bad_path, f.n, (const char *const *)f.names, f.ts, 0, NULL, NULL), STATUS_OK);
+    expect_single_error(bad_path, dir, "unexpected tensor 'model.diffusion_model.input_blocks.99.0.weight'");
+    /* a missing weight names the file key and the model's parameter */
+    {
+        const char **nm = malloc((size_t)n_model * sizeof *nm);
+        struct tensor **ts = malloc((size_t)n_model * sizeof *ts);
+        ck_assert(nm && ts);
+        int m = 0;
+        for (int i = 0; i < n_model; i++)
+            if (i != 5) nm[m] = f.names[i], ts[m++] = f.ts[i];
+        ck_assert_int_eq(safetensors_save(bad_path, m, nm, ts, 0, NULL, NULL), STATUS_OK);
+        char want[700];
+        snprintf(want, sizeof want, "missing tensor '%s'", f.names[5]);
+        expect_single_error(bad_path, dir, want);
+        free(nm);
+        free(ts);
+    }
+    /* a wrong shape */
+    struct tensor *keep = f.ts[5];
+    f.ts[5] = tensor_zeros(DTYPE_F32, TENSOR_SHAPE(3, 3), DEVICE_CPU);
+    ck_assert_int_eq(safetensors_save(bad_path, n_model, (const char *const *)f.names, f.ts, 0, NULL, NULL), STATUS_OK);
+    expect_single_error(bad_path, dir, "has shape [3,3], the model expects");
+    tensor_free(f.ts[5]);
+    f.ts[5] = keep;
+    /* a diffusers file is not the original layout */
+    char unet_file[700];
+    snprintf(unet_file, sizeof unet_file, "%s/unet/diffusion_pytorch_model.safetensors", dir);
+    expect_single_error(unet_file, dir, "not an original");
+    unlink(st_path);
+    unlink(ck_path);
+    unlink(bad_path);
+    ldm_free(&f);
+    sd_pipeline_free(&a);
+    LEAK_CHECK_END();
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("pipeline");
+    TCase *tc = tcase_create("pipeline");
+    tcase_set_timeout(tc, 600);
+    tcase_add_test(tc, test_parity);
+    tcase_add_test(tc, test_folder_errors);
+    tcase_add_test(tc, test_missing_weights);
+    tcase_add_test(tc, test_single_file);
+    suite_add_tcase(s, tc);
+    return test_run_suite(s);
+}

@@ -1,0 +1,716 @@
+/* test_reward.c — DRaFT rewards: every analytic reward against an independent float64 loop
+ * and a central-difference gradcheck; the LAION head against the reference (golden); the whole
+ * aesthetic and CLIP-similarity chains on the tiny towers against a float64 re-computation with
+ * their own resize code, plus gradchecks w.r.t. image pixels; spec parsing and its errors. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "draft/reward.h"
+#include "nn/pickle.h"
+#include "tests/harness.h"
+#include "tests/parity.h"
+
+/* ---------------------------------------------------------------- float64 references */
+
+static double px(const struct tensor *img, int64_t b, int c, int64_t y, int64_t x)   /* [0,1], clamped */
+{
+    double v = tensor_get(img, (int64_t[]){b, c, y, x}) * 0.5 + 0.5;
+    return v < 0 ? 0 : v > 1 ? 1 : v;
+}
+
+static double ref_analytic(const char *spec, const struct tensor *img, int64_t b)
+{
+    const int64_t H = img->shape[2], W = img->shape[3];
+    const double n = (double)(H * W);
+    double s1[3] = {0}, s2[3] = {0};   /* sums and sums of squares of Y, rg, yb */
+    double red = 0;
+    for (int64_t y = 0; y < H; y++)
+        for (int64_t x = 0; x < W; x++) {
+            double R = px(img, b, 0, y, x), G = px(img, b, 1, y, x), B = px(img, b, 2, y, x);
+            double v[3] = {0.299 * R + 0.587 * G + 0.114 * B, R - G, 0.5 * (R + G) - B};
+            for (int k = 0; k < 3; k++) s1[k] += v[k], s2[k] += v[k] * v[k];
+            red += R - 0.5 * (G + B);
+        }
+    double mean[3], var[3];
+    for (int k = 0; k < 3; k++) mean[k] = s1[k] / n, var[k] = s2[k] / n - mean[k] * mean[k];
+    if (!strcmp(spec, "colorfulness"))
+        return sqrt(var[1] + var[2]) + 0.3 * sqrt(mean[1] * mean[1] + mean[2] * mean[2]);
+    if (!strncmp(spec, "brightness=", 11)) return -pow(mean[0] - atof(spec + 11), 2);
+    if (!strncmp(spec, "contrast=", 9)) return -pow(sqrt(var[0]) - atof(spec + 9), 2);
+    if (!strcmp(spec, "red")) return red / n;
+    /* jpeg: T.81 A.3.3 FDCT per 8x8 block of level-shifted JFIF YCbCr, over the Annex K tables */
+    static const int ql[64] = {16, 11, 10, 16, 24,  40,  51,  61,  12, 12, 14, 19, 26,  58,  60,  55,
+                               14, 13, 16, 24, 40,  57,  69,  56,  14, 17, 22, 29, 51,  87,  80,  62,
+                               18, 22, 37, 56, 68,  109, 103, 77,  24, 35, 55, 64, 81,  104, 113, 92,
+                               49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99};
+    static const int qc[8] = {17, 18, 24, 47, 99, 99, 99, 99};   /* first row; see below */
+    const int qc_rows[4][8] = {{17, 18, 24, 47, 99, 99, 99, 99}, {18, 21, 26, 66, 99, 99, 99, 99},
+                               {24, 26, 56, 99, 99, 99, 99, 99}, {47, 66, 99, 99, 99, 99, 99, 99}};
+    (void)qc;
+    double total = 0;
+    int64_t count = 0;
+    for (int c = 0; c < 3; c++)
+        for (int64_t by = 0; by + 8 <= H; by += 8)
+            for (int64_t bx = 0; bx + 8 <= W; bx += 8) {
+                double f[8][8];
+                for (int y = 0; y < 8; y++)
+                    for (int x = 0; x < 8; x++) {
+                        double R = 255 * px(img, b, 0, by + y, bx + x), G = 255 * px(img, b, 1, by + y, bx + x),
+                               B = 255 * px(img, b, 2, by + y, bx + x);
+                        f[y][x] = c == 0 ? 0.299 * R + 0.587 * G + 0.114 * B - 128
+                                  : c == 1 ? -0.168736 * R - 0.331264 * G + 0.5 * B
+                                           : 0.5 * R - 0.418688 * G - 0.081312 * B;
+                    }
+                for (int v = 0; v < 8; v++)
+                    for (int u = 0; u < 8; u++) {
+                        double F = 0;
+                        for (int y = 0; y < 8; y++)
+                            for (int x = 0; x < 8; x++)
+                                F += f[y][x] * cos((2 * x + 1) * u * M_PI / 16) * cos((2 * y + 1) * v * M_PI / 16);
+                        F *= 0.25 * (u ? 1 : M_SQRT1_2) * (v ? 1 : M_SQRT1_2);
+                        double q = c == 0 ? ql[v * 8 + u] : (v < 4 ? qc_rows[v][u] : 99);
+                        double z = F / q;
+                        total += sqrt(z * z + 1e-4) - 0.01;
+                        count++;
+                    }
+            }
+    return -total / (double)count;
+}
+
+static const char *const analytic_specs[] = {"colorfulness", "brightness=0.6", "contrast=0.3", "jpeg", "red"};
+#define N_ANALYTIC 5
+
+/* ---------------------------------------------------------------- analytic rewards */
+
+START_TEST(test_analytic_forward)
+{
+    LEAK_CHECK_BEGIN();
+    tensor_scope_begin();
+    /* 20 x 27: jpeg crops to 16 x 24; a few pixels beyond [-1, 1] exercise the clamp */
+    struct tensor *img = test_uniform(DTYPE_F64, 4, (int64_t[]){3, 3, 20, 27}, -1.1, 1.1);
+    for (int i = 0; i < N_ANALYTIC; i++) {
+        struct draft_reward *r = draft_reward_create(analytic_specs[i]);
+        ck_assert_msg(r != NULL, "%s", tensor_error());
+        struct tensor *s = draft_reward_score(r, img, NULL);
+        ck_assert_msg(s != NULL, "%s: %s", analytic_specs[i], tensor_error());
+        ck_assert_int_eq(s->ndim, 1);
+        ck_assert_int_eq(s->shape[0], 3);
+        ck_assert_int_eq(s->dtype, DTYPE_F64);
+        double worst = 0;
+        for (int64_t b = 0; b < 3; b++) {
+            double ref = ref_analytic(analytic_specs[i], img, b), got = tensor_get_flat(s, b);
+            worst = fmax(worst, fabs(got - ref) / fmax(1e-3, fabs(ref)));
+        }
+        /* f32 images give f32 scores close to the f64 ones */
+        struct tensor *s32 = draft_reward_score(r, tensor_to_dtype(img, DTYPE_F32), NULL);
+        ck_assert_msg(s32 && s32->dtype == DTYPE_F32, "%s", tensor_error());
+        double rel32 = test_rel_err(s32, s);
+        printf("analytic %-14s vs float64 loop: worst rel %.2e; f32 rel %.2e; scores %.4f %.4f %.4f\n",
+               analytic_specs[i], worst, rel32, tensor_get_flat(s, 0), tensor_get_flat(s, 1), tensor_get_flat(s, 2));
+        ck_assert_msg(worst < 1e-9, "%s differs from the float64 reference (%g)", analytic_specs[i], worst);
+        ck_assert_msg(rel32 < 1e-4, "%s: f32 path off by %g", analytic_specs[i], rel32);
+        draft_reward_free(r);
+    }
+    /* orderings the rewards exist for: a flat grey image compresses better than noise and is less colourful */
+    struct tensor *flat = tensor_full(DTYPE_F64, 4, (int64_t[]){1, 3, 16, 16}, 0.1, DEVICE_CPU);
+    struct tensor *noise = test_uniform(DTYPE_F64, 4, (int64_t[]){1, 3, 16, 16}, -1, 1);
+    struct draft_reward *j = draft_reward_create("jpeg"), *c = draft_reward_create("colorfulness");
+    ck_assert(j && c);
+    ck_assert(tensor_get_flat(draft_reward_score(j, flat, NULL), 0) > tensor_get_flat(draft_reward_score(j, noise, NULL), 0));
+    ck_assert(tensor_get_flat(draft_reward_score(c, flat, NULL), 0) < tensor_get_flat(draft_reward_score(c, noise, NULL), 0));
+    draft_reward_free(j);
+    draft_reward_free(c);
+    tensor_scope_end();
+    LEAK_CHECK_END();
+}
+END_TEST
+
+static struct tensor *score_fn(struct tensor *const *in, void *ctx)
+{
+    return draft_reward_score(ctx, in[0], NULL);
+}
+
+START_TEST(test_analytic_gradcheck)
+{
+    LEAK_CHECK_BEGIN();
+    for (int i = 0; i < N_ANALYTIC; i++) {
+        tensor_scope_begin();
+        /* inside (-1, 1): the clamp's kink is not differentiable; 9 x 17 makes jpeg crop */
+        struct tensor *img = test_uniform(DTYPE_F64, 4, (int64_t[]){2, 3, 9, 17}, -0.95, 0.95);
+        struct draft_reward *r = draft_reward_create(analytic_specs[i]);
+        ck_assert(r);
+        char label[64];
+        snprintf(label, sizeof label, "reward %s", analytic_specs[i]);
+        bool ok = gradcheck(label, score_fn, r, 1, &img, &(struct gc_opts){.tol = 1e-6});
+        draft_reward_free(r);
+        ck_assert_msg(ok, "%s gradient", analytic_specs[i]);
+        tensor_scope_end();
+    }
+    LEAK_CHECK_END();
+}
+END_TEST
+
+/* ---------------------------------------------------------------- preprocessing */
+
+/* PIL ImagingResample's coefficients, written again from libImaging/Resample.c */
+static double ref_pil_weight(int64_t in, int64_t out, int64_t i, int64_t j)
+{
+    double scale = (double)in / out, fs = scale > 1 ? scale : 1, center = (i + 0.5) * scale, sum = 0, wj = 0;
+    int64_t lo = (int64_t)(center - 2 * fs + 0.5), hi = (int64_t)(center + 2 * fs + 0.5);
+    if (lo < 0) lo = 0;
+    if (hi > in) hi = in;
+    for (int64_t k = lo; k < hi; k++) {
+        double x = fabs((k - center + 0.5) / fs);
+        double w = x < 1 ? (1.5 * x - 2.5) * x * x + 1 : x < 2 ? -0.5 * (((x - 5) * x + 8) * x - 4) : 0;
+        sum += w;
+        if (k == j) wj = w;
+    }
+    return wj / sum;
+}
+
+/* CLIP pixel values of image b as the reference pipeline computes them (float, no uint8) */
+static void ref_preprocess(const struct tensor *img, int64_t b, int64_t S, double *out /* [3][S][S] */)
+{
+    const int64_t H = img->shape[2], W = img->shape[3];
+    int64_t nh = H <= W ? S : S * H / W, nw = H <= W ? S * W / H : S;
+    int64_t top = (int64_t)nearbyint((nh - S) / 2.0), left = (int64_t)nearbyint((nw - S) / 2.0);   /* ties to even */
+    static const double mean[3] = {0.48145466, 0.4578275, 0.40821073}, sd[3] = {0.26862954, 0.26130258, 0.27577711};
+    for (int c = 0; c < 3; c++)
+        for (int64_t i = 0; i < S; i++)
+            for (int64_t j = 0; j < S; j++) {
+                double v = 0;
+                for (int64_t y = 0; y < H; y++) {
+                    double wy = ref_pil_weight(H, nh, top + i, y);
+                    if (wy == 0) continue;
+                    for (int64_t x = 0; x < W; x++) v += wy * ref_pil_weight(W, nw, left + j, x) * px(img, b, c, y, x);
+                }
+                out[(c * S + i) * S + j] = (v - mean[c]) / sd[c];
+            }
+}
+
+static struct tensor *preprocess_fn(struct tensor *const *in, void *ctx)
+{
+    return draft_clip_preprocess(in[0], *(int64_t *)ctx);
+}
+
+START_TEST(test_preprocess)
+{
+    LEAK_CHECK_BEGIN();
+    tensor_scope_begin();
+    /* identity at equal sizes; rows sum to one; antialiased downscale */
+    struct tensor *I = draft_pil_bicubic_matrix(7, 7);
+    for (int64_t i = 0; i < 7; i++)
+        for (int64_t j = 0; j < 7; j++) ck_assert_double_eq(tensor_get(I, (int64_t[]){i, j}), i == j);
+    struct tensor *M = draft_pil_bicubic_matrix(50, 11);
+    int nonzero = 0;
+    for (int64_t i = 0; i < 11; i++) {
+        double s = 0;
+        for (int64_t j = 0; j < 50; j++) s += tensor_get(M, (int64_t[]){i, j}), nonzero += tensor_get(M, (int64_t[]){i, j}) != 0;
+        ck_assert_double_eq_tol(s, 1, 1e-12);
+    }
+    ck_assert_int_gt(nonzero, 11 * 12);   /* support 2 * 50/11 on each side: ~18 taps, not 4 */
+    /* against the reference loops: landscape, portrait, square-up */
+    const int64_t shapes[3][2] = {{13, 20}, {21, 12}, {5, 5}};
+    const int64_t S = 8;
+    for (int k = 0; k < 3; k++) {
+        struct tensor *img = test_uniform(DTYPE_F64, 4, (int64_t[]){2, 3, shapes[k][0], shapes[k][1]}, -1.05, 1.05);
+        struct tensor *p = draft_clip_preprocess(img, S);
+        ck_assert_msg(p != NULL, "%s", tensor_error());
+        ck_assert(p->shape[2] == S && p->shape[3] == S);
+        double ref[3 * 8 * 8], err = 0, nrm = 0;
+        for (int64_t b = 0; b < 2; b++) {
+            ref_preprocess(img, b, S, ref);
+            for (int64_t e = 0; e < 3 * S * S; e++) {
+                double g = tensor_get_flat(p, b * 3 * S * S + e);
+                err = fmax(err, fabs(g - ref[e]));
+                nrm = fmax(nrm, fabs(ref[e]));
+            }
+        }
+        printf("preprocess %lldx%lld -> %lld: max abs err %.2e (max |ref| %.2f)\n", (long long)shapes[k][0],
+               (long long)shapes[k][1], (long long)S, err, nrm);
+        ck_assert_double_lt(err, 1e-12);
+    }
+    struct tensor *img = test_uniform(DTYPE_F64, 4, (int64_t[]){1, 3, 7, 10}, -0.95, 0.95);
+    int64_t s4 = 4;
+    ck_assert(gradcheck("clip preprocess 7x10->4", preprocess_fn, &s4, 1, &img, NULL));
+    tensor_scope_end();
+    LEAK_CHECK_END();
+}
+END_TEST
+
+/* ---------------------------------------------------------------- aesthetic head (golden) */
+
+START_TEST(test_head_parity)
+{
+    char hp[512], gp[512];
+    if (!parity_path("aesthetic/sac+logos+ava1-l14-linearMSE.pth", hp, sizeof hp) ||
+        !parity_path("golden/aesthetic.safetensors", gp, sizeof gp))
+        return;
+    LEAK_CHECK_BEGIN();
+    tensor_scope_begin();
+    struct draft_aesthetic_head *h = draft_aesthetic_head_load(hp, DTYPE_F32, DEVICE_CPU);
+    ck_assert_msg(h != NULL, "%s", tensor_error());
+    ck_assert_int_eq(draft_aesthetic_head_dim(h), 768);
+    struct safetensors *gold = safetensors_open(gp);
+    ck_assert_msg(gold != NULL, "%s", tensor_error());
+    struct tensor *e = parity_load(gold, "embeds_normalized");
+    ck_assert_int_eq(ag_set_requires_grad(e, true), STATUS_OK);
+    struct tensor *s = draft_aesthetic_head_forward(h, e);
+    ck_assert_msg(s != NULL, "%s", tensor_error());
+    ck_assert(parity_check("aesthetic.score", s, parity_load(gold, "score"), PARITY_RTOL_FWD, parity_rms(gold, "score")));
+    ck_assert_int_eq(ag_backward(ag_sum(s, 0, NULL, false), NULL, false), STATUS_OK);
+    ck_assert(parity_check("aesthetic.grad.embeds_normalized", e->grad, parity_load(gold, "grad.embeds_normalized"),
+                           PARITY_RTOL_GRAD, parity_rms(gold, "grad.")));
+    printf("aesthetic scores: %.4f %.4f %.4f %.4f\n", tensor_get_flat(s, 0), tensor_get_flat(s, 1),
+           tensor_get_flat(s, 2), tensor_get_flat(s, 3));
+    /* the same head as .safetensors gives the same numbers */
+    struct torch_file *tf = torch_file_open(hp);
+    ck_assert(tf);
+    const char *names[10];
+    struct tensor *ts[10];
+    char buf[10][32];
+    for (int i = 0; i < 10; i++) {
+        snprintf(buf[i], sizeof buf[i], "layers.%d.%s", (int[]){0, 2, 4, 6, 7}[i / 2], i % 2 ? "bias" : "weight");
+        names[i] = buf[i];
+        ts[i] = torch_file_load(tf, names[i], DTYPE_F32);
+        ck_assert(ts[i]);
+    }
+    torch_file_close(tf);
+    char sp[] = "/tmp/test_reward_head_XXXXXX";
+    int fd = mkstemp(sp);
+    ck_assert(fd >= 0);
+    close(fd);
+    ck_assert_int_eq(safetensors_save(sp, 10, names, ts, 0, NULL, NULL), STATUS_OK);
+    struct draft_aesthetic_head *h2 = draft_aesthetic_head_load(sp, DTYPE_F32, DEVICE_CPU);
+    ck_assert_msg(h2 != NULL, "%s", tensor_error());
+    ag_no_grad_begin();
+    ck_assert_double_eq(test_max_abs_diff(draft_aesthetic_head_forward(h2, e), s), 0);
+    ag_no_grad_end();
+    /* a head whose last layer is not one output is refused with the shapes */
+    ts[8] = tensor_zeros(DTYPE_F32, 2, (int64_t[]){2, 16}, DEVICE_CPU);
+    ck_assert_int_eq(safetensors_save(sp, 10, names, ts, 0, NULL, NULL), STATUS_OK);
+    ck_assert(draft_aesthetic_head_load(sp, DTYPE_F32, DEVICE_CPU) == NULL);
+    printf("bad head: %s\n", tensor_error());
+    ck_assert(strstr(tensor_error(), "layers.7.weight") && strstr(tensor_error(), "[1, 16]"));
+    unlink(sp);
+    ag_zero_grad(e);
+    draft_aesthetic_head_free(h);
+    draft_aesthetic_head_free(h2);
+    safetensors_close(gold);
+    tensor_scope_end();
+    LEAK_CHECK_END();
+}
+END_TEST
+
+/* ---------------------------------------------------------------- tiny towers */
+
+struct tiny {
+    char dir[512];   /* tiny-sd */
+    struct nn_params ps;   /* f64: text + vision towers */
+    struct clip_text_model tm;
+    struct clip_vision_model vm;
+};
+
+static bool tiny_load(struct tiny *t)
+{
+    char p[600], q[600];
+    if (!parity_path("tiny-sd/image_encoder/model.safetensors", p, sizeof p) ||
+        !parity_path("tiny-sd/text_encoder/model.safetensors", q, sizeof q) ||
+        !parity_path("tiny-sd/tokenizer/vocab.json", t->dir, sizeof t->dir))
+        return false;
+    *strstr(t->dir, "/tokenizer/vocab.json") = 0;
+    nn_params_init(&t->ps, DTYPE_F64, DEVICE_CPU);
+    struct clip_vision_config vc;
+    struct clip_text_config tc;
+    snprintf(p, sizeof p, "%s/image_encoder/config.json", t->dir);
+    snprintf(q, sizeof q, "%s/text_encoder/config.json", t->dir);
+    ck_assert_msg(!clip_vision_config_load(&vc, p) && !clip_text_config_load(&tc, q), "%s", tensor_error());
+    ck_assert(!clip_vision_init(&t->vm, &vc, &t->ps, "") && !clip_text_init(&t->tm, &tc, &t->ps, ""));
+    for (int k = 0; k < 2; k++) {
+        snprintf(p, sizeof p, "%s/%s/model.safetensors", t->dir, k ? "text_encoder" : "image_encoder");
+        struct safetensors *st = safetensors_open(p);
+        ck_assert(st);
+        int loaded = 0;   /* each file holds one tower: load what it has */
+        for (int i = 0; i < t->ps.n; i++)
+            if (safetensors_find(st, t->ps.v[i].name)) {
+                ck_assert_msg(!safetensors_load_into(st, t->ps.v[i].name, t->ps.v[i].t), "%s", tensor_error());
+                loaded++;
+            }
+        ck_assert_int_gt(loaded, 10);
+        safetensors_close(st);
+    }
+    return true;
+}
+
+static void tiny_free(struct tiny *t)
+{
+    clip_text_free(&t->tm);
+    clip_vision_free(&t->vm);
+    nn_params_free(&t->ps);
+}
+
+/* normalised image embeddings [B, P] in f64, from the reference preprocessing and the f64 tower */
+static struct tensor *ref_image_embeds(struct tiny *t, const struct tensor *img)
+{
+    const int64_t B = img->shape[0], S = t->vm.cfg.image_size;
+    double *buf = calloc((size_t)(B * 3 * S * S), sizeof *buf);
+    for (int64_t b = 0; b < B; b++) ref_preprocess(img, b, S, buf + b * 3 * S * S);
+    struct tensor *pv = tensor_from_data(DTYPE_F64, 4, (int64_t[]){B, 3, S, S}, buf);
+    free(buf);
+    ag_no_grad_begin();
+    struct tensor *e = clip_vision_forward(&t->vm, pv);
+    ag_no_grad_end();
+    ck_assert(e);
+    const int64_t P = e->shape[1];
+    for (int64_t b = 0; b < B; b++) {
+        double n = 0;
+        for (int64_t k = 0; k < P; k++) n += pow(tensor_get_flat(e, b * P + k), 2);
+        for (int64_t k = 0; k < P; k++) tensor_set_flat(e, b * P + k, tensor_get_flat(e, b * P + k) / sqrt(n));
+    }
+    return e;
+}
+
+/* a random head 16 -> 12 -> 8 -> 6 -> 4 -> 1 written as .safetensors (the .pth path is
+ * covered by the real LAION file in test_head_parity) */
+static void write_head(const char *st_path, struct tensor **ts)
+{
+    static const int64_t dims[6] = {16, 12, 8, 6, 4, 1};
+    static char buf[10][32];
+    const char *names[10];
+    for (int i = 0; i < 10; i++) {
+        snprintf(buf[i], sizeof buf[i], "layers.%d.%s", (int[]){0, 2, 4, 6, 7}[i / 2], i % 2 ? "bias" : "weight");
+        names[i] = buf[i];
+        int l = i / 2;
+        ts[i] = i % 2 ? test_uniform(DTYPE_F64, 1, (int64_t[]){dims[l + 1]}, -0.5, 0.5)
+                      : test_uniform(DTYPE_F64, 2, (int64_t[]){dims[l + 1], dims[l]}, -0.5, 0.5);
+    }
+    ck_assert_int_eq(safetensors_save(st_path, 10, names, ts, 0, NULL, NULL), STATUS_OK);
+}
+
+static double ref_head(struct tensor *const *ts, const double *e)
+{
+    double x[16], y[16];
+    int64_t in = 16;
+    memcpy(x, e, sizeof(double) * 16);
+    for (int l = 0; l < 5; l++) {
+        int64_t out = ts[2 * l]->shape[0];
+        for (int64_t o = 0; o < out; o++) {
+            y[o] = tensor_get_flat(ts[2 * l + 1], o);
+            for (int64_t i = 0; i < in; i++) y[o] += tensor_get(ts[2 * l], (int64_t[]){o, i}) * x[i];
+        }
+        memcpy(x, y, sizeof(double) * (size_t)out);
+        in = out;
+    }
+    return x[0];
+}
+
+/* a few pixels of a fixed image as the only inputs: image = base + onehot @ p */
+struct pixel_ctx {
+    struct draft_reward *r;
+    struct tensor *base, *onehot;   /* [N, 1] per pixel, onehot [numel, k] */
+    const char *const *prompts;
+};
+
+static struct tensor *pixel_fn(struct tensor *const *in, void *vctx)
+{
+    struct pixel_ctx *c = vctx;
+    struct tensor *d = ag_reshape(ag_matmul(c->onehot, ag_reshape(in[0], 2, (int64_t[]){in[0]->shape[0], 1})),
+                                  c->base->ndim, c->base->shape);
+    return draft_reward_score(c->r, ag_add(c->base, d), c->prompts);
+}
+
+static struct tensor *pixel_setup(struct pixel_ctx *c, struct tensor *base, int k)
+{
+    const int64_t n = tensor_numel(base);
+    c->base = base;
+    c->onehot = tensor_zeros(DTYPE_F64, 2, (int64_t[]){n, k}, DEVICE_CPU);
+    struct tensor *p = tensor_zeros(DTYPE_F64, 1, (int64_t[]){k}, DEVICE_CPU);
+    for (int i = 0; i < k; i++) {
+        int64_t at = (int64_t)((i * 7919 + 13) % n);   /* spread over channels, rows and images */
+        tensor_set_flat(c->onehot, at * k + i, 1);
+        tensor_set_flat(p, i, tensor_get_flat(base, at));
+        tensor_set_flat(base, at, 0);
+    }
+    return p;
+}
+
+START_TEST(test_aesthetic_tiny)
+{
+    LEAK_CHECK_BEGIN();
+    char sp[] = "/tmp/test_reward_ahead_XXXXXX", enc[600];
+    int f1 = mkstemp(sp);
+    ck_assert(f1 >= 0);
+    close(f1);
+    tensor_scope_begin();
+    struct tensor *ts[10];
+    write_head(sp, ts);
+    struct tiny t;
+    if (!tiny_load(&t)) {
+        tensor_scope_end();
+        unlink(sp);
+        return;
+    }
+    snprintf(enc, sizeof enc, "%s/image_encoder", t.dir);
+    char spec[1400];
+    snprintf(spec, sizeof spec, "aesthetic:%s,%s", enc, sp);
+    struct draft_reward *r32 = draft_reward_create(spec);
+    ck_assert_msg(r32 != NULL, "%s", tensor_error());
+    struct draft_reward *r64 = draft_reward_create_on(spec, DTYPE_F64, DEVICE_CPU);
+    ck_assert_msg(r64, "%s", tensor_error());
+
+    /* 40 x 52 -> resize to 32 x 41, centre crop 32 x 32 */
+    struct tensor *img = test_uniform(DTYPE_F64, 4, (int64_t[]){2, 3, 40, 52}, -1, 1);
+    struct tensor *e = ref_image_embeds(&t, img);
+    struct tensor *s32 = draft_reward_score(r32, tensor_to_dtype(img, DTYPE_F32), NULL);
+    struct tensor *s64 = draft_reward_score(r64, img, NULL);
+    ck_assert_msg(s32 && s64, "%s", tensor_error());
+    ck_assert_int_eq(s32->dtype, DTYPE_F32);
+    ck_assert_int_eq(s64->dtype, DTYPE_F64);
+    double err64 = 0, err32 = 0;
+    for (int64_t b = 0; b < 2; b++) {
+        double eb[16];
+        for (int k = 0; k < 16; k++) eb[k] = tensor_get_flat(e, b * 16 + k);
+        double ref = ref_head(ts, eb);
+        err64 = fmax(err64, fabs(tensor_get_flat(s64, b) - ref) / fmax(1, fabs(ref)));
+        err32 = fmax(err32, fabs(tensor_get_flat(s32, b) - ref) / fmax(1, fabs(ref)));
+        printf("aesthetic tiny image %lld: ref %.8f f64 %.8f f32 %.8f\n", (long long)b, ref, tensor_get_flat(s64, b),
+               tensor_get_flat(s32, b));
+    }
+    printf("aesthetic tiny vs float64 re-computation: f64 rel %.2e, f32 rel %.2e\n", err64, err32);
+    ck_assert_double_lt(err64, 1e-10);
+    ck_assert_double_lt(err32, 1e-5);
+
+    struct pixel_ctx pc = {.r = r64};
+    struct tensor *p = pixel_setup(&pc, img, 8);
+    ck_assert(gradcheck("aesthetic tiny d score / d pixels", pixel_fn, &pc, 1, &p,
+                        &(struct gc_opts){.tol = 1e-6, .f32_tol = -1}));
+    /* the head must read the tower's projection width */
+    char hp[512];
+    if (parity_path("aesthetic/sac+logos+ava1-l14-linearMSE.pth", hp, sizeof hp)) {
+        ck_assert(draft_reward_aesthetic_create(enc, hp, DTYPE_F32, DEVICE_CPU) == NULL);
+        printf("dim mismatch: %s\n", tensor_error());
+        ck_assert(strstr(tensor_error(), "768") && strstr(tensor_error(), "16"));
+    }
+    draft_reward_free(r32);
+    draft_reward_free(r64);
+    unlink(sp);
+    tiny_free(&t);
+    tensor_scope_end();
+    LEAK_CHECK_END();
+}
+END_TEST
+
+/* ---------------------------------------------------------------- CLIP similarity */
+
+/* cosine of the reference image embeds with normalise(proj @ pooled text) in f64 */
+static double ref_clip(struct tiny *t, const struct clip_tokenizer *tok, const struct tensor *proj, const struct tensor *ie,
+                       int64_t b, const char *text)
+{
+    int32_t ids[CLIP_CONTEXT];
+    ck_assert(!clip_tokenize_77(tok, text, ids));
+    tensor_scope_begin();
+    ag_no_grad_begin();
+    struct tensor *it = tensor_from_data(DTYPE_I32, 2, (int64_t[]){1, CLIP_CONTEXT}, ids);
+    struct tensor *h = clip_text_forward(&t->tm, it);
+    ag_no_grad_end();
+    int at = 0;   /* the first eos (the highest id) */
+    for (int j = 0; j < CLIP_CONTEXT; j++)
+        if (ids[j] > ids[at]) at = j;
+    const int64_t P = proj->shape[0], D = proj->shape[1];
+    double te[64], n = 0, dot = 0;
+    for (int64_t k = 0; k < P; k++) {
+        te[k] = 0;
+        for (int64_t d = 0; d < D; d++) te[k] += tensor_get(proj, (int64_t[]){k, d}) * tensor_get(h, (int64_t[]){0, at, d});
+        n += te[k] * te[k];
+    }
+    for (int64_t k = 0; k < P; k++) dot += te[k] / sqrt(n) * tensor_get_flat(ie, b * P + k);
+    tensor_scope_end();
+    return dot;
+}
+
+START_TEST(test_clip_tiny)
+{
+    LEAK_CHECK_BEGIN();
+    tensor_scope_begin();
+    struct tiny t;
+    if (!tiny_load(&t)) {
+        tensor_scope_end();
+        return;
+    }
+    char vp[700], mp[700];
+    snprintf(vp, sizeof vp, "%s/tokenizer/vocab.json", t.dir);
+    snprintf(mp, sizeof mp, "%s/tokenizer/merges.txt", t.dir);
+    struct clip_tokenizer *tok = clip_tokenizer_load(vp, mp);
+    ck_assert_msg(tok != NULL, "%s", tensor_error());
+    /* a text projection 32 -> 16, as CLIPModel's text_projection */
+    struct nn_params pp;
+    nn_params_init(&pp, DTYPE_F64, DEVICE_CPU);
+    struct nn_linear proj;
+    ck_assert(!nn_linear_init(&proj, &pp, "text_projection", 32, 16, false));
+    ck_assert(!tensor_copy_(proj.weight, test_uniform(DTYPE_F64, 2, (int64_t[]){16, 32}, -0.3, 0.3)));
+
+    const char *prompts[2] = {"a photo of a cat", "an astronaut riding a horse"};
+    struct tensor *img = test_uniform(DTYPE_F64, 4, (int64_t[]){2, 3, 48, 48}, -1, 1);
+    struct tensor *ie = ref_image_embeds(&t, img);
+    struct draft_reward *r = draft_reward_clip_from_models(&t.tm, &proj, &t.vm, tok, NULL, 1.0);
+    struct draft_reward *rt = draft_reward_clip_from_models(&t.tm, &proj, &t.vm, tok, "a red dog, on grass", 2.5);
+    ck_assert_msg(r && rt, "%s", tensor_error());
+    struct tensor *s = draft_reward_score(r, img, prompts), *st = draft_reward_score(rt, img, NULL);
+    ck_assert_msg(s && st, "%s", tensor_error());
+    double err = 0;
+    for (int64_t b = 0; b < 2; b++) {
+        double ref = ref_clip(&t, tok, proj.weight, ie, b, prompts[b]);
+        double reft = 2.5 * ref_clip(&t, tok, proj.weight, ie, b, "a red dog, on grass");
+        printf("clip tiny image %lld: cos %.8f (ref %.8f), target x2.5 %.8f (ref %.8f)\n", (long long)b,
+               tensor_get_flat(s, b), ref, tensor_get_flat(st, b), reft);
+        err = fmax(err, fmax(fabs(tensor_get_flat(s, b) - ref), fabs(tensor_get_flat(st, b) - reft)));
+    }
+    ck_assert_double_lt(err, 1e-10);
+    /* prompts are required without a target */
+    ck_assert(draft_reward_score(r, img, NULL) == NULL);
+    ck_assert(strstr(tensor_error(), "prompts"));
+
+    struct pixel_ctx pc = {.r = r, .prompts = prompts};
+    struct tensor *p = pixel_setup(&pc, tensor_clone(img), 6);
+    ck_assert(gradcheck("clip tiny d cos / d pixels", pixel_fn, &pc, 1, &p, &(struct gc_opts){.tol = 1e-6, .f32_tol = -1}));
+
+    /* the folder form: a CLIPModel folder assembled from the tiny towers */
+    char dir[] = "/tmp/test_reward_clip_XXXXXX", path[900], tokdir[700];
+    ck_assert(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    FILE *f = fopen(path, "w");
+    ck_assert(f);
+    fprintf(f, "{\"architectures\": [\"CLIPModel\"], \"model_type\": \"clip\", \"projection_dim\": 16, "
+               "\"logit_scale_init_value\": 2.6592,\n"
+               " \"text_config\": {\"model_type\": \"clip_text_model\", \"vocab_size\": 49408, \"hidden_size\": 32, "
+               "\"intermediate_size\": 128, \"num_hidden_layers\": 2, \"num_attention_heads\": 4, "
+               "\"max_position_embeddings\": 77, \"hidden_act\": \"quick_gelu\", \"layer_norm_eps\": 1e-05, "
+               "\"eos_token_id\": 2, \"return_dict\": true, \"chunk_size_feed_forward\": 0, \"projection_dim\": 512},\n"
+               " \"vision_config\": {\"model_type\": \"clip_vision_model\", \"image_size\": 32, \"patch_size\": 8, "
+               "\"hidden_size\": 32, \"intermediate_size\": 128, \"num_hidden_layers\": 2, \"num_attention_heads\": 4, "
+               "\"hidden_act\": \"quick_gelu\", \"layer_norm_eps\": 1e-05, \"num_channels\": 3, \"projection_dim\": 512, "
+               "\"output_hidden_states\": false}}\n");
+    fclose(f);
+    struct tensor *ls = nn_param_new(&t.ps, "", "logit_scale", 0, NULL);
+    struct tensor *tp = nn_param_new(&t.ps, "", "text_projection.weight", 2, (int64_t[]){16, 32});
+    ck_assert(ls && tp && !tensor_copy_(tp, proj.weight) && !tensor_fill_(ls, 0.7));
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    ck_assert_int_eq(nn_params_save(&t.ps, path), STATUS_OK);
+    snprintf(tokdir, sizeof tokdir, "%s/tokenizer", t.dir);
+    snprintf(path, sizeof path, "%s/tokenizer", dir);
+    ck_assert(symlink(tokdir, path) == 0);
+
+    char spec[1200];
+    snprintf(spec, sizeof spec, "clip:%s,logit_scale,text=a red dog, on grass", dir);
+    struct draft_reward *rf = draft_reward_create_on(spec, DTYPE_F64, DEVICE_CPU);
+    snprintf(spec, sizeof spec, "clip:%s", dir);
+    struct draft_reward *rp = draft_reward_create_on(spec, DTYPE_F64, DEVICE_CPU);
+    snprintf(spec, sizeof spec, "clip:%s,logit_scale", dir);
+    struct draft_reward *rl = draft_reward_create(spec);
+    ck_assert_msg(rf && rp && rl, "%s", tensor_error());
+    struct tensor *sf = draft_reward_score(rf, img, NULL), *sp = draft_reward_score(rp, img, prompts);
+    struct tensor *sl = draft_reward_score(rl, tensor_to_dtype(img, DTYPE_F32), prompts);
+    ck_assert_msg(sf && sp && sl, "%s", tensor_error());
+    double ef = 0, el = 0;
+    for (int64_t b = 0; b < 2; b++) {
+        ef = fmax(ef, fabs(tensor_get_flat(sf, b) - exp(0.7) / 2.5 * tensor_get_flat(st, b)));
+        ef = fmax(ef, fabs(tensor_get_flat(sp, b) - tensor_get_flat(s, b)));
+        el = fmax(el, fabs(tensor_get_flat(sl, b) - exp(0.7) * tensor_get_flat(s, b)));
+    }
+    printf("clip folder spec vs from_models: f64 max diff %.2e, f32 with logit_scale max diff %.2e\n", ef, el);
+    ck_assert_double_lt(ef, 1e-12);
+    ck_assert_double_lt(el, 1e-5);
+    draft_reward_free(rf);
+    draft_reward_free(rp);
+    draft_reward_free(rl);
+    /* no tokenizer -> error naming the folder */
+    unlink(path);
+    ck_assert(draft_reward_create(spec) == NULL);
+    printf("no tokenizer: %s\n", tensor_error());
+    ck_assert(strstr(tensor_error(), "vocab.json"));
+    snprintf(path, sizeof path, "rm -rf '%s'", dir);
+    ck_assert(system(path) == 0);
+
+    draft_reward_free(r);
+    draft_reward_free(rt);
+    clip_tokenizer_free(tok);
+    nn_params_free(&pp);
+    tiny_free(&t);
+    tensor_scope_end();
+    LEAK_CHECK_END();
+}
+END_TEST
+
+/* ---------------------------------------------------------------- errors */
+
+START_TEST(test_errors)
+{
+    LEAK_CHECK_BEGIN();
+    tensor_scope_begin();
+    struct {
+        const char *spec, *want;
+    } cases[] = {
+        {"", "valid specs"},
+        {"sharpness", "colorfulness"},   /* unknown: the message lists the valid ones */
+        {"brightness=abc", "'abc' is not a number"},
+        {"brightness=", "not a number"},
+        {"contrast=0.5x", "'0.5x'"},
+        {"aesthetic:/nonexistent/clip", "aesthetic:<clip_vision_dir>,<head file>"},
+        {"aesthetic:/nonexistent/clip,/nonexistent/head.pth", "/nonexistent/clip/config.json"},
+        {"clip:/nonexistent/clip", "/nonexistent/clip/config.json"},
+        {"clip:/tmp,bogus", "unknown option 'bogus'"},
+        {"clip:", "folder is missing"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        struct draft_reward *r = draft_reward_create(cases[i].spec);
+        ck_assert_msg(r == NULL, "spec '%s' accepted", cases[i].spec);
+        printf("spec '%s' -> %.*s\n", cases[i].spec, (int)strcspn(tensor_error(), "\n"), tensor_error());
+        ck_assert_msg(strstr(tensor_error(), cases[i].want), "spec '%s': message '%s' lacks '%s'", cases[i].spec,
+                      tensor_error(), cases[i].want);
+    }
+    char hp[512];
+    char enc[600];
+    if (parity_path("tiny-sd/image_encoder/config.json", enc, sizeof enc)) {
+        *strstr(enc, "/config.json") = 0;
+        char spec[1300];
+        snprintf(spec, sizeof spec, "aesthetic:%s,/nonexistent/head.pth", enc);
+        ck_assert(draft_reward_create(spec) == NULL);
+        ck_assert(strstr(tensor_error(), "/nonexistent/head.pth"));
+        (void)hp;
+    }
+    /* bad images */
+    struct draft_reward *r = draft_reward_create("colorfulness");
+    ck_assert(r);
+    ck_assert(draft_reward_score(r, tensor_zeros(DTYPE_F32, 4, (int64_t[]){2, 4, 8, 8}, DEVICE_CPU), NULL) == NULL);
+    ck_assert(strstr(tensor_error(), "[B, 3, H, W]"));
+    ck_assert(draft_reward_score(r, tensor_zeros(DTYPE_I32, 4, (int64_t[]){2, 3, 8, 8}, DEVICE_CPU), NULL) == NULL);
+    ck_assert(draft_reward_score(r, NULL, NULL) == NULL);
+    draft_reward_free(r);
+    r = draft_reward_create("jpeg");
+    ck_assert(draft_reward_score(r, tensor_zeros(DTYPE_F32, 4, (int64_t[]){1, 3, 4, 16}, DEVICE_CPU), NULL) == NULL);
+    ck_assert(strstr(tensor_error(), "8x8"));
+    draft_reward_free(r);
+    draft_reward_free(NULL);
+    tensor_scope_end();
+    LEAK_CHECK_END();
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("reward");
+    TCase *tc = tcase_create("reward");
+    tcase_set_timeout(tc, 600);
+    tcase_add_test(tc, test_errors);
+    tcase_add_test(tc, test_analytic_forward);
+    tcase_add_test(tc, test_analytic_gradcheck);
+    tcase_add_test(tc, test_preprocess);
+    tcase_add_test(tc, test_head_parity);
+    tcase_add_test(tc, test_aesthetic_tiny);
+    tcase_add_test(tc, test_clip_tiny);
+    suite_add_tcase(s, tc);
+    return test_run_suite(s);
+}

@@ -1,0 +1,302 @@
+/* draft_run.c — `draft-run`: fine-tune a Stable Diffusion 1.x model's LoRA on a differentiable
+ * reward with DRaFT, DRaFT-K, DRaFT-LV, ReFL or AlignProp (draft/run.h does the work).
+ *
+ *   draft-run --model DIR [--reward SPEC] [--prompts FILE|@animals] [--method lv] ...
+ *   draft-run --config run.json [--iters 10]     (flags given later override the file)
+ *   draft-run --help                              (every option with its default)
+ */
+#include "draft/run.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <math.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum kind { K_STR, K_INT, K_U64, K_DOUBLE, K_BOOL, K_METHOD, K_DTYPE };
+
+struct opt {
+    const char *name;
+    enum kind kind;
+    size_t off, size;   /* field in struct draft_run_config (size: for strings) */
+    const char *help;
+};
+
+#define F(field) offsetof(struct draft_run_config, field), sizeof(((struct draft_run_config *)0)->field)
+static const struct opt opts[] = {
+    {"model", K_STR, F(model), "diffusers folder of the model (model_index.json, unet/, vae/, ...)"},
+    {"reward", K_STR, F(reward), "reward: aesthetic:<clip_dir>,<head.pth> | clip:<dir>[,text=...] | colorfulness | "
+                                 "brightness=<t> | contrast=<t> | jpeg"},
+    {"prompts", K_STR, F(prompts), "prompt file (one a line) or a built-in set: @animals, @emoji"},
+    {"out", K_STR, F(out), "run folder (metrics, grids, checkpoints, LoRA, report.html)"},
+    {"dtype", K_DTYPE, F(dtype), "dtype of the frozen base weights: f32 or bf16 (LoRA and AdamW stay f32)"},
+    {"method", K_METHOD, F(method.method), "full | k | lv | refl | alignprop"},
+    {"k", K_INT, F(method.k), "DRaFT-K: differentiate the last k sampling steps (alignprop: upper bound unused)"},
+    {"lv-n", K_INT, F(method.lv_n), "DRaFT-LV: re-noised copies of the final latent"},
+    {"refl-lo", K_INT, F(method.refl_lo), "ReFL: first step index of the stopping window"},
+    {"refl-hi", K_INT, F(method.refl_hi), "ReFL: last step index of the stopping window"},
+    {"steps", K_INT, F(method.steps), "DDIM sampling steps"},
+    {"guidance", K_DOUBLE, F(method.guidance), "classifier-free guidance scale"},
+    {"eta", K_DOUBLE, F(method.eta), "DDIM eta (0 = deterministic)"},
+    {"checkpoint", K_BOOL, F(method.checkpoint), "recompute each UNet call and VAE block in the backward"},
+    {"lora-rank", K_INT, F(lora_rank), "LoRA rank"},
+    {"lora-alpha", K_DOUBLE, F(lora_alpha), "LoRA alpha (scale = alpha / rank)"},
+    {"lr", K_DOUBLE, F(opt.lr), "AdamW learning rate"},
+    {"beta1", K_DOUBLE, F(opt.beta1), "AdamW beta1"},
+    {"beta2", K_DOUBLE, F(opt.beta2), "AdamW beta2"},
+    {"adam-eps", K_DOUBLE, F(opt.eps), "AdamW epsilon"},
+    {"weight-decay", K_DOUBLE, F(opt.weight_decay), "AdamW decoupled weight decay"},
+    {"grad-clip", K_DOUBLE, F(opt.max_grad_norm), "clip the global gradient norm to this (0 = off)"},
+    {"warmup", K_INT, F(opt.warmup_steps), "linear learning-rate warm-up steps"},
+    {"accum", K_INT, F(opt.accum_steps), "gradient accumulation: micro-batches per optimiser step"},
+    {"batch", K_INT, F(batch), "images per micro-batch"},
+    {"iters", K_INT, F(iters), "optimiser steps"},
+    {"seed", K_U64, F(seed), "seed of every random draw (prompts, latents, noise, LoRA init)"},
+    {"size", K_INT, F(image_size), "image side in pixels (0 = the model's default)"},
+    {"eval-images", K_INT, F(eval_images), "held-out fixed-seed images scored before, during and after"},
+    {"eval-every", K_INT, F(eval_every), "evaluate and write a sample grid every N steps (0 = before/after only)"},
+    {"save-every", K_INT, F(save_every), "write checkpoint.safetensors every N steps (0 = at the end only)"},
+    {"resume", K_BOOL, F(resume), "continue from <out>/checkpoint.safetensors"},
+    {"progress", K_BOOL, F(progress), "show a progress bar on stderr"},
+};
+#undef F
+#define N_OPTS (int)(sizeof opts / sizeof opts[0])
+
+static const struct opt *find_opt(const char *name)
+{
+    for (int i = 0; i < N_OPTS; i++)
+        if (!strcmp(opts[i].name, name)) return &opts[i];
+    return NULL;
+}
+
+static void value_str(const struct draft_run_config *c, const struct opt *o, char *buf, size_t n)
+{
+    const char *p = (const char *)c + o->off;
+    switch (o->kind) {
+    case K_STR: snprintf(buf, n, "%s", p[0] ? p : "(none)"); break;
+    case K_INT: snprintf(buf, n, "%d", *(const int *)p); break;
+    case K_U64: snprintf(buf, n, "%" PRIu64, *(const uint64_t *)p); break;
+    case K_DOUBLE: snprintf(buf, n, "%g", *(const double *)p); break;
+    case K_BOOL: snprintf(buf, n, "%s", *(const bool *)p ? "true" : "false"); break;
+    case K_METHOD: snprintf(buf, n, "%s", draft_method_name(*(const enum draft_method *)p)); break;
+    case K_DTYPE: snprintf(buf, n, "%s", *(const enum dtype *)p == DTYPE_BF16 ? "bf16" : "f32"); break;
+    }
+}
+
+static void usage(FILE *f)
+{
+    struct draft_run_config d;
+    draft_run_config_default(&d);
+    fprintf(f, "usage: draft-run --model DIR [options]\n"
+               "Fine-tunes a LoRA on the UNet of a Stable Diffusion 1.x model so that a differentiable reward of\n"
+               "its samples rises, by backpropagating through the DDIM sampler (DRaFT, Clark et al. 2024).\n\n"
+               "options (also accepted as keys of a JSON object in --config FILE; later flags override it):\n");
+    for (int i = 0; i < N_OPTS; i++) {
+        char def[1100], flag[64];
+        value_str(&d, &opts[i], def, sizeof def);
+        snprintf(flag, sizeof flag, "--%s%s", opts[i].name, opts[i].kind == K_BOOL ? "[=BOOL]" : " X");
+        fprintf(f, "  %-18s %s (default: %s)\n", flag, opts[i].help, def);
+    }
+    fprintf(f, "  %-18s %s\n  %-18s %s\n", "--config FILE", "read options from a JSON file",
+            "--help", "this text\n"
+            "A boolean flag may be negated as --no-NAME. Ctrl-C saves a checkpoint and stops; --resume continues.\n"
+            "The last line printed is: final: reward_before=<x> reward_after=<y> steps=<n> seconds=<s>");
+}
+
+/* set option o from text v; false with a message on a bad value */
+static bool set_value(struct draft_run_config *c, const struct opt *o, const char *v, const char *where)
+{
+    char *p = (char *)c + o->off, *end = NULL;
+    errno = 0;
+    switch (o->kind) {
+    case K_STR:
+        if (strlen(v) >= o->size) {
+            fprintf(stderr, "draft-run: %s: --%s is longer than %zu characters\n", where, o->name, o->size - 1);
+            return false;
+        }
+        memcpy(p, v, strlen(v) + 1);
+        return true;
+    case K_INT: {
+        long x = strtol(v, &end, 10);
+        if (errno || end == v || *end || x < INT_MIN || x > INT_MAX) break;
+        *(int *)p = (int)x;
+        return true;
+    }
+    case K_U64: {
+        if (v[0] == '-') break;
+        unsigned long long x = strtoull(v, &end, 10);
+        if (errno || end == v || *end) break;
+        *(uint64_t *)p = x;
+        return true;
+    }
+    case K_DOUBLE: {
+        double x = strtod(v, &end);
+        if (errno || end == v || *end || !isfinite(x)) break;
+        *(double *)p = x;
+        return true;
+    }
+    case K_BOOL:
+        if (!strcmp(v, "true") || !strcmp(v, "1") || !strcmp(v, "yes")) *(bool *)p = true;
+        else if (!strcmp(v, "false") || !strcmp(v, "0") || !strcmp(v, "no")) *(bool *)p = false;
+        else break;
+        return true;
+    case K_METHOD:
+        if (draft_method_parse(v, (enum draft_method *)p)) return true;
+        fprintf(stderr, "draft-run: %s: --method '%s' is not one of full, k, lv, refl, alignprop\n", where, v);
+        return false;
+    case K_DTYPE:
+        if (!strcmp(v, "f32") || !strcmp(v, "float32")) *(enum dtype *)p = DTYPE_F32;
+        else if (!strcmp(v, "bf16") || !strcmp(v, "bfloat16")) *(enum dtype *)p = DTYPE_BF16;
+        else {
+            fprintf(stderr, "draft-run: %s: --dtype '%s' is not f32 or bf16\n", where, v);
+            return false;
+        }
+        return true;
+    }
+    static const char *const kinds[] = {"text", "an integer", "a non-negative integer", "a finite number",
+                                        "true or false", "a method", "a dtype"};
+    fprintf(stderr, "draft-run: %s: --%s expects %s, got '%s'\n", where, o->name, kinds[o->kind], v);
+    return false;
+}
+
+static bool load_config(struct draft_run_config *c, const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "draft-run: --config %s: %s\n", path, strerror(errno));
+        return false;
+    }
+    char *text = NULL;
+    size_t n = 0, cap = 0;
+    for (;;) {
+        if (n + 4097 > cap) {
+            char *t = realloc(text, cap = cap ? 2 * cap : 8192);
+            if (!t) break;
+            text = t;
+        }
+        size_t r = fread(text + n, 1, 4096, f);
+        n += r;
+        if (r < 4096) break;
+    }
+    fclose(f);
+    if (!text) return false;
+    text[n] = 0;
+    cJSON *root = cJSON_Parse(text);
+    free(text);
+    bool ok = cJSON_IsObject(root);
+    if (!ok) fprintf(stderr, "draft-run: --config %s: not a JSON object\n", path);
+    for (cJSON *it = ok ? root->child : NULL; it && ok; it = it->next) {
+        const struct opt *o = find_opt(it->string);
+        char where[1200], buf[64];
+        snprintf(where, sizeof where, "--config %s", path);
+        if (!o) {
+            fprintf(stderr, "draft-run: %s: unknown key \"%s\" (draft-run --help lists them)\n", where, it->string);
+            ok = false;
+        } else if (cJSON_IsString(it)) {
+            ok = set_value(c, o, it->valuestring, where);
+        } else if (cJSON_IsBool(it)) {
+            ok = set_value(c, o, cJSON_IsTrue(it) ? "true" : "false", where);
+        } else if (cJSON_IsNumber(it)) {
+            if (o->kind == K_INT || o->kind == K_U64) snprintf(buf, sizeof buf, "%.0f", it->valuedouble);
+            else snprintf(buf, sizeof buf, "%.17g", it->valuedouble);
+            if ((o->kind == K_INT || o->kind == K_U64) && it->valuedouble != floor(it->valuedouble)) {
+                fprintf(stderr, "draft-run: %s: \"%s\" must be an integer\n", where, it->string);
+                ok = false;
+            } else {
+                ok = set_value(c, o, buf, where);
+            }
+        } else {
+            fprintf(stderr, "draft-run: %s: \"%s\" has a value of the wrong type\n", where, it->string);
+            ok = false;
+        }
+    }
+    cJSON_Delete(root);
+    return ok;
+}
+
+static void on_sigint(int sig)
+{
+    (void)sig;
+    draft_run_request_stop();
+    signal(SIGINT, SIG_DFL);   /* a second Ctrl-C ends at once */
+}
+
+int main(int argc, char **argv)
+{
+    struct draft_run_config c;
+    draft_run_config_default(&c);
+    /* the config file first, so flags override it wherever they stand */
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            return 0;
+        }
+        if (!strncmp(a, "--config", 8) && (a[8] == 0 || a[8] == '=')) {
+            const char *v = a[8] == '=' ? a + 9 : (i + 1 < argc ? argv[++i] : NULL);
+            if (!v) {
+                fprintf(stderr, "draft-run: --config needs a file\n");
+                return 2;
+            }
+            if (!load_config(&c, v)) return 2;
+        }
+    }
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strncmp(a, "--config", 8) && (a[8] == 0 || a[8] == '=')) {
+            if (a[8] == 0) i++;
+            continue;
+        }
+        if (strncmp(a, "--", 2)) {
+            fprintf(stderr, "draft-run: unexpected argument '%s' (options start with --; see --help)\n", a);
+            return 2;
+        }
+        char name[128];
+        const char *eq = strchr(a + 2, '='), *v = NULL;
+        size_t len = eq ? (size_t)(eq - (a + 2)) : strlen(a + 2);
+        if (len >= sizeof name) len = sizeof name - 1;
+        memcpy(name, a + 2, len);
+        name[len] = 0;
+        const struct opt *o = find_opt(name);
+        bool negated = false;
+        if (!o && !strncmp(name, "no-", 3)) {   /* --no-checkpoint */
+            o = find_opt(name + 3);
+            if (o && o->kind == K_BOOL && !eq) negated = true;
+            else o = NULL;
+        }
+        if (!o) {
+            fprintf(stderr, "draft-run: unknown option '--%s' (see --help)\n", name);
+            return 2;
+        }
+        if (negated) v = "false";
+        else if (eq) v = eq + 1;
+        else if (o->kind == K_BOOL) v = "true";
+        else if (i + 1 < argc) v = argv[++i];
+        else {
+            fprintf(stderr, "draft-run: --%s needs a value (see --help)\n", name);
+            return 2;
+        }
+        if (!set_value(&c, o, v, "command line")) return 2;
+    }
+
+    signal(SIGINT, on_sigint);
+    struct draft_run_result res;
+    enum status s = draft_run(&c, &res);
+    if (s) {
+        fprintf(stderr, "draft-run: %s\n", tensor_error());
+        return 1;
+    }
+    if (res.interrupted) {
+        printf("stopped: steps=%d seconds=%.1f (checkpoint in %s; continue with --resume)\n", res.steps, res.seconds, c.out);
+        return 130;
+    }
+    printf("report: %s/report.html\n", c.out);
+    printf("final: reward_before=%.6f reward_after=%.6f steps=%d seconds=%.1f\n", res.reward_before, res.reward_after,
+           res.steps, res.seconds);
+    return 0;
+}
