@@ -540,6 +540,9 @@ static enum status check_config(const struct draft_run_config *c)
     if (c->eval_images < 1 || c->eval_images > 256) return tensor_fail(STATUS_VALUE, "--eval-images must be in [1, 256], got %d", c->eval_images);
     if (c->eval_every < 0 || c->save_every < 0) return tensor_fail(STATUS_VALUE, "--eval-every and --save-every must be >= 0");
     if (!(c->opt.lr > 0) || !isfinite(c->opt.lr)) return tensor_fail(STATUS_VALUE, "--lr must be > 0, got %g", c->opt.lr);
+    if (c->dtype != DTYPE_F32)   /* the CPU kernels compute in f32/f64; casting bf16 weights per use is not written yet */
+        return tensor_fail(STATUS_VALUE, "--dtype %s: only f32 base weights are supported on the CPU for now",
+                           dtype_name(c->dtype));
     return draft_method_config_check(&c->method);
 }
 
@@ -556,7 +559,9 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
     if ((s = mkdir_p(c->out))) return s;
     path_in(r, path, sizeof path, "samples");
     if ((s = mkdir_p(path))) return s;
-    if ((s = sd_pipeline_load(&r->p, c->model, c->dtype, DEVICE_CPU))) goto done;
+    s = c->ckpt[0] ? sd_pipeline_load_single_file(&r->p, c->ckpt, c->model, c->dtype, DEVICE_CPU)
+                   : sd_pipeline_load(&r->p, c->model, c->dtype, DEVICE_CPU);
+    if (s) goto done;
     if ((s = draft_prompts_load(c->prompts, &r->prompts, &r->n_prompts))) goto done;
     if (!(r->reward = draft_reward_create(c->reward))) {
         s = tensor_status();

@@ -27,6 +27,7 @@ extern "C" {
 
 struct draft_run_config {
     char model[1024];      /* diffusers folder */
+    char ckpt[1024];       /* original single-file weights ("" = the folder's own weights) */
     char reward[1024];     /* reward spec (reward.h) */
     char prompts[1024];    /* prompt file, one a line; or "@animals", "@emoji" built-in sets */
     char out[1024];        /* run folder */

@@ -30,13 +30,15 @@ struct opt {
 #define F(field) offsetof(struct draft_run_config, field), sizeof(((struct draft_run_config *)0)->field)
 static const struct opt opts[] = {
     {"model", K_STR, F(model), "diffusers folder of the model (model_index.json, unet/, vae/, ...)"},
-    {"reward", K_STR, F(reward), "reward: aesthetic:<clip_dir>,<head.pth> | clip:<dir>[,text=...] | colorfulness | "
-                                 "brightness=<t> | contrast=<t> | jpeg"},
+    {"ckpt", K_STR, F(ckpt), "original single-file weights (sd-v1-4.ckpt or .safetensors); --model then gives "
+                             "the configs and tokenizer"},
+    {"reward", K_STR, F(reward), "reward: aesthetic:<clip_dir>,<head.pth> | clip:<dir>[,logit_scale][,text=...] | "
+                                 "colorfulness | brightness=<t> | contrast=<t> | jpeg | red"},
     {"prompts", K_STR, F(prompts), "prompt file (one a line) or a built-in set: @animals, @emoji"},
     {"out", K_STR, F(out), "run folder (metrics, grids, checkpoints, LoRA, report.html)"},
-    {"dtype", K_DTYPE, F(dtype), "dtype of the frozen base weights: f32 or bf16 (LoRA and AdamW stay f32)"},
+    {"dtype", K_DTYPE, F(dtype), "dtype of the frozen base weights (f32; bf16 is not supported on the CPU yet)"},
     {"method", K_METHOD, F(method.method), "full | k | lv | refl | alignprop"},
-    {"k", K_INT, F(method.k), "DRaFT-K: differentiate the last k sampling steps (alignprop: upper bound unused)"},
+    {"k", K_INT, F(method.k), "DRaFT-K: differentiate the last k sampling steps"},
     {"lv-n", K_INT, F(method.lv_n), "DRaFT-LV: re-noised copies of the final latent"},
     {"refl-lo", K_INT, F(method.refl_lo), "ReFL: first step index of the stopping window"},
     {"refl-hi", K_INT, F(method.refl_hi), "ReFL: last step index of the stopping window"},
