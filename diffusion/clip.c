@@ -245,6 +245,7 @@ struct tensor *clip_text_forward(const struct clip_text_model *m, struct tensor 
     const int64_t L = input_ids->shape[1];
     /* position_ids = 0..L-1: the first L rows of the table, broadcast over the batch */
     struct tensor *pos = ag_narrow(m->position_embedding.weight, 0, 0, L);
+    if (pos && pos->dtype != nn_compute_dtype(pos->dtype)) pos = ag_to_dtype(pos, nn_compute_dtype(pos->dtype));
     struct tensor *x = ag_add(nn_embedding_forward(&m->token_embedding, input_ids), pos);
     x = clip_encoder_forward(&m->encoder, x, true);
     return tensor_scope_return(nn_layer_norm_forward(&m->final_layer_norm, x));
@@ -344,9 +345,12 @@ struct tensor *clip_vision_forward(const struct clip_vision_model *m, struct ten
     /* patches [B, D, g, g] -> tokens [B, g*g, D] (row-major over the grid, as flatten(2).transpose(1, 2)) */
     struct tensor *x = nn_conv2d_forward(&m->patch_embedding, pixel_values);
     x = ag_transpose(ag_reshape(x, TENSOR_SHAPE(B, D, N)), 1, 2);
-    struct tensor *cls = ag_expand(ag_reshape(m->class_embedding, TENSOR_SHAPE(1, 1, D)), TENSOR_SHAPE(B, 1, D));
+    struct tensor *ce = m->class_embedding;
+    if (x && ce->dtype != x->dtype) ce = ag_to_dtype(ce, x->dtype);
+    struct tensor *cls = ag_expand(ag_reshape(ce, TENSOR_SHAPE(1, 1, D)), TENSOR_SHAPE(B, 1, D));
     x = ag_concat(2, (struct tensor *[]){cls, x}, 1);   /* [B, N + 1, D] */
-    x = ag_add(x, m->position_embedding.weight);
+    struct tensor *pe = m->position_embedding.weight;
+    x = ag_add(x, pe->dtype == x->dtype ? pe : ag_to_dtype(pe, x->dtype));
     x = nn_layer_norm_forward(&m->pre_layrnorm, x);
     x = clip_encoder_forward(&m->encoder, x, false);
     /* pooled = post_layernorm(class token) -> projection */

@@ -258,6 +258,8 @@ void sd_pipeline_free(struct sd_pipeline *p)
     memset(p, 0, sizeof *p);
 }
 
+enum dtype sd_pipeline_dtype(const struct sd_pipeline *p) { return nn_compute_dtype(p->dtype); }
+
 int64_t sd_pipeline_latent_size(const struct sd_pipeline *p, int64_t image_size)
 {
     return image_size >> (p->vae.cfg.n_blocks - 1);

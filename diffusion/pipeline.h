@@ -55,6 +55,9 @@ enum status sd_pipeline_load_single_file(struct sd_pipeline *p, const char *file
                                          enum dtype dt, enum device dev);
 void sd_pipeline_free(struct sd_pipeline *p);
 
+/* the dtype of latents, text embeddings and images: the parameters' dtype, or f32 for a model
+ * stored in bf16/f16 (its layers cast their weights per use; nn_compute_dtype) */
+enum dtype sd_pipeline_dtype(const struct sd_pipeline *p);
 /* the UNet's latent size for an image side (image / 2^(vae levels - 1)) */
 int64_t sd_pipeline_latent_size(const struct sd_pipeline *p, int64_t image_size);
 

@@ -112,7 +112,7 @@ static struct tensor *transformer_block_forward(const struct sd_transformer_bloc
     x = ag_add(x, attention_forward(&t->attn2, nn_layer_norm_forward(&t->norm2, x), ctx));
     /* GEGLU: the first half of the projection is the value, the second the (erf) GELU gate */
     struct tensor *hg[2] = {NULL, NULL};
-    struct tensor *h = ag_linear(nn_layer_norm_forward(&t->norm3, x), t->ff_proj.weight, t->ff_proj.bias);
+    struct tensor *h = nn_linear_forward(&t->ff_proj, nn_layer_norm_forward(&t->norm3, x));
     if (!h || ag_chunk(h, -1, 2, hg)) return tensor_scope_return(NULL);
     h = nn_linear_forward(&t->ff_out, ag_mul(hg[0], ag_gelu(hg[1])));
     return tensor_scope_return(ag_add(x, h));
@@ -548,12 +548,13 @@ static struct tensor *check_inputs(struct sd_unet *u, struct tensor *sample, str
                     tensor_shape_str(timesteps, a, sizeof a), (long long)B);
         return NULL;
     }
-    if (sample->dtype != w->dtype || ehs->dtype != w->dtype || tensor_device(sample) != tensor_device(w) ||
+    const enum dtype cdt = nn_compute_dtype(w->dtype);   /* f32 activations for a bf16/f16 model */
+    if (sample->dtype != cdt || ehs->dtype != cdt || tensor_device(sample) != tensor_device(w) ||
         tensor_device(ehs) != tensor_device(w)) {
-        tensor_fail(STATUS_DTYPE, "sd_unet_forward: sample %s %s %s and encoder_hidden_states %s %s %s must match the "
-                    "parameters (%s %s)", dtype_name(sample->dtype), device_name(tensor_device(sample)),
+        tensor_fail(STATUS_DTYPE, "sd_unet_forward: sample %s %s %s and encoder_hidden_states %s %s %s must be %s on the "
+                    "parameters' device (parameters %s %s)", dtype_name(sample->dtype), device_name(tensor_device(sample)),
                     tensor_shape_str(sample, a, sizeof a), dtype_name(ehs->dtype), device_name(tensor_device(ehs)),
-                    tensor_shape_str(ehs, c, sizeof c), dtype_name(w->dtype), device_name(tensor_device(w)));
+                    tensor_shape_str(ehs, c, sizeof c), dtype_name(cdt), dtype_name(w->dtype), device_name(tensor_device(w)));
         return NULL;
     }
     return sample;

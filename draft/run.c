@@ -219,7 +219,7 @@ static enum status mkdir_p(const char *path)
 static struct tensor *latents_for(struct run *r, int n, uint64_t seed)
 {
     ag_rng_set(seed, 0);
-    return ag_randn(r->p.dtype, 4, (int64_t[]){n, r->latent_c, r->latent_hw, r->latent_hw}, r->p.device);
+    return ag_randn(sd_pipeline_dtype(&r->p), 4, (int64_t[]){n, r->latent_c, r->latent_hw, r->latent_hw}, r->p.device);
 }
 
 /* [uncond; cond] text embeddings for n prompts, no graph */
@@ -540,9 +540,8 @@ static enum status check_config(const struct draft_run_config *c)
     if (c->eval_images < 1 || c->eval_images > 256) return tensor_fail(STATUS_VALUE, "--eval-images must be in [1, 256], got %d", c->eval_images);
     if (c->eval_every < 0 || c->save_every < 0) return tensor_fail(STATUS_VALUE, "--eval-every and --save-every must be >= 0");
     if (!(c->opt.lr > 0) || !isfinite(c->opt.lr)) return tensor_fail(STATUS_VALUE, "--lr must be > 0, got %g", c->opt.lr);
-    if (c->dtype != DTYPE_F32)   /* the CPU kernels compute in f32/f64; casting bf16 weights per use is not written yet */
-        return tensor_fail(STATUS_VALUE, "--dtype %s: only f32 base weights are supported on the CPU for now",
-                           dtype_name(c->dtype));
+    if (c->dtype != DTYPE_F32 && c->dtype != DTYPE_BF16)
+        return tensor_fail(STATUS_VALUE, "--dtype %s: the base weights are f32 or bf16", dtype_name(c->dtype));
     return draft_method_config_check(&c->method);
 }
 

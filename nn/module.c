@@ -179,7 +179,26 @@ enum status nn_linear_init(struct nn_linear *l, struct nn_params *ps, const char
     return !l->weight || (bias && !l->bias) ? tensor_status() : STATUS_OK;
 }
 
-struct tensor *nn_linear_forward(const struct nn_linear *l, struct tensor *x) { return ag_linear(x, l->weight, l->bias); }
+/* Parameters may be stored in bf16/f16 while the CPU computes in f32 (nn_compute_dtype): a
+ * layer casts its weights to the activations' dtype per use (a frozen base costs half the memory;
+ * the cast copy lives only as long as the op that uses it). */
+enum dtype nn_compute_dtype(enum dtype storage)
+{
+    return storage == DTYPE_BF16 || storage == DTYPE_F16 ? DTYPE_F32 : storage;
+}
+
+static struct tensor *as_dtype(struct tensor *t, enum dtype dt)
+{
+    return !t || t->dtype == dt ? t : ag_to_dtype(t, dt);
+}
+
+struct tensor *nn_linear_forward(const struct nn_linear *l, struct tensor *x)
+{
+    if (!x) return NULL;
+    if (l->weight->dtype == x->dtype) return ag_linear(x, l->weight, l->bias);
+    tensor_scope_begin();
+    return tensor_scope_return(ag_linear(x, as_dtype(l->weight, x->dtype), as_dtype(l->bias, x->dtype)));
+}
 
 enum status nn_conv2d_init(struct nn_conv2d *c, struct nn_params *ps, const char *prefix, int64_t in, int64_t out,
                            int kernel, int stride, int padding, bool bias)
@@ -192,7 +211,13 @@ enum status nn_conv2d_init(struct nn_conv2d *c, struct nn_params *ps, const char
     return !c->weight || (bias && !c->bias) ? tensor_status() : STATUS_OK;
 }
 
-struct tensor *nn_conv2d_forward(const struct nn_conv2d *c, struct tensor *x) { return ag_conv2d(x, c->weight, c->bias, &c->p); }
+struct tensor *nn_conv2d_forward(const struct nn_conv2d *c, struct tensor *x)
+{
+    if (!x) return NULL;
+    if (c->weight->dtype == x->dtype) return ag_conv2d(x, c->weight, c->bias, &c->p);
+    tensor_scope_begin();
+    return tensor_scope_return(ag_conv2d(x, as_dtype(c->weight, x->dtype), as_dtype(c->bias, x->dtype), &c->p));
+}
 
 enum status nn_group_norm_init(struct nn_group_norm *g, struct nn_params *ps, const char *prefix, int groups,
                                int64_t channels, double eps)
@@ -209,7 +234,10 @@ enum status nn_group_norm_init(struct nn_group_norm *g, struct nn_params *ps, co
 
 struct tensor *nn_group_norm_forward(const struct nn_group_norm *g, struct tensor *x)
 {
-    return ag_group_norm(x, g->groups, g->weight, g->bias, g->eps);
+    if (!x) return NULL;
+    if (g->weight->dtype == x->dtype) return ag_group_norm(x, g->groups, g->weight, g->bias, g->eps);
+    tensor_scope_begin();
+    return tensor_scope_return(ag_group_norm(x, g->groups, as_dtype(g->weight, x->dtype), as_dtype(g->bias, x->dtype), g->eps));
 }
 
 enum status nn_layer_norm_init(struct nn_layer_norm *l, struct nn_params *ps, const char *prefix, int64_t dim, double eps)
@@ -223,7 +251,10 @@ enum status nn_layer_norm_init(struct nn_layer_norm *l, struct nn_params *ps, co
 
 struct tensor *nn_layer_norm_forward(const struct nn_layer_norm *l, struct tensor *x)
 {
-    return ag_layer_norm(x, 1, l->weight, l->bias, l->eps);
+    if (!x) return NULL;
+    if (l->weight->dtype == x->dtype) return ag_layer_norm(x, 1, l->weight, l->bias, l->eps);
+    tensor_scope_begin();
+    return tensor_scope_return(ag_layer_norm(x, 1, as_dtype(l->weight, x->dtype), as_dtype(l->bias, x->dtype), l->eps));
 }
 
 enum status nn_embedding_init(struct nn_embedding *e, struct nn_params *ps, const char *prefix, int64_t rows, int64_t dim)
@@ -232,4 +263,10 @@ enum status nn_embedding_init(struct nn_embedding *e, struct nn_params *ps, cons
     return e->weight ? STATUS_OK : tensor_status();
 }
 
-struct tensor *nn_embedding_forward(const struct nn_embedding *e, struct tensor *ids) { return ag_embedding(e->weight, ids); }
+struct tensor *nn_embedding_forward(const struct nn_embedding *e, struct tensor *ids)
+{
+    const enum dtype dt = nn_compute_dtype(e->weight->dtype);
+    if (dt == e->weight->dtype) return ag_embedding(e->weight, ids);
+    tensor_scope_begin();
+    return tensor_scope_return(as_dtype(ag_embedding(e->weight, ids), dt));   /* rows first, then the cast */
+}

@@ -13,7 +13,8 @@ ROOT=$PWD/.deps/root
 if [ "${1:-}" = --prepare ]; then
     rm -rf .deps && mkdir -p .deps/debs "$ROOT"
     (cd .deps/debs && apt-get download libopenblas0-openmp libopenblas-openmp-dev libgfortran5 libgomp1 check \
-        libsubunit0 libsubunit-dev libcjson1 libcjson-dev libpng16-16 libpng-dev zlib1g-dev libzip4 libzip-dev pkgconf pkgconf-bin libpkgconf3)
+        libsubunit0 libsubunit-dev libcjson1 libcjson-dev libpng16-16 libpng-dev zlib1g-dev libzip4 libzip-dev \
+        libbz2-1.0 libssl3 pkgconf pkgconf-bin libpkgconf3)
     for f in .deps/debs/*.deb; do dpkg -x "$f" "$ROOT"; done
     # keep what the build needs: no static archives, docs, or the separate LAPACK
     find "$ROOT" -name '*.a' ! -name 'libcheck_pic.a' -delete   # Check ships only a static library

@@ -315,6 +315,53 @@ START_TEST(test_single_file)
 }
 END_TEST
 
+/* a model stored in bf16 computes in f32 with its weights cast per use: exactly the f32 model
+ * whose weights were rounded to bf16 */
+START_TEST(test_bf16_storage)
+{
+    char dir[512];
+    if (!parity_path("tiny-sd/model_index.json", dir, sizeof dir)) return;
+    *strrchr(dir, '/') = 0;
+    LEAK_CHECK_BEGIN();
+    struct sd_pipeline a, b;
+    ck_assert_msg(sd_pipeline_load(&a, dir, DTYPE_F32, DEVICE_CPU) == STATUS_OK, "%s", tensor_error());
+    ck_assert_msg(sd_pipeline_load(&b, dir, DTYPE_BF16, DEVICE_CPU) == STATUS_OK, "%s", tensor_error());
+    ck_assert_int_eq(sd_pipeline_dtype(&b), DTYPE_F32);
+    struct nn_params *pa[3] = {&a.text_params, &a.unet_params, &a.vae_params};
+    for (int i = 0; i < 3; i++) {
+        ck_assert_int_eq(nn_params_to_dtype(pa[i], DTYPE_BF16), STATUS_OK);
+        ck_assert_int_eq(nn_params_to_dtype(pa[i], DTYPE_F32), STATUS_OK);
+    }
+    ck_assert_int_eq(b.unet_params.v[0].t->dtype, DTYPE_BF16);
+    tensor_scope_begin();
+    const char *pr[2] = {"a red apple", "a cat"}, *empty[2] = {"", ""};
+    struct sd_sample_opts o = {.steps = 2, .guidance = 7.5, .eta = 0.0};
+    struct tensor *img[2];
+    struct sd_pipeline *ps[2] = {&a, &b};
+    for (int k = 0; k < 2; k++) {
+        ag_rng_set(5, 0);
+        struct tensor *x = ag_randn(DTYPE_F32, TENSOR_SHAPE(2, 4, 8, 8), DEVICE_CPU);
+        struct tensor *ctx = sd_pipeline_context(ps[k], sd_pipeline_tokenize(ps[k], 2, empty),
+                                                 sd_pipeline_tokenize(ps[k], 2, pr));
+        img[k] = sd_pipeline_sample(ps[k], x, ctx, &o, NULL);
+        ck_assert_msg(img[k] != NULL, "%s", tensor_error());
+    }
+    ck_assert_int_eq(img[1]->dtype, DTYPE_F32);
+    ck_assert_msg(test_max_abs_diff(img[0], img[1]) == 0.0, "bf16 storage differs from rounded f32 by %g",
+                  test_max_abs_diff(img[0], img[1]));
+    /* latents in the storage dtype are refused with the dtype the model wants */
+    struct tensor *bad = sd_unet_forward(&b.unet, tensor_zeros(DTYPE_BF16, TENSOR_SHAPE(1, 4, 8, 8), DEVICE_CPU),
+                                         tensor_zeros(DTYPE_I64, TENSOR_SHAPE(1), DEVICE_CPU),
+                                         tensor_zeros(DTYPE_F32, TENSOR_SHAPE(1, 77, 32), DEVICE_CPU));
+    ck_assert_ptr_null(bad);
+    ck_assert_msg(strstr(tensor_error(), "must be f32") != NULL, "%s", tensor_error());
+    tensor_scope_end();
+    sd_pipeline_free(&a);
+    sd_pipeline_free(&b);
+    LEAK_CHECK_END();
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("pipeline");
@@ -324,6 +371,7 @@ int main(void)
     tcase_add_test(tc, test_folder_errors);
     tcase_add_test(tc, test_missing_weights);
     tcase_add_test(tc, test_single_file);
+    tcase_add_test(tc, test_bf16_storage);
     suite_add_tcase(s, tc);
     return test_run_suite(s);
 }

@@ -36,7 +36,7 @@ static const struct opt opts[] = {
                                  "colorfulness | brightness=<t> | contrast=<t> | jpeg | red"},
     {"prompts", K_STR, F(prompts), "prompt file (one a line) or a built-in set: @animals, @emoji"},
     {"out", K_STR, F(out), "run folder (metrics, grids, checkpoints, LoRA, report.html)"},
-    {"dtype", K_DTYPE, F(dtype), "dtype of the frozen base weights (f32; bf16 is not supported on the CPU yet)"},
+    {"dtype", K_DTYPE, F(dtype), "dtype of the frozen base weights: f32 or bf16 (bf16 halves their memory; activations, LoRA and AdamW stay f32)"},
     {"method", K_METHOD, F(method.method), "full | k | lv | refl | alignprop"},
     {"k", K_INT, F(method.k), "DRaFT-K: differentiate the last k sampling steps"},
     {"lv-n", K_INT, F(method.lv_n), "DRaFT-LV: re-noised copies of the final latent"},

@@ -40,6 +40,7 @@ static void usage(FILE *f)
             "  --eta E            DDIM eta (default 0)\n"
             "  --size PX          image side (default: the model's)\n"
             "  --batch B          images per UNet batch (default 4)\n"
+            "  --dtype D          f32 or bf16 storage of the model's weights (default f32; computes in f32)\n"
             "  --out DIR          output folder (default samples)\n");
 }
 
@@ -79,6 +80,7 @@ int main(int argc, char **argv)
     long n_per = 1, steps = 50, size = 0, batch = 4, seed = 0;
     double guidance = 7.5, eta = 0.0;
     bool merge = false;
+    enum dtype dtype = DTYPE_F32;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -99,6 +101,11 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--ckpt")) ckpt = v;
         else if (!strcmp(a, "--prompts")) prompts_spec = v;
         else if (!strcmp(a, "--out")) out = v;
+        else if (!strcmp(a, "--dtype")) {
+            if (!strcmp(v, "f32")) dtype = DTYPE_F32;
+            else if (!strcmp(v, "bf16")) dtype = DTYPE_BF16;
+            else ok = false, fprintf(stderr, "draft-sample: --dtype is f32 or bf16, got '%s'\n", v);
+        }
         else if (!strcmp(a, "--prompt")) {
             if (n_prompt_args == MAX_PROMPTS) ok = false, fprintf(stderr, "draft-sample: more than %d --prompt\n", MAX_PROMPTS);
             else prompt_args[n_prompt_args++] = v;
@@ -160,8 +167,8 @@ int main(int argc, char **argv)
     struct sd_lora loras[MAX_LORAS], combined;
     memset(loras, 0, sizeof loras);
     memset(&combined, 0, sizeof combined);
-    enum status s = ckpt ? sd_pipeline_load_single_file(&p, ckpt, model, DTYPE_F32, DEVICE_CPU)
-                         : sd_pipeline_load(&p, model, DTYPE_F32, DEVICE_CPU);
+    enum status s = ckpt ? sd_pipeline_load_single_file(&p, ckpt, model, dtype, DEVICE_CPU)
+                         : sd_pipeline_load(&p, model, dtype, DEVICE_CPU);
     for (int i = 0; i < n_loras && !s; i++) s = sd_lora_load(&loras[i], &p.unet, lora_paths[i]);
     if (!s && n_loras) {
         const struct sd_lora *ls[MAX_LORAS];
@@ -186,7 +193,7 @@ int main(int argc, char **argv)
             struct tensor *lat[256];
             for (int j = 0; j < nb; j++) {   /* image k's latents depend only on seed + k */
                 ag_rng_set((uint64_t)seed + (uint64_t)(k0 + j), 0);
-                lat[j] = ag_randn(DTYPE_F32, 4, (int64_t[]){1, p.unet.in_channels, img / f, img / f}, DEVICE_CPU);
+                lat[j] = ag_randn(sd_pipeline_dtype(&p), 4, (int64_t[]){1, p.unet.in_channels, img / f, img / f}, DEVICE_CPU);
             }
             const char *empty[256];
             for (int j = 0; j < nb; j++) empty[j] = "";
