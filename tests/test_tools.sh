@@ -47,6 +47,17 @@ if [ -f "$model/model_index.json" ]; then
               --lora "$tmp/run/lora.safetensors:0.5" --lora "$tmp/run/lora_kohya.safetensors:0.5" \
               --out "$tmp/s1" >/dev/null 2>&1
     check "image k depends only on seed + k (same --batch)" "cmp -s '$tmp/s/0003.png' '$tmp/s1/0000.png'"
+    # Ctrl-C: the run saves a checkpoint after the current step and says how to continue
+    "$run" --model "$model" --steps 2 --iters 200 --batch 1 --size 64 --eval-images 2 --reward red \
+           --no-progress --save-every 0 --out "$tmp/int" >"$tmp/int.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 1 600); do grep -q '"step": 1,' "$tmp/int/metrics.jsonl" 2>/dev/null && break; sleep 0.1; done
+    kill -INT $pid
+    wait $pid; rc=$?
+    check "Ctrl-C: exit 130 and a checkpoint" "[ $rc -eq 130 ] && [ -s '$tmp/int/checkpoint.safetensors' ] && grep -q 'continue with --resume' '$tmp/int.log'"
+    "$run" --model "$model" --steps 2 --iters 3 --batch 1 --size 64 --eval-images 2 --reward red \
+           --no-progress --resume --out "$tmp/int" >"$tmp/o" 2>&1; rc=$?
+    check "--resume after Ctrl-C finishes the run" "[ $rc -eq 0 ] && tail -n 1 '$tmp/o' | grep -q 'steps=3 '"
 else
     echo "SKIP: $model not found (the end-to-end part needs the parity model)"
 fi
