@@ -2,6 +2,7 @@
 #include "diffusion/pipeline.h"
 
 #include "diffusion/ldm.h"
+#include "nn/file.h"
 #include "nn/pickle.h"
 #include "nn/weights.h"
 
@@ -18,43 +19,6 @@ static bool file_exists(const char *path)
     return stat(path, &st) == 0 && S_ISREG(st.st_mode);
 }
 
-static char *read_text(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        tensor_fail(STATUS_IO, "%s: cannot open: %s", path, strerror(errno));
-        return NULL;
-    }
-    char *buf = NULL;
-    size_t cap = 0, n = 0;
-    for (;;) {
-        if (n + 4096 + 1 > cap) {
-            cap = cap ? 2 * cap : 8192;
-            char *nb = realloc(buf, cap);
-            if (!nb) {
-                free(buf);
-                fclose(f);
-                tensor_fail(STATUS_OOM, "%s: out of host memory", path);
-                return NULL;
-            }
-            buf = nb;
-        }
-        size_t r = fread(buf + n, 1, 4096, f);
-        n += r;
-        if (r < 4096) break;
-    }
-    bool err = ferror(f);
-    fclose(f);
-    if (err) {
-        free(buf);
-        tensor_fail(STATUS_IO, "%s: read error", path);
-        return NULL;
-    }
-    buf[n] = 0;
-    *len = n;
-    return buf;
-}
-
 /* model_index.json: each component we load must be present and of the class we implement */
 static enum status check_model_index(const char *dir)
 {
@@ -68,7 +32,7 @@ static enum status check_model_index(const char *dir)
     char path[1200];
     snprintf(path, sizeof path, "%s/model_index.json", dir);
     size_t len;
-    char *text = read_text(path, &len);
+    char *text = nn_file_read(path, (size_t)1 << 20, &len);
     if (!text) return tensor_fail(STATUS_IO, "%s: not a diffusers pipeline folder (no readable model_index.json)", dir);
     cJSON *root = cJSON_ParseWithLength(text, len);
     free(text);

@@ -6,6 +6,7 @@
  * back to UTF-8 bytes for the byte-level BPE, which runs on token ids: a merge is looked up by
  * its (left id, right id) pair in an open-addressing table giving (rank, merged id). */
 #include "diffusion/tokenizer.h"
+#include "nn/file.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -528,41 +529,12 @@ struct clip_tokenizer *clip_tokenizer_from_memory(const char *vocab_json, size_t
     return t;
 }
 
-static char *read_file(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) { tensor_fail(STATUS_IO, "%s: cannot open: %s", path, strerror(errno)); return NULL; }
-    char *buf = NULL;
-    size_t n = 0, cap = 0;
-    for (;;) {
-        if (n == cap) {
-            cap = cap ? 2 * cap : 1 << 16;
-            if (cap > ((size_t)64 << 20)) { tensor_fail(STATUS_FORMAT, "%s: larger than 64 MiB", path); break; }
-            char *b = realloc(buf, cap);
-            if (!b) { tensor_fail(STATUS_OOM, "%s: out of memory", path); break; }
-            buf = b;
-        }
-        size_t r = fread(buf + n, 1, cap - n, f);
-        n += r;
-        if (r == 0) {
-            bool err = ferror(f);
-            fclose(f);
-            if (err) { free(buf); tensor_fail(STATUS_IO, "%s: read error", path); return NULL; }
-            *len = n;
-            return buf;
-        }
-    }
-    fclose(f);
-    free(buf);
-    return NULL;
-}
-
 struct clip_tokenizer *clip_tokenizer_load(const char *vocab_json_path, const char *merges_txt_path)
 {
     if (!vocab_json_path || !merges_txt_path) { tensor_fail(STATUS_VALUE, "clip_tokenizer_load: NULL path"); return NULL; }
     size_t vl = 0, ml = 0;
-    char *v = read_file(vocab_json_path, &vl);
-    char *m = v ? read_file(merges_txt_path, &ml) : NULL;
+    char *v = nn_file_read(vocab_json_path, (size_t)64 << 20, &vl);
+    char *m = v ? nn_file_read(merges_txt_path, (size_t)64 << 20, &ml) : NULL;
     struct clip_tokenizer *t = m ? clip_tokenizer_from_memory(v, vl, vocab_json_path, m, ml, merges_txt_path) : NULL;
     free(v);
     free(m);

@@ -1,5 +1,6 @@
 /* dataset.c — the emoji dataset file, its FreeType renderer and the BPE learner (see dataset.h). */
 #include "draft/dataset.h"
+#include "nn/file.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -43,69 +44,21 @@ static char *xstrdup(const char *s)
     return r;
 }
 
-/* whole file into memory; NULL with a message */
+/* whole file into memory; NULL with a message (and the hint: how to make the file) */
 static uint8_t *read_all(const char *path, size_t *len, const char *hint)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        tensor_fail(STATUS_IO, "cannot open %s: %s%s", path, strerror(errno), hint ? hint : "");
-        return NULL;
+    char *buf = nn_file_read(path, (size_t)1 << 34, len);
+    if (!buf && hint) {
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s", tensor_error());
+        tensor_fail(tensor_status(), "%s%s", msg, hint);
     }
-    uint8_t *buf = NULL;
-    size_t cap = 0, n = 0;
-    for (;;) {
-        if (n == cap) {
-            cap = cap ? cap * 2 : 1 << 16;
-            uint8_t *nb = realloc(buf, cap + 1);
-            if (!nb) {
-                free(buf);
-                fclose(f);
-                tensor_fail(STATUS_OOM, "reading %s: out of memory at %zu bytes", path, n);
-                return NULL;
-            }
-            buf = nb;
-        }
-        size_t got = fread(buf + n, 1, cap - n, f);
-        n += got;
-        if (got == 0) break;
-    }
-    bool err = ferror(f);
-    fclose(f);
-    if (err) {
-        free(buf);
-        tensor_fail(STATUS_IO, "error reading %s", path);
-        return NULL;
-    }
-    buf[n] = 0;   /* text readers rely on the terminator */
-    *len = n;
-    return buf;
+    return (uint8_t *)buf;
 }
 
-/* temporary file next to `path`, then rename: readers never see half a file */
 static enum status write_atomic(const char *path, const void *const *parts, const size_t *lens, int n_parts)
 {
-    size_t tl = strlen(path) + 32;
-    char *tmp = malloc(tl);
-    if (!tmp) return tensor_fail(STATUS_OOM, "writing %s: out of memory", path);
-    snprintf(tmp, tl, "%s.tmp.%ld", path, (long)getpid());
-    FILE *f = fopen(tmp, "wb");
-    if (!f) {
-        enum status s = tensor_fail(STATUS_IO, "cannot create %s: %s", tmp, strerror(errno));
-        free(tmp);
-        return s;
-    }
-    bool ok = true;
-    for (int i = 0; i < n_parts && ok; i++) ok = fwrite(parts[i], 1, lens[i], f) == lens[i];
-    ok = (fflush(f) == 0) && ok;
-    ok = (fclose(f) == 0) && ok;
-    if (!ok || rename(tmp, path) != 0) {
-        enum status s = tensor_fail(STATUS_IO, "cannot write %s: %s", path, strerror(errno));
-        unlink(tmp);
-        free(tmp);
-        return s;
-    }
-    free(tmp);
-    return STATUS_OK;
+    return nn_file_write_atomic(path, n_parts, parts, lens);
 }
 
 /* ---------------------------------------------------------------- dataset */

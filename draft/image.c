@@ -1,5 +1,6 @@
 /* image.c — tensor → RGB, PNG via libpng, captioned grids via FreeType (see image.h). */
 #include "draft/image.h"
+#include "nn/file.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -98,31 +99,7 @@ enum status draft_image_from_tensor(const struct tensor *images, int b, struct d
 
 enum status draft_file_write_atomic(const char *path, const void *data, size_t n)
 {
-    static atomic_uint counter;
-    char tmp[4096];
-    int l = snprintf(tmp, sizeof tmp, "%s.tmp%ld.%u", path, (long)getpid(), atomic_fetch_add(&counter, 1));
-    if (l < 0 || (size_t)l >= sizeof tmp) return tensor_fail(STATUS_IO, "cannot write %s: path too long", path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-    if (fd < 0) return tensor_fail(STATUS_IO, "cannot write %s: creating %s: %s", path, tmp, strerror(errno));
-    const uint8_t *p = data;
-    size_t done = 0;
-    int err = 0;
-    while (done < n) {
-        ssize_t w = write(fd, p + done, n - done);
-        if (w < 0) {
-            if (errno == EINTR) continue;
-            err = errno;
-            break;
-        }
-        done += (size_t)w;
-    }
-    if (close(fd) != 0 && !err) err = errno;
-    if (!err && rename(tmp, path) != 0) err = errno;
-    if (err) {
-        unlink(tmp);
-        return tensor_fail(STATUS_IO, "cannot write %s: %s", path, strerror(err));
-    }
-    return STATUS_OK;
+    return nn_file_write_atomic(path, 1, &data, &n);
 }
 
 /* ---------------------------------------------------------------- PNG */

@@ -1,5 +1,6 @@
 /* config.c — config.json getters that remember the first problem. */
 #include "nn/config.h"
+#include "nn/file.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -47,23 +48,9 @@ enum status nn_config_parse(struct nn_config *c, const char *json, size_t len, c
 enum status nn_config_load(struct nn_config *c, const char *path)
 {
     memset(c, 0, sizeof *c);
-    FILE *f = fopen(path, "rb");
-    if (!f) return tensor_fail(STATUS_IO, "%s: cannot open: %s", path, strerror(errno));
-    char *buf = NULL;
-    size_t n = 0, cap = 0;
-    for (;;) {
-        if (n == cap) {
-            cap = cap ? 2 * cap : 4096;
-            if (cap > (16u << 20)) { free(buf); fclose(f); return tensor_fail(STATUS_FORMAT, "%s: larger than 16 MiB, not a config", path); }
-            char *b = realloc(buf, cap);
-            if (!b) { free(buf); fclose(f); return tensor_fail(STATUS_OOM, "%s: out of memory", path); }
-            buf = b;
-        }
-        size_t r = fread(buf + n, 1, cap - n, f);
-        n += r;
-        if (r == 0) break;
-    }
-    fclose(f);
+    size_t n;
+    char *buf = nn_file_read(path, (size_t)16 << 20, &n);   /* a config is small: 16 MiB is not one */
+    if (!buf) return tensor_status();
     enum status s = nn_config_parse(c, buf, n, path);
     free(buf);
     return s;

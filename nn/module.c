@@ -192,10 +192,16 @@ static struct tensor *as_dtype(struct tensor *t, enum dtype dt)
     return !t || t->dtype == dt ? t : ag_to_dtype(t, dt);
 }
 
+/* only half-precision storage is cast; any other mismatch is the op's dtype error */
+static bool cast_needed(const struct tensor *w, const struct tensor *x)
+{
+    return w->dtype != x->dtype && nn_compute_dtype(w->dtype) == x->dtype;
+}
+
 struct tensor *nn_linear_forward(const struct nn_linear *l, struct tensor *x)
 {
     if (!x) return NULL;
-    if (l->weight->dtype == x->dtype) return ag_linear(x, l->weight, l->bias);
+    if (!cast_needed(l->weight, x)) return ag_linear(x, l->weight, l->bias);
     tensor_scope_begin();
     return tensor_scope_return(ag_linear(x, as_dtype(l->weight, x->dtype), as_dtype(l->bias, x->dtype)));
 }
@@ -214,7 +220,7 @@ enum status nn_conv2d_init(struct nn_conv2d *c, struct nn_params *ps, const char
 struct tensor *nn_conv2d_forward(const struct nn_conv2d *c, struct tensor *x)
 {
     if (!x) return NULL;
-    if (c->weight->dtype == x->dtype) return ag_conv2d(x, c->weight, c->bias, &c->p);
+    if (!cast_needed(c->weight, x)) return ag_conv2d(x, c->weight, c->bias, &c->p);
     tensor_scope_begin();
     return tensor_scope_return(ag_conv2d(x, as_dtype(c->weight, x->dtype), as_dtype(c->bias, x->dtype), &c->p));
 }
@@ -235,7 +241,7 @@ enum status nn_group_norm_init(struct nn_group_norm *g, struct nn_params *ps, co
 struct tensor *nn_group_norm_forward(const struct nn_group_norm *g, struct tensor *x)
 {
     if (!x) return NULL;
-    if (g->weight->dtype == x->dtype) return ag_group_norm(x, g->groups, g->weight, g->bias, g->eps);
+    if (!cast_needed(g->weight, x)) return ag_group_norm(x, g->groups, g->weight, g->bias, g->eps);
     tensor_scope_begin();
     return tensor_scope_return(ag_group_norm(x, g->groups, as_dtype(g->weight, x->dtype), as_dtype(g->bias, x->dtype), g->eps));
 }
@@ -252,7 +258,7 @@ enum status nn_layer_norm_init(struct nn_layer_norm *l, struct nn_params *ps, co
 struct tensor *nn_layer_norm_forward(const struct nn_layer_norm *l, struct tensor *x)
 {
     if (!x) return NULL;
-    if (l->weight->dtype == x->dtype) return ag_layer_norm(x, 1, l->weight, l->bias, l->eps);
+    if (!cast_needed(l->weight, x)) return ag_layer_norm(x, 1, l->weight, l->bias, l->eps);
     tensor_scope_begin();
     return tensor_scope_return(ag_layer_norm(x, 1, as_dtype(l->weight, x->dtype), as_dtype(l->bias, x->dtype), l->eps));
 }

@@ -176,3 +176,27 @@ int test_run_suite(Suite *s)
     srunner_free(sr);
     return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }
+
+unsigned char *test_slurp(const char *path, size_t *n)
+{
+    FILE *f = fopen(path, "rb");
+    ck_assert_msg(f != NULL, "cannot open %s", path);
+    fseek(f, 0, SEEK_END);
+    long l = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    unsigned char *b = malloc((size_t)l + 1);
+    ck_assert(b != NULL);
+    ck_assert(fread(b, 1, (size_t)l, f) == (size_t)l);
+    fclose(f);
+    b[l] = 0;
+    *n = (size_t)l;
+    return b;
+}
+
+void test_spit(const char *path, const void *data, size_t n)
+{
+    FILE *f = fopen(path, "wb");
+    ck_assert_msg(f != NULL, "cannot create %s", path);
+    ck_assert(fwrite(data, 1, n, f) == n);
+    ck_assert(fclose(f) == 0);
+}

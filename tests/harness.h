@@ -44,6 +44,11 @@ bool gradcheck(const char *label, gc_fn f, void *ctx, int n, struct tensor *cons
                       (long long)(storage_live_count() - leak_s0_));                                   \
     } while (0)
 
+/* a whole file (NUL-terminated, *n excludes it; malloc'd) / a file written from memory; both
+ * fail the test on an I/O error */
+unsigned char *test_slurp(const char *path, size_t *n);
+void test_spit(const char *path, const void *data, size_t n);
+
 /* run a suite; returns the process exit status (0 = all passed) */
 int test_run_suite(Suite *s);
 

@@ -43,29 +43,6 @@ static char *path_in(const char *name)
     return p[k];
 }
 
-static uint8_t *slurp(const char *path, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    ck_assert_msg(f != NULL, "cannot open %s", path);
-    fseek(f, 0, SEEK_END);
-    long l = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *b = malloc((size_t)l + 1);
-    ck_assert(fread(b, 1, (size_t)l, f) == (size_t)l);
-    fclose(f);
-    b[l] = 0;
-    *n = (size_t)l;
-    return b;
-}
-
-static void spit(const char *path, const void *b, size_t n)
-{
-    FILE *f = fopen(path, "wb");
-    ck_assert(f != NULL);
-    ck_assert(fwrite(b, 1, n, f) == n);
-    fclose(f);
-}
-
 /* a small dataset with a known pattern and UTF-8 strings */
 static void synthetic(struct draft_dataset *d, int n, int size)
 {
@@ -101,7 +78,7 @@ START_TEST(test_roundtrip)
     /* the same dataset gives the same bytes; no temporary file is left behind */
     ck_assert_int_eq(draft_dataset_save(&e, path_in("b.bin")), STATUS_OK);
     size_t na, nb;
-    uint8_t *a = slurp(path_in("a.bin"), &na), *b = slurp(path_in("b.bin"), &nb);
+    uint8_t *a = test_slurp(path_in("a.bin"), &na), *b = test_slurp(path_in("b.bin"), &nb);
     ck_assert(na == nb && memcmp(a, b, na) == 0);
     size_t expect = 32 + 5 * 4 * 4 * 3 + 8;
     for (int i = 0; i < 5; i++)
@@ -159,11 +136,11 @@ START_TEST(test_corrupt_files)
     ck_assert_int_eq(draft_dataset_save(&d, path_in("a.bin")), STATUS_OK);
     draft_dataset_free(&d);
     size_t n;
-    uint8_t *b = slurp(path_in("a.bin"), &n);
+    uint8_t *b = test_slurp(path_in("a.bin"), &n);
     expect_load_error(path_in("missing.bin"), "missing.bin", "missing file");
     /* every truncation */
     for (size_t l = 0; l < n; l++) {
-        spit(path_in("bad.bin"), b, l);
+        test_spit(path_in("bad.bin"), b, l);
         char what[64];
         snprintf(what, sizeof what, "truncated to %zu of %zu", l, n);
         expect_load_error(path_in("bad.bin"), l < 40 ? "bad.bin" : "truncated or corrupt", what);
@@ -172,12 +149,12 @@ START_TEST(test_corrupt_files)
     uint8_t *c = malloc(n + 1);
     memcpy(c, b, n);
     c[n] = 0;
-    spit(path_in("bad.bin"), c, n + 1);
+    test_spit(path_in("bad.bin"), c, n + 1);
     expect_load_error(path_in("bad.bin"), "truncated or corrupt", "extra byte");
     for (size_t i = 0; i < n; i++) {
         memcpy(c, b, n);
         c[i] ^= (uint8_t)(1u << (i % 8));
-        spit(path_in("bad.bin"), c, n);
+        test_spit(path_in("bad.bin"), c, n);
         char what[64];
         snprintf(what, sizeof what, "bit flip at byte %zu", i);
         expect_load_error(path_in("bad.bin"), "bad.bin", what);
@@ -186,27 +163,27 @@ START_TEST(test_corrupt_files)
     memcpy(c, b, n);
     c[8] = 2;   /* version */
     reseal(c, n);
-    spit(path_in("bad.bin"), c, n);
+    test_spit(path_in("bad.bin"), c, n);
     expect_load_error(path_in("bad.bin"), "version 2", "version");
     memcpy(c, b, n);
     c[12] = c[13] = c[14] = c[15] = 0xFF;   /* n = 2^32-1 */
     reseal(c, n);
-    spit(path_in("bad.bin"), c, n);
+    test_spit(path_in("bad.bin"), c, n);
     expect_load_error(path_in("bad.bin"), "header n=4294967295", "huge n");
     memcpy(c, b, n);
     c[24 + 7] = 0x80;   /* string bytes near 2^63 */
     reseal(c, n);
-    spit(path_in("bad.bin"), c, n);
+    test_spit(path_in("bad.bin"), c, n);
     expect_load_error(path_in("bad.bin"), "truncated or corrupt", "huge string table");
     memcpy(c, b, n);
     c[n - 9] = 'x';   /* last string loses its NUL */
     reseal(c, n);
-    spit(path_in("bad.bin"), c, n);
+    test_spit(path_in("bad.bin"), c, n);
     expect_load_error(path_in("bad.bin"), "NUL", "unterminated strings");
     memcpy(c, b, n);
     c[32 + 3 * 4 * 4 * 3 + 1] = 0;   /* an extra NUL: 13 strings for 3 items */
     reseal(c, n);
-    spit(path_in("bad.bin"), c, n);
+    test_spit(path_in("bad.bin"), c, n);
     expect_load_error(path_in("bad.bin"), "13 strings", "string count");
     free(c);
     free(b);
@@ -290,7 +267,7 @@ START_TEST(test_bpe_hand_case)
     ck_assert_int_eq(nm, 3);
     ck_assert_int_eq(nv, 517);
     size_t n;
-    char *m = (char *)slurp(path_in("merges.txt"), &n);
+    char *m = (char *)test_slurp(path_in("merges.txt"), &n);
     ck_assert_str_eq(m, "#version: 0.2\na b</w>\na b\nab c</w>\n");
     free(m);
     struct clip_tokenizer *t = clip_tokenizer_load(path_in("vocab.json"), path_in("merges.txt"));
@@ -339,11 +316,11 @@ START_TEST(test_bpe_roundtrip)
     ck_assert_msg(draft_bpe_learn(captions, N_CAPTIONS, 600, 2, tmpdir, &nm, &nv) == STATUS_OK, "%s", tensor_error());
     ck_assert(nm > 0 && nv == 514 + nm);   /* this corpus runs out of pairs seen twice before 600 */
     size_t n1, n2, nvj;
-    char *m1 = (char *)slurp(path_in("merges.txt"), &n1);
-    char *vj = (char *)slurp(path_in("vocab.json"), &nvj);
+    char *m1 = (char *)test_slurp(path_in("merges.txt"), &n1);
+    char *vj = (char *)test_slurp(path_in("vocab.json"), &nvj);
     rename(path_in("merges.txt"), path_in("merges2.txt"));
     ck_assert_int_eq(draft_bpe_learn(captions, N_CAPTIONS, 600, 2, tmpdir, &nm, &nv), STATUS_OK);
-    char *m2 = (char *)slurp(path_in("merges.txt"), &n2);
+    char *m2 = (char *)test_slurp(path_in("merges.txt"), &n2);
     ck_assert_msg(n1 == n2 && !memcmp(m1, m2, n1), "the learner is not deterministic");
     struct clip_tokenizer *t = clip_tokenizer_load(path_in("vocab.json"), path_in("merges.txt"));
     ck_assert_msg(t != NULL, "%s", tensor_error());
@@ -452,7 +429,7 @@ START_TEST(test_build_real)
     LEAK_CHECK_BEGIN();
     /* the first 20 emoji of the file: a copy of its head keeps the test fast */
     size_t n;
-    char *txt = (char *)slurp(EMOJI_TEST, &n);
+    char *txt = (char *)test_slurp(EMOJI_TEST, &n);
     char *cut = txt;
     for (int k = 0; k < 20 && cut; k++) {
         cut = strstr(cut + 1, "; fully-qualified");
@@ -460,7 +437,7 @@ START_TEST(test_build_real)
     ck_assert(cut != NULL);
     cut = strchr(cut, '\n');
     tmp_setup();
-    spit(path_in("bad.bin"), txt, (size_t)(cut + 1 - txt));
+    test_spit(path_in("bad.bin"), txt, (size_t)(cut + 1 - txt));
     free(txt);
     struct draft_dataset d;
     struct draft_emoji_counts c;
@@ -491,13 +468,13 @@ START_TEST(test_build_real)
     const char *t2 = "# group: G\n# subgroup: s\n1F44B ; fully-qualified # 👋 E0.6 waving hand\n"
                      "1F44B 1F3FB ; fully-qualified # 👋🏻 E1.0 waving hand: light skin tone\n"
                      "1F44B ; unqualified # 👋 E0.6 waving hand\n";
-    spit(path_in("bad.bin"), t2, strlen(t2));
+    test_spit(path_in("bad.bin"), t2, strlen(t2));
     struct draft_emoji *e;
     int ne, fq;
     ck_assert_int_eq(draft_emoji_list_load(path_in("bad.bin"), &e, &ne, &fq), STATUS_OK);
     ck_assert(ne == 1 && fq == 2 && !strcmp(e[0].name, "waving hand") && !strcmp(e[0].group, "G"));
     draft_emoji_list_free(e, ne);
-    spit(path_in("bad.bin"), "# x\n1F44B fully-qualified\n", 26);
+    test_spit(path_in("bad.bin"), "# x\n1F44B fully-qualified\n", 26);
     ck_assert(draft_emoji_list_load(path_in("bad.bin"), &e, &ne, &fq) != STATUS_OK);
     ck_assert_msg(strstr(tensor_error(), "bad.bin:2") != NULL, "%s", tensor_error());
     tmp_teardown();

@@ -31,6 +31,7 @@ static struct tensor *weighted_score(struct draft_reward *r, struct tensor *imag
 
 /* everything a variant needs, in one dtype */
 struct fixture {
+    struct safetensors *gold, *pipe;   /* golden/draft and golden/pipeline */
     struct sd_pipeline p;
     struct sd_lora lora;
     struct draft_reward reward;
@@ -38,13 +39,20 @@ struct fixture {
     struct tensor *context, *init, *lv_noise;
 };
 
-static bool fixture_open(struct fixture *f, const struct safetensors *gold, const struct safetensors *pipe,
-                         enum dtype dt)
+/* false (after printing SKIP) when the parity data is absent */
+static bool fixture_open(struct fixture *f, enum dtype dt)
 {
-    char dir[512];
-    if (!parity_path("tiny-sd/model_index.json", dir, sizeof dir)) return false;
+    char dir[512], gp[512], pp[512];
+    if (!parity_path("tiny-sd/model_index.json", dir, sizeof dir) ||
+        !parity_path("golden/draft.safetensors", gp, sizeof gp) ||
+        !parity_path("golden/pipeline.safetensors", pp, sizeof pp))
+        return false;
     *strrchr(dir, '/') = 0;
     memset(f, 0, sizeof *f);
+    f->gold = safetensors_open(gp);
+    f->pipe = safetensors_open(pp);
+    ck_assert_msg(f->gold && f->pipe, "%s", tensor_error());
+    const struct safetensors *gold = f->gold, *pipe = f->pipe;
     ck_assert_msg(sd_pipeline_load(&f->p, dir, dt, DEVICE_CPU) == STATUS_OK, "%s", tensor_error());
     ck_assert_msg(sd_lora_init(&f->lora, &f->p.unet, 2, 2.0, NULL, dt, 1) == STATUS_OK, "%s", tensor_error());
     /* the reference's LoRA values: "lora.<module>.lora_A.weight" */
@@ -72,8 +80,13 @@ static bool fixture_open(struct fixture *f, const struct safetensors *gold, cons
     return true;
 }
 
+static void zero_grads(struct fixture *f);
+
 static void fixture_close(struct fixture *f)
 {
+    zero_grads(f);
+    safetensors_close(f->gold);
+    safetensors_close(f->pipe);
     tensor_free(f->context);
     tensor_free(f->init);
     tensor_free(f->lv_noise);
@@ -112,15 +125,10 @@ static double run_variant(struct fixture *f, const struct draft_method_config *c
 
 START_TEST(test_golden_gradients)
 {
-    char gp[512], pp[512];
-    if (!parity_path("golden/draft.safetensors", gp, sizeof gp) ||
-        !parity_path("golden/pipeline.safetensors", pp, sizeof pp))
-        return;
     LEAK_CHECK_BEGIN();
-    struct safetensors *gold = safetensors_open(gp), *pipe = safetensors_open(pp);
-    ck_assert_msg(gold && pipe, "%s", tensor_error());
     struct fixture f;
-    if (!fixture_open(&f, gold, pipe, DTYPE_F32)) return;
+    if (!fixture_open(&f, DTYPE_F32)) return;
+    const struct safetensors *gold = f.gold;
     static const char *const variants[] = {"full", "k1", "k2", "lv"};
     for (int v = 0; v < 4; v++) {
         struct draft_method_config c;
@@ -150,10 +158,7 @@ START_TEST(test_golden_gradients)
         tensor_scope_end();
         tensor_free(final);
     }
-    zero_grads(&f);
     fixture_close(&f);
-    safetensors_close(gold);
-    safetensors_close(pipe);
     LEAK_CHECK_END();
 }
 END_TEST
@@ -163,14 +168,9 @@ END_TEST
  * gradient) */
 START_TEST(test_finite_differences)
 {
-    char gp[512], pp[512];
-    if (!parity_path("golden/draft.safetensors", gp, sizeof gp) ||
-        !parity_path("golden/pipeline.safetensors", pp, sizeof pp))
-        return;
     LEAK_CHECK_BEGIN();
-    struct safetensors *gold = safetensors_open(gp), *pipe = safetensors_open(pp);
     struct fixture f;
-    if (!fixture_open(&f, gold, pipe, DTYPE_F64)) return;
+    if (!fixture_open(&f, DTYPE_F64)) return;
     static const char *const variants[] = {"full"};
     /* the first self-attention query (A and B), and the last projection's B */
     static const int params[] = {0, 1, -1};
@@ -197,10 +197,7 @@ START_TEST(test_finite_differences)
             ck_assert_msg(fabs(g - fd) <= 1e-5 * fabs(fd) + 1e-9, "full: %.12g vs fd %.12g", g, fd);
         }
     }
-    zero_grads(&f);
     fixture_close(&f);
-    safetensors_close(gold);
-    safetensors_close(pipe);
     LEAK_CHECK_END();
 }
 END_TEST
@@ -227,14 +224,9 @@ static void grads_free(struct fixture *f, struct tensor **g)
 /* K = T is full DRaFT; checkpointed equals plain (bit for bit on the CPU) */
 START_TEST(test_identities)
 {
-    char gp[512], pp[512];
-    if (!parity_path("golden/draft.safetensors", gp, sizeof gp) ||
-        !parity_path("golden/pipeline.safetensors", pp, sizeof pp))
-        return;
     LEAK_CHECK_BEGIN();
-    struct safetensors *gold = safetensors_open(gp), *pipe = safetensors_open(pp);
     struct fixture f;
-    if (!fixture_open(&f, gold, pipe, DTYPE_F32)) return;
+    if (!fixture_open(&f, DTYPE_F32)) return;
     struct draft_method_config c;
     config_for(&c, "full");
     const double Jf = run_variant(&f, &c, NULL);
@@ -256,10 +248,7 @@ START_TEST(test_identities)
     grads_free(&f, gf);
     grads_free(&f, gk);
     grads_free(&f, gp_);
-    zero_grads(&f);
     fixture_close(&f);
-    safetensors_close(gold);
-    safetensors_close(pipe);
     LEAK_CHECK_END();
 }
 END_TEST
@@ -268,14 +257,10 @@ END_TEST
  * x1 = sqrt(abar(t1)) x0 + sqrt(1 - abar(t1)) eps, one guided DDIM step, reward of its decode */
 START_TEST(test_lv_formula)
 {
-    char gp[512], pp[512];
-    if (!parity_path("golden/draft.safetensors", gp, sizeof gp) ||
-        !parity_path("golden/pipeline.safetensors", pp, sizeof pp))
-        return;
     LEAK_CHECK_BEGIN();
-    struct safetensors *gold = safetensors_open(gp), *pipe = safetensors_open(pp);
     struct fixture f;
-    if (!fixture_open(&f, gold, pipe, DTYPE_F32)) return;
+    if (!fixture_open(&f, DTYPE_F32)) return;
+    const struct safetensors *gold = f.gold;
     struct draft_method_config c;
     config_for(&c, "lv");
     c.lv_n = 1;
@@ -306,10 +291,7 @@ START_TEST(test_lv_formula)
         ck_assert_msg(e <= 1e-5, "LV n=1 gradient of %s differs from the formula's: rel %g", f.lora.params.v[i].name, e);
     }
     grads_free(&f, g);
-    zero_grads(&f);
     fixture_close(&f);
-    safetensors_close(gold);
-    safetensors_close(pipe);
     LEAK_CHECK_END();
 }
 END_TEST
@@ -335,20 +317,6 @@ static void run_config(struct draft_run_config *c, const char *dir, const char *
     c->save_every = 2;
     c->progress = false;
     c->seed = 7;
-}
-
-static unsigned char *slurp(const char *path, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    ck_assert_msg(f != NULL, "%s", path);
-    fseek(f, 0, SEEK_END);
-    long L = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *b = malloc((size_t)L + 1);
-    ck_assert_int_eq(fread(b, 1, (size_t)L, f), (size_t)L);
-    fclose(f);
-    *n = (size_t)L;
-    return b;
 }
 
 /* a short run raises the reward on held-out seeds; an interrupted and resumed run ends with the
@@ -386,7 +354,7 @@ START_TEST(test_run_and_resume)
         snprintf(pa, sizeof pa, "%s/%s", a, files[i]);
         snprintf(pb, sizeof pb, "%s/%s", b, files[i]);
         size_t na, nb;
-        unsigned char *da = slurp(pa, &na), *db = slurp(pb, &nb);
+        unsigned char *da = test_slurp(pa, &na), *db = test_slurp(pb, &nb);
         ck_assert_msg(na == nb && !memcmp(da, db, na), "%s differs between the resumed and the uninterrupted run", files[i]);
         free(da);
         free(db);

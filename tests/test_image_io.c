@@ -60,29 +60,6 @@ static char *path_in(const char *name)
     return p[k];
 }
 
-static uint8_t *slurp(const char *path, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    ck_assert_msg(f != NULL, "cannot open %s", path);
-    fseek(f, 0, SEEK_END);
-    long l = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *b = malloc((size_t)l + 1);
-    ck_assert(fread(b, 1, (size_t)l, f) == (size_t)l);
-    fclose(f);
-    b[l] = 0;
-    *n = (size_t)l;
-    return b;
-}
-
-static void spit(const char *path, const void *data, size_t n)
-{
-    FILE *f = fopen(path, "wb");
-    ck_assert(f != NULL);
-    ck_assert(fwrite(data, 1, n, f) == n);
-    ck_assert(fclose(f) == 0);
-}
-
 /* a non-finite number printed anywhere ("nan", "-inf", ... as a value, not inside a word) */
 static bool has_nonfinite(const char *s)
 {
@@ -367,10 +344,10 @@ START_TEST(test_png_corrupt)
     const char *good = path_in("good.png"), *bad = path_in("bad.png");
     ck_assert_int_eq(draft_png_write(good, &a), STATUS_OK);
     size_t n;
-    uint8_t *bytes = slurp(good, &n);
+    uint8_t *bytes = test_slurp(good, &n);
     int errors = 0;
     for (size_t len = 0; len < n; len++) {
-        spit(bad, bytes, len);
+        test_spit(bad, bytes, len);
         enum status s = draft_png_read(bad, &b);
         ck_assert_msg(s != STATUS_OK, "truncated to %zu of %zu bytes but read fine", len, n);
         ck_assert(b.rgb == NULL && b.w == 0 && b.h == 0);
@@ -384,15 +361,15 @@ START_TEST(test_png_corrupt)
         uint8_t *c = malloc(n);
         memcpy(c, bytes, n);
         c[i] ^= 0x5A;
-        spit(bad, c, n);
+        test_spit(bad, c, n);
         free(c);
         enum status s = draft_png_read(bad, &b);
         ck_assert_msg(s != STATUS_OK, "byte %zu of %zu flipped but the file read fine", i, n);
         ck_assert(b.rgb == NULL);
     }
-    spit(bad, "this is not a png file at all", 29);
+    test_spit(bad, "this is not a png file at all", 29);
     ck_assert_int_eq(draft_png_read(bad, &b), STATUS_FORMAT);
-    spit(bad, "", 0);
+    test_spit(bad, "", 0);
     ck_assert_int_eq(draft_png_read(bad, &b), STATUS_FORMAT);
     ck_assert_int_eq(draft_png_read(path_in("missing.png"), &b), STATUS_IO);
     ck_assert_msg(strstr(tensor_error(), "missing.png") != NULL, "message: %s", tensor_error());
@@ -687,7 +664,7 @@ START_TEST(test_report_html)
     ck_assert_msg(draft_report_html(p, &r) == STATUS_OK, "%s", tensor_error());
     ck_assert_int_eq(count_files(), 1);
     size_t n;
-    char *h = (char *)slurp(p, &n);
+    char *h = (char *)test_slurp(p, &n);
     ck_assert(strncmp(h, "<!DOCTYPE html>", 15) == 0);
     ck_assert(strstr(h, "Run &lt;script&gt;alert(1)&lt;/script&gt;") != NULL);
     ck_assert(strstr(h, "<script") == NULL);

@@ -6,6 +6,7 @@
  *   draft-run --help                              (every option with its default)
  */
 #include "draft/run.h"
+#include "nn/file.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -168,26 +169,12 @@ static bool set_value(struct draft_run_config *c, const struct opt *o, const cha
 
 static bool load_config(struct draft_run_config *c, const char *path)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        fprintf(stderr, "draft-run: --config %s: %s\n", path, strerror(errno));
+    size_t n;
+    char *text = nn_file_read(path, (size_t)1 << 20, &n);
+    if (!text) {
+        fprintf(stderr, "draft-run: --config: %s\n", tensor_error());
         return false;
     }
-    char *text = NULL;
-    size_t n = 0, cap = 0;
-    for (;;) {
-        if (n + 4097 > cap) {
-            char *t = realloc(text, cap = cap ? 2 * cap : 8192);
-            if (!t) break;
-            text = t;
-        }
-        size_t r = fread(text + n, 1, 4096, f);
-        n += r;
-        if (r < 4096) break;
-    }
-    fclose(f);
-    if (!text) return false;
-    text[n] = 0;
     cJSON *root = cJSON_Parse(text);
     free(text);
     bool ok = cJSON_IsObject(root);

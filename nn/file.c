@@ -1,0 +1,83 @@
+/* file.c — see file.h */
+#include "nn/file.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+char *nn_file_read(const char *path, size_t max_bytes, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        tensor_fail(STATUS_IO, "%s: cannot open: %s", path, strerror(errno));
+        return NULL;
+    }
+    char *buf = NULL;
+    size_t n = 0, cap = 0;
+    for (;;) {
+        if (n == cap) {
+            if (cap >= max_bytes) {
+                tensor_fail(STATUS_FORMAT, "%s: larger than %zu bytes", path, max_bytes);
+                break;
+            }
+            cap = cap ? 2 * cap : 1 << 14;
+            if (cap > max_bytes) cap = max_bytes;
+            char *b = realloc(buf, cap + 1);
+            if (!b) {
+                tensor_fail(STATUS_OOM, "%s: out of memory at %zu bytes", path, n);
+                break;
+            }
+            buf = b;
+        }
+        size_t r = fread(buf + n, 1, cap - n, f);
+        n += r;
+        if (r == 0) {
+            if (ferror(f)) {
+                tensor_fail(STATUS_IO, "%s: read error", path);
+                break;
+            }
+            fclose(f);
+            buf[n] = 0;
+            *len = n;
+            return buf;
+        }
+    }
+    fclose(f);
+    free(buf);
+    return NULL;
+}
+
+enum status nn_file_write_atomic(const char *path, int n_parts, const void *const *parts, const size_t *lens)
+{
+    static atomic_uint counter;   /* two writers in one process never share a temporary name */
+    char tmp[4096];
+    int l = snprintf(tmp, sizeof tmp, "%s.tmp%ld.%u", path, (long)getpid(), atomic_fetch_add(&counter, 1));
+    if (l < 0 || (size_t)l >= sizeof tmp) return tensor_fail(STATUS_IO, "cannot write %s: path too long", path);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (fd < 0) return tensor_fail(STATUS_IO, "cannot write %s: creating %s: %s", path, tmp, strerror(errno));
+    int err = 0;
+    for (int i = 0; i < n_parts && !err; i++) {
+        const unsigned char *p = parts[i];
+        size_t done = 0;
+        while (done < lens[i]) {
+            ssize_t w = write(fd, p + done, lens[i] - done);
+            if (w < 0) {
+                if (errno == EINTR) continue;
+                err = errno;
+                break;
+            }
+            done += (size_t)w;
+        }
+    }
+    if (close(fd) != 0 && !err) err = errno;
+    if (!err && rename(tmp, path) != 0) err = errno;
+    if (err) {
+        unlink(tmp);
+        return tensor_fail(STATUS_IO, "cannot write %s: %s", path, strerror(err));
+    }
+    return STATUS_OK;
+}

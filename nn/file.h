@@ -1,0 +1,26 @@
+/* file.h — whole-file reads and atomic writes, the two ways this project touches files that
+ * are not tensors' mmap'd bytes. Errors name the path and say what went wrong. */
+#ifndef NN_FILE_H
+#define NN_FILE_H
+
+#include "tensor/tensor.h"
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The whole file, NUL-terminated (text readers rely on it; *len excludes the NUL), malloc'd.
+ * NULL with a message when it cannot be opened or read, or is larger than max_bytes. */
+char *nn_file_read(const char *path, size_t max_bytes, size_t *len);
+
+/* Write the concatenation of n_parts buffers to a temporary file beside `path`, then rename it
+ * over `path`: a reader never sees half a file, and a crash leaves the old one. */
+enum status nn_file_write_atomic(const char *path, int n_parts, const void *const *parts, const size_t *lens);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
