@@ -317,11 +317,18 @@ struct tensor *sd_pipeline_sample(struct sd_pipeline *p, struct tensor *init_lat
 {
     if (!init_latents || !context) return NULL;
     if (sd_ddim_set_timesteps(&p->scheduler, o->steps)) return NULL;
-    tensor_scope_begin();
-    struct tensor *x = init_latents;
+    /* the latents carried from step to step live outside the per-step scope, so a step's
+     * temporaries die with it (docs/architecture.md, "Ownership") */
+    struct tensor *x = tensor_ref(init_latents);
     for (int i = 0; i < p->scheduler.num_inference_steps && x; i++) {
-        x = sd_pipeline_step(p, x, p->scheduler.timesteps[i], context, o->guidance, o->eta, NULL);
-        if (after_step) after_step[i] = x ? tensor_keep(x) : NULL;
+        tensor_scope_begin();
+        struct tensor *y = tensor_keep(sd_pipeline_step(p, x, p->scheduler.timesteps[i], context, o->guidance, o->eta, NULL));
+        tensor_scope_end();
+        tensor_free(x);
+        x = y;
+        if (after_step) after_step[i] = x ? tensor_ref(x) : NULL;
     }
-    return tensor_scope_return(sd_pipeline_decode(p, x));
+    struct tensor *img = sd_pipeline_decode(p, x);
+    tensor_free(x);
+    return img;
 }

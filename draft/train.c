@@ -162,16 +162,25 @@ enum status draft_objective_backward(struct sd_pipeline *p, const struct draft_m
     const bool vae_ckpt = p->vae.checkpoint;
     p->vae.checkpoint = c->checkpoint;
 
-    tensor_scope_begin();
-    struct tensor *x = init_latents;
+    /* the carried latents live outside the per-step scopes: a no-grad step's temporaries die
+     * with it; a differentiable step's live on in the graph (or, checkpointed, only its input) */
+    struct tensor *x = tensor_ref(init_latents);
     for (int i = 0; i < stop && x; i++) {
+        tensor_scope_begin();
+        struct tensor *y;
         if (i < first_grad) {
-            x = step_no_grad(p, c, x, ts[i], context);
+            y = step_no_grad(p, c, x, ts[i], context);
         } else {
             calls[i] = (struct call_ctx){p, ts[i], context, c->guidance, c->eta, false};
-            x = call(&calls[i], x, c->checkpoint);
+            y = call(&calls[i], x, c->checkpoint);
         }
+        y = tensor_keep(y);
+        tensor_scope_end();
+        tensor_free(x);
+        x = y;
     }
+    tensor_scope_begin();
+    tensor_autorelease(x);   /* the rest of the objective runs in one scope, which now owns x */
     struct tensor *J = NULL, *final = x;
     if (x && c->method == DRAFT_REFL) {   /* one differentiable call predicts x0 from x_t at step `stop` */
         calls[T] = (struct call_ctx){p, ts[stop], context, c->guidance, c->eta, true};
