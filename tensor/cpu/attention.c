@@ -262,6 +262,7 @@ static void gemm(const struct attn *a, bool ta, bool tb, int64_t M, int64_t N, i
 {
     if (M == 0 || N == 0) return;
     const CBLAS_TRANSPOSE opa = ta ? CblasTrans : CblasNoTrans, opb = tb ? CblasTrans : CblasNoTrans;
+    cpu_blas_serial_in_region();
     if (K == 0) {
         for (int64_t i = 0; i < M; i++)
             for (int64_t j = 0; j < N; j++) {

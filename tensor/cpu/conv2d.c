@@ -244,6 +244,7 @@ static void gemm(bool f32, bool ta, bool tb, int64_t M, int64_t N, int64_t K, co
 {
     if (M <= 0 || N <= 0) return;
     const CBLAS_TRANSPOSE TA = ta ? CblasTrans : CblasNoTrans, TB = tb ? CblasTrans : CblasNoTrans;
+    cpu_blas_serial_in_region();
     lda = max64(lda, 1);
     ldb = max64(ldb, 1);
     ldc = max64(ldc, 1);

@@ -5,6 +5,8 @@
 
 #include "tensor/backend.h"
 
+#include <omp.h>
+
 #include <stdint.h>
 #include <string.h>
 
@@ -112,6 +114,17 @@ enum status cpu_avg_pool2d_backward(struct tensor *dx, const struct tensor *dy, 
 enum status cpu_random(struct tensor *out, uint64_t seed, uint64_t offset, bool normal);
 
 /* dtype guard used by float kernels */
+/* Call before a BLAS call that may run inside one of our parallel regions. OpenBLAS (OpenMP
+ * build) threads itself unless omp_in_parallel(), which is false inside a region whose if()
+ * clause made it inactive: it then starts a nested team, and libgomp creates (and destroys)
+ * threads for every such call, oversubscribing the cores (a small DRaFT step ran 7x slower on
+ * 2 threads than on 1). Setting nthreads to 1 changes only the current implicit task's ICV, so
+ * BLAS runs single-threaded here and nowhere else; outside any region it does nothing. */
+static inline void cpu_blas_serial_in_region(void)
+{
+    if (omp_get_level() > 0) omp_set_num_threads(1);
+}
+
 static inline enum status cpu_need_float(const struct tensor *t, const char *op)
 {
     if (t->dtype == DTYPE_F32 || t->dtype == DTYPE_F64) return STATUS_OK;

@@ -22,6 +22,34 @@ static bool blas_layout(const struct tensor *t, struct mat_layout *l)
     return false;
 }
 
+/* one product of a batched matmul: batch index bi of (o, a, b) */
+struct batch_gemm {
+    const struct cpu_iter *it;
+    const struct tensor *a, *b, *o;
+    const struct mat_layout *la, *lb, *lo;
+    CBLAS_TRANSPOSE ta, tb;
+    int64_t M, N, K;
+    double alpha, beta;
+    bool f32;
+};
+
+static void batch_gemm_run(const struct batch_gemm *g, int64_t bi)
+{
+    int64_t off[4];
+    cpu_iter_offsets(g->it, bi / g->it->inner, off);
+    const int64_t i = bi % g->it->inner;
+    for (int k = 0; k < 3; k++) off[k] += i * g->it->inner_stride[k];
+    const struct tensor *a = g->a, *b = g->b, *o = g->o;
+    if (g->f32)
+        cblas_sgemm(CblasRowMajor, g->ta, g->tb, (blasint)g->M, (blasint)g->N, (blasint)g->K, (float)g->alpha,
+                    CPU_PTR(const float, a) + off[1], (blasint)g->la->ld, CPU_PTR(const float, b) + off[2],
+                    (blasint)g->lb->ld, (float)g->beta, CPU_PTR(float, o) + off[0], (blasint)g->lo->ld);
+    else
+        cblas_dgemm(CblasRowMajor, g->ta, g->tb, (blasint)g->M, (blasint)g->N, (blasint)g->K, g->alpha,
+                    CPU_PTR(const double, a) + off[1], (blasint)g->la->ld, CPU_PTR(const double, b) + off[2],
+                    (blasint)g->lb->ld, g->beta, CPU_PTR(double, o) + off[0], (blasint)g->lo->ld);
+}
+
 enum status cpu_matmul(struct tensor *out, const struct tensor *a, const struct tensor *b, double alpha, double beta)
 {
     enum status s;
@@ -56,23 +84,21 @@ enum status cpu_matmul(struct tensor *out, const struct tensor *a, const struct 
     const int64_t nbatch = it.outer * it.inner;
     const bool f32 = a->dtype == DTYPE_F32;
     const CBLAS_TRANSPOSE ta = la.trans ? CblasTrans : CblasNoTrans, tb = lb.trans ? CblasTrans : CblasNoTrans;
-    /* many small products: one per thread (BLAS single-threaded inside); few large: BLAS threads */
+    /* many small products: one per thread (BLAS single-threaded inside); few large: BLAS threads,
+     * called from outside any parallel region (inside even an inactive one OpenBLAS would start a
+     * nested team, and libgomp creates threads for every nested team: see cpu.h) */
     const bool par_batches = nbatch >= 2 * omp_get_max_threads() && M * N * K <= 256 * 256 * 256;
-#pragma omp parallel for schedule(static) if (par_batches)
-    for (int64_t bi = 0; bi < nbatch; bi++) {
-        int64_t off[4];
-        cpu_iter_offsets(&it, bi / it.inner, off);
-        int64_t i = bi % it.inner;
-        for (int k = 0; k < 3; k++) off[k] += i * it.inner_stride[k];
-        if (M == 0 || N == 0) continue;
-        if (f32)
-            cblas_sgemm(CblasRowMajor, ta, tb, (blasint)M, (blasint)N, (blasint)K, (float)alpha,
-                        CPU_PTR(const float, a) + off[1], (blasint)la.ld, CPU_PTR(const float, b) + off[2],
-                        (blasint)lb.ld, (float)beta, CPU_PTR(float, o) + off[0], (blasint)lo.ld);
-        else
-            cblas_dgemm(CblasRowMajor, ta, tb, (blasint)M, (blasint)N, (blasint)K, alpha, CPU_PTR(const double, a) + off[1],
-                        (blasint)la.ld, CPU_PTR(const double, b) + off[2], (blasint)lb.ld, beta,
-                        CPU_PTR(double, o) + off[0], (blasint)lo.ld);
+    const struct batch_gemm bg = {&it, a, b, o, &la, &lb, &lo, ta, tb, M, N, K, alpha, beta, f32};
+    if (M == 0 || N == 0) {
+        /* nothing to compute */
+    } else if (par_batches) {
+#pragma omp parallel for schedule(static)
+        for (int64_t bi = 0; bi < nbatch; bi++) {
+            cpu_blas_serial_in_region();
+            batch_gemm_run(&bg, bi);
+        }
+    } else {
+        for (int64_t bi = 0; bi < nbatch; bi++) batch_gemm_run(&bg, bi);
     }
     if (oc) cpu_copy(out, oc);
     tensor_free(ac);
