@@ -3,6 +3,7 @@
  * (every prediction type, eta 0 / 0.5 / 1, clip_sample), central finite-difference gradient
  * checks of the step and of add_noise, the DDPM loss on a micro UNet, and config errors. */
 #include "tests/harness.h"
+#include "tests/micro_unet.h"
 #include "tests/parity.h"
 #include "diffusion/ddim.h"
 
@@ -424,40 +425,10 @@ struct micro {
 
 static void micro_build(struct micro *m)
 {
-    struct nn_config c;
-    enum dtype dts[2] = {DTYPE_F64, DTYPE_F32};
-    struct nn_params *pss[2] = {&m->ps64, &m->ps32};
-    struct sd_unet *us[2] = {&m->u64, &m->u32};
-    for (int k = 0; k < 2; k++) {
-        nn_params_init(pss[k], dts[k], DEVICE_CPU);
-        ck_assert_int_eq(nn_config_parse(&c, micro_json, strlen(micro_json), "micro"), STATUS_OK);
-        ck_assert_msg(sd_unet_init(us[k], &c, pss[k]) == STATUS_OK, "%s", tensor_error());
-        nn_config_free(&c);
-    }
-    tensor_scope_begin();
-    for (int i = 0; i < m->ps64.n; i++) {
-        struct tensor *p = m->ps64.v[i].t;
-        double sc = 1.0;
-        if (p->ndim >= 2) {
-            int64_t fan = 1;
-            for (int d = 1; d < p->ndim; d++) fan *= p->shape[d];
-            sc = 1.5 / sqrt((double)fan);
-        }
-        const bool normw = p->ndim == 1 && strstr(m->ps64.v[i].name, "norm") && strstr(m->ps64.v[i].name, ".weight");
-        struct tensor *r = test_uniform(DTYPE_F64, p->ndim, p->shape, normw ? 0.5 : -0.5 * sc, normw ? 1.5 : 0.5 * sc);
-        ck_assert_int_eq(tensor_copy_(p, r), STATUS_OK);
-        ck_assert_int_eq(tensor_copy_(m->ps32.v[i].t, r), STATUS_OK);
-    }
-    tensor_scope_end();
+    test_micro_unet_build(micro_json, &m->ps64, &m->ps32, &m->u64, &m->u32);
 }
 
-static void micro_free(struct micro *m)
-{
-    sd_unet_free(&m->u64);
-    sd_unet_free(&m->u32);
-    nn_params_free(&m->ps64);
-    nn_params_free(&m->ps32);
-}
+static void micro_free(struct micro *m) { test_micro_unet_free(&m->ps64, &m->ps32, &m->u64, &m->u32); }
 
 static struct tensor *gc_loss(struct tensor *const *in, void *vctx)
 {

@@ -4,6 +4,7 @@
  * parity data, the timestep features against a float64 formula, and error handling. */
 #include "tests/harness.h"
 #include "tests/parity.h"
+#include "tests/micro_unet.h"
 #include "diffusion/unet.h"
 #include "tensor/alloc.h"
 
@@ -222,41 +223,10 @@ struct micro {
 
 static void micro_build(struct micro *m, const char *json)
 {
-    struct nn_config c;
-    enum dtype dts[2] = {DTYPE_F64, DTYPE_F32};
-    struct nn_params *pss[2] = {&m->ps64, &m->ps32};
-    struct sd_unet *us[2] = {&m->u64, &m->u32};
-    for (int k = 0; k < 2; k++) {
-        nn_params_init(pss[k], dts[k], DEVICE_CPU);
-        ck_assert_int_eq(nn_config_parse(&c, json, strlen(json), "micro"), STATUS_OK);
-        ck_assert_msg(sd_unet_init(us[k], &c, pss[k]) == STATUS_OK, "%s", tensor_error());
-        nn_config_free(&c);
-    }
-    /* random weights of a sensible scale, norm weights away from 1 and biases away from 0 */
-    tensor_scope_begin();
-    for (int i = 0; i < m->ps64.n; i++) {
-        struct tensor *p = m->ps64.v[i].t;
-        double s = 1.0;
-        if (p->ndim >= 2) {
-            int64_t fan = 1;
-            for (int d = 1; d < p->ndim; d++) fan *= p->shape[d];
-            s = 1.5 / sqrt((double)fan);
-        }
-        const bool normw = p->ndim == 1 && strstr(m->ps64.v[i].name, "norm") && strstr(m->ps64.v[i].name, ".weight");
-        struct tensor *r = test_uniform(DTYPE_F64, p->ndim, p->shape, normw ? 0.5 : -0.5 * s, normw ? 1.5 : 0.5 * s);
-        ck_assert_int_eq(tensor_copy_(p, r), STATUS_OK);
-        ck_assert_int_eq(tensor_copy_(m->ps32.v[i].t, r), STATUS_OK);
-    }
-    tensor_scope_end();
+    test_micro_unet_build(json, &m->ps64, &m->ps32, &m->u64, &m->u32);
 }
 
-static void micro_free(struct micro *m)
-{
-    sd_unet_free(&m->u64);
-    sd_unet_free(&m->u32);
-    nn_params_free(&m->ps64);
-    nn_params_free(&m->ps32);
-}
+static void micro_free(struct micro *m) { test_micro_unet_free(&m->ps64, &m->ps32, &m->u64, &m->u32); }
 
 static struct tensor *gc_unet_fn(struct tensor *const *in, void *vctx)
 {
