@@ -239,12 +239,11 @@ struct tensor *draft_dataset_batch(const struct draft_dataset *d, int n, const i
         for (int c = 0; c < 3; c++)
             for (int64_t p = 0; p < plane; p++) v[((int64_t)b * 3 + c) * plane + p] = px[p * 3 + c] / 127.5 - 1.0;
     }
+    /* own scope: the f64 temporary belongs to it, whether or not the caller has one open */
+    tensor_scope_begin();
     struct tensor *t = tensor_from_data(DTYPE_F64, 4, (int64_t[]){n, 3, S, S}, v);
     free(v);
-    if (!t || dt == DTYPE_F64) return t;
-    struct tensor *r = tensor_to_dtype(t, dt);
-    tensor_free(t);
-    return r;
+    return tensor_scope_return(t && dt != DTYPE_F64 ? tensor_to_dtype(t, dt) : t);
 }
 
 bool draft_dataset_is_heldout(const char *caption, int modulus)

@@ -225,6 +225,12 @@ START_TEST(test_batch_and_split)
     ck_assert(draft_dataset_batch(&d, 1, &bad, DTYPE_F32) == NULL);
     ck_assert(strstr(tensor_error(), "index 4") != NULL);
     ck_assert(draft_dataset_batch(&d, 1, idx, DTYPE_I32) == NULL);
+    /* inside a caller's scope (the converted batch is scope-owned; its f64 temporary was once
+     * freed twice there) */
+    tensor_scope_begin();
+    t = draft_dataset_batch(&d, 2, idx, DTYPE_F32);
+    ck_assert(t != NULL && t->dtype == DTYPE_F32 && t->shape[0] == 2);
+    tensor_scope_end();
     draft_dataset_free(&d);
 
     /* split: a partition, stable under reordering, about 1 in 10 held out */

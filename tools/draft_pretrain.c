@@ -20,6 +20,10 @@ static void usage(FILE *f)
             "  --steps-clip N --steps-vae N --steps-unet N     training steps per stage\n"
             "  --batch-clip N --batch-vae N --batch-unet N     batch sizes\n"
             "  --lr-clip X --lr-vae X --lr-unet X              AdamW learning rates\n"
+            "  --unet-channels a,b,c  UNet block widths (default 64,128,192; last block without attention)\n"
+            "  --unet-layers N    UNet layers per block (default 1)\n"
+            "  --vae-channels a,b VAE block widths (default 32,64: two levels, 32x32 -> 16x16 latents)\n"
+            "  --patch N          CLIP vision patch size (default 4)\n"
             "  --seed S           (default 1)\n"
             "  --ckpt-every N     steps between checkpoints (default 200)\n"
             "  --eval-every N     steps between held-out evaluations (default: at the end only)\n"
@@ -45,6 +49,22 @@ static bool parse_int(const char *s, int lo, int hi, int *out)
     if (!*s || *end || v < lo || v > hi) return false;
     *out = (int)v;
     return true;
+}
+
+/* "a,b,c" -> up to max positive integers */
+static int parse_list(const char *s, int64_t *out, int max)
+{
+    int n = 0;
+    while (*s && n < max) {
+        char *end;
+        long long v = strtoll(s, &end, 10);
+        if (end == s || v < 1 || v > 4096) return -1;
+        out[n++] = v;
+        if (!*end) return n;
+        if (*end != ',') return -1;
+        s = end + 1;
+    }
+    return *s ? -1 : n;
 }
 
 static bool parse_pos(const char *s, double *out)
@@ -93,7 +113,14 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--lr-clip")) ok = parse_pos(v, &c.clip.lr);
         else if (!strcmp(a, "--lr-vae")) ok = parse_pos(v, &c.vae.lr);
         else if (!strcmp(a, "--lr-unet")) ok = parse_pos(v, &c.unet.lr);
-        else if (!strcmp(a, "--ckpt-every")) ok = parse_int(v, 0, 100000000, &c.ckpt_every);
+        else if (!strcmp(a, "--unet-channels")) ok = (c.unet_n_blocks = parse_list(v, c.unet_channels, DRAFT_PRETRAIN_MAX_BLOCKS)) >= 2;
+        else if (!strcmp(a, "--vae-channels")) ok = (c.vae_n_blocks = parse_list(v, c.vae_channels, DRAFT_PRETRAIN_MAX_BLOCKS)) >= 1;
+        else if (!strcmp(a, "--unet-layers")) ok = parse_int(v, 1, 4, &c.unet_layers);
+        else if (!strcmp(a, "--patch")) {
+            int ps;
+            ok = parse_int(v, 1, 32, &ps);
+            c.patch_size = ps;
+        } else if (!strcmp(a, "--ckpt-every")) ok = parse_int(v, 0, 100000000, &c.ckpt_every);
         else if (!strcmp(a, "--eval-every")) ok = parse_int(v, 0, 100000000, &c.eval_every);
         else if (!strcmp(a, "--samples")) ok = parse_int(v, 0, 64, &c.n_samples);
         else if (!strcmp(a, "--sample-steps")) ok = parse_int(v, 1, 1000, &c.sample_steps);
