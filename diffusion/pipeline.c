@@ -11,13 +11,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-
-static bool file_exists(const char *path)
-{
-    struct stat st;
-    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
-}
 
 /* model_index.json: each component we load must be present and of the class we implement */
 static enum status check_model_index(const char *dir)
@@ -63,7 +56,7 @@ static enum status find_weights(const char *dir, const char *sub, const char *ba
     static const char *const ext[] = {".safetensors", ".fp16.safetensors", ".bin", ".fp16.bin"};
     for (size_t i = 0; i < sizeof ext / sizeof ext[0]; i++) {
         snprintf(out, n, "%s/%s/%s%s", dir, sub, base, ext[i]);
-        if (file_exists(out)) return STATUS_OK;
+        if (nn_file_exists(out)) return STATUS_OK;
     }
     return tensor_fail(STATUS_IO, "%s/%s: no weights (looked for %s.safetensors, .fp16.safetensors, .bin)", dir, sub,
                        base);

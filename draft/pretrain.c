@@ -1,5 +1,6 @@
 /* pretrain.c — the stages of draft/pretrain.h: BPE, CLIP, VAE, UNet, export. */
 #include "draft/pretrain.h"
+#include "nn/file.h"
 
 #include <errno.h>
 #include <math.h>
@@ -8,7 +9,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -96,28 +96,14 @@ enum status draft_pretrain_config_check(const struct draft_pretrain_config *c)
 
 /* ---------------------------------------------------------------- files */
 
-static enum status mkdir_p(const char *path)
+static enum status copy_file(const char *from, const char *to)
 {
-    char buf[1024];
-    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf) return tensor_fail(STATUS_IO, "%s: path too long", path);
-    for (char *p = buf + 1;; p++) {
-        if (*p == '/' || !*p) {
-            char c = *p;
-            *p = 0;
-            if (mkdir(buf, 0777) && errno != EEXIST) return tensor_fail(STATUS_IO, "cannot create folder %s: %s", buf, strerror(errno));
-            struct stat sb;
-            if (stat(buf, &sb) || !S_ISDIR(sb.st_mode)) return tensor_fail(STATUS_IO, "%s exists and is not a folder", buf);
-            *p = c;
-            if (!c) break;
-        }
-    }
-    return STATUS_OK;
-}
-
-static bool file_exists(const char *path)
-{
-    struct stat sb;
-    return !stat(path, &sb) && S_ISREG(sb.st_mode);
+    size_t n;
+    char *buf = nn_file_read(from, (size_t)1 << 30, &n);
+    if (!buf) return tensor_status();
+    enum status s = nn_file_write_atomic(to, 1, (const void *const[]){buf}, &n);
+    free(buf);
+    return s;
 }
 
 static enum status write_textf(const char *path, const char *fmt, ...)
@@ -134,29 +120,6 @@ static enum status write_textf(const char *path, const char *fmt, ...)
     enum status st = draft_file_write_atomic(path, s, (size_t)n);
     free(s);
     return st;
-}
-
-static enum status copy_file(const char *from, const char *to)
-{
-    FILE *f = fopen(from, "rb");
-    if (!f) return tensor_fail(STATUS_IO, "cannot read %s: %s", from, strerror(errno));
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap);
-    size_t k;
-    while (buf && (k = fread(buf + n, 1, cap - n, f)) > 0) {
-        n += k;
-        if (n == cap) {
-            char *b2 = realloc(buf, cap *= 2);
-            if (!b2) free(buf);
-            buf = b2;
-        }
-    }
-    bool err = ferror(f);
-    fclose(f);
-    if (!buf) return tensor_fail(STATUS_OOM, "copying %s: out of memory", from);
-    enum status s = err ? tensor_fail(STATUS_IO, "error reading %s", from) : draft_file_write_atomic(to, buf, n);
-    free(buf);
-    return s;
 }
 
 #define PATHF(buf, ...) snprintf(buf, sizeof buf, __VA_ARGS__)
@@ -181,26 +144,6 @@ static void batch_indices(const struct draft_pretrain_config *c, int stage, int6
 {
     for (int i = 0; i < batch; i++)
         out[i] = c->overfit ? train[i % n_train] : train[hash4(c->seed, (uint64_t)stage, (uint64_t)step, (uint64_t)i) % (uint64_t)n_train];
-}
-
-/* items idx[0..n) as a [n, 3, 32, 32] f32 tensor in [-1, 1] (as draft_dataset_batch, which
- * cannot be called inside a tensor scope: it frees its f64 temporary with tensor_free) */
-static struct tensor *pixel_batch(const struct draft_dataset *d, int n, const int *idx)
-{
-    int64_t S = d->size, plane = S * S;
-    float *v = malloc(sizeof *v * (size_t)n * 3 * (size_t)plane);
-    if (!v) {
-        tensor_fail(STATUS_OOM, "pretrain: out of memory for a batch of %d images", n);
-        return NULL;
-    }
-    for (int b = 0; b < n; b++) {   /* HWC bytes -> CHW */
-        const uint8_t *px = d->pixels + (size_t)idx[b] * (size_t)plane * 3;
-        for (int c = 0; c < 3; c++)
-            for (int64_t p = 0; p < plane; p++) v[((int64_t)b * 3 + c) * plane + p] = (float)(px[p * 3 + c] / 127.5 - 1.0);
-    }
-    struct tensor *t = tensor_from_data(DTYPE_F32, 4, (int64_t[]){n, 3, S, S}, v);
-    free(v);
-    return t;
 }
 
 /* ---------------------------------------------------------------- generic training loop */
@@ -261,7 +204,7 @@ static enum status ckpt_load(const struct loop *L, struct nn_adamw *o, int64_t *
     *step = 0;
     char path[1100];
     enum status s = ckpt_path(L, path, sizeof path);
-    if (s || !L->c->resume || !file_exists(path)) return s;
+    if (s || !L->c->resume || !nn_file_exists(path)) return s;
     struct safetensors *st = safetensors_open(path);
     if (!st) return tensor_status();
     const char *stg = safetensors_metadata(st, "pretrain.stage"), *sv = safetensors_metadata(st, "pretrain.step");
@@ -555,7 +498,7 @@ static enum status model_dir(const struct draft_pretrain_config *c, const char *
 {
     if (snprintf(buf, n, "%s/model%s%s", c->out_dir, sub ? "/" : "", sub ? sub : "") >= (int)n)
         return tensor_fail(STATUS_IO, "%s: path too long", c->out_dir);
-    return mkdir_p(buf);
+    return nn_mkdir_p(buf);
 }
 
 static enum status split(const struct draft_pretrain_config *c, const struct draft_dataset *d, int **train, int *n_train,
@@ -595,7 +538,7 @@ static struct clip_tokenizer *load_tokenizer(const struct draft_pretrain_config 
     char v[1100], m[1100];
     PATHF(v, "%s/model/tokenizer/vocab.json", c->out_dir);
     PATHF(m, "%s/model/tokenizer/merges.txt", c->out_dir);
-    if (!file_exists(v) || !file_exists(m)) {
+    if (!nn_file_exists(v) || !nn_file_exists(m)) {
         tensor_fail(STATUS_IO, "pretrain: no tokenizer in %s/model/tokenizer (run the bpe stage first)", c->out_dir);
         return NULL;
     }
@@ -638,7 +581,7 @@ static struct tensor *clip_batch_loss(struct clip_ctx *x, int n, const int *idx)
     struct tensor *tids = tensor_from_data(DTYPE_I32, 2, (int64_t[]){n, L}, ids);
     struct tensor *target = tensor_from_data(DTYPE_I64, 1, (int64_t[]){n}, tg);
     free(ids), free(tg);
-    struct tensor *img = pixel_batch(x->d, n, idx);
+    struct tensor *img = draft_dataset_batch(x->d, n, idx, DTYPE_F32);
     struct tensor *ie = ag_normalize(clip_vision_forward(&x->vm, draft_clip_preprocess(img, x->vm.cfg.image_size)), 1, 1e-12);
     struct tensor *te = ag_normalize(nn_linear_forward(&x->tproj, clip_text_pooled(&x->tm, tids, clip_text_forward(&x->tm, tids))),
                                      1, 1e-12);
@@ -793,7 +736,7 @@ static struct tensor *vae_loss(void *ctx, int64_t step)
     const int B = x->c->vae.batch;
     batch_indices(x->c, DRAFT_PT_VAE, step, x->train, x->n_train, B, x->idx);
     tensor_scope_begin();
-    struct tensor *img = pixel_batch(x->d, B, x->idx);
+    struct tensor *img = draft_dataset_batch(x->d, B, x->idx, DTYPE_F32);
     struct tensor *mean = NULL, *logvar = NULL;
     if (sd_vae_encode(&x->vae, img, &mean, &logvar)) return tensor_scope_return(NULL);
     struct tensor *z = ag_add(mean, ag_mul(ag_exp(ag_scale(logvar, 0.5)), ag_randn(DTYPE_F32, 4, mean->shape, DEVICE_CPU)));
@@ -815,7 +758,7 @@ static double vae_eval(void *ctx)
     for (int i = 0; i < x->n_held; i += 64) {
         int n = x->n_held - i < 64 ? x->n_held - i : 64;
         tensor_scope_begin();
-        struct tensor *img = pixel_batch(x->d, n, x->held + i), *mean = NULL, *logvar = NULL;
+        struct tensor *img = draft_dataset_batch(x->d, n, x->held + i, DTYPE_F32), *mean = NULL, *logvar = NULL;
         struct tensor *l = sd_vae_encode(&x->vae, img, &mean, &logvar) ? NULL : ag_mse_loss(sd_vae_decode(&x->vae, mean), img);
         /* mean, logvar: owned by the open scope */
         double v = l ? tensor_get_flat(l, 0) : NAN;
@@ -836,7 +779,7 @@ static enum status vae_latent_std(struct vae_ctx *x, double *std)
     for (int i = 0; !s && i < x->n_train; i += 64) {
         int n = x->n_train - i < 64 ? x->n_train - i : 64;
         tensor_scope_begin();
-        struct tensor *img = pixel_batch(x->d, n, x->train + i), *mean = NULL, *logvar = NULL;
+        struct tensor *img = draft_dataset_batch(x->d, n, x->train + i, DTYPE_F32), *mean = NULL, *logvar = NULL;
         s = sd_vae_encode(&x->vae, img, &mean, &logvar);
         /* mean, logvar: owned by the open scope */
         struct tensor *z = s ? NULL : ag_contiguous(ag_add(mean, ag_mul(ag_exp(ag_scale(logvar, 0.5)),
@@ -991,7 +934,7 @@ static enum status unet_precompute(struct unet_ctx *x, const struct draft_datase
     bool tm_init = false;
     PATHF(a, "%s/model/text_encoder/config.json", c->out_dir);
     PATHF(b, "%s/model/text_encoder/model.safetensors", c->out_dir);
-    if (!s && (!file_exists(a) || !file_exists(b)))
+    if (!s && (!nn_file_exists(a) || !nn_file_exists(b)))
         s = tensor_fail(STATUS_IO, "pretrain unet: no text encoder in %s/model/text_encoder (run the clip stage first)", c->out_dir);
     if (!s) s = clip_text_config_load(&tc, a);
     if (!s) s = (tm_init = true, clip_text_init(&tm, &tc, &tp, ""));
@@ -1000,7 +943,7 @@ static enum status unet_precompute(struct unet_ctx *x, const struct draft_datase
     safetensors_close(st);
     PATHF(a, "%s/model/vae/config.json", c->out_dir);
     PATHF(b, "%s/model/vae/diffusion_pytorch_model.safetensors", c->out_dir);
-    if (!s && (!file_exists(a) || !file_exists(b)))
+    if (!s && (!nn_file_exists(a) || !nn_file_exists(b)))
         s = tensor_fail(STATUS_IO, "pretrain unet: no VAE in %s/model/vae (run the vae stage first)", c->out_dir);
     if (!s) s = sd_vae_init(&vae, a, &vp);
     if (!s) s = sd_vae_load_file(&vae, b);
@@ -1035,7 +978,7 @@ static enum status unet_precompute(struct unet_ctx *x, const struct draft_datase
         if (!s && i0 >= 0) {
             for (int k = 0; k < n; k++) all[k] = i0 + k;
             struct tensor *mean = NULL, *logvar = NULL;
-            s = sd_vae_encode(&vae, pixel_batch(d, n, all), &mean, &logvar);
+            s = sd_vae_encode(&vae, draft_dataset_batch(d, n, all, DTYPE_F32), &mean, &logvar);
             /* mean, logvar: owned by the open scope */
             struct tensor *m = s ? NULL : ag_contiguous(mean), *sd = s ? NULL : ag_contiguous(ag_exp(ag_scale(logvar, 0.5)));
             if (!s && (!m || !sd)) s = tensor_status();
@@ -1174,7 +1117,7 @@ enum status draft_pretrain_export(const char *out_dir, const char *dest, const c
     char from[1300], to[1300];
     for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
         PATHF(from, "%s/model/%s", out_dir, files[i]);
-        if (!file_exists(from))
+        if (!nn_file_exists(from))
             return tensor_fail(STATUS_IO, "pretrain export: %s is missing (run every stage first)", from);
     }
     enum status s = STATUS_OK;
@@ -1183,7 +1126,7 @@ enum status draft_pretrain_export(const char *out_dir, const char *dest, const c
         PATHF(to, "%s/%s", dest, files[i]);
         char *slash = strrchr(to, '/');
         *slash = 0;
-        s = mkdir_p(to);
+        s = nn_mkdir_p(to);
         *slash = '/';
         if (!s) s = copy_file(from, to);
     }

@@ -1,5 +1,6 @@
 /* reward.c — DRaFT's differentiable rewards (see reward.h for the specs and conventions). */
 #include "draft/reward.h"
+#include "nn/file.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -7,7 +8,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "nn/pickle.h"
 
@@ -23,12 +23,6 @@ static const char reward_specs[] =
 const char *draft_reward_specs(void) { return reward_specs; }
 
 /* ---------------------------------------------------------------- small helpers */
-
-static bool file_exists(const char *path)
-{
-    struct stat st;
-    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
-}
 
 /* a constant from f64 host data, in dt on dev (caller- or scope-owned) */
 static struct tensor *const_tensor(const double *data, int ndim, const int64_t *shape, enum dtype dt, enum device dev)
@@ -336,7 +330,7 @@ static enum status clip_folder_configs(const char *dir, struct clip_text_config 
 {
     char path[1024];
     snprintf(path, sizeof path, "%s/config.json", dir);
-    if (!file_exists(path)) return tensor_fail(STATUS_IO, "CLIP folder %s: no config.json (expected %s)", dir, path);
+    if (!nn_file_exists(path)) return tensor_fail(STATUS_IO, "CLIP folder %s: no config.json (expected %s)", dir, path);
     struct nn_config top;
     enum status s = nn_config_load(&top, path);
     if (s) return s;
@@ -373,7 +367,7 @@ static struct safetensors *clip_folder_weights(const char *dir)
 {
     char path[1024];
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    if (!file_exists(path)) {
+    if (!nn_file_exists(path)) {
         tensor_fail(STATUS_IO, "CLIP folder %s: no model.safetensors (expected %s)", dir, path);
         return NULL;
     }
@@ -404,7 +398,7 @@ int64_t draft_aesthetic_head_dim(const struct draft_aesthetic_head *h) { return 
 
 struct draft_aesthetic_head *draft_aesthetic_head_load(const char *path, enum dtype dt, enum device dev)
 {
-    if (!path || !file_exists(path)) {
+    if (!path || !nn_file_exists(path)) {
         tensor_fail(STATUS_IO, "aesthetic head: cannot open '%s' (a .pth or .safetensors with keys layers.0/2/4/6/7)",
                     path ? path : "(null)");
         return NULL;
@@ -693,7 +687,7 @@ static struct clip_tokenizer *clip_folder_tokenizer(const char *dir)
     for (int k = 0; k < 2; k++) {
         snprintf(v, sizeof v, "%s%s/vocab.json", dir, k ? "/tokenizer" : "");
         snprintf(m, sizeof m, "%s%s/merges.txt", dir, k ? "/tokenizer" : "");
-        if (file_exists(v) && file_exists(m)) return clip_tokenizer_load(v, m);
+        if (nn_file_exists(v) && nn_file_exists(m)) return clip_tokenizer_load(v, m);
     }
     tensor_fail(STATUS_IO, "CLIP folder %s: no vocab.json + merges.txt in it or in %s/tokenizer", dir, dir);
     return NULL;

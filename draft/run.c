@@ -4,6 +4,7 @@
 #include "diffusion/lora.h"
 #include "draft/image.h"
 #include "draft/report.h"
+#include "nn/file.h"
 #include "tensor/alloc.h"
 
 #include <errno.h>
@@ -12,7 +13,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -199,20 +199,6 @@ static double now_s(void)
 static void path_in(const struct run *r, char *buf, size_t n, const char *name)
 {
     snprintf(buf, n, "%s/%s", r->c->out, name);
-}
-
-static enum status mkdir_p(const char *path)
-{
-    char tmp[1100];
-    snprintf(tmp, sizeof tmp, "%s", path);
-    for (char *s = tmp + 1; *s; s++) {
-        if (*s != '/') continue;
-        *s = 0;
-        if (mkdir(tmp, 0755) && errno != EEXIST) return tensor_fail(STATUS_IO, "%s: cannot create: %s", tmp, strerror(errno));
-        *s = '/';
-    }
-    if (mkdir(tmp, 0755) && errno != EEXIST) return tensor_fail(STATUS_IO, "%s: cannot create: %s", tmp, strerror(errno));
-    return STATUS_OK;
 }
 
 /* latents for `n` images from the engine RNG seeded by `seed` */
@@ -555,9 +541,9 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
     stop_requested = 0;
     char path[1200], name[64];
 
-    if ((s = mkdir_p(c->out))) return s;
+    if ((s = nn_mkdir_p(c->out))) return s;
     path_in(r, path, sizeof path, "samples");
-    if ((s = mkdir_p(path))) return s;
+    if ((s = nn_mkdir_p(path))) return s;
     s = c->ckpt[0] ? sd_pipeline_load_single_file(&r->p, c->ckpt, c->model, c->dtype, DEVICE_CPU)
                    : sd_pipeline_load(&r->p, c->model, c->dtype, DEVICE_CPU);
     if (s) goto done;

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 char *nn_file_read(const char *path, size_t max_bytes, size_t *len)
@@ -78,6 +79,31 @@ enum status nn_file_write_atomic(const char *path, int n_parts, const void *cons
     if (err) {
         unlink(tmp);
         return tensor_fail(STATUS_IO, "cannot write %s: %s", path, strerror(err));
+    }
+    return STATUS_OK;
+}
+
+bool nn_file_exists(const char *path)
+{
+    struct stat sb;
+    return !stat(path, &sb) && S_ISREG(sb.st_mode);
+}
+
+enum status nn_mkdir_p(const char *path)
+{
+    char buf[4096];
+    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf) return tensor_fail(STATUS_IO, "%s: path too long", path);
+    for (char *p = buf + 1;; p++) {
+        if (*p == '/' || !*p) {
+            const char c = *p;
+            *p = 0;
+            if (mkdir(buf, 0777) && errno != EEXIST)
+                return tensor_fail(STATUS_IO, "cannot create folder %s: %s", buf, strerror(errno));
+            struct stat sb;
+            if (stat(buf, &sb) || !S_ISDIR(sb.st_mode)) return tensor_fail(STATUS_IO, "%s exists and is not a folder", buf);
+            *p = c;
+            if (!c) break;
+        }
     }
     return STATUS_OK;
 }

@@ -5,6 +5,7 @@
 
 #include "tensor/tensor.h"
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #ifdef __cplusplus
@@ -18,6 +19,12 @@ char *nn_file_read(const char *path, size_t max_bytes, size_t *len);
 /* Write the concatenation of n_parts buffers to a temporary file beside `path`, then rename it
  * over `path`: a reader never sees half a file, and a crash leaves the old one. */
 enum status nn_file_write_atomic(const char *path, int n_parts, const void *const *parts, const size_t *lens);
+
+/* a regular file is there (and can be stat'ed) */
+bool nn_file_exists(const char *path);
+
+/* create a folder and its missing parents (mkdir -p); an existing non-folder is an error */
+enum status nn_mkdir_p(const char *path);
 
 #ifdef __cplusplus
 }
