@@ -13,6 +13,18 @@ struct conv2d_params conv2d_params_default(void)
 
 /* saved[0]: x, kept only when w needs a gradient; saved[1]: w, kept only when x needs one
  * (a frozen conv keeps no activation alive); ctx: the params */
+/* Mixed storage (as linear, op_matmul.c): a bf16/f16 weight or bias with f32 activations is cast
+ * per use inside the op; the node keeps the half-precision weight. */
+static bool storage_cast(const struct tensor *p, const struct tensor *x)
+{
+    return p && p->dtype != x->dtype && (p->dtype == DTYPE_BF16 || p->dtype == DTYPE_F16) && x->dtype == DTYPE_F32;
+}
+
+static struct tensor *compute_copy(struct tensor *p, const struct tensor *x)
+{
+    return storage_cast(p, x) ? tensor_to_dtype(p, x->dtype) : p;
+}
+
 static enum status conv2d_backward(struct ag_node *n, struct tensor *const *gout, struct tensor **gin)
 {
     const struct conv2d_params *p = n->ctx;
@@ -24,22 +36,27 @@ static enum status conv2d_backward(struct ag_node *n, struct tensor *const *gout
         struct tensor *dx = tensor_empty(m->dtype, 4, m->shape, m->device);
         if (!dx) return tensor_status();
         if (!be->conv2d_backward_input) return ag_no_kernel("conv2d_backward_input", dy);
-        if ((s = be->conv2d_backward_input(dx, dy, w, p))) return s;
+        struct tensor *wc = compute_copy(w, dx);
+        if (!wc) return tensor_status();
+        if ((s = be->conv2d_backward_input(dx, dy, wc, p))) return s;
         gin[0] = dx;
     }
     const bool need_b = n->n_inputs > 2 && n->needs[2];
     if (n->needs[1]) {
-        const struct ag_meta *m = &n->in_meta[1];
-        struct tensor *dw = tensor_empty(m->dtype, 4, m->shape, m->device);
-        struct tensor *db = need_b ? tensor_empty(m->dtype, TENSOR_SHAPE(m->shape[0]), m->device) : NULL;
+        const struct ag_meta *m = &n->in_meta[1];   /* computed in x's dtype, returned in the weight's */
+        struct tensor *dw = tensor_empty(x->dtype, 4, m->shape, m->device);
+        struct tensor *db = need_b ? tensor_empty(x->dtype, TENSOR_SHAPE(m->shape[0]), m->device) : NULL;
         if (!dw || (need_b && !db)) return tensor_status();
         if (!be->conv2d_backward_weight) return ag_no_kernel("conv2d_backward_weight", dy);
         if ((s = be->conv2d_backward_weight(dw, db, dy, x, p))) return s;
-        gin[1] = dw;
-        if (need_b) gin[2] = db;
+        if (!(gin[1] = dw->dtype == m->dtype ? dw : tensor_to_dtype(dw, m->dtype))) return tensor_status();
+        if (need_b && !(gin[2] = db->dtype == n->in_meta[2].dtype ? db : tensor_to_dtype(db, n->in_meta[2].dtype)))
+            return tensor_status();
     } else if (need_b) {   /* only the bias: a plain reduction */
         const int dims[3] = {0, 2, 3};
-        if (!(gin[2] = ag_sum(dy, 3, dims, false))) return tensor_status();
+        struct tensor *db = ag_sum(dy, 3, dims, false);
+        if (db && db->dtype != n->in_meta[2].dtype) db = tensor_to_dtype(db, n->in_meta[2].dtype);
+        if (!(gin[2] = db)) return tensor_status();
     }
     return STATUS_OK;
 }
@@ -75,7 +92,7 @@ static struct tensor *conv2d_impl(struct tensor *x, struct tensor *w, struct ten
     char xs[128], ws[128], bs[128];
     tensor_shape_str(x, xs, sizeof xs);
     tensor_shape_str(w, ws, sizeof ws);
-    if (w->dtype != x->dtype || (b && b->dtype != x->dtype)) {
+    if ((w->dtype != x->dtype && !storage_cast(w, x)) || (b && b->dtype != x->dtype && !storage_cast(b, x))) {
         tensor_fail(STATUS_DTYPE, "conv2d: input is %s but weight is %s%s%s", dtype_name(x->dtype),
                     dtype_name(w->dtype), b ? " and bias " : "", b ? dtype_name(b->dtype) : "");
         return NULL;
@@ -120,7 +137,8 @@ static struct tensor *conv2d_impl(struct tensor *x, struct tensor *w, struct ten
     if (!out) return NULL;
     const struct backend *be = backend_of(x);
     if (!be->conv2d) { ag_no_kernel("conv2d", x); return NULL; }
-    if (be->conv2d(out, x, w, b, p)) return NULL;
+    struct tensor *wc = compute_copy(w, x), *bc = b ? compute_copy(b, x) : NULL;   /* freed with this op's scope */
+    if (!wc || (b && !bc) || be->conv2d(out, x, wc, bc, p)) return NULL;
     struct ag_node *n = ag_record("conv2d", conv2d_backward, n_in, in, 1, &out);
     if (n) {
         struct conv2d_params *pc = malloc(sizeof *pc);

@@ -198,12 +198,11 @@ static bool cast_needed(const struct tensor *w, const struct tensor *x)
     return w->dtype != x->dtype && nn_compute_dtype(w->dtype) == x->dtype;
 }
 
+/* linear and conv2d take half-precision storage themselves (cast inside the op, so a graph keeps
+ * the bf16 weight, not an f32 copy) */
 struct tensor *nn_linear_forward(const struct nn_linear *l, struct tensor *x)
 {
-    if (!x) return NULL;
-    if (!cast_needed(l->weight, x)) return ag_linear(x, l->weight, l->bias);
-    tensor_scope_begin();
-    return tensor_scope_return(ag_linear(x, as_dtype(l->weight, x->dtype), as_dtype(l->bias, x->dtype)));
+    return x ? ag_linear(x, l->weight, l->bias) : NULL;
 }
 
 enum status nn_conv2d_init(struct nn_conv2d *c, struct nn_params *ps, const char *prefix, int64_t in, int64_t out,
@@ -219,10 +218,7 @@ enum status nn_conv2d_init(struct nn_conv2d *c, struct nn_params *ps, const char
 
 struct tensor *nn_conv2d_forward(const struct nn_conv2d *c, struct tensor *x)
 {
-    if (!x) return NULL;
-    if (!cast_needed(c->weight, x)) return ag_conv2d(x, c->weight, c->bias, &c->p);
-    tensor_scope_begin();
-    return tensor_scope_return(ag_conv2d(x, as_dtype(c->weight, x->dtype), as_dtype(c->bias, x->dtype), &c->p));
+    return x ? ag_conv2d(x, c->weight, c->bias, &c->p) : NULL;
 }
 
 enum status nn_group_norm_init(struct nn_group_norm *g, struct nn_params *ps, const char *prefix, int groups,

@@ -3,6 +3,7 @@
 #include "tests/harness.h"
 #include "nn/config.h"
 #include "nn/module.h"
+#include "tensor/alloc.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -49,6 +50,85 @@ START_TEST(test_params)
     ck_assert_ptr_eq(nn_param_find(&ps, "proj.weight"), l.weight);   /* layers keep valid pointers */
     ck_assert_int_eq(l.weight->dtype, DTYPE_BF16);
     nn_params_free(&ps);
+    LEAK_CHECK_END();
+}
+END_TEST
+
+/* live bytes of the CPU allocator */
+static int64_t live_now(void)
+{
+    struct mem_stats m;
+    mem_get_stats(DEVICE_CPU, &m);
+    return m.live_bytes;
+}
+
+/* Half-precision storage with f32 activations: linear and conv2d give exactly the f32 layer
+ * whose weights were rounded (forward and input gradient bit-identical; a weight gradient
+ * arrives in the weight's dtype), and the graph keeps the bf16 weight, not an f32 copy. */
+START_TEST(test_half_storage)
+{
+    LEAK_CHECK_BEGIN();
+    for (int half = 0; half < 2; half++) {
+        const enum dtype hd = half ? DTYPE_F16 : DTYPE_BF16;
+        struct nn_params a, b;
+        struct nn_linear la, lb;
+        struct nn_conv2d ca, cb;
+        nn_params_init(&a, DTYPE_F32, DEVICE_CPU);
+        nn_params_init(&b, DTYPE_F32, DEVICE_CPU);
+        ck_assert_int_eq(nn_linear_init(&la, &a, "l", 256, 512, true), STATUS_OK);
+        ck_assert_int_eq(nn_conv2d_init(&ca, &a, "c", 32, 64, 3, 1, 1, true), STATUS_OK);
+        ck_assert_int_eq(nn_linear_init(&lb, &b, "l", 256, 512, true), STATUS_OK);
+        ck_assert_int_eq(nn_conv2d_init(&cb, &b, "c", 32, 64, 3, 1, 1, true), STATUS_OK);
+        nn_params_init_default(&a, 11);
+        nn_params_init_default(&b, 11);
+        ck_assert_int_eq(nn_params_to_dtype(&a, hd), STATUS_OK);   /* a: rounded, computed in f32 */
+        ck_assert_int_eq(nn_params_to_dtype(&a, DTYPE_F32), STATUS_OK);
+        ck_assert_int_eq(nn_params_to_dtype(&b, hd), STATUS_OK);   /* b: stored half */
+        ck_assert_int_eq(lb.weight->dtype, hd);
+        for (int layer = 0; layer < 2; layer++) {
+            tensor_scope_begin();
+            struct tensor *x = layer ? test_uniform(DTYPE_F32, TENSOR_SHAPE(2, 32, 6, 6), -1, 1)
+                                     : test_uniform(DTYPE_F32, TENSOR_SHAPE(4, 256), -1, 1);
+            struct tensor *w = layer ? cb.weight : lb.weight;
+            ck_assert_int_eq(ag_set_requires_grad(x, true), STATUS_OK);
+            struct tensor *ya = layer ? nn_conv2d_forward(&ca, x) : nn_linear_forward(&la, x);
+            ck_assert_ptr_nonnull(ya);
+            struct tensor *r = test_uniform(DTYPE_F32, ya->ndim, ya->shape, -1, 1);
+            ck_assert_int_eq(ag_backward(ya, r, false), STATUS_OK);
+            struct tensor *gxa = tensor_clone(x->grad);
+            ag_zero_grad(x);
+            const int64_t before = live_now();
+            struct tensor *yb = layer ? nn_conv2d_forward(&cb, x) : nn_linear_forward(&lb, x);
+            ck_assert_msg(yb != NULL, "%s", tensor_error());
+            const int64_t grew = live_now() - before, w32 = tensor_numel(w) * 4;
+            ck_assert_msg(grew < w32 / 2, "%s %s: the graph holds %lld bytes (an f32 weight copy is %lld)",
+                          layer ? "conv2d" : "linear", dtype_name(hd), (long long)grew, (long long)w32);
+            ck_assert_int_eq(yb->dtype, DTYPE_F32);
+            ck_assert_msg(test_max_abs_diff(ya, yb) == 0.0, "forward differs by %g", test_max_abs_diff(ya, yb));
+            ck_assert_int_eq(ag_backward(yb, r, false), STATUS_OK);
+            ck_assert_msg(test_max_abs_diff(gxa, x->grad) == 0.0, "input gradient differs");
+            /* a trainable half weight: its gradient is the f32 one, rounded */
+            struct tensor *wa = layer ? ca.weight : la.weight;
+            ck_assert_int_eq(ag_set_requires_grad(wa, true), STATUS_OK);
+            ck_assert_int_eq(ag_set_requires_grad(w, true), STATUS_OK);
+            ck_assert_int_eq(ag_backward(layer ? nn_conv2d_forward(&ca, x) : nn_linear_forward(&la, x), r, false), STATUS_OK);
+            ck_assert_int_eq(ag_backward(layer ? nn_conv2d_forward(&cb, x) : nn_linear_forward(&lb, x), r, false), STATUS_OK);
+            ck_assert_int_eq(w->grad->dtype, hd);
+            ck_assert_msg(test_max_abs_diff(tensor_to_dtype(wa->grad, hd), w->grad) == 0.0, "weight gradient differs");
+            ag_set_requires_grad(wa, false);
+            ag_set_requires_grad(w, false);
+            ag_zero_grad(wa);
+            ag_zero_grad(w);
+            tensor_scope_end();
+        }
+        /* any other dtype mix is still an error */
+        tensor_scope_begin();
+        ck_assert_ptr_null(nn_linear_forward(&la, test_uniform(DTYPE_F64, TENSOR_SHAPE(2, 256), -1, 1)));
+        ck_assert_ptr_null(nn_linear_forward(&lb, test_uniform(DTYPE_F64, TENSOR_SHAPE(2, 256), -1, 1)));
+        tensor_scope_end();
+        nn_params_free(&a);
+        nn_params_free(&b);
+    }
     LEAK_CHECK_END();
 }
 END_TEST
@@ -148,6 +228,7 @@ int main(void)
     Suite *s = suite_create("nn");
     TCase *tc = tcase_create("nn");
     tcase_add_test(tc, test_params);
+    tcase_add_test(tc, test_half_storage);
     tcase_add_test(tc, test_load);
     tcase_add_test(tc, test_config);
     suite_add_tcase(s, tc);
