@@ -1104,8 +1104,31 @@ enum status draft_pretrain_samples(const struct draft_pretrain_config *c, const 
     return s;
 }
 
-enum status draft_pretrain_export(const char *out_dir, const char *dest, const char *command)
+/* a safetensors copy with its f32 tensors stored as dt (the others as they are) */
+static enum status copy_safetensors_as(const char *from, const char *to, enum dtype dt)
 {
+    struct safetensors *st = safetensors_open(from);
+    if (!st) return tensor_status();
+    const char **names = calloc((size_t)st->n + 1, sizeof *names);
+    struct tensor **ts = calloc((size_t)st->n + 1, sizeof *ts);
+    enum status s = names && ts ? STATUS_OK : tensor_fail(STATUS_OOM, "%s: out of memory", from);
+    for (int i = 0; !s && i < st->n; i++) {
+        const struct safetensors_entry *e = &st->entries[i];
+        names[i] = e->name;
+        if (!(ts[i] = safetensors_load(st, e->name, e->dtype == DTYPE_F32 ? dt : e->dtype, DEVICE_CPU))) s = tensor_status();
+    }
+    if (!s) s = safetensors_save(to, st->n, names, ts, st->n_meta, (const char *const *)st->meta_keys,
+                                 (const char *const *)st->meta_values);
+    for (int i = 0; ts && i < st->n; i++) tensor_free(ts[i]);
+    free(names), free(ts);
+    safetensors_close(st);
+    return s;
+}
+
+enum status draft_pretrain_export(const char *out_dir, const char *dest, const char *command, enum dtype dt)
+{
+    if (dt != DTYPE_F32 && dt != DTYPE_F16 && dt != DTYPE_BF16)
+        return tensor_fail(STATUS_VALUE, "pretrain export: weights are stored as f32, f16 or bf16, not %s", dtype_name(dt));
     static const char *const files[] = {
         "model_index.json", "tokenizer/vocab.json", "tokenizer/merges.txt", "tokenizer/tokenizer_config.json",
         "tokenizer/special_tokens_map.json", "text_encoder/config.json", "text_encoder/model.safetensors",
@@ -1128,7 +1151,9 @@ enum status draft_pretrain_export(const char *out_dir, const char *dest, const c
         *slash = 0;
         s = nn_mkdir_p(to);
         *slash = '/';
-        if (!s) s = copy_file(from, to);
+        const size_t n = strlen(from);
+        if (!s) s = dt != DTYPE_F32 && n > 12 && !strcmp(from + n - 12, ".safetensors") ? copy_safetensors_as(from, to, dt)
+                                                                                       : copy_file(from, to);
     }
     if (!s && command) {
         PATHF(to, "%s/PRETRAIN_COMMAND.txt", dest);

@@ -104,9 +104,10 @@ enum status draft_pretrain_unet(const struct draft_pretrain_config *c, const str
 enum status draft_pretrain_samples(const struct draft_pretrain_config *c, const struct draft_dataset *d,
                                    const char *png_path);
 
-/* copies <out>/model (every component and clip/) into dest (created); `command` (may be NULL)
- * is written to dest/PRETRAIN_COMMAND.txt so the weights can be reproduced */
-enum status draft_pretrain_export(const char *out_dir, const char *dest, const char *command);
+/* copies <out>/model (every component and clip/) into dest (created), the f32 weights stored
+ * as dt (f32, f16 or bf16: the loaders convert back to the compute dtype); `command` (may be
+ * NULL) is written to dest/PRETRAIN_COMMAND.txt so the weights can be reproduced */
+enum status draft_pretrain_export(const char *out_dir, const char *dest, const char *command, enum dtype dt);
 
 /* number of parameters of each component as configured (vocab_size as given; no training) */
 struct draft_pretrain_sizes {

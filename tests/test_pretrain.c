@@ -7,6 +7,7 @@
 #include "diffusion/pipeline.h"
 #include "draft/pretrain.h"
 #include "draft/reward.h"
+#include "nn/safetensors.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -80,7 +81,7 @@ START_TEST(test_stages_learn_and_resume)
     LEAK_CHECK_BEGIN();
     struct draft_dataset d;
     make_dataset(&d);
-    char a[128], b[128], cmd[400], pa[300], pb[300];
+    char a[128], b[128], cmd[700], pa[300], pb[300];
     snprintf(a, sizeof a, "/tmp/draft_pt_a_%d", (int)getpid());
     snprintf(b, sizeof b, "/tmp/draft_pt_b_%d", (int)getpid());
     struct draft_pretrain_config c;
@@ -136,7 +137,45 @@ START_TEST(test_stages_learn_and_resume)
     snprintf(pa, sizeof pa, "%s/samples.png", a);
     ck_assert_int_eq(access(pa, R_OK), 0);
 
-    snprintf(cmd, sizeof cmd, "rm -rf %s %s", a, b);
+    /* export: f32 is a byte copy; f16 stores each f32 tensor rounded to f16 (the i64 ones as
+     * they are), and the folder loads as a pipeline */
+    char e[160];
+    snprintf(e, sizeof e, "/tmp/draft_pt_e_%d", (int)getpid());
+    ck_assert_msg(draft_pretrain_export(a, e, "draft-pretrain --test", DTYPE_F32) == STATUS_OK, "%s", tensor_error());
+    for (int i = 0; i < 4; i++) {
+        snprintf(pa, sizeof pa, "%s/model/%s", a, files[i]);
+        snprintf(pb, sizeof pb, "%s/%s", e, files[i]);
+        size_t na, nb;
+        unsigned char *da = test_slurp(pa, &na), *db = test_slurp(pb, &nb);
+        ck_assert_msg(na == nb && !memcmp(da, db, na), "%s: the f32 export is not a copy", files[i]);
+        free(da);
+        free(db);
+    }
+    ck_assert_int_eq(draft_pretrain_export(a, e, NULL, DTYPE_I64), STATUS_VALUE);
+    ck_assert_msg(draft_pretrain_export(a, e, "draft-pretrain --test", DTYPE_F16) == STATUS_OK, "%s", tensor_error());
+    snprintf(pa, sizeof pa, "%s/model/unet/diffusion_pytorch_model.safetensors", a);
+    snprintf(pb, sizeof pb, "%s/unet/diffusion_pytorch_model.safetensors", e);
+    struct safetensors *sa = safetensors_open(pa), *sb = safetensors_open(pb);
+    ck_assert(sa && sb);
+    ck_assert_int_eq(sa->n, sb->n);
+    for (int i = 0; i < sa->n; i++) {
+        const struct safetensors_entry *eb = safetensors_find(sb, sa->entries[i].name);
+        ck_assert_msg(eb && eb->dtype == DTYPE_F16, "%s: not stored as f16", sa->entries[i].name);
+        tensor_scope_begin();
+        struct tensor *want = tensor_to_dtype(safetensors_load(sa, eb->name, DTYPE_F32, DEVICE_CPU), DTYPE_F16);
+        struct tensor *got = safetensors_load(sb, eb->name, DTYPE_F16, DEVICE_CPU);
+        ck_assert(want && got && tensor_numel(want) == tensor_numel(got));
+        ck_assert_msg(!memcmp(tensor_data_ptr(want), tensor_data_ptr(got), (size_t)tensor_numel(got) * 2), "%s: not f16(f32)", eb->name);
+        tensor_scope_end();
+    }
+    safetensors_close(sa);
+    safetensors_close(sb);
+    snprintf(pb, sizeof pb, "%s/PRETRAIN_COMMAND.txt", e);
+    ck_assert_int_eq(access(pb, R_OK), 0);
+    ck_assert_msg(sd_pipeline_load(&p, e, DTYPE_F32, DEVICE_CPU) == STATUS_OK, "%s", tensor_error());
+    sd_pipeline_free(&p);
+
+    snprintf(cmd, sizeof cmd, "rm -rf %s %s %s", a, b, e);
     ck_assert_int_eq(system(cmd), 0);
     draft_dataset_free(&d);
     LEAK_CHECK_END();

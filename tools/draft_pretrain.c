@@ -16,7 +16,7 @@ static void usage(FILE *f)
             "usage: draft-pretrain [options]\n"
             "  --data PATH        dataset (default data/emoji-32.bin; built with the emoji-data defaults if missing)\n"
             "  --out DIR          run folder (default runs/pretrain): model/, checkpoints, samples.png\n"
-            "  --stage S          bpe | clip | vae | unet | all (default all; each stage reads the earlier ones' output)\n"
+            "  --stage S          bpe | clip | vae | unet | all | none (default all; each stage reads the earlier ones' output; none: only --export)\n"
             "  --steps-clip N --steps-vae N --steps-unet N     training steps per stage\n"
             "  --batch-clip N --batch-vae N --batch-unet N     batch sizes\n"
             "  --lr-clip X --lr-vae X --lr-unet X              AdamW learning rates\n"
@@ -31,6 +31,7 @@ static void usage(FILE *f)
             "  --sample-steps N   DDIM steps of the samples (default 30); --guidance G (default 5)\n"
             "  --resume           continue each stage from <out>/ckpt-<stage>.safetensors\n"
             "  --export DIR       afterwards copy the diffusers folder (+ clip/) to DIR\n"
+            "  --export-dtype D   f16 (default), bf16 or f32: how the exported weights are stored\n"
             "  --sizes            print the parameter counts of the configured model and exit\n"
             "  --quiet            no progress output\n");
 }
@@ -81,6 +82,7 @@ int main(int argc, char **argv)
     struct draft_pretrain_config c;
     draft_pretrain_config_default(&c);
     const char *data = "data/emoji-32.bin", *stage = "all", *export_dir = NULL;
+    enum dtype export_dt = DTYPE_F16;   /* half the size in git; loaded back as f32 */
     bool sizes = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -104,6 +106,15 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--out")) c.out_dir = v;
         else if (!strcmp(a, "--stage")) stage = v;
         else if (!strcmp(a, "--export")) export_dir = v;
+        else if (!strcmp(a, "--export-dtype")) {
+            if (!strcmp(v, "f16")) export_dt = DTYPE_F16;
+            else if (!strcmp(v, "bf16")) export_dt = DTYPE_BF16;
+            else if (!strcmp(v, "f32")) export_dt = DTYPE_F32;
+            else {
+                fprintf(stderr, "draft-pretrain: --export-dtype is f16, bf16 or f32, got '%s'\n", v);
+                return 2;
+            }
+        }
         else if (!strcmp(a, "--steps-clip")) ok = parse_int(v, 0, 100000000, &c.clip.steps);
         else if (!strcmp(a, "--steps-vae")) ok = parse_int(v, 0, 100000000, &c.vae.steps);
         else if (!strcmp(a, "--steps-unet")) ok = parse_int(v, 0, 100000000, &c.unet.steps);
@@ -141,12 +152,13 @@ int main(int argc, char **argv)
     }
     int first, last;
     if (!strcmp(stage, "all")) first = DRAFT_PT_BPE, last = DRAFT_PT_UNET;
+    else if (!strcmp(stage, "none")) first = 0, last = -1;   /* only --export */
     else {
         first = -1;
         for (int s = 0; s < DRAFT_PT_N_STAGES; s++)
             if (!strcmp(stage, draft_pretrain_stage_name(s))) first = s;
         if (first < 0) {
-            fprintf(stderr, "draft-pretrain: --stage %s: expected bpe, clip, vae, unet or all\n", stage);
+            fprintf(stderr, "draft-pretrain: --stage %s: expected bpe, clip, vae, unet, all or none\n", stage);
             return 2;
         }
         last = first;
@@ -213,7 +225,7 @@ int main(int argc, char **argv)
         char cmd[4096];
         size_t p = 0;
         for (int i = 0; i < argc && p < sizeof cmd; i++) p += (size_t)snprintf(cmd + p, sizeof cmd - p, "%s%s", i ? " " : "", argv[i]);
-        if (draft_pretrain_export(c.out_dir, export_dir, cmd)) {
+        if (draft_pretrain_export(c.out_dir, export_dir, cmd, export_dt)) {
             fprintf(stderr, "draft-pretrain: %s\n", tensor_error());
             return 1;
         }
