@@ -727,7 +727,13 @@ struct draft_reward *draft_reward_clip_create(const char *clip_dir, const char *
                         clip_dir);
     if (!s) s = clip_params_load(&c->ps, st, "");
     safetensors_close(st);
-    if (!s && use_logit_scale) c->scale = exp(tensor_get_flat(nn_param_find(&c->ps, "logit_scale"), 0));
+    if (!s && use_logit_scale) {   /* read on the host: the parameter may live on the GPU */
+        tensor_scope_begin();
+        struct tensor *ls = tensor_to_device(nn_param_find(&c->ps, "logit_scale"), DEVICE_CPU);
+        if (ls) c->scale = exp(tensor_get_flat(ls, 0));
+        else s = tensor_status() ? tensor_status() : tensor_fail(STATUS_FORMAT, "reward clip: no logit_scale parameter");
+        tensor_scope_end();
+    }
     if (!s && !(c->tok_own = clip_folder_tokenizer(clip_dir))) s = tensor_status();
     c->tok = c->tok_own;
     if (!s) s = clip_finish(c, target_text);

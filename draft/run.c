@@ -6,6 +6,9 @@
 #include "draft/report.h"
 #include "nn/file.h"
 #include "tensor/alloc.h"
+#ifdef TENSOR_HAVE_CUDA
+#include "tensor/cuda/cuda.h"
+#endif
 
 #include <errno.h>
 #include <math.h>
@@ -27,6 +30,7 @@ void draft_run_config_default(struct draft_run_config *c)
     snprintf(c->prompts, sizeof c->prompts, "@animals");
     snprintf(c->out, sizeof c->out, "runs/draft");
     c->dtype = DTYPE_F32;
+    c->device = DEVICE_CPU;
     draft_method_config_default(&c->method);
     c->lora_rank = 8;
     c->lora_alpha = 8;
@@ -41,6 +45,58 @@ void draft_run_config_default(struct draft_run_config *c)
     c->eval_every = 0;
     c->save_every = 50;
     c->progress = true;
+}
+
+/* ---------------------------------------------------------------- devices */
+
+bool draft_device_parse(const char *s, enum device *dev)
+{
+    if (!strcmp(s, "cpu")) *dev = DEVICE_CPU;
+    else if (!strcmp(s, "cuda")) *dev = DEVICE_CUDA;
+    else return false;
+    return true;
+}
+
+enum status draft_device_check(enum device dev)
+{
+    if (dev == DEVICE_CPU) return STATUS_OK;
+    if (dev != DEVICE_CUDA) return tensor_fail(STATUS_VALUE, "unknown device %d (cpu or cuda)", (int)dev);
+#ifndef TENSOR_HAVE_CUDA
+    return tensor_fail(STATUS_DEVICE, "--device cuda: this build has no CUDA backend (nvcc was not found when it was "
+                                      "configured, or -Dcuda=disabled); reconfigure with -Dcuda=enabled where the CUDA "
+                                      "toolkit is installed, or use --device cpu");
+#else
+    if (cuda_init()) {
+        char why[512];
+        snprintf(why, sizeof why, "%s", tensor_error());   /* tensor_fail formats into the same buffer */
+        return tensor_fail(STATUS_DEVICE, "--device cuda is not usable here: %s; use --device cpu", why);
+    }
+    return STATUS_OK;
+#endif
+}
+
+/* ---------------------------------------------------------------- the embedded model */
+
+#ifndef DRAFT_SOURCE_MODELS_DIR
+#define DRAFT_SOURCE_MODELS_DIR "models"
+#endif
+
+enum status draft_embedded_model(char *dir, size_t n)
+{
+    const char *env = getenv("DRAFT_EMBEDDED_MODEL");
+    const char *places[3] = {env && *env ? env : NULL, DRAFT_SOURCE_MODELS_DIR "/emoji", "models/emoji"};
+    for (int i = 0; i < 3; i++) {
+        char index[4200];
+        if (!places[i] || strlen(places[i]) >= n) continue;
+        snprintf(index, sizeof index, "%s/model_index.json", places[i]);
+        if (nn_file_exists(index)) {
+            snprintf(dir, n, "%s", places[i]);
+            return STATUS_OK;
+        }
+    }
+    return tensor_fail(STATUS_IO, "no --model given and the embedded model is not in %s%s%s/emoji or ./models/emoji "
+                       "(no model_index.json); give --model DIR, or rebuild it with the command in models/README.md",
+                       env && *env ? env : "", env && *env ? ", " : "", DRAFT_SOURCE_MODELS_DIR);
 }
 
 /* ---------------------------------------------------------------- prompts */
@@ -445,7 +501,7 @@ static enum status draft_run_write_report(struct run *r, const struct draft_run_
     char v[16][1100], summary[256];
     const char *keys[16] = {"model", "reward", "prompts", "method", "steps / guidance / eta", "k / lv_n",
                             "LoRA rank / alpha", "lr / weight decay / clip", "batch x accum", "iterations", "seed",
-                            "held-out images", "dtype", "seconds"};
+                            "held-out images", "dtype / device", "seconds"};
     int nk = 0;
     snprintf(v[nk++], sizeof v[0], "%s", c->model);
     snprintf(v[nk++], sizeof v[0], "%s", c->reward);
@@ -459,7 +515,7 @@ static enum status draft_run_write_report(struct run *r, const struct draft_run_
     snprintf(v[nk++], sizeof v[0], "%d", r->step);
     snprintf(v[nk++], sizeof v[0], "%llu", (unsigned long long)c->seed);
     snprintf(v[nk++], sizeof v[0], "%d", c->eval_images);
-    snprintf(v[nk++], sizeof v[0], "%s", dtype_name(c->dtype));
+    snprintf(v[nk++], sizeof v[0], "%s / %s", dtype_name(c->dtype), device_name(r->p.device));
     snprintf(v[nk++], sizeof v[0], "%.1f", res->seconds);
     const char *vals[16];
     for (int i = 0; i < nk; i++) vals[i] = v[i];
@@ -528,7 +584,8 @@ static enum status check_config(const struct draft_run_config *c)
     if (!(c->opt.lr > 0) || !isfinite(c->opt.lr)) return tensor_fail(STATUS_VALUE, "--lr must be > 0, got %g", c->opt.lr);
     if (c->dtype != DTYPE_F32 && c->dtype != DTYPE_BF16)
         return tensor_fail(STATUS_VALUE, "--dtype %s: the base weights are f32 or bf16", dtype_name(c->dtype));
-    return draft_method_config_check(&c->method);
+    enum status s = draft_method_config_check(&c->method);
+    return s ? s : draft_device_check(c->device);   /* before any output is written */
 }
 
 enum status draft_run(const struct draft_run_config *c, struct draft_run_result *res)
@@ -544,11 +601,19 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
     if ((s = nn_mkdir_p(c->out))) return s;
     path_in(r, path, sizeof path, "samples");
     if ((s = nn_mkdir_p(path))) return s;
-    s = c->ckpt[0] ? sd_pipeline_load_single_file(&r->p, c->ckpt, c->model, c->dtype, DEVICE_CPU)
-                   : sd_pipeline_load(&r->p, c->model, c->dtype, DEVICE_CPU);
+    s = c->ckpt[0] ? sd_pipeline_load_single_file(&r->p, c->ckpt, c->model, c->dtype, c->device)
+                   : sd_pipeline_load(&r->p, c->model, c->dtype, c->device);
     if (s) goto done;
     if ((s = draft_prompts_load(c->prompts, &r->prompts, &r->n_prompts))) goto done;
-    if (!(r->reward = draft_reward_create(c->reward))) {
+    /* "clip:text=..." = the CLIP model shipped with the diffusion model (the embedded one has clip/) */
+    char spec_buf[2200];
+    const char *spec = c->reward;
+    if (!strncmp(spec, "clip:text=", 10)) {
+        snprintf(spec_buf, sizeof spec_buf, "clip:%s/clip,%s", c->model, spec + 5);
+        spec = spec_buf;
+    }
+    /* reward models beside the pipeline, in its compute dtype (f32 for f32 and bf16 weights) */
+    if (!(r->reward = draft_reward_create_on(spec, sd_pipeline_dtype(&r->p), r->p.device))) {
         s = tensor_status();
         goto done;
     }
@@ -628,7 +693,7 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
     while (r->step < c->iters) {
         const double t0 = now_s();
         double J = 0, gnorm = 0;
-        mem_reset_peak(DEVICE_CPU);
+        mem_reset_peak(r->p.device);
         s = train_step(r, &J, &gnorm);
         if (s) {
             fprintf(stderr, "\n");
@@ -640,7 +705,7 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
         const double dt = now_s() - t0;
         step_avg = step_avg ? 0.8 * step_avg + 0.2 * dt : dt;
         struct mem_stats ms;
-        mem_get_stats(DEVICE_CPU, &ms);
+        mem_get_stats(r->p.device, &ms);
         fprintf(r->metrics,
                 "{\"step\": %d, \"reward\": %.9g, \"loss\": %.9g, \"grad_norm\": %.6g, \"lr\": %.6g, \"seconds\": %.4f, "
                 "\"peak_mib\": %.1f}\n",

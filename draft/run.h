@@ -32,6 +32,7 @@ struct draft_run_config {
     char prompts[1024];    /* prompt file, one a line; or "@animals", "@emoji" built-in sets */
     char out[1024];        /* run folder */
     enum dtype dtype;      /* the frozen base weights' dtype (LoRA and optimiser stay f32) */
+    enum device device;    /* where the model, LoRA, optimiser state and reward run (DEVICE_CPU) */
     struct draft_method_config method;
     int lora_rank;
     double lora_alpha;
@@ -65,6 +66,21 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
  * path reads one prompt a line (blank lines and lines starting with '#' skipped). */
 enum status draft_prompts_load(const char *spec, char ***prompts, int *n);
 void draft_prompts_free(char **prompts, int n);
+
+/* The embedded emoji model (models/emoji in the source tree, trained by draft-pretrain; see
+ * models/emoji/PRETRAIN_COMMAND): the first of $DRAFT_EMBEDDED_MODEL, <source>/models/emoji
+ * (fixed at build time) and ./models/emoji that holds a model_index.json. Copies the folder's
+ * path into dir; fails with the places tried when none exists. */
+enum status draft_embedded_model(char *dir, size_t n);
+
+/* STATUS_OK when tensors can live on dev: the CPU always; CUDA when this build has the backend
+ * and a device answers (the check tests/test_cuda.c skips on). Otherwise STATUS_DEVICE with a
+ * message saying why (built without CUDA, no driver, no device). Initialises the CUDA driver:
+ * call it in the process that will use the device (a forked child cannot use a driver its
+ * parent initialised). */
+enum status draft_device_check(enum device dev);
+/* "cpu" / "cuda" -> *dev; false if neither */
+bool draft_device_parse(const char *s, enum device *dev);
 
 /* ask a running draft_run to save and stop after the current step (async-signal-safe) */
 void draft_run_request_stop(void);

@@ -192,8 +192,9 @@ enum status draft_objective_backward(struct sd_pipeline *p, const struct draft_m
         const int64_t t1 = ts[T - 1];
         const double ab = sd_ddim_alpha_bar(&p->scheduler, t1);
         struct tensor *eps = NULL;
-        if (lv_noise) {
+        if (lv_noise) {   /* the caller's noise may be on the host: move it beside the latents */
             eps = ag_narrow(lv_noise, 0, 0, lv_n);
+            if (eps && tensor_device(eps) != tensor_device(x)) eps = ag_to_device(eps, tensor_device(x));
         } else {
             int64_t shp[5] = {lv_n, B, x->shape[1], x->shape[2], x->shape[3]};
             eps = ag_randn(x->dtype, 5, shp, tensor_device(x));

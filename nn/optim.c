@@ -115,7 +115,7 @@ enum status nn_adamw_step(struct nn_adamw *o, bool *updated, double *grad_norm)
         tensor_scope_begin();
         struct tensor *gi = ag_to_dtype(gr, o->m[i]->dtype);
         if (c->accum_steps > 1) gi = ag_scale(gi, 1.0 / c->accum_steps);
-        struct tensor *nr = ag_norm(gi, 0, NULL, false);
+        struct tensor *nr = tensor_to_device(ag_norm(gi, 0, NULL, false), DEVICE_CPU);   /* read on the host */
         if (!nr) s = tensor_status();
         else {
             const double ni = tensor_get_flat(nr, 0);
@@ -143,7 +143,7 @@ enum status nn_adamw_step(struct nn_adamw *o, bool *updated, double *grad_norm)
         struct tensor *m = ag_add(o->m[i], ag_scale(ag_sub(gi, o->m[i]), 1.0 - c->beta1));   /* lerp */
         struct tensor *v = ag_add(ag_scale(o->v[i], c->beta2), ag_scale(ag_mul(gi, gi), 1.0 - c->beta2));
         const double bc1 = 1.0 - pow(c->beta1, (double)t), bc2 = 1.0 - pow(c->beta2, (double)t);
-        struct tensor *den = ag_affine(ag_div(ag_sqrt(v), tensor_scalar(sd, sqrt(bc2))), 1.0, c->eps);
+        struct tensor *den = ag_affine(ag_div(ag_sqrt(v), tensor_full(sd, 0, NULL, sqrt(bc2), tensor_device(v))), 1.0, c->eps);
         struct tensor *pn = ag_add(pw, ag_scale(ag_div(m, den), -lr / bc1));
         if (!pn) s = tensor_status();
         if (!s) s = tensor_copy_(o->m[i], m);

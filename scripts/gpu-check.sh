@@ -7,6 +7,8 @@
 # git, carried along with the call):
 #   scripts/gpu-check.sh --prepare        # on the development machine (needs apt)
 #   device run: carry [".deps"], command: scripts/gpu-check.sh
+# The parity data (../shared/parity, 48 MB) does not travel with the call: a copy in ./shared/parity
+# does, and then the parity tests and a 2-iteration `draft-run --device cuda` on its tiny model run too.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD/.deps/root
@@ -32,6 +34,12 @@ OUTDIR=${OUT:-/tmp/gpu-check}
 mkdir -p "$OUTDIR"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUTDIR/gpu.txt"
 
+# the parity data: ../shared does not travel to the GPU machine; a copy in ./shared/parity does
+if [ -z "${DRAFT_PARITY_DIR:-}" ] && [ ! -d ../shared/parity ] && [ -d shared/parity ]; then
+    export DRAFT_PARITY_DIR=$PWD/shared/parity
+fi
+PARITY=${DRAFT_PARITY_DIR:-../shared/parity}
+
 t0=$(date +%s)
 if [ ! -f build-gpu/build.ninja ]; then
     meson setup build-gpu -Ddeps_root="$ROOT" -Dcuda=enabled > "$OUTDIR/setup.log" 2>&1 || { tail -40 "$OUTDIR/setup.log"; exit 1; }
@@ -48,6 +56,17 @@ echo "cuda cases: $(grep -cE '^cuda .* ok' "$OUTDIR/testlog.txt") ok, $(grep -cE
 grep -E "^ *[0-9]+/[0-9]+ " "$OUTDIR/test.log"
 cuda_rc=$(grep -qE "^ *[0-9]+/[0-9]+ +(draft:)?cuda +OK" "$OUTDIR/test.log" && echo 0 || echo 1)
 
+# DRaFT end to end on the GPU: 2 iterations on the tiny parity model (as tests/test_tools.sh on the CPU)
+run_line="skipped: no $PARITY/tiny-sd"
+run_rc=0
+if [ -f "$PARITY/tiny-sd/model_index.json" ]; then
+    ./build-gpu/tools/draft-run --device cuda --model "$PARITY/tiny-sd" --steps 2 --iters 2 --batch 1 --size 64 \
+        --eval-images 2 --reward red --no-progress --out "$OUTDIR/draft-run-cuda" > "$OUTDIR/draft-run-cuda.log" 2>&1
+    run_rc=$?
+    run_line=$(tail -n 1 "$OUTDIR/draft-run-cuda.log")
+    [ $run_rc -eq 0 ] || run_line="FAILED (exit $run_rc): $run_line"
+fi
+
 bench_rc=0
 if [ -x build-gpu/bench/bench_gpu ]; then
     ./build-gpu/bench/bench_gpu > "$OUTDIR/bench-ours.txt" 2>&1 || bench_rc=$?
@@ -58,7 +77,8 @@ echo
 echo "== summary ($(cat "$OUTDIR/gpu.txt")) =="
 printf "%-12s %s\n" "cuda suite" "$([ "$cuda_rc" -eq 0 ] && echo passed || echo FAILED)"
 printf "%-12s %s\n" "all suites" "$([ $test_rc -eq 0 ] && echo passed || echo FAILED)"
+printf "%-12s %s\n" "draft-run" "$run_line"
 if [ -f "$OUTDIR/bench-ours.txt" ]; then
     bench/join_gpu_bench.sh "$OUTDIR/bench-ours.txt" "$OUTDIR/bench-torch.txt" 2>/dev/null || cat "$OUTDIR/bench-ours.txt"
 fi
-[ "$cuda_rc" -eq 0 ] && [ $test_rc -eq 0 ] && [ $bench_rc -eq 0 ]
+[ "$cuda_rc" -eq 0 ] && [ $test_rc -eq 0 ] && [ $run_rc -eq 0 ] && [ $bench_rc -eq 0 ]

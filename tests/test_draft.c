@@ -367,6 +367,80 @@ START_TEST(test_run_and_resume)
 }
 END_TEST
 
+/* relative difference |a - b| / |b| */
+static double rel_diff(double a, double b) { return fabs(a - b) / fmax(fabs(b), 1e-30); }
+
+/* On a GPU: the same short run on cuda and on the cpu (same seed, so the same prompts, latents,
+ * LoRA init and noise: Philox gives the same bits on both) agree in the reward before and after
+ * and in the trained LoRA. Without a CUDA device (or a build without the backend) it skips;
+ * DRAFT_CUDA_TEST_ON_CPU=1 runs it with the CPU standing in for the GPU (checks the test itself).
+ * Alone: CK_RUN_CASE=cuda. */
+START_TEST(test_run_cuda_matches_cpu)
+{
+    enum device gpu = DEVICE_CUDA;
+    if (getenv("DRAFT_CUDA_TEST_ON_CPU")) {
+        gpu = DEVICE_CPU;
+        printf("DRAFT_CUDA_TEST_ON_CPU: the CPU stands in for the GPU\n");
+    } else if (draft_device_check(DEVICE_CUDA)) {   /* here, in the test's own process: a forked
+                                                      * child cannot use a driver its parent
+                                                      * initialised, so main() must not touch CUDA */
+        printf("skip: no CUDA device (%s)\n", tensor_error());
+        return;
+    }
+    char dir[512];
+    if (!parity_path("tiny-sd/model_index.json", dir, sizeof dir)) return;
+    *strrchr(dir, '/') = 0;
+    LEAK_CHECK_BEGIN();
+    char out[2][256], cmd[600];
+    struct draft_run_result res[2];
+    const enum device devs[2] = {gpu, DEVICE_CPU};
+    for (int k = 0; k < 2; k++) {
+        snprintf(out[k], sizeof out[k], "/tmp/draft_run_%s%d_%d", device_name(devs[k]), k, (int)getpid());
+        struct draft_run_config c;
+        run_config(&c, dir, out[k]);
+        c.iters = 2;
+        c.save_every = 0;
+        c.device = devs[k];
+        ck_assert_msg(draft_run(&c, &res[k]) == STATUS_OK, "%s run: %s", device_name(devs[k]), tensor_error());
+        ck_assert_int_eq(res[k].steps, 2);
+        printf("draft run on %s: reward %.9g -> %.9g, %.1f s\n", device_name(devs[k]), res[k].reward_before,
+               res[k].reward_after, res[k].seconds);
+    }
+    const double eb = rel_diff(res[0].reward_before, res[1].reward_before);
+    const double ea = rel_diff(res[0].reward_after, res[1].reward_after);
+    printf("draft cuda-vs-cpu: reward_before rel %.3g, reward_after rel %.3g\n", eb, ea);
+    ck_assert_msg(eb <= 1e-4, "reward_before: cuda %.9g vs cpu %.9g (rel %g > 1e-4)", res[0].reward_before,
+                  res[1].reward_before, eb);
+    ck_assert_msg(ea <= 1e-3, "reward_after: cuda %.9g vs cpu %.9g (rel %g > 1e-3)", res[0].reward_after,
+                  res[1].reward_after, ea);
+    char pa[400], pb[400];
+    snprintf(pa, sizeof pa, "%s/lora.safetensors", out[0]);
+    snprintf(pb, sizeof pb, "%s/lora.safetensors", out[1]);
+    struct safetensors *la = safetensors_open(pa), *lb = safetensors_open(pb);
+    ck_assert_msg(la && lb, "%s", tensor_error());
+    ck_assert_int_eq(la->n, lb->n);
+    ck_assert_int_gt(la->n, 0);
+    double worst = 0;
+    for (int i = 0; i < la->n; i++) {
+        const char *name = la->entries[i].name;
+        tensor_scope_begin();
+        struct tensor *ta = safetensors_load(la, name, DTYPE_F64, DEVICE_CPU);
+        struct tensor *tb = safetensors_load(lb, name, DTYPE_F64, DEVICE_CPU);
+        ck_assert_msg(ta && tb, "%s: %s", name, tensor_error());
+        const double e = test_rel_err(ta, tb);
+        if (e > worst) worst = e;
+        ck_assert_msg(e <= 1e-3, "lora tensor %s: cuda vs cpu rel %g > 1e-3", name, e);
+        tensor_scope_end();
+    }
+    printf("draft cuda-vs-cpu: %d LoRA tensors, worst rel %.3g\n", la->n, worst);
+    safetensors_close(la);
+    safetensors_close(lb);
+    snprintf(cmd, sizeof cmd, "rm -rf %s %s", out[0], out[1]);
+    ck_assert_int_eq(system(cmd), 0);
+    LEAK_CHECK_END();
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("draft");
@@ -378,5 +452,9 @@ int main(void)
     tcase_add_test(tc, test_lv_formula);
     tcase_add_test(tc, test_run_and_resume);
     suite_add_tcase(s, tc);
+    TCase *tg = tcase_create("cuda");   /* skips without a GPU */
+    tcase_set_timeout(tg, 900);
+    tcase_add_test(tg, test_run_cuda_matches_cpu);
+    suite_add_tcase(s, tg);
     return test_run_suite(s);
 }

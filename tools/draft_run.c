@@ -19,7 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum kind { K_STR, K_INT, K_U64, K_DOUBLE, K_BOOL, K_METHOD, K_DTYPE };
+enum kind { K_STR, K_INT, K_U64, K_DOUBLE, K_BOOL, K_METHOD, K_DTYPE, K_DEVICE };
 
 struct opt {
     const char *name;
@@ -38,6 +38,8 @@ static const struct opt opts[] = {
     {"prompts", K_STR, F(prompts), "prompt file (one a line) or a built-in set: @animals, @emoji"},
     {"out", K_STR, F(out), "run folder (metrics, grids, checkpoints, LoRA, report.html)"},
     {"dtype", K_DTYPE, F(dtype), "dtype of the frozen base weights: f32 or bf16 (bf16 halves their memory; activations, LoRA and AdamW stay f32)"},
+    {"device", K_DEVICE, F(device), "cpu or cuda: where the model, LoRA, optimiser and reward run (cuda needs a build "
+                                    "with the CUDA backend and a GPU)"},
     {"method", K_METHOD, F(method.method), "full | k | lv | refl | alignprop"},
     {"k", K_INT, F(method.k), "DRaFT-K: differentiate the last k sampling steps"},
     {"lv-n", K_INT, F(method.lv_n), "DRaFT-LV: re-noised copies of the final latent"},
@@ -70,6 +72,18 @@ static const struct opt opts[] = {
 #undef F
 #define N_OPTS (int)(sizeof opts / sizeof opts[0])
 
+/* Without --model or --ckpt: the embedded emoji model (models/emoji), and these defaults for
+ * every option the command line and --config leave unset. They make the run a visible DRaFT-LV
+ * demonstration that ends in minutes on 2 CPU cores (docs/tutorial.md). */
+static const char *const embedded_preset[][2] = {
+    {"prompts", "@emoji"}, {"reward", "colorfulness"}, {"steps", "20"}, {"guidance", "5"},
+    {"iters", "60"},       {"batch", "4"},             {"lr", "1e-3"},  {"eval-images", "16"},
+    {"eval-every", "20"},  {"save-every", "20"},       {"out", "runs/demo"},
+};
+#define N_PRESET (int)(sizeof embedded_preset / sizeof embedded_preset[0])
+
+static bool given[N_OPTS];   /* set by the command line or --config */
+
 static const struct opt *find_opt(const char *name)
 {
     for (int i = 0; i < N_OPTS; i++)
@@ -88,6 +102,7 @@ static void value_str(const struct draft_run_config *c, const struct opt *o, cha
     case K_BOOL: snprintf(buf, n, "%s", *(const bool *)p ? "true" : "false"); break;
     case K_METHOD: snprintf(buf, n, "%s", draft_method_name(*(const enum draft_method *)p)); break;
     case K_DTYPE: snprintf(buf, n, "%s", *(const enum dtype *)p == DTYPE_BF16 ? "bf16" : "f32"); break;
+    case K_DEVICE: snprintf(buf, n, "%s", device_name(*(const enum device *)p)); break;
     }
 }
 
@@ -95,7 +110,7 @@ static void usage(FILE *f)
 {
     struct draft_run_config d;
     draft_run_config_default(&d);
-    fprintf(f, "usage: draft-run --model DIR [options]\n"
+    fprintf(f, "usage: draft-run [--model DIR] [options]      (no --model: the embedded emoji model, see the end)\n"
                "Fine-tunes a LoRA on the UNet of a Stable Diffusion 1.x model so that a differentiable reward of\n"
                "its samples rises, by backpropagating through the DDIM sampler (DRaFT, Clark et al. 2024).\n\n"
                "options (also accepted as keys of a JSON object in --config FILE; later flags override it):\n");
@@ -109,6 +124,12 @@ static void usage(FILE *f)
             "--help", "this text\n"
             "A boolean flag may be negated as --no-NAME. Ctrl-C saves a checkpoint and stops; --resume continues.\n"
             "The last line printed is: final: reward_before=<x> reward_after=<y> steps=<n> seconds=<s>");
+    char dir[1024];
+    bool found = draft_embedded_model(dir, sizeof dir) == STATUS_OK;
+    fprintf(f, "\nWithout --model and --ckpt: the embedded emoji model (%s), and for the options not given:\n ",
+            found ? dir : "not found: see models/README.md");
+    for (int i = 0; i < N_PRESET; i++) fprintf(f, " --%s %s", embedded_preset[i][0], embedded_preset[i][1]);
+    fprintf(f, "\n(about 3 minutes on 2 CPU cores). With it, --reward clip:text=<words> uses its own CLIP model.\n");
 }
 
 /* set option o from text v; false with a message on a bad value */
@@ -160,11 +181,22 @@ static bool set_value(struct draft_run_config *c, const struct opt *o, const cha
             return false;
         }
         return true;
+    case K_DEVICE:
+        if (draft_device_parse(v, (enum device *)p)) return true;
+        fprintf(stderr, "draft-run: %s: --device '%s' is not cpu or cuda\n", where, v);
+        return false;
     }
     static const char *const kinds[] = {"text", "an integer", "a non-negative integer", "a finite number",
-                                        "true or false", "a method", "a dtype"};
+                                        "true or false", "a method", "a dtype", "a device"};
     fprintf(stderr, "draft-run: %s: --%s expects %s, got '%s'\n", where, o->name, kinds[o->kind], v);
     return false;
+}
+
+static bool set_given(struct draft_run_config *c, const struct opt *o, const char *v, const char *where)
+{
+    if (!set_value(c, o, v, where)) return false;
+    given[o - opts] = true;
+    return true;
 }
 
 static bool load_config(struct draft_run_config *c, const char *path)
@@ -187,9 +219,9 @@ static bool load_config(struct draft_run_config *c, const char *path)
             fprintf(stderr, "draft-run: %s: unknown key \"%s\" (draft-run --help lists them)\n", where, it->string);
             ok = false;
         } else if (cJSON_IsString(it)) {
-            ok = set_value(c, o, it->valuestring, where);
+            ok = set_given(c, o, it->valuestring, where);
         } else if (cJSON_IsBool(it)) {
-            ok = set_value(c, o, cJSON_IsTrue(it) ? "true" : "false", where);
+            ok = set_given(c, o, cJSON_IsTrue(it) ? "true" : "false", where);
         } else if (cJSON_IsNumber(it)) {
             if (o->kind == K_INT || o->kind == K_U64) snprintf(buf, sizeof buf, "%.0f", it->valuedouble);
             else snprintf(buf, sizeof buf, "%.17g", it->valuedouble);
@@ -197,7 +229,7 @@ static bool load_config(struct draft_run_config *c, const char *path)
                 fprintf(stderr, "draft-run: %s: \"%s\" must be an integer\n", where, it->string);
                 ok = false;
             } else {
-                ok = set_value(c, o, buf, where);
+                ok = set_given(c, o, buf, where);
             }
         } else {
             fprintf(stderr, "draft-run: %s: \"%s\" has a value of the wrong type\n", where, it->string);
@@ -270,7 +302,20 @@ int main(int argc, char **argv)
             fprintf(stderr, "draft-run: --%s needs a value (see --help)\n", name);
             return 2;
         }
-        if (!set_value(&c, o, v, "command line")) return 2;
+        if (!set_given(&c, o, v, "command line")) return 2;
+    }
+    if (!c.model[0] && !c.ckpt[0]) {
+        if (draft_embedded_model(c.model, sizeof c.model)) {
+            fprintf(stderr, "draft-run: %s\n", tensor_error());
+            return 1;
+        }
+        for (int i = 0; i < N_PRESET; i++) {
+            const struct opt *o = find_opt(embedded_preset[i][0]);
+            if (!given[o - opts] && !set_value(&c, o, embedded_preset[i][1], "embedded preset")) return 1;
+        }
+        fprintf(stderr, "draft-run: no --model: the embedded emoji model in %s, method %s, reward %s, %d steps "
+                        "(draft-run --help for the options)\n",
+                c.model, draft_method_name(c.method.method), c.reward, c.iters);
     }
 
     signal(SIGINT, on_sigint);

@@ -3,7 +3,7 @@
  *
  *   draft-sample --model DIR --prompt "a photo of a cat" [--prompt ...] [--prompts FILE|@animals]
  *                [--lora run/lora.safetensors:0.8 --lora other.safetensors:0.5] [--n 4] [--seed 0]
- *                [--steps 50] [--guidance 7.5] [--eta 0] [--size 512] [--out samples]
+ *                [--steps 50] [--guidance 7.5] [--eta 0] [--size 512] [--device cpu|cuda] [--out samples]
  *
  * Image k (in prompt order, --n per prompt) starts from the latents of seed + k, so any single
  * image can be reproduced alone (bit for bit at the same --batch: BLAS may round a batch of
@@ -25,8 +25,9 @@
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: draft-sample --model DIR (--prompt TEXT ... | --prompts FILE|@animals|@emoji) [options]\n"
-            "  --model DIR        diffusers folder (configs, tokenizer; and weights unless --ckpt)\n"
+            "usage: draft-sample [--model DIR] (--prompt TEXT ... | --prompts FILE|@animals|@emoji) [options]\n"
+            "  --model DIR        diffusers folder (configs, tokenizer; and weights unless --ckpt); without it, the\n"
+            "                     embedded emoji model (models/emoji) with --steps 20 --guidance 5 unless given\n"
             "  --ckpt FILE        original single-file weights (sd-v1-4.ckpt or .safetensors)\n"
             "  --prompt TEXT      a prompt (repeatable)\n"
             "  --prompts SPEC     a prompt file (one a line) or a built-in set\n"
@@ -41,6 +42,8 @@ static void usage(FILE *f)
             "  --size PX          image side (default: the model's)\n"
             "  --batch B          images per UNet batch (default 4)\n"
             "  --dtype D          f32 or bf16 storage of the model's weights (default f32; computes in f32)\n"
+            "  --device D         cpu or cuda: where the model and LoRAs run (default cpu; cuda needs a build with\n"
+            "                     the CUDA backend and a GPU)\n"
             "  --out DIR          output folder (default samples)\n");
 }
 
@@ -79,8 +82,10 @@ int main(int argc, char **argv)
     double lora_scales[MAX_LORAS];
     long n_per = 1, steps = 50, size = 0, batch = 4, seed = 0;
     double guidance = 7.5, eta = 0.0;
-    bool merge = false;
+    bool merge = false, steps_given = false, guidance_given = false;
+    char embedded[1024];
     enum dtype dtype = DTYPE_F32;
+    enum device device = DEVICE_CPU;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -106,6 +111,9 @@ int main(int argc, char **argv)
             else if (!strcmp(v, "bf16")) dtype = DTYPE_BF16;
             else ok = false, fprintf(stderr, "draft-sample: --dtype is f32 or bf16, got '%s'\n", v);
         }
+        else if (!strcmp(a, "--device")) {
+            if (!draft_device_parse(v, &device)) ok = false, fprintf(stderr, "draft-sample: --device is cpu or cuda, got '%s'\n", v);
+        }
         else if (!strcmp(a, "--prompt")) {
             if (n_prompt_args == MAX_PROMPTS) ok = false, fprintf(stderr, "draft-sample: more than %d --prompt\n", MAX_PROMPTS);
             else prompt_args[n_prompt_args++] = v;
@@ -124,11 +132,11 @@ int main(int argc, char **argv)
             }
             n_loras++;
         } else if (!strcmp(a, "--n")) ok = parse_int(a, v, 1, 1024, &n_per);
-        else if (!strcmp(a, "--steps")) ok = parse_int(a, v, 1, 1000, &steps);
+        else if (!strcmp(a, "--steps")) ok = parse_int(a, v, 1, 1000, &steps), steps_given = true;
         else if (!strcmp(a, "--size")) ok = parse_int(a, v, 8, 4096, &size);
         else if (!strcmp(a, "--batch")) ok = parse_int(a, v, 1, 256, &batch);
         else if (!strcmp(a, "--seed")) ok = parse_int(a, v, 0, LONG_MAX, &seed);
-        else if (!strcmp(a, "--guidance")) ok = parse_double(a, v, &guidance);
+        else if (!strcmp(a, "--guidance")) ok = parse_double(a, v, &guidance), guidance_given = true;
         else if (!strcmp(a, "--eta")) ok = parse_double(a, v, &eta);
         else {
             fprintf(stderr, "draft-sample: unknown option '%s' (see --help)\n", a);
@@ -136,9 +144,22 @@ int main(int argc, char **argv)
         }
         if (!ok) return 2;
     }
-    if (!model) {
-        fprintf(stderr, "draft-sample: no model: give a diffusers folder with --model (see --help)\n");
+    if (draft_device_check(device)) {
+        fprintf(stderr, "draft-sample: %s\n", tensor_error());
+        return 1;
+    }
+    if (!model && ckpt) {
+        fprintf(stderr, "draft-sample: --ckpt needs --model for the configs and tokenizer (see --help)\n");
         return 2;
+    }
+    if (!model) {   /* the embedded emoji model, with the sampler settings draft-run uses for it */
+        if (draft_embedded_model(embedded, sizeof embedded)) {
+            fprintf(stderr, "draft-sample: %s\n", tensor_error());
+            return 1;
+        }
+        model = embedded;
+        if (!steps_given) steps = 20;
+        if (!guidance_given) guidance = 5;
     }
     char **file_prompts = NULL;
     int n_file = 0;
@@ -167,8 +188,8 @@ int main(int argc, char **argv)
     struct sd_lora loras[MAX_LORAS], combined;
     memset(loras, 0, sizeof loras);
     memset(&combined, 0, sizeof combined);
-    enum status s = ckpt ? sd_pipeline_load_single_file(&p, ckpt, model, dtype, DEVICE_CPU)
-                         : sd_pipeline_load(&p, model, dtype, DEVICE_CPU);
+    enum status s = ckpt ? sd_pipeline_load_single_file(&p, ckpt, model, dtype, device)
+                         : sd_pipeline_load(&p, model, dtype, device);
     for (int i = 0; i < n_loras && !s; i++) s = sd_lora_load(&loras[i], &p.unet, lora_paths[i]);
     if (!s && n_loras) {
         const struct sd_lora *ls[MAX_LORAS];
@@ -193,7 +214,7 @@ int main(int argc, char **argv)
             struct tensor *lat[256];
             for (int j = 0; j < nb; j++) {   /* image k's latents depend only on seed + k */
                 ag_rng_set((uint64_t)seed + (uint64_t)(k0 + j), 0);
-                lat[j] = ag_randn(sd_pipeline_dtype(&p), 4, (int64_t[]){1, p.unet.in_channels, img / f, img / f}, DEVICE_CPU);
+                lat[j] = ag_randn(sd_pipeline_dtype(&p), 4, (int64_t[]){1, p.unet.in_channels, img / f, img / f}, p.device);
             }
             const char *empty[256];
             for (int j = 0; j < nb; j++) empty[j] = "";
