@@ -3,7 +3,7 @@
 all:
 	@scripts/setup.sh build
 demo:
-	@scripts/setup.sh build && ./build/tools/draft-demo
+	@scripts/setup.sh build && ./build/tools/draft-run
 test:
 	@scripts/test.sh
 test-sanitize:

@@ -61,4 +61,19 @@ if [ -f "$model/model_index.json" ]; then
 else
     echo "SKIP: $model not found (the end-to-end part needs the parity model)"
 fi
+# the embedded default: no --model means the shipped emoji model (models/emoji) and its preset
+emb=$(cd "$(dirname "$0")/.." && pwd)/models/emoji
+if [ -f "$emb/model_index.json" ]; then
+    "$run" --iters 2 --steps 3 --eval-images 2 --batch 2 --no-progress --out "$tmp/demo" >"$tmp/o" 2>&1; rc=$?
+    check "draft-run with no --model runs the embedded model" \
+          "[ $rc -eq 0 ] && grep -q 'the embedded emoji model in ' '$tmp/o' && tail -n 1 '$tmp/o' | grep -Eq '^final: .* steps=2 '"
+    check "the embedded preset applies (@emoji prompts)" "grep -q '@emoji' '$tmp/demo/report.html'"
+    "$run" --iters 1 --steps 3 --eval-images 2 --batch 1 --reward clip:text=fire --no-progress --out "$tmp/clip" \
+          >"$tmp/o" 2>&1; rc=$?
+    check "--reward clip:text=fire uses the embedded CLIP" "[ $rc -eq 0 ] && tail -n 1 '$tmp/o' | grep -q '^final: '"
+    "$sample" --prompt "red apple" --steps 3 --out "$tmp/es" >"$tmp/o" 2>&1; rc=$?
+    check "draft-sample with no --model samples the embedded model" "[ $rc -eq 0 ] && [ -s '$tmp/es/grid.png' ]"
+else
+    echo "SKIP: $emb not found (the embedded model is not in this checkout)"
+fi
 exit $fail

@@ -77,8 +77,8 @@ static const struct opt opts[] = {
  * demonstration that ends in minutes on 2 CPU cores (docs/tutorial.md). */
 static const char *const embedded_preset[][2] = {
     {"prompts", "@emoji"}, {"reward", "colorfulness"}, {"steps", "20"}, {"guidance", "5"},
-    {"iters", "60"},       {"batch", "4"},             {"lr", "1e-3"},  {"eval-images", "16"},
-    {"eval-every", "20"},  {"save-every", "20"},       {"out", "runs/demo"},
+    {"iters", "60"},       {"batch", "4"},             {"eval-images", "16"}, {"eval-every", "20"},
+    {"save-every", "20"},  {"out", "runs/demo"},
 };
 #define N_PRESET (int)(sizeof embedded_preset / sizeof embedded_preset[0])
 
@@ -329,6 +329,10 @@ int main(int argc, char **argv)
         printf("stopped: steps=%d seconds=%.1f (checkpoint in %s; continue with --resume)\n", res.steps, res.seconds, c.out);
         return 130;
     }
+    const double rel = res.reward_before != 0 ? 100.0 * (res.reward_after - res.reward_before) / fabs(res.reward_before) : 0;
+    printf("reward on %d held-out seeds: %.4f -> %.4f (%+.0f%%); diversity %.3f -> %.3f\n", c.eval_images,
+           res.reward_before, res.reward_after, rel, res.diversity_before, res.diversity_after);
+    printf("images: %s/before.png %s/after.png; LoRA: %s/lora.safetensors\n", c.out, c.out, c.out);
     printf("report: %s/report.html\n", c.out);
     printf("final: reward_before=%.6f reward_after=%.6f steps=%d seconds=%.1f\n", res.reward_before, res.reward_after,
            res.steps, res.seconds);
