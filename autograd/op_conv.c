@@ -13,18 +13,8 @@ struct conv2d_params conv2d_params_default(void)
 
 /* saved[0]: x, kept only when w needs a gradient; saved[1]: w, kept only when x needs one
  * (a frozen conv keeps no activation alive); ctx: the params */
-/* Mixed storage (as linear, op_matmul.c): a bf16/f16 weight or bias with f32 activations is cast
- * per use inside the op; the node keeps the half-precision weight. */
-static bool storage_cast(const struct tensor *p, const struct tensor *x)
-{
-    return p && p->dtype != x->dtype && (p->dtype == DTYPE_BF16 || p->dtype == DTYPE_F16) && x->dtype == DTYPE_F32;
-}
-
-static struct tensor *compute_copy(struct tensor *p, const struct tensor *x)
-{
-    return storage_cast(p, x) ? tensor_to_dtype(p, x->dtype) : p;
-}
-
+/* Mixed storage (node.h): a bf16/f16 weight or bias with f32 activations is cast per use inside
+ * the op; the node keeps the half-precision weight. */
 static enum status conv2d_backward(struct ag_node *n, struct tensor *const *gout, struct tensor **gin)
 {
     const struct conv2d_params *p = n->ctx;
@@ -36,7 +26,7 @@ static enum status conv2d_backward(struct ag_node *n, struct tensor *const *gout
         struct tensor *dx = tensor_empty(m->dtype, 4, m->shape, m->device);
         if (!dx) return tensor_status();
         if (!be->conv2d_backward_input) return ag_no_kernel("conv2d_backward_input", dy);
-        struct tensor *wc = compute_copy(w, dx);
+        struct tensor *wc = ag_compute_copy(w, dx);
         if (!wc) return tensor_status();
         if ((s = be->conv2d_backward_input(dx, dy, wc, p))) return s;
         gin[0] = dx;
@@ -92,7 +82,7 @@ static struct tensor *conv2d_impl(struct tensor *x, struct tensor *w, struct ten
     char xs[128], ws[128], bs[128];
     tensor_shape_str(x, xs, sizeof xs);
     tensor_shape_str(w, ws, sizeof ws);
-    if ((w->dtype != x->dtype && !storage_cast(w, x)) || (b && b->dtype != x->dtype && !storage_cast(b, x))) {
+    if ((w->dtype != x->dtype && !ag_storage_cast(w, x)) || (b && b->dtype != x->dtype && !ag_storage_cast(b, x))) {
         tensor_fail(STATUS_DTYPE, "conv2d: input is %s but weight is %s%s%s", dtype_name(x->dtype),
                     dtype_name(w->dtype), b ? " and bias " : "", b ? dtype_name(b->dtype) : "");
         return NULL;
@@ -137,7 +127,7 @@ static struct tensor *conv2d_impl(struct tensor *x, struct tensor *w, struct ten
     if (!out) return NULL;
     const struct backend *be = backend_of(x);
     if (!be->conv2d) { ag_no_kernel("conv2d", x); return NULL; }
-    struct tensor *wc = compute_copy(w, x), *bc = b ? compute_copy(b, x) : NULL;   /* freed with this op's scope */
+    struct tensor *wc = ag_compute_copy(w, x), *bc = b ? ag_compute_copy(b, x) : NULL;   /* freed with this op's scope */
     if (!wc || (b && !bc) || be->conv2d(out, x, wc, bc, p)) return NULL;
     struct ag_node *n = ag_record("conv2d", conv2d_backward, n_in, in, 1, &out);
     if (n) {

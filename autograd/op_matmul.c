@@ -65,19 +65,16 @@ struct tensor *ag_matmul(struct tensor *a, struct tensor *b)
 
 /* ---------------------------------------------------------------- linear */
 
-/* Mixed storage: a bf16/f16 weight (and bias) with f32 activations (nn_compute_dtype) is cast
- * per use, here inside the op, so the node saves the half-precision weight and casts it again in
- * the backward; a frozen half-precision model then never keeps an f32 copy of its weights alive
- * in a graph (e.g. across a checkpoint's recomputation). */
-static bool storage_cast(const struct tensor *p, const struct tensor *x)
+/* Mixed storage (node.h): a bf16/f16 weight and bias with f32 activations are cast per use here,
+ * and the node keeps the half-precision weight. */
+bool ag_storage_cast(const struct tensor *p, const struct tensor *x)
 {
     return p && p->dtype != x->dtype && (p->dtype == DTYPE_BF16 || p->dtype == DTYPE_F16) && x->dtype == DTYPE_F32;
 }
 
-/* p in x's dtype: p itself, or a cast copy (scope-owned) */
-static struct tensor *compute_copy(struct tensor *p, const struct tensor *x)
+struct tensor *ag_compute_copy(struct tensor *p, const struct tensor *x)
 {
-    return storage_cast(p, x) ? tensor_to_dtype(p, x->dtype) : p;
+    return ag_storage_cast(p, x) ? tensor_to_dtype(p, x->dtype) : p;
 }
 
 /* saved[0]: x as [rows, in], kept only when w needs a gradient; saved[1]: w, kept only when x
@@ -92,7 +89,7 @@ static enum status linear_backward(struct ag_node *n, struct tensor *const *gout
     struct tensor *g2 = tensor_reshape(gout[0], TENSOR_SHAPE(rows, out_f));
     if (!g2) return tensor_status();
     if (n->needs[0]) {
-        struct tensor *gx = tensor_empty(mx->dtype, TENSOR_SHAPE(rows, in_f), mx->device), *wc = gx ? compute_copy(w, gx) : NULL;
+        struct tensor *gx = tensor_empty(mx->dtype, TENSOR_SHAPE(rows, in_f), mx->device), *wc = gx ? ag_compute_copy(w, gx) : NULL;
         if (!gx || !wc || backend_of(gx)->matmul(gx, g2, wc, 1.0, 0.0)) return tensor_status();
         if (!(gin[0] = tensor_reshape(gx, n->in_meta[0].ndim, n->in_meta[0].shape))) return tensor_status();
     }
@@ -116,8 +113,8 @@ static struct tensor *linear_impl(struct tensor *x, struct tensor *w, struct ten
     if (!ag_check_same_device("linear", b ? 3 : 2, in) || !ag_check_float("linear", x)) return NULL;
     char s1[128], s2[128], s3[128];
     const int64_t in_f = w->ndim == 2 ? w->shape[1] : -1, out_f = w->ndim == 2 ? w->shape[0] : -1;
-    if (w->ndim != 2 || x->ndim < 1 || x->shape[x->ndim - 1] != in_f || (x->dtype != w->dtype && !storage_cast(w, x)) ||
-        (b && (b->ndim != 1 || b->shape[0] != out_f || (b->dtype != x->dtype && !storage_cast(b, x))))) {
+    if (w->ndim != 2 || x->ndim < 1 || x->shape[x->ndim - 1] != in_f || (x->dtype != w->dtype && !ag_storage_cast(w, x)) ||
+        (b && (b->ndim != 1 || b->shape[0] != out_f || (b->dtype != x->dtype && !ag_storage_cast(b, x))))) {
         tensor_fail(STATUS_SHAPE, "linear: input %s %s, weight %s %s, bias %s do not fit (need x [...,in], "
                     "weight [out,in], bias [out])", dtype_name(x->dtype), tensor_shape_str(x, s1, sizeof s1),
                     dtype_name(w->dtype), tensor_shape_str(w, s2, sizeof s2), b ? tensor_shape_str(b, s3, sizeof s3) : "none");
@@ -137,7 +134,7 @@ static struct tensor *linear_impl(struct tensor *x, struct tensor *w, struct ten
         if (!eb || tensor_copy_(o2, eb)) return NULL;
         beta = 1.0;
     }
-    struct tensor *wc = compute_copy(w, x);   /* freed with this op's scope; the node saves w */
+    struct tensor *wc = ag_compute_copy(w, x);   /* freed with this op's scope; the node saves w */
     if (!wc || backend_of(x)->matmul(o2, x2, tensor_transpose(wc, 0, 1), 1.0, beta)) return NULL;
     struct ag_node *n = ag_record("linear", linear_backward, b ? 3 : 2, in, 1, &out);
     if (n) {

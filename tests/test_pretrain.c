@@ -76,6 +76,19 @@ static void run_all(const struct draft_pretrain_config *c, const struct draft_da
     }
 }
 
+/* dir_a/file and dir_b/file hold the same bytes */
+static void assert_same_bytes(const char *dir_a, const char *dir_b, const char *file, const char *what)
+{
+    char pa[400], pb[400];
+    snprintf(pa, sizeof pa, "%s/%s", dir_a, file);
+    snprintf(pb, sizeof pb, "%s/%s", dir_b, file);
+    size_t na, nb;
+    unsigned char *da = test_slurp(pa, &na), *db = test_slurp(pb, &nb);
+    ck_assert_msg(da && db && na == nb && !memcmp(da, db, na), "%s: %s", file, what);
+    free(da);
+    free(db);
+}
+
 START_TEST(test_stages_learn_and_resume)
 {
     LEAK_CHECK_BEGIN();
@@ -99,15 +112,9 @@ START_TEST(test_stages_learn_and_resume)
     ck_assert_int_eq(st.step, 12);
     static const char *const files[] = {"unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
                                         "text_encoder/model.safetensors", "tokenizer/vocab.json"};
-    for (int i = 0; i < 4; i++) {
-        snprintf(pa, sizeof pa, "%s/model/%s", a, files[i]);
-        snprintf(pb, sizeof pb, "%s/model/%s", b, files[i]);
-        size_t na, nb;
-        unsigned char *da = test_slurp(pa, &na), *db = test_slurp(pb, &nb);
-        ck_assert_msg(na == nb && !memcmp(da, db, na), "%s differs between the resumed and the uninterrupted run", files[i]);
-        free(da);
-        free(db);
-    }
+    snprintf(pa, sizeof pa, "%s/model", a);
+    snprintf(pb, sizeof pb, "%s/model", b);
+    for (int i = 0; i < 4; i++) assert_same_bytes(pa, pb, files[i], "differs between the resumed and the uninterrupted run");
 
     /* the folder is a pipeline: load, sample the right shape; clip/ is a reward */
     snprintf(pa, sizeof pa, "%s/model", a);
@@ -142,15 +149,8 @@ START_TEST(test_stages_learn_and_resume)
     char e[160];
     snprintf(e, sizeof e, "/tmp/draft_pt_e_%d", (int)getpid());
     ck_assert_msg(draft_pretrain_export(a, e, "draft-pretrain --test", DTYPE_F32) == STATUS_OK, "%s", tensor_error());
-    for (int i = 0; i < 4; i++) {
-        snprintf(pa, sizeof pa, "%s/model/%s", a, files[i]);
-        snprintf(pb, sizeof pb, "%s/%s", e, files[i]);
-        size_t na, nb;
-        unsigned char *da = test_slurp(pa, &na), *db = test_slurp(pb, &nb);
-        ck_assert_msg(na == nb && !memcmp(da, db, na), "%s: the f32 export is not a copy", files[i]);
-        free(da);
-        free(db);
-    }
+    snprintf(pa, sizeof pa, "%s/model", a);
+    for (int i = 0; i < 4; i++) assert_same_bytes(pa, e, files[i], "the f32 export is not a copy");
     ck_assert_int_eq(draft_pretrain_export(a, e, NULL, DTYPE_I64), STATUS_VALUE);
     ck_assert_msg(draft_pretrain_export(a, e, "draft-pretrain --test", DTYPE_F16) == STATUS_OK, "%s", tensor_error());
     snprintf(pa, sizeof pa, "%s/model/unet/diffusion_pytorch_model.safetensors", a);
