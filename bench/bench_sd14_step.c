@@ -45,15 +45,33 @@
 #include "draft/reward.h"
 #include "draft/train.h"
 #include "nn/optim.h"
+#include "draft/run.h"
 #include "tensor/alloc.h"
+#ifdef TENSOR_HAVE_CUDA
+#include "tensor/cuda/cuda.h"
+#endif
 
 #define PROG "bench_sd14_step"
+
+/* where the models live (--device); the memory figures are this device's allocator's */
+static enum device g_dev = DEVICE_CPU;
+
+/* the host clock says nothing about queued GPU work: every time stamp waits for the device */
+static double sync_now_s(void);
 
 static double now_s(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static double sync_now_s(void)
+{
+#ifdef TENSOR_HAVE_CUDA
+    if (g_dev == DEVICE_CUDA) cuda_synchronize();
+#endif
+    return now_s();
 }
 
 /* mem_format without the space, so a key=value line stays one token per field */
@@ -71,7 +89,7 @@ static const char *bytes_str(int64_t b, char *buf, size_t n)
 static int64_t live_bytes(void)
 {
     struct mem_stats m;
-    mem_get_stats(DEVICE_CPU, &m);
+    mem_get_stats(g_dev, &m);
     return m.live_bytes;
 }
 
@@ -92,6 +110,7 @@ struct opts {
     bool reward_vit, checkpoint;
     double guidance;
     uint64_t seed;
+    enum device device;
 };
 
 static void usage(FILE *f)
@@ -99,7 +118,7 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: " PROG " [options]\n"
             "One DRaFT training step (objective + backward + AdamW) of the real SD 1.4 architecture\n"
-            "with random weights on the CPU; reports weights, peak and activation memory and time.\n"
+            "with random weights on the CPU or GPU; reports weights, peak and activation memory and time.\n"
             "  --shared DIR      the shared folder: configs from DIR/parity/sd14 (default: $DRAFT_PARITY_DIR/sd14\n"
             "                    when that is set, else ../shared/parity/sd14: run from the repository root)\n"
             "  --method M        lv | k | full (also refl, alignprop); default lv\n"
@@ -116,6 +135,8 @@ static void usage(FILE *f)
             "  --reward SPEC     a draft_reward_create spec (default colorfulness)\n"
             "  --reward-vit      the aesthetic reward's architecture: CLIP ViT-L/14 vision tower\n"
             "                    (parity/sd14/image_encoder.config.json) + MLP head, random weights\n"
+            "  --device D        cpu | cuda (default cpu): where the models, the step and the memory\n"
+            "                    figures are\n"
             "  --threads N       CPU threads (default: the engine's, i.e. OMP_NUM_THREADS)\n"
             "  --seed S          weights, context, latents and LV noise (default 0)\n"
             "  --help            this text\n"
@@ -141,7 +162,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
 {
     *o = (struct opts){.method = DRAFT_LV, .k = 1, .lv_n = 2, .steps = 2, .batch = 1, .size = 512, .lora_rank = 8,
                        .threads = 0, .dtype = DTYPE_F32, .reward = "colorfulness", .checkpoint = true,
-                       .guidance = 7.5, .seed = 0};
+                       .guidance = 7.5, .seed = 0, .device = DEVICE_CPU};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) return 1;
@@ -151,7 +172,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
         bool known = !strcmp(a, "--shared") || !strcmp(a, "--method") || !strcmp(a, "--lv-n") || !strcmp(a, "--k") ||
                      !strcmp(a, "--steps") || !strcmp(a, "--batch") || !strcmp(a, "--size") ||
                      !strcmp(a, "--dtype") || !strcmp(a, "--guidance") || !strcmp(a, "--lora-rank") ||
-                     !strcmp(a, "--reward") || !strcmp(a, "--threads") || !strcmp(a, "--seed");
+                     !strcmp(a, "--reward") || !strcmp(a, "--threads") || !strcmp(a, "--seed") || !strcmp(a, "--device");
         if (!known) {
             fprintf(stderr, PROG ": unknown argument '%s' (see --help)\n", a);
             return 2;
@@ -164,7 +185,10 @@ static int parse_args(int argc, char **argv, struct opts *o)
         bool ok = true;
         if (!strcmp(a, "--shared")) o->shared = v;
         else if (!strcmp(a, "--reward")) o->reward = v;
-        else if (!strcmp(a, "--method")) {
+        else if (!strcmp(a, "--device")) {
+            ok = draft_device_parse(v, &o->device);
+            if (!ok) fprintf(stderr, PROG ": --device '%s': expected cpu or cuda\n", v);
+        } else if (!strcmp(a, "--method")) {
             ok = draft_method_parse(v, &o->method);
             if (!ok) fprintf(stderr, PROG ": --method '%s': expected lv, k, full, refl or alignprop\n", v);
         } else if (!strcmp(a, "--dtype")) {
@@ -255,7 +279,7 @@ static struct draft_reward *vit_reward_create(const char *config_path, enum dtyp
     snprintf(v->r.name, sizeof v->r.name, "vit-aesthetic");
     v->r.score = vit_score;
     v->r.free = vit_free;
-    nn_params_init(&v->ps, dt, DEVICE_CPU);
+    nn_params_init(&v->ps, dt, g_dev);
     enum status s = clip_vision_init(&v->vm, &vc, &v->ps, "");
     v->vm_init = true;
     for (int i = 0; i < HEAD_LAYERS && !s; i++) {
@@ -288,11 +312,11 @@ static struct tensor *probe_score(struct draft_reward *r, struct tensor *images,
 {
     struct probe *p = (struct probe *)r;
     if (!p->calls++) {
-        p->t_in = now_s();
+        p->t_in = sync_now_s();
         p->live_in = live_bytes();
     }
     struct tensor *s = draft_reward_score(p->inner, images, prompts);
-    p->t_out = now_s();
+    p->t_out = sync_now_s();
     return s;
 }
 
@@ -314,6 +338,8 @@ int main(int argc, char **argv)
     }
     if (pa) return 2;
     if (o.threads) tensor_set_num_threads(o.threads);
+    if (draft_device_check(o.device)) return fail("--device");
+    g_dev = o.device;
 
     char dir[1024], path[1200];
     const char *pe = getenv("DRAFT_PARITY_DIR");
@@ -345,8 +371,8 @@ int main(int argc, char **argv)
 
     const int64_t tensors0 = tensor_live_count(), storages0 = storage_live_count();
     char b1[32], b2[32], b3[32], b4[32], b5[32], b6[32];   /* one per value of a printf */
-    printf("threads %d, dtype %s, method %s, B %d, size %d, T %d, guidance %g, checkpoint %s, LoRA rank %d\n",
-           tensor_num_threads(), dtype_name(o.dtype), draft_method_name(o.method), o.batch, o.size, o.steps,
+    printf("device %s, threads %d, dtype %s, method %s, B %d, size %d, T %d, guidance %g, checkpoint %s, LoRA rank %d\n",
+           device_name(g_dev), tensor_num_threads(), dtype_name(o.dtype), draft_method_name(o.method), o.batch, o.size, o.steps,
            o.guidance, o.checkpoint ? "on" : "off", o.lora_rank);
 
     /* ---- build: UNet, VAE, scheduler, reward; random weights */
@@ -354,11 +380,11 @@ int main(int argc, char **argv)
     const int64_t live0 = live_bytes();
     static struct sd_pipeline p;   /* the VAE's checkpoints keep pointers into it: it must not move */
     p.dtype = o.dtype;
-    p.device = DEVICE_CPU;
+    p.device = g_dev;
     snprintf(p.dir, sizeof p.dir, "%s", dir);
-    nn_params_init(&p.text_params, o.dtype, DEVICE_CPU);
-    nn_params_init(&p.unet_params, o.dtype, DEVICE_CPU);
-    nn_params_init(&p.vae_params, o.dtype, DEVICE_CPU);
+    nn_params_init(&p.text_params, o.dtype, g_dev);
+    nn_params_init(&p.unet_params, o.dtype, g_dev);
+    nn_params_init(&p.vae_params, o.dtype, g_dev);
     struct sd_lora lora = {0};
     struct nn_adamw opt = {0};
     struct draft_reward *reward = NULL;
@@ -371,7 +397,7 @@ int main(int argc, char **argv)
         snprintf(path, sizeof path, "%s/image_encoder.config.json", dir);
         reward = vit_reward_create(path, o.dtype, o.seed + 3);
     } else {
-        reward = draft_reward_create_on(o.reward, o.dtype, DEVICE_CPU);
+        reward = draft_reward_create_on(o.reward, o.dtype, g_dev);
     }
     if (!reward) {
         fail(o.reward_vit ? path : "--reward");
@@ -424,8 +450,8 @@ int main(int argc, char **argv)
     /* ---- inputs: the text encoder's output shape [2B, 77, 768], N(0, 1) latents */
     ag_rng_set(o.seed, 0);
     const enum dtype cdt = sd_pipeline_dtype(&p);
-    context = ag_randn(cdt, 3, (int64_t[]){2 * o.batch, 77, p.unet.cross_attention_dim}, DEVICE_CPU);
-    latents = ag_randn(cdt, 4, (int64_t[]){o.batch, p.unet.in_channels, latent, latent}, DEVICE_CPU);
+    context = ag_randn(cdt, 3, (int64_t[]){2 * o.batch, 77, p.unet.cross_attention_dim}, g_dev);
+    latents = ag_randn(cdt, 4, (int64_t[]){o.batch, p.unet.in_channels, latent, latent}, g_dev);
     if (!context || !latents) {
         fail("inputs");
         goto done;
@@ -448,22 +474,22 @@ int main(int argc, char **argv)
     snprintf(probe.r.name, sizeof probe.r.name, "%s", reward->name);
     probe.r.score = probe_score;
     const int64_t weights = live_bytes();
-    mem_reset_peak(DEVICE_CPU);
+    mem_reset_peak(g_dev);
     double J = NAN, gnorm = NAN;
     bool updated = false;
-    const double t0 = now_s();
+    const double t0 = sync_now_s();
     if (draft_objective_backward(&p, &cfg, &probe.r, latents, context, NULL, -1, NULL, 1.0, &J, NULL)) {
         fail("draft_objective_backward");
         goto done;
     }
-    const double t_bwd = now_s();
+    const double t_bwd = sync_now_s();
     if (nn_adamw_step(&opt, &updated, &gnorm)) {
         fail("AdamW step");
         goto done;
     }
-    const double t1 = now_s();
+    const double t1 = sync_now_s();
     struct mem_stats ms;
-    mem_get_stats(DEVICE_CPU, &ms);
+    mem_get_stats(g_dev, &ms);
     if (!isfinite(J) || !isfinite(gnorm) || !updated || probe.calls != 1) {
         fprintf(stderr, PROG ": the step is not sound: reward %g, grad norm %g, updated %d, reward calls %d\n", J, gnorm,
                 updated, probe.calls);
@@ -482,9 +508,9 @@ int main(int argc, char **argv)
            "backward + AdamW %.2fs (AdamW %.3fs), step %.2fs\n",
            sample_s, reward_s, backward_s, t1 - t_bwd, step_s);
     char w[32], pk[32], ac[32], rs[32];
-    printf("sd14_step: method=%s B=%d size=%d T=%d dtype=%s weights=%s peak=%s act=%s seconds=%.2f sample_s=%.2f "
+    printf("sd14_step: device=%s method=%s B=%d size=%d T=%d dtype=%s weights=%s peak=%s act=%s seconds=%.2f sample_s=%.2f "
            "rss=%s reward=%s\n",
-           draft_method_name(o.method), o.batch, o.size, o.steps, dtype_name(o.dtype), bytes_str(weights, w, sizeof w),
+           device_name(g_dev), draft_method_name(o.method), o.batch, o.size, o.steps, dtype_name(o.dtype), bytes_str(weights, w, sizeof w),
            bytes_str(ms.peak_bytes, pk, sizeof pk), bytes_str(act, ac, sizeof ac), step_s, sample_s,
            bytes_str(peak_rss_bytes(), rs, sizeof rs), reward->name);
     rc = 0;

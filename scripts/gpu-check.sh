@@ -8,7 +8,8 @@
 #   scripts/gpu-check.sh --prepare        # on the development machine (needs apt)
 #   device run: carry [".deps"], command: scripts/gpu-check.sh
 # The parity data (../shared/parity, 48 MB) does not travel with the call: a copy in ./shared/parity
-# does, and then the parity tests and a 2-iteration `draft-run --device cuda` on its tiny model run too.
+# does (with .deps, the 64 MiB a call carries fit only its sd14/ configs: mkdir -p shared/parity &&
+# cp -r ../shared/parity/sd14 shared/parity/, carry "shared/parity"), and then the SD 1.4 step runs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD/.deps/root
@@ -44,41 +45,65 @@ t0=$(date +%s)
 if [ ! -f build-gpu/build.ninja ]; then
     meson setup build-gpu -Ddeps_root="$ROOT" -Dcuda=enabled > "$OUTDIR/setup.log" 2>&1 || { tail -40 "$OUTDIR/setup.log"; exit 1; }
 fi
-ninja -C build-gpu > "$OUTDIR/build.log" 2>&1 || { grep -E "error" -A3 "$OUTDIR/build.log" | head -60; exit 1; }
+# GPU_CHECK_ALL=1 builds and runs every suite (the CPU ones are CI's job); by default only what
+# has GPU cases, to spend the machine's minutes on the GPU
+if [ "${GPU_CHECK_ALL:-0}" = 1 ]; then targets=(); else
+    targets=(tests/test_cuda tests/test_draft tools/draft-run bench/bench_gpu bench/bench_sd14_step); fi
+ninja -C build-gpu "${targets[@]}" > "$OUTDIR/build.log" 2>&1 || { grep -E "error" -A3 "$OUTDIR/build.log" | head -60; exit 1; }
 echo "build: $(( $(date +%s) - t0 )) s"
 
-# every suite (the GPU one included) in parallel; the GPU suite prints one line per op
-meson test -C build-gpu --num-processes 8 --timeout-multiplier 2 --print-errorlogs > "$OUTDIR/test.log" 2>&1
-test_rc=$?
-cp build-gpu/meson-logs/testlog.txt "$OUTDIR/testlog.txt" 2>/dev/null
+# the GPU suites: test_cuda (every op, cpu vs cuda) and test_draft's cuda case (draft-run on
+# cuda vs cpu); with GPU_CHECK_ALL=1 every suite, in parallel
+if [ "${GPU_CHECK_ALL:-0}" = 1 ]; then
+    meson test -C build-gpu --num-processes 8 --timeout-multiplier 2 --print-errorlogs > "$OUTDIR/test.log" 2>&1
+    test_rc=$?
+    cp build-gpu/meson-logs/testlog.txt "$OUTDIR/testlog.txt" 2>/dev/null
+    grep -E "^ *[0-9]+/[0-9]+ " "$OUTDIR/test.log"
+else
+    OMP_NUM_THREADS=4 CK_DEFAULT_TIMEOUT=600 ./build-gpu/tests/test_cuda > "$OUTDIR/testlog.txt" 2>&1
+    test_rc=$?
+    OMP_NUM_THREADS=4 CK_DEFAULT_TIMEOUT=600 CK_RUN_CASE=cuda ./build-gpu/tests/test_draft > "$OUTDIR/test-draft.txt" 2>&1 ||
+        test_rc=$((test_rc | 2))
+    grep -E "^draft |[0-9]+%: Checks" "$OUTDIR/test-draft.txt"
+fi
 grep -E "^cuda .*(FAIL|fail)" "$OUTDIR/testlog.txt" | head -40
-echo "cuda cases: $(grep -cE '^cuda .* ok' "$OUTDIR/testlog.txt") ok, $(grep -cE '^cuda .*(FAIL|fail)' "$OUTDIR/testlog.txt") failed"
-grep -E "^ *[0-9]+/[0-9]+ " "$OUTDIR/test.log"
-cuda_rc=$(grep -qE "^ *[0-9]+/[0-9]+ +(draft:)?cuda +OK" "$OUTDIR/test.log" && echo 0 || echo 1)
+cuda_ok=$(grep -cE '^cuda .* ok' "$OUTDIR/testlog.txt"); cuda_bad=$(grep -cE '^cuda .*(FAIL|fail)' "$OUTDIR/testlog.txt")
+grep -E "[0-9]+%: Checks" "$OUTDIR/testlog.txt"
+echo "cuda cases: $cuda_ok ok, $cuda_bad failed"
+echo "tests: $(( $(date +%s) - t0 )) s"
 
-# DRaFT end to end on the GPU: 2 iterations on the tiny parity model (as tests/test_tools.sh on the CPU)
-run_line="skipped: no $PARITY/tiny-sd"
-run_rc=0
-if [ -f "$PARITY/tiny-sd/model_index.json" ]; then
-    ./build-gpu/tools/draft-run --device cuda --model "$PARITY/tiny-sd" --steps 2 --iters 2 --batch 1 --size 64 \
-        --eval-images 2 --reward red --no-progress --out "$OUTDIR/draft-run-cuda" > "$OUTDIR/draft-run-cuda.log" 2>&1
-    run_rc=$?
-    run_line=$(tail -n 1 "$OUTDIR/draft-run-cuda.log")
-    [ $run_rc -eq 0 ] || run_line="FAILED (exit $run_rc): $run_line"
+# GPU_CHECK_BENCH=0 skips the op benchmarks (bench_gpu against torch_gpu.py)
+# DRaFT end to end on the GPU: `make demo`'s run (the embedded model, default preset) on cuda
+timeout 300 ./build-gpu/tools/draft-run --device cuda --no-progress --out "$OUTDIR/demo-cuda" > "$OUTDIR/demo-cuda.log" 2>&1
+run_rc=$?
+run_line="$(grep -E "^reward on" "$OUTDIR/demo-cuda.log" | tail -n 1)"
+[ $run_rc -eq 0 ] || run_line="FAILED (exit $run_rc): $(tail -n 1 "$OUTDIR/demo-cuda.log")"
+run_s=$(grep -oE "seconds=[0-9.]+" "$OUTDIR/demo-cuda.log" | tail -n 1)
+echo "demo on cuda: $run_line ($run_s)"
+
+# one DRaFT step of the real SD 1.4 architecture (random weights) on the GPU: needs the configs
+# in $PARITY/sd14 (140 KB)
+sd14=()
+if [ -f "$PARITY/sd14/unet.config.json" ]; then
+    for args in "--batch 1 --steps 2" "--batch 4 --steps 50 --reward-vit"; do
+        line=$(timeout 150 ./build-gpu/bench/bench_sd14_step --device cuda --method lv $args 2>&1 |
+               tee -a "$OUTDIR/sd14.log" | grep -E "^sd14_step:|bench_sd14_step:" | tail -n 1)
+        sd14+=("${line:-FAILED: $args}")
+    done
 fi
 
 bench_rc=0
-if [ -x build-gpu/bench/bench_gpu ]; then
+if [ -x build-gpu/bench/bench_gpu ] && [ "${GPU_CHECK_BENCH:-1}" = 1 ]; then
     ./build-gpu/bench/bench_gpu > "$OUTDIR/bench-ours.txt" 2>&1 || bench_rc=$?
     python3 bench/torch_gpu.py > "$OUTDIR/bench-torch.txt" 2>&1 || true
 fi
 
 echo
 echo "== summary ($(cat "$OUTDIR/gpu.txt")) =="
-printf "%-12s %s\n" "cuda suite" "$([ "$cuda_rc" -eq 0 ] && echo passed || echo FAILED)"
-printf "%-12s %s\n" "all suites" "$([ $test_rc -eq 0 ] && echo passed || echo FAILED)"
-printf "%-12s %s\n" "draft-run" "$run_line"
+printf "%-12s %s\n" "cuda suite" "$cuda_ok ok, $cuda_bad failed$([ $test_rc -eq 0 ] || echo ", FAILED (rc $test_rc)")"
+printf "%-12s %s\n" "demo cuda" "$run_line (${run_s:-?})"
+for l in "${sd14[@]}"; do printf "%-12s %s\n" "sd14 step" "$l"; done
 if [ -f "$OUTDIR/bench-ours.txt" ]; then
     bench/join_gpu_bench.sh "$OUTDIR/bench-ours.txt" "$OUTDIR/bench-torch.txt" 2>/dev/null || cat "$OUTDIR/bench-ours.txt"
 fi
-[ "$cuda_rc" -eq 0 ] && [ $test_rc -eq 0 ] && [ $run_rc -eq 0 ] && [ $bench_rc -eq 0 ]
+[ $test_rc -eq 0 ] && [ $run_rc -eq 0 ] && [ $bench_rc -eq 0 ]
