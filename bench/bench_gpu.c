@@ -66,6 +66,13 @@ static enum status run_matmul(void *p)
     return ag_matmul(a->a, a->b) ? STATUS_OK : tensor_status();
 }
 
+/* bf16 tensors through the backend directly (autograd computes in f32/f64; bf16 is storage) */
+static enum status run_matmul_backend(void *p)
+{
+    struct args *a = p;
+    return backend_for(DEVICE_CUDA)->matmul(a->c, a->a, a->b, 1.0, 0.0);
+}
+
 static enum status run_conv(void *p)
 {
     struct args *a = p;
@@ -136,20 +143,29 @@ int main(void)
     double flops = 2.0 * 8192.0 * 8192.0 * 8192.0;
     double ms = time_it("matmul_f32_8192", run_matmul, &a, 2, 10);
     if (ms > 0) printf("RESULT matmul_f32_8192 %.3f %.1f TFLOP/s\n", ms, flops / ms / 1e9);
-    cuda_set_tf32(true);
+    tensor_set_precision(PRECISION_TF32);
     ms = time_it("matmul_tf32_8192", run_matmul, &a, 2, 10);
     if (ms > 0) printf("RESULT matmul_tf32_8192 %.3f %.1f TFLOP/s\n", ms, flops / ms / 1e9);
     release(&a);
-    /* bf16 storage (f32 accumulation) */
+    /* f32 tensors under PRECISION_BF16 (autocast: bf16 copies of the operands, f32 out) */
+    tensor_set_precision(PRECISION_BF16);
+    ms = time_it("matmul_autocast_8192", run_matmul, &a, 2, 10);
+    if (ms > 0) printf("RESULT matmul_autocast_8192 %.3f %.1f TFLOP/s\n", ms, flops / ms / 1e9);
+    tensor_set_precision(PRECISION_F32);
+    release(&a);
+    /* bf16 tensors (f32 accumulation, bf16 out) */
     a.a = tensor_keep(tensor_to_dtype(randn_dev(DTYPE_F32, TENSOR_SHAPE(8192, 8192), false), DTYPE_BF16));
     a.b = tensor_keep(tensor_to_dtype(randn_dev(DTYPE_F32, TENSOR_SHAPE(8192, 8192), false), DTYPE_BF16));
-    ms = time_it("matmul_bf16_8192", run_matmul, &a, 2, 10);
+    a.c = tensor_keep(tensor_empty(DTYPE_BF16, TENSOR_SHAPE(8192, 8192), DEVICE_CUDA));
+    ms = time_it("matmul_bf16_8192", run_matmul_backend, &a, 2, 10);
     if (ms > 0) printf("RESULT matmul_bf16_8192 %.3f %.1f TFLOP/s\n", ms, flops / ms / 1e9);
     release(&a);
 
-    /* conv2d at SD 1.4 shapes, TF32 as PyTorch's cuDNN default for convolutions */
-    const int64_t cs[3][2] = {{320, 64}, {640, 32}, {1280, 16}};
-    for (int i = 0; i < 3; i++) {
+    /* conv2d at SD 1.4 shapes, TF32 as PyTorch's cuDNN default for convolutions; then 320
+     * channels under PRECISION_BF16 (torch: autocast to bf16) */
+    const int64_t cs[4][2] = {{320, 64}, {640, 32}, {1280, 16}, {320, 64}};
+    for (int i = 0; i < 4; i++) {
+        if (i == 3) tensor_set_precision(PRECISION_BF16);
         for (int bw = 0; bw < 2; bw++) {
             int64_t C = cs[i][0], S = cs[i][1];
             a.a = randn_dev(DTYPE_F32, TENSOR_SHAPE(2, C, S, S), bw);
@@ -160,14 +176,15 @@ int main(void)
             a.cp.pad_top = a.cp.pad_bottom = a.cp.pad_left = a.cp.pad_right = 1;
             a.backward = bw;
             char name[64];
-            snprintf(name, sizeof name, "conv2d_%lldc_%lldpx_%s", (long long)C, (long long)S, bw ? "fwdbwd" : "fwd");
+            snprintf(name, sizeof name, "conv2d_%lldc_%lldpx_%s%s", (long long)C, (long long)S, bw ? "fwdbwd" : "fwd",
+                     i == 3 ? "_autocast" : "");
             ms = time_it(name, run_conv, &a, 3, 20);
             double f = 2.0 * 2 * C * S * S * C * 9 * (bw ? 3 : 1);
             if (ms > 0) printf("RESULT %s %.3f %.1f TFLOP/s\n", name, ms, f / ms / 1e9);
             release(&a);
         }
     }
-    cuda_set_tf32(false);
+    tensor_set_precision(PRECISION_F32);
 
     /* group_norm [2,320,64,64] */
     for (int bw = 0; bw < 2; bw++) {

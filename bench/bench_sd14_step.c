@@ -111,6 +111,7 @@ struct opts {
     double guidance;
     uint64_t seed;
     enum device device;
+    enum precision precision;
 };
 
 static void usage(FILE *f)
@@ -137,6 +138,7 @@ static void usage(FILE *f)
             "                    (parity/sd14/image_encoder.config.json) + MLP head, random weights\n"
             "  --device D        cpu | cuda (default cpu): where the models, the step and the memory\n"
             "                    figures are\n"
+            "  --precision P     the GPU's matrix products: f32 (default), tf32 or bf16 (autocast)\n"
             "  --threads N       CPU threads (default: the engine's, i.e. OMP_NUM_THREADS)\n"
             "  --seed S          weights, context, latents and LV noise (default 0)\n"
             "  --help            this text\n"
@@ -172,7 +174,8 @@ static int parse_args(int argc, char **argv, struct opts *o)
         bool known = !strcmp(a, "--shared") || !strcmp(a, "--method") || !strcmp(a, "--lv-n") || !strcmp(a, "--k") ||
                      !strcmp(a, "--steps") || !strcmp(a, "--batch") || !strcmp(a, "--size") ||
                      !strcmp(a, "--dtype") || !strcmp(a, "--guidance") || !strcmp(a, "--lora-rank") ||
-                     !strcmp(a, "--reward") || !strcmp(a, "--threads") || !strcmp(a, "--seed") || !strcmp(a, "--device");
+                     !strcmp(a, "--reward") || !strcmp(a, "--threads") || !strcmp(a, "--seed") || !strcmp(a, "--device") ||
+                     !strcmp(a, "--precision");
         if (!known) {
             fprintf(stderr, PROG ": unknown argument '%s' (see --help)\n", a);
             return 2;
@@ -188,6 +191,9 @@ static int parse_args(int argc, char **argv, struct opts *o)
         else if (!strcmp(a, "--device")) {
             ok = draft_device_parse(v, &o->device);
             if (!ok) fprintf(stderr, PROG ": --device '%s': expected cpu or cuda\n", v);
+        } else if (!strcmp(a, "--precision")) {
+            ok = precision_parse(v, &o->precision);
+            if (!ok) fprintf(stderr, PROG ": --precision '%s': expected f32, tf32 or bf16\n", v);
         } else if (!strcmp(a, "--method")) {
             ok = draft_method_parse(v, &o->method);
             if (!ok) fprintf(stderr, PROG ": --method '%s': expected lv, k, full, refl or alignprop\n", v);
@@ -340,6 +346,7 @@ int main(int argc, char **argv)
     if (o.threads) tensor_set_num_threads(o.threads);
     if (draft_device_check(o.device)) return fail("--device");
     g_dev = o.device;
+    tensor_set_precision(o.precision);
 
     char dir[1024], path[1200];
     const char *pe = getenv("DRAFT_PARITY_DIR");
@@ -371,8 +378,10 @@ int main(int argc, char **argv)
 
     const int64_t tensors0 = tensor_live_count(), storages0 = storage_live_count();
     char b1[32], b2[32], b3[32], b4[32], b5[32], b6[32];   /* one per value of a printf */
-    printf("device %s, threads %d, dtype %s, method %s, B %d, size %d, T %d, guidance %g, checkpoint %s, LoRA rank %d\n",
-           device_name(g_dev), tensor_num_threads(), dtype_name(o.dtype), draft_method_name(o.method), o.batch, o.size, o.steps,
+    printf("device %s, precision %s, threads %d, dtype %s, method %s, B %d, size %d, T %d, guidance %g, "
+           "checkpoint %s, LoRA rank %d\n",
+           device_name(g_dev), precision_name(o.precision), tensor_num_threads(), dtype_name(o.dtype),
+           draft_method_name(o.method), o.batch, o.size, o.steps,
            o.guidance, o.checkpoint ? "on" : "off", o.lora_rank);
 
     /* ---- build: UNet, VAE, scheduler, reward; random weights */
@@ -508,9 +517,11 @@ int main(int argc, char **argv)
            "backward + AdamW %.2fs (AdamW %.3fs), step %.2fs\n",
            sample_s, reward_s, backward_s, t1 - t_bwd, step_s);
     char w[32], pk[32], ac[32], rs[32];
-    printf("sd14_step: device=%s method=%s B=%d size=%d T=%d dtype=%s weights=%s peak=%s act=%s seconds=%.2f sample_s=%.2f "
+    printf("sd14_step: device=%s precision=%s method=%s B=%d size=%d T=%d dtype=%s weights=%s peak=%s act=%s "
+           "seconds=%.2f sample_s=%.2f "
            "rss=%s reward=%s\n",
-           device_name(g_dev), draft_method_name(o.method), o.batch, o.size, o.steps, dtype_name(o.dtype), bytes_str(weights, w, sizeof w),
+           device_name(g_dev), precision_name(o.precision), draft_method_name(o.method), o.batch, o.size, o.steps,
+           dtype_name(o.dtype), bytes_str(weights, w, sizeof w),
            bytes_str(ms.peak_bytes, pk, sizeof pk), bytes_str(act, ac, sizeof ac), step_s, sample_s,
            bytes_str(peak_rss_bytes(), rs, sizeof rs), reward->name);
     rc = 0;

@@ -34,12 +34,15 @@ def main():
     ms = timed(lambda: a @ b, 2, 10)
     print(f"RESULT matmul_tf32_8192 {ms:.3f} {flops / ms / 1e9:.1f} TFLOP/s")
     torch.backends.cuda.matmul.allow_tf32 = False
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        ms = timed(lambda: a @ b, 2, 10)
+    print(f"RESULT matmul_autocast_8192 {ms:.3f} {flops / ms / 1e9:.1f} TFLOP/s")
     ab, bb = a.bfloat16(), b.bfloat16()
     ms = timed(lambda: ab @ bb, 2, 10)
     print(f"RESULT matmul_bf16_8192 {ms:.3f} {flops / ms / 1e9:.1f} TFLOP/s")
     del a, b, ab, bb
     torch.backends.cudnn.allow_tf32 = True  # PyTorch's default for convolutions
-    for C, S in ((320, 64), (640, 32), (1280, 16)):
+    for i, (C, S) in enumerate(((320, 64), (640, 32), (1280, 16), (320, 64))):
         for bw in (False, True):
             x = torch.randn(2, C, S, S, device=dev, requires_grad=bw)
             w = torch.randn(C, C, 3, 3, device=dev, requires_grad=bw)
@@ -47,10 +50,11 @@ def main():
             g = torch.randn(2, C, S, S, device=dev)
 
             def run():
-                y = F.conv2d(x, w, bias, padding=1)
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=i == 3):
+                    y = F.conv2d(x, w, bias, padding=1)
                 if bw:
                     y.backward(g)
-            name = f"conv2d_{C}c_{S}px_{'fwdbwd' if bw else 'fwd'}"
+            name = f"conv2d_{C}c_{S}px_{'fwdbwd' if bw else 'fwd'}{'_autocast' if i == 3 else ''}"
             ms = timed(run, 3, 20)
             f = 2.0 * 2 * C * S * S * C * 9 * (3 if bw else 1)
             print(f"RESULT {name} {ms:.3f} {f / ms / 1e9:.1f} TFLOP/s")

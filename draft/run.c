@@ -31,6 +31,7 @@ void draft_run_config_default(struct draft_run_config *c)
     snprintf(c->out, sizeof c->out, "runs/draft");
     c->dtype = DTYPE_F32;
     c->device = DEVICE_CPU;
+    c->precision = PRECISION_F32;
     draft_method_config_default(&c->method);
     c->lora_rank = 8;
     c->lora_alpha = 8;
@@ -501,7 +502,7 @@ static enum status draft_run_write_report(struct run *r, const struct draft_run_
     char v[16][1100], summary[256];
     const char *keys[16] = {"model", "reward", "prompts", "method", "steps / guidance / eta", "k / lv_n",
                             "LoRA rank / alpha", "lr / weight decay / clip", "batch x accum", "iterations", "seed",
-                            "held-out images", "dtype / device", "seconds"};
+                            "held-out images", "dtype / device / precision", "seconds"};
     int nk = 0;
     snprintf(v[nk++], sizeof v[0], "%s", c->model);
     snprintf(v[nk++], sizeof v[0], "%s", c->reward);
@@ -515,7 +516,8 @@ static enum status draft_run_write_report(struct run *r, const struct draft_run_
     snprintf(v[nk++], sizeof v[0], "%d", r->step);
     snprintf(v[nk++], sizeof v[0], "%llu", (unsigned long long)c->seed);
     snprintf(v[nk++], sizeof v[0], "%d", c->eval_images);
-    snprintf(v[nk++], sizeof v[0], "%s / %s", dtype_name(c->dtype), device_name(r->p.device));
+    snprintf(v[nk++], sizeof v[0], "%s / %s / %s", dtype_name(c->dtype), device_name(r->p.device),
+             precision_name(c->precision));
     snprintf(v[nk++], sizeof v[0], "%.1f", res->seconds);
     const char *vals[16];
     for (int i = 0; i < nk; i++) vals[i] = v[i];
@@ -584,6 +586,8 @@ static enum status check_config(const struct draft_run_config *c)
     if (!(c->opt.lr > 0) || !isfinite(c->opt.lr)) return tensor_fail(STATUS_VALUE, "--lr must be > 0, got %g", c->opt.lr);
     if (c->dtype != DTYPE_F32 && c->dtype != DTYPE_BF16)
         return tensor_fail(STATUS_VALUE, "--dtype %s: the base weights are f32 or bf16", dtype_name(c->dtype));
+    if (c->precision != PRECISION_F32 && c->precision != PRECISION_TF32 && c->precision != PRECISION_BF16)
+        return tensor_fail(STATUS_VALUE, "unknown precision %d (f32, tf32 or bf16)", (int)c->precision);
     enum status s = draft_method_config_check(&c->method);
     return s ? s : draft_device_check(c->device);   /* before any output is written */
 }
@@ -601,6 +605,8 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
     if ((s = nn_mkdir_p(c->out))) return s;
     path_in(r, path, sizeof path, "samples");
     if ((s = nn_mkdir_p(path))) return s;
+    const enum precision precision0 = tensor_precision();   /* the run's own, restored at the end */
+    tensor_set_precision(c->precision);
     s = c->ckpt[0] ? sd_pipeline_load_single_file(&r->p, c->ckpt, c->model, c->dtype, c->device)
                    : sd_pipeline_load(&r->p, c->model, c->dtype, c->device);
     if (s) goto done;
@@ -753,5 +759,6 @@ done:
     res->steps = r->step;
     res->seconds = now_s() - r->t_start;
     run_free(r);
+    tensor_set_precision(precision0);
     return s;
 }

@@ -33,6 +33,7 @@ struct draft_run_config {
     char out[1024];        /* run folder */
     enum dtype dtype;      /* the frozen base weights' dtype (LoRA and optimiser stay f32) */
     enum device device;    /* where the model, LoRA, optimiser state and reward run (DEVICE_CPU) */
+    enum precision precision;   /* the GPU's matrix products (tensor.h): f32 (default), tf32, bf16 */
     struct draft_method_config method;
     int lora_rank;
     double lora_alpha;

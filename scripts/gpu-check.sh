@@ -73,22 +73,31 @@ echo "cuda cases: $cuda_ok ok, $cuda_bad failed"
 echo "tests: $(( $(date +%s) - t0 )) s"
 
 # GPU_CHECK_BENCH=0 skips the op benchmarks (bench_gpu against torch_gpu.py)
-# DRaFT end to end on the GPU: `make demo`'s run (the embedded model, default preset) on cuda
-timeout 300 ./build-gpu/tools/draft-run --device cuda --no-progress --out "$OUTDIR/demo-cuda" > "$OUTDIR/demo-cuda.log" 2>&1
-run_rc=$?
-run_line="$(grep -E "^reward on" "$OUTDIR/demo-cuda.log" | tail -n 1)"
-[ $run_rc -eq 0 ] || run_line="FAILED (exit $run_rc): $(tail -n 1 "$OUTDIR/demo-cuda.log")"
-run_s=$(grep -oE "seconds=[0-9.]+" "$OUTDIR/demo-cuda.log" | tail -n 1)
-echo "demo on cuda: $run_line ($run_s)"
+# DRaFT end to end on the GPU: `make demo`'s run (the embedded model, default preset) on cuda, in
+# each matrix-product precision (f32 must give the CPU's numbers: 0.3939 -> 0.5397)
+demo=()
+run_rc=0
+for pr in f32 tf32 bf16; do
+    timeout 300 ./build-gpu/tools/draft-run --device cuda --precision $pr --no-progress --out "$OUTDIR/demo-$pr" \
+        > "$OUTDIR/demo-$pr.log" 2>&1
+    rc=$?
+    line="$(grep -E "^reward on" "$OUTDIR/demo-$pr.log" | tail -n 1) ($(grep -oE "seconds=[0-9.]+" "$OUTDIR/demo-$pr.log" | tail -n 1))"
+    [ $rc -eq 0 ] || { line="FAILED (exit $rc): $(tail -n 1 "$OUTDIR/demo-$pr.log")"; run_rc=$rc; }
+    demo+=("$pr: $line")
+    echo "demo on cuda, $pr: $line"
+done
 
 # one DRaFT step of the real SD 1.4 architecture (random weights) on the GPU: needs the configs
-# in $PARITY/sd14 (140 KB)
+# in $PARITY/sd14 (140 KB); the paper's setting (LV, batch 4, T = 50, the aesthetic reward's
+# ViT-L/14) in each precision
 sd14=()
 if [ -f "$PARITY/sd14/unet.config.json" ]; then
-    for args in "--batch 1 --steps 2" "--batch 4 --steps 50 --reward-vit"; do
+    for args in "--batch 1 --steps 2" "--batch 4 --steps 50 --reward-vit --precision f32" \
+                "--batch 4 --steps 50 --reward-vit --precision tf32" "--batch 4 --steps 50 --reward-vit --precision bf16"; do
         line=$(timeout 150 ./build-gpu/bench/bench_sd14_step --device cuda --method lv $args 2>&1 |
                tee -a "$OUTDIR/sd14.log" | grep -E "^sd14_step:|bench_sd14_step:" | tail -n 1)
         sd14+=("${line:-FAILED: $args}")
+        echo "${line:-FAILED: $args}"
     done
 fi
 
@@ -101,7 +110,7 @@ fi
 echo
 echo "== summary ($(cat "$OUTDIR/gpu.txt")) =="
 printf "%-12s %s\n" "cuda suite" "$cuda_ok ok, $cuda_bad failed$([ $test_rc -eq 0 ] || echo ", FAILED (rc $test_rc)")"
-printf "%-12s %s\n" "demo cuda" "$run_line (${run_s:-?})"
+for l in "${demo[@]}"; do printf "%-12s %s\n" "demo cuda" "$l"; done
 for l in "${sd14[@]}"; do printf "%-12s %s\n" "sd14 step" "$l"; done
 if [ -f "$OUTDIR/bench-ours.txt" ]; then
     bench/join_gpu_bench.sh "$OUTDIR/bench-ours.txt" "$OUTDIR/bench-torch.txt" 2>/dev/null || cat "$OUTDIR/bench-ours.txt"

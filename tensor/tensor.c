@@ -126,6 +126,26 @@ bool dtype_is_float(enum dtype dt) { return dt <= DTYPE_BF16; }
 
 const char *device_name(enum device d) { return d == DEVICE_CPU ? "cpu" : d == DEVICE_CUDA ? "cuda" : "?"; }
 
+static enum precision g_precision = PRECISION_F32;
+void tensor_set_precision(enum precision p) { g_precision = p; }
+enum precision tensor_precision(void) { return g_precision; }
+
+const char *precision_name(enum precision p)
+{
+    return p == PRECISION_F32 ? "f32" : p == PRECISION_TF32 ? "tf32" : p == PRECISION_BF16 ? "bf16" : "?";
+}
+
+bool precision_parse(const char *s, enum precision *p)
+{
+    static const enum precision all[] = {PRECISION_F32, PRECISION_TF32, PRECISION_BF16};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        if (s && !strcmp(s, precision_name(all[i]))) {
+            *p = all[i];
+            return true;
+        }
+    return false;
+}
+
 float bf16_to_f32(uint16_t h)
 {
     uint32_t u = half_bf16_to_f32_bits(h);

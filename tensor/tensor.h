@@ -85,6 +85,19 @@ float bf16_to_f32(uint16_t h);
 uint16_t f32_to_bf16(float f);   /* round to nearest even */
 const char *device_name(enum device d);
 
+/* ---- matrix-product precision (a run-time switch, like PyTorch's allow_tf32 / autocast) ----
+ * How the GPU computes the products of f32 matmuls and of conv2d's GEMMs, forward and backward:
+ *   PRECISION_F32   exact f32 (the default; what the CPU always does)
+ *   PRECISION_TF32  TF32 tensor cores: operands rounded to a 10-bit mantissa, f32 accumulation
+ *   PRECISION_BF16  autocast: operands rounded to bf16, f32 accumulation, f32 results; norms,
+ *                   softmax, attention, elementwise ops and losses stay f32
+ * Tensors keep their dtype: only the products lose bits. The CPU backend ignores it. */
+enum precision { PRECISION_F32, PRECISION_TF32, PRECISION_BF16 };
+void tensor_set_precision(enum precision p);
+enum precision tensor_precision(void);
+const char *precision_name(enum precision p);
+bool precision_parse(const char *s, enum precision *p);   /* "f32" | "tf32" | "bf16" */
+
 /* ---- creation ---- */
 struct tensor *tensor_empty(enum dtype dt, int ndim, const int64_t *shape, enum device dev);
 struct tensor *tensor_zeros(enum dtype dt, int ndim, const int64_t *shape, enum device dev);

@@ -612,15 +612,24 @@ START_TEST(test_matmul)
         const struct case_opts o = {.tol32 = TOL_F32_MM, .gradcheck = cases[k].gc};
         check_op(cases[k].name, f_matmul, (void *)m, 2, in, &o);
     }
-#ifdef TENSOR_HAVE_CUDA
-    if (gpu == DEVICE_CUDA) {   /* TF32 tensor cores: a looser bound */
-        cuda_set_tf32(true);
-        struct tensor *in[2] = {make_operand(3, cases[9].m.a, 0), make_operand(2, cases[9].m.b, 0)};
-        const struct case_opts o = {.tol32 = TOL_TF32};
-        check_op("matmul[large,tf32]", f_matmul, (void *)&cases[9].m, 2, in, &o);
-        cuda_set_tf32(false);
+    /* the precision switch (the CPU ignores it, so the CPU result is the exact reference): TF32
+     * tensor cores, and bf16 operands with f32 accumulation (the packed copies: plain, both
+     * transposed, a broadcast batch of stride 0), forward and backward */
+    const struct {
+        enum precision p;
+        int k;   /* index into cases[] */
+    } prec[] = {{PRECISION_TF32, 9}, {PRECISION_BF16, 9}, {PRECISION_BF16, 10}, {PRECISION_BF16, 11}, {PRECISION_BF16, 3}};
+    for (size_t k = 0; k < sizeof prec / sizeof *prec; k++) {
+        const struct mm_ctx *m = &cases[prec[k].k].m;
+        struct tensor *in[2] = {make_operand(m->na, m->a, m->ta), make_operand(m->nb, m->b, m->tb)};
+        const struct case_opts o = {.tol32 = prec[k].p == PRECISION_TF32 ? TOL_TF32 : TOL_BF16};
+        char label[128];
+        snprintf(label, sizeof label, "%.*s,%s]", (int)strlen(cases[prec[k].k].name) - 1, cases[prec[k].k].name,
+                 precision_name(prec[k].p));
+        tensor_set_precision(prec[k].p);
+        check_op(label, f_matmul, (void *)m, 2, in, &o);
+        tensor_set_precision(PRECISION_F32);
     }
-#endif
     struct tensor *x = test_uniform(DTYPE_F64, TENSOR_SHAPE(3, 2, 6), -1, 1);
     struct tensor *w = test_uniform(DTYPE_F64, TENSOR_SHAPE(4, 6), -1, 1);
     struct tensor *b = test_uniform(DTYPE_F64, TENSOR_SHAPE(4), -1, 1);
@@ -628,6 +637,10 @@ START_TEST(test_matmul)
     const struct case_opts o = {.tol32 = TOL_F32_MM, .gradcheck = true};
     check_op("linear[bias,noncontig]", f_linear, (void *)1, 3, in, &o);
     check_op("linear[no_bias,noncontig]", f_linear, NULL, 2, in, &o);
+    tensor_set_precision(PRECISION_BF16);
+    const struct case_opts ob = {.tol32 = TOL_BF16};
+    check_op("linear[bias,noncontig,bf16]", f_linear, (void *)1, 3, in, &ob);
+    tensor_set_precision(PRECISION_F32);
     tensor_scope_end();
     CASES_END();
     LEAK_CHECK_END();
@@ -658,6 +671,50 @@ START_TEST(test_matmul_kernel)
         printf("cuda matmul_kernel[alpha=%g,beta=%g,K=%lld,%s] f64 rel=%.1e %s\n", alpha, beta, (long long)K,
                trans ? "out_transposed" : "out_contiguous", e, ok ? "ok" : "FAILED");
         if (!ok) n_failed++;
+        tensor_clear_error();
+        tensor_scope_end();
+    }
+    /* bf16 and f16 tensors (storage in, f32 accumulation, storage out) against the CPU's f32
+     * product of the same rounded values: the output's rounding (2^-9 for bf16) is the error */
+    for (int k = 0; k < 2 && gpu == DEVICE_CUDA; k++) {   /* the CPU backend has no half GEMM */
+        tensor_scope_begin();
+        const enum dtype dt = k ? DTYPE_F16 : DTYPE_BF16;
+        const int64_t B = 3, M = 67, K = 129, N = 71;
+        struct tensor *a = tensor_to_dtype(test_uniform(DTYPE_F32, TENSOR_SHAPE(B, M, K), -1, 1), dt);
+        struct tensor *b = tensor_to_dtype(test_uniform(DTYPE_F32, TENSOR_SHAPE(B, N, K), -1, 1), dt);
+        struct tensor *bt = tensor_transpose(b, 1, 2);   /* [B, K, N], read with op = T */
+        struct tensor *oc = tensor_empty(DTYPE_F32, TENSOR_SHAPE(B, M, N), DEVICE_CPU);
+        struct tensor *og = tensor_empty(dt, TENSOR_SHAPE(B, M, N), gpu);
+        bool ok = a && b && oc && og &&
+                  !bc->matmul(oc, tensor_to_dtype(a, DTYPE_F32), tensor_to_dtype(bt, DTYPE_F32), 1.0, 0.0) &&
+                  !bg->matmul(og, tensor_to_device(a, gpu), tensor_transpose(tensor_to_device(b, gpu), 1, 2), 1.0, 0.0);
+        const double e = ok ? test_rel_err(tensor_to_dtype(tensor_to_device(og, DEVICE_CPU), DTYPE_F32), oc) : NAN;
+        ok = ok && e <= TOL_BF16;
+        printf("cuda matmul_kernel[%s tensors,%lldx%lldx%lld,b transposed] rel=%.1e %s%s\n", dtype_name(dt), (long long)M,
+               (long long)K, (long long)N, e, ok ? "ok" : "FAILED ", ok ? "" : tensor_error());
+        if (!ok) n_failed++;
+        tensor_clear_error();
+        tensor_scope_end();
+    }
+    /* the precision switch is not a no-op: each mode's error against the exact product lies in
+     * its own band (exact f32 ~1e-7, TF32's 10-bit and bf16's 7-bit mantissas) */
+    if (gpu == DEVICE_CUDA) {
+        tensor_scope_begin();
+        struct tensor *a = test_uniform(DTYPE_F32, TENSOR_SHAPE(2, 96, 256), -1, 1);
+        struct tensor *b = test_uniform(DTYPE_F32, TENSOR_SHAPE(256, 80), -1, 1);
+        struct tensor *ref = ag_matmul(a, b);
+        const struct { enum precision p; double lo, hi; } band[] = {
+            {PRECISION_F32, -1, 1e-5}, {PRECISION_TF32, 1e-5, TOL_TF32}, {PRECISION_BF16, 2e-4, TOL_BF16}};
+        for (int k = 0; k < 3; k++) {
+            tensor_set_precision(band[k].p);
+            struct tensor *c = ag_matmul(tensor_to_device(a, gpu), tensor_to_device(b, gpu));
+            tensor_set_precision(PRECISION_F32);
+            const double e = c && ref ? test_rel_err(tensor_to_device(c, DEVICE_CPU), ref) : NAN;
+            const bool ok = e > band[k].lo && e <= band[k].hi;
+            printf("cuda matmul[precision=%s] rel=%.1e (band (%.0e, %.0e]) %s\n", precision_name(band[k].p), e,
+                   band[k].lo, band[k].hi, ok ? "ok" : "FAILED");
+            if (!ok) n_failed++;
+        }
         tensor_clear_error();
         tensor_scope_end();
     }
@@ -849,6 +906,18 @@ START_TEST(test_nn)
         struct tensor *in[3] = {test_uniform(DTYPE_F64, 4, convs[k].x, -1, 1), test_uniform(DTYPE_F64, 4, convs[k].w, -1, 1),
                                 test_uniform(DTYPE_F64, TENSOR_SHAPE(convs[k].w[0]), -1, 1)};
         check_op(convs[k].name, f_conv, &convs[k].c, convs[k].c.bias ? 3 : 2, in, convs[k].gc ? &o : &big);
+        /* the precision switch: every conv GEMM (forward, backward input, backward weight) in
+         * TF32 (the large case) and with bf16 operands (all cases: im2col and 1x1 paths, groups) */
+        for (int q = 0; q < 2; q++) {
+            const enum precision pr = q ? PRECISION_BF16 : PRECISION_TF32;
+            if (pr == PRECISION_TF32 && k != 4) continue;
+            const struct case_opts op = {.tol32 = pr == PRECISION_TF32 ? TOL_TF32 : TOL_BF16};
+            char label[128];
+            snprintf(label, sizeof label, "%.*s,%s]", (int)strlen(convs[k].name) - 1, convs[k].name, precision_name(pr));
+            tensor_set_precision(pr);
+            check_op(label, f_conv, &convs[k].c, convs[k].c.bias ? 3 : 2, in, &op);
+            tensor_set_precision(PRECISION_F32);
+        }
     }
     /* layer_norm, group_norm */
     struct tensor *x = test_uniform(DTYPE_F64, TENSOR_SHAPE(2, 3, 8), -2, 2);

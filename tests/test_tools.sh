@@ -12,7 +12,7 @@ trap 'rm -rf "$tmp"' EXIT
 "$run" --help >"$tmp/help" 2>&1
 check "draft-run --help exits 0" "[ $? -eq 0 ]"
 for opt in model ckpt reward prompts out method k lv-n steps guidance eta checkpoint lora-rank lr grad-clip \
-           warmup accum batch iters seed size eval-images save-every resume; do
+           warmup accum batch iters seed size eval-images save-every resume device precision; do
     check "--help lists --$opt with its default" "grep -q -- '--$opt.*(default: ' '$tmp/help'"
 done
 "$run" --bogus >"$tmp/o" 2>&1; rc=$?
@@ -21,6 +21,8 @@ check "unknown flag: exit 2 and a message" "[ $rc -eq 2 ] && grep -q \"unknown o
 check "bad number: exit 2 and a message" "[ $rc -eq 2 ] && grep -q 'expects a finite number' '$tmp/o'"
 "$run" --method sideways >"$tmp/o" 2>&1; rc=$?
 check "bad method: exit 2" "[ $rc -eq 2 ] && grep -q 'is not one of' '$tmp/o'"
+"$run" --precision fp8 >"$tmp/o" 2>&1; rc=$?
+check "bad precision: exit 2 and the choices" "[ $rc -eq 2 ] && grep -q \"'fp8' is not f32, tf32 or bf16\" '$tmp/o'"
 echo '{"lr": 0.001, "nonsense": 1}' >"$tmp/c.json"
 "$run" --config "$tmp/c.json" >"$tmp/o" 2>&1; rc=$?
 check "unknown config key: exit 2" "[ $rc -eq 2 ] && grep -q 'unknown key \"nonsense\"' '$tmp/o'"

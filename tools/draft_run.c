@@ -19,7 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum kind { K_STR, K_INT, K_U64, K_DOUBLE, K_BOOL, K_METHOD, K_DTYPE, K_DEVICE };
+enum kind { K_STR, K_INT, K_U64, K_DOUBLE, K_BOOL, K_METHOD, K_DTYPE, K_DEVICE, K_PRECISION };
 
 struct opt {
     const char *name;
@@ -40,6 +40,9 @@ static const struct opt opts[] = {
     {"dtype", K_DTYPE, F(dtype), "dtype of the frozen base weights: f32 or bf16 (bf16 halves their memory; activations, LoRA and AdamW stay f32)"},
     {"device", K_DEVICE, F(device), "cpu or cuda: where the model, LoRA, optimiser and reward run (cuda needs a build "
                                     "with the CUDA backend and a GPU)"},
+    {"precision", K_PRECISION, F(precision), "the GPU's matrix products (matmul, conv): f32 (exact), tf32 (tensor cores) "
+                                             "or bf16 (autocast: bf16 operands, f32 accumulation; norms, softmax and "
+                                             "attention stay f32); the CPU always computes in f32"},
     {"method", K_METHOD, F(method.method), "full | k | lv | refl | alignprop"},
     {"k", K_INT, F(method.k), "DRaFT-K: differentiate the last k sampling steps"},
     {"lv-n", K_INT, F(method.lv_n), "DRaFT-LV: re-noised copies of the final latent"},
@@ -103,6 +106,7 @@ static void value_str(const struct draft_run_config *c, const struct opt *o, cha
     case K_METHOD: snprintf(buf, n, "%s", draft_method_name(*(const enum draft_method *)p)); break;
     case K_DTYPE: snprintf(buf, n, "%s", *(const enum dtype *)p == DTYPE_BF16 ? "bf16" : "f32"); break;
     case K_DEVICE: snprintf(buf, n, "%s", device_name(*(const enum device *)p)); break;
+    case K_PRECISION: snprintf(buf, n, "%s", precision_name(*(const enum precision *)p)); break;
     }
 }
 
@@ -185,9 +189,13 @@ static bool set_value(struct draft_run_config *c, const struct opt *o, const cha
         if (draft_device_parse(v, (enum device *)p)) return true;
         fprintf(stderr, "draft-run: %s: --device '%s' is not cpu or cuda\n", where, v);
         return false;
+    case K_PRECISION:
+        if (precision_parse(v, (enum precision *)p)) return true;
+        fprintf(stderr, "draft-run: %s: --precision '%s' is not f32, tf32 or bf16\n", where, v);
+        return false;
     }
     static const char *const kinds[] = {"text", "an integer", "a non-negative integer", "a finite number",
-                                        "true or false", "a method", "a dtype", "a device"};
+                                        "true or false", "a method", "a dtype", "a device", "a precision"};
     fprintf(stderr, "draft-run: %s: --%s expects %s, got '%s'\n", where, o->name, kinds[o->kind], v);
     return false;
 }

@@ -44,6 +44,7 @@ static void usage(FILE *f)
             "  --dtype D          f32 or bf16 storage of the model's weights (default f32; computes in f32)\n"
             "  --device D         cpu or cuda: where the model and LoRAs run (default cpu; cuda needs a build with\n"
             "                     the CUDA backend and a GPU)\n"
+            "  --precision P      the GPU's matrix products: f32 (exact, default), tf32 or bf16 (autocast)\n"
             "  --out DIR          output folder (default samples)\n");
 }
 
@@ -113,6 +114,11 @@ int main(int argc, char **argv)
         }
         else if (!strcmp(a, "--device")) {
             if (!draft_device_parse(v, &device)) ok = false, fprintf(stderr, "draft-sample: --device is cpu or cuda, got '%s'\n", v);
+        }
+        else if (!strcmp(a, "--precision")) {
+            enum precision pr;
+            if (precision_parse(v, &pr)) tensor_set_precision(pr);
+            else ok = false, fprintf(stderr, "draft-sample: --precision is f32, tf32 or bf16, got '%s'\n", v);
         }
         else if (!strcmp(a, "--prompt")) {
             if (n_prompt_args == MAX_PROMPTS) ok = false, fprintf(stderr, "draft-sample: more than %d --prompt\n", MAX_PROMPTS);

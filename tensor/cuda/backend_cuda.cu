@@ -10,7 +10,6 @@
  * is queued behind the kernels that still read it. */
 static cudaStream_t g_stream;
 static cublasHandle_t g_blas;
-static bool g_tf32;
 
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 static enum status g_init_status = STATUS_DEVICE;
@@ -18,8 +17,6 @@ static char g_init_msg[512];
 
 void *cuda_stream(void) { return (void *)g_stream; }
 cublasHandle_t cuda_blas_handle(void) { return g_blas; }
-void cuda_set_tf32(bool on) { g_tf32 = on; }
-bool cuda_tf32(void) { return g_tf32; }
 
 enum status cuda_synchronize(void)
 {

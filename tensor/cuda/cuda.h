@@ -16,9 +16,15 @@ bool cuda_available(void);
 /* the stream all kernels run on; synchronise before reading results on the host */
 void *cuda_stream(void);
 enum status cuda_synchronize(void);
-/* TF32 for f32 matmuls (default off: exact f32) */
-void cuda_set_tf32(bool on);
-bool cuda_tf32(void);
+/* PRECISION_BF16 (tensor_set_precision): `count` f32 matrices (batch stride sb, 0 = one shared
+ * matrix) of `outer` runs of `inner` contiguous elements at stride ld, packed into a new bf16
+ * tensor *buf [count or 1, outer, inner] (tensor_free it once the GEMM is queued) */
+enum status cuda_pack_bf16(struct tensor **buf, const float *src, int64_t count, int64_t sb, int64_t outer, int64_t inner,
+                           int64_t ld);
+/* the same for a cuBLAS (column-major) GEMM operand op(X) [rows, cols] at *p with leading dim
+ * *ld and batch stride *stride: all three are replaced by the packed copy's */
+enum status cuda_gemm_bf16_operand(struct tensor **buf, const void **p, int64_t *ld, int64_t *stride, bool op_t,
+                                   int64_t rows, int64_t cols, int64_t count);
 
 enum status cuda_copy(struct tensor *dst, const struct tensor *src);
 enum status cuda_fill(struct tensor *dst, double value);

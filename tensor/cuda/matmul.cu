@@ -9,7 +9,9 @@
  * become the batch of one strided-batched call when they collapse to one dim, else a loop of
  * such calls over the outer ones.
  *
- * f32 computes in f32, or in TF32 on tensor cores when cuda_tf32() is on; f64 in f64. */
+ * f32 computes as tensor_precision() says: exact f32, TF32 on tensor cores, or bf16 (each operand
+ * packed into a bf16 copy first, f32 accumulation into the f32 output); bf16/f16 tensors (a, b
+ * and out of one dtype) with f32 accumulation; f64 in f64. */
 #include "tensor/cuda/common.cuh"
 
 struct mat_layout {
@@ -28,36 +30,116 @@ static bool blas_layout(const struct tensor *t, struct mat_layout *l)
     return false;
 }
 
+/* ---------------------------------------------------------------- bf16 operands */
+
+/* rows (b, o) over grid y, the contiguous `inner` elements of a row over grid x */
+__global__ void pack_bf16_kernel(uint16_t *dst, const float *src, int64_t rows, int64_t outer, int64_t inner, int64_t ld,
+                                 int64_t sb)
+{
+    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+        const float *s = src + (r / outer) * sb + (r % outer) * ld;
+        uint16_t *d = dst + r * inner;
+        for (int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; j < inner; j += (int64_t)gridDim.x * blockDim.x)
+            d[j] = cu_f32_to_bf16(s[j]);
+    }
+}
+
+enum status cuda_pack_bf16(struct tensor **buf, const float *src, int64_t count, int64_t sb, int64_t outer, int64_t inner,
+                           int64_t ld)
+{
+    if (sb == 0) count = 1;
+    const int64_t shape[3] = {count, outer, inner};
+    if (!(*buf = tensor_keep(tensor_empty(DTYPE_BF16, 3, shape, DEVICE_CUDA)))) return tensor_status();
+    const int64_t rows = count * outer;
+    if (rows == 0 || inner == 0) return STATUS_OK;
+    const dim3 grid(cu_blocks(inner, CU_THREADS), (unsigned)(rows < 65535 ? rows : 65535));
+    pack_bf16_kernel<<<grid, CU_THREADS, 0, cu_stream()>>>((uint16_t *)cu_ptr(*buf), src, rows, outer, inner, ld, sb);
+    CUDA_LAUNCHED();
+    return STATUS_OK;
+}
+
+enum status cuda_gemm_bf16_operand(struct tensor **buf, const void **p, int64_t *ld, int64_t *stride, bool op_t,
+                                   int64_t rows, int64_t cols, int64_t count)
+{
+    /* column-major storage: op N holds rows x cols, op T cols x rows; a stored column is the
+     * contiguous run */
+    const int64_t inner = op_t ? cols : rows, outer = op_t ? rows : cols;
+    enum status s = cuda_pack_bf16(buf, (const float *)*p, count, *stride, outer, inner, *ld);
+    if (s) return s;
+    *p = cu_ptr(*buf);
+    *ld = inner > 0 ? inner : 1;
+    *stride = *stride ? outer * inner : 0;
+    return STATUS_OK;
+}
+
+/* ---------------------------------------------------------------- GEMM */
+
+static cudaDataType_t cu_blas_type(enum dtype dt)
+{
+    switch (dt) {
+    case DTYPE_F64: return CUDA_R_64F;
+    case DTYPE_BF16: return CUDA_R_16BF;
+    case DTYPE_F16: return CUDA_R_16F;
+    default: return CUDA_R_32F;
+    }
+}
+
+/* column-major C [m, n] = alpha op(A) [m, k] op(B) [k, n] + beta C, strided-batched; f32 as the
+ * precision switch says (exact, TF32, or bf16 operands with f32 accumulation), bf16/f16 tensors
+ * with f32 accumulation, f64 in f64 */
+static enum status gemm_cm(enum dtype dt, cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t n, int64_t k,
+                           double alpha, const void *A, int64_t lda, int64_t sA, const void *B, int64_t ldb, int64_t sB,
+                           double beta, void *C, int64_t ldc, int64_t sC, int64_t count)
+{
+    cublasHandle_t h = cuda_blas_handle();
+    const bool f64 = dt == DTYPE_F64;
+    const float alpha_f = (float)alpha, beta_f = (float)beta;
+    const void *al = f64 ? (const void *)&alpha : (const void *)&alpha_f;
+    const void *be = f64 ? (const void *)&beta : (const void *)&beta_f;
+    cudaDataType_t tab = cu_blas_type(dt);
+    const cudaDataType_t tc = cu_blas_type(dt);
+    cublasComputeType_t ct = f64 ? CUBLAS_COMPUTE_64F : CUBLAS_COMPUTE_32F;
+    struct tensor *abuf = NULL, *bbuf = NULL;
+    enum status s = STATUS_OK;
+    if (dt == DTYPE_F32 && tensor_precision() == PRECISION_TF32) ct = CUBLAS_COMPUTE_32F_FAST_TF32;
+    if (dt == DTYPE_F32 && tensor_precision() == PRECISION_BF16) {
+        s = cuda_gemm_bf16_operand(&abuf, &A, &lda, &sA, ta == CUBLAS_OP_T, m, k, count);
+        if (!s) s = cuda_gemm_bf16_operand(&bbuf, &B, &ldb, &sB, tb == CUBLAS_OP_T, k, n, count);
+        tab = CUDA_R_16BF;
+    }
+    if (!s) {
+        const cublasStatus_t e = cublasGemmStridedBatchedEx_64(h, ta, tb, m, n, k, al, A, tab, lda, sA, B, tab, ldb, sB, be,
+                                                               C, tc, ldc, sC, count, ct, CUBLAS_GEMM_DEFAULT);
+        if (e != CUBLAS_STATUS_SUCCESS)
+            s = tensor_fail(STATUS_DEVICE, "cuBLAS error %s (%d) in a %s GEMM [%lld x %lld x %lld] x %lld",
+                            cublasGetStatusName(e), (int)e, tab == CUDA_R_16BF ? "bf16" : dtype_name(dt), (long long)m,
+                            (long long)n, (long long)k, (long long)count);
+    }
+    tensor_free(abuf);   /* queued behind the GEMM on the one stream: safe to hand back now */
+    tensor_free(bbuf);
+    return s;
+}
+
 /* one strided-batched GEMM: out[i] = alpha a[i] b[i] + beta out[i], i < count, all row-major
  * [M,K] [K,N] -> [M,N] as described by the layouts */
 static enum status gemm(enum dtype dt, int64_t M, int64_t N, int64_t K, double alpha, const char *pa,
                         const struct mat_layout *la, int64_t sa, const char *pb, const struct mat_layout *lb, int64_t sb,
                         double beta, char *po, const struct mat_layout *lo, int64_t so, int64_t count)
 {
-    cublasHandle_t h = cuda_blas_handle();
-    const bool f32 = dt == DTYPE_F32;
-    const cudaDataType_t ty = f32 ? CUDA_R_32F : CUDA_R_64F;
-    const cublasComputeType_t ct = !f32 ? CUBLAS_COMPUTE_64F : cuda_tf32() ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
-    const float alpha_f = (float)alpha, beta_f = (float)beta;
-    const void *al = f32 ? (const void *)&alpha_f : (const void *)&alpha, *be = f32 ? (const void *)&beta_f : (const void *)&beta;
     if (!lo->trans) {
         /* column-major out^T [N, M] = b^T [N, K] a^T [K, M] */
         const cublasOperation_t opb = lb->trans ? CUBLAS_OP_T : CUBLAS_OP_N, opa = la->trans ? CUBLAS_OP_T : CUBLAS_OP_N;
-        CUBLAS_TRY(cublasGemmStridedBatchedEx_64(h, opb, opa, N, M, K, al, pb, ty, lb->ld, sb, pa, ty, la->ld, sa, be, po,
-                                                 ty, lo->ld, so, count, ct, CUBLAS_GEMM_DEFAULT));
-    } else {
-        /* column-major out [M, N] = a [M, K] b [K, N] */
-        const cublasOperation_t opa = la->trans ? CUBLAS_OP_N : CUBLAS_OP_T, opb = lb->trans ? CUBLAS_OP_N : CUBLAS_OP_T;
-        CUBLAS_TRY(cublasGemmStridedBatchedEx_64(h, opa, opb, M, N, K, al, pa, ty, la->ld, sa, pb, ty, lb->ld, sb, be, po,
-                                                 ty, lo->ld, so, count, ct, CUBLAS_GEMM_DEFAULT));
+        return gemm_cm(dt, opb, opa, N, M, K, alpha, pb, lb->ld, sb, pa, la->ld, sa, beta, po, lo->ld, so, count);
     }
-    return STATUS_OK;
+    /* column-major out [M, N] = a [M, K] b [K, N] */
+    const cublasOperation_t opa = la->trans ? CUBLAS_OP_N : CUBLAS_OP_T, opb = lb->trans ? CUBLAS_OP_N : CUBLAS_OP_T;
+    return gemm_cm(dt, opa, opb, M, N, K, alpha, pa, la->ld, sa, pb, lb->ld, sb, beta, po, lo->ld, so, count);
 }
 
 enum status cuda_matmul(struct tensor *out, const struct tensor *a, const struct tensor *b, double alpha, double beta)
 {
     enum status s;
-    if ((s = cu_need_float(a, "matmul"))) return s;
+    if (a->dtype != DTYPE_BF16 && a->dtype != DTYPE_F16 && (s = cu_need_float(a, "matmul"))) return s;
     if (a->dtype != b->dtype || out->dtype != a->dtype)
         return tensor_fail(STATUS_DTYPE, "matmul: dtype mismatch (%s, %s -> %s)", dtype_name(a->dtype),
                            dtype_name(b->dtype), dtype_name(out->dtype));
@@ -68,6 +150,8 @@ enum status cuda_matmul(struct tensor *out, const struct tensor *a, const struct
     if (M == 0 || N == 0 || tensor_numel(out) == 0) return STATUS_OK;
     if (K == 0) {   /* an empty sum: out = beta * out */
         const double p[2] = {beta, 0};
+        if (beta != 0 && out->dtype != DTYPE_F32 && out->dtype != DTYPE_F64)
+            return tensor_fail(STATUS_DTYPE, "matmul: K = 0 with beta != 0 needs f32/f64 (got %s)", dtype_name(out->dtype));
         return beta == 0 ? cuda_fill(out, 0) : cuda_unary(UNARY_AFFINE, out, out, p);
     }
     /* operands cuBLAS cannot read get a contiguous copy (rare: both inner dims strided); so does
