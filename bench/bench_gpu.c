@@ -2,6 +2,7 @@
  * Prints "RESULT <name> <median ms> <figure> <unit>" lines that bench/join_gpu_bench.sh
  * pairs with bench/torch_gpu.py's, same names. Median of timed repetitions after warm-up;
  * the host clock is read after a device synchronize. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -151,7 +152,23 @@ int main(void)
     tensor_set_precision(PRECISION_BF16);
     ms = time_it("matmul_autocast_8192", run_matmul, &a, 2, 10);
     if (ms > 0) printf("RESULT matmul_autocast_8192 %.3f %.1f TFLOP/s\n", ms, flops / ms / 1e9);
-    tensor_set_precision(PRECISION_F32);
+    {   /* the product is the product: against TF32's, a relative error near bf16's 2^-9 */
+        tensor_scope_begin();
+        struct tensor *c16 = ag_matmul(a.a, a.b);
+        tensor_set_precision(PRECISION_TF32);
+        struct tensor *c32 = ag_matmul(a.a, a.b);
+        struct tensor *d = c16 && c32 ? ag_sub(c16, c32) : NULL;
+        struct tensor *num = d ? ag_sum(ag_mul(d, d), 0, NULL, false) : NULL;
+        struct tensor *den = c32 ? ag_sum(ag_mul(c32, c32), 0, NULL, false) : NULL;
+        if (num && den)
+            printf("# matmul_autocast_8192 vs tf32: rel %.2e\n",
+                   sqrt(tensor_get_flat(tensor_to_device(num, DEVICE_CPU), 0) /
+                        tensor_get_flat(tensor_to_device(den, DEVICE_CPU), 0)));
+        else
+            printf("# matmul_autocast_8192 check failed: %s\n", tensor_error());
+        tensor_scope_end();
+    }
+    tensor_set_precision(PRECISION_TF32);   /* the convolutions below: PyTorch's cuDNN default */
     release(&a);
     /* bf16 tensors (f32 accumulation, bf16 out) */
     a.a = tensor_keep(tensor_to_dtype(randn_dev(DTYPE_F32, TENSOR_SHAPE(8192, 8192), false), DTYPE_BF16));

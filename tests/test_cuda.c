@@ -605,6 +605,7 @@ START_TEST(test_matmul)
         {"matmul[large]", {3, 2, {4, 129, 257}, {257, 65}, 0, 0}, false},
         {"matmul[large,transposed]", {3, 3, {4, 129, 257}, {4, 257, 65}, 1, 1}, false},
         {"matmul[large,bcast_2d_batch]", {4, 4, {3, 1, 64, 96}, {1, 2, 96, 80}, 0, 1}, false},
+        {"matmul[large,2d]", {2, 2, {300, 500}, {500, 200}, 0, 0}, false},
     };
     for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
         const struct mm_ctx *m = &cases[k].m;
@@ -618,7 +619,8 @@ START_TEST(test_matmul)
     const struct {
         enum precision p;
         int k;   /* index into cases[] */
-    } prec[] = {{PRECISION_TF32, 9}, {PRECISION_BF16, 9}, {PRECISION_BF16, 10}, {PRECISION_BF16, 11}, {PRECISION_BF16, 3}};
+    } prec[] = {{PRECISION_TF32, 9}, {PRECISION_BF16, 9}, {PRECISION_BF16, 10}, {PRECISION_BF16, 11}, {PRECISION_BF16, 3},
+                  {PRECISION_BF16, 12}, {PRECISION_BF16, 0}, {PRECISION_TF32, 12}};
     for (size_t k = 0; k < sizeof prec / sizeof *prec; k++) {
         const struct mm_ctx *m = &cases[prec[k].k].m;
         struct tensor *in[2] = {make_operand(m->na, m->a, m->ta), make_operand(m->nb, m->b, m->tb)};
