@@ -147,7 +147,6 @@ int main(void)
     tensor_set_precision(PRECISION_TF32);
     ms = time_it("matmul_tf32_8192", run_matmul, &a, 2, 10);
     if (ms > 0) printf("RESULT matmul_tf32_8192 %.3f %.1f TFLOP/s\n", ms, flops / ms / 1e9);
-    release(&a);
     /* f32 tensors under PRECISION_BF16 (autocast: bf16 copies of the operands, f32 out) */
     tensor_set_precision(PRECISION_BF16);
     ms = time_it("matmul_autocast_8192", run_matmul, &a, 2, 10);
