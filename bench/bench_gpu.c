@@ -215,6 +215,12 @@ int main(void)
         if (ms > 0) printf("RESULT %s %.3f %.1f GB/s\n", name, ms, bytes / ms / 1e6);
         release(&a);
     }
+    /* the bandwidth a tensor of that size can reach at all: a device-to-device copy of it */
+    a.a = randn_dev(DTYPE_F32, TENSOR_SHAPE(2, 320, 64, 64), false);
+    a.c = tensor_keep(tensor_empty(DTYPE_F32, TENSOR_SHAPE(2, 320, 64, 64), DEVICE_CUDA));
+    ms = time_it("copy_10M", run_copy, &a, 3, 20);
+    if (ms > 0) printf("RESULT copy_10M %.3f %.1f GB/s\n", ms, 2.0 * 2 * 320 * 64 * 64 * 4 / ms / 1e6);
+    release(&a);
 
     /* attention B=2, 8 heads, L=4096, d=40 */
     for (int bw = 0; bw < 2; bw++) {

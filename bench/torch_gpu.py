@@ -71,6 +71,10 @@ def main():
         ms = timed(run, 3, 20)
         byts = 2.0 * 320 * 64 * 64 * 4 * (5 if bw else 2)
         print(f"RESULT group_norm_{'fwdbwd' if bw else 'fwd'} {ms:.3f} {byts / ms / 1e6:.1f} GB/s")
+    x = torch.randn(2, 320, 64, 64, device=dev)
+    y = torch.empty_like(x)
+    ms = timed(lambda: y.copy_(x), 3, 20)
+    print(f"RESULT copy_10M {ms:.3f} {2.0 * x.numel() * 4 / ms / 1e6:.1f} GB/s")
     for bw in (False, True):
         q, k, v = (torch.randn(2, 8, 4096, 40, device=dev, requires_grad=bw) for _ in range(3))
         g = torch.randn(2, 8, 4096, 40, device=dev)
