@@ -69,6 +69,42 @@ START_TEST(test_dtype_basics)
 }
 END_TEST
 
+/* the matrix-product precision switch: names round-trip, unknown ones are refused, the default
+ * is exact f32, and the CPU backend ignores it (bit-identical products in every mode; the GPU
+ * side is tests/test_cuda.c's error bands) */
+START_TEST(test_precision_switch)
+{
+    LEAK_CHECK_BEGIN();
+    tensor_scope_begin();
+    ck_assert_int_eq(tensor_precision(), PRECISION_F32);
+    const enum precision all[3] = {PRECISION_F32, PRECISION_TF32, PRECISION_BF16};
+    for (int i = 0; i < 3; i++) {
+        enum precision p = PRECISION_F32;
+        ck_assert(precision_parse(precision_name(all[i]), &p));
+        ck_assert_int_eq(p, all[i]);
+    }
+    enum precision p = PRECISION_TF32;
+    ck_assert(!precision_parse("fp8", &p) && !precision_parse("", &p) && !precision_parse(NULL, &p));
+    ck_assert_int_eq(p, PRECISION_TF32);   /* untouched on failure */
+    const struct backend *cpu = backend_for(DEVICE_CPU);
+    struct tensor *a = test_uniform(DTYPE_F32, TENSOR_SHAPE(37, 53), -1, 1);
+    struct tensor *b = test_uniform(DTYPE_F32, TENSOR_SHAPE(53, 29), -1, 1);
+    struct tensor *ref = tensor_empty(DTYPE_F32, TENSOR_SHAPE(37, 29), DEVICE_CPU);
+    ck_assert_int_eq(cpu->matmul(ref, a, b, 1.0, 0.0), STATUS_OK);
+    for (int i = 1; i < 3; i++) {
+        struct tensor *o = tensor_empty(DTYPE_F32, TENSOR_SHAPE(37, 29), DEVICE_CPU);
+        tensor_set_precision(all[i]);
+        const enum status st = cpu->matmul(o, a, b, 1.0, 0.0);
+        tensor_set_precision(PRECISION_F32);
+        ck_assert_int_eq(st, STATUS_OK);
+        ck_assert_msg(!memcmp(tensor_data_ptr(o), tensor_data_ptr(ref), 37 * 29 * sizeof(float)),
+                      "the CPU matmul changed under --precision %s", precision_name(all[i]));
+    }
+    tensor_scope_end();
+    LEAK_CHECK_END();
+}
+END_TEST
+
 /* every f16 bit pattern: exact value, round trip through f32, NaN stays NaN */
 START_TEST(test_f16_all_patterns)
 {
@@ -1131,6 +1167,7 @@ int main(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_dtype_basics);
     tcase_add_test(tc, test_f16_all_patterns);
+    tcase_add_test(tc, test_precision_switch);
     tcase_add_test(tc, test_bf16_all_patterns);
     tcase_add_test(tc, test_f32_rounding);
     tcase_add_test(tc, test_to_dtype_pairs);
