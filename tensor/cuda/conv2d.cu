@@ -9,9 +9,8 @@
  * entries that read it, so no atomics are needed. 1x1 convolutions with stride 1 and no padding
  * skip im2col and use x / dx directly as the GEMM operand. Bias is pre-filled into the output
  * and the GEMM accumulates onto it (beta = 1); db is a per-channel reduction kernel.
- * f32 GEMMs use cublasGemmStridedBatchedEx with CUBLAS_COMPUTE_32F, CUBLAS_COMPUTE_32F_FAST_TF32
- * under PRECISION_TF32, or bf16 copies of both operands (f32 accumulation and output) under
- * PRECISION_BF16 (tensor_set_precision); f64 uses cublasDgemmStridedBatched.
+ * f32 GEMMs go through cuda_gemm (matmul.cu), which applies the precision switch (exact f32,
+ * TF32, or bf16 autocast: tensor_set_precision); f64 uses cublasDgemmStridedBatched.
  * Memory: one workspace of at most kWorkspaceBytes (64 MiB; more only when a single output
  * row of pixels times K needs it) from the caching allocator: a tile is a batch of whole
  * images when they fit, else a range of pixels of one image (forward, backward weight) or a
@@ -61,35 +60,9 @@ enum status gemm(cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t 
                  int64_t sA, const float *B, int64_t ldb, int64_t sB, float beta, float *C, int64_t ldc, int64_t sC,
                  int64_t batch)
 {
-    cublasHandle_t h = nullptr;
-    enum status s = STATUS_OK;
-    if ((s = blas_handle(&h))) return s;
-    const float one = 1.0f;
-    const enum precision pr = tensor_precision();
-    const cublasComputeType_t ct = pr == PRECISION_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
-    if (pr != PRECISION_BF16) {
-        CUBLAS_TRY(cublasGemmStridedBatchedEx(h, ta, tb, (int)m, (int)n, (int)k, &one, A, CUDA_R_32F, (int)lda, sA, B,
-                                              CUDA_R_32F, (int)ldb, sB, &beta, C, CUDA_R_32F, (int)ldc, sC, (int)batch, ct,
-                                              CUBLAS_GEMM_DEFAULT));
-        return STATUS_OK;
-    }
-    /* autocast: bf16 copies of both operands, f32 accumulation into the f32 output */
-    struct tensor *abuf = NULL, *bbuf = NULL;
-    const void *pa = A, *pb = B;
-    s = cuda_gemm_bf16_operand(&abuf, &pa, &lda, &sA, ta == CUBLAS_OP_T, m, k, batch);
-    if (!s) s = cuda_gemm_bf16_operand(&bbuf, &pb, &ldb, &sB, tb == CUBLAS_OP_T, k, n, batch);
-    if (!s) {
-        const cublasStatus_t e = cublasGemmStridedBatchedEx(h, ta, tb, (int)m, (int)n, (int)k, &one, pa, CUDA_R_16BF,
-                                                            (int)lda, sA, pb, CUDA_R_16BF, (int)ldb, sB, &beta, C,
-                                                            CUDA_R_32F, (int)ldc, sC, (int)batch, CUBLAS_COMPUTE_32F,
-                                                            CUBLAS_GEMM_DEFAULT);
-        if (e != CUBLAS_STATUS_SUCCESS)
-            s = tensor_fail(STATUS_DEVICE, "cuBLAS error %s in a bf16 conv2d GEMM at %s:%d", cublasGetStatusString(e),
-                            __FILE__, __LINE__);
-    }
-    tensor_free(abuf);   /* queued behind the GEMM on the one stream */
-    tensor_free(bbuf);
-    return s;
+    /* the precision switch (exact, TF32, bf16 autocast) is cuda_gemm's, as for matmul */
+    return cuda_gemm(DTYPE_F32, ta == CUBLAS_OP_T, tb == CUBLAS_OP_T, m, n, k, 1.0, A, lda, sA, B, ldb, sB, beta, C, ldc,
+                     sC, batch);
 }
 
 enum status gemm(cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t n, int64_t k, const double *A,

@@ -16,15 +16,13 @@ bool cuda_available(void);
 /* the stream all kernels run on; synchronise before reading results on the host */
 void *cuda_stream(void);
 enum status cuda_synchronize(void);
-/* PRECISION_BF16 (tensor_set_precision): `count` f32 matrices (batch stride sb, 0 = one shared
- * matrix) of `outer` runs of `inner` contiguous elements at stride ld, packed into a new bf16
- * tensor *buf [count or 1, outer, inner] (tensor_free it once the GEMM is queued) */
-enum status cuda_pack_bf16(struct tensor **buf, const float *src, int64_t count, int64_t sb, int64_t outer, int64_t inner,
-                           int64_t ld);
-/* the same for a cuBLAS (column-major) GEMM operand op(X) [rows, cols] at *p with leading dim
- * *ld and batch stride *stride: all three are replaced by the packed copy's */
-enum status cuda_gemm_bf16_operand(struct tensor **buf, const void **p, int64_t *ld, int64_t *stride, bool op_t,
-                                   int64_t rows, int64_t cols, int64_t count);
+/* column-major strided-batched C [m, n] = alpha op(A) [m, k] op(B) [k, n] + beta C, `count` times
+ * (batch strides sA, sB, sC; 0 = shared), op = transpose when trans_*: f32 as tensor_precision()
+ * says (exact, TF32, or bf16 copies of both operands with f32 accumulation and output), bf16/f16
+ * (A, B and C of that dtype) with f32 accumulation, f64 in f64. matmul.cu; conv2d.cu's f32 GEMMs. */
+enum status cuda_gemm(enum dtype dt, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha,
+                      const void *A, int64_t lda, int64_t sA, const void *B, int64_t ldb, int64_t sB, double beta, void *C,
+                      int64_t ldc, int64_t sC, int64_t count);
 
 enum status cuda_copy(struct tensor *dst, const struct tensor *src);
 enum status cuda_fill(struct tensor *dst, double value);

@@ -33,7 +33,7 @@ static bool blas_layout(const struct tensor *t, struct mat_layout *l)
 /* ---------------------------------------------------------------- bf16 operands */
 
 /* rows (b, o) over grid y, the contiguous `inner` elements of a row over grid x */
-__global__ void pack_bf16_kernel(uint16_t *dst, const float *src, int64_t rows, int64_t outer, int64_t inner, int64_t ld,
+static __global__ void pack_bf16_kernel(uint16_t *dst, const float *src, int64_t rows, int64_t outer, int64_t inner, int64_t ld,
                                  int64_t sb)
 {
     for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
@@ -44,8 +44,11 @@ __global__ void pack_bf16_kernel(uint16_t *dst, const float *src, int64_t rows, 
     }
 }
 
-enum status cuda_pack_bf16(struct tensor **buf, const float *src, int64_t count, int64_t sb, int64_t outer, int64_t inner,
-                           int64_t ld)
+/* PRECISION_BF16: `count` f32 matrices (batch stride sb, 0 = one shared matrix) of `outer` runs of
+ * `inner` contiguous elements at stride ld, packed into a new bf16 tensor *buf [count or 1, outer,
+ * inner] (tensor_free it once the GEMM is queued) */
+static enum status pack_bf16(struct tensor **buf, const float *src, int64_t count, int64_t sb, int64_t outer,
+                             int64_t inner, int64_t ld)
 {
     if (sb == 0) count = 1;
     const int64_t shape[3] = {count, outer, inner};
@@ -58,13 +61,15 @@ enum status cuda_pack_bf16(struct tensor **buf, const float *src, int64_t count,
     return STATUS_OK;
 }
 
-enum status cuda_gemm_bf16_operand(struct tensor **buf, const void **p, int64_t *ld, int64_t *stride, bool op_t,
-                                   int64_t rows, int64_t cols, int64_t count)
+/* the same for a column-major GEMM operand op(X) [rows, cols] at *p with leading dim *ld and batch
+ * stride *stride: all three are replaced by the packed copy's */
+static enum status gemm_bf16_operand(struct tensor **buf, const void **p, int64_t *ld, int64_t *stride, bool op_t,
+                                     int64_t rows, int64_t cols, int64_t count)
 {
     /* column-major storage: op N holds rows x cols, op T cols x rows; a stored column is the
      * contiguous run */
     const int64_t inner = op_t ? cols : rows, outer = op_t ? rows : cols;
-    enum status s = cuda_pack_bf16(buf, (const float *)*p, count, *stride, outer, inner, *ld);
+    enum status s = pack_bf16(buf, (const float *)*p, count, *stride, outer, inner, *ld);
     if (s) return s;
     *p = cu_ptr(*buf);
     *ld = inner > 0 ? inner : 1;
@@ -84,13 +89,11 @@ static cudaDataType_t cu_blas_type(enum dtype dt)
     }
 }
 
-/* column-major C [m, n] = alpha op(A) [m, k] op(B) [k, n] + beta C, strided-batched; f32 as the
- * precision switch says (exact, TF32, or bf16 operands with f32 accumulation), bf16/f16 tensors
- * with f32 accumulation, f64 in f64 */
-static enum status gemm_cm(enum dtype dt, cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t n, int64_t k,
-                           double alpha, const void *A, int64_t lda, int64_t sA, const void *B, int64_t ldb, int64_t sB,
-                           double beta, void *C, int64_t ldc, int64_t sC, int64_t count)
+enum status cuda_gemm(enum dtype dt, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha,
+                      const void *A, int64_t lda, int64_t sA, const void *B, int64_t ldb, int64_t sB, double beta, void *C,
+                      int64_t ldc, int64_t sC, int64_t count)
 {
+    const cublasOperation_t ta = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, tb = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
     cublasHandle_t h = cuda_blas_handle();
     const bool f64 = dt == DTYPE_F64;
     const float alpha_f = (float)alpha, beta_f = (float)beta;
@@ -103,8 +106,8 @@ static enum status gemm_cm(enum dtype dt, cublasOperation_t ta, cublasOperation_
     enum status s = STATUS_OK;
     if (dt == DTYPE_F32 && tensor_precision() == PRECISION_TF32) ct = CUBLAS_COMPUTE_32F_FAST_TF32;
     if (dt == DTYPE_F32 && tensor_precision() == PRECISION_BF16) {
-        s = cuda_gemm_bf16_operand(&abuf, &A, &lda, &sA, ta == CUBLAS_OP_T, m, k, count);
-        if (!s) s = cuda_gemm_bf16_operand(&bbuf, &B, &ldb, &sB, tb == CUBLAS_OP_T, k, n, count);
+        s = gemm_bf16_operand(&abuf, &A, &lda, &sA, trans_a, m, k, count);
+        if (!s) s = gemm_bf16_operand(&bbuf, &B, &ldb, &sB, trans_b, k, n, count);
         tab = CUDA_R_16BF;
     }
     if (!s) {
@@ -126,14 +129,12 @@ static enum status gemm(enum dtype dt, int64_t M, int64_t N, int64_t K, double a
                         const struct mat_layout *la, int64_t sa, const char *pb, const struct mat_layout *lb, int64_t sb,
                         double beta, char *po, const struct mat_layout *lo, int64_t so, int64_t count)
 {
-    if (!lo->trans) {
-        /* column-major out^T [N, M] = b^T [N, K] a^T [K, M] */
-        const cublasOperation_t opb = lb->trans ? CUBLAS_OP_T : CUBLAS_OP_N, opa = la->trans ? CUBLAS_OP_T : CUBLAS_OP_N;
-        return gemm_cm(dt, opb, opa, N, M, K, alpha, pb, lb->ld, sb, pa, la->ld, sa, beta, po, lo->ld, so, count);
-    }
+    if (!lo->trans)   /* column-major out^T [N, M] = b^T [N, K] a^T [K, M] */
+        return cuda_gemm(dt, lb->trans, la->trans, N, M, K, alpha, pb, lb->ld, sb, pa, la->ld, sa, beta, po, lo->ld, so,
+                         count);
     /* column-major out [M, N] = a [M, K] b [K, N] */
-    const cublasOperation_t opa = la->trans ? CUBLAS_OP_N : CUBLAS_OP_T, opb = lb->trans ? CUBLAS_OP_N : CUBLAS_OP_T;
-    return gemm_cm(dt, opa, opb, M, N, K, alpha, pa, la->ld, sa, pb, lb->ld, sb, beta, po, lo->ld, so, count);
+    return cuda_gemm(dt, !la->trans, !lb->trans, M, N, K, alpha, pa, la->ld, sa, pb, lb->ld, sb, beta, po, lo->ld, so,
+                     count);
 }
 
 enum status cuda_matmul(struct tensor *out, const struct tensor *a, const struct tensor *b, double alpha, double beta)
