@@ -115,6 +115,9 @@ struct tensor *ag_normalize(struct tensor *x, int dim, double eps);   /* x / max
 
 /* ---------------------------------------------------------------- linear algebra */
 struct tensor *ag_matmul(struct tensor *a, struct tensor *b);   /* batched, broadcast batch dims */
+/* Mixed storage: p is a bf16/f16 parameter used with f32 activations x, which linear and conv2d
+ * accept and cast per use (nn's norms and embeddings cast with the same rule) */
+bool ag_storage_cast(const struct tensor *p, const struct tensor *x);
 struct tensor *ag_linear(struct tensor *x, struct tensor *w, struct tensor *b);   /* x @ w^T + b; b may be NULL */
 
 /* ---------------------------------------------------------------- nn */

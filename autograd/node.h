@@ -65,12 +65,10 @@ struct tensor *ag_zeros_meta(const struct ag_meta *m);
 bool ag_check_same_device(const char *op, int n, struct tensor *const *ts);
 bool ag_check_float(const char *op, const struct tensor *t);
 bool ag_check_ndim(const char *op, const struct tensor *t, int ndim, const char *what);
-/* Mixed storage (linear, conv2d): a bf16/f16 parameter p with f32 activations x is cast per use
- * inside the op, so the node can save the half-precision p and cast it again in the backward (a
- * frozen half model then never keeps f32 copies of its weights in a graph; nn_compute_dtype is
- * the same rule one layer up). ag_storage_cast: p is such a parameter; ag_compute_copy: p in x's
+/* Mixed storage (ag_storage_cast, autograd.h): linear and conv2d cast a half-precision parameter
+ * inside the op, so the node can save the bf16/f16 p and cast it again in the backward (a frozen
+ * half model then never keeps f32 copies of its weights in a graph). ag_compute_copy: p in x's
  * dtype (p itself, or a scope-owned cast copy). */
-bool ag_storage_cast(const struct tensor *p, const struct tensor *x);
 struct tensor *ag_compute_copy(struct tensor *p, const struct tensor *x);
 /* report a kernel missing on a backend */
 enum status ag_no_kernel(const char *op, const struct tensor *t);

@@ -192,11 +192,6 @@ static struct tensor *as_dtype(struct tensor *t, enum dtype dt)
     return !t || t->dtype == dt ? t : ag_to_dtype(t, dt);
 }
 
-/* only half-precision storage is cast; any other mismatch is the op's dtype error */
-static bool cast_needed(const struct tensor *w, const struct tensor *x)
-{
-    return w->dtype != x->dtype && nn_compute_dtype(w->dtype) == x->dtype;
-}
 
 /* linear and conv2d take half-precision storage themselves (cast inside the op, so a graph keeps
  * the bf16 weight, not an f32 copy) */
@@ -237,7 +232,7 @@ enum status nn_group_norm_init(struct nn_group_norm *g, struct nn_params *ps, co
 struct tensor *nn_group_norm_forward(const struct nn_group_norm *g, struct tensor *x)
 {
     if (!x) return NULL;
-    if (!cast_needed(g->weight, x)) return ag_group_norm(x, g->groups, g->weight, g->bias, g->eps);
+    if (!ag_storage_cast(g->weight, x)) return ag_group_norm(x, g->groups, g->weight, g->bias, g->eps);
     tensor_scope_begin();
     return tensor_scope_return(ag_group_norm(x, g->groups, as_dtype(g->weight, x->dtype), as_dtype(g->bias, x->dtype), g->eps));
 }
@@ -254,7 +249,7 @@ enum status nn_layer_norm_init(struct nn_layer_norm *l, struct nn_params *ps, co
 struct tensor *nn_layer_norm_forward(const struct nn_layer_norm *l, struct tensor *x)
 {
     if (!x) return NULL;
-    if (!cast_needed(l->weight, x)) return ag_layer_norm(x, 1, l->weight, l->bias, l->eps);
+    if (!ag_storage_cast(l->weight, x)) return ag_layer_norm(x, 1, l->weight, l->bias, l->eps);
     tensor_scope_begin();
     return tensor_scope_return(ag_layer_norm(x, 1, as_dtype(l->weight, x->dtype), as_dtype(l->bias, x->dtype), l->eps));
 }

@@ -72,7 +72,6 @@ grep -E "[0-9]+%: Checks" "$OUTDIR/testlog.txt"
 echo "cuda cases: $cuda_ok ok, $cuda_bad failed"
 echo "tests: $(( $(date +%s) - t0 )) s"
 
-# GPU_CHECK_BENCH=0 skips the op benchmarks (bench_gpu against torch_gpu.py)
 # DRaFT end to end on the GPU: `make demo`'s run (the embedded model, default preset) on cuda, in
 # each matrix-product precision (f32 must give the CPU's numbers: 0.3939 -> 0.5397)
 demo=()
@@ -101,6 +100,7 @@ if [ -f "$PARITY/sd14/unet.config.json" ]; then
     done
 fi
 
+# the op benchmarks, bench_gpu against torch_gpu.py (GPU_CHECK_BENCH=0 skips them)
 bench_rc=0
 if [ -x build-gpu/bench/bench_gpu ] && [ "${GPU_CHECK_BENCH:-1}" = 1 ]; then
     ./build-gpu/bench/bench_gpu > "$OUTDIR/bench-ours.txt" 2>&1 || bench_rc=$?
