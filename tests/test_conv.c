@@ -84,6 +84,9 @@ END_TEST
 
 /* ---------------------------------------------------------------- naive reference */
 
+/* internal hook of tensor/cpu/conv2d.c: the BLAS path instead of the thin-K kernel */
+void cpu_conv2d_baseline_only(bool on);
+
 static double *host_f64(const struct tensor *t)
 {
     int64_t n = tensor_numel(t);
@@ -146,6 +149,10 @@ static const struct conv_case ref_cases[] = {
      true, false, 0},
     {"ref[2,3,30,30]->64 3x3 pad=1 (small K: position-split weight grad)", 2, 3, 30, 30, 64, 3, 3,
      {1, 1, 1, 1, 1, 1, 1, 1, 1}, true, false, 0},
+    {"ref[2,4,19,37]->45 3x3 pad=1 no bias (thin-K kernel: row and column remainders, unaligned rows)", 2, 4, 19,
+     37, 45, 3, 3, {1, 1, 1, 1, 1, 1, 1, 1, 1}, false, false, 0},
+    {"ref[1,6,17,20]->30 3x3 stride=2 pad=0,1,1,0 groups=3 noncontig (thin-K kernel)", 1, 6, 17, 20, 30, 3, 3,
+     {2, 2, 0, 1, 1, 0, 1, 1, 3}, true, true, 0},
     {"ref[2,40,20,21]->64 1x1 (direct GEMM, output-split weight grad)", 2, 40, 20, 21, 64, 1, 1,
      {1, 1, 0, 0, 0, 0, 1, 1, 1}, true, false, 0},
     {"ref[2,40,20,21]->64 1x1 noncontig (im2col)", 2, 40, 20, 21, 64, 1, 1, {1, 1, 0, 0, 0, 0, 1, 1, 1}, true, true, 0},
@@ -177,9 +184,11 @@ START_TEST(test_reference)
     struct tensor *r_dw = from_host(hdw, 4, w->shape), *r_db = from_host(hdb, 1, b->shape);
     free(hx); free(hw); free(hb); free(hdy); free(ho); free(hdx); free(hdw); free(hdb);
 
-    for (int k = 0; k < 2; k++) {
+    /* f64, f32, and f32 again with the thin-K kernel switched off (the BLAS path) */
+    for (int k = 0; k < 3; k++) {
         const enum dtype dt = k ? DTYPE_F32 : DTYPE_F64;
         const double tol = k ? 2e-6 : 1e-13;
+        cpu_conv2d_baseline_only(k == 2);
         tensor_scope_begin();
         struct tensor *xk = tensor_to_dtype(x, dt), *wk = tensor_to_dtype(w, dt), *bk = tensor_to_dtype(b, dt);
         struct tensor *dyk = tensor_to_dtype(dy, dt);
@@ -196,13 +205,14 @@ START_TEST(test_reference)
         ck_assert_int_eq(ag_backward(out, dyk, false), STATUS_OK);
         const double e_out = test_rel_err(out, r_out), e_dx = test_rel_err(xk->grad, r_dx);
         const double e_dw = test_rel_err(wk->grad, r_dw), e_db = c->bias ? test_rel_err(bk->grad, r_db) : 0;
-        printf("reference %s %s: out %.1e dx %.1e dw %.1e db %.1e\n", c->label, dtype_name(dt), e_out, e_dx, e_dw,
-               e_db);
+        printf("reference %s %s%s: out %.1e dx %.1e dw %.1e db %.1e\n", c->label, dtype_name(dt),
+               k == 2 ? " (BLAS path)" : "", e_out, e_dx, e_dw, e_db);
         ck_assert_msg(e_out < tol && e_dx < tol && e_dw < tol && e_db < tol, "%s %s: errors above %.0e", c->label,
                       dtype_name(dt), tol);
         if (!c->bias) ck_assert_ptr_null(bk->grad);
         tensor_scope_end();
     }
+    cpu_conv2d_baseline_only(false);
     tensor_scope_end();
     LEAK_CHECK_END();
 }
@@ -214,7 +224,7 @@ START_TEST(test_thread_determinism)
 {
     LEAK_CHECK_BEGIN();
     const int threads0 = tensor_num_threads();
-    for (int k = 0; k < 6; k++) {
+    for (int k = 0; k < 8; k++) {
         const struct conv_case *c = &ref_cases[k];
         tensor_scope_begin();
         struct tensor *x = test_uniform(DTYPE_F32, TENSOR_SHAPE(c->N, c->C, c->H, c->W), -1, 1);
