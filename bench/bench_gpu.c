@@ -222,18 +222,20 @@ int main(void)
     if (ms > 0) printf("RESULT copy_10M %.3f %.1f GB/s\n", ms, 2.0 * 2 * 320 * 64 * 64 * 4 / ms / 1e6);
     release(&a);
 
-    /* attention B=2, 8 heads, L=4096, d=40 */
-    for (int bw = 0; bw < 2; bw++) {
+    /* attention B=2, 8 heads, L=4096, d=40; fwd+bwd again with the fused dQ backward */
+    for (int bw = 0; bw < 3; bw++) {
+        if (bw == 2) setenv("DRAFT_ATTN_FUSED_DQ", "1", 1);
         a.a = randn_dev(DTYPE_F32, TENSOR_SHAPE(2, 8, 4096, 40), bw);
         a.b = randn_dev(DTYPE_F32, TENSOR_SHAPE(2, 8, 4096, 40), bw);
         a.c = randn_dev(DTYPE_F32, TENSOR_SHAPE(2, 8, 4096, 40), bw);
         a.d = randn_dev(DTYPE_F32, TENSOR_SHAPE(2, 8, 4096, 40), false);
         a.backward = bw;
-        const char *name = bw ? "attention_fwdbwd" : "attention_fwd";
+        const char *name = bw == 2 ? "attention_fwdbwd_fused_dq" : bw ? "attention_fwdbwd" : "attention_fwd";
         ms = time_it(name, run_attn, &a, 3, 20);
         double f = 4.0 * 2 * 8 * 4096.0 * 4096 * 40 * (bw ? 3.5 : 1);
         if (ms > 0) printf("RESULT %s %.3f %.1f TFLOP/s\n", name, ms, f / ms / 1e9);
         release(&a);
+        if (bw == 2) unsetenv("DRAFT_ATTN_FUSED_DQ");
     }
 
     /* elementwise add vs a device-to-device copy, 64M floats */

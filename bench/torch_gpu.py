@@ -86,6 +86,8 @@ def main():
         ms = timed(run, 3, 20)
         f = 4.0 * 2 * 8 * 4096 * 4096 * 40 * (3.5 if bw else 1)
         print(f"RESULT attention_{'fwdbwd' if bw else 'fwd'} {ms:.3f} {f / ms / 1e9:.1f} TFLOP/s")
+        if bw:  # the same reference for our fused-dQ backward's row
+            print(f"RESULT attention_fwdbwd_fused_dq {ms:.3f} {f / ms / 1e9:.1f} TFLOP/s")
     n = 1 << 26
     a = torch.randn(n, device=dev)
     b = torch.randn(n, device=dev)

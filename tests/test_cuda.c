@@ -946,6 +946,23 @@ START_TEST(test_nn)
     struct tensor *qkvb[3] = {test_uniform(DTYPE_F64, TENSOR_SHAPE(2, 8, 77, 64), -1, 1), test_uniform(DTYPE_F64, TENSOR_SHAPE(2, 8, 77, 64), -1, 1),
                               test_uniform(DTYPE_F64, TENSOR_SHAPE(2, 8, 77, 64), -1, 1)};
     check_op("attention[large,causal,77x64]", f_attention, (void *)1, 3, qkvb, &big);
+    /* several key and query tiles at SD's head dim 40: L != S, and a causal mask with L < S */
+    struct tensor *qkvt[3] = {test_uniform(DTYPE_F64, TENSOR_SHAPE(1, 2, 130, 40), -1, 1),
+                              test_uniform(DTYPE_F64, TENSOR_SHAPE(1, 2, 200, 40), -1, 1),
+                              test_uniform(DTYPE_F64, TENSOR_SHAPE(1, 2, 200, 40), -1, 1)};
+    check_op("attention[large,tiles,130x200x40]", f_attention, NULL, 3, qkvt, &big);
+    struct tensor *qkvc[3] = {test_uniform(DTYPE_F64, TENSOR_SHAPE(1, 3, 70, 40), -1, 1),
+                              test_uniform(DTYPE_F64, TENSOR_SHAPE(1, 3, 150, 40), -1, 1),
+                              test_uniform(DTYPE_F64, TENSOR_SHAPE(1, 3, 150, 40), -1, 1)};
+    check_op("attention[large,causal,70x150x40]", f_attention, (void *)1, 3, qkvc, &big);
+    /* the same cases through the fused dQ backward (one kernel for dK, dV and dQ partials) */
+    setenv("DRAFT_ATTN_FUSED_DQ", "1", 1);
+    check_op("attention[fused_dq]", f_attention, NULL, 3, qkv, &o);
+    check_op("attention[fused_dq,causal]", f_attention, (void *)1, 3, qkv2, &o);
+    check_op("attention[fused_dq,large,causal,77x64]", f_attention, (void *)1, 3, qkvb, &big);
+    check_op("attention[fused_dq,large,tiles,130x200x40]", f_attention, NULL, 3, qkvt, &big);
+    check_op("attention[fused_dq,large,causal,70x150x40]", f_attention, (void *)1, 3, qkvc, &big);
+    unsetenv("DRAFT_ATTN_FUSED_DQ");
     /* image ops */
     struct image_ctx ims[] = {
         {0, 0, 0, RESIZE_NEAREST, false, {0}},

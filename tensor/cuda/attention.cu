@@ -29,6 +29,7 @@
 
 #include <cuda_runtime.h>
 #include <math.h>
+#include <stdlib.h>
 
 namespace {
 
@@ -52,6 +53,7 @@ struct dims {
     int B, H, L, S, D, Dv;
     int causal;
     double scale;
+    int bh0;   /* the fused dK/dV/dQ kernel: first (b, h) of this launch (a chunk of the heads) */
 };
 
 /* ---------------------------------------------------------------- tile configuration */
@@ -69,6 +71,10 @@ template <int DP> struct cfg {
     static constexpr size_t fwd_smem = sizeof(float) * (size_t)(BM * LD + 2 * BN * LD + BM * PLD);
     static constexpr size_t dq_smem = sizeof(float) * (size_t)(2 * BM * LD + 2 * BN * LD + BM * PLD + 2 * BM);
     static constexpr size_t dkdv_smem = sizeof(float) * (size_t)(2 * BN * LD + 2 * BMK * LD + 2 * BN * PTLD + 2 * BMK);
+    /* fused dQ: dS once more, [query][key], as the A operand of dQ_part = dS K */
+    static constexpr int RQ = BMK * 16 / kThreads;   /* query rows per thread in dQ_part */
+    static_assert(RQ >= 1 && RQ * kThreads == BMK * 16, "dQ tile shape");
+    static constexpr size_t dkdv_dq_smem = dkdv_smem + sizeof(float) * (size_t)(BMK * PLD);
 };
 
 /* sm[r][d] = mul * src[row0 + r, d] for r < nrows, d < ncols, zero elsewhere ([ROWS][DP] tile) */
@@ -253,22 +259,27 @@ __global__ void attn_bwd_pre_kernel(T *__restrict__ Dv_out, opnd<const T> dout, 
 
 /* ---------------------------------------------------------------- f32 backward: dK, dV */
 
-template <int DP>
+/* FQ (fused dQ): the block also forms this key tile's share of dQ, dQ_part = dS K for every query
+ * tile it visits, and writes it unscaled to dqp[(bh - bh0) * ntiles + tile][L][D]; the reduce
+ * kernel below sums the shares in tile order. That replaces the dQ kernel's second recomputation
+ * of S and dP (5 instead of 7 tile products) at the price of the partials' memory traffic. */
+template <int DP, bool FQ>
 __global__ void __launch_bounds__(kThreads)
 attn_bwd_dkdv_kernel(opnd<float> dk, opnd<float> dv, opnd<const float> q, opnd<const float> k, opnd<const float> v,
                      opnd<const float> dout, const float *__restrict__ lse, int64_t lsb, int64_t lsh, int64_t lsl,
-                     const float *__restrict__ Dvec, dims dm)
+                     const float *__restrict__ Dvec, dims dm, float *__restrict__ dqp)
 {
     using C = cfg<DP>;
-    constexpr int BN = C::BN, BMK = C::BMK, LD = C::LD, PTLD = C::PTLD, TX = C::TXK;
-    constexpr int CQ = BMK / TX, CA = DP / TX;
+    constexpr int BN = C::BN, BMK = C::BMK, LD = C::LD, PTLD = C::PTLD, TX = C::TXK, PLD = C::PLD, RQ = C::RQ;
+    constexpr int CQ = BMK / TX, CA = DP / TX, CO = DP / 16;
     extern __shared__ float4 smem4[];
     float *Ks = reinterpret_cast<float *>(smem4), *Vs = Ks + BN * LD, *Qs = Vs + BN * LD, *dOs = Qs + BMK * LD;
     float *Pts = dOs + BMK * LD, *dSts = Pts + BN * PTLD, *lse2 = dSts + BN * PTLD, *Ds = lse2 + BMK;
+    float *dSq = Ds + BMK;   /* FQ only: [BMK][PLD] */
 
     const int ntiles = (dm.S + BN - 1) / BN;
     const int tile = (int)(blockIdx.x % ntiles);
-    const int bh = (int)(blockIdx.x / ntiles), b = bh / dm.H, h = bh % dm.H;
+    const int lbh = (int)(blockIdx.x / ntiles), bh = dm.bh0 + lbh, b = bh / dm.H, h = bh % dm.H;
     const int k0 = tile * BN, tx = threadIdx.x % TX, ty = threadIdx.x / TX;
     const int off = dm.S - dm.L;
     const float sl2 = (float)dm.scale * kLog2e;
@@ -312,13 +323,36 @@ attn_bwd_dkdv_kernel(opnd<float> dk, opnd<float> dv, opnd<const float> q, opnd<c
                 const float l2 = lse2[mc];
                 const bool ok = kn < dm.S && qm < dm.L && l2 != -INFINITY && !(dm.causal && kn > qm + off);
                 const float p = ok ? exp2f(st[i][j] * sl2 - l2) : 0.f;
+                const float ds = p * (dpt[i][j] - Ds[mc]);
                 Pts[(ty * 4 + i) * PTLD + mc] = p;
-                dSts[(ty * 4 + i) * PTLD + mc] = p * (dpt[i][j] - Ds[mc]);
+                dSts[(ty * 4 + i) * PTLD + mc] = ds;
+                if (FQ) dSq[mc * PLD + ty * 4 + i] = ds;
             }
         }
         __syncthreads();
         mm_nn<4, CA, BMK, PTLD, LD, TX>(av, Pts + ty * 4 * PTLD, dOs + tx);
         mm_nn<4, CA, BMK, PTLD, LD, TX>(ak, dSts + ty * 4 * PTLD, Qs + tx);
+        if (FQ) {
+            /* rows tq*RQ.. of dQ_part [BMK][DP]: columns tc + 16 j */
+            const int tc = threadIdx.x % 16, tq = threadIdx.x / 16;
+            float aq[RQ][CO];
+#pragma unroll
+            for (int i = 0; i < RQ; i++)
+#pragma unroll
+                for (int j = 0; j < CO; j++) aq[i][j] = 0.f;
+            mm_nn<RQ, CO, BN, PLD, LD, 16>(aq, dSq + tq * RQ * PLD, Ks + tc);
+            float *pb = dqp + ((int64_t)lbh * ntiles + tile) * dm.L * dm.D;
+#pragma unroll
+            for (int i = 0; i < RQ; i++) {
+                const int qm = q0 + tq * RQ + i;
+                if (qm >= dm.L) continue;
+#pragma unroll
+                for (int j = 0; j < CO; j++) {
+                    const int d = tc + 16 * j;
+                    if (d < dm.D) pb[(int64_t)qm * dm.D + d] = aq[i][j];
+                }
+            }
+        }
     }
     float *dkb = dk.p ? dk.at(b, h) : nullptr, *dvb = dv.p ? dv.at(b, h) : nullptr;
     const float scale = (float)dm.scale;
@@ -333,6 +367,26 @@ attn_bwd_dkdv_kernel(opnd<float> dk, opnd<float> dv, opnd<const float> q, opnd<c
             if (dvb && d < dm.Dv) dvb[(int64_t)kn * dv.sl + (int64_t)d * dv.sd] = av[i][j];
         }
     }
+}
+
+/* dq[bh0 + lbh, m, d] = scale * sum over key tiles t (in order) of dqp[lbh][t][m][d], for the
+ * `heads` heads of one fused launch. Under a causal mask key tile t skipped the query tiles
+ * before its first visible one (their partials were never written): the sum stops there. */
+__global__ void attn_bwd_dq_reduce_kernel(opnd<float> dq, const float *__restrict__ dqp, int heads, int ntiles, int BN,
+                                          int BMK, dims dm)
+{
+    const int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= (int64_t)heads * dm.L * dm.D) return;
+    const int d = (int)(e % dm.D), m = (int)(e / dm.D % dm.L), lbh = (int)(e / ((int64_t)dm.D * dm.L));
+    const int bh = dm.bh0 + lbh, b = bh / dm.H, h = bh % dm.H;
+    const int qt = m / BMK * BMK, off = dm.S - dm.L;
+    const float *p = dqp + (int64_t)lbh * ntiles * dm.L * dm.D + (int64_t)m * dm.D + d;
+    float acc = 0.f;
+    for (int t = 0; t < ntiles; t++) {
+        if (dm.causal && max(0, t * BN - off) / BMK * BMK > qt) break;   /* this tile's m_begin */
+        acc += p[(int64_t)t * dm.L * dm.D];
+    }
+    dq.at(b, h)[(int64_t)m * dq.sl + (int64_t)d * dq.sd] = acc * (float)dm.scale;
 }
 
 /* ---------------------------------------------------------------- f32 backward: dQ */
@@ -526,6 +580,16 @@ template <typename K> enum status set_smem(K kernel, size_t bytes, bool *done)
     return STATUS_OK;
 }
 
+/* The fused dQ backward (dK, dV and dQ partials in one kernel, then an ordered sum) instead of a
+ * separate dQ kernel: DRAFT_ATTN_FUSED_DQ=1 in the environment (read at each call, so tests can
+ * run both). Its partials take at most kFusedDqBytes (more heads are done in chunks). */
+constexpr int64_t kFusedDqBytes = (int64_t)1 << 30;
+bool fused_dq()
+{
+    const char *e = getenv("DRAFT_ATTN_FUSED_DQ");
+    return e && *e == '1';
+}
+
 template <int DP>
 enum status fwd_tiled(opnd<float> out, float *lse, int64_t lsb, int64_t lsh, int64_t lsl, opnd<const float> q,
                       opnd<const float> k, opnd<const float> v, const dims &dm)
@@ -550,14 +614,43 @@ enum status bwd_tiled(opnd<float> dq, opnd<float> dk, opnd<float> dv, opnd<const
     using C = cfg<DP>;
     enum status s;
     cudaStream_t st = (cudaStream_t)cuda_stream();
-    static bool ready_kv = false, ready_q = false;
-    const int64_t kv_blocks = (int64_t)dm.B * dm.H * ((dm.S + C::BN - 1) / C::BN);
+    static bool ready_kv = false, ready_q = false, ready_fq = false;
+    const int ntiles = (dm.S + C::BN - 1) / C::BN;
+    const int64_t kv_blocks = (int64_t)dm.B * dm.H * ntiles;
     const int64_t q_blocks = (int64_t)dm.B * dm.H * ((dm.L + C::BM - 1) / C::BM);
+    if (dq.p && kv_blocks > 0 && dm.L > 0 && fused_dq()) {
+        /* one launch per chunk of heads whose partials fit kFusedDqBytes */
+        if ((s = set_smem(attn_bwd_dkdv_kernel<DP, true>, C::dkdv_dq_smem, &ready_fq))) return s;
+        const int64_t per_head = (int64_t)ntiles * dm.L * dm.D, heads = (int64_t)dm.B * dm.H;
+        const int64_t fit = kFusedDqBytes / (int64_t)sizeof(float) / (per_head > 0 ? per_head : 1);
+        const int64_t nchunks = (heads + (fit > 0 ? fit : 1) - 1) / (fit > 0 ? fit : 1);
+        const int64_t hc = (heads + nchunks - 1) / nchunks;   /* balanced chunks */
+        const int64_t n = hc * (per_head > 0 ? per_head : 1);
+        struct tensor *part = tensor_empty(DTYPE_F32, 1, &n, DEVICE_CUDA);
+        if (!part) return tensor_status() ? tensor_status() : STATUS_OOM;
+        float *pp = (float *)part->storage->data;
+        for (int64_t h0 = 0; h0 < heads; h0 += hc) {
+            const int nh = (int)(heads - h0 < hc ? heads - h0 : hc);
+            dims d2 = dm;
+            d2.bh0 = (int)h0;
+            attn_bwd_dkdv_kernel<DP, true><<<(unsigned)(nh * ntiles), kThreads, C::dkdv_dq_smem, st>>>(
+                dk, dv, q, k, v, dout, lse, lsb, lsh, lsl, Dvec, d2, pp);
+            CUDA_LAUNCHED();
+            const int64_t elems = (int64_t)nh * dm.L * dm.D;
+            if (elems > 0) {
+                attn_bwd_dq_reduce_kernel<<<(unsigned)((elems + 255) / 256), 256, 0, st>>>(dq, pp, nh, ntiles, C::BN,
+                                                                                           C::BMK, d2);
+                CUDA_LAUNCHED();
+            }
+        }
+        tensor_free(part);   /* queued behind the kernels on the one stream */
+        return STATUS_OK;
+    }
     if ((dk.p || dv.p) && kv_blocks > 0) {
-        if ((s = set_smem(attn_bwd_dkdv_kernel<DP>, C::dkdv_smem, &ready_kv))) return s;
+        if ((s = set_smem(attn_bwd_dkdv_kernel<DP, false>, C::dkdv_smem, &ready_kv))) return s;
         const int64_t blocks = kv_blocks;
-        attn_bwd_dkdv_kernel<DP><<<(unsigned)blocks, kThreads, C::dkdv_smem, st>>>(dk, dv, q, k, v, dout, lse, lsb, lsh,
-                                                                                    lsl, Dvec, dm);
+        attn_bwd_dkdv_kernel<DP, false><<<(unsigned)blocks, kThreads, C::dkdv_smem, st>>>(dk, dv, q, k, v, dout, lse, lsb,
+                                                                                           lsh, lsl, Dvec, dm, nullptr);
         CUDA_LAUNCHED();
     }
     if (dq.p && q_blocks > 0) {
@@ -669,7 +762,7 @@ enum status check(const char *op, const struct tensor *q, const struct tensor *k
     if (B * H > INT32_MAX || L > INT32_MAX / 2 || S > INT32_MAX / 2 || D > INT32_MAX || Dv > INT32_MAX ||
         B * H * ((L > S ? L : S) + 63) / 64 > UINT32_MAX)
         return tensor_fail(STATUS_SHAPE, "%s: sizes too large", op);
-    *dm = dims{(int)B, (int)H, (int)L, (int)S, (int)D, (int)Dv, causal ? 1 : 0, scale};
+    *dm = dims{(int)B, (int)H, (int)L, (int)S, (int)D, (int)Dv, causal ? 1 : 0, scale, 0};
     return STATUS_OK;
 }
 

@@ -32,15 +32,28 @@ static bool blas_layout(const struct tensor *t, struct mat_layout *l)
 
 /* ---------------------------------------------------------------- bf16 operands */
 
-/* rows (b, o) over grid y, the contiguous `inner` elements of a row over grid x */
-static __global__ void pack_bf16_kernel(uint16_t *dst, const float *src, int64_t rows, int64_t outer, int64_t inner, int64_t ld,
-                                 int64_t sb)
+/* rows (b, o) over grid y, the contiguous `inner` elements of a row over grid x, V at a time: V = 4
+ * (one 16-byte load, one 8-byte store) when inner, ld, sb and src are multiples of 4 floats. The
+ * scalar version (one 2-byte store per thread) ran at about a fifth of the copy rate on an H200. */
+template <int V>
+static __global__ void pack_bf16_kernel(uint16_t *dst, const float *src, int64_t rows, int64_t outer, int64_t inner,
+                                        int64_t ld, int64_t sb)
 {
+    const int64_t nv = inner / V;
     for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
         const float *s = src + (r / outer) * sb + (r % outer) * ld;
         uint16_t *d = dst + r * inner;
-        for (int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; j < inner; j += (int64_t)gridDim.x * blockDim.x)
-            d[j] = cu_f32_to_bf16(s[j]);
+        for (int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; j < nv; j += (int64_t)gridDim.x * blockDim.x) {
+            if (V == 4) {
+                const float4 f = __ldg((const float4 *)s + j);
+                uint2 o;
+                o.x = (uint32_t)cu_f32_to_bf16(f.x) | (uint32_t)cu_f32_to_bf16(f.y) << 16;
+                o.y = (uint32_t)cu_f32_to_bf16(f.z) | (uint32_t)cu_f32_to_bf16(f.w) << 16;
+                ((uint2 *)d)[j] = o;
+            } else {
+                d[j] = cu_f32_to_bf16(s[j]);
+            }
+        }
     }
 }
 
@@ -55,8 +68,11 @@ static enum status pack_bf16(struct tensor **buf, const float *src, int64_t coun
     if (!(*buf = tensor_keep(tensor_empty(DTYPE_BF16, 3, shape, DEVICE_CUDA)))) return tensor_status();
     const int64_t rows = count * outer;
     if (rows == 0 || inner == 0) return STATUS_OK;
-    const dim3 grid(cu_blocks(inner, CU_THREADS), (unsigned)(rows < 65535 ? rows : 65535));
-    pack_bf16_kernel<<<grid, CU_THREADS, 0, cu_stream()>>>((uint16_t *)cu_ptr(*buf), src, rows, outer, inner, ld, sb);
+    const bool v4 = inner % 4 == 0 && ld % 4 == 0 && sb % 4 == 0 && (uintptr_t)src % 16 == 0;
+    const dim3 grid(cu_blocks(v4 ? inner / 4 : inner, CU_THREADS), (unsigned)(rows < 65535 ? rows : 65535));
+    uint16_t *dst = (uint16_t *)cu_ptr(*buf);
+    if (v4) pack_bf16_kernel<4><<<grid, CU_THREADS, 0, cu_stream()>>>(dst, src, rows, outer, inner, ld, sb);
+    else pack_bf16_kernel<1><<<grid, CU_THREADS, 0, cu_stream()>>>(dst, src, rows, outer, inner, ld, sb);
     CUDA_LAUNCHED();
     return STATUS_OK;
 }
