@@ -29,30 +29,46 @@ static int cmp_double(const void *a, const void *b)
 
 typedef enum status (*bench_fn)(void *ctx);
 
-/* median time of fn in ms, or a negative number with the error printed */
-static double time_it(const char *name, bench_fn fn, void *ctx, int warm, int reps)
+/* median time of fn in ms, or a negative number with the error printed. With CUDA: device time
+ * between CUDA events around `burst` back-to-back calls, divided by burst, as torch_gpu.py times
+ * (burst 1 is one call from an idle GPU; a burst shows the rate of an op repeated in a model, with
+ * the launch gaps but not the start-up latency). Without: the host clock after a synchronise. */
+static double time_burst(const char *name, bench_fn fn, void *ctx, int warm, int reps, int burst)
 {
     double t[64];
     if (reps > 64) reps = 64;
     for (int i = 0; i < warm + reps; i++) {
+        enum status s = STATUS_OK;
+        double ms = 0;
 #ifdef TENSOR_HAVE_CUDA
-        cuda_synchronize();
+        s = cuda_synchronize();
+        if (!s) s = cuda_timer_begin();
 #endif
         double t0 = now_ms();
-        tensor_scope_begin();
-        enum status s = fn(ctx);
-        tensor_scope_end();
+        for (int k = 0; k < burst && !s; k++) {
+            tensor_scope_begin();
+            s = fn(ctx);
+            tensor_scope_end();
+        }
 #ifdef TENSOR_HAVE_CUDA
-        if (!s) s = cuda_synchronize();
+        if (!s) s = cuda_timer_end(&ms);
+#else
+        ms = now_ms() - t0;
 #endif
+        (void)t0;
         if (s) {
             printf("RESULT %s n/a 0 %s\n", name, tensor_error());
             return -1;
         }
-        if (i >= warm) t[i - warm] = now_ms() - t0;
+        if (i >= warm) t[i - warm] = ms / burst;
     }
     qsort(t, (size_t)reps, sizeof *t, cmp_double);
     return t[reps / 2];
+}
+
+static double time_it(const char *name, bench_fn fn, void *ctx, int warm, int reps)
+{
+    return time_burst(name, fn, ctx, warm, reps, 1);
 }
 
 struct args {
@@ -197,6 +213,14 @@ int main(void)
             ms = time_it(name, run_conv, &a, 3, 20);
             double f = 2.0 * 2 * C * S * S * C * 9 * (bw ? 3 : 1);
             if (ms > 0) printf("RESULT %s %.3f %.1f TFLOP/s\n", name, ms, f / ms / 1e9);
+            if (i == 0) {   /* again with the im2col of the next tile on a side stream */
+                setenv("DRAFT_CONV_PIPELINE", "1", 1);
+                snprintf(name, sizeof name, "conv2d_%lldc_%lldpx_%s_pipeline", (long long)C, (long long)S,
+                         bw ? "fwdbwd" : "fwd");
+                ms = time_it(name, run_conv, &a, 3, 20);
+                if (ms > 0) printf("RESULT %s %.3f %.1f TFLOP/s\n", name, ms, f / ms / 1e9);
+                unsetenv("DRAFT_CONV_PIPELINE");
+            }
             release(&a);
         }
     }
@@ -213,6 +237,10 @@ int main(void)
         ms = time_it(name, run_gn, &a, 3, 20);
         double bytes = 2.0 * 320 * 64 * 64 * 4 * (bw ? 5 : 2);   /* fwd: read x, write y; bwd: + read dy, x, write dx */
         if (ms > 0) printf("RESULT %s %.3f %.1f GB/s\n", name, ms, bytes / ms / 1e6);
+        char bname[64];
+        snprintf(bname, sizeof bname, "%s_burst20", name);
+        ms = time_burst(bname, run_gn, &a, 3, 20, 20);
+        if (ms > 0) printf("RESULT %s %.3f %.1f GB/s\n", bname, ms, bytes / ms / 1e6);
         release(&a);
     }
     /* the bandwidth a tensor of that size can reach at all: a device-to-device copy of it */
@@ -220,6 +248,8 @@ int main(void)
     a.c = tensor_keep(tensor_empty(DTYPE_F32, TENSOR_SHAPE(2, 320, 64, 64), DEVICE_CUDA));
     ms = time_it("copy_10M", run_copy, &a, 3, 20);
     if (ms > 0) printf("RESULT copy_10M %.3f %.1f GB/s\n", ms, 2.0 * 2 * 320 * 64 * 64 * 4 / ms / 1e6);
+    ms = time_burst("copy_10M_burst20", run_copy, &a, 3, 20, 20);
+    if (ms > 0) printf("RESULT copy_10M_burst20 %.3f %.1f GB/s\n", ms, 2.0 * 2 * 320 * 64 * 64 * 4 / ms / 1e6);
     release(&a);
 
     /* attention B=2, 8 heads, L=4096, d=40; fwd+bwd again with the fused dQ backward */

@@ -920,6 +920,19 @@ START_TEST(test_nn)
             check_op(label, f_conv, &convs[k].c, convs[k].c.bias ? 3 : 2, in, &op);
             tensor_set_precision(PRECISION_F32);
         }
+        /* a 1 KiB workspace: every tiling path (pixel tiles of one image, channel tiles of the
+         * backward input) on these small shapes; then the pipelined forward (im2col on a side
+         * stream, two workspaces) over those tiles */
+        for (int q = 0; q < 2; q++) {
+            char label[128];
+            snprintf(label, sizeof label, "%.*s,%s]", (int)strlen(convs[k].name) - 1, convs[k].name,
+                     q ? "workspace=1K,pipeline" : "workspace=1K");
+            setenv("DRAFT_CONV_WORKSPACE_KB", "1", 1);
+            if (q) setenv("DRAFT_CONV_PIPELINE", "1", 1);
+            check_op(label, f_conv, &convs[k].c, convs[k].c.bias ? 3 : 2, in, convs[k].gc ? &o : &big);
+            unsetenv("DRAFT_CONV_WORKSPACE_KB");
+            unsetenv("DRAFT_CONV_PIPELINE");
+        }
     }
     /* layer_norm, group_norm */
     struct tensor *x = test_uniform(DTYPE_F64, TENSOR_SHAPE(2, 3, 8), -2, 2);

@@ -24,6 +24,27 @@ enum status cuda_synchronize(void)
     return STATUS_OK;
 }
 
+static cudaEvent_t g_timer[2];
+
+enum status cuda_timer_begin(void)
+{
+    for (int i = 0; i < 2; i++)
+        if (!g_timer[i]) CUDA_TRY(cudaEventCreate(&g_timer[i]));
+    CUDA_TRY(cudaEventRecord(g_timer[0], g_stream));
+    return STATUS_OK;
+}
+
+enum status cuda_timer_end(double *ms)
+{
+    float t = 0;
+    if (!g_timer[0] || !g_timer[1]) return tensor_fail(STATUS_VALUE, "cuda_timer_end: no cuda_timer_begin before");
+    CUDA_TRY(cudaEventRecord(g_timer[1], g_stream));
+    CUDA_TRY(cudaEventSynchronize(g_timer[1]));
+    CUDA_TRY(cudaEventElapsedTime(&t, g_timer[0], g_timer[1]));
+    *ms = t;
+    return STATUS_OK;
+}
+
 static void *cuda_raw_alloc(size_t bytes)
 {
     void *p = NULL;

@@ -28,6 +28,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <limits.h>
+#include <stdlib.h>
 
 namespace {
 
@@ -138,9 +139,18 @@ struct tiling {
     int64_t nb, P;
 };
 
-tiling pixel_tiling(const geom &g, size_t es)
+/* the workspace bound: kWorkspaceBytes, or DRAFT_CONV_WORKSPACE_KB from the environment (tests
+ * set a small one to make every tiling path run on small shapes) */
+size_t workspace_bytes()
 {
-    const int64_t ws = (int64_t)(kWorkspaceBytes / es), per_img = g.K * g.OHW;
+    const char *e = getenv("DRAFT_CONV_WORKSPACE_KB");
+    const long kb = e ? atol(e) : 0;
+    return kb > 0 ? (size_t)kb << 10 : kWorkspaceBytes;
+}
+
+tiling pixel_tiling(const geom &g, size_t es, size_t bytes)
+{
+    const int64_t ws = (int64_t)(bytes / es), per_img = g.K * g.OHW;
     if (per_img <= ws) {
         int64_t nb = ws / per_img;
         nb = nb < g.N ? nb : g.N;
@@ -273,10 +283,12 @@ dim3 plane_grid(int64_t pixels, int64_t N, int64_t C, int threads)
     return dim3((unsigned)((pixels + threads - 1) / threads), (unsigned)(gy > 0 ? gy : 1), (unsigned)(gz > 0 ? gz : 1));
 }
 
-template <typename T> enum status im2col(T *col, const T *x, const geom &g, int64_t n0, int64_t nb, int64_t p0, int64_t pc)
+template <typename T>
+enum status im2col(T *col, const T *x, const geom &g, int64_t n0, int64_t nb, int64_t p0, int64_t pc,
+                   cudaStream_t st = nullptr)
 {
     const kgeom kg = kernel_geom(g);
-    cudaStream_t st = (cudaStream_t)cuda_stream();
+    if (!st) st = (cudaStream_t)cuda_stream();
     const bool v4 = sizeof(T) == 4 && pc % 4 == 0;
     const int per_block = kIm2colThreads * (v4 ? 4 : 1);
     const dim3 grid((unsigned)g.K, (unsigned)((pc + per_block - 1) / per_block), (unsigned)nb);
@@ -288,6 +300,66 @@ template <typename T> enum status im2col(T *col, const T *x, const geom &g, int6
     }
     CUDA_LAUNCHED();
     return STATUS_OK;
+}
+
+/* ---------------------------------------------------------------- pipelined im2col */
+
+/* DRAFT_CONV_PIPELINE=1 (opt-in until measured on a GPU): a forward of several tiles writes the
+ * im2col of tile t+1 on a side stream while tile t's GEMM runs on the main stream, into two
+ * workspaces of half the bound each (the same memory in all). Events order them: the side stream
+ * starts after everything queued before the conv (x written, workspaces free), tile t's GEMM
+ * waits for its im2col, and im2col t+2 waits for GEMM t to have read that workspace. The main
+ * stream has waited for every im2col before the conv returns, so the workspaces go back to the
+ * caching allocator exactly as in the one-stream path. */
+bool conv_pipeline()
+{
+    const char *e = getenv("DRAFT_CONV_PIPELINE");
+    return e && *e == '1';
+}
+
+cudaStream_t g_side = nullptr;
+cudaEvent_t g_ev_start = nullptr, g_ev_ready[2] = {nullptr, nullptr}, g_ev_free[2] = {nullptr, nullptr};
+
+enum status side_stream_init()
+{
+    if (g_side) return STATUS_OK;
+    cudaEvent_t *evs[5] = {&g_ev_start, &g_ev_ready[0], &g_ev_ready[1], &g_ev_free[0], &g_ev_free[1]};
+    for (int i = 0; i < 5; i++)
+        if (!*evs[i]) CUDA_TRY(cudaEventCreateWithFlags(evs[i], cudaEventDisableTiming));
+    CUDA_TRY(cudaStreamCreateWithFlags(&g_side, cudaStreamNonBlocking));
+    return STATUS_OK;
+}
+
+/* out (bias already in it when beta = 1) += w @ im2col(x), tile by tile, pipelined as above */
+enum status conv_forward_pipelined(float *out, const float *x, const float *w, float beta, const geom &g, const tiling &t,
+                                   float *const col[2])
+{
+    enum status s = STATUS_OK;
+    cudaStream_t st = (cudaStream_t)cuda_stream();
+    CUDA_TRY(cudaEventRecord(g_ev_start, st));
+    CUDA_TRY(cudaStreamWaitEvent(g_side, g_ev_start, 0));
+    int64_t it = 0;
+    for (int64_t n0 = 0; n0 < g.N && !s; n0 += t.nb) {
+        const int64_t nb = g.N - n0 < t.nb ? g.N - n0 : t.nb;
+        for (int64_t p0 = 0; p0 < g.OHW && !s; p0 += t.P, it++) {
+            const int64_t pc = g.OHW - p0 < t.P ? g.OHW - p0 : t.P;
+            const int b = (int)(it & 1);
+            cudaError_t e = it >= 2 ? cudaStreamWaitEvent(g_side, g_ev_free[b], 0) : cudaSuccess;
+            if (!e && !(s = im2col<float>(col[b], x, g, n0, nb, p0, pc, g_side))) {
+                e = cudaEventRecord(g_ev_ready[b], g_side);
+                if (!e) e = cudaStreamWaitEvent(st, g_ev_ready[b], 0);
+                for (int gi = 0; gi < g.G && !e && !s; gi++)
+                    s = gemm(CUBLAS_OP_N, CUBLAS_OP_N, pc, g.Og, g.Kg, col[b] + gi * g.Kg * pc, pc, g.K * pc,
+                             w + gi * g.Og * g.Kg, g.Kg, 0, beta, out + n0 * g.O * g.OHW + gi * g.Og * g.OHW + p0,
+                             g.OHW, g.O * g.OHW, nb);
+                if (!e && !s) e = cudaEventRecord(g_ev_free[b], st);
+            }
+            if (e && !s) s = tensor_fail(STATUS_DEVICE, "conv2d: CUDA error %s while ordering the im2col stream",
+                                         cudaGetErrorString(e));
+        }
+    }
+    if (s) (void)cudaStreamSynchronize(g_side);   /* nothing may still write a workspace being handed back */
+    return s;
 }
 
 /* ---------------------------------------------------------------- the three operations */
@@ -309,7 +381,19 @@ template <typename T> enum status conv_forward(T *out, const T *x, const T *w, c
                 return s;
         return STATUS_OK;
     }
-    const tiling t = pixel_tiling(g, sizeof(T));
+    if constexpr (sizeof(T) == 4) {
+        if (conv_pipeline()) {
+            const tiling t2 = pixel_tiling(g, sizeof(T), workspace_bytes() / 2);
+            if (t2.nb < g.N || t2.P < g.OHW) {   /* several tiles: something to overlap */
+                if ((s = side_stream_init())) return s;
+                float *col2[2] = {scratch<float>(t2.nb * g.K * t2.P, &s), nullptr};
+                if (col2[0]) col2[1] = scratch<float>(t2.nb * g.K * t2.P, &s);
+                if (!col2[1]) return s;
+                return conv_forward_pipelined(out, x, w, beta, g, t2, col2);
+            }
+        }
+    }
+    const tiling t = pixel_tiling(g, sizeof(T), workspace_bytes());
     T *col = scratch<T>(t.nb * g.K * t.P, &s);
     if (!col) return s;
     for (int64_t n0 = 0; n0 < g.N; n0 += t.nb) {
@@ -338,7 +422,7 @@ template <typename T> enum status conv_backward_input(T *dx, const T *dy, const 
         return STATUS_OK;
     }
     /* tile: cc channels of one group (all pixels), nb images when a whole group fits */
-    const int64_t ws = (int64_t)(kWorkspaceBytes / sizeof(T)), per_ch = g.KK * g.OHW;
+    const int64_t ws = (int64_t)(workspace_bytes() / sizeof(T)), per_ch = g.KK * g.OHW;
     int64_t cc = ws / per_ch;
     cc = cc < 1 ? 1 : cc > g.Cg ? g.Cg : cc;
     const int64_t nchunks = (g.Cg + cc - 1) / cc;
@@ -376,7 +460,7 @@ template <typename T> enum status conv_backward_weight(T *dw, const T *dy, const
                 return s;
         return STATUS_OK;
     }
-    const tiling t = pixel_tiling(g, sizeof(T));
+    const tiling t = pixel_tiling(g, sizeof(T), workspace_bytes());
     T *col = scratch<T>(t.nb * g.K * t.P, &s);
     if (!col) return s;
     for (int64_t n0 = 0; n0 < g.N; n0 += t.nb) {

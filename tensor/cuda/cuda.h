@@ -16,6 +16,10 @@ bool cuda_available(void);
 /* the stream all kernels run on; synchronise before reading results on the host */
 void *cuda_stream(void);
 enum status cuda_synchronize(void);
+/* device time of the work queued on the stream between the two calls (CUDA events, as
+ * torch.cuda.Event timing): benchmarks; cuda_timer_end waits for the work to finish */
+enum status cuda_timer_begin(void);
+enum status cuda_timer_end(double *ms);
 /* column-major strided-batched C [m, n] = alpha op(A) [m, k] op(B) [k, n] + beta C, `count` times
  * (batch strides sA, sB, sC; 0 = shared), op = transpose when trans_*: f32 as tensor_precision()
  * says (exact, TF32, or bf16 copies of both operands with f32 accumulation and output), bf16/f16
