@@ -923,13 +923,16 @@ START_TEST(test_nn)
         /* a 1 KiB workspace: every tiling path (pixel tiles of one image, channel tiles of the
          * backward input) on these small shapes; then the pipelined forward (im2col on a side
          * stream, two workspaces) over those tiles */
-        for (int q = 0; q < 2; q++) {
+        for (int q = 0; q < 3; q++) {
             char label[128];
-            snprintf(label, sizeof label, "%.*s,%s]", (int)strlen(convs[k].name) - 1, convs[k].name,
-                     q ? "workspace=1K,pipeline" : "workspace=1K");
+            const char *what[3] = {"workspace=1K", "workspace=1K,pipeline", "workspace=1K,pipeline,bf16"};
+            snprintf(label, sizeof label, "%.*s,%s]", (int)strlen(convs[k].name) - 1, convs[k].name, what[q]);
             setenv("DRAFT_CONV_WORKSPACE_KB", "1", 1);
             if (q) setenv("DRAFT_CONV_PIPELINE", "1", 1);
-            check_op(label, f_conv, &convs[k].c, convs[k].c.bias ? 3 : 2, in, convs[k].gc ? &o : &big);
+            if (q == 2) tensor_set_precision(PRECISION_BF16);
+            const struct case_opts ob = {.tol32 = TOL_BF16};
+            check_op(label, f_conv, &convs[k].c, convs[k].c.bias ? 3 : 2, in, q == 2 ? &ob : convs[k].gc ? &o : &big);
+            tensor_set_precision(PRECISION_F32);
             unsetenv("DRAFT_CONV_WORKSPACE_KB");
             unsetenv("DRAFT_CONV_PIPELINE");
         }

@@ -10,7 +10,9 @@
  * skip im2col and use x / dx directly as the GEMM operand. Bias is pre-filled into the output
  * and the GEMM accumulates onto it (beta = 1); db is a per-channel reduction kernel.
  * f32 GEMMs go through cuda_gemm (matmul.cu), which applies the precision switch (exact f32,
- * TF32, or bf16 autocast: tensor_set_precision); f64 uses cublasDgemmStridedBatched.
+ * TF32, or bf16 autocast: tensor_set_precision); f64 uses cublasDgemmStridedBatched. Under bf16
+ * autocast the forward and backward weight write their im2col in bf16 directly (cuda_gemm_bf16),
+ * so the workspace holds twice the pixels and nothing packs col a second time.
  * Memory: one workspace of at most kWorkspaceBytes (64 MiB; more only when a single output
  * row of pixels times K needs it) from the caching allocator: a tile is a batch of whole
  * images when they fit, else a range of pixels of one image (forward, backward weight) or a
@@ -24,6 +26,7 @@
  * 640ch 32px 0.113/0.135/0.094 (0.115/0.146/0.167), 1280ch 16px 0.184/0.121/0.111
  * (0.170/0.193/0.224). Exact f32: 0.41-0.61 ms per call, at or under cuDNN's except bwd-weight. */
 #include "tensor/cuda/cuda.h"
+#include "tensor/half.h"
 
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -178,11 +181,18 @@ kgeom kernel_geom(const geom &g)
 
 constexpr int kIm2colThreads = 256;
 
+/* the im2col element: T itself, or (CT = uint16_t) its bf16 rounding for PRECISION_BF16 GEMMs */
+template <typename CT, typename T> __device__ __forceinline__ CT col_value(T v)
+{
+    if constexpr (sizeof(CT) == 2) return half_f32_bits_to_bf16(__float_as_uint((float)v));
+    else return v;
+}
+
 /* col[i][k][p] = x[n0+i, c, oh*sh - pt + kh*dh, ow*sw - pl + kw*dw] (0 outside), for the pixels
  * p0 .. p0+pc of images n0 .. n0+nb; grid.x = K rows, grid.y covers pc in V-wide runs, grid.z = nb */
-template <typename T, int V>
+template <typename T, typename CT, int V>
 __global__ void __launch_bounds__(kIm2colThreads)
-im2col_kernel(T *__restrict__ col, const T *__restrict__ x, kgeom g, int64_t n0, int p0, int pc)
+im2col_kernel(CT *__restrict__ col, const T *__restrict__ x, kgeom g, int64_t n0, int p0, int pc)
 {
     const int k = blockIdx.x;
     const int64_t i = blockIdx.z, r = i * g.K + k;
@@ -200,13 +210,18 @@ im2col_kernel(T *__restrict__ col, const T *__restrict__ x, kgeom g, int64_t n0,
         v[j] = ((unsigned)ih < (unsigned)g.H && (unsigned)iw < (unsigned)g.W) ? __ldg(xp + ih * g.W + iw) : T(0);
         if (++ow == g.OW) { ow = 0; oh++; }
     }
-    T *dst = col + r * pc + p;
-    if constexpr (V == 4) {
+    CT *dst = col + r * pc + p;
+    if constexpr (V == 4 && sizeof(CT) == 4) {
         *reinterpret_cast<float4 *>(dst) = make_float4(v[0], v[1], v[2], v[3]);
+    } else if constexpr (V == 4 && sizeof(CT) == 2) {   /* 4 bf16 in one 8-byte store */
+        uint2 u;
+        u.x = (uint32_t)col_value<CT>(v[0]) | (uint32_t)col_value<CT>(v[1]) << 16;
+        u.y = (uint32_t)col_value<CT>(v[2]) | (uint32_t)col_value<CT>(v[3]) << 16;
+        *reinterpret_cast<uint2 *>(dst) = u;
     } else {
 #pragma unroll
         for (int j = 0; j < V; j++)
-            if (p + j < pc) dst[j] = v[j];
+            if (p + j < pc) dst[j] = col_value<CT>(v[j]);
     }
 }
 
@@ -283,8 +298,8 @@ dim3 plane_grid(int64_t pixels, int64_t N, int64_t C, int threads)
     return dim3((unsigned)((pixels + threads - 1) / threads), (unsigned)(gy > 0 ? gy : 1), (unsigned)(gz > 0 ? gz : 1));
 }
 
-template <typename T>
-enum status im2col(T *col, const T *x, const geom &g, int64_t n0, int64_t nb, int64_t p0, int64_t pc,
+template <typename T, typename CT>
+enum status im2col(CT *col, const T *x, const geom &g, int64_t n0, int64_t nb, int64_t p0, int64_t pc,
                    cudaStream_t st = nullptr)
 {
     const kgeom kg = kernel_geom(g);
@@ -293,13 +308,36 @@ enum status im2col(T *col, const T *x, const geom &g, int64_t n0, int64_t nb, in
     const int per_block = kIm2colThreads * (v4 ? 4 : 1);
     const dim3 grid((unsigned)g.K, (unsigned)((pc + per_block - 1) / per_block), (unsigned)nb);
     if constexpr (sizeof(T) == 4) {
-        if (v4) im2col_kernel<T, 4><<<grid, kIm2colThreads, 0, st>>>(col, x, kg, n0, (int)p0, (int)pc);
-        else im2col_kernel<T, 1><<<grid, kIm2colThreads, 0, st>>>(col, x, kg, n0, (int)p0, (int)pc);
+        if (v4) im2col_kernel<T, CT, 4><<<grid, kIm2colThreads, 0, st>>>(col, x, kg, n0, (int)p0, (int)pc);
+        else im2col_kernel<T, CT, 1><<<grid, kIm2colThreads, 0, st>>>(col, x, kg, n0, (int)p0, (int)pc);
     } else {
-        im2col_kernel<T, 1><<<grid, kIm2colThreads, 0, st>>>(col, x, kg, n0, (int)p0, (int)pc);
+        im2col_kernel<T, CT, 1><<<grid, kIm2colThreads, 0, st>>>(col, x, kg, n0, (int)p0, (int)pc);
     }
     CUDA_LAUNCHED();
     return STATUS_OK;
+}
+
+/* an im2col workspace of CT elements (uint16_t: bf16), owned by the enclosing scope */
+template <typename CT> CT *col_scratch(int64_t elems, enum status *s)
+{
+    int64_t n = elems > 0 ? elems : 1;
+    const enum dtype dt = sizeof(CT) == 2 ? DTYPE_BF16 : sizeof(CT) == 4 ? DTYPE_F32 : DTYPE_F64;
+    struct tensor *t = tensor_empty(dt, 1, &n, DEVICE_CUDA);
+    if (!t) { *s = tensor_status() ? tensor_status() : STATUS_OOM; return NULL; }
+    return (CT *)t->storage->data;
+}
+
+/* under PRECISION_BF16 the f32 forward and backward weight write their im2col in bf16 directly
+ * (half the bytes, and no second pass to pack it for the GEMM) */
+bool col_in_bf16() { return tensor_precision() == PRECISION_BF16; }
+
+/* GEMMs whose op(A) is a bf16 im2col: B (f32) is packed by cuda_gemm_bf16, C stays f32 */
+enum status gemm(cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t n, int64_t k, const uint16_t *A,
+                 int64_t lda, int64_t sA, const float *B, int64_t ldb, int64_t sB, float beta, float *C, int64_t ldc,
+                 int64_t sC, int64_t batch)
+{
+    return cuda_gemm_bf16(true, false, ta == CUBLAS_OP_T, tb == CUBLAS_OP_T, m, n, k, 1.0, A, lda, sA, B, ldb, sB, beta,
+                          C, ldc, sC, batch);
 }
 
 /* ---------------------------------------------------------------- pipelined im2col */
@@ -331,8 +369,9 @@ enum status side_stream_init()
 }
 
 /* out (bias already in it when beta = 1) += w @ im2col(x), tile by tile, pipelined as above */
+template <typename CT>
 enum status conv_forward_pipelined(float *out, const float *x, const float *w, float beta, const geom &g, const tiling &t,
-                                   float *const col[2])
+                                   CT *const col[2])
 {
     enum status s = STATUS_OK;
     cudaStream_t st = (cudaStream_t)cuda_stream();
@@ -345,7 +384,7 @@ enum status conv_forward_pipelined(float *out, const float *x, const float *w, f
             const int64_t pc = g.OHW - p0 < t.P ? g.OHW - p0 : t.P;
             const int b = (int)(it & 1);
             cudaError_t e = it >= 2 ? cudaStreamWaitEvent(g_side, g_ev_free[b], 0) : cudaSuccess;
-            if (!e && !(s = im2col<float>(col[b], x, g, n0, nb, p0, pc, g_side))) {
+            if (!e && !(s = im2col<float, CT>(col[b], x, g, n0, nb, p0, pc, g_side))) {
                 e = cudaEventRecord(g_ev_ready[b], g_side);
                 if (!e) e = cudaStreamWaitEvent(st, g_ev_ready[b], 0);
                 for (int gi = 0; gi < g.G && !e && !s; gi++)
@@ -364,6 +403,40 @@ enum status conv_forward_pipelined(float *out, const float *x, const float *w, f
 
 /* ---------------------------------------------------------------- the three operations */
 
+/* out (+)= w @ im2col(x) over the tiles of the workspace; CT is the im2col's element type */
+template <typename T, typename CT> enum status forward_tiles(T *out, const T *x, const T *w, T beta, const geom &g)
+{
+    enum status s = STATUS_OK;
+    if constexpr (sizeof(T) == 4) {
+        if (conv_pipeline()) {
+            const tiling t2 = pixel_tiling(g, sizeof(CT), workspace_bytes() / 2);
+            if (t2.nb < g.N || t2.P < g.OHW) {   /* several tiles: something to overlap */
+                if ((s = side_stream_init())) return s;
+                CT *col2[2] = {col_scratch<CT>(t2.nb * g.K * t2.P, &s), nullptr};
+                if (col2[0]) col2[1] = col_scratch<CT>(t2.nb * g.K * t2.P, &s);
+                if (!col2[1]) return s;
+                return conv_forward_pipelined<CT>(out, x, w, beta, g, t2, col2);
+            }
+        }
+    }
+    const tiling t = pixel_tiling(g, sizeof(CT), workspace_bytes());
+    CT *col = col_scratch<CT>(t.nb * g.K * t.P, &s);
+    if (!col) return s;
+    for (int64_t n0 = 0; n0 < g.N; n0 += t.nb) {
+        const int64_t nb = g.N - n0 < t.nb ? g.N - n0 : t.nb;
+        for (int64_t p0 = 0; p0 < g.OHW; p0 += t.P) {
+            const int64_t pc = g.OHW - p0 < t.P ? g.OHW - p0 : t.P;
+            if ((s = im2col<T, CT>(col, x, g, n0, nb, p0, pc))) return s;
+            for (int gi = 0; gi < g.G; gi++)
+                if ((s = gemm(CUBLAS_OP_N, CUBLAS_OP_N, pc, g.Og, g.Kg, col + gi * g.Kg * pc, pc, g.K * pc,
+                              w + gi * g.Og * g.Kg, g.Kg, 0, beta, out + n0 * g.O * g.OHW + gi * g.Og * g.OHW + p0, g.OHW,
+                              g.O * g.OHW, nb)))
+                    return s;
+        }
+    }
+    return STATUS_OK;
+}
+
 template <typename T> enum status conv_forward(T *out, const T *x, const T *w, const T *bias, const geom &g)
 {
     enum status s = STATUS_OK;
@@ -381,34 +454,9 @@ template <typename T> enum status conv_forward(T *out, const T *x, const T *w, c
                 return s;
         return STATUS_OK;
     }
-    if constexpr (sizeof(T) == 4) {
-        if (conv_pipeline()) {
-            const tiling t2 = pixel_tiling(g, sizeof(T), workspace_bytes() / 2);
-            if (t2.nb < g.N || t2.P < g.OHW) {   /* several tiles: something to overlap */
-                if ((s = side_stream_init())) return s;
-                float *col2[2] = {scratch<float>(t2.nb * g.K * t2.P, &s), nullptr};
-                if (col2[0]) col2[1] = scratch<float>(t2.nb * g.K * t2.P, &s);
-                if (!col2[1]) return s;
-                return conv_forward_pipelined(out, x, w, beta, g, t2, col2);
-            }
-        }
-    }
-    const tiling t = pixel_tiling(g, sizeof(T), workspace_bytes());
-    T *col = scratch<T>(t.nb * g.K * t.P, &s);
-    if (!col) return s;
-    for (int64_t n0 = 0; n0 < g.N; n0 += t.nb) {
-        const int64_t nb = g.N - n0 < t.nb ? g.N - n0 : t.nb;
-        for (int64_t p0 = 0; p0 < g.OHW; p0 += t.P) {
-            const int64_t pc = g.OHW - p0 < t.P ? g.OHW - p0 : t.P;
-            if ((s = im2col<T>(col, x, g, n0, nb, p0, pc))) return s;
-            for (int gi = 0; gi < g.G; gi++)
-                if ((s = gemm(CUBLAS_OP_N, CUBLAS_OP_N, pc, g.Og, g.Kg, col + gi * g.Kg * pc, pc, g.K * pc,
-                              w + gi * g.Og * g.Kg, g.Kg, 0, beta, out + n0 * g.O * g.OHW + gi * g.Og * g.OHW + p0, g.OHW,
-                              g.O * g.OHW, nb)))
-                    return s;
-        }
-    }
-    return STATUS_OK;
+    if constexpr (sizeof(T) == 4)
+        if (col_in_bf16()) return forward_tiles<float, uint16_t>(out, x, w, beta, g);
+    return forward_tiles<T, T>(out, x, w, beta, g);
 }
 
 template <typename T> enum status conv_backward_input(T *dx, const T *dy, const T *w, const geom &g)
@@ -449,6 +497,29 @@ template <typename T> enum status conv_backward_input(T *dx, const T *dy, const 
     return STATUS_OK;
 }
 
+/* dw += dy @ im2col(x)^T over the tiles of the workspace (the first GEMM overwrites) */
+template <typename T, typename CT> enum status weight_tiles(T *dw, const T *dy, const T *x, const geom &g)
+{
+    enum status s = STATUS_OK;
+    bool first = true;
+    const tiling t = pixel_tiling(g, sizeof(CT), workspace_bytes());
+    CT *col = col_scratch<CT>(t.nb * g.K * t.P, &s);
+    if (!col) return s;
+    for (int64_t n0 = 0; n0 < g.N; n0 += t.nb) {
+        const int64_t nb = g.N - n0 < t.nb ? g.N - n0 : t.nb;
+        for (int64_t p0 = 0; p0 < g.OHW; p0 += t.P) {
+            const int64_t pc = g.OHW - p0 < t.P ? g.OHW - p0 : t.P;
+            if ((s = im2col<T, CT>(col, x, g, n0, nb, p0, pc))) return s;
+            for (int64_t i = 0; i < nb; i++, first = false)
+                if ((s = gemm(CUBLAS_OP_T, CUBLAS_OP_N, g.Kg, g.Og, pc, col + i * g.K * pc, pc, g.Kg * pc,
+                              dy + (n0 + i) * g.O * g.OHW + p0, g.OHW, g.Og * g.OHW, first ? T(0) : T(1), dw, g.Kg,
+                              g.Og * g.Kg, g.G)))
+                    return s;
+        }
+    }
+    return STATUS_OK;
+}
+
 template <typename T> enum status conv_backward_weight(T *dw, const T *dy, const T *x, const geom &g)
 {
     enum status s = STATUS_OK;
@@ -460,22 +531,9 @@ template <typename T> enum status conv_backward_weight(T *dw, const T *dy, const
                 return s;
         return STATUS_OK;
     }
-    const tiling t = pixel_tiling(g, sizeof(T), workspace_bytes());
-    T *col = scratch<T>(t.nb * g.K * t.P, &s);
-    if (!col) return s;
-    for (int64_t n0 = 0; n0 < g.N; n0 += t.nb) {
-        const int64_t nb = g.N - n0 < t.nb ? g.N - n0 : t.nb;
-        for (int64_t p0 = 0; p0 < g.OHW; p0 += t.P) {
-            const int64_t pc = g.OHW - p0 < t.P ? g.OHW - p0 : t.P;
-            if ((s = im2col<T>(col, x, g, n0, nb, p0, pc))) return s;
-            for (int64_t i = 0; i < nb; i++, first = false)
-                if ((s = gemm(CUBLAS_OP_T, CUBLAS_OP_N, g.Kg, g.Og, pc, col + i * g.K * pc, pc, g.Kg * pc,
-                              dy + (n0 + i) * g.O * g.OHW + p0, g.OHW, g.Og * g.OHW, first ? T(0) : T(1), dw, g.Kg,
-                              g.Og * g.Kg, g.G)))
-                    return s;
-        }
-    }
-    return STATUS_OK;
+    if constexpr (sizeof(T) == 4)
+        if (col_in_bf16()) return weight_tiles<float, uint16_t>(dw, dy, x, g);
+    return weight_tiles<T, T>(dw, dy, x, g);
 }
 
 /* ---------------------------------------------------------------- bodies (inside a scope) */

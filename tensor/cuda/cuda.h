@@ -27,6 +27,12 @@ enum status cuda_timer_end(double *ms);
 enum status cuda_gemm(enum dtype dt, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha,
                       const void *A, int64_t lda, int64_t sA, const void *B, int64_t ldb, int64_t sB, double beta, void *C,
                       int64_t ldc, int64_t sC, int64_t count);
+/* the same on bf16 operands with f32 accumulation and an f32 C, where A (a_bf16) and/or B (b_bf16)
+ * already are bf16 copies (conv2d.cu's im2col writes them so under PRECISION_BF16); an f32 operand
+ * is packed to bf16 first */
+enum status cuda_gemm_bf16(bool a_bf16, bool b_bf16, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
+                           double alpha, const void *A, int64_t lda, int64_t sA, const void *B, int64_t ldb, int64_t sB,
+                           double beta, float *C, int64_t ldc, int64_t sC, int64_t count);
 
 enum status cuda_copy(struct tensor *dst, const struct tensor *src);
 enum status cuda_fill(struct tensor *dst, double value);

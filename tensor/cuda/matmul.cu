@@ -105,9 +105,11 @@ static cudaDataType_t cu_blas_type(enum dtype dt)
     }
 }
 
-enum status cuda_gemm(enum dtype dt, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha,
-                      const void *A, int64_t lda, int64_t sA, const void *B, int64_t ldb, int64_t sB, double beta, void *C,
-                      int64_t ldc, int64_t sC, int64_t count)
+/* a_bf16 / b_bf16: that operand is already a bf16 copy (dt is then f32 and the GEMM runs on bf16
+ * operands, the other one packed here whatever the precision switch says) */
+static enum status gemm_run(enum dtype dt, bool a_bf16, bool b_bf16, bool trans_a, bool trans_b, int64_t m, int64_t n,
+                            int64_t k, double alpha, const void *A, int64_t lda, int64_t sA, const void *B, int64_t ldb,
+                            int64_t sB, double beta, void *C, int64_t ldc, int64_t sC, int64_t count)
 {
     const cublasOperation_t ta = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, tb = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
     cublasHandle_t h = cuda_blas_handle();
@@ -121,10 +123,11 @@ enum status cuda_gemm(enum dtype dt, bool trans_a, bool trans_b, int64_t m, int6
     struct tensor *abuf = NULL, *bbuf = NULL;
     enum status s = STATUS_OK;
     if (dt == DTYPE_F32 && tensor_precision() == PRECISION_TF32) ct = CUBLAS_COMPUTE_32F_FAST_TF32;
-    if (dt == DTYPE_F32 && tensor_precision() == PRECISION_BF16) {
-        s = gemm_bf16_operand(&abuf, &A, &lda, &sA, trans_a, m, k, count);
-        if (!s) s = gemm_bf16_operand(&bbuf, &B, &ldb, &sB, trans_b, k, n, count);
+    if (dt == DTYPE_F32 && (a_bf16 || b_bf16 || tensor_precision() == PRECISION_BF16)) {
+        if (!a_bf16) s = gemm_bf16_operand(&abuf, &A, &lda, &sA, trans_a, m, k, count);
+        if (!s && !b_bf16) s = gemm_bf16_operand(&bbuf, &B, &ldb, &sB, trans_b, k, n, count);
         tab = CUDA_R_16BF;
+        ct = CUBLAS_COMPUTE_32F;
     }
     if (!s) {
         const cublasStatus_t e = cublasGemmStridedBatchedEx_64(h, ta, tb, m, n, k, al, A, tab, lda, sA, B, tab, ldb, sB, be,
@@ -137,6 +140,21 @@ enum status cuda_gemm(enum dtype dt, bool trans_a, bool trans_b, int64_t m, int6
     tensor_free(abuf);   /* queued behind the GEMM on the one stream: safe to hand back now */
     tensor_free(bbuf);
     return s;
+}
+
+enum status cuda_gemm(enum dtype dt, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha,
+                      const void *A, int64_t lda, int64_t sA, const void *B, int64_t ldb, int64_t sB, double beta, void *C,
+                      int64_t ldc, int64_t sC, int64_t count)
+{
+    return gemm_run(dt, false, false, trans_a, trans_b, m, n, k, alpha, A, lda, sA, B, ldb, sB, beta, C, ldc, sC, count);
+}
+
+enum status cuda_gemm_bf16(bool a_bf16, bool b_bf16, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
+                           double alpha, const void *A, int64_t lda, int64_t sA, const void *B, int64_t ldb, int64_t sB,
+                           double beta, float *C, int64_t ldc, int64_t sC, int64_t count)
+{
+    return gemm_run(DTYPE_F32, a_bf16, b_bf16, trans_a, trans_b, m, n, k, alpha, A, lda, sA, B, ldb, sB, beta, C, ldc, sC,
+                    count);
 }
 
 /* one strided-batched GEMM: out[i] = alpha a[i] b[i] + beta out[i], i < count, all row-major
