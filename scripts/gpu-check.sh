@@ -10,6 +10,8 @@
 # The parity data (../shared/parity, 48 MB) does not travel with the call: a copy in ./shared/parity
 # does (with .deps, the 64 MiB a call carries fit only its sd14/ configs: mkdir -p shared/parity &&
 # cp -r ../shared/parity/sd14 shared/parity/, carry "shared/parity"), and then the SD 1.4 step runs.
+# Switches: GPU_CHECK_ALL=1 (every suite), GPU_CHECK_DEMO=0 / GPU_CHECK_SD14=0 / GPU_CHECK_BENCH=0
+# (skip the demo runs / the SD 1.4 steps / the op benchmarks: a quick tests-and-table call).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD/.deps/root
@@ -77,6 +79,7 @@ echo "tests: $(( $(date +%s) - t0 )) s"
 demo=()
 run_rc=0
 for pr in f32 tf32 bf16; do
+    [ "${GPU_CHECK_DEMO:-1}" = 1 ] || break   # GPU_CHECK_DEMO=0 skips the demo runs
     timeout 300 ./build-gpu/tools/draft-run --device cuda --precision $pr --no-progress --out "$OUTDIR/demo-$pr" \
         > "$OUTDIR/demo-$pr.log" 2>&1
     rc=$?
@@ -90,7 +93,7 @@ done
 # in $PARITY/sd14 (140 KB); the paper's setting (LV, batch 4, T = 50, the aesthetic reward's
 # ViT-L/14) in each precision
 sd14=()
-if [ -f "$PARITY/sd14/unet.config.json" ]; then
+if [ -f "$PARITY/sd14/unet.config.json" ] && [ "${GPU_CHECK_SD14:-1}" = 1 ]; then   # GPU_CHECK_SD14=0 skips
     for args in "--batch 1 --steps 2" "--batch 4 --steps 50 --reward-vit --precision f32" \
                 "--batch 4 --steps 50 --reward-vit --precision tf32" "--batch 4 --steps 50 --reward-vit --precision bf16"; do
         line=$(timeout 150 ./build-gpu/bench/bench_sd14_step --device cuda --method lv $args 2>&1 |
