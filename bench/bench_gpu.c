@@ -271,21 +271,31 @@ int main(void)
     if (ms > 0) printf("RESULT copy_10M_burst20 %.3f %.1f GB/s\n", ms, 2.0 * 2 * 320 * 64 * 64 * 4 / ms / 1e6);
     release(&a);
 
-    /* attention B=2, 8 heads, L=4096, d=40; fwd+bwd again with the fused dQ backward */
-    for (int bw = 0; bw < 3; bw++) {
+    /* attention B=2, 8 heads, L=4096, d=40; fwd+bwd again with the fused dQ backward; then both
+     * under bf16 autocast with the tensor-core forward (torch: autocast, its bf16 flash kernel) */
+    for (int bw = 0; bw < 5; bw++) {
         if (bw == 2) setenv("DRAFT_ATTN_FUSED_DQ", "1", 1);
-        a.a = randn_dev(DTYPE_F32, TENSOR_SHAPE(2, 8, 4096, 40), bw);
-        a.b = randn_dev(DTYPE_F32, TENSOR_SHAPE(2, 8, 4096, 40), bw);
-        a.c = randn_dev(DTYPE_F32, TENSOR_SHAPE(2, 8, 4096, 40), bw);
+        if (bw >= 3) {
+            setenv("DRAFT_ATTN_MMA", "1", 1);
+            tensor_set_precision(PRECISION_BF16);
+        }
+        const bool back = bw == 1 || bw == 2 || bw == 4;
+        a.a = randn_dev(DTYPE_F32, TENSOR_SHAPE(2, 8, 4096, 40), back);
+        a.b = randn_dev(DTYPE_F32, TENSOR_SHAPE(2, 8, 4096, 40), back);
+        a.c = randn_dev(DTYPE_F32, TENSOR_SHAPE(2, 8, 4096, 40), back);
         a.d = randn_dev(DTYPE_F32, TENSOR_SHAPE(2, 8, 4096, 40), false);
-        a.backward = bw;
-        const char *name = bw == 2 ? "attention_fwdbwd_fused_dq" : bw ? "attention_fwdbwd" : "attention_fwd";
+        const char *names[5] = {"attention_fwd", "attention_fwdbwd", "attention_fwdbwd_fused_dq", "attention_fwd_autocast",
+                                "attention_fwdbwd_autocast"};
+        const char *name = names[bw];
+        a.backward = back;
         ms = time_it(name, run_attn, &a, 3, 20);
-        double f = 4.0 * 2 * 8 * 4096.0 * 4096 * 40 * (bw ? 3.5 : 1);
+        double f = 4.0 * 2 * 8 * 4096.0 * 4096 * 40 * (a.backward ? 3.5 : 1);
         if (ms > 0) printf("RESULT %s %.3f %.1f TFLOP/s\n", name, ms, f / ms / 1e9);
         release(&a);
         if (bw == 2) unsetenv("DRAFT_ATTN_FUSED_DQ");
     }
+    unsetenv("DRAFT_ATTN_MMA");
+    tensor_set_precision(PRECISION_F32);
 
     /* elementwise add vs a device-to-device copy, 64M floats */
     a.a = randn_dev(DTYPE_F32, TENSOR_SHAPE(1 << 26), false);

@@ -117,6 +117,16 @@ def main():
         print(f"RESULT attention_{'fwdbwd' if bw else 'fwd'} {ms:.3f} {f / ms / 1e9:.1f} TFLOP/s")
         if bw:  # the same reference for our fused-dQ backward's row
             print(f"RESULT attention_fwdbwd_fused_dq {ms:.3f} {f / ms / 1e9:.1f} TFLOP/s")
+
+        gb = g.bfloat16()  # the autocast output is bf16: so is its gradient
+
+        def run_autocast():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                y = F.scaled_dot_product_attention(q, k, v)
+            if bw:
+                y.backward(gb)
+        ms = timed(run_autocast, 3, 20)
+        print(f"RESULT attention_{'fwdbwd' if bw else 'fwd'}_autocast {ms:.3f} {f / ms / 1e9:.1f} TFLOP/s")
     n = 1 << 26
     a = torch.randn(n, device=dev)
     b = torch.randn(n, device=dev)

@@ -979,6 +979,18 @@ START_TEST(test_nn)
     check_op("attention[fused_dq,large,tiles,130x200x40]", f_attention, NULL, 3, qkvt, &big);
     check_op("attention[fused_dq,large,causal,70x150x40]", f_attention, (void *)1, 3, qkvc, &big);
     unsetenv("DRAFT_ATTN_FUSED_DQ");
+    /* bf16 autocast with the tensor-core forward (head dims 32, 48, 64 after padding): the bf16
+     * error band against the CPU's exact f32 */
+    setenv("DRAFT_ATTN_MMA", "1", 1);
+    tensor_set_precision(PRECISION_BF16);
+    const struct case_opts obf = {.tol32 = TOL_BF16};
+    check_op("attention[bf16_mma]", f_attention, NULL, 3, qkv, &obf);
+    check_op("attention[bf16_mma,causal]", f_attention, (void *)1, 3, qkv2, &obf);
+    check_op("attention[bf16_mma,large,causal,77x64]", f_attention, (void *)1, 3, qkvb, &obf);
+    check_op("attention[bf16_mma,large,tiles,130x200x40]", f_attention, NULL, 3, qkvt, &obf);
+    check_op("attention[bf16_mma,large,causal,70x150x40]", f_attention, (void *)1, 3, qkvc, &obf);
+    tensor_set_precision(PRECISION_F32);
+    unsetenv("DRAFT_ATTN_MMA");
     /* image ops */
     struct image_ctx ims[] = {
         {0, 0, 0, RESIZE_NEAREST, false, {0}},

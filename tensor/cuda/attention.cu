@@ -240,6 +240,173 @@ attn_fwd_kernel(opnd<float> out, float *__restrict__ lse, int64_t lsb, int64_t l
     }
 }
 
+/* ---------------------------------------------------------------- bf16 tensor-core forward */
+
+/* Under PRECISION_BF16 (autocast: attention in bf16, f32 accumulation and softmax) the forward
+ * runs on tensor cores, mma.sync m16n8k16 bf16 -> f32, for head dims up to 64 (SD's 40 pads to 48;
+ * CLIP's 64). Opt-in (DRAFT_ATTN_MMA=1) until a GPU run has checked and measured it; the backward
+ * stays the f32 kernels, which recompute P from the f32 q, k and this forward's lse (the bf16
+ * rounding of q and k moves P by about 2^-8 relative: inside the bf16 error band).
+ * A block of 4 warps owns 64 query rows, 16 per warp; Q, K (row-major) and V (transposed, so
+ * that a key pair is one 32-bit word) sit in shared memory as bf16 pairs with a row pitch of
+ * 4 (mod 8) words, which makes the fragment loads conflict-free. The S fragment of two adjacent
+ * key octets is, element for element, the A fragment of P for the P V product (FlashAttention-2's
+ * register reuse), so P never goes through shared memory. */
+constexpr int kMmaThreads = 128;
+
+__device__ __forceinline__ uint32_t bf16x2(float lo, float hi)
+{
+    const uint32_t a = __float_as_uint(lo), b = __float_as_uint(hi);
+    /* round to nearest even (finite inputs; inf stays inf, NaN stays NaN through the top bits) */
+    const uint32_t ra = (a + 0x7fffu + ((a >> 16) & 1u)) >> 16, rb = (b + 0x7fffu + ((b >> 16) & 1u)) >> 16;
+    return (ra & 0xffffu) | (rb << 16);
+}
+
+/* c[16x8] += a[16x16] b[16x8]: a row-major, b column-major (A: 4 words, B: 2 words per thread) */
+__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+template <int DP>
+__global__ void __launch_bounds__(kMmaThreads)
+attn_fwd_mma_kernel(opnd<float> out, float *__restrict__ lse, int64_t lsb, int64_t lsh, int64_t lsl, opnd<const float> q,
+                    opnd<const float> k, opnd<const float> v, dims dm)
+{
+    constexpr int BM = 64, BN = 64, KC = DP / 16, NT = BN / 8, ND = DP / 8;
+    constexpr int PW = DP / 2 + 4, PV = BN / 2 + 4;   /* pitches in 32-bit words */
+    static_assert(DP % 16 == 0 && DP <= 64, "mma forward: head dims up to 64");
+    __shared__ uint32_t Qs[BM * PW], Ks[BN * PW], Vt[DP * PV];
+
+    const int ntiles = (dm.L + BM - 1) / BM;
+    const int tile = ntiles - 1 - (int)(blockIdx.x % ntiles);   /* heaviest (causal) tiles first */
+    const int bh = (int)(blockIdx.x / ntiles), b = bh / dm.H, h = bh % dm.H;
+    const int q0 = tile * BM, off = dm.S - dm.L;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gq = lane / 4, tq = lane % 4;
+    const float sl2 = (float)dm.scale * kLog2e;
+
+    /* Q tile as bf16 pairs, zero past L and D */
+    const float *qb = q.at(b, h);
+    for (int idx = threadIdx.x; idx < BM * (DP / 2); idx += kMmaThreads) {
+        const int r = idx / (DP / 2), d = 2 * (idx % (DP / 2)), qi = q0 + r;
+        const float *src = qb + (int64_t)qi * q.sl;
+        const float x0 = qi < dm.L && d < dm.D ? src[(int64_t)d * q.sd] : 0.f;
+        const float x1 = qi < dm.L && d + 1 < dm.D ? src[(int64_t)(d + 1) * q.sd] : 0.f;
+        Qs[r * PW + d / 2] = bf16x2(x0, x1);
+    }
+    __syncthreads();
+    uint32_t qf[KC][4];
+    const int r0 = warp * 16 + gq;   /* this thread's rows in the tile: r0 and r0 + 8 */
+#pragma unroll
+    for (int kc = 0; kc < KC; kc++) {
+        qf[kc][0] = Qs[r0 * PW + kc * 8 + tq];
+        qf[kc][1] = Qs[(r0 + 8) * PW + kc * 8 + tq];
+        qf[kc][2] = Qs[r0 * PW + kc * 8 + 4 + tq];
+        qf[kc][3] = Qs[(r0 + 8) * PW + kc * 8 + 4 + tq];
+    }
+
+    float o[ND][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+#pragma unroll
+    for (int nd = 0; nd < ND; nd++) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.f;
+    const int qi0 = q0 + r0, qi1 = qi0 + 8;
+    const int n_end = dm.causal ? min(dm.S, q0 + BM + off) : dm.S;
+    const float *kb = k.at(b, h), *vb = v.at(b, h);
+    for (int k0 = 0; k0 < n_end; k0 += BN) {
+        __syncthreads();   /* the previous tile's Ks / Vt are consumed */
+        for (int idx = threadIdx.x; idx < BN * (DP / 2); idx += kMmaThreads) {
+            const int r = idx / (DP / 2), d = 2 * (idx % (DP / 2)), kj = k0 + r;
+            const float *src = kb + (int64_t)kj * k.sl;
+            const float x0 = kj < dm.S && d < dm.D ? src[(int64_t)d * k.sd] : 0.f;
+            const float x1 = kj < dm.S && d + 1 < dm.D ? src[(int64_t)(d + 1) * k.sd] : 0.f;
+            Ks[r * PW + d / 2] = bf16x2(x0, x1);
+        }
+        for (int idx = threadIdx.x; idx < (BN / 2) * DP; idx += kMmaThreads) {
+            const int d = idx % DP, j = idx / DP, kj = k0 + 2 * j;   /* keys 2j, 2j+1 of column d */
+            const float x0 = kj < dm.S && d < dm.Dv ? vb[(int64_t)kj * v.sl + (int64_t)d * v.sd] : 0.f;
+            const float x1 = kj + 1 < dm.S && d < dm.Dv ? vb[(int64_t)(kj + 1) * v.sl + (int64_t)d * v.sd] : 0.f;
+            Vt[d * PV + j] = bf16x2(x0, x1);
+        }
+        __syncthreads();
+        /* S = Q K^T for this warp's 16 rows x 64 keys: NT octets of keys */
+        float sc[NT][4];
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) {
+            sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.f;
+#pragma unroll
+            for (int kc = 0; kc < KC; kc++)
+                mma_bf16(sc[nt], qf[kc], Ks[(nt * 8 + gq) * PW + kc * 8 + tq], Ks[(nt * 8 + gq) * PW + kc * 8 + 4 + tq]);
+        }
+        /* online softmax (base 2) on rows qi0 (c0, c1) and qi1 (c2, c3) */
+        float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int kj = k0 + nt * 8 + 2 * tq + (e & 1), qi = e < 2 ? qi0 : qi1;
+                const bool ok = kj < dm.S && !(dm.causal && kj > qi + off);
+                sc[nt][e] = ok ? sc[nt][e] * sl2 : -INFINITY;
+                mx[e >> 1] = fmaxf(mx[e >> 1], sc[nt][e]);
+            }
+        float alpha[2], mu[2];
+#pragma unroll
+        for (int i = 0; i < 2; i++) {   /* the 4 threads of a quad share a row */
+            mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+            mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+            const float mn = fmaxf(m[i], mx[i]);
+            mu[i] = mn == -INFINITY ? 0.f : mn;
+            alpha[i] = exp2f(m[i] - mu[i]);
+            m[i] = mn;
+            l[i] *= alpha[i];
+        }
+#pragma unroll
+        for (int nd = 0; nd < ND; nd++) {
+            o[nd][0] *= alpha[0];
+            o[nd][1] *= alpha[0];
+            o[nd][2] *= alpha[1];
+            o[nd][3] *= alpha[1];
+        }
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                sc[nt][e] = exp2f(sc[nt][e] - mu[e >> 1]);
+                l[e >> 1] += sc[nt][e];
+            }
+        /* O += P V, 16 keys (two octets of S = one A fragment) at a time */
+#pragma unroll
+        for (int kc = 0; kc < BN / 16; kc++) {
+            const uint32_t pa[4] = {bf16x2(sc[2 * kc][0], sc[2 * kc][1]), bf16x2(sc[2 * kc][2], sc[2 * kc][3]),
+                                    bf16x2(sc[2 * kc + 1][0], sc[2 * kc + 1][1]),
+                                    bf16x2(sc[2 * kc + 1][2], sc[2 * kc + 1][3])};
+#pragma unroll
+            for (int nd = 0; nd < ND; nd++)
+                mma_bf16(o[nd], pa, Vt[(nd * 8 + gq) * PV + kc * 8 + tq], Vt[(nd * 8 + gq) * PV + kc * 8 + 4 + tq]);
+        }
+    }
+    float *ob = out.at(b, h);
+    float *lb = lse + b * lsb + h * lsh;
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        float lt = l[i];
+        lt += __shfl_xor_sync(0xffffffffu, lt, 1);
+        lt += __shfl_xor_sync(0xffffffffu, lt, 2);
+        const int qi = i ? qi1 : qi0;
+        if (qi >= dm.L) continue;
+        const float inv = lt > 0.f ? 1.f / lt : 0.f;
+#pragma unroll
+        for (int nd = 0; nd < ND; nd++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int d = nd * 8 + 2 * tq + e;
+                if (d < dm.Dv) ob[(int64_t)qi * out.sl + (int64_t)d * out.sd] = o[nd][2 * i + e] * inv;
+            }
+        if (tq == 0) lb[(int64_t)qi * lsl] = lt > 0.f ? (m[i] + log2f(lt)) * kLn2 : -INFINITY;
+    }
+}
+
 /* ---------------------------------------------------------------- backward: D = rowsum(dO * O) */
 
 template <typename T>
@@ -590,6 +757,25 @@ bool fused_dq()
     return e && *e == '1';
 }
 
+/* the bf16 tensor-core forward under PRECISION_BF16: DRAFT_ATTN_MMA=1 (opt-in until measured) */
+bool attn_mma()
+{
+    const char *e = getenv("DRAFT_ATTN_MMA");
+    return e && *e == '1' && tensor_precision() == PRECISION_BF16;
+}
+
+template <int DP>
+enum status fwd_mma(opnd<float> out, float *lse, int64_t lsb, int64_t lsh, int64_t lsl, opnd<const float> q,
+                    opnd<const float> k, opnd<const float> v, const dims &dm)
+{
+    const int64_t blocks = (int64_t)dm.B * dm.H * ((dm.L + 63) / 64);
+    if (blocks == 0) return STATUS_OK;
+    attn_fwd_mma_kernel<DP><<<(unsigned)blocks, kMmaThreads, 0, (cudaStream_t)cuda_stream()>>>(out, lse, lsb, lsh, lsl, q,
+                                                                                              k, v, dm);
+    CUDA_LAUNCHED();
+    return STATUS_OK;
+}
+
 template <int DP>
 enum status fwd_tiled(opnd<float> out, float *lse, int64_t lsb, int64_t lsh, int64_t lsl, opnd<const float> q,
                       opnd<const float> k, opnd<const float> v, const dims &dm)
@@ -687,6 +873,11 @@ enum status forward_run(struct tensor *out, struct tensor *lse, const struct ten
     const int64_t lsb = lse->stride[0], lsh = lse->stride[1], lsl = lse->stride[2];
     if constexpr (sizeof(T) == 4) {
         const int dp = padded_dim(dm.D > dm.Dv ? dm.D : dm.Dv);
+        if (attn_mma()) {
+            if (dp == 32) return fwd_mma<32>(o, lp, lsb, lsh, lsl, qo, ko, vo, dm);
+            if (dp == 48) return fwd_mma<48>(o, lp, lsb, lsh, lsl, qo, ko, vo, dm);
+            if (dp == 64) return fwd_mma<64>(o, lp, lsb, lsh, lsl, qo, ko, vo, dm);
+        }
 #define FWD_CALL(DP) fwd_tiled<DP>(o, lp, lsb, lsh, lsl, qo, ko, vo, dm)
         ATTN_DISPATCH(dp, FWD_CALL)
 #undef FWD_CALL
