@@ -272,7 +272,7 @@ int main(void)
     release(&a);
 
     /* attention B=2, 8 heads, L=4096, d=40; fwd+bwd again with the fused dQ backward; then both
-     * under bf16 autocast with the tensor-core forward (torch: autocast, its bf16 flash kernel) */
+     * under bf16 autocast on tensor cores (torch: autocast, its bf16 flash kernels) */
     for (int bw = 0; bw < 5; bw++) {
         if (bw == 2) setenv("DRAFT_ATTN_FUSED_DQ", "1", 1);
         if (bw >= 3) {

@@ -979,7 +979,7 @@ START_TEST(test_nn)
     check_op("attention[fused_dq,large,tiles,130x200x40]", f_attention, NULL, 3, qkvt, &big);
     check_op("attention[fused_dq,large,causal,70x150x40]", f_attention, (void *)1, 3, qkvc, &big);
     unsetenv("DRAFT_ATTN_FUSED_DQ");
-    /* bf16 autocast with the tensor-core forward (head dims 32, 48, 64 after padding): the bf16
+    /* bf16 autocast on tensor cores, forward and backward (head dims 32, 48, 64 after padding): the bf16
      * error band against the CPU's exact f32 */
     setenv("DRAFT_ATTN_MMA", "1", 1);
     tensor_set_precision(PRECISION_BF16);

@@ -243,10 +243,9 @@ attn_fwd_kernel(opnd<float> out, float *__restrict__ lse, int64_t lsb, int64_t l
 /* ---------------------------------------------------------------- bf16 tensor-core forward */
 
 /* Under PRECISION_BF16 (autocast: attention in bf16, f32 accumulation and softmax) the forward
- * runs on tensor cores, mma.sync m16n8k16 bf16 -> f32, for head dims up to 64 (SD's 40 pads to 48;
- * CLIP's 64). Opt-in (DRAFT_ATTN_MMA=1) until a GPU run has checked and measured it; the backward
- * stays the f32 kernels, which recompute P from the f32 q, k and this forward's lse (the bf16
- * rounding of q and k moves P by about 2^-8 relative: inside the bf16 error band).
+ * and backward run on tensor cores, mma.sync m16n8k16 bf16 -> f32, for head dims up to 64 (SD's
+ * 40 pads to 48; CLIP's 64). Opt-in (DRAFT_ATTN_MMA=1) until a GPU run has checked and measured
+ * them.
  * A block of 4 warps owns 64 query rows, 16 per warp; Q, K (row-major) and V (transposed, so
  * that a key pair is one 32-bit word) sit in shared memory as bf16 pairs with a row pitch of
  * 4 (mod 8) words, which makes the fragment loads conflict-free. The S fragment of two adjacent
@@ -404,6 +403,199 @@ attn_fwd_mma_kernel(opnd<float> out, float *__restrict__ lse, int64_t lsb, int64
                 if (d < dm.Dv) ob[(int64_t)qi * out.sl + (int64_t)d * out.sd] = o[nd][2 * i + e] * inv;
             }
         if (tq == 0) lb[(int64_t)qi * lsl] = lt > 0.f ? (m[i] + log2f(lt)) * kLn2 : -INFINITY;
+    }
+}
+
+/* ---------------------------------------------------------------- bf16 tensor-core backward */
+
+/* The backward under the same switch (PRECISION_BF16 and DRAFT_ATTN_MMA=1), FlashAttention-2's
+ * key-block order: a block of 4 warps owns 64 keys (16 per warp) and visits every query tile;
+ * per tile each warp forms S^T = K Q^T and dP^T = V dO^T for its keys (mma), P^T and
+ * dS^T = P^T (dP^T - D) in registers, then dV += P^T dO and dK += dS^T Q from those same
+ * registers (the C fragments of two query octets are the A fragment of one 16-query step).
+ * dQ: dS goes to shared memory once, and each warp forms 16 query rows of this key tile's share
+ * dS K, written unscaled to dqp[lbh][tile][L][D] like the f32 fused kernel's partials; the reduce
+ * kernel sums them in key-tile order (no atomics). Operands that serve as the B ("column")
+ * side with the reduction over queries or keys (Q, dO, K) are kept transposed as well. */
+template <int DP> struct mma_bwd_cfg {
+    static constexpr int PW = DP / 2 + 4, PT = 64 / 2 + 4;   /* words per row: [64][DP] and [DP][64] tiles */
+    static constexpr size_t smem = sizeof(uint32_t) * (size_t)(4 * 64 * PW + 3 * DP * PT + 64 * PT) + sizeof(float) * 128;
+};
+
+/* dst[r][d/2] = bf16 pairs of src[row0 + r][d], zero past nrows / ncols ([64][DP] tile) */
+template <int DP>
+__device__ __forceinline__ void load_pairs(uint32_t *dst, const float *src, int64_t sl, int64_t sd, int nrows, int ncols)
+{
+    constexpr int PW = DP / 2 + 4;
+    for (int idx = threadIdx.x; idx < 64 * (DP / 2); idx += kMmaThreads) {
+        const int r = idx / (DP / 2), d = 2 * (idx % (DP / 2));
+        const float *row = src + (int64_t)r * sl;
+        const float x0 = r < nrows && d < ncols ? row[(int64_t)d * sd] : 0.f;
+        const float x1 = r < nrows && d + 1 < ncols ? row[(int64_t)(d + 1) * sd] : 0.f;
+        dst[r * PW + d / 2] = bf16x2(x0, x1);
+    }
+}
+
+/* dst[d][j] = bf16 pair (src[row0 + 2j][d], src[row0 + 2j + 1][d]) ([DP][64] transposed tile) */
+template <int DP>
+__device__ __forceinline__ void load_pairs_t(uint32_t *dst, const float *src, int64_t sl, int64_t sd, int nrows, int ncols)
+{
+    constexpr int PT = 64 / 2 + 4;
+    for (int idx = threadIdx.x; idx < 32 * DP; idx += kMmaThreads) {
+        const int d = idx % DP, j = idx / DP, r = 2 * j;
+        const float x0 = r < nrows && d < ncols ? src[(int64_t)r * sl + (int64_t)d * sd] : 0.f;
+        const float x1 = r + 1 < nrows && d < ncols ? src[(int64_t)(r + 1) * sl + (int64_t)d * sd] : 0.f;
+        dst[d * PT + j] = bf16x2(x0, x1);
+    }
+}
+
+template <int DP>
+__global__ void __launch_bounds__(kMmaThreads)
+attn_bwd_mma_kernel(opnd<float> dk, opnd<float> dv, opnd<const float> q, opnd<const float> k, opnd<const float> v,
+                    opnd<const float> dout, const float *__restrict__ lse, int64_t lsb, int64_t lsh, int64_t lsl,
+                    const float *__restrict__ Dvec, dims dm, float *__restrict__ dqp)
+{
+    using M = mma_bwd_cfg<DP>;
+    constexpr int PW = M::PW, PT = M::PT, KC = DP / 16, ND = DP / 8, NQ = 64 / 8;
+    static_assert(DP % 16 == 0 && DP <= 64, "mma backward: head dims up to 64");
+    extern __shared__ uint32_t smw[];
+    uint32_t *Ks = smw, *Vs = Ks + 64 * PW, *Qs = Vs + 64 * PW, *dOs = Qs + 64 * PW;
+    uint32_t *Kt = dOs + 64 * PW, *Qt = Kt + DP * PT, *dOt = Qt + DP * PT, *dSs = dOt + DP * PT;
+    float *lse2 = reinterpret_cast<float *>(dSs + 64 * PT), *Ds = lse2 + 64;
+    uint16_t *dSh = reinterpret_cast<uint16_t *>(dSs);   /* dS [query][key] as bf16, 2 * PT per row */
+
+    const int ntiles = (dm.S + 63) / 64;
+    const int tile = (int)(blockIdx.x % ntiles);
+    const int lbh = (int)(blockIdx.x / ntiles), bh = dm.bh0 + lbh, b = bh / dm.H, h = bh % dm.H;
+    const int k0 = tile * 64, off = dm.S - dm.L;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gq = lane / 4, tq = lane % 4;
+    const float sl2 = (float)dm.scale * kLog2e;
+
+    const float *kb = k.at(b, h) + (int64_t)k0 * k.sl, *vb = v.at(b, h) + (int64_t)k0 * v.sl;
+    load_pairs<DP>(Ks, kb, k.sl, k.sd, dm.S - k0, dm.D);
+    load_pairs<DP>(Vs, vb, v.sl, v.sd, dm.S - k0, dm.Dv);
+    load_pairs_t<DP>(Kt, kb, k.sl, k.sd, dm.S - k0, dm.D);
+    __syncthreads();
+    const int r0 = warp * 16 + gq;   /* this thread's keys in the tile: r0 and r0 + 8 */
+    uint32_t kf[KC][4], vf[KC][4];
+#pragma unroll
+    for (int kc = 0; kc < KC; kc++) {
+        kf[kc][0] = Ks[r0 * PW + kc * 8 + tq];
+        kf[kc][1] = Ks[(r0 + 8) * PW + kc * 8 + tq];
+        kf[kc][2] = Ks[r0 * PW + kc * 8 + 4 + tq];
+        kf[kc][3] = Ks[(r0 + 8) * PW + kc * 8 + 4 + tq];
+        vf[kc][0] = Vs[r0 * PW + kc * 8 + tq];
+        vf[kc][1] = Vs[(r0 + 8) * PW + kc * 8 + tq];
+        vf[kc][2] = Vs[r0 * PW + kc * 8 + 4 + tq];
+        vf[kc][3] = Vs[(r0 + 8) * PW + kc * 8 + 4 + tq];
+    }
+    float dka[ND][4], dva[ND][4];
+#pragma unroll
+    for (int nd = 0; nd < ND; nd++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) dka[nd][e] = dva[nd][e] = 0.f;
+
+    int m_begin = dm.causal ? max(0, k0 - off) : 0;
+    m_begin = m_begin / 64 * 64;
+    const float *qbh = q.at(b, h), *gbh = dout.at(b, h);
+    const float *lb = lse + b * lsb + h * lsh, *db = Dvec + (int64_t)bh * dm.L;
+    for (int q0 = m_begin; q0 < dm.L; q0 += 64) {
+        __syncthreads();   /* the previous tile's Q / dO / dS are consumed */
+        const float *qt = qbh + (int64_t)q0 * q.sl, *gt = gbh + (int64_t)q0 * dout.sl;
+        load_pairs<DP>(Qs, qt, q.sl, q.sd, dm.L - q0, dm.D);
+        load_pairs<DP>(dOs, gt, dout.sl, dout.sd, dm.L - q0, dm.Dv);
+        load_pairs_t<DP>(Qt, qt, q.sl, q.sd, dm.L - q0, dm.D);
+        load_pairs_t<DP>(dOt, gt, dout.sl, dout.sd, dm.L - q0, dm.Dv);
+        for (int r = threadIdx.x; r < 64; r += kMmaThreads) {
+            const bool in = q0 + r < dm.L;
+            lse2[r] = in ? lb[(int64_t)(q0 + r) * lsl] * kLog2e : -INFINITY;
+            Ds[r] = in ? db[q0 + r] : 0.f;
+        }
+        __syncthreads();
+        /* S^T and dP^T for this warp's 16 keys x 64 queries */
+        float st[NQ][4], dpt[NQ][4];
+#pragma unroll
+        for (int nt = 0; nt < NQ; nt++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) st[nt][e] = dpt[nt][e] = 0.f;
+#pragma unroll
+            for (int kc = 0; kc < KC; kc++) {
+                mma_bf16(st[nt], kf[kc], Qs[(nt * 8 + gq) * PW + kc * 8 + tq], Qs[(nt * 8 + gq) * PW + kc * 8 + 4 + tq]);
+                mma_bf16(dpt[nt], vf[kc], dOs[(nt * 8 + gq) * PW + kc * 8 + tq], dOs[(nt * 8 + gq) * PW + kc * 8 + 4 + tq]);
+            }
+        }
+        /* P^T into st, dS^T into dpt; dS also to shared memory as [query][key] */
+#pragma unroll
+        for (int nt = 0; nt < NQ; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int kr = r0 + (e >> 1) * 8, ql = nt * 8 + 2 * tq + (e & 1);
+                const int kj = k0 + kr, qm = q0 + ql;
+                const float l2 = lse2[ql];
+                const bool ok = kj < dm.S && qm < dm.L && l2 != -INFINITY && !(dm.causal && kj > qm + off);
+                const float p = ok ? exp2f(st[nt][e] * sl2 - l2) : 0.f;
+                const float ds = p * (dpt[nt][e] - Ds[ql]);
+                st[nt][e] = p;
+                dpt[nt][e] = ds;
+                dSh[ql * (2 * PT) + kr] = (uint16_t)(bf16x2(ds, 0.f) & 0xffffu);
+            }
+        /* dV += P^T dO and dK += dS^T Q, 16 queries at a time */
+#pragma unroll
+        for (int qc = 0; qc < 4; qc++) {
+            const uint32_t pa[4] = {bf16x2(st[2 * qc][0], st[2 * qc][1]), bf16x2(st[2 * qc][2], st[2 * qc][3]),
+                                    bf16x2(st[2 * qc + 1][0], st[2 * qc + 1][1]),
+                                    bf16x2(st[2 * qc + 1][2], st[2 * qc + 1][3])};
+            const uint32_t sa[4] = {bf16x2(dpt[2 * qc][0], dpt[2 * qc][1]), bf16x2(dpt[2 * qc][2], dpt[2 * qc][3]),
+                                    bf16x2(dpt[2 * qc + 1][0], dpt[2 * qc + 1][1]),
+                                    bf16x2(dpt[2 * qc + 1][2], dpt[2 * qc + 1][3])};
+#pragma unroll
+            for (int nd = 0; nd < ND; nd++) {
+                mma_bf16(dva[nd], pa, dOt[(nd * 8 + gq) * PT + qc * 8 + tq], dOt[(nd * 8 + gq) * PT + qc * 8 + 4 + tq]);
+                mma_bf16(dka[nd], sa, Qt[(nd * 8 + gq) * PT + qc * 8 + tq], Qt[(nd * 8 + gq) * PT + qc * 8 + 4 + tq]);
+            }
+        }
+        if (!dqp) continue;
+        __syncthreads();   /* every warp's dS is in shared memory */
+        /* this key tile's share of dQ for queries warp*16 + (gq, gq + 8): dS [16 x 64 keys] K */
+        float dqa[ND][4];
+#pragma unroll
+        for (int nd = 0; nd < ND; nd++) dqa[nd][0] = dqa[nd][1] = dqa[nd][2] = dqa[nd][3] = 0.f;
+#pragma unroll
+        for (int kc = 0; kc < 4; kc++) {
+            const uint32_t a[4] = {dSs[r0 * PT + kc * 8 + tq], dSs[(r0 + 8) * PT + kc * 8 + tq],
+                                   dSs[r0 * PT + kc * 8 + 4 + tq], dSs[(r0 + 8) * PT + kc * 8 + 4 + tq]};
+#pragma unroll
+            for (int nd = 0; nd < ND; nd++)
+                mma_bf16(dqa[nd], a, Kt[(nd * 8 + gq) * PT + kc * 8 + tq], Kt[(nd * 8 + gq) * PT + kc * 8 + 4 + tq]);
+        }
+        float *pb = dqp + ((int64_t)lbh * ntiles + tile) * dm.L * dm.D;
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            const int qm = q0 + r0 + 8 * i;
+            if (qm >= dm.L) continue;
+#pragma unroll
+            for (int nd = 0; nd < ND; nd++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const int d = nd * 8 + 2 * tq + e;
+                    if (d < dm.D) pb[(int64_t)qm * dm.D + d] = dqa[nd][2 * i + e];
+                }
+        }
+    }
+    float *dkb = dk.p ? dk.at(b, h) : nullptr, *dvb = dv.p ? dv.at(b, h) : nullptr;
+    const float scale = (float)dm.scale;
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        const int kn = k0 + r0 + 8 * i;
+        if (kn >= dm.S) continue;
+#pragma unroll
+        for (int nd = 0; nd < ND; nd++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int d = nd * 8 + 2 * tq + e;
+                if (dkb && d < dm.D) dkb[(int64_t)kn * dk.sl + (int64_t)d * dk.sd] = dka[nd][2 * i + e] * scale;
+                if (dvb && d < dm.Dv) dvb[(int64_t)kn * dv.sl + (int64_t)d * dv.sd] = dva[nd][2 * i + e];
+            }
     }
 }
 
@@ -792,6 +984,53 @@ enum status fwd_tiled(opnd<float> out, float *lse, int64_t lsb, int64_t lsh, int
     return STATUS_OK;
 }
 
+/* the bf16 tensor-core backward (same switch as fwd_mma): dK, dV and dQ partials in one kernel per
+ * chunk of heads, then the ordered dQ sum */
+template <int DP>
+enum status bwd_mma(opnd<float> dq, opnd<float> dk, opnd<float> dv, opnd<const float> q, opnd<const float> k,
+                    opnd<const float> v, opnd<const float> dout, const float *lse, int64_t lsb, int64_t lsh, int64_t lsl,
+                    const float *Dvec, const dims &dm)
+{
+    using M = mma_bwd_cfg<DP>;
+    enum status s;
+    static bool ready = false;
+    if ((s = set_smem(attn_bwd_mma_kernel<DP>, M::smem, &ready))) return s;
+    cudaStream_t st = (cudaStream_t)cuda_stream();
+    const int ntiles = (dm.S + 63) / 64;
+    const int64_t heads = (int64_t)dm.B * dm.H;
+    if (ntiles == 0 || heads == 0) return STATUS_OK;
+    if (!dq.p || dm.L == 0) {
+        if (!dk.p && !dv.p) return STATUS_OK;
+        attn_bwd_mma_kernel<DP><<<(unsigned)(heads * ntiles), kMmaThreads, M::smem, st>>>(dk, dv, q, k, v, dout, lse, lsb,
+                                                                                          lsh, lsl, Dvec, dm, nullptr);
+        CUDA_LAUNCHED();
+        return STATUS_OK;
+    }
+    const int64_t per_head = (int64_t)ntiles * dm.L * dm.D;
+    const int64_t fit = kFusedDqBytes / (int64_t)sizeof(float) / (per_head > 0 ? per_head : 1);
+    const int64_t nchunks = (heads + (fit > 0 ? fit : 1) - 1) / (fit > 0 ? fit : 1);
+    const int64_t hc = (heads + nchunks - 1) / nchunks;
+    const int64_t n = hc * (per_head > 0 ? per_head : 1);
+    struct tensor *part = tensor_empty(DTYPE_F32, 1, &n, DEVICE_CUDA);
+    if (!part) return tensor_status() ? tensor_status() : STATUS_OOM;
+    float *pp = (float *)part->storage->data;
+    for (int64_t h0 = 0; h0 < heads; h0 += hc) {
+        const int nh = (int)(heads - h0 < hc ? heads - h0 : hc);
+        dims d2 = dm;
+        d2.bh0 = (int)h0;
+        attn_bwd_mma_kernel<DP><<<(unsigned)(nh * ntiles), kMmaThreads, M::smem, st>>>(dk, dv, q, k, v, dout, lse, lsb, lsh,
+                                                                                       lsl, Dvec, d2, pp);
+        CUDA_LAUNCHED();
+        const int64_t elems = (int64_t)nh * dm.L * dm.D;
+        if (elems > 0) {
+            attn_bwd_dq_reduce_kernel<<<(unsigned)((elems + 255) / 256), 256, 0, st>>>(dq, pp, nh, ntiles, 64, 64, d2);
+            CUDA_LAUNCHED();
+        }
+    }
+    tensor_free(part);   /* queued behind the kernels on the one stream */
+    return STATUS_OK;
+}
+
 template <int DP>
 enum status bwd_tiled(opnd<float> dq, opnd<float> dk, opnd<float> dv, opnd<const float> q, opnd<const float> k,
                       opnd<const float> v, opnd<const float> dout, const float *lse, int64_t lsb, int64_t lsh,
@@ -914,6 +1153,11 @@ enum status backward_run(struct tensor *dq, struct tensor *dk, struct tensor *dv
     }
     if constexpr (sizeof(T) == 4) {
         const int dp = padded_dim(dm.D > dm.Dv ? dm.D : dm.Dv);
+        if (attn_mma()) {
+            if (dp == 32) return bwd_mma<32>(dqo, dko, dvo, qo, ko, vo, go, lp, lsb, lsh, lsl, Dvec, dm);
+            if (dp == 48) return bwd_mma<48>(dqo, dko, dvo, qo, ko, vo, go, lp, lsb, lsh, lsl, Dvec, dm);
+            if (dp == 64) return bwd_mma<64>(dqo, dko, dvo, qo, ko, vo, go, lp, lsb, lsh, lsl, Dvec, dm);
+        }
 #define BWD_CALL(DP) bwd_tiled<DP>(dqo, dko, dvo, qo, ko, vo, go, lp, lsb, lsh, lsl, Dvec, dm)
         ATTN_DISPATCH(dp, BWD_CALL)
 #undef BWD_CALL
