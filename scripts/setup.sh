@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 build=${1:-build}
 shift || true
 
-pkgs=(gcc make meson ninja-build pkg-config libopenblas-openmp-dev check libsubunit-dev libcjson-dev
+pkgs=(gcc g++ make meson ninja-build pkg-config libopenblas-openmp-dev check libsubunit-dev libcjson-dev
       libpng-dev zlib1g-dev libzip-dev
       libfreetype-dev fonts-noto-color-emoji unicode-data   # the emoji dataset (draft-emoji-data)
       fonts-dejavu-core)   # grid captions (draft/image.c)

@@ -1,0 +1,812 @@
+/* attention_kernels.cuh — the device code of attention.cu: the f32 flash-attention kernels (forward,
+ * dK/dV with the optional fused dQ partials, dQ, the ordered dQ sum, D = rowsum(dO * O)) and the bf16
+ * tensor-core forward and backward. Included by attention.cu inside its anonymous namespace, and
+ * by tests/test_attention_emu.cpp on the host, where tests/cuda_emu.h stands in for the CUDA
+ * built-ins (threads, barriers, warp shuffles, the mma fragment layout): so CI, which has no GPU,
+ * runs these kernels' index and softmax logic against a float64 reference. Needs <stdint.h>,
+ * <math.h> and, on the host, cuda_emu.h first. */
+#ifndef TENSOR_CUDA_ATTENTION_KERNELS_CUH
+#define TENSOR_CUDA_ATTENTION_KERNELS_CUH
+
+#ifdef __CUDACC__
+#define DYN_SMEM(type, name) extern __shared__ type name[]
+#endif
+
+constexpr int kThreads = 256;
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+/* a [B, H, rows, cols] operand: base pointer and element strides */
+template <typename T> struct opnd {
+    T *p;
+    int64_t sb, sh, sl, sd;
+    __host__ __device__ T *at(int b, int h) const { return p + b * sb + h * sh; }
+};
+
+struct dims {
+    int B, H, L, S, D, Dv;
+    int causal;
+    double scale;
+    int bh0;   /* the fused dK/dV/dQ kernel: first (b, h) of this launch (a chunk of the heads) */
+};
+
+/* ---------------------------------------------------------------- tile configuration */
+
+template <int DP> struct cfg {
+    static constexpr int LD = DP + 4;              /* smem pitch of [rows][DP] tiles: 16-byte rows, no bank conflicts */
+    static constexpr int BM = 64;                  /* query rows per block (forward, dQ) */
+    static constexpr int BN = DP <= 128 ? 64 : 32; /* key rows per tile */
+    static constexpr int PLD = BN + 4;
+    /* dK/dV kernel: BN key rows per block (thread rows), BMK query rows per tile */
+    static constexpr int BMK = DP <= 64 ? 64 : 32;
+    static constexpr int TYK = BN / 4, TXK = kThreads / TYK;
+    static constexpr int PTLD = BMK + 4;
+    static_assert(DP % 16 == 0 && DP % TXK == 0 && BMK % TXK == 0, "tile shape");
+    static constexpr size_t fwd_smem = sizeof(float) * (size_t)(BM * LD + 2 * BN * LD + BM * PLD);
+    static constexpr size_t dq_smem = sizeof(float) * (size_t)(2 * BM * LD + 2 * BN * LD + BM * PLD + 2 * BM);
+    static constexpr size_t dkdv_smem = sizeof(float) * (size_t)(2 * BN * LD + 2 * BMK * LD + 2 * BN * PTLD + 2 * BMK);
+    /* fused dQ: dS once more, [query][key], as the A operand of dQ_part = dS K */
+    static constexpr int RQ = BMK * 16 / kThreads;   /* query rows per thread in dQ_part */
+    static_assert(RQ >= 1 && RQ * kThreads == BMK * 16, "dQ tile shape");
+    static constexpr size_t dkdv_dq_smem = dkdv_smem + sizeof(float) * (size_t)(BMK * PLD);
+};
+
+/* sm[r][d] = mul * src[row0 + r, d] for r < nrows, d < ncols, zero elsewhere ([ROWS][DP] tile) */
+template <int ROWS, int DP, int LD>
+__device__ __forceinline__ void load_tile(float *sm, const float *src, int64_t sl, int64_t sd, int nrows, int ncols, float mul)
+{
+    for (int idx = threadIdx.x; idx < ROWS * DP; idx += kThreads) {
+        const int r = idx / DP, d = idx - r * DP;
+        float v = 0.f;
+        if (r < nrows && d < ncols) v = src[(int64_t)r * sl + (int64_t)d * sd] * mul;
+        sm[r * LD + d] = v;
+    }
+}
+
+/* acc[i][j] += sum_k A[i*LDA + k] * B[j*CS*LDB + k]  (both operands k-contiguous, K % 4 == 0) */
+template <int R, int C, int K, int LDA, int LDB, int CS>
+__device__ __forceinline__ void mm_nt(float (&acc)[R][C], const float *A, const float *B)
+{
+#pragma unroll 2
+    for (int k = 0; k < K; k += 4) {
+        float4 a[R], b[C];
+#pragma unroll
+        for (int i = 0; i < R; i++) a[i] = *reinterpret_cast<const float4 *>(A + i * LDA + k);
+#pragma unroll
+        for (int j = 0; j < C; j++) b[j] = *reinterpret_cast<const float4 *>(B + j * CS * LDB + k);
+#pragma unroll
+        for (int i = 0; i < R; i++)
+#pragma unroll
+            for (int j = 0; j < C; j++) {
+                acc[i][j] = fmaf(a[i].x, b[j].x, acc[i][j]);
+                acc[i][j] = fmaf(a[i].y, b[j].y, acc[i][j]);
+                acc[i][j] = fmaf(a[i].z, b[j].z, acc[i][j]);
+                acc[i][j] = fmaf(a[i].w, b[j].w, acc[i][j]);
+            }
+    }
+}
+
+/* acc[i][j] += sum_k A[i*LDA + k] * B[k*LDB + j*CS]  (A k-contiguous, K % 4 == 0) */
+template <int R, int C, int K, int LDA, int LDB, int CS>
+__device__ __forceinline__ void mm_nn(float (&acc)[R][C], const float *A, const float *B)
+{
+#pragma unroll 2
+    for (int k = 0; k < K; k += 4) {
+        float4 a[R];
+#pragma unroll
+        for (int i = 0; i < R; i++) a[i] = *reinterpret_cast<const float4 *>(A + i * LDA + k);
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) {
+            float b[C];
+#pragma unroll
+            for (int j = 0; j < C; j++) b[j] = B[(k + kk) * LDB + j * CS];
+#pragma unroll
+            for (int i = 0; i < R; i++) {
+                const float av = kk == 0 ? a[i].x : kk == 1 ? a[i].y : kk == 2 ? a[i].z : a[i].w;
+#pragma unroll
+                for (int j = 0; j < C; j++) acc[i][j] = fmaf(av, b[j], acc[i][j]);
+            }
+        }
+    }
+}
+
+__device__ __forceinline__ float sum16(float v)
+{
+    v += __shfl_xor_sync(0xffffffffu, v, 8);
+    v += __shfl_xor_sync(0xffffffffu, v, 4);
+    v += __shfl_xor_sync(0xffffffffu, v, 2);
+    v += __shfl_xor_sync(0xffffffffu, v, 1);
+    return v;
+}
+
+__device__ __forceinline__ float max16(float v)
+{
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 8));
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 4));
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+    return v;
+}
+
+/* ---------------------------------------------------------------- f32 forward */
+
+template <int DP>
+__global__ void __launch_bounds__(kThreads)
+attn_fwd_kernel(opnd<float> out, float *__restrict__ lse, int64_t lsb, int64_t lsh, int64_t lsl, opnd<const float> q,
+                opnd<const float> k, opnd<const float> v, dims dm)
+{
+    using C = cfg<DP>;
+    constexpr int BM = C::BM, BN = C::BN, LD = C::LD, PLD = C::PLD, CS = BN / 16, CO = DP / 16;
+    DYN_SMEM(float4, smem4);
+    float *Qs = reinterpret_cast<float *>(smem4), *Ks = Qs + BM * LD, *Vs = Ks + BN * LD, *Ps = Vs + BN * LD;
+
+    const int ntiles = (dm.L + BM - 1) / BM;
+    const int tile = ntiles - 1 - (int)(blockIdx.x % ntiles);   /* heaviest (causal) tiles first */
+    const int bh = (int)(blockIdx.x / ntiles), b = bh / dm.H, h = bh % dm.H;
+    const int q0 = tile * BM, tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+    const int off = dm.S - dm.L;   /* causal: key j visible to query i iff j <= i + off */
+
+    load_tile<BM, DP, LD>(Qs, q.at(b, h) + (int64_t)q0 * q.sl, q.sl, q.sd, dm.L - q0, dm.D, (float)dm.scale * kLog2e);
+
+    float m[4], l[4], o[4][CO];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        m[i] = -INFINITY;
+        l[i] = 0.f;
+#pragma unroll
+        for (int j = 0; j < CO; j++) o[i][j] = 0.f;
+    }
+    const int n_end = dm.causal ? min(dm.S, q0 + BM + off) : dm.S;
+    const float *kb = k.at(b, h), *vb = v.at(b, h);
+    for (int k0 = 0; k0 < n_end; k0 += BN) {
+        __syncthreads();   /* the previous tile's Ks/Vs/Ps are consumed */
+        load_tile<BN, DP, LD>(Ks, kb + (int64_t)k0 * k.sl, k.sl, k.sd, dm.S - k0, dm.D, 1.f);
+        load_tile<BN, DP, LD>(Vs, vb + (int64_t)k0 * v.sl, v.sl, v.sd, dm.S - k0, dm.Dv, 1.f);
+        __syncthreads();
+        float s[4][CS];
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+#pragma unroll
+            for (int j = 0; j < CS; j++) s[i][j] = 0.f;
+        mm_nt<4, CS, DP, LD, LD, 16>(s, Qs + ty * 4 * LD, Ks + tx * LD);
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int qi = q0 + ty * 4 + i;
+            float mx = -INFINITY;
+#pragma unroll
+            for (int j = 0; j < CS; j++) {
+                const int kj = k0 + tx + 16 * j;
+                if (kj >= dm.S || (dm.causal && kj > qi + off)) s[i][j] = -INFINITY;
+                mx = fmaxf(mx, s[i][j]);
+            }
+            mx = max16(mx);
+            const float mn = fmaxf(m[i], mx), mu = mn == -INFINITY ? 0.f : mn;
+            const float alpha = exp2f(m[i] - mu);
+            m[i] = mn;
+            float rs = 0.f;
+#pragma unroll
+            for (int j = 0; j < CS; j++) {
+                const float p = exp2f(s[i][j] - mu);
+                rs += p;
+                Ps[(ty * 4 + i) * PLD + tx + 16 * j] = p;
+            }
+            l[i] = l[i] * alpha + rs;
+#pragma unroll
+            for (int j = 0; j < CO; j++) o[i][j] *= alpha;
+        }
+        __syncthreads();
+        mm_nn<4, CO, BN, PLD, LD, 16>(o, Ps + ty * 4 * PLD, Vs + tx);
+    }
+    float *ob = out.at(b, h);
+    float *lb = lse + b * lsb + h * lsh;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const float lt = sum16(l[i]);
+        const int qi = q0 + ty * 4 + i;
+        if (qi >= dm.L) continue;
+        const float inv = lt > 0.f ? 1.f / lt : 0.f;
+#pragma unroll
+        for (int j = 0; j < CO; j++) {
+            const int d = tx + 16 * j;
+            if (d < dm.Dv) ob[(int64_t)qi * out.sl + (int64_t)d * out.sd] = o[i][j] * inv;
+        }
+        if (tx == 0) lb[(int64_t)qi * lsl] = lt > 0.f ? (m[i] + log2f(lt)) * kLn2 : -INFINITY;
+    }
+}
+
+/* ---------------------------------------------------------------- bf16 tensor-core forward */
+
+/* Under PRECISION_BF16 (autocast: attention in bf16, f32 accumulation and softmax) the forward
+ * and backward run on tensor cores, mma.sync m16n8k16 bf16 -> f32, for head dims up to 64 (SD's
+ * 40 pads to 48; CLIP's 64). Opt-in (DRAFT_ATTN_MMA=1) until a GPU run has checked and measured
+ * them.
+ * A block of 4 warps owns 64 query rows, 16 per warp; Q, K (row-major) and V (transposed, so
+ * that a key pair is one 32-bit word) sit in shared memory as bf16 pairs with a row pitch of
+ * 4 (mod 8) words, which makes the fragment loads conflict-free. The S fragment of two adjacent
+ * key octets is, element for element, the A fragment of P for the P V product (FlashAttention-2's
+ * register reuse), so P never goes through shared memory. */
+constexpr int kMmaThreads = 128;
+
+__device__ __forceinline__ uint32_t bf16x2(float lo, float hi)
+{
+    const uint32_t a = __float_as_uint(lo), b = __float_as_uint(hi);
+    /* round to nearest even (finite inputs; inf stays inf, NaN stays NaN through the top bits) */
+    const uint32_t ra = (a + 0x7fffu + ((a >> 16) & 1u)) >> 16, rb = (b + 0x7fffu + ((b >> 16) & 1u)) >> 16;
+    return (ra & 0xffffu) | (rb << 16);
+}
+
+/* c[16x8] += a[16x16] b[16x8]: a row-major, b column-major (A: 4 words, B: 2 words per thread);
+ * the host emulation (tests/cuda_emu.h) implements the same fragment layout in C++ */
+#ifdef __CUDACC__
+__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+#else
+__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1)
+{
+    emu_mma_bf16(c, a, b0, b1);
+}
+#endif
+
+template <int DP>
+__global__ void __launch_bounds__(kMmaThreads)
+attn_fwd_mma_kernel(opnd<float> out, float *__restrict__ lse, int64_t lsb, int64_t lsh, int64_t lsl, opnd<const float> q,
+                    opnd<const float> k, opnd<const float> v, dims dm)
+{
+    constexpr int BM = 64, BN = 64, KC = DP / 16, NT = BN / 8, ND = DP / 8;
+    constexpr int PW = DP / 2 + 4, PV = BN / 2 + 4;   /* pitches in 32-bit words */
+    static_assert(DP % 16 == 0 && DP <= 64, "mma forward: head dims up to 64");
+    __shared__ uint32_t Qs[BM * PW], Ks[BN * PW], Vt[DP * PV];
+
+    const int ntiles = (dm.L + BM - 1) / BM;
+    const int tile = ntiles - 1 - (int)(blockIdx.x % ntiles);   /* heaviest (causal) tiles first */
+    const int bh = (int)(blockIdx.x / ntiles), b = bh / dm.H, h = bh % dm.H;
+    const int q0 = tile * BM, off = dm.S - dm.L;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gq = lane / 4, tq = lane % 4;
+    const float sl2 = (float)dm.scale * kLog2e;
+
+    /* Q tile as bf16 pairs, zero past L and D */
+    const float *qb = q.at(b, h);
+    for (int idx = threadIdx.x; idx < BM * (DP / 2); idx += kMmaThreads) {
+        const int r = idx / (DP / 2), d = 2 * (idx % (DP / 2)), qi = q0 + r;
+        const float *src = qb + (int64_t)qi * q.sl;
+        const float x0 = qi < dm.L && d < dm.D ? src[(int64_t)d * q.sd] : 0.f;
+        const float x1 = qi < dm.L && d + 1 < dm.D ? src[(int64_t)(d + 1) * q.sd] : 0.f;
+        Qs[r * PW + d / 2] = bf16x2(x0, x1);
+    }
+    __syncthreads();
+    uint32_t qf[KC][4];
+    const int r0 = warp * 16 + gq;   /* this thread's rows in the tile: r0 and r0 + 8 */
+#pragma unroll
+    for (int kc = 0; kc < KC; kc++) {
+        qf[kc][0] = Qs[r0 * PW + kc * 8 + tq];
+        qf[kc][1] = Qs[(r0 + 8) * PW + kc * 8 + tq];
+        qf[kc][2] = Qs[r0 * PW + kc * 8 + 4 + tq];
+        qf[kc][3] = Qs[(r0 + 8) * PW + kc * 8 + 4 + tq];
+    }
+
+    float o[ND][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+#pragma unroll
+    for (int nd = 0; nd < ND; nd++) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.f;
+    const int qi0 = q0 + r0, qi1 = qi0 + 8;
+    const int n_end = dm.causal ? min(dm.S, q0 + BM + off) : dm.S;
+    const float *kb = k.at(b, h), *vb = v.at(b, h);
+    for (int k0 = 0; k0 < n_end; k0 += BN) {
+        __syncthreads();   /* the previous tile's Ks / Vt are consumed */
+        for (int idx = threadIdx.x; idx < BN * (DP / 2); idx += kMmaThreads) {
+            const int r = idx / (DP / 2), d = 2 * (idx % (DP / 2)), kj = k0 + r;
+            const float *src = kb + (int64_t)kj * k.sl;
+            const float x0 = kj < dm.S && d < dm.D ? src[(int64_t)d * k.sd] : 0.f;
+            const float x1 = kj < dm.S && d + 1 < dm.D ? src[(int64_t)(d + 1) * k.sd] : 0.f;
+            Ks[r * PW + d / 2] = bf16x2(x0, x1);
+        }
+        for (int idx = threadIdx.x; idx < (BN / 2) * DP; idx += kMmaThreads) {
+            const int d = idx % DP, j = idx / DP, kj = k0 + 2 * j;   /* keys 2j, 2j+1 of column d */
+            const float x0 = kj < dm.S && d < dm.Dv ? vb[(int64_t)kj * v.sl + (int64_t)d * v.sd] : 0.f;
+            const float x1 = kj + 1 < dm.S && d < dm.Dv ? vb[(int64_t)(kj + 1) * v.sl + (int64_t)d * v.sd] : 0.f;
+            Vt[d * PV + j] = bf16x2(x0, x1);
+        }
+        __syncthreads();
+        /* S = Q K^T for this warp's 16 rows x 64 keys: NT octets of keys */
+        float sc[NT][4];
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) {
+            sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.f;
+#pragma unroll
+            for (int kc = 0; kc < KC; kc++)
+                mma_bf16(sc[nt], qf[kc], Ks[(nt * 8 + gq) * PW + kc * 8 + tq], Ks[(nt * 8 + gq) * PW + kc * 8 + 4 + tq]);
+        }
+        /* online softmax (base 2) on rows qi0 (c0, c1) and qi1 (c2, c3) */
+        float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int kj = k0 + nt * 8 + 2 * tq + (e & 1), qi = e < 2 ? qi0 : qi1;
+                const bool ok = kj < dm.S && !(dm.causal && kj > qi + off);
+                sc[nt][e] = ok ? sc[nt][e] * sl2 : -INFINITY;
+                mx[e >> 1] = fmaxf(mx[e >> 1], sc[nt][e]);
+            }
+        float alpha[2], mu[2];
+#pragma unroll
+        for (int i = 0; i < 2; i++) {   /* the 4 threads of a quad share a row */
+            mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+            mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+            const float mn = fmaxf(m[i], mx[i]);
+            mu[i] = mn == -INFINITY ? 0.f : mn;
+            alpha[i] = exp2f(m[i] - mu[i]);
+            m[i] = mn;
+            l[i] *= alpha[i];
+        }
+#pragma unroll
+        for (int nd = 0; nd < ND; nd++) {
+            o[nd][0] *= alpha[0];
+            o[nd][1] *= alpha[0];
+            o[nd][2] *= alpha[1];
+            o[nd][3] *= alpha[1];
+        }
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                sc[nt][e] = exp2f(sc[nt][e] - mu[e >> 1]);
+                l[e >> 1] += sc[nt][e];
+            }
+        /* O += P V, 16 keys (two octets of S = one A fragment) at a time */
+#pragma unroll
+        for (int kc = 0; kc < BN / 16; kc++) {
+            const uint32_t pa[4] = {bf16x2(sc[2 * kc][0], sc[2 * kc][1]), bf16x2(sc[2 * kc][2], sc[2 * kc][3]),
+                                    bf16x2(sc[2 * kc + 1][0], sc[2 * kc + 1][1]),
+                                    bf16x2(sc[2 * kc + 1][2], sc[2 * kc + 1][3])};
+#pragma unroll
+            for (int nd = 0; nd < ND; nd++)
+                mma_bf16(o[nd], pa, Vt[(nd * 8 + gq) * PV + kc * 8 + tq], Vt[(nd * 8 + gq) * PV + kc * 8 + 4 + tq]);
+        }
+    }
+    float *ob = out.at(b, h);
+    float *lb = lse + b * lsb + h * lsh;
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        float lt = l[i];
+        lt += __shfl_xor_sync(0xffffffffu, lt, 1);
+        lt += __shfl_xor_sync(0xffffffffu, lt, 2);
+        const int qi = i ? qi1 : qi0;
+        if (qi >= dm.L) continue;
+        const float inv = lt > 0.f ? 1.f / lt : 0.f;
+#pragma unroll
+        for (int nd = 0; nd < ND; nd++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int d = nd * 8 + 2 * tq + e;
+                if (d < dm.Dv) ob[(int64_t)qi * out.sl + (int64_t)d * out.sd] = o[nd][2 * i + e] * inv;
+            }
+        if (tq == 0) lb[(int64_t)qi * lsl] = lt > 0.f ? (m[i] + log2f(lt)) * kLn2 : -INFINITY;
+    }
+}
+
+/* ---------------------------------------------------------------- bf16 tensor-core backward */
+
+/* The backward under the same switch (PRECISION_BF16 and DRAFT_ATTN_MMA=1), FlashAttention-2's
+ * key-block order: a block of 4 warps owns 64 keys (16 per warp) and visits every query tile;
+ * per tile each warp forms S^T = K Q^T and dP^T = V dO^T for its keys (mma), P^T and
+ * dS^T = P^T (dP^T - D) in registers, then dV += P^T dO and dK += dS^T Q from those same
+ * registers (the C fragments of two query octets are the A fragment of one 16-query step).
+ * dQ: dS goes to shared memory once, and each warp forms 16 query rows of this key tile's share
+ * dS K, written unscaled to dqp[lbh][tile][L][D] like the f32 fused kernel's partials; the reduce
+ * kernel sums them in key-tile order (no atomics). Operands that serve as the B ("column")
+ * side with the reduction over queries or keys (Q, dO, K) are kept transposed as well. */
+template <int DP> struct mma_bwd_cfg {
+    static constexpr int PW = DP / 2 + 4, PT = 64 / 2 + 4;   /* words per row: [64][DP] and [DP][64] tiles */
+    static constexpr size_t smem = sizeof(uint32_t) * (size_t)(4 * 64 * PW + 3 * DP * PT + 64 * PT) + sizeof(float) * 128;
+};
+
+/* dst[r][d/2] = bf16 pairs of src[row0 + r][d], zero past nrows / ncols ([64][DP] tile) */
+template <int DP>
+__device__ __forceinline__ void load_pairs(uint32_t *dst, const float *src, int64_t sl, int64_t sd, int nrows, int ncols)
+{
+    constexpr int PW = DP / 2 + 4;
+    for (int idx = threadIdx.x; idx < 64 * (DP / 2); idx += kMmaThreads) {
+        const int r = idx / (DP / 2), d = 2 * (idx % (DP / 2));
+        const float *row = src + (int64_t)r * sl;
+        const float x0 = r < nrows && d < ncols ? row[(int64_t)d * sd] : 0.f;
+        const float x1 = r < nrows && d + 1 < ncols ? row[(int64_t)(d + 1) * sd] : 0.f;
+        dst[r * PW + d / 2] = bf16x2(x0, x1);
+    }
+}
+
+/* dst[d][j] = bf16 pair (src[row0 + 2j][d], src[row0 + 2j + 1][d]) ([DP][64] transposed tile) */
+template <int DP>
+__device__ __forceinline__ void load_pairs_t(uint32_t *dst, const float *src, int64_t sl, int64_t sd, int nrows, int ncols)
+{
+    constexpr int PT = 64 / 2 + 4;
+    for (int idx = threadIdx.x; idx < 32 * DP; idx += kMmaThreads) {
+        const int d = idx % DP, j = idx / DP, r = 2 * j;
+        const float x0 = r < nrows && d < ncols ? src[(int64_t)r * sl + (int64_t)d * sd] : 0.f;
+        const float x1 = r + 1 < nrows && d < ncols ? src[(int64_t)(r + 1) * sl + (int64_t)d * sd] : 0.f;
+        dst[d * PT + j] = bf16x2(x0, x1);
+    }
+}
+
+template <int DP>
+__global__ void __launch_bounds__(kMmaThreads)
+attn_bwd_mma_kernel(opnd<float> dk, opnd<float> dv, opnd<const float> q, opnd<const float> k, opnd<const float> v,
+                    opnd<const float> dout, const float *__restrict__ lse, int64_t lsb, int64_t lsh, int64_t lsl,
+                    const float *__restrict__ Dvec, dims dm, float *__restrict__ dqp)
+{
+    using M = mma_bwd_cfg<DP>;
+    constexpr int PW = M::PW, PT = M::PT, KC = DP / 16, ND = DP / 8, NQ = 64 / 8;
+    static_assert(DP % 16 == 0 && DP <= 64, "mma backward: head dims up to 64");
+    DYN_SMEM(uint32_t, smw);
+    uint32_t *Ks = smw, *Vs = Ks + 64 * PW, *Qs = Vs + 64 * PW, *dOs = Qs + 64 * PW;
+    uint32_t *Kt = dOs + 64 * PW, *Qt = Kt + DP * PT, *dOt = Qt + DP * PT, *dSs = dOt + DP * PT;
+    float *lse2 = reinterpret_cast<float *>(dSs + 64 * PT), *Ds = lse2 + 64;
+    uint16_t *dSh = reinterpret_cast<uint16_t *>(dSs);   /* dS [query][key] as bf16, 2 * PT per row */
+
+    const int ntiles = (dm.S + 63) / 64;
+    const int tile = (int)(blockIdx.x % ntiles);
+    const int lbh = (int)(blockIdx.x / ntiles), bh = dm.bh0 + lbh, b = bh / dm.H, h = bh % dm.H;
+    const int k0 = tile * 64, off = dm.S - dm.L;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gq = lane / 4, tq = lane % 4;
+    const float sl2 = (float)dm.scale * kLog2e;
+
+    const float *kb = k.at(b, h) + (int64_t)k0 * k.sl, *vb = v.at(b, h) + (int64_t)k0 * v.sl;
+    load_pairs<DP>(Ks, kb, k.sl, k.sd, dm.S - k0, dm.D);
+    load_pairs<DP>(Vs, vb, v.sl, v.sd, dm.S - k0, dm.Dv);
+    load_pairs_t<DP>(Kt, kb, k.sl, k.sd, dm.S - k0, dm.D);
+    __syncthreads();
+    const int r0 = warp * 16 + gq;   /* this thread's keys in the tile: r0 and r0 + 8 */
+    uint32_t kf[KC][4], vf[KC][4];
+#pragma unroll
+    for (int kc = 0; kc < KC; kc++) {
+        kf[kc][0] = Ks[r0 * PW + kc * 8 + tq];
+        kf[kc][1] = Ks[(r0 + 8) * PW + kc * 8 + tq];
+        kf[kc][2] = Ks[r0 * PW + kc * 8 + 4 + tq];
+        kf[kc][3] = Ks[(r0 + 8) * PW + kc * 8 + 4 + tq];
+        vf[kc][0] = Vs[r0 * PW + kc * 8 + tq];
+        vf[kc][1] = Vs[(r0 + 8) * PW + kc * 8 + tq];
+        vf[kc][2] = Vs[r0 * PW + kc * 8 + 4 + tq];
+        vf[kc][3] = Vs[(r0 + 8) * PW + kc * 8 + 4 + tq];
+    }
+    float dka[ND][4], dva[ND][4];
+#pragma unroll
+    for (int nd = 0; nd < ND; nd++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) dka[nd][e] = dva[nd][e] = 0.f;
+
+    int m_begin = dm.causal ? max(0, k0 - off) : 0;
+    m_begin = m_begin / 64 * 64;
+    const float *qbh = q.at(b, h), *gbh = dout.at(b, h);
+    const float *lb = lse + b * lsb + h * lsh, *db = Dvec + (int64_t)bh * dm.L;
+    for (int q0 = m_begin; q0 < dm.L; q0 += 64) {
+        __syncthreads();   /* the previous tile's Q / dO / dS are consumed */
+        const float *qt = qbh + (int64_t)q0 * q.sl, *gt = gbh + (int64_t)q0 * dout.sl;
+        load_pairs<DP>(Qs, qt, q.sl, q.sd, dm.L - q0, dm.D);
+        load_pairs<DP>(dOs, gt, dout.sl, dout.sd, dm.L - q0, dm.Dv);
+        load_pairs_t<DP>(Qt, qt, q.sl, q.sd, dm.L - q0, dm.D);
+        load_pairs_t<DP>(dOt, gt, dout.sl, dout.sd, dm.L - q0, dm.Dv);
+        for (int r = threadIdx.x; r < 64; r += kMmaThreads) {
+            const bool in = q0 + r < dm.L;
+            lse2[r] = in ? lb[(int64_t)(q0 + r) * lsl] * kLog2e : -INFINITY;
+            Ds[r] = in ? db[q0 + r] : 0.f;
+        }
+        __syncthreads();
+        /* S^T and dP^T for this warp's 16 keys x 64 queries */
+        float st[NQ][4], dpt[NQ][4];
+#pragma unroll
+        for (int nt = 0; nt < NQ; nt++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) st[nt][e] = dpt[nt][e] = 0.f;
+#pragma unroll
+            for (int kc = 0; kc < KC; kc++) {
+                mma_bf16(st[nt], kf[kc], Qs[(nt * 8 + gq) * PW + kc * 8 + tq], Qs[(nt * 8 + gq) * PW + kc * 8 + 4 + tq]);
+                mma_bf16(dpt[nt], vf[kc], dOs[(nt * 8 + gq) * PW + kc * 8 + tq], dOs[(nt * 8 + gq) * PW + kc * 8 + 4 + tq]);
+            }
+        }
+        /* P^T into st, dS^T into dpt; dS also to shared memory as [query][key] */
+#pragma unroll
+        for (int nt = 0; nt < NQ; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int kr = r0 + (e >> 1) * 8, ql = nt * 8 + 2 * tq + (e & 1);
+                const int kj = k0 + kr, qm = q0 + ql;
+                const float l2 = lse2[ql];
+                const bool ok = kj < dm.S && qm < dm.L && l2 != -INFINITY && !(dm.causal && kj > qm + off);
+                const float p = ok ? exp2f(st[nt][e] * sl2 - l2) : 0.f;
+                const float ds = p * (dpt[nt][e] - Ds[ql]);
+                st[nt][e] = p;
+                dpt[nt][e] = ds;
+                dSh[ql * (2 * PT) + kr] = (uint16_t)(bf16x2(ds, 0.f) & 0xffffu);
+            }
+        /* dV += P^T dO and dK += dS^T Q, 16 queries at a time */
+#pragma unroll
+        for (int qc = 0; qc < 4; qc++) {
+            const uint32_t pa[4] = {bf16x2(st[2 * qc][0], st[2 * qc][1]), bf16x2(st[2 * qc][2], st[2 * qc][3]),
+                                    bf16x2(st[2 * qc + 1][0], st[2 * qc + 1][1]),
+                                    bf16x2(st[2 * qc + 1][2], st[2 * qc + 1][3])};
+            const uint32_t sa[4] = {bf16x2(dpt[2 * qc][0], dpt[2 * qc][1]), bf16x2(dpt[2 * qc][2], dpt[2 * qc][3]),
+                                    bf16x2(dpt[2 * qc + 1][0], dpt[2 * qc + 1][1]),
+                                    bf16x2(dpt[2 * qc + 1][2], dpt[2 * qc + 1][3])};
+#pragma unroll
+            for (int nd = 0; nd < ND; nd++) {
+                mma_bf16(dva[nd], pa, dOt[(nd * 8 + gq) * PT + qc * 8 + tq], dOt[(nd * 8 + gq) * PT + qc * 8 + 4 + tq]);
+                mma_bf16(dka[nd], sa, Qt[(nd * 8 + gq) * PT + qc * 8 + tq], Qt[(nd * 8 + gq) * PT + qc * 8 + 4 + tq]);
+            }
+        }
+        if (!dqp) continue;
+        __syncthreads();   /* every warp's dS is in shared memory */
+        /* this key tile's share of dQ for queries warp*16 + (gq, gq + 8): dS [16 x 64 keys] K */
+        float dqa[ND][4];
+#pragma unroll
+        for (int nd = 0; nd < ND; nd++) dqa[nd][0] = dqa[nd][1] = dqa[nd][2] = dqa[nd][3] = 0.f;
+#pragma unroll
+        for (int kc = 0; kc < 4; kc++) {
+            const uint32_t a[4] = {dSs[r0 * PT + kc * 8 + tq], dSs[(r0 + 8) * PT + kc * 8 + tq],
+                                   dSs[r0 * PT + kc * 8 + 4 + tq], dSs[(r0 + 8) * PT + kc * 8 + 4 + tq]};
+#pragma unroll
+            for (int nd = 0; nd < ND; nd++)
+                mma_bf16(dqa[nd], a, Kt[(nd * 8 + gq) * PT + kc * 8 + tq], Kt[(nd * 8 + gq) * PT + kc * 8 + 4 + tq]);
+        }
+        float *pb = dqp + ((int64_t)lbh * ntiles + tile) * dm.L * dm.D;
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            const int qm = q0 + r0 + 8 * i;
+            if (qm >= dm.L) continue;
+#pragma unroll
+            for (int nd = 0; nd < ND; nd++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const int d = nd * 8 + 2 * tq + e;
+                    if (d < dm.D) pb[(int64_t)qm * dm.D + d] = dqa[nd][2 * i + e];
+                }
+        }
+    }
+    float *dkb = dk.p ? dk.at(b, h) : nullptr, *dvb = dv.p ? dv.at(b, h) : nullptr;
+    const float scale = (float)dm.scale;
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        const int kn = k0 + r0 + 8 * i;
+        if (kn >= dm.S) continue;
+#pragma unroll
+        for (int nd = 0; nd < ND; nd++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int d = nd * 8 + 2 * tq + e;
+                if (dkb && d < dm.D) dkb[(int64_t)kn * dk.sl + (int64_t)d * dk.sd] = dka[nd][2 * i + e] * scale;
+                if (dvb && d < dm.Dv) dvb[(int64_t)kn * dv.sl + (int64_t)d * dv.sd] = dva[nd][2 * i + e];
+            }
+    }
+}
+
+/* ---------------------------------------------------------------- backward: D = rowsum(dO * O) */
+
+template <typename T>
+__global__ void attn_bwd_pre_kernel(T *__restrict__ Dv_out, opnd<const T> dout, opnd<const T> out, dims dm)
+{
+    const int64_t row = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    if (row >= (int64_t)dm.B * dm.H * dm.L) return;
+    const int i = (int)(row % dm.L), bh = (int)(row / dm.L), b = bh / dm.H, h = bh % dm.H;
+    const T *g = dout.at(b, h) + (int64_t)i * dout.sl, *o = out.at(b, h) + (int64_t)i * out.sl;
+    T acc = 0;
+    for (int d = lane; d < dm.Dv; d += 32) acc += g[(int64_t)d * dout.sd] * o[(int64_t)d * out.sd];
+#pragma unroll
+    for (int s = 16; s > 0; s >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, s);
+    if (lane == 0) Dv_out[row] = acc;
+}
+
+/* ---------------------------------------------------------------- f32 backward: dK, dV */
+
+/* FQ (fused dQ): the block also forms this key tile's share of dQ, dQ_part = dS K for every query
+ * tile it visits, and writes it unscaled to dqp[(bh - bh0) * ntiles + tile][L][D]; the reduce
+ * kernel below sums the shares in tile order. That replaces the dQ kernel's second recomputation
+ * of S and dP (5 instead of 7 tile products) at the price of the partials' memory traffic. */
+template <int DP, bool FQ>
+__global__ void __launch_bounds__(kThreads)
+attn_bwd_dkdv_kernel(opnd<float> dk, opnd<float> dv, opnd<const float> q, opnd<const float> k, opnd<const float> v,
+                     opnd<const float> dout, const float *__restrict__ lse, int64_t lsb, int64_t lsh, int64_t lsl,
+                     const float *__restrict__ Dvec, dims dm, float *__restrict__ dqp)
+{
+    using C = cfg<DP>;
+    constexpr int BN = C::BN, BMK = C::BMK, LD = C::LD, PTLD = C::PTLD, TX = C::TXK, PLD = C::PLD, RQ = C::RQ;
+    constexpr int CQ = BMK / TX, CA = DP / TX, CO = DP / 16;
+    DYN_SMEM(float4, smem4);
+    float *Ks = reinterpret_cast<float *>(smem4), *Vs = Ks + BN * LD, *Qs = Vs + BN * LD, *dOs = Qs + BMK * LD;
+    float *Pts = dOs + BMK * LD, *dSts = Pts + BN * PTLD, *lse2 = dSts + BN * PTLD, *Ds = lse2 + BMK;
+    float *dSq = Ds + BMK;   /* FQ only: [BMK][PLD] */
+
+    const int ntiles = (dm.S + BN - 1) / BN;
+    const int tile = (int)(blockIdx.x % ntiles);
+    const int lbh = (int)(blockIdx.x / ntiles), bh = dm.bh0 + lbh, b = bh / dm.H, h = bh % dm.H;
+    const int k0 = tile * BN, tx = threadIdx.x % TX, ty = threadIdx.x / TX;
+    const int off = dm.S - dm.L;
+    const float sl2 = (float)dm.scale * kLog2e;
+
+    load_tile<BN, DP, LD>(Ks, k.at(b, h) + (int64_t)k0 * k.sl, k.sl, k.sd, dm.S - k0, dm.D, 1.f);
+    load_tile<BN, DP, LD>(Vs, v.at(b, h) + (int64_t)k0 * v.sl, v.sl, v.sd, dm.S - k0, dm.Dv, 1.f);
+
+    float ak[4][CA], av[4][CA];
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < CA; j++) ak[i][j] = av[i][j] = 0.f;
+
+    int m_begin = dm.causal ? max(0, k0 - off) : 0;
+    m_begin = m_begin / BMK * BMK;
+    const float *qb = q.at(b, h), *gb = dout.at(b, h);
+    const float *lb = lse + b * lsb + h * lsh, *db = Dvec + (int64_t)bh * dm.L;
+    for (int q0 = m_begin; q0 < dm.L; q0 += BMK) {
+        __syncthreads();
+        load_tile<BMK, DP, LD>(Qs, qb + (int64_t)q0 * q.sl, q.sl, q.sd, dm.L - q0, dm.D, 1.f);
+        load_tile<BMK, DP, LD>(dOs, gb + (int64_t)q0 * dout.sl, dout.sl, dout.sd, dm.L - q0, dm.Dv, 1.f);
+        for (int r = threadIdx.x; r < BMK; r += kThreads) {
+            const bool in = q0 + r < dm.L;
+            lse2[r] = in ? lb[(int64_t)(q0 + r) * lsl] * kLog2e : -INFINITY;
+            Ds[r] = in ? db[q0 + r] : 0.f;
+        }
+        __syncthreads();
+        float st[4][CQ], dpt[4][CQ];
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+#pragma unroll
+            for (int j = 0; j < CQ; j++) st[i][j] = dpt[i][j] = 0.f;
+        mm_nt<4, CQ, DP, LD, LD, TX>(st, Ks + ty * 4 * LD, Qs + tx * LD);
+        mm_nt<4, CQ, DP, LD, LD, TX>(dpt, Vs + ty * 4 * LD, dOs + tx * LD);
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int kn = k0 + ty * 4 + i;
+#pragma unroll
+            for (int j = 0; j < CQ; j++) {
+                const int mc = tx + TX * j, qm = q0 + mc;
+                const float l2 = lse2[mc];
+                const bool ok = kn < dm.S && qm < dm.L && l2 != -INFINITY && !(dm.causal && kn > qm + off);
+                const float p = ok ? exp2f(st[i][j] * sl2 - l2) : 0.f;
+                const float ds = p * (dpt[i][j] - Ds[mc]);
+                Pts[(ty * 4 + i) * PTLD + mc] = p;
+                dSts[(ty * 4 + i) * PTLD + mc] = ds;
+                if (FQ) dSq[mc * PLD + ty * 4 + i] = ds;
+            }
+        }
+        __syncthreads();
+        mm_nn<4, CA, BMK, PTLD, LD, TX>(av, Pts + ty * 4 * PTLD, dOs + tx);
+        mm_nn<4, CA, BMK, PTLD, LD, TX>(ak, dSts + ty * 4 * PTLD, Qs + tx);
+        if (FQ) {
+            /* rows tq*RQ.. of dQ_part [BMK][DP]: columns tc + 16 j */
+            const int tc = threadIdx.x % 16, tq = threadIdx.x / 16;
+            float aq[RQ][CO];
+#pragma unroll
+            for (int i = 0; i < RQ; i++)
+#pragma unroll
+                for (int j = 0; j < CO; j++) aq[i][j] = 0.f;
+            mm_nn<RQ, CO, BN, PLD, LD, 16>(aq, dSq + tq * RQ * PLD, Ks + tc);
+            float *pb = dqp + ((int64_t)lbh * ntiles + tile) * dm.L * dm.D;
+#pragma unroll
+            for (int i = 0; i < RQ; i++) {
+                const int qm = q0 + tq * RQ + i;
+                if (qm >= dm.L) continue;
+#pragma unroll
+                for (int j = 0; j < CO; j++) {
+                    const int d = tc + 16 * j;
+                    if (d < dm.D) pb[(int64_t)qm * dm.D + d] = aq[i][j];
+                }
+            }
+        }
+    }
+    float *dkb = dk.p ? dk.at(b, h) : nullptr, *dvb = dv.p ? dv.at(b, h) : nullptr;
+    const float scale = (float)dm.scale;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const int kn = k0 + ty * 4 + i;
+        if (kn >= dm.S) continue;
+#pragma unroll
+        for (int j = 0; j < CA; j++) {
+            const int d = tx + TX * j;
+            if (dkb && d < dm.D) dkb[(int64_t)kn * dk.sl + (int64_t)d * dk.sd] = ak[i][j] * scale;
+            if (dvb && d < dm.Dv) dvb[(int64_t)kn * dv.sl + (int64_t)d * dv.sd] = av[i][j];
+        }
+    }
+}
+
+/* dq[bh0 + lbh, m, d] = scale * sum over key tiles t (in order) of dqp[lbh][t][m][d], for the
+ * `heads` heads of one fused launch. Under a causal mask key tile t skipped the query tiles
+ * before its first visible one (their partials were never written): the sum stops there. */
+__global__ void attn_bwd_dq_reduce_kernel(opnd<float> dq, const float *__restrict__ dqp, int heads, int ntiles, int BN,
+                                          int BMK, dims dm)
+{
+    const int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= (int64_t)heads * dm.L * dm.D) return;
+    const int d = (int)(e % dm.D), m = (int)(e / dm.D % dm.L), lbh = (int)(e / ((int64_t)dm.D * dm.L));
+    const int bh = dm.bh0 + lbh, b = bh / dm.H, h = bh % dm.H;
+    const int qt = m / BMK * BMK, off = dm.S - dm.L;
+    const float *p = dqp + (int64_t)lbh * ntiles * dm.L * dm.D + (int64_t)m * dm.D + d;
+    float acc = 0.f;
+    for (int t = 0; t < ntiles; t++) {
+        if (dm.causal && max(0, t * BN - off) / BMK * BMK > qt) break;   /* this tile's m_begin */
+        acc += p[(int64_t)t * dm.L * dm.D];
+    }
+    dq.at(b, h)[(int64_t)m * dq.sl + (int64_t)d * dq.sd] = acc * (float)dm.scale;
+}
+
+/* ---------------------------------------------------------------- f32 backward: dQ */
+
+template <int DP>
+__global__ void __launch_bounds__(kThreads)
+attn_bwd_dq_kernel(opnd<float> dq, opnd<const float> q, opnd<const float> k, opnd<const float> v, opnd<const float> dout,
+                   const float *__restrict__ lse, int64_t lsb, int64_t lsh, int64_t lsl, const float *__restrict__ Dvec,
+                   dims dm)
+{
+    using C = cfg<DP>;
+    constexpr int BM = C::BM, BN = C::BN, LD = C::LD, PLD = C::PLD, CS = BN / 16, CO = DP / 16;
+    DYN_SMEM(float4, smem4);
+    float *Qs = reinterpret_cast<float *>(smem4), *dOs = Qs + BM * LD, *Ks = dOs + BM * LD, *Vs = Ks + BN * LD;
+    float *dSs = Vs + BN * LD, *lse2 = dSs + BM * PLD, *Ds = lse2 + BM;
+
+    const int ntiles = (dm.L + BM - 1) / BM;
+    const int tile = ntiles - 1 - (int)(blockIdx.x % ntiles);
+    const int bh = (int)(blockIdx.x / ntiles), b = bh / dm.H, h = bh % dm.H;
+    const int q0 = tile * BM, tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+    const int off = dm.S - dm.L;
+    const float sl2 = (float)dm.scale * kLog2e;
+
+    load_tile<BM, DP, LD>(Qs, q.at(b, h) + (int64_t)q0 * q.sl, q.sl, q.sd, dm.L - q0, dm.D, 1.f);
+    load_tile<BM, DP, LD>(dOs, dout.at(b, h) + (int64_t)q0 * dout.sl, dout.sl, dout.sd, dm.L - q0, dm.Dv, 1.f);
+    {
+        const float *lb = lse + b * lsb + h * lsh, *db = Dvec + (int64_t)bh * dm.L;
+        for (int r = threadIdx.x; r < BM; r += kThreads) {
+            const bool in = q0 + r < dm.L;
+            lse2[r] = in ? lb[(int64_t)(q0 + r) * lsl] * kLog2e : -INFINITY;
+            Ds[r] = in ? db[q0 + r] : 0.f;
+        }
+    }
+    float a[4][CO];
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < CO; j++) a[i][j] = 0.f;
+    const int n_end = dm.causal ? min(dm.S, q0 + BM + off) : dm.S;
+    const float *kb = k.at(b, h), *vb = v.at(b, h);
+    for (int k0 = 0; k0 < n_end; k0 += BN) {
+        __syncthreads();
+        load_tile<BN, DP, LD>(Ks, kb + (int64_t)k0 * k.sl, k.sl, k.sd, dm.S - k0, dm.D, 1.f);
+        load_tile<BN, DP, LD>(Vs, vb + (int64_t)k0 * v.sl, v.sl, v.sd, dm.S - k0, dm.Dv, 1.f);
+        __syncthreads();
+        float s[4][CS], dp[4][CS];
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+#pragma unroll
+            for (int j = 0; j < CS; j++) s[i][j] = dp[i][j] = 0.f;
+        mm_nt<4, CS, DP, LD, LD, 16>(s, Qs + ty * 4 * LD, Ks + tx * LD);
+        mm_nt<4, CS, DP, LD, LD, 16>(dp, dOs + ty * 4 * LD, Vs + tx * LD);
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int r = ty * 4 + i, qm = q0 + r;
+            const float l2 = lse2[r], dd = Ds[r];
+#pragma unroll
+            for (int j = 0; j < CS; j++) {
+                const int kn = k0 + tx + 16 * j;
+                const bool ok = kn < dm.S && qm < dm.L && l2 != -INFINITY && !(dm.causal && kn > qm + off);
+                const float p = ok ? exp2f(s[i][j] * sl2 - l2) : 0.f;
+                dSs[r * PLD + tx + 16 * j] = p * (dp[i][j] - dd);
+            }
+        }
+        __syncthreads();
+        mm_nn<4, CO, BN, PLD, LD, 16>(a, dSs + ty * 4 * PLD, Ks + tx);
+    }
+    float *qo = dq.at(b, h);
+    const float scale = (float)dm.scale;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const int qm = q0 + ty * 4 + i;
+        if (qm >= dm.L) continue;
+#pragma unroll
+        for (int j = 0; j < CO; j++) {
+            const int d = tx + 16 * j;
+            if (d < dm.D) qo[(int64_t)qm * dq.sl + (int64_t)d * dq.sd] = a[i][j] * scale;
+        }
+    }
+}
+
+#endif
