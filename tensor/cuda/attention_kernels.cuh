@@ -418,16 +418,15 @@ __device__ __forceinline__ void load_pairs(uint32_t *dst, const float *src, int6
     }
 }
 
-/* dst[d][j] = bf16 pair (src[row0 + 2j][d], src[row0 + 2j + 1][d]) ([DP][64] transposed tile) */
-template <int DP>
-__device__ __forceinline__ void load_pairs_t(uint32_t *dst, const float *src, int64_t sl, int64_t sd, int nrows, int ncols)
+/* dst[d][j] = bf16 pair (t[2j][d], t[2j + 1][d]) of a [64][DP] tile already in shared memory as
+ * pairs (load_pairs): the transposed copy costs no second read of global memory */
+template <int DP> __device__ __forceinline__ void transpose_pairs(uint32_t *dst, const uint32_t *src)
 {
-    constexpr int PT = 64 / 2 + 4;
+    constexpr int PW = DP / 2 + 4, PT = 64 / 2 + 4;
     for (int idx = threadIdx.x; idx < 32 * DP; idx += kMmaThreads) {
-        const int d = idx % DP, j = idx / DP, r = 2 * j;
-        const float x0 = r < nrows && d < ncols ? src[(int64_t)r * sl + (int64_t)d * sd] : 0.f;
-        const float x1 = r + 1 < nrows && d < ncols ? src[(int64_t)(r + 1) * sl + (int64_t)d * sd] : 0.f;
-        dst[d * PT + j] = bf16x2(x0, x1);
+        const int d = idx % DP, j = idx / DP, sh = (d & 1) * 16;
+        const uint32_t lo = (src[2 * j * PW + d / 2] >> sh) & 0xffffu, hi = (src[(2 * j + 1) * PW + d / 2] >> sh) & 0xffffu;
+        dst[d * PT + j] = lo | hi << 16;
     }
 }
 
@@ -456,8 +455,8 @@ attn_bwd_mma_kernel(opnd<float> dk, opnd<float> dv, opnd<const float> q, opnd<co
     const float *kb = k.at(b, h) + (int64_t)k0 * k.sl, *vb = v.at(b, h) + (int64_t)k0 * v.sl;
     load_pairs<DP>(Ks, kb, k.sl, k.sd, dm.S - k0, dm.D);
     load_pairs<DP>(Vs, vb, v.sl, v.sd, dm.S - k0, dm.Dv);
-    load_pairs_t<DP>(Kt, kb, k.sl, k.sd, dm.S - k0, dm.D);
     __syncthreads();
+    transpose_pairs<DP>(Kt, Ks);
     const int r0 = warp * 16 + gq;   /* this thread's keys in the tile: r0 and r0 + 8 */
     uint32_t kf[KC][4], vf[KC][4];
 #pragma unroll
@@ -486,13 +485,14 @@ attn_bwd_mma_kernel(opnd<float> dk, opnd<float> dv, opnd<const float> q, opnd<co
         const float *qt = qbh + (int64_t)q0 * q.sl, *gt = gbh + (int64_t)q0 * dout.sl;
         load_pairs<DP>(Qs, qt, q.sl, q.sd, dm.L - q0, dm.D);
         load_pairs<DP>(dOs, gt, dout.sl, dout.sd, dm.L - q0, dm.Dv);
-        load_pairs_t<DP>(Qt, qt, q.sl, q.sd, dm.L - q0, dm.D);
-        load_pairs_t<DP>(dOt, gt, dout.sl, dout.sd, dm.L - q0, dm.Dv);
         for (int r = threadIdx.x; r < 64; r += kMmaThreads) {
             const bool in = q0 + r < dm.L;
             lse2[r] = in ? lb[(int64_t)(q0 + r) * lsl] * kLog2e : -INFINITY;
             Ds[r] = in ? db[q0 + r] : 0.f;
         }
+        __syncthreads();
+        transpose_pairs<DP>(Qt, Qs);
+        transpose_pairs<DP>(dOt, dOs);
         __syncthreads();
         /* S^T and dP^T for this warp's 16 keys x 64 queries */
         float st[NQ][4], dpt[NQ][4];
