@@ -200,51 +200,75 @@ enum status fwd_tiled(opnd<float> out, float *lse, int64_t lsb, int64_t lsh, int
     return STATUS_OK;
 }
 
+/* The fused backwards' dQ: `launch(d2, nh, part)` queues the kernel that writes the partials of the
+ * nh heads from d2.bh0 on, then the ordered sum turns them into dq. The partials take at most
+ * kFusedDqBytes (more heads go in chunks); when memory is short the chunks shrink, down to one head,
+ * and *done = false (error cleared) when not even that fits: the caller runs the split kernels. */
+template <class Launch>
+enum status dq_partials_run(const dims &dm, int ntiles, int bn, int bmk, opnd<float> dq, Launch launch, bool *done)
+{
+    *done = false;
+    const int64_t heads = (int64_t)dm.B * dm.H, per_head = (int64_t)ntiles * dm.L * dm.D;
+    if (heads == 0 || per_head == 0) return STATUS_OK;
+    const int64_t fit = kFusedDqBytes / (int64_t)sizeof(float) / per_head;
+    const int64_t nchunks = (heads + (fit > 0 ? fit : 1) - 1) / (fit > 0 ? fit : 1);
+    int64_t hc = (heads + nchunks - 1) / nchunks;   /* balanced chunks */
+    struct tensor *part;
+    for (;;) {
+        int64_t n = hc * per_head;
+        if ((part = tensor_empty(DTYPE_F32, 1, &n, DEVICE_CUDA))) break;
+        tensor_clear_error();
+        if (hc == 1) return STATUS_OK;
+        hc = (hc + 1) / 2;
+    }
+    float *pp = (float *)part->storage->data;
+    cudaStream_t st = (cudaStream_t)cuda_stream();
+    enum status s = STATUS_OK;
+    for (int64_t h0 = 0; h0 < heads && !s; h0 += hc) {
+        const int nh = (int)(heads - h0 < hc ? heads - h0 : hc);
+        dims d2 = dm;
+        d2.bh0 = (int)h0;
+        if ((s = launch(d2, nh, pp))) break;
+        const int64_t elems = (int64_t)nh * dm.L * dm.D;
+        attn_bwd_dq_reduce_kernel<<<(unsigned)((elems + 255) / 256), 256, 0, st>>>(dq, pp, nh, ntiles, bn, bmk, d2);
+        if (cudaGetLastError() != cudaSuccess) s = tensor_fail(STATUS_DEVICE, "attention_backward: the dQ sum did not launch");
+    }
+    tensor_free(part);   /* queued behind the kernels on the one stream */
+    *done = !s;
+    return s;
+}
+
 /* the bf16 tensor-core backward (same switch as fwd_mma): dK, dV and dQ partials in one kernel per
  * chunk of heads, then the ordered dQ sum */
 template <int DP>
 enum status bwd_mma(opnd<float> dq, opnd<float> dk, opnd<float> dv, opnd<const float> q, opnd<const float> k,
                     opnd<const float> v, opnd<const float> dout, const float *lse, int64_t lsb, int64_t lsh, int64_t lsl,
-                    const float *Dvec, const dims &dm)
+                    const float *Dvec, const dims &dm, bool *done)
 {
     using M = mma_bwd_cfg<DP>;
     enum status s;
     static bool ready = false;
+    *done = false;
     if ((s = set_smem(attn_bwd_mma_kernel<DP>, M::smem, &ready))) return s;
     cudaStream_t st = (cudaStream_t)cuda_stream();
     const int ntiles = (dm.S + 63) / 64;
     const int64_t heads = (int64_t)dm.B * dm.H;
-    if (ntiles == 0 || heads == 0) return STATUS_OK;
-    if (!dq.p || dm.L == 0) {
-        if (!dk.p && !dv.p) return STATUS_OK;
-        attn_bwd_mma_kernel<DP><<<(unsigned)(heads * ntiles), kMmaThreads, M::smem, st>>>(dk, dv, q, k, v, dout, lse, lsb,
-                                                                                          lsh, lsl, Dvec, dm, nullptr);
-        CUDA_LAUNCHED();
+    if (!dq.p || dm.L == 0 || ntiles == 0 || heads == 0) {   /* no dQ: no partials */
+        if ((dk.p || dv.p) && ntiles > 0 && heads > 0) {
+            attn_bwd_mma_kernel<DP><<<(unsigned)(heads * ntiles), kMmaThreads, M::smem, st>>>(
+                dk, dv, q, k, v, dout, lse, lsb, lsh, lsl, Dvec, dm, nullptr);
+            CUDA_LAUNCHED();
+        }
+        *done = true;
         return STATUS_OK;
     }
-    const int64_t per_head = (int64_t)ntiles * dm.L * dm.D;
-    const int64_t fit = kFusedDqBytes / (int64_t)sizeof(float) / (per_head > 0 ? per_head : 1);
-    const int64_t nchunks = (heads + (fit > 0 ? fit : 1) - 1) / (fit > 0 ? fit : 1);
-    const int64_t hc = (heads + nchunks - 1) / nchunks;
-    const int64_t n = hc * (per_head > 0 ? per_head : 1);
-    struct tensor *part = tensor_empty(DTYPE_F32, 1, &n, DEVICE_CUDA);
-    if (!part) return tensor_status() ? tensor_status() : STATUS_OOM;
-    float *pp = (float *)part->storage->data;
-    for (int64_t h0 = 0; h0 < heads; h0 += hc) {
-        const int nh = (int)(heads - h0 < hc ? heads - h0 : hc);
-        dims d2 = dm;
-        d2.bh0 = (int)h0;
+    auto launch = [&](const dims &d2, int nh, float *pp) -> enum status {
         attn_bwd_mma_kernel<DP><<<(unsigned)(nh * ntiles), kMmaThreads, M::smem, st>>>(dk, dv, q, k, v, dout, lse, lsb, lsh,
                                                                                        lsl, Dvec, d2, pp);
         CUDA_LAUNCHED();
-        const int64_t elems = (int64_t)nh * dm.L * dm.D;
-        if (elems > 0) {
-            attn_bwd_dq_reduce_kernel<<<(unsigned)((elems + 255) / 256), 256, 0, st>>>(dq, pp, nh, ntiles, 64, 64, d2);
-            CUDA_LAUNCHED();
-        }
-    }
-    tensor_free(part);   /* queued behind the kernels on the one stream */
-    return STATUS_OK;
+        return STATUS_OK;
+    };
+    return dq_partials_run(dm, ntiles, 64, 64, dq, launch, done);
 }
 
 template <int DP>
@@ -260,32 +284,15 @@ enum status bwd_tiled(opnd<float> dq, opnd<float> dk, opnd<float> dv, opnd<const
     const int64_t kv_blocks = (int64_t)dm.B * dm.H * ntiles;
     const int64_t q_blocks = (int64_t)dm.B * dm.H * ((dm.L + C::BM - 1) / C::BM);
     if (dq.p && kv_blocks > 0 && dm.L > 0 && fused_dq()) {
-        /* one launch per chunk of heads whose partials fit kFusedDqBytes */
         if ((s = set_smem(attn_bwd_dkdv_kernel<DP, true>, C::dkdv_dq_smem, &ready_fq))) return s;
-        const int64_t per_head = (int64_t)ntiles * dm.L * dm.D, heads = (int64_t)dm.B * dm.H;
-        const int64_t fit = kFusedDqBytes / (int64_t)sizeof(float) / (per_head > 0 ? per_head : 1);
-        const int64_t nchunks = (heads + (fit > 0 ? fit : 1) - 1) / (fit > 0 ? fit : 1);
-        const int64_t hc = (heads + nchunks - 1) / nchunks;   /* balanced chunks */
-        const int64_t n = hc * (per_head > 0 ? per_head : 1);
-        struct tensor *part = tensor_empty(DTYPE_F32, 1, &n, DEVICE_CUDA);
-        if (!part) return tensor_status() ? tensor_status() : STATUS_OOM;
-        float *pp = (float *)part->storage->data;
-        for (int64_t h0 = 0; h0 < heads; h0 += hc) {
-            const int nh = (int)(heads - h0 < hc ? heads - h0 : hc);
-            dims d2 = dm;
-            d2.bh0 = (int)h0;
+        auto launch = [&](const dims &d2, int nh, float *pp) -> enum status {
             attn_bwd_dkdv_kernel<DP, true><<<(unsigned)(nh * ntiles), kThreads, C::dkdv_dq_smem, st>>>(
                 dk, dv, q, k, v, dout, lse, lsb, lsh, lsl, Dvec, d2, pp);
             CUDA_LAUNCHED();
-            const int64_t elems = (int64_t)nh * dm.L * dm.D;
-            if (elems > 0) {
-                attn_bwd_dq_reduce_kernel<<<(unsigned)((elems + 255) / 256), 256, 0, st>>>(dq, pp, nh, ntiles, C::BN,
-                                                                                           C::BMK, d2);
-                CUDA_LAUNCHED();
-            }
-        }
-        tensor_free(part);   /* queued behind the kernels on the one stream */
-        return STATUS_OK;
+            return STATUS_OK;
+        };
+        bool done = false;
+        if ((s = dq_partials_run(dm, ntiles, C::BN, C::BMK, dq, launch, &done)) || done) return s;
     }
     if ((dk.p || dv.p) && kv_blocks > 0) {
         if ((s = set_smem(attn_bwd_dkdv_kernel<DP, false>, C::dkdv_smem, &ready_kv))) return s;
@@ -369,10 +376,12 @@ enum status backward_run(struct tensor *dq, struct tensor *dk, struct tensor *dv
     }
     if constexpr (sizeof(T) == 4) {
         const int dp = padded_dim(dm.D > dm.Dv ? dm.D : dm.Dv);
-        if (attn_mma()) {
-            if (dp == 32) return bwd_mma<32>(dqo, dko, dvo, qo, ko, vo, go, lp, lsb, lsh, lsl, Dvec, dm);
-            if (dp == 48) return bwd_mma<48>(dqo, dko, dvo, qo, ko, vo, go, lp, lsb, lsh, lsl, Dvec, dm);
-            if (dp == 64) return bwd_mma<64>(dqo, dko, dvo, qo, ko, vo, go, lp, lsb, lsh, lsl, Dvec, dm);
+        if (attn_mma() && dp <= 64) {   /* else (or when its dQ partials do not fit) the f32 kernels */
+            bool done = false;
+            enum status s = dp == 32   ? bwd_mma<32>(dqo, dko, dvo, qo, ko, vo, go, lp, lsb, lsh, lsl, Dvec, dm, &done)
+                            : dp == 48 ? bwd_mma<48>(dqo, dko, dvo, qo, ko, vo, go, lp, lsb, lsh, lsl, Dvec, dm, &done)
+                                       : bwd_mma<64>(dqo, dko, dvo, qo, ko, vo, go, lp, lsb, lsh, lsl, Dvec, dm, &done);
+            if (s || done) return s;
         }
 #define BWD_CALL(DP) bwd_tiled<DP>(dqo, dko, dvo, qo, ko, vo, go, lp, lsb, lsh, lsl, Dvec, dm)
         ATTN_DISPATCH(dp, BWD_CALL)
