@@ -84,10 +84,12 @@ enum status gemm(cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t 
 
 /* ---------------------------------------------------------------- host helpers */
 
+/* a workspace of T elements (f32, f64, or uint16_t: bf16), owned by the enclosing scope */
 template <typename T> T *scratch(int64_t elems, enum status *s)
 {
     int64_t n = elems > 0 ? elems : 1;
-    struct tensor *t = tensor_empty(sizeof(T) == 4 ? DTYPE_F32 : DTYPE_F64, 1, &n, DEVICE_CUDA);
+    const enum dtype dt = sizeof(T) == 2 ? DTYPE_BF16 : sizeof(T) == 4 ? DTYPE_F32 : DTYPE_F64;
+    struct tensor *t = tensor_empty(dt, 1, &n, DEVICE_CUDA);
     if (!t) { *s = tensor_status() ? tensor_status() : STATUS_OOM; return NULL; }
     return (T *)t->storage->data;
 }
@@ -165,6 +167,21 @@ tiling pixel_tiling(const geom &g, size_t es, size_t bytes)
     int64_t P = (g.OHW + ntiles - 1) / ntiles;
     P = (P + 3) / 4 * 4;
     return tiling{1, P < g.OHW ? P : g.OHW};
+}
+
+/* f(n0, nb, p0, pc) for each tile of t in order (images n0 .. n0+nb, pixels p0 .. p0+pc); stops at
+ * the first error */
+template <class F> enum status for_each_tile(const geom &g, const tiling &t, F f)
+{
+    for (int64_t n0 = 0; n0 < g.N; n0 += t.nb) {
+        const int64_t nb = g.N - n0 < t.nb ? g.N - n0 : t.nb;
+        for (int64_t p0 = 0; p0 < g.OHW; p0 += t.P) {
+            const int64_t pc = g.OHW - p0 < t.P ? g.OHW - p0 : t.P;
+            const enum status s = f(n0, nb, p0, pc);
+            if (s) return s;
+        }
+    }
+    return STATUS_OK;
 }
 
 /* ---------------------------------------------------------------- kernels */
@@ -317,16 +334,6 @@ enum status im2col(CT *col, const T *x, const geom &g, int64_t n0, int64_t nb, i
     return STATUS_OK;
 }
 
-/* an im2col workspace of CT elements (uint16_t: bf16), owned by the enclosing scope */
-template <typename CT> CT *col_scratch(int64_t elems, enum status *s)
-{
-    int64_t n = elems > 0 ? elems : 1;
-    const enum dtype dt = sizeof(CT) == 2 ? DTYPE_BF16 : sizeof(CT) == 4 ? DTYPE_F32 : DTYPE_F64;
-    struct tensor *t = tensor_empty(dt, 1, &n, DEVICE_CUDA);
-    if (!t) { *s = tensor_status() ? tensor_status() : STATUS_OOM; return NULL; }
-    return (CT *)t->storage->data;
-}
-
 /* under PRECISION_BF16 the f32 forward and backward weight write their im2col in bf16 directly
  * (half the bytes, and no second pass to pack it for the GEMM) */
 bool col_in_bf16() { return tensor_precision() == PRECISION_BF16; }
@@ -368,35 +375,38 @@ enum status side_stream_init()
     return STATUS_OK;
 }
 
+/* the forward GEMMs of one tile, one per group: out[n0.., g's channels, p0..] (+)= w_g @ col_g */
+template <typename T, typename CT>
+enum status forward_gemms(T *out, const T *w, const CT *col, T beta, const geom &g, int64_t n0, int64_t nb, int64_t p0,
+                          int64_t pc)
+{
+    enum status s = STATUS_OK;
+    for (int gi = 0; gi < g.G && !s; gi++)
+        s = gemm(CUBLAS_OP_N, CUBLAS_OP_N, pc, g.Og, g.Kg, col + gi * g.Kg * pc, pc, g.K * pc, w + gi * g.Og * g.Kg, g.Kg, 0,
+                 beta, out + n0 * g.O * g.OHW + gi * g.Og * g.OHW + p0, g.OHW, g.O * g.OHW, nb);
+    return s;
+}
+
 /* out (bias already in it when beta = 1) += w @ im2col(x), tile by tile, pipelined as above */
 template <typename CT>
 enum status conv_forward_pipelined(float *out, const float *x, const float *w, float beta, const geom &g, const tiling &t,
                                    CT *const col[2])
 {
-    enum status s = STATUS_OK;
     cudaStream_t st = (cudaStream_t)cuda_stream();
     CUDA_TRY(cudaEventRecord(g_ev_start, st));
     CUDA_TRY(cudaStreamWaitEvent(g_side, g_ev_start, 0));
     int64_t it = 0;
-    for (int64_t n0 = 0; n0 < g.N && !s; n0 += t.nb) {
-        const int64_t nb = g.N - n0 < t.nb ? g.N - n0 : t.nb;
-        for (int64_t p0 = 0; p0 < g.OHW && !s; p0 += t.P, it++) {
-            const int64_t pc = g.OHW - p0 < t.P ? g.OHW - p0 : t.P;
-            const int b = (int)(it & 1);
-            cudaError_t e = it >= 2 ? cudaStreamWaitEvent(g_side, g_ev_free[b], 0) : cudaSuccess;
-            if (!e && !(s = im2col<float, CT>(col[b], x, g, n0, nb, p0, pc, g_side))) {
-                e = cudaEventRecord(g_ev_ready[b], g_side);
-                if (!e) e = cudaStreamWaitEvent(st, g_ev_ready[b], 0);
-                for (int gi = 0; gi < g.G && !e && !s; gi++)
-                    s = gemm(CUBLAS_OP_N, CUBLAS_OP_N, pc, g.Og, g.Kg, col[b] + gi * g.Kg * pc, pc, g.K * pc,
-                             w + gi * g.Og * g.Kg, g.Kg, 0, beta, out + n0 * g.O * g.OHW + gi * g.Og * g.OHW + p0,
-                             g.OHW, g.O * g.OHW, nb);
-                if (!e && !s) e = cudaEventRecord(g_ev_free[b], st);
-            }
-            if (e && !s) s = tensor_fail(STATUS_DEVICE, "conv2d: CUDA error %s while ordering the im2col stream",
-                                         cudaGetErrorString(e));
-        }
-    }
+    const enum status s = for_each_tile(g, t, [&](int64_t n0, int64_t nb, int64_t p0, int64_t pc) -> enum status {
+        const int b = (int)(it & 1);
+        if (it++ >= 2) CUDA_TRY(cudaStreamWaitEvent(g_side, g_ev_free[b], 0));   /* GEMM it-2 has read col[b] */
+        enum status e;
+        if ((e = im2col<float, CT>(col[b], x, g, n0, nb, p0, pc, g_side))) return e;
+        CUDA_TRY(cudaEventRecord(g_ev_ready[b], g_side));
+        CUDA_TRY(cudaStreamWaitEvent(st, g_ev_ready[b], 0));
+        if ((e = forward_gemms(out, w, col[b], beta, g, n0, nb, p0, pc))) return e;
+        CUDA_TRY(cudaEventRecord(g_ev_free[b], st));
+        return STATUS_OK;
+    });
     if (s) (void)cudaStreamSynchronize(g_side);   /* nothing may still write a workspace being handed back */
     return s;
 }
@@ -412,8 +422,8 @@ template <typename T, typename CT> enum status forward_tiles(T *out, const T *x,
             const tiling t2 = pixel_tiling(g, sizeof(CT), workspace_bytes() / 2);
             if (t2.nb < g.N || t2.P < g.OHW) {   /* several tiles: something to overlap */
                 if ((s = side_stream_init())) return s;
-                CT *col2[2] = {col_scratch<CT>(t2.nb * g.K * t2.P, &s), nullptr};
-                if (col2[0]) col2[1] = col_scratch<CT>(t2.nb * g.K * t2.P, &s);
+                CT *col2[2] = {scratch<CT>(t2.nb * g.K * t2.P, &s), nullptr};
+                if (col2[0]) col2[1] = scratch<CT>(t2.nb * g.K * t2.P, &s);
                 if (col2[1]) return conv_forward_pipelined<CT>(out, x, w, beta, g, t2, col2);
                 tensor_clear_error();   /* no room for two workspaces: the one-stream path below */
                 s = STATUS_OK;
@@ -421,21 +431,12 @@ template <typename T, typename CT> enum status forward_tiles(T *out, const T *x,
         }
     }
     const tiling t = pixel_tiling(g, sizeof(CT), workspace_bytes());
-    CT *col = col_scratch<CT>(t.nb * g.K * t.P, &s);
+    CT *col = scratch<CT>(t.nb * g.K * t.P, &s);
     if (!col) return s;
-    for (int64_t n0 = 0; n0 < g.N; n0 += t.nb) {
-        const int64_t nb = g.N - n0 < t.nb ? g.N - n0 : t.nb;
-        for (int64_t p0 = 0; p0 < g.OHW; p0 += t.P) {
-            const int64_t pc = g.OHW - p0 < t.P ? g.OHW - p0 : t.P;
-            if ((s = im2col<T, CT>(col, x, g, n0, nb, p0, pc))) return s;
-            for (int gi = 0; gi < g.G; gi++)
-                if ((s = gemm(CUBLAS_OP_N, CUBLAS_OP_N, pc, g.Og, g.Kg, col + gi * g.Kg * pc, pc, g.K * pc,
-                              w + gi * g.Og * g.Kg, g.Kg, 0, beta, out + n0 * g.O * g.OHW + gi * g.Og * g.OHW + p0, g.OHW,
-                              g.O * g.OHW, nb)))
-                    return s;
-        }
-    }
-    return STATUS_OK;
+    return for_each_tile(g, t, [&](int64_t n0, int64_t nb, int64_t p0, int64_t pc) -> enum status {
+        const enum status e = im2col<T, CT>(col, x, g, n0, nb, p0, pc);
+        return e ? e : forward_gemms(out, w, col, beta, g, n0, nb, p0, pc);
+    });
 }
 
 template <typename T> enum status conv_forward(T *out, const T *x, const T *w, const T *bias, const geom &g)
@@ -504,21 +505,16 @@ template <typename T, typename CT> enum status weight_tiles(T *dw, const T *dy, 
     enum status s = STATUS_OK;
     bool first = true;
     const tiling t = pixel_tiling(g, sizeof(CT), workspace_bytes());
-    CT *col = col_scratch<CT>(t.nb * g.K * t.P, &s);
+    CT *col = scratch<CT>(t.nb * g.K * t.P, &s);
     if (!col) return s;
-    for (int64_t n0 = 0; n0 < g.N; n0 += t.nb) {
-        const int64_t nb = g.N - n0 < t.nb ? g.N - n0 : t.nb;
-        for (int64_t p0 = 0; p0 < g.OHW; p0 += t.P) {
-            const int64_t pc = g.OHW - p0 < t.P ? g.OHW - p0 : t.P;
-            if ((s = im2col<T, CT>(col, x, g, n0, nb, p0, pc))) return s;
-            for (int64_t i = 0; i < nb; i++, first = false)
-                if ((s = gemm(CUBLAS_OP_T, CUBLAS_OP_N, g.Kg, g.Og, pc, col + i * g.K * pc, pc, g.Kg * pc,
-                              dy + (n0 + i) * g.O * g.OHW + p0, g.OHW, g.Og * g.OHW, first ? T(0) : T(1), dw, g.Kg,
-                              g.Og * g.Kg, g.G)))
-                    return s;
-        }
-    }
-    return STATUS_OK;
+    return for_each_tile(g, t, [&](int64_t n0, int64_t nb, int64_t p0, int64_t pc) -> enum status {
+        enum status e = im2col<T, CT>(col, x, g, n0, nb, p0, pc);
+        for (int64_t i = 0; i < nb && !e; i++, first = false)
+            e = gemm(CUBLAS_OP_T, CUBLAS_OP_N, g.Kg, g.Og, pc, col + i * g.K * pc, pc, g.Kg * pc,
+                     dy + (n0 + i) * g.O * g.OHW + p0, g.OHW, g.Og * g.OHW, first ? T(0) : T(1), dw, g.Kg, g.Og * g.Kg,
+                     g.G);
+        return e;
+    });
 }
 
 template <typename T> enum status conv_backward_weight(T *dw, const T *dy, const T *x, const geom &g)
