@@ -252,6 +252,69 @@ __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], 
 }
 #endif
 
+/* dst[r][d/2] = bf16 pairs of src[row0 + r][d], zero past nrows / ncols ([64][DP] tile) */
+template <int DP>
+__device__ __forceinline__ void load_pairs(uint32_t *dst, const float *src, int64_t sl, int64_t sd, int nrows, int ncols)
+{
+    constexpr int PW = DP / 2 + 4;
+    for (int idx = threadIdx.x; idx < 64 * (DP / 2); idx += kMmaThreads) {
+        const int r = idx / (DP / 2), d = 2 * (idx % (DP / 2));
+        const float *row = src + (int64_t)r * sl;
+        const float x0 = r < nrows && d < ncols ? row[(int64_t)d * sd] : 0.f;
+        const float x1 = r < nrows && d + 1 < ncols ? row[(int64_t)(d + 1) * sd] : 0.f;
+        dst[r * PW + d / 2] = bf16x2(x0, x1);
+    }
+}
+
+/* The fragments of one warp (g = lane / 4, t = lane % 4), over shared tiles of bf16 pairs with a
+ * pitch of `pw` words: the A fragment of rows r0 and r0 + 8 (r0 = 16 * warp + g) and words
+ * w0 .. w0 + 7 (16 bf16 along k) */
+__device__ __forceinline__ void frag_a(uint32_t (&a)[4], const uint32_t *t, int pw, int r0, int w0, int tq)
+{
+    a[0] = t[r0 * pw + w0 + tq];
+    a[1] = t[(r0 + 8) * pw + w0 + tq];
+    a[2] = t[r0 * pw + w0 + 4 + tq];
+    a[3] = t[(r0 + 8) * pw + w0 + 4 + tq];
+}
+
+/* c += a b, with the B fragment from row n (= n-octet * 8 + g) of a tile stored with k along the
+ * row (words w0 .. w0 + 7) */
+__device__ __forceinline__ void mma_tile(float (&c)[4], const uint32_t (&a)[4], const uint32_t *t, int pw, int n, int w0,
+                                         int tq)
+{
+    mma_bf16(c, a, t[n * pw + w0 + tq], t[n * pw + w0 + 4 + tq]);
+}
+
+/* two adjacent 8-column C fragments (columns 16 kc .. 16 kc + 15) as the A fragment of the next
+ * product, k along those columns: FlashAttention-2's register reuse */
+__device__ __forceinline__ void c_to_a(uint32_t (&a)[4], const float (&c0)[4], const float (&c1)[4])
+{
+    a[0] = bf16x2(c0[0], c0[1]);
+    a[1] = bf16x2(c0[2], c0[3]);
+    a[2] = bf16x2(c1[0], c1[1]);
+    a[3] = bf16x2(c1[2], c1[3]);
+}
+
+/* dst[row0 + 8 i][d] = mul[i] * acc's C fragments (rows row0, row0 + 8; d = 8 nd + 2 t + e), for
+ * rows < nrows and d < ncols, at strides sl, sd */
+template <int ND>
+__device__ __forceinline__ void store_c(float *dst, int64_t sl, int64_t sd, const float (&acc)[ND][4], int row0, int nrows,
+                                        int ncols, const float (&mul)[2], int tq)
+{
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        const int r = row0 + 8 * i;
+        if (r >= nrows) continue;
+#pragma unroll
+        for (int nd = 0; nd < ND; nd++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int d = nd * 8 + 2 * tq + e;
+                if (d < ncols) dst[(int64_t)r * sl + (int64_t)d * sd] = acc[nd][2 * i + e] * mul[i];
+            }
+    }
+}
+
 template <int DP>
 __global__ void __launch_bounds__(kMmaThreads)
 attn_fwd_mma_kernel(opnd<float> out, float *__restrict__ lse, int64_t lsb, int64_t lsh, int64_t lsl, opnd<const float> q,
@@ -269,25 +332,12 @@ attn_fwd_mma_kernel(opnd<float> out, float *__restrict__ lse, int64_t lsb, int64
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gq = lane / 4, tq = lane % 4;
     const float sl2 = (float)dm.scale * kLog2e;
 
-    /* Q tile as bf16 pairs, zero past L and D */
-    const float *qb = q.at(b, h);
-    for (int idx = threadIdx.x; idx < BM * (DP / 2); idx += kMmaThreads) {
-        const int r = idx / (DP / 2), d = 2 * (idx % (DP / 2)), qi = q0 + r;
-        const float *src = qb + (int64_t)qi * q.sl;
-        const float x0 = qi < dm.L && d < dm.D ? src[(int64_t)d * q.sd] : 0.f;
-        const float x1 = qi < dm.L && d + 1 < dm.D ? src[(int64_t)(d + 1) * q.sd] : 0.f;
-        Qs[r * PW + d / 2] = bf16x2(x0, x1);
-    }
+    load_pairs<DP>(Qs, q.at(b, h) + (int64_t)q0 * q.sl, q.sl, q.sd, dm.L - q0, dm.D);   /* zero past L and D */
     __syncthreads();
     uint32_t qf[KC][4];
     const int r0 = warp * 16 + gq;   /* this thread's rows in the tile: r0 and r0 + 8 */
 #pragma unroll
-    for (int kc = 0; kc < KC; kc++) {
-        qf[kc][0] = Qs[r0 * PW + kc * 8 + tq];
-        qf[kc][1] = Qs[(r0 + 8) * PW + kc * 8 + tq];
-        qf[kc][2] = Qs[r0 * PW + kc * 8 + 4 + tq];
-        qf[kc][3] = Qs[(r0 + 8) * PW + kc * 8 + 4 + tq];
-    }
+    for (int kc = 0; kc < KC; kc++) frag_a(qf[kc], Qs, PW, r0, kc * 8, tq);
 
     float o[ND][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
 #pragma unroll
@@ -297,13 +347,7 @@ attn_fwd_mma_kernel(opnd<float> out, float *__restrict__ lse, int64_t lsb, int64
     const float *kb = k.at(b, h), *vb = v.at(b, h);
     for (int k0 = 0; k0 < n_end; k0 += BN) {
         __syncthreads();   /* the previous tile's Ks / Vt are consumed */
-        for (int idx = threadIdx.x; idx < BN * (DP / 2); idx += kMmaThreads) {
-            const int r = idx / (DP / 2), d = 2 * (idx % (DP / 2)), kj = k0 + r;
-            const float *src = kb + (int64_t)kj * k.sl;
-            const float x0 = kj < dm.S && d < dm.D ? src[(int64_t)d * k.sd] : 0.f;
-            const float x1 = kj < dm.S && d + 1 < dm.D ? src[(int64_t)(d + 1) * k.sd] : 0.f;
-            Ks[r * PW + d / 2] = bf16x2(x0, x1);
-        }
+        load_pairs<DP>(Ks, kb + (int64_t)k0 * k.sl, k.sl, k.sd, dm.S - k0, dm.D);
         for (int idx = threadIdx.x; idx < (BN / 2) * DP; idx += kMmaThreads) {
             const int d = idx % DP, j = idx / DP, kj = k0 + 2 * j;   /* keys 2j, 2j+1 of column d */
             const float x0 = kj < dm.S && d < dm.Dv ? vb[(int64_t)kj * v.sl + (int64_t)d * v.sd] : 0.f;
@@ -318,7 +362,7 @@ attn_fwd_mma_kernel(opnd<float> out, float *__restrict__ lse, int64_t lsb, int64
             sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.f;
 #pragma unroll
             for (int kc = 0; kc < KC; kc++)
-                mma_bf16(sc[nt], qf[kc], Ks[(nt * 8 + gq) * PW + kc * 8 + tq], Ks[(nt * 8 + gq) * PW + kc * 8 + 4 + tq]);
+                mma_tile(sc[nt], qf[kc], Ks, PW, nt * 8 + gq, kc * 8, tq);
         }
         /* online softmax (base 2) on rows qi0 (c0, c1) and qi1 (c2, c3) */
         float mx[2] = {-INFINITY, -INFINITY};
@@ -359,32 +403,26 @@ attn_fwd_mma_kernel(opnd<float> out, float *__restrict__ lse, int64_t lsb, int64
         /* O += P V, 16 keys (two octets of S = one A fragment) at a time */
 #pragma unroll
         for (int kc = 0; kc < BN / 16; kc++) {
-            const uint32_t pa[4] = {bf16x2(sc[2 * kc][0], sc[2 * kc][1]), bf16x2(sc[2 * kc][2], sc[2 * kc][3]),
-                                    bf16x2(sc[2 * kc + 1][0], sc[2 * kc + 1][1]),
-                                    bf16x2(sc[2 * kc + 1][2], sc[2 * kc + 1][3])};
+            uint32_t pa[4];
+            c_to_a(pa, sc[2 * kc], sc[2 * kc + 1]);
 #pragma unroll
-            for (int nd = 0; nd < ND; nd++)
-                mma_bf16(o[nd], pa, Vt[(nd * 8 + gq) * PV + kc * 8 + tq], Vt[(nd * 8 + gq) * PV + kc * 8 + 4 + tq]);
+            for (int nd = 0; nd < ND; nd++) mma_tile(o[nd], pa, Vt, PV, nd * 8 + gq, kc * 8, tq);
         }
     }
-    float *ob = out.at(b, h);
+    float lt[2], inv[2];
+#pragma unroll
+    for (int i = 0; i < 2; i++) {   /* the row sums over the quad */
+        lt[i] = l[i];
+        lt[i] += __shfl_xor_sync(0xffffffffu, lt[i], 1);
+        lt[i] += __shfl_xor_sync(0xffffffffu, lt[i], 2);
+        inv[i] = lt[i] > 0.f ? 1.f / lt[i] : 0.f;
+    }
+    store_c<ND>(out.at(b, h) + (int64_t)q0 * out.sl, out.sl, out.sd, o, r0, dm.L - q0, dm.Dv, inv, tq);
     float *lb = lse + b * lsb + h * lsh;
 #pragma unroll
     for (int i = 0; i < 2; i++) {
-        float lt = l[i];
-        lt += __shfl_xor_sync(0xffffffffu, lt, 1);
-        lt += __shfl_xor_sync(0xffffffffu, lt, 2);
         const int qi = i ? qi1 : qi0;
-        if (qi >= dm.L) continue;
-        const float inv = lt > 0.f ? 1.f / lt : 0.f;
-#pragma unroll
-        for (int nd = 0; nd < ND; nd++)
-#pragma unroll
-            for (int e = 0; e < 2; e++) {
-                const int d = nd * 8 + 2 * tq + e;
-                if (d < dm.Dv) ob[(int64_t)qi * out.sl + (int64_t)d * out.sd] = o[nd][2 * i + e] * inv;
-            }
-        if (tq == 0) lb[(int64_t)qi * lsl] = lt > 0.f ? (m[i] + log2f(lt)) * kLn2 : -INFINITY;
+        if (tq == 0 && qi < dm.L) lb[(int64_t)qi * lsl] = lt[i] > 0.f ? (m[i] + log2f(lt[i])) * kLn2 : -INFINITY;
     }
 }
 
@@ -403,20 +441,6 @@ template <int DP> struct mma_bwd_cfg {
     static constexpr int PW = DP / 2 + 4, PT = 64 / 2 + 4;   /* words per row: [64][DP] and [DP][64] tiles */
     static constexpr size_t smem = sizeof(uint32_t) * (size_t)(4 * 64 * PW + 3 * DP * PT + 64 * PT) + sizeof(float) * 128;
 };
-
-/* dst[r][d/2] = bf16 pairs of src[row0 + r][d], zero past nrows / ncols ([64][DP] tile) */
-template <int DP>
-__device__ __forceinline__ void load_pairs(uint32_t *dst, const float *src, int64_t sl, int64_t sd, int nrows, int ncols)
-{
-    constexpr int PW = DP / 2 + 4;
-    for (int idx = threadIdx.x; idx < 64 * (DP / 2); idx += kMmaThreads) {
-        const int r = idx / (DP / 2), d = 2 * (idx % (DP / 2));
-        const float *row = src + (int64_t)r * sl;
-        const float x0 = r < nrows && d < ncols ? row[(int64_t)d * sd] : 0.f;
-        const float x1 = r < nrows && d + 1 < ncols ? row[(int64_t)(d + 1) * sd] : 0.f;
-        dst[r * PW + d / 2] = bf16x2(x0, x1);
-    }
-}
 
 /* dst[d][j] = bf16 pair (t[2j][d], t[2j + 1][d]) of a [64][DP] tile already in shared memory as
  * pairs (load_pairs): the transposed copy costs no second read of global memory */
@@ -461,14 +485,8 @@ attn_bwd_mma_kernel(opnd<float> dk, opnd<float> dv, opnd<const float> q, opnd<co
     uint32_t kf[KC][4], vf[KC][4];
 #pragma unroll
     for (int kc = 0; kc < KC; kc++) {
-        kf[kc][0] = Ks[r0 * PW + kc * 8 + tq];
-        kf[kc][1] = Ks[(r0 + 8) * PW + kc * 8 + tq];
-        kf[kc][2] = Ks[r0 * PW + kc * 8 + 4 + tq];
-        kf[kc][3] = Ks[(r0 + 8) * PW + kc * 8 + 4 + tq];
-        vf[kc][0] = Vs[r0 * PW + kc * 8 + tq];
-        vf[kc][1] = Vs[(r0 + 8) * PW + kc * 8 + tq];
-        vf[kc][2] = Vs[r0 * PW + kc * 8 + 4 + tq];
-        vf[kc][3] = Vs[(r0 + 8) * PW + kc * 8 + 4 + tq];
+        frag_a(kf[kc], Ks, PW, r0, kc * 8, tq);
+        frag_a(vf[kc], Vs, PW, r0, kc * 8, tq);
     }
     float dka[ND][4], dva[ND][4];
 #pragma unroll
@@ -502,8 +520,8 @@ attn_bwd_mma_kernel(opnd<float> dk, opnd<float> dv, opnd<const float> q, opnd<co
             for (int e = 0; e < 4; e++) st[nt][e] = dpt[nt][e] = 0.f;
 #pragma unroll
             for (int kc = 0; kc < KC; kc++) {
-                mma_bf16(st[nt], kf[kc], Qs[(nt * 8 + gq) * PW + kc * 8 + tq], Qs[(nt * 8 + gq) * PW + kc * 8 + 4 + tq]);
-                mma_bf16(dpt[nt], vf[kc], dOs[(nt * 8 + gq) * PW + kc * 8 + tq], dOs[(nt * 8 + gq) * PW + kc * 8 + 4 + tq]);
+                mma_tile(st[nt], kf[kc], Qs, PW, nt * 8 + gq, kc * 8, tq);
+                mma_tile(dpt[nt], vf[kc], dOs, PW, nt * 8 + gq, kc * 8, tq);
             }
         }
         /* P^T into st, dS^T into dpt; dS also to shared memory as [query][key] */
@@ -524,16 +542,13 @@ attn_bwd_mma_kernel(opnd<float> dk, opnd<float> dv, opnd<const float> q, opnd<co
         /* dV += P^T dO and dK += dS^T Q, 16 queries at a time */
 #pragma unroll
         for (int qc = 0; qc < 4; qc++) {
-            const uint32_t pa[4] = {bf16x2(st[2 * qc][0], st[2 * qc][1]), bf16x2(st[2 * qc][2], st[2 * qc][3]),
-                                    bf16x2(st[2 * qc + 1][0], st[2 * qc + 1][1]),
-                                    bf16x2(st[2 * qc + 1][2], st[2 * qc + 1][3])};
-            const uint32_t sa[4] = {bf16x2(dpt[2 * qc][0], dpt[2 * qc][1]), bf16x2(dpt[2 * qc][2], dpt[2 * qc][3]),
-                                    bf16x2(dpt[2 * qc + 1][0], dpt[2 * qc + 1][1]),
-                                    bf16x2(dpt[2 * qc + 1][2], dpt[2 * qc + 1][3])};
+            uint32_t pa[4], sa[4];
+            c_to_a(pa, st[2 * qc], st[2 * qc + 1]);
+            c_to_a(sa, dpt[2 * qc], dpt[2 * qc + 1]);
 #pragma unroll
             for (int nd = 0; nd < ND; nd++) {
-                mma_bf16(dva[nd], pa, dOt[(nd * 8 + gq) * PT + qc * 8 + tq], dOt[(nd * 8 + gq) * PT + qc * 8 + 4 + tq]);
-                mma_bf16(dka[nd], sa, Qt[(nd * 8 + gq) * PT + qc * 8 + tq], Qt[(nd * 8 + gq) * PT + qc * 8 + 4 + tq]);
+                mma_tile(dva[nd], pa, dOt, PT, nd * 8 + gq, qc * 8, tq);
+                mma_tile(dka[nd], sa, Qt, PT, nd * 8 + gq, qc * 8, tq);
             }
         }
         if (!dqp) continue;
@@ -544,41 +559,17 @@ attn_bwd_mma_kernel(opnd<float> dk, opnd<float> dv, opnd<const float> q, opnd<co
         for (int nd = 0; nd < ND; nd++) dqa[nd][0] = dqa[nd][1] = dqa[nd][2] = dqa[nd][3] = 0.f;
 #pragma unroll
         for (int kc = 0; kc < 4; kc++) {
-            const uint32_t a[4] = {dSs[r0 * PT + kc * 8 + tq], dSs[(r0 + 8) * PT + kc * 8 + tq],
-                                   dSs[r0 * PT + kc * 8 + 4 + tq], dSs[(r0 + 8) * PT + kc * 8 + 4 + tq]};
+            uint32_t a[4];
+            frag_a(a, dSs, PT, r0, kc * 8, tq);
 #pragma unroll
-            for (int nd = 0; nd < ND; nd++)
-                mma_bf16(dqa[nd], a, Kt[(nd * 8 + gq) * PT + kc * 8 + tq], Kt[(nd * 8 + gq) * PT + kc * 8 + 4 + tq]);
+            for (int nd = 0; nd < ND; nd++) mma_tile(dqa[nd], a, Kt, PT, nd * 8 + gq, kc * 8, tq);
         }
-        float *pb = dqp + ((int64_t)lbh * ntiles + tile) * dm.L * dm.D;
-#pragma unroll
-        for (int i = 0; i < 2; i++) {
-            const int qm = q0 + r0 + 8 * i;
-            if (qm >= dm.L) continue;
-#pragma unroll
-            for (int nd = 0; nd < ND; nd++)
-#pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    const int d = nd * 8 + 2 * tq + e;
-                    if (d < dm.D) pb[(int64_t)qm * dm.D + d] = dqa[nd][2 * i + e];
-                }
-        }
+        const float one[2] = {1.f, 1.f};
+        store_c<ND>(dqp + (((int64_t)lbh * ntiles + tile) * dm.L + q0) * dm.D, dm.D, 1, dqa, r0, dm.L - q0, dm.D, one, tq);
     }
-    float *dkb = dk.p ? dk.at(b, h) : nullptr, *dvb = dv.p ? dv.at(b, h) : nullptr;
-    const float scale = (float)dm.scale;
-#pragma unroll
-    for (int i = 0; i < 2; i++) {
-        const int kn = k0 + r0 + 8 * i;
-        if (kn >= dm.S) continue;
-#pragma unroll
-        for (int nd = 0; nd < ND; nd++)
-#pragma unroll
-            for (int e = 0; e < 2; e++) {
-                const int d = nd * 8 + 2 * tq + e;
-                if (dkb && d < dm.D) dkb[(int64_t)kn * dk.sl + (int64_t)d * dk.sd] = dka[nd][2 * i + e] * scale;
-                if (dvb && d < dm.Dv) dvb[(int64_t)kn * dv.sl + (int64_t)d * dv.sd] = dva[nd][2 * i + e];
-            }
-    }
+    const float scale[2] = {(float)dm.scale, (float)dm.scale}, one[2] = {1.f, 1.f};
+    if (dk.p) store_c<ND>(dk.at(b, h) + (int64_t)k0 * dk.sl, dk.sl, dk.sd, dka, r0, dm.S - k0, dm.D, scale, tq);
+    if (dv.p) store_c<ND>(dv.at(b, h) + (int64_t)k0 * dv.sl, dv.sl, dv.sd, dva, r0, dm.S - k0, dm.Dv, one, tq);
 }
 
 /* ---------------------------------------------------------------- backward: D = rowsum(dO * O) */
