@@ -955,42 +955,49 @@ START_TEST(test_nn)
     /* attention */
     struct tensor *qkv[3] = {test_uniform(DTYPE_F64, TENSOR_SHAPE(1, 2, 5, 4), -1, 1), test_uniform(DTYPE_F64, TENSOR_SHAPE(1, 2, 6, 4), -1, 1),
                              test_uniform(DTYPE_F64, TENSOR_SHAPE(1, 2, 6, 3), -1, 1)};
-    check_op("attention", f_attention, NULL, 3, qkv, &o);
     struct tensor *qkv2[3] = {test_uniform(DTYPE_F64, TENSOR_SHAPE(1, 2, 6, 4), -1, 1), test_uniform(DTYPE_F64, TENSOR_SHAPE(1, 2, 6, 4), -1, 1),
                               test_uniform(DTYPE_F64, TENSOR_SHAPE(1, 2, 6, 4), -1, 1)};
-    check_op("attention[causal]", f_attention, (void *)1, 3, qkv2, &o);
     struct tensor *qkvb[3] = {test_uniform(DTYPE_F64, TENSOR_SHAPE(2, 8, 77, 64), -1, 1), test_uniform(DTYPE_F64, TENSOR_SHAPE(2, 8, 77, 64), -1, 1),
                               test_uniform(DTYPE_F64, TENSOR_SHAPE(2, 8, 77, 64), -1, 1)};
-    check_op("attention[large,causal,77x64]", f_attention, (void *)1, 3, qkvb, &big);
     /* several key and query tiles at SD's head dim 40: L != S, and a causal mask with L < S */
     struct tensor *qkvt[3] = {test_uniform(DTYPE_F64, TENSOR_SHAPE(1, 2, 130, 40), -1, 1),
                               test_uniform(DTYPE_F64, TENSOR_SHAPE(1, 2, 200, 40), -1, 1),
                               test_uniform(DTYPE_F64, TENSOR_SHAPE(1, 2, 200, 40), -1, 1)};
-    check_op("attention[large,tiles,130x200x40]", f_attention, NULL, 3, qkvt, &big);
     struct tensor *qkvc[3] = {test_uniform(DTYPE_F64, TENSOR_SHAPE(1, 3, 70, 40), -1, 1),
                               test_uniform(DTYPE_F64, TENSOR_SHAPE(1, 3, 150, 40), -1, 1),
                               test_uniform(DTYPE_F64, TENSOR_SHAPE(1, 3, 150, 40), -1, 1)};
-    check_op("attention[large,causal,70x150x40]", f_attention, (void *)1, 3, qkvc, &big);
-    /* the same cases through the fused dQ backward (one kernel for dK, dV and dQ partials) */
-    setenv("DRAFT_ATTN_FUSED_DQ", "1", 1);
-    check_op("attention[fused_dq]", f_attention, NULL, 3, qkv, &o);
-    check_op("attention[fused_dq,causal]", f_attention, (void *)1, 3, qkv2, &o);
-    check_op("attention[fused_dq,large,causal,77x64]", f_attention, (void *)1, 3, qkvb, &big);
-    check_op("attention[fused_dq,large,tiles,130x200x40]", f_attention, NULL, 3, qkvt, &big);
-    check_op("attention[fused_dq,large,causal,70x150x40]", f_attention, (void *)1, 3, qkvc, &big);
-    unsetenv("DRAFT_ATTN_FUSED_DQ");
-    /* bf16 autocast on tensor cores, forward and backward (head dims 32, 48, 64 after padding): the bf16
-     * error band against the CPU's exact f32 */
-    setenv("DRAFT_ATTN_MMA", "1", 1);
-    tensor_set_precision(PRECISION_BF16);
+    const struct {
+        const char *tag;
+        struct tensor **in;
+        bool causal, large;
+    } attns[] = {{"", qkv, false, false},
+                 {"causal", qkv2, true, false},
+                 {"large,causal,77x64", qkvb, true, true},
+                 {"large,tiles,130x200x40", qkvt, false, true},
+                 {"large,causal,70x150x40", qkvc, true, true}};
+    /* each case three ways: the default kernels; the fused dQ backward (one kernel for dK, dV
+     * and dQ partials); bf16 autocast on tensor cores, forward and backward (head dims 32, 48,
+     * 64 after padding), in the bf16 error band against the CPU's exact f32 */
     const struct case_opts obf = {.tol32 = TOL_BF16};
-    check_op("attention[bf16_mma]", f_attention, NULL, 3, qkv, &obf);
-    check_op("attention[bf16_mma,causal]", f_attention, (void *)1, 3, qkv2, &obf);
-    check_op("attention[bf16_mma,large,causal,77x64]", f_attention, (void *)1, 3, qkvb, &obf);
-    check_op("attention[bf16_mma,large,tiles,130x200x40]", f_attention, NULL, 3, qkvt, &obf);
-    check_op("attention[bf16_mma,large,causal,70x150x40]", f_attention, (void *)1, 3, qkvc, &obf);
-    tensor_set_precision(PRECISION_F32);
-    unsetenv("DRAFT_ATTN_MMA");
+    const char *modes[3] = {"", "fused_dq", "bf16_mma"};
+    for (int m = 0; m < 3; m++) {
+        if (m == 1) setenv("DRAFT_ATTN_FUSED_DQ", "1", 1);
+        if (m == 2) {
+            setenv("DRAFT_ATTN_MMA", "1", 1);
+            tensor_set_precision(PRECISION_BF16);
+        }
+        for (size_t k = 0; k < sizeof attns / sizeof *attns; k++) {
+            char label[96];
+            const char *tag = attns[k].tag, *sep = m && *tag ? "," : "";
+            if (!m && !*tag) snprintf(label, sizeof label, "attention");
+            else snprintf(label, sizeof label, "attention[%s%s%s]", modes[m], sep, tag);
+            check_op(label, f_attention, attns[k].causal ? (void *)1 : NULL, 3, attns[k].in,
+                     m == 2 ? &obf : attns[k].large ? &big : &o);
+        }
+        unsetenv("DRAFT_ATTN_FUSED_DQ");
+        unsetenv("DRAFT_ATTN_MMA");
+        tensor_set_precision(PRECISION_F32);
+    }
     /* image ops */
     struct image_ctx ims[] = {
         {0, 0, 0, RESIZE_NEAREST, false, {0}},
