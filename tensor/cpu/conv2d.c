@@ -772,7 +772,7 @@ enum status cpu_conv2d(struct tensor *out, const struct tensor *x, const struct 
     const int64_t oper = ceil_div(g.Og, och), n_oc = ceil_div(g.Og, oper);
     /* With a small K the conv is bound by writing the output: each tile is then summed in a
      * scratch block (in cache) and streamed out. */
-    const bool thin = !direct && thin_fits(&g) && csub == g.Cg;
+    const bool thin = thin_fits(&g) && csub == g.Cg;   /* thin_fits excludes the direct 1x1 path */
     const bool staged = !direct && !thin && g.K <= 256 && oper * g.tile * (int64_t)g.esz <= WS_BYTES / 2;
     if (!direct) ws = workspace(&g, csub * g.KK * g.tile + (staged ? oper * g.tile : 0), &ws_stride);
     if (!wm || !o || (!direct && !ws)) {
