@@ -237,14 +237,17 @@ int main(void)
     }
     tensor_set_precision(PRECISION_F32);
 
-    /* group_norm [2,320,64,64] */
-    for (int bw = 0; bw < 2; bw++) {
+    /* group_norm [2,320,64,64]; fwd+bwd again with the one-pass cluster backward */
+    for (int mode = 0; mode < 3; mode++) {
+        const int bw = mode > 0;
+        if (mode == 2) setenv("DRAFT_GN_FUSED_BWD", "1", 1);
         a.a = randn_dev(DTYPE_F32, TENSOR_SHAPE(2, 320, 64, 64), bw);
         a.b = randn_dev(DTYPE_F32, TENSOR_SHAPE(320), bw);
         a.c = randn_dev(DTYPE_F32, TENSOR_SHAPE(320), bw);
         a.d = randn_dev(DTYPE_F32, TENSOR_SHAPE(2, 320, 64, 64), false);
         a.backward = bw;
-        const char *name = bw ? "group_norm_fwdbwd" : "group_norm_fwd";
+        const char *names[3] = {"group_norm_fwd", "group_norm_fwdbwd", "group_norm_fwdbwd_fused_bwd"};
+        const char *name = names[mode];
         ms = time_it(name, run_gn, &a, 3, 20);
         double bytes = 2.0 * 320 * 64 * 64 * 4 * (bw ? 5 : 2);   /* fwd: read x, write y; bwd: + read dy, x, write dx */
         if (ms > 0) printf("RESULT %s %.3f %.1f GB/s\n", name, ms, bytes / ms / 1e6);
@@ -257,6 +260,7 @@ int main(void)
         ms = time_burst(bname, run_gn, &a, 3, 20, 20);
         if (ms > 0) printf("RESULT %s %.3f %.1f GB/s\n", bname, ms, bytes / ms / 1e6);
         release(&a);
+        unsetenv("DRAFT_GN_FUSED_BWD");
     }
     /* the bandwidth a tensor of that size can reach at all: a device-to-device copy of it */
     a.a = randn_dev(DTYPE_F32, TENSOR_SHAPE(2, 320, 64, 64), false);

@@ -1,9 +1,14 @@
-/* cuda_emu.h — just enough of CUDA, on the host, to run the device code of attention_kernels.cuh in
- * a test without a GPU (tests/test_attention_emu.cpp): each thread of a block is an OS thread,
- * __syncthreads and the warp collectives are barriers, and emu_mma_bf16 implements the fragment
- * layout of PTX's mma.sync.m16n8k16.row.col bf16 (A: a0..a7 at row g / g+8, columns 2t, 2t+1 and
- * +8; B: rows 2t, 2t+1 and +8 of column g; C: row g / g+8, columns 2t, 2t+1, where g = lane / 4 and
- * t = lane % 4), summing in f32. Blocks run one after another. Not part of the engine. */
+/* cuda_emu.h — just enough of CUDA, on the host, to run the device code of attention_kernels.cuh
+ * and norm_kernels.cuh in a test without a GPU (tests/test_*_emu.cpp): each thread of a block is an
+ * OS thread, __syncthreads and the warp collectives are barriers, and emu_mma_bf16 implements the
+ * fragment layout of PTX's mma.sync.m16n8k16.row.col bf16 (A: a0..a7 at row g / g+8, columns 2t,
+ * 2t+1 and +8; B: rows 2t, 2t+1 and +8 of column g; C: row g / g+8, columns 2t, 2t+1, where
+ * g = lane / 4 and t = lane % 4), summing in f32. Thread-block clusters: the blocks of one cluster
+ * run at the same time, each with its own dynamic shared memory, barriers and warps;
+ * cooperative_groups::this_cluster() gives the rank, the cluster barrier and map_shared_rank (the
+ * same offset in another block's shared memory). cp.async copies at once. Clusters run one after
+ * another. Static __shared__ variables are one copy per kernel, so only kernels launched without
+ * clusters may use them. Not part of the engine. */
 #ifndef TESTS_CUDA_EMU_H
 #define TESTS_CUDA_EMU_H
 
@@ -26,40 +31,53 @@
 struct emu_dim3 {
     unsigned x = 0, y = 0, z = 0;
 };
-inline thread_local emu_dim3 threadIdx;
-inline emu_dim3 blockIdx, blockDim, gridDim;
+inline thread_local emu_dim3 threadIdx, blockIdx;
+inline thread_local unsigned emu_slot;   /* this thread's block within its cluster */
+inline emu_dim3 blockDim, gridDim;
 struct alignas(16) float4 {
     float x, y, z, w;
 };
+struct alignas(16) double2 {
+    double x, y;
+};
+inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
+inline double2 make_double2(double x, double y) { return double2{x, y}; }
 
-constexpr int kEmuMaxWarps = 8;
-inline pthread_barrier_t emu_block_bar, emu_warp_bar[kEmuMaxWarps];
-inline float emu_shfl[kEmuMaxWarps][32];
-inline uint32_t emu_mma_a[kEmuMaxWarps][32][4], emu_mma_b[kEmuMaxWarps][32][2];
-alignas(16) inline unsigned char emu_dyn_smem[256 * 1024];
-#define DYN_SMEM(type, name) type *name = reinterpret_cast<type *>(emu_dyn_smem)
+constexpr int kEmuMaxWarps = 8, kEmuMaxCluster = 8;
+constexpr size_t kEmuSmemPerBlock = 160 * 1024;
+inline unsigned emu_cluster_size = 1;
+inline pthread_barrier_t emu_cluster_bar, emu_block_bar[kEmuMaxCluster], emu_warp_bar[kEmuMaxCluster][kEmuMaxWarps];
+inline uint64_t emu_shfl[kEmuMaxCluster][kEmuMaxWarps][32];
+inline uint32_t emu_mma_a[kEmuMaxCluster][kEmuMaxWarps][32][4], emu_mma_b[kEmuMaxCluster][kEmuMaxWarps][32][2];
+alignas(16) inline unsigned char emu_dyn_smem[kEmuMaxCluster][kEmuSmemPerBlock];
+#define DYN_SMEM(type, name) type *name = reinterpret_cast<type *>(emu_dyn_smem[emu_slot])
 
-inline void __syncthreads() { pthread_barrier_wait(&emu_block_bar); }
-inline void emu_warp_sync() { pthread_barrier_wait(&emu_warp_bar[threadIdx.x / 32]); }
+inline void __syncthreads() { pthread_barrier_wait(&emu_block_bar[emu_slot]); }
+inline void emu_warp_sync() { pthread_barrier_wait(&emu_warp_bar[emu_slot][threadIdx.x / 32]); }
 
-inline float __shfl_xor_sync(unsigned, float v, int m)
+/* lane l of the warp gets the value of lane src(l) (or its own where src is out of range) */
+template <class T, class F> T emu_shuffle(T v, F src)
 {
-    const unsigned w = threadIdx.x / 32, l = threadIdx.x % 32;
-    emu_shfl[w][l] = v;
+    static_assert(sizeof(T) <= 8, "shuffled values are at most 8 bytes");
+    const unsigned w = threadIdx.x / 32, l = threadIdx.x % 32, s = src(l);
+    memcpy(&emu_shfl[emu_slot][w][l], &v, sizeof v);
     emu_warp_sync();
-    const float r = emu_shfl[w][l ^ (unsigned)m];
+    T r = v;
+    if (s < 32) memcpy(&r, &emu_shfl[emu_slot][w][s], sizeof r);
     emu_warp_sync();
     return r;
 }
-
-inline float __shfl_down_sync(unsigned, float v, int d)
+template <class T> T __shfl_xor_sync(unsigned, T v, int m)
 {
-    const unsigned w = threadIdx.x / 32, l = threadIdx.x % 32;
-    emu_shfl[w][l] = v;
-    emu_warp_sync();
-    const float r = l + (unsigned)d < 32 ? emu_shfl[w][l + (unsigned)d] : v;
-    emu_warp_sync();
-    return r;
+    return emu_shuffle(v, [m](unsigned l) { return l ^ (unsigned)m; });
+}
+template <class T> T __shfl_down_sync(unsigned, T v, int d)
+{
+    return emu_shuffle(v, [d](unsigned l) { return l + (unsigned)d; });
+}
+template <class T> T __shfl_sync(unsigned, T v, int src)
+{
+    return emu_shuffle(v, [src](unsigned) { return (unsigned)src; });
 }
 
 inline uint32_t __float_as_uint(float f)
@@ -68,9 +86,29 @@ inline uint32_t __float_as_uint(float f)
     memcpy(&u, &f, 4);
     return u;
 }
-inline float __ldg(const float *p) { return *p; }
+template <class T> T __ldg(const T *p) { return *p; }
 inline int min(int a, int b) { return a < b ? a : b; }
 inline int max(int a, int b) { return a > b ? a : b; }
+
+/* cp.async: the copy happens at once, so waiting is free */
+inline void __pipeline_memcpy_async(void *dst, const void *src, size_t n) { memcpy(dst, src, n); }
+inline void __pipeline_commit() {}
+inline void __pipeline_wait_prior(int) {}
+
+namespace cooperative_groups {
+struct cluster_group {
+    unsigned block_rank() const { return emu_slot; }
+    unsigned num_blocks() const { return emu_cluster_size; }
+    void sync() const { pthread_barrier_wait(&emu_cluster_bar); }
+    /* the address p has in block `rank`'s shared memory (p must be in this block's) */
+    template <class T> T *map_shared_rank(T *p, int rank) const
+    {
+        const size_t off = (size_t)(reinterpret_cast<unsigned char *>(p) - emu_dyn_smem[emu_slot]);
+        return reinterpret_cast<T *>(emu_dyn_smem[rank] + off);
+    }
+};
+inline cluster_group this_cluster() { return cluster_group{}; }
+}  // namespace cooperative_groups
 
 inline float emu_bf16(uint32_t h)
 {
@@ -83,17 +121,17 @@ inline float emu_bf16(uint32_t h)
 /* one warp-wide mma.sync.m16n8k16.row.col.f32.bf16.bf16.f32: c += A B */
 inline void emu_mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1)
 {
-    const unsigned w = threadIdx.x / 32, l = threadIdx.x % 32, g = l / 4, t = l % 4;
-    memcpy(emu_mma_a[w][l], a, sizeof a);
-    emu_mma_b[w][l][0] = b0;
-    emu_mma_b[w][l][1] = b1;
+    const unsigned w = threadIdx.x / 32, l = threadIdx.x % 32, g = l / 4, t = l % 4, k0 = emu_slot;
+    memcpy(emu_mma_a[k0][w][l], a, sizeof a);
+    emu_mma_b[k0][w][l][0] = b0;
+    emu_mma_b[k0][w][l][1] = b1;
     emu_warp_sync();
     for (unsigned e = 0; e < 4; e++) {
         const unsigned row = g + (e >= 2 ? 8 : 0), col = 2 * t + (e & 1);
         float acc = 0;
         for (unsigned k = 0; k < 16; k++) {
-            const uint32_t aw = emu_mma_a[w][(row % 8) * 4 + (k % 8) / 2][(row >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0)];
-            const uint32_t bw = emu_mma_b[w][col * 4 + (k % 8) / 2][k >= 8 ? 1 : 0];
+            const uint32_t aw = emu_mma_a[k0][w][(row % 8) * 4 + (k % 8) / 2][(row >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0)];
+            const uint32_t bw = emu_mma_b[k0][w][col * 4 + (k % 8) / 2][k >= 8 ? 1 : 0];
             acc += emu_bf16((k & 1) ? aw >> 16 : aw) * emu_bf16((k & 1) ? bw >> 16 : bw);
         }
         c[e] += acc;
@@ -101,31 +139,46 @@ inline void emu_mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uin
     emu_warp_sync();
 }
 
-/* run body() as a grid of `grid` one-dimensional blocks of `threads` threads (<= 256): one OS
- * thread per CUDA thread, reused from block to block (barriers between blocks) */
-template <class F> void emu_launch(unsigned grid, unsigned threads, F body)
+/* run body() over a grid of gx * gy blocks of `threads` threads (<= 256) in clusters of `cluster`
+ * blocks along x (gx % cluster == 0): one OS thread per CUDA thread of a cluster, reused from
+ * cluster to cluster (barriers between clusters) */
+template <class F> void emu_launch(unsigned gx, unsigned gy, unsigned cluster, unsigned threads, F body)
 {
-    const unsigned warps = (threads + 31) / 32;
+    const unsigned warps = (threads + 31) / 32, all = cluster * threads;
     pthread_barrier_t grid_bar;
-    pthread_barrier_init(&grid_bar, nullptr, threads);
-    pthread_barrier_init(&emu_block_bar, nullptr, threads);
-    for (unsigned w = 0; w < warps; w++) pthread_barrier_init(&emu_warp_bar[w], nullptr, 32);
+    pthread_barrier_init(&grid_bar, nullptr, all);
+    pthread_barrier_init(&emu_cluster_bar, nullptr, all);
+    for (unsigned b = 0; b < cluster; b++) {
+        pthread_barrier_init(&emu_block_bar[b], nullptr, threads);
+        for (unsigned w = 0; w < warps; w++) pthread_barrier_init(&emu_warp_bar[b][w], nullptr, 32);
+    }
     blockDim.x = threads;
-    gridDim.x = grid;
+    gridDim.x = gx;
+    gridDim.y = gy;
+    emu_cluster_size = cluster;
     std::vector<std::thread> ts;
-    for (unsigned t = 0; t < threads; t++) ts.emplace_back([t, grid, &grid_bar, &body] {
-        threadIdx.x = t;
-        for (unsigned bx = 0; bx < grid; bx++) {
-            if (t == 0) blockIdx.x = bx;
-            pthread_barrier_wait(&grid_bar);   /* blockIdx is set; the previous block is done */
-            body();
-            pthread_barrier_wait(&grid_bar);
-        }
+    for (unsigned t = 0; t < all; t++) ts.emplace_back([t, threads, cluster, gx, gy, &grid_bar, &body] {
+        threadIdx.x = t % threads;
+        emu_slot = t / threads;
+        for (unsigned by = 0; by < gy; by++)
+            for (unsigned bx = 0; bx < gx; bx += cluster) {
+                blockIdx.x = bx + emu_slot;
+                blockIdx.y = by;
+                pthread_barrier_wait(&grid_bar);   /* the previous cluster is done */
+                body();
+                pthread_barrier_wait(&grid_bar);
+            }
     });
     for (auto &th : ts) th.join();
     pthread_barrier_destroy(&grid_bar);
-    pthread_barrier_destroy(&emu_block_bar);
-    for (unsigned w = 0; w < warps; w++) pthread_barrier_destroy(&emu_warp_bar[w]);
+    pthread_barrier_destroy(&emu_cluster_bar);
+    for (unsigned b = 0; b < cluster; b++) {
+        pthread_barrier_destroy(&emu_block_bar[b]);
+        for (unsigned w = 0; w < warps; w++) pthread_barrier_destroy(&emu_warp_bar[b][w]);
+    }
 }
+
+/* a one-dimensional grid of single blocks */
+template <class F> void emu_launch(unsigned grid, unsigned threads, F body) { emu_launch(grid, 1, 1, threads, body); }
 
 #endif

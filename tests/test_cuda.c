@@ -948,10 +948,20 @@ START_TEST(test_nn)
     check_op("layer_norm[large,77x768]", f_layer_norm, (void *)1, 3, lnb, &big);
     struct tensor *gn[3] = {test_uniform(DTYPE_F64, TENSOR_SHAPE(2, 6, 3, 4), -2, 2), test_uniform(DTYPE_F64, TENSOR_SHAPE(6), 0.5, 1.5),
                             test_uniform(DTYPE_F64, TENSOR_SHAPE(6), -1, 1)};
-    check_op("group_norm[groups=3]", f_group_norm, (void *)3, 3, gn, &o);
+    /* 3 channels of 25 per group: the cluster kernels' chunks cross channel boundaries, V = 1 */
+    struct tensor *gno[3] = {test_uniform(DTYPE_F64, TENSOR_SHAPE(1, 6, 5, 5), -2, 2), test_uniform(DTYPE_F64, TENSOR_SHAPE(6), 0.5, 1.5),
+                             test_uniform(DTYPE_F64, TENSOR_SHAPE(6), -1, 1)};
     struct tensor *gnb[3] = {test_uniform(DTYPE_F64, TENSOR_SHAPE(2, 64, 16, 16), -2, 2), test_uniform(DTYPE_F64, TENSOR_SHAPE(64), 0.5, 1.5),
                              test_uniform(DTYPE_F64, TENSOR_SHAPE(64), -1, 1)};
-    check_op("group_norm[large,groups=32]", f_group_norm, (void *)32, 3, gnb, &big);
+    /* each case twice: the default kernels, and the one-pass cluster backward (DRAFT_GN_FUSED_BWD) */
+    for (int m = 0; m < 2; m++) {
+        if (m) setenv("DRAFT_GN_FUSED_BWD", "1", 1);
+        check_op(m ? "group_norm[fused_bwd,groups=3]" : "group_norm[groups=3]", f_group_norm, (void *)3, 3, gn, &o);
+        check_op(m ? "group_norm[fused_bwd,groups=2,5x5]" : "group_norm[groups=2,5x5]", f_group_norm, (void *)2, 3, gno, &o);
+        check_op(m ? "group_norm[fused_bwd,large,groups=32]" : "group_norm[large,groups=32]", f_group_norm, (void *)32, 3,
+                 gnb, &big);
+        unsetenv("DRAFT_GN_FUSED_BWD");
+    }
     /* attention */
     struct tensor *qkv[3] = {test_uniform(DTYPE_F64, TENSOR_SHAPE(1, 2, 5, 4), -1, 1), test_uniform(DTYPE_F64, TENSOR_SHAPE(1, 2, 6, 4), -1, 1),
                              test_uniform(DTYPE_F64, TENSOR_SHAPE(1, 2, 6, 3), -1, 1)};

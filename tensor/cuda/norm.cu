@@ -19,6 +19,10 @@
  *    row (layer_norm: in the row kernel) or per (n, c) plane then per group (group_norm);
  *    dw/db are per-channel sums over rows (layer_norm: [chunk, column] partials, then a sum
  *    over chunks) or over N (group_norm, from the per-plane sums).
+ *  - group_norm backward, f32, with DRAFT_GN_FUSED_BWD=1 (opt-in until measured on a GPU) and
+ *    the forward's cluster condition: ONE kernel for dx and the per-plane sums, with dy and x
+ *    staged in shared memory: read once, dx written once (3 passes over memory instead of 5).
+ * The cluster kernels live in norm_kernels.cuh, which tests/test_norm_emu.cpp runs on the CPU.
  * Memory: group_norm two-pass uses N*G*S*24 bytes of partials, its backward N*C*16 + N*G*16
  * bytes; layer_norm backward uses 16 bytes * n * chunks (chunks <= 256). Non-contiguous inputs
  * are copied to contiguous temporaries; non-contiguous outputs go through one.
@@ -36,13 +40,10 @@
 #include <stdlib.h>
 #include <type_traits>
 
-namespace cgrp = cooperative_groups;
-
 namespace {
 
-constexpr int kThreads = 256;
-
 #include "tensor/cuda/nn_util.cuh"
+#include "tensor/cuda/norm_kernels.cuh"
 
 /* per-thread accumulation type: float for f32 (memory-bound kernels), double for f64 */
 template <typename T> using acc_t = typename std::conditional<std::is_same<T, double>::value, double, float>::type;
@@ -91,35 +92,8 @@ enum status same_dtype(const struct tensor *ref, const struct tensor *t, const c
 
 /* ---------------------------------------------------------------- device helpers */
 
-/* V consecutive elements (V = 4 only for float, 16-byte aligned) */
-template <typename T, int V> struct alignas(sizeof(T) * V) vec { T v[V]; };
-
-template <typename T, int V> __device__ __forceinline__ vec<T, V> load(const T *p)
-{
-    vec<T, V> r;
-    if constexpr (V == 4 && std::is_same<T, float>::value) {
-        float4 f = __ldg(reinterpret_cast<const float4 *>(p));
-        r.v[0] = f.x; r.v[1] = f.y; r.v[2] = f.z; r.v[3] = f.w;
-    } else {
-#pragma unroll
-        for (int i = 0; i < V; i++) r.v[i] = __ldg(p + i);
-    }
-    return r;
-}
-
-template <typename T, int V> __device__ __forceinline__ void store(T *p, const vec<T, V> &r)
-{
-    if constexpr (V == 4 && std::is_same<T, float>::value) {
-        *reinterpret_cast<float4 *>(p) = make_float4(r.v[0], r.v[1], r.v[2], r.v[3]);
-    } else {
-#pragma unroll
-        for (int i = 0; i < V; i++) p[i] = r.v[i];
-    }
-}
-
 /* Welford state: per thread in A, merged in double */
 template <typename A> struct wstate { A n, mean, m2; };
-struct wsum { double n, mean, m2; };
 
 /* fold V values into a thread's state: the chunk's own mean/M2, then Chan's merge */
 template <typename A, typename T, int V> __device__ __forceinline__ void welford_add(wstate<A> &s, const vec<T, V> &x)
@@ -202,20 +176,6 @@ template <int GS> __device__ double2 group_sum2(double a, double b)
         __syncthreads();
         return res;
     }
-}
-
-/* sum over the block (kThreads threads) in a fixed order; every thread gets it. red: [kThreads/32] */
-__device__ double block_sum(double v, double *red)
-{
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-    if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = v;
-    __syncthreads();
-    double r = 0;
-#pragma unroll
-    for (int i = 0; i < kThreads / 32; i++) r += red[i];
-    __syncthreads();   /* red may be reused */
-    return r;
 }
 
 /* ---------------------------------------------------------------- layer_norm */
@@ -391,96 +351,6 @@ gn_norm_kernel(T *__restrict__ out, T *__restrict__ mean, T *__restrict__ rstd, 
     }
 }
 
-/* One pass for f32 when a group fits in the shared memory of a cluster of blocks (Hopper): each
- * of the cluster's blocks stages its chunk of the group in shared memory (cp.async, so every
- * load is in flight at once), folds it into Welford, the cluster merges the block states through
- * distributed shared memory in rank order, and each block normalises its chunk from shared
- * memory. x is read once and out written once.
- * grid = (cluster size, N*G); dynamic smem = chunk + 2*cg floats. */
-template <int V>
-__global__ void __launch_bounds__(kThreads)
-gn_fused_kernel(float *__restrict__ out, float *__restrict__ mean, float *__restrict__ rstd, const float *__restrict__ x,
-                const float *__restrict__ w, const float *__restrict__ b, int C, int cg, int HW, int ge, int chunk,
-                double eps)
-{
-    extern __shared__ float4 gn_smem4[];
-    float *xs = reinterpret_cast<float *>(gn_smem4), *coef = xs + chunk;
-    __shared__ wsum blk, remote[8];
-    __shared__ double stat[2];
-    cgrp::cluster_group cl = cgrp::this_cluster();
-    const int rank = (int)cl.block_rank(), ncl = (int)cl.num_blocks();
-    const int64_t g = blockIdx.y;
-    const int j0 = rank * chunk, j1 = min(ge, j0 + chunk);
-    const float *xg = x + g * ge;
-    for (int j = j0 + (int)threadIdx.x * V; j < j1; j += kThreads * V)
-        __pipeline_memcpy_async(xs + (j - j0), xg + j, sizeof(float) * V);
-    __pipeline_commit();
-    /* while the chunk streams in: this group's w and b (raw, turned into scale/shift below) */
-    const int c0 = (int)(g % (C / cg)) * cg;
-    for (int i = threadIdx.x; i < cg; i += kThreads) {
-        coef[i] = w ? w[c0 + i] : 1.f;
-        coef[cg + i] = b ? b[c0 + i] : 0.f;
-    }
-    __pipeline_wait_prior(0);   /* each thread reads back only what it copied itself */
-    /* the block's chunk is in shared memory: exact two-pass mean and M2 (sums only, no divisions
-     * in the tree), then one direct merge of the cluster's block states */
-    __shared__ double red[kThreads / 32];
-    const double nb = (double)max(j1 - j0, 0);
-    float part = 0.f;
-    for (int j = j0 + (int)threadIdx.x * V; j < j1; j += kThreads * V) {
-        const vec<float, V> v = *reinterpret_cast<const vec<float, V> *>(xs + (j - j0));
-#pragma unroll
-        for (int i = 0; i < V; i++) part += v.v[i];
-    }
-    const double mb = nb > 0 ? block_sum(part, red) / nb : 0.0;
-    const float mbf = (float)mb;
-    part = 0.f;
-    for (int j = j0 + (int)threadIdx.x * V; j < j1; j += kThreads * V) {
-        const vec<float, V> v = *reinterpret_cast<const vec<float, V> *>(xs + (j - j0));
-#pragma unroll
-        for (int i = 0; i < V; i++) part += (v.v[i] - mbf) * (v.v[i] - mbf);
-    }
-    const double m2b = block_sum(part, red);
-    if (threadIdx.x == 0) blk = wsum{nb, mb, m2b};
-    cl.sync();
-    if ((int)threadIdx.x < ncl) remote[threadIdx.x] = *cl.map_shared_rank(&blk, (int)threadIdx.x);
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        double n = 0, sum = 0, m2 = 0;
-        for (int i = 0; i < ncl; i++) n += remote[i].n, sum += remote[i].n * remote[i].mean;
-        const double mu = sum / n;
-        for (int i = 0; i < ncl; i++) {
-            const double d = remote[i].mean - mu;
-            m2 += remote[i].m2 + remote[i].n * d * d;
-        }
-        const double rs = 1.0 / sqrt(m2 / n + eps);
-        const wsum t = {n, mu, m2};
-        stat[0] = t.mean;
-        stat[1] = rs;
-        if (rank == 0) {
-            if (mean) mean[g] = (float)t.mean;
-            if (rstd) rstd[g] = (float)rs;
-        }
-    }
-    __syncthreads();
-    for (int i = threadIdx.x; i < cg; i += kThreads) {
-        const double sc = stat[1] * (double)coef[i];
-        coef[cg + i] = (float)((double)coef[cg + i] - stat[0] * sc);
-        coef[i] = (float)sc;
-    }
-    __syncthreads();
-    float *og = out + g * ge;
-    for (int j = j0 + (int)threadIdx.x * V; j < j1; j += kThreads * V) {
-        vec<float, V> v = *reinterpret_cast<const vec<float, V> *>(xs + (j - j0));
-        const int ci = j / HW;   /* one channel per vector: V == 4 only when HW % 4 == 0 */
-        const float sc = coef[ci], sh = coef[cg + ci];
-#pragma unroll
-        for (int i = 0; i < V; i++) v.v[i] = v.v[i] * sc + sh;
-        store<float, V>(og + j, v);
-    }
-    cl.sync();   /* every block's blk stays alive until the whole cluster has read it */
-}
-
 /* ab[plane] = (sum dy, sum dy * x) over the plane's HW elements */
 template <typename T, int V>
 __global__ void __launch_bounds__(kThreads)
@@ -622,37 +492,36 @@ enum status layer_norm_bwd_run(T *dx, T *dw, T *db, const T *dy, const T *x, con
     return STATUS_OK;
 }
 
-/* The one-pass cluster kernel when it applies (f32, a group fits in <= 8 blocks' shared memory);
- * *done tells whether it ran. A launch the device refuses falls back to the two-pass path. */
+/* ---------------------------------------------------------------- one-pass cluster launches */
+
+/* The one-pass kernels run when a group fits in the shared memory of a cluster of <= 8 blocks
+ * (96 KB each): the smallest cluster (1, 2, 4, 8) whose chunks fit and that gives the GPU at least
+ * two blocks per SM. smem(chunk) is the kernel's shared memory for a chunk; 0 when none fits. */
 constexpr int kFusedSmemMax = 96 * 1024;
-enum status group_norm_fused(bool *done, float *out, float *mean, float *rstd, const float *x, const float *w,
-                             const float *b, int64_t N, int C, int G, int64_t HW, double eps)
+template <class SmemFn> int gn_cluster_pick(int64_t NG, int64_t ge, SmemFn smem, int *chunk_out)
 {
-    *done = false;
-    const int cg = C / G;
-    const int64_t NG = N * G, ge = (int64_t)cg * HW;
-    if (NG > 65535 || ge >= INT32_MAX / 2) return STATUS_OK;
-    int cl = 0;
-    int64_t chunk = 0;
-    for (int c = 1; c <= 8; c *= 2) {
-        chunk = ((ge + c - 1) / c + 3) / 4 * 4;
-        if ((chunk + 2 * cg) * (int64_t)sizeof(float) <= kFusedSmemMax && (NG * c >= 2 * sm_count() || c == 8)) {
-            cl = c;
-            break;
+    if (NG > 65535 || ge >= INT32_MAX / 2) return 0;
+    for (int c = 1; c <= kGnMaxCluster; c *= 2) {
+        const int chunk = (int)(((ge + c - 1) / c + 3) / 4 * 4);
+        if (smem(chunk) <= (size_t)kFusedSmemMax && (NG * c >= 2 * sm_count() || c == kGnMaxCluster)) {
+            *chunk_out = chunk;
+            return c;
         }
     }
-    if (!cl) return STATUS_OK;
-    const bool v4 = HW % 4 == 0 && aligned16(x) && aligned16(out);
-    void (*kernel)(float *, float *, float *, const float *, const float *, const float *, int, int, int, int, int,
-                   double) = v4 ? gn_fused_kernel<4> : gn_fused_kernel<1>;
-    const size_t smem = (size_t)(chunk + 2 * cg) * sizeof(float);
-    static bool raised[2];
-    if (smem > 48 * 1024 && !raised[v4]) {
+    return 0;
+}
+
+/* launch kernel on grid (cl, NG) in clusters of cl blocks; false when the device refuses (no
+ * cluster support, too much shared memory): the caller then takes the multi-kernel path */
+template <typename... P, typename... A>
+bool gn_cluster_launch(void (*kernel)(P...), bool *raised, int cl, int64_t NG, size_t smem, A... args)
+{
+    if (smem > 48 * 1024 && !*raised) {
         if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kFusedSmemMax) != cudaSuccess) {
             (void)cudaGetLastError();
-            return STATUS_OK;
+            return false;
         }
-        raised[v4] = true;
+        *raised = true;
     }
     cudaLaunchConfig_t lc = {};
     lc.gridDim = dim3((unsigned)cl, (unsigned)NG);
@@ -666,12 +535,51 @@ enum status group_norm_fused(bool *done, float *out, float *mean, float *rstd, c
     attr[0].val.clusterDim.z = 1;
     lc.attrs = attr;
     lc.numAttrs = 1;
-    if (cudaLaunchKernelEx(&lc, kernel, out, mean, rstd, x, w, b, C, cg, (int)HW, (int)ge, (int)chunk, eps) != cudaSuccess) {
-        (void)cudaGetLastError();   /* e.g. no cluster support: use the two-pass kernels */
-        return STATUS_OK;
+    if (cudaLaunchKernelEx(&lc, kernel, ((P)args)...) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return false;
     }
-    *done = true;
-    return STATUS_OK;
+    return true;
+}
+
+/* the one-pass forward when it applies (f32); *done tells whether it ran */
+void group_norm_fused(bool *done, float *out, float *mean, float *rstd, const float *x, const float *w, const float *b,
+                      int64_t N, int C, int G, int64_t HW, double eps)
+{
+    const int cg = C / G;
+    const int64_t NG = N * G, ge = (int64_t)cg * HW;
+    int chunk = 0;
+    const int cl = gn_cluster_pick(NG, ge, [cg](int ch) { return gn_fwd_smem(cg, ch); }, &chunk);
+    *done = false;
+    if (!cl) return;
+    const bool v4 = HW % 4 == 0 && aligned16(x) && aligned16(out);
+    static bool raised[2];
+    *done = gn_cluster_launch(v4 ? gn_fused_kernel<4> : gn_fused_kernel<1>, &raised[v4], cl, NG, gn_fwd_smem(cg, chunk),
+                              out, mean, rstd, x, w, b, C, cg, (int)HW, (int)ge, chunk, eps);
+}
+
+/* DRAFT_GN_FUSED_BWD=1: the one-pass input gradient (opt-in until measured on a GPU) */
+bool fused_bwd_enabled()
+{
+    const char *e = getenv("DRAFT_GN_FUSED_BWD");
+    return e && *e == '1';
+}
+
+/* the one-pass input gradient when it applies (f32, dx wanted); it also writes ab (the per-plane
+ * sums the dw/db kernel reads). *done tells whether it ran. */
+void group_norm_bwd_fused(bool *done, float *dx, double2 *ab, const float *dy, const float *x, const float *w,
+                          const float *mean, const float *rstd, int64_t N, int C, int G, int64_t HW)
+{
+    const int cg = C / G;
+    const int64_t NG = N * G, ge = (int64_t)cg * HW;
+    int chunk = 0;
+    const int cl = gn_cluster_pick(NG, ge, [cg](int ch) { return gn_bwd_smem(cg, ch).bytes; }, &chunk);
+    *done = false;
+    if (!cl) return;
+    const bool v4 = HW % 4 == 0 && aligned16(x) && aligned16(dy) && aligned16(dx);
+    static bool raised[2];
+    *done = gn_cluster_launch(v4 ? gn_bwd_fused_kernel<4> : gn_bwd_fused_kernel<1>, &raised[v4], cl, NG,
+                              gn_bwd_smem(cg, chunk).bytes, dx, ab, dy, x, w, mean, rstd, C, cg, (int)HW, (int)ge, chunk);
 }
 
 template <typename T>
@@ -684,7 +592,7 @@ enum status group_norm_run(T *out, T *mean, T *rstd, const T *x, const T *w, con
     const int64_t NG = N * G, ge = (int64_t)cg * HW;
     if constexpr (std::is_same<T, float>::value) {
         bool done = false;
-        if (!fused_disabled() && (s = group_norm_fused(&done, out, mean, rstd, x, w, b, N, C, G, HW, eps))) return s;
+        if (!fused_disabled()) group_norm_fused(&done, out, mean, rstd, x, w, b, N, C, G, HW, eps);
         if (done) return STATUS_OK;
     }
     /* splits per group: enough blocks to fill the GPU, at least 2048 elements each */
@@ -723,12 +631,19 @@ enum status group_norm_bwd_run(T *dx, T *dw, T *db, const T *dy, const T *x, con
     double2 *ab = (double2 *)scratch((size_t)(planes + NG) * sizeof(double2), &s);
     if (!ab) return s;
     double2 *coef = ab + planes;
+    bool done = false;
+    if constexpr (std::is_same<T, float>::value) {
+        if (dx && fused_bwd_enabled() && !fused_disabled())
+            group_norm_bwd_fused(&done, dx, ab, dy, x, w, mean, rstd, N, C, G, HW);
+    }
     const bool v4 = std::is_same<T, float>::value && HW % 4 == 0 && aligned16(x) && aligned16(dy) &&
                     (!dx || aligned16(dx));
-    if (v4) gn_bwd_plane_kernel<T, 4><<<(unsigned)planes, kThreads, 0, st>>>(ab, dy, x, HW);
-    else gn_bwd_plane_kernel<T, 1><<<(unsigned)planes, kThreads, 0, st>>>(ab, dy, x, HW);
-    CUDA_LAUNCHED();
-    if (dx) {
+    if (!done) {
+        if (v4) gn_bwd_plane_kernel<T, 4><<<(unsigned)planes, kThreads, 0, st>>>(ab, dy, x, HW);
+        else gn_bwd_plane_kernel<T, 1><<<(unsigned)planes, kThreads, 0, st>>>(ab, dy, x, HW);
+        CUDA_LAUNCHED();
+    }
+    if (dx && !done) {
         gn_bwd_coef_kernel<T><<<(unsigned)((NG + 127) / 128), 128, 0, st>>>(coef, ab, w, mean, rstd, NG, G, cg, HW);
         CUDA_LAUNCHED();
         if (v4) gn_bwd_dx_kernel<T, 4><<<(unsigned)planes, kThreads, 0, st>>>(dx, dy, x, w, rstd, coef, C, cg, HW);

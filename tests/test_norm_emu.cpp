@@ -1,0 +1,131 @@
+/* test_norm_emu.cpp — the one-pass group_norm cluster kernels (tensor/cuda/norm_kernels.cuh: the
+ * forward and the backward input gradient) run on the host through tests/cuda_emu.h, against a
+ * float64 reference, at every cluster size (1, 2, 4, 8), with V = 4 and V = 1 loads. What this
+ * checks without a GPU: the chunking of a group over a cluster's blocks (chunks that cross
+ * channel boundaries, blocks that own nothing), the per-channel sums, the exchange of block
+ * results through distributed shared memory and the coefficients. What it cannot: timing, memory
+ * ordering on a real device, the compiler's code; test_cuda does that on a GPU.
+ * One line per kernel and case; exits non-zero on any bound exceeded. */
+#include "tests/cuda_emu.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+#include <type_traits>
+
+#include "tensor/cuda/norm_kernels.cuh"
+
+namespace {
+
+struct gn_case {
+    int N, C, G, HW;
+};
+
+uint64_t rng = 0x2545f4914f6cdd1dull;
+float urand()
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (float)((double)(rng >> 11) / 9007199254740992.0 * 2 - 1);
+}
+
+/* ||a - b|| / ||b|| */
+template <class A> double rel_err(const std::vector<A> &a, const std::vector<double> &b)
+{
+    double num = 0, den = 0;
+    for (size_t i = 0; i < b.size(); i++) {
+        if (!isfinite((double)a[i])) return 1;
+        num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+        den += b[i] * b[i];
+    }
+    return sqrt(num / (den > 0 ? den : 1));
+}
+
+int failures = 0;
+
+void report(const char *kernel, const gn_case &c, int cl, int V, const char *what, double e, double bound)
+{
+    const bool ok = e <= bound;
+    failures += !ok;
+    printf("emu group_norm[%s,N=%d,C=%d,G=%d,HW=%d,cluster=%d,V=%d] %s rel=%.1e (bound %.0e) %s\n", kernel, c.N, c.C, c.G,
+           c.HW, cl, V, what, e, bound, ok ? "ok" : "FAILED");
+}
+
+template <int V> void run_case(const gn_case &c, int cl)
+{
+    const int cg = c.C / c.G, ge = cg * c.HW, NG = c.N * c.G;
+    const size_t n = (size_t)c.N * c.C * c.HW;
+    const int chunk = ((ge + cl - 1) / cl + 3) / 4 * 4;   /* as gn_cluster_pick in norm.cu */
+    if (gn_bwd_smem(cg, chunk).bytes > kEmuSmemPerBlock || gn_fwd_smem(cg, chunk) > kEmuSmemPerBlock) return;
+    std::vector<float> x(n), dy(n), w(c.C), b(c.C);
+    for (float &v : x) v = 3 * urand() + 0.5f;   /* a mean away from 0: the two-pass variance matters */
+    for (float &v : dy) v = urand();
+    for (float &v : w) v = 1 + 0.5f * urand();
+    for (float &v : b) v = urand();
+    const double eps = 1e-5;
+
+    /* float64 reference: statistics, out, dx and the per-plane sums (sum dy, sum dy * x) */
+    std::vector<double> mu(NG), rs(NG), out(n), dx(n), ab_a((size_t)c.N * c.C), ab_b(ab_a.size());
+    for (int g = 0; g < NG; g++) {
+        const float *xg = &x[(size_t)g * ge];
+        double s = 0, m2 = 0;
+        for (int j = 0; j < ge; j++) s += xg[j];
+        mu[g] = s / ge;
+        for (int j = 0; j < ge; j++) m2 += (xg[j] - mu[g]) * (xg[j] - mu[g]);
+        rs[g] = 1 / sqrt(m2 / ge + eps);
+        double mg = 0, mgx = 0;
+        for (int j = 0; j < ge; j++) {
+            const int ch = (g % c.G) * cg + j / c.HW;
+            const double xh = (xg[j] - mu[g]) * rs[g], gg = (double)dy[(size_t)g * ge + j] * w[ch];
+            out[(size_t)g * ge + j] = xh * w[ch] + b[ch];
+            mg += gg / ge;
+            mgx += gg * xh / ge;
+            ab_a[(size_t)g * cg + j / c.HW] += dy[(size_t)g * ge + j];
+            ab_b[(size_t)g * cg + j / c.HW] += (double)dy[(size_t)g * ge + j] * xg[j];
+        }
+        for (int j = 0; j < ge; j++) {
+            const int ch = (g % c.G) * cg + j / c.HW;
+            const double xh = (xg[j] - mu[g]) * rs[g], gg = (double)dy[(size_t)g * ge + j] * w[ch];
+            dx[(size_t)g * ge + j] = rs[g] * (gg - mg - xh * mgx);
+        }
+    }
+
+    std::vector<float> o(n, NAN), m(NG, NAN), r(NG, NAN);
+    emu_launch((unsigned)cl, (unsigned)NG, (unsigned)cl, kThreads, [&] {
+        gn_fused_kernel<V>(o.data(), m.data(), r.data(), x.data(), w.data(), b.data(), c.C, cg, c.HW, ge, chunk, eps);
+    });
+    report("fused_fwd", c, cl, V, "out", rel_err(o, out), 1e-6);
+    report("fused_fwd", c, cl, V, "mean", rel_err(m, mu), 1e-6);
+    report("fused_fwd", c, cl, V, "rstd", rel_err(r, rs), 1e-6);
+
+    /* the backward from the kernel's own float statistics, as the engine runs it */
+    std::vector<float> d(n, NAN);
+    std::vector<double2> ab((size_t)c.N * c.C, double2{NAN, NAN});
+    emu_launch((unsigned)cl, (unsigned)NG, (unsigned)cl, kThreads, [&] {
+        gn_bwd_fused_kernel<V>(d.data(), ab.data(), dy.data(), x.data(), w.data(), m.data(), r.data(), c.C, cg, c.HW, ge,
+                               chunk);
+    });
+    std::vector<double> aba(ab.size()), abb(ab.size());
+    for (size_t i = 0; i < ab.size(); i++) aba[i] = ab[i].x, abb[i] = ab[i].y;
+    report("fused_bwd", c, cl, V, "dx", rel_err(d, dx), 2e-6);
+    report("fused_bwd", c, cl, V, "sum_dy", rel_err(aba, ab_a), 1e-6);
+    report("fused_bwd", c, cl, V, "sum_dy_x", rel_err(abb, ab_b), 1e-6);
+}
+
+}  // namespace
+
+int main()
+{
+    /* small groups (blocks that own nothing at cluster 8), chunks that cross channel boundaries
+     * (HW = 25, 100), several loads per thread (HW = 640), and groups of 10 channels, as SD's
+     * 320-channel layers have (few groups: every block is 256 OS threads here) */
+    const gn_case cases[] = {{2, 6, 3, 12}, {1, 6, 2, 25}, {1, 4, 1, 3}, {1, 8, 2, 640}, {1, 20, 2, 100}};
+    for (const gn_case &c : cases)
+        for (int cl = 1; cl <= kGnMaxCluster; cl *= 2) {
+            if (c.HW % 4 == 0) run_case<4>(c, cl);
+            if (c.HW % 4 || &c == cases) run_case<1>(c, cl);   /* V = 1 where it must, and once where it may */
+        }
+    printf("%d failed\n", failures);
+    return failures ? 1 : 0;
+}
