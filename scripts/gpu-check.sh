@@ -117,5 +117,7 @@ for l in "${demo[@]}"; do printf "%-12s %s\n" "demo cuda" "$l"; done
 for l in "${sd14[@]}"; do printf "%-12s %s\n" "sd14 step" "$l"; done
 if [ -f "$OUTDIR/bench-ours.txt" ]; then
     bench/join_gpu_bench.sh "$OUTDIR/bench-ours.txt" "$OUTDIR/bench-torch.txt" 2>/dev/null || cat "$OUTDIR/bench-ours.txt"
+    echo
+    bench/gpu_targets.sh "$OUTDIR/bench-ours.txt" "$OUTDIR/bench-torch.txt" | tee "$OUTDIR/targets.txt"
 fi
 [ $test_rc -eq 0 ] && [ $run_rc -eq 0 ] && [ $bench_rc -eq 0 ]
