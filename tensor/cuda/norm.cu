@@ -496,7 +496,8 @@ enum status layer_norm_bwd_run(T *dx, T *dw, T *db, const T *dy, const T *x, con
 
 /* The one-pass kernels run when a group fits in the shared memory of a cluster of <= 8 blocks
  * (96 KB each): the smallest cluster (1, 2, 4, 8) whose chunks fit and that gives the GPU at least
- * two blocks per SM. smem(chunk) is the kernel's shared memory for a chunk; 0 when none fits. */
+ * two blocks per SM. smem(chunk): the kernel's shared memory for a chunk. Returns the cluster size
+ * and sets *chunk_out, or returns 0 when none fits. */
 constexpr int kFusedSmemMax = 96 * 1024;
 template <class SmemFn> int gn_cluster_pick(int64_t NG, int64_t ge, SmemFn smem, int *chunk_out)
 {
