@@ -1,14 +1,15 @@
-/* cuda_emu.h — just enough of CUDA, on the host, to run the device code of attention_kernels.cuh
- * and norm_kernels.cuh in a test without a GPU (tests/test_*_emu.cpp): each thread of a block is an
- * OS thread, __syncthreads and the warp collectives are barriers, and emu_mma_bf16 implements the
- * fragment layout of PTX's mma.sync.m16n8k16.row.col bf16 (A: a0..a7 at row g / g+8, columns 2t,
- * 2t+1 and +8; B: rows 2t, 2t+1 and +8 of column g; C: row g / g+8, columns 2t, 2t+1, where
- * g = lane / 4 and t = lane % 4), summing in f32. Thread-block clusters: the blocks of one cluster
- * run at the same time, each with its own dynamic shared memory, barriers and warps;
- * cooperative_groups::this_cluster() gives the rank, the cluster barrier and map_shared_rank (the
- * same offset in another block's shared memory). cp.async copies at once. Clusters run one after
- * another. Static __shared__ variables are one copy per kernel, so only kernels launched without
- * clusters may use them. Not part of the engine. */
+/* cuda_emu.h — just enough of CUDA, on the host, to run the device code of the kernel headers in
+ * tensor/cuda (attention, norm, conv2d, matmul) in a test without a GPU (tests/test_..._emu.cpp):
+ * each thread of a block is an OS thread, __syncthreads and the warp collectives are barriers,
+ * and emu_mma_bf16 implements the fragment layout of PTX's mma.sync.m16n8k16.row.col bf16
+ * (A: a0..a7 at row g / g+8, columns 2t, 2t+1 and +8; B: rows 2t, 2t+1 and +8 of column g;
+ * C: row g / g+8, columns 2t, 2t+1, where g = lane / 4 and t = lane % 4), summing in f32.
+ * Thread-block clusters: the blocks of one cluster run at the same time, each with its own
+ * dynamic shared memory, barriers and warps; cooperative_groups::this_cluster() gives the rank,
+ * the cluster barrier and map_shared_rank (the same offset in another block's shared memory).
+ * cp.async copies at once. Clusters run one after another. Static __shared__ variables are one
+ * copy per kernel, so only kernels launched without clusters may use them. Not part of the
+ * engine. */
 #ifndef TESTS_CUDA_EMU_H
 #define TESTS_CUDA_EMU_H
 
@@ -40,7 +41,11 @@ struct alignas(16) float4 {
 struct alignas(16) double2 {
     double x, y;
 };
+struct alignas(8) uint2 {
+    uint32_t x, y;
+};
 inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
+inline uint2 make_uint2(uint32_t x, uint32_t y) { return uint2{x, y}; }
 inline double2 make_double2(double x, double y) { return double2{x, y}; }
 
 constexpr int kEmuMaxWarps = 8, kEmuMaxCluster = 8;
@@ -139,10 +144,10 @@ inline void emu_mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uin
     emu_warp_sync();
 }
 
-/* run body() over a grid of gx * gy blocks of `threads` threads (<= 256) in clusters of `cluster`
- * blocks along x (gx % cluster == 0): one OS thread per CUDA thread of a cluster, reused from
- * cluster to cluster (barriers between clusters) */
-template <class F> void emu_launch(unsigned gx, unsigned gy, unsigned cluster, unsigned threads, F body)
+/* run body() over a grid of grid.x * grid.y * grid.z blocks of `threads` threads (<= 256) in
+ * clusters of `cluster` blocks along x (grid.x % cluster == 0): one OS thread per CUDA thread of a
+ * cluster, reused from cluster to cluster (barriers between clusters) */
+template <class F> void emu_launch(emu_dim3 grid, unsigned cluster, unsigned threads, F body)
 {
     const unsigned warps = (threads + 31) / 32, all = cluster * threads;
     pthread_barrier_t grid_bar;
@@ -153,21 +158,22 @@ template <class F> void emu_launch(unsigned gx, unsigned gy, unsigned cluster, u
         for (unsigned w = 0; w < warps; w++) pthread_barrier_init(&emu_warp_bar[b][w], nullptr, 32);
     }
     blockDim.x = threads;
-    gridDim.x = gx;
-    gridDim.y = gy;
+    gridDim = grid;
     emu_cluster_size = cluster;
     std::vector<std::thread> ts;
-    for (unsigned t = 0; t < all; t++) ts.emplace_back([t, threads, cluster, gx, gy, &grid_bar, &body] {
+    for (unsigned t = 0; t < all; t++) ts.emplace_back([t, threads, cluster, grid, &grid_bar, &body] {
         threadIdx.x = t % threads;
         emu_slot = t / threads;
-        for (unsigned by = 0; by < gy; by++)
-            for (unsigned bx = 0; bx < gx; bx += cluster) {
-                blockIdx.x = bx + emu_slot;
-                blockIdx.y = by;
-                pthread_barrier_wait(&grid_bar);   /* the previous cluster is done */
-                body();
-                pthread_barrier_wait(&grid_bar);
-            }
+        for (unsigned bz = 0; bz < grid.z; bz++)
+            for (unsigned by = 0; by < grid.y; by++)
+                for (unsigned bx = 0; bx < grid.x; bx += cluster) {
+                    blockIdx.x = bx + emu_slot;
+                    blockIdx.y = by;
+                    blockIdx.z = bz;
+                    pthread_barrier_wait(&grid_bar);   /* the previous cluster is done */
+                    body();
+                    pthread_barrier_wait(&grid_bar);
+                }
     });
     for (auto &th : ts) th.join();
     pthread_barrier_destroy(&grid_bar);
@@ -178,7 +184,13 @@ template <class F> void emu_launch(unsigned gx, unsigned gy, unsigned cluster, u
     }
 }
 
+/* a grid of gx * gy blocks in clusters of `cluster` along x */
+template <class F> void emu_launch(unsigned gx, unsigned gy, unsigned cluster, unsigned threads, F body)
+{
+    emu_launch(emu_dim3{gx, gy, 1}, cluster, threads, body);
+}
+
 /* a one-dimensional grid of single blocks */
-template <class F> void emu_launch(unsigned grid, unsigned threads, F body) { emu_launch(grid, 1, 1, threads, body); }
+template <class F> void emu_launch(unsigned grid, unsigned threads, F body) { emu_launch(emu_dim3{grid, 1, 1}, 1, threads, body); }
 
 #endif

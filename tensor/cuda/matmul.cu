@@ -13,6 +13,7 @@
  * packed into a bf16 copy first, f32 accumulation into the f32 output); bf16/f16 tensors (a, b
  * and out of one dtype) with f32 accumulation; f64 in f64. */
 #include "tensor/cuda/common.cuh"
+#include "tensor/cuda/matmul_kernels.cuh"
 
 struct mat_layout {
     bool trans;   /* unit stride on the row dim (column-major storage) */
@@ -31,31 +32,6 @@ static bool blas_layout(const struct tensor *t, struct mat_layout *l)
 }
 
 /* ---------------------------------------------------------------- bf16 operands */
-
-/* rows (b, o) over grid y, the contiguous `inner` elements of a row over grid x, V at a time: V = 4
- * (one 16-byte load, one 8-byte store) when inner, ld, sb and src are multiples of 4 floats. The
- * scalar version (one 2-byte store per thread) ran at about a fifth of the copy rate on an H200. */
-template <int V>
-static __global__ void pack_bf16_kernel(uint16_t *dst, const float *src, int64_t rows, int64_t outer, int64_t inner,
-                                        int64_t ld, int64_t sb)
-{
-    const int64_t nv = inner / V;
-    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
-        const float *s = src + (r / outer) * sb + (r % outer) * ld;
-        uint16_t *d = dst + r * inner;
-        for (int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; j < nv; j += (int64_t)gridDim.x * blockDim.x) {
-            if (V == 4) {
-                const float4 f = __ldg((const float4 *)s + j);
-                uint2 o;
-                o.x = (uint32_t)cu_f32_to_bf16(f.x) | (uint32_t)cu_f32_to_bf16(f.y) << 16;
-                o.y = (uint32_t)cu_f32_to_bf16(f.z) | (uint32_t)cu_f32_to_bf16(f.w) << 16;
-                ((uint2 *)d)[j] = o;
-            } else {
-                d[j] = cu_f32_to_bf16(s[j]);
-            }
-        }
-    }
-}
 
 /* PRECISION_BF16: `count` f32 matrices (batch stride sb, 0 = one shared matrix) of `outer` runs of
  * `inner` contiguous elements at stride ld, packed into a new bf16 tensor *buf [count or 1, outer,

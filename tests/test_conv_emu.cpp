@@ -1,0 +1,181 @@
+/* test_conv_emu.cpp — the CUDA im2col and col2im kernels (tensor/cuda/conv2d_kernels.cuh) and the
+ * bf16 operand packing (tensor/cuda/matmul_kernels.cuh) run on the host through tests/cuda_emu.h,
+ * against plain loops: im2col in f32, f64 and bf16 (the PRECISION_BF16 forward writes its im2col
+ * in bf16), with V = 4 runs that wrap output rows and with pixel tiles of one image; col2im's
+ * gather; the packing's row / batch strides and the order of the bf16 halves in its 8-byte
+ * stores. Copies must match bit for bit, col2im's sums to rounding. What this cannot check:
+ * timing and the real compiler's code (test_cuda on a GPU). One line per kernel and case; exits
+ * non-zero on any mismatch. */
+#include "tests/cuda_emu.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "tensor/half.h"
+#include "tensor/cuda/conv2d_kernels.cuh"
+#include "tensor/cuda/matmul_kernels.cuh"
+
+namespace {
+
+uint64_t rng = 0x6a09e667f3bcc909ull;
+double urand()
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (double)(rng >> 11) / 9007199254740992.0 * 2 - 1;
+}
+
+int failures = 0;
+
+void report(const char *kernel, const char *label, const char *what, double e, double bound)
+{
+    const bool ok = e <= bound;
+    failures += !ok;
+    printf("emu conv[%s,%s] %s err=%.1e (bound %.0e) %s\n", kernel, label, what, e, bound, ok ? "ok" : "FAILED");
+}
+
+struct conv_case {
+    const char *label;
+    int N, C, H, W, KH, KW, sh, sw, pt, pl, pb, pr, dh, dw;
+};
+
+kgeom make_kgeom(const conv_case &c)
+{
+    const int OH = (c.H + c.pt + c.pb - c.dh * (c.KH - 1) - 1) / c.sh + 1;
+    const int OW = (c.W + c.pl + c.pr - c.dw * (c.KW - 1) - 1) / c.sw + 1;
+    const int KK = c.KH * c.KW;
+    return kgeom{c.C, c.H, c.W, c.KH, c.KW, OH, OW, c.sh, c.sw, c.pt, c.pl, c.dh, c.dw, KK, c.C * KK, c.H * c.W, OH * OW};
+}
+
+/* the input element im2col row k, output pixel q of image n reads (0 outside) */
+template <typename T> T x_at(const std::vector<T> &x, const kgeom &g, int64_t n, int k, int q)
+{
+    const int c = k / g.KK, kk = k % g.KK, kh = kk / g.KW, kw = kk % g.KW, oh = q / g.OW, ow = q % g.OW;
+    const int ih = oh * g.sh - g.pt + kh * g.dh, iw = ow * g.sw - g.pl + kw * g.dw;
+    if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) return T(0);
+    return x[((size_t)n * g.C + c) * g.HW + (size_t)ih * g.W + iw];
+}
+
+/* im2col of images n0 .. n0+nb, pixels p0 .. p0+pc, with V-wide runs, into CT; bit-exact check */
+template <typename T, typename CT, int V>
+void check_im2col(const conv_case &c, const char *name, int64_t n0, int64_t nb, int p0, int pc)
+{
+    const kgeom g = make_kgeom(c);
+    std::vector<T> x((size_t)c.N * g.C * g.HW);
+    for (T &v : x) v = (T)urand();
+    std::vector<CT> col((size_t)nb * g.K * pc);
+    memset(col.data(), 0xff, col.size() * sizeof(CT));   /* anything not written shows */
+    const int per_block = kIm2colThreads * V;
+    emu_launch(emu_dim3{(unsigned)g.K, (unsigned)((pc + per_block - 1) / per_block), (unsigned)nb}, 1, kIm2colThreads,
+               [&] { im2col_kernel<T, CT, V>(col.data(), x.data(), g, n0, p0, pc); });
+    size_t bad = 0;
+    for (int64_t i = 0; i < nb; i++)
+        for (int k = 0; k < g.K; k++)
+            for (int p = 0; p < pc; p++) {
+                const T v = x_at(x, g, n0 + i, k, p0 + p);
+                CT want;
+                if constexpr (sizeof(CT) == 2) want = half_f32_bits_to_bf16(__float_as_uint((float)v));
+                else want = v;
+                bad += memcmp(&want, &col[((size_t)i * g.K + k) * pc + p], sizeof(CT)) != 0;
+            }
+    char label[128];
+    snprintf(label, sizeof label, "%s,n0=%lld,nb=%lld,p0=%d,pc=%d,V=%d", c.label, (long long)n0, (long long)nb, p0, pc, V);
+    report(name, label, "mismatches", (double)bad, 0);
+}
+
+/* col2im of images n0 .. n0+nb, channels c0 .. c0+cc: dx gathers dcol [nb][cc*KK][OHW] */
+template <typename T> void check_col2im(const conv_case &c, const char *name, int64_t n0, int64_t nb, int c0, int cc)
+{
+    const kgeom g = make_kgeom(c);
+    std::vector<T> dcol((size_t)nb * cc * g.KK * g.OHW), dx((size_t)c.N * g.C * g.HW, T(-7));
+    for (T &v : dcol) v = (T)urand();
+    std::vector<double> ref(dx.size(), -7);
+    for (int64_t i = 0; i < nb; i++)
+        for (int ci = 0; ci < cc; ci++) {
+            for (int j = 0; j < g.HW; j++) ref[((size_t)(n0 + i) * g.C + c0 + ci) * g.HW + j] = 0;
+            for (int kk = 0; kk < g.KK; kk++)
+                for (int q = 0; q < g.OHW; q++) {
+                    const int kh = kk / g.KW, kw = kk % g.KW, oh = q / g.OW, ow = q % g.OW;
+                    const int ih = oh * g.sh - g.pt + kh * g.dh, iw = ow * g.sw - g.pl + kw * g.dw;
+                    if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) continue;
+                    ref[((size_t)(n0 + i) * g.C + c0 + ci) * g.HW + (size_t)ih * g.W + iw] +=
+                        dcol[(((size_t)i * cc + ci) * g.KK + kk) * g.OHW + q];
+                }
+        }
+    /* as plane_grid in conv2d.cu: x over pixels, y over channels, z over images */
+    emu_launch(emu_dim3{(unsigned)((g.HW + 255) / 256), (unsigned)cc, (unsigned)nb}, 1, 256,
+               [&] { col2im_kernel<T>(dx.data(), dcol.data(), g, n0, c0, cc, nb); });
+    double err = 0;
+    for (size_t j = 0; j < dx.size(); j++) err = fmax(err, fabs((double)dx[j] - ref[j]));
+    char label[128];
+    snprintf(label, sizeof label, "%s,n0=%lld,nb=%lld,c0=%d,cc=%d", c.label, (long long)n0, (long long)nb, c0, cc);
+    report(name, label, "max_abs", err, sizeof(T) == 4 ? 1e-5 : 1e-12);
+}
+
+/* pack count matrices (batch stride sb) of `outer` rows of `inner` elements at stride ld into
+ * dense bf16 [count, outer, inner]; a grid smaller than the work, so both loops wrap */
+template <int V> void check_pack(int64_t count, int64_t outer, int64_t inner, int64_t ld, int64_t sb, unsigned gx, unsigned gy)
+{
+    std::vector<float> src((size_t)(count - 1) * sb + (size_t)(outer - 1) * ld + inner + 8);
+    for (float &v : src) v = (float)(urand() * 100);
+    src[3] = NAN;   /* a NaN keeps its sign and becomes a quiet one, as on the CPU */
+    const int64_t rows = count * outer;
+    std::vector<uint16_t> dst((size_t)rows * inner, 0xdead);
+    emu_launch(emu_dim3{gx, gy, 1}, 1, 256,
+               [&] { pack_bf16_kernel<V>(dst.data(), src.data(), rows, outer, inner, ld, sb); });
+    size_t bad = 0;
+    for (int64_t b = 0; b < count; b++)
+        for (int64_t o = 0; o < outer; o++)
+            for (int64_t j = 0; j < inner; j++)
+                bad += dst[(size_t)((b * outer + o) * inner + j)] !=
+                       half_f32_bits_to_bf16(__float_as_uint(src[(size_t)(b * sb + o * ld + j)]));
+    char label[128];
+    snprintf(label, sizeof label, "count=%lld,outer=%lld,inner=%lld,ld=%lld,sb=%lld,grid=%ux%u,V=%d", (long long)count,
+             (long long)outer, (long long)inner, (long long)ld, (long long)sb, gx, gy, V);
+    report("pack_bf16", label, "mismatches", (double)bad, 0);
+}
+
+}  // namespace
+
+int main()
+{
+    const conv_case cases[] = {
+        /* label         N  C  H  W KH KW sh sw pt pl pb pr dh dw */
+        {"3x3,pad=1",    2, 3, 7, 6, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1},
+        {"stride=2,dil=2,asym_pad", 2, 2, 9, 8, 3, 2, 2, 2, 0, 1, 2, 0, 2, 2},
+        {"1x1,stride=2", 3, 4, 6, 7, 1, 1, 2, 2, 0, 0, 0, 0, 1, 1},
+        {"3x3,wide",     1, 2, 5, 37, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1},
+    };
+    for (const conv_case &c : cases) {
+        const kgeom g = make_kgeom(c);
+        /* whole images (pc % 4 decides V), then pixel tiles of one image (p0 > 0) */
+        check_im2col<float, float, 1>(c, "im2col_f32", 0, c.N, 0, g.OHW);
+        check_im2col<double, double, 1>(c, "im2col_f64", 0, c.N, 0, g.OHW);
+        check_im2col<float, uint16_t, 1>(c, "im2col_bf16", 0, c.N, 0, g.OHW);
+        const int pc = g.OHW / 4 * 4 > 8 ? g.OHW / 4 * 4 - 4 : 4, p0 = g.OHW - pc >= 4 ? 4 : 0;
+        check_im2col<float, float, 4>(c, "im2col_f32", c.N - 1, 1, p0, pc);
+        check_im2col<float, uint16_t, 4>(c, "im2col_bf16", c.N - 1, 1, p0, pc);
+        check_im2col<float, float, 1>(c, "im2col_f32", c.N - 1, 1, p0, pc - 1);
+        check_im2col<float, uint16_t, 1>(c, "im2col_bf16", c.N - 1, 1, 1, pc - 1);
+        if (g.OHW % 4 == 0) {
+            check_im2col<float, float, 4>(c, "im2col_f32", 0, c.N, 0, g.OHW);
+            check_im2col<float, uint16_t, 4>(c, "im2col_bf16", 0, c.N, 0, g.OHW);
+        }
+        /* col2im: all images and channels, then a channel range of one image */
+        check_col2im<float>(c, "col2im_f32", 0, c.N, 0, c.C);
+        check_col2im<double>(c, "col2im_f64", 0, c.N, 0, c.C);
+        if (c.C > 1) check_col2im<float>(c, "col2im_f32", c.N - 1, 1, 1, c.C - 1);
+    }
+    /* a 1024-element im2col run: more than one block along y */
+    const conv_case big = {"3x3,64x64", 1, 1, 64, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1};
+    check_im2col<float, uint16_t, 4>(big, "im2col_bf16", 0, 1, 0, 64 * 64);
+    check_im2col<float, float, 1>(big, "im2col_f32", 0, 1, 0, 64 * 64 - 3);
+    /* packing: one shared matrix, a batch with padding between rows and matrices, grids that wrap */
+    check_pack<4>(1, 5, 12, 12, 0, 1, 2);
+    check_pack<4>(3, 4, 1032, 1040, 4 * 1040 + 8, 1, 2);
+    check_pack<1>(2, 3, 7, 9, 31, 1, 4);
+    check_pack<1>(1, 2, 600, 601, 0, 2, 1);
+    printf("%d failed\n", failures);
+    return failures ? 1 : 0;
+}
