@@ -34,12 +34,12 @@ function bw_target(row, alts, copy,    n, v, i, g, gn, r) {   # the best GB/s of
 }
 END {
     met = missed = 0
-    time_target("conv2d_320c_64px_fwd", "_pipe")
-    time_target("conv2d_320c_64px_fwdbwd", "_pipe")
-    time_target("conv2d_640c_32px_fwd", "")
-    time_target("conv2d_640c_32px_fwdbwd", "")
-    time_target("conv2d_1280c_16px_fwd", "")
-    time_target("conv2d_1280c_16px_fwdbwd", "")
+    time_target("conv2d_320c_64px_fwd", "_pipe _rowshift")
+    time_target("conv2d_320c_64px_fwdbwd", "_pipe _rowshift")
+    time_target("conv2d_640c_32px_fwd", "_rowshift")
+    time_target("conv2d_640c_32px_fwdbwd", "_rowshift")
+    time_target("conv2d_1280c_16px_fwd", "_rowshift")
+    time_target("conv2d_1280c_16px_fwdbwd", "_rowshift")
     time_target("attention_fwd", "")
     time_target("attention_fwdbwd", "_fused_dq")
     bw_target("add_64M", "", "copy_64M")

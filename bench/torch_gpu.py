@@ -62,6 +62,7 @@ def main():
             print(f"RESULT {name} {ms:.3f} {f / ms / 1e9:.1f} TFLOP/s")
             if i in (0, 3):  # the same reference for our pipelined-im2col rows
                 print(f"RESULT {name}_pipe {ms:.3f} {f / ms / 1e9:.1f} TFLOP/s")
+            print(f"RESULT {name}_rowshift {ms:.3f} {f / ms / 1e9:.1f} TFLOP/s")  # and our row-shift rows
     for bw in (False, True):
         x = torch.randn(2, 320, 64, 64, device=dev, requires_grad=bw)
         w = torch.randn(320, device=dev, requires_grad=bw)

@@ -3,7 +3,8 @@
  * against plain loops: im2col in f32, f64 and bf16 (the PRECISION_BF16 forward writes its im2col
  * in bf16), with V = 4 runs that wrap output rows and with pixel tiles of one image; col2im's
  * gather; the packing's row / batch strides and the order of the bf16 halves in its 8-byte
- * stores. Copies must match bit for bit, col2im's sums to rounding. What this cannot check:
+ * stores; and the row-shift forward, whole (its kernels and GEMM plan, a plain GEMM standing in
+ * for cuBLAS), against a direct convolution. Copies must match bit for bit, col2im's sums to rounding. What this cannot check:
  * timing and the real compiler's code (test_cuda on a GPU). One line per kernel and case; exits
  * non-zero on any mismatch. */
 #include "tests/cuda_emu.h"
@@ -136,6 +137,80 @@ template <int V> void check_pack(int64_t count, int64_t outer, int64_t inner, in
     report("pack_bf16", label, "mismatches", (double)bad, 0);
 }
 
+/* the row-shift forward of images 0 .. N, one tile of `tile` images at a time, as conv2d.cu runs it
+ * (weight reorder, partial im2col, rowshift_gemms, crop + bias), with a plain column-major GEMM in
+ * place of cuBLAS; against a direct convolution in float64 */
+template <typename T, typename CT> void check_rowshift(const conv_case &c, int O, int G, bool with_bias, int64_t tile)
+{
+    const kgeom g = make_kgeom(c);
+    const int64_t Cg = c.C / G, Og = O / G;
+    const rs_geom r = rowshift_geom(g, Cg);
+    std::vector<T> x((size_t)c.N * c.C * g.HW), w((size_t)O * Cg * g.KK), bias(with_bias ? O : 0);
+    for (T &v : x) v = (T)urand();
+    for (T &v : w) v = (T)urand();
+    for (T &v : bias) v = (T)urand();
+    std::vector<double> ref((size_t)c.N * O * g.OHW);
+    for (int n = 0; n < c.N; n++)
+        for (int o = 0; o < O; o++)
+            for (int q = 0; q < g.OHW; q++) {
+                const int gi = (int)(o / Og);
+                double acc = with_bias ? (double)bias[o] : 0;
+                for (int64_t cl = 0; cl < Cg; cl++)
+                    for (int kk = 0; kk < g.KK; kk++)
+                        acc += (double)w[((size_t)o * Cg + cl) * g.KK + kk] *
+                               (double)x_at(x, g, n, (int)((gi * Cg + cl) * g.KK + kk), q);
+                ref[((size_t)n * O + o) * g.OHW + q] = acc;
+            }
+    std::vector<T> wk((size_t)O * Cg * g.KK), out(ref.size(), T(NAN)), opad((size_t)tile * O * r.plane, T(NAN));
+    std::vector<CT> rows((size_t)tile * c.C * g.KH * r.plane);
+    memset(rows.data(), 0xff, rows.size() * sizeof(CT));
+    emu_launch((unsigned)((wk.size() + 255) / 256), 256,
+               [&] { rowshift_weight_kernel<T>(wk.data(), w.data(), O, Cg, g.KH, g.KW); });
+    auto gemm = [](int64_t m, int64_t n, int64_t k, const CT *A, int64_t lda, int64_t sA, const T *B, int64_t ldb,
+                   int64_t sB, T beta, T *C, int64_t ldc, int64_t sC, int64_t batch) {
+        for (int64_t b = 0; b < batch; b++)
+            for (int64_t j = 0; j < n; j++)
+                for (int64_t i = 0; i < m; i++) {
+                    double acc = 0;
+                    for (int64_t kk = 0; kk < k; kk++) {
+                        const CT a = A[b * sA + i + kk * lda];
+                        double av;
+                        if constexpr (sizeof(CT) == 2) {
+                            const uint32_t u = half_bf16_to_f32_bits(a);
+                            float f;
+                            memcpy(&f, &u, 4);
+                            av = f;
+                        } else {
+                            av = (double)a;
+                        }
+                        acc += av * (double)B[b * sB + kk + j * ldb];
+                    }
+                    T &cv = C[b * sC + i + j * ldc];
+                    cv = beta == T(0) ? (T)acc : (T)(acc + (double)beta * (double)cv);   /* beta 0: C is not read */
+                }
+        return 0;
+    };
+    for (int64_t n0 = 0; n0 < c.N; n0 += tile) {
+        const int64_t nb = c.N - n0 < tile ? c.N - n0 : tile;
+        emu_launch(emu_dim3{(unsigned)((r.plane + 255) / 256), (unsigned)(c.C * g.KH), (unsigned)nb}, 1, 256,
+                   [&] { rowshift_kernel<T, CT>(rows.data(), x.data(), g, n0, r.Wp); });
+        rowshift_gemms<T, CT>(g, G, O, rows.data(), wk.data(), opad.data(), nb, gemm);
+        emu_launch(emu_dim3{(unsigned)((g.OHW + 255) / 256), (unsigned)O, (unsigned)nb}, 1, 256, [&] {
+            rowshift_crop_kernel<T>(out.data(), opad.data(), with_bias ? bias.data() : nullptr, g, n0, O, r.Wp);
+        });
+    }
+    double num = 0, den = 0;
+    for (size_t i = 0; i < ref.size(); i++) {
+        const double d = (double)out[i] - ref[i];
+        num += isfinite(d) ? d * d : 1e30;
+        den += ref[i] * ref[i];
+    }
+    char label[160];
+    snprintf(label, sizeof label, "%s,O=%d,groups=%d,%s,tile=%lld,%s", c.label, O, G, with_bias ? "bias" : "no_bias",
+             (long long)tile, sizeof(CT) == 2 ? "bf16" : sizeof(T) == 8 ? "f64" : "f32");
+    report("rowshift_fwd", label, "rel", sqrt(num / den), sizeof(CT) == 2 ? 1e-2 : sizeof(T) == 8 ? 1e-14 : 1e-6);
+}
+
 }  // namespace
 
 int main()
@@ -171,6 +246,21 @@ int main()
     const conv_case big = {"3x3,64x64", 1, 1, 64, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1};
     check_im2col<float, uint16_t, 4>(big, "im2col_bf16", 0, 1, 0, 64 * 64);
     check_im2col<float, float, 1>(big, "im2col_f32", 0, 1, 0, 64 * 64 - 3);
+    /* the row-shift forward (stride_w 1): 3x3 pad 1, stride_h 2 with dilation and uneven padding,
+     * groups, 1 x 3 kernels; f32, f64, bf16 partial im2col; one tile, and a tile per image */
+    const conv_case rs[] = {
+        {"3x3,pad=1", 2, 4, 7, 6, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1},
+        {"sh=2,dil=2,asym_pad", 2, 2, 9, 8, 3, 2, 2, 1, 0, 1, 2, 0, 2, 2},
+        {"1x3,pad=0x1", 3, 4, 5, 9, 1, 3, 1, 1, 0, 1, 0, 1, 1, 1},
+    };
+    check_rowshift<float, float>(rs[0], 5, 1, true, 2);
+    check_rowshift<float, float>(rs[0], 6, 2, false, 1);
+    check_rowshift<double, double>(rs[0], 5, 1, true, 1);
+    check_rowshift<float, uint16_t>(rs[0], 5, 1, true, 2);
+    check_rowshift<float, float>(rs[1], 3, 1, true, 1);
+    check_rowshift<double, double>(rs[1], 4, 2, true, 2);
+    check_rowshift<float, float>(rs[2], 4, 2, true, 2);
+    check_rowshift<float, uint16_t>(rs[2], 4, 4, false, 1);
     /* packing: one shared matrix, a batch with padding between rows and matrices, grids that wrap */
     check_pack<4>(1, 5, 12, 12, 0, 1, 2);
     check_pack<4>(3, 4, 1032, 1040, 4 * 1040 + 8, 1, 2);

@@ -1,8 +1,10 @@
-/* conv2d_kernels.cuh — the im2col and col2im kernels of conv2d.cu. Included by conv2d.cu inside its
- * anonymous namespace, and by tests/test_conv_emu.cpp on the host, where tests/cuda_emu.h stands in
- * for the CUDA built-ins: so CI, which has no GPU, checks their index arithmetic (stride, padding,
- * dilation, pixel tiles, V = 4 runs that wrap rows) and the bf16 im2col's packing against a plain
- * loop. Needs <stdint.h>, tensor/half.h and, on the host, cuda_emu.h first. */
+/* conv2d_kernels.cuh — the im2col, col2im and row-shift kernels of conv2d.cu. Included by conv2d.cu
+ * inside its anonymous namespace, and by tests/test_conv_emu.cpp on the host, where
+ * tests/cuda_emu.h stands in for the CUDA built-ins: so CI, which has no GPU, checks their index
+ * arithmetic (stride, padding, dilation, pixel tiles, V = 4 runs that wrap rows) and the bf16
+ * im2col's packing against a plain loop, and the row-shift forward (its partial im2col, weight
+ * reorder, GEMM plan and crop) against a direct convolution. Needs <stdint.h>, tensor/half.h and,
+ * on the host, cuda_emu.h first. */
 #ifndef TENSOR_CUDA_CONV2D_KERNELS_CUH
 #define TENSOR_CUDA_CONV2D_KERNELS_CUH
 
@@ -86,6 +88,89 @@ col2im_kernel(T *__restrict__ dx, const T *__restrict__ dcol, kgeom g, int64_t n
         }
         dx[((n0 + i) * g.C + c0 + ci) * (int64_t)g.HW + pix] = acc;
     }
+}
+
+/* ---------------------------------------------------------------- row-shift forward (stride_w 1) */
+
+/* The forward as KW GEMMs over a partial im2col that expands only the kernel rows: with the input
+ * rows padded to Wp = OW + dw*(KW-1) columns,
+ *   rows[i][c*KH + kh][oh*Wp + u] = x[n0+i, c, oh*sh - pt + kh*dh, u - pl]   (0 outside),
+ * and for each kernel column kw the GEMM reads `rows` shifted by kw*dw elements, so the pixel
+ * (oh, ow) of that GEMM's output is column oh*Wp + ow of a padded output opad[i][o][OH*Wp]:
+ *   opad_g[:, o] (+)= rows_g[:, shifted by kw*dw] @ wk[kw][o][Cg*KH]
+ * The last dw*(KW-1) columns of each padded output row are never used (the crop drops them).
+ * The partial im2col is KW times smaller than im2col's (KH copies of x, not KH*KW); the GEMMs
+ * are Cg*KH deep and do (1 + dw*(KW-1)/OW) times the FLOPs. */
+struct rs_geom {
+    int64_t Wp, plane, m, k;   /* padded width, OH*Wp, GEMM rows (pixels) per image, GEMM depth */
+};
+
+__host__ __device__ inline rs_geom rowshift_geom(const kgeom &g, int64_t Cg)
+{
+    const int64_t Wp = g.OW + (int64_t)g.dw * (g.KW - 1), plane = (int64_t)g.OH * Wp;
+    return rs_geom{Wp, plane, plane - (int64_t)g.dw * (g.KW - 1), Cg * g.KH};
+}
+
+/* rows as above for images n0 .. n0+nb: grid.x over the plane, grid.y over C*KH, grid.z over nb */
+template <typename T, typename CT>
+__global__ void __launch_bounds__(256)
+rowshift_kernel(CT *__restrict__ rows, const T *__restrict__ x, kgeom g, int64_t n0, int64_t Wp)
+{
+    const int64_t plane = (int64_t)g.OH * Wp, j = (int64_t)blockIdx.x * 256 + threadIdx.x;
+    if (j >= plane) return;
+    const int r = blockIdx.y, c = r / g.KH, kh = r % g.KH;
+    const int64_t i = blockIdx.z;
+    const int oh = (int)(j / Wp), iw = (int)(j % Wp) - g.pl, ih = oh * g.sh - g.pt + kh * g.dh;
+    const T v = ((unsigned)ih < (unsigned)g.H && (unsigned)iw < (unsigned)g.W)
+                    ? __ldg(x + ((n0 + i) * g.C + c) * (int64_t)g.HW + (int64_t)ih * g.W + iw)
+                    : T(0);
+    rows[(i * g.C * g.KH + r) * plane + j] = col_value<CT>(v);
+}
+
+/* wk[kw][o][c*KH + kh] = w[o][c][kh][kw] (w: [O, Cg, KH, KW]); one thread per element */
+template <typename T>
+__global__ void __launch_bounds__(256)
+rowshift_weight_kernel(T *__restrict__ wk, const T *__restrict__ w, int64_t O, int64_t Cg, int KH, int KW)
+{
+    const int64_t e = (int64_t)blockIdx.x * 256 + threadIdx.x, n = O * Cg * KH * KW;
+    if (e >= n) return;
+    const int kw = (int)(e % KW), kh = (int)(e / KW % KH);
+    const int64_t c = e / ((int64_t)KW * KH) % Cg, o = e / ((int64_t)KW * KH * Cg);
+    wk[((int64_t)kw * O + o) * Cg * KH + c * KH + kh] = w[e];
+}
+
+/* out[n0+i, o, oh, ow] = opad[i][o][oh*Wp + ow] (+ bias[o]): grid.x over OHW, grid.y over O, grid.z over nb */
+template <typename T>
+__global__ void __launch_bounds__(256)
+rowshift_crop_kernel(T *__restrict__ out, const T *__restrict__ opad, const T *__restrict__ bias, kgeom g, int64_t n0,
+                     int64_t O, int64_t Wp)
+{
+    const int p = blockIdx.x * 256 + threadIdx.x;
+    if (p >= g.OHW) return;
+    const int64_t o = blockIdx.y, i = blockIdx.z;
+    const int oh = p / g.OW, ow = p % g.OW;
+    T v = opad[(i * O + o) * g.OH * Wp + (int64_t)oh * Wp + ow];
+    if (bias) v += bias[o];
+    out[((n0 + i) * O + o) * (int64_t)g.OHW + p] = v;
+}
+
+/* The KW * G GEMMs of one tile of nb images, in order, as column-major strided-batched calls
+ * gemm(m, n, k, A, lda, sA, B, ldb, sB, beta, C, ldc, sC, batch) with C = A B (+ C): the first
+ * kernel column overwrites opad, the others accumulate. Host code, shared by conv2d.cu (cuBLAS)
+ * and tests/test_conv_emu.cpp (a plain loop), so the test checks these offsets and strides. */
+template <typename T, typename CT, class Gemm>
+int rowshift_gemms(const kgeom &g, int64_t G, int64_t O, const CT *rows, const T *wk, T *opad, int64_t nb, Gemm gemm)
+{
+    const int64_t Cg = g.C / G, Og = O / G;
+    const rs_geom r = rowshift_geom(g, Cg);
+    for (int kw = 0; kw < g.KW; kw++)
+        for (int64_t gi = 0; gi < G; gi++) {
+            const int e = gemm(r.m, Og, r.k, rows + gi * r.k * r.plane + (int64_t)kw * g.dw, r.plane, g.C * g.KH * r.plane,
+                               wk + ((int64_t)kw * O + gi * Og) * r.k, r.k, (int64_t)0, kw ? T(1) : T(0),
+                               opad + gi * Og * r.plane, r.plane, O * r.plane, nb);
+            if (e) return e;
+        }
+    return 0;
 }
 
 #endif
