@@ -232,7 +232,7 @@ int main(void)
                 if (ms > 0) printf("RESULT %s %.3f %.1f TFLOP/s\n", name, ms, f / ms / 1e9);
                 unsetenv("DRAFT_CONV_PIPELINE");
             }
-            {   /* again with the row-shift forward (a partial im2col over kernel rows, 3 GEMMs) */
+            {   /* again with the row-shift forward (a partial im2col over kernel columns, 3 GEMMs) */
                 setenv("DRAFT_CONV_ROWSHIFT", "1", 1);
                 snprintf(name, sizeof name, "conv2d_%lldc_%lldpx_%s%s_rowshift", (long long)C, (long long)S,
                          bw ? "fwdbwd" : "fwd", i == 3 ? "_autocast" : "");

@@ -138,13 +138,14 @@ template <int V> void check_pack(int64_t count, int64_t outer, int64_t inner, in
 }
 
 /* the row-shift forward of images 0 .. N, one tile of `tile` images at a time, as conv2d.cu runs it
- * (weight reorder, partial im2col, rowshift_gemms, crop + bias), with a plain column-major GEMM in
- * place of cuBLAS; against a direct convolution in float64 */
+ * (weight reorder, bias pre-fill or crop, partial im2col, rowshift_gemms), with a plain
+ * column-major GEMM in place of cuBLAS; against a direct convolution in float64 */
 template <typename T, typename CT> void check_rowshift(const conv_case &c, int O, int G, bool with_bias, int64_t tile)
 {
     const kgeom g = make_kgeom(c);
     const int64_t Cg = c.C / G, Og = O / G;
     const rs_geom r = rowshift_geom(g, Cg);
+    const bool direct = r.Wq == g.OW;
     std::vector<T> x((size_t)c.N * c.C * g.HW), w((size_t)O * Cg * g.KK), bias(with_bias ? O : 0);
     for (T &v : x) v = (T)urand();
     for (T &v : w) v = (T)urand();
@@ -161,11 +162,15 @@ template <typename T, typename CT> void check_rowshift(const conv_case &c, int O
                                (double)x_at(x, g, n, (int)((gi * Cg + cl) * g.KK + kk), q);
                 ref[((size_t)n * O + o) * g.OHW + q] = acc;
             }
-    std::vector<T> wk((size_t)O * Cg * g.KK), out(ref.size(), T(NAN)), opad((size_t)tile * O * r.plane, T(NAN));
-    std::vector<CT> rows((size_t)tile * c.C * g.KH * r.plane);
-    memset(rows.data(), 0xff, rows.size() * sizeof(CT));
+    std::vector<T> wk((size_t)O * Cg * g.KK), out(ref.size(), T(NAN)), opad(direct ? 0 : (size_t)tile * O * r.m, T(NAN));
+    std::vector<CT> cols((size_t)tile * c.C * g.KW * r.plane);
+    memset(cols.data(), 0xff, cols.size() * sizeof(CT));
     emu_launch((unsigned)((wk.size() + 255) / 256), 256,
                [&] { rowshift_weight_kernel<T>(wk.data(), w.data(), O, Cg, g.KH, g.KW); });
+    if (direct && with_bias)
+        for (int n = 0; n < c.N; n++)
+            for (int o = 0; o < O; o++)
+                for (int q = 0; q < g.OHW; q++) out[((size_t)n * O + o) * g.OHW + q] = bias[o];
     auto gemm = [](int64_t m, int64_t n, int64_t k, const CT *A, int64_t lda, int64_t sA, const T *B, int64_t ldb,
                    int64_t sB, T beta, T *C, int64_t ldc, int64_t sC, int64_t batch) {
         for (int64_t b = 0; b < batch; b++)
@@ -192,12 +197,14 @@ template <typename T, typename CT> void check_rowshift(const conv_case &c, int O
     };
     for (int64_t n0 = 0; n0 < c.N; n0 += tile) {
         const int64_t nb = c.N - n0 < tile ? c.N - n0 : tile;
-        emu_launch(emu_dim3{(unsigned)((r.plane + 255) / 256), (unsigned)(c.C * g.KH), (unsigned)nb}, 1, 256,
-                   [&] { rowshift_kernel<T, CT>(rows.data(), x.data(), g, n0, r.Wp); });
-        rowshift_gemms<T, CT>(g, G, O, rows.data(), wk.data(), opad.data(), nb, gemm);
-        emu_launch(emu_dim3{(unsigned)((g.OHW + 255) / 256), (unsigned)O, (unsigned)nb}, 1, 256, [&] {
-            rowshift_crop_kernel<T>(out.data(), opad.data(), with_bias ? bias.data() : nullptr, g, n0, O, r.Wp);
-        });
+        emu_launch(emu_dim3{(unsigned)((r.plane + 255) / 256), (unsigned)(c.C * g.KW), (unsigned)nb}, 1, 256,
+                   [&] { rowshift_kernel<T, CT>(cols.data(), x.data(), g, n0, r.Wq, r.Hp); });
+        T *dst = direct ? out.data() + n0 * O * g.OHW : opad.data();
+        rowshift_gemms<T, CT>(g, G, O, cols.data(), wk.data(), dst, direct && with_bias ? T(1) : T(0), nb, gemm);
+        if (!direct)
+            emu_launch(emu_dim3{(unsigned)((g.OHW + 255) / 256), (unsigned)O, (unsigned)nb}, 1, 256, [&] {
+                rowshift_crop_kernel<T>(out.data(), opad.data(), with_bias ? bias.data() : nullptr, g, n0, O, r.Wq);
+            });
     }
     double num = 0, den = 0;
     for (size_t i = 0; i < ref.size(); i++) {
@@ -206,8 +213,8 @@ template <typename T, typename CT> void check_rowshift(const conv_case &c, int O
         den += ref[i] * ref[i];
     }
     char label[160];
-    snprintf(label, sizeof label, "%s,O=%d,groups=%d,%s,tile=%lld,%s", c.label, O, G, with_bias ? "bias" : "no_bias",
-             (long long)tile, sizeof(CT) == 2 ? "bf16" : sizeof(T) == 8 ? "f64" : "f32");
+    snprintf(label, sizeof label, "%s,O=%d,groups=%d,%s,tile=%lld,%s,%s", c.label, O, G, with_bias ? "bias" : "no_bias",
+             (long long)tile, direct ? "direct" : "crop", sizeof(CT) == 2 ? "bf16" : sizeof(T) == 8 ? "f64" : "f32");
     report("rowshift_fwd", label, "rel", sqrt(num / den), sizeof(CT) == 2 ? 1e-2 : sizeof(T) == 8 ? 1e-14 : 1e-6);
 }
 
@@ -246,21 +253,26 @@ int main()
     const conv_case big = {"3x3,64x64", 1, 1, 64, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1};
     check_im2col<float, uint16_t, 4>(big, "im2col_bf16", 0, 1, 0, 64 * 64);
     check_im2col<float, float, 1>(big, "im2col_f32", 0, 1, 0, 64 * 64 - 3);
-    /* the row-shift forward (stride_w 1): 3x3 pad 1, stride_h 2 with dilation and uneven padding,
-     * groups, 1 x 3 kernels; f32, f64, bf16 partial im2col; one tile, and a tile per image */
+    /* the row-shift forward (stride_h 1): 3x3 pad 1 written straight into the output (OW = 8) and
+     * through the crop (OW = 6), stride_w 2 with dilation and uneven padding, groups, a 3 x 1
+     * kernel; f32, f64, bf16 partial im2col; one tile, and a tile per image */
     const conv_case rs[] = {
         {"3x3,pad=1", 2, 4, 7, 6, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1},
-        {"sh=2,dil=2,asym_pad", 2, 2, 9, 8, 3, 2, 2, 1, 0, 1, 2, 0, 2, 2},
-        {"1x3,pad=0x1", 3, 4, 5, 9, 1, 3, 1, 1, 0, 1, 0, 1, 1, 1},
+        {"3x3,pad=1,w=8", 2, 4, 5, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1},
+        {"sw=2,dil=2,asym_pad", 2, 2, 9, 8, 2, 3, 1, 2, 1, 0, 0, 2, 2, 2},
+        {"3x1,pad=1x0", 3, 4, 9, 5, 3, 1, 1, 1, 1, 0, 1, 0, 1, 1},
     };
     check_rowshift<float, float>(rs[0], 5, 1, true, 2);
     check_rowshift<float, float>(rs[0], 6, 2, false, 1);
     check_rowshift<double, double>(rs[0], 5, 1, true, 1);
     check_rowshift<float, uint16_t>(rs[0], 5, 1, true, 2);
-    check_rowshift<float, float>(rs[1], 3, 1, true, 1);
-    check_rowshift<double, double>(rs[1], 4, 2, true, 2);
-    check_rowshift<float, float>(rs[2], 4, 2, true, 2);
-    check_rowshift<float, uint16_t>(rs[2], 4, 4, false, 1);
+    check_rowshift<float, float>(rs[1], 5, 1, true, 1);
+    check_rowshift<float, float>(rs[1], 4, 2, false, 2);
+    check_rowshift<float, uint16_t>(rs[1], 3, 1, true, 1);
+    check_rowshift<float, float>(rs[2], 3, 1, true, 1);
+    check_rowshift<double, double>(rs[2], 4, 2, true, 2);
+    check_rowshift<float, float>(rs[3], 4, 2, true, 2);
+    check_rowshift<float, uint16_t>(rs[3], 4, 4, false, 1);
     /* packing: one shared matrix, a batch with padding between rows and matrices, grids that wrap */
     check_pack<4>(1, 5, 12, 12, 0, 1, 2);
     check_pack<4>(3, 4, 1032, 1040, 4 * 1040 + 8, 1, 2);

@@ -7,8 +7,8 @@
  *   backward input   dcol[R, OHW]   = w_g[:, rows]^T @ dy_g[Og, OHW]     (batched over images)
  * and the backward input finishes with col2im as a gather: each dx element sums the dcol
  * entries that read it, so no atomics are needed. With DRAFT_CONV_ROWSHIFT=1 a forward with
- * stride_w 1 instead expands only the kernel rows and runs one GEMM per kernel column over
- * shifted views of that (conv2d_kernels.cuh): KW times less im2col traffic. 1x1 convolutions with stride 1 and no padding
+ * stride_h 1 instead expands only the kernel columns and runs one GEMM per kernel row over
+ * views of that shifted by whole rows (conv2d_kernels.cuh): KH times less im2col traffic. 1x1 convolutions with stride 1 and no padding
  * skip im2col and use x / dx directly as the GEMM operand. Bias is pre-filled into the output
  * and the GEMM accumulates onto it (beta = 1); db is a per-channel reduction kernel.
  * f32 GEMMs go through cuda_gemm (matmul.cu), which applies the precision switch (exact f32,
@@ -334,48 +334,58 @@ enum status conv_forward_pipelined(float *out, const float *x, const float *w, f
 
 /* ---------------------------------------------------------------- row-shift forward */
 
-/* DRAFT_CONV_ROWSHIFT=1 (opt-in until measured on a GPU): a forward with stride_w 1 (every 3x3 of
- * the SD UNet) runs as in conv2d_kernels.cuh: a partial im2col KW times smaller than im2col's,
- * KW GEMMs of depth Cg*KH into a padded output, and a crop that adds the bias. */
+/* DRAFT_CONV_ROWSHIFT=1 (opt-in until measured on a GPU): a forward with stride_h 1 (every 3x3 of
+ * the SD UNet) runs as in conv2d_kernels.cuh: a partial im2col KH times smaller than im2col's and
+ * KH GEMMs of depth Cg*KW over views of it shifted by whole rows, straight into the output when
+ * OW % 8 == 0 (else into a padded one and a crop). */
 bool conv_rowshift()
 {
     const char *e = getenv("DRAFT_CONV_ROWSHIFT");
     return e && *e == '1';
 }
 
-/* *done: whether it ran (not when the shape does not suit it or one image's partial im2col and
- * padded output exceed the workspace bound: then the im2col path runs) */
+/* *done: whether it ran (not when the shape does not suit it or one image's partial im2col (and
+ * padded output) exceed the workspace bound: then the im2col path runs) */
 template <typename T, typename CT>
 enum status rowshift_forward(bool *done, T *out, const T *x, const T *w, const T *bias, const geom &g)
 {
     *done = false;
     const kgeom kg = kernel_geom(g);
     const rs_geom r = rowshift_geom(kg, g.Cg);
-    if (g.sw != 1 || g.C * g.KH > 65535 || g.O > 65535 || r.plane > INT_MAX || r.k > INT_MAX) return STATUS_OK;
-    const size_t per_img = (size_t)(g.C * g.KH * r.plane) * sizeof(CT) + (size_t)(g.O * r.plane) * sizeof(T);
+    if (g.sh != 1 || g.C * g.KW > 65535 || g.O > 65535 || r.plane > INT_MAX || r.k > INT_MAX) return STATUS_OK;
+    const bool direct = r.Wq == g.OW;   /* the GEMMs write the output itself */
+    const size_t per_img = (size_t)(g.C * g.KW * r.plane) * sizeof(CT) + (direct ? 0 : (size_t)(g.O * r.m) * sizeof(T));
     if (per_img > workspace_bytes()) return STATUS_OK;
     int64_t nbt = (int64_t)(workspace_bytes() / per_img);
     nbt = nbt > g.N ? g.N : nbt > 65535 ? 65535 : nbt;
     enum status s = STATUS_OK;
-    CT *rows = scratch<CT>(nbt * g.C * g.KH * r.plane, &s);
-    T *opad = rows ? scratch<T>(nbt * g.O * r.plane, &s) : nullptr;
-    T *wk = opad ? scratch<T>(g.O * g.Kg, &s) : nullptr;
+    CT *cols = scratch<CT>(nbt * g.C * g.KW * r.plane, &s);
+    T *opad = cols && !direct ? scratch<T>(nbt * g.O * r.m, &s) : nullptr;
+    T *wk = cols && (direct || opad) ? scratch<T>(g.O * g.Kg, &s) : nullptr;
     if (!wk) return s;
     cudaStream_t st = (cudaStream_t)cuda_stream();
     rowshift_weight_kernel<T><<<(unsigned)((g.O * g.Kg + 255) / 256), 256, 0, st>>>(wk, w, g.O, g.Cg, (int)g.KH,
                                                                                     (int)g.KW);
     CUDA_LAUNCHED();
+    if (direct && bias) {
+        bias_fill_kernel<T><<<plane_grid(g.OHW, g.N, g.O, 256), 256, 0, st>>>(out, bias, g.N, g.O, g.OHW);
+        CUDA_LAUNCHED();
+    }
     for (int64_t n0 = 0; n0 < g.N; n0 += nbt) {
         const int64_t nb = g.N - n0 < nbt ? g.N - n0 : nbt;
-        rowshift_kernel<T, CT><<<dim3((unsigned)((r.plane + 255) / 256), (unsigned)(g.C * g.KH), (unsigned)nb), 256, 0,
-                                 st>>>(rows, x, kg, n0, r.Wp);
+        rowshift_kernel<T, CT><<<dim3((unsigned)((r.plane + 255) / 256), (unsigned)(g.C * g.KW), (unsigned)nb), 256, 0,
+                                 st>>>(cols, x, kg, n0, r.Wq, r.Hp);
         CUDA_LAUNCHED();
-        if ((s = (enum status)rowshift_gemms<T, CT>(kg, g.G, g.O, rows, wk, opad, nb, [](auto... a) {
+        T *dst = direct ? out + n0 * g.O * g.OHW : opad;
+        const T beta0 = direct && bias ? T(1) : T(0);
+        if ((s = (enum status)rowshift_gemms<T, CT>(kg, g.G, g.O, cols, wk, dst, beta0, nb, [](auto... a) {
                  return (int)gemm(CUBLAS_OP_N, CUBLAS_OP_N, a...);
              })))
             return s;
-        rowshift_crop_kernel<T><<<plane_grid(g.OHW, nb, g.O, 256), 256, 0, st>>>(out, opad, bias, kg, n0, g.O, r.Wp);
-        CUDA_LAUNCHED();
+        if (!direct) {
+            rowshift_crop_kernel<T><<<plane_grid(g.OHW, nb, g.O, 256), 256, 0, st>>>(out, opad, bias, kg, n0, g.O, r.Wq);
+            CUDA_LAUNCHED();
+        }
     }
     *done = true;
     return STATUS_OK;

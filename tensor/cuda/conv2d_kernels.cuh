@@ -90,44 +90,44 @@ col2im_kernel(T *__restrict__ dx, const T *__restrict__ dcol, kgeom g, int64_t n
     }
 }
 
-/* ---------------------------------------------------------------- row-shift forward (stride_w 1) */
+/* ---------------------------------------------------------------- row-shift forward (stride_h 1) */
 
-/* The forward as KW GEMMs over a partial im2col that expands only the kernel rows: with the input
- * rows padded to Wp = OW + dw*(KW-1) columns,
- *   rows[i][c*KH + kh][oh*Wp + u] = x[n0+i, c, oh*sh - pt + kh*dh, u - pl]   (0 outside),
- * and for each kernel column kw the GEMM reads `rows` shifted by kw*dw elements, so the pixel
- * (oh, ow) of that GEMM's output is column oh*Wp + ow of a padded output opad[i][o][OH*Wp]:
- *   opad_g[:, o] (+)= rows_g[:, shifted by kw*dw] @ wk[kw][o][Cg*KH]
- * The last dw*(KW-1) columns of each padded output row are never used (the crop drops them).
- * The partial im2col is KW times smaller than im2col's (KH copies of x, not KH*KW); the GEMMs
- * are Cg*KH deep and do (1 + dw*(KW-1)/OW) times the FLOPs. */
+/* The forward as KH GEMMs over a partial im2col that expands only the kernel columns: with
+ * Hp = OH + dh*(KH-1) input rows (padding included) and rows of Wq = OW rounded up to 8 columns,
+ *   cols[i][c*KW + kw][h*Wq + ow] = x[n0+i, c, h - pt, ow*sw - pl + kw*dw]   (0 outside, ow >= OW),
+ * and for each kernel row kh the GEMM reads `cols` shifted by kh*dh whole rows (kh*dh*Wq elements,
+ * so every operand stays 16-byte aligned), giving the output pixel (oh, ow) at column oh*Wq + ow:
+ *   dst_g[:, o] (+)= cols_g[:, shifted by kh*dh rows] @ wk[kh][o][Cg*KW]
+ * When OW % 8 == 0 (every SD UNet shape) Wq == OW and dst is the output itself, bias pre-filled;
+ * else dst is a padded output that a crop copies out, adding the bias. The partial im2col is KH
+ * times smaller than im2col's (KW copies of x, not KH*KW); the GEMMs are Cg*KW deep. */
 struct rs_geom {
-    int64_t Wp, plane, m, k;   /* padded width, OH*Wp, GEMM rows (pixels) per image, GEMM depth */
+    int64_t Wq, Hp, plane, m, k;   /* row pitch, input rows, one (c, kw) plane, GEMM rows (pixels), depth */
 };
 
 __host__ __device__ inline rs_geom rowshift_geom(const kgeom &g, int64_t Cg)
 {
-    const int64_t Wp = g.OW + (int64_t)g.dw * (g.KW - 1), plane = (int64_t)g.OH * Wp;
-    return rs_geom{Wp, plane, plane - (int64_t)g.dw * (g.KW - 1), Cg * g.KH};
+    const int64_t Wq = (g.OW + 7) / 8 * 8, Hp = g.OH + (int64_t)g.dh * (g.KH - 1);
+    return rs_geom{Wq, Hp, Hp * Wq, (int64_t)g.OH * Wq, Cg * g.KW};
 }
 
-/* rows as above for images n0 .. n0+nb: grid.x over the plane, grid.y over C*KH, grid.z over nb */
+/* cols as above for images n0 .. n0+nb: grid.x over the plane, grid.y over C*KW, grid.z over nb */
 template <typename T, typename CT>
 __global__ void __launch_bounds__(256)
-rowshift_kernel(CT *__restrict__ rows, const T *__restrict__ x, kgeom g, int64_t n0, int64_t Wp)
+rowshift_kernel(CT *__restrict__ cols, const T *__restrict__ x, kgeom g, int64_t n0, int64_t Wq, int64_t Hp)
 {
-    const int64_t plane = (int64_t)g.OH * Wp, j = (int64_t)blockIdx.x * 256 + threadIdx.x;
+    const int64_t plane = Hp * Wq, j = (int64_t)blockIdx.x * 256 + threadIdx.x;
     if (j >= plane) return;
-    const int r = blockIdx.y, c = r / g.KH, kh = r % g.KH;
+    const int r = blockIdx.y, c = r / g.KW, kw = r % g.KW;
     const int64_t i = blockIdx.z;
-    const int oh = (int)(j / Wp), iw = (int)(j % Wp) - g.pl, ih = oh * g.sh - g.pt + kh * g.dh;
-    const T v = ((unsigned)ih < (unsigned)g.H && (unsigned)iw < (unsigned)g.W)
+    const int ow = (int)(j % Wq), ih = (int)(j / Wq) - g.pt, iw = ow * g.sw - g.pl + kw * g.dw;
+    const T v = (ow < g.OW && (unsigned)ih < (unsigned)g.H && (unsigned)iw < (unsigned)g.W)
                     ? __ldg(x + ((n0 + i) * g.C + c) * (int64_t)g.HW + (int64_t)ih * g.W + iw)
                     : T(0);
-    rows[(i * g.C * g.KH + r) * plane + j] = col_value<CT>(v);
+    cols[(i * g.C * g.KW + r) * plane + j] = col_value<CT>(v);
 }
 
-/* wk[kw][o][c*KH + kh] = w[o][c][kh][kw] (w: [O, Cg, KH, KW]); one thread per element */
+/* wk[kh][o][c*KW + kw] = w[o][c][kh][kw] (w: [O, Cg, KH, KW]); one thread per element */
 template <typename T>
 __global__ void __launch_bounds__(256)
 rowshift_weight_kernel(T *__restrict__ wk, const T *__restrict__ w, int64_t O, int64_t Cg, int KH, int KW)
@@ -136,38 +136,40 @@ rowshift_weight_kernel(T *__restrict__ wk, const T *__restrict__ w, int64_t O, i
     if (e >= n) return;
     const int kw = (int)(e % KW), kh = (int)(e / KW % KH);
     const int64_t c = e / ((int64_t)KW * KH) % Cg, o = e / ((int64_t)KW * KH * Cg);
-    wk[((int64_t)kw * O + o) * Cg * KH + c * KH + kh] = w[e];
+    wk[((int64_t)kh * O + o) * Cg * KW + c * KW + kw] = w[e];
 }
 
-/* out[n0+i, o, oh, ow] = opad[i][o][oh*Wp + ow] (+ bias[o]): grid.x over OHW, grid.y over O, grid.z over nb */
+/* out[n0+i, o, oh, ow] = opad[i][o][oh*Wq + ow] (+ bias[o]): grid.x over OHW, grid.y over O, grid.z over nb */
 template <typename T>
 __global__ void __launch_bounds__(256)
 rowshift_crop_kernel(T *__restrict__ out, const T *__restrict__ opad, const T *__restrict__ bias, kgeom g, int64_t n0,
-                     int64_t O, int64_t Wp)
+                     int64_t O, int64_t Wq)
 {
     const int p = blockIdx.x * 256 + threadIdx.x;
     if (p >= g.OHW) return;
     const int64_t o = blockIdx.y, i = blockIdx.z;
     const int oh = p / g.OW, ow = p % g.OW;
-    T v = opad[(i * O + o) * g.OH * Wp + (int64_t)oh * Wp + ow];
+    T v = opad[(i * O + o) * g.OH * Wq + (int64_t)oh * Wq + ow];
     if (bias) v += bias[o];
     out[((n0 + i) * O + o) * (int64_t)g.OHW + p] = v;
 }
 
-/* The KW * G GEMMs of one tile of nb images, in order, as column-major strided-batched calls
- * gemm(m, n, k, A, lda, sA, B, ldb, sB, beta, C, ldc, sC, batch) with C = A B (+ C): the first
- * kernel column overwrites opad, the others accumulate. Host code, shared by conv2d.cu (cuBLAS)
- * and tests/test_conv_emu.cpp (a plain loop), so the test checks these offsets and strides. */
+/* The KH * G GEMMs of one tile of nb images, in order, as column-major strided-batched calls
+ * gemm(m, n, k, A, lda, sA, B, ldb, sB, beta, C, ldc, sC, batch) with C = A B + beta C into
+ * dst [nb][O][OH*Wq]: the first kernel row with beta0 (1: dst holds the bias; 0: overwrite), the
+ * others accumulate. Host code, shared by conv2d.cu (cuBLAS) and tests/test_conv_emu.cpp (a plain
+ * loop), so the test checks these offsets and strides. */
 template <typename T, typename CT, class Gemm>
-int rowshift_gemms(const kgeom &g, int64_t G, int64_t O, const CT *rows, const T *wk, T *opad, int64_t nb, Gemm gemm)
+int rowshift_gemms(const kgeom &g, int64_t G, int64_t O, const CT *cols, const T *wk, T *dst, T beta0, int64_t nb,
+                   Gemm gemm)
 {
     const int64_t Cg = g.C / G, Og = O / G;
     const rs_geom r = rowshift_geom(g, Cg);
-    for (int kw = 0; kw < g.KW; kw++)
+    for (int kh = 0; kh < g.KH; kh++)
         for (int64_t gi = 0; gi < G; gi++) {
-            const int e = gemm(r.m, Og, r.k, rows + gi * r.k * r.plane + (int64_t)kw * g.dw, r.plane, g.C * g.KH * r.plane,
-                               wk + ((int64_t)kw * O + gi * Og) * r.k, r.k, (int64_t)0, kw ? T(1) : T(0),
-                               opad + gi * Og * r.plane, r.plane, O * r.plane, nb);
+            const int e = gemm(r.m, Og, r.k, cols + gi * r.k * r.plane + (int64_t)kh * g.dh * r.Wq, r.plane,
+                               g.C * g.KW * r.plane, wk + ((int64_t)kh * O + gi * Og) * r.k, r.k, (int64_t)0,
+                               kh ? T(1) : beta0, dst + gi * Og * r.m, r.m, O * r.m, nb);
             if (e) return e;
         }
     return 0;
