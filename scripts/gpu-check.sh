@@ -70,6 +70,15 @@ else
 fi
 grep -E "^cuda .*(FAIL|fail)" "$OUTDIR/testlog.txt" | head -40
 cuda_ok=$(grep -cE '^cuda .* ok' "$OUTDIR/testlog.txt"); cuda_bad=$(grep -cE '^cuda .*(FAIL|fail)' "$OUTDIR/testlog.txt")
+# a failed run again without the opt-in switches' cases: do the default kernels pass on their own?
+# (a device fault in one kernel makes every later CUDA call fail)
+defaults=""
+if [ $test_rc -ne 0 ] && [ -x build-gpu/tests/test_cuda ]; then
+    DRAFT_TEST_DEFAULTS_ONLY=1 OMP_NUM_THREADS=4 CK_DEFAULT_TIMEOUT=600 ./build-gpu/tests/test_cuda \
+        > "$OUTDIR/testlog-defaults.txt" 2>&1
+    defaults="defaults only (rc $?): $(grep -cE '^cuda .* ok' "$OUTDIR/testlog-defaults.txt") ok, $(grep -cE '^cuda .*(FAIL|fail)' "$OUTDIR/testlog-defaults.txt") failed"
+    echo "$defaults"
+fi
 grep -E "[0-9]+%: Checks" "$OUTDIR/testlog.txt"
 echo "cuda cases: $cuda_ok ok, $cuda_bad failed"
 echo "tests: $(( $(date +%s) - t0 )) s"
@@ -113,6 +122,7 @@ fi
 echo
 echo "== summary ($(cat "$OUTDIR/gpu.txt")) =="
 printf "%-12s %s\n" "cuda suite" "$cuda_ok ok, $cuda_bad failed$([ $test_rc -eq 0 ] || echo ", FAILED (rc $test_rc)")"
+[ -z "$defaults" ] || printf "%-12s %s\n" "cuda suite" "$defaults"
 for l in "${demo[@]}"; do printf "%-12s %s\n" "demo cuda" "$l"; done
 for l in "${sd14[@]}"; do printf "%-12s %s\n" "sd14 step" "$l"; done
 if [ -f "$OUTDIR/bench-ours.txt" ]; then
