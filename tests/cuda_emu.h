@@ -105,6 +105,10 @@ struct cluster_group {
     unsigned block_rank() const { return emu_slot; }
     unsigned num_blocks() const { return emu_cluster_size; }
     void sync() const { pthread_barrier_wait(&emu_cluster_bar); }
+    /* split barrier: arriving is free here, waiting waits for every thread to reach the wait */
+    struct arrival_token {};
+    arrival_token barrier_arrive() const { return arrival_token{}; }
+    void barrier_wait() const { pthread_barrier_wait(&emu_cluster_bar); }
     /* the address p has in block `rank`'s shared memory (p must be in this block's) */
     template <class T> T *map_shared_rank(T *p, int rank) const
     {

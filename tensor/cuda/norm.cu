@@ -8,9 +8,11 @@
  *    normalise pass re-reads the row (from L1/L2).
  *  - group_norm, f32, when a group fits in the shared memory of a cluster of <= 8 blocks
  *    (96 KB each; every SD UNet shape): ONE kernel. The cluster's blocks stage their chunks of
- *    the group in shared memory with cp.async, compute an exact two-pass mean/M2 per block,
- *    merge the block states through distributed shared memory, and normalise from shared
- *    memory: x is read once, out written once.
+ *    the group in shared memory with cp.async; each thread takes an exact two-pass mean/M2 of
+ *    its own elements, warps and the block merge them, each block writes its state into every
+ *    block of the cluster (distributed shared memory), and every thread merges those in rank
+ *    order and normalises from shared memory: x is read once, out written once, with one block
+ *    and one cluster barrier in between (since 2026-11-27; before, 4 and 2).
  *  - group_norm otherwise (f64, huge groups, or DRAFT_GN_TWOPASS=1 in the environment): a
  *    [N*G, S] grid of stats blocks (S splits per group so the GPU has enough blocks) writes
  *    partial Welford states; the normalise kernel runs a block per (n, c) plane and merges its
@@ -28,7 +30,8 @@
  * are copied to contiguous temporaries; non-contiguous outputs go through one.
  * Determinism: no atomics; every reduction is a fixed tree or a fixed sequential order, so
  * results are bit-identical between runs.
- * Measured on an H200 (f32, [2,320,64,64], G=32): group_norm forward 14.0 us (copy of the
+ * Measured on an H200 (f32, [2,320,64,64], G=32; the forward kernel before its 2026-11-27
+ * barrier cut): group_norm forward 14.0 us (copy of the
  * same tensor 8.7 us; torch 42-56 us), backward 20-23 us (torch 141-200 us); layer_norm
  * [8192,320] forward 14 us (torch 27-33 us). */
 #include "tensor/cuda/cuda.h"
@@ -110,21 +113,6 @@ template <typename A, typename T, int V> __device__ __forceinline__ void welford
     s.mean += d * f;
     s.m2 += cm2 + d * d * s.n * f;
     s.n = nn;
-}
-
-__device__ __forceinline__ wsum wmerge(wsum a, wsum b)
-{
-    const double n = a.n + b.n;
-    if (b.n == 0) return a;
-    if (a.n == 0) return b;
-    const double d = b.mean - a.mean, f = b.n / n;
-    return wsum{n, a.mean + d * f, a.m2 + b.m2 + d * d * a.n * f};
-}
-
-__device__ __forceinline__ wsum shfl_down(wsum s, int o)
-{
-    return wsum{__shfl_down_sync(0xffffffffu, s.n, o), __shfl_down_sync(0xffffffffu, s.mean, o),
-                __shfl_down_sync(0xffffffffu, s.m2, o)};
 }
 
 /* Merge the states of a group of GS threads (a warp, or the whole block when GS == blockDim);

@@ -47,6 +47,22 @@ template <typename T, int V> __device__ __forceinline__ void store(T *p, const v
 /* a merged Welford state (count, mean, M2), in double */
 struct wsum { double n, mean, m2; };
 
+/* Chan's merge of two states */
+__device__ __forceinline__ wsum wmerge(wsum a, wsum b)
+{
+    const double n = a.n + b.n;
+    if (b.n == 0) return a;
+    if (a.n == 0) return b;
+    const double d = b.mean - a.mean, f = b.n / n;
+    return wsum{n, a.mean + d * f, a.m2 + b.m2 + d * d * a.n * f};
+}
+
+__device__ __forceinline__ wsum shfl_down(wsum s, int o)
+{
+    return wsum{__shfl_down_sync(0xffffffffu, s.n, o), __shfl_down_sync(0xffffffffu, s.mean, o),
+                __shfl_down_sync(0xffffffffu, s.m2, o)};
+}
+
 /* sum over the block (kThreads threads) in a fixed order; every thread gets it. red: [kThreads/32] */
 __device__ inline double block_sum(double v, double *red)
 {
@@ -88,20 +104,23 @@ __device__ inline double2 block_sum2(double a, double b, double2 *red)
 
 __host__ __device__ constexpr size_t gn_align16(size_t n) { return (n + 15) / 16 * 16; }
 
-/* forward: [head | xs: chunk floats | scale, shift: 2 * cg floats] */
+/* forward: [head | xs: chunk floats | w, b: 2 * cg floats] */
 struct gn_fwd_head {
-    wsum blk, remote[kGnMaxCluster];
-    double stat[2];
-    double red[kThreads / 32];
+    wsum warp[kThreads / 32];      /* this block's warps' states */
+    wsum remote[kGnMaxCluster];    /* every block's state, written by that block */
 };
 __host__ __device__ constexpr size_t gn_fwd_smem(int cg, int chunk)
 {
     return gn_align16(sizeof(gn_fwd_head)) + sizeof(float) * ((size_t)chunk + 2 * (size_t)cg);
 }
 
-/* Each block folds its chunk into an exact two-pass mean and M2 (sums only, no divisions in the
- * tree), the cluster merges the block states (Chan) in rank order, and each block normalises its
- * chunk from shared memory: x is read once and out written once. */
+/* Each thread folds its own elements into an exact two-pass mean and M2 (no barrier), the warps
+ * and then the block merge the states (Chan, fixed order), each block writes its state into every
+ * block of the cluster (distributed shared memory), and after the cluster barrier every thread
+ * merges the cluster's states in rank order and normalises its elements from shared memory: x is
+ * read once and out written once, with one block barrier and one full cluster barrier between the
+ * load and the store (the other one, that every block has started before any writes into it, is
+ * split: arrive before the load, wait after it). */
 template <int V>
 __global__ void __launch_bounds__(kThreads)
 gn_fused_kernel(float *__restrict__ out, float *__restrict__ mean, float *__restrict__ rstd, const float *__restrict__ x,
@@ -111,7 +130,7 @@ gn_fused_kernel(float *__restrict__ out, float *__restrict__ mean, float *__rest
     DYN_SMEM(float4, gn_smem4);
     unsigned char *base = reinterpret_cast<unsigned char *>(gn_smem4);
     gn_fwd_head &sh = *reinterpret_cast<gn_fwd_head *>(base);
-    float *xs = reinterpret_cast<float *>(base + gn_align16(sizeof(gn_fwd_head))), *coef = xs + chunk;
+    float *xs = reinterpret_cast<float *>(base + gn_align16(sizeof(gn_fwd_head))), *wb = xs + chunk;
     cooperative_groups::cluster_group cl = cooperative_groups::this_cluster();
     const int rank = (int)cl.block_rank(), ncl = (int)cl.num_blocks();
     const int64_t g = blockIdx.y;
@@ -120,88 +139,95 @@ gn_fused_kernel(float *__restrict__ out, float *__restrict__ mean, float *__rest
     for (int j = j0 + (int)threadIdx.x * V; j < j1; j += kThreads * V)
         __pipeline_memcpy_async(xs + (j - j0), xg + j, sizeof(float) * V);
     __pipeline_commit();
-    /* while the chunk streams in: this group's w and b (raw, turned into scale/shift below) */
+    cl.barrier_arrive();   /* this block has started: the others may write into its shared memory
+                              once everyone has (the wait below), while the chunk streams in */
+    /* while the chunk streams in: this group's w and b */
     const int c0 = (int)(g % (C / cg)) * cg;
     for (int i = threadIdx.x; i < cg; i += kThreads) {
-        coef[i] = w ? w[c0 + i] : 1.f;
-        coef[cg + i] = b ? b[c0 + i] : 0.f;
+        wb[i] = w ? w[c0 + i] : 1.f;
+        wb[cg + i] = b ? b[c0 + i] : 0.f;
     }
     __pipeline_wait_prior(0);   /* each thread reads back only what it copied itself */
-    const double nb = (double)max(j1 - j0, 0);
-    float part = 0.f;
+    int cnt = 0;
+    float sum = 0.f;
     for (int j = j0 + (int)threadIdx.x * V; j < j1; j += kThreads * V) {
         const vec<float, V> v = *reinterpret_cast<const vec<float, V> *>(xs + (j - j0));
 #pragma unroll
-        for (int i = 0; i < V; i++) part += v.v[i];
+        for (int i = 0; i < V; i++) sum += v.v[i];
+        cnt += V;
     }
-    const double mb = nb > 0 ? block_sum(part, sh.red) / nb : 0.0;
-    const float mbf = (float)mb;
-    part = 0.f;
+    const float mt = cnt ? sum / (float)cnt : 0.f;
+    float m2 = 0.f;
     for (int j = j0 + (int)threadIdx.x * V; j < j1; j += kThreads * V) {
         const vec<float, V> v = *reinterpret_cast<const vec<float, V> *>(xs + (j - j0));
 #pragma unroll
-        for (int i = 0; i < V; i++) part += (v.v[i] - mbf) * (v.v[i] - mbf);
+        for (int i = 0; i < V; i++) m2 += (v.v[i] - mt) * (v.v[i] - mt);
     }
-    const double m2b = block_sum(part, sh.red);
-    if (threadIdx.x == 0) sh.blk = wsum{nb, mb, m2b};
-    cl.sync();
-    if ((int)threadIdx.x < ncl) sh.remote[threadIdx.x] = *cl.map_shared_rank(&sh.blk, (int)threadIdx.x);
-    cl.sync();   /* every block has read the others' states: from here a block may finish and exit */
-    if (threadIdx.x == 0) {
-        double n = 0, sum = 0, m2 = 0;
-        for (int i = 0; i < ncl; i++) n += sh.remote[i].n, sum += sh.remote[i].n * sh.remote[i].mean;
-        const double mu = sum / n;
-        for (int i = 0; i < ncl; i++) {
-            const double d = sh.remote[i].mean - mu;
-            m2 += sh.remote[i].m2 + sh.remote[i].n * d * d;
-        }
-        const double rs = 1.0 / sqrt(m2 / n + eps);
-        sh.stat[0] = mu;
-        sh.stat[1] = rs;
-        if (rank == 0) {
-            if (mean) mean[g] = (float)mu;
-            if (rstd) rstd[g] = (float)rs;
-        }
+    wsum st = {(double)cnt, (double)mt, (double)m2};
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) st = wmerge(st, shfl_down(st, o));
+    if (threadIdx.x % 32 == 0) sh.warp[threadIdx.x / 32] = st;
+    __syncthreads();   /* the warp states, and w and b, are in shared memory */
+    cl.barrier_wait();
+    if ((int)threadIdx.x < ncl) {   /* this block's state, into block threadIdx.x's remote[rank] */
+        wsum bs = sh.warp[0];
+        for (int i = 1; i < kThreads / 32; i++) bs = wmerge(bs, sh.warp[i]);
+        cl.map_shared_rank(sh.remote, (int)threadIdx.x)[rank] = bs;
     }
-    __syncthreads();
-    for (int i = threadIdx.x; i < cg; i += kThreads) {
-        const double sc = sh.stat[1] * (double)coef[i];
-        coef[cg + i] = (float)((double)coef[cg + i] - sh.stat[0] * sc);
-        coef[i] = (float)sc;
+    cl.sync();   /* every block's state is in every block; no block reads another's memory after this */
+    double n = 0, s1 = 0, m2g = 0;
+    for (int i = 0; i < ncl; i++) n += sh.remote[i].n, s1 += sh.remote[i].n * sh.remote[i].mean;
+    const double mu = s1 / n;
+    for (int i = 0; i < ncl; i++) {
+        const double d = sh.remote[i].mean - mu;
+        m2g += sh.remote[i].m2 + sh.remote[i].n * d * d;
     }
-    __syncthreads();
+    const double rs = 1.0 / sqrt(m2g / n + eps);
+    if (rank == 0 && threadIdx.x == 0) {
+        if (mean) mean[g] = (float)mu;
+        if (rstd) rstd[g] = (float)rs;
+    }
     float *og = out + g * ge;
+    int cur = -1;
+    float sc = 0.f, sf = 0.f;
     for (int j = j0 + (int)threadIdx.x * V; j < j1; j += kThreads * V) {
         vec<float, V> v = *reinterpret_cast<const vec<float, V> *>(xs + (j - j0));
         const int ci = j / HW;   /* one channel per vector: V == 4 only when HW % 4 == 0 */
-        const float sc = coef[ci], sh2 = coef[cg + ci];
+        if (ci != cur) {   /* scale and shift of channel ci */
+            const double scd = rs * (double)wb[ci];
+            sc = (float)scd;
+            sf = (float)((double)wb[cg + ci] - mu * scd);
+            cur = ci;
+        }
 #pragma unroll
-        for (int i = 0; i < V; i++) v.v[i] = v.v[i] * sc + sh2;
+        for (int i = 0; i < V; i++) v.v[i] = v.v[i] * sc + sf;
         store<float, V>(og + j, v);
     }
 }
 
-/* backward: [head | part: cg double2 | tot: cg double2 | k1: cg floats | xs, dys: chunk floats each] */
+/* backward: [head | part: cg double2 | rpart: kGnMaxCluster * cg double2 | tot: cg double2 |
+ *            k1: cg floats | xs, dys: chunk floats each] */
 struct gn_bwd_head {
     double2 red[kThreads / 32];
     double2 k;   /* (k2, k3) of dx = k1[c] * dy + k2 * x + k3 */
 };
 struct gn_bwd_layout {
-    size_t part, tot, k1, xs, dys, bytes;
+    size_t part, rpart, tot, k1, xs, dys, bytes;
 };
 __host__ __device__ constexpr gn_bwd_layout gn_bwd_smem(int cg, int chunk)
 {
-    const size_t part = gn_align16(sizeof(gn_bwd_head)), tot = part + 16 * (size_t)cg, k1 = tot + 16 * (size_t)cg;
+    const size_t part = gn_align16(sizeof(gn_bwd_head)), rpart = part + 16 * (size_t)cg;
+    const size_t tot = rpart + 16 * (size_t)kGnMaxCluster * cg, k1 = tot + 16 * (size_t)cg;
     const size_t xs = gn_align16(k1 + sizeof(float) * (size_t)cg), dys = xs + sizeof(float) * (size_t)chunk;
-    return gn_bwd_layout{part, tot, k1, xs, dys, dys + sizeof(float) * (size_t)chunk};
+    return gn_bwd_layout{part, rpart, tot, k1, xs, dys, dys + sizeof(float) * (size_t)chunk};
 }
 
 /* The input gradient in one pass: dy and x are read once, dx written once.
  *   dx = rstd * w[c] * dy + k2 * x + k3, with, over the group (m = cg * HW elements),
  *   k2 = -rstd^3 * sum_c w[c] (sum dy*x - mean * sum dy) / m,  k3 = -rstd * sum_c w[c] sum dy / m - k2 * mean.
- * Each block sums dy and dy*x per channel over its chunk, the cluster adds the blocks' sums in rank
- * order, and block 0 also writes them to ab[n * C + c] (as gn_bwd_plane_kernel does: dw and db are
- * summed from there over N). The same arithmetic as the two-kernel path, in a different order. */
+ * Each block sums dy and dy*x per channel over its chunk and writes the sums into every block of
+ * the cluster; each adds them in rank order, and block 0 also writes them to ab[n * C + c] (as
+ * gn_bwd_plane_kernel does: dw and db are summed from there over N). The same arithmetic as the two-kernel path, in a different order. */
 template <int V>
 __global__ void __launch_bounds__(kThreads)
 gn_bwd_fused_kernel(float *__restrict__ dx, double2 *__restrict__ ab, const float *__restrict__ dy,
@@ -212,7 +238,8 @@ gn_bwd_fused_kernel(float *__restrict__ dx, double2 *__restrict__ ab, const floa
     unsigned char *base = reinterpret_cast<unsigned char *>(gn_smem4);
     const gn_bwd_layout lay = gn_bwd_smem(cg, chunk);
     gn_bwd_head &sh = *reinterpret_cast<gn_bwd_head *>(base);
-    double2 *part = reinterpret_cast<double2 *>(base + lay.part), *tot = reinterpret_cast<double2 *>(base + lay.tot);
+    double2 *part = reinterpret_cast<double2 *>(base + lay.part), *rpart = reinterpret_cast<double2 *>(base + lay.rpart);
+    double2 *tot = reinterpret_cast<double2 *>(base + lay.tot);
     float *k1 = reinterpret_cast<float *>(base + lay.k1), *xs = reinterpret_cast<float *>(base + lay.xs),
           *dys = reinterpret_cast<float *>(base + lay.dys);
     cooperative_groups::cluster_group cl = cooperative_groups::this_cluster();
@@ -225,6 +252,7 @@ gn_bwd_fused_kernel(float *__restrict__ dx, double2 *__restrict__ ab, const floa
         __pipeline_memcpy_async(dys + (j - j0), dyg + j, sizeof(float) * V);
     }
     __pipeline_commit();
+    cl.barrier_arrive();   /* started (see gn_fused_kernel) */
     const int c0 = (int)(g % (C / cg)) * cg;
     const double rs = (double)rstd[g];
     for (int i = threadIdx.x; i < cg; i += kThreads) {
@@ -250,18 +278,23 @@ gn_bwd_fused_kernel(float *__restrict__ dx, double2 *__restrict__ ab, const floa
         const double2 s = block_sum2(sa, sb, sh.red);
         if (threadIdx.x == 0) part[ci] = s;
     }
-    cl.sync();   /* every block's part[] is complete */
+    __syncthreads();   /* part[] is complete */
+    cl.barrier_wait();
+    for (int e = threadIdx.x; e < ncl * cg; e += kThreads) {   /* part[], into every block's rpart[rank] */
+        const int d = e / cg, i = e - d * cg;
+        cl.map_shared_rank(rpart, d)[rank * cg + i] = part[i];
+    }
+    cl.sync();   /* every block's sums are in every block; no block reads another's memory after this */
     for (int i = threadIdx.x; i < cg; i += kThreads) {
         double sa = 0, sb = 0;
         for (int r = 0; r < ncl; r++) {
-            const double2 v = cl.map_shared_rank(part, r)[i];
-            sa += v.x;
-            sb += v.y;
+            sa += rpart[r * cg + i].x;
+            sb += rpart[r * cg + i].y;
         }
         tot[i] = make_double2(sa, sb);
         if (rank == 0) ab[g * cg + i] = tot[i];   /* plane n * C + c0 + i */
     }
-    cl.sync();   /* every block has read the others' part[]: from here a block may finish and exit */
+    __syncthreads();
     if (threadIdx.x == 0) {
         const double mu = (double)mean[g];
         double s1 = 0, s2 = 0;   /* sum dy*w, sum dy*w*(x - mean) */
