@@ -224,21 +224,18 @@ int main(void)
             ms = time_it(name, run_conv, &a, 3, 20);
             double f = 2.0 * 2 * C * S * S * C * 9 * (bw ? 3 : 1);
             if (ms > 0) printf("RESULT %s %.3f %.1f TFLOP/s\n", name, ms, f / ms / 1e9);
-            if (i == 0 || i == 3) {   /* again with the im2col of the next tile on a side stream */
-                setenv("DRAFT_CONV_PIPELINE", "1", 1);
-                snprintf(name, sizeof name, "conv2d_%lldc_%lldpx_%s%s_pipe", (long long)C, (long long)S,
-                         bw ? "fwdbwd" : "fwd", i == 3 ? "_autocast" : "");
+            /* again with each opt-in forward: the im2col of the next tile on a side stream (320
+             * channels), and the row-shift forward (a partial im2col over kernel columns, 3 GEMMs) */
+            const struct { const char *env, *suffix; bool all; } variants[2] = {
+                {"DRAFT_CONV_PIPELINE", "_pipe", false}, {"DRAFT_CONV_ROWSHIFT", "_rowshift", true}};
+            for (int v = 0; v < 2; v++) {
+                if (!variants[v].all && i != 0 && i != 3) continue;
+                setenv(variants[v].env, "1", 1);
+                snprintf(name, sizeof name, "conv2d_%lldc_%lldpx_%s%s%s", (long long)C, (long long)S,
+                         bw ? "fwdbwd" : "fwd", i == 3 ? "_autocast" : "", variants[v].suffix);
                 ms = time_it(name, run_conv, &a, 3, 20);
                 if (ms > 0) printf("RESULT %s %.3f %.1f TFLOP/s\n", name, ms, f / ms / 1e9);
-                unsetenv("DRAFT_CONV_PIPELINE");
-            }
-            {   /* again with the row-shift forward (a partial im2col over kernel columns, 3 GEMMs) */
-                setenv("DRAFT_CONV_ROWSHIFT", "1", 1);
-                snprintf(name, sizeof name, "conv2d_%lldc_%lldpx_%s%s_rowshift", (long long)C, (long long)S,
-                         bw ? "fwdbwd" : "fwd", i == 3 ? "_autocast" : "");
-                ms = time_it(name, run_conv, &a, 3, 20);
-                if (ms > 0) printf("RESULT %s %.3f %.1f TFLOP/s\n", name, ms, f / ms / 1e9);
-                unsetenv("DRAFT_CONV_ROWSHIFT");
+                unsetenv(variants[v].env);
             }
             release(&a);
         }

@@ -119,6 +119,15 @@ struct cluster_group {
 inline cluster_group this_cluster() { return cluster_group{}; }
 }  // namespace cooperative_groups
 
+/* xorshift: the tests' deterministic inputs, in [-1, 1) */
+inline double emu_urand(uint64_t &s)
+{
+    s ^= s << 13;
+    s ^= s >> 7;
+    s ^= s << 17;
+    return (double)(s >> 11) / 9007199254740992.0 * 2 - 1;
+}
+
 inline float emu_bf16(uint32_t h)
 {
     const uint32_t u = (h & 0xffffu) << 16;

@@ -20,15 +20,8 @@ struct attn_case {
     bool causal;
 };
 
-/* xorshift: deterministic inputs in [-1, 1) */
 uint64_t rng = 0x9e3779b97f4a7c15ull;
-float urand()
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (float)((double)(rng >> 11) / 9007199254740992.0 * 2 - 1);
-}
+float urand() { return (float)emu_urand(rng); }
 
 struct reference {
     std::vector<double> out, lse, dq, dk, dv;

@@ -19,13 +19,7 @@
 namespace {
 
 uint64_t rng = 0x6a09e667f3bcc909ull;
-double urand()
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (double)(rng >> 11) / 9007199254740992.0 * 2 - 1;
-}
+double urand() { return emu_urand(rng); }
 
 int failures = 0;
 
@@ -180,14 +174,8 @@ template <typename T, typename CT> void check_rowshift(const conv_case &c, int O
                     for (int64_t kk = 0; kk < k; kk++) {
                         const CT a = A[b * sA + i + kk * lda];
                         double av;
-                        if constexpr (sizeof(CT) == 2) {
-                            const uint32_t u = half_bf16_to_f32_bits(a);
-                            float f;
-                            memcpy(&f, &u, 4);
-                            av = f;
-                        } else {
-                            av = (double)a;
-                        }
+                        if constexpr (sizeof(CT) == 2) av = emu_bf16(a);
+                        else av = (double)a;
                         acc += av * (double)B[b * sB + kk + j * ldb];
                     }
                     T &cv = C[b * sC + i + j * ldc];

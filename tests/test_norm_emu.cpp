@@ -22,13 +22,7 @@ struct gn_case {
 };
 
 uint64_t rng = 0x2545f4914f6cdd1dull;
-float urand()
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (float)((double)(rng >> 11) / 9007199254740992.0 * 2 - 1);
-}
+float urand() { return (float)emu_urand(rng); }
 
 /* ||a - b|| / ||b|| */
 template <class A> double rel_err(const std::vector<A> &a, const std::vector<double> &b)

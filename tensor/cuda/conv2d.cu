@@ -8,8 +8,9 @@
  * and the backward input finishes with col2im as a gather: each dx element sums the dcol
  * entries that read it, so no atomics are needed. With DRAFT_CONV_ROWSHIFT=1 a forward with
  * stride_h 1 instead expands only the kernel columns and runs one GEMM per kernel row over
- * views of that shifted by whole rows (conv2d_kernels.cuh): KH times less im2col traffic. 1x1 convolutions with stride 1 and no padding
- * skip im2col and use x / dx directly as the GEMM operand. Bias is pre-filled into the output
+ * views of that shifted by whole rows (conv2d_kernels.cuh): KH times less im2col traffic.
+ * 1x1 convolutions with stride 1 and no padding skip im2col and use x / dx directly as the GEMM
+ * operand. Bias is pre-filled into the output
  * and the GEMM accumulates onto it (beta = 1); db is a per-channel reduction kernel.
  * f32 GEMMs go through cuda_gemm (matmul.cu), which applies the precision switch (exact f32,
  * TF32, or bf16 autocast: tensor_set_precision); f64 uses cublasDgemmStridedBatched. Under bf16
@@ -360,9 +361,9 @@ enum status rowshift_forward(bool *done, T *out, const T *x, const T *w, const T
     nbt = nbt > g.N ? g.N : nbt > 65535 ? 65535 : nbt;
     enum status s = STATUS_OK;
     CT *cols = scratch<CT>(nbt * g.C * g.KW * r.plane, &s);
-    T *opad = cols && !direct ? scratch<T>(nbt * g.O * r.m, &s) : nullptr;
-    T *wk = cols && (direct || opad) ? scratch<T>(g.O * g.Kg, &s) : nullptr;
-    if (!wk) return s;
+    if (!cols) return s;
+    T *opad = nullptr, *wk = nullptr;
+    if ((!direct && !(opad = scratch<T>(nbt * g.O * r.m, &s))) || !(wk = scratch<T>(g.O * g.Kg, &s))) return s;
     cudaStream_t st = (cudaStream_t)cuda_stream();
     rowshift_weight_kernel<T><<<(unsigned)((g.O * g.Kg + 255) / 256), 256, 0, st>>>(wk, w, g.O, g.Cg, (int)g.KH,
                                                                                     (int)g.KW);

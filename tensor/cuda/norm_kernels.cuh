@@ -63,21 +63,8 @@ __device__ __forceinline__ wsum shfl_down(wsum s, int o)
                 __shfl_down_sync(0xffffffffu, s.m2, o)};
 }
 
-/* sum over the block (kThreads threads) in a fixed order; every thread gets it. red: [kThreads/32] */
-__device__ inline double block_sum(double v, double *red)
-{
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-    if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = v;
-    __syncthreads();
-    double r = 0;
-#pragma unroll
-    for (int i = 0; i < kThreads / 32; i++) r += red[i];
-    __syncthreads();   /* red may be reused */
-    return r;
-}
-
-/* two sums at once (half the barriers of two block_sum calls). red: [kThreads/32] */
+/* two sums over the block (kThreads threads) in a fixed order; every thread gets them.
+ * red: [kThreads/32] */
 __device__ inline double2 block_sum2(double a, double b, double2 *red)
 {
 #pragma unroll
