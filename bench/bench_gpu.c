@@ -280,30 +280,37 @@ int main(void)
     if (ms > 0) printf("RESULT copy_10M_burst20 %.3f %.1f GB/s\n", ms, 2.0 * 2 * 320 * 64 * 64 * 4 / ms / 1e6);
     release(&a);
 
-    /* attention B=2, 8 heads, L=4096, d=40; fwd+bwd again with the fused dQ backward; then both
-     * under bf16 autocast on tensor cores (torch: autocast, its bf16 flash kernels) */
-    for (int bw = 0; bw < 5; bw++) {
-        if (bw == 2) setenv("DRAFT_ATTN_FUSED_DQ", "1", 1);
-        if (bw >= 3) {
-            setenv("DRAFT_ATTN_MMA", "1", 1);
-            tensor_set_precision(PRECISION_BF16);
-        }
-        const bool back = bw == 1 || bw == 2 || bw == 4;
+    /* attention B=2, 8 heads, L=4096, d=40: the default kernels; fwd+bwd again with the fused dQ
+     * backward; under bf16 autocast on tensor cores (torch: autocast, its bf16 flash kernels); in
+     * f32 on tensor cores, 3xTF32 (torch: its f32 kernels) */
+    const struct {
+        const char *name, *env;
+        enum precision prec;
+        bool back;
+    } attn_rows[] = {
+        {"attention_fwd", NULL, PRECISION_F32, false},
+        {"attention_fwdbwd", NULL, PRECISION_F32, true},
+        {"attention_fwdbwd_fused_dq", "DRAFT_ATTN_FUSED_DQ", PRECISION_F32, true},
+        {"attention_fwd_autocast", "DRAFT_ATTN_MMA", PRECISION_BF16, false},
+        {"attention_fwdbwd_autocast", "DRAFT_ATTN_MMA", PRECISION_BF16, true},
+        {"attention_fwd_mma", "DRAFT_ATTN_MMA", PRECISION_F32, false},
+        {"attention_fwdbwd_mma", "DRAFT_ATTN_MMA", PRECISION_F32, true},
+    };
+    for (size_t r = 0; r < sizeof attn_rows / sizeof *attn_rows; r++) {
+        if (attn_rows[r].env) setenv(attn_rows[r].env, "1", 1);
+        tensor_set_precision(attn_rows[r].prec);
+        const bool back = attn_rows[r].back;
         a.a = randn_dev(DTYPE_F32, TENSOR_SHAPE(2, 8, 4096, 40), back);
         a.b = randn_dev(DTYPE_F32, TENSOR_SHAPE(2, 8, 4096, 40), back);
         a.c = randn_dev(DTYPE_F32, TENSOR_SHAPE(2, 8, 4096, 40), back);
         a.d = randn_dev(DTYPE_F32, TENSOR_SHAPE(2, 8, 4096, 40), false);
-        const char *names[5] = {"attention_fwd", "attention_fwdbwd", "attention_fwdbwd_fused_dq", "attention_fwd_autocast",
-                                "attention_fwdbwd_autocast"};
-        const char *name = names[bw];
         a.backward = back;
-        ms = time_it(name, run_attn, &a, 3, 20);
-        double f = 4.0 * 2 * 8 * 4096.0 * 4096 * 40 * (a.backward ? 3.5 : 1);
-        if (ms > 0) printf("RESULT %s %.3f %.1f TFLOP/s\n", name, ms, f / ms / 1e9);
+        ms = time_it(attn_rows[r].name, run_attn, &a, 3, 20);
+        double f = 4.0 * 2 * 8 * 4096.0 * 4096 * 40 * (back ? 3.5 : 1);
+        if (ms > 0) printf("RESULT %s %.3f %.1f TFLOP/s\n", attn_rows[r].name, ms, f / ms / 1e9);
         release(&a);
-        if (bw == 2) unsetenv("DRAFT_ATTN_FUSED_DQ");
+        if (attn_rows[r].env) unsetenv(attn_rows[r].env);
     }
-    unsetenv("DRAFT_ATTN_MMA");
     tensor_set_precision(PRECISION_F32);
 
     /* elementwise add vs a device-to-device copy, 64M floats */

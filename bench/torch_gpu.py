@@ -122,6 +122,8 @@ def main():
         print(f"RESULT attention_{'fwdbwd' if bw else 'fwd'} {ms:.3f} {f / ms / 1e9:.1f} TFLOP/s")
         if bw:  # the same reference for our fused-dQ backward's row
             print(f"RESULT attention_fwdbwd_fused_dq {ms:.3f} {f / ms / 1e9:.1f} TFLOP/s")
+        # and for our f32 tensor-core (3xTF32) rows: torch's f32 kernels
+        print(f"RESULT attention_{'fwdbwd' if bw else 'fwd'}_mma {ms:.3f} {f / ms / 1e9:.1f} TFLOP/s")
 
         gb = g.bfloat16()  # the autocast output is bf16: so is its gradient
 

@@ -1,9 +1,10 @@
 /* cuda_emu.h — just enough of CUDA, on the host, to run the device code of the kernel headers in
  * tensor/cuda (attention, norm, conv2d, matmul) in a test without a GPU (tests/test_..._emu.cpp):
  * each thread of a block is an OS thread, __syncthreads and the warp collectives are barriers,
- * and emu_mma_bf16 implements the fragment layout of PTX's mma.sync.m16n8k16.row.col bf16
+ * and emu_mma_bf16 / emu_mma_tf32 implement the fragment layouts of PTX's mma.sync.m16n8k16 bf16
  * (A: a0..a7 at row g / g+8, columns 2t, 2t+1 and +8; B: rows 2t, 2t+1 and +8 of column g;
- * C: row g / g+8, columns 2t, 2t+1, where g = lane / 4 and t = lane % 4), summing in f32.
+ * C: row g / g+8, columns 2t, 2t+1, where g = lane / 4 and t = lane % 4) and m16n8k8 tf32 (the
+ * same in 32-bit words, one element each), summing in f32.
  * Thread-block clusters: the blocks of one cluster run at the same time, each with its own
  * dynamic shared memory, barriers and warps; cooperative_groups::this_cluster() gives the rank,
  * the cluster barrier and map_shared_rank (the same offset in another block's shared memory).
@@ -91,6 +92,12 @@ inline uint32_t __float_as_uint(float f)
     memcpy(&u, &f, 4);
     return u;
 }
+inline float __uint_as_float(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
 template <class T> T __ldg(const T *p) { return *p; }
 inline int min(int a, int b) { return a < b ? a : b; }
 inline int max(int a, int b) { return a > b ? a : b; }
@@ -151,6 +158,38 @@ inline void emu_mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uin
             const uint32_t aw = emu_mma_a[k0][w][(row % 8) * 4 + (k % 8) / 2][(row >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0)];
             const uint32_t bw = emu_mma_b[k0][w][col * 4 + (k % 8) / 2][k >= 8 ? 1 : 0];
             acc += emu_bf16((k & 1) ? aw >> 16 : aw) * emu_bf16((k & 1) ? bw >> 16 : bw);
+        }
+        c[e] += acc;
+    }
+    emu_warp_sync();
+}
+
+/* cvt.rna.tf32.f32: round to 10 mantissa bits, to nearest with ties away from zero (the
+ * magnitude's bits plus half the dropped range; inf and NaN kept) */
+inline uint32_t emu_tf32(float x)
+{
+    const uint32_t u = __float_as_uint(x);
+    if ((u & 0x7f800000u) == 0x7f800000u) return u;
+    return (u + 0x1000u) & 0xffffe000u;
+}
+
+/* one warp-wide mma.sync.m16n8k8.row.col.f32.tf32.tf32.f32: c += A B, each input read as tf32
+ * (its 13 low bits ignored); A: a0..a3 at (g, t), (g+8, t), (g, t+4), (g+8, t+4); B: rows t and
+ * t+4 of column g */
+inline void emu_mma_tf32(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1)
+{
+    const unsigned w = threadIdx.x / 32, l = threadIdx.x % 32, g = l / 4, t = l % 4, k0 = emu_slot;
+    memcpy(emu_mma_a[k0][w][l], a, sizeof a);
+    emu_mma_b[k0][w][l][0] = b0;
+    emu_mma_b[k0][w][l][1] = b1;
+    emu_warp_sync();
+    for (unsigned e = 0; e < 4; e++) {
+        const unsigned row = g + (e >= 2 ? 8 : 0), col = 2 * t + (e & 1);
+        float acc = 0;
+        for (unsigned k = 0; k < 8; k++) {
+            const uint32_t aw = emu_mma_a[k0][w][(row % 8) * 4 + k % 4][(row >= 8 ? 1 : 0) + (k >= 4 ? 2 : 0)];
+            const uint32_t bw = emu_mma_b[k0][w][col * 4 + k % 4][k >= 4 ? 1 : 0];
+            acc += __uint_as_float(aw & 0xffffe000u) * __uint_as_float(bw & 0xffffe000u);
         }
         c[e] += acc;
     }

@@ -98,79 +98,121 @@ void report(const char *kernel, const attn_case &c, const char *what, double e, 
            what, e, bound, ok ? "ok" : "FAILED");
 }
 
+/* one case's inputs, reference and operand views */
+struct setup {
+    attn_case c;
+    std::vector<float> q, k, v, g;
+    reference ref;
+    dims dm;
+    int64_t lsb, lsh, lsl, elems;
+    opnd<float> op(float *p, int rows) const { return {p, (int64_t)c.H * rows * c.D, (int64_t)rows * c.D, c.D, 1}; }
+    opnd<const float> cop(const float *p, int rows) const
+    {
+        return {p, (int64_t)c.H * rows * c.D, (int64_t)rows * c.D, c.D, 1};
+    }
+};
+
+/* D = rowsum(dO * O) from a forward's out, as the engine runs it */
+std::vector<float> dvec(const setup &u, const std::vector<float> &out)
+{
+    const int heads = u.c.B * u.c.H, L = u.c.L;
+    std::vector<float> Dvec((size_t)heads * L, NAN);
+    emu_launch((unsigned)((heads * L + 7) / 8), 256,
+               [&] { attn_bwd_pre_kernel<float>(Dvec.data(), u.cop(u.g.data(), L), u.cop(out.data(), L), u.dm); });
+    return Dvec;
+}
+
+/* the tensor-core forward and backward in element policy E */
+template <int DP, class E> void run_mma(const setup &u, const char *name, double bound, double lse_bound)
+{
+    const attn_case &c = u.c;
+    const int L = c.L, S = c.S, heads = c.B * c.H, nt = (S + 63) / 64;
+    char fname[48], bname[48];
+    snprintf(fname, sizeof fname, "%s_fwd", name);
+    snprintf(bname, sizeof bname, "%s_bwd", name);
+    std::vector<float> out(u.q.size(), NAN), lse((size_t)heads * L, NAN);
+    emu_launch((unsigned)(heads * ((L + 63) / 64)), kMmaThreads, [&] {
+        attn_fwd_mma_kernel<DP, E>(u.op(out.data(), L), lse.data(), u.lsb, u.lsh, u.lsl, u.cop(u.q.data(), L),
+                                   u.cop(u.k.data(), S), u.cop(u.v.data(), S), u.dm);
+    });
+    report(fname, c, "out", rel_err(out, u.ref.out), bound);
+    report(fname, c, "lse", rel_err(lse, u.ref.lse), lse_bound);
+    const std::vector<float> Dvec = dvec(u, out);
+    std::vector<float> dq(u.q.size(), NAN), dk(u.k.size(), NAN), dv(u.v.size(), NAN);
+    std::vector<float> part((size_t)heads * nt * L * c.D, NAN);
+    emu_launch((unsigned)(heads * nt), kMmaThreads, [&] {
+        attn_bwd_mma_kernel<DP, E>(u.op(dk.data(), S), u.op(dv.data(), S), u.cop(u.q.data(), L), u.cop(u.k.data(), S),
+                                   u.cop(u.v.data(), S), u.cop(u.g.data(), L), lse.data(), u.lsb, u.lsh, u.lsl,
+                                   Dvec.data(), u.dm, part.data());
+    });
+    emu_launch((unsigned)((u.elems + 255) / 256), 256,
+               [&] { attn_bwd_dq_reduce_kernel(u.op(dq.data(), L), part.data(), heads, nt, 64, 64, u.dm); });
+    report(bname, c, "dq", rel_err(dq, u.ref.dq), bound);
+    report(bname, c, "dk", rel_err(dk, u.ref.dk), bound);
+    report(bname, c, "dv", rel_err(dv, u.ref.dv), bound);
+}
+
 template <int DP> void run_case(const attn_case &c)
 {
     using C = cfg<DP>;
+    setup u;
+    u.c = c;
     const int L = c.L, S = c.S, D = c.D, heads = c.B * c.H;
-    std::vector<float> q((size_t)heads * L * D), k((size_t)heads * S * D), v(k.size()), g(q.size());
-    for (auto *t : {&q, &k, &v, &g})
+    u.q.resize((size_t)heads * L * D);
+    u.k.resize((size_t)heads * S * D);
+    u.v.resize(u.k.size());
+    u.g.resize(u.q.size());
+    for (auto *t : {&u.q, &u.k, &u.v, &u.g})
         for (float &x : *t) x = urand();
     const double scale = 1.0 / sqrt((double)D);
-    const reference ref = attention_f64(c, q, k, v, g, scale);
-    const dims dm{c.B, c.H, L, S, D, D, c.causal ? 1 : 0, scale, 0};
-    auto op = [&](float *p, int rows) { return opnd<float>{p, (int64_t)c.H * rows * D, (int64_t)rows * D, D, 1}; };
-    auto cop = [&](const float *p, int rows) { return opnd<const float>{p, (int64_t)c.H * rows * D, (int64_t)rows * D, D, 1}; };
-    const int64_t lsb = (int64_t)c.H * L, lsh = L, lsl = 1, elems = (int64_t)heads * L * D;
-    const double f32_bound = 2e-6, bf16_bound = 1e-2;
+    u.ref = attention_f64(c, u.q, u.k, u.v, u.g, scale);
+    u.dm = dims{c.B, c.H, L, S, D, D, c.causal ? 1 : 0, scale, 0};
+    u.lsb = (int64_t)c.H * L, u.lsh = L, u.lsl = 1, u.elems = (int64_t)heads * L * D;
+    const double f32_bound = 2e-6;
 
-    for (int mma = 0; mma < 2; mma++) {
-        const char *fname = mma ? "mma_fwd" : "f32_fwd";
-        std::vector<float> out(q.size(), NAN), lse((size_t)heads * L, NAN);
-        if (mma)
-            emu_launch((unsigned)(heads * ((L + 63) / 64)), kMmaThreads, [&] {
-                attn_fwd_mma_kernel<DP>(op(out.data(), L), lse.data(), lsb, lsh, lsl, cop(q.data(), L), cop(k.data(), S),
-                                        cop(v.data(), S), dm);
+    /* the f32 SIMT kernels: forward, then both backwards from its out and lse */
+    std::vector<float> out(u.q.size(), NAN), lse((size_t)heads * L, NAN);
+    emu_launch((unsigned)(heads * ((L + C::BM - 1) / C::BM)), kThreads, [&] {
+        attn_fwd_kernel<DP>(u.op(out.data(), L), lse.data(), u.lsb, u.lsh, u.lsl, u.cop(u.q.data(), L),
+                            u.cop(u.k.data(), S), u.cop(u.v.data(), S), u.dm);
+    });
+    report("f32_fwd", c, "out", rel_err(out, u.ref.out), f32_bound);
+    report("f32_fwd", c, "lse", rel_err(lse, u.ref.lse), f32_bound);
+    const std::vector<float> Dvec = dvec(u, out);
+    for (int fused = 0; fused < 2; fused++) {
+        std::vector<float> dq(u.q.size(), NAN), dk(u.k.size(), NAN), dv(u.v.size(), NAN);
+        const int nt = (S + C::BN - 1) / C::BN;
+        std::vector<float> part(fused ? (size_t)heads * nt * L * D : 0, NAN);
+        emu_launch((unsigned)(heads * nt), kThreads, [&] {
+            if (fused)
+                attn_bwd_dkdv_kernel<DP, true>(u.op(dk.data(), S), u.op(dv.data(), S), u.cop(u.q.data(), L),
+                                               u.cop(u.k.data(), S), u.cop(u.v.data(), S), u.cop(u.g.data(), L),
+                                               lse.data(), u.lsb, u.lsh, u.lsl, Dvec.data(), u.dm, part.data());
+            else
+                attn_bwd_dkdv_kernel<DP, false>(u.op(dk.data(), S), u.op(dv.data(), S), u.cop(u.q.data(), L),
+                                                u.cop(u.k.data(), S), u.cop(u.v.data(), S), u.cop(u.g.data(), L),
+                                                lse.data(), u.lsb, u.lsh, u.lsl, Dvec.data(), u.dm, nullptr);
+        });
+        if (fused)
+            emu_launch((unsigned)((u.elems + 255) / 256), 256, [&] {
+                attn_bwd_dq_reduce_kernel(u.op(dq.data(), L), part.data(), heads, nt, C::BN, C::BMK, u.dm);
             });
         else
             emu_launch((unsigned)(heads * ((L + C::BM - 1) / C::BM)), kThreads, [&] {
-                attn_fwd_kernel<DP>(op(out.data(), L), lse.data(), lsb, lsh, lsl, cop(q.data(), L), cop(k.data(), S),
-                                    cop(v.data(), S), dm);
+                attn_bwd_dq_kernel<DP>(u.op(dq.data(), L), u.cop(u.q.data(), L), u.cop(u.k.data(), S),
+                                       u.cop(u.v.data(), S), u.cop(u.g.data(), L), lse.data(), u.lsb, u.lsh, u.lsl,
+                                       Dvec.data(), u.dm);
             });
-        report(fname, c, "out", rel_err(out, ref.out), mma ? bf16_bound : f32_bound);
-        report(fname, c, "lse", rel_err(lse, ref.lse), mma ? 1e-3 : f32_bound);
-
-        /* the backward from this forward's out and lse, as the engine runs it */
-        std::vector<float> Dvec((size_t)heads * L, NAN);
-        emu_launch((unsigned)((heads * L + 7) / 8), 256,
-                   [&] { attn_bwd_pre_kernel<float>(Dvec.data(), cop(g.data(), L), cop(out.data(), L), dm); });
-        for (int variant = mma ? 2 : 0; variant < (mma ? 3 : 2); variant++) {
-            const char *bname = variant == 2 ? "mma_bwd" : variant == 1 ? "f32_bwd_fused_dq" : "f32_bwd";
-            std::vector<float> dq(q.size(), NAN), dk(k.size(), NAN), dv(v.size(), NAN);
-            const int bn = variant == 2 ? 64 : C::BN, bmk = variant == 2 ? 64 : C::BMK, nt = (S + bn - 1) / bn;
-            std::vector<float> part(variant ? (size_t)heads * nt * L * D : 0, NAN);
-            if (variant == 2)
-                emu_launch((unsigned)(heads * nt), kMmaThreads, [&] {
-                    attn_bwd_mma_kernel<DP>(op(dk.data(), S), op(dv.data(), S), cop(q.data(), L), cop(k.data(), S),
-                                            cop(v.data(), S), cop(g.data(), L), lse.data(), lsb, lsh, lsl, Dvec.data(), dm,
-                                            part.data());
-                });
-            else if (variant == 1)
-                emu_launch((unsigned)(heads * nt), kThreads, [&] {
-                    attn_bwd_dkdv_kernel<DP, true>(op(dk.data(), S), op(dv.data(), S), cop(q.data(), L), cop(k.data(), S),
-                                                   cop(v.data(), S), cop(g.data(), L), lse.data(), lsb, lsh, lsl,
-                                                   Dvec.data(), dm, part.data());
-                });
-            else {
-                emu_launch((unsigned)(heads * nt), kThreads, [&] {
-                    attn_bwd_dkdv_kernel<DP, false>(op(dk.data(), S), op(dv.data(), S), cop(q.data(), L), cop(k.data(), S),
-                                                    cop(v.data(), S), cop(g.data(), L), lse.data(), lsb, lsh, lsl,
-                                                    Dvec.data(), dm, nullptr);
-                });
-                emu_launch((unsigned)(heads * ((L + C::BM - 1) / C::BM)), kThreads, [&] {
-                    attn_bwd_dq_kernel<DP>(op(dq.data(), L), cop(q.data(), L), cop(k.data(), S), cop(v.data(), S),
-                                           cop(g.data(), L), lse.data(), lsb, lsh, lsl, Dvec.data(), dm);
-                });
-            }
-            if (variant)
-                emu_launch((unsigned)((elems + 255) / 256), 256, [&] {
-                    attn_bwd_dq_reduce_kernel(op(dq.data(), L), part.data(), heads, nt, bn, bmk, dm);
-                });
-            const double bound = variant == 2 ? bf16_bound : f32_bound;
-            report(bname, c, "dq", rel_err(dq, ref.dq), bound);
-            report(bname, c, "dk", rel_err(dk, ref.dk), bound);
-            report(bname, c, "dv", rel_err(dv, ref.dv), bound);
-        }
+        const char *bname = fused ? "f32_bwd_fused_dq" : "f32_bwd";
+        report(bname, c, "dq", rel_err(dq, u.ref.dq), f32_bound);
+        report(bname, c, "dk", rel_err(dk, u.ref.dk), f32_bound);
+        report(bname, c, "dv", rel_err(dv, u.ref.dv), f32_bound);
     }
+
+    /* the tensor-core kernels in their three precisions */
+    run_mma<DP, mma_bf16_ops>(u, "mma_bf16", 1e-2, 1e-3);
+    run_mma<DP, mma_tf32_ops<false>>(u, "mma_tf32", 2e-3, 1e-3);
+    run_mma<DP, mma_tf32_ops<true>>(u, "mma_3xtf32", f32_bound, f32_bound);
 }
 
 }  // namespace

@@ -1011,16 +1011,18 @@ START_TEST(test_nn)
                  {"large,causal,77x64", qkvb, true, true},
                  {"large,tiles,130x200x40", qkvt, false, true},
                  {"large,causal,70x150x40", qkvc, true, true}};
-    /* each case three ways: the default kernels; the fused dQ backward (one kernel for dK, dV
-     * and dQ partials); bf16 autocast on tensor cores, forward and backward (head dims 32, 48,
-     * 64 after padding), in the bf16 error band against the CPU's exact f32 */
-    const struct case_opts obf = {.tol32 = TOL_BF16};
-    const char *modes[3] = {"", "fused_dq", "bf16_mma"};
-    for (int m = 0; m < (optin_skipped() ? 1 : 3); m++) {
+    /* each case five ways: the default kernels; the fused dQ backward (one kernel for dK, dV
+     * and dQ partials); the tensor-core kernels, forward and backward (head dims 32, 48, 64 after
+     * padding) in their three precisions, each in its error band against the CPU's exact f32:
+     * bf16 (autocast), tf32 (PRECISION_TF32), 3xTF32 (PRECISION_F32: the f32 bound) */
+    const struct case_opts obf = {.tol32 = TOL_BF16}, otf = {.tol32 = TOL_TF32};
+    const char *modes[5] = {"", "fused_dq", "bf16_mma", "tf32_mma", "3xtf32_mma"};
+    const enum precision mma_prec[5] = {PRECISION_F32, PRECISION_F32, PRECISION_BF16, PRECISION_TF32, PRECISION_F32};
+    for (int m = 0; m < (optin_skipped() ? 1 : 5); m++) {
         if (m == 1) setenv("DRAFT_ATTN_FUSED_DQ", "1", 1);
-        if (m == 2) {
+        if (m >= 2) {
             setenv("DRAFT_ATTN_MMA", "1", 1);
-            tensor_set_precision(PRECISION_BF16);
+            tensor_set_precision(mma_prec[m]);
         }
         for (size_t k = 0; k < sizeof attns / sizeof *attns; k++) {
             char label[96];
@@ -1028,7 +1030,7 @@ START_TEST(test_nn)
             if (!m && !*tag) snprintf(label, sizeof label, "attention");
             else snprintf(label, sizeof label, "attention[%s%s%s]", modes[m], sep, tag);
             check_op(label, f_attention, attns[k].causal ? (void *)1 : NULL, 3, attns[k].in,
-                     m == 2 ? &obf : attns[k].large ? &big : &o);
+                     m == 2 ? &obf : m == 3 ? &otf : attns[k].large ? &big : &o);
         }
         unsetenv("DRAFT_ATTN_FUSED_DQ");
         unsetenv("DRAFT_ATTN_MMA");

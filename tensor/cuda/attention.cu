@@ -20,6 +20,9 @@
  *    dQ = scale * dS K over all key tiles, with dS = P * (dO V^T - D). Each gradient row is
  *    owned by exactly one block, so there are no atomics.
  * f64, and head dims above 256, use simple kernels (a thread per query or key row, same maths).
+ * Tensor cores (DRAFT_ATTN_MMA=1, opt-in until measured; head dims up to 64): mma.sync forward
+ * and backward in bf16 (autocast), tf32 (PRECISION_TF32) or 3xTF32 (f32's accuracy), see
+ * attention_kernels.cuh.
  * Memory: shared memory only (57 KB for DP = 48 up to 209 KB for the DP = 256 dQ kernel),
  * plus a [B,H,L] f32 buffer for D in the backward. All tensors are read and written through
  * their strides (any layout, e.g. the [B,L,H,D] permuted views of a fused projection).
@@ -165,21 +168,33 @@ bool fused_dq()
     return e && *e == '1';
 }
 
-/* the bf16 tensor-core forward under PRECISION_BF16: DRAFT_ATTN_MMA=1 (opt-in until measured) */
+/* the tensor-core kernels, for head dims up to 64: DRAFT_ATTN_MMA=1 (opt-in until measured); bf16
+ * under PRECISION_BF16, one tf32 product under PRECISION_TF32, three (f32's accuracy) under
+ * PRECISION_F32 */
 bool attn_mma()
 {
     const char *e = getenv("DRAFT_ATTN_MMA");
-    return e && *e == '1' && tensor_precision() == PRECISION_BF16;
+    return e && *e == '1';
 }
 
-template <int DP>
+/* call f(policy) with the element policy of the current precision */
+template <class F> enum status with_mma_policy(F f)
+{
+    switch (tensor_precision()) {
+    case PRECISION_BF16: return f(mma_bf16_ops{});
+    case PRECISION_TF32: return f(mma_tf32_ops<false>{});
+    default: return f(mma_tf32_ops<true>{});
+    }
+}
+
+template <int DP, class E>
 enum status fwd_mma(opnd<float> out, float *lse, int64_t lsb, int64_t lsh, int64_t lsl, opnd<const float> q,
                     opnd<const float> k, opnd<const float> v, const dims &dm)
 {
     const int64_t blocks = (int64_t)dm.B * dm.H * ((dm.L + 63) / 64);
     if (blocks == 0) return STATUS_OK;
-    attn_fwd_mma_kernel<DP><<<(unsigned)blocks, kMmaThreads, 0, (cudaStream_t)cuda_stream()>>>(out, lse, lsb, lsh, lsl, q,
-                                                                                              k, v, dm);
+    attn_fwd_mma_kernel<DP, E><<<(unsigned)blocks, kMmaThreads, 0, (cudaStream_t)cuda_stream()>>>(out, lse, lsb, lsh, lsl,
+                                                                                                 q, k, v, dm);
     CUDA_LAUNCHED();
     return STATUS_OK;
 }
@@ -238,24 +253,24 @@ enum status dq_partials_run(const dims &dm, int ntiles, int bn, int bmk, opnd<fl
     return s;
 }
 
-/* the bf16 tensor-core backward (same switch as fwd_mma): dK, dV and dQ partials in one kernel per
- * chunk of heads, then the ordered dQ sum */
-template <int DP>
+/* the tensor-core backward (same switch and policy as fwd_mma): dK, dV and dQ partials in one
+ * kernel per chunk of heads, then the ordered dQ sum */
+template <int DP, class E>
 enum status bwd_mma(opnd<float> dq, opnd<float> dk, opnd<float> dv, opnd<const float> q, opnd<const float> k,
                     opnd<const float> v, opnd<const float> dout, const float *lse, int64_t lsb, int64_t lsh, int64_t lsl,
                     const float *Dvec, const dims &dm, bool *done)
 {
-    using M = mma_bwd_cfg<DP>;
+    using M = mma_bwd_cfg<DP, E>;
     enum status s;
     static bool ready = false;
     *done = false;
-    if ((s = set_smem(attn_bwd_mma_kernel<DP>, M::smem, &ready))) return s;
+    if ((s = set_smem(attn_bwd_mma_kernel<DP, E>, M::smem, &ready))) return s;
     cudaStream_t st = (cudaStream_t)cuda_stream();
     const int ntiles = (dm.S + 63) / 64;
     const int64_t heads = (int64_t)dm.B * dm.H;
     if (!dq.p || dm.L == 0 || ntiles == 0 || heads == 0) {   /* no dQ: no partials */
         if ((dk.p || dv.p) && ntiles > 0 && heads > 0) {
-            attn_bwd_mma_kernel<DP><<<(unsigned)(heads * ntiles), kMmaThreads, M::smem, st>>>(
+            attn_bwd_mma_kernel<DP, E><<<(unsigned)(heads * ntiles), kMmaThreads, M::smem, st>>>(
                 dk, dv, q, k, v, dout, lse, lsb, lsh, lsl, Dvec, dm, nullptr);
             CUDA_LAUNCHED();
         }
@@ -263,8 +278,8 @@ enum status bwd_mma(opnd<float> dq, opnd<float> dk, opnd<float> dv, opnd<const f
         return STATUS_OK;
     }
     auto launch = [&](const dims &d2, int nh, float *pp) -> enum status {
-        attn_bwd_mma_kernel<DP><<<(unsigned)(nh * ntiles), kMmaThreads, M::smem, st>>>(dk, dv, q, k, v, dout, lse, lsb, lsh,
-                                                                                       lsl, Dvec, d2, pp);
+        attn_bwd_mma_kernel<DP, E><<<(unsigned)(nh * ntiles), kMmaThreads, M::smem, st>>>(dk, dv, q, k, v, dout, lse, lsb,
+                                                                                          lsh, lsl, Dvec, d2, pp);
         CUDA_LAUNCHED();
         return STATUS_OK;
     };
@@ -335,11 +350,13 @@ enum status forward_run(struct tensor *out, struct tensor *lse, const struct ten
     const int64_t lsb = lse->stride[0], lsh = lse->stride[1], lsl = lse->stride[2];
     if constexpr (sizeof(T) == 4) {
         const int dp = padded_dim(dm.D > dm.Dv ? dm.D : dm.Dv);
-        if (attn_mma()) {
-            if (dp == 32) return fwd_mma<32>(o, lp, lsb, lsh, lsl, qo, ko, vo, dm);
-            if (dp == 48) return fwd_mma<48>(o, lp, lsb, lsh, lsl, qo, ko, vo, dm);
-            if (dp == 64) return fwd_mma<64>(o, lp, lsb, lsh, lsl, qo, ko, vo, dm);
-        }
+        if (attn_mma() && dp <= 64)
+            return with_mma_policy([&](auto e) {
+                using E = decltype(e);
+                return dp == 32   ? fwd_mma<32, E>(o, lp, lsb, lsh, lsl, qo, ko, vo, dm)
+                       : dp == 48 ? fwd_mma<48, E>(o, lp, lsb, lsh, lsl, qo, ko, vo, dm)
+                                  : fwd_mma<64, E>(o, lp, lsb, lsh, lsl, qo, ko, vo, dm);
+            });
 #define FWD_CALL(DP) fwd_tiled<DP>(o, lp, lsb, lsh, lsl, qo, ko, vo, dm)
         ATTN_DISPATCH(dp, FWD_CALL)
 #undef FWD_CALL
@@ -378,9 +395,12 @@ enum status backward_run(struct tensor *dq, struct tensor *dk, struct tensor *dv
         const int dp = padded_dim(dm.D > dm.Dv ? dm.D : dm.Dv);
         if (attn_mma() && dp <= 64) {   /* else (or when its dQ partials do not fit) the f32 kernels */
             bool done = false;
-            enum status s = dp == 32   ? bwd_mma<32>(dqo, dko, dvo, qo, ko, vo, go, lp, lsb, lsh, lsl, Dvec, dm, &done)
-                            : dp == 48 ? bwd_mma<48>(dqo, dko, dvo, qo, ko, vo, go, lp, lsb, lsh, lsl, Dvec, dm, &done)
-                                       : bwd_mma<64>(dqo, dko, dvo, qo, ko, vo, go, lp, lsb, lsh, lsl, Dvec, dm, &done);
+            enum status s = with_mma_policy([&](auto e) {
+                using E = decltype(e);
+                return dp == 32   ? bwd_mma<32, E>(dqo, dko, dvo, qo, ko, vo, go, lp, lsb, lsh, lsl, Dvec, dm, &done)
+                       : dp == 48 ? bwd_mma<48, E>(dqo, dko, dvo, qo, ko, vo, go, lp, lsb, lsh, lsl, Dvec, dm, &done)
+                                  : bwd_mma<64, E>(dqo, dko, dvo, qo, ko, vo, go, lp, lsb, lsh, lsl, Dvec, dm, &done);
+            });
             if (s || done) return s;
         }
 #define BWD_CALL(DP) bwd_tiled<DP>(dqo, dko, dvo, qo, ko, vo, go, lp, lsb, lsh, lsl, Dvec, dm)

@@ -1,6 +1,6 @@
 /* attention_kernels.cuh — the device code of attention.cu: the f32 flash-attention kernels (forward,
- * dK/dV with the optional fused dQ partials, dQ, the ordered dQ sum, D = rowsum(dO * O)) and the bf16
- * tensor-core forward and backward. Included by attention.cu inside its anonymous namespace, and
+ * dK/dV with the optional fused dQ partials, dQ, the ordered dQ sum, D = rowsum(dO * O)) and the
+ * tensor-core forward and backward (bf16, tf32 and 3xTF32). Included by attention.cu inside its anonymous namespace, and
  * by tests/test_attention_emu.cpp on the host, where tests/cuda_emu.h stands in for the CUDA
  * built-ins (threads, barriers, warp shuffles, the mma fragment layout): so CI, which has no GPU,
  * runs these kernels' index and softmax logic against a float64 reference. Needs <stdint.h>,
@@ -214,17 +214,28 @@ attn_fwd_kernel(opnd<float> out, float *__restrict__ lse, int64_t lsb, int64_t l
     }
 }
 
-/* ---------------------------------------------------------------- bf16 tensor-core forward */
+/* ---------------------------------------------------------------- tensor-core forward */
 
-/* Under PRECISION_BF16 (autocast: attention in bf16, f32 accumulation and softmax) the forward
- * and backward run on tensor cores, mma.sync m16n8k16 bf16 -> f32, for head dims up to 64 (SD's
- * 40 pads to 48; CLIP's 64). Opt-in (DRAFT_ATTN_MMA=1) until a GPU run has checked and measured
- * them.
- * A block of 4 warps owns 64 query rows, 16 per warp; Q, K (row-major) and V (transposed, so
- * that a key pair is one 32-bit word) sit in shared memory as bf16 pairs with a row pitch of
- * 4 (mod 8) words, which makes the fragment loads conflict-free. The S fragment of two adjacent
- * key octets is, element for element, the A fragment of P for the P V product (FlashAttention-2's
- * register reuse), so P never goes through shared memory. */
+/* The forward and backward on tensor cores (mma.sync), for head dims up to 64 (SD's 40 pads to
+ * 48; CLIP's 64), in one of three element policies, chosen by tensor_precision():
+ *  - PRECISION_BF16 (autocast puts attention in bf16): m16n8k16 bf16 -> f32 (mma_bf16_ops);
+ *  - PRECISION_TF32: m16n8k8 tf32 -> f32, one product per pair: TF32's accuracy, as the matmuls;
+ *  - PRECISION_F32: the same instruction, three products per pair, hi*hi + hi*lo + lo*hi with
+ *    hi = tf32(x) and lo = tf32(x - hi): f32's accuracy (CUTLASS's "fast f32", which PyTorch's f32
+ *    memory-efficient attention uses on sm80 and later).
+ * Softmax, row sums and all accumulators are f32. Opt-in (DRAFT_ATTN_MMA=1) until a GPU run has
+ * checked and measured them.
+ * Both instructions have one fragment layout when counted in 32-bit words (lane = 4 g + t):
+ * A [16 rows][8 words]: a0 = (g, t), a1 = (g+8, t), a2 = (g, t+4), a3 = (g+8, t+4); B [8 words][8
+ * columns]: b0 = (t, g), b1 = (t+4, g); C [16][8] f32: c0, c1 = (g, 2t and 2t+1), c2, c3 = (g+8, ..).
+ * A word holds 2 bf16 or 1 f32 (read as tf32), so the kernels are written once, in words, and the
+ * policy says what a word holds and how to multiply. Tiles sit in shared memory as words with a
+ * row pitch of 4 (mod 8) words, which makes the fragment loads conflict-free.
+ * Register reuse (FlashAttention-2): the C fragments of a product whose columns are the k of the
+ * next (S's keys for P V) become that product's A fragment without passing through shared
+ * memory. In bf16 two C octets are one A fragment as they stand. In tf32 one octet is, once k is
+ * relabelled: A's slot t takes C's column 2t and slot t + 4 column 2t + 1, so the B tile of such a
+ * product keeps its row j at position reuse_pos(j). */
 constexpr int kMmaThreads = 128;
 
 __device__ __forceinline__ uint32_t bf16x2(float lo, float hi)
@@ -235,40 +246,144 @@ __device__ __forceinline__ uint32_t bf16x2(float lo, float hi)
     return (ra & 0xffffu) | (rb << 16);
 }
 
-/* c[16x8] += a[16x16] b[16x8]: a row-major, b column-major (A: 4 words, B: 2 words per thread);
- * the host emulation (tests/cuda_emu.h) implements the same fragment layout in C++ */
+/* c[16x8] += a b: a row-major, b column-major (A: 4 words, B: 2 words per thread); the host
+ * emulation (tests/cuda_emu.h) implements the same fragment layouts in C++ */
 #ifdef __CUDACC__
 __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1)
 {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ void mma_tf32(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1)
+{
+    asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+/* x rounded to tf32 (nearest, ties away from zero), in an f32 container whose 13 low bits are 0 */
+__device__ __forceinline__ uint32_t to_tf32(float x)
+{
+    uint32_t r;
+    asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
+    return r;
 }
 #else
 __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1)
 {
     emu_mma_bf16(c, a, b0, b1);
 }
+__device__ __forceinline__ void mma_tf32(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1)
+{
+    emu_mma_tf32(c, a, b0, b1);
+}
+__device__ __forceinline__ uint32_t to_tf32(float x) { return emu_tf32(x); }
 #endif
 
-/* dst[r][d/2] = bf16 pairs of src[row0 + r][d], zero past nrows / ncols ([64][DP] tile) */
-template <int DP>
-__device__ __forceinline__ void load_pairs(uint32_t *dst, const float *src, int64_t sl, int64_t sd, int nrows, int ncols)
+/* bf16: a word holds 2 elements along k; m16n8k16 */
+struct mma_bf16_ops {
+    static constexpr int EPW = 2;   /* elements per word */
+    struct frag {
+        uint32_t a[4];
+    };
+    __device__ static uint32_t word(float x0, float x1) { return bf16x2(x0, x1); }
+    __device__ static void prep(frag &f, const uint32_t (&w)[4])
+    {
+#pragma unroll
+        for (int i = 0; i < 4; i++) f.a[i] = w[i];
+    }
+    __device__ static void mma(float (&c)[4], const frag &f, uint32_t b0, uint32_t b1) { mma_bf16(c, f.a, b0, b1); }
+    /* C octets c[0] and c[1] (16 columns) as one A fragment, k along those columns */
+    __device__ static void c_to_a(frag &f, const float (*c)[4])
+    {
+        f.a[0] = bf16x2(c[0][0], c[0][1]);
+        f.a[1] = bf16x2(c[0][2], c[0][3]);
+        f.a[2] = bf16x2(c[1][0], c[1][1]);
+        f.a[3] = bf16x2(c[1][2], c[1][3]);
+    }
+    __device__ static int reuse_pos(int j) { return j; }
+    /* element (row, col) of a word tile of pitch pw */
+    __device__ static void put(uint32_t *t, int pw, int row, int col, float x)
+    {
+        reinterpret_cast<uint16_t *>(t)[row * 2 * pw + col] = (uint16_t)(bf16x2(x, 0.f) & 0xffffu);
+    }
+};
+
+/* tf32: a word holds one f32; m16n8k8, X3: three products per pair (f32 accuracy), else one */
+template <bool X3> struct mma_tf32_ops {
+    static constexpr int EPW = 1;
+    struct frag {
+        uint32_t hi[4], lo[4];   /* lo: X3 only */
+    };
+    __device__ static uint32_t word(float x0, float) { return __float_as_uint(x0); }
+    __device__ static void prep(frag &f, const uint32_t (&w)[4])
+    {
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const float x = __uint_as_float(w[i]);
+            f.hi[i] = to_tf32(x);
+            f.lo[i] = X3 ? to_tf32(x - __uint_as_float(f.hi[i])) : 0u;
+        }
+    }
+    __device__ static void mma(float (&c)[4], const frag &f, uint32_t b0, uint32_t b1)
+    {
+        const float x0 = __uint_as_float(b0), x1 = __uint_as_float(b1);
+        const uint32_t h0 = to_tf32(x0), h1 = to_tf32(x1);
+        if (X3) {   /* the small terms first */
+            mma_tf32(c, f.lo, h0, h1);
+            mma_tf32(c, f.hi, to_tf32(x0 - __uint_as_float(h0)), to_tf32(x1 - __uint_as_float(h1)));
+        }
+        mma_tf32(c, f.hi, h0, h1);
+    }
+    /* C octet c[0] as one A fragment: slot t takes column 2t, slot t + 4 column 2t + 1 */
+    __device__ static void c_to_a(frag &f, const float (*c)[4])
+    {
+        const uint32_t w[4] = {__float_as_uint(c[0][0]), __float_as_uint(c[0][2]), __float_as_uint(c[0][1]),
+                               __float_as_uint(c[0][3])};
+        prep(f, w);
+    }
+    /* where row j of a reuse product's B tile goes: (2i, 2i + 1) of an octet to (i, i + 4) */
+    __device__ static int reuse_pos(int j) { return (j & ~7) | ((j & 1) << 2) | ((j & 7) >> 1); }
+    __device__ static void put(uint32_t *t, int pw, int row, int col, float x) { t[row * pw + col] = __float_as_uint(x); }
+};
+
+/* dst[r][w] = the words of src[row0 + r][EPW w ..] for a [64][DP] tile, zero past nrows / ncols;
+ * pitch DP / EPW + 4 words */
+template <int DP, class E>
+__device__ __forceinline__ void load_words(uint32_t *dst, const float *src, int64_t sl, int64_t sd, int nrows, int ncols)
 {
-    constexpr int PW = DP / 2 + 4;
-    for (int idx = threadIdx.x; idx < 64 * (DP / 2); idx += kMmaThreads) {
-        const int r = idx / (DP / 2), d = 2 * (idx % (DP / 2));
+    constexpr int W = DP / E::EPW, PW = W + 4;
+    for (int idx = threadIdx.x; idx < 64 * W; idx += kMmaThreads) {
+        const int r = idx / W, w = idx % W, d = E::EPW * w;
         const float *row = src + (int64_t)r * sl;
         const float x0 = r < nrows && d < ncols ? row[(int64_t)d * sd] : 0.f;
-        const float x1 = r < nrows && d + 1 < ncols ? row[(int64_t)(d + 1) * sd] : 0.f;
-        dst[r * PW + d / 2] = bf16x2(x0, x1);
+        const float x1 = E::EPW == 2 && r < nrows && d + 1 < ncols ? row[(int64_t)(d + 1) * sd] : 0.f;
+        dst[r * PW + w] = E::word(x0, x1);
     }
 }
 
-/* The fragments of one warp (g = lane / 4, t = lane % 4), over shared tiles of bf16 pairs with a
- * pitch of `pw` words: the A fragment of rows r0 and r0 + 8 (r0 = 16 * warp + g) and words
- * w0 .. w0 + 7 (16 bf16 along k) */
+/* dst[d][pos(j)] = element (j, d) of a [64][DP] word tile already in shared memory, as a [DP][64]
+ * word tile (pitch 64 / EPW + 4), pos = reuse_pos for the B tile of a register-reuse product (so
+ * REUSE), else j: the transposed copy costs no second read of global memory */
+template <int DP, class E, bool REUSE> __device__ __forceinline__ void transpose_words(uint32_t *dst, const uint32_t *src)
+{
+    constexpr int PW = DP / E::EPW + 4, PT = 64 / E::EPW + 4;
+    if constexpr (E::EPW == 2) {   /* element pairs (2j, 2j + 1) of column d */
+        for (int idx = threadIdx.x; idx < 32 * DP; idx += kMmaThreads) {
+            const int d = idx % DP, j = idx / DP, sh = (d & 1) * 16;
+            const uint32_t lo = (src[2 * j * PW + d / 2] >> sh) & 0xffffu, hi = (src[(2 * j + 1) * PW + d / 2] >> sh) & 0xffffu;
+            dst[d * PT + E::reuse_pos(j)] = lo | hi << 16;
+        }
+    } else {
+        for (int idx = threadIdx.x; idx < 64 * DP; idx += kMmaThreads) {
+            const int d = idx % DP, j = idx / DP;
+            dst[d * PT + (REUSE ? E::reuse_pos(j) : j)] = src[j * PW + d];
+        }
+    }
+}
+
+/* The A fragment words of one warp (g = lane / 4, t = lane % 4) from a word tile of pitch pw: rows
+ * r0 and r0 + 8 (r0 = 16 * warp + g), words w0 .. w0 + 7 */
 __device__ __forceinline__ void frag_a(uint32_t (&a)[4], const uint32_t *t, int pw, int r0, int w0, int tq)
 {
     a[0] = t[r0 * pw + w0 + tq];
@@ -279,20 +394,11 @@ __device__ __forceinline__ void frag_a(uint32_t (&a)[4], const uint32_t *t, int 
 
 /* c += a b, with the B fragment from row n (= n-octet * 8 + g) of a tile stored with k along the
  * row (words w0 .. w0 + 7) */
-__device__ __forceinline__ void mma_tile(float (&c)[4], const uint32_t (&a)[4], const uint32_t *t, int pw, int n, int w0,
+template <class E>
+__device__ __forceinline__ void mma_tile(float (&c)[4], const typename E::frag &a, const uint32_t *t, int pw, int n, int w0,
                                          int tq)
 {
-    mma_bf16(c, a, t[n * pw + w0 + tq], t[n * pw + w0 + 4 + tq]);
-}
-
-/* two adjacent 8-column C fragments (columns 16 kc .. 16 kc + 15) as the A fragment of the next
- * product, k along those columns: FlashAttention-2's register reuse */
-__device__ __forceinline__ void c_to_a(uint32_t (&a)[4], const float (&c0)[4], const float (&c1)[4])
-{
-    a[0] = bf16x2(c0[0], c0[1]);
-    a[1] = bf16x2(c0[2], c0[3]);
-    a[2] = bf16x2(c1[0], c1[1]);
-    a[3] = bf16x2(c1[2], c1[3]);
+    E::mma(c, a, t[n * pw + w0 + tq], t[n * pw + w0 + 4 + tq]);
 }
 
 /* dst[row0 + 8 i][d] = mul[i] * acc's C fragments (rows row0, row0 + 8; d = 8 nd + 2 t + e), for
@@ -315,15 +421,17 @@ __device__ __forceinline__ void store_c(float *dst, int64_t sl, int64_t sd, cons
     }
 }
 
-template <int DP>
+/* A block of 4 warps owns 64 query rows, 16 per warp, and streams 64-key tiles: K row-major and
+ * V transposed (keys along the row: it is P V's B tile), as words in shared memory */
+template <int DP, class E>
 __global__ void __launch_bounds__(kMmaThreads)
 attn_fwd_mma_kernel(opnd<float> out, float *__restrict__ lse, int64_t lsb, int64_t lsh, int64_t lsl, opnd<const float> q,
                     opnd<const float> k, opnd<const float> v, dims dm)
 {
-    constexpr int BM = 64, BN = 64, KC = DP / 16, NT = BN / 8, ND = DP / 8;
-    constexpr int PW = DP / 2 + 4, PV = BN / 2 + 4;   /* pitches in 32-bit words */
+    constexpr int EPW = E::EPW, BM = 64, BN = 64, KC = DP / (8 * EPW), NT = BN / 8, ND = DP / 8;
+    constexpr int PW = DP / EPW + 4, PV = BN / EPW + 4;   /* pitches in 32-bit words */
     static_assert(DP % 16 == 0 && DP <= 64, "mma forward: head dims up to 64");
-    __shared__ uint32_t Qs[BM * PW], Ks[BN * PW], Vt[DP * PV];
+    __shared__ uint32_t Ks[BN * PW], Vt[DP * PV];   /* Q passes through Ks first */
 
     const int ntiles = (dm.L + BM - 1) / BM;
     const int tile = ntiles - 1 - (int)(blockIdx.x % ntiles);   /* heaviest (causal) tiles first */
@@ -332,12 +440,16 @@ attn_fwd_mma_kernel(opnd<float> out, float *__restrict__ lse, int64_t lsb, int64
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gq = lane / 4, tq = lane % 4;
     const float sl2 = (float)dm.scale * kLog2e;
 
-    load_pairs<DP>(Qs, q.at(b, h) + (int64_t)q0 * q.sl, q.sl, q.sd, dm.L - q0, dm.D);   /* zero past L and D */
+    load_words<DP, E>(Ks, q.at(b, h) + (int64_t)q0 * q.sl, q.sl, q.sd, dm.L - q0, dm.D);   /* zero past L and D */
     __syncthreads();
-    uint32_t qf[KC][4];
+    typename E::frag qf[KC];
     const int r0 = warp * 16 + gq;   /* this thread's rows in the tile: r0 and r0 + 8 */
 #pragma unroll
-    for (int kc = 0; kc < KC; kc++) frag_a(qf[kc], Qs, PW, r0, kc * 8, tq);
+    for (int kc = 0; kc < KC; kc++) {
+        uint32_t w[4];
+        frag_a(w, Ks, PW, r0, kc * 8, tq);
+        E::prep(qf[kc], w);
+    }
 
     float o[ND][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
 #pragma unroll
@@ -346,13 +458,13 @@ attn_fwd_mma_kernel(opnd<float> out, float *__restrict__ lse, int64_t lsb, int64
     const int n_end = dm.causal ? min(dm.S, q0 + BM + off) : dm.S;
     const float *kb = k.at(b, h), *vb = v.at(b, h);
     for (int k0 = 0; k0 < n_end; k0 += BN) {
-        __syncthreads();   /* the previous tile's Ks / Vt are consumed */
-        load_pairs<DP>(Ks, kb + (int64_t)k0 * k.sl, k.sl, k.sd, dm.S - k0, dm.D);
-        for (int idx = threadIdx.x; idx < (BN / 2) * DP; idx += kMmaThreads) {
-            const int d = idx % DP, j = idx / DP, kj = k0 + 2 * j;   /* keys 2j, 2j+1 of column d */
+        __syncthreads();   /* Q's fragments, or the previous tile's Ks / Vt, are taken */
+        load_words<DP, E>(Ks, kb + (int64_t)k0 * k.sl, k.sl, k.sd, dm.S - k0, dm.D);
+        for (int idx = threadIdx.x; idx < (BN / EPW) * DP; idx += kMmaThreads) {
+            const int d = idx % DP, j = idx / DP, kj = k0 + EPW * j;   /* keys EPW j .. of column d */
             const float x0 = kj < dm.S && d < dm.Dv ? vb[(int64_t)kj * v.sl + (int64_t)d * v.sd] : 0.f;
-            const float x1 = kj + 1 < dm.S && d < dm.Dv ? vb[(int64_t)(kj + 1) * v.sl + (int64_t)d * v.sd] : 0.f;
-            Vt[d * PV + j] = bf16x2(x0, x1);
+            const float x1 = EPW == 2 && kj + 1 < dm.S && d < dm.Dv ? vb[(int64_t)(kj + 1) * v.sl + (int64_t)d * v.sd] : 0.f;
+            Vt[d * PV + E::reuse_pos(j)] = E::word(x0, x1);
         }
         __syncthreads();
         /* S = Q K^T for this warp's 16 rows x 64 keys: NT octets of keys */
@@ -361,8 +473,7 @@ attn_fwd_mma_kernel(opnd<float> out, float *__restrict__ lse, int64_t lsb, int64
         for (int nt = 0; nt < NT; nt++) {
             sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.f;
 #pragma unroll
-            for (int kc = 0; kc < KC; kc++)
-                mma_tile(sc[nt], qf[kc], Ks, PW, nt * 8 + gq, kc * 8, tq);
+            for (int kc = 0; kc < KC; kc++) mma_tile<E>(sc[nt], qf[kc], Ks, PW, nt * 8 + gq, kc * 8, tq);
         }
         /* online softmax (base 2) on rows qi0 (c0, c1) and qi1 (c2, c3) */
         float mx[2] = {-INFINITY, -INFINITY};
@@ -400,13 +511,13 @@ attn_fwd_mma_kernel(opnd<float> out, float *__restrict__ lse, int64_t lsb, int64
                 sc[nt][e] = exp2f(sc[nt][e] - mu[e >> 1]);
                 l[e >> 1] += sc[nt][e];
             }
-        /* O += P V, 16 keys (two octets of S = one A fragment) at a time */
+        /* O += P V, one k step (EPW octets of S = one A fragment) at a time */
 #pragma unroll
-        for (int kc = 0; kc < BN / 16; kc++) {
-            uint32_t pa[4];
-            c_to_a(pa, sc[2 * kc], sc[2 * kc + 1]);
+        for (int kc = 0; kc < BN / (8 * EPW); kc++) {
+            typename E::frag pa;
+            E::c_to_a(pa, &sc[EPW * kc]);
 #pragma unroll
-            for (int nd = 0; nd < ND; nd++) mma_tile(o[nd], pa, Vt, PV, nd * 8 + gq, kc * 8, tq);
+            for (int nd = 0; nd < ND; nd++) mma_tile<E>(o[nd], pa, Vt, PV, nd * 8 + gq, kc * 8, tq);
         }
     }
     float lt[2], inv[2];
@@ -426,48 +537,35 @@ attn_fwd_mma_kernel(opnd<float> out, float *__restrict__ lse, int64_t lsb, int64
     }
 }
 
-/* ---------------------------------------------------------------- bf16 tensor-core backward */
+/* ---------------------------------------------------------------- tensor-core backward */
 
-/* The backward under the same switch (PRECISION_BF16 and DRAFT_ATTN_MMA=1), FlashAttention-2's
- * key-block order: a block of 4 warps owns 64 keys (16 per warp) and visits every query tile;
- * per tile each warp forms S^T = K Q^T and dP^T = V dO^T for its keys (mma), P^T and
- * dS^T = P^T (dP^T - D) in registers, then dV += P^T dO and dK += dS^T Q from those same
- * registers (the C fragments of two query octets are the A fragment of one 16-query step).
- * dQ: dS goes to shared memory once, and each warp forms 16 query rows of this key tile's share
- * dS K, written unscaled to dqp[lbh][tile][L][D] like the f32 fused kernel's partials; the reduce
- * kernel sums them in key-tile order (no atomics). Operands that serve as the B ("column")
- * side with the reduction over queries or keys (Q, dO, K) are kept transposed as well. */
-template <int DP> struct mma_bwd_cfg {
-    static constexpr int PW = DP / 2 + 4, PT = 64 / 2 + 4;   /* words per row: [64][DP] and [DP][64] tiles */
-    static constexpr size_t smem = sizeof(uint32_t) * (size_t)(4 * 64 * PW + 3 * DP * PT + 64 * PT) + sizeof(float) * 128;
+/* The backward under the same switch, FlashAttention-2's key-block order: a block of 4 warps owns
+ * 64 keys (16 per warp) and visits every query tile; per tile each warp forms S^T = K Q^T and
+ * dP^T = V dO^T for its keys (mma), P^T and dS^T = P^T (dP^T - D) in registers, then dV += P^T dO
+ * and dK += dS^T Q from those same registers (register reuse: k is the query). dQ: dS goes to
+ * shared memory once, and each warp forms 16 query rows of this key tile's share dS K, written
+ * unscaled to dqp[lbh][tile][L][D] like the f32 fused kernel's partials; the reduce kernel sums
+ * them in key-tile order (no atomics). Operands that serve as the B side with the sum over queries
+ * or keys (Q, dO, K) are kept transposed as well. */
+template <int DP, class E> struct mma_bwd_cfg {
+    static constexpr int PW = DP / E::EPW + 4, PT = 64 / E::EPW + 4;   /* words per row: [64][DP] and [DP][64] tiles */
+    /* Q and dO [64][PW] (K and V pass through them first), Kt, Qt, dOt [DP][PT], dS [64][PT], lse, D */
+    static constexpr size_t smem = sizeof(uint32_t) * (size_t)(2 * 64 * PW + 3 * DP * PT + 64 * PT) + sizeof(float) * 128;
 };
 
-/* dst[d][j] = bf16 pair (t[2j][d], t[2j + 1][d]) of a [64][DP] tile already in shared memory as
- * pairs (load_pairs): the transposed copy costs no second read of global memory */
-template <int DP> __device__ __forceinline__ void transpose_pairs(uint32_t *dst, const uint32_t *src)
-{
-    constexpr int PW = DP / 2 + 4, PT = 64 / 2 + 4;
-    for (int idx = threadIdx.x; idx < 32 * DP; idx += kMmaThreads) {
-        const int d = idx % DP, j = idx / DP, sh = (d & 1) * 16;
-        const uint32_t lo = (src[2 * j * PW + d / 2] >> sh) & 0xffffu, hi = (src[(2 * j + 1) * PW + d / 2] >> sh) & 0xffffu;
-        dst[d * PT + j] = lo | hi << 16;
-    }
-}
-
-template <int DP>
+template <int DP, class E>
 __global__ void __launch_bounds__(kMmaThreads)
 attn_bwd_mma_kernel(opnd<float> dk, opnd<float> dv, opnd<const float> q, opnd<const float> k, opnd<const float> v,
                     opnd<const float> dout, const float *__restrict__ lse, int64_t lsb, int64_t lsh, int64_t lsl,
                     const float *__restrict__ Dvec, dims dm, float *__restrict__ dqp)
 {
-    using M = mma_bwd_cfg<DP>;
-    constexpr int PW = M::PW, PT = M::PT, KC = DP / 16, ND = DP / 8, NQ = 64 / 8;
+    using M = mma_bwd_cfg<DP, E>;
+    constexpr int EPW = E::EPW, PW = M::PW, PT = M::PT, KC = DP / (8 * EPW), ND = DP / 8, NQ = 64 / 8, QC = 64 / (8 * EPW);
     static_assert(DP % 16 == 0 && DP <= 64, "mma backward: head dims up to 64");
     DYN_SMEM(uint32_t, smw);
-    uint32_t *Ks = smw, *Vs = Ks + 64 * PW, *Qs = Vs + 64 * PW, *dOs = Qs + 64 * PW;
+    uint32_t *Qs = smw, *dOs = Qs + 64 * PW, *Ks = Qs, *Vs = dOs;
     uint32_t *Kt = dOs + 64 * PW, *Qt = Kt + DP * PT, *dOt = Qt + DP * PT, *dSs = dOt + DP * PT;
     float *lse2 = reinterpret_cast<float *>(dSs + 64 * PT), *Ds = lse2 + 64;
-    uint16_t *dSh = reinterpret_cast<uint16_t *>(dSs);   /* dS [query][key] as bf16, 2 * PT per row */
 
     const int ntiles = (dm.S + 63) / 64;
     const int tile = (int)(blockIdx.x % ntiles);
@@ -477,12 +575,12 @@ attn_bwd_mma_kernel(opnd<float> dk, opnd<float> dv, opnd<const float> q, opnd<co
     const float sl2 = (float)dm.scale * kLog2e;
 
     const float *kb = k.at(b, h) + (int64_t)k0 * k.sl, *vb = v.at(b, h) + (int64_t)k0 * v.sl;
-    load_pairs<DP>(Ks, kb, k.sl, k.sd, dm.S - k0, dm.D);
-    load_pairs<DP>(Vs, vb, v.sl, v.sd, dm.S - k0, dm.Dv);
+    load_words<DP, E>(Ks, kb, k.sl, k.sd, dm.S - k0, dm.D);
+    load_words<DP, E>(Vs, vb, v.sl, v.sd, dm.S - k0, dm.Dv);
     __syncthreads();
-    transpose_pairs<DP>(Kt, Ks);
+    transpose_words<DP, E, false>(Kt, Ks);
     const int r0 = warp * 16 + gq;   /* this thread's keys in the tile: r0 and r0 + 8 */
-    uint32_t kf[KC][4], vf[KC][4];
+    uint32_t kf[KC][4], vf[KC][4];   /* as stored: E::prep makes them A fragments at each use */
 #pragma unroll
     for (int kc = 0; kc < KC; kc++) {
         frag_a(kf[kc], Ks, PW, r0, kc * 8, tq);
@@ -499,56 +597,64 @@ attn_bwd_mma_kernel(opnd<float> dk, opnd<float> dv, opnd<const float> q, opnd<co
     const float *qbh = q.at(b, h), *gbh = dout.at(b, h);
     const float *lb = lse + b * lsb + h * lsh, *db = Dvec + (int64_t)bh * dm.L;
     for (int q0 = m_begin; q0 < dm.L; q0 += 64) {
-        __syncthreads();   /* the previous tile's Q / dO / dS are consumed */
+        __syncthreads();   /* K and V (first tile), or the previous tile's Q, dO and dS, are taken */
         const float *qt = qbh + (int64_t)q0 * q.sl, *gt = gbh + (int64_t)q0 * dout.sl;
-        load_pairs<DP>(Qs, qt, q.sl, q.sd, dm.L - q0, dm.D);
-        load_pairs<DP>(dOs, gt, dout.sl, dout.sd, dm.L - q0, dm.Dv);
+        load_words<DP, E>(Qs, qt, q.sl, q.sd, dm.L - q0, dm.D);
+        load_words<DP, E>(dOs, gt, dout.sl, dout.sd, dm.L - q0, dm.Dv);
         for (int r = threadIdx.x; r < 64; r += kMmaThreads) {
             const bool in = q0 + r < dm.L;
             lse2[r] = in ? lb[(int64_t)(q0 + r) * lsl] * kLog2e : -INFINITY;
             Ds[r] = in ? db[q0 + r] : 0.f;
         }
         __syncthreads();
-        transpose_pairs<DP>(Qt, Qs);
-        transpose_pairs<DP>(dOt, dOs);
+        transpose_words<DP, E, true>(Qt, Qs);
+        transpose_words<DP, E, true>(dOt, dOs);
         __syncthreads();
-        /* S^T and dP^T for this warp's 16 keys x 64 queries */
-        float st[NQ][4], dpt[NQ][4];
+        /* per half of the query tile (32 queries: fewer live registers), S^T and dP^T for this
+         * warp's 16 keys (mma); P^T into st and dS^T into dpt, dS also to shared memory as
+         * [query][key]; then dV += P^T dO and dK += dS^T Q, one k step of queries at a time */
+#pragma unroll 1
+        for (int qh = 0; qh < 2; qh++) {
+            float st[NQ / 2][4], dpt[NQ / 2][4];
 #pragma unroll
-        for (int nt = 0; nt < NQ; nt++) {
+            for (int nt = 0; nt < NQ / 2; nt++)
 #pragma unroll
-            for (int e = 0; e < 4; e++) st[nt][e] = dpt[nt][e] = 0.f;
+                for (int e = 0; e < 4; e++) st[nt][e] = dpt[nt][e] = 0.f;
 #pragma unroll
             for (int kc = 0; kc < KC; kc++) {
-                mma_tile(st[nt], kf[kc], Qs, PW, nt * 8 + gq, kc * 8, tq);
-                mma_tile(dpt[nt], vf[kc], dOs, PW, nt * 8 + gq, kc * 8, tq);
+                typename E::frag a;
+                E::prep(a, kf[kc]);
+#pragma unroll
+                for (int nt = 0; nt < NQ / 2; nt++) mma_tile<E>(st[nt], a, Qs, PW, (qh * NQ / 2 + nt) * 8 + gq, kc * 8, tq);
+                E::prep(a, vf[kc]);
+#pragma unroll
+                for (int nt = 0; nt < NQ / 2; nt++) mma_tile<E>(dpt[nt], a, dOs, PW, (qh * NQ / 2 + nt) * 8 + gq, kc * 8, tq);
             }
-        }
-        /* P^T into st, dS^T into dpt; dS also to shared memory as [query][key] */
 #pragma unroll
-        for (int nt = 0; nt < NQ; nt++)
+            for (int nt = 0; nt < NQ / 2; nt++)
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int kr = r0 + (e >> 1) * 8, ql = nt * 8 + 2 * tq + (e & 1);
-                const int kj = k0 + kr, qm = q0 + ql;
-                const float l2 = lse2[ql];
-                const bool ok = kj < dm.S && qm < dm.L && l2 != -INFINITY && !(dm.causal && kj > qm + off);
-                const float p = ok ? exp2f(st[nt][e] * sl2 - l2) : 0.f;
-                const float ds = p * (dpt[nt][e] - Ds[ql]);
-                st[nt][e] = p;
-                dpt[nt][e] = ds;
-                dSh[ql * (2 * PT) + kr] = (uint16_t)(bf16x2(ds, 0.f) & 0xffffu);
-            }
-        /* dV += P^T dO and dK += dS^T Q, 16 queries at a time */
+                for (int e = 0; e < 4; e++) {
+                    const int kr = r0 + (e >> 1) * 8, ql = (qh * NQ / 2 + nt) * 8 + 2 * tq + (e & 1);
+                    const int kj = k0 + kr, qm = q0 + ql;
+                    const float l2 = lse2[ql];
+                    const bool ok = kj < dm.S && qm < dm.L && l2 != -INFINITY && !(dm.causal && kj > qm + off);
+                    const float p = ok ? exp2f(st[nt][e] * sl2 - l2) : 0.f;
+                    const float ds = p * (dpt[nt][e] - Ds[ql]);
+                    st[nt][e] = p;
+                    dpt[nt][e] = ds;
+                    E::put(dSs, PT, ql, kr, ds);
+                }
 #pragma unroll
-        for (int qc = 0; qc < 4; qc++) {
-            uint32_t pa[4], sa[4];
-            c_to_a(pa, st[2 * qc], st[2 * qc + 1]);
-            c_to_a(sa, dpt[2 * qc], dpt[2 * qc + 1]);
+            for (int qc = 0; qc < QC / 2; qc++) {
+                typename E::frag pa, sa;
+                E::c_to_a(pa, &st[EPW * qc]);
+                E::c_to_a(sa, &dpt[EPW * qc]);
+                const int w0 = (qh * QC / 2 + qc) * 8;
 #pragma unroll
-            for (int nd = 0; nd < ND; nd++) {
-                mma_tile(dva[nd], pa, dOt, PT, nd * 8 + gq, qc * 8, tq);
-                mma_tile(dka[nd], sa, Qt, PT, nd * 8 + gq, qc * 8, tq);
+                for (int nd = 0; nd < ND; nd++) {
+                    mma_tile<E>(dva[nd], pa, dOt, PT, nd * 8 + gq, w0, tq);
+                    mma_tile<E>(dka[nd], sa, Qt, PT, nd * 8 + gq, w0, tq);
+                }
             }
         }
         if (!dqp) continue;
@@ -558,11 +664,13 @@ attn_bwd_mma_kernel(opnd<float> dk, opnd<float> dv, opnd<const float> q, opnd<co
 #pragma unroll
         for (int nd = 0; nd < ND; nd++) dqa[nd][0] = dqa[nd][1] = dqa[nd][2] = dqa[nd][3] = 0.f;
 #pragma unroll
-        for (int kc = 0; kc < 4; kc++) {
-            uint32_t a[4];
-            frag_a(a, dSs, PT, r0, kc * 8, tq);
+        for (int kc = 0; kc < QC; kc++) {
+            uint32_t w[4];
+            frag_a(w, dSs, PT, r0, kc * 8, tq);
+            typename E::frag a;
+            E::prep(a, w);
 #pragma unroll
-            for (int nd = 0; nd < ND; nd++) mma_tile(dqa[nd], a, Kt, PT, nd * 8 + gq, kc * 8, tq);
+            for (int nd = 0; nd < ND; nd++) mma_tile<E>(dqa[nd], a, Kt, PT, nd * 8 + gq, kc * 8, tq);
         }
         const float one[2] = {1.f, 1.f};
         store_c<ND>(dqp + (((int64_t)lbh * ntiles + tile) * dm.L + q0) * dm.D, dm.D, 1, dqa, r0, dm.L - q0, dm.D, one, tq);
