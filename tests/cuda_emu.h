@@ -164,15 +164,6 @@ inline void emu_mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uin
     emu_warp_sync();
 }
 
-/* cvt.rna.tf32.f32: round to 10 mantissa bits, to nearest with ties away from zero (the
- * magnitude's bits plus half the dropped range; inf and NaN kept) */
-inline uint32_t emu_tf32(float x)
-{
-    const uint32_t u = __float_as_uint(x);
-    if ((u & 0x7f800000u) == 0x7f800000u) return u;
-    return (u + 0x1000u) & 0xffffe000u;
-}
-
 /* one warp-wide mma.sync.m16n8k8.row.col.f32.tf32.tf32.f32: c += A B, each input read as tf32
  * (its 13 low bits ignored); A: a0..a3 at (g, t), (g+8, t), (g, t+4), (g+8, t+4); B: rows t and
  * t+4 of column g */

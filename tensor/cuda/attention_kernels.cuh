@@ -221,7 +221,7 @@ attn_fwd_kernel(opnd<float> out, float *__restrict__ lse, int64_t lsb, int64_t l
  *  - PRECISION_BF16 (autocast puts attention in bf16): m16n8k16 bf16 -> f32 (mma_bf16_ops);
  *  - PRECISION_TF32: m16n8k8 tf32 -> f32, one product per pair: TF32's accuracy, as the matmuls;
  *  - PRECISION_F32: the same instruction, three products per pair, hi*hi + hi*lo + lo*hi with
- *    hi = tf32(x) and lo = tf32(x - hi): f32's accuracy (CUTLASS's "fast f32", which PyTorch's f32
+ *    hi = tf32(x) and lo = x - hi: f32's accuracy (CUTLASS's "fast f32", which PyTorch's f32
  *    memory-efficient attention uses on sm80 and later).
  * Softmax, row sums and all accumulators are f32. Opt-in (DRAFT_ATTN_MMA=1) until a GPU run has
  * checked and measured them.
@@ -261,13 +261,6 @@ __device__ __forceinline__ void mma_tf32(float (&c)[4], const uint32_t (&a)[4], 
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
-/* x rounded to tf32 (nearest, ties away from zero), in an f32 container whose 13 low bits are 0 */
-__device__ __forceinline__ uint32_t to_tf32(float x)
-{
-    uint32_t r;
-    asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
-    return r;
-}
 #else
 __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1)
 {
@@ -277,8 +270,13 @@ __device__ __forceinline__ void mma_tf32(float (&c)[4], const uint32_t (&a)[4], 
 {
     emu_mma_tf32(c, a, b0, b1);
 }
-__device__ __forceinline__ uint32_t to_tf32(float x) { return emu_tf32(x); }
 #endif
+
+/* x rounded to tf32 (to nearest, ties away from zero: cvt.rna's rounding for finite x; inf stays
+ * inf), in an f32 container with 13 low zero bits. Two integer operations at full rate, where
+ * cvt.rna.tf32 would go through the conversion unit: the 3xTF32 kernels split every B fragment
+ * they load. */
+__device__ __forceinline__ uint32_t to_tf32(float x) { return (__float_as_uint(x) + 0x1000u) & 0xffffe000u; }
 
 /* bf16: a word holds 2 elements along k; m16n8k16 */
 struct mma_bf16_ops {
@@ -316,13 +314,15 @@ template <bool X3> struct mma_tf32_ops {
         uint32_t hi[4], lo[4];   /* lo: X3 only */
     };
     __device__ static uint32_t word(float x0, float) { return __float_as_uint(x0); }
+    /* hi = tf32(x) and lo = x - hi (exact in f32); the tensor core reads lo as tf32 by dropping
+     * its 13 low bits, an error of at most 2^-10 |lo| <= 2^-21 |x| (CUTLASS's "fast f32" split) */
     __device__ static void prep(frag &f, const uint32_t (&w)[4])
     {
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             const float x = __uint_as_float(w[i]);
             f.hi[i] = to_tf32(x);
-            f.lo[i] = X3 ? to_tf32(x - __uint_as_float(f.hi[i])) : 0u;
+            f.lo[i] = X3 ? __float_as_uint(x - __uint_as_float(f.hi[i])) : 0u;
         }
     }
     __device__ static void mma(float (&c)[4], const frag &f, uint32_t b0, uint32_t b1)
@@ -331,7 +331,7 @@ template <bool X3> struct mma_tf32_ops {
         const uint32_t h0 = to_tf32(x0), h1 = to_tf32(x1);
         if (X3) {   /* the small terms first */
             mma_tf32(c, f.lo, h0, h1);
-            mma_tf32(c, f.hi, to_tf32(x0 - __uint_as_float(h0)), to_tf32(x1 - __uint_as_float(h1)));
+            mma_tf32(c, f.hi, __float_as_uint(x0 - __uint_as_float(h0)), __float_as_uint(x1 - __uint_as_float(h1)));
         }
         mma_tf32(c, f.hi, h0, h1);
     }
