@@ -14,6 +14,15 @@
 #include "tensor/cuda/cuda.h"
 #endif
 
+/* the kernel-variant switches (tensor/README.md): all off but `on` (NULL: all off), so that each
+ * row names its kernels whatever the compiled-in defaults are */
+static void set_switches(const char *on)
+{
+    static const char *all[] = {"DRAFT_CONV_PIPELINE", "DRAFT_CONV_ROWSHIFT", "DRAFT_GN_FUSED_BWD", "DRAFT_ATTN_FUSED_DQ",
+                                "DRAFT_ATTN_MMA"};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++) setenv(all[i], on && !strcmp(on, all[i]) ? "1" : "0", 1);
+}
+
 static double now_ms(void)
 {
     struct timespec ts;
@@ -164,6 +173,7 @@ int main(void)
         return 0;
     }
     ag_rng_seed(1);
+    set_switches(NULL);
     struct args a = {0};
     /* matmul 8192^3: f32, then TF32 */
     a.a = randn_dev(DTYPE_F32, TENSOR_SHAPE(8192, 8192), false);
@@ -230,12 +240,12 @@ int main(void)
                 {"DRAFT_CONV_PIPELINE", "_pipe", false}, {"DRAFT_CONV_ROWSHIFT", "_rowshift", true}};
             for (int v = 0; v < 2; v++) {
                 if (!variants[v].all && i != 0 && i != 3) continue;
-                setenv(variants[v].env, "1", 1);
+                set_switches(variants[v].env);
                 snprintf(name, sizeof name, "conv2d_%lldc_%lldpx_%s%s%s", (long long)C, (long long)S,
                          bw ? "fwdbwd" : "fwd", i == 3 ? "_autocast" : "", variants[v].suffix);
                 ms = time_it(name, run_conv, &a, 3, 20);
                 if (ms > 0) printf("RESULT %s %.3f %.1f TFLOP/s\n", name, ms, f / ms / 1e9);
-                unsetenv(variants[v].env);
+                set_switches(NULL);
             }
             release(&a);
         }
@@ -245,7 +255,7 @@ int main(void)
     /* group_norm [2,320,64,64]; fwd+bwd again with the one-pass cluster backward */
     for (int mode = 0; mode < 3; mode++) {
         const int bw = mode > 0;
-        if (mode == 2) setenv("DRAFT_GN_FUSED_BWD", "1", 1);
+        set_switches(mode == 2 ? "DRAFT_GN_FUSED_BWD" : NULL);
         a.a = randn_dev(DTYPE_F32, TENSOR_SHAPE(2, 320, 64, 64), bw);
         a.b = randn_dev(DTYPE_F32, TENSOR_SHAPE(320), bw);
         a.c = randn_dev(DTYPE_F32, TENSOR_SHAPE(320), bw);
@@ -265,7 +275,7 @@ int main(void)
         ms = time_burst(bname, run_gn, &a, 3, 20, 20);
         if (ms > 0) printf("RESULT %s %.3f %.1f GB/s\n", bname, ms, bytes / ms / 1e6);
         release(&a);
-        unsetenv("DRAFT_GN_FUSED_BWD");
+        set_switches(NULL);
     }
     /* the bandwidth a tensor of that size can reach at all: a device-to-device copy of it */
     a.a = randn_dev(DTYPE_F32, TENSOR_SHAPE(2, 320, 64, 64), false);
@@ -297,7 +307,7 @@ int main(void)
         {"attention_fwdbwd_mma", "DRAFT_ATTN_MMA", PRECISION_F32, true},
     };
     for (size_t r = 0; r < sizeof attn_rows / sizeof *attn_rows; r++) {
-        if (attn_rows[r].env) setenv(attn_rows[r].env, "1", 1);
+        set_switches(attn_rows[r].env);
         tensor_set_precision(attn_rows[r].prec);
         const bool back = attn_rows[r].back;
         a.a = randn_dev(DTYPE_F32, TENSOR_SHAPE(2, 8, 4096, 40), back);
@@ -309,7 +319,7 @@ int main(void)
         double f = 4.0 * 2 * 8 * 4096.0 * 4096 * 40 * (back ? 3.5 : 1);
         if (ms > 0) printf("RESULT %s %.3f %.1f TFLOP/s\n", attn_rows[r].name, ms, f / ms / 1e9);
         release(&a);
-        if (attn_rows[r].env) unsetenv(attn_rows[r].env);
+        set_switches(NULL);
     }
     tensor_set_precision(PRECISION_F32);
 

@@ -209,9 +209,10 @@ template <int DP> void run_case(const attn_case &c)
         report(bname, c, "dv", rel_err(dv, u.ref.dv), f32_bound);
     }
 
-    /* the tensor-core kernels in their three precisions */
+    /* the tensor-core kernels in their three precisions (one tf32 product differs from 3xTF32 only
+     * in the product count: its error band is checked on the smaller cases, to save CI time) */
     run_mma<DP, mma_bf16_ops>(u, "mma_bf16", 1e-2, 1e-3);
-    run_mma<DP, mma_tf32_ops<false>>(u, "mma_tf32", 2e-3, 1e-3);
+    if ((int64_t)L * S <= 77 * 77) run_mma<DP, mma_tf32_ops<false>>(u, "mma_tf32", 2e-3, 1e-3);
     run_mma<DP, mma_tf32_ops<true>>(u, "mma_3xtf32", f32_bound, f32_bound);
 }
 

@@ -87,8 +87,7 @@ static struct tensor *f_on_gpu(struct tensor *const *in, void *ctx)
 
 static int n_failed;
 
-/* compare f on the GPU with f on the CPU in f32 and f64; prints one line per dtype */
-/* DRAFT_TEST_DEFAULTS_ONLY=1 skips the cases of the opt-in kernel switches (tensor/README.md):
+/* DRAFT_TEST_DEFAULTS_ONLY=1 skips the cases of the kernel-variant switches (tensor/README.md):
  * scripts/gpu-check.sh reruns the suite this way when a full run fails, to tell whether the
  * default kernels pass on their own (a device fault in one kernel fails every later CUDA call) */
 static bool optin_skipped(void)
@@ -96,6 +95,16 @@ static bool optin_skipped(void)
     const char *e = getenv("DRAFT_TEST_DEFAULTS_ONLY");
     return e && *e == '1';
 }
+
+/* a variant switch set on or off for the cases that follow, so that each variant is checked
+ * whatever the compiled-in default is (cuda_switch); under DRAFT_TEST_DEFAULTS_ONLY=1 the switches
+ * stay unset and the cases run the defaults */
+static void set_switch(const char *name, bool on)
+{
+    if (!optin_skipped()) setenv(name, on ? "1" : "0", 1);
+}
+
+/* compare f on the GPU with f on the CPU in f32 and f64; prints one line per dtype */
 
 static bool check_op(const char *label, gc_fn f, void *ctx, int n, struct tensor *const *in, const struct case_opts *o)
 {
@@ -937,13 +946,15 @@ START_TEST(test_nn)
             const char *what[3] = {"workspace=1K", "workspace=1K,pipeline", "workspace=1K,pipeline,bf16"};
             snprintf(label, sizeof label, "%.*s,%s]", (int)strlen(convs[k].name) - 1, convs[k].name, what[q]);
             setenv("DRAFT_CONV_WORKSPACE_KB", "1", 1);
-            if (q) setenv("DRAFT_CONV_PIPELINE", "1", 1);
+            set_switch("DRAFT_CONV_PIPELINE", q > 0);
+            set_switch("DRAFT_CONV_ROWSHIFT", false);
             if (q == 2) tensor_set_precision(PRECISION_BF16);
             const struct case_opts ob = {.tol32 = TOL_BF16};
             check_op(label, f_conv, &convs[k].c, convs[k].c.bias ? 3 : 2, in, q == 2 ? &ob : convs[k].gc ? &o : &big);
             tensor_set_precision(PRECISION_F32);
             unsetenv("DRAFT_CONV_WORKSPACE_KB");
             unsetenv("DRAFT_CONV_PIPELINE");
+            unsetenv("DRAFT_CONV_ROWSHIFT");
         }
         /* the row-shift forward (stride_h 1; the others fall back to im2col; the large case
          * writes the output directly, the small ones through the crop): f32, with its partial
@@ -953,7 +964,8 @@ START_TEST(test_nn)
             char label[128];
             const char *what[3] = {"rowshift", "rowshift,bf16", "rowshift,tiles"};
             snprintf(label, sizeof label, "%.*s,%s]", (int)strlen(convs[k].name) - 1, convs[k].name, what[q]);
-            setenv("DRAFT_CONV_ROWSHIFT", "1", 1);
+            set_switch("DRAFT_CONV_ROWSHIFT", true);
+            set_switch("DRAFT_CONV_PIPELINE", false);
             if (q == 1) tensor_set_precision(PRECISION_BF16);
             if (q == 2) setenv("DRAFT_CONV_WORKSPACE_KB", "1200", 1);   /* one image needs 816 KiB */
             const struct case_opts ob = {.tol32 = TOL_BF16};
@@ -961,6 +973,7 @@ START_TEST(test_nn)
             tensor_set_precision(PRECISION_F32);
             unsetenv("DRAFT_CONV_WORKSPACE_KB");
             unsetenv("DRAFT_CONV_ROWSHIFT");
+            unsetenv("DRAFT_CONV_PIPELINE");
         }
     }
     /* layer_norm, group_norm */
@@ -979,9 +992,9 @@ START_TEST(test_nn)
                              test_uniform(DTYPE_F64, TENSOR_SHAPE(6), -1, 1)};
     struct tensor *gnb[3] = {test_uniform(DTYPE_F64, TENSOR_SHAPE(2, 64, 16, 16), -2, 2), test_uniform(DTYPE_F64, TENSOR_SHAPE(64), 0.5, 1.5),
                              test_uniform(DTYPE_F64, TENSOR_SHAPE(64), -1, 1)};
-    /* each case twice: the default kernels, and the one-pass cluster backward (DRAFT_GN_FUSED_BWD) */
+    /* each case twice: the five-pass backward, and the one-pass cluster backward (DRAFT_GN_FUSED_BWD) */
     for (int m = 0; m < (optin_skipped() ? 1 : 2); m++) {
-        if (m) setenv("DRAFT_GN_FUSED_BWD", "1", 1);
+        set_switch("DRAFT_GN_FUSED_BWD", m == 1);
         check_op(m ? "group_norm[fused_bwd,groups=3]" : "group_norm[groups=3]", f_group_norm, (void *)3, 3, gn, &o);
         check_op(m ? "group_norm[fused_bwd,groups=2,5x5]" : "group_norm[groups=2,5x5]", f_group_norm, (void *)2, 3, gno, &o);
         check_op(m ? "group_norm[fused_bwd,large,groups=32]" : "group_norm[large,groups=32]", f_group_norm, (void *)32, 3,
@@ -1011,19 +1024,18 @@ START_TEST(test_nn)
                  {"large,causal,77x64", qkvb, true, true},
                  {"large,tiles,130x200x40", qkvt, false, true},
                  {"large,causal,70x150x40", qkvc, true, true}};
-    /* each case five ways: the default kernels; the fused dQ backward (one kernel for dK, dV
-     * and dQ partials); the tensor-core kernels, forward and backward (head dims 32, 48, 64 after
-     * padding) in their three precisions, each in its error band against the CPU's exact f32:
+    /* each case five ways: the f32 SIMT kernels with the split backward; the fused dQ backward
+     * (one kernel for dK, dV and dQ partials); the tensor-core kernels, forward and backward (head
+     * dims 32, 48, 64 after padding) in their three precisions, each in its error band against
+     * the CPU's exact f32:
      * bf16 (autocast), tf32 (PRECISION_TF32), 3xTF32 (PRECISION_F32: the f32 bound) */
     const struct case_opts obf = {.tol32 = TOL_BF16}, otf = {.tol32 = TOL_TF32};
     const char *modes[5] = {"", "fused_dq", "bf16_mma", "tf32_mma", "3xtf32_mma"};
     const enum precision mma_prec[5] = {PRECISION_F32, PRECISION_F32, PRECISION_BF16, PRECISION_TF32, PRECISION_F32};
     for (int m = 0; m < (optin_skipped() ? 1 : 5); m++) {
-        if (m == 1) setenv("DRAFT_ATTN_FUSED_DQ", "1", 1);
-        if (m >= 2) {
-            setenv("DRAFT_ATTN_MMA", "1", 1);
-            tensor_set_precision(mma_prec[m]);
-        }
+        set_switch("DRAFT_ATTN_FUSED_DQ", m == 1);
+        set_switch("DRAFT_ATTN_MMA", m >= 2);
+        tensor_set_precision(mma_prec[m]);
         for (size_t k = 0; k < sizeof attns / sizeof *attns; k++) {
             char label[96];
             const char *tag = attns[k].tag, *sep = m && *tag ? "," : "";

@@ -162,20 +162,12 @@ template <typename K> enum status set_smem(K kernel, size_t bytes, bool *done)
  * separate dQ kernel: DRAFT_ATTN_FUSED_DQ=1 in the environment (read at each call, so tests can
  * run both). Its partials take at most kFusedDqBytes (more heads are done in chunks). */
 constexpr int64_t kFusedDqBytes = (int64_t)1 << 30;
-bool fused_dq()
-{
-    const char *e = getenv("DRAFT_ATTN_FUSED_DQ");
-    return e && *e == '1';
-}
+bool fused_dq() { return cuda_switch("DRAFT_ATTN_FUSED_DQ", false); }
 
 /* the tensor-core kernels, for head dims up to 64: DRAFT_ATTN_MMA=1 (opt-in until measured); bf16
  * under PRECISION_BF16, one tf32 product under PRECISION_TF32, three (f32's accuracy) under
  * PRECISION_F32 */
-bool attn_mma()
-{
-    const char *e = getenv("DRAFT_ATTN_MMA");
-    return e && *e == '1';
-}
+bool attn_mma() { return cuda_switch("DRAFT_ATTN_MMA", false); }
 
 /* call f(policy) with the element policy of the current precision */
 template <class F> enum status with_mma_policy(F f)

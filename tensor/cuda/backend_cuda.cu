@@ -4,6 +4,7 @@
 
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 /* Everything runs on one non-blocking stream, so kernels are ordered among themselves and a
  * block freed to the caching allocator can be handed out again at once: any later use of it
@@ -22,6 +23,12 @@ enum status cuda_synchronize(void)
 {
     CUDA_TRY(cudaStreamSynchronize(g_stream));
     return STATUS_OK;
+}
+
+bool cuda_switch(const char *name, bool def)
+{
+    const char *e = getenv(name);
+    return e && *e ? *e == '1' : def;
 }
 
 static cudaEvent_t g_timer[2];

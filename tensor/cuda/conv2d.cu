@@ -278,11 +278,7 @@ enum status gemm(cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t 
  * waits for its im2col, and im2col t+2 waits for GEMM t to have read that workspace. The main
  * stream has waited for every im2col before the conv returns, so the workspaces go back to the
  * caching allocator exactly as in the one-stream path. */
-bool conv_pipeline()
-{
-    const char *e = getenv("DRAFT_CONV_PIPELINE");
-    return e && *e == '1';
-}
+bool conv_pipeline() { return cuda_switch("DRAFT_CONV_PIPELINE", false); }
 
 cudaStream_t g_side = nullptr;
 cudaEvent_t g_ev_start = nullptr, g_ev_ready[2] = {nullptr, nullptr}, g_ev_free[2] = {nullptr, nullptr};
@@ -339,11 +335,7 @@ enum status conv_forward_pipelined(float *out, const float *x, const float *w, f
  * the SD UNet) runs as in conv2d_kernels.cuh: a partial im2col KH times smaller than im2col's and
  * KH GEMMs of depth Cg*KW over views of it shifted by whole rows, straight into the output when
  * OW % 8 == 0 (else into a padded one and a crop). */
-bool conv_rowshift()
-{
-    const char *e = getenv("DRAFT_CONV_ROWSHIFT");
-    return e && *e == '1';
-}
+bool conv_rowshift() { return cuda_switch("DRAFT_CONV_ROWSHIFT", false); }
 
 /* *done: whether it ran (not when the shape does not suit it or one image's partial im2col (and
  * padded output) exceed the workspace bound: then the im2col path runs) */

@@ -20,6 +20,11 @@ enum status cuda_synchronize(void);
  * torch.cuda.Event timing): benchmarks; cuda_timer_end waits for the work to finish */
 enum status cuda_timer_begin(void);
 enum status cuda_timer_end(double *ms);
+/* a kernel-variant switch (tensor/README.md lists them): the environment variable's 1 or 0 when
+ * it is set, else the compiled-in default `def`. Read at each call, so tests and benchmarks run
+ * both variants whatever the default; making a variant the default is changing `def` at its one
+ * call. */
+bool cuda_switch(const char *name, bool def);
 /* column-major strided-batched C [m, n] = alpha op(A) [m, k] op(B) [k, n] + beta C, `count` times
  * (batch strides sA, sB, sC; 0 = shared), op = transpose when trans_*: f32 as tensor_precision()
  * says (exact, TF32, or bf16 copies of both operands with f32 accumulation and output), bf16/f16

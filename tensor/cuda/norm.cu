@@ -75,11 +75,7 @@ int sm_count()
 bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
 
 /* DRAFT_GN_TWOPASS=1 forces the two-pass group_norm (for tests and comparisons) */
-bool fused_disabled()
-{
-    const char *e = getenv("DRAFT_GN_TWOPASS");
-    return e && *e == '1';
-}
+bool fused_disabled() { return cuda_switch("DRAFT_GN_TWOPASS", false); }
 
 enum status need_float(const struct tensor *t, const char *op)
 {
@@ -548,11 +544,7 @@ void group_norm_fused(bool *done, float *out, float *mean, float *rstd, const fl
 }
 
 /* DRAFT_GN_FUSED_BWD=1: the one-pass input gradient (opt-in until measured on a GPU) */
-bool fused_bwd_enabled()
-{
-    const char *e = getenv("DRAFT_GN_FUSED_BWD");
-    return e && *e == '1';
-}
+bool fused_bwd_enabled() { return cuda_switch("DRAFT_GN_FUSED_BWD", false); }
 
 /* the one-pass input gradient when it applies (f32, dx wanted); it also writes ab (the per-plane
  * sums the dw/db kernel reads). *done tells whether it ran. */
