@@ -297,26 +297,31 @@ int main(void)
         const char *name, *env;
         enum precision prec;
         bool back;
+        int64_t B, H, L, D;
     } attn_rows[] = {
-        {"attention_fwd", NULL, PRECISION_F32, false},
-        {"attention_fwdbwd", NULL, PRECISION_F32, true},
-        {"attention_fwdbwd_fused_dq", "DRAFT_ATTN_FUSED_DQ", PRECISION_F32, true},
-        {"attention_fwd_autocast", "DRAFT_ATTN_MMA", PRECISION_BF16, false},
-        {"attention_fwdbwd_autocast", "DRAFT_ATTN_MMA", PRECISION_BF16, true},
-        {"attention_fwd_mma", "DRAFT_ATTN_MMA", PRECISION_F32, false},
-        {"attention_fwdbwd_mma", "DRAFT_ATTN_MMA", PRECISION_F32, true},
+        {"attention_fwd", NULL, PRECISION_F32, false, 2, 8, 4096, 40},
+        {"attention_fwdbwd", NULL, PRECISION_F32, true, 2, 8, 4096, 40},
+        {"attention_fwdbwd_fused_dq", "DRAFT_ATTN_FUSED_DQ", PRECISION_F32, true, 2, 8, 4096, 40},
+        {"attention_fwd_autocast", "DRAFT_ATTN_MMA", PRECISION_BF16, false, 2, 8, 4096, 40},
+        {"attention_fwdbwd_autocast", "DRAFT_ATTN_MMA", PRECISION_BF16, true, 2, 8, 4096, 40},
+        {"attention_fwd_mma", "DRAFT_ATTN_MMA", PRECISION_F32, false, 2, 8, 4096, 40},
+        {"attention_fwdbwd_mma", "DRAFT_ATTN_MMA", PRECISION_F32, true, 2, 8, 4096, 40},
+        /* the VAE's mid-block attention at 64x64 latents: one 512-wide head (the GEMM path) */
+        {"attention_vae_fwd", NULL, PRECISION_F32, false, 4, 1, 4096, 512},
+        {"attention_vae_fwdbwd", NULL, PRECISION_F32, true, 4, 1, 4096, 512},
     };
     for (size_t r = 0; r < sizeof attn_rows / sizeof *attn_rows; r++) {
         set_switches(attn_rows[r].env);
         tensor_set_precision(attn_rows[r].prec);
         const bool back = attn_rows[r].back;
-        a.a = randn_dev(DTYPE_F32, TENSOR_SHAPE(2, 8, 4096, 40), back);
-        a.b = randn_dev(DTYPE_F32, TENSOR_SHAPE(2, 8, 4096, 40), back);
-        a.c = randn_dev(DTYPE_F32, TENSOR_SHAPE(2, 8, 4096, 40), back);
-        a.d = randn_dev(DTYPE_F32, TENSOR_SHAPE(2, 8, 4096, 40), false);
+        const int64_t B = attn_rows[r].B, H = attn_rows[r].H, L = attn_rows[r].L, D = attn_rows[r].D;
+        a.a = randn_dev(DTYPE_F32, TENSOR_SHAPE(B, H, L, D), back);
+        a.b = randn_dev(DTYPE_F32, TENSOR_SHAPE(B, H, L, D), back);
+        a.c = randn_dev(DTYPE_F32, TENSOR_SHAPE(B, H, L, D), back);
+        a.d = randn_dev(DTYPE_F32, TENSOR_SHAPE(B, H, L, D), false);
         a.backward = back;
         ms = time_it(attn_rows[r].name, run_attn, &a, 3, 20);
-        double f = 4.0 * 2 * 8 * 4096.0 * 4096 * 40 * (back ? 3.5 : 1);
+        double f = 4.0 * B * H * (double)L * L * D * (back ? 3.5 : 1);
         if (ms > 0) printf("RESULT %s %.3f %.1f TFLOP/s\n", attn_rows[r].name, ms, f / ms / 1e9);
         release(&a);
         set_switches(NULL);

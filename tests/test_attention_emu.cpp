@@ -62,7 +62,7 @@ reference attention_f64(const attn_case &c, const std::vector<float> &q, const s
             for (int d = 0; d < D; d++) Di += G[i * D + d] * O[d];
             for (int j = 0; j < S; j++) {
                 double dp = 0;
-                for (int d = 0; d < D; d++) dp += G[i * D + d] * V[j * D + d];
+                for (int d = 0; d < D; d++) dp += (double)G[i * D + d] * V[j * D + d];
                 const double ds = p[j] * (dp - Di);
                 for (int d = 0; d < D; d++) {
                     r.dv[((size_t)bh * S + j) * D + d] += p[j] * G[i * D + d];
@@ -76,7 +76,7 @@ reference attention_f64(const attn_case &c, const std::vector<float> &q, const s
 }
 
 /* ||a - b|| / ||b|| over the finite entries of b; a non-finite a where b is finite counts as 1 */
-double rel_err(const std::vector<float> &a, const std::vector<double> &b)
+template <typename T> double rel_err(const std::vector<T> &a, const std::vector<double> &b)
 {
     double num = 0, den = 0;
     for (size_t i = 0; i < b.size(); i++) {
@@ -216,6 +216,70 @@ template <int DP> void run_case(const attn_case &c)
     run_mma<DP, mma_tf32_ops<true>>(u, "mma_3xtf32", f32_bound, f32_bound);
 }
 
+/* a plain column-major GEMM in cuda_gemm's layout (alpha 1), standing in for cuBLAS */
+template <typename T>
+int plain_gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T *A, int64_t lda, int64_t sA, const T *B,
+               int64_t ldb, int64_t sB, T beta, T *C, int64_t ldc, int64_t sC, int64_t count)
+{
+    for (int64_t c = 0; c < count; c++)
+        for (int64_t j = 0; j < n; j++)
+            for (int64_t i = 0; i < m; i++) {
+                double acc = 0;
+                for (int64_t p = 0; p < k; p++)
+                    acc += (double)A[c * sA + (ta ? p + i * lda : i + p * lda)] * (double)B[c * sB + (tb ? j + p * ldb : p + j * ldb)];
+                T &o = C[c * sC + j * ldc + i];
+                o = (T)(acc + (beta != 0 ? (double)beta * (double)o : 0.0));
+            }
+    return 0;
+}
+
+/* the wide-head path (D > 256): its driver, row kernels and GEMM plan, with the plain GEMM and a
+ * workspace of `rows` query rows per block (several blocks: the key gradients accumulate) */
+template <typename T> void run_wide(const attn_case &c, int rows, double bound)
+{
+    const int L = c.L, S = c.S, D = c.D, heads = c.B * c.H;
+    std::vector<float> qf((size_t)heads * L * D), kf((size_t)heads * S * D), vf(kf.size()), gf(qf.size());
+    for (auto *t : {&qf, &kf, &vf, &gf})
+        for (float &x : *t) x = urand();
+    const double scale = 1.0 / sqrt((double)D);
+    const reference ref = attention_f64(c, qf, kf, vf, gf, scale);
+    const std::vector<T> q(qf.begin(), qf.end()), k(kf.begin(), kf.end()), v(vf.begin(), vf.end()), g(gf.begin(), gf.end());
+    const dims dm{c.B, c.H, L, S, D, D, c.causal ? 1 : 0, scale, 0};
+    auto op = [&](T *p, int n) { return opnd<T>{p, (int64_t)c.H * n * D, (int64_t)n * D, D, 1}; };
+    auto cop = [&](const T *p, int n) { return opnd<const T>{p, (int64_t)c.H * n * D, (int64_t)n * D, D, 1}; };
+    const int64_t lsb = (int64_t)c.H * L, lsh = L, lsl = 1;
+    const char *tn = sizeof(T) == 4 ? "wide_f32" : "wide_f64";
+    char fname[32], bname[32];
+    snprintf(fname, sizeof fname, "%s_fwd", tn);
+    snprintf(bname, sizeof bname, "%s_bwd", tn);
+
+    std::vector<T> ws((size_t)2 * c.H * rows * S, (T)NAN), out(q.size(), (T)NAN), lse((size_t)heads * L, (T)NAN);
+    auto softmax = [&](T *s, T *lse_b, int nr, int q0) {
+        emu_launch((unsigned)(dm.H * nr), kThreads, [&] { attn_wide_softmax_kernel<T>(s, lse_b, lsh, lsl, nr, q0, dm); });
+        return 0;
+    };
+    attn_wide_forward<T>(op(out.data(), L), lse.data(), lsb, cop(q.data(), L), cop(k.data(), S), cop(v.data(), S), dm,
+                         ws.data(), (int64_t)c.H * rows * S, plain_gemm<T>, softmax);
+    report(fname, c, "out", rel_err(out, ref.out), bound);
+    report(fname, c, "lse", rel_err(lse, ref.lse), bound);
+
+    std::vector<T> Dvec((size_t)heads * L, (T)NAN), dq(q.size(), (T)NAN), dk(k.size(), (T)NAN), dv(v.size(), (T)NAN);
+    emu_launch((unsigned)((heads * L + 7) / 8), 256,
+               [&] { attn_bwd_pre_kernel<T>(Dvec.data(), cop(g.data(), L), cop(out.data(), L), dm); });
+    auto ds = [&](T *s, T *dp, const T *lse_b, const T *D_b, int nr, int q0) {
+        const int64_t n = (int64_t)dm.H * nr * S;
+        emu_launch((unsigned)((n + 255) / 256), 256,
+                   [&] { attn_wide_ds_kernel<T>(s, dp, lse_b, lsh, lsl, D_b, nr, q0, n, dm); });
+        return 0;
+    };
+    attn_wide_backward<T>(op(dq.data(), L), op(dk.data(), S), op(dv.data(), S), cop(q.data(), L), cop(k.data(), S),
+                          cop(v.data(), S), cop(g.data(), L), lse.data(), lsb, Dvec.data(), dm, ws.data(),
+                          (int64_t)2 * c.H * rows * S, plain_gemm<T>, ds);
+    report(bname, c, "dq", rel_err(dq, ref.dq), bound);
+    report(bname, c, "dk", rel_err(dk, ref.dk), bound);
+    report(bname, c, "dv", rel_err(dv, ref.dv), bound);
+}
+
 }  // namespace
 
 int main()
@@ -231,6 +295,13 @@ int main()
         if (dp == 32) run_case<32>(c);
         else if (dp == 48) run_case<48>(c);
         else run_case<64>(c);
+    }
+    /* wide heads (D > 256, the VAE's 512): several query blocks (16 rows), L != S, a causal mask
+     * with rows that see no key */
+    const attn_case wide[] = {{2, 2, 70, 90, 300, false}, {1, 1, 50, 30, 260, true}};
+    for (const attn_case &c : wide) {
+        run_wide<float>(c, 16, 2e-6);
+        run_wide<double>(c, 16, 1e-12);
     }
     printf("%d failed\n", failures);
     return failures ? 1 : 0;

@@ -1015,6 +1015,13 @@ START_TEST(test_nn)
     struct tensor *qkvc[3] = {test_uniform(DTYPE_F64, TENSOR_SHAPE(1, 3, 70, 40), -1, 1),
                               test_uniform(DTYPE_F64, TENSOR_SHAPE(1, 3, 150, 40), -1, 1),
                               test_uniform(DTYPE_F64, TENSOR_SHAPE(1, 3, 150, 40), -1, 1)};
+    /* head dims over 256 (the VAE's 512): the GEMM path over query blocks */
+    struct tensor *qkvw[3] = {test_uniform(DTYPE_F64, TENSOR_SHAPE(2, 2, 70, 300), -1, 1),
+                              test_uniform(DTYPE_F64, TENSOR_SHAPE(2, 2, 90, 300), -1, 1),
+                              test_uniform(DTYPE_F64, TENSOR_SHAPE(2, 2, 90, 300), -1, 1)};
+    struct tensor *qkvw2[3] = {test_uniform(DTYPE_F64, TENSOR_SHAPE(1, 1, 50, 260), -1, 1),
+                               test_uniform(DTYPE_F64, TENSOR_SHAPE(1, 1, 30, 260), -1, 1),
+                               test_uniform(DTYPE_F64, TENSOR_SHAPE(1, 1, 30, 260), -1, 1)};
     const struct {
         const char *tag;
         struct tensor **in;
@@ -1023,7 +1030,9 @@ START_TEST(test_nn)
                  {"causal", qkv2, true, false},
                  {"large,causal,77x64", qkvb, true, true},
                  {"large,tiles,130x200x40", qkvt, false, true},
-                 {"large,causal,70x150x40", qkvc, true, true}};
+                 {"large,causal,70x150x40", qkvc, true, true},
+                 {"large,wide,70x90x300", qkvw, false, true},
+                 {"large,wide,causal,50x30x260", qkvw2, true, true}};
     /* each case five ways: the f32 SIMT kernels with the split backward; the fused dQ backward
      * (one kernel for dK, dV and dQ partials); the tensor-core kernels, forward and backward (head
      * dims 32, 48, 64 after padding) in their three precisions, each in its error band against

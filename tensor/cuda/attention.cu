@@ -19,7 +19,11 @@
  *    dK = scale * dS^T Q over all query tiles, one per query tile accumulates
  *    dQ = scale * dS K over all key tiles, with dS = P * (dO V^T - D). Each gradient row is
  *    owned by exactly one block, so there are no atomics.
- * f64, and head dims above 256, use simple kernels (a thread per query or key row, same maths).
+ * Head dims above 256 (the VAE's one 512-wide head), f32 and f64: GEMMs (cuda_gemm, so the
+ * precision switch applies) over blocks of queries, the scores of a block against all keys in a
+ * workspace of at most 256 MiB, softmax / dS row kernels between them (attention_kernels.cuh).
+ * Before 2026-11-27 these ran on the simple kernels below: a thread per query row.
+ * f64 up to 256 uses simple kernels (a thread per query or key row, same maths).
  * Tensor cores (DRAFT_ATTN_MMA=1, opt-in until measured; head dims up to 64): mma.sync forward
  * and backward in bf16 (autocast), tf32 (PRECISION_TF32) or 3xTF32 (f32's accuracy), see
  * attention_kernels.cuh.
@@ -318,6 +322,142 @@ enum status bwd_tiled(opnd<float> dq, opnd<float> dk, opnd<float> dv, opnd<const
     return STATUS_OK;
 }
 
+/* ---------------------------------------------------------------- wide heads: GEMMs */
+
+/* the wide path's workspace bound: scores of one query block against all keys (two buffers in
+ * the backward); smaller when memory is short, down to one query row per head */
+constexpr int64_t kWideBytes = (int64_t)256 << 20;
+
+/* the workspace for `need` elements (capped at the bound; halved while allocation fails, down to
+ * `least`): NULL when not even that fits */
+template <typename T> struct tensor *wide_workspace(int64_t need, int64_t least, int64_t *got)
+{
+    int64_t n = need < kWideBytes / (int64_t)sizeof(T) ? need : kWideBytes / (int64_t)sizeof(T);
+    if (n < least) n = least;
+    for (;;) {
+        struct tensor *w = tensor_empty(sizeof(T) == 4 ? DTYPE_F32 : DTYPE_F64, 1, &n, DEVICE_CUDA);
+        if (w || n <= least) { *got = n; return w; }
+        tensor_clear_error();
+        n = n / 2 > least ? n / 2 : least;
+    }
+}
+
+/* cuda_gemm in the layout the wide driver asks for (attention_kernels.cuh) */
+template <typename T> auto wide_gemm()
+{
+    return [](bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T *A, int64_t lda, int64_t sA, const T *B, int64_t ldb,
+              int64_t sB, T beta, T *C, int64_t ldc, int64_t sC, int64_t count) -> int {
+        return (int)cuda_gemm(sizeof(T) == 4 ? DTYPE_F32 : DTYPE_F64, ta, tb, m, n, k, 1.0, A, lda, sA, B, ldb, sB,
+                              (double)beta, C, ldc, sC, count);
+    };
+}
+
+/* every operand a stack of BLAS matrices: unit stride along the last dim, rows at least that far
+ * apart (else the caller makes contiguous copies) */
+bool wide_ready(const struct tensor *const *ts, int n)
+{
+    for (int i = 0; i < n; i++) {
+        const struct tensor *t = ts[i];
+        if (t && ((t->shape[3] > 1 && t->stride[3] != 1) || t->stride[2] < (t->shape[3] > 1 ? t->shape[3] : 1)))
+            return false;
+    }
+    return true;
+}
+
+/* both run inside their own tensor scope, which owns the copies and the workspace (freed at its
+ * end: queued behind the kernels on the one stream) */
+template <typename T>
+enum status wide_forward_run(struct tensor *out, struct tensor *lse, const struct tensor *q, const struct tensor *k,
+                             const struct tensor *v, const dims &dm)
+{
+    const struct tensor *all[4] = {out, q, k, v};
+    if (!wide_ready(all, 4)) {
+        struct tensor *qc = tensor_contiguous((struct tensor *)q), *kc = tensor_contiguous((struct tensor *)k);
+        struct tensor *vc = tensor_contiguous((struct tensor *)v), *oc = tensor_empty(out->dtype, 4, out->shape, DEVICE_CUDA);
+        if (!qc || !kc || !vc || !oc) return tensor_status() ? tensor_status() : STATUS_OOM;
+        enum status s = wide_forward_run<T>(oc, lse, qc, kc, vc, dm);
+        return s ? s : cuda_copy(out, oc);
+    }
+    int64_t got = 0;
+    struct tensor *ws = wide_workspace<T>((int64_t)dm.H * dm.L * dm.S, (int64_t)dm.H * dm.S, &got);
+    if (!ws) return tensor_status() ? tensor_status() : STATUS_OOM;
+    const int64_t lsh = lse->stride[1], lsl = lse->stride[2];
+    cudaStream_t st = (cudaStream_t)cuda_stream();
+    auto softmax = [&](T *s, T *lse_b, int nr, int q0) -> int {
+        attn_wide_softmax_kernel<T><<<(unsigned)(dm.H * nr), kThreads, 0, st>>>(s, lse_b, lsh, lsl, nr, q0, dm);
+        CUDA_LAUNCHED();
+        return 0;
+    };
+    const int e = attn_wide_forward<T>(make_opnd<T>(out), (T *)lse->storage->data + lse->offset, lse->stride[0],
+                                       make_opnd<const T>(q), make_opnd<const T>(k), make_opnd<const T>(v), dm,
+                                       (T *)ws->storage->data, got, wide_gemm<T>(), softmax);
+    return (enum status)e;
+}
+
+template <typename T>
+enum status wide_forward(struct tensor *out, struct tensor *lse, const struct tensor *q, const struct tensor *k,
+                         const struct tensor *v, const dims &dm)
+{
+    tensor_scope_begin();
+    const enum status s = wide_forward_run<T>(out, lse, q, k, v, dm);
+    tensor_scope_end();
+    return s;
+}
+
+template <typename T>
+enum status wide_backward_run(struct tensor *dq, struct tensor *dk, struct tensor *dv, const struct tensor *dout,
+                          const struct tensor *q, const struct tensor *k, const struct tensor *v, const struct tensor *lse,
+                          const T *Dvec, const dims &dm)
+{
+    const struct tensor *all[7] = {dq, dk, dv, dout, q, k, v};
+    if (!wide_ready(all, 7)) {
+        struct tensor *c[7] = {NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+        for (int i = 0; i < 7; i++) {
+            if (!all[i]) continue;
+            c[i] = i < 3 ? tensor_empty(all[i]->dtype, 4, all[i]->shape, DEVICE_CUDA)
+                         : tensor_contiguous((struct tensor *)all[i]);
+            if (!c[i]) return tensor_status() ? tensor_status() : STATUS_OOM;
+        }
+        enum status s = wide_backward_run<T>(c[0], c[1], c[2], c[3], c[4], c[5], c[6], lse, Dvec, dm);
+        for (int i = 0; i < 3 && !s; i++)
+            if (all[i]) s = cuda_copy((struct tensor *)all[i], c[i]);
+        return s;
+    }
+    if (dm.L == 0) {   /* no query: zero key gradients */
+        enum status s = dk ? cuda_fill(dk, 0) : STATUS_OK;
+        return s ? s : dv ? cuda_fill(dv, 0) : STATUS_OK;
+    }
+    int64_t got = 0;
+    struct tensor *ws = wide_workspace<T>(2 * (int64_t)dm.H * dm.L * dm.S, 2 * (int64_t)dm.H * dm.S, &got);
+    if (!ws) return tensor_status() ? tensor_status() : STATUS_OOM;
+    const int64_t lsh = lse->stride[1], lsl = lse->stride[2];
+    cudaStream_t st = (cudaStream_t)cuda_stream();
+    auto ds = [&](T *s, T *dp, const T *lse_b, const T *D_b, int nr, int q0) -> int {
+        const int64_t n = (int64_t)dm.H * nr * dm.S;
+        attn_wide_ds_kernel<T><<<(unsigned)((n + 255) / 256), 256, 0, st>>>(s, dp, lse_b, lsh, lsl, D_b, nr, q0, n, dm);
+        CUDA_LAUNCHED();
+        return 0;
+    };
+    const opnd<T> none = {nullptr, 0, 0, 0, 0};
+    const int e = attn_wide_backward<T>(dq ? make_opnd<T>(dq) : none, dk ? make_opnd<T>(dk) : none,
+                                        dv ? make_opnd<T>(dv) : none, make_opnd<const T>(q), make_opnd<const T>(k),
+                                        make_opnd<const T>(v), make_opnd<const T>(dout),
+                                        (const T *)lse->storage->data + lse->offset, lse->stride[0], Dvec, dm,
+                                        (T *)ws->storage->data, got, wide_gemm<T>(), ds);
+    return (enum status)e;
+}
+
+template <typename T>
+enum status wide_backward(struct tensor *dq, struct tensor *dk, struct tensor *dv, const struct tensor *dout,
+                          const struct tensor *q, const struct tensor *k, const struct tensor *v, const struct tensor *lse,
+                          const T *Dvec, const dims &dm)
+{
+    tensor_scope_begin();
+    const enum status s = wide_backward_run<T>(dq, dk, dv, dout, q, k, v, lse, Dvec, dm);
+    tensor_scope_end();
+    return s;
+}
+
 #define ATTN_DISPATCH(dp, call)                                                                            \
     switch (dp) {                                                                                          \
     case 32: return call(32);                                                                              \
@@ -353,6 +493,7 @@ enum status forward_run(struct tensor *out, struct tensor *lse, const struct ten
         ATTN_DISPATCH(dp, FWD_CALL)
 #undef FWD_CALL
     }
+    if (padded_dim(dm.D > dm.Dv ? dm.D : dm.Dv) == 0) return wide_forward<T>(out, lse, q, k, v, dm);
     const int64_t rows = (int64_t)dm.B * dm.H * dm.L;
     attn_fwd_simple_kernel<T><<<(unsigned)((rows + 127) / 128), 128, 0, (cudaStream_t)cuda_stream()>>>(o, lp, lsb, lsh, lsl,
                                                                                                        qo, ko, vo, dm);
@@ -399,6 +540,7 @@ enum status backward_run(struct tensor *dq, struct tensor *dk, struct tensor *dv
         ATTN_DISPATCH(dp, BWD_CALL)
 #undef BWD_CALL
     }
+    if (padded_dim(dm.D > dm.Dv ? dm.D : dm.Dv) == 0) return wide_backward<T>(dq, dk, dv, dout, q, k, v, lse, Dvec, dm);
     if (dq && rows > 0) {
         attn_bwd_dq_simple_kernel<T><<<(unsigned)((rows + 127) / 128), 128, 0, st>>>(dqo, qo, ko, vo, go, lp, lsb, lsh, lsl,
                                                                                     Dvec, dm);

@@ -908,4 +908,149 @@ attn_bwd_dq_kernel(opnd<float> dq, opnd<const float> q, opnd<const float> k, opn
     }
 }
 
+/* ---------------------------------------------------------------- wide heads (D > 256): GEMMs */
+
+/* Head dims over 256 (the VAE's one 512-wide head at 64x64 latents: L = S = 4096) do not fit the
+ * tiled kernels' registers and shared memory. They run as GEMMs over blocks of queries, with
+ * the scores of one block against all keys in a workspace ([heads][nr][S], never the whole
+ * L x S when it exceeds the workspace bound) and row kernels between the GEMMs:
+ *  - forward, per block: S = Q K^T (GEMM); softmax rows in place, with lse; O = P V (GEMM);
+ *  - backward, per block: S = Q K^T and dP = dO V^T (GEMMs); P = exp(scale S - lse) and
+ *    scale dS = scale P (dP - D) in place (one elementwise kernel); dQ = (scale dS) K,
+ *    dK += (scale dS)^T Q and dV += P^T dO (GEMMs, the first block with beta 0).
+ * The GEMMs are column-major (cuBLAS's convention, cuda_gemm in cuda.h); `gemm` is cuda_gemm on
+ * the GPU and a plain loop in tests/test_attention_emu.cpp. Every operand needs unit stride
+ * along its last dim (the caller copies the others). */
+
+/* block max / sum over kThreads threads; every thread gets the result. red: [kThreads / 32] */
+template <typename T, bool MAX> __device__ __forceinline__ T wide_block_reduce(T v, T *red)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const T u = __shfl_xor_sync(0xffffffffu, v, o);
+        v = MAX ? (u > v ? u : v) : v + u;
+    }
+    __syncthreads();   /* red's previous use is over */
+    if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = v;
+    __syncthreads();
+    v = red[0];
+#pragma unroll
+    for (int i = 1; i < kThreads / 32; i++) v = MAX ? (red[i] > v ? red[i] : v) : v + red[i];
+    return v;
+}
+
+/* one block per score row r of s [nr rows per head]: query q0 + r % nr of head r / nr; the row
+ * becomes softmax(scale * s) over the visible keys (0 elsewhere) and lse[head, query] its
+ * log-sum-exp (-inf, and a zero row, when no key is visible) */
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+attn_wide_softmax_kernel(T *__restrict__ s, T *__restrict__ lse, int64_t lsh, int64_t lsl, int nr, int q0, dims dm)
+{
+    __shared__ T red[kThreads / 32];
+    const int r = (int)blockIdx.x, h = r / nr, qi = q0 + r % nr;
+    T *row = s + (int64_t)r * dm.S;
+    const int jend = dm.causal ? min(dm.S, max(0, qi + dm.S - dm.L + 1)) : dm.S;   /* keys j < jend are visible */
+    const T scale = (T)dm.scale;
+    T m = -INFINITY;
+    for (int j = threadIdx.x; j < jend; j += kThreads) m = row[j] * scale > m ? row[j] * scale : m;
+    m = wide_block_reduce<T, true>(m, red);
+    T sum = 0;
+    for (int j = threadIdx.x; j < dm.S; j += kThreads) {
+        const T e = j < jend ? exp(row[j] * scale - m) : T(0);
+        row[j] = e;
+        sum += e;
+    }
+    sum = wide_block_reduce<T, false>(sum, red);
+    const T inv = sum > 0 ? T(1) / sum : T(0);
+    for (int j = threadIdx.x; j < jend; j += kThreads) row[j] *= inv;
+    if (threadIdx.x == 0) lse[h * lsh + (int64_t)qi * lsl] = sum > 0 ? m + log(sum) : (T)-INFINITY;
+}
+
+/* element e of the [heads][nr][S] block: s (scores) -> P, dp -> scale * P * (dP - D) */
+template <typename T>
+__global__ void attn_wide_ds_kernel(T *__restrict__ s, T *__restrict__ dp, const T *__restrict__ lse, int64_t lsh,
+                                    int64_t lsl, const T *__restrict__ Dh, int nr, int q0, int64_t n, dims dm)
+{
+    const int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= n) return;
+    const int j = (int)(e % dm.S), r = (int)(e / dm.S), h = r / nr, qi = q0 + r % nr;
+    const T l = lse[h * lsh + (int64_t)qi * lsl];
+    const bool ok = l != (T)-INFINITY && !(dm.causal && j > qi + dm.S - dm.L);
+    const T p = ok ? exp(s[e] * (T)dm.scale - l) : T(0);
+    s[e] = p;
+    dp[e] = p * (dp[e] - Dh[(int64_t)h * dm.L + qi]) * (T)dm.scale;
+}
+
+/* query rows per block: the workspace (`ws_elems` elements; the backward needs two blocks) holds
+ * heads * nr * S scores */
+inline int wide_rows(const dims &dm, int64_t ws_elems, int nbuf)
+{
+    const int64_t per_row = (int64_t)dm.H * dm.S * nbuf;
+    int64_t nr = per_row > 0 ? ws_elems / per_row : dm.L;
+    return (int)(nr < 1 ? 1 : nr > dm.L ? dm.L : nr);
+}
+
+/* gemm(trans_a, trans_b, m, n, k, A, lda, sA, B, ldb, sB, beta, C, ldc, sC, count) as cuda_gemm
+ * (alpha 1); softmax(s, lse_b, nr, q0) and ds(s, dp, lse_b, D_b, nr, q0) launch the row kernels
+ * over one batch index's heads. Return the first non-zero status. */
+template <typename T, class Gemm, class Softmax>
+int attn_wide_forward(opnd<T> out, T *lse, int64_t lsb, opnd<const T> q, opnd<const T> k, opnd<const T> v, const dims &dm,
+                      T *ws, int64_t ws_elems, Gemm gemm, Softmax softmax)
+{
+    const int nr_max = wide_rows(dm, ws_elems, 1);
+    for (int b = 0; b < dm.B; b++)
+        for (int q0 = 0; q0 < dm.L; q0 += nr_max) {
+            const int nr = min(nr_max, dm.L - q0);
+            const int64_t sS = (int64_t)nr * dm.S;
+            const T *qb = q.at(b, 0) + (int64_t)q0 * q.sl;
+            int e;
+            /* S^T [S x nr] = K [S x D] Q_blk^T: K is column-major D x S (ld sl), Q_blk D x nr */
+            if ((e = gemm(true, false, dm.S, nr, dm.D, k.at(b, 0), k.sl, k.sh, qb, q.sl, q.sh, T(0), ws, dm.S, sS, dm.H)))
+                return e;
+            if ((e = softmax(ws, lse + b * lsb, nr, q0))) return e;
+            /* O_blk^T [Dv x nr] = V^T [Dv x S] P^T [S x nr] */
+            if ((e = gemm(false, false, dm.Dv, nr, dm.S, v.at(b, 0), v.sl, v.sh, ws, dm.S, sS, T(0),
+                          out.at(b, 0) + (int64_t)q0 * out.sl, out.sl, out.sh, dm.H)))
+                return e;
+        }
+    return 0;
+}
+
+template <typename T, class Gemm, class Ds>
+int attn_wide_backward(opnd<T> dq, opnd<T> dk, opnd<T> dv, opnd<const T> q, opnd<const T> k, opnd<const T> v,
+                       opnd<const T> dout, const T *lse, int64_t lsb, const T *Dvec, const dims &dm, T *ws,
+                       int64_t ws_elems, Gemm gemm, Ds ds)
+{
+    const int nr_max = wide_rows(dm, ws_elems, 2);
+    for (int b = 0; b < dm.B; b++)
+        for (int q0 = 0; q0 < dm.L; q0 += nr_max) {
+            const int nr = min(nr_max, dm.L - q0);
+            const int64_t sS = (int64_t)nr * dm.S;
+            T *sb = ws, *pb = ws + sS * dm.H;
+            const T *qb = q.at(b, 0) + (int64_t)q0 * q.sl, *gb = dout.at(b, 0) + (int64_t)q0 * dout.sl;
+            const T beta = q0 ? T(1) : T(0);
+            int e;
+            if ((e = gemm(true, false, dm.S, nr, dm.D, k.at(b, 0), k.sl, k.sh, qb, q.sl, q.sh, T(0), sb, dm.S, sS, dm.H)))
+                return e;
+            /* dP^T [S x nr] = V [S x Dv] dO_blk^T */
+            if ((e = gemm(true, false, dm.S, nr, dm.Dv, v.at(b, 0), v.sl, v.sh, gb, dout.sl, dout.sh, T(0), pb, dm.S, sS,
+                          dm.H)))
+                return e;
+            if ((e = ds(sb, pb, lse + b * lsb, Dvec + (int64_t)b * dm.H * dm.L, nr, q0))) return e;
+            /* dQ_blk^T [D x nr] = K^T [D x S] (scale dS)^T [S x nr] */
+            if (dq.p && (e = gemm(false, false, dm.D, nr, dm.S, k.at(b, 0), k.sl, k.sh, pb, dm.S, sS, T(0),
+                                  dq.at(b, 0) + (int64_t)q0 * dq.sl, dq.sl, dq.sh, dm.H)))
+                return e;
+            /* dK^T [D x S] (+)= Q_blk^T [D x nr] (scale dS) [nr x S] */
+            if (dk.p && (e = gemm(false, true, dm.D, dm.S, nr, qb, q.sl, q.sh, pb, dm.S, sS, beta, dk.at(b, 0), dk.sl,
+                                  dk.sh, dm.H)))
+                return e;
+            /* dV^T [Dv x S] (+)= dO_blk^T [Dv x nr] P [nr x S] */
+            if (dv.p && (e = gemm(false, true, dm.Dv, dm.S, nr, gb, dout.sl, dout.sh, sb, dm.S, sS, beta, dv.at(b, 0),
+                                  dv.sl, dv.sh, dm.H)))
+                return e;
+        }
+    return 0;
+}
+
 #endif
