@@ -129,5 +129,7 @@ if [ -f "$OUTDIR/bench-ours.txt" ]; then
     bench/join_gpu_bench.sh "$OUTDIR/bench-ours.txt" "$OUTDIR/bench-torch.txt" 2>/dev/null || cat "$OUTDIR/bench-ours.txt"
     echo
     bench/gpu_targets.sh "$OUTDIR/bench-ours.txt" "$OUTDIR/bench-torch.txt" | tee "$OUTDIR/targets.txt"
+    echo
+    bench/gpu_switches.sh "$OUTDIR/testlog.txt" "$OUTDIR/bench-ours.txt" | tee "$OUTDIR/switches.txt"
 fi
 [ $test_rc -eq 0 ] && [ $run_rc -eq 0 ] && [ $bench_rc -eq 0 ]

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# gpu_switches.sh TESTLOG OURS — one line per kernel-variant switch (tensor/README.md): its
+# test_cuda cases (ok / failed, by their label tags) and its benchmark rows against the rows of
+# the kernels it replaces (ours ms, variant / base), then whether it can become the default: every
+# case passed and no row slower than 1.02x of its base. Making it the default is changing the
+# `def` of its cuda_switch call (the file named on its line).
+awk '
+FNR == NR {   # test_cuda lines: "cuda <label> <dtype> fwd rel=... bwd rel=... ok|FAILED"
+    if ($1 != "cuda") next
+    for (i = 1; i <= ns; i++) if ($2 ~ pat[i]) { if ($0 ~ / ok$/) ok[i]++; else bad[i]++ }
+    next
+}
+$1 == "RESULT" { ms[$2] = $3 }
+BEGIN {
+    ns = 5
+    sw[1] = "DRAFT_ATTN_MMA";      pat[1] = "_mma[,\\]]";       file[1] = "tensor/cuda/attention.cu"
+    sw[2] = "DRAFT_ATTN_FUSED_DQ"; pat[2] = "fused_dq";         file[2] = "tensor/cuda/attention.cu"
+    sw[3] = "DRAFT_GN_FUSED_BWD";  pat[3] = "fused_bwd";        file[3] = "tensor/cuda/norm.cu"
+    sw[4] = "DRAFT_CONV_ROWSHIFT"; pat[4] = "rowshift";         file[4] = "tensor/cuda/conv2d.cu"
+    sw[5] = "DRAFT_CONV_PIPELINE"; pat[5] = "pipeline";         file[5] = "tensor/cuda/conv2d.cu"
+    # variant row = base row + suffix
+    suf[1] = "_mma"; suf[2] = "_fused_dq"; suf[3] = "_fused_bwd"; suf[4] = "_rowshift"; suf[5] = "_pipe"
+}
+END {
+    for (i = 1; i <= ns; i++) {
+        rows = ""; worst = 0; nrow = 0
+        for (k in ms) {
+            if (!index(k, suf[i])) continue
+            base = k; sub(suf[i], "", base)
+            if (!(base in ms) || ms[base] <= 0) continue
+            r = ms[k] / ms[base]; nrow++
+            if (r > worst) worst = r
+            rows = rows sprintf(" %s %.3f/%.3f=%.2f;", base, ms[k], ms[base], r)
+        }
+        verdict = (bad[i] + 0 == 0 && ok[i] + 0 > 0 && nrow > 0 && worst <= 1.02) ? "make default (" file[i] ")" : "keep opt-in"
+        printf "%-20s tests %d ok %d failed; rows (variant/base ms):%s -> %s\n", sw[i], ok[i], bad[i], rows == "" ? " none" : rows, verdict
+    }
+}' "$1" "$2"
