@@ -252,17 +252,29 @@ int main(void)
     }
     tensor_set_precision(PRECISION_F32);
 
-    /* group_norm [2,320,64,64]; fwd+bwd again with the one-pass cluster backward */
-    for (int mode = 0; mode < 3; mode++) {
-        const int bw = mode > 0;
-        set_switches(mode == 2 ? "DRAFT_GN_FUSED_BWD" : NULL);
+    /* group_norm [2,320,64,64]; fwd+bwd again with the one-pass cluster backward; then both with
+     * the cluster size forced (DRAFT_GN_CLUSTER; the default picks 8 blocks of 20 KiB here) */
+    const struct {
+        const char *name, *cluster;
+        bool fused_bwd, back;
+    } gn_rows[] = {
+        {"group_norm_fwd", NULL, false, false},
+        {"group_norm_fwdbwd", NULL, false, true},
+        {"group_norm_fwdbwd_fused_bwd", NULL, true, true},
+        {"group_norm_fwd_cl2", "2", false, false},
+        {"group_norm_fwd_cl4", "4", false, false},
+        {"group_norm_fwdbwd_fused_bwd_cl4", "4", true, true},
+    };
+    for (size_t mode = 0; mode < sizeof gn_rows / sizeof *gn_rows; mode++) {
+        const int bw = gn_rows[mode].back;
+        set_switches(gn_rows[mode].fused_bwd ? "DRAFT_GN_FUSED_BWD" : NULL);
+        if (gn_rows[mode].cluster) setenv("DRAFT_GN_CLUSTER", gn_rows[mode].cluster, 1);
         a.a = randn_dev(DTYPE_F32, TENSOR_SHAPE(2, 320, 64, 64), bw);
         a.b = randn_dev(DTYPE_F32, TENSOR_SHAPE(320), bw);
         a.c = randn_dev(DTYPE_F32, TENSOR_SHAPE(320), bw);
         a.d = randn_dev(DTYPE_F32, TENSOR_SHAPE(2, 320, 64, 64), false);
         a.backward = bw;
-        const char *names[3] = {"group_norm_fwd", "group_norm_fwdbwd", "group_norm_fwdbwd_fused_bwd"};
-        const char *name = names[mode];
+        const char *name = gn_rows[mode].name;
         ms = time_it(name, run_gn, &a, 3, 20);
         double bytes = 2.0 * 320 * 64 * 64 * 4 * (bw ? 5 : 2);   /* fwd: read x, write y; bwd: + read dy, x, write dx */
         if (ms > 0) printf("RESULT %s %.3f %.1f GB/s\n", name, ms, bytes / ms / 1e6);
@@ -276,6 +288,7 @@ int main(void)
         if (ms > 0) printf("RESULT %s %.3f %.1f GB/s\n", bname, ms, bytes / ms / 1e6);
         release(&a);
         set_switches(NULL);
+        unsetenv("DRAFT_GN_CLUSTER");
     }
     /* the bandwidth a tensor of that size can reach at all: a device-to-device copy of it */
     a.a = randn_dev(DTYPE_F32, TENSOR_SHAPE(2, 320, 64, 64), false);

@@ -4,7 +4,7 @@
 # default kernels and each opt-in switch's row, so the table says which switch to make the
 # default), elementwise and group_norm at >= 80% of a same-size copy's bandwidth (ours, same
 # call pattern: single calls against copy_10M, *_burst20 against copy_10M_burst20, add_64M against
-# copy_64M; group_norm forward+backward: the better of its two backwards). One line per target,
+# copy_64M; group_norm forward+backward: the best of its backwards and cluster sizes). One line per target,
 # then "targets: N met, M missed".
 awk '
 FNR == NR && $1 == "RESULT" { ms[$2] = $3; gbs[$2] = $4; next }
@@ -43,9 +43,10 @@ END {
     time_target("attention_fwd", "_mma")
     time_target("attention_fwdbwd", "_fused_dq _mma")
     bw_target("add_64M", "", "copy_64M")
-    bw_target("group_norm_fwd", "", "copy_10M")
-    bw_target("group_norm_fwd_burst20", "", "copy_10M_burst20")
-    bw_target("group_norm_fwdbwd", "group_norm_fwdbwd_fused_bwd", "copy_10M")
-    bw_target("group_norm_fwdbwd_burst20", "group_norm_fwdbwd_fused_bwd_burst20", "copy_10M_burst20")
+    bw_target("group_norm_fwd", "group_norm_fwd_cl2 group_norm_fwd_cl4", "copy_10M")
+    bw_target("group_norm_fwd_burst20", "group_norm_fwd_cl2_burst20 group_norm_fwd_cl4_burst20", "copy_10M_burst20")
+    bw_target("group_norm_fwdbwd", "group_norm_fwdbwd_fused_bwd group_norm_fwdbwd_fused_bwd_cl4", "copy_10M")
+    bw_target("group_norm_fwdbwd_burst20", "group_norm_fwdbwd_fused_bwd_burst20 group_norm_fwdbwd_fused_bwd_cl4_burst20",
+              "copy_10M_burst20")
     printf "targets: %d met, %d missed\n", met, missed
 }' "$1" "$2"

@@ -992,15 +992,24 @@ START_TEST(test_nn)
                              test_uniform(DTYPE_F64, TENSOR_SHAPE(6), -1, 1)};
     struct tensor *gnb[3] = {test_uniform(DTYPE_F64, TENSOR_SHAPE(2, 64, 16, 16), -2, 2), test_uniform(DTYPE_F64, TENSOR_SHAPE(64), 0.5, 1.5),
                              test_uniform(DTYPE_F64, TENSOR_SHAPE(64), -1, 1)};
-    /* each case twice: the five-pass backward, and the one-pass cluster backward (DRAFT_GN_FUSED_BWD) */
-    for (int m = 0; m < (optin_skipped() ? 1 : 2); m++) {
-        set_switch("DRAFT_GN_FUSED_BWD", m == 1);
+    /* each case twice: the five-pass backward, and the one-pass cluster backward (DRAFT_GN_FUSED_BWD);
+     * the large one also with clusters of 2 and 4 blocks forced (DRAFT_GN_CLUSTER: the benchmark
+     * compares cluster sizes), the backward one-pass */
+    for (int m = 0; m < (optin_skipped() ? 1 : 4); m++) {
+        set_switch("DRAFT_GN_FUSED_BWD", m >= 1);
+        if (m >= 2) {
+            setenv("DRAFT_GN_CLUSTER", m == 2 ? "2" : "4", 1);
+            check_op(m == 2 ? "group_norm[fused_bwd,cluster=2,large,groups=32]" : "group_norm[fused_bwd,cluster=4,large,groups=32]",
+                     f_group_norm, (void *)32, 3, gnb, &big);
+            unsetenv("DRAFT_GN_CLUSTER");
+            continue;
+        }
         check_op(m ? "group_norm[fused_bwd,groups=3]" : "group_norm[groups=3]", f_group_norm, (void *)3, 3, gn, &o);
         check_op(m ? "group_norm[fused_bwd,groups=2,5x5]" : "group_norm[groups=2,5x5]", f_group_norm, (void *)2, 3, gno, &o);
         check_op(m ? "group_norm[fused_bwd,large,groups=32]" : "group_norm[large,groups=32]", f_group_norm, (void *)32, 3,
                  gnb, &big);
-        unsetenv("DRAFT_GN_FUSED_BWD");
     }
+    unsetenv("DRAFT_GN_FUSED_BWD");
     /* attention */
     struct tensor *qkv[3] = {test_uniform(DTYPE_F64, TENSOR_SHAPE(1, 2, 5, 4), -1, 1), test_uniform(DTYPE_F64, TENSOR_SHAPE(1, 2, 6, 4), -1, 1),
                              test_uniform(DTYPE_F64, TENSOR_SHAPE(1, 2, 6, 3), -1, 1)};

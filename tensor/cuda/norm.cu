@@ -483,12 +483,23 @@ enum status layer_norm_bwd_run(T *dx, T *dw, T *db, const T *dy, const T *x, con
  * two blocks per SM. smem(chunk): the kernel's shared memory for a chunk. Returns the cluster size
  * and sets *chunk_out, or returns 0 when none fits. */
 constexpr int kFusedSmemMax = 96 * 1024;
+
+/* DRAFT_GN_CLUSTER=N (1, 2, 4 or 8): the smallest cluster of at least N blocks whose chunks fit,
+ * whatever the SM count (benchmarks and tests compare cluster sizes); unset: the rule above */
+int gn_cluster_floor()
+{
+    const char *e = getenv("DRAFT_GN_CLUSTER");
+    const int n = e ? atoi(e) : 0;
+    return n == 1 || n == 2 || n == 4 || n == 8 ? n : 0;
+}
+
 template <class SmemFn> int gn_cluster_pick(int64_t NG, int64_t ge, SmemFn smem, int *chunk_out)
 {
     if (NG > 65535 || ge >= INT32_MAX / 2) return 0;
-    for (int c = 1; c <= kGnMaxCluster; c *= 2) {
+    const int floor = gn_cluster_floor();
+    for (int c = floor ? floor : 1; c <= kGnMaxCluster; c *= 2) {
         const int chunk = (int)(((ge + c - 1) / c + 3) / 4 * 4);
-        if (smem(chunk) <= (size_t)kFusedSmemMax && (NG * c >= 2 * sm_count() || c == kGnMaxCluster)) {
+        if (smem(chunk) <= (size_t)kFusedSmemMax && (floor || NG * c >= 2 * sm_count() || c == kGnMaxCluster)) {
             *chunk_out = chunk;
             return c;
         }
