@@ -1,9 +1,10 @@
 /* test_attention_emu.cpp — the CUDA attention kernels (tensor/cuda/attention_kernels.cuh) run on the
  * host through tests/cuda_emu.h, against a float64 reference: the f32 forward, the f32 backward
- * (split dK/dV + dQ kernels, and the fused dQ partials + ordered sum), and the bf16 tensor-core
- * forward and backward. What this checks without a GPU: tiling, masking (causal, L != S, rows
+ * (split dK/dV + dQ kernels, and the fused dQ partials + ordered sum), the tensor-core forward
+ * and backward in bf16, tf32 and 3xTF32, and the GEMM path of head dims over 256 (a plain GEMM
+ * standing in for cuBLAS). What this checks without a GPU: tiling, masking (causal, L != S, rows
  * with no visible key), the online softmax, the partial sums and the mma fragment bookkeeping
- * (given PTX's documented fragment layout, which cuda_emu.h implements). What it cannot: timing,
+ * (given PTX's documented fragment layouts, which cuda_emu.h implements). What it cannot: timing,
  * memory ordering on a real device, and the compiler's code; test_cuda does that on a GPU.
  * One line per kernel and case; exits non-zero on any bound exceeded. */
 #include "tests/cuda_emu.h"
