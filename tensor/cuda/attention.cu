@@ -353,15 +353,24 @@ template <typename T> auto wide_gemm()
 }
 
 /* every operand a stack of BLAS matrices: unit stride along the last dim, rows at least that far
- * apart (else the caller makes contiguous copies) */
+ * apart (else the caller makes contiguous copies, which always are) */
 bool wide_ready(const struct tensor *const *ts, int n)
 {
     for (int i = 0; i < n; i++) {
         const struct tensor *t = ts[i];
-        if (t && ((t->shape[3] > 1 && t->stride[3] != 1) || t->stride[2] < (t->shape[3] > 1 ? t->shape[3] : 1)))
+        if (t && ((t->shape[3] > 1 && t->stride[3] != 1) || (t->shape[2] > 1 && t->stride[2] < t->shape[3])))
             return false;
     }
     return true;
+}
+
+/* make_opnd for the GEMMs: a single row's stride is never used to address, but is a leading
+ * dimension to cuBLAS, which wants it at least the row's length */
+template <typename T> opnd<T> wide_opnd(const struct tensor *t)
+{
+    opnd<T> o = make_opnd<T>(t);
+    if (t->shape[2] <= 1 && o.sl < t->shape[3]) o.sl = t->shape[3];
+    return o;
 }
 
 /* both run inside their own tensor scope, which owns the copies and the workspace (freed at its
@@ -378,6 +387,10 @@ enum status wide_forward_run(struct tensor *out, struct tensor *lse, const struc
         enum status s = wide_forward_run<T>(oc, lse, qc, kc, vc, dm);
         return s ? s : cuda_copy(out, oc);
     }
+    if (dm.S == 0) {   /* no key: out 0, lse -inf (no empty GEMMs) */
+        enum status s = cuda_fill(out, 0);
+        return s ? s : cuda_fill(lse, -INFINITY);
+    }
     int64_t got = 0;
     struct tensor *ws = wide_workspace<T>((int64_t)dm.H * dm.L * dm.S, (int64_t)dm.H * dm.S, &got);
     if (!ws) return tensor_status() ? tensor_status() : STATUS_OOM;
@@ -388,8 +401,8 @@ enum status wide_forward_run(struct tensor *out, struct tensor *lse, const struc
         CUDA_LAUNCHED();
         return 0;
     };
-    const int e = attn_wide_forward<T>(make_opnd<T>(out), (T *)lse->storage->data + lse->offset, lse->stride[0],
-                                       make_opnd<const T>(q), make_opnd<const T>(k), make_opnd<const T>(v), dm,
+    const int e = attn_wide_forward<T>(wide_opnd<T>(out), (T *)lse->storage->data + lse->offset, lse->stride[0],
+                                       wide_opnd<const T>(q), wide_opnd<const T>(k), wide_opnd<const T>(v), dm,
                                        (T *)ws->storage->data, got, wide_gemm<T>(), softmax);
     return (enum status)e;
 }
@@ -423,9 +436,10 @@ enum status wide_backward_run(struct tensor *dq, struct tensor *dk, struct tenso
             if (all[i]) s = cuda_copy((struct tensor *)all[i], c[i]);
         return s;
     }
-    if (dm.L == 0) {   /* no query: zero key gradients */
+    if (dm.L == 0 || dm.S == 0) {   /* no query or no key: zero gradients (no empty GEMMs) */
         enum status s = dk ? cuda_fill(dk, 0) : STATUS_OK;
-        return s ? s : dv ? cuda_fill(dv, 0) : STATUS_OK;
+        if (!s && dv) s = cuda_fill(dv, 0);
+        return s || !dq ? s : cuda_fill(dq, 0);
     }
     int64_t got = 0;
     struct tensor *ws = wide_workspace<T>(2 * (int64_t)dm.H * dm.L * dm.S, 2 * (int64_t)dm.H * dm.S, &got);
@@ -439,9 +453,9 @@ enum status wide_backward_run(struct tensor *dq, struct tensor *dk, struct tenso
         return 0;
     };
     const opnd<T> none = {nullptr, 0, 0, 0, 0};
-    const int e = attn_wide_backward<T>(dq ? make_opnd<T>(dq) : none, dk ? make_opnd<T>(dk) : none,
-                                        dv ? make_opnd<T>(dv) : none, make_opnd<const T>(q), make_opnd<const T>(k),
-                                        make_opnd<const T>(v), make_opnd<const T>(dout),
+    const int e = attn_wide_backward<T>(dq ? wide_opnd<T>(dq) : none, dk ? wide_opnd<T>(dk) : none,
+                                        dv ? wide_opnd<T>(dv) : none, wide_opnd<const T>(q), wide_opnd<const T>(k),
+                                        wide_opnd<const T>(v), wide_opnd<const T>(dout),
                                         (const T *)lse->storage->data + lse->offset, lse->stride[0], Dvec, dm,
                                         (T *)ws->storage->data, got, wide_gemm<T>(), ds);
     return (enum status)e;
