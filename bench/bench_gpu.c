@@ -14,13 +14,32 @@
 #include "tensor/cuda/cuda.h"
 #endif
 
-/* the kernel-variant switches (tensor/README.md): all off but `on` (NULL: all off), so that each
- * row names its kernels whatever the compiled-in defaults are */
+/* the kernel-variant switches (tensor/README.md) */
+static const char *const g_switches[] = {"DRAFT_CONV_PIPELINE", "DRAFT_CONV_ROWSHIFT", "DRAFT_GN_FUSED_BWD",
+                                         "DRAFT_ATTN_FUSED_DQ", "DRAFT_ATTN_MMA"};
+#define N_SWITCHES (sizeof g_switches / sizeof *g_switches)
+
+/* all off but `on` (NULL: all off), so that each row names its kernels whatever the compiled-in
+ * defaults are */
 static void set_switches(const char *on)
 {
-    static const char *all[] = {"DRAFT_CONV_PIPELINE", "DRAFT_CONV_ROWSHIFT", "DRAFT_GN_FUSED_BWD", "DRAFT_ATTN_FUSED_DQ",
-                                "DRAFT_ATTN_MMA"};
-    for (size_t i = 0; i < sizeof all / sizeof *all; i++) setenv(all[i], on && !strcmp(on, all[i]) ? "1" : "0", 1);
+    for (size_t i = 0; i < N_SWITCHES; i++) setenv(g_switches[i], on && !strcmp(on, g_switches[i]) ? "1" : "0", 1);
+}
+
+/* `bench_gpu defaults` / `bench_gpu variants`: only the rows of the default kernels, or only
+ * those with a switch on or the group_norm cluster size forced. gpu-check runs the two as
+ * separate processes, so that a fault in an opt-in kernel (which fails every later CUDA call)
+ * cannot take the default rows with it. */
+static int g_which;   /* 0: every row, 1: defaults, 2: variants */
+
+static bool row_wanted(void)
+{
+    bool variant = getenv("DRAFT_GN_CLUSTER") != NULL;
+    for (size_t i = 0; i < N_SWITCHES; i++) {
+        const char *e = getenv(g_switches[i]);
+        variant = variant || (e && *e == '1');
+    }
+    return g_which == 0 || (g_which == 2) == variant;
 }
 
 static double now_ms(void)
@@ -38,12 +57,14 @@ static int cmp_double(const void *a, const void *b)
 
 typedef enum status (*bench_fn)(void *ctx);
 
-/* median time of fn in ms, or a negative number with the error printed. With CUDA: device time
+/* median time of fn in ms, or a negative number with the error printed (or, silently, when the
+ * row is not wanted: row_wanted). With CUDA: device time
  * between CUDA events around `burst` back-to-back calls, divided by burst, as torch_gpu.py times
  * (burst 1 is one call from an idle GPU; a burst shows the rate of an op repeated in a model, with
  * the launch gaps but not the start-up latency). Without: the host clock after a synchronise. */
 static double time_burst(const char *name, bench_fn fn, void *ctx, int warm, int reps, int burst)
 {
+    if (!row_wanted()) return -1;
     double t[64];
     if (reps > 64) reps = 64;
     for (int i = 0; i < warm + reps; i++) {
@@ -162,8 +183,13 @@ static void release(struct args *a)
     memset(a, 0, sizeof *a);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    if (argc > 2 || (argc == 2 && strcmp(argv[1], "defaults") && strcmp(argv[1], "variants"))) {
+        fprintf(stderr, "usage: bench_gpu [defaults|variants]\n");
+        return 2;
+    }
+    g_which = argc < 2 ? 0 : !strcmp(argv[1], "defaults") ? 1 : 2;
 #ifndef TENSOR_HAVE_CUDA
     printf("bench_gpu: built without CUDA\n");
     return 0;
