@@ -13,7 +13,7 @@ FNR == NR {   # test_cuda lines: "cuda <label> <dtype> fwd rel=... bwd rel=... o
 $1 == "RESULT" { ms[$2] = $3 }
 BEGIN {
     ns = 5
-    sw[1] = "DRAFT_ATTN_MMA";      pat[1] = "_mma[,\\]]";       file[1] = "tensor/cuda/attention.cu"
+    sw[1] = "DRAFT_ATTN_MMA";      pat[1] = "_mma[],]";         file[1] = "tensor/cuda/attention.cu"
     sw[2] = "DRAFT_ATTN_FUSED_DQ"; pat[2] = "fused_dq";         file[2] = "tensor/cuda/attention.cu"
     sw[3] = "DRAFT_GN_FUSED_BWD";  pat[3] = "fused_bwd";        file[3] = "tensor/cuda/norm.cu"
     sw[4] = "DRAFT_CONV_ROWSHIFT"; pat[4] = "rowshift";         file[4] = "tensor/cuda/conv2d.cu"
