@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # test_gpu_scripts.sh — the scripts that read a GPU run's output (bench/join_gpu_bench.sh,
-# bench/gpu_targets.sh, bench/gpu_switches.sh), on made-up results, in CI: a GPU session has
-# 15 minutes and must not find them broken. Run from the repository root.
+# bench/gpu_targets.sh, bench/gpu_switches.sh), on made-up results, and that scripts/gpu-check.sh
+# parses, in CI: a GPU session has 15 minutes and must not find them broken. Run from the
+# repository root.
 set -u
 fail=0
 t=$(mktemp -d)
@@ -58,4 +59,7 @@ check "switches: faster everywhere, tests pass" "$t/switches" '^DRAFT_ATTN_MMA +
 check "switches: a failed case keeps it opt-in" "$t/switches" '^DRAFT_ATTN_FUSED_DQ +tests 0 ok 1 failed.*keep opt-in'
 check "switches: one slower row keeps it opt-in" "$t/switches" '^DRAFT_CONV_ROWSHIFT .*conv2d_640c_32px_fwd 0\.120/0\.109=1\.10.*keep opt-in'
 check "switches: group_norm" "$t/switches" '^DRAFT_GN_FUSED_BWD +tests 1 ok 0 failed.*=0\.80;.*make default \(tensor/cuda/norm.cu\)'
+for s in scripts/gpu-check.sh bench/join_gpu_bench.sh bench/gpu_targets.sh bench/gpu_switches.sh; do
+    if bash -n "$s"; then echo "ok   $s parses"; else echo "FAIL $s does not parse"; fail=1; fi
+done
 exit $fail
