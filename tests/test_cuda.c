@@ -1024,6 +1024,10 @@ START_TEST(test_nn)
     struct tensor *qkvc[3] = {test_uniform(DTYPE_F64, TENSOR_SHAPE(1, 3, 70, 40), -1, 1),
                               test_uniform(DTYPE_F64, TENSOR_SHAPE(1, 3, 150, 40), -1, 1),
                               test_uniform(DTYPE_F64, TENSOR_SHAPE(1, 3, 150, 40), -1, 1)};
+    /* SD's second level, head dim 80: the tensor-core forward (its backward stays on the f32 kernels) */
+    struct tensor *qkv80[3] = {test_uniform(DTYPE_F64, TENSOR_SHAPE(1, 2, 100, 80), -1, 1),
+                               test_uniform(DTYPE_F64, TENSOR_SHAPE(1, 2, 70, 80), -1, 1),
+                               test_uniform(DTYPE_F64, TENSOR_SHAPE(1, 2, 70, 80), -1, 1)};
     /* head dims over 256 (the VAE's 512): the GEMM path over query blocks */
     struct tensor *qkvw[3] = {test_uniform(DTYPE_F64, TENSOR_SHAPE(2, 2, 70, 300), -1, 1),
                               test_uniform(DTYPE_F64, TENSOR_SHAPE(2, 2, 90, 300), -1, 1),
@@ -1040,6 +1044,7 @@ START_TEST(test_nn)
                  {"large,causal,77x64", qkvb, true, true},
                  {"large,tiles,130x200x40", qkvt, false, true},
                  {"large,causal,70x150x40", qkvc, true, true},
+                 {"large,causal,100x70x80", qkv80, true, true},
                  {"large,wide,70x90x300", qkvw, false, true},
                  {"large,wide,causal,50x30x260", qkvw2, true, true}};
     /* each case five ways: the f32 SIMT kernels with the split backward; the fused dQ backward

@@ -24,8 +24,8 @@
  * workspace of at most 256 MiB, softmax / dS row kernels between them (attention_kernels.cuh).
  * Before 2026-11-27 these ran on the simple kernels below: a thread per query row.
  * f64 up to 256 uses simple kernels (a thread per query or key row, same maths).
- * Tensor cores (DRAFT_ATTN_MMA=1, opt-in until measured; head dims up to 64): mma.sync forward
- * and backward in bf16 (autocast), tf32 (PRECISION_TF32) or 3xTF32 (f32's accuracy), see
+ * Tensor cores (DRAFT_ATTN_MMA=1, opt-in until measured; head dims up to 64, the forward up to
+ * 80): mma.sync forward and backward in bf16 (autocast), tf32 (PRECISION_TF32) or 3xTF32 (f32's accuracy), see
  * attention_kernels.cuh.
  * Memory: shared memory only (57 KB for DP = 48 up to 209 KB for the DP = 256 dQ kernel),
  * plus a [B,H,L] f32 buffer for D in the backward. All tensors are read and written through
@@ -496,12 +496,13 @@ enum status forward_run(struct tensor *out, struct tensor *lse, const struct ten
     const int64_t lsb = lse->stride[0], lsh = lse->stride[1], lsl = lse->stride[2];
     if constexpr (sizeof(T) == 4) {
         const int dp = padded_dim(dm.D > dm.Dv ? dm.D : dm.Dv);
-        if (attn_mma() && dp <= 64)
+        if (attn_mma() && dp <= 80)   /* the backward: up to 64 (its registers) */
             return with_mma_policy([&](auto e) {
                 using E = decltype(e);
                 return dp == 32   ? fwd_mma<32, E>(o, lp, lsb, lsh, lsl, qo, ko, vo, dm)
                        : dp == 48 ? fwd_mma<48, E>(o, lp, lsb, lsh, lsl, qo, ko, vo, dm)
-                                  : fwd_mma<64, E>(o, lp, lsb, lsh, lsl, qo, ko, vo, dm);
+                       : dp == 64 ? fwd_mma<64, E>(o, lp, lsb, lsh, lsl, qo, ko, vo, dm)
+                                  : fwd_mma<80, E>(o, lp, lsb, lsh, lsl, qo, ko, vo, dm);
             });
 #define FWD_CALL(DP) fwd_tiled<DP>(o, lp, lsb, lsh, lsl, qo, ko, vo, dm)
         ATTN_DISPATCH(dp, FWD_CALL)

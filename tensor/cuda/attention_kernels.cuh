@@ -217,7 +217,7 @@ attn_fwd_kernel(opnd<float> out, float *__restrict__ lse, int64_t lsb, int64_t l
 /* ---------------------------------------------------------------- tensor-core forward */
 
 /* The forward and backward on tensor cores (mma.sync), for head dims up to 64 (SD's 40 pads to
- * 48; CLIP's 64), in one of three element policies, chosen by tensor_precision():
+ * 48; CLIP's 64; the forward also 80, SD's second level), in one of three element policies, chosen by tensor_precision():
  *  - PRECISION_BF16 (autocast puts attention in bf16): m16n8k16 bf16 -> f32 (mma_bf16_ops);
  *  - PRECISION_TF32: m16n8k8 tf32 -> f32, one product per pair: TF32's accuracy, as the matmuls;
  *  - PRECISION_F32: the same instruction, three products per pair, hi*hi + hi*lo + lo*hi with
@@ -430,7 +430,7 @@ attn_fwd_mma_kernel(opnd<float> out, float *__restrict__ lse, int64_t lsb, int64
 {
     constexpr int EPW = E::EPW, BM = 64, BN = 64, KC = DP / (8 * EPW), NT = BN / 8, ND = DP / 8;
     constexpr int PW = DP / EPW + 4, PV = BN / EPW + 4;   /* pitches in 32-bit words */
-    static_assert(DP % 16 == 0 && DP <= 64, "mma forward: head dims up to 64");
+    static_assert(DP % 16 == 0 && DP <= 80, "mma forward: head dims up to 80");
     __shared__ uint32_t Ks[BN * PW], Vt[DP * PV];   /* Q passes through Ks first */
 
     const int ntiles = (dm.L + BM - 1) / BM;
