@@ -143,8 +143,11 @@ inline float emu_bf16(uint32_t h)
     return f;
 }
 
-/* one warp-wide mma.sync.m16n8k16.row.col.f32.bf16.bf16.f32: c += A B */
-inline void emu_mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1)
+/* one warp-wide mma.sync with f32 accumulation, c += A B, over 32-bit words holding EPW elements
+ * each along k (the k step is 8 EPW): the lanes' fragments are exchanged, then each lane sums
+ * its C elements; elem(word, i) is element i of a word as f32 */
+template <unsigned EPW, class Elem>
+inline void emu_mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1, Elem elem)
 {
     const unsigned w = threadIdx.x / 32, l = threadIdx.x % 32, g = l / 4, t = l % 4, k0 = emu_slot;
     memcpy(emu_mma_a[k0][w][l], a, sizeof a);
@@ -154,37 +157,27 @@ inline void emu_mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uin
     for (unsigned e = 0; e < 4; e++) {
         const unsigned row = g + (e >= 2 ? 8 : 0), col = 2 * t + (e & 1);
         float acc = 0;
-        for (unsigned k = 0; k < 16; k++) {
-            const uint32_t aw = emu_mma_a[k0][w][(row % 8) * 4 + (k % 8) / 2][(row >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0)];
-            const uint32_t bw = emu_mma_b[k0][w][col * 4 + (k % 8) / 2][k >= 8 ? 1 : 0];
-            acc += emu_bf16((k & 1) ? aw >> 16 : aw) * emu_bf16((k & 1) ? bw >> 16 : bw);
+        for (unsigned k = 0; k < 8 * EPW; k++) {
+            const unsigned kw = k / EPW, i = k % EPW;   /* word kw of the step (lane column kw % 4, register kw / 4) */
+            const uint32_t aw = emu_mma_a[k0][w][(row % 8) * 4 + kw % 4][(row >= 8 ? 1 : 0) + (kw >= 4 ? 2 : 0)];
+            const uint32_t bw = emu_mma_b[k0][w][col * 4 + kw % 4][kw >= 4 ? 1 : 0];
+            acc += elem(aw, i) * elem(bw, i);
         }
         c[e] += acc;
     }
     emu_warp_sync();
 }
 
-/* one warp-wide mma.sync.m16n8k8.row.col.f32.tf32.tf32.f32: c += A B, each input read as tf32
- * (its 13 low bits ignored); A: a0..a3 at (g, t), (g+8, t), (g, t+4), (g+8, t+4); B: rows t and
- * t+4 of column g */
+/* mma.sync.m16n8k16.row.col.f32.bf16.bf16.f32 */
+inline void emu_mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1)
+{
+    emu_mma<2>(c, a, b0, b1, [](uint32_t wd, unsigned i) { return emu_bf16(i ? wd >> 16 : wd); });
+}
+
+/* mma.sync.m16n8k8.row.col.f32.tf32.tf32.f32: each input read as tf32 (its 13 low bits ignored) */
 inline void emu_mma_tf32(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1)
 {
-    const unsigned w = threadIdx.x / 32, l = threadIdx.x % 32, g = l / 4, t = l % 4, k0 = emu_slot;
-    memcpy(emu_mma_a[k0][w][l], a, sizeof a);
-    emu_mma_b[k0][w][l][0] = b0;
-    emu_mma_b[k0][w][l][1] = b1;
-    emu_warp_sync();
-    for (unsigned e = 0; e < 4; e++) {
-        const unsigned row = g + (e >= 2 ? 8 : 0), col = 2 * t + (e & 1);
-        float acc = 0;
-        for (unsigned k = 0; k < 8; k++) {
-            const uint32_t aw = emu_mma_a[k0][w][(row % 8) * 4 + k % 4][(row >= 8 ? 1 : 0) + (k >= 4 ? 2 : 0)];
-            const uint32_t bw = emu_mma_b[k0][w][col * 4 + k % 4][k >= 4 ? 1 : 0];
-            acc += __uint_as_float(aw & 0xffffe000u) * __uint_as_float(bw & 0xffffe000u);
-        }
-        c[e] += acc;
-    }
-    emu_warp_sync();
+    emu_mma<1>(c, a, b0, b1, [](uint32_t wd, unsigned) { return __uint_as_float(wd & 0xffffe000u); });
 }
 
 /* run body() over a grid of grid.x * grid.y * grid.z blocks of `threads` threads (<= 256) in
