@@ -109,43 +109,37 @@ def main():
     ms = timed(copy_rot, 3, 20, 20)
     print(f"RESULT copy_10M_burst20 {ms:.3f} {2.0 * x.numel() * 4 / ms / 1e6:.1f} GB/s")
     del xs, ys
-    for bw in (False, True):
-        q, k, v = (torch.randn(2, 8, 4096, 40, device=dev, requires_grad=bw) for _ in range(3))
-        g = torch.randn(2, 8, 4096, 40, device=dev)
+    # attention: SD's first level (B 2, 8 heads, L 4096, d 40) with the reference rows of our
+    # variants; the VAE's mid-block attention at 64x64 latents (one 512-wide head)
+    for prefix, (B, H, L, D) in (("attention", (2, 8, 4096, 40)), ("attention_vae", (4, 1, 4096, 512))):
+        for bw in (False, True):
+            q, k, v = (torch.randn(B, H, L, D, device=dev, requires_grad=bw) for _ in range(3))
+            g = torch.randn(B, H, L, D, device=dev)
 
-        def run():
-            y = F.scaled_dot_product_attention(q, k, v)
-            if bw:
-                y.backward(g)
-        ms = timed(run, 3, 20)
-        f = 4.0 * 2 * 8 * 4096 * 4096 * 40 * (3.5 if bw else 1)
-        print(f"RESULT attention_{'fwdbwd' if bw else 'fwd'} {ms:.3f} {f / ms / 1e9:.1f} TFLOP/s")
-        if bw:  # the same reference for our fused-dQ backward's row
-            print(f"RESULT attention_fwdbwd_fused_dq {ms:.3f} {f / ms / 1e9:.1f} TFLOP/s")
-        # and for our f32 tensor-core (3xTF32) rows: torch's f32 kernels
-        print(f"RESULT attention_{'fwdbwd' if bw else 'fwd'}_mma {ms:.3f} {f / ms / 1e9:.1f} TFLOP/s")
-
-        gb = g.bfloat16()  # the autocast output is bf16: so is its gradient
-
-        def run_autocast():
-            with torch.autocast("cuda", dtype=torch.bfloat16):
+            def run():
                 y = F.scaled_dot_product_attention(q, k, v)
-            if bw:
-                y.backward(gb)
-        ms = timed(run_autocast, 3, 20)
-        print(f"RESULT attention_{'fwdbwd' if bw else 'fwd'}_autocast {ms:.3f} {f / ms / 1e9:.1f} TFLOP/s")
-    # the VAE's mid-block attention at 64x64 latents: one 512-wide head
-    for bw in (False, True):
-        q, k, v = (torch.randn(4, 1, 4096, 512, device=dev, requires_grad=bw) for _ in range(3))
-        g = torch.randn(4, 1, 4096, 512, device=dev)
+                if bw:
+                    y.backward(g)
+            ms = timed(run, 3, 20)
+            f = 4.0 * B * H * L * L * D * (3.5 if bw else 1)
+            name = f"{prefix}_{'fwdbwd' if bw else 'fwd'}"
+            print(f"RESULT {name} {ms:.3f} {f / ms / 1e9:.1f} TFLOP/s")
+            if prefix != "attention":
+                continue
+            if bw:  # the same reference for our fused-dQ backward's row
+                print(f"RESULT attention_fwdbwd_fused_dq {ms:.3f} {f / ms / 1e9:.1f} TFLOP/s")
+            # and for our f32 tensor-core (3xTF32) rows: torch's f32 kernels
+            print(f"RESULT {name}_mma {ms:.3f} {f / ms / 1e9:.1f} TFLOP/s")
 
-        def run_vae():
-            y = F.scaled_dot_product_attention(q, k, v)
-            if bw:
-                y.backward(g)
-        ms = timed(run_vae, 3, 20)
-        f = 4.0 * 4 * 4096 * 4096 * 512 * (3.5 if bw else 1)
-        print(f"RESULT attention_vae_{'fwdbwd' if bw else 'fwd'} {ms:.3f} {f / ms / 1e9:.1f} TFLOP/s")
+            gb = g.bfloat16()  # the autocast output is bf16: so is its gradient
+
+            def run_autocast():
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    y = F.scaled_dot_product_attention(q, k, v)
+                if bw:
+                    y.backward(gb)
+            ms = timed(run_autocast, 3, 20)
+            print(f"RESULT {name}_autocast {ms:.3f} {f / ms / 1e9:.1f} TFLOP/s")
     n = 1 << 26
     a = torch.randn(n, device=dev)
     b = torch.randn(n, device=dev)
