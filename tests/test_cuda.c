@@ -881,6 +881,14 @@ static struct tensor *f_group_norm(struct tensor *const *in, void *ctx)
     return ag_group_norm(in[0], (int)(intptr_t)ctx, in[1], in[2], 1e-5);
 }
 
+/* q [B,H,L,D], k [B,H,S,D], v [B,H,S,Dv], f64 in [-1, 1), made in that order */
+static void attn_inputs(struct tensor *in[3], int64_t B, int64_t H, int64_t L, int64_t S, int64_t D, int64_t Dv)
+{
+    in[0] = test_uniform(DTYPE_F64, TENSOR_SHAPE(B, H, L, D), -1, 1);
+    in[1] = test_uniform(DTYPE_F64, TENSOR_SHAPE(B, H, S, D), -1, 1);
+    in[2] = test_uniform(DTYPE_F64, TENSOR_SHAPE(B, H, S, Dv), -1, 1);
+}
+
 static struct tensor *f_attention(struct tensor *const *in, void *ctx)
 {
     return ag_attention(in[0], in[1], in[2], 0, ctx != NULL);
@@ -1011,30 +1019,18 @@ START_TEST(test_nn)
     }
     unsetenv("DRAFT_GN_FUSED_BWD");
     /* attention */
-    struct tensor *qkv[3] = {test_uniform(DTYPE_F64, TENSOR_SHAPE(1, 2, 5, 4), -1, 1), test_uniform(DTYPE_F64, TENSOR_SHAPE(1, 2, 6, 4), -1, 1),
-                             test_uniform(DTYPE_F64, TENSOR_SHAPE(1, 2, 6, 3), -1, 1)};
-    struct tensor *qkv2[3] = {test_uniform(DTYPE_F64, TENSOR_SHAPE(1, 2, 6, 4), -1, 1), test_uniform(DTYPE_F64, TENSOR_SHAPE(1, 2, 6, 4), -1, 1),
-                              test_uniform(DTYPE_F64, TENSOR_SHAPE(1, 2, 6, 4), -1, 1)};
-    struct tensor *qkvb[3] = {test_uniform(DTYPE_F64, TENSOR_SHAPE(2, 8, 77, 64), -1, 1), test_uniform(DTYPE_F64, TENSOR_SHAPE(2, 8, 77, 64), -1, 1),
-                              test_uniform(DTYPE_F64, TENSOR_SHAPE(2, 8, 77, 64), -1, 1)};
+    struct tensor *qkv[3], *qkv2[3], *qkvb[3], *qkvt[3], *qkvc[3], *qkv80[3], *qkvw[3], *qkvw2[3];
+    attn_inputs(qkv, 1, 2, 5, 6, 4, 3);
+    attn_inputs(qkv2, 1, 2, 6, 6, 4, 4);
+    attn_inputs(qkvb, 2, 8, 77, 77, 64, 64);
     /* several key and query tiles at SD's head dim 40: L != S, and a causal mask with L < S */
-    struct tensor *qkvt[3] = {test_uniform(DTYPE_F64, TENSOR_SHAPE(1, 2, 130, 40), -1, 1),
-                              test_uniform(DTYPE_F64, TENSOR_SHAPE(1, 2, 200, 40), -1, 1),
-                              test_uniform(DTYPE_F64, TENSOR_SHAPE(1, 2, 200, 40), -1, 1)};
-    struct tensor *qkvc[3] = {test_uniform(DTYPE_F64, TENSOR_SHAPE(1, 3, 70, 40), -1, 1),
-                              test_uniform(DTYPE_F64, TENSOR_SHAPE(1, 3, 150, 40), -1, 1),
-                              test_uniform(DTYPE_F64, TENSOR_SHAPE(1, 3, 150, 40), -1, 1)};
+    attn_inputs(qkvt, 1, 2, 130, 200, 40, 40);
+    attn_inputs(qkvc, 1, 3, 70, 150, 40, 40);
     /* SD's second level, head dim 80: the tensor-core forward (its backward stays on the f32 kernels) */
-    struct tensor *qkv80[3] = {test_uniform(DTYPE_F64, TENSOR_SHAPE(1, 2, 100, 80), -1, 1),
-                               test_uniform(DTYPE_F64, TENSOR_SHAPE(1, 2, 70, 80), -1, 1),
-                               test_uniform(DTYPE_F64, TENSOR_SHAPE(1, 2, 70, 80), -1, 1)};
+    attn_inputs(qkv80, 1, 2, 100, 70, 80, 80);
     /* head dims over 256 (the VAE's 512): the GEMM path over query blocks */
-    struct tensor *qkvw[3] = {test_uniform(DTYPE_F64, TENSOR_SHAPE(2, 2, 70, 300), -1, 1),
-                              test_uniform(DTYPE_F64, TENSOR_SHAPE(2, 2, 90, 300), -1, 1),
-                              test_uniform(DTYPE_F64, TENSOR_SHAPE(2, 2, 90, 300), -1, 1)};
-    struct tensor *qkvw2[3] = {test_uniform(DTYPE_F64, TENSOR_SHAPE(1, 1, 50, 260), -1, 1),
-                               test_uniform(DTYPE_F64, TENSOR_SHAPE(1, 1, 30, 260), -1, 1),
-                               test_uniform(DTYPE_F64, TENSOR_SHAPE(1, 1, 30, 260), -1, 1)};
+    attn_inputs(qkvw, 2, 2, 70, 90, 300, 300);
+    attn_inputs(qkvw2, 1, 1, 50, 30, 260, 260);
     const struct {
         const char *tag;
         struct tensor **in;
