@@ -494,8 +494,8 @@ enum status forward_run(struct tensor *out, struct tensor *lse, const struct ten
     const opnd<const T> qo = make_opnd<const T>(q), ko = make_opnd<const T>(k), vo = make_opnd<const T>(v);
     T *lp = (T *)lse->storage->data + lse->offset;
     const int64_t lsb = lse->stride[0], lsh = lse->stride[1], lsl = lse->stride[2];
+    const int dp = padded_dim(dm.D > dm.Dv ? dm.D : dm.Dv);   /* 0: wider than the tiled kernels */
     if constexpr (sizeof(T) == 4) {
-        const int dp = padded_dim(dm.D > dm.Dv ? dm.D : dm.Dv);
         if (attn_mma() && dp <= 80)   /* the backward: up to 64 (its registers) */
             return with_mma_policy([&](auto e) {
                 using E = decltype(e);
@@ -508,7 +508,7 @@ enum status forward_run(struct tensor *out, struct tensor *lse, const struct ten
         ATTN_DISPATCH(dp, FWD_CALL)
 #undef FWD_CALL
     }
-    if (padded_dim(dm.D > dm.Dv ? dm.D : dm.Dv) == 0) return wide_forward<T>(out, lse, q, k, v, dm);
+    if (dp == 0) return wide_forward<T>(out, lse, q, k, v, dm);
     const int64_t rows = (int64_t)dm.B * dm.H * dm.L;
     attn_fwd_simple_kernel<T><<<(unsigned)((rows + 127) / 128), 128, 0, (cudaStream_t)cuda_stream()>>>(o, lp, lsb, lsh, lsl,
                                                                                                        qo, ko, vo, dm);
@@ -539,8 +539,8 @@ enum status backward_run(struct tensor *dq, struct tensor *dk, struct tensor *dv
         attn_bwd_pre_kernel<T><<<(unsigned)((rows + 7) / 8), 256, 0, st>>>(Dvec, go, oo, dm);
         CUDA_LAUNCHED();
     }
+    const int dp = padded_dim(dm.D > dm.Dv ? dm.D : dm.Dv);
     if constexpr (sizeof(T) == 4) {
-        const int dp = padded_dim(dm.D > dm.Dv ? dm.D : dm.Dv);
         if (attn_mma() && dp <= 64) {   /* else (or when its dQ partials do not fit) the f32 kernels */
             bool done = false;
             enum status s = with_mma_policy([&](auto e) {
@@ -555,7 +555,7 @@ enum status backward_run(struct tensor *dq, struct tensor *dk, struct tensor *dv
         ATTN_DISPATCH(dp, BWD_CALL)
 #undef BWD_CALL
     }
-    if (padded_dim(dm.D > dm.Dv ? dm.D : dm.Dv) == 0) return wide_backward<T>(dq, dk, dv, dout, q, k, v, lse, Dvec, dm);
+    if (dp == 0) return wide_backward<T>(dq, dk, dv, dout, q, k, v, lse, Dvec, dm);
     if (dq && rows > 0) {
         attn_bwd_dq_simple_kernel<T><<<(unsigned)((rows + 127) / 128), 128, 0, st>>>(dqo, qo, ko, vo, go, lp, lsb, lsh, lsl,
                                                                                     Dvec, dm);
