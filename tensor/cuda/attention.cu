@@ -496,7 +496,7 @@ enum status forward_run(struct tensor *out, struct tensor *lse, const struct ten
     const int64_t lsb = lse->stride[0], lsh = lse->stride[1], lsl = lse->stride[2];
     const int dp = padded_dim(dm.D > dm.Dv ? dm.D : dm.Dv);   /* 0: wider than the tiled kernels */
     if constexpr (sizeof(T) == 4) {
-        if (attn_mma() && dp <= 80)   /* the backward: up to 64 (its registers) */
+        if (attn_mma() && dp > 0 && dp <= 80)   /* the backward: up to 64 (its registers) */
             return with_mma_policy([&](auto e) {
                 using E = decltype(e);
                 return dp == 32   ? fwd_mma<32, E>(o, lp, lsb, lsh, lsl, qo, ko, vo, dm)
@@ -541,7 +541,7 @@ enum status backward_run(struct tensor *dq, struct tensor *dk, struct tensor *dv
     }
     const int dp = padded_dim(dm.D > dm.Dv ? dm.D : dm.Dv);
     if constexpr (sizeof(T) == 4) {
-        if (attn_mma() && dp <= 64) {   /* else (or when its dQ partials do not fit) the f32 kernels */
+        if (attn_mma() && dp > 0 && dp <= 64) {   /* else (or when its dQ partials do not fit) the f32 kernels */
             bool done = false;
             enum status s = with_mma_policy([&](auto e) {
                 using E = decltype(e);
