@@ -15,8 +15,8 @@
 #endif
 
 /* the kernel-variant switches (tensor/README.md) */
-static const char *const g_switches[] = {"DRAFT_CONV_PIPELINE", "DRAFT_CONV_ROWSHIFT", "DRAFT_GN_FUSED_BWD",
-                                         "DRAFT_ATTN_FUSED_DQ", "DRAFT_ATTN_MMA"};
+static const char *const g_switches[] = {"DRAFT_CONV_PIPELINE", "DRAFT_CONV_ROWSHIFT", "DRAFT_CONV_IMPLICIT",
+                                         "DRAFT_GN_FUSED_BWD",  "DRAFT_ATTN_FUSED_DQ", "DRAFT_ATTN_MMA"};
 #define N_SWITCHES (sizeof g_switches / sizeof *g_switches)
 
 /* all off but `on` (NULL: all off), so that each row names its kernels whatever the compiled-in
@@ -241,10 +241,12 @@ int main(int argc, char **argv)
     release(&a);
 
     /* conv2d at SD 1.4 shapes, TF32 as PyTorch's cuDNN default for convolutions; then 320
-     * channels under PRECISION_BF16 (torch: autocast to bf16) */
-    const int64_t cs[4][2] = {{320, 64}, {640, 32}, {1280, 16}, {320, 64}};
-    for (int i = 0; i < 4; i++) {
+     * channels under PRECISION_BF16 (torch: autocast to bf16) and in exact f32 (torch: cuDNN with
+     * allow_tf32 off) */
+    const int64_t cs[5][2] = {{320, 64}, {640, 32}, {1280, 16}, {320, 64}, {320, 64}};
+    for (int i = 0; i < 5; i++) {
         if (i == 3) tensor_set_precision(PRECISION_BF16);
+        if (i == 4) tensor_set_precision(PRECISION_F32);
         for (int bw = 0; bw < 2; bw++) {
             int64_t C = cs[i][0], S = cs[i][1];
             a.a = randn_dev(DTYPE_F32, TENSOR_SHAPE(2, C, S, S), bw);
@@ -255,22 +257,33 @@ int main(int argc, char **argv)
             a.cp.pad_top = a.cp.pad_bottom = a.cp.pad_left = a.cp.pad_right = 1;
             a.backward = bw;
             char name[64];
-            snprintf(name, sizeof name, "conv2d_%lldc_%lldpx_%s%s", (long long)C, (long long)S, bw ? "fwdbwd" : "fwd",
-                     i == 3 ? "_autocast" : "");
+            const char *mode = i == 3 ? "_autocast" : i == 4 ? "_f32" : "";
+            snprintf(name, sizeof name, "conv2d_%lldc_%lldpx_%s%s", (long long)C, (long long)S, bw ? "fwdbwd" : "fwd", mode);
             ms = time_it(name, run_conv, &a, 3, 20);
             double f = 2.0 * 2 * C * S * S * C * 9 * (bw ? 3 : 1);
             if (ms > 0) printf("RESULT %s %.3f %.1f TFLOP/s\n", name, ms, f / ms / 1e9);
             /* again with each opt-in forward: the im2col of the next tile on a side stream (320
-             * channels), and the row-shift forward (a partial im2col over kernel columns, 3 GEMMs) */
-            const struct { const char *env, *suffix; bool all; } variants[2] = {
-                {"DRAFT_CONV_PIPELINE", "_pipe", false}, {"DRAFT_CONV_ROWSHIFT", "_rowshift", true}};
-            for (int v = 0; v < 2; v++) {
-                if (!variants[v].all && i != 0 && i != 3) continue;
+             * channels), the row-shift forward (a partial im2col over kernel columns, 3 GEMMs),
+             * and the implicit GEMM on tensor cores (TF32 and exact f32; not under autocast), also
+             * with 128-channel tiles forced */
+            const struct {
+                const char *env, *suffix, *bm;
+                bool tf32, autocast, f32;
+            } variants[4] = {{"DRAFT_CONV_PIPELINE", "_pipe", NULL, false, true, false},
+                             {"DRAFT_CONV_ROWSHIFT", "_rowshift", NULL, true, true, false},
+                             {"DRAFT_CONV_IMPLICIT", "_implicit", NULL, true, false, true},
+                             {"DRAFT_CONV_IMPLICIT", "_implicit_bm128", "128", true, false, false}};
+            for (int v = 0; v < 4; v++) {
+                const bool want = i == 3 ? variants[v].autocast : i == 4 ? variants[v].f32
+                                         : variants[v].tf32 && (i == 0 || strcmp(variants[v].suffix, "_pipe"));
+                if (!want) continue;
                 set_switches(variants[v].env);
+                if (variants[v].bm) setenv("DRAFT_CONV_IMPLICIT_BM", variants[v].bm, 1);
                 snprintf(name, sizeof name, "conv2d_%lldc_%lldpx_%s%s%s", (long long)C, (long long)S,
-                         bw ? "fwdbwd" : "fwd", i == 3 ? "_autocast" : "", variants[v].suffix);
+                         bw ? "fwdbwd" : "fwd", mode, variants[v].suffix);
                 ms = time_it(name, run_conv, &a, 3, 20);
                 if (ms > 0) printf("RESULT %s %.3f %.1f TFLOP/s\n", name, ms, f / ms / 1e9);
+                unsetenv("DRAFT_CONV_IMPLICIT_BM");
                 set_switches(NULL);
             }
             release(&a);

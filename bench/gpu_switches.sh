@@ -12,14 +12,15 @@ FNR == NR {   # test_cuda lines: "cuda <label> <dtype> fwd rel=... bwd rel=... o
 }
 $1 == "RESULT" { ms[$2] = $3 }
 BEGIN {
-    ns = 5
+    ns = 6
     sw[1] = "DRAFT_ATTN_MMA";      pat[1] = "_mma[],]";         file[1] = "tensor/cuda/attention.cu"
     sw[2] = "DRAFT_ATTN_FUSED_DQ"; pat[2] = "fused_dq";         file[2] = "tensor/cuda/attention.cu"
     sw[3] = "DRAFT_GN_FUSED_BWD";  pat[3] = "fused_bwd";        file[3] = "tensor/cuda/norm.cu"
     sw[4] = "DRAFT_CONV_ROWSHIFT"; pat[4] = "rowshift";         file[4] = "tensor/cuda/conv2d.cu"
     sw[5] = "DRAFT_CONV_PIPELINE"; pat[5] = "pipeline";         file[5] = "tensor/cuda/conv2d.cu"
+    sw[6] = "DRAFT_CONV_IMPLICIT"; pat[6] = "implicit";         file[6] = "tensor/cuda/conv2d.cu"
     # variant row = base row + suffix
-    suf[1] = "_mma"; suf[2] = "_fused_dq"; suf[3] = "_fused_bwd"; suf[4] = "_rowshift"; suf[5] = "_pipe"
+    suf[1] = "_mma"; suf[2] = "_fused_dq"; suf[3] = "_fused_bwd"; suf[4] = "_rowshift"; suf[5] = "_pipe"; suf[6] = "_implicit"
 }
 END {
     for (i = 1; i <= ns; i++) {

@@ -34,12 +34,13 @@ function bw_target(row, alts, copy,    n, v, i, g, gn, r) {   # the best GB/s of
 }
 END {
     met = missed = 0
-    time_target("conv2d_320c_64px_fwd", "_pipe _rowshift")
-    time_target("conv2d_320c_64px_fwdbwd", "_pipe _rowshift")
-    time_target("conv2d_640c_32px_fwd", "_rowshift")
-    time_target("conv2d_640c_32px_fwdbwd", "_rowshift")
-    time_target("conv2d_1280c_16px_fwd", "_rowshift")
-    time_target("conv2d_1280c_16px_fwdbwd", "_rowshift")
+    iv = "_rowshift _implicit _implicit_bm128"
+    time_target("conv2d_320c_64px_fwd", "_pipe " iv)
+    time_target("conv2d_320c_64px_fwdbwd", "_pipe " iv)
+    time_target("conv2d_640c_32px_fwd", iv)
+    time_target("conv2d_640c_32px_fwdbwd", iv)
+    time_target("conv2d_1280c_16px_fwd", iv)
+    time_target("conv2d_1280c_16px_fwdbwd", iv)
     time_target("attention_fwd", "_mma")
     time_target("attention_fwdbwd", "_fused_dq _mma")
     bw_target("add_64M", "", "copy_64M")

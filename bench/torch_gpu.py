@@ -44,7 +44,8 @@ def main():
     print(f"RESULT matmul_bf16_8192 {ms:.3f} {flops / ms / 1e9:.1f} TFLOP/s")
     del a, b, ab, bb
     torch.backends.cudnn.allow_tf32 = True  # PyTorch's default for convolutions
-    for i, (C, S) in enumerate(((320, 64), (640, 32), (1280, 16), (320, 64))):
+    for i, (C, S) in enumerate(((320, 64), (640, 32), (1280, 16), (320, 64), (320, 64))):
+        torch.backends.cudnn.allow_tf32 = i != 4  # the last: exact f32
         for bw in (False, True):
             x = torch.randn(2, C, S, S, device=dev, requires_grad=bw)
             w = torch.randn(C, C, 3, 3, device=dev, requires_grad=bw)
@@ -56,13 +57,16 @@ def main():
                     y = F.conv2d(x, w, bias, padding=1)
                 if bw:
                     y.backward(g)
-            name = f"conv2d_{C}c_{S}px_{'fwdbwd' if bw else 'fwd'}{'_autocast' if i == 3 else ''}"
+            mode = "_autocast" if i == 3 else "_f32" if i == 4 else ""
+            name = f"conv2d_{C}c_{S}px_{'fwdbwd' if bw else 'fwd'}{mode}"
             ms = timed(run, 3, 20)
             f = 2.0 * 2 * C * S * S * C * 9 * (3 if bw else 1)
-            print(f"RESULT {name} {ms:.3f} {f / ms / 1e9:.1f} TFLOP/s")
-            if i in (0, 3):  # the same reference for our pipelined-im2col rows
-                print(f"RESULT {name}_pipe {ms:.3f} {f / ms / 1e9:.1f} TFLOP/s")
-            print(f"RESULT {name}_rowshift {ms:.3f} {f / ms / 1e9:.1f} TFLOP/s")  # and our row-shift rows
+            # the same reference for the rows of our opt-in variants (bench_gpu.c's list)
+            suffixes = ("_pipe", "_rowshift") if i == 3 else ("_implicit",) if i == 4 else \
+                ("_rowshift", "_implicit", "_implicit_bm128") + (("_pipe",) if i == 0 else ())
+            for suffix in ("",) + suffixes:
+                print(f"RESULT {name}{suffix} {ms:.3f} {f / ms / 1e9:.1f} TFLOP/s")
+    torch.backends.cudnn.allow_tf32 = True
     for bw in (False, True):
         x = torch.randn(2, 320, 64, 64, device=dev, requires_grad=bw)
         w = torch.randn(320, device=dev, requires_grad=bw)

@@ -131,31 +131,55 @@ template <int V> void check_pack(int64_t count, int64_t outer, int64_t inner, in
     report("pack_bf16", label, "mismatches", (double)bad, 0);
 }
 
-/* the row-shift forward of images 0 .. N, one tile of `tile` images at a time, as conv2d.cu runs it
- * (weight reorder, bias pre-fill or crop, partial im2col, rowshift_gemms), with a plain
- * column-major GEMM in place of cuBLAS; against a direct convolution in float64 */
-template <typename T, typename CT> void check_rowshift(const conv_case &c, int O, int G, bool with_bias, int64_t tile)
+/* a direct convolution in float64: out [N, O, OH, OW] from x [N, C, H, W], w [O, C/G, KH, KW] and
+ * bias (empty: none) */
+template <typename T>
+std::vector<double> direct_conv(const conv_case &c, int O, int G, const std::vector<T> &x, const std::vector<T> &w,
+                                const std::vector<T> &bias)
 {
     const kgeom g = make_kgeom(c);
     const int64_t Cg = c.C / G, Og = O / G;
-    const rs_geom r = rowshift_geom(g, Cg);
-    const bool direct = r.Wq == g.OW;
-    std::vector<T> x((size_t)c.N * c.C * g.HW), w((size_t)O * Cg * g.KK), bias(with_bias ? O : 0);
-    for (T &v : x) v = (T)urand();
-    for (T &v : w) v = (T)urand();
-    for (T &v : bias) v = (T)urand();
     std::vector<double> ref((size_t)c.N * O * g.OHW);
     for (int n = 0; n < c.N; n++)
         for (int o = 0; o < O; o++)
             for (int q = 0; q < g.OHW; q++) {
                 const int gi = (int)(o / Og);
-                double acc = with_bias ? (double)bias[o] : 0;
+                double acc = bias.empty() ? 0 : (double)bias[o];
                 for (int64_t cl = 0; cl < Cg; cl++)
                     for (int kk = 0; kk < g.KK; kk++)
                         acc += (double)w[((size_t)o * Cg + cl) * g.KK + kk] *
                                (double)x_at(x, g, n, (int)((gi * Cg + cl) * g.KK + kk), q);
                 ref[((size_t)n * O + o) * g.OHW + q] = acc;
             }
+    return ref;
+}
+
+/* ||out - ref|| / ||ref||, a non-finite out entry counting as huge */
+template <typename T> double rel_l2(const std::vector<T> &out, const std::vector<double> &ref)
+{
+    double num = 0, den = 0;
+    for (size_t i = 0; i < ref.size(); i++) {
+        const double d = (double)out[i] - ref[i];
+        num += isfinite(d) ? d * d : 1e30;
+        den += ref[i] * ref[i];
+    }
+    return sqrt(num / den);
+}
+
+/* the row-shift forward of images 0 .. N, one tile of `tile` images at a time, as conv2d.cu runs it
+ * (weight reorder, bias pre-fill or crop, partial im2col, rowshift_gemms), with a plain
+ * column-major GEMM in place of cuBLAS; against a direct convolution in float64 */
+template <typename T, typename CT> void check_rowshift(const conv_case &c, int O, int G, bool with_bias, int64_t tile)
+{
+    const kgeom g = make_kgeom(c);
+    const int64_t Cg = c.C / G;
+    const rs_geom r = rowshift_geom(g, Cg);
+    const bool direct = r.Wq == g.OW;
+    std::vector<T> x((size_t)c.N * c.C * g.HW), w((size_t)O * Cg * g.KK), bias(with_bias ? O : 0);
+    for (T &v : x) v = (T)urand();
+    for (T &v : w) v = (T)urand();
+    for (T &v : bias) v = (T)urand();
+    const std::vector<double> ref = direct_conv(c, O, G, x, w, bias);
     std::vector<T> wk((size_t)O * Cg * g.KK), out(ref.size(), T(NAN)), opad(direct ? 0 : (size_t)tile * O * r.m, T(NAN));
     std::vector<CT> cols((size_t)tile * c.C * g.KW * r.plane);
     memset(cols.data(), 0xff, cols.size() * sizeof(CT));
@@ -194,16 +218,37 @@ template <typename T, typename CT> void check_rowshift(const conv_case &c, int O
                 rowshift_crop_kernel<T>(out.data(), opad.data(), with_bias ? bias.data() : nullptr, g, n0, O, r.Wq);
             });
     }
-    double num = 0, den = 0;
-    for (size_t i = 0; i < ref.size(); i++) {
-        const double d = (double)out[i] - ref[i];
-        num += isfinite(d) ? d * d : 1e30;
-        den += ref[i] * ref[i];
-    }
     char label[160];
     snprintf(label, sizeof label, "%s,O=%d,groups=%d,%s,tile=%lld,%s,%s", c.label, O, G, with_bias ? "bias" : "no_bias",
              (long long)tile, direct ? "direct" : "crop", sizeof(CT) == 2 ? "bf16" : sizeof(T) == 8 ? "f64" : "f32");
-    report("rowshift_fwd", label, "rel", sqrt(num / den), sizeof(CT) == 2 ? 1e-2 : sizeof(T) == 8 ? 1e-14 : 1e-6);
+    report("rowshift_fwd", label, "rel", rel_l2(out, ref), sizeof(CT) == 2 ? 1e-2 : sizeof(T) == 8 ? 1e-14 : 1e-6);
+}
+
+/* the implicit-GEMM forward (conv_implicit_kernel<BM, X3>) as conv2d.cu launches it, against a
+ * direct convolution in float64; w_off shifts the weights by one float off 16-byte alignment (the
+ * scalar weight copies, as K % 4 != 0 does) */
+template <int BM, bool X3> void check_implicit(const conv_case &c, int O, bool with_bias, bool w_off)
+{
+    const kgeom g = make_kgeom(c);
+    std::vector<float> x((size_t)c.N * c.C * g.HW), wbuf((size_t)O * g.K + 4), bias(with_bias ? O : 0);
+    for (float &v : x) v = (float)urand();
+    for (float &v : wbuf) v = (float)urand();
+    for (float &v : bias) v = (float)urand();
+    const float *w = wbuf.data() + (w_off ? 1 : 0);
+    const std::vector<float> wv(w, w + (size_t)O * g.K);
+    const std::vector<double> ref = direct_conv(c, O, 1, x, wv, bias);
+    std::vector<float> out(ref.size(), NAN);
+    const int64_t P = (int64_t)c.N * g.OHW;
+    const int vec_a = g.K % 4 == 0 && ((uintptr_t)w & 15) == 0;
+    emu_launch(emu_dim3{(unsigned)((P + kIgBN - 1) / kIgBN), (unsigned)((O + BM - 1) / BM), 1}, 1, ig_threads(BM), [&] {
+        conv_implicit_kernel<BM, X3>(out.data(), x.data(), w, with_bias ? bias.data() : nullptr, g, O, P, vec_a);
+    });
+    char label[160];
+    snprintf(label, sizeof label, "%s,N=%d,C=%d,O=%d,K=%d,P=%lld,%s,%s,BM=%d,%s", c.label, c.N, c.C, O, g.K, (long long)P,
+             with_bias ? "bias" : "no_bias", vec_a ? "vec_w" : "scalar_w", BM, X3 ? "3xtf32" : "tf32");
+    /* tf32: each operand rounded to 11 significant bits, relative error about 2^-11 / sqrt(2) per
+     * product, averaging down over the sum; 3xTF32 as f32 */
+    report("implicit_fwd", label, "rel", rel_l2(out, ref), X3 ? 1e-6 : 1e-3);
 }
 
 }  // namespace
@@ -261,6 +306,23 @@ int main()
     check_rowshift<double, double>(rs[2], 4, 2, true, 2);
     check_rowshift<float, float>(rs[3], 4, 2, true, 2);
     check_rowshift<float, uint16_t>(rs[3], 4, 4, false, 1);
+    /* the implicit-GEMM forward on tensor cores: several pixel tiles with image boundaries inside
+     * them, odd and even OHW (paired or single stores), K not a multiple of the 16-deep step and
+     * over 3 steps (the stage ring wraps), channels over one tile and not a multiple of it, the
+     * scalar weight copies (K % 4 != 0, or misaligned w), stride / dilation / uneven padding, 1x1 stride 2 */
+    const conv_case ig[] = {
+        {"3x3,pad=1", 3, 8, 9, 7, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1},
+        {"3x3,pad=1,even", 2, 6, 8, 10, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1},
+        {"sw=2,dil=2,asym_pad", 2, 5, 9, 8, 2, 3, 2, 1, 1, 0, 0, 2, 2, 2},
+        {"1x1,stride=2", 3, 12, 6, 7, 1, 1, 2, 2, 0, 0, 0, 0, 1, 1},
+    };
+    check_implicit<64, false>(ig[0], 70, true, false);
+    check_implicit<64, true>(ig[0], 70, true, false);
+    check_implicit<128, false>(ig[1], 130, false, false);
+    check_implicit<128, true>(ig[1], 20, true, true);
+    check_implicit<64, true>(ig[2], 33, true, false);
+    check_implicit<64, false>(ig[3], 7, false, true);
+    check_implicit<128, true>(ig[3], 9, true, false);
     /* packing: one shared matrix, a batch with padding between rows and matrices, grids that wrap */
     check_pack<4>(1, 5, 12, 12, 0, 1, 2);
     check_pack<4>(3, 4, 1032, 1040, 4 * 1040 + 8, 1, 2);

@@ -956,6 +956,7 @@ START_TEST(test_nn)
             setenv("DRAFT_CONV_WORKSPACE_KB", "1", 1);
             set_switch("DRAFT_CONV_PIPELINE", q > 0);
             set_switch("DRAFT_CONV_ROWSHIFT", false);
+            set_switch("DRAFT_CONV_IMPLICIT", false);
             if (q == 2) tensor_set_precision(PRECISION_BF16);
             const struct case_opts ob = {.tol32 = TOL_BF16};
             check_op(label, f_conv, &convs[k].c, convs[k].c.bias ? 3 : 2, in, q == 2 ? &ob : convs[k].gc ? &o : &big);
@@ -963,6 +964,7 @@ START_TEST(test_nn)
             unsetenv("DRAFT_CONV_WORKSPACE_KB");
             unsetenv("DRAFT_CONV_PIPELINE");
             unsetenv("DRAFT_CONV_ROWSHIFT");
+            unsetenv("DRAFT_CONV_IMPLICIT");
         }
         /* the row-shift forward (stride_h 1; the others fall back to im2col; the large case
          * writes the output directly, the small ones through the crop): f32, with its partial
@@ -974,12 +976,34 @@ START_TEST(test_nn)
             snprintf(label, sizeof label, "%.*s,%s]", (int)strlen(convs[k].name) - 1, convs[k].name, what[q]);
             set_switch("DRAFT_CONV_ROWSHIFT", true);
             set_switch("DRAFT_CONV_PIPELINE", false);
+            set_switch("DRAFT_CONV_IMPLICIT", false);
             if (q == 1) tensor_set_precision(PRECISION_BF16);
             if (q == 2) setenv("DRAFT_CONV_WORKSPACE_KB", "1200", 1);   /* one image needs 816 KiB */
             const struct case_opts ob = {.tol32 = TOL_BF16};
             check_op(label, f_conv, &convs[k].c, convs[k].c.bias ? 3 : 2, in, q == 1 ? &ob : convs[k].gc ? &o : &big);
             tensor_set_precision(PRECISION_F32);
             unsetenv("DRAFT_CONV_WORKSPACE_KB");
+            unsetenv("DRAFT_CONV_ROWSHIFT");
+            unsetenv("DRAFT_CONV_PIPELINE");
+            unsetenv("DRAFT_CONV_IMPLICIT");
+        }
+        /* the implicit-GEMM forward on tensor cores (groups 1: the groups=2 case takes the im2col
+         * path): 3xTF32 under exact f32, one tf32 product under TF32, and 128-channel tiles forced
+         * (the large case: 64 channels in one half-empty tile) */
+        for (int q = 0; q < (optin_skipped() ? 0 : 3); q++) {
+            char label[128];
+            const char *what[3] = {"implicit", "implicit,tf32", "implicit,tf32,bm=128"};
+            snprintf(label, sizeof label, "%.*s,%s]", (int)strlen(convs[k].name) - 1, convs[k].name, what[q]);
+            set_switch("DRAFT_CONV_IMPLICIT", true);
+            set_switch("DRAFT_CONV_ROWSHIFT", false);
+            set_switch("DRAFT_CONV_PIPELINE", false);
+            if (q > 0) tensor_set_precision(PRECISION_TF32);
+            if (q == 2) setenv("DRAFT_CONV_IMPLICIT_BM", "128", 1);
+            const struct case_opts ot = {.tol32 = TOL_TF32};
+            check_op(label, f_conv, &convs[k].c, convs[k].c.bias ? 3 : 2, in, q > 0 ? &ot : convs[k].gc ? &o : &big);
+            tensor_set_precision(PRECISION_F32);
+            unsetenv("DRAFT_CONV_IMPLICIT_BM");
+            unsetenv("DRAFT_CONV_IMPLICIT");
             unsetenv("DRAFT_CONV_ROWSHIFT");
             unsetenv("DRAFT_CONV_PIPELINE");
         }

@@ -16,6 +16,8 @@ RESULT conv2d_320c_64px_fwd 0.163 92.7 TFLOP/s
 RESULT conv2d_320c_64px_fwd_rowshift 0.100 151.0 TFLOP/s
 RESULT conv2d_640c_32px_fwd 0.109 139.0 TFLOP/s
 RESULT conv2d_640c_32px_fwd_rowshift 0.120 126.0 TFLOP/s
+RESULT conv2d_640c_32px_fwd_implicit 0.090 168.0 TFLOP/s
+RESULT conv2d_640c_32px_fwd_implicit_bm128 0.200 75.0 TFLOP/s
 RESULT conv2d_320c_64px_fwd_pipe 0.150 100.0 TFLOP/s
 RESULT attention_fwd 2.367 18.1 TFLOP/s
 RESULT attention_fwdbwd 9.363 16.1 TFLOP/s
@@ -43,6 +45,7 @@ cuda attention[fused_dq,causal] f32 fwd rel=1.0e-07 bwd rel=2.0e-07 FAILED
 cuda group_norm[fused_bwd,groups=3] f32 fwd rel=1.0e-07 bwd rel=2.0e-07 ok
 cuda conv2d[3x3,rowshift] f32 fwd rel=1.0e-07 bwd rel=2.0e-07 ok
 cuda conv2d[3x3,workspace=1K,pipeline] f32 fwd rel=1.0e-07 bwd rel=2.0e-07 ok
+cuda conv2d[3x3,implicit,tf32,bm=128] f32 fwd rel=3.0e-04 bwd rel=2.0e-07 ok
 R
 bench/join_gpu_bench.sh "$t/ours" "$t/torch" > "$t/join" 2>&1
 check "join: ratio of a paired row" "$t/join" '^conv2d_320c_64px_fwd +0\.163 +0\.107 +1\.52 '
@@ -52,6 +55,7 @@ check "targets: best variant met" "$t/targets" '^conv2d_320c_64px_fwd +0\.93x to
 check "targets: attention fwd+bwd on the mma row" "$t/targets" '^attention_fwdbwd +0\.44x .* met +best: attention_fwdbwd_mma'
 check "targets: group_norm on the cluster row" "$t/targets" '^group_norm_fwd +82% of copy_10M .* met +best: group_norm_fwd_cl4'
 check "targets: a missed one" "$t/targets" '^group_norm_fwdbwd +75% of copy_10M .* MISSED'
+check "targets: the implicit conv row" "$t/targets" '^conv2d_640c_32px_fwd +0\.67x torch .* met +best: conv2d_640c_32px_fwd_implicit$'
 check "targets: a missing row" "$t/targets" '^conv2d_1280c_16px_fwd +no result'
 check "targets: the count" "$t/targets" '^targets: [0-9]+ met, [0-9]+ missed$'
 bench/gpu_switches.sh "$t/testlog" "$t/ours" > "$t/switches" 2>&1
@@ -59,6 +63,7 @@ check "switches: faster everywhere, tests pass" "$t/switches" '^DRAFT_ATTN_MMA +
 check "switches: a failed case keeps it opt-in" "$t/switches" '^DRAFT_ATTN_FUSED_DQ +tests 0 ok 1 failed.*keep opt-in'
 check "switches: one slower row keeps it opt-in" "$t/switches" '^DRAFT_CONV_ROWSHIFT .*conv2d_640c_32px_fwd 0\.120/0\.109=1\.10.*keep opt-in'
 check "switches: group_norm" "$t/switches" '^DRAFT_GN_FUSED_BWD +tests 1 ok 0 failed.*=0\.80;.*make default \(tensor/cuda/norm.cu\)'
+check "switches: implicit conv (its bm128 row has no base)" "$t/switches" '^DRAFT_CONV_IMPLICIT +tests 1 ok 0 failed; rows \(variant/base ms\): conv2d_640c_32px_fwd 0\.090/0\.109=0\.83; -> make default \(tensor/cuda/conv2d.cu\)'
 for s in scripts/gpu-check.sh bench/join_gpu_bench.sh bench/gpu_targets.sh bench/gpu_switches.sh; do
     if bash -n "$s"; then echo "ok   $s parses"; else echo "FAIL $s does not parse"; fail=1; fi
 done

@@ -31,6 +31,17 @@ bool cuda_switch(const char *name, bool def)
     return e && *e ? *e == '1' : def;
 }
 
+int cuda_sm_count(void)
+{
+    static int n = 0;
+    if (!n) {
+        int dev = 0;
+        if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+            n = 132;
+    }
+    return n;
+}
+
 static cudaEvent_t g_timer[2];
 
 enum status cuda_timer_begin(void)

@@ -9,6 +9,8 @@
  * entries that read it, so no atomics are needed. With DRAFT_CONV_ROWSHIFT=1 a forward with
  * stride_h 1 instead expands only the kernel columns and runs one GEMM per kernel row over
  * views of that shifted by whole rows (conv2d_kernels.cuh): KH times less im2col traffic.
+ * With DRAFT_CONV_IMPLICIT=1 an f32 forward (groups 1) is instead one implicit-GEMM kernel on
+ * tensor cores that gathers its operand tiles from x into shared memory (conv2d_kernels.cuh).
  * 1x1 convolutions with stride 1 and no padding skip im2col and use x / dx directly as the GEMM
  * operand. Bias is pre-filled into the output
  * and the GEMM accumulates onto it (beta = 1); db is a per-channel reduction kernel.
@@ -32,6 +34,7 @@
 #include "tensor/half.h"
 
 #include <cublas_v2.h>
+#include <cuda_pipeline.h>
 #include <cuda_runtime.h>
 #include <limits.h>
 #include <stdlib.h>
@@ -384,6 +387,59 @@ enum status rowshift_forward(bool *done, T *out, const T *x, const T *w, const T
     return STATUS_OK;
 }
 
+/* ---------------------------------------------------------------- implicit-GEMM forward */
+
+/* DRAFT_CONV_IMPLICIT=1 (opt-in until measured on a GPU): f32 forwards with groups 1 under TF32
+ * (one tf32 product) or exact f32 (3xTF32) run as conv_implicit_kernel (conv2d_kernels.cuh): no
+ * im2col, no workspace, no bias pre-fill. DRAFT_CONV_IMPLICIT_BM=64|128 forces the tile height
+ * (tests, benchmarks). */
+bool conv_implicit() { return cuda_switch("DRAFT_CONV_IMPLICIT", false); }
+
+int implicit_bm(const geom &g)
+{
+    const char *e = getenv("DRAFT_CONV_IMPLICIT_BM");
+    const int forced = e ? atoi(e) : 0;
+    if (forced == 64 || forced == 128) return forced;
+    /* 128 channels per block only where they divide O and still give every SM a block */
+    const int64_t blocks128 = (g.N * g.OHW + kIgBN - 1) / kIgBN * (g.O / 128);
+    return g.O % 128 == 0 && blocks128 >= cuda_sm_count() ? 128 : 64;
+}
+
+template <int BM, bool X3>
+enum status implicit_launch(float *out, const float *x, const float *w, const float *bias, const geom &g)
+{
+    static bool smem_set = false;   /* per instantiation: more than the default 48 KiB */
+    const size_t smem = ig_smem_bytes(BM);
+    if (!smem_set) {
+        CUDA_TRY(cudaFuncSetAttribute(conv_implicit_kernel<BM, X3>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        smem_set = true;
+    }
+    const int64_t P = g.N * g.OHW;
+    const dim3 grid((unsigned)((P + kIgBN - 1) / kIgBN), (unsigned)((g.O + BM - 1) / BM));
+    const int vec_a = g.K % 4 == 0 && ((uintptr_t)w & 15) == 0;
+    conv_implicit_kernel<BM, X3><<<grid, ig_threads(BM), smem, (cudaStream_t)cuda_stream()>>>(out, x, w, bias, kernel_geom(g),
+                                                                                            (int)g.O, P, vec_a);
+    CUDA_LAUNCHED();
+    return STATUS_OK;
+}
+
+/* the implicit-GEMM forward where it applies (*done), else nothing (the im2col path runs) */
+enum status implicit_forward(bool *done, float *out, const float *x, const float *w, const float *bias, const geom &g)
+{
+    const enum precision pr = tensor_precision();
+    if (!conv_implicit() || g.G != 1 || g.pointwise || g.K == 0 || g.KK > 64 || pr == PRECISION_BF16) return STATUS_OK;
+    /* the kernel's 32-bit indices (one image's input plane stack, the depth) and grid limits */
+    if (g.C * g.HW > INT_MAX || g.K > INT_MAX - kIgBK || (g.N * g.OHW + kIgBN - 1) / kIgBN > INT_MAX ||
+        (g.O + 63) / 64 > 65535)
+        return STATUS_OK;
+    const bool x3 = pr == PRECISION_F32;
+    enum status s;
+    if (implicit_bm(g) == 128) s = x3 ? implicit_launch<128, true>(out, x, w, bias, g) : implicit_launch<128, false>(out, x, w, bias, g);
+    else s = x3 ? implicit_launch<64, true>(out, x, w, bias, g) : implicit_launch<64, false>(out, x, w, bias, g);
+    *done = s == STATUS_OK;
+    return s;
+}
+
 /* ---------------------------------------------------------------- the three operations */
 
 /* out (+)= w @ im2col(x) over the tiles of the workspace; CT is the im2col's element type */
@@ -415,6 +471,10 @@ template <typename T, typename CT> enum status forward_tiles(T *out, const T *x,
 template <typename T> enum status conv_forward(T *out, const T *x, const T *w, const T *bias, const geom &g)
 {
     enum status s = STATUS_OK;
+    if constexpr (sizeof(T) == 4) {
+        bool done = false;
+        if ((s = implicit_forward(&done, out, x, w, bias, g)) || done) return s;
+    }
     if (conv_rowshift() && !g.pointwise && g.Kg > 0) {
         bool done = false;
         if constexpr (sizeof(T) == 4) {

@@ -3,10 +3,17 @@
  * tests/cuda_emu.h stands in for the CUDA built-ins: so CI, which has no GPU, checks their index
  * arithmetic (stride, padding, dilation, pixel tiles, V = 4 runs that wrap rows) and the bf16
  * im2col's packing against a plain loop, and the row-shift forward (its partial im2col, weight
- * reorder, GEMM plan and crop) against a direct convolution. Needs <stdint.h>, tensor/half.h and,
- * on the host, cuda_emu.h first. */
+ * reorder, GEMM plan and crop) against a direct convolution, and the implicit-GEMM forward on
+ * tensor cores against float64. Needs <stdint.h>, tensor/half.h, <cuda_pipeline.h> and, on the
+ * host, cuda_emu.h first. */
 #ifndef TENSOR_CUDA_CONV2D_KERNELS_CUH
 #define TENSOR_CUDA_CONV2D_KERNELS_CUH
+
+#if defined(__CUDACC__) && !defined(DYN_SMEM)
+#define DYN_SMEM(type, name) extern __shared__ type name[]
+#endif
+
+#include "tensor/cuda/mma.cuh"
 
 struct kgeom {   /* what the kernels need, as 32-bit where the host checked it fits */
     int C, H, W, KH, KW, OH, OW, sh, sw, pt, pl, dh, dw, KK, K, HW, OHW;
@@ -173,6 +180,171 @@ int rowshift_gemms(const kgeom &g, int64_t G, int64_t O, const CT *cols, const T
             if (e) return e;
         }
     return 0;
+}
+
+/* ---------------------------------------------------------------- implicit-GEMM forward (tensor cores) */
+
+/* The forward as one kernel that never writes an im2col (DRAFT_CONV_IMPLICIT=1, f32, groups 1).
+ * GEMM view: out[o][p] = bias[o] + sum_k w[o][k] col[k][p], p = n*OHW + q over all images, k =
+ * (c, kh, kw) as im2col's rows. A block computes a BM x 128 tile (BM = 64 or 128 output
+ * channels, 2 threads per channel row); per k step of 16, the weights' [BM][16] slice arrives by
+ * 16-byte cp.async and the [16][128] slice of col is gathered from x by 4-byte cp.async (each
+ * thread keeps one pixel, so a warp reads 32 neighbouring pixels of one input row; zeros for the
+ * padding), kIgStages steps in flight. Warps of 32 x 64 multiply with m16n8k8 tf32 mma.sync:
+ * X3 = false one product per pair (PRECISION_TF32), true three, hi*hi + hi*lo + lo*hi with hi =
+ * tf32(v) and lo = v - hi (PRECISION_F32: f32's accuracy, as the 3xTF32 attention). The bias is
+ * added in the epilogue. Shared memory pitches: A rows of 20 words (a fragment load, rows g and
+ * columns t, touches banks 20g + t: all 32 distinct), B rows of 136 (8t + g: distinct). */
+constexpr int kIgBN = 128, kIgBK = 16, kIgStages = 3;
+constexpr int kIgAP = kIgBK + 4, kIgBP = kIgBN + 8;
+
+__host__ __device__ constexpr int ig_threads(int BM) { return 2 * BM; }
+__host__ __device__ constexpr int ig_stage_words(int BM) { return BM * kIgAP + kIgBK * kIgBP; }
+__host__ __device__ constexpr size_t ig_smem_bytes(int BM) { return sizeof(float) * kIgStages * ig_stage_words(BM); }
+
+/* P = N * OHW pixels; vec_a: w is 16-byte aligned and K % 4 == 0 (16-byte weight copies); KH*KW <= 64 */
+template <int BM, bool X3>
+__global__ void __launch_bounds__(2 * BM)
+conv_implicit_kernel(float *__restrict__ out, const float *__restrict__ x, const float *__restrict__ w,
+                     const float *__restrict__ bias, kgeom g, int O, int64_t P, int vec_a)
+{
+    constexpr int T = ig_threads(BM), R = kIgBK * kIgBN / T;   /* col rows per thread per step: 16 or 8 */
+    static_assert(kIgBN % 32 == 0 && T % kIgBN == 0 && BM % 32 == 0, "tile shape");
+    DYN_SMEM(float, ig_smem);
+    const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, gq = lane / 4, tq = lane % 4;
+    const int wm = warp / 2, wn = warp % 2;   /* BM/32 warps along channels x 2 along pixels */
+    const int o0 = blockIdx.y * BM;
+    const int64_t p0 = (int64_t)blockIdx.x * kIgBN;
+
+    /* this thread's col column (pixel) and rows. Decoded once: the pixel's input origin and which
+     * of the KK kernel taps land inside the image (bit kh*KW + kw of vmask; KK <= 64, none for a
+     * pixel past the end), so a gathered element costs a mask test and an add */
+    const int bcol = tid % kIgBN, brow0 = tid / kIgBN * R;
+    const int64_t pix = p0 + bcol;
+    uint64_t vmask = 0;
+    int pix_off = 0;   /* ih0 * W + iw0: negative in the padding, only used with a tap inside */
+    const float *xn = x;
+    if (pix < P) {
+        const int64_t n = pix / g.OHW;
+        const int q = (int)(pix - n * g.OHW), ih0 = q / g.OW * g.sh - g.pt, iw0 = q % g.OW * g.sw - g.pl;
+        for (int kh = 0; kh < g.KH; kh++)
+            for (int kw = 0; kw < g.KW; kw++)
+                if ((unsigned)(ih0 + kh * g.dh) < (unsigned)g.H && (unsigned)(iw0 + kw * g.dw) < (unsigned)g.W)
+                    vmask |= 1ull << (kh * g.KW + kw);
+        pix_off = ih0 * g.W + iw0;
+        xn = x + n * g.C * (int64_t)g.HW;
+    }
+    const int row_step = g.dh * g.W - g.KW * g.dw;   /* tap offset change from (kh, KW-1) to (kh+1, 0), less dw */
+    const int nk = (g.K + kIgBK - 1) / kIgBK;
+
+    auto load_step = [&](int stage, int kt) {
+        float *As = ig_smem + stage * ig_stage_words(BM), *Bs = As + BM * kIgAP;
+        const int k0 = kt * kIgBK;
+        for (int v = tid; v < BM * kIgBK / 4; v += T) {   /* A: runs of 4 along k */
+            const int r = v / (kIgBK / 4), kc = v % (kIgBK / 4) * 4, o = o0 + r, k = k0 + kc;
+            float *dst = As + r * kIgAP + kc;
+            const float *src = w + (int64_t)o * g.K + k;
+            if (vec_a && o < O && k < g.K) {
+                __pipeline_memcpy_async(dst, src, 16);
+            } else {
+                for (int j = 0; j < 4; j++) {
+                    if (o < O && k + j < g.K) __pipeline_memcpy_async(dst + j, src + j, 4);
+                    else dst[j] = 0.f;
+                }
+            }
+        }
+        /* B: rows brow0 .. brow0+R of this step at this thread's pixel: row k = (c, kk), kk = kh*KW + kw
+         * reading x[c][ih0 + kh*dh][iw0 + kw*dw], i.e. xn + c*HW + pix_off + off */
+        int k = k0 + brow0;
+        const int c = k / g.KK;
+        int kk = k - c * g.KK, kw = kk % g.KW, off = kk / g.KW * g.dh * g.W + kw * g.dw;
+        int64_t cb = (int64_t)c * g.HW + pix_off;
+        for (int j = 0; j < R; j++, k++) {
+            float *dst = Bs + (brow0 + j) * kIgBP + bcol;
+            if (k < g.K && (vmask >> kk & 1u)) __pipeline_memcpy_async(dst, xn + cb + off, 4);
+            else *dst = 0.f;
+            off += g.dw;
+            if (++kw == g.KW) { kw = 0; off += row_step; }
+            if (++kk == g.KK) { kk = 0; off = 0; cb += g.HW; }
+        }
+    };
+
+    float acc[2][8][4];
+#pragma unroll
+    for (int mi = 0; mi < 2; mi++)
+#pragma unroll
+        for (int ni = 0; ni < 8; ni++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[mi][ni][e] = 0.f;
+
+    for (int s = 0; s < kIgStages - 1; s++) {
+        if (s < nk) load_step(s, s);
+        __pipeline_commit();
+    }
+    for (int kt = 0; kt < nk; kt++) {
+        __pipeline_wait_prior(kIgStages - 2);   /* step kt has landed (this thread's copies) */
+        __syncthreads();                        /* ... everyone's; and step kt-1's buffer is free */
+        if (kt + kIgStages - 1 < nk) load_step((kt + kIgStages - 1) % kIgStages, kt + kIgStages - 1);
+        __pipeline_commit();
+        const float *As = ig_smem + kt % kIgStages * ig_stage_words(BM), *Bs = As + BM * kIgAP;
+#pragma unroll
+        for (int k8 = 0; k8 < kIgBK; k8 += 8) {
+            uint32_t ahi[2][4], alo[2][4];
+#pragma unroll
+            for (int mi = 0; mi < 2; mi++) {
+                const float *ap = As + (wm * 32 + mi * 16 + gq) * kIgAP + k8 + tq;
+                const float av[4] = {ap[0], ap[8 * kIgAP], ap[4], ap[8 * kIgAP + 4]};
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    ahi[mi][i] = to_tf32(av[i]);
+                    alo[mi][i] = X3 ? __float_as_uint(av[i] - __uint_as_float(ahi[mi][i])) : 0u;
+                }
+            }
+#pragma unroll
+            for (int ni = 0; ni < 8; ni++) {
+                const float *bp = Bs + (k8 + tq) * kIgBP + wn * 64 + ni * 8 + gq;
+                const float b0 = bp[0], b1 = bp[4 * kIgBP];
+                const uint32_t h0 = to_tf32(b0), h1 = to_tf32(b1);
+#pragma unroll
+                for (int mi = 0; mi < 2; mi++) {
+                    if (X3) {   /* the small terms first */
+                        mma_tf32(acc[mi][ni], alo[mi], h0, h1);
+                        mma_tf32(acc[mi][ni], ahi[mi], __float_as_uint(b0 - __uint_as_float(h0)),
+                                 __float_as_uint(b1 - __uint_as_float(h1)));
+                    }
+                    mma_tf32(acc[mi][ni], ahi[mi], h0, h1);
+                }
+            }
+        }
+    }
+    __pipeline_wait_prior(0);   /* no copy outlives the kernel (the trailing groups are empty) */
+
+    /* epilogue: C fragment (mi, ni) holds channels row g / g+8 and pixels 2t, 2t+1 */
+#pragma unroll
+    for (int ni = 0; ni < 8; ni++) {
+        const int64_t pp = p0 + wn * 64 + ni * 8 + 2 * tq;
+        if (pp >= P) continue;
+        const int64_t n = pp / g.OHW, q = pp - n * g.OHW;
+        /* the second pixel: same image unless q is the image's last */
+        const int64_t n1 = q + 1 < g.OHW ? n : n + 1, q1 = q + 1 < g.OHW ? q + 1 : 0;
+        const bool second = pp + 1 < P, pair = second && n1 == n && q % 2 == 0 && g.OHW % 2 == 0;
+#pragma unroll
+        for (int mi = 0; mi < 2; mi++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int o = o0 + wm * 32 + mi * 16 + gq + 8 * h;
+                if (o >= O) continue;
+                const float bv = bias ? bias[o] : 0.f;
+                const float v0 = acc[mi][ni][2 * h] + bv, v1 = acc[mi][ni][2 * h + 1] + bv;
+                float *dst = out + (n * O + o) * (int64_t)g.OHW + q;
+                if (pair) {   /* 8-byte aligned: (n O + o) OHW + q is even */
+                    *reinterpret_cast<float2 *>(dst) = make_float2(v0, v1);
+                } else {
+                    *dst = v0;
+                    if (second) out[(n1 * O + o) * (int64_t)g.OHW + q1] = v1;
+                }
+            }
+    }
 }
 
 #endif

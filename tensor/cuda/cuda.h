@@ -25,6 +25,8 @@ enum status cuda_timer_end(double *ms);
  * both variants whatever the default; making a variant the default is changing `def` at its one
  * call. */
 bool cuda_switch(const char *name, bool def);
+/* the device's multiprocessor count (132 if it cannot be read): grid sizing */
+int cuda_sm_count(void);
 /* column-major strided-batched C [m, n] = alpha op(A) [m, k] op(B) [k, n] + beta C, `count` times
  * (batch strides sA, sB, sC; 0 = shared), op = transpose when trans_*: f32 as tensor_precision()
  * says (exact, TF32, or bf16 copies of both operands with f32 accumulation and output), bf16/f16

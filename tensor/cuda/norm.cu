@@ -61,17 +61,6 @@ void *scratch(size_t bytes, enum status *s)
     return t->storage->data;
 }
 
-int sm_count()
-{
-    static int n = 0;
-    if (!n) {
-        int dev = 0;
-        if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
-            n = 132;
-    }
-    return n;
-}
-
 bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
 
 /* DRAFT_GN_TWOPASS=1 forces the two-pass group_norm (for tests and comparisons) */
@@ -460,7 +449,7 @@ enum status layer_norm_bwd_run(T *dx, T *dw, T *db, const T *dy, const T *x, con
     }
     if (dw || db) {
         const int64_t colblocks = (n + 31) / 32;
-        int64_t nchunks = (4 * sm_count() + colblocks - 1) / colblocks;
+        int64_t nchunks = (4 * cuda_sm_count() + colblocks - 1) / colblocks;
         nchunks = nchunks < 1 ? 1 : nchunks > 256 ? 256 : nchunks;
         int64_t chunk = (rows + nchunks - 1) / nchunks;
         if (chunk < 1) chunk = 1;
@@ -499,7 +488,7 @@ template <class SmemFn> int gn_cluster_pick(int64_t NG, int64_t ge, SmemFn smem,
     const int floor = gn_cluster_floor();
     for (int c = floor ? floor : 1; c <= kGnMaxCluster; c *= 2) {
         const int chunk = (int)(((ge + c - 1) / c + 3) / 4 * 4);
-        if (smem(chunk) <= (size_t)kFusedSmemMax && (floor || NG * c >= 2 * sm_count() || c == kGnMaxCluster)) {
+        if (smem(chunk) <= (size_t)kFusedSmemMax && (floor || NG * c >= 2 * cuda_sm_count() || c == kGnMaxCluster)) {
             *chunk_out = chunk;
             return c;
         }
@@ -588,7 +577,7 @@ enum status group_norm_run(T *out, T *mean, T *rstd, const T *x, const T *w, con
         if (done) return STATUS_OK;
     }
     /* splits per group: enough blocks to fill the GPU, at least 2048 elements each */
-    int64_t S = (4 * sm_count() + NG - 1) / NG;
+    int64_t S = (4 * cuda_sm_count() + NG - 1) / NG;
     const int64_t smax = ge / 2048 > 0 ? ge / 2048 : 1;
     S = S < 1 ? 1 : S > smax ? smax : S > 1024 ? 1024 : S;
     int64_t chunk = (ge + S - 1) / S;
