@@ -251,6 +251,38 @@ template <int BM, bool X3> void check_implicit(const conv_case &c, int O, bool w
     report("implicit_fwd", label, "rel", rel_l2(out, ref), X3 ? 1e-6 : 1e-3);
 }
 
+/* the implicit-GEMM backward input at stride 1 as conv2d.cu runs it (conv_flip_weight_kernel, then
+ * conv_implicit_kernel over dgrad_geom), against dx = sum over o, kh, kw of w dy in float64 */
+template <int BM, bool X3> void check_implicit_dgrad(const conv_case &c, int O)
+{
+    const kgeom g = make_kgeom(c);
+    std::vector<float> dy((size_t)c.N * O * g.OHW), w((size_t)O * g.K), wt(w.size(), NAN);
+    for (float &v : dy) v = (float)urand();
+    for (float &v : w) v = (float)urand();
+    std::vector<double> ref((size_t)c.N * c.C * g.HW, 0.0);
+    for (int n = 0; n < c.N; n++)
+        for (int o = 0; o < O; o++)
+            for (int q = 0; q < g.OHW; q++)
+                for (int k = 0; k < g.K; k++) {
+                    const int ch = k / g.KK, kh = k % g.KK / g.KW, kw = k % g.KW;
+                    const int ih = q / g.OW * g.sh - g.pt + kh * g.dh, iw = q % g.OW * g.sw - g.pl + kw * g.dw;
+                    if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) continue;
+                    ref[((size_t)n * c.C + ch) * g.HW + (size_t)ih * g.W + iw] +=
+                        (double)w[(size_t)o * g.K + k] * dy[((size_t)n * O + o) * g.OHW + q];
+                }
+    emu_launch((unsigned)((w.size() + 255) / 256), 256,
+               [&] { conv_flip_weight_kernel<float>(wt.data(), w.data(), O, c.C, g.KH, g.KW); });
+    const kgeom t = dgrad_geom(g, O);
+    std::vector<float> dx(ref.size(), NAN);
+    const int64_t P = (int64_t)c.N * t.OHW;
+    emu_launch(emu_dim3{(unsigned)((P + kIgBN - 1) / kIgBN), (unsigned)((c.C + BM - 1) / BM), 1}, 1, ig_threads(BM),
+               [&] { conv_implicit_kernel<BM, X3>(dx.data(), dy.data(), wt.data(), nullptr, t, c.C, P, t.K % 4 == 0); });
+    char label[160];
+    snprintf(label, sizeof label, "%s,N=%d,C=%d,O=%d,K'=%d,P=%lld,BM=%d,%s", c.label, c.N, c.C, O, t.K, (long long)P, BM,
+             X3 ? "3xtf32" : "tf32");
+    report("implicit_dgrad", label, "rel", rel_l2(dx, ref), X3 ? 1e-6 : 1e-3);
+}
+
 }  // namespace
 
 int main()
@@ -323,6 +355,17 @@ int main()
     check_implicit<64, true>(ig[2], 33, true, false);
     check_implicit<64, false>(ig[3], 7, false, true);
     check_implicit<128, true>(ig[3], 9, true, false);
+    /* the backward input through it (stride 1): SD's 3x3 pad 1, a "full" one (no padding: every
+     * dx pixel reads a border of dy), dilation with uneven padding, a 3x2 kernel */
+    const conv_case dg[] = {
+        {"3x3,pad=1", 2, 70, 9, 7, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1},
+        {"3x3,pad=0", 3, 5, 8, 9, 3, 3, 1, 1, 0, 0, 0, 0, 1, 1},
+        {"dil=2,asym_pad", 2, 6, 9, 8, 3, 2, 1, 1, 2, 0, 1, 1, 2, 2},
+    };
+    check_implicit_dgrad<64, false>(dg[0], 12);
+    check_implicit_dgrad<128, true>(dg[0], 8);
+    check_implicit_dgrad<64, true>(dg[1], 6);
+    check_implicit_dgrad<64, false>(dg[2], 4);
     /* packing: one shared matrix, a batch with padding between rows and matrices, grids that wrap */
     check_pack<4>(1, 5, 12, 12, 0, 1, 2);
     check_pack<4>(3, 4, 1032, 1040, 4 * 1040 + 8, 1, 2);

@@ -987,9 +987,10 @@ START_TEST(test_nn)
             unsetenv("DRAFT_CONV_PIPELINE");
             unsetenv("DRAFT_CONV_IMPLICIT");
         }
-        /* the implicit-GEMM forward on tensor cores (groups 1: the groups=2 case takes the im2col
-         * path): 3xTF32 under exact f32, one tf32 product under TF32, and 128-channel tiles forced
-         * (the large case: 64 channels in one half-empty tile) */
+        /* the implicit-GEMM kernel on tensor cores, forward and (stride 1) backward input (groups 1:
+         * the groups=2 case takes the im2col path, as 1x1's GEMMs): 3xTF32 under exact f32, one tf32
+         * product under TF32, and 128-channel tiles forced (the large case: 64 channels in one
+         * half-empty tile) */
         for (int q = 0; q < (optin_skipped() ? 0 : 3); q++) {
             char label[128];
             const char *what[3] = {"implicit", "implicit,tf32", "implicit,tf32,bm=128"};

@@ -10,7 +10,8 @@
  * stride_h 1 instead expands only the kernel columns and runs one GEMM per kernel row over
  * views of that shifted by whole rows (conv2d_kernels.cuh): KH times less im2col traffic.
  * With DRAFT_CONV_IMPLICIT=1 an f32 forward (groups 1) is instead one implicit-GEMM kernel on
- * tensor cores that gathers its operand tiles from x into shared memory (conv2d_kernels.cuh).
+ * tensor cores that gathers its operand tiles from x into shared memory (conv2d_kernels.cuh), and
+ * so is the backward input at stride 1, as the forward convolution of dy with the weights flipped.
  * 1x1 convolutions with stride 1 and no padding skip im2col and use x / dx directly as the GEMM
  * operand. Bias is pre-filled into the output
  * and the GEMM accumulates onto it (beta = 1); db is a per-channel reduction kernel.
@@ -389,24 +390,27 @@ enum status rowshift_forward(bool *done, T *out, const T *x, const T *w, const T
 
 /* ---------------------------------------------------------------- implicit-GEMM forward */
 
-/* DRAFT_CONV_IMPLICIT=1 (opt-in until measured on a GPU): f32 forwards with groups 1 under TF32
- * (one tf32 product) or exact f32 (3xTF32) run as conv_implicit_kernel (conv2d_kernels.cuh): no
- * im2col, no workspace, no bias pre-fill. DRAFT_CONV_IMPLICIT_BM=64|128 forces the tile height
- * (tests, benchmarks). */
+/* DRAFT_CONV_IMPLICIT=1 (opt-in until measured on a GPU): f32 convolutions with groups 1 under
+ * TF32 (one tf32 product) or exact f32 (3xTF32) run their forward, and for stride 1 their backward
+ * input, as conv_implicit_kernel (conv2d_kernels.cuh): no im2col, no workspace, no bias pre-fill
+ * (the backward input over the flipped, transposed weights). DRAFT_CONV_IMPLICIT_BM=64|128 forces
+ * the tile height (tests, benchmarks). */
 bool conv_implicit() { return cuda_switch("DRAFT_CONV_IMPLICIT", false); }
 
-int implicit_bm(const geom &g)
+/* output channels per block for P pixels and O channels */
+int implicit_bm(int64_t P, int64_t O)
 {
     const char *e = getenv("DRAFT_CONV_IMPLICIT_BM");
     const int forced = e ? atoi(e) : 0;
     if (forced == 64 || forced == 128) return forced;
     /* 128 channels per block only where they divide O and still give every SM a block */
-    const int64_t blocks128 = (g.N * g.OHW + kIgBN - 1) / kIgBN * (g.O / 128);
-    return g.O % 128 == 0 && blocks128 >= cuda_sm_count() ? 128 : 64;
+    const int64_t blocks128 = (P + kIgBN - 1) / kIgBN * (O / 128);
+    return O % 128 == 0 && blocks128 >= cuda_sm_count() ? 128 : 64;
 }
 
 template <int BM, bool X3>
-enum status implicit_launch(float *out, const float *x, const float *w, const float *bias, const geom &g)
+enum status implicit_launch(float *out, const float *x, const float *w, const float *bias, const kgeom &kg, int64_t N,
+                            int O)
 {
     static bool smem_set = false;   /* per instantiation: more than the default 48 KiB */
     const size_t smem = ig_smem_bytes(BM);
@@ -414,28 +418,52 @@ enum status implicit_launch(float *out, const float *x, const float *w, const fl
         CUDA_TRY(cudaFuncSetAttribute(conv_implicit_kernel<BM, X3>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         smem_set = true;
     }
-    const int64_t P = g.N * g.OHW;
-    const dim3 grid((unsigned)((P + kIgBN - 1) / kIgBN), (unsigned)((g.O + BM - 1) / BM));
-    const int vec_a = g.K % 4 == 0 && ((uintptr_t)w & 15) == 0;
-    conv_implicit_kernel<BM, X3><<<grid, ig_threads(BM), smem, (cudaStream_t)cuda_stream()>>>(out, x, w, bias, kernel_geom(g),
-                                                                                            (int)g.O, P, vec_a);
+    const int64_t P = N * kg.OHW;
+    const dim3 grid((unsigned)((P + kIgBN - 1) / kIgBN), (unsigned)((O + BM - 1) / BM));
+    const int vec_a = kg.K % 4 == 0 && ((uintptr_t)w & 15) == 0;
+    conv_implicit_kernel<BM, X3><<<grid, ig_threads(BM), smem, (cudaStream_t)cuda_stream()>>>(out, x, w, bias, kg, O, P,
+                                                                                            vec_a);
     CUDA_LAUNCHED();
     return STATUS_OK;
+}
+
+/* the switch, the precision and the kernel's limits: 32-bit indices into one image's input (C*HW),
+ * the depth K, the grid; KH*KW <= 64 (its tap mask) */
+bool implicit_applies(const geom &g, int64_t Cin, int64_t HWin, int64_t K, int64_t P, int64_t O)
+{
+    return conv_implicit() && tensor_precision() != PRECISION_BF16 && g.G == 1 && !g.pointwise && K > 0 && g.KK <= 64 &&
+           Cin * HWin <= INT_MAX && K <= INT_MAX - kIgBK && (P + kIgBN - 1) / kIgBN <= INT_MAX && (O + 63) / 64 <= 65535;
+}
+
+enum status implicit_run(float *out, const float *x, const float *w, const float *bias, const kgeom &kg, int64_t N, int O)
+{
+    const bool x3 = tensor_precision() == PRECISION_F32;
+    if (implicit_bm(N * kg.OHW, O) == 128)
+        return x3 ? implicit_launch<128, true>(out, x, w, bias, kg, N, O) : implicit_launch<128, false>(out, x, w, bias, kg, N, O);
+    return x3 ? implicit_launch<64, true>(out, x, w, bias, kg, N, O) : implicit_launch<64, false>(out, x, w, bias, kg, N, O);
 }
 
 /* the implicit-GEMM forward where it applies (*done), else nothing (the im2col path runs) */
 enum status implicit_forward(bool *done, float *out, const float *x, const float *w, const float *bias, const geom &g)
 {
-    const enum precision pr = tensor_precision();
-    if (!conv_implicit() || g.G != 1 || g.pointwise || g.K == 0 || g.KK > 64 || pr == PRECISION_BF16) return STATUS_OK;
-    /* the kernel's 32-bit indices (one image's input plane stack, the depth) and grid limits */
-    if (g.C * g.HW > INT_MAX || g.K > INT_MAX - kIgBK || (g.N * g.OHW + kIgBN - 1) / kIgBN > INT_MAX ||
-        (g.O + 63) / 64 > 65535)
-        return STATUS_OK;
-    const bool x3 = pr == PRECISION_F32;
-    enum status s;
-    if (implicit_bm(g) == 128) s = x3 ? implicit_launch<128, true>(out, x, w, bias, g) : implicit_launch<128, false>(out, x, w, bias, g);
-    else s = x3 ? implicit_launch<64, true>(out, x, w, bias, g) : implicit_launch<64, false>(out, x, w, bias, g);
+    if (!implicit_applies(g, g.C, g.HW, g.K, g.N * g.OHW, g.O)) return STATUS_OK;
+    const enum status s = implicit_run(out, x, w, bias, kernel_geom(g), g.N, (int)g.O);
+    *done = s == STATUS_OK;
+    return s;
+}
+
+/* the same for the backward input of a stride-1 convolution: dx = conv(dy, flipped transposed w) */
+enum status implicit_backward_input(bool *done, float *dx, const float *dy, const float *w, const geom &g)
+{
+    if (g.sh != 1 || g.sw != 1 || !implicit_applies(g, g.O, g.OHW, g.O * g.KK, g.N * g.HW, g.C)) return STATUS_OK;
+    enum status s = STATUS_OK;
+    float *wt = scratch<float>(g.O * g.K, &s);
+    if (!wt) return s;
+    const int64_t n = g.O * g.K;
+    conv_flip_weight_kernel<float><<<(unsigned)((n + 255) / 256), 256, 0, (cudaStream_t)cuda_stream()>>>(wt, w, g.O, g.C,
+                                                                                                        (int)g.KH, (int)g.KW);
+    CUDA_LAUNCHED();
+    s = implicit_run(dx, dy, wt, nullptr, dgrad_geom(kernel_geom(g), (int)g.O), g.N, (int)g.C);
     *done = s == STATUS_OK;
     return s;
 }
@@ -507,6 +535,10 @@ template <typename T> enum status conv_forward(T *out, const T *x, const T *w, c
 template <typename T> enum status conv_backward_input(T *dx, const T *dy, const T *w, const geom &g)
 {
     enum status s = STATUS_OK;
+    if constexpr (sizeof(T) == 4) {
+        bool done = false;
+        if ((s = implicit_backward_input(&done, dx, dy, w, g)) || done) return s;
+    }
     if (g.pointwise) {
         for (int gi = 0; gi < g.G; gi++)
             if ((s = gemm(CUBLAS_OP_N, CUBLAS_OP_T, g.HW, g.Cg, g.Og, dy + gi * g.Og * g.OHW, g.OHW, g.O * g.OHW,

@@ -347,4 +347,30 @@ conv_implicit_kernel(float *__restrict__ out, const float *__restrict__ x, const
     }
 }
 
+/* The backward input of a stride-1 convolution is the forward convolution of dy with the weights
+ * channel-transposed and flipped, wt[c][o][kh][kw] = w[o][c][KH-1-kh][KW-1-kw]:
+ *   dx[c][ih][iw] = sum over o, kh, kw of wt[c][o][kh][kw] dy[o][ih - pt' + kh dh][iw - pl' + kw dw]
+ * with pt' = dh (KH-1) - pt and pl' = dw (KW-1) - pl (negative is fine: the kernels' bounds
+ * checks do the cropping), so conv_implicit_kernel runs it with dgrad_geom(g) and O' = C. */
+__host__ __device__ inline kgeom dgrad_geom(const kgeom &g, int O)
+{
+    kgeom t = g;
+    t.C = O, t.H = g.OH, t.W = g.OW, t.OH = g.H, t.OW = g.W, t.sh = t.sw = 1;
+    t.pt = g.dh * (g.KH - 1) - g.pt, t.pl = g.dw * (g.KW - 1) - g.pl;
+    t.K = O * g.KK, t.HW = g.OH * g.OW, t.OHW = g.H * g.W;
+    return t;
+}
+
+/* wt as above from w [O][C][KH][KW]; one thread per element */
+template <typename T>
+__global__ void __launch_bounds__(256)
+conv_flip_weight_kernel(T *__restrict__ wt, const T *__restrict__ w, int64_t O, int64_t C, int KH, int KW)
+{
+    const int64_t e = (int64_t)blockIdx.x * 256 + threadIdx.x, n = O * C * KH * KW;
+    if (e >= n) return;
+    const int kw = (int)(e % KW), kh = (int)(e / KW % KH);
+    const int64_t o = e / ((int64_t)KW * KH) % O, c = e / ((int64_t)KW * KH * O);
+    wt[e] = w[((o * C + c) * KH + (KH - 1 - kh)) * KW + (KW - 1 - kw)];
+}
+
 #endif
