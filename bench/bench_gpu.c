@@ -265,25 +265,26 @@ int main(int argc, char **argv)
             /* again with each opt-in forward: the im2col of the next tile on a side stream (320
              * channels), the row-shift forward (a partial im2col over kernel columns, 3 GEMMs),
              * and the implicit GEMM on tensor cores (TF32 and exact f32; not under autocast), also
-             * with 128-channel tiles forced */
+             * with 128-channel tiles forced, and without split-K where the default splits */
             const struct {
-                const char *env, *suffix, *bm;
+                const char *env, *suffix, *knob, *value;   /* knob: a tuning variable set to value */
                 bool tf32, autocast, f32;
-            } variants[4] = {{"DRAFT_CONV_PIPELINE", "_pipe", NULL, false, true, false},
-                             {"DRAFT_CONV_ROWSHIFT", "_rowshift", NULL, true, true, false},
-                             {"DRAFT_CONV_IMPLICIT", "_implicit", NULL, true, false, true},
-                             {"DRAFT_CONV_IMPLICIT", "_implicit_bm128", "128", true, false, false}};
-            for (int v = 0; v < 4; v++) {
+            } variants[5] = {{"DRAFT_CONV_PIPELINE", "_pipe", NULL, NULL, false, true, false},
+                             {"DRAFT_CONV_ROWSHIFT", "_rowshift", NULL, NULL, true, true, false},
+                             {"DRAFT_CONV_IMPLICIT", "_implicit", NULL, NULL, true, false, true},
+                             {"DRAFT_CONV_IMPLICIT", "_implicit_bm128", "DRAFT_CONV_IMPLICIT_BM", "128", true, false, false},
+                             {"DRAFT_CONV_IMPLICIT", "_implicit_split1", "DRAFT_CONV_IMPLICIT_SPLIT", "1", true, false, false}};
+            for (int v = 0; v < 5; v++) {
                 const bool want = i == 3 ? variants[v].autocast : i == 4 ? variants[v].f32
-                                         : variants[v].tf32 && (i == 0 || strcmp(variants[v].suffix, "_pipe"));
+                                : v == 0 ? i == 0 : v == 4 ? i != 0 : variants[v].tf32;   /* split1: where it splits */
                 if (!want) continue;
                 set_switches(variants[v].env);
-                if (variants[v].bm) setenv("DRAFT_CONV_IMPLICIT_BM", variants[v].bm, 1);
+                if (variants[v].knob) setenv(variants[v].knob, variants[v].value, 1);
                 snprintf(name, sizeof name, "conv2d_%lldc_%lldpx_%s%s%s", (long long)C, (long long)S,
                          bw ? "fwdbwd" : "fwd", mode, variants[v].suffix);
                 ms = time_it(name, run_conv, &a, 3, 20);
                 if (ms > 0) printf("RESULT %s %.3f %.1f TFLOP/s\n", name, ms, f / ms / 1e9);
-                unsetenv("DRAFT_CONV_IMPLICIT_BM");
+                if (variants[v].knob) unsetenv(variants[v].knob);
                 set_switches(NULL);
             }
             release(&a);

@@ -392,9 +392,11 @@ enum status rowshift_forward(bool *done, T *out, const T *x, const T *w, const T
 
 /* DRAFT_CONV_IMPLICIT=1 (opt-in until measured on a GPU): f32 convolutions with groups 1 under
  * TF32 (one tf32 product) or exact f32 (3xTF32) run their forward, and for stride 1 their backward
- * input, as conv_implicit_kernel (conv2d_kernels.cuh): no im2col, no workspace, no bias pre-fill
- * (the backward input over the flipped, transposed weights). DRAFT_CONV_IMPLICIT_BM=64|128 forces
- * the tile height (tests, benchmarks). */
+ * input, as conv_implicit_kernel (conv2d_kernels.cuh): no im2col, no bias pre-fill (the backward
+ * input over the flipped, transposed weights), and a workspace only for split-K's partial outputs
+ * where the tiles alone would leave SMs idle (SD's 640 and 1280 channels at 32 and 16 px).
+ * DRAFT_CONV_IMPLICIT_BM=64|128 and DRAFT_CONV_IMPLICIT_SPLIT=N force the tile height and the
+ * number of splits (tests, benchmarks). */
 bool conv_implicit() { return cuda_switch("DRAFT_CONV_IMPLICIT", false); }
 
 /* output channels per block for P pixels and O channels */
@@ -410,7 +412,7 @@ int implicit_bm(int64_t P, int64_t O)
 
 template <int BM, bool X3>
 enum status implicit_launch(float *out, const float *x, const float *w, const float *bias, const kgeom &kg, int64_t N,
-                            int O)
+                            int O, int S)
 {
     static bool smem_set = false;   /* per instantiation: more than the default 48 KiB */
     const size_t smem = ig_smem_bytes(BM);
@@ -418,12 +420,25 @@ enum status implicit_launch(float *out, const float *x, const float *w, const fl
         CUDA_TRY(cudaFuncSetAttribute(conv_implicit_kernel<BM, X3>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         smem_set = true;
     }
-    const int64_t P = N * kg.OHW;
-    const dim3 grid((unsigned)((P + kIgBN - 1) / kIgBN), (unsigned)((O + BM - 1) / BM));
+    const int64_t P = N * kg.OHW, n = P * O;
+    const ig_split sp = ig_split_plan(kg.K, S);
+    S = sp.S;
+    enum status s = STATUS_OK;
+    float *part = S > 1 ? scratch<float>(S * n, &s) : out;
+    if (!part) return s;
+    const dim3 grid((unsigned)((P + kIgBN - 1) / kIgBN), (unsigned)((O + BM - 1) / BM), (unsigned)S);
     const int vec_a = kg.K % 4 == 0 && ((uintptr_t)w & 15) == 0;
-    conv_implicit_kernel<BM, X3><<<grid, ig_threads(BM), smem, (cudaStream_t)cuda_stream()>>>(out, x, w, bias, kg, O, P,
-                                                                                            vec_a);
+    cudaStream_t st = (cudaStream_t)cuda_stream();
+    conv_implicit_kernel<BM, X3><<<grid, ig_threads(BM), smem, st>>>(part, x, w, S > 1 ? nullptr : bias, kg, O, P, vec_a,
+                                                                     sp.kps);
     CUDA_LAUNCHED();
+    if (S > 1) {
+        const bool v4 = n % 4 == 0 && kg.OHW % 4 == 0 && ((uintptr_t)out & 15) == 0;
+        const unsigned blocks = (unsigned)(((v4 ? n / 4 : n) + 255) / 256);
+        if (v4) split_sum_kernel<4><<<blocks, 256, 0, st>>>(out, part, S, n, bias, kg.OHW, O);
+        else split_sum_kernel<1><<<blocks, 256, 0, st>>>(out, part, S, n, bias, kg.OHW, O);
+        CUDA_LAUNCHED();
+    }
     return STATUS_OK;
 }
 
@@ -435,12 +450,29 @@ bool implicit_applies(const geom &g, int64_t Cin, int64_t HWin, int64_t K, int64
            Cin * HWin <= INT_MAX && K <= INT_MAX - kIgBK && (P + kIgBN - 1) / kIgBN <= INT_MAX && (O + 63) / 64 <= 65535;
 }
 
+/* split-K where the tiles alone leave SMs idle: up to 8 splits toward two blocks per SM, at least
+ * 8 k steps each; DRAFT_CONV_IMPLICIT_SPLIT=N forces N (tests, benchmarks) */
+int implicit_splits(int64_t blocks, int64_t K)
+{
+    const char *e = getenv("DRAFT_CONV_IMPLICIT_SPLIT");
+    if (e && atoi(e) > 0) return atoi(e) < 64 ? atoi(e) : 64;
+    const int64_t want = 2 * (int64_t)cuda_sm_count(), nk = (K + kIgBK - 1) / kIgBK;
+    int64_t S = blocks >= want ? 1 : (want + blocks - 1) / blocks;
+    S = S > 8 ? 8 : S;
+    S = S > nk / 8 ? nk / 8 : S;
+    return S < 1 ? 1 : (int)S;
+}
+
 enum status implicit_run(float *out, const float *x, const float *w, const float *bias, const kgeom &kg, int64_t N, int O)
 {
     const bool x3 = tensor_precision() == PRECISION_F32;
-    if (implicit_bm(N * kg.OHW, O) == 128)
-        return x3 ? implicit_launch<128, true>(out, x, w, bias, kg, N, O) : implicit_launch<128, false>(out, x, w, bias, kg, N, O);
-    return x3 ? implicit_launch<64, true>(out, x, w, bias, kg, N, O) : implicit_launch<64, false>(out, x, w, bias, kg, N, O);
+    const int64_t P = N * kg.OHW;
+    const int bm = implicit_bm(P, O);
+    const int S = implicit_splits((P + kIgBN - 1) / kIgBN * ((O + bm - 1) / bm), kg.K);
+    if (bm == 128)
+        return x3 ? implicit_launch<128, true>(out, x, w, bias, kg, N, O, S)
+                  : implicit_launch<128, false>(out, x, w, bias, kg, N, O, S);
+    return x3 ? implicit_launch<64, true>(out, x, w, bias, kg, N, O, S) : implicit_launch<64, false>(out, x, w, bias, kg, N, O, S);
 }
 
 /* the implicit-GEMM forward where it applies (*done), else nothing (the im2col path runs) */

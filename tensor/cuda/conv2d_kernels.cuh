@@ -202,11 +202,14 @@ __host__ __device__ constexpr int ig_threads(int BM) { return 2 * BM; }
 __host__ __device__ constexpr int ig_stage_words(int BM) { return BM * kIgAP + kIgBK * kIgBP; }
 __host__ __device__ constexpr size_t ig_smem_bytes(int BM) { return sizeof(float) * kIgStages * ig_stage_words(BM); }
 
-/* P = N * OHW pixels; vec_a: w is 16-byte aligned and K % 4 == 0 (16-byte weight copies); KH*KW <= 64 */
+/* P = N * OHW pixels; vec_a: w is 16-byte aligned and K % 4 == 0 (16-byte weight copies); KH*KW <=
+ * 64. Split-K: with gridDim.z = S > 1, block z sums k steps z*kps .. (z+1)*kps into its own
+ * partial output out + z * N*O*OHW (bias null), and split_sum_kernel adds them up in order (so
+ * the result does not depend on timing, unlike atomics). */
 template <int BM, bool X3>
 __global__ void __launch_bounds__(2 * BM)
 conv_implicit_kernel(float *__restrict__ out, const float *__restrict__ x, const float *__restrict__ w,
-                     const float *__restrict__ bias, kgeom g, int O, int64_t P, int vec_a)
+                     const float *__restrict__ bias, kgeom g, int O, int64_t P, int vec_a, int kps)
 {
     constexpr int T = ig_threads(BM), R = kIgBK * kIgBN / T;   /* col rows per thread per step: 16 or 8 */
     static_assert(kIgBN % 32 == 0 && T % kIgBN == 0 && BM % 32 == 0, "tile shape");
@@ -235,7 +238,9 @@ conv_implicit_kernel(float *__restrict__ out, const float *__restrict__ x, const
         xn = x + n * g.C * (int64_t)g.HW;
     }
     const int row_step = g.dh * g.W - g.KW * g.dw;   /* tap offset change from (kh, KW-1) to (kh+1, 0), less dw */
-    const int nk = (g.K + kIgBK - 1) / kIgBK;
+    /* this block's k steps: all, or (split-K, gridDim.z > 1) the z-th run of `kps` of them */
+    const int kt0 = (int)blockIdx.z * kps, left = (g.K + kIgBK - 1) / kIgBK - kt0;
+    const int nk = left < 0 ? 0 : left < kps ? left : kps;
 
     auto load_step = [&](int stage, int kt) {
         float *As = ig_smem + stage * ig_stage_words(BM), *Bs = As + BM * kIgAP;
@@ -278,13 +283,13 @@ conv_implicit_kernel(float *__restrict__ out, const float *__restrict__ x, const
             for (int e = 0; e < 4; e++) acc[mi][ni][e] = 0.f;
 
     for (int s = 0; s < kIgStages - 1; s++) {
-        if (s < nk) load_step(s, s);
+        if (s < nk) load_step(s, kt0 + s);
         __pipeline_commit();
     }
     for (int kt = 0; kt < nk; kt++) {
         __pipeline_wait_prior(kIgStages - 2);   /* step kt has landed (this thread's copies) */
         __syncthreads();                        /* ... everyone's; and step kt-1's buffer is free */
-        if (kt + kIgStages - 1 < nk) load_step((kt + kIgStages - 1) % kIgStages, kt + kIgStages - 1);
+        if (kt + kIgStages - 1 < nk) load_step((kt + kIgStages - 1) % kIgStages, kt0 + kt + kIgStages - 1);
         __pipeline_commit();
         const float *As = ig_smem + kt % kIgStages * ig_stage_words(BM), *Bs = As + BM * kIgAP;
 #pragma unroll
@@ -320,6 +325,7 @@ conv_implicit_kernel(float *__restrict__ out, const float *__restrict__ x, const
     __pipeline_wait_prior(0);   /* no copy outlives the kernel (the trailing groups are empty) */
 
     /* epilogue: C fragment (mi, ni) holds channels row g / g+8 and pixels 2t, 2t+1 */
+    out += (int64_t)blockIdx.z * P * O;   /* split-K: this split's partial output */
 #pragma unroll
     for (int ni = 0; ni < 8; ni++) {
         const int64_t pp = p0 + wn * 64 + ni * 8 + 2 * tq;
@@ -344,6 +350,40 @@ conv_implicit_kernel(float *__restrict__ out, const float *__restrict__ x, const
                     if (second) out[(n1 * O + o) * (int64_t)g.OHW + q1] = v1;
                 }
             }
+    }
+}
+
+/* split-K plan for a depth K and S requested splits: kps k steps per split, S of them non-empty */
+struct ig_split {
+    int kps, S;
+};
+__host__ __device__ inline ig_split ig_split_plan(int K, int S)
+{
+    const int nk = (K + kIgBK - 1) / kIgBK, kps = (nk + S - 1) / S;
+    return ig_split{kps > 0 ? kps : 1, kps > 0 ? (nk + kps - 1) / kps : 1};
+}
+
+/* out[i] = bias[channel of i] + sum over z < S of part[z][i], i < n = N*O*OHW, in z order; V = 4:
+ * float4 runs (n % 4 == 0, OHW % 4 == 0: a run stays in one channel) */
+template <int V>
+__global__ void __launch_bounds__(256)
+split_sum_kernel(float *__restrict__ out, const float *__restrict__ part, int S, int64_t n, const float *__restrict__ bias,
+                 int64_t OHW, int O)
+{
+    const int64_t i = ((int64_t)blockIdx.x * 256 + threadIdx.x) * V;
+    if (i >= n) return;
+    const float b = bias ? bias[i / OHW % O] : 0.f;
+    if constexpr (V == 4) {
+        float4 a = make_float4(b, b, b, b);
+        for (int z = 0; z < S; z++) {
+            const float4 v = *reinterpret_cast<const float4 *>(part + z * n + i);
+            a.x += v.x, a.y += v.y, a.z += v.z, a.w += v.w;
+        }
+        *reinterpret_cast<float4 *>(out + i) = a;
+    } else {
+        float a = b;
+        for (int z = 0; z < S; z++) a += part[z * n + i];
+        out[i] = a;
     }
 }
 
