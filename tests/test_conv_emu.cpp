@@ -372,6 +372,8 @@ int main()
     check_implicit<64, true>(ig[2], 33, true, false);
     check_implicit<64, false>(ig[3], 7, false, true);
     check_implicit<128, true>(ig[3], 9, true, false);
+    const conv_case deep = {"3x3,pad=1,deep", 2, 40, 12, 12, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1};   /* 23 k steps, 3 x 2 blocks */
+    check_implicit<64, false>(deep, 70, true, false);
     /* split-K: 5 k steps in 2 and 3 parts (uneven; float4 sums), 4 steps asked for 3 splits (2
      * non-empty), odd OHW (scalar sums), more splits than steps */
     check_implicit<64, true>(ig[0], 70, true, false, 2);
