@@ -264,14 +264,14 @@ int main(int argc, char **argv)
             if (ms > 0) printf("RESULT %s %.3f %.1f TFLOP/s\n", name, ms, f / ms / 1e9);
             /* again with each opt-in forward: the im2col of the next tile on a side stream (320
              * channels), the row-shift forward (a partial im2col over kernel columns, 3 GEMMs),
-             * and the implicit GEMM on tensor cores (TF32 and exact f32; not under autocast), also
+             * and the implicit GEMM on tensor cores (TF32, exact f32 and autocast), also
              * with 128-channel tiles forced, and without split-K where the default splits */
             const struct {
                 const char *env, *suffix, *knob, *value;   /* knob: a tuning variable set to value */
                 bool tf32, autocast, f32;
             } variants[5] = {{"DRAFT_CONV_PIPELINE", "_pipe", NULL, NULL, false, true, false},
                              {"DRAFT_CONV_ROWSHIFT", "_rowshift", NULL, NULL, true, true, false},
-                             {"DRAFT_CONV_IMPLICIT", "_implicit", NULL, NULL, true, false, true},
+                             {"DRAFT_CONV_IMPLICIT", "_implicit", NULL, NULL, true, true, true},
                              {"DRAFT_CONV_IMPLICIT", "_implicit_bm128", "DRAFT_CONV_IMPLICIT_BM", "128", true, false, false},
                              {"DRAFT_CONV_IMPLICIT", "_implicit_split1", "DRAFT_CONV_IMPLICIT_SPLIT", "1", true, false, false}};
             for (int v = 0; v < 5; v++) {

@@ -224,9 +224,9 @@ template <typename T, typename CT> void check_rowshift(const conv_case &c, int O
     report("rowshift_fwd", label, "rel", rel_l2(out, ref), sizeof(CT) == 2 ? 1e-2 : sizeof(T) == 8 ? 1e-14 : 1e-6);
 }
 
-/* conv_implicit_kernel<BM, X3> over P pixels into out as conv2d.cu's implicit_launch runs it, in
+/* conv_implicit_kernel<BM, M> over P pixels into out as conv2d.cu's implicit_launch runs it, in
  * `splits` split-K parts (then split_sum_kernel) when more than 1 */
-template <int BM, bool X3>
+template <int BM, int M>
 void run_implicit(float *out, const float *x, const float *w, const float *bias, const kgeom &g, int O, int64_t P, int splits)
 {
     const ig_split sp = ig_split_plan(g.K, splits);
@@ -235,7 +235,7 @@ void run_implicit(float *out, const float *x, const float *w, const float *bias,
     float *dst = sp.S > 1 ? part.data() : out;
     const int vec_a = g.K % 4 == 0 && ((uintptr_t)w & 15) == 0;
     emu_launch(emu_dim3{(unsigned)((P + kIgBN - 1) / kIgBN), (unsigned)((O + BM - 1) / BM), (unsigned)sp.S}, 1,
-               ig_threads(BM), [&] { conv_implicit_kernel<BM, X3>(dst, x, w, sp.S > 1 ? nullptr : bias, g, O, P, vec_a, sp.kps); });
+               ig_threads(BM), [&] { conv_implicit_kernel<BM, M>(dst, x, w, sp.S > 1 ? nullptr : bias, g, O, P, vec_a, sp.kps); });
     if (sp.S > 1) {
         const bool v4 = n % 4 == 0 && g.OHW % 4 == 0;
         if (v4) emu_launch((unsigned)((n / 4 + 255) / 256), 256, [&] { split_sum_kernel<4>(out, dst, sp.S, n, bias, g.OHW, O); });
@@ -243,10 +243,14 @@ void run_implicit(float *out, const float *x, const float *w, const float *bias,
     }
 }
 
-/* the implicit-GEMM forward (conv_implicit_kernel<BM, X3>) as conv2d.cu launches it, against a
+/* the implicit-GEMM forward (conv_implicit_kernel<BM, M>) as conv2d.cu launches it, against a
  * direct convolution in float64; w_off shifts the weights by one float off 16-byte alignment (the
  * scalar weight copies, as K % 4 != 0 does); splits > 1: split-K */
-template <int BM, bool X3> void check_implicit(const conv_case &c, int O, bool with_bias, bool w_off, int splits = 1)
+const char *ig_mode_name(int m) { return m == IG_BF16 ? "bf16" : m == IG_3XTF32 ? "3xtf32" : "tf32"; }
+/* relative error bounds: bf16 rounds each operand to 8 significant bits, tf32 to 11; 3xTF32 is f32 */
+double ig_bound(int m) { return m == IG_BF16 ? 1e-2 : m == IG_3XTF32 ? 1e-6 : 1e-3; }
+
+template <int BM, int M> void check_implicit(const conv_case &c, int O, bool with_bias, bool w_off, int splits = 1)
 {
     const kgeom g = make_kgeom(c);
     std::vector<float> x((size_t)c.N * c.C * g.HW), wbuf((size_t)O * g.K + 4), bias(with_bias ? O : 0);
@@ -259,19 +263,17 @@ template <int BM, bool X3> void check_implicit(const conv_case &c, int O, bool w
     std::vector<float> out(ref.size(), NAN);
     const int64_t P = (int64_t)c.N * g.OHW;
     const int vec_a = g.K % 4 == 0 && ((uintptr_t)w & 15) == 0;
-    run_implicit<BM, X3>(out.data(), x.data(), w, with_bias ? bias.data() : nullptr, g, O, P, splits);
+    run_implicit<BM, M>(out.data(), x.data(), w, with_bias ? bias.data() : nullptr, g, O, P, splits);
     char label[160];
     snprintf(label, sizeof label, "%s,N=%d,C=%d,O=%d,K=%d,P=%lld,%s,%s,BM=%d,%s,splits=%d(%d)", c.label, c.N, c.C, O, g.K,
-             (long long)P, with_bias ? "bias" : "no_bias", vec_a ? "vec_w" : "scalar_w", BM, X3 ? "3xtf32" : "tf32", splits,
+             (long long)P, with_bias ? "bias" : "no_bias", vec_a ? "vec_w" : "scalar_w", BM, ig_mode_name(M), splits,
              ig_split_plan(g.K, splits).S);
-    /* tf32: each operand rounded to 11 significant bits, relative error about 2^-11 / sqrt(2) per
-     * product, averaging down over the sum; 3xTF32 as f32 */
-    report("implicit_fwd", label, "rel", rel_l2(out, ref), X3 ? 1e-6 : 1e-3);
+    report("implicit_fwd", label, "rel", rel_l2(out, ref), ig_bound(M));
 }
 
 /* the implicit-GEMM backward input at stride 1 as conv2d.cu runs it (conv_flip_weight_kernel, then
  * conv_implicit_kernel over dgrad_geom), against dx = sum over o, kh, kw of w dy in float64 */
-template <int BM, bool X3> void check_implicit_dgrad(const conv_case &c, int O, int splits = 1)
+template <int BM, int M> void check_implicit_dgrad(const conv_case &c, int O, int splits = 1)
 {
     const kgeom g = make_kgeom(c);
     std::vector<float> dy((size_t)c.N * O * g.OHW), w((size_t)O * g.K), wt(w.size(), NAN);
@@ -293,11 +295,11 @@ template <int BM, bool X3> void check_implicit_dgrad(const conv_case &c, int O, 
     const kgeom t = dgrad_geom(g, O);
     std::vector<float> dx(ref.size(), NAN);
     const int64_t P = (int64_t)c.N * t.OHW;
-    run_implicit<BM, X3>(dx.data(), dy.data(), wt.data(), nullptr, t, c.C, P, splits);
+    run_implicit<BM, M>(dx.data(), dy.data(), wt.data(), nullptr, t, c.C, P, splits);
     char label[160];
     snprintf(label, sizeof label, "%s,N=%d,C=%d,O=%d,K'=%d,P=%lld,BM=%d,%s,splits=%d", c.label, c.N, c.C, O, t.K,
-             (long long)P, BM, X3 ? "3xtf32" : "tf32", splits);
-    report("implicit_dgrad", label, "rel", rel_l2(dx, ref), X3 ? 1e-6 : 1e-3);
+             (long long)P, BM, ig_mode_name(M), splits);
+    report("implicit_dgrad", label, "rel", rel_l2(dx, ref), ig_bound(M));
 }
 
 }  // namespace
@@ -365,22 +367,25 @@ int main()
         {"sw=2,dil=2,asym_pad", 2, 5, 9, 8, 2, 3, 2, 1, 1, 0, 0, 2, 2, 2},
         {"1x1,stride=2", 3, 12, 6, 7, 1, 1, 2, 2, 0, 0, 0, 0, 1, 1},
     };
-    check_implicit<64, false>(ig[0], 70, true, false);
-    check_implicit<64, true>(ig[0], 70, true, false);
-    check_implicit<128, false>(ig[1], 130, false, false);
-    check_implicit<128, true>(ig[1], 20, true, true);
-    check_implicit<64, true>(ig[2], 33, true, false);
-    check_implicit<64, false>(ig[3], 7, false, true);
-    check_implicit<128, true>(ig[3], 9, true, false);
+    check_implicit<64, IG_TF32>(ig[0], 70, true, false);
+    check_implicit<64, IG_3XTF32>(ig[0], 70, true, false);
+    check_implicit<128, IG_TF32>(ig[1], 130, false, false);
+    check_implicit<128, IG_3XTF32>(ig[1], 20, true, true);
+    check_implicit<64, IG_3XTF32>(ig[2], 33, true, false);
+    check_implicit<64, IG_TF32>(ig[3], 7, false, true);
+    check_implicit<128, IG_3XTF32>(ig[3], 9, true, false);
+    check_implicit<64, IG_BF16>(ig[0], 70, true, false);
+    check_implicit<128, IG_BF16>(ig[1], 130, false, true, 2);
+    check_implicit<64, IG_BF16>(ig[2], 33, true, false);
     const conv_case deep = {"3x3,pad=1,deep", 2, 40, 12, 12, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1};   /* 23 k steps, 3 x 2 blocks */
-    check_implicit<64, false>(deep, 70, true, false);
+    check_implicit<64, IG_TF32>(deep, 70, true, false);
     /* split-K: 5 k steps in 2 and 3 parts (uneven; float4 sums), 4 steps asked for 3 splits (2
      * non-empty), odd OHW (scalar sums), more splits than steps */
-    check_implicit<64, true>(ig[0], 70, true, false, 2);
-    check_implicit<64, false>(ig[0], 70, true, false, 3);
-    check_implicit<128, true>(ig[1], 130, true, false, 3);
-    check_implicit<64, true>(ig[1], 20, true, true, 2);
-    check_implicit<64, false>(ig[2], 33, false, false, 9);
+    check_implicit<64, IG_3XTF32>(ig[0], 70, true, false, 2);
+    check_implicit<64, IG_TF32>(ig[0], 70, true, false, 3);
+    check_implicit<128, IG_3XTF32>(ig[1], 130, true, false, 3);
+    check_implicit<64, IG_3XTF32>(ig[1], 20, true, true, 2);
+    check_implicit<64, IG_TF32>(ig[2], 33, false, false, 9);
     /* the backward input through it (stride 1): SD's 3x3 pad 1, a "full" one (no padding: every
      * dx pixel reads a border of dy), dilation with uneven padding, a 3x2 kernel */
     const conv_case dg[] = {
@@ -388,11 +393,12 @@ int main()
         {"3x3,pad=0", 3, 5, 8, 9, 3, 3, 1, 1, 0, 0, 0, 0, 1, 1},
         {"dil=2,asym_pad", 2, 6, 9, 8, 3, 2, 1, 1, 2, 0, 1, 1, 2, 2},
     };
-    check_implicit_dgrad<64, false>(dg[0], 12);
-    check_implicit_dgrad<128, true>(dg[0], 8);
-    check_implicit_dgrad<64, true>(dg[1], 6);
-    check_implicit_dgrad<64, false>(dg[2], 4);
-    check_implicit_dgrad<64, true>(dg[0], 12, 4);
+    check_implicit_dgrad<64, IG_TF32>(dg[0], 12);
+    check_implicit_dgrad<128, IG_3XTF32>(dg[0], 8);
+    check_implicit_dgrad<64, IG_3XTF32>(dg[1], 6);
+    check_implicit_dgrad<64, IG_TF32>(dg[2], 4);
+    check_implicit_dgrad<64, IG_3XTF32>(dg[0], 12, 4);
+    check_implicit_dgrad<64, IG_BF16>(dg[1], 6, 2);
     /* packing: one shared matrix, a batch with padding between rows and matrices, grids that wrap */
     check_pack<4>(1, 5, 12, 12, 0, 1, 2);
     check_pack<4>(3, 4, 1032, 1040, 4 * 1040 + 8, 1, 2);

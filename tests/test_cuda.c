@@ -990,10 +990,11 @@ START_TEST(test_nn)
         /* the implicit-GEMM kernel on tensor cores, forward and (stride 1) backward input (groups 1:
          * the groups=2 case takes the im2col path, as 1x1's GEMMs): 3xTF32 under exact f32, one tf32
          * product under TF32, 128-channel tiles forced (the large case: 64 channels in one
-         * half-empty tile), and split-K in 3 forced (partial outputs, then their ordered sum) */
-        for (int q = 0; q < (optin_skipped() ? 0 : 4); q++) {
+         * half-empty tile), split-K in 3 forced (partial outputs, then their ordered sum), and
+         * bf16 products under autocast */
+        for (int q = 0; q < (optin_skipped() ? 0 : 5); q++) {
             char label[128];
-            const char *what[4] = {"implicit", "implicit,tf32", "implicit,tf32,bm=128", "implicit,splits=3"};
+            const char *what[5] = {"implicit", "implicit,tf32", "implicit,tf32,bm=128", "implicit,splits=3", "implicit,bf16"};
             snprintf(label, sizeof label, "%.*s,%s]", (int)strlen(convs[k].name) - 1, convs[k].name, what[q]);
             set_switch("DRAFT_CONV_IMPLICIT", true);
             set_switch("DRAFT_CONV_ROWSHIFT", false);
@@ -1001,8 +1002,10 @@ START_TEST(test_nn)
             if (q == 1 || q == 2) tensor_set_precision(PRECISION_TF32);
             if (q == 2) setenv("DRAFT_CONV_IMPLICIT_BM", "128", 1);
             if (q == 3) setenv("DRAFT_CONV_IMPLICIT_SPLIT", "3", 1);
-            const struct case_opts ot = {.tol32 = TOL_TF32};
-            check_op(label, f_conv, &convs[k].c, convs[k].c.bias ? 3 : 2, in, q == 1 || q == 2 ? &ot : convs[k].gc ? &o : &big);
+            if (q == 4) tensor_set_precision(PRECISION_BF16);
+            const struct case_opts ot = {.tol32 = TOL_TF32}, ob = {.tol32 = TOL_BF16};
+            check_op(label, f_conv, &convs[k].c, convs[k].c.bias ? 3 : 2, in,
+                     q == 1 || q == 2 ? &ot : q == 4 ? &ob : convs[k].gc ? &o : &big);
             tensor_set_precision(PRECISION_F32);
             unsetenv("DRAFT_CONV_IMPLICIT_BM");
             unsetenv("DRAFT_CONV_IMPLICIT_SPLIT");

@@ -391,8 +391,9 @@ enum status rowshift_forward(bool *done, T *out, const T *x, const T *w, const T
 /* ---------------------------------------------------------------- implicit-GEMM forward */
 
 /* DRAFT_CONV_IMPLICIT=1 (opt-in until measured on a GPU): f32 convolutions with groups 1 under
- * TF32 (one tf32 product) or exact f32 (3xTF32) run their forward, and for stride 1 their backward
- * input, as conv_implicit_kernel (conv2d_kernels.cuh): no im2col, no bias pre-fill (the backward
+ * TF32 (one tf32 product), exact f32 (3xTF32) or bf16 autocast (bf16 products, f32 sums) run
+ * their forward, and for stride 1 their backward input, as conv_implicit_kernel
+ * (conv2d_kernels.cuh): no im2col, no bias pre-fill (the backward
  * input over the flipped, transposed weights), and a workspace only for split-K's partial outputs
  * where the tiles alone would leave SMs idle (SD's 640 and 1280 channels at 32 and 16 px).
  * DRAFT_CONV_IMPLICIT_BM=64|128 and DRAFT_CONV_IMPLICIT_SPLIT=N force the tile height and the
@@ -410,14 +411,14 @@ int implicit_bm(int64_t P, int64_t O)
     return O % 128 == 0 && blocks128 >= cuda_sm_count() ? 128 : 64;
 }
 
-template <int BM, bool X3>
+template <int BM, int MODE>
 enum status implicit_launch(float *out, const float *x, const float *w, const float *bias, const kgeom &kg, int64_t N,
                             int O, int S)
 {
     static bool smem_set = false;   /* per instantiation: more than the default 48 KiB */
-    const size_t smem = ig_smem_bytes(BM);
+    const size_t smem = ig_smem_bytes(BM, MODE);
     if (!smem_set) {
-        CUDA_TRY(cudaFuncSetAttribute(conv_implicit_kernel<BM, X3>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        CUDA_TRY(cudaFuncSetAttribute(conv_implicit_kernel<BM, MODE>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         smem_set = true;
     }
     const int64_t P = N * kg.OHW, n = P * O;
@@ -429,7 +430,7 @@ enum status implicit_launch(float *out, const float *x, const float *w, const fl
     const dim3 grid((unsigned)((P + kIgBN - 1) / kIgBN), (unsigned)((O + BM - 1) / BM), (unsigned)S);
     const int vec_a = kg.K % 4 == 0 && ((uintptr_t)w & 15) == 0;
     cudaStream_t st = (cudaStream_t)cuda_stream();
-    conv_implicit_kernel<BM, X3><<<grid, ig_threads(BM), smem, st>>>(part, x, w, S > 1 ? nullptr : bias, kg, O, P, vec_a,
+    conv_implicit_kernel<BM, MODE><<<grid, ig_threads(BM), smem, st>>>(part, x, w, S > 1 ? nullptr : bias, kg, O, P, vec_a,
                                                                      sp.kps);
     CUDA_LAUNCHED();
     if (S > 1) {
@@ -446,7 +447,7 @@ enum status implicit_launch(float *out, const float *x, const float *w, const fl
  * the depth K, the grid; KH*KW <= 64 (its tap mask) */
 bool implicit_applies(const geom &g, int64_t Cin, int64_t HWin, int64_t K, int64_t P, int64_t O)
 {
-    return conv_implicit() && tensor_precision() != PRECISION_BF16 && g.G == 1 && !g.pointwise && K > 0 && g.KK <= 64 &&
+    return conv_implicit() && g.G == 1 && !g.pointwise && K > 0 && g.KK <= 64 &&
            Cin * HWin <= INT_MAX && K <= INT_MAX - kIgBK && (P + kIgBN - 1) / kIgBN <= INT_MAX && (O + 63) / 64 <= 65535;
 }
 
@@ -463,16 +464,25 @@ int implicit_splits(int64_t blocks, int64_t K)
     return S < 1 ? 1 : (int)S;
 }
 
+/* the mode the precision switch asks for, at BM channels per block */
+template <int BM>
+enum status implicit_launch_mode(float *out, const float *x, const float *w, const float *bias, const kgeom &kg, int64_t N,
+                                 int O, int S)
+{
+    switch (tensor_precision()) {
+    case PRECISION_F32: return implicit_launch<BM, IG_3XTF32>(out, x, w, bias, kg, N, O, S);
+    case PRECISION_TF32: return implicit_launch<BM, IG_TF32>(out, x, w, bias, kg, N, O, S);
+    default: return implicit_launch<BM, IG_BF16>(out, x, w, bias, kg, N, O, S);
+    }
+}
+
 enum status implicit_run(float *out, const float *x, const float *w, const float *bias, const kgeom &kg, int64_t N, int O)
 {
-    const bool x3 = tensor_precision() == PRECISION_F32;
     const int64_t P = N * kg.OHW;
     const int bm = implicit_bm(P, O);
     const int S = implicit_splits((P + kIgBN - 1) / kIgBN * ((O + bm - 1) / bm), kg.K);
-    if (bm == 128)
-        return x3 ? implicit_launch<128, true>(out, x, w, bias, kg, N, O, S)
-                  : implicit_launch<128, false>(out, x, w, bias, kg, N, O, S);
-    return x3 ? implicit_launch<64, true>(out, x, w, bias, kg, N, O, S) : implicit_launch<64, false>(out, x, w, bias, kg, N, O, S);
+    return bm == 128 ? implicit_launch_mode<128>(out, x, w, bias, kg, N, O, S)
+                     : implicit_launch_mode<64>(out, x, w, bias, kg, N, O, S);
 }
 
 /* the implicit-GEMM forward where it applies (*done), else nothing (the im2col path runs) */

@@ -190,28 +190,37 @@ int rowshift_gemms(const kgeom &g, int64_t G, int64_t O, const CT *cols, const T
  * channels, 2 threads per channel row); per k step of 16, the weights' [BM][16] slice arrives by
  * 16-byte cp.async and the [16][128] slice of col is gathered from x by 4-byte cp.async (each
  * thread keeps one pixel, so a warp reads 32 neighbouring pixels of one input row; zeros for the
- * padding), kIgStages steps in flight. Warps of 32 x 64 multiply with m16n8k8 tf32 mma.sync:
- * X3 = false one product per pair (PRECISION_TF32), true three, hi*hi + hi*lo + lo*hi with hi =
- * tf32(v) and lo = v - hi (PRECISION_F32: f32's accuracy, as the 3xTF32 attention). The bias is
- * added in the epilogue. Shared memory pitches: A rows of 20 words (a fragment load, rows g and
- * columns t, touches banks 20g + t: all 32 distinct), B rows of 136 (8t + g: distinct). */
+ * padding), kIgStages steps in flight. Warps of 32 x 64 multiply on tensor cores, the operands
+ * rounded as they leave shared memory, in one of three modes (enum ig_mode):
+ *  - IG_TF32 (PRECISION_TF32): m16n8k8 tf32, one product per pair;
+ *  - IG_3XTF32 (PRECISION_F32): the same instruction, three products, hi*hi + hi*lo + lo*hi with
+ *    hi = tf32(v) and lo = v - hi: f32's accuracy, as the 3xTF32 attention;
+ *  - IG_BF16 (PRECISION_BF16, autocast): m16n8k16 bf16, pairs of k packed into one word.
+ * The bias is added in the epilogue. Shared memory pitches make every fragment load
+ * conflict-free: tf32 reads A words (row g, column t): pitch 20 puts them on banks 20g + t; B
+ * words (row t, column g): pitch 136 on 8t + g. bf16 reads A as 8-byte pairs (row g, columns 2t,
+ * 2t+1): pitch 24 gives each half-warp 16 distinct bank pairs; B rows 2t and 2t+1 at column g:
+ * pitch 132 puts them on 8t + g and 8t + 4 + g. */
 constexpr int kIgBN = 128, kIgBK = 16, kIgStages = 3;
-constexpr int kIgAP = kIgBK + 4, kIgBP = kIgBN + 8;
+enum ig_mode { IG_TF32, IG_3XTF32, IG_BF16 };
 
 __host__ __device__ constexpr int ig_threads(int BM) { return 2 * BM; }
-__host__ __device__ constexpr int ig_stage_words(int BM) { return BM * kIgAP + kIgBK * kIgBP; }
-__host__ __device__ constexpr size_t ig_smem_bytes(int BM) { return sizeof(float) * kIgStages * ig_stage_words(BM); }
+__host__ __device__ constexpr int ig_apitch(int M) { return M == IG_BF16 ? kIgBK + 8 : kIgBK + 4; }
+__host__ __device__ constexpr int ig_bpitch(int M) { return M == IG_BF16 ? kIgBN + 4 : kIgBN + 8; }
+__host__ __device__ constexpr int ig_stage_words(int BM, int M) { return BM * ig_apitch(M) + kIgBK * ig_bpitch(M); }
+__host__ __device__ constexpr size_t ig_smem_bytes(int BM, int M) { return sizeof(float) * kIgStages * ig_stage_words(BM, M); }
 
 /* P = N * OHW pixels; vec_a: w is 16-byte aligned and K % 4 == 0 (16-byte weight copies); KH*KW <=
  * 64. Split-K: with gridDim.z = S > 1, block z sums k steps z*kps .. (z+1)*kps into its own
  * partial output out + z * N*O*OHW (bias null), and split_sum_kernel adds them up in order (so
  * the result does not depend on timing, unlike atomics). */
-template <int BM, bool X3>
+template <int BM, int MODE>
 __global__ void __launch_bounds__(2 * BM)
 conv_implicit_kernel(float *__restrict__ out, const float *__restrict__ x, const float *__restrict__ w,
                      const float *__restrict__ bias, kgeom g, int O, int64_t P, int vec_a, int kps)
 {
     constexpr int T = ig_threads(BM), R = kIgBK * kIgBN / T;   /* col rows per thread per step: 16 or 8 */
+    constexpr int AP = ig_apitch(MODE), BP = ig_bpitch(MODE), SW = ig_stage_words(BM, MODE);
     static_assert(kIgBN % 32 == 0 && T % kIgBN == 0 && BM % 32 == 0, "tile shape");
     DYN_SMEM(float, ig_smem);
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, gq = lane / 4, tq = lane % 4;
@@ -243,11 +252,11 @@ conv_implicit_kernel(float *__restrict__ out, const float *__restrict__ x, const
     const int nk = left < 0 ? 0 : left < kps ? left : kps;
 
     auto load_step = [&](int stage, int kt) {
-        float *As = ig_smem + stage * ig_stage_words(BM), *Bs = As + BM * kIgAP;
+        float *As = ig_smem + stage * SW, *Bs = As + BM * AP;
         const int k0 = kt * kIgBK;
         for (int v = tid; v < BM * kIgBK / 4; v += T) {   /* A: runs of 4 along k */
             const int r = v / (kIgBK / 4), kc = v % (kIgBK / 4) * 4, o = o0 + r, k = k0 + kc;
-            float *dst = As + r * kIgAP + kc;
+            float *dst = As + r * AP + kc;
             const float *src = w + (int64_t)o * g.K + k;
             if (vec_a && o < O && k < g.K) {
                 __pipeline_memcpy_async(dst, src, 16);
@@ -265,7 +274,7 @@ conv_implicit_kernel(float *__restrict__ out, const float *__restrict__ x, const
         int kk = k - c * g.KK, kw = kk % g.KW, off = kk / g.KW * g.dh * g.W + kw * g.dw;
         int64_t cb = (int64_t)c * g.HW + pix_off;
         for (int j = 0; j < R; j++, k++) {
-            float *dst = Bs + (brow0 + j) * kIgBP + bcol;
+            float *dst = Bs + (brow0 + j) * BP + bcol;
             if (k < g.K && (vmask >> kk & 1u)) __pipeline_memcpy_async(dst, xn + cb + off, 4);
             else *dst = 0.f;
             off += g.dw;
@@ -291,33 +300,55 @@ conv_implicit_kernel(float *__restrict__ out, const float *__restrict__ x, const
         __syncthreads();                        /* ... everyone's; and step kt-1's buffer is free */
         if (kt + kIgStages - 1 < nk) load_step((kt + kIgStages - 1) % kIgStages, kt0 + kt + kIgStages - 1);
         __pipeline_commit();
-        const float *As = ig_smem + kt % kIgStages * ig_stage_words(BM), *Bs = As + BM * kIgAP;
+        const float *As = ig_smem + kt % kIgStages * SW, *Bs = As + BM * AP;
+        if constexpr (MODE == IG_BF16) {
 #pragma unroll
-        for (int k8 = 0; k8 < kIgBK; k8 += 8) {
-            uint32_t ahi[2][4], alo[2][4];
-#pragma unroll
-            for (int mi = 0; mi < 2; mi++) {
-                const float *ap = As + (wm * 32 + mi * 16 + gq) * kIgAP + k8 + tq;
-                const float av[4] = {ap[0], ap[8 * kIgAP], ap[4], ap[8 * kIgAP + 4]};
-#pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    ahi[mi][i] = to_tf32(av[i]);
-                    alo[mi][i] = X3 ? __float_as_uint(av[i] - __uint_as_float(ahi[mi][i])) : 0u;
-                }
-            }
-#pragma unroll
-            for (int ni = 0; ni < 8; ni++) {
-                const float *bp = Bs + (k8 + tq) * kIgBP + wn * 64 + ni * 8 + gq;
-                const float b0 = bp[0], b1 = bp[4 * kIgBP];
-                const uint32_t h0 = to_tf32(b0), h1 = to_tf32(b1);
+            for (int k16 = 0; k16 < kIgBK; k16 += 16) {
+                uint32_t a[2][4];   /* rows g, g+8 x columns 2t, 2t+1 and 2t+8, 2t+9, as bf16 pairs */
 #pragma unroll
                 for (int mi = 0; mi < 2; mi++) {
-                    if (X3) {   /* the small terms first */
-                        mma_tf32(acc[mi][ni], alo[mi], h0, h1);
-                        mma_tf32(acc[mi][ni], ahi[mi], __float_as_uint(b0 - __uint_as_float(h0)),
-                                 __float_as_uint(b1 - __uint_as_float(h1)));
+                    const float *ap = As + (wm * 32 + mi * 16 + gq) * AP + k16 + 2 * tq;
+                    const float2 v0 = *reinterpret_cast<const float2 *>(ap), v1 = *reinterpret_cast<const float2 *>(ap + 8 * AP);
+                    const float2 v2 = *reinterpret_cast<const float2 *>(ap + 8), v3 = *reinterpret_cast<const float2 *>(ap + 8 * AP + 8);
+                    a[mi][0] = bf16x2(v0.x, v0.y), a[mi][1] = bf16x2(v1.x, v1.y);
+                    a[mi][2] = bf16x2(v2.x, v2.y), a[mi][3] = bf16x2(v3.x, v3.y);
+                }
+#pragma unroll
+                for (int ni = 0; ni < 8; ni++) {   /* rows 2t, 2t+1 and 2t+8, 2t+9 of column g */
+                    const float *bp = Bs + (k16 + 2 * tq) * BP + wn * 64 + ni * 8 + gq;
+                    const uint32_t b0 = bf16x2(bp[0], bp[BP]), b1 = bf16x2(bp[8 * BP], bp[9 * BP]);
+#pragma unroll
+                    for (int mi = 0; mi < 2; mi++) mma_bf16(acc[mi][ni], a[mi], b0, b1);
+                }
+            }
+        } else {
+#pragma unroll
+            for (int k8 = 0; k8 < kIgBK; k8 += 8) {
+                uint32_t ahi[2][4], alo[2][4];
+#pragma unroll
+                for (int mi = 0; mi < 2; mi++) {
+                    const float *ap = As + (wm * 32 + mi * 16 + gq) * AP + k8 + tq;
+                    const float av[4] = {ap[0], ap[8 * AP], ap[4], ap[8 * AP + 4]};
+#pragma unroll
+                    for (int i = 0; i < 4; i++) {
+                        ahi[mi][i] = to_tf32(av[i]);
+                        alo[mi][i] = MODE == IG_3XTF32 ? __float_as_uint(av[i] - __uint_as_float(ahi[mi][i])) : 0u;
                     }
-                    mma_tf32(acc[mi][ni], ahi[mi], h0, h1);
+                }
+#pragma unroll
+                for (int ni = 0; ni < 8; ni++) {
+                    const float *bp = Bs + (k8 + tq) * BP + wn * 64 + ni * 8 + gq;
+                    const float b0 = bp[0], b1 = bp[4 * BP];
+                    const uint32_t h0 = to_tf32(b0), h1 = to_tf32(b1);
+#pragma unroll
+                    for (int mi = 0; mi < 2; mi++) {
+                        if (MODE == IG_3XTF32) {   /* the small terms first */
+                            mma_tf32(acc[mi][ni], alo[mi], h0, h1);
+                            mma_tf32(acc[mi][ni], ahi[mi], __float_as_uint(b0 - __uint_as_float(h0)),
+                                     __float_as_uint(b1 - __uint_as_float(h1)));
+                        }
+                        mma_tf32(acc[mi][ni], ahi[mi], h0, h1);
+                    }
                 }
             }
         }
