@@ -237,15 +237,16 @@ void run_implicit(float *out, const float *x, const float *w, const float *bias,
     emu_launch(emu_dim3{(unsigned)((P + kIgBN - 1) / kIgBN), (unsigned)((O + BM - 1) / BM), (unsigned)sp.S}, 1,
                ig_threads(BM), [&] { conv_implicit_kernel<BM, M>(dst, x, w, sp.S > 1 ? nullptr : bias, g, O, P, vec_a, sp.kps); });
     if (sp.S > 1) {
-        const bool v4 = n % 4 == 0 && g.OHW % 4 == 0;
+        const bool v4 = split_sum_v4(n, g.OHW, out);
         if (v4) emu_launch((unsigned)((n / 4 + 255) / 256), 256, [&] { split_sum_kernel<4>(out, dst, sp.S, n, bias, g.OHW, O); });
         else emu_launch((unsigned)((n + 255) / 256), 256, [&] { split_sum_kernel<1>(out, dst, sp.S, n, bias, g.OHW, O); });
     }
 }
 
 /* the implicit-GEMM forward (conv_implicit_kernel<BM, M>) as conv2d.cu launches it, against a
- * direct convolution in float64; w_off shifts the weights by one float off 16-byte alignment (the
- * scalar weight copies, as K % 4 != 0 does); splits > 1: split-K */
+ * direct convolution in float64; w_off shifts the weights (the scalar weight copies, as K % 4 != 0
+ * does) and the output (single stores where pairs would be misaligned: UBSan checks) by one float
+ * off alignment; splits > 1: split-K */
 const char *ig_mode_name(int m) { return m == IG_BF16 ? "bf16" : m == IG_3XTF32 ? "3xtf32" : "tf32"; }
 /* relative error bounds: bf16 rounds each operand to 8 significant bits, tf32 to 11; 3xTF32 is f32 */
 double ig_bound(int m) { return m == IG_BF16 ? 1e-2 : m == IG_3XTF32 ? 1e-6 : 1e-3; }
@@ -260,10 +261,12 @@ template <int BM, int M> void check_implicit(const conv_case &c, int O, bool wit
     const float *w = wbuf.data() + (w_off ? 1 : 0);
     const std::vector<float> wv(w, w + (size_t)O * g.K);
     const std::vector<double> ref = direct_conv(c, O, 1, x, wv, bias);
-    std::vector<float> out(ref.size(), NAN);
+    std::vector<float> obuf(ref.size() + 1, NAN);
+    float *op = obuf.data() + (w_off ? 1 : 0);
     const int64_t P = (int64_t)c.N * g.OHW;
     const int vec_a = g.K % 4 == 0 && ((uintptr_t)w & 15) == 0;
-    run_implicit<BM, M>(out.data(), x.data(), w, with_bias ? bias.data() : nullptr, g, O, P, splits);
+    run_implicit<BM, M>(op, x.data(), w, with_bias ? bias.data() : nullptr, g, O, P, splits);
+    const std::vector<float> out(op, op + ref.size());
     char label[160];
     snprintf(label, sizeof label, "%s,N=%d,C=%d,O=%d,K=%d,P=%lld,%s,%s,BM=%d,%s,splits=%d(%d)", c.label, c.N, c.C, O, g.K,
              (long long)P, with_bias ? "bias" : "no_bias", vec_a ? "vec_w" : "scalar_w", BM, ig_mode_name(M), splits,

@@ -434,7 +434,7 @@ enum status implicit_launch(float *out, const float *x, const float *w, const fl
                                                                      sp.kps);
     CUDA_LAUNCHED();
     if (S > 1) {
-        const bool v4 = n % 4 == 0 && kg.OHW % 4 == 0 && ((uintptr_t)out & 15) == 0;
+        const bool v4 = split_sum_v4(n, kg.OHW, out);
         const unsigned blocks = (unsigned)(((v4 ? n / 4 : n) + 255) / 256);
         if (v4) split_sum_kernel<4><<<blocks, 256, 0, st>>>(out, part, S, n, bias, kg.OHW, O);
         else split_sum_kernel<1><<<blocks, 256, 0, st>>>(out, part, S, n, bias, kg.OHW, O);

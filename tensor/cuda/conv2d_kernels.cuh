@@ -364,7 +364,8 @@ conv_implicit_kernel(float *__restrict__ out, const float *__restrict__ x, const
         const int64_t n = pp / g.OHW, q = pp - n * g.OHW;
         /* the second pixel: same image unless q is the image's last */
         const int64_t n1 = q + 1 < g.OHW ? n : n + 1, q1 = q + 1 < g.OHW ? q + 1 : 0;
-        const bool second = pp + 1 < P, pair = second && n1 == n && q % 2 == 0 && g.OHW % 2 == 0;
+        const bool second = pp + 1 < P,
+                   pair = second && n1 == n && q % 2 == 0 && g.OHW % 2 == 0 && ((uintptr_t)out & 7) == 0;
 #pragma unroll
         for (int mi = 0; mi < 2; mi++)
 #pragma unroll
@@ -374,7 +375,7 @@ conv_implicit_kernel(float *__restrict__ out, const float *__restrict__ x, const
                 const float bv = bias ? bias[o] : 0.f;
                 const float v0 = acc[mi][ni][2 * h] + bv, v1 = acc[mi][ni][2 * h + 1] + bv;
                 float *dst = out + (n * O + o) * (int64_t)g.OHW + q;
-                if (pair) {   /* 8-byte aligned: (n O + o) OHW + q is even */
+                if (pair) {   /* 8-byte aligned: out is, and (n O + o) OHW + q is even */
                     *reinterpret_cast<float2 *>(dst) = make_float2(v0, v1);
                 } else {
                     *dst = v0;
@@ -395,7 +396,13 @@ __host__ __device__ inline ig_split ig_split_plan(int K, int S)
 }
 
 /* out[i] = bias[channel of i] + sum over z < S of part[z][i], i < n = N*O*OHW, in z order; V = 4:
- * float4 runs (n % 4 == 0, OHW % 4 == 0: a run stays in one channel) */
+ * float4 runs where split_sum_v4 says (a run stays in one channel; out 16-byte aligned; part, a
+ * workspace of its own, always is) */
+inline bool split_sum_v4(int64_t n, int64_t OHW, const float *out)
+{
+    return n % 4 == 0 && OHW % 4 == 0 && ((uintptr_t)out & 15) == 0;
+}
+
 template <int V>
 __global__ void __launch_bounds__(256)
 split_sum_kernel(float *__restrict__ out, const float *__restrict__ part, int S, int64_t n, const float *__restrict__ bias,
