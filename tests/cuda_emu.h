@@ -17,6 +17,8 @@
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <thread>
@@ -106,8 +108,16 @@ template <class T> T __ldg(const T *p) { return *p; }
 inline int min(int a, int b) { return a < b ? a : b; }
 inline int max(int a, int b) { return a > b ? a : b; }
 
-/* cp.async: the copy happens at once, so waiting is free */
-inline void __pipeline_memcpy_async(void *dst, const void *src, size_t n) { memcpy(dst, src, n); }
+/* cp.async: the copy happens at once, so waiting is free; an address not aligned to the copy's
+ * size (a fault on the device) stops the test */
+inline void __pipeline_memcpy_async(void *dst, const void *src, size_t n)
+{
+    if (((uintptr_t)dst | (uintptr_t)src) % n) {
+        fprintf(stderr, "cuda_emu: cp.async of %zu bytes from %p to %p is misaligned\n", n, src, dst);
+        abort();
+    }
+    memcpy(dst, src, n);
+}
 inline void __pipeline_commit() {}
 inline void __pipeline_wait_prior(int) {}
 
