@@ -62,7 +62,18 @@ inline pthread_barrier_t emu_cluster_bar, emu_block_bar[kEmuMaxCluster], emu_war
 inline uint64_t emu_shfl[kEmuMaxCluster][kEmuMaxWarps][32];
 inline uint32_t emu_mma_a[kEmuMaxCluster][kEmuMaxWarps][32][4], emu_mma_b[kEmuMaxCluster][kEmuMaxWarps][32][2];
 alignas(16) inline unsigned char emu_dyn_smem[kEmuMaxCluster][kEmuSmemPerBlock];
-#define DYN_SMEM(type, name) type *name = reinterpret_cast<type *>(emu_dyn_smem[emu_slot])
+/* the dynamic shared memory of the launches in an emu_smem_scope: each block of a cluster gets a
+ * heap buffer of exactly the bytes the device launch asks for, filled with 0xff (NaN as floats),
+ * so that an access past it is an ASan error and a read of what the kernel never wrote shows; else
+ * (no scope) each gets the whole static buffer above */
+inline size_t emu_smem_bytes = 0;
+inline unsigned char *emu_smem_heap[kEmuMaxCluster];
+inline unsigned char *emu_smem(unsigned slot) { return emu_smem_bytes ? emu_smem_heap[slot] : emu_dyn_smem[slot]; }
+struct emu_smem_scope {
+    explicit emu_smem_scope(size_t bytes) { emu_smem_bytes = bytes; }
+    ~emu_smem_scope() { emu_smem_bytes = 0; }
+};
+#define DYN_SMEM(type, name) type *name = reinterpret_cast<type *>(emu_smem(emu_slot))
 
 inline void __syncthreads() { pthread_barrier_wait(&emu_block_bar[emu_slot]); }
 inline void emu_warp_sync() { pthread_barrier_wait(&emu_warp_bar[emu_slot][threadIdx.x / 32]); }
@@ -133,8 +144,8 @@ struct cluster_group {
     /* the address p has in block `rank`'s shared memory (p must be in this block's) */
     template <class T> T *map_shared_rank(T *p, int rank) const
     {
-        const size_t off = (size_t)(reinterpret_cast<unsigned char *>(p) - emu_dyn_smem[emu_slot]);
-        return reinterpret_cast<T *>(emu_dyn_smem[rank] + off);
+        const size_t off = (size_t)(reinterpret_cast<unsigned char *>(p) - emu_smem(emu_slot));
+        return reinterpret_cast<T *>(emu_smem((unsigned)rank) + off);
     }
 };
 inline cluster_group this_cluster() { return cluster_group{}; }
@@ -210,6 +221,10 @@ template <class F> void emu_launch(emu_dim3 grid, unsigned cluster, unsigned thr
     blockDim.x = threads;
     gridDim = grid;
     emu_cluster_size = cluster;
+    for (unsigned b = 0; b < cluster && emu_smem_bytes; b++) {   /* new[] is 16-byte aligned, and exact for ASan */
+        emu_smem_heap[b] = new unsigned char[emu_smem_bytes];
+        memset(emu_smem_heap[b], 0xff, emu_smem_bytes);
+    }
     std::vector<std::thread> ts;
     for (unsigned t = 0; t < all; t++) ts.emplace_back([t, threads, cluster, grid, &grid_bar, &body] {
         threadIdx.x = t % threads;
@@ -226,6 +241,7 @@ template <class F> void emu_launch(emu_dim3 grid, unsigned cluster, unsigned thr
                 }
     });
     for (auto &th : ts) th.join();
+    for (unsigned b = 0; b < cluster && emu_smem_bytes; b++) delete[] emu_smem_heap[b];
     pthread_barrier_destroy(&grid_bar);
     pthread_barrier_destroy(&emu_cluster_bar);
     for (unsigned b = 0; b < cluster; b++) {

@@ -142,11 +142,14 @@ template <int DP, class E> void run_mma(const setup &u, const char *name, double
         const std::vector<float> Dvec = dvec(u, out);
         std::vector<float> dq(u.q.size(), NAN), dk(u.k.size(), NAN), dv(u.v.size(), NAN);
         std::vector<float> part((size_t)heads * nt * L * c.D, NAN);
-        emu_launch((unsigned)(heads * nt), kMmaThreads, [&] {
-            attn_bwd_mma_kernel<DP, E>(u.op(dk.data(), S), u.op(dv.data(), S), u.cop(u.q.data(), L),
-                                       u.cop(u.k.data(), S), u.cop(u.v.data(), S), u.cop(u.g.data(), L), lse.data(),
-                                       u.lsb, u.lsh, u.lsl, Dvec.data(), u.dm, part.data());
-        });
+        {
+            const emu_smem_scope smem(mma_bwd_cfg<DP, E>::smem);
+            emu_launch((unsigned)(heads * nt), kMmaThreads, [&] {
+                attn_bwd_mma_kernel<DP, E>(u.op(dk.data(), S), u.op(dv.data(), S), u.cop(u.q.data(), L),
+                                           u.cop(u.k.data(), S), u.cop(u.v.data(), S), u.cop(u.g.data(), L), lse.data(),
+                                           u.lsb, u.lsh, u.lsl, Dvec.data(), u.dm, part.data());
+            });
+        }
         emu_launch((unsigned)((u.elems + 255) / 256), 256,
                    [&] { attn_bwd_dq_reduce_kernel(u.op(dq.data(), L), part.data(), heads, nt, 64, 64, u.dm); });
         report(bname, c, "dq", rel_err(dq, u.ref.dq), bound);
@@ -175,10 +178,13 @@ template <int DP> void run_case(const attn_case &c)
 
     /* the f32 SIMT kernels: forward, then both backwards from its out and lse */
     std::vector<float> out(u.q.size(), NAN), lse((size_t)heads * L, NAN);
-    emu_launch((unsigned)(heads * ((L + C::BM - 1) / C::BM)), kThreads, [&] {
-        attn_fwd_kernel<DP>(u.op(out.data(), L), lse.data(), u.lsb, u.lsh, u.lsl, u.cop(u.q.data(), L),
-                            u.cop(u.k.data(), S), u.cop(u.v.data(), S), u.dm);
-    });
+    {
+        const emu_smem_scope smem(C::fwd_smem);
+        emu_launch((unsigned)(heads * ((L + C::BM - 1) / C::BM)), kThreads, [&] {
+            attn_fwd_kernel<DP>(u.op(out.data(), L), lse.data(), u.lsb, u.lsh, u.lsl, u.cop(u.q.data(), L),
+                                u.cop(u.k.data(), S), u.cop(u.v.data(), S), u.dm);
+        });
+    }
     report("f32_fwd", c, "out", rel_err(out, u.ref.out), f32_bound);
     report("f32_fwd", c, "lse", rel_err(lse, u.ref.lse), f32_bound);
     const std::vector<float> Dvec = dvec(u, out);
@@ -186,26 +192,31 @@ template <int DP> void run_case(const attn_case &c)
         std::vector<float> dq(u.q.size(), NAN), dk(u.k.size(), NAN), dv(u.v.size(), NAN);
         const int nt = (S + C::BN - 1) / C::BN;
         std::vector<float> part(fused ? (size_t)heads * nt * L * D : 0, NAN);
-        emu_launch((unsigned)(heads * nt), kThreads, [&] {
-            if (fused)
-                attn_bwd_dkdv_kernel<DP, true>(u.op(dk.data(), S), u.op(dv.data(), S), u.cop(u.q.data(), L),
-                                               u.cop(u.k.data(), S), u.cop(u.v.data(), S), u.cop(u.g.data(), L),
-                                               lse.data(), u.lsb, u.lsh, u.lsl, Dvec.data(), u.dm, part.data());
-            else
-                attn_bwd_dkdv_kernel<DP, false>(u.op(dk.data(), S), u.op(dv.data(), S), u.cop(u.q.data(), L),
-                                                u.cop(u.k.data(), S), u.cop(u.v.data(), S), u.cop(u.g.data(), L),
-                                                lse.data(), u.lsb, u.lsh, u.lsl, Dvec.data(), u.dm, nullptr);
-        });
+        {
+            const emu_smem_scope smem(fused ? C::dkdv_dq_smem : C::dkdv_smem);
+            emu_launch((unsigned)(heads * nt), kThreads, [&] {
+                if (fused)
+                    attn_bwd_dkdv_kernel<DP, true>(u.op(dk.data(), S), u.op(dv.data(), S), u.cop(u.q.data(), L),
+                                                   u.cop(u.k.data(), S), u.cop(u.v.data(), S), u.cop(u.g.data(), L),
+                                                   lse.data(), u.lsb, u.lsh, u.lsl, Dvec.data(), u.dm, part.data());
+                else
+                    attn_bwd_dkdv_kernel<DP, false>(u.op(dk.data(), S), u.op(dv.data(), S), u.cop(u.q.data(), L),
+                                                    u.cop(u.k.data(), S), u.cop(u.v.data(), S), u.cop(u.g.data(), L),
+                                                    lse.data(), u.lsb, u.lsh, u.lsl, Dvec.data(), u.dm, nullptr);
+            });
+        }
         if (fused)
             emu_launch((unsigned)((u.elems + 255) / 256), 256, [&] {
                 attn_bwd_dq_reduce_kernel(u.op(dq.data(), L), part.data(), heads, nt, C::BN, C::BMK, u.dm);
             });
-        else
+        else {
+            const emu_smem_scope smem(C::dq_smem);
             emu_launch((unsigned)(heads * ((L + C::BM - 1) / C::BM)), kThreads, [&] {
                 attn_bwd_dq_kernel<DP>(u.op(dq.data(), L), u.cop(u.q.data(), L), u.cop(u.k.data(), S),
                                        u.cop(u.v.data(), S), u.cop(u.g.data(), L), lse.data(), u.lsb, u.lsh, u.lsl,
                                        Dvec.data(), u.dm);
             });
+        }
         const char *bname = fused ? "f32_bwd_fused_dq" : "f32_bwd";
         report(bname, c, "dq", rel_err(dq, u.ref.dq), f32_bound);
         report(bname, c, "dk", rel_err(dk, u.ref.dk), f32_bound);

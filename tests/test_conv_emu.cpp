@@ -234,8 +234,12 @@ void run_implicit(float *out, const float *x, const float *w, const float *bias,
     std::vector<float> part(sp.S > 1 ? (size_t)(sp.S * n) : 0, NAN);
     float *dst = sp.S > 1 ? part.data() : out;
     const int vec_a = g.K % 4 == 0 && ((uintptr_t)w & 15) == 0;
-    emu_launch(emu_dim3{(unsigned)((P + kIgBN - 1) / kIgBN), (unsigned)((O + BM - 1) / BM), (unsigned)sp.S}, 1,
-               ig_threads(BM), [&] { conv_implicit_kernel<BM, M>(dst, x, w, sp.S > 1 ? nullptr : bias, g, O, P, vec_a, sp.kps); });
+    {
+        const emu_smem_scope smem(ig_smem_bytes(BM, M));
+        emu_launch(emu_dim3{(unsigned)((P + kIgBN - 1) / kIgBN), (unsigned)((O + BM - 1) / BM), (unsigned)sp.S}, 1,
+                   ig_threads(BM),
+                   [&] { conv_implicit_kernel<BM, M>(dst, x, w, sp.S > 1 ? nullptr : bias, g, O, P, vec_a, sp.kps); });
+    }
     if (sp.S > 1) {
         const bool v4 = split_sum_v4(n, g.OHW, out);
         if (v4) emu_launch((unsigned)((n / 4 + 255) / 256), 256, [&] { split_sum_kernel<4>(out, dst, sp.S, n, bias, g.OHW, O); });

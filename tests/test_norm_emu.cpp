@@ -86,9 +86,12 @@ template <int V> void run_case(const gn_case &c, int cl)
     }
 
     std::vector<float> o(n, NAN), m(NG, NAN), r(NG, NAN);
-    emu_launch((unsigned)cl, (unsigned)NG, (unsigned)cl, kThreads, [&] {
-        gn_fused_kernel<V>(o.data(), m.data(), r.data(), x.data(), w.data(), b.data(), c.C, cg, c.HW, ge, chunk, eps);
-    });
+    {
+        const emu_smem_scope smem(gn_fwd_smem(cg, chunk));
+        emu_launch((unsigned)cl, (unsigned)NG, (unsigned)cl, kThreads, [&] {
+            gn_fused_kernel<V>(o.data(), m.data(), r.data(), x.data(), w.data(), b.data(), c.C, cg, c.HW, ge, chunk, eps);
+        });
+    }
     report("fused_fwd", c, cl, V, "out", rel_err(o, out), 1e-6);
     report("fused_fwd", c, cl, V, "mean", rel_err(m, mu), 1e-6);
     report("fused_fwd", c, cl, V, "rstd", rel_err(r, rs), 1e-6);
@@ -96,10 +99,13 @@ template <int V> void run_case(const gn_case &c, int cl)
     /* the backward from the kernel's own float statistics, as the engine runs it */
     std::vector<float> d(n, NAN);
     std::vector<double2> ab((size_t)c.N * c.C, double2{NAN, NAN});
-    emu_launch((unsigned)cl, (unsigned)NG, (unsigned)cl, kThreads, [&] {
-        gn_bwd_fused_kernel<V>(d.data(), ab.data(), dy.data(), x.data(), w.data(), m.data(), r.data(), c.C, cg, c.HW, ge,
-                               chunk);
-    });
+    {
+        const emu_smem_scope smem(gn_bwd_smem(cg, chunk).bytes);
+        emu_launch((unsigned)cl, (unsigned)NG, (unsigned)cl, kThreads, [&] {
+            gn_bwd_fused_kernel<V>(d.data(), ab.data(), dy.data(), x.data(), w.data(), m.data(), r.data(), c.C, cg, c.HW,
+                                   ge, chunk);
+        });
+    }
     std::vector<double> aba(ab.size()), abb(ab.size());
     for (size_t i = 0; i < ab.size(); i++) aba[i] = ab[i].x, abb[i] = ab[i].y;
     report("fused_bwd", c, cl, V, "dx", rel_err(d, dx), 2e-6);
