@@ -120,14 +120,15 @@ inline int min(int a, int b) { return a < b ? a : b; }
 inline int max(int a, int b) { return a > b ? a : b; }
 
 /* cp.async: the copy happens at once, so waiting is free; an address not aligned to the copy's
- * size (a fault on the device) stops the test */
-inline void __pipeline_memcpy_async(void *dst, const void *src, size_t n)
+ * size (a fault on the device) stops the test. zfill: the last zfill bytes are zeros, not read. */
+inline void __pipeline_memcpy_async(void *dst, const void *src, size_t n, size_t zfill = 0)
 {
-    if (((uintptr_t)dst | (uintptr_t)src) % n) {
-        fprintf(stderr, "cuda_emu: cp.async of %zu bytes from %p to %p is misaligned\n", n, src, dst);
+    if (((uintptr_t)dst | (uintptr_t)src) % n || zfill > n) {
+        fprintf(stderr, "cuda_emu: cp.async of %zu bytes (zfill %zu) from %p to %p is misaligned\n", n, zfill, src, dst);
         abort();
     }
-    memcpy(dst, src, n);
+    memcpy(dst, src, n - zfill);
+    memset((unsigned char *)dst + (n - zfill), 0, zfill);
 }
 inline void __pipeline_commit() {}
 inline void __pipeline_wait_prior(int) {}

@@ -224,21 +224,33 @@ template <typename T, typename CT> void check_rowshift(const conv_case &c, int O
     report("rowshift_fwd", label, "rel", rel_l2(out, ref), sizeof(CT) == 2 ? 1e-2 : sizeof(T) == 8 ? 1e-14 : 1e-6);
 }
 
-/* conv_implicit_kernel<BM, M> over P pixels into out as conv2d.cu's implicit_launch runs it, in
- * `splits` split-K parts (then split_sum_kernel) when more than 1 */
+/* an implicit-GEMM convolution as conv2d.cu's implicit_run does it: the weights w [O][C][KH][KW]
+ * (flip: the forward's, for the backward input) into the kernel's layout (tap-major where C % 16
+ * == 0, else flipped or as they are), conv_implicit_kernel<BM, M, tap> over P pixels, in `splits`
+ * split-K parts (then split_sum_kernel) when more than 1 */
 template <int BM, int M>
-void run_implicit(float *out, const float *x, const float *w, const float *bias, const kgeom &g, int O, int64_t P, int splits)
+void run_implicit(float *out, const float *x, const float *w, const float *bias, const kgeom &g, int O, int64_t P, int splits,
+                  bool flip = false)
 {
     const ig_split sp = ig_split_plan(g.K, splits);
-    const int64_t n = P * O;
+    const int64_t n = P * O, nw = (int64_t)O * g.K, fo = flip ? g.C : O, fc = flip ? O : g.C;
+    const bool tap = g.C % kIgBK == 0;
+    std::vector<float> wp(tap || flip ? (size_t)nw : 0, NAN);
+    if (tap)
+        emu_launch((unsigned)((nw + 255) / 256), 256, [&] { conv_tap_weight_kernel<float>(wp.data(), w, fo, fc, g.KH, g.KW, flip); });
+    else if (flip)
+        emu_launch((unsigned)((nw + 255) / 256), 256, [&] { conv_flip_weight_kernel<float>(wp.data(), w, fo, fc, g.KH, g.KW); });
+    if (tap || flip) w = wp.data();
     std::vector<float> part(sp.S > 1 ? (size_t)(sp.S * n) : 0, NAN);
     float *dst = sp.S > 1 ? part.data() : out;
     const int vec_a = g.K % 4 == 0 && ((uintptr_t)w & 15) == 0;
     {
         const emu_smem_scope smem(ig_smem_bytes(BM, M));
         emu_launch(emu_dim3{(unsigned)((P + kIgBN - 1) / kIgBN), (unsigned)((O + BM - 1) / BM), (unsigned)sp.S}, 1,
-                   ig_threads(BM),
-                   [&] { conv_implicit_kernel<BM, M>(dst, x, w, sp.S > 1 ? nullptr : bias, g, O, P, vec_a, sp.kps); });
+                   ig_threads(BM), [&] {
+                       if (tap) conv_implicit_kernel<BM, M, true>(dst, x, w, sp.S > 1 ? nullptr : bias, g, O, P, vec_a, sp.kps);
+                       else conv_implicit_kernel<BM, M, false>(dst, x, w, sp.S > 1 ? nullptr : bias, g, O, P, vec_a, sp.kps);
+                   });
     }
     if (sp.S > 1) {
         const bool v4 = split_sum_v4(n, g.OHW, out);
@@ -268,13 +280,13 @@ template <int BM, int M> void check_implicit(const conv_case &c, int O, bool wit
     std::vector<float> obuf(ref.size() + 1, NAN);
     float *op = obuf.data() + (w_off ? 1 : 0);
     const int64_t P = (int64_t)c.N * g.OHW;
-    const int vec_a = g.K % 4 == 0 && ((uintptr_t)w & 15) == 0;
+    const int vec_a = g.K % 4 == 0 && (g.C % kIgBK == 0 || ((uintptr_t)w & 15) == 0);   /* tap-major: permuted copy */
     run_implicit<BM, M>(op, x.data(), w, with_bias ? bias.data() : nullptr, g, O, P, splits);
     const std::vector<float> out(op, op + ref.size());
     char label[160];
-    snprintf(label, sizeof label, "%s,N=%d,C=%d,O=%d,K=%d,P=%lld,%s,%s,BM=%d,%s,splits=%d(%d)", c.label, c.N, c.C, O, g.K,
-             (long long)P, with_bias ? "bias" : "no_bias", vec_a ? "vec_w" : "scalar_w", BM, ig_mode_name(M), splits,
-             ig_split_plan(g.K, splits).S);
+    snprintf(label, sizeof label, "%s,N=%d,C=%d,O=%d,K=%d,P=%lld,%s,%s,BM=%d,%s,%s,splits=%d(%d)", c.label, c.N, c.C, O,
+             g.K, (long long)P, with_bias ? "bias" : "no_bias", vec_a ? "vec_w" : "scalar_w", BM, ig_mode_name(M),
+             g.C % kIgBK ? "c_major" : "tap_major", splits, ig_split_plan(g.K, splits).S);
     report("implicit_fwd", label, "rel", rel_l2(out, ref), ig_bound(M));
 }
 
@@ -283,7 +295,7 @@ template <int BM, int M> void check_implicit(const conv_case &c, int O, bool wit
 template <int BM, int M> void check_implicit_dgrad(const conv_case &c, int O, int splits = 1)
 {
     const kgeom g = make_kgeom(c);
-    std::vector<float> dy((size_t)c.N * O * g.OHW), w((size_t)O * g.K), wt(w.size(), NAN);
+    std::vector<float> dy((size_t)c.N * O * g.OHW), w((size_t)O * g.K);
     for (float &v : dy) v = (float)urand();
     for (float &v : w) v = (float)urand();
     std::vector<double> ref((size_t)c.N * c.C * g.HW, 0.0);
@@ -297,15 +309,13 @@ template <int BM, int M> void check_implicit_dgrad(const conv_case &c, int O, in
                     ref[((size_t)n * c.C + ch) * g.HW + (size_t)ih * g.W + iw] +=
                         (double)w[(size_t)o * g.K + k] * dy[((size_t)n * O + o) * g.OHW + q];
                 }
-    emu_launch((unsigned)((w.size() + 255) / 256), 256,
-               [&] { conv_flip_weight_kernel<float>(wt.data(), w.data(), O, c.C, g.KH, g.KW); });
     const kgeom t = dgrad_geom(g, O);
     std::vector<float> dx(ref.size(), NAN);
     const int64_t P = (int64_t)c.N * t.OHW;
-    run_implicit<BM, M>(dx.data(), dy.data(), wt.data(), nullptr, t, c.C, P, splits);
+    run_implicit<BM, M>(dx.data(), dy.data(), w.data(), nullptr, t, c.C, P, splits, true);
     char label[160];
-    snprintf(label, sizeof label, "%s,N=%d,C=%d,O=%d,K'=%d,P=%lld,BM=%d,%s,splits=%d", c.label, c.N, c.C, O, t.K,
-             (long long)P, BM, ig_mode_name(M), splits);
+    snprintf(label, sizeof label, "%s,N=%d,C=%d,O=%d,K'=%d,P=%lld,BM=%d,%s,%s,splits=%d", c.label, c.N, c.C, O, t.K,
+             (long long)P, BM, ig_mode_name(M), O % kIgBK ? "c_major" : "tap_major", splits);
     report("implicit_dgrad", label, "rel", rel_l2(dx, ref), ig_bound(M));
 }
 
@@ -386,6 +396,17 @@ int main()
     check_implicit<64, IG_BF16>(ig[2], 33, true, false);
     const conv_case deep = {"3x3,pad=1,deep", 2, 40, 12, 12, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1};   /* 23 k steps, 3 x 2 blocks */
     check_implicit<64, IG_TF32>(deep, 70, true, false);
+    /* tap-major order (C % 16 == 0: a k step is one tap over 16 channels, weights permuted):
+     * 18 steps (the stage ring and the tap advance wrap), split-K starting mid-tap, stride /
+     * dilation / uneven padding, bf16 with the output off alignment */
+    const conv_case tapc[] = {
+        {"3x3,pad=1,tap", 2, 32, 9, 7, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1},
+        {"sw=2,dil=2,asym_pad,tap", 2, 16, 9, 8, 2, 3, 2, 1, 1, 0, 0, 2, 2, 2},
+    };
+    check_implicit<64, IG_TF32>(tapc[0], 70, true, false);
+    check_implicit<128, IG_3XTF32>(tapc[0], 70, true, false, 4);
+    check_implicit<64, IG_BF16>(tapc[0], 20, false, true);
+    check_implicit<64, IG_3XTF32>(tapc[1], 33, true, false);
     /* split-K: 5 k steps in 2 and 3 parts (uneven; float4 sums), 4 steps asked for 3 splits (2
      * non-empty), odd OHW (scalar sums), more splits than steps */
     check_implicit<64, IG_3XTF32>(ig[0], 70, true, false, 2);
@@ -406,6 +427,9 @@ int main()
     check_implicit_dgrad<64, IG_TF32>(dg[2], 4);
     check_implicit_dgrad<64, IG_3XTF32>(dg[0], 12, 4);
     check_implicit_dgrad<64, IG_BF16>(dg[1], 6, 2);
+    check_implicit_dgrad<64, IG_3XTF32>(dg[0], 16);   /* tap-major: O % 16 == 0 */
+    check_implicit_dgrad<128, IG_TF32>(dg[2], 32, 3);
+    check_implicit_dgrad<64, IG_BF16>(dg[1], 16);
     /* packing: one shared matrix, a batch with padding between rows and matrices, grids that wrap */
     check_pack<4>(1, 5, 12, 12, 0, 1, 2);
     check_pack<4>(3, 4, 1032, 1040, 4 * 1040 + 8, 1, 2);

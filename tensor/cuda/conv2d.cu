@@ -10,8 +10,9 @@
  * stride_h 1 instead expands only the kernel columns and runs one GEMM per kernel row over
  * views of that shifted by whole rows (conv2d_kernels.cuh): KH times less im2col traffic.
  * With DRAFT_CONV_IMPLICIT=1 an f32 forward (groups 1) is instead one implicit-GEMM kernel on
- * tensor cores that gathers its operand tiles from x into shared memory (conv2d_kernels.cuh), and
- * so is the backward input at stride 1, as the forward convolution of dy with the weights flipped.
+ * tensor cores that gathers its operand tiles from x into shared memory (conv2d_kernels.cuh; in
+ * tap-major order over permuted weights where C % 16 == 0), and so is the backward input at
+ * stride 1, as the forward convolution of dy with the weights flipped.
  * 1x1 convolutions with stride 1 and no padding skip im2col and use x / dx directly as the GEMM
  * operand. Bias is pre-filled into the output
  * and the GEMM accumulates onto it (beta = 1); db is a per-channel reduction kernel.
@@ -411,14 +412,15 @@ int implicit_bm(int64_t P, int64_t O)
     return O % 128 == 0 && blocks128 >= cuda_sm_count() ? 128 : 64;
 }
 
-template <int BM, int MODE>
+template <int BM, int MODE, bool TAP>
 enum status implicit_launch(float *out, const float *x, const float *w, const float *bias, const kgeom &kg, int64_t N,
                             int O, int S)
 {
     static bool smem_set = false;   /* per instantiation: more than the default 48 KiB */
     const size_t smem = ig_smem_bytes(BM, MODE);
     if (!smem_set) {
-        CUDA_TRY(cudaFuncSetAttribute(conv_implicit_kernel<BM, MODE>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        CUDA_TRY(cudaFuncSetAttribute(conv_implicit_kernel<BM, MODE, TAP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      (int)smem));
         smem_set = true;
     }
     const int64_t P = N * kg.OHW, n = P * O;
@@ -430,7 +432,7 @@ enum status implicit_launch(float *out, const float *x, const float *w, const fl
     const dim3 grid((unsigned)((P + kIgBN - 1) / kIgBN), (unsigned)((O + BM - 1) / BM), (unsigned)S);
     const int vec_a = kg.K % 4 == 0 && ((uintptr_t)w & 15) == 0;
     cudaStream_t st = (cudaStream_t)cuda_stream();
-    conv_implicit_kernel<BM, MODE><<<grid, ig_threads(BM), smem, st>>>(part, x, w, S > 1 ? nullptr : bias, kg, O, P, vec_a,
+    conv_implicit_kernel<BM, MODE, TAP><<<grid, ig_threads(BM), smem, st>>>(part, x, w, S > 1 ? nullptr : bias, kg, O, P, vec_a,
                                                                      sp.kps);
     CUDA_LAUNCHED();
     if (S > 1) {
@@ -465,31 +467,53 @@ int implicit_splits(int64_t blocks, int64_t K)
 }
 
 /* the mode the precision switch asks for, at BM channels per block */
-template <int BM>
+template <int BM, bool TAP>
 enum status implicit_launch_mode(float *out, const float *x, const float *w, const float *bias, const kgeom &kg, int64_t N,
                                  int O, int S)
 {
     switch (tensor_precision()) {
-    case PRECISION_F32: return implicit_launch<BM, IG_3XTF32>(out, x, w, bias, kg, N, O, S);
-    case PRECISION_TF32: return implicit_launch<BM, IG_TF32>(out, x, w, bias, kg, N, O, S);
-    default: return implicit_launch<BM, IG_BF16>(out, x, w, bias, kg, N, O, S);
+    case PRECISION_F32: return implicit_launch<BM, IG_3XTF32, TAP>(out, x, w, bias, kg, N, O, S);
+    case PRECISION_TF32: return implicit_launch<BM, IG_TF32, TAP>(out, x, w, bias, kg, N, O, S);
+    default: return implicit_launch<BM, IG_BF16, TAP>(out, x, w, bias, kg, N, O, S);
     }
 }
 
-enum status implicit_run(float *out, const float *x, const float *w, const float *bias, const kgeom &kg, int64_t N, int O)
+/* out = conv(x, w) (+ bias) for the geometry kg (the forward's, or dgrad_geom's) with O output
+ * channels. w is [O][C][KH][KW], or with flip the forward's weights, to be flipped and transposed
+ * for the backward input: made here into the layout the kernel reads (tap-major where C % 16 ==
+ * 0; else as it is, or flipped by conv_flip_weight_kernel) */
+enum status implicit_run(float *out, const float *x, const float *w, const float *bias, const kgeom &kg, int64_t N, int O,
+                         bool flip)
 {
-    const int64_t P = N * kg.OHW;
+    const int64_t P = N * kg.OHW, nw = (int64_t)O * kg.K;
     const int bm = implicit_bm(P, O);
     const int S = implicit_splits((P + kIgBN - 1) / kIgBN * ((O + bm - 1) / bm), kg.K);
-    return bm == 128 ? implicit_launch_mode<128>(out, x, w, bias, kg, N, O, S)
-                     : implicit_launch_mode<64>(out, x, w, bias, kg, N, O, S);
+    const bool tap = kg.C % kIgBK == 0;
+    cudaStream_t st = (cudaStream_t)cuda_stream();
+    enum status s = STATUS_OK;
+    if (tap || flip) {
+        float *wp = scratch<float>(nw, &s);
+        if (!wp) return s;
+        const unsigned blocks = (unsigned)((nw + 255) / 256);
+        /* the forward's channel counts: O x C = (flip ? kg.C x O : O x kg.C) */
+        const int64_t fo = flip ? kg.C : O, fc = flip ? O : kg.C;
+        if (tap) conv_tap_weight_kernel<float><<<blocks, 256, 0, st>>>(wp, w, fo, fc, kg.KH, kg.KW, flip);
+        else conv_flip_weight_kernel<float><<<blocks, 256, 0, st>>>(wp, w, fo, fc, kg.KH, kg.KW);
+        CUDA_LAUNCHED();
+        w = wp;
+    }
+    if (tap)
+        return bm == 128 ? implicit_launch_mode<128, true>(out, x, w, bias, kg, N, O, S)
+                         : implicit_launch_mode<64, true>(out, x, w, bias, kg, N, O, S);
+    return bm == 128 ? implicit_launch_mode<128, false>(out, x, w, bias, kg, N, O, S)
+                     : implicit_launch_mode<64, false>(out, x, w, bias, kg, N, O, S);
 }
 
 /* the implicit-GEMM forward where it applies (*done), else nothing (the im2col path runs) */
 enum status implicit_forward(bool *done, float *out, const float *x, const float *w, const float *bias, const geom &g)
 {
     if (!implicit_applies(g, g.C, g.HW, g.K, g.N * g.OHW, g.O)) return STATUS_OK;
-    const enum status s = implicit_run(out, x, w, bias, kernel_geom(g), g.N, (int)g.O);
+    const enum status s = implicit_run(out, x, w, bias, kernel_geom(g), g.N, (int)g.O, false);
     *done = s == STATUS_OK;
     return s;
 }
@@ -498,14 +522,7 @@ enum status implicit_forward(bool *done, float *out, const float *x, const float
 enum status implicit_backward_input(bool *done, float *dx, const float *dy, const float *w, const geom &g)
 {
     if (g.sh != 1 || g.sw != 1 || !implicit_applies(g, g.O, g.OHW, g.O * g.KK, g.N * g.HW, g.C)) return STATUS_OK;
-    enum status s = STATUS_OK;
-    float *wt = scratch<float>(g.O * g.K, &s);
-    if (!wt) return s;
-    const int64_t n = g.O * g.K;
-    conv_flip_weight_kernel<float><<<(unsigned)((n + 255) / 256), 256, 0, (cudaStream_t)cuda_stream()>>>(wt, w, g.O, g.C,
-                                                                                                        (int)g.KH, (int)g.KW);
-    CUDA_LAUNCHED();
-    s = implicit_run(dx, dy, wt, nullptr, dgrad_geom(kernel_geom(g), (int)g.O), g.N, (int)g.C);
+    const enum status s = implicit_run(dx, dy, w, nullptr, dgrad_geom(kernel_geom(g), (int)g.O), g.N, (int)g.C, true);
     *done = s == STATUS_OK;
     return s;
 }

@@ -202,6 +202,20 @@ int rowshift_gemms(const kgeom &g, int64_t G, int64_t O, const CT *cols, const T
  * 2t+1): pitch 24 gives each half-warp 16 distinct bank pairs; B rows 2t and 2t+1 at column g:
  * pitch 132 puts them on 8t + g and 8t + 4 + g. */
 constexpr int kIgBN = 128, kIgBK = 16, kIgStages = 3;
+
+/* a 4-byte cp.async of *src to *dst when `in`, else 4 zero bytes (nothing read): one instruction,
+ * the source size a register (cuda_pipeline.h's zero-fill branches between two) */
+#ifdef __CUDACC__
+__device__ __forceinline__ void cp_async4(float *dst, const float *src, bool in)
+{
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"((unsigned)__cvta_generic_to_shared(dst)), "l"(src),
+                 "r"(in ? 4 : 0)
+                 : "memory");
+}
+#else
+inline void cp_async4(float *dst, const float *src, bool in) { __pipeline_memcpy_async(dst, src, 4, in ? 0 : 4); }
+#endif
+
 enum ig_mode { IG_TF32, IG_3XTF32, IG_BF16 };
 
 __host__ __device__ constexpr int ig_threads(int BM) { return 2 * BM; }
@@ -211,10 +225,13 @@ __host__ __device__ constexpr int ig_stage_words(int BM, int M) { return BM * ig
 __host__ __device__ constexpr size_t ig_smem_bytes(int BM, int M) { return sizeof(float) * kIgStages * ig_stage_words(BM, M); }
 
 /* P = N * OHW pixels; vec_a: w is 16-byte aligned and K % 4 == 0 (16-byte weight copies); KH*KW <=
- * 64. Split-K: with gridDim.z = S > 1, block z sums k steps z*kps .. (z+1)*kps into its own
+ * 64. TAP (C % 16 == 0): the reduction runs in tap-major order, k = kk*C + c, over weights laid out
+ * so (conv_tap_weight_kernel): a k step is then one tap over 16 channels, whose bounds test is the
+ * same for all 16 and whose addresses are HW apart, so a gathered element costs one zero-filling
+ * cp.async and an add (the channel-major order decodes and tests every element). Split-K: with gridDim.z = S > 1, block z sums k steps z*kps .. (z+1)*kps into its own
  * partial output out + z * N*O*OHW (bias null), and split_sum_kernel adds them up in order (so
  * the result does not depend on timing, unlike atomics). */
-template <int BM, int MODE>
+template <int BM, int MODE, bool TAP>
 __global__ void __launch_bounds__(2 * BM)
 conv_implicit_kernel(float *__restrict__ out, const float *__restrict__ x, const float *__restrict__ w,
                      const float *__restrict__ bias, kgeom g, int O, int64_t P, int vec_a, int kps)
@@ -250,15 +267,20 @@ conv_implicit_kernel(float *__restrict__ out, const float *__restrict__ x, const
     /* this block's k steps: all, or (split-K, gridDim.z > 1) the z-th run of `kps` of them */
     const int kt0 = (int)blockIdx.z * kps, left = (g.K + kIgBK - 1) / kIgBK - kt0;
     const int nk = left < 0 ? 0 : left < kps ? left : kps;
+    /* TAP: the tap and first channel of the next step to load (load_step runs over kt0, kt0+1, ...
+     * in order) */
+    int tap_k = TAP ? kt0 * kIgBK / g.C : 0, tap_c = TAP ? kt0 * kIgBK % g.C : 0;
 
     auto load_step = [&](int stage, int kt) {
         float *As = ig_smem + stage * SW, *Bs = As + BM * AP;
         const int k0 = kt * kIgBK;
-        for (int v = tid; v < BM * kIgBK / 4; v += T) {   /* A: runs of 4 along k */
-            const int r = v / (kIgBK / 4), kc = v % (kIgBK / 4) * 4, o = o0 + r, k = k0 + kc;
+#pragma unroll
+        for (int i = 0; i < BM * kIgBK / 4 / T; i++) {   /* A: runs of 4 along k, 2 per thread */
+            const unsigned v = (unsigned)(tid + i * T);
+            const int r = (int)(v / (kIgBK / 4)), kc = (int)(v % (kIgBK / 4)) * 4, o = o0 + r, k = k0 + kc;
             float *dst = As + r * AP + kc;
             const float *src = w + (int64_t)o * g.K + k;
-            if (vec_a && o < O && k < g.K) {
+            if ((TAP || vec_a) && o < O && k < g.K) {   /* TAP: a permuted copy, aligned, K % 16 == 0 */
                 __pipeline_memcpy_async(dst, src, 16);
             } else {
                 for (int j = 0; j < 4; j++) {
@@ -266,6 +288,17 @@ conv_implicit_kernel(float *__restrict__ out, const float *__restrict__ x, const
                     else dst[j] = 0.f;
                 }
             }
+        }
+        if constexpr (TAP) {   /* B: tap tk of channels tc .. tc+R at this thread's pixel */
+            const int tk = tap_k, tc = tap_c + brow0, tkh = tk / g.KW, tkw = tk - tkh * g.KW;
+            if ((tap_c += kIgBK) == g.C) tap_c = 0, tap_k++;
+            const bool in = vmask >> tk & 1u;   /* else zeros: the copies read nothing (from x) */
+            const int64_t step = in ? g.HW : 0;
+            const float *src = in ? xn + (int64_t)tc * g.HW + pix_off + tkh * g.dh * g.W + tkw * g.dw : x;
+            float *dst = Bs + brow0 * BP + bcol;
+#pragma unroll
+            for (int j = 0; j < R; j++, src += step) cp_async4(dst + j * BP, src, in);
+            return;
         }
         /* B: rows brow0 .. brow0+R of this step at this thread's pixel: row k = (c, kk), kk = kh*KW + kw
          * reading x[c][ih0 + kh*dh][iw0 + kw*dw], i.e. xn + c*HW + pix_off + off */
@@ -437,6 +470,21 @@ __host__ __device__ inline kgeom dgrad_geom(const kgeom &g, int O)
     t.pt = g.dh * (g.KH - 1) - g.pt, t.pl = g.dw * (g.KW - 1) - g.pl;
     t.K = O * g.KK, t.HW = g.OH * g.OW, t.OHW = g.H * g.W;
     return t;
+}
+
+/* the weights of the TAP kernels, wp[o'][kk][c'] (kk = kh*KW + kw) from w [O][C][KH][KW]: the
+ * forward's (o' = o, c' = c), or with flip the backward input's (o' = c, c' = o, taps mirrored as
+ * in wt below); one thread per element */
+template <typename T>
+__global__ void __launch_bounds__(256)
+conv_tap_weight_kernel(T *__restrict__ wp, const T *__restrict__ w, int64_t O, int64_t C, int KH, int KW, bool flip)
+{
+    const int KK = KH * KW;
+    const int64_t e = (int64_t)blockIdx.x * 256 + threadIdx.x, Cp = flip ? O : C;
+    if (e >= O * C * KK) return;
+    const int64_t cp = e % Cp, op = e / ((int64_t)Cp * KK);
+    const int kk = (int)(e / Cp % KK);
+    wp[e] = flip ? w[(cp * C + op) * KK + (KK - 1 - kk)] : w[(op * C + cp) * KK + kk];
 }
 
 /* wt as above from w [O][C][KH][KW]; one thread per element */
