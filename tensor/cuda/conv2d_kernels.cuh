@@ -228,9 +228,10 @@ __host__ __device__ constexpr size_t ig_smem_bytes(int BM, int M) { return sizeo
  * 64. TAP (C % 16 == 0): the reduction runs in tap-major order, k = kk*C + c, over weights laid out
  * so (conv_tap_weight_kernel): a k step is then one tap over 16 channels, whose bounds test is the
  * same for all 16 and whose addresses are HW apart, so a gathered element costs one zero-filling
- * cp.async and an add (the channel-major order decodes and tests every element). Split-K: with gridDim.z = S > 1, block z sums k steps z*kps .. (z+1)*kps into its own
- * partial output out + z * N*O*OHW (bias null), and split_sum_kernel adds them up in order (so
- * the result does not depend on timing, unlike atomics). */
+ * cp.async and an add (the channel-major order decodes and tests every element). Split-K: with
+ * gridDim.z = S > 1, block z sums k steps z*kps .. (z+1)*kps into its own partial output
+ * out + z * N*O*OHW (bias null), and split_sum_kernel adds them up in order (so the result does
+ * not depend on timing, unlike atomics). */
 template <int BM, int MODE, bool TAP>
 __global__ void __launch_bounds__(2 * BM)
 conv_implicit_kernel(float *__restrict__ out, const float *__restrict__ x, const float *__restrict__ w,
