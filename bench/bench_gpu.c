@@ -26,20 +26,31 @@ static void set_switches(const char *on)
     for (size_t i = 0; i < N_SWITCHES; i++) setenv(g_switches[i], on && !strcmp(on, g_switches[i]) ? "1" : "0", 1);
 }
 
-/* `bench_gpu defaults` / `bench_gpu variants`: only the rows of the default kernels, or only
- * those with a switch on or the group_norm cluster size forced. gpu-check runs the two as
- * separate processes, so that a fault in an opt-in kernel (which fails every later CUDA call)
- * cannot take the default rows with it. */
-static int g_which;   /* 0: every row, 1: defaults, 2: variants */
+/* `bench_gpu defaults` / `bench_gpu variants [GROUP]`: only the rows of the default kernels, or
+ * only those with a switch on or the group_norm cluster size forced (with GROUP: only those of
+ * that switch, or DRAFT_GN_CLUSTER; `bench_gpu groups` lists them). gpu-check runs the defaults
+ * and each group as separate processes, so that a fault in an opt-in kernel (which fails every
+ * later CUDA call of its process) takes neither the default rows nor another switch's with it. */
+static int g_which;             /* 0: every row, 1: defaults, 2: variants */
+static const char *g_group;     /* with 2: only this group's rows (NULL: all) */
+
+/* the group of the row about to run: the first switch that is on, else DRAFT_GN_CLUSTER when it
+ * is set, else NULL (a default row) */
+static const char *row_group(void)
+{
+    for (size_t i = 0; i < N_SWITCHES; i++) {
+        const char *e = getenv(g_switches[i]);
+        if (e && *e == '1') return g_switches[i];
+    }
+    return getenv("DRAFT_GN_CLUSTER") ? "DRAFT_GN_CLUSTER" : NULL;
+}
 
 static bool row_wanted(void)
 {
-    bool variant = getenv("DRAFT_GN_CLUSTER") != NULL;
-    for (size_t i = 0; i < N_SWITCHES; i++) {
-        const char *e = getenv(g_switches[i]);
-        variant = variant || (e && *e == '1');
-    }
-    return g_which == 0 || (g_which == 2) == variant;
+    const char *grp = row_group();
+    if (g_which == 0) return true;
+    if (g_which == 1) return grp == NULL;
+    return grp != NULL && (!g_group || !strcmp(g_group, grp));
 }
 
 static double now_ms(void)
@@ -185,11 +196,21 @@ static void release(struct args *a)
 
 int main(int argc, char **argv)
 {
-    if (argc > 2 || (argc == 2 && strcmp(argv[1], "defaults") && strcmp(argv[1], "variants"))) {
-        fprintf(stderr, "usage: bench_gpu [defaults|variants]\n");
+    if (argc == 2 && !strcmp(argv[1], "groups")) {   /* the groups of `variants GROUP` */
+        for (size_t i = 0; i < N_SWITCHES; i++) printf("%s\n", g_switches[i]);
+        printf("DRAFT_GN_CLUSTER\n");
+        return 0;
+    }
+    bool known = argc < 3;
+    for (size_t i = 0; argc == 3 && i < N_SWITCHES; i++) known = known || !strcmp(argv[2], g_switches[i]);
+    known = known || (argc == 3 && !strcmp(argv[2], "DRAFT_GN_CLUSTER"));
+    if (argc > 3 || !known || (argc >= 2 && strcmp(argv[1], "defaults") && strcmp(argv[1], "variants")) ||
+        (argc == 3 && strcmp(argv[1], "variants"))) {
+        fprintf(stderr, "usage: bench_gpu [defaults | variants [GROUP] | groups]\n");
         return 2;
     }
     g_which = argc < 2 ? 0 : !strcmp(argv[1], "defaults") ? 1 : 2;
+    g_group = argc == 3 ? argv[2] : NULL;
 #ifndef TENSOR_HAVE_CUDA
     printf("bench_gpu: built without CUDA\n");
     return 0;

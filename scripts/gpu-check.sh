@@ -115,10 +115,12 @@ fi
 # the op benchmarks, bench_gpu against torch_gpu.py (GPU_CHECK_BENCH=0 skips them)
 bench_rc=0
 if [ -x build-gpu/bench/bench_gpu ] && [ "${GPU_CHECK_BENCH:-1}" = 1 ]; then
-    # the default kernels' rows first, the variants' in a second process: a fault in an opt-in kernel
-    # fails every later CUDA call of its process, and must not take the default rows with it
+    # the default kernels' rows first, then each switch's in a process of its own: a fault in an
+    # opt-in kernel fails every later CUDA call of its process, and must not take other rows with it
     ./build-gpu/bench/bench_gpu defaults > "$OUTDIR/bench-ours.txt" 2>&1 || bench_rc=$?
-    ./build-gpu/bench/bench_gpu variants >> "$OUTDIR/bench-ours.txt" 2>&1 || bench_rc=$?
+    for group in $(./build-gpu/bench/bench_gpu groups); do
+        ./build-gpu/bench/bench_gpu variants "$group" >> "$OUTDIR/bench-ours.txt" 2>&1 || bench_rc=$?
+    done
     python3 bench/torch_gpu.py > "$OUTDIR/bench-torch.txt" 2>&1 || true
 fi
 

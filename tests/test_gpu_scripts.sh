@@ -64,6 +64,14 @@ check "switches: a failed case keeps it opt-in" "$t/switches" '^DRAFT_ATTN_FUSED
 check "switches: one slower row keeps it opt-in" "$t/switches" '^DRAFT_CONV_ROWSHIFT .*conv2d_640c_32px_fwd 0\.120/0\.109=1\.10.*keep opt-in'
 check "switches: group_norm" "$t/switches" '^DRAFT_GN_FUSED_BWD +tests 1 ok 0 failed.*=0\.80;.*make default \(tensor/cuda/norm.cu\)'
 check "switches: implicit conv (its bm128 row has no base)" "$t/switches" '^DRAFT_CONV_IMPLICIT +tests 1 ok 0 failed; rows \(variant/base ms\): conv2d_640c_32px_fwd 0\.090/0\.109=0\.83; -> make default \(tensor/cuda/conv2d.cu\)'
+# every kernel-variant switch (a cuda_switch call in tensor/cuda; DRAFT_GN_TWOPASS is the tests'
+# fallback, not an opt-in kernel) has rows in bench_gpu (its list, which gpu-check's per-switch
+# processes come from) and a line in gpu_switches.sh
+for sw in $(grep -ohE 'cuda_switch\("DRAFT_[A-Z_]+", (true|false)\)' tensor/cuda/*.cu | grep -oE 'DRAFT_[A-Z_]+' | sort -u); do
+    [ "$sw" = DRAFT_GN_TWOPASS ] && continue
+    if grep -q "\"$sw\"" bench/bench_gpu.c && grep -q "\"$sw\"" bench/gpu_switches.sh; then echo "ok   $sw in bench_gpu and gpu_switches.sh"
+    else echo "FAIL $sw: missing from bench/bench_gpu.c's switches or bench/gpu_switches.sh"; fail=1; fi
+done
 for s in scripts/gpu-check.sh bench/join_gpu_bench.sh bench/gpu_targets.sh bench/gpu_switches.sh; do
     if bash -n "$s"; then echo "ok   $s parses"; else echo "FAIL $s does not parse"; fail=1; fi
 done
