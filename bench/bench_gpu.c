@@ -314,7 +314,8 @@ int main(int argc, char **argv)
     tensor_set_precision(PRECISION_F32);
 
     /* group_norm [2,320,64,64]; fwd+bwd again with the one-pass cluster backward; then both with
-     * the cluster size forced (DRAFT_GN_CLUSTER; the default picks 8 blocks of 20 KiB here) */
+     * the cluster size forced (DRAFT_GN_CLUSTER; the default picks 8 blocks of 20 KiB here; 1: a
+     * whole group of 160 KiB in one block) */
     const struct {
         const char *name, *cluster;
         bool fused_bwd, back;
@@ -322,9 +323,11 @@ int main(int argc, char **argv)
         {"group_norm_fwd", NULL, false, false},
         {"group_norm_fwdbwd", NULL, false, true},
         {"group_norm_fwdbwd_fused_bwd", NULL, true, true},
+        {"group_norm_fwd_cl1", "1", false, false},
         {"group_norm_fwd_cl2", "2", false, false},
         {"group_norm_fwd_cl4", "4", false, false},
         {"group_norm_fwdbwd_fused_bwd_cl4", "4", true, true},
+        {"group_norm_fwdbwd_cl1", "1", false, true},
     };
     for (size_t mode = 0; mode < sizeof gn_rows / sizeof *gn_rows; mode++) {
         const int bw = gn_rows[mode].back;

@@ -1048,6 +1048,21 @@ START_TEST(test_nn)
                  gnb, &big);
     }
     unsetenv("DRAFT_GN_FUSED_BWD");
+    /* SD's [2,320,64,64] with DRAFT_GN_CLUSTER=1: the forward keeps a whole group (160 KiB) in one
+     * block, past the 96 KiB bound of the default rule; the one-pass backward then takes clusters
+     * of 2 blocks of 160 KiB (both staged tensors) */
+    if (!optin_skipped()) {
+        struct tensor *gns[3] = {test_uniform(DTYPE_F64, TENSOR_SHAPE(2, 320, 64, 64), -2, 2),
+                                 test_uniform(DTYPE_F64, TENSOR_SHAPE(320), 0.5, 1.5), test_uniform(DTYPE_F64, TENSOR_SHAPE(320), -1, 1)};
+        setenv("DRAFT_GN_CLUSTER", "1", 1);
+        for (int m = 0; m < 2; m++) {
+            set_switch("DRAFT_GN_FUSED_BWD", m == 1);
+            check_op(m ? "group_norm[fused_bwd,cluster=1,sd,groups=32]" : "group_norm[cluster=1,sd,groups=32]", f_group_norm,
+                     (void *)32, 3, gns, &big);
+        }
+        unsetenv("DRAFT_GN_CLUSTER");
+        unsetenv("DRAFT_GN_FUSED_BWD");
+    }
     /* attention */
     struct tensor *qkv[3], *qkv2[3], *qkvb[3], *qkvt[3], *qkvc[3], *qkv80[3], *qkvw[3], *qkvw2[3];
     attn_inputs(qkv, 1, 2, 5, 6, 4, 3);

@@ -472,9 +472,14 @@ enum status layer_norm_bwd_run(T *dx, T *dw, T *db, const T *dy, const T *x, con
  * two blocks per SM. smem(chunk): the kernel's shared memory for a chunk. Returns the cluster size
  * and sets *chunk_out, or returns 0 when none fits. */
 constexpr int kFusedSmemMax = 96 * 1024;
+/* with DRAFT_GN_CLUSTER=1 forced, up to what one block may have on sm_90 (227 KiB, less a margin):
+ * a whole group of SD's [2,320,64,64] (160 KiB) in one block, no cluster exchange (the benchmark's
+ * *_cl1 rows) */
+constexpr int kFusedSmemMaxOne = 220 * 1024;
 
 /* DRAFT_GN_CLUSTER=N (1, 2, 4 or 8): the smallest cluster of at least N blocks whose chunks fit,
- * whatever the SM count (benchmarks and tests compare cluster sizes); unset: the rule above */
+ * whatever the SM count (benchmarks and tests compare cluster sizes; 1 also lifts the 96 KB bound,
+ * kFusedSmemMaxOne); unset: the rule above */
 int gn_cluster_floor()
 {
     const char *e = getenv("DRAFT_GN_CLUSTER");
@@ -486,9 +491,10 @@ template <class SmemFn> int gn_cluster_pick(int64_t NG, int64_t ge, SmemFn smem,
 {
     if (NG > 65535 || ge >= INT32_MAX / 2) return 0;
     const int floor = gn_cluster_floor();
+    const size_t max = floor == 1 ? kFusedSmemMaxOne : kFusedSmemMax;
     for (int c = floor ? floor : 1; c <= kGnMaxCluster; c *= 2) {
         const int chunk = (int)(((ge + c - 1) / c + 3) / 4 * 4);
-        if (smem(chunk) <= (size_t)kFusedSmemMax && (floor || NG * c >= 2 * cuda_sm_count() || c == kGnMaxCluster)) {
+        if (smem(chunk) <= max && (floor || NG * c >= 2 * cuda_sm_count() || c == kGnMaxCluster)) {
             *chunk_out = chunk;
             return c;
         }
@@ -499,14 +505,15 @@ template <class SmemFn> int gn_cluster_pick(int64_t NG, int64_t ge, SmemFn smem,
 /* launch kernel on grid (cl, NG) in clusters of cl blocks; false when the device refuses (no
  * cluster support, too much shared memory): the caller then takes the multi-kernel path */
 template <typename... P, typename... A>
-bool gn_cluster_launch(void (*kernel)(P...), bool *raised, int cl, int64_t NG, size_t smem, A... args)
+bool gn_cluster_launch(void (*kernel)(P...), size_t *raised, int cl, int64_t NG, size_t smem, A... args)
 {
-    if (smem > 48 * 1024 && !*raised) {
-        if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kFusedSmemMax) != cudaSuccess) {
+    if (smem > 48 * 1024 && smem > *raised) {   /* raised: the kernel's dynamic shared memory limit so far */
+        const size_t to = smem > (size_t)kFusedSmemMax ? smem : (size_t)kFusedSmemMax;
+        if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)to) != cudaSuccess) {
             (void)cudaGetLastError();
             return false;
         }
-        *raised = true;
+        *raised = to;
     }
     cudaLaunchConfig_t lc = {};
     lc.gridDim = dim3((unsigned)cl, (unsigned)NG);
@@ -538,7 +545,7 @@ void group_norm_fused(bool *done, float *out, float *mean, float *rstd, const fl
     *done = false;
     if (!cl) return;
     const bool v4 = HW % 4 == 0 && aligned16(x) && aligned16(out);
-    static bool raised[2];
+    static size_t raised[2];
     *done = gn_cluster_launch(v4 ? gn_fused_kernel<4> : gn_fused_kernel<1>, &raised[v4], cl, NG, gn_fwd_smem(cg, chunk),
                               out, mean, rstd, x, w, b, C, cg, (int)HW, (int)ge, chunk, eps);
 }
@@ -558,7 +565,7 @@ void group_norm_bwd_fused(bool *done, float *dx, double2 *ab, const float *dy, c
     *done = false;
     if (!cl) return;
     const bool v4 = HW % 4 == 0 && aligned16(x) && aligned16(dy) && aligned16(dx);
-    static bool raised[2];
+    static size_t raised[2];
     *done = gn_cluster_launch(v4 ? gn_bwd_fused_kernel<4> : gn_bwd_fused_kernel<1>, &raised[v4], cl, NG,
                               gn_bwd_smem(cg, chunk).bytes, dx, ab, dy, x, w, mean, rstd, C, cg, (int)HW, (int)ge, chunk);
 }
