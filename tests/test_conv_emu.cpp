@@ -236,11 +236,11 @@ void run_implicit(float *out, const float *x, const float *w, const float *bias,
     const int64_t n = P * O, nw = (int64_t)O * g.K, fo = flip ? g.C : O, fc = flip ? O : g.C;
     const bool tap = g.C % kIgBK == 0;
     std::vector<float> wp(tap || flip ? (size_t)nw : 0, NAN);
-    if (tap)
-        emu_launch((unsigned)((nw + 255) / 256), 256, [&] { conv_tap_weight_kernel<float>(wp.data(), w, fo, fc, g.KH, g.KW, flip); });
-    else if (flip)
-        emu_launch((unsigned)((nw + 255) / 256), 256, [&] { conv_flip_weight_kernel<float>(wp.data(), w, fo, fc, g.KH, g.KW); });
-    if (tap || flip) w = wp.data();
+    if (tap || flip) {
+        emu_launch((unsigned)((nw + 255) / 256), 256,
+                   [&] { conv_weight_layout_kernel<float>(wp.data(), w, fo, fc, g.KH, g.KW, flip, tap); });
+        w = wp.data();
+    }
     std::vector<float> part(sp.S > 1 ? (size_t)(sp.S * n) : 0, NAN);
     float *dst = sp.S > 1 ? part.data() : out;
     const int vec_a = g.K % 4 == 0 && ((uintptr_t)w & 15) == 0;
@@ -290,7 +290,7 @@ template <int BM, int M> void check_implicit(const conv_case &c, int O, bool wit
     report("implicit_fwd", label, "rel", rel_l2(out, ref), ig_bound(M));
 }
 
-/* the implicit-GEMM backward input at stride 1 as conv2d.cu runs it (conv_flip_weight_kernel, then
+/* the implicit-GEMM backward input at stride 1 as conv2d.cu runs it (conv_weight_layout_kernel, then
  * conv_implicit_kernel over dgrad_geom), against dx = sum over o, kh, kw of w dy in float64 */
 template <int BM, int M> void check_implicit_dgrad(const conv_case &c, int O, int splits = 1)
 {

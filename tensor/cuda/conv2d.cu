@@ -480,8 +480,8 @@ enum status implicit_launch_mode(float *out, const float *x, const float *w, con
 
 /* out = conv(x, w) (+ bias) for the geometry kg (the forward's, or dgrad_geom's) with O output
  * channels. w is [O][C][KH][KW], or with flip the forward's weights, to be flipped and transposed
- * for the backward input: made here into the layout the kernel reads (tap-major where C % 16 ==
- * 0; else as it is, or flipped by conv_flip_weight_kernel) */
+ * for the backward input: made here into the layout the kernel reads (conv_weight_layout_kernel:
+ * tap-major where C % 16 == 0; else as it is, or flipped) */
 enum status implicit_run(float *out, const float *x, const float *w, const float *bias, const kgeom &kg, int64_t N, int O,
                          bool flip)
 {
@@ -497,8 +497,7 @@ enum status implicit_run(float *out, const float *x, const float *w, const float
         const unsigned blocks = (unsigned)((nw + 255) / 256);
         /* the forward's channel counts: O x C = (flip ? kg.C x O : O x kg.C) */
         const int64_t fo = flip ? kg.C : O, fc = flip ? O : kg.C;
-        if (tap) conv_tap_weight_kernel<float><<<blocks, 256, 0, st>>>(wp, w, fo, fc, kg.KH, kg.KW, flip);
-        else conv_flip_weight_kernel<float><<<blocks, 256, 0, st>>>(wp, w, fo, fc, kg.KH, kg.KW);
+        conv_weight_layout_kernel<float><<<blocks, 256, 0, st>>>(wp, w, fo, fc, kg.KH, kg.KW, flip, tap);
         CUDA_LAUNCHED();
         w = wp;
     }

@@ -226,7 +226,7 @@ __host__ __device__ constexpr size_t ig_smem_bytes(int BM, int M) { return sizeo
 
 /* P = N * OHW pixels; vec_a: w is 16-byte aligned and K % 4 == 0 (16-byte weight copies); KH*KW <=
  * 64. TAP (C % 16 == 0): the reduction runs in tap-major order, k = kk*C + c, over weights laid out
- * so (conv_tap_weight_kernel): a k step is then one tap over 16 channels, whose bounds test is the
+ * so (conv_weight_layout_kernel): a k step is then one tap over 16 channels, whose bounds test is the
  * same for all 16 and whose addresses are HW apart, so a gathered element costs one zero-filling
  * cp.async and an add (the channel-major order decodes and tests every element). Split-K: with
  * gridDim.z = S > 1, block z sums k steps z*kps .. (z+1)*kps into its own partial output
@@ -473,31 +473,20 @@ __host__ __device__ inline kgeom dgrad_geom(const kgeom &g, int O)
     return t;
 }
 
-/* the weights of the TAP kernels, wp[o'][kk][c'] (kk = kh*KW + kw) from w [O][C][KH][KW]: the
- * forward's (o' = o, c' = c), or with flip the backward input's (o' = c, c' = o, taps mirrored as
- * in wt below); one thread per element */
+/* the weights as conv_implicit_kernel reads them, from w [O][C][KH][KW] (kk = kh*KW + kw): the
+ * forward's (o' = o, c' = c), or with flip the backward input's (o' = c, c' = o, taps mirrored,
+ * wt above); in the TAP order wp[o'][kk][c'], else wp[o'][c'][kk]. One thread per element. */
 template <typename T>
 __global__ void __launch_bounds__(256)
-conv_tap_weight_kernel(T *__restrict__ wp, const T *__restrict__ w, int64_t O, int64_t C, int KH, int KW, bool flip)
+conv_weight_layout_kernel(T *__restrict__ wp, const T *__restrict__ w, int64_t O, int64_t C, int KH, int KW, bool flip,
+                          bool tap)
 {
     const int KK = KH * KW;
     const int64_t e = (int64_t)blockIdx.x * 256 + threadIdx.x, Cp = flip ? O : C;
     if (e >= O * C * KK) return;
-    const int64_t cp = e % Cp, op = e / ((int64_t)Cp * KK);
-    const int kk = (int)(e / Cp % KK);
+    const int64_t cp = tap ? e % Cp : e / KK % Cp, op = e / ((int64_t)Cp * KK);
+    const int kk = (int)(tap ? e / Cp % KK : e % KK);
     wp[e] = flip ? w[(cp * C + op) * KK + (KK - 1 - kk)] : w[(op * C + cp) * KK + kk];
-}
-
-/* wt as above from w [O][C][KH][KW]; one thread per element */
-template <typename T>
-__global__ void __launch_bounds__(256)
-conv_flip_weight_kernel(T *__restrict__ wt, const T *__restrict__ w, int64_t O, int64_t C, int KH, int KW)
-{
-    const int64_t e = (int64_t)blockIdx.x * 256 + threadIdx.x, n = O * C * KH * KW;
-    if (e >= n) return;
-    const int kw = (int)(e % KW), kh = (int)(e / KW % KH);
-    const int64_t o = e / ((int64_t)KW * KH) % O, c = e / ((int64_t)KW * KH * O);
-    wt[e] = w[((o * C + c) * KH + (KH - 1 - kh)) * KW + (KW - 1 - kw)];
 }
 
 #endif
