@@ -123,7 +123,7 @@ START_TEST(test_reference)
             ck_assert_msg(nn_adamw_init(&o, &c, &ps) == STATUS_OK, "%s", tensor_error());
             ck_assert_int_eq(o.n, 3);
             const double unused0 = tensor_get_flat(ps.v[2].t, 0);
-            double max_rel = 0, min_norm = 1e300, max_norm = 0;
+            double max_err = 0, min_norm = 1e300, max_norm = 0;
             for (int upd = 0; upd < 6; upd++) {
                 double Rk[3][17];
                 const double *Rp[3];
@@ -143,28 +143,32 @@ START_TEST(test_reference)
                 ck_assert_ptr_null(ps.v[0].t->grad);   /* dropped after the update */
                 ref_update(&r, &c, c.accum_steps, Rp);
                 ck_assert_int_eq(o.step, upd + 1);
-                /* parameters and moments against the reference */
-                double num = 0, den = 0;
+                /* parameters and moments against the reference, normwise per quantity:
+                 * max |a - b| over max |b|. Elementwise relative error is the wrong yardstick:
+                 * m is a running sum of gradients of either sign, so an element near zero
+                 * carries the rounding of terms as large as the largest gradient. */
+                double err[3] = {0}, scale[3] = {0};
                 int64_t off = 0;
                 for (int i = 0; i < 2; i++)
                     for (int64_t j = 0; j < sizes[i]; j++, off++) {
                         const double a[3] = {tensor_get_flat(ps.v[i].t, j), tensor_get_flat(o.m[i], j), tensor_get_flat(o.v[i], j)};
                         const double b[3] = {r.p[off], r.m[off], r.v[off]};
                         for (int q = 0; q < 3; q++) {
-                            num = fmax(num, fabs(a[q] - b[q]) / (fabs(b[q]) + 1e-3 * (q == 2 ? 1e-3 : 1)));
-                            den = 1;
+                            err[q] = fmax(err[q], fabs(a[q] - b[q]));
+                            scale[q] = fmax(scale[q], fabs(b[q]));
                         }
                     }
-                max_rel = fmax(max_rel, num / den);
+                for (int q = 0; q < 3; q++) max_err = fmax(max_err, err[q] / scale[q]);
             }
             /* the unused parameter: no gradient, no decay, no state */
             ck_assert(tensor_get_flat(ps.v[2].t, 0) == unused0);
             ck_assert_int_eq(o.param_step[2], 0);
             ck_assert_int_eq(o.param_step[0], 6);
-            const double tol = dts[di] == DTYPE_F64 ? 1e-11 : 2e-5;
-            printf("adamw %-32s %s: 6 updates, max rel err vs f64 reference %.2e (tol %.0e), grad norm %.3f..%.3f\n",
-                   cases[ci].label, dtype_name(dts[di]), max_rel, tol, min_norm, max_norm);
-            ck_assert_msg(max_rel < tol, "%s %s: rel err %.3e", cases[ci].label, dtype_name(dts[di]), max_rel);
+            /* 64 unit roundoffs of the dtype: 400 seeds gave at most 8.5 (f32) and 9.5 (f64) */
+            const double tol = 64 * (dts[di] == DTYPE_F64 ? 0x1p-53 : 0x1p-24);
+            printf("adamw %-32s %s: 6 updates, normwise err vs f64 reference %.2e (tol %.1e), grad norm %.3f..%.3f\n",
+                   cases[ci].label, dtype_name(dts[di]), max_err, tol, min_norm, max_norm);
+            ck_assert_msg(max_err < tol, "%s %s: normwise err %.3e", cases[ci].label, dtype_name(dts[di]), max_err);
             if (cases[ci].clip == 0.5) ck_assert(min_norm > 0.5);   /* clipping was active */
             nn_adamw_free(&o);
             nn_params_free(&ps);
