@@ -39,10 +39,6 @@ enum status ag_no_kernel(const char *op, const struct tensor *t)
 
 /* ---------------------------------------------------------------- unary */
 
-static const char *unary_names[UNARY_COUNT] = {
-    "neg", "abs", "exp", "log", "sqrt", "rsqrt", "sin", "cos", "tanh", "sigmoid", "silu", "relu",
-    "gelu", "gelu_tanh", "quick_gelu", "pow", "clamp", "affine", "square", "reciprocal"};
-
 /* ops whose derivative is written with the output y rather than the input x */
 static bool uses_output(enum unary_op op)
 {
@@ -64,11 +60,11 @@ static enum status unary_backward(struct ag_node *n, struct tensor *const *gout,
 struct tensor *ag_unary(enum unary_op op, struct tensor *x, const double *p)
 {
     if (!x) return NULL;
-    if (!ag_check_float(unary_names[op], x)) return NULL;
+    if (!ag_check_float(unary_op_name(op), x)) return NULL;
     struct tensor *y = tensor_empty_like(x);
     if (!y) return NULL;
     if (backend_of(x)->unary(op, y, x, p)) return NULL;
-    struct ag_node *n = ag_record(unary_names[op], unary_backward, 1, &x, 1, &y);
+    struct ag_node *n = ag_record(unary_op_name(op), unary_backward, 1, &x, 1, &y);
     if (n) {
         n->ip[0] = op;
         if (p) { n->fp[0] = p[0]; n->fp[1] = p[1]; }
@@ -123,7 +119,6 @@ struct tensor *ag_sum_to(struct tensor *x, int ndim, const int64_t *shape)
 
 /* ---------------------------------------------------------------- binary */
 
-static const char *binary_names[BINARY_COUNT] = {"add", "sub", "mul", "div", "maximum", "minimum", "gt", "ge", "eq"};
 
 static enum status binary_backward(struct ag_node *n, struct tensor *const *gout, struct tensor **gin)
 {
@@ -149,7 +144,7 @@ static enum status binary_backward(struct ag_node *n, struct tensor *const *gout
         gb = n->needs[1] ? ag_mul(g, ag_affine(wa, -1.0, 1.0)) : NULL;
         break;
     }
-    default: return tensor_fail(STATUS_GRAPH, "%s has no gradient", binary_names[op]);
+    default: return tensor_fail(STATUS_GRAPH, "%s has no gradient", binary_op_name(op));
     }
     if (n->needs[0]) { gin[0] = ag_sum_to(ga, n->in_meta[0].ndim, n->in_meta[0].shape); if (!gin[0]) return tensor_status(); }
     if (n->needs[1]) { gin[1] = ag_sum_to(gb, n->in_meta[1].ndim, n->in_meta[1].shape); if (!gin[1]) return tensor_status(); }
@@ -159,7 +154,7 @@ static enum status binary_backward(struct ag_node *n, struct tensor *const *gout
 static struct tensor *binary(enum binary_op op, struct tensor *a, struct tensor *b)
 {
     if (!a || !b) return NULL;
-    const char *name = binary_names[op];
+    const char *name = binary_op_name(op);
     struct tensor *ab[2] = {a, b};
     if (!ag_check_same_device(name, 2, ab) || !ag_check_float(name, a)) return NULL;
     if (a->dtype != b->dtype) {
@@ -196,7 +191,7 @@ struct tensor *ag_maximum(struct tensor *a, struct tensor *b) { return binary(BI
 struct tensor *ag_minimum(struct tensor *a, struct tensor *b) { return binary(BINARY_MINIMUM, a, b); }
 struct tensor *ag_compare(enum binary_op op, struct tensor *a, struct tensor *b)
 {
-    if (op < BINARY_GT) { tensor_fail(STATUS_VALUE, "compare: %s is not a comparison", binary_names[op]); return NULL; }
+    if (op < BINARY_GT) { tensor_fail(STATUS_VALUE, "compare: %s is not a comparison", binary_op_name(op)); return NULL; }
     return binary(op, a, b);
 }
 

@@ -11,7 +11,8 @@
 # does (with .deps, the 64 MiB a call carries fit only its sd14/ configs: mkdir -p shared/parity &&
 # cp -r ../shared/parity/sd14 shared/parity/, carry "shared/parity"), and then the SD 1.4 step runs.
 # Switches: GPU_CHECK_ALL=1 (every suite), GPU_CHECK_DEMO=0 / GPU_CHECK_SD14=0 / GPU_CHECK_BENCH=0
-# (skip the demo runs / the SD 1.4 steps / the op benchmarks: a quick tests-and-table call).
+# (skip the demo runs / the SD 1.4 steps / the op benchmarks: a quick tests-and-table call),
+# GPU_CHECK_PROFILE=1 (the TF32 and bf16 SD 1.4 steps once more under DRAFT_PROFILE=1: time per op).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD/.deps/root
@@ -110,6 +111,13 @@ if [ -f "$PARITY/sd14/unet.config.json" ] && [ "${GPU_CHECK_SD14:-1}" = 1 ]; the
         sd14+=("${line:-FAILED: $args}")
         echo "${line:-FAILED: $args}"
     done
+    # GPU_CHECK_PROFILE=1: the TF32 and bf16 steps again under DRAFT_PROFILE=1 (tensor/profile.h):
+    # time per op kind, in $OUT/sd14-profile-*.txt, the top of each in the summary
+    for pr in tf32 bf16; do
+        [ "${GPU_CHECK_PROFILE:-0}" = 1 ] || break
+        DRAFT_PROFILE=1 timeout 200 ./build-gpu/bench/bench_sd14_step --device cuda --method lv --batch 4 --steps 50 \
+            --reward-vit --precision $pr > "$OUTDIR/sd14-profile-$pr.txt" 2>&1
+    done
 fi
 
 # the op benchmarks, bench_gpu against torch_gpu.py (GPU_CHECK_BENCH=0 skips them)
@@ -130,6 +138,11 @@ printf "%-12s %s\n" "cuda suite" "$cuda_ok ok, $cuda_bad failed$([ $test_rc -eq 
 [ -z "$defaults" ] || printf "%-12s %s\n" "cuda suite" "$defaults"
 for l in "${demo[@]}"; do printf "%-12s %s\n" "demo cuda" "$l"; done
 for l in "${sd14[@]}"; do printf "%-12s %s\n" "sd14 step" "$l"; done
+for pr in tf32 bf16; do
+    [ -f "$OUTDIR/sd14-profile-$pr.txt" ] || continue
+    echo "sd14 step, $pr, DRAFT_PROFILE (top 12):"
+    grep -A13 "^profile:" "$OUTDIR/sd14-profile-$pr.txt" | head -n 14
+done
 if [ -f "$OUTDIR/bench-ours.txt" ]; then
     bench/join_gpu_bench.sh "$OUTDIR/bench-ours.txt" "$OUTDIR/bench-torch.txt" 2>/dev/null || cat "$OUTDIR/bench-ours.txt"
     echo

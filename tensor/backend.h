@@ -129,11 +129,19 @@ struct backend {
 
     /* Philox 4x32-10 stream (see philox.h): normal=false gives uniform in [0,1) */
     enum status (*random)(struct tensor *out, uint64_t seed, uint64_t offset, bool normal);
+
+    /* waits for all queued work (NULL where calls finish before they return: the CPU) */
+    enum status (*synchronize)(void);
 };
+
+const char *unary_op_name(enum unary_op op);     /* "silu", ... */
+const char *binary_op_name(enum binary_op op);   /* "add", ... */
 
 const struct backend *backend_for(enum device dev);   /* NULL if not built/available */
 const struct backend *backend_of(const struct tensor *t);
 void backend_register(enum device dev, const struct backend *b);
+/* profile.c: the timing table wrapping `b` while profiling is on (profile.h), else `b` */
+const struct backend *profile_wrap(const struct backend *b);
 extern const struct backend backend_cpu;
 
 #ifdef __cplusplus

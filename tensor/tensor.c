@@ -778,10 +778,17 @@ const struct backend *backend_for(enum device dev)
     /* the CUDA backend registers itself on first use, if a device is present */
     if (dev == DEVICE_CUDA && !backends[dev]) cuda_init();
 #endif
-    return backends[dev];
+    return profile_wrap(backends[dev]);
 }
-const struct backend *backend_of(const struct tensor *t) { return backends[t->storage->device]; }
+const struct backend *backend_of(const struct tensor *t) { return profile_wrap(backends[t->storage->device]); }
 void backend_register(enum device dev, const struct backend *b) { backends[dev] = b; }
+
+static const char *const unary_names[UNARY_COUNT] = {
+    "neg", "abs", "exp", "log", "sqrt", "rsqrt", "sin", "cos", "tanh", "sigmoid", "silu", "relu",
+    "gelu", "gelu_tanh", "quick_gelu", "pow", "clamp", "affine", "square", "reciprocal"};
+static const char *const binary_names[BINARY_COUNT] = {"add", "sub", "mul", "div", "maximum", "minimum", "gt", "ge", "eq"};
+const char *unary_op_name(enum unary_op op) { return (unsigned)op < UNARY_COUNT ? unary_names[op] : "?"; }
+const char *binary_op_name(enum binary_op op) { return (unsigned)op < BINARY_COUNT ? binary_names[op] : "?"; }
 
 static bool deterministic;
 void tensor_set_deterministic(bool on) { deterministic = on; }

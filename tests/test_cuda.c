@@ -15,6 +15,7 @@
  * One line per case: "cuda <op>[<variant>] <dtype> fwd rel=... bwd rel=... ok". */
 #include "tests/harness.h"
 #include "tensor/alloc.h"
+#include "tensor/profile.h"
 #ifdef TENSOR_HAVE_CUDA
 #include "tensor/cuda/cuda.h"
 #endif
@@ -1252,6 +1253,29 @@ START_TEST(test_memory)
     printf("cuda memory after: live %lld bytes (was %lld), cache hits %lld %s\n", (long long)after.live_bytes,
            (long long)before.live_bytes, (long long)after.n_cache_hits, ok ? "ok" : "FAILED");
     if (!ok) n_failed++;
+    /* the profiler on this device: one TF32 product recorded under its key, with the same bits
+     * as unprofiled (the wrapper only times) */
+    struct tensor *a = tensor_to_device(test_uniform(DTYPE_F32, TENSOR_SHAPE(96, 80), -1, 1), gpu);
+    struct tensor *b = tensor_to_device(test_uniform(DTYPE_F32, TENSOR_SHAPE(80, 72), -1, 1), gpu);
+    tensor_set_precision(PRECISION_TF32);
+    struct tensor *plain = tensor_to_device(ag_matmul(a, b), DEVICE_CPU);
+    tensor_profile_reset();
+    tensor_profile_start();
+    struct tensor *prof = tensor_to_device(ag_matmul(a, b), DEVICE_CPU);
+    tensor_profile_stop();
+    tensor_set_precision(PRECISION_F32);
+    struct profile_entry e[32];
+    const int n = tensor_profile_entries(e, 32);
+    const char *want = gpu == DEVICE_CUDA ? "f32/tf32" : "f32";   /* the CPU ignores the switch */
+    const struct profile_entry *mm = NULL;
+    for (int i = 0; i < n && i < 32; i++)
+        if (!strcmp(e[i].op, "matmul") && e[i].device == gpu && !strcmp(e[i].dtype, want)) mm = &e[i];
+    ok = plain && prof && !memcmp(tensor_data_ptr(plain), tensor_data_ptr(prof), 96 * 72 * sizeof(float)) && mm &&
+         mm->calls == 1 && mm->seconds > 0;
+    printf("cuda profile: matmul %s on %s: %lld call(s), %.3f ms, same bits as unprofiled %s\n", want,
+           device_name(gpu), mm ? (long long)mm->calls : 0LL, mm ? 1e3 * mm->seconds : 0.0, ok ? "ok" : "FAILED");
+    if (!ok) n_failed++;
+    tensor_profile_reset();
     tensor_scope_end();
     CASES_END();
     LEAK_CHECK_END();

@@ -5,6 +5,7 @@
 #include "tests/harness.h"
 #include "tensor/alloc.h"
 #include "tensor/philox.h"
+#include "tensor/profile.h"
 
 #include <float.h>
 #include <math.h>
@@ -1159,6 +1160,96 @@ START_TEST(test_errors)
 }
 END_TEST
 
+/* the profiler (profile.h): counts every outermost backend call under its key, sums time,
+ * records nothing when stopped or after a reset, and a call made from inside a profiled call
+ * counts toward the outer one only */
+static const struct profile_entry *find_entry(const struct profile_entry *e, int n, const char *op, const char *dt)
+{
+    for (int i = 0; i < n; i++)
+        if (!strcmp(e[i].op, op) && !strcmp(e[i].dtype, dt)) return &e[i];
+    return NULL;
+}
+
+static int nested_calls;
+static enum status nested_binary(enum binary_op op, struct tensor *out, const struct tensor *a, const struct tensor *b)
+{
+    /* a backend entry that uses its own (wrapped) table: the inner fill must not be recorded */
+    nested_calls++;
+    enum status s = backend_for(DEVICE_CPU)->fill(out, 0.0);
+    return s ? s : backend_cpu.binary(op, out, a, b);
+}
+
+START_TEST(test_profile)
+{
+    LEAK_CHECK_BEGIN();
+    tensor_scope_begin();
+    struct tensor *a = test_uniform(DTYPE_F32, TENSOR_SHAPE(256, 256), -1, 1);
+    struct tensor *b = test_uniform(DTYPE_F32, TENSOR_SHAPE(256, 256), -1, 1);
+    struct tensor *o = tensor_empty(DTYPE_F32, TENSOR_SHAPE(256, 256), DEVICE_CPU);
+    struct tensor *d = tensor_empty(DTYPE_F64, TENSOR_SHAPE(256, 256), DEVICE_CPU);
+    tensor_profile_reset();
+    tensor_profile_start();
+    ck_assert(tensor_profile_active());
+    for (int i = 0; i < 3; i++) ck_assert_int_eq(backend_of(o)->binary(BINARY_ADD, o, a, b), STATUS_OK);
+    ck_assert_int_eq(backend_of(o)->matmul(o, a, b, 1.0, 0.0), STATUS_OK);
+    ck_assert_int_eq(tensor_fill_(d, 2.0), STATUS_OK);
+    ck_assert_int_eq(tensor_fill_(d, 3.0), STATUS_OK);
+    ck_assert_int_eq(tensor_copy_(o, d), STATUS_OK);   /* a cast: "copy from f64" into f32 */
+    ck_assert_int_eq(backend_of(o)->unary(UNARY_SILU, o, a, NULL), STATUS_OK);
+    struct profile_entry e[64];
+    int n = tensor_profile_entries(e, 64);
+    ck_assert_int_le(n, 64);
+    const struct profile_entry *add = find_entry(e, n, "binary add", "f32"), *mm = find_entry(e, n, "matmul", "f32");
+    const struct profile_entry *fill = find_entry(e, n, "fill", "f64"), *cast = find_entry(e, n, "copy from f64", "f32");
+    const struct profile_entry *silu = find_entry(e, n, "unary silu", "f32");
+    ck_assert(add && mm && fill && cast && silu);
+    ck_assert_int_eq(add->calls, 3);
+    ck_assert_int_eq(mm->calls, 1);
+    ck_assert_int_eq(fill->calls, 2);
+    ck_assert_int_eq(cast->calls, 1);
+    ck_assert_int_eq(silu->calls, 1);
+    ck_assert_int_eq(add->device, DEVICE_CPU);
+    /* a 256^3 product takes longer than a 256^2 add, and both take some time */
+    ck_assert(add->seconds > 0 && mm->seconds > add->seconds / 3);
+    for (int i = 1; i < n; i++) ck_assert(e[i - 1].seconds >= e[i].seconds);   /* longest first */
+    /* the table as printed */
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    ck_assert_ptr_nonnull(f);
+    tensor_profile_print(f);
+    fclose(f);
+    ck_assert_msg(!strncmp(text, "profile: ", 9), "%s", text);   /* scripts/gpu-check.sh finds the table by it */
+    ck_assert_ptr_nonnull(strstr(text, "total ms"));
+    ck_assert_ptr_nonnull(strstr(text, "binary add"));
+    ck_assert_ptr_nonnull(strstr(text, "copy from f64"));
+    free(text);
+    /* nesting: one outer call recorded, the inner fill not */
+    struct backend nest = backend_cpu;
+    nest.binary = nested_binary;
+    const struct backend *wn = profile_wrap(&nest);
+    ck_assert_ptr_ne(wn, &nest);
+    ck_assert_int_eq(wn->binary(BINARY_MUL, o, a, b), STATUS_OK);
+    ck_assert_int_eq(nested_calls, 1);
+    profile_wrap(&backend_cpu);   /* the real CPU table again */
+    n = tensor_profile_entries(e, 64);
+    ck_assert_int_eq(find_entry(e, n, "binary mul", "f32")->calls, 1);
+    ck_assert_int_eq(find_entry(e, n, "fill", "f32") ? find_entry(e, n, "fill", "f32")->calls : 0, 0);
+    /* stopped: nothing recorded, and the table is the real one */
+    tensor_profile_stop();
+    ck_assert(!tensor_profile_active());
+    ck_assert_ptr_eq(backend_for(DEVICE_CPU), &backend_cpu);
+    ck_assert_int_eq(backend_of(o)->binary(BINARY_ADD, o, a, b), STATUS_OK);
+    n = tensor_profile_entries(e, 64);
+    ck_assert_int_eq(find_entry(e, n, "binary add", "f32")->calls, 3);
+    /* reset */
+    tensor_profile_reset();
+    ck_assert_int_eq(tensor_profile_entries(e, 64), 0);
+    tensor_scope_end();
+    LEAK_CHECK_END();
+}
+END_TEST
+
 int main(void)
 {
     test_seed();
@@ -1186,6 +1277,7 @@ int main(void)
     tcase_add_test(tc, test_philox_stats);
     tcase_add_test(tc, test_philox_threads);
     tcase_add_test(tc, test_errors);
+    tcase_add_test(tc, test_profile);
     suite_add_tcase(s, tc);
     return test_run_suite(s);
 }

@@ -73,8 +73,10 @@ if [ -f "$emb/model_index.json" ]; then
     "$run" --iters 1 --steps 3 --eval-images 2 --batch 1 --reward clip:text=fire --no-progress --out "$tmp/clip" \
           >"$tmp/o" 2>&1; rc=$?
     check "--reward clip:text=fire uses the embedded CLIP" "[ $rc -eq 0 ] && tail -n 1 '$tmp/o' | grep -q '^final: '"
-    "$sample" --prompt "red apple" --steps 3 --out "$tmp/es" >"$tmp/o" 2>&1; rc=$?
+    DRAFT_PROFILE=1 "$sample" --prompt "red apple" --steps 3 --out "$tmp/es" >"$tmp/o" 2>&1; rc=$?
     check "draft-sample with no --model samples the embedded model" "[ $rc -eq 0 ] && [ -s '$tmp/es/grid.png' ]"
+    check "DRAFT_PROFILE=1 prints the time per op at exit" \
+          "grep -q '^profile: ' '$tmp/o' && grep -Eq '^conv2d 3x3 +cpu +f32 ' '$tmp/o' && grep -Eq '^attention +cpu ' '$tmp/o'"
 else
     echo "SKIP: $emb not found (the embedded model is not in this checkout)"
 fi

@@ -136,6 +136,7 @@ const struct backend backend_cuda = {
     .embedding = cuda_embedding,
     .embedding_backward = cuda_embedding_backward,
     .random = cuda_random,
+    .synchronize = cuda_synchronize,
 };
 
 static void init_once(void)
