@@ -12,7 +12,7 @@
 # cp -r ../shared/parity/sd14 shared/parity/, carry "shared/parity"), and then the SD 1.4 step runs.
 # Switches: GPU_CHECK_ALL=1 (every suite), GPU_CHECK_DEMO=0 / GPU_CHECK_SD14=0 / GPU_CHECK_BENCH=0
 # (skip the demo runs / the SD 1.4 steps / the op benchmarks: a quick tests-and-table call),
-# GPU_CHECK_PROFILE=1 (the TF32 and bf16 SD 1.4 steps once more under DRAFT_PROFILE=1: time per op).
+# GPU_CHECK_PROFILE=1 (the TF32 and bf16 SD 1.4 steps once more under DRAFT_PROFILE=shapes: time per op and per shape).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD/.deps/root
@@ -111,11 +111,11 @@ if [ -f "$PARITY/sd14/unet.config.json" ] && [ "${GPU_CHECK_SD14:-1}" = 1 ]; the
         sd14+=("${line:-FAILED: $args}")
         echo "${line:-FAILED: $args}"
     done
-    # GPU_CHECK_PROFILE=1: the TF32 and bf16 steps again under DRAFT_PROFILE=1 (tensor/profile.h):
-    # time per op kind, in $OUT/sd14-profile-*.txt, the top of each in the summary
+    # GPU_CHECK_PROFILE=1: the TF32 and bf16 steps again under DRAFT_PROFILE=shapes (tensor/profile.h):
+    # time per op kind and per shape, in $OUT/sd14-profile-*.txt, the top of each in the summary
     for pr in tf32 bf16; do
         [ "${GPU_CHECK_PROFILE:-0}" = 1 ] || break
-        DRAFT_PROFILE=1 timeout 200 ./build-gpu/bench/bench_sd14_step --device cuda --method lv --batch 4 --steps 50 \
+        DRAFT_PROFILE=shapes timeout 200 ./build-gpu/bench/bench_sd14_step --device cuda --method lv --batch 4 --steps 50 \
             --reward-vit --precision $pr > "$OUTDIR/sd14-profile-$pr.txt" 2>&1
     done
 fi

@@ -28,19 +28,25 @@ struct key {
     int device;
     int dtype;        /* -1: no tensor */
     int precision;    /* -1: not a matrix product */
+    int ndim[2];      /* shapes mode: the op's one or two defining operands (0: none) */
+    int64_t shape[2][TENSOR_MAX_DIMS];
 };
 
-#define MAX_ENTRIES 512
+/* entries in the order first seen, found through an open-addressing hash of their keys */
+#define MAX_ENTRIES 2048
+#define N_SLOTS 4096
 static struct {
     struct key k;
     int64_t calls;
     double seconds;
 } entries[MAX_ENTRIES];
+static int slots[N_SLOTS];               /* entry index + 1; 0: empty */
 static int n_entries;
 static int dropped;                      /* calls that found the table full */
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 
 static int state = -1;                   /* -1: DRAFT_PROFILE not read yet, 0 off, 1 on */
+static bool with_shapes;                 /* key on the operands' shapes too */
 static double t_on, seconds_on;          /* when profiling last started; time on before that */
 static _Thread_local int depth;          /* > 0 inside a profiled call */
 
@@ -55,36 +61,54 @@ static double now(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-static void record(struct key k, double seconds)
+static uint32_t key_hash(const struct key *k)
+{
+    const unsigned char *p = (const unsigned char *)k;
+    uint32_t h = 2166136261u;   /* FNV-1a */
+    for (size_t i = 0; i < sizeof *k; i++) h = (h ^ p[i]) * 16777619u;
+    return h;
+}
+
+static void record(const struct key *k, double seconds)
 {
     pthread_mutex_lock(&lock);
-    int i = 0;
-    while (i < n_entries && memcmp(&entries[i].k, &k, sizeof k)) i++;
-    if (i == n_entries) {
+    uint32_t h = key_hash(k) % N_SLOTS;
+    while (slots[h] && memcmp(&entries[slots[h] - 1].k, k, sizeof *k)) h = (h + 1) % N_SLOTS;
+    if (!slots[h]) {
         if (n_entries == MAX_ENTRIES) { dropped++; pthread_mutex_unlock(&lock); return; }
-        memset(&entries[i], 0, sizeof entries[i]);
-        entries[i].k = k;
-        n_entries++;
+        memset(&entries[n_entries], 0, sizeof entries[n_entries]);
+        entries[n_entries].k = *k;
+        slots[h] = ++n_entries;
     }
-    entries[i].calls++;
-    entries[i].seconds += seconds;
+    entries[slots[h] - 1].calls++;
+    entries[slots[h] - 1].seconds += seconds;
     pthread_mutex_unlock(&lock);
 }
 
-static struct key key_of(int op, int sub, enum device dev, const struct tensor *t, bool product)
+/* t: the tensor whose dtype names the entry; s0, s1: the operands whose shapes describe the call */
+static void record_call(int op, int sub, enum device dev, const struct tensor *t, const struct tensor *s0,
+                        const struct tensor *s1, bool product, double seconds)
 {
     struct key k;
-    memset(&k, 0, sizeof k);   /* keys are compared with memcmp */
+    memset(&k, 0, sizeof k);   /* keys are hashed and compared as bytes */
     k.op = op;
     k.sub = sub;
     k.device = (int)dev;
     k.dtype = t ? (int)t->dtype : -1;
     k.precision = product && t && t->dtype == DTYPE_F32 && dev != DEVICE_CPU ? (int)tensor_precision() : -1;
-    return k;
+    if (with_shapes) {
+        const struct tensor *sh[2] = {s0, s1};
+        for (int i = 0; i < 2; i++)
+            if (sh[i]) {
+                k.ndim[i] = sh[i]->ndim;
+                memcpy(k.shape[i], sh[i]->shape, (size_t)sh[i]->ndim * sizeof(int64_t));
+            }
+    }
+    record(&k, seconds);
 }
 
 /* the call itself: outermost calls are timed (GPU work synchronised on both sides) */
-#define PROFILED(dev, OP, SUB, T, PRODUCT, CALL)                                                              \
+#define PROFILED(dev, OP, SUB, T, S0, S1, PRODUCT, CALL)                                                           \
     do {                                                                                                        \
         const struct backend *b_ = real[dev];                                                                   \
         if (depth || state != 1) return b_->CALL;                                                               \
@@ -98,7 +122,7 @@ static struct key key_of(int op, int sub, enum device dev, const struct tensor *
         if (!s_ && b_->synchronize) s_ = b_->synchronize();                                                     \
         const double t1_ = now();                                                                               \
         depth--;                                                                                                \
-        record(key_of(OP, SUB, dev, T, PRODUCT), t1_ - t0_);                                                    \
+        record_call(OP, SUB, dev, T, S0, S1, PRODUCT, t1_ - t0_);                                               \
         return s_;                                                                                              \
     } while (0)
 
@@ -115,7 +139,7 @@ static enum device dev_of(const struct tensor *t) { return t->storage->device; }
         void *p = real[DEV]->raw_alloc(bytes);                                                                  \
         const double t1 = now();                                                                                \
         depth--;                                                                                                \
-        record(key_of(P_RAW_ALLOC, 0, DEV, NULL, false), t1 - t0);                                              \
+        record_call(P_RAW_ALLOC, 0, DEV, NULL, NULL, NULL, false, t1 - t0);                                        \
         return p;                                                                                               \
     }                                                                                                           \
     static void raw_free_##D(void *p)                                                                           \
@@ -126,15 +150,15 @@ static enum device dev_of(const struct tensor *t) { return t->storage->device; }
         real[DEV]->raw_free(p);                                                                                 \
         const double t1 = now();                                                                                \
         depth--;                                                                                                \
-        record(key_of(P_RAW_FREE, 0, DEV, NULL, false), t1 - t0);                                               \
+        record_call(P_RAW_FREE, 0, DEV, NULL, NULL, NULL, false, t1 - t0);                                         \
     }                                                                                                           \
     static enum status upload_##D(void *dst, const void *src, size_t bytes)                                     \
     {                                                                                                           \
-        PROFILED(DEV, P_UPLOAD, 0, NULL, false, upload(dst, src, bytes));                                       \
+        PROFILED(DEV, P_UPLOAD, 0, NULL, NULL, NULL, false, upload(dst, src, bytes));                                       \
     }                                                                                                           \
     static enum status download_##D(void *dst, const void *src, size_t bytes)                                   \
     {                                                                                                           \
-        PROFILED(DEV, P_DOWNLOAD, 0, NULL, false, download(dst, src, bytes));                                   \
+        PROFILED(DEV, P_DOWNLOAD, 0, NULL, NULL, NULL, false, download(dst, src, bytes));                                   \
     }
 DEVICE_WRAPPERS(cpu, DEVICE_CPU)
 DEVICE_WRAPPERS(cuda, DEVICE_CUDA)
@@ -143,127 +167,127 @@ DEVICE_WRAPPERS(cuda, DEVICE_CUDA)
 
 static enum status w_copy(struct tensor *dst, const struct tensor *src)
 {
-    PROFILED(dev_of(dst), P_COPY, src->dtype == dst->dtype ? -1 : (int)src->dtype, dst, false, copy(dst, src));
+    PROFILED(dev_of(dst), P_COPY, src->dtype == dst->dtype ? -1 : (int)src->dtype, dst, dst, NULL, false, copy(dst, src));
 }
 static enum status w_fill(struct tensor *dst, double value)
 {
-    PROFILED(dev_of(dst), P_FILL, 0, dst, false, fill(dst, value));
+    PROFILED(dev_of(dst), P_FILL, 0, dst, dst, NULL, false, fill(dst, value));
 }
 static enum status w_unary(enum unary_op op, struct tensor *out, const struct tensor *a, const double *p)
 {
-    PROFILED(dev_of(out), P_UNARY, (int)op, out, false, unary(op, out, a, p));
+    PROFILED(dev_of(out), P_UNARY, (int)op, out, out, NULL, false, unary(op, out, a, p));
 }
 static enum status w_unary_backward(enum unary_op op, struct tensor *dx, const struct tensor *dy,
                                     const struct tensor *x, const struct tensor *y, const double *p)
 {
-    PROFILED(dev_of(dx), P_UNARY_BWD, (int)op, dx, false, unary_backward(op, dx, dy, x, y, p));
+    PROFILED(dev_of(dx), P_UNARY_BWD, (int)op, dx, dx, NULL, false, unary_backward(op, dx, dy, x, y, p));
 }
 static enum status w_binary(enum binary_op op, struct tensor *out, const struct tensor *a, const struct tensor *b)
 {
-    PROFILED(dev_of(out), P_BINARY, (int)op, out, false, binary(op, out, a, b));
+    PROFILED(dev_of(out), P_BINARY, (int)op, out, out, NULL, false, binary(op, out, a, b));
 }
 static enum status w_where(struct tensor *out, const struct tensor *cond, const struct tensor *a,
                            const struct tensor *b)
 {
-    PROFILED(dev_of(out), P_WHERE, 0, out, false, where(out, cond, a, b));
+    PROFILED(dev_of(out), P_WHERE, 0, out, out, NULL, false, where(out, cond, a, b));
 }
 static enum status w_reduce(enum reduce_op op, struct tensor *out, const struct tensor *a)
 {
     /* the input's dtype: argmax writes i64 */
-    PROFILED(dev_of(out), P_REDUCE, (int)op, a, false, reduce(op, out, a));
+    PROFILED(dev_of(out), P_REDUCE, (int)op, a, a, out, false, reduce(op, out, a));
 }
 static enum status w_matmul(struct tensor *out, const struct tensor *a, const struct tensor *b, double alpha,
                             double beta)
 {
-    PROFILED(dev_of(out), P_MATMUL, 0, out, true, matmul(out, a, b, alpha, beta));
+    PROFILED(dev_of(out), P_MATMUL, 0, out, a, b, true, matmul(out, a, b, alpha, beta));
 }
 static int kernel_sub(const struct tensor *w) { return (int)(w->shape[2] * 256 + w->shape[3]); }
 static enum status w_conv2d(struct tensor *out, const struct tensor *x, const struct tensor *w,
                             const struct tensor *bias, const struct conv2d_params *p)
 {
-    PROFILED(dev_of(out), P_CONV2D, kernel_sub(w), out, true, conv2d(out, x, w, bias, p));
+    PROFILED(dev_of(out), P_CONV2D, kernel_sub(w), out, x, w, true, conv2d(out, x, w, bias, p));
 }
 static enum status w_conv2d_backward_input(struct tensor *dx, const struct tensor *dy, const struct tensor *w,
                                            const struct conv2d_params *p)
 {
-    PROFILED(dev_of(dx), P_CONV2D_BWD_INPUT, kernel_sub(w), dx, true, conv2d_backward_input(dx, dy, w, p));
+    PROFILED(dev_of(dx), P_CONV2D_BWD_INPUT, kernel_sub(w), dx, dx, w, true, conv2d_backward_input(dx, dy, w, p));
 }
 static enum status w_conv2d_backward_weight(struct tensor *dw, struct tensor *db, const struct tensor *dy,
                                             const struct tensor *x, const struct conv2d_params *p)
 {
-    PROFILED(dev_of(dw), P_CONV2D_BWD_WEIGHT, kernel_sub(dw), dw, true, conv2d_backward_weight(dw, db, dy, x, p));
+    PROFILED(dev_of(dw), P_CONV2D_BWD_WEIGHT, kernel_sub(dw), dw, x, dw, true, conv2d_backward_weight(dw, db, dy, x, p));
 }
 static enum status w_softmax(struct tensor *out, const struct tensor *x, bool log)
 {
-    PROFILED(dev_of(out), P_SOFTMAX, log, out, false, softmax(out, x, log));
+    PROFILED(dev_of(out), P_SOFTMAX, log, out, out, NULL, false, softmax(out, x, log));
 }
 static enum status w_softmax_backward(struct tensor *dx, const struct tensor *dy, const struct tensor *y, bool log)
 {
-    PROFILED(dev_of(dx), P_SOFTMAX_BWD, log, dx, false, softmax_backward(dx, dy, y, log));
+    PROFILED(dev_of(dx), P_SOFTMAX_BWD, log, dx, dx, NULL, false, softmax_backward(dx, dy, y, log));
 }
 static enum status w_layer_norm(struct tensor *out, struct tensor *mean, struct tensor *rstd, const struct tensor *x,
                                 const struct tensor *w, const struct tensor *b, double eps)
 {
-    PROFILED(dev_of(out), P_LAYER_NORM, 0, out, false, layer_norm(out, mean, rstd, x, w, b, eps));
+    PROFILED(dev_of(out), P_LAYER_NORM, 0, out, x, NULL, false, layer_norm(out, mean, rstd, x, w, b, eps));
 }
 static enum status w_layer_norm_backward(struct tensor *dx, struct tensor *dw, struct tensor *db,
                                          const struct tensor *dy, const struct tensor *x, const struct tensor *w,
                                          const struct tensor *mean, const struct tensor *rstd)
 {
-    PROFILED(dev_of(x), P_LAYER_NORM_BWD, 0, x, false, layer_norm_backward(dx, dw, db, dy, x, w, mean, rstd));
+    PROFILED(dev_of(x), P_LAYER_NORM_BWD, 0, x, x, NULL, false, layer_norm_backward(dx, dw, db, dy, x, w, mean, rstd));
 }
 static enum status w_group_norm(struct tensor *out, struct tensor *mean, struct tensor *rstd, const struct tensor *x,
                                 const struct tensor *w, const struct tensor *b, int groups, double eps)
 {
-    PROFILED(dev_of(out), P_GROUP_NORM, 0, out, false, group_norm(out, mean, rstd, x, w, b, groups, eps));
+    PROFILED(dev_of(out), P_GROUP_NORM, 0, out, x, NULL, false, group_norm(out, mean, rstd, x, w, b, groups, eps));
 }
 static enum status w_group_norm_backward(struct tensor *dx, struct tensor *dw, struct tensor *db,
                                          const struct tensor *dy, const struct tensor *x, const struct tensor *w,
                                          const struct tensor *mean, const struct tensor *rstd, int groups)
 {
-    PROFILED(dev_of(x), P_GROUP_NORM_BWD, 0, x, false, group_norm_backward(dx, dw, db, dy, x, w, mean, rstd, groups));
+    PROFILED(dev_of(x), P_GROUP_NORM_BWD, 0, x, x, NULL, false, group_norm_backward(dx, dw, db, dy, x, w, mean, rstd, groups));
 }
 static enum status w_attention(struct tensor *out, struct tensor *lse, const struct tensor *q, const struct tensor *k,
                                const struct tensor *v, double scale, bool causal)
 {
-    PROFILED(dev_of(out), P_ATTENTION, causal, out, true, attention(out, lse, q, k, v, scale, causal));
+    PROFILED(dev_of(out), P_ATTENTION, causal, out, q, k, true, attention(out, lse, q, k, v, scale, causal));
 }
 static enum status w_attention_backward(struct tensor *dq, struct tensor *dk, struct tensor *dv,
                                         const struct tensor *dout, const struct tensor *q, const struct tensor *k,
                                         const struct tensor *v, const struct tensor *out, const struct tensor *lse,
                                         double scale, bool causal)
 {
-    PROFILED(dev_of(q), P_ATTENTION_BWD, causal, q, true,
+    PROFILED(dev_of(q), P_ATTENTION_BWD, causal, q, q, k, true,
              attention_backward(dq, dk, dv, dout, q, k, v, out, lse, scale, causal));
 }
 static enum status w_resize(struct tensor *out, const struct tensor *x, enum resize_mode mode, bool align_corners)
 {
-    PROFILED(dev_of(out), P_RESIZE, (int)mode, out, false, resize(out, x, mode, align_corners));
+    PROFILED(dev_of(out), P_RESIZE, (int)mode, out, x, out, false, resize(out, x, mode, align_corners));
 }
 static enum status w_resize_backward(struct tensor *dx, const struct tensor *dy, enum resize_mode mode,
                                      bool align_corners)
 {
-    PROFILED(dev_of(dx), P_RESIZE_BWD, (int)mode, dx, false, resize_backward(dx, dy, mode, align_corners));
+    PROFILED(dev_of(dx), P_RESIZE_BWD, (int)mode, dx, dx, dy, false, resize_backward(dx, dy, mode, align_corners));
 }
 static enum status w_avg_pool2d(struct tensor *out, const struct tensor *x, const struct pool2d_params *p)
 {
-    PROFILED(dev_of(out), P_AVG_POOL2D, 0, out, false, avg_pool2d(out, x, p));
+    PROFILED(dev_of(out), P_AVG_POOL2D, 0, out, x, out, false, avg_pool2d(out, x, p));
 }
 static enum status w_avg_pool2d_backward(struct tensor *dx, const struct tensor *dy, const struct pool2d_params *p)
 {
-    PROFILED(dev_of(dx), P_AVG_POOL2D_BWD, 0, dx, false, avg_pool2d_backward(dx, dy, p));
+    PROFILED(dev_of(dx), P_AVG_POOL2D_BWD, 0, dx, dx, dy, false, avg_pool2d_backward(dx, dy, p));
 }
 static enum status w_embedding(struct tensor *out, const struct tensor *weight, const struct tensor *ids)
 {
-    PROFILED(dev_of(out), P_EMBEDDING, 0, out, false, embedding(out, weight, ids));
+    PROFILED(dev_of(out), P_EMBEDDING, 0, out, out, NULL, false, embedding(out, weight, ids));
 }
 static enum status w_embedding_backward(struct tensor *dweight, const struct tensor *dy, const struct tensor *ids)
 {
-    PROFILED(dev_of(dweight), P_EMBEDDING_BWD, 0, dweight, false, embedding_backward(dweight, dy, ids));
+    PROFILED(dev_of(dweight), P_EMBEDDING_BWD, 0, dweight, dy, NULL, false, embedding_backward(dweight, dy, ids));
 }
 static enum status w_random(struct tensor *out, uint64_t seed, uint64_t offset, bool normal)
 {
-    PROFILED(dev_of(out), P_RANDOM, normal, out, false, random(out, seed, offset, normal));
+    PROFILED(dev_of(out), P_RANDOM, normal, out, out, NULL, false, random(out, seed, offset, normal));
 }
 
 /* a wrapper for every entry the real table has (a NULL entry stays NULL) */
@@ -313,6 +337,7 @@ static void read_env(void)
 {
     const char *e = getenv("DRAFT_PROFILE");
     state = e && *e && strcmp(e, "0") ? 1 : 0;
+    with_shapes = e && !strcmp(e, "shapes");
     if (state == 1) {
         t_on = now();
         atexit(print_at_exit);
@@ -347,6 +372,11 @@ void tensor_profile_stop(void)
     if (state == 1) seconds_on += now() - t_on;
     state = 0;
 }
+void tensor_profile_record_shapes(bool on)
+{
+    if (state < 0) read_env();
+    with_shapes = on;
+}
 bool tensor_profile_active(void)
 {
     if (state < 0) read_env();
@@ -356,6 +386,7 @@ void tensor_profile_reset(void)
 {
     pthread_mutex_lock(&lock);
     n_entries = 0;
+    memset(slots, 0, sizeof slots);
     dropped = 0;
     seconds_on = 0;
     t_on = now();
@@ -396,10 +427,24 @@ static void entry_name(const struct key *k, char *op, size_t n_op, char *dt, siz
     else snprintf(dt, n_dt, "%s/%s", dtype_name((enum dtype)k->dtype), precision_name((enum precision)k->precision));
 }
 
+static void shapes_str(const struct key *k, char *buf, size_t n)
+{
+    size_t len = 0;
+    buf[0] = 0;
+    for (int i = 0; i < 2; i++) {
+        if (!k->ndim[i]) continue;
+        for (int d = 0; d < k->ndim[i] && len + 24 < n; d++)
+            len += (size_t)snprintf(buf + len, n - len, "%s%lld", d ? "," : (len ? " [" : "["), (long long)k->shape[i][d]);
+        if (len + 2 < n) len += (size_t)snprintf(buf + len, n - len, "]");
+    }
+}
+
 static int by_seconds(const void *a, const void *b)
 {
     const struct profile_entry *x = a, *y = b;
-    return x->seconds < y->seconds ? 1 : x->seconds > y->seconds ? -1 : strcmp(x->op, y->op);
+    if (x->seconds != y->seconds) return x->seconds < y->seconds ? 1 : -1;
+    const int c = strcmp(x->op, y->op);
+    return c ? c : strcmp(x->shapes, y->shapes);
 }
 
 /* all entries, sorted; *out must hold MAX_ENTRIES */
@@ -410,6 +455,7 @@ static int snapshot(struct profile_entry *out, int *n_dropped)
     for (int i = 0; i < n; i++) {
         memset(&out[i], 0, sizeof out[i]);
         entry_name(&entries[i].k, out[i].op, sizeof out[i].op, out[i].dtype, sizeof out[i].dtype);
+        shapes_str(&entries[i].k, out[i].shapes, sizeof out[i].shapes);
         out[i].device = (enum device)entries[i].k.device;
         out[i].calls = entries[i].calls;
         out[i].seconds = entries[i].seconds;
@@ -429,6 +475,18 @@ int tensor_profile_entries(struct profile_entry *out, int max)
     return n;
 }
 
+static void print_rows(FILE *f, const struct profile_entry *e, int n, double total, bool shapes)
+{
+    fprintf(f, "%-34s %-6s %-10s %10s %12s %11s %6s%s\n", "op", "device", "dtype", "calls", "total ms", "mean us", "%",
+            shapes ? "  shapes" : "");
+    for (int i = 0; i < n; i++)
+        fprintf(f, "%-34s %-6s %-10s %10lld %12.3f %11.2f %6.2f%s%s\n", e[i].op, device_name(e[i].device), e[i].dtype,
+                (long long)e[i].calls, 1e3 * e[i].seconds, 1e6 * e[i].seconds / (double)e[i].calls,
+                total > 0 ? 100 * e[i].seconds / total : 0.0, shapes ? "  " : "", shapes ? e[i].shapes : "");
+}
+
+static struct profile_entry merged[MAX_ENTRIES];
+
 void tensor_profile_print(FILE *f)
 {
     int n_dropped = 0;
@@ -439,10 +497,23 @@ void tensor_profile_print(FILE *f)
     const double on = seconds_on + (state == 1 ? now() - t_on : 0);
     fprintf(f, "profile: %lld backend calls, %.3f s in them of %.3f s profiled (the rest: graph, allocator, host code;"
             " GPU calls synchronised on both sides)\n", (long long)calls, total, on);
-    fprintf(f, "%-34s %-6s %-10s %10s %12s %11s %6s\n", "op", "device", "dtype", "calls", "total ms", "mean us", "%");
-    for (int i = 0; i < n; i++)
-        fprintf(f, "%-34s %-6s %-10s %10lld %12.3f %11.2f %6.2f\n", snap[i].op, device_name(snap[i].device),
-                snap[i].dtype, (long long)snap[i].calls, 1e3 * snap[i].seconds,
-                1e6 * snap[i].seconds / (double)snap[i].calls, total > 0 ? 100 * snap[i].seconds / total : 0.0);
+    /* by op (the entries of all shapes of one op merged), then by shape where recorded */
+    int m = 0;
+    bool any_shapes = false;
+    for (int i = 0; i < n; i++) {
+        any_shapes |= snap[i].shapes[0] != 0;
+        int j = 0;
+        while (j < m && (strcmp(merged[j].op, snap[i].op) || merged[j].device != snap[i].device ||
+                         strcmp(merged[j].dtype, snap[i].dtype)))
+            j++;
+        if (j == m) { merged[m] = snap[i]; merged[m++].shapes[0] = 0; }
+        else { merged[j].calls += snap[i].calls; merged[j].seconds += snap[i].seconds; }
+    }
+    qsort(merged, (size_t)m, sizeof *merged, by_seconds);
+    print_rows(f, merged, m, total, false);
+    if (any_shapes) {
+        fprintf(f, "by shape:\n");
+        print_rows(f, snap, n, total, true);
+    }
     if (n_dropped) fprintf(f, "(%d calls not recorded: more than %d kinds of call)\n", n_dropped, MAX_ENTRIES);
 }

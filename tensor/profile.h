@@ -8,7 +8,8 @@
  * another call (a backend using its own table) counts toward the outer one only.
  *
  * DRAFT_PROFILE=1 in the environment turns it on from the first op and prints the table
- * to stderr at exit; programs can also start, stop, read and print it themselves.
+ * to stderr at exit (DRAFT_PROFILE=shapes: one entry per operand shape as well); programs can
+ * also start, stop, read and print it themselves.
  */
 #ifndef TENSOR_PROFILE_H
 #define TENSOR_PROFILE_H
@@ -26,12 +27,17 @@ struct profile_entry {
     enum device device;
     char dtype[16];    /* the output's dtype; "f32/tf32" or "f32/bf16" for products under the
                         * precision switch; "-" where there is no tensor (raw_alloc) */
+    char shapes[112];  /* shapes mode: the defining operands, e.g. "[2,320,64,64] [320,320,3,3]"
+                        * for conv2d (x, w), "[4096,320] [320,1280]" for matmul (a, b), q and k for
+                        * attention; else "" */
     int64_t calls;
     double seconds;
 };
 
 void tensor_profile_start(void);   /* record from now on (adds to what is recorded) */
 void tensor_profile_stop(void);
+/* key the entries on the operands' shapes too (DRAFT_PROFILE=shapes): one entry per shape */
+void tensor_profile_record_shapes(bool on);
 bool tensor_profile_active(void);
 void tensor_profile_reset(void);   /* forget what was recorded */
 /* copies up to `max` entries, the longest total first; returns how many there are in all */

@@ -1245,6 +1245,25 @@ START_TEST(test_profile)
     /* reset */
     tensor_profile_reset();
     ck_assert_int_eq(tensor_profile_entries(e, 64), 0);
+    /* shapes mode: one entry per operand shape, named by them */
+    tensor_profile_record_shapes(true);
+    tensor_profile_start();
+    struct tensor *a2 = tensor_narrow(a, 0, 0, 100), *o2 = tensor_narrow(o, 0, 0, 100);
+    for (int i = 0; i < 2; i++) ck_assert_int_eq(backend_of(o)->matmul(o, a, b, 1.0, 0.0), STATUS_OK);
+    ck_assert_int_eq(backend_of(o2)->matmul(o2, a2, b, 1.0, 0.0), STATUS_OK);
+    tensor_profile_stop();
+    tensor_profile_record_shapes(false);
+    n = tensor_profile_entries(e, 64);
+    int seen = 0;
+    for (int i = 0; i < n; i++)
+        if (!strcmp(e[i].op, "matmul")) {
+            const bool full = !strcmp(e[i].shapes, "[256,256] [256,256]"), part = !strcmp(e[i].shapes, "[100,256] [256,256]");
+            ck_assert_msg(full || part, "matmul entry with shapes '%s'", e[i].shapes);
+            ck_assert_int_eq(e[i].calls, full ? 2 : 1);
+            seen |= full ? 1 : 2;
+        }
+    ck_assert_int_eq(seen, 3);
+    tensor_profile_reset();
     tensor_scope_end();
     LEAK_CHECK_END();
 }
