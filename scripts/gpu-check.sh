@@ -12,7 +12,10 @@
 # cp -r ../shared/parity/sd14 shared/parity/, carry "shared/parity"), and then the SD 1.4 step runs.
 # Switches: GPU_CHECK_ALL=1 (every suite), GPU_CHECK_DEMO=0 / GPU_CHECK_SD14=0 / GPU_CHECK_BENCH=0
 # (skip the demo runs / the SD 1.4 steps / the op benchmarks: a quick tests-and-table call),
-# GPU_CHECK_PROFILE=1 (the TF32 and bf16 SD 1.4 steps once more under DRAFT_PROFILE=shapes: time per op and per shape).
+# GPU_CHECK_PROFILE=1 (the TF32 and bf16 SD 1.4 steps once more under DRAFT_PROFILE=shapes: time per op and per shape),
+# GPU_CHECK_BUDGET=N (seconds from the start of the build by which the summary must be out; 540 by default).
+# After the build and the tests, the op benchmarks come first (the issue's targets), then the demo
+# and the SD 1.4 steps, each only if it still fits the budget; every program runs under a timeout.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD/.deps/root
@@ -45,6 +48,21 @@ fi
 PARITY=${DRAFT_PARITY_DIR:-../shared/parity}
 
 t0=$(date +%s)
+# the time budget: a device call may run 600 s, and the summary must come out before then, so each
+# phase after the build runs only if its usual length still fits (GPU_CHECK_BUDGET seconds from
+# here, 540 by default); what is left out is named in the summary
+budget=${GPU_CHECK_BUDGET:-540}
+skipped=()
+fits() {   # fits SECONDS WHAT: true if SECONDS are still left, else records WHAT as skipped
+    local left=$(( budget - ($(date +%s) - t0) ))
+    [ "$left" -ge "$1" ] && return 0
+    skipped+=("$2 (${left} s left)"); echo "skipped: $2 (${left} s left of the ${budget} s budget)"; return 1
+}
+cap() {    # cap SECONDS: a program's timeout, SECONDS or what is left of the budget less 15 s for the summary
+    local left=$(( budget - ($(date +%s) - t0) - 15 ))
+    [ "$left" -lt 10 ] && left=10
+    [ "$left" -lt "$1" ] && echo "$left" || echo "$1"
+}
 if [ ! -f build-gpu/build.ninja ]; then
     meson setup build-gpu -Ddeps_root="$ROOT" -Dcuda=enabled > "$OUTDIR/setup.log" 2>&1 || { tail -40 "$OUTDIR/setup.log"; exit 1; }
 fi
@@ -56,17 +74,18 @@ ninja -C build-gpu "${targets[@]}" > "$OUTDIR/build.log" 2>&1 || { grep -E "erro
 echo "build: $(( $(date +%s) - t0 )) s"
 
 # the GPU suites: test_cuda (every op, cpu vs cuda) and test_draft's cuda case (draft-run on
-# cuda vs cpu); with GPU_CHECK_ALL=1 every suite, in parallel
+# cuda vs cpu); with GPU_CHECK_ALL=1 every suite, in parallel. Every program runs under a timeout:
+# a kernel that hangs must cost its own phase, not the call's summary.
 if [ "${GPU_CHECK_ALL:-0}" = 1 ]; then
     meson test -C build-gpu --num-processes 8 --timeout-multiplier 2 --print-errorlogs > "$OUTDIR/test.log" 2>&1
     test_rc=$?
     cp build-gpu/meson-logs/testlog.txt "$OUTDIR/testlog.txt" 2>/dev/null
     grep -E "^ *[0-9]+/[0-9]+ " "$OUTDIR/test.log"
 else
-    OMP_NUM_THREADS=4 CK_DEFAULT_TIMEOUT=600 ./build-gpu/tests/test_cuda > "$OUTDIR/testlog.txt" 2>&1
+    OMP_NUM_THREADS=4 CK_DEFAULT_TIMEOUT=600 timeout $(cap 300) ./build-gpu/tests/test_cuda > "$OUTDIR/testlog.txt" 2>&1
     test_rc=$?
-    OMP_NUM_THREADS=4 CK_DEFAULT_TIMEOUT=600 CK_RUN_CASE=cuda ./build-gpu/tests/test_draft > "$OUTDIR/test-draft.txt" 2>&1 ||
-        test_rc=$((test_rc | 2))
+    OMP_NUM_THREADS=4 CK_DEFAULT_TIMEOUT=600 CK_RUN_CASE=cuda timeout $(cap 150) ./build-gpu/tests/test_draft \
+        > "$OUTDIR/test-draft.txt" 2>&1 || test_rc=$((test_rc | 2))
     grep -E "^draft |[0-9]+%: Checks" "$OUTDIR/test-draft.txt"
 fi
 grep -E "^cuda .*(FAIL|fail)" "$OUTDIR/testlog.txt" | head -40
@@ -74,8 +93,8 @@ cuda_ok=$(grep -cE '^cuda .* ok' "$OUTDIR/testlog.txt"); cuda_bad=$(grep -cE '^c
 # a failed run again without the opt-in switches' cases: do the default kernels pass on their own?
 # (a device fault in one kernel makes every later CUDA call fail)
 defaults=""
-if [ $test_rc -ne 0 ] && [ -x build-gpu/tests/test_cuda ]; then
-    DRAFT_TEST_DEFAULTS_ONLY=1 OMP_NUM_THREADS=4 CK_DEFAULT_TIMEOUT=600 ./build-gpu/tests/test_cuda \
+if [ $test_rc -ne 0 ] && [ -x build-gpu/tests/test_cuda ] && fits 150 "test_cuda, defaults only"; then
+    DRAFT_TEST_DEFAULTS_ONLY=1 OMP_NUM_THREADS=4 CK_DEFAULT_TIMEOUT=600 timeout $(cap 150) ./build-gpu/tests/test_cuda \
         > "$OUTDIR/testlog-defaults.txt" 2>&1
     defaults="defaults only (rc $?): $(grep -cE '^cuda .* ok' "$OUTDIR/testlog-defaults.txt") ok, $(grep -cE '^cuda .*(FAIL|fail)' "$OUTDIR/testlog-defaults.txt") failed"
     echo "$defaults"
@@ -84,13 +103,30 @@ grep -E "[0-9]+%: Checks" "$OUTDIR/testlog.txt"
 echo "cuda cases: $cuda_ok ok, $cuda_bad failed"
 echo "tests: $(( $(date +%s) - t0 )) s"
 
+# the op benchmarks, bench_gpu against torch_gpu.py (GPU_CHECK_BENCH=0 skips them), before the
+# end-to-end runs: the issue's targets are read from them
+bench_rc=0
+if [ -x build-gpu/bench/bench_gpu ] && [ "${GPU_CHECK_BENCH:-1}" = 1 ]; then
+    # the default kernels' rows first, then PyTorch's, then each switch's in a process of its own:
+    # a fault in an opt-in kernel fails every later CUDA call of its process, and must not take
+    # other rows with it
+    timeout $(cap 150) ./build-gpu/bench/bench_gpu defaults > "$OUTDIR/bench-ours.txt" 2>&1 || bench_rc=$?
+    if fits 60 "torch_gpu.py"; then timeout $(cap 150) python3 bench/torch_gpu.py > "$OUTDIR/bench-torch.txt" 2>&1; fi
+    for group in $(./build-gpu/bench/bench_gpu groups); do
+        fits 40 "bench_gpu variants $group" || continue
+        timeout $(cap 90) ./build-gpu/bench/bench_gpu variants "$group" >> "$OUTDIR/bench-ours.txt" 2>&1 || bench_rc=$?
+    done
+    echo "benchmarks: $(( $(date +%s) - t0 )) s"
+fi
+
 # DRaFT end to end on the GPU: `make demo`'s run (the embedded model, default preset) on cuda, in
 # each matrix-product precision (f32 must give the CPU's numbers: 0.3939 -> 0.5397)
 demo=()
 run_rc=0
 for pr in f32 tf32 bf16; do
     [ "${GPU_CHECK_DEMO:-1}" = 1 ] || break   # GPU_CHECK_DEMO=0 skips the demo runs
-    timeout 300 ./build-gpu/tools/draft-run --device cuda --precision $pr --no-progress --out "$OUTDIR/demo-$pr" \
+    fits 60 "demo $pr" || continue
+    timeout $(cap 120) ./build-gpu/tools/draft-run --device cuda --precision $pr --no-progress --out "$OUTDIR/demo-$pr" \
         > "$OUTDIR/demo-$pr.log" 2>&1
     rc=$?
     line="$(grep -E "^reward on" "$OUTDIR/demo-$pr.log" | tail -n 1) ($(grep -oE "seconds=[0-9.]+" "$OUTDIR/demo-$pr.log" | tail -n 1))"
@@ -106,7 +142,8 @@ sd14=()
 if [ -f "$PARITY/sd14/unet.config.json" ] && [ "${GPU_CHECK_SD14:-1}" = 1 ]; then   # GPU_CHECK_SD14=0 skips
     for args in "--batch 1 --steps 2" "--batch 4 --steps 50 --reward-vit --precision f32" \
                 "--batch 4 --steps 50 --reward-vit --precision tf32" "--batch 4 --steps 50 --reward-vit --precision bf16"; do
-        line=$(timeout 150 ./build-gpu/bench/bench_sd14_step --device cuda --method lv $args 2>&1 |
+        fits 60 "sd14 step $args" || continue
+        line=$(timeout $(cap 150) ./build-gpu/bench/bench_sd14_step --device cuda --method lv $args 2>&1 |
                tee -a "$OUTDIR/sd14.log" | grep -E "^sd14_step:|bench_sd14_step:" | tail -n 1)
         sd14+=("${line:-FAILED: $args}")
         echo "${line:-FAILED: $args}"
@@ -115,27 +152,17 @@ if [ -f "$PARITY/sd14/unet.config.json" ] && [ "${GPU_CHECK_SD14:-1}" = 1 ]; the
     # time per op kind and per shape, in $OUT/sd14-profile-*.txt, the top of each in the summary
     for pr in tf32 bf16; do
         [ "${GPU_CHECK_PROFILE:-0}" = 1 ] || break
-        DRAFT_PROFILE=shapes timeout 200 ./build-gpu/bench/bench_sd14_step --device cuda --method lv --batch 4 --steps 50 \
+        fits 90 "sd14 profile $pr" || continue
+        DRAFT_PROFILE=shapes timeout $(cap 150) ./build-gpu/bench/bench_sd14_step --device cuda --method lv --batch 4 --steps 50 \
             --reward-vit --precision $pr > "$OUTDIR/sd14-profile-$pr.txt" 2>&1
     done
-fi
-
-# the op benchmarks, bench_gpu against torch_gpu.py (GPU_CHECK_BENCH=0 skips them)
-bench_rc=0
-if [ -x build-gpu/bench/bench_gpu ] && [ "${GPU_CHECK_BENCH:-1}" = 1 ]; then
-    # the default kernels' rows first, then each switch's in a process of its own: a fault in an
-    # opt-in kernel fails every later CUDA call of its process, and must not take other rows with it
-    ./build-gpu/bench/bench_gpu defaults > "$OUTDIR/bench-ours.txt" 2>&1 || bench_rc=$?
-    for group in $(./build-gpu/bench/bench_gpu groups); do
-        ./build-gpu/bench/bench_gpu variants "$group" >> "$OUTDIR/bench-ours.txt" 2>&1 || bench_rc=$?
-    done
-    python3 bench/torch_gpu.py > "$OUTDIR/bench-torch.txt" 2>&1 || true
 fi
 
 echo
 echo "== summary ($(cat "$OUTDIR/gpu.txt")) =="
 printf "%-12s %s\n" "cuda suite" "$cuda_ok ok, $cuda_bad failed$([ $test_rc -eq 0 ] || echo ", FAILED (rc $test_rc)")"
 [ -z "$defaults" ] || printf "%-12s %s\n" "cuda suite" "$defaults"
+for l in "${skipped[@]}"; do printf "%-12s %s\n" "skipped" "$l"; done
 for l in "${demo[@]}"; do printf "%-12s %s\n" "demo cuda" "$l"; done
 for l in "${sd14[@]}"; do printf "%-12s %s\n" "sd14 step" "$l"; done
 for pr in tf32 bf16; do
