@@ -35,7 +35,9 @@ fi
 
 LIB=$ROOT/usr/lib/x86_64-linux-gnu
 command -v pkg-config >/dev/null || export PATH=$PATH:$ROOT/usr/bin
-export PKG_CONFIG_PATH=$LIB/pkgconfig PKG_CONFIG_SYSROOT_DIR=$ROOT
+# PKG_CONFIG_LIBDIR, not _PATH: only the carried packages, never a half-installed system one (its
+# .pc file found, its headers not under the sysroot)
+export PKG_CONFIG_LIBDIR=$LIB/pkgconfig PKG_CONFIG_SYSROOT_DIR=$ROOT
 export LD_LIBRARY_PATH=$LIB:$LIB/openblas-openmp${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 OUTDIR=${OUT:-/tmp/gpu-check}
 mkdir -p "$OUTDIR"
