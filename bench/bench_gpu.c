@@ -16,7 +16,8 @@
 
 /* the kernel-variant switches (tensor/README.md) */
 static const char *const g_switches[] = {"DRAFT_CONV_PIPELINE", "DRAFT_CONV_ROWSHIFT", "DRAFT_CONV_IMPLICIT",
-                                         "DRAFT_GN_FUSED_BWD",  "DRAFT_ATTN_FUSED_DQ", "DRAFT_ATTN_MMA"};
+                                         "DRAFT_GN_FUSED_BWD",  "DRAFT_ATTN_FUSED_DQ", "DRAFT_ATTN_MMA",
+                                         "DRAFT_MATMUL_FAST_BF16"};
 #define N_SWITCHES (sizeof g_switches / sizeof *g_switches)
 
 /* all off but `on` (NULL: all off), so that each row names its kernels whatever the compiled-in
@@ -251,6 +252,25 @@ int main(int argc, char **argv)
             printf("# matmul_autocast_8192 check failed: %s\n", tensor_error());
         tensor_scope_end();
     }
+    /* the same with DRAFT_MATMUL_FAST_BF16: cuBLAS rounds the f32 operands itself, no copies */
+    set_switches("DRAFT_MATMUL_FAST_BF16");
+    ms = time_it("matmul_autocast_8192_fast16bf", run_matmul, &a, 2, 10);
+    if (ms > 0) printf("RESULT matmul_autocast_8192_fast16bf %.3f %.1f TFLOP/s\n", ms, flops / ms / 1e9);
+    set_switches(NULL);
+    release(&a);
+    /* a memory-bound product of SD's UNet: the feed-forward's first linear at 64 px, batch 2
+     * ([8192, 320] x [320, 2560]), where copying the operands costs most; TF32, autocast, fast */
+    a.a = randn_dev(DTYPE_F32, TENSOR_SHAPE(8192, 320), false);
+    a.b = randn_dev(DTYPE_F32, TENSOR_SHAPE(320, 2560), false);
+    const double ff_flops = 2.0 * 8192.0 * 320.0 * 2560.0;
+    for (int v = 0; v < 3; v++) {
+        static const char *const ff_names[3] = {"matmul_tf32_ff", "matmul_autocast_ff", "matmul_autocast_ff_fast16bf"};
+        tensor_set_precision(v ? PRECISION_BF16 : PRECISION_TF32);
+        set_switches(v == 2 ? "DRAFT_MATMUL_FAST_BF16" : NULL);
+        ms = time_it(ff_names[v], run_matmul, &a, 3, 20);
+        if (ms > 0) printf("RESULT %s %.3f %.1f TFLOP/s\n", ff_names[v], ms, ff_flops / ms / 1e9);
+    }
+    set_switches(NULL);
     tensor_set_precision(PRECISION_TF32);   /* the convolutions below: PyTorch's cuDNN default */
     release(&a);
     /* bf16 tensors (f32 accumulation, bf16 out) */

@@ -12,15 +12,16 @@ FNR == NR {   # test_cuda lines: "cuda <label> <dtype> fwd rel=... bwd rel=... o
 }
 $1 == "RESULT" { ms[$2] = $3 }
 BEGIN {
-    ns = 6
+    ns = 7
     sw[1] = "DRAFT_ATTN_MMA";      pat[1] = "_mma[],]";         file[1] = "tensor/cuda/attention.cu"
     sw[2] = "DRAFT_ATTN_FUSED_DQ"; pat[2] = "fused_dq";         file[2] = "tensor/cuda/attention.cu"
     sw[3] = "DRAFT_GN_FUSED_BWD";  pat[3] = "fused_bwd";        file[3] = "tensor/cuda/norm.cu"
     sw[4] = "DRAFT_CONV_ROWSHIFT"; pat[4] = "rowshift";         file[4] = "tensor/cuda/conv2d.cu"
     sw[5] = "DRAFT_CONV_PIPELINE"; pat[5] = "pipeline";         file[5] = "tensor/cuda/conv2d.cu"
     sw[6] = "DRAFT_CONV_IMPLICIT"; pat[6] = "implicit";         file[6] = "tensor/cuda/conv2d.cu"
+    sw[7] = "DRAFT_MATMUL_FAST_BF16"; pat[7] = "fast16bf";      file[7] = "tensor/cuda/matmul.cu"
     # variant row = base row + suffix
-    suf[1] = "_mma"; suf[2] = "_fused_dq"; suf[3] = "_fused_bwd"; suf[4] = "_rowshift"; suf[5] = "_pipe"; suf[6] = "_implicit"
+    suf[1] = "_mma"; suf[2] = "_fused_dq"; suf[3] = "_fused_bwd"; suf[4] = "_rowshift"; suf[5] = "_pipe"; suf[6] = "_implicit"; suf[7] = "_fast16bf"
 }
 END {
     for (i = 1; i <= ns; i++) {
@@ -34,6 +35,6 @@ END {
             rows = rows sprintf(" %s %.3f/%.3f=%.2f;", base, ms[k], ms[base], r)
         }
         verdict = (bad[i] + 0 == 0 && ok[i] + 0 > 0 && nrow > 0 && worst <= 1.02) ? "make default (" file[i] ")" : "keep opt-in"
-        printf "%-20s tests %d ok %d failed; rows (variant/base ms):%s -> %s\n", sw[i], ok[i], bad[i], rows == "" ? " none" : rows, verdict
+        printf "%-22s tests %d ok %d failed; rows (variant/base ms):%s -> %s\n", sw[i], ok[i], bad[i], rows == "" ? " none" : rows, verdict
     }
 }' "$1" "$2"

@@ -43,6 +43,18 @@ def main():
     ms = timed(lambda: ab @ bb, 2, 10)
     print(f"RESULT matmul_bf16_8192 {ms:.3f} {flops / ms / 1e9:.1f} TFLOP/s")
     del a, b, ab, bb
+    # SD's feed-forward linear at 64 px, batch 2: memory-bound; TF32, then autocast (bf16 out)
+    ff_flops = 2 * 8192 * 320 * 2560
+    a = torch.randn(8192, 320, device=dev)
+    b = torch.randn(320, 2560, device=dev)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    ms = timed(lambda: a @ b, 3, 20)
+    print(f"RESULT matmul_tf32_ff {ms:.3f} {ff_flops / ms / 1e9:.1f} TFLOP/s")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        ms = timed(lambda: a @ b, 3, 20)
+    print(f"RESULT matmul_autocast_ff {ms:.3f} {ff_flops / ms / 1e9:.1f} TFLOP/s")
+    del a, b
     torch.backends.cudnn.allow_tf32 = True  # PyTorch's default for convolutions
     for i, (C, S) in enumerate(((320, 64), (640, 32), (1280, 16), (320, 64), (320, 64))):
         torch.backends.cudnn.allow_tf32 = i != 4  # the last: exact f32

@@ -640,17 +640,21 @@ START_TEST(test_matmul)
         int k;   /* index into cases[] */
     } prec[] = {{PRECISION_TF32, 9}, {PRECISION_BF16, 9}, {PRECISION_BF16, 10}, {PRECISION_BF16, 11}, {PRECISION_BF16, 3},
                   {PRECISION_BF16, 12}, {PRECISION_BF16, 0}, {PRECISION_TF32, 12}};
-    for (size_t k = 0; k < sizeof prec / sizeof *prec; k++) {
-        const struct mm_ctx *m = &cases[prec[k].k].m;
-        struct tensor *in[2] = {make_operand(m->na, m->a, m->ta), make_operand(m->nb, m->b, m->tb)};
-        const struct case_opts o = {.tol32 = prec[k].p == PRECISION_TF32 ? TOL_TF32 : TOL_BF16};
-        char label[128];
-        snprintf(label, sizeof label, "%.*s,%s]", (int)strlen(cases[prec[k].k].name) - 1, cases[prec[k].k].name,
-                 precision_name(prec[k].p));
-        tensor_set_precision(prec[k].p);
-        check_op(label, f_matmul, (void *)m, 2, in, &o);
-        tensor_set_precision(PRECISION_F32);
-    }
+    /* bf16 also with DRAFT_MATMUL_FAST_BF16 (cuBLAS rounds the f32 operands itself, no copies) */
+    for (size_t k = 0; k < sizeof prec / sizeof *prec; k++)
+        for (int q = 0; q < (prec[k].p == PRECISION_BF16 && !optin_skipped() ? 2 : 1); q++) {
+            const struct mm_ctx *m = &cases[prec[k].k].m;
+            struct tensor *in[2] = {make_operand(m->na, m->a, m->ta), make_operand(m->nb, m->b, m->tb)};
+            const struct case_opts o = {.tol32 = prec[k].p == PRECISION_TF32 ? TOL_TF32 : TOL_BF16};
+            char label[128];
+            snprintf(label, sizeof label, "%.*s,%s%s]", (int)strlen(cases[prec[k].k].name) - 1, cases[prec[k].k].name,
+                     precision_name(prec[k].p), q ? ",fast16bf" : "");
+            set_switch("DRAFT_MATMUL_FAST_BF16", q);
+            tensor_set_precision(prec[k].p);
+            check_op(label, f_matmul, (void *)m, 2, in, &o);
+            tensor_set_precision(PRECISION_F32);
+            unsetenv("DRAFT_MATMUL_FAST_BF16");
+        }
     struct tensor *x = test_uniform(DTYPE_F64, TENSOR_SHAPE(3, 2, 6), -1, 1);
     struct tensor *w = test_uniform(DTYPE_F64, TENSOR_SHAPE(4, 6), -1, 1);
     struct tensor *b = test_uniform(DTYPE_F64, TENSOR_SHAPE(4), -1, 1);
@@ -660,7 +664,13 @@ START_TEST(test_matmul)
     check_op("linear[no_bias,noncontig]", f_linear, NULL, 2, in, &o);
     tensor_set_precision(PRECISION_BF16);
     const struct case_opts ob = {.tol32 = TOL_BF16};
+    set_switch("DRAFT_MATMUL_FAST_BF16", false);
     check_op("linear[bias,noncontig,bf16]", f_linear, (void *)1, 3, in, &ob);
+    if (!optin_skipped()) {
+        set_switch("DRAFT_MATMUL_FAST_BF16", true);
+        check_op("linear[bias,noncontig,bf16,fast16bf]", f_linear, (void *)1, 3, in, &ob);
+    }
+    unsetenv("DRAFT_MATMUL_FAST_BF16");
     tensor_set_precision(PRECISION_F32);
     tensor_scope_end();
     CASES_END();
@@ -724,16 +734,22 @@ START_TEST(test_matmul_kernel)
         struct tensor *a = test_uniform(DTYPE_F32, TENSOR_SHAPE(2, 96, 256), -1, 1);
         struct tensor *b = test_uniform(DTYPE_F32, TENSOR_SHAPE(256, 80), -1, 1);
         struct tensor *ref = ag_matmul(a, b);
-        const struct { enum precision p; double lo, hi; } band[] = {
-            {PRECISION_F32, -1, 1e-5}, {PRECISION_TF32, 1e-5, TOL_TF32}, {PRECISION_BF16, 2e-4, TOL_BF16}};
-        for (int k = 0; k < 3; k++) {
+        /* fast: DRAFT_MATMUL_FAST_BF16, where cuBLAS may round to bf16 or to TF32 (its documented
+         * CUBLAS_COMPUTE_32F_FAST_16BF), so its band starts at TF32's */
+        const struct { enum precision p; bool fast; double lo, hi; } band[] = {
+            {PRECISION_F32, false, -1, 1e-5}, {PRECISION_TF32, false, 1e-5, TOL_TF32},
+            {PRECISION_BF16, false, 2e-4, TOL_BF16}, {PRECISION_BF16, true, 1e-5, TOL_BF16}};
+        for (int k = 0; k < 4; k++) {
+            if (band[k].fast && optin_skipped()) continue;
+            set_switch("DRAFT_MATMUL_FAST_BF16", band[k].fast);
             tensor_set_precision(band[k].p);
             struct tensor *c = ag_matmul(tensor_to_device(a, gpu), tensor_to_device(b, gpu));
             tensor_set_precision(PRECISION_F32);
+            unsetenv("DRAFT_MATMUL_FAST_BF16");
             const double e = c && ref ? test_rel_err(tensor_to_device(c, DEVICE_CPU), ref) : NAN;
             const bool ok = e > band[k].lo && e <= band[k].hi;
-            printf("cuda matmul[precision=%s] rel=%.1e (band (%.0e, %.0e]) %s\n", precision_name(band[k].p), e,
-                   band[k].lo, band[k].hi, ok ? "ok" : "FAILED");
+            printf("cuda matmul[precision=%s%s] rel=%.1e (band (%.0e, %.0e]) %s\n", precision_name(band[k].p),
+                   band[k].fast ? ",fast16bf" : "", e, band[k].lo, band[k].hi, ok ? "ok" : "FAILED");
             if (!ok) n_failed++;
         }
         tensor_clear_error();

@@ -67,7 +67,7 @@ check "switches: implicit conv (its bm128 row has no base)" "$t/switches" '^DRAF
 # every kernel-variant switch (a cuda_switch call in tensor/cuda; DRAFT_GN_TWOPASS is the tests'
 # fallback, not an opt-in kernel) has rows in bench_gpu (its list, which gpu-check's per-switch
 # processes come from) and a line in gpu_switches.sh
-for sw in $(grep -ohE 'cuda_switch\("DRAFT_[A-Z_]+", (true|false)\)' tensor/cuda/*.cu | grep -oE 'DRAFT_[A-Z_]+' | sort -u); do
+for sw in $(grep -ohE 'cuda_switch\("DRAFT_[A-Z0-9_]+", (true|false)\)' tensor/cuda/*.cu | grep -oE 'DRAFT_[A-Z0-9_]+' | sort -u); do
     [ "$sw" = DRAFT_GN_TWOPASS ] && continue
     if grep -q "\"$sw\"" bench/bench_gpu.c && grep -q "\"$sw\"" bench/gpu_switches.sh; then echo "ok   $sw in bench_gpu and gpu_switches.sh"
     else echo "FAIL $sw: missing from bench/bench_gpu.c's switches or bench/gpu_switches.sh"; fail=1; fi

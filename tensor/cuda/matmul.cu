@@ -99,7 +99,12 @@ static enum status gemm_run(enum dtype dt, bool a_bf16, bool b_bf16, bool trans_
     struct tensor *abuf = NULL, *bbuf = NULL;
     enum status s = STATUS_OK;
     if (dt == DTYPE_F32 && tensor_precision() == PRECISION_TF32) ct = CUBLAS_COMPUTE_32F_FAST_TF32;
-    if (dt == DTYPE_F32 && (a_bf16 || b_bf16 || tensor_precision() == PRECISION_BF16)) {
+    if (dt == DTYPE_F32 && !a_bf16 && !b_bf16 && tensor_precision() == PRECISION_BF16 &&
+        cuda_switch("DRAFT_MATMUL_FAST_BF16", false)) {
+        /* cuBLAS rounds the f32 operands itself as it loads them (to bf16, or where it prefers to
+         * TF32): no packed copies, no extra pass over either operand */
+        ct = CUBLAS_COMPUTE_32F_FAST_16BF;
+    } else if (dt == DTYPE_F32 && (a_bf16 || b_bf16 || tensor_precision() == PRECISION_BF16)) {
         if (!a_bf16) s = gemm_bf16_operand(&abuf, &A, &lda, &sA, trans_a, m, k, count);
         if (!s && !b_bf16) s = gemm_bf16_operand(&bbuf, &B, &ldb, &sB, trans_b, k, n, count);
         tab = CUDA_R_16BF;
