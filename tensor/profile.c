@@ -108,57 +108,57 @@ static void record_call(int op, int sub, enum device dev, const struct tensor *t
 }
 
 /* the call itself: outermost calls are timed (GPU work synchronised on both sides) */
-#define PROFILED(dev, OP, SUB, T, S0, S1, PRODUCT, CALL)                                                           \
-    do {                                                                                                        \
-        const struct backend *b_ = real[dev];                                                                   \
-        if (depth || state != 1) return b_->CALL;                                                               \
-        if (b_->synchronize) {                                                                                  \
-            enum status s0_ = b_->synchronize();                                                                \
-            if (s0_) return s0_;                                                                                \
-        }                                                                                                       \
-        depth++;                                                                                                \
-        const double t0_ = now();                                                                               \
-        enum status s_ = b_->CALL;                                                                              \
-        if (!s_ && b_->synchronize) s_ = b_->synchronize();                                                     \
-        const double t1_ = now();                                                                               \
-        depth--;                                                                                                \
-        record_call(OP, SUB, dev, T, S0, S1, PRODUCT, t1_ - t0_);                                               \
-        return s_;                                                                                              \
+#define PROFILED(dev, OP, SUB, T, S0, S1, PRODUCT, CALL)                                                               \
+    do {                                                                                                               \
+        const struct backend *b_ = real[dev];                                                                          \
+        if (depth || state != 1) return b_->CALL;                                                                      \
+        if (b_->synchronize) {                                                                                         \
+            enum status s0_ = b_->synchronize();                                                                       \
+            if (s0_) return s0_;                                                                                       \
+        }                                                                                                              \
+        depth++;                                                                                                       \
+        const double t0_ = now();                                                                                      \
+        enum status s_ = b_->CALL;                                                                                     \
+        if (!s_ && b_->synchronize) s_ = b_->synchronize();                                                            \
+        const double t1_ = now();                                                                                      \
+        depth--;                                                                                                       \
+        record_call(OP, SUB, dev, T, S0, S1, PRODUCT, t1_ - t0_);                                                      \
+        return s_;                                                                                                     \
     } while (0)
 
 static enum device dev_of(const struct tensor *t) { return t->storage->device; }
 
 /* ---- raw memory and transfers: no tensor, so one wrapper per device ---- */
 
-#define DEVICE_WRAPPERS(D, DEV)                                                                                 \
-    static void *raw_alloc_##D(size_t bytes)                                                                    \
-    {                                                                                                           \
-        if (depth || state != 1) return real[DEV]->raw_alloc(bytes);                                            \
-        depth++;                                                                                                \
-        const double t0 = now();                                                                                \
-        void *p = real[DEV]->raw_alloc(bytes);                                                                  \
-        const double t1 = now();                                                                                \
-        depth--;                                                                                                \
-        record_call(P_RAW_ALLOC, 0, DEV, NULL, NULL, NULL, false, t1 - t0);                                        \
-        return p;                                                                                               \
-    }                                                                                                           \
-    static void raw_free_##D(void *p)                                                                           \
-    {                                                                                                           \
-        if (depth || state != 1) { real[DEV]->raw_free(p); return; }                                           \
-        depth++;                                                                                                \
-        const double t0 = now();                                                                                \
-        real[DEV]->raw_free(p);                                                                                 \
-        const double t1 = now();                                                                                \
-        depth--;                                                                                                \
-        record_call(P_RAW_FREE, 0, DEV, NULL, NULL, NULL, false, t1 - t0);                                         \
-    }                                                                                                           \
-    static enum status upload_##D(void *dst, const void *src, size_t bytes)                                     \
-    {                                                                                                           \
-        PROFILED(DEV, P_UPLOAD, 0, NULL, NULL, NULL, false, upload(dst, src, bytes));                                       \
-    }                                                                                                           \
-    static enum status download_##D(void *dst, const void *src, size_t bytes)                                   \
-    {                                                                                                           \
-        PROFILED(DEV, P_DOWNLOAD, 0, NULL, NULL, NULL, false, download(dst, src, bytes));                                   \
+#define DEVICE_WRAPPERS(D, DEV)                                                                                        \
+    static void *raw_alloc_##D(size_t bytes)                                                                           \
+    {                                                                                                                  \
+        if (depth || state != 1) return real[DEV]->raw_alloc(bytes);                                                   \
+        depth++;                                                                                                       \
+        const double t0 = now();                                                                                       \
+        void *p = real[DEV]->raw_alloc(bytes);                                                                         \
+        const double t1 = now();                                                                                       \
+        depth--;                                                                                                       \
+        record_call(P_RAW_ALLOC, 0, DEV, NULL, NULL, NULL, false, t1 - t0);                                            \
+        return p;                                                                                                      \
+    }                                                                                                                  \
+    static void raw_free_##D(void *p)                                                                                  \
+    {                                                                                                                  \
+        if (depth || state != 1) { real[DEV]->raw_free(p); return; }                                                   \
+        depth++;                                                                                                       \
+        const double t0 = now();                                                                                       \
+        real[DEV]->raw_free(p);                                                                                        \
+        const double t1 = now();                                                                                       \
+        depth--;                                                                                                       \
+        record_call(P_RAW_FREE, 0, DEV, NULL, NULL, NULL, false, t1 - t0);                                             \
+    }                                                                                                                  \
+    static enum status upload_##D(void *dst, const void *src, size_t bytes)                                            \
+    {                                                                                                                  \
+        PROFILED(DEV, P_UPLOAD, 0, NULL, NULL, NULL, false, upload(dst, src, bytes));                                  \
+    }                                                                                                                  \
+    static enum status download_##D(void *dst, const void *src, size_t bytes)                                          \
+    {                                                                                                                  \
+        PROFILED(DEV, P_DOWNLOAD, 0, NULL, NULL, NULL, false, download(dst, src, bytes));                              \
     }
 DEVICE_WRAPPERS(cpu, DEVICE_CPU)
 DEVICE_WRAPPERS(cuda, DEVICE_CUDA)
@@ -296,7 +296,7 @@ static void wrap(enum device dev, const struct backend *b)
     struct backend *w = &wrapped[dev];
     *w = *b;
     real[dev] = b;
-#define W(field, fn) \
+#define W(field, fn)                                                                                                   \
     if (b->field) w->field = fn
     W(raw_alloc, dev == DEVICE_CPU ? raw_alloc_cpu : raw_alloc_cuda);
     W(raw_free, dev == DEVICE_CPU ? raw_free_cpu : raw_free_cuda);
