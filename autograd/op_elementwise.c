@@ -119,7 +119,6 @@ struct tensor *ag_sum_to(struct tensor *x, int ndim, const int64_t *shape)
 
 /* ---------------------------------------------------------------- binary */
 
-
 static enum status binary_backward(struct ag_node *n, struct tensor *const *gout, struct tensor **gin)
 {
     enum binary_op op = (enum binary_op)n->ip[0];

@@ -26,34 +26,26 @@ def timed(fn, warm, reps, burst=1):
 def main():
     torch.manual_seed(1)
     print(f"# torch {torch.__version__} on {torch.cuda.get_device_name()}")
+    def matmul_row(name, a, b, flops, mode, warm=2, reps=10):
+        """one product a @ b: exact f32, TF32, or under autocast to bf16"""
+        torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=mode == "autocast"):
+            ms = timed(lambda: a @ b, warm, reps)
+        print(f"RESULT {name} {ms:.3f} {flops / ms / 1e9:.1f} TFLOP/s")
+
     flops = 2 * 8192 ** 3
     a = torch.randn(8192, 8192, device=dev)
     b = torch.randn(8192, 8192, device=dev)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    ms = timed(lambda: a @ b, 2, 10)
-    print(f"RESULT matmul_f32_8192 {ms:.3f} {flops / ms / 1e9:.1f} TFLOP/s")
-    torch.backends.cuda.matmul.allow_tf32 = True
-    ms = timed(lambda: a @ b, 2, 10)
-    print(f"RESULT matmul_tf32_8192 {ms:.3f} {flops / ms / 1e9:.1f} TFLOP/s")
-    torch.backends.cuda.matmul.allow_tf32 = False
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        ms = timed(lambda: a @ b, 2, 10)
-    print(f"RESULT matmul_autocast_8192 {ms:.3f} {flops / ms / 1e9:.1f} TFLOP/s")
+    for mode in ("f32", "tf32", "autocast"):
+        matmul_row(f"matmul_{mode}_8192", a, b, flops, mode)
     ab, bb = a.bfloat16(), b.bfloat16()
-    ms = timed(lambda: ab @ bb, 2, 10)
-    print(f"RESULT matmul_bf16_8192 {ms:.3f} {flops / ms / 1e9:.1f} TFLOP/s")
+    matmul_row("matmul_bf16_8192", ab, bb, flops, "f32")
     del a, b, ab, bb
     # SD's feed-forward linear at 64 px, batch 2: memory-bound; TF32, then autocast (bf16 out)
-    ff_flops = 2 * 8192 * 320 * 2560
     a = torch.randn(8192, 320, device=dev)
     b = torch.randn(320, 2560, device=dev)
-    torch.backends.cuda.matmul.allow_tf32 = True
-    ms = timed(lambda: a @ b, 3, 20)
-    print(f"RESULT matmul_tf32_ff {ms:.3f} {ff_flops / ms / 1e9:.1f} TFLOP/s")
-    torch.backends.cuda.matmul.allow_tf32 = False
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        ms = timed(lambda: a @ b, 3, 20)
-    print(f"RESULT matmul_autocast_ff {ms:.3f} {ff_flops / ms / 1e9:.1f} TFLOP/s")
+    for mode in ("tf32", "autocast"):
+        matmul_row(f"matmul_{mode}_ff", a, b, 2 * 8192 * 320 * 2560, mode, 3, 20)
     del a, b
     torch.backends.cudnn.allow_tf32 = True  # PyTorch's default for convolutions
     for i, (C, S) in enumerate(((320, 64), (640, 32), (1280, 16), (320, 64), (320, 64))):

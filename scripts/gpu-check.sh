@@ -141,24 +141,25 @@ done
 # in $PARITY/sd14 (140 KB); the paper's setting (LV, batch 4, T = 50, the aesthetic reward's
 # ViT-L/14) in each precision
 sd14=()
+sd14_step() {   # sd14_step LABEL ARGS...: one step (variables set in front of the call apply), its line kept
+    local line
+    line=$(timeout $(cap 150) ./build-gpu/bench/bench_sd14_step --device cuda --method lv "${@:2}" 2>&1 |
+           tee -a "$OUTDIR/sd14.log" | grep -E "^sd14_step:|bench_sd14_step:" | tail -n 1)
+    sd14+=("$1${line:-FAILED: ${*:2}}")
+    echo "$1${line:-FAILED: ${*:2}}"
+}
 if [ -f "$PARITY/sd14/unet.config.json" ] && [ "${GPU_CHECK_SD14:-1}" = 1 ]; then   # GPU_CHECK_SD14=0 skips
     for args in "--batch 1 --steps 2" "--batch 4 --steps 50 --reward-vit --precision f32" \
                 "--batch 4 --steps 50 --reward-vit --precision tf32" "--batch 4 --steps 50 --reward-vit --precision bf16"; do
         fits 60 "sd14 step $args" || continue
-        line=$(timeout $(cap 150) ./build-gpu/bench/bench_sd14_step --device cuda --method lv $args 2>&1 |
-               tee -a "$OUTDIR/sd14.log" | grep -E "^sd14_step:|bench_sd14_step:" | tail -n 1)
-        sd14+=("${line:-FAILED: $args}")
-        echo "${line:-FAILED: $args}"
+        sd14_step "" $args
     done
     # the TF32 and bf16 steps again with the opt-in kernels that bear on them switched on: what
     # making them the default would give end to end (last, so that a fault in one costs nothing else)
     for pr in tf32 bf16; do
         fits 60 "sd14 step $pr with opt-ins" || continue
-        line=$(DRAFT_ATTN_MMA=1 DRAFT_CONV_IMPLICIT=1 DRAFT_MATMUL_FAST_BF16=1 timeout $(cap 150) \
-               ./build-gpu/bench/bench_sd14_step --device cuda --method lv --batch 4 --steps 50 --reward-vit \
-               --precision $pr 2>&1 | tee -a "$OUTDIR/sd14.log" | grep -E "^sd14_step:|bench_sd14_step:" | tail -n 1)
-        sd14+=("opt-ins on (ATTN_MMA, CONV_IMPLICIT, MATMUL_FAST_BF16): ${line:-FAILED: $pr}")
-        echo "opt-ins on: ${line:-FAILED: $pr}"
+        DRAFT_ATTN_MMA=1 DRAFT_CONV_IMPLICIT=1 DRAFT_MATMUL_FAST_BF16=1 \
+            sd14_step "opt-ins on (ATTN_MMA, CONV_IMPLICIT, MATMUL_FAST_BF16): " --batch 4 --steps 50 --reward-vit --precision $pr
     done
     # GPU_CHECK_PROFILE=1: the TF32 and bf16 steps again under DRAFT_PROFILE=shapes (tensor/profile.h):
     # time per op kind and per shape, in $OUT/sd14-profile-*.txt, the top of each in the summary

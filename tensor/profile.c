@@ -107,6 +107,17 @@ static void record_call(int op, int sub, enum device dev, const struct tensor *t
     record(&k, seconds);
 }
 
+/* STMT as the outermost call, timed and recorded under the key (the arguments of record_call) */
+#define TIMED(STMT, ...)                                                                                               \
+    do {                                                                                                               \
+        depth++;                                                                                                       \
+        const double t0_ = now();                                                                                      \
+        STMT;                                                                                                          \
+        const double t1_ = now();                                                                                      \
+        depth--;                                                                                                       \
+        record_call(__VA_ARGS__, t1_ - t0_);                                                                           \
+    } while (0)
+
 /* the call itself: outermost calls are timed (GPU work synchronised on both sides) */
 #define PROFILED(dev, OP, SUB, T, S0, S1, PRODUCT, CALL)                                                               \
     do {                                                                                                               \
@@ -116,13 +127,8 @@ static void record_call(int op, int sub, enum device dev, const struct tensor *t
             enum status s0_ = b_->synchronize();                                                                       \
             if (s0_) return s0_;                                                                                       \
         }                                                                                                              \
-        depth++;                                                                                                       \
-        const double t0_ = now();                                                                                      \
-        enum status s_ = b_->CALL;                                                                                     \
-        if (!s_ && b_->synchronize) s_ = b_->synchronize();                                                            \
-        const double t1_ = now();                                                                                      \
-        depth--;                                                                                                       \
-        record_call(OP, SUB, dev, T, S0, S1, PRODUCT, t1_ - t0_);                                                      \
+        enum status s_;                                                                                                \
+        TIMED(s_ = b_->CALL; if (!s_ && b_->synchronize) s_ = b_->synchronize(), OP, SUB, dev, T, S0, S1, PRODUCT);    \
         return s_;                                                                                                     \
     } while (0)
 
@@ -134,23 +140,14 @@ static enum device dev_of(const struct tensor *t) { return t->storage->device; }
     static void *raw_alloc_##D(size_t bytes)                                                                           \
     {                                                                                                                  \
         if (depth || state != 1) return real[DEV]->raw_alloc(bytes);                                                   \
-        depth++;                                                                                                       \
-        const double t0 = now();                                                                                       \
-        void *p = real[DEV]->raw_alloc(bytes);                                                                         \
-        const double t1 = now();                                                                                       \
-        depth--;                                                                                                       \
-        record_call(P_RAW_ALLOC, 0, DEV, NULL, NULL, NULL, false, t1 - t0);                                            \
+        void *p;                                                                                                       \
+        TIMED(p = real[DEV]->raw_alloc(bytes), P_RAW_ALLOC, 0, DEV, NULL, NULL, NULL, false);                          \
         return p;                                                                                                      \
     }                                                                                                                  \
     static void raw_free_##D(void *p)                                                                                  \
     {                                                                                                                  \
-        if (depth || state != 1) { real[DEV]->raw_free(p); return; }                                                   \
-        depth++;                                                                                                       \
-        const double t0 = now();                                                                                       \
-        real[DEV]->raw_free(p);                                                                                        \
-        const double t1 = now();                                                                                       \
-        depth--;                                                                                                       \
-        record_call(P_RAW_FREE, 0, DEV, NULL, NULL, NULL, false, t1 - t0);                                             \
+        if (depth || state != 1) real[DEV]->raw_free(p);                                                               \
+        else TIMED(real[DEV]->raw_free(p), P_RAW_FREE, 0, DEV, NULL, NULL, NULL, false);                               \
     }                                                                                                                  \
     static enum status upload_##D(void *dst, const void *src, size_t bytes)                                            \
     {                                                                                                                  \
