@@ -28,11 +28,14 @@
  * space, 0x7F-0xA0, 0xAD) map to U+0100.. in increasing byte order */
 uint32_t clip_byte_to_unicode(uint8_t b)
 {
-    if ((b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE) return b;
-    uint32_t n = 0;
-    for (int x = 0; x < b; x++)
-        if (!((x >= 0x21 && x <= 0x7E) || (x >= 0xA1 && x <= 0xAC) || x >= 0xAE)) n++;
-    return 256 + n;
+    /* printable bytes are themselves; the 68 others, in byte order, become 256, 257, ...:
+     * 0x00-0x20 (33), 0x7F-0xA0 (34), 0xAD. Written as ranges, not a count, so that the
+     * compiler sees the result is < BYTE_CHAR_END where it indexes a table (GCC's
+     * -Warray-bounds could not once the counting loop was inlined) */
+    if (b <= 0x20) return 256u + b;
+    if (b >= 0x7F && b <= 0xA0) return 256u + 33u + (uint32_t)(b - 0x7F);
+    if (b == 0xAD) return 256u + 67u;
+    return b;
 }
 
 #define BYTE_CHAR_END 324   /* byte-chars are < 256 + 68 */
