@@ -100,9 +100,9 @@ static void mutate_once(uint64_t *s, uint8_t *buf, size_t *n, size_t cap)
     }
     case 3: { /* duplicate a range somewhere */
         if (!len) break;
-        size_t from = below(s, len), l = 1 + below(s, (len - from) < 32 ? len - from : 32), to = below(s, len + 1);
+        size_t from = below(s, len), l = 1 + below(s, (len - from) < 64 ? len - from : 64), to = below(s, len + 1);
         if (len + l > cap) break;
-        uint8_t tmp[32];
+        uint8_t tmp[64];
         memcpy(tmp, buf + from, l);
         memmove(buf + to + l, buf + to, len - to);
         memcpy(buf + to, tmp, l);

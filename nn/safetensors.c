@@ -105,6 +105,9 @@ struct safetensors *safetensors_parse(const void *bytes, size_t size, const char
         if (!e->string) return fail(st, root, STATUS_FORMAT, "header entry without a name%s", label, "");
         if (!strcmp(e->string, "__metadata__")) {
             if (!cJSON_IsObject(e)) return fail(st, root, STATUS_FORMAT, "__metadata__ is not an object%s", label, "");
+            /* cJSON keeps duplicate keys: a second one would be sized by itself and filled
+             * after the first (found by fuzz_safetensors: a heap overflow) */
+            if (st->meta_keys) return fail(st, root, STATUS_FORMAT, "__metadata__ appears twice%s", label, "");
             int m = cJSON_GetArraySize(e);
             st->meta_keys = calloc((size_t)(m ? m : 1), sizeof(char *));
             st->meta_values = calloc((size_t)(m ? m : 1), sizeof(char *));
