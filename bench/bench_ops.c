@@ -67,6 +67,8 @@ static struct tensor *fwd_group_norm(struct tensor *const *in) { return ag_group
 
 static struct tensor *fwd_attention(struct tensor *const *in) { return ag_attention(in[0], in[1], in[2], 0, false); }
 
+static struct tensor *fwd_gelu(struct tensor *const *in) { return ag_gelu(in[0]); }
+
 /* 2*M*N*K; conv: 2*N*Cout*H*W*Cin*9; attention: QK^T and PV = 4*B*H*L*L*D. A backward costs
  * two forward-sized products (d input, d weight), so fwd+bwd is nominally 3x the forward. */
 static const struct bench_case cases[] = {
@@ -80,6 +82,8 @@ static const struct bench_case cases[] = {
      {{4, 2, 320, 64, 64}, {1, 320}, {1, 320}}, fwd_group_norm},
     {"attention", "q,k,v[2,8,1024,40] (B,H,L,d)", 4.0 * 2 * 8 * 1024 * 1024 * 40 / 1e9, 3, 3,
      {{4, 2, 8, 1024, 40}, {4, 2, 8, 1024, 40}, {4, 2, 8, 1024, 40}}, fwd_attention},
+    /* exact GELU at the demo UNet's GEGLU shape (the largest elementwise op in its profile) */
+    {"gelu", "x[8,256,256] exact (erf)", 0, 0, 1, {{3, 8, 256, 256}}, fwd_gelu},
 };
 #define N_CASES (int)(sizeof cases / sizeof cases[0])
 
@@ -245,7 +249,7 @@ int main(int argc, char **argv)
             fflush(stdout);
         }
     }
-    if (!tsv) printf("\nGFLOP/s are nominal (fwd+bwd = 3x fwd); group_norm is memory-bound, so none shown.\n");
+    if (!tsv) printf("\nGFLOP/s are nominal (fwd+bwd = 3x fwd); group_norm and gelu are memory- or libm-bound, so none shown.\n");
     if (tensor_live_count() != live0) {
         fprintf(stderr, "bench_ops: %lld tensors leaked\n", (long long)(tensor_live_count() - live0));
         return 1;

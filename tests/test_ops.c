@@ -3,6 +3,7 @@
 #include "tests/harness.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* ---------------------------------------------------------------- unary */
@@ -424,6 +425,77 @@ START_TEST(test_dropout_stats)
 }
 END_TEST
 
+/* ---------------------------------------------------------------- long rows, many threads */
+
+/* The CPU elementwise kernels cut each merged row into CPU_CHUNK-element pieces spread over
+ * the threads. Rows longer than a chunk and not a multiple of it, at an offset and with a
+ * stride, run on 4 threads, and every element is checked against its own formula: a piece
+ * that starts at the wrong place, or a tail that is lost, shows. Also a copy within one
+ * storage (a shift by one): memmove's semantics, which chunks or threads would break. */
+static const struct backend *cpu(void) { return backend_for(DEVICE_CPU); }
+
+static void check_long_rows(struct tensor *(*view)(struct tensor *), const char *what)
+{
+    tensor_scope_begin();
+    const int64_t N = 3 * 16384 + 123;   /* > CPU_PAR_MIN, three chunks and a tail */
+    struct tensor *ba = test_uniform(DTYPE_F64, TENSOR_SHAPE(2, N + 9), -2, 2);
+    struct tensor *bb = test_uniform(DTYPE_F64, TENSOR_SHAPE(2, N + 9), -2, 2);
+    struct tensor *bo = tensor_full(DTYPE_F64, TENSOR_SHAPE(2, N + 9), 7.0, DEVICE_CPU);
+    struct tensor *bf = tensor_full(DTYPE_F32, TENSOR_SHAPE(2, N + 9), 7.0, DEVICE_CPU);
+    struct tensor *a = view(ba), *b = view(bb), *o = view(bo), *of = view(bf);
+    const int64_t n = tensor_numel(a);
+    const double aff[2] = {2, -1};
+    ck_assert_int_eq(cpu()->unary(UNARY_AFFINE, o, a, aff), STATUS_OK);
+    for (int64_t i = 0; i < n; i++) ck_assert_msg(tensor_get_flat(o, i) == 2 * tensor_get_flat(a, i) + -1, "%s: affine at %lld", what, (long long)i);
+    ck_assert_int_eq(cpu()->unary_backward(UNARY_NEG, o, a, NULL, NULL, NULL), STATUS_OK);
+    for (int64_t i = 0; i < n; i++) ck_assert_msg(tensor_get_flat(o, i) == -tensor_get_flat(a, i), "%s: neg backward at %lld", what, (long long)i);
+    ck_assert_int_eq(cpu()->binary(BINARY_MUL, o, a, b), STATUS_OK);
+    for (int64_t i = 0; i < n; i++) ck_assert_msg(tensor_get_flat(o, i) == tensor_get_flat(a, i) * tensor_get_flat(b, i), "%s: mul at %lld", what, (long long)i);
+    ck_assert_int_eq(cpu()->where(o, a, b, a), STATUS_OK);   /* a != 0 almost surely: b */
+    for (int64_t i = 0; i < n; i++) ck_assert_msg(tensor_get_flat(o, i) == (tensor_get_flat(a, i) != 0 ? tensor_get_flat(b, i) : tensor_get_flat(a, i)), "%s: where at %lld", what, (long long)i);
+    ck_assert_int_eq(cpu()->fill(o, 0.25), STATUS_OK);
+    for (int64_t i = 0; i < n; i++) ck_assert_msg(tensor_get_flat(o, i) == 0.25, "%s: fill at %lld", what, (long long)i);
+    ck_assert_int_eq(cpu()->copy(o, a), STATUS_OK);   /* same dtype: memmove when both rows are contiguous */
+    for (int64_t i = 0; i < n; i++) ck_assert_msg(tensor_get_flat(o, i) == tensor_get_flat(a, i), "%s: copy at %lld", what, (long long)i);
+    ck_assert_int_eq(cpu()->copy(of, a), STATUS_OK);   /* f64 -> f32 */
+    for (int64_t i = 0; i < n; i++) ck_assert_msg(tensor_get_flat(of, i) == (double)(float)tensor_get_flat(a, i), "%s: cast at %lld", what, (long long)i);
+    /* nothing outside the view was written */
+    int64_t outside = 0;
+    for (int64_t i = 0; i < tensor_numel(bf); i++) outside += tensor_get_flat(bf, i) == 7.0;
+    ck_assert_int_eq(outside, tensor_numel(bf) - n);
+    tensor_scope_end();
+}
+
+static struct tensor *view_row(struct tensor *t) { return tensor_narrow(tensor_narrow(t, 0, 1, 1), 1, 5, 3 * 16384 + 123); }
+static struct tensor *view_rows(struct tensor *t) { return tensor_narrow(t, 1, 3, 3 * 16384 + 123); }
+static struct tensor *view_strided(struct tensor *t) { return tensor_transpose(tensor_narrow(t, 1, 2, 3 * 16384 + 123), 0, 1); }
+
+START_TEST(test_long_rows)
+{
+    LEAK_CHECK_BEGIN();
+    const int threads = tensor_num_threads();
+    tensor_set_num_threads(4);
+    check_long_rows(view_row, "one row at an offset");
+    check_long_rows(view_rows, "two rows");
+    check_long_rows(view_strided, "transposed");
+    /* a shift by one within one storage, in both directions */
+    tensor_scope_begin();
+    const int64_t N = 3 * 16384 + 123;
+    struct tensor *buf = test_uniform(DTYPE_F32, TENSOR_SHAPE(N + 1), -1, 1);
+    double *orig = malloc(sizeof(double) * (size_t)(N + 1));
+    ck_assert_ptr_nonnull(orig);
+    for (int64_t i = 0; i <= N; i++) orig[i] = tensor_get_flat(buf, i);
+    ck_assert_int_eq(cpu()->copy(tensor_narrow(buf, 0, 1, N), tensor_narrow(buf, 0, 0, N)), STATUS_OK);
+    for (int64_t i = 0; i < N; i++) ck_assert_msg(tensor_get_flat(buf, i + 1) == orig[i], "shift right at %lld", (long long)i);
+    ck_assert_int_eq(cpu()->copy(tensor_narrow(buf, 0, 0, N), tensor_narrow(buf, 0, 1, N)), STATUS_OK);
+    for (int64_t i = 0; i < N; i++) ck_assert_msg(tensor_get_flat(buf, i) == orig[i], "shift left at %lld", (long long)i);
+    free(orig);
+    tensor_scope_end();
+    tensor_set_num_threads(threads);
+    LEAK_CHECK_END();
+}
+END_TEST
+
 int main(void)
 {
     test_seed();
@@ -434,6 +506,7 @@ int main(void)
     tcase_add_test(tc, test_unary_values);
     tcase_add_loop_test(tc, test_binary, 0, sizeof binary_cases / sizeof *binary_cases);
     tcase_add_test(tc, test_where);
+    tcase_add_test(tc, test_long_rows);
     tcase_add_loop_test(tc, test_reduce, 0, sizeof reduce_cases / sizeof *reduce_cases);
     tcase_add_test(tc, test_reduce_values);
     tcase_add_loop_test(tc, test_views, 0, 8);

@@ -70,6 +70,25 @@ static inline void cpu_iter_offsets(const struct cpu_iter *it, int64_t o, int64_
     }
 }
 
+/* Work items of a parallel elementwise loop: each inner row, cut into pieces of at most
+ * CPU_CHUNK elements, so that a contiguous tensor (one long row after merging) still spreads
+ * over the threads. Every element is computed alone, so the cut changes no result. */
+#define CPU_CHUNK 16384
+
+static inline int64_t cpu_iter_items(const struct cpu_iter *it)
+{
+    return it->outer * ((it->inner + CPU_CHUNK - 1) / CPU_CHUNK);
+}
+
+/* element offsets of work item w's first element; returns its length */
+static inline int64_t cpu_iter_item(const struct cpu_iter *it, int64_t w, int64_t *off)
+{
+    const int64_t per_row = (it->inner + CPU_CHUNK - 1) / CPU_CHUNK, s = (w % per_row) * CPU_CHUNK;
+    cpu_iter_offsets(it, w / per_row, off);
+    for (int k = 0; k < it->nops; k++) off[k] += s * it->inner_stride[k];
+    return it->inner - s < CPU_CHUNK ? it->inner - s : CPU_CHUNK;
+}
+
 #define CPU_PTR(T, t) ((T *)(t)->storage->data)
 
 /* kernels (one file each family) */

@@ -90,6 +90,24 @@ static inline void store_double(char *base, enum dtype dt, int64_t i, double v)
     }
 }
 
+/* len elements from element offset so of ps to element offset do of pd, inner strides sd, ss */
+static void copy_row(char *pd, enum dtype dd, int64_t dof, int64_t sd, const char *ps, enum dtype sdt, int64_t sof, int64_t ss,
+                     int64_t len)
+{
+    const size_t esz = dtype_size(dd);
+    if (dd == sdt && sd == 1 && ss == 1) {
+        memmove(pd + dof * (int64_t)esz, ps + sof * (int64_t)esz, (size_t)len * esz);
+    } else if (dd == sdt && esz == 8) {   /* i64 -> i64 must not round-trip through double */
+        for (int64_t i = 0; i < len; i++) ((int64_t *)pd)[dof + i * sd] = ((const int64_t *)ps)[sof + i * ss];
+    } else if (dd == sdt && esz == 4) {
+        for (int64_t i = 0; i < len; i++) ((int32_t *)pd)[dof + i * sd] = ((const int32_t *)ps)[sof + i * ss];
+    } else if (dd == sdt && esz == 2) {
+        for (int64_t i = 0; i < len; i++) ((uint16_t *)pd)[dof + i * sd] = ((const uint16_t *)ps)[sof + i * ss];
+    } else {
+        for (int64_t i = 0; i < len; i++) store_double(pd, dd, dof + i * sd, load_as_double(ps, sdt, sof + i * ss));
+    }
+}
+
 enum status cpu_copy(struct tensor *dst, const struct tensor *src)
 {
     struct cpu_iter it;
@@ -97,30 +115,23 @@ enum status cpu_copy(struct tensor *dst, const struct tensor *src)
     cpu_iter_init(&it, 2, ts);
     char *pd = dst->storage->data;
     const char *ps = src->storage->data;
-    const size_t esz = dtype_size(dst->dtype);
-    const bool same = dst->dtype == src->dtype;
-    /* i64 -> i64 must not round-trip through double */
-    const bool raw = same && (it.inner_stride[0] == 1 && it.inner_stride[1] == 1);
-#pragma omp parallel for schedule(static) if (it.outer * it.inner >= CPU_PAR_MIN && it.outer > 1)
-    for (int64_t o = 0; o < it.outer; o++) {
-        int64_t off[4];
-        cpu_iter_offsets(&it, o, off);
-        if (raw) {
-            memmove(pd + off[0] * (int64_t)esz, ps + off[1] * (int64_t)esz, (size_t)it.inner * esz);
-        } else if (same && esz == 8) {
-            for (int64_t i = 0; i < it.inner; i++)
-                ((int64_t *)pd)[off[0] + i * it.inner_stride[0]] = ((const int64_t *)ps)[off[1] + i * it.inner_stride[1]];
-        } else if (same && esz == 4) {
-            for (int64_t i = 0; i < it.inner; i++)
-                ((int32_t *)pd)[off[0] + i * it.inner_stride[0]] = ((const int32_t *)ps)[off[1] + i * it.inner_stride[1]];
-        } else if (same && esz == 2) {
-            for (int64_t i = 0; i < it.inner; i++)
-                ((uint16_t *)pd)[off[0] + i * it.inner_stride[0]] = ((const uint16_t *)ps)[off[1] + i * it.inner_stride[1]];
-        } else {
-            for (int64_t i = 0; i < it.inner; i++)
-                store_double(pd, dst->dtype, off[0] + i * it.inner_stride[0],
-                             load_as_double(ps, src->dtype, off[1] + i * it.inner_stride[1]));
+    if (dst->storage == src->storage) {
+        /* within one storage (a shift, say): whole rows in order, one thread, so that a
+         * contiguous copy keeps memmove's semantics; chunks or threads could read what
+         * another had already written */
+        for (int64_t o = 0; o < it.outer; o++) {
+            int64_t off[4];
+            cpu_iter_offsets(&it, o, off);
+            copy_row(pd, dst->dtype, off[0], it.inner_stride[0], ps, src->dtype, off[1], it.inner_stride[1], it.inner);
         }
+        return STATUS_OK;
+    }
+    const int64_t items = cpu_iter_items(&it);
+#pragma omp parallel for schedule(static) if (it.outer * it.inner >= CPU_PAR_MIN)
+    for (int64_t w = 0; w < items; w++) {
+        int64_t off[4];
+        const int64_t len = cpu_iter_item(&it, w, off);
+        copy_row(pd, dst->dtype, off[0], it.inner_stride[0], ps, src->dtype, off[1], it.inner_stride[1], len);
     }
     return STATUS_OK;
 }
@@ -131,11 +142,12 @@ enum status cpu_fill(struct tensor *dst, double value)
     const struct tensor *ts[1] = {dst};
     cpu_iter_init(&it, 1, ts);
     char *pd = dst->storage->data;
-#pragma omp parallel for schedule(static) if (it.outer * it.inner >= CPU_PAR_MIN && it.outer > 1)
-    for (int64_t o = 0; o < it.outer; o++) {
+    const int64_t items = cpu_iter_items(&it);
+#pragma omp parallel for schedule(static) if (it.outer * it.inner >= CPU_PAR_MIN)
+    for (int64_t w = 0; w < items; w++) {
         int64_t off[4];
-        cpu_iter_offsets(&it, o, off);
-        for (int64_t i = 0; i < it.inner; i++) store_double(pd, dst->dtype, off[0] + i * it.inner_stride[0], value);
+        const int64_t len = cpu_iter_item(&it, w, off);
+        for (int64_t i = 0; i < len; i++) store_double(pd, dst->dtype, off[0] + i * it.inner_stride[0], value);
     }
     return STATUS_OK;
 }

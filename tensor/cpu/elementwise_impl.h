@@ -108,21 +108,12 @@ static void CAT(unary_run, SUF)(enum unary_op op, struct tensor *out, const stru
     cpu_iter_init(&it, 2, ts);
     T *po = CPU_PTR(T, out);
     const T *pa = CPU_PTR(const T, a);
-    if (it.outer == 1) {   /* one long row: split it into chunks */
-        int64_t n = it.inner, chunk = 16384, nchunks = (n + chunk - 1) / chunk;
-#pragma omp parallel for schedule(static) if (n >= CPU_PAR_MIN)
-        for (int64_t c = 0; c < nchunks; c++) {
-            int64_t s = c * chunk, len = n - s < chunk ? n - s : chunk;
-            CAT(unary_row, SUF)(op, po + it.base[0] + s * it.inner_stride[0], it.inner_stride[0],
-                                pa + it.base[1] + s * it.inner_stride[1], it.inner_stride[1], len, p);
-        }
-        return;
-    }
+    const int64_t items = cpu_iter_items(&it);
 #pragma omp parallel for schedule(static) if (it.outer * it.inner >= CPU_PAR_MIN)
-    for (int64_t o = 0; o < it.outer; o++) {
+    for (int64_t w = 0; w < items; w++) {
         int64_t off[4];
-        cpu_iter_offsets(&it, o, off);
-        CAT(unary_row, SUF)(op, po + off[0], it.inner_stride[0], pa + off[1], it.inner_stride[1], it.inner, p);
+        const int64_t len = cpu_iter_item(&it, w, off);
+        CAT(unary_row, SUF)(op, po + off[0], it.inner_stride[0], pa + off[1], it.inner_stride[1], len, p);
     }
 }
 
@@ -135,13 +126,14 @@ static void CAT(unary_bwd_run, SUF)(enum unary_op op, struct tensor *dx, const s
     cpu_iter_init(&it, 4, ts);
     T *pdx = CPU_PTR(T, dx);
     const T *pdy = CPU_PTR(const T, dy), *px = x ? CPU_PTR(const T, x) : NULL, *py = y ? CPU_PTR(const T, y) : NULL;
-#pragma omp parallel for schedule(static) if (it.outer * it.inner >= CPU_PAR_MIN && it.outer > 1)
-    for (int64_t o = 0; o < it.outer; o++) {
+    const int64_t items = cpu_iter_items(&it);
+#pragma omp parallel for schedule(static) if (it.outer * it.inner >= CPU_PAR_MIN)
+    for (int64_t w = 0; w < items; w++) {
         int64_t off[4];
-        cpu_iter_offsets(&it, o, off);
+        const int64_t len = cpu_iter_item(&it, w, off);
         CAT(unary_bwd_row, SUF)(op, pdx + off[0], it.inner_stride[0], pdy + off[1], it.inner_stride[1],
                                 px ? px + off[2] : NULL, it.inner_stride[2], py ? py + off[3] : NULL, it.inner_stride[3],
-                                it.inner, p);
+                                len, p);
     }
 }
 
@@ -152,23 +144,13 @@ static void CAT(binary_run, SUF)(enum binary_op op, struct tensor *out, const st
     cpu_iter_init(&it, 3, ts);
     T *po = CPU_PTR(T, out);
     const T *pa = CPU_PTR(const T, a), *pb = CPU_PTR(const T, b);
-    if (it.outer == 1) {
-        int64_t n = it.inner, chunk = 16384, nchunks = (n + chunk - 1) / chunk;
-#pragma omp parallel for schedule(static) if (n >= CPU_PAR_MIN)
-        for (int64_t c = 0; c < nchunks; c++) {
-            int64_t s = c * chunk, len = n - s < chunk ? n - s : chunk;
-            CAT(binary_row, SUF)(op, po + it.base[0] + s * it.inner_stride[0], it.inner_stride[0],
-                                 pa + it.base[1] + s * it.inner_stride[1], it.inner_stride[1],
-                                 pb + it.base[2] + s * it.inner_stride[2], it.inner_stride[2], len);
-        }
-        return;
-    }
+    const int64_t items = cpu_iter_items(&it);
 #pragma omp parallel for schedule(static) if (it.outer * it.inner >= CPU_PAR_MIN)
-    for (int64_t o = 0; o < it.outer; o++) {
+    for (int64_t w = 0; w < items; w++) {
         int64_t off[4];
-        cpu_iter_offsets(&it, o, off);
+        const int64_t len = cpu_iter_item(&it, w, off);
         CAT(binary_row, SUF)(op, po + off[0], it.inner_stride[0], pa + off[1], it.inner_stride[1], pb + off[2],
-                             it.inner_stride[2], it.inner);
+                             it.inner_stride[2], len);
     }
 }
 
@@ -179,11 +161,12 @@ static void CAT(where_run, SUF)(struct tensor *out, const struct tensor *cond, c
     cpu_iter_init(&it, 4, ts);
     T *po = CPU_PTR(T, out);
     const T *pc = CPU_PTR(const T, cond), *pa = CPU_PTR(const T, a), *pb = CPU_PTR(const T, b);
-#pragma omp parallel for schedule(static) if (it.outer * it.inner >= CPU_PAR_MIN && it.outer > 1)
-    for (int64_t o = 0; o < it.outer; o++) {
+    const int64_t items = cpu_iter_items(&it);
+#pragma omp parallel for schedule(static) if (it.outer * it.inner >= CPU_PAR_MIN)
+    for (int64_t w = 0; w < items; w++) {
         int64_t off[4];
-        cpu_iter_offsets(&it, o, off);
-        for (int64_t i = 0; i < it.inner; i++)
+        const int64_t len = cpu_iter_item(&it, w, off);
+        for (int64_t i = 0; i < len; i++)
             po[off[0] + i * it.inner_stride[0]] = pc[off[1] + i * it.inner_stride[1]] != 0
                                                       ? pa[off[2] + i * it.inner_stride[2]]
                                                       : pb[off[3] + i * it.inner_stride[3]];
