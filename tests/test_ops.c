@@ -1,6 +1,7 @@
 /* test_ops.c — gradient checks and reference checks of the core ops: elementwise,
  * broadcasting, reductions, views, matmul, linear, softmax, embedding, losses, dropout. */
 #include "tests/harness.h"
+#include "tensor/cpu/cpu.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -496,6 +497,67 @@ START_TEST(test_long_rows)
 }
 END_TEST
 
+/* ---------------------------------------------------------------- vector GELU / SiLU */
+
+/* f32 GELU and SiLU on contiguous rows go through libmvec (tensor/cpu/vecmath.c) where the
+ * build has it. Against the scalar loops and a float64 reference: the error of f(x) is bounded
+ * by a few f32 roundoffs scaled by (|x| + 1) (erf and exp are accurate to a few ulp; GELU's
+ * 1 + erf loses the rest for x << 0 either way). Row lengths around the vector width check the
+ * padded tail; the same values at another offset must give the same bits. */
+static double f64_act(enum unary_op op, double x, double g, bool bwd)
+{
+    if (op == UNARY_GELU)
+        return bwd ? g * (0.5 * (1 + erf(x / sqrt(2))) + x * exp(-0.5 * x * x) / sqrt(2 * M_PI)) : 0.5 * x * (1 + erf(x / sqrt(2)));
+    const double s = 1 / (1 + exp(-x));
+    return bwd ? g * s * (1 + x * (1 - s)) : x * s;
+}
+
+START_TEST(test_vec_act)
+{
+    LEAK_CHECK_BEGIN();
+    static const int64_t lens[] = {1, 3, 4, 5, 7, 8, 9, 15, 16, 17, 1000, 3 * 16384 + 123};
+    const enum unary_op ops[2] = {UNARY_GELU, UNARY_SILU};
+    float probe_in[8] = {0}, probe_out[8];
+    printf("vector GELU/SiLU path: %s\n", cpu_vec_unary_f32(UNARY_GELU, probe_out, 1, probe_in, 1, 8) ? "libmvec" : "none (scalar loops)");
+    const double eps = 0x1p-24;
+    for (size_t li = 0; li < sizeof lens / sizeof *lens; li++)
+        for (int k = 0; k < 2; k++) {
+            tensor_scope_begin();
+            const int64_t n = lens[li];
+            struct tensor *buf = test_uniform(DTYPE_F32, TENSOR_SHAPE(n + 1), -9, 9), *g = test_uniform(DTYPE_F32, TENSOR_SHAPE(n), -1, 1);
+            struct tensor *x = tensor_narrow(buf, 0, 0, n), *x1 = tensor_narrow(buf, 0, 1, n);
+            tensor_set_flat(x, 0, 0.0);
+            struct tensor *xs = tensor_empty(DTYPE_F32, TENSOR_SHAPE(n + 1), DEVICE_CPU), *xs1 = tensor_narrow(xs, 0, 1, n);
+            ck_assert_int_eq(cpu()->copy(xs1, x), STATUS_OK);   /* x's values one element further on */
+            struct tensor *y[2], *d[2], *y1 = tensor_empty(DTYPE_F32, TENSOR_SHAPE(n), DEVICE_CPU);
+            for (int base = 0; base < 2; base++) {
+                cpu_elementwise_baseline_only(base);
+                y[base] = tensor_empty(DTYPE_F32, TENSOR_SHAPE(n), DEVICE_CPU);
+                d[base] = tensor_empty(DTYPE_F32, TENSOR_SHAPE(n), DEVICE_CPU);
+                ck_assert_int_eq(cpu()->unary(ops[k], y[base], x, NULL), STATUS_OK);
+                ck_assert_int_eq(cpu()->unary_backward(ops[k], d[base], g, x, NULL, NULL), STATUS_OK);
+            }
+            cpu_elementwise_baseline_only(false);
+            ck_assert_int_eq(cpu()->unary(ops[k], y1, xs1, NULL), STATUS_OK);
+            for (int64_t i = 0; i < n; i++) {
+                const double xv = tensor_get_flat(x, i), gv = tensor_get_flat(g, i), b = 8 * eps * (fabs(xv) + 1);
+                const double rf = f64_act(ops[k], xv, 0, false), rb = f64_act(ops[k], xv, gv, true);
+                for (int base = 0; base < 2; base++) {
+                    ck_assert_msg(fabs(tensor_get_flat(y[base], i) - rf) <= b, "%s n=%lld x=%.9g %s: %.9g vs %.9g", k ? "silu" : "gelu",
+                                  (long long)n, xv, base ? "scalar" : "vector", tensor_get_flat(y[base], i), rf);
+                    ck_assert_msg(fabs(tensor_get_flat(d[base], i) - rb) <= 2 * b, "%s backward n=%lld x=%.9g g=%.9g %s: %.9g vs %.9g",
+                                  k ? "silu" : "gelu", (long long)n, xv, gv, base ? "scalar" : "vector", tensor_get_flat(d[base], i), rb);
+                }
+                ck_assert_msg(tensor_get_flat(y1, i) == tensor_get_flat(y[0], i), "%s n=%lld: element %lld differs one place on",
+                              k ? "silu" : "gelu", (long long)n, (long long)i);
+            }
+            (void)x1;
+            tensor_scope_end();
+        }
+    LEAK_CHECK_END();
+}
+END_TEST
+
 int main(void)
 {
     test_seed();
@@ -507,6 +569,7 @@ int main(void)
     tcase_add_loop_test(tc, test_binary, 0, sizeof binary_cases / sizeof *binary_cases);
     tcase_add_test(tc, test_where);
     tcase_add_test(tc, test_long_rows);
+    tcase_add_test(tc, test_vec_act);
     tcase_add_loop_test(tc, test_reduce, 0, sizeof reduce_cases / sizeof *reduce_cases);
     tcase_add_test(tc, test_reduce_values);
     tcase_add_loop_test(tc, test_views, 0, 8);

@@ -7,6 +7,7 @@
 
 #include <omp.h>
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -90,6 +91,13 @@ static inline int64_t cpu_iter_item(const struct cpu_iter *it, int64_t w, int64_
 }
 
 #define CPU_PTR(T, t) ((T *)(t)->storage->data)
+
+/* vecmath.c: f32 GELU and SiLU (forward, backward) on a contiguous row with libmvec; false
+ * when it does not apply (another op, a stride, no libmvec, or baseline-only for tests) */
+bool cpu_vec_unary_f32(enum unary_op op, float *o, int64_t so, const float *a, int64_t sa, int64_t n);
+bool cpu_vec_unary_bwd_f32(enum unary_op op, float *dx, int64_t sdx, const float *dy, int64_t sdy, const float *x,
+                           int64_t sx, int64_t n);
+void cpu_elementwise_baseline_only(bool on);   /* tests: the scalar loops only */
 
 /* kernels (one file each family) */
 enum status cpu_copy(struct tensor *dst, const struct tensor *src);

@@ -5,14 +5,18 @@
 
 #define T float
 #define SUF f32
+#define VEC_F32 1   /* GELU and SiLU rows may take vecmath.c */
 #include "tensor/cpu/elementwise_impl.h"
 #undef T
 #undef SUF
+#undef VEC_F32
 #define T double
 #define SUF f64
+#define VEC_F32 0
 #include "tensor/cpu/elementwise_impl.h"
 #undef T
 #undef SUF
+#undef VEC_F32
 
 static enum status same_dtype(const struct tensor *a, const struct tensor *b, const char *op)
 {

@@ -8,6 +8,9 @@
 /* ---- unary forward: one loop per op so the compiler sees a plain body */
 static void CAT(unary_row, SUF)(enum unary_op op, T *po, int64_t so, const T *pa, int64_t sa, int64_t n, const double *p)
 {
+#if VEC_F32
+    if (cpu_vec_unary_f32(op, po, so, pa, sa, n)) return;
+#endif
 #define LOOP(EXPR) for (int64_t i = 0; i < n; i++) { T x = pa[i * sa]; po[i * so] = (EXPR); } break
     const T p0 = p ? (T)p[0] : (T)0, p1 = p ? (T)p[1] : (T)0;
     const T k_sqrt1_2 = (T)0.70710678118654752440, k_gelu = (T)0.79788456080286535588;
@@ -43,6 +46,9 @@ static void CAT(unary_bwd_row, SUF)(enum unary_op op, T *pdx, int64_t sdx, const
 {
 #define LOOP(EXPR) for (int64_t i = 0; i < n; i++) { T g = pdy[i * sdy]; T x = px ? px[i * sx] : (T)0; \
                                                      T y = py ? py[i * sy] : (T)0; (void)x; (void)y; pdx[i * sdx] = (EXPR); } break
+#if VEC_F32
+    if (cpu_vec_unary_bwd_f32(op, pdx, sdx, pdy, sdy, px, sx, n)) return;
+#endif
     const T p0 = p ? (T)p[0] : (T)0, p1 = p ? (T)p[1] : (T)0;
     const T k_sqrt1_2 = (T)0.70710678118654752440, k_gelu = (T)0.79788456080286535588;
     const T k_inv_sqrt2pi = (T)0.39894228040143267794;
