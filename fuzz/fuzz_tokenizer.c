@@ -7,6 +7,7 @@
  * consistency: both calls agree, the 77 ids are framed bos / content / eos..., every id is in the
  * vocabulary, invalid UTF-8 is an error for both, decoding what was tokenized succeeds.
  * Build and run: see fuzz/README.md. */
+#define FUZZ_NAME "fuzz_tokenizer"   /* names the target in CHECK's message */
 #include "fuzz/tiny_vocab.h"
 
 static struct clip_tokenizer *tok;
@@ -32,14 +33,6 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
             dir && *dir ? "DRAFT_PARITY_DIR" : "in-memory");
     return 0;
 }
-
-#define CHECK(c)                                                                          \
-    do {                                                                                  \
-        if (!(c)) {                                                                       \
-            fprintf(stderr, "fuzz_tokenizer: check failed: %s (%s:%d)\n", #c, __FILE__, __LINE__); \
-            abort();                                                                      \
-        }                                                                                 \
-    } while (0)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

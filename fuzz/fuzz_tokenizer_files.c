@@ -7,15 +7,8 @@
  * works: bos/eos and every byte token in the vocabulary, and a few prompts tokenize to ids inside
  * it and decode again. Seed: FUZZ_SEED_OUT=<file> writes the tiny vocabulary's pair of files in
  * this format before fuzzing starts. Build and run: see fuzz/README.md. */
+#define FUZZ_NAME "fuzz_tokenizer_files"   /* names the target in CHECK's message */
 #include "fuzz/tiny_vocab.h"
-
-#define CHECK(c)                                                                                          \
-    do {                                                                                                  \
-        if (!(c)) {                                                                                       \
-            fprintf(stderr, "fuzz_tokenizer_files: check failed: %s (%s:%d)\n", #c, __FILE__, __LINE__); \
-            abort();                                                                                      \
-        }                                                                                                 \
-    } while (0)
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {

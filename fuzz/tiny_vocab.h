@@ -1,5 +1,5 @@
 /* tiny_vocab.h — shared by the tokenizer fuzz targets: stand-ins for tensor.c's error
- * reporting (the targets compile only tokenizer.c) and a small in-memory CLIP vocabulary (the
+ * reporting (the targets compile only tokenizer.c), CHECK (define FUZZ_NAME first) and a small in-memory CLIP vocabulary (the
  * 512 byte tokens, a few dozen merges, the two specials). Static functions: include it once. */
 #ifndef DRAFT_FUZZ_TINY_VOCAB_H
 #define DRAFT_FUZZ_TINY_VOCAB_H
@@ -10,6 +10,15 @@
 #include <string.h>
 
 #include "diffusion/tokenizer.h"
+
+/* a failed consistency check: say which and abort, so libFuzzer (or replay.c) keeps the input */
+#define CHECK(c)                                                                                      \
+    do {                                                                                              \
+        if (!(c)) {                                                                                   \
+            fprintf(stderr, FUZZ_NAME ": check failed: %s (%s:%d)\n", #c, __FILE__, __LINE__); \
+            abort();                                                                                  \
+        }                                                                                             \
+    } while (0)
 
 /* The tokenizer reports errors through tensor.c; the fuzz build compiles only tokenizer.c, so
  * these two stand in for it. */
