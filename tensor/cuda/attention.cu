@@ -227,7 +227,7 @@ enum status dq_partials_run(const dims &dm, int ntiles, int bn, int bmk, opnd<fl
     struct tensor *part;
     for (;;) {
         int64_t n = hc * per_head;
-        if ((part = tensor_empty(DTYPE_F32, 1, &n, DEVICE_CUDA))) break;
+        if ((part = tensor_keep(tensor_empty(DTYPE_F32, 1, &n, DEVICE_CUDA)))) break;   /* ours: freed below, not by a scope */
         tensor_clear_error();
         if (hc == 1) return STATUS_OK;
         hc = (hc + 1) / 2;
