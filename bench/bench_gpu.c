@@ -27,16 +27,16 @@ static void set_switches(const char *on)
     for (size_t i = 0; i < N_SWITCHES; i++) setenv(g_switches[i], on && !strcmp(on, g_switches[i]) ? "1" : "0", 1);
 }
 
-/* `bench_gpu defaults` / `bench_gpu variants [GROUP]`: only the rows of the default kernels, or
+/* `bench_gpu defaults` / `bench_gpu variants [GROUP]`: only the base rows (every switch off), or
  * only those with a switch on or the group_norm cluster size forced (with GROUP: only those of
  * that switch, or DRAFT_GN_CLUSTER; `bench_gpu groups` lists them). gpu-check runs the defaults
- * and each group as separate processes, so that a fault in an opt-in kernel (which fails every
- * later CUDA call of its process) takes neither the default rows nor another switch's with it. */
-static int g_which;             /* 0: every row, 1: defaults, 2: variants */
+ * and each group as separate processes, so that a fault in a switch's kernel (which fails every
+ * later CUDA call of its process) takes neither the base rows nor another switch's with it. */
+static int g_which;             /* 0: every row, 1: base rows, 2: variants */
 static const char *g_group;     /* with 2: only this group's rows (NULL: all) */
 
 /* the group of the row about to run: the first switch that is on, else DRAFT_GN_CLUSTER when it
- * is set, else NULL (a default row) */
+ * is set, else NULL (a base row) */
 static const char *row_group(void)
 {
     for (size_t i = 0; i < N_SWITCHES; i++) {
@@ -387,7 +387,7 @@ int main(int argc, char **argv)
     if (ms > 0) printf("RESULT copy_10M_burst20 %.3f %.1f GB/s\n", ms, 2.0 * 2 * 320 * 64 * 64 * 4 / ms / 1e6);
     release(&a);
 
-    /* attention B=2, 8 heads, L=4096, d=40: the default kernels; fwd+bwd again with the fused dQ
+    /* attention B=2, 8 heads, L=4096, d=40: the SIMT kernels; fwd+bwd again with the fused dQ
      * backward; under bf16 autocast on tensor cores (torch: autocast, its bf16 flash kernels); in
      * f32 on tensor cores, 3xTF32 (torch: its f32 kernels) */
     const struct {

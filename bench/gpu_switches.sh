@@ -3,8 +3,17 @@
 # test_cuda cases (ok / failed, by their label tags) and its benchmark rows against the rows of
 # the kernels it replaces (ours ms, variant / base), then whether it can become the default: every
 # case passed and no row slower than 1.02x of its base. Making it the default is changing the
-# `def` of its cuda_switch call (the file named on its line).
-awk '
+# `def` of its cuda_switch call (the file named on its line); the line says what that def is now
+# (opt-in, default, or an expression: by size), read from the source.
+cd "$(dirname "$0")/.."
+defs=""
+for sw in DRAFT_ATTN_MMA DRAFT_ATTN_FUSED_DQ DRAFT_GN_FUSED_BWD DRAFT_CONV_ROWSHIFT DRAFT_CONV_PIPELINE \
+          DRAFT_CONV_IMPLICIT DRAFT_MATMUL_FAST_BF16; do
+    d=$(grep -ho "cuda_switch(\"$sw\", [^)]*)" tensor/cuda/*.cu | head -n 1 | sed 's/.*", //; s/)$//')
+    case "$d" in false) d=opt-in ;; true) d=default ;; "") d=unknown ;; *) d="by size" ;; esac
+    defs="$defs$sw=$d;"
+done
+awk -v defs="$defs" '
 FNR == NR {   # test_cuda lines: "cuda <label> <dtype> fwd rel=... bwd rel=... ok|FAILED"
     if ($1 != "cuda") next
     for (i = 1; i <= ns; i++) if ($2 ~ pat[i]) { if ($0 ~ / ok$/) ok[i]++; else bad[i]++ }
@@ -21,6 +30,8 @@ BEGIN {
     sw[6] = "DRAFT_CONV_IMPLICIT"; pat[6] = "implicit";         file[6] = "tensor/cuda/conv2d.cu"
     sw[7] = "DRAFT_MATMUL_FAST_BF16"; pat[7] = "fast16bf";      file[7] = "tensor/cuda/matmul.cu"
     # variant row = base row + suffix
+    n = split(defs, dv, ";")
+    for (i = 1; i <= n; i++) if (dv[i] != "") { split(dv[i], kv, "="); now[kv[1]] = kv[2] }
     suf[1] = "_mma"; suf[2] = "_fused_dq"; suf[3] = "_fused_bwd"; suf[4] = "_rowshift"; suf[5] = "_pipe"; suf[6] = "_implicit"; suf[7] = "_fast16bf"
 }
 END {
@@ -34,7 +45,11 @@ END {
             if (r > worst) worst = r
             rows = rows sprintf(" %s %.3f/%.3f=%.2f;", base, ms[k], ms[base], r)
         }
-        verdict = (bad[i] + 0 == 0 && ok[i] + 0 > 0 && nrow > 0 && worst <= 1.02) ? "make default (" file[i] ")" : "keep opt-in"
-        printf "%-22s tests %d ok %d failed; rows (variant/base ms):%s -> %s\n", sw[i], ok[i], bad[i], rows == "" ? " none" : rows, verdict
+        good = bad[i] + 0 == 0 && ok[i] + 0 > 0 && nrow > 0 && worst <= 1.02
+        if (now[sw[i]] == "opt-in") verdict = good ? "make default (" file[i] ")" : "keep opt-in"
+        else if (now[sw[i]] == "default") verdict = good ? "keep default" : "default, but check: make opt-in again? (" file[i] ")"
+        else verdict = "keep as it is (" now[sw[i]] ", " file[i] ")"
+        printf "%-22s [%s] tests %d ok %d failed; rows (variant/base ms):%s -> %s\n", sw[i], now[sw[i]], ok[i], bad[i],
+               rows == "" ? " none" : rows, verdict
     }
 }' "$1" "$2"

@@ -27,7 +27,9 @@ if [ "${1:-}" = --prepare ]; then
     for f in .deps/debs/*.deb; do dpkg -x "$f" "$ROOT"; done
     # keep what the build needs: no static archives, docs, or the separate LAPACK
     find "$ROOT" -name '*.a' ! -name 'libcheck_pic.a' -delete   # Check ships only a static library
-    rm -rf "$ROOT/usr/share" "$ROOT"/usr/lib/x86_64-linux-gnu/openblas-openmp/{libblas.so*,liblapack.so*,cmake} .deps/debs
+    # libzip needs libssl3's libcrypto only: its libssl and modules would take the carry's last MiB
+    rm -rf "$ROOT/usr/share" "$ROOT"/usr/lib/x86_64-linux-gnu/openblas-openmp/{libblas.so*,liblapack.so*,cmake} .deps/debs \
+        "$ROOT"/usr/lib/x86_64-linux-gnu/{libssl.so*,engines-3,ossl-modules}
     du -sh .deps
     exit 0
 fi
@@ -92,7 +94,7 @@ else
 fi
 grep -E "^cuda .*(FAIL|fail)" "$OUTDIR/testlog.txt" | head -40
 cuda_ok=$(grep -cE '^cuda .* ok' "$OUTDIR/testlog.txt"); cuda_bad=$(grep -cE '^cuda .*(FAIL|fail)' "$OUTDIR/testlog.txt")
-# a failed run again without the opt-in switches' cases: do the default kernels pass on their own?
+# a failed run again without the switches' own cases: do the default kernels pass on their own?
 # (a device fault in one kernel makes every later CUDA call fail)
 defaults=""
 if [ $test_rc -ne 0 ] && [ -x build-gpu/tests/test_cuda ] && fits 150 "test_cuda, defaults only"; then
@@ -109,8 +111,8 @@ echo "tests: $(( $(date +%s) - t0 )) s"
 # end-to-end runs: the issue's targets are read from them
 bench_rc=0
 if [ -x build-gpu/bench/bench_gpu ] && [ "${GPU_CHECK_BENCH:-1}" = 1 ]; then
-    # the default kernels' rows first, then PyTorch's, then each switch's in a process of its own:
-    # a fault in an opt-in kernel fails every later CUDA call of its process, and must not take
+    # the base rows first (every switch off: the kernels each switch replaces), then PyTorch's, then
+    # each switch's in a process of its own: a fault in a switch's kernel fails every later CUDA call of its process, and must not take
     # other rows with it
     timeout $(cap 150) ./build-gpu/bench/bench_gpu defaults > "$OUTDIR/bench-ours.txt" 2>&1 || bench_rc=$?
     if fits 60 "torch_gpu.py"; then timeout $(cap 150) python3 bench/torch_gpu.py > "$OUTDIR/bench-torch.txt" 2>&1; fi
@@ -154,13 +156,16 @@ if [ -f "$PARITY/sd14/unet.config.json" ] && [ "${GPU_CHECK_SD14:-1}" = 1 ]; the
         fits 60 "sd14 step $args" || continue
         sd14_step "" $args
     done
-    # the TF32 and bf16 steps again with the opt-in kernels that bear on them switched on: what
-    # making them the default would give end to end (last, so that a fault in one costs nothing else)
-    for pr in tf32 bf16; do
-        fits 60 "sd14 step $pr with opt-ins" || continue
-        DRAFT_ATTN_MMA=1 DRAFT_CONV_IMPLICIT=1 DRAFT_MATMUL_FAST_BF16=1 \
-            sd14_step "opt-ins on (ATTN_MMA, CONV_IMPLICIT, MATMUL_FAST_BF16): " --batch 4 --steps 50 --reward-vit --precision $pr
-    done
+    # the TF32 and bf16 steps again with the switches that bear on them as they were before they
+    # became defaults (H200, 2026-11-27): what each default gives end to end (last, so that a
+    # fault costs nothing else)
+    if fits 60 "sd14 step tf32, SIMT attention"; then
+        DRAFT_ATTN_MMA=0 DRAFT_ATTN_FUSED_DQ=0 \
+            sd14_step "SIMT attention (ATTN_MMA=0, ATTN_FUSED_DQ=0): " --batch 4 --steps 50 --reward-vit --precision tf32
+    fi
+    if fits 60 "sd14 step bf16, packed copies"; then
+        DRAFT_MATMUL_FAST_BF16=0 sd14_step "packed bf16 copies (MATMUL_FAST_BF16=0): " --batch 4 --steps 50 --reward-vit --precision bf16
+    fi
     # GPU_CHECK_PROFILE=1: the TF32 and bf16 steps again under DRAFT_PROFILE=shapes (tensor/profile.h):
     # time per op kind and per shape, in $OUT/sd14-profile-*.txt, the top of each in the summary
     for pr in tf32 bf16; do

@@ -40,9 +40,9 @@ static const struct opt opts[] = {
     {"dtype", K_DTYPE, F(dtype), "dtype of the frozen base weights: f32 or bf16 (bf16 halves their memory; activations, LoRA and AdamW stay f32)"},
     {"device", K_DEVICE, F(device), "cpu or cuda: where the model, LoRA, optimiser and reward run (cuda needs a build "
                                     "with the CUDA backend and a GPU)"},
-    {"precision", K_PRECISION, F(precision), "the GPU's matrix products (matmul, conv): f32 (exact), tf32 (tensor cores) "
-                                             "or bf16 (autocast: bf16 operands, f32 accumulation; norms, softmax and "
-                                             "attention stay f32); the CPU always computes in f32"},
+    {"precision", K_PRECISION, F(precision), "the GPU's matrix products (matmul, conv, attention): f32 (exact), tf32 "
+                                             "(tensor cores) or bf16 (autocast: bf16 operands, f32 accumulation; norms "
+                                             "and softmax stay f32); the CPU always computes in f32"},
     {"method", K_METHOD, F(method.method), "full | k | lv | refl | alignprop"},
     {"k", K_INT, F(method.k), "DRaFT-K: differentiate the last k sampling steps"},
     {"lv-n", K_INT, F(method.lv_n), "DRaFT-LV: re-noised copies of the final latent"},

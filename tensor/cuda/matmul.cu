@@ -99,8 +99,15 @@ static enum status gemm_run(enum dtype dt, bool a_bf16, bool b_bf16, bool trans_
     struct tensor *abuf = NULL, *bbuf = NULL;
     enum status s = STATUS_OK;
     if (dt == DTYPE_F32 && tensor_precision() == PRECISION_TF32) ct = CUBLAS_COMPUTE_32F_FAST_TF32;
+    /* DRAFT_MATMUL_FAST_BF16 unset: FAST_16BF where a side of the product is at most 1280, the
+     * packed copies else. H200, 2026-11-27: a DRaFT-LV step of SD 1.4 under autocast (every GEMM
+     * has such a side: widths 320-1280 in the UNet, 768 and 1024 in the encoders) took 5.29 s
+     * with FAST_16BF against 6.31 s with the copies, and the feed-forward product [8192,320] x
+     * [320,2560] 0.075 against 0.082 ms; but 8192^3 took 2.77 against 2.34 ms, so a large square
+     * product keeps the copies. The crossover between is not measured. */
+    const int64_t side = m < n ? (m < k ? m : k) : (n < k ? n : k);
     if (dt == DTYPE_F32 && !a_bf16 && !b_bf16 && tensor_precision() == PRECISION_BF16 &&
-        cuda_switch("DRAFT_MATMUL_FAST_BF16", false)) {
+        cuda_switch("DRAFT_MATMUL_FAST_BF16", side <= 1280)) {
         /* cuBLAS rounds the f32 operands itself as it loads them (to bf16, or where it prefers to
          * TF32): no packed copies, no extra pass over either operand */
         ct = CUBLAS_COMPUTE_32F_FAST_16BF;

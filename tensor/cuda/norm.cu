@@ -550,8 +550,9 @@ void group_norm_fused(bool *done, float *out, float *mean, float *rstd, const fl
                               out, mean, rstd, x, w, b, C, cg, (int)HW, (int)ge, chunk, eps);
 }
 
-/* DRAFT_GN_FUSED_BWD=1: the one-pass input gradient (opt-in until measured on a GPU) */
-bool fused_bwd_enabled() { return cuda_switch("DRAFT_GN_FUSED_BWD", false); }
+/* the one-pass input gradient: the default (DRAFT_GN_FUSED_BWD=0 turns it off). H200, 2026-11-27,
+ * [2,320,64,64] fwd+bwd: 0.048 ms against 0.052 of the five-pass backward */
+bool fused_bwd_enabled() { return cuda_switch("DRAFT_GN_FUSED_BWD", true); }
 
 /* the one-pass input gradient when it applies (f32, dx wanted); it also writes ab (the per-plane
  * sums the dw/db kernel reads). *done tells whether it ran. */
