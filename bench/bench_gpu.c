@@ -46,6 +46,21 @@ static const char *row_group(void)
     return getenv("DRAFT_GN_CLUSTER") ? "DRAFT_GN_CLUSTER" : NULL;
 }
 
+/* BENCH_GPU_ONLY=NAME[,NAME...]: run only those rows, each once after a warm-up call, inside the
+ * profiler's window (cuda_profiler_mark), for `ncu --profile-from-start off` (gpu-check's ncu
+ * step); nothing is timed */
+static const char *g_only;
+
+#ifdef TENSOR_HAVE_CUDA
+static bool only_wanted(const char *name)
+{
+    const size_t n = strlen(name);
+    for (const char *p = g_only; (p = strstr(p, name)); p += n)
+        if ((p == g_only || p[-1] == ',') && (p[n] == ',' || p[n] == '\0')) return true;
+    return false;
+}
+#endif
+
 static bool row_wanted(void)
 {
     const char *grp = row_group();
@@ -77,6 +92,23 @@ typedef enum status (*bench_fn)(void *ctx);
 static double time_burst(const char *name, bench_fn fn, void *ctx, int warm, int reps, int burst)
 {
     if (!row_wanted()) return -1;
+#ifdef TENSOR_HAVE_CUDA
+    if (g_only) {   /* profiling: one warm-up call, then the profiler's window around `burst` calls */
+        if (!only_wanted(name)) return -1;
+        enum status s = STATUS_OK;
+        for (int i = 0; i < 2 && !s; i++) {
+            if (i == 1) s = cuda_profiler_mark(true);
+            for (int k = 0; k < (i ? burst : 1) && !s; k++) {
+                tensor_scope_begin();
+                s = fn(ctx);
+                tensor_scope_end();
+            }
+        }
+        enum status s2 = cuda_profiler_mark(false);
+        printf("PROFILED %s %s\n", name, s || s2 ? tensor_error() : "ok");
+        return -1;
+    }
+#endif
     double t[64];
     if (reps > 64) reps = 64;
     for (int i = 0; i < warm + reps; i++) {
@@ -212,6 +244,7 @@ int main(int argc, char **argv)
     }
     g_which = argc < 2 ? 0 : !strcmp(argv[1], "defaults") ? 1 : 2;
     g_group = argc == 3 ? argv[2] : NULL;
+    g_only = getenv("BENCH_GPU_ONLY") && *getenv("BENCH_GPU_ONLY") ? getenv("BENCH_GPU_ONLY") : NULL;
 #ifndef TENSOR_HAVE_CUDA
     printf("bench_gpu: built without CUDA\n");
     return 0;

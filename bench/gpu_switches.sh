@@ -5,11 +5,11 @@
 # case passed and no row slower than 1.02x of its base. Making it the default is changing the
 # `def` of its cuda_switch call (the file named on its line); the line says what that def is now
 # (opt-in, default, or an expression: by size), read from the source.
-cd "$(dirname "$0")/.."
-defs=""
-for sw in DRAFT_ATTN_MMA DRAFT_ATTN_FUSED_DQ DRAFT_GN_FUSED_BWD DRAFT_CONV_ROWSHIFT DRAFT_CONV_PIPELINE \
+# GPU_SWITCHES_DEFS="NAME=opt-in;NAME=default;..." stands in for the source (tests/test_gpu_scripts.sh)
+defs=${GPU_SWITCHES_DEFS:-}
+[ -n "$defs" ] || for sw in DRAFT_ATTN_MMA DRAFT_ATTN_FUSED_DQ DRAFT_GN_FUSED_BWD DRAFT_CONV_ROWSHIFT DRAFT_CONV_PIPELINE \
           DRAFT_CONV_IMPLICIT DRAFT_MATMUL_FAST_BF16; do
-    d=$(grep -ho "cuda_switch(\"$sw\", [^)]*)" tensor/cuda/*.cu | head -n 1 | sed 's/.*", //; s/)$//')
+    d=$(grep -ho "cuda_switch(\"$sw\", [^)]*)" "$(dirname "$0")"/../tensor/cuda/*.cu | head -n 1 | sed 's/.*", //; s/)$//')
     case "$d" in false) d=opt-in ;; true) d=default ;; "") d=unknown ;; *) d="by size" ;; esac
     defs="$defs$sw=$d;"
 done

@@ -1,5 +1,7 @@
 """PyTorch side of bench_gpu.c: the same cases, same names, median of timed repetitions
 measured with CUDA events after warm-up. Prints RESULT lines."""
+import math
+import os
 import statistics
 import torch
 import torch.nn.functional as F
@@ -7,8 +9,24 @@ import torch.nn.functional as F
 dev = "cuda"
 
 
-def timed(fn, warm, reps, burst=1):
+# BENCH_ONLY=NAME[,NAME...]: only those rows, each once after a warm-up call inside the profiler's
+# window (torch.cuda.profiler.start / stop), for `ncu --profile-from-start off`; nothing is timed
+ONLY = [n for n in os.environ.get("BENCH_ONLY", "").split(",") if n]
+
+
+def timed(fn, warm, reps, burst=1, name=""):
     """median over reps of the event time of `burst` back-to-back calls, divided by burst"""
+    if ONLY:
+        if name in ONLY:
+            fn()
+            torch.cuda.synchronize()
+            torch.cuda.profiler.start()
+            for _ in range(burst):
+                fn()
+            torch.cuda.synchronize()
+            torch.cuda.profiler.stop()
+            print(f"PROFILED {name} ok", flush=True)
+        return math.nan
     ts = []
     for i in range(warm + reps):
         s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -30,7 +48,7 @@ def main():
         """one product a @ b: exact f32, TF32, or under autocast to bf16"""
         torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=mode == "autocast"):
-            ms = timed(lambda: a @ b, warm, reps)
+            ms = timed(lambda: a @ b, warm, reps, name=name)
         print(f"RESULT {name} {ms:.3f} {flops / ms / 1e9:.1f} TFLOP/s")
 
     flops = 2 * 8192 ** 3
@@ -63,7 +81,7 @@ def main():
                     y.backward(g)
             mode = "_autocast" if i == 3 else "_f32" if i == 4 else ""
             name = f"conv2d_{C}c_{S}px_{'fwdbwd' if bw else 'fwd'}{mode}"
-            ms = timed(run, 3, 20)
+            ms = timed(run, 3, 20, name=name)
             f = 2.0 * 2 * C * S * S * C * 9 * (3 if bw else 1)
             # the same reference for the rows of our opt-in variants (bench_gpu.c's list)
             suffixes = ("_pipe", "_rowshift", "_implicit") if i == 3 else ("_implicit",) if i == 4 else \
@@ -81,7 +99,7 @@ def main():
             y = F.group_norm(x, 32, w, bias, 1e-5)
             if bw:
                 y.backward(g)
-        ms = timed(run, 3, 20)
+        ms = timed(run, 3, 20, name=f"group_norm_{'fwdbwd' if bw else 'fwd'}")
         byts = 2.0 * 320 * 64 * 64 * 4 * (5 if bw else 2)
         print(f"RESULT group_norm_{'fwdbwd' if bw else 'fwd'} {ms:.3f} {byts / ms / 1e6:.1f} GB/s")
         if bw:  # the same reference for our one-pass backward's row
@@ -97,14 +115,14 @@ def main():
             y = F.group_norm(xs[r], 32, w, bias, 1e-5)
             if bw:
                 y.backward(gs[r])
-        ms = timed(run_rot, 3, 20, 20)
+        ms = timed(run_rot, 3, 20, 20, name=f"group_norm_{'fwdbwd' if bw else 'fwd'}_burst20")
         print(f"RESULT group_norm_{'fwdbwd' if bw else 'fwd'}_burst20 {ms:.3f} {byts / ms / 1e6:.1f} GB/s")
         if bw:
             print(f"RESULT group_norm_fwdbwd_fused_bwd_burst20 {ms:.3f} {byts / ms / 1e6:.1f} GB/s")
         del xs, gs
     x = torch.randn(2, 320, 64, 64, device=dev)
     y = torch.empty_like(x)
-    ms = timed(lambda: y.copy_(x), 3, 20)
+    ms = timed(lambda: y.copy_(x), 3, 20, name="copy_10M")
     print(f"RESULT copy_10M {ms:.3f} {2.0 * x.numel() * 4 / ms / 1e6:.1f} GB/s")
     xs = [torch.randn(2, 320, 64, 64, device=dev) for _ in range(8)]
     ys = [torch.empty_like(x) for _ in range(8)]
@@ -114,7 +132,7 @@ def main():
         r = it[0] % 8
         it[0] += 1
         ys[r].copy_(xs[r])
-    ms = timed(copy_rot, 3, 20, 20)
+    ms = timed(copy_rot, 3, 20, 20, name="copy_10M_burst20")
     print(f"RESULT copy_10M_burst20 {ms:.3f} {2.0 * x.numel() * 4 / ms / 1e6:.1f} GB/s")
     del xs, ys
     # attention: SD's first level (B 2, 8 heads, L 4096, d 40) with the reference rows of our
@@ -128,9 +146,9 @@ def main():
                 y = F.scaled_dot_product_attention(q, k, v)
                 if bw:
                     y.backward(g)
-            ms = timed(run, 3, 20)
-            f = 4.0 * B * H * L * L * D * (3.5 if bw else 1)
             name = f"{prefix}_{'fwdbwd' if bw else 'fwd'}"
+            ms = timed(run, 3, 20, name=name)
+            f = 4.0 * B * H * L * L * D * (3.5 if bw else 1)
             print(f"RESULT {name} {ms:.3f} {f / ms / 1e9:.1f} TFLOP/s")
             if prefix != "attention":
                 continue
@@ -146,15 +164,15 @@ def main():
                     y = F.scaled_dot_product_attention(q, k, v)
                 if bw:
                     y.backward(gb)
-            ms = timed(run_autocast, 3, 20)
+            ms = timed(run_autocast, 3, 20, name=f"{name}_autocast")
             print(f"RESULT {name}_autocast {ms:.3f} {f / ms / 1e9:.1f} TFLOP/s")
     n = 1 << 26
     a = torch.randn(n, device=dev)
     b = torch.randn(n, device=dev)
     c = torch.empty(n, device=dev)
-    ms = timed(lambda: c.copy_(a), 3, 20)
+    ms = timed(lambda: c.copy_(a), 3, 20, name="copy_64M")
     print(f"RESULT copy_64M {ms:.3f} {2 * n * 4 / ms / 1e6:.1f} GB/s")
-    ms = timed(lambda: torch.add(a, b), 3, 20)
+    ms = timed(lambda: torch.add(a, b), 3, 20, name="add_64M")
     print(f"RESULT add_64M {ms:.3f} {3 * n * 4 / ms / 1e6:.1f} GB/s")
 
 

@@ -12,7 +12,8 @@
 # cp -r ../shared/parity/sd14 shared/parity/, carry "shared/parity"), and then the SD 1.4 step runs.
 # Switches: GPU_CHECK_ALL=1 (every suite), GPU_CHECK_DEMO=0 / GPU_CHECK_SD14=0 / GPU_CHECK_BENCH=0
 # (skip the demo runs / the SD 1.4 steps / the op benchmarks: a quick tests-and-table call),
-# GPU_CHECK_PROFILE=1 (the TF32 and bf16 SD 1.4 steps once more under DRAFT_PROFILE=shapes: time per op and per shape),
+# GPU_CHECK_PROFILE=0 (skip the TF32 and bf16 SD 1.4 steps once more under DRAFT_PROFILE=shapes: time per op and per shape),
+# GPU_CHECK_NCU=0 (skip the last phase: Nsight Compute on the rows that miss their targets, ours and torch's),
 # GPU_CHECK_BUDGET=N (seconds from the start of the build by which the summary must be out; 540 by default).
 # After the build and the tests, the op benchmarks come first (the targets), then the demo
 # and the SD 1.4 steps, each only if it still fits the budget; every program runs under a timeout.
@@ -166,14 +167,35 @@ if [ -f "$PARITY/sd14/unet.config.json" ] && [ "${GPU_CHECK_SD14:-1}" = 1 ]; the
     if fits 60 "sd14 step bf16, packed copies"; then
         DRAFT_MATMUL_FAST_BF16=0 sd14_step "packed bf16 copies (MATMUL_FAST_BF16=0): " --batch 4 --steps 50 --reward-vit --precision bf16
     fi
-    # GPU_CHECK_PROFILE=1: the TF32 and bf16 steps again under DRAFT_PROFILE=shapes (tensor/profile.h):
+    # GPU_CHECK_PROFILE=1 (the default): the TF32 and bf16 steps again under DRAFT_PROFILE=shapes (tensor/profile.h):
     # time per op kind and per shape, in $OUT/sd14-profile-*.txt, the top of each in the summary
     for pr in tf32 bf16; do
-        [ "${GPU_CHECK_PROFILE:-0}" = 1 ] || break
+        [ "${GPU_CHECK_PROFILE:-1}" = 1 ] || break
         fits 90 "sd14 profile $pr" || continue
         DRAFT_PROFILE=shapes timeout $(cap 150) ./build-gpu/bench/bench_sd14_step --device cuda --method lv --batch 4 --steps 50 \
             --reward-vit --precision $pr > "$OUTDIR/sd14-profile-$pr.txt" 2>&1
     done
+fi
+
+# Nsight Compute on the rows that miss their target (GPU_CHECK_NCU=0 skips): one profile per row
+# and side (bench_gpu's BENCH_GPU_ONLY, torch_gpu.py's BENCH_ONLY: the row's calls alone inside the
+# profiler's window), summed up by bench/ncu_summary.py: each kernel's time and what bounds it
+ncu_rows=(conv2d_320c_64px_fwd group_norm_fwd copy_10M attention_fwd_autocast attention_fwd_mma)
+ncu_args=()
+if [ "${GPU_CHECK_NCU:-1}" = 1 ] && command -v ncu > /dev/null && [ -x build-gpu/bench/bench_gpu ]; then
+    for row in "${ncu_rows[@]}"; do
+        for side in ours torch; do
+            [ "$side/$row" = torch/attention_fwd_mma ] && continue   # torch's f32 row is attention_fwd's
+            fits 40 "ncu $side $row" || continue
+            prog=(./build-gpu/bench/bench_gpu); [ $side = torch ] && prog=(python3 bench/torch_gpu.py)
+            BENCH_GPU_ONLY=$row BENCH_ONLY=$row timeout $(cap 60) ncu --profile-from-start off --clock-control none \
+                --section SpeedOfLight --section Occupancy --section LaunchStats --csv --page details "${prog[@]}" \
+                > "$OUTDIR/ncu-$side-$row.csv" 2>&1
+            ncu_args+=("$side:$row" "$OUTDIR/ncu-$side-$row.csv")
+        done
+    done
+    [ ${#ncu_args[@]} -eq 0 ] || python3 bench/ncu_summary.py "${ncu_args[@]}" > "$OUTDIR/ncu-summary.txt" 2>&1
+    echo "ncu: $(( $(date +%s) - t0 )) s"
 fi
 
 echo
@@ -188,6 +210,11 @@ for pr in tf32 bf16; do
     echo "sd14 step, $pr, DRAFT_PROFILE (top 12):"
     grep -A13 "^profile:" "$OUTDIR/sd14-profile-$pr.txt" | head -n 14
 done
+if [ -f "$OUTDIR/ncu-summary.txt" ]; then
+    echo "Nsight Compute, per kernel of each row (ours and torch's):"
+    cat "$OUTDIR/ncu-summary.txt"
+    echo
+fi
 if [ -f "$OUTDIR/bench-ours.txt" ]; then
     bench/join_gpu_bench.sh "$OUTDIR/bench-ours.txt" "$OUTDIR/bench-torch.txt" 2>/dev/null || cat "$OUTDIR/bench-ours.txt"
     echo

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # test_gpu_scripts.sh — the scripts that read a GPU run's output (bench/join_gpu_bench.sh,
-# bench/gpu_targets.sh, bench/gpu_switches.sh), on made-up results, and that scripts/gpu-check.sh
+# bench/gpu_targets.sh, bench/gpu_switches.sh, bench/ncu_summary.py), on made-up results, and that scripts/gpu-check.sh
 # parses, in CI: a GPU session has 15 minutes and must not find them broken. Run from the
 # repository root.
 set -u
@@ -58,16 +58,49 @@ check "targets: a missed one" "$t/targets" '^group_norm_fwdbwd +75% of copy_10M 
 check "targets: the implicit conv row" "$t/targets" '^conv2d_640c_32px_fwd +0\.67x torch .* met +best: conv2d_640c_32px_fwd_implicit$'
 check "targets: a missing row" "$t/targets" '^conv2d_1280c_16px_fwd +no result'
 check "targets: the count" "$t/targets" '^targets: [0-9]+ met, [0-9]+ missed$'
-bench/gpu_switches.sh "$t/testlog" "$t/ours" > "$t/switches" 2>&1
-check "switches: faster everywhere, tests pass" "$t/switches" '^DRAFT_ATTN_MMA +tests 2 ok 0 failed.*make default \(tensor/cuda/attention.cu\)'
-check "switches: a failed case keeps it opt-in" "$t/switches" '^DRAFT_ATTN_FUSED_DQ +tests 0 ok 1 failed.*keep opt-in'
+# every switch opt-in (as they all were before the first GPU run measured them)
+all_optin="DRAFT_ATTN_MMA=opt-in;DRAFT_ATTN_FUSED_DQ=opt-in;DRAFT_GN_FUSED_BWD=opt-in;DRAFT_CONV_ROWSHIFT=opt-in;"
+all_optin="${all_optin}DRAFT_CONV_PIPELINE=opt-in;DRAFT_CONV_IMPLICIT=opt-in;DRAFT_MATMUL_FAST_BF16=opt-in;"
+GPU_SWITCHES_DEFS=$all_optin bench/gpu_switches.sh "$t/testlog" "$t/ours" > "$t/switches" 2>&1
+check "switches: faster everywhere, tests pass" "$t/switches" '^DRAFT_ATTN_MMA +\[opt-in\] tests 2 ok 0 failed.*make default \(tensor/cuda/attention.cu\)'
+check "switches: a failed case keeps it opt-in" "$t/switches" '^DRAFT_ATTN_FUSED_DQ +\[opt-in\] tests 0 ok 1 failed.*keep opt-in'
 check "switches: one slower row keeps it opt-in" "$t/switches" '^DRAFT_CONV_ROWSHIFT .*conv2d_640c_32px_fwd 0\.120/0\.109=1\.10.*keep opt-in'
-check "switches: group_norm" "$t/switches" '^DRAFT_GN_FUSED_BWD +tests 1 ok 0 failed.*=0\.80;.*make default \(tensor/cuda/norm.cu\)'
-check "switches: implicit conv (its bm128 row has no base)" "$t/switches" '^DRAFT_CONV_IMPLICIT +tests 1 ok 0 failed; rows \(variant/base ms\): conv2d_640c_32px_fwd 0\.090/0\.109=0\.83; -> make default \(tensor/cuda/conv2d.cu\)'
+check "switches: group_norm" "$t/switches" '^DRAFT_GN_FUSED_BWD +\[opt-in\] tests 1 ok 0 failed.*=0\.80;.*make default \(tensor/cuda/norm.cu\)'
+check "switches: implicit conv (its bm128 row has no base)" "$t/switches" '^DRAFT_CONV_IMPLICIT +\[opt-in\] tests 1 ok 0 failed; rows \(variant/base ms\): conv2d_640c_32px_fwd 0\.090/0\.109=0\.83; -> make default \(tensor/cuda/conv2d.cu\)'
+# a switch that is the default already: kept when it passes, flagged when a case fails or a row is slower
+GPU_SWITCHES_DEFS="DRAFT_ATTN_MMA=default;DRAFT_ATTN_FUSED_DQ=default;DRAFT_CONV_ROWSHIFT=default;DRAFT_MATMUL_FAST_BF16=by size;" \
+    bench/gpu_switches.sh "$t/testlog" "$t/ours" > "$t/switches2" 2>&1
+check "switches: a default that passes stays" "$t/switches2" '^DRAFT_ATTN_MMA +\[default\] .*-> keep default$'
+check "switches: a default with a failed case" "$t/switches2" '^DRAFT_ATTN_FUSED_DQ +\[default\] .*make opt-in again\? \(tensor/cuda/attention.cu\)'
+check "switches: a slower default" "$t/switches2" '^DRAFT_CONV_ROWSHIFT +\[default\] .*make opt-in again\?'
+check "switches: a rule" "$t/switches2" '^DRAFT_MATMUL_FAST_BF16 +\[by size\] .*keep as it is \(by size, tensor/cuda/matmul.cu\)'
+# and from the source: every switch's def is read (none unknown)
+bench/gpu_switches.sh "$t/testlog" "$t/ours" > "$t/switches3" 2>&1
+if grep -q '\[unknown\]' "$t/switches3" || [ "$(grep -c '^DRAFT_' "$t/switches3")" -ne 7 ]; then
+    echo "FAIL switches: a def not read from tensor/cuda:"; cat "$t/switches3"; fail=1
+else echo "ok   switches: every def read from tensor/cuda"; fi
+# ncu_summary.py on a made-up Nsight Compute table: a kernel name with commas inside quotes, two
+# kernels' shares, durations in two units, ncu's own lines before the table (meson needs python3,
+# so CI has it)
+if command -v python3 > /dev/null; then
+    cat > "$t/ncu.csv" <<'R'
+==PROF== Connected to process 1 (bench_gpu)
+"ID","Process ID","Kernel Name","Block Size","Grid Size","Section Name","Metric Name","Metric Unit","Metric Value"
+"0","1","void (anonymous namespace)::im2col<float, int>(const float *, geom)","(256, 1, 1)","(1024, 1, 1)","SOL","Duration","usecond","30.00"
+"0","1","void (anonymous namespace)::im2col<float, int>(const float *, geom)","(256, 1, 1)","(1024, 1, 1)","SOL","DRAM Throughput","%","1,081.5"
+"1","1","sm90_xmma_gemm_tf32","(384, 1, 1)","(3, 32, 1)","SOL","Duration","msecond","0.09"
+"1","1","sm90_xmma_gemm_tf32","(384, 1, 1)","(3, 32, 1)","Occupancy","Achieved Occupancy","%","12.4"
+R
+    python3 bench/ncu_summary.py ours:conv "$t/ncu.csv" torch:conv "$t/none.csv" > "$t/ncu" 2>&1
+    check "ncu: a kernel, its share and name" "$t/ncu" '^ours:conv +30\.0 +25 +- +- +1081\.5 .*\(1024, 1, 1\)x\(256, 1, 1\)  im2col<float, int>$'
+    check "ncu: a duration in ms" "$t/ncu" '^ours:conv +90\.0 +75 +- +- +- +12\.4 '
+    check "ncu: the total" "$t/ncu" '^ours:conv +120\.0 total over 2 kernels'
+    check "ncu: a missing profile" "$t/ncu" '^torch:conv +no profile'
+fi
 # every kernel-variant switch (a cuda_switch call in tensor/cuda; DRAFT_GN_TWOPASS is the tests'
 # fallback, not an opt-in kernel) has rows in bench_gpu (its list, which gpu-check's per-switch
 # processes come from) and a line in gpu_switches.sh
-for sw in $(grep -ohE 'cuda_switch\("DRAFT_[A-Z0-9_]+", (true|false)\)' tensor/cuda/*.cu | grep -oE 'DRAFT_[A-Z0-9_]+' | sort -u); do
+for sw in $(grep -ohE 'cuda_switch\("DRAFT_[A-Z0-9_]+",' tensor/cuda/*.cu | grep -oE 'DRAFT_[A-Z0-9_]+' | sort -u); do
     [ "$sw" = DRAFT_GN_TWOPASS ] && continue
     if grep -q "\"$sw\"" bench/bench_gpu.c && grep -q "\"$sw\"" bench/gpu_switches.sh; then echo "ok   $sw in bench_gpu and gpu_switches.sh"
     else echo "FAIL $sw: missing from bench/bench_gpu.c's switches or bench/gpu_switches.sh"; fail=1; fi

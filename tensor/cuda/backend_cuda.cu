@@ -2,6 +2,7 @@
  * the stream and the cuBLAS handle. */
 #include "tensor/cuda/common.cuh"
 
+#include <cuda_profiler_api.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -60,6 +61,13 @@ enum status cuda_timer_end(double *ms)
     CUDA_TRY(cudaEventSynchronize(g_timer[1]));
     CUDA_TRY(cudaEventElapsedTime(&t, g_timer[0], g_timer[1]));
     *ms = t;
+    return STATUS_OK;
+}
+
+enum status cuda_profiler_mark(bool start)
+{
+    CUDA_TRY(cudaStreamSynchronize(g_stream));
+    CUDA_TRY(start ? cudaProfilerStart() : cudaProfilerStop());
     return STATUS_OK;
 }
 

@@ -20,6 +20,10 @@ enum status cuda_synchronize(void);
  * torch.cuda.Event timing): benchmarks; cuda_timer_end waits for the work to finish */
 enum status cuda_timer_begin(void);
 enum status cuda_timer_end(double *ms);
+/* the profiler's collection window (cudaProfilerStart / Stop): a program run under
+ * `ncu --profile-from-start off` profiles only the kernels queued between the two (bench_gpu's
+ * BENCH_GPU_ONLY rows); the queued work is finished first */
+enum status cuda_profiler_mark(bool start);
 /* a kernel-variant switch (tensor/README.md lists them): the environment variable's 1 or 0 when
  * it is set, else the compiled-in default `def`. Read at each call, so tests and benchmarks run
  * both variants whatever the default; making a variant the default is changing `def` at its one
