@@ -51,6 +51,10 @@ typedef enum status (*ag_checkpoint_fn)(void *ctx, struct tensor *const *in, str
  * random numbers) and backpropagated. out[] receives n_out new references. */
 enum status ag_checkpoint(ag_checkpoint_fn fn, void *ctx, int n_in, struct tensor *const *in, int n_out,
                           struct tensor **out);
+/* true while a checkpoint's first, graph-free run of its function is on the stack: results there
+ * are recomputed with gradients in the backward, so code that computes differently without a
+ * graph (e.g. merged LoRA weights, diffusion/unet.c) must not do so here */
+bool ag_checkpoint_forward_active(void);
 
 /* ---------------------------------------------------------------- unary */
 struct tensor *ag_neg(struct tensor *x);

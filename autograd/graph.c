@@ -16,6 +16,7 @@ static _Thread_local int checkpoint_probe;
 static _Thread_local bool checkpoint_saw_grad;
 
 bool ag_grad_enabled(void) { return mode_depth == 0 || mode_stack[mode_depth - 1]; }
+bool ag_checkpoint_forward_active(void) { return checkpoint_probe > 0; }
 
 void ag_grad_mode_push(bool enabled)
 {

@@ -15,10 +15,32 @@
 
 /* ---------------------------------------------------------------- projections (LoRA hook) */
 
+/* Without a graph (sampling), the adapter is merged into the weight for the call: one product
+ * x (W + s B A)^T instead of x W^T + s (x A^T) B^T, i.e. no rank-r products over every token and
+ * no extra pass to add them (B A costs out * in * r, less than the r (in + out) per token it
+ * saves once there are more tokens than in * out / (in + out)). The same sum in another order:
+ * results differ from the graph path in rounding only. Not inside a checkpoint's graph-free run,
+ * which the backward recomputes with the graph and must match. */
+static struct tensor *proj_forward_merged(const struct sd_proj *p, struct tensor *x)
+{
+    const enum dtype dt = x->dtype;
+    tensor_scope_begin();
+    struct tensor *w = p->base.weight->dtype == dt ? p->base.weight : ag_to_dtype(p->base.weight, dt);
+    struct tensor *up = p->lora_up->dtype == dt ? p->lora_up : ag_to_dtype(p->lora_up, dt);
+    struct tensor *down = p->lora_down->dtype == dt ? p->lora_down : ag_to_dtype(p->lora_down, dt);
+    struct tensor *d = ag_matmul(up, down);   /* [out, r] x [r, in] */
+    if (d && p->lora_scale != 1.0) d = ag_scale(d, p->lora_scale);
+    return tensor_scope_return(ag_linear(x, d ? ag_add(w, d) : NULL, p->base.bias));
+}
+
 struct tensor *sd_proj_forward(const struct sd_proj *p, struct tensor *x)
 {
     if (!x) return NULL;
     if (!p->lora_down || !p->lora_up) return nn_linear_forward(&p->base, x);
+    const int64_t tokens = tensor_numel(x) / (p->in_features > 0 ? p->in_features : 1);
+    if (!ag_grad_enabled() && !ag_checkpoint_forward_active() &&
+        tokens * (p->in_features + p->out_features) > p->in_features * p->out_features)
+        return proj_forward_merged(p, x);
     tensor_scope_begin();
     struct tensor *y = nn_linear_forward(&p->base, x);
     struct tensor *d = ag_linear(ag_linear(x, p->lora_down, NULL), p->lora_up, NULL);

@@ -6,6 +6,7 @@
 #include "tests/harness.h"
 #include "tests/parity.h"
 #include "diffusion/lora.h"
+#include "tensor/profile.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -237,6 +238,92 @@ START_TEST(test_merge_micro)
     net_free(&h);
     net_free(&a);
     net_free(&b);
+    LEAK_CHECK_END();
+}
+END_TEST
+
+/* matmul calls of one forward (the profiler's count): 2 per adapted projection when the adapter
+ * is merged for the call (B A, then the product), 3 when it is not */
+static int64_t matmul_calls(struct tensor *(*f)(void *), void *ctx, struct tensor **y)
+{
+    tensor_profile_reset();
+    tensor_profile_start();
+    *y = f(ctx);
+    tensor_profile_stop();
+    struct profile_entry e[64];
+    const int n = tensor_profile_entries(e, 64);
+    int64_t calls = 0;
+    for (int i = 0; i < n && i < 64; i++)
+        if (!strcmp(e[i].op, "matmul")) calls += e[i].calls;
+    tensor_profile_reset();
+    return calls;
+}
+
+struct fwd_ctx {
+    struct net *n;
+    const struct inputs *in;
+};
+
+static struct tensor *fwd_nograd(void *p)
+{
+    const struct fwd_ctx *c = p;
+    return fwd(c->n, c->in);
+}
+
+static struct tensor *fwd_graph(void *p)   /* with a graph: the adapter's parameters require grad */
+{
+    const struct fwd_ctx *c = p;
+    return sd_unet_forward(&c->n->u, c->in->x, c->in->t, c->in->ctx);
+}
+
+static enum status ckpt_fn(void *p, struct tensor *const *in, struct tensor **out)
+{
+    (void)in;
+    *out = fwd_graph(p);
+    return *out ? STATUS_OK : tensor_status();
+}
+
+static struct tensor *fwd_checkpointed(void *p)   /* the checkpoint's first, graph-free run */
+{
+    struct tensor *out = NULL;
+    struct tensor *x = ((const struct fwd_ctx *)p)->in->x;
+    ck_assert_int_eq(ag_checkpoint(ckpt_fn, p, 1, &x, 1, &out), STATUS_OK);
+    return out;   /* ag_checkpoint registers it with the current scope */
+}
+
+/* Without a graph the adapter is merged into each projection's weight for the call
+ * (diffusion/unet.c): the same output up to rounding, fewer products; with a graph, and in a
+ * checkpoint's graph-free run (which the backward recomputes with the graph), it is not. */
+START_TEST(test_nograd_merged)
+{
+    LEAK_CHECK_BEGIN();
+    const enum dtype dts[2] = {DTYPE_F64, DTYPE_F32};
+    for (int k = 0; k < 2; k++) {
+        struct net a;
+        net_build(&a, dts[k], NULL);
+        struct sd_lora l;
+        ck_assert_int_eq(sd_lora_init(&l, &a.u, 3, 5.0, NULL, dts[k], 7), STATUS_OK);
+        randomize_b(&l, 0.3);
+        ck_assert_int_eq(sd_lora_attach(&l, &a.u, 0.7), STATUS_OK);
+        tensor_scope_begin();
+        struct inputs in = micro_inputs(dts[k]);
+        struct fwd_ctx c = {&a, &in};
+        struct tensor *yn, *yg, *yc;
+        const int64_t nn = matmul_calls(fwd_nograd, &c, &yn), ng = matmul_calls(fwd_graph, &c, &yg);
+        const int64_t nc = matmul_calls(fwd_checkpointed, &c, &yc);
+        ck_assert_msg(yn && yg && yc, "%s", tensor_error());
+        const double e = test_rel_err(yn, yg), ec = test_max_abs_diff(yc, yg);
+        printf("lora %s: no graph (merged, %lld matmuls) vs graph (%lld) rel %.2e; checkpoint's first run (%lld "
+               "matmuls) vs graph: max diff %g\n", dtype_name(dts[k]), (long long)nn, (long long)ng, e, (long long)nc, ec);
+        ck_assert_int_eq(ng - nn, l.n);   /* one product fewer per adapted projection */
+        ck_assert_int_eq(nc, ng);
+        ck_assert(e < (dts[k] == DTYPE_F64 ? 1e-13 : 1e-5));
+        ck_assert(ec == 0);   /* bit for bit: the backward's recompute must see the same numbers */
+        tensor_scope_end();
+        sd_lora_detach(&a.u);
+        sd_lora_free(&l);
+        net_free(&a);
+    }
     LEAK_CHECK_END();
 }
 END_TEST
@@ -592,6 +679,7 @@ int main(void)
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, test_init);
     tcase_add_test(tc, test_merge_micro);
+    tcase_add_test(tc, test_nograd_merged);
     tcase_add_test(tc, test_merge_tiny_parity);
     tcase_add_test(tc, test_gradcheck);
     tcase_add_test(tc, test_combine);
