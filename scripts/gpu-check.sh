@@ -199,12 +199,9 @@ if [ "${GPU_CHECK_NCU:-1}" = 1 ] && command -v ncu > /dev/null && [ -x build-gpu
 fi
 
 echo
-echo "== summary ($(cat "$OUTDIR/gpu.txt")) =="
-printf "%-12s %s\n" "cuda suite" "$cuda_ok ok, $cuda_bad failed$([ $test_rc -eq 0 ] || echo ", FAILED (rc $test_rc)")"
-[ -z "$defaults" ] || printf "%-12s %s\n" "cuda suite" "$defaults"
-for l in "${skipped[@]}"; do printf "%-12s %s\n" "skipped" "$l"; done
-for l in "${demo[@]}"; do printf "%-12s %s\n" "demo cuda" "$l"; done
-for l in "${sd14[@]}"; do printf "%-12s %s\n" "sd14 step" "$l"; done
+# the long tables first, the verdicts and the one-line results last (what a tail of the output
+# shows); all of it also in $OUTDIR/summary.txt
+{
 for pr in tf32 bf16; do
     [ -f "$OUTDIR/sd14-profile-$pr.txt" ] || continue
     echo "sd14 step, $pr, DRAFT_PROFILE (top 12):"
@@ -218,8 +215,18 @@ fi
 if [ -f "$OUTDIR/bench-ours.txt" ]; then
     bench/join_gpu_bench.sh "$OUTDIR/bench-ours.txt" "$OUTDIR/bench-torch.txt" 2>/dev/null || cat "$OUTDIR/bench-ours.txt"
     echo
+fi
+echo "== summary ($(cat "$OUTDIR/gpu.txt")) =="
+if [ -f "$OUTDIR/bench-ours.txt" ]; then
     bench/gpu_targets.sh "$OUTDIR/bench-ours.txt" "$OUTDIR/bench-torch.txt" | tee "$OUTDIR/targets.txt"
     echo
     bench/gpu_switches.sh "$OUTDIR/testlog.txt" "$OUTDIR/bench-ours.txt" | tee "$OUTDIR/switches.txt"
+    echo
 fi
+printf "%-12s %s\n" "cuda suite" "$cuda_ok ok, $cuda_bad failed$([ $test_rc -eq 0 ] || echo ", FAILED (rc $test_rc)")"
+[ -z "$defaults" ] || printf "%-12s %s\n" "cuda suite" "$defaults"
+for l in "${skipped[@]}"; do printf "%-12s %s\n" "skipped" "$l"; done
+for l in "${demo[@]}"; do printf "%-12s %s\n" "demo cuda" "$l"; done
+for l in "${sd14[@]}"; do printf "%-12s %s\n" "sd14 step" "$l"; done
+} 2>&1 | tee "$OUTDIR/summary.txt"
 [ $test_rc -eq 0 ] && [ $run_rc -eq 0 ] && [ $bench_rc -eq 0 ]
