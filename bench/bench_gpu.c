@@ -244,7 +244,8 @@ int main(int argc, char **argv)
     }
     g_which = argc < 2 ? 0 : !strcmp(argv[1], "defaults") ? 1 : 2;
     g_group = argc == 3 ? argv[2] : NULL;
-    g_only = getenv("BENCH_GPU_ONLY") && *getenv("BENCH_GPU_ONLY") ? getenv("BENCH_GPU_ONLY") : NULL;
+    g_only = getenv("BENCH_GPU_ONLY");
+    if (g_only && !*g_only) g_only = NULL;
 #ifndef TENSOR_HAVE_CUDA
     printf("bench_gpu: built without CUDA\n");
     return 0;

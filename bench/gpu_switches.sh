@@ -6,13 +6,9 @@
 # `def` of its cuda_switch call (the file named on its line); the line says what that def is now
 # (opt-in, default, or an expression: by size), read from the source.
 # GPU_SWITCHES_DEFS="NAME=opt-in;NAME=default;..." stands in for the source (tests/test_gpu_scripts.sh)
-defs=${GPU_SWITCHES_DEFS:-}
-[ -n "$defs" ] || for sw in DRAFT_ATTN_MMA DRAFT_ATTN_FUSED_DQ DRAFT_GN_FUSED_BWD DRAFT_CONV_ROWSHIFT DRAFT_CONV_PIPELINE \
-          DRAFT_CONV_IMPLICIT DRAFT_MATMUL_FAST_BF16; do
-    d=$(grep -ho "cuda_switch(\"$sw\", [^)]*)" "$(dirname "$0")"/../tensor/cuda/*.cu | head -n 1 | sed 's/.*", //; s/)$//')
-    case "$d" in false) d=opt-in ;; true) d=default ;; "") d=unknown ;; *) d="by size" ;; esac
-    defs="$defs$sw=$d;"
-done
+defs=${GPU_SWITCHES_DEFS:-$(grep -ho 'cuda_switch("DRAFT_[A-Z0-9_]*", [^)]*)' "$(dirname "$0")"/../tensor/cuda/*.cu |
+    sed -E 's/^cuda_switch\("([A-Z0-9_]+)", (.*)\)$/\1=\2/; s/=false$/=opt-in/; s/=true$/=default/; s/=(.*[^a-z-].*)$/=by size/' |
+    tr '\n' ';')}
 awk -v defs="$defs" '
 FNR == NR {   # test_cuda lines: "cuda <label> <dtype> fwd rel=... bwd rel=... ok|FAILED"
     if ($1 != "cuda") next
@@ -32,6 +28,7 @@ BEGIN {
     # variant row = base row + suffix
     n = split(defs, dv, ";")
     for (i = 1; i <= n; i++) if (dv[i] != "") { split(dv[i], kv, "="); now[kv[1]] = kv[2] }
+    for (i = 1; i <= ns; i++) if (!(sw[i] in now)) now[sw[i]] = "unknown"
     suf[1] = "_mma"; suf[2] = "_fused_dq"; suf[3] = "_fused_bwd"; suf[4] = "_rowshift"; suf[5] = "_pipe"; suf[6] = "_implicit"; suf[7] = "_fast16bf"
 }
 END {

@@ -21,14 +21,14 @@
  * saves once there are more tokens than in * out / (in + out)). The same sum in another order:
  * results differ from the graph path in rounding only. Not inside a checkpoint's graph-free run,
  * which the backward recomputes with the graph and must match. */
+static struct tensor *in_dtype(struct tensor *t, enum dtype dt) { return t->dtype == dt ? t : ag_to_dtype(t, dt); }
+
 static struct tensor *proj_forward_merged(const struct sd_proj *p, struct tensor *x)
 {
     const enum dtype dt = x->dtype;
     tensor_scope_begin();
-    struct tensor *w = p->base.weight->dtype == dt ? p->base.weight : ag_to_dtype(p->base.weight, dt);
-    struct tensor *up = p->lora_up->dtype == dt ? p->lora_up : ag_to_dtype(p->lora_up, dt);
-    struct tensor *down = p->lora_down->dtype == dt ? p->lora_down : ag_to_dtype(p->lora_down, dt);
-    struct tensor *d = ag_matmul(up, down);   /* [out, r] x [r, in] */
+    struct tensor *w = in_dtype(p->base.weight, dt);   /* e.g. a bf16 base under f32 activations */
+    struct tensor *d = ag_matmul(in_dtype(p->lora_up, dt), in_dtype(p->lora_down, dt));   /* [out, r] x [r, in] */
     if (d && p->lora_scale != 1.0) d = ag_scale(d, p->lora_scale);
     return tensor_scope_return(ag_linear(x, d ? ag_add(w, d) : NULL, p->base.bias));
 }
