@@ -1,10 +1,12 @@
 /* harness.c — the generic gradient checker and test helpers. */
 #include "tests/harness.h"
 
+#include <ftw.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 uint64_t test_seed(void)
 {
@@ -168,12 +170,38 @@ bool gradcheck(const char *label, gc_fn f, void *ctx, int n, struct tensor *cons
     return ok;
 }
 
+/* the run's scratch directory: made by test_run_suite before Check forks, so every test's child
+ * process writes into the same one and the parent, which outlives them, removes it */
+static char g_tmpdir[64];
+
+void test_tmp_path(char *out, size_t n, const char *name)
+{
+    ck_assert_msg(g_tmpdir[0], "test_tmp_path outside test_run_suite");
+    ck_assert_msg((size_t)snprintf(out, n, "%s/%s", g_tmpdir, name) < n, "path for %s too long", name);
+}
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st, (void)flag, (void)ftw;
+    return remove(path) ? -1 : 0;
+}
+
 int test_run_suite(Suite *s)
 {
+    snprintf(g_tmpdir, sizeof g_tmpdir, "/tmp/draft-test-XXXXXX");
+    if (!mkdtemp(g_tmpdir)) {
+        perror("test_run_suite: mkdtemp");
+        return EXIT_FAILURE;
+    }
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
+    /* whatever the tests left there, files and folders (FTW_DEPTH: contents first) */
+    if (nftw(g_tmpdir, rm_entry, 8, FTW_DEPTH | FTW_PHYS)) {
+        perror("test_run_suite: removing the scratch directory");
+        failed = 1;
+    }
     return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }
 

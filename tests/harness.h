@@ -49,6 +49,10 @@ bool gradcheck(const char *label, gc_fn f, void *ctx, int n, struct tensor *cons
 unsigned char *test_slurp(const char *path, size_t *n);
 void test_spit(const char *path, const void *data, size_t n);
 
+/* out = "<the run's scratch directory>/name": one directory per test_run_suite, shared by the
+ * forked tests and removed with everything in it when the suite ends */
+void test_tmp_path(char *out, size_t n, const char *name);
+
 /* run a suite; returns the process exit status (0 = all passed) */
 int test_run_suite(Suite *s);
 

@@ -13,16 +13,6 @@
 #include <string.h>
 #include <unistd.h>
 
-static char tmpdir[256];
-
-static void tmp_path(char *out, size_t n, const char *name)
-{
-    if (!tmpdir[0]) {
-        snprintf(tmpdir, sizeof tmpdir, "/tmp/draft-test-lora-XXXXXX");
-        ck_assert_ptr_nonnull(mkdtemp(tmpdir));
-    }
-    snprintf(out, n, "%s/%s", tmpdir, name);
-}
 
 /* the micro UNet of test_unet.c: two levels, cross-attention down, mid and up, 2 heads */
 static const char micro_json[] =
@@ -500,7 +490,7 @@ START_TEST(test_files)
     randomize_b(&l, 1.0);
     char p[512];
     /* PEFT / diffusers */
-    tmp_path(p, sizeof p, "peft.safetensors");
+    test_tmp_path(p, sizeof p, "peft.safetensors");
     ck_assert_msg(sd_lora_save(&l, p, SD_LORA_PEFT) == STATUS_OK, "%s", tensor_error());
     struct safetensors *st = safetensors_open(p);
     ck_assert_ptr_nonnull(st);
@@ -517,7 +507,7 @@ START_TEST(test_files)
     ck_assert(r.mods[0].A->requires_grad);
     sd_lora_free(&r);
     /* kohya */
-    tmp_path(p, sizeof p, "kohya.safetensors");
+    test_tmp_path(p, sizeof p, "kohya.safetensors");
     ck_assert_msg(sd_lora_save(&l, p, SD_LORA_KOHYA) == STATUS_OK, "%s", tensor_error());
     st = safetensors_open(p);
     ck_assert_ptr_nonnull(st);
@@ -556,7 +546,7 @@ START_TEST(test_files)
             }
         }
         if (variant == 1) ck_assert_str_eq(names[3], "down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor.to_out_lora.up.weight");
-        tmp_path(p, sizeof p, "variant.safetensors");
+        test_tmp_path(p, sizeof p, "variant.safetensors");
         ck_assert_int_eq(safetensors_save(p, nt, (const char *const *)names, ts, 0, NULL, NULL), STATUS_OK);
         for (int i = 0; i < nt; i++) free(names[i]);
         free(names);
@@ -590,7 +580,7 @@ START_TEST(test_files)
         snprintf(k[5], 240, "%s.alpha", base);
         const char *names[6] = {k[0], k[1], k[2], k[3], k[4], k[5]};
         struct tensor *ts[6] = {A0, B0, al0, A1, B1, al1};
-        tmp_path(p, sizeof p, "mixed.safetensors");
+        test_tmp_path(p, sizeof p, "mixed.safetensors");
         ck_assert_int_eq(safetensors_save(p, 6, names, ts, 0, NULL, NULL), STATUS_OK);
         ck_assert_msg(sd_lora_load(&r, &n.u, p) == STATUS_OK, "%s", tensor_error());
         ck_assert(r.rank == 4 && r.alpha == 2.0 && r.n == 2);   /* first module: alpha/r = 1/2 */
@@ -649,7 +639,7 @@ START_TEST(test_bad_files)
     const char *needles[7][2] = {
         {kd, "lora_B"}, {ku, "[9,2]"}, {"down_blocks_7", "no module"}, {kd, "I32"}, {ku, "rank"}, {"conv_in", "not a LoRA"}, {"to_z", "no module"},
     };
-    tmp_path(p, sizeof p, "bad.safetensors");
+    test_tmp_path(p, sizeof p, "bad.safetensors");
     for (int what = 0; what < 7; what++) {
         ck_assert_int_eq(write_bad(p, &n.u, what), STATUS_OK);
         struct sd_lora l;
@@ -686,12 +676,5 @@ int main(void)
     tcase_add_test(tc, test_files);
     tcase_add_test(tc, test_bad_files);
     suite_add_tcase(s, tc);
-    int rc = test_run_suite(s);
-    if (tmpdir[0]) {
-        const char *left[] = {"peft.safetensors", "kohya.safetensors", "variant.safetensors", "mixed.safetensors"};
-        char p[512];
-        for (int i = 0; i < 4; i++) { snprintf(p, sizeof p, "%s/%s", tmpdir, left[i]); unlink(p); }
-        rmdir(tmpdir);
-    }
-    return rc;
+    return test_run_suite(s);
 }

@@ -10,16 +10,10 @@
 #include <string.h>
 #include <unistd.h>
 
-static char tmpdir[256];
-
 static const char *tmp_path(const char *name)
 {
     static char p[512];
-    if (!tmpdir[0]) {
-        snprintf(tmpdir, sizeof tmpdir, "/tmp/draft-test-optim-XXXXXX");
-        ck_assert_ptr_nonnull(mkdtemp(tmpdir));
-    }
-    snprintf(p, sizeof p, "%s/%s", tmpdir, name);
+    test_tmp_path(p, sizeof p, name);
     return p;
 }
 
@@ -389,7 +383,5 @@ int main(void)
     tcase_add_test(tc, test_state_round_trip);
     tcase_add_test(tc, test_errors);
     suite_add_tcase(s, tc);
-    int rc = test_run_suite(s);
-    if (tmpdir[0]) rmdir(tmpdir);
-    return rc;
+    return test_run_suite(s);
 }

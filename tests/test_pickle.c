@@ -13,16 +13,10 @@
 #include <unistd.h>
 #include <zip.h>
 
-static char tmpdir[256];
-
 static const char *tmp_path(const char *name)
 {
     static char p[512];
-    if (!tmpdir[0]) {
-        snprintf(tmpdir, sizeof tmpdir, "/tmp/draft-test-pk-XXXXXX");
-        ck_assert_ptr_nonnull(mkdtemp(tmpdir));
-    }
-    snprintf(p, sizeof p, "%s/%s", tmpdir, name);
+    test_tmp_path(p, sizeof p, name);
     return p;
 }
 
@@ -574,10 +568,5 @@ int main(void)
     tcase_add_test(tc, test_bad_zip);
     tcase_add_test(tc, test_aesthetic_real);
     suite_add_tcase(s, tc);
-    int rc = test_run_suite(s);
-    if (tmpdir[0]) {
-        remove(tmp_path("good.ckpt"));
-        rmdir(tmpdir);
-    }
-    return rc;
+    return test_run_suite(s);
 }
