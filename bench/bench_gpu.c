@@ -16,8 +16,8 @@
 
 /* the kernel-variant switches (tensor/README.md) */
 static const char *const g_switches[] = {"DRAFT_CONV_PIPELINE", "DRAFT_CONV_ROWSHIFT", "DRAFT_CONV_IMPLICIT",
-                                         "DRAFT_GN_FUSED_BWD",  "DRAFT_ATTN_FUSED_DQ", "DRAFT_ATTN_MMA",
-                                         "DRAFT_MATMUL_FAST_BF16"};
+                                         "DRAFT_CONV_HALO",     "DRAFT_GN_FUSED_BWD",  "DRAFT_ATTN_FUSED_DQ",
+                                         "DRAFT_ATTN_MMA",      "DRAFT_MATMUL_FAST_BF16"};
 #define N_SWITCHES (sizeof g_switches / sizeof *g_switches)
 
 /* all off but `on` (NULL: all off), so that each row names its kernels whatever the compiled-in
@@ -340,16 +340,20 @@ int main(int argc, char **argv)
             /* again with each opt-in forward: the im2col of the next tile on a side stream (320
              * channels), the row-shift forward (a partial im2col over kernel columns, 3 GEMMs),
              * and the implicit GEMM on tensor cores (TF32, exact f32 and autocast), also
-             * with 128-channel tiles forced, and without split-K where the default splits */
+             * with 128-channel tiles forced, and without split-K where the default splits; the
+             * halo-tile kernel (TF32 only), with its channel block picked, then forced to 64 and 128 */
             const struct {
                 const char *env, *suffix, *knob, *value;   /* knob: a tuning variable set to value */
                 bool tf32, autocast, f32;
-            } variants[5] = {{"DRAFT_CONV_PIPELINE", "_pipe", NULL, NULL, false, true, false},
+            } variants[8] = {{"DRAFT_CONV_PIPELINE", "_pipe", NULL, NULL, false, true, false},
                              {"DRAFT_CONV_ROWSHIFT", "_rowshift", NULL, NULL, true, true, false},
                              {"DRAFT_CONV_IMPLICIT", "_implicit", NULL, NULL, true, true, true},
                              {"DRAFT_CONV_IMPLICIT", "_implicit_bm128", "DRAFT_CONV_IMPLICIT_BM", "128", true, false, false},
-                             {"DRAFT_CONV_IMPLICIT", "_implicit_split1", "DRAFT_CONV_IMPLICIT_SPLIT", "1", true, false, false}};
-            for (int v = 0; v < 5; v++) {
+                             {"DRAFT_CONV_IMPLICIT", "_implicit_split1", "DRAFT_CONV_IMPLICIT_SPLIT", "1", true, false, false},
+                             {"DRAFT_CONV_HALO", "_halo", NULL, NULL, true, false, false},
+                             {"DRAFT_CONV_HALO", "_halo_bm64", "DRAFT_CONV_HALO_BM", "64", true, false, false},
+                             {"DRAFT_CONV_HALO", "_halo_bm128", "DRAFT_CONV_HALO_BM", "128", true, false, false}};
+            for (int v = 0; v < 8; v++) {
                 const bool want = i == 3 ? variants[v].autocast : i == 4 ? variants[v].f32
                                 : v == 0 ? i == 0 : v == 4 ? i != 0 : variants[v].tf32;   /* split1: where it splits */
                 if (!want) continue;

@@ -55,8 +55,8 @@ inline float2 make_float2(float x, float y) { return float2{x, y}; }
 inline uint2 make_uint2(uint32_t x, uint32_t y) { return uint2{x, y}; }
 inline double2 make_double2(double x, double y) { return double2{x, y}; }
 
-constexpr int kEmuMaxWarps = 8, kEmuMaxCluster = 8;
-constexpr size_t kEmuSmemPerBlock = 160 * 1024;
+constexpr int kEmuMaxWarps = 16, kEmuMaxCluster = 8;
+constexpr size_t kEmuSmemPerBlock = 227 * 1024;   /* sm_90's most per block */
 inline unsigned emu_cluster_size = 1;
 inline pthread_barrier_t emu_cluster_bar, emu_block_bar[kEmuMaxCluster], emu_warp_bar[kEmuMaxCluster][kEmuMaxWarps];
 inline uint64_t emu_shfl[kEmuMaxCluster][kEmuMaxWarps][32];
@@ -206,7 +206,7 @@ inline void emu_mma_tf32(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uin
     emu_mma<1>(c, a, b0, b1, [](uint32_t wd, unsigned) { return __uint_as_float(wd & 0xffffe000u); });
 }
 
-/* run body() over a grid of grid.x * grid.y * grid.z blocks of `threads` threads (<= 256) in
+/* run body() over a grid of grid.x * grid.y * grid.z blocks of `threads` threads (<= 512) in
  * clusters of `cluster` blocks along x (grid.x % cluster == 0): one OS thread per CUDA thread of a
  * cluster, reused from cluster to cluster (barriers between clusters) */
 template <class F> void emu_launch(emu_dim3 grid, unsigned cluster, unsigned threads, F body)

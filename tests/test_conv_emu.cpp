@@ -319,6 +319,80 @@ template <int BM, int M> void check_implicit_dgrad(const conv_case &c, int O, in
     report("implicit_dgrad", label, "rel", rel_l2(dx, ref), ig_bound(M));
 }
 
+/* the halo-tile forward (conv_halo_kernel<BM>, TF32) as conv2d.cu's halo_run does it:
+ * conv_halo_weight_kernel (flip: the backward input's operand from the forward's w, with C and O
+ * swapped), then the kernel over 4 x 32 pixel tiles, BM channels, N images */
+template <int BM>
+void run_halo(float *out, const float *x, const float *w, const float *bias, const kgeom &g, int N, int O, bool flip)
+{
+    const int Opad = (O + BM - 1) / BM * BM;
+    const int64_t nw = (int64_t)Opad / 16 * (g.C / 8 * 9) * 128;
+    std::vector<float> wp((size_t)nw, NAN);
+    emu_launch((unsigned)((nw + 255) / 256), 256, [&] { conv_halo_weight_kernel(wp.data(), w, O, Opad, g.C, flip); });
+    const unsigned tiles = (unsigned)(((g.OH + kHaloTH - 1) / kHaloTH) * ((g.OW + kHaloTW - 1) / kHaloTW));
+    const emu_smem_scope smem(halo_smem_bytes(BM));
+    emu_launch(emu_dim3{tiles, (unsigned)(Opad / BM), (unsigned)N}, 1, halo_threads(BM),
+               [&] { conv_halo_kernel<BM>(out, x, wp.data(), bias, g, O); });
+}
+
+/* v as the TF32 operand: rounded to nearest (ties away), 13 low bits zero */
+double tf32_of(float v) { return (double)__uint_as_float(to_tf32(v)); }
+
+/* the halo forward against a direct convolution in float64, twice: of the exact operands (bound:
+ * TF32's 1e-3) and of the operands rounded to tf32 as the kernel rounds them (then only the f32
+ * sums differ: 1e-5, which a wrong tap, column or channel exceeds by orders of magnitude).
+ * out_off: the output one float off 8-byte alignment (single stores) */
+template <int BM> void check_halo(const conv_case &c, int O, bool with_bias, bool out_off)
+{
+    const kgeom g = make_kgeom(c);
+    std::vector<float> x((size_t)c.N * c.C * g.HW), w((size_t)O * g.K), bias(with_bias ? O : 0);
+    for (float &v : x) v = (float)urand();
+    for (float &v : w) v = (float)urand();
+    for (float &v : bias) v = (float)urand();
+    const std::vector<double> ref = direct_conv(c, O, 1, x, w, bias);
+    std::vector<double> xr(x.size()), wr(w.size());
+    for (size_t i = 0; i < x.size(); i++) xr[i] = tf32_of(x[i]);
+    for (size_t i = 0; i < w.size(); i++) wr[i] = tf32_of(w[i]);
+    std::vector<double> br(bias.begin(), bias.end());
+    const std::vector<double> ref_r = direct_conv(c, O, 1, xr, wr, br);
+    std::vector<float> obuf(ref.size() + 1, NAN);
+    float *op = obuf.data() + (out_off ? 1 : 0);
+    run_halo<BM>(op, x.data(), w.data(), with_bias ? bias.data() : nullptr, g, c.N, O, false);
+    const std::vector<float> out(op, op + ref.size());
+    char label[160];
+    snprintf(label, sizeof label, "%s,N=%d,C=%d,O=%d,%dx%d->%dx%d,%s,BM=%d%s", c.label, c.N, c.C, O, c.H, c.W, g.OH, g.OW,
+             with_bias ? "bias" : "no_bias", BM, out_off ? ",out_off" : "");
+    report("halo_fwd", label, "rel", rel_l2(out, ref), 1e-3);
+    report("halo_fwd", label, "rel_vs_tf32_operands", rel_l2(out, ref_r), 1e-5);
+}
+
+/* the backward input through the halo kernel (stride 1, 3x3): dx = conv(dy, flipped transposed w)
+ * over dgrad_geom, against dx = sum over o, kh, kw of w dy in float64 */
+template <int BM> void check_halo_dgrad(const conv_case &c, int O)
+{
+    const kgeom g = make_kgeom(c);
+    std::vector<float> dy((size_t)c.N * O * g.OHW), w((size_t)O * g.K);
+    for (float &v : dy) v = (float)urand();
+    for (float &v : w) v = (float)urand();
+    std::vector<double> ref((size_t)c.N * c.C * g.HW, 0.0);
+    for (int n = 0; n < c.N; n++)
+        for (int o = 0; o < O; o++)
+            for (int q = 0; q < g.OHW; q++)
+                for (int k = 0; k < g.K; k++) {
+                    const int ch = k / g.KK, kh = k % g.KK / g.KW, kw = k % g.KW;
+                    const int ih = q / g.OW - g.pt + kh, iw = q % g.OW - g.pl + kw;
+                    if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) continue;
+                    ref[((size_t)n * c.C + ch) * g.HW + (size_t)ih * g.W + iw] +=
+                        (double)w[(size_t)o * g.K + k] * dy[((size_t)n * O + o) * g.OHW + q];
+                }
+    const kgeom t = dgrad_geom(g, O);
+    std::vector<float> dx(ref.size(), NAN);
+    run_halo<BM>(dx.data(), dy.data(), w.data(), nullptr, t, c.N, c.C, true);
+    char label[160];
+    snprintf(label, sizeof label, "%s,N=%d,C=%d,O=%d,%dx%d,BM=%d", c.label, c.N, c.C, O, c.H, c.W, BM);
+    report("halo_dgrad", label, "rel", rel_l2(dx, ref), 1e-3);
+}
+
 }  // namespace
 
 int main()
@@ -430,6 +504,33 @@ int main()
     check_implicit_dgrad<64, IG_3XTF32>(dg[0], 16);   /* tap-major: O % 16 == 0 */
     check_implicit_dgrad<128, IG_TF32>(dg[2], 32, 3);
     check_implicit_dgrad<64, IG_BF16>(dg[1], 16);
+    /* the halo-tile forward (3x3, stride 1, C % 8 == 0, W % 4 == 0): partial pixel tiles in both
+     * directions and a partial channel block; 1, 3 (the stage ring wraps once) and 5 channel steps;
+     * the halo's first column at pad_left 1, 0, 2 and 3 (its shift 3, 0, 2, 1); pad_top 0 and 2;
+     * an odd output width (single stores); BM 64, 128 and 160 */
+    const conv_case hc[] = {
+        {"3x3,pad=1", 2, 16, 9, 40, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1},
+        {"3x3,pad=1,small", 1, 8, 4, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1},
+        {"3x3,pad=0", 2, 24, 7, 12, 3, 3, 1, 1, 0, 0, 0, 0, 1, 1},
+        {"3x3,pad=2", 1, 40, 6, 8, 3, 3, 1, 1, 2, 2, 2, 2, 1, 1},
+        {"3x3,pad_l=3,odd_ow", 2, 8, 5, 36, 3, 3, 1, 1, 1, 3, 0, 0, 1, 1},
+        {"3x3,pad=1,64", 1, 24, 8, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1},
+    };
+    check_halo<64>(hc[0], 70, true, false);
+    check_halo<64>(hc[1], 16, false, true);
+    check_halo<128>(hc[2], 130, true, false);
+    check_halo<64>(hc[3], 40, true, false);
+    check_halo<160>(hc[4], 200, true, true);
+    check_halo<160>(hc[5], 160, false, false);
+    check_halo<128>(hc[5], 20, true, false);
+    /* its backward input (flipped, transposed weights; dy's channels O % 8 == 0) */
+    const conv_case hd[] = {
+        {"3x3,pad=2", 1, 8, 6, 6, 3, 3, 1, 1, 2, 2, 2, 2, 1, 1},
+        {"3x3,pad=0", 2, 12, 7, 10, 3, 3, 1, 1, 0, 0, 0, 0, 1, 1},
+    };
+    check_halo_dgrad<64>(hc[0], 16);   /* dy 9 x 40 */
+    check_halo_dgrad<128>(hd[0], 24);  /* dy 8 x 8: the backward's padding 0 */
+    check_halo_dgrad<64>(hd[1], 8);    /* dy 5 x 8: its padding 2 */
     /* packing: one shared matrix, a batch with padding between rows and matrices, grids that wrap */
     check_pack<4>(1, 5, 12, 12, 0, 1, 2);
     check_pack<4>(3, 4, 1032, 1040, 4 * 1040 + 8, 1, 2);

@@ -946,6 +946,11 @@ START_TEST(test_nn)
         {"conv2d[groups=2,dil=2,no_bias]", {1, 4, 7, 6}, {4, 2, 3, 2}, {{1, 1, 2, 2, 1, 1, 2, 2, 2}, false}, true},
         {"conv2d[1x1]", {2, 5, 4, 4}, {3, 5, 1, 1}, {{1, 1, 0, 0, 0, 0, 1, 1, 1}, true}, true},
         {"conv2d[large,3x3]", {2, 64, 32, 32}, {64, 64, 3, 3}, {{1, 1, 1, 1, 1, 1, 1, 1, 1}, true}, false},
+        /* the halo-tile kernel's shapes with partial pixel tiles (4 x 32) and channel blocks, and
+         * its halo shifted (pad_left 2: the first column read is 2 past a 16-byte boundary; pad
+         * right 0, top 0, bottom 2) */
+        {"conv2d[3x3,c16]", {2, 16, 9, 20}, {24, 16, 3, 3}, {{1, 1, 1, 1, 1, 1, 1, 1, 1}, true}, false},
+        {"conv2d[3x3,c8,pad_l=2]", {1, 8, 6, 20}, {16, 8, 3, 3}, {{1, 1, 0, 2, 2, 0, 1, 1, 1}, false}, false},
     };
     for (size_t k = 0; k < sizeof convs / sizeof *convs; k++) {
         struct tensor *in[3] = {test_uniform(DTYPE_F64, 4, convs[k].x, -1, 1), test_uniform(DTYPE_F64, 4, convs[k].w, -1, 1),
@@ -1026,6 +1031,28 @@ START_TEST(test_nn)
             tensor_set_precision(PRECISION_F32);
             unsetenv("DRAFT_CONV_IMPLICIT_BM");
             unsetenv("DRAFT_CONV_IMPLICIT_SPLIT");
+            unsetenv("DRAFT_CONV_IMPLICIT");
+            unsetenv("DRAFT_CONV_ROWSHIFT");
+            unsetenv("DRAFT_CONV_PIPELINE");
+        }
+        /* the halo-tile kernel (TF32; 3x3 at stride 1 with C % 8 == 0 and W % 4 == 0: the cases
+         * from "large" on), forward and backward input (dy has O % 8 == 0 channels and OW % 4 == 0
+         * columns in each); its channel block as picked, then forced to 64 and to 160 */
+        for (int q = 0; q < (optin_skipped() || k < 4 ? 0 : 3); q++) {
+            char label[128];
+            const char *what[3] = {"halo,tf32", "halo,tf32,bm=64", "halo,tf32,bm=160"};
+            snprintf(label, sizeof label, "%.*s,%s]", (int)strlen(convs[k].name) - 1, convs[k].name, what[q]);
+            set_switch("DRAFT_CONV_HALO", true);
+            set_switch("DRAFT_CONV_IMPLICIT", false);
+            set_switch("DRAFT_CONV_ROWSHIFT", false);
+            set_switch("DRAFT_CONV_PIPELINE", false);
+            tensor_set_precision(PRECISION_TF32);
+            if (q) setenv("DRAFT_CONV_HALO_BM", q == 1 ? "64" : "160", 1);
+            const struct case_opts ot = {.tol32 = TOL_TF32};
+            check_op(label, f_conv, &convs[k].c, convs[k].c.bias ? 3 : 2, in, &ot);
+            tensor_set_precision(PRECISION_F32);
+            unsetenv("DRAFT_CONV_HALO_BM");
+            unsetenv("DRAFT_CONV_HALO");
             unsetenv("DRAFT_CONV_IMPLICIT");
             unsetenv("DRAFT_CONV_ROWSHIFT");
             unsetenv("DRAFT_CONV_PIPELINE");

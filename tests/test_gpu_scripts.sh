@@ -19,6 +19,9 @@ RESULT conv2d_640c_32px_fwd_rowshift 0.120 126.0 TFLOP/s
 RESULT conv2d_640c_32px_fwd_implicit 0.090 168.0 TFLOP/s
 RESULT conv2d_640c_32px_fwd_implicit_bm128 0.200 75.0 TFLOP/s
 RESULT conv2d_320c_64px_fwd_pipe 0.150 100.0 TFLOP/s
+RESULT conv2d_1280c_16px_fwdbwd 0.470 100.0 TFLOP/s
+RESULT conv2d_1280c_16px_fwdbwd_halo 0.400 120.0 TFLOP/s
+RESULT conv2d_1280c_16px_fwdbwd_halo_bm64 0.380 125.0 TFLOP/s
 RESULT attention_fwd 2.367 18.1 TFLOP/s
 RESULT attention_fwdbwd 9.363 16.1 TFLOP/s
 RESULT attention_fwdbwd_fused_dq 8.100 18.6 TFLOP/s
@@ -35,6 +38,7 @@ R
 cat > "$t/torch" <<'R'
 RESULT conv2d_320c_64px_fwd 0.107 140.8 TFLOP/s
 RESULT conv2d_640c_32px_fwd 0.135 112.0 TFLOP/s
+RESULT conv2d_1280c_16px_fwdbwd 0.768 53.0 TFLOP/s
 RESULT attention_fwd 2.124 20.2 TFLOP/s
 RESULT attention_fwdbwd 7.113 21.1 TFLOP/s
 R
@@ -46,6 +50,7 @@ cuda group_norm[fused_bwd,groups=3] f32 fwd rel=1.0e-07 bwd rel=2.0e-07 ok
 cuda conv2d[3x3,rowshift] f32 fwd rel=1.0e-07 bwd rel=2.0e-07 ok
 cuda conv2d[3x3,workspace=1K,pipeline] f32 fwd rel=1.0e-07 bwd rel=2.0e-07 ok
 cuda conv2d[3x3,implicit,tf32,bm=128] f32 fwd rel=3.0e-04 bwd rel=2.0e-07 ok
+cuda conv2d[3x3,c16,halo,tf32,bm=64] f32 fwd rel=3.0e-04 bwd rel=3.0e-04 ok
 R
 bench/join_gpu_bench.sh "$t/ours" "$t/torch" > "$t/join" 2>&1
 check "join: ratio of a paired row" "$t/join" '^conv2d_320c_64px_fwd +0\.163 +0\.107 +1\.52 '
@@ -57,15 +62,17 @@ check "targets: group_norm on the cluster row" "$t/targets" '^group_norm_fwd +82
 check "targets: a missed one" "$t/targets" '^group_norm_fwdbwd +75% of copy_10M .* MISSED'
 check "targets: the implicit conv row" "$t/targets" '^conv2d_640c_32px_fwd +0\.67x torch .* met +best: conv2d_640c_32px_fwd_implicit$'
 check "targets: a missing row" "$t/targets" '^conv2d_1280c_16px_fwd +no result'
+check "targets: the halo conv's forced tile" "$t/targets" '^conv2d_1280c_16px_fwdbwd +0\.49x torch .* met +best: conv2d_1280c_16px_fwdbwd_halo_bm64$'
 check "targets: the count" "$t/targets" '^targets: [0-9]+ met, [0-9]+ missed$'
 # every switch opt-in (as they all were before the first GPU run measured them)
 all_optin="DRAFT_ATTN_MMA=opt-in;DRAFT_ATTN_FUSED_DQ=opt-in;DRAFT_GN_FUSED_BWD=opt-in;DRAFT_CONV_ROWSHIFT=opt-in;"
-all_optin="${all_optin}DRAFT_CONV_PIPELINE=opt-in;DRAFT_CONV_IMPLICIT=opt-in;DRAFT_MATMUL_FAST_BF16=opt-in;"
+all_optin="${all_optin}DRAFT_CONV_PIPELINE=opt-in;DRAFT_CONV_IMPLICIT=opt-in;DRAFT_MATMUL_FAST_BF16=opt-in;DRAFT_CONV_HALO=opt-in;"
 GPU_SWITCHES_DEFS=$all_optin bench/gpu_switches.sh "$t/testlog" "$t/ours" > "$t/switches" 2>&1
 check "switches: faster everywhere, tests pass" "$t/switches" '^DRAFT_ATTN_MMA +\[opt-in\] tests 2 ok 0 failed.*make default \(tensor/cuda/attention.cu\)'
 check "switches: a failed case keeps it opt-in" "$t/switches" '^DRAFT_ATTN_FUSED_DQ +\[opt-in\] tests 0 ok 1 failed.*keep opt-in'
 check "switches: one slower row keeps it opt-in" "$t/switches" '^DRAFT_CONV_ROWSHIFT .*conv2d_640c_32px_fwd 0\.120/0\.109=1\.10.*keep opt-in'
 check "switches: group_norm" "$t/switches" '^DRAFT_GN_FUSED_BWD +\[opt-in\] tests 1 ok 0 failed.*=0\.80;.*make default \(tensor/cuda/norm.cu\)'
+check "switches: halo conv (its bm64 row has no base)" "$t/switches" '^DRAFT_CONV_HALO +\[opt-in\] tests 1 ok 0 failed; rows \(variant/base ms\): conv2d_1280c_16px_fwdbwd 0\.400/0\.470=0\.85; -> make default \(tensor/cuda/conv2d.cu\)'
 check "switches: implicit conv (its bm128 row has no base)" "$t/switches" '^DRAFT_CONV_IMPLICIT +\[opt-in\] tests 1 ok 0 failed; rows \(variant/base ms\): conv2d_640c_32px_fwd 0\.090/0\.109=0\.83; -> make default \(tensor/cuda/conv2d.cu\)'
 # a switch that is the default already: kept when it passes, flagged when a case fails or a row is slower
 GPU_SWITCHES_DEFS="DRAFT_ATTN_MMA=default;DRAFT_ATTN_FUSED_DQ=default;DRAFT_CONV_ROWSHIFT=default;DRAFT_MATMUL_FAST_BF16=by size;" \
@@ -76,7 +83,8 @@ check "switches: a slower default" "$t/switches2" '^DRAFT_CONV_ROWSHIFT +\[defau
 check "switches: a rule" "$t/switches2" '^DRAFT_MATMUL_FAST_BF16 +\[by size\] .*keep as it is \(by size, tensor/cuda/matmul.cu\)'
 # and from the source: every switch's def is read (none unknown)
 bench/gpu_switches.sh "$t/testlog" "$t/ours" > "$t/switches3" 2>&1
-if grep -q '\[unknown\]' "$t/switches3" || [ "$(grep -c '^DRAFT_' "$t/switches3")" -ne 7 ]; then
+n_sw=$(grep -ho 'cuda_switch("DRAFT_[A-Z0-9_]*"' tensor/cuda/*.cu | grep -v DRAFT_GN_TWOPASS | sort -u | wc -l)   # TWOPASS: the tests' own (below)
+if grep -q '\[unknown\]' "$t/switches3" || [ "$(grep -c '^DRAFT_' "$t/switches3")" -ne "$n_sw" ]; then
     echo "FAIL switches: a def not read from tensor/cuda:"; cat "$t/switches3"; fail=1
 else echo "ok   switches: every def read from tensor/cuda"; fi
 # ncu_summary.py on a made-up Nsight Compute table: a kernel name with commas inside quotes, two

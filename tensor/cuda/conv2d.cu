@@ -9,6 +9,8 @@
  * entries that read it, so no atomics are needed. With DRAFT_CONV_ROWSHIFT=1 a forward with
  * stride_h 1 instead expands only the kernel columns and runs one GEMM per kernel row over
  * views of that shifted by whole rows (conv2d_kernels.cuh): KH times less im2col traffic.
+ * With DRAFT_CONV_HALO=1 a 3x3 stride-1 f32 forward under TF32 (and its backward input) is one
+ * kernel that reads the 9 taps out of a halo tile of the input in shared memory (conv2d_kernels.cuh).
  * With DRAFT_CONV_IMPLICIT=1 an f32 forward (groups 1) is instead one implicit-GEMM kernel on
  * tensor cores that gathers its operand tiles from x into shared memory (conv2d_kernels.cuh; in
  * tap-major order over permuted weights where C % 16 == 0), and so is the backward input at
@@ -526,6 +528,81 @@ enum status implicit_backward_input(bool *done, float *dx, const float *dy, cons
     return s;
 }
 
+/* ---------------------------------------------------------------- halo-tile forward */
+
+/* DRAFT_CONV_HALO=1 (opt-in until measured on a GPU): under TF32, a 3x3 convolution at stride 1,
+ * dilation 1, groups 1 with C % 8 == 0 and W % 4 == 0 (every 3x3 of SD's UNet at stride 1) runs
+ * its forward, and its backward input, as conv_halo_kernel (conv2d_kernels.cuh): per 8 input
+ * channels, one halo tile of the input in shared memory and the 9 taps read out of it. The weights
+ * go through conv_halo_weight_kernel first (fragment order, tf32, padded to BM channels).
+ * DRAFT_CONV_HALO_BM=64|128|160 forces the channel block (tests, benchmarks). */
+bool conv_halo() { return cuda_switch("DRAFT_CONV_HALO", false); }
+
+/* the channel block: forced, else of 64, 128 and 160 the one whose grid fills the SMs best with
+ * the blocks a SM holds (shared memory: 79 KiB, 145 KiB, 162 KiB a block), ties to the larger */
+int halo_bm(int64_t tiles, int64_t O)
+{
+    const char *e = getenv("DRAFT_CONV_HALO_BM");
+    const int forced = e ? atoi(e) : 0;
+    if (forced == 64 || forced == 128 || forced == 160) return forced;
+    const int bms[3] = {64, 128, 160}, per_sm[3] = {2, 1, 1};
+    const int64_t sms = cuda_sm_count();
+    int best = 64;
+    double best_eff = -1;
+    for (int i = 0; i < 3; i++) {
+        const int64_t blocks = tiles * ((O + bms[i] - 1) / bms[i]), slots = sms * per_sm[i];
+        const int64_t waves = (blocks + slots - 1) / slots;
+        /* useful channels over computed ones, times blocks over the slots of the waves run */
+        const double eff = (double)O / (double)((O + bms[i] - 1) / bms[i] * bms[i]) * (double)blocks / (double)(waves * slots);
+        if (eff >= best_eff) best = bms[i], best_eff = eff;
+    }
+    return best;
+}
+
+/* the switch, the precision (TF32 only) and the kernel's limits, for a convolution of an input
+ * [N, Cin, H, W] (x, aligned) into Oc channels of geometry kg */
+bool halo_applies(const kgeom &kg, int64_t N, int64_t Oc, int G, const void *x)
+{
+    return conv_halo() && tensor_precision() == PRECISION_TF32 && G == 1 && kg.C > 0 && kg.KH == 3 && kg.KW == 3 && kg.sh == 1 &&
+           kg.sw == 1 && kg.dh == 1 && kg.dw == 1 && kg.C % 8 == 0 && kg.W % 4 == 0 && ((uintptr_t)x & 15) == 0 &&
+           N <= 65535 && (Oc + 63) / 64 <= 65535 && (int64_t)kg.C * kg.HW <= INT_MAX;
+}
+
+template <int BM>
+enum status halo_launch(float *out, const float *x, const float *wp, const float *bias, const kgeom &kg, int64_t N, int O)
+{
+    static bool smem_set = false;   /* per BM: more than the default 48 KiB */
+    const size_t smem = halo_smem_bytes(BM);
+    if (!smem_set) {
+        CUDA_TRY(cudaFuncSetAttribute(conv_halo_kernel<BM>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        smem_set = true;
+    }
+    const int64_t tiles = (int64_t)((kg.OH + kHaloTH - 1) / kHaloTH) * ((kg.OW + kHaloTW - 1) / kHaloTW);
+    const dim3 grid((unsigned)tiles, (unsigned)((O + BM - 1) / BM), (unsigned)N);
+    conv_halo_kernel<BM><<<grid, halo_threads(BM), smem, (cudaStream_t)cuda_stream()>>>(out, x, wp, bias, kg, O);
+    CUDA_LAUNCHED();
+    return STATUS_OK;
+}
+
+/* out = conv(x, w) (+ bias) over kg with O output channels; flip: w is the forward's, for the
+ * backward input (kg = dgrad_geom, O = the forward's C) */
+enum status halo_run(float *out, const float *x, const float *w, const float *bias, const kgeom &kg, int64_t N, int O,
+                     bool flip)
+{
+    const int64_t tiles = (int64_t)((kg.OH + kHaloTH - 1) / kHaloTH) * ((kg.OW + kHaloTW - 1) / kHaloTW);
+    const int bm = halo_bm(tiles * N, O), Opad = (O + bm - 1) / bm * bm;
+    const int64_t nw = (int64_t)Opad / 16 * (kg.C / 8 * 9) * 128;
+    enum status s = STATUS_OK;
+    float *wp = scratch<float>(nw, &s);
+    if (!wp) return s;
+    conv_halo_weight_kernel<<<(unsigned)((nw + 255) / 256), 256, 0, (cudaStream_t)cuda_stream()>>>(wp, w, O, Opad, kg.C,
+                                                                                                 flip);
+    CUDA_LAUNCHED();
+    return bm == 160 ? halo_launch<160>(out, x, wp, bias, kg, N, O)
+         : bm == 128 ? halo_launch<128>(out, x, wp, bias, kg, N, O)
+                     : halo_launch<64>(out, x, wp, bias, kg, N, O);
+}
+
 /* ---------------------------------------------------------------- the three operations */
 
 /* out (+)= w @ im2col(x) over the tiles of the workspace; CT is the im2col's element type */
@@ -558,6 +635,8 @@ template <typename T> enum status conv_forward(T *out, const T *x, const T *w, c
 {
     enum status s = STATUS_OK;
     if constexpr (sizeof(T) == 4) {
+        if (halo_applies(kernel_geom(g), g.N, g.O, (int)g.G, x))
+            return halo_run(out, x, w, bias, kernel_geom(g), g.N, (int)g.O, false);
         bool done = false;
         if ((s = implicit_forward(&done, out, x, w, bias, g)) || done) return s;
     }
@@ -594,6 +673,9 @@ template <typename T> enum status conv_backward_input(T *dx, const T *dy, const 
 {
     enum status s = STATUS_OK;
     if constexpr (sizeof(T) == 4) {
+        const kgeom dg = dgrad_geom(kernel_geom(g), (int)g.O);
+        if (g.sh == 1 && g.sw == 1 && halo_applies(dg, g.N, g.C, (int)g.G, dy))
+            return halo_run(dx, dy, w, nullptr, dg, g.N, (int)g.C, true);
         bool done = false;
         if ((s = implicit_backward_input(&done, dx, dy, w, g)) || done) return s;
     }

@@ -489,4 +489,194 @@ conv_weight_layout_kernel(T *__restrict__ wp, const T *__restrict__ w, int64_t O
     wp[e] = flip ? w[(cp * C + op) * KK + (KK - 1 - kk)] : w[(op * C + cp) * KK + kk];
 }
 
+
+/* ---------------------------------------------------------------- halo-tile forward (tensor cores, TF32) */
+
+/* DRAFT_CONV_HALO=1: a 3x3, stride-1, dilation-1, groups-1 f32 convolution under TF32 as one kernel
+ * that stages, per step of 8 input channels, the input tile a block's pixels read (its halo) in
+ * shared memory once, and reads each of the 9 taps' operand straight out of it: no im2col, not even
+ * in shared memory. Against conv_implicit_kernel, which gathers a [16][128] slice of im2col per k
+ * step element by element (4-byte copies, 9x the halo's bytes), a step here is 72 deep (9 taps x 8
+ * channels) and its copies are 16 bytes wide: the weights' [BM][72] slice, pre-ordered by
+ * conv_halo_weight_kernel into the A fragments' register order and pre-rounded to tf32 (one LDS.128
+ * per fragment), and the halo, (4 + 2) rows x 40 columns of 8 channels, 16-byte aligned runs of
+ * the input rows (a run is all inside or all outside the image when W % 4 == 0: a zero-filling
+ * copy), rounded to tf32 in place by the thread that copied it.
+ * Block: BM output channels x 128 pixels (4 output rows x 32 columns of one image); BM/32 x 2 warps
+ * of 32 channels x 64 pixels (2 output rows); kHaloStages steps in flight.
+ * Bank conflicts: a B fragment (rows k = t, t+4: channels; column g: 8 consecutive pixels of one
+ * row) reads words t*kHaloPlane + g + const, and kHaloPlane = 248 = 24 (mod 32) puts the 32 lanes on
+ * 32 banks for every tap; A fragments are 512 contiguous bytes per warp. */
+constexpr int kHaloTW = 32, kHaloTH = 4, kHaloCC = 8, kHaloStages = 3;
+constexpr int kHaloRows = kHaloTH + 2, kHaloCols = 40;           /* 3 + 32 + 2 columns rounded up to 4 */
+constexpr int kHaloPlane = 248;                                  /* >= 6 x 40, = 24 (mod 32), % 4 == 0 */
+constexpr int kHaloKG = 9 * kHaloCC / 8;                         /* k8 groups per step: 9 taps x 8 channels */
+constexpr int kHaloRuns = kHaloCC * kHaloRows * (kHaloCols / 4); /* 16-byte runs of halo per step: 480 */
+static_assert(kHaloPlane >= kHaloRows * kHaloCols && kHaloPlane % 32 == 24 && kHaloPlane % 4 == 0, "halo plane");
+__host__ __device__ constexpr int halo_threads(int BM) { return 2 * BM; }
+__host__ __device__ constexpr int halo_stage_words(int BM) { return BM * 9 * kHaloCC + kHaloCC * kHaloPlane; }
+__host__ __device__ constexpr size_t halo_smem_bytes(int BM) { return sizeof(float) * kHaloStages * halo_stage_words(BM); }
+
+/* a 16-byte cp.async of *src to *dst when `in`, else 16 zero bytes (nothing read) */
+#ifdef __CUDACC__
+__device__ __forceinline__ void cp_async16(float *dst, const float *src, bool in)
+{
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"((unsigned)__cvta_generic_to_shared(dst)), "l"(src),
+                 "r"(in ? 16 : 0)
+                 : "memory");
+}
+#else
+inline void cp_async16(float *dst, const float *src, bool in) { __pipeline_memcpy_async(dst, src, 16, in ? 0 : 16); }
+#endif
+
+/* wp for conv_halo_kernel, from w [O][C][3][3] (C % 8 == 0): per 16 output channels mt and k8 group
+ * kg = chunk * 9 + tap (8 channels chunk*8 .. +8 at tap = kh*3 + kw), the 32 lanes' A fragments
+ * (a0..a3 = rows g, g+8, g, g+8 x columns t, t, t+4, t+4), rounded to tf32, zeros from O to Opad
+ * (a multiple of the kernel's BM, so that its last channel block reads only what is here):
+ *   wp[((mt * NKG + kg) * 32 + lane) * 4 + i],  mt < Opad / 16,  NKG = C / 8 * 9.
+ * flip: the backward input's operand instead, wt[c][o][kh][kw] = w[o][c][2-kh][2-kw] (dgrad_geom)
+ * with O = the forward's C and C = the forward's O. One thread per word. */
+__global__ void __launch_bounds__(256)
+conv_halo_weight_kernel(float *__restrict__ wp, const float *__restrict__ w, int O, int Opad, int C, bool flip)
+{
+    const int NKG = C / 8 * 9;
+    const int64_t e = (int64_t)blockIdx.x * 256 + threadIdx.x, total = (int64_t)Opad / 16 * NKG * 128;
+    if (e >= total) return;
+    const int i = (int)(e % 4), lane = (int)(e / 4 % 32), kg = (int)(e / 128 % NKG), mt = (int)(e / (128 * (int64_t)NKG));
+    const int o = mt * 16 + lane / 4 + 8 * (i & 1), c = kg / 9 * 8 + lane % 4 + 4 * (i >> 1), tap = kg % 9;
+    float v = 0.f;
+    if (o < O) v = flip ? w[((int64_t)c * O + o) * 9 + (8 - tap)] : w[((int64_t)o * C + c) * 9 + tap];
+    wp[e] = __uint_as_float(to_tf32(v));
+}
+
+/* out[n][o][oh][ow] = bias[o] + sum over c, kh, kw of w[o][c][kh][kw] x[n][c][oh - pt + kh][ow - pl + kw]
+ * (0 outside the image), in TF32 (operands rounded to nearest, f32 sums). g: the geometry (KH = KW
+ * = 3, stride and dilation 1, C % 8 == 0, W % 4 == 0, x 16-byte aligned: the host checks); wp from
+ * conv_halo_weight_kernel. Grid: x = tiles of 4 x 32 output pixels (row-major over the image), y =
+ * BM channels, z = images. */
+template <int BM>
+__global__ void __launch_bounds__(2 * BM)
+conv_halo_kernel(float *__restrict__ out, const float *__restrict__ x, const float *__restrict__ wp,
+                 const float *__restrict__ bias, kgeom g, int O)
+{
+    constexpr int T = halo_threads(BM), SW = halo_stage_words(BM), AW = BM * 9 * kHaloCC;
+    constexpr int NH = (kHaloRuns + T - 1) / T, NA = AW / 4 / T;   /* 16-byte copies per thread per step */
+    static_assert(BM % 32 == 0 && AW / 4 % T == 0, "tile shape");
+    DYN_SMEM(float, hs_smem);
+    const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, gq = lane / 4, tq = lane % 4;
+    const int wm = warp / 2, wn = warp % 2;   /* 32 channels x 64 pixels (output rows 2 wn, 2 wn + 1) */
+    const int tiles_w = (g.OW + kHaloTW - 1) / kHaloTW;
+    const int oh0 = (int)blockIdx.x / tiles_w * kHaloTH, ow0 = (int)blockIdx.x % tiles_w * kHaloTW;
+    const int o0 = (int)blockIdx.y * BM, n = (int)blockIdx.z;
+    const int cshift = (4 - g.pl % 4) % 4;   /* ow0 - pl - cshift: the halo's first column, % 4 == 0 */
+    const int hc0 = ow0 - g.pl - cshift, hr0 = oh0 - g.pt;
+    const int nsteps = g.C / kHaloCC, NKG = nsteps * kHaloKG;
+
+    /* this thread's halo runs, the same in every step but for the channel offset: e = (c, row, run)
+     * at word h_dst of the plane (-1: no run) from word h_src of the step's channels (-1: outside
+     * the image, zeros) */
+    int h_src[NH], h_dst[NH];
+#pragma unroll
+    for (int i = 0; i < NH; i++) {
+        const int e = tid + i * T, run = e % (kHaloCols / 4), row = e / (kHaloCols / 4) % kHaloRows,
+                  c = e / (kHaloCols / 4 * kHaloRows);
+        const int ih = hr0 + row, iw = hc0 + run * 4;
+        const bool in = e < kHaloRuns && ih >= 0 && ih < g.H && iw >= 0 && iw < g.W;
+        h_src[i] = in ? c * g.HW + ih * g.W + iw : -1;
+        h_dst[i] = e < kHaloRuns ? c * kHaloPlane + row * kHaloCols + run * 4 : -1;
+    }
+    const float *xn = x + (int64_t)n * g.C * g.HW;
+    /* the weights of this block's BM/16 channel tiles: runs of 9 k8 groups (a step) per tile */
+    const float *wblk = wp + (int64_t)(o0 / 16) * NKG * 128;
+
+    auto load_step = [&](int stage, int s) {
+        float *As = hs_smem + stage * SW, *Hs = As + AW;
+#pragma unroll
+        for (int i = 0; i < NA; i++) {   /* A: tile mtl's 9 groups x 128 words, contiguous in wp */
+            const int e = tid + i * T, mtl = e / (kHaloKG * 32), r = e % (kHaloKG * 32);
+            cp_async16(As + e * 4, wblk + ((int64_t)mtl * NKG + s * kHaloKG) * 128 + r * 4, true);
+        }
+        const float *xs = xn + (int64_t)s * kHaloCC * g.HW;
+#pragma unroll
+        for (int i = 0; i < NH; i++)
+            if (h_dst[i] >= 0) cp_async16(Hs + h_dst[i], h_src[i] >= 0 ? xs + h_src[i] : x, h_src[i] >= 0);
+    };
+
+    float acc[2][8][4];
+#pragma unroll
+    for (int mi = 0; mi < 2; mi++)
+#pragma unroll
+        for (int ni = 0; ni < 8; ni++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[mi][ni][e] = 0.f;
+
+    for (int s = 0; s < kHaloStages - 1; s++) {
+        if (s < nsteps) load_step(s, s);
+        __pipeline_commit();
+    }
+    for (int s = 0; s < nsteps; s++) {
+        __pipeline_wait_prior(kHaloStages - 2);   /* step s has landed (this thread's copies) */
+        float *As = hs_smem + s % kHaloStages * SW, *Hs = As + AW;
+#pragma unroll
+        for (int i = 0; i < NH; i++)   /* round this thread's halo runs to tf32, in place */
+            if (h_dst[i] >= 0) {
+                float4 *p = reinterpret_cast<float4 *>(Hs + h_dst[i]);
+                float4 v = *p;
+                v.x = __uint_as_float(to_tf32(v.x)), v.y = __uint_as_float(to_tf32(v.y));
+                v.z = __uint_as_float(to_tf32(v.z)), v.w = __uint_as_float(to_tf32(v.w));
+                *p = v;
+            }
+        __syncthreads();   /* ... everyone's, rounded; and step s-1's buffer is free */
+        if (s + kHaloStages - 1 < nsteps) load_step((s + kHaloStages - 1) % kHaloStages, s + kHaloStages - 1);
+        __pipeline_commit();
+        /* B fragment of pixel column ni: output row 2 wn + ni / 4, column (ni % 4) * 8 + g; word
+         * (row + kh) * kHaloCols + column + kw + cshift of channel plane t (b0) and t + 4 (b1) */
+        const float *hb = Hs + tq * kHaloPlane + (2 * wn) * kHaloCols + gq + cshift;
+        const float *ab = As + (wm * 2 * kHaloKG * 32 + lane) * 4;
+#pragma unroll
+        for (int kg = 0; kg < kHaloKG; kg++) {
+            const int kh = kg / 3, kw = kg % 3;   /* kHaloCC == 8: one group per tap */
+            uint32_t a[2][4];
+#pragma unroll
+            for (int mi = 0; mi < 2; mi++) {
+                const float4 v = *reinterpret_cast<const float4 *>(ab + (mi * kHaloKG + kg) * 128);
+                a[mi][0] = __float_as_uint(v.x), a[mi][1] = __float_as_uint(v.y);
+                a[mi][2] = __float_as_uint(v.z), a[mi][3] = __float_as_uint(v.w);
+            }
+#pragma unroll
+            for (int ni = 0; ni < 8; ni++) {
+                const float *bp = hb + (ni / 4 + kh) * kHaloCols + (ni % 4) * 8 + kw;
+                const uint32_t b0 = __float_as_uint(bp[0]), b1 = __float_as_uint(bp[4 * kHaloPlane]);
+#pragma unroll
+                for (int mi = 0; mi < 2; mi++) mma_tf32(acc[mi][ni], a[mi], b0, b1);
+            }
+        }
+    }
+    __pipeline_wait_prior(0);   /* no copy outlives the kernel (the trailing groups are empty) */
+
+    /* epilogue: C fragment (mi, ni) holds channels g / g+8 and the pixel pair 2t, 2t+1 of column ni */
+    const bool pairs = g.OW % 2 == 0 && ((uintptr_t)out & 7) == 0;
+#pragma unroll
+    for (int ni = 0; ni < 8; ni++) {
+        const int oh = oh0 + 2 * wn + ni / 4, ow = ow0 + (ni % 4) * 8 + 2 * tq;
+        if (oh >= g.OH || ow >= g.OW) continue;
+#pragma unroll
+        for (int mi = 0; mi < 2; mi++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int o = o0 + wm * 32 + mi * 16 + gq + 8 * h;
+                if (o >= O) continue;
+                const float bv = bias ? bias[o] : 0.f;
+                float *dst = out + (((int64_t)n * O + o) * g.OH + oh) * g.OW + ow;
+                const float v0 = acc[mi][ni][2 * h] + bv, v1 = acc[mi][ni][2 * h + 1] + bv;
+                if (pairs) {   /* ow even, OW even: both in the row, 8-byte aligned */
+                    *reinterpret_cast<float2 *>(dst) = make_float2(v0, v1);
+                } else {
+                    dst[0] = v0;
+                    if (ow + 1 < g.OW) dst[1] = v1;
+                }
+            }
+    }
+}
+
 #endif
