@@ -262,6 +262,7 @@ struct mma_bf16_ops {
         f.a[3] = bf16x2(c[1][2], c[1][3]);
     }
     __device__ static int reuse_pos(int j) { return j; }
+    __device__ static int reuse_inv(int p) { return p; }
     /* element (row, col) of a word tile of pitch pw */
     __device__ static void put(uint32_t *t, int pw, int row, int col, float x)
     {
@@ -306,6 +307,8 @@ template <bool X3> struct mma_tf32_ops {
     }
     /* where row j of a reuse product's B tile goes: (2i, 2i + 1) of an octet to (i, i + 4) */
     __device__ static int reuse_pos(int j) { return (j & ~7) | ((j & 1) << 2) | ((j & 7) >> 1); }
+    /* the row j at position p: reuse_inv(reuse_pos(j)) == j */
+    __device__ static int reuse_inv(int p) { return (p & ~7) | ((p & 3) << 1) | ((p >> 2) & 1); }
     __device__ static void put(uint32_t *t, int pw, int row, int col, float x) { t[row * pw + col] = __float_as_uint(x); }
 };
 
@@ -324,22 +327,35 @@ __device__ __forceinline__ void load_words(uint32_t *dst, const float *src, int6
     }
 }
 
+/* Transposed word tiles ([DP][64 / EPW], pitch 64 / EPW + 4 = 4 (mod 32)) are written by (column
+ * d, position p) pairs numbered so that a warp's 32 stores cover 8 columns x 4 consecutive
+ * positions: words 4 d + p (mod 32), 32 banks. (In d-major order a warp's stores were PT words apart
+ * and fell on 8 banks: 4 ways conflicted.) transposed_at(idx) gives pair idx < (64 / EPW) * DP. */
+template <int DP, class E> __device__ __forceinline__ void transposed_at(int idx, int &d, int &p)
+{
+    constexpr int NP4 = 64 / E::EPW / 4;   /* groups of 4 positions */
+    const int lo = idx % 32, hi = idx / 32;
+    d = hi / NP4 * 8 + lo % 8;
+    p = hi % NP4 * 4 + lo / 8;
+}
+
 /* dst[d][pos(j)] = element (j, d) of a [64][DP] word tile already in shared memory, as a [DP][64]
  * word tile (pitch 64 / EPW + 4), pos = reuse_pos for the B tile of a register-reuse product (so
  * REUSE), else j: the transposed copy costs no second read of global memory */
 template <int DP, class E, bool REUSE> __device__ __forceinline__ void transpose_words(uint32_t *dst, const uint32_t *src)
 {
     constexpr int PW = DP / E::EPW + 4, PT = 64 / E::EPW + 4;
-    if constexpr (E::EPW == 2) {   /* element pairs (2j, 2j + 1) of column d */
-        for (int idx = threadIdx.x; idx < 32 * DP; idx += kMmaThreads) {
-            const int d = idx % DP, j = idx / DP, sh = (d & 1) * 16;
+    static_assert(DP % 8 == 0, "transposed tiles: 8 columns per warp store");
+    for (int idx = threadIdx.x; idx < 64 / E::EPW * DP; idx += kMmaThreads) {
+        int d, p;
+        transposed_at<DP, E>(idx, d, p);
+        const int j = REUSE ? E::reuse_inv(p) : p;
+        if constexpr (E::EPW == 2) {   /* element pairs (2j, 2j + 1) of column d */
+            const int sh = (d & 1) * 16;
             const uint32_t lo = (src[2 * j * PW + d / 2] >> sh) & 0xffffu, hi = (src[(2 * j + 1) * PW + d / 2] >> sh) & 0xffffu;
-            dst[d * PT + E::reuse_pos(j)] = lo | hi << 16;
-        }
-    } else {
-        for (int idx = threadIdx.x; idx < 64 * DP; idx += kMmaThreads) {
-            const int d = idx % DP, j = idx / DP;
-            dst[d * PT + (REUSE ? E::reuse_pos(j) : j)] = src[j * PW + d];
+            dst[d * PT + p] = lo | hi << 16;
+        } else {
+            dst[d * PT + p] = src[j * PW + d];
         }
     }
 }
@@ -423,10 +439,12 @@ attn_fwd_mma_kernel(opnd<float> out, float *__restrict__ lse, int64_t lsb, int64
         __syncthreads();   /* Q's fragments, or the previous tile's Ks / Vt, are taken */
         load_words<DP, E>(Ks, kb + (int64_t)k0 * k.sl, k.sl, k.sd, dm.S - k0, dm.D);
         for (int idx = threadIdx.x; idx < (BN / EPW) * DP; idx += kMmaThreads) {
-            const int d = idx % DP, j = idx / DP, kj = k0 + EPW * j;   /* keys EPW j .. of column d */
+            int d, p;   /* a warp: 8 columns x 4 positions (transposed_at): 8 floats of 4 or 8 key rows */
+            transposed_at<DP, E>(idx, d, p);
+            const int kj = k0 + EPW * E::reuse_inv(p);   /* keys EPW j .. of column d */
             const float x0 = kj < dm.S && d < dm.Dv ? vb[(int64_t)kj * v.sl + (int64_t)d * v.sd] : 0.f;
             const float x1 = EPW == 2 && kj + 1 < dm.S && d < dm.Dv ? vb[(int64_t)(kj + 1) * v.sl + (int64_t)d * v.sd] : 0.f;
-            Vt[d * PV + E::reuse_pos(j)] = E::word(x0, x1);
+            Vt[d * PV + p] = E::word(x0, x1);
         }
         __syncthreads();
         /* S = Q K^T for this warp's 16 rows x 64 keys: NT octets of keys */
