@@ -16,8 +16,8 @@
 
 /* the kernel-variant switches (tensor/README.md) */
 static const char *const g_switches[] = {"DRAFT_CONV_PIPELINE", "DRAFT_CONV_ROWSHIFT", "DRAFT_CONV_IMPLICIT",
-                                         "DRAFT_CONV_HALO",     "DRAFT_GN_FUSED_BWD",  "DRAFT_ATTN_FUSED_DQ",
-                                         "DRAFT_ATTN_MMA",      "DRAFT_MATMUL_FAST_BF16"};
+                                         "DRAFT_CONV_HALO",     "DRAFT_GN_FUSED_BWD",  "DRAFT_GN_REG",
+                                         "DRAFT_ATTN_FUSED_DQ", "DRAFT_ATTN_MMA",      "DRAFT_MATMUL_FAST_BF16"};
 #define N_SWITCHES (sizeof g_switches / sizeof *g_switches)
 
 /* all off but `on` (NULL: all off), so that each row names its kernels whatever the compiled-in
@@ -372,24 +372,27 @@ int main(int argc, char **argv)
     tensor_set_precision(PRECISION_F32);
 
     /* group_norm [2,320,64,64]; fwd+bwd again with the one-pass cluster backward; then both with
-     * the cluster size forced (DRAFT_GN_CLUSTER; the default picks 8 blocks of 20 KiB here; 1: a
-     * whole group of 160 KiB in one block) */
+     * the cluster size forced (DRAFT_GN_CLUSTER; the forward's rule picks 2 blocks of 80 KiB here
+     * on 132 SMs, the backward's 8; 1: a whole group of 160 KiB in one block); the forward with
+     * its chunk in registers (DRAFT_GN_REG), at the picked size and at 4 */
     const struct {
-        const char *name, *cluster;
-        bool fused_bwd, back;
+        const char *name, *cluster, *sw;   /* sw: the switch on */
+        bool back;
     } gn_rows[] = {
-        {"group_norm_fwd", NULL, false, false},
-        {"group_norm_fwdbwd", NULL, false, true},
-        {"group_norm_fwdbwd_fused_bwd", NULL, true, true},
-        {"group_norm_fwd_cl1", "1", false, false},
-        {"group_norm_fwd_cl2", "2", false, false},
-        {"group_norm_fwd_cl4", "4", false, false},
-        {"group_norm_fwdbwd_fused_bwd_cl4", "4", true, true},
-        {"group_norm_fwdbwd_cl1", "1", false, true},
+        {"group_norm_fwd", NULL, NULL, false},
+        {"group_norm_fwdbwd", NULL, NULL, true},
+        {"group_norm_fwdbwd_fused_bwd", NULL, "DRAFT_GN_FUSED_BWD", true},
+        {"group_norm_fwd_cl1", "1", NULL, false},
+        {"group_norm_fwd_cl2", "2", NULL, false},
+        {"group_norm_fwd_cl4", "4", NULL, false},
+        {"group_norm_fwdbwd_fused_bwd_cl4", "4", "DRAFT_GN_FUSED_BWD", true},
+        {"group_norm_fwdbwd_cl1", "1", NULL, true},
+        {"group_norm_fwd_reg", NULL, "DRAFT_GN_REG", false},
+        {"group_norm_fwd_reg_cl4", "4", "DRAFT_GN_REG", false},
     };
     for (size_t mode = 0; mode < sizeof gn_rows / sizeof *gn_rows; mode++) {
         const int bw = gn_rows[mode].back;
-        set_switches(gn_rows[mode].fused_bwd ? "DRAFT_GN_FUSED_BWD" : NULL);
+        set_switches(gn_rows[mode].sw);
         if (gn_rows[mode].cluster) setenv("DRAFT_GN_CLUSTER", gn_rows[mode].cluster, 1);
         a.a = randn_dev(DTYPE_F32, TENSOR_SHAPE(2, 320, 64, 64), bw);
         a.b = randn_dev(DTYPE_F32, TENSOR_SHAPE(320), bw);

@@ -44,9 +44,10 @@ END {
     time_target("attention_fwd", "_mma")
     time_target("attention_fwdbwd", "_fused_dq _mma")
     bw_target("add_64M", "", "copy_64M")
-    bw_target("group_norm_fwd", "group_norm_fwd_cl1 group_norm_fwd_cl2 group_norm_fwd_cl4", "copy_10M")
-    bw_target("group_norm_fwd_burst20", "group_norm_fwd_cl1_burst20 group_norm_fwd_cl2_burst20 group_norm_fwd_cl4_burst20",
-              "copy_10M_burst20")
+    bw_target("group_norm_fwd", "group_norm_fwd_cl1 group_norm_fwd_cl2 group_norm_fwd_cl4 group_norm_fwd_reg group_norm_fwd_reg_cl4",
+              "copy_10M")
+    bw_target("group_norm_fwd_burst20", "group_norm_fwd_cl1_burst20 group_norm_fwd_cl2_burst20 group_norm_fwd_cl4_burst20" \
+              " group_norm_fwd_reg_burst20 group_norm_fwd_reg_cl4_burst20", "copy_10M_burst20")
     bw_target("group_norm_fwdbwd", "group_norm_fwdbwd_fused_bwd group_norm_fwdbwd_fused_bwd_cl4 group_norm_fwdbwd_cl1",
               "copy_10M")
     bw_target("group_norm_fwdbwd_burst20",

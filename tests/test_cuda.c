@@ -1107,6 +1107,26 @@ START_TEST(test_nn)
         unsetenv("DRAFT_GN_CLUSTER");
         unsetenv("DRAFT_GN_FUSED_BWD");
     }
+    /* the forward's register variant (DRAFT_GN_REG: float4 runs, HW % 4 == 0): the large case at
+     * the default cluster size and at clusters of 1, 2 and 8 blocks (1 to 8 float4 per thread);
+     * SD's [2,320,64,64] (20 per thread at clusters of 2), then the 5x5 one (V = 1: the
+     * shared-memory kernel) */
+    if (!optin_skipped()) {
+        struct tensor *gns[3] = {test_uniform(DTYPE_F64, TENSOR_SHAPE(2, 320, 64, 64), -2, 2),
+                                 test_uniform(DTYPE_F64, TENSOR_SHAPE(320), 0.5, 1.5), test_uniform(DTYPE_F64, TENSOR_SHAPE(320), -1, 1)};
+        set_switch("DRAFT_GN_REG", true);
+        const char *const cls[4] = {NULL, "1", "2", "8"};
+        for (int m = 0; m < 4; m++) {
+            char label[96];
+            snprintf(label, sizeof label, "group_norm[gn_reg,cluster=%s,large,groups=32]", cls[m] ? cls[m] : "default");
+            if (cls[m]) setenv("DRAFT_GN_CLUSTER", cls[m], 1);
+            check_op(label, f_group_norm, (void *)32, 3, gnb, &big);
+            unsetenv("DRAFT_GN_CLUSTER");
+        }
+        check_op("group_norm[gn_reg,sd,groups=32]", f_group_norm, (void *)32, 3, gns, &big);
+        check_op("group_norm[gn_reg,groups=2,5x5]", f_group_norm, (void *)2, 3, gno, &o);
+        unsetenv("DRAFT_GN_REG");
+    }
     /* attention */
     struct tensor *qkv[3], *qkv2[3], *qkvb[3], *qkvt[3], *qkvc[3], *qkv80[3], *qkvw[3], *qkvw2[3];
     attn_inputs(qkv, 1, 2, 5, 6, 4, 3);

@@ -29,9 +29,12 @@ RESULT attention_fwd_mma 0.600 71.6 TFLOP/s
 RESULT attention_fwdbwd_mma 3.100 48.5 TFLOP/s
 RESULT group_norm_fwd 0.018 1138.0 GB/s
 RESULT group_norm_fwd_cl4 0.015 1400.0 GB/s
+RESULT group_norm_fwd_reg 0.016 1300.0 GB/s
+RESULT group_norm_fwd_reg_burst20 0.010 2100.0 GB/s
 RESULT group_norm_fwdbwd 0.051 1020.0 GB/s
 RESULT group_norm_fwdbwd_fused_bwd 0.041 1280.0 GB/s
 RESULT copy_10M 0.012 1697.0 GB/s
+RESULT copy_10M_burst20 0.008 2600.0 GB/s
 RESULT copy_64M 0.135 3977.0 GB/s
 RESULT add_64M 0.196 4118.0 GB/s
 R
@@ -51,6 +54,7 @@ cuda conv2d[3x3,rowshift] f32 fwd rel=1.0e-07 bwd rel=2.0e-07 ok
 cuda conv2d[3x3,workspace=1K,pipeline] f32 fwd rel=1.0e-07 bwd rel=2.0e-07 ok
 cuda conv2d[3x3,implicit,tf32,bm=128] f32 fwd rel=3.0e-04 bwd rel=2.0e-07 ok
 cuda conv2d[3x3,c16,halo,tf32,bm=64] f32 fwd rel=3.0e-04 bwd rel=3.0e-04 ok
+cuda group_norm[gn_reg,sd,groups=32] f32 fwd rel=1.0e-07 bwd rel=2.0e-07 ok
 R
 bench/join_gpu_bench.sh "$t/ours" "$t/torch" > "$t/join" 2>&1
 check "join: ratio of a paired row" "$t/join" '^conv2d_320c_64px_fwd +0\.163 +0\.107 +1\.52 '
@@ -59,6 +63,7 @@ bench/gpu_targets.sh "$t/ours" "$t/torch" > "$t/targets" 2>&1
 check "targets: best variant met" "$t/targets" '^conv2d_320c_64px_fwd +0\.93x torch .* met +best: conv2d_320c_64px_fwd_rowshift'
 check "targets: attention fwd+bwd on the mma row" "$t/targets" '^attention_fwdbwd +0\.44x .* met +best: attention_fwdbwd_mma'
 check "targets: group_norm on the cluster row" "$t/targets" '^group_norm_fwd +82% of copy_10M .* met +best: group_norm_fwd_cl4'
+check "targets: a variant's burst row (no base burst row)" "$t/targets" '^group_norm_fwd_burst20 +81% of copy_10M_burst20 .* met +best: group_norm_fwd_reg_burst20$'
 check "targets: a missed one" "$t/targets" '^group_norm_fwdbwd +75% of copy_10M .* MISSED'
 check "targets: the implicit conv row" "$t/targets" '^conv2d_640c_32px_fwd +0\.67x torch .* met +best: conv2d_640c_32px_fwd_implicit$'
 check "targets: a missing row" "$t/targets" '^conv2d_1280c_16px_fwd +no result'
@@ -66,12 +71,13 @@ check "targets: the halo conv's forced tile" "$t/targets" '^conv2d_1280c_16px_fw
 check "targets: the count" "$t/targets" '^targets: [0-9]+ met, [0-9]+ missed$'
 # every switch opt-in (as they all were before the first GPU run measured them)
 all_optin="DRAFT_ATTN_MMA=opt-in;DRAFT_ATTN_FUSED_DQ=opt-in;DRAFT_GN_FUSED_BWD=opt-in;DRAFT_CONV_ROWSHIFT=opt-in;"
-all_optin="${all_optin}DRAFT_CONV_PIPELINE=opt-in;DRAFT_CONV_IMPLICIT=opt-in;DRAFT_MATMUL_FAST_BF16=opt-in;DRAFT_CONV_HALO=opt-in;"
+all_optin="${all_optin}DRAFT_CONV_PIPELINE=opt-in;DRAFT_CONV_IMPLICIT=opt-in;DRAFT_MATMUL_FAST_BF16=opt-in;DRAFT_CONV_HALO=opt-in;DRAFT_GN_REG=opt-in;"
 GPU_SWITCHES_DEFS=$all_optin bench/gpu_switches.sh "$t/testlog" "$t/ours" > "$t/switches" 2>&1
 check "switches: faster everywhere, tests pass" "$t/switches" '^DRAFT_ATTN_MMA +\[opt-in\] tests 2 ok 0 failed.*make default \(tensor/cuda/attention.cu\)'
 check "switches: a failed case keeps it opt-in" "$t/switches" '^DRAFT_ATTN_FUSED_DQ +\[opt-in\] tests 0 ok 1 failed.*keep opt-in'
 check "switches: one slower row keeps it opt-in" "$t/switches" '^DRAFT_CONV_ROWSHIFT .*conv2d_640c_32px_fwd 0\.120/0\.109=1\.10.*keep opt-in'
 check "switches: group_norm" "$t/switches" '^DRAFT_GN_FUSED_BWD +\[opt-in\] tests 1 ok 0 failed.*=0\.80;.*make default \(tensor/cuda/norm.cu\)'
+check "switches: register group_norm" "$t/switches" '^DRAFT_GN_REG +\[opt-in\] tests 1 ok 0 failed; rows \(variant/base ms\): group_norm_fwd 0\.016/0\.018=0\.89; -> make default \(tensor/cuda/norm.cu\)'
 check "switches: halo conv (its bm64 row has no base)" "$t/switches" '^DRAFT_CONV_HALO +\[opt-in\] tests 1 ok 0 failed; rows \(variant/base ms\): conv2d_1280c_16px_fwdbwd 0\.400/0\.470=0\.85; -> make default \(tensor/cuda/conv2d.cu\)'
 check "switches: implicit conv (its bm128 row has no base)" "$t/switches" '^DRAFT_CONV_IMPLICIT +\[opt-in\] tests 1 ok 0 failed; rows \(variant/base ms\): conv2d_640c_32px_fwd 0\.090/0\.109=0\.83; -> make default \(tensor/cuda/conv2d.cu\)'
 # a switch that is the default already: kept when it passes, flagged when a case fails or a row is slower

@@ -99,6 +99,31 @@ template <int V> void run_case(const gn_case &c, int cl)
     report("fused_fwd", c, cl, V, "out", rel_err(o, out), 1e-6);
     report("fused_fwd", c, cl, V, "mean", rel_err(m, mu), 1e-6);
     report("fused_fwd", c, cl, V, "rstd", rel_err(r, rs), 1e-6);
+    if constexpr (V == 4) {   /* the register variant (DRAFT_GN_REG): the same bits */
+        const int nv = gn_reg_nv(chunk);
+        if (nv) {
+            std::vector<float> o2(n, NAN), m2(NG, NAN), r2(NG, NAN);
+            const emu_smem_scope smem(gn_fwd_smem(cg, 0));
+            emu_launch((unsigned)cl, (unsigned)NG, (unsigned)cl, kThreads, [&] {
+                auto run = [&](auto kernel) {
+                    kernel(o2.data(), m2.data(), r2.data(), x.data(), w.data(), b.data(), c.C, cg, c.HW, ge, chunk, eps);
+                };
+                switch (nv) {
+                case 4: run(gn_fused_kernel<4, 4>); break;
+                case 8: run(gn_fused_kernel<4, 8>); break;
+                case 12: run(gn_fused_kernel<4, 12>); break;
+                case 16: run(gn_fused_kernel<4, 16>); break;
+                case 20: run(gn_fused_kernel<4, 20>); break;
+                default: run(gn_fused_kernel<4, 24>); break;
+                }
+            });
+            const bool same = !memcmp(o2.data(), o.data(), n * sizeof(float)) &&
+                              !memcmp(m2.data(), m.data(), NG * sizeof(float)) && !memcmp(r2.data(), r.data(), NG * sizeof(float));
+            failures += !same;
+            printf("emu group_norm[fused_fwd_reg,N=%d,C=%d,G=%d,HW=%d,cluster=%d,NV=%d] out, mean, rstd %s the shared-memory kernel's %s\n",
+                   c.N, c.C, c.G, c.HW, cl, nv, same ? "are" : "are NOT", same ? "ok" : "FAILED");
+        }
+    }
 
     if (!bwd_fits) return;
     /* the backward from the kernel's own float statistics, as the engine runs it */

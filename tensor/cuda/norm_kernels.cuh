@@ -107,25 +107,51 @@ __host__ __device__ constexpr size_t gn_fwd_smem(int cg, int chunk)
  * merges the cluster's states in rank order and normalises its elements from shared memory: x is
  * read once and out written once, with one block barrier and one full cluster barrier between the
  * load and the store (the other one, that every block has started before any writes into it, is
- * split: arrive before the load, wait after it). */
-template <int V>
+ * split: arrive before the load, wait after it).
+ * NV > 0 (V = 4, DRAFT_GN_REG=1): the chunk stays in registers instead, NV float4 per thread
+ * (chunk <= NV * 4 * kThreads; gn_fwd_smem(cg, 0) of shared memory): no copy into shared memory
+ * and no three passes over it, the same arithmetic in the same order, so the same bits. */
+template <int V, int NV = 0>
 __global__ void __launch_bounds__(kThreads)
 gn_fused_kernel(float *__restrict__ out, float *__restrict__ mean, float *__restrict__ rstd, const float *__restrict__ x,
                 const float *__restrict__ w, const float *__restrict__ b, int C, int cg, int HW, int ge, int chunk,
                 double eps)
 {
+    static_assert(NV == 0 || V == 4, "the register variant reads float4 runs");
     DYN_SMEM(float4, gn_smem4);
     unsigned char *base = reinterpret_cast<unsigned char *>(gn_smem4);
     gn_fwd_head &sh = *reinterpret_cast<gn_fwd_head *>(base);
-    float *xs = reinterpret_cast<float *>(base + gn_align16(sizeof(gn_fwd_head))), *wb = xs + chunk;
+    float *xs = reinterpret_cast<float *>(base + gn_align16(sizeof(gn_fwd_head))), *wb = xs + (NV ? 0 : chunk);
     cooperative_groups::cluster_group cl = cooperative_groups::this_cluster();
     const int rank = (int)cl.block_rank(), ncl = (int)cl.num_blocks();
     const int64_t g = blockIdx.y;
     const int j0 = rank * chunk, j1 = min(ge, j0 + chunk);
     const float *xg = x + g * ge;
-    for (int j = j0 + (int)threadIdx.x * V; j < j1; j += kThreads * V)
-        __pipeline_memcpy_async(xs + (j - j0), xg + j, sizeof(float) * V);
-    __pipeline_commit();
+    vec<float, V> rv[NV ? NV : 1];
+    /* f(j, v) for each of this thread's runs, in order: element j of the group, its V values */
+    auto each = [&](auto f) {
+        if constexpr (NV > 0) {
+#pragma unroll
+            for (int i = 0; i < NV; i++) {
+                const int j = j0 + ((int)threadIdx.x + i * kThreads) * V;
+                if (j < j1) f(j, rv[i]);
+            }
+        } else {
+            for (int j = j0 + (int)threadIdx.x * V; j < j1; j += kThreads * V)
+                f(j, *reinterpret_cast<const vec<float, V> *>(xs + (j - j0)));
+        }
+    };
+    if constexpr (NV > 0) {
+#pragma unroll
+        for (int i = 0; i < NV; i++) {   /* every load in flight before the first use */
+            const int j = j0 + ((int)threadIdx.x + i * kThreads) * V;
+            if (j < j1) rv[i] = load<float, V>(xg + j);
+        }
+    } else {
+        for (int j = j0 + (int)threadIdx.x * V; j < j1; j += kThreads * V)
+            __pipeline_memcpy_async(xs + (j - j0), xg + j, sizeof(float) * V);
+        __pipeline_commit();
+    }
     cl.barrier_arrive();   /* this block has started: the others may write into its shared memory
                               once everyone has (the wait below), while the chunk streams in */
     /* while the chunk streams in: this group's w and b */
@@ -134,22 +160,20 @@ gn_fused_kernel(float *__restrict__ out, float *__restrict__ mean, float *__rest
         wb[i] = w ? w[c0 + i] : 1.f;
         wb[cg + i] = b ? b[c0 + i] : 0.f;
     }
-    __pipeline_wait_prior(0);   /* each thread reads back only what it copied itself */
+    if constexpr (NV == 0) __pipeline_wait_prior(0);   /* each thread reads back only what it copied itself */
     int cnt = 0;
     float sum = 0.f;
-    for (int j = j0 + (int)threadIdx.x * V; j < j1; j += kThreads * V) {
-        const vec<float, V> v = *reinterpret_cast<const vec<float, V> *>(xs + (j - j0));
+    each([&](int, const vec<float, V> &v) {
 #pragma unroll
         for (int i = 0; i < V; i++) sum += v.v[i];
         cnt += V;
-    }
+    });
     const float mt = cnt ? sum / (float)cnt : 0.f;
     float m2 = 0.f;
-    for (int j = j0 + (int)threadIdx.x * V; j < j1; j += kThreads * V) {
-        const vec<float, V> v = *reinterpret_cast<const vec<float, V> *>(xs + (j - j0));
+    each([&](int, const vec<float, V> &v) {
 #pragma unroll
         for (int i = 0; i < V; i++) m2 += (v.v[i] - mt) * (v.v[i] - mt);
-    }
+    });
     wsum st = {(double)cnt, (double)mt, (double)m2};
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) st = wmerge(st, shfl_down(st, o));
@@ -177,8 +201,8 @@ gn_fused_kernel(float *__restrict__ out, float *__restrict__ mean, float *__rest
     float *og = out + g * ge;
     int cur = -1;
     float sc = 0.f, sf = 0.f;
-    for (int j = j0 + (int)threadIdx.x * V; j < j1; j += kThreads * V) {
-        vec<float, V> v = *reinterpret_cast<const vec<float, V> *>(xs + (j - j0));
+    each([&](int j, const vec<float, V> &x4) {
+        vec<float, V> v = x4;
         const int ci = j / HW;   /* one channel per vector: V == 4 only when HW % 4 == 0 */
         if (ci != cur) {   /* scale and shift of channel ci */
             const double scd = rs * (double)wb[ci];
@@ -189,7 +213,15 @@ gn_fused_kernel(float *__restrict__ out, float *__restrict__ mean, float *__rest
 #pragma unroll
         for (int i = 0; i < V; i++) v.v[i] = v.v[i] * sc + sf;
         store<float, V>(og + j, v);
-    }
+    });
+}
+
+/* the register variants' sizes, float4 per thread: the smallest of 4, 8, .., 24 that holds the
+ * chunk, 0 for none (every chunk that fits the 96 KB of the shared-memory kernel fits 24) */
+__host__ __device__ constexpr int gn_reg_nv(int chunk)
+{
+    const int need = (chunk + 4 * kThreads - 1) / (4 * kThreads);
+    return need > 24 ? 0 : need <= 4 ? 4 : (need + 3) / 4 * 4;
 }
 
 /* backward: [head | part: cg double2 | rpart: kGnMaxCluster * cg double2 | tot: cg double2 |
