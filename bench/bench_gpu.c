@@ -177,13 +177,19 @@ static enum status run_conv(void *p)
     return a->backward ? ag_backward(y, a->d, false) : STATUS_OK;
 }
 
+/* fwd+bwd: the leaves' gradients are dropped first (torch_gpu.py: .grad = None), so that the
+ * backward writes dx, dw, db and adds nothing onto an earlier call's: in a network x is an
+ * activation, not a leaf, and the rows' bytes (5 passes over x's size) count no such add */
 static enum status run_gn(void *p)
 {
     struct args *a = p;
     const int r = a->nrot ? a->irot++ % a->nrot : 0;
-    struct tensor *y = ag_group_norm(a->nrot ? a->rx[r] : a->a, 32, a->b, a->c, 1e-5);
+    struct tensor *x = a->nrot ? a->rx[r] : a->a;
+    struct tensor *y = ag_group_norm(x, 32, a->b, a->c, 1e-5);
     if (!y) return tensor_status();
-    return a->backward ? ag_backward(y, a->nrot ? a->ry[r] : a->d, false) : STATUS_OK;
+    if (!a->backward) return STATUS_OK;
+    ag_zero_grad(x), ag_zero_grad(a->b), ag_zero_grad(a->c);
+    return ag_backward(y, a->nrot ? a->ry[r] : a->d, false);
 }
 
 static enum status run_attn(void *p)
