@@ -323,11 +323,14 @@ int main(int argc, char **argv)
 
     /* conv2d at SD 1.4 shapes, TF32 as PyTorch's cuDNN default for convolutions; then 320
      * channels under PRECISION_BF16 (torch: autocast to bf16) and in exact f32 (torch: cuDNN with
-     * allow_tf32 off) */
-    const int64_t cs[5][2] = {{320, 64}, {640, 32}, {1280, 16}, {320, 64}, {320, 64}};
-    for (int i = 0; i < 5; i++) {
+     * allow_tf32 off); last, in TF32 again, the VAE decoder's 128 channels at 512 px (the largest
+     * convolutions of a DRaFT step, forward and backward input: not a target) with the halo
+     * kernel's rows only */
+    const int64_t cs[6][2] = {{320, 64}, {640, 32}, {1280, 16}, {320, 64}, {320, 64}, {128, 512}};
+    for (int i = 0; i < 6; i++) {
         if (i == 3) tensor_set_precision(PRECISION_BF16);
         if (i == 4) tensor_set_precision(PRECISION_F32);
+        if (i == 5) tensor_set_precision(PRECISION_TF32);
         for (int bw = 0; bw < 2; bw++) {
             int64_t C = cs[i][0], S = cs[i][1];
             a.a = randn_dev(DTYPE_F32, TENSOR_SHAPE(2, C, S, S), bw);
@@ -360,7 +363,7 @@ int main(int argc, char **argv)
                              {"DRAFT_CONV_HALO", "_halo_bm64", "DRAFT_CONV_HALO_BM", "64", true, false, false},
                              {"DRAFT_CONV_HALO", "_halo_bm128", "DRAFT_CONV_HALO_BM", "128", true, false, false}};
             for (int v = 0; v < 8; v++) {
-                const bool want = i == 3 ? variants[v].autocast : i == 4 ? variants[v].f32
+                const bool want = i == 3 ? variants[v].autocast : i == 4 ? variants[v].f32 : i == 5 ? v >= 5
                                 : v == 0 ? i == 0 : v == 4 ? i != 0 : variants[v].tf32;   /* split1: where it splits */
                 if (!want) continue;
                 set_switches(variants[v].env);

@@ -66,7 +66,7 @@ def main():
         matmul_row(f"matmul_{mode}_ff", a, b, 2 * 8192 * 320 * 2560, mode, 3, 20)
     del a, b
     torch.backends.cudnn.allow_tf32 = True  # PyTorch's default for convolutions
-    for i, (C, S) in enumerate(((320, 64), (640, 32), (1280, 16), (320, 64), (320, 64))):
+    for i, (C, S) in enumerate(((320, 64), (640, 32), (1280, 16), (320, 64), (320, 64), (128, 512))):
         torch.backends.cudnn.allow_tf32 = i != 4  # the last: exact f32
         for bw in (False, True):
             x = torch.randn(2, C, S, S, device=dev, requires_grad=bw)
@@ -85,6 +85,7 @@ def main():
             f = 2.0 * 2 * C * S * S * C * 9 * (3 if bw else 1)
             # the same reference for the rows of our opt-in variants (bench_gpu.c's list)
             suffixes = ("_pipe", "_rowshift", "_implicit") if i == 3 else ("_implicit",) if i == 4 else \
+                ("_halo", "_halo_bm64", "_halo_bm128") if i == 5 else \
                 ("_rowshift", "_implicit", "_implicit_bm128", "_halo", "_halo_bm64", "_halo_bm128") + \
                 (("_pipe",) if i == 0 else ("_implicit_split1",))
             for suffix in ("",) + suffixes:
