@@ -17,14 +17,21 @@
 /* the kernel-variant switches (tensor/README.md) */
 static const char *const g_switches[] = {"DRAFT_CONV_PIPELINE", "DRAFT_CONV_ROWSHIFT", "DRAFT_CONV_IMPLICIT",
                                          "DRAFT_CONV_HALO",     "DRAFT_GN_FUSED_BWD",  "DRAFT_GN_REG",
-                                         "DRAFT_ATTN_FUSED_DQ", "DRAFT_ATTN_MMA",      "DRAFT_MATMUL_FAST_BF16"};
+                                         "DRAFT_ATTN_FUSED_DQ", "DRAFT_ATTN_MMA",      "DRAFT_ATTN_VEC4",
+                                         "DRAFT_MATMUL_FAST_BF16"};
 #define N_SWITCHES (sizeof g_switches / sizeof *g_switches)
 
-/* all off but `on` (NULL: all off), so that each row names its kernels whatever the compiled-in
- * defaults are */
+/* all off but those in `on` (a name, or names joined by '+'; NULL: all off), so that each row
+ * names its kernels whatever the compiled-in defaults are */
 static void set_switches(const char *on)
 {
-    for (size_t i = 0; i < N_SWITCHES; i++) setenv(g_switches[i], on && !strcmp(on, g_switches[i]) ? "1" : "0", 1);
+    for (size_t i = 0; i < N_SWITCHES; i++) {
+        bool hit = false;
+        const size_t n = strlen(g_switches[i]);
+        for (const char *p = on; p && *p && !hit; p = strchr(p, '+') ? strchr(p, '+') + 1 : NULL)
+            hit = !strncmp(p, g_switches[i], n) && (p[n] == '\0' || p[n] == '+');
+        setenv(g_switches[i], hit ? "1" : "0", 1);
+    }
 }
 
 /* `bench_gpu defaults` / `bench_gpu variants [GROUP]`: only the base rows (every switch off), or
@@ -35,15 +42,16 @@ static void set_switches(const char *on)
 static int g_which;             /* 0: every row, 1: base rows, 2: variants */
 static const char *g_group;     /* with 2: only this group's rows (NULL: all) */
 
-/* the group of the row about to run: the first switch that is on, else DRAFT_GN_CLUSTER when it
+/* the group of the row about to run: the last switch that is on, else DRAFT_GN_CLUSTER when it
  * is set, else NULL (a base row) */
 static const char *row_group(void)
 {
+    const char *g = NULL;   /* the last one on: a row with two on (MMA+VEC4) is the second's */
     for (size_t i = 0; i < N_SWITCHES; i++) {
         const char *e = getenv(g_switches[i]);
-        if (e && *e == '1') return g_switches[i];
+        if (e && *e == '1') g = g_switches[i];
     }
-    return getenv("DRAFT_GN_CLUSTER") ? "DRAFT_GN_CLUSTER" : NULL;
+    return g ? g : getenv("DRAFT_GN_CLUSTER") ? "DRAFT_GN_CLUSTER" : NULL;
 }
 
 /* BENCH_GPU_ONLY=NAME[,NAME...]: run only those rows, each once after a warm-up call, inside the
@@ -453,6 +461,16 @@ int main(int argc, char **argv)
         {"attention_fwdbwd_autocast", "DRAFT_ATTN_MMA", PRECISION_BF16, true, 2, 8, 4096, 40},
         {"attention_fwd_mma", "DRAFT_ATTN_MMA", PRECISION_F32, false, 2, 8, 4096, 40},
         {"attention_fwdbwd_mma", "DRAFT_ATTN_MMA", PRECISION_F32, true, 2, 8, 4096, 40},
+        /* TF32 (one tf32 product: what an SD step under PRECISION_TF32 runs; torch: its f32 rows),
+         * then the tensor-core rows again with the float4 tile loads */
+        {"attention_fwd_tf32", "DRAFT_ATTN_MMA", PRECISION_TF32, false, 2, 8, 4096, 40},
+        {"attention_fwdbwd_tf32", "DRAFT_ATTN_MMA", PRECISION_TF32, true, 2, 8, 4096, 40},
+        {"attention_fwd_autocast_vec4", "DRAFT_ATTN_MMA+DRAFT_ATTN_VEC4", PRECISION_BF16, false, 2, 8, 4096, 40},
+        {"attention_fwdbwd_autocast_vec4", "DRAFT_ATTN_MMA+DRAFT_ATTN_VEC4", PRECISION_BF16, true, 2, 8, 4096, 40},
+        {"attention_fwd_mma_vec4", "DRAFT_ATTN_MMA+DRAFT_ATTN_VEC4", PRECISION_F32, false, 2, 8, 4096, 40},
+        {"attention_fwdbwd_mma_vec4", "DRAFT_ATTN_MMA+DRAFT_ATTN_VEC4", PRECISION_F32, true, 2, 8, 4096, 40},
+        {"attention_fwd_tf32_vec4", "DRAFT_ATTN_MMA+DRAFT_ATTN_VEC4", PRECISION_TF32, false, 2, 8, 4096, 40},
+        {"attention_fwdbwd_tf32_vec4", "DRAFT_ATTN_MMA+DRAFT_ATTN_VEC4", PRECISION_TF32, true, 2, 8, 4096, 40},
         /* the VAE's mid-block attention at 64x64 latents: one 512-wide head (the GEMM path) */
         {"attention_vae_fwd", NULL, PRECISION_F32, false, 4, 1, 4096, 512},
         {"attention_vae_fwdbwd", NULL, PRECISION_F32, true, 4, 1, 4096, 512},

@@ -123,9 +123,14 @@ std::vector<float> dvec(const setup &u, const std::vector<float> &out)
     return Dvec;
 }
 
-/* the tensor-core forward and backward in element policy E */
-template <int DP, class E> void run_mma(const setup &u, const char *name, double bound, double lse_bound)
+/* the tensor-core forward and backward in element policy E; vec4: their float4 tile loads
+ * (DRAFT_ATTN_VEC4) where the rows allow */
+template <int DP, class E> void run_mma(const setup &u0, const char *name0, double bound, double lse_bound, bool vec4)
 {
+    setup u = u0;
+    u.dm.vec4 = vec4 ? 1 : 0;
+    char name[40];
+    snprintf(name, sizeof name, "%s%s", name0, vec4 ? "_vec4" : "");
     const attn_case &c = u.c;
     const int L = c.L, S = c.S, heads = c.B * c.H, nt = (S + 63) / 64;
     char fname[48], bname[48];
@@ -172,7 +177,7 @@ template <int DP> void run_case(const attn_case &c)
         for (float &x : *t) x = urand();
     const double scale = 1.0 / sqrt((double)D);
     u.ref = attention_f64(c, u.q, u.k, u.v, u.g, scale);
-    u.dm = dims{c.B, c.H, L, S, D, D, c.causal ? 1 : 0, scale, 0};
+    u.dm = dims{c.B, c.H, L, S, D, D, c.causal ? 1 : 0, scale, 0, 0};
     u.lsb = (int64_t)c.H * L, u.lsh = L, u.lsl = 1, u.elems = (int64_t)heads * L * D;
     const double f32_bound = 2e-6;
 
@@ -226,10 +231,13 @@ template <int DP> void run_case(const attn_case &c)
     /* the tensor-core kernels in their three precisions. The tf32 ones share every index with
      * each other and all but the element layout with bf16, and emulate slowly (a warp barrier
      * per product, 6 times bf16's): 3xTF32 runs on one case per padded head dim (32, 48 causal
-     * with L > S, 64), one tf32 product on the two smallest */
-    run_mma<DP, mma_bf16_ops>(u, "mma_bf16", 1e-2, 1e-3);
-    if ((int64_t)L * S <= 77 * 77) run_mma<DP, mma_tf32_ops<false>>(u, "mma_tf32", 2e-3, 1e-3);
-    if ((int64_t)L * S <= 77 * 77 || L > S) run_mma<DP, mma_tf32_ops<true>>(u, "mma_3xtf32", f32_bound, f32_bound);
+     * with L > S, 64), one tf32 product on the two smallest. Tile loads: bf16 both ways, scalar
+     * and in float4 runs (DRAFT_ATTN_VEC4; the D = 6 case falls back to scalar), tf32 scalar,
+     * 3xTF32 in float4 runs */
+    run_mma<DP, mma_bf16_ops>(u, "mma_bf16", 1e-2, 1e-3, false);
+    run_mma<DP, mma_bf16_ops>(u, "mma_bf16", 1e-2, 1e-3, true);
+    if ((int64_t)L * S <= 77 * 77) run_mma<DP, mma_tf32_ops<false>>(u, "mma_tf32", 2e-3, 1e-3, false);
+    if ((int64_t)L * S <= 77 * 77 || L > S) run_mma<DP, mma_tf32_ops<true>>(u, "mma_3xtf32", f32_bound, f32_bound, true);
 }
 
 /* a plain column-major GEMM in cuda_gemm's layout (alpha 1), standing in for cuBLAS */
@@ -260,7 +268,7 @@ template <typename T> void run_wide(const attn_case &c, int rows, double bound)
     const double scale = 1.0 / sqrt((double)D);
     const reference ref = attention_f64(c, qf, kf, vf, gf, scale);
     const std::vector<T> q(qf.begin(), qf.end()), k(kf.begin(), kf.end()), v(vf.begin(), vf.end()), g(gf.begin(), gf.end());
-    const dims dm{c.B, c.H, L, S, D, D, c.causal ? 1 : 0, scale, 0};
+    const dims dm{c.B, c.H, L, S, D, D, c.causal ? 1 : 0, scale, 0, 0};
     auto op = [&](T *p, int n) { return opnd<T>{p, (int64_t)c.H * n * D, (int64_t)n * D, D, 1}; };
     auto cop = [&](const T *p, int n) { return opnd<const T>{p, (int64_t)c.H * n * D, (int64_t)n * D, D, 1}; };
     const int64_t lsb = (int64_t)c.H * L, lsh = L, lsl = 1;
@@ -305,6 +313,7 @@ int main()
     const attn_case cases[] = {
         {1, 2, 130, 200, 40, false}, {1, 3, 70, 150, 40, true}, {1, 2, 77, 77, 64, true},
         {1, 2, 5, 6, 4, false},      {1, 1, 200, 90, 40, true}, {1, 1, 100, 70, 80, true},
+        {1, 2, 9, 70, 6, false},   /* rows not in float4 runs (D % 4 != 0): the scalar tile loads */
     };
     for (const attn_case &c : cases) {
         const int dp = c.D <= 32 ? 32 : c.D <= 48 ? 48 : c.D <= 64 ? 64 : 80;

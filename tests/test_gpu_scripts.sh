@@ -27,6 +27,9 @@ RESULT attention_fwdbwd 9.363 16.1 TFLOP/s
 RESULT attention_fwdbwd_fused_dq 8.100 18.6 TFLOP/s
 RESULT attention_fwd_mma 0.600 71.6 TFLOP/s
 RESULT attention_fwdbwd_mma 3.100 48.5 TFLOP/s
+RESULT attention_fwd_autocast 1.000 42.0 TFLOP/s
+RESULT attention_fwd_autocast_vec4 0.800 52.0 TFLOP/s
+RESULT attention_fwd_mma_vec4 0.550 78.0 TFLOP/s
 RESULT group_norm_fwd 0.018 1138.0 GB/s
 RESULT group_norm_fwd_cl4 0.015 1400.0 GB/s
 RESULT group_norm_fwd_reg 0.016 1300.0 GB/s
@@ -55,6 +58,7 @@ cuda conv2d[3x3,workspace=1K,pipeline] f32 fwd rel=1.0e-07 bwd rel=2.0e-07 ok
 cuda conv2d[3x3,implicit,tf32,bm=128] f32 fwd rel=3.0e-04 bwd rel=2.0e-07 ok
 cuda conv2d[3x3,c16,halo,tf32,bm=64] f32 fwd rel=3.0e-04 bwd rel=3.0e-04 ok
 cuda group_norm[gn_reg,sd,groups=32] f32 fwd rel=1.0e-07 bwd rel=2.0e-07 ok
+cuda attention[bf16_mma_vec4,large,tiles,130x200x40] f32 fwd rel=1.0e-03 bwd rel=2.0e-03 ok
 R
 bench/join_gpu_bench.sh "$t/ours" "$t/torch" > "$t/join" 2>&1
 check "join: ratio of a paired row" "$t/join" '^conv2d_320c_64px_fwd +0\.163 +0\.107 +1\.52 '
@@ -71,12 +75,15 @@ check "targets: the halo conv's forced tile" "$t/targets" '^conv2d_1280c_16px_fw
 check "targets: the count" "$t/targets" '^targets: [0-9]+ met, [0-9]+ missed$'
 # every switch opt-in (as they all were before the first GPU run measured them)
 all_optin="DRAFT_ATTN_MMA=opt-in;DRAFT_ATTN_FUSED_DQ=opt-in;DRAFT_GN_FUSED_BWD=opt-in;DRAFT_CONV_ROWSHIFT=opt-in;"
-all_optin="${all_optin}DRAFT_CONV_PIPELINE=opt-in;DRAFT_CONV_IMPLICIT=opt-in;DRAFT_MATMUL_FAST_BF16=opt-in;DRAFT_CONV_HALO=opt-in;DRAFT_GN_REG=opt-in;"
+all_optin="${all_optin}DRAFT_CONV_PIPELINE=opt-in;DRAFT_CONV_IMPLICIT=opt-in;DRAFT_MATMUL_FAST_BF16=opt-in;DRAFT_CONV_HALO=opt-in;DRAFT_GN_REG=opt-in;DRAFT_ATTN_VEC4=opt-in;"
 GPU_SWITCHES_DEFS=$all_optin bench/gpu_switches.sh "$t/testlog" "$t/ours" > "$t/switches" 2>&1
 check "switches: faster everywhere, tests pass" "$t/switches" '^DRAFT_ATTN_MMA +\[opt-in\] tests 2 ok 0 failed.*make default \(tensor/cuda/attention.cu\)'
 check "switches: a failed case keeps it opt-in" "$t/switches" '^DRAFT_ATTN_FUSED_DQ +\[opt-in\] tests 0 ok 1 failed.*keep opt-in'
 check "switches: one slower row keeps it opt-in" "$t/switches" '^DRAFT_CONV_ROWSHIFT .*conv2d_640c_32px_fwd 0\.120/0\.109=1\.10.*keep opt-in'
 check "switches: group_norm" "$t/switches" '^DRAFT_GN_FUSED_BWD +\[opt-in\] tests 1 ok 0 failed.*=0\.80;.*make default \(tensor/cuda/norm.cu\)'
+check "switches: float4 attention loads (two switches on: the row's base has the first)" "$t/switches" '^DRAFT_ATTN_VEC4 +\[opt-in\] tests 1 ok 0 failed; rows \(variant/base ms\):.* attention_fwd_autocast 0\.800/1\.000=0\.80;.* -> make default \(tensor/cuda/attention.cu\)'
+check "switches: its rows do not count for ATTN_MMA" "$t/switches" '^DRAFT_ATTN_MMA +\[opt-in\] tests 2 ok 0 failed'
+check "targets: the float4 row" "$t/targets" '^attention_fwd +0\.26x .* met +best: attention_fwd_mma_vec4$'
 check "switches: register group_norm" "$t/switches" '^DRAFT_GN_REG +\[opt-in\] tests 1 ok 0 failed; rows \(variant/base ms\): group_norm_fwd 0\.016/0\.018=0\.89; -> make default \(tensor/cuda/norm.cu\)'
 check "switches: halo conv (its bm64 row has no base)" "$t/switches" '^DRAFT_CONV_HALO +\[opt-in\] tests 1 ok 0 failed; rows \(variant/base ms\): conv2d_1280c_16px_fwdbwd 0\.400/0\.470=0\.85; -> make default \(tensor/cuda/conv2d.cu\)'
 check "switches: implicit conv (its bm128 row has no base)" "$t/switches" '^DRAFT_CONV_IMPLICIT +\[opt-in\] tests 1 ok 0 failed; rows \(variant/base ms\): conv2d_640c_32px_fwd 0\.090/0\.109=0\.83; -> make default \(tensor/cuda/conv2d.cu\)'

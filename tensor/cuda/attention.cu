@@ -175,6 +175,12 @@ bool fused_dq() { return cuda_switch("DRAFT_ATTN_FUSED_DQ", true); }
  * the SIMT kernels (torch SDPA 2.10), forward+backward 6.14 against 9.33 (torch 7.14). */
 bool attn_mma() { return cuda_switch("DRAFT_ATTN_MMA", true); }
 
+/* DRAFT_ATTN_VEC4=1 (opt-in until measured on a GPU): the tensor-core kernels load their tiles in
+ * float4 runs where the rows allow (contiguous, 16-byte aligned, head dims % 4 == 0: SD's q, k,
+ * v), V transposed from them: a quarter of the loads and their index arithmetic, which outnumber
+ * the products at head dim 40 (several kernels take a few more registers: ptxas) */
+bool attn_vec4() { return cuda_switch("DRAFT_ATTN_VEC4", false); }
+
 /* call f(policy) with the element policy of the current precision */
 template <class F> enum status with_mma_policy(F f)
 {
@@ -593,7 +599,7 @@ enum status check(const char *op, const struct tensor *q, const struct tensor *k
     if (B * H > INT32_MAX || L > INT32_MAX / 2 || S > INT32_MAX / 2 || D > INT32_MAX || Dv > INT32_MAX ||
         B * H * ((L > S ? L : S) + 63) / 64 > UINT32_MAX)
         return tensor_fail(STATUS_SHAPE, "%s: sizes too large", op);
-    *dm = dims{(int)B, (int)H, (int)L, (int)S, (int)D, (int)Dv, causal ? 1 : 0, scale, 0};
+    *dm = dims{(int)B, (int)H, (int)L, (int)S, (int)D, (int)Dv, causal ? 1 : 0, scale, 0, attn_vec4() ? 1 : 0};
     return STATUS_OK;
 }
 

@@ -28,6 +28,7 @@ struct dims {
     int causal;
     double scale;
     int bh0;   /* the fused dK/dV/dQ kernel: first (b, h) of this launch (a chunk of the heads) */
+    int vec4;  /* the tensor-core kernels: tiles in float4 runs where rows_vec4 (DRAFT_ATTN_VEC4) */
 };
 
 /* ---------------------------------------------------------------- tile configuration */
@@ -312,12 +313,37 @@ template <bool X3> struct mma_tf32_ops {
     __device__ static void put(uint32_t *t, int pw, int row, int col, float x) { t[row * pw + col] = __float_as_uint(x); }
 };
 
+/* whether rows of src (row stride sl, element stride sd) can be read in float4 runs up to ncols:
+ * contiguous rows, 16-byte aligned, ncols % 4 == 0 (a run is all inside or all outside) */
+__device__ __forceinline__ bool rows_vec4(const float *src, int64_t sl, int64_t sd, int ncols)
+{
+    return sd == 1 && sl % 4 == 0 && ncols % 4 == 0 && ((uintptr_t)src & 15) == 0;
+}
+
 /* dst[r][w] = the words of src[row0 + r][EPW w ..] for a [64][DP] tile, zero past nrows / ncols;
- * pitch DP / EPW + 4 words */
+ * pitch DP / EPW + 4 words. Where rows_vec4, one float4 load per 4 elements (a quarter of the
+ * loads and index arithmetic: the tensor-core kernels' tile loads are most of their instructions
+ * at SD's head dims) */
 template <int DP, class E>
-__device__ __forceinline__ void load_words(uint32_t *dst, const float *src, int64_t sl, int64_t sd, int nrows, int ncols)
+__device__ __forceinline__ void load_words(uint32_t *dst, const float *src, int64_t sl, int64_t sd, int nrows, int ncols,
+                                           bool vec4)
 {
     constexpr int W = DP / E::EPW, PW = W + 4;
+    if (vec4 && rows_vec4(src, sl, sd, ncols)) {
+        constexpr int Q = DP / 4;   /* float4 per row */
+        for (int idx = threadIdx.x; idx < 64 * Q; idx += kMmaThreads) {
+            const int r = idx / Q, d = idx % Q * 4;
+            float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+            if (r < nrows && d < ncols) v = *reinterpret_cast<const float4 *>(src + (int64_t)r * sl + d);
+            uint32_t *o = dst + r * PW + d / E::EPW;
+            if constexpr (E::EPW == 2) {
+                o[0] = E::word(v.x, v.y), o[1] = E::word(v.z, v.w);
+            } else {
+                o[0] = E::word(v.x, 0.f), o[1] = E::word(v.y, 0.f), o[2] = E::word(v.z, 0.f), o[3] = E::word(v.w, 0.f);
+            }
+        }
+        return;
+    }
     for (int idx = threadIdx.x; idx < 64 * W; idx += kMmaThreads) {
         const int r = idx / W, w = idx % W, d = E::EPW * w;
         const float *row = src + (int64_t)r * sl;
@@ -418,7 +444,7 @@ attn_fwd_mma_kernel(opnd<float> out, float *__restrict__ lse, int64_t lsb, int64
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gq = lane / 4, tq = lane % 4;
     const float sl2 = (float)dm.scale * kLog2e;
 
-    load_words<DP, E>(Ks, q.at(b, h) + (int64_t)q0 * q.sl, q.sl, q.sd, dm.L - q0, dm.D);   /* zero past L and D */
+    load_words<DP, E>(Ks, q.at(b, h) + (int64_t)q0 * q.sl, q.sl, q.sd, dm.L - q0, dm.D, dm.vec4);   /* zero past L and D */
     __syncthreads();
     typename E::frag qf[KC];
     const int r0 = warp * 16 + gq;   /* this thread's rows in the tile: r0 and r0 + 8 */
@@ -437,14 +463,29 @@ attn_fwd_mma_kernel(opnd<float> out, float *__restrict__ lse, int64_t lsb, int64
     const float *kb = k.at(b, h), *vb = v.at(b, h);
     for (int k0 = 0; k0 < n_end; k0 += BN) {
         __syncthreads();   /* Q's fragments, or the previous tile's Ks / Vt, are taken */
-        load_words<DP, E>(Ks, kb + (int64_t)k0 * k.sl, k.sl, k.sd, dm.S - k0, dm.D);
-        for (int idx = threadIdx.x; idx < (BN / EPW) * DP; idx += kMmaThreads) {
-            int d, p;   /* a warp: 8 columns x 4 positions (transposed_at): 8 floats of 4 or 8 key rows */
-            transposed_at<DP, E>(idx, d, p);
-            const int kj = k0 + EPW * E::reuse_inv(p);   /* keys EPW j .. of column d */
-            const float x0 = kj < dm.S && d < dm.Dv ? vb[(int64_t)kj * v.sl + (int64_t)d * v.sd] : 0.f;
-            const float x1 = EPW == 2 && kj + 1 < dm.S && d < dm.Dv ? vb[(int64_t)(kj + 1) * v.sl + (int64_t)d * v.sd] : 0.f;
-            Vt[d * PV + p] = E::word(x0, x1);
+        load_words<DP, E>(Ks, kb + (int64_t)k0 * k.sl, k.sl, k.sd, dm.S - k0, dm.D, dm.vec4);
+        if (dm.vec4 && rows_vec4(vb + (int64_t)k0 * v.sl, v.sl, v.sd, dm.Dv)) {
+            /* float4 runs: a warp reads 8 columns of 16 key rows (EPW 2: twice), 32 bytes per
+             * row, and stores each column's 16 positions: words 4 d + p (mod 32), 32 banks */
+            constexpr int NP16 = BN / EPW / 16, Q = DP / 4;
+            for (int idx = threadIdx.x; idx < (BN / EPW) * Q; idx += kMmaThreads) {
+                const int lo = idx % 32, hi = idx / 32, p = hi % NP16 * 16 + lo % 16, d = (hi / NP16 * 2 + lo / 16) * 4;
+                const int kj = k0 + EPW * E::reuse_inv(p);   /* keys EPW j .. of columns d .. d+3 */
+                float4 a = make_float4(0.f, 0.f, 0.f, 0.f), c = a;
+                if (d < dm.Dv && kj < dm.S) a = *reinterpret_cast<const float4 *>(vb + (int64_t)kj * v.sl + d);
+                if (EPW == 2 && d < dm.Dv && kj + 1 < dm.S) c = *reinterpret_cast<const float4 *>(vb + (int64_t)(kj + 1) * v.sl + d);
+                Vt[d * PV + p] = E::word(a.x, c.x), Vt[(d + 1) * PV + p] = E::word(a.y, c.y);
+                Vt[(d + 2) * PV + p] = E::word(a.z, c.z), Vt[(d + 3) * PV + p] = E::word(a.w, c.w);
+            }
+        } else {
+            for (int idx = threadIdx.x; idx < (BN / EPW) * DP; idx += kMmaThreads) {
+                int d, p;   /* a warp: 8 columns x 4 positions (transposed_at): 8 floats of 4 or 8 key rows */
+                transposed_at<DP, E>(idx, d, p);
+                const int kj = k0 + EPW * E::reuse_inv(p);   /* keys EPW j .. of column d */
+                const float x0 = kj < dm.S && d < dm.Dv ? vb[(int64_t)kj * v.sl + (int64_t)d * v.sd] : 0.f;
+                const float x1 = EPW == 2 && kj + 1 < dm.S && d < dm.Dv ? vb[(int64_t)(kj + 1) * v.sl + (int64_t)d * v.sd] : 0.f;
+                Vt[d * PV + p] = E::word(x0, x1);
+            }
         }
         __syncthreads();
         /* S = Q K^T for this warp's 16 rows x 64 keys: NT octets of keys */
@@ -555,8 +596,8 @@ attn_bwd_mma_kernel(opnd<float> dk, opnd<float> dv, opnd<const float> q, opnd<co
     const float sl2 = (float)dm.scale * kLog2e;
 
     const float *kb = k.at(b, h) + (int64_t)k0 * k.sl, *vb = v.at(b, h) + (int64_t)k0 * v.sl;
-    load_words<DP, E>(Ks, kb, k.sl, k.sd, dm.S - k0, dm.D);
-    load_words<DP, E>(Vs, vb, v.sl, v.sd, dm.S - k0, dm.Dv);
+    load_words<DP, E>(Ks, kb, k.sl, k.sd, dm.S - k0, dm.D, dm.vec4);
+    load_words<DP, E>(Vs, vb, v.sl, v.sd, dm.S - k0, dm.Dv, dm.vec4);
     __syncthreads();
     transpose_words<DP, E, false>(Kt, Ks);
     const int r0 = warp * 16 + gq;   /* this thread's keys in the tile: r0 and r0 + 8 */
@@ -579,8 +620,8 @@ attn_bwd_mma_kernel(opnd<float> dk, opnd<float> dv, opnd<const float> q, opnd<co
     for (int q0 = m_begin; q0 < dm.L; q0 += 64) {
         __syncthreads();   /* K and V (first tile), or the previous tile's Q, dO and dS, are taken */
         const float *qt = qbh + (int64_t)q0 * q.sl, *gt = gbh + (int64_t)q0 * dout.sl;
-        load_words<DP, E>(Qs, qt, q.sl, q.sd, dm.L - q0, dm.D);
-        load_words<DP, E>(dOs, gt, dout.sl, dout.sd, dm.L - q0, dm.Dv);
+        load_words<DP, E>(Qs, qt, q.sl, q.sd, dm.L - q0, dm.D, dm.vec4);
+        load_words<DP, E>(dOs, gt, dout.sl, dout.sd, dm.L - q0, dm.Dv, dm.vec4);
         for (int r = threadIdx.x; r < 64; r += kMmaThreads) {
             const bool in = q0 + r < dm.L;
             lse2[r] = in ? lb[(int64_t)(q0 + r) * lsl] * kLog2e : -INFINITY;
