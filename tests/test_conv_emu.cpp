@@ -507,11 +507,11 @@ int main()
     /* the halo-tile forward (3x3, stride 1, C % 8 == 0, W % 4 == 0): partial pixel tiles in both
      * directions and a partial channel block; 1, 3 (the stage ring wraps once) and 5 channel steps;
      * the halo's first column at pad_left 1, 0, 2 and 3 (its shift 3, 0, 2, 1); pad_top 0 and 2;
-     * an odd output width (single stores); BM 64, 128 and 160 */
+     * an odd output width (single stores); BM 64, 128 and 160; images past the first (N = 2) */
     const conv_case hc[] = {
-        {"3x3,pad=1", 2, 16, 9, 40, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1},
+        {"3x3,pad=1", 1, 16, 9, 40, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1},
         {"3x3,pad=1,small", 1, 8, 4, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1},
-        {"3x3,pad=0", 2, 24, 7, 12, 3, 3, 1, 1, 0, 0, 0, 0, 1, 1},
+        {"3x3,pad=0", 1, 24, 7, 12, 3, 3, 1, 1, 0, 0, 0, 0, 1, 1},
         {"3x3,pad=2", 1, 40, 6, 8, 3, 3, 1, 1, 2, 2, 2, 2, 1, 1},
         {"3x3,pad_l=3,odd_ow", 2, 8, 5, 36, 3, 3, 1, 1, 1, 3, 0, 0, 1, 1},
         {"3x3,pad=1,64", 1, 24, 8, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1},
@@ -522,7 +522,6 @@ int main()
     check_halo<64>(hc[3], 40, true, false);
     check_halo<160>(hc[4], 200, true, true);
     check_halo<160>(hc[5], 160, false, false);
-    check_halo<128>(hc[5], 20, true, false);
     /* its backward input (flipped, transposed weights; dy's channels O % 8 == 0) */
     const conv_case hd[] = {
         {"3x3,pad=2", 1, 8, 6, 6, 3, 3, 1, 1, 2, 2, 2, 2, 1, 1},
