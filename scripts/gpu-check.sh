@@ -157,15 +157,16 @@ if [ -f "$PARITY/sd14/unet.config.json" ] && [ "${GPU_CHECK_SD14:-1}" = 1 ]; the
         fits 60 "sd14 step $args" || continue
         sd14_step "" $args
     done
-    # the TF32 and bf16 steps again with the switches that bear on them as they were before they
-    # became defaults (H200, 2026-11-27): what each default gives end to end (last, so that a
-    # fault costs nothing else)
-    if fits 60 "sd14 step tf32, SIMT attention"; then
-        DRAFT_ATTN_MMA=0 DRAFT_ATTN_FUSED_DQ=0 \
-            sd14_step "SIMT attention (ATTN_MMA=0, ATTN_FUSED_DQ=0): " --batch 4 --steps 50 --reward-vit --precision tf32
+    # the TF32 and bf16 steps again with the opt-in kernels not yet measured on a GPU (written
+    # 2026-11-27 without one) all on: what they give end to end, beside their rows and tests in
+    # switches.txt (last, so that a fault costs nothing else; CONV_HALO applies under TF32 only)
+    if fits 60 "sd14 step tf32, opt-ins"; then
+        DRAFT_CONV_HALO=1 DRAFT_GN_REG=1 DRAFT_ATTN_VEC4=1 \
+            sd14_step "opt-ins (CONV_HALO, GN_REG, ATTN_VEC4): " --batch 4 --steps 50 --reward-vit --precision tf32
     fi
-    if fits 60 "sd14 step bf16, packed copies"; then
-        DRAFT_MATMUL_FAST_BF16=0 sd14_step "packed bf16 copies (MATMUL_FAST_BF16=0): " --batch 4 --steps 50 --reward-vit --precision bf16
+    if fits 60 "sd14 step bf16, opt-ins"; then
+        DRAFT_GN_REG=1 DRAFT_ATTN_VEC4=1 \
+            sd14_step "opt-ins (GN_REG, ATTN_VEC4): " --batch 4 --steps 50 --reward-vit --precision bf16
     fi
     # GPU_CHECK_PROFILE=1 (the default): the TF32 and bf16 steps again under DRAFT_PROFILE=shapes (tensor/profile.h):
     # time per op kind and per shape, in $OUT/sd14-profile-*.txt, the top of each in the summary
