@@ -181,12 +181,13 @@ fi
 # Nsight Compute on the rows that miss their target (GPU_CHECK_NCU=0 skips): one profile per row
 # and side (bench_gpu's BENCH_GPU_ONLY, torch_gpu.py's BENCH_ONLY: the row's calls alone inside the
 # profiler's window), summed up by bench/ncu_summary.py: each kernel's time and what bounds it
-ncu_rows=(conv2d_320c_64px_fwd conv2d_320c_64px_fwd_halo group_norm_fwd copy_10M attention_fwd_autocast attention_fwd_mma)
+ncu_rows=(conv2d_320c_64px_fwd conv2d_320c_64px_fwd_halo group_norm_fwd group_norm_fwd_reg copy_10M attention_fwd_autocast
+          attention_fwd_autocast_vec4 attention_fwd_mma)
 ncu_args=()
 if [ "${GPU_CHECK_NCU:-1}" = 1 ] && command -v ncu > /dev/null && [ -x build-gpu/bench/bench_gpu ]; then
     for row in "${ncu_rows[@]}"; do
         for side in ours torch; do
-            case $side/$row in torch/attention_fwd_mma | torch/*_halo) continue ;; esac   # torch's: the base row's
+            case $side/$row in torch/attention_fwd_mma | torch/*_halo | torch/*_reg | torch/*_vec4) continue ;; esac   # the base row's
             fits 40 "ncu $side $row" || continue
             prog=(./build-gpu/bench/bench_gpu); [ $side = torch ] && prog=(python3 bench/torch_gpu.py)
             BENCH_GPU_ONLY=$row BENCH_ONLY=$row timeout $(cap 60) ncu --profile-from-start off --clock-control none \
