@@ -304,6 +304,46 @@ template <typename T> void run_wide(const attn_case &c, int rows, double bound)
     report(bname, c, "dv", rel_err(dv, ref.dv), bound);
 }
 
+/* shared-memory banks of the tensor-core kernels' transposed tile stores: a warp's 32 stores
+ * (transposed_at: word d PT + p; transposed4_at: d + i for each i of the float4) on 32 banks,
+ * for every padded head dim and both element layouts; and the fragment loads of a tile of pitch
+ * DP / EPW + 4 (rows g and g + 8, words w0 + t and w0 + t + 4: frag_a, mma_tile) */
+template <int DP, class E> int worst_banks()
+{
+    constexpr int PT = 64 / E::EPW + 4, PW = DP / E::EPW + 4;
+    int worst = 1;
+    auto count = [&](auto word) {   /* word(lane): the lane's word */
+        int hits[32] = {0};
+        for (int lane = 0; lane < 32; lane++) {
+            const int h = ++hits[word(lane) % 32];
+            worst = h > worst ? h : worst;
+        }
+    };
+    for (int w0 = 0; w0 < 64 / E::EPW * DP; w0 += 32)
+        count([&](int lane) { int d, p; transposed_at<DP, E>(w0 + lane, d, p); return d * PT + p; });
+    for (int w0 = 0; w0 < 64 / E::EPW * (DP / 4); w0 += 32)
+        for (int i = 0; i < 4; i++)
+            count([&](int lane) { int d, p; transposed4_at<DP, E>(w0 + lane, d, p); return (d + i) * PT + p; });
+    for (int w0 = 0; w0 < DP / E::EPW; w0 += 8)
+        for (int r = 0; r < 2; r++)
+            for (int c = 0; c < 2; c++)
+                count([&](int lane) { return (lane / 4 + 8 * r) * PW + w0 + lane % 4 + 4 * c; });
+    return worst;
+}
+
+void check_banks()
+{
+    const int w[8] = {worst_banks<32, mma_bf16_ops>(), worst_banks<48, mma_bf16_ops>(), worst_banks<64, mma_bf16_ops>(),
+                      worst_banks<80, mma_bf16_ops>(), worst_banks<32, mma_tf32_ops<true>>(),
+                      worst_banks<48, mma_tf32_ops<true>>(), worst_banks<64, mma_tf32_ops<true>>(),
+                      worst_banks<80, mma_tf32_ops<true>>()};
+    int worst = 1;
+    for (int x : w) worst = x > worst ? x : worst;
+    failures += worst != 1;
+    printf("emu attention[mma_banks] transposed stores and fragment loads: at most %d lanes per bank %s\n", worst,
+           worst == 1 ? "ok" : "FAILED");
+}
+
 }  // namespace
 
 int main()
@@ -315,6 +355,7 @@ int main()
         {1, 2, 5, 6, 4, false},      {1, 1, 200, 90, 40, true}, {1, 1, 100, 70, 80, true},
         {1, 2, 9, 70, 6, false},   /* rows not in float4 runs (D % 4 != 0): the scalar tile loads */
     };
+    check_banks();
     for (const attn_case &c : cases) {
         const int dp = c.D <= 32 ? 32 : c.D <= 48 ? 48 : c.D <= 64 ? 64 : 80;
         if (dp == 32) run_case<32>(c);

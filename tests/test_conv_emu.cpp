@@ -393,6 +393,27 @@ template <int BM> void check_halo_dgrad(const conv_case &c, int O)
     report("halo_dgrad", label, "rel", rel_l2(dx, ref), 1e-3);
 }
 
+/* shared-memory banks of the halo kernel's B fragment loads (halo_b_word): for every pixel
+ * column, tap, halo shift and both registers, a warp's 32 words fall on 32 banks */
+void check_halo_banks()
+{
+    int worst = 1;
+    for (int wn = 0; wn < 2; wn++)
+        for (int ni = 0; ni < 8; ni++)
+            for (int tap = 0; tap < 9; tap++)
+                for (int cshift = 0; cshift < 4; cshift++)
+                    for (int reg = 0; reg < 2; reg++) {
+                        int hits[32] = {0};
+                        for (int lane = 0; lane < 32; lane++) {
+                            const int w = halo_b_word(lane, wn, ni, tap / 3, tap % 3, cshift) + reg * 4 * kHaloPlane;
+                            const int h = ++hits[w % 32];
+                            worst = h > worst ? h : worst;
+                        }
+                    }
+    failures += worst != 1;
+    printf("emu conv[halo_banks] B fragment loads: at most %d lanes per bank %s\n", worst, worst == 1 ? "ok" : "FAILED");
+}
+
 }  // namespace
 
 int main()
@@ -523,6 +544,7 @@ int main()
     check_halo<160>(hc[4], 200, true, true);
     check_halo<160>(hc[5], 160, false, false);
     /* its backward input (flipped, transposed weights; dy's channels O % 8 == 0) */
+    check_halo_banks();
     const conv_case hd[] = {
         {"3x3,pad=2", 1, 8, 6, 6, 3, 3, 1, 1, 2, 2, 2, 2, 1, 1},
         {"3x3,pad=0", 2, 12, 7, 10, 3, 3, 1, 1, 0, 0, 0, 0, 1, 1},

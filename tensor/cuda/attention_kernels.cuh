@@ -365,6 +365,18 @@ template <int DP, class E> __device__ __forceinline__ void transposed_at(int idx
     p = hi % NP4 * 4 + lo / 8;
 }
 
+/* The same for float4 runs of 4 columns (DRAFT_ATTN_VEC4's V): pair idx < (64 / EPW) * (DP / 4) is
+ * columns d .. d+3 (d % 4 == 0) at position p, a warp's 32 covering 2 runs x 16 positions: the
+ * stores of column d + i fall on words 4 d + 4 i + p (mod 32), 32 banks for each i, and the loads
+ * read 32 contiguous bytes of each of 16 key rows */
+template <int DP, class E> __device__ __forceinline__ void transposed4_at(int idx, int &d, int &p)
+{
+    constexpr int NP16 = 64 / E::EPW / 16;   /* groups of 16 positions */
+    const int lo = idx % 32, hi = idx / 32;
+    p = hi % NP16 * 16 + lo % 16;
+    d = (hi / NP16 * 2 + lo / 16) * 4;
+}
+
 /* dst[d][pos(j)] = element (j, d) of a [64][DP] word tile already in shared memory, as a [DP][64]
  * word tile (pitch 64 / EPW + 4), pos = reuse_pos for the B tile of a register-reuse product (so
  * REUSE), else j: the transposed copy costs no second read of global memory */
@@ -467,9 +479,9 @@ attn_fwd_mma_kernel(opnd<float> out, float *__restrict__ lse, int64_t lsb, int64
         if (dm.vec4 && rows_vec4(vb + (int64_t)k0 * v.sl, v.sl, v.sd, dm.Dv)) {
             /* float4 runs: a warp reads 8 columns of 16 key rows (EPW 2: twice), 32 bytes per
              * row, and stores each column's 16 positions: words 4 d + p (mod 32), 32 banks */
-            constexpr int NP16 = BN / EPW / 16, Q = DP / 4;
-            for (int idx = threadIdx.x; idx < (BN / EPW) * Q; idx += kMmaThreads) {
-                const int lo = idx % 32, hi = idx / 32, p = hi % NP16 * 16 + lo % 16, d = (hi / NP16 * 2 + lo / 16) * 4;
+            for (int idx = threadIdx.x; idx < (BN / EPW) * (DP / 4); idx += kMmaThreads) {
+                int d, p;
+                transposed4_at<DP, E>(idx, d, p);
                 const int kj = k0 + EPW * E::reuse_inv(p);   /* keys EPW j .. of columns d .. d+3 */
                 float4 a = make_float4(0.f, 0.f, 0.f, 0.f), c = a;
                 if (d < dm.Dv && kj < dm.S) a = *reinterpret_cast<const float4 *>(vb + (int64_t)kj * v.sl + d);

@@ -514,6 +514,14 @@ constexpr int kHaloKG = 9 * kHaloCC / 8;                         /* k8 groups pe
 constexpr int kHaloRuns = kHaloCC * kHaloRows * (kHaloCols / 4); /* 16-byte runs of halo per step: 480 */
 static_assert(kHaloPlane >= kHaloRows * kHaloCols && kHaloPlane % 32 == 24 && kHaloPlane % 4 == 0, "halo plane");
 __host__ __device__ constexpr int halo_threads(int BM) { return 2 * BM; }
+/* the halo word (from the stage's halo start) of B fragment register b0 of lane (g = lane / 4,
+ * t = lane % 4) for pixel column ni of warp column wn at tap (kh, kw): channel plane t, row
+ * 2 wn + ni / 4 + kh, column (ni % 4) * 8 + g + kw + cshift; b1 is kHaloPlane * 4 further (channel
+ * t + 4). Linear in its arguments, so the kernel adds a lane part and a tap part. */
+__host__ __device__ constexpr int halo_b_word(int lane, int wn, int ni, int kh, int kw, int cshift)
+{
+    return lane % 4 * kHaloPlane + (2 * wn + ni / 4 + kh) * kHaloCols + ni % 4 * 8 + lane / 4 + kw + cshift;
+}
 __host__ __device__ constexpr int halo_stage_words(int BM) { return BM * 9 * kHaloCC + kHaloCC * kHaloPlane; }
 __host__ __device__ constexpr size_t halo_smem_bytes(int BM) { return sizeof(float) * kHaloStages * halo_stage_words(BM); }
 
@@ -631,7 +639,7 @@ conv_halo_kernel(float *__restrict__ out, const float *__restrict__ x, const flo
         __pipeline_commit();
         /* B fragment of pixel column ni: output row 2 wn + ni / 4, column (ni % 4) * 8 + g; word
          * (row + kh) * kHaloCols + column + kw + cshift of channel plane t (b0) and t + 4 (b1) */
-        const float *hb = Hs + tq * kHaloPlane + (2 * wn) * kHaloCols + gq + cshift;
+        const float *hb = Hs + halo_b_word(lane, wn, 0, 0, 0, cshift);
         const float *ab = As + (wm * 2 * kHaloKG * 32 + lane) * 4;
 #pragma unroll
         for (int kg = 0; kg < kHaloKG; kg++) {
@@ -645,7 +653,7 @@ conv_halo_kernel(float *__restrict__ out, const float *__restrict__ x, const flo
             }
 #pragma unroll
             for (int ni = 0; ni < 8; ni++) {
-                const float *bp = hb + (ni / 4 + kh) * kHaloCols + (ni % 4) * 8 + kw;
+                const float *bp = hb + halo_b_word(0, 0, ni, kh, kw, 0);
                 const uint32_t b0 = __float_as_uint(bp[0]), b1 = __float_as_uint(bp[4 * kHaloPlane]);
 #pragma unroll
                 for (int mi = 0; mi < 2; mi++) mma_tf32(acc[mi][ni], a[mi], b0, b1);
