@@ -496,7 +496,7 @@ conv_weight_layout_kernel(T *__restrict__ wp, const T *__restrict__ w, int64_t O
  * that stages, per step of 8 input channels, the input tile a block's pixels read (its halo) in
  * shared memory once, and reads each of the 9 taps' operand straight out of it: no im2col, not even
  * in shared memory. Against conv_implicit_kernel, which gathers a [16][128] slice of im2col per k
- * step element by element (4-byte copies, 9x the halo's bytes), a step here is 72 deep (9 taps x 8
+ * step element by element (4-byte copies, 4.8x the halo's elements), a step here is 72 deep (9 taps x 8
  * channels) and its copies are 16 bytes wide: the weights' [BM][72] slice, pre-ordered by
  * conv_halo_weight_kernel into the A fragments' register order and pre-rounded to tf32 (one LDS.128
  * per fragment), and the halo, (4 + 2) rows x 40 columns of 8 channels, 16-byte aligned runs of
