@@ -154,6 +154,24 @@ std::vector<double> direct_conv(const conv_case &c, int O, int G, const std::vec
     return ref;
 }
 
+/* the backward input of a convolution (groups 1) in float64: dx = sum over o, kh, kw of w dy */
+std::vector<double> direct_dgrad(const conv_case &c, int O, const std::vector<float> &dy, const std::vector<float> &w)
+{
+    const kgeom g = make_kgeom(c);
+    std::vector<double> ref((size_t)c.N * c.C * g.HW, 0.0);
+    for (int n = 0; n < c.N; n++)
+        for (int o = 0; o < O; o++)
+            for (int q = 0; q < g.OHW; q++)
+                for (int k = 0; k < g.K; k++) {
+                    const int ch = k / g.KK, kh = k % g.KK / g.KW, kw = k % g.KW;
+                    const int ih = q / g.OW * g.sh - g.pt + kh * g.dh, iw = q % g.OW * g.sw - g.pl + kw * g.dw;
+                    if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) continue;
+                    ref[((size_t)n * c.C + ch) * g.HW + (size_t)ih * g.W + iw] +=
+                        (double)w[(size_t)o * g.K + k] * dy[((size_t)n * O + o) * g.OHW + q];
+                }
+    return ref;
+}
+
 /* ||out - ref|| / ||ref||, a non-finite out entry counting as huge */
 template <typename T> double rel_l2(const std::vector<T> &out, const std::vector<double> &ref)
 {
@@ -298,17 +316,7 @@ template <int BM, int M> void check_implicit_dgrad(const conv_case &c, int O, in
     std::vector<float> dy((size_t)c.N * O * g.OHW), w((size_t)O * g.K);
     for (float &v : dy) v = (float)urand();
     for (float &v : w) v = (float)urand();
-    std::vector<double> ref((size_t)c.N * c.C * g.HW, 0.0);
-    for (int n = 0; n < c.N; n++)
-        for (int o = 0; o < O; o++)
-            for (int q = 0; q < g.OHW; q++)
-                for (int k = 0; k < g.K; k++) {
-                    const int ch = k / g.KK, kh = k % g.KK / g.KW, kw = k % g.KW;
-                    const int ih = q / g.OW * g.sh - g.pt + kh * g.dh, iw = q % g.OW * g.sw - g.pl + kw * g.dw;
-                    if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) continue;
-                    ref[((size_t)n * c.C + ch) * g.HW + (size_t)ih * g.W + iw] +=
-                        (double)w[(size_t)o * g.K + k] * dy[((size_t)n * O + o) * g.OHW + q];
-                }
+    const std::vector<double> ref = direct_dgrad(c, O, dy, w);
     const kgeom t = dgrad_geom(g, O);
     std::vector<float> dx(ref.size(), NAN);
     const int64_t P = (int64_t)c.N * t.OHW;
@@ -374,17 +382,7 @@ template <int BM> void check_halo_dgrad(const conv_case &c, int O)
     std::vector<float> dy((size_t)c.N * O * g.OHW), w((size_t)O * g.K);
     for (float &v : dy) v = (float)urand();
     for (float &v : w) v = (float)urand();
-    std::vector<double> ref((size_t)c.N * c.C * g.HW, 0.0);
-    for (int n = 0; n < c.N; n++)
-        for (int o = 0; o < O; o++)
-            for (int q = 0; q < g.OHW; q++)
-                for (int k = 0; k < g.K; k++) {
-                    const int ch = k / g.KK, kh = k % g.KK / g.KW, kw = k % g.KW;
-                    const int ih = q / g.OW - g.pt + kh, iw = q % g.OW - g.pl + kw;
-                    if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) continue;
-                    ref[((size_t)n * c.C + ch) * g.HW + (size_t)ih * g.W + iw] +=
-                        (double)w[(size_t)o * g.K + k] * dy[((size_t)n * O + o) * g.OHW + q];
-                }
+    const std::vector<double> ref = direct_dgrad(c, O, dy, w);
     const kgeom t = dgrad_geom(g, O);
     std::vector<float> dx(ref.size(), NAN);
     run_halo<BM>(dx.data(), dy.data(), w.data(), nullptr, t, c.N, c.C, true);

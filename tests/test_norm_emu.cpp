@@ -105,17 +105,8 @@ template <int V> void run_case(const gn_case &c, int cl)
             std::vector<float> o2(n, NAN), m2(NG, NAN), r2(NG, NAN);
             const emu_smem_scope smem(gn_fwd_smem(cg, 0));
             emu_launch((unsigned)cl, (unsigned)NG, (unsigned)cl, kThreads, [&] {
-                auto run = [&](auto kernel) {
-                    kernel(o2.data(), m2.data(), r2.data(), x.data(), w.data(), b.data(), c.C, cg, c.HW, ge, chunk, eps);
-                };
-                switch (nv) {
-                case 4: run(gn_fused_kernel<4, 4>); break;
-                case 8: run(gn_fused_kernel<4, 8>); break;
-                case 12: run(gn_fused_kernel<4, 12>); break;
-                case 16: run(gn_fused_kernel<4, 16>); break;
-                case 20: run(gn_fused_kernel<4, 20>); break;
-                default: run(gn_fused_kernel<4, 24>); break;
-                }
+                gn_fused_reg_kernel(nv)(o2.data(), m2.data(), r2.data(), x.data(), w.data(), b.data(), c.C, cg, c.HW, ge,
+                                        chunk, eps);
             });
             const bool same = !memcmp(o2.data(), o.data(), n * sizeof(float)) &&
                               !memcmp(m2.data(), m.data(), NG * sizeof(float)) && !memcmp(r2.data(), r.data(), NG * sizeof(float));

@@ -569,7 +569,8 @@ bool halo_applies(const kgeom &kg, int64_t N, int64_t Oc, int G, const void *x)
 }
 
 template <int BM>
-enum status halo_launch(float *out, const float *x, const float *wp, const float *bias, const kgeom &kg, int64_t N, int O)
+enum status halo_launch(float *out, const float *x, const float *wp, const float *bias, const kgeom &kg, int64_t tiles,
+                        int64_t N, int O)
 {
     static bool smem_set = false;   /* per BM: more than the default 48 KiB */
     const size_t smem = halo_smem_bytes(BM);
@@ -577,7 +578,6 @@ enum status halo_launch(float *out, const float *x, const float *wp, const float
         CUDA_TRY(cudaFuncSetAttribute(conv_halo_kernel<BM>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         smem_set = true;
     }
-    const int64_t tiles = (int64_t)((kg.OH + kHaloTH - 1) / kHaloTH) * ((kg.OW + kHaloTW - 1) / kHaloTW);
     const dim3 grid((unsigned)tiles, (unsigned)((O + BM - 1) / BM), (unsigned)N);
     conv_halo_kernel<BM><<<grid, halo_threads(BM), smem, (cudaStream_t)cuda_stream()>>>(out, x, wp, bias, kg, O);
     CUDA_LAUNCHED();
@@ -598,9 +598,9 @@ enum status halo_run(float *out, const float *x, const float *w, const float *bi
     conv_halo_weight_kernel<<<(unsigned)((nw + 255) / 256), 256, 0, (cudaStream_t)cuda_stream()>>>(wp, w, O, Opad, kg.C,
                                                                                                  flip);
     CUDA_LAUNCHED();
-    return bm == 160 ? halo_launch<160>(out, x, wp, bias, kg, N, O)
-         : bm == 128 ? halo_launch<128>(out, x, wp, bias, kg, N, O)
-                     : halo_launch<64>(out, x, wp, bias, kg, N, O);
+    return bm == 160 ? halo_launch<160>(out, x, wp, bias, kg, tiles, N, O)
+         : bm == 128 ? halo_launch<128>(out, x, wp, bias, kg, tiles, N, O)
+                     : halo_launch<64>(out, x, wp, bias, kg, tiles, N, O);
 }
 
 /* ---------------------------------------------------------------- the three operations */
@@ -635,8 +635,8 @@ template <typename T> enum status conv_forward(T *out, const T *x, const T *w, c
 {
     enum status s = STATUS_OK;
     if constexpr (sizeof(T) == 4) {
-        if (halo_applies(kernel_geom(g), g.N, g.O, (int)g.G, x))
-            return halo_run(out, x, w, bias, kernel_geom(g), g.N, (int)g.O, false);
+        const kgeom kg = kernel_geom(g);
+        if (halo_applies(kg, g.N, g.O, (int)g.G, x)) return halo_run(out, x, w, bias, kg, g.N, (int)g.O, false);
         bool done = false;
         if ((s = implicit_forward(&done, out, x, w, bias, g)) || done) return s;
     }

@@ -203,18 +203,22 @@ int rowshift_gemms(const kgeom &g, int64_t G, int64_t O, const CT *cols, const T
  * pitch 132 puts them on 8t + g and 8t + 4 + g. */
 constexpr int kIgBN = 128, kIgBK = 16, kIgStages = 3;
 
-/* a 4-byte cp.async of *src to *dst when `in`, else 4 zero bytes (nothing read): one instruction,
- * the source size a register (cuda_pipeline.h's zero-fill branches between two) */
-#ifdef __CUDACC__
-__device__ __forceinline__ void cp_async4(float *dst, const float *src, bool in)
+/* an N-byte cp.async (N = 4 or 16) of *src to *dst when `in`, else N zero bytes (nothing read):
+ * one instruction, the source size a register (cuda_pipeline.h's zero-fill branches between two);
+ * 16 bytes bypass L1 (.cg, the only cache mode for that size) */
+template <int N> __device__ __forceinline__ void cp_async_zfill(float *dst, const float *src, bool in)
 {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"((unsigned)__cvta_generic_to_shared(dst)), "l"(src),
-                 "r"(in ? 4 : 0)
-                 : "memory");
-}
+    static_assert(N == 4 || N == 16, "cp.async sizes used here");
+#ifdef __CUDACC__
+    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    if constexpr (N == 4)
+        asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(d), "l"(src), "r"(in ? 4 : 0) : "memory");
+    else
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(in ? 16 : 0) : "memory");
 #else
-inline void cp_async4(float *dst, const float *src, bool in) { __pipeline_memcpy_async(dst, src, 4, in ? 0 : 4); }
+    __pipeline_memcpy_async(dst, src, N, in ? 0 : N);
 #endif
+}
 
 enum ig_mode { IG_TF32, IG_3XTF32, IG_BF16 };
 
@@ -298,7 +302,7 @@ conv_implicit_kernel(float *__restrict__ out, const float *__restrict__ x, const
             const float *src = in ? xn + (int64_t)tc * g.HW + pix_off + tkh * g.dh * g.W + tkw * g.dw : x;
             float *dst = Bs + brow0 * BP + bcol;
 #pragma unroll
-            for (int j = 0; j < R; j++, src += step) cp_async4(dst + j * BP, src, in);
+            for (int j = 0; j < R; j++, src += step) cp_async_zfill<4>(dst + j * BP, src, in);
             return;
         }
         /* B: rows brow0 .. brow0+R of this step at this thread's pixel: row k = (c, kk), kk = kh*KW + kw
@@ -525,18 +529,6 @@ __host__ __device__ constexpr int halo_b_word(int lane, int wn, int ni, int kh, 
 __host__ __device__ constexpr int halo_stage_words(int BM) { return BM * 9 * kHaloCC + kHaloCC * kHaloPlane; }
 __host__ __device__ constexpr size_t halo_smem_bytes(int BM) { return sizeof(float) * kHaloStages * halo_stage_words(BM); }
 
-/* a 16-byte cp.async of *src to *dst when `in`, else 16 zero bytes (nothing read) */
-#ifdef __CUDACC__
-__device__ __forceinline__ void cp_async16(float *dst, const float *src, bool in)
-{
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"((unsigned)__cvta_generic_to_shared(dst)), "l"(src),
-                 "r"(in ? 16 : 0)
-                 : "memory");
-}
-#else
-inline void cp_async16(float *dst, const float *src, bool in) { __pipeline_memcpy_async(dst, src, 16, in ? 0 : 16); }
-#endif
-
 /* wp for conv_halo_kernel, from w [O][C][3][3] (C % 8 == 0): per 16 output channels mt and k8 group
  * kg = chunk * 9 + tap (8 channels chunk*8 .. +8 at tap = kh*3 + kw), the 32 lanes' A fragments
  * (a0..a3 = rows g, g+8, g, g+8 x columns t, t, t+4, t+4), rounded to tf32, zeros from O to Opad
@@ -602,12 +594,12 @@ conv_halo_kernel(float *__restrict__ out, const float *__restrict__ x, const flo
 #pragma unroll
         for (int i = 0; i < NA; i++) {   /* A: tile mtl's 9 groups x 128 words, contiguous in wp */
             const int e = tid + i * T, mtl = e / (kHaloKG * 32), r = e % (kHaloKG * 32);
-            cp_async16(As + e * 4, wblk + ((int64_t)mtl * NKG + s * kHaloKG) * 128 + r * 4, true);
+            cp_async_zfill<16>(As + e * 4, wblk + ((int64_t)mtl * NKG + s * kHaloKG) * 128 + r * 4, true);
         }
         const float *xs = xn + (int64_t)s * kHaloCC * g.HW;
 #pragma unroll
         for (int i = 0; i < NH; i++)
-            if (h_dst[i] >= 0) cp_async16(Hs + h_dst[i], h_src[i] >= 0 ? xs + h_src[i] : x, h_src[i] >= 0);
+            if (h_dst[i] >= 0) cp_async_zfill<16>(Hs + h_dst[i], h_src[i] >= 0 ? xs + h_src[i] : x, h_src[i] >= 0);
     };
 
     float acc[2][8][4];

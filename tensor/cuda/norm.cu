@@ -550,16 +550,6 @@ bool gn_cluster_launch(void (*kernel)(P...), size_t *raised, int cl, int64_t NG,
  * shared memory (gn_fused_kernel<4, NV>; float4 runs only) */
 bool gn_reg_enabled() { return cuda_switch("DRAFT_GN_REG", false); }
 
-/* the register variant for NV float4 per thread */
-template <int NV>
-bool gn_reg_launch(int cl, int64_t NG, int cg, float *out, float *mean, float *rstd, const float *x, const float *w,
-                   const float *b, int C, int HW, int ge, int chunk, double eps)
-{
-    static size_t raised;
-    return gn_cluster_launch(gn_fused_kernel<4, NV>, &raised, cl, NG, gn_fwd_smem(cg, 0), out, mean, rstd, x, w, b, C, cg,
-                             HW, ge, chunk, eps);
-}
-
 /* the one-pass forward when it applies (f32); *done tells whether it ran */
 void group_norm_fused(bool *done, float *out, float *mean, float *rstd, const float *x, const float *w, const float *b,
                       int64_t N, int C, int G, int64_t HW, double eps)
@@ -572,19 +562,12 @@ void group_norm_fused(bool *done, float *out, float *mean, float *rstd, const fl
     if (!cl) return;
     const bool v4 = HW % 4 == 0 && aligned16(x) && aligned16(out);
     const int nv = v4 && gn_reg_enabled() ? gn_reg_nv(chunk) : 0;
-    if (nv) {
-        const int h = (int)HW, e = (int)ge;
-        switch (nv) {
-        case 4: *done = gn_reg_launch<4>(cl, NG, cg, out, mean, rstd, x, w, b, C, h, e, chunk, eps); break;
-        case 8: *done = gn_reg_launch<8>(cl, NG, cg, out, mean, rstd, x, w, b, C, h, e, chunk, eps); break;
-        case 12: *done = gn_reg_launch<12>(cl, NG, cg, out, mean, rstd, x, w, b, C, h, e, chunk, eps); break;
-        case 16: *done = gn_reg_launch<16>(cl, NG, cg, out, mean, rstd, x, w, b, C, h, e, chunk, eps); break;
-        case 20: *done = gn_reg_launch<20>(cl, NG, cg, out, mean, rstd, x, w, b, C, h, e, chunk, eps); break;
-        default: *done = gn_reg_launch<24>(cl, NG, cg, out, mean, rstd, x, w, b, C, h, e, chunk, eps); break;
-        }
+    static size_t raised[8];   /* per kernel: <1>, <4>, then <4, nv> at 1 + nv / 4 */
+    if (nv) {   /* the register variant: no chunk in shared memory */
+        *done = gn_cluster_launch(gn_fused_reg_kernel(nv), &raised[1 + nv / 4], cl, NG, gn_fwd_smem(cg, 0), out, mean, rstd,
+                                  x, w, b, C, cg, (int)HW, (int)ge, chunk, eps);
         return;
     }
-    static size_t raised[2];
     *done = gn_cluster_launch(v4 ? gn_fused_kernel<4> : gn_fused_kernel<1>, &raised[v4], cl, NG, gn_fwd_smem(cg, chunk),
                               out, mean, rstd, x, w, b, C, cg, (int)HW, (int)ge, chunk, eps);
 }

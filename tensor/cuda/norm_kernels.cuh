@@ -224,6 +224,21 @@ __host__ __device__ constexpr int gn_reg_nv(int chunk)
     return need > 24 ? 0 : need <= 4 ? 4 : (need + 3) / 4 * 4;
 }
 
+/* gn_fused_kernel<4, nv> for nv = gn_reg_nv(chunk) > 0 */
+using gn_fwd_fn = void (*)(float *, float *, float *, const float *, const float *, const float *, int, int, int, int, int,
+                           double);
+inline gn_fwd_fn gn_fused_reg_kernel(int nv)
+{
+    switch (nv) {
+    case 4: return gn_fused_kernel<4, 4>;
+    case 8: return gn_fused_kernel<4, 8>;
+    case 12: return gn_fused_kernel<4, 12>;
+    case 16: return gn_fused_kernel<4, 16>;
+    case 20: return gn_fused_kernel<4, 20>;
+    default: return gn_fused_kernel<4, 24>;
+    }
+}
+
 /* backward: [head | part: cg double2 | rpart: kGnMaxCluster * cg double2 | tot: cg double2 |
  *            k1: cg floats | xs, dys: chunk floats each] */
 struct gn_bwd_head {
