@@ -16,9 +16,9 @@
 
 /* the kernel-variant switches (tensor/README.md) */
 static const char *const g_switches[] = {"DRAFT_CONV_PIPELINE", "DRAFT_CONV_ROWSHIFT", "DRAFT_CONV_IMPLICIT",
-                                         "DRAFT_CONV_HALO",     "DRAFT_GN_FUSED_BWD",  "DRAFT_GN_REG",
-                                         "DRAFT_ATTN_FUSED_DQ", "DRAFT_ATTN_MMA",      "DRAFT_ATTN_VEC4",
-                                         "DRAFT_MATMUL_FAST_BF16"};
+                                         "DRAFT_CONV_HALO",     "DRAFT_CONV_WINOGRAD", "DRAFT_GN_FUSED_BWD",
+                                         "DRAFT_GN_REG",        "DRAFT_ATTN_FUSED_DQ", "DRAFT_ATTN_MMA",
+                                         "DRAFT_ATTN_VEC4",     "DRAFT_MATMUL_FAST_BF16"};
 #define N_SWITCHES (sizeof g_switches / sizeof *g_switches)
 
 /* all off but those in `on` (a name, or names joined by '+'; NULL: all off), so that each row
@@ -359,12 +359,14 @@ int main(int argc, char **argv)
              * and the implicit GEMM on tensor cores (TF32, exact f32 and autocast), also
              * with 128-channel tiles forced, and without split-K where the default splits; the
              * halo-tile kernel (TF32 only), with its channel block picked, then forced to 64 and 128;
-             * and the default im2col path with a 16 and an 8 MiB workspace instead of 64 (tiles of
-             * im2col that stay in the L2: 50 MiB on an H200, 47 MiB for one image at 320 ch) */
+             * the default im2col path with a 16 and an 8 MiB workspace instead of 64 (tiles of
+             * im2col that stay in the L2: 50 MiB on an H200, 47 MiB for one image at 320 ch); and
+             * Winograd F(2x2, 3x3) (TF32 and exact f32), with its V and M in chunks of 32 MiB (the
+             * default: a chunk may stay in the L2), then of 128 MiB (at 320 ch all 2048 tiles in one) */
             const struct {
                 const char *env, *suffix, *knob, *value;   /* knob: a tuning variable set to value */
                 bool tf32, autocast, f32;
-            } variants[10] = {{"DRAFT_CONV_PIPELINE", "_pipe", NULL, NULL, false, true, false},
+            } variants[12] = {{"DRAFT_CONV_PIPELINE", "_pipe", NULL, NULL, false, true, false},
                              {"DRAFT_CONV_ROWSHIFT", "_rowshift", NULL, NULL, true, true, false},
                              {"DRAFT_CONV_IMPLICIT", "_implicit", NULL, NULL, true, true, true},
                              {"DRAFT_CONV_IMPLICIT", "_implicit_bm128", "DRAFT_CONV_IMPLICIT_BM", "128", true, false, false},
@@ -373,8 +375,10 @@ int main(int argc, char **argv)
                              {"DRAFT_CONV_HALO", "_halo_bm64", "DRAFT_CONV_HALO_BM", "64", true, false, false},
                              {"DRAFT_CONV_HALO", "_halo_bm128", "DRAFT_CONV_HALO_BM", "128", true, false, false},
                              {NULL, "_ws16m", "DRAFT_CONV_WORKSPACE_KB", "16384", true, false, false},
-                             {NULL, "_ws8m", "DRAFT_CONV_WORKSPACE_KB", "8192", true, false, false}};
-            for (int v = 0; v < 10; v++) {
+                             {NULL, "_ws8m", "DRAFT_CONV_WORKSPACE_KB", "8192", true, false, false},
+                             {"DRAFT_CONV_WINOGRAD", "_wino", NULL, NULL, true, false, true},
+                             {"DRAFT_CONV_WINOGRAD", "_wino_ws256m", "DRAFT_CONV_WORKSPACE_KB", "262144", true, false, false}};
+            for (int v = 0; v < 12; v++) {
                 const bool want = i == 3 ? variants[v].autocast : i == 4 ? variants[v].f32 : i == 5 ? v >= 5
                                 : v == 0 ? i == 0 : v == 4 ? i != 0 : variants[v].tf32;   /* split1: where it splits */
                 if (!want) continue;

@@ -34,7 +34,7 @@ function bw_target(row, alts, copy,    n, v, i, g, gn, r) {   # the best GB/s of
 }
 END {
     met = missed = 0
-    iv = "_rowshift _implicit _implicit_bm128 _implicit_split1 _halo _halo_bm64 _halo_bm128 _ws16m _ws8m"
+    iv = "_rowshift _implicit _implicit_bm128 _implicit_split1 _halo _halo_bm64 _halo_bm128 _ws16m _ws8m _wino _wino_ws256m"
     time_target("conv2d_320c_64px_fwd", "_pipe " iv)
     time_target("conv2d_320c_64px_fwdbwd", "_pipe " iv)
     time_target("conv2d_640c_32px_fwd", iv)

@@ -14,7 +14,8 @@
 # (skip the demo runs / the SD 1.4 steps / the op benchmarks: a quick tests-and-table call),
 # GPU_CHECK_PROFILE=0 (skip the TF32 and bf16 SD 1.4 steps once more under DRAFT_PROFILE=shapes: time per op and per shape),
 # GPU_CHECK_NCU=0 (skip the last phase: Nsight Compute on the rows that miss their targets, ours and torch's),
-# GPU_CHECK_BUDGET=N (seconds from the start of the build by which the summary must be out; 540 by default).
+# GPU_CHECK_BUDGET=N (seconds from the start of the build by which the summary must be out; 450 by default,
+# so that a call ends within the 8 minutes; a device call may run 600 s, so 540 fits one).
 # After the build and the tests, the op benchmarks come first (the targets), then the demo
 # and the SD 1.4 steps, each only if it still fits the budget; every program runs under a timeout.
 set -uo pipefail
@@ -55,8 +56,8 @@ PARITY=${DRAFT_PARITY_DIR:-../shared/parity}
 t0=$(date +%s)
 # the time budget: a device call may run 600 s, and the summary must come out before then, so each
 # phase after the build runs only if its usual length still fits (GPU_CHECK_BUDGET seconds from
-# here, 540 by default); what is left out is named in the summary
-budget=${GPU_CHECK_BUDGET:-540}
+# here, 450 by default); what is left out is named in the summary
+budget=${GPU_CHECK_BUDGET:-450}
 skipped=()
 fits() {   # fits SECONDS WHAT: true if SECONDS are still left, else records WHAT as skipped
     local left=$(( budget - ($(date +%s) - t0) ))
@@ -159,10 +160,11 @@ if [ -f "$PARITY/sd14/unet.config.json" ] && [ "${GPU_CHECK_SD14:-1}" = 1 ]; the
     done
     # the TF32 and bf16 steps again with the opt-in kernels not yet measured on a GPU (written
     # 2026-11-27 without one) all on: what they give end to end, beside their rows and tests in
-    # switches.txt (last, so that a fault costs nothing else; CONV_HALO applies under TF32 only)
+    # switches.txt (last, so that a fault costs nothing else; CONV_WINOGRAD applies under f32 and
+    # TF32 only, and takes every 3x3 stride-1 convolution CONV_HALO would: its rows measure that one)
     if fits 60 "sd14 step tf32, opt-ins"; then
-        DRAFT_CONV_HALO=1 DRAFT_GN_REG=1 DRAFT_ATTN_VEC4=1 \
-            sd14_step "opt-ins (CONV_HALO, GN_REG, ATTN_VEC4): " --batch 4 --steps 50 --reward-vit --precision tf32
+        DRAFT_CONV_WINOGRAD=1 DRAFT_GN_REG=1 DRAFT_ATTN_VEC4=1 \
+            sd14_step "opt-ins (CONV_WINOGRAD, GN_REG, ATTN_VEC4): " --batch 4 --steps 50 --reward-vit --precision tf32
     fi
     if fits 60 "sd14 step bf16, opt-ins"; then
         DRAFT_GN_REG=1 DRAFT_ATTN_VEC4=1 \
@@ -181,13 +183,13 @@ fi
 # Nsight Compute on the rows that miss their target (GPU_CHECK_NCU=0 skips): one profile per row
 # and side (bench_gpu's BENCH_GPU_ONLY, torch_gpu.py's BENCH_ONLY: the row's calls alone inside the
 # profiler's window), summed up by bench/ncu_summary.py: each kernel's time and what bounds it
-ncu_rows=(conv2d_320c_64px_fwd conv2d_320c_64px_fwd_halo group_norm_fwd group_norm_fwd_reg copy_10M attention_fwd_autocast
+ncu_rows=(conv2d_320c_64px_fwd conv2d_320c_64px_fwd_halo conv2d_320c_64px_fwd_wino group_norm_fwd group_norm_fwd_reg copy_10M attention_fwd_autocast
           attention_fwd_autocast_vec4 attention_fwd_mma)
 ncu_args=()
 if [ "${GPU_CHECK_NCU:-1}" = 1 ] && command -v ncu > /dev/null && [ -x build-gpu/bench/bench_gpu ]; then
     for row in "${ncu_rows[@]}"; do
         for side in ours torch; do
-            case $side/$row in torch/attention_fwd_mma | torch/*_halo | torch/*_reg | torch/*_vec4) continue ;; esac   # the base row's
+            case $side/$row in torch/attention_fwd_mma | torch/*_halo | torch/*_wino | torch/*_reg | torch/*_vec4) continue ;; esac   # the base row's
             fits 40 "ncu $side $row" || continue
             prog=(./build-gpu/bench/bench_gpu); [ $side = torch ] && prog=(python3 bench/torch_gpu.py)
             BENCH_GPU_ONLY=$row BENCH_ONLY=$row timeout $(cap 60) ncu --profile-from-start off --clock-control none \

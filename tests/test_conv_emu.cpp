@@ -391,6 +391,92 @@ template <int BM> void check_halo_dgrad(const conv_case &c, int O)
     report("halo_dgrad", label, "rel", rel_l2(dx, ref), 1e-3);
 }
 
+/* the Winograd path as conv2d.cu's wino_run runs it: wino_plan over `bytes`, the weight transform,
+ * then per chunk the input transform (its channel grid capped at ycap, so that the loop past the
+ * grid runs), the 16 GEMMs (a plain loop in place of cuBLAS: f64 sums of the f32 operands, or of
+ * their tf32 roundings as TF32 tensor cores take them) and the output transform. V and M start as
+ * NaN: a tile or channel the transforms miss shows. */
+void run_wino(float *out, const float *x, const float *w, const float *bias, const kgeom &g, int N, int O, bool flip,
+              size_t bytes, bool tf32, unsigned ycap)
+{
+    const wino_chunks ch = wino_plan(N, g.OH, g.OW, g.C, O, bytes);
+    const int64_t OC = (int64_t)O * g.C;
+    std::vector<float> U((size_t)(16 * OC), NAN), V((size_t)(16 * g.C * ch.ld), NAN), M((size_t)(16 * O * ch.ld), NAN);
+    emu_launch((unsigned)((OC + 255) / 256), 256, [&] { wino_weight_kernel(U.data(), w, O, g.C, flip); });
+    if (tf32)
+        for (float &u : U) u = (float)tf32_of(u);
+    const bool pairs = g.OW % 2 == 0 && ((uintptr_t)out & 7) == 0;
+    for (int64_t q0 = 0; q0 < ch.tiles; q0 += ch.ld) {
+        const int pc = (int)(ch.tiles - q0 < ch.ld ? ch.tiles - q0 : ch.ld);
+        const unsigned bx = (unsigned)((pc + 255) / 256);
+        emu_launch(bx, (unsigned)g.C < ycap ? (unsigned)g.C : ycap, 1, 256,
+                   [&] { wino_input_kernel(V.data(), x, g, q0, pc, ch.ld); });
+        for (int xi = 0; xi < 16; xi++)
+            for (int o = 0; o < O; o++)
+                for (int p = 0; p < pc; p++) {
+                    double acc = 0;
+                    for (int c = 0; c < g.C; c++) {
+                        const float v = V[((size_t)xi * g.C + c) * ch.ld + p];
+                        acc += (double)U[((size_t)xi * O + o) * g.C + c] * (tf32 ? tf32_of(v) : (double)v);
+                    }
+                    M[((size_t)xi * O + o) * ch.ld + p] = (float)acc;
+                }
+        emu_launch(bx, (unsigned)O < ycap ? (unsigned)O : ycap, 1, 256,
+                   [&] { wino_output_kernel(out, M.data(), bias, g, O, q0, pc, ch.ld, pairs); });
+    }
+}
+
+/* the Winograd forward against a direct convolution in float64. Exact f32 products: bound 1e-6
+ * (the issue's f32). TF32: bound 1e-3, and the line also gives the error of the direct
+ * convolution in TF32 (its operands rounded, f64 sums) for comparison: the transforms round after
+ * adding up to 4 inputs or 9 weights, which costs accuracy against it. out_off: the output one
+ * float off 8-byte alignment (single stores). */
+void check_wino(const conv_case &c, int O, bool with_bias, bool out_off, size_t bytes, bool tf32, unsigned ycap = 65535)
+{
+    const kgeom g = make_kgeom(c);
+    std::vector<float> x((size_t)c.N * c.C * g.HW), w((size_t)O * g.K), bias(with_bias ? O : 0);
+    for (float &v : x) v = (float)urand();
+    for (float &v : w) v = (float)urand();
+    for (float &v : bias) v = (float)urand();
+    const std::vector<double> ref = direct_conv(c, O, 1, x, w, bias);
+    std::vector<float> obuf(ref.size() + 1, NAN);
+    float *op = obuf.data() + (out_off ? 1 : 0);
+    run_wino(op, x.data(), w.data(), with_bias ? bias.data() : nullptr, g, c.N, O, false, bytes, tf32, ycap);
+    const std::vector<float> out(op, op + ref.size());
+    const wino_chunks ch = wino_plan(c.N, g.OH, g.OW, c.C, O, bytes);
+    char label[200];
+    snprintf(label, sizeof label, "%s,N=%d,C=%d,O=%d,%dx%d->%dx%d,%s,%lld_tiles_in_%lld%s%s", c.label, c.N, c.C, O, c.H,
+             c.W, g.OH, g.OW, with_bias ? "bias" : "no_bias", (long long)ch.tiles, (long long)ch.n, out_off ? ",out_off" : "",
+             tf32 ? ",tf32" : "");
+    if (!tf32) {
+        report("wino_fwd", label, "rel", rel_l2(out, ref), 1e-6);
+        return;
+    }
+    std::vector<double> xr(x.size()), wr(w.size()), br(bias.begin(), bias.end());
+    for (size_t i = 0; i < x.size(); i++) xr[i] = tf32_of(x[i]);
+    for (size_t i = 0; i < w.size(); i++) wr[i] = tf32_of(w[i]);
+    const double direct = rel_l2(direct_conv(c, O, 1, xr, wr, br), ref), e = rel_l2(out, ref);
+    char what[64];
+    snprintf(what, sizeof what, "rel (direct tf32 %.1e, x%.1f)", direct, e / direct);
+    report("wino_fwd", label, what, e, 1e-3);
+}
+
+/* its backward input (the forward of dy with the weights flipped, over dgrad_geom) */
+void check_wino_dgrad(const conv_case &c, int O, bool tf32)
+{
+    const kgeom g = make_kgeom(c);
+    std::vector<float> dy((size_t)c.N * O * g.OHW), w((size_t)O * g.K);
+    for (float &v : dy) v = (float)urand();
+    for (float &v : w) v = (float)urand();
+    const std::vector<double> ref = direct_dgrad(c, O, dy, w);
+    const kgeom t = dgrad_geom(g, O);
+    std::vector<float> dx(ref.size(), NAN);
+    run_wino(dx.data(), dy.data(), w.data(), nullptr, t, c.N, c.C, true, (size_t)64 << 20, tf32, 65535);
+    char label[160];
+    snprintf(label, sizeof label, "%s,N=%d,C=%d,O=%d,%dx%d%s", c.label, c.N, c.C, O, c.H, c.W, tf32 ? ",tf32" : "");
+    report("wino_dgrad", label, "rel", rel_l2(dx, ref), tf32 ? 1e-3 : 1e-6);
+}
+
 /* shared-memory banks of the halo kernel's B fragment loads (halo_b_word): for every pixel
  * column, tap, halo shift and both registers, a warp's 32 words fall on 32 banks */
 void check_halo_banks()
@@ -550,6 +636,30 @@ int main()
     check_halo_dgrad<64>(hc[0], 16);   /* dy 9 x 40 */
     check_halo_dgrad<128>(hd[0], 24);  /* dy 8 x 8: the backward's padding 0 */
     check_halo_dgrad<64>(hd[1], 8);    /* dy 5 x 8: its padding 2 */
+    /* the Winograd F(2x2, 3x3) path: odd output sizes (tiles cut at the bottom and right), pad 0,
+     * 2 and uneven, images past the first, the channel loops past a capped grid, unaligned output
+     * (single stores); 290 tiles in one chunk (2 blocks of tiles) and in 3 chunks of 100, 100 and
+     * 90 (the smallest chunk is 128 tiles whatever the bound); exact and TF32 products */
+    const conv_case wc[] = {
+        {"3x3,pad=1", 2, 5, 7, 9, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1},
+        {"3x3,pad=0", 1, 4, 8, 6, 3, 3, 1, 1, 0, 0, 0, 0, 1, 1},
+        {"3x3,pad=2", 2, 3, 5, 5, 3, 3, 1, 1, 2, 2, 2, 2, 1, 1},
+        {"3x3,asym_pad", 1, 6, 6, 7, 3, 3, 1, 1, 0, 2, 1, 0, 1, 1},
+        {"3x3,pad=1,290_tiles", 2, 3, 10, 58, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1},
+        {"3x3,pad=1,c32", 1, 32, 12, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1},
+    };
+    check_wino(wc[0], 7, true, false, 64 << 20, false);
+    check_wino(wc[0], 7, true, true, 64 << 20, true, 2);
+    check_wino(wc[1], 3, false, false, 64 << 20, false, 3);
+    check_wino(wc[2], 4, true, true, 64 << 20, false);
+    check_wino(wc[3], 5, true, false, 64 << 20, true);
+    check_wino(wc[4], 4, true, false, 64 << 20, false);
+    check_wino(wc[4], 4, false, false, 1, true);
+    check_wino(wc[5], 40, true, false, 64 << 20, true);
+    check_wino_dgrad(wc[0], 6, false);
+    check_wino_dgrad(wc[2], 5, true);   /* the backward's padding 0 */
+    check_wino_dgrad(wc[1], 4, false);  /* its padding 2 */
+    check_wino_dgrad(wc[3], 8, true);   /* uneven: 2 - pad on each side */
     /* packing: one shared matrix, a batch with padding between rows and matrices, grids that wrap */
     check_pack<4>(1, 5, 12, 12, 0, 1, 2);
     check_pack<4>(3, 4, 1032, 1040, 4 * 1040 + 8, 1, 2);

@@ -1057,6 +1057,30 @@ START_TEST(test_nn)
             unsetenv("DRAFT_CONV_ROWSHIFT");
             unsetenv("DRAFT_CONV_PIPELINE");
         }
+        /* Winograd F(2x2, 3x3) (3x3, stride 1, groups 1: the first case and those from "large"
+         * on), forward and backward input: exact f32 products, TF32, and a 1 KiB workspace (chunks
+         * of 128 tiles: the large case's 512 in 4) */
+        for (int q = 0; q < (optin_skipped() || (k > 0 && k < 4) ? 0 : 3); q++) {
+            char label[128];
+            const char *what[3] = {"winograd", "winograd,tf32", "winograd,workspace=1K"};
+            snprintf(label, sizeof label, "%.*s,%s]", (int)strlen(convs[k].name) - 1, convs[k].name, what[q]);
+            set_switch("DRAFT_CONV_WINOGRAD", true);
+            set_switch("DRAFT_CONV_HALO", false);
+            set_switch("DRAFT_CONV_IMPLICIT", false);
+            set_switch("DRAFT_CONV_ROWSHIFT", false);
+            set_switch("DRAFT_CONV_PIPELINE", false);
+            if (q == 1) tensor_set_precision(PRECISION_TF32);
+            if (q == 2) setenv("DRAFT_CONV_WORKSPACE_KB", "1", 1);
+            const struct case_opts ot = {.tol32 = TOL_TF32};
+            check_op(label, f_conv, &convs[k].c, convs[k].c.bias ? 3 : 2, in, q == 1 ? &ot : convs[k].gc ? &o : &big);
+            tensor_set_precision(PRECISION_F32);
+            unsetenv("DRAFT_CONV_WORKSPACE_KB");
+            unsetenv("DRAFT_CONV_WINOGRAD");
+            unsetenv("DRAFT_CONV_HALO");
+            unsetenv("DRAFT_CONV_IMPLICIT");
+            unsetenv("DRAFT_CONV_ROWSHIFT");
+            unsetenv("DRAFT_CONV_PIPELINE");
+        }
     }
     /* layer_norm, group_norm */
     struct tensor *x = test_uniform(DTYPE_F64, TENSOR_SHAPE(2, 3, 8), -2, 2);

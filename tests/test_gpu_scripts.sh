@@ -22,6 +22,10 @@ RESULT conv2d_320c_64px_fwd_pipe 0.150 100.0 TFLOP/s
 RESULT conv2d_1280c_16px_fwdbwd 0.470 100.0 TFLOP/s
 RESULT conv2d_1280c_16px_fwdbwd_halo 0.400 120.0 TFLOP/s
 RESULT conv2d_1280c_16px_fwdbwd_halo_bm64 0.380 125.0 TFLOP/s
+RESULT conv2d_640c_32px_fwd_wino 0.095 160.0 TFLOP/s
+RESULT conv2d_640c_32px_fwd_wino_ws256m 0.100 150.0 TFLOP/s
+RESULT conv2d_320c_64px_fwd_f32 0.420 36.0 TFLOP/s
+RESULT conv2d_320c_64px_fwd_f32_wino 0.200 75.0 TFLOP/s
 RESULT attention_fwd 2.367 18.1 TFLOP/s
 RESULT attention_fwdbwd 9.363 16.1 TFLOP/s
 RESULT attention_fwdbwd_fused_dq 8.100 18.6 TFLOP/s
@@ -57,6 +61,8 @@ cuda conv2d[3x3,rowshift] f32 fwd rel=1.0e-07 bwd rel=2.0e-07 ok
 cuda conv2d[3x3,workspace=1K,pipeline] f32 fwd rel=1.0e-07 bwd rel=2.0e-07 ok
 cuda conv2d[3x3,implicit,tf32,bm=128] f32 fwd rel=3.0e-04 bwd rel=2.0e-07 ok
 cuda conv2d[3x3,c16,halo,tf32,bm=64] f32 fwd rel=3.0e-04 bwd rel=3.0e-04 ok
+cuda conv2d[3x3,pad=1,winograd] f32 fwd rel=1.0e-07 bwd rel=1.0e-07 ok
+cuda conv2d[large,3x3,winograd,tf32] f32 fwd rel=5.0e-04 bwd rel=5.0e-04 ok
 cuda group_norm[gn_reg,sd,groups=32] f32 fwd rel=1.0e-07 bwd rel=2.0e-07 ok
 cuda attention[bf16_mma_vec4,large,tiles,130x200x40] f32 fwd rel=1.0e-03 bwd rel=2.0e-03 ok
 R
@@ -75,7 +81,7 @@ check "targets: the halo conv's forced tile" "$t/targets" '^conv2d_1280c_16px_fw
 check "targets: the count" "$t/targets" '^targets: [0-9]+ met, [0-9]+ missed$'
 # every switch opt-in (as they all were before the first GPU run measured them)
 all_optin="DRAFT_ATTN_MMA=opt-in;DRAFT_ATTN_FUSED_DQ=opt-in;DRAFT_GN_FUSED_BWD=opt-in;DRAFT_CONV_ROWSHIFT=opt-in;"
-all_optin="${all_optin}DRAFT_CONV_PIPELINE=opt-in;DRAFT_CONV_IMPLICIT=opt-in;DRAFT_MATMUL_FAST_BF16=opt-in;DRAFT_CONV_HALO=opt-in;DRAFT_GN_REG=opt-in;DRAFT_ATTN_VEC4=opt-in;"
+all_optin="${all_optin}DRAFT_CONV_PIPELINE=opt-in;DRAFT_CONV_IMPLICIT=opt-in;DRAFT_MATMUL_FAST_BF16=opt-in;DRAFT_CONV_HALO=opt-in;DRAFT_GN_REG=opt-in;DRAFT_ATTN_VEC4=opt-in;DRAFT_CONV_WINOGRAD=opt-in;"
 GPU_SWITCHES_DEFS=$all_optin bench/gpu_switches.sh "$t/testlog" "$t/ours" > "$t/switches" 2>&1
 check "switches: faster everywhere, tests pass" "$t/switches" '^DRAFT_ATTN_MMA +\[opt-in\] tests 2 ok 0 failed.*make default \(tensor/cuda/attention.cu\)'
 check "switches: a failed case keeps it opt-in" "$t/switches" '^DRAFT_ATTN_FUSED_DQ +\[opt-in\] tests 0 ok 1 failed.*keep opt-in'
@@ -87,6 +93,7 @@ check "targets: the float4 row" "$t/targets" '^attention_fwd +0\.26x .* met +bes
 check "switches: register group_norm" "$t/switches" '^DRAFT_GN_REG +\[opt-in\] tests 1 ok 0 failed; rows \(variant/base ms\): group_norm_fwd 0\.016/0\.018=0\.89; -> make default \(tensor/cuda/norm.cu\)'
 check "switches: halo conv (its bm64 row has no base)" "$t/switches" '^DRAFT_CONV_HALO +\[opt-in\] tests 1 ok 0 failed; rows \(variant/base ms\): conv2d_1280c_16px_fwdbwd 0\.400/0\.470=0\.85; -> make default \(tensor/cuda/conv2d.cu\)'
 check "switches: implicit conv (its bm128 row has no base)" "$t/switches" '^DRAFT_CONV_IMPLICIT +\[opt-in\] tests 1 ok 0 failed; rows \(variant/base ms\): conv2d_640c_32px_fwd 0\.090/0\.109=0\.83; -> make default \(tensor/cuda/conv2d.cu\)'
+check "switches: Winograd (its f32 row; its ws256m row has no base)" "$t/switches" '^DRAFT_CONV_WINOGRAD +\[opt-in\] tests 2 ok 0 failed; rows \(variant/base ms\):( conv2d_320c_64px_fwd_f32 0\.200/0\.420=0\.48;| conv2d_640c_32px_fwd 0\.095/0\.109=0\.87;){2} -> make default \(tensor/cuda/conv2d.cu\)'
 # a switch that is the default already: kept when it passes, flagged when a case fails or a row is slower
 GPU_SWITCHES_DEFS="DRAFT_ATTN_MMA=default;DRAFT_ATTN_FUSED_DQ=default;DRAFT_CONV_ROWSHIFT=default;DRAFT_MATMUL_FAST_BF16=by size;" \
     bench/gpu_switches.sh "$t/testlog" "$t/ours" > "$t/switches2" 2>&1

@@ -11,6 +11,8 @@
  * views of that shifted by whole rows (conv2d_kernels.cuh): KH times less im2col traffic.
  * With DRAFT_CONV_HALO=1 a 3x3 stride-1 f32 forward under TF32 (and its backward input) is one
  * kernel that reads the 9 taps out of a halo tile of the input in shared memory (conv2d_kernels.cuh).
+ * With DRAFT_CONV_WINOGRAD=1 a 3x3 stride-1 f32 forward under f32 or TF32 (and its backward input)
+ * is Winograd F(2x2, 3x3) instead: input and weight transforms, 16 GEMMs, the output transform.
  * With DRAFT_CONV_IMPLICIT=1 an f32 forward (groups 1) is instead one implicit-GEMM kernel on
  * tensor cores that gathers its operand tiles from x into shared memory (conv2d_kernels.cuh; in
  * tap-major order over permuted weights where C % 16 == 0), and so is the backward input at
@@ -603,6 +605,56 @@ enum status halo_run(float *out, const float *x, const float *w, const float *bi
                      : halo_launch<64>(out, x, wp, bias, kg, tiles, N, O);
 }
 
+/* ---------------------------------------------------------------- Winograd F(2x2, 3x3)
+ *
+ * DRAFT_CONV_WINOGRAD=1 (opt-in until measured on a GPU): a 3x3 stride-1 f32 forward (groups 1)
+ * under exact f32 or TF32, and its backward input (the forward of dy with the weights flipped), as
+ * a transform of the input (wino_input_kernel), 16 strided-batched GEMMs (cuda_gemm: the
+ * precision switch applies) and a transform back (wino_output_kernel, bias included): 2.25x fewer
+ * products than im2col's, GEMMs of K = C. V and M take the workspace bound (a chunk of tiles per
+ * pass; at 320 ch [2,320,64,64] 2048 tiles in 3 passes of 683, whose 28 MiB may stay in the 50 MiB
+ * L2); U (16 O C floats, 16/9 of w) comes on top. Under TF32 its error is that of the products'
+ * operands, rounded after the transforms (tests/test_conv_emu.cpp measures both). */
+bool conv_winograd() { return cuda_switch("DRAFT_CONV_WINOGRAD", false); }
+
+bool wino_applies(const kgeom &kg, int64_t N, int64_t Oc, int G)
+{
+    const enum precision pr = tensor_precision();
+    return conv_winograd() && (pr == PRECISION_F32 || pr == PRECISION_TF32) && G == 1 && kg.C > 0 && Oc > 0 && kg.KH == 3 &&
+           kg.KW == 3 && kg.sh == 1 && kg.sw == 1 && kg.dh == 1 && kg.dw == 1 && kg.OH > 0 && kg.OW > 0 &&
+           N * ((kg.OH + 1) / 2) * ((kg.OW + 1) / 2) <= INT_MAX;
+}
+
+/* out = conv(x, w) (+ bias) over kg with O output channels; flip: w is the forward's and this is
+ * its backward input (kg = dgrad_geom, O = the forward's C) */
+enum status wino_run(float *out, const float *x, const float *w, const float *bias, const kgeom &kg, int64_t N, int O,
+                     bool flip)
+{
+    const wino_chunks ch = wino_plan(N, kg.OH, kg.OW, kg.C, O, workspace_bytes() / 2);
+    const int64_t OC = (int64_t)O * kg.C;
+    enum status s = STATUS_OK;
+    float *U = scratch<float>(16 * OC, &s), *V = U ? scratch<float>(16 * (int64_t)kg.C * ch.ld, &s) : nullptr;
+    float *M = V ? scratch<float>(16 * (int64_t)O * ch.ld, &s) : nullptr;
+    if (!M) return s;
+    cudaStream_t st = (cudaStream_t)cuda_stream();
+    wino_weight_kernel<<<(unsigned)((OC + 255) / 256), 256, 0, st>>>(U, w, O, kg.C, flip);
+    CUDA_LAUNCHED();
+    const bool pairs = kg.OW % 2 == 0 && ((uintptr_t)out & 7) == 0;
+    for (int64_t q0 = 0; q0 < ch.tiles; q0 += ch.ld) {
+        const int pc = (int)(ch.tiles - q0 < ch.ld ? ch.tiles - q0 : ch.ld);
+        const unsigned bx = (unsigned)((pc + 255) / 256);
+        wino_input_kernel<<<dim3(bx, (unsigned)(kg.C < 65535 ? kg.C : 65535)), 256, 0, st>>>(V, x, kg, q0, pc, ch.ld);
+        CUDA_LAUNCHED();
+        if ((s = gemm(CUBLAS_OP_N, CUBLAS_OP_N, pc, O, kg.C, V, ch.ld, kg.C * ch.ld, U, kg.C, OC, 0.f, M, ch.ld,
+                      (int64_t)O * ch.ld, 16)))
+            return s;
+        wino_output_kernel<<<dim3(bx, (unsigned)(O < 65535 ? O : 65535)), 256, 0, st>>>(out, M, bias, kg, O, q0, pc, ch.ld,
+                                                                                        pairs);
+        CUDA_LAUNCHED();
+    }
+    return STATUS_OK;
+}
+
 /* ---------------------------------------------------------------- the three operations */
 
 /* out (+)= w @ im2col(x) over the tiles of the workspace; CT is the im2col's element type */
@@ -636,6 +688,7 @@ template <typename T> enum status conv_forward(T *out, const T *x, const T *w, c
     enum status s = STATUS_OK;
     if constexpr (sizeof(T) == 4) {
         const kgeom kg = kernel_geom(g);
+        if (wino_applies(kg, g.N, g.O, (int)g.G)) return wino_run(out, x, w, bias, kg, g.N, (int)g.O, false);
         if (halo_applies(kg, g.N, g.O, (int)g.G, x)) return halo_run(out, x, w, bias, kg, g.N, (int)g.O, false);
         bool done = false;
         if ((s = implicit_forward(&done, out, x, w, bias, g)) || done) return s;
@@ -674,6 +727,8 @@ template <typename T> enum status conv_backward_input(T *dx, const T *dy, const 
     enum status s = STATUS_OK;
     if constexpr (sizeof(T) == 4) {
         const kgeom dg = dgrad_geom(kernel_geom(g), (int)g.O);
+        if (g.sh == 1 && g.sw == 1 && wino_applies(dg, g.N, g.C, (int)g.G))
+            return wino_run(dx, dy, w, nullptr, dg, g.N, (int)g.C, true);
         if (g.sh == 1 && g.sw == 1 && halo_applies(dg, g.N, g.C, (int)g.G, dy))
             return halo_run(dx, dy, w, nullptr, dg, g.N, (int)g.C, true);
         bool done = false;

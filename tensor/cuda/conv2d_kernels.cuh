@@ -4,7 +4,7 @@
  * arithmetic (stride, padding, dilation, pixel tiles, V = 4 runs that wrap rows) and the bf16
  * im2col's packing against a plain loop, and the row-shift forward (its partial im2col, weight
  * reorder, GEMM plan and crop) against a direct convolution, and the implicit-GEMM forward on
- * tensor cores against float64. Needs <stdint.h>, tensor/half.h, <cuda_pipeline.h> and, on the
+ * tensor cores and the Winograd transforms against float64. Needs <stdint.h>, tensor/half.h, <cuda_pipeline.h> and, on the
  * host, cuda_emu.h first. */
 #ifndef TENSOR_CUDA_CONV2D_KERNELS_CUH
 #define TENSOR_CUDA_CONV2D_KERNELS_CUH
@@ -676,6 +676,143 @@ conv_halo_kernel(float *__restrict__ out, const float *__restrict__ x, const flo
                     if (ow + 1 < g.OW) dst[1] = v1;
                 }
             }
+    }
+}
+
+/* ---------------------------------------------------------------- Winograd F(2x2, 3x3)
+ * A 3x3 stride-1 convolution as 16 GEMMs (conv2d.cu, DRAFT_CONV_WINOGRAD): each 2x2 block of
+ * output pixels (a tile) is  Y = A^T [ U . (B^T d B) ] A  for every pair of channels, summed over
+ * the input channels, with d the 4x4 input patch the block reads and U = G g G^T the 3x3 weights
+ * g transformed (Lavin and Gray, 2015):
+ *   B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1], G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1],
+ *   A^T = [1 1 1 0; 0 1 -1 -1].
+ * The sum over channels at each of the 16 positions xi of the 4x4 transform is a GEMM:
+ * M[xi][o][p] = sum over c of U[xi][o][c] V[xi][c][p], where V[xi][c][p] is tile p's transformed
+ * input: 2.25x fewer products than the direct convolution (16 instead of 36 per tile), and GEMMs
+ * of K = C whose size does not depend on the 3x3 (the im2col GEMM's K is 9 C).
+ * Tiles are q = (n * TH + ty) * TW + tx over all images (TH = ceil(OH / 2), TW = ceil(OW / 2)); a
+ * chunk of pc tiles from q0 is stored at row stride ld (>= pc, a multiple of 4: wino_plan):
+ *   U[xi][o][c] (16 x O x C), V[xi][c][p] (16 x C x ld), M[xi][o][p] (16 x O x ld). */
+struct wino_chunks {
+    int64_t tiles, ld, n;   /* all tiles, the tiles of a chunk (its row stride), the chunk count */
+};
+
+/* the chunks of a workspace of `bytes` for V and M together (at least 128 tiles each, whatever
+ * the bound: smaller GEMMs would waste more than the memory saves), as even as a multiple of 4 allows */
+__host__ __device__ inline wino_chunks wino_plan(int64_t N, int OH, int OW, int C, int O, size_t bytes)
+{
+    const int64_t tiles = N * ((OH + 1) / 2) * ((OW + 1) / 2), per = (int64_t)16 * (C + O) * (int64_t)sizeof(float);
+    int64_t most = (int64_t)bytes / per / 4 * 4;
+    most = most < 128 ? 128 : most;
+    const int64_t n = (tiles + most - 1) / most, ld = ((tiles + n - 1) / n + 3) / 4 * 4;
+    return wino_chunks{tiles, ld, (tiles + ld - 1) / ld};
+}
+
+/* U[xi][o][c] = (G g G^T)[xi] of g = w[o][c] (w [O][C][3][3]), or with flip the backward input's
+ * operand: g = w[c][o] mirrored (w [C][O][3][3], the forward's; O and C as in dgrad_geom). In f64,
+ * rounded once. One thread per (o, c), c fastest. */
+__global__ void __launch_bounds__(256)
+wino_weight_kernel(float *__restrict__ U, const float *__restrict__ w, int O, int C, bool flip)
+{
+    const int64_t e = (int64_t)blockIdx.x * 256 + threadIdx.x, OC = (int64_t)O * C;
+    if (e >= OC) return;
+    const int64_t o = e / C, c = e % C;
+    double g[3][3], s[4][3];
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 3; j++) g[i][j] = flip ? w[(c * O + o) * 9 + 8 - (3 * i + j)] : w[e * 9 + 3 * i + j];
+    for (int j = 0; j < 3; j++) {   /* s = G g */
+        s[0][j] = g[0][j];
+        s[1][j] = 0.5 * (g[0][j] + g[1][j] + g[2][j]);
+        s[2][j] = 0.5 * (g[0][j] - g[1][j] + g[2][j]);
+        s[3][j] = g[2][j];
+    }
+    for (int i = 0; i < 4; i++) {   /* U = s G^T */
+        float *u = U + (int64_t)4 * i * OC + e;
+        u[0] = (float)s[i][0];
+        u[OC] = (float)(0.5 * (s[i][0] + s[i][1] + s[i][2]));
+        u[2 * OC] = (float)(0.5 * (s[i][0] - s[i][1] + s[i][2]));
+        u[3 * OC] = (float)s[i][2];
+    }
+}
+
+/* the tile of chunk position p (tile q0 + p): image n, tile row ty and column tx */
+__device__ __forceinline__ void wino_tile(const kgeom &g, int64_t q, int *n, int *ty, int *tx)
+{
+    const int TW = (g.OW + 1) / 2, per = (g.OH + 1) / 2 * TW;
+    *n = (int)(q / per);
+    const int r = (int)(q % per);
+    *ty = r / TW, *tx = r % TW;
+}
+
+/* V[xi][c][p] = (B^T d B)[xi] of the 4x4 patch of x [N][C][H][W] from row 2 ty - pt, column
+ * 2 tx - pl (0 outside the image), for the pc tiles of the chunk at q0. Grid: x = 256 tiles (the
+ * stores coalesce along p), y = channels (looping past 65535). */
+__global__ void __launch_bounds__(256)
+wino_input_kernel(float *__restrict__ V, const float *__restrict__ x, kgeom g, int64_t q0, int pc, int64_t ld)
+{
+    const int p = (int)blockIdx.x * 256 + (int)threadIdx.x;
+    if (p >= pc) return;
+    int n, ty, tx;
+    wino_tile(g, q0 + p, &n, &ty, &tx);
+    const int h0 = 2 * ty - g.pt, w0 = 2 * tx - g.pl;
+    const int64_t plane = (int64_t)g.C * ld;
+    for (int c = (int)blockIdx.y; c < g.C; c += (int)gridDim.y) {
+        const float *xc = x + ((int64_t)n * g.C + c) * g.HW;
+        float d[4][4], t[4][4];
+        for (int i = 0; i < 4; i++)
+            for (int j = 0; j < 4; j++) {
+                const int ih = h0 + i, iw = w0 + j;
+                d[i][j] = ih >= 0 && ih < g.H && iw >= 0 && iw < g.W ? xc[(int64_t)ih * g.W + iw] : 0.f;
+            }
+        for (int j = 0; j < 4; j++) {   /* t = B^T d */
+            t[0][j] = d[0][j] - d[2][j];
+            t[1][j] = d[1][j] + d[2][j];
+            t[2][j] = d[2][j] - d[1][j];
+            t[3][j] = d[1][j] - d[3][j];
+        }
+        float *v = V + (int64_t)c * ld + p;
+        for (int i = 0; i < 4; i++) {   /* V = t B */
+            v[(4 * i) * plane] = t[i][0] - t[i][2];
+            v[(4 * i + 1) * plane] = t[i][1] + t[i][2];
+            v[(4 * i + 2) * plane] = t[i][2] - t[i][1];
+            v[(4 * i + 3) * plane] = t[i][1] - t[i][3];
+        }
+    }
+}
+
+/* out[n][o][2 ty + a][2 tx + b] = bias[o] + (A^T M A)[a][b] of M[.][o][p] for the chunk's tiles
+ * (only the pixels inside OH x OW). pairs: OW even and out 8-byte aligned (float2 stores). Grid:
+ * x = 256 tiles, y = output channels (looping past 65535). */
+__global__ void __launch_bounds__(256)
+wino_output_kernel(float *__restrict__ out, const float *__restrict__ M, const float *__restrict__ bias, kgeom g, int O,
+                   int64_t q0, int pc, int64_t ld, bool pairs)
+{
+    const int p = (int)blockIdx.x * 256 + (int)threadIdx.x;
+    if (p >= pc) return;
+    int n, ty, tx;
+    wino_tile(g, q0 + p, &n, &ty, &tx);
+    const int oh = 2 * ty, ow = 2 * tx;
+    const int64_t plane = (int64_t)O * ld;
+    for (int o = (int)blockIdx.y; o < O; o += (int)gridDim.y) {
+        const float *mp = M + (int64_t)o * ld + p;
+        float m[4][4], r[2][4];
+        for (int i = 0; i < 4; i++)
+            for (int j = 0; j < 4; j++) m[i][j] = mp[(4 * i + j) * plane];
+        for (int j = 0; j < 4; j++) {   /* r = A^T m */
+            r[0][j] = m[0][j] + m[1][j] + m[2][j];
+            r[1][j] = m[1][j] - m[2][j] - m[3][j];
+        }
+        const float bv = bias ? bias[o] : 0.f;
+        float *dst = out + (((int64_t)n * O + o) * g.OH + oh) * g.OW + ow;
+        for (int a = 0; a < 2 && oh + a < g.OH; a++) {   /* Y = r A */
+            const float y0 = r[a][0] + r[a][1] + r[a][2] + bv, y1 = r[a][1] - r[a][2] - r[a][3] + bv;
+            if (pairs) {
+                *reinterpret_cast<float2 *>(dst + a * g.OW) = make_float2(y0, y1);
+            } else {
+                dst[a * g.OW] = y0;
+                if (ow + 1 < g.OW) dst[a * g.OW + 1] = y1;
+            }
+        }
     }
 }
 
