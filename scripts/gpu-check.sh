@@ -183,7 +183,7 @@ fi
 # Nsight Compute on the rows that miss their target (GPU_CHECK_NCU=0 skips): one profile per row
 # and side (bench_gpu's BENCH_GPU_ONLY, torch_gpu.py's BENCH_ONLY: the row's calls alone inside the
 # profiler's window), summed up by bench/ncu_summary.py: each kernel's time and what bounds it
-ncu_rows=(conv2d_320c_64px_fwd conv2d_320c_64px_fwd_halo conv2d_320c_64px_fwd_wino group_norm_fwd group_norm_fwd_reg copy_10M attention_fwd_autocast
+ncu_rows=(conv2d_320c_64px_fwd conv2d_320c_64px_fwd_halo conv2d_320c_64px_fwd_wino group_norm_fwd group_norm_fwd_reg group_norm_fwdbwd copy_10M attention_fwd_autocast
           attention_fwd_autocast_vec4 attention_fwd_mma)
 ncu_args=()
 if [ "${GPU_CHECK_NCU:-1}" = 1 ] && command -v ncu > /dev/null && [ -x build-gpu/bench/bench_gpu ]; then

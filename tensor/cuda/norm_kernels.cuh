@@ -288,7 +288,7 @@ gn_bwd_fused_kernel(float *__restrict__ dx, double2 *__restrict__ ab, const floa
     __pipeline_commit();
     cl.barrier_arrive();   /* started (see gn_fused_kernel) */
     const int c0 = (int)(g % (C / cg)) * cg;
-    const double rs = (double)rstd[g];
+    const double rs = (double)rstd[g], mu = (double)mean[g];   /* loaded while the chunk streams in */
     for (int i = threadIdx.x; i < cg; i += kThreads) {
         k1[i] = (float)(rs * (w ? (double)w[c0 + i] : 1.0));
         part[i] = make_double2(0, 0);
@@ -329,17 +329,23 @@ gn_bwd_fused_kernel(float *__restrict__ dx, double2 *__restrict__ ab, const floa
         if (rank == 0) ab[g * cg + i] = tot[i];   /* plane n * C + c0 + i */
     }
     __syncthreads();
-    if (threadIdx.x == 0) {
-        const double mu = (double)mean[g];
+    if (threadIdx.x < 32) {   /* warp 0, a lane per channel: one round of w loads, not cg in a row */
         double s1 = 0, s2 = 0;   /* sum dy*w, sum dy*w*(x - mean) */
-        for (int i = 0; i < cg; i++) {
+        for (int i = (int)threadIdx.x; i < cg; i += 32) {
             const double wc = w ? (double)w[c0 + i] : 1.0;
             s1 += wc * tot[i].x;
             s2 += wc * (tot[i].y - mu * tot[i].x);
         }
-        const double m = (double)cg * (double)HW;
-        const double k2 = -rs * rs * rs * s2 / m;
-        sh.k = make_double2(k2, -rs * s1 / m - k2 * mu);
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            s1 += __shfl_down_sync(0xffffffffu, s1, o);
+            s2 += __shfl_down_sync(0xffffffffu, s2, o);
+        }
+        if (threadIdx.x == 0) {
+            const double m = (double)cg * (double)HW;
+            const double k2 = -rs * rs * rs * s2 / m;
+            sh.k = make_double2(k2, -rs * s1 / m - k2 * mu);
+        }
     }
     __syncthreads();
     const float k2 = (float)sh.k.x, k3 = (float)sh.k.y;
