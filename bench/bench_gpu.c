@@ -18,7 +18,7 @@
 static const char *const g_switches[] = {"DRAFT_CONV_PIPELINE", "DRAFT_CONV_ROWSHIFT", "DRAFT_CONV_IMPLICIT",
                                          "DRAFT_CONV_HALO",     "DRAFT_CONV_WINOGRAD", "DRAFT_GN_FUSED_BWD",
                                          "DRAFT_GN_REG",        "DRAFT_ATTN_FUSED_DQ", "DRAFT_ATTN_MMA",
-                                         "DRAFT_ATTN_VEC4",     "DRAFT_MATMUL_FAST_BF16"};
+                                         "DRAFT_ATTN_VEC4",     "DRAFT_ATTN_PACKED",   "DRAFT_MATMUL_FAST_BF16"};
 #define N_SWITCHES (sizeof g_switches / sizeof *g_switches)
 
 /* all off but those in `on` (a name, or names joined by '+'; NULL: all off), so that each row
@@ -479,6 +479,14 @@ int main(int argc, char **argv)
         {"attention_fwdbwd_mma_vec4", "DRAFT_ATTN_MMA+DRAFT_ATTN_VEC4", PRECISION_F32, true, 2, 8, 4096, 40},
         {"attention_fwd_tf32_vec4", "DRAFT_ATTN_MMA+DRAFT_ATTN_VEC4", PRECISION_TF32, false, 2, 8, 4096, 40},
         {"attention_fwdbwd_tf32_vec4", "DRAFT_ATTN_MMA+DRAFT_ATTN_VEC4", PRECISION_TF32, true, 2, 8, 4096, 40},
+        /* and with the forward's K and V packed once, its tiles copied in two stages (the
+         * backward is the default's: the fwd+bwd rows show what the forward saves of the whole) */
+        {"attention_fwd_autocast_packed", "DRAFT_ATTN_MMA+DRAFT_ATTN_PACKED", PRECISION_BF16, false, 2, 8, 4096, 40},
+        {"attention_fwdbwd_autocast_packed", "DRAFT_ATTN_MMA+DRAFT_ATTN_PACKED", PRECISION_BF16, true, 2, 8, 4096, 40},
+        {"attention_fwd_mma_packed", "DRAFT_ATTN_MMA+DRAFT_ATTN_PACKED", PRECISION_F32, false, 2, 8, 4096, 40},
+        {"attention_fwdbwd_mma_packed", "DRAFT_ATTN_MMA+DRAFT_ATTN_PACKED", PRECISION_F32, true, 2, 8, 4096, 40},
+        {"attention_fwd_tf32_packed", "DRAFT_ATTN_MMA+DRAFT_ATTN_PACKED", PRECISION_TF32, false, 2, 8, 4096, 40},
+        {"attention_fwdbwd_tf32_packed", "DRAFT_ATTN_MMA+DRAFT_ATTN_PACKED", PRECISION_TF32, true, 2, 8, 4096, 40},
         /* the VAE's mid-block attention at 64x64 latents: one 512-wide head (the GEMM path) */
         {"attention_vae_fwd", NULL, PRECISION_F32, false, 4, 1, 4096, 512},
         {"attention_vae_fwdbwd", NULL, PRECISION_F32, true, 4, 1, 4096, 512},

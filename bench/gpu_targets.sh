@@ -41,8 +41,8 @@ END {
     time_target("conv2d_640c_32px_fwdbwd", iv)
     time_target("conv2d_1280c_16px_fwd", iv)
     time_target("conv2d_1280c_16px_fwdbwd", iv)
-    time_target("attention_fwd", "_mma _mma_vec4")
-    time_target("attention_fwdbwd", "_fused_dq _mma _mma_vec4")
+    time_target("attention_fwd", "_mma _mma_vec4 _mma_packed")
+    time_target("attention_fwdbwd", "_fused_dq _mma _mma_vec4 _mma_packed")
     bw_target("add_64M", "", "copy_64M")
     bw_target("group_norm_fwd", "group_norm_fwd_cl1 group_norm_fwd_cl2 group_norm_fwd_cl4 group_norm_fwd_reg group_norm_fwd_reg_cl4",
               "copy_10M")

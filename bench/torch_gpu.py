@@ -161,7 +161,7 @@ def main():
             # and for our f32 tensor-core (3xTF32) rows, their float4-load variants and our TF32
             # rows (one tf32 product: less accurate than torch's f32 kernels, which are the only
             # f32 reference there is): torch's f32 kernels
-            for suffix in ("_mma", "_mma_vec4", "_tf32", "_tf32_vec4"):
+            for suffix in ("_mma", "_mma_vec4", "_mma_packed", "_tf32", "_tf32_vec4", "_tf32_packed"):
                 print(f"RESULT {name}{suffix} {ms:.3f} {f / ms / 1e9:.1f} TFLOP/s")
 
             gb = g.bfloat16()  # the autocast output is bf16: so is its gradient
@@ -172,7 +172,7 @@ def main():
                 if bw:
                     y.backward(gb)
             ms = timed(run_autocast, 3, 20, name=f"{name}_autocast")
-            for suffix in ("_autocast", "_autocast_vec4"):
+            for suffix in ("_autocast", "_autocast_vec4", "_autocast_packed"):
                 print(f"RESULT {name}{suffix} {ms:.3f} {f / ms / 1e9:.1f} TFLOP/s")
     n = 1 << 26
     a = torch.randn(n, device=dev)

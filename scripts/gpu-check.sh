@@ -163,12 +163,12 @@ if [ -f "$PARITY/sd14/unet.config.json" ] && [ "${GPU_CHECK_SD14:-1}" = 1 ]; the
     # switches.txt (last, so that a fault costs nothing else; CONV_WINOGRAD applies under f32 and
     # TF32 only, and takes every 3x3 stride-1 convolution CONV_HALO would: its rows measure that one)
     if fits 60 "sd14 step tf32, opt-ins"; then
-        DRAFT_CONV_WINOGRAD=1 DRAFT_GN_REG=1 DRAFT_ATTN_VEC4=1 \
-            sd14_step "opt-ins (CONV_WINOGRAD, GN_REG, ATTN_VEC4): " --batch 4 --steps 50 --reward-vit --precision tf32
+        DRAFT_CONV_WINOGRAD=1 DRAFT_GN_REG=1 DRAFT_ATTN_VEC4=1 DRAFT_ATTN_PACKED=1 \
+            sd14_step "opt-ins (CONV_WINOGRAD, GN_REG, ATTN_VEC4, ATTN_PACKED): " --batch 4 --steps 50 --reward-vit --precision tf32
     fi
     if fits 60 "sd14 step bf16, opt-ins"; then
-        DRAFT_GN_REG=1 DRAFT_ATTN_VEC4=1 \
-            sd14_step "opt-ins (GN_REG, ATTN_VEC4): " --batch 4 --steps 50 --reward-vit --precision bf16
+        DRAFT_GN_REG=1 DRAFT_ATTN_VEC4=1 DRAFT_ATTN_PACKED=1 \
+            sd14_step "opt-ins (GN_REG, ATTN_VEC4, ATTN_PACKED): " --batch 4 --steps 50 --reward-vit --precision bf16
     fi
     # GPU_CHECK_PROFILE=1 (the default): the TF32 and bf16 steps again under DRAFT_PROFILE=shapes (tensor/profile.h):
     # time per op kind and per shape, in $OUT/sd14-profile-*.txt, the top of each in the summary
@@ -184,12 +184,12 @@ fi
 # and side (bench_gpu's BENCH_GPU_ONLY, torch_gpu.py's BENCH_ONLY: the row's calls alone inside the
 # profiler's window), summed up by bench/ncu_summary.py: each kernel's time and what bounds it
 ncu_rows=(conv2d_320c_64px_fwd conv2d_320c_64px_fwd_halo conv2d_320c_64px_fwd_wino group_norm_fwd group_norm_fwd_reg group_norm_fwdbwd copy_10M attention_fwd_autocast
-          attention_fwd_autocast_vec4 attention_fwd_mma)
+          attention_fwd_autocast_vec4 attention_fwd_autocast_packed attention_fwd_mma)
 ncu_args=()
 if [ "${GPU_CHECK_NCU:-1}" = 1 ] && command -v ncu > /dev/null && [ -x build-gpu/bench/bench_gpu ]; then
     for row in "${ncu_rows[@]}"; do
         for side in ours torch; do
-            case $side/$row in torch/attention_fwd_mma | torch/*_halo | torch/*_wino | torch/*_reg | torch/*_vec4) continue ;; esac   # the base row's
+            case $side/$row in torch/attention_fwd_mma | torch/*_halo | torch/*_wino | torch/*_reg | torch/*_vec4 | torch/*_packed) continue ;; esac   # the base row's
             fits 40 "ncu $side $row" || continue
             prog=(./build-gpu/bench/bench_gpu); [ $side = torch ] && prog=(python3 bench/torch_gpu.py)
             BENCH_GPU_ONLY=$row BENCH_ONLY=$row timeout $(cap 60) ncu --profile-from-start off --clock-control none \

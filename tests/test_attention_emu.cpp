@@ -143,6 +143,28 @@ template <int DP, class E> void run_mma(const setup &u0, const char *name0, doub
     });
     report(fname, c, "out", rel_err(out, u.ref.out), bound);
     report(fname, c, "lse", rel_err(lse, u.ref.lse), lse_bound);
+    /* DRAFT_ATTN_PACKED: K and V packed once, tiles copied in two stages: the same bits (each
+     * policy once: 3xTF32 runs only with vec4) */
+    if (!vec4 || std::is_same<E, mma_tf32_ops<true>>::value) {
+        const int ntk = (S + 63) / 64, Sp = ntk * 64;
+        const int64_t nk = (int64_t)heads * Sp * (DP / E::EPW), nv = (int64_t)heads * ntk * DP * (64 / E::EPW);
+        std::vector<uint32_t> kp((size_t)nk, 0xffffffffu), vp((size_t)nv, 0xffffffffu);
+        emu_launch((unsigned)((nk + 255) / 256), 256, [&] { attn_pack_k_kernel<DP, E>(kp.data(), u.cop(u.k.data(), S), u.dm, Sp); });
+        emu_launch((unsigned)((nv + 255) / 256), 256, [&] { attn_pack_v_kernel<DP, E>(vp.data(), u.cop(u.v.data(), S), u.dm, ntk); });
+        std::vector<float> out2(u.q.size(), NAN), lse2((size_t)heads * L, NAN);
+        {
+            const emu_smem_scope smem(attn_packed_smem<DP, E>());
+            emu_launch((unsigned)(heads * ((L + 63) / 64)), kMmaThreads, [&] {
+                attn_fwd_mma_kernel<DP, E, true>(u.op(out2.data(), L), lse2.data(), u.lsb, u.lsh, u.lsl, u.cop(u.q.data(), L),
+                                                 u.cop(u.k.data(), S), u.cop(u.v.data(), S), u.dm, kp.data(), vp.data());
+            });
+        }
+        const bool same = !memcmp(out2.data(), out.data(), out.size() * sizeof(float)) &&
+                          !memcmp(lse2.data(), lse.data(), lse.size() * sizeof(float));
+        failures += !same;
+        printf("emu attention[%s_packed,%dx%dx%d%s] out, lse %s the unpacked kernel's %s\n", fname, c.L, c.S, c.D,
+               c.causal ? ",causal" : "", same ? "are" : "are NOT", same ? "ok" : "FAILED");
+    }
     if constexpr (DP <= 64) {   /* the backward takes head dims up to 64 */
         const std::vector<float> Dvec = dvec(u, out);
         std::vector<float> dq(u.q.size(), NAN), dk(u.k.size(), NAN), dv(u.v.size(), NAN);

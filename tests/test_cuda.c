@@ -1182,16 +1182,19 @@ START_TEST(test_nn)
      * the CPU's exact f32:
      * bf16 (autocast), tf32 (PRECISION_TF32), 3xTF32 (PRECISION_F32: the f32 bound); then the
      * three again with their tiles loaded in float4 runs (DRAFT_ATTN_VEC4: where the head dims are
-     * multiples of 4, else the scalar loads) */
+     * multiples of 4, else the scalar loads), and with the forward's K and V packed once and copied
+     * in two stages (DRAFT_ATTN_PACKED) */
     const struct case_opts obf = {.tol32 = TOL_BF16}, otf = {.tol32 = TOL_TF32};
-    const char *modes[8] = {"", "fused_dq", "bf16_mma", "tf32_mma", "3xtf32_mma", "bf16_mma_vec4", "tf32_mma_vec4",
-                            "3xtf32_mma_vec4"};
-    const enum precision mma_prec[8] = {PRECISION_F32, PRECISION_F32,  PRECISION_BF16, PRECISION_TF32,
-                                        PRECISION_F32, PRECISION_BF16, PRECISION_TF32, PRECISION_F32};
-    for (int m = 0; m < (optin_skipped() ? 1 : 8); m++) {
+    const char *modes[11] = {"", "fused_dq", "bf16_mma", "tf32_mma", "3xtf32_mma", "bf16_mma_vec4", "tf32_mma_vec4",
+                             "3xtf32_mma_vec4", "bf16_mma_packed", "tf32_mma_packed", "3xtf32_mma_packed"};
+    const enum precision mma_prec[11] = {PRECISION_F32,  PRECISION_F32,  PRECISION_BF16, PRECISION_TF32,
+                                         PRECISION_F32,  PRECISION_BF16, PRECISION_TF32, PRECISION_F32,
+                                         PRECISION_BF16, PRECISION_TF32, PRECISION_F32};
+    for (int m = 0; m < (optin_skipped() ? 1 : 11); m++) {
         set_switch("DRAFT_ATTN_FUSED_DQ", m == 1);
         set_switch("DRAFT_ATTN_MMA", m >= 2);
-        set_switch("DRAFT_ATTN_VEC4", m >= 5);
+        set_switch("DRAFT_ATTN_VEC4", m >= 5 && m < 8);
+        set_switch("DRAFT_ATTN_PACKED", m >= 8);
         tensor_set_precision(mma_prec[m]);
         for (size_t k = 0; k < sizeof attns / sizeof *attns; k++) {
             char label[96];
@@ -1199,11 +1202,12 @@ START_TEST(test_nn)
             if (!m && !*tag) snprintf(label, sizeof label, "attention");
             else snprintf(label, sizeof label, "attention[%s%s%s]", modes[m], sep, tag);
             check_op(label, f_attention, attns[k].causal ? (void *)1 : NULL, 3, attns[k].in,
-                     m == 2 || m == 5 ? &obf : m == 3 || m == 6 ? &otf : attns[k].large ? &big : &o);
+                     mma_prec[m] == PRECISION_BF16 ? &obf : mma_prec[m] == PRECISION_TF32 ? &otf : attns[k].large ? &big : &o);
         }
         unsetenv("DRAFT_ATTN_FUSED_DQ");
         unsetenv("DRAFT_ATTN_MMA");
         unsetenv("DRAFT_ATTN_VEC4");
+        unsetenv("DRAFT_ATTN_PACKED");
         tensor_set_precision(PRECISION_F32);
     }
     /* image ops */

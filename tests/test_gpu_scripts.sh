@@ -34,6 +34,9 @@ RESULT attention_fwdbwd_mma 3.100 48.5 TFLOP/s
 RESULT attention_fwd_autocast 1.000 42.0 TFLOP/s
 RESULT attention_fwd_autocast_vec4 0.800 52.0 TFLOP/s
 RESULT attention_fwd_mma_vec4 0.550 78.0 TFLOP/s
+RESULT attention_fwd_autocast_packed 0.700 60.0 TFLOP/s
+RESULT attention_fwd_tf32 1.200 36.0 TFLOP/s
+RESULT attention_fwd_tf32_packed 1.300 33.0 TFLOP/s
 RESULT group_norm_fwd 0.018 1138.0 GB/s
 RESULT group_norm_fwd_cl4 0.015 1400.0 GB/s
 RESULT group_norm_fwd_reg 0.016 1300.0 GB/s
@@ -65,6 +68,8 @@ cuda conv2d[3x3,pad=1,winograd] f32 fwd rel=1.0e-07 bwd rel=1.0e-07 ok
 cuda conv2d[large,3x3,winograd,tf32] f32 fwd rel=5.0e-04 bwd rel=5.0e-04 ok
 cuda group_norm[gn_reg,sd,groups=32] f32 fwd rel=1.0e-07 bwd rel=2.0e-07 ok
 cuda attention[bf16_mma_vec4,large,tiles,130x200x40] f32 fwd rel=1.0e-03 bwd rel=2.0e-03 ok
+cuda attention[bf16_mma_packed,large,tiles,130x200x40] f32 fwd rel=1.0e-03 bwd rel=2.0e-03 ok
+cuda attention[3xtf32_mma_packed] f32 fwd rel=1.0e-07 bwd rel=2.0e-07 ok
 R
 bench/join_gpu_bench.sh "$t/ours" "$t/torch" > "$t/join" 2>&1
 check "join: ratio of a paired row" "$t/join" '^conv2d_320c_64px_fwd +0\.163 +0\.107 +1\.52 '
@@ -81,7 +86,7 @@ check "targets: the halo conv's forced tile" "$t/targets" '^conv2d_1280c_16px_fw
 check "targets: the count" "$t/targets" '^targets: [0-9]+ met, [0-9]+ missed$'
 # every switch opt-in (as they all were before the first GPU run measured them)
 all_optin="DRAFT_ATTN_MMA=opt-in;DRAFT_ATTN_FUSED_DQ=opt-in;DRAFT_GN_FUSED_BWD=opt-in;DRAFT_CONV_ROWSHIFT=opt-in;"
-all_optin="${all_optin}DRAFT_CONV_PIPELINE=opt-in;DRAFT_CONV_IMPLICIT=opt-in;DRAFT_MATMUL_FAST_BF16=opt-in;DRAFT_CONV_HALO=opt-in;DRAFT_GN_REG=opt-in;DRAFT_ATTN_VEC4=opt-in;DRAFT_CONV_WINOGRAD=opt-in;"
+all_optin="${all_optin}DRAFT_CONV_PIPELINE=opt-in;DRAFT_CONV_IMPLICIT=opt-in;DRAFT_MATMUL_FAST_BF16=opt-in;DRAFT_CONV_HALO=opt-in;DRAFT_GN_REG=opt-in;DRAFT_ATTN_VEC4=opt-in;DRAFT_CONV_WINOGRAD=opt-in;DRAFT_ATTN_PACKED=opt-in;"
 GPU_SWITCHES_DEFS=$all_optin bench/gpu_switches.sh "$t/testlog" "$t/ours" > "$t/switches" 2>&1
 check "switches: faster everywhere, tests pass" "$t/switches" '^DRAFT_ATTN_MMA +\[opt-in\] tests 2 ok 0 failed.*make default \(tensor/cuda/attention.cu\)'
 check "switches: a failed case keeps it opt-in" "$t/switches" '^DRAFT_ATTN_FUSED_DQ +\[opt-in\] tests 0 ok 1 failed.*keep opt-in'
@@ -94,6 +99,8 @@ check "switches: register group_norm" "$t/switches" '^DRAFT_GN_REG +\[opt-in\] t
 check "switches: halo conv (its bm64 row has no base)" "$t/switches" '^DRAFT_CONV_HALO +\[opt-in\] tests 1 ok 0 failed; rows \(variant/base ms\): conv2d_1280c_16px_fwdbwd 0\.400/0\.470=0\.85; -> make default \(tensor/cuda/conv2d.cu\)'
 check "switches: implicit conv (its bm128 row has no base)" "$t/switches" '^DRAFT_CONV_IMPLICIT +\[opt-in\] tests 1 ok 0 failed; rows \(variant/base ms\): conv2d_640c_32px_fwd 0\.090/0\.109=0\.83; -> make default \(tensor/cuda/conv2d.cu\)'
 check "switches: Winograd (its f32 row; its ws256m row has no base)" "$t/switches" '^DRAFT_CONV_WINOGRAD +\[opt-in\] tests 2 ok 0 failed; rows \(variant/base ms\):( conv2d_320c_64px_fwd_f32 0\.200/0\.420=0\.48;| conv2d_640c_32px_fwd 0\.095/0\.109=0\.87;){2} -> make default \(tensor/cuda/conv2d.cu\)'
+check "switches: packed attention (one row slower keeps it opt-in)" "$t/switches" '^DRAFT_ATTN_PACKED +\[opt-in\] tests 2 ok 0 failed; rows \(variant/base ms\):( attention_fwd_autocast 0\.700/1\.000=0\.70;| attention_fwd_tf32 1\.300/1\.200=1\.08;){2} -> keep opt-in$'
+check "switches: its rows do not count for ATTN_MMA or ATTN_VEC4" "$t/switches" '^DRAFT_ATTN_VEC4 +\[opt-in\] tests 1 ok 0 failed; rows \(variant/base ms\):( attention_fwd_mma 0\.550/0\.600=0\.92;| attention_fwd_autocast 0\.800/1\.000=0\.80;){2} -> make default'
 # a switch that is the default already: kept when it passes, flagged when a case fails or a row is slower
 GPU_SWITCHES_DEFS="DRAFT_ATTN_MMA=default;DRAFT_ATTN_FUSED_DQ=default;DRAFT_CONV_ROWSHIFT=default;DRAFT_MATMUL_FAST_BF16=by size;" \
     bench/gpu_switches.sh "$t/testlog" "$t/ours" > "$t/switches2" 2>&1

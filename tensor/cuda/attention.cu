@@ -26,7 +26,8 @@
  * f64 up to 256 uses simple kernels (a thread per query or key row, same maths).
  * Tensor cores (DRAFT_ATTN_MMA, the default since the H200 run of 2026-11-27; head dims up to 64, the forward up to
  * 80): mma.sync forward and backward in bf16 (autocast), tf32 (PRECISION_TF32) or 3xTF32 (f32's accuracy), see
- * attention_kernels.cuh.
+ * attention_kernels.cuh. With DRAFT_ATTN_PACKED=1 (opt-in) the forward first packs K and V into its
+ * tiles' words and copies them in two cp.async stages (fwd_mma).
  * Memory: shared memory only (57 KB for DP = 48 up to 209 KB for the DP = 256 dQ kernel),
  * plus a [B,H,L] f32 buffer for D in the backward. All tensors are read and written through
  * their strides (any layout, e.g. the [B,L,H,D] permuted views of a fused projection).
@@ -37,6 +38,7 @@
  * D=80: 0.23 (0.20) / 0.77 (0.65); L=S=256 D=160: 0.096 (0.054) / 0.25 (0.22). */
 #include "tensor/cuda/cuda.h"
 
+#include <cuda_pipeline.h>
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdlib.h>
@@ -191,14 +193,41 @@ template <class F> enum status with_mma_policy(F f)
     }
 }
 
+/* DRAFT_ATTN_PACKED=1 (opt-in until measured on a GPU): the tensor-core forward reads K and V
+ * packed once into its tiles' words (attn_pack_k_kernel, attn_pack_v_kernel: a pass over K and V,
+ * in bf16 half their bytes) with 16-byte cp.async, the next tile's copy in flight under this
+ * one's products; without it every block loads, converts and transposes every tile itself, and
+ * waits for each. The packed words take (B H) (Sp W + ntk DP 64 / EPW) words of scratch. */
+bool attn_packed() { return cuda_switch("DRAFT_ATTN_PACKED", false); }
+
 template <int DP, class E>
 enum status fwd_mma(opnd<float> out, float *lse, int64_t lsb, int64_t lsh, int64_t lsl, opnd<const float> q,
                     opnd<const float> k, opnd<const float> v, const dims &dm)
 {
     const int64_t blocks = (int64_t)dm.B * dm.H * ((dm.L + 63) / 64);
     if (blocks == 0) return STATUS_OK;
-    attn_fwd_mma_kernel<DP, E><<<(unsigned)blocks, kMmaThreads, 0, (cudaStream_t)cuda_stream()>>>(out, lse, lsb, lsh, lsl,
-                                                                                                 q, k, v, dm);
+    cudaStream_t st = (cudaStream_t)cuda_stream();
+    if (attn_packed() && dm.S > 0) {
+        const int ntk = (dm.S + 63) / 64, Sp = ntk * 64;
+        const int64_t heads = (int64_t)dm.B * dm.H, nk = heads * Sp * (DP / E::EPW), nv = heads * ntk * DP * (64 / E::EPW);
+        int64_t n = nk + nv;   /* words, as f32 elements; ours: freed below, queued behind the kernels */
+        struct tensor *pk = tensor_keep(tensor_empty(DTYPE_F32, 1, &n, DEVICE_CUDA));
+        if (!pk) return tensor_status() ? tensor_status() : STATUS_OOM;
+        uint32_t *kp = (uint32_t *)pk->storage->data, *vp = kp + nk;
+        static bool ready = false;   /* per instantiation */
+        constexpr size_t smem = attn_packed_smem<DP, E>();
+        enum status s = set_smem(attn_fwd_mma_kernel<DP, E, true>, smem, &ready);
+        if (!s) {
+            attn_pack_k_kernel<DP, E><<<(unsigned)((nk + 255) / 256), 256, 0, st>>>(kp, k, dm, Sp);
+            attn_pack_v_kernel<DP, E><<<(unsigned)((nv + 255) / 256), 256, 0, st>>>(vp, v, dm, ntk);
+            attn_fwd_mma_kernel<DP, E, true>
+                <<<(unsigned)blocks, kMmaThreads, smem, st>>>(out, lse, lsb, lsh, lsl, q, k, v, dm, kp, vp);
+            if (cudaGetLastError() != cudaSuccess) s = tensor_fail(STATUS_DEVICE, "attention: the packed forward did not launch");
+        }
+        tensor_free(pk);
+        return s;
+    }
+    attn_fwd_mma_kernel<DP, E><<<(unsigned)blocks, kMmaThreads, 0, st>>>(out, lse, lsb, lsh, lsl, q, k, v, dm);
     CUDA_LAUNCHED();
     return STATUS_OK;
 }

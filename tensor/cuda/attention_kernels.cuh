@@ -4,7 +4,7 @@
  * by tests/test_attention_emu.cpp on the host, where tests/cuda_emu.h stands in for the CUDA
  * built-ins (threads, barriers, warp shuffles, the mma fragment layout): so CI, which has no GPU,
  * runs these kernels' index and softmax logic against a float64 reference. Needs <stdint.h>,
- * <math.h> and, on the host, cuda_emu.h first. */
+ * <math.h>, <cuda_pipeline.h> (the packed forward) and, on the host, cuda_emu.h first. */
 #ifndef TENSOR_CUDA_ATTENTION_KERNELS_CUH
 #define TENSOR_CUDA_ATTENTION_KERNELS_CUH
 
@@ -437,17 +437,93 @@ __device__ __forceinline__ void store_c(float *dst, int64_t sl, int64_t sd, cons
     }
 }
 
+/* DRAFT_ATTN_PACKED: K and V of every head written once, before the forward, in the words its
+ * shared-memory tiles hold, so that each block copies its tiles with 16-byte cp.async, two tiles
+ * in flight (the next one's copy under this one's products), instead of loading, converting and
+ * (V) transposing every tile again in each of the L / 64 blocks of a head:
+ *   Kp[bh][s][w]     = E::word of k[s][EPW w], k[s][EPW w + 1]   (W = DP / EPW words a row,
+ *                      s < Sp = the keys rounded up to 64; zero past S and D)
+ *   Vp[bh][t][d][p]  = E::word of v[t*64 + EPW j][d], v[t*64 + EPW j + 1][d], j = reuse_inv(p)
+ *                      (64 / EPW words a column; zero past S and Dv)
+ * the same words load_words and the transposed loads write, so the forward's sums are the same
+ * bits. bh = b * H + h. One thread per word. */
+template <int DP, class E>
+__global__ void __launch_bounds__(256)
+attn_pack_k_kernel(uint32_t *__restrict__ Kp, opnd<const float> k, dims dm, int Sp)
+{
+    constexpr int W = DP / E::EPW;
+    const int64_t e = (int64_t)blockIdx.x * 256 + threadIdx.x, total = (int64_t)dm.B * dm.H * Sp * W;
+    if (e >= total) return;
+    const int w = (int)(e % W), s = (int)(e / W % Sp), bh = (int)(e / ((int64_t)W * Sp)), d = E::EPW * w;
+    const float *row = k.at(bh / dm.H, bh % dm.H) + (int64_t)s * k.sl;
+    const float x0 = s < dm.S && d < dm.D ? row[(int64_t)d * k.sd] : 0.f;
+    const float x1 = E::EPW == 2 && s < dm.S && d + 1 < dm.D ? row[(int64_t)(d + 1) * k.sd] : 0.f;
+    Kp[e] = E::word(x0, x1);
+}
+
+template <int DP, class E>
+__global__ void __launch_bounds__(256)
+attn_pack_v_kernel(uint32_t *__restrict__ Vp, opnd<const float> v, dims dm, int ntk)
+{
+    constexpr int PT = 64 / E::EPW;
+    const int64_t e = (int64_t)blockIdx.x * 256 + threadIdx.x, total = (int64_t)dm.B * dm.H * ntk * DP * PT;
+    if (e >= total) return;
+    const int p = (int)(e % PT), d = (int)(e / PT % DP), t = (int)(e / ((int64_t)PT * DP) % ntk);
+    const int bh = (int)(e / ((int64_t)PT * DP * ntk));
+    const int kj = t * 64 + E::EPW * E::reuse_inv(p);
+    const float *vb = v.at(bh / dm.H, bh % dm.H);
+    const float x0 = kj < dm.S && d < dm.Dv ? vb[(int64_t)kj * v.sl + (int64_t)d * v.sd] : 0.f;
+    const float x1 = E::EPW == 2 && kj + 1 < dm.S && d < dm.Dv ? vb[(int64_t)(kj + 1) * v.sl + (int64_t)d * v.sd] : 0.f;
+    Vp[e] = E::word(x0, x1);
+}
+
+/* the packed forward's dynamic shared memory: two stages of the K and V^T word tiles */
+template <int DP, class E> __host__ __device__ constexpr size_t attn_packed_smem()
+{
+    return sizeof(uint32_t) * 2 * (size_t)(64 * (DP / E::EPW + 4) + DP * (64 / E::EPW + 4));
+}
+
+/* the packed forward's copy of one key tile into a stage (K rows at pitch DP / EPW + 4 words, then
+ * V^T columns at pitch 64 / EPW + 4) from its packed words (kp: 64 rows of DP / EPW words, vp: DP
+ * columns of 64 / EPW), in 16-byte cp.async runs, committed as one group */
+template <int DP, int EPW> __device__ __forceinline__ void attn_copy_tile(uint32_t *st, const uint32_t *kp, const uint32_t *vp)
+{
+    constexpr int W4 = DP / EPW / 4, P4 = 64 / EPW / 4, PW = DP / EPW + 4, PV = 64 / EPW + 4;
+    constexpr int NK = 64 * W4, NV = DP * P4;
+    uint32_t *vt = st + 64 * PW;
+#pragma unroll
+    for (int i = 0; i < (NK + kMmaThreads - 1) / kMmaThreads; i++) {
+        const int idx = (int)threadIdx.x + i * kMmaThreads;
+        if (NK % kMmaThreads == 0 || idx < NK) __pipeline_memcpy_async(st + idx / W4 * PW + idx % W4 * 4, kp + 4 * idx, 16);
+    }
+#pragma unroll
+    for (int i = 0; i < (NV + kMmaThreads - 1) / kMmaThreads; i++) {
+        const int idx = (int)threadIdx.x + i * kMmaThreads;
+        if (NV % kMmaThreads == 0 || idx < NV) __pipeline_memcpy_async(vt + idx / P4 * PV + idx % P4 * 4, vp + 4 * idx, 16);
+    }
+    __pipeline_commit();
+}
+
 /* A block of 4 warps owns 64 query rows, 16 per warp, and streams 64-key tiles: K row-major and
  * V transposed (keys along the row: it is P V's B tile), as words in shared memory */
-template <int DP, class E>
+template <int DP, class E, bool PK = false>
 __global__ void __launch_bounds__(kMmaThreads)
 attn_fwd_mma_kernel(opnd<float> out, float *__restrict__ lse, int64_t lsb, int64_t lsh, int64_t lsl, opnd<const float> q,
-                    opnd<const float> k, opnd<const float> v, dims dm)
+                    opnd<const float> k, opnd<const float> v, dims dm, const uint32_t *__restrict__ Kp = nullptr,
+                    const uint32_t *__restrict__ Vp = nullptr)
 {
     constexpr int EPW = E::EPW, BM = 64, BN = 64, KC = DP / (8 * EPW), NT = BN / 8, ND = DP / 8;
     constexpr int PW = DP / EPW + 4, PV = BN / EPW + 4;   /* pitches in 32-bit words */
     static_assert(DP % 16 == 0 && DP <= 80, "mma forward: head dims up to 80");
-    __shared__ uint32_t Ks[BN * PW], Vt[DP * PV];   /* Q passes through Ks first */
+    constexpr int STAGE = BN * PW + DP * PV;   /* PK: a stage's words, K then V^T */
+    uint32_t *Ks, *Vt;   /* Q passes through Ks first */
+    if constexpr (PK) {   /* two stages in dynamic shared memory (attn_packed_smem) */
+        DYN_SMEM(uint32_t, attn_pk_smem);
+        Ks = attn_pk_smem, Vt = Ks + BN * PW;
+    } else {
+        __shared__ uint32_t Ks_[BN * PW], Vt_[DP * PV];
+        Ks = Ks_, Vt = Vt_;
+    }
 
     const int ntiles = (dm.L + BM - 1) / BM;
     const int tile = ntiles - 1 - (int)(blockIdx.x % ntiles);   /* heaviest (causal) tiles first */
@@ -473,33 +549,58 @@ attn_fwd_mma_kernel(opnd<float> out, float *__restrict__ lse, int64_t lsb, int64
     const int qi0 = q0 + r0, qi1 = qi0 + 8;
     const int n_end = dm.causal ? min(dm.S, q0 + BM + off) : dm.S;
     const float *kb = k.at(b, h), *vb = v.at(b, h);
-    for (int k0 = 0; k0 < n_end; k0 += BN) {
-        __syncthreads();   /* Q's fragments, or the previous tile's Ks / Vt, are taken */
-        load_words<DP, E>(Ks, kb + (int64_t)k0 * k.sl, k.sl, k.sd, dm.S - k0, dm.D, dm.vec4);
-        if (dm.vec4 && rows_vec4(vb + (int64_t)k0 * v.sl, v.sl, v.sd, dm.Dv)) {
-            /* float4 runs: a warp reads 8 columns of 16 key rows (EPW 2: twice), 32 bytes per
-             * row, and stores each column's 16 positions: words 4 d + p (mod 32), 32 banks */
-            for (int idx = threadIdx.x; idx < (BN / EPW) * (DP / 4); idx += kMmaThreads) {
-                int d, p;
-                transposed4_at<DP, E>(idx, d, p);
-                const int kj = k0 + EPW * E::reuse_inv(p);   /* keys EPW j .. of columns d .. d+3 */
-                float4 a = make_float4(0.f, 0.f, 0.f, 0.f), c = a;
-                if (d < dm.Dv && kj < dm.S) a = *reinterpret_cast<const float4 *>(vb + (int64_t)kj * v.sl + d);
-                if (EPW == 2 && d < dm.Dv && kj + 1 < dm.S) c = *reinterpret_cast<const float4 *>(vb + (int64_t)(kj + 1) * v.sl + d);
-                Vt[d * PV + p] = E::word(a.x, c.x), Vt[(d + 1) * PV + p] = E::word(a.y, c.y);
-                Vt[(d + 2) * PV + p] = E::word(a.z, c.z), Vt[(d + 3) * PV + p] = E::word(a.w, c.w);
+    /* PK: the packed words of this head, and key tile k0's 16-byte runs into the stage at
+     * `to` (K rows, then V^T columns; committed as one group) */
+    const uint32_t *kph = nullptr, *vph = nullptr;
+    if constexpr (PK) {
+        const int64_t ntk = (dm.S + BN - 1) / BN;
+        kph = Kp + (int64_t)bh * ntk * BN * (DP / EPW), vph = Vp + (int64_t)bh * ntk * DP * (BN / EPW);
+        __syncthreads();   /* Q's fragments are taken from stage 0 */
+        if (n_end > 0) attn_copy_tile<DP, EPW>(Ks, kph, vph);
+    }
+    uint32_t *const stage0 = Ks;
+    int it = 0;
+    for (int k0 = 0; k0 < n_end; k0 += BN, it++) {
+        if constexpr (PK) {   /* the next tile's copy in flight while this one is used */
+            if (k0 + BN < n_end) {
+                const int64_t t1 = k0 / BN + 1;
+                attn_copy_tile<DP, EPW>(stage0 + ((it + 1) & 1) * STAGE, kph + t1 * BN * (DP / EPW), vph + t1 * DP * (BN / EPW));
+                __pipeline_wait_prior(1);
+            } else {
+                __pipeline_wait_prior(0);
             }
+            __syncthreads();   /* tile it is in, for every thread */
+            Ks = stage0 + (it & 1) * STAGE, Vt = Ks + BN * PW;
         } else {
-            for (int idx = threadIdx.x; idx < (BN / EPW) * DP; idx += kMmaThreads) {
-                int d, p;   /* a warp: 8 columns x 4 positions (transposed_at): 8 floats of 4 or 8 key rows */
-                transposed_at<DP, E>(idx, d, p);
-                const int kj = k0 + EPW * E::reuse_inv(p);   /* keys EPW j .. of column d */
-                const float x0 = kj < dm.S && d < dm.Dv ? vb[(int64_t)kj * v.sl + (int64_t)d * v.sd] : 0.f;
-                const float x1 = EPW == 2 && kj + 1 < dm.S && d < dm.Dv ? vb[(int64_t)(kj + 1) * v.sl + (int64_t)d * v.sd] : 0.f;
-                Vt[d * PV + p] = E::word(x0, x1);
+            __syncthreads();   /* Q's fragments, or the previous tile's Ks / Vt, are taken */
+            load_words<DP, E>(Ks, kb + (int64_t)k0 * k.sl, k.sl, k.sd, dm.S - k0, dm.D, dm.vec4);
+            if (dm.vec4 && rows_vec4(vb + (int64_t)k0 * v.sl, v.sl, v.sd, dm.Dv)) {
+                /* float4 runs: a warp reads 8 columns of 16 key rows (EPW 2: twice), 32 bytes per
+                 * row, and stores each column's 16 positions: words 4 d + p (mod 32), 32 banks */
+                for (int idx = threadIdx.x; idx < (BN / EPW) * (DP / 4); idx += kMmaThreads) {
+                    int d, p;
+                    transposed4_at<DP, E>(idx, d, p);
+                    const int kj = k0 + EPW * E::reuse_inv(p);   /* keys EPW j .. of columns d .. d+3 */
+                    float4 a = make_float4(0.f, 0.f, 0.f, 0.f), c = a;
+                    if (d < dm.Dv && kj < dm.S) a = *reinterpret_cast<const float4 *>(vb + (int64_t)kj * v.sl + d);
+                    if (EPW == 2 && d < dm.Dv && kj + 1 < dm.S)
+                        c = *reinterpret_cast<const float4 *>(vb + (int64_t)(kj + 1) * v.sl + d);
+                    Vt[d * PV + p] = E::word(a.x, c.x), Vt[(d + 1) * PV + p] = E::word(a.y, c.y);
+                    Vt[(d + 2) * PV + p] = E::word(a.z, c.z), Vt[(d + 3) * PV + p] = E::word(a.w, c.w);
+                }
+            } else {
+                for (int idx = threadIdx.x; idx < (BN / EPW) * DP; idx += kMmaThreads) {
+                    int d, p;   /* a warp: 8 columns x 4 positions (transposed_at): 8 floats of 4 or 8 key rows */
+                    transposed_at<DP, E>(idx, d, p);
+                    const int kj = k0 + EPW * E::reuse_inv(p);   /* keys EPW j .. of column d */
+                    const float x0 = kj < dm.S && d < dm.Dv ? vb[(int64_t)kj * v.sl + (int64_t)d * v.sd] : 0.f;
+                    const float x1 =
+                        EPW == 2 && kj + 1 < dm.S && d < dm.Dv ? vb[(int64_t)(kj + 1) * v.sl + (int64_t)d * v.sd] : 0.f;
+                    Vt[d * PV + p] = E::word(x0, x1);
+                }
             }
+            __syncthreads();
         }
-        __syncthreads();
         /* S = Q K^T for this warp's 16 rows x 64 keys: NT octets of keys */
         float sc[NT][4];
 #pragma unroll
@@ -552,7 +653,9 @@ attn_fwd_mma_kernel(opnd<float> out, float *__restrict__ lse, int64_t lsb, int64
 #pragma unroll
             for (int nd = 0; nd < ND; nd++) mma_tile<E>(o[nd], pa, Vt, PV, nd * 8 + gq, kc * 8, tq);
         }
+        if constexpr (PK) __syncthreads();   /* stage it & 1 is free for tile it + 2's copy */
     }
+    (void)it;
     float lt[2], inv[2];
 #pragma unroll
     for (int i = 0; i < 2; i++) {   /* the row sums over the quad */
