@@ -186,6 +186,7 @@ fi
 ncu_rows=(conv2d_320c_64px_fwd conv2d_320c_64px_fwd_halo conv2d_320c_64px_fwd_wino group_norm_fwd group_norm_fwd_reg group_norm_fwdbwd copy_10M attention_fwd_autocast
           attention_fwd_autocast_vec4 attention_fwd_autocast_packed attention_fwd_mma)
 ncu_args=()
+ncu_works=""
 if [ "${GPU_CHECK_NCU:-1}" = 1 ] && command -v ncu > /dev/null && [ -x build-gpu/bench/bench_gpu ]; then
     for row in "${ncu_rows[@]}"; do
         for side in ours torch; do
@@ -196,6 +197,14 @@ if [ "${GPU_CHECK_NCU:-1}" = 1 ] && command -v ncu > /dev/null && [ -x build-gpu
                 --section SpeedOfLight --section Occupancy --section LaunchStats --csv --page details "${prog[@]}" \
                 > "$OUTDIR/ncu-$side-$row.csv" 2>&1
             ncu_args+=("$side:$row" "$OUTDIR/ncu-$side-$row.csv")
+            # no metrics in the first profile (no permission for the counters, say): the rest would
+            # fail alike, each costing a process start, so the phase ends here
+            if [ -z "$ncu_works" ]; then
+                if grep -q '"Duration"' "$OUTDIR/ncu-$side-$row.csv"; then ncu_works=1; else
+                    skipped+=("ncu: no metrics in the first profile: $(grep -m1 -iE 'err|fail' "$OUTDIR/ncu-$side-$row.csv" | cut -c1-120)")
+                    break 2
+                fi
+            fi
         done
     done
     [ ${#ncu_args[@]} -eq 0 ] || python3 bench/ncu_summary.py "${ncu_args[@]}" > "$OUTDIR/ncu-summary.txt" 2>&1
