@@ -9,8 +9,10 @@
 #   scripts/gpu-check.sh --prepare        # on the development machine (needs apt)
 #   device run: carry [".deps"], command: scripts/gpu-check.sh
 # The parity data (../shared/parity, 48 MB) does not travel with the call: a copy in ./shared/parity
-# does (its sd14/ configs are what fits: mkdir -p shared/parity && cp -r ../shared/parity/sd14
-# shared/parity/, carry "shared/parity"), and then the SD 1.4 step runs.
+# of what fits does (carry "shared/parity"): the sd14/ configs (the SD 1.4 step runs) and the tiny
+# UNet with its golden values (26 MB: the UNet parity test runs on the GPU):
+#   mkdir -p shared/parity/tiny-sd shared/parity/golden && cp -r ../shared/parity/sd14 shared/parity/ &&
+#   cp -r ../shared/parity/tiny-sd/unet shared/parity/tiny-sd/ && cp ../shared/parity/golden/unet.safetensors shared/parity/golden/
 # Switches: GPU_CHECK_ALL=1 (every suite), GPU_CHECK_DEMO=0 / GPU_CHECK_SD14=0 / GPU_CHECK_BENCH=0
 # (skip the demo runs / the SD 1.4 steps / the op benchmarks: a quick tests-and-table call),
 # GPU_CHECK_PROFILE=0 (skip the TF32 and bf16 SD 1.4 steps once more under DRAFT_PROFILE=shapes: time per op and per shape),
@@ -78,7 +80,7 @@ fi
 # GPU_CHECK_ALL=1 builds and runs every suite (the CPU ones are CI's job); by default only what
 # has GPU cases, to spend the machine's minutes on the GPU
 if [ "${GPU_CHECK_ALL:-0}" = 1 ]; then targets=(); else
-    targets=(tests/test_cuda tests/test_draft tools/draft-run bench/bench_gpu bench/bench_sd14_step); fi
+    targets=(tests/test_cuda tests/test_draft tests/test_unet tools/draft-run bench/bench_gpu bench/bench_sd14_step); fi
 ninja -C build-gpu "${targets[@]}" > "$OUTDIR/build.log" 2>&1 || { grep -E "error" -A3 "$OUTDIR/build.log" | head -60; exit 1; }
 echo "build: $(( $(date +%s) - t0 )) s"
 
@@ -96,6 +98,16 @@ else
     OMP_NUM_THREADS=4 CK_DEFAULT_TIMEOUT=600 CK_RUN_CASE=cuda timeout $(cap 150) ./build-gpu/tests/test_draft \
         > "$OUTDIR/test-draft.txt" 2>&1 || test_rc=$((test_rc | 2))
     grep -E "^draft |[0-9]+%: Checks" "$OUTDIR/test-draft.txt"
+fi
+# the UNet against the reference's golden values (diffusers, f32: forward and every gradient) on
+# the GPU, where the parity data for it came along
+unet_parity=""
+parity_rc=0
+if [ -f "$PARITY/golden/unet.safetensors" ] && [ -x build-gpu/tests/test_unet ]; then
+    DRAFT_TEST_DEVICE=cuda CK_RUN_CASE=parity OMP_NUM_THREADS=4 CK_DEFAULT_TIMEOUT=600 timeout $(cap 120) \
+        ./build-gpu/tests/test_unet > "$OUTDIR/test-unet-parity.txt" 2>&1 || parity_rc=$?
+    unet_parity="$(grep -E "^parity summary|^SKIP|FAILED" "$OUTDIR/test-unet-parity.txt" | head -n 3 | tr '\n' ' ')"
+    echo "unet parity: $unet_parity"
 fi
 grep -E "^cuda .*(FAIL|fail)" "$OUTDIR/testlog.txt" | head -40
 cuda_ok=$(grep -cE '^cuda .* ok' "$OUTDIR/testlog.txt"); cuda_bad=$(grep -cE '^cuda .*(FAIL|fail)' "$OUTDIR/testlog.txt")
@@ -241,8 +253,9 @@ if [ -f "$OUTDIR/bench-ours.txt" ]; then
 fi
 printf "%-12s %s\n" "cuda suite" "$cuda_ok ok, $cuda_bad failed$([ $test_rc -eq 0 ] || echo ", FAILED (rc $test_rc)")"
 [ -z "$defaults" ] || printf "%-12s %s\n" "cuda suite" "$defaults"
+[ -z "$unet_parity" ] || printf "%-12s %s\n" "unet parity" "$unet_parity$([ $parity_rc -eq 0 ] || echo "(rc $parity_rc)")"
 for l in "${skipped[@]}"; do printf "%-12s %s\n" "skipped" "$l"; done
 for l in "${demo[@]}"; do printf "%-12s %s\n" "demo cuda" "$l"; done
 for l in "${sd14[@]}"; do printf "%-12s %s\n" "sd14 step" "$l"; done
 } 2>&1 | tee "$OUTDIR/summary.txt"
-[ $test_rc -eq 0 ] && [ $run_rc -eq 0 ] && [ $bench_rc -eq 0 ]
+[ $test_rc -eq 0 ] && [ $parity_rc -eq 0 ] && [ $run_rc -eq 0 ] && [ $bench_rc -eq 0 ]

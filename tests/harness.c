@@ -59,12 +59,17 @@ double test_rel_err(const struct tensor *a, const struct tensor *b)
     double num = 0, den = 0;
     int64_t n = tensor_numel(a);
     if (n != tensor_numel(b)) return INFINITY;
-    for (int64_t i = 0; i < n; i++) {
-        double x = tensor_get_flat(a, i), y = tensor_get_flat(b, i);
+    tensor_scope_begin();   /* tensors on the GPU are read from host copies */
+    const struct tensor *ha = tensor_device(a) == DEVICE_CPU ? a : tensor_to_device(a, DEVICE_CPU);
+    const struct tensor *hb = tensor_device(b) == DEVICE_CPU ? b : tensor_to_device(b, DEVICE_CPU);
+    const bool read = ha && hb;
+    for (int64_t i = 0; read && i < n; i++) {
+        double x = tensor_get_flat(ha, i), y = tensor_get_flat(hb, i);
         num += (x - y) * (x - y);
         den += y * y;
     }
-    return sqrt(num) / fmax(sqrt(den), 1e-30);
+    tensor_scope_end();
+    return read ? sqrt(num) / fmax(sqrt(den), 1e-30) : INFINITY;
 }
 
 /* L = sum(f(in) * R) with inputs cast to dt; grads into g[] (NULL entries skipped) */

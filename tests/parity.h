@@ -21,5 +21,11 @@ double parity_rms(const struct safetensors *st, const char *prefix);
 bool parity_check(const char *label, const struct tensor *ours, const struct tensor *golden, double rtol, double S);
 /* load golden tensor `name` from st as f32 (test failure if missing) */
 struct tensor *parity_load(const struct safetensors *st, const char *name);
+/* the same on device dev */
+struct tensor *parity_load_on(const struct safetensors *st, const char *name, enum device dev);
+/* the device a model's parity test runs on: the CPU, or with DRAFT_TEST_DEVICE=cuda the GPU
+ * (scripts/gpu-check.sh: the reference's golden values against the CUDA backend, not only against
+ * our CPU). false, after printing "SKIP: <reason>", when that device cannot be used here. */
+bool parity_device(enum device *dev);
 
 #endif

@@ -49,10 +49,12 @@ START_TEST(test_parity)
         !parity_path("tiny-sd/unet/diffusion_pytorch_model.safetensors", wp, sizeof wp) ||
         !parity_path("golden/unet.safetensors", gp, sizeof gp))
         return;
+    enum device dev;   /* DRAFT_TEST_DEVICE=cuda: on the GPU (scripts/gpu-check.sh) */
+    if (!parity_device(&dev)) return;
     LEAK_CHECK_BEGIN();
     struct nn_params ps;
     struct sd_unet u;
-    nn_params_init(&ps, DTYPE_F32, DEVICE_CPU);
+    nn_params_init(&ps, DTYPE_F32, dev);
     ck_assert_msg(sd_unet_init_file(&u, cfgp, &ps) == STATUS_OK, "%s", tensor_error());
     struct safetensors *w = safetensors_open(wp), *gold = safetensors_open(gp);
     ck_assert_msg(w && gold, "%s", tensor_error());
@@ -61,7 +63,7 @@ START_TEST(test_parity)
     ck_assert_int_eq(u.n_projs, 4 * 2 * (2 * 3 + 3 * 3 + 1));   /* q,k,v,out x attn1/2 x 16 transformers */
 
     tensor_scope_begin();
-    struct tensor *sample = parity_load(gold, "sample"), *ehs = parity_load(gold, "encoder_hidden_states");
+    struct tensor *sample = parity_load_on(gold, "sample", dev), *ehs = parity_load_on(gold, "encoder_hidden_states", dev);
     struct tensor *t = safetensors_load(gold, "timestep", DTYPE_I64, DEVICE_CPU);
     ck_assert_ptr_nonnull(t);
     ag_set_requires_grad(sample, true);
@@ -77,7 +79,7 @@ START_TEST(test_parity)
     n_total++;
     double fwd_rel = test_rel_err(out, ref);
 
-    struct tensor *loss = ag_sum(ag_mul(out, parity_load(gold, "loss_weights")), 0, NULL, false);
+    struct tensor *loss = ag_sum(ag_mul(out, parity_load_on(gold, "loss_weights", dev)), 0, NULL, false);
     ck_assert_msg(ag_backward(loss, NULL, false) == STATUS_OK, "%s", tensor_error());
     double t2 = now_s();
     const double S = parity_rms(gold, "grad.");
@@ -99,8 +101,8 @@ START_TEST(test_parity)
     }
     /* every parameter (and both inputs) has a golden gradient */
     ck_assert_int_eq(n_grads, ps.n + 2);
-    printf("parity summary unet: %d/%d ok (forward rel %.2e; %d params + 2 inputs); forward %.2fs, backward %.2fs\n",
-           n_ok, n_total, fwd_rel, ps.n, t1 - t0, t2 - t1);
+    printf("parity summary unet on %s: %d/%d ok (forward rel %.2e; %d params + 2 inputs); forward %.2fs, backward %.2fs\n",
+           device_name(dev), n_ok, n_total, fwd_rel, ps.n, t1 - t0, t2 - t1);
     printf("parity unet worst gradient rel by kind:");
     for (int j = 0; j < N_KINDS; j++) printf(" %s=%.2e", kinds[j], worst[j]);
     printf("\n");
@@ -413,8 +415,11 @@ int main(void)
     tcase_add_test(tc, test_timestep_features);
     tcase_add_test(tc, test_errors);
     tcase_add_test(tc, test_gradcheck_micro);
-    tcase_add_test(tc, test_parity);
     tcase_add_test(tc, test_manifest);
     suite_add_tcase(s, tc);
+    TCase *tp = tcase_create("parity");   /* alone: CK_RUN_CASE=parity (gpu-check runs it on cuda) */
+    tcase_set_timeout(tp, 600);
+    tcase_add_test(tp, test_parity);
+    suite_add_tcase(s, tp);
     return test_run_suite(s);
 }
