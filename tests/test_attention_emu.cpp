@@ -149,8 +149,10 @@ template <int DP, class E> void run_mma(const setup &u0, const char *name0, doub
         const int ntk = (S + 63) / 64, Sp = ntk * 64;
         const int64_t nk = (int64_t)heads * Sp * (DP / E::EPW), nv = (int64_t)heads * ntk * DP * (64 / E::EPW);
         std::vector<uint32_t> kp((size_t)nk, 0xffffffffu), vp((size_t)nv, 0xffffffffu);
-        emu_launch((unsigned)((nk + 255) / 256), 256, [&] { attn_pack_k_kernel<DP, E>(kp.data(), u.cop(u.k.data(), S), u.dm, Sp); });
-        emu_launch((unsigned)((nv + 255) / 256), 256, [&] { attn_pack_v_kernel<DP, E>(vp.data(), u.cop(u.v.data(), S), u.dm, ntk); });
+        emu_launch((unsigned)((nk + 255) / 256), 256,
+                   [&] { attn_pack_rows_kernel<DP, E>(kp.data(), u.cop(u.k.data(), S), heads, c.H, S, c.D, Sp); });
+        emu_launch((unsigned)((nv + 255) / 256), 256,
+                   [&] { attn_pack_cols_kernel<DP, E>(vp.data(), u.cop(u.v.data(), S), heads, c.H, S, c.D, ntk); });
         std::vector<float> out2(u.q.size(), NAN), lse2((size_t)heads * L, NAN);
         {
             const emu_smem_scope smem(attn_packed_smem<DP, E>());
@@ -182,6 +184,38 @@ template <int DP, class E> void run_mma(const setup &u0, const char *name0, doub
         report(bname, c, "dq", rel_err(dq, u.ref.dq), bound);
         report(bname, c, "dk", rel_err(dk, u.ref.dk), bound);
         report(bname, c, "dv", rel_err(dv, u.ref.dv), bound);
+        /* DRAFT_ATTN_PACKED: Q, dO (both ways), lse and D packed once, query tiles copied in two
+         * stages: the same bits of dK, dV and the dQ partials (each policy once, as the forward) */
+        if (!vec4 || std::is_same<E, mma_tf32_ops<true>>::value) {
+            const int ntq = (L + 63) / 64;
+            int64_t off[6];
+            attn_bwd_pack_offsets<DP, E>(heads, ntq, off);
+            std::vector<uint32_t> pk((size_t)off[5], 0xffffffffu);
+            const unsigned br = (unsigned)((off[1] + 255) / 256), bc = (unsigned)((off[3] - off[2] + 255) / 256);
+            emu_launch(br, 256, [&] { attn_pack_rows_kernel<DP, E>(pk.data() + off[0], u.cop(u.q.data(), L), heads, c.H, L, c.D, ntq * 64); });
+            emu_launch(br, 256, [&] { attn_pack_rows_kernel<DP, E>(pk.data() + off[1], u.cop(u.g.data(), L), heads, c.H, L, c.D, ntq * 64); });
+            emu_launch(bc, 256, [&] { attn_pack_cols_kernel<DP, E>(pk.data() + off[2], u.cop(u.q.data(), L), heads, c.H, L, c.D, ntq); });
+            emu_launch(bc, 256, [&] { attn_pack_cols_kernel<DP, E>(pk.data() + off[3], u.cop(u.g.data(), L), heads, c.H, L, c.D, ntq); });
+            emu_launch((unsigned)((off[5] - off[4] + 255) / 256), 256, [&] {
+                attn_pack_lse_d_kernel(reinterpret_cast<float *>(pk.data() + off[4]), lse.data(), u.lsb, u.lsh, u.lsl, Dvec.data(),
+                                       u.dm, ntq);
+            });
+            std::vector<float> dk2(u.k.size(), NAN), dv2(u.v.size(), NAN), part2(part.size(), NAN);
+            {
+                const emu_smem_scope smem(mma_bwd_cfg<DP, E>::smem_packed);
+                emu_launch((unsigned)(heads * nt), kMmaThreads, [&] {
+                    attn_bwd_mma_kernel<DP, E, true>(u.op(dk2.data(), S), u.op(dv2.data(), S), u.cop(u.q.data(), L),
+                                                     u.cop(u.k.data(), S), u.cop(u.v.data(), S), u.cop(u.g.data(), L), lse.data(),
+                                                     u.lsb, u.lsh, u.lsl, Dvec.data(), u.dm, part2.data(), pk.data());
+                });
+            }
+            const bool same = !memcmp(dk2.data(), dk.data(), dk.size() * sizeof(float)) &&
+                              !memcmp(dv2.data(), dv.data(), dv.size() * sizeof(float)) &&
+                              !memcmp(part2.data(), part.data(), part.size() * sizeof(float));
+            failures += !same;
+            printf("emu attention[%s_packed,%dx%dx%d%s] dk, dv, dq partials %s the unpacked kernel's %s\n", bname, c.L, c.S,
+                   c.D, c.causal ? ",causal" : "", same ? "are" : "are NOT", same ? "ok" : "FAILED");
+        }
     }
 }
 

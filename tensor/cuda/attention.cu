@@ -27,7 +27,7 @@
  * Tensor cores (DRAFT_ATTN_MMA, the default since the H200 run of 2026-11-27; head dims up to 64, the forward up to
  * 80): mma.sync forward and backward in bf16 (autocast), tf32 (PRECISION_TF32) or 3xTF32 (f32's accuracy), see
  * attention_kernels.cuh. With DRAFT_ATTN_PACKED=1 (opt-in) the forward first packs K and V into its
- * tiles' words and copies them in two cp.async stages (fwd_mma).
+ * tiles' words and copies them in two cp.async stages (fwd_mma), the backward Q, dO, lse and D (bwd_mma).
  * Memory: shared memory only (57 KB for DP = 48 up to 209 KB for the DP = 256 dQ kernel),
  * plus a [B,H,L] f32 buffer for D in the backward. All tensors are read and written through
  * their strides (any layout, e.g. the [B,L,H,D] permuted views of a fused projection).
@@ -194,10 +194,11 @@ template <class F> enum status with_mma_policy(F f)
 }
 
 /* DRAFT_ATTN_PACKED=1 (opt-in until measured on a GPU): the tensor-core forward reads K and V
- * packed once into its tiles' words (attn_pack_k_kernel, attn_pack_v_kernel: a pass over K and V,
+ * packed once into its tiles' words (attn_pack_rows_kernel, attn_pack_cols_kernel: a pass over K and V,
  * in bf16 half their bytes) with 16-byte cp.async, the next tile's copy in flight under this
  * one's products; without it every block loads, converts and transposes every tile itself, and
- * waits for each. The packed words take (B H) (Sp W + ntk DP 64 / EPW) words of scratch. */
+ * waits for each. The packed words take (B H) (Sp W + ntk DP 64 / EPW) words of scratch. The
+ * backward packs Q and dO (both ways) and its per-row lse and D the same way (bwd_mma). */
 bool attn_packed() { return cuda_switch("DRAFT_ATTN_PACKED", false); }
 
 template <int DP, class E>
@@ -218,8 +219,8 @@ enum status fwd_mma(opnd<float> out, float *lse, int64_t lsb, int64_t lsh, int64
         constexpr size_t smem = attn_packed_smem<DP, E>();
         enum status s = set_smem(attn_fwd_mma_kernel<DP, E, true>, smem, &ready);
         if (!s) {
-            attn_pack_k_kernel<DP, E><<<(unsigned)((nk + 255) / 256), 256, 0, st>>>(kp, k, dm, Sp);
-            attn_pack_v_kernel<DP, E><<<(unsigned)((nv + 255) / 256), 256, 0, st>>>(vp, v, dm, ntk);
+            attn_pack_rows_kernel<DP, E><<<(unsigned)((nk + 255) / 256), 256, 0, st>>>(kp, k, dm.B * dm.H, dm.H, dm.S, dm.D, Sp);
+            attn_pack_cols_kernel<DP, E><<<(unsigned)((nv + 255) / 256), 256, 0, st>>>(vp, v, dm.B * dm.H, dm.H, dm.S, dm.Dv, ntk);
             attn_fwd_mma_kernel<DP, E, true>
                 <<<(unsigned)blocks, kMmaThreads, smem, st>>>(out, lse, lsb, lsh, lsl, q, k, v, dm, kp, vp);
             if (cudaGetLastError() != cudaSuccess) s = tensor_fail(STATUS_DEVICE, "attention: the packed forward did not launch");
@@ -295,28 +296,60 @@ enum status bwd_mma(opnd<float> dq, opnd<float> dk, opnd<float> dv, opnd<const f
 {
     using M = mma_bwd_cfg<DP, E>;
     enum status s;
-    static bool ready = false;
+    static bool ready = false, ready_pk = false;
     *done = false;
-    if ((s = set_smem(attn_bwd_mma_kernel<DP, E>, M::smem, &ready))) return s;
+    const bool packed = attn_packed() && dm.L > 0;
+    if ((s = packed ? set_smem(attn_bwd_mma_kernel<DP, E, true>, M::smem_packed, &ready_pk)
+                    : set_smem(attn_bwd_mma_kernel<DP, E>, M::smem, &ready)))
+        return s;
     cudaStream_t st = (cudaStream_t)cuda_stream();
     const int ntiles = (dm.S + 63) / 64;
     const int64_t heads = (int64_t)dm.B * dm.H;
-    if (!dq.p || dm.L == 0 || ntiles == 0 || heads == 0) {   /* no dQ: no partials */
-        if ((dk.p || dv.p) && ntiles > 0 && heads > 0) {
-            attn_bwd_mma_kernel<DP, E><<<(unsigned)(heads * ntiles), kMmaThreads, M::smem, st>>>(
-                dk, dv, q, k, v, dout, lse, lsb, lsh, lsl, Dvec, dm, nullptr);
-            CUDA_LAUNCHED();
+    /* DRAFT_ATTN_PACKED: Q, dO (both ways), lse and D packed once for every head (attn_bwd_pack_offsets);
+     * ours, freed at the end, queued behind the kernels on the one stream */
+    struct tensor *pkt = NULL;
+    const uint32_t *pk = nullptr;
+    if (packed && heads > 0 && ntiles > 0) {
+        const int ntq = (dm.L + 63) / 64;
+        int64_t off[6];
+        attn_bwd_pack_offsets<DP, E>(heads, ntq, off);
+        int64_t n = off[5];
+        if (!(pkt = tensor_keep(tensor_empty(DTYPE_F32, 1, &n, DEVICE_CUDA)))) return tensor_status() ? tensor_status() : STATUS_OOM;
+        uint32_t *w = (uint32_t *)pkt->storage->data;
+        const int64_t nr = off[1] - off[0], nc = off[3] - off[2], nl = off[5] - off[4];
+        const unsigned br = (unsigned)((nr + 255) / 256), bc = (unsigned)((nc + 255) / 256);
+        attn_pack_rows_kernel<DP, E><<<br, 256, 0, st>>>(w + off[0], q, (int)heads, dm.H, dm.L, dm.D, ntq * 64);
+        attn_pack_rows_kernel<DP, E><<<br, 256, 0, st>>>(w + off[1], dout, (int)heads, dm.H, dm.L, dm.Dv, ntq * 64);
+        attn_pack_cols_kernel<DP, E><<<bc, 256, 0, st>>>(w + off[2], q, (int)heads, dm.H, dm.L, dm.D, ntq);
+        attn_pack_cols_kernel<DP, E><<<bc, 256, 0, st>>>(w + off[3], dout, (int)heads, dm.H, dm.L, dm.Dv, ntq);
+        attn_pack_lse_d_kernel<<<(unsigned)((nl + 255) / 256), 256, 0, st>>>((float *)(w + off[4]), lse, lsb, lsh, lsl, Dvec,
+                                                                             dm, ntq);
+        pk = w;
+        if (cudaGetLastError() != cudaSuccess) {
+            tensor_free(pkt);
+            return tensor_fail(STATUS_DEVICE, "attention_backward: the packing kernels did not launch");
         }
-        *done = true;
-        return STATUS_OK;
     }
-    auto launch = [&](const dims &d2, int nh, float *pp) -> enum status {
-        attn_bwd_mma_kernel<DP, E><<<(unsigned)(nh * ntiles), kMmaThreads, M::smem, st>>>(dk, dv, q, k, v, dout, lse, lsb,
-                                                                                          lsh, lsl, Dvec, d2, pp);
-        CUDA_LAUNCHED();
-        return STATUS_OK;
+    auto kernel_on = [&](unsigned blocks, const dims &d2, float *pp) {
+        if (pk)
+            attn_bwd_mma_kernel<DP, E, true><<<blocks, kMmaThreads, M::smem_packed, st>>>(dk, dv, q, k, v, dout, lse, lsb, lsh,
+                                                                                          lsl, Dvec, d2, pp, pk);
+        else
+            attn_bwd_mma_kernel<DP, E><<<blocks, kMmaThreads, M::smem, st>>>(dk, dv, q, k, v, dout, lse, lsb, lsh, lsl, Dvec,
+                                                                             d2, pp);
+        return cudaGetLastError() == cudaSuccess ? STATUS_OK
+                                                 : tensor_fail(STATUS_DEVICE, "attention_backward: the kernel did not launch");
     };
-    return dq_partials_run(dm, ntiles, 64, 64, dq, launch, done);
+    if (!dq.p || dm.L == 0 || ntiles == 0 || heads == 0) {   /* no dQ: no partials */
+        if ((dk.p || dv.p) && ntiles > 0 && heads > 0) s = kernel_on((unsigned)(heads * ntiles), dm, nullptr);
+        tensor_free(pkt);
+        *done = !s;
+        return s;
+    }
+    auto launch = [&](const dims &d2, int nh, float *pp) -> enum status { return kernel_on((unsigned)(nh * ntiles), d2, pp); };
+    s = dq_partials_run(dm, ntiles, 64, 64, dq, launch, done);
+    tensor_free(pkt);
+    return s;
 }
 
 template <int DP>

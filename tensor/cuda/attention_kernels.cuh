@@ -446,35 +446,37 @@ __device__ __forceinline__ void store_c(float *dst, int64_t sl, int64_t sd, cons
  *   Vp[bh][t][d][p]  = E::word of v[t*64 + EPW j][d], v[t*64 + EPW j + 1][d], j = reuse_inv(p)
  *                      (64 / EPW words a column; zero past S and Dv)
  * the same words load_words and the transposed loads write, so the forward's sums are the same
- * bits. bh = b * H + h. One thread per word. */
+ * bits. bh = b * H + h. One thread per word. attn_pack_rows_kernel writes the first kind for
+ * `rows` rows of x (zero to rows_pad and past ncols), attn_pack_cols_kernel the second (transposed,
+ * in tiles of 64 rows); the backward packs Q and dO both ways (attn_bwd_pack). */
 template <int DP, class E>
 __global__ void __launch_bounds__(256)
-attn_pack_k_kernel(uint32_t *__restrict__ Kp, opnd<const float> k, dims dm, int Sp)
+attn_pack_rows_kernel(uint32_t *__restrict__ P, opnd<const float> x, int heads, int H, int rows, int ncols, int rows_pad)
 {
     constexpr int W = DP / E::EPW;
-    const int64_t e = (int64_t)blockIdx.x * 256 + threadIdx.x, total = (int64_t)dm.B * dm.H * Sp * W;
+    const int64_t e = (int64_t)blockIdx.x * 256 + threadIdx.x, total = (int64_t)heads * rows_pad * W;
     if (e >= total) return;
-    const int w = (int)(e % W), s = (int)(e / W % Sp), bh = (int)(e / ((int64_t)W * Sp)), d = E::EPW * w;
-    const float *row = k.at(bh / dm.H, bh % dm.H) + (int64_t)s * k.sl;
-    const float x0 = s < dm.S && d < dm.D ? row[(int64_t)d * k.sd] : 0.f;
-    const float x1 = E::EPW == 2 && s < dm.S && d + 1 < dm.D ? row[(int64_t)(d + 1) * k.sd] : 0.f;
-    Kp[e] = E::word(x0, x1);
+    const int w = (int)(e % W), s = (int)(e / W % rows_pad), bh = (int)(e / ((int64_t)W * rows_pad)), d = E::EPW * w;
+    const float *row = x.at(bh / H, bh % H) + (int64_t)s * x.sl;
+    const float x0 = s < rows && d < ncols ? row[(int64_t)d * x.sd] : 0.f;
+    const float x1 = E::EPW == 2 && s < rows && d + 1 < ncols ? row[(int64_t)(d + 1) * x.sd] : 0.f;
+    P[e] = E::word(x0, x1);
 }
 
 template <int DP, class E>
 __global__ void __launch_bounds__(256)
-attn_pack_v_kernel(uint32_t *__restrict__ Vp, opnd<const float> v, dims dm, int ntk)
+attn_pack_cols_kernel(uint32_t *__restrict__ P, opnd<const float> x, int heads, int H, int rows, int ncols, int ntiles)
 {
     constexpr int PT = 64 / E::EPW;
-    const int64_t e = (int64_t)blockIdx.x * 256 + threadIdx.x, total = (int64_t)dm.B * dm.H * ntk * DP * PT;
+    const int64_t e = (int64_t)blockIdx.x * 256 + threadIdx.x, total = (int64_t)heads * ntiles * DP * PT;
     if (e >= total) return;
-    const int p = (int)(e % PT), d = (int)(e / PT % DP), t = (int)(e / ((int64_t)PT * DP) % ntk);
-    const int bh = (int)(e / ((int64_t)PT * DP * ntk));
+    const int p = (int)(e % PT), d = (int)(e / PT % DP), t = (int)(e / ((int64_t)PT * DP) % ntiles);
+    const int bh = (int)(e / ((int64_t)PT * DP * ntiles));
     const int kj = t * 64 + E::EPW * E::reuse_inv(p);
-    const float *vb = v.at(bh / dm.H, bh % dm.H);
-    const float x0 = kj < dm.S && d < dm.Dv ? vb[(int64_t)kj * v.sl + (int64_t)d * v.sd] : 0.f;
-    const float x1 = E::EPW == 2 && kj + 1 < dm.S && d < dm.Dv ? vb[(int64_t)(kj + 1) * v.sl + (int64_t)d * v.sd] : 0.f;
-    Vp[e] = E::word(x0, x1);
+    const float *xb = x.at(bh / H, bh % H);
+    const float x0 = kj < rows && d < ncols ? xb[(int64_t)kj * x.sl + (int64_t)d * x.sd] : 0.f;
+    const float x1 = E::EPW == 2 && kj + 1 < rows && d < ncols ? xb[(int64_t)(kj + 1) * x.sl + (int64_t)d * x.sd] : 0.f;
+    P[e] = E::word(x0, x1);
 }
 
 /* the packed forward's dynamic shared memory: two stages of the K and V^T word tiles */
@@ -483,24 +485,35 @@ template <int DP, class E> __host__ __device__ constexpr size_t attn_packed_smem
     return sizeof(uint32_t) * 2 * (size_t)(64 * (DP / E::EPW + 4) + DP * (64 / E::EPW + 4));
 }
 
-/* the packed forward's copy of one key tile into a stage (K rows at pitch DP / EPW + 4 words, then
- * V^T columns at pitch 64 / EPW + 4) from its packed words (kp: 64 rows of DP / EPW words, vp: DP
- * columns of 64 / EPW), in 16-byte cp.async runs, committed as one group */
+/* 16-byte cp.async copies of a packed tile into shared memory: 64 rows of DP / EPW words to pitch
+ * DP / EPW + 4 (attn_pack_rows_kernel's), or DP columns of 64 / EPW words to pitch 64 / EPW + 4
+ * (attn_pack_cols_kernel's); the caller commits */
+template <int DP, int EPW> __device__ __forceinline__ void attn_copy_rows(uint32_t *dst, const uint32_t *src)
+{
+    constexpr int W4 = DP / EPW / 4, PW = DP / EPW + 4, N = 64 * W4;
+#pragma unroll
+    for (int i = 0; i < (N + kMmaThreads - 1) / kMmaThreads; i++) {
+        const int idx = (int)threadIdx.x + i * kMmaThreads;
+        if (N % kMmaThreads == 0 || idx < N) __pipeline_memcpy_async(dst + idx / W4 * PW + idx % W4 * 4, src + 4 * idx, 16);
+    }
+}
+
+template <int DP, int EPW> __device__ __forceinline__ void attn_copy_cols(uint32_t *dst, const uint32_t *src)
+{
+    constexpr int P4 = 64 / EPW / 4, PT = 64 / EPW + 4, N = DP * P4;
+#pragma unroll
+    for (int i = 0; i < (N + kMmaThreads - 1) / kMmaThreads; i++) {
+        const int idx = (int)threadIdx.x + i * kMmaThreads;
+        if (N % kMmaThreads == 0 || idx < N) __pipeline_memcpy_async(dst + idx / P4 * PT + idx % P4 * 4, src + 4 * idx, 16);
+    }
+}
+
+/* the packed forward's copy of one key tile into a stage: K rows, then the V^T columns, committed
+ * as one group */
 template <int DP, int EPW> __device__ __forceinline__ void attn_copy_tile(uint32_t *st, const uint32_t *kp, const uint32_t *vp)
 {
-    constexpr int W4 = DP / EPW / 4, P4 = 64 / EPW / 4, PW = DP / EPW + 4, PV = 64 / EPW + 4;
-    constexpr int NK = 64 * W4, NV = DP * P4;
-    uint32_t *vt = st + 64 * PW;
-#pragma unroll
-    for (int i = 0; i < (NK + kMmaThreads - 1) / kMmaThreads; i++) {
-        const int idx = (int)threadIdx.x + i * kMmaThreads;
-        if (NK % kMmaThreads == 0 || idx < NK) __pipeline_memcpy_async(st + idx / W4 * PW + idx % W4 * 4, kp + 4 * idx, 16);
-    }
-#pragma unroll
-    for (int i = 0; i < (NV + kMmaThreads - 1) / kMmaThreads; i++) {
-        const int idx = (int)threadIdx.x + i * kMmaThreads;
-        if (NV % kMmaThreads == 0 || idx < NV) __pipeline_memcpy_async(vt + idx / P4 * PV + idx % P4 * 4, vp + 4 * idx, 16);
-    }
+    attn_copy_rows<DP, EPW>(st, kp);
+    attn_copy_cols<DP, EPW>(st + 64 * (DP / EPW + 4), vp);
     __pipeline_commit();
 }
 
@@ -683,25 +696,74 @@ attn_fwd_mma_kernel(opnd<float> out, float *__restrict__ lse, int64_t lsb, int64
  * unscaled to dqp[lbh][tile][L][D] like the f32 fused kernel's partials; the reduce kernel sums
  * them in key-tile order (no atomics). Operands that serve as the B side with the sum over queries
  * or keys (Q, dO, K) are kept transposed as well. */
+/* DRAFT_ATTN_PACKED, backward: Q and dO of every head packed once per call, both as rows (the
+ * words load_words writes) and transposed (transpose_words' with the reuse order), and each query
+ * tile's lse * log2(e) (-inf past L) and D (0 past L), in one buffer of words at offsets off[0..4]
+ * (off[5]: the total), for heads heads of ntq query tiles:
+ *   Q rows, dO rows [heads][ntq * 64][DP / EPW]; Q^T, dO^T [heads][ntq][DP][64 / EPW];
+ *   lse, D [heads][ntq][2][64] (floats) */
+template <int DP, class E> __host__ __device__ inline void attn_bwd_pack_offsets(int64_t heads, int ntq, int64_t (&off)[6])
+{
+    const int64_t r = heads * ntq * 64 * (DP / E::EPW), c = heads * ntq * DP * (64 / E::EPW);
+    off[0] = 0, off[1] = r, off[2] = 2 * r, off[3] = 2 * r + c, off[4] = 2 * r + 2 * c, off[5] = off[4] + heads * ntq * 128;
+}
+
+__global__ void __launch_bounds__(256)
+attn_pack_lse_d_kernel(float *__restrict__ P, const float *__restrict__ lse, int64_t lsb, int64_t lsh, int64_t lsl,
+                       const float *__restrict__ Dvec, dims dm, int ntq)
+{
+    const int64_t e = (int64_t)blockIdx.x * 256 + threadIdx.x, total = (int64_t)dm.B * dm.H * ntq * 128;
+    if (e >= total) return;
+    const int i = (int)(e % 128), t = (int)(e / 128 % ntq), bh = (int)(e / (128 * (int64_t)ntq)), r = t * 64 + i % 64;
+    if (i < 64) P[e] = r < dm.L ? lse[(bh / dm.H) * lsb + (bh % dm.H) * lsh + (int64_t)r * lsl] * kLog2e : -INFINITY;
+    else P[e] = r < dm.L ? Dvec[(int64_t)bh * dm.L + r] : 0.f;
+}
+
+/* the packed backward's copy of query tile t into a stage (Q, dO rows; Q^T, dO^T columns; lse and
+ * D), from a head's packed operands p[0..4], committed as one group */
+template <int DP, int EPW>
+__device__ __forceinline__ void attn_bwd_copy_tile(uint32_t *to, const uint32_t *const (&p)[5], int t)
+{
+    constexpr int PW = DP / EPW + 4, PT = 64 / EPW + 4, RW = 64 * (DP / EPW), CW = DP * (64 / EPW);
+    attn_copy_rows<DP, EPW>(to, p[0] + (int64_t)t * RW);
+    attn_copy_rows<DP, EPW>(to + 64 * PW, p[1] + (int64_t)t * RW);
+    attn_copy_cols<DP, EPW>(to + 2 * 64 * PW, p[2] + (int64_t)t * CW);
+    attn_copy_cols<DP, EPW>(to + 2 * 64 * PW + DP * PT, p[3] + (int64_t)t * CW);
+    if (threadIdx.x < 32)
+        __pipeline_memcpy_async(to + 2 * 64 * PW + 2 * DP * PT + 4 * threadIdx.x, p[4] + (int64_t)t * 128 + 4 * threadIdx.x, 16);
+    __pipeline_commit();
+}
+
 template <int DP, class E> struct mma_bwd_cfg {
     static constexpr int PW = DP / E::EPW + 4, PT = 64 / E::EPW + 4;   /* words per row: [64][DP] and [DP][64] tiles */
     /* Q and dO [64][PW] (K and V pass through them first), Kt, Qt, dOt [DP][PT], dS [64][PT], lse, D */
     static constexpr size_t smem = sizeof(uint32_t) * (size_t)(2 * 64 * PW + 3 * DP * PT + 64 * PT) + sizeof(float) * 128;
+    /* packed (PK): two stages of Q, dO, Qt, dOt, lse and D (K and V pass through the first), Kt, dS */
+    static constexpr int SW = 2 * 64 * PW + 2 * DP * PT + 128;
+    static constexpr size_t smem_packed = sizeof(uint32_t) * (size_t)(2 * SW + DP * PT + 64 * PT);
 };
 
-template <int DP, class E>
+template <int DP, class E, bool PK = false>
 __global__ void __launch_bounds__(kMmaThreads)
 attn_bwd_mma_kernel(opnd<float> dk, opnd<float> dv, opnd<const float> q, opnd<const float> k, opnd<const float> v,
                     opnd<const float> dout, const float *__restrict__ lse, int64_t lsb, int64_t lsh, int64_t lsl,
-                    const float *__restrict__ Dvec, dims dm, float *__restrict__ dqp)
+                    const float *__restrict__ Dvec, dims dm, float *__restrict__ dqp, const uint32_t *__restrict__ pk = nullptr)
 {
     using M = mma_bwd_cfg<DP, E>;
     constexpr int EPW = E::EPW, PW = M::PW, PT = M::PT, KC = DP / (8 * EPW), ND = DP / 8, NQ = 64 / 8, QC = 64 / (8 * EPW);
+    constexpr int SW = M::SW;
     static_assert(DP % 16 == 0 && DP <= 64, "mma backward: head dims up to 64");
     DYN_SMEM(uint32_t, smw);
-    uint32_t *Qs = smw, *dOs = Qs + 64 * PW, *Ks = Qs, *Vs = dOs;
-    uint32_t *Kt = dOs + 64 * PW, *Qt = Kt + DP * PT, *dOt = Qt + DP * PT, *dSs = dOt + DP * PT;
-    float *lse2 = reinterpret_cast<float *>(dSs + 64 * PT), *Ds = lse2 + 64;
+    uint32_t *Qs = smw, *dOs = Qs + 64 * PW, *Ks = Qs, *Vs = dOs, *Kt, *Qt, *dOt, *dSs;
+    float *lse2, *Ds;
+    if constexpr (PK) {   /* stage s at smw + s * SW: Q, dO, Qt, dOt, lse, D; then Kt and dS */
+        Qt = dOs + 64 * PW, dOt = Qt + DP * PT, lse2 = reinterpret_cast<float *>(dOt + DP * PT), Ds = lse2 + 64;
+        Kt = smw + 2 * SW, dSs = Kt + DP * PT;
+    } else {
+        Kt = dOs + 64 * PW, Qt = Kt + DP * PT, dOt = Qt + DP * PT, dSs = dOt + DP * PT;
+        lse2 = reinterpret_cast<float *>(dSs + 64 * PT), Ds = lse2 + 64;
+        (void)SW;
+    }
 
     const int ntiles = (dm.S + 63) / 64;
     const int tile = (int)(blockIdx.x % ntiles);
@@ -732,20 +794,46 @@ attn_bwd_mma_kernel(opnd<float> dk, opnd<float> dv, opnd<const float> q, opnd<co
     m_begin = m_begin / 64 * 64;
     const float *qbh = q.at(b, h), *gbh = dout.at(b, h);
     const float *lb = lse + b * lsb + h * lsh, *db = Dvec + (int64_t)bh * dm.L;
-    for (int q0 = m_begin; q0 < dm.L; q0 += 64) {
-        __syncthreads();   /* K and V (first tile), or the previous tile's Q, dO and dS, are taken */
-        const float *qt = qbh + (int64_t)q0 * q.sl, *gt = gbh + (int64_t)q0 * dout.sl;
-        load_words<DP, E>(Qs, qt, q.sl, q.sd, dm.L - q0, dm.D, dm.vec4);
-        load_words<DP, E>(dOs, gt, dout.sl, dout.sd, dm.L - q0, dm.Dv, dm.vec4);
-        for (int r = threadIdx.x; r < 64; r += kMmaThreads) {
-            const bool in = q0 + r < dm.L;
-            lse2[r] = in ? lb[(int64_t)(q0 + r) * lsl] * kLog2e : -INFINITY;
-            Ds[r] = in ? db[q0 + r] : 0.f;
+    /* PK: this head's packed Q, dO, Q^T, dO^T and lse / D (attn_bwd_pack_offsets) */
+    const uint32_t *pk_head[5] = {nullptr, nullptr, nullptr, nullptr, nullptr};
+    if constexpr (PK) {
+        const int ntq = (dm.L + 63) / 64;
+        int64_t off[6];
+        attn_bwd_pack_offsets<DP, E>((int64_t)dm.B * dm.H, ntq, off);
+        const int64_t rw = (int64_t)ntq * 64 * (DP / EPW), cw = (int64_t)ntq * DP * (64 / EPW);
+        pk_head[0] = pk + off[0] + bh * rw, pk_head[1] = pk + off[1] + bh * rw;
+        pk_head[2] = pk + off[2] + bh * cw, pk_head[3] = pk + off[3] + bh * cw, pk_head[4] = pk + off[4] + (int64_t)bh * ntq * 128;
+        __syncthreads();   /* K, V and their fragments are taken from stage 0 */
+        if (m_begin < dm.L) attn_bwd_copy_tile<DP, EPW>(smw, pk_head, m_begin / 64);
+    }
+    int it = 0;
+    for (int q0 = m_begin; q0 < dm.L; q0 += 64, it++) {
+        if constexpr (PK) {   /* the next query tile's copy in flight while this one is used */
+            __syncthreads();   /* the previous tile's stage and dS are taken */
+            if (q0 + 64 < dm.L) {
+                attn_bwd_copy_tile<DP, EPW>(smw + ((it + 1) & 1) * SW, pk_head, q0 / 64 + 1);
+                __pipeline_wait_prior(1);
+            } else {
+                __pipeline_wait_prior(0);
+            }
+            __syncthreads();   /* tile it is in, for every thread */
+            Qs = smw + (it & 1) * SW, dOs = Qs + 64 * PW, Qt = dOs + 64 * PW, dOt = Qt + DP * PT;
+            lse2 = reinterpret_cast<float *>(dOt + DP * PT), Ds = lse2 + 64;
+        } else {
+            __syncthreads();   /* K and V (first tile), or the previous tile's Q, dO and dS, are taken */
+            const float *qt = qbh + (int64_t)q0 * q.sl, *gt = gbh + (int64_t)q0 * dout.sl;
+            load_words<DP, E>(Qs, qt, q.sl, q.sd, dm.L - q0, dm.D, dm.vec4);
+            load_words<DP, E>(dOs, gt, dout.sl, dout.sd, dm.L - q0, dm.Dv, dm.vec4);
+            for (int r = threadIdx.x; r < 64; r += kMmaThreads) {
+                const bool in = q0 + r < dm.L;
+                lse2[r] = in ? lb[(int64_t)(q0 + r) * lsl] * kLog2e : -INFINITY;
+                Ds[r] = in ? db[q0 + r] : 0.f;
+            }
+            __syncthreads();
+            transpose_words<DP, E, true>(Qt, Qs);
+            transpose_words<DP, E, true>(dOt, dOs);
+            __syncthreads();
         }
-        __syncthreads();
-        transpose_words<DP, E, true>(Qt, Qs);
-        transpose_words<DP, E, true>(dOt, dOs);
-        __syncthreads();
         /* per half of the query tile (32 queries: fewer live registers), S^T and dP^T for this
          * warp's 16 keys (mma); P^T into st and dS^T into dpt, dS also to shared memory as
          * [query][key]; then dV += P^T dO and dK += dS^T Q, one k step of queries at a time */
