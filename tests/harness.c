@@ -54,14 +54,18 @@ double test_max_abs_diff(const struct tensor *a, const struct tensor *b)
     return m;
 }
 
+const struct tensor *test_on_host(const struct tensor *t)
+{
+    return tensor_device(t) == DEVICE_CPU ? t : tensor_to_device(t, DEVICE_CPU);
+}
+
 double test_rel_err(const struct tensor *a, const struct tensor *b)
 {
     double num = 0, den = 0;
     int64_t n = tensor_numel(a);
     if (n != tensor_numel(b)) return INFINITY;
-    tensor_scope_begin();   /* tensors on the GPU are read from host copies */
-    const struct tensor *ha = tensor_device(a) == DEVICE_CPU ? a : tensor_to_device(a, DEVICE_CPU);
-    const struct tensor *hb = tensor_device(b) == DEVICE_CPU ? b : tensor_to_device(b, DEVICE_CPU);
+    tensor_scope_begin();
+    const struct tensor *ha = test_on_host(a), *hb = test_on_host(b);
     const bool read = ha && hb;
     for (int64_t i = 0; read && i < n; i++) {
         double x = tensor_get_flat(ha, i), y = tensor_get_flat(hb, i);

@@ -14,8 +14,11 @@ uint64_t test_seed(void);
 struct tensor *test_uniform(enum dtype dt, int ndim, const int64_t *shape, double lo, double hi);
 /* the same values, but stored transposed so the returned view is not contiguous */
 struct tensor *test_noncontig(struct tensor *t);
-/* ||a - b|| / max(||b||, tiny) over all elements (any dtypes, CPU) */
+/* ||a - b|| / max(||b||, tiny) over all elements (any dtypes; GPU tensors read from host copies) */
 double test_rel_err(const struct tensor *a, const struct tensor *b);
+/* t itself on the CPU, else a host copy of it in the current tensor scope (NULL on failure): a
+ * result on the GPU is read from there */
+const struct tensor *test_on_host(const struct tensor *t);
 double test_max_abs_diff(const struct tensor *a, const struct tensor *b);
 
 /* A differentiable function of n tensors, for the checker. */

@@ -48,8 +48,8 @@ bool parity_check(const char *label, const struct tensor *ours, const struct ten
         printf("parity %s FAILED: %s\n", label, !ours ? "no result" : "element counts differ");
         return false;
     }
-    tensor_scope_begin();   /* a result on the GPU is compared from a host copy */
-    const struct tensor *o = tensor_device(ours) == DEVICE_CPU ? ours : tensor_to_device(ours, DEVICE_CPU);
+    tensor_scope_begin();
+    const struct tensor *o = test_on_host(ours);
     if (!o) {
         printf("parity %s FAILED: no host copy: %s\n", label, tensor_error());
         tensor_scope_end();

@@ -184,6 +184,25 @@ template <typename T> double rel_l2(const std::vector<T> &out, const std::vector
     return sqrt(num / den);
 }
 
+/* the backward input of c into O output channels: random dy and w, dx in float64, and the
+ * geometry the kernels run it over (dgrad_geom: the forward of dy with the weights flipped) */
+struct dgrad_data {
+    std::vector<float> dy, w;
+    std::vector<double> ref;
+    kgeom t;
+};
+dgrad_data make_dgrad_data(const conv_case &c, int O)
+{
+    const kgeom g = make_kgeom(c);
+    dgrad_data d;
+    d.dy.resize((size_t)c.N * O * g.OHW), d.w.resize((size_t)O * g.K);
+    for (float &v : d.dy) v = (float)urand();
+    for (float &v : d.w) v = (float)urand();
+    d.ref = direct_dgrad(c, O, d.dy, d.w);
+    d.t = dgrad_geom(g, O);
+    return d;
+}
+
 /* the row-shift forward of images 0 .. N, one tile of `tile` images at a time, as conv2d.cu runs it
  * (weight reorder, bias pre-fill or crop, partial im2col, rowshift_gemms), with a plain
  * column-major GEMM in place of cuBLAS; against a direct convolution in float64 */
@@ -312,19 +331,14 @@ template <int BM, int M> void check_implicit(const conv_case &c, int O, bool wit
  * conv_implicit_kernel over dgrad_geom), against dx = sum over o, kh, kw of w dy in float64 */
 template <int BM, int M> void check_implicit_dgrad(const conv_case &c, int O, int splits = 1)
 {
-    const kgeom g = make_kgeom(c);
-    std::vector<float> dy((size_t)c.N * O * g.OHW), w((size_t)O * g.K);
-    for (float &v : dy) v = (float)urand();
-    for (float &v : w) v = (float)urand();
-    const std::vector<double> ref = direct_dgrad(c, O, dy, w);
-    const kgeom t = dgrad_geom(g, O);
-    std::vector<float> dx(ref.size(), NAN);
-    const int64_t P = (int64_t)c.N * t.OHW;
-    run_implicit<BM, M>(dx.data(), dy.data(), w.data(), nullptr, t, c.C, P, splits, true);
+    const dgrad_data d = make_dgrad_data(c, O);
+    std::vector<float> dx(d.ref.size(), NAN);
+    const int64_t P = (int64_t)c.N * d.t.OHW;
+    run_implicit<BM, M>(dx.data(), d.dy.data(), d.w.data(), nullptr, d.t, c.C, P, splits, true);
     char label[160];
-    snprintf(label, sizeof label, "%s,N=%d,C=%d,O=%d,K'=%d,P=%lld,BM=%d,%s,%s,splits=%d", c.label, c.N, c.C, O, t.K,
+    snprintf(label, sizeof label, "%s,N=%d,C=%d,O=%d,K'=%d,P=%lld,BM=%d,%s,%s,splits=%d", c.label, c.N, c.C, O, d.t.K,
              (long long)P, BM, ig_mode_name(M), O % kIgBK ? "c_major" : "tap_major", splits);
-    report("implicit_dgrad", label, "rel", rel_l2(dx, ref), ig_bound(M));
+    report("implicit_dgrad", label, "rel", rel_l2(dx, d.ref), ig_bound(M));
 }
 
 /* the halo-tile forward (conv_halo_kernel<BM>, TF32) as conv2d.cu's halo_run does it:
@@ -346,6 +360,32 @@ void run_halo(float *out, const float *x, const float *w, const float *bias, con
 /* v as the TF32 operand: rounded to nearest (ties away), 13 low bits zero */
 double tf32_of(float v) { return (double)__uint_as_float(to_tf32(v)); }
 
+/* a groups-1 convolution of c into O channels: random x, w and bias (none: empty), its output in
+ * float64, and (direct_conv_tf32) the output of the operands rounded to tf32 */
+struct conv_data {
+    std::vector<float> x, w, bias;
+    std::vector<double> ref;
+};
+conv_data make_conv_data(const conv_case &c, int O, bool with_bias)
+{
+    const kgeom g = make_kgeom(c);
+    conv_data d;
+    d.x.resize((size_t)c.N * c.C * g.HW), d.w.resize((size_t)O * g.K), d.bias.resize(with_bias ? O : 0);
+    for (float &v : d.x) v = (float)urand();
+    for (float &v : d.w) v = (float)urand();
+    for (float &v : d.bias) v = (float)urand();
+    d.ref = direct_conv(c, O, 1, d.x, d.w, d.bias);
+    return d;
+}
+
+std::vector<double> direct_conv_tf32(const conv_case &c, int O, const conv_data &d)
+{
+    std::vector<double> xr(d.x.size()), wr(d.w.size()), br(d.bias.begin(), d.bias.end());
+    for (size_t i = 0; i < d.x.size(); i++) xr[i] = tf32_of(d.x[i]);
+    for (size_t i = 0; i < d.w.size(); i++) wr[i] = tf32_of(d.w[i]);
+    return direct_conv(c, O, 1, xr, wr, br);
+}
+
 /* the halo forward against a direct convolution in float64, twice: of the exact operands (bound:
  * TF32's 1e-3) and of the operands rounded to tf32 as the kernel rounds them (then only the f32
  * sums differ: 1e-5, which a wrong tap, column or channel exceeds by orders of magnitude).
@@ -353,19 +393,11 @@ double tf32_of(float v) { return (double)__uint_as_float(to_tf32(v)); }
 template <int BM> void check_halo(const conv_case &c, int O, bool with_bias, bool out_off)
 {
     const kgeom g = make_kgeom(c);
-    std::vector<float> x((size_t)c.N * c.C * g.HW), w((size_t)O * g.K), bias(with_bias ? O : 0);
-    for (float &v : x) v = (float)urand();
-    for (float &v : w) v = (float)urand();
-    for (float &v : bias) v = (float)urand();
-    const std::vector<double> ref = direct_conv(c, O, 1, x, w, bias);
-    std::vector<double> xr(x.size()), wr(w.size());
-    for (size_t i = 0; i < x.size(); i++) xr[i] = tf32_of(x[i]);
-    for (size_t i = 0; i < w.size(); i++) wr[i] = tf32_of(w[i]);
-    std::vector<double> br(bias.begin(), bias.end());
-    const std::vector<double> ref_r = direct_conv(c, O, 1, xr, wr, br);
+    const conv_data d = make_conv_data(c, O, with_bias);
+    const std::vector<double> &ref = d.ref, ref_r = direct_conv_tf32(c, O, d);
     std::vector<float> obuf(ref.size() + 1, NAN);
     float *op = obuf.data() + (out_off ? 1 : 0);
-    run_halo<BM>(op, x.data(), w.data(), with_bias ? bias.data() : nullptr, g, c.N, O, false);
+    run_halo<BM>(op, d.x.data(), d.w.data(), with_bias ? d.bias.data() : nullptr, g, c.N, O, false);
     const std::vector<float> out(op, op + ref.size());
     char label[160];
     snprintf(label, sizeof label, "%s,N=%d,C=%d,O=%d,%dx%d->%dx%d,%s,BM=%d%s", c.label, c.N, c.C, O, c.H, c.W, g.OH, g.OW,
@@ -378,17 +410,12 @@ template <int BM> void check_halo(const conv_case &c, int O, bool with_bias, boo
  * over dgrad_geom, against dx = sum over o, kh, kw of w dy in float64 */
 template <int BM> void check_halo_dgrad(const conv_case &c, int O)
 {
-    const kgeom g = make_kgeom(c);
-    std::vector<float> dy((size_t)c.N * O * g.OHW), w((size_t)O * g.K);
-    for (float &v : dy) v = (float)urand();
-    for (float &v : w) v = (float)urand();
-    const std::vector<double> ref = direct_dgrad(c, O, dy, w);
-    const kgeom t = dgrad_geom(g, O);
-    std::vector<float> dx(ref.size(), NAN);
-    run_halo<BM>(dx.data(), dy.data(), w.data(), nullptr, t, c.N, c.C, true);
+    const dgrad_data d = make_dgrad_data(c, O);
+    std::vector<float> dx(d.ref.size(), NAN);
+    run_halo<BM>(dx.data(), d.dy.data(), d.w.data(), nullptr, d.t, c.N, c.C, true);
     char label[160];
     snprintf(label, sizeof label, "%s,N=%d,C=%d,O=%d,%dx%d,BM=%d", c.label, c.N, c.C, O, c.H, c.W, BM);
-    report("halo_dgrad", label, "rel", rel_l2(dx, ref), 1e-3);
+    report("halo_dgrad", label, "rel", rel_l2(dx, d.ref), 1e-3);
 }
 
 /* the Winograd path as conv2d.cu's wino_run runs it: wino_plan over `bytes`, the weight transform,
@@ -434,14 +461,11 @@ void run_wino(float *out, const float *x, const float *w, const float *bias, con
 void check_wino(const conv_case &c, int O, bool with_bias, bool out_off, size_t bytes, bool tf32, unsigned ycap = 65535)
 {
     const kgeom g = make_kgeom(c);
-    std::vector<float> x((size_t)c.N * c.C * g.HW), w((size_t)O * g.K), bias(with_bias ? O : 0);
-    for (float &v : x) v = (float)urand();
-    for (float &v : w) v = (float)urand();
-    for (float &v : bias) v = (float)urand();
-    const std::vector<double> ref = direct_conv(c, O, 1, x, w, bias);
+    const conv_data d = make_conv_data(c, O, with_bias);
+    const std::vector<double> &ref = d.ref;
     std::vector<float> obuf(ref.size() + 1, NAN);
     float *op = obuf.data() + (out_off ? 1 : 0);
-    run_wino(op, x.data(), w.data(), with_bias ? bias.data() : nullptr, g, c.N, O, false, bytes, tf32, ycap);
+    run_wino(op, d.x.data(), d.w.data(), with_bias ? d.bias.data() : nullptr, g, c.N, O, false, bytes, tf32, ycap);
     const std::vector<float> out(op, op + ref.size());
     const wino_chunks ch = wino_plan(c.N, g.OH, g.OW, c.C, O, bytes);
     char label[200];
@@ -452,10 +476,7 @@ void check_wino(const conv_case &c, int O, bool with_bias, bool out_off, size_t 
         report("wino_fwd", label, "rel", rel_l2(out, ref), 1e-6);
         return;
     }
-    std::vector<double> xr(x.size()), wr(w.size()), br(bias.begin(), bias.end());
-    for (size_t i = 0; i < x.size(); i++) xr[i] = tf32_of(x[i]);
-    for (size_t i = 0; i < w.size(); i++) wr[i] = tf32_of(w[i]);
-    const double direct = rel_l2(direct_conv(c, O, 1, xr, wr, br), ref), e = rel_l2(out, ref);
+    const double direct = rel_l2(direct_conv_tf32(c, O, d), ref), e = rel_l2(out, ref);
     char what[64];
     snprintf(what, sizeof what, "rel (direct tf32 %.1e, x%.1f)", direct, e / direct);
     report("wino_fwd", label, what, e, 1e-3);
@@ -464,17 +485,12 @@ void check_wino(const conv_case &c, int O, bool with_bias, bool out_off, size_t 
 /* its backward input (the forward of dy with the weights flipped, over dgrad_geom) */
 void check_wino_dgrad(const conv_case &c, int O, bool tf32)
 {
-    const kgeom g = make_kgeom(c);
-    std::vector<float> dy((size_t)c.N * O * g.OHW), w((size_t)O * g.K);
-    for (float &v : dy) v = (float)urand();
-    for (float &v : w) v = (float)urand();
-    const std::vector<double> ref = direct_dgrad(c, O, dy, w);
-    const kgeom t = dgrad_geom(g, O);
-    std::vector<float> dx(ref.size(), NAN);
-    run_wino(dx.data(), dy.data(), w.data(), nullptr, t, c.N, c.C, true, (size_t)64 << 20, tf32, 65535);
+    const dgrad_data d = make_dgrad_data(c, O);
+    std::vector<float> dx(d.ref.size(), NAN);
+    run_wino(dx.data(), d.dy.data(), d.w.data(), nullptr, d.t, c.N, c.C, true, (size_t)64 << 20, tf32, 65535);
     char label[160];
     snprintf(label, sizeof label, "%s,N=%d,C=%d,O=%d,%dx%d%s", c.label, c.N, c.C, O, c.H, c.W, tf32 ? ",tf32" : "");
-    report("wino_dgrad", label, "rel", rel_l2(dx, ref), tf32 ? 1e-3 : 1e-6);
+    report("wino_dgrad", label, "rel", rel_l2(dx, d.ref), tf32 ? 1e-3 : 1e-6);
 }
 
 /* shared-memory banks of the halo kernel's B fragment loads (halo_b_word): for every pixel

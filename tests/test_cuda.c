@@ -105,6 +105,25 @@ static void set_switch(const char *name, bool on)
     if (!optin_skipped()) setenv(name, on ? "1" : "0", 1);
 }
 
+/* the conv2d kernel switches: `on` (NULL: none) on, the others off, for the cases that follow */
+static const char *const g_conv_switches[] = {"DRAFT_CONV_PIPELINE", "DRAFT_CONV_ROWSHIFT", "DRAFT_CONV_IMPLICIT",
+                                              "DRAFT_CONV_HALO", "DRAFT_CONV_WINOGRAD"};
+static void conv_switch_only(const char *on)
+{
+    for (size_t i = 0; i < sizeof g_conv_switches / sizeof *g_conv_switches; i++)
+        set_switch(g_conv_switches[i], on && !strcmp(on, g_conv_switches[i]));
+}
+
+/* every conv2d switch and tuning variable unset again, and exact f32 */
+static void conv_env_clear(void)
+{
+    static const char *const knobs[] = {"DRAFT_CONV_WORKSPACE_KB", "DRAFT_CONV_IMPLICIT_BM", "DRAFT_CONV_IMPLICIT_SPLIT",
+                                        "DRAFT_CONV_HALO_BM"};
+    for (size_t i = 0; i < sizeof g_conv_switches / sizeof *g_conv_switches; i++) unsetenv(g_conv_switches[i]);
+    for (size_t i = 0; i < sizeof knobs / sizeof *knobs; i++) unsetenv(knobs[i]);
+    tensor_set_precision(PRECISION_F32);
+}
+
 /* compare f on the GPU with f on the CPU in f32 and f64; prints one line per dtype */
 
 static bool check_op(const char *label, gc_fn f, void *ctx, int n, struct tensor *const *in, const struct case_opts *o)
@@ -976,17 +995,11 @@ START_TEST(test_nn)
             const char *what[3] = {"workspace=1K", "workspace=1K,pipeline", "workspace=1K,pipeline,bf16"};
             snprintf(label, sizeof label, "%.*s,%s]", (int)strlen(convs[k].name) - 1, convs[k].name, what[q]);
             setenv("DRAFT_CONV_WORKSPACE_KB", "1", 1);
-            set_switch("DRAFT_CONV_PIPELINE", q > 0);
-            set_switch("DRAFT_CONV_ROWSHIFT", false);
-            set_switch("DRAFT_CONV_IMPLICIT", false);
+            conv_switch_only(q > 0 ? "DRAFT_CONV_PIPELINE" : NULL);
             if (q == 2) tensor_set_precision(PRECISION_BF16);
             const struct case_opts ob = {.tol32 = TOL_BF16};
             check_op(label, f_conv, &convs[k].c, convs[k].c.bias ? 3 : 2, in, q == 2 ? &ob : convs[k].gc ? &o : &big);
-            tensor_set_precision(PRECISION_F32);
-            unsetenv("DRAFT_CONV_WORKSPACE_KB");
-            unsetenv("DRAFT_CONV_PIPELINE");
-            unsetenv("DRAFT_CONV_ROWSHIFT");
-            unsetenv("DRAFT_CONV_IMPLICIT");
+            conv_env_clear();
         }
         /* the row-shift forward (stride_h 1; the others fall back to im2col; the large case
          * writes the output directly, the small ones through the crop): f32, with its partial
@@ -996,18 +1009,12 @@ START_TEST(test_nn)
             char label[128];
             const char *what[3] = {"rowshift", "rowshift,bf16", "rowshift,tiles"};
             snprintf(label, sizeof label, "%.*s,%s]", (int)strlen(convs[k].name) - 1, convs[k].name, what[q]);
-            set_switch("DRAFT_CONV_ROWSHIFT", true);
-            set_switch("DRAFT_CONV_PIPELINE", false);
-            set_switch("DRAFT_CONV_IMPLICIT", false);
+            conv_switch_only("DRAFT_CONV_ROWSHIFT");
             if (q == 1) tensor_set_precision(PRECISION_BF16);
             if (q == 2) setenv("DRAFT_CONV_WORKSPACE_KB", "1200", 1);   /* one image needs 816 KiB */
             const struct case_opts ob = {.tol32 = TOL_BF16};
             check_op(label, f_conv, &convs[k].c, convs[k].c.bias ? 3 : 2, in, q == 1 ? &ob : convs[k].gc ? &o : &big);
-            tensor_set_precision(PRECISION_F32);
-            unsetenv("DRAFT_CONV_WORKSPACE_KB");
-            unsetenv("DRAFT_CONV_ROWSHIFT");
-            unsetenv("DRAFT_CONV_PIPELINE");
-            unsetenv("DRAFT_CONV_IMPLICIT");
+            conv_env_clear();
         }
         /* the implicit-GEMM kernel on tensor cores, forward and (stride 1) backward input (groups 1:
          * the groups=2 case takes the im2col path, as 1x1's GEMMs): 3xTF32 under exact f32, one tf32
@@ -1018,9 +1025,7 @@ START_TEST(test_nn)
             char label[128];
             const char *what[5] = {"implicit", "implicit,tf32", "implicit,tf32,bm=128", "implicit,splits=3", "implicit,bf16"};
             snprintf(label, sizeof label, "%.*s,%s]", (int)strlen(convs[k].name) - 1, convs[k].name, what[q]);
-            set_switch("DRAFT_CONV_IMPLICIT", true);
-            set_switch("DRAFT_CONV_ROWSHIFT", false);
-            set_switch("DRAFT_CONV_PIPELINE", false);
+            conv_switch_only("DRAFT_CONV_IMPLICIT");
             if (q == 1 || q == 2) tensor_set_precision(PRECISION_TF32);
             if (q == 2) setenv("DRAFT_CONV_IMPLICIT_BM", "128", 1);
             if (q == 3) setenv("DRAFT_CONV_IMPLICIT_SPLIT", "3", 1);
@@ -1028,12 +1033,7 @@ START_TEST(test_nn)
             const struct case_opts ot = {.tol32 = TOL_TF32}, ob = {.tol32 = TOL_BF16};
             check_op(label, f_conv, &convs[k].c, convs[k].c.bias ? 3 : 2, in,
                      q == 1 || q == 2 ? &ot : q == 4 ? &ob : convs[k].gc ? &o : &big);
-            tensor_set_precision(PRECISION_F32);
-            unsetenv("DRAFT_CONV_IMPLICIT_BM");
-            unsetenv("DRAFT_CONV_IMPLICIT_SPLIT");
-            unsetenv("DRAFT_CONV_IMPLICIT");
-            unsetenv("DRAFT_CONV_ROWSHIFT");
-            unsetenv("DRAFT_CONV_PIPELINE");
+            conv_env_clear();
         }
         /* the halo-tile kernel (TF32; 3x3 at stride 1 with C % 8 == 0 and W % 4 == 0: the cases
          * from "large" on), forward and backward input (dy has O % 8 == 0 channels and OW % 4 == 0
@@ -1042,20 +1042,12 @@ START_TEST(test_nn)
             char label[128];
             const char *what[3] = {"halo,tf32", "halo,tf32,bm=64", "halo,tf32,bm=160"};
             snprintf(label, sizeof label, "%.*s,%s]", (int)strlen(convs[k].name) - 1, convs[k].name, what[q]);
-            set_switch("DRAFT_CONV_HALO", true);
-            set_switch("DRAFT_CONV_IMPLICIT", false);
-            set_switch("DRAFT_CONV_ROWSHIFT", false);
-            set_switch("DRAFT_CONV_PIPELINE", false);
+            conv_switch_only("DRAFT_CONV_HALO");
             tensor_set_precision(PRECISION_TF32);
             if (q) setenv("DRAFT_CONV_HALO_BM", q == 1 ? "64" : "160", 1);
             const struct case_opts ot = {.tol32 = TOL_TF32};
             check_op(label, f_conv, &convs[k].c, convs[k].c.bias ? 3 : 2, in, &ot);
-            tensor_set_precision(PRECISION_F32);
-            unsetenv("DRAFT_CONV_HALO_BM");
-            unsetenv("DRAFT_CONV_HALO");
-            unsetenv("DRAFT_CONV_IMPLICIT");
-            unsetenv("DRAFT_CONV_ROWSHIFT");
-            unsetenv("DRAFT_CONV_PIPELINE");
+            conv_env_clear();
         }
         /* Winograd F(2x2, 3x3) (3x3, stride 1, groups 1: the first case and those from "large"
          * on), forward and backward input: exact f32 products, TF32, and a 1 KiB workspace (chunks
@@ -1064,22 +1056,12 @@ START_TEST(test_nn)
             char label[128];
             const char *what[3] = {"winograd", "winograd,tf32", "winograd,workspace=1K"};
             snprintf(label, sizeof label, "%.*s,%s]", (int)strlen(convs[k].name) - 1, convs[k].name, what[q]);
-            set_switch("DRAFT_CONV_WINOGRAD", true);
-            set_switch("DRAFT_CONV_HALO", false);
-            set_switch("DRAFT_CONV_IMPLICIT", false);
-            set_switch("DRAFT_CONV_ROWSHIFT", false);
-            set_switch("DRAFT_CONV_PIPELINE", false);
+            conv_switch_only("DRAFT_CONV_WINOGRAD");
             if (q == 1) tensor_set_precision(PRECISION_TF32);
             if (q == 2) setenv("DRAFT_CONV_WORKSPACE_KB", "1", 1);
             const struct case_opts ot = {.tol32 = TOL_TF32};
             check_op(label, f_conv, &convs[k].c, convs[k].c.bias ? 3 : 2, in, q == 1 ? &ot : convs[k].gc ? &o : &big);
-            tensor_set_precision(PRECISION_F32);
-            unsetenv("DRAFT_CONV_WORKSPACE_KB");
-            unsetenv("DRAFT_CONV_WINOGRAD");
-            unsetenv("DRAFT_CONV_HALO");
-            unsetenv("DRAFT_CONV_IMPLICIT");
-            unsetenv("DRAFT_CONV_ROWSHIFT");
-            unsetenv("DRAFT_CONV_PIPELINE");
+            conv_env_clear();
         }
     }
     /* layer_norm, group_norm */

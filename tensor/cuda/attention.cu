@@ -298,7 +298,7 @@ enum status bwd_mma(opnd<float> dq, opnd<float> dk, opnd<float> dv, opnd<const f
     enum status s;
     static bool ready = false, ready_pk = false;
     *done = false;
-    const bool packed = attn_packed() && dm.L > 0;
+    const bool packed = attn_packed() && dm.L > 0 && (dq.p || dk.p || dv.p);   /* only where a kernel runs */
     if ((s = packed ? set_smem(attn_bwd_mma_kernel<DP, E, true>, M::smem_packed, &ready_pk)
                     : set_smem(attn_bwd_mma_kernel<DP, E>, M::smem, &ready)))
         return s;

@@ -642,14 +642,12 @@ enum status wino_run(float *out, const float *x, const float *w, const float *bi
     const bool pairs = kg.OW % 2 == 0 && ((uintptr_t)out & 7) == 0;
     for (int64_t q0 = 0; q0 < ch.tiles; q0 += ch.ld) {
         const int pc = (int)(ch.tiles - q0 < ch.ld ? ch.tiles - q0 : ch.ld);
-        const unsigned bx = (unsigned)((pc + 255) / 256);
-        wino_input_kernel<<<dim3(bx, (unsigned)(kg.C < 65535 ? kg.C : 65535)), 256, 0, st>>>(V, x, kg, q0, pc, ch.ld);
+        wino_input_kernel<<<plane_grid(pc, 1, kg.C, 256), 256, 0, st>>>(V, x, kg, q0, pc, ch.ld);   /* tiles x channels */
         CUDA_LAUNCHED();
         if ((s = gemm(CUBLAS_OP_N, CUBLAS_OP_N, pc, O, kg.C, V, ch.ld, kg.C * ch.ld, U, kg.C, OC, 0.f, M, ch.ld,
                       (int64_t)O * ch.ld, 16)))
             return s;
-        wino_output_kernel<<<dim3(bx, (unsigned)(O < 65535 ? O : 65535)), 256, 0, st>>>(out, M, bias, kg, O, q0, pc, ch.ld,
-                                                                                        pairs);
+        wino_output_kernel<<<plane_grid(pc, 1, O, 256), 256, 0, st>>>(out, M, bias, kg, O, q0, pc, ch.ld, pairs);
         CUDA_LAUNCHED();
     }
     return STATUS_OK;
