@@ -69,6 +69,8 @@ static struct tensor *fwd_attention(struct tensor *const *in) { return ag_attent
 
 static struct tensor *fwd_gelu(struct tensor *const *in) { return ag_gelu(in[0]); }
 
+static struct tensor *fwd_silu(struct tensor *const *in) { return ag_silu(in[0]); }
+
 /* 2*M*N*K; conv: 2*N*Cout*H*W*Cin*9; attention: QK^T and PV = 4*B*H*L*L*D. A backward costs
  * two forward-sized products (d input, d weight), so fwd+bwd is nominally 3x the forward. */
 static const struct bench_case cases[] = {
@@ -84,6 +86,8 @@ static const struct bench_case cases[] = {
      {{4, 2, 8, 1024, 40}, {4, 2, 8, 1024, 40}, {4, 2, 8, 1024, 40}}, fwd_attention},
     /* exact GELU at the demo UNet's GEGLU shape (the largest elementwise op in its profile) */
     {"gelu", "x[8,256,256] exact (erf)", 0, 0, 1, {{3, 8, 256, 256}}, fwd_gelu},
+    /* SiLU at SD 1.4's first resnet activation (the UNet's most frequent elementwise op) */
+    {"silu", "x[2,320,64,64]", 0, 0, 1, {{4, 2, 320, 64, 64}}, fwd_silu},
 };
 #define N_CASES (int)(sizeof cases / sizeof cases[0])
 
@@ -249,7 +253,7 @@ int main(int argc, char **argv)
             fflush(stdout);
         }
     }
-    if (!tsv) printf("\nGFLOP/s are nominal (fwd+bwd = 3x fwd); group_norm and gelu are memory- or libm-bound, so none shown.\n");
+    if (!tsv) printf("\nGFLOP/s are nominal (fwd+bwd = 3x fwd); group_norm, gelu and silu are memory- or libm-bound, so none shown.\n");
     if (tensor_live_count() != live0) {
         fprintf(stderr, "bench_ops: %lld tensors leaked\n", (long long)(tensor_live_count() - live0));
         return 1;

@@ -59,6 +59,7 @@ def main():
         ("group_norm", [(2, 320, 64, 64), (320,), (320,)], lambda x, w, b: F.group_norm(x, 32, w, b, 1e-5)),
         ("attention", [(2, 8, 1024, 40)] * 3, attention),
         ("gelu", [(8, 256, 256)], lambda x: F.gelu(x)),
+        ("silu", [(2, 320, 64, 64)], lambda x: F.silu(x)),
     ]
 
     print(f"torch_version\t{torch.__version__}")

@@ -497,9 +497,10 @@ START_TEST(test_long_rows)
 }
 END_TEST
 
-/* ---------------------------------------------------------------- vector GELU / SiLU */
+/* ---------------------------------------------------------------- vector GELU / SiLU / quick GELU / sigmoid */
 
-/* f32 GELU and SiLU on contiguous rows go through libmvec (tensor/cpu/vecmath.c) where the
+/* f32 GELU, SiLU, quick GELU (forward and backward) and sigmoid (forward) on contiguous rows go
+ * through libmvec (tensor/cpu/vecmath.c) where the
  * build has it. Against the scalar loops and a float64 reference: the error of f(x) is bounded
  * by a few f32 roundoffs scaled by (|x| + 1) (erf and exp are accurate to a few ulp; GELU's
  * 1 + erf loses the rest for x << 0 either way). Row lengths around the vector width check the
@@ -508,20 +509,22 @@ static double f64_act(enum unary_op op, double x, double g, bool bwd)
 {
     if (op == UNARY_GELU)
         return bwd ? g * (0.5 * (1 + erf(x / sqrt(2))) + x * exp(-0.5 * x * x) / sqrt(2 * M_PI)) : 0.5 * x * (1 + erf(x / sqrt(2)));
-    const double s = 1 / (1 + exp(-x));
-    return bwd ? g * s * (1 + x * (1 - s)) : x * s;
+    const double k = op == UNARY_QUICK_GELU ? (double)1.702f : 1, s = 1 / (1 + exp(-k * x));
+    if (op == UNARY_SIGMOID) return bwd ? g * s * (1 - s) : s;
+    return bwd ? g * (s + k * x * s * (1 - s)) : x * s;
 }
 
 START_TEST(test_vec_act)
 {
     LEAK_CHECK_BEGIN();
     static const int64_t lens[] = {1, 3, 4, 5, 7, 8, 9, 15, 16, 17, 1000, 3 * 16384 + 123};
-    const enum unary_op ops[2] = {UNARY_GELU, UNARY_SILU};
+    const enum unary_op ops[] = {UNARY_GELU, UNARY_SILU, UNARY_QUICK_GELU, UNARY_SIGMOID};
+    const char *names[] = {"gelu", "silu", "quick_gelu", "sigmoid"};
     float probe_in[8] = {0}, probe_out[8];
-    printf("vector GELU/SiLU path: %s\n", cpu_vec_unary_f32(UNARY_GELU, probe_out, 1, probe_in, 1, 8) ? "libmvec" : "none (scalar loops)");
+    printf("vector activation path: %s\n", cpu_vec_unary_f32(UNARY_GELU, probe_out, 1, probe_in, 1, 8) ? "libmvec" : "none (scalar loops)");
     const double eps = 0x1p-24;
     for (size_t li = 0; li < sizeof lens / sizeof *lens; li++)
-        for (int k = 0; k < 2; k++) {
+        for (int k = 0; k < 4; k++) {
             tensor_scope_begin();
             const int64_t n = lens[li];
             struct tensor *buf = test_uniform(DTYPE_F32, TENSOR_SHAPE(n + 1), -9, 9), *g = test_uniform(DTYPE_F32, TENSOR_SHAPE(n), -1, 1);
@@ -535,7 +538,9 @@ START_TEST(test_vec_act)
                 y[base] = tensor_empty(DTYPE_F32, TENSOR_SHAPE(n), DEVICE_CPU);
                 d[base] = tensor_empty(DTYPE_F32, TENSOR_SHAPE(n), DEVICE_CPU);
                 ck_assert_int_eq(cpu()->unary(ops[k], y[base], x, NULL), STATUS_OK);
-                ck_assert_int_eq(cpu()->unary_backward(ops[k], d[base], g, x, NULL, NULL), STATUS_OK);
+                /* sigmoid's backward reads y (its scalar rule); the others read x */
+                ck_assert_int_eq(cpu()->unary_backward(ops[k], d[base], g, x, ops[k] == UNARY_SIGMOID ? y[base] : NULL, NULL),
+                                 STATUS_OK);
             }
             cpu_elementwise_baseline_only(false);
             ck_assert_int_eq(cpu()->unary(ops[k], y1, xs1, NULL), STATUS_OK);
@@ -543,13 +548,13 @@ START_TEST(test_vec_act)
                 const double xv = tensor_get_flat(x, i), gv = tensor_get_flat(g, i), b = 8 * eps * (fabs(xv) + 1);
                 const double rf = f64_act(ops[k], xv, 0, false), rb = f64_act(ops[k], xv, gv, true);
                 for (int base = 0; base < 2; base++) {
-                    ck_assert_msg(fabs(tensor_get_flat(y[base], i) - rf) <= b, "%s n=%lld x=%.9g %s: %.9g vs %.9g", k ? "silu" : "gelu",
+                    ck_assert_msg(fabs(tensor_get_flat(y[base], i) - rf) <= b, "%s n=%lld x=%.9g %s: %.9g vs %.9g", names[k],
                                   (long long)n, xv, base ? "scalar" : "vector", tensor_get_flat(y[base], i), rf);
                     ck_assert_msg(fabs(tensor_get_flat(d[base], i) - rb) <= 2 * b, "%s backward n=%lld x=%.9g g=%.9g %s: %.9g vs %.9g",
-                                  k ? "silu" : "gelu", (long long)n, xv, gv, base ? "scalar" : "vector", tensor_get_flat(d[base], i), rb);
+                                  names[k], (long long)n, xv, gv, base ? "scalar" : "vector", tensor_get_flat(d[base], i), rb);
                 }
                 ck_assert_msg(tensor_get_flat(y1, i) == tensor_get_flat(y[0], i), "%s n=%lld: element %lld differs one place on",
-                              k ? "silu" : "gelu", (long long)n, (long long)i);
+                              names[k], (long long)n, (long long)i);
             }
             (void)x1;
             tensor_scope_end();
