@@ -10,6 +10,7 @@
 
 #include "autograd/autograd.h"
 #include "tensor/alloc.h"
+#include "tensor/backend.h"
 #ifdef TENSOR_HAVE_CUDA
 #include "tensor/cuda/cuda.h"
 #endif
@@ -198,6 +199,26 @@ static enum status run_gn(void *p)
     if (!a->backward) return STATUS_OK;
     ag_zero_grad(x), ag_zero_grad(a->b), ag_zero_grad(a->c);
     return ag_backward(y, a->nrot ? a->ry[r] : a->d, false);
+}
+
+/* the backend's group_norm kernels without autograd (no graph, no allocation: outputs made
+ * once): the forward alone, the backward alone, and its input gradient alone (dw, db NULL: no
+ * dw/db kernel). With the fwd and fwd+bwd rows they split the fwd+bwd time into kernels and
+ * the rest (graph, allocator, launches), which Nsight Compute cannot do where it lacks
+ * counter permissions. */
+struct gn_raw {
+    struct tensor *x[kRot], *dy[kRot], *w, *b, *out, *mean, *rstd, *dx, *dw, *db;
+    int nrot, irot, part;   /* part: 0 forward, 1 backward, 2 backward dx only */
+};
+
+static enum status run_gn_raw(void *p)
+{
+    struct gn_raw *g = p;
+    const int r = g->irot++ % g->nrot;
+    const struct backend *be = backend_of(g->x[r]);
+    if (g->part == 0) return be->group_norm(g->out, g->mean, g->rstd, g->x[r], g->w, g->b, 32, 1e-5);
+    return be->group_norm_backward(g->dx, g->part == 1 ? g->dw : NULL, g->part == 1 ? g->db : NULL, g->dy[r], g->x[r], g->w,
+                                   g->mean, g->rstd, 32);
 }
 
 static enum status run_attn(void *p)
@@ -439,6 +460,40 @@ int main(int argc, char **argv)
         release(&a);
         set_switches(NULL);
         unsetenv("DRAFT_GN_CLUSTER");
+    }
+    if (row_wanted()) {   /* default kernels only: not in the variants process */
+        struct gn_raw g = {0};
+        g.nrot = kRot;
+        bool ok = true;
+        for (int i = 0; i < kRot; i++) {
+            g.x[i] = randn_dev(DTYPE_F32, TENSOR_SHAPE(2, 320, 64, 64), false);
+            g.dy[i] = randn_dev(DTYPE_F32, TENSOR_SHAPE(2, 320, 64, 64), false);
+            ok = ok && g.x[i] && g.dy[i];
+        }
+        g.w = randn_dev(DTYPE_F32, TENSOR_SHAPE(320), false);
+        g.b = randn_dev(DTYPE_F32, TENSOR_SHAPE(320), false);
+        g.out = tensor_keep(tensor_empty(DTYPE_F32, TENSOR_SHAPE(2, 320, 64, 64), DEVICE_CUDA));
+        g.dx = tensor_keep(tensor_empty(DTYPE_F32, TENSOR_SHAPE(2, 320, 64, 64), DEVICE_CUDA));
+        g.mean = tensor_keep(tensor_empty(DTYPE_F32, TENSOR_SHAPE(2, 32), DEVICE_CUDA));
+        g.rstd = tensor_keep(tensor_empty(DTYPE_F32, TENSOR_SHAPE(2, 32), DEVICE_CUDA));
+        g.dw = tensor_keep(tensor_empty(DTYPE_F32, TENSOR_SHAPE(320), DEVICE_CUDA));
+        g.db = tensor_keep(tensor_empty(DTYPE_F32, TENSOR_SHAPE(320), DEVICE_CUDA));
+        ok = ok && g.w && g.b && g.out && g.dx && g.mean && g.rstd && g.dw && g.db;
+        if (ok) ok = run_gn_raw(&g) == STATUS_OK;   /* part 0: mean and rstd for the backward rows */
+        const struct { const char *name; int part, passes; } raw_rows[] = {
+            {"group_norm_fwd_raw", 0, 2}, {"group_norm_bwd_raw", 1, 3}, {"group_norm_bwd_dx_raw", 2, 3}};
+        for (size_t i = 0; ok && i < sizeof raw_rows / sizeof *raw_rows; i++) {
+            g.part = raw_rows[i].part;
+            const double bytes = 2.0 * 320 * 64 * 64 * 4 * raw_rows[i].passes;
+            char bname[64];
+            snprintf(bname, sizeof bname, "%s_burst20", raw_rows[i].name);
+            ms = time_burst(bname, run_gn_raw, &g, 3, 20, 20);
+            if (ms > 0) printf("RESULT %s %.3f %.1f GB/s\n", bname, ms, bytes / ms / 1e6);
+        }
+        if (!ok) printf("SKIP group_norm_*_raw: %s\n", tensor_error());
+        for (int i = 0; i < kRot; i++) tensor_free(g.x[i]), tensor_free(g.dy[i]);
+        tensor_free(g.w), tensor_free(g.b), tensor_free(g.out), tensor_free(g.dx), tensor_free(g.mean);
+        tensor_free(g.rstd), tensor_free(g.dw), tensor_free(g.db);
     }
     /* the bandwidth a tensor of that size can reach at all: a device-to-device copy of it */
     a.a = randn_dev(DTYPE_F32, TENSOR_SHAPE(2, 320, 64, 64), false);
