@@ -436,6 +436,11 @@ int main(int argc, char **argv)
         {"group_norm_fwd_reg", NULL, "DRAFT_GN_REG", false},
         {"group_norm_fwd_reg_cl4", "4", "DRAFT_GN_REG", false},
     };
+    if (row_wanted() && !g_only) {   /* how the one-pass kernels launch here, and whether in one wave */
+        char occ[512];
+        cuda_group_norm_occupancy(occ, sizeof occ, 2, 320, 32, 64 * 64);
+        for (char *line = strtok(occ, "\n"); line; line = strtok(NULL, "\n")) printf("INFO %s\n", line);
+    }
     for (size_t mode = 0; mode < sizeof gn_rows / sizeof *gn_rows; mode++) {
         const int bw = gn_rows[mode].back;
         set_switches(gn_rows[mode].sw);

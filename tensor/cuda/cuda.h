@@ -76,6 +76,10 @@ enum status cuda_group_norm(struct tensor *out, struct tensor *mean, struct tens
 enum status cuda_group_norm_backward(struct tensor *dx, struct tensor *dw, struct tensor *db, const struct tensor *dy,
                                      const struct tensor *x, const struct tensor *w, const struct tensor *mean,
                                      const struct tensor *rstd, int groups);
+/* bench_gpu: the one-pass group_norm kernels' launch at x [N, C, HW] with G groups (cluster size,
+ * registers, shared memory) and how many of their clusters fit on the device at once, two lines
+ * into buf (empty when G does not divide C) */
+void cuda_group_norm_occupancy(char *buf, size_t n, int64_t N, int C, int G, int64_t HW);
 enum status cuda_attention(struct tensor *out, struct tensor *lse, const struct tensor *q, const struct tensor *k,
                            const struct tensor *v, double scale, bool causal);
 enum status cuda_attention_backward(struct tensor *dq, struct tensor *dk, struct tensor *dv, const struct tensor *dout,

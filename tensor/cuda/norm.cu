@@ -40,7 +40,9 @@
 #include <cuda_pipeline.h>
 #include <cuda_runtime.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <type_traits>
 
 namespace {
@@ -832,6 +834,54 @@ enum status group_norm_backward_body(struct tensor *dx, struct tensor *dw, struc
 
 /* ---------------------------------------------------------------- entry points: each runs in its
  * own tensor scope so temporaries (contiguous copies, partials) are released on every path */
+
+/* What the one-pass group_norm kernels would launch for x [N, C, HW] with G groups, and how many
+ * of their clusters the device can hold at once (cudaOccupancyMaxActiveClusters): fewer than the
+ * N*G a call needs means the call runs in more than one wave. A line per kernel into buf; for
+ * bench_gpu, where Nsight Compute may lack counter permissions. */
+template <typename K>
+static void gn_occupancy_line(char *buf, size_t n, const char *what, K kernel, int cl, int64_t NG, size_t smem)
+{
+    if (!cl) { snprintf(buf, n, "%s: no cluster kernel applies\n", what); return; }
+    cudaFuncAttributes fa = {};
+    (void)cudaFuncGetAttributes(&fa, kernel);
+    if (smem > 48 * 1024) (void)cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    cudaLaunchConfig_t lc = {};
+    lc.gridDim = dim3((unsigned)cl, (unsigned)NG);
+    lc.blockDim = dim3(kThreads);
+    lc.dynamicSmemBytes = smem;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = (unsigned)cl;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    lc.attrs = attr;
+    lc.numAttrs = 1;
+    int clusters = -1, blocks_sm = -1;
+    if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &lc) != cudaSuccess) clusters = -1;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_sm, kernel, kThreads, smem) != cudaSuccess) blocks_sm = -1;
+    (void)cudaGetLastError();
+    snprintf(buf, n, "%s: clusters of %d, %lld needed, %d fit at once (%s); %d regs, %zu B shared, %d blocks/SM\n", what, cl,
+             (long long)NG, clusters, clusters < 0 ? "unknown" : clusters >= NG ? "one wave" : "MORE THAN ONE WAVE", fa.numRegs,
+             smem, blocks_sm);
+}
+
+extern "C" void cuda_group_norm_occupancy(char *buf, size_t n, int64_t N, int C, int G, int64_t HW)
+{
+    if (!n) return;
+    buf[0] = 0;
+    if (G <= 0 || C % G) return;
+    const int cg = C / G;
+    const int64_t NG = N * G, ge = (int64_t)cg * HW;
+    int chunk = 0;
+    int cl = gn_cluster_pick(NG, ge, [cg](int ch) { return gn_fwd_smem(cg, ch); }, false, &chunk);
+    const size_t half = n / 2;
+    gn_occupancy_line(buf, half, "group_norm fwd", gn_fused_kernel<4>, cl, NG, cl ? gn_fwd_smem(cg, chunk) : 0);
+    const size_t used = strlen(buf);
+    cl = gn_cluster_pick(NG, ge, [cg](int ch) { return gn_bwd_smem(cg, ch).bytes; }, true, &chunk);
+    gn_occupancy_line(buf + used, n - used, "group_norm bwd", gn_bwd_fused_kernel<4>, cl, NG,
+                      cl ? gn_bwd_smem(cg, chunk).bytes : 0);
+}
 
 extern "C" enum status cuda_layer_norm(struct tensor *out, struct tensor *mean, struct tensor *rstd, const struct tensor *x,
                                        const struct tensor *w, const struct tensor *b, double eps)
