@@ -247,6 +247,7 @@ fi
 echo "== summary ($(cat "$OUTDIR/gpu.txt")) =="
 if [ -f "$OUTDIR/bench-ours.txt" ]; then
     bench/gpu_targets.sh "$OUTDIR/bench-ours.txt" "$OUTDIR/bench-torch.txt" | tee "$OUTDIR/targets.txt"
+    grep '^INFO ' "$OUTDIR/bench-ours.txt" | cut -c6-   # how the group_norm kernels launch and fit
     echo
     bench/gpu_switches.sh "$OUTDIR/testlog.txt" "$OUTDIR/bench-ours.txt" | tee "$OUTDIR/switches.txt"
     echo
