@@ -516,6 +516,23 @@ template <class SmemFn> int gn_cluster_pick(int64_t NG, int64_t ge, SmemFn smem,
     return best;
 }
 
+/* grid (cl, NG) of kThreads-thread blocks in clusters of cl, on our stream; attr: its one attribute */
+cudaLaunchConfig_t gn_cluster_config(cudaLaunchAttribute *attr, int cl, int64_t NG, size_t smem)
+{
+    cudaLaunchConfig_t lc = {};
+    lc.gridDim = dim3((unsigned)cl, (unsigned)NG);
+    lc.blockDim = dim3(kThreads);
+    lc.dynamicSmemBytes = smem;
+    lc.stream = (cudaStream_t)cuda_stream();
+    attr->id = cudaLaunchAttributeClusterDimension;
+    attr->val.clusterDim.x = (unsigned)cl;
+    attr->val.clusterDim.y = 1;
+    attr->val.clusterDim.z = 1;
+    lc.attrs = attr;
+    lc.numAttrs = 1;
+    return lc;
+}
+
 /* launch kernel on grid (cl, NG) in clusters of cl blocks; false when the device refuses (no
  * cluster support, too much shared memory): the caller then takes the multi-kernel path */
 template <typename... P, typename... A>
@@ -529,18 +546,8 @@ bool gn_cluster_launch(void (*kernel)(P...), size_t *raised, int cl, int64_t NG,
         }
         *raised = to;
     }
-    cudaLaunchConfig_t lc = {};
-    lc.gridDim = dim3((unsigned)cl, (unsigned)NG);
-    lc.blockDim = dim3(kThreads);
-    lc.dynamicSmemBytes = smem;
-    lc.stream = (cudaStream_t)cuda_stream();
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = (unsigned)cl;
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
-    lc.attrs = attr;
-    lc.numAttrs = 1;
+    cudaLaunchAttribute attr;
+    const cudaLaunchConfig_t lc = gn_cluster_config(&attr, cl, NG, smem);
     if (cudaLaunchKernelEx(&lc, kernel, ((P)args)...) != cudaSuccess) {
         (void)cudaGetLastError();
         return false;
@@ -832,9 +839,6 @@ enum status group_norm_backward_body(struct tensor *dx, struct tensor *dw, struc
 
 }  // namespace
 
-/* ---------------------------------------------------------------- entry points: each runs in its
- * own tensor scope so temporaries (contiguous copies, partials) are released on every path */
-
 /* What the one-pass group_norm kernels would launch for x [N, C, HW] with G groups, and how many
  * of their clusters the device can hold at once (cudaOccupancyMaxActiveClusters): fewer than the
  * N*G a call needs means the call runs in more than one wave. A line per kernel into buf; for
@@ -845,18 +849,11 @@ static void gn_occupancy_line(char *buf, size_t n, const char *what, K kernel, i
     if (!cl) { snprintf(buf, n, "%s: no cluster kernel applies\n", what); return; }
     cudaFuncAttributes fa = {};
     (void)cudaFuncGetAttributes(&fa, kernel);
-    if (smem > 48 * 1024) (void)cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    cudaLaunchConfig_t lc = {};
-    lc.gridDim = dim3((unsigned)cl, (unsigned)NG);
-    lc.blockDim = dim3(kThreads);
-    lc.dynamicSmemBytes = smem;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = (unsigned)cl;
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
-    lc.attrs = attr;
-    lc.numAttrs = 1;
+    /* raised only, never lowered: gn_cluster_launch keeps track of what it set */
+    if ((int)smem > fa.maxDynamicSharedSizeBytes)
+        (void)cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    cudaLaunchAttribute attr;
+    const cudaLaunchConfig_t lc = gn_cluster_config(&attr, cl, NG, smem);
     int clusters = -1, blocks_sm = -1;
     if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &lc) != cudaSuccess) clusters = -1;
     if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_sm, kernel, kThreads, smem) != cudaSuccess) blocks_sm = -1;
@@ -882,6 +879,9 @@ extern "C" void cuda_group_norm_occupancy(char *buf, size_t n, int64_t N, int C,
     gn_occupancy_line(buf + used, n - used, "group_norm bwd", gn_bwd_fused_kernel<4>, cl, NG,
                       cl ? gn_bwd_smem(cg, chunk).bytes : 0);
 }
+
+/* ---------------------------------------------------------------- entry points: each runs in its
+ * own tensor scope so temporaries (contiguous copies, partials) are released on every path */
 
 extern "C" enum status cuda_layer_norm(struct tensor *out, struct tensor *mean, struct tensor *rstd, const struct tensor *x,
                                        const struct tensor *w, const struct tensor *b, double eps)
