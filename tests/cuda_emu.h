@@ -1,28 +1,56 @@
 /* cuda_emu.h — just enough of CUDA, on the host, to run the device code of the kernel headers in
  * tensor/cuda (attention, norm, conv2d, matmul) in a test without a GPU (tests/test_..._emu.cpp):
- * each thread of a block is an OS thread, __syncthreads and the warp collectives are barriers,
- * and emu_mma_bf16 / emu_mma_tf32 implement the fragment layouts of PTX's mma.sync.m16n8k16 bf16
+ * each CUDA thread of a cluster is a fiber (its own stack; all of a launch's fibers take turns on
+ * the calling OS thread), __syncthreads and the warp collectives are barriers at which a fiber
+ * hands over to the next, and emu_mma_bf16 / emu_mma_tf32 implement the fragment layouts of PTX's mma.sync.m16n8k16 bf16
  * (A: a0..a7 at row g / g+8, columns 2t, 2t+1 and +8; B: rows 2t, 2t+1 and +8 of column g;
  * C: row g / g+8, columns 2t, 2t+1, where g = lane / 4 and t = lane % 4) and m16n8k8 tf32 (the
  * same in 32-bit words, one element each), summing in f32.
  * Thread-block clusters: the blocks of one cluster run at the same time, each with its own
  * dynamic shared memory, barriers and warps; cooperative_groups::this_cluster() gives the rank,
  * the cluster barrier and map_shared_rank (the same offset in another block's shared memory).
- * cp.async copies at once. Clusters run one after another. Static __shared__ variables are one
- * copy per kernel, so only kernels launched without clusters may use them. Not part of the
- * engine. */
+ * A cp.async copy lands at its issue or at its thread's wait (see __pipeline_memcpy_async).
+ * Clusters run one after another. Static __shared__ variables are one
+ * copy per kernel, so only kernels launched without clusters may use them.
+ * Why fibers and not OS threads: a barrier then costs a user-space switch (x86-64: a few
+ * instructions; elsewhere swapcontext), not a futex wake-up and a trip through the kernel's
+ * scheduler (the attention suite made 26 million of those: 100 s for 2 s of work). And the
+ * schedule is deterministic and chosen to expose a missing barrier: a fiber runs until it blocks;
+ * the next comes from its own warp while one is runnable (warps drift apart on a GPU too); the
+ * fiber that completes a block, cluster or grid barrier lets the other warps run first; and every
+ * other launch takes the fibers in the opposite order. A read of another thread's shared-memory
+ * write with no barrier between them then sees the stale value (or the launch's NaN fill), and so
+ * does a write (or a cp.async copy) that overtakes another warp's read of the old value. A barrier that not every
+ * thread reaches is reported as a deadlock instead of hanging the test.
+ * Not part of the engine. */
 #ifndef TESTS_CUDA_EMU_H
 #define TESTS_CUDA_EMU_H
 
 #include <math.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
-#include <thread>
 #include <vector>
+
+#if defined(__SANITIZE_ADDRESS__)
+#define EMU_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define EMU_ASAN 1
+#endif
+#endif
+#ifdef EMU_ASAN
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#endif
+#if !defined(__x86_64__) || defined(EMU_FIBER_UCONTEXT)
+#define EMU_UCONTEXT 1
+#include <ucontext.h>
+#endif
 
 #define __global__
 #define __device__
@@ -35,8 +63,9 @@
 struct emu_dim3 {
     unsigned x = 0, y = 0, z = 0;
 };
-inline thread_local emu_dim3 threadIdx, blockIdx;
-inline thread_local unsigned emu_slot;   /* this thread's block within its cluster */
+/* the running fiber's; saved and restored at every switch */
+inline emu_dim3 threadIdx, blockIdx;
+inline unsigned emu_slot;   /* this thread's block within its cluster */
 inline emu_dim3 blockDim, gridDim;
 struct alignas(16) float4 {
     float x, y, z, w;
@@ -58,7 +87,174 @@ inline double2 make_double2(double x, double y) { return double2{x, y}; }
 constexpr int kEmuMaxWarps = 16, kEmuMaxCluster = 8;
 constexpr size_t kEmuSmemPerBlock = 227 * 1024;   /* sm_90's most per block */
 inline unsigned emu_cluster_size = 1;
-inline pthread_barrier_t emu_cluster_bar, emu_block_bar[kEmuMaxCluster], emu_warp_bar[kEmuMaxCluster][kEmuMaxWarps];
+
+/* ---- fibers ---- */
+struct emu_barrier {
+    unsigned n = 0, count = 0, gen = 0;   /* n fibers; count arrived; gen counts completions */
+    bool hand_over = false;               /* the fiber that completes a phase lets another warp run first */
+};
+struct emu_copy {
+    void *dst;
+    const void *src;
+    size_t n, zfill;
+    unsigned group;
+};
+struct emu_fiber {
+    void *sp = nullptr;   /* saved stack pointer (x86-64 switch) */
+#ifdef EMU_UCONTEXT
+    ucontext_t uc;
+#endif
+    unsigned char *stack = nullptr;   /* lowest usable byte; nullptr for the launching thread */
+    size_t stack_size = 0;
+    emu_dim3 tid, bid;
+    unsigned slot = 0;
+    const emu_barrier *wait = nullptr;   /* blocked until wait->gen != wait_gen */
+    unsigned wait_gen = 0;
+    bool cl_arrived = false;   /* arrived at the cluster barrier (barrier_arrive), not yet waited */
+    unsigned cl_phase = 0;
+    std::vector<emu_copy> copies;   /* cp.async copies not landed yet */
+    unsigned group = 0;             /* the group new copies join (groups below it are committed) */
+    bool done = false;
+};
+constexpr size_t kEmuFiberStack = 256 * 1024;   /* kernels keep their fragments and tiles' indices here */
+inline emu_fiber emu_host_fiber;                 /* the thread that called emu_launch */
+inline std::vector<emu_fiber> emu_fibers;
+inline emu_fiber *emu_cur = &emu_host_fiber, *emu_prev = nullptr;
+inline unsigned emu_cur_i = 0;
+inline int emu_dir = 1;                          /* +1 or -1: the order fibers take turns in */
+inline unsigned emu_launches = 0;
+inline void (*emu_body_fn)(void *);
+inline void *emu_body_arg;
+
+#ifndef EMU_UCONTEXT
+/* emu_ctx_switch(&from->sp, to->sp): pushes the callee-saved registers of the System V ABI,
+ * saves the stack pointer, loads the other one and pops its registers (MXCSR and the x87 control
+ * word are callee-saved too, but nothing here changes them). A new fiber's stack holds six zero
+ * registers and emu_fiber_main as the return address. */
+extern "C" void emu_ctx_switch(void **save_sp, void *new_sp);
+__asm__(".pushsection .text\n"
+        ".p2align 4\n"
+        ".type emu_ctx_switch, @function\n"
+        "emu_ctx_switch:\n"
+        "    pushq %rbp\n    pushq %rbx\n    pushq %r12\n    pushq %r13\n    pushq %r14\n    pushq %r15\n"
+        "    movq %rsp, (%rdi)\n"
+        "    movq %rsi, %rsp\n"
+        "    popq %r15\n    popq %r14\n    popq %r13\n    popq %r12\n    popq %rbx\n    popq %rbp\n"
+        "    ret\n"
+        ".size emu_ctx_switch, .-emu_ctx_switch\n"
+        ".popsection\n");
+#endif
+
+/* hand the OS thread to fiber `to` (the calling fiber resumes when someone switches back) */
+inline void emu_switch(emu_fiber *to)
+{
+    emu_fiber *from = emu_cur;
+    from->tid = threadIdx;
+    from->bid = blockIdx;
+    from->slot = emu_slot;
+    emu_prev = from;
+    emu_cur = to;
+#ifdef EMU_ASAN
+    void *fake = nullptr;   /* a finished fiber's fake stack is released (nullptr) */
+    __sanitizer_start_switch_fiber(from->done ? nullptr : &fake, to->stack, to->stack_size);
+#endif
+#ifdef EMU_UCONTEXT
+    swapcontext(&from->uc, &to->uc);
+#else
+    emu_ctx_switch(&from->sp, to->sp);
+#endif
+#ifdef EMU_ASAN
+    const void *pb;
+    size_t ps;
+    __sanitizer_finish_switch_fiber(fake, &pb, &ps);
+    if (!emu_prev->stack_size) emu_prev->stack = (unsigned char *)pb, emu_prev->stack_size = ps;
+#endif
+    threadIdx = from->tid;
+    blockIdx = from->bid;
+    emu_slot = from->slot;
+}
+
+inline bool emu_runnable(const emu_fiber &f) { return !f.done && (!f.wait || f.wait->gen != f.wait_gen); }
+
+/* the calling fiber is blocked or done: run the next runnable one, or go back to the launching
+ * thread when all are done. The next one is taken from the same warp while it has one, so a warp
+ * runs ahead of the others as far as its barriers let it (on a GPU warps do drift apart): a warp
+ * that overwrites shared memory before the other warps have read it shows. */
+inline void emu_yield()
+{
+    const unsigned n = (unsigned)emu_fibers.size(), w0 = emu_cur_i / 32 * 32, wn = n - w0 < 32 ? n - w0 : 32;
+    for (unsigned k = 1; k < wn; k++) {
+        const unsigned l = emu_cur_i - w0, i = w0 + (emu_dir > 0 ? (l + k) % wn : (l + wn - k) % wn);
+        if (emu_runnable(emu_fibers[i])) {
+            emu_fibers[i].wait = nullptr;
+            emu_cur_i = i;
+            emu_switch(&emu_fibers[i]);
+            return;
+        }
+    }
+    for (unsigned k = 1; k <= n; k++) {
+        const unsigned i = emu_dir > 0 ? (emu_cur_i + k) % n : (emu_cur_i + n - k) % n;
+        if (emu_runnable(emu_fibers[i])) {
+            emu_fibers[i].wait = nullptr;
+            emu_cur_i = i;
+            emu_switch(&emu_fibers[i]);
+            return;
+        }
+    }
+    for (const emu_fiber &f : emu_fibers)
+        if (!f.done) {
+            fprintf(stderr, "cuda_emu: deadlock: thread %u of block (%u,%u,%u) waits at a barrier that not all its threads reach\n",
+                    f.tid.x, f.bid.x, f.bid.y, f.bid.z);
+            abort();
+        }
+    emu_switch(&emu_host_fiber);
+}
+
+/* the calling fiber stays runnable but lets the fibers from the next warp on run first */
+inline void emu_hand_over()
+{
+    const unsigned n = (unsigned)emu_fibers.size(), w0 = emu_cur_i / 32 * 32;
+    for (unsigned k = 0; k < n; k++) {
+        const unsigned i = emu_dir > 0 ? (w0 + 32 + k) % n : (w0 + 2 * n - 1 - k) % n;
+        if (i == emu_cur_i) return;
+        if (emu_runnable(emu_fibers[i])) {
+            emu_fibers[i].wait = nullptr;
+            emu_cur_i = i;
+            emu_switch(&emu_fibers[i]);
+            return;
+        }
+    }
+}
+
+inline void emu_barrier_init(emu_barrier &b, unsigned n, bool hand_over) { b = emu_barrier{n, 0, 0, hand_over}; }
+
+/* arrive; returns the phase the arrival counts towards (complete once b.gen moves past it). The
+ * fiber that completes a block, cluster or grid barrier hands over to another warp (see the top
+ * of the file): what it writes next, before its next barrier, is then late for them. */
+inline unsigned emu_barrier_arrive(emu_barrier &b)
+{
+    const unsigned g = b.gen;
+    if (++b.count == b.n) {   /* the waiting are runnable again */
+        b.count = 0;
+        b.gen++;
+        if (b.hand_over) emu_hand_over();
+    }
+    return g;
+}
+
+/* wait for phase g to complete (at once if it has) */
+inline void emu_barrier_await(const emu_barrier &b, unsigned g)
+{
+    if (b.gen != g) return;
+    emu_fiber &f = emu_fibers[emu_cur_i];
+    f.wait = &b;
+    f.wait_gen = g;
+    emu_yield();
+}
+
+inline void emu_barrier_wait(emu_barrier &b) { emu_barrier_await(b, emu_barrier_arrive(b)); }
+
+inline emu_barrier emu_cluster_bar, emu_grid_bar, emu_block_bar[kEmuMaxCluster], emu_warp_bar[kEmuMaxCluster][kEmuMaxWarps];
 inline uint64_t emu_shfl[kEmuMaxCluster][kEmuMaxWarps][32];
 inline uint32_t emu_mma_a[kEmuMaxCluster][kEmuMaxWarps][32][4], emu_mma_b[kEmuMaxCluster][kEmuMaxWarps][32][2];
 alignas(16) inline unsigned char emu_dyn_smem[kEmuMaxCluster][kEmuSmemPerBlock];
@@ -75,8 +271,8 @@ struct emu_smem_scope {
 };
 #define DYN_SMEM(type, name) type *name = reinterpret_cast<type *>(emu_smem(emu_slot))
 
-inline void __syncthreads() { pthread_barrier_wait(&emu_block_bar[emu_slot]); }
-inline void emu_warp_sync() { pthread_barrier_wait(&emu_warp_bar[emu_slot][threadIdx.x / 32]); }
+inline void __syncthreads() { emu_barrier_wait(emu_block_bar[emu_slot]); }
+inline void emu_warp_sync() { emu_barrier_wait(emu_warp_bar[emu_slot][threadIdx.x / 32]); }
 
 /* lane l of the warp gets the value of lane src(l) (or its own where src is out of range) */
 template <class T, class F> T emu_shuffle(T v, F src)
@@ -119,29 +315,79 @@ template <class T> T __ldg(const T *p) { return *p; }
 inline int min(int a, int b) { return a < b ? a : b; }
 inline int max(int a, int b) { return a > b ? a : b; }
 
-/* cp.async: the copy happens at once, so waiting is free; an address not aligned to the copy's
- * size (a fault on the device) stops the test. zfill: the last zfill bytes are zeros, not read. */
+/* cp.async: on the device a copy lands at some time between its issue and its thread's wait for
+ * its group (__pipeline_wait_prior). Here it lands at one of the two ends: groups alternate, and
+ * every other pair of launches starts with the other. At the wait, a read of shared memory that
+ * another thread's copy fills shows a missing wait or barrier as the old contents; at the issue,
+ * a copy into memory that other threads still read shows a missing barrier before it. An address not aligned to the copy's size
+ * (a fault on the device) stops the test. zfill: the last zfill bytes are zeros, not read. */
+inline bool emu_copy_late = false;
+inline void emu_copy_land(const emu_copy &c)
+{
+    memcpy(c.dst, c.src, c.n - c.zfill);
+    memset((unsigned char *)c.dst + (c.n - c.zfill), 0, c.zfill);
+}
 inline void __pipeline_memcpy_async(void *dst, const void *src, size_t n, size_t zfill = 0)
 {
     if (((uintptr_t)dst | (uintptr_t)src) % n || zfill > n) {
         fprintf(stderr, "cuda_emu: cp.async of %zu bytes (zfill %zu) from %p to %p is misaligned\n", n, zfill, src, dst);
         abort();
     }
-    memcpy(dst, src, n - zfill);
-    memset((unsigned char *)dst + (n - zfill), 0, zfill);
+    emu_fiber &f = emu_fibers[emu_cur_i];
+    const emu_copy c{dst, src, n, zfill, f.group};
+    if (emu_copy_late != (f.group % 2 == 1)) f.copies.push_back(c);
+    else emu_copy_land(c);
 }
-inline void __pipeline_commit() {}
-inline void __pipeline_wait_prior(int) {}
+/* the copies issued since the last commit are one group */
+inline void __pipeline_commit() { emu_fibers[emu_cur_i].group++; }
+/* all but the newest n committed groups land */
+inline void __pipeline_wait_prior(int n)
+{
+    emu_fiber &f = emu_fibers[emu_cur_i];
+    size_t keep = 0;
+    for (const emu_copy &c : f.copies)
+        if (c.group + (unsigned)n < f.group) {
+            emu_copy_land(c);
+        } else {
+            f.copies[keep++] = c;
+        }
+    f.copies.resize(keep);
+}
 
 namespace cooperative_groups {
 struct cluster_group {
     unsigned block_rank() const { return emu_slot; }
     unsigned num_blocks() const { return emu_cluster_size; }
-    void sync() const { pthread_barrier_wait(&emu_cluster_bar); }
-    /* split barrier: arriving is free here, waiting waits for every thread to reach the wait */
+    void sync() const
+    {
+        if (emu_fibers[emu_cur_i].cl_arrived) {
+            fprintf(stderr, "cuda_emu: cluster sync between barrier_arrive and barrier_wait\n");
+            abort();
+        }
+        emu_barrier_wait(emu_cluster_bar);
+    }
+    /* split barrier: barrier_wait waits for every thread of the cluster to have arrived, not to
+     * have reached the wait, so what a thread writes between its arrive and its wait is not
+     * ordered by it (as on the device: a kernel needs __syncthreads for that) */
     struct arrival_token {};
-    arrival_token barrier_arrive() const { return arrival_token{}; }
-    void barrier_wait() const { pthread_barrier_wait(&emu_cluster_bar); }
+    arrival_token barrier_arrive() const
+    {
+        emu_fiber &f = emu_fibers[emu_cur_i];
+        if (f.cl_arrived) {
+            fprintf(stderr, "cuda_emu: barrier_arrive twice without barrier_wait\n");
+            abort();
+        }
+        f.cl_arrived = true;
+        f.cl_phase = emu_barrier_arrive(emu_cluster_bar);
+        return arrival_token{};
+    }
+    void barrier_wait() const
+    {
+        emu_fiber &f = emu_fibers[emu_cur_i];
+        if (!f.cl_arrived) f.cl_phase = emu_barrier_arrive(emu_cluster_bar);   /* arrive and wait */
+        f.cl_arrived = false;
+        emu_barrier_await(emu_cluster_bar, f.cl_phase);
+    }
     /* the address p has in block `rank`'s shared memory (p must be in this block's) */
     template <class T> T *map_shared_rank(T *p, int rank) const
     {
@@ -206,49 +452,117 @@ inline void emu_mma_tf32(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uin
     emu_mma<1>(c, a, b0, b1, [](uint32_t wd, unsigned) { return __uint_as_float(wd & 0xffffe000u); });
 }
 
+inline emu_dim3 emu_grid;
+
+/* a fiber's life: every cluster of the grid in turn, with the launch's other fibers (barriers
+ * between clusters), then done */
+[[noreturn]] inline void emu_fiber_main()
+{
+#ifdef EMU_ASAN
+    const void *pb;
+    size_t ps;
+    __sanitizer_finish_switch_fiber(nullptr, &pb, &ps);
+    if (!emu_prev->stack_size) emu_prev->stack = (unsigned char *)pb, emu_prev->stack_size = ps;
+#endif
+    threadIdx = emu_cur->tid;
+    emu_slot = emu_cur->slot;
+    for (unsigned bz = 0; bz < emu_grid.z; bz++)
+        for (unsigned by = 0; by < emu_grid.y; by++)
+            for (unsigned bx = 0; bx < emu_grid.x; bx += emu_cluster_size) {
+                blockIdx.x = bx + emu_slot;
+                blockIdx.y = by;
+                blockIdx.z = bz;
+                emu_barrier_wait(emu_grid_bar);   /* the previous cluster is done */
+                emu_body_fn(emu_body_arg);
+                if (!emu_cur->copies.empty()) {
+                    fprintf(stderr, "cuda_emu: thread %u of block (%u,%u,%u) ends with %zu cp.async copies not waited for\n",
+                            threadIdx.x, blockIdx.x, blockIdx.y, blockIdx.z, emu_cur->copies.size());
+                    abort();
+                }
+                emu_cur->group = 0;
+                emu_barrier_wait(emu_grid_bar);
+            }
+    emu_cur->done = true;
+    emu_yield();
+    abort();   /* a finished fiber is never resumed */
+}
+
+/* stacks, kept from launch to launch (each with a guard page below it) */
+inline std::vector<unsigned char *> emu_stacks;
+inline unsigned char *emu_stack(size_t i)
+{
+    while (emu_stacks.size() <= i) {
+        const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+        void *m = mmap(nullptr, kEmuFiberStack + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (m == MAP_FAILED || mprotect(m, page, PROT_NONE) != 0) {
+            fprintf(stderr, "cuda_emu: cannot map a fiber stack of %zu bytes\n", kEmuFiberStack);
+            abort();
+        }
+        emu_stacks.push_back((unsigned char *)m + page);
+    }
+#ifdef EMU_ASAN   /* a finished fiber's last frames were never returned from: their redzones stay poisoned */
+    __asan_unpoison_memory_region(emu_stacks[i], kEmuFiberStack);
+#endif
+    return emu_stacks[i];
+}
+
 /* run body() over a grid of grid.x * grid.y * grid.z blocks of `threads` threads (<= 512) in
- * clusters of `cluster` blocks along x (grid.x % cluster == 0): one OS thread per CUDA thread of a
- * cluster, reused from cluster to cluster (barriers between clusters) */
+ * clusters of `cluster` blocks along x (grid.x % cluster == 0): one fiber per CUDA thread of a
+ * cluster, reused from cluster to cluster; returns when every fiber has run the whole grid */
 template <class F> void emu_launch(emu_dim3 grid, unsigned cluster, unsigned threads, F body)
 {
     const unsigned warps = (threads + 31) / 32, all = cluster * threads;
-    pthread_barrier_t grid_bar;
-    pthread_barrier_init(&grid_bar, nullptr, all);
-    pthread_barrier_init(&emu_cluster_bar, nullptr, all);
+    if (threads == 0 || warps > (unsigned)kEmuMaxWarps || cluster == 0 || cluster > (unsigned)kEmuMaxCluster || grid.x % cluster) {
+        fprintf(stderr, "cuda_emu: launch of %u threads in clusters of %u (grid.x %u) is out of the emulator's range\n", threads,
+                cluster, grid.x);
+        abort();
+    }
+    emu_barrier_init(emu_grid_bar, all, true);
+    emu_barrier_init(emu_cluster_bar, all, true);
     for (unsigned b = 0; b < cluster; b++) {
-        pthread_barrier_init(&emu_block_bar[b], nullptr, threads);
-        for (unsigned w = 0; w < warps; w++) pthread_barrier_init(&emu_warp_bar[b][w], nullptr, 32);
+        emu_barrier_init(emu_block_bar[b], threads, true);
+        for (unsigned w = 0; w < warps; w++) emu_barrier_init(emu_warp_bar[b][w], 32, false);
     }
     blockDim.x = threads;
     gridDim = grid;
+    emu_grid = grid;
     emu_cluster_size = cluster;
     for (unsigned b = 0; b < cluster && emu_smem_bytes; b++) {   /* new[] is 16-byte aligned, and exact for ASan */
         emu_smem_heap[b] = new unsigned char[emu_smem_bytes];
         memset(emu_smem_heap[b], 0xff, emu_smem_bytes);
     }
-    std::vector<std::thread> ts;
-    for (unsigned t = 0; t < all; t++) ts.emplace_back([t, threads, cluster, grid, &grid_bar, &body] {
-        threadIdx.x = t % threads;
-        emu_slot = t / threads;
-        for (unsigned bz = 0; bz < grid.z; bz++)
-            for (unsigned by = 0; by < grid.y; by++)
-                for (unsigned bx = 0; bx < grid.x; bx += cluster) {
-                    blockIdx.x = bx + emu_slot;
-                    blockIdx.y = by;
-                    blockIdx.z = bz;
-                    pthread_barrier_wait(&grid_bar);   /* the previous cluster is done */
-                    body();
-                    pthread_barrier_wait(&grid_bar);
-                }
-    });
-    for (auto &th : ts) th.join();
-    for (unsigned b = 0; b < cluster && emu_smem_bytes; b++) delete[] emu_smem_heap[b];
-    pthread_barrier_destroy(&grid_bar);
-    pthread_barrier_destroy(&emu_cluster_bar);
-    for (unsigned b = 0; b < cluster; b++) {
-        pthread_barrier_destroy(&emu_block_bar[b]);
-        for (unsigned w = 0; w < warps; w++) pthread_barrier_destroy(&emu_warp_bar[b][w]);
+    emu_body_fn = [](void *f) { (*static_cast<F *>(f))(); };
+    emu_body_arg = &body;
+    emu_fibers.assign(all, emu_fiber{});
+    for (unsigned t = 0; t < all; t++) {
+        emu_fiber &f = emu_fibers[t];
+        f.tid.x = t % threads;
+        f.slot = t / threads;
+        f.stack = emu_stack(t);
+        f.stack_size = kEmuFiberStack;
+#ifdef EMU_UCONTEXT
+        getcontext(&f.uc);
+        f.uc.uc_stack.ss_sp = f.stack;
+        f.uc.uc_stack.ss_size = f.stack_size;
+        f.uc.uc_link = nullptr;
+        makecontext(&f.uc, emu_fiber_main, 0);
+#else
+        void **top = (void **)(f.stack + f.stack_size);   /* 16-byte aligned */
+        top[-1] = nullptr;                                /* emu_fiber_main's return address: never used */
+        top[-2] = (void *)&emu_fiber_main;                /* where emu_ctx_switch's ret goes */
+        for (int r = 3; r <= 8; r++) top[-r] = nullptr;   /* rbp rbx r12-r15 */
+        f.sp = top - 8;
+#endif
     }
+    /* every other launch the other way round (see the top of the file), and every other pair
+     * with cp.async's even groups landing at the wait instead of the issue */
+    emu_dir = emu_launches % 2 ? -1 : 1;
+    emu_copy_late = emu_launches / 2 % 2;
+    emu_launches++;
+    emu_cur_i = emu_dir > 0 ? 0 : all - 1;
+    emu_switch(&emu_fibers[emu_cur_i]);   /* back when all are done */
+    emu_fibers.clear();
+    for (unsigned b = 0; b < cluster && emu_smem_bytes; b++) delete[] emu_smem_heap[b];
 }
 
 /* a grid of gx * gy blocks in clusters of `cluster` along x */

@@ -144,8 +144,8 @@ template <int DP, class E> void run_mma(const setup &u0, const char *name0, doub
     report(fname, c, "out", rel_err(out, u.ref.out), bound);
     report(fname, c, "lse", rel_err(lse, u.ref.lse), lse_bound);
     /* DRAFT_ATTN_PACKED: K and V packed once, tiles copied in two stages: the same bits (each
-     * policy once: 3xTF32 runs only with vec4) */
-    if (!vec4 || std::is_same<E, mma_tf32_ops<true>>::value) {
+     * policy once, with the scalar loads' run) */
+    if (!vec4) {
         const int ntk = (S + 63) / 64, Sp = ntk * 64;
         const int64_t nk = (int64_t)heads * Sp * (DP / E::EPW), nv = (int64_t)heads * ntk * DP * (64 / E::EPW);
         std::vector<uint32_t> kp((size_t)nk, 0xffffffffu), vp((size_t)nv, 0xffffffffu);
@@ -186,7 +186,7 @@ template <int DP, class E> void run_mma(const setup &u0, const char *name0, doub
         report(bname, c, "dv", rel_err(dv, u.ref.dv), bound);
         /* DRAFT_ATTN_PACKED: Q, dO (both ways), lse and D packed once, query tiles copied in two
          * stages: the same bits of dK, dV and the dQ partials (each policy once, as the forward) */
-        if (!vec4 || std::is_same<E, mma_tf32_ops<true>>::value) {
+        if (!vec4) {
             const int ntq = (L + 63) / 64;
             int64_t off[6];
             attn_bwd_pack_offsets<DP, E>(heads, ntq, off);
@@ -215,6 +215,27 @@ template <int DP, class E> void run_mma(const setup &u0, const char *name0, doub
             failures += !same;
             printf("emu attention[%s_packed,%dx%dx%d%s] dk, dv, dq partials %s the unpacked kernel's %s\n", bname, c.L, c.S,
                    c.D, c.causal ? ",causal" : "", same ? "are" : "are NOT", same ? "ok" : "FAILED");
+            /* without dQ (q needs no gradient: no partials, and no dS exchange between the warps),
+             * unpacked and packed: dK and dV the same bits */
+            for (bool packed : {false, true}) {
+                std::vector<float> dk3(u.k.size(), NAN), dv3(u.v.size(), NAN);
+                const emu_smem_scope smem(packed ? mma_bwd_cfg<DP, E>::smem_packed : mma_bwd_cfg<DP, E>::smem);
+                emu_launch((unsigned)(heads * nt), kMmaThreads, [&] {
+                    if (packed)
+                        attn_bwd_mma_kernel<DP, E, true>(u.op(dk3.data(), S), u.op(dv3.data(), S), u.cop(u.q.data(), L),
+                                                         u.cop(u.k.data(), S), u.cop(u.v.data(), S), u.cop(u.g.data(), L),
+                                                         lse.data(), u.lsb, u.lsh, u.lsl, Dvec.data(), u.dm, nullptr, pk.data());
+                    else
+                        attn_bwd_mma_kernel<DP, E>(u.op(dk3.data(), S), u.op(dv3.data(), S), u.cop(u.q.data(), L),
+                                                   u.cop(u.k.data(), S), u.cop(u.v.data(), S), u.cop(u.g.data(), L), lse.data(),
+                                                   u.lsb, u.lsh, u.lsl, Dvec.data(), u.dm, nullptr);
+                });
+                const bool same3 = !memcmp(dk3.data(), dk.data(), dk.size() * sizeof(float)) &&
+                                   !memcmp(dv3.data(), dv.data(), dv.size() * sizeof(float));
+                failures += !same3;
+                printf("emu attention[%s%s_no_dq,%dx%dx%d%s] dk, dv %s those with dq %s\n", bname, packed ? "_packed" : "", c.L,
+                       c.S, c.D, c.causal ? ",causal" : "", same3 ? "are" : "are NOT", same3 ? "ok" : "FAILED");
+            }
         }
     }
 }
@@ -284,16 +305,13 @@ template <int DP> void run_case(const attn_case &c)
         report(bname, c, "dv", rel_err(dv, u.ref.dv), f32_bound);
     }
 
-    /* the tensor-core kernels in their three precisions. The tf32 ones share every index with
-     * each other and all but the element layout with bf16, and emulate slowly (a warp barrier
-     * per product, 6 times bf16's): 3xTF32 runs on one case per padded head dim (32, 48 causal
-     * with L > S, 64), one tf32 product on the two smallest. Tile loads: bf16 both ways, scalar
-     * and in float4 runs (DRAFT_ATTN_VEC4; the D = 6 case falls back to scalar), tf32 scalar,
-     * 3xTF32 in float4 runs */
-    run_mma<DP, mma_bf16_ops>(u, "mma_bf16", 1e-2, 1e-3, false);
-    run_mma<DP, mma_bf16_ops>(u, "mma_bf16", 1e-2, 1e-3, true);
-    if ((int64_t)L * S <= 77 * 77) run_mma<DP, mma_tf32_ops<false>>(u, "mma_tf32", 2e-3, 1e-3, false);
-    if ((int64_t)L * S <= 77 * 77 || L > S) run_mma<DP, mma_tf32_ops<true>>(u, "mma_3xtf32", f32_bound, f32_bound, true);
+    /* the tensor-core kernels in their three precisions, every case, with the tile loads both
+     * ways: scalar and in float4 runs (DRAFT_ATTN_VEC4; the D = 6 case falls back to scalar) */
+    for (bool vec4 : {false, true}) {
+        run_mma<DP, mma_bf16_ops>(u, "mma_bf16", 1e-2, 1e-3, vec4);
+        run_mma<DP, mma_tf32_ops<false>>(u, "mma_tf32", 2e-3, 1e-3, vec4);
+        run_mma<DP, mma_tf32_ops<true>>(u, "mma_3xtf32", f32_bound, f32_bound, vec4);
+    }
 }
 
 /* a plain column-major GEMM in cuda_gemm's layout (alpha 1), standing in for cuBLAS */

@@ -139,10 +139,12 @@ template <int V> void run_case(const gn_case &c, int cl)
 int main()
 {
     /* small groups (blocks that own nothing at cluster 8), chunks that cross channel boundaries
-     * (HW = 25, 100), several loads per thread (HW = 640), and groups of 10 channels, as SD's
-     * 320-channel layers have (few groups: every block is 256 OS threads here), at SD's 64x64 too
-     * (a 160 KiB group: in one block, DRAFT_GN_CLUSTER=1) */
-    const gn_case cases[] = {{2, 6, 3, 12}, {1, 6, 2, 25}, {1, 4, 1, 3}, {1, 8, 2, 640}, {1, 20, 2, 100}, {1, 20, 2, 4096}};
+     * (HW = 25, 100), several loads per thread (HW = 640), groups of 10 channels, as SD's
+     * 320-channel layers have, at SD's 64x64 too (a 160 KiB group: in one block,
+     * DRAFT_GN_CLUSTER=1), and of 40, as its 1280-channel layers have (more channels than a warp
+     * has lanes: the backward's per-channel loops take two rounds) */
+    const gn_case cases[] = {{2, 6, 3, 12}, {1, 6, 2, 25}, {1, 4, 1, 3}, {1, 8, 2, 640}, {1, 20, 2, 100}, {1, 20, 2, 4096},
+                             {1, 80, 2, 64}};
     for (const gn_case &c : cases)
         for (int cl = 1; cl <= kGnMaxCluster; cl *= 2) {
             if (c.HW % 4 == 0) run_case<4>(c, cl);
