@@ -10,18 +10,19 @@
  * dynamic shared memory, barriers and warps; cooperative_groups::this_cluster() gives the rank,
  * the cluster barrier and map_shared_rank (the same offset in another block's shared memory).
  * A cp.async copy lands at its issue or at its thread's wait (see __pipeline_memcpy_async).
- * Clusters run one after another. Static __shared__ variables are one
- * copy per kernel, so only kernels launched without clusters may use them.
+ * Clusters run one after another. Static __shared__ variables are one copy per kernel, so only
+ * kernels launched without clusters may use them.
  * Why fibers and not OS threads: a barrier then costs a user-space switch (x86-64: a few
  * instructions; elsewhere swapcontext), not a futex wake-up and a trip through the kernel's
  * scheduler (the attention suite made 26 million of those: 100 s for 2 s of work). And the
- * schedule is deterministic and chosen to expose a missing barrier: a fiber runs until it blocks;
- * the next comes from its own warp while one is runnable (warps drift apart on a GPU too); the
- * fiber that completes a block, cluster or grid barrier lets the other warps run first; and every
- * other launch takes the fibers in the opposite order. A read of another thread's shared-memory
- * write with no barrier between them then sees the stale value (or the launch's NaN fill), and so
- * does a write (or a cp.async copy) that overtakes another warp's read of the old value. A barrier that not every
- * thread reaches is reported as a deadlock instead of hanging the test.
+ * schedule is deterministic and chosen to expose a missing barrier: a fiber runs until it
+ * blocks; the next comes from its own warp while one is runnable (warps drift apart on a GPU
+ * too); the fiber that completes a block, cluster or grid barrier lets the other warps run
+ * first; and every other launch takes the fibers in the opposite order. A read of another
+ * thread's shared-memory write with no barrier between them then sees the stale value (or the
+ * launch's NaN fill), and so does a write (or a cp.async copy) that overtakes another warp's read
+ * of the old value. A barrier that not every thread reaches is reported as a deadlock instead of
+ * hanging the test. tests/test_sched_emu.cpp checks each of these rules.
  * Not part of the engine. */
 #ifndef TESTS_CUDA_EMU_H
 #define TESTS_CUDA_EMU_H
