@@ -1183,8 +1183,17 @@ START_TEST(test_nn)
             const char *tag = attns[k].tag, *sep = m && *tag ? "," : "";
             if (!m && !*tag) snprintf(label, sizeof label, "attention");
             else snprintf(label, sizeof label, "attention[%s%s%s]", modes[m], sep, tag);
-            check_op(label, f_attention, attns[k].causal ? (void *)1 : NULL, 3, attns[k].in,
-                     mma_prec[m] == PRECISION_BF16 ? &obf : mma_prec[m] == PRECISION_TF32 ? &otf : attns[k].large ? &big : &o);
+            const struct case_opts *ok =
+                mma_prec[m] == PRECISION_BF16 ? &obf : mma_prec[m] == PRECISION_TF32 ? &otf : attns[k].large ? &big : &o;
+            check_op(label, f_attention, attns[k].causal ? (void *)1 : NULL, 3, attns[k].in, ok);
+            /* q without a gradient (dK and dV alone: the backward's no-dQ path, where no barrier
+             * between the warps comes from the dQ exchange), on the cases with 3 and 2 query tiles */
+            if (k == 3 || k == 4) {
+                struct case_opts nq = *ok;
+                nq.nograd = 1;
+                snprintf(label, sizeof label, "attention[%s%sno_dq,%s]", modes[m], m ? "," : "", tag);
+                check_op(label, f_attention, attns[k].causal ? (void *)1 : NULL, 3, attns[k].in, &nq);
+            }
         }
         unsetenv("DRAFT_ATTN_FUSED_DQ");
         unsetenv("DRAFT_ATTN_MMA");
