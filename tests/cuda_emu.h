@@ -18,7 +18,7 @@
  * schedule is deterministic and chosen to expose a missing barrier: a fiber runs until it
  * blocks; the next comes from its own warp while one is runnable (warps drift apart on a GPU
  * too); the fiber that completes a block, cluster or grid barrier lets the other warps run
- * first; and every other launch takes the fibers in the opposite order. A read of another
+ * first; and clusters take the fibers in one order or the other (emu_set_mode). A read of another
  * thread's shared-memory write with no barrier between them then sees the stale value (or the
  * launch's NaN fill), and so does a write (or a cp.async copy) that overtakes another warp's read
  * of the old value. A barrier that not every thread reaches is reported as a deadlock instead of
@@ -123,7 +123,17 @@ inline std::vector<emu_fiber> emu_fibers;
 inline emu_fiber *emu_cur = &emu_host_fiber, *emu_prev = nullptr;
 inline unsigned emu_cur_i = 0;
 inline int emu_dir = 1;                          /* +1 or -1: the order fibers take turns in */
-inline unsigned emu_launches = 0;
+inline bool emu_copy_late = false;               /* cp.async's even groups land at the wait (odd: at the issue) */
+inline unsigned emu_clusters = 0;                /* clusters run so far, over all launches */
+/* the schedule of the k-th cluster run: the order from the Thue-Morse sequence of k, the cp.async
+ * landing from that of k / 2. Neither is periodic, so a test whose launches repeat in any cycle
+ * still meets each kernel in both orders and both landings, and any 8 clusters in a row have both
+ * of each */
+inline void emu_set_mode(unsigned k)
+{
+    emu_dir = __builtin_popcount(k) % 2 ? -1 : 1;
+    emu_copy_late = __builtin_popcount(k / 2) % 2;
+}
 inline void (*emu_body_fn)(void *);
 inline void *emu_body_arg;
 
@@ -211,6 +221,8 @@ inline void emu_yield()
     emu_switch(&emu_host_fiber);
 }
 
+inline emu_barrier emu_cluster_bar, emu_grid_bar, emu_block_bar[kEmuMaxCluster], emu_warp_bar[kEmuMaxCluster][kEmuMaxWarps];
+
 /* the calling fiber stays runnable but lets the fibers from the next warp on run first */
 inline void emu_hand_over()
 {
@@ -238,6 +250,7 @@ inline unsigned emu_barrier_arrive(emu_barrier &b)
     if (++b.count == b.n) {   /* the waiting are runnable again */
         b.count = 0;
         b.gen++;
+        if (&b == &emu_grid_bar && b.gen % 2) emu_set_mode(emu_clusters++);   /* a cluster starts */
         if (b.hand_over) emu_hand_over();
     }
     return g;
@@ -255,7 +268,6 @@ inline void emu_barrier_await(const emu_barrier &b, unsigned g)
 
 inline void emu_barrier_wait(emu_barrier &b) { emu_barrier_await(b, emu_barrier_arrive(b)); }
 
-inline emu_barrier emu_cluster_bar, emu_grid_bar, emu_block_bar[kEmuMaxCluster], emu_warp_bar[kEmuMaxCluster][kEmuMaxWarps];
 inline uint64_t emu_shfl[kEmuMaxCluster][kEmuMaxWarps][32];
 inline uint32_t emu_mma_a[kEmuMaxCluster][kEmuMaxWarps][32][4], emu_mma_b[kEmuMaxCluster][kEmuMaxWarps][32][2];
 alignas(16) inline unsigned char emu_dyn_smem[kEmuMaxCluster][kEmuSmemPerBlock];
@@ -315,14 +327,15 @@ inline float __uint_as_float(uint32_t u)
 template <class T> T __ldg(const T *p) { return *p; }
 inline int min(int a, int b) { return a < b ? a : b; }
 inline int max(int a, int b) { return a > b ? a : b; }
+inline int64_t min(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t max(int64_t a, int64_t b) { return a > b ? a : b; }
 
 /* cp.async: on the device a copy lands at some time between its issue and its thread's wait for
  * its group (__pipeline_wait_prior). Here it lands at one of the two ends: groups alternate, and
- * every other pair of launches starts with the other. At the wait, a read of shared memory that
+ * which starts depends on the cluster (emu_set_mode). At the wait, a read of shared memory that
  * another thread's copy fills shows a missing wait or barrier as the old contents; at the issue,
  * a copy into memory that other threads still read shows a missing barrier before it. An address not aligned to the copy's size
  * (a fault on the device) stops the test. zfill: the last zfill bytes are zeros, not read. */
-inline bool emu_copy_late = false;
 inline void emu_copy_land(const emu_copy &c)
 {
     memcpy(c.dst, c.src, c.n - c.zfill);
@@ -555,11 +568,7 @@ template <class F> void emu_launch(emu_dim3 grid, unsigned cluster, unsigned thr
         f.sp = top - 8;
 #endif
     }
-    /* every other launch the other way round (see the top of the file), and every other pair
-     * with cp.async's even groups landing at the wait instead of the issue */
-    emu_dir = emu_launches % 2 ? -1 : 1;
-    emu_copy_late = emu_launches / 2 % 2;
-    emu_launches++;
+    emu_set_mode(emu_clusters);   /* the first cluster's (the grid barrier before it sets it again) */
     emu_cur_i = emu_dir > 0 ? 0 : all - 1;
     emu_switch(&emu_fibers[emu_cur_i]);   /* back when all are done */
     emu_fibers.clear();

@@ -5,6 +5,7 @@
  * channel boundaries, blocks that own nothing), the per-channel sums, the exchange of block
  * results through distributed shared memory and the coefficients. What it cannot: timing, memory
  * ordering on a real device, the compiler's code; test_cuda does that on a GPU.
+ * Also the layer_norm kernels (forward, dx, dw / db partials and sum), a warp or a block a row.
  * One line per kernel and case; exits non-zero on any bound exceeded. */
 #include "tests/cuda_emu.h"
 
@@ -134,6 +135,74 @@ template <int V> void run_case(const gn_case &c, int cl)
     report("fused_bwd", c, cl, V, "sum_dy_x", rel_err(abb, ab_b), 1e-6);
 }
 
+/* ---- layer_norm: rows of n, forward, dx, and dw / db from [chunk, column] partials */
+
+template <class T> std::vector<T> randv(size_t n, double scale, double shift)
+{
+    std::vector<T> v(n);
+    for (T &e : v) e = (T)(scale * urand() + shift);
+    return v;
+}
+
+/* GS threads a row (32: a warp, as norm.cu takes for n <= 4096; kThreads: a block), V per load,
+ * weights and bias or none, the weight gradients' rows cut into chunks of `chunk` */
+template <class T, int GS, int V> void run_ln(int rows, int n, bool affine, int chunk)
+{
+    const double eps = 1e-5, bound = std::is_same<T, double>::value ? 1e-12 : 2e-6;
+    const size_t m = (size_t)rows * n;
+    const std::vector<T> x = randv<T>(m, 3, 0.5), dy = randv<T>(m, 1, 0), w = randv<T>(n, 1, 1), b = randv<T>(n, 1, 0);
+    /* float64 reference */
+    std::vector<double> out_r(m), dx_r(m), mean_r(rows), rstd_r(rows), dw_r(n, 0), db_r(n, 0);
+    for (int r = 0; r < rows; r++) {
+        double mu = 0, var = 0;
+        for (int j = 0; j < n; j++) mu += (double)x[(size_t)r * n + j];
+        mu /= n;
+        for (int j = 0; j < n; j++) var += ((double)x[(size_t)r * n + j] - mu) * ((double)x[(size_t)r * n + j] - mu);
+        const double rs = 1 / sqrt(var / n + eps);
+        mean_r[r] = mu, rstd_r[r] = rs;
+        double m1 = 0, m2 = 0;
+        for (int j = 0; j < n; j++) {
+            const size_t i = (size_t)r * n + j;
+            const double xh = ((double)x[i] - mu) * rs, g = (double)dy[i] * (affine ? (double)w[j] : 1.0);
+            out_r[i] = affine ? xh * (double)w[j] + (double)b[j] : xh;
+            m1 += g / n, m2 += g * xh / n;
+            dw_r[j] += (double)dy[i] * xh;
+            db_r[j] += (double)dy[i];
+        }
+        for (int j = 0; j < n; j++) {
+            const size_t i = (size_t)r * n + j;
+            const double xh = ((double)x[i] - mu) * rs, g = (double)dy[i] * (affine ? (double)w[j] : 1.0);
+            dx_r[i] = rs * (g - m1 - xh * m2);
+        }
+    }
+    const T *wp = affine ? w.data() : nullptr, *bp = affine ? b.data() : nullptr;
+    const unsigned blocks = GS == 32 ? (unsigned)((rows + kThreads / 32 - 1) / (kThreads / 32)) : (unsigned)rows;
+    std::vector<T> out(m, (T)NAN), mean(rows, (T)NAN), rstd(rows, (T)NAN), dx(m, (T)NAN);
+    emu_launch(blocks, kThreads, [&] { ln_fwd_kernel<T, GS, V>(out.data(), mean.data(), rstd.data(), x.data(), wp, bp, rows, n, eps); });
+    /* the backward from the reference's statistics rounded to T, as autograd passes the forward's */
+    std::vector<T> mean_t(mean_r.begin(), mean_r.end()), rstd_t(rstd_r.begin(), rstd_r.end());
+    emu_launch(blocks, kThreads, [&] { ln_bwd_dx_kernel<T, GS, V>(dx.data(), dy.data(), x.data(), wp, mean_t.data(), rstd_t.data(), rows, n); });
+    const int colblocks = (n + 31) / 32, nchunks = (rows + chunk - 1) / chunk;
+    std::vector<double2> part((size_t)nchunks * n, make_double2(NAN, NAN));
+    std::vector<T> dw(n, (T)NAN), db(n, (T)NAN);
+    emu_launch(emu_dim3{(unsigned)colblocks, (unsigned)nchunks, 1}, 1, 32 * kLnColRows,
+               [&] { ln_bwd_wb_part_kernel<T>(part.data(), dy.data(), x.data(), mean_t.data(), rstd_t.data(), rows, n, chunk); });
+    emu_launch((unsigned)((n + 255) / 256), 256, [&] { ln_bwd_wb_final_kernel<T>(dw.data(), db.data(), part.data(), n, nchunks); });
+    const char *tn = std::is_same<T, double>::value ? "f64" : "f32";
+    auto rep = [&](const char *what, double e) {
+        const bool ok = e <= bound;
+        failures += !ok;
+        printf("emu layer_norm[%s,rows=%d,n=%d,GS=%d,V=%d%s,chunk=%d] %s rel=%.1e %s\n", tn, rows, n, GS, V, affine ? ",affine" : "",
+               chunk, what, e, ok ? "ok" : "FAILED");
+    };
+    rep("out", rel_err(out, out_r));
+    rep("mean", rel_err(mean, mean_r));
+    rep("rstd", rel_err(rstd, rstd_r));
+    rep("dx", rel_err(dx, dx_r));
+    rep("dw", rel_err(dw, dw_r));
+    rep("db", rel_err(db, db_r));
+}
+
 }  // namespace
 
 int main()
@@ -150,6 +219,18 @@ int main()
             if (c.HW % 4 == 0) run_case<4>(c, cl);
             if (c.HW % 4 || &c == cases) run_case<1>(c, cl);   /* V = 1 where it must, and once where it may */
         }
+    /* layer_norm: a warp a row (rows that leave a block's last warps without one, n not a
+     * multiple of the warp's 32 or 128 elements, CLIP's 768 and the UNet's 320) and a block a row
+     * (n > 4096, norm.cu's switch), float4 loads where n % 4 == 0, f64; the weight gradients over
+     * uneven row chunks */
+    run_ln<float, 32, 1>(13, 37, true, 4);
+    run_ln<float, 32, 4>(13, 40, true, 5);
+    run_ln<float, 32, 4>(9, 768, false, 9);
+    run_ln<float, 32, 4>(16, 320, true, 3);
+    run_ln<float, kThreads, 4>(3, 4100, true, 2);
+    run_ln<float, kThreads, 1>(2, 5001, false, 1);
+    run_ln<double, 32, 1>(11, 70, true, 4);
+    run_ln<double, kThreads, 1>(2, 4500, true, 1);
     printf("%d failed\n", failures);
     return failures ? 1 : 0;
 }

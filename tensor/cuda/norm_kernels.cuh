@@ -1,9 +1,11 @@
 /* norm_kernels.cuh — the device helpers of norm.cu (vectors of V elements, Welford states, the
- * block sum) and its two one-pass group_norm kernels for Hopper thread-block clusters: the
- * forward and the backward input gradient. Included by norm.cu inside its anonymous namespace, and
- * by tests/test_norm_emu.cpp on the host, where tests/cuda_emu.h stands in for the CUDA built-ins
- * (threads, barriers, shuffles, clusters and their distributed shared memory): so CI, which has no
- * GPU, runs these kernels' chunking and cluster-reduction logic against a float64 reference.
+ * block sums), its layer_norm kernels (forward, backward input, and the weight and bias
+ * gradients' column partials and their sum) and its two one-pass group_norm kernels for Hopper
+ * thread-block clusters: the forward and the backward input gradient. Included by norm.cu inside
+ * its anonymous namespace, and by tests/test_norm_emu.cpp on the host, where tests/cuda_emu.h
+ * stands in for the CUDA built-ins (threads, barriers, shuffles, clusters and their distributed
+ * shared memory): so CI, which has no GPU, runs these kernels' row, chunk and cluster-reduction
+ * logic against a float64 reference.
  * The cluster kernels keep all their shared state in dynamic shared memory (one layout per
  * kernel, below), so that the host emulation can give each block of a cluster its own.
  * Needs <stdint.h>, <math.h>, <type_traits> and, on the device, <cooperative_groups.h> and
@@ -79,6 +81,201 @@ __device__ inline double2 block_sum2(double a, double b, double2 *red)
     for (int i = 0; i < kThreads / 32; i++) { r.x += red[i].x; r.y += red[i].y; }
     __syncthreads();
     return r;
+}
+
+/* per-thread accumulation type: float for f32 (memory-bound kernels), double for f64 */
+template <typename T> using acc_t = typename std::conditional<std::is_same<T, double>::value, double, float>::type;
+
+/* ---------------------------------------------------------------- device helpers */
+
+/* Welford state: per thread in A, merged in double */
+template <typename A> struct wstate { A n, mean, m2; };
+
+/* fold V values into a thread's state: the chunk's own mean/M2, then Chan's merge */
+template <typename A, typename T, int V> __device__ __forceinline__ void welford_add(wstate<A> &s, const vec<T, V> &x)
+{
+    A cs = 0;
+#pragma unroll
+    for (int i = 0; i < V; i++) cs += (A)x.v[i];
+    const A cm = cs * (A(1) / A(V));
+    A cm2 = 0;
+#pragma unroll
+    for (int i = 0; i < V; i++) { A d = (A)x.v[i] - cm; cm2 += d * d; }
+    const A nn = s.n + A(V);
+    const A d = cm - s.mean, f = A(V) / nn;
+    s.mean += d * f;
+    s.m2 += cm2 + d * d * s.n * f;
+    s.n = nn;
+}
+
+/* Merge the states of a group of GS threads (a warp, or the whole block when GS == blockDim);
+ * every thread of the group gets the result. Fixed tree: deterministic. Call once per kernel. */
+template <int GS> __device__ wsum group_welford(wsum s)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) s = wmerge(s, shfl_down(s, o));
+    if constexpr (GS == 32) {
+        return wsum{__shfl_sync(0xffffffffu, s.n, 0), __shfl_sync(0xffffffffu, s.mean, 0),
+                    __shfl_sync(0xffffffffu, s.m2, 0)};
+    } else {
+        __shared__ wsum part[GS / 32];
+        __shared__ wsum res;
+        const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+        if (lane == 0) part[warp] = s;
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            wsum r = part[0];
+            for (int i = 1; i < GS / 32; i++) r = wmerge(r, part[i]);
+            res = r;
+        }
+        __syncthreads();
+        return res;
+    }
+}
+
+/* sums of two values over a group of GS threads, every thread gets them (fixed tree) */
+template <int GS> __device__ double2 group_sum2(double a, double b)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        a += __shfl_down_sync(0xffffffffu, a, o);
+        b += __shfl_down_sync(0xffffffffu, b, o);
+    }
+    if constexpr (GS == 32) {
+        return make_double2(__shfl_sync(0xffffffffu, a, 0), __shfl_sync(0xffffffffu, b, 0));
+    } else {
+        __shared__ double2 part[GS / 32];
+        __shared__ double2 res;
+        const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+        if (lane == 0) part[warp] = make_double2(a, b);
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            double2 r = part[0];
+            for (int i = 1; i < GS / 32; i++) { r.x += part[i].x; r.y += part[i].y; }
+            res = r;
+        }
+        __syncthreads();
+        return res;
+    }
+}
+
+/* ---------------------------------------------------------------- layer_norm */
+
+/* x, out: [rows, n] contiguous; GS threads per row; V elements per load */
+template <typename T, int GS, int V>
+__global__ void __launch_bounds__(kThreads)
+ln_fwd_kernel(T *__restrict__ out, T *__restrict__ mean, T *__restrict__ rstd, const T *__restrict__ x,
+              const T *__restrict__ w, const T *__restrict__ b, int64_t rows, int64_t n, double eps)
+{
+    using A = acc_t<T>;
+    const int lane = threadIdx.x % GS;
+    const int64_t row = (int64_t)blockIdx.x * (kThreads / GS) + threadIdx.x / GS;
+    if (row >= rows) return;   /* uniform within a group */
+    const T *xr = x + row * n;
+    wstate<A> st = {0, 0, 0};
+    for (int64_t j = (int64_t)lane * V; j < n; j += (int64_t)GS * V) welford_add<A, T, V>(st, load<T, V>(xr + j));
+    const wsum s = group_welford<GS>(wsum{(double)st.n, (double)st.mean, (double)st.m2});
+    const double var = s.m2 / (double)n, rs = 1.0 / sqrt(var + eps);
+    if (lane == 0) {
+        if (mean) mean[row] = (T)s.mean;
+        if (rstd) rstd[row] = (T)rs;
+    }
+    const A mu = (A)s.mean, r = (A)rs;
+    T *o = out + row * n;
+    for (int64_t j = (int64_t)lane * V; j < n; j += (int64_t)GS * V) {
+        vec<T, V> v = load<T, V>(xr + j);
+#pragma unroll
+        for (int i = 0; i < V; i++) {
+            A y = ((A)v.v[i] - mu) * r;
+            if (w) y *= (A)w[j + i];
+            if (b) y += (A)b[j + i];
+            v.v[i] = (T)y;
+        }
+        store<T, V>(o + j, v);
+    }
+}
+
+/* dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * w */
+template <typename T, int GS, int V>
+__global__ void __launch_bounds__(kThreads)
+ln_bwd_dx_kernel(T *__restrict__ dx, const T *__restrict__ dy, const T *__restrict__ x, const T *__restrict__ w,
+                 const T *__restrict__ mean, const T *__restrict__ rstd, int64_t rows, int64_t n)
+{
+    using A = acc_t<T>;
+    const int lane = threadIdx.x % GS;
+    const int64_t row = (int64_t)blockIdx.x * (kThreads / GS) + threadIdx.x / GS;
+    if (row >= rows) return;
+    const T *xr = x + row * n, *dyr = dy + row * n;
+    const A mu = (A)mean[row], r = (A)rstd[row];
+    double s1 = 0, s2 = 0;
+    for (int64_t j = (int64_t)lane * V; j < n; j += (int64_t)GS * V) {
+        vec<T, V> xv = load<T, V>(xr + j), gv = load<T, V>(dyr + j);
+        A c1 = 0, c2 = 0;
+#pragma unroll
+        for (int i = 0; i < V; i++) {
+            A g = (A)gv.v[i];
+            if (w) g *= (A)w[j + i];
+            c1 += g;
+            c2 += g * (((A)xv.v[i] - mu) * r);
+        }
+        s1 += (double)c1;
+        s2 += (double)c2;
+    }
+    const double2 s = group_sum2<GS>(s1, s2);
+    const A m1 = (A)(s.x / (double)n), m2 = (A)(s.y / (double)n);
+    T *o = dx + row * n;
+    for (int64_t j = (int64_t)lane * V; j < n; j += (int64_t)GS * V) {
+        vec<T, V> xv = load<T, V>(xr + j), gv = load<T, V>(dyr + j);
+#pragma unroll
+        for (int i = 0; i < V; i++) {
+            A g = (A)gv.v[i];
+            if (w) g *= (A)w[j + i];
+            const A xh = ((A)xv.v[i] - mu) * r;
+            xv.v[i] = (T)(r * (g - m1 - xh * m2));
+        }
+        store<T, V>(o + j, xv);
+    }
+}
+
+/* dw/db partials: block (column strip of 32, row chunk); part[chunk][col] = (sum dy*xhat, sum dy) */
+constexpr int kLnColRows = 8;
+template <typename T>
+__global__ void __launch_bounds__(32 * kLnColRows)
+ln_bwd_wb_part_kernel(double2 *__restrict__ part, const T *__restrict__ dy, const T *__restrict__ x,
+                      const T *__restrict__ mean, const T *__restrict__ rstd, int64_t rows, int64_t n, int64_t chunk)
+{
+    using A = acc_t<T>;
+    __shared__ double2 sm[kLnColRows][33];
+    const int tx = threadIdx.x % 32, ty = threadIdx.x / 32;
+    const int64_t col = (int64_t)blockIdx.x * 32 + tx;
+    const int64_t r0 = (int64_t)blockIdx.y * chunk, r1 = min(rows, r0 + chunk);
+    double sw = 0, sb = 0;
+    if (col < n) {
+        for (int64_t r = r0 + ty; r < r1; r += kLnColRows) {
+            const A g = (A)dy[r * n + col];
+            sw += (double)(g * (((A)x[r * n + col] - (A)mean[r]) * (A)rstd[r]));
+            sb += (double)g;
+        }
+    }
+    sm[ty][tx] = make_double2(sw, sb);
+    __syncthreads();
+    if (ty == 0 && col < n) {
+        double2 acc = sm[0][tx];
+        for (int i = 1; i < kLnColRows; i++) { acc.x += sm[i][tx].x; acc.y += sm[i][tx].y; }
+        part[(int64_t)blockIdx.y * n + col] = acc;
+    }
+}
+
+template <typename T>
+__global__ void ln_bwd_wb_final_kernel(T *__restrict__ dw, T *__restrict__ db, const double2 *__restrict__ part,
+                                       int64_t n, int nchunks)
+{
+    const int64_t col = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (col >= n) return;
+    double sw = 0, sb = 0;
+    for (int c = 0; c < nchunks; c++) { sw += part[(int64_t)c * n + col].x; sb += part[(int64_t)c * n + col].y; }
+    if (dw) dw[col] = (T)sw;
+    if (db) db[col] = (T)sb;
 }
 
 /* ---------------------------------------------------------------- one-pass group_norm (clusters) */
