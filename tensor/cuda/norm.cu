@@ -78,7 +78,9 @@ enum status same_dtype(const struct tensor *ref, const struct tensor *t, const c
     return tensor_fail(STATUS_DTYPE, "%s: %s is %s but x is %s", op, what, dtype_name(t->dtype), dtype_name(ref->dtype));
 }
 
-/* ---------------------------------------------------------------- group_norm */
+/* ---------------------------------------------------------------- group_norm, two-pass
+ * (the device helpers, the layer_norm kernels and the one-pass cluster kernels are in
+ * norm_kernels.cuh) */
 
 /* part[g * S + s] = Welford state of chunk s of group g; x: [N*G groups of ge elements] */
 template <typename T, int V>
