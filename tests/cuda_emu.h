@@ -156,6 +156,18 @@ __asm__(".pushsection .text\n"
         ".popsection\n");
 #endif
 
+#ifdef EMU_ASAN
+/* the arriving side of a switch, in the fiber that now runs: ASan learns the stack it left (the
+ * launching thread's is recorded the first time) */
+inline void emu_asan_arrived(void *fake)
+{
+    const void *pb;
+    size_t ps;
+    __sanitizer_finish_switch_fiber(fake, &pb, &ps);
+    if (!emu_prev->stack_size) emu_prev->stack = (unsigned char *)pb, emu_prev->stack_size = ps;
+}
+#endif
+
 /* hand the OS thread to fiber `to` (the calling fiber resumes when someone switches back) */
 inline void emu_switch(emu_fiber *to)
 {
@@ -175,10 +187,7 @@ inline void emu_switch(emu_fiber *to)
     emu_ctx_switch(&from->sp, to->sp);
 #endif
 #ifdef EMU_ASAN
-    const void *pb;
-    size_t ps;
-    __sanitizer_finish_switch_fiber(fake, &pb, &ps);
-    if (!emu_prev->stack_size) emu_prev->stack = (unsigned char *)pb, emu_prev->stack_size = ps;
+    emu_asan_arrived(fake);
 #endif
     threadIdx = from->tid;
     blockIdx = from->bid;
@@ -186,6 +195,17 @@ inline void emu_switch(emu_fiber *to)
 }
 
 inline bool emu_runnable(const emu_fiber &f) { return !f.done && (!f.wait || f.wait->gen != f.wait_gen); }
+
+/* switch to fiber i if it can run; true once the calling fiber has been switched back to */
+inline bool emu_try_run(unsigned i)
+{
+    emu_fiber &f = emu_fibers[i];
+    if (!emu_runnable(f)) return false;
+    f.wait = nullptr;
+    emu_cur_i = i;
+    emu_switch(&f);
+    return true;
+}
 
 /* the calling fiber is blocked or done: run the next runnable one, or go back to the launching
  * thread when all are done. The next one is taken from the same warp while it has one, so a warp
@@ -195,23 +215,11 @@ inline void emu_yield()
 {
     const unsigned n = (unsigned)emu_fibers.size(), w0 = emu_cur_i / 32 * 32, wn = n - w0 < 32 ? n - w0 : 32;
     for (unsigned k = 1; k < wn; k++) {
-        const unsigned l = emu_cur_i - w0, i = w0 + (emu_dir > 0 ? (l + k) % wn : (l + wn - k) % wn);
-        if (emu_runnable(emu_fibers[i])) {
-            emu_fibers[i].wait = nullptr;
-            emu_cur_i = i;
-            emu_switch(&emu_fibers[i]);
-            return;
-        }
+        const unsigned l = emu_cur_i - w0;
+        if (emu_try_run(w0 + (emu_dir > 0 ? (l + k) % wn : (l + wn - k) % wn))) return;
     }
-    for (unsigned k = 1; k <= n; k++) {
-        const unsigned i = emu_dir > 0 ? (emu_cur_i + k) % n : (emu_cur_i + n - k) % n;
-        if (emu_runnable(emu_fibers[i])) {
-            emu_fibers[i].wait = nullptr;
-            emu_cur_i = i;
-            emu_switch(&emu_fibers[i]);
-            return;
-        }
-    }
+    for (unsigned k = 1; k <= n; k++)
+        if (emu_try_run(emu_dir > 0 ? (emu_cur_i + k) % n : (emu_cur_i + n - k) % n)) return;
     for (const emu_fiber &f : emu_fibers)
         if (!f.done) {
             fprintf(stderr, "cuda_emu: deadlock: thread %u of block (%u,%u,%u) waits at a barrier that not all its threads reach\n",
@@ -229,13 +237,7 @@ inline void emu_hand_over()
     const unsigned n = (unsigned)emu_fibers.size(), w0 = emu_cur_i / 32 * 32;
     for (unsigned k = 0; k < n; k++) {
         const unsigned i = emu_dir > 0 ? (w0 + 32 + k) % n : (w0 + 2 * n - 1 - k) % n;
-        if (i == emu_cur_i) return;
-        if (emu_runnable(emu_fibers[i])) {
-            emu_fibers[i].wait = nullptr;
-            emu_cur_i = i;
-            emu_switch(&emu_fibers[i]);
-            return;
-        }
+        if (i == emu_cur_i || emu_try_run(i)) return;
     }
 }
 
@@ -473,10 +475,7 @@ inline emu_dim3 emu_grid;
 [[noreturn]] inline void emu_fiber_main()
 {
 #ifdef EMU_ASAN
-    const void *pb;
-    size_t ps;
-    __sanitizer_finish_switch_fiber(nullptr, &pb, &ps);
-    if (!emu_prev->stack_size) emu_prev->stack = (unsigned char *)pb, emu_prev->stack_size = ps;
+    emu_asan_arrived(nullptr);
 #endif
     threadIdx = emu_cur->tid;
     emu_slot = emu_cur->slot;
