@@ -301,17 +301,23 @@ template <class T, class F> T emu_shuffle(T v, F src)
     emu_warp_sync();
     return r;
 }
-template <class T> T __shfl_xor_sync(unsigned, T v, int m)
+/* with a width w < 32 the warp is w-lane segments, as on the device: xor may read an earlier
+ * segment but a later one gives the lane its own value; down stops at its segment's end; the
+ * indexed form reads lane src % w of its own segment */
+template <class T> T __shfl_xor_sync(unsigned, T v, int m, int w = 32)
 {
-    return emu_shuffle(v, [m](unsigned l) { return l ^ (unsigned)m; });
+    return emu_shuffle(v, [m, w](unsigned l) {
+        const unsigned s = l ^ (unsigned)m;
+        return s / (unsigned)w > l / (unsigned)w ? l : s;
+    });
 }
-template <class T> T __shfl_down_sync(unsigned, T v, int d)
+template <class T> T __shfl_down_sync(unsigned, T v, int d, int w = 32)
 {
-    return emu_shuffle(v, [d](unsigned l) { return l + (unsigned)d; });
+    return emu_shuffle(v, [d, w](unsigned l) { return l % (unsigned)w + (unsigned)d >= (unsigned)w ? l : l + (unsigned)d; });
 }
-template <class T> T __shfl_sync(unsigned, T v, int src)
+template <class T> T __shfl_sync(unsigned, T v, int src, int w = 32)
 {
-    return emu_shuffle(v, [src](unsigned) { return (unsigned)src; });
+    return emu_shuffle(v, [src, w](unsigned l) { return l / (unsigned)w * (unsigned)w + (unsigned)src % (unsigned)w; });
 }
 
 inline uint32_t __float_as_uint(float f)

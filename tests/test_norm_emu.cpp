@@ -5,7 +5,8 @@
  * channel boundaries, blocks that own nothing), the per-channel sums, the exchange of block
  * results through distributed shared memory and the coefficients. What it cannot: timing, memory
  * ordering on a real device, the compiler's code; test_cuda does that on a GPU.
- * Also the layer_norm kernels (forward, dx, dw / db partials and sum), a warp or a block a row.
+ * Also the layer_norm kernels (forward, dx, dw / db partials and sum), a warp or a block a row,
+ * and the two-pass group_norm kernels (f32 and f64, chunks per group as on 132 and on 2 SMs).
  * One line per kernel and case; exits non-zero on any bound exceeded. */
 #include "tests/cuda_emu.h"
 
@@ -47,6 +48,60 @@ void report(const char *kernel, const gn_case &c, int cl, int V, const char *wha
            c.HW, cl, V, what, e, bound, ok ? "ok" : "FAILED");
 }
 
+/* random inputs of a case: x with a mean away from 0 (the two-pass variance matters) */
+template <class T> struct gn_data {
+    std::vector<T> x, dy, w, b;
+    double eps = 1e-5;
+    explicit gn_data(const gn_case &c)
+    {
+        const size_t n = (size_t)c.N * c.C * c.HW;
+        x.resize(n), dy.resize(n), w.resize(c.C), b.resize(c.C);
+        for (T &v : x) v = (T)(3 * urand() + 0.5f);
+        for (T &v : dy) v = (T)urand();
+        for (T &v : w) v = (T)(1 + 0.5f * urand());
+        for (T &v : b) v = (T)urand();
+    }
+};
+
+/* float64 reference: statistics, out, dx, the per-plane sums (sum dy, sum dy * x), dw and db */
+struct gn_ref {
+    std::vector<double> mu, rs, out, dx, ab_a, ab_b, dw, db;
+    template <class T> gn_ref(const gn_case &c, const gn_data<T> &D)
+    {
+        const int cg = c.C / c.G, ge = cg * c.HW, NG = c.N * c.G;
+        const size_t n = (size_t)c.N * c.C * c.HW;
+        const std::vector<T> &x = D.x, &dy = D.dy, &w = D.w, &b = D.b;
+        const double eps = D.eps;
+        mu.assign(NG, 0), rs.assign(NG, 0), out.assign(n, 0), dx.assign(n, 0);
+        ab_a.assign((size_t)c.N * c.C, 0), ab_b.assign(ab_a.size(), 0), dw.assign(c.C, 0), db.assign(c.C, 0);
+        for (int g = 0; g < NG; g++) {
+            const T *xg = &x[(size_t)g * ge];
+            double s = 0, m2 = 0;
+            for (int j = 0; j < ge; j++) s += (double)xg[j];
+            mu[g] = s / ge;
+            for (int j = 0; j < ge; j++) m2 += ((double)xg[j] - mu[g]) * ((double)xg[j] - mu[g]);
+            rs[g] = 1 / sqrt(m2 / ge + eps);
+            double mg = 0, mgx = 0;
+            for (int j = 0; j < ge; j++) {
+                const int ch = (g % c.G) * cg + j / c.HW;
+                const double xh = ((double)xg[j] - mu[g]) * rs[g], gg = (double)dy[(size_t)g * ge + j] * (double)w[ch];
+                out[(size_t)g * ge + j] = xh * (double)w[ch] + (double)b[ch];
+                mg += gg / ge;
+                mgx += gg * xh / ge;
+                ab_a[(size_t)g * cg + j / c.HW] += (double)dy[(size_t)g * ge + j];
+                ab_b[(size_t)g * cg + j / c.HW] += (double)dy[(size_t)g * ge + j] * (double)xg[j];
+                dw[ch] += (double)dy[(size_t)g * ge + j] * xh;
+                db[ch] += (double)dy[(size_t)g * ge + j];
+            }
+            for (int j = 0; j < ge; j++) {
+                const int ch = (g % c.G) * cg + j / c.HW;
+                const double xh = ((double)xg[j] - mu[g]) * rs[g], gg = (double)dy[(size_t)g * ge + j] * (double)w[ch];
+                dx[(size_t)g * ge + j] = rs[g] * (gg - mg - xh * mgx);
+            }
+        }
+    }
+};
+
 template <int V> void run_case(const gn_case &c, int cl)
 {
     const int cg = c.C / c.G, ge = cg * c.HW, NG = c.N * c.G;
@@ -57,38 +112,11 @@ template <int V> void run_case(const gn_case &c, int cl)
     const size_t dev_max = 227 * 1024;
     const bool fwd_fits = gn_fwd_smem(cg, chunk) <= dev_max, bwd_fits = gn_bwd_smem(cg, chunk).bytes <= dev_max;
     if (!fwd_fits) return;
-    std::vector<float> x(n), dy(n), w(c.C), b(c.C);
-    for (float &v : x) v = 3 * urand() + 0.5f;   /* a mean away from 0: the two-pass variance matters */
-    for (float &v : dy) v = urand();
-    for (float &v : w) v = 1 + 0.5f * urand();
-    for (float &v : b) v = urand();
-    const double eps = 1e-5;
-
-    /* float64 reference: statistics, out, dx and the per-plane sums (sum dy, sum dy * x) */
-    std::vector<double> mu(NG), rs(NG), out(n), dx(n), ab_a((size_t)c.N * c.C), ab_b(ab_a.size());
-    for (int g = 0; g < NG; g++) {
-        const float *xg = &x[(size_t)g * ge];
-        double s = 0, m2 = 0;
-        for (int j = 0; j < ge; j++) s += xg[j];
-        mu[g] = s / ge;
-        for (int j = 0; j < ge; j++) m2 += (xg[j] - mu[g]) * (xg[j] - mu[g]);
-        rs[g] = 1 / sqrt(m2 / ge + eps);
-        double mg = 0, mgx = 0;
-        for (int j = 0; j < ge; j++) {
-            const int ch = (g % c.G) * cg + j / c.HW;
-            const double xh = (xg[j] - mu[g]) * rs[g], gg = (double)dy[(size_t)g * ge + j] * w[ch];
-            out[(size_t)g * ge + j] = xh * w[ch] + b[ch];
-            mg += gg / ge;
-            mgx += gg * xh / ge;
-            ab_a[(size_t)g * cg + j / c.HW] += dy[(size_t)g * ge + j];
-            ab_b[(size_t)g * cg + j / c.HW] += (double)dy[(size_t)g * ge + j] * xg[j];
-        }
-        for (int j = 0; j < ge; j++) {
-            const int ch = (g % c.G) * cg + j / c.HW;
-            const double xh = (xg[j] - mu[g]) * rs[g], gg = (double)dy[(size_t)g * ge + j] * w[ch];
-            dx[(size_t)g * ge + j] = rs[g] * (gg - mg - xh * mgx);
-        }
-    }
+    const gn_data<float> D(c);
+    const std::vector<float> &x = D.x, &dy = D.dy, &w = D.w, &b = D.b;
+    const double eps = D.eps;
+    const gn_ref R(c, D);
+    const std::vector<double> &mu = R.mu, &rs = R.rs, &out = R.out, &dx = R.dx, &ab_a = R.ab_a, &ab_b = R.ab_b;
 
     std::vector<float> o(n, NAN), m(NG, NAN), r(NG, NAN);
     {
@@ -133,6 +161,65 @@ template <int V> void run_case(const gn_case &c, int cl)
     report("fused_bwd", c, cl, V, "dx", rel_err(d, dx), 2e-6);
     report("fused_bwd", c, cl, V, "sum_dy", rel_err(aba, ab_a), 1e-6);
     report("fused_bwd", c, cl, V, "sum_dy_x", rel_err(abb, ab_b), 1e-6);
+}
+
+/* the two-pass group_norm (f64, groups too large for a cluster, DRAFT_GN_TWOPASS=1) as
+ * group_norm_run / group_norm_bwd_run launch it on a GPU of `sms` SMs (which sets the chunks per
+ * group), float4 loads where they do (f32, sizes a multiple of 4); the backward from the
+ * forward's own statistics, as the engine runs it */
+template <class T> void run_twopass(const gn_case &c, int sms)
+{
+    const int cg = c.C / c.G, ge = cg * c.HW, NG = c.N * c.G, planes = c.N * c.C;
+    const size_t n = (size_t)c.N * c.C * c.HW;
+    const bool f32 = std::is_same<T, float>::value, v4s = f32 && ge % 4 == 0, v4 = f32 && c.HW % 4 == 0;
+    const gn_data<T> D(c);
+    const gn_ref R(c, D);
+    int64_t S, chunk;
+    gn_twopass_split(NG, ge, sms, &S, &chunk);
+    std::vector<wsum> part((size_t)NG * S, wsum{NAN, NAN, NAN});
+    std::vector<T> o(n, (T)NAN), m(NG, (T)NAN), r(NG, (T)NAN);
+    const T *x = D.x.data(), *dy = D.dy.data(), *w = D.w.data(), *b = D.b.data();
+    emu_launch(emu_dim3{(unsigned)NG, (unsigned)S, 1}, 1, kThreads, [&] {
+        if (v4s) gn_stats_kernel<T, 4>(part.data(), x, ge, chunk);
+        else gn_stats_kernel<T, 1>(part.data(), x, ge, chunk);
+    });
+    emu_launch((unsigned)planes, kThreads, [&] {
+        if (v4) gn_norm_kernel<T, 4>(o.data(), m.data(), r.data(), x, w, b, part.data(), (int)S, c.C, cg, c.HW, D.eps);
+        else gn_norm_kernel<T, 1>(o.data(), m.data(), r.data(), x, w, b, part.data(), (int)S, c.C, cg, c.HW, D.eps);
+    });
+    std::vector<double2> ab((size_t)planes + NG, double2{NAN, NAN});
+    double2 *coef = ab.data() + planes;
+    std::vector<T> d(n, (T)NAN), dw(c.C, (T)NAN), db(c.C, (T)NAN);
+    emu_launch((unsigned)planes, kThreads, [&] {
+        if (v4) gn_bwd_plane_kernel<T, 4>(ab.data(), dy, x, c.HW);
+        else gn_bwd_plane_kernel<T, 1>(ab.data(), dy, x, c.HW);
+    });
+    emu_launch((unsigned)((NG + 127) / 128), 128,
+               [&] { gn_bwd_coef_kernel<T>(coef, ab.data(), w, m.data(), r.data(), NG, c.G, cg, c.HW); });
+    emu_launch((unsigned)planes, kThreads, [&] {
+        if (v4) gn_bwd_dx_kernel<T, 4>(d.data(), dy, x, w, r.data(), coef, c.C, cg, c.HW);
+        else gn_bwd_dx_kernel<T, 1>(d.data(), dy, x, w, r.data(), coef, c.C, cg, c.HW);
+    });
+    emu_launch((unsigned)((c.C + 127) / 128), 128,
+               [&] { gn_bwd_wb_kernel<T>(dw.data(), db.data(), ab.data(), m.data(), r.data(), c.N, c.C, cg); });
+    std::vector<double> aba(planes), abb(planes);
+    for (int i = 0; i < planes; i++) aba[i] = ab[i].x, abb[i] = ab[i].y;
+    const double bound = f32 ? 1e-6 : 1e-12;
+    const char *tn = f32 ? "f32" : "f64";
+    auto rep = [&](const char *what, double e, double bd) {
+        const bool ok = e <= bd;
+        failures += !ok;
+        printf("emu group_norm[twopass,%s,N=%d,C=%d,G=%d,HW=%d,SMs=%d: S=%lld chunk=%lld,V=%d] %s rel=%.1e (bound %.0e) %s\n", tn,
+               c.N, c.C, c.G, c.HW, sms, (long long)S, (long long)chunk, v4 ? 4 : 1, what, e, bd, ok ? "ok" : "FAILED");
+    };
+    rep("out", rel_err(o, R.out), bound);
+    rep("mean", rel_err(m, R.mu), bound);
+    rep("rstd", rel_err(r, R.rs), bound);
+    rep("dx", rel_err(d, R.dx), 2 * bound);
+    rep("sum_dy", rel_err(aba, R.ab_a), bound);
+    rep("sum_dy_x", rel_err(abb, R.ab_b), bound);
+    rep("dw", rel_err(dw, R.dw), 2 * bound);
+    rep("db", rel_err(db, R.db), bound);
 }
 
 /* ---- layer_norm: rows of n, forward, dx, and dw / db from [chunk, column] partials */
@@ -231,6 +318,15 @@ int main()
     run_ln<float, kThreads, 1>(2, 5001, false, 1);
     run_ln<double, 32, 1>(11, 70, true, 4);
     run_ln<double, kThreads, 1>(2, 4500, true, 1);
+    /* the two-pass group_norm: one chunk a group, 2 uneven ones (4100 = 2052 + 2048), 8, and 20
+     * (SD's 64x64 at 20 channels a group); f32 and f64; the SM count of an H200 and of a small
+     * GPU, which takes fewer chunks */
+    const gn_case twopass[] = {{2, 6, 3, 12}, {1, 20, 2, 100}, {2, 6, 3, 2050}, {1, 4, 2, 8192}, {1, 40, 2, 4096}};
+    for (const gn_case &c : twopass)
+        for (int sms : {132, 2}) {
+            run_twopass<float>(c, sms);
+            run_twopass<double>(c, sms);
+        }
     printf("%d failed\n", failures);
     return failures ? 1 : 0;
 }

@@ -4,7 +4,8 @@
  * below runs in 8 launches (both fiber orders, both cp.async landings) and must show in at least
  * one; each kernel with its barrier must be right in all 8. Each of the scheduler's rules (the
  * alternating order, the warp first, the hand-over at a completed barrier, the two cp.async
- * landings) is what some case here needs: with it taken out, that case fails. */
+ * landings) is what some case here needs: with it taken out, that case fails. Also: shuffles
+ * with a width below 32 follow PTX's segment rule. */
 #include "cuda_emu.h"
 
 #include <signal.h>
@@ -176,6 +177,27 @@ int main()
             right_launches(n[6], kT * f, 1, 1, rawp, [&](float *o) { raw_kernel(o, sync, -1); }),
         };
         for (int i = 0; i < 7; i++) expect(sync ? r[i] == kLaunches : r[i] < kLaunches, n[i]);
+    }
+    /* shuffles over segments of 8 lanes (the width argument), against PTX's rule for
+     * shfl.sync with c = ((32 - w) << 8) | 31: lanes [min, max] = [l & ~(w-1), that | (w-1)];
+     * bfly and down read lane j only if j <= max (else the own value), idx reads min | src */
+    {
+        std::vector<float> got(3 * kT, NAN), want(3 * kT);
+        for (unsigned t = 0; t < kT; t++) {
+            const unsigned l = t % 32, lo = l & ~7u, hi = lo | 7u, base = t - l;
+            const unsigned jx = l ^ 8u, jd = l + 3u, ji = lo | (13u & 7u);
+            want[3 * t] = (float)(base + (jx <= hi ? jx : l));
+            want[3 * t + 1] = (float)(base + (jd <= hi ? jd : l));
+            want[3 * t + 2] = (float)(base + ji);
+        }
+        emu_launch(1, kT, [&] {
+            const float v = (float)threadIdx.x;
+            got[3 * threadIdx.x] = __shfl_xor_sync(0xffffffffu, v, 8, 8);
+            got[3 * threadIdx.x + 1] = __shfl_down_sync(0xffffffffu, v, 3, 8);
+            got[3 * threadIdx.x + 2] = __shfl_sync(0xffffffffu, v, 13, 8);
+        });
+        printf("emu sched shuffles of width 8 (xor 8, down 3, lane 13): %s\n", got == want ? "as PTX's rule" : "WRONG");
+        expect(got == want, "shuffles of width 8");
     }
     /* a barrier that a quarter of the threads skip: the child must stop (abort), not hang */
     fflush(stdout);

@@ -1,7 +1,10 @@
 /* norm_kernels.cuh — the device helpers of norm.cu (vectors of V elements, Welford states, the
  * block sums), its layer_norm kernels (forward, backward input, and the weight and bias
- * gradients' column partials and their sum) and its two one-pass group_norm kernels for Hopper
- * thread-block clusters: the forward and the backward input gradient. Included by norm.cu inside
+ * gradients' column partials and their sum), its two one-pass group_norm kernels for Hopper
+ * thread-block clusters (the forward and the backward input gradient) and the two-pass
+ * group_norm kernels every other case takes (f64, groups too large for a cluster,
+ * DRAFT_GN_TWOPASS=1): statistics over chunks, normalisation, and the backward's per-plane sums,
+ * per-group coefficients, dx and dw / db. Included by norm.cu inside
  * its anonymous namespace, and by tests/test_norm_emu.cpp on the host, where tests/cuda_emu.h
  * stands in for the CUDA built-ins (threads, barriers, shuffles, clusters and their distributed
  * shared memory): so CI, which has no GPU, runs these kernels' row, chunk and cluster-reduction
@@ -555,6 +558,162 @@ gn_bwd_fused_kernel(float *__restrict__ dx, double2 *__restrict__ ab, const floa
         for (int i = 0; i < V; i++) gv.v[i] = f * gv.v[i] + k2 * xv.v[i] + k3;
         store<float, V>(dxg + j, gv);
     }
+}
+
+/* ---------------------------------------------------------------- group_norm, two-pass
+ * (any dtype, any size, any GPU: statistics over S chunks per group, then normalisation; the
+ * backward's per-plane sums, per-group coefficients, dx, and dw / db) */
+
+/* the statistics pass's chunks: S per group of ge elements (enough blocks to fill `sms` SMs, at
+ * least 2048 elements each, at most 1024), each a multiple of 4 long */
+static inline void gn_twopass_split(int64_t NG, int64_t ge, int sms, int64_t *S_, int64_t *chunk_)
+{
+    int64_t S = (4 * (int64_t)sms + NG - 1) / NG;
+    const int64_t smax = ge / 2048 > 0 ? ge / 2048 : 1;
+    S = S < 1 ? 1 : S > smax ? smax : S > 1024 ? 1024 : S;
+    int64_t chunk = (ge + S - 1) / S;
+    chunk = (chunk + 3) / 4 * 4;
+    S = (ge + chunk - 1) / chunk;
+    *S_ = S < 1 ? 1 : S;
+    *chunk_ = chunk;
+}
+
+/* part[g * S + s] = Welford state of chunk s of group g; x: [N*G groups of ge elements] */
+template <typename T, int V>
+__global__ void __launch_bounds__(kThreads)
+gn_stats_kernel(wsum *__restrict__ part, const T *__restrict__ x, int64_t ge, int64_t chunk)
+{
+    using A = acc_t<T>;
+    const int64_t g = blockIdx.x;
+    const int s = blockIdx.y;
+    const int64_t j0 = (int64_t)s * chunk, j1 = min(ge, j0 + chunk);
+    const T *xg = x + g * ge;
+    wstate<A> st = {0, 0, 0};
+    for (int64_t j = j0 + (int64_t)threadIdx.x * V; j < j1; j += (int64_t)kThreads * V) welford_add<A, T, V>(st, load<T, V>(xg + j));
+    const wsum r = group_welford<kThreads>(wsum{(double)st.n, (double)st.mean, (double)st.m2});
+    if (threadIdx.x == 0) part[g * gridDim.y + s] = r;
+}
+
+/* one block per (n, c) plane of HW elements */
+template <typename T, int V>
+__global__ void __launch_bounds__(kThreads)
+gn_norm_kernel(T *__restrict__ out, T *__restrict__ mean, T *__restrict__ rstd, const T *__restrict__ x,
+               const T *__restrict__ w, const T *__restrict__ b, const wsum *__restrict__ part, int S, int C,
+               int cg, int64_t HW, double eps)
+{
+    using A = acc_t<T>;
+    __shared__ A coef[2];
+    const int64_t plane = blockIdx.x;
+    const int c = (int)(plane % C);
+    const int64_t g = (plane / C) * (C / cg) + c / cg;
+    if (threadIdx.x == 0) {
+        wsum r = part[g * S];
+        for (int i = 1; i < S; i++) r = wmerge(r, part[g * S + i]);
+        const double rs = 1.0 / sqrt(r.m2 / r.n + eps);
+        const double sc = rs * (w ? (double)w[c] : 1.0);
+        coef[0] = (A)sc;
+        coef[1] = (A)((b ? (double)b[c] : 0.0) - r.mean * sc);
+        if (c % cg == 0) {
+            if (mean) mean[g] = (T)r.mean;
+            if (rstd) rstd[g] = (T)rs;
+        }
+    }
+    __syncthreads();
+    const A sc = coef[0], sh = coef[1];
+    const T *xp = x + plane * HW;
+    T *op = out + plane * HW;
+    for (int64_t j = (int64_t)threadIdx.x * V; j < HW; j += (int64_t)kThreads * V) {
+        vec<T, V> v = load<T, V>(xp + j);
+#pragma unroll
+        for (int i = 0; i < V; i++) v.v[i] = (T)((A)v.v[i] * sc + sh);
+        store<T, V>(op + j, v);
+    }
+}
+
+/* ab[plane] = (sum dy, sum dy * x) over the plane's HW elements */
+template <typename T, int V>
+__global__ void __launch_bounds__(kThreads)
+gn_bwd_plane_kernel(double2 *__restrict__ ab, const T *__restrict__ dy, const T *__restrict__ x, int64_t HW)
+{
+    using A = acc_t<T>;
+    const int64_t plane = blockIdx.x;
+    const T *dp = dy + plane * HW, *xp = x + plane * HW;
+    double sa = 0, sb = 0;
+    for (int64_t j = (int64_t)threadIdx.x * V; j < HW; j += (int64_t)kThreads * V) {
+        vec<T, V> g = load<T, V>(dp + j), xv = load<T, V>(xp + j);
+        A ca = 0, cb = 0;
+#pragma unroll
+        for (int i = 0; i < V; i++) { ca += (A)g.v[i]; cb += (A)g.v[i] * (A)xv.v[i]; }
+        sa += (double)ca;
+        sb += (double)cb;
+    }
+    const double2 r = group_sum2<kThreads>(sa, sb);
+    if (threadIdx.x == 0) ab[plane] = r;
+}
+
+/* per (n, g): coef = (k2, k3) with dx = rstd * w[c] * dy + k2 * x + k3 */
+template <typename T>
+__global__ void gn_bwd_coef_kernel(double2 *__restrict__ coef, const double2 *__restrict__ ab, const T *__restrict__ w,
+                                   const T *__restrict__ mean, const T *__restrict__ rstd, int64_t NG, int G, int cg,
+                                   int64_t HW)
+{
+    const int64_t ng = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (ng >= NG) return;
+    const int64_t n = ng / G;
+    const int g = (int)(ng % G), C = G * cg;
+    const double mu = (double)mean[ng], rs = (double)rstd[ng];
+    double s1 = 0, s2 = 0;   /* sum dy*w, sum dy*w*(x - mean) */
+    for (int i = 0; i < cg; i++) {
+        const int c = g * cg + i;
+        const double2 v = ab[n * C + c];
+        const double wc = w ? (double)w[c] : 1.0;
+        s1 += wc * v.x;
+        s2 += wc * (v.y - mu * v.x);
+    }
+    const double m = (double)cg * (double)HW;
+    const double k2 = -rs * rs * rs * s2 / m;   /* xhat * mean(g * xhat) * rstd, per unit x */
+    const double k3 = -rs * s1 / m - k2 * mu;
+    coef[ng] = make_double2(k2, k3);
+}
+
+template <typename T, int V>
+__global__ void __launch_bounds__(kThreads)
+gn_bwd_dx_kernel(T *__restrict__ dx, const T *__restrict__ dy, const T *__restrict__ x, const T *__restrict__ w,
+                 const T *__restrict__ rstd, const double2 *__restrict__ coef, int C, int cg, int64_t HW)
+{
+    using A = acc_t<T>;
+    const int64_t plane = blockIdx.x;
+    const int c = (int)(plane % C);
+    const int64_t g = (plane / C) * (C / cg) + c / cg;
+    const double2 k = coef[g];
+    const A k1 = (A)((double)rstd[g] * (w ? (double)w[c] : 1.0)), k2 = (A)k.x, k3 = (A)k.y;
+    const T *dp = dy + plane * HW, *xp = x + plane * HW;
+    T *op = dx + plane * HW;
+    for (int64_t j = (int64_t)threadIdx.x * V; j < HW; j += (int64_t)kThreads * V) {
+        vec<T, V> g = load<T, V>(dp + j), xv = load<T, V>(xp + j);
+#pragma unroll
+        for (int i = 0; i < V; i++) g.v[i] = (T)(k1 * (A)g.v[i] + k2 * (A)xv.v[i] + k3);
+        store<T, V>(op + j, g);
+    }
+}
+
+/* dw[c] = sum_n rstd * (sum dy*x - mean * sum dy), db[c] = sum_n sum dy; in order of n */
+template <typename T>
+__global__ void gn_bwd_wb_kernel(T *__restrict__ dw, T *__restrict__ db, const double2 *__restrict__ ab,
+                                 const T *__restrict__ mean, const T *__restrict__ rstd, int64_t N, int C, int cg)
+{
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    const int G = C / cg;
+    double sw = 0, sb = 0;
+    for (int64_t n = 0; n < N; n++) {
+        const double2 v = ab[n * C + c];
+        const int64_t g = n * G + c / cg;
+        sw += (double)rstd[g] * (v.y - (double)mean[g] * v.x);
+        sb += v.x;
+    }
+    if (dw) dw[c] = (T)sw;
+    if (db) db[c] = (T)sb;
 }
 
 #endif
