@@ -104,7 +104,7 @@ static int64_t peak_rss_bytes(void)
 struct opts {
     const char *shared;
     enum draft_method method;
-    int k, lv_n, steps, batch, size, lora_rank, threads;
+    int k, lv_n, steps, batch, size, lora_rank, threads, reps;
     enum dtype dtype;
     const char *reward;
     bool reward_vit, checkpoint;
@@ -141,6 +141,8 @@ static void usage(FILE *f)
             "  --precision P     the GPU's matrix products: f32 (default), tf32 or bf16 (autocast)\n"
             "  --threads N       CPU threads (default: the engine's, i.e. OMP_NUM_THREADS)\n"
             "  --seed S          weights, context, latents and LV noise (default 0)\n"
+            "  --reps N          N steps (default 1): the first is reported as seconds=, the median of\n"
+            "                    the others as seconds_next= (warm: caches, allocator, GPU heuristics)\n"
             "  --help            this text\n"
             "Example (the figure docs/tutorial.md quotes):\n"
             "  OMP_NUM_THREADS=2 build/bench/" PROG " --size 512 --steps 2 --method lv\n");
@@ -163,7 +165,7 @@ static bool parse_int(const char *flag, const char *v, long lo, long hi, int *ou
 static int parse_args(int argc, char **argv, struct opts *o)
 {
     *o = (struct opts){.method = DRAFT_LV, .k = 1, .lv_n = 2, .steps = 2, .batch = 1, .size = 512, .lora_rank = 8,
-                       .threads = 0, .dtype = DTYPE_F32, .reward = "colorfulness", .checkpoint = true,
+                       .threads = 0, .reps = 1, .dtype = DTYPE_F32, .reward = "colorfulness", .checkpoint = true,
                        .guidance = 7.5, .seed = 0, .device = DEVICE_CPU};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -175,7 +177,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
                      !strcmp(a, "--steps") || !strcmp(a, "--batch") || !strcmp(a, "--size") ||
                      !strcmp(a, "--dtype") || !strcmp(a, "--guidance") || !strcmp(a, "--lora-rank") ||
                      !strcmp(a, "--reward") || !strcmp(a, "--threads") || !strcmp(a, "--seed") || !strcmp(a, "--device") ||
-                     !strcmp(a, "--precision");
+                     !strcmp(a, "--precision") || !strcmp(a, "--reps");
         if (!known) {
             fprintf(stderr, PROG ": unknown argument '%s' (see --help)\n", a);
             return 2;
@@ -220,6 +222,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
         else if (!strcmp(a, "--size")) ok = parse_int(a, v, 64, 4096, &o->size);
         else if (!strcmp(a, "--lora-rank")) ok = parse_int(a, v, 1, 1024, &o->lora_rank);
         else if (!strcmp(a, "--threads")) ok = parse_int(a, v, 1, 1024, &o->threads);
+        else if (!strcmp(a, "--reps")) ok = parse_int(a, v, 1, 100, &o->reps);
         if (!ok) return 2;
     }
     /* SD 1.4: latents are size/8 and the UNet halves them 3 times */
@@ -322,7 +325,7 @@ static struct tensor *probe_score(struct draft_reward *r, struct tensor *images,
         p->live_in = live_bytes();
     }
     struct tensor *s = draft_reward_score(p->inner, images, prompts);
-    p->t_out = sync_now_s();
+    if (p->calls == 1) p->t_out = sync_now_s();   /* the first step's split (--reps runs more) */
     return s;
 }
 
@@ -497,9 +500,27 @@ int main(int argc, char **argv)
         goto done;
     }
     const double t1 = sync_now_s();
+    /* --reps: more steps, each timed whole (the probe keeps the first one's split) */
+    double next[100];
+    int n_next = 0;
+    for (int r = 1; r < o.reps && isfinite(J); r++) {
+        const double ta = sync_now_s();
+        if (draft_objective_backward(&p, &cfg, &probe.r, latents, context, NULL, -1, NULL, 1.0, &J, NULL) ||
+            nn_adamw_step(&opt, &updated, &gnorm)) {
+            fail("a further step");
+            goto done;
+        }
+        next[n_next++] = sync_now_s() - ta;
+    }
+    for (int i = 1; i < n_next; i++)   /* insertion sort: the median below */
+        for (int j = i; j > 0 && next[j] < next[j - 1]; j--) {
+            const double tmp = next[j];
+            next[j] = next[j - 1];
+            next[j - 1] = tmp;
+        }
     struct mem_stats ms;
     mem_get_stats(g_dev, &ms);
-    if (!isfinite(J) || !isfinite(gnorm) || !updated || probe.calls != 1) {
+    if (!isfinite(J) || !isfinite(gnorm) || !updated || probe.calls != o.reps) {
         fprintf(stderr, PROG ": the step is not sound: reward %g, grad norm %g, updated %d, reward calls %d\n", J, gnorm,
                 updated, probe.calls);
         goto done;
@@ -516,13 +537,18 @@ int main(int argc, char **argv)
     printf("time: forward to the reward (sampler loop + differentiable steps + decode) %.2fs, reward %.2fs, "
            "backward + AdamW %.2fs (AdamW %.3fs), step %.2fs\n",
            sample_s, reward_s, backward_s, t1 - t_bwd, step_s);
-    char w[32], pk[32], ac[32], rs[32];
+    char w[32], pk[32], ac[32], rs[32], nx[48] = "";
+    if (n_next) {
+        snprintf(nx, sizeof nx, " seconds_next=%.2f",
+                 n_next % 2 ? next[n_next / 2] : 0.5 * (next[n_next / 2 - 1] + next[n_next / 2]));
+        printf("time of steps 2..%d: median %s s\n", o.reps, nx + 14);
+    }
     printf("sd14_step: device=%s precision=%s method=%s B=%d size=%d T=%d dtype=%s weights=%s peak=%s act=%s "
-           "seconds=%.2f sample_s=%.2f "
+           "seconds=%.2f%s sample_s=%.2f "
            "rss=%s reward=%s\n",
            device_name(g_dev), precision_name(o.precision), draft_method_name(o.method), o.batch, o.size, o.steps,
            dtype_name(o.dtype), bytes_str(weights, w, sizeof w),
-           bytes_str(ms.peak_bytes, pk, sizeof pk), bytes_str(act, ac, sizeof ac), step_s, sample_s,
+           bytes_str(ms.peak_bytes, pk, sizeof pk), bytes_str(act, ac, sizeof ac), step_s, nx, sample_s,
            bytes_str(peak_rss_bytes(), rs, sizeof rs), reward->name);
     rc = 0;
 

@@ -17,6 +17,12 @@
 # (skip the demo runs / the SD 1.4 steps / the op benchmarks: a quick tests-and-table call),
 # GPU_CHECK_PROFILE=0 (skip the TF32 and bf16 SD 1.4 steps once more under DRAFT_PROFILE=shapes: time per op and per shape),
 # GPU_CHECK_NCU=0 (skip the last phase: Nsight Compute on the rows that miss their targets, ours and torch's),
+# GPU_CHECK_TESTS=0 (skip the GPU test suites),
+# GPU_CHECK_E2E=1 (a call of its own: one DRaFT-LV step of SD 1.4, ours against PyTorch + diffusers
+# (bench/torch_sd14_step.py) on the same card in tf32, bf16 and f32, three steps a process, and
+# nothing else unless asked; the machine has PyTorch but not diffusers: --prepare downloads its wheel
+# into .wheels, which that call carries (carry [".deps", ".wheels"]; the tiny UNet and golden file
+# need not travel then: 6 MB more would not fit beside them),
 # GPU_CHECK_BUDGET=N (seconds from the start of the build by which the summary must be out; 450 by default,
 # so that a call ends within the issue's 8 minutes; a device call may run 600 s, so 540 fits one).
 # After the build and the tests, the op benchmarks come first (the issue's targets), then the demo
@@ -37,6 +43,12 @@ if [ "${1:-}" = --prepare ]; then
         "$ROOT"/usr/lib/x86_64-linux-gnu/{libssl.so*,engines-3,ossl-modules}
     tar czf .deps/root.tgz -C .deps root && rm -rf "$ROOT"
     du -sh .deps
+    # the end-to-end comparison's diffusers (pure Python; everything it needs is on the GPU machine)
+    rm -rf .wheels && mkdir -p .wheels
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 -d .wheels "diffusers==${GPU_CHECK_DIFFUSERS:-0.42.1}" ||
+        echo "gpu-check: could not download the diffusers wheel: GPU_CHECK_E2E=1 will skip its torch side"
+    du -sh .wheels
     exit 0
 fi
 [ -d "$ROOT" ] || [ ! -f .deps/root.tgz ] || tar xzf .deps/root.tgz -C .deps || exit 2
@@ -58,6 +70,10 @@ if [ -z "${DRAFT_PARITY_DIR:-}" ] && [ ! -d ../shared/parity ] && [ -d shared/pa
 fi
 PARITY=${DRAFT_PARITY_DIR:-../shared/parity}
 
+# GPU_CHECK_E2E=1: that comparison alone, unless a phase is asked for by name
+if [ "${GPU_CHECK_E2E:-0}" = 1 ]; then
+    : "${GPU_CHECK_TESTS:=0}" "${GPU_CHECK_BENCH:=0}" "${GPU_CHECK_DEMO:=0}" "${GPU_CHECK_SD14:=0}" "${GPU_CHECK_NCU:=0}"
+fi
 t0=$(date +%s)
 # the time budget: a device call may run 600 s, and the summary must come out before then, so each
 # phase after the build runs only if its usual length still fits (GPU_CHECK_BUDGET seconds from
@@ -81,13 +97,18 @@ fi
 # has GPU cases, to spend the machine's minutes on the GPU
 if [ "${GPU_CHECK_ALL:-0}" = 1 ]; then targets=(); else
     targets=(tests/test_cuda tests/test_draft tests/test_unet tools/draft-run bench/bench_gpu bench/bench_sd14_step); fi
+[ "${GPU_CHECK_E2E:-0}" = 1 ] && [ "${GPU_CHECK_TESTS:-1}" = 0 ] && [ "${GPU_CHECK_BENCH:-1}" = 0 ] && targets=(bench/bench_sd14_step)
 ninja -C build-gpu "${targets[@]}" > "$OUTDIR/build.log" 2>&1 || { grep -E "error" -A3 "$OUTDIR/build.log" | head -60; exit 1; }
 echo "build: $(( $(date +%s) - t0 )) s"
 
 # the GPU suites: test_cuda (every op, cpu vs cuda) and test_draft's cuda case (draft-run on
 # cuda vs cpu); with GPU_CHECK_ALL=1 every suite, in parallel. Every program runs under a timeout:
 # a kernel that hangs must cost its own phase, not the call's summary.
-if [ "${GPU_CHECK_ALL:-0}" = 1 ]; then
+test_rc=0
+: > "$OUTDIR/testlog.txt"
+if [ "${GPU_CHECK_TESTS:-1}" = 0 ]; then
+    skipped+=("the GPU test suites (GPU_CHECK_TESTS=0)")
+elif [ "${GPU_CHECK_ALL:-0}" = 1 ]; then
     meson test -C build-gpu --num-processes 8 --timeout-multiplier 2 --print-errorlogs > "$OUTDIR/test.log" 2>&1
     test_rc=$?
     cp build-gpu/meson-logs/testlog.txt "$OUTDIR/testlog.txt" 2>/dev/null
@@ -103,7 +124,7 @@ fi
 # the GPU, where the parity data for it came along
 unet_parity=""
 parity_rc=0
-if [ -f "$PARITY/golden/unet.safetensors" ] && [ -x build-gpu/tests/test_unet ]; then
+if [ -f "$PARITY/golden/unet.safetensors" ] && [ -x build-gpu/tests/test_unet ] && [ "${GPU_CHECK_TESTS:-1}" = 1 ]; then
     DRAFT_TEST_DEVICE=cuda CK_RUN_CASE=parity OMP_NUM_THREADS=4 CK_DEFAULT_TIMEOUT=600 timeout $(cap 120) \
         ./build-gpu/tests/test_unet > "$OUTDIR/test-unet-parity.txt" 2>&1 || parity_rc=$?
     unet_parity="$(grep -E "^parity summary|^SKIP|FAILED" "$OUTDIR/test-unet-parity.txt" | head -n 3 | tr '\n' ' ')"
@@ -195,6 +216,33 @@ if [ -f "$PARITY/sd14/unet.config.json" ] && [ "${GPU_CHECK_SD14:-1}" = 1 ]; the
     done
 fi
 
+# GPU_CHECK_E2E=1: one DRaFT-LV step of SD 1.4 (batch 4, T = 50, the aesthetic reward's ViT-L/14;
+# random weights), ours against PyTorch + diffusers (bench/torch_sd14_step.py) in each precision,
+# each side in a process of its own with 3 steps (the first, and the median of the warm ones)
+e2e_rc=0
+if [ "${GPU_CHECK_E2E:-0}" = 1 ]; then
+    if ls .wheels/*.whl > /dev/null 2>&1; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/gpu-check-site \
+            .wheels/*.whl > "$OUTDIR/e2e-pip.log" 2>&1 && export PYTHONPATH=/tmp/gpu-check-site${PYTHONPATH:+:$PYTHONPATH}
+    fi
+    torch_side=1
+    if ! python3 -c "import diffusers, transformers" > "$OUTDIR/e2e-import.log" 2>&1; then
+        torch_side=0
+        skipped+=("e2e torch side: $(tail -n 1 "$OUTDIR/e2e-import.log" | cut -c1-100) (carry .wheels: scripts/gpu-check.sh --prepare)")
+    fi
+    e2e_args=(--device cuda --method lv --batch 4 --steps 50 --reward-vit --reps 3)
+    for pr in tf32 bf16 f32; do
+        fits 150 "e2e $pr" || continue
+        timeout $(cap 240) ./build-gpu/bench/bench_sd14_step "${e2e_args[@]}" --precision $pr >> "$OUTDIR/e2e.log" 2>&1 || e2e_rc=1
+        [ $torch_side = 1 ] || continue
+        fits 60 "e2e torch $pr" || continue
+        PYTHONUNBUFFERED=1 timeout $(cap 240) python3 bench/torch_sd14_step.py "${e2e_args[@]}" --precision $pr \
+            >> "$OUTDIR/e2e.log" 2>&1 || e2e_rc=1
+        grep "^sd14_step:" "$OUTDIR/e2e.log" | tail -n 2
+    done
+    echo "e2e: $(( $(date +%s) - t0 )) s"
+fi
+
 # Nsight Compute on the rows that miss their target (GPU_CHECK_NCU=0 skips): one profile per row
 # and side (bench_gpu's BENCH_GPU_ONLY, torch_gpu.py's BENCH_ONLY: the row's calls alone inside the
 # profiler's window), summed up by bench/ncu_summary.py: each kernel's time and what bounds it
@@ -240,6 +288,10 @@ if [ -f "$OUTDIR/ncu-summary.txt" ]; then
     cat "$OUTDIR/ncu-summary.txt"
     echo
 fi
+if [ -f "$OUTDIR/e2e.log" ]; then
+    bench/join_sd14_step.sh "$OUTDIR/e2e.log"
+    echo
+fi
 if [ -f "$OUTDIR/bench-ours.txt" ]; then
     bench/join_gpu_bench.sh "$OUTDIR/bench-ours.txt" "$OUTDIR/bench-torch.txt" 2>/dev/null || cat "$OUTDIR/bench-ours.txt"
     echo
@@ -252,11 +304,11 @@ if [ -f "$OUTDIR/bench-ours.txt" ]; then
     bench/gpu_switches.sh "$OUTDIR/testlog.txt" "$OUTDIR/bench-ours.txt" | tee "$OUTDIR/switches.txt"
     echo
 fi
-printf "%-12s %s\n" "cuda suite" "$cuda_ok ok, $cuda_bad failed$([ $test_rc -eq 0 ] || echo ", FAILED (rc $test_rc)")"
+[ "${GPU_CHECK_TESTS:-1}" = 0 ] || printf "%-12s %s\n" "cuda suite" "$cuda_ok ok, $cuda_bad failed$([ $test_rc -eq 0 ] || echo ", FAILED (rc $test_rc)")"
 [ -z "$defaults" ] || printf "%-12s %s\n" "cuda suite" "$defaults"
 [ -z "$unet_parity" ] || printf "%-12s %s\n" "unet parity" "$unet_parity$([ $parity_rc -eq 0 ] || echo "(rc $parity_rc)")"
 for l in "${skipped[@]}"; do printf "%-12s %s\n" "skipped" "$l"; done
 for l in "${demo[@]}"; do printf "%-12s %s\n" "demo cuda" "$l"; done
 for l in "${sd14[@]}"; do printf "%-12s %s\n" "sd14 step" "$l"; done
 } 2>&1 | tee "$OUTDIR/summary.txt"
-[ $test_rc -eq 0 ] && [ $parity_rc -eq 0 ] && [ $run_rc -eq 0 ] && [ $bench_rc -eq 0 ]
+[ $test_rc -eq 0 ] && [ $parity_rc -eq 0 ] && [ $run_rc -eq 0 ] && [ $bench_rc -eq 0 ] && [ $e2e_rc -eq 0 ]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # test_gpu_scripts.sh — the scripts that read a GPU run's output (bench/join_gpu_bench.sh,
-# bench/gpu_targets.sh, bench/gpu_switches.sh, bench/ncu_summary.py), on made-up results, and that scripts/gpu-check.sh
+# bench/gpu_targets.sh, bench/gpu_switches.sh, bench/ncu_summary.py, bench/join_sd14_step.sh), on made-up results, and that scripts/gpu-check.sh
 # parses, in CI: a GPU session has 15 minutes and must not find them broken. Run from the
 # repository root.
 set -u
@@ -143,7 +143,18 @@ for sw in $(grep -ohE 'cuda_switch\("DRAFT_[A-Z0-9_]+",' tensor/cuda/*.cu | grep
     if grep -q "\"$sw\"" bench/bench_gpu.c && grep -q "\"$sw\"" bench/gpu_switches.sh; then echo "ok   $sw in bench_gpu and gpu_switches.sh"
     else echo "FAIL $sw: missing from bench/bench_gpu.c's switches or bench/gpu_switches.sh"; fail=1; fi
 done
-for s in scripts/gpu-check.sh bench/join_gpu_bench.sh bench/gpu_targets.sh bench/gpu_switches.sh; do
+# the end-to-end table (GPU_CHECK_E2E): both sides of a precision paired, a side missing shown as -
+cat > "$t/e2e" <<'R'
+bench_sd14_step: a line that is not a result
+sd14_step: device=cuda precision=tf32 method=lv B=4 size=512 T=50 dtype=f32 weights=5.12GiB peak=37.60GiB act=32.48GiB seconds=6.20 seconds_next=5.90 sample_s=4.10 rss=2.00GiB reward=vit-aesthetic
+sd14_step: side=torch device=cuda precision=tf32 method=lv B=4 size=512 T=50 weights=5.20GiB peak=20.10GiB act=14.90GiB seconds=9.10 seconds_next=4.80 sample_s=3.00 reward=vit-aesthetic torch=2.11.0 diffusers=0.42.1 transformers=5.17.0
+sd14_step: device=cuda precision=bf16 method=lv B=4 size=512 T=50 dtype=f32 weights=5.12GiB peak=30.00GiB act=25GiB seconds=5.30 sample_s=4.10 rss=2.00GiB reward=vit-aesthetic
+R
+bench/join_sd14_step.sh "$t/e2e" > "$t/e2e.out" 2>&1
+check "e2e: the title" "$t/e2e.out" '^DRaFT step, SD 1\.4 architecture \(method lv, B 4, 512 px, T 50\), ours vs PyTorch \+ diffusers \(torch 2\.11\.0, diffusers 0\.42\.1\)$'
+check "e2e: a paired row" "$t/e2e.out" '^tf32 +6\.20 +5\.90 +9\.10 +4\.80 +1\.23 +37\.60GiB +20\.10GiB$'
+check "e2e: one side only" "$t/e2e.out" '^bf16 +5\.30 +- +- +- +- +30\.00GiB +-$'
+for s in scripts/gpu-check.sh bench/join_gpu_bench.sh bench/gpu_targets.sh bench/gpu_switches.sh bench/join_sd14_step.sh; do
     if bash -n "$s"; then echo "ok   $s parses"; else echo "FAIL $s does not parse"; fail=1; fi
 done
 exit $fail
