@@ -1,6 +1,7 @@
-/* common.cuh — what the core CUDA kernels share: checked cuBLAS calls, the stream, launch
- * sizes and a strided iterator that mirrors cpu_iter (same dim collapsing), evaluated per
- * element on the device with 32-bit index math whenever the offsets fit. */
+/* common.cuh — what the core CUDA kernels' host code shares: checked cuBLAS calls, the stream,
+ * scratch memory and dtype checks; with iter.cuh's launch sizes and strided iterator (which
+ * mirrors cpu_iter, same dim collapsing, evaluated per element on the device with 32-bit index
+ * math whenever the offsets fit). */
 #ifndef TENSOR_CUDA_COMMON_CUH
 #define TENSOR_CUDA_COMMON_CUH
 
@@ -10,7 +11,6 @@
 
 #include "tensor/cuda/cuda.h"
 #include "tensor/cuda/iter.cuh"
-#include "tensor/half.h"
 
 #define CUBLAS_TRY(call)                                                                                   \
     do {                                                                                                   \
@@ -52,13 +52,5 @@ static inline enum status cu_same_dtype(const struct tensor *a, const struct ten
     if (a->dtype == b->dtype) return STATUS_OK;
     return tensor_fail(STATUS_DTYPE, "%s: dtype mismatch (%s vs %s)", op, dtype_name(a->dtype), dtype_name(b->dtype));
 }
-
-/* ---------------------------------------------------------------- conversions
- * tensor/half.h is shared with tensor.c, so a conversion gives the same bits on both devices
- * (NaN payloads included). */
-__device__ __forceinline__ float cu_bf16_to_f32(uint16_t h) { return __uint_as_float(half_bf16_to_f32_bits(h)); }
-__device__ __forceinline__ uint16_t cu_f32_to_bf16(float f) { return half_f32_bits_to_bf16(__float_as_uint(f)); }
-__device__ __forceinline__ float cu_f16_to_f32(uint16_t h) { return __uint_as_float(half_f16_to_f32_bits(h)); }
-__device__ __forceinline__ uint16_t cu_f32_to_f16(float f) { return half_f32_bits_to_f16(__float_as_uint(f)); }
 
 #endif
