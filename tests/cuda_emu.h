@@ -333,6 +333,13 @@ inline float __uint_as_float(uint32_t u)
     return f;
 }
 template <class T> T __ldg(const T *p) { return *p; }
+/* the fibers take turns on one OS thread: a plain read-modify-write is atomic */
+template <class T> T atomicMin(T *p, T v)
+{
+    const T old = *p;
+    if (v < old) *p = v;
+    return old;
+}
 inline int min(int a, int b) { return a < b ? a : b; }
 inline int max(int a, int b) { return a > b ? a : b; }
 inline int64_t min(int64_t a, int64_t b) { return a < b ? a : b; }

@@ -5,7 +5,8 @@
  * dense run long enough for the vector kernel and its tail, on the same run one element off
  * alignment (the scalar dense kernel), on a transposed view and with a broadcast (stride 0)
  * operand (the strided kernel, in 32-bit and, forced, 64-bit index math), f32 and f64;
- * conversions between all six dtypes and fills of each, bit for bit. The device functions are
+ * conversions between all six dtypes and fills of each, the Philox fill (random_kernels.cuh) and
+ * the embedding gather and backward (embedding_kernels.cuh), bit for bit. The device functions are
  * the host's libm here, so this checks the formulas, the operand wiring and the indexing, not the
  * GPU's math library (test_cuda's bounds cover that). One line per op and dtype; exits non-zero
  * on any bound exceeded. */
@@ -15,12 +16,16 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <algorithm>
 #include <functional>
 #include <vector>
 
 #include "tensor/backend.h"
 #include "tensor/cuda/iter.cuh"
 #include "tensor/cuda/elementwise_kernels.cuh"
+#include "tensor/cuda/embedding_kernels.cuh"
+#include "tensor/philox.h"
+#include "tensor/cuda/random_kernels.cuh"
 
 namespace {
 
@@ -278,6 +283,131 @@ void convert_all()
     failures += bad;
 }
 
+/* random: the Philox stream through dense and transposed views, at offsets that start a block
+ * and that start mid-block, on cuda_random's grid and on one block of 128 looping: the CPU's bits */
+void random_all()
+{
+    int bad = 0, cases = 0;
+    for (enum dtype dt : {DTYPE_F32, DTYPE_F64})
+        for (bool normal : {false, true})
+            for (layout l : {DENSE, TRANSPOSED})
+                for (uint64_t offset : {(uint64_t)0, (uint64_t)8, (uint64_t)6})
+                    for (int small = 0; small < 2; small++) {
+                        struct tensor *ref = input(dt, l, [](int64_t) { return 0.0; });
+                        struct tensor *out = input(dt, l, [](int64_t) { return 0.0; });
+                        bool ok = !cpu->random(ref, 1234, offset, normal);
+                        /* cuda_random's host part */
+                        const struct tensor *ts[1] = {out};
+                        cu_iter<1> it;
+                        cu_iter_init<1>(&it, ts);
+                        const uint64_t first = offset / 4, skip = offset % 4;
+                        const int64_t nblocks = (int64_t)((skip + (uint64_t)it.numel + 3) / 4);
+                        const bool contig = cu_iter_contiguous(&it);
+                        char *po = ptr(out);
+                        const unsigned g = small ? 1 : cu_blocks(nblocks, 128);
+                        emu_launch(g, 128, [&] {
+                            if (dt == DTYPE_F32) k_random<float>(po, it, contig, 1234, first, (int64_t)skip, nblocks, normal);
+                            else k_random<double>(po, it, contig, 1234, first, (int64_t)skip, nblocks, normal);
+                        });
+                        ok = ok && !memcmp(out->storage->data, ref->storage->data, (size_t)(R * C) * dtype_size(dt));
+                        bad += !ok;
+                        cases++;
+                        if (!ok)
+                            printf("emu random[%s,%s,%s,offset %llu,%s grid] differs from the CPU FAILED\n", dtype_name(dt),
+                                   normal ? "normal" : "uniform", layout_name[l], (unsigned long long)offset, small ? "1-block" : "full");
+                        for (struct tensor *t : {ref, out}) tensor_free(t);
+                    }
+    printf("emu random: %d of %d cases (f32 / f64, uniform / normal, dense / transposed, offsets 0, 8, 6, two grids), the CPU's "
+           "bits %s\n", cases - bad, cases, bad ? "FAILED" : "ok");
+    failures += bad;
+}
+
+/* embedding: the gather (weights of 2, 4 and 8 bytes; i32 and i64 ids read at stride 2; a
+ * transposed output) and an id outside the table (the first such position is recorded); the
+ * backward, ids sorted stably on the host as CUB does on the device, adding into a dweight that
+ * is not zero: the CPU's bits (the same additions in the same order) */
+void embedding_all()
+{
+    const int64_t V = 11, D = 5, n = 23;
+    int bad = 0, cases = 0;
+    for (enum dtype wdt : {DTYPE_BF16, DTYPE_F32, DTYPE_F64})
+        for (enum dtype idt : {DTYPE_I32, DTYPE_I64}) {
+            const int64_t wshape[2] = {V, D}, ishape[2] = {n, 2}, oshape[2] = {D, n};
+            struct tensor *w = make(wdt, 2, wshape, [](int64_t) { return emu_urand(rng); });
+            struct tensor *ids_s = make(idt, 2, ishape, [&](int64_t i) { return (double)((i * 7 + 3) % V); });
+            struct tensor *ids = tensor_select(ids_s, 1, 0);   /* [n] at stride 2 */
+            struct tensor *os = make(wdt, 2, oshape, [](int64_t) { return -1.0; }), *rs = make(wdt, 2, oshape, [](int64_t) { return -1.0; });
+            struct tensor *out = tensor_transpose(os, 0, 1), *ref = tensor_transpose(rs, 0, 1);
+            bool ok = !cpu->embedding(ref, w, ids);
+            unsigned long long first_bad = ~0ull;
+            auto gather = [&](struct tensor *o) {
+                char *po = ptr(o);
+                const char *pw = ptr(w), *pid = ptr(ids);
+                const bool i64 = idt == DTYPE_I64;
+                emu_launch(cu_blocks(n * D, CU_THREADS * 4), CU_THREADS, [&] {
+                    switch (dtype_size(wdt)) {
+                    case 2: k_embedding<uint16_t>(po, o->stride[0], o->stride[1], pw, w->stride[0], w->stride[1], pid, i64, ids->stride[0], n, D, V, &first_bad); break;
+                    case 4: k_embedding<uint32_t>(po, o->stride[0], o->stride[1], pw, w->stride[0], w->stride[1], pid, i64, ids->stride[0], n, D, V, &first_bad); break;
+                    default: k_embedding<uint64_t>(po, o->stride[0], o->stride[1], pw, w->stride[0], w->stride[1], pid, i64, ids->stride[0], n, D, V, &first_bad); break;
+                    }
+                });
+            };
+            gather(out);
+            ok = ok && first_bad == ~0ull && !memcmp(os->storage->data, rs->storage->data, (size_t)(n * D) * dtype_size(wdt));
+            /* ids 13 and -1 at positions 9 and 4 (storage 18 and 8): position 4 is recorded */
+            if (idt == DTYPE_I32) ((int32_t *)ids_s->storage->data)[18] = 13, ((int32_t *)ids_s->storage->data)[8] = -1;
+            else ((int64_t *)ids_s->storage->data)[18] = 13, ((int64_t *)ids_s->storage->data)[8] = -1;
+            gather(out);
+            ok = ok && first_bad == 4;
+            bad += !ok;
+            cases++;
+            if (!ok) printf("emu embedding[%s weights, %s ids] differs from the CPU (first bad %llu) FAILED\n", dtype_name(wdt), dtype_name(idt), first_bad);
+            /* the backward (f32 / f64 only), with the bad ids in: they are skipped */
+            if (wdt != DTYPE_BF16) {
+                const int64_t dshape[2] = {n, D};
+                struct tensor *dy = make(wdt, 2, dshape, [](int64_t) { return emu_urand(rng); });
+                struct tensor *dw = make(wdt, 2, wshape, [](int64_t i) { return 0.25 * (double)(i % 3); });
+                struct tensor *dwr = make(wdt, 2, wshape, [](int64_t i) { return 0.25 * (double)(i % 3); });
+                /* the CPU rejects ids outside the table: its reference runs on the good ids, whose sums are the same */
+                struct tensor *good_s = make(idt, 2, ishape, [&](int64_t i) { return (double)((i * 7 + 3) % V); });
+                struct tensor *good = tensor_select(good_s, 1, 0);
+                struct tensor *dyg = make(wdt, 2, dshape, [](int64_t) { return 0.0; });
+                memcpy(dyg->storage->data, dy->storage->data, (size_t)(n * D) * dtype_size(wdt));
+                for (int64_t j = 0; j < D; j++)   /* the bad positions' rows count for nothing */
+                    for (int64_t pos : {(int64_t)4, (int64_t)9}) {
+                        if (wdt == DTYPE_F32) ((float *)dyg->storage->data)[pos * D + j] = 0;
+                        else ((double *)dyg->storage->data)[pos * D + j] = 0;
+                    }
+                ok = !cpu->embedding_backward(dwr, dyg, good);
+                std::vector<unsigned long long> keys((size_t)n);
+                std::vector<int64_t> pos((size_t)n);
+                emu_launch(1, CU_THREADS, [&] { k_embed_keys(keys.data(), pos.data(), ptr(ids), idt == DTYPE_I64, ids->stride[0], n, V); });
+                std::vector<size_t> order((size_t)n);
+                for (size_t i = 0; i < order.size(); i++) order[i] = i;
+                std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return keys[a] < keys[b]; });
+                std::vector<unsigned long long> sk((size_t)n);
+                std::vector<int64_t> sp((size_t)n);
+                for (size_t i = 0; i < order.size(); i++) sk[i] = keys[order[i]], sp[i] = pos[order[i]];
+                emu_launch(cu_blocks(n * D, CU_THREADS * 4), CU_THREADS, [&] {
+                    if (wdt == DTYPE_F32)
+                        k_embed_bwd<float>((float *)ptr(dw), dw->stride[0], dw->stride[1], (const float *)ptr(dy), dy->stride[0], dy->stride[1], sk.data(), sp.data(), n, D, V);
+                    else
+                        k_embed_bwd<double>((double *)ptr(dw), dw->stride[0], dw->stride[1], (const double *)ptr(dy), dy->stride[0], dy->stride[1], sk.data(), sp.data(), n, D, V);
+                });
+                /* the good ids' sums: the same bits; the CPU added the zeroed bad rows, +0 changes nothing */
+                ok = ok && !memcmp(dw->storage->data, dwr->storage->data, (size_t)(V * D) * dtype_size(wdt));
+                bad += !ok;
+                cases++;
+                if (!ok) printf("emu embedding_backward[%s, %s ids] differs from the CPU FAILED\n", dtype_name(wdt), dtype_name(idt));
+                for (struct tensor *t : {dy, dw, dwr, good_s, good, dyg}) tensor_free(t);
+            }
+            for (struct tensor *t : {w, ids_s, ids, os, rs, out, ref}) tensor_free(t);
+        }
+    printf("emu embedding: %d of %d cases (gather with 2-, 4- and 8-byte rows, i32 / i64 ids at stride 2, an id outside the "
+           "table; the backward over stably sorted ids), the CPU's bits %s\n", cases - bad, cases, bad ? "FAILED" : "ok");
+    failures += bad;
+}
+
 template <typename T, int OP> void unary_all()
 {
     const double pw[2] = {2.5, 0}, cl[2] = {-0.3, 0.4}, af[2] = {1.7, -0.2};
@@ -305,6 +435,8 @@ int main()
         where_case<double>(l);
     }
     convert_all();
+    random_all();
+    embedding_all();
     const int64_t live = tensor_live_count();
     if (live) printf("emu ew: %lld tensors leaked FAILED\n", (long long)live);
     printf("%d failed\n", failures + (live != 0));

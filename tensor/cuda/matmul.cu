@@ -13,6 +13,7 @@
  * packed into a bf16 copy first, f32 accumulation into the f32 output); bf16/f16 tensors (a, b
  * and out of one dtype) with f32 accumulation; f64 in f64. */
 #include "tensor/cuda/common.cuh"
+#include "tensor/half.h"
 #include "tensor/cuda/matmul_kernels.cuh"
 
 struct mat_layout {
