@@ -27,8 +27,8 @@ Precision (--precision): f32 (TF32 off for matmuls and cuDNN: torch's cuDNN defa
 engine's bf16 precision does). Attention is diffusers' default processor: scaled_dot_product_attention
 on torch 2, which picks flash / memory-efficient kernels by itself.
 
-Memory (cuda): torch.cuda.memory_allocated before the step (weights, LoRA, AdamW state, inputs) and
-max_memory_allocated during it (the counterpart of the engine's allocator peak); on the CPU the
+Memory (cuda): torch.cuda.memory_allocated before the step (weights, LoRA, inputs; torch.optim.AdamW
+makes its 12 MiB of moments in the first step, ours before it) and max_memory_allocated during it (the counterpart of the engine's allocator peak); on the CPU the
 process's peak RSS increase (VmHWM) instead. Time: the first step (with its warm-up: cuDNN / cuBLAS
 heuristics, allocator growth), and with --reps N > 1 the median of steps 2..N.
 
