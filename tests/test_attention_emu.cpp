@@ -1,7 +1,7 @@
 /* test_attention_emu.cpp — the CUDA attention kernels (tensor/cuda/attention_kernels.cuh) run on the
  * host through tests/cuda_emu.h, against a float64 reference: the f32 forward, the f32 backward
  * (split dK/dV + dQ kernels, and the fused dQ partials + ordered sum), the tensor-core forward
- * and backward in bf16, tf32 and 3xTF32, and the GEMM path of head dims over 256 (a plain GEMM
+ * and backward in bf16, tf32 and 3xTF32, the f64 kernels (a thread a row), and the GEMM path of head dims over 256 (a plain GEMM
  * standing in for cuBLAS). What this checks without a GPU: tiling, masking (causal, L != S, rows
  * with no visible key), the online softmax, the partial sums and the mma fragment bookkeeping
  * (given PTX's documented fragment layouts, which cuda_emu.h implements). What it cannot: timing,
@@ -378,6 +378,43 @@ template <typename T> void run_wide(const attn_case &c, int rows, double bound)
     report(bname, c, "dv", rel_err(dv, ref.dv), bound);
 }
 
+/* the f64 kernels (a thread a query row, or a key row for dK / dV), which f64 takes up to D = 256 */
+void run_simple(const attn_case &c)
+{
+    const int L = c.L, S = c.S, D = c.D, heads = c.B * c.H;
+    std::vector<float> qf((size_t)heads * L * D), kf((size_t)heads * S * D), vf(kf.size()), gf(qf.size());
+    for (auto *t : {&qf, &kf, &vf, &gf})
+        for (float &x : *t) x = urand();
+    const double scale = 1.0 / sqrt((double)D);
+    const reference ref = attention_f64(c, qf, kf, vf, gf, scale);
+    const std::vector<double> q(qf.begin(), qf.end()), k(kf.begin(), kf.end()), v(vf.begin(), vf.end()), g(gf.begin(), gf.end());
+    const dims dm{c.B, c.H, L, S, D, D, c.causal ? 1 : 0, scale, 0, 0};
+    auto op = [&](double *p, int n) { return opnd<double>{p, (int64_t)c.H * n * D, (int64_t)n * D, D, 1}; };
+    auto cop = [&](const double *p, int n) { return opnd<const double>{p, (int64_t)c.H * n * D, (int64_t)n * D, D, 1}; };
+    const int64_t lsb = (int64_t)c.H * L, lsh = L, lsl = 1;
+    std::vector<double> out(q.size(), NAN), lse((size_t)heads * L, NAN), Dvec(lse.size(), NAN), dq(q.size(), NAN),
+        dk(k.size(), NAN), dv(v.size(), NAN);
+    emu_launch((unsigned)((heads * L + 127) / 128), 128, [&] {
+        attn_fwd_simple_kernel<double>(op(out.data(), L), lse.data(), lsb, lsh, lsl, cop(q.data(), L), cop(k.data(), S),
+                                       cop(v.data(), S), dm);
+    });
+    report("simple_f64_fwd", c, "out", rel_err(out, ref.out), 1e-12);
+    report("simple_f64_fwd", c, "lse", rel_err(lse, ref.lse), 1e-12);
+    emu_launch((unsigned)((heads * L + 7) / 8), 256,
+               [&] { attn_bwd_pre_kernel<double>(Dvec.data(), cop(g.data(), L), cop(out.data(), L), dm); });
+    emu_launch((unsigned)((heads * L + 127) / 128), 128, [&] {
+        attn_bwd_dq_simple_kernel<double>(op(dq.data(), L), cop(q.data(), L), cop(k.data(), S), cop(v.data(), S),
+                                          cop(g.data(), L), lse.data(), lsb, lsh, lsl, Dvec.data(), dm);
+    });
+    emu_launch((unsigned)((heads * S + 127) / 128), 128, [&] {
+        attn_bwd_dkdv_simple_kernel<double>(op(dk.data(), S), op(dv.data(), S), cop(q.data(), L), cop(k.data(), S),
+                                            cop(v.data(), S), cop(g.data(), L), lse.data(), lsb, lsh, lsl, Dvec.data(), dm);
+    });
+    report("simple_f64_bwd", c, "dq", rel_err(dq, ref.dq), 1e-12);
+    report("simple_f64_bwd", c, "dk", rel_err(dk, ref.dk), 1e-12);
+    report("simple_f64_bwd", c, "dv", rel_err(dv, ref.dv), 1e-12);
+}
+
 /* shared-memory banks of the tensor-core kernels' transposed tile stores: a warp's 32 stores
  * (transposed_at: word d PT + p; transposed4_at: d + i for each i of the float4) on 32 banks,
  * for every padded head dim and both element layouts; and the fragment loads of a tile of pitch
@@ -437,6 +474,7 @@ int main()
         else if (dp == 64) run_case<64>(c);
         else run_case<80>(c);
     }
+    for (const attn_case &c : cases) run_simple(c);
     /* wide heads (D > 256, the VAE's 512): several query blocks (the last one partial), L != S,
      * a causal mask with rows that see no key */
     const attn_case wide[] = {{1, 2, 70, 90, 300, false}, {1, 1, 50, 30, 260, true}};

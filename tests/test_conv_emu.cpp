@@ -516,6 +516,33 @@ void check_halo_banks()
 
 }  // namespace
 
+/* the bias: its fill (a thread a pixel, channels and images looped past the grid) and its gradient
+ * (a block a channel: warp shuffles, then 8 warp sums in order), f32 and f64, against float64 */
+template <typename T> void check_bias(int N, int O, int OHW, unsigned gy, unsigned gz)
+{
+    std::vector<T> bias((size_t)O), out((size_t)N * O * OHW, (T)NAN), dy(out.size()), db((size_t)2 * O, (T)NAN);
+    for (T &b : bias) b = (T)urand();
+    for (T &g : dy) g = (T)urand();
+    emu_launch(emu_dim3{(unsigned)((OHW + 255) / 256), gy, gz}, 1, 256,
+               [&] { bias_fill_kernel<T>(out.data(), bias.data(), N, O, OHW); });
+    double e = 0;
+    for (size_t i = 0; i < out.size(); i++) e = fmax(e, isfinite((double)out[i]) ? fabs((double)out[i] - (double)bias[i / OHW % O]) : 1);
+    char label[48];
+    snprintf(label, sizeof label, "%s,N=%d,O=%d,OHW=%d", sizeof(T) == 4 ? "f32" : "f64", N, O, OHW);
+    report("bias_fill", label, "out", e, 0);
+    /* db at stride 2 (sdb), as a strided gradient view would take it */
+    emu_launch((unsigned)O, 256, [&] { bias_grad_kernel<T>(db.data(), 2, dy.data(), N, O, OHW); });
+    double num = 0, den = 0;
+    for (int o = 0; o < O; o++) {
+        double r = 0;
+        for (int n = 0; n < N; n++)
+            for (int p = 0; p < OHW; p++) r += (double)dy[((size_t)n * O + o) * OHW + p];
+        const double d = (double)db[(size_t)2 * o] - r;
+        num += isfinite(d) ? d * d : INFINITY, den += r * r;
+    }
+    report("bias_grad", label, "db", sqrt(num / den), sizeof(T) == 4 ? 1e-7 : 1e-14);
+}
+
 int main()
 {
     const conv_case cases[] = {
@@ -681,6 +708,11 @@ int main()
     check_pack<4>(3, 4, 1032, 1040, 4 * 1040 + 8, 1, 2);
     check_pack<1>(2, 3, 7, 9, 31, 1, 4);
     check_pack<1>(1, 2, 600, 601, 0, 2, 1);
+    /* bias: planes past one block (and not a multiple of it), channels and images looped by a small grid */
+    check_bias<float>(3, 5, 300, 5, 3);
+    check_bias<float>(3, 5, 300, 2, 1);
+    check_bias<double>(2, 4, 1000, 4, 2);
+    check_bias<double>(1, 3, 17, 1, 1);
     printf("%d failed\n", failures);
     return failures ? 1 : 0;
 }

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # test_gpu_scripts.sh — the scripts that read a GPU run's output (bench/join_gpu_bench.sh,
 # bench/gpu_targets.sh, bench/gpu_switches.sh, bench/ncu_summary.py, bench/join_sd14_step.sh), on made-up results, and that scripts/gpu-check.sh
-# parses, in CI: a GPU session has 15 minutes and must not find them broken. Run from the
-# repository root.
+# parses, in CI: a GPU session has 15 minutes and must not find them broken. Also: every CUDA
+# kernel sits in a header that an emulation suite runs. Run from the repository root.
 set -u
 fail=0
 t=$(mktemp -d)
@@ -154,6 +154,17 @@ bench/join_sd14_step.sh "$t/e2e" > "$t/e2e.out" 2>&1
 check "e2e: the title" "$t/e2e.out" '^DRaFT step, SD 1\.4 architecture \(method lv, B 4, 512 px, T 50\), ours vs PyTorch \+ diffusers \(torch 2\.11\.0, diffusers 0\.42\.1\)$'
 check "e2e: a paired row" "$t/e2e.out" '^tf32 +6\.20 +5\.90 +9\.10 +4\.80 +1\.23 +37\.60GiB +20\.10GiB$'
 check "e2e: one side only" "$t/e2e.out" '^bf16 +5\.30 +- +- +- +- +30\.00GiB +-$'
+# every CUDA kernel is in a tensor/cuda/*_kernels.cuh header (none in a .cu file) and named in an
+# emulation suite (tests/test_*_emu.cpp), so CI runs it without a GPU
+in_cu=$(grep -l "__global__" tensor/cuda/*.cu)
+if [ -n "$in_cu" ]; then echo "FAIL kernels defined in .cu files (move them into a *_kernels.cuh header and an emu test): $in_cu"; fail=1
+else echo "ok   no kernel defined in a .cu file"; fi
+n_k=0
+for k in $(perl -0ne 'while (/__global__\s+(?:void\s+)?(?:__launch_bounds__\([^)]*\)\s*)?(?:void\s+)?(\w+)\s*\(/g) { print "$1\n" }' tensor/cuda/*.cuh | sort -u); do
+    n_k=$((n_k + 1))
+    grep -qw "$k" tests/test_*_emu.cpp || { echo "FAIL kernel $k is in no tests/test_*_emu.cpp"; fail=1; }
+done
+[ "$n_k" -gt 50 ] && echo "ok   all $n_k kernels of tensor/cuda/*.cuh are named in an emulation suite" || { echo "FAIL only $n_k kernels found"; fail=1; }
 for s in scripts/gpu-check.sh bench/join_gpu_bench.sh bench/gpu_targets.sh bench/gpu_switches.sh bench/join_sd14_step.sh; do
     if bash -n "$s"; then echo "ok   $s parses"; else echo "FAIL $s does not parse"; fail=1; fi
 done

@@ -1,6 +1,7 @@
 /* attention_kernels.cuh — the device code of attention.cu: the f32 flash-attention kernels (forward,
- * dK/dV with the optional fused dQ partials, dQ, the ordered dQ sum, D = rowsum(dO * O)) and the
- * tensor-core forward and backward (bf16, tf32 and 3xTF32). Included by attention.cu inside its anonymous namespace, and
+ * dK/dV with the optional fused dQ partials, dQ, the ordered dQ sum, D = rowsum(dO * O)), the
+ * tensor-core forward and backward (bf16, tf32 and 3xTF32), the f64 kernels (a thread a row) and the
+ * wide-head path (D > 256). Included by attention.cu inside its anonymous namespace, and
  * by tests/test_attention_emu.cpp on the host, where tests/cuda_emu.h stands in for the CUDA
  * built-ins (threads, barriers, warp shuffles, the mma fragment layout): so CI, which has no GPU,
  * runs these kernels' index and softmax logic against a float64 reference. Needs <stdint.h>,
@@ -1129,6 +1130,99 @@ attn_bwd_dq_kernel(opnd<float> dq, opnd<const float> q, opnd<const float> k, opn
             const int d = tx + 16 * j;
             if (d < dm.D) qo[(int64_t)qm * dq.sl + (int64_t)d * dq.sd] = a[i][j] * scale;
         }
+    }
+}
+
+/* ---------------------------------------------------------------- simple kernels (f64 up to D = 256) */
+
+/* a thread per query row; online softmax with the output row as accumulator */
+template <typename T>
+__global__ void attn_fwd_simple_kernel(opnd<T> out, T *__restrict__ lse, int64_t lsb, int64_t lsh, int64_t lsl,
+                                       opnd<const T> q, opnd<const T> k, opnd<const T> v, dims dm)
+{
+    const int64_t row = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (row >= (int64_t)dm.B * dm.H * dm.L) return;
+    const int i = (int)(row % dm.L), bh = (int)(row / dm.L), b = bh / dm.H, h = bh % dm.H;
+    const T *qr = q.at(b, h) + (int64_t)i * q.sl, *kb = k.at(b, h), *vb = v.at(b, h);
+    T *o = out.at(b, h) + (int64_t)i * out.sl;
+    const T scale = (T)dm.scale;
+    for (int d = 0; d < dm.Dv; d++) o[(int64_t)d * out.sd] = 0;
+    T m = -INFINITY, l = 0;
+    const int jend = dm.causal ? min(dm.S, i + dm.S - dm.L + 1) : dm.S;
+    for (int j = 0; j < jend; j++) {
+        const T *kr = kb + (int64_t)j * k.sl, *vr = vb + (int64_t)j * v.sl;
+        T s = 0;
+        for (int d = 0; d < dm.D; d++) s += qr[(int64_t)d * q.sd] * kr[(int64_t)d * k.sd];
+        s *= scale;
+        if (s > m) {
+            const T c = exp(m - s);
+            l *= c;
+            for (int d = 0; d < dm.Dv; d++) o[(int64_t)d * out.sd] *= c;
+            m = s;
+        }
+        const T p = exp(s - m);
+        l += p;
+        for (int d = 0; d < dm.Dv; d++) o[(int64_t)d * out.sd] += p * vr[(int64_t)d * v.sd];
+    }
+    const T inv = l > 0 ? T(1) / l : T(0);
+    for (int d = 0; d < dm.Dv; d++) o[(int64_t)d * out.sd] *= inv;
+    lse[b * lsb + h * lsh + (int64_t)i * lsl] = l > 0 ? m + log(l) : (T)-INFINITY;
+}
+
+template <typename T>
+__global__ void attn_bwd_dq_simple_kernel(opnd<T> dq, opnd<const T> q, opnd<const T> k, opnd<const T> v,
+                                          opnd<const T> dout, const T *__restrict__ lse, int64_t lsb, int64_t lsh,
+                                          int64_t lsl, const T *__restrict__ Dvec, dims dm)
+{
+    const int64_t row = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (row >= (int64_t)dm.B * dm.H * dm.L) return;
+    const int i = (int)(row % dm.L), bh = (int)(row / dm.L), b = bh / dm.H, h = bh % dm.H;
+    const T *qr = q.at(b, h) + (int64_t)i * q.sl, *gr = dout.at(b, h) + (int64_t)i * dout.sl;
+    const T *kb = k.at(b, h), *vb = v.at(b, h);
+    T *o = dq.at(b, h) + (int64_t)i * dq.sl;
+    const T scale = (T)dm.scale, ls = lse[b * lsb + h * lsh + (int64_t)i * lsl], Di = Dvec[row];
+    for (int d = 0; d < dm.D; d++) o[(int64_t)d * dq.sd] = 0;
+    if (ls == (T)-INFINITY) return;
+    const int jend = dm.causal ? min(dm.S, i + dm.S - dm.L + 1) : dm.S;
+    for (int j = 0; j < jend; j++) {
+        const T *kr = kb + (int64_t)j * k.sl, *vr = vb + (int64_t)j * v.sl;
+        T s = 0, dp = 0;
+        for (int d = 0; d < dm.D; d++) s += qr[(int64_t)d * q.sd] * kr[(int64_t)d * k.sd];
+        for (int d = 0; d < dm.Dv; d++) dp += gr[(int64_t)d * dout.sd] * vr[(int64_t)d * v.sd];
+        const T p = exp(s * scale - ls), ds = p * (dp - Di) * scale;
+        for (int d = 0; d < dm.D; d++) o[(int64_t)d * dq.sd] += ds * kr[(int64_t)d * k.sd];
+    }
+}
+
+template <typename T>
+__global__ void attn_bwd_dkdv_simple_kernel(opnd<T> dk, opnd<T> dv, opnd<const T> q, opnd<const T> k, opnd<const T> v,
+                                            opnd<const T> dout, const T *__restrict__ lse, int64_t lsb, int64_t lsh,
+                                            int64_t lsl, const T *__restrict__ Dvec, dims dm)
+{
+    const int64_t row = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (row >= (int64_t)dm.B * dm.H * dm.S) return;
+    const int j = (int)(row % dm.S), bh = (int)(row / dm.S), b = bh / dm.H, h = bh % dm.H;
+    const T *kr = k.at(b, h) + (int64_t)j * k.sl, *vr = v.at(b, h) + (int64_t)j * v.sl;
+    const T *qb = q.at(b, h), *gb = dout.at(b, h);
+    T *ok = dk.p ? dk.at(b, h) + (int64_t)j * dk.sl : nullptr, *ov = dv.p ? dv.at(b, h) + (int64_t)j * dv.sl : nullptr;
+    const T scale = (T)dm.scale;
+    if (ok)
+        for (int d = 0; d < dm.D; d++) ok[(int64_t)d * dk.sd] = 0;
+    if (ov)
+        for (int d = 0; d < dm.Dv; d++) ov[(int64_t)d * dv.sd] = 0;
+    const int ibegin = dm.causal ? max(0, j - (dm.S - dm.L)) : 0;
+    for (int i = ibegin; i < dm.L; i++) {
+        const T ls = lse[b * lsb + h * lsh + (int64_t)i * lsl];
+        if (ls == (T)-INFINITY) continue;
+        const T *qr = qb + (int64_t)i * q.sl, *gr = gb + (int64_t)i * dout.sl;
+        T s = 0, dp = 0;
+        for (int d = 0; d < dm.D; d++) s += qr[(int64_t)d * q.sd] * kr[(int64_t)d * k.sd];
+        for (int d = 0; d < dm.Dv; d++) dp += gr[(int64_t)d * dout.sd] * vr[(int64_t)d * v.sd];
+        const T p = exp(s * scale - ls), ds = p * (dp - Dvec[(int64_t)bh * dm.L + i]) * scale;
+        if (ov)
+            for (int d = 0; d < dm.Dv; d++) ov[(int64_t)d * dv.sd] += p * gr[(int64_t)d * dout.sd];
+        if (ok)
+            for (int d = 0; d < dm.D; d++) ok[(int64_t)d * dk.sd] += ds * qr[(int64_t)d * q.sd];
     }
 }
 

@@ -1,4 +1,5 @@
-/* conv2d_kernels.cuh — the im2col, col2im and row-shift kernels of conv2d.cu. Included by conv2d.cu
+/* conv2d_kernels.cuh — the kernels of conv2d.cu: im2col, col2im, row-shift, implicit-GEMM, halo-tile,
+ * Winograd and the bias's fill and gradient. Included by conv2d.cu
  * inside its anonymous namespace, and by tests/test_conv_emu.cpp on the host, where
  * tests/cuda_emu.h stands in for the CUDA built-ins: so CI, which has no GPU, checks their index
  * arithmetic (stride, padding, dilation, pixel tiles, V = 4 runs that wrap rows) and the bf16
@@ -813,6 +814,42 @@ wino_output_kernel(float *__restrict__ out, const float *__restrict__ M, const f
                 if (ow + 1 < g.OW) dst[a * g.OW + 1] = y1;
             }
         }
+    }
+}
+
+/* ---------------------------------------------------------------- bias */
+
+/* out[n, o, :] = bias[o] */
+template <typename T>
+__global__ void __launch_bounds__(256)
+bias_fill_kernel(T *__restrict__ out, const T *__restrict__ bias, int64_t N, int64_t O, int64_t OHW)
+{
+    const int64_t p = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (p >= OHW) return;
+    for (int64_t n = blockIdx.z; n < N; n += gridDim.z)
+        for (int64_t o = blockIdx.y; o < O; o += gridDim.y) out[(n * O + o) * OHW + p] = bias[o];
+}
+
+/* db[o] = sum over n, pixels of dy[n, o, :]: one block per channel, fixed-order tree */
+template <typename T>
+__global__ void __launch_bounds__(256)
+bias_grad_kernel(T *__restrict__ db, int64_t sdb, const T *__restrict__ dy, int64_t N, int64_t O, int64_t OHW)
+{
+    __shared__ double part[8];
+    const int64_t o = blockIdx.x;
+    double acc = 0;
+    for (int64_t n = 0; n < N; n++) {
+        const T *g = dy + (n * O + o) * OHW;
+        for (int64_t p = threadIdx.x; p < OHW; p += 256) acc += (double)g[p];
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, off);
+    if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = acc;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double s = part[0];
+        for (int i = 1; i < 8; i++) s += part[i];
+        db[o * sdb] = (T)s;
     }
 }
 
