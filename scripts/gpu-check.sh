@@ -220,6 +220,7 @@ fi
 # random weights), ours against PyTorch + diffusers (bench/torch_sd14_step.py) in each precision,
 # each side in a process of its own with 3 steps (the first, and the median of the warm ones)
 e2e_rc=0
+e2e_fail=()
 if [ "${GPU_CHECK_E2E:-0}" = 1 ]; then
     if ls .wheels/*.whl > /dev/null 2>&1; then
         python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/gpu-check-site \
@@ -231,14 +232,20 @@ if [ "${GPU_CHECK_E2E:-0}" = 1 ]; then
         skipped+=("e2e torch side: $(tail -n 1 "$OUTDIR/e2e-import.log" | cut -c1-100) (carry .wheels: scripts/gpu-check.sh --prepare)")
     fi
     e2e_args=(--device cuda --method lv --batch 4 --steps 50 --reward-vit --reps 3)
+    e2e_run() {   # e2e_run SIDE PRECISION PROGRAM...: one side's step, its output kept; a failure named in the summary
+        local log="$OUTDIR/e2e-$1-$2.log"
+        PYTHONUNBUFFERED=1 timeout $(cap 240) "${@:3}" "${e2e_args[@]}" --precision $2 > "$log" 2>&1
+        local rc=$?
+        cat "$log" >> "$OUTDIR/e2e.log"
+        grep "^sd14_step:" "$log" | tail -n 1
+        [ $rc -eq 0 ] || { e2e_rc=1; e2e_fail+=("$1 $2 (exit $rc): $(tail -n 1 "$log" | cut -c1-120)"); }
+    }
     for pr in tf32 bf16 f32; do
         fits 150 "e2e $pr" || continue
-        timeout $(cap 240) ./build-gpu/bench/bench_sd14_step "${e2e_args[@]}" --precision $pr >> "$OUTDIR/e2e.log" 2>&1 || e2e_rc=1
+        e2e_run ours $pr ./build-gpu/bench/bench_sd14_step
         [ $torch_side = 1 ] || continue
         fits 60 "e2e torch $pr" || continue
-        PYTHONUNBUFFERED=1 timeout $(cap 240) python3 bench/torch_sd14_step.py "${e2e_args[@]}" --precision $pr \
-            >> "$OUTDIR/e2e.log" 2>&1 || e2e_rc=1
-        grep "^sd14_step:" "$OUTDIR/e2e.log" | tail -n 2
+        e2e_run torch $pr python3 bench/torch_sd14_step.py
     done
     echo "e2e: $(( $(date +%s) - t0 )) s"
 fi
@@ -310,5 +317,6 @@ fi
 for l in "${skipped[@]}"; do printf "%-12s %s\n" "skipped" "$l"; done
 for l in "${demo[@]}"; do printf "%-12s %s\n" "demo cuda" "$l"; done
 for l in "${sd14[@]}"; do printf "%-12s %s\n" "sd14 step" "$l"; done
+for l in "${e2e_fail[@]}"; do printf "%-12s %s\n" "e2e FAILED" "$l"; done
 } 2>&1 | tee "$OUTDIR/summary.txt"
 [ $test_rc -eq 0 ] && [ $parity_rc -eq 0 ] && [ $run_rc -eq 0 ] && [ $bench_rc -eq 0 ] && [ $e2e_rc -eq 0 ]
