@@ -46,6 +46,8 @@ import statistics
 import sys
 import time
 
+from torch_draft import reset_peak_rss, rss_kib   # bench/, beside this script
+
 
 def fmt_bytes(b):
     """the engine's mem_format without the space (bench_sd14_step's bytes_str)"""
@@ -55,14 +57,6 @@ def fmt_bytes(b):
         v /= 1024
         i += 1
     return f"{v:.2f}{units[i]}" if i else f"{v:.0f}{units[i]}"
-
-
-def rss_kib(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
 
 
 def main():
@@ -226,8 +220,7 @@ def main():
         torch.cuda.reset_peak_memory_stats()
     else:
         weights = rss_kib("VmRSS") * 1024
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
+        reset_peak_rss()
     J, first_s = step()
     sample_s = marks["reward_in"]
     peak = torch.cuda.max_memory_allocated() if cuda else rss_kib("VmHWM") * 1024

@@ -331,21 +331,42 @@ int plain_gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T *A, in
     return 0;
 }
 
+/* a case's random inputs (drawn in f32, held as T), their float64 reference, dims and the
+ * [B, H, rows, D] views: the wide-head and the f64 kernels' tests */
+template <typename T> struct typed_setup {
+    attn_case c;
+    int L, S, D, heads;
+    std::vector<T> q, k, v, g;
+    reference ref;
+    dims dm;
+    int64_t lsb, lsh, lsl;
+    explicit typed_setup(const attn_case &c_) : c(c_), L(c_.L), S(c_.S), D(c_.D), heads(c_.B * c_.H)
+    {
+        std::vector<float> qf((size_t)heads * L * D), kf((size_t)heads * S * D), vf(kf.size()), gf(qf.size());
+        for (auto *t : {&qf, &kf, &vf, &gf})
+            for (float &x : *t) x = urand();
+        const double scale = 1.0 / sqrt((double)D);
+        ref = attention_f64(c, qf, kf, vf, gf, scale);
+        q.assign(qf.begin(), qf.end()), k.assign(kf.begin(), kf.end()), v.assign(vf.begin(), vf.end()), g.assign(gf.begin(), gf.end());
+        dm = dims{c.B, c.H, L, S, D, D, c.causal ? 1 : 0, scale, 0, 0};
+        lsb = (int64_t)c.H * L, lsh = L, lsl = 1;
+    }
+    opnd<T> op(T *p, int n) const { return opnd<T>{p, (int64_t)c.H * n * D, (int64_t)n * D, D, 1}; }
+    opnd<const T> cop(const T *p, int n) const { return opnd<const T>{p, (int64_t)c.H * n * D, (int64_t)n * D, D, 1}; }
+};
+
 /* the wide-head path (D > 256): its driver, row kernels and GEMM plan, with the plain GEMM and a
  * workspace of `rows` query rows per block (several blocks: the key gradients accumulate) */
 template <typename T> void run_wide(const attn_case &c, int rows, double bound)
 {
-    const int L = c.L, S = c.S, D = c.D, heads = c.B * c.H;
-    std::vector<float> qf((size_t)heads * L * D), kf((size_t)heads * S * D), vf(kf.size()), gf(qf.size());
-    for (auto *t : {&qf, &kf, &vf, &gf})
-        for (float &x : *t) x = urand();
-    const double scale = 1.0 / sqrt((double)D);
-    const reference ref = attention_f64(c, qf, kf, vf, gf, scale);
-    const std::vector<T> q(qf.begin(), qf.end()), k(kf.begin(), kf.end()), v(vf.begin(), vf.end()), g(gf.begin(), gf.end());
-    const dims dm{c.B, c.H, L, S, D, D, c.causal ? 1 : 0, scale, 0, 0};
-    auto op = [&](T *p, int n) { return opnd<T>{p, (int64_t)c.H * n * D, (int64_t)n * D, D, 1}; };
-    auto cop = [&](const T *p, int n) { return opnd<const T>{p, (int64_t)c.H * n * D, (int64_t)n * D, D, 1}; };
-    const int64_t lsb = (int64_t)c.H * L, lsh = L, lsl = 1;
+    const typed_setup<T> u(c);
+    const int L = u.L, S = u.S, heads = u.heads;
+    const std::vector<T> &q = u.q, &k = u.k, &v = u.v, &g = u.g;
+    const reference &ref = u.ref;
+    const dims &dm = u.dm;
+    auto op = [&](T *p, int n) { return u.op(p, n); };
+    auto cop = [&](const T *p, int n) { return u.cop(p, n); };
+    const int64_t lsb = u.lsb, lsh = u.lsh, lsl = u.lsl;
     const char *tn = sizeof(T) == 4 ? "wide_f32" : "wide_f64";
     char fname[32], bname[32];
     snprintf(fname, sizeof fname, "%s_fwd", tn);
@@ -381,17 +402,14 @@ template <typename T> void run_wide(const attn_case &c, int rows, double bound)
 /* the f64 kernels (a thread a query row, or a key row for dK / dV), which f64 takes up to D = 256 */
 void run_simple(const attn_case &c)
 {
-    const int L = c.L, S = c.S, D = c.D, heads = c.B * c.H;
-    std::vector<float> qf((size_t)heads * L * D), kf((size_t)heads * S * D), vf(kf.size()), gf(qf.size());
-    for (auto *t : {&qf, &kf, &vf, &gf})
-        for (float &x : *t) x = urand();
-    const double scale = 1.0 / sqrt((double)D);
-    const reference ref = attention_f64(c, qf, kf, vf, gf, scale);
-    const std::vector<double> q(qf.begin(), qf.end()), k(kf.begin(), kf.end()), v(vf.begin(), vf.end()), g(gf.begin(), gf.end());
-    const dims dm{c.B, c.H, L, S, D, D, c.causal ? 1 : 0, scale, 0, 0};
-    auto op = [&](double *p, int n) { return opnd<double>{p, (int64_t)c.H * n * D, (int64_t)n * D, D, 1}; };
-    auto cop = [&](const double *p, int n) { return opnd<const double>{p, (int64_t)c.H * n * D, (int64_t)n * D, D, 1}; };
-    const int64_t lsb = (int64_t)c.H * L, lsh = L, lsl = 1;
+    const typed_setup<double> u(c);
+    const int L = u.L, S = u.S, heads = u.heads;
+    const std::vector<double> &q = u.q, &k = u.k, &v = u.v, &g = u.g;
+    const reference &ref = u.ref;
+    const dims &dm = u.dm;
+    auto op = [&](double *p, int n) { return u.op(p, n); };
+    auto cop = [&](const double *p, int n) { return u.cop(p, n); };
+    const int64_t lsb = u.lsb, lsh = u.lsh, lsl = u.lsl;
     std::vector<double> out(q.size(), NAN), lse((size_t)heads * L, NAN), Dvec(lse.size(), NAN), dq(q.size(), NAN),
         dk(k.size(), NAN), dv(v.size(), NAN);
     emu_launch((unsigned)((heads * L + 127) / 128), 128, [&] {

@@ -57,10 +57,38 @@ template <class T> struct tensor *dense(int64_t N, int64_t C, int64_t H, int64_t
     return t;
 }
 
-template <class T> view4<T> view_of(const struct tensor *t)
-{
-    return view4<T>{(T *)t->storage->data + t->offset, t->stride[0], t->stride[1], t->stride[2], t->stride[3]};
-}
+/* a case's tensors: x and dy random channels-last views, the CPU's out and dx (ref, dref), and the
+ * emulated out and dx of one grid (fresh, NaN-filled) */
+template <class T> struct case_io {
+    int64_t N, C, H, W, OH, OW;
+    struct tensor *x, *ref, *dy, *dref, *out = nullptr, *dx = nullptr;
+    case_io(int64_t N_, int64_t C_, int64_t H_, int64_t W_, int64_t OH_, int64_t OW_)
+        : N(N_), C(C_), H(H_), W(W_), OH(OH_), OW(OW_)
+    {
+        x = random_nhwc<T>(N, C, H, W), ref = dense<T>(N, C, OH, OW), dy = random_nhwc<T>(N, C, OH, OW);
+        dref = dense<T>(N, C, H, W);
+    }
+    ~case_io()
+    {
+        for (struct tensor *t : {x, ref, dy, dref, out, dx}) tensor_free(t);
+    }
+    void fresh()
+    {
+        tensor_free(out);
+        tensor_free(dx);
+        out = dense<T>(N, C, OH, OW), dx = dense<T>(N, C, H, W);
+    }
+    /* the emulated out and dx against the CPU's: one line, "emu LABEL,GRID grid] vs CPU: ..." */
+    void judge(const char *label, bool small, bool cpu_ok, double bound) const
+    {
+        const double e = rel_err((const T *)out->storage->data, (const T *)ref->storage->data, N * C * OH * OW);
+        const double eb = rel_err((const T *)dx->storage->data, (const T *)dref->storage->data, N * C * H * W);
+        const bool ok = cpu_ok && e <= bound && eb <= bound;
+        failures += !ok;
+        printf("emu %s,%s grid] vs CPU: out rel=%.1e dx rel=%.1e (bound %.0e) %s\n", label, small ? "2x1" : "full", e, eb, bound,
+               ok ? "ok" : "FAILED");
+    }
+};
 
 /* resize.cu's grid: x over a plane's pixels, y over channels (resize forward: about 8 a thread), z
  * over images; small = 2 blocks in y and 1 in z */
@@ -77,9 +105,8 @@ template <class T> void resize_case(int64_t N, int64_t C, int64_t H, int64_t W, 
                                     bool align)
 {
     const struct backend *cpu = backend_for(DEVICE_CPU);
-    struct tensor *x = random_nhwc<T>(N, C, H, W), *ref = dense<T>(N, C, OH, OW), *dy = random_nhwc<T>(N, C, OH, OW);
-    struct tensor *dref = dense<T>(N, C, H, W);
-    const bool cpu_ok = !cpu->resize(ref, x, mode, align) && !cpu->resize_backward(dref, dy, mode, align);
+    case_io<T> io(N, C, H, W, OH, OW);
+    const bool cpu_ok = !cpu->resize(io.ref, io.x, mode, align) && !cpu->resize_backward(io.dref, io.dy, mode, align);
     /* the forward, as resize_fwd_run: taps per axis, NT of them */
     std::vector<int> hi, wi, hoff, ho, woff, wo;
     std::vector<T> hw, ww, hew, wew;
@@ -87,16 +114,17 @@ template <class T> void resize_case(int64_t N, int64_t C, int64_t H, int64_t W, 
     axis_taps<T>(W, OW, mode, align, wi, ww);
     axis_transpose<T>(H, OH, nt, hi, hw, hoff, ho, hew);
     axis_transpose<T>(W, OW, nt, wi, ww, woff, wo, wew);
-    const char *tn = sizeof(T) == 4 ? "f32" : "f64";
+    char label[128];
+    snprintf(label, sizeof label, "resize[%s,%s%s,[%lld,%lld,%lld,%lld]->[%lld,%lld]", sizeof(T) == 4 ? "f32" : "f64", mode_name(mode),
+             align ? ",align_corners" : "", (long long)N, (long long)C, (long long)H, (long long)W, (long long)OH, (long long)OW);
     /* f64: the CPU's bits so far (the same taps, the same sums in the same order); f32: the
      * same taps rounded to float once, summed in float where the CPU sums in double: up to 16
      * products (bicubic), 2.1e-7 seen. Taps from float coordinates (torch's f32 rule) give 1.3e-6 */
     const double bound = sizeof(T) == 8 ? 1e-14 : 6e-7;
     for (int small = 0; small < 2; small++) {
-        struct tensor *out = dense<T>(N, C, OH, OW), *dx = dense<T>(N, C, H, W);
-        const view4<T> o = view_of<T>(out), d = view_of<T>(dx);
-        const view4<const T> xv = {(const T *)view_of<T>(x).p, x->stride[0], x->stride[1], x->stride[2], x->stride[3]};
-        const view4<const T> gv = {(const T *)view_of<T>(dy).p, dy->stride[0], dy->stride[1], dy->stride[2], dy->stride[3]};
+        io.fresh();
+        const view4<T> o = make_view<T>(io.out), d = make_view<T>(io.dx);
+        const view4<const T> xv = make_view<const T>(io.x), gv = make_view<const T>(io.dy);
         emu_launch(grid_of(OH * OW, N, C, small, 8), 1, 256, [&] {
             if (nt == 1) resize_fwd_kernel<T, 1>(o, xv, N, C, (int)OW, (int)(OH * OW), hi.data(), hw.data(), wi.data(), ww.data());
             else if (nt == 2) resize_fwd_kernel<T, 2>(o, xv, N, C, (int)OW, (int)(OH * OW), hi.data(), hw.data(), wi.data(), ww.data());
@@ -106,56 +134,32 @@ template <class T> void resize_case(int64_t N, int64_t C, int64_t H, int64_t W, 
             resize_bwd_kernel<T>(d, gv, N, C, (int)W, (int)(H * W), hoff.data(), ho.data(), hew.data(), woff.data(), wo.data(),
                                  wew.data());
         });
-        const double e = rel_err((const T *)out->storage->data, (const T *)ref->storage->data, N * C * OH * OW);
-        const double eb = rel_err((const T *)dx->storage->data, (const T *)dref->storage->data, N * C * H * W);
-        const bool ok = cpu_ok && e <= bound && eb <= bound;
-        failures += !ok;
-        printf("emu resize[%s,%s%s,[%lld,%lld,%lld,%lld]->[%lld,%lld],%s grid] vs CPU: out rel=%.1e dx rel=%.1e (bound %.0e) %s\n",
-               tn, mode_name(mode), align ? ",align_corners" : "", (long long)N, (long long)C, (long long)H, (long long)W,
-               (long long)OH, (long long)OW, small ? "2x1" : "full", e, eb, bound, ok ? "ok" : "FAILED");
-        tensor_free(out);
-        tensor_free(dx);
+        io.judge(label, small, cpu_ok, bound);
     }
-    tensor_free(x);
-    tensor_free(ref);
-    tensor_free(dy);
-    tensor_free(dref);
 }
 
 template <class T> void pool_case(int64_t N, int64_t C, int64_t H, int64_t W, const struct pool2d_params &p)
 {
     const struct backend *cpu = backend_for(DEVICE_CPU);
     const int64_t OH = (H + 2 * p.pad_h - p.kernel_h) / p.stride_h + 1, OW = (W + 2 * p.pad_w - p.kernel_w) / p.stride_w + 1;
-    struct tensor *x = random_nhwc<T>(N, C, H, W), *ref = dense<T>(N, C, OH, OW), *dy = random_nhwc<T>(N, C, OH, OW);
-    struct tensor *dref = dense<T>(N, C, H, W);
-    const bool cpu_ok = !cpu->avg_pool2d(ref, x, &p) && !cpu->avg_pool2d_backward(dref, dy, &p);
+    case_io<T> io(N, C, H, W, OH, OW);
+    const bool cpu_ok = !cpu->avg_pool2d(io.ref, io.x, &p) && !cpu->avg_pool2d_backward(io.dref, io.dy, &p);
     const pool q = {p.kernel_h, p.kernel_w, p.stride_h, p.stride_w, p.pad_h, p.pad_w, p.count_include_pad};
+    char label[128];
+    snprintf(label, sizeof label, "avg_pool2d[%s,[%lld,%lld,%lld,%lld],k%dx%d,s%dx%d,p%dx%d%s", sizeof(T) == 4 ? "f32" : "f64",
+             (long long)N, (long long)C, (long long)H, (long long)W, p.kernel_h, p.kernel_w, p.stride_h, p.stride_w, p.pad_h,
+             p.pad_w, p.count_include_pad ? ",include_pad" : "");
     const double bound = sizeof(T) == 4 ? 1e-6 : 1e-14;
     for (int small = 0; small < 2; small++) {
-        struct tensor *out = dense<T>(N, C, OH, OW), *dx = dense<T>(N, C, H, W);
-        const view4<T> o = view_of<T>(out), d = view_of<T>(dx);
-        const view4<const T> xv = {(const T *)view_of<T>(x).p, x->stride[0], x->stride[1], x->stride[2], x->stride[3]};
-        const view4<const T> gv = {(const T *)view_of<T>(dy).p, dy->stride[0], dy->stride[1], dy->stride[2], dy->stride[3]};
+        io.fresh();
+        const view4<T> o = make_view<T>(io.out), d = make_view<T>(io.dx);
+        const view4<const T> xv = make_view<const T>(io.x), gv = make_view<const T>(io.dy);
         emu_launch(grid_of(OH * OW, N, C, small, 1), 1, 256,
                    [&] { pool_fwd_kernel<T>(o, xv, N, C, (int)H, (int)W, (int)OW, (int)(OH * OW), q); });
         emu_launch(grid_of(H * W, N, C, small, 1), 1, 256,
                    [&] { pool_bwd_kernel<T>(d, gv, N, C, (int)H, (int)W, (int)OH, (int)OW, q); });
-        const double e = rel_err((const T *)out->storage->data, (const T *)ref->storage->data, N * C * OH * OW);
-        const double eb = rel_err((const T *)dx->storage->data, (const T *)dref->storage->data, N * C * H * W);
-        const bool ok = cpu_ok && e <= bound && eb <= bound;
-        failures += !ok;
-        printf("emu avg_pool2d[%s,[%lld,%lld,%lld,%lld],k%dx%d,s%dx%d,p%dx%d%s,%s grid] vs CPU: out rel=%.1e dx rel=%.1e (bound %.0e) "
-               "%s\n",
-               sizeof(T) == 4 ? "f32" : "f64", (long long)N, (long long)C, (long long)H, (long long)W, p.kernel_h, p.kernel_w,
-               p.stride_h, p.stride_w, p.pad_h, p.pad_w, p.count_include_pad ? ",include_pad" : "", small ? "2x1" : "full", e, eb,
-               bound, ok ? "ok" : "FAILED");
-        tensor_free(out);
-        tensor_free(dx);
+        io.judge(label, small, cpu_ok, bound);
     }
-    tensor_free(x);
-    tensor_free(ref);
-    tensor_free(dy);
-    tensor_free(dref);
 }
 
 }  // namespace

@@ -31,11 +31,6 @@ namespace {
 
 #include "tensor/cuda/resize_kernels.cuh"
 
-template <typename T> view4<T> make_view(const struct tensor *t)
-{
-    return view4<T>{(T *)t->storage->data + t->offset, t->stride[0], t->stride[1], t->stride[2], t->stride[3]};
-}
-
 enum status need_float(const struct tensor *t, const char *op)
 {
     if (t->dtype == DTYPE_F32 || t->dtype == DTYPE_F64) return STATUS_OK;

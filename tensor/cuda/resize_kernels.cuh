@@ -15,6 +15,12 @@ template <typename T> struct view4 {
 
 /* ---------------------------------------------------------------- resize taps (host) */
 
+/* the view of a 4-D tensor (T may be const) */
+template <typename T> view4<T> make_view(const struct tensor *t)
+{
+    return view4<T>{(T *)t->storage->data + t->offset, t->stride[0], t->stride[1], t->stride[2], t->stride[3]};
+}
+
 constexpr int kMaxTaps = 4;
 
 template <typename A> A cubic1(A x, A a) { return ((a + 2) * x - (a + 3)) * x * x + 1; }
