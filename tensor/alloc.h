@@ -1,7 +1,8 @@
 /* alloc.h — the caching allocator with memory accounting, one per device.
  *
- * Freed blocks are kept in size-class free lists and handed out again (no malloc in a hot
- * loop after the first iteration). Every byte is counted: live bytes now and at peak, bytes
+ * Freed blocks are kept and handed out again (no system allocation in a hot loop after the
+ * first iteration): blocks up to 1 MiB in size-class free lists, larger ones cut out of shared
+ * segments, best fit, split and merged (alloc.c). Every byte is counted: live bytes now and at peak, bytes
  * held in the cache, allocation and cache-hit counts. A limit (DRAFT_MEMORY_LIMIT=2G in the
  * environment, or mem_set_limit) makes an over-budget allocation fail with a message naming
  * the request and the usage instead of swapping.
@@ -28,7 +29,8 @@ struct mem_stats {
     int64_t n_device_allocs; /* requests that went to the device allocator */
 };
 
-/* returns NULL with an error set on failure; *rounded receives the block size */
+/* returns NULL with an error set on failure; *rounded receives the block size (what the
+ * accounting counts and mem_free takes back); only the `bytes` asked for may be used */
 void *mem_alloc(enum device dev, size_t bytes, size_t *rounded);
 void mem_free(enum device dev, void *p, size_t rounded);
 void mem_get_stats(enum device dev, struct mem_stats *s);

@@ -736,13 +736,13 @@ START_TEST(test_alloc_stats)
     /* size classes: 256-byte steps up to 4 KiB, then quarters of a power of two */
     const size_t req[][2] = {{0, 256},    {1, 256},     {256, 256},         {257, 512},
                              {4096, 4096}, {4097, 5120}, {8192, 8192},       {8193, 10240},
-                             {1 << 20, 1 << 20},         {(1 << 20) + 1, (1 << 20) + (1 << 18)}};
+                             {1 << 20, 1 << 20},         {(1 << 20) + 1, (1 << 20) + 4096}};
     for (size_t i = 0; i < sizeof req / sizeof *req; i++) {
         size_t r = 0;
         void *p = mem_alloc(DEVICE_CPU, req[i][0], &r);
         ck_assert_ptr_nonnull(p);
         ck_assert_msg(r == req[i][1], "%zu bytes rounded to %zu, expected %zu", req[i][0], r, req[i][1]);
-        memset(p, 0xab, r);   /* the whole block is usable */
+        memset(p, 0xab, req[i][0]);   /* the bytes asked for are usable (ASan poisons the rest) */
         mem_free(DEVICE_CPU, p, r);
     }
     mem_empty_cache(DEVICE_CPU);
@@ -816,6 +816,143 @@ START_TEST(test_alloc_stats)
     ck_assert(contains(buf, "memory cpu: live"));
     free(buf);
     tensor_scope_end();
+    LEAK_CHECK_END();
+}
+END_TEST
+
+/* blocks over 1 MiB are cut out of shared segments: best fit, split, merged when freed */
+START_TEST(test_alloc_large)
+{
+    LEAK_CHECK_BEGIN();
+    const size_t MiB = 1 << 20;
+    struct mem_stats s0, s1;
+    mem_empty_cache(DEVICE_CPU);
+    mem_get_stats(DEVICE_CPU, &s0);
+    size_t ra = 0, rb = 0, rc = 0, rd = 0;
+    char *a = mem_alloc(DEVICE_CPU, 3 * MiB, &ra);   /* a new 20 MiB segment: [a 3][free 17] */
+    ck_assert_ptr_nonnull(a);
+    ck_assert_uint_eq(ra, 3 * MiB);
+    mem_get_stats(DEVICE_CPU, &s1);
+    ck_assert_int_eq(s1.n_device_allocs, s0.n_device_allocs + 1);
+    ck_assert_int_eq(s1.reserved_bytes, s0.reserved_bytes + 20 * MiB);
+    ck_assert_int_eq(s1.live_bytes, s0.live_bytes + 3 * MiB);
+    ck_assert_int_eq(s1.cached_bytes, 17 * MiB);
+    char *b = mem_alloc(DEVICE_CPU, 5 * MiB + 1, &rb);   /* rounded to 4 KiB, from the same segment */
+    ck_assert_uint_eq(rb, 5 * MiB + 4096);
+    ck_assert_ptr_eq(b, a + 3 * MiB);
+    mem_get_stats(DEVICE_CPU, &s1);
+    ck_assert_int_eq(s1.n_device_allocs, s0.n_device_allocs + 1);
+    ck_assert_int_eq(s1.n_cache_hits, s0.n_cache_hits + 1);
+    memset(a, 1, 3 * MiB), memset(b, 2, 5 * MiB + 1);
+
+    /* a's 3 MiB is the best fit for 2 MiB; the 1 MiB left is no large block, so it stays with it */
+    mem_free(DEVICE_CPU, a, ra);
+    char *c = mem_alloc(DEVICE_CPU, 2 * MiB, &rc);
+    ck_assert_ptr_eq(c, a);
+    ck_assert_uint_eq(rc, 3 * MiB);
+    ck_assert_uint_eq((unsigned char)b[0], 2);
+    /* over 10 MiB: a segment of its own, rounded to 2 MiB; the 1 MiB left stays with it */
+    char *d = mem_alloc(DEVICE_CPU, 13 * MiB, &rd);   /* (the first segment's 12 MiB - 4 KiB left is too small) */
+    ck_assert_uint_eq(rd, 14 * MiB);
+    mem_get_stats(DEVICE_CPU, &s1);
+    ck_assert_int_eq(s1.n_device_allocs, s0.n_device_allocs + 2);
+    ck_assert_int_eq(s1.reserved_bytes, s0.reserved_bytes + 34 * MiB);
+    ck_assert_int_eq(s1.live_bytes, s0.live_bytes + (int64_t)(rb + rc + rd));
+    ck_assert_int_eq(s1.reserved_bytes, s1.live_bytes + s1.cached_bytes);
+
+    /* freed in any order, the pieces merge into whole segments, which empty_cache gives back */
+    mem_free(DEVICE_CPU, b, rb);
+    mem_empty_cache(DEVICE_CPU);   /* nothing whole is free yet: c and d are live */
+    mem_get_stats(DEVICE_CPU, &s1);
+    ck_assert_int_eq(s1.reserved_bytes, s0.reserved_bytes + 34 * MiB);
+    mem_free(DEVICE_CPU, c, rc);
+    mem_free(DEVICE_CPU, d, rd);
+    char *e = mem_alloc(DEVICE_CPU, 19 * MiB, &rd);   /* only the merged first segment holds it */
+    ck_assert_ptr_eq(e, a);
+    ck_assert_uint_eq(rd, 20 * MiB);
+    mem_free(DEVICE_CPU, e, rd);
+    mem_empty_cache(DEVICE_CPU);
+    mem_get_stats(DEVICE_CPU, &s1);
+    ck_assert_int_eq(s1.reserved_bytes, s0.reserved_bytes);
+    ck_assert_int_eq(s1.live_bytes, s0.live_bytes);
+    ck_assert_int_eq(s1.cached_bytes, 0);
+
+    /* best fit within a bin: of two free blocks of (3, 3.5] MiB, the smaller, though freed first */
+    const size_t sz[4] = {13 * MiB / 4, 3 * MiB / 2, 7 * MiB / 2, 3 * MiB / 2};
+    char *q[4];
+    size_t rq[4];
+    for (int i = 0; i < 4; i++) q[i] = mem_alloc(DEVICE_CPU, sz[i], &rq[i]);
+    char *const q0 = q[0];
+    mem_free(DEVICE_CPU, q[0], rq[0]);
+    mem_free(DEVICE_CPU, q[2], rq[2]);
+    q[0] = mem_alloc(DEVICE_CPU, 31 * MiB / 10, &rq[0]);
+    ck_assert_ptr_eq(q[0], q0);
+    ck_assert_uint_eq(rq[0], sz[0]);
+    for (int i = 0; i < 4; i++)
+        if (i != 2) mem_free(DEVICE_CPU, q[i], rq[i]);
+    mem_empty_cache(DEVICE_CPU);
+
+    /* under a limit a segment is no larger than the request */
+    mem_set_limit(DEVICE_CPU, s0.reserved_bytes + 8 * MiB);
+    char *f = mem_alloc(DEVICE_CPU, 3 * MiB, &ra);
+    ck_assert_ptr_nonnull(f);
+    mem_get_stats(DEVICE_CPU, &s1);
+    ck_assert_int_eq(s1.reserved_bytes, s0.reserved_bytes + 3 * MiB);
+    mem_free(DEVICE_CPU, f, ra);
+    mem_set_limit(DEVICE_CPU, s0.limit_bytes);
+    mem_empty_cache(DEVICE_CPU);
+    LEAK_CHECK_END();
+}
+END_TEST
+
+/* random requests and frees, large and small: no two live blocks overlap, each keeps what was
+ * written into it, and live + cached = reserved after every step */
+START_TEST(test_alloc_random)
+{
+    LEAK_CHECK_BEGIN();
+    enum { SLOTS = 48, STEPS = 3000 };
+    struct { char *p; size_t r, bytes; unsigned char tag; } slot[SLOTS] = {{0}};
+    struct mem_stats s0, s1;
+    mem_empty_cache(DEVICE_CPU);
+    mem_get_stats(DEVICE_CPU, &s0);
+    uint64_t rng = 12345;
+    int64_t live = 0;
+    for (int step = 0; step < STEPS; step++) {
+        rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+        const int i = (int)((rng >> 33) % SLOTS);
+        if (slot[i].p) {
+            const unsigned char t = slot[i].tag;
+            ck_assert_msg((unsigned char)slot[i].p[0] == t && (unsigned char)slot[i].p[slot[i].bytes - 1] == t &&
+                              (unsigned char)slot[i].p[slot[i].bytes / 2] == t,
+                          "step %d: block %d was overwritten", step, i);
+            mem_free(DEVICE_CPU, slot[i].p, slot[i].r);
+            live -= (int64_t)slot[i].r;
+            slot[i].p = NULL;
+        } else {
+            const uint64_t u = rng >> 40;
+            const size_t bytes = u % 4 == 0 ? 1 + (size_t)(u >> 2) % 70000           /* small */
+                                            : (1 << 20) + (size_t)(u >> 2) % (24u << 20);   /* up to 25 MiB */
+            char *p = mem_alloc(DEVICE_CPU, bytes, &slot[i].r);
+            ck_assert_ptr_nonnull(p);
+            ck_assert_uint_ge(slot[i].r, bytes);
+            ck_assert_uint_le(slot[i].r, bytes <= (1 << 20) ? bytes + bytes / 4 + 256 : bytes + (2 << 20));
+            for (int j = 0; j < SLOTS; j++)
+                ck_assert_msg(!slot[j].p || p + slot[i].r <= slot[j].p || slot[j].p + slot[j].r <= p,
+                              "step %d: block %d overlaps block %d", step, i, j);
+            slot[i].p = p, slot[i].bytes = bytes, slot[i].tag = (unsigned char)(step * 7 + 1);
+            p[0] = p[bytes / 2] = p[bytes - 1] = (char)slot[i].tag;
+            live += (int64_t)slot[i].r;
+        }
+        mem_get_stats(DEVICE_CPU, &s1);
+        ck_assert_int_eq(s1.live_bytes, s0.live_bytes + live);
+        ck_assert_int_eq(s1.reserved_bytes, s1.live_bytes + s1.cached_bytes);
+    }
+    for (int i = 0; i < SLOTS; i++)
+        if (slot[i].p) mem_free(DEVICE_CPU, slot[i].p, slot[i].r);
+    mem_empty_cache(DEVICE_CPU);
+    mem_get_stats(DEVICE_CPU, &s1);
+    ck_assert_int_eq(s1.reserved_bytes, s0.reserved_bytes);
+    ck_assert_int_eq(s1.cached_bytes, 0);
     LEAK_CHECK_END();
 }
 END_TEST
@@ -1304,6 +1441,8 @@ int main(void)
     tcase_add_test(tc, test_view_keeps_storage);
     tcase_add_test(tc, test_scopes);
     tcase_add_test(tc, test_alloc_stats);
+    tcase_add_test(tc, test_alloc_large);
+    tcase_add_test(tc, test_alloc_random);
     tcase_add_test(tc, test_alloc_limit);
     tcase_add_test(tc, test_mem_parse_size);
     tcase_add_test(tc, test_philox_known_answers);
