@@ -337,6 +337,7 @@ static void *small_alloc(struct device_pool *pool, const struct backend *b, size
 static void *large_alloc(struct device_pool *pool, const struct backend *b, size_t bytes, size_t *rounded)
 {
     const enum device dev = pool_device(pool);
+    if (bytes > ((size_t)1 << 60)) { fail_oom(pool, dev, bytes); return NULL; }   /* no rounding overflows */
     const size_t need = (bytes + LARGE_STEP - 1) / LARGE_STEP * LARGE_STEP;
     if (2 * (pool->used.n + 1) > pool->used.cap && !map_grow(&pool->used)) {   /* first: map_put cannot fail */
         tensor_fail(STATUS_OOM, "out of host memory for the allocator's block table");

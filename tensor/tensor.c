@@ -215,11 +215,17 @@ struct tensor *tensor_empty(enum dtype dt, int ndim, const int64_t *shape, enum 
 {
     if ((unsigned)dt >= DTYPE_COUNT) { tensor_fail(STATUS_DTYPE, "tensor_empty: unknown dtype %d", (int)dt); return NULL; }
     if (!check_shape(ndim, shape, "tensor_empty")) return NULL;
+    int64_t n = 1, nbytes = 0;
+    bool over = false;
+    for (int d = 0; d < ndim; d++) over = over || __builtin_mul_overflow(n, shape[d], &n);
+    if (over || __builtin_mul_overflow(n, (int64_t)dtype_size(dt), &nbytes)) {   /* a malformed file's shape, say */
+        tensor_fail(STATUS_OOM, "tensor_empty: a %d-dim shape of more than 2^63 bytes (dims %lld, %lld, ...)", ndim,
+                    (long long)shape[0], ndim > 1 ? (long long)shape[1] : 1LL);
+        return NULL;
+    }
     struct storage *st = calloc(1, sizeof *st);
     if (!st) { tensor_fail(STATUS_OOM, "out of host memory for a storage header"); return NULL; }
-    int64_t n = 1;
-    for (int d = 0; d < ndim; d++) n *= shape[d];
-    size_t bytes = (size_t)n * dtype_size(dt), rounded = 0;
+    size_t bytes = (size_t)nbytes, rounded = 0;
     st->data = mem_alloc(dev, bytes ? bytes : 1, &rounded);
     if (!st->data) { free(st); return NULL; }
     st->bytes = rounded;

@@ -957,6 +957,24 @@ START_TEST(test_alloc_random)
 }
 END_TEST
 
+/* shapes whose size overflows, or that no machine holds, fail with a message instead of wrapping */
+START_TEST(test_alloc_too_large)
+{
+    LEAK_CHECK_BEGIN();
+    tensor_clear_error();
+    ck_assert_ptr_null(tensor_empty(DTYPE_F32, TENSOR_SHAPE((int64_t)1 << 40, (int64_t)1 << 40), DEVICE_CPU));
+    ck_error_has(STATUS_OOM, "2^63 bytes");
+    ck_assert_ptr_null(tensor_empty(DTYPE_F64, TENSOR_SHAPE((int64_t)1 << 61), DEVICE_CPU));   /* elements fit, bytes not */
+    ck_error_has(STATUS_OOM, "2^63 bytes");
+    ck_assert_ptr_null(tensor_empty(DTYPE_F32, TENSOR_SHAPE((int64_t)1 << 59), DEVICE_CPU));   /* 2 EiB */
+    ck_error_has(STATUS_OOM, "out of cpu memory");
+    ck_assert_ptr_null(tensor_empty(DTYPE_F32, TENSOR_SHAPE((int64_t)1 << 50), DEVICE_CPU));   /* 4 PiB */
+    ck_error_has(STATUS_OOM, "out of cpu memory");
+    tensor_clear_error();
+    LEAK_CHECK_END();
+}
+END_TEST
+
 START_TEST(test_alloc_limit)
 {
     LEAK_CHECK_BEGIN();
@@ -1443,6 +1461,7 @@ int main(void)
     tcase_add_test(tc, test_alloc_stats);
     tcase_add_test(tc, test_alloc_large);
     tcase_add_test(tc, test_alloc_random);
+    tcase_add_test(tc, test_alloc_too_large);
     tcase_add_test(tc, test_alloc_limit);
     tcase_add_test(tc, test_mem_parse_size);
     tcase_add_test(tc, test_philox_known_answers);
