@@ -3,6 +3,7 @@
 #include "tests/harness.h"
 #include "tensor/cpu/cpu.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -563,6 +564,59 @@ START_TEST(test_vec_act)
 }
 END_TEST
 
+/* large and special inputs: the vector path computes exp(t) past +-40 as exp(t / 2)^2 (off
+ * libmvec's slow path); it must agree with the float64 reference as above, and give the scalar
+ * loops' results for +-inf, NaN and +-0 (NaN where they give NaN: silu(-inf) is -inf / inf) */
+START_TEST(test_vec_act_edges)
+{
+    LEAK_CHECK_BEGIN();
+    const enum unary_op ops[] = {UNARY_GELU, UNARY_SILU, UNARY_QUICK_GELU, UNARY_SIGMOID};
+    const char *names[] = {"gelu", "silu", "quick_gelu", "sigmoid"};
+    const float k = 1.702f;
+    const float special[] = {INFINITY, -INFINITY, NAN, 0.0f, -0.0f, FLT_MAX, -FLT_MAX, 200, -200, 87, -87, 88.5f, -88.5f,
+                             88.8f, -88.8f, 20, -20, 19.9f, -20.1f, 87 / k, -87 / k, 88.5f / k, -88.5f / k, 13.19f, -13.19f,
+                             13.2f, -13.2f, 14.5f, -14.5f, 1e-30f, -1e-30f};
+    const int64_t ns = sizeof special / sizeof *special, n = ns + 997;
+    tensor_scope_begin();
+    struct tensor *x = test_uniform(DTYPE_F32, TENSOR_SHAPE(n), -250, 250), *g = test_uniform(DTYPE_F32, TENSOR_SHAPE(n), -1, 1);
+    for (int64_t i = 0; i < ns; i++) tensor_set_flat(x, i, special[i]);
+    for (int k2 = 0; k2 < 4; k2++) {
+        struct tensor *y[2], *d[2];
+        for (int base = 0; base < 2; base++) {
+            cpu_elementwise_baseline_only(base);
+            y[base] = tensor_empty(DTYPE_F32, TENSOR_SHAPE(n), DEVICE_CPU);
+            d[base] = tensor_empty(DTYPE_F32, TENSOR_SHAPE(n), DEVICE_CPU);
+            ck_assert_int_eq(cpu()->unary(ops[k2], y[base], x, NULL), STATUS_OK);
+            ck_assert_int_eq(cpu()->unary_backward(ops[k2], d[base], g, x, ops[k2] == UNARY_SIGMOID ? y[base] : NULL, NULL),
+                             STATUS_OK);
+        }
+        cpu_elementwise_baseline_only(false);
+        for (int64_t i = 0; i < n; i++) {
+            const double xv = tensor_get_flat(x, i), gv = tensor_get_flat(g, i);
+            for (int bwd = 0; bwd < 2; bwd++) {
+                const double v = tensor_get_flat(bwd ? d[0] : y[0], i), sc = tensor_get_flat(bwd ? d[1] : y[1], i);
+                /* the scalar loops' value, NaN and signs included (also at +-FLT_MAX, where quick GELU's
+                 * backward overflows k * x into inf * 0 on both paths) */
+                if (!isfinite(xv) || xv == 0 || fabs(xv) == FLT_MAX) {
+                    ck_assert_msg((isnan(v) && isnan(sc)) || (v == sc && signbit(v) == signbit(sc)),
+                                  "%s%s(%g): vector %g, scalar %g", names[k2], bwd ? " backward" : "", xv, v, sc);
+                    continue;
+                }
+                const double r = f64_act(ops[k2], xv, gv, bwd), b = (bwd ? 16 : 8) * 0x1p-24 * (fabs(xv) + 1);
+                ck_assert_msg(fabs(v - r) <= b, "%s%s(%.9g): vector %.9g, float64 %.9g", names[k2], bwd ? " backward" : "", xv, v, r);
+                /* and relative, away from the roots, for SiLU's and quick GELU's small values and sigmoid's
+                 * (GELU's 1 + erf cancels, and sigmoid's backward reads y, where 1 - y cancels) */
+                if (ops[k2] != UNARY_GELU && !(bwd && ops[k2] == UNARY_SIGMOID) && fabs(xv) >= 5 && fabs(r) > 1e-36)
+                    ck_assert_msg(fabs(v - r) <= 1e-5 * fabs(r), "%s%s(%.9g): vector %.9g, float64 %.9g (relative)", names[k2],
+                                  bwd ? " backward" : "", xv, v, r);
+            }
+        }
+    }
+    tensor_scope_end();
+    LEAK_CHECK_END();
+}
+END_TEST
+
 int main(void)
 {
     test_seed();
@@ -575,6 +629,7 @@ int main(void)
     tcase_add_test(tc, test_where);
     tcase_add_test(tc, test_long_rows);
     tcase_add_test(tc, test_vec_act);
+    tcase_add_test(tc, test_vec_act_edges);
     tcase_add_loop_test(tc, test_reduce, 0, sizeof reduce_cases / sizeof *reduce_cases);
     tcase_add_test(tc, test_reduce_values);
     tcase_add_loop_test(tc, test_views, 0, 8);

@@ -968,8 +968,10 @@ START_TEST(test_alloc_too_large)
     ck_error_has(STATUS_OOM, "2^63 bytes");
     ck_assert_ptr_null(tensor_empty(DTYPE_F32, TENSOR_SHAPE((int64_t)1 << 59), DEVICE_CPU));   /* 2 EiB */
     ck_error_has(STATUS_OOM, "out of cpu memory");
-    ck_assert_ptr_null(tensor_empty(DTYPE_F32, TENSOR_SHAPE((int64_t)1 << 50), DEVICE_CPU));   /* 4 PiB */
+#if !defined(__SANITIZE_ADDRESS__)   /* ASan aborts on a request past its 1 TiB bound instead of returning NULL */
+    ck_assert_ptr_null(tensor_empty(DTYPE_F32, TENSOR_SHAPE((int64_t)1 << 50), DEVICE_CPU));   /* 4 PiB: the system says no */
     ck_error_has(STATUS_OOM, "out of cpu memory");
+#endif
     tensor_clear_error();
     LEAK_CHECK_END();
 }
