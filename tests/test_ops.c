@@ -515,12 +515,27 @@ static double f64_act(enum unary_op op, double x, double g, bool bwd)
     return bwd ? g * (s + k * x * s * (1 - s)) : x * s;
 }
 
+static const enum unary_op act_ops[] = {UNARY_GELU, UNARY_SILU, UNARY_QUICK_GELU, UNARY_SIGMOID};
+static const char *const act_names[] = {"gelu", "silu", "quick_gelu", "sigmoid"};
+
+/* y[p], d[p]: op's forward of x and backward of g, on the vector path (p = 0) and the scalar
+ * loops (p = 1); sigmoid's backward reads y (its scalar rule), the others read x */
+static void act_both_paths(enum unary_op op, struct tensor *x, struct tensor *g, struct tensor *y[2], struct tensor *d[2])
+{
+    for (int base = 0; base < 2; base++) {
+        cpu_elementwise_baseline_only(base);
+        y[base] = tensor_empty(DTYPE_F32, 1, x->shape, DEVICE_CPU);
+        d[base] = tensor_empty(DTYPE_F32, 1, x->shape, DEVICE_CPU);
+        ck_assert_int_eq(cpu()->unary(op, y[base], x, NULL), STATUS_OK);
+        ck_assert_int_eq(cpu()->unary_backward(op, d[base], g, x, op == UNARY_SIGMOID ? y[base] : NULL, NULL), STATUS_OK);
+    }
+    cpu_elementwise_baseline_only(false);
+}
+
 START_TEST(test_vec_act)
 {
     LEAK_CHECK_BEGIN();
     static const int64_t lens[] = {1, 3, 4, 5, 7, 8, 9, 15, 16, 17, 1000, 3 * 16384 + 123};
-    const enum unary_op ops[] = {UNARY_GELU, UNARY_SILU, UNARY_QUICK_GELU, UNARY_SIGMOID};
-    const char *names[] = {"gelu", "silu", "quick_gelu", "sigmoid"};
     float probe_in[8] = {0}, probe_out[8];
     printf("vector activation path: %s\n", cpu_vec_unary_f32(UNARY_GELU, probe_out, 1, probe_in, 1, 8) ? "libmvec" : "none (scalar loops)");
     const double eps = 0x1p-24;
@@ -534,28 +549,19 @@ START_TEST(test_vec_act)
             struct tensor *xs = tensor_empty(DTYPE_F32, TENSOR_SHAPE(n + 1), DEVICE_CPU), *xs1 = tensor_narrow(xs, 0, 1, n);
             ck_assert_int_eq(cpu()->copy(xs1, x), STATUS_OK);   /* x's values one element further on */
             struct tensor *y[2], *d[2], *y1 = tensor_empty(DTYPE_F32, TENSOR_SHAPE(n), DEVICE_CPU);
-            for (int base = 0; base < 2; base++) {
-                cpu_elementwise_baseline_only(base);
-                y[base] = tensor_empty(DTYPE_F32, TENSOR_SHAPE(n), DEVICE_CPU);
-                d[base] = tensor_empty(DTYPE_F32, TENSOR_SHAPE(n), DEVICE_CPU);
-                ck_assert_int_eq(cpu()->unary(ops[k], y[base], x, NULL), STATUS_OK);
-                /* sigmoid's backward reads y (its scalar rule); the others read x */
-                ck_assert_int_eq(cpu()->unary_backward(ops[k], d[base], g, x, ops[k] == UNARY_SIGMOID ? y[base] : NULL, NULL),
-                                 STATUS_OK);
-            }
-            cpu_elementwise_baseline_only(false);
-            ck_assert_int_eq(cpu()->unary(ops[k], y1, xs1, NULL), STATUS_OK);
+            act_both_paths(act_ops[k], x, g, y, d);
+            ck_assert_int_eq(cpu()->unary(act_ops[k], y1, xs1, NULL), STATUS_OK);
             for (int64_t i = 0; i < n; i++) {
                 const double xv = tensor_get_flat(x, i), gv = tensor_get_flat(g, i), b = 8 * eps * (fabs(xv) + 1);
-                const double rf = f64_act(ops[k], xv, 0, false), rb = f64_act(ops[k], xv, gv, true);
+                const double rf = f64_act(act_ops[k], xv, 0, false), rb = f64_act(act_ops[k], xv, gv, true);
                 for (int base = 0; base < 2; base++) {
-                    ck_assert_msg(fabs(tensor_get_flat(y[base], i) - rf) <= b, "%s n=%lld x=%.9g %s: %.9g vs %.9g", names[k],
+                    ck_assert_msg(fabs(tensor_get_flat(y[base], i) - rf) <= b, "%s n=%lld x=%.9g %s: %.9g vs %.9g", act_names[k],
                                   (long long)n, xv, base ? "scalar" : "vector", tensor_get_flat(y[base], i), rf);
                     ck_assert_msg(fabs(tensor_get_flat(d[base], i) - rb) <= 2 * b, "%s backward n=%lld x=%.9g g=%.9g %s: %.9g vs %.9g",
-                                  names[k], (long long)n, xv, gv, base ? "scalar" : "vector", tensor_get_flat(d[base], i), rb);
+                                  act_names[k], (long long)n, xv, gv, base ? "scalar" : "vector", tensor_get_flat(d[base], i), rb);
                 }
                 ck_assert_msg(tensor_get_flat(y1, i) == tensor_get_flat(y[0], i), "%s n=%lld: element %lld differs one place on",
-                              names[k], (long long)n, (long long)i);
+                              act_names[k], (long long)n, (long long)i);
             }
             (void)x1;
             tensor_scope_end();
@@ -570,8 +576,6 @@ END_TEST
 START_TEST(test_vec_act_edges)
 {
     LEAK_CHECK_BEGIN();
-    const enum unary_op ops[] = {UNARY_GELU, UNARY_SILU, UNARY_QUICK_GELU, UNARY_SIGMOID};
-    const char *names[] = {"gelu", "silu", "quick_gelu", "sigmoid"};
     const float k = 1.702f;
     const float special[] = {INFINITY, -INFINITY, NAN, 0.0f, -0.0f, FLT_MAX, -FLT_MAX, 200, -200, 87, -87, 88.5f, -88.5f,
                              88.8f, -88.8f, 20, -20, 19.9f, -20.1f, 87 / k, -87 / k, 88.5f / k, -88.5f / k, 13.19f, -13.19f,
@@ -582,15 +586,7 @@ START_TEST(test_vec_act_edges)
     for (int64_t i = 0; i < ns; i++) tensor_set_flat(x, i, special[i]);
     for (int k2 = 0; k2 < 4; k2++) {
         struct tensor *y[2], *d[2];
-        for (int base = 0; base < 2; base++) {
-            cpu_elementwise_baseline_only(base);
-            y[base] = tensor_empty(DTYPE_F32, TENSOR_SHAPE(n), DEVICE_CPU);
-            d[base] = tensor_empty(DTYPE_F32, TENSOR_SHAPE(n), DEVICE_CPU);
-            ck_assert_int_eq(cpu()->unary(ops[k2], y[base], x, NULL), STATUS_OK);
-            ck_assert_int_eq(cpu()->unary_backward(ops[k2], d[base], g, x, ops[k2] == UNARY_SIGMOID ? y[base] : NULL, NULL),
-                             STATUS_OK);
-        }
-        cpu_elementwise_baseline_only(false);
+        act_both_paths(act_ops[k2], x, g, y, d);
         for (int64_t i = 0; i < n; i++) {
             const double xv = tensor_get_flat(x, i), gv = tensor_get_flat(g, i);
             for (int bwd = 0; bwd < 2; bwd++) {
@@ -599,15 +595,15 @@ START_TEST(test_vec_act_edges)
                  * backward overflows k * x into inf * 0 on both paths) */
                 if (!isfinite(xv) || xv == 0 || fabs(xv) == FLT_MAX) {
                     ck_assert_msg((isnan(v) && isnan(sc)) || (v == sc && signbit(v) == signbit(sc)),
-                                  "%s%s(%g): vector %g, scalar %g", names[k2], bwd ? " backward" : "", xv, v, sc);
+                                  "%s%s(%g): vector %g, scalar %g", act_names[k2], bwd ? " backward" : "", xv, v, sc);
                     continue;
                 }
-                const double r = f64_act(ops[k2], xv, gv, bwd), b = (bwd ? 16 : 8) * 0x1p-24 * (fabs(xv) + 1);
-                ck_assert_msg(fabs(v - r) <= b, "%s%s(%.9g): vector %.9g, float64 %.9g", names[k2], bwd ? " backward" : "", xv, v, r);
+                const double r = f64_act(act_ops[k2], xv, gv, bwd), b = (bwd ? 16 : 8) * 0x1p-24 * (fabs(xv) + 1);
+                ck_assert_msg(fabs(v - r) <= b, "%s%s(%.9g): vector %.9g, float64 %.9g", act_names[k2], bwd ? " backward" : "", xv, v, r);
                 /* and relative, away from the roots, for SiLU's and quick GELU's small values and sigmoid's
                  * (GELU's 1 + erf cancels, and sigmoid's backward reads y, where 1 - y cancels) */
-                if (ops[k2] != UNARY_GELU && !(bwd && ops[k2] == UNARY_SIGMOID) && fabs(xv) >= 5 && fabs(r) > 1e-36)
-                    ck_assert_msg(fabs(v - r) <= 1e-5 * fabs(r), "%s%s(%.9g): vector %.9g, float64 %.9g (relative)", names[k2],
+                if (act_ops[k2] != UNARY_GELU && !(bwd && act_ops[k2] == UNARY_SIGMOID) && fabs(xv) >= 5 && fabs(r) > 1e-36)
+                    ck_assert_msg(fabs(v - r) <= 1e-5 * fabs(r), "%s%s(%.9g): vector %.9g, float64 %.9g (relative)", act_names[k2],
                                   bwd ? " backward" : "", xv, v, r);
             }
         }
