@@ -312,7 +312,8 @@ static struct draft_reward *vit_reward_create(const char *config_path, enum dtyp
 struct probe {
     struct draft_reward r;   /* first */
     struct draft_reward *inner;
-    double t_in, t_out;
+    double t_in, t_out;             /* the first step's (cold: first use of every buffer) */
+    double last_in, last_out;       /* the last step's (warm, with --reps 2 or more) */
     int64_t live_in;
     int calls;
 };
@@ -324,8 +325,10 @@ static struct tensor *probe_score(struct draft_reward *r, struct tensor *images,
         p->t_in = sync_now_s();
         p->live_in = live_bytes();
     }
+    p->last_in = sync_now_s();
     struct tensor *s = draft_reward_score(p->inner, images, prompts);
-    if (p->calls == 1) p->t_out = sync_now_s();   /* the first step's split (--reps runs more) */
+    p->last_out = sync_now_s();
+    if (p->calls == 1) p->t_out = p->last_out;
     return s;
 }
 
@@ -500,7 +503,7 @@ int main(int argc, char **argv)
         goto done;
     }
     const double t1 = sync_now_s();
-    /* --reps: more steps, each timed whole (the probe keeps the first one's split) */
+    /* --reps: more steps, each timed whole (the probe keeps the first one's split and the last one's reward time) */
     double next[100];
     int n_next = 0;
     for (int r = 1; r < o.reps && isfinite(J); r++) {
@@ -541,7 +544,8 @@ int main(int argc, char **argv)
     if (n_next) {
         snprintf(nx, sizeof nx, " seconds_next=%.2f",
                  n_next % 2 ? next[n_next / 2] : 0.5 * (next[n_next / 2 - 1] + next[n_next / 2]));
-        printf("time of steps 2..%d: median %s s\n", o.reps, nx + 14);
+        printf("time of steps 2..%d: median %s s; the last step's reward %.2fs\n", o.reps, nx + 14,
+               probe.last_out - probe.last_in);
     }
     printf("sd14_step: device=%s precision=%s method=%s B=%d size=%d T=%d dtype=%s weights=%s peak=%s act=%s "
            "seconds=%.2f%s sample_s=%.2f "
