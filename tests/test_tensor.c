@@ -11,6 +11,7 @@
 #include <math.h>
 #include <omp.h>
 #include <errno.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -977,6 +978,58 @@ START_TEST(test_alloc_too_large)
 }
 END_TEST
 
+/* the CPU backend puts blocks of 2 MiB and more on 2 MiB boundaries and marks them for
+ * transparent huge pages (tensor/cpu/backend_cpu.c); /proc/self/smaps shows the mark as "hg" */
+static bool smaps_vmflags_of(const void *p, char *flags, size_t n)
+{
+    FILE *f = fopen("/proc/self/smaps", "r");
+    if (!f) return false;
+    char line[512];
+    bool in = false, found = false;
+    while (fgets(line, sizeof line, f)) {
+        unsigned long lo, hi;
+        if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' ')) {
+            in = (uintptr_t)p >= lo && (uintptr_t)p < hi;
+        } else if (in && !strncmp(line, "VmFlags:", 8)) {
+            snprintf(flags, n, "%s", line + 8);
+            found = true;
+            break;
+        }
+    }
+    fclose(f);
+    return found;
+}
+
+START_TEST(test_alloc_hugepages)
+{
+    const size_t sizes[] = {(size_t)2 << 20, (size_t)20 << 20, ((size_t)6 << 20) + 4096};
+    char thp[128] = "";
+    FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
+    if (f) {
+        if (!fgets(thp, sizeof thp, f)) thp[0] = 0;
+        fclose(f);
+    }
+    const bool env_off = getenv("DRAFT_HUGEPAGES") && !strcmp(getenv("DRAFT_HUGEPAGES"), "0");
+    for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) {
+        unsigned char *p = backend_cpu.raw_alloc(sizes[i]);
+        ck_assert_ptr_nonnull(p);
+        memset(p, 1, sizes[i]);   /* all of it usable */
+        if (!env_off) ck_assert_msg((uintptr_t)p % ((size_t)2 << 20) == 0, "%zu bytes at %p: not on 2 MiB", sizes[i], (void *)p);
+        char flags[512];
+        if (env_off || !thp[0] || strstr(thp, "[never]")) {
+            if (i == 0) printf("test_alloc_hugepages: the mark is not checked (%s)\n", env_off ? "DRAFT_HUGEPAGES=0" : "no THP here");
+        } else if (smaps_vmflags_of(p, flags, sizeof flags)) {
+            ck_assert_msg(strstr(flags, " hg"), "%zu bytes: VmFlags%s without hg", sizes[i], flags);
+        }
+        backend_cpu.raw_free(p);
+    }
+    void *q = backend_cpu.raw_alloc(1000);   /* small: 64-byte aligned, no mark needed */
+    ck_assert_ptr_nonnull(q);
+    ck_assert_uint_eq((uintptr_t)q % 64, 0);
+    backend_cpu.raw_free(q);
+}
+END_TEST
+
 START_TEST(test_alloc_limit)
 {
     LEAK_CHECK_BEGIN();
@@ -1464,6 +1517,7 @@ int main(void)
     tcase_add_test(tc, test_alloc_large);
     tcase_add_test(tc, test_alloc_random);
     tcase_add_test(tc, test_alloc_too_large);
+    tcase_add_test(tc, test_alloc_hugepages);
     tcase_add_test(tc, test_alloc_limit);
     tcase_add_test(tc, test_mem_parse_size);
     tcase_add_test(tc, test_philox_known_answers);
