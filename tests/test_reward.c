@@ -2,6 +2,8 @@
  * and a central-difference gradcheck; the LAION head against the reference (golden); the whole
  * aesthetic and CLIP-similarity chains on the tiny towers against a float64 re-computation with
  * their own resize code, plus gradchecks w.r.t. image pixels; spec parsing and its errors. */
+#include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -578,7 +580,7 @@ START_TEST(test_clip_tiny)
     ck_assert(gradcheck("clip tiny d cos / d pixels", pixel_fn, &pc, 1, &p, &(struct gc_opts){.tol = 1e-6, .f32_tol = -1}));
 
     /* the folder form: a CLIPModel folder assembled from the tiny towers */
-    char dir[] = "/tmp/test_reward_clip_XXXXXX", path[900], tokdir[700];
+    char dir[] = "/tmp/test_reward_clip_XXXXXX", path[900], tokdir[PATH_MAX];
     ck_assert(mkdtemp(dir));
     snprintf(path, sizeof path, "%s/config.json", dir);
     FILE *f = fopen(path, "w");
@@ -599,7 +601,9 @@ START_TEST(test_clip_tiny)
     ck_assert(ls && tp && !tensor_copy_(tp, proj.weight) && !tensor_fill_(ls, 0.7));
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
     ck_assert_int_eq(nn_params_save(&t.ps, path), STATUS_OK);
-    snprintf(tokdir, sizeof tokdir, "%s/tokenizer", t.dir);
+    /* the link lives in /tmp: its target must be absolute (t.dir may be ../shared/...) */
+    snprintf(path, sizeof path, "%s/tokenizer", t.dir);
+    ck_assert_msg(realpath(path, tokdir), "%s: %s", path, strerror(errno));
     snprintf(path, sizeof path, "%s/tokenizer", dir);
     ck_assert(symlink(tokdir, path) == 0);
 
