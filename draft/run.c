@@ -58,6 +58,31 @@ bool draft_device_parse(const char *s, enum device *dev)
     return true;
 }
 
+/* one side of a size: digits only (no sign or space), 1..65536; *end after them */
+static bool size_side(const char *p, const char **end, int *v)
+{
+    if (*p < '0' || *p > '9') return false;
+    char *e;
+    errno = 0;
+    const long x = strtol(p, &e, 10);
+    if (errno || x < 1 || x > 65536) return false;
+    *end = e;
+    *v = (int)x;
+    return true;
+}
+
+bool draft_size_parse(const char *s, int *width, int *height)
+{
+    const char *p;
+    int w, h;
+    if (!size_side(s, &p, &w)) return false;
+    if (!*p) h = w;
+    else if (*p != 'x' || !size_side(p + 1, &p, &h) || *p) return false;
+    *width = w;
+    *height = h;
+    return true;
+}
+
 enum status draft_device_check(enum device dev)
 {
     if (dev == DEVICE_CPU) return STATUS_OK;
@@ -234,7 +259,7 @@ struct run {
     struct draft_reward *reward;
     char **prompts;
     int n_prompts;
-    int64_t latent_c, latent_hw;
+    int64_t latent_c, latent_h, latent_w;
     int step;                 /* optimiser steps done */
     FILE *metrics;
     double *curve_x, *curve_y, *curve_ex, *curve_ey;   /* train reward per step; eval reward */
@@ -262,7 +287,7 @@ static void path_in(const struct run *r, char *buf, size_t n, const char *name)
 static struct tensor *latents_for(struct run *r, int n, uint64_t seed)
 {
     ag_rng_set(seed, 0);
-    return ag_randn(sd_pipeline_dtype(&r->p), 4, (int64_t[]){n, r->latent_c, r->latent_hw, r->latent_hw}, r->p.device);
+    return ag_randn(sd_pipeline_dtype(&r->p), 4, (int64_t[]){n, r->latent_c, r->latent_h, r->latent_w}, r->p.device);
 }
 
 /* [uncond; cond] text embeddings for n prompts, no graph */
@@ -302,6 +327,24 @@ static void curve_push(struct run *r, bool eval, double x, double y)
     (eval ? r->curve_ex : r->curve_x)[*n] = x;
     (eval ? r->curve_ey : r->curve_y)[*n] = y;
     (*n)++;
+}
+
+/* metrics.jsonl numbers: JSON has no NaN or infinity, so a value that is not finite (the
+ * diversity of a single image, a diverged reward) is written as null */
+static const char *jnum(char *buf, size_t n, const char *fmt, double v)
+{
+    if (!isfinite(v)) return "null";
+    snprintf(buf, n, fmt, v);
+    return buf;
+}
+
+/* one line of metrics.jsonl for an evaluation on the held-out seeds */
+static void metrics_eval(FILE *f, int step, double reward, double diversity)
+{
+    char a[32], b[32];
+    fprintf(f, "{\"step\": %d, \"eval\": true, \"reward\": %s, \"diversity\": %s}\n", step,
+            jnum(a, sizeof a, "%.9g", reward), jnum(b, sizeof b, "%.6g", diversity));
+    fflush(f);
 }
 
 /* evaluation on the held-out seeds: mean reward, diversity, and a grid (path may be NULL) */
@@ -625,14 +668,16 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
     }
     r->latent_c = r->p.unet.in_channels;
     {
-        const int64_t img = c->image_size > 0 ? c->image_size : r->p.vae.cfg.sample_size;
+        const int64_t def = r->p.vae.cfg.sample_size;
+        const int64_t w = c->image_width > 0 ? c->image_width : def, h = c->image_height > 0 ? c->image_height : def;
         const int64_t f = (int64_t)1 << (r->p.vae.cfg.n_blocks - 1), m = f << r->p.unet.n_samplers;
-        if (img <= 0 || img % m) {
-            s = tensor_fail(STATUS_VALUE, "--size %lld: must be a positive multiple of %lld for this model", (long long)img,
-                            (long long)m);
+        if (w <= 0 || h <= 0 || w % m || h % m) {
+            s = tensor_fail(STATUS_VALUE, "--size %lldx%lld: width and height must be positive multiples of %lld for this model",
+                            (long long)w, (long long)h, (long long)m);
             goto done;
         }
-        r->latent_hw = img / f;
+        r->latent_h = h / f;
+        r->latent_w = w / f;
     }
     if ((s = sd_lora_init(&r->lora, &r->p.unet, c->lora_rank, c->lora_alpha, NULL, DTYPE_F32, c->seed))) goto done;
     if ((s = sd_lora_attach(&r->lora, &r->p.unet, 1.0))) goto done;
@@ -659,8 +704,11 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
     } else {
         path_in(r, path, sizeof path, "before.png");
         if ((s = evaluate(r, path, &r->reward_before, &r->diversity_before))) goto done;
-        fprintf(stderr, "draft-run: reward before %.4f on %d held-out seeds (diversity %.4f)\n", r->reward_before, E,
-                r->diversity_before);
+        if (isfinite(r->diversity_before))
+            fprintf(stderr, "draft-run: reward before %.4f on %d held-out seeds (diversity %.4f)\n", r->reward_before, E,
+                    r->diversity_before);
+        else   /* one image: no diversity */
+            fprintf(stderr, "draft-run: reward before %.4f on %d held-out seed\n", r->reward_before, E);
     }
     /* metrics: a resumed run drops the lines after its checkpoint so the file stays one run */
     path_in(r, path, sizeof path, "metrics.jsonl");
@@ -690,8 +738,7 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
         goto done;
     }
     if (!c->resume) {
-        fprintf(r->metrics, "{\"step\": 0, \"eval\": true, \"reward\": %.9g, \"diversity\": %.6g}\n", r->reward_before,
-                r->diversity_before);
+        metrics_eval(r->metrics, 0, r->reward_before, r->diversity_before);
         curve_push(r, true, 0, r->reward_before);
     }
 
@@ -712,10 +759,12 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
         step_avg = step_avg ? 0.8 * step_avg + 0.2 * dt : dt;
         struct mem_stats ms;
         mem_get_stats(r->p.device, &ms);
+        char jr[32], jl[32], jg[32];
         fprintf(r->metrics,
-                "{\"step\": %d, \"reward\": %.9g, \"loss\": %.9g, \"grad_norm\": %.6g, \"lr\": %.6g, \"seconds\": %.4f, "
+                "{\"step\": %d, \"reward\": %s, \"loss\": %s, \"grad_norm\": %s, \"lr\": %.6g, \"seconds\": %.4f, "
                 "\"peak_mib\": %.1f}\n",
-                r->step, J, -J, gnorm, nn_adamw_lr(&r->opt), dt, (double)ms.peak_bytes / 1048576.0);
+                r->step, jnum(jr, sizeof jr, "%.9g", J), jnum(jl, sizeof jl, "%.9g", -J), jnum(jg, sizeof jg, "%.6g", gnorm),
+                nn_adamw_lr(&r->opt), dt, (double)ms.peak_bytes / 1048576.0);
         fflush(r->metrics);
         curve_push(r, false, r->step, J);
         if (c->progress) progress(r, J, -J, step_avg, gnorm);
@@ -724,8 +773,7 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
             snprintf(name, sizeof name, "samples/step_%05d.png", r->step);
             path_in(r, path, sizeof path, name);
             if ((s = evaluate(r, path, &er, &ed))) goto done;
-            fprintf(r->metrics, "{\"step\": %d, \"eval\": true, \"reward\": %.9g, \"diversity\": %.6g}\n", r->step, er, ed);
-            fflush(r->metrics);
+            metrics_eval(r->metrics, r->step, er, ed);
             curve_push(r, true, r->step, er);
         }
         const bool stop = stop_requested || (c->stop_after && r->step == c->stop_after);
@@ -742,9 +790,7 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
     /* after: evaluation, LoRA files, report */
     path_in(r, path, sizeof path, "after.png");
     if ((s = evaluate(r, path, &res->reward_after, &res->diversity_after))) goto done;
-    fprintf(r->metrics, "{\"step\": %d, \"eval\": true, \"reward\": %.9g, \"diversity\": %.6g}\n", r->step,
-            res->reward_after, res->diversity_after);
-    fflush(r->metrics);
+    metrics_eval(r->metrics, r->step, res->reward_after, res->diversity_after);
     curve_push(r, true, r->step, res->reward_after);
     path_in(r, path, sizeof path, "lora.safetensors");
     if ((s = sd_lora_save(&r->lora, path, SD_LORA_PEFT))) goto done;

@@ -41,7 +41,7 @@ struct draft_run_config {
     int batch;             /* images per micro-batch */
     int iters;             /* optimiser steps */
     uint64_t seed;
-    int image_size;        /* pixels; 0 = the UNet's sample_size times the VAE factor */
+    int image_width, image_height;   /* pixels; 0 = the model's default (the VAE's sample_size) */
     int eval_images;       /* held-out seeds evaluated before, during and after training */
     int eval_every;        /* 0 = only before and after */
     int save_every;        /* checkpoint period in steps; 0 = only at the end */
@@ -82,6 +82,10 @@ enum status draft_embedded_model(char *dir, size_t n);
 enum status draft_device_check(enum device dev);
 /* "cpu" / "cuda" -> *dev; false if neither */
 bool draft_device_parse(const char *s, enum device *dev);
+
+/* an image size: "512" (square) or "768x512" (width x height, as diffusers' width/height), each
+ * a positive integer up to 65536; false if the text is neither */
+bool draft_size_parse(const char *s, int *width, int *height);
 
 /* ask a running draft_run to save and stop after the current step (async-signal-safe) */
 void draft_run_request_stop(void);

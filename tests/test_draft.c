@@ -5,8 +5,11 @@
 #include "tests/harness.h"
 #include "tests/parity.h"
 #include "diffusion/lora.h"
+#include "draft/image.h"
 #include "draft/run.h"
 #include "draft/train.h"
+
+#include <cjson/cJSON.h>
 
 #include <math.h>
 #include <stdio.h>
@@ -310,7 +313,7 @@ static void run_config(struct draft_run_config *c, const char *dir, const char *
     c->batch = 2;
     c->iters = 4;
     c->eval_images = 2;
-    c->image_size = 64;   /* 8x8 latents: the VAE decode dominates the time */
+    c->image_width = c->image_height = 64;   /* 8x8 latents: the VAE decode dominates the time */
     c->lora_rank = 4;
     c->lora_alpha = 4;
     c->opt.lr = 3e-3;
@@ -367,6 +370,67 @@ START_TEST(test_run_and_resume)
 }
 END_TEST
 
+/* a non-square run (64 wide, 128 high: 8x16 latents) goes through sampling, the reward, the
+ * backward and the grids; its before/after grids hold one tall tile */
+START_TEST(test_run_non_square)
+{
+    char dir[512];
+    if (!parity_path("tiny-sd/model_index.json", dir, sizeof dir)) return;
+    *strrchr(dir, '/') = 0;
+    LEAK_CHECK_BEGIN();
+    char out[256], path[400];
+    snprintf(out, sizeof out, "/tmp/draft_run_ns_%d", (int)getpid());
+    struct draft_run_config c;
+    struct draft_run_result r;
+    run_config(&c, dir, out);
+    c.image_width = 64;
+    c.image_height = 128;
+    c.iters = 1;
+    c.batch = 1;
+    c.eval_images = 1;
+    c.method.steps = 2;
+    ck_assert_msg(draft_run(&c, &r) == STATUS_OK, "%s", tensor_error());
+    ck_assert_int_eq(r.steps, 1);
+    ck_assert(isfinite(r.reward_before) && isfinite(r.reward_after));
+    snprintf(path, sizeof path, "%s/after.png", out);
+    struct draft_image im;
+    ck_assert_msg(draft_png_read(path, &im) == STATUS_OK, "%s", tensor_error());
+    /* one tile scaled to DRAFT_GRID_AUTO_WIDTH wide, 128 x 256, its caption below (labels are
+     * given: the geometry does not depend on the font), gaps around (draft/image.h) */
+    ck_assert_int_eq(im.w, 128 + 2 * DRAFT_GRID_GAP);
+    ck_assert_int_eq(im.h, 256 + DRAFT_GRID_CAPTION_H + 2 * DRAFT_GRID_GAP);
+    draft_image_free(&im);
+    /* metrics.jsonl is JSON line by line: one held-out image has no diversity, written null */
+    snprintf(path, sizeof path, "%s/metrics.jsonl", out);
+    size_t n;
+    char *text = (char *)test_slurp(path, &n);
+    int lines = 0, nulls = 0;
+    for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n"), lines++) {
+        cJSON *j = cJSON_Parse(line);
+        ck_assert_msg(j, "metrics.jsonl line %d is not JSON: %s", lines + 1, line);
+        const cJSON *d = cJSON_GetObjectItemCaseSensitive(j, "diversity");
+        nulls += cJSON_IsNull(d);
+        ck_assert(cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(j, "reward")));
+        cJSON_Delete(j);
+    }
+    free(text);
+    ck_assert_int_eq(lines, 3);   /* before, step 1, after */
+    ck_assert_int_eq(nulls, 2);
+    /* a size that is not a multiple of the model's 64 names both sides */
+    run_config(&c, dir, out);
+    c.image_width = 64;
+    c.image_height = 96;
+    ck_assert_int_eq(draft_run(&c, &r), STATUS_VALUE);
+    ck_assert_msg(strstr(tensor_error(), "--size 64x96: width and height must be positive multiples of 64"), "%s",
+                  tensor_error());
+    tensor_clear_error();
+    char cmd[400];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", out);
+    ck_assert_int_eq(system(cmd), 0);
+    LEAK_CHECK_END();
+}
+END_TEST
+
 /* relative difference |a - b| / |b| */
 static double rel_diff(double a, double b) { return fabs(a - b) / fmax(fabs(b), 1e-30); }
 
@@ -401,7 +465,7 @@ START_TEST(test_run_cuda_matches_cpu)
         run_config(&c, dir, out[k]);
         c.iters = 2;
         c.save_every = 0;
-        c.image_size = 0;   /* the model's own (32 px) */
+        c.image_width = c.image_height = 0;   /* the model's own (32 px) */
         c.device = devs[k];
         ck_assert_msg(draft_run(&c, &res[k]) == STATUS_OK, "%s run: %s", device_name(devs[k]), tensor_error());
         ck_assert_int_eq(res[k].steps, 2);
@@ -453,6 +517,7 @@ int main(void)
     tcase_add_test(tc, test_identities);
     tcase_add_test(tc, test_lv_formula);
     tcase_add_test(tc, test_run_and_resume);
+    tcase_add_test(tc, test_run_non_square);
     suite_add_tcase(s, tc);
     TCase *tg = tcase_create("cuda");   /* skips without a GPU */
     tcase_set_timeout(tg, 900);

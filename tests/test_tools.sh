@@ -28,6 +28,15 @@ echo '{"lr": 0.001, "nonsense": 1}' >"$tmp/c.json"
 check "unknown config key: exit 2" "[ $rc -eq 2 ] && grep -q 'unknown key \"nonsense\"' '$tmp/o'"
 "$run" --model /nonexistent >"$tmp/o" 2>&1; rc=$?
 check "missing model folder: exit 1 and the path" "[ $rc -eq 1 ] && grep -q '/nonexistent' '$tmp/o'"
+"$run" --size 512x >"$tmp/o" 2>&1; rc=$?
+check "bad --size: exit 2 and the forms it takes" "[ $rc -eq 2 ] && grep -q 'expects a size in pixels (512, or width x height' '$tmp/o'"
+echo '{"size": "96x64"}' >"$tmp/c.json"
+"$run" --config "$tmp/c.json" --model /nonexistent >"$tmp/o" 2>&1; rc=$?
+check "--size WxH in a --config file is read (the run then stops at the missing model)" \
+      "[ $rc -eq 1 ] && grep -q '/nonexistent' '$tmp/o'"
+echo '{"size": "96x64x2"}' >"$tmp/c.json"
+"$run" --config "$tmp/c.json" --model /nonexistent >"$tmp/o" 2>&1; rc=$?
+check "a bad size in a --config file: exit 2" "[ $rc -eq 2 ] && grep -q 'expects a size in pixels' '$tmp/o'"
 "$sample" --help >/dev/null 2>&1
 check "draft-sample --help exits 0" "[ $? -eq 0 ]"
 "$sample" --model x --n 0 >"$tmp/o" 2>&1; rc=$?
@@ -77,6 +86,12 @@ if [ -f "$emb/model_index.json" ]; then
     check "draft-sample with no --model samples the embedded model" "[ $rc -eq 0 ] && [ -s '$tmp/es/grid.png' ]"
     check "DRAFT_PROFILE=1 prints the time per op at exit" \
           "grep -q '^profile: ' '$tmp/o' && grep -Eq '^conv2d 3x3 +cpu +f32 ' '$tmp/o' && grep -Eq '^attention +cpu ' '$tmp/o'"
+    # non-square: the PNG's IHDR holds width then height (big-endian 32-bit at bytes 16 and 20)
+    "$sample" --prompt "taxi" --steps 2 --size 64x32 --out "$tmp/ns" >"$tmp/o" 2>&1; rc=$?
+    wh=$(od -An -tu1 -j16 -N8 "$tmp/ns/0000.png" 2>/dev/null | awk '{print ($3*256+$4) "x" ($7*256+$8)}')
+    check "draft-sample --size 64x32 writes a 64 x 32 image" "[ $rc -eq 0 ] && [ '$wh' = 64x32 ]"
+    "$sample" --prompt "taxi" --steps 2 --size 64x36 --out "$tmp/ns" >"$tmp/o" 2>&1; rc=$?
+    check "draft-sample --size 64x36: exit 1, both sides named" "[ $rc -eq 1 ] && grep -q -- '--size 64x36: width and height must be multiples of' '$tmp/o'"
 else
     echo "SKIP: $emb not found (the embedded model is not in this checkout)"
 fi

@@ -19,7 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum kind { K_STR, K_INT, K_U64, K_DOUBLE, K_BOOL, K_METHOD, K_DTYPE, K_DEVICE, K_PRECISION };
+enum kind { K_STR, K_INT, K_U64, K_DOUBLE, K_BOOL, K_METHOD, K_DTYPE, K_DEVICE, K_PRECISION, K_SIZE };
 
 struct opt {
     const char *name;
@@ -65,7 +65,8 @@ static const struct opt opts[] = {
     {"batch", K_INT, F(batch), "images per micro-batch"},
     {"iters", K_INT, F(iters), "optimiser steps"},
     {"seed", K_U64, F(seed), "seed of every random draw (prompts, latents, noise, LoRA init)"},
-    {"size", K_INT, F(image_size), "image side in pixels (0 = the model's default)"},
+    {"size", K_SIZE, F(image_width), "image size in pixels: a side (512) or width x height (768x512); each a "
+                                     "multiple of the model's 64 (SD; 0 = the model's default)"},
     {"eval-images", K_INT, F(eval_images), "held-out fixed-seed images scored before, during and after"},
     {"eval-every", K_INT, F(eval_every), "evaluate and write a sample grid every N steps (0 = before/after only)"},
     {"save-every", K_INT, F(save_every), "write checkpoint.safetensors every N steps (0 = at the end only)"},
@@ -107,6 +108,10 @@ static void value_str(const struct draft_run_config *c, const struct opt *o, cha
     case K_DTYPE: snprintf(buf, n, "%s", *(const enum dtype *)p == DTYPE_BF16 ? "bf16" : "f32"); break;
     case K_DEVICE: snprintf(buf, n, "%s", device_name(*(const enum device *)p)); break;
     case K_PRECISION: snprintf(buf, n, "%s", precision_name(*(const enum precision *)p)); break;
+    case K_SIZE:
+        if (c->image_width == c->image_height) snprintf(buf, n, "%d", c->image_width);
+        else snprintf(buf, n, "%dx%d", c->image_width, c->image_height);
+        break;
     }
 }
 
@@ -193,9 +198,14 @@ static bool set_value(struct draft_run_config *c, const struct opt *o, const cha
         if (precision_parse(v, (enum precision *)p)) return true;
         fprintf(stderr, "draft-run: %s: --precision '%s' is not f32, tf32 or bf16\n", where, v);
         return false;
+    case K_SIZE:   /* the two fields; "0" keeps the model's default */
+        if (!strcmp(v, "0")) c->image_width = c->image_height = 0;
+        else if (!draft_size_parse(v, &c->image_width, &c->image_height)) break;
+        return true;
     }
     static const char *const kinds[] = {"text", "an integer", "a non-negative integer", "a finite number",
-                                        "true or false", "a method", "a dtype", "a device", "a precision"};
+                                        "true or false", "a method", "a dtype", "a device", "a precision",
+                                        "a size in pixels (512, or width x height: 768x512)"};
     fprintf(stderr, "draft-run: %s: --%s expects %s, got '%s'\n", where, o->name, kinds[o->kind], v);
     return false;
 }
@@ -231,9 +241,9 @@ static bool load_config(struct draft_run_config *c, const char *path)
         } else if (cJSON_IsBool(it)) {
             ok = set_given(c, o, cJSON_IsTrue(it) ? "true" : "false", where);
         } else if (cJSON_IsNumber(it)) {
-            if (o->kind == K_INT || o->kind == K_U64) snprintf(buf, sizeof buf, "%.0f", it->valuedouble);
+            if (o->kind == K_INT || o->kind == K_U64 || o->kind == K_SIZE) snprintf(buf, sizeof buf, "%.0f", it->valuedouble);
             else snprintf(buf, sizeof buf, "%.17g", it->valuedouble);
-            if ((o->kind == K_INT || o->kind == K_U64) && it->valuedouble != floor(it->valuedouble)) {
+            if ((o->kind == K_INT || o->kind == K_U64 || o->kind == K_SIZE) && it->valuedouble != floor(it->valuedouble)) {
                 fprintf(stderr, "draft-run: %s: \"%s\" must be an integer\n", where, it->string);
                 ok = false;
             } else {
@@ -338,8 +348,11 @@ int main(int argc, char **argv)
         return 130;
     }
     const double rel = res.reward_before != 0 ? 100.0 * (res.reward_after - res.reward_before) / fabs(res.reward_before) : 0;
-    printf("reward on %d held-out seeds: %.4f -> %.4f (%+.0f%%); diversity %.3f -> %.3f\n", c.eval_images,
-           res.reward_before, res.reward_after, rel, res.diversity_before, res.diversity_after);
+    printf("reward on %d held-out seed%s: %.4f -> %.4f (%+.0f%%)", c.eval_images, c.eval_images > 1 ? "s" : "",
+           res.reward_before, res.reward_after, rel);
+    if (isfinite(res.diversity_before) && isfinite(res.diversity_after))   /* one image has none */
+        printf("; diversity %.3f -> %.3f", res.diversity_before, res.diversity_after);
+    printf("\n");
     printf("images: %s/before.png %s/after.png; LoRA: %s/lora.safetensors\n", c.out, c.out, c.out);
     printf("report: %s/report.html\n", c.out);
     printf("final: reward_before=%.6f reward_after=%.6f steps=%d seconds=%.1f\n", res.reward_before, res.reward_after,

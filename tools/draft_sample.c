@@ -3,7 +3,7 @@
  *
  *   draft-sample --model DIR --prompt "a photo of a cat" [--prompt ...] [--prompts FILE|@animals]
  *                [--lora run/lora.safetensors:0.8 --lora other.safetensors:0.5] [--n 4] [--seed 0]
- *                [--steps 50] [--guidance 7.5] [--eta 0] [--size 512] [--device cpu|cuda] [--out samples]
+ *                [--steps 50] [--guidance 7.5] [--eta 0] [--size 512|WxH] [--device cpu|cuda] [--out samples]
  *
  * Image k (in prompt order, --n per prompt) starts from the latents of seed + k, so any single
  * image can be reproduced alone (bit for bit at the same --batch: BLAS may round a batch of
@@ -39,7 +39,8 @@ static void usage(FILE *f)
             "  --steps N          DDIM steps (default 50)\n"
             "  --guidance G       classifier-free guidance scale (default 7.5)\n"
             "  --eta E            DDIM eta (default 0)\n"
-            "  --size PX          image side (default: the model's)\n"
+            "  --size PX|WxH      image size: a side, or width x height (768x512); multiples of the\n"
+            "                     model's 64 (SD) (default: the model's)\n"
             "  --batch B          images per UNet batch (default 4)\n"
             "  --dtype D          f32 or bf16 storage of the model's weights (default f32; computes in f32)\n"
             "  --device D         cpu or cuda: where the model and LoRAs run (default cpu; cuda needs a build with\n"
@@ -81,7 +82,8 @@ int main(int argc, char **argv)
     int n_prompt_args = 0, n_loras = 0;
     char lora_paths[MAX_LORAS][PATH_MAX];
     double lora_scales[MAX_LORAS];
-    long n_per = 1, steps = 50, size = 0, batch = 4, seed = 0;
+    long n_per = 1, steps = 50, batch = 4, seed = 0;
+    int width = 0, height = 0;   /* 0: the model's default */
     double guidance = 7.5, eta = 0.0;
     bool merge = false, steps_given = false, guidance_given = false;
     char embedded[1024];
@@ -139,7 +141,10 @@ int main(int argc, char **argv)
             n_loras++;
         } else if (!strcmp(a, "--n")) ok = parse_int(a, v, 1, 1024, &n_per);
         else if (!strcmp(a, "--steps")) ok = parse_int(a, v, 1, 1000, &steps), steps_given = true;
-        else if (!strcmp(a, "--size")) ok = parse_int(a, v, 8, 4096, &size);
+        else if (!strcmp(a, "--size")) {
+            ok = draft_size_parse(v, &width, &height);
+            if (!ok) fprintf(stderr, "draft-sample: --size '%s' is not a size in pixels (512, or width x height: 768x512)\n", v);
+        }
         else if (!strcmp(a, "--batch")) ok = parse_int(a, v, 1, 256, &batch);
         else if (!strcmp(a, "--seed")) ok = parse_int(a, v, 0, LONG_MAX, &seed);
         else if (!strcmp(a, "--guidance")) ok = parse_double(a, v, &guidance), guidance_given = true;
@@ -203,11 +208,11 @@ int main(int argc, char **argv)
         s = sd_lora_combine(&combined, n_loras, ls, lora_scales);
         if (!s) s = merge ? sd_lora_merge(&combined, &p.unet, 1.0) : sd_lora_attach(&combined, &p.unet, 1.0);
     }
-    const int64_t img = size ? size : p.vae.cfg.sample_size;
-    const int64_t f = (int64_t)1 << (p.vae.cfg.n_blocks - 1);
-    if (!s && (img % (f << p.unet.n_samplers)))
-        s = tensor_fail(STATUS_VALUE, "--size %lld must be a multiple of %lld for this model", (long long)img,
-                        (long long)(f << p.unet.n_samplers));
+    const int64_t w = width ? width : p.vae.cfg.sample_size, h = height ? height : p.vae.cfg.sample_size;
+    const int64_t f = (int64_t)1 << (p.vae.cfg.n_blocks - 1), m = f << p.unet.n_samplers;
+    if (!s && (w % m || h % m))
+        s = tensor_fail(STATUS_VALUE, "--size %lldx%lld: width and height must be multiples of %lld for this model",
+                        (long long)w, (long long)h, (long long)m);
     struct tensor *all = NULL;
     if (!s) {
         ag_no_grad_begin();
@@ -220,7 +225,7 @@ int main(int argc, char **argv)
             struct tensor *lat[256];
             for (int j = 0; j < nb; j++) {   /* image k's latents depend only on seed + k */
                 ag_rng_set((uint64_t)seed + (uint64_t)(k0 + j), 0);
-                lat[j] = ag_randn(sd_pipeline_dtype(&p), 4, (int64_t[]){1, p.unet.in_channels, img / f, img / f}, p.device);
+                lat[j] = ag_randn(sd_pipeline_dtype(&p), 4, (int64_t[]){1, p.unet.in_channels, h / f, w / f}, p.device);
             }
             const char *empty[256];
             for (int j = 0; j < nb; j++) empty[j] = "";
