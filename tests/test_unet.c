@@ -239,9 +239,10 @@ static struct tensor *gc_unet_fn(struct tensor *const *in, void *vctx)
 START_TEST(test_gradcheck_micro)
 {
     LEAK_CHECK_BEGIN();
-    static const struct { const char *label, *json; int64_t B, C, HW, S, D; } cases[] = {
-        {"unet[micro,2 levels,heads=2,B=2,4x4,S=3]", micro_json, 2, 3, 4, 3, 6},
-        {"unet[pad=0,centre,2 transformer layers,scaled,temb=6,no flip,shift=1,B=1,4x4,S=2]", micro2_json, 1, 2, 4, 2, 4},
+    static const struct { const char *label, *json; int64_t B, C, H, W, S, D; } cases[] = {
+        {"unet[micro,2 levels,heads=2,B=2,4x4,S=3]", micro_json, 2, 3, 4, 4, 3, 6},
+        {"unet[pad=0,centre,2 transformer layers,scaled,temb=6,no flip,shift=1,B=1,4x4,S=2]", micro2_json, 1, 2, 4, 4, 2, 4},
+        {"unet[micro,non-square 2x6,B=1,S=2]", micro_json, 1, 3, 2, 6, 2, 6},
     };
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         struct micro m;
@@ -249,11 +250,64 @@ START_TEST(test_gradcheck_micro)
         tensor_scope_begin();
         m.t = tensor_from_data(DTYPE_I64, TENSOR_SHAPE(cases[c].B), (int64_t[]){981, 17});
         struct tensor *in[2] = {
-            test_uniform(DTYPE_F64, TENSOR_SHAPE(cases[c].B, cases[c].C, cases[c].HW, cases[c].HW), -1, 1),
+            test_uniform(DTYPE_F64, TENSOR_SHAPE(cases[c].B, cases[c].C, cases[c].H, cases[c].W), -1, 1),
             test_noncontig(test_uniform(DTYPE_F64, TENSOR_SHAPE(cases[c].B, cases[c].S, cases[c].D), -1, 1)),
         };
         struct gc_opts o = {.tol = 1e-5, .f32_tol = 2e-4};
         ck_assert(gradcheck(cases[c].label, gc_unet_fn, &m, 2, in, &o));
+        tensor_scope_end();
+        micro_free(&m);
+    }
+    LEAK_CHECK_END();
+}
+END_TEST
+
+/* Non-square inputs. The UNet has no positional encoding: each layer is a convolution (padded
+ * alike on both axes), a norm or an attention over all positions, or works per position. So
+ * transposing H and W of the input and of every convolution kernel transposes the output, up to
+ * rounding. With a non-square input (4x8 against 8x4) a mix-up of H and W anywhere (a reshape
+ * into tokens and back, an upsample's target, a skip connection) breaks it. (Against diffusers at
+ * 8x16 on the tiny parity model, forward and every gradient: docs/models.md.) */
+START_TEST(test_transpose_non_square)
+{
+    LEAK_CHECK_BEGIN();
+    static const struct { const char *json; int64_t B, C, H, W, S, D; } cases[] = {
+        {micro_json, 2, 3, 4, 8, 3, 6},
+        {micro2_json, 1, 2, 8, 4, 2, 4},   /* downsample_padding 0: padded after, on both axes */
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        struct micro m;
+        micro_build(&m, cases[c].json);
+        tensor_scope_begin();
+        m.t = tensor_from_data(DTYPE_I64, TENSOR_SHAPE(cases[c].B), (int64_t[]){981, 17});
+        struct tensor *x = test_uniform(DTYPE_F64, TENSOR_SHAPE(cases[c].B, cases[c].C, cases[c].H, cases[c].W), -1, 1);
+        struct tensor *ehs = test_uniform(DTYPE_F64, TENSOR_SHAPE(cases[c].B, cases[c].S, cases[c].D), -1, 1);
+        struct tensor *y = sd_unet_forward(&m.u64, x, m.t, ehs);
+        ck_assert_msg(y != NULL, "%s", tensor_error());
+        ck_assert_int_eq(y->shape[2], cases[c].H);
+        ck_assert_int_eq(y->shape[3], cases[c].W);
+        /* the same input transposed, through the unchanged kernels: a different function (the
+         * check below can fail) */
+        struct tensor *xt = tensor_contiguous(tensor_transpose(x, 2, 3));
+        struct tensor *yt_plain = sd_unet_forward(&m.u64, xt, m.t, ehs);
+        ck_assert_msg(yt_plain != NULL, "%s", tensor_error());
+        const double e_plain = test_rel_err(yt_plain, tensor_transpose(y, 2, 3));
+        int n_kernels = 0;
+        for (int i = 0; i < m.ps64.n; i++) {
+            struct tensor *w = m.ps64.v[i].t;
+            if (w->ndim != 4 || w->shape[2] == 1) continue;
+            ck_assert_int_eq(w->shape[2], w->shape[3]);
+            ck_assert_int_eq(tensor_copy_(w, tensor_contiguous(tensor_transpose(w, 2, 3))), STATUS_OK);
+            n_kernels++;
+        }
+        struct tensor *yt = sd_unet_forward(&m.u64, xt, m.t, ehs);
+        ck_assert_msg(yt != NULL, "%s", tensor_error());
+        const double e = test_rel_err(yt, tensor_transpose(y, 2, 3));
+        printf("unet transpose %lldx%lld -> %lldx%lld: %d kernels transposed, rel err %.2e (kernels as they were: %.2e)\n",
+               (long long)cases[c].H, (long long)cases[c].W, (long long)cases[c].W, (long long)cases[c].H, n_kernels, e,
+               e_plain);
+        ck_assert_msg(e <= 1e-12, "the UNet of the transposed input and kernels is not the transposed output: rel %g", e);
+        ck_assert(e_plain > 1e-3);
         tensor_scope_end();
         micro_free(&m);
     }
@@ -415,6 +469,7 @@ int main(void)
     tcase_add_test(tc, test_timestep_features);
     tcase_add_test(tc, test_errors);
     tcase_add_test(tc, test_gradcheck_micro);
+    tcase_add_test(tc, test_transpose_non_square);
     tcase_add_test(tc, test_manifest);
     suite_add_tcase(s, tc);
     TCase *tp = tcase_create("parity");   /* alone: CK_RUN_CASE=parity (gpu-check runs it on cuda) */

@@ -104,6 +104,41 @@ START_TEST(test_gradcheck)
 }
 END_TEST
 
+/* Non-square: no layer of the VAE knows where a position is, so transposing H and W of the input
+ * and of every convolution kernel transposes the decoder's image and the encoder's moments, up to
+ * rounding; a mix-up of H and W (the mid block's attention reshapes, the downsampler's padding)
+ * breaks it (see test_unet.c's test_transpose_non_square) */
+START_TEST(test_transpose_non_square)
+{
+    LEAK_CHECK_BEGIN();
+    struct nn_params ps;
+    struct sd_vae v;
+    small_vae(&v, &ps, DTYPE_F64, 5);
+    tensor_scope_begin();
+    struct tensor *z = test_uniform(DTYPE_F64, TENSOR_SHAPE(2, 2, 2, 5), -2, 2);
+    struct tensor *x = test_uniform(DTYPE_F64, TENSOR_SHAPE(1, 3, 7, 11), -1, 1);   /* odd: the asymmetric pad */
+    struct tensor *y = sd_vae_decode(&v, z), *m, *lv;
+    ck_assert_msg(y && !sd_vae_encode(&v, x, &m, &lv), "%s", tensor_error());
+    ck_assert(y->shape[2] == 4 && y->shape[3] == 10);
+    int n_kernels = 0;
+    for (int i = 0; i < ps.n; i++) {
+        struct tensor *w = ps.v[i].t;
+        if (w->ndim != 4 || w->shape[2] == 1) continue;
+        ck_assert_int_eq(tensor_copy_(w, tensor_contiguous(tensor_transpose(w, 2, 3))), STATUS_OK);
+        n_kernels++;
+    }
+    struct tensor *yt = sd_vae_decode(&v, tensor_contiguous(tensor_transpose(z, 2, 3))), *mt, *lvt;
+    ck_assert_msg(yt && !sd_vae_encode(&v, tensor_contiguous(tensor_transpose(x, 2, 3)), &mt, &lvt), "%s", tensor_error());
+    const double ed = test_rel_err(yt, tensor_transpose(y, 2, 3));
+    const double em = fmax(test_rel_err(mt, tensor_transpose(m, 2, 3)), test_rel_err(lvt, tensor_transpose(lv, 2, 3)));
+    printf("vae transpose: %d kernels; decode 2x5 rel err %.2e, encode 7x11 rel err %.2e\n", n_kernels, ed, em);
+    ck_assert_msg(ed <= 1e-12 && em <= 1e-12, "decode rel %g, encode rel %g", ed, em);
+    tensor_scope_end();
+    nn_params_free(&ps);
+    LEAK_CHECK_END();
+}
+END_TEST
+
 /* gradients of encoder parameters (the golden file has only the decoder's): the parameter
  * becomes the checked input by swapping the layer's pointer for the call */
 struct param_ctx {
@@ -582,6 +617,7 @@ int main(void)
     TCase *tc = tcase_create("vae");
     tcase_set_timeout(tc, 900);
     tcase_add_test(tc, test_gradcheck);
+    tcase_add_test(tc, test_transpose_non_square);
     tcase_add_test(tc, test_gradcheck_encoder_params);
     tcase_add_test(tc, test_checkpoint_same_grads);
     tcase_add_test(tc, test_load_names);
