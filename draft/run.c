@@ -260,6 +260,7 @@ struct run {
     char **prompts;
     int n_prompts;
     int64_t latent_c, latent_h, latent_w;
+    int64_t vae_factor;       /* pixels per latent */
     int step;                 /* optimiser steps done */
     FILE *metrics;
     double *curve_x, *curve_y, *curve_ex, *curve_ey;   /* train reward per step; eval reward */
@@ -405,6 +406,12 @@ static enum status draft_checkpoint_load(const struct safetensors *st, struct sd
     return nn_adamw_state_read(o, st);
 }
 
+/* the images' size, "WxH" */
+static void size_str(const struct run *r, char *buf, size_t n)
+{
+    snprintf(buf, n, "%lldx%lld", (long long)(r->latent_w * r->vae_factor), (long long)(r->latent_h * r->vae_factor));
+}
+
 static enum status save_checkpoint(struct run *r)
 {
     char path[1200], meta_step[32], meta_seed[32];
@@ -414,8 +421,12 @@ static enum status save_checkpoint(struct run *r)
     char before[64], div_before[64];
     snprintf(before, sizeof before, "%.17g", r->reward_before);
     snprintf(div_before, sizeof div_before, "%.17g", r->diversity_before);
-    const char *mk[] = {"format", "draft.step", "draft.seed", "draft.method", "draft.reward_before", "draft.diversity_before"};
-    const char *mv[] = {"draft-checkpoint-1", meta_step, meta_seed, draft_method_name(r->c->method.method), before, div_before};
+    char size[48];   /* the held-out reward before training was measured at this size */
+    size_str(r, size, sizeof size);
+    const char *mk[] = {"format", "draft.step", "draft.seed", "draft.method", "draft.reward_before", "draft.diversity_before",
+                        "draft.size"};
+    const char *mv[] = {"draft-checkpoint-1", meta_step, meta_seed, draft_method_name(r->c->method.method), before, div_before,
+                        size};
     return draft_checkpoint_save(path, &r->lora, &r->opt, (int)(sizeof mk / sizeof *mk), mk, mv);
 }
 
@@ -434,6 +445,11 @@ static enum status load_checkpoint(struct run *r)
     if (!s && strtoull(seed, NULL, 10) != r->c->seed)
         s = tensor_fail(STATUS_VALUE, "--resume: %s was trained with --seed %s, this run has %llu", path, seed,
                         (unsigned long long)r->c->seed);
+    const char *size = s ? NULL : safetensors_metadata(st, "draft.size");   /* absent before non-square sizes */
+    char want[48];
+    size_str(r, want, sizeof want);
+    if (!s && size && strcmp(size, want))
+        s = tensor_fail(STATUS_VALUE, "--resume: %s was trained at --size %s, this run has %s", path, size, want);
     if (!s) {
         r->step = atoi(step);
         r->reward_before = strtod(rb, NULL);
@@ -678,6 +694,7 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
         }
         r->latent_h = h / f;
         r->latent_w = w / f;
+        r->vae_factor = f;
     }
     if ((s = sd_lora_init(&r->lora, &r->p.unet, c->lora_rank, c->lora_alpha, NULL, DTYPE_F32, c->seed))) goto done;
     if ((s = sd_lora_attach(&r->lora, &r->p.unet, 1.0))) goto done;

@@ -416,6 +416,12 @@ START_TEST(test_run_non_square)
     free(text);
     ck_assert_int_eq(lines, 3);   /* before, step 1, after */
     ck_assert_int_eq(nulls, 2);
+    /* resuming at another size is refused: the reward before training was measured at 64x128 */
+    run_config(&c, dir, out);
+    c.resume = true;
+    ck_assert_int_eq(draft_run(&c, &r), STATUS_VALUE);
+    ck_assert_msg(strstr(tensor_error(), "was trained at --size 64x128, this run has 64x64"), "%s", tensor_error());
+    tensor_clear_error();
     /* a size that is not a multiple of the model's 64 names both sides */
     run_config(&c, dir, out);
     c.image_width = 64;
