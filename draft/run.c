@@ -561,7 +561,7 @@ static enum status draft_run_write_report(struct run *r, const struct draft_run_
     char v[16][1100], summary[256];
     const char *keys[16] = {"model", "reward", "prompts", "method", "steps / guidance / eta", "k / lv_n",
                             "LoRA rank / alpha", "lr / weight decay / clip", "batch x accum", "iterations", "seed",
-                            "held-out images", "dtype / device / precision", "seconds"};
+                            "held-out images", "image size", "dtype / device / precision", "seconds"};
     int nk = 0;
     snprintf(v[nk++], sizeof v[0], "%s", c->model);
     snprintf(v[nk++], sizeof v[0], "%s", c->reward);
@@ -575,6 +575,7 @@ static enum status draft_run_write_report(struct run *r, const struct draft_run_
     snprintf(v[nk++], sizeof v[0], "%d", r->step);
     snprintf(v[nk++], sizeof v[0], "%llu", (unsigned long long)c->seed);
     snprintf(v[nk++], sizeof v[0], "%d", c->eval_images);
+    size_str(r, v[nk++], sizeof v[0]);
     snprintf(v[nk++], sizeof v[0], "%s / %s / %s", dtype_name(c->dtype), device_name(r->p.device),
              precision_name(c->precision));
     snprintf(v[nk++], sizeof v[0], "%.1f", res->seconds);

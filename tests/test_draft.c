@@ -416,6 +416,10 @@ START_TEST(test_run_non_square)
     free(text);
     ck_assert_int_eq(lines, 3);   /* before, step 1, after */
     ck_assert_int_eq(nulls, 2);
+    snprintf(path, sizeof path, "%s/report.html", out);   /* the settings table names the size */
+    text = (char *)test_slurp(path, &n);
+    ck_assert_msg(strstr(text, "image size</th><td>64x128<"), "report.html has no 'image size' row of 64x128");
+    free(text);
     /* resuming at another size is refused: the reward before training was measured at 64x128 */
     run_config(&c, dir, out);
     c.resume = true;

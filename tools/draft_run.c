@@ -65,8 +65,8 @@ static const struct opt opts[] = {
     {"batch", K_INT, F(batch), "images per micro-batch"},
     {"iters", K_INT, F(iters), "optimiser steps"},
     {"seed", K_U64, F(seed), "seed of every random draw (prompts, latents, noise, LoRA init)"},
-    {"size", K_SIZE, F(image_width), "image size in pixels: a side (512) or width x height (768x512); each a "
-                                     "multiple of the model's 64 (SD; 0 = the model's default)"},
+    {"size", K_SIZE, F(image_width), "image size in pixels: a side (512) or width x height (768x512), multiples "
+                                     "of 64 for SD 1.x (0 = the model's default)"},
     {"eval-images", K_INT, F(eval_images), "held-out fixed-seed images scored before, during and after"},
     {"eval-every", K_INT, F(eval_every), "evaluate and write a sample grid every N steps (0 = before/after only)"},
     {"save-every", K_INT, F(save_every), "write checkpoint.safetensors every N steps (0 = at the end only)"},
