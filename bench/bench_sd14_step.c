@@ -107,7 +107,7 @@ struct opts {
     int k, lv_n, steps, batch, size, lora_rank, threads, reps;
     enum dtype dtype;
     const char *reward;
-    bool reward_vit, checkpoint;
+    bool reward_vit, checkpoint, checkpoint_blocks;
     double guidance;
     uint64_t seed;
     enum device device;
@@ -133,6 +133,8 @@ static void usage(FILE *f)
             "  --lora-rank R     LoRA rank, alpha = R (default 8)\n"
             "  --no-checkpoint   keep every activation (default: each differentiable UNet call and\n"
             "                    VAE block is recomputed in the backward)\n"
+            "  --no-checkpoint-blocks  recompute each call whole, without checkpointing its UNet resnets\n"
+            "                    and transformers (draft-run --no-checkpoint-blocks)\n"
             "  --reward SPEC     a draft_reward_create spec (default colorfulness)\n"
             "  --reward-vit      the aesthetic reward's architecture: CLIP ViT-L/14 vision tower\n"
             "                    (parity/sd14/image_encoder.config.json) + MLP head, random weights\n"
@@ -166,12 +168,14 @@ static int parse_args(int argc, char **argv, struct opts *o)
 {
     *o = (struct opts){.method = DRAFT_LV, .k = 1, .lv_n = 2, .steps = 2, .batch = 1, .size = 512, .lora_rank = 8,
                        .threads = 0, .reps = 1, .dtype = DTYPE_F32, .reward = "colorfulness", .checkpoint = true,
+                       .checkpoint_blocks = true,
                        .guidance = 7.5, .seed = 0, .device = DEVICE_CPU};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) return 1;
         if (!strcmp(a, "--reward-vit")) { o->reward_vit = true; continue; }
         if (!strcmp(a, "--no-checkpoint")) { o->checkpoint = false; continue; }
+        if (!strcmp(a, "--no-checkpoint-blocks")) { o->checkpoint_blocks = false; continue; }
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         bool known = !strcmp(a, "--shared") || !strcmp(a, "--method") || !strcmp(a, "--lv-n") || !strcmp(a, "--k") ||
                      !strcmp(a, "--steps") || !strcmp(a, "--batch") || !strcmp(a, "--size") ||
@@ -379,16 +383,17 @@ int main(int argc, char **argv)
     cfg.guidance = o.guidance;
     cfg.eta = 0.0;
     cfg.checkpoint = o.checkpoint;
+    cfg.checkpoint_blocks = o.checkpoint_blocks;
     if (o.method == DRAFT_REFL) cfg.refl_lo = 0, cfg.refl_hi = o.steps - 1;
     if (draft_method_config_check(&cfg)) return fail("method");
 
     const int64_t tensors0 = tensor_live_count(), storages0 = storage_live_count();
     char b1[32], b2[32], b3[32], b4[32], b5[32], b6[32];   /* one per value of a printf */
     printf("device %s, precision %s, threads %d, dtype %s, method %s, B %d, size %d, T %d, guidance %g, "
-           "checkpoint %s, LoRA rank %d\n",
+           "checkpoint %s%s, LoRA rank %d\n",
            device_name(g_dev), precision_name(o.precision), tensor_num_threads(), dtype_name(o.dtype),
            draft_method_name(o.method), o.batch, o.size, o.steps,
-           o.guidance, o.checkpoint ? "on" : "off", o.lora_rank);
+           o.guidance, o.checkpoint ? "on" : "off", o.checkpoint_blocks ? " (+ UNet blocks)" : "", o.lora_rank);
 
     /* ---- build: UNet, VAE, scheduler, reward; random weights */
     const double tb0 = now_s();

@@ -582,11 +582,33 @@ static struct tensor *check_inputs(struct sd_unet *u, struct tensor *sample, str
     return sample;
 }
 
-static struct tensor *block_forward(const struct sd_unet_block *b, int j, struct tensor *h, struct tensor *temb,
-                                    struct tensor *ehs)
+/* u->checkpoint: a resnet (x, temb) or a transformer (x, ehs) as one ag_checkpoint unit */
+static enum status resnet_fn(void *ctx, struct tensor *const *in, struct tensor **out)
 {
-    h = resnet_forward(&b->resnets[j], h, temb);
-    if (b->attentions) h = transformer2d_forward(&b->attentions[j], h, ehs);
+    out[0] = resnet_forward(ctx, in[0], in[1]);
+    return out[0] ? STATUS_OK : tensor_status();
+}
+
+static enum status transformer_fn(void *ctx, struct tensor *const *in, struct tensor **out)
+{
+    out[0] = transformer2d_forward(ctx, in[0], in[1]);
+    return out[0] ? STATUS_OK : tensor_status();
+}
+
+static struct tensor *unit(const struct sd_unet *u, ag_checkpoint_fn fn, const void *mod, struct tensor *x,
+                           struct tensor *aux)
+{
+    if (!x || !aux) return NULL;
+    struct tensor *in[2] = {x, aux}, *out = NULL;
+    if (!u->checkpoint || !ag_grad_enabled()) return fn((void *)mod, in, &out) ? NULL : out;   /* nothing to keep */
+    return ag_checkpoint(fn, (void *)mod, 2, in, 1, &out) ? NULL : out;
+}
+
+static struct tensor *block_forward(const struct sd_unet *u, const struct sd_unet_block *b, int j, struct tensor *h,
+                                    struct tensor *temb, struct tensor *ehs)
+{
+    h = unit(u, resnet_fn, &b->resnets[j], h, temb);
+    if (b->attentions) h = unit(u, transformer_fn, &b->attentions[j], h, ehs);
     return h;
 }
 
@@ -616,14 +638,14 @@ struct tensor *sd_unet_forward(struct sd_unet *u, struct tensor *sample, struct 
     skips[n_skips++] = x;
     for (int i = 0; i < u->n_blocks; i++) {
         const struct sd_unet_block *b = &u->down[i];
-        for (int j = 0; j < b->n_layers; j++) skips[n_skips++] = x = block_forward(b, j, x, temb, ehs);
+        for (int j = 0; j < b->n_layers; j++) skips[n_skips++] = x = block_forward(u, b, j, x, temb, ehs);
         if (b->has_sampler) skips[n_skips++] = x = nn_conv2d_forward(&b->sampler, x);
     }
 
     /* 4. mid: resnet, attention, resnet */
-    x = resnet_forward(&u->mid.resnets[0], x, temb);
-    x = transformer2d_forward(&u->mid.attentions[0], x, ehs);
-    x = resnet_forward(&u->mid.resnets[1], x, temb);
+    x = unit(u, resnet_fn, &u->mid.resnets[0], x, temb);
+    x = unit(u, transformer_fn, &u->mid.attentions[0], x, ehs);
+    x = unit(u, resnet_fn, &u->mid.resnets[1], x, temb);
 
     /* 5. up path: concat [h, the latest skip] on channels before each resnet */
     for (int i = 0; i < u->n_blocks; i++) {
@@ -634,7 +656,7 @@ struct tensor *sd_unet_forward(struct sd_unet *u, struct tensor *sample, struct 
                 return tensor_scope_return(NULL);
             }
             struct tensor *cat[2] = {x, skips[--n_skips]};
-            x = block_forward(b, j, ag_concat(2, cat, 1), temb, ehs);
+            x = block_forward(u, b, j, ag_concat(2, cat, 1), temb, ehs);
         }
         if (b->has_sampler) x = nn_conv2d_forward(&b->sampler, ag_upsample_nearest2x(x));
     }

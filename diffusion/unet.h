@@ -92,6 +92,13 @@ struct sd_unet {
     /* every attention projection, in parameter order (LoRA attaches here) */
     int n_projs, cap_projs;
     struct sd_proj **projs;
+    /* recompute each resnet and each transformer in the backward instead of keeping its
+     * activations (ag_checkpoint, as diffusers' enable_gradient_checkpointing): the same values
+     * and gradients, and only each unit's inputs stay alive between forward and backward. Inside
+     * a checkpoint of a whole call (draft/train.c) it bounds that call's recompute to one unit's
+     * activations. The module pointers are the checkpoints' context, so the struct must not move
+     * before the backward. */
+    bool checkpoint;
 };
 
 /* Build from a loaded config (read and finished here; the caller still frees it). Creates

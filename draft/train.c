@@ -39,6 +39,7 @@ void draft_method_config_default(struct draft_method_config *c)
     c->guidance = 7.5;
     c->eta = 0.0;
     c->checkpoint = true;
+    c->checkpoint_blocks = true;
 }
 
 enum status draft_method_config_check(const struct draft_method_config *c)
@@ -159,8 +160,9 @@ enum status draft_objective_backward(struct sd_pipeline *p, const struct draft_m
     const int n_calls = T + 1;
     struct call_ctx *calls = calloc((size_t)n_calls, sizeof *calls);
     if (!calls) return tensor_fail(STATUS_OOM, "out of host memory");
-    const bool vae_ckpt = p->vae.checkpoint;
+    const bool vae_ckpt = p->vae.checkpoint, unet_ckpt = p->unet.checkpoint;
     p->vae.checkpoint = c->checkpoint;
+    p->unet.checkpoint = c->checkpoint_blocks;
 
     /* the carried latents live outside the per-step scopes: a no-grad step's temporaries die
      * with it; a differentiable step's live on in the graph (or, checkpointed, only its input) */
@@ -232,6 +234,7 @@ enum status draft_objective_backward(struct sd_pipeline *p, const struct draft_m
     if (!s && final_latents) *final_latents = tensor_keep(ag_detach(final));
     tensor_scope_end();
     p->vae.checkpoint = vae_ckpt;
+    p->unet.checkpoint = unet_ckpt;
     free(calls);
     return s;
 }

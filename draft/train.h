@@ -38,8 +38,10 @@ struct draft_method_config {
     int steps;                 /* DDIM inference steps T */
     double guidance, eta;
     bool checkpoint;           /* each differentiable UNet call (and VAE block) recomputed in the backward */
+    bool checkpoint_blocks;    /* and, within a call, each UNet resnet and transformer (sd_unet.checkpoint):
+                                * the call's recompute keeps one block's activations, not the whole UNet's */
 };
-void draft_method_config_default(struct draft_method_config *c);   /* LV, n 2, T 50, g 7.5, eta 0, checkpoint */
+void draft_method_config_default(struct draft_method_config *c);   /* LV, n 2, T 50, g 7.5, eta 0, checkpoint (and blocks) */
 /* check the fields against each other; a message names the field */
 enum status draft_method_config_check(const struct draft_method_config *c);
 

@@ -11,7 +11,7 @@ trap 'rm -rf "$tmp"' EXIT
 
 "$run" --help >"$tmp/help" 2>&1
 check "draft-run --help exits 0" "[ $? -eq 0 ]"
-for opt in model ckpt reward prompts out method k lv-n steps guidance eta checkpoint lora-rank lr grad-clip \
+for opt in model ckpt reward prompts out method k lv-n steps guidance eta checkpoint checkpoint-blocks lora-rank lr grad-clip \
            warmup accum batch iters seed size eval-images save-every resume device precision; do
     check "--help lists --$opt with its default" "grep -q -- '--$opt.*(default: ' '$tmp/help'"
 done

@@ -315,6 +315,72 @@ START_TEST(test_transpose_non_square)
 }
 END_TEST
 
+/* u->checkpoint (each resnet and transformer recomputed in the backward) gives the same outputs
+ * (bit for bit: the same kernels in the same order) and gradients, of both inputs and of every
+ * parameter (to f64 rounding: a tensor read by a checkpoint and by other ops sums its gradient
+ * contributions in another order), and keeps less alive */
+START_TEST(test_checkpoint_units)
+{
+    LEAK_CHECK_BEGIN();
+    struct micro m;
+    micro_build(&m, micro_json);
+    nn_params_set_trainable(&m.ps64, true);
+    tensor_scope_begin();
+    m.t = tensor_from_data(DTYPE_I64, TENSOR_SHAPE(2), (int64_t[]){981, 17});
+    struct tensor *x = test_uniform(DTYPE_F64, TENSOR_SHAPE(2, 3, 8, 16), -1, 1);
+    struct tensor *ehs = test_uniform(DTYPE_F64, TENSOR_SHAPE(2, 3, 6), -1, 1);
+    struct tensor *r = test_uniform(DTYPE_F64, TENSOR_SHAPE(2, 2, 8, 16), -1, 1);
+    const int np = m.ps64.n;
+    struct tensor **grads[2];
+    struct tensor *y[2];
+    int64_t act[2];
+    for (int k = 0; k < 2; k++) {
+        m.u64.checkpoint = k;
+        grads[k] = calloc((size_t)np + 2, sizeof *grads[k]);
+        ck_assert_ptr_nonnull(grads[k]);
+        struct tensor *xk = tensor_contiguous(ag_detach(x)), *ek = tensor_contiguous(ag_detach(ehs));
+        ck_assert(!ag_set_requires_grad(xk, true) && !ag_set_requires_grad(ek, true));
+        struct mem_stats s0, s1;
+        mem_get_stats(DEVICE_CPU, &s0);
+        mem_reset_peak(DEVICE_CPU);
+        tensor_scope_begin();
+        struct tensor *out = sd_unet_forward(&m.u64, xk, m.t, ek);
+        ck_assert_msg(out != NULL, "%s", tensor_error());
+        y[k] = tensor_keep(out);
+        ck_assert_int_eq(ag_backward(ag_sum(ag_mul(out, r), 0, NULL, false), NULL, false), STATUS_OK);
+        tensor_scope_end();
+        mem_get_stats(DEVICE_CPU, &s1);
+        act[k] = s1.peak_bytes - s0.live_bytes;
+        grads[k][0] = tensor_ref(xk->grad);
+        grads[k][1] = tensor_ref(ek->grad);
+        for (int i = 0; i < np; i++) {
+            grads[k][2 + i] = tensor_ref(m.ps64.v[i].t->grad);
+            ag_zero_grad(m.ps64.v[i].t);
+        }
+    }
+    ck_assert_double_eq(test_rel_err(y[1], y[0]), 0.0);
+    double worst = 0;
+    for (int i = 0; i < np + 2; i++) {
+        const char *name = i == 0 ? "sample" : i == 1 ? "encoder_hidden_states" : m.ps64.v[i - 2].name;
+        ck_assert_msg(grads[0][i] && grads[1][i], "%s: no gradient", name);
+        const double e = test_rel_err(grads[1][i], grads[0][i]);
+        worst = fmax(worst, e);
+        ck_assert_msg(e <= 1e-13, "%s: the checkpointed gradient differs (rel %g)", name, e);
+    }
+    printf("unet checkpoint units: %d gradients, worst rel %.2e; peak above the inputs %lld -> %lld bytes\n", np + 2,
+           worst, (long long)act[0], (long long)act[1]);
+    ck_assert_int_lt(act[1], act[0]);
+    for (int k = 0; k < 2; k++) {
+        for (int i = 0; i < np + 2; i++) tensor_free(grads[k][i]);
+        free(grads[k]);
+        tensor_free(y[k]);
+    }
+    tensor_scope_end();
+    micro_free(&m);
+    LEAK_CHECK_END();
+}
+END_TEST
+
 /* ---------------------------------------------------------------- timestep features */
 
 START_TEST(test_timestep_features)
@@ -470,6 +536,7 @@ int main(void)
     tcase_add_test(tc, test_errors);
     tcase_add_test(tc, test_gradcheck_micro);
     tcase_add_test(tc, test_transpose_non_square);
+    tcase_add_test(tc, test_checkpoint_units);
     tcase_add_test(tc, test_manifest);
     suite_add_tcase(s, tc);
     TCase *tp = tcase_create("parity");   /* alone: CK_RUN_CASE=parity (gpu-check runs it on cuda) */
