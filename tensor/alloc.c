@@ -241,6 +241,24 @@ static void read_limit(struct device_pool *pool, enum device dev)
 
 static enum device pool_device(const struct device_pool *pool) { return (enum device)(pool - pools); }
 
+/* gives back every wholly free segment */
+static void release_segments_locked(struct device_pool *pool, const struct backend *b)
+{
+    const enum device dev = pool_device(pool);
+    for (int i = 0; i < N_BINS; i++) {
+        for (struct block *k = pool->bins[i], *next; k; k = next) {
+            next = k->fnext;
+            if (k->prev || k->next) continue;   /* part of a segment still in use */
+            bin_remove(pool, k);
+            UNPOISON(dev, k->p, k->size);
+            b->raw_free(k->p);
+            pool->s.cached_bytes -= (int64_t)k->size;
+            pool->s.reserved_bytes -= (int64_t)k->size;
+            block_recycle(pool, k);
+        }
+    }
+}
+
 /* gives back every cached small block and every wholly free segment */
 static void release_cache_locked(struct device_pool *pool, const struct backend *b)
 {
@@ -258,18 +276,7 @@ static void release_cache_locked(struct device_pool *pool, const struct backend 
             pool->s.reserved_bytes -= (int64_t)size;
         }
     }
-    for (int i = 0; i < N_BINS; i++) {
-        for (struct block *k = pool->bins[i], *next; k; k = next) {
-            next = k->fnext;
-            if (k->prev || k->next) continue;   /* part of a segment still in use */
-            bin_remove(pool, k);
-            UNPOISON(dev, k->p, k->size);
-            b->raw_free(k->p);
-            pool->s.cached_bytes -= (int64_t)k->size;
-            pool->s.reserved_bytes -= (int64_t)k->size;
-            block_recycle(pool, k);
-        }
-    }
+    release_segments_locked(pool, b);
 }
 
 static void fail_limit(const struct device_pool *pool, enum device dev, size_t r)
@@ -352,6 +359,13 @@ static void *large_alloc(struct device_pool *pool, const struct backend *b, size
         pool->s.cached_bytes -= (int64_t)best->size;
         pool->s.n_cache_hits++;
     } else {
+        /* On the CPU a cached segment is memory the rest of the machine cannot use, and a fresh
+         * one costs only page faults: before growing for a request of its own (over 10 MiB),
+         * give back the wholly free segments (all smaller than it, or the search had found
+         * one). One SD 1.4 DRaFT-LV step at 512 px: held 11.12 -> 8.80 GiB for a peak of 8.55,
+         * RSS 11.30 -> 9.23 GiB, time unchanged. A GPU keeps them (cudaFree synchronises) and
+         * gives them back when it runs out or under a limit. */
+        if (dev == DEVICE_CPU && need > SEG_SHARED) release_segments_locked(pool, b);
         best = block_new(pool);
         if (!best) { tensor_fail(STATUS_OOM, "out of host memory for the allocator's block list"); return NULL; }
         const size_t seg = need <= SEG_SHARED ? SEG_SMALL : (need + SEG_ROUND - 1) / SEG_ROUND * SEG_ROUND;

@@ -2,7 +2,8 @@
  *
  * Freed blocks are kept and handed out again (no system allocation in a hot loop after the
  * first iteration): blocks up to 1 MiB in size-class free lists, larger ones cut out of shared
- * segments, best fit, split and merged (alloc.c). Every byte is counted: live bytes now and at peak, bytes
+ * segments, best fit, split and merged (alloc.c); on the CPU, a request over 10 MiB that fits in
+ * no free block first gives the wholly free segments back. Every byte is counted: live bytes now and at peak, bytes
  * held in the cache, allocation and cache-hit counts. A limit (DRAFT_MEMORY_LIMIT=2G in the
  * environment, or mem_set_limit) makes an over-budget allocation fail with a message naming
  * the request and the usage instead of swapping.

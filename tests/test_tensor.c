@@ -978,6 +978,47 @@ START_TEST(test_alloc_too_large)
 }
 END_TEST
 
+/* On the CPU, a request over 10 MiB that no free block holds first gives back the wholly free
+ * segments (they are all smaller); a segment still partly used stays, and so does the cache
+ * while a free block fits */
+START_TEST(test_alloc_cpu_gives_back)
+{
+    LEAK_CHECK_BEGIN();
+    const size_t MiB = 1 << 20;
+    struct mem_stats s0, s1;
+    mem_empty_cache(DEVICE_CPU);
+    mem_get_stats(DEVICE_CPU, &s0);
+    size_t r16 = 0, r24 = 0, r12 = 0, r3 = 0, r40 = 0;
+    char *a = mem_alloc(DEVICE_CPU, 16 * MiB, &r16);   /* a segment of its own, 16 MiB */
+    char *s = mem_alloc(DEVICE_CPU, 3 * MiB, &r3);     /* a shared 20 MiB segment, partly used */
+    ck_assert(a && s);
+    mem_free(DEVICE_CPU, a, r16);
+    char *b = mem_alloc(DEVICE_CPU, 12 * MiB, &r12);   /* fits in the free 16 MiB: a cache hit, nothing given back */
+    ck_assert_ptr_eq(b, a);
+    mem_free(DEVICE_CPU, b, r12);
+    mem_get_stats(DEVICE_CPU, &s1);
+    ck_assert_int_eq(s1.reserved_bytes, s0.reserved_bytes + 36 * MiB);
+    char *c = mem_alloc(DEVICE_CPU, 24 * MiB, &r24);   /* fits nowhere: the free 16 MiB segment goes back first */
+    ck_assert_ptr_nonnull(c);
+    mem_get_stats(DEVICE_CPU, &s1);
+    ck_assert_int_eq(s1.reserved_bytes, s0.reserved_bytes + 44 * MiB);   /* 20 (shared, in use) + 24 */
+    ck_assert_int_eq(s1.reserved_bytes, s1.live_bytes + s1.cached_bytes);
+    mem_free(DEVICE_CPU, c, r24);
+    char *d = mem_alloc(DEVICE_CPU, 40 * MiB, &r40);   /* again: the 24 MiB goes back, the shared one stays */
+    ck_assert_ptr_nonnull(d);
+    mem_get_stats(DEVICE_CPU, &s1);
+    ck_assert_int_eq(s1.reserved_bytes, s0.reserved_bytes + 60 * MiB);
+    memset(d, 3, 40 * MiB);
+    memset(s, 4, 3 * MiB);
+    mem_free(DEVICE_CPU, d, r40);
+    mem_free(DEVICE_CPU, s, r3);
+    mem_empty_cache(DEVICE_CPU);
+    mem_get_stats(DEVICE_CPU, &s1);
+    ck_assert_int_eq(s1.reserved_bytes, s0.reserved_bytes);
+    LEAK_CHECK_END();
+}
+END_TEST
+
 /* the CPU backend puts blocks of 2 MiB and more on 2 MiB boundaries and marks them for
  * transparent huge pages (tensor/cpu/backend_cpu.c); /proc/self/smaps shows the mark as "hg" */
 static bool smaps_vmflags_of(const void *p, char *flags, size_t n)
@@ -1518,6 +1559,7 @@ int main(void)
     tcase_add_test(tc, test_alloc_random);
     tcase_add_test(tc, test_alloc_too_large);
     tcase_add_test(tc, test_alloc_hugepages);
+    tcase_add_test(tc, test_alloc_cpu_gives_back);
     tcase_add_test(tc, test_alloc_limit);
     tcase_add_test(tc, test_mem_parse_size);
     tcase_add_test(tc, test_philox_known_answers);
