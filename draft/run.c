@@ -260,7 +260,6 @@ struct run {
     char **prompts;
     int n_prompts;
     int64_t latent_c, latent_h, latent_w;
-    int64_t vae_factor;       /* pixels per latent */
     int step;                 /* optimiser steps done */
     FILE *metrics;
     double *curve_x, *curve_y, *curve_ex, *curve_ey;   /* train reward per step; eval reward */
@@ -409,7 +408,8 @@ static enum status draft_checkpoint_load(const struct safetensors *st, struct sd
 /* the images' size, "WxH" */
 static void size_str(const struct run *r, char *buf, size_t n)
 {
-    snprintf(buf, n, "%lldx%lld", (long long)(r->latent_w * r->vae_factor), (long long)(r->latent_h * r->vae_factor));
+    const int64_t f = (int64_t)1 << (r->p.vae.cfg.n_blocks - 1);   /* pixels per latent */
+    snprintf(buf, n, "%lldx%lld", (long long)(r->latent_w * f), (long long)(r->latent_h * f));
 }
 
 static enum status save_checkpoint(struct run *r)
@@ -695,7 +695,6 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
         }
         r->latent_h = h / f;
         r->latent_w = w / f;
-        r->vae_factor = f;
     }
     if ((s = sd_lora_init(&r->lora, &r->p.unet, c->lora_rank, c->lora_alpha, NULL, DTYPE_F32, c->seed))) goto done;
     if ((s = sd_lora_attach(&r->lora, &r->p.unet, 1.0))) goto done;
