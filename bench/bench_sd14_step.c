@@ -122,7 +122,7 @@ static void usage(FILE *f)
             "with random weights on the CPU or GPU; reports weights, peak and activation memory and time.\n"
             "  --shared DIR      the shared folder: configs from DIR/parity/sd14 (default: $DRAFT_PARITY_DIR/sd14\n"
             "                    when that is set, else ../shared/parity/sd14: run from the repository root)\n"
-            "  --method M        lv | k | full (also refl, alignprop); default lv\n"
+            "  --method M        lv | k | full (also refl, alignprop, drtune); default lv\n"
             "  --lv-n N          LV: re-noised copies (default 2)\n"
             "  --k N             K: differentiable last steps (default 1)\n"
             "  --steps T         DDIM steps (default 2; LV's memory does not grow with T)\n"
@@ -202,7 +202,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
             if (!ok) fprintf(stderr, PROG ": --precision '%s': expected f32, tf32 or bf16\n", v);
         } else if (!strcmp(a, "--method")) {
             ok = draft_method_parse(v, &o->method);
-            if (!ok) fprintf(stderr, PROG ": --method '%s': expected lv, k, full, refl or alignprop\n", v);
+            if (!ok) fprintf(stderr, PROG ": --method '%s': expected lv, k, full, refl, alignprop or drtune\n", v);
         } else if (!strcmp(a, "--dtype")) {
             if (!strcmp(v, "f32") || !strcmp(v, "float32")) o->dtype = DTYPE_F32;
             else if (!strcmp(v, "bf16") || !strcmp(v, "bfloat16")) o->dtype = DTYPE_BF16;

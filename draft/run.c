@@ -504,6 +504,7 @@ static enum status train_step(struct run *r, double *reward_out, double *gnorm_o
         if (c->method.method == DRAFT_ALIGNPROP) trunc = 1 + (int)(tr % (uint64_t)c->method.steps);
         if (c->method.method == DRAFT_REFL)
             trunc = c->method.refl_lo + (int)(tr % (uint64_t)(c->method.refl_hi - c->method.refl_lo + 1));
+        if (c->method.method == DRAFT_DRTUNE) trunc = (int)(tr % (uint64_t)(c->method.steps / c->method.k));
         tensor_scope_begin();
         struct tensor *ctx = context_for(r, B, pr);
         /* the latents, then (inside the objective) LV's noise, from the step's own stream */

@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *const method_names[] = {"full", "k", "lv", "refl", "alignprop"};
+static const char *const method_names[] = {"full", "k", "lv", "refl", "alignprop", "drtune"};
 
 const char *draft_method_name(enum draft_method m)
 {
@@ -17,7 +17,7 @@ bool draft_method_parse(const char *s, enum draft_method *m)
     static const struct { const char *name; enum draft_method m; } alias[] = {
         {"full", DRAFT_FULL}, {"draft", DRAFT_FULL},         {"k", DRAFT_K},
         {"draft-k", DRAFT_K}, {"lv", DRAFT_LV},              {"draft-lv", DRAFT_LV},
-        {"refl", DRAFT_REFL}, {"alignprop", DRAFT_ALIGNPROP},
+        {"refl", DRAFT_REFL}, {"alignprop", DRAFT_ALIGNPROP}, {"drtune", DRAFT_DRTUNE},
     };
     for (size_t i = 0; i < sizeof alias / sizeof alias[0]; i++)
         if (!strcmp(s, alias[i].name)) {
@@ -50,6 +50,7 @@ enum status draft_method_config_check(const struct draft_method_config *c)
     switch (c->method) {
     case DRAFT_K:
     case DRAFT_ALIGNPROP:
+    case DRAFT_DRTUNE:
         if (c->k < 1 || c->k > c->steps)
             return tensor_fail(STATUS_VALUE, "k must be in [1, steps = %d], got %d", c->steps, c->k);
         break;
@@ -71,23 +72,32 @@ enum status draft_method_config_check(const struct draft_method_config *c)
 
 /* What a differentiable UNet call needs; it must outlive the backward (the checkpoint reruns
  * the call from it), so the objective keeps one per call until ag_backward has returned. */
+enum call_out {
+    CALL_STEP,   /* the guided DDIM step */
+    CALL_X0,     /* ReFL: the step's predicted x0 */
+    CALL_EPS,    /* DRTune: the guided eps alone (the step is taken outside, on the unstopped x) */
+};
+
 struct call_ctx {
     struct sd_pipeline *p;
     int64_t t;
     struct tensor *context;
     double guidance, eta;
-    bool predict_x0;   /* ReFL: the predicted x0 instead of the DDIM step */
+    enum call_out out;
 };
 
 static enum status call_fn(void *ctx, struct tensor *const *in, struct tensor **out)
 {
     struct call_ctx *c = ctx;
-    if (c->predict_x0) {
+    switch (c->out) {
+    case CALL_X0: {
         tensor_scope_begin();
         struct tensor *eps = sd_pipeline_eps(c->p, in[0], c->t, c->context, c->guidance);
         out[0] = tensor_scope_return(eps ? sd_ddim_pred_x0(&c->p->scheduler, eps, c->t, in[0]) : NULL);
-    } else {
-        out[0] = sd_pipeline_step(c->p, in[0], c->t, c->context, c->guidance, c->eta, NULL);
+        break;
+    }
+    case CALL_EPS: out[0] = sd_pipeline_eps(c->p, in[0], c->t, c->context, c->guidance); break;
+    case CALL_STEP: out[0] = sd_pipeline_step(c->p, in[0], c->t, c->context, c->guidance, c->eta, NULL); break;
     }
     return out[0] ? STATUS_OK : tensor_status();
 }
@@ -112,6 +122,26 @@ static struct tensor *step_no_grad(struct sd_pipeline *p, const struct draft_met
     struct tensor *y = sd_pipeline_step(p, x, t, context, c->guidance, c->eta, NULL);
     ag_no_grad_end();
     return y;
+}
+
+/* One DRTune step. The UNet sees x with its gradient stopped; the DDIM update takes x itself,
+ * so the gradient of a later step reaches earlier trained steps through the update's skip path
+ * alone. Before the first trained step nothing upstream carries a gradient: a plain no-grad step.
+ * The values are those of any other step: the noise (eta > 0) is drawn after the UNet, as there. */
+static struct tensor *step_drtune(struct call_ctx *cc, const struct draft_method_config *c, struct tensor *x,
+                                  bool train)
+{
+    if (!x) return NULL;
+    if (!train && !x->requires_grad) return step_no_grad(cc->p, c, x, cc->t, cc->context);
+    struct tensor *xin = ag_detach(x), *eps;
+    if (train) {
+        eps = call(cc, xin, c->checkpoint);   /* cc->out is CALL_EPS */
+    } else {
+        ag_no_grad_begin();
+        eps = sd_pipeline_eps(cc->p, xin, cc->t, cc->context, c->guidance);
+        ag_no_grad_end();
+    }
+    return eps ? sd_ddim_step(&cc->p->scheduler, eps, cc->t, x, c->eta, NULL) : NULL;
 }
 
 /* [uncond; cond] of B rows each -> the same for n stacked copies: [uncond x n; cond x n] */
@@ -145,13 +175,17 @@ enum status draft_objective_backward(struct sd_pipeline *p, const struct draft_m
 
     /* the only thing the variants change: where the differentiable part starts, and whether
      * the sampler stops early (ReFL) or re-noises its result (LV) */
-    int first_grad = T, stop = T;
+    int first_grad = T, stop = T, stride = 0, offset = 0;
     switch (c->method) {
     case DRAFT_FULL: first_grad = 0; break;
     case DRAFT_K: first_grad = T - c->k; break;
     case DRAFT_ALIGNPROP: first_grad = T - (trunc >= 1 && trunc <= T ? trunc : c->k); break;
     case DRAFT_REFL: stop = trunc >= c->refl_lo && trunc <= c->refl_hi ? trunc : c->refl_hi; break;
     case DRAFT_LV: break;
+    case DRAFT_DRTUNE:
+        stride = T / c->k;
+        offset = trunc >= 0 && trunc < stride ? trunc : stride - 1;
+        break;
     }
     const int lv_n = c->method == DRAFT_LV ? c->lv_n : 0;
     if (lv_n && lv_noise && (lv_noise->ndim != 5 || lv_noise->shape[0] < lv_n || lv_noise->shape[1] != B))
@@ -170,10 +204,14 @@ enum status draft_objective_backward(struct sd_pipeline *p, const struct draft_m
     for (int i = 0; i < stop && x; i++) {
         tensor_scope_begin();
         struct tensor *y;
-        if (i < first_grad) {
+        if (stride) {   /* DRTune: every step carries the gradient, k of them train */
+            const bool train = i >= offset && (i - offset) % stride == 0 && (i - offset) / stride < c->k;
+            calls[i] = (struct call_ctx){p, ts[i], context, c->guidance, c->eta, CALL_EPS};
+            y = step_drtune(&calls[i], c, x, train);
+        } else if (i < first_grad) {
             y = step_no_grad(p, c, x, ts[i], context);
         } else {
-            calls[i] = (struct call_ctx){p, ts[i], context, c->guidance, c->eta, false};
+            calls[i] = (struct call_ctx){p, ts[i], context, c->guidance, c->eta, CALL_STEP};
             y = call(&calls[i], x, c->checkpoint);
         }
         y = tensor_keep(y);
@@ -185,7 +223,7 @@ enum status draft_objective_backward(struct sd_pipeline *p, const struct draft_m
     tensor_autorelease(x);   /* the rest of the objective runs in one scope, which now owns x */
     struct tensor *J = NULL, *final = x;
     if (x && c->method == DRAFT_REFL) {   /* one differentiable call predicts x0 from x_t at step `stop` */
-        calls[T] = (struct call_ctx){p, ts[stop], context, c->guidance, c->eta, true};
+        calls[T] = (struct call_ctx){p, ts[stop], context, c->guidance, c->eta, CALL_X0};
         final = x = call(&calls[T], x, c->checkpoint);
     }
     if (x && lv_n) {
@@ -207,7 +245,7 @@ enum status draft_objective_backward(struct sd_pipeline *p, const struct draft_m
         struct tensor *x0n = ag_concat(lv_n, xs, 0);
         struct tensor *x1 = ag_add(ag_scale(x0n, sqrt(ab)),
                                    ag_scale(ag_reshape(ag_to_dtype(eps, x->dtype), 4, flat), sqrt(1.0 - ab)));
-        calls[T] = (struct call_ctx){p, t1, repeat_context(context, lv_n), c->guidance, c->eta, false};
+        calls[T] = (struct call_ctx){p, t1, repeat_context(context, lv_n), c->guidance, c->eta, CALL_STEP};
         const char **pr = malloc((size_t)(lv_n * B) * sizeof *pr);
         if (!pr) {
             tensor_fail(STATUS_OOM, "out of host memory");

@@ -312,6 +312,121 @@ START_TEST(test_lv_formula)
 }
 END_TEST
 
+/* DRTune's gradient is the derivative of the sampler with every UNet input frozen at its value.
+ * With x̄_i the sampler's latents and e_i = eps_θ(x̄_i), the surrogate
+ *   J~(θ') : x_0 = init, x_{i+1} = ddim_step(eps_i, t_i, x_i), eps_i = eps_θ'(x̄_i) at a trained
+ *            step and e_i (a constant) at the others, J~ = reward(decode(x_T))
+ * has ∇J~(θ) = DRTune's gradient, which central differences give in float64. This fails if the
+ * UNet's input kept its gradient, if an untrained step trained, or if the skip path were cut. */
+static double drtune_surrogate(struct fixture *f, const struct draft_method_config *c, const bool *train,
+                               struct tensor *const *xbar, struct tensor *const *ebar)
+{
+    ag_no_grad_begin();
+    tensor_scope_begin();
+    struct tensor *x = f->init;
+    for (int i = 0; i < c->steps; i++) {
+        const int64_t t = f->p.scheduler.timesteps[i];
+        struct tensor *eps = train[i] ? sd_pipeline_eps(&f->p, xbar[i], t, f->context, c->guidance) : ebar[i];
+        x = sd_ddim_step(&f->p.scheduler, eps, t, x, c->eta, NULL);
+    }
+    struct tensor *J = ag_mean(weighted_score(&f->reward, sd_pipeline_decode(&f->p, x), NULL), 0, NULL, false);
+    ck_assert_msg(J != NULL, "%s", tensor_error());
+    const double j = tensor_get_flat(J, 0);
+    tensor_scope_end();
+    ag_no_grad_end();
+    return j;
+}
+
+START_TEST(test_drtune_finite_differences)
+{
+    LEAK_CHECK_BEGIN();
+    struct fixture f;
+    if (!fixture_open(&f, DTYPE_F64)) return;
+    struct draft_method_config c;
+    config_for(&c, "full");
+    c.method = DRAFT_DRTUNE;
+    c.k = 2;   /* stride 2 over T = 4: the offset 0 trains steps 0 and 2 */
+    const bool train[4] = {true, false, true, false};
+    zero_grads(&f);
+    double J = NAN, Jplain = NAN;
+    ck_assert_msg(draft_objective_backward(&f.p, &c, &f.reward, f.init, f.context, NULL, 0, NULL, -1.0, &J, NULL) ==
+                      STATUS_OK,
+                  "%s", tensor_error());
+    /* x̄ and e at θ: the plain sampler's */
+    struct tensor *xbar[4], *ebar[4];
+    ag_no_grad_begin();
+    struct tensor *x = tensor_ref(f.init);
+    for (int i = 0; i < 4; i++) {
+        const int64_t t = f.p.scheduler.timesteps[i];
+        xbar[i] = x;
+        ebar[i] = tensor_keep(sd_pipeline_eps(&f.p, x, t, f.context, c.guidance));
+        x = tensor_keep(sd_ddim_step(&f.p.scheduler, ebar[i], t, x, c.eta, NULL));
+        ck_assert_msg(ebar[i] && x, "%s", tensor_error());
+    }
+    tensor_free(x);
+    ag_no_grad_end();
+    ck_assert_int_eq(draft_sample_eval(&f.p, &c, &f.reward, f.init, f.context, NULL, NULL, &Jplain, NULL), STATUS_OK);
+    const double J0 = drtune_surrogate(&f, &c, train, xbar, ebar);
+    /* the same values (the evaluation averages the rewards in another order) */
+    ck_assert_msg(fabs(J - Jplain) <= 1e-13 * fabs(Jplain) && fabs(J0 - Jplain) <= 1e-13 * fabs(Jplain),
+                  "DRTune's forward differs from the sampler's: %.17g, surrogate %.17g, sampler %.17g", J, J0, Jplain);
+    static const int params[] = {0, 1, -1};
+    for (int k = 0; k < 3; k++) {
+        const int pi = params[k] >= 0 ? params[k] : f.lora.params.n - 1;
+        struct tensor *t = f.lora.params.v[pi].t;
+        ck_assert_ptr_nonnull(t->grad);
+        const double g = tensor_get_flat(t->grad, 1);
+        double *val = (double *)tensor_data_ptr(t) + 1;
+        const double h = 1e-5, v0 = *val;
+        *val = v0 + h;
+        const double Jp = drtune_surrogate(&f, &c, train, xbar, ebar);
+        *val = v0 - h;
+        const double Jm = drtune_surrogate(&f, &c, train, xbar, ebar);
+        *val = v0;
+        const double fd = (Jp - Jm) / (2 * h);
+        printf("gradcheck drtune k2 %s[1]: analytic %.10g fd %.10g\n", f.lora.params.v[pi].name, g, fd);
+        fflush(stdout);
+        ck_assert_msg(fabs(fd) > 1e-10, "a vacuous check: the surrogate does not move with %s", f.lora.params.v[pi].name);
+        ck_assert_msg(fabs(g - fd) <= 1e-5 * fabs(fd) + 1e-12, "drtune: %.12g vs fd %.12g", g, fd);
+    }
+    for (int i = 0; i < 4; i++) {
+        tensor_free(xbar[i]);
+        tensor_free(ebar[i]);
+    }
+    fixture_close(&f);
+    LEAK_CHECK_END();
+}
+END_TEST
+
+/* DRTune with k = 1 at its default offset trains only the last step, whose input carries no
+ * gradient in DRaFT-K either: the two are the same objective */
+START_TEST(test_drtune_k1_is_draft_k1)
+{
+    LEAK_CHECK_BEGIN();
+    struct fixture f;
+    if (!fixture_open(&f, DTYPE_F32)) return;
+    struct draft_method_config c;
+    config_for(&c, "k1");
+    const double Jk = run_variant(&f, &c, NULL);
+    struct tensor **gk = grads_copy(&f);
+    c.method = DRAFT_DRTUNE;
+    const double Jd = run_variant(&f, &c, NULL);
+    struct tensor **gd = grads_copy(&f);
+    ck_assert_msg(Jk == Jd, "J: K=1 %.9g, DRTune k=1 %.9g", Jk, Jd);
+    double worst = 0;
+    for (int i = 0; i < f.lora.params.n; i++) {
+        const double e = test_rel_err(gd[i], gk[i]);
+        worst = fmax(worst, e);
+        ck_assert_msg(e <= 1e-6, "DRTune k=1 differs from DRaFT-K k=1 at %s (rel %g)", f.lora.params.v[i].name, e);
+    }
+    printf("drtune k1 against draft-k1: worst LoRA gradient rel %.2e\n", worst);
+    grads_free(&f, gk);
+    grads_free(&f, gd);
+    fixture_close(&f);
+    LEAK_CHECK_END();
+}
+END_TEST
+
 /* ---------------------------------------------------------------- whole runs */
 
 static void run_config(struct draft_run_config *c, const char *dir, const char *out)
@@ -539,6 +654,8 @@ int main(void)
     tcase_add_test(tc, test_finite_differences);
     tcase_add_test(tc, test_identities);
     tcase_add_test(tc, test_lv_formula);
+    tcase_add_test(tc, test_drtune_finite_differences);
+    tcase_add_test(tc, test_drtune_k1_is_draft_k1);
     tcase_add_test(tc, test_run_and_resume);
     tcase_add_test(tc, test_run_non_square);
     suite_add_tcase(s, tc);

@@ -50,6 +50,13 @@ if [ -f "$model/model_index.json" ]; then
     for f in before.png after.png metrics.jsonl checkpoint.safetensors lora.safetensors lora_kohya.safetensors report.html; do
         check "run folder has $f" "[ -s '$tmp/run/$f' ]"
     done
+    # DRTune: k = 2 trained steps of 4, at an offset drawn per step; the LoRA gets a gradient
+    "$run" --model "$model" --method drtune --k 2 --steps 4 --iters 2 --batch 1 --size 64 --eval-images 2 \
+           --reward red --no-progress --out "$tmp/drt" >"$tmp/o" 2>&1; rc=$?
+    check "draft-run --method drtune" "[ $rc -eq 0 ] && grep -q 'drtune' '$tmp/drt/report.html' && \
+           grep -Eq '\"grad_norm\": [0-9.]*[1-9]' '$tmp/drt/metrics.jsonl'"
+    "$run" --model "$model" --method drtune --k 5 --steps 4 --out "$tmp/drt2" >"$tmp/o" 2>&1; rc=$?
+    check "drtune with k > steps: refused, naming k" "[ $rc -ne 0 ] && grep -q 'k must be in \[1, steps = 4\], got 5' '$tmp/o'"
     "$sample" --model "$model" --prompt "a red apple" --prompt "a cat" --n 2 --steps 2 --size 64 --batch 1 \
               --lora "$tmp/run/lora.safetensors:0.5" --lora "$tmp/run/lora_kohya.safetensors:0.5" \
               --out "$tmp/s" >"$tmp/o" 2>&1; rc=$?

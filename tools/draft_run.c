@@ -43,8 +43,8 @@ static const struct opt opts[] = {
     {"precision", K_PRECISION, F(precision), "the GPU's matrix products (matmul, conv, attention): f32 (exact), tf32 "
                                              "(tensor cores) or bf16 (autocast: bf16 operands, f32 accumulation; norms "
                                              "and softmax stay f32); the CPU always computes in f32"},
-    {"method", K_METHOD, F(method.method), "full | k | lv | refl | alignprop"},
-    {"k", K_INT, F(method.k), "DRaFT-K: differentiate the last k sampling steps"},
+    {"method", K_METHOD, F(method.method), "full | k | lv | refl | alignprop | drtune"},
+    {"k", K_INT, F(method.k), "DRaFT-K: differentiate the last k sampling steps; DRTune: train k evenly spaced steps"},
     {"lv-n", K_INT, F(method.lv_n), "DRaFT-LV: re-noised copies of the final latent"},
     {"refl-lo", K_INT, F(method.refl_lo), "ReFL: first step index of the stopping window"},
     {"refl-hi", K_INT, F(method.refl_hi), "ReFL: last step index of the stopping window"},
@@ -186,7 +186,7 @@ static bool set_value(struct draft_run_config *c, const struct opt *o, const cha
         return true;
     case K_METHOD:
         if (draft_method_parse(v, (enum draft_method *)p)) return true;
-        fprintf(stderr, "draft-run: %s: --method '%s' is not one of full, k, lv, refl, alignprop\n", where, v);
+        fprintf(stderr, "draft-run: %s: --method '%s' is not one of full, k, lv, refl, alignprop, drtune\n", where, v);
         return false;
     case K_DTYPE:
         if (!strcmp(v, "f32") || !strcmp(v, "float32")) *(enum dtype *)p = DTYPE_F32;
