@@ -1,5 +1,6 @@
 /* clip.c — CLIPTextModel and CLIPVisionModelWithProjection (transformers modeling_clip.py). */
 #include "diffusion/clip.h"
+#include "nn/weights.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -394,4 +395,199 @@ enum status clip_params_load(struct nn_params *ps, const struct safetensors *st,
         if (s) return s;
     }
     return nn_params_load(ps, st, kp, true);
+}
+
+/* ---------------------------------------------------------------- OpenCLIP state dicts */
+
+/* *out = the file's size of dimension d of `key`; an error when the tensor is absent or has fewer dims */
+static enum status openclip_dim(const struct nn_weights *w, const char *key, int d, int64_t *out)
+{
+    int nd;
+    int64_t shape[TENSOR_MAX_DIMS];
+    if (!nn_weights_shape(w, key, &nd, shape))
+        return tensor_fail(STATUS_FORMAT, "%s: no tensor '%s' (not an OpenCLIP state dict?)", nn_weights_path(w), key);
+    if (d >= nd)
+        return tensor_fail(STATUS_FORMAT, "%s: tensor '%s' has %d dims, expected at least %d", nn_weights_path(w), key,
+                           nd, d + 1);
+    *out = shape[d];
+    return STATUS_OK;
+}
+
+/* blocks of a tower: transformer.resblocks.0, 1, ... while they exist */
+static int openclip_layers(const struct nn_weights *w, const char *tower)
+{
+    char key[256];
+    int n = 0;
+    for (;; n++) {
+        snprintf(key, sizeof key, "%stransformer.resblocks.%d.ln_1.weight", tower, n);
+        if (!nn_weights_has(w, key)) return n;
+    }
+}
+
+static enum status openclip_heads(const struct nn_weights *w, const char *tower_name, int64_t width, int64_t head_width,
+                                  int *heads)
+{
+    if (head_width < 1 || width % head_width)
+        return tensor_fail(STATUS_SHAPE, "%s: the %s tower is %lld wide, not a multiple of the head width %lld",
+                           nn_weights_path(w), tower_name, (long long)width, (long long)head_width);
+    *heads = (int)(width / head_width);
+    return STATUS_OK;
+}
+
+enum status clip_openclip_configs(const struct nn_weights *w, int64_t text_head_width, int64_t vision_head_width,
+                                  enum clip_act act, struct clip_text_config *tc, struct clip_vision_config *vc,
+                                  int64_t *embed_dim)
+{
+    memset(tc, 0, sizeof *tc);
+    memset(vc, 0, sizeof *vc);
+    const char *path = nn_weights_path(w);
+    int64_t te = 0, npos = 0;
+    enum status s = openclip_dim(w, "token_embedding.weight", 0, &tc->vocab_size);
+    if (!s) s = openclip_dim(w, "token_embedding.weight", 1, &tc->hidden_size);
+    if (!s) s = openclip_dim(w, "positional_embedding", 0, &tc->max_position_embeddings);
+    if (!s) s = openclip_dim(w, "transformer.resblocks.0.mlp.c_fc.weight", 0, &tc->intermediate_size);
+    if (!s) s = openclip_dim(w, "text_projection", 1, &te);
+    if (!s) s = openclip_dim(w, "visual.conv1.weight", 0, &vc->hidden_size);
+    if (!s) s = openclip_dim(w, "visual.conv1.weight", 1, &vc->num_channels);
+    if (!s) s = openclip_dim(w, "visual.conv1.weight", 2, &vc->patch_size);
+    if (!s) s = openclip_dim(w, "visual.positional_embedding", 0, &npos);
+    if (!s) s = openclip_dim(w, "visual.transformer.resblocks.0.mlp.c_fc.weight", 0, &vc->intermediate_size);
+    if (!s) s = openclip_dim(w, "visual.proj", 1, &vc->projection_dim);
+    if (s) return s;
+    tc->num_hidden_layers = openclip_layers(w, "");
+    tc->layer_norm_eps = 1e-5;
+    tc->hidden_act = act;
+    tc->eos_token_id = 2;   /* transformers' legacy value: pool at argmax(ids), OpenCLIP's text.argmax(-1) */
+    if ((s = openclip_heads(w, "text", tc->hidden_size, text_head_width, &tc->num_attention_heads))) return s;
+    /* image */
+    int64_t grid = 0;
+    while ((grid + 1) * (grid + 1) <= npos - 1) grid++;
+    if (grid < 1 || grid * grid != npos - 1)
+        return tensor_fail(STATUS_SHAPE, "%s: visual.positional_embedding has %lld rows, expected a square grid + 1",
+                           path, (long long)npos);
+    vc->image_size = grid * vc->patch_size;
+    vc->num_hidden_layers = openclip_layers(w, "visual.");
+    vc->layer_norm_eps = 1e-5;
+    vc->hidden_act = act;
+    if ((s = openclip_heads(w, "image", vc->hidden_size, vision_head_width, &vc->num_attention_heads))) return s;
+    if (tc->num_hidden_layers < 1 || vc->num_hidden_layers < 1)
+        return tensor_fail(STATUS_FORMAT, "%s: no transformer.resblocks.0 in the %s tower", path,
+                           tc->num_hidden_layers < 1 ? "text" : "image");
+    if (te != vc->projection_dim)
+        return tensor_fail(STATUS_SHAPE, "%s: text_projection gives %lld-d embeddings, visual.proj %lld-d", path,
+                           (long long)te, (long long)vc->projection_dim);
+    *embed_dim = te;
+    return STATUS_OK;
+}
+
+/* The OpenCLIP key of a CLIPModel parameter, and which part of it: -1 all of it, 0/1/2 the q/k/v
+ * third of a stacked projection, 3 its transpose. false for a name with no OpenCLIP key. */
+static bool openclip_key(const char *name, char *key, size_t n, int *part)
+{
+    *part = -1;
+    if (!strcmp(name, "visual_projection.weight") || !strcmp(name, "text_projection.weight")) {
+        snprintf(key, n, "%s", name[0] == 'v' ? "visual.proj" : "text_projection");
+        *part = 3;
+        return true;
+    }
+    if (!strcmp(name, "logit_scale")) {
+        snprintf(key, n, "logit_scale");
+        return true;
+    }
+    const char *tower, *rest;
+    if (!strncmp(name, "text_model.", 11)) tower = "", rest = name + 11;
+    else if (!strncmp(name, "vision_model.", 13)) tower = "visual.", rest = name + 13;
+    else return false;
+    static const struct { const char *hf, *oc; } whole[] = {
+        {"embeddings.token_embedding.weight", "token_embedding.weight"},
+        {"embeddings.position_embedding.weight", "positional_embedding"},
+        {"embeddings.class_embedding", "class_embedding"},
+        {"embeddings.patch_embedding.weight", "conv1.weight"},
+        {"pre_layrnorm.weight", "ln_pre.weight"},
+        {"pre_layrnorm.bias", "ln_pre.bias"},
+        {"post_layernorm.weight", "ln_post.weight"},
+        {"post_layernorm.bias", "ln_post.bias"},
+        {"final_layer_norm.weight", "ln_final.weight"},
+        {"final_layer_norm.bias", "ln_final.bias"},
+    };
+    for (size_t i = 0; i < sizeof whole / sizeof whole[0]; i++)
+        if (!strcmp(rest, whole[i].hf)) {
+            snprintf(key, n, "%s%s", tower, whole[i].oc);
+            return true;
+        }
+    static const struct { const char *hf, *oc; int part; } block[] = {
+        {"self_attn.q_proj.weight", "attn.in_proj_weight", 0},
+        {"self_attn.k_proj.weight", "attn.in_proj_weight", 1},
+        {"self_attn.v_proj.weight", "attn.in_proj_weight", 2},
+        {"self_attn.q_proj.bias", "attn.in_proj_bias", 0},
+        {"self_attn.k_proj.bias", "attn.in_proj_bias", 1},
+        {"self_attn.v_proj.bias", "attn.in_proj_bias", 2},
+        {"self_attn.out_proj.weight", "attn.out_proj.weight", -1},
+        {"self_attn.out_proj.bias", "attn.out_proj.bias", -1},
+        {"layer_norm1.weight", "ln_1.weight", -1},
+        {"layer_norm1.bias", "ln_1.bias", -1},
+        {"layer_norm2.weight", "ln_2.weight", -1},
+        {"layer_norm2.bias", "ln_2.bias", -1},
+        {"mlp.fc1.weight", "mlp.c_fc.weight", -1},
+        {"mlp.fc1.bias", "mlp.c_fc.bias", -1},
+        {"mlp.fc2.weight", "mlp.c_proj.weight", -1},
+        {"mlp.fc2.bias", "mlp.c_proj.bias", -1},
+    };
+    int layer = -1, off = 0;
+    if (sscanf(rest, "encoder.layers.%d.%n", &layer, &off) != 1 || off == 0 || layer < 0) return false;
+    for (size_t i = 0; i < sizeof block / sizeof block[0]; i++)
+        if (!strcmp(rest + off, block[i].hf)) {
+            snprintf(key, n, "%stransformer.resblocks.%d.%s", tower, layer, block[i].oc);
+            *part = block[i].part;
+            return true;
+        }
+    return false;
+}
+
+enum status clip_openclip_load(struct nn_params *ps, const struct nn_weights *w)
+{
+    const char *path = nn_weights_path(w);
+    const int nf = nn_weights_count(w);
+    bool *used = calloc((size_t)(nf > 0 ? nf : 1), sizeof *used);
+    if (!used) return tensor_fail(STATUS_OOM, "%s: out of host memory", path);
+    enum status s = STATUS_OK;
+    for (int i = 0; i < ps->n && !s; i++) {
+        char key[600];
+        int part;
+        struct tensor *dst = ps->v[i].t;
+        if (!openclip_key(ps->v[i].name, key, sizeof key, &part)) {
+            s = tensor_fail(STATUS_FORMAT, "%s: an OpenCLIP state dict has no key for parameter '%s'", path, ps->v[i].name);
+            break;
+        }
+        const int j = nn_weights_find(w, key);
+        if (j < 0) {
+            s = tensor_fail(STATUS_FORMAT, "%s: missing tensor '%s' (holds the model's '%s')", path, key, ps->v[i].name);
+            break;
+        }
+        used[j] = true;
+        if (part < 0) {
+            s = nn_weights_load_into(w, key, dst);
+            continue;
+        }
+        tensor_scope_begin();
+        struct tensor *t = nn_weights_load(w, key, dst->dtype);
+        if (t && part == 3 && t->ndim == 2) {
+            t = tensor_transpose(t, 0, 1);
+        } else if (t && part < 3 && t->ndim == dst->ndim && t->shape[0] == 3 * dst->shape[0]) {
+            t = tensor_narrow(t, 0, part * dst->shape[0], dst->shape[0]);
+        }
+        if (!t) {
+            s = tensor_status();
+        } else if (!tensor_same_shape(t, dst)) {
+            char a[128], b[128];
+            s = tensor_fail(STATUS_SHAPE, "%s: tensor '%s' gives '%s' the shape %s, the model expects %s", path, key,
+                            ps->v[i].name, tensor_shape_str(t, a, sizeof a), tensor_shape_str(dst, b, sizeof b));
+        } else {
+            s = tensor_copy_(dst, t);
+        }
+        tensor_scope_end();
+    }
+    if (!s) s = nn_weights_check_used(w, used, NULL, NULL);
+    free(used);
+    return s;
 }

@@ -112,6 +112,28 @@ struct tensor *clip_vision_forward(const struct clip_vision_model *m, struct ten
  * error; tensors outside key_prefix (other components of a whole checkpoint) are ignored. */
 enum status clip_params_load(struct nn_params *ps, const struct safetensors *st, const char *key_prefix);
 
+/* OpenCLIP state dicts (open_clip's CLIP class: HPSv2's HPS_v2_compressed.pt, LAION's
+ * open_clip_pytorch_model.bin or .safetensors). The text tower sits at the top level
+ * (token_embedding, positional_embedding, transformer.resblocks.N, ln_final, text_projection
+ * [width, embed]), the image tower under "visual." (conv1, class_embedding, positional_embedding,
+ * ln_pre, transformer.resblocks.N, ln_post, proj [width, embed]); a block has ln_1,
+ * attn.in_proj_weight / _bias (q, k and v stacked, in that order), attn.out_proj, ln_2, mlp.c_fc,
+ * mlp.c_proj. The towers compute what transformers' CLIPModel computes, so they load into the
+ * same modules. */
+struct nn_weights;
+/* The configs, read off the tensors' shapes. The file does not say how many heads a tower has:
+ * OpenCLIP's model configs give the width of a head instead (64 for most towers, 80 for
+ * ViT-H-14's image tower), so the caller does; act is the towers' activation (exact GELU for the
+ * LAION towers, quick GELU for OpenAI's). The text tower pools at argmax(ids), as OpenCLIP does.
+ * *embed_dim gets the width of both projections (which must agree). */
+enum status clip_openclip_configs(const struct nn_weights *w, int64_t text_head_width, int64_t vision_head_width,
+                                  enum clip_act act, struct clip_text_config *tc, struct clip_vision_config *vc,
+                                  int64_t *embed_dim);
+/* Load parameters named as CLIPModel's ("text_model.…", "vision_model.…", "visual_projection.weight",
+ * "text_projection.weight", "logit_scale") from an OpenCLIP state dict: q/k/v cut out of the
+ * stacked projections, the two projections transposed. Every tensor of the file must be used. */
+enum status clip_openclip_load(struct nn_params *ps, const struct nn_weights *w);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,6 +1,7 @@
 /* reward.c — DRaFT's differentiable rewards (see reward.h for the specs and conventions). */
 #include "draft/reward.h"
 #include "nn/file.h"
+#include "nn/weights.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -14,6 +15,7 @@
 static const char reward_specs[] =
     "  aesthetic:<clip_vision_dir>,<head.pth|head.safetensors>\n"
     "  clip:<clip_model_dir>[,logit_scale][,text=<target text>]\n"
+    "  hpsv2:<HPS_v2_compressed.pt>,<tokenizer_dir>[,text=<target text>]\n"
     "  colorfulness\n"
     "  brightness=<target in [0,1]>\n"
     "  contrast=<target std in [0,1]>\n"
@@ -744,6 +746,61 @@ struct draft_reward *draft_reward_clip_create(const char *clip_dir, const char *
     return r;
 }
 
+struct draft_reward *draft_reward_openclip_create(const char *path, const char *tokenizer_dir,
+                                                  int64_t text_head_width, int64_t vision_head_width, enum clip_act act,
+                                                  const char *target_text, bool use_logit_scale, enum dtype dt,
+                                                  enum device dev)
+{
+    if (!path || !tokenizer_dir) {
+        tensor_fail(STATUS_VALUE, "reward openclip: a state dict file and a tokenizer folder are needed");
+        return NULL;
+    }
+    struct clip_ctx *c = calloc(1, sizeof *c);
+    struct draft_reward *r = c ? reward_new("clip", clip_score, clip_free_reward, c) : NULL;
+    if (!r) {
+        free(c);
+        tensor_fail(STATUS_OOM, "reward openclip: out of memory");
+        return NULL;
+    }
+    c->own = true;
+    nn_params_init(&c->ps, dt, dev);
+    c->text = &c->tm, c->vision = &c->vm, c->tproj = &c->tproj_own, c->scale = 1;
+    struct clip_text_config tc;
+    struct clip_vision_config vc;
+    int64_t embed = 0;
+    struct nn_weights *w = nn_weights_open(path);
+    enum status s = w ? STATUS_OK : tensor_status();
+    if (!s) s = clip_openclip_configs(w, text_head_width, vision_head_width, act, &tc, &vc, &embed);
+    if (!s) s = (c->text_init = true, clip_text_init(&c->tm, &tc, &c->ps, ""));
+    if (!s) s = (c->vision_init = true, clip_vision_init(&c->vm, &vc, &c->ps, ""));
+    if (!s) s = nn_linear_init(&c->tproj_own, &c->ps, "text_projection", tc.hidden_size, embed, false);
+    const bool has_ls = w && nn_weights_has(w, "logit_scale");
+    if (!s && has_ls && !nn_param_new(&c->ps, "", "logit_scale", 0, NULL)) s = tensor_status();
+    if (!s && use_logit_scale && !has_ls)
+        s = tensor_fail(STATUS_FORMAT, "reward openclip: %s has no 'logit_scale'", path);
+    if (!s) s = clip_openclip_load(&c->ps, w);
+    nn_weights_close(w);
+    if (!s && use_logit_scale) {
+        tensor_scope_begin();
+        struct tensor *ls = tensor_to_device(nn_param_find(&c->ps, "logit_scale"), DEVICE_CPU);
+        if (ls) c->scale = exp(tensor_get_flat(ls, 0));
+        else s = tensor_status();
+        tensor_scope_end();
+    }
+    if (!s && !(c->tok_own = clip_folder_tokenizer(tokenizer_dir))) s = tensor_status();
+    c->tok = c->tok_own;
+    if (!s && clip_vocab_size(c->tok) != tc.vocab_size)
+        s = tensor_fail(STATUS_SHAPE, "reward openclip: the tokenizer in %s has %d tokens, the text tower of %s %lld",
+                        tokenizer_dir, clip_vocab_size(c->tok), path, (long long)tc.vocab_size);
+    if (!s) s = clip_finish(c, target_text);
+    if (s) {
+        clip_free_reward(r);
+        return NULL;
+    }
+    snprintf(r->name, sizeof r->name, "openclip");
+    return r;
+}
+
 /* ---------------------------------------------------------------- interface */
 
 struct tensor *draft_reward_score(struct draft_reward *r, struct tensor *images, const char *const *prompts)
@@ -806,6 +863,33 @@ struct draft_reward *draft_reward_create_on(const char *spec, enum dtype dt, enu
         }
         struct draft_reward *r = draft_reward_aesthetic_create(dir, comma + 1, dt, dev);
         free(dir);
+        return r;
+    }
+    if (!strncmp(spec, "hpsv2:", 6)) {   /* <file>,<tokenizer dir>[,text=...] */
+        char *args = strdup(spec + 6);
+        if (!args) {
+            tensor_fail(STATUS_OOM, "reward spec: out of memory");
+            return NULL;
+        }
+        const char *text = NULL;
+        char *t = strstr(args, ",text=");
+        if (t) {
+            *t = 0;
+            text = t + 6;
+        }
+        char *tokdir = strrchr(args, ',');
+        struct draft_reward *r = NULL;
+        if (!tokdir || tokdir == args || !tokdir[1]) {
+            tensor_fail(STATUS_VALUE, "reward spec '%s': expected hpsv2:<HPS_v2_compressed.pt>,<tokenizer dir> (a folder "
+                                      "with vocab.json and merges.txt, or with tokenizer/ holding them: an SD 1.x "
+                                      "folder does)", spec);
+        } else {
+            *tokdir++ = 0;
+            /* HPSv2 is OpenCLIP's ViT-H-14 (SD14.md 5.2): heads 80 wide in the image tower, 64 in the text's, exact GELU */
+            r = draft_reward_openclip_create(args, tokdir, 64, 80, CLIP_ACT_GELU, text, false, dt, dev);
+            if (r) snprintf(r->name, sizeof r->name, "hpsv2");
+        }
+        free(args);
         return r;
     }
     if (!strncmp(spec, "clip:", 5)) {

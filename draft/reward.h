@@ -19,6 +19,12 @@
  *       + merges.txt in <clip_dir> or <clip_dir>/tokenizer. The text is each image's prompt, or
  *       <target text> for all; text= takes the rest of the spec, commas included (a trailing
  *       ",logit_scale" is still read as the flag).
+ *   hpsv2:<file>,<tokenizer_dir>[,text=<target text>]   HPSv2 (and v2.1): cosine between the image
+ *       and text embeddings of OpenCLIP ViT-H-14 with HPS's weights, read from their state dict
+ *       (HPS_v2_compressed.pt / HPS_v2.1_compressed.pt: {"state_dict": ...}, or any file of that
+ *       state dict: .pt/.bin/.safetensors); no logit scale. <tokenizer_dir> holds CLIP's BPE
+ *       (vocab.json + merges.txt, in it or in its tokenizer/: an SD 1.x folder does). The text is
+ *       each image's prompt, or <target text> for all.
  *   colorfulness          Hasler–Süsstrunk: sqrt(std_rg² + std_yb²) + 0.3 sqrt(mean_rg² + mean_yb²)
  *   brightness=<target>   -(mean luminance - target)², luminance Y = .299 R + .587 G + .114 B
  *   contrast=<target>     -(std of luminance - target)² (population std)
@@ -69,6 +75,13 @@ struct draft_reward *draft_reward_aesthetic_create(const char *clip_vision_dir, 
 /* target_text NULL: score against each image's prompt. use_logit_scale: multiply by exp(logit_scale). */
 struct draft_reward *draft_reward_clip_create(const char *clip_dir, const char *target_text, bool use_logit_scale,
                                               enum dtype dt, enum device dev);
+/* an OpenCLIP state dict (diffusion/clip.h): head widths and activation as its model config says
+ * (HPSv2, ViT-H-14: text 64, image 80, CLIP_ACT_GELU); the score is the cosine (times
+ * exp(logit_scale) with use_logit_scale) towards each prompt or target_text */
+struct draft_reward *draft_reward_openclip_create(const char *path, const char *tokenizer_dir,
+                                                  int64_t text_head_width, int64_t vision_head_width, enum clip_act act,
+                                                  const char *target_text, bool use_logit_scale, enum dtype dt,
+                                                  enum device dev);
 /* from built towers (borrowed). text_projection NULL: the pooled text output is the text embedding
  * (its width must equal vision->cfg.projection_dim). The cosine is multiplied by `scale` (1 for plain
  * cosine, exp(logit_scale) for PickScore). Text runs in the text tower's dtype, images in the

@@ -73,6 +73,7 @@ static int weights_index(const struct nn_weights *w, const char *name)
 }
 
 bool nn_weights_has(const struct nn_weights *w, const char *name) { return weights_index(w, name) >= 0; }
+int nn_weights_find(const struct nn_weights *w, const char *name) { return weights_index(w, name); }
 
 /* the file shape of entry i */
 static void entry_shape(const struct nn_weights *w, int i, int *ndim, int64_t *shape)
@@ -85,6 +86,22 @@ static void entry_shape(const struct nn_weights *w, int i, int *ndim, int64_t *s
         *ndim = e->ndim;
         memcpy(shape, e->shape, sizeof(int64_t) * TENSOR_MAX_DIMS);
     }
+}
+
+bool nn_weights_shape(const struct nn_weights *w, const char *name, int *ndim, int64_t shape[TENSOR_MAX_DIMS])
+{
+    const int i = weights_index(w, name);
+    if (i >= 0) entry_shape(w, i, ndim, shape);
+    return i >= 0;
+}
+
+struct tensor *nn_weights_load(const struct nn_weights *w, const char *name, enum dtype dt)
+{
+    if (weights_index(w, name) < 0) {
+        tensor_fail(STATUS_FORMAT, "%s: missing tensor '%s' (the model expects it)", w->path, name);
+        return NULL;
+    }
+    return w->st ? safetensors_load(w->st, name, dt, DEVICE_CPU) : torch_file_load(w->tf, name, dt);
 }
 
 enum status nn_weights_load_into(const struct nn_weights *w, const char *name, struct tensor *dst)

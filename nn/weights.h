@@ -24,6 +24,13 @@ const char *nn_weights_path(const struct nn_weights *w);
 int nn_weights_count(const struct nn_weights *w);
 const char *nn_weights_name(const struct nn_weights *w, int i);
 bool nn_weights_has(const struct nn_weights *w, const char *name);
+/* index of tensor `name` (as nn_weights_name counts), -1 when absent */
+int nn_weights_find(const struct nn_weights *w, const char *name);
+/* the file's shape of tensor `name`; false when absent */
+bool nn_weights_shape(const struct nn_weights *w, const char *name, int *ndim, int64_t shape[TENSOR_MAX_DIMS]);
+/* tensor `name` as it is in the file (shape and all), contiguous on the CPU in dt; NULL with an
+ * error. For loaders that must reshape what they read (split a fused q/k/v, transpose). */
+struct tensor *nn_weights_load(const struct nn_weights *w, const char *name, enum dtype dt);
 /* copy tensor `name` into dst (dtype converted; shape equal up to trailing 1-dims of the file) */
 enum status nn_weights_load_into(const struct nn_weights *w, const char *name, struct tensor *dst);
 

@@ -12,6 +12,7 @@
 
 #include "draft/reward.h"
 #include "nn/pickle.h"
+#include "tests/torch_save.h"
 #include "tests/harness.h"
 #include "tests/parity.h"
 
@@ -648,6 +649,197 @@ START_TEST(test_clip_tiny)
 }
 END_TEST
 
+/* ---------------------------------------------------------------- OpenCLIP state dicts (HPSv2) */
+
+/* The tiny towers written out as OpenCLIP lays out its CLIP (open_clip/model.py, transformer.py):
+ * the text tower at the top level, the image tower under "visual.", q/k/v stacked into
+ * attn.in_proj_*, the projections as [width, embed] (x @ proj). Written here from that layout,
+ * not from the loader's table. */
+struct oc_dict {
+    int n;
+    char names[160][96];
+    struct tensor *t[160];
+};
+
+static void oc_add(struct oc_dict *d, const char *name, struct tensor *t)
+{
+    ck_assert_int_lt(d->n, 160);
+    ck_assert_msg(t != NULL, "%s: %s", name, tensor_error());
+    snprintf(d->names[d->n], sizeof d->names[0], "%s", name);
+    d->t[d->n++] = tensor_contiguous(t);   /* scope-owned */
+}
+
+static struct tensor *hf(struct tiny *t, const char *fmt, const char *tower, int l)
+{
+    char name[200], full[240];
+    snprintf(name, sizeof name, fmt, l);
+    snprintf(full, sizeof full, "%s%s%s", tower, *tower ? "." : "", name);
+    struct tensor *x = nn_param_find(&t->ps, full);
+    ck_assert_msg(x != NULL, "no parameter %s", full);
+    return x;
+}
+
+static void oc_tower(struct oc_dict *d, struct tiny *t, const char *tower, const char *oc, int layers)
+{
+    char k[160];
+    for (int l = 0; l < layers; l++) {
+        static const char *const wb[2] = {"weight", "bias"};
+        for (int j = 0; j < 2; j++) {
+            char fq[120], fk[120], fv[120];
+            snprintf(fq, sizeof fq, "encoder.layers.%%d.self_attn.q_proj.%s", wb[j]);
+            snprintf(fk, sizeof fk, "encoder.layers.%%d.self_attn.k_proj.%s", wb[j]);
+            snprintf(fv, sizeof fv, "encoder.layers.%%d.self_attn.v_proj.%s", wb[j]);
+            struct tensor *qkv[3] = {hf(t, fq, tower, l), hf(t, fk, tower, l), hf(t, fv, tower, l)};
+            snprintf(k, sizeof k, "%stransformer.resblocks.%d.attn.in_proj_%s", oc, l, wb[j]);
+            oc_add(d, k, ag_concat(3, qkv, 0));
+            static const char *const pairs[][2] = {{"self_attn.out_proj", "attn.out_proj"},
+                                                   {"layer_norm1", "ln_1"},
+                                                   {"layer_norm2", "ln_2"},
+                                                   {"mlp.fc1", "mlp.c_fc"},
+                                                   {"mlp.fc2", "mlp.c_proj"}};
+            for (int p = 0; p < 5; p++) {
+                char f[120];
+                snprintf(f, sizeof f, "encoder.layers.%%d.%s.%s", pairs[p][0], wb[j]);
+                snprintf(k, sizeof k, "%stransformer.resblocks.%d.%s.%s", oc, l, pairs[p][1], wb[j]);
+                oc_add(d, k, hf(t, f, tower, l));
+            }
+        }
+    }
+}
+
+START_TEST(test_openclip_tiny)
+{
+    LEAK_CHECK_BEGIN();
+    tensor_scope_begin();
+    struct tiny t;
+    if (!tiny_load(&t)) {
+        tensor_scope_end();
+        return;
+    }
+    char vp[700], mp[700];
+    snprintf(vp, sizeof vp, "%s/tokenizer/vocab.json", t.dir);
+    snprintf(mp, sizeof mp, "%s/tokenizer/merges.txt", t.dir);
+    struct clip_tokenizer *tok = clip_tokenizer_load(vp, mp);
+    ck_assert_msg(tok != NULL, "%s", tensor_error());
+    struct nn_params pp;
+    nn_params_init(&pp, DTYPE_F64, DEVICE_CPU);
+    struct nn_linear proj;
+    ck_assert(!nn_linear_init(&proj, &pp, "text_projection", 32, 16, false));
+    ck_assert(!tensor_copy_(proj.weight, test_uniform(DTYPE_F64, 2, (int64_t[]){16, 32}, -0.3, 0.3)));
+    /* the image tower's projection is 32 -> 16 too: OpenCLIP's two projections share the width */
+    ck_assert_int_eq(t.vm.cfg.projection_dim, 16);
+
+    struct oc_dict *d = calloc(1, sizeof *d);
+    ck_assert_ptr_nonnull(d);
+    oc_add(d, "token_embedding.weight", hf(&t, "embeddings.token_embedding.weight", "text_model", 0));
+    oc_add(d, "positional_embedding", hf(&t, "embeddings.position_embedding.weight", "text_model", 0));
+    oc_tower(d, &t, "text_model", "", t.tm.cfg.num_hidden_layers);
+    oc_add(d, "ln_final.weight", hf(&t, "final_layer_norm.weight", "text_model", 0));
+    oc_add(d, "ln_final.bias", hf(&t, "final_layer_norm.bias", "text_model", 0));
+    oc_add(d, "text_projection", tensor_transpose(proj.weight, 0, 1));
+    oc_add(d, "logit_scale", tensor_scalar(DTYPE_F64, 0.7));
+    oc_add(d, "visual.conv1.weight", hf(&t, "embeddings.patch_embedding.weight", "vision_model", 0));
+    oc_add(d, "visual.class_embedding", hf(&t, "embeddings.class_embedding", "vision_model", 0));
+    oc_add(d, "visual.positional_embedding", hf(&t, "embeddings.position_embedding.weight", "vision_model", 0));
+    oc_add(d, "visual.ln_pre.weight", hf(&t, "pre_layrnorm.weight", "vision_model", 0));
+    oc_add(d, "visual.ln_pre.bias", hf(&t, "pre_layrnorm.bias", "vision_model", 0));
+    oc_tower(d, &t, "vision_model", "visual.", t.vm.cfg.num_hidden_layers);
+    oc_add(d, "visual.ln_post.weight", hf(&t, "post_layernorm.weight", "vision_model", 0));
+    oc_add(d, "visual.ln_post.bias", hf(&t, "post_layernorm.bias", "vision_model", 0));
+    oc_add(d, "visual.proj", tensor_transpose(hf(&t, "visual_projection.weight", "", 0), 0, 1));
+    /* every parameter of both towers and both projections is in the dict once, plus logit_scale */
+    ck_assert_int_eq(d->n, (int)(t.ps.n + 1 - 4 * (t.tm.cfg.num_hidden_layers + t.vm.cfg.num_hidden_layers) + 1));
+
+    char dir[] = "/tmp/test_reward_openclip_XXXXXX", pt[900], sf[900], tokdir[PATH_MAX], path[900];
+    ck_assert(mkdtemp(dir));
+    /* HPS's form: torch.save({"state_dict": ...}) (f32 storages here), and an f64 safetensors of the same dict */
+    snprintf(pt, sizeof pt, "%s/HPS_v2_compressed.pt", dir);
+    const char *names[160];
+    for (int i = 0; i < d->n; i++) names[i] = d->names[i];
+    test_torch_save(pt, d->n, names, d->t, true);
+    snprintf(sf, sizeof sf, "%s/open_clip_model.safetensors", dir);
+    struct nn_params os;
+    nn_params_init(&os, DTYPE_F64, DEVICE_CPU);
+    for (int i = 0; i < d->n; i++) {
+        struct tensor *x = nn_param_new(&os, "", d->names[i], d->t[i]->ndim, d->t[i]->shape);
+        ck_assert(x && !tensor_copy_(x, d->t[i]));
+    }
+    ck_assert_int_eq(nn_params_save(&os, sf), STATUS_OK);
+    snprintf(path, sizeof path, "%s/tokenizer", t.dir);
+    ck_assert_msg(realpath(path, tokdir), "%s: %s", path, strerror(errno));
+
+    const char *prompts[2] = {"a photo of a cat", "an astronaut riding a horse"};
+    struct tensor *img = test_uniform(DTYPE_F64, 4, (int64_t[]){2, 3, 48, 48}, -1, 1);
+    struct draft_reward *r = draft_reward_clip_from_models(&t.tm, &proj, &t.vm, tok, NULL, 1.0);
+    /* the tiny towers: heads 8 wide, quick GELU */
+    struct draft_reward *o64 = draft_reward_openclip_create(sf, tokdir, 8, 8, CLIP_ACT_QUICK_GELU, NULL, false,
+                                                            DTYPE_F64, DEVICE_CPU);
+    ck_assert_msg(r && o64, "%s", tensor_error());
+    struct draft_reward *o32 = draft_reward_openclip_create(pt, tokdir, 8, 8, CLIP_ACT_QUICK_GELU, "a red dog", true,
+                                                            DTYPE_F32, DEVICE_CPU);
+    struct draft_reward *rt = draft_reward_clip_from_models(&t.tm, &proj, &t.vm, tok, "a red dog", exp(0.7));
+    ck_assert_msg(o32 && rt, "%s", tensor_error());
+    struct tensor *s = draft_reward_score(r, img, prompts), *s64 = draft_reward_score(o64, img, prompts);
+    struct tensor *st = draft_reward_score(rt, img, NULL);
+    struct tensor *s32 = draft_reward_score(o32, tensor_to_dtype(img, DTYPE_F32), NULL);
+    ck_assert_msg(s && s64 && st && s32, "%s", tensor_error());
+    double e64 = 0, e32 = 0;
+    for (int64_t b = 0; b < 2; b++) {
+        printf("openclip tiny image %lld: %.10f (CLIPModel form %.10f); target, logit scale, from the .pt in f32: "
+               "%.7f (%.7f)\n",
+               (long long)b, tensor_get_flat(s64, b), tensor_get_flat(s, b), tensor_get_flat(s32, b),
+               tensor_get_flat(st, b));
+        e64 = fmax(e64, fabs(tensor_get_flat(s64, b) - tensor_get_flat(s, b)));
+        e32 = fmax(e32, fabs(tensor_get_flat(s32, b) - tensor_get_flat(st, b)) / exp(0.7));
+    }
+    ck_assert_double_lt(e64, 1e-12);
+    ck_assert_double_lt(e32, 1e-5);
+    ck_assert(fabs(tensor_get_flat(s, 0) - tensor_get_flat(s, 1)) > 1e-3);   /* the scores say something */
+
+    /* gradients reach the pixels through the OpenCLIP-loaded tower as through the other */
+    struct pixel_ctx pc = {.r = o64, .prompts = prompts};
+    struct tensor *p = pixel_setup(&pc, tensor_clone(img), 6);
+    ck_assert(gradcheck("openclip tiny d cos / d pixels", pixel_fn, &pc, 1, &p, &(struct gc_opts){.tol = 1e-6, .f32_tol = -1}));
+
+    /* the hpsv2 spec: ViT-H-14's head widths (64, 80) do not divide the tiny towers, and it says so */
+    char spec[6000];
+    snprintf(spec, sizeof spec, "hpsv2:%s,%s", pt, tokdir);
+    ck_assert(draft_reward_create(spec) == NULL);
+    printf("hpsv2 on the tiny towers: %s\n", tensor_error());
+    fflush(stdout);
+    ck_assert(strstr(tensor_error(), "the text tower is 32 wide, not a multiple of the head width 64"));
+    snprintf(spec, sizeof spec, "hpsv2:%s", pt);
+    ck_assert(draft_reward_create(spec) == NULL);
+    ck_assert(strstr(tensor_error(), "expected hpsv2:<HPS_v2_compressed.pt>,<tokenizer dir>"));
+    /* a file that is not an OpenCLIP state dict, and one with a tensor too many */
+    snprintf(path, sizeof path, "%s/text_encoder/model.safetensors", t.dir);
+    ck_assert(draft_reward_openclip_create(path, tokdir, 8, 8, CLIP_ACT_QUICK_GELU, NULL, false, DTYPE_F32,
+                                           DEVICE_CPU) == NULL);
+    printf("not OpenCLIP: %s\n", tensor_error());
+    fflush(stdout);
+    ck_assert(strstr(tensor_error(), "no tensor 'token_embedding.weight'"));
+    ck_assert(nn_param_new(&os, "", "visual.extra", 1, (int64_t[]){3}));
+    ck_assert_int_eq(nn_params_save(&os, sf), STATUS_OK);
+    ck_assert(draft_reward_openclip_create(sf, tokdir, 8, 8, CLIP_ACT_QUICK_GELU, NULL, false, DTYPE_F32,
+                                           DEVICE_CPU) == NULL);
+    ck_assert(strstr(tensor_error(), "unexpected tensor 'visual.extra'"));
+
+    snprintf(path, sizeof path, "rm -rf '%s'", dir);
+    ck_assert(system(path) == 0);
+    draft_reward_free(r);
+    draft_reward_free(rt);
+    draft_reward_free(o64);
+    draft_reward_free(o32);
+    free(d);   /* its tensors belong to the scope */
+    nn_params_free(&os);
+    clip_tokenizer_free(tok);
+    nn_params_free(&pp);
+    tiny_free(&t);
+    tensor_scope_end();
+    LEAK_CHECK_END();
+}
+END_TEST
+
 /* ---------------------------------------------------------------- errors */
 
 START_TEST(test_errors)
@@ -715,6 +907,7 @@ int main(void)
     tcase_add_test(tc, test_head_parity);
     tcase_add_test(tc, test_aesthetic_tiny);
     tcase_add_test(tc, test_clip_tiny);
+    tcase_add_test(tc, test_openclip_tiny);
     suite_add_tcase(s, tc);
     return test_run_suite(s);
 }
