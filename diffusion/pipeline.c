@@ -7,6 +7,8 @@
 #include "nn/weights.h"
 
 #include <cjson/cJSON.h>
+#include <dirent.h>
+#include <stddef.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -167,6 +169,107 @@ enum status sd_pipeline_load(struct sd_pipeline *p, const char *dir, enum dtype 
     if ((s = load_file(&p->vae_params, a, vae_folder_key, true))) return s;
     pipeline_freeze(p);
     return STATUS_OK;
+}
+
+/* ---------------------------------------------------------------- saving */
+
+static bool has_suffix(const char *s, const char *suf)
+{
+    const size_t a = strlen(s), b = strlen(suf);
+    return a >= b && !strcmp(s + a - b, suf);
+}
+
+/* model_index.json without the components we do not write */
+static enum status save_model_index(const char *src, const char *dst)
+{
+    size_t len;
+    char *text = nn_file_read(src, (size_t)1 << 20, &len);
+    if (!text) return tensor_status();
+    cJSON *root = cJSON_ParseWithLength(text, len);
+    free(text);
+    if (!cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        return tensor_fail(STATUS_FORMAT, "%s: not a JSON object", src);
+    }
+    static const char *const dropped[] = {"safety_checker", "feature_extractor", "image_encoder"};
+    for (size_t i = 0; i < sizeof dropped / sizeof dropped[0]; i++)
+        if (cJSON_GetObjectItemCaseSensitive(root, dropped[i])) {
+            cJSON *none = cJSON_CreateArray();
+            cJSON_AddItemToArray(none, cJSON_CreateNull());
+            cJSON_AddItemToArray(none, cJSON_CreateNull());
+            cJSON_ReplaceItemInObjectCaseSensitive(root, dropped[i], none);
+        }
+    if (cJSON_GetObjectItemCaseSensitive(root, "requires_safety_checker"))
+        cJSON_ReplaceItemInObjectCaseSensitive(root, "requires_safety_checker", cJSON_CreateFalse());
+    char *out = cJSON_Print(root);
+    cJSON_Delete(root);
+    if (!out) return tensor_fail(STATUS_OOM, "out of host memory");
+    const void *parts[2] = {out, "\n"};
+    const size_t lens[2] = {strlen(out), 1};
+    enum status s = nn_file_write_atomic(dst, 2, parts, lens);
+    free(out);
+    return s;
+}
+
+/* the .json and .txt files of src/sub into dst/sub (sub may be ""; a missing src/sub is fine) */
+static enum status copy_configs(const char *src, const char *dst, const char *sub)
+{
+    char a[1400], b[1400];
+    snprintf(a, sizeof a, "%s%s%s", src, *sub ? "/" : "", sub);
+    snprintf(b, sizeof b, "%s%s%s", dst, *sub ? "/" : "", sub);
+    DIR *d = opendir(a);
+    if (!d) return STATUS_OK;
+    enum status s = nn_mkdir_p(b);
+    struct dirent *e;
+    while (!s && (e = readdir(d))) {
+        if (e->d_name[0] == '.' || !(has_suffix(e->d_name, ".json") || has_suffix(e->d_name, ".txt"))) continue;
+        char from[1800], to[1800];
+        snprintf(from, sizeof from, "%s/%s", a, e->d_name);
+        snprintf(to, sizeof to, "%s/%s", b, e->d_name);
+        if (!nn_file_exists(from)) continue;   /* a folder named *.json */
+        if (!*sub && !strcmp(e->d_name, "model_index.json")) {
+            s = save_model_index(from, to);
+            continue;
+        }
+        size_t len;
+        char *bytes = nn_file_read(from, (size_t)1 << 30, &len);
+        if (!bytes) {
+            s = tensor_status();
+            break;
+        }
+        const void *parts[1] = {bytes};
+        s = nn_file_write_atomic(to, 1, parts, &len);
+        free(bytes);
+    }
+    closedir(d);
+    return s;
+}
+
+enum status sd_pipeline_save(const struct sd_pipeline *p, const char *out)
+{
+    if (!out || !*out) return tensor_fail(STATUS_VALUE, "sd_pipeline_save: no output folder");
+    DIR *d = opendir(out);
+    if (d) {
+        struct dirent *e;
+        bool empty = true;
+        while (empty && (e = readdir(d))) empty = !strcmp(e->d_name, ".") || !strcmp(e->d_name, "..");
+        closedir(d);
+        if (!empty) return tensor_fail(STATUS_IO, "%s: the folder exists and is not empty (nothing was written)", out);
+    }
+    enum status s = nn_mkdir_p(out);
+    static const char *const subs[] = {"", "scheduler", "tokenizer", "text_encoder", "unet", "vae"};
+    for (size_t i = 0; i < sizeof subs / sizeof subs[0] && !s; i++) s = copy_configs(p->dir, out, subs[i]);
+    static const struct { const char *file; size_t off; } comps[] = {
+        {"text_encoder/model.safetensors", offsetof(struct sd_pipeline, text_params)},
+        {"unet/diffusion_pytorch_model.safetensors", offsetof(struct sd_pipeline, unet_params)},
+        {"vae/diffusion_pytorch_model.safetensors", offsetof(struct sd_pipeline, vae_params)},
+    };
+    for (size_t i = 0; i < sizeof comps / sizeof comps[0] && !s; i++) {
+        char path[1400];
+        snprintf(path, sizeof path, "%s/%s", out, comps[i].file);
+        s = nn_params_save((const struct nn_params *)((const char *)p + comps[i].off), path);
+    }
+    return s;
 }
 
 static bool skip_ldm(const char *name)

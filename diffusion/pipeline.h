@@ -55,6 +55,15 @@ enum status sd_pipeline_load_single_file(struct sd_pipeline *p, const char *file
                                          enum dtype dt, enum device dev);
 void sd_pipeline_free(struct sd_pipeline *p);
 
+/* Write the pipeline as a diffusers folder `out` (created; an existing folder must be empty):
+ * the configs, tokenizer files and scheduler config copied from the folder it was loaded from
+ * (p->dir: every .json and .txt of it and of its component folders), and each component's
+ * parameters as they are now (LoRAs merged in, say) in their dtype, under diffusers' names:
+ * text_encoder/model.safetensors, unet/ and vae/diffusion_pytorch_model.safetensors, with
+ * {"format": "pt"} metadata as transformers wants. model_index.json drops the safety checker and
+ * feature extractor, which are not written (what diffusers saves for safety_checker=None). */
+enum status sd_pipeline_save(const struct sd_pipeline *p, const char *out);
+
 /* the dtype of latents, text embeddings and images: the parameters' dtype, or f32 for a model
  * stored in bf16/f16 (its layers cast their weights per use; nn_compute_dtype) */
 enum dtype sd_pipeline_dtype(const struct sd_pipeline *p);

@@ -7,6 +7,10 @@
 #include "diffusion/ldm.h"
 #include "tests/torch_save.h"
 #include "nn/weights.h"
+#include "nn/file.h"
+#include "nn/safetensors.h"
+
+#include <cjson/cJSON.h>
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -275,6 +279,65 @@ START_TEST(test_single_file)
         expect_same_params(&a.vae_params, &b.vae_params);
         expect_same_params(&a.text_params, &b.text_params);
         sd_pipeline_free(&b);
+    }
+    /* the .ckpt as a diffusers folder (draft-convert): configs from a folder whose model_index.json
+     * lists the real repository's safety checker, which is not written and so is dropped */
+    {
+        char tmp[] = "/tmp/draft_save_XXXXXX", cfg[600], out[600], path[1400], cmd[4000];
+        ck_assert(mkdtemp(tmp));
+        snprintf(cfg, sizeof cfg, "%s/cfg", tmp);
+        snprintf(out, sizeof out, "%s/out", tmp);
+        snprintf(cmd, sizeof cmd, "mkdir -p '%s' && cd '%s' && cp -r model_index.json scheduler tokenizer '%s/' && "
+                 "for c in unet vae text_encoder; do mkdir '%s'/$c && cp $c/config.json '%s'/$c/; done", cfg, dir, cfg,
+                 cfg, cfg);
+        ck_assert(system(cmd) == 0);
+        snprintf(path, sizeof path, "%s/model_index.json", cfg);
+        FILE *mi = fopen(path, "w");
+        ck_assert(mi);
+        fprintf(mi, "{\"_class_name\": \"StableDiffusionPipeline\", \"feature_extractor\": [\"transformers\", "
+                    "\"CLIPImageProcessor\"], \"requires_safety_checker\": true, \"safety_checker\": "
+                    "[\"stable_diffusion\", \"StableDiffusionSafetyChecker\"], \"scheduler\": [\"diffusers\", "
+                    "\"DDIMScheduler\"], \"text_encoder\": [\"transformers\", \"CLIPTextModel\"], \"tokenizer\": "
+                    "[\"transformers\", \"CLIPTokenizer\"], \"unet\": [\"diffusers\", \"UNet2DConditionModel\"], "
+                    "\"vae\": [\"diffusers\", \"AutoencoderKL\"]}\n");
+        fclose(mi);
+        struct sd_pipeline b, c;
+        ck_assert_msg(sd_pipeline_load_single_file(&b, ck_path, cfg, DTYPE_F32, DEVICE_CPU) == STATUS_OK, "%s",
+                      tensor_error());
+        ck_assert_msg(sd_pipeline_save(&b, out) == STATUS_OK, "%s", tensor_error());
+        ck_assert_msg(sd_pipeline_load(&c, out, DTYPE_F32, DEVICE_CPU) == STATUS_OK, "%s", tensor_error());
+        expect_same_params(&a.unet_params, &c.unet_params);
+        expect_same_params(&a.vae_params, &c.vae_params);
+        expect_same_params(&a.text_params, &c.text_params);
+        sd_pipeline_free(&c);
+        size_t len;
+        snprintf(path, sizeof path, "%s/model_index.json", out);
+        char *text = nn_file_read(path, 1 << 20, &len);
+        ck_assert(text);
+        cJSON *root = cJSON_ParseWithLength(text, len);
+        free(text);
+        const cJSON *sc = cJSON_GetObjectItemCaseSensitive(root, "safety_checker");
+        ck_assert(cJSON_IsArray(sc) && cJSON_GetArraySize(sc) == 2 && cJSON_IsNull(cJSON_GetArrayItem(sc, 0)));
+        ck_assert(cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(root, "requires_safety_checker")));
+        ck_assert(cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(root, "unet")));
+        cJSON_Delete(root);
+        static const char *const files[] = {"tokenizer/vocab.json", "tokenizer/merges.txt", "scheduler/scheduler_config.json",
+                                            "unet/config.json", "text_encoder/model.safetensors"};
+        for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+            snprintf(path, sizeof path, "%s/%s", out, files[i]);
+            ck_assert_msg(nn_file_exists(path), "no %s", path);
+        }
+        /* transformers refuses a safetensors file without {"format": "pt"} */
+        snprintf(path, sizeof path, "%s/text_encoder/model.safetensors", out);
+        struct safetensors *st = safetensors_open(path);
+        ck_assert(st && safetensors_metadata(st, "format") && !strcmp(safetensors_metadata(st, "format"), "pt"));
+        safetensors_close(st);
+        /* an existing folder with something in it is left alone */
+        ck_assert_int_ne(sd_pipeline_save(&b, out), STATUS_OK);
+        ck_assert_msg(strstr(tensor_error(), "exists and is not empty"), "%s", tensor_error());
+        sd_pipeline_free(&b);
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
+        ck_assert(system(cmd) == 0);
     }
     /* a tensor the model does not have, inside a component's prefix */
     ldm_add(&f, "model.diffusion_model.input_blocks.99.0.weight", tensor_zeros(DTYPE_F32, TENSOR_SHAPE(2), DEVICE_CPU));

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# test_tools.sh DRAFT_RUN DRAFT_SAMPLE — the command-line tools as a user runs them: --help lists
-# every option, bad flags and values are refused with a message and exit status 2, and (with the
-# parity model) a short draft-run and a draft-sample with two LoRA files work end to end.
+# test_tools.sh DRAFT_RUN DRAFT_SAMPLE DRAFT_CONVERT — the command-line tools as a user runs them:
+# --help lists every option, bad flags and values are refused with a message and exit status 2,
+# and (with the parity model) a short draft-run, a draft-sample with two LoRA files and
+# draft-convert's folder and LoRA outputs work end to end.
 set -u
-run=$1 sample=$2
+run=$1 sample=$2 convert=$3
 fail=0
 check() { if eval "$2"; then echo "ok: $1"; else echo "FAILED: $1"; fail=1; fi; }
 tmp=$(mktemp -d)
@@ -41,6 +42,14 @@ check "a bad size in a --config file: exit 2" "[ $rc -eq 2 ] && grep -q 'expects
 check "draft-sample --help exits 0" "[ $? -eq 0 ]"
 "$sample" --model x --n 0 >"$tmp/o" 2>&1; rc=$?
 check "draft-sample bad --n: exit 2" "[ $rc -eq 2 ]"
+"$convert" --help >/dev/null 2>&1
+check "draft-convert --help exits 0" "[ $? -eq 0 ]"
+"$convert" --model x >"$tmp/o" 2>&1; rc=$?
+check "draft-convert with nothing to write: exit 2" "[ $rc -eq 2 ] && grep -q 'nothing to write' '$tmp/o'"
+"$convert" --out x --format gif >"$tmp/o" 2>&1; rc=$?
+check "draft-convert bad --format: exit 2" "[ $rc -eq 2 ] && grep -q 'peft or kohya' '$tmp/o'"
+"$convert" --model /nonexistent --out "$tmp/never" >"$tmp/o" 2>&1; rc=$?
+check "draft-convert missing model: exit 1 and the path, nothing written" "[ $rc -eq 1 ] && grep -q '/nonexistent' '$tmp/o' && [ ! -e '$tmp/never' ]"
 
 model=${DRAFT_PARITY_DIR:-../shared/parity}/tiny-sd
 if [ -f "$model/model_index.json" ]; then
@@ -65,6 +74,28 @@ if [ -f "$model/model_index.json" ]; then
               --lora "$tmp/run/lora.safetensors:0.5" --lora "$tmp/run/lora_kohya.safetensors:0.5" \
               --out "$tmp/s1" >/dev/null 2>&1
     check "image k depends only on seed + k (same --batch)" "cmp -s '$tmp/s/0003.png' '$tmp/s1/0000.png'"
+    # draft-convert: the LoRA merged into a new diffusers folder samples what --merge samples, bit for bit
+    "$convert" --model "$model" --lora "$tmp/run/lora.safetensors:0.7" --out "$tmp/conv" >"$tmp/o" 2>&1; rc=$?
+    check "draft-convert --out: a folder with the LoRA merged" "[ $rc -eq 0 ] && [ -s '$tmp/conv/unet/diffusion_pytorch_model.safetensors' ] && [ -s '$tmp/conv/tokenizer/vocab.json' ]"
+    "$sample" --model "$tmp/conv" --prompt "a cat" --seed 3 --steps 2 --size 64 --out "$tmp/sc" >/dev/null 2>&1
+    "$sample" --model "$model" --prompt "a cat" --seed 3 --steps 2 --size 64 --lora "$tmp/run/lora.safetensors:0.7" \
+              --merge --out "$tmp/sm" >/dev/null 2>&1
+    check "the converted folder samples what --lora --merge samples" "[ -s '$tmp/sc/0000.png' ] && cmp -s '$tmp/sc/0000.png' '$tmp/sm/0000.png'"
+    "$sample" --model "$model" --prompt "a cat" --seed 3 --steps 2 --size 64 --out "$tmp/s0" >/dev/null 2>&1
+    check "... and not what the base model samples" "[ -s '$tmp/s0/0000.png' ] && ! cmp -s '$tmp/sc/0000.png' '$tmp/s0/0000.png'"
+    "$convert" --model "$model" --out "$tmp/conv" >"$tmp/o" 2>&1; rc=$?
+    check "draft-convert refuses a folder that is not empty" "[ $rc -eq 1 ] && grep -q 'exists and is not empty' '$tmp/o'"
+    "$convert" --model "$model" --dtype f16 --out "$tmp/conv16" >/dev/null 2>&1; rc=$?
+    check "draft-convert --dtype f16 writes F16 weights" "[ $rc -eq 0 ] && head -c 4000 '$tmp/conv16/unet/diffusion_pytorch_model.safetensors' | grep -q '\"F16\"'"
+    # a LoRA in kohya's format applies as the original does
+    "$convert" --model "$model" --lora "$tmp/run/lora.safetensors" --lora-out "$tmp/k.safetensors" --format kohya \
+               >"$tmp/o" 2>&1; rc=$?
+    check "draft-convert --lora-out --format kohya" "[ $rc -eq 0 ] && grep -q 'lora_unet_' '$tmp/k.safetensors'"
+    "$sample" --model "$model" --prompt "a cat" --seed 3 --steps 2 --size 64 --lora "$tmp/k.safetensors" \
+              --out "$tmp/sk" >/dev/null 2>&1
+    "$sample" --model "$model" --prompt "a cat" --seed 3 --steps 2 --size 64 --lora "$tmp/run/lora.safetensors" \
+              --out "$tmp/sl" >/dev/null 2>&1
+    check "the converted LoRA samples what the original does" "[ -s '$tmp/sk/0000.png' ] && cmp -s '$tmp/sk/0000.png' '$tmp/sl/0000.png'"
     # Ctrl-C: the run saves a checkpoint after the current step and says how to continue
     "$run" --model "$model" --steps 2 --iters 200 --batch 1 --size 64 --eval-images 2 --reward red \
            --no-progress --save-every 0 --out "$tmp/int" >"$tmp/int.log" 2>&1 &
