@@ -369,32 +369,37 @@ static bool clip_is_position_ids(const char *name)
     return n >= k && !strcmp(name + n - k, suffix) && (n == k || name[n - k - 1] == '.');
 }
 
-enum status clip_params_load(struct nn_params *ps, const struct safetensors *st, const char *key_prefix)
+enum status clip_params_load(struct nn_params *ps, const struct nn_weights *w, const char *key_prefix)
 {
     const char *kp = key_prefix ? key_prefix : "";
-    size_t kl = strlen(kp);
+    const size_t kl = strlen(kp);
+    const char *path = nn_weights_path(w);
     char name[512];
-    for (int i = 0; i < st->n; i++) {
-        const struct safetensors_entry *e = &st->entries[i];
-        if (strncmp(e->name, kp, kl)) continue;
-        if (nn_param_find(ps, e->name + kl)) continue;
-        if (!clip_is_position_ids(e->name))
-            return tensor_fail(STATUS_FORMAT, "%s: unexpected tensor '%s' (not a parameter of this model)", st->path,
-                               e->name);
+    for (int i = 0; i < nn_weights_count(w); i++) {
+        const char *nm = nn_weights_name(w, i);
+        if (strncmp(nm, kp, kl)) continue;
+        if (nn_param_find(ps, nm + kl)) continue;
+        if (!clip_is_position_ids(nm))
+            return tensor_fail(STATUS_FORMAT, "%s: unexpected tensor '%s' (not a parameter of this model)", path, nm);
         /* the forward uses positions 0, 1, 2, ...; a file whose buffer says otherwise is not
          * what this code computes */
-        snprintf(name, sizeof name, "%s", e->name);
+        snprintf(name, sizeof name, "%s", nm);
         tensor_scope_begin();
-        struct tensor *ids = safetensors_load(st, name, DTYPE_I64, DEVICE_CPU);
+        struct tensor *ids = nn_weights_load(w, name, DTYPE_I64);
         enum status s = ids ? STATUS_OK : tensor_status();
         for (int64_t j = 0; !s && j < tensor_numel(ids); j++)
             if (tensor_get_flat(ids, j) != (double)j)
-                s = tensor_fail(STATUS_FORMAT, "%s: buffer '%s' is not 0, 1, 2, ... (entry %lld is %g)", st->path, name,
+                s = tensor_fail(STATUS_FORMAT, "%s: buffer '%s' is not 0, 1, 2, ... (entry %lld is %g)", path, name,
                                 (long long)j, tensor_get_flat(ids, j));
         tensor_scope_end();
         if (s) return s;
     }
-    return nn_params_load(ps, st, kp, true);
+    for (int i = 0; i < ps->n; i++) {
+        snprintf(name, sizeof name, "%s%s", kp, ps->v[i].name);
+        const enum status s = nn_weights_load_into(w, name, ps->v[i].t);
+        if (s) return s;
+    }
+    return STATUS_OK;
 }
 
 /* ---------------------------------------------------------------- OpenCLIP state dicts */

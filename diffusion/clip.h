@@ -106,11 +106,13 @@ void clip_vision_free(struct clip_vision_model *m);
  * (not normalised: the aesthetic reward divides by the L2 norm itself) */
 struct tensor *clip_vision_forward(const struct clip_vision_model *m, struct tensor *pixel_values);
 
-/* nn_params_load for a transformers CLIP file: besides the parameters, the file may hold the
- * `*.embeddings.position_ids` buffers older transformers saved; they are checked to be
- * 0, 1, 2, ... (what the forward assumes) and skipped. Any other extra tensor under key_prefix is an
- * error; tensors outside key_prefix (other components of a whole checkpoint) are ignored. */
-enum status clip_params_load(struct nn_params *ps, const struct safetensors *st, const char *key_prefix);
+/* Load a transformers CLIP file (safetensors, or a torch.save .bin: nn/weights.h). Besides the
+ * parameters, the file may hold the `*.embeddings.position_ids` buffers older transformers saved;
+ * they are checked to be 0, 1, 2, ... (what the forward assumes) and skipped. Any other extra
+ * tensor under key_prefix is an error; tensors outside key_prefix (other components of a whole
+ * checkpoint) are ignored. */
+struct nn_weights;
+enum status clip_params_load(struct nn_params *ps, const struct nn_weights *w, const char *key_prefix);
 
 /* OpenCLIP state dicts (open_clip's CLIP class: HPSv2's HPS_v2_compressed.pt, LAION's
  * open_clip_pytorch_model.bin or .safetensors). The text tower sits at the top level
@@ -120,7 +122,6 @@ enum status clip_params_load(struct nn_params *ps, const struct safetensors *st,
  * attn.in_proj_weight / _bias (q, k and v stacked, in that order), attn.out_proj, ln_2, mlp.c_fc,
  * mlp.c_proj. The towers compute what transformers' CLIPModel computes, so they load into the
  * same modules. */
-struct nn_weights;
 /* The configs, read off the tensors' shapes. The file does not say how many heads a tower has:
  * OpenCLIP's model configs give the width of a head instead (64 for most towers, 80 for
  * ViT-H-14's image tower), so the caller does; act is the towers' activation (exact GELU for the

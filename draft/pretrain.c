@@ -1,6 +1,7 @@
 /* pretrain.c — the stages of draft/pretrain.h: BPE, CLIP, VAE, UNet, export. */
 #include "draft/pretrain.h"
 #include "nn/file.h"
+#include "nn/weights.h"
 
 #include <errno.h>
 #include <math.h>
@@ -929,7 +930,6 @@ static enum status unet_precompute(struct unet_ctx *x, const struct draft_datase
     memset(&tm, 0, sizeof tm);
     memset(&vae, 0, sizeof vae);
     struct clip_text_config tc;
-    struct safetensors *st = NULL;
     enum status s = tok ? STATUS_OK : tensor_status();
     bool tm_init = false;
     PATHF(a, "%s/model/text_encoder/config.json", c->out_dir);
@@ -938,9 +938,10 @@ static enum status unet_precompute(struct unet_ctx *x, const struct draft_datase
         s = tensor_fail(STATUS_IO, "pretrain unet: no text encoder in %s/model/text_encoder (run the clip stage first)", c->out_dir);
     if (!s) s = clip_text_config_load(&tc, a);
     if (!s) s = (tm_init = true, clip_text_init(&tm, &tc, &tp, ""));
-    if (!s && !(st = safetensors_open(b))) s = tensor_status();
-    if (!s) s = clip_params_load(&tp, st, "");
-    safetensors_close(st);
+    struct nn_weights *tw = NULL;
+    if (!s && !(tw = nn_weights_open(b))) s = tensor_status();
+    if (!s) s = clip_params_load(&tp, tw, "");
+    nn_weights_close(tw);
     PATHF(a, "%s/model/vae/config.json", c->out_dir);
     PATHF(b, "%s/model/vae/diffusion_pytorch_model.safetensors", c->out_dir);
     if (!s && (!nn_file_exists(a) || !nn_file_exists(b)))

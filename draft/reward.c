@@ -16,6 +16,7 @@ static const char reward_specs[] =
     "  aesthetic:<clip_vision_dir>,<head.pth|head.safetensors>\n"
     "  clip:<clip_model_dir>[,logit_scale][,text=<target text>]\n"
     "  hpsv2:<HPS_v2_compressed.pt>,<tokenizer_dir>[,text=<target text>]\n"
+    "  pickscore:<PickScore_v1 dir>[,text=<target text>]\n"
     "  colorfulness\n"
     "  brightness=<target in [0,1]>\n"
     "  contrast=<target std in [0,1]>\n"
@@ -365,15 +366,17 @@ static enum status clip_folder_configs(const char *dir, struct clip_text_config 
     return s;
 }
 
-static struct safetensors *clip_folder_weights(const char *dir)
+/* model.safetensors, else the pytorch_model.bin of older (or .bin-only) repositories */
+static struct nn_weights *clip_folder_weights(const char *dir)
 {
     char path[1024];
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    if (!nn_file_exists(path)) {
-        tensor_fail(STATUS_IO, "CLIP folder %s: no model.safetensors (expected %s)", dir, path);
-        return NULL;
+    static const char *const names[] = {"model.safetensors", "pytorch_model.bin"};
+    for (int i = 0; i < 2; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+        if (nn_file_exists(path)) return nn_weights_open(path);
     }
-    return safetensors_open(path);
+    tensor_fail(STATUS_IO, "CLIP folder %s: no model.safetensors or pytorch_model.bin in it", dir);
+    return NULL;
 }
 
 /* ---------------------------------------------------------------- aesthetic head */
@@ -533,10 +536,11 @@ struct draft_reward *draft_reward_aesthetic_create(const char *clip_vision_dir, 
         c->vm_init = true;
     }
     if (!s) {
-        struct safetensors *st = clip_folder_weights(clip_vision_dir);
+        struct nn_weights *w = clip_folder_weights(clip_vision_dir);
         /* a whole CLIPModel file also holds the text tower: ignore it */
-        s = st ? (whole ? nn_params_load(&c->ps, st, "", true) : clip_params_load(&c->ps, st, "")) : tensor_status();
-        safetensors_close(st);
+        s = w ? (whole ? nn_params_load_mapped(&c->ps, w, NULL, NULL, NULL) : clip_params_load(&c->ps, w, ""))
+              : tensor_status();
+        nn_weights_close(w);
     }
     if (!s && !(c->head = draft_aesthetic_head_load(head_path, dt, dev))) s = tensor_status();
     if (!s && c->head->dim != vc.projection_dim)
@@ -716,19 +720,19 @@ struct draft_reward *draft_reward_clip_create(const char *clip_dir, const char *
     struct clip_vision_config vc;
     int64_t proj;
     bool whole;
-    struct safetensors *st = NULL;
+    struct nn_weights *w = NULL;
     enum status s = clip_folder_configs(clip_dir, &tc, &vc, &proj, &whole);
     if (!s) s = (c->text_init = true, clip_text_init(&c->tm, &tc, &c->ps, ""));
     if (!s) s = (c->vision_init = true, clip_vision_init(&c->vm, &vc, &c->ps, ""));
     if (!s) s = nn_linear_init(&c->tproj_own, &c->ps, "text_projection", tc.hidden_size, proj, false);
-    if (!s && !(st = clip_folder_weights(clip_dir))) s = tensor_status();
-    if (!s && safetensors_find(st, "logit_scale") && !nn_param_new(&c->ps, "", "logit_scale", 0, NULL))
+    if (!s && !(w = clip_folder_weights(clip_dir))) s = tensor_status();
+    if (!s && nn_weights_has(w, "logit_scale") && !nn_param_new(&c->ps, "", "logit_scale", 0, NULL))
         s = tensor_status();
-    if (!s && use_logit_scale && !safetensors_find(st, "logit_scale"))
-        s = tensor_fail(STATUS_FORMAT, "reward clip: %s/model.safetensors has no 'logit_scale' (drop the logit_scale flag)",
-                        clip_dir);
-    if (!s) s = clip_params_load(&c->ps, st, "");
-    safetensors_close(st);
+    if (!s && use_logit_scale && !nn_weights_has(w, "logit_scale"))
+        s = tensor_fail(STATUS_FORMAT, "reward clip: %s has no 'logit_scale' (drop the logit_scale flag)",
+                        nn_weights_path(w));
+    if (!s) s = clip_params_load(&c->ps, w, "");
+    nn_weights_close(w);
     if (!s && use_logit_scale) {   /* read on the host: the parameter may live on the GPU */
         tensor_scope_begin();
         struct tensor *ls = tensor_to_device(nn_param_find(&c->ps, "logit_scale"), DEVICE_CPU);
@@ -890,6 +894,21 @@ struct draft_reward *draft_reward_create_on(const char *spec, enum dtype dt, enu
             if (r) snprintf(r->name, sizeof r->name, "hpsv2");
         }
         free(args);
+        return r;
+    }
+    if (!strncmp(spec, "pickscore:", 10)) {   /* a CLIPModel folder scored with exp(logit_scale) (SD14.md 5.3) */
+        char *dir = strdup(spec + 10);
+        if (!dir) {
+            tensor_fail(STATUS_OOM, "reward spec: out of memory");
+            return NULL;
+        }
+        char *t = strstr(dir, ",text=");
+        if (t) *t = 0;
+        struct draft_reward *r = NULL;
+        if (!*dir) tensor_fail(STATUS_VALUE, "reward spec '%s': expected pickscore:<PickScore_v1 folder>", spec);
+        else r = draft_reward_clip_create(dir, t ? t + 6 : NULL, true, dt, dev);
+        if (r) snprintf(r->name, sizeof r->name, "pickscore");
+        free(dir);
         return r;
     }
     if (!strncmp(spec, "clip:", 5)) {

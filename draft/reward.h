@@ -8,17 +8,20 @@
  * Specs (draft_reward_create):
  *   aesthetic:<clip_vision_dir>,<head>   LAION aesthetic predictor: CLIP image embedding,
  *       L2-normalised, into the MLP head (layers.0/2/4/6/7, no activations). <clip_vision_dir>
- *       holds config.json + model.safetensors of a CLIPVisionModelWithProjection, or of a whole
- *       CLIPModel (vision_config inside; the text tower is ignored). <head> is the torch .pth
- *       (sac+logos+ava1-l14-linearMSE.pth) or a .safetensors file with the same keys.
+ *       holds config.json + model.safetensors (or pytorch_model.bin) of a
+ *       CLIPVisionModelWithProjection, or of a whole CLIPModel (vision_config inside; the text
+ *       tower is ignored). <head> is the torch .pth (sac+logos+ava1-l14-linearMSE.pth) or a
+ *       .safetensors file with the same keys.
  *   clip:<clip_dir>[,logit_scale][,text=<target text>]   cosine between the image and text
  *       embeddings of a CLIPModel folder (HPSv2 / PickScore style): <clip_dir>/config.json with
- *       text_config and vision_config, <clip_dir>/model.safetensors with text_model.*,
- *       vision_model.*, visual_projection.weight, text_projection.weight (and logit_scale, needed
- *       only with the logit_scale flag: the score is then exp(logit_scale) * cosine), vocab.json
- *       + merges.txt in <clip_dir> or <clip_dir>/tokenizer. The text is each image's prompt, or
+ *       text_config and vision_config, <clip_dir>/model.safetensors (or pytorch_model.bin) with
+ *       text_model.*, vision_model.*, visual_projection.weight, text_projection.weight (and
+ *       logit_scale, needed only with the logit_scale flag: the score is then exp(logit_scale) *
+ *       cosine), vocab.json + merges.txt in <clip_dir> or <clip_dir>/tokenizer. The text is each image's prompt, or
  *       <target text> for all; text= takes the rest of the spec, commas included (a trailing
  *       ",logit_scale" is still read as the flag).
+ *   pickscore:<dir>[,text=<target text>]   PickScore: clip:<dir>,logit_scale (a CLIPModel folder,
+ *       yuvalkirstain/PickScore_v1, with CLIP-H's tokenizer files in it or in its tokenizer/)
  *   hpsv2:<file>,<tokenizer_dir>[,text=<target text>]   HPSv2 (and v2.1): cosine between the image
  *       and text embeddings of OpenCLIP ViT-H-14 with HPS's weights, read from their state dict
  *       (HPS_v2_compressed.pt / HPS_v2.1_compressed.pt: {"state_dict": ...}, or any file of that

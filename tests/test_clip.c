@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "diffusion/clip.h"
+#include "nn/weights.h"
 #include "tests/harness.h"
 #include "tests/parity.h"
 
@@ -95,7 +96,8 @@ START_TEST(test_text_parity)
     nn_params_init(&ps, DTYPE_F32, DEVICE_CPU);
     struct clip_text_model m;
     ck_assert_msg(clip_text_init(&m, &cfg, &ps, "") == STATUS_OK, "%s", tensor_error());
-    struct safetensors *w = safetensors_open(wp), *gold = safetensors_open(gp);
+    struct nn_weights *w = nn_weights_open(wp);
+    struct safetensors *gold = safetensors_open(gp);
     ck_assert_msg(w && gold, "%s", tensor_error());
     ck_assert_msg(clip_params_load(&ps, w, "") == STATUS_OK, "%s", tensor_error());
     nn_params_set_trainable(&ps, true);
@@ -126,7 +128,7 @@ START_TEST(test_text_parity)
         for (int64_t d = 0; d < 32; d++)
             ck_assert_double_eq(tensor_get(pooled, (int64_t[]){b, d}), tensor_get(out, (int64_t[]){b, at, d}));
     }
-    safetensors_close(w);
+    nn_weights_close(w);
     safetensors_close(gold);
     clip_text_free(&m);
     nn_params_free(&ps);
@@ -153,7 +155,8 @@ START_TEST(test_vision_parity)
     nn_params_init(&ps, DTYPE_F32, DEVICE_CPU);
     struct clip_vision_model m;
     ck_assert_msg(clip_vision_init(&m, &cfg, &ps, "") == STATUS_OK, "%s", tensor_error());
-    struct safetensors *w = safetensors_open(wp), *gold = safetensors_open(gp);
+    struct nn_weights *w = nn_weights_open(wp);
+    struct safetensors *gold = safetensors_open(gp);
     ck_assert_msg(w && gold, "%s", tensor_error());
     ck_assert_msg(clip_params_load(&ps, w, "") == STATUS_OK, "%s", tensor_error());
     nn_params_set_trainable(&ps, true);
@@ -175,7 +178,7 @@ START_TEST(test_vision_parity)
     for (int i = 0; i < ps.n; i++) ck_assert_msg(ps.v[i].t->grad != NULL, "%s got no gradient", ps.v[i].name);
     ag_zero_grad(px);
     for (int i = 0; i < ps.n; i++) ag_zero_grad(ps.v[i].t);
-    safetensors_close(w);
+    nn_weights_close(w);
     safetensors_close(gold);
     clip_vision_free(&m);
     nn_params_free(&ps);
@@ -571,29 +574,29 @@ START_TEST(test_errors)
     int64_t pos[5] = {0, 1, 2, 3, 4};
     names[ps.n] = "vision_model.embeddings.position_ids";
     ts[ps.n] = tensor_from_data(DTYPE_I64, TENSOR_SHAPE(1, 5), pos);
-    struct safetensors *st;
+    struct nn_weights *st;
     ck_assert_int_eq(safetensors_save(path, ps.n + 1, names, ts, 0, NULL, NULL), STATUS_OK);
-    ck_assert_ptr_nonnull(st = safetensors_open(path));
+    ck_assert_ptr_nonnull(st = nn_weights_open(path));
     ck_assert_msg(clip_params_load(&ps, st, "") == STATUS_OK, "%s", tensor_error());
-    safetensors_close(st);
+    nn_weights_close(st);
     pos[3] = 7;
     ts[ps.n] = tensor_from_data(DTYPE_I64, TENSOR_SHAPE(1, 5), pos);
     ck_assert_int_eq(safetensors_save(path, ps.n + 1, names, ts, 0, NULL, NULL), STATUS_OK);
-    ck_assert_ptr_nonnull(st = safetensors_open(path));
+    ck_assert_ptr_nonnull(st = nn_weights_open(path));
     ck_assert_int_eq(clip_params_load(&ps, st, ""), STATUS_FORMAT);
     ck_assert_msg(strstr(tensor_error(), "position_ids"), "%s", tensor_error());
-    safetensors_close(st);
+    nn_weights_close(st);
     names[ps.n] = "vision_model.extra.weight";
     ck_assert_int_eq(safetensors_save(path, ps.n + 1, names, ts, 0, NULL, NULL), STATUS_OK);
-    ck_assert_ptr_nonnull(st = safetensors_open(path));
+    ck_assert_ptr_nonnull(st = nn_weights_open(path));
     ck_assert_int_eq(clip_params_load(&ps, st, ""), STATUS_FORMAT);
     ck_assert_msg(strstr(tensor_error(), "vision_model.extra.weight"), "%s", tensor_error());
-    safetensors_close(st);
+    nn_weights_close(st);
     ck_assert_int_eq(safetensors_save(path, ps.n - 1, names, ts, 0, NULL, NULL), STATUS_OK);   /* lacks the last */
-    ck_assert_ptr_nonnull(st = safetensors_open(path));
+    ck_assert_ptr_nonnull(st = nn_weights_open(path));
     ck_assert_int_ne(clip_params_load(&ps, st, ""), STATUS_OK);
     ck_assert_msg(strstr(tensor_error(), ps.v[ps.n - 1].name), "%s", tensor_error());
-    safetensors_close(st);
+    nn_weights_close(st);
     unlink(path);
     rmdir(dir);
 

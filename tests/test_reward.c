@@ -630,6 +630,41 @@ START_TEST(test_clip_tiny)
     ck_assert_double_lt(el, 1e-5);
     draft_reward_free(rf);
     draft_reward_free(rp);
+    /* the same folder with pytorch_model.bin (torch.save, f32) in place of model.safetensors */
+    {
+        char bin[1000], sf[1000];
+        snprintf(sf, sizeof sf, "%s/model.safetensors", dir);
+        snprintf(bin, sizeof bin, "%s/pytorch_model.bin", dir);
+        const char **names = malloc((size_t)t.ps.n * sizeof *names);
+        struct tensor **ts = malloc((size_t)t.ps.n * sizeof *ts);
+        ck_assert(names && ts);
+        for (int i = 0; i < t.ps.n; i++) names[i] = t.ps.v[i].name, ts[i] = t.ps.v[i].t;
+        test_torch_save(bin, t.ps.n, names, ts, false);
+        free(names);
+        free(ts);
+        ck_assert(unlink(sf) == 0);
+        struct draft_reward *rb = draft_reward_create(spec);   /* clip:<dir>,logit_scale */
+        ck_assert_msg(rb, "%s", tensor_error());
+        struct tensor *sb = draft_reward_score(rb, tensor_to_dtype(img, DTYPE_F32), prompts);
+        ck_assert_msg(sb, "%s", tensor_error());
+        double eb = 0;
+        for (int64_t b = 0; b < 2; b++) eb = fmax(eb, fabs(tensor_get_flat(sb, b) - tensor_get_flat(sl, b)));
+        printf("clip folder with pytorch_model.bin vs model.safetensors (f32): max diff %.2e\n", eb);
+        ck_assert_double_lt(eb, 1e-7);
+        draft_reward_free(rb);
+        char ps_spec[1100];   /* pickscore: is clip: with the logit scale */
+        snprintf(ps_spec, sizeof ps_spec, "pickscore:%s", dir);
+        struct draft_reward *rk = draft_reward_create(ps_spec);
+        ck_assert_msg(rk, "%s", tensor_error());
+        struct tensor *sk = draft_reward_score(rk, tensor_to_dtype(img, DTYPE_F32), prompts);
+        ck_assert_msg(sk && tensor_get_flat(sk, 0) == tensor_get_flat(sl, 0) && tensor_get_flat(sk, 1) == tensor_get_flat(sl, 1),
+                      "pickscore differs from clip:<dir>,logit_scale");
+        draft_reward_free(rk);
+        ck_assert(unlink(bin) == 0);
+        ck_assert(draft_reward_create(spec) == NULL);
+        ck_assert_msg(strstr(tensor_error(), "no model.safetensors or pytorch_model.bin"), "%s", tensor_error());
+        ck_assert_int_eq(nn_params_save(&t.ps, sf), STATUS_OK);
+    }
     draft_reward_free(rl);
     /* no tokenizer -> error naming the folder */
     unlink(path);

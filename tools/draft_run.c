@@ -34,7 +34,7 @@ static const struct opt opts[] = {
     {"ckpt", K_STR, F(ckpt), "original single-file weights (sd-v1-4.ckpt or .safetensors); --model then gives "
                              "the configs and tokenizer"},
     {"reward", K_STR, F(reward), "reward: aesthetic:<clip_dir>,<head.pth> | clip:<dir>[,logit_scale][,text=...] | "
-                                 "hpsv2:<HPS_v2_compressed.pt>,<tokenizer dir> | colorfulness | brightness=<t> | "
+                                 "hpsv2:<HPS_v2_compressed.pt>,<tokenizer dir> | pickscore:<dir> | colorfulness | brightness=<t> | "
                                  "contrast=<t> | jpeg | red"},
     {"prompts", K_STR, F(prompts), "prompt file (one a line) or a built-in set: @animals, @emoji"},
     {"out", K_STR, F(out), "run folder (metrics, grids, checkpoints, LoRA, report.html)"},
