@@ -17,6 +17,7 @@ static const char reward_specs[] =
     "  clip:<clip_model_dir>[,logit_scale][,text=<target text>]\n"
     "  hpsv2:<HPS_v2_compressed.pt>,<tokenizer_dir>[,text=<target text>]\n"
     "  pickscore:<PickScore_v1 dir>[,text=<target text>]\n"
+    "  sum:[<w>*]<spec>;[<w>*]<spec>;...   (a weighted sum of the others; w defaults to 1)\n"
     "  colorfulness\n"
     "  brightness=<target in [0,1]>\n"
     "  contrast=<target std in [0,1]>\n"
@@ -829,6 +830,94 @@ void draft_reward_free(struct draft_reward *r)
     if (r) r->free(r);
 }
 
+/* ---------------------------------------------------------------- weighted sums */
+
+#define SUM_MAX 8
+
+struct sum_ctx {
+    int n;
+    struct draft_reward *r[SUM_MAX];   /* owned */
+    double w[SUM_MAX];
+};
+
+static struct tensor *sum_score(struct draft_reward *r, struct tensor *images, const char *const *prompts)
+{
+    struct sum_ctx *c = r->ctx;
+    tensor_scope_begin();
+    struct tensor *total = NULL;
+    for (int i = 0; i < c->n; i++) {
+        struct tensor *s = draft_reward_score(c->r[i], images, prompts);
+        if (!s) {
+            total = NULL;
+            break;
+        }
+        s = ag_scale(s, c->w[i]);
+        total = total ? ag_add(total, s) : s;
+    }
+    return tensor_scope_return(total);
+}
+
+static void sum_free(struct draft_reward *r)
+{
+    struct sum_ctx *c = r->ctx;
+    if (c)
+        for (int i = 0; i < c->n; i++) draft_reward_free(c->r[i]);
+    free(c);
+    free(r);
+}
+
+static enum status parse_number(const char *spec, const char *s, double *out);
+
+/* "sum:" then terms "[w*]spec" separated by ';' */
+static struct draft_reward *sum_create(const char *spec, const char *terms, enum dtype dt, enum device dev)
+{
+    struct sum_ctx *c = calloc(1, sizeof *c);
+    struct draft_reward *r = c ? reward_new("sum", sum_score, sum_free, c) : NULL;
+    char *buf = r ? strdup(terms) : NULL;
+    if (!buf) {
+        free(c);
+        free(r);
+        tensor_fail(STATUS_OOM, "reward spec: out of memory");
+        return NULL;
+    }
+    enum status s = STATUS_OK;
+    char *save = NULL;
+    for (char *term = strtok_r(buf, ";", &save); term && !s; term = strtok_r(NULL, ";", &save)) {
+        if (c->n == SUM_MAX) {
+            s = tensor_fail(STATUS_VALUE, "reward spec '%s': more than %d terms", spec, SUM_MAX);
+            break;
+        }
+        double w = 1.0;
+        char *star = strchr(term, '*');
+        /* "w*spec": a number before the first '*' (a path may hold one too: only a number counts) */
+        if (star) {
+            *star = 0;
+            char *end;
+            errno = 0;
+            const double v = strtod(term, &end);
+            if (end != term && !*end && !errno && isfinite(v)) w = v, term = star + 1;
+            else *star = '*';
+        }
+        if (!strncmp(term, "sum:", 4)) {
+            s = tensor_fail(STATUS_VALUE, "reward spec '%s': a sum inside a sum", spec);
+            break;
+        }
+        c->r[c->n] = draft_reward_create_on(term, dt, dev);
+        if (!c->r[c->n]) {
+            s = tensor_fail(STATUS_VALUE, "reward spec '%s', term '%s': %s", spec, term, tensor_error());
+            break;
+        }
+        c->w[c->n++] = w;
+    }
+    free(buf);
+    if (!s && !c->n) s = tensor_fail(STATUS_VALUE, "reward spec '%s': no terms; valid specs:\n%s", spec, reward_specs);
+    if (s) {
+        sum_free(r);
+        return NULL;
+    }
+    return r;
+}
+
 static enum status parse_number(const char *spec, const char *s, double *out)
 {
     char *end;
@@ -896,6 +985,7 @@ struct draft_reward *draft_reward_create_on(const char *spec, enum dtype dt, enu
         free(args);
         return r;
     }
+    if (!strncmp(spec, "sum:", 4)) return sum_create(spec, spec + 4, dt, dev);
     if (!strncmp(spec, "pickscore:", 10)) {   /* a CLIPModel folder scored with exp(logit_scale) (SD14.md 5.3) */
         char *dir = strdup(spec + 10);
         if (!dir) {

@@ -28,6 +28,8 @@
  *       state dict: .pt/.bin/.safetensors); no logit scale. <tokenizer_dir> holds CLIP's BPE
  *       (vocab.json + merges.txt, in it or in its tokenizer/: an SD 1.x folder does). The text is
  *       each image's prompt, or <target text> for all.
+ *   sum:[w*]<spec>;[w*]<spec>;...   sum_i w_i r_i(images) (w_i defaults to 1; up to 8 terms, no sum
+ *       inside a sum): several rewards at once, e.g. sum:aesthetic:<dir>,<head>;0.5*hpsv2:<file>,<dir>
  *   colorfulness          Hasler–Süsstrunk: sqrt(std_rg² + std_yb²) + 0.3 sqrt(mean_rg² + mean_yb²)
  *   brightness=<target>   -(mean luminance - target)², luminance Y = .299 R + .587 G + .114 B
  *   contrast=<target>     -(std of luminance - target)² (population std)

@@ -156,6 +156,43 @@ START_TEST(test_analytic_gradcheck)
 }
 END_TEST
 
+/* sum: is the weighted sum of its terms, scores and gradients */
+START_TEST(test_sum)
+{
+    LEAK_CHECK_BEGIN();
+    tensor_scope_begin();
+    struct tensor *img = test_uniform(DTYPE_F64, 4, (int64_t[]){2, 3, 16, 16}, -0.95, 0.95);
+    struct draft_reward *r = draft_reward_create("sum:colorfulness;0.5*brightness=0.6;-2*red;jpeg");
+    ck_assert_msg(r, "%s", tensor_error());
+    static const char *const terms[4] = {"colorfulness", "brightness=0.6", "red", "jpeg"};
+    static const double w[4] = {1, 0.5, -2, 1};
+    struct tensor *s = draft_reward_score(r, img, NULL);
+    ck_assert_msg(s, "%s", tensor_error());
+    for (int64_t b = 0; b < 2; b++) {
+        double want = 0;
+        for (int k = 0; k < 4; k++) want += w[k] * ref_analytic(terms[k], img, b);
+        ck_assert_msg(fabs(tensor_get_flat(s, b) - want) <= 1e-10, "sum image %lld: %.15g vs %.15g", (long long)b,
+                      tensor_get_flat(s, b), want);
+    }
+    ck_assert(gradcheck("reward sum", score_fn, r, 1, &img, &(struct gc_opts){.tol = 1e-6}));
+    draft_reward_free(r);
+    static const struct { const char *spec, *want; } bad[] = {
+        {"sum:", "no terms"},
+        {"sum:red;bogus", "term 'bogus'"},
+        {"sum:red;sum:jpeg", "a sum inside a sum"},
+        {"sum:red;red;red;red;red;red;red;red;red", "more than 8 terms"},
+        {"sum:x*red", "term 'x*red'"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        ck_assert_msg(draft_reward_create(bad[i].spec) == NULL, "'%s' accepted", bad[i].spec);
+        ck_assert_msg(strstr(tensor_error(), bad[i].want), "'%s': '%s' lacks '%s'", bad[i].spec, tensor_error(),
+                      bad[i].want);
+    }
+    tensor_scope_end();
+    LEAK_CHECK_END();
+}
+END_TEST
+
 /* ---------------------------------------------------------------- preprocessing */
 
 /* PIL ImagingResample's coefficients, written again from libImaging/Resample.c */
@@ -938,6 +975,7 @@ int main(void)
     tcase_add_test(tc, test_errors);
     tcase_add_test(tc, test_analytic_forward);
     tcase_add_test(tc, test_analytic_gradcheck);
+    tcase_add_test(tc, test_sum);
     tcase_add_test(tc, test_preprocess);
     tcase_add_test(tc, test_head_parity);
     tcase_add_test(tc, test_aesthetic_tiny);

@@ -35,7 +35,7 @@ static const struct opt opts[] = {
                              "the configs and tokenizer"},
     {"reward", K_STR, F(reward), "reward: aesthetic:<clip_dir>,<head.pth> | clip:<dir>[,logit_scale][,text=...] | "
                                  "hpsv2:<HPS_v2_compressed.pt>,<tokenizer dir> | pickscore:<dir> | colorfulness | brightness=<t> | "
-                                 "contrast=<t> | jpeg | red"},
+                                 "contrast=<t> | jpeg | red | sum:[w*]<spec>;[w*]<spec>... (weighted sum)"},
     {"prompts", K_STR, F(prompts), "prompt file (one a line) or a built-in set: @animals, @emoji"},
     {"out", K_STR, F(out), "run folder (metrics, grids, checkpoints, LoRA, report.html)"},
     {"dtype", K_DTYPE, F(dtype), "dtype of the frozen base weights: f32 or bf16 (bf16 halves their memory; activations, LoRA and AdamW stay f32)"},
