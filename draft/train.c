@@ -70,14 +70,15 @@ enum status draft_method_config_check(const struct draft_method_config *c)
 
 /* ---------------------------------------------------------------- one checkpointed call */
 
-/* What a differentiable UNet call needs; it must outlive the backward (the checkpoint reruns
- * the call from it), so the objective keeps one per call until ag_backward has returned. */
+/* what a differentiable call returns */
 enum call_out {
     CALL_STEP,   /* the guided DDIM step */
     CALL_X0,     /* ReFL: the step's predicted x0 */
     CALL_EPS,    /* DRTune: the guided eps alone (the step is taken outside, on the unstopped x) */
 };
 
+/* What a differentiable UNet call needs; it must outlive the backward (the checkpoint reruns
+ * the call from it), so the objective keeps one per call until ag_backward has returned. */
 struct call_ctx {
     struct sd_pipeline *p;
     int64_t t;
@@ -174,7 +175,8 @@ enum status draft_objective_backward(struct sd_pipeline *p, const struct draft_m
     const int64_t *ts = p->scheduler.timesteps;
 
     /* the only thing the variants change: where the differentiable part starts, and whether
-     * the sampler stops early (ReFL) or re-noises its result (LV) */
+     * the sampler stops early (ReFL) or re-noises its result (LV); or, for DRTune, which steps
+     * train (every stride-th from offset) */
     int first_grad = T, stop = T, stride = 0, offset = 0;
     switch (c->method) {
     case DRAFT_FULL: first_grad = 0; break;
