@@ -475,3 +475,19 @@ enum status sd_lora_load(struct sd_lora *l, const struct sd_unet *u, const char 
     if (s) sd_lora_free(l);
     return s;
 }
+
+enum status sd_lora_load_combined(struct sd_lora *out, const struct sd_unet *u, int n, const char *const *paths,
+                                  const double *scales)
+{
+    memset(out, 0, sizeof *out);
+    if (n <= 0) return tensor_fail(STATUS_VALUE, "lora_load_combined: need at least one file, got %d", n);
+    struct sd_lora *ls = calloc((size_t)n, sizeof *ls);
+    const struct sd_lora **lp = calloc((size_t)n, sizeof *lp);
+    enum status s = ls && lp ? STATUS_OK : tensor_fail(STATUS_OOM, "out of host memory");
+    for (int i = 0; i < n && !s; i++) s = sd_lora_load(&ls[i], u, paths[i]), lp[i] = &ls[i];
+    if (!s) s = sd_lora_combine(out, n, lp, scales);
+    for (int i = 0; ls && i < n; i++) sd_lora_free(&ls[i]);
+    free(ls);
+    free(lp);
+    return s;
+}

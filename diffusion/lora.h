@@ -78,6 +78,9 @@ enum status sd_lora_save(const struct sd_lora *l, const char *path, enum sd_lora
  * f64 UNet, else f32, and require grad (training can resume). Modules with another rank or
  * alpha than the first are zero-padded to the largest rank with their alpha/r folded into A. */
 enum status sd_lora_load(struct sd_lora *l, const struct sd_unet *u, const char *path);
+/* n files (sd_lora_load), each with its scale, as one adapter (sd_lora_combine) */
+enum status sd_lora_load_combined(struct sd_lora *out, const struct sd_unet *u, int n, const char *const *paths,
+                                  const double *scales);
 
 #ifdef __cplusplus
 }

@@ -700,6 +700,59 @@ static struct clip_tokenizer *clip_folder_tokenizer(const char *dir)
     return NULL;
 }
 
+/* A reward owning towers made from the configs, their parameters read from w by `load`, and the
+ * tokenizer of tok_dir; what names the reward in messages. */
+static struct draft_reward *clip_owned_create(const char *what, const struct clip_text_config *tc,
+                                              const struct clip_vision_config *vc, int64_t proj,
+                                              const struct nn_weights *w,
+                                              enum status (*load)(struct nn_params *, const struct nn_weights *),
+                                              const char *tok_dir, const char *target_text, bool use_logit_scale,
+                                              enum dtype dt, enum device dev)
+{
+    struct clip_ctx *c = calloc(1, sizeof *c);
+    struct draft_reward *r = c ? reward_new("clip", clip_score, clip_free_reward, c) : NULL;
+    if (!r) {
+        free(c);
+        tensor_fail(STATUS_OOM, "reward %s: out of memory", what);
+        return NULL;
+    }
+    c->own = true;
+    nn_params_init(&c->ps, dt, dev);
+    c->text = &c->tm, c->vision = &c->vm, c->tproj = &c->tproj_own, c->scale = 1;
+    enum status s = (c->text_init = true, clip_text_init(&c->tm, tc, &c->ps, ""));
+    if (!s) s = (c->vision_init = true, clip_vision_init(&c->vm, vc, &c->ps, ""));
+    if (!s) s = nn_linear_init(&c->tproj_own, &c->ps, "text_projection", tc->hidden_size, proj, false);
+    const bool has_ls = nn_weights_has(w, "logit_scale");
+    if (!s && has_ls && !nn_param_new(&c->ps, "", "logit_scale", 0, NULL)) s = tensor_status();
+    if (!s && use_logit_scale && !has_ls)
+        s = tensor_fail(STATUS_FORMAT, "reward %s: %s has no 'logit_scale' (drop the logit_scale flag)", what,
+                        nn_weights_path(w));
+    if (!s) s = load(&c->ps, w);
+    if (!s && use_logit_scale) {   /* read on the host: the parameter may live on the GPU */
+        tensor_scope_begin();
+        struct tensor *ls = tensor_to_device(nn_param_find(&c->ps, "logit_scale"), DEVICE_CPU);
+        if (ls) c->scale = exp(tensor_get_flat(ls, 0));
+        else s = tensor_status();
+        tensor_scope_end();
+    }
+    if (!s && !(c->tok_own = clip_folder_tokenizer(tok_dir))) s = tensor_status();
+    c->tok = c->tok_own;
+    if (!s && clip_vocab_size(c->tok) != tc->vocab_size)
+        s = tensor_fail(STATUS_SHAPE, "reward %s: the tokenizer in %s has %d tokens, the text tower of %s %lld", what,
+                        tok_dir, clip_vocab_size(c->tok), nn_weights_path(w), (long long)tc->vocab_size);
+    if (!s) s = clip_finish(c, target_text);
+    if (s) {
+        clip_free_reward(r);
+        return NULL;
+    }
+    return r;
+}
+
+static enum status load_transformers(struct nn_params *ps, const struct nn_weights *w)
+{
+    return clip_params_load(ps, w, "");
+}
+
 struct draft_reward *draft_reward_clip_create(const char *clip_dir, const char *target_text, bool use_logit_scale,
                                               enum dtype dt, enum device dev)
 {
@@ -707,47 +760,16 @@ struct draft_reward *draft_reward_clip_create(const char *clip_dir, const char *
         tensor_fail(STATUS_VALUE, "reward clip: a CLIPModel folder is needed");
         return NULL;
     }
-    struct clip_ctx *c = calloc(1, sizeof *c);
-    struct draft_reward *r = c ? reward_new("clip", clip_score, clip_free_reward, c) : NULL;
-    if (!r) {
-        free(c);
-        tensor_fail(STATUS_OOM, "reward clip: out of memory");
-        return NULL;
-    }
-    c->own = true;
-    nn_params_init(&c->ps, dt, dev);
-    c->text = &c->tm, c->vision = &c->vm, c->tproj = &c->tproj_own, c->scale = 1;
     struct clip_text_config tc;
     struct clip_vision_config vc;
     int64_t proj;
     bool whole;
-    struct nn_weights *w = NULL;
-    enum status s = clip_folder_configs(clip_dir, &tc, &vc, &proj, &whole);
-    if (!s) s = (c->text_init = true, clip_text_init(&c->tm, &tc, &c->ps, ""));
-    if (!s) s = (c->vision_init = true, clip_vision_init(&c->vm, &vc, &c->ps, ""));
-    if (!s) s = nn_linear_init(&c->tproj_own, &c->ps, "text_projection", tc.hidden_size, proj, false);
-    if (!s && !(w = clip_folder_weights(clip_dir))) s = tensor_status();
-    if (!s && nn_weights_has(w, "logit_scale") && !nn_param_new(&c->ps, "", "logit_scale", 0, NULL))
-        s = tensor_status();
-    if (!s && use_logit_scale && !nn_weights_has(w, "logit_scale"))
-        s = tensor_fail(STATUS_FORMAT, "reward clip: %s has no 'logit_scale' (drop the logit_scale flag)",
-                        nn_weights_path(w));
-    if (!s) s = clip_params_load(&c->ps, w, "");
+    if (clip_folder_configs(clip_dir, &tc, &vc, &proj, &whole)) return NULL;
+    struct nn_weights *w = clip_folder_weights(clip_dir);
+    struct draft_reward *r = w ? clip_owned_create("clip", &tc, &vc, proj, w, load_transformers, clip_dir, target_text,
+                                                   use_logit_scale, dt, dev)
+                               : NULL;
     nn_weights_close(w);
-    if (!s && use_logit_scale) {   /* read on the host: the parameter may live on the GPU */
-        tensor_scope_begin();
-        struct tensor *ls = tensor_to_device(nn_param_find(&c->ps, "logit_scale"), DEVICE_CPU);
-        if (ls) c->scale = exp(tensor_get_flat(ls, 0));
-        else s = tensor_status() ? tensor_status() : tensor_fail(STATUS_FORMAT, "reward clip: no logit_scale parameter");
-        tensor_scope_end();
-    }
-    if (!s && !(c->tok_own = clip_folder_tokenizer(clip_dir))) s = tensor_status();
-    c->tok = c->tok_own;
-    if (!s) s = clip_finish(c, target_text);
-    if (s) {
-        clip_free_reward(r);
-        return NULL;
-    }
     return r;
 }
 
@@ -760,49 +782,16 @@ struct draft_reward *draft_reward_openclip_create(const char *path, const char *
         tensor_fail(STATUS_VALUE, "reward openclip: a state dict file and a tokenizer folder are needed");
         return NULL;
     }
-    struct clip_ctx *c = calloc(1, sizeof *c);
-    struct draft_reward *r = c ? reward_new("clip", clip_score, clip_free_reward, c) : NULL;
-    if (!r) {
-        free(c);
-        tensor_fail(STATUS_OOM, "reward openclip: out of memory");
-        return NULL;
-    }
-    c->own = true;
-    nn_params_init(&c->ps, dt, dev);
-    c->text = &c->tm, c->vision = &c->vm, c->tproj = &c->tproj_own, c->scale = 1;
     struct clip_text_config tc;
     struct clip_vision_config vc;
     int64_t embed = 0;
     struct nn_weights *w = nn_weights_open(path);
-    enum status s = w ? STATUS_OK : tensor_status();
-    if (!s) s = clip_openclip_configs(w, text_head_width, vision_head_width, act, &tc, &vc, &embed);
-    if (!s) s = (c->text_init = true, clip_text_init(&c->tm, &tc, &c->ps, ""));
-    if (!s) s = (c->vision_init = true, clip_vision_init(&c->vm, &vc, &c->ps, ""));
-    if (!s) s = nn_linear_init(&c->tproj_own, &c->ps, "text_projection", tc.hidden_size, embed, false);
-    const bool has_ls = w && nn_weights_has(w, "logit_scale");
-    if (!s && has_ls && !nn_param_new(&c->ps, "", "logit_scale", 0, NULL)) s = tensor_status();
-    if (!s && use_logit_scale && !has_ls)
-        s = tensor_fail(STATUS_FORMAT, "reward openclip: %s has no 'logit_scale'", path);
-    if (!s) s = clip_openclip_load(&c->ps, w);
+    struct draft_reward *r = NULL;
+    if (w && !clip_openclip_configs(w, text_head_width, vision_head_width, act, &tc, &vc, &embed))
+        r = clip_owned_create("openclip", &tc, &vc, embed, w, clip_openclip_load, tokenizer_dir, target_text,
+                              use_logit_scale, dt, dev);
     nn_weights_close(w);
-    if (!s && use_logit_scale) {
-        tensor_scope_begin();
-        struct tensor *ls = tensor_to_device(nn_param_find(&c->ps, "logit_scale"), DEVICE_CPU);
-        if (ls) c->scale = exp(tensor_get_flat(ls, 0));
-        else s = tensor_status();
-        tensor_scope_end();
-    }
-    if (!s && !(c->tok_own = clip_folder_tokenizer(tokenizer_dir))) s = tensor_status();
-    c->tok = c->tok_own;
-    if (!s && clip_vocab_size(c->tok) != tc.vocab_size)
-        s = tensor_fail(STATUS_SHAPE, "reward openclip: the tokenizer in %s has %d tokens, the text tower of %s %lld",
-                        tokenizer_dir, clip_vocab_size(c->tok), path, (long long)tc.vocab_size);
-    if (!s) s = clip_finish(c, target_text);
-    if (s) {
-        clip_free_reward(r);
-        return NULL;
-    }
-    snprintf(r->name, sizeof r->name, "openclip");
+    if (r) snprintf(r->name, sizeof r->name, "openclip");
     return r;
 }
 

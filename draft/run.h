@@ -87,6 +87,11 @@ bool draft_device_parse(const char *s, enum device *dev);
  * a positive integer up to 65536; false if the text is neither */
 bool draft_size_parse(const char *s, int *width, int *height);
 
+/* a --lora argument FILE[:SCALE] -> path (n bytes) and *scale: the scale is what follows the last
+ * ':' when it reads as a number (else 1, and the ':' is part of the path); false if the path
+ * does not fit */
+bool draft_lora_arg_parse(const char *arg, char *path, size_t n, double *scale);
+
 /* ask a running draft_run to save and stop after the current step (async-signal-safe) */
 void draft_run_request_stop(void);
 

@@ -168,12 +168,18 @@ START_TEST(test_sum)
     static const double w[4] = {1, 0.5, -2, 1};
     struct tensor *s = draft_reward_score(r, img, NULL);
     ck_assert_msg(s, "%s", tensor_error());
-    for (int64_t b = 0; b < 2; b++) {
-        double want = 0;
-        for (int k = 0; k < 4; k++) want += w[k] * ref_analytic(terms[k], img, b);
-        ck_assert_msg(fabs(tensor_get_flat(s, b) - want) <= 1e-10, "sum image %lld: %.15g vs %.15g", (long long)b,
-                      tensor_get_flat(s, b), want);
+    /* each term alone is checked against its float64 loop in test_analytic_forward */
+    double want[2] = {0, 0};
+    for (int k = 0; k < 4; k++) {
+        struct draft_reward *t = draft_reward_create(terms[k]);
+        struct tensor *st = t ? draft_reward_score(t, img, NULL) : NULL;
+        ck_assert_msg(st, "%s", tensor_error());
+        for (int64_t b = 0; b < 2; b++) want[b] += w[k] * tensor_get_flat(st, b);
+        draft_reward_free(t);
     }
+    for (int64_t b = 0; b < 2; b++)
+        ck_assert_msg(fabs(tensor_get_flat(s, b) - want[b]) <= 1e-14, "sum image %lld: %.17g vs %.17g", (long long)b,
+                      tensor_get_flat(s, b), want[b]);
     ck_assert(gradcheck("reward sum", score_fn, r, 1, &img, &(struct gc_opts){.tol = 1e-6}));
     draft_reward_free(r);
     static const struct { const char *spec, *want; } bad[] = {
@@ -571,6 +577,21 @@ static double ref_clip(struct tiny *t, const struct clip_tokenizer *tok, const s
     return dot;
 }
 
+/* the tiny model's tokenizer, and a random text projection 32 -> 16 (CLIPModel's text_projection) in pp */
+static struct clip_tokenizer *tiny_tokenizer_and_projection(const struct tiny *t, struct nn_params *pp,
+                                                            struct nn_linear *proj)
+{
+    char vp[700], mp[700];
+    snprintf(vp, sizeof vp, "%s/tokenizer/vocab.json", t->dir);
+    snprintf(mp, sizeof mp, "%s/tokenizer/merges.txt", t->dir);
+    struct clip_tokenizer *tok = clip_tokenizer_load(vp, mp);
+    ck_assert_msg(tok != NULL, "%s", tensor_error());
+    nn_params_init(pp, DTYPE_F64, DEVICE_CPU);
+    ck_assert(!nn_linear_init(proj, pp, "text_projection", 32, 16, false));
+    ck_assert(!tensor_copy_(proj->weight, test_uniform(DTYPE_F64, 2, (int64_t[]){16, 32}, -0.3, 0.3)));
+    return tok;
+}
+
 START_TEST(test_clip_tiny)
 {
     LEAK_CHECK_BEGIN();
@@ -580,17 +601,9 @@ START_TEST(test_clip_tiny)
         tensor_scope_end();
         return;
     }
-    char vp[700], mp[700];
-    snprintf(vp, sizeof vp, "%s/tokenizer/vocab.json", t.dir);
-    snprintf(mp, sizeof mp, "%s/tokenizer/merges.txt", t.dir);
-    struct clip_tokenizer *tok = clip_tokenizer_load(vp, mp);
-    ck_assert_msg(tok != NULL, "%s", tensor_error());
-    /* a text projection 32 -> 16, as CLIPModel's text_projection */
     struct nn_params pp;
-    nn_params_init(&pp, DTYPE_F64, DEVICE_CPU);
     struct nn_linear proj;
-    ck_assert(!nn_linear_init(&proj, &pp, "text_projection", 32, 16, false));
-    ck_assert(!tensor_copy_(proj.weight, test_uniform(DTYPE_F64, 2, (int64_t[]){16, 32}, -0.3, 0.3)));
+    struct clip_tokenizer *tok = tiny_tokenizer_and_projection(&t, &pp, &proj);
 
     const char *prompts[2] = {"a photo of a cat", "an astronaut riding a horse"};
     struct tensor *img = test_uniform(DTYPE_F64, 4, (int64_t[]){2, 3, 48, 48}, -1, 1);
@@ -788,16 +801,9 @@ START_TEST(test_openclip_tiny)
         tensor_scope_end();
         return;
     }
-    char vp[700], mp[700];
-    snprintf(vp, sizeof vp, "%s/tokenizer/vocab.json", t.dir);
-    snprintf(mp, sizeof mp, "%s/tokenizer/merges.txt", t.dir);
-    struct clip_tokenizer *tok = clip_tokenizer_load(vp, mp);
-    ck_assert_msg(tok != NULL, "%s", tensor_error());
     struct nn_params pp;
-    nn_params_init(&pp, DTYPE_F64, DEVICE_CPU);
     struct nn_linear proj;
-    ck_assert(!nn_linear_init(&proj, &pp, "text_projection", 32, 16, false));
-    ck_assert(!tensor_copy_(proj.weight, test_uniform(DTYPE_F64, 2, (int64_t[]){16, 32}, -0.3, 0.3)));
+    struct clip_tokenizer *tok = tiny_tokenizer_and_projection(&t, &pp, &proj);
     /* the image tower's projection is 32 -> 16 too: OpenCLIP's two projections share the width */
     ck_assert_int_eq(t.vm.cfg.projection_dim, 16);
 

@@ -39,6 +39,7 @@ int main(int argc, char **argv)
 {
     const char *model = NULL, *ckpt = NULL, *out = NULL, *lora_out = NULL;
     char lora_paths[MAX_LORAS][PATH_MAX];
+    const char *lora_path_ptrs[MAX_LORAS];
     double lora_scales[MAX_LORAS];
     int n_loras = 0;
     enum dtype dtype = DTYPE_F32;
@@ -80,14 +81,11 @@ int main(int argc, char **argv)
                 fprintf(stderr, "draft-convert: more than %d --lora\n", MAX_LORAS);
                 return 2;
             }
-            /* FILE[:SCALE]: the scale is what follows the last ':' if it parses as a number */
-            snprintf(lora_paths[n_loras], PATH_MAX, "%s", v);
-            lora_scales[n_loras] = 1.0;
-            char *colon = strrchr(lora_paths[n_loras], ':'), *end = NULL;
-            if (colon) {
-                double s = strtod(colon + 1, &end);
-                if (end != colon + 1 && !*end) *colon = 0, lora_scales[n_loras] = s;
+            if (!draft_lora_arg_parse(v, lora_paths[n_loras], PATH_MAX, &lora_scales[n_loras])) {
+                fprintf(stderr, "draft-convert: --lora '%s': the path is too long\n", v);
+                return 2;
             }
+            lora_path_ptrs[n_loras] = lora_paths[n_loras];
             n_loras++;
         } else {
             fprintf(stderr, "draft-convert: unknown option '%s' (see --help)\n", a);
@@ -115,17 +113,11 @@ int main(int argc, char **argv)
     }
 
     struct sd_pipeline p;
-    struct sd_lora loras[MAX_LORAS], combined;
-    memset(loras, 0, sizeof loras);
+    struct sd_lora combined;
     memset(&combined, 0, sizeof combined);
     enum status s = ckpt ? sd_pipeline_load_single_file(&p, ckpt, model, dtype, DEVICE_CPU)
                          : sd_pipeline_load(&p, model, dtype, DEVICE_CPU);
-    for (int i = 0; i < n_loras && !s; i++) s = sd_lora_load(&loras[i], &p.unet, lora_paths[i]);
-    if (!s && n_loras) {
-        const struct sd_lora *ls[MAX_LORAS];
-        for (int i = 0; i < n_loras; i++) ls[i] = &loras[i];
-        s = sd_lora_combine(&combined, n_loras, ls, lora_scales);
-    }
+    if (!s && n_loras) s = sd_lora_load_combined(&combined, &p.unet, n_loras, lora_path_ptrs, lora_scales);
     if (!s && lora_out) {
         s = sd_lora_save(&combined, lora_out, format);
         if (!s)
@@ -141,7 +133,6 @@ int main(int argc, char **argv)
     }
     if (s) fprintf(stderr, "draft-convert: %s\n", tensor_error());
     sd_lora_free(&combined);
-    for (int i = 0; i < n_loras; i++) sd_lora_free(&loras[i]);
     sd_pipeline_free(&p);
     return s ? 1 : 0;
 }

@@ -81,6 +81,7 @@ int main(int argc, char **argv)
     const char *prompt_args[MAX_PROMPTS];
     int n_prompt_args = 0, n_loras = 0;
     char lora_paths[MAX_LORAS][PATH_MAX];
+    const char *lora_path_ptrs[MAX_LORAS];
     double lora_scales[MAX_LORAS];
     long n_per = 1, steps = 50, batch = 4, seed = 0;
     int width = 0, height = 0;   /* 0: the model's default */
@@ -130,14 +131,11 @@ int main(int argc, char **argv)
                 fprintf(stderr, "draft-sample: more than %d --lora\n", MAX_LORAS);
                 return 2;
             }
-            /* FILE[:SCALE]: the scale is what follows the last ':' if it parses as a number */
-            snprintf(lora_paths[n_loras], PATH_MAX, "%s", v);
-            lora_scales[n_loras] = 1.0;
-            char *colon = strrchr(lora_paths[n_loras], ':'), *end = NULL;
-            if (colon) {
-                double s = strtod(colon + 1, &end);
-                if (end != colon + 1 && !*end) *colon = 0, lora_scales[n_loras] = s;
+            if (!draft_lora_arg_parse(v, lora_paths[n_loras], PATH_MAX, &lora_scales[n_loras])) {
+                fprintf(stderr, "draft-sample: --lora '%s': the path is too long\n", v);
+                return 2;
             }
+            lora_path_ptrs[n_loras] = lora_paths[n_loras];
             n_loras++;
         } else if (!strcmp(a, "--n")) ok = parse_int(a, v, 1, 1024, &n_per);
         else if (!strcmp(a, "--steps")) ok = parse_int(a, v, 1, 1000, &steps), steps_given = true;
@@ -196,16 +194,12 @@ int main(int argc, char **argv)
     }
 
     struct sd_pipeline p;
-    struct sd_lora loras[MAX_LORAS], combined;
-    memset(loras, 0, sizeof loras);
+    struct sd_lora combined;
     memset(&combined, 0, sizeof combined);
     enum status s = ckpt ? sd_pipeline_load_single_file(&p, ckpt, model, dtype, device)
                          : sd_pipeline_load(&p, model, dtype, device);
-    for (int i = 0; i < n_loras && !s; i++) s = sd_lora_load(&loras[i], &p.unet, lora_paths[i]);
     if (!s && n_loras) {
-        const struct sd_lora *ls[MAX_LORAS];
-        for (int i = 0; i < n_loras; i++) ls[i] = &loras[i];
-        s = sd_lora_combine(&combined, n_loras, ls, lora_scales);
+        s = sd_lora_load_combined(&combined, &p.unet, n_loras, lora_path_ptrs, lora_scales);
         if (!s) s = merge ? sd_lora_merge(&combined, &p.unet, 1.0) : sd_lora_attach(&combined, &p.unet, 1.0);
     }
     const int64_t w = width ? width : p.vae.cfg.sample_size, h = height ? height : p.vae.cfg.sample_size;
@@ -259,7 +253,6 @@ int main(int argc, char **argv)
     tensor_free(all);
     sd_lora_detach(&p.unet);
     sd_lora_free(&combined);
-    for (int i = 0; i < n_loras; i++) sd_lora_free(&loras[i]);
     sd_pipeline_free(&p);
     draft_prompts_free(file_prompts, n_file);
     free(labels);
