@@ -74,6 +74,15 @@ if [ -f "$model/model_index.json" ]; then
               --lora "$tmp/run/lora.safetensors:0.5" --lora "$tmp/run/lora_kohya.safetensors:0.5" \
               --out "$tmp/s1" >/dev/null 2>&1
     check "image k depends only on seed + k (same --batch)" "cmp -s '$tmp/s/0003.png' '$tmp/s1/0000.png'"
+    # --reward scores every image: one line each, the same score for the same image in another batch
+    "$sample" --model "$model" --prompt "a red apple" --prompt "a cat" --n 2 --steps 2 --size 64 --batch 1 \
+              --reward red --out "$tmp/sr" >"$tmp/o" 2>&1; rc=$?
+    check "draft-sample --reward writes scores.jsonl" "[ $rc -eq 0 ] && [ \$(wc -l < '$tmp/sr/scores.jsonl') -eq 4 ] && \
+           grep -q '\"image\":\"0003.png\",\"prompt\":\"a cat\",\"reward\":' '$tmp/sr/scores.jsonl' && grep -q 'reward red: mean' '$tmp/o'"
+    "$sample" --model "$model" --prompt "a cat" --seed 3 --steps 2 --size 64 --batch 1 --reward red --out "$tmp/sr1" >/dev/null 2>&1
+    check "... image 3's score alone is image 3's score" "[ \"\$(sed -n 4p '$tmp/sr/scores.jsonl' | sed 's/.*reward//')\" = \"\$(sed -n 1p '$tmp/sr1/scores.jsonl' | sed 's/.*reward//')\" ]"
+    "$sample" --model "$model" --prompt "a cat" --steps 2 --size 64 --reward sharpness --out "$tmp/sr2" >"$tmp/o" 2>&1; rc=$?
+    check "draft-sample bad --reward: exit 1 before sampling" "[ $rc -eq 1 ] && grep -q 'unknown reward spec' '$tmp/o' && [ ! -e '$tmp/sr2/0000.png' ]"
     # draft-convert: the LoRA merged into a new diffusers folder samples what --merge samples, bit for bit
     "$convert" --model "$model" --lora "$tmp/run/lora.safetensors:0.7" --out "$tmp/conv" >"$tmp/o" 2>&1; rc=$?
     check "draft-convert --out: a folder with the LoRA merged" "[ $rc -eq 0 ] && [ -s '$tmp/conv/unet/diffusion_pytorch_model.safetensors' ] && [ -s '$tmp/conv/tokenizer/vocab.json' ]"

@@ -7,13 +7,17 @@
  *
  * Image k (in prompt order, --n per prompt) starts from the latents of seed + k, so any single
  * image can be reproduced alone (bit for bit at the same --batch: BLAS may round a batch of
- * another size differently). Writes <out>/<k>.png and a labelled <out>/grid.png. */
+ * another size differently). Writes <out>/<k>.png and a labelled <out>/grid.png; with --reward, each
+ * image's score in <out>/scores.jsonl and their mean on stderr. */
 #include "diffusion/lora.h"
 #include "draft/image.h"
+#include "draft/reward.h"
 #include "draft/run.h"
 
+#include <cjson/cJSON.h>
 #include <errno.h>
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,6 +50,8 @@ static void usage(FILE *f)
             "  --device D         cpu or cuda: where the model and LoRAs run (default cpu; cuda needs a build with\n"
             "                     the CUDA backend and a GPU)\n"
             "  --precision P      the GPU's matrix products: f32 (exact, default), tf32 or bf16 (autocast)\n"
+            "  --reward SPEC      score every image with a reward (draft-run --help lists the specs): <out>/scores.jsonl\n"
+            "                     and the mean on stderr\n"
             "  --out DIR          output folder (default samples)\n");
 }
 
@@ -75,9 +81,40 @@ static bool parse_double(const char *flag, const char *v, double *out)
     return true;
 }
 
+/* <out>/scores.jsonl: {"image", "prompt", "reward"} a line; the mean, lowest and highest on stderr */
+static enum status write_scores(const char *out, const char *spec, int n, const char *const *labels,
+                                const double *scores)
+{
+    char path[PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/scores.jsonl", out);
+    FILE *f = fopen(path, "w");
+    if (!f) return tensor_fail(STATUS_IO, "%s: cannot write: %s", path, strerror(errno));
+    double sum = 0, lo = INFINITY, hi = -INFINITY;
+    for (int k = 0; k < n; k++) {
+        char name[32];
+        snprintf(name, sizeof name, "%04d.png", k);
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "image", name);
+        cJSON_AddStringToObject(o, "prompt", labels[k]);
+        if (isfinite(scores[k])) cJSON_AddNumberToObject(o, "reward", scores[k]);
+        else cJSON_AddNullToObject(o, "reward");
+        char *line = cJSON_PrintUnformatted(o);
+        if (line) fprintf(f, "%s\n", line);
+        free(line);
+        cJSON_Delete(o);
+        sum += scores[k];
+        lo = fmin(lo, scores[k]);
+        hi = fmax(hi, scores[k]);
+    }
+    if (fclose(f)) return tensor_fail(STATUS_IO, "%s: cannot write", path);
+    fprintf(stderr, "draft-sample: reward %s: mean %.6g over %d images (lowest %.6g, highest %.6g); %s\n", spec,
+            sum / n, n, lo, hi, path);
+    return STATUS_OK;
+}
+
 int main(int argc, char **argv)
 {
-    const char *model = NULL, *ckpt = NULL, *prompts_spec = NULL, *out = "samples";
+    const char *model = NULL, *ckpt = NULL, *prompts_spec = NULL, *out = "samples", *reward_spec = NULL;
     const char *prompt_args[MAX_PROMPTS];
     int n_prompt_args = 0, n_loras = 0;
     char lora_paths[MAX_LORAS][PATH_MAX];
@@ -110,6 +147,7 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--ckpt")) ckpt = v;
         else if (!strcmp(a, "--prompts")) prompts_spec = v;
         else if (!strcmp(a, "--out")) out = v;
+        else if (!strcmp(a, "--reward")) reward_spec = v;
         else if (!strcmp(a, "--dtype")) {
             if (!strcmp(v, "f32")) dtype = DTYPE_F32;
             else if (!strcmp(v, "bf16")) dtype = DTYPE_BF16;
@@ -202,6 +240,12 @@ int main(int argc, char **argv)
         s = sd_lora_load_combined(&combined, &p.unet, n_loras, lora_path_ptrs, lora_scales);
         if (!s) s = merge ? sd_lora_merge(&combined, &p.unet, 1.0) : sd_lora_attach(&combined, &p.unet, 1.0);
     }
+    /* the reward before any sampling: a bad spec fails at once */
+    struct draft_reward *reward = NULL;
+    double *scores = NULL;
+    if (!s && reward_spec && !(reward = draft_reward_create_on(reward_spec, sd_pipeline_dtype(&p), p.device)))
+        s = tensor_status();
+    if (!s && reward && !(scores = calloc((size_t)total, sizeof *scores))) s = tensor_fail(STATUS_OOM, "out of host memory");
     const int64_t w = width ? width : p.vae.cfg.sample_size, h = height ? height : p.vae.cfg.sample_size;
     const int64_t f = (int64_t)1 << (p.vae.cfg.n_blocks - 1), m = f << p.unet.n_samplers;
     if (!s && (w % m || h % m))
@@ -227,6 +271,12 @@ int main(int argc, char **argv)
                                                      sd_pipeline_tokenize(&p, nb, labels + k0));
             struct tensor *images = sd_pipeline_sample(&p, ag_concat(nb, lat, 0), ctx, &o, NULL);
             if (!images) s = tensor_status();
+            if (!s && reward) {
+                struct tensor *sc = draft_reward_score(reward, images, labels + k0);
+                sc = sc ? tensor_contiguous(tensor_to_dtype(tensor_to_device(sc, DEVICE_CPU), DTYPE_F64)) : NULL;
+                if (!sc) s = tensor_status();
+                for (int j = 0; j < nb && !s; j++) scores[k0 + j] = tensor_get_flat(sc, j);
+            }
             for (int j = 0; j < nb && !s; j++) {
                 char path[PATH_MAX + 32];
                 snprintf(path, sizeof path, "%s/%04d.png", out, k0 + j);
@@ -250,6 +300,9 @@ int main(int argc, char **argv)
         free(parts);
         ag_no_grad_end();
     }
+    if (!s && reward) s = write_scores(out, reward_spec, total, labels, scores);
+    draft_reward_free(reward);
+    free(scores);
     tensor_free(all);
     sd_lora_detach(&p.unet);
     sd_lora_free(&combined);
