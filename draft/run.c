@@ -35,6 +35,7 @@ void draft_run_config_default(struct draft_run_config *c)
     draft_method_config_default(&c->method);
     c->lora_rank = 8;
     c->lora_alpha = 8;
+    snprintf(c->lora_targets, sizeof c->lora_targets, "to_q,to_k,to_v,to_out.0");   /* DRAFT.md: every attention */
     c->opt = nn_adamw_config_default();
     c->opt.lr = 4e-4;          /* DRAFT.md: LoRA rank 8, lr 4e-4, AdamW weight decay 0.1 */
     c->opt.weight_decay = 0.1;
@@ -573,7 +574,7 @@ static enum status draft_run_write_report(struct run *r, const struct draft_run_
     }
     char v[16][1100], summary[256];
     const char *keys[16] = {"model", "reward", "prompts", "method", "steps / guidance / eta", "k / lv_n",
-                            "LoRA rank / alpha", "lr / weight decay / clip", "batch x accum", "iterations", "seed",
+                            "LoRA rank / alpha / targets", "lr / weight decay / clip", "batch x accum", "iterations", "seed",
                             "held-out images", "image size", "dtype / device / precision", "seconds"};
     int nk = 0;
     snprintf(v[nk++], sizeof v[0], "%s", c->model);
@@ -582,7 +583,8 @@ static enum status draft_run_write_report(struct run *r, const struct draft_run_
     snprintf(v[nk++], sizeof v[0], "%s%s", draft_method_name(c->method.method), c->method.checkpoint ? " (checkpointed)" : "");
     snprintf(v[nk++], sizeof v[0], "%d / %g / %g", c->method.steps, c->method.guidance, c->method.eta);
     snprintf(v[nk++], sizeof v[0], "%d / %d", c->method.k, c->method.lv_n);
-    snprintf(v[nk++], sizeof v[0], "%d / %g", c->lora_rank, c->lora_alpha);
+    snprintf(v[nk++], sizeof v[0], "%d / %g / %s (%d projections)", c->lora_rank, c->lora_alpha, c->lora_targets,
+             r->lora.n);
     snprintf(v[nk++], sizeof v[0], "%g / %g / %g", c->opt.lr, c->opt.weight_decay, c->opt.max_grad_norm);
     snprintf(v[nk++], sizeof v[0], "%d x %d", c->batch, c->opt.accum_steps);
     snprintf(v[nk++], sizeof v[0], "%d", r->step);
@@ -709,7 +711,8 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
         r->latent_h = h / f;
         r->latent_w = w / f;
     }
-    if ((s = sd_lora_init(&r->lora, &r->p.unet, c->lora_rank, c->lora_alpha, NULL, DTYPE_F32, c->seed))) goto done;
+    if ((s = sd_lora_init(&r->lora, &r->p.unet, c->lora_rank, c->lora_alpha, c->lora_targets, DTYPE_F32, c->seed)))
+        goto done;
     if ((s = sd_lora_attach(&r->lora, &r->p.unet, 1.0))) goto done;
     if ((s = nn_adamw_init(&r->opt, &c->opt, &r->lora.params))) goto done;
 

@@ -37,6 +37,7 @@ struct draft_run_config {
     struct draft_method_config method;
     int lora_rank;
     double lora_alpha;
+    char lora_targets[256];   /* comma-separated suffixes of the UNet projections that get a LoRA */
     struct nn_adamw_config opt;
     int batch;             /* images per micro-batch */
     int iters;             /* optimiser steps */

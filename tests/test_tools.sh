@@ -12,7 +12,7 @@ trap 'rm -rf "$tmp"' EXIT
 
 "$run" --help >"$tmp/help" 2>&1
 check "draft-run --help exits 0" "[ $? -eq 0 ]"
-for opt in model ckpt reward prompts out method k lv-n steps guidance eta checkpoint checkpoint-blocks lora-rank lr grad-clip \
+for opt in model ckpt reward prompts out method k lv-n steps guidance eta checkpoint checkpoint-blocks lora-rank lora-targets lr grad-clip \
            warmup accum batch iters seed size eval-images save-every resume device precision; do
     check "--help lists --$opt with its default" "grep -q -- '--$opt.*(default: ' '$tmp/help'"
 done
@@ -64,6 +64,13 @@ if [ -f "$model/model_index.json" ]; then
            --reward red --no-progress --out "$tmp/drt" >"$tmp/o" 2>&1; rc=$?
     check "draft-run --method drtune" "[ $rc -eq 0 ] && grep -q 'drtune' '$tmp/drt/report.html' && \
            grep -Eq '\"grad_norm\": [0-9.]*[1-9]' '$tmp/drt/metrics.jsonl'"
+    # --lora-targets: the cross-attention's keys and values only
+    "$run" --model "$model" --lora-targets attn2.to_k,attn2.to_v --steps 2 --iters 1 --batch 1 --size 64 --eval-images 1 \
+           --reward red --no-progress --out "$tmp/lt" >"$tmp/o" 2>&1; rc=$?
+    check "draft-run --lora-targets" "[ $rc -eq 0 ] && grep -q 'attn2.to_k.lora_A' '$tmp/lt/lora.safetensors' && \
+           ! grep -q 'attn1\|to_q\|to_out' '$tmp/lt/lora.safetensors' && grep -q 'attn2.to_k,attn2.to_v' '$tmp/lt/report.html'"
+    "$run" --model "$model" --lora-targets to_nothing --steps 2 --iters 1 --out "$tmp/lt2" >"$tmp/o" 2>&1; rc=$?
+    check "--lora-targets matching nothing: refused" "[ $rc -ne 0 ] && grep -q \"no projection of the UNet matches targets 'to_nothing'\" '$tmp/o'"
     "$run" --model "$model" --method drtune --k 5 --steps 4 --out "$tmp/drt2" >"$tmp/o" 2>&1; rc=$?
     check "drtune with k > steps: refused, naming k" "[ $rc -ne 0 ] && grep -q 'k must be in \[1, steps = 4\], got 5' '$tmp/o'"
     "$sample" --model "$model" --prompt "a red apple" --prompt "a cat" --n 2 --steps 2 --size 64 --batch 1 \

@@ -58,6 +58,8 @@ static const struct opt opts[] = {
                                                                "about one more UNet forward per differentiable call)"},
     {"lora-rank", K_INT, F(lora_rank), "LoRA rank"},
     {"lora-alpha", K_DOUBLE, F(lora_alpha), "LoRA alpha (scale = alpha / rank)"},
+    {"lora-targets", K_STR, F(lora_targets), "UNet projections that get a LoRA: comma-separated name suffixes "
+                                             "(attn2.to_k,attn2.to_v: the cross-attention's keys and values only)"},
     {"lr", K_DOUBLE, F(opt.lr), "AdamW learning rate"},
     {"beta1", K_DOUBLE, F(opt.beta1), "AdamW beta1"},
     {"beta2", K_DOUBLE, F(opt.beta2), "AdamW beta2"},
