@@ -549,6 +549,9 @@ static bool openclip_key(const char *name, char *key, size_t n, int *part)
     return false;
 }
 
+/* the text tower's causal mask, a buffer some open_clip versions saved: the forward builds its own */
+static bool openclip_buffer(const char *name) { return !strcmp(name, "attn_mask"); }
+
 enum status clip_openclip_load(struct nn_params *ps, const struct nn_weights *w)
 {
     const char *path = nn_weights_path(w);
@@ -592,7 +595,7 @@ enum status clip_openclip_load(struct nn_params *ps, const struct nn_weights *w)
         }
         tensor_scope_end();
     }
-    if (!s) s = nn_weights_check_used(w, used, NULL, NULL);
+    if (!s) s = nn_weights_check_used(w, used, NULL, openclip_buffer);
     free(used);
     return s;
 }

@@ -896,6 +896,13 @@ START_TEST(test_openclip_tiny)
     printf("not OpenCLIP: %s\n", tensor_error());
     fflush(stdout);
     ck_assert(strstr(tensor_error(), "no tensor 'token_embedding.weight'"));
+    /* a saved causal mask is a buffer, not a weight: skipped */
+    ck_assert(nn_param_new(&os, "", "attn_mask", 2, (int64_t[]){77, 77}));
+    ck_assert_int_eq(nn_params_save(&os, sf), STATUS_OK);
+    struct draft_reward *om = draft_reward_openclip_create(sf, tokdir, 8, 8, CLIP_ACT_QUICK_GELU, NULL, false, DTYPE_F32,
+                                                           DEVICE_CPU);
+    ck_assert_msg(om, "%s", tensor_error());
+    draft_reward_free(om);
     ck_assert(nn_param_new(&os, "", "visual.extra", 1, (int64_t[]){3}));
     ck_assert_int_eq(nn_params_save(&os, sf), STATUS_OK);
     ck_assert(draft_reward_openclip_create(sf, tokdir, 8, 8, CLIP_ACT_QUICK_GELU, NULL, false, DTYPE_F32,
