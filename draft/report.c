@@ -386,6 +386,16 @@ enum status draft_report_html(const char *path, const struct draft_report *r)
     sb_num(&b, r->diversity_after);
     sb_puts(&b, "</td><td class=\"num\">");
     sb_delta(&b, r->diversity_before, r->diversity_after);
+    if (r->eval_reward) {
+        sb_puts(&b, "</td></tr>\n<tr><th>eval reward <code>");
+        sb_escape(&b, r->eval_reward);
+        sb_puts(&b, "</code></th><td class=\"num\">");
+        sb_num(&b, r->eval_reward_before);
+        sb_puts(&b, "</td><td class=\"num\">");
+        sb_num(&b, r->eval_reward_after);
+        sb_puts(&b, "</td><td class=\"num\">");
+        sb_delta(&b, r->eval_reward_before, r->eval_reward_after);
+    }
     sb_puts(&b, "</td></tr>\n</table>\n<p><small>Diversity: mean pairwise RMS pixel distance between the samples, "
                 "divided by 2 (0 = all samples identical). A reward that rises while diversity collapses is a sign "
                 "of reward hacking.</small></p>\n");

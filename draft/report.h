@@ -52,6 +52,8 @@ struct draft_report {
     const struct draft_report_grid *grids;
     double reward_before, reward_after;
     double diversity_before, diversity_after;   /* draft_diversity of the before/after samples */
+    const char *eval_reward;             /* a second reward's spec, scored on the same samples (NULL: none) */
+    double eval_reward_before, eval_reward_after;
     const char *summary;                 /* the final one-line summary */
 };
 

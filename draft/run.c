@@ -269,7 +269,7 @@ struct run {
     struct sd_pipeline p;
     struct sd_lora lora;
     struct nn_adamw opt;
-    struct draft_reward *reward;
+    struct draft_reward *reward, *eval_reward;
     char **prompts;
     int n_prompts;
     int64_t latent_c, latent_h, latent_w;
@@ -281,7 +281,12 @@ struct run {
     /* eval set: fixed seeds, prompts cycled */
     struct tensor *eval_latents, *eval_context;
     const char **eval_prompts;
-    double reward_before, diversity_before;
+    double reward_before, diversity_before, eval_before;
+};
+
+/* what one evaluation on the held-out seeds measures */
+struct eval_result {
+    double reward, diversity, held;   /* held: the eval reward's mean (NaN without one) */
 };
 
 static double now_s(void)
@@ -351,23 +356,40 @@ static const char *jnum(char *buf, size_t n, const char *fmt, double v)
     return buf;
 }
 
-/* one line of metrics.jsonl for an evaluation on the held-out seeds */
-static void metrics_eval(FILE *f, int step, double reward, double diversity)
+/* one line of metrics.jsonl for an evaluation on the held-out seeds ("eval_reward" only with one) */
+static void metrics_eval(FILE *f, int step, const struct eval_result *e, bool held)
 {
-    char a[32], b[32];
-    fprintf(f, "{\"step\": %d, \"eval\": true, \"reward\": %s, \"diversity\": %s}\n", step,
-            jnum(a, sizeof a, "%.9g", reward), jnum(b, sizeof b, "%.6g", diversity));
+    char a[32], b[32], c[32];
+    fprintf(f, "{\"step\": %d, \"eval\": true, \"reward\": %s, \"diversity\": %s", step,
+            jnum(a, sizeof a, "%.9g", e->reward), jnum(b, sizeof b, "%.6g", e->diversity));
+    if (held) fprintf(f, ", \"eval_reward\": %s", jnum(c, sizeof c, "%.9g", e->held));
+    fputs("}\n", f);
     fflush(f);
 }
 
 /* evaluation on the held-out seeds: mean reward, diversity, and a grid (path may be NULL) */
-static enum status evaluate(struct run *r, const char *grid_path, double *reward, double *diversity)
+static enum status evaluate(struct run *r, const char *grid_path, struct eval_result *e)
 {
     struct tensor *images = NULL;
     enum status s = draft_sample_eval(&r->p, &r->c->method, r->reward, r->eval_latents, r->eval_context,
-                                      r->eval_prompts, &images, reward, NULL);
+                                      r->eval_prompts, &images, &e->reward, NULL);
     if (s) return s;
-    if (diversity) *diversity = draft_diversity(images);
+    e->diversity = draft_diversity(images);
+    e->held = NAN;
+    if (r->eval_reward) {   /* the same images, scored by the second reward */
+        ag_no_grad_begin();
+        tensor_scope_begin();
+        struct tensor *sc = draft_reward_score(r->eval_reward, images, r->eval_prompts);
+        sc = sc ? tensor_to_dtype(tensor_to_device(ag_mean(sc, 0, NULL, false), DEVICE_CPU), DTYPE_F64) : NULL;
+        if (sc) e->held = tensor_get_flat(sc, 0);
+        else s = tensor_status();
+        tensor_scope_end();
+        ag_no_grad_end();
+        if (s) {
+            tensor_free(images);
+            return s;
+        }
+    }
     if (grid_path) {
         const int n = (int)images->shape[0];
         s = draft_grid_save(grid_path, images, n <= 4 ? n : (n + 1) / 2, 0, r->eval_prompts);
@@ -431,15 +453,16 @@ static enum status save_checkpoint(struct run *r)
     path_in(r, path, sizeof path, "checkpoint.safetensors");
     snprintf(meta_step, sizeof meta_step, "%d", r->step);
     snprintf(meta_seed, sizeof meta_seed, "%llu", (unsigned long long)r->c->seed);
-    char before[64], div_before[64];
+    char before[64], div_before[64], eval_before[64];
     snprintf(before, sizeof before, "%.17g", r->reward_before);
     snprintf(div_before, sizeof div_before, "%.17g", r->diversity_before);
+    snprintf(eval_before, sizeof eval_before, "%.17g", r->eval_before);
     char size[48];   /* the held-out reward before training was measured at this size */
     size_str(r, size, sizeof size);
     const char *mk[] = {"format", "draft.step", "draft.seed", "draft.method", "draft.reward_before", "draft.diversity_before",
-                        "draft.size"};
+                        "draft.size", "draft.eval_reward_before"};
     const char *mv[] = {"draft-checkpoint-1", meta_step, meta_seed, draft_method_name(r->c->method.method), before, div_before,
-                        size};
+                        size, eval_before};
     return draft_checkpoint_save(path, &r->lora, &r->opt, (int)(sizeof mk / sizeof *mk), mk, mv);
 }
 
@@ -467,6 +490,8 @@ static enum status load_checkpoint(struct run *r)
         r->step = atoi(step);
         r->reward_before = strtod(rb, NULL);
         r->diversity_before = strtod(db, NULL);
+        const char *eb = safetensors_metadata(st, "draft.eval_reward_before");   /* absent before --eval-reward */
+        r->eval_before = eb ? strtod(eb, NULL) : NAN;
     }
     safetensors_close(st);
     return s;
@@ -613,6 +638,9 @@ static enum status draft_run_write_report(struct run *r, const struct draft_run_
             .reward_after = res->reward_after,
             .diversity_before = r->diversity_before,
             .diversity_after = res->diversity_after,
+            .eval_reward = r->eval_reward ? r->c->eval_reward : NULL,
+            .eval_reward_before = r->eval_before,
+            .eval_reward_after = res->eval_reward_after,
             .summary = summary,
         };
         char path[1200];
@@ -631,6 +659,17 @@ static enum status draft_run_write_report(struct run *r, const struct draft_run_
 
 /* ---------------------------------------------------------------- draft_run */
 
+/* a reward spec beside the pipeline; "clip:text=..." means the model folder's own clip/ tower */
+static struct draft_reward *run_reward(const struct draft_run_config *c, const char *spec, struct sd_pipeline *p)
+{
+    char spec_buf[2200];
+    if (!strncmp(spec, "clip:text=", 10)) {
+        snprintf(spec_buf, sizeof spec_buf, "clip:%s/clip,%s", c->model, spec + 5);
+        spec = spec_buf;
+    }
+    return draft_reward_create_on(spec, sd_pipeline_dtype(p), p->device);
+}
+
 static void run_free(struct run *r)
 {
     if (r->metrics) fclose(r->metrics);
@@ -639,6 +678,7 @@ static void run_free(struct run *r)
     free(r->eval_prompts);
     draft_prompts_free(r->prompts, r->n_prompts);
     draft_reward_free(r->reward);
+    draft_reward_free(r->eval_reward);
     nn_adamw_free(&r->opt);
     sd_lora_detach(&r->p.unet);
     sd_lora_free(&r->lora);
@@ -670,9 +710,10 @@ static enum status check_config(const struct draft_run_config *c)
 enum status draft_run(const struct draft_run_config *c, struct draft_run_result *res)
 {
     memset(res, 0, sizeof *res);
+    res->eval_reward_before = res->eval_reward_after = NAN;
     enum status s = check_config(c);
     if (s) return s;
-    struct run run = {.c = c}, *r = &run;
+    struct run run = {.c = c, .eval_before = NAN}, *r = &run;
     r->t_start = now_s();
     stop_requested = 0;
     char path[1200], name[64];
@@ -687,14 +728,9 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
     if (s) goto done;
     if ((s = draft_prompts_load(c->prompts, &r->prompts, &r->n_prompts))) goto done;
     /* "clip:text=..." = the CLIP model shipped with the diffusion model (the embedded one has clip/) */
-    char spec_buf[2200];
-    const char *spec = c->reward;
-    if (!strncmp(spec, "clip:text=", 10)) {
-        snprintf(spec_buf, sizeof spec_buf, "clip:%s/clip,%s", c->model, spec + 5);
-        spec = spec_buf;
-    }
     /* reward models beside the pipeline, in its compute dtype (f32 for f32 and bf16 weights) */
-    if (!(r->reward = draft_reward_create_on(spec, sd_pipeline_dtype(&r->p), r->p.device))) {
+    if (!(r->reward = run_reward(c, c->reward, &r->p)) ||
+        (c->eval_reward[0] && !(r->eval_reward = run_reward(c, c->eval_reward, &r->p)))) {
         s = tensor_status();
         goto done;
     }
@@ -736,7 +772,10 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
         fprintf(stderr, "draft-run: resumed at step %d/%d from %s/checkpoint.safetensors\n", r->step, c->iters, c->out);
     } else {
         path_in(r, path, sizeof path, "before.png");
-        if ((s = evaluate(r, path, &r->reward_before, &r->diversity_before))) goto done;
+        struct eval_result e;
+        if ((s = evaluate(r, path, &e))) goto done;
+        r->reward_before = e.reward, r->diversity_before = e.diversity, r->eval_before = e.held;
+        if (r->eval_reward) fprintf(stderr, "draft-run: eval reward %s before %.4f\n", c->eval_reward, e.held);
         if (isfinite(r->diversity_before))
             fprintf(stderr, "draft-run: reward before %.4f on %d held-out seeds (diversity %.4f)\n", r->reward_before, E,
                     r->diversity_before);
@@ -771,7 +810,8 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
         goto done;
     }
     if (!c->resume) {
-        metrics_eval(r->metrics, 0, r->reward_before, r->diversity_before);
+        const struct eval_result e = {r->reward_before, r->diversity_before, r->eval_before};
+        metrics_eval(r->metrics, 0, &e, r->eval_reward != NULL);
         curve_push(r, true, 0, r->reward_before);
     }
 
@@ -802,12 +842,12 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
         curve_push(r, false, r->step, J);
         if (c->progress) progress(r, J, -J, step_avg, gnorm);
         if (c->eval_every && r->step % c->eval_every == 0 && r->step < c->iters) {
-            double er, ed;
+            struct eval_result e;
             snprintf(name, sizeof name, "samples/step_%05d.png", r->step);
             path_in(r, path, sizeof path, name);
-            if ((s = evaluate(r, path, &er, &ed))) goto done;
-            metrics_eval(r->metrics, r->step, er, ed);
-            curve_push(r, true, r->step, er);
+            if ((s = evaluate(r, path, &e))) goto done;
+            metrics_eval(r->metrics, r->step, &e, r->eval_reward != NULL);
+            curve_push(r, true, r->step, e.reward);
         }
         const bool stop = stop_requested || (c->stop_after && r->step == c->stop_after);
         if ((c->save_every && r->step % c->save_every == 0) || stop || r->step == c->iters)
@@ -822,8 +862,12 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
 
     /* after: evaluation, LoRA files, report */
     path_in(r, path, sizeof path, "after.png");
-    if ((s = evaluate(r, path, &res->reward_after, &res->diversity_after))) goto done;
-    metrics_eval(r->metrics, r->step, res->reward_after, res->diversity_after);
+    struct eval_result e;
+    if ((s = evaluate(r, path, &e))) goto done;
+    res->reward_after = e.reward, res->diversity_after = e.diversity, res->eval_reward_after = e.held;
+    metrics_eval(r->metrics, r->step, &e, r->eval_reward != NULL);
+    if (r->eval_reward)
+        fprintf(stderr, "draft-run: eval reward %s: %.4f -> %.4f\n", c->eval_reward, r->eval_before, e.held);
     curve_push(r, true, r->step, res->reward_after);
     path_in(r, path, sizeof path, "lora.safetensors");
     if ((s = sd_lora_save(&r->lora, path, SD_LORA_PEFT))) goto done;
@@ -834,6 +878,7 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
 
 done:
     res->reward_before = r->reward_before;
+    res->eval_reward_before = r->eval_before;
     res->diversity_before = r->diversity_before;
     res->steps = r->step;
     res->seconds = now_s() - r->t_start;

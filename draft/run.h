@@ -29,6 +29,8 @@ struct draft_run_config {
     char model[1024];      /* diffusers folder */
     char ckpt[1024];       /* original single-file weights ("" = the folder's own weights) */
     char reward[1024];     /* reward spec (reward.h) */
+    char eval_reward[1024];   /* a second reward scored on the held-out samples only ("" = none): what the
+                               * training reward does to another measure (reward hacking shows there) */
     char prompts[1024];    /* prompt file, one a line; or "@animals", "@emoji" built-in sets */
     char out[1024];        /* run folder */
     enum dtype dtype;      /* the frozen base weights' dtype (LoRA and optimiser stay f32) */
@@ -56,6 +58,7 @@ void draft_run_config_default(struct draft_run_config *c);
 struct draft_run_result {
     double reward_before, reward_after;
     double diversity_before, diversity_after;
+    double eval_reward_before, eval_reward_after;   /* NaN without eval_reward */
     int steps;             /* optimiser steps completed (including resumed ones) */
     double seconds;        /* wall time of this invocation */
     bool interrupted;      /* Ctrl-C or stop_after: checkpoint saved, no final evaluation */

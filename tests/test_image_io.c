@@ -658,6 +658,9 @@ START_TEST(test_report_html)
         .reward_after = 5.9,
         .diversity_before = 0.4,
         .diversity_after = NAN,
+        .eval_reward = "hpsv2:<a>,b",
+        .eval_reward_before = 0.25,
+        .eval_reward_after = 0.2,
         .summary = "reward 5.10 -> 5.90 (+0.80) <ok>",
     };
     const char *p = path_in("report.html");
@@ -679,6 +682,8 @@ START_TEST(test_report_html)
     ck_assert(strstr(h, "&lt;ok&gt;") != NULL);
     ck_assert(strstr(h, "5.1000") && strstr(h, "5.9000") && strstr(h, "+0.8000"));
     ck_assert(strstr(h, "n/a") != NULL);   /* NaN diversity after */
+    ck_assert_msg(strstr(h, "<th>eval reward <code>hpsv2:&lt;a&gt;,b</code></th><td class=\"num\">0.2500</td>"), "%s", h);
+    ck_assert(strstr(h, "-0.0500"));
     ck_assert(strstr(h, "</html>\n") != NULL);
     free(h);
     /* everything optional left out still gives a page; a bad folder is an error with the path */
@@ -757,7 +762,8 @@ START_TEST(test_demo_report)
     const char *vals[] = {"demo (random patterns)", "aesthetic", "100", "1e-4", "4"};
     struct draft_report_grid grids[1] = {{50, "step_50.png"}};
     struct draft_report r = {"DRaFT demo report", 5, keys, vals, svg, "before.png", "after.png", 1, grids,
-                             rw[0], rw[N - 1], div_before, div_after, "demo: random chart and pattern grids"};
+                             rw[0], rw[N - 1], div_before, div_after, "aesthetic", 5.25, 6.5,
+                             "demo: random chart and pattern grids"};
     snprintf(p[0], sizeof p[0], "%s/report.html", dir);
     ck_assert_int_eq(draft_report_html(p[0], &r), STATUS_OK);
     printf("demo report: %s (grids %s/before.png, after.png, step_50.png; chart.svg)\n", p[0], dir);

@@ -12,7 +12,7 @@ trap 'rm -rf "$tmp"' EXIT
 
 "$run" --help >"$tmp/help" 2>&1
 check "draft-run --help exits 0" "[ $? -eq 0 ]"
-for opt in model ckpt reward prompts out method k lv-n steps guidance eta checkpoint checkpoint-blocks lora-rank lora-targets lr grad-clip \
+for opt in model ckpt reward eval-reward prompts out method k lv-n steps guidance eta checkpoint checkpoint-blocks lora-rank lora-targets lr grad-clip \
            warmup accum batch iters seed size eval-images save-every resume device precision; do
     check "--help lists --$opt with its default" "grep -q -- '--$opt.*(default: ' '$tmp/help'"
 done
@@ -64,6 +64,17 @@ if [ -f "$model/model_index.json" ]; then
            --reward red --no-progress --out "$tmp/drt" >"$tmp/o" 2>&1; rc=$?
     check "draft-run --method drtune" "[ $rc -eq 0 ] && grep -q 'drtune' '$tmp/drt/report.html' && \
            grep -Eq '\"grad_norm\": [0-9.]*[1-9]' '$tmp/drt/metrics.jsonl'"
+    # --eval-reward: a second reward on the held-out samples; before training it is what a run
+    # trained on that reward measures as its own reward
+    "$run" --model "$model" --reward red --eval-reward brightness=0.5 --steps 2 --iters 1 --batch 1 --size 64 \
+           --eval-images 2 --no-progress --out "$tmp/ev" >"$tmp/o" 2>&1; rc=$?
+    "$run" --model "$model" --reward brightness=0.5 --steps 2 --iters 1 --batch 1 --size 64 --eval-images 2 \
+           --no-progress --out "$tmp/ev2" >/dev/null 2>&1
+    ev=$(head -n 1 "$tmp/ev/metrics.jsonl" | sed -n 's/.*"eval_reward": \([^}]*\)}.*/\1/p')
+    ev2=$(head -n 1 "$tmp/ev2/metrics.jsonl" | sed -n 's/.*"reward": \([^,]*\),.*/\1/p')
+    check "draft-run --eval-reward: the held-out samples scored by both" "[ $rc -eq 0 ] && [ -n '$ev' ] && [ '$ev' = '$ev2' ] && \
+           [ \$(grep -c '\"eval_reward\"' '$tmp/ev/metrics.jsonl') -eq 2 ] && grep -q 'eval reward <code>brightness=0.5' '$tmp/ev/report.html' && \
+           ! grep -q 'eval_reward' '$tmp/ev2/metrics.jsonl'"
     # --lora-targets: the cross-attention's keys and values only
     "$run" --model "$model" --lora-targets attn2.to_k,attn2.to_v --steps 2 --iters 1 --batch 1 --size 64 --eval-images 1 \
            --reward red --no-progress --out "$tmp/lt" >"$tmp/o" 2>&1; rc=$?

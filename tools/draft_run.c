@@ -36,6 +36,8 @@ static const struct opt opts[] = {
     {"reward", K_STR, F(reward), "reward: aesthetic:<clip_dir>,<head.pth> | clip:<dir>[,logit_scale][,text=...] | "
                                  "hpsv2:<HPS_v2_compressed.pt>,<tokenizer dir> | pickscore:<dir> | colorfulness | brightness=<t> | "
                                  "contrast=<t> | jpeg | red | sum:[w*]<spec>;[w*]<spec>... (weighted sum)"},
+    {"eval-reward", K_STR, F(eval_reward), "a second reward (same specs) scored on the held-out samples only: "
+                                           "metrics.jsonl's eval_reward, the report; where reward hacking shows"},
     {"prompts", K_STR, F(prompts), "prompt file (one a line) or a built-in set: @animals, @emoji"},
     {"out", K_STR, F(out), "run folder (metrics, grids, checkpoints, LoRA, report.html)"},
     {"dtype", K_DTYPE, F(dtype), "dtype of the frozen base weights: f32 or bf16 (bf16 halves their memory; activations, LoRA and AdamW stay f32)"},
