@@ -105,11 +105,8 @@ enum status draft_device_check(enum device dev)
                                       "configured, or -Dcuda=disabled); reconfigure with -Dcuda=enabled where the CUDA "
                                       "toolkit is installed, or use --device cpu");
 #else
-    if (cuda_init()) {
-        char why[512];
-        snprintf(why, sizeof why, "%s", tensor_error());   /* tensor_fail formats into the same buffer */
-        return tensor_fail(STATUS_DEVICE, "--device cuda is not usable here: %s; use --device cpu", why);
-    }
+    if (cuda_init())
+        return tensor_fail(STATUS_DEVICE, "--device cuda is not usable here: %s; use --device cpu", tensor_error());
     return STATUS_OK;
 #endif
 }

@@ -23,10 +23,13 @@ void tensor_clear_error(void) { err_status = STATUS_OK; err_msg[0] = 0; }
 
 enum status tensor_fail(enum status s, const char *fmt, ...)
 {
+    /* formatted aside first: a caller may wrap the previous message, tensor_error(), which is err_msg */
+    char msg[sizeof err_msg];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(err_msg, sizeof err_msg, fmt, ap);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    memcpy(err_msg, msg, sizeof msg);
     err_status = s;
     return s;
 }

@@ -1372,6 +1372,11 @@ START_TEST(test_errors)
     ck_error_has(STATUS_SHAPE, "9 dims");
     ck_assert_ptr_null(tensor_empty(DTYPE_COUNT, TENSOR_SHAPE(2), DEVICE_CPU));
     ck_assert_int_eq(tensor_status(), STATUS_DTYPE);
+    /* a message may wrap the previous one (tensor_error() is the buffer tensor_fail writes) */
+    tensor_fail(STATUS_IO, "inner message that is rather long, %d", 42);
+    tensor_fail(STATUS_VALUE, "outer: %s; again: %s", tensor_error(), tensor_error());
+    ck_assert_str_eq(tensor_error(),
+                     "outer: inner message that is rather long, 42; again: inner message that is rather long, 42");
 
     struct tensor *a = tensor_zeros(DTYPE_F64, TENSOR_SHAPE(2, 3), DEVICE_CPU);
     struct tensor *b = tensor_zeros(DTYPE_F64, TENSOR_SHAPE(4), DEVICE_CPU);
