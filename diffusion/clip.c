@@ -432,7 +432,7 @@ static int openclip_layers(const struct nn_weights *w, const char *tower)
 static enum status openclip_heads(const struct nn_weights *w, const char *tower_name, int64_t width, int64_t head_width,
                                   int *heads)
 {
-    if (head_width < 1 || width % head_width)
+    if (head_width < 1 || width % head_width || width < head_width)
         return tensor_fail(STATUS_SHAPE, "%s: the %s tower is %lld wide, not a multiple of the head width %lld",
                            nn_weights_path(w), tower_name, (long long)width, (long long)head_width);
     *heads = (int)(width / head_width);
@@ -459,6 +459,11 @@ enum status clip_openclip_configs(const struct nn_weights *w, int64_t text_head_
     if (!s) s = openclip_dim(w, "visual.transformer.resblocks.0.mlp.c_fc.weight", 0, &vc->intermediate_size);
     if (!s) s = openclip_dim(w, "visual.proj", 1, &vc->projection_dim);
     if (s) return s;
+    if (tc->vocab_size < 1 || tc->hidden_size < 1 || tc->max_position_embeddings < 1 || tc->intermediate_size < 1 ||
+        te < 1 || vc->hidden_size < 1 || vc->num_channels < 1 || vc->patch_size < 1 || vc->intermediate_size < 1 ||
+        vc->projection_dim < 1)
+        return tensor_fail(STATUS_SHAPE, "%s: a tower's embedding, MLP, patch or projection tensor has a zero size",
+                           nn_weights_path(w));
     tc->num_hidden_layers = openclip_layers(w, "");
     tc->layer_norm_eps = 1e-5;
     tc->hidden_act = act;

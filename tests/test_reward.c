@@ -909,6 +909,31 @@ START_TEST(test_openclip_tiny)
                                            DEVICE_CPU) == NULL);
     ck_assert(strstr(tensor_error(), "unexpected tensor 'visual.extra'"));
 
+    /* a zero-sized vocabulary (what the shapes say is all there is to go on) */
+    {
+        struct nn_params zs;
+        nn_params_init(&zs, DTYPE_F32, DEVICE_CPU);
+        static const struct { const char *name; int nd; int64_t shape[4]; } t0[] = {
+            {"token_embedding.weight", 2, {0, 32}},
+            {"positional_embedding", 2, {77, 32}},
+            {"transformer.resblocks.0.mlp.c_fc.weight", 2, {128, 32}},
+            {"transformer.resblocks.0.ln_1.weight", 1, {32}},
+            {"text_projection", 2, {32, 16}},
+            {"visual.conv1.weight", 4, {32, 3, 8, 8}},
+            {"visual.positional_embedding", 2, {17, 32}},
+            {"visual.transformer.resblocks.0.mlp.c_fc.weight", 2, {128, 32}},
+            {"visual.transformer.resblocks.0.ln_1.weight", 1, {32}},
+            {"visual.proj", 2, {32, 16}},
+        };
+        for (size_t i = 0; i < sizeof t0 / sizeof t0[0]; i++)
+            ck_assert(nn_param_new(&zs, "", t0[i].name, t0[i].nd, t0[i].shape));
+        snprintf(path, sizeof path, "%s/zero.safetensors", dir);
+        ck_assert_int_eq(nn_params_save(&zs, path), STATUS_OK);
+        ck_assert(draft_reward_openclip_create(path, tokdir, 8, 8, CLIP_ACT_QUICK_GELU, NULL, false, DTYPE_F32,
+                                               DEVICE_CPU) == NULL);
+        ck_assert_msg(strstr(tensor_error(), "has a zero size"), "%s", tensor_error());
+        nn_params_free(&zs);
+    }
     snprintf(path, sizeof path, "rm -rf '%s'", dir);
     ck_assert(system(path) == 0);
     draft_reward_free(r);
