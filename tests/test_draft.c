@@ -594,53 +594,59 @@ START_TEST(test_run_cuda_matches_cpu)
     char dir[512];
     ck_assert_msg(draft_embedded_model(dir, sizeof dir) == STATUS_OK, "%s", tensor_error());
     LEAK_CHECK_BEGIN();
-    char out[2][256], cmd[600];
-    struct draft_run_result res[2];
-    const enum device devs[2] = {gpu, DEVICE_CPU};
-    for (int k = 0; k < 2; k++) {
-        snprintf(out[k], sizeof out[k], "/tmp/draft_run_%s%d_%d", device_name(devs[k]), k, (int)getpid());
-        struct draft_run_config c;
-        run_config(&c, dir, out[k]);
-        c.iters = 2;
-        c.save_every = 0;
-        c.image_width = c.image_height = 0;   /* the model's own (32 px) */
-        c.device = devs[k];
-        ck_assert_msg(draft_run(&c, &res[k]) == STATUS_OK, "%s run: %s", device_name(devs[k]), tensor_error());
-        ck_assert_int_eq(res[k].steps, 2);
-        printf("draft run on %s: reward %.9g -> %.9g, %.1f s\n", device_name(devs[k]), res[k].reward_before,
-               res[k].reward_after, res[k].seconds);
+    /* the default method, and DRTune, whose gradient runs through every step's update */
+    static const enum draft_method methods[2] = {DRAFT_LV, DRAFT_DRTUNE};
+    for (int mi = 0; mi < 2; mi++) {
+        char out[2][256], cmd[600];
+        struct draft_run_result res[2];
+        const enum device devs[2] = {gpu, DEVICE_CPU};
+        for (int k = 0; k < 2; k++) {
+            snprintf(out[k], sizeof out[k], "/tmp/draft_run_%s%d_%d", device_name(devs[k]), k, (int)getpid());
+            struct draft_run_config c;
+            run_config(&c, dir, out[k]);
+            c.iters = 2;
+            c.save_every = 0;
+            c.image_width = c.image_height = 0;   /* the model's own (32 px) */
+            c.device = devs[k];
+            c.method.method = methods[mi];
+            c.method.k = 2;
+            ck_assert_msg(draft_run(&c, &res[k]) == STATUS_OK, "%s run: %s", device_name(devs[k]), tensor_error());
+            ck_assert_int_eq(res[k].steps, 2);
+            printf("draft %s run on %s: reward %.9g -> %.9g, %.1f s\n", draft_method_name(methods[mi]),
+                   device_name(devs[k]), res[k].reward_before, res[k].reward_after, res[k].seconds);
+        }
+        const double eb = rel_diff(res[0].reward_before, res[1].reward_before);
+        const double ea = rel_diff(res[0].reward_after, res[1].reward_after);
+        printf("draft cuda-vs-cpu: reward_before rel %.3g, reward_after rel %.3g\n", eb, ea);
+        ck_assert_msg(eb <= 1e-4, "reward_before: cuda %.9g vs cpu %.9g (rel %g > 1e-4)", res[0].reward_before,
+                      res[1].reward_before, eb);
+        ck_assert_msg(ea <= 1e-3, "reward_after: cuda %.9g vs cpu %.9g (rel %g > 1e-3)", res[0].reward_after,
+                      res[1].reward_after, ea);
+        char pa[400], pb[400];
+        snprintf(pa, sizeof pa, "%s/lora.safetensors", out[0]);
+        snprintf(pb, sizeof pb, "%s/lora.safetensors", out[1]);
+        struct safetensors *la = safetensors_open(pa), *lb = safetensors_open(pb);
+        ck_assert_msg(la && lb, "%s", tensor_error());
+        ck_assert_int_eq(la->n, lb->n);
+        ck_assert_int_gt(la->n, 0);
+        double worst = 0;
+        for (int i = 0; i < la->n; i++) {
+            const char *name = la->entries[i].name;
+            tensor_scope_begin();
+            struct tensor *ta = safetensors_load(la, name, DTYPE_F64, DEVICE_CPU);
+            struct tensor *tb = safetensors_load(lb, name, DTYPE_F64, DEVICE_CPU);
+            ck_assert_msg(ta && tb, "%s: %s", name, tensor_error());
+            const double e = test_rel_err(ta, tb);
+            if (e > worst) worst = e;
+            ck_assert_msg(e <= 1e-3, "lora tensor %s: cuda vs cpu rel %g > 1e-3", name, e);
+            tensor_scope_end();
+        }
+        printf("draft %s cuda-vs-cpu: %d LoRA tensors, worst rel %.3g\n", draft_method_name(methods[mi]), la->n, worst);
+        safetensors_close(la);
+        safetensors_close(lb);
+        snprintf(cmd, sizeof cmd, "rm -rf %s %s", out[0], out[1]);
+        ck_assert_int_eq(system(cmd), 0);
     }
-    const double eb = rel_diff(res[0].reward_before, res[1].reward_before);
-    const double ea = rel_diff(res[0].reward_after, res[1].reward_after);
-    printf("draft cuda-vs-cpu: reward_before rel %.3g, reward_after rel %.3g\n", eb, ea);
-    ck_assert_msg(eb <= 1e-4, "reward_before: cuda %.9g vs cpu %.9g (rel %g > 1e-4)", res[0].reward_before,
-                  res[1].reward_before, eb);
-    ck_assert_msg(ea <= 1e-3, "reward_after: cuda %.9g vs cpu %.9g (rel %g > 1e-3)", res[0].reward_after,
-                  res[1].reward_after, ea);
-    char pa[400], pb[400];
-    snprintf(pa, sizeof pa, "%s/lora.safetensors", out[0]);
-    snprintf(pb, sizeof pb, "%s/lora.safetensors", out[1]);
-    struct safetensors *la = safetensors_open(pa), *lb = safetensors_open(pb);
-    ck_assert_msg(la && lb, "%s", tensor_error());
-    ck_assert_int_eq(la->n, lb->n);
-    ck_assert_int_gt(la->n, 0);
-    double worst = 0;
-    for (int i = 0; i < la->n; i++) {
-        const char *name = la->entries[i].name;
-        tensor_scope_begin();
-        struct tensor *ta = safetensors_load(la, name, DTYPE_F64, DEVICE_CPU);
-        struct tensor *tb = safetensors_load(lb, name, DTYPE_F64, DEVICE_CPU);
-        ck_assert_msg(ta && tb, "%s: %s", name, tensor_error());
-        const double e = test_rel_err(ta, tb);
-        if (e > worst) worst = e;
-        ck_assert_msg(e <= 1e-3, "lora tensor %s: cuda vs cpu rel %g > 1e-3", name, e);
-        tensor_scope_end();
-    }
-    printf("draft cuda-vs-cpu: %d LoRA tensors, worst rel %.3g\n", la->n, worst);
-    safetensors_close(la);
-    safetensors_close(lb);
-    snprintf(cmd, sizeof cmd, "rm -rf %s %s", out[0], out[1]);
-    ck_assert_int_eq(system(cmd), 0);
     LEAK_CHECK_END();
 }
 END_TEST
