@@ -399,7 +399,7 @@ START_TEST(test_drtune_finite_differences)
 END_TEST
 
 /* DRTune with k = 1 at its default offset trains only the last step, whose input carries no
- * gradient in DRaFT-K either: the two are the same objective */
+ * gradient in DRaFT-K either: the two are the same objective. And checkpointing changes nothing. */
 START_TEST(test_drtune_k1_is_draft_k1)
 {
     LEAK_CHECK_BEGIN();
@@ -420,6 +420,19 @@ START_TEST(test_drtune_k1_is_draft_k1)
         ck_assert_msg(e <= 1e-6, "DRTune k=1 differs from DRaFT-K k=1 at %s (rel %g)", f.lora.params.v[i].name, e);
     }
     printf("drtune k1 against draft-k1: worst LoRA gradient rel %.2e\n", worst);
+    /* k = 2: its trained calls checkpointed (the default) or not, the same bits */
+    c.k = 2;
+    c.checkpoint = c.checkpoint_blocks = false;
+    run_variant(&f, &c, NULL);
+    struct tensor **gp_ = grads_copy(&f);
+    c.checkpoint = true;
+    run_variant(&f, &c, NULL);
+    struct tensor **gc_ = grads_copy(&f);
+    for (int i = 0; i < f.lora.params.n; i++)
+        ck_assert_msg(test_max_abs_diff(gc_[i], gp_[i]) == 0.0, "DRTune: checkpointed calls differ from plain at %s",
+                      f.lora.params.v[i].name);
+    grads_free(&f, gp_);
+    grads_free(&f, gc_);
     grads_free(&f, gk);
     grads_free(&f, gd);
     fixture_close(&f);
