@@ -10,8 +10,12 @@ check() { if eval "$2"; then echo "ok: $1"; else echo "FAILED: $1"; fail=1; fi; 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-"$run" --help >"$tmp/help" 2>&1
+"$run" --help >"$tmp/help.raw" 2>&1
 check "draft-run --help exits 0" "[ $? -eq 0 ]"
+check "draft-run --help fits in 100 columns (the model's path aside)" "! awk 'length > 100' '$tmp/help.raw' | grep -v 'models/emoji' | grep -q ."
+# an option's help continues on lines indented by 21 spaces: one line per option to grep
+awk '/^                     [^ ]/ { sub(/^ +/, " "); line = line $0; next } { if (have) print line; line = $0; have = 1 }
+     END { if (have) print line }' "$tmp/help.raw" >"$tmp/help"
 for opt in model ckpt reward eval-reward prompts out method k lv-n steps guidance eta checkpoint checkpoint-blocks lora-rank lora-targets lr grad-clip \
            warmup accum batch iters seed size eval-images save-every resume device precision; do
     check "--help lists --$opt with its default" "grep -q -- '--$opt.*(default: ' '$tmp/help'"

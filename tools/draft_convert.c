@@ -19,15 +19,16 @@
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: draft-convert [--model DIR] [--ckpt FILE] [--lora FILE[:S] ...] (--out DIR | --lora-out FILE) [options]\n"
+            "usage: draft-convert [--model DIR] [--ckpt FILE] [--lora FILE[:S] ...] (--out DIR | --lora-out FILE)\n"
+            "                     [options]\n"
             "Writes a Stable Diffusion 1.x model as a diffusers folder (configs, tokenizer, scheduler and\n"
             "safetensors weights under diffusers' names, as diffusers and transformers read them), or LoRA\n"
             "files as one adapter in another format.\n"
             "  --model DIR        diffusers folder: configs, tokenizer, scheduler (and weights unless --ckpt);\n"
             "                     without it, the embedded emoji model (models/emoji)\n"
             "  --ckpt FILE        original single-file weights (sd-v1-4.ckpt, or a .safetensors with its keys)\n"
-            "  --lora FILE[:S]    a LoRA file (diffusers/PEFT or kohya names) with scale S (default 1); repeatable:\n"
-            "                     several LoRAs are combined into one adapter\n"
+            "  --lora FILE[:S]    a LoRA file (diffusers/PEFT or kohya names) with scale S (default 1);\n"
+            "                     repeatable: several LoRAs are combined into one adapter\n"
             "  --out DIR          the diffusers folder to write (new, or empty), the LoRAs merged into the UNet\n"
             "  --dtype D          f32, f16 or bf16: the weights' dtype in --out (default f32; a merge is computed\n"
             "                     in f64 and rounded once)\n"

@@ -123,6 +123,33 @@ static void value_str(const struct draft_run_config *c, const struct opt *o, cha
     }
 }
 
+/* text from column col to column 100, words moved to continuation lines indented by 21 (the
+ * options' help column); a word longer than a line stays whole */
+static void print_wrapped(FILE *f, const char *text, int col)
+{
+    enum { WIDTH = 100, INDENT = 21 };
+    const char *p = text;
+    while (*p) {
+        const char *w = p;
+        while (*w == ' ') w++;
+        const char *e = w;
+        while (*e && *e != ' ') e++;
+        const int len = (int)(e - w);
+        if (!len) break;
+        if (col > INDENT && col + 1 + len > WIDTH) {
+            fprintf(f, "\n%*s", INDENT, "");
+            col = INDENT;
+        } else if (p != text) {
+            fputc(' ', f);
+            col++;
+        }
+        fwrite(w, 1, (size_t)len, f);
+        col += len;
+        p = e;
+    }
+    fputc('\n', f);
+}
+
 static void usage(FILE *f)
 {
     struct draft_run_config d;
@@ -132,10 +159,12 @@ static void usage(FILE *f)
                "its samples rises, by backpropagating through the DDIM sampler (DRaFT, Clark et al. 2024).\n\n"
                "options (also accepted as keys of a JSON object in --config FILE; later flags override it):\n");
     for (int i = 0; i < N_OPTS; i++) {
-        char def[1100], flag[64];
+        char def[1100], flag[64], text[2400];
         value_str(&d, &opts[i], def, sizeof def);
         snprintf(flag, sizeof flag, "--%s%s", opts[i].name, opts[i].kind == K_BOOL ? "[=BOOL]" : " X");
-        fprintf(f, "  %-18s %s (default: %s)\n", flag, opts[i].help, def);
+        snprintf(text, sizeof text, "%s (default: %s)", opts[i].help, def);
+        fprintf(f, "  %-18s ", flag);
+        print_wrapped(f, text, 2 + (strlen(flag) > 18 ? (int)strlen(flag) : 18) + 1);
     }
     fprintf(f, "  %-18s %s\n  %-18s %s\n", "--config FILE", "read options from a JSON file",
             "--help", "this text\n"
@@ -143,13 +172,20 @@ static void usage(FILE *f)
             "The last line printed is: final: reward_before=<x> reward_after=<y> steps=<n> seconds=<s>");
     char dir[1024];
     bool found = draft_embedded_model(dir, sizeof dir) == STATUS_OK;
-    fprintf(f, "\nWithout --model and --ckpt: the embedded emoji model (%s), and for the options not given:\n ",
-            found ? dir : "not found: see models/README.md");
+    fprintf(f, "\nWithout --model and --ckpt: the embedded emoji model, in\n  %s\nand for the options not given:\n ",
+            found ? dir : "(not found: see models/README.md)");
+    int col = 2;
     for (int i = 0; i < N_PRESET; i++) {   /* as a command line would give them: a boolean as --name=value */
         const struct opt *o = find_opt(embedded_preset[i][0]);
-        fprintf(f, " --%s%s%s", embedded_preset[i][0], o && o->kind == K_BOOL ? "=" : " ", embedded_preset[i][1]);
+        char one[300];
+        const int n = snprintf(one, sizeof one, "--%s%s%s", embedded_preset[i][0], o && o->kind == K_BOOL ? "=" : " ",
+                               embedded_preset[i][1]);
+        if (i && col + 1 + n > 100) fputs("\n ", f), col = 1;   /* a line break between options only */
+        fprintf(f, " %s", one);
+        col += 1 + n;
     }
-    fprintf(f, "\n(about 3 minutes on 2 CPU cores). With it, --reward clip:text=<words> uses its own CLIP model.\n");
+    fputc('\n', f);
+    fprintf(f, "(about 3 minutes on 2 CPU cores). With it, --reward clip:text=<words> uses its own CLIP model.\n");
 }
 
 /* set option o from text v; false with a message on a bad value */

@@ -30,8 +30,8 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: draft-sample [--model DIR] (--prompt TEXT ... | --prompts FILE|@animals|@emoji) [options]\n"
-            "  --model DIR        diffusers folder (configs, tokenizer; and weights unless --ckpt); without it, the\n"
-            "                     embedded emoji model (models/emoji) with --steps 20 --guidance 5 unless given\n"
+            "  --model DIR        diffusers folder (configs, tokenizer; and weights unless --ckpt); without it,\n"
+            "                     the embedded emoji model (models/emoji) with --steps 20 --guidance 5 unless given\n"
             "  --ckpt FILE        original single-file weights (sd-v1-4.ckpt or .safetensors)\n"
             "  --prompt TEXT      a prompt (repeatable)\n"
             "  --prompts SPEC     a prompt file (one a line) or a built-in set\n"
@@ -47,11 +47,11 @@ static void usage(FILE *f)
             "                     model's 64 (SD) (default: the model's)\n"
             "  --batch B          images per UNet batch (default 4)\n"
             "  --dtype D          f32 or bf16 storage of the model's weights (default f32; computes in f32)\n"
-            "  --device D         cpu or cuda: where the model and LoRAs run (default cpu; cuda needs a build with\n"
-            "                     the CUDA backend and a GPU)\n"
+            "  --device D         cpu or cuda: where the model and LoRAs run (default cpu; cuda needs a build\n"
+            "                     with the CUDA backend and a GPU)\n"
             "  --precision P      the GPU's matrix products: f32 (exact, default), tf32 or bf16 (autocast)\n"
-            "  --reward SPEC      score every image with a reward (draft-run --help lists the specs): <out>/scores.jsonl\n"
-            "                     and the mean on stderr\n"
+            "  --reward SPEC      score every image with a reward (draft-run --help lists the specs):\n"
+            "                     <out>/scores.jsonl and the mean on stderr\n"
             "  --out DIR          output folder (default samples)\n");
 }
 
