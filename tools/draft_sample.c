@@ -31,7 +31,8 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: draft-sample [--model DIR] (--prompt TEXT ... | --prompts FILE|@animals|@emoji) [options]\n"
             "  --model DIR        diffusers folder (configs, tokenizer; and weights unless --ckpt); without it,\n"
-            "                     the embedded emoji model (models/emoji) with --steps 20 --guidance 5 unless given\n"
+            "                     the embedded emoji model (models/emoji) with --steps 20 --guidance 5 unless\n"
+            "                     given\n"
             "  --ckpt FILE        original single-file weights (sd-v1-4.ckpt or .safetensors)\n"
             "  --prompt TEXT      a prompt (repeatable)\n"
             "  --prompts SPEC     a prompt file (one a line) or a built-in set\n"
