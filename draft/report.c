@@ -331,6 +331,24 @@ static void sb_delta(struct sbuf *b, double before, double after)
     sb_printf(b, "%+.4f", after - before);
 }
 
+/* one row of the results table: label (and, escaped, code), before, after, change */
+static void result_row(struct sbuf *b, const char *label, const char *code, double before, double after)
+{
+    sb_printf(b, "<tr><th>%s", label);
+    if (code) {
+        sb_puts(b, " <code>");
+        sb_escape(b, code);
+        sb_puts(b, "</code>");
+    }
+    sb_puts(b, "</th><td class=\"num\">");
+    sb_num(b, before);
+    sb_puts(b, "</td><td class=\"num\">");
+    sb_num(b, after);
+    sb_puts(b, "</td><td class=\"num\">");
+    sb_delta(b, before, after);
+    sb_puts(b, "</td></tr>\n");
+}
+
 static void sb_figure(struct sbuf *b, const char *png, const char *caption)
 {
     sb_puts(b, "<figure><img src=\"");
@@ -374,29 +392,10 @@ enum status draft_report_html(const char *path, const struct draft_report *r)
         sb_puts(&b, "</p>\n");
     }
     sb_puts(&b, "<h2>Results</h2>\n<table>\n<tr><th></th><th>before</th><th>after</th><th>change</th></tr>\n");
-    sb_puts(&b, "<tr><th>reward</th><td class=\"num\">");
-    sb_num(&b, r->reward_before);
-    sb_puts(&b, "</td><td class=\"num\">");
-    sb_num(&b, r->reward_after);
-    sb_puts(&b, "</td><td class=\"num\">");
-    sb_delta(&b, r->reward_before, r->reward_after);
-    sb_puts(&b, "</td></tr>\n<tr><th>diversity</th><td class=\"num\">");
-    sb_num(&b, r->diversity_before);
-    sb_puts(&b, "</td><td class=\"num\">");
-    sb_num(&b, r->diversity_after);
-    sb_puts(&b, "</td><td class=\"num\">");
-    sb_delta(&b, r->diversity_before, r->diversity_after);
-    if (r->eval_reward) {
-        sb_puts(&b, "</td></tr>\n<tr><th>eval reward <code>");
-        sb_escape(&b, r->eval_reward);
-        sb_puts(&b, "</code></th><td class=\"num\">");
-        sb_num(&b, r->eval_reward_before);
-        sb_puts(&b, "</td><td class=\"num\">");
-        sb_num(&b, r->eval_reward_after);
-        sb_puts(&b, "</td><td class=\"num\">");
-        sb_delta(&b, r->eval_reward_before, r->eval_reward_after);
-    }
-    sb_puts(&b, "</td></tr>\n</table>\n<p><small>Diversity: mean pairwise RMS pixel distance between the samples, "
+    result_row(&b, "reward", NULL, r->reward_before, r->reward_after);
+    result_row(&b, "diversity", NULL, r->diversity_before, r->diversity_after);
+    if (r->eval_reward) result_row(&b, "eval reward", r->eval_reward, r->eval_reward_before, r->eval_reward_after);
+    sb_puts(&b, "</table>\n<p><small>Diversity: mean pairwise RMS pixel distance between the samples, "
                 "divided by 2 (0 = all samples identical). A reward that rises while diversity collapses is a sign "
                 "of reward hacking.</small></p>\n");
     if (r->chart_svg) {
