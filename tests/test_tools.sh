@@ -100,7 +100,8 @@ if [ -f "$model/model_index.json" ]; then
     "$sample" --model "$model" --prompt "a red apple" --prompt "a cat" --n 2 --steps 2 --size 64 --batch 1 \
               --reward red --out "$tmp/sr" >"$tmp/o" 2>&1; rc=$?
     check "draft-sample --reward writes scores.jsonl" "[ $rc -eq 0 ] && [ \$(wc -l < '$tmp/sr/scores.jsonl') -eq 4 ] && \
-           grep -q '\"image\":\"0003.png\",\"prompt\":\"a cat\",\"reward\":' '$tmp/sr/scores.jsonl' && grep -q 'reward red: mean' '$tmp/o'"
+           grep -q '\"image\":\"0003.png\",\"prompt\":\"a cat\",\"reward\":' '$tmp/sr/scores.jsonl' && grep -q 'reward red: mean' '$tmp/o' && \
+           grep -Eq '4 images and grid.png in .* \\(diversity 0\\.[0-9]{4}\\)' '$tmp/o'"
     "$sample" --model "$model" --prompt "a cat" --seed 3 --steps 2 --size 64 --batch 1 --reward red --out "$tmp/sr1" >/dev/null 2>&1
     check "... image 3's score alone is image 3's score" "[ \"\$(sed -n 4p '$tmp/sr/scores.jsonl' | sed 's/.*reward//')\" = \"\$(sed -n 1p '$tmp/sr1/scores.jsonl' | sed 's/.*reward//')\" ]"
     "$sample" --model "$model" --prompt "a cat" --steps 2 --size 64 --reward sharpness --out "$tmp/sr2" >"$tmp/o" 2>&1; rc=$?

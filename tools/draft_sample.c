@@ -11,6 +11,7 @@
  * image's score in <out>/scores.jsonl and their mean on stderr. */
 #include "diffusion/lora.h"
 #include "draft/image.h"
+#include "draft/report.h"
 #include "draft/reward.h"
 #include "draft/run.h"
 
@@ -302,6 +303,9 @@ int main(int argc, char **argv)
         ag_no_grad_end();
     }
     if (!s && reward) s = write_scores(out, reward_spec, total, labels, scores);
+    /* how different the images are from each other (as draft-run's report): a LoRA pushed too
+     * far makes them all alike */
+    const double diversity = !s && total > 1 ? draft_diversity(all) : NAN;
     draft_reward_free(reward);
     free(scores);
     tensor_free(all);
@@ -314,6 +318,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "draft-sample: %s\n", tensor_error());
         return 1;
     }
-    printf("draft-sample: %d image%s and grid.png in %s\n", total, total == 1 ? "" : "s", out);
+    if (isfinite(diversity))
+        printf("draft-sample: %d images and grid.png in %s (diversity %.4f)\n", total, out, diversity);
+    else
+        printf("draft-sample: %d image%s and grid.png in %s\n", total, total == 1 ? "" : "s", out);
     return 0;
 }
