@@ -819,6 +819,27 @@ void draft_reward_free(struct draft_reward *r)
     if (r) r->free(r);
 }
 
+enum status draft_reward_score_values(struct draft_reward *r, struct tensor *images, const char *const *prompts,
+                                      double *values, double *mean)
+{
+    ag_no_grad_begin();
+    tensor_scope_begin();
+    struct tensor *sc = draft_reward_score(r, images, prompts);
+    sc = sc ? tensor_contiguous(tensor_to_dtype(tensor_to_device(sc, DEVICE_CPU), DTYPE_F64)) : NULL;
+    const enum status s = sc ? STATUS_OK : tensor_status();
+    if (sc) {
+        const double *v = tensor_data_ptr(sc);
+        const int64_t n = tensor_numel(sc);
+        double m = 0;
+        for (int64_t i = 0; i < n; i++) m += v[i];
+        if (values) memcpy(values, v, sizeof *values * (size_t)n);
+        if (mean) *mean = m / (double)n;
+    }
+    tensor_scope_end();
+    ag_no_grad_end();
+    return s;
+}
+
 /* ---------------------------------------------------------------- weighted sums */
 
 #define SUM_MAX 8
@@ -918,6 +939,20 @@ static enum status parse_number(const char *spec, const char *s, double *out)
     return STATUS_OK;
 }
 
+/* a copy of a spec's arguments (to free), ",text=<rest>" cut off into *text (NULL without one) */
+static char *spec_args(const char *args, const char **text)
+{
+    char *a = strdup(args);
+    *text = NULL;
+    if (!a) {
+        tensor_fail(STATUS_OOM, "reward spec: out of memory");
+        return NULL;
+    }
+    char *t = strstr(a, ",text=");
+    if (t) *t = 0, *text = t + 6;
+    return a;
+}
+
 struct draft_reward *draft_reward_create_on(const char *spec, enum dtype dt, enum device dev)
 {
     if (!spec || !*spec) {
@@ -948,17 +983,9 @@ struct draft_reward *draft_reward_create_on(const char *spec, enum dtype dt, enu
         return r;
     }
     if (!strncmp(spec, "hpsv2:", 6)) {   /* <file>,<tokenizer dir>[,text=...] */
-        char *args = strdup(spec + 6);
-        if (!args) {
-            tensor_fail(STATUS_OOM, "reward spec: out of memory");
-            return NULL;
-        }
-        const char *text = NULL;
-        char *t = strstr(args, ",text=");
-        if (t) {
-            *t = 0;
-            text = t + 6;
-        }
+        const char *text;
+        char *args = spec_args(spec + 6, &text);
+        if (!args) return NULL;
         char *tokdir = strrchr(args, ',');
         struct draft_reward *r = NULL;
         if (!tokdir || tokdir == args || !tokdir[1]) {
@@ -976,38 +1003,27 @@ struct draft_reward *draft_reward_create_on(const char *spec, enum dtype dt, enu
     }
     if (!strncmp(spec, "sum:", 4)) return sum_create(spec, spec + 4, dt, dev);
     if (!strncmp(spec, "pickscore:", 10)) {   /* a CLIPModel folder scored with exp(logit_scale) (SD14.md 5.3) */
-        char *dir = strdup(spec + 10);
-        if (!dir) {
-            tensor_fail(STATUS_OOM, "reward spec: out of memory");
-            return NULL;
-        }
-        char *t = strstr(dir, ",text=");
-        if (t) *t = 0;
+        const char *text;
+        char *dir = spec_args(spec + 10, &text);
+        if (!dir) return NULL;
         struct draft_reward *r = NULL;
         if (!*dir) tensor_fail(STATUS_VALUE, "reward spec '%s': expected pickscore:<PickScore_v1 folder>", spec);
-        else r = draft_reward_clip_create(dir, t ? t + 6 : NULL, true, dt, dev);
+        else r = draft_reward_clip_create(dir, text, true, dt, dev);
         if (r) snprintf(r->name, sizeof r->name, "pickscore");
         free(dir);
         return r;
     }
     if (!strncmp(spec, "clip:", 5)) {
-        char *args = strdup(spec + 5);
-        if (!args) {
-            tensor_fail(STATUS_OOM, "reward spec: out of memory");
-            return NULL;
-        }
         bool logit = false;
-        const char *text = NULL;
-        size_t n = strlen(args);
+        const char *text;
+        char *args = spec_args(spec + 5, &text);
+        if (!args) return NULL;
+        char *tail = (char *)(text ? text : args);   /* a trailing ",logit_scale" ends the text too */
+        const size_t n = strlen(tail);
         static const char flag[] = ",logit_scale";
-        if (n >= sizeof flag - 1 && !strcmp(args + n - (sizeof flag - 1), flag)) {   /* trailing flag */
+        if (n >= sizeof flag - 1 && !strcmp(tail + n - (sizeof flag - 1), flag)) {
             logit = true;
-            args[n - (sizeof flag - 1)] = 0;
-        }
-        char *t = strstr(args, ",text=");
-        if (t) {
-            *t = 0;
-            text = t + 6;
+            tail[n - (sizeof flag - 1)] = 0;
         }
         /* what is left: <dir>[,logit_scale] */
         char *opt = strchr(args, ',');

@@ -67,6 +67,10 @@ struct draft_reward {
  * message on a bad shape / dtype or a missing prompt. */
 struct tensor *draft_reward_score(struct draft_reward *r, struct tensor *images, const char *const *prompts);
 void draft_reward_free(struct draft_reward *r);   /* NULL is fine */
+/* evaluation, no graph: the B scores as host numbers into values[0..B-1] and their mean (summed
+ * in f64, in order) into *mean; either may be NULL */
+enum status draft_reward_score_values(struct draft_reward *r, struct tensor *images, const char *const *prompts,
+                                      double *values, double *mean);
 
 /* parse a spec (above); models in f32 on the CPU. NULL + a message listing the valid specs. */
 struct draft_reward *draft_reward_create(const char *spec);

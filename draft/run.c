@@ -261,6 +261,11 @@ enum { STREAM_PROMPTS, STREAM_LATENTS, STREAM_TRUNC };
 
 /* ---------------------------------------------------------------- the run */
 
+/* what one evaluation on the held-out seeds measures */
+struct eval_result {
+    double reward, diversity, held;   /* held: the eval reward's mean (NaN without one) */
+};
+
 struct run {
     const struct draft_run_config *c;
     struct sd_pipeline p;
@@ -278,12 +283,7 @@ struct run {
     /* eval set: fixed seeds, prompts cycled */
     struct tensor *eval_latents, *eval_context;
     const char **eval_prompts;
-    double reward_before, diversity_before, eval_before;
-};
-
-/* what one evaluation on the held-out seeds measures */
-struct eval_result {
-    double reward, diversity, held;   /* held: the eval reward's mean (NaN without one) */
+    struct eval_result before;   /* the held-out evaluation before training */
 };
 
 static double now_s(void)
@@ -373,21 +373,9 @@ static enum status evaluate(struct run *r, const char *grid_path, struct eval_re
     if (s) return s;
     e->diversity = draft_diversity(images);
     e->held = NAN;
-    if (r->eval_reward) {   /* the same images, scored by the second reward */
-        ag_no_grad_begin();
-        tensor_scope_begin();
-        struct tensor *sc = draft_reward_score(r->eval_reward, images, r->eval_prompts);
-        sc = sc ? tensor_to_dtype(tensor_to_device(ag_mean(sc, 0, NULL, false), DEVICE_CPU), DTYPE_F64) : NULL;
-        if (sc) e->held = tensor_get_flat(sc, 0);
-        else s = tensor_status();
-        tensor_scope_end();
-        ag_no_grad_end();
-        if (s) {
-            tensor_free(images);
-            return s;
-        }
-    }
-    if (grid_path) {
+    if (r->eval_reward)   /* the same images, scored by the second reward */
+        s = draft_reward_score_values(r->eval_reward, images, r->eval_prompts, NULL, &e->held);
+    if (!s && grid_path) {
         const int n = (int)images->shape[0];
         s = draft_grid_save(grid_path, images, n <= 4 ? n : (n + 1) / 2, 0, r->eval_prompts);
     }
@@ -451,9 +439,9 @@ static enum status save_checkpoint(struct run *r)
     snprintf(meta_step, sizeof meta_step, "%d", r->step);
     snprintf(meta_seed, sizeof meta_seed, "%llu", (unsigned long long)r->c->seed);
     char before[64], div_before[64], eval_before[64];
-    snprintf(before, sizeof before, "%.17g", r->reward_before);
-    snprintf(div_before, sizeof div_before, "%.17g", r->diversity_before);
-    snprintf(eval_before, sizeof eval_before, "%.17g", r->eval_before);
+    snprintf(before, sizeof before, "%.17g", r->before.reward);
+    snprintf(div_before, sizeof div_before, "%.17g", r->before.diversity);
+    snprintf(eval_before, sizeof eval_before, "%.17g", r->before.held);
     char size[48];   /* the held-out reward before training was measured at this size */
     size_str(r, size, sizeof size);
     const char *mk[] = {"format", "draft.step", "draft.seed", "draft.method", "draft.reward_before", "draft.diversity_before",
@@ -485,10 +473,10 @@ static enum status load_checkpoint(struct run *r)
         s = tensor_fail(STATUS_VALUE, "--resume: %s was trained at --size %s, this run has %s", path, size, want);
     if (!s) {
         r->step = atoi(step);
-        r->reward_before = strtod(rb, NULL);
-        r->diversity_before = strtod(db, NULL);
+        r->before.reward = strtod(rb, NULL);
+        r->before.diversity = strtod(db, NULL);
         const char *eb = safetensors_metadata(st, "draft.eval_reward_before");   /* absent before --eval-reward */
-        r->eval_before = eb ? strtod(eb, NULL) : NAN;
+        r->before.held = eb ? strtod(eb, NULL) : NAN;
     }
     safetensors_close(st);
     return s;
@@ -619,7 +607,7 @@ static enum status draft_run_write_report(struct run *r, const struct draft_run_
     const char *vals[16];
     for (int i = 0; i < nk; i++) vals[i] = v[i];
     snprintf(summary, sizeof summary, "final: reward_before=%.6f reward_after=%.6f steps=%d seconds=%.1f",
-             r->reward_before, res->reward_after, r->step, res->seconds);
+             r->before.reward, res->reward_after, r->step, res->seconds);
     if (!s) {
         struct draft_report rep = {
             .title = "DRaFT run",
@@ -631,12 +619,12 @@ static enum status draft_run_write_report(struct run *r, const struct draft_run_
             .after_png = "after.png",
             .n_grids = n_grids,
             .grids = grids,
-            .reward_before = r->reward_before,
+            .reward_before = r->before.reward,
             .reward_after = res->reward_after,
-            .diversity_before = r->diversity_before,
+            .diversity_before = r->before.diversity,
             .diversity_after = res->diversity_after,
             .eval_reward = r->eval_reward ? r->c->eval_reward : NULL,
-            .eval_reward_before = r->eval_before,
+            .eval_reward_before = r->before.held,
             .eval_reward_after = res->eval_reward_after,
             .summary = summary,
         };
@@ -710,7 +698,7 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
     res->eval_reward_before = res->eval_reward_after = NAN;
     enum status s = check_config(c);
     if (s) return s;
-    struct run run = {.c = c, .eval_before = NAN}, *r = &run;
+    struct run run = {.c = c, .before.held = NAN}, *r = &run;
     r->t_start = now_s();
     stop_requested = 0;
     char path[1200], name[64];
@@ -769,15 +757,13 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
         fprintf(stderr, "draft-run: resumed at step %d/%d from %s/checkpoint.safetensors\n", r->step, c->iters, c->out);
     } else {
         path_in(r, path, sizeof path, "before.png");
-        struct eval_result e;
-        if ((s = evaluate(r, path, &e))) goto done;
-        r->reward_before = e.reward, r->diversity_before = e.diversity, r->eval_before = e.held;
-        if (r->eval_reward) fprintf(stderr, "draft-run: eval reward %s before %.4f\n", c->eval_reward, e.held);
-        if (isfinite(r->diversity_before))
-            fprintf(stderr, "draft-run: reward before %.4f on %d held-out seeds (diversity %.4f)\n", r->reward_before, E,
-                    r->diversity_before);
+        if ((s = evaluate(r, path, &r->before))) goto done;
+        if (r->eval_reward) fprintf(stderr, "draft-run: eval reward %s before %.4f\n", c->eval_reward, r->before.held);
+        if (isfinite(r->before.diversity))
+            fprintf(stderr, "draft-run: reward before %.4f on %d held-out seeds (diversity %.4f)\n", r->before.reward, E,
+                    r->before.diversity);
         else   /* one image: no diversity */
-            fprintf(stderr, "draft-run: reward before %.4f on %d held-out seed\n", r->reward_before, E);
+            fprintf(stderr, "draft-run: reward before %.4f on %d held-out seed\n", r->before.reward, E);
     }
     /* metrics: a resumed run drops the lines after its checkpoint so the file stays one run */
     path_in(r, path, sizeof path, "metrics.jsonl");
@@ -807,9 +793,8 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
         goto done;
     }
     if (!c->resume) {
-        const struct eval_result e = {r->reward_before, r->diversity_before, r->eval_before};
-        metrics_eval(r->metrics, 0, &e, r->eval_reward != NULL);
-        curve_push(r, true, 0, r->reward_before);
+        metrics_eval(r->metrics, 0, &r->before, r->eval_reward != NULL);
+        curve_push(r, true, 0, r->before.reward);
     }
 
     double step_avg = 0;
@@ -864,7 +849,7 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
     res->reward_after = e.reward, res->diversity_after = e.diversity, res->eval_reward_after = e.held;
     metrics_eval(r->metrics, r->step, &e, r->eval_reward != NULL);
     if (r->eval_reward)
-        fprintf(stderr, "draft-run: eval reward %s: %.4f -> %.4f\n", c->eval_reward, r->eval_before, e.held);
+        fprintf(stderr, "draft-run: eval reward %s: %.4f -> %.4f\n", c->eval_reward, r->before.held, e.held);
     curve_push(r, true, r->step, res->reward_after);
     path_in(r, path, sizeof path, "lora.safetensors");
     if ((s = sd_lora_save(&r->lora, path, SD_LORA_PEFT))) goto done;
@@ -874,9 +859,9 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
     s = draft_run_write_report(r, res);
 
 done:
-    res->reward_before = r->reward_before;
-    res->eval_reward_before = r->eval_before;
-    res->diversity_before = r->diversity_before;
+    res->reward_before = r->before.reward;
+    res->eval_reward_before = r->before.held;
+    res->diversity_before = r->before.diversity;
     res->steps = r->step;
     res->seconds = now_s() - r->t_start;
     run_free(r);

@@ -289,22 +289,7 @@ enum status draft_sample_eval(struct sd_pipeline *p, const struct draft_method_c
     tensor_scope_begin();
     struct tensor *img = sd_pipeline_sample(p, init_latents, context, &o, NULL);
     if (!img) s = tensor_status();
-    if (!s && r) {
-        struct tensor *sc = draft_reward_score(r, img, prompts);
-        struct tensor *scd = sc ? tensor_contiguous(tensor_to_dtype(tensor_to_device(sc, DEVICE_CPU), DTYPE_F64)) : NULL;
-        if (!scd) {
-            s = tensor_status();
-        } else {
-            const double *v = tensor_data_ptr(scd);
-            double m = 0;
-            const int64_t n = tensor_numel(scd);
-            for (int64_t i = 0; i < n; i++) {
-                m += v[i];
-                if (per_image) per_image[i] = v[i];
-            }
-            if (reward) *reward = m / (double)n;
-        }
-    }
+    if (!s && r) s = draft_reward_score_values(r, img, prompts, per_image, reward);
     if (!s && images) *images = tensor_keep(img);
     tensor_scope_end();
     ag_no_grad_end();

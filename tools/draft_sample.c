@@ -273,12 +273,7 @@ int main(int argc, char **argv)
                                                      sd_pipeline_tokenize(&p, nb, labels + k0));
             struct tensor *images = sd_pipeline_sample(&p, ag_concat(nb, lat, 0), ctx, &o, NULL);
             if (!images) s = tensor_status();
-            if (!s && reward) {
-                struct tensor *sc = draft_reward_score(reward, images, labels + k0);
-                sc = sc ? tensor_contiguous(tensor_to_dtype(tensor_to_device(sc, DEVICE_CPU), DTYPE_F64)) : NULL;
-                if (!sc) s = tensor_status();
-                for (int j = 0; j < nb && !s; j++) scores[k0 + j] = tensor_get_flat(sc, j);
-            }
+            if (!s && reward) s = draft_reward_score_values(reward, images, labels + k0, scores + k0, NULL);
             for (int j = 0; j < nb && !s; j++) {
                 char path[PATH_MAX + 32];
                 snprintf(path, sizeof path, "%s/%04d.png", out, k0 + j);
