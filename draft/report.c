@@ -376,9 +376,10 @@ enum status draft_report_html(const char *path, const struct draft_report *r)
 {
     if (!r) return tensor_fail(STATUS_VALUE, "draft_report_html %s: NULL report", path);
     if (r->n_settings < 0 || (r->n_settings > 0 && (!r->setting_keys || !r->setting_values)) || r->n_grids < 0 ||
-        (r->n_grids > 0 && !r->grids))
-        return tensor_fail(STATUS_VALUE, "draft_report_html %s: bad counts (n_settings=%d, n_grids=%d) or NULL arrays",
-                           path, r->n_settings, r->n_grids);
+        (r->n_grids > 0 && !r->grids) || r->n_terms < 0 || (r->n_terms > 0 && !r->terms))
+        return tensor_fail(STATUS_VALUE,
+                           "draft_report_html %s: bad counts (n_settings=%d, n_grids=%d, n_terms=%d) or NULL arrays", path,
+                           r->n_settings, r->n_grids, r->n_terms);
     const char *title = r->title ? r->title : "DRaFT run report";
     struct sbuf b = {0};
     sb_puts(&b, "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>");
@@ -394,6 +395,11 @@ enum status draft_report_html(const char *path, const struct draft_report *r)
     sb_puts(&b, "<h2>Results</h2>\n<table>\n<tr><th></th><th>before</th><th>after</th><th>change</th></tr>\n");
     result_row(&b, "reward", NULL, r->reward_before, r->reward_after);
     result_row(&b, "diversity", NULL, r->diversity_before, r->diversity_after);
+    for (int i = 0; i < r->n_terms; i++) {   /* a sum reward's terms, unweighted */
+        char label[96];
+        snprintf(label, sizeof label, "&nbsp;&nbsp;term %d, %g &times;", i + 1, r->terms[i].weight);
+        result_row(&b, label, r->terms[i].spec, r->terms[i].before, r->terms[i].after);
+    }
     if (r->eval_reward) result_row(&b, "eval reward", r->eval_reward, r->eval_reward_before, r->eval_reward_after);
     sb_puts(&b, "</table>\n<p><small>Diversity: mean pairwise RMS pixel distance between the samples, "
                 "divided by 2 (0 = all samples identical). A reward that rises while diversity collapses is a sign "

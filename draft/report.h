@@ -39,6 +39,12 @@ struct draft_report_grid {
     const char *png;   /* path relative to the HTML file */
 };
 
+/* One term of a sum reward: its spec (without the weight), weight and unweighted mean scores. */
+struct draft_report_term {
+    const char *spec;
+    double weight, before, after;
+};
+
 /* Everything the HTML report shows. Strings are UTF-8 and may be NULL (section left out);
  * numbers may be NaN (shown as "n/a"). */
 struct draft_report {
@@ -55,6 +61,8 @@ struct draft_report {
     const char *eval_reward;             /* a second reward's spec, scored on the same samples (NULL: none) */
     double eval_reward_before, eval_reward_after;
     const char *summary;                 /* the final one-line summary */
+    int n_terms;                         /* a sum reward's terms, each unweighted, under the reward's row */
+    const struct draft_report_term *terms;
 };
 
 /* Writes the report as one self-contained HTML file, atomically (temporary file, then rename).

@@ -842,27 +842,49 @@ enum status draft_reward_score_values(struct draft_reward *r, struct tensor *ima
 
 /* ---------------------------------------------------------------- weighted sums */
 
-#define SUM_MAX 8
+#define SUM_MAX DRAFT_REWARD_MAX_TERMS
 
 struct sum_ctx {
     int n;
     struct draft_reward *r[SUM_MAX];   /* owned */
     double w[SUM_MAX];
+    char *spec[SUM_MAX];               /* each term's spec, without its weight */
+    /* since the last draft_reward_terms_take: each term's scores summed (f64, in order) over
+     * `images` scored images */
+    double acc[SUM_MAX];
+    int64_t images;
 };
+
+/* adds each score of s ([B]) to *acc, in f64, without a graph; inside a scope */
+static enum status sum_accumulate(struct tensor *s, double *acc)
+{
+    ag_no_grad_begin();
+    struct tensor *h = tensor_contiguous(tensor_to_dtype(tensor_to_device(s, DEVICE_CPU), DTYPE_F64));
+    ag_no_grad_end();
+    if (!h) return tensor_status();
+    const double *v = tensor_data_ptr(h);
+    for (int64_t i = 0; i < tensor_numel(h); i++) *acc += v[i];
+    return STATUS_OK;   /* h: the caller's scope frees it */
+}
 
 static struct tensor *sum_score(struct draft_reward *r, struct tensor *images, const char *const *prompts)
 {
     struct sum_ctx *c = r->ctx;
+    double acc[SUM_MAX] = {0};
     tensor_scope_begin();
     struct tensor *total = NULL;
     for (int i = 0; i < c->n; i++) {
         struct tensor *s = draft_reward_score(c->r[i], images, prompts);
-        if (!s) {
+        if (!s || sum_accumulate(s, &acc[i])) {
             total = NULL;
             break;
         }
         s = ag_scale(s, c->w[i]);
         total = total ? ag_add(total, s) : s;
+    }
+    if (total) {   /* the terms are counted only when every one scored */
+        for (int i = 0; i < c->n; i++) c->acc[i] += acc[i];
+        c->images += images->shape[0];
     }
     return tensor_scope_return(total);
 }
@@ -871,9 +893,30 @@ static void sum_free(struct draft_reward *r)
 {
     struct sum_ctx *c = r->ctx;
     if (c)
-        for (int i = 0; i < c->n; i++) draft_reward_free(c->r[i]);
+        for (int i = 0; i < c->n; i++) draft_reward_free(c->r[i]), free(c->spec[i]);
     free(c);
     free(r);
+}
+
+int draft_reward_terms(const struct draft_reward *r, struct draft_reward_term *terms)
+{
+    if (!r || r->score != sum_score) return 0;
+    const struct sum_ctx *c = r->ctx;
+    for (int i = 0; i < c->n && terms; i++)
+        terms[i] = (struct draft_reward_term){.name = c->r[i]->name, .spec = c->spec[i], .weight = c->w[i]};
+    return c->n;
+}
+
+int draft_reward_terms_take(struct draft_reward *r, double *means)
+{
+    if (!r || r->score != sum_score) return 0;
+    struct sum_ctx *c = r->ctx;
+    for (int i = 0; i < c->n; i++) {
+        if (means) means[i] = c->images ? c->acc[i] / (double)c->images : NAN;
+        c->acc[i] = 0;
+    }
+    c->images = 0;
+    return c->n;
 }
 
 static enum status parse_number(const char *spec, const char *s, double *out);
@@ -915,6 +958,11 @@ static struct draft_reward *sum_create(const char *spec, const char *terms, enum
         c->r[c->n] = draft_reward_create_on(term, dt, dev);
         if (!c->r[c->n]) {
             s = tensor_fail(STATUS_VALUE, "reward spec '%s', term '%s': %s", spec, term, tensor_error());
+            break;
+        }
+        if (!(c->spec[c->n] = strdup(term))) {
+            draft_reward_free(c->r[c->n]);
+            s = tensor_fail(STATUS_OOM, "reward spec: out of memory");
             break;
         }
         c->w[c->n++] = w;

@@ -72,6 +72,20 @@ void draft_reward_free(struct draft_reward *r);   /* NULL is fine */
 enum status draft_reward_score_values(struct draft_reward *r, struct tensor *images, const char *const *prompts,
                                       double *values, double *mean);
 
+/* A sum's terms, for metrics that show each one (where reward hacking hides: one term rising
+ * while another falls). draft_reward_terms: the number of terms, 0 for a reward that is not a
+ * sum; with terms non-NULL (room for DRAFT_REWARD_MAX_TERMS) each one's reward name, spec (without
+ * its weight; both owned by r) and weight. draft_reward_terms_take: each term's unweighted score
+ * averaged over every image the sum scored since the last take (NaN when none), into means[i];
+ * then starts over. The weighted sum of the means is the mean of the sum's scores. */
+#define DRAFT_REWARD_MAX_TERMS 8
+struct draft_reward_term {
+    const char *name, *spec;
+    double weight;
+};
+int draft_reward_terms(const struct draft_reward *r, struct draft_reward_term *terms);
+int draft_reward_terms_take(struct draft_reward *r, double *means);
+
 /* parse a spec (above); models in f32 on the CPU. NULL + a message listing the valid specs. */
 struct draft_reward *draft_reward_create(const char *spec);
 /* the same with the model weights in dt on dev (analytic rewards ignore both) */

@@ -264,6 +264,7 @@ enum { STREAM_PROMPTS, STREAM_LATENTS, STREAM_TRUNC };
 /* what one evaluation on the held-out seeds measures */
 struct eval_result {
     double reward, diversity, held;   /* held: the eval reward's mean (NaN without one) */
+    double terms[DRAFT_REWARD_MAX_TERMS];   /* a sum reward's terms, unweighted (run.n_terms of them) */
 };
 
 struct run {
@@ -272,6 +273,8 @@ struct run {
     struct sd_lora lora;
     struct nn_adamw opt;
     struct draft_reward *reward, *eval_reward;
+    int n_terms;   /* the reward's terms when it is a sum, else 0 */
+    struct draft_reward_term terms[DRAFT_REWARD_MAX_TERMS];
     char **prompts;
     int n_prompts;
     int64_t latent_c, latent_h, latent_w;
@@ -353,13 +356,23 @@ static const char *jnum(char *buf, size_t n, const char *fmt, double v)
     return buf;
 }
 
-/* one line of metrics.jsonl for an evaluation on the held-out seeds ("eval_reward" only with one) */
-static void metrics_eval(FILE *f, int step, const struct eval_result *e, bool held)
+/* ', "reward_terms": [...]': a sum reward's terms, unweighted, in the spec's order (none for n = 0) */
+static void metrics_terms(FILE *f, int n, const double *terms)
 {
+    char a[32];
+    for (int i = 0; i < n; i++) fprintf(f, "%s%s", i ? ", " : ", \"reward_terms\": [", jnum(a, sizeof a, "%.9g", terms[i]));
+    if (n) fputc(']', f);
+}
+
+/* one line of metrics.jsonl for an evaluation on the held-out seeds ("eval_reward" only with one) */
+static void metrics_eval(const struct run *r, int step, const struct eval_result *e)
+{
+    FILE *f = r->metrics;
     char a[32], b[32], c[32];
     fprintf(f, "{\"step\": %d, \"eval\": true, \"reward\": %s, \"diversity\": %s", step,
             jnum(a, sizeof a, "%.9g", e->reward), jnum(b, sizeof b, "%.6g", e->diversity));
-    if (held) fprintf(f, ", \"eval_reward\": %s", jnum(c, sizeof c, "%.9g", e->held));
+    if (r->eval_reward) fprintf(f, ", \"eval_reward\": %s", jnum(c, sizeof c, "%.9g", e->held));
+    metrics_terms(f, r->n_terms, e->terms);
     fputs("}\n", f);
     fflush(f);
 }
@@ -368,9 +381,11 @@ static void metrics_eval(FILE *f, int step, const struct eval_result *e, bool he
 static enum status evaluate(struct run *r, const char *grid_path, struct eval_result *e)
 {
     struct tensor *images = NULL;
+    draft_reward_terms_take(r->reward, NULL);   /* count these images only */
     enum status s = draft_sample_eval(&r->p, &r->c->method, r->reward, r->eval_latents, r->eval_context,
                                       r->eval_prompts, &images, &e->reward, NULL);
     if (s) return s;
+    draft_reward_terms_take(r->reward, e->terms);
     e->diversity = draft_diversity(images);
     e->held = NAN;
     if (r->eval_reward)   /* the same images, scored by the second reward */
@@ -444,10 +459,13 @@ static enum status save_checkpoint(struct run *r)
     snprintf(eval_before, sizeof eval_before, "%.17g", r->before.held);
     char size[48];   /* the held-out reward before training was measured at this size */
     size_str(r, size, sizeof size);
+    char terms[DRAFT_REWARD_MAX_TERMS * 26] = "";   /* a sum's terms before, comma-separated */
+    for (int i = 0, o = 0; i < r->n_terms; i++)
+        o += snprintf(terms + o, sizeof terms - (size_t)o, "%s%.17g", i ? "," : "", r->before.terms[i]);
     const char *mk[] = {"format", "draft.step", "draft.seed", "draft.method", "draft.reward_before", "draft.diversity_before",
-                        "draft.size", "draft.eval_reward_before"};
+                        "draft.size", "draft.eval_reward_before", "draft.reward_terms_before"};
     const char *mv[] = {"draft-checkpoint-1", meta_step, meta_seed, draft_method_name(r->c->method.method), before, div_before,
-                        size, eval_before};
+                        size, eval_before, terms};
     return draft_checkpoint_save(path, &r->lora, &r->opt, (int)(sizeof mk / sizeof *mk), mk, mv);
 }
 
@@ -477,6 +495,13 @@ static enum status load_checkpoint(struct run *r)
         r->before.diversity = strtod(db, NULL);
         const char *eb = safetensors_metadata(st, "draft.eval_reward_before");   /* absent before --eval-reward */
         r->before.held = eb ? strtod(eb, NULL) : NAN;
+        /* absent before per-term metrics, or for a reward that was not a sum then */
+        const char *tb = safetensors_metadata(st, "draft.reward_terms_before");
+        for (int i = 0; i < r->n_terms; i++) {
+            char *end = NULL;
+            r->before.terms[i] = tb && *tb ? strtod(tb, &end) : NAN;
+            tb = end && *end == ',' ? end + 1 : NULL;
+        }
     }
     safetensors_close(st);
     return s;
@@ -508,12 +533,13 @@ static void progress(const struct run *r, double reward, double loss, double ste
 
 /* ---------------------------------------------------------------- one step */
 
-static enum status train_step(struct run *r, double *reward_out, double *gnorm_out)
+static enum status train_step(struct run *r, double *reward_out, double *terms_out, double *gnorm_out)
 {
     const struct draft_run_config *c = r->c;
     const int B = c->batch, accum = c->opt.accum_steps > 0 ? c->opt.accum_steps : 1;
     double reward_sum = 0;
     enum status s = STATUS_OK;
+    draft_reward_terms_take(r->reward, NULL);
     for (int m = 0; m < accum && !s; m++) {
         const uint64_t micro = (uint64_t)r->step * (uint64_t)accum + (uint64_t)m;
         uint64_t ps = stream_seed(c->seed, micro, STREAM_PROMPTS);
@@ -543,6 +569,7 @@ static enum status train_step(struct run *r, double *reward_out, double *gnorm_o
     double gnorm = NAN;
     for (int m = 0; m < accum && !s; m++) s = nn_adamw_step(&r->opt, &updated, &gnorm);
     *reward_out = reward_sum / accum;
+    draft_reward_terms_take(r->reward, terms_out);   /* over the step's images, as the reward */
     *gnorm_out = gnorm;
     return s;
 }
@@ -606,6 +633,9 @@ static enum status draft_run_write_report(struct run *r, const struct draft_run_
     snprintf(v[nk++], sizeof v[0], "%.1f", res->seconds);
     const char *vals[16];
     for (int i = 0; i < nk; i++) vals[i] = v[i];
+    struct draft_report_term terms[DRAFT_REWARD_MAX_TERMS];
+    for (int i = 0; i < r->n_terms; i++)
+        terms[i] = (struct draft_report_term){r->terms[i].spec, r->terms[i].weight, r->before.terms[i], res->terms_after[i]};
     snprintf(summary, sizeof summary, "final: reward_before=%.6f reward_after=%.6f steps=%d seconds=%.1f",
              r->before.reward, res->reward_after, r->step, res->seconds);
     if (!s) {
@@ -623,6 +653,8 @@ static enum status draft_run_write_report(struct run *r, const struct draft_run_
             .reward_after = res->reward_after,
             .diversity_before = r->before.diversity,
             .diversity_after = res->diversity_after,
+            .n_terms = r->n_terms,
+            .terms = terms,
             .eval_reward = r->eval_reward ? r->c->eval_reward : NULL,
             .eval_reward_before = r->before.held,
             .eval_reward_after = res->eval_reward_after,
@@ -719,6 +751,7 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
         s = tensor_status();
         goto done;
     }
+    r->n_terms = draft_reward_terms(r->reward, r->terms);
     r->latent_c = r->p.unet.in_channels;
     {
         const int64_t def = r->p.vae.cfg.sample_size;
@@ -764,6 +797,9 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
                     r->before.diversity);
         else   /* one image: no diversity */
             fprintf(stderr, "draft-run: reward before %.4f on %d held-out seed\n", r->before.reward, E);
+        for (int i = 0; i < r->n_terms; i++)
+            fprintf(stderr, "draft-run:   term %d, %g * %s: %.4f\n", i + 1, r->terms[i].weight, r->terms[i].name,
+                    r->before.terms[i]);
     }
     /* metrics: a resumed run drops the lines after its checkpoint so the file stays one run */
     path_in(r, path, sizeof path, "metrics.jsonl");
@@ -793,16 +829,16 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
         goto done;
     }
     if (!c->resume) {
-        metrics_eval(r->metrics, 0, &r->before, r->eval_reward != NULL);
+        metrics_eval(r, 0, &r->before);
         curve_push(r, true, 0, r->before.reward);
     }
 
     double step_avg = 0;
     while (r->step < c->iters) {
         const double t0 = now_s();
-        double J = 0, gnorm = 0;
+        double J = 0, gnorm = 0, terms[DRAFT_REWARD_MAX_TERMS];
         mem_reset_peak(r->p.device);
-        s = train_step(r, &J, &gnorm);
+        s = train_step(r, &J, terms, &gnorm);
         if (s) {
             fprintf(stderr, "\n");
             tensor_fail(s, "step %d: %s; the last good checkpoint is %s/checkpoint.safetensors (use --resume)",
@@ -817,9 +853,11 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
         char jr[32], jl[32], jg[32];
         fprintf(r->metrics,
                 "{\"step\": %d, \"reward\": %s, \"loss\": %s, \"grad_norm\": %s, \"lr\": %.6g, \"seconds\": %.4f, "
-                "\"peak_mib\": %.1f}\n",
+                "\"peak_mib\": %.1f",
                 r->step, jnum(jr, sizeof jr, "%.9g", J), jnum(jl, sizeof jl, "%.9g", -J), jnum(jg, sizeof jg, "%.6g", gnorm),
                 nn_adamw_lr(&r->opt), dt, (double)ms.peak_bytes / 1048576.0);
+        metrics_terms(r->metrics, r->n_terms, terms);
+        fputs("}\n", r->metrics);
         fflush(r->metrics);
         curve_push(r, false, r->step, J);
         if (c->progress) progress(r, J, -J, step_avg, gnorm);
@@ -828,7 +866,7 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
             snprintf(name, sizeof name, "samples/step_%05d.png", r->step);
             path_in(r, path, sizeof path, name);
             if ((s = evaluate(r, path, &e))) goto done;
-            metrics_eval(r->metrics, r->step, &e, r->eval_reward != NULL);
+            metrics_eval(r, r->step, &e);
             curve_push(r, true, r->step, e.reward);
         }
         const bool stop = stop_requested || (c->stop_after && r->step == c->stop_after);
@@ -847,9 +885,13 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
     struct eval_result e;
     if ((s = evaluate(r, path, &e))) goto done;
     res->reward_after = e.reward, res->diversity_after = e.diversity, res->eval_reward_after = e.held;
-    metrics_eval(r->metrics, r->step, &e, r->eval_reward != NULL);
+    memcpy(res->terms_after, e.terms, sizeof e.terms);
+    metrics_eval(r, r->step, &e);
     if (r->eval_reward)
         fprintf(stderr, "draft-run: eval reward %s: %.4f -> %.4f\n", c->eval_reward, r->before.held, e.held);
+    for (int i = 0; i < r->n_terms; i++)
+        fprintf(stderr, "draft-run: reward term %d, %g * %s: %.4f -> %.4f\n", i + 1, r->terms[i].weight, r->terms[i].name,
+                r->before.terms[i], e.terms[i]);
     curve_push(r, true, r->step, res->reward_after);
     path_in(r, path, sizeof path, "lora.safetensors");
     if ((s = sd_lora_save(&r->lora, path, SD_LORA_PEFT))) goto done;
@@ -862,6 +904,8 @@ done:
     res->reward_before = r->before.reward;
     res->eval_reward_before = r->before.held;
     res->diversity_before = r->before.diversity;
+    res->n_terms = r->n_terms;
+    memcpy(res->terms_before, r->before.terms, sizeof r->before.terms);
     res->steps = r->step;
     res->seconds = now_s() - r->t_start;
     run_free(r);

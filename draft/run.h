@@ -59,6 +59,8 @@ struct draft_run_result {
     double reward_before, reward_after;
     double diversity_before, diversity_after;
     double eval_reward_before, eval_reward_after;   /* NaN without eval_reward */
+    int n_terms;           /* a sum reward's terms (draft_reward_terms), unweighted, else 0 */
+    double terms_before[DRAFT_REWARD_MAX_TERMS], terms_after[DRAFT_REWARD_MAX_TERMS];
     int steps;             /* optimiser steps completed (including resumed ones) */
     double seconds;        /* wall time of this invocation */
     bool interrupted;      /* Ctrl-C or stop_after: checkpoint saved, no final evaluation */

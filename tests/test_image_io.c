@@ -662,6 +662,8 @@ START_TEST(test_report_html)
         .eval_reward_before = 0.25,
         .eval_reward_after = 0.2,
         .summary = "reward 5.10 -> 5.90 (+0.80) <ok>",
+        .n_terms = 2,
+        .terms = (struct draft_report_term[]){{"aesthetic:<d>,h", 1, 5.0, 6.0}, {"clip:d,text=x", -0.5, 0.3, 0.2}},
     };
     const char *p = path_in("report.html");
     ck_assert_msg(draft_report_html(p, &r) == STATUS_OK, "%s", tensor_error());
@@ -684,6 +686,11 @@ START_TEST(test_report_html)
     ck_assert(strstr(h, "n/a") != NULL);   /* NaN diversity after */
     ck_assert_msg(strstr(h, "<th>eval reward <code>hpsv2:&lt;a&gt;,b</code></th><td class=\"num\">0.2500</td>"), "%s", h);
     ck_assert(strstr(h, "-0.0500"));
+    /* a sum's terms: under the reward, before the eval reward, each with its weight and spec */
+    const char *t1 = strstr(h, "term 1, 1 &times; <code>aesthetic:&lt;d&gt;,h</code></th><td class=\"num\">5.0000</td>");
+    const char *t2 = strstr(h, "term 2, -0.5 &times; <code>clip:d,text=x</code></th><td class=\"num\">0.3000</td>");
+    ck_assert_msg(t1 && t2 && t1 < t2 && t2 < strstr(h, "eval reward"), "%s", h);
+    ck_assert(strstr(h, "+1.0000") && strstr(h, "-0.1000"));
     ck_assert(strstr(h, "</html>\n") != NULL);
     free(h);
     /* everything optional left out still gives a page; a bad folder is an error with the path */
@@ -692,6 +699,9 @@ START_TEST(test_report_html)
     const char *bad = path_in("nope/r.html");
     ck_assert_int_eq(draft_report_html(bad, &r), STATUS_IO);
     ck_assert(strstr(tensor_error(), bad) != NULL);
+    r.n_terms = 1, r.terms = NULL;
+    ck_assert_int_eq(draft_report_html(path_in("x.html"), &r), STATUS_VALUE);
+    r.n_terms = 0;
     r.n_grids = 3, r.grids = NULL;
     ck_assert_int_eq(draft_report_html(path_in("x.html"), &r), STATUS_VALUE);
     free(svg);
@@ -763,7 +773,7 @@ START_TEST(test_demo_report)
     struct draft_report_grid grids[1] = {{50, "step_50.png"}};
     struct draft_report r = {"DRaFT demo report", 5, keys, vals, svg, "before.png", "after.png", 1, grids,
                              rw[0], rw[N - 1], div_before, div_after, "aesthetic", 5.25, 6.5,
-                             "demo: random chart and pattern grids"};
+                             "demo: random chart and pattern grids", 0, NULL};
     snprintf(p[0], sizeof p[0], "%s/report.html", dir);
     ck_assert_int_eq(draft_report_html(p[0], &r), STATUS_OK);
     printf("demo report: %s (grids %s/before.png, after.png, step_50.png; chart.svg)\n", p[0], dir);

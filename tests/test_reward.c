@@ -166,20 +166,43 @@ START_TEST(test_sum)
     ck_assert_msg(r, "%s", tensor_error());
     static const char *const terms[4] = {"colorfulness", "brightness=0.6", "red", "jpeg"};
     static const double w[4] = {1, 0.5, -2, 1};
+    struct draft_reward_term info[DRAFT_REWARD_MAX_TERMS];
+    ck_assert_int_eq(draft_reward_terms(r, info), 4);
+    static const char *const names[4] = {"colorfulness", "brightness", "red", "jpeg"};
+    for (int k = 0; k < 4; k++)
+        ck_assert_msg(!strcmp(info[k].name, names[k]) && !strcmp(info[k].spec, terms[k]) && info[k].weight == w[k],
+                      "term %d: %s %s %g", k, info[k].name, info[k].spec, info[k].weight);
+    double means[DRAFT_REWARD_MAX_TERMS];
+    ck_assert_int_eq(draft_reward_terms_take(r, means), 4);
+    for (int k = 0; k < 4; k++) ck_assert_msg(isnan(means[k]), "term %d before any score: %g", k, means[k]);
     struct tensor *s = draft_reward_score(r, img, NULL);
     ck_assert_msg(s, "%s", tensor_error());
+    /* a second batch of 3: the terms' means run over all 5 images */
+    struct tensor *img3 = test_uniform(DTYPE_F64, 4, (int64_t[]){3, 3, 16, 16}, -0.95, 0.95);
+    ck_assert_msg(draft_reward_score(r, img3, NULL), "%s", tensor_error());
     /* each term alone is checked against its float64 loop in test_analytic_forward */
-    double want[2] = {0, 0};
+    double want[2] = {0, 0}, term_mean[4] = {0};
     for (int k = 0; k < 4; k++) {
         struct draft_reward *t = draft_reward_create(terms[k]);
-        struct tensor *st = t ? draft_reward_score(t, img, NULL) : NULL;
-        ck_assert_msg(st, "%s", tensor_error());
+        struct tensor *st = t ? draft_reward_score(t, img, NULL) : NULL, *st3 = t ? draft_reward_score(t, img3, NULL) : NULL;
+        ck_assert_msg(st && st3, "%s", tensor_error());
         for (int64_t b = 0; b < 2; b++) want[b] += w[k] * tensor_get_flat(st, b);
+        for (int64_t b = 0; b < 5; b++) term_mean[k] += (b < 2 ? tensor_get_flat(st, b) : tensor_get_flat(st3, b - 2)) / 5;
         draft_reward_free(t);
     }
     for (int64_t b = 0; b < 2; b++)
         ck_assert_msg(fabs(tensor_get_flat(s, b) - want[b]) <= 1e-14, "sum image %lld: %.17g vs %.17g", (long long)b,
                       tensor_get_flat(s, b), want[b]);
+    ck_assert_int_eq(draft_reward_terms_take(r, means), 4);
+    for (int k = 0; k < 4; k++)
+        ck_assert_msg(fabs(means[k] - term_mean[k]) <= 1e-14 * (1 + fabs(term_mean[k])), "term %d mean %.17g vs %.17g", k,
+                      means[k], term_mean[k]);
+    ck_assert_int_eq(draft_reward_terms_take(r, means), 4);   /* the take started over */
+    ck_assert(isnan(means[0]) && isnan(means[3]));
+    struct draft_reward *plain = draft_reward_create("red");
+    ck_assert_msg(plain && draft_reward_terms(plain, info) == 0 && draft_reward_terms_take(plain, means) == 0,
+                  "a reward that is not a sum has no terms");
+    draft_reward_free(plain);
     ck_assert(gradcheck("reward sum", score_fn, r, 1, &img, &(struct gc_opts){.tol = 1e-6}));
     draft_reward_free(r);
     static const struct { const char *spec, *want; } bad[] = {

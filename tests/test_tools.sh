@@ -79,6 +79,25 @@ if [ -f "$model/model_index.json" ]; then
     check "draft-run --eval-reward: the held-out samples scored by both" "[ $rc -eq 0 ] && [ -n '$ev' ] && [ '$ev' = '$ev2' ] && \
            [ \$(grep -c '\"eval_reward\"' '$tmp/ev/metrics.jsonl') -eq 2 ] && grep -q 'eval reward <code>brightness=0.5' '$tmp/ev/report.html' && \
            ! grep -q 'eval_reward' '$tmp/ev2/metrics.jsonl'"
+    # a sum reward: each line of metrics.jsonl has its terms, unweighted, and the reward is their
+    # weighted sum; the report has a row each, and a resumed run keeps their values before training
+    sumr="sum:red;-2*brightness=0.5"
+    "$run" --model "$model" --reward "$sumr" --steps 2 --iters 1 --batch 1 --size 64 --eval-images 2 \
+           --no-progress --out "$tmp/sum" >"$tmp/o" 2>&1; rc=$?
+    "$run" --model "$model" --reward "$sumr" --steps 2 --iters 2 --batch 1 --size 64 --eval-images 2 \
+           --no-progress --out "$tmp/sum" --resume >>"$tmp/o" 2>&1; rc2=$?
+    sum_ok=$(awk '{ if (!match($0, /"reward": [-0-9.e]+/)) { bad = 1; next }
+                    r = substr($0, RSTART + 10, RLENGTH - 10)
+                    if (!match($0, /"reward_terms": \[[-0-9.e]+, [-0-9.e]+\]/)) { bad = 1; next }
+                    split(substr($0, RSTART + 17, RLENGTH - 18), t, ", ")
+                    d = r - (t[1] - 2 * t[2]); if (d < 0) d = -d
+                    if (d > 1e-8 || t[1] == t[2]) bad = 1; n++ }
+                  END { print (bad || n != 5) ? "no" : "yes" }' "$tmp/sum/metrics.jsonl")
+    check "draft-run with a sum reward: every metrics line has its terms, weighted they sum to the reward" \
+          "[ $rc -eq 0 ] && [ $rc2 -eq 0 ] && [ '$sum_ok' = yes ] && grep -q 'reward term 2, -2 \* brightness: -0.0' '$tmp/o'"
+    check "the report of a resumed sum run shows each term before and after" \
+          "grep -Eq 'term 1, 1 &times; <code>red</code></th><td class=\"num\">-0\.[0-9]+</td><td class=\"num\">-0\.[0-9]+' '$tmp/sum/report.html' && \
+           grep -q 'term 2, -2 &times; <code>brightness=0.5</code>' '$tmp/sum/report.html'"
     # --lora-targets: the cross-attention's keys and values only
     "$run" --model "$model" --lora-targets attn2.to_k,attn2.to_v --steps 2 --iters 1 --batch 1 --size 64 --eval-images 1 \
            --reward red --no-progress --out "$tmp/lt" >"$tmp/o" 2>&1; rc=$?

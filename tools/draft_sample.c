@@ -298,6 +298,14 @@ int main(int argc, char **argv)
         ag_no_grad_end();
     }
     if (!s && reward) s = write_scores(out, reward_spec, total, labels, scores);
+    if (!s && reward) {   /* a sum's terms, unweighted, over all the images */
+        struct draft_reward_term terms[DRAFT_REWARD_MAX_TERMS];
+        double means[DRAFT_REWARD_MAX_TERMS];
+        const int nt = draft_reward_terms(reward, terms);
+        draft_reward_terms_take(reward, means);
+        for (int i = 0; i < nt; i++)
+            fprintf(stderr, "draft-sample:   term %d, %g * %s: mean %.6g\n", i + 1, terms[i].weight, terms[i].spec, means[i]);
+    }
     /* how different the images are from each other (as draft-run's report): a LoRA pushed too
      * far makes them all alike */
     const double diversity = !s && total > 1 ? draft_diversity(all) : NAN;
