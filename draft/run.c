@@ -275,8 +275,8 @@ struct run {
     struct draft_reward *reward, *eval_reward;
     int n_terms;   /* the reward's terms when it is a sum, else 0 */
     struct draft_reward_term terms[DRAFT_REWARD_MAX_TERMS];
-    char **prompts;
-    int n_prompts;
+    char **prompts, **eval_list;   /* eval_list: --eval-prompts' (NULL: the training prompts) */
+    int n_prompts, n_eval_list;
     int64_t latent_c, latent_h, latent_w;
     int step;                 /* optimiser steps done */
     FILE *metrics;
@@ -447,6 +447,19 @@ static void size_str(const struct run *r, char *buf, size_t n)
     snprintf(buf, n, "%lldx%lld", (long long)(r->latent_w * f), (long long)(r->latent_h * f));
 }
 
+/* what the held-out evaluation scores, "<images>:<FNV-1a 64 of its prompts>": a resumed run must
+ * score the same set, or its values would not compare with the checkpoint's 'before' */
+static void eval_set_str(const struct run *r, char *buf, size_t n)
+{
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (int i = 0; i < r->c->eval_images; i++)
+        for (const unsigned char *p = (const unsigned char *)r->eval_prompts[i];; p++) {
+            h = (h ^ *p) * 0x100000001b3ULL;   /* the NUL too: prompts are separated */
+            if (!*p) break;
+        }
+    snprintf(buf, n, "%d:%016llx", r->c->eval_images, (unsigned long long)h);
+}
+
 static enum status save_checkpoint(struct run *r)
 {
     char path[1200], meta_step[32], meta_seed[32];
@@ -462,10 +475,13 @@ static enum status save_checkpoint(struct run *r)
     char terms[DRAFT_REWARD_MAX_TERMS * 26] = "";   /* a sum's terms before, comma-separated */
     for (int i = 0, o = 0; i < r->n_terms; i++)
         o += snprintf(terms + o, sizeof terms - (size_t)o, "%s%.17g", i ? "," : "", r->before.terms[i]);
+    char eval_set[48];
+    eval_set_str(r, eval_set, sizeof eval_set);
     const char *mk[] = {"format", "draft.step", "draft.seed", "draft.method", "draft.reward_before", "draft.diversity_before",
-                        "draft.size", "draft.eval_reward_before", "draft.reward_terms_before"};
+                        "draft.size", "draft.eval_reward_before", "draft.reward_terms_before", "draft.eval_set",
+                        "draft.reward", "draft.eval_reward"};
     const char *mv[] = {"draft-checkpoint-1", meta_step, meta_seed, draft_method_name(r->c->method.method), before, div_before,
-                        size, eval_before, terms};
+                        size, eval_before, terms, eval_set, r->c->reward, r->c->eval_reward};
     return draft_checkpoint_save(path, &r->lora, &r->opt, (int)(sizeof mk / sizeof *mk), mk, mv);
 }
 
@@ -489,6 +505,22 @@ static enum status load_checkpoint(struct run *r)
     size_str(r, want, sizeof want);
     if (!s && size && strcmp(size, want))
         s = tensor_fail(STATUS_VALUE, "--resume: %s was trained at --size %s, this run has %s", path, size, want);
+    /* absent in checkpoints of earlier versions: not checked there */
+    const char *eset = s ? NULL : safetensors_metadata(st, "draft.eval_set");
+    eval_set_str(r, want, sizeof want);
+    if (eset && strcmp(eset, want))
+        s = tensor_fail(STATUS_VALUE, "--resume: %s was evaluated on another held-out set (images:prompts fingerprint %s; "
+                                      "this run: %s, %d images of %s): keep --eval-images and --eval-prompts as they "
+                                      "were, or start a new --out", path, eset, want, r->c->eval_images,
+                        r->c->eval_prompts[0] ? r->c->eval_prompts : "the training prompts");
+    const char *rspec = s ? NULL : safetensors_metadata(st, "draft.reward");
+    if (rspec && strcmp(rspec, r->c->reward))
+        s = tensor_fail(STATUS_VALUE, "--resume: %s was trained with --reward '%s', this run has '%s': its scores would "
+                                      "not compare; start a new --out", path, rspec, r->c->reward);
+    const char *espec = s ? NULL : safetensors_metadata(st, "draft.eval_reward");
+    if (espec && strcmp(espec, r->c->eval_reward))
+        s = tensor_fail(STATUS_VALUE, "--resume: %s was evaluated with --eval-reward '%s', this run has '%s'", path,
+                        espec, r->c->eval_reward);
     if (!s) {
         r->step = atoi(step);
         r->before.reward = strtod(rb, NULL);
@@ -626,7 +658,8 @@ static enum status draft_run_write_report(struct run *r, const struct draft_run_
     snprintf(v[nk++], sizeof v[0], "%d x %d", c->batch, c->opt.accum_steps);
     snprintf(v[nk++], sizeof v[0], "%d", r->step);
     snprintf(v[nk++], sizeof v[0], "%llu", (unsigned long long)c->seed);
-    snprintf(v[nk++], sizeof v[0], "%d", c->eval_images);
+    snprintf(v[nk++], sizeof v[0], "%d (prompts: %s)", c->eval_images,
+             c->eval_prompts[0] ? c->eval_prompts : "the training prompts");
     size_str(r, v[nk++], sizeof v[0]);
     snprintf(v[nk++], sizeof v[0], "%s / %s / %s", dtype_name(c->dtype), device_name(r->p.device),
              precision_name(c->precision));
@@ -694,6 +727,7 @@ static void run_free(struct run *r)
     tensor_free(r->eval_context);
     free(r->eval_prompts);
     draft_prompts_free(r->prompts, r->n_prompts);
+    draft_prompts_free(r->eval_list, r->n_eval_list);
     draft_reward_free(r->reward);
     draft_reward_free(r->eval_reward);
     nn_adamw_free(&r->opt);
@@ -744,6 +778,7 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
                    : sd_pipeline_load(&r->p, c->model, c->dtype, c->device);
     if (s) goto done;
     if ((s = draft_prompts_load(c->prompts, &r->prompts, &r->n_prompts))) goto done;
+    if (c->eval_prompts[0] && (s = draft_prompts_load(c->eval_prompts, &r->eval_list, &r->n_eval_list))) goto done;
     /* "clip:text=..." = the CLIP model shipped with the diffusion model (the embedded one has clip/) */
     /* reward models beside the pipeline, in its compute dtype (f32 for f32 and bf16 weights) */
     if (!(r->reward = run_reward(c, c->reward, &r->p)) ||
@@ -777,7 +812,8 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
         s = tensor_fail(STATUS_OOM, "out of host memory");
         goto done;
     }
-    for (int i = 0; i < E; i++) r->eval_prompts[i] = r->prompts[i % r->n_prompts];
+    for (int i = 0; i < E; i++)
+        r->eval_prompts[i] = r->eval_list ? r->eval_list[i % r->n_eval_list] : r->prompts[i % r->n_prompts];
     r->eval_context = context_for(r, E, r->eval_prompts);
     r->eval_latents = r->eval_context ? latents_for(r, E, EVAL_SEED_BASE + c->seed) : NULL;
     if (!r->eval_latents) {

@@ -32,6 +32,7 @@ struct draft_run_config {
     char eval_reward[1024];   /* a second reward scored on the held-out samples only ("" = none): what the
                                * training reward does to another measure (reward hacking shows there) */
     char prompts[1024];    /* prompt file, one a line; or "@animals", "@emoji" built-in sets */
+    char eval_prompts[1024];   /* the held-out evaluation's prompts, the same forms ("" = the training prompts) */
     char out[1024];        /* run folder */
     enum dtype dtype;      /* the frozen base weights' dtype (LoRA and optimiser stay f32) */
     enum device device;    /* where the model, LoRA, optimiser state and reward run (DEVICE_CPU) */

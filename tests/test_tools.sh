@@ -98,6 +98,29 @@ if [ -f "$model/model_index.json" ]; then
     check "the report of a resumed sum run shows each term before and after" \
           "grep -Eq 'term 1, 1 &times; <code>red</code></th><td class=\"num\">-0\.[0-9]+</td><td class=\"num\">-0\.[0-9]+' '$tmp/sum/report.html' && \
            grep -q 'term 2, -2 &times; <code>brightness=0.5</code>' '$tmp/sum/report.html'"
+    # --eval-prompts: the held-out evaluation scores its own prompts; its first line is what a run
+    # trained on those prompts measures, and not what the training prompts give
+    printf 'a blue car\n# a comment\na green tree\n' >"$tmp/eval_prompts.txt"
+    ep="--steps 2 --iters 1 --batch 1 --size 64 --eval-images 3 --reward red --no-progress"
+    "$run" --model "$model" $ep --eval-prompts "$tmp/eval_prompts.txt" --out "$tmp/ep1" >"$tmp/o" 2>&1; rc=$?
+    "$run" --model "$model" $ep --prompts "$tmp/eval_prompts.txt" --out "$tmp/ep2" >/dev/null 2>&1
+    "$run" --model "$model" $ep --out "$tmp/ep3" >/dev/null 2>&1
+    e1=$(head -n 1 "$tmp/ep1/metrics.jsonl"); e2=$(head -n 1 "$tmp/ep2/metrics.jsonl"); e3=$(head -n 1 "$tmp/ep3/metrics.jsonl")
+    check "draft-run --eval-prompts: the held-out set is scored on those prompts" \
+          "[ $rc -eq 0 ] && [ -n '$e1' ] && [ '$e1' = '$e2' ] && [ '$e1' != '$e3' ] && \
+           grep -q 'eval_prompts.txt' '$tmp/ep1/report.html'"
+    # --resume refuses what would make its values incomparable with the checkpoint's 'before'
+    "$run" --model "$model" $ep --eval-prompts "$tmp/eval_prompts.txt" --out "$tmp/ep1" --iters 2 --resume >"$tmp/o" 2>&1; rc=$?
+    check "--resume with the same held-out set continues" "[ $rc -eq 0 ] && grep -q 'resumed at step 1/2' '$tmp/o'"
+    "$run" --model "$model" $ep --out "$tmp/ep1" --iters 3 --resume >"$tmp/o" 2>&1; rc=$?
+    check "--resume without the run's --eval-prompts: refused, naming them" \
+          "[ $rc -ne 0 ] && grep -q 'another held-out set' '$tmp/o' && grep -q 'the training prompts' '$tmp/o'"
+    "$run" --model "$model" $ep --eval-prompts "$tmp/eval_prompts.txt" --eval-images 4 --out "$tmp/ep1" --iters 3 --resume >"$tmp/o" 2>&1; rc=$?
+    check "--resume with another --eval-images: refused" "[ $rc -ne 0 ] && grep -q ', 4 images of' '$tmp/o'"
+    "$run" --model "$model" $ep --eval-prompts "$tmp/eval_prompts.txt" --reward brightness=0.5 --out "$tmp/ep1" --iters 3 \
+           --resume >"$tmp/o" 2>&1; rc=$?
+    check "--resume with another --reward: refused, naming both" \
+          "[ $rc -ne 0 ] && grep -q \"trained with --reward 'red', this run has 'brightness=0.5'\" '$tmp/o'"
     # --lora-targets: the cross-attention's keys and values only
     "$run" --model "$model" --lora-targets attn2.to_k,attn2.to_v --steps 2 --iters 1 --batch 1 --size 64 --eval-images 1 \
            --reward red --no-progress --out "$tmp/lt" >"$tmp/o" 2>&1; rc=$?

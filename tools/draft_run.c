@@ -39,6 +39,9 @@ static const struct opt opts[] = {
     {"eval-reward", K_STR, F(eval_reward), "a second reward (same specs) scored on the held-out samples only: "
                                            "metrics.jsonl's eval_reward, the report; where reward hacking shows"},
     {"prompts", K_STR, F(prompts), "prompt file (one a line) or a built-in set: @animals, @emoji"},
+    {"eval-prompts", K_STR, F(eval_prompts), "prompts of the held-out evaluation (file or built-in set), to see "
+                                             "whether training carries over to prompts it never saw (default: the "
+                                             "training prompts)"},
     {"out", K_STR, F(out), "run folder (metrics, grids, checkpoints, LoRA, report.html)"},
     {"dtype", K_DTYPE, F(dtype), "dtype of the frozen base weights: f32 or bf16 (bf16 halves their memory; activations, LoRA and AdamW stay f32)"},
     {"device", K_DEVICE, F(device), "cpu or cuda: where the model, LoRA, optimiser and reward run (cuda needs a build "
