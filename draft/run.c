@@ -772,6 +772,8 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
     if ((s = nn_mkdir_p(c->out))) return s;
     path_in(r, path, sizeof path, "samples");
     if ((s = nn_mkdir_p(path))) return s;
+    path_in(r, path, sizeof path, "config.json");
+    if (c->config_json && (s = draft_file_write_atomic(path, c->config_json, strlen(c->config_json)))) return s;
     const enum precision precision0 = tensor_precision();   /* the run's own, restored at the end */
     tensor_set_precision(c->precision);
     s = c->ckpt[0] ? sd_pipeline_load_single_file(&r->p, c->ckpt, c->model, c->dtype, c->device)

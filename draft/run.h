@@ -52,6 +52,8 @@ struct draft_run_config {
     bool resume;           /* continue from out/checkpoint.safetensors */
     bool progress;         /* a progress bar on stderr */
     int stop_after;        /* test hook: stop (as if killed, after saving) once this step is done; 0 = off */
+    const char *config_json;   /* written as is to <out>/config.json once the config is checked (NULL: none);
+                                * draft-run's every option, which its --config reads back */
 };
 void draft_run_config_default(struct draft_run_config *c);
 

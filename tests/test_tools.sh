@@ -98,6 +98,16 @@ if [ -f "$model/model_index.json" ]; then
     check "the report of a resumed sum run shows each term before and after" \
           "grep -Eq 'term 1, 1 &times; <code>red</code></th><td class=\"num\">-0\.[0-9]+</td><td class=\"num\">-0\.[0-9]+' '$tmp/sum/report.html' && \
            grep -q 'term 2, -2 &times; <code>brightness=0.5</code>' '$tmp/sum/report.html'"
+    # <out>/config.json holds every option; --config reads it back to the same run (metrics equal
+    # but for the timings), a seed past 2^53 and a non-square size included
+    "$run" --model "$model" --steps 2 --iters 2 --batch 1 --size 64x128 --eval-images 2 --reward "sum:red;0.3*brightness=0.4" \
+           --lr 3.14159265358979e-4 --lora-rank 2 --seed 18446744073709551615 --no-progress --out "$tmp/cj1" >/dev/null 2>&1; rc=$?
+    "$run" --config "$tmp/cj1/config.json" --out "$tmp/cj2" >/dev/null 2>&1; rc2=$?
+    check "draft-run writes config.json, and --config of it repeats the run" \
+          "[ $rc -eq 0 ] && [ $rc2 -eq 0 ] && grep -q '\"seed\":.*\"18446744073709551615\"' '$tmp/cj1/config.json' && \
+           grep -q '\"out\":.*\"$tmp/cj2\"' '$tmp/cj2/config.json' && [ \$(wc -l < '$tmp/cj1/metrics.jsonl') -eq 4 ] && \
+           cmp -s <(sed 's/\"seconds\": [0-9.]*//' '$tmp/cj1/metrics.jsonl') <(sed 's/\"seconds\": [0-9.]*//' '$tmp/cj2/metrics.jsonl')"
+    check "config.json of a resumed run starts it again (resume false)" "grep -q '\"resume\":.*false' '$tmp/sum/config.json'"
     # --eval-prompts: the held-out evaluation scores its own prompts; its first line is what a run
     # trained on those prompts measures, and not what the training prompts give
     printf 'a blue car\n# a comment\na green tree\n' >"$tmp/eval_prompts.txt"

@@ -308,6 +308,43 @@ static bool load_config(struct draft_run_config *c, const char *path)
     return ok;
 }
 
+/* every option as a JSON object that load_config reads back to the same config: numbers that
+ * round-trip (cJSON prints 17 digits where 15 do not), the seed as text (past 2^53 a JSON
+ * number would round it), and resume false, so the file starts the run again */
+static char *config_json(const struct draft_run_config *c)
+{
+    cJSON *o = cJSON_CreateObject();
+    for (int i = 0; o && i < N_OPTS; i++) {
+        const struct opt *op = &opts[i];
+        const char *p = (const char *)c + op->off;
+        char buf[1100];
+        cJSON *v;
+        switch (op->kind) {
+        case K_STR: v = cJSON_CreateString(p); break;
+        case K_INT: v = cJSON_CreateNumber(*(const int *)p); break;
+        case K_DOUBLE: v = cJSON_CreateNumber(*(const double *)p); break;
+        case K_BOOL: v = cJSON_CreateBool(op->off != offsetof(struct draft_run_config, resume) && *(const bool *)p); break;
+        default: value_str(c, op, buf, sizeof buf), v = cJSON_CreateString(buf); break;
+        }
+        if (!v || !cJSON_AddItemToObject(o, op->name, v)) {
+            cJSON_Delete(v);
+            cJSON_Delete(o);
+            o = NULL;
+        }
+    }
+    char *text = o ? cJSON_Print(o) : NULL;
+    cJSON_Delete(o);
+    if (!text) return NULL;
+    const size_t n = strlen(text);
+    char *out = realloc(text, n + 2);   /* a final newline */
+    if (!out) {
+        free(text);
+        return NULL;
+    }
+    memcpy(out + n, "\n", 2);
+    return out;
+}
+
 static void on_sigint(int sig)
 {
     (void)sig;
@@ -386,9 +423,16 @@ int main(int argc, char **argv)
                 c.model, draft_method_name(c.method.method), c.reward, c.iters);
     }
 
+    char *json = config_json(&c);
+    if (!json) {
+        fprintf(stderr, "draft-run: out of memory\n");
+        return 1;
+    }
+    c.config_json = json;
     signal(SIGINT, on_sigint);
     struct draft_run_result res;
     enum status s = draft_run(&c, &res);
+    free(json);
     if (s) {
         fprintf(stderr, "draft-run: %s\n", tensor_error());
         return 1;
