@@ -9,6 +9,9 @@
 #include <string.h>
 
 #include "draft/image.h"
+#include "nn/file.h"
+
+#include <cjson/cJSON.h>
 
 /* ---------------------------------------------------------------- a growing string */
 
@@ -138,14 +141,40 @@ char *draft_svg_line_chart(const double *x, const double *const *ys, const char 
                     x ? "given" : "NULL", ys ? "given" : "NULL");
         return NULL;
     }
+    /* every series on the one x */
+    const double **xs = malloc(sizeof *xs * (size_t)(n_series ? n_series : 1));
+    int *ns = malloc(sizeof *ns * (size_t)(n_series ? n_series : 1));
+    char *svg = NULL;
+    if (!xs || !ns) tensor_fail(STATUS_OOM, "draft_svg_line_chart: out of memory");
+    else {
+        for (int k = 0; k < n_series; k++) xs[k] = x, ns[k] = n;
+        svg = draft_svg_chart_xy(xs, n_series ? ys : NULL, ns, series_names, n_series, title, xlabel, ylabel);
+    }
+    free(xs);
+    free(ns);
+    return svg;
+}
+
+char *draft_svg_chart_xy(const double *const *xs, const double *const *ys, const int *ns, const char *const *series_names,
+                         int n_series, const char *title, const char *xlabel, const char *ylabel)
+{
+    bool bad = n_series < 0 || (n_series > 0 && (!xs || !ys || !ns));
+    for (int k = 0; k < n_series && !bad; k++) bad = ns[k] < 0 || (ns[k] > 0 && ys[k] && !xs[k]);
+    if (bad) {
+        tensor_fail(STATUS_VALUE, "draft_svg_chart_xy: bad arguments (n_series=%d, a negative count or NULL arrays)",
+                    n_series);
+        return NULL;
+    }
     const int W = 760, H = 420, L = 72, R = W - 180, T = 44, B = H - 56;   /* plot box [L,R]×[T,B] */
     double xmn = INFINITY, xmx = -INFINITY, ymn = INFINITY, ymx = -INFINITY;
-    for (int i = 0; i < n; i++) {
-        if (!isfinite(x[i])) continue;
-        for (int k = 0; k < n_series; k++) {
-            if (!ys[k] || !isfinite(ys[k][i])) continue;
-            xmn = fmin(xmn, x[i]);
-            xmx = fmax(xmx, x[i]);
+    int n_points = 0;
+    for (int k = 0; k < n_series; k++) {
+        if (!ys[k]) continue;
+        n_points += ns[k];
+        for (int i = 0; i < ns[k]; i++) {
+            if (!isfinite(xs[k][i]) || !isfinite(ys[k][i])) continue;
+            xmn = fmin(xmn, xs[k][i]);
+            xmx = fmax(xmx, xs[k][i]);
             ymn = fmin(ymn, ys[k][i]);
             ymx = fmax(ymx, ys[k][i]);
         }
@@ -214,6 +243,8 @@ char *draft_svg_line_chart(const double *x, const double *const *ys, const char 
     for (int k = 0; k < n_series && !empty; k++) {
         if (!ys[k]) continue;
         const char *col = palette[k % 10];
+        const double *x = xs[k];
+        const int n = ns[k];
         sb_printf(&b, "<g class=\"series\" stroke=\"%s\" fill=\"%s\">\n", col, col);
         for (int i = 0; i < n;) {
             if (!isfinite(x[i]) || !isfinite(ys[k][i])) {
@@ -250,7 +281,7 @@ char *draft_svg_line_chart(const double *x, const double *const *ys, const char 
 #undef PY
     if (b.oom) {
         free(b.s);
-        tensor_fail(STATUS_OOM, "draft_svg_line_chart: out of memory (%d series of %d points)", n_series, n);
+        tensor_fail(STATUS_OOM, "draft_svg_line_chart: out of memory (%d series, %d points)", n_series, n_points);
         return NULL;
     }
     return b.s;
@@ -440,5 +471,285 @@ enum status draft_report_html(const char *path, const struct draft_report *r)
     enum status s = b.oom ? tensor_fail(STATUS_OOM, "draft_report_html %s: out of memory", path)
                           : draft_file_write_atomic(path, b.s, b.len);
     free(b.s);
+    return s;
+}
+
+/* ---------------------------------------------------------------- several runs compared */
+
+/* a growing array of doubles */
+struct dvec {
+    double *v;
+    int n, cap;
+};
+
+static bool dvec_push(struct dvec *d, double x)
+{
+    if (d->n == d->cap) {
+        const int cap = d->cap ? 2 * d->cap : 64;
+        double *v = realloc(d->v, sizeof *v * (size_t)cap);
+        if (!v) return false;
+        d->v = v, d->cap = cap;
+    }
+    d->v[d->n++] = x;
+    return true;
+}
+
+/* one run folder: what its config.json and metrics.jsonl say */
+struct cmp_run {
+    const char *dir;
+    char label[300];
+    char method[32];
+    char reward[1100], eval_reward[1100];
+    double queries_per_step;              /* reward queries of one optimiser step; NaN without config.json */
+    struct dvec tx, ty;                   /* training steps: x, reward */
+    struct dvec ex, ey, ediv, eheld;      /* evaluations: x, reward, diversity, eval reward */
+    int steps;
+    double seconds, peak_mib;             /* summed step times; the largest step peak */
+    bool has_config, has_held;
+};
+
+static void cmp_run_free(struct cmp_run *r)
+{
+    struct dvec *d[] = {&r->tx, &r->ty, &r->ex, &r->ey, &r->ediv, &r->eheld};
+    for (size_t i = 0; i < sizeof d / sizeof *d; i++) free(d[i]->v);
+}
+
+static double json_num(const cJSON *o, const char *key)
+{
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsNumber(it) ? it->valuedouble : NAN;   /* null (not finite when written) too */
+}
+
+static void json_str(const cJSON *o, const char *key, char *buf, size_t n)
+{
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, key);
+    snprintf(buf, n, "%s", cJSON_IsString(it) ? it->valuestring : "");
+}
+
+/* <dir>/config.json (optional: runs before it was written have none) */
+static enum status cmp_read_config(struct cmp_run *r)
+{
+    char path[1200];
+    snprintf(path, sizeof path, "%s/config.json", r->dir);
+    r->queries_per_step = NAN;
+    snprintf(r->method, sizeof r->method, "?");
+    if (!nn_file_exists(path)) return STATUS_OK;
+    size_t n;
+    char *text = nn_file_read(path, (size_t)1 << 20, &n);
+    if (!text) return tensor_status();
+    cJSON *c = cJSON_Parse(text);
+    free(text);
+    if (!cJSON_IsObject(c)) {
+        cJSON_Delete(c);
+        return tensor_fail(STATUS_FORMAT, "%s: not a JSON object", path);
+    }
+    json_str(c, "method", r->method, sizeof r->method);
+    json_str(c, "reward", r->reward, sizeof r->reward);
+    json_str(c, "eval-reward", r->eval_reward, sizeof r->eval_reward);
+    const double batch = json_num(c, "batch"), accum = json_num(c, "accum"), lv_n = json_num(c, "lv-n");
+    /* DRaFT-LV scores lv_n re-noised copies of each image; every other method scores each image once */
+    r->queries_per_step = batch * (accum > 0 ? accum : 1) * (!strcmp(r->method, "lv") ? lv_n : 1);
+    r->has_config = true;
+    cJSON_Delete(c);
+    return STATUS_OK;
+}
+
+/* <dir>/metrics.jsonl: training lines and evaluation lines ("eval": true), in order */
+static enum status cmp_read_metrics(struct cmp_run *r, enum draft_compare_x xk)
+{
+    char path[1200];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", r->dir);
+    size_t len;
+    char *text = nn_file_read(path, (size_t)1 << 30, &len);
+    if (!text) return tensor_status();
+    enum status s = STATUS_OK;
+    int line_no = 0;
+    for (char *line = text, *next; line && *line && !s; line = next) {
+        next = strchr(line, '\n');
+        if (next) *next++ = 0;
+        line_no++;
+        if (!line[strspn(line, " \t\r")]) continue;
+        cJSON *o = cJSON_Parse(line);
+        const double step = json_num(o, "step");
+        if (!cJSON_IsObject(o) || !(step >= 0)) {
+            s = tensor_fail(STATUS_FORMAT, "%s:%d: not a metrics line (a JSON object with a \"step\")", path, line_no);
+            cJSON_Delete(o);
+            break;
+        }
+        const bool eval = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "eval"));
+        if (!eval) {
+            const double sec = json_num(o, "seconds"), peak = json_num(o, "peak_mib");
+            if (isfinite(sec)) r->seconds += sec;
+            if (isfinite(peak) && !(peak <= r->peak_mib)) r->peak_mib = peak;
+            if (step > r->steps) r->steps = (int)step;
+        }
+        const double x = xk == DRAFT_COMPARE_QUERIES ? step * r->queries_per_step
+                       : xk == DRAFT_COMPARE_SECONDS ? r->seconds : step;
+        bool ok;
+        if (eval) {
+            const double held = json_num(o, "eval_reward");
+            if (cJSON_GetObjectItemCaseSensitive(o, "eval_reward")) r->has_held = true;
+            ok = dvec_push(&r->ex, x) && dvec_push(&r->ey, json_num(o, "reward")) &&
+                 dvec_push(&r->ediv, json_num(o, "diversity")) && dvec_push(&r->eheld, held);
+        } else {
+            ok = dvec_push(&r->tx, x) && dvec_push(&r->ty, json_num(o, "reward"));
+        }
+        cJSON_Delete(o);
+        if (!ok) s = tensor_fail(STATUS_OOM, "%s: out of memory", path);
+    }
+    free(text);
+    if (!s && !r->ex.n) s = tensor_fail(STATUS_FORMAT, "%s: no evaluation line (is it a draft-run folder?)", path);
+    return s;
+}
+
+/* a path's last component (trailing '/' aside): [*b, *b + returned length) */
+static int last_component(const char *d, const char **b)
+{
+    const char *e = d + strlen(d);
+    while (e > d + 1 && e[-1] == '/') e--;
+    *b = e;
+    while (*b > d && (*b)[-1] != '/') (*b)--;
+    return (int)(e - *b);
+}
+
+/* the run's name in legends and the table: the folder's last component, or the whole path
+ * when another run has the same last component */
+static void cmp_label(struct cmp_run *runs, int n, int i)
+{
+    const char *b, *bj;
+    const int len = last_component(runs[i].dir, &b);
+    snprintf(runs[i].label, sizeof runs[i].label, "%.*s", len, b);
+    for (int j = 0; j < n; j++)
+        if (j != i && last_component(runs[j].dir, &bj) == len && !strncmp(bj, b, (size_t)len))
+            snprintf(runs[i].label, sizeof runs[i].label, "%s", runs[i].dir);
+}
+
+enum status draft_compare_html(const char *path, int n_runs, const char *const *run_dirs, enum draft_compare_x x)
+{
+    if (n_runs < 1 || n_runs > DRAFT_COMPARE_MAX_RUNS || !run_dirs)
+        return tensor_fail(STATUS_VALUE, "draft_compare_html: 1 to %d runs, got %d", DRAFT_COMPARE_MAX_RUNS, n_runs);
+    struct cmp_run runs[DRAFT_COMPARE_MAX_RUNS];
+    memset(runs, 0, sizeof runs);
+    for (int i = 0; i < n_runs; i++) {
+        if (!run_dirs[i]) return tensor_fail(STATUS_VALUE, "draft_compare_html: run %d has no folder", i + 1);
+        runs[i].dir = run_dirs[i];
+        runs[i].peak_mib = NAN;
+    }
+    enum status s = STATUS_OK;
+    for (int i = 0; i < n_runs && !s; i++) {
+        if ((s = cmp_read_config(&runs[i]))) break;
+        if (x == DRAFT_COMPARE_QUERIES && !runs[i].has_config) {
+            s = tensor_fail(STATUS_VALUE, "%s has no config.json (draft-run writes it since 2026-11-28): its reward queries "
+                                          "per step are unknown; compare by step or seconds", run_dirs[i]);
+            break;
+        }
+        s = cmp_read_metrics(&runs[i], x);
+    }
+    const char *labels[DRAFT_COMPARE_MAX_RUNS];
+    for (int i = 0; i < n_runs; i++) cmp_label(runs, n_runs, i), labels[i] = runs[i].label;
+    static const char *const xlabel[] = {"step", "reward queries", "training seconds"};
+    struct sbuf b = {0};
+    bool any_held = false, same_reward = true;
+    for (int i = 0; i < n_runs && !s; i++) {
+        any_held |= runs[i].has_held;
+        same_reward &= !runs[i].has_config || !runs[0].has_config || !strcmp(runs[i].reward, runs[0].reward);
+    }
+    if (!s) {
+        sb_printf(&b, "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>DRaFT runs compared"
+                      "</title>\n<style>%s</style>\n</head>\n<body>\n<h1>DRaFT runs compared</h1>\n", css);
+        if (!same_reward)
+            sb_puts(&b, "<p class=\"summary\">These runs were trained on different rewards: their reward values do not "
+                        "compare (see the reward column).</p>\n");
+        sb_puts(&b, "<h2>Results on the held-out seeds</h2>\n<table>\n<tr><th>run</th><th>method</th><th>reward</th>"
+                    "<th>before</th><th>after</th><th>change</th><th>diversity before</th><th>diversity after</th>");
+        if (any_held) sb_puts(&b, "<th>eval reward</th><th>before</th><th>after</th>");
+        sb_puts(&b, "<th>steps</th><th>reward queries</th><th>training s</th><th>peak MiB</th></tr>\n");
+        for (int i = 0; i < n_runs; i++) {
+            const struct cmp_run *r = &runs[i];
+            const int last = r->ex.n - 1;
+            sb_puts(&b, "<tr><th>");
+            sb_escape(&b, labels[i]);
+            sb_puts(&b, "</th><td>");
+            sb_escape(&b, r->method);
+            sb_puts(&b, "</td><td><code>");
+            sb_escape(&b, r->has_config ? r->reward : "?");
+            sb_puts(&b, "</code></td><td class=\"num\">");
+            sb_num(&b, r->ey.v[0]);
+            sb_puts(&b, "</td><td class=\"num\">");
+            sb_num(&b, r->ey.v[last]);
+            sb_puts(&b, "</td><td class=\"num\">");
+            sb_delta(&b, r->ey.v[0], r->ey.v[last]);
+            sb_puts(&b, "</td><td class=\"num\">");
+            sb_num(&b, r->ediv.v[0]);
+            sb_puts(&b, "</td><td class=\"num\">");
+            sb_num(&b, r->ediv.v[last]);
+            sb_puts(&b, "</td>");
+            if (any_held) {
+                sb_puts(&b, "<td><code>");
+                sb_escape(&b, r->eval_reward);
+                sb_puts(&b, "</code></td><td class=\"num\">");
+                sb_num(&b, r->has_held ? r->eheld.v[0] : NAN);
+                sb_puts(&b, "</td><td class=\"num\">");
+                sb_num(&b, r->has_held ? r->eheld.v[last] : NAN);
+                sb_puts(&b, "</td>");
+            }
+            sb_printf(&b, "<td class=\"num\">%d</td><td class=\"num\">", r->steps);
+            if (isfinite(r->queries_per_step)) sb_printf(&b, "%.0f", r->steps * r->queries_per_step);
+            else sb_puts(&b, "n/a");
+            sb_printf(&b, "</td><td class=\"num\">%.1f</td><td class=\"num\">", r->seconds);
+            if (isfinite(r->peak_mib)) sb_printf(&b, "%.1f", r->peak_mib);
+            else sb_puts(&b, "n/a");
+            sb_puts(&b, "</td></tr>\n");
+        }
+        sb_puts(&b, "</table>\n<p><small>before / after: the first and last evaluation in metrics.jsonl (fixed held-out "
+                    "seeds). Reward queries: optimiser steps &times; batch &times; accumulation (&times; lv_n for "
+                    "DRaFT-LV, which scores that many re-noised copies of each image). Training seconds: the steps' "
+                    "own times, without evaluations. Diversity: mean pairwise RMS pixel distance / 2.</small></p>\n");
+    }
+    /* the charts: each run a series on its own x */
+    struct {
+        const char *title, *ylabel;
+        int which;   /* 0 held-out reward, 1 training reward, 2 diversity, 3 eval reward */
+    } charts[] = {{"reward on the held-out seeds", "reward", 0},
+                  {"reward of the training batches", "reward", 1},
+                  {"diversity of the held-out samples", "diversity", 2},
+                  {"eval reward on the held-out seeds", "eval reward", 3}};
+    for (size_t c = 0; c < sizeof charts / sizeof *charts && !s; c++) {
+        if (charts[c].which == 3 && !any_held) continue;
+        const double *xs[DRAFT_COMPARE_MAX_RUNS], *ys[DRAFT_COMPARE_MAX_RUNS];
+        int ns[DRAFT_COMPARE_MAX_RUNS];
+        for (int i = 0; i < n_runs; i++) {
+            const struct cmp_run *r = &runs[i];
+            const bool train = charts[c].which == 1;
+            xs[i] = train ? r->tx.v : r->ex.v;
+            ns[i] = train ? r->tx.n : r->ex.n;
+            ys[i] = train ? r->ty.v : charts[c].which == 0 ? r->ey.v : charts[c].which == 2 ? r->ediv.v : r->eheld.v;
+            if (charts[c].which == 3 && !r->has_held) ys[i] = NULL;
+        }
+        char *svg = draft_svg_chart_xy(xs, ys, ns, labels, n_runs, charts[c].title, xlabel[x], charts[c].ylabel);
+        if (!svg) {
+            s = tensor_status();
+            break;
+        }
+        sb_printf(&b, "<h2>%s</h2>\n<div class=\"chart\">\n", charts[c].title);
+        sb_puts(&b, svg);
+        sb_puts(&b, "</div>\n");
+        free(svg);
+    }
+    if (!s) {
+        sb_puts(&b, "<h2>Runs</h2>\n<table>\n");
+        for (int i = 0; i < n_runs; i++) {
+            sb_puts(&b, "<tr><th>");
+            sb_escape(&b, labels[i]);
+            sb_puts(&b, "</th><td><code>");
+            sb_escape(&b, runs[i].dir);
+            sb_puts(&b, "</code></td></tr>\n");
+        }
+        sb_puts(&b, "</table>\n</body>\n</html>\n");
+        s = b.oom ? tensor_fail(STATUS_OOM, "draft_compare_html %s: out of memory", path)
+                  : draft_file_write_atomic(path, b.s, b.len);
+    }
+    free(b.s);
+    for (int i = 0; i < n_runs; i++) cmp_run_free(&runs[i]);
     return s;
 }

@@ -17,6 +17,9 @@
  * all text is XML-escaped. */
 char *draft_svg_line_chart(const double *x, const double *const *ys, const char *const *series_names, int n_series,
                            int n, const char *title, const char *xlabel, const char *ylabel);
+/* The same with an x of its own for each series: series k has ns[k] points (xs[k][i], ys[k][i]). */
+char *draft_svg_chart_xy(const double *const *xs, const double *const *ys, const int *ns, const char *const *series_names,
+                         int n_series, const char *title, const char *xlabel, const char *ylabel);
 
 /* Diversity of a batch of samples, to make reward hacking visible (the fine-tuned model
  * collapsing to one image that scores well). `images` is [B,3,H,W] in [-1,1], any float dtype,
@@ -68,5 +71,16 @@ struct draft_report {
 /* Writes the report as one self-contained HTML file, atomically (temporary file, then rename).
  * All text is HTML-escaped; image paths are percent-encoded in src and escaped in captions. */
 enum status draft_report_html(const char *path, const struct draft_report *r);
+
+/* Several draft-run folders side by side, in one self-contained HTML file written atomically: a
+ * table (method, reward spec, held-out reward and diversity before and after, the eval reward,
+ * steps, reward queries, training seconds, peak memory) and charts of the held-out reward, the
+ * training batches' reward, the diversity and the eval reward, each run one series, against
+ * x = the step, the reward queries (steps x batch x accum, x lv_n for DRaFT-LV) or the summed
+ * step times. Reads <dir>/metrics.jsonl and <dir>/config.json (config.json is needed only for the
+ * reward queries). Errors name the file and line. */
+#define DRAFT_COMPARE_MAX_RUNS 8
+enum draft_compare_x { DRAFT_COMPARE_STEP, DRAFT_COMPARE_QUERIES, DRAFT_COMPARE_SECONDS };
+enum status draft_compare_html(const char *path, int n_runs, const char *const *run_dirs, enum draft_compare_x x);
 
 #endif

@@ -591,6 +591,122 @@ START_TEST(test_svg_chart)
     free(s);
     ck_assert(draft_svg_line_chart(NULL, ys, NULL, 1, 3, NULL, NULL, NULL) == NULL);
     ck_assert(draft_svg_line_chart(x, ys, NULL, 1, -1, NULL, NULL, NULL) == NULL);
+    /* series with x values of their own: each one line over its own points; the x axis spans both */
+    double xa[3] = {0, 10, 20}, ya[3] = {1, 2, 3}, xb[2] = {5, 300}, yb[2] = {2, 2.5};
+    const double *xs2[2] = {xa, xb}, *ys2[2] = {ya, yb};
+    const int ns2[2] = {3, 2};
+    s = draft_svg_chart_xy(xs2, ys2, ns2, NULL, 2, NULL, NULL, NULL);
+    ck_assert_msg(s && count_str(s, "<polyline") == 2 && count_str(s, "<circle") == 0, "%s", s ? s : tensor_error());
+    ck_assert(strstr(s, ">300</text>") && !has_nonfinite(s));
+    free(s);
+    const int nbad[2] = {3, -1};
+    ck_assert(draft_svg_chart_xy(xs2, ys2, nbad, NULL, 2, NULL, NULL, NULL) == NULL);
+}
+END_TEST
+
+/* ---------------------------------------------------------------- several runs compared */
+
+static void write_text(const char *dir, const char *name, const char *text)
+{
+    char p[300];
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    FILE *f = fopen(p, "w");
+    ck_assert(f != NULL);
+    fputs(text, f);
+    ck_assert(fclose(f) == 0);
+}
+
+static char *make_run(const char *root, const char *name, const char *config, const char *metrics)
+{
+    static char d[8][300];
+    static int k;
+    k = (k + 1) % 8;
+    snprintf(d[k], sizeof d[k], "%s/%s", root, name);
+    char cmd[400];
+    snprintf(cmd, sizeof cmd, "mkdir -p %s", d[k]);
+    ck_assert(system(cmd) == 0);
+    if (config) write_text(d[k], "config.json", config);
+    if (metrics) write_text(d[k], "metrics.jsonl", metrics);
+    return d[k];
+}
+
+START_TEST(test_compare_html)
+{
+    char root[64] = "/tmp/draft_compare_XXXXXX";
+    ck_assert(mkdtemp(root) != NULL);
+    /* LV: 2 x 3 x 2 = 12 reward queries a step; the second step's reward diverged (null) */
+    const char *a = make_run(root, "a/run",
+                             "{\"method\": \"lv\", \"batch\": 2, \"accum\": 3, \"lv-n\": 2, \"reward\": \"red\", "
+                             "\"eval-reward\": \"brightness=0.5\"}",
+                             "{\"step\": 0, \"eval\": true, \"reward\": 0.1, \"diversity\": 0.4, \"eval_reward\": 0.5}\n"
+                             "{\"step\": 1, \"reward\": 0.12, \"seconds\": 1.5, \"peak_mib\": 100}\n"
+                             "{\"step\": 2, \"reward\": null, \"seconds\": 2.0, \"peak_mib\": 120.5}\n"
+                             "{\"step\": 2, \"eval\": true, \"reward\": 0.2, \"diversity\": 0.3, \"eval_reward\": 0.45}\n");
+    /* K: 4 queries a step, and the same folder name as a's */
+    const char *b = make_run(root, "b/run", "{\"method\": \"k\", \"batch\": 4, \"accum\": 1, \"reward\": \"red\"}",
+                             "{\"step\": 0, \"eval\": true, \"reward\": 0.1, \"diversity\": 0.4}\n"
+                             "{\"step\": 1, \"reward\": 0.1, \"seconds\": 1, \"peak_mib\": 50}\n\n"
+                             "{\"step\": 2, \"reward\": 0.1, \"seconds\": 1, \"peak_mib\": 50}\n"
+                             "{\"step\": 3, \"reward\": 0.3, \"seconds\": 1, \"peak_mib\": 50}\n"
+                             "{\"step\": 3, \"eval\": true, \"reward\": 0.25, \"diversity\": 0.35}\n");
+    char out[128];
+    snprintf(out, sizeof out, "%s/cmp.html", root);
+    const char *runs[2] = {a, b};
+    ck_assert_msg(draft_compare_html(out, 2, runs, DRAFT_COMPARE_QUERIES) == STATUS_OK, "%s", tensor_error());
+    size_t n;
+    char *h = (char *)test_slurp(out, &n);
+    char want[600];
+    /* a's row: full path (the last components clash), lv, 0.1 -> 0.2, 24 queries, 3.5 s, 120.5 MiB */
+    snprintf(want, sizeof want,
+             "<tr><th>%s</th><td>lv</td><td><code>red</code></td><td class=\"num\">0.1000</td><td class=\"num\">0.2000</td>"
+             "<td class=\"num\">+0.1000</td><td class=\"num\">0.4000</td><td class=\"num\">0.3000</td><td><code>"
+             "brightness=0.5</code></td><td class=\"num\">0.5000</td><td class=\"num\">0.4500</td><td class=\"num\">2</td>"
+             "<td class=\"num\">24</td><td class=\"num\">3.5</td><td class=\"num\">120.5</td></tr>", a);
+    ck_assert_msg(strstr(h, want), "%s\nlacks\n%s", h, want);
+    snprintf(want, sizeof want, "<td class=\"num\">3</td><td class=\"num\">12</td><td class=\"num\">3.0</td>"
+                                "<td class=\"num\">50.0</td></tr>");
+    ck_assert_msg(strstr(h, want), "%s", h);
+    ck_assert(strstr(h, "reward queries</text>") && !strstr(h, "different rewards"));
+    ck_assert_int_eq(count_str(h, "<svg"), 4);   /* held-out, training, diversity, eval reward */
+    ck_assert(!has_nonfinite(h));
+    free(h);
+    /* by seconds: the x axis is the summed step times (3.5 s at most: ticks to 4) */
+    ck_assert(draft_compare_html(out, 2, runs, DRAFT_COMPARE_SECONDS) == STATUS_OK);
+    h = (char *)test_slurp(out, &n);
+    ck_assert(strstr(h, "training seconds</text>") && strstr(h, ">4</text>") && !strstr(h, ">24</text>") && !strstr(h, ">5</text>"));
+    free(h);
+    /* another reward: said at the top; no eval reward anywhere: no such column or chart */
+    const char *c = make_run(root, "c", "{\"method\": \"full\", \"batch\": 1, \"reward\": \"jpeg\"}",
+                             "{\"step\": 0, \"eval\": true, \"reward\": 1, \"diversity\": 0.4}\n");
+    const char *bc[2] = {b, c};
+    ck_assert(draft_compare_html(out, 2, bc, DRAFT_COMPARE_STEP) == STATUS_OK);
+    h = (char *)test_slurp(out, &n);
+    ck_assert(strstr(h, "different rewards") && !strstr(h, "eval reward") && count_str(h, "<svg") == 3);
+    ck_assert(strstr(h, "<tr><th>c</th><td>full</td>"));
+    free(h);
+    /* errors name the file (and line) */
+    const char *bad = make_run(root, "bad", NULL, "{\"step\": 0, \"eval\": true, \"reward\": 1}\n{\"step\": 1, oops\n");
+    const char *noeval = make_run(root, "noeval", NULL, "{\"step\": 1, \"reward\": 1}\n");
+    const char *nocfg = make_run(root, "nocfg", NULL, "{\"step\": 0, \"eval\": true, \"reward\": 1}\n");
+    static const struct { int which; enum draft_compare_x x; const char *want; } cases[] = {
+        {0, DRAFT_COMPARE_STEP, "bad/metrics.jsonl:2: not a metrics line"},
+        {1, DRAFT_COMPARE_STEP, "noeval/metrics.jsonl: no evaluation line"},
+        {2, DRAFT_COMPARE_QUERIES, "nocfg has no config.json"},
+        {3, DRAFT_COMPARE_STEP, "missing/metrics.jsonl"},
+    };
+    char missing[128];
+    snprintf(missing, sizeof missing, "%s/missing", root);
+    const char *dirs[4] = {bad, noeval, nocfg, missing};
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        const char *r2[2] = {a, dirs[cases[i].which]};
+        ck_assert(draft_compare_html(out, 2, r2, cases[i].x) != STATUS_OK);
+        ck_assert_msg(strstr(tensor_error(), cases[i].want), "'%s' lacks '%s'", tensor_error(), cases[i].want);
+    }
+    ck_assert(draft_compare_html(out, 1, &nocfg, DRAFT_COMPARE_STEP) == STATUS_OK);   /* by step it needs none */
+    ck_assert(draft_compare_html(out, 0, runs, DRAFT_COMPARE_STEP) == STATUS_VALUE);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", root);
+    ck_assert(system(cmd) == 0);
 }
 END_TEST
 
@@ -800,6 +916,7 @@ int main(void)
     tcase_add_test(tr, test_svg_chart);
     tcase_add_test(tr, test_diversity);
     tcase_add_test(tr, test_report_html);
+    tcase_add_test(tr, test_compare_html);
     tcase_add_test(tr, test_demo_report);
     suite_add_tcase(s, tr);
     return test_run_suite(s);

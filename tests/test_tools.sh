@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# test_tools.sh DRAFT_RUN DRAFT_SAMPLE DRAFT_CONVERT — the command-line tools as a user runs them:
+# test_tools.sh DRAFT_RUN DRAFT_SAMPLE DRAFT_CONVERT DRAFT_COMPARE — the command-line tools as a user runs them:
 # --help lists every option, bad flags and values are refused with a message and exit status 2,
 # and (with the parity model) a short draft-run, a draft-sample with two LoRA files and
 # draft-convert's folder and LoRA outputs work end to end.
 set -u
-run=$1 sample=$2 convert=$3
+run=$1 sample=$2 convert=$3 compare=$4
 fail=0
 check() { if eval "$2"; then echo "ok: $1"; else echo "FAILED: $1"; fail=1; fi; }
 tmp=$(mktemp -d)
@@ -54,6 +54,15 @@ check "draft-convert with nothing to write: exit 2" "[ $rc -eq 2 ] && grep -q 'n
 check "draft-convert bad --format: exit 2" "[ $rc -eq 2 ] && grep -q 'peft or kohya' '$tmp/o'"
 "$convert" --model /nonexistent --out "$tmp/never" >"$tmp/o" 2>&1; rc=$?
 check "draft-convert missing model: exit 1 and the path, nothing written" "[ $rc -eq 1 ] && grep -q '/nonexistent' '$tmp/o' && [ ! -e '$tmp/never' ]"
+
+"$compare" --help >"$tmp/o" 2>&1
+check "draft-compare --help exits 0" "[ $? -eq 0 ] && grep -q 'usage: draft-compare' '$tmp/o'"
+"$compare" >"$tmp/o" 2>&1; rc=$?
+check "draft-compare without runs: exit 2 and the usage" "[ $rc -eq 2 ] && grep -q 'usage: draft-compare' '$tmp/o'"
+"$compare" --x minutes a b >"$tmp/o" 2>&1; rc=$?
+check "draft-compare --x minutes: exit 2, naming the choices" "[ $rc -eq 2 ] && grep -q 'step, queries or seconds' '$tmp/o'"
+"$compare" --bogus a >"$tmp/o" 2>&1; rc=$?
+check "draft-compare unknown option: exit 2" "[ $rc -eq 2 ] && grep -q \"unknown option '--bogus'\" '$tmp/o'"
 
 model=${DRAFT_PARITY_DIR:-../shared/parity}/tiny-sd
 if [ -f "$model/model_index.json" ]; then
@@ -108,6 +117,14 @@ if [ -f "$model/model_index.json" ]; then
            grep -q '\"out\":.*\"$tmp/cj2\"' '$tmp/cj2/config.json' && [ \$(wc -l < '$tmp/cj1/metrics.jsonl') -eq 4 ] && \
            cmp -s <(sed 's/\"seconds\": [0-9.]*//' '$tmp/cj1/metrics.jsonl') <(sed 's/\"seconds\": [0-9.]*//' '$tmp/cj2/metrics.jsonl')"
     check "config.json of a resumed run starts it again (resume false)" "grep -q '\"resume\":.*false' '$tmp/sum/config.json'"
+    # draft-compare: the runs above side by side; by reward queries (config.json gives them)
+    "$compare" --x queries --out "$tmp/cmp.html" "$tmp/sum" "$tmp/cj1" "$tmp/cj2/" >"$tmp/o" 2>&1; rc=$?
+    check "draft-compare by reward queries" "[ $rc -eq 0 ] && grep -q 'compared 3 runs' '$tmp/o' && \
+           grep -q '<tr><th>cj2</th><td>lv</td>' '$tmp/cmp.html' && grep -q 'different rewards' '$tmp/cmp.html' && \
+           grep -q 'reward queries</text>' '$tmp/cmp.html'"
+    "$compare" "$tmp/sum" "$tmp/nothere" --out "$tmp/cmp2.html" >"$tmp/o" 2>&1; rc=$?
+    check "draft-compare with a missing run folder: exit 1, naming it, nothing written" \
+          "[ $rc -eq 1 ] && grep -q 'nothere/metrics.jsonl' '$tmp/o' && [ ! -e '$tmp/cmp2.html' ]"
     # --eval-prompts: the held-out evaluation scores its own prompts; its first line is what a run
     # trained on those prompts measures, and not what the training prompts give
     printf 'a blue car\n# a comment\na green tree\n' >"$tmp/eval_prompts.txt"
