@@ -1,6 +1,7 @@
 /* report.c — SVG line chart, diversity measures, HTML report (see report.h). */
 #include "draft/report.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -571,7 +572,7 @@ static enum status cmp_read_metrics(struct cmp_run *r, enum draft_compare_x xk)
         if (!line[strspn(line, " \t\r")]) continue;
         cJSON *o = cJSON_Parse(line);
         const double step = json_num(o, "step");
-        if (!cJSON_IsObject(o) || !(step >= 0)) {
+        if (!cJSON_IsObject(o) || !(step >= 0 && step <= INT_MAX)) {
             s = tensor_fail(STATUS_FORMAT, "%s:%d: not a metrics line (a JSON object with a \"step\")", path, line_no);
             cJSON_Delete(o);
             break;

@@ -687,16 +687,18 @@ START_TEST(test_compare_html)
     /* errors name the file (and line) */
     const char *bad = make_run(root, "bad", NULL, "{\"step\": 0, \"eval\": true, \"reward\": 1}\n{\"step\": 1, oops\n");
     const char *noeval = make_run(root, "noeval", NULL, "{\"step\": 1, \"reward\": 1}\n");
+    const char *huge = make_run(root, "huge", NULL, "{\"step\": 0, \"eval\": true, \"reward\": 1}\n{\"step\": 1e300}\n");
     const char *nocfg = make_run(root, "nocfg", NULL, "{\"step\": 0, \"eval\": true, \"reward\": 1}\n");
     static const struct { int which; enum draft_compare_x x; const char *want; } cases[] = {
         {0, DRAFT_COMPARE_STEP, "bad/metrics.jsonl:2: not a metrics line"},
         {1, DRAFT_COMPARE_STEP, "noeval/metrics.jsonl: no evaluation line"},
         {2, DRAFT_COMPARE_QUERIES, "nocfg has no config.json"},
         {3, DRAFT_COMPARE_STEP, "missing/metrics.jsonl"},
+        {4, DRAFT_COMPARE_STEP, "huge/metrics.jsonl:2: not a metrics line"},
     };
     char missing[128];
     snprintf(missing, sizeof missing, "%s/missing", root);
-    const char *dirs[4] = {bad, noeval, nocfg, missing};
+    const char *dirs[5] = {bad, noeval, nocfg, missing, huge};
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         const char *r2[2] = {a, dirs[cases[i].which]};
         ck_assert(draft_compare_html(out, 2, r2, cases[i].x) != STATUS_OK);
