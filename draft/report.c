@@ -328,6 +328,35 @@ double draft_diversity(const struct tensor *images)
     return total / (double)(B * (B - 1) / 2);
 }
 
+double draft_feature_diversity(const struct tensor *embeds)
+{
+    char sb[64];
+    if (!embeds || embeds->ndim != 2 || embeds->shape[0] < 2 || embeds->shape[1] < 1 || !dtype_is_float(embeds->dtype)) {
+        if (embeds) tensor_fail(STATUS_SHAPE, "draft_feature_diversity: expected float embeddings [B, P] with B >= 2, got %s %s",
+                                dtype_name(embeds->dtype), tensor_shape_str(embeds, sb, sizeof sb));
+        else if (!tensor_status()) tensor_fail(STATUS_VALUE, "draft_feature_diversity: NULL embeddings");
+        return NAN;
+    }
+    tensor_scope_begin();
+    struct tensor *t = tensor_contiguous(tensor_to_dtype(tensor_to_device(embeds, DEVICE_CPU), DTYPE_F64));
+    double total = NAN;
+    if (t) {
+        const int64_t B = t->shape[0], P = t->shape[1];
+        const double *p = tensor_data_ptr(t);
+        total = 0;
+        for (int64_t i = 0; i < B; i++)
+            for (int64_t j = i + 1; j < B; j++) {
+                double dot = 0, ni = 0, nj = 0;
+                for (int64_t k = 0; k < P; k++)
+                    dot += p[i * P + k] * p[j * P + k], ni += p[i * P + k] * p[i * P + k], nj += p[j * P + k] * p[j * P + k];
+                total += 1 - (ni > 0 && nj > 0 ? dot / sqrt(ni * nj) : 0);
+            }
+        total /= (double)(B * (B - 1) / 2);
+    }
+    tensor_scope_end();
+    return total;
+}
+
 double draft_pixel_std(const struct tensor *images)
 {
     struct tensor *t = as_rows(images, "draft_pixel_std");
@@ -427,6 +456,9 @@ enum status draft_report_html(const char *path, const struct draft_report *r)
     sb_puts(&b, "<h2>Results</h2>\n<table>\n<tr><th></th><th>before</th><th>after</th><th>change</th></tr>\n");
     result_row(&b, "reward", NULL, r->reward_before, r->reward_after);
     result_row(&b, "diversity", NULL, r->diversity_before, r->diversity_after);
+    if (r->diversity_model)
+        result_row(&b, "diversity in the embeddings of", r->diversity_model, r->clip_diversity_before,
+                   r->clip_diversity_after);
     for (int i = 0; i < r->n_terms; i++) {   /* a sum reward's terms, unweighted */
         char label[96];
         snprintf(label, sizeof label, "&nbsp;&nbsp;term %d, %g &times;", i + 1, r->terms[i].weight);
@@ -434,8 +466,10 @@ enum status draft_report_html(const char *path, const struct draft_report *r)
     }
     if (r->eval_reward) result_row(&b, "eval reward", r->eval_reward, r->eval_reward_before, r->eval_reward_after);
     sb_puts(&b, "</table>\n<p><small>Diversity: mean pairwise RMS pixel distance between the samples, "
-                "divided by 2 (0 = all samples identical). A reward that rises while diversity collapses is a sign "
-                "of reward hacking.</small></p>\n");
+                "divided by 2 (0 = all samples identical). Diversity in embeddings: mean pairwise 1 - cosine of the "
+                "model's image embeddings, which sees samples converge on one subject or layout even while their "
+                "colours spread. A reward that rises while diversity collapses is a sign of reward hacking."
+                "</small></p>\n");
     if (r->chart_svg) {
         sb_puts(&b, "<h2>Training curves</h2>\n<div class=\"chart\">\n");
         sb_puts(&b, r->chart_svg);

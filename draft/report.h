@@ -34,6 +34,11 @@ char *draft_svg_chart_xy(const double *const *xs, const double *const *ys, const
  * Both are pixel-space measures: they see colour and layout changes, not semantic ones (a
  * feature-space measure such as LPIPS or CLIP-embedding distances would need a model). */
 double draft_diversity(const struct tensor *images);
+/* Diversity in a model's feature space: mean over the pairs i<j of 1 - cos(e_i, e_j) for
+ * embeddings [B, P] (draft_reward_image_embeds: CLIP's image embeddings), B >= 2, else NaN with a
+ * message. 0 for samples the model sees as one; it falls when the samples converge on one
+ * subject or layout, which a pixel measure misses when their colours spread at the same time. */
+double draft_feature_diversity(const struct tensor *embeds);
 double draft_pixel_std(const struct tensor *images);
 
 /* One intermediate sample grid of the run. */
@@ -66,6 +71,8 @@ struct draft_report {
     const char *summary;                 /* the final one-line summary */
     int n_terms;                         /* a sum reward's terms, each unweighted, under the reward's row */
     const struct draft_report_term *terms;
+    const char *diversity_model;         /* the spec whose image embeddings also measure diversity (NULL: none) */
+    double clip_diversity_before, clip_diversity_after;   /* draft_feature_diversity in them */
 };
 
 /* Writes the report as one self-contained HTML file, atomically (temporary file, then rename).

@@ -484,17 +484,28 @@ struct aesthetic_ctx {
 /* the reference's normalized(): a / ||a||, a zero norm replaced by 1; a tiny eps does the same */
 #define NORM_EPS 1e-12
 
+/* normalised CLIP image embeddings [B, P] of images in [-1, 1], in the tower's dtype and place */
+static struct tensor *vision_embeds(const struct clip_vision_model *vm, struct tensor *images)
+{
+    const struct tensor *w = vm->class_embedding;
+    tensor_scope_begin();
+    struct tensor *px = cast_to(draft_clip_preprocess(images, vm->cfg.image_size), w->dtype, tensor_device(w));
+    return tensor_scope_return(ag_normalize(clip_vision_forward(vm, px), 1, NORM_EPS));
+}
+
 static struct tensor *aesthetic_score(struct draft_reward *r, struct tensor *images, const char *const *prompts)
 {
     (void)prompts;
     struct aesthetic_ctx *c = r->ctx;
     tensor_scope_begin();
-    struct tensor *px = draft_clip_preprocess(images, c->vm.cfg.image_size);
-    px = cast_to(px, c->vm.class_embedding->dtype, tensor_device(c->vm.class_embedding));
-    struct tensor *e = ag_normalize(clip_vision_forward(&c->vm, px), 1, NORM_EPS);
-    struct tensor *s = draft_aesthetic_head_forward(c->head, e);
+    struct tensor *s = draft_aesthetic_head_forward(c->head, vision_embeds(&c->vm, images));
     s = s ? ag_reshape(s, 1, (int64_t[]){s->shape[0]}) : NULL;
     return tensor_scope_return(cast_to(s, images->dtype, tensor_device(images)));
+}
+
+static struct tensor *aesthetic_embed(struct draft_reward *r, struct tensor *images)
+{
+    return vision_embeds(&((struct aesthetic_ctx *)r->ctx)->vm, images);
 }
 
 static void aesthetic_free(struct draft_reward *r)
@@ -528,6 +539,7 @@ struct draft_reward *draft_reward_aesthetic_create(const char *clip_vision_dir, 
         free(c);
         return NULL;
     }
+    r->embed = aesthetic_embed;
     struct clip_vision_config vc;
     int64_t proj;
     bool whole = false;
@@ -615,8 +627,7 @@ static struct tensor *clip_score(struct draft_reward *r, struct tensor *images, 
     }
     tensor_scope_begin();
     const struct tensor *vw = c->vision->class_embedding;
-    struct tensor *px = cast_to(draft_clip_preprocess(images, c->vision->cfg.image_size), vw->dtype, tensor_device(vw));
-    struct tensor *ie = ag_normalize(clip_vision_forward(c->vision, px), 1, NORM_EPS);
+    struct tensor *ie = vision_embeds(c->vision, images);
     struct tensor *te = c->target_emb ? c->target_emb : clip_text_embeds(c, (int)B, prompts);
     te = cast_to(te, vw->dtype, tensor_device(vw));
     char a[128], b[128];
@@ -627,6 +638,11 @@ static struct tensor *clip_score(struct draft_reward *r, struct tensor *images, 
     else
         s = ag_scale(ag_sum(ag_mul(ie, te), 1, (int[]){1}, false), c->scale);
     return tensor_scope_return(cast_to(s, images->dtype, tensor_device(images)));
+}
+
+static struct tensor *clip_embed(struct draft_reward *r, struct tensor *images)
+{
+    return vision_embeds(((struct clip_ctx *)r->ctx)->vision, images);
 }
 
 static void clip_free_reward(struct draft_reward *r)
@@ -675,6 +691,7 @@ struct draft_reward *draft_reward_clip_from_models(const struct clip_text_model 
     }
     struct clip_ctx *c = calloc(1, sizeof *c);
     struct draft_reward *r = c ? reward_new("clip", clip_score, clip_free_reward, c) : NULL;
+    if (r) r->embed = clip_embed;
     if (!r) {
         free(c);
         tensor_fail(STATUS_OOM, "reward clip: out of memory");
@@ -711,6 +728,7 @@ static struct draft_reward *clip_owned_create(const char *what, const struct cli
 {
     struct clip_ctx *c = calloc(1, sizeof *c);
     struct draft_reward *r = c ? reward_new("clip", clip_score, clip_free_reward, c) : NULL;
+    if (r) r->embed = clip_embed;
     if (!r) {
         free(c);
         tensor_fail(STATUS_OOM, "reward %s: out of memory", what);
@@ -917,6 +935,45 @@ int draft_reward_terms_take(struct draft_reward *r, double *means)
     }
     c->images = 0;
     return c->n;
+}
+
+/* r itself, or a sum's first term with an image tower; NULL when there is none */
+static struct draft_reward *embedder(const struct draft_reward *r)
+{
+    if (r && r->embed) return (struct draft_reward *)r;
+    const struct sum_ctx *c = r && r->score == sum_score ? r->ctx : NULL;
+    for (int i = 0; c && i < c->n; i++)
+        if (c->r[i]->embed) return c->r[i];
+    return NULL;
+}
+
+bool draft_reward_has_image_tower(const struct draft_reward *r) { return embedder(r) != NULL; }
+
+struct tensor *draft_reward_image_embeds(struct draft_reward *r, struct tensor *images)
+{
+    if (!r || !images) {
+        tensor_fail(STATUS_VALUE, "draft_reward_image_embeds: no %s", r ? "images" : "reward");
+        return NULL;
+    }
+    struct draft_reward *with = embedder(r);
+    if (!with) {
+        tensor_fail(STATUS_VALUE, "reward %s has no image tower to embed images with (aesthetic, clip, pickscore and "
+                                  "hpsv2 have one)", r->name);
+        return NULL;
+    }
+    char a[128];
+    if (images->ndim != 4 || images->shape[1] != 3 || !dtype_is_float(images->dtype)) {
+        tensor_fail(STATUS_SHAPE, "draft_reward_image_embeds: images must be float [B, 3, H, W], got %s %s",
+                    dtype_name(images->dtype), tensor_shape_str(images, a, sizeof a));
+        return NULL;
+    }
+    ag_no_grad_begin();
+    tensor_scope_begin();
+    struct tensor *e = with->embed(with, images);
+    e = e ? tensor_contiguous(tensor_to_dtype(tensor_to_device(e, DEVICE_CPU), DTYPE_F64)) : NULL;
+    e = tensor_scope_return(e);
+    ag_no_grad_end();
+    return e;
 }
 
 static enum status parse_number(const char *spec, const char *s, double *out);

@@ -61,6 +61,8 @@ struct draft_reward {
     struct tensor *(*score)(struct draft_reward *r, struct tensor *images, const char *const *prompts);
     void (*free)(struct draft_reward *r);
     void *ctx;
+    /* the image tower's normalised embeddings [B, P] (NULL for rewards without one) */
+    struct tensor *(*embed)(struct draft_reward *r, struct tensor *images);
 };
 
 /* scores [B] (images' dtype); prompts may be NULL for rewards that read no text. NULL with a
@@ -71,6 +73,13 @@ void draft_reward_free(struct draft_reward *r);   /* NULL is fine */
  * in f64, in order) into *mean; either may be NULL */
 enum status draft_reward_score_values(struct draft_reward *r, struct tensor *images, const char *const *prompts,
                                       double *values, double *mean);
+
+/* The normalised image embeddings [B, P] (f64 on the CPU) of a reward with an image tower:
+ * aesthetic (its CLIP image embedding), clip, pickscore, hpsv2, or a sum (its first such term).
+ * Computed without a graph, from the images as the reward sees them. NULL with a message for a
+ * reward without one. For measures of the samples in a model's feature space (draft_feature_diversity). */
+struct tensor *draft_reward_image_embeds(struct draft_reward *r, struct tensor *images);
+bool draft_reward_has_image_tower(const struct draft_reward *r);   /* draft_reward_image_embeds works */
 
 /* A sum's terms, for metrics that show each one (where reward hacking hides: one term rising
  * while another falls). draft_reward_terms: the number of terms, 0 for a reward that is not a

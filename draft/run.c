@@ -264,6 +264,7 @@ enum { STREAM_PROMPTS, STREAM_LATENTS, STREAM_TRUNC };
 /* what one evaluation on the held-out seeds measures */
 struct eval_result {
     double reward, diversity, held;   /* held: the eval reward's mean (NaN without one) */
+    double clip_div;                  /* diversity in the diversity model's embeddings (NaN without one) */
     double terms[DRAFT_REWARD_MAX_TERMS];   /* a sum reward's terms, unweighted (run.n_terms of them) */
 };
 
@@ -273,6 +274,7 @@ struct run {
     struct sd_lora lora;
     struct nn_adamw opt;
     struct draft_reward *reward, *eval_reward;
+    struct draft_reward *div_model;   /* owned unless it is `reward` (the same spec) */
     int n_terms;   /* the reward's terms when it is a sum, else 0 */
     struct draft_reward_term terms[DRAFT_REWARD_MAX_TERMS];
     char **prompts, **eval_list;   /* eval_list: --eval-prompts' (NULL: the training prompts) */
@@ -372,6 +374,7 @@ static void metrics_eval(const struct run *r, int step, const struct eval_result
     fprintf(f, "{\"step\": %d, \"eval\": true, \"reward\": %s, \"diversity\": %s", step,
             jnum(a, sizeof a, "%.9g", e->reward), jnum(b, sizeof b, "%.6g", e->diversity));
     if (r->eval_reward) fprintf(f, ", \"eval_reward\": %s", jnum(c, sizeof c, "%.9g", e->held));
+    if (r->div_model) fprintf(f, ", \"clip_diversity\": %s", jnum(c, sizeof c, "%.6g", e->clip_div));
     metrics_terms(f, r->n_terms, e->terms);
     fputs("}\n", f);
     fflush(f);
@@ -387,7 +390,13 @@ static enum status evaluate(struct run *r, const char *grid_path, struct eval_re
     if (s) return s;
     draft_reward_terms_take(r->reward, e->terms);
     e->diversity = draft_diversity(images);
-    e->held = NAN;
+    e->held = e->clip_div = NAN;
+    if (r->div_model && images->shape[0] > 1) {   /* one image has no diversity */
+        struct tensor *emb = draft_reward_image_embeds(r->div_model, images);
+        if (!emb) s = tensor_status();
+        else e->clip_div = draft_feature_diversity(emb);
+        tensor_free(emb);
+    }
     if (r->eval_reward)   /* the same images, scored by the second reward */
         s = draft_reward_score_values(r->eval_reward, images, r->eval_prompts, NULL, &e->held);
     if (!s && grid_path) {
@@ -475,13 +484,15 @@ static enum status save_checkpoint(struct run *r)
     char terms[DRAFT_REWARD_MAX_TERMS * 26] = "";   /* a sum's terms before, comma-separated */
     for (int i = 0, o = 0; i < r->n_terms; i++)
         o += snprintf(terms + o, sizeof terms - (size_t)o, "%s%.17g", i ? "," : "", r->before.terms[i]);
-    char eval_set[48];
+    char eval_set[48], clip_div[64];
     eval_set_str(r, eval_set, sizeof eval_set);
+    snprintf(clip_div, sizeof clip_div, "%.17g", r->before.clip_div);
     const char *mk[] = {"format", "draft.step", "draft.seed", "draft.method", "draft.reward_before", "draft.diversity_before",
                         "draft.size", "draft.eval_reward_before", "draft.reward_terms_before", "draft.eval_set",
-                        "draft.reward", "draft.eval_reward"};
+                        "draft.reward", "draft.eval_reward", "draft.diversity_model", "draft.clip_diversity_before"};
     const char *mv[] = {"draft-checkpoint-1", meta_step, meta_seed, draft_method_name(r->c->method.method), before, div_before,
-                        size, eval_before, terms, eval_set, r->c->reward, r->c->eval_reward};
+                        size, eval_before, terms, eval_set, r->c->reward, r->c->eval_reward, r->c->diversity_model,
+                        clip_div};
     return draft_checkpoint_save(path, &r->lora, &r->opt, (int)(sizeof mk / sizeof *mk), mk, mv);
 }
 
@@ -517,6 +528,10 @@ static enum status load_checkpoint(struct run *r)
     if (rspec && strcmp(rspec, r->c->reward))
         s = tensor_fail(STATUS_VALUE, "--resume: %s was trained with --reward '%s', this run has '%s': its scores would "
                                       "not compare; start a new --out", path, rspec, r->c->reward);
+    const char *dspec = s ? NULL : safetensors_metadata(st, "draft.diversity_model");
+    if (dspec && strcmp(dspec, r->c->diversity_model))
+        s = tensor_fail(STATUS_VALUE, "--resume: %s measured diversity with --diversity-model '%s', this run has '%s'", path,
+                        dspec, r->c->diversity_model);
     const char *espec = s ? NULL : safetensors_metadata(st, "draft.eval_reward");
     if (espec && strcmp(espec, r->c->eval_reward))
         s = tensor_fail(STATUS_VALUE, "--resume: %s was evaluated with --eval-reward '%s', this run has '%s'", path,
@@ -527,6 +542,8 @@ static enum status load_checkpoint(struct run *r)
         r->before.diversity = strtod(db, NULL);
         const char *eb = safetensors_metadata(st, "draft.eval_reward_before");   /* absent before --eval-reward */
         r->before.held = eb ? strtod(eb, NULL) : NAN;
+        const char *cb = safetensors_metadata(st, "draft.clip_diversity_before");   /* absent before it */
+        r->before.clip_div = cb ? strtod(cb, NULL) : NAN;
         /* absent before per-term metrics, or for a reward that was not a sum then */
         const char *tb = safetensors_metadata(st, "draft.reward_terms_before");
         for (int i = 0; i < r->n_terms; i++) {
@@ -688,6 +705,9 @@ static enum status draft_run_write_report(struct run *r, const struct draft_run_
             .diversity_after = res->diversity_after,
             .n_terms = r->n_terms,
             .terms = terms,
+            .diversity_model = r->div_model ? c->diversity_model : NULL,
+            .clip_diversity_before = r->before.clip_div,
+            .clip_diversity_after = res->clip_diversity_after,
             .eval_reward = r->eval_reward ? r->c->eval_reward : NULL,
             .eval_reward_before = r->before.held,
             .eval_reward_after = res->eval_reward_after,
@@ -716,6 +736,9 @@ static struct draft_reward *run_reward(const struct draft_run_config *c, const c
     if (!strncmp(spec, "clip:text=", 10)) {
         snprintf(spec_buf, sizeof spec_buf, "clip:%s/clip,%s", c->model, spec + 5);
         spec = spec_buf;
+    } else if (!strcmp(spec, "clip")) {   /* the model folder's own CLIP, each image against its prompt */
+        snprintf(spec_buf, sizeof spec_buf, "clip:%s/clip", c->model);
+        spec = spec_buf;
     }
     return draft_reward_create_on(spec, sd_pipeline_dtype(p), p->device);
 }
@@ -730,6 +753,7 @@ static void run_free(struct run *r)
     draft_prompts_free(r->eval_list, r->n_eval_list);
     draft_reward_free(r->reward);
     draft_reward_free(r->eval_reward);
+    if (r->div_model != r->reward) draft_reward_free(r->div_model);
     nn_adamw_free(&r->opt);
     sd_lora_detach(&r->p.unet);
     sd_lora_free(&r->lora);
@@ -762,9 +786,10 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
 {
     memset(res, 0, sizeof *res);
     res->eval_reward_before = res->eval_reward_after = NAN;
+    res->clip_diversity_before = res->clip_diversity_after = NAN;
     enum status s = check_config(c);
     if (s) return s;
-    struct run run = {.c = c, .before.held = NAN}, *r = &run;
+    struct run run = {.c = c, .before.held = NAN, .before.clip_div = NAN}, *r = &run;
     r->t_start = now_s();
     stop_requested = 0;
     char path[1200], name[64];
@@ -789,6 +814,18 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
         goto done;
     }
     r->n_terms = draft_reward_terms(r->reward, r->terms);
+    if (c->diversity_model[0]) {   /* the trained reward itself when it is the same spec */
+        r->div_model = !strcmp(c->diversity_model, c->reward) ? r->reward : run_reward(c, c->diversity_model, &r->p);
+        if (!r->div_model) {
+            s = tensor_fail(STATUS_VALUE, "--diversity-model: %s", tensor_error());
+            goto done;
+        }
+        if (!draft_reward_has_image_tower(r->div_model)) {
+            s = tensor_fail(STATUS_VALUE, "--diversity-model %s: reward %s has no image tower (clip, aesthetic, "
+                                          "pickscore and hpsv2 have one)", c->diversity_model, r->div_model->name);
+            goto done;
+        }
+    }
     r->latent_c = r->p.unet.in_channels;
     {
         const int64_t def = r->p.vae.cfg.sample_size;
@@ -830,7 +867,10 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
         path_in(r, path, sizeof path, "before.png");
         if ((s = evaluate(r, path, &r->before))) goto done;
         if (r->eval_reward) fprintf(stderr, "draft-run: eval reward %s before %.4f\n", c->eval_reward, r->before.held);
-        if (isfinite(r->before.diversity))
+        if (isfinite(r->before.diversity) && r->div_model)
+            fprintf(stderr, "draft-run: reward before %.4f on %d held-out seeds (diversity %.4f, CLIP diversity %.4f)\n",
+                    r->before.reward, E, r->before.diversity, r->before.clip_div);
+        else if (isfinite(r->before.diversity))
             fprintf(stderr, "draft-run: reward before %.4f on %d held-out seeds (diversity %.4f)\n", r->before.reward, E,
                     r->before.diversity);
         else   /* one image: no diversity */
@@ -923,6 +963,7 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
     struct eval_result e;
     if ((s = evaluate(r, path, &e))) goto done;
     res->reward_after = e.reward, res->diversity_after = e.diversity, res->eval_reward_after = e.held;
+    res->clip_diversity_after = e.clip_div;
     memcpy(res->terms_after, e.terms, sizeof e.terms);
     metrics_eval(r, r->step, &e);
     if (r->eval_reward)
@@ -942,6 +983,7 @@ done:
     res->reward_before = r->before.reward;
     res->eval_reward_before = r->before.held;
     res->diversity_before = r->before.diversity;
+    res->clip_diversity_before = r->before.clip_div;
     res->n_terms = r->n_terms;
     memcpy(res->terms_before, r->before.terms, sizeof r->before.terms);
     res->steps = r->step;

@@ -32,6 +32,8 @@ struct draft_run_config {
     char eval_reward[1024];   /* a second reward scored on the held-out samples only ("" = none): what the
                                * training reward does to another measure (reward hacking shows there) */
     char prompts[1024];    /* prompt file, one a line; or "@animals", "@emoji" built-in sets */
+    char diversity_model[1024];   /* a reward spec with an image tower ("clip": the model folder's clip/) whose
+                                   * embeddings measure the held-out samples' diversity too ("" = none) */
     char eval_prompts[1024];   /* the held-out evaluation's prompts, the same forms ("" = the training prompts) */
     char out[1024];        /* run folder */
     enum dtype dtype;      /* the frozen base weights' dtype (LoRA and optimiser stay f32) */
@@ -61,6 +63,7 @@ void draft_run_config_default(struct draft_run_config *c);
 struct draft_run_result {
     double reward_before, reward_after;
     double diversity_before, diversity_after;
+    double clip_diversity_before, clip_diversity_after;   /* NaN without diversity_model */
     double eval_reward_before, eval_reward_after;   /* NaN without eval_reward */
     int n_terms;           /* a sum reward's terms (draft_reward_terms), unweighted, else 0 */
     double terms_before[DRAFT_REWARD_MAX_TERMS], terms_after[DRAFT_REWARD_MAX_TERMS];

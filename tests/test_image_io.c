@@ -742,6 +742,17 @@ START_TEST(test_diversity)
     ck_assert(isnan(draft_diversity(one)));
     ck_assert_msg(strstr(tensor_error(), "B >= 2") != NULL, "message: %s", tensor_error());
     ck_assert(isnan(draft_pixel_std(one)));
+    /* in embeddings: mean pairwise 1 - cos; (1,0), (0,2), (1,1): 1, 1 - 1/sqrt2, 1 - 1/sqrt2; scale-free */
+    struct tensor *emb = tensor_from_data(DTYPE_F64, 2, (int64_t[]){3, 2}, (double[]){1, 0, 0, 2, 1, 1});
+    struct tensor *emb32 = tensor_to_dtype(emb, DTYPE_F32);
+    const double fd = (1 + 2 * (1 - 1 / sqrt(2.0))) / 3;
+    ck_assert_double_eq_tol(draft_feature_diversity(emb), fd, 1e-15);
+    ck_assert_double_eq_tol(draft_feature_diversity(emb32), fd, 1e-7);
+    struct tensor *emb1 = tensor_narrow(emb, 0, 0, 1);
+    ck_assert(isnan(draft_feature_diversity(emb1)) && strstr(tensor_error(), "B >= 2"));
+    tensor_free(emb1);
+    tensor_free(emb32);
+    tensor_free(emb);
     tensor_free(bf);
     tensor_free(nc);
     tensor_free(three);
@@ -891,7 +902,7 @@ START_TEST(test_demo_report)
     struct draft_report_grid grids[1] = {{50, "step_50.png"}};
     struct draft_report r = {"DRaFT demo report", 5, keys, vals, svg, "before.png", "after.png", 1, grids,
                              rw[0], rw[N - 1], div_before, div_after, "aesthetic", 5.25, 6.5,
-                             "demo: random chart and pattern grids", 0, NULL};
+                             "demo: random chart and pattern grids", 0, NULL, NULL, NAN, NAN};
     snprintf(p[0], sizeof p[0], "%s/report.html", dir);
     ck_assert_int_eq(draft_report_html(p[0], &r), STATUS_OK);
     printf("demo report: %s (grids %s/before.png, after.png, step_50.png; chart.svg)\n", p[0], dir);

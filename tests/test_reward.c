@@ -538,6 +538,11 @@ START_TEST(test_aesthetic_tiny)
     ck_assert_msg(s32 && s64, "%s", tensor_error());
     ck_assert_int_eq(s32->dtype, DTYPE_F32);
     ck_assert_int_eq(s64->dtype, DTYPE_F64);
+    /* its CLIP image embeddings, which draft-run's --diversity-model reads: the reference's */
+    struct tensor *emb = draft_reward_image_embeds(r64, img);
+    ck_assert_msg(emb && tensor_numel(emb) == tensor_numel(e), "%s", tensor_error());
+    for (int64_t k = 0; k < tensor_numel(e); k++)
+        ck_assert_msg(fabs(tensor_get_flat(emb, k) - tensor_get_flat(e, k)) < 1e-12, "aesthetic embed %lld", (long long)k);
     double err64 = 0, err32 = 0;
     for (int64_t b = 0; b < 2; b++) {
         double eb[16];
@@ -645,6 +650,17 @@ START_TEST(test_clip_tiny)
         err = fmax(err, fmax(fabs(tensor_get_flat(s, b) - ref), fabs(tensor_get_flat(st, b) - reft)));
     }
     ck_assert_double_lt(err, 1e-10);
+    /* the image embeddings: the reference's, normalised; a sum with a tower gives its tower's */
+    struct draft_reward *rs = draft_reward_create("sum:red;jpeg"), *rr = draft_reward_create("red");
+    ck_assert(rs && rr && !draft_reward_has_image_tower(rs) && draft_reward_has_image_tower(r));
+    ck_assert(draft_reward_image_embeds(rr, img) == NULL && strstr(tensor_error(), "reward red has no image tower"));
+    struct tensor *emb = draft_reward_image_embeds(r, img);
+    ck_assert_msg(emb && emb->ndim == 2 && emb->shape[0] == 2 && emb->shape[1] == ie->shape[1], "%s", tensor_error());
+    double eerr = 0;
+    for (int64_t k = 0; k < tensor_numel(ie); k++) eerr = fmax(eerr, fabs(tensor_get_flat(emb, k) - tensor_get_flat(ie, k)));
+    ck_assert_msg(eerr < 1e-12, "image embeds differ by %g", eerr);
+    draft_reward_free(rs);
+    draft_reward_free(rr);
     /* prompts are required without a target */
     ck_assert(draft_reward_score(r, img, NULL) == NULL);
     ck_assert(strstr(tensor_error(), "prompts"));

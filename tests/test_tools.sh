@@ -218,11 +218,20 @@ if [ -f "$emb/model_index.json" ]; then
     check "draft-run with no --model runs the embedded model" \
           "[ $rc -eq 0 ] && grep -q 'the embedded emoji model in ' '$tmp/o' && tail -n 1 '$tmp/o' | grep -Eq '^final: .* steps=2 '"
     check "the embedded preset applies (@emoji prompts)" "grep -q '@emoji' '$tmp/demo/report.html'"
-    "$run" --iters 1 --steps 3 --eval-images 2 --batch 1 --reward clip:text=fire --no-progress --out "$tmp/clip" \
-          >"$tmp/o" 2>&1; rc=$?
-    check "--reward clip:text=fire uses the embedded CLIP" "[ $rc -eq 0 ] && tail -n 1 '$tmp/o' | grep -q '^final: '"
+    check "the embedded preset measures diversity in its CLIP's embeddings too" \
+          "[ \$(grep -Ec '\"clip_diversity\": (0|1)\.[0-9]+' '$tmp/demo/metrics.jsonl') -eq 2 ] && \
+           grep -Eq 'CLIP diversity [01]\.[0-9]+ -> [01]\.[0-9]+' '$tmp/o' && grep -q 'diversity in the embeddings of <code>clip' '$tmp/demo/report.html'"
+    "$run" --iters 1 --steps 3 --eval-images 2 --batch 1 --reward clip:text=fire --diversity-model clip:text=fire \
+           --no-progress --out "$tmp/clip" >"$tmp/o" 2>&1; rc=$?
+    check "--reward clip:text=fire uses the embedded CLIP (and, the same spec, measures diversity with it)" \
+          "[ $rc -eq 0 ] && tail -n 1 '$tmp/o' | grep -q '^final: ' && grep -q 'clip_diversity' '$tmp/clip/metrics.jsonl'"
+    "$run" --iters 1 --steps 3 --eval-images 2 --diversity-model red --no-progress --out "$tmp/divred" >"$tmp/o" 2>&1; rc=$?
+    check "--diversity-model red: refused, it has no image tower" "[ $rc -eq 1 ] && grep -q 'reward red has no image tower' '$tmp/o'"
     DRAFT_PROFILE=1 "$sample" --prompt "red apple" --steps 3 --out "$tmp/es" >"$tmp/o" 2>&1; rc=$?
     check "draft-sample with no --model samples the embedded model" "[ $rc -eq 0 ] && [ -s '$tmp/es/grid.png' ]"
+    "$sample" --prompt "red apple" --prompt "rocket" --steps 2 --diversity-model clip --out "$tmp/esd" >"$tmp/o2" 2>&1; rc=$?
+    check "draft-sample --diversity-model clip: the embedded CLIP's diversity" \
+          "[ $rc -eq 0 ] && grep -Eq 'CLIP diversity [01]\.[0-9]{4}\)' '$tmp/o2'"
     check "DRAFT_PROFILE=1 prints the time per op at exit" \
           "grep -q '^profile: ' '$tmp/o' && grep -Eq '^conv2d 3x3 +cpu +f32 ' '$tmp/o' && grep -Eq '^attention +cpu ' '$tmp/o'"
     # non-square: the PNG's IHDR holds width then height (big-endian 32-bit at bytes 16 and 20)

@@ -38,6 +38,11 @@ static const struct opt opts[] = {
                                  "contrast=<t> | jpeg | red | sum:[w*]<spec>;[w*]<spec>... (weighted sum)"},
     {"eval-reward", K_STR, F(eval_reward), "a second reward (same specs) scored on the held-out samples only: "
                                            "metrics.jsonl's eval_reward, the report; where reward hacking shows"},
+    {"diversity-model", K_STR, F(diversity_model), "a reward spec with an image tower (clip:<dir>, aesthetic:..., "
+                                                   "pickscore:<dir>, hpsv2:...), or clip for the model folder's own: "
+                                                   "the held-out samples' diversity also in its image embeddings (mean "
+                                                   "pairwise 1 - cosine), which sees them converge on one subject where "
+                                                   "pixels do not"},
     {"prompts", K_STR, F(prompts), "prompt file (one a line) or a built-in set: @animals, @emoji"},
     {"eval-prompts", K_STR, F(eval_prompts), "prompts of the held-out evaluation (file or built-in set), to see "
                                              "whether training carries over to prompts it never saw (default: the "
@@ -94,6 +99,7 @@ static const char *const embedded_preset[][2] = {
     {"prompts", "@emoji"}, {"reward", "colorfulness"}, {"steps", "20"}, {"guidance", "5"},
     {"iters", "60"},       {"batch", "4"},             {"eval-images", "16"}, {"eval-every", "20"},
     {"save-every", "20"},  {"out", "runs/demo"},      {"checkpoint-blocks", "false"},   /* tiny: time, not memory */
+    {"diversity-model", "clip"},   /* its own small CLIP */
 };
 #define N_PRESET (int)(sizeof embedded_preset / sizeof embedded_preset[0])
 
@@ -446,6 +452,8 @@ int main(int argc, char **argv)
            res.reward_before, res.reward_after, rel);
     if (isfinite(res.diversity_before) && isfinite(res.diversity_after))   /* one image has none */
         printf("; diversity %.3f -> %.3f", res.diversity_before, res.diversity_after);
+    if (isfinite(res.clip_diversity_before) && isfinite(res.clip_diversity_after))
+        printf("; CLIP diversity %.3f -> %.3f", res.clip_diversity_before, res.clip_diversity_after);
     printf("\n");
     printf("images: %s/before.png %s/after.png; LoRA: %s/lora.safetensors\n", c.out, c.out, c.out);
     printf("report: %s/report.html\n", c.out);

@@ -54,6 +54,8 @@ static void usage(FILE *f)
             "  --precision P      the GPU's matrix products: f32 (exact, default), tf32 or bf16 (autocast)\n"
             "  --reward SPEC      score every image with a reward (draft-run --help lists the specs):\n"
             "                     <out>/scores.jsonl and the mean on stderr\n"
+            "  --diversity-model SPEC  a reward spec with an image tower (clip:<dir>, aesthetic:..., or clip for\n"
+            "                     the model folder's own): the images' diversity also in its embeddings\n"
             "  --out DIR          output folder (default samples)\n");
 }
 
@@ -116,7 +118,8 @@ static enum status write_scores(const char *out, const char *spec, int n, const 
 
 int main(int argc, char **argv)
 {
-    const char *model = NULL, *ckpt = NULL, *prompts_spec = NULL, *out = "samples", *reward_spec = NULL;
+    const char *model = NULL, *ckpt = NULL, *prompts_spec = NULL, *out = "samples", *reward_spec = NULL,
+               *div_spec = NULL;
     const char *prompt_args[MAX_PROMPTS];
     int n_prompt_args = 0, n_loras = 0;
     char lora_paths[MAX_LORAS][PATH_MAX];
@@ -150,6 +153,7 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--prompts")) prompts_spec = v;
         else if (!strcmp(a, "--out")) out = v;
         else if (!strcmp(a, "--reward")) reward_spec = v;
+        else if (!strcmp(a, "--diversity-model")) div_spec = v;
         else if (!strcmp(a, "--dtype")) {
             if (!strcmp(v, "f32")) dtype = DTYPE_F32;
             else if (!strcmp(v, "bf16")) dtype = DTYPE_BF16;
@@ -248,6 +252,16 @@ int main(int argc, char **argv)
     if (!s && reward_spec && !(reward = draft_reward_create_on(reward_spec, sd_pipeline_dtype(&p), p.device)))
         s = tensor_status();
     if (!s && reward && !(scores = calloc((size_t)total, sizeof *scores))) s = tensor_fail(STATUS_OOM, "out of host memory");
+    struct draft_reward *div_model = NULL;
+    if (!s && div_spec) {   /* "clip": the model folder's own CLIP */
+        char spec_buf[PATH_MAX + 16];
+        if (!strcmp(div_spec, "clip")) snprintf(spec_buf, sizeof spec_buf, "clip:%s/clip", model);
+        else snprintf(spec_buf, sizeof spec_buf, "%s", div_spec);
+        if (!(div_model = draft_reward_create_on(spec_buf, sd_pipeline_dtype(&p), p.device)))
+            s = tensor_fail(STATUS_VALUE, "--diversity-model: %s", tensor_error());
+        else if (!draft_reward_has_image_tower(div_model))
+            s = tensor_fail(STATUS_VALUE, "--diversity-model %s: reward %s has no image tower", div_spec, div_model->name);
+    }
     const int64_t w = width ? width : p.vae.cfg.sample_size, h = height ? height : p.vae.cfg.sample_size;
     const int64_t f = (int64_t)1 << (p.vae.cfg.n_blocks - 1), m = f << p.unet.n_samplers;
     if (!s && (w % m || h % m))
@@ -309,7 +323,15 @@ int main(int argc, char **argv)
     /* how different the images are from each other (as draft-run's report): a LoRA pushed too
      * far makes them all alike */
     const double diversity = !s && total > 1 ? draft_diversity(all) : NAN;
+    double clip_div = NAN;
+    if (!s && total > 1 && div_model) {
+        struct tensor *emb = draft_reward_image_embeds(div_model, all);
+        if (!emb) s = tensor_status();
+        else clip_div = draft_feature_diversity(emb);
+        tensor_free(emb);
+    }
     draft_reward_free(reward);
+    draft_reward_free(div_model);
     free(scores);
     tensor_free(all);
     sd_lora_detach(&p.unet);
@@ -321,7 +343,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "draft-sample: %s\n", tensor_error());
         return 1;
     }
-    if (isfinite(diversity))
+    if (isfinite(diversity) && isfinite(clip_div))
+        printf("draft-sample: %d images and grid.png in %s (diversity %.4f, CLIP diversity %.4f)\n", total, out, diversity,
+               clip_div);
+    else if (isfinite(diversity))
         printf("draft-sample: %d images and grid.png in %s (diversity %.4f)\n", total, out, diversity);
     else
         printf("draft-sample: %d image%s and grid.png in %s\n", total, total == 1 ? "" : "s", out);
