@@ -537,15 +537,15 @@ struct cmp_run {
     char reward[1100], eval_reward[1100];
     double queries_per_step;              /* reward queries of one optimiser step; NaN without config.json */
     struct dvec tx, ty;                   /* training steps: x, reward */
-    struct dvec ex, ey, ediv, eheld;      /* evaluations: x, reward, diversity, eval reward */
+    struct dvec ex, ey, ediv, eheld, eclip;   /* evaluations: x, reward, diversity, eval reward, CLIP diversity */
     int steps;
     double seconds, peak_mib;             /* summed step times; the largest step peak */
-    bool has_config, has_held;
+    bool has_config, has_held, has_clip;
 };
 
 static void cmp_run_free(struct cmp_run *r)
 {
-    struct dvec *d[] = {&r->tx, &r->ty, &r->ex, &r->ey, &r->ediv, &r->eheld};
+    struct dvec *d[] = {&r->tx, &r->ty, &r->ex, &r->ey, &r->ediv, &r->eheld, &r->eclip};
     for (size_t i = 0; i < sizeof d / sizeof *d; i++) free(d[i]->v);
 }
 
@@ -624,8 +624,10 @@ static enum status cmp_read_metrics(struct cmp_run *r, enum draft_compare_x xk)
         if (eval) {
             const double held = json_num(o, "eval_reward");
             if (cJSON_GetObjectItemCaseSensitive(o, "eval_reward")) r->has_held = true;
+            if (cJSON_GetObjectItemCaseSensitive(o, "clip_diversity")) r->has_clip = true;
             ok = dvec_push(&r->ex, x) && dvec_push(&r->ey, json_num(o, "reward")) &&
-                 dvec_push(&r->ediv, json_num(o, "diversity")) && dvec_push(&r->eheld, held);
+                 dvec_push(&r->ediv, json_num(o, "diversity")) && dvec_push(&r->eheld, held) &&
+                 dvec_push(&r->eclip, json_num(o, "clip_diversity"));
         } else {
             ok = dvec_push(&r->tx, x) && dvec_push(&r->ty, json_num(o, "reward"));
         }
@@ -684,9 +686,10 @@ enum status draft_compare_html(const char *path, int n_runs, const char *const *
     for (int i = 0; i < n_runs; i++) cmp_label(runs, n_runs, i), labels[i] = runs[i].label;
     static const char *const xlabel[] = {"step", "reward queries", "training seconds"};
     struct sbuf b = {0};
-    bool any_held = false, same_reward = true;
+    bool any_held = false, any_clip = false, same_reward = true;
     for (int i = 0; i < n_runs && !s; i++) {
         any_held |= runs[i].has_held;
+        any_clip |= runs[i].has_clip;
         same_reward &= !runs[i].has_config || !runs[0].has_config || !strcmp(runs[i].reward, runs[0].reward);
     }
     if (!s) {
@@ -697,6 +700,7 @@ enum status draft_compare_html(const char *path, int n_runs, const char *const *
                         "compare (see the reward column).</p>\n");
         sb_puts(&b, "<h2>Results on the held-out seeds</h2>\n<table>\n<tr><th>run</th><th>method</th><th>reward</th>"
                     "<th>before</th><th>after</th><th>change</th><th>diversity before</th><th>diversity after</th>");
+        if (any_clip) sb_puts(&b, "<th>CLIP diversity before</th><th>CLIP diversity after</th>");
         if (any_held) sb_puts(&b, "<th>eval reward</th><th>before</th><th>after</th>");
         sb_puts(&b, "<th>steps</th><th>reward queries</th><th>training s</th><th>peak MiB</th></tr>\n");
         for (int i = 0; i < n_runs; i++) {
@@ -719,6 +723,13 @@ enum status draft_compare_html(const char *path, int n_runs, const char *const *
             sb_puts(&b, "</td><td class=\"num\">");
             sb_num(&b, r->ediv.v[last]);
             sb_puts(&b, "</td>");
+            if (any_clip) {
+                sb_puts(&b, "<td class=\"num\">");
+                sb_num(&b, r->eclip.v[0]);
+                sb_puts(&b, "</td><td class=\"num\">");
+                sb_num(&b, r->eclip.v[last]);
+                sb_puts(&b, "</td>");
+            }
             if (any_held) {
                 sb_puts(&b, "<td><code>");
                 sb_escape(&b, r->eval_reward);
@@ -744,13 +755,14 @@ enum status draft_compare_html(const char *path, int n_runs, const char *const *
     /* the charts: each run a series on its own x */
     struct {
         const char *title, *ylabel;
-        int which;   /* 0 held-out reward, 1 training reward, 2 diversity, 3 eval reward */
+        int which;   /* 0 held-out reward, 1 training reward, 2 diversity, 3 eval reward, 4 CLIP diversity */
     } charts[] = {{"reward on the held-out seeds", "reward", 0},
                   {"reward of the training batches", "reward", 1},
                   {"diversity of the held-out samples", "diversity", 2},
+                  {"diversity in image embeddings (--diversity-model)", "1 - cosine", 4},
                   {"eval reward on the held-out seeds", "eval reward", 3}};
     for (size_t c = 0; c < sizeof charts / sizeof *charts && !s; c++) {
-        if (charts[c].which == 3 && !any_held) continue;
+        if ((charts[c].which == 3 && !any_held) || (charts[c].which == 4 && !any_clip)) continue;
         const double *xs[DRAFT_COMPARE_MAX_RUNS], *ys[DRAFT_COMPARE_MAX_RUNS];
         int ns[DRAFT_COMPARE_MAX_RUNS];
         for (int i = 0; i < n_runs; i++) {
@@ -758,8 +770,9 @@ enum status draft_compare_html(const char *path, int n_runs, const char *const *
             const bool train = charts[c].which == 1;
             xs[i] = train ? r->tx.v : r->ex.v;
             ns[i] = train ? r->tx.n : r->ex.n;
-            ys[i] = train ? r->ty.v : charts[c].which == 0 ? r->ey.v : charts[c].which == 2 ? r->ediv.v : r->eheld.v;
-            if (charts[c].which == 3 && !r->has_held) ys[i] = NULL;
+            const int w = charts[c].which;
+            ys[i] = train ? r->ty.v : w == 0 ? r->ey.v : w == 2 ? r->ediv.v : w == 4 ? r->eclip.v : r->eheld.v;
+            if ((w == 3 && !r->has_held) || (w == 4 && !r->has_clip)) ys[i] = NULL;
         }
         char *svg = draft_svg_chart_xy(xs, ys, ns, labels, n_runs, charts[c].title, xlabel[x], charts[c].ylabel);
         if (!svg) {

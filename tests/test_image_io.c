@@ -638,10 +638,12 @@ START_TEST(test_compare_html)
     const char *a = make_run(root, "a/run",
                              "{\"method\": \"lv\", \"batch\": 2, \"accum\": 3, \"lv-n\": 2, \"reward\": \"red\", "
                              "\"eval-reward\": \"brightness=0.5\"}",
-                             "{\"step\": 0, \"eval\": true, \"reward\": 0.1, \"diversity\": 0.4, \"eval_reward\": 0.5}\n"
+                             "{\"step\": 0, \"eval\": true, \"reward\": 0.1, \"diversity\": 0.4, \"eval_reward\": 0.5, "
+                             "\"clip_diversity\": 0.9}\n"
                              "{\"step\": 1, \"reward\": 0.12, \"seconds\": 1.5, \"peak_mib\": 100}\n"
                              "{\"step\": 2, \"reward\": null, \"seconds\": 2.0, \"peak_mib\": 120.5}\n"
-                             "{\"step\": 2, \"eval\": true, \"reward\": 0.2, \"diversity\": 0.3, \"eval_reward\": 0.45}\n");
+                             "{\"step\": 2, \"eval\": true, \"reward\": 0.2, \"diversity\": 0.3, \"eval_reward\": 0.45, "
+                             "\"clip_diversity\": 0.7}\n");
     /* K: 4 queries a step, and the same folder name as a's */
     const char *b = make_run(root, "b/run", "{\"method\": \"k\", \"batch\": 4, \"accum\": 1, \"reward\": \"red\"}",
                              "{\"step\": 0, \"eval\": true, \"reward\": 0.1, \"diversity\": 0.4}\n"
@@ -659,7 +661,8 @@ START_TEST(test_compare_html)
     /* a's row: full path (the last components clash), lv, 0.1 -> 0.2, 24 queries, 3.5 s, 120.5 MiB */
     snprintf(want, sizeof want,
              "<tr><th>%s</th><td>lv</td><td><code>red</code></td><td class=\"num\">0.1000</td><td class=\"num\">0.2000</td>"
-             "<td class=\"num\">+0.1000</td><td class=\"num\">0.4000</td><td class=\"num\">0.3000</td><td><code>"
+             "<td class=\"num\">+0.1000</td><td class=\"num\">0.4000</td><td class=\"num\">0.3000</td>"
+             "<td class=\"num\">0.9000</td><td class=\"num\">0.7000</td><td><code>"
              "brightness=0.5</code></td><td class=\"num\">0.5000</td><td class=\"num\">0.4500</td><td class=\"num\">2</td>"
              "<td class=\"num\">24</td><td class=\"num\">3.5</td><td class=\"num\">120.5</td></tr>", a);
     ck_assert_msg(strstr(h, want), "%s\nlacks\n%s", h, want);
@@ -667,7 +670,9 @@ START_TEST(test_compare_html)
                                 "<td class=\"num\">50.0</td></tr>");
     ck_assert_msg(strstr(h, want), "%s", h);
     ck_assert(strstr(h, "reward queries</text>") && !strstr(h, "different rewards"));
-    ck_assert_int_eq(count_str(h, "<svg"), 4);   /* held-out, training, diversity, eval reward */
+    ck_assert_int_eq(count_str(h, "<svg"), 5);   /* held-out, training, diversity, CLIP diversity, eval reward */
+    /* b has no CLIP diversity: n/a in its row */
+    ck_assert(strstr(h, "<td class=\"num\">0.3500</td><td class=\"num\">n/a</td><td class=\"num\">n/a</td>"));
     ck_assert(!has_nonfinite(h));
     free(h);
     /* by seconds: the x axis is the summed step times (3.5 s at most: ticks to 4) */
