@@ -1,0 +1,66 @@
+/* fuzz_compare.c — libFuzzer target: arbitrary bytes as a draft-run folder's metrics.jsonl and
+ * config.json (split at the first NUL; no NUL: no config.json), read by draft_compare_html by
+ * step, by reward queries and by seconds. A refusal must carry a message; an accepted folder
+ * gives a page. The folder and the page live in one temporary folder, removed at exit. */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "draft/report.h"
+
+#define FUZZ_NAME "fuzz_compare"
+#define CHECK(c)                                                                  \
+    do {                                                                          \
+        if (!(c)) {                                                               \
+            fprintf(stderr, FUZZ_NAME ": check failed: %s (line %d)\n", #c, __LINE__); \
+            abort();                                                              \
+        }                                                                         \
+    } while (0)
+
+static char dir[64], metrics[96], config[96], page[96];
+
+static void cleanup(void)
+{
+    unlink(metrics);
+    unlink(config);
+    unlink(page);
+    rmdir(dir);
+}
+
+static void setup(void)
+{
+    if (dir[0]) return;
+    snprintf(dir, sizeof dir, "/tmp/fuzz_compare_XXXXXX");
+    CHECK(mkdtemp(dir) != NULL);
+    snprintf(metrics, sizeof metrics, "%s/metrics.jsonl", dir);
+    snprintf(config, sizeof config, "%s/config.json", dir);
+    snprintf(page, sizeof page, "%s/page.html", dir);
+    atexit(cleanup);
+}
+
+static void write_file(const char *path, const uint8_t *data, size_t n)
+{
+    FILE *f = fopen(path, "wb");
+    CHECK(f != NULL);
+    CHECK(fwrite(data, 1, n, f) == n);
+    CHECK(fclose(f) == 0);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    setup();
+    const uint8_t *nul = memchr(data, 0, size);
+    const size_t nm = nul ? (size_t)(nul - data) : size;
+    write_file(metrics, data, nm);
+    if (nul) write_file(config, nul + 1, size - nm - 1);
+    else unlink(config);
+    const char *runs[2] = {dir, dir};
+    for (int x = DRAFT_COMPARE_STEP; x <= DRAFT_COMPARE_SECONDS; x++) {
+        unlink(page);
+        if (draft_compare_html(page, 2, runs, (enum draft_compare_x)x) == STATUS_OK) CHECK(access(page, R_OK) == 0);
+        else CHECK(tensor_error()[0] != 0 && access(page, F_OK) != 0);
+    }
+    return 0;
+}
