@@ -541,12 +541,14 @@ struct cmp_run {
     int steps;
     double seconds, peak_mib;             /* summed step times; the largest step peak */
     bool has_config, has_held, has_clip;
+    cJSON *config;                        /* config.json as read (NULL without one) */
 };
 
 static void cmp_run_free(struct cmp_run *r)
 {
     struct dvec *d[] = {&r->tx, &r->ty, &r->ex, &r->ey, &r->ediv, &r->eheld, &r->eclip};
     for (size_t i = 0; i < sizeof d / sizeof *d; i++) free(d[i]->v);
+    cJSON_Delete(r->config);
 }
 
 static double json_num(const cJSON *o, const char *key)
@@ -585,7 +587,7 @@ static enum status cmp_read_config(struct cmp_run *r)
     /* DRaFT-LV scores lv_n re-noised copies of each image; every other method scores each image once */
     r->queries_per_step = batch * (accum > 0 ? accum : 1) * (!strcmp(r->method, "lv") ? lv_n : 1);
     r->has_config = true;
-    cJSON_Delete(c);
+    r->config = c;
     return STATUS_OK;
 }
 
@@ -751,6 +753,51 @@ enum status draft_compare_html(const char *path, int n_runs, const char *const *
                     "seeds). Reward queries: optimiser steps &times; batch &times; accumulation (&times; lv_n for "
                     "DRaFT-LV, which scores that many re-noised copies of each image). Training seconds: the steps' "
                     "own times, without evaluations. Diversity: mean pairwise RMS pixel distance / 2.</small></p>\n");
+    }
+    /* the options that differ between the runs (config.json; the run folder aside) */
+    if (!s) {
+        int n_cfg = 0, n_diff = 0;
+        for (int i = 0; i < n_runs; i++) n_cfg += runs[i].config != NULL;
+        for (int i = 0; i < n_runs && n_cfg > 1; i++) {
+            for (const cJSON *it = runs[i].config ? runs[i].config->child : NULL; it; it = it->next) {
+                bool seen = !it->string || !strcmp(it->string, "out") || !strcmp(it->string, "progress");
+                for (int j = 0; j < i && !seen; j++)   /* a key is shown once, where it first appears */
+                    seen = runs[j].config && cJSON_GetObjectItemCaseSensitive(runs[j].config, it->string);
+                if (seen) continue;
+                char *v[DRAFT_COMPARE_MAX_RUNS] = {0};
+                bool differ = false;
+                for (int j = 0; j < n_runs; j++) {
+                    const cJSON *vj = runs[j].config ? cJSON_GetObjectItemCaseSensitive(runs[j].config, it->string) : NULL;
+                    v[j] = !vj ? NULL : cJSON_IsString(vj) ? strdup(vj->valuestring) : cJSON_PrintUnformatted(vj);
+                    if (vj && !v[j]) b.oom = true;
+                    differ |= !v[j] != !v[0] || (v[j] && v[0] && strcmp(v[j], v[0]));
+                }
+                if (differ) {
+                    if (!n_diff++)
+                        sb_puts(&b, "<h2>Settings that differ</h2>\n<table>\n<tr><th>option</th>");
+                    if (n_diff == 1) {
+                        for (int j = 0; j < n_runs; j++) {
+                            sb_puts(&b, "<th>");
+                            sb_escape(&b, labels[j]);
+                            sb_puts(&b, "</th>");
+                        }
+                        sb_puts(&b, "</tr>\n");
+                    }
+                    sb_puts(&b, "<tr><th>");
+                    sb_escape(&b, it->string);
+                    sb_puts(&b, "</th>");
+                    for (int j = 0; j < n_runs; j++) {
+                        sb_puts(&b, "<td><code>");
+                        sb_escape(&b, !runs[j].config ? "(no config.json)" : v[j] ? v[j] : "(not set)");
+                        sb_puts(&b, "</code></td>");
+                    }
+                    sb_puts(&b, "</tr>\n");
+                }
+                for (int j = 0; j < n_runs; j++) free(v[j]);
+            }
+        }
+        if (n_diff) sb_puts(&b, "</table>\n");
+        else if (n_cfg > 1) sb_puts(&b, "<p>The runs' config.json files agree on every option but the run folder.</p>\n");
     }
     /* the charts: each run a series on its own x */
     struct {

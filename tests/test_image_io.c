@@ -670,6 +670,11 @@ START_TEST(test_compare_html)
                                 "<td class=\"num\">50.0</td></tr>");
     ck_assert_msg(strstr(h, want), "%s", h);
     ck_assert(strstr(h, "reward queries</text>") && !strstr(h, "different rewards"));
+    /* the options that differ: method, batch, accum, lv-n (b has none), eval-reward; reward agrees */
+    ck_assert_msg(strstr(h, "<tr><th>method</th><td><code>lv</code></td><td><code>k</code></td></tr>") &&
+                  strstr(h, "<tr><th>batch</th><td><code>2</code></td><td><code>4</code></td></tr>") &&
+                  strstr(h, "<tr><th>lv-n</th><td><code>2</code></td><td><code>(not set)</code></td></tr>") &&
+                  !strstr(h, "<tr><th>reward</th>"), "%s", h);
     ck_assert_int_eq(count_str(h, "<svg"), 5);   /* held-out, training, diversity, CLIP diversity, eval reward */
     /* b has no CLIP diversity: n/a in its row */
     ck_assert(strstr(h, "<td class=\"num\">0.3500</td><td class=\"num\">n/a</td><td class=\"num\">n/a</td>"));
@@ -688,6 +693,7 @@ START_TEST(test_compare_html)
     h = (char *)test_slurp(out, &n);
     ck_assert(strstr(h, "different rewards") && !strstr(h, "eval reward") && count_str(h, "<svg") == 3);
     ck_assert(strstr(h, "<tr><th>c</th><td>full</td>"));
+    ck_assert(strstr(h, "<tr><th>reward</th><td><code>red</code></td><td><code>jpeg</code></td></tr>"));
     free(h);
     /* errors name the file (and line) */
     const char *bad = make_run(root, "bad", NULL, "{\"step\": 0, \"eval\": true, \"reward\": 1}\n{\"step\": 1, oops\n");
@@ -710,6 +716,11 @@ START_TEST(test_compare_html)
         ck_assert_msg(strstr(tensor_error(), cases[i].want), "'%s' lacks '%s'", tensor_error(), cases[i].want);
     }
     ck_assert(draft_compare_html(out, 1, &nocfg, DRAFT_COMPARE_STEP) == STATUS_OK);   /* by step it needs none */
+    const char *aa[2] = {a, a};   /* the same folder twice: nothing differs */
+    ck_assert(draft_compare_html(out, 2, aa, DRAFT_COMPARE_STEP) == STATUS_OK);
+    h = (char *)test_slurp(out, &n);
+    ck_assert(strstr(h, "agree on every option") && !strstr(h, "Settings that differ"));
+    free(h);
     ck_assert(draft_compare_html(out, 0, runs, DRAFT_COMPARE_STEP) == STATUS_VALUE);
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf %s", root);
