@@ -437,10 +437,11 @@ enum status draft_report_html(const char *path, const struct draft_report *r)
 {
     if (!r) return tensor_fail(STATUS_VALUE, "draft_report_html %s: NULL report", path);
     if (r->n_settings < 0 || (r->n_settings > 0 && (!r->setting_keys || !r->setting_values)) || r->n_grids < 0 ||
-        (r->n_grids > 0 && !r->grids) || r->n_terms < 0 || (r->n_terms > 0 && !r->terms))
+        (r->n_grids > 0 && !r->grids) || r->n_terms < 0 || (r->n_terms > 0 && !r->terms) || r->n_images < 0 ||
+        (r->n_images > 0 && !r->images))
         return tensor_fail(STATUS_VALUE,
-                           "draft_report_html %s: bad counts (n_settings=%d, n_grids=%d, n_terms=%d) or NULL arrays", path,
-                           r->n_settings, r->n_grids, r->n_terms);
+                           "draft_report_html %s: bad counts (n_settings=%d, n_grids=%d, n_terms=%d, n_images=%d) or "
+                           "NULL arrays", path, r->n_settings, r->n_grids, r->n_terms, r->n_images);
     const char *title = r->title ? r->title : "DRaFT run report";
     struct sbuf b = {0};
     sb_puts(&b, "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>");
@@ -480,6 +481,22 @@ enum status draft_report_html(const char *path, const struct draft_report *r)
         if (r->before_png) sb_figure(&b, r->before_png, "before fine-tuning");
         if (r->after_png) sb_figure(&b, r->after_png, "after fine-tuning");
         sb_puts(&b, "</div>\n");
+    }
+    if (r->n_images > 0) {   /* which prompts gained, which lost */
+        sb_puts(&b, "<h2>Each held-out image</h2>\n<table>\n<tr><th>image</th><th>prompt</th><th>before</th>"
+                    "<th>after</th><th>change</th></tr>\n");
+        for (int i = 0; i < r->n_images; i++) {
+            sb_printf(&b, "<tr><td class=\"num\">%d</td><td>", i);
+            sb_escape(&b, r->images[i].prompt ? r->images[i].prompt : "");
+            sb_puts(&b, "</td><td class=\"num\">");
+            sb_num(&b, r->images[i].before);
+            sb_puts(&b, "</td><td class=\"num\">");
+            sb_num(&b, r->images[i].after);
+            sb_puts(&b, "</td><td class=\"num\">");
+            sb_delta(&b, r->images[i].before, r->images[i].after);
+            sb_puts(&b, "</td></tr>\n");
+        }
+        sb_puts(&b, "</table>\n");
     }
     if (r->n_grids > 0) {
         sb_puts(&b, "<h2>Samples during training</h2>\n<div>\n");

@@ -53,6 +53,12 @@ struct draft_report_term {
     double weight, before, after;
 };
 
+/* One held-out image: its prompt and reward before and after. */
+struct draft_report_image {
+    const char *prompt;
+    double before, after;
+};
+
 /* Everything the HTML report shows. Strings are UTF-8 and may be NULL (section left out);
  * numbers may be NaN (shown as "n/a"). */
 struct draft_report {
@@ -73,6 +79,8 @@ struct draft_report {
     const struct draft_report_term *terms;
     const char *diversity_model;         /* the spec whose image embeddings also measure diversity (NULL: none) */
     double clip_diversity_before, clip_diversity_after;   /* draft_feature_diversity in them */
+    int n_images;                        /* each held-out image's reward, in the grids' order */
+    const struct draft_report_image *images;
 };
 
 /* Writes the report as one self-contained HTML file, atomically (temporary file, then rename).

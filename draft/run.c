@@ -10,6 +10,7 @@
 #include "tensor/cuda/cuda.h"
 #endif
 
+#include <cjson/cJSON.h>
 #include <errno.h>
 #include <math.h>
 #include <signal.h>
@@ -289,6 +290,7 @@ struct run {
     struct tensor *eval_latents, *eval_context;
     const char **eval_prompts;
     struct eval_result before;   /* the held-out evaluation before training */
+    double *img_before, *img_after;   /* each held-out image's reward before and after [eval_images] */
 };
 
 static double now_s(void)
@@ -381,12 +383,12 @@ static void metrics_eval(const struct run *r, int step, const struct eval_result
 }
 
 /* evaluation on the held-out seeds: mean reward, diversity, and a grid (path may be NULL) */
-static enum status evaluate(struct run *r, const char *grid_path, struct eval_result *e)
+static enum status evaluate(struct run *r, const char *grid_path, struct eval_result *e, double *per_image)
 {
     struct tensor *images = NULL;
     draft_reward_terms_take(r->reward, NULL);   /* count these images only */
     enum status s = draft_sample_eval(&r->p, &r->c->method, r->reward, r->eval_latents, r->eval_context,
-                                      r->eval_prompts, &images, &e->reward, NULL);
+                                      r->eval_prompts, &images, &e->reward, per_image);
     if (s) return s;
     draft_reward_terms_take(r->reward, e->terms);
     e->diversity = draft_diversity(images);
@@ -404,6 +406,49 @@ static enum status evaluate(struct run *r, const char *grid_path, struct eval_re
         s = draft_grid_save(grid_path, images, n <= 4 ? n : (n + 1) / 2, 0, r->eval_prompts);
     }
     tensor_free(images);
+    return s;
+}
+
+/* <out>/eval_scores.jsonl: each held-out image's prompt and reward before and after (null when
+ * not finite, or unknown after resuming from a checkpoint that did not keep them) */
+static enum status write_eval_scores(const struct run *r)
+{
+    char path[1200];
+    path_in(r, path, sizeof path, "eval_scores.jsonl");
+    size_t len = 0, cap = 0;
+    char *text = NULL;
+    enum status s = STATUS_OK;
+    for (int i = 0; i < r->c->eval_images && !s; i++) {
+        cJSON *o = cJSON_CreateObject();
+        if (o) {
+            cJSON_AddNumberToObject(o, "image", i);
+            cJSON_AddStringToObject(o, "prompt", r->eval_prompts[i]);
+            const double v[2] = {r->img_before[i], r->img_after[i]};
+            const char *k[2] = {"before", "after"};
+            for (int j = 0; j < 2; j++)
+                if (isfinite(v[j])) cJSON_AddNumberToObject(o, k[j], v[j]);
+                else cJSON_AddNullToObject(o, k[j]);
+        }
+        char *line = o ? cJSON_PrintUnformatted(o) : NULL;
+        cJSON_Delete(o);
+        const size_t n = line ? strlen(line) : 0;
+        if (line && len + n + 2 > cap) {
+            cap = 2 * (len + n + 2);
+            char *t = realloc(text, cap);
+            if (t) text = t;
+            else free(line), line = NULL;
+        }
+        if (!line) {
+            s = tensor_fail(STATUS_OOM, "%s: out of memory", path);
+            break;
+        }
+        memcpy(text + len, line, n);
+        text[len + n] = '\n';
+        len += n + 1;
+        free(line);
+    }
+    if (!s) s = draft_file_write_atomic(path, text ? text : "", len);
+    free(text);
     return s;
 }
 
@@ -484,16 +529,23 @@ static enum status save_checkpoint(struct run *r)
     char terms[DRAFT_REWARD_MAX_TERMS * 26] = "";   /* a sum's terms before, comma-separated */
     for (int i = 0, o = 0; i < r->n_terms; i++)
         o += snprintf(terms + o, sizeof terms - (size_t)o, "%s%.17g", i ? "," : "", r->before.terms[i]);
-    char eval_set[48], clip_div[64];
+    char eval_set[48], clip_div[64], *imgs = malloc((size_t)r->c->eval_images * 26 + 1);
+    if (!imgs) return tensor_fail(STATUS_OOM, "out of host memory");
+    imgs[0] = 0;
+    for (int i = 0, o = 0; i < r->c->eval_images; i++)   /* each held-out image's reward before */
+        o += snprintf(imgs + o, 26, "%s%.17g", i ? "," : "", r->img_before[i]);
     eval_set_str(r, eval_set, sizeof eval_set);
     snprintf(clip_div, sizeof clip_div, "%.17g", r->before.clip_div);
     const char *mk[] = {"format", "draft.step", "draft.seed", "draft.method", "draft.reward_before", "draft.diversity_before",
                         "draft.size", "draft.eval_reward_before", "draft.reward_terms_before", "draft.eval_set",
-                        "draft.reward", "draft.eval_reward", "draft.diversity_model", "draft.clip_diversity_before"};
+                        "draft.reward", "draft.eval_reward", "draft.diversity_model", "draft.clip_diversity_before",
+                        "draft.reward_images_before"};
     const char *mv[] = {"draft-checkpoint-1", meta_step, meta_seed, draft_method_name(r->c->method.method), before, div_before,
                         size, eval_before, terms, eval_set, r->c->reward, r->c->eval_reward, r->c->diversity_model,
-                        clip_div};
-    return draft_checkpoint_save(path, &r->lora, &r->opt, (int)(sizeof mk / sizeof *mk), mk, mv);
+                        clip_div, imgs};
+    const enum status s = draft_checkpoint_save(path, &r->lora, &r->opt, (int)(sizeof mk / sizeof *mk), mk, mv);
+    free(imgs);
+    return s;
 }
 
 static enum status load_checkpoint(struct run *r)
@@ -544,6 +596,12 @@ static enum status load_checkpoint(struct run *r)
         r->before.held = eb ? strtod(eb, NULL) : NAN;
         const char *cb = safetensors_metadata(st, "draft.clip_diversity_before");   /* absent before it */
         r->before.clip_div = cb ? strtod(cb, NULL) : NAN;
+        const char *ib = safetensors_metadata(st, "draft.reward_images_before");   /* absent before it */
+        for (int i = 0; i < r->c->eval_images; i++) {
+            char *end = NULL;
+            r->img_before[i] = ib && *ib ? strtod(ib, &end) : NAN;
+            ib = end && *end == ',' ? end + 1 : NULL;
+        }
         /* absent before per-term metrics, or for a reward that was not a sum then */
         const char *tb = safetensors_metadata(st, "draft.reward_terms_before");
         for (int i = 0; i < r->n_terms; i++) {
@@ -683,6 +741,10 @@ static enum status draft_run_write_report(struct run *r, const struct draft_run_
     snprintf(v[nk++], sizeof v[0], "%.1f", res->seconds);
     const char *vals[16];
     for (int i = 0; i < nk; i++) vals[i] = v[i];
+    struct draft_report_image *imgs = calloc((size_t)c->eval_images, sizeof *imgs);
+    if (!imgs && !s) s = tensor_fail(STATUS_OOM, "out of host memory");
+    for (int i = 0; imgs && i < c->eval_images; i++)
+        imgs[i] = (struct draft_report_image){r->eval_prompts[i], r->img_before[i], r->img_after[i]};
     struct draft_report_term terms[DRAFT_REWARD_MAX_TERMS];
     for (int i = 0; i < r->n_terms; i++)
         terms[i] = (struct draft_report_term){r->terms[i].spec, r->terms[i].weight, r->before.terms[i], res->terms_after[i]};
@@ -708,6 +770,8 @@ static enum status draft_run_write_report(struct run *r, const struct draft_run_
             .diversity_model = r->div_model ? c->diversity_model : NULL,
             .clip_diversity_before = r->before.clip_div,
             .clip_diversity_after = res->clip_diversity_after,
+            .n_images = c->eval_images,
+            .images = imgs,
             .eval_reward = r->eval_reward ? r->c->eval_reward : NULL,
             .eval_reward_before = r->before.held,
             .eval_reward_after = res->eval_reward_after,
@@ -718,6 +782,7 @@ static enum status draft_run_write_report(struct run *r, const struct draft_run_
         s = draft_report_html(path, &rep);
     }
     for (int i = 0; i < n_grids; i++) free(grid_paths[i]);
+    free(imgs);
     free(grid_paths);
     free(grids);
     free(svg);
@@ -749,6 +814,8 @@ static void run_free(struct run *r)
     tensor_free(r->eval_latents);
     tensor_free(r->eval_context);
     free(r->eval_prompts);
+    free(r->img_before);
+    free(r->img_after);
     draft_prompts_free(r->prompts, r->n_prompts);
     draft_prompts_free(r->eval_list, r->n_eval_list);
     draft_reward_free(r->reward);
@@ -847,7 +914,10 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
     /* held-out evaluation set */
     const int E = c->eval_images;
     r->eval_prompts = calloc((size_t)E, sizeof *r->eval_prompts);
-    if (!r->eval_prompts) {
+    r->img_before = malloc((size_t)E * sizeof *r->img_before);
+    r->img_after = malloc((size_t)E * sizeof *r->img_after);
+    for (int i = 0; r->img_before && r->img_after && i < E; i++) r->img_before[i] = r->img_after[i] = NAN;
+    if (!r->eval_prompts || !r->img_before || !r->img_after) {
         s = tensor_fail(STATUS_OOM, "out of host memory");
         goto done;
     }
@@ -865,7 +935,7 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
         fprintf(stderr, "draft-run: resumed at step %d/%d from %s/checkpoint.safetensors\n", r->step, c->iters, c->out);
     } else {
         path_in(r, path, sizeof path, "before.png");
-        if ((s = evaluate(r, path, &r->before))) goto done;
+        if ((s = evaluate(r, path, &r->before, r->img_before))) goto done;
         if (r->eval_reward) fprintf(stderr, "draft-run: eval reward %s before %.4f\n", c->eval_reward, r->before.held);
         if (isfinite(r->before.diversity) && r->div_model)
             fprintf(stderr, "draft-run: reward before %.4f on %d held-out seeds (diversity %.4f, CLIP diversity %.4f)\n",
@@ -943,7 +1013,7 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
             struct eval_result e;
             snprintf(name, sizeof name, "samples/step_%05d.png", r->step);
             path_in(r, path, sizeof path, name);
-            if ((s = evaluate(r, path, &e))) goto done;
+            if ((s = evaluate(r, path, &e, NULL))) goto done;
             metrics_eval(r, r->step, &e);
             curve_push(r, true, r->step, e.reward);
         }
@@ -961,7 +1031,7 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
     /* after: evaluation, LoRA files, report */
     path_in(r, path, sizeof path, "after.png");
     struct eval_result e;
-    if ((s = evaluate(r, path, &e))) goto done;
+    if ((s = evaluate(r, path, &e, r->img_after))) goto done;
     res->reward_after = e.reward, res->diversity_after = e.diversity, res->eval_reward_after = e.held;
     res->clip_diversity_after = e.clip_div;
     memcpy(res->terms_after, e.terms, sizeof e.terms);
@@ -972,6 +1042,7 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
         fprintf(stderr, "draft-run: reward term %d, %g * %s: %.4f -> %.4f\n", i + 1, r->terms[i].weight, r->terms[i].name,
                 r->before.terms[i], e.terms[i]);
     curve_push(r, true, r->step, res->reward_after);
+    if ((s = write_eval_scores(r))) goto done;
     path_in(r, path, sizeof path, "lora.safetensors");
     if ((s = sd_lora_save(&r->lora, path, SD_LORA_PEFT))) goto done;
     path_in(r, path, sizeof path, "lora_kohya.safetensors");

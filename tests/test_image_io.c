@@ -809,6 +809,8 @@ START_TEST(test_report_html)
         .summary = "reward 5.10 -> 5.90 (+0.80) <ok>",
         .n_terms = 2,
         .terms = (struct draft_report_term[]){{"aesthetic:<d>,h", 1, 5.0, 6.0}, {"clip:d,text=x", -0.5, 0.3, 0.2}},
+        .n_images = 2,
+        .images = (struct draft_report_image[]){{"a <cat>", 5.0, 5.5}, {"a dog", 6.0, NAN}},
     };
     const char *p = path_in("report.html");
     ck_assert_msg(draft_report_html(p, &r) == STATUS_OK, "%s", tensor_error());
@@ -836,6 +838,10 @@ START_TEST(test_report_html)
     const char *t2 = strstr(h, "term 2, -0.5 &times; <code>clip:d,text=x</code></th><td class=\"num\">0.3000</td>");
     ck_assert_msg(t1 && t2 && t1 < t2 && t2 < strstr(h, "eval reward"), "%s", h);
     ck_assert(strstr(h, "+1.0000") && strstr(h, "-0.1000"));
+    ck_assert_msg(strstr(h, "<tr><td class=\"num\">0</td><td>a &lt;cat&gt;</td><td class=\"num\">5.0000</td>"
+                            "<td class=\"num\">5.5000</td><td class=\"num\">+0.5000</td></tr>") &&
+                  strstr(h, "<tr><td class=\"num\">1</td><td>a dog</td><td class=\"num\">6.0000</td>"
+                            "<td class=\"num\">n/a</td>"), "%s", h);
     ck_assert(strstr(h, "</html>\n") != NULL);
     free(h);
     /* everything optional left out still gives a page; a bad folder is an error with the path */
@@ -918,7 +924,7 @@ START_TEST(test_demo_report)
     struct draft_report_grid grids[1] = {{50, "step_50.png"}};
     struct draft_report r = {"DRaFT demo report", 5, keys, vals, svg, "before.png", "after.png", 1, grids,
                              rw[0], rw[N - 1], div_before, div_after, "aesthetic", 5.25, 6.5,
-                             "demo: random chart and pattern grids", 0, NULL, NULL, NAN, NAN};
+                             "demo: random chart and pattern grids", 0, NULL, NULL, NAN, NAN, 0, NULL};
     snprintf(p[0], sizeof p[0], "%s/report.html", dir);
     ck_assert_int_eq(draft_report_html(p[0], &r), STATUS_OK);
     printf("demo report: %s (grids %s/before.png, after.png, step_50.png; chart.svg)\n", p[0], dir);

@@ -104,6 +104,17 @@ if [ -f "$model/model_index.json" ]; then
                   END { print (bad || n != 5) ? "no" : "yes" }' "$tmp/sum/metrics.jsonl")
     check "draft-run with a sum reward: every metrics line has its terms, weighted they sum to the reward" \
           "[ $rc -eq 0 ] && [ $rc2 -eq 0 ] && [ '$sum_ok' = yes ] && grep -q 'reward term 2, -2 \* brightness: -0.0' '$tmp/o'"
+    # eval_scores.jsonl: each held-out image before and after; their mean is the evaluation's reward
+    # (the 'before' values kept through --resume)
+    ok_scores=$(awk -v r0="$(head -n 1 "$tmp/sum/metrics.jsonl" | sed -n 's/.*"reward": \([^,]*\),.*/\1/p')" \
+                    -v r1="$(tail -n 1 "$tmp/sum/metrics.jsonl" | sed -n 's/.*"reward": \([^,]*\),.*/\1/p')" '
+        /"before":null|"after":null/ { bad = 1 }
+        { match($0, /"before":[-0-9.e]+/); b += substr($0, RSTART + 9, RLENGTH - 9)
+          match($0, /"after":[-0-9.e]+/); a += substr($0, RSTART + 8, RLENGTH - 8); n++ }
+        END { d0 = b / n - r0; d1 = a / n - r1; if (d0 < 0) d0 = -d0; if (d1 < 0) d1 = -d1
+              print (bad || n != 2 || d0 > 1e-8 || d1 > 1e-8) ? "no" : "yes" }' "$tmp/sum/eval_scores.jsonl")
+    check "eval_scores.jsonl: each held-out image, averaging to the evaluations (after --resume too)" \
+          "[ '$ok_scores' = yes ] && grep -q 'Each held-out image' '$tmp/sum/report.html'"
     check "the report of a resumed sum run shows each term before and after" \
           "grep -Eq 'term 1, 1 &times; <code>red</code></th><td class=\"num\">-0\.[0-9]+</td><td class=\"num\">-0\.[0-9]+' '$tmp/sum/report.html' && \
            grep -q 'term 2, -2 &times; <code>brightness=0.5</code>' '$tmp/sum/report.html'"
