@@ -482,6 +482,18 @@ enum status draft_report_html(const char *path, const struct draft_report *r)
         if (r->after_png) sb_figure(&b, r->after_png, "after fine-tuning");
         sb_puts(&b, "</div>\n");
     }
+    if (r->best_metric) {
+        sb_puts(&b, "<p><code>lora_best.safetensors</code>: ");
+        if (r->best_step >= 0) {
+            sb_printf(&b, "the LoRA at step %d, where the held-out ", r->best_step);
+            sb_escape(&b, r->best_metric);
+            sb_puts(&b, " was highest (");
+            sb_num(&b, r->best_value);
+            sb_puts(&b, ").</p>\n");
+        } else {
+            sb_puts(&b, "none (no evaluation had a finite value).</p>\n");
+        }
+    }
     if (r->n_images > 0) {   /* which prompts gained, which lost */
         sb_puts(&b, "<h2>Each held-out image</h2>\n<table>\n<tr><th>image</th><th>prompt</th><th>before</th>"
                     "<th>after</th><th>change</th></tr>\n");

@@ -81,6 +81,9 @@ struct draft_report {
     double clip_diversity_before, clip_diversity_after;   /* draft_feature_diversity in them */
     int n_images;                        /* each held-out image's reward, in the grids' order */
     const struct draft_report_image *images;
+    const char *best_metric;             /* --keep-best's metric (NULL: none), its best value and step */
+    double best_value;
+    int best_step;
 };
 
 /* Writes the report as one self-contained HTML file, atomically (temporary file, then rename).

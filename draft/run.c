@@ -291,6 +291,8 @@ struct run {
     const char **eval_prompts;
     struct eval_result before;   /* the held-out evaluation before training */
     double *img_before, *img_after;   /* each held-out image's reward before and after [eval_images] */
+    double best;                      /* --keep-best: the highest held-out value so far, and its step */
+    int best_step;
 };
 
 static double now_s(void)
@@ -452,6 +454,19 @@ static enum status write_eval_scores(const struct run *r)
     return s;
 }
 
+/* --keep-best: the LoRA as it is at an evaluation that beats every earlier one */
+static enum status keep_best(struct run *r, const struct eval_result *e)
+{
+    if (!r->c->keep_best[0]) return STATUS_OK;
+    const double v = !strcmp(r->c->keep_best, "reward") ? e->reward : e->held;
+    if (!isfinite(v) || (r->best_step >= 0 && !(v > r->best))) return STATUS_OK;
+    char path[1200];
+    path_in(r, path, sizeof path, "lora_best.safetensors");
+    enum status s = sd_lora_save(&r->lora, path, SD_LORA_PEFT);
+    if (!s) r->best = v, r->best_step = r->step;
+    return s;
+}
+
 /* ---------------------------------------------------------------- checkpoints */
 
 /* one file: "lora.<param>" tensors, the optimiser's state, and the run's metadata */
@@ -529,6 +544,9 @@ static enum status save_checkpoint(struct run *r)
     char terms[DRAFT_REWARD_MAX_TERMS * 26] = "";   /* a sum's terms before, comma-separated */
     for (int i = 0, o = 0; i < r->n_terms; i++)
         o += snprintf(terms + o, sizeof terms - (size_t)o, "%s%.17g", i ? "," : "", r->before.terms[i]);
+    char best[64], best_step[32];
+    snprintf(best, sizeof best, "%.17g", r->best);
+    snprintf(best_step, sizeof best_step, "%d", r->best_step);
     char eval_set[48], clip_div[64], *imgs = malloc((size_t)r->c->eval_images * 26 + 1);
     if (!imgs) return tensor_fail(STATUS_OOM, "out of host memory");
     imgs[0] = 0;
@@ -539,10 +557,10 @@ static enum status save_checkpoint(struct run *r)
     const char *mk[] = {"format", "draft.step", "draft.seed", "draft.method", "draft.reward_before", "draft.diversity_before",
                         "draft.size", "draft.eval_reward_before", "draft.reward_terms_before", "draft.eval_set",
                         "draft.reward", "draft.eval_reward", "draft.diversity_model", "draft.clip_diversity_before",
-                        "draft.reward_images_before"};
+                        "draft.reward_images_before", "draft.best", "draft.best_step"};
     const char *mv[] = {"draft-checkpoint-1", meta_step, meta_seed, draft_method_name(r->c->method.method), before, div_before,
                         size, eval_before, terms, eval_set, r->c->reward, r->c->eval_reward, r->c->diversity_model,
-                        clip_div, imgs};
+                        clip_div, imgs, best, best_step};
     const enum status s = draft_checkpoint_save(path, &r->lora, &r->opt, (int)(sizeof mk / sizeof *mk), mk, mv);
     free(imgs);
     return s;
@@ -596,6 +614,8 @@ static enum status load_checkpoint(struct run *r)
         r->before.held = eb ? strtod(eb, NULL) : NAN;
         const char *cb = safetensors_metadata(st, "draft.clip_diversity_before");   /* absent before it */
         r->before.clip_div = cb ? strtod(cb, NULL) : NAN;
+        const char *bv = safetensors_metadata(st, "draft.best"), *bs = safetensors_metadata(st, "draft.best_step");
+        if (bv && bs) r->best = strtod(bv, NULL), r->best_step = atoi(bs);   /* absent before --keep-best */
         const char *ib = safetensors_metadata(st, "draft.reward_images_before");   /* absent before it */
         for (int i = 0; i < r->c->eval_images; i++) {
             char *end = NULL;
@@ -772,6 +792,9 @@ static enum status draft_run_write_report(struct run *r, const struct draft_run_
             .clip_diversity_after = res->clip_diversity_after,
             .n_images = c->eval_images,
             .images = imgs,
+            .best_metric = c->keep_best[0] ? c->keep_best : NULL,
+            .best_value = r->best,
+            .best_step = r->best_step,
             .eval_reward = r->eval_reward ? r->c->eval_reward : NULL,
             .eval_reward_before = r->before.held,
             .eval_reward_after = res->eval_reward_after,
@@ -845,6 +868,10 @@ static enum status check_config(const struct draft_run_config *c)
         return tensor_fail(STATUS_VALUE, "--dtype %s: the base weights are f32 or bf16", dtype_name(c->dtype));
     if (c->precision != PRECISION_F32 && c->precision != PRECISION_TF32 && c->precision != PRECISION_BF16)
         return tensor_fail(STATUS_VALUE, "unknown precision %d (f32, tf32 or bf16)", (int)c->precision);
+    if (c->keep_best[0] && strcmp(c->keep_best, "reward") && strcmp(c->keep_best, "eval-reward"))
+        return tensor_fail(STATUS_VALUE, "--keep-best '%s': reward or eval-reward", c->keep_best);
+    if (!strcmp(c->keep_best, "eval-reward") && !c->eval_reward[0])
+        return tensor_fail(STATUS_VALUE, "--keep-best eval-reward needs an --eval-reward");
     enum status s = draft_method_config_check(&c->method);
     return s ? s : draft_device_check(c->device);   /* before any output is written */
 }
@@ -856,7 +883,7 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
     res->clip_diversity_before = res->clip_diversity_after = NAN;
     enum status s = check_config(c);
     if (s) return s;
-    struct run run = {.c = c, .before.held = NAN, .before.clip_div = NAN}, *r = &run;
+    struct run run = {.c = c, .before.held = NAN, .before.clip_div = NAN, .best = NAN, .best_step = -1}, *r = &run;
     r->t_start = now_s();
     stop_requested = 0;
     char path[1200], name[64];
@@ -979,6 +1006,7 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
     if (!c->resume) {
         metrics_eval(r, 0, &r->before);
         curve_push(r, true, 0, r->before.reward);
+        if ((s = keep_best(r, &r->before))) goto done;
     }
 
     double step_avg = 0;
@@ -1016,6 +1044,7 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
             if ((s = evaluate(r, path, &e, NULL))) goto done;
             metrics_eval(r, r->step, &e);
             curve_push(r, true, r->step, e.reward);
+            if ((s = keep_best(r, &e))) goto done;
         }
         const bool stop = stop_requested || (c->stop_after && r->step == c->stop_after);
         if ((c->save_every && r->step % c->save_every == 0) || stop || r->step == c->iters)
@@ -1042,6 +1071,10 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
         fprintf(stderr, "draft-run: reward term %d, %g * %s: %.4f -> %.4f\n", i + 1, r->terms[i].weight, r->terms[i].name,
                 r->before.terms[i], e.terms[i]);
     curve_push(r, true, r->step, res->reward_after);
+    if ((s = keep_best(r, &e))) goto done;
+    if (c->keep_best[0])
+        fprintf(stderr, "draft-run: the best held-out %s, %.4f, was at step %d: %s/lora_best.safetensors\n", c->keep_best,
+                r->best, r->best_step, c->out);
     if ((s = write_eval_scores(r))) goto done;
     path_in(r, path, sizeof path, "lora.safetensors");
     if ((s = sd_lora_save(&r->lora, path, SD_LORA_PEFT))) goto done;
@@ -1057,6 +1090,7 @@ done:
     res->clip_diversity_before = r->before.clip_div;
     res->n_terms = r->n_terms;
     memcpy(res->terms_before, r->before.terms, sizeof r->before.terms);
+    res->best = r->best, res->best_step = r->best_step;
     res->steps = r->step;
     res->seconds = now_s() - r->t_start;
     run_free(r);

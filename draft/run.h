@@ -34,7 +34,9 @@ struct draft_run_config {
     char prompts[1024];    /* prompt file, one a line; or "@animals", "@emoji" built-in sets */
     char diversity_model[1024];   /* a reward spec with an image tower ("clip": the model folder's clip/) whose
                                    * embeddings measure the held-out samples' diversity too ("" = none) */
-    char eval_prompts[1024];   /* the held-out evaluation's prompts, the same forms ("" = the training prompts) */
+    char eval_prompts[1024];
+    char keep_best[16];    /* "reward" or "eval-reward": <out>/lora_best.safetensors holds the LoRA of the
+                            * held-out evaluation where that was highest ("" = off) */   /* the held-out evaluation's prompts, the same forms ("" = the training prompts) */
     char out[1024];        /* run folder */
     enum dtype dtype;      /* the frozen base weights' dtype (LoRA and optimiser stay f32) */
     enum device device;    /* where the model, LoRA, optimiser state and reward run (DEVICE_CPU) */
@@ -64,6 +66,8 @@ struct draft_run_result {
     double reward_before, reward_after;
     double diversity_before, diversity_after;
     double clip_diversity_before, clip_diversity_after;   /* NaN without diversity_model */
+    double best;           /* with keep_best: the highest held-out value and its step (-1 without) */
+    int best_step;
     double eval_reward_before, eval_reward_after;   /* NaN without eval_reward */
     int n_terms;           /* a sum reward's terms (draft_reward_terms), unweighted, else 0 */
     double terms_before[DRAFT_REWARD_MAX_TERMS], terms_after[DRAFT_REWARD_MAX_TERMS];

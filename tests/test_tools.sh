@@ -136,6 +136,28 @@ if [ -f "$model/model_index.json" ]; then
     "$compare" "$tmp/sum" "$tmp/nothere" --out "$tmp/cmp2.html" >"$tmp/o" 2>&1; rc=$?
     check "draft-compare with a missing run folder: exit 1, naming it, nothing written" \
           "[ $rc -eq 1 ] && grep -q 'nothere/metrics.jsonl' '$tmp/o' && [ ! -e '$tmp/cmp2.html' ]"
+    # --keep-best: lora_best.safetensors is the LoRA of the evaluation with the highest value. Trained on
+    # red, kept by the negated red, the best is the untrained LoRA (step 0); kept by red, the last one
+    kb="--reward red --steps 2 --iters 3 --eval-every 1 --batch 1 --size 64 --eval-images 2 --lr 0.01 --no-progress"
+    argmax() { awk -v k="\"$2\": " '/"eval": true/ { i = index($0, k); if (!i) next; split(substr($0, i + length(k)), a, /[,}]/)
+               st = $0; sub(/.*"step": /, "", st); sub(/,.*/, "", st); if (n++ == 0 || a[1] + 0 > m) { m = a[1] + 0; s = st } }
+               END { print s }' "$1"; }
+    "$run" --model "$model" $kb --eval-reward "sum:-1*red" --keep-best eval-reward --out "$tmp/kb1" >"$tmp/o" 2>&1; rc=$?
+    s1=$(argmax "$tmp/kb1/metrics.jsonl" eval_reward)
+    check "--keep-best eval-reward: the LoRA of the best held-out eval reward (step $s1)" \
+          "[ $rc -eq 0 ] && [ '$s1' = 0 ] && grep -q 'the best held-out eval-reward, .*, was at step 0: ' '$tmp/o' && \
+           ! cmp -s '$tmp/kb1/lora_best.safetensors' '$tmp/kb1/lora.safetensors' && grep -q 'the LoRA at step 0' '$tmp/kb1/report.html'"
+    "$run" --model "$model" $kb --eval-reward "sum:-1*red" --keep-best eval-reward --out "$tmp/kb1" --iters 4 --resume \
+           >"$tmp/o" 2>&1; rc=$?
+    check "--keep-best after --resume: the best so far is kept (still step 0)" \
+          "[ $rc -eq 0 ] && grep -q 'the best held-out eval-reward, .*, was at step 0: ' '$tmp/o'"
+    "$run" --model "$model" $kb --keep-best reward --out "$tmp/kb2" >"$tmp/o" 2>&1; rc=$?
+    s2=$(argmax "$tmp/kb2/metrics.jsonl" reward)
+    check "--keep-best reward: the LoRA of the best held-out reward (step $s2)" \
+          "[ $rc -eq 0 ] && [ -n '$s2' ] && grep -q \"was at step $s2: \" '$tmp/o' && \
+           { [ '$s2' != 3 ] || cmp -s '$tmp/kb2/lora_best.safetensors' '$tmp/kb2/lora.safetensors'; }"
+    "$run" --model "$model" $kb --keep-best eval-reward --out "$tmp/kb3" >"$tmp/o" 2>&1; rc=$?
+    check "--keep-best eval-reward without --eval-reward: refused" "[ $rc -eq 1 ] && grep -q 'needs an --eval-reward' '$tmp/o'"
     # --eval-prompts: the held-out evaluation scores its own prompts; its first line is what a run
     # trained on those prompts measures, and not what the training prompts give
     printf 'a blue car\n# a comment\na green tree\n' >"$tmp/eval_prompts.txt"

@@ -84,6 +84,9 @@ static const struct opt opts[] = {
     {"size", K_SIZE, F(image_width), "image size in pixels: a side (512) or width x height (768x512), multiples "
                                      "of 64 for SD 1.x (0 = the model's default)"},
     {"eval-images", K_INT, F(eval_images), "held-out fixed-seed images scored before, during and after"},
+    {"keep-best", K_STR, F(keep_best), "reward or eval-reward: also keep, as lora_best.safetensors, the LoRA of the "
+                                       "held-out evaluation (before, every --eval-every, after) where that was highest: "
+                                       "the LoRA from before a reward began to be hacked"},
     {"eval-every", K_INT, F(eval_every), "evaluate and write a sample grid every N steps (0 = before/after only)"},
     {"save-every", K_INT, F(save_every), "write checkpoint.safetensors every N steps (0 = at the end only)"},
     {"resume", K_BOOL, F(resume), "continue from <out>/checkpoint.safetensors"},
