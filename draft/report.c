@@ -392,6 +392,20 @@ static void sb_delta(struct sbuf *b, double before, double after)
     sb_printf(b, "%+.4f", after - before);
 }
 
+/* table cells: before, after and, with `change`, after - before */
+static void sb_before_after(struct sbuf *b, double before, double after, bool change)
+{
+    sb_puts(b, "<td class=\"num\">");
+    sb_num(b, before);
+    sb_puts(b, "</td><td class=\"num\">");
+    sb_num(b, after);
+    sb_puts(b, "</td>");
+    if (!change) return;
+    sb_puts(b, "<td class=\"num\">");
+    sb_delta(b, before, after);
+    sb_puts(b, "</td>");
+}
+
 /* one row of the results table: label (and, escaped, code), before, after, change */
 static void result_row(struct sbuf *b, const char *label, const char *code, double before, double after)
 {
@@ -401,13 +415,9 @@ static void result_row(struct sbuf *b, const char *label, const char *code, doub
         sb_escape(b, code);
         sb_puts(b, "</code>");
     }
-    sb_puts(b, "</th><td class=\"num\">");
-    sb_num(b, before);
-    sb_puts(b, "</td><td class=\"num\">");
-    sb_num(b, after);
-    sb_puts(b, "</td><td class=\"num\">");
-    sb_delta(b, before, after);
-    sb_puts(b, "</td></tr>\n");
+    sb_puts(b, "</th>");
+    sb_before_after(b, before, after, true);
+    sb_puts(b, "</tr>\n");
 }
 
 static void sb_figure(struct sbuf *b, const char *png, const char *caption)
@@ -500,13 +510,9 @@ enum status draft_report_html(const char *path, const struct draft_report *r)
         for (int i = 0; i < r->n_images; i++) {
             sb_printf(&b, "<tr><td class=\"num\">%d</td><td>", i);
             sb_escape(&b, r->images[i].prompt ? r->images[i].prompt : "");
-            sb_puts(&b, "</td><td class=\"num\">");
-            sb_num(&b, r->images[i].before);
-            sb_puts(&b, "</td><td class=\"num\">");
-            sb_num(&b, r->images[i].after);
-            sb_puts(&b, "</td><td class=\"num\">");
-            sb_delta(&b, r->images[i].before, r->images[i].after);
-            sb_puts(&b, "</td></tr>\n");
+            sb_puts(&b, "</td>");
+            sb_before_after(&b, r->images[i].before, r->images[i].after, true);
+            sb_puts(&b, "</tr>\n");
         }
         sb_puts(&b, "</table>\n");
     }
@@ -569,7 +575,7 @@ struct cmp_run {
     struct dvec ex, ey, ediv, eheld, eclip;   /* evaluations: x, reward, diversity, eval reward, CLIP diversity */
     int steps;
     double seconds, peak_mib;             /* summed step times; the largest step peak */
-    bool has_config, has_held, has_clip;
+    bool has_held, has_clip;
     cJSON *config;                        /* config.json as read (NULL without one) */
 };
 
@@ -615,7 +621,6 @@ static enum status cmp_read_config(struct cmp_run *r)
     const double batch = json_num(c, "batch"), accum = json_num(c, "accum"), lv_n = json_num(c, "lv-n");
     /* DRaFT-LV scores lv_n re-noised copies of each image; every other method scores each image once */
     r->queries_per_step = batch * (accum > 0 ? accum : 1) * (!strcmp(r->method, "lv") ? lv_n : 1);
-    r->has_config = true;
     r->config = c;
     return STATUS_OK;
 }
@@ -706,7 +711,7 @@ enum status draft_compare_html(const char *path, int n_runs, const char *const *
     enum status s = STATUS_OK;
     for (int i = 0; i < n_runs && !s; i++) {
         if ((s = cmp_read_config(&runs[i]))) break;
-        if (x == DRAFT_COMPARE_QUERIES && !runs[i].has_config) {
+        if (x == DRAFT_COMPARE_QUERIES && !runs[i].config) {
             s = tensor_fail(STATUS_VALUE, "%s has no config.json (draft-run writes it since 2026-11-28): its reward queries "
                                           "per step are unknown; compare by step or seconds", run_dirs[i]);
             break;
@@ -721,7 +726,7 @@ enum status draft_compare_html(const char *path, int n_runs, const char *const *
     for (int i = 0; i < n_runs && !s; i++) {
         any_held |= runs[i].has_held;
         any_clip |= runs[i].has_clip;
-        same_reward &= !runs[i].has_config || !runs[0].has_config || !strcmp(runs[i].reward, runs[0].reward);
+        same_reward &= !runs[i].config || !runs[0].config || !strcmp(runs[i].reward, runs[0].reward);
     }
     if (!s) {
         sb_printf(&b, "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>DRaFT runs compared"
@@ -742,33 +747,16 @@ enum status draft_compare_html(const char *path, int n_runs, const char *const *
             sb_puts(&b, "</th><td>");
             sb_escape(&b, r->method);
             sb_puts(&b, "</td><td><code>");
-            sb_escape(&b, r->has_config ? r->reward : "?");
-            sb_puts(&b, "</code></td><td class=\"num\">");
-            sb_num(&b, r->ey.v[0]);
-            sb_puts(&b, "</td><td class=\"num\">");
-            sb_num(&b, r->ey.v[last]);
-            sb_puts(&b, "</td><td class=\"num\">");
-            sb_delta(&b, r->ey.v[0], r->ey.v[last]);
-            sb_puts(&b, "</td><td class=\"num\">");
-            sb_num(&b, r->ediv.v[0]);
-            sb_puts(&b, "</td><td class=\"num\">");
-            sb_num(&b, r->ediv.v[last]);
-            sb_puts(&b, "</td>");
-            if (any_clip) {
-                sb_puts(&b, "<td class=\"num\">");
-                sb_num(&b, r->eclip.v[0]);
-                sb_puts(&b, "</td><td class=\"num\">");
-                sb_num(&b, r->eclip.v[last]);
-                sb_puts(&b, "</td>");
-            }
+            sb_escape(&b, r->config ? r->reward : "?");
+            sb_puts(&b, "</code></td>");
+            sb_before_after(&b, r->ey.v[0], r->ey.v[last], true);
+            sb_before_after(&b, r->ediv.v[0], r->ediv.v[last], false);
+            if (any_clip) sb_before_after(&b, r->eclip.v[0], r->eclip.v[last], false);
             if (any_held) {
                 sb_puts(&b, "<td><code>");
                 sb_escape(&b, r->eval_reward);
-                sb_puts(&b, "</code></td><td class=\"num\">");
-                sb_num(&b, r->has_held ? r->eheld.v[0] : NAN);
-                sb_puts(&b, "</td><td class=\"num\">");
-                sb_num(&b, r->has_held ? r->eheld.v[last] : NAN);
-                sb_puts(&b, "</td>");
+                sb_puts(&b, "</code></td>");
+                sb_before_after(&b, r->has_held ? r->eheld.v[0] : NAN, r->has_held ? r->eheld.v[last] : NAN, false);
             }
             sb_printf(&b, "<td class=\"num\">%d</td><td class=\"num\">", r->steps);
             if (isfinite(r->queries_per_step)) sb_printf(&b, "%.0f", r->steps * r->queries_per_step);

@@ -815,20 +815,25 @@ struct draft_reward *draft_reward_openclip_create(const char *path, const char *
 
 /* ---------------------------------------------------------------- interface */
 
+/* images a reward reads: float [B, 3, H, W], none of the sizes 0; a message for reward r otherwise */
+static bool images_ok(const struct draft_reward *r, const struct tensor *images)
+{
+    char a[128];
+    if (images->ndim == 4 && images->shape[0] >= 1 && images->shape[1] == 3 && images->shape[2] >= 1 &&
+        images->shape[3] >= 1 && dtype_is_float(images->dtype))
+        return true;
+    tensor_fail(STATUS_SHAPE, "reward %s: images must be float [B, 3, H, W] in [-1, 1], got %s %s", r->name,
+                dtype_name(images->dtype), tensor_shape_str(images, a, sizeof a));
+    return false;
+}
+
 struct tensor *draft_reward_score(struct draft_reward *r, struct tensor *images, const char *const *prompts)
 {
     if (!r) {
         tensor_fail(STATUS_VALUE, "draft_reward_score: no reward");
         return NULL;
     }
-    if (!images) return NULL;
-    char a[128];
-    if (images->ndim != 4 || images->shape[0] < 1 || images->shape[1] != 3 || images->shape[2] < 1 ||
-        images->shape[3] < 1 || !dtype_is_float(images->dtype)) {
-        tensor_fail(STATUS_SHAPE, "reward %s: images must be float [B, 3, H, W] in [-1, 1], got %s %s", r->name,
-                    dtype_name(images->dtype), tensor_shape_str(images, a, sizeof a));
-        return NULL;
-    }
+    if (!images || !images_ok(r, images)) return NULL;
     return r->score(r, images, prompts);
 }
 
@@ -961,12 +966,7 @@ struct tensor *draft_reward_image_embeds(struct draft_reward *r, struct tensor *
                                   "hpsv2 have one)", r->name);
         return NULL;
     }
-    char a[128];
-    if (images->ndim != 4 || images->shape[1] != 3 || !dtype_is_float(images->dtype)) {
-        tensor_fail(STATUS_SHAPE, "draft_reward_image_embeds: images must be float [B, 3, H, W], got %s %s",
-                    dtype_name(images->dtype), tensor_shape_str(images, a, sizeof a));
-        return NULL;
-    }
+    if (!images_ok(with, images)) return NULL;
     ag_no_grad_begin();
     tensor_scope_begin();
     struct tensor *e = with->embed(with, images);

@@ -388,11 +388,10 @@ static void metrics_eval(const struct run *r, int step, const struct eval_result
 static enum status evaluate(struct run *r, const char *grid_path, struct eval_result *e, double *per_image)
 {
     struct tensor *images = NULL;
-    draft_reward_terms_take(r->reward, NULL);   /* count these images only */
     enum status s = draft_sample_eval(&r->p, &r->c->method, r->reward, r->eval_latents, r->eval_context,
                                       r->eval_prompts, &images, &e->reward, per_image);
     if (s) return s;
-    draft_reward_terms_take(r->reward, e->terms);
+    draft_reward_terms_take(r->reward, e->terms);   /* this evaluation's images: each scoring is taken after it */
     e->diversity = draft_diversity(images);
     e->held = e->clip_div = NAN;
     if (r->div_model && images->shape[0] > 1) {   /* one image has no diversity */
@@ -417,39 +416,24 @@ static enum status write_eval_scores(const struct run *r)
 {
     char path[1200];
     path_in(r, path, sizeof path, "eval_scores.jsonl");
-    size_t len = 0, cap = 0;
     char *text = NULL;
-    enum status s = STATUS_OK;
-    for (int i = 0; i < r->c->eval_images && !s; i++) {
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    bool ok = f != NULL;
+    for (int i = 0; i < r->c->eval_images && ok; i++) {
         cJSON *o = cJSON_CreateObject();
-        if (o) {
-            cJSON_AddNumberToObject(o, "image", i);
-            cJSON_AddStringToObject(o, "prompt", r->eval_prompts[i]);
-            const double v[2] = {r->img_before[i], r->img_after[i]};
-            const char *k[2] = {"before", "after"};
-            for (int j = 0; j < 2; j++)
-                if (isfinite(v[j])) cJSON_AddNumberToObject(o, k[j], v[j]);
-                else cJSON_AddNullToObject(o, k[j]);
-        }
-        char *line = o ? cJSON_PrintUnformatted(o) : NULL;
-        cJSON_Delete(o);
-        const size_t n = line ? strlen(line) : 0;
-        if (line && len + n + 2 > cap) {
-            cap = 2 * (len + n + 2);
-            char *t = realloc(text, cap);
-            if (t) text = t;
-            else free(line), line = NULL;
-        }
-        if (!line) {
-            s = tensor_fail(STATUS_OOM, "%s: out of memory", path);
-            break;
-        }
-        memcpy(text + len, line, n);
-        text[len + n] = '\n';
-        len += n + 1;
+        ok = o && cJSON_AddNumberToObject(o, "image", i) && cJSON_AddStringToObject(o, "prompt", r->eval_prompts[i]);
+        const double v[2] = {r->img_before[i], r->img_after[i]};
+        const char *k[2] = {"before", "after"};
+        for (int j = 0; j < 2 && ok; j++)
+            ok = isfinite(v[j]) ? cJSON_AddNumberToObject(o, k[j], v[j]) != NULL : cJSON_AddNullToObject(o, k[j]) != NULL;
+        char *line = ok ? cJSON_PrintUnformatted(o) : NULL;
+        ok = line && fprintf(f, "%s\n", line) > 0;
         free(line);
+        cJSON_Delete(o);
     }
-    if (!s) s = draft_file_write_atomic(path, text ? text : "", len);
+    if (f && fclose(f)) ok = false;
+    const enum status s = ok ? draft_file_write_atomic(path, text, len) : tensor_fail(STATUS_OOM, "%s: out of memory", path);
     free(text);
     return s;
 }
@@ -529,6 +513,26 @@ static void eval_set_str(const struct run *r, char *buf, size_t n)
     snprintf(buf, n, "%d:%016llx", r->c->eval_images, (unsigned long long)h);
 }
 
+/* n doubles as "%.17g" joined by ',' (checkpoint metadata), malloc'd; NULL when out of memory */
+#define JOINED_MAX 26   /* "-1.2345678901234567e-308," and the NUL */
+static char *doubles_join(int n, const double *v)
+{
+    char *out = malloc((size_t)n * JOINED_MAX + 1);
+    if (out) out[0] = 0;
+    for (int i = 0, o = 0; out && i < n; i++) o += snprintf(out + o, JOINED_MAX, "%s%.17g", i ? "," : "", v[i]);
+    return out;
+}
+
+/* the inverse; values past the end of text (or all, for NULL: metadata of an earlier version) are NaN */
+static void doubles_parse(const char *text, int n, double *v)
+{
+    for (int i = 0; i < n; i++) {
+        char *end = NULL;
+        v[i] = text && *text ? strtod(text, &end) : NAN;
+        text = end && *end == ',' ? end + 1 : NULL;
+    }
+}
+
 static enum status save_checkpoint(struct run *r)
 {
     char path[1200], meta_step[32], meta_seed[32];
@@ -541,17 +545,12 @@ static enum status save_checkpoint(struct run *r)
     snprintf(eval_before, sizeof eval_before, "%.17g", r->before.held);
     char size[48];   /* the held-out reward before training was measured at this size */
     size_str(r, size, sizeof size);
-    char terms[DRAFT_REWARD_MAX_TERMS * 26] = "";   /* a sum's terms before, comma-separated */
-    for (int i = 0, o = 0; i < r->n_terms; i++)
-        o += snprintf(terms + o, sizeof terms - (size_t)o, "%s%.17g", i ? "," : "", r->before.terms[i]);
     char best[64], best_step[32];
     snprintf(best, sizeof best, "%.17g", r->best);
     snprintf(best_step, sizeof best_step, "%d", r->best_step);
-    char eval_set[48], clip_div[64], *imgs = malloc((size_t)r->c->eval_images * 26 + 1);
-    if (!imgs) return tensor_fail(STATUS_OOM, "out of host memory");
-    imgs[0] = 0;
-    for (int i = 0, o = 0; i < r->c->eval_images; i++)   /* each held-out image's reward before */
-        o += snprintf(imgs + o, 26, "%s%.17g", i ? "," : "", r->img_before[i]);
+    /* a sum's terms, and each held-out image's reward, before training */
+    char *terms = doubles_join(r->n_terms, r->before.terms), *imgs = doubles_join(r->c->eval_images, r->img_before);
+    char eval_set[48], clip_div[64];
     eval_set_str(r, eval_set, sizeof eval_set);
     snprintf(clip_div, sizeof clip_div, "%.17g", r->before.clip_div);
     const char *mk[] = {"format", "draft.step", "draft.seed", "draft.method", "draft.reward_before", "draft.diversity_before",
@@ -561,7 +560,9 @@ static enum status save_checkpoint(struct run *r)
     const char *mv[] = {"draft-checkpoint-1", meta_step, meta_seed, draft_method_name(r->c->method.method), before, div_before,
                         size, eval_before, terms, eval_set, r->c->reward, r->c->eval_reward, r->c->diversity_model,
                         clip_div, imgs, best, best_step};
-    const enum status s = draft_checkpoint_save(path, &r->lora, &r->opt, (int)(sizeof mk / sizeof *mk), mk, mv);
+    const enum status s = terms && imgs ? draft_checkpoint_save(path, &r->lora, &r->opt, (int)(sizeof mk / sizeof *mk), mk, mv)
+                                        : tensor_fail(STATUS_OOM, "out of host memory");
+    free(terms);
     free(imgs);
     return s;
 }
@@ -616,19 +617,9 @@ static enum status load_checkpoint(struct run *r)
         r->before.clip_div = cb ? strtod(cb, NULL) : NAN;
         const char *bv = safetensors_metadata(st, "draft.best"), *bs = safetensors_metadata(st, "draft.best_step");
         if (bv && bs) r->best = strtod(bv, NULL), r->best_step = atoi(bs);   /* absent before --keep-best */
-        const char *ib = safetensors_metadata(st, "draft.reward_images_before");   /* absent before it */
-        for (int i = 0; i < r->c->eval_images; i++) {
-            char *end = NULL;
-            r->img_before[i] = ib && *ib ? strtod(ib, &end) : NAN;
-            ib = end && *end == ',' ? end + 1 : NULL;
-        }
-        /* absent before per-term metrics, or for a reward that was not a sum then */
-        const char *tb = safetensors_metadata(st, "draft.reward_terms_before");
-        for (int i = 0; i < r->n_terms; i++) {
-            char *end = NULL;
-            r->before.terms[i] = tb && *tb ? strtod(tb, &end) : NAN;
-            tb = end && *end == ',' ? end + 1 : NULL;
-        }
+        /* both absent in earlier versions; the terms also for a reward that was not a sum then */
+        doubles_parse(safetensors_metadata(st, "draft.reward_images_before"), r->c->eval_images, r->img_before);
+        doubles_parse(safetensors_metadata(st, "draft.reward_terms_before"), r->n_terms, r->before.terms);
     }
     safetensors_close(st);
     return s;
@@ -666,7 +657,6 @@ static enum status train_step(struct run *r, double *reward_out, double *terms_o
     const int B = c->batch, accum = c->opt.accum_steps > 0 ? c->opt.accum_steps : 1;
     double reward_sum = 0;
     enum status s = STATUS_OK;
-    draft_reward_terms_take(r->reward, NULL);
     for (int m = 0; m < accum && !s; m++) {
         const uint64_t micro = (uint64_t)r->step * (uint64_t)accum + (uint64_t)m;
         uint64_t ps = stream_seed(c->seed, micro, STREAM_PROMPTS);
@@ -818,16 +808,18 @@ static enum status draft_run_write_report(struct run *r, const struct draft_run_
 /* ---------------------------------------------------------------- draft_run */
 
 /* a reward spec beside the pipeline; "clip:text=..." means the model folder's own clip/ tower */
+const char *draft_reward_spec_for_model(const char *spec, const char *model, char *buf, size_t n)
+{
+    if (!strncmp(spec, "clip:text=", 10)) snprintf(buf, n, "clip:%s/clip,%s", model, spec + 5);
+    else if (!strcmp(spec, "clip")) snprintf(buf, n, "clip:%s/clip", model);   /* each image against its prompt */
+    else return spec;
+    return buf;
+}
+
 static struct draft_reward *run_reward(const struct draft_run_config *c, const char *spec, struct sd_pipeline *p)
 {
     char spec_buf[2200];
-    if (!strncmp(spec, "clip:text=", 10)) {
-        snprintf(spec_buf, sizeof spec_buf, "clip:%s/clip,%s", c->model, spec + 5);
-        spec = spec_buf;
-    } else if (!strcmp(spec, "clip")) {   /* the model folder's own CLIP, each image against its prompt */
-        snprintf(spec_buf, sizeof spec_buf, "clip:%s/clip", c->model);
-        spec = spec_buf;
-    }
+    spec = draft_reward_spec_for_model(spec, c->model, spec_buf, sizeof spec_buf);
     return draft_reward_create_on(spec, sd_pipeline_dtype(p), p->device);
 }
 
@@ -892,7 +884,9 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
     path_in(r, path, sizeof path, "samples");
     if ((s = nn_mkdir_p(path))) return s;
     path_in(r, path, sizeof path, "config.json");
-    if (c->config_json && (s = draft_file_write_atomic(path, c->config_json, strlen(c->config_json)))) return s;
+    if (c->config_json &&
+        (s = nn_file_write_atomic(path, 2, (const void *[]){c->config_json, "\n"}, (size_t[]){strlen(c->config_json), 1})))
+        return s;
     const enum precision precision0 = tensor_precision();   /* the run's own, restored at the end */
     tensor_set_precision(c->precision);
     s = c->ckpt[0] ? sd_pipeline_load_single_file(&r->p, c->ckpt, c->model, c->dtype, c->device)

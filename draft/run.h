@@ -34,9 +34,9 @@ struct draft_run_config {
     char prompts[1024];    /* prompt file, one a line; or "@animals", "@emoji" built-in sets */
     char diversity_model[1024];   /* a reward spec with an image tower ("clip": the model folder's clip/) whose
                                    * embeddings measure the held-out samples' diversity too ("" = none) */
-    char eval_prompts[1024];
+    char eval_prompts[1024];   /* the held-out evaluation's prompts, the same forms ("" = the training prompts) */
     char keep_best[16];    /* "reward" or "eval-reward": <out>/lora_best.safetensors holds the LoRA of the
-                            * held-out evaluation where that was highest ("" = off) */   /* the held-out evaluation's prompts, the same forms ("" = the training prompts) */
+                            * held-out evaluation where that was highest ("" = off) */
     char out[1024];        /* run folder */
     enum dtype dtype;      /* the frozen base weights' dtype (LoRA and optimiser stay f32) */
     enum device device;    /* where the model, LoRA, optimiser state and reward run (DEVICE_CPU) */
@@ -56,8 +56,8 @@ struct draft_run_config {
     bool resume;           /* continue from out/checkpoint.safetensors */
     bool progress;         /* a progress bar on stderr */
     int stop_after;        /* test hook: stop (as if killed, after saving) once this step is done; 0 = off */
-    const char *config_json;   /* written as is to <out>/config.json once the config is checked (NULL: none);
-                                * draft-run's every option, which its --config reads back */
+    const char *config_json;   /* written to <out>/config.json (and a newline) once the config is checked
+                                * (NULL: none); draft-run's every option, which its --config reads back */
 };
 void draft_run_config_default(struct draft_run_config *c);
 
@@ -77,6 +77,10 @@ struct draft_run_result {
 };
 
 enum status draft_run(const struct draft_run_config *c, struct draft_run_result *res);
+
+/* A reward spec beside a model folder: "clip" and "clip:text=<words>" name the folder's own CLIP
+ * (<model>/clip, which the embedded model has), written into buf; any other spec is returned as is. */
+const char *draft_reward_spec_for_model(const char *spec, const char *model, char *buf, size_t n);
 
 /* built-in prompt sets: "@animals" (the 45 simple animals of the DDPO/DRaFT aesthetic
  * benchmark, "a photo of a <animal>") and "@emoji" (captions for the embedded model). A file

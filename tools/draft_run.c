@@ -343,15 +343,7 @@ static char *config_json(const struct draft_run_config *c)
     }
     char *text = o ? cJSON_Print(o) : NULL;
     cJSON_Delete(o);
-    if (!text) return NULL;
-    const size_t n = strlen(text);
-    char *out = realloc(text, n + 2);   /* a final newline */
-    if (!out) {
-        free(text);
-        return NULL;
-    }
-    memcpy(out + n, "\n", 2);
-    return out;
+    return text;
 }
 
 static void on_sigint(int sig)

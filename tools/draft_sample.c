@@ -255,9 +255,8 @@ int main(int argc, char **argv)
     struct draft_reward *div_model = NULL;
     if (!s && div_spec) {   /* "clip": the model folder's own CLIP */
         char spec_buf[PATH_MAX + 16];
-        if (!strcmp(div_spec, "clip")) snprintf(spec_buf, sizeof spec_buf, "clip:%s/clip", model);
-        else snprintf(spec_buf, sizeof spec_buf, "%s", div_spec);
-        if (!(div_model = draft_reward_create_on(spec_buf, sd_pipeline_dtype(&p), p.device)))
+        const char *spec = draft_reward_spec_for_model(div_spec, model, spec_buf, sizeof spec_buf);
+        if (!(div_model = draft_reward_create_on(spec, sd_pipeline_dtype(&p), p.device)))
             s = tensor_fail(STATUS_VALUE, "--diversity-model: %s", tensor_error());
         else if (!draft_reward_has_image_tower(div_model))
             s = tensor_fail(STATUS_VALUE, "--diversity-model %s: reward %s has no image tower", div_spec, div_model->name);
