@@ -314,21 +314,22 @@ static struct tensor *latents_for(struct run *r, int n, uint64_t seed)
     return ag_randn(sd_pipeline_dtype(&r->p), 4, (int64_t[]){n, r->latent_c, r->latent_h, r->latent_w}, r->p.device);
 }
 
-/* [uncond; cond] text embeddings for n prompts, no graph */
+/* [uncond; cond] text embeddings for n prompts, no graph; the unconditional rows are the
+ * negative prompt's (the empty prompt by default) */
 static struct tensor *context_for(struct run *r, int n, const char *const *prompts)
 {
-    const char **empty = calloc((size_t)n, sizeof *empty);
-    if (!empty) {
+    const char **neg = calloc((size_t)n, sizeof *neg);
+    if (!neg) {
         tensor_fail(STATUS_OOM, "out of host memory");
         return NULL;
     }
-    for (int i = 0; i < n; i++) empty[i] = "";
+    for (int i = 0; i < n; i++) neg[i] = r->c->negative_prompt;
     ag_no_grad_begin();
     tensor_scope_begin();
-    struct tensor *ctx = sd_pipeline_context(&r->p, sd_pipeline_tokenize(&r->p, n, empty), sd_pipeline_tokenize(&r->p, n, prompts));
+    struct tensor *ctx = sd_pipeline_context(&r->p, sd_pipeline_tokenize(&r->p, n, neg), sd_pipeline_tokenize(&r->p, n, prompts));
     ctx = tensor_scope_return(ctx);
     ag_no_grad_end();
-    free(empty);
+    free(neg);
     return ctx;
 }
 
@@ -513,6 +514,23 @@ static void eval_set_str(const struct run *r, char *buf, size_t n)
     snprintf(buf, n, "%d:%016llx", r->c->eval_images, (unsigned long long)h);
 }
 
+/* a number in the fewest of 15 or 17 digits that reads back exactly */
+static void num_str(char *buf, size_t n, double v)
+{
+    snprintf(buf, n, "%.15g", v);
+    if (strtod(buf, NULL) != v) snprintf(buf, n, "%.17g", v);
+}
+
+/* the sampler's settings as flags: a resumed run must sample as the checkpoint's run did, or its
+ * held-out values would not compare with the 'before' ones (training and evaluation share them) */
+static void sampler_str(const struct draft_run_config *c, char *buf, size_t n)
+{
+    char g[32], e[32];
+    num_str(g, sizeof g, c->method.guidance);
+    num_str(e, sizeof e, c->method.eta);
+    snprintf(buf, n, "--steps %d --guidance %s --eta %s --negative-prompt '%s'", c->method.steps, g, e, c->negative_prompt);
+}
+
 /* n doubles as "%.17g" joined by ',' (checkpoint metadata), malloc'd; NULL when out of memory */
 #define JOINED_MAX 26   /* "-1.2345678901234567e-308," and the NUL */
 static char *doubles_join(int n, const double *v)
@@ -550,16 +568,17 @@ static enum status save_checkpoint(struct run *r)
     snprintf(best_step, sizeof best_step, "%d", r->best_step);
     /* a sum's terms, and each held-out image's reward, before training */
     char *terms = doubles_join(r->n_terms, r->before.terms), *imgs = doubles_join(r->c->eval_images, r->img_before);
-    char eval_set[48], clip_div[64];
+    char eval_set[48], clip_div[64], sampler[1200];
     eval_set_str(r, eval_set, sizeof eval_set);
+    sampler_str(r->c, sampler, sizeof sampler);
     snprintf(clip_div, sizeof clip_div, "%.17g", r->before.clip_div);
     const char *mk[] = {"format", "draft.step", "draft.seed", "draft.method", "draft.reward_before", "draft.diversity_before",
                         "draft.size", "draft.eval_reward_before", "draft.reward_terms_before", "draft.eval_set",
                         "draft.reward", "draft.eval_reward", "draft.diversity_model", "draft.clip_diversity_before",
-                        "draft.reward_images_before", "draft.best", "draft.best_step"};
+                        "draft.reward_images_before", "draft.best", "draft.best_step", "draft.sampler"};
     const char *mv[] = {"draft-checkpoint-1", meta_step, meta_seed, draft_method_name(r->c->method.method), before, div_before,
                         size, eval_before, terms, eval_set, r->c->reward, r->c->eval_reward, r->c->diversity_model,
-                        clip_div, imgs, best, best_step};
+                        clip_div, imgs, best, best_step, sampler};
     const enum status s = terms && imgs ? draft_checkpoint_save(path, &r->lora, &r->opt, (int)(sizeof mk / sizeof *mk), mk, mv)
                                         : tensor_fail(STATUS_OOM, "out of host memory");
     free(terms);
@@ -595,6 +614,12 @@ static enum status load_checkpoint(struct run *r)
                                       "this run: %s, %d images of %s): keep --eval-images and --eval-prompts as they "
                                       "were, or start a new --out", path, eset, want, r->c->eval_images,
                         r->c->eval_prompts[0] ? r->c->eval_prompts : "the training prompts");
+    const char *samp = s ? NULL : safetensors_metadata(st, "draft.sampler");
+    char want_samp[1200];
+    sampler_str(r->c, want_samp, sizeof want_samp);
+    if (samp && strcmp(samp, want_samp))
+        s = tensor_fail(STATUS_VALUE, "--resume: %s was sampled with %s, this run has %s: its held-out values would not "
+                                      "compare; keep them, or start a new --out", path, samp, want_samp);
     const char *rspec = s ? NULL : safetensors_metadata(st, "draft.reward");
     if (rspec && strcmp(rspec, r->c->reward))
         s = tensor_fail(STATUS_VALUE, "--resume: %s was trained with --reward '%s', this run has '%s': its scores would "
@@ -692,6 +717,72 @@ static enum status train_step(struct run *r, double *reward_out, double *terms_o
 }
 
 
+/* what to change when a step runs out of memory: the same images a step in smaller micro-batches,
+ * more recomputation, half-size weights */
+static void oom_hint(const struct draft_run_config *c, char *buf, size_t n)
+{
+    int o = snprintf(buf, n, "; to lower the peak:");
+    const int accum = c->opt.accum_steps > 0 ? c->opt.accum_steps : 1;
+    if (c->batch > 1 && c->batch % 2 == 0)
+        o += snprintf(buf + o, n - (size_t)o, " --batch %d --accum %d (the same images a step),", c->batch / 2, 2 * accum);
+    else if (c->batch > 1)
+        o += snprintf(buf + o, n - (size_t)o, " --batch 1 --accum %d (the same images a step),", c->batch * accum);
+    if (!c->method.checkpoint) o += snprintf(buf + o, n - (size_t)o, " --checkpoint,");
+    else if (!c->method.checkpoint_blocks) o += snprintf(buf + o, n - (size_t)o, " --checkpoint-blocks,");
+    if (c->dtype == DTYPE_F32) o += snprintf(buf + o, n - (size_t)o, " --dtype bf16,");
+    if (c->method.method == DRAFT_LV && c->method.lv_n > 1) o += snprintf(buf + o, n - (size_t)o, " a smaller --lv-n,");
+    snprintf(buf + o, n - (size_t)o, " a smaller --size");
+}
+
+/* --dry-run: one held-out evaluation and one optimiser step, timed and their peaks measured,
+ * after the same set-up as a run and in the same order (so the step's peak is the first step's
+ * of the run); the run's time is projected from them. Nothing is written. */
+static enum status dry_run(struct run *r, struct draft_run_result *res)
+{
+    const struct draft_run_config *c = r->c;
+    const enum device dev = r->p.device;
+    struct mem_stats m;
+    mem_get_stats(dev, &m);
+    res->resident_bytes = m.live_bytes;
+    const double t_setup = now_s() - r->t_start;
+    mem_reset_peak(dev);
+    double t0 = now_s();
+    struct eval_result e;
+    enum status s = evaluate(r, NULL, &e, c->resume ? NULL : r->img_before);
+    if (s) return s;
+    if (!c->resume) r->before = e;
+    res->eval_seconds = now_s() - t0;
+    mem_get_stats(dev, &m);
+    res->eval_peak_bytes = m.peak_bytes;
+    mem_reset_peak(dev);
+    t0 = now_s();
+    double J, gnorm, terms[DRAFT_REWARD_MAX_TERMS];
+    if ((s = train_step(r, &J, terms, &gnorm))) return s;
+    res->step_seconds = now_s() - t0;
+    mem_get_stats(dev, &m);
+    res->step_peak_bytes = m.peak_bytes;
+    /* the steps left, an evaluation every eval_every of them (not at the last), one after, one before
+     * unless resumed */
+    const int left = c->iters - r->step, ev = c->eval_every;
+    const int n_eval = 1 + !c->resume + (ev ? (c->iters - 1) / ev - r->step / ev : 0);
+    res->projected_seconds = t_setup + left * res->step_seconds + n_eval * res->eval_seconds;
+    char a[32], b[32], d[32], lim[64] = "", t[32];
+    if (m.limit_bytes) snprintf(lim, sizeof lim, " (limit %s)", mem_format(m.limit_bytes, d, sizeof d));
+    fprintf(stderr, "draft-run: dry run on %s, nothing written:\n"
+                    "  loading: %.1f s; %s live after it (weights, LoRA, rewards, held-out latents)\n",
+            device_name(dev), t_setup, mem_format(res->resident_bytes, a, sizeof a));
+    fprintf(stderr, "  held-out evaluation (%d images, %d steps): %.2f s, peak %s%s\n", c->eval_images, c->method.steps,
+            res->eval_seconds, mem_format(res->eval_peak_bytes, a, sizeof a), lim);
+    fprintf(stderr, "  optimiser step (%s, batch %d x accum %d): %.2f s, peak %s%s; the first step, later ones are "
+                    "often a little faster\n",
+            draft_method_name(c->method.method), c->batch, c->opt.accum_steps > 0 ? c->opt.accum_steps : 1,
+            res->step_seconds, mem_format(res->step_peak_bytes, b, sizeof b), lim);
+    fmt_duration(t, sizeof t, res->projected_seconds);
+    fprintf(stderr, "  the run: %d step%s and %d evaluation%s: about %s\n", left, left == 1 ? "" : "s", n_eval,
+            n_eval == 1 ? "" : "s", t);
+    return STATUS_OK;
+}
+
 /* ---------------------------------------------------------------- report */
 
 static enum status draft_run_write_report(struct run *r, const struct draft_run_result *res)
@@ -727,13 +818,14 @@ static enum status draft_run_write_report(struct run *r, const struct draft_run_
         }
     }
     char v[16][1100], summary[256];
-    const char *keys[16] = {"model", "reward", "prompts", "method", "steps / guidance / eta", "k / lv_n",
+    const char *keys[16] = {"model", "reward", "prompts", "negative prompt", "method", "steps / guidance / eta", "k / lv_n",
                             "LoRA rank / alpha / targets", "lr / weight decay / clip", "batch x accum", "iterations", "seed",
                             "held-out images", "image size", "dtype / device / precision", "seconds"};
     int nk = 0;
     snprintf(v[nk++], sizeof v[0], "%s", c->model);
     snprintf(v[nk++], sizeof v[0], "%s", c->reward);
     snprintf(v[nk++], sizeof v[0], "%s (%d prompts)", c->prompts, r->n_prompts);
+    snprintf(v[nk++], sizeof v[0], "%s", c->negative_prompt[0] ? c->negative_prompt : "(none: the empty prompt)");
     snprintf(v[nk++], sizeof v[0], "%s%s", draft_method_name(c->method.method), c->method.checkpoint ? " (checkpointed)" : "");
     snprintf(v[nk++], sizeof v[0], "%d / %g / %g", c->method.steps, c->method.guidance, c->method.eta);
     snprintf(v[nk++], sizeof v[0], "%d / %d", c->method.k, c->method.lv_n);
@@ -880,13 +972,15 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
     stop_requested = 0;
     char path[1200], name[64];
 
-    if ((s = nn_mkdir_p(c->out))) return s;
-    path_in(r, path, sizeof path, "samples");
-    if ((s = nn_mkdir_p(path))) return s;
-    path_in(r, path, sizeof path, "config.json");
-    if (c->config_json &&
-        (s = nn_file_write_atomic(path, 2, (const void *[]){c->config_json, "\n"}, (size_t[]){strlen(c->config_json), 1})))
-        return s;
+    if (!c->dry_run) {
+        if ((s = nn_mkdir_p(c->out))) return s;
+        path_in(r, path, sizeof path, "samples");
+        if ((s = nn_mkdir_p(path))) return s;
+        path_in(r, path, sizeof path, "config.json");
+        if (c->config_json &&
+            (s = nn_file_write_atomic(path, 2, (const void *[]){c->config_json, "\n"}, (size_t[]){strlen(c->config_json), 1})))
+            return s;
+    }
     const enum precision precision0 = tensor_precision();   /* the run's own, restored at the end */
     tensor_set_precision(c->precision);
     s = c->ckpt[0] ? sd_pipeline_load_single_file(&r->p, c->ckpt, c->model, c->dtype, c->device)
@@ -953,8 +1047,15 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
 
     if (c->resume) {
         if ((s = load_checkpoint(r))) goto done;
-        fprintf(stderr, "draft-run: resumed at step %d/%d from %s/checkpoint.safetensors\n", r->step, c->iters, c->out);
-    } else {
+        fprintf(stderr, "draft-run: %s at step %d/%d from %s/checkpoint.safetensors\n", c->dry_run ? "would resume" : "resumed",
+                r->step, c->iters, c->out);
+    }
+    if (c->dry_run) {
+        char hint[256];
+        if ((s = dry_run(r, res)) == STATUS_OOM) oom_hint(c, hint, sizeof hint), tensor_fail(s, "%s%s", tensor_error(), hint);
+        goto done;
+    }
+    if (!c->resume) {
         path_in(r, path, sizeof path, "before.png");
         if ((s = evaluate(r, path, &r->before, r->img_before))) goto done;
         if (r->eval_reward) fprintf(stderr, "draft-run: eval reward %s before %.4f\n", c->eval_reward, r->before.held);
@@ -1010,9 +1111,11 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
         mem_reset_peak(r->p.device);
         s = train_step(r, &J, terms, &gnorm);
         if (s) {
+            char hint[256] = "";
+            if (s == STATUS_OOM) oom_hint(c, hint, sizeof hint);
             fprintf(stderr, "\n");
-            tensor_fail(s, "step %d: %s; the last good checkpoint is %s/checkpoint.safetensors (use --resume)",
-                        r->step + 1, tensor_error(), c->out);
+            tensor_fail(s, "step %d: %s; the last good checkpoint is %s/checkpoint.safetensors (use --resume)%s",
+                        r->step + 1, tensor_error(), c->out, hint);
             goto done;
         }
         r->step++;

@@ -35,6 +35,8 @@ struct draft_run_config {
     char diversity_model[1024];   /* a reward spec with an image tower ("clip": the model folder's clip/) whose
                                    * embeddings measure the held-out samples' diversity too ("" = none) */
     char eval_prompts[1024];   /* the held-out evaluation's prompts, the same forms ("" = the training prompts) */
+    char negative_prompt[1024];   /* the unconditional half of classifier-free guidance, in training and
+                                   * evaluation ("" = the empty prompt, as diffusers without negative_prompt) */
     char keep_best[16];    /* "reward" or "eval-reward": <out>/lora_best.safetensors holds the LoRA of the
                             * held-out evaluation where that was highest ("" = off) */
     char out[1024];        /* run folder */
@@ -54,6 +56,8 @@ struct draft_run_config {
     int eval_every;        /* 0 = only before and after */
     int save_every;        /* checkpoint period in steps; 0 = only at the end */
     bool resume;           /* continue from out/checkpoint.safetensors */
+    bool dry_run;          /* measure one held-out evaluation and one optimiser step, project the whole run
+                            * from them, and write nothing (not even out/) */
     bool progress;         /* a progress bar on stderr */
     int stop_after;        /* test hook: stop (as if killed, after saving) once this step is done; 0 = off */
     const char *config_json;   /* written to <out>/config.json (and a newline) once the config is checked
@@ -74,6 +78,11 @@ struct draft_run_result {
     int steps;             /* optimiser steps completed (including resumed ones) */
     double seconds;        /* wall time of this invocation */
     bool interrupted;      /* Ctrl-C or stop_after: checkpoint saved, no final evaluation */
+    /* with dry_run: what the measurements gave (bytes: the allocator's, on the run's device) */
+    int64_t resident_bytes;   /* live before the first evaluation: weights, LoRA, held-out latents */
+    double eval_seconds, step_seconds;
+    int64_t eval_peak_bytes, step_peak_bytes;
+    double projected_seconds;   /* loading, the run's steps and evaluations (saving and the report aside) */
 };
 
 enum status draft_run(const struct draft_run_config *c, struct draft_run_result *res);

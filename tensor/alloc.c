@@ -281,12 +281,14 @@ static void release_cache_locked(struct device_pool *pool, const struct backend 
 
 static void fail_limit(const struct device_pool *pool, enum device dev, size_t r)
 {
-    char a[32], l[32], lim[32], pk[32];
-    tensor_fail(STATUS_OOM, "%s memory limit reached: asked for %s with %s live (peak %s), limit %s "
+    char a[32], l[32], lim[32], pk[32], h[32];
+    /* what counts against the limit is what the allocator holds: live blocks, and the free parts
+     * of segments that also hold live ones (the request fits in none of them) */
+    tensor_fail(STATUS_OOM, "%s memory limit reached: asked for %s with %s live and %s held (peak %s), limit %s "
                 "(raise DRAFT_%sMEMORY_LIMIT or lower the batch size)", device_name(dev),
                 mem_format((int64_t)r, a, sizeof a), mem_format(pool->s.live_bytes, l, sizeof l),
-                mem_format(pool->s.peak_bytes, pk, sizeof pk), mem_format(pool->s.limit_bytes, lim, sizeof lim),
-                dev == DEVICE_CPU ? "" : "CUDA_");
+                mem_format(pool->s.reserved_bytes, h, sizeof h), mem_format(pool->s.peak_bytes, pk, sizeof pk),
+                mem_format(pool->s.limit_bytes, lim, sizeof lim), dev == DEVICE_CPU ? "" : "CUDA_");
 }
 
 static void fail_oom(const struct device_pool *pool, enum device dev, size_t r)

@@ -16,8 +16,8 @@ check "draft-run --help fits in 100 columns (the model's path aside)" "! awk 'le
 # an option's help continues on lines indented by 21 spaces: one line per option to grep
 awk '/^                     [^ ]/ { sub(/^ +/, " "); line = line $0; next } { if (have) print line; line = $0; have = 1 }
      END { if (have) print line }' "$tmp/help.raw" >"$tmp/help"
-for opt in model ckpt reward eval-reward prompts out method k lv-n steps guidance eta checkpoint checkpoint-blocks lora-rank lora-targets lr grad-clip \
-           warmup accum batch iters seed size eval-images save-every resume device precision; do
+for opt in model ckpt reward eval-reward prompts negative-prompt out method k lv-n steps guidance eta checkpoint checkpoint-blocks lora-rank lora-targets lr grad-clip \
+           warmup accum batch iters seed size eval-images save-every resume dry-run device precision; do
     check "--help lists --$opt with its default" "grep -q -- '--$opt.*(default: ' '$tmp/help'"
 done
 "$run" --bogus >"$tmp/o" 2>&1; rc=$?
@@ -72,6 +72,25 @@ if [ -f "$model/model_index.json" ]; then
     for f in before.png after.png metrics.jsonl checkpoint.safetensors lora.safetensors lora_kohya.safetensors report.html; do
         check "run folder has $f" "[ -s '$tmp/run/$f' ]"
     done
+    # --dry-run: one evaluation and one step measured, nothing written; its step is the run's first
+    # step (same set-up, same order), so its peak is the one metrics.jsonl has for step 1
+    "$run" --model "$model" --steps 2 --iters 2 --batch 1 --size 64 --eval-images 2 --reward red \
+           --no-progress --dry-run --out "$tmp/dry" >"$tmp/o" 2>&1; rc=$?
+    dp=$(sed -n 's/^dry-run: .*step_peak_mib=\([0-9.]*\) .*/\1/p' "$tmp/o")
+    rp=$(sed -n 's/^{"step": 1, .*"peak_mib": \([0-9.]*\).*/\1/p' "$tmp/run/metrics.jsonl")
+    check "draft-run --dry-run: nothing written, the step's peak is the run's first step's ($dp MiB, $rp MiB)" \
+          "[ $rc -eq 0 ] && [ ! -e '$tmp/dry' ] && [ -n '$dp' ] && [ '$dp' = '$rp' ] && \
+           grep -q 'the run: 2 steps and 2 evaluations' '$tmp/o'"
+    cp "$tmp/run/checkpoint.safetensors" "$tmp/ck.before"; cp "$tmp/run/metrics.jsonl" "$tmp/m.before"
+    "$run" --model "$model" --steps 2 --iters 5 --eval-every 2 --batch 1 --size 64 --eval-images 2 --reward red \
+           --no-progress --dry-run --resume --out "$tmp/run" >"$tmp/o" 2>&1; rc=$?
+    check "--dry-run --resume: the steps and evaluations left (3 and 2: step 4, after), the run folder untouched" \
+          "[ $rc -eq 0 ] && grep -q 'would resume at step 2/5' '$tmp/o' && grep -q 'the run: 3 steps and 2 evaluations' '$tmp/o' && \
+           cmp -s '$tmp/ck.before' '$tmp/run/checkpoint.safetensors' && cmp -s '$tmp/m.before' '$tmp/run/metrics.jsonl'"
+    DRAFT_MEMORY_LIMIT=48M "$run" --model "$model" --steps 2 --iters 2 --batch 4 --size 64 --eval-images 2 --reward red \
+           --no-progress --dry-run --out "$tmp/dry" >"$tmp/o" 2>&1; rc=$?
+    check "--dry-run over a memory limit: exit 1, the limit, and what to change" \
+          "[ $rc -eq 1 ] && grep -q 'memory limit reached' '$tmp/o' && grep -q 'to lower the peak: --batch 2 --accum 2' '$tmp/o'"
     # DRTune: k = 2 trained steps of 4, at an offset drawn per step; the LoRA gets a gradient
     "$run" --model "$model" --method drtune --k 2 --steps 4 --iters 2 --batch 1 --size 64 --eval-images 2 \
            --reward red --no-progress --out "$tmp/drt" >"$tmp/o" 2>&1; rc=$?
@@ -181,6 +200,27 @@ if [ -f "$model/model_index.json" ]; then
            --resume >"$tmp/o" 2>&1; rc=$?
     check "--resume with another --reward: refused, naming both" \
           "[ $rc -ne 0 ] && grep -q \"trained with --reward 'red', this run has 'brightness=0.5'\" '$tmp/o'"
+    # --negative-prompt in training and evaluation: the one training prompt as its own negative
+    # evaluates, before training, what --guidance 1 does; --resume refuses another sampler
+    printf 'a cat\n' >"$tmp/one_prompt.txt"
+    nr="--steps 2 --iters 1 --batch 1 --size 64 --eval-images 2 --reward red --no-progress --prompts $tmp/one_prompt.txt"
+    "$run" --model "$model" $nr --negative-prompt "a cat" --out "$tmp/nr1" >"$tmp/o" 2>&1; rc=$?
+    "$run" --model "$model" $nr --guidance 1 --out "$tmp/nr2" >/dev/null 2>&1
+    "$run" --model "$model" $nr --out "$tmp/nr3" >/dev/null 2>&1
+    first_reward() { head -n 1 "$1/metrics.jsonl" | sed 's/.*"reward": *\([-0-9.e]*\).*/\1/'; }
+    r1=$(first_reward "$tmp/nr1"); r2=$(first_reward "$tmp/nr2"); r3=$(first_reward "$tmp/nr3")
+    check "draft-run --negative-prompt: the prompt as its own negative evaluates what --guidance 1 does ($r1, $r2; default $r3)" \
+          "[ $rc -eq 0 ] && [ -n '$r1' ] && awk -v a='$r1' -v b='$r2' -v c='$r3' 'BEGIN { d = a - b; e = c - b; m = a < 0 ? -a : a
+                                                        exit !((d < 0 ? -d : d) <= 1e-5 * m && (e < 0 ? -e : e) > 1e-4 * m) }' && \
+           grep -Eq '\"negative-prompt\":[[:space:]]*\"a cat\"' '$tmp/nr1/config.json' && \
+           grep -q 'negative prompt</th><td>a cat<' '$tmp/nr1/report.html'"
+    "$run" --model "$model" $nr --negative-prompt "a dog" --out "$tmp/nr1" --iters 2 --resume >"$tmp/o" 2>&1; rc=$?
+    check "--resume with another --negative-prompt: refused, naming both" \
+          "[ $rc -ne 0 ] && grep -q \"negative-prompt 'a cat', this run has .*negative-prompt 'a dog'\" '$tmp/o'"
+    "$run" --model "$model" $nr --negative-prompt "a cat" --steps 3 --out "$tmp/nr1" --iters 2 --resume >"$tmp/o" 2>&1; rc=$?
+    check "--resume with another --steps: refused" "[ $rc -ne 0 ] && grep -q 'was sampled with --steps 2 .*this run has --steps 3' '$tmp/o'"
+    "$run" --model "$model" $nr --negative-prompt "a cat" --out "$tmp/nr1" --iters 2 --resume >"$tmp/o" 2>&1; rc=$?
+    check "--resume with the same sampler continues" "[ $rc -eq 0 ] && grep -q 'resumed at step 1/2' '$tmp/o'"
     # --lora-targets: the cross-attention's keys and values only
     "$run" --model "$model" --lora-targets attn2.to_k,attn2.to_v --steps 2 --iters 1 --batch 1 --size 64 --eval-images 1 \
            --reward red --no-progress --out "$tmp/lt" >"$tmp/o" 2>&1; rc=$?
@@ -208,6 +248,18 @@ if [ -f "$model/model_index.json" ]; then
     check "... image 3's score alone is image 3's score" "[ \"\$(sed -n 4p '$tmp/sr/scores.jsonl' | sed 's/.*reward//')\" = \"\$(sed -n 1p '$tmp/sr1/scores.jsonl' | sed 's/.*reward//')\" ]"
     "$sample" --model "$model" --prompt "a cat" --steps 2 --size 64 --reward sharpness --out "$tmp/sr2" >"$tmp/o" 2>&1; rc=$?
     check "draft-sample bad --reward: exit 1 before sampling" "[ $rc -eq 1 ] && grep -q 'unknown reward spec' '$tmp/o' && [ ! -e '$tmp/sr2/0000.png' ]"
+    # --negative-prompt: with the prompt itself as the negative, guidance has nothing to steer away
+    # from (eps_uncond = eps_cond), so the images are the unguided ones (--guidance 1); with the
+    # empty default they are not
+    np="--model $model --prompt cat --n 2 --steps 2 --size 64 --reward red"
+    "$sample" $np --guidance 1 --out "$tmp/np1" >/dev/null 2>&1
+    "$sample" $np --negative-prompt cat --out "$tmp/np2" >/dev/null 2>&1
+    "$sample" $np --out "$tmp/np3" >/dev/null 2>&1
+    # two scores.jsonl files hold the same 2 rewards to 1e-5 relative
+    same() { paste -d ' ' <(sed 's/.*"reward"://; s/}//' "$1") <(sed 's/.*"reward"://; s/}//' "$2") |
+             awk '{ d = $1 - $2; m = $1 < 0 ? -$1 : $1; n++; if ((d < 0 ? -d : d) > 1e-5 * m) bad = 1 } END { exit bad || n != 2 }'; }
+    check "draft-sample --negative-prompt: the prompt as its own negative samples what --guidance 1 does" \
+          "same '$tmp/np1/scores.jsonl' '$tmp/np2/scores.jsonl' && ! same '$tmp/np1/scores.jsonl' '$tmp/np3/scores.jsonl'"
     # draft-convert: the LoRA merged into a new diffusers folder samples what --merge samples, bit for bit
     "$convert" --model "$model" --lora "$tmp/run/lora.safetensors:0.7" --out "$tmp/conv" >"$tmp/o" 2>&1; rc=$?
     check "draft-convert --out: a folder with the LoRA merged" "[ $rc -eq 0 ] && [ -s '$tmp/conv/unet/diffusion_pytorch_model.safetensors' ] && [ -s '$tmp/conv/tokenizer/vocab.json' ]"

@@ -47,6 +47,9 @@ static const struct opt opts[] = {
     {"eval-prompts", K_STR, F(eval_prompts), "prompts of the held-out evaluation (file or built-in set), to see "
                                              "whether training carries over to prompts it never saw (default: the "
                                              "training prompts)"},
+    {"negative-prompt", K_STR, F(negative_prompt), "the unconditional half of classifier-free guidance, in training "
+                                                   "and evaluation: what the samples are steered away from (default: "
+                                                   "the empty prompt)"},
     {"out", K_STR, F(out), "run folder (metrics, grids, checkpoints, LoRA, report.html)"},
     {"dtype", K_DTYPE, F(dtype), "dtype of the frozen base weights: f32 or bf16 (bf16 halves their memory; activations, LoRA and AdamW stay f32)"},
     {"device", K_DEVICE, F(device), "cpu or cuda: where the model, LoRA, optimiser and reward run (cuda needs a build "
@@ -91,6 +94,9 @@ static const struct opt opts[] = {
     {"save-every", K_INT, F(save_every), "write checkpoint.safetensors every N steps (0 = at the end only)"},
     {"resume", K_BOOL, F(resume), "continue from <out>/checkpoint.safetensors"},
     {"progress", K_BOOL, F(progress), "show a progress bar on stderr"},
+    {"dry-run", K_BOOL, F(dry_run), "measure one held-out evaluation and one optimiser step (time, peak memory), "
+                                    "project the whole run from them, and write nothing: whether a setting fits "
+                                    "and how long it will take"},
 };
 #undef F
 #define N_OPTS (int)(sizeof opts / sizeof opts[0])
@@ -174,7 +180,10 @@ static void usage(FILE *f)
         char def[1100], flag[64], text[2400];
         value_str(&d, &opts[i], def, sizeof def);
         snprintf(flag, sizeof flag, "--%s%s", opts[i].name, opts[i].kind == K_BOOL ? "[=BOOL]" : " X");
-        snprintf(text, sizeof text, "%s (default: %s)", opts[i].help, def);
+        if (strstr(opts[i].help, "(default: "))   /* a help that says its default in words */
+            snprintf(text, sizeof text, "%s", opts[i].help);
+        else
+            snprintf(text, sizeof text, "%s (default: %s)", opts[i].help, def);
         fprintf(f, "  %-18s ", flag);
         print_wrapped(f, text, 2 + (strlen(flag) > 18 ? (int)strlen(flag) : 18) + 1);
     }
@@ -319,7 +328,7 @@ static bool load_config(struct draft_run_config *c, const char *path)
 
 /* every option as a JSON object that load_config reads back to the same config: numbers that
  * round-trip (cJSON prints 17 digits where 15 do not), the seed as text (past 2^53 a JSON
- * number would round it), and resume false, so the file starts the run again */
+ * number would round it), and resume and dry-run false, so the file starts the run itself */
 static char *config_json(const struct draft_run_config *c)
 {
     cJSON *o = cJSON_CreateObject();
@@ -332,7 +341,10 @@ static char *config_json(const struct draft_run_config *c)
         case K_STR: v = cJSON_CreateString(p); break;
         case K_INT: v = cJSON_CreateNumber(*(const int *)p); break;
         case K_DOUBLE: v = cJSON_CreateNumber(*(const double *)p); break;
-        case K_BOOL: v = cJSON_CreateBool(op->off != offsetof(struct draft_run_config, resume) && *(const bool *)p); break;
+        case K_BOOL:   /* the file starts the run itself: not a resume, not a dry run */
+            v = cJSON_CreateBool(op->off != offsetof(struct draft_run_config, resume) &&
+                                 op->off != offsetof(struct draft_run_config, dry_run) && *(const bool *)p);
+            break;
         default: value_str(c, op, buf, sizeof buf), v = cJSON_CreateString(buf); break;
         }
         if (!v || !cJSON_AddItemToObject(o, op->name, v)) {
@@ -437,6 +449,13 @@ int main(int argc, char **argv)
     if (s) {
         fprintf(stderr, "draft-run: %s\n", tensor_error());
         return 1;
+    }
+    if (c.dry_run) {
+        printf("dry-run: step_seconds=%.3f step_peak_mib=%.1f eval_seconds=%.3f eval_peak_mib=%.1f resident_mib=%.1f "
+               "projected_seconds=%.1f\n",
+               res.step_seconds, (double)res.step_peak_bytes / 1048576.0, res.eval_seconds,
+               (double)res.eval_peak_bytes / 1048576.0, (double)res.resident_bytes / 1048576.0, res.projected_seconds);
+        return 0;
     }
     if (res.interrupted) {
         printf("stopped: steps=%d seconds=%.1f (checkpoint in %s; continue with --resume)\n", res.steps, res.seconds, c.out);

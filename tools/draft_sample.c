@@ -3,7 +3,8 @@
  *
  *   draft-sample --model DIR --prompt "a photo of a cat" [--prompt ...] [--prompts FILE|@animals]
  *                [--lora run/lora.safetensors:0.8 --lora other.safetensors:0.5] [--n 4] [--seed 0]
- *                [--steps 50] [--guidance 7.5] [--eta 0] [--size 512|WxH] [--device cpu|cuda] [--out samples]
+ *                [--steps 50] [--guidance 7.5] [--eta 0] [--negative-prompt TEXT] [--size 512|WxH]
+ *                [--device cpu|cuda] [--out samples]
  *
  * Image k (in prompt order, --n per prompt) starts from the latents of seed + k, so any single
  * image can be reproduced alone (bit for bit at the same --batch: BLAS may round a batch of
@@ -37,6 +38,8 @@ static void usage(FILE *f)
             "  --ckpt FILE        original single-file weights (sd-v1-4.ckpt or .safetensors)\n"
             "  --prompt TEXT      a prompt (repeatable)\n"
             "  --prompts SPEC     a prompt file (one a line) or a built-in set\n"
+            "  --negative-prompt TEXT  the unconditional half of guidance, for every image: what the\n"
+            "                     samples are steered away from (default: the empty prompt)\n"
             "  --lora FILE[:S]    a LoRA file (diffusers/PEFT or kohya names) applied with scale S (default 1);\n"
             "                     repeatable: several LoRAs are combined into one adapter\n"
             "  --merge            merge the LoRAs into the weights instead of running them as an adapter\n"
@@ -119,7 +122,7 @@ static enum status write_scores(const char *out, const char *spec, int n, const 
 int main(int argc, char **argv)
 {
     const char *model = NULL, *ckpt = NULL, *prompts_spec = NULL, *out = "samples", *reward_spec = NULL,
-               *div_spec = NULL;
+               *div_spec = NULL, *negative = "";
     const char *prompt_args[MAX_PROMPTS];
     int n_prompt_args = 0, n_loras = 0;
     char lora_paths[MAX_LORAS][PATH_MAX];
@@ -154,6 +157,7 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--out")) out = v;
         else if (!strcmp(a, "--reward")) reward_spec = v;
         else if (!strcmp(a, "--diversity-model")) div_spec = v;
+        else if (!strcmp(a, "--negative-prompt")) negative = v;
         else if (!strcmp(a, "--dtype")) {
             if (!strcmp(v, "f32")) dtype = DTYPE_F32;
             else if (!strcmp(v, "bf16")) dtype = DTYPE_BF16;
@@ -280,9 +284,9 @@ int main(int argc, char **argv)
                 ag_rng_set((uint64_t)seed + (uint64_t)(k0 + j), 0);
                 lat[j] = ag_randn(sd_pipeline_dtype(&p), 4, (int64_t[]){1, p.unet.in_channels, h / f, w / f}, p.device);
             }
-            const char *empty[256];
-            for (int j = 0; j < nb; j++) empty[j] = "";
-            struct tensor *ctx = sd_pipeline_context(&p, sd_pipeline_tokenize(&p, nb, empty),
+            const char *neg[256];
+            for (int j = 0; j < nb; j++) neg[j] = negative;
+            struct tensor *ctx = sd_pipeline_context(&p, sd_pipeline_tokenize(&p, nb, neg),
                                                      sd_pipeline_tokenize(&p, nb, labels + k0));
             struct tensor *images = sd_pipeline_sample(&p, ag_concat(nb, lat, 0), ctx, &o, NULL);
             if (!images) s = tensor_status();
