@@ -575,10 +575,11 @@ static enum status save_checkpoint(struct run *r)
     const char *mk[] = {"format", "draft.step", "draft.seed", "draft.method", "draft.reward_before", "draft.diversity_before",
                         "draft.size", "draft.eval_reward_before", "draft.reward_terms_before", "draft.eval_set",
                         "draft.reward", "draft.eval_reward", "draft.diversity_model", "draft.clip_diversity_before",
-                        "draft.reward_images_before", "draft.best", "draft.best_step", "draft.sampler"};
+                        "draft.reward_images_before", "draft.best", "draft.best_step", "draft.sampler",
+                        "draft.init_lora"};
     const char *mv[] = {"draft-checkpoint-1", meta_step, meta_seed, draft_method_name(r->c->method.method), before, div_before,
                         size, eval_before, terms, eval_set, r->c->reward, r->c->eval_reward, r->c->diversity_model,
-                        clip_div, imgs, best, best_step, sampler};
+                        clip_div, imgs, best, best_step, sampler, r->c->init_lora};
     const enum status s = terms && imgs ? draft_checkpoint_save(path, &r->lora, &r->opt, (int)(sizeof mk / sizeof *mk), mk, mv)
                                         : tensor_fail(STATUS_OOM, "out of host memory");
     free(terms);
@@ -620,6 +621,11 @@ static enum status load_checkpoint(struct run *r)
     if (samp && strcmp(samp, want_samp))
         s = tensor_fail(STATUS_VALUE, "--resume: %s was sampled with %s, this run has %s: its held-out values would not "
                                       "compare; keep them, or start a new --out", path, samp, want_samp);
+    const char *init = s ? NULL : safetensors_metadata(st, "draft.init_lora");
+    if (init && strcmp(init, r->c->init_lora))
+        s = tensor_fail(STATUS_VALUE, "--resume: %s started from --init-lora '%s', this run has '%s': its 'before' values "
+                                      "were measured with that LoRA; keep it, or start a new --out", path, init,
+                        r->c->init_lora);
     const char *rspec = s ? NULL : safetensors_metadata(st, "draft.reward");
     if (rspec && strcmp(rspec, r->c->reward))
         s = tensor_fail(STATUS_VALUE, "--resume: %s was trained with --reward '%s', this run has '%s': its scores would "
@@ -829,8 +835,12 @@ static enum status draft_run_write_report(struct run *r, const struct draft_run_
     snprintf(v[nk++], sizeof v[0], "%s%s", draft_method_name(c->method.method), c->method.checkpoint ? " (checkpointed)" : "");
     snprintf(v[nk++], sizeof v[0], "%d / %g / %g", c->method.steps, c->method.guidance, c->method.eta);
     snprintf(v[nk++], sizeof v[0], "%d / %d", c->method.k, c->method.lv_n);
-    snprintf(v[nk++], sizeof v[0], "%d / %g / %s (%d projections)", c->lora_rank, c->lora_alpha, c->lora_targets,
-             r->lora.n);
+    if (c->init_lora[0])
+        snprintf(v[nk++], sizeof v[0], "%d / %g / from %s (%d projections)", r->lora.rank, r->lora.alpha, c->init_lora,
+                 r->lora.n);
+    else
+        snprintf(v[nk++], sizeof v[0], "%d / %g / %s (%d projections)", c->lora_rank, c->lora_alpha, c->lora_targets,
+                 r->lora.n);
     snprintf(v[nk++], sizeof v[0], "%g / %g / %g", c->opt.lr, c->opt.weight_decay, c->opt.max_grad_norm);
     snprintf(v[nk++], sizeof v[0], "%d x %d", c->batch, c->opt.accum_steps);
     snprintf(v[nk++], sizeof v[0], "%d", r->step);
@@ -1021,8 +1031,12 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
         r->latent_h = h / f;
         r->latent_w = w / f;
     }
-    if ((s = sd_lora_init(&r->lora, &r->p.unet, c->lora_rank, c->lora_alpha, c->lora_targets, DTYPE_F32, c->seed)))
+    s = c->init_lora[0] ? sd_lora_load(&r->lora, &r->p.unet, c->init_lora)
+                        : sd_lora_init(&r->lora, &r->p.unet, c->lora_rank, c->lora_alpha, c->lora_targets, DTYPE_F32, c->seed);
+    if (s) {
+        if (c->init_lora[0]) tensor_fail(s, "--init-lora: %s", tensor_error());
         goto done;
+    }
     if ((s = sd_lora_attach(&r->lora, &r->p.unet, 1.0))) goto done;
     if ((s = nn_adamw_init(&r->opt, &c->opt, &r->lora.params))) goto done;
 

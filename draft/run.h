@@ -47,6 +47,9 @@ struct draft_run_config {
     int lora_rank;
     double lora_alpha;
     char lora_targets[256];   /* comma-separated suffixes of the UNet projections that get a LoRA */
+    char init_lora[1024];  /* start from this LoRA file (diffusers/PEFT or kohya names): its rank, alpha and
+                            * projections replace lora_rank/alpha/targets; the optimiser starts fresh ("" = a
+                            * new LoRA, B = 0) */
     struct nn_adamw_config opt;
     int batch;             /* images per micro-batch */
     int iters;             /* optimiser steps */

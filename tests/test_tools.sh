@@ -16,7 +16,7 @@ check "draft-run --help fits in 100 columns (the model's path aside)" "! awk 'le
 # an option's help continues on lines indented by 21 spaces: one line per option to grep
 awk '/^                     [^ ]/ { sub(/^ +/, " "); line = line $0; next } { if (have) print line; line = $0; have = 1 }
      END { if (have) print line }' "$tmp/help.raw" >"$tmp/help"
-for opt in model ckpt reward eval-reward prompts negative-prompt out method k lv-n steps guidance eta checkpoint checkpoint-blocks lora-rank lora-targets lr grad-clip \
+for opt in model ckpt reward eval-reward prompts negative-prompt out method k lv-n steps guidance eta checkpoint checkpoint-blocks lora-rank lora-targets init-lora lr grad-clip \
            warmup accum batch iters seed size eval-images save-every resume dry-run device precision; do
     check "--help lists --$opt with its default" "grep -q -- '--$opt.*(default: ' '$tmp/help'"
 done
@@ -91,6 +91,22 @@ if [ -f "$model/model_index.json" ]; then
            --no-progress --dry-run --out "$tmp/dry" >"$tmp/o" 2>&1; rc=$?
     check "--dry-run over a memory limit: exit 1, the limit, and what to change" \
           "[ $rc -eq 1 ] && grep -q 'memory limit reached' '$tmp/o' && grep -q 'to lower the peak: --batch 2 --accum 2' '$tmp/o'"
+    # --init-lora: a new run from a run's LoRA evaluates, before its first step, what that run's
+    # last evaluation measured (the same LoRA on the same held-out seeds); both file formats
+    eval_reward() { grep '"eval": true' "$1" | sed -n "$2"'s/.*"reward": \([^,]*\),.*/\1/p'; }
+    ra=$(eval_reward "$tmp/run/metrics.jsonl" '$')
+    il="--steps 2 --iters 1 --batch 1 --size 64 --eval-images 2 --reward red --no-progress --lora-rank 3"
+    "$run" --model "$model" $il --init-lora "$tmp/run/lora.safetensors" --out "$tmp/il1" >"$tmp/o" 2>&1; rc=$?
+    "$run" --model "$model" $il --init-lora "$tmp/run/lora_kohya.safetensors" --out "$tmp/il2" >/dev/null 2>&1
+    r1=$(eval_reward "$tmp/il1/metrics.jsonl" 1); r2=$(eval_reward "$tmp/il2/metrics.jsonl" 1)
+    r0=$(eval_reward "$tmp/run/metrics.jsonl" 1)
+    check "draft-run --init-lora: it starts where the LoRA's run ended ($ra; from scratch $r0), from either format" \
+          "[ $rc -eq 0 ] && [ -n '$ra' ] && [ '$r1' = '$ra' ] && [ '$r2' = '$ra' ] && [ '$ra' != '$r0' ] && \
+           grep -q '8 / 8 / from .*lora.safetensors' '$tmp/il1/report.html'"
+    "$run" --model "$model" $il --init-lora "$tmp/run/lora_kohya.safetensors" --out "$tmp/il1" --iters 2 --resume >"$tmp/o" 2>&1; rc=$?
+    check "--resume with another --init-lora: refused" "[ $rc -ne 0 ] && grep -q \"started from --init-lora '.*/lora.safetensors'\" '$tmp/o'"
+    "$run" --model "$model" $il --init-lora "$tmp/nothing.safetensors" --out "$tmp/il3" >"$tmp/o" 2>&1; rc=$?
+    check "--init-lora of a missing file: exit 1, naming it" "[ $rc -eq 1 ] && grep -q -- '--init-lora: .*nothing.safetensors' '$tmp/o'"
     # DRTune: k = 2 trained steps of 4, at an offset drawn per step; the LoRA gets a gradient
     "$run" --model "$model" --method drtune --k 2 --steps 4 --iters 2 --batch 1 --size 64 --eval-images 2 \
            --reward red --no-progress --out "$tmp/drt" >"$tmp/o" 2>&1; rc=$?
