@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "draft/image.h"
+#include "draft/reward.h"
 #include "nn/file.h"
 
 #include <cjson/cJSON.h>
@@ -486,6 +487,10 @@ enum status draft_report_html(const char *path, const struct draft_report *r)
         sb_puts(&b, r->chart_svg);
         sb_puts(&b, "</div>\n");
     }
+    if (r->measures_html && r->measures_html[0]) {
+        sb_puts(&b, "<h2>The held-out measures during training</h2>\n");
+        sb_puts(&b, r->measures_html);
+    }
     if (r->before_png || r->after_png) {
         sb_puts(&b, "<h2>Samples before and after</h2>\n<div>\n");
         if (r->before_png) sb_figure(&b, r->before_png, "before fine-tuning");
@@ -573,6 +578,8 @@ struct cmp_run {
     double queries_per_step;              /* reward queries of one optimiser step; NaN without config.json */
     struct dvec tx, ty;                   /* training steps: x, reward */
     struct dvec ex, ey, ediv, eheld, eclip;   /* evaluations: x, reward, diversity, eval reward, CLIP diversity */
+    struct dvec eterm[DRAFT_REWARD_MAX_TERMS];   /* evaluations: a sum reward's terms (NaN where a line has none) */
+    int n_terms;                          /* the most terms a line had */
     int steps;
     double seconds, peak_mib;             /* summed step times; the largest step peak */
     bool has_held, has_clip;
@@ -583,6 +590,7 @@ static void cmp_run_free(struct cmp_run *r)
 {
     struct dvec *d[] = {&r->tx, &r->ty, &r->ex, &r->ey, &r->ediv, &r->eheld, &r->eclip};
     for (size_t i = 0; i < sizeof d / sizeof *d; i++) free(d[i]->v);
+    for (int k = 0; k < DRAFT_REWARD_MAX_TERMS; k++) free(r->eterm[k].v);
     cJSON_Delete(r->config);
 }
 
@@ -664,6 +672,13 @@ static enum status cmp_read_metrics(struct cmp_run *r, enum draft_compare_x xk)
             ok = dvec_push(&r->ex, x) && dvec_push(&r->ey, json_num(o, "reward")) &&
                  dvec_push(&r->ediv, json_num(o, "diversity")) && dvec_push(&r->eheld, held) &&
                  dvec_push(&r->eclip, json_num(o, "clip_diversity"));
+            const cJSON *terms = cJSON_GetObjectItemCaseSensitive(o, "reward_terms");
+            const int nt = cJSON_IsArray(terms) ? cJSON_GetArraySize(terms) : 0;
+            if (nt > r->n_terms) r->n_terms = nt < DRAFT_REWARD_MAX_TERMS ? nt : DRAFT_REWARD_MAX_TERMS;
+            for (int k = 0; k < DRAFT_REWARD_MAX_TERMS && ok; k++) {
+                const cJSON *t = k < nt ? cJSON_GetArrayItem(terms, k) : NULL;
+                ok = dvec_push(&r->eterm[k], cJSON_IsNumber(t) ? t->valuedouble : NAN);
+            }
         } else {
             ok = dvec_push(&r->tx, x) && dvec_push(&r->ty, json_num(o, "reward"));
         }
@@ -864,4 +879,48 @@ enum status draft_compare_html(const char *path, int n_runs, const char *const *
     free(b.s);
     for (int i = 0; i < n_runs; i++) cmp_run_free(&runs[i]);
     return s;
+}
+
+char *draft_run_measures_html(const char *run_dir, int n_terms, const char *const *term_names)
+{
+    if (!run_dir || n_terms < 0) {
+        tensor_fail(STATUS_VALUE, "draft_run_measures_html: no folder or n_terms %d < 0", n_terms);
+        return NULL;
+    }
+    struct cmp_run r;
+    memset(&r, 0, sizeof r);
+    r.dir = run_dir;
+    r.peak_mib = NAN;
+    struct sbuf b = {0};
+    enum status s = cmp_read_metrics(&r, DRAFT_COMPARE_STEP);
+    sb_puts(&b, "");   /* "" when there is nothing to draw */
+    /* before and after alone are the results table's two columns: a chart needs a point between */
+    for (int c = 0; !s && r.ex.n >= 3 && c < 3 + n_terms && c < 3 + DRAFT_REWARD_MAX_TERMS; c++) {
+        const double *y = c == 0 ? r.ediv.v : c == 1 ? (r.has_clip ? r.eclip.v : NULL)
+                        : c == 2 ? (r.has_held ? r.eheld.v : NULL) : c - 3 < r.n_terms ? r.eterm[c - 3].v : NULL;
+        if (!y) continue;
+        char title[300];
+        if (c == 0) snprintf(title, sizeof title, "diversity of the held-out samples");
+        else if (c == 1) snprintf(title, sizeof title, "diversity in image embeddings (--diversity-model)");
+        else if (c == 2) snprintf(title, sizeof title, "eval reward on the held-out seeds");
+        else if (term_names && term_names[c - 3]) snprintf(title, sizeof title, "term %d: %s", c - 2, term_names[c - 3]);
+        else snprintf(title, sizeof title, "term %d", c - 2);
+        const char *ylabel = c == 0 ? "diversity" : c == 1 ? "1 - cosine" : c == 2 ? "eval reward" : "unweighted score";
+        char *svg = draft_svg_line_chart(r.ex.v, &y, NULL, 1, r.ex.n, title, "step", ylabel);
+        if (!svg) {
+            s = tensor_status();
+            break;
+        }
+        sb_puts(&b, "<div class=\"chart\">\n");
+        sb_puts(&b, svg);
+        sb_puts(&b, "</div>\n");
+        free(svg);
+    }
+    cmp_run_free(&r);
+    if (!s && b.oom) s = tensor_fail(STATUS_OOM, "draft_run_measures_html %s: out of memory", run_dir);
+    if (s) {
+        free(b.s);
+        return NULL;
+    }
+    return b.s;
 }

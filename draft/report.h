@@ -84,6 +84,7 @@ struct draft_report {
     const char *best_metric;             /* --keep-best's metric (NULL: none), its best value and step */
     double best_value;
     int best_step;
+    const char *measures_html;           /* inlined as is: draft_run_measures_html's charts (NULL or "": none) */
 };
 
 /* Writes the report as one self-contained HTML file, atomically (temporary file, then rename).
@@ -97,6 +98,12 @@ enum status draft_report_html(const char *path, const struct draft_report *r);
  * x = the step, the reward queries (steps x batch x accum, x lv_n for DRaFT-LV) or the summed
  * step times. Reads <dir>/metrics.jsonl and <dir>/config.json (config.json is needed only for the
  * reward queries). Errors name the file and line. */
+/* The held-out measures of a run folder's metrics.jsonl by step, as HTML to inline (one SVG chart
+ * each, trusted markup, malloc'd): the pixel diversity, the CLIP diversity and the eval reward
+ * where the evaluations have them, and each of the first n_terms terms of a sum reward (titled
+ * with term_names[k] where given). "" when there are fewer than 3 evaluations (before and after
+ * alone are the results table). NULL with a message naming the file and line on error. */
+char *draft_run_measures_html(const char *run_dir, int n_terms, const char *const *term_names);
 #define DRAFT_COMPARE_MAX_RUNS 8
 enum draft_compare_x { DRAFT_COMPARE_STEP, DRAFT_COMPARE_QUERIES, DRAFT_COMPARE_SECONDS };
 enum status draft_compare_html(const char *path, int n_runs, const char *const *run_dirs, enum draft_compare_x x);

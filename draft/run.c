@@ -862,6 +862,12 @@ static enum status draft_run_write_report(struct run *r, const struct draft_run_
         terms[i] = (struct draft_report_term){r->terms[i].spec, r->terms[i].weight, r->before.terms[i], res->terms_after[i]};
     snprintf(summary, sizeof summary, "final: reward_before=%.6f reward_after=%.6f steps=%d seconds=%.1f",
              r->before.reward, res->reward_after, r->step, res->seconds);
+    /* every evaluation's diversity, eval reward and terms, from metrics.jsonl (resumed lines too) */
+    const char *term_names[DRAFT_REWARD_MAX_TERMS];
+    for (int i = 0; i < r->n_terms; i++) term_names[i] = r->terms[i].spec;
+    if (r->metrics) fflush(r->metrics);
+    char *measures = s ? NULL : draft_run_measures_html(c->out, r->n_terms, term_names);
+    if (!s && !measures) s = tensor_status();
     if (!s) {
         struct draft_report rep = {
             .title = "DRaFT run",
@@ -869,6 +875,7 @@ static enum status draft_run_write_report(struct run *r, const struct draft_run_
             .setting_keys = keys,
             .setting_values = vals,
             .chart_svg = svg,
+            .measures_html = measures,
             .before_png = "before.png",
             .after_png = "after.png",
             .n_grids = n_grids,
@@ -897,6 +904,7 @@ static enum status draft_run_write_report(struct run *r, const struct draft_run_
         s = draft_report_html(path, &rep);
     }
     for (int i = 0; i < n_grids; i++) free(grid_paths[i]);
+    free(measures);
     free(imgs);
     free(grid_paths);
     free(grids);

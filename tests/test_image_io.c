@@ -728,6 +728,57 @@ START_TEST(test_compare_html)
 }
 END_TEST
 
+/* the run report's charts of the held-out measures: one per measure the evaluations have, one per
+ * term of a sum reward; nothing for before and after alone; errors name the file and line */
+START_TEST(test_run_measures_html)
+{
+    char root[64] = "/tmp/draft_measures_XXXXXX";
+    ck_assert(mkdtemp(root) != NULL);
+    const char *a = make_run(root, "a", NULL,
+                             "{\"step\": 0, \"eval\": true, \"reward\": 0.1, \"diversity\": 0.4, \"eval_reward\": 0.5, "
+                             "\"clip_diversity\": 0.9, \"reward_terms\": [0.1, 0.2]}\n"
+                             "{\"step\": 1, \"reward\": 0.12, \"reward_terms\": [0.3, 0.4]}\n"
+                             "{\"step\": 1, \"eval\": true, \"reward\": 0.2, \"diversity\": 0.3, \"eval_reward\": 0.45, "
+                             "\"clip_diversity\": 0.8, \"reward_terms\": [0.15, null]}\n"
+                             "{\"step\": 2, \"eval\": true, \"reward\": 0.3, \"diversity\": 0.2, \"eval_reward\": 0.4, "
+                             "\"clip_diversity\": 0.7, \"reward_terms\": [0.2, 0.25]}\n");
+    char *h = draft_run_measures_html(a, 2, (const char *[]){"red", NULL});
+    ck_assert_msg(h != NULL, "%s", tensor_error());
+    /* diversity, CLIP diversity, eval reward, the two terms */
+    ck_assert_int_eq(count_str(h, "<svg"), 5);
+    ck_assert(strstr(h, ">term 1: red<") && strstr(h, ">term 2<") && strstr(h, ">eval reward on the held-out seeds<"));
+    /* term 2's null at step 1 leaves two isolated points; every other series is one line */
+    ck_assert_int_eq(count_str(h, "<polyline"), 4);
+    ck_assert_int_eq(count_str(h, "<circle"), 2);
+    free(h);
+    h = draft_run_measures_html(a, 1, NULL);   /* the first term only */
+    ck_assert(h && count_str(h, "<svg") == 4 && strstr(h, ">term 1<") && !strstr(h, ">term 2"));
+    free(h);
+    /* no eval reward, no CLIP diversity, no terms: the pixel diversity alone */
+    const char *b = make_run(root, "b", NULL,
+                             "{\"step\": 0, \"eval\": true, \"reward\": 1, \"diversity\": 0.4}\n"
+                             "{\"step\": 5, \"eval\": true, \"reward\": 2, \"diversity\": 0.3}\n"
+                             "{\"step\": 9, \"eval\": true, \"reward\": 3, \"diversity\": 0.2}\n");
+    h = draft_run_measures_html(b, 2, NULL);
+    ck_assert(h && count_str(h, "<svg") == 1 && strstr(h, ">diversity of the held-out samples<"));
+    free(h);
+    /* before and after only: nothing to draw */
+    const char *c = make_run(root, "c", NULL,
+                             "{\"step\": 0, \"eval\": true, \"reward\": 1, \"diversity\": 0.4, \"reward_terms\": [1]}\n"
+                             "{\"step\": 1, \"eval\": true, \"reward\": 2, \"diversity\": 0.3, \"reward_terms\": [2]}\n");
+    h = draft_run_measures_html(c, 1, NULL);
+    ck_assert(h && !h[0]);
+    free(h);
+    const char *bad = make_run(root, "bad", NULL, "{\"step\": 0, \"eval\": true, \"reward\": 1}\n{\"step\": 1, oops\n");
+    ck_assert(draft_run_measures_html(bad, 0, NULL) == NULL);
+    ck_assert_msg(strstr(tensor_error(), "bad/metrics.jsonl:2: not a metrics line"), "%s", tensor_error());
+    ck_assert(draft_run_measures_html(NULL, 0, NULL) == NULL && draft_run_measures_html(a, -1, NULL) == NULL);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", root);
+    ck_assert(system(cmd) == 0);
+}
+END_TEST
+
 /* ---------------------------------------------------------------- diversity */
 
 START_TEST(test_diversity)
@@ -924,7 +975,8 @@ START_TEST(test_demo_report)
     struct draft_report_grid grids[1] = {{50, "step_50.png"}};
     struct draft_report r = {"DRaFT demo report", 5, keys, vals, svg, "before.png", "after.png", 1, grids,
                              rw[0], rw[N - 1], div_before, div_after, "aesthetic", 5.25, 6.5,
-                             "demo: random chart and pattern grids", 0, NULL, NULL, NAN, NAN, 0, NULL, NULL, NAN, -1};
+                             "demo: random chart and pattern grids", 0, NULL, NULL, NAN, NAN, 0, NULL, NULL, NAN, -1,
+                             NULL};
     snprintf(p[0], sizeof p[0], "%s/report.html", dir);
     ck_assert_int_eq(draft_report_html(p[0], &r), STATUS_OK);
     printf("demo report: %s (grids %s/before.png, after.png, step_50.png; chart.svg)\n", p[0], dir);
@@ -952,6 +1004,7 @@ int main(void)
     tcase_add_test(tr, test_diversity);
     tcase_add_test(tr, test_report_html);
     tcase_add_test(tr, test_compare_html);
+    tcase_add_test(tr, test_run_measures_html);
     tcase_add_test(tr, test_demo_report);
     suite_add_tcase(s, tr);
     return test_run_suite(s);

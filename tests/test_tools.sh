@@ -139,6 +139,9 @@ if [ -f "$model/model_index.json" ]; then
                   END { print (bad || n != 5) ? "no" : "yes" }' "$tmp/sum/metrics.jsonl")
     check "draft-run with a sum reward: every metrics line has its terms, weighted they sum to the reward" \
           "[ $rc -eq 0 ] && [ $rc2 -eq 0 ] && [ '$sum_ok' = yes ] && grep -q 'reward term 2, -2 \* brightness: -0.0' '$tmp/o'"
+    check "the report charts the held-out measures of its three evaluations (two before the resume): diversity, each term" \
+          "grep -q '>diversity of the held-out samples<' '$tmp/sum/report.html' && grep -q '>term 1: red<' '$tmp/sum/report.html' && \
+           grep -q '>term 2: brightness=0.5<' '$tmp/sum/report.html' && ! grep -q '>diversity of the held-out' '$tmp/run/report.html'"
     # eval_scores.jsonl: each held-out image before and after; their mean is the evaluation's reward
     # (the 'before' values kept through --resume)
     ok_scores=$(awk -v r0="$(head -n 1 "$tmp/sum/metrics.jsonl" | sed -n 's/.*"reward": \([^,]*\),.*/\1/p')" \
