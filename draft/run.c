@@ -85,6 +85,28 @@ bool draft_lora_arg_parse(const char *arg, char *path, size_t n, double *scale)
     return true;
 }
 
+int draft_lora_arg_parse_list(const char *arg, char *path, size_t n, double *scales, int max)
+{
+    if (max < 1 || (size_t)snprintf(path, n, "%s", arg) >= n) return 0;
+    scales[0] = 1.0;
+    char *colon = strrchr(path, ':');
+    if (!colon) return 1;
+    double v[256];
+    int k = 0;
+    for (const char *q = colon + 1;; k++) {   /* every item must be a number, else ':' is the path's */
+        char *end = NULL;
+        const double x = strtod(q, &end);
+        if (end == q || (*end && *end != ',')) return 1;
+        if (k < (int)(sizeof v / sizeof *v)) v[k] = x;
+        if (!*end) break;
+        q = end + 1;
+    }
+    if (++k > max || k > (int)(sizeof v / sizeof *v)) return -1;
+    *colon = 0;
+    memcpy(scales, v, (size_t)k * sizeof *v);
+    return k;
+}
+
 bool draft_size_parse(const char *s, int *width, int *height)
 {
     const char *p;

@@ -123,6 +123,10 @@ bool draft_size_parse(const char *s, int *width, int *height);
  * ':' when it reads as a number (else 1, and the ':' is part of the path); false if the path
  * does not fit */
 bool draft_lora_arg_parse(const char *arg, char *path, size_t n, double *scale);
+/* the same with a comma-separated list of scales, FILE:S1,S2,... (draft-sample's sweep): the values
+ * into scales (room for max), their count returned (1 with none given: scale 1); 0 if the path
+ * does not fit, -1 for more than max values */
+int draft_lora_arg_parse_list(const char *arg, char *path, size_t n, double *scales, int max);
 
 /* ask a running draft_run to save and stop after the current step (async-signal-safe) */
 void draft_run_request_stop(void);

@@ -279,6 +279,24 @@ if [ -f "$model/model_index.json" ]; then
              awk '{ d = $1 - $2; m = $1 < 0 ? -$1 : $1; n++; if ((d < 0 ? -d : d) > 1e-5 * m) bad = 1 } END { exit bad || n != 2 }'; }
     check "draft-sample --negative-prompt: the prompt as its own negative samples what --guidance 1 does" \
           "same '$tmp/np1/scores.jsonl' '$tmp/np2/scores.jsonl' && ! same '$tmp/np1/scores.jsonl' '$tmp/np3/scores.jsonl'"
+    # a sweep of LoRA scales: every combination samples the same seeds; each equals the call with
+    # those scales alone, scale 0 the base model, bit for bit
+    sw="--model $model --prompt cat --prompt dog --steps 2 --size 64 --reward red"
+    "$sample" $sw --lora "$tmp/run/lora.safetensors:0,0.5" --lora "$tmp/run/lora_kohya.safetensors:0,1,2" \
+              --out "$tmp/sw" >"$tmp/o" 2>&1; rc=$?
+    "$sample" $sw --lora "$tmp/run/lora.safetensors:0.5" --lora "$tmp/run/lora_kohya.safetensors:2" --out "$tmp/sw1" >/dev/null 2>&1
+    "$sample" $sw --out "$tmp/sw0" >/dev/null 2>&1
+    r05=$(sed -n 's/.*"scales":\[0.5,2\],"dir":"scale_0.5_2","reward":\([^,]*\),.*/\1/p' "$tmp/sw/sweep.jsonl")
+    m05=$(awk -F'"reward":' '{ sub(/}.*/, "", $2); s += $2; n++ } END { printf "%.6g", s / n }' "$tmp/sw1/scores.jsonl")
+    check "draft-sample --lora F:S1,S2: the 6 combinations, each the images of its scales alone ($r05 ~ $m05)" \
+          "[ $rc -eq 0 ] && [ \$(ls -d '$tmp/sw'/scale_* | wc -l) -eq 6 ] && [ \$(wc -l < '$tmp/sw/sweep.jsonl') -eq 6 ] && \
+           [ -s '$tmp/sw/sweep.png' ] && cmp -s '$tmp/sw/scale_0.5_2/0001.png' '$tmp/sw1/0001.png' && \
+           cmp -s '$tmp/sw/scale_0_0/0000.png' '$tmp/sw0/0000.png' && ! cmp -s '$tmp/sw/scale_0.5_2/0000.png' '$tmp/sw0/0000.png' && \
+           [ -n '$r05' ] && [ \"\$(printf '%.6g' '$r05')\" = '$m05' ] && grep -q '^  0.5, 2 ' '$tmp/o'"
+    "$sample" $sw --lora "$tmp/run/lora.safetensors:1,2,3,4,5" --lora "$tmp/run/lora.safetensors:1,2,3,4" --out "$tmp/sw2" >"$tmp/o" 2>&1; rc=$?
+    check "a sweep of more than 16 combinations: exit 2" "[ $rc -eq 2 ] && grep -q 'more than 16 combinations' '$tmp/o'"
+    "$sample" $sw --merge --lora "$tmp/run/lora.safetensors:0,1" --out "$tmp/sw2" >"$tmp/o" 2>&1; rc=$?
+    check "a sweep with --merge: exit 2" "[ $rc -eq 2 ] && grep -q -- '--merge takes one scale per --lora' '$tmp/o'"
     # draft-convert: the LoRA merged into a new diffusers folder samples what --merge samples, bit for bit
     "$convert" --model "$model" --lora "$tmp/run/lora.safetensors:0.7" --out "$tmp/conv" >"$tmp/o" 2>&1; rc=$?
     check "draft-convert --out: a folder with the LoRA merged" "[ $rc -eq 0 ] && [ -s '$tmp/conv/unet/diffusion_pytorch_model.safetensors' ] && [ -s '$tmp/conv/tokenizer/vocab.json' ]"

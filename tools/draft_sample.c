@@ -27,6 +27,10 @@
 
 #define MAX_LORAS 16
 #define MAX_PROMPTS 1024
+#define MAX_SWEEP 16     /* combinations of LoRA scales in one call */
+#define SWEEP_COLS 8     /* images of each combination in sweep.png */
+#define STR_(x) #x
+#define STR(x) STR_(x)
 
 static void usage(FILE *f)
 {
@@ -41,7 +45,10 @@ static void usage(FILE *f)
             "  --negative-prompt TEXT  the unconditional half of guidance, for every image: what the\n"
             "                     samples are steered away from (default: the empty prompt)\n"
             "  --lora FILE[:S]    a LoRA file (diffusers/PEFT or kohya names) applied with scale S (default 1);\n"
-            "                     repeatable: several LoRAs are combined into one adapter\n"
+            "                     repeatable: several LoRAs are combined into one adapter. FILE:S1,S2,...\n"
+            "                     sweeps the scales: every combination (up to " STR(MAX_SWEEP) ") samples the same\n"
+            "                     seeds into <out>/scale_<scales>/, with sweep.png (a row each) and\n"
+            "                     sweep.jsonl (reward, diversity) in <out>\n"
             "  --merge            merge the LoRAs into the weights instead of running them as an adapter\n"
             "  --n N              images per prompt (default 1)\n"
             "  --seed S           image k starts from the latents of seed S + k (default 0)\n"
@@ -92,7 +99,7 @@ static bool parse_double(const char *flag, const char *v, double *out)
 static enum status write_scores(const char *out, const char *spec, int n, const char *const *labels,
                                 const double *scores)
 {
-    char path[PATH_MAX + 32];
+    char path[PATH_MAX + 128];
     snprintf(path, sizeof path, "%s/scores.jsonl", out);
     FILE *f = fopen(path, "w");
     if (!f) return tensor_fail(STATUS_IO, "%s: cannot write: %s", path, strerror(errno));
@@ -119,6 +126,162 @@ static enum status write_scores(const char *out, const char *spec, int n, const 
     return STATUS_OK;
 }
 
+/* what every combination of LoRA scales samples */
+struct job {
+    const char *const *labels;   /* image k's prompt */
+    int total, n_per, batch;
+    long seed;
+    struct sd_sample_opts o;
+    const char *negative;
+    int64_t w, h, f;             /* image size, the VAE's factor */
+    struct draft_reward *reward, *div_model;   /* NULL: none */
+    const char *reward_spec;
+};
+
+/* what one combination gave (NaN where not measured) */
+struct outcome {
+    double reward, diversity, clip_div;
+    int n_terms;
+    double terms[DRAFT_REWARD_MAX_TERMS];
+};
+
+/* the scales as text joined by sep: "0.5_1" */
+static void scales_name(char *buf, size_t n, int n_loras, const double *scales, const char *sep)
+{
+    int o = snprintf(buf, n, "%s", n_loras ? "" : "none");
+    for (int i = 0; i < n_loras && o < (int)n; i++) o += snprintf(buf + o, n - (size_t)o, "%s%g", i ? sep : "", scales[i]);
+}
+
+/* The job's images into dir: <k>.png, grid.png, and with a reward scores.jsonl (and the mean on
+ * stderr). Image k starts from the latents of seed + k. All the images stay in *all. */
+static enum status sample_into(struct sd_pipeline *p, const struct job *j, const char *dir, struct tensor **all,
+                               struct outcome *res)
+{
+    res->reward = res->diversity = res->clip_div = NAN;
+    res->n_terms = 0;
+    double *scores = j->reward ? calloc((size_t)j->total, sizeof *scores) : NULL;
+    struct tensor **parts = calloc((size_t)j->total, sizeof *parts);
+    enum status s = parts && (scores || !j->reward) ? STATUS_OK : tensor_fail(STATUS_OOM, "out of host memory");
+    int n_parts = 0;
+    ag_no_grad_begin();
+    for (int k0 = 0; k0 < j->total && !s; k0 += j->batch) {
+        const int nb = j->total - k0 < j->batch ? j->total - k0 : j->batch;
+        tensor_scope_begin();
+        struct tensor *lat[256];
+        for (int i = 0; i < nb; i++) {   /* image k's latents depend only on seed + k */
+            ag_rng_set((uint64_t)j->seed + (uint64_t)(k0 + i), 0);
+            lat[i] = ag_randn(sd_pipeline_dtype(p), 4, (int64_t[]){1, p->unet.in_channels, j->h / j->f, j->w / j->f},
+                              p->device);
+        }
+        const char *neg[256];
+        for (int i = 0; i < nb; i++) neg[i] = j->negative;
+        struct tensor *ctx = sd_pipeline_context(p, sd_pipeline_tokenize(p, nb, neg), sd_pipeline_tokenize(p, nb, j->labels + k0));
+        struct tensor *images = sd_pipeline_sample(p, ag_concat(nb, lat, 0), ctx, &j->o, NULL);
+        if (!images) s = tensor_status();
+        if (!s && j->reward) s = draft_reward_score_values(j->reward, images, j->labels + k0, scores + k0, NULL);
+        for (int i = 0; i < nb && !s; i++) {
+            char path[PATH_MAX + 96];
+            snprintf(path, sizeof path, "%s/%04d.png", dir, k0 + i);
+            struct draft_image im = {0};
+            s = draft_image_from_tensor(images, i, &im);
+            if (!s) s = draft_png_write(path, &im);
+            draft_image_free(&im);
+        }
+        if (!s) parts[n_parts++] = tensor_keep(images);
+        tensor_scope_end();
+        fprintf(stderr, "\rdraft-sample: %d/%d images", k0 + nb, j->total);
+    }
+    fputc('\n', stderr);
+    if (!s) {
+        *all = ag_concat(n_parts, parts, 0);
+        char path[PATH_MAX + 96];
+        snprintf(path, sizeof path, "%s/grid.png", dir);
+        s = *all ? draft_grid_save(path, *all, j->n_per > 1 ? j->n_per : 0, 0, j->labels) : tensor_status();
+    }
+    for (int i = 0; i < n_parts; i++) tensor_free(parts[i]);
+    free(parts);
+    ag_no_grad_end();
+    if (!s && j->reward) {
+        s = write_scores(dir, j->reward_spec, j->total, j->labels, scores);
+        double sum = 0;
+        for (int k = 0; k < j->total; k++) sum += scores[k];
+        res->reward = sum / j->total;
+        /* a sum's terms, unweighted, over all the images */
+        struct draft_reward_term terms[DRAFT_REWARD_MAX_TERMS];
+        res->n_terms = draft_reward_terms(j->reward, terms);
+        draft_reward_terms_take(j->reward, res->terms);
+        for (int i = 0; i < res->n_terms; i++)
+            fprintf(stderr, "draft-sample:   term %d, %g * %s: mean %.6g\n", i + 1, terms[i].weight, terms[i].spec,
+                    res->terms[i]);
+    }
+    free(scores);
+    /* how different the images are from each other (as draft-run's report): a LoRA pushed too
+     * far makes them all alike */
+    if (!s && j->total > 1) res->diversity = draft_diversity(*all);
+    if (!s && j->total > 1 && j->div_model) {
+        struct tensor *emb = draft_reward_image_embeds(j->div_model, *all);
+        if (!emb) s = tensor_status();
+        else res->clip_div = draft_feature_diversity(emb);
+        tensor_free(emb);
+    }
+    return s;
+}
+
+/* A sweep's summary in out: sweep.png (a row of each combination's first images), sweep.jsonl (a
+ * line each: the scales, the folder, the mean reward and its terms, the diversities), and the
+ * table on stdout. */
+static enum status write_sweep(const char *out, const struct job *j, int n_loras, const char *const *paths, int n_cfg,
+                               double scales[][MAX_LORAS], const struct outcome *res, const struct draft_image *thumbs,
+                               int cols, const char *const *thumb_labels)
+{
+    char path[PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/sweep.png", out);
+    struct draft_image grid = {0};
+    enum status s = draft_grid(thumbs, n_cfg * cols, cols, 0, thumb_labels, &grid);
+    if (!s) s = draft_png_write(path, &grid);
+    draft_image_free(&grid);
+    if (s) return s;
+    snprintf(path, sizeof path, "%s/sweep.jsonl", out);
+    FILE *f = fopen(path, "w");
+    if (!f) return tensor_fail(STATUS_IO, "%s: cannot write: %s", path, strerror(errno));
+    printf("draft-sample: %d combinations of LoRA scales (", n_cfg);
+    for (int i = 0; i < n_loras; i++) printf("%s%s", i ? ", " : "", paths[i]);
+    printf("), %d image%s each; sweep.png and sweep.jsonl in %s\n", j->total, j->total == 1 ? "" : "s", out);
+    printf("  %-16s %12s %12s%s\n", "scales", j->reward ? "reward" : "", "diversity", j->div_model ? "   CLIP diversity" : "");
+    for (int c = 0; c < n_cfg; c++) {
+        char name[32 * MAX_LORAS + 8], dir[32 * MAX_LORAS + 16];
+        scales_name(name, sizeof name, n_loras, scales[c], "_");
+        snprintf(dir, sizeof dir, "scale_%s", name);
+        cJSON *o = cJSON_CreateObject(), *sc = cJSON_AddArrayToObject(o, "scales");
+        for (int i = 0; i < n_loras; i++) cJSON_AddItemToArray(sc, cJSON_CreateNumber(scales[c][i]));
+        cJSON_AddStringToObject(o, "dir", dir);
+        const char *keys[3] = {"reward", "diversity", "clip_diversity"};
+        const double vals[3] = {res[c].reward, res[c].diversity, res[c].clip_div};
+        for (int k = 0; k < 3; k++)
+            if ((k != 0 || j->reward) && (k != 2 || j->div_model)) {
+                if (isfinite(vals[k])) cJSON_AddNumberToObject(o, keys[k], vals[k]);
+                else cJSON_AddNullToObject(o, keys[k]);
+            }
+        if (res[c].n_terms) {
+            cJSON *t = cJSON_AddArrayToObject(o, "reward_terms");
+            for (int i = 0; i < res[c].n_terms; i++) cJSON_AddItemToArray(t, cJSON_CreateNumber(res[c].terms[i]));
+        }
+        char *line = cJSON_PrintUnformatted(o);
+        if (line) fprintf(f, "%s\n", line);
+        free(line);
+        cJSON_Delete(o);
+        scales_name(name, sizeof name, n_loras, scales[c], ", ");
+        printf("  %-16s", name);
+        for (int k = 0; k < 3; k++) {
+            if (k == 0 && !j->reward) printf(" %12s", "");
+            else if (k == 2 && !j->div_model) break;
+            else printf(k == 2 ? " %16.4f" : " %12.4f", vals[k]);
+        }
+        printf("\n");
+    }
+    return fclose(f) ? tensor_fail(STATUS_IO, "%s: cannot write", path) : STATUS_OK;
+}
+
 int main(int argc, char **argv)
 {
     const char *model = NULL, *ckpt = NULL, *prompts_spec = NULL, *out = "samples", *reward_spec = NULL,
@@ -127,7 +290,8 @@ int main(int argc, char **argv)
     int n_prompt_args = 0, n_loras = 0;
     char lora_paths[MAX_LORAS][PATH_MAX];
     const char *lora_path_ptrs[MAX_LORAS];
-    double lora_scales[MAX_LORAS];
+    double lora_scales[MAX_LORAS][MAX_SWEEP];   /* each --lora's scales: one, or a list to sweep */
+    int n_scales[MAX_LORAS], n_cfg = 1;
     long n_per = 1, steps = 50, batch = 4, seed = 0;
     int width = 0, height = 0;   /* 0: the model's default */
     double guidance = 7.5, eta = 0.0;
@@ -179,10 +343,14 @@ int main(int argc, char **argv)
                 fprintf(stderr, "draft-sample: more than %d --lora\n", MAX_LORAS);
                 return 2;
             }
-            if (!draft_lora_arg_parse(v, lora_paths[n_loras], PATH_MAX, &lora_scales[n_loras])) {
-                fprintf(stderr, "draft-sample: --lora '%s': the path is too long\n", v);
+            const int k = draft_lora_arg_parse_list(v, lora_paths[n_loras], PATH_MAX, lora_scales[n_loras], MAX_SWEEP);
+            if (k <= 0 || n_cfg * k > MAX_SWEEP) {
+                fprintf(stderr, "draft-sample: --lora '%s': %s\n", v, !k ? "the path is too long"
+                        : "more than " STR(MAX_SWEEP) " combinations of scales in all");
                 return 2;
             }
+            n_cfg *= k;
+            n_scales[n_loras] = k;
             lora_path_ptrs[n_loras] = lora_paths[n_loras];
             n_loras++;
         } else if (!strcmp(a, "--n")) ok = parse_int(a, v, 1, 1024, &n_per);
@@ -200,6 +368,11 @@ int main(int argc, char **argv)
             return 2;
         }
         if (!ok) return 2;
+    }
+    if (merge && n_cfg > 1) {   /* each unmerge would leave a rounding in the weights for the next */
+        fprintf(stderr, "draft-sample: --merge takes one scale per --lora; sweep the scales without --merge (the LoRAs "
+                        "then run as an adapter, which samples the same images up to rounding)\n");
+        return 2;
     }
     if (draft_device_check(device)) {
         fprintf(stderr, "draft-sample: %s\n", tensor_error());
@@ -242,103 +415,77 @@ int main(int argc, char **argv)
     }
 
     struct sd_pipeline p;
-    struct sd_lora combined;
-    memset(&combined, 0, sizeof combined);
+    struct sd_lora loras[MAX_LORAS];
+    memset(loras, 0, sizeof loras);
     enum status s = ckpt ? sd_pipeline_load_single_file(&p, ckpt, model, dtype, device)
                          : sd_pipeline_load(&p, model, dtype, device);
-    if (!s && n_loras) {
-        s = sd_lora_load_combined(&combined, &p.unet, n_loras, lora_path_ptrs, lora_scales);
-        if (!s) s = merge ? sd_lora_merge(&combined, &p.unet, 1.0) : sd_lora_attach(&combined, &p.unet, 1.0);
-    }
+    for (int i = 0; i < n_loras && !s; i++) s = sd_lora_load(&loras[i], &p.unet, lora_path_ptrs[i]);
     /* the reward before any sampling: a bad spec fails at once */
-    struct draft_reward *reward = NULL;
-    double *scores = NULL;
-    if (!s && reward_spec && !(reward = draft_reward_create_on(reward_spec, sd_pipeline_dtype(&p), p.device)))
+    struct job j = {.labels = labels, .total = total, .n_per = (int)n_per, .batch = (int)batch, .seed = seed,
+                    .o = {.steps = (int)steps, .guidance = guidance, .eta = eta}, .negative = negative,
+                    .reward_spec = reward_spec};
+    if (!s && reward_spec && !(j.reward = draft_reward_create_on(reward_spec, sd_pipeline_dtype(&p), p.device)))
         s = tensor_status();
-    if (!s && reward && !(scores = calloc((size_t)total, sizeof *scores))) s = tensor_fail(STATUS_OOM, "out of host memory");
-    struct draft_reward *div_model = NULL;
     if (!s && div_spec) {   /* "clip": the model folder's own CLIP */
         char spec_buf[PATH_MAX + 16];
         const char *spec = draft_reward_spec_for_model(div_spec, model, spec_buf, sizeof spec_buf);
-        if (!(div_model = draft_reward_create_on(spec, sd_pipeline_dtype(&p), p.device)))
+        if (!(j.div_model = draft_reward_create_on(spec, sd_pipeline_dtype(&p), p.device)))
             s = tensor_fail(STATUS_VALUE, "--diversity-model: %s", tensor_error());
-        else if (!draft_reward_has_image_tower(div_model))
-            s = tensor_fail(STATUS_VALUE, "--diversity-model %s: reward %s has no image tower", div_spec, div_model->name);
+        else if (!draft_reward_has_image_tower(j.div_model))
+            s = tensor_fail(STATUS_VALUE, "--diversity-model %s: reward %s has no image tower", div_spec, j.div_model->name);
     }
-    const int64_t w = width ? width : p.vae.cfg.sample_size, h = height ? height : p.vae.cfg.sample_size;
-    const int64_t f = (int64_t)1 << (p.vae.cfg.n_blocks - 1), m = f << p.unet.n_samplers;
-    if (!s && (w % m || h % m))
+    j.w = width ? width : p.vae.cfg.sample_size, j.h = height ? height : p.vae.cfg.sample_size;
+    j.f = (int64_t)1 << (p.vae.cfg.n_blocks - 1);
+    const int64_t m = j.f << p.unet.n_samplers;
+    if (!s && (j.w % m || j.h % m))
         s = tensor_fail(STATUS_VALUE, "--size %lldx%lld: width and height must be multiples of %lld for this model",
-                        (long long)w, (long long)h, (long long)m);
-    struct tensor *all = NULL;
-    if (!s) {
-        ag_no_grad_begin();
-        struct tensor **parts = calloc((size_t)total, sizeof *parts);
-        int n_parts = 0;
-        struct sd_sample_opts o = {.steps = (int)steps, .guidance = guidance, .eta = eta};
-        for (int k0 = 0; k0 < total && !s; k0 += (int)batch) {
-            const int nb = total - k0 < batch ? total - k0 : (int)batch;
-            tensor_scope_begin();
-            struct tensor *lat[256];
-            for (int j = 0; j < nb; j++) {   /* image k's latents depend only on seed + k */
-                ag_rng_set((uint64_t)seed + (uint64_t)(k0 + j), 0);
-                lat[j] = ag_randn(sd_pipeline_dtype(&p), 4, (int64_t[]){1, p.unet.in_channels, h / f, w / f}, p.device);
-            }
-            const char *neg[256];
-            for (int j = 0; j < nb; j++) neg[j] = negative;
-            struct tensor *ctx = sd_pipeline_context(&p, sd_pipeline_tokenize(&p, nb, neg),
-                                                     sd_pipeline_tokenize(&p, nb, labels + k0));
-            struct tensor *images = sd_pipeline_sample(&p, ag_concat(nb, lat, 0), ctx, &o, NULL);
-            if (!images) s = tensor_status();
-            if (!s && reward) s = draft_reward_score_values(reward, images, labels + k0, scores + k0, NULL);
-            for (int j = 0; j < nb && !s; j++) {
-                char path[PATH_MAX + 32];
-                snprintf(path, sizeof path, "%s/%04d.png", out, k0 + j);
-                struct draft_image im = {0};
-                s = draft_image_from_tensor(images, j, &im);
-                if (!s) s = draft_png_write(path, &im);
-                draft_image_free(&im);
-            }
-            if (!s) parts[n_parts++] = tensor_keep(images);
-            tensor_scope_end();
-            fprintf(stderr, "\rdraft-sample: %d/%d images", k0 + nb, total);
+                        (long long)j.w, (long long)j.h, (long long)m);
+    /* every combination of the LoRAs' scales, the first LoRA's varying slowest */
+    struct outcome res[MAX_SWEEP];
+    double cfg_scales[MAX_SWEEP][MAX_LORAS];
+    struct draft_image thumbs[MAX_SWEEP * SWEEP_COLS];
+    char *thumb_labels[MAX_SWEEP * SWEEP_COLS];
+    memset(thumbs, 0, sizeof thumbs);
+    memset(thumb_labels, 0, sizeof thumb_labels);
+    const int cols = total < SWEEP_COLS ? total : SWEEP_COLS;
+    for (int c = 0; c < n_cfg && !s; c++) {
+        for (int i = n_loras - 1, r = c; i >= 0; r /= n_scales[i], i--) cfg_scales[c][i] = lora_scales[i][r % n_scales[i]];
+        char dir[PATH_MAX + 64], name[32 * MAX_LORAS + 8];
+        scales_name(name, sizeof name, n_loras, cfg_scales[c], "_");
+        if (n_cfg > 1) {
+            snprintf(dir, sizeof dir, "%s/scale_%s", out, name);
+            if (mkdir(dir, 0755) && errno != EEXIST) s = tensor_fail(STATUS_IO, "%s: cannot create: %s", dir, strerror(errno));
+        } else {
+            snprintf(dir, sizeof dir, "%s", out);
         }
-        fputc('\n', stderr);
-        if (!s) {
-            all = ag_concat(n_parts, parts, 0);
-            char path[PATH_MAX + 32];
-            snprintf(path, sizeof path, "%s/grid.png", out);
-            s = all ? draft_grid_save(path, all, n_per > 1 ? (int)n_per : 0, 0, labels) : tensor_status();
+        struct sd_lora combined;
+        memset(&combined, 0, sizeof combined);
+        const struct sd_lora *lp[MAX_LORAS];
+        for (int i = 0; i < n_loras; i++) lp[i] = &loras[i];
+        if (!s && n_loras) {
+            s = sd_lora_combine(&combined, n_loras, lp, cfg_scales[c]);
+            if (!s) s = merge ? sd_lora_merge(&combined, &p.unet, 1.0) : sd_lora_attach(&combined, &p.unet, 1.0);
         }
-        for (int i = 0; i < n_parts; i++) tensor_free(parts[i]);
-        free(parts);
-        ag_no_grad_end();
+        if (n_cfg > 1) fprintf(stderr, "draft-sample: LoRA scales %s\n", name);
+        struct tensor *all = NULL;
+        if (!s) s = sample_into(&p, &j, dir, &all, &res[c]);
+        for (int k = 0; k < cols && !s && n_cfg > 1; k++) {   /* the sweep grid's row: the first images */
+            s = draft_image_from_tensor(all, k, &thumbs[c * cols + k]);
+            char lab[1024], shown[32 * MAX_LORAS + 8];
+            scales_name(shown, sizeof shown, n_loras, cfg_scales[c], ", ");
+            snprintf(lab, sizeof lab, "scale %.520s: %.400s", shown, labels[k]);
+            if (!s && !(thumb_labels[c * cols + k] = strdup(lab))) s = tensor_fail(STATUS_OOM, "out of host memory");
+        }
+        tensor_free(all);
+        sd_lora_detach(&p.unet);
+        sd_lora_free(&combined);
     }
-    if (!s && reward) s = write_scores(out, reward_spec, total, labels, scores);
-    if (!s && reward) {   /* a sum's terms, unweighted, over all the images */
-        struct draft_reward_term terms[DRAFT_REWARD_MAX_TERMS];
-        double means[DRAFT_REWARD_MAX_TERMS];
-        const int nt = draft_reward_terms(reward, terms);
-        draft_reward_terms_take(reward, means);
-        for (int i = 0; i < nt; i++)
-            fprintf(stderr, "draft-sample:   term %d, %g * %s: mean %.6g\n", i + 1, terms[i].weight, terms[i].spec, means[i]);
-    }
-    /* how different the images are from each other (as draft-run's report): a LoRA pushed too
-     * far makes them all alike */
-    const double diversity = !s && total > 1 ? draft_diversity(all) : NAN;
-    double clip_div = NAN;
-    if (!s && total > 1 && div_model) {
-        struct tensor *emb = draft_reward_image_embeds(div_model, all);
-        if (!emb) s = tensor_status();
-        else clip_div = draft_feature_diversity(emb);
-        tensor_free(emb);
-    }
-    draft_reward_free(reward);
-    draft_reward_free(div_model);
-    free(scores);
-    tensor_free(all);
-    sd_lora_detach(&p.unet);
-    sd_lora_free(&combined);
+    if (!s && n_cfg > 1) s = write_sweep(out, &j, n_loras, lora_path_ptrs, n_cfg, cfg_scales, res, thumbs, cols,
+                                         (const char *const *)thumb_labels);
+    for (int k = 0; k < MAX_SWEEP * SWEEP_COLS; k++) draft_image_free(&thumbs[k]), free(thumb_labels[k]);
+    draft_reward_free(j.reward);
+    draft_reward_free(j.div_model);
+    for (int i = 0; i < n_loras; i++) sd_lora_free(&loras[i]);
     sd_pipeline_free(&p);
     draft_prompts_free(file_prompts, n_file);
     free(labels);
@@ -346,6 +493,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "draft-sample: %s\n", tensor_error());
         return 1;
     }
+    if (n_cfg > 1) return 0;
+    const double diversity = res[0].diversity, clip_div = res[0].clip_div;
     if (isfinite(diversity) && isfinite(clip_div))
         printf("draft-sample: %d images and grid.png in %s (diversity %.4f, CLIP diversity %.4f)\n", total, out, diversity,
                clip_div);
