@@ -73,18 +73,6 @@ static bool size_side(const char *p, const char **end, int *v)
     return true;
 }
 
-bool draft_lora_arg_parse(const char *arg, char *path, size_t n, double *scale)
-{
-    if ((size_t)snprintf(path, n, "%s", arg) >= n) return false;
-    *scale = 1.0;
-    char *colon = strrchr(path, ':'), *end = NULL;
-    if (colon) {
-        const double v = strtod(colon + 1, &end);
-        if (end != colon + 1 && !*end) *colon = 0, *scale = v;
-    }
-    return true;
-}
-
 int draft_lora_arg_parse_list(const char *arg, char *path, size_t n, double *scales, int max)
 {
     if (max < 1 || (size_t)snprintf(path, n, "%s", arg) >= n) return 0;

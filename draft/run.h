@@ -119,13 +119,10 @@ bool draft_device_parse(const char *s, enum device *dev);
  * a positive integer up to 65536; false if the text is neither */
 bool draft_size_parse(const char *s, int *width, int *height);
 
-/* a --lora argument FILE[:SCALE] -> path (n bytes) and *scale: the scale is what follows the last
- * ':' when it reads as a number (else 1, and the ':' is part of the path); false if the path
- * does not fit */
-bool draft_lora_arg_parse(const char *arg, char *path, size_t n, double *scale);
-/* the same with a comma-separated list of scales, FILE:S1,S2,... (draft-sample's sweep): the values
- * into scales (room for max), their count returned (1 with none given: scale 1); 0 if the path
- * does not fit, -1 for more than max values */
+/* a --lora argument FILE[:S] or FILE:S1,S2,... (draft-sample's sweep) -> path (n bytes) and the
+ * scales (room for max): what follows the last ':' when every comma-separated item reads as a
+ * number (else the ':' is part of the path, and the scale is 1). Returns the count of scales; 0 if
+ * the path does not fit, -1 for more than max values */
 int draft_lora_arg_parse_list(const char *arg, char *path, size_t n, double *scales, int max);
 
 /* ask a running draft_run to save and stop after the current step (async-signal-safe) */

@@ -50,6 +50,8 @@ check "draft-sample bad --n: exit 2" "[ $rc -eq 2 ]"
 check "draft-convert --help exits 0" "[ $? -eq 0 ]"
 "$convert" --model x >"$tmp/o" 2>&1; rc=$?
 check "draft-convert with nothing to write: exit 2" "[ $rc -eq 2 ] && grep -q 'nothing to write' '$tmp/o'"
+"$convert" --out x --lora a.safetensors:0,1 >"$tmp/o" 2>&1; rc=$?
+check "draft-convert --lora with a list of scales: exit 2" "[ $rc -eq 2 ] && grep -q 'one scale per file' '$tmp/o'"
 "$convert" --out x --format gif >"$tmp/o" 2>&1; rc=$?
 check "draft-convert bad --format: exit 2" "[ $rc -eq 2 ] && grep -q 'peft or kohya' '$tmp/o'"
 "$convert" --model /nonexistent --out "$tmp/never" >"$tmp/o" 2>&1; rc=$?

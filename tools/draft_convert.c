@@ -82,8 +82,10 @@ int main(int argc, char **argv)
                 fprintf(stderr, "draft-convert: more than %d --lora\n", MAX_LORAS);
                 return 2;
             }
-            if (!draft_lora_arg_parse(v, lora_paths[n_loras], PATH_MAX, &lora_scales[n_loras])) {
-                fprintf(stderr, "draft-convert: --lora '%s': the path is too long\n", v);
+            const int k = draft_lora_arg_parse_list(v, lora_paths[n_loras], PATH_MAX, &lora_scales[n_loras], 1);
+            if (k <= 0) {
+                fprintf(stderr, "draft-convert: --lora '%s': %s\n", v,
+                        k ? "one scale per file (draft-sample sweeps a list)" : "the path is too long");
                 return 2;
             }
             lora_path_ptrs[n_loras] = lora_paths[n_loras];
