@@ -1,5 +1,6 @@
 /* run.c — a DRaFT training run (see run.h). */
 #include "draft/run.h"
+#include "draft/version.h"
 
 #include "diffusion/lora.h"
 #include "draft/image.h"
@@ -48,6 +49,17 @@ void draft_run_config_default(struct draft_run_config *c)
     c->eval_every = 0;
     c->save_every = 50;
     c->progress = true;
+}
+
+const char *draft_version(void) { return "draft " DRAFT_PROJECT_VERSION " (git " DRAFT_GIT_DESCRIBE ")"; }
+
+const char *draft_engine_describe(enum device dev, char *buf, size_t n)
+{
+    char cpu[512], gpu[512] = "";
+    tensor_backend_describe(DEVICE_CPU, cpu, sizeof cpu);
+    if (dev == DEVICE_CUDA) tensor_backend_describe(DEVICE_CUDA, gpu, sizeof gpu);
+    snprintf(buf, n, "%s; cpu: %s%s%s", draft_version(), cpu, gpu[0] ? "; cuda: " : "", gpu);
+    return buf;
 }
 
 /* ---------------------------------------------------------------- devices */
@@ -578,7 +590,8 @@ static enum status save_checkpoint(struct run *r)
     snprintf(best_step, sizeof best_step, "%d", r->best_step);
     /* a sum's terms, and each held-out image's reward, before training */
     char *terms = doubles_join(r->n_terms, r->before.terms), *imgs = doubles_join(r->c->eval_images, r->img_before);
-    char eval_set[48], clip_div[64], sampler[1200];
+    char eval_set[48], clip_div[64], sampler[1200], engine[1200];
+    draft_engine_describe(r->p.device, engine, sizeof engine);   /* what the checkpoint was made with */
     eval_set_str(r, eval_set, sizeof eval_set);
     sampler_str(r->c, sampler, sizeof sampler);
     snprintf(clip_div, sizeof clip_div, "%.17g", r->before.clip_div);
@@ -586,10 +599,10 @@ static enum status save_checkpoint(struct run *r)
                         "draft.size", "draft.eval_reward_before", "draft.reward_terms_before", "draft.eval_set",
                         "draft.reward", "draft.eval_reward", "draft.diversity_model", "draft.clip_diversity_before",
                         "draft.reward_images_before", "draft.best", "draft.best_step", "draft.sampler",
-                        "draft.init_lora"};
+                        "draft.init_lora", "draft.engine"};
     const char *mv[] = {"draft-checkpoint-1", meta_step, meta_seed, draft_method_name(r->c->method.method), before, div_before,
                         size, eval_before, terms, eval_set, r->c->reward, r->c->eval_reward, r->c->diversity_model,
-                        clip_div, imgs, best, best_step, sampler, r->c->init_lora};
+                        clip_div, imgs, best, best_step, sampler, r->c->init_lora, engine};
     const enum status s = terms && imgs ? draft_checkpoint_save(path, &r->lora, &r->opt, (int)(sizeof mk / sizeof *mk), mk, mv)
                                         : tensor_fail(STATUS_OOM, "out of host memory");
     free(terms);
@@ -833,10 +846,10 @@ static enum status draft_run_write_report(struct run *r, const struct draft_run_
             n_grids++;
         }
     }
-    char v[16][1100], summary[256];
-    const char *keys[16] = {"model", "reward", "prompts", "negative prompt", "method", "steps / guidance / eta", "k / lv_n",
+    char v[18][1100], summary[256];
+    const char *keys[18] = {"model", "reward", "prompts", "negative prompt", "method", "steps / guidance / eta", "k / lv_n",
                             "LoRA rank / alpha / targets", "lr / weight decay / clip", "batch x accum", "iterations", "seed",
-                            "held-out images", "image size", "dtype / device / precision", "seconds"};
+                            "held-out images", "image size", "dtype / device / precision", "seconds", "engine"};
     int nk = 0;
     snprintf(v[nk++], sizeof v[0], "%s", c->model);
     snprintf(v[nk++], sizeof v[0], "%s", c->reward);
@@ -861,7 +874,8 @@ static enum status draft_run_write_report(struct run *r, const struct draft_run_
     snprintf(v[nk++], sizeof v[0], "%s / %s / %s", dtype_name(c->dtype), device_name(r->p.device),
              precision_name(c->precision));
     snprintf(v[nk++], sizeof v[0], "%.1f", res->seconds);
-    const char *vals[16];
+    draft_engine_describe(r->p.device, v[nk++], sizeof v[0]);
+    const char *vals[18];
     for (int i = 0; i < nk; i++) vals[i] = v[i];
     struct draft_report_image *imgs = calloc((size_t)c->eval_images, sizeof *imgs);
     if (!imgs && !s) s = tensor_fail(STATUS_OOM, "out of host memory");

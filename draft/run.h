@@ -90,6 +90,12 @@ struct draft_run_result {
 
 enum status draft_run(const struct draft_run_config *c, struct draft_run_result *res);
 
+/* "draft 0.1.0 (git <describe>)": the project's version and the commit of the build's source */
+const char *draft_version(void);
+/* "<draft_version()>; cpu: <...>[; cuda: <...>]": the version and each backend in use
+ * (tensor_backend_describe; the GPU with dev = DEVICE_CUDA) into buf, which is returned */
+const char *draft_engine_describe(enum device dev, char *buf, size_t n);
+
 /* A reward spec beside a model folder: "clip" and "clip:text=<words>" name the folder's own CLIP
  * (<model>/clip, which the embedded model has), written into buf; any other spec is returned as is. */
 const char *draft_reward_spec_for_model(const char *spec, const char *model, char *buf, size_t n);

@@ -132,6 +132,9 @@ struct backend {
 
     /* waits for all queued work (NULL where calls finish before they return: the CPU) */
     enum status (*synchronize)(void);
+
+    /* what this backend runs on, for run reports: the processor, threads, library versions */
+    void (*describe)(char *buf, size_t n);
 };
 
 const char *unary_op_name(enum unary_op op);     /* "silu", ... */

@@ -790,6 +790,13 @@ const struct backend *backend_for(enum device dev)
     return profile_wrap(backends[dev]);
 }
 const struct backend *backend_of(const struct tensor *t) { return profile_wrap(backends[t->storage->device]); }
+const char *tensor_backend_describe(enum device dev, char *buf, size_t n)
+{
+    const struct backend *b = backend_for(dev);
+    if (b && b->describe) b->describe(buf, n);
+    else snprintf(buf, n, "not available");
+    return buf;
+}
 void backend_register(enum device dev, const struct backend *b) { backends[dev] = b; }
 
 static const char *const unary_names[UNARY_COUNT] = {

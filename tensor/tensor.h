@@ -172,6 +172,10 @@ int tensor_broadcast_shape(const struct tensor *a, const struct tensor *b, int64
 /* ---- threads and determinism ---- */
 void tensor_set_num_threads(int n);
 int tensor_num_threads(void);
+/* One line on what a device's backend runs on (the CPU's model, threads and BLAS; the GPU's
+ * name, memory, driver, runtime and cuBLAS) into buf, which is returned; "not available" where
+ * the backend is not built or has no device. */
+const char *tensor_backend_describe(enum device dev, char *buf, size_t n);
 /* in deterministic mode repeated runs give bit-identical results (CPU kernels always do;
  * backends with atomics switch to ordered reductions) */
 void tensor_set_deterministic(bool on);

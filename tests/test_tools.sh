@@ -20,6 +20,14 @@ for opt in model ckpt reward eval-reward prompts negative-prompt out method k lv
            warmup accum batch iters seed size eval-images save-every resume dry-run device precision; do
     check "--help lists --$opt with its default" "grep -q -- '--$opt.*(default: ' '$tmp/help'"
 done
+# --version: the project's version, the commit of the build's source, the CPU and its BLAS
+src_commit=$(git -C "$(dirname "$0")" rev-parse --short=7 HEAD 2>/dev/null || true)
+for t in "$run" "$sample" "$convert" "$compare"; do
+    "$t" --version >"$tmp/o" 2>&1; rc=$?
+    check "$(basename "$t") --version: the version, the commit${src_commit:+ ($src_commit)} and the backends" \
+          "[ $rc -eq 0 ] && grep -Eq '^draft [0-9]+\.[0-9]+\.[0-9]+ \(git [^)]+\); cpu: .*, [0-9]+ threads; .*; cuda: ' '$tmp/o' && \
+           { [ -z '$src_commit' ] || grep -q '(git [^)]*$src_commit' '$tmp/o'; }"
+done
 "$run" --bogus >"$tmp/o" 2>&1; rc=$?
 check "unknown flag: exit 2 and a message" "[ $rc -eq 2 ] && grep -q \"unknown option '--bogus'\" '$tmp/o'"
 "$run" --lr nope >"$tmp/o" 2>&1; rc=$?
@@ -71,6 +79,8 @@ if [ -f "$model/model_index.json" ]; then
     "$run" --model "$model" --steps 2 --iters 2 --batch 1 --size 64 --eval-images 2 --reward red \
            --no-progress --out "$tmp/run" >"$tmp/o" 2>&1; rc=$?
     check "draft-run on the tiny model" "[ $rc -eq 0 ] && tail -n 1 '$tmp/o' | grep -Eq '^final: reward_before=[-0-9.]+ reward_after=[-0-9.]+ steps=2 seconds=[0-9.]+$'"
+    check "the report and the checkpoint name the engine" \
+          "grep -q '<th>engine</th><td>draft [0-9.]* (git ' '$tmp/run/report.html' && grep -q 'draft.engine' '$tmp/run/checkpoint.safetensors'"
     for f in before.png after.png metrics.jsonl checkpoint.safetensors lora.safetensors lora_kohya.safetensors report.html; do
         check "run folder has $f" "[ -s '$tmp/run/$f' ]"
     done

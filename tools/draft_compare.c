@@ -6,6 +6,7 @@
  * Thin over draft_compare_html (draft/report.h): it reads each folder's metrics.jsonl and
  * config.json, and writes a table and the curves of every run on shared axes. */
 #include "draft/report.h"
+#include "draft/run.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -20,7 +21,8 @@ static void usage(FILE *f)
             "  --x X        the curves' x axis: step (the default), queries (reward queries: steps x batch x\n"
             "               accum, x lv_n for DRaFT-LV; needs each run's config.json) or seconds (the\n"
             "               training steps' summed times)\n"
-            "  --out FILE   the HTML file to write (default: compare.html)\n",
+            "  --out FILE   the HTML file to write (default: compare.html)\n"
+            "  --version    the version, the commit and the backends\n",
             DRAFT_COMPARE_MAX_RUNS);
 }
 
@@ -31,6 +33,11 @@ int main(int argc, char **argv)
     int n = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
+        if (!strcmp(a, "--version")) {   /* the version, the commit, the backends */
+            char e[1200];
+            printf("%s\n", draft_engine_describe(DEVICE_CUDA, e, sizeof e));
+            return 0;
+        }
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             usage(stdout);
             return 0;

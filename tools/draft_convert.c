@@ -33,7 +33,8 @@ static void usage(FILE *f)
             "  --dtype D          f32, f16 or bf16: the weights' dtype in --out (default f32; a merge is computed\n"
             "                     in f64 and rounded once)\n"
             "  --lora-out FILE    the --lora files, scaled and combined, as one adapter in FILE\n"
-            "  --format F         peft (diffusers' load_lora_weights; the default) or kohya (A1111, ComfyUI)\n");
+            "  --format F         peft (diffusers' load_lora_weights; the default) or kohya (A1111, ComfyUI)\n"
+            "  --version          the version, the commit and the backends\n");
 }
 
 int main(int argc, char **argv)
@@ -48,6 +49,11 @@ int main(int argc, char **argv)
     char embedded[1024];
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
+        if (!strcmp(a, "--version")) {   /* the version, the commit, the backends */
+            char e[1200];
+            printf("%s\n", draft_engine_describe(DEVICE_CUDA, e, sizeof e));
+            return 0;
+        }
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             usage(stdout);
             return 0;

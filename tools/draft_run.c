@@ -191,7 +191,8 @@ static void usage(FILE *f)
         fprintf(f, "  %-18s ", flag);
         print_wrapped(f, text, 2 + (strlen(flag) > 18 ? (int)strlen(flag) : 18) + 1);
     }
-    fprintf(f, "  %-18s %s\n  %-18s %s\n", "--config FILE", "read options from a JSON file",
+    fprintf(f, "  %-18s %s\n  %-18s %s\n  %-18s %s\n", "--config FILE", "read options from a JSON file",
+            "--version", "the version, the commit and the backends (CPU, BLAS, GPU)",
             "--help", "this text\n"
             "A boolean flag may be negated as --no-NAME. Ctrl-C saves a checkpoint and stops; --resume continues.\n"
             "The last line printed is: final: reward_before=<x> reward_after=<y> steps=<n> seconds=<s>");
@@ -376,6 +377,11 @@ int main(int argc, char **argv)
     /* the config file first, so flags override it wherever they stand */
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
+        if (!strcmp(a, "--version")) {   /* the version, the commit, the backends */
+            char e[1200];
+            printf("%s\n", draft_engine_describe(DEVICE_CUDA, e, sizeof e));
+            return 0;
+        }
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             usage(stdout);
             return 0;

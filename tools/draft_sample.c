@@ -66,7 +66,8 @@ static void usage(FILE *f)
             "                     <out>/scores.jsonl and the mean on stderr\n"
             "  --diversity-model SPEC  a reward spec with an image tower (clip:<dir>, aesthetic:..., or clip for\n"
             "                     the model folder's own): the images' diversity also in its embeddings\n"
-            "  --out DIR          output folder (default samples)\n");
+            "  --out DIR          output folder (default samples)\n"
+            "  --version          the version, the commit and the backends (CPU, BLAS, GPU)\n");
 }
 
 static bool parse_int(const char *flag, const char *v, long lo, long hi, long *out)
@@ -301,6 +302,11 @@ int main(int argc, char **argv)
     enum device device = DEVICE_CPU;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
+        if (!strcmp(a, "--version")) {   /* the version, the commit, the backends */
+            char e[1200];
+            printf("%s\n", draft_engine_describe(DEVICE_CUDA, e, sizeof e));
+            return 0;
+        }
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             usage(stdout);
             return 0;

@@ -1,8 +1,10 @@
 /* backend_cpu.c — the CPU backend's function table. */
 #include "tensor/cpu/cpu.h"
+#include <cblas.h>
 
 #include <omp.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -40,6 +42,24 @@ static void *cpu_raw_alloc(size_t bytes)
 
 static void cpu_raw_free(void *p) { free(p); }
 
+/* "<model name>, <threads> threads; <OpenBLAS's build configuration: "OpenBLAS 0.3.21 ...">" */
+static void cpu_describe(char *buf, size_t n)
+{
+    char model[160] = "unknown CPU", line[512];
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    while (f && fgets(line, sizeof line, f)) {
+        const char *c = strchr(line, ':');
+        if (!strncmp(line, "model name", 10) && c) {
+            snprintf(model, sizeof model, "%s", c + 1 + strspn(c + 1, " \t"));
+            model[strcspn(model, "\n")] = 0;
+            break;
+        }
+    }
+    if (f) fclose(f);
+    const char *blas = openblas_get_config();
+    snprintf(buf, n, "%s, %d threads; %s", model, tensor_num_threads(), blas ? blas : "OpenBLAS (unknown version)");
+}
+
 const struct backend backend_cpu = {
     .name = "cpu",
     .device = DEVICE_CPU,
@@ -71,6 +91,7 @@ const struct backend backend_cpu = {
     .embedding = cpu_embedding,
     .embedding_backward = cpu_embedding_backward,
     .random = cpu_random,
+    .describe = cpu_describe,
 };
 
 void tensor_set_num_threads(int n)

@@ -71,6 +71,24 @@ enum status cuda_profiler_mark(bool start)
     return STATUS_OK;
 }
 
+/* "<name> (sm_XY, N GiB), driver X.Y, runtime X.Y, cuBLAS X.Y.Z" */
+static void cuda_describe(char *buf, size_t n)
+{
+    int dev = 0, drv = 0, rt = 0, bl[3] = {0, 0, 0};
+    cudaDeviceProp pr;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaGetDeviceProperties(&pr, dev) != cudaSuccess ||
+        cudaDriverGetVersion(&drv) != cudaSuccess || cudaRuntimeGetVersion(&rt) != cudaSuccess) {
+        snprintf(buf, n, "the device did not answer");
+        return;
+    }
+    const libraryPropertyType what[3] = {MAJOR_VERSION, MINOR_VERSION, PATCH_LEVEL};
+    for (int i = 0; i < 3; i++)
+        if (cublasGetProperty(what[i], &bl[i]) != CUBLAS_STATUS_SUCCESS) bl[i] = -1;
+    snprintf(buf, n, "%s (sm_%d%d, %.0f GiB), driver %d.%d, runtime %d.%d, cuBLAS %d.%d.%d", pr.name, pr.major, pr.minor,
+             (double)pr.totalGlobalMem / (1024.0 * 1024.0 * 1024.0), drv / 1000, drv % 1000 / 10, rt / 1000,
+             rt % 1000 / 10, bl[0], bl[1], bl[2]);
+}
+
 static void *cuda_raw_alloc(size_t bytes)
 {
     void *p = NULL;
@@ -145,6 +163,7 @@ const struct backend backend_cuda = {
     .embedding_backward = cuda_embedding_backward,
     .random = cuda_random,
     .synchronize = cuda_synchronize,
+    .describe = cuda_describe,
 };
 
 static void init_once(void)
