@@ -95,6 +95,34 @@ enum status draft_image_from_tensor(const struct tensor *images, int b, struct d
     return s;
 }
 
+struct tensor *draft_image_to_tensor(const struct draft_image *ims, int n, enum dtype dt, enum device dev)
+{
+    if (!ims || n < 1) {
+        tensor_fail(STATUS_VALUE, "draft_image_to_tensor: no images (n = %d)", n);
+        return NULL;
+    }
+    const int W = ims[0].w, H = ims[0].h;
+    for (int i = 0; i < n; i++)
+        if (!ims[i].rgb || ims[i].w != W || ims[i].h != H || W < 1 || H < 1) {
+            tensor_fail(STATUS_SHAPE, "draft_image_to_tensor: image %d is %dx%d, image 0 %dx%d (one size in a batch)", i,
+                        ims[i].w, ims[i].h, W, H);
+            return NULL;
+        }
+    tensor_scope_begin();
+    struct tensor *t = tensor_empty(DTYPE_F32, 4, (int64_t[]){n, 3, H, W}, DEVICE_CPU);
+    if (t) {
+        float *dst = tensor_data_ptr(t);
+        const size_t plane = (size_t)H * (size_t)W;
+        for (int i = 0; i < n; i++)   /* HWC bytes -> CHW planes */
+            for (size_t k = 0; k < plane; k++)
+                for (int ch = 0; ch < 3; ch++)
+                    dst[((size_t)i * 3 + (size_t)ch) * plane + k] = ims[i].rgb[k * 3 + ch] / 255.0f * 2.0f - 1.0f;
+    }
+    struct tensor *d = t ? tensor_to_device(t, dev) : NULL;
+    d = d ? tensor_to_dtype(d, dt) : NULL;
+    return tensor_scope_return(d);
+}
+
 /* ---------------------------------------------------------------- atomic files */
 
 enum status draft_file_write_atomic(const char *path, const void *data, size_t n)

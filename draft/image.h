@@ -28,6 +28,11 @@ void draft_image_free(struct draft_image *im);   /* frees the pixels; `im` becom
  * differ only where p is exactly k+0.5.) NaN maps to 0. */
 enum status draft_image_from_tensor(const struct tensor *images, int b, struct draft_image *out);
 
+/* n images of one size as a float tensor [n,3,H,W] in [-1,1] (x = p/255 * 2 - 1, the inverse of
+ * draft_image_from_tensor up to its rounding: from_tensor(to_tensor(im)) == im) of dtype dt on dev.
+ * NULL with a message naming both sizes when the images differ in size. */
+struct tensor *draft_image_to_tensor(const struct draft_image *ims, int n, enum dtype dt, enum device dev);
+
 /* Writes an 8-bit RGB PNG atomically: encoded in memory, written to a temporary file next to
  * `path`, then renamed over it, so a reader never sees a partial file. */
 enum status draft_png_write(const char *path, const struct draft_image *im);

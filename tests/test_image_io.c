@@ -779,6 +779,38 @@ START_TEST(test_run_measures_html)
 }
 END_TEST
 
+/* images back to a tensor: p/255 * 2 - 1 in CHW order, the inverse of draft_image_from_tensor */
+START_TEST(test_to_tensor)
+{
+    LEAK_CHECK_BEGIN();
+    struct tensor *x = test_uniform(DTYPE_F32, TENSOR_SHAPE(3, 3, 5, 7), -1.2, 1.2);
+    struct draft_image ims[3] = {{0}};
+    for (int b = 0; b < 3; b++) ck_assert(draft_image_from_tensor(x, b, &ims[b]) == STATUS_OK);
+    ims[1].rgb[(2 * 7 + 4) * 3 + 1] = 0, ims[1].rgb[0] = 255, ims[2].rgb[5] = 128;   /* known values */
+    struct tensor *y = draft_image_to_tensor(ims, 3, DTYPE_F64, DEVICE_CPU);
+    ck_assert_msg(y && y->dtype == DTYPE_F64 && y->shape[0] == 3 && y->shape[1] == 3 && y->shape[2] == 5 &&
+                  y->shape[3] == 7, "%s", tensor_error());
+    ck_assert(tensor_get(y, (int64_t[]){1, 1, 2, 4}) == -1.0);   /* green of (y=2, x=4) */
+    ck_assert(tensor_get(y, (int64_t[]){1, 0, 0, 0}) == 1.0);
+    ck_assert_msg(fabs(tensor_get(y, (int64_t[]){2, 2, 0, 1}) - (128.0f / 255.0f * 2.0f - 1.0f)) < 1e-7, "%g",
+                  tensor_get(y, (int64_t[]){2, 2, 0, 1}));   /* byte 5 = pixel 1, blue */
+    for (int b = 0; b < 3; b++) {   /* and back: the same bytes */
+        struct draft_image back = {0};
+        ck_assert(draft_image_from_tensor(y, b, &back) == STATUS_OK);
+        ck_assert(back.w == 7 && back.h == 5 && !memcmp(back.rgb, ims[b].rgb, 5 * 7 * 3));
+        draft_image_free(&back);
+    }
+    tensor_free(y);
+    ims[2].w = 5, ims[2].h = 7;   /* another size in the batch: refused, naming both */
+    ck_assert(draft_image_to_tensor(ims, 3, DTYPE_F32, DEVICE_CPU) == NULL);
+    ck_assert_msg(strstr(tensor_error(), "image 2 is 5x7, image 0 7x5"), "%s", tensor_error());
+    ck_assert(draft_image_to_tensor(ims, 0, DTYPE_F32, DEVICE_CPU) == NULL);
+    for (int b = 0; b < 3; b++) draft_image_free(&ims[b]);
+    tensor_free(x);
+    LEAK_CHECK_END();
+}
+END_TEST
+
 /* ---------------------------------------------------------------- diversity */
 
 START_TEST(test_diversity)
@@ -991,6 +1023,7 @@ int main(void)
     tcase_add_checked_fixture(tc, tmp_setup, tmp_teardown);
     tcase_add_test(tc, test_from_tensor_values);
     tcase_add_test(tc, test_from_tensor_noncontig);
+    tcase_add_test(tc, test_to_tensor);
     tcase_add_test(tc, test_png_roundtrip);
     tcase_add_test(tc, test_png_read_formats);
     tcase_add_test(tc, test_png_corrupt);

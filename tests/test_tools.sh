@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# test_tools.sh DRAFT_RUN DRAFT_SAMPLE DRAFT_CONVERT DRAFT_COMPARE — the command-line tools as a user runs them:
+# test_tools.sh DRAFT_RUN DRAFT_SAMPLE DRAFT_CONVERT DRAFT_COMPARE DRAFT_SCORE — the command-line tools as a user runs them:
 # --help lists every option, bad flags and values are refused with a message and exit status 2,
 # and (with the parity model) a short draft-run, a draft-sample with two LoRA files and
 # draft-convert's folder and LoRA outputs work end to end.
 set -u
-run=$1 sample=$2 convert=$3 compare=$4
+run=$1 sample=$2 convert=$3 compare=$4 score=$5
 fail=0
 check() { if eval "$2"; then echo "ok: $1"; else echo "FAILED: $1"; fail=1; fi; }
+# two JSON-lines files of scores ("reward": x on each line) agree line by line to $3 (and have 2+ lines)
+close_scores() { paste -d ' ' <(sed 's/.*"reward":\([^,}]*\).*/\1/' "$1") <(sed 's/.*"reward":\([^,}]*\).*/\1/' "$2") |
+                 awk -v t="$3" '{ d = $1 - $2; n++; if ((d < 0 ? -d : d) > t) bad = 1 } END { exit bad || n < 2 }'; }
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
@@ -22,7 +25,7 @@ for opt in model ckpt reward eval-reward prompts negative-prompt out method k lv
 done
 # --version: the project's version, the commit of the build's source, the CPU and its BLAS
 src_commit=$(git -C "$(dirname "$0")" rev-parse --short=7 HEAD 2>/dev/null || true)
-for t in "$run" "$sample" "$convert" "$compare"; do
+for t in "$run" "$sample" "$convert" "$compare" "$score"; do
     "$t" --version >"$tmp/o" 2>&1; rc=$?
     check "$(basename "$t") --version: the version, the commit${src_commit:+ ($src_commit)} and the backends" \
           "[ $rc -eq 0 ] && grep -Eq '^draft [0-9]+\.[0-9]+\.[0-9]+ \(git [^)]+\); cpu: .*, [0-9]+ threads; .*; cuda: ' '$tmp/o' && \
@@ -54,6 +57,15 @@ check "a bad size in a --config file: exit 2" "[ $rc -eq 2 ] && grep -q 'expects
 check "draft-sample --help exits 0" "[ $? -eq 0 ]"
 "$sample" --model x --n 0 >"$tmp/o" 2>&1; rc=$?
 check "draft-sample bad --n: exit 2" "[ $rc -eq 2 ]"
+"$score" --help >"$tmp/o" 2>&1
+check "draft-score --help exits 0" "[ $? -eq 0 ] && grep -q 'usage: draft-score' '$tmp/o'"
+"$score" a.png >"$tmp/o" 2>&1; rc=$?
+check "draft-score without --reward: exit 2" "[ $rc -eq 2 ] && grep -q 'no --reward' '$tmp/o'"
+"$score" --reward red "$tmp/missing.png" >"$tmp/o" 2>&1; rc=$?
+check "draft-score of a missing image: exit 1, naming it" "[ $rc -eq 1 ] && grep -q 'missing.png' '$tmp/o'"
+printf 'not a png' >"$tmp/bad.png"
+"$score" --reward red "$tmp/bad.png" >"$tmp/o" 2>&1; rc=$?
+check "draft-score of a corrupt image: exit 1, naming it" "[ $rc -eq 1 ] && grep -q 'bad.png' '$tmp/o'"
 "$convert" --help >/dev/null 2>&1
 check "draft-convert --help exits 0" "[ $? -eq 0 ]"
 "$convert" --model x >"$tmp/o" 2>&1; rc=$?
@@ -277,6 +289,12 @@ if [ -f "$model/model_index.json" ]; then
            grep -Eq '4 images and grid.png in .* \\(diversity 0\\.[0-9]{4}\\)' '$tmp/o'"
     "$sample" --model "$model" --prompt "a cat" --seed 3 --steps 2 --size 64 --batch 1 --reward red --out "$tmp/sr1" >/dev/null 2>&1
     check "... image 3's score alone is image 3's score" "[ \"\$(sed -n 4p '$tmp/sr/scores.jsonl' | sed 's/.*reward//')\" = \"\$(sed -n 1p '$tmp/sr1/scores.jsonl' | sed 's/.*reward//')\" ]"
+    # draft-score: the PNGs scored again give the samples' scores, up to the 8-bit rounding
+    "$score" --reward red "$tmp/sr/0000.png" "$tmp/sr/0001.png" "$tmp/sr/0002.png" "$tmp/sr/0003.png" \
+             --out "$tmp/score.jsonl" >"$tmp/o" 2>&1; rc=$?
+    check "draft-score: the samples' PNGs score what draft-sample scored (to 1e-3: 8-bit pixels)" \
+          "[ $rc -eq 0 ] && close_scores '$tmp/sr/scores.jsonl' '$tmp/score.jsonl' 1e-3 && \
+           ! close_scores '$tmp/sr/scores.jsonl' '$tmp/score.jsonl' 1e-9 && grep -q 'diversity 0\.[0-9]* over the 4 images of 64x64' '$tmp/o'"
     "$sample" --model "$model" --prompt "a cat" --steps 2 --size 64 --reward sharpness --out "$tmp/sr2" >"$tmp/o" 2>&1; rc=$?
     check "draft-sample bad --reward: exit 1 before sampling" "[ $rc -eq 1 ] && grep -q 'unknown reward spec' '$tmp/o' && [ ! -e '$tmp/sr2/0000.png' ]"
     # --negative-prompt: with the prompt itself as the negative, guidance has nothing to steer away
@@ -366,6 +384,19 @@ if [ -f "$emb/model_index.json" ]; then
     "$sample" --prompt "red apple" --prompt "rocket" --steps 2 --diversity-model clip --out "$tmp/esd" >"$tmp/o2" 2>&1; rc=$?
     check "draft-sample --diversity-model clip: the embedded CLIP's diversity" \
           "[ $rc -eq 0 ] && grep -Eq 'CLIP diversity [01]\.[0-9]{4}\)' '$tmp/o2'"
+    # draft-score with a reward that reads the prompt (the embedded model's CLIP), and the diversity in its embeddings
+    "$sample" --prompt "red apple" --prompt rocket --steps 2 --reward clip --out "$tmp/esc" >/dev/null 2>&1
+    printf 'red apple\nrocket\n' >"$tmp/esc_prompts.txt"
+    "$score" --reward clip --prompts "$tmp/esc_prompts.txt" --diversity-model clip "$tmp/esc/0000.png" "$tmp/esc/0001.png" \
+             >"$tmp/score2.jsonl" 2>"$tmp/o3"; rc=$?
+    check "draft-score --reward clip --prompts: each image against its prompt, as draft-sample scored it (to 2e-3)" \
+          "[ $rc -eq 0 ] && close_scores '$tmp/esc/scores.jsonl' '$tmp/score2.jsonl' 2e-3 && \
+           grep -q '\"prompt\":\"rocket\"' '$tmp/score2.jsonl' && grep -Eq 'CLIP diversity [01]\.[0-9]{4}' '$tmp/o3'"
+    "$score" --reward clip "$tmp/esc/0000.png" >"$tmp/o3" 2>&1; rc=$?
+    check "draft-score, a prompt-reading reward without prompts: exit 1, saying how to give them" \
+          "[ $rc -eq 1 ] && grep -q -- '--prompt or --prompts' '$tmp/o3'"
+    "$score" --reward clip --prompts "$tmp/esc_prompts.txt" "$tmp/esc/0000.png" >"$tmp/o3" 2>&1; rc=$?
+    check "draft-score with 2 prompts for 1 image: exit 2" "[ $rc -eq 2 ] && grep -q 'has 2 prompts for 1 images' '$tmp/o3'"
     check "DRAFT_PROFILE=1 prints the time per op at exit" \
           "grep -q '^profile: ' '$tmp/o' && grep -Eq '^conv2d 3x3 +cpu +f32 ' '$tmp/o' && grep -Eq '^attention +cpu ' '$tmp/o'"
     # non-square: the PNG's IHDR holds width then height (big-endian 32-bit at bytes 16 and 20)

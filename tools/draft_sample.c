@@ -430,7 +430,10 @@ int main(int argc, char **argv)
     struct job j = {.labels = labels, .total = total, .n_per = (int)n_per, .batch = (int)batch, .seed = seed,
                     .o = {.steps = (int)steps, .guidance = guidance, .eta = eta}, .negative = negative,
                     .reward_spec = reward_spec};
-    if (!s && reward_spec && !(j.reward = draft_reward_create_on(reward_spec, sd_pipeline_dtype(&p), p.device)))
+    char rspec_buf[PATH_MAX + 16];   /* "clip", "clip:text=...": the model folder's own CLIP, as in draft-run */
+    if (!s && reward_spec &&
+        !(j.reward = draft_reward_create_on(draft_reward_spec_for_model(reward_spec, model, rspec_buf, sizeof rspec_buf),
+                                            sd_pipeline_dtype(&p), p.device)))
         s = tensor_status();
     if (!s && div_spec) {   /* "clip": the model folder's own CLIP */
         char spec_buf[PATH_MAX + 16];
