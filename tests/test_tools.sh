@@ -295,6 +295,10 @@ if [ -f "$model/model_index.json" ]; then
     check "draft-score: the samples' PNGs score what draft-sample scored (to 1e-3: 8-bit pixels)" \
           "[ $rc -eq 0 ] && close_scores '$tmp/sr/scores.jsonl' '$tmp/score.jsonl' 1e-3 && \
            ! close_scores '$tmp/sr/scores.jsonl' '$tmp/score.jsonl' 1e-9 && grep -q 'diversity 0\.[0-9]* over the 4 images of 64x64' '$tmp/o'"
+    "$score" --reward "sum:red;0.5*brightness=0.5" "$tmp/sr/0000.png" "$tmp/sr/0001.png" >"$tmp/score3.jsonl" 2>/dev/null; rc=$?
+    sum_terms=$(awk -F'"reward":|,"reward_terms":\\[|,|\\]' '{ d = $3 - ($4 + 0.5 * $5); if (d < 0) d = -d; if (d > 1e-7) bad = 1; n++ }   # f32 sums
+                                                             END { print (bad || n != 2) ? "no" : "yes" }' "$tmp/score3.jsonl")
+    check "draft-score with a sum reward: each image's terms, their weighted sum the reward" "[ $rc -eq 0 ] && [ '$sum_terms' = yes ]"
     "$sample" --model "$model" --prompt "a cat" --steps 2 --size 64 --reward sharpness --out "$tmp/sr2" >"$tmp/o" 2>&1; rc=$?
     check "draft-sample bad --reward: exit 1 before sampling" "[ $rc -eq 1 ] && grep -q 'unknown reward spec' '$tmp/o' && [ ! -e '$tmp/sr2/0000.png' ]"
     # --negative-prompt: with the prompt itself as the negative, guidance has nothing to steer away
