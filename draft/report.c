@@ -712,6 +712,16 @@ static void cmp_label(struct cmp_run *runs, int n, int i)
             snprintf(runs[i].label, sizeof runs[i].label, "%s", runs[i].dir);
 }
 
+/* the k-th ';'-separated part of a "sum:" spec, weight included ("0.5*jpeg"); "" for another spec */
+static void sum_term_text(const char *spec, int k, char *buf, size_t n)
+{
+    buf[0] = 0;
+    if (strncmp(spec, "sum:", 4)) return;
+    const char *p = spec + 4;
+    for (int i = 0; i < k && p; i++) p = strchr(p, ';') ? strchr(p, ';') + 1 : NULL;
+    if (p) snprintf(buf, n, "%.*s", (int)strcspn(p, ";"), p);
+}
+
 enum status draft_compare_html(const char *path, int n_runs, const char *const *run_dirs, enum draft_compare_x x)
 {
     if (n_runs < 1 || n_runs > DRAFT_COMPARE_MAX_RUNS || !run_dirs)
@@ -859,6 +869,29 @@ enum status draft_compare_html(const char *path, int n_runs, const char *const *
             break;
         }
         sb_printf(&b, "<h2>%s</h2>\n<div class=\"chart\">\n", charts[c].title);
+        sb_puts(&b, svg);
+        sb_puts(&b, "</div>\n");
+        free(svg);
+    }
+    /* a sum reward's terms, when every run has the same reward (else their terms do not compare) */
+    int max_terms = 0;
+    for (int i = 0; i < n_runs && !s; i++) max_terms = runs[i].n_terms > max_terms ? runs[i].n_terms : max_terms;
+    for (int k = 0; k < max_terms && !s && same_reward; k++) {
+        char part[300] = "", title[400];
+        sum_term_text(runs[0].reward, k, part, sizeof part);
+        snprintf(title, sizeof title, "term %d%s%s on the held-out seeds (unweighted)", k + 1, part[0] ? ": " : "", part);
+        const double *xs[DRAFT_COMPARE_MAX_RUNS], *ys[DRAFT_COMPARE_MAX_RUNS];
+        int ns[DRAFT_COMPARE_MAX_RUNS];
+        for (int i = 0; i < n_runs; i++)
+            xs[i] = runs[i].ex.v, ns[i] = runs[i].ex.n, ys[i] = k < runs[i].n_terms ? runs[i].eterm[k].v : NULL;
+        char *svg = draft_svg_chart_xy(xs, ys, ns, labels, n_runs, title, xlabel[x], "unweighted score");
+        if (!svg) {
+            s = tensor_status();
+            break;
+        }
+        sb_puts(&b, "<h2>");
+        sb_escape(&b, title);
+        sb_puts(&b, "</h2>\n<div class=\"chart\">\n");
         sb_puts(&b, svg);
         sb_puts(&b, "</div>\n");
         free(svg);

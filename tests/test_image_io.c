@@ -618,9 +618,9 @@ static void write_text(const char *dir, const char *name, const char *text)
 
 static char *make_run(const char *root, const char *name, const char *config, const char *metrics)
 {
-    static char d[8][300];
+    static char d[16][300];   /* a ring: the last 16 folders stay valid */
     static int k;
-    k = (k + 1) % 8;
+    k = (k + 1) % 16;
     snprintf(d[k], sizeof d[k], "%s/%s", root, name);
     char cmd[400];
     snprintf(cmd, sizeof cmd, "mkdir -p %s", d[k]);
@@ -694,6 +694,24 @@ START_TEST(test_compare_html)
     ck_assert(strstr(h, "different rewards") && !strstr(h, "eval reward") && count_str(h, "<svg") == 3);
     ck_assert(strstr(h, "<tr><th>c</th><td>full</td>"));
     ck_assert(strstr(h, "<tr><th>reward</th><td><code>red</code></td><td><code>jpeg</code></td></tr>"));
+    free(h);
+    /* two runs of one sum reward: a chart per term, titled with its part of the spec */
+    const char *sa = make_run(root, "sa", "{\"method\": \"lv\", \"batch\": 1, \"reward\": \"sum:red;0.5*jpeg\"}",
+                              "{\"step\": 0, \"eval\": true, \"reward\": 1, \"diversity\": 0.4, \"reward_terms\": [1, 2]}\n"
+                              "{\"step\": 1, \"eval\": true, \"reward\": 2, \"diversity\": 0.3, \"reward_terms\": [3, 4]}\n");
+    const char *sb = make_run(root, "sb", "{\"method\": \"k\", \"batch\": 1, \"reward\": \"sum:red;0.5*jpeg\"}",
+                              "{\"step\": 0, \"eval\": true, \"reward\": 1, \"diversity\": 0.4, \"reward_terms\": [1, 2]}\n");
+    const char *sab[2] = {sa, sb};
+    ck_assert(draft_compare_html(out, 2, sab, DRAFT_COMPARE_STEP) == STATUS_OK);
+    h = (char *)test_slurp(out, &n);
+    ck_assert_int_eq(count_str(h, "<svg"), 3 + 2);
+    ck_assert_msg(strstr(h, "<h2>term 1: red on the held-out seeds (unweighted)</h2>") &&
+                  strstr(h, "<h2>term 2: 0.5*jpeg on the held-out seeds (unweighted)</h2>"), "%s", h);
+    free(h);
+    const char *sbc[2] = {sb, c};   /* another reward: the terms do not compare, no such chart */
+    ck_assert(draft_compare_html(out, 2, sbc, DRAFT_COMPARE_STEP) == STATUS_OK);
+    h = (char *)test_slurp(out, &n);
+    ck_assert(count_str(h, "<svg") == 3 && !strstr(h, "term 1"));
     free(h);
     /* errors name the file (and line) */
     const char *bad = make_run(root, "bad", NULL, "{\"step\": 0, \"eval\": true, \"reward\": 1}\n{\"step\": 1, oops\n");
