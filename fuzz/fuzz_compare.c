@@ -1,7 +1,7 @@
 /* fuzz_compare.c — libFuzzer target: arbitrary bytes as a draft-run folder's metrics.jsonl and
  * config.json (split at the first NUL; no NUL: no config.json), read by draft_compare_html by
- * step, by reward queries and by seconds. A refusal must carry a message; an accepted folder
- * gives a page. The folder and the page live in one temporary folder, removed at exit. */
+ * step, by reward queries and by seconds, and by draft_run_measures_html. A refusal must carry
+ * a message; an accepted folder gives a page. The folder and the page live in one temporary folder, removed at exit. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -54,5 +54,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             abort();   /* refused: a message, and no page */
         }
     }
+    /* the run report's charts of the same metrics: a refusal carries a message */
+    char *h = draft_run_measures_html(dir, 3, (const char *[]){"a", NULL, "c"});
+    if (!h && !tensor_error()[0]) abort();
+    free(h);
     return 0;
 }
