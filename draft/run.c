@@ -809,6 +809,11 @@ static enum status dry_run(struct run *r, struct draft_run_result *res)
     fmt_duration(t, sizeof t, res->projected_seconds);
     fprintf(stderr, "  the run: %d step%s and %d evaluation%s: about %s\n", left, left == 1 ? "" : "s", n_eval,
             n_eval == 1 ? "" : "s", t);
+    if (c->max_minutes > 0 && res->projected_seconds > 60.0 * c->max_minutes) {   /* evaluations aside */
+        const double fit = (60.0 * c->max_minutes - t_setup - (1 + !c->resume) * res->eval_seconds) / res->step_seconds;
+        fprintf(stderr, "  --max-minutes %g ends training first, after about %d of the %d steps\n", c->max_minutes,
+                fit > 1 ? (int)fit : 1, left);
+    }
     return STATUS_OK;
 }
 
@@ -988,7 +993,10 @@ static enum status check_config(const struct draft_run_config *c)
     if (c->lora_rank < 1 || c->lora_rank > 1024) return tensor_fail(STATUS_VALUE, "--lora-rank must be in [1, 1024], got %d", c->lora_rank);
     if (!(c->lora_alpha > 0)) return tensor_fail(STATUS_VALUE, "--lora-alpha must be > 0, got %g", c->lora_alpha);
     if (c->eval_images < 1 || c->eval_images > 256) return tensor_fail(STATUS_VALUE, "--eval-images must be in [1, 256], got %d", c->eval_images);
-    if (c->eval_every < 0 || c->save_every < 0) return tensor_fail(STATUS_VALUE, "--eval-every and --save-every must be >= 0");
+    if (c->eval_every < 0 || c->save_every < 0 || c->lora_every < 0)
+        return tensor_fail(STATUS_VALUE, "--eval-every, --save-every and --lora-every must be >= 0");
+    if (!(c->max_minutes >= 0) || !isfinite(c->max_minutes))
+        return tensor_fail(STATUS_VALUE, "--max-minutes must be >= 0 (0 = no limit), got %g", c->max_minutes);
     if (!(c->opt.lr > 0) || !isfinite(c->opt.lr)) return tensor_fail(STATUS_VALUE, "--lr must be > 0, got %g", c->opt.lr);
     if (c->dtype != DTYPE_F32 && c->dtype != DTYPE_BF16)
         return tensor_fail(STATUS_VALUE, "--dtype %s: the base weights are f32 or bf16", dtype_name(c->dtype));
@@ -1189,9 +1197,24 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
             curve_push(r, true, r->step, e.reward);
             if ((s = keep_best(r, &e))) goto done;
         }
+        if (c->lora_every && r->step % c->lora_every == 0) {   /* a LoRA to go back to later (draft-sample, draft-score) */
+            snprintf(name, sizeof name, "loras/step_%05d.safetensors", r->step);
+            path_in(r, path, sizeof path, "loras");
+            if ((s = nn_mkdir_p(path))) goto done;
+            path_in(r, path, sizeof path, name);
+            if ((s = sd_lora_save(&r->lora, path, SD_LORA_PEFT))) goto done;
+        }
         const bool stop = stop_requested || (c->stop_after && r->step == c->stop_after);
-        if ((c->save_every && r->step % c->save_every == 0) || stop || r->step == c->iters)
+        /* the time budget: the run ends here as if this were its last step */
+        const bool out_of_time = c->max_minutes > 0 && r->step < c->iters && now_s() - r->t_start >= 60.0 * c->max_minutes;
+        if ((c->save_every && r->step % c->save_every == 0) || stop || out_of_time || r->step == c->iters)
             if ((s = save_checkpoint(r))) goto done;
+        if (out_of_time && !stop) {
+            if (c->progress) fputc('\n', stderr);
+            fprintf(stderr, "draft-run: --max-minutes %g reached at step %d of %d: the final evaluation and report follow "
+                            "(--resume continues)\n", c->max_minutes, r->step, c->iters);
+            break;
+        }
         if (stop) {
             if (c->progress) fputc('\n', stderr);
             fprintf(stderr, "draft-run: stopped at step %d; checkpoint saved, continue with --resume\n", r->step);

@@ -58,6 +58,9 @@ struct draft_run_config {
     int eval_images;       /* held-out seeds evaluated before, during and after training */
     int eval_every;        /* 0 = only before and after */
     int save_every;        /* checkpoint period in steps; 0 = only at the end */
+    int lora_every;        /* also keep the LoRA of every N-th step, <out>/loras/step_NNNNN.safetensors (0 = off) */
+    double max_minutes;    /* end training once this much wall time has passed (0 = no limit): checkpoint, then
+                            * the final evaluation, LoRA files and report as after the last step */
     bool resume;           /* continue from out/checkpoint.safetensors */
     bool dry_run;          /* measure one held-out evaluation and one optimiser step, project the whole run
                             * from them, and write nothing (not even out/) */

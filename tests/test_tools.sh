@@ -20,7 +20,7 @@ check "draft-run --help fits in 100 columns (the model's path aside)" "! awk 'le
 awk '/^                     [^ ]/ { sub(/^ +/, " "); line = line $0; next } { if (have) print line; line = $0; have = 1 }
      END { if (have) print line }' "$tmp/help.raw" >"$tmp/help"
 for opt in model ckpt reward eval-reward prompts negative-prompt out method k lv-n steps guidance eta checkpoint checkpoint-blocks lora-rank lora-targets init-lora lr grad-clip \
-           warmup accum batch iters seed size eval-images save-every resume dry-run device precision; do
+           warmup accum batch iters seed size eval-images save-every lora-every max-minutes resume dry-run device precision; do
     check "--help lists --$opt with its default" "grep -q -- '--$opt.*(default: ' '$tmp/help'"
 done
 # --version: the project's version, the commit of the build's source, the CPU and its BLAS
@@ -131,6 +131,22 @@ if [ -f "$model/model_index.json" ]; then
     check "--resume with another --init-lora: refused" "[ $rc -ne 0 ] && grep -q \"started from --init-lora '.*/lora.safetensors'\" '$tmp/o'"
     "$run" --model "$model" $il --init-lora "$tmp/nothing.safetensors" --out "$tmp/il3" >"$tmp/o" 2>&1; rc=$?
     check "--init-lora of a missing file: exit 1, naming it" "[ $rc -eq 1 ] && grep -q -- '--init-lora: .*nothing.safetensors' '$tmp/o'"
+    # --lora-every keeps the LoRA of every N-th step (the last one is lora.safetensors); --max-minutes
+    # ends training early and still evaluates, writes the LoRA and the report
+    "$run" --model "$model" --steps 2 --iters 2 --batch 1 --size 64 --eval-images 2 --reward red --no-progress \
+           --lora-every 1 --out "$tmp/le" >"$tmp/o" 2>&1; rc=$?
+    check "draft-run --lora-every 1: loras/step_00001 and step_00002, the last equal to lora.safetensors" \
+          "[ $rc -eq 0 ] && [ -s '$tmp/le/loras/step_00001.safetensors' ] && \
+           cmp -s '$tmp/le/loras/step_00002.safetensors' '$tmp/le/lora.safetensors' && \
+           ! cmp -s '$tmp/le/loras/step_00001.safetensors' '$tmp/le/lora.safetensors'"
+    "$run" --model "$model" --steps 2 --iters 50 --batch 1 --size 64 --eval-images 2 --reward red --no-progress \
+           --max-minutes 0.00001 --out "$tmp/mm" >"$tmp/o" 2>&1; rc=$?
+    check "draft-run --max-minutes: one step, then the final evaluation, LoRA and report" \
+          "[ $rc -eq 0 ] && grep -q 'max-minutes 1e-05 reached at step 1 of 50' '$tmp/o' && tail -n 1 '$tmp/o' | grep -q ' steps=1 ' && \
+           [ -s '$tmp/mm/report.html' ] && [ -s '$tmp/mm/lora.safetensors' ] && [ \$(grep -c '\"eval\": true' '$tmp/mm/metrics.jsonl') -eq 2 ]"
+    "$run" --model "$model" --steps 2 --iters 2 --batch 1 --size 64 --eval-images 2 --reward red --no-progress \
+           --resume --out "$tmp/mm" >"$tmp/o" 2>&1; rc=$?
+    check "... and --resume continues from there" "[ $rc -eq 0 ] && grep -q 'resumed at step 1/2' '$tmp/o' && tail -n 1 '$tmp/o' | grep -q ' steps=2 '"
     # DRTune: k = 2 trained steps of 4, at an offset drawn per step; the LoRA gets a gradient
     "$run" --model "$model" --method drtune --k 2 --steps 4 --iters 2 --batch 1 --size 64 --eval-images 2 \
            --reward red --no-progress --out "$tmp/drt" >"$tmp/o" 2>&1; rc=$?

@@ -96,6 +96,10 @@ static const struct opt opts[] = {
                                        "the LoRA from before a reward began to be hacked"},
     {"eval-every", K_INT, F(eval_every), "evaluate and write a sample grid every N steps (0 = before/after only)"},
     {"save-every", K_INT, F(save_every), "write checkpoint.safetensors every N steps (0 = at the end only)"},
+    {"lora-every", K_INT, F(lora_every), "also keep the LoRA of every N-th step in <out>/loras/step_NNNNN.safetensors "
+                                         "(0 = off)"},
+    {"max-minutes", K_DOUBLE, F(max_minutes), "end training after this much wall time (0 = no limit), then evaluate "
+                                              "and report as after the last step; --resume continues"},
     {"resume", K_BOOL, F(resume), "continue from <out>/checkpoint.safetensors"},
     {"progress", K_BOOL, F(progress), "show a progress bar on stderr"},
     {"dry-run", K_BOOL, F(dry_run), "measure one held-out evaluation and one optimiser step (time, peak memory), "
