@@ -806,6 +806,30 @@ static enum status dry_run(struct run *r, struct draft_run_result *res)
                     "often a little faster\n",
             draft_method_name(c->method.method), c->batch, c->opt.accum_steps > 0 ? c->opt.accum_steps : 1,
             res->step_seconds, mem_format(res->step_peak_bytes, b, sizeof b), lim);
+    /* what the device has for this process: its free memory and what the allocator already holds */
+    int64_t avail = 0, total = 0;
+    res->available_bytes = -1, res->fit_batch = 0;
+    if (!tensor_device_memory(dev, &avail, &total)) {
+        mem_get_stats(dev, &m);
+        res->available_bytes = avail + m.reserved_bytes;
+        if (m.limit_bytes > 0 && m.limit_bytes < res->available_bytes) res->available_bytes = m.limit_bytes;   /* DRAFT_MEMORY_LIMIT */
+        fprintf(stderr, "  the %s's memory: %s in all, %s for this run (%s free, %s held by its allocator%s)\n",
+                device_name(dev), mem_format(total, a, sizeof a), mem_format(res->available_bytes, b, sizeof b),
+                mem_format(avail, d, sizeof d), mem_format(m.reserved_bytes, t, sizeof t),
+                res->available_bytes == m.limit_bytes ? "; the limit" : "");
+        /* the step's memory above the resident part grows with the micro-batch (LV: x lv_n); counting
+         * the optimiser's state in it too errs on the small side, and 5% is left to fragmentation */
+        const double per_image = (double)(res->step_peak_bytes - res->resident_bytes) / c->batch;
+        if (per_image > 0)
+            res->fit_batch = (int)fmin(256, (0.95 * (double)res->available_bytes - (double)res->resident_bytes) / per_image);
+        if (res->step_peak_bytes > res->available_bytes)
+            fprintf(stderr, "  the step's peak is more than that: the run would %s\n",
+                    dev == DEVICE_CPU ? "swap, or be killed" : "run out of memory");
+        else if (res->fit_batch > c->batch)
+            fprintf(stderr, "  %s %d images a micro-batch would fit (estimated: linear in --batch); --batch N --accum M "
+                            "trains on N x M images a step\n", res->fit_batch == 256 ? "the most --batch takes," : "about",
+                    res->fit_batch);
+    }
     fmt_duration(t, sizeof t, res->projected_seconds);
     fprintf(stderr, "  the run: %d step%s and %d evaluation%s: about %s\n", left, left == 1 ? "" : "s", n_eval,
             n_eval == 1 ? "" : "s", t);

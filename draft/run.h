@@ -89,6 +89,8 @@ struct draft_run_result {
     double eval_seconds, step_seconds;
     int64_t eval_peak_bytes, step_peak_bytes;
     double projected_seconds;   /* loading, the run's steps and evaluations (saving and the report aside) */
+    int64_t available_bytes;    /* the device's free memory plus what the allocator holds (-1: unknown) */
+    int fit_batch;              /* the micro-batch that would about fill that (linear in the batch; 0: unknown) */
 };
 
 enum status draft_run(const struct draft_run_config *c, struct draft_run_result *res);

@@ -135,6 +135,8 @@ struct backend {
 
     /* what this backend runs on, for run reports: the processor, threads, library versions */
     void (*describe)(char *buf, size_t n);
+    /* the device's memory: what a new allocation could still get, and the whole */
+    enum status (*memory)(int64_t *available, int64_t *total);
 };
 
 const char *unary_op_name(enum unary_op op);     /* "silu", ... */

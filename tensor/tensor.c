@@ -790,6 +790,13 @@ const struct backend *backend_for(enum device dev)
     return profile_wrap(backends[dev]);
 }
 const struct backend *backend_of(const struct tensor *t) { return profile_wrap(backends[t->storage->device]); }
+enum status tensor_device_memory(enum device dev, int64_t *available, int64_t *total)
+{
+    const struct backend *b = backend_for(dev);
+    if (!b || !b->memory) return tensor_fail(STATUS_DEVICE, "%s: the memory size is unknown", device_name(dev));
+    return b->memory(available, total);
+}
+
 const char *tensor_backend_describe(enum device dev, char *buf, size_t n)
 {
     const struct backend *b = backend_for(dev);

@@ -176,6 +176,10 @@ int tensor_num_threads(void);
  * name, memory, driver, runtime and cuBLAS) into buf, which is returned; "not available" where
  * the backend is not built or has no device. */
 const char *tensor_backend_describe(enum device dev, char *buf, size_t n);
+/* The device's memory in bytes: *available, what new allocations could still get (the CPU:
+ * MemAvailable of /proc/meminfo; CUDA: cudaMemGetInfo's free), and *total. Memory the caching
+ * allocator already holds is in neither's "available". STATUS_DEVICE where unknown. */
+enum status tensor_device_memory(enum device dev, int64_t *available, int64_t *total);
 /* in deterministic mode repeated runs give bit-identical results (CPU kernels always do;
  * backends with atomics switch to ordered reductions) */
 void tensor_set_deterministic(bool on);

@@ -981,6 +981,22 @@ END_TEST
 /* On the CPU, a request over 10 MiB that no free block holds first gives back the wholly free
  * segments (they are all smaller); a segment still partly used stays, and so does the cache
  * while a free block fits */
+/* the device's memory and what it runs on, for run reports and --dry-run */
+START_TEST(test_device_memory_describe)
+{
+    int64_t avail = -1, total = -1;
+    ck_assert_msg(tensor_device_memory(DEVICE_CPU, &avail, &total) == STATUS_OK, "%s", tensor_error());
+    ck_assert_msg(avail > 0 && total >= avail && total < ((int64_t)1 << 50), "available %lld of %lld", (long long)avail,
+                  (long long)total);
+    char d[512];
+    ck_assert(strstr(tensor_backend_describe(DEVICE_CPU, d, sizeof d), " threads; ") && strstr(d, "OpenBLAS"));
+    if (!backend_for(DEVICE_CUDA)) {   /* no GPU here: said so */
+        ck_assert_str_eq(tensor_backend_describe(DEVICE_CUDA, d, sizeof d), "not available");
+        ck_assert(tensor_device_memory(DEVICE_CUDA, &avail, &total) == STATUS_DEVICE);
+    }
+}
+END_TEST
+
 START_TEST(test_alloc_cpu_gives_back)
 {
     LEAK_CHECK_BEGIN();
@@ -1565,6 +1581,7 @@ int main(void)
     tcase_add_test(tc, test_alloc_too_large);
     tcase_add_test(tc, test_alloc_hugepages);
     tcase_add_test(tc, test_alloc_cpu_gives_back);
+    tcase_add_test(tc, test_device_memory_describe);
     tcase_add_test(tc, test_alloc_limit);
     tcase_add_test(tc, test_mem_parse_size);
     tcase_add_test(tc, test_philox_known_answers);

@@ -104,13 +104,22 @@ if [ -f "$model/model_index.json" ]; then
     rp=$(sed -n 's/^{"step": 1, .*"peak_mib": \([0-9.]*\).*/\1/p' "$tmp/run/metrics.jsonl")
     check "draft-run --dry-run: nothing written, the step's peak is the run's first step's ($dp MiB, $rp MiB)" \
           "[ $rc -eq 0 ] && [ ! -e '$tmp/dry' ] && [ -n '$dp' ] && [ '$dp' = '$rp' ] && \
-           grep -q 'the run: 2 steps and 2 evaluations' '$tmp/o'"
+           grep -q 'the run: 2 steps and 2 evaluations' '$tmp/o' && grep -q \"the cpu's memory: .* for this run\" '$tmp/o' && \
+           grep -Eq 'available_mib=[0-9.]+ fit_batch=[1-9][0-9]*$' '$tmp/o'"
     cp "$tmp/run/checkpoint.safetensors" "$tmp/ck.before"; cp "$tmp/run/metrics.jsonl" "$tmp/m.before"
     "$run" --model "$model" --steps 2 --iters 5 --eval-every 2 --batch 1 --size 64 --eval-images 2 --reward red \
            --no-progress --dry-run --resume --out "$tmp/run" >"$tmp/o" 2>&1; rc=$?
     check "--dry-run --resume: the steps and evaluations left (3 and 2: step 4, after), the run folder untouched" \
           "[ $rc -eq 0 ] && grep -q 'would resume at step 2/5' '$tmp/o' && grep -q 'the run: 3 steps and 2 evaluations' '$tmp/o' && \
            cmp -s '$tmp/ck.before' '$tmp/run/checkpoint.safetensors' && cmp -s '$tmp/m.before' '$tmp/run/metrics.jsonl'"
+    # the batch it says would fit under a limit does fit (measured at batch 1, tried at that batch)
+    DRAFT_MEMORY_LIMIT=120M "$run" --model "$model" --steps 2 --iters 2 --batch 1 --size 64 --eval-images 2 --reward red \
+           --no-progress --dry-run --out "$tmp/dry" >"$tmp/o" 2>&1; rc=$?
+    fb=$(sed -n 's/^dry-run: .* fit_batch=\([0-9]*\)$/\1/p' "$tmp/o")
+    DRAFT_MEMORY_LIMIT=120M "$run" --model "$model" --steps 2 --iters 2 --batch "${fb:-1}" --size 64 --eval-images 2 --reward red \
+           --no-progress --dry-run --out "$tmp/dry" >"$tmp/o2" 2>&1; rc2=$?
+    check "--dry-run under DRAFT_MEMORY_LIMIT=120M: the micro-batch it estimates ($fb) fits" \
+          "[ $rc -eq 0 ] && [ -n '$fb' ] && [ '$fb' -gt 1 ] && [ $rc2 -eq 0 ] && grep -q 'the limit)' '$tmp/o'"
     DRAFT_MEMORY_LIMIT=48M "$run" --model "$model" --steps 2 --iters 2 --batch 4 --size 64 --eval-images 2 --reward red \
            --no-progress --dry-run --out "$tmp/dry" >"$tmp/o" 2>&1; rc=$?
     check "--dry-run over a memory limit: exit 1, the limit, and what to change" \

@@ -466,9 +466,10 @@ int main(int argc, char **argv)
     }
     if (c.dry_run) {
         printf("dry-run: step_seconds=%.3f step_peak_mib=%.1f eval_seconds=%.3f eval_peak_mib=%.1f resident_mib=%.1f "
-               "projected_seconds=%.1f\n",
+               "projected_seconds=%.1f available_mib=%.1f fit_batch=%d\n",
                res.step_seconds, (double)res.step_peak_bytes / 1048576.0, res.eval_seconds,
-               (double)res.eval_peak_bytes / 1048576.0, (double)res.resident_bytes / 1048576.0, res.projected_seconds);
+               (double)res.eval_peak_bytes / 1048576.0, (double)res.resident_bytes / 1048576.0, res.projected_seconds,
+               res.available_bytes >= 0 ? (double)res.available_bytes / 1048576.0 : -1.0, res.fit_batch);
         return 0;
     }
     if (res.interrupted) {

@@ -60,6 +60,24 @@ static void cpu_describe(char *buf, size_t n)
     snprintf(buf, n, "%s, %d threads; %s", model, tensor_num_threads(), blas ? blas : "OpenBLAS (unknown version)");
 }
 
+/* MemAvailable and MemTotal of /proc/meminfo (kB) */
+static enum status cpu_memory(int64_t *available, int64_t *total)
+{
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (!f) return tensor_fail(STATUS_DEVICE, "cpu: /proc/meminfo cannot be read");
+    long long a = -1, t = -1, v;
+    char line[256], key[64];
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "%63[^:]: %lld", key, &v) == 2) {
+            if (!strcmp(key, "MemAvailable")) a = v;
+            if (!strcmp(key, "MemTotal")) t = v;
+        }
+    fclose(f);
+    if (a < 0 || t < 0) return tensor_fail(STATUS_DEVICE, "cpu: /proc/meminfo has no MemAvailable or MemTotal");
+    *available = (int64_t)a * 1024, *total = (int64_t)t * 1024;
+    return STATUS_OK;
+}
+
 const struct backend backend_cpu = {
     .name = "cpu",
     .device = DEVICE_CPU,
@@ -92,6 +110,7 @@ const struct backend backend_cpu = {
     .embedding_backward = cpu_embedding_backward,
     .random = cpu_random,
     .describe = cpu_describe,
+    .memory = cpu_memory,
 };
 
 void tensor_set_num_threads(int n)

@@ -89,6 +89,14 @@ static void cuda_describe(char *buf, size_t n)
              rt % 1000 / 10, bl[0], bl[1], bl[2]);
 }
 
+static enum status cuda_memory(int64_t *available, int64_t *total)
+{
+    size_t fr = 0, tot = 0;
+    CUDA_TRY(cudaMemGetInfo(&fr, &tot));
+    *available = (int64_t)fr, *total = (int64_t)tot;
+    return STATUS_OK;
+}
+
 static void *cuda_raw_alloc(size_t bytes)
 {
     void *p = NULL;
@@ -164,6 +172,7 @@ const struct backend backend_cuda = {
     .random = cuda_random,
     .synchronize = cuda_synchronize,
     .describe = cuda_describe,
+    .memory = cuda_memory,
 };
 
 static void init_once(void)
