@@ -279,6 +279,19 @@ static struct tensor *f_binary(struct tensor *const *in, void *ctx)
     return binary_fns[b->op](x, y);
 }
 
+/* the device's memory and name, as --dry-run and the run report show them */
+START_TEST(test_memory_describe)
+{
+    int64_t avail = -1, total = -1;
+    ck_assert_msg(tensor_device_memory(DEVICE_CUDA, &avail, &total) == STATUS_OK, "%s", tensor_error());
+    ck_assert_msg(avail > 0 && total >= avail, "available %lld of %lld", (long long)avail, (long long)total);
+    char d[512];
+    ck_assert_msg(strstr(tensor_backend_describe(DEVICE_CUDA, d, sizeof d), " (sm_") && strstr(d, "driver ") &&
+                  strstr(d, "cuBLAS "), "%s", d);
+    printf("cuda: %s; %.1f of %.1f GiB available\n", d, avail / 1073741824.0, total / 1073741824.0);
+}
+END_TEST
+
 START_TEST(test_binary)
 {
     LEAK_CHECK_BEGIN();
@@ -1398,6 +1411,7 @@ int main(void)
         suite_add_tcase(s, tcs[i].tc);
     }
     tcase_add_loop_test(tcs[0].tc, test_unary, 0, N_UNARY);
+    tcase_add_test(tcs[0].tc, test_memory_describe);
     tcase_add_test(tcs[0].tc, test_binary);
     tcase_add_test(tcs[0].tc, test_compare_where);
     tcase_add_test(tcs[0].tc, test_views);
