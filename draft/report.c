@@ -488,7 +488,7 @@ enum status draft_report_html(const char *path, const struct draft_report *r)
         sb_puts(&b, "</div>\n");
     }
     if (r->measures_html && r->measures_html[0]) {
-        sb_puts(&b, "<h2>The held-out measures during training</h2>\n");
+        sb_puts(&b, "<h2>Measures during training</h2>\n");
         sb_puts(&b, r->measures_html);
     }
     if (r->before_png || r->after_png) {
@@ -576,7 +576,7 @@ struct cmp_run {
     char method[32];
     char reward[1100], eval_reward[1100];
     double queries_per_step;              /* reward queries of one optimiser step; NaN without config.json */
-    struct dvec tx, ty;                   /* training steps: x, reward */
+    struct dvec tx, ty, tg;               /* training steps: x, reward, gradient norm (before clipping) */
     struct dvec ex, ey, ediv, eheld, eclip;   /* evaluations: x, reward, diversity, eval reward, CLIP diversity */
     struct dvec eterm[DRAFT_REWARD_MAX_TERMS];   /* evaluations: a sum reward's terms (NaN where a line has none) */
     int n_terms;                          /* the most terms a line had */
@@ -588,7 +588,7 @@ struct cmp_run {
 
 static void cmp_run_free(struct cmp_run *r)
 {
-    struct dvec *d[] = {&r->tx, &r->ty, &r->ex, &r->ey, &r->ediv, &r->eheld, &r->eclip};
+    struct dvec *d[] = {&r->tx, &r->ty, &r->tg, &r->ex, &r->ey, &r->ediv, &r->eheld, &r->eclip};
     for (size_t i = 0; i < sizeof d / sizeof *d; i++) free(d[i]->v);
     for (int k = 0; k < DRAFT_REWARD_MAX_TERMS; k++) free(r->eterm[k].v);
     cJSON_Delete(r->config);
@@ -680,7 +680,7 @@ static enum status cmp_read_metrics(struct cmp_run *r, enum draft_compare_x xk)
                 ok = dvec_push(&r->eterm[k], cJSON_IsNumber(t) ? t->valuedouble : NAN);
             }
         } else {
-            ok = dvec_push(&r->tx, x) && dvec_push(&r->ty, json_num(o, "reward"));
+            ok = dvec_push(&r->tx, x) && dvec_push(&r->ty, json_num(o, "reward")) && dvec_push(&r->tg, json_num(o, "grad_norm"));
         }
         cJSON_Delete(o);
         if (!ok) s = tensor_fail(STATUS_OOM, "%s: out of memory", path);
@@ -844,9 +844,10 @@ enum status draft_compare_html(const char *path, int n_runs, const char *const *
     /* the charts: each run a series on its own x */
     struct {
         const char *title, *ylabel;
-        int which;   /* 0 held-out reward, 1 training reward, 2 diversity, 3 eval reward, 4 CLIP diversity */
+        int which;   /* 0 held-out reward, 1 training reward, 2 diversity, 3 eval reward, 4 CLIP diversity, 5 |g| */
     } charts[] = {{"reward on the held-out seeds", "reward", 0},
                   {"reward of the training batches", "reward", 1},
+                  {"gradient norm of the training steps (before clipping)", "|g|", 5},
                   {"diversity of the held-out samples", "diversity", 2},
                   {"diversity in image embeddings (--diversity-model)", "1 - cosine", 4},
                   {"eval reward on the held-out seeds", "eval reward", 3}};
@@ -856,11 +857,11 @@ enum status draft_compare_html(const char *path, int n_runs, const char *const *
         int ns[DRAFT_COMPARE_MAX_RUNS];
         for (int i = 0; i < n_runs; i++) {
             const struct cmp_run *r = &runs[i];
-            const bool train = charts[c].which == 1;
+            const bool train = charts[c].which == 1 || charts[c].which == 5;
             xs[i] = train ? r->tx.v : r->ex.v;
             ns[i] = train ? r->tx.n : r->ex.n;
             const int w = charts[c].which;
-            ys[i] = train ? r->ty.v : w == 0 ? r->ey.v : w == 2 ? r->ediv.v : w == 4 ? r->eclip.v : r->eheld.v;
+            ys[i] = w == 1 ? r->ty.v : w == 5 ? r->tg.v : w == 0 ? r->ey.v : w == 2 ? r->ediv.v : w == 4 ? r->eclip.v : r->eheld.v;
             if ((w == 3 && !r->has_held) || (w == 4 && !r->has_clip)) ys[i] = NULL;
         }
         char *svg = draft_svg_chart_xy(xs, ys, ns, labels, n_runs, charts[c].title, xlabel[x], charts[c].ylabel);
@@ -947,6 +948,14 @@ char *draft_run_measures_html(const char *run_dir, int n_terms, const char *cons
         sb_puts(&b, "<div class=\"chart\">\n");
         sb_puts(&b, svg);
         sb_puts(&b, "</div>\n");
+        free(svg);
+    }
+    if (!s && r.tx.n >= 3) {   /* DRaFT-K's gradients grow with K (DRAFT.md): the norm the clipping saw */
+        const double *y = r.tg.v;
+        char *svg = draft_svg_line_chart(r.tx.v, &y, NULL, 1, r.tx.n, "gradient norm of the training steps (before clipping)",
+                                         "step", "|g|");
+        if (!svg) s = tensor_status();
+        else sb_puts(&b, "<div class=\"chart\">\n"), sb_puts(&b, svg), sb_puts(&b, "</div>\n");
         free(svg);
     }
     cmp_run_free(&r);

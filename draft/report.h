@@ -94,15 +94,16 @@ enum status draft_report_html(const char *path, const struct draft_report *r);
 /* Several draft-run folders side by side, in one self-contained HTML file written atomically: a
  * table (method, reward spec, held-out reward and diversity before and after, the eval reward,
  * steps, reward queries, training seconds, peak memory) and charts of the held-out reward, the
- * training batches' reward, the diversity and the eval reward, each run one series, against
+ * training batches' reward and gradient norm, the diversity and the eval reward, each run one series, against
  * x = the step, the reward queries (steps x batch x accum, x lv_n for DRaFT-LV) or the summed
  * step times. Reads <dir>/metrics.jsonl and <dir>/config.json (config.json is needed only for the
  * reward queries). Errors name the file and line. */
-/* The held-out measures of a run folder's metrics.jsonl by step, as HTML to inline (one SVG chart
- * each, trusted markup, malloc'd): the pixel diversity, the CLIP diversity and the eval reward
- * where the evaluations have them, and each of the first n_terms terms of a sum reward (titled
- * with term_names[k] where given). "" when there are fewer than 3 evaluations (before and after
- * alone are the results table). NULL with a message naming the file and line on error. */
+/* The measures of a run folder's metrics.jsonl by step, as HTML to inline (one SVG chart each,
+ * trusted markup, malloc'd): from 3 evaluations on (before and after alone are the results
+ * table), the pixel diversity, the CLIP diversity and the eval reward where the evaluations have
+ * them, and each of the first n_terms terms of a sum reward (titled with term_names[k] where
+ * given); from 3 training steps on, the gradient norm before clipping. "" when there is nothing to
+ * draw. NULL with a message naming the file and line on error. */
 char *draft_run_measures_html(const char *run_dir, int n_terms, const char *const *term_names);
 #define DRAFT_COMPARE_MAX_RUNS 8
 enum draft_compare_x { DRAFT_COMPARE_STEP, DRAFT_COMPARE_QUERIES, DRAFT_COMPARE_SECONDS };

@@ -675,7 +675,9 @@ START_TEST(test_compare_html)
                   strstr(h, "<tr><th>batch</th><td><code>2</code></td><td><code>4</code></td></tr>") &&
                   strstr(h, "<tr><th>lv-n</th><td><code>2</code></td><td><code>(not set)</code></td></tr>") &&
                   !strstr(h, "<tr><th>reward</th>"), "%s", h);
-    ck_assert_int_eq(count_str(h, "<svg"), 5);   /* held-out, training, diversity, CLIP diversity, eval reward */
+    /* held-out, training reward and gradient norm, diversity, CLIP diversity, eval reward */
+    ck_assert_int_eq(count_str(h, "<svg"), 6);
+    ck_assert(strstr(h, "gradient norm of the training steps (before clipping)"));
     /* b has no CLIP diversity: n/a in its row */
     ck_assert(strstr(h, "<td class=\"num\">0.3500</td><td class=\"num\">n/a</td><td class=\"num\">n/a</td>"));
     ck_assert(!has_nonfinite(h));
@@ -691,7 +693,7 @@ START_TEST(test_compare_html)
     const char *bc[2] = {b, c};
     ck_assert(draft_compare_html(out, 2, bc, DRAFT_COMPARE_STEP) == STATUS_OK);
     h = (char *)test_slurp(out, &n);
-    ck_assert(strstr(h, "different rewards") && !strstr(h, "eval reward") && count_str(h, "<svg") == 3);
+    ck_assert(strstr(h, "different rewards") && !strstr(h, "eval reward") && count_str(h, "<svg") == 4);
     ck_assert(strstr(h, "<tr><th>c</th><td>full</td>"));
     ck_assert(strstr(h, "<tr><th>reward</th><td><code>red</code></td><td><code>jpeg</code></td></tr>"));
     free(h);
@@ -704,14 +706,14 @@ START_TEST(test_compare_html)
     const char *sab[2] = {sa, sb};
     ck_assert(draft_compare_html(out, 2, sab, DRAFT_COMPARE_STEP) == STATUS_OK);
     h = (char *)test_slurp(out, &n);
-    ck_assert_int_eq(count_str(h, "<svg"), 3 + 2);
+    ck_assert_int_eq(count_str(h, "<svg"), 4 + 2);
     ck_assert_msg(strstr(h, "<h2>term 1: red on the held-out seeds (unweighted)</h2>") &&
                   strstr(h, "<h2>term 2: 0.5*jpeg on the held-out seeds (unweighted)</h2>"), "%s", h);
     free(h);
     const char *sbc[2] = {sb, c};   /* another reward: the terms do not compare, no such chart */
     ck_assert(draft_compare_html(out, 2, sbc, DRAFT_COMPARE_STEP) == STATUS_OK);
     h = (char *)test_slurp(out, &n);
-    ck_assert(count_str(h, "<svg") == 3 && !strstr(h, "term 1"));
+    ck_assert(count_str(h, "<svg") == 4 && !strstr(h, "term 1"));
     free(h);
     /* errors name the file (and line) */
     const char *bad = make_run(root, "bad", NULL, "{\"step\": 0, \"eval\": true, \"reward\": 1}\n{\"step\": 1, oops\n");
@@ -779,6 +781,16 @@ START_TEST(test_run_measures_html)
                              "{\"step\": 9, \"eval\": true, \"reward\": 3, \"diversity\": 0.2}\n");
     h = draft_run_measures_html(b, 2, NULL);
     ck_assert(h && count_str(h, "<svg") == 1 && strstr(h, ">diversity of the held-out samples<"));
+    free(h);
+    /* three training steps: their gradient norm too (a null one is a gap) */
+    const char *g = make_run(root, "g", NULL,
+                             "{\"step\": 0, \"eval\": true, \"reward\": 1, \"diversity\": 0.4}\n"
+                             "{\"step\": 1, \"reward\": 1, \"grad_norm\": 0.5}\n{\"step\": 2, \"reward\": 1, \"grad_norm\": 2.5}\n"
+                             "{\"step\": 3, \"reward\": 1, \"grad_norm\": 7}\n"
+                             "{\"step\": 3, \"eval\": true, \"reward\": 2, \"diversity\": 0.3}\n");
+    h = draft_run_measures_html(g, 0, NULL);
+    ck_assert(h && count_str(h, "<svg") == 1 && strstr(h, ">gradient norm of the training steps (before clipping)<") &&
+              count_str(h, "<polyline") == 1);
     free(h);
     /* before and after only: nothing to draw */
     const char *c = make_run(root, "c", NULL,
