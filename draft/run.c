@@ -826,9 +826,9 @@ static enum status dry_run(struct run *r, struct draft_run_result *res)
             fprintf(stderr, "  the step's peak is more than that: the run would %s\n",
                     dev == DEVICE_CPU ? "swap, or be killed" : "run out of memory");
         else if (res->fit_batch > c->batch)
-            fprintf(stderr, "  %s %d images a micro-batch would fit (estimated: linear in --batch); --batch N --accum M "
-                            "trains on N x M images a step\n", res->fit_batch == 256 ? "the most --batch takes," : "about",
-                    res->fit_batch);
+            fprintf(stderr, "  a micro-batch of %s%d images%s would fit (estimated: linear in --batch); --batch N "
+                            "--accum M trains on N x M images a step\n", res->fit_batch == 256 ? "" : "about ",
+                    res->fit_batch, res->fit_batch == 256 ? ", the most --batch takes," : "");
     }
     fmt_duration(t, sizeof t, res->projected_seconds);
     fprintf(stderr, "  the run: %d step%s and %d evaluation%s: about %s\n", left, left == 1 ? "" : "s", n_eval,
