@@ -1250,7 +1250,19 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
     /* after: evaluation, LoRA files, report */
     path_in(r, path, sizeof path, "after.png");
     struct eval_result e;
-    if ((s = evaluate(r, path, &e, r->img_after))) goto done;
+    if (!c->resume && r->step == 0) {   /* no step taken (--iters 0: a LoRA evaluated): 'after' is 'before' */
+        e = r->before;
+        memcpy(r->img_after, r->img_before, (size_t)c->eval_images * sizeof *r->img_after);
+        char before_png[1200];
+        path_in(r, before_png, sizeof before_png, "before.png");
+        size_t len = 0;
+        char *png = nn_file_read(before_png, (size_t)1 << 30, &len);
+        s = png ? nn_file_write_atomic(path, 1, (const void *[]){png}, (size_t[]){len}) : tensor_status();
+        free(png);
+        if (s) goto done;
+    } else if ((s = evaluate(r, path, &e, r->img_after))) {
+        goto done;
+    }
     res->reward_after = e.reward, res->diversity_after = e.diversity, res->eval_reward_after = e.held;
     res->clip_diversity_after = e.clip_div;
     memcpy(res->terms_after, e.terms, sizeof e.terms);

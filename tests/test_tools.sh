@@ -136,6 +136,10 @@ if [ -f "$model/model_index.json" ]; then
     check "draft-run --init-lora: it starts where the LoRA's run ended ($ra; from scratch $r0), from either format" \
           "[ $rc -eq 0 ] && [ -n '$ra' ] && [ '$r1' = '$ra' ] && [ '$r2' = '$ra' ] && [ '$ra' != '$r0' ] && \
            grep -q '8 / 8 / from .*lora.safetensors' '$tmp/il1/report.html'"
+    "$run" --model "$model" $il --init-lora "$tmp/run/lora.safetensors" --iters 0 --out "$tmp/il0" >"$tmp/o" 2>&1; rc=$?
+    check "--iters 0 --init-lora evaluates a LoRA once: before = after = its run's last evaluation ($ra)" \
+          "[ $rc -eq 0 ] && [ \"\$(eval_reward '$tmp/il0/metrics.jsonl' 1)\" = '$ra' ] && [ \"\$(eval_reward '$tmp/il0/metrics.jsonl' 2)\" = '$ra' ] && \
+           cmp -s '$tmp/il0/before.png' '$tmp/il0/after.png' && tail -n 1 '$tmp/o' | grep -q ' steps=0 '"
     "$run" --model "$model" $il --init-lora "$tmp/run/lora_kohya.safetensors" --out "$tmp/il1" --iters 2 --resume >"$tmp/o" 2>&1; rc=$?
     check "--resume with another --init-lora: refused" "[ $rc -ne 0 ] && grep -q \"started from --init-lora '.*/lora.safetensors'\" '$tmp/o'"
     "$run" --model "$model" $il --init-lora "$tmp/nothing.safetensors" --out "$tmp/il3" >"$tmp/o" 2>&1; rc=$?
