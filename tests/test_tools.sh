@@ -393,6 +393,14 @@ if [ -f "$model/model_index.json" ]; then
     "$run" --model "$model" --steps 2 --iters 3 --batch 1 --size 64 --eval-images 2 --reward red \
            --no-progress --resume --out "$tmp/int" >"$tmp/o" 2>&1; rc=$?
     check "--resume after Ctrl-C finishes the run" "[ $rc -eq 0 ] && tail -n 1 '$tmp/o' | grep -q 'steps=3 '"
+    # SIGTERM (a scheduler's notice before its kill): the same, exit 143
+    "$run" --model "$model" --steps 2 --iters 200 --batch 1 --size 64 --eval-images 2 --reward red \
+           --no-progress --save-every 0 --out "$tmp/term" >"$tmp/term.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 1 600); do grep -q '"step": 1,' "$tmp/term/metrics.jsonl" 2>/dev/null && break; sleep 0.1; done
+    kill -TERM $pid
+    wait $pid; rc=$?
+    check "SIGTERM: exit 143 and a checkpoint" "[ $rc -eq 143 ] && [ -s '$tmp/term/checkpoint.safetensors' ] && grep -q 'continue with --resume' '$tmp/term.log'"
 else
     echo "SKIP: $model not found (the end-to-end part needs the parity model)"
 fi

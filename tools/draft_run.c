@@ -198,7 +198,7 @@ static void usage(FILE *f)
     fprintf(f, "  %-18s %s\n  %-18s %s\n  %-18s %s\n", "--config FILE", "read options from a JSON file",
             "--version", "the version, the commit and the backends (CPU, BLAS, GPU)",
             "--help", "this text\n"
-            "A boolean flag may be negated as --no-NAME. Ctrl-C saves a checkpoint and stops; --resume continues.\n"
+            "A boolean flag may be negated as --no-NAME. Ctrl-C (or SIGTERM) saves a checkpoint and stops; --resume continues.\n"
             "The last line printed is: final: reward_before=<x> reward_after=<y> steps=<n> seconds=<s>");
     char dir[1024];
     bool found = draft_embedded_model(dir, sizeof dir) == STATUS_OK;
@@ -367,11 +367,14 @@ static char *config_json(const struct draft_run_config *c)
     return text;
 }
 
-static void on_sigint(int sig)
+/* Ctrl-C, or a scheduler's SIGTERM before its kill (SLURM at the time limit, docker stop): a
+ * checkpoint after the current step; the same signal again ends at once */
+static volatile sig_atomic_t stop_signal;
+static void on_stop_signal(int sig)
 {
-    (void)sig;
+    stop_signal = sig;
     draft_run_request_stop();
-    signal(SIGINT, SIG_DFL);   /* a second Ctrl-C ends at once */
+    signal(sig, SIG_DFL);
 }
 
 int main(int argc, char **argv)
@@ -456,7 +459,8 @@ int main(int argc, char **argv)
         return 1;
     }
     c.config_json = json;
-    signal(SIGINT, on_sigint);
+    signal(SIGINT, on_stop_signal);
+    signal(SIGTERM, on_stop_signal);
     struct draft_run_result res;
     enum status s = draft_run(&c, &res);
     free(json);
@@ -474,7 +478,7 @@ int main(int argc, char **argv)
     }
     if (res.interrupted) {
         printf("stopped: steps=%d seconds=%.1f (checkpoint in %s; continue with --resume)\n", res.steps, res.seconds, c.out);
-        return 130;
+        return 128 + (stop_signal ? stop_signal : SIGINT);   /* 130 for Ctrl-C, 143 for SIGTERM */
     }
     const double rel = res.reward_before != 0 ? 100.0 * (res.reward_after - res.reward_before) / fabs(res.reward_before) : 0;
     printf("reward on %d held-out seed%s: %.4f -> %.4f (%+.0f%%)", c.eval_images, c.eval_images > 1 ? "s" : "",
