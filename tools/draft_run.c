@@ -198,7 +198,8 @@ static void usage(FILE *f)
     fprintf(f, "  %-18s %s\n  %-18s %s\n  %-18s %s\n", "--config FILE", "read options from a JSON file",
             "--version", "the version, the commit and the backends (CPU, BLAS, GPU)",
             "--help", "this text\n"
-            "A boolean flag may be negated as --no-NAME. Ctrl-C (or SIGTERM) saves a checkpoint and stops; --resume continues.\n"
+            "A boolean flag may be negated as --no-NAME. Ctrl-C or SIGTERM saves a checkpoint and stops;\n"
+            "--resume continues.\n"
             "The last line printed is: final: reward_before=<x> reward_after=<y> steps=<n> seconds=<s>");
     char dir[1024];
     bool found = draft_embedded_model(dir, sizeof dir) == STATUS_OK;
