@@ -36,11 +36,13 @@ static void usage(FILE *f)
             "  --quiet            no progress output\n");
 }
 
-static void on_sigint(int sig)
+/* Ctrl-C or SIGTERM (a scheduler's notice): a checkpoint, then stop; the same signal again ends at once */
+static volatile sig_atomic_t stop_signal;
+static void on_stop_signal(int sig)
 {
-    (void)sig;
+    stop_signal = sig;
     draft_pretrain_request_stop();
-    signal(SIGINT, SIG_DFL);   /* a second Ctrl-C ends at once */
+    signal(sig, SIG_DFL);
 }
 
 static bool parse_int(const char *s, int lo, int hi, int *out)
@@ -195,7 +197,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "draft-pretrain: %s\n", tensor_error());
         return 1;
     }
-    signal(SIGINT, on_sigint);
+    signal(SIGINT, on_stop_signal);
+    signal(SIGTERM, on_stop_signal);
     enum status s = STATUS_OK;
     struct draft_pretrain_stats st[DRAFT_PT_N_STAGES];
     bool ran[DRAFT_PT_N_STAGES] = {false}, stopped = false;
@@ -220,7 +223,7 @@ int main(int argc, char **argv)
             printf("%-4s params %lld  steps %lld (+%d)  loss %.4f -> %.4f  held-out %.4f  %.3f s/step\n",
                    draft_pretrain_stage_name(k), (long long)st[k].n_params, (long long)st[k].step, st[k].steps_done,
                    st[k].first_loss, st[k].last_loss, st[k].eval_loss, st[k].sec_per_step);
-    if (stopped) return 130;
+    if (stopped) return 128 + (stop_signal ? stop_signal : SIGINT);   /* 130 for Ctrl-C, 143 for SIGTERM */
     if (export_dir) {
         char cmd[4096];
         size_t p = 0;
