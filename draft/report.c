@@ -966,3 +966,76 @@ char *draft_run_measures_html(const char *run_dir, int n_terms, const char *cons
     }
     return b.s;
 }
+
+/* ---------------------------------------------------------------- a sweep of LoRA scales */
+
+enum status draft_sweep_html(const char *path, int n_loras, const char *const *lora_paths, int n_rows,
+                             const struct draft_sweep_row *rows, const char *reward_spec, const char *div_spec,
+                             const char *grid_png)
+{
+    if (n_loras < 1 || n_rows < 1 || !lora_paths || !rows)
+        return tensor_fail(STATUS_VALUE, "draft_sweep_html %s: %d LoRAs, %d rows", path, n_loras, n_rows);
+    struct sbuf b = {0};
+    sb_printf(&b, "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>LoRA scales swept"
+                  "</title>\n<style>%s</style>\n</head>\n<body>\n<h1>LoRA scales swept</h1>\n<table>\n<tr>", css);
+    for (int i = 0; i < n_loras; i++) {
+        sb_puts(&b, "<th>scale of <code>");
+        sb_escape(&b, lora_paths[i]);
+        sb_puts(&b, "</code></th>");
+    }
+    if (reward_spec) {
+        sb_puts(&b, "<th>reward <code>");
+        sb_escape(&b, reward_spec);
+        sb_puts(&b, "</code></th>");
+    }
+    sb_puts(&b, "<th>diversity</th>");
+    if (div_spec) {
+        sb_puts(&b, "<th>diversity in <code>");
+        sb_escape(&b, div_spec);
+        sb_puts(&b, "</code></th>");
+    }
+    sb_puts(&b, "<th>images</th></tr>\n");
+    for (int r = 0; r < n_rows; r++) {
+        sb_puts(&b, "<tr>");
+        for (int i = 0; i < n_loras; i++) sb_printf(&b, "<td class=\"num\">%g</td>", rows[r].scales[i]);
+        if (reward_spec) sb_puts(&b, "<td class=\"num\">"), sb_num(&b, rows[r].reward), sb_puts(&b, "</td>");
+        sb_puts(&b, "<td class=\"num\">"), sb_num(&b, rows[r].diversity), sb_puts(&b, "</td>");
+        if (div_spec) sb_puts(&b, "<td class=\"num\">"), sb_num(&b, rows[r].clip_diversity), sb_puts(&b, "</td>");
+        sb_puts(&b, "<td><a href=\"");
+        sb_url(&b, rows[r].dir ? rows[r].dir : "");
+        sb_puts(&b, "/grid.png\">");
+        sb_escape(&b, rows[r].dir ? rows[r].dir : "");
+        sb_puts(&b, "</a></td></tr>\n");
+    }
+    sb_puts(&b, "</table>\n<p><small>Each combination samples the same seeds. Diversity: mean pairwise RMS pixel "
+                "distance / 2; in embeddings: mean pairwise 1 - cosine. A reward that keeps rising with the scale while "
+                "the diversity falls is the LoRA pushed into reward hacking.</small></p>\n");
+    enum status s = STATUS_OK;
+    if (n_loras == 1) {   /* against the one scale */
+        double *x = malloc(sizeof *x * (size_t)n_rows), *yr = malloc(sizeof *yr * (size_t)n_rows),
+               *yd = malloc(sizeof *yd * (size_t)n_rows), *yc = malloc(sizeof *yc * (size_t)n_rows);
+        if (!x || !yr || !yd || !yc) s = tensor_fail(STATUS_OOM, "draft_sweep_html %s: out of memory", path);
+        for (int r = 0; !s && r < n_rows; r++)
+            x[r] = rows[r].scales[0], yr[r] = rows[r].reward, yd[r] = rows[r].diversity, yc[r] = rows[r].clip_diversity;
+        char *svg[2] = {NULL, NULL};
+        if (!s && reward_spec && !(svg[0] = draft_svg_line_chart(x, (const double *[]){yr}, NULL, 1, n_rows,
+                                                                 "mean reward against the LoRA's scale", "scale", "reward")))
+            s = tensor_status();
+        if (!s && !(svg[1] = draft_svg_line_chart(x, (const double *[]){yd, div_spec ? yc : NULL},
+                                                  (const char *[]){"pixel diversity", "diversity in embeddings"}, 2, n_rows,
+                                                  "diversity against the LoRA's scale", "scale", "diversity")))
+            s = tensor_status();
+        for (int k = 0; k < 2; k++)
+            if (svg[k]) sb_puts(&b, "<div class=\"chart\">\n"), sb_puts(&b, svg[k]), sb_puts(&b, "</div>\n");
+        free(svg[0]), free(svg[1]), free(x), free(yr), free(yd), free(yc);
+    }
+    if (!s && grid_png) {
+        sb_puts(&b, "<h2>The first images of each combination</h2>\n");
+        sb_figure(&b, grid_png, "a row per combination, in the table's order");
+    }
+    sb_puts(&b, "</body>\n</html>\n");
+    if (!s) s = b.oom ? tensor_fail(STATUS_OOM, "draft_sweep_html %s: out of memory", path)
+                      : draft_file_write_atomic(path, b.s, b.len);
+    free(b.s);
+    return s;
+}

@@ -105,6 +105,21 @@ enum status draft_report_html(const char *path, const struct draft_report *r);
  * given); from 3 training steps on, the gradient norm before clipping. "" when there is nothing to
  * draw. NULL with a message naming the file and line on error. */
 char *draft_run_measures_html(const char *run_dir, int n_terms, const char *const *term_names);
+/* One combination of a draft-sample sweep of LoRA scales, and what its images measured (NaN:
+ * not measured). */
+struct draft_sweep_row {
+    const double *scales;     /* one per LoRA */
+    const char *dir;          /* its folder, relative to the page */
+    double reward, diversity, clip_diversity;
+};
+/* The sweep as one self-contained HTML page, written atomically: a table (the scales, the mean
+ * reward, the pixel and CLIP diversity, each combination's folder), the grid image (relative
+ * path; NULL: none), and for a sweep of one LoRA the reward and the diversities against its
+ * scale (the paper's "LoRA scaling": reward up, diversity down). reward_spec and div_spec may be
+ * NULL (not measured). */
+enum status draft_sweep_html(const char *path, int n_loras, const char *const *lora_paths, int n_rows,
+                             const struct draft_sweep_row *rows, const char *reward_spec, const char *div_spec,
+                             const char *grid_png);
 #define DRAFT_COMPARE_MAX_RUNS 8
 enum draft_compare_x { DRAFT_COMPARE_STEP, DRAFT_COMPARE_QUERIES, DRAFT_COMPARE_SECONDS };
 enum status draft_compare_html(const char *path, int n_runs, const char *const *run_dirs, enum draft_compare_x x);

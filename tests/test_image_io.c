@@ -841,6 +841,39 @@ START_TEST(test_to_tensor)
 }
 END_TEST
 
+/* the sweep page: a row per combination; for one LoRA, charts against its scale */
+START_TEST(test_sweep_html)
+{
+    char root[64] = "/tmp/draft_sweep_XXXXXX";
+    ck_assert(mkdtemp(root) != NULL);
+    char out[128];
+    snprintf(out, sizeof out, "%s/sweep.html", root);
+    const double sc[3][2] = {{0, 1}, {0.5, 1}, {2, 0}};
+    struct draft_sweep_row rows[3] = {{sc[0], "scale_0", 0.1, 0.4, 0.9}, {sc[1], "scale_0.5", 0.2, 0.35, NAN},
+                                      {sc[2], "scale_2 <&>", 0.3, 0.3, 0.7}};
+    ck_assert_msg(draft_sweep_html(out, 1, (const char *[]){"a <b>.safetensors"}, 3, rows, "red", "clip", "sweep.png") ==
+                  STATUS_OK, "%s", tensor_error());
+    size_t n;
+    char *h = (char *)test_slurp(out, &n);
+    ck_assert_int_eq(count_str(h, "<svg"), 2);   /* reward, and the two diversities, against the scale */
+    ck_assert_msg(strstr(h, "<tr><td class=\"num\">0.5</td><td class=\"num\">0.2000</td><td class=\"num\">0.3500</td>"
+                            "<td class=\"num\">n/a</td>") && strstr(h, "a &lt;b&gt;.safetensors") &&
+                  strstr(h, "scale_2 &lt;&amp;&gt;") && strstr(h, "src=\"sweep.png\""), "%s", h);
+    ck_assert(!has_nonfinite(h));
+    free(h);
+    /* two LoRAs, no reward, no diversity model: the table alone */
+    ck_assert(draft_sweep_html(out, 2, (const char *[]){"a", "b"}, 3, rows, NULL, NULL, NULL) == STATUS_OK);
+    h = (char *)test_slurp(out, &n);
+    ck_assert(count_str(h, "<svg") == 0 && count_str(h, "<tr>") == 4 && !strstr(h, "<th>reward") && !strstr(h, "<img"));
+    ck_assert(strstr(h, "<td class=\"num\">0.5</td><td class=\"num\">1</td><td class=\"num\">0.3500</td><td><a"));
+    free(h);
+    ck_assert(draft_sweep_html(out, 1, (const char *[]){"a"}, 0, rows, NULL, NULL, NULL) == STATUS_VALUE);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", root);
+    ck_assert(system(cmd) == 0);
+}
+END_TEST
+
 /* ---------------------------------------------------------------- diversity */
 
 START_TEST(test_diversity)
@@ -1068,6 +1101,7 @@ int main(void)
     tcase_add_test(tr, test_report_html);
     tcase_add_test(tr, test_compare_html);
     tcase_add_test(tr, test_run_measures_html);
+    tcase_add_test(tr, test_sweep_html);
     tcase_add_test(tr, test_demo_report);
     suite_add_tcase(s, tr);
     return test_run_suite(s);

@@ -47,8 +47,8 @@ static void usage(FILE *f)
             "  --lora FILE[:S]    a LoRA file (diffusers/PEFT or kohya names) applied with scale S (default 1);\n"
             "                     repeatable: several LoRAs are combined into one adapter. FILE:S1,S2,...\n"
             "                     sweeps the scales: every combination (up to " STR(MAX_SWEEP) ") samples the same\n"
-            "                     seeds into <out>/scale_<scales>/, with sweep.png (a row each) and\n"
-            "                     sweep.jsonl (reward, diversity) in <out>\n"
+            "                     seeds into <out>/scale_<scales>/, with sweep.html, sweep.png (a row each)\n"
+            "                     and sweep.jsonl (reward, diversity) in <out>\n"
             "  --merge            merge the LoRAs into the weights instead of running them as an adapter\n"
             "  --n N              images per prompt (default 1)\n"
             "  --seed S           image k starts from the latents of seed S + k (default 0)\n"
@@ -136,7 +136,7 @@ struct job {
     const char *negative;
     int64_t w, h, f;             /* image size, the VAE's factor */
     struct draft_reward *reward, *div_model;   /* NULL: none */
-    const char *reward_spec;
+    const char *reward_spec, *div_spec;
 };
 
 /* what one combination gave (NaN where not measured) */
@@ -247,7 +247,7 @@ static enum status write_sweep(const char *out, const struct job *j, int n_loras
     if (!f) return tensor_fail(STATUS_IO, "%s: cannot write: %s", path, strerror(errno));
     printf("draft-sample: %d combinations of LoRA scales (", n_cfg);
     for (int i = 0; i < n_loras; i++) printf("%s%s", i ? ", " : "", paths[i]);
-    printf("), %d image%s each; sweep.png and sweep.jsonl in %s\n", j->total, j->total == 1 ? "" : "s", out);
+    printf("), %d image%s each; sweep.html, sweep.png and sweep.jsonl in %s\n", j->total, j->total == 1 ? "" : "s", out);
     printf("  %-16s %12s %12s%s\n", "scales", j->reward ? "reward" : "", "diversity", j->div_model ? "   CLIP diversity" : "");
     for (int c = 0; c < n_cfg; c++) {
         char name[32 * MAX_LORAS + 8], dir[32 * MAX_LORAS + 16];
@@ -280,7 +280,19 @@ static enum status write_sweep(const char *out, const struct job *j, int n_loras
         }
         printf("\n");
     }
-    return fclose(f) ? tensor_fail(STATUS_IO, "%s: cannot write", path) : STATUS_OK;
+    if (fclose(f)) return tensor_fail(STATUS_IO, "%s: cannot write", path);
+    /* the page: the table, the grid, and for one LoRA the measures against its scale */
+    struct draft_sweep_row rows[MAX_SWEEP];
+    char dirs[MAX_SWEEP][32 * MAX_LORAS + 16];
+    for (int c = 0; c < n_cfg; c++) {
+        char name[32 * MAX_LORAS + 8];
+        scales_name(name, sizeof name, n_loras, scales[c], "_");
+        snprintf(dirs[c], sizeof dirs[c], "scale_%s", name);
+        rows[c] = (struct draft_sweep_row){scales[c], dirs[c], res[c].reward, res[c].diversity, res[c].clip_div};
+    }
+    snprintf(path, sizeof path, "%s/sweep.html", out);
+    return draft_sweep_html(path, n_loras, paths, n_cfg, rows, j->reward ? j->reward_spec : NULL,
+                            j->div_model ? j->div_spec : NULL, "sweep.png");
 }
 
 int main(int argc, char **argv)
@@ -429,7 +441,7 @@ int main(int argc, char **argv)
     /* the reward before any sampling: a bad spec fails at once */
     struct job j = {.labels = labels, .total = total, .n_per = (int)n_per, .batch = (int)batch, .seed = seed,
                     .o = {.steps = (int)steps, .guidance = guidance, .eta = eta}, .negative = negative,
-                    .reward_spec = reward_spec};
+                    .reward_spec = reward_spec, .div_spec = div_spec};
     char rspec_buf[PATH_MAX + 16];   /* "clip", "clip:text=...": the model folder's own CLIP, as in draft-run */
     if (!s && reward_spec &&
         !(j.reward = draft_reward_create_on(draft_reward_spec_for_model(reward_spec, model, rspec_buf, sizeof rspec_buf),
