@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -105,6 +106,13 @@ int draft_lora_arg_parse_list(const char *arg, char *path, size_t n, double *sca
     *colon = 0;
     memcpy(scales, v, (size_t)k * sizeof *v);
     return k;
+}
+
+const char *draft_lora_file(const char *path, char *buf, size_t n)
+{
+    struct stat st;
+    if (stat(path, &st) || !S_ISDIR(st.st_mode) || (size_t)snprintf(buf, n, "%s/lora.safetensors", path) >= n) return path;
+    return buf;
 }
 
 bool draft_size_parse(const char *s, int *width, int *height)
@@ -1095,7 +1103,8 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
         r->latent_h = h / f;
         r->latent_w = w / f;
     }
-    s = c->init_lora[0] ? sd_lora_load(&r->lora, &r->p.unet, c->init_lora)
+    char init_file[1100];
+    s = c->init_lora[0] ? sd_lora_load(&r->lora, &r->p.unet, draft_lora_file(c->init_lora, init_file, sizeof init_file))
                         : sd_lora_init(&r->lora, &r->p.unet, c->lora_rank, c->lora_alpha, c->lora_targets, DTYPE_F32, c->seed);
     if (s) {
         if (c->init_lora[0]) tensor_fail(s, "--init-lora: %s", tensor_error());

@@ -135,6 +135,9 @@ bool draft_size_parse(const char *s, int *width, int *height);
  * number (else the ':' is part of the path, and the scale is 1). Returns the count of scales; 0 if
  * the path does not fit, -1 for more than max values */
 int draft_lora_arg_parse_list(const char *arg, char *path, size_t n, double *scales, int max);
+/* a LoRA argument that names a draft-run folder means its lora.safetensors: that path into buf
+ * (returned); any other path is returned as it is */
+const char *draft_lora_file(const char *path, char *buf, size_t n);
 
 /* ask a running draft_run to save and stop after the current step (async-signal-safe) */
 void draft_run_request_stop(void);

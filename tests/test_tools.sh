@@ -136,7 +136,7 @@ if [ -f "$model/model_index.json" ]; then
     check "draft-run --init-lora: it starts where the LoRA's run ended ($ra; from scratch $r0), from either format" \
           "[ $rc -eq 0 ] && [ -n '$ra' ] && [ '$r1' = '$ra' ] && [ '$r2' = '$ra' ] && [ '$ra' != '$r0' ] && \
            grep -q '8 / 8 / from .*lora.safetensors' '$tmp/il1/report.html'"
-    "$run" --model "$model" $il --init-lora "$tmp/run/lora.safetensors" --iters 0 --out "$tmp/il0" >"$tmp/o" 2>&1; rc=$?
+    "$run" --model "$model" $il --init-lora "$tmp/run" --iters 0 --out "$tmp/il0" >"$tmp/o" 2>&1; rc=$?   # the folder: its LoRA
     check "--iters 0 --init-lora evaluates a LoRA once: before = after = its run's last evaluation ($ra)" \
           "[ $rc -eq 0 ] && [ \"\$(eval_reward '$tmp/il0/metrics.jsonl' 1)\" = '$ra' ] && [ \"\$(eval_reward '$tmp/il0/metrics.jsonl' 2)\" = '$ra' ] && \
            cmp -s '$tmp/il0/before.png' '$tmp/il0/after.png' && tail -n 1 '$tmp/o' | grep -q ' steps=0 '"
@@ -310,6 +310,10 @@ if [ -f "$model/model_index.json" ]; then
               --lora "$tmp/run/lora.safetensors:0.5" --lora "$tmp/run/lora_kohya.safetensors:0.5" \
               --out "$tmp/s1" >/dev/null 2>&1
     check "image k depends only on seed + k (same --batch)" "cmp -s '$tmp/s/0003.png' '$tmp/s1/0000.png'"
+    "$sample" --model "$model" --prompt "a cat" --seed 3 --steps 2 --size 64 --lora "$tmp/run:0.5" --out "$tmp/sd1" >/dev/null 2>&1
+    "$sample" --model "$model" --prompt "a cat" --seed 3 --steps 2 --size 64 --lora "$tmp/run/lora.safetensors:0.5" \
+              --out "$tmp/sd2" >/dev/null 2>&1
+    check "--lora with a run folder: its lora.safetensors" "[ -s '$tmp/sd1/0000.png' ] && cmp -s '$tmp/sd1/0000.png' '$tmp/sd2/0000.png'"
     # --reward scores every image: one line each, the same score for the same image in another batch
     "$sample" --model "$model" --prompt "a red apple" --prompt "a cat" --n 2 --steps 2 --size 64 --batch 1 \
               --reward red --out "$tmp/sr" >"$tmp/o" 2>&1; rc=$?

@@ -73,7 +73,7 @@ static const struct opt opts[] = {
     {"lora-alpha", K_DOUBLE, F(lora_alpha), "LoRA alpha (scale = alpha / rank)"},
     {"lora-targets", K_STR, F(lora_targets), "UNet projections that get a LoRA: comma-separated name suffixes "
                                              "(attn2.to_k,attn2.to_v: the cross-attention's keys and values only)"},
-    {"init-lora", K_STR, F(init_lora), "start from this LoRA file (a run's lora.safetensors, or any diffusers/PEFT "
+    {"init-lora", K_STR, F(init_lora), "start from this LoRA file (a run's lora.safetensors, or its folder, or any diffusers/PEFT "
                                        "or kohya LoRA of the UNet): its rank, alpha and projections replace --lora-rank, "
                                        "--lora-alpha and --lora-targets, the optimiser starts fresh; to go on with "
                                        "another reward or settings where --resume refuses"},

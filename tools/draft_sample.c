@@ -44,7 +44,8 @@ static void usage(FILE *f)
             "  --prompts SPEC     a prompt file (one a line) or a built-in set\n"
             "  --negative-prompt TEXT  the unconditional half of guidance, for every image: what the\n"
             "                     samples are steered away from (default: the empty prompt)\n"
-            "  --lora FILE[:S]    a LoRA file (diffusers/PEFT or kohya names) applied with scale S (default 1);\n"
+            "  --lora FILE[:S]    a LoRA file (diffusers/PEFT or kohya names; a draft-run folder: its\n"
+            "                     lora.safetensors) applied with scale S (default 1);\n"
             "                     repeatable: several LoRAs are combined into one adapter. FILE:S1,S2,...\n"
             "                     sweeps the scales: every combination (up to " STR(MAX_SWEEP) ") samples the same\n"
             "                     seeds into <out>/scale_<scales>/, with sweep.html, sweep.png (a row each)\n"
@@ -369,6 +370,9 @@ int main(int argc, char **argv)
             }
             n_cfg *= k;
             n_scales[n_loras] = k;
+            char dir_lora[PATH_MAX];   /* a run folder: its lora.safetensors */
+            const char *lf = draft_lora_file(lora_paths[n_loras], dir_lora, sizeof dir_lora);
+            if (lf != lora_paths[n_loras]) snprintf(lora_paths[n_loras], PATH_MAX, "%s", dir_lora);
             lora_path_ptrs[n_loras] = lora_paths[n_loras];
             n_loras++;
         } else if (!strcmp(a, "--n")) ok = parse_int(a, v, 1, 1024, &n_per);
