@@ -438,6 +438,10 @@ if [ -f "$emb/model_index.json" ]; then
     check "draft-score --reward clip --prompts: each image against its prompt, as draft-sample scored it (to 2e-3)" \
           "[ $rc -eq 0 ] && close_scores '$tmp/esc/scores.jsonl' '$tmp/score2.jsonl' 2e-3 && \
            grep -q '\"prompt\":\"rocket\"' '$tmp/score2.jsonl' && grep -Eq 'CLIP diversity [01]\.[0-9]{4}' '$tmp/o3'"
+    "$score" --reward clip "$tmp/esc" >"$tmp/score4.jsonl" 2>"$tmp/o3"; rc=$?
+    check "draft-score of draft-sample's folder: its PNGs (not the grid) with the prompts it wrote" \
+          "[ $rc -eq 0 ] && [ \$(wc -l < '$tmp/score4.jsonl') -eq 2 ] && cmp -s '$tmp/score2.jsonl' '$tmp/score4.jsonl' && \
+           grep -q 'the prompts of .*prompts.txt' '$tmp/o3'"
     "$score" --reward clip "$tmp/esc/0000.png" >"$tmp/o3" 2>&1; rc=$?
     check "draft-score, a prompt-reading reward without prompts: exit 1, saying how to give them" \
           "[ $rc -eq 1 ] && grep -q -- '--prompt or --prompts' '$tmp/o3'"

@@ -8,7 +8,8 @@
  *
  * Image k (in prompt order, --n per prompt) starts from the latents of seed + k, so any single
  * image can be reproduced alone (bit for bit at the same --batch: BLAS may round a batch of
- * another size differently). Writes <out>/<k>.png and a labelled <out>/grid.png; with --reward, each
+ * another size differently). Writes <out>/<k>.png, a labelled <out>/grid.png and the prompts, a line
+ * per image, in <out>/prompts.txt (draft-score reads them); with --reward, each
  * image's score in <out>/scores.jsonl and their mean on stderr. */
 #include "diffusion/lora.h"
 #include "draft/image.h"
@@ -203,6 +204,16 @@ static enum status sample_into(struct sd_pipeline *p, const struct job *j, const
     for (int i = 0; i < n_parts; i++) tensor_free(parts[i]);
     free(parts);
     ag_no_grad_end();
+    if (!s) {   /* the prompts, image by image, for draft-score */
+        char path[PATH_MAX + 96];
+        snprintf(path, sizeof path, "%s/prompts.txt", dir);
+        FILE *f = fopen(path, "w");
+        for (int k = 0; f && k < j->total; k++) {
+            for (const char *c = j->labels[k]; *c; c++) fputc(*c == '\n' || *c == '\r' ? ' ' : *c, f);
+            fputc('\n', f);
+        }
+        if (!f || fclose(f)) s = tensor_fail(STATUS_IO, "%s: cannot write", path);
+    }
     if (!s && j->reward) {
         s = write_scores(dir, j->reward_spec, j->total, j->labels, scores);
         double sum = 0;

@@ -14,23 +14,27 @@
 #include "draft/run.h"
 
 #include <cjson/cJSON.h>
+#include <dirent.h>
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: draft-score --reward SPEC [options] IMAGE.png ...\n"
+            "usage: draft-score --reward SPEC [options] IMAGE.png|FOLDER ...\n"
             "Scores PNG images with a reward of draft-run (the same code and weights), e.g. samples from\n"
             "diffusers against the aesthetic scorer a LoRA was trained with.\n"
             "  --reward SPEC      the reward (draft-run --help lists the specs)\n"
             "  --prompt TEXT      every image's prompt, for the rewards that read one (clip, hpsv2, pickscore)\n"
             "  --prompts FILE     one prompt a line ('#' lines and blank lines skipped): the i-th for the i-th\n"
             "                     image; as many as there are images\n"
+            "  A FOLDER stands for its PNGs in name order (grid.png and sweep.png left out); the prompts.txt\n"
+            "  draft-sample writes beside them gives their prompts unless --prompt or --prompts does\n"
             "  --diversity-model SPEC  the images' diversity in that reward's image embeddings too (mean pairwise\n"
             "                     1 - cosine; clip: the model folder's own CLIP)\n"
             "  --model DIR        the diffusers folder whose clip/ the specs 'clip' and 'clip:text=...' name\n"
@@ -39,6 +43,58 @@ static void usage(FILE *f)
             "  --device D         cpu or cuda (default cpu)\n"
             "  --out FILE         the JSON lines into FILE instead of stdout\n"
             "  --version          the version, the commit and the backends\n");
+}
+
+static int by_name(const struct dirent **a, const struct dirent **b) { return strcmp((*a)->d_name, (*b)->d_name); }
+static int is_sample_png(const struct dirent *e)   /* a sample, not a grid draft-sample or draft-run wrote */
+{
+    const size_t n = strlen(e->d_name);
+    return n > 4 && !strcmp(e->d_name + n - 4, ".png") && strcmp(e->d_name, "grid.png") && strcmp(e->d_name, "sweep.png");
+}
+
+/* path, or the PNGs of the folder path in name order (grids left out), appended to (*paths)[*n..];
+ * *prompts_file gets <folder>/prompts.txt when there is one (draft-sample writes it) */
+static enum status add_images(const char *path, char ***paths, int *n, int *cap, char *prompts_file, size_t pn)
+{
+    struct stat st;
+    struct dirent **list = NULL;
+    int k = 1;
+    const bool dir = !stat(path, &st) && S_ISDIR(st.st_mode);
+    if (dir && (k = scandir(path, &list, is_sample_png, by_name)) < 0)
+        return tensor_fail(STATUS_IO, "%s: cannot list: %s", path, strerror(errno));
+    if (dir && !k) return tensor_fail(STATUS_VALUE, "%s: no PNG image in it", path);
+    enum status s = STATUS_OK;
+    for (int i = 0; i < k && !s; i++) {
+        if (*n == *cap) {
+            const int c2 = *cap ? 2 * *cap : 64;
+            char **p2 = realloc(*paths, sizeof *p2 * (size_t)c2);
+            if (!p2) {
+                s = tensor_fail(STATUS_OOM, "out of memory");
+                break;
+            }
+            *paths = p2, *cap = c2;
+        }
+        const size_t len = strlen(path) + (dir ? strlen(list[i]->d_name) + 2 : 1);
+        char *p = malloc(len);
+        if (!p) s = tensor_fail(STATUS_OOM, "out of memory");
+        else if (dir) snprintf(p, len, "%s/%s", path, list[i]->d_name);
+        else snprintf(p, len, "%s", path);
+        if (p) (*paths)[(*n)++] = p;
+    }
+    for (int i = 0; dir && i < k; i++) free(list[i]);
+    free(list);
+    if (dir) {
+        char pf[PATH_MAX + 16];
+        snprintf(pf, sizeof pf, "%s/prompts.txt", path);
+        if (!stat(pf, &st)) snprintf(prompts_file, pn, "%s", pf);
+    }
+    return s;
+}
+
+static void free_paths(char **paths, int n)
+{
+    for (int i = 0; paths && i < n; i++) free(paths[i]);
+    free(paths);
 }
 
 /* a line per image, the summary on stderr */
@@ -70,29 +126,29 @@ int main(int argc, char **argv)
                *out = NULL;
     long batch = 8;
     enum device device = DEVICE_CPU;
-    char **paths = calloc((size_t)argc, sizeof *paths);
+    const char **args = calloc((size_t)argc, sizeof *args);
     int n = 0;
-    if (!paths) return 1;
+    if (!args) return 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--version")) {
             char e[1200];
             printf("%s\n", draft_engine_describe(DEVICE_CUDA, e, sizeof e));
-            free(paths);
+            free(args);
             return 0;
         }
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             usage(stdout);
-            free(paths);
+            free(args);
             return 0;
         }
         if (strncmp(a, "--", 2)) {
-            paths[n++] = argv[i];
+            args[n++] = argv[i];
             continue;
         }
         if (i + 1 >= argc) {
             fprintf(stderr, "draft-score: missing value for '%s' (see --help)\n", a);
-            free(paths);
+            free(args);
             return 2;
         }
         const char *v = argv[++i];
@@ -116,19 +172,35 @@ int main(int argc, char **argv)
             ok = false;
         }
         if (!ok) {
-            free(paths);
+            free(args);
             return 2;
         }
     }
     const char *why = !reward_spec ? "no --reward" : !n ? "no image" : prompt && prompts_file ? "--prompt and --prompts both given" : NULL;
     if (why) {
         fprintf(stderr, "draft-score: %s (see --help)\n", why);
-        free(paths);
+        free(args);
         return 2;
+    }
+    /* the images: files as given, folders as their PNGs in name order (grids left out) */
+    char **paths = NULL, dir_prompts[PATH_MAX + 16] = "";
+    int n_img = 0, cap = 0;
+    enum status se = STATUS_OK;
+    for (int i = 0; i < n && !se; i++) se = add_images(args[i], &paths, &n_img, &cap, dir_prompts, sizeof dir_prompts);
+    free(args);
+    n = n_img;
+    if (se) {
+        fprintf(stderr, "draft-score: %s\n", tensor_error());
+        free_paths(paths, n);
+        return 1;
+    }
+    if (!prompt && !prompts_file && dir_prompts[0]) {   /* draft-sample's folder: its prompts, image by image */
+        prompts_file = dir_prompts;
+        fprintf(stderr, "draft-score: the prompts of %s\n", dir_prompts);
     }
     if (draft_device_check(device)) {
         fprintf(stderr, "draft-score: %s\n", tensor_error());
-        free(paths);
+        free_paths(paths, n);
         return 1;
     }
     char embedded[1024];
@@ -143,14 +215,19 @@ int main(int argc, char **argv)
     const char **prompts = NULL;
     if (prompts_file && (s = draft_prompts_load(prompts_file, &file_prompts, &n_file))) {
         fprintf(stderr, "draft-score: %s\n", tensor_error());
-        free(paths);
+        free_paths(paths, n);
         return 1;
+    }
+    if (prompts_file == dir_prompts && n_file != n) {   /* not this folder's images any more: no prompts */
+        fprintf(stderr, "draft-score: %s has %d prompts for %d images: not used\n", prompts_file, n_file, n);
+        draft_prompts_free(file_prompts, n_file);
+        file_prompts = NULL, n_file = 0, prompts_file = NULL;
     }
     if (prompts_file && n_file != n) {
         fprintf(stderr, "draft-score: %s has %d prompts for %d images (one a line, in the images' order)\n", prompts_file,
                 n_file, n);
         draft_prompts_free(file_prompts, n_file);
-        free(paths);
+        free_paths(paths, n);
         return 2;
     }
     if (prompt || prompts_file) {
@@ -242,7 +319,7 @@ int main(int argc, char **argv)
     draft_prompts_free(file_prompts, n_file);
     draft_reward_free(reward);
     draft_reward_free(div_model);
-    free(paths);
+    free_paths(paths, n);
     if (s) {
         fprintf(stderr, "draft-score: %s\n", tensor_error());
         return 1;
