@@ -263,9 +263,9 @@ if [ -f "$model/model_index.json" ]; then
     # --resume refuses what would make its values incomparable with the checkpoint's 'before'
     "$run" --model "$model" $ep --eval-prompts "$tmp/eval_prompts.txt" --out "$tmp/ep1" --iters 2 --resume >"$tmp/o" 2>&1; rc=$?
     check "--resume with the same held-out set continues" "[ $rc -eq 0 ] && grep -q 'resumed at step 1/2' '$tmp/o'"
-    "$run" --model "$model" $ep --out "$tmp/ep1" --iters 3 --resume >"$tmp/o" 2>&1; rc=$?
-    check "--resume without the run's --eval-prompts: refused, naming them" \
-          "[ $rc -ne 0 ] && grep -q 'another held-out set' '$tmp/o' && grep -q 'the training prompts' '$tmp/o'"
+    "$run" --model "$model" $ep --eval-prompts @emoji --out "$tmp/ep1" --iters 3 --resume >"$tmp/o" 2>&1; rc=$?
+    check "--resume with other --eval-prompts: refused, naming them" \
+          "[ $rc -ne 0 ] && grep -q 'another held-out set' '$tmp/o' && grep -q '3 images of @emoji' '$tmp/o'"
     "$run" --model "$model" $ep --eval-prompts "$tmp/eval_prompts.txt" --eval-images 4 --out "$tmp/ep1" --iters 3 --resume >"$tmp/o" 2>&1; rc=$?
     check "--resume with another --eval-images: refused" "[ $rc -ne 0 ] && grep -q ', 4 images of' '$tmp/o'"
     "$run" --model "$model" $ep --eval-prompts "$tmp/eval_prompts.txt" --reward brightness=0.5 --out "$tmp/ep1" --iters 3 \
@@ -398,6 +398,13 @@ if [ -f "$model/model_index.json" ]; then
     "$run" --model "$model" --steps 2 --iters 3 --batch 1 --size 64 --eval-images 2 --reward red \
            --no-progress --resume --out "$tmp/int" >"$tmp/o" 2>&1; rc=$?
     check "--resume after Ctrl-C finishes the run" "[ $rc -eq 0 ] && tail -n 1 '$tmp/o' | grep -q 'steps=3 '"
+    # --resume with only --out (and a new --iters): the run's own config.json gives the rest
+    "$run" --model "$model" --steps 2 --iters 1 --batch 1 --size 64 --eval-images 2 --reward red --lora-rank 3 \
+           --negative-prompt blurry --no-progress --out "$tmp/own" >/dev/null 2>&1
+    "$run" --resume --out "$tmp/own" --iters 2 --no-progress >"$tmp/o" 2>&1; rc=$?
+    check "draft-run --resume --out DIR: the run's own options, the flags given now on top" \
+          "[ $rc -eq 0 ] && grep -q 'the options of .*own/config.json' '$tmp/o' && grep -q 'resumed at step 1/2' '$tmp/o' && \
+           tail -n 1 '$tmp/o' | grep -q ' steps=2 ' && grep -q '<td>3 / 8 / to_q' '$tmp/own/report.html'"
     # SIGTERM (a scheduler's notice before its kill): the same, exit 143
     "$run" --model "$model" --steps 2 --iters 200 --batch 1 --size 64 --eval-images 2 --reward red \
            --no-progress --save-every 0 --out "$tmp/term" >"$tmp/term.log" 2>&1 &

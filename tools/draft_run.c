@@ -378,10 +378,15 @@ static void on_stop_signal(int sig)
     signal(sig, SIG_DFL);
 }
 
-int main(int argc, char **argv)
+/* The options in order of precedence, low to high: the defaults, `base` (a run folder's own
+ * config.json, for --resume), the --config files, the command line's flags, and for what none of
+ * them set, the embedded model's preset. Returns -1 to go on, else the exit status. */
+static int build_config(struct draft_run_config *c, int argc, char **argv, const char *base, bool *had_config)
 {
-    struct draft_run_config c;
-    draft_run_config_default(&c);
+    draft_run_config_default(c);
+    memset(given, 0, sizeof given);
+    *had_config = false;
+    if (base && !load_config(c, base)) return 2;
     /* the config file first, so flags override it wherever they stand */
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -400,7 +405,8 @@ int main(int argc, char **argv)
                 fprintf(stderr, "draft-run: --config needs a file\n");
                 return 2;
             }
-            if (!load_config(&c, v)) return 2;
+            if (!load_config(c, v)) return 2;
+            *had_config = true;
         }
     }
     for (int i = 1; i < argc; i++) {
@@ -438,20 +444,37 @@ int main(int argc, char **argv)
             fprintf(stderr, "draft-run: --%s needs a value (see --help)\n", name);
             return 2;
         }
-        if (!set_given(&c, o, v, "command line")) return 2;
+        if (!set_given(c, o, v, "command line")) return 2;
     }
-    if (!c.model[0] && !c.ckpt[0]) {
-        if (draft_embedded_model(c.model, sizeof c.model)) {
+    if (!c->model[0] && !c->ckpt[0]) {
+        if (draft_embedded_model(c->model, sizeof c->model)) {
             fprintf(stderr, "draft-run: %s\n", tensor_error());
             return 1;
         }
         for (int i = 0; i < N_PRESET; i++) {
             const struct opt *o = find_opt(embedded_preset[i][0]);
-            if (!given[o - opts] && !set_value(&c, o, embedded_preset[i][1], "embedded preset")) return 1;
+            if (!given[o - opts] && !set_value(c, o, embedded_preset[i][1], "embedded preset")) return 1;
         }
         fprintf(stderr, "draft-run: no --model: the embedded emoji model in %s, method %s, reward %s, %d steps "
                         "(draft-run --help for the options)\n",
-                c.model, draft_method_name(c.method.method), c.reward, c.iters);
+                c->model, draft_method_name(c->method.method), c->reward, c->iters);
+    }
+    return -1;
+}
+
+int main(int argc, char **argv)
+{
+    struct draft_run_config c;
+    bool had_config;
+    int rc = build_config(&c, argc, argv, NULL, &had_config);
+    if (rc >= 0) return rc;
+    /* --resume without --config: the run folder's own options, which the flags given now override
+     * (so `draft-run --resume --out runs/x --iters 400` goes on as runs/x was started) */
+    char own[1100];
+    snprintf(own, sizeof own, "%s/config.json", c.out);
+    if (c.resume && !had_config && nn_file_exists(own)) {
+        if ((rc = build_config(&c, argc, argv, own, &had_config)) >= 0) return rc;
+        fprintf(stderr, "draft-run: --resume: the options of %s, and the flags given here\n", own);
     }
 
     char *json = config_json(&c);
