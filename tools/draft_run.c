@@ -100,7 +100,8 @@ static const struct opt opts[] = {
                                          "(0 = off)"},
     {"max-minutes", K_DOUBLE, F(max_minutes), "end training after this much wall time (0 = no limit), then evaluate "
                                               "and report as after the last step; --resume continues"},
-    {"resume", K_BOOL, F(resume), "continue from <out>/checkpoint.safetensors"},
+    {"resume", K_BOOL, F(resume), "continue from <out>/checkpoint.safetensors, with the options of "
+                                  "<out>/config.json unless --config is given (flags given now override them)"},
     {"progress", K_BOOL, F(progress), "show a progress bar on stderr"},
     {"dry-run", K_BOOL, F(dry_run), "measure one held-out evaluation and one optimiser step (time, peak memory), "
                                     "project the whole run from them, and write nothing: whether a setting fits "
