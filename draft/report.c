@@ -531,6 +531,19 @@ enum status draft_report_html(const char *path, const struct draft_report *r)
         }
         sb_puts(&b, "</div>\n");
     }
+    if (r->n_files > 0 && r->files) {
+        sb_puts(&b, "<h2>Files</h2>\n<table>\n");
+        for (int i = 0; i < r->n_files; i++) {
+            sb_puts(&b, "<tr><td><a href=\"");
+            sb_url(&b, r->files[i].path ? r->files[i].path : "");
+            sb_puts(&b, "\"><code>");
+            sb_escape(&b, r->files[i].path ? r->files[i].path : "");
+            sb_puts(&b, "</code></a></td><td>");
+            sb_escape(&b, r->files[i].what ? r->files[i].what : "");
+            sb_puts(&b, "</td></tr>\n");
+        }
+        sb_puts(&b, "</table>\n");
+    }
     if (r->n_settings > 0) {
         sb_puts(&b, "<h2>Settings</h2>\n<table>\n");
         for (int i = 0; i < r->n_settings; i++) {

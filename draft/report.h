@@ -59,6 +59,10 @@ struct draft_report_image {
     double before, after;
 };
 
+/* One file of the run folder: its path relative to the page, and what it is for. */
+struct draft_report_file {
+    const char *path, *what;
+};
 /* Everything the HTML report shows. Strings are UTF-8 and may be NULL (section left out);
  * numbers may be NaN (shown as "n/a"). */
 struct draft_report {
@@ -85,6 +89,8 @@ struct draft_report {
     double best_value;
     int best_step;
     const char *measures_html;           /* inlined as is: draft_run_measures_html's charts (NULL or "": none) */
+    int n_files;                         /* the run folder's files, linked with what each is for */
+    const struct draft_report_file *files;
 };
 
 /* Writes the report as one self-contained HTML file, atomically (temporary file, then rename).

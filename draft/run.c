@@ -927,6 +927,24 @@ static enum status draft_run_write_report(struct run *r, const struct draft_run_
     const char *term_names[DRAFT_REWARD_MAX_TERMS];
     for (int i = 0; i < r->n_terms; i++) term_names[i] = r->terms[i].spec;
     if (r->metrics) fflush(r->metrics);
+    /* the folder's files that exist, with what each is for */
+    static const struct draft_report_file known[] = {
+        {"lora.safetensors", "the LoRA, diffusers/PEFT names: pipe.load_lora_weights, draft-sample --lora"},
+        {"lora_kohya.safetensors", "the same LoRA, kohya names with .alpha: A1111, ComfyUI"},
+        {"lora_best.safetensors", "the LoRA of the best held-out evaluation (--keep-best)"},
+        {"loras", "the LoRA of every --lora-every steps"},
+        {"checkpoint.safetensors", "LoRA, optimiser state and step: --resume"},
+        {"metrics.jsonl", "a line per step and per evaluation: draft-compare"},
+        {"eval_scores.jsonl", "each held-out image's reward before and after"},
+        {"config.json", "every option as resolved: --config, --resume"},
+    };
+    struct draft_report_file files[sizeof known / sizeof *known];
+    int n_files = 0;
+    for (size_t i = 0; i < sizeof known / sizeof *known; i++) {
+        char fp[1200];
+        path_in(r, fp, sizeof fp, known[i].path);
+        if (!access(fp, R_OK)) files[n_files++] = known[i];
+    }
     char *measures = s ? NULL : draft_run_measures_html(c->out, r->n_terms, term_names);
     if (!s && !measures) s = tensor_status();
     if (!s) {
@@ -937,6 +955,8 @@ static enum status draft_run_write_report(struct run *r, const struct draft_run_
             .setting_values = vals,
             .chart_svg = svg,
             .measures_html = measures,
+            .n_files = n_files,
+            .files = files,
             .before_png = "before.png",
             .after_png = "after.png",
             .n_grids = n_grids,

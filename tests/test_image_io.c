@@ -957,6 +957,8 @@ START_TEST(test_report_html)
         .terms = (struct draft_report_term[]){{"aesthetic:<d>,h", 1, 5.0, 6.0}, {"clip:d,text=x", -0.5, 0.3, 0.2}},
         .n_images = 2,
         .images = (struct draft_report_image[]){{"a <cat>", 5.0, 5.5}, {"a dog", 6.0, NAN}},
+        .n_files = 2,
+        .files = (struct draft_report_file[]){{"lora.safetensors", "the LoRA"}, {"loras & more", "snapshots <all>"}},
     };
     const char *p = path_in("report.html");
     ck_assert_msg(draft_report_html(p, &r) == STATUS_OK, "%s", tensor_error());
@@ -988,6 +990,9 @@ START_TEST(test_report_html)
                             "<td class=\"num\">5.5000</td><td class=\"num\">+0.5000</td></tr>") &&
                   strstr(h, "<tr><td class=\"num\">1</td><td>a dog</td><td class=\"num\">6.0000</td>"
                             "<td class=\"num\">n/a</td>"), "%s", h);
+    ck_assert_msg(strstr(h, "<tr><td><a href=\"lora.safetensors\"><code>lora.safetensors</code></a></td><td>the LoRA</td>") &&
+                  strstr(h, "<a href=\"loras%20%26%20more\"><code>loras &amp; more</code></a></td><td>snapshots &lt;all&gt;"),
+                  "%s", h);
     ck_assert(strstr(h, "</html>\n") != NULL);
     free(h);
     /* everything optional left out still gives a page; a bad folder is an error with the path */
@@ -1071,7 +1076,7 @@ START_TEST(test_demo_report)
     struct draft_report r = {"DRaFT demo report", 5, keys, vals, svg, "before.png", "after.png", 1, grids,
                              rw[0], rw[N - 1], div_before, div_after, "aesthetic", 5.25, 6.5,
                              "demo: random chart and pattern grids", 0, NULL, NULL, NAN, NAN, 0, NULL, NULL, NAN, -1,
-                             NULL};
+                             NULL, 0, NULL};
     snprintf(p[0], sizeof p[0], "%s/report.html", dir);
     ck_assert_int_eq(draft_report_html(p[0], &r), STATUS_OK);
     printf("demo report: %s (grids %s/before.png, after.png, step_50.png; chart.svg)\n", p[0], dir);

@@ -151,7 +151,9 @@ if [ -f "$model/model_index.json" ]; then
     check "draft-run --lora-every 1: loras/step_00001 and step_00002, the last equal to lora.safetensors" \
           "[ $rc -eq 0 ] && [ -s '$tmp/le/loras/step_00001.safetensors' ] && \
            cmp -s '$tmp/le/loras/step_00002.safetensors' '$tmp/le/lora.safetensors' && \
-           ! cmp -s '$tmp/le/loras/step_00001.safetensors' '$tmp/le/lora.safetensors'"
+           ! cmp -s '$tmp/le/loras/step_00001.safetensors' '$tmp/le/lora.safetensors' && \
+           grep -q 'href=\"loras\"' '$tmp/le/report.html' && grep -q 'href=\"lora_kohya.safetensors\"' '$tmp/le/report.html' && \
+           ! grep -q 'href=\"lora_best.safetensors\"' '$tmp/le/report.html'"
     "$run" --model "$model" --steps 2 --iters 50 --batch 1 --size 64 --eval-images 2 --reward red --no-progress \
            --max-minutes 0.00001 --out "$tmp/mm" >"$tmp/o" 2>&1; rc=$?
     check "draft-run --max-minutes: one step, then the final evaluation, LoRA and report" \
