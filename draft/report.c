@@ -477,6 +477,11 @@ enum status draft_report_html(const char *path, const struct draft_report *r)
         result_row(&b, label, r->terms[i].spec, r->terms[i].before, r->terms[i].after);
     }
     if (r->eval_reward) result_row(&b, "eval reward", r->eval_reward, r->eval_reward_before, r->eval_reward_after);
+    for (int i = 0; r->eval_reward && r->eval_terms && i < r->n_eval_terms; i++) {   /* its terms, unweighted */
+        char label[96];
+        snprintf(label, sizeof label, "&nbsp;&nbsp;eval term %d, %g &times;", i + 1, r->eval_terms[i].weight);
+        result_row(&b, label, r->eval_terms[i].spec, r->eval_terms[i].before, r->eval_terms[i].after);
+    }
     sb_puts(&b, "</table>\n<p><small>Diversity: mean pairwise RMS pixel distance between the samples, "
                 "divided by 2 (0 = all samples identical). Diversity in embeddings: mean pairwise 1 - cosine of the "
                 "model's image embeddings, which sees samples converge on one subject or layout even while their "

@@ -91,6 +91,8 @@ struct draft_report {
     const char *measures_html;           /* inlined as is: draft_run_measures_html's charts (NULL or "": none) */
     int n_files;                         /* the run folder's files, linked with what each is for */
     const struct draft_report_file *files;
+    int n_eval_terms;                    /* a sum eval reward's terms, each unweighted, under its row */
+    const struct draft_report_term *eval_terms;
 };
 
 /* Writes the report as one self-contained HTML file, atomically (temporary file, then rename).

@@ -297,6 +297,7 @@ struct eval_result {
     double reward, diversity, held;   /* held: the eval reward's mean (NaN without one) */
     double clip_div;                  /* diversity in the diversity model's embeddings (NaN without one) */
     double terms[DRAFT_REWARD_MAX_TERMS];   /* a sum reward's terms, unweighted (run.n_terms of them) */
+    double held_terms[DRAFT_REWARD_MAX_TERMS];   /* the same for a sum eval reward (run.n_held_terms) */
 };
 
 struct run {
@@ -308,6 +309,9 @@ struct run {
     struct draft_reward *div_model;   /* owned unless it is `reward` (the same spec) */
     int n_terms;   /* the reward's terms when it is a sum, else 0 */
     struct draft_reward_term terms[DRAFT_REWARD_MAX_TERMS];
+    int n_held_terms;   /* the eval reward's, the same way */
+    struct draft_reward_term held_terms[DRAFT_REWARD_MAX_TERMS];
+    double held_terms_after[DRAFT_REWARD_MAX_TERMS];   /* their values at the last evaluation, for the report */
     char **prompts, **eval_list;   /* eval_list: --eval-prompts' (NULL: the training prompts) */
     int n_prompts, n_eval_list;
     int64_t latent_c, latent_h, latent_w;
@@ -394,10 +398,14 @@ static const char *jnum(char *buf, size_t n, const char *fmt, double v)
 }
 
 /* ', "reward_terms": [...]': a sum reward's terms, unweighted, in the spec's order (none for n = 0) */
-static void metrics_terms(FILE *f, int n, const double *terms)
+static void metrics_terms(FILE *f, const char *key, int n, const double *terms)
 {
     char a[32];
-    for (int i = 0; i < n; i++) fprintf(f, "%s%s", i ? ", " : ", \"reward_terms\": [", jnum(a, sizeof a, "%.9g", terms[i]));
+    for (int i = 0; i < n; i++) {
+        if (!i) fprintf(f, ", \"%s\": [", key);
+        else fputs(", ", f);
+        fputs(jnum(a, sizeof a, "%.9g", terms[i]), f);
+    }
     if (n) fputc(']', f);
 }
 
@@ -410,7 +418,8 @@ static void metrics_eval(const struct run *r, int step, const struct eval_result
             jnum(a, sizeof a, "%.9g", e->reward), jnum(b, sizeof b, "%.6g", e->diversity));
     if (r->eval_reward) fprintf(f, ", \"eval_reward\": %s", jnum(c, sizeof c, "%.9g", e->held));
     if (r->div_model) fprintf(f, ", \"clip_diversity\": %s", jnum(c, sizeof c, "%.6g", e->clip_div));
-    metrics_terms(f, r->n_terms, e->terms);
+    metrics_terms(f, "reward_terms", r->n_terms, e->terms);
+    metrics_terms(f, "eval_reward_terms", r->n_held_terms, e->held_terms);
     fputs("}\n", f);
     fflush(f);
 }
@@ -425,14 +434,17 @@ static enum status evaluate(struct run *r, const char *grid_path, struct eval_re
     draft_reward_terms_take(r->reward, e->terms);   /* this evaluation's images: each scoring is taken after it */
     e->diversity = draft_diversity(images);
     e->held = e->clip_div = NAN;
+    for (int k = 0; k < DRAFT_REWARD_MAX_TERMS; k++) e->held_terms[k] = NAN;
     if (r->div_model && images->shape[0] > 1) {   /* one image has no diversity */
         struct tensor *emb = draft_reward_image_embeds(r->div_model, images);
         if (!emb) s = tensor_status();
         else e->clip_div = draft_feature_diversity(emb);
         tensor_free(emb);
     }
-    if (r->eval_reward)   /* the same images, scored by the second reward */
+    if (r->eval_reward) {   /* the same images, scored by the second reward */
         s = draft_reward_score_values(r->eval_reward, images, r->eval_prompts, NULL, &e->held);
+        draft_reward_terms_take(r->eval_reward, e->held_terms);
+    }
     if (!s && grid_path) {
         const int n = (int)images->shape[0];
         s = draft_grid_save(grid_path, images, n <= 4 ? n : (n + 1) / 2, 0, r->eval_prompts);
@@ -598,6 +610,7 @@ static enum status save_checkpoint(struct run *r)
     snprintf(best_step, sizeof best_step, "%d", r->best_step);
     /* a sum's terms, and each held-out image's reward, before training */
     char *terms = doubles_join(r->n_terms, r->before.terms), *imgs = doubles_join(r->c->eval_images, r->img_before);
+    char *held_terms = doubles_join(r->n_held_terms, r->before.held_terms);
     char eval_set[48], clip_div[64], sampler[1200], engine[1200];
     draft_engine_describe(r->p.device, engine, sizeof engine);   /* what the checkpoint was made with */
     eval_set_str(r, eval_set, sizeof eval_set);
@@ -607,14 +620,15 @@ static enum status save_checkpoint(struct run *r)
                         "draft.size", "draft.eval_reward_before", "draft.reward_terms_before", "draft.eval_set",
                         "draft.reward", "draft.eval_reward", "draft.diversity_model", "draft.clip_diversity_before",
                         "draft.reward_images_before", "draft.best", "draft.best_step", "draft.sampler",
-                        "draft.init_lora", "draft.engine"};
+                        "draft.init_lora", "draft.engine", "draft.eval_reward_terms_before"};
     const char *mv[] = {"draft-checkpoint-1", meta_step, meta_seed, draft_method_name(r->c->method.method), before, div_before,
                         size, eval_before, terms, eval_set, r->c->reward, r->c->eval_reward, r->c->diversity_model,
-                        clip_div, imgs, best, best_step, sampler, r->c->init_lora, engine};
-    const enum status s = terms && imgs ? draft_checkpoint_save(path, &r->lora, &r->opt, (int)(sizeof mk / sizeof *mk), mk, mv)
+                        clip_div, imgs, best, best_step, sampler, r->c->init_lora, engine, held_terms};
+    const enum status s = terms && imgs && held_terms ? draft_checkpoint_save(path, &r->lora, &r->opt, (int)(sizeof mk / sizeof *mk), mk, mv)
                                         : tensor_fail(STATUS_OOM, "out of host memory");
     free(terms);
     free(imgs);
+    free(held_terms);
     return s;
 }
 
@@ -682,6 +696,7 @@ static enum status load_checkpoint(struct run *r)
         /* both absent in earlier versions; the terms also for a reward that was not a sum then */
         doubles_parse(safetensors_metadata(st, "draft.reward_images_before"), r->c->eval_images, r->img_before);
         doubles_parse(safetensors_metadata(st, "draft.reward_terms_before"), r->n_terms, r->before.terms);
+        doubles_parse(safetensors_metadata(st, "draft.eval_reward_terms_before"), r->n_held_terms, r->before.held_terms);
     }
     safetensors_close(st);
     return s;
@@ -918,9 +933,12 @@ static enum status draft_run_write_report(struct run *r, const struct draft_run_
     if (!imgs && !s) s = tensor_fail(STATUS_OOM, "out of host memory");
     for (int i = 0; imgs && i < c->eval_images; i++)
         imgs[i] = (struct draft_report_image){r->eval_prompts[i], r->img_before[i], r->img_after[i]};
-    struct draft_report_term terms[DRAFT_REWARD_MAX_TERMS];
+    struct draft_report_term terms[DRAFT_REWARD_MAX_TERMS], held_terms[DRAFT_REWARD_MAX_TERMS];
     for (int i = 0; i < r->n_terms; i++)
         terms[i] = (struct draft_report_term){r->terms[i].spec, r->terms[i].weight, r->before.terms[i], res->terms_after[i]};
+    for (int i = 0; i < r->n_held_terms; i++)
+        held_terms[i] = (struct draft_report_term){r->held_terms[i].spec, r->held_terms[i].weight, r->before.held_terms[i],
+                                                   r->held_terms_after[i]};
     snprintf(summary, sizeof summary, "final: reward_before=%.6f reward_after=%.6f steps=%d seconds=%.1f",
              r->before.reward, res->reward_after, r->step, res->seconds);
     /* every evaluation's diversity, eval reward and terms, from metrics.jsonl (resumed lines too) */
@@ -957,6 +975,8 @@ static enum status draft_run_write_report(struct run *r, const struct draft_run_
             .measures_html = measures,
             .n_files = n_files,
             .files = files,
+            .n_eval_terms = r->n_held_terms,
+            .eval_terms = held_terms,
             .before_png = "before.png",
             .after_png = "after.png",
             .n_grids = n_grids,
@@ -1098,6 +1118,7 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
         goto done;
     }
     r->n_terms = draft_reward_terms(r->reward, r->terms);
+    r->n_held_terms = r->eval_reward ? draft_reward_terms(r->eval_reward, r->held_terms) : 0;
     if (c->diversity_model[0]) {   /* the trained reward itself when it is the same spec */
         r->div_model = !strcmp(c->diversity_model, c->reward) ? r->reward : run_reward(c, c->diversity_model, &r->p);
         if (!r->div_model) {
@@ -1174,6 +1195,9 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
                     r->before.diversity);
         else   /* one image: no diversity */
             fprintf(stderr, "draft-run: reward before %.4f on %d held-out seed\n", r->before.reward, E);
+        for (int i = 0; i < r->n_held_terms; i++)
+            fprintf(stderr, "draft-run:   eval term %d, %g * %s: %.4f\n", i + 1, r->held_terms[i].weight,
+                    r->held_terms[i].name, r->before.held_terms[i]);
         for (int i = 0; i < r->n_terms; i++)
             fprintf(stderr, "draft-run:   term %d, %g * %s: %.4f\n", i + 1, r->terms[i].weight, r->terms[i].name,
                     r->before.terms[i]);
@@ -1236,7 +1260,7 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
                 "\"peak_mib\": %.1f",
                 r->step, jnum(jr, sizeof jr, "%.9g", J), jnum(jl, sizeof jl, "%.9g", -J), jnum(jg, sizeof jg, "%.6g", gnorm),
                 nn_adamw_lr(&r->opt), dt, (double)ms.peak_bytes / 1048576.0);
-        metrics_terms(r->metrics, r->n_terms, terms);
+        metrics_terms(r->metrics, "reward_terms", r->n_terms, terms);
         fputs("}\n", r->metrics);
         fflush(r->metrics);
         curve_push(r, false, r->step, J);
@@ -1295,9 +1319,13 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
     res->reward_after = e.reward, res->diversity_after = e.diversity, res->eval_reward_after = e.held;
     res->clip_diversity_after = e.clip_div;
     memcpy(res->terms_after, e.terms, sizeof e.terms);
+    memcpy(r->held_terms_after, e.held_terms, sizeof e.held_terms);
     metrics_eval(r, r->step, &e);
     if (r->eval_reward)
         fprintf(stderr, "draft-run: eval reward %s: %.4f -> %.4f\n", c->eval_reward, r->before.held, e.held);
+    for (int i = 0; i < r->n_held_terms; i++)
+        fprintf(stderr, "draft-run: eval reward term %d, %g * %s: %.4f -> %.4f\n", i + 1, r->held_terms[i].weight,
+                r->held_terms[i].name, r->before.held_terms[i], e.held_terms[i]);
     for (int i = 0; i < r->n_terms; i++)
         fprintf(stderr, "draft-run: reward term %d, %g * %s: %.4f -> %.4f\n", i + 1, r->terms[i].weight, r->terms[i].name,
                 r->before.terms[i], e.terms[i]);

@@ -1076,7 +1076,7 @@ START_TEST(test_demo_report)
     struct draft_report r = {"DRaFT demo report", 5, keys, vals, svg, "before.png", "after.png", 1, grids,
                              rw[0], rw[N - 1], div_before, div_after, "aesthetic", 5.25, 6.5,
                              "demo: random chart and pattern grids", 0, NULL, NULL, NAN, NAN, 0, NULL, NULL, NAN, -1,
-                             NULL, 0, NULL};
+                             NULL, 0, NULL, 0, NULL};
     snprintf(p[0], sizeof p[0], "%s/report.html", dir);
     ck_assert_int_eq(draft_report_html(p[0], &r), STATUS_OK);
     printf("demo report: %s (grids %s/before.png, after.png, step_50.png; chart.svg)\n", p[0], dir);

@@ -295,6 +295,19 @@ if [ -f "$model/model_index.json" ]; then
     check "--resume with another --steps: refused" "[ $rc -ne 0 ] && grep -q 'was sampled with --steps 2 .*this run has --steps 3' '$tmp/o'"
     "$run" --model "$model" $nr --negative-prompt "a cat" --out "$tmp/nr1" --iters 2 --resume >"$tmp/o" 2>&1; rc=$?
     check "--resume with the same sampler continues" "[ $rc -eq 0 ] && grep -q 'resumed at step 1/2' '$tmp/o'"
+    # a sum as --eval-reward: each evaluation has its terms, weighted they give eval_reward; after a
+    # resume the report still has their 'before' values
+    et="--steps 2 --batch 1 --size 64 --eval-images 2 --reward red --eval-reward sum:red;-2*brightness=0.5 --no-progress"
+    "$run" --model "$model" $et --iters 1 --out "$tmp/et" >"$tmp/o" 2>&1; rc=$?
+    "$run" --model "$model" $et --iters 2 --resume --out "$tmp/et" >>"$tmp/o" 2>&1; rc2=$?
+    et_ok=$(awk '/"eval": true/ {
+               n++; e = $0; sub(/.*"eval_reward": /, "", e); sub(/,.*/, "", e)
+               t = $0; sub(/.*"eval_reward_terms": \[/, "", t); sub(/\].*/, "", t); split(t, v, ", ")
+               d = e - (v[1] - 2 * v[2]); if (d < 0) d = -d; if (d > 1e-6) bad = 1 }
+             END { print (bad || n != 3) ? "no" : "yes" }' "$tmp/et/metrics.jsonl")
+    check "--eval-reward sum:...: each evaluation's terms, weighted, give its eval reward; the report keeps them through --resume" \
+          "[ $rc -eq 0 ] && [ $rc2 -eq 0 ] && [ '$et_ok' = yes ] && grep -q 'eval reward term 2, -2 \* brightness' '$tmp/o' && \
+           grep -Eq 'eval term 2, -2 &times; <code>brightness=0.5</code></th><td class=\"num\">-?[0-9]' '$tmp/et/report.html'"
     # --lora-targets: the cross-attention's keys and values only
     "$run" --model "$model" --lora-targets attn2.to_k,attn2.to_v --steps 2 --iters 1 --batch 1 --size 64 --eval-images 1 \
            --reward red --no-progress --out "$tmp/lt" >"$tmp/o" 2>&1; rc=$?
