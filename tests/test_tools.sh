@@ -402,16 +402,21 @@ if [ -f "$model/model_index.json" ]; then
     "$sample" --model "$model" --prompt "a cat" --seed 3 --steps 2 --size 64 --lora "$tmp/run/lora.safetensors" \
               --out "$tmp/sl" >/dev/null 2>&1
     check "the converted LoRA samples what the original does" "[ -s '$tmp/sk/0000.png' ] && cmp -s '$tmp/sk/0000.png' '$tmp/sl/0000.png'"
-    # Ctrl-C: the run saves a checkpoint after the current step and says how to continue
-    "$run" --model "$model" --steps 2 --iters 200 --batch 1 --size 64 --eval-images 2 --reward red \
-           --no-progress --save-every 0 --out "$tmp/int" >"$tmp/int.log" 2>&1 &
-    pid=$!
-    for _ in $(seq 1 600); do grep -q '"step": 1,' "$tmp/int/metrics.jsonl" 2>/dev/null && break; sleep 0.1; done
-    kill -INT $pid
-    wait $pid; rc=$?
-    check "Ctrl-C: exit 130 and a checkpoint" "[ $rc -eq 130 ] && [ -s '$tmp/int/checkpoint.safetensors' ] && grep -q 'continue with --resume' '$tmp/int.log'"
+    # Ctrl-C, and SIGTERM (a scheduler's notice before its kill): the run saves a checkpoint after
+    # the current step, says how to continue, and exits with 128 + the signal
+    for sig in INT:130:Ctrl-C TERM:143:SIGTERM; do
+        name=${sig%%:*} code=$(echo "$sig" | cut -d: -f2) what=${sig##*:}
+        "$run" --model "$model" --steps 2 --iters 200 --batch 1 --size 64 --eval-images 2 --reward red \
+               --no-progress --save-every 0 --out "$tmp/sig$name" >"$tmp/sig$name.log" 2>&1 &
+        pid=$!
+        for _ in $(seq 1 600); do grep -q '"step": 1,' "$tmp/sig$name/metrics.jsonl" 2>/dev/null && break; sleep 0.1; done
+        kill -"$name" $pid
+        wait $pid; rc=$?
+        check "$what: exit $code and a checkpoint" "[ $rc -eq $code ] && [ -s '$tmp/sig$name/checkpoint.safetensors' ] && \
+               grep -q 'continue with --resume' '$tmp/sig$name.log'"
+    done
     "$run" --model "$model" --steps 2 --iters 3 --batch 1 --size 64 --eval-images 2 --reward red \
-           --no-progress --resume --out "$tmp/int" >"$tmp/o" 2>&1; rc=$?
+           --no-progress --resume --out "$tmp/sigINT" >"$tmp/o" 2>&1; rc=$?
     check "--resume after Ctrl-C finishes the run" "[ $rc -eq 0 ] && tail -n 1 '$tmp/o' | grep -q 'steps=3 '"
     # --resume with only --out (and a new --iters): the run's own config.json gives the rest
     "$run" --model "$model" --steps 2 --iters 1 --batch 1 --size 64 --eval-images 2 --reward red --lora-rank 3 \
@@ -420,14 +425,6 @@ if [ -f "$model/model_index.json" ]; then
     check "draft-run --resume --out DIR: the run's own options, the flags given now on top" \
           "[ $rc -eq 0 ] && grep -q 'the options of .*own/config.json' '$tmp/o' && grep -q 'resumed at step 1/2' '$tmp/o' && \
            tail -n 1 '$tmp/o' | grep -q ' steps=2 ' && grep -q '<td>3 / 8 / to_q' '$tmp/own/report.html'"
-    # SIGTERM (a scheduler's notice before its kill): the same, exit 143
-    "$run" --model "$model" --steps 2 --iters 200 --batch 1 --size 64 --eval-images 2 --reward red \
-           --no-progress --save-every 0 --out "$tmp/term" >"$tmp/term.log" 2>&1 &
-    pid=$!
-    for _ in $(seq 1 600); do grep -q '"step": 1,' "$tmp/term/metrics.jsonl" 2>/dev/null && break; sleep 0.1; done
-    kill -TERM $pid
-    wait $pid; rc=$?
-    check "SIGTERM: exit 143 and a checkpoint" "[ $rc -eq 143 ] && [ -s '$tmp/term/checkpoint.safetensors' ] && grep -q 'continue with --resume' '$tmp/term.log'"
 else
     echo "SKIP: $model not found (the end-to-end part needs the parity model)"
 fi
