@@ -434,6 +434,23 @@ static void sb_figure(struct sbuf *b, const char *png, const char *caption)
     sb_puts(b, "</code></figcaption></figure>\n");
 }
 
+/* a chart (a draft_svg_* result, owned: freed here) in its div, under an <h2> when a title is
+ * given; a NULL svg is its maker's error, returned */
+static enum status sb_chart(struct sbuf *b, const char *title, char *svg)
+{
+    if (!svg) return tensor_status();
+    if (title) {
+        sb_puts(b, "<h2>");
+        sb_escape(b, title);
+        sb_puts(b, "</h2>\n");
+    }
+    sb_puts(b, "<div class=\"chart\">\n");
+    sb_puts(b, svg);
+    sb_puts(b, "</div>\n");
+    free(svg);
+    return STATUS_OK;
+}
+
 static const char css[] =
     "body{font-family:'DejaVu Sans',Verdana,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}"
     "h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd}"
@@ -882,15 +899,8 @@ enum status draft_compare_html(const char *path, int n_runs, const char *const *
             ys[i] = w == 1 ? r->ty.v : w == 5 ? r->tg.v : w == 0 ? r->ey.v : w == 2 ? r->ediv.v : w == 4 ? r->eclip.v : r->eheld.v;
             if ((w == 3 && !r->has_held) || (w == 4 && !r->has_clip)) ys[i] = NULL;
         }
-        char *svg = draft_svg_chart_xy(xs, ys, ns, labels, n_runs, charts[c].title, xlabel[x], charts[c].ylabel);
-        if (!svg) {
-            s = tensor_status();
-            break;
-        }
-        sb_printf(&b, "<h2>%s</h2>\n<div class=\"chart\">\n", charts[c].title);
-        sb_puts(&b, svg);
-        sb_puts(&b, "</div>\n");
-        free(svg);
+        s = sb_chart(&b, charts[c].title,
+                     draft_svg_chart_xy(xs, ys, ns, labels, n_runs, charts[c].title, xlabel[x], charts[c].ylabel));
     }
     /* a sum reward's terms, when every run has the same reward (else their terms do not compare) */
     int max_terms = 0;
@@ -903,17 +913,7 @@ enum status draft_compare_html(const char *path, int n_runs, const char *const *
         int ns[DRAFT_COMPARE_MAX_RUNS];
         for (int i = 0; i < n_runs; i++)
             xs[i] = runs[i].ex.v, ns[i] = runs[i].ex.n, ys[i] = k < runs[i].n_terms ? runs[i].eterm[k].v : NULL;
-        char *svg = draft_svg_chart_xy(xs, ys, ns, labels, n_runs, title, xlabel[x], "unweighted score");
-        if (!svg) {
-            s = tensor_status();
-            break;
-        }
-        sb_puts(&b, "<h2>");
-        sb_escape(&b, title);
-        sb_puts(&b, "</h2>\n<div class=\"chart\">\n");
-        sb_puts(&b, svg);
-        sb_puts(&b, "</div>\n");
-        free(svg);
+        s = sb_chart(&b, title, draft_svg_chart_xy(xs, ys, ns, labels, n_runs, title, xlabel[x], "unweighted score"));
     }
     if (!s) {
         sb_puts(&b, "<h2>Runs</h2>\n<table>\n");
@@ -958,23 +958,12 @@ char *draft_run_measures_html(const char *run_dir, int n_terms, const char *cons
         else if (term_names && term_names[c - 3]) snprintf(title, sizeof title, "term %d: %s", c - 2, term_names[c - 3]);
         else snprintf(title, sizeof title, "term %d", c - 2);
         const char *ylabel = c == 0 ? "diversity" : c == 1 ? "1 - cosine" : c == 2 ? "eval reward" : "unweighted score";
-        char *svg = draft_svg_line_chart(r.ex.v, &y, NULL, 1, r.ex.n, title, "step", ylabel);
-        if (!svg) {
-            s = tensor_status();
-            break;
-        }
-        sb_puts(&b, "<div class=\"chart\">\n");
-        sb_puts(&b, svg);
-        sb_puts(&b, "</div>\n");
-        free(svg);
+        s = sb_chart(&b, NULL, draft_svg_line_chart(r.ex.v, &y, NULL, 1, r.ex.n, title, "step", ylabel));
     }
     if (!s && r.tx.n >= 3) {   /* DRaFT-K's gradients grow with K (DRAFT.md): the norm the clipping saw */
         const double *y = r.tg.v;
-        char *svg = draft_svg_line_chart(r.tx.v, &y, NULL, 1, r.tx.n, "gradient norm of the training steps (before clipping)",
-                                         "step", "|g|");
-        if (!svg) s = tensor_status();
-        else sb_puts(&b, "<div class=\"chart\">\n"), sb_puts(&b, svg), sb_puts(&b, "</div>\n");
-        free(svg);
+        s = sb_chart(&b, NULL, draft_svg_line_chart(r.tx.v, &y, NULL, 1, r.tx.n,
+                                                    "gradient norm of the training steps (before clipping)", "step", "|g|"));
     }
     cmp_run_free(&r);
     if (!s && b.oom) s = tensor_fail(STATUS_OOM, "draft_run_measures_html %s: out of memory", run_dir);
@@ -1035,17 +1024,14 @@ enum status draft_sweep_html(const char *path, int n_loras, const char *const *l
         if (!x || !yr || !yd || !yc) s = tensor_fail(STATUS_OOM, "draft_sweep_html %s: out of memory", path);
         for (int r = 0; !s && r < n_rows; r++)
             x[r] = rows[r].scales[0], yr[r] = rows[r].reward, yd[r] = rows[r].diversity, yc[r] = rows[r].clip_diversity;
-        char *svg[2] = {NULL, NULL};
-        if (!s && reward_spec && !(svg[0] = draft_svg_line_chart(x, (const double *[]){yr}, NULL, 1, n_rows,
-                                                                 "mean reward against the LoRA's scale", "scale", "reward")))
-            s = tensor_status();
-        if (!s && !(svg[1] = draft_svg_line_chart(x, (const double *[]){yd, div_spec ? yc : NULL},
-                                                  (const char *[]){"pixel diversity", "diversity in embeddings"}, 2, n_rows,
-                                                  "diversity against the LoRA's scale", "scale", "diversity")))
-            s = tensor_status();
-        for (int k = 0; k < 2; k++)
-            if (svg[k]) sb_puts(&b, "<div class=\"chart\">\n"), sb_puts(&b, svg[k]), sb_puts(&b, "</div>\n");
-        free(svg[0]), free(svg[1]), free(x), free(yr), free(yd), free(yc);
+        if (!s && reward_spec)
+            s = sb_chart(&b, NULL, draft_svg_line_chart(x, (const double *[]){yr}, NULL, 1, n_rows,
+                                                        "mean reward against the LoRA's scale", "scale", "reward"));
+        if (!s)
+            s = sb_chart(&b, NULL, draft_svg_line_chart(x, (const double *[]){yd, div_spec ? yc : NULL},
+                                                        (const char *[]){"pixel diversity", "diversity in embeddings"}, 2,
+                                                        n_rows, "diversity against the LoRA's scale", "scale", "diversity"));
+        free(x), free(yr), free(yd), free(yc);
     }
     if (!s && grid_png) {
         sb_puts(&b, "<h2>The first images of each combination</h2>\n");

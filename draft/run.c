@@ -86,32 +86,42 @@ static bool size_side(const char *p, const char **end, int *v)
     return true;
 }
 
+/* a folder (a draft-run's) stands for its lora.safetensors: appended in place; false if it does not fit */
+static bool lora_dir_to_file(char *path, size_t n)
+{
+    static const char file[] = "/lora.safetensors";
+    struct stat st;
+    if (stat(path, &st) || !S_ISDIR(st.st_mode)) return true;
+    const size_t len = strlen(path);
+    if (len + sizeof file > n) return false;
+    memcpy(path + len, file, sizeof file);
+    return true;
+}
+
 int draft_lora_arg_parse_list(const char *arg, char *path, size_t n, double *scales, int max)
 {
     if (max < 1 || (size_t)snprintf(path, n, "%s", arg) >= n) return 0;
-    scales[0] = 1.0;
     char *colon = strrchr(path, ':');
-    if (!colon) return 1;
-    double v[256];
     int k = 0;
-    for (const char *q = colon + 1;; k++) {   /* every item must be a number, else ':' is the path's */
+    for (const char *q = colon ? colon + 1 : NULL; q; k++) {   /* every item a number, else ':' is the path's */
         char *end = NULL;
         const double x = strtod(q, &end);
-        if (end == q || (*end && *end != ',')) return 1;
-        if (k < (int)(sizeof v / sizeof *v)) v[k] = x;
-        if (!*end) break;
-        q = end + 1;
+        if (end == q || (*end && *end != ',')) {
+            k = 0;
+            break;
+        }
+        if (k < max) scales[k] = x;
+        q = *end ? end + 1 : NULL;
     }
-    if (++k > max || k > (int)(sizeof v / sizeof *v)) return -1;
-    *colon = 0;
-    memcpy(scales, v, (size_t)k * sizeof *v);
-    return k;
+    if (k > max) return -1;
+    if (k) *colon = 0;
+    else scales[0] = 1.0, k = 1;
+    return lora_dir_to_file(path, n) ? k : 0;
 }
 
 const char *draft_lora_file(const char *path, char *buf, size_t n)
 {
-    struct stat st;
-    if (stat(path, &st) || !S_ISDIR(st.st_mode) || (size_t)snprintf(buf, n, "%s/lora.safetensors", path) >= n) return path;
+    if ((size_t)snprintf(buf, n, "%s", path) >= n || !lora_dir_to_file(buf, n)) return path;
     return buf;
 }
 
@@ -309,6 +319,7 @@ struct run {
     struct draft_reward *div_model;   /* owned unless it is `reward` (the same spec) */
     int n_terms;   /* the reward's terms when it is a sum, else 0 */
     struct draft_reward_term terms[DRAFT_REWARD_MAX_TERMS];
+    char engine[1024];   /* draft_engine_describe, once: in every checkpoint and the report */
     int n_held_terms;   /* the eval reward's, the same way */
     struct draft_reward_term held_terms[DRAFT_REWARD_MAX_TERMS];
     double held_terms_after[DRAFT_REWARD_MAX_TERMS];   /* their values at the last evaluation, for the report */
@@ -611,8 +622,7 @@ static enum status save_checkpoint(struct run *r)
     /* a sum's terms, and each held-out image's reward, before training */
     char *terms = doubles_join(r->n_terms, r->before.terms), *imgs = doubles_join(r->c->eval_images, r->img_before);
     char *held_terms = doubles_join(r->n_held_terms, r->before.held_terms);
-    char eval_set[48], clip_div[64], sampler[1200], engine[1200];
-    draft_engine_describe(r->p.device, engine, sizeof engine);   /* what the checkpoint was made with */
+    char eval_set[48], clip_div[64], sampler[1200];
     eval_set_str(r, eval_set, sizeof eval_set);
     sampler_str(r->c, sampler, sizeof sampler);
     snprintf(clip_div, sizeof clip_div, "%.17g", r->before.clip_div);
@@ -623,7 +633,7 @@ static enum status save_checkpoint(struct run *r)
                         "draft.init_lora", "draft.engine", "draft.eval_reward_terms_before"};
     const char *mv[] = {"draft-checkpoint-1", meta_step, meta_seed, draft_method_name(r->c->method.method), before, div_before,
                         size, eval_before, terms, eval_set, r->c->reward, r->c->eval_reward, r->c->diversity_model,
-                        clip_div, imgs, best, best_step, sampler, r->c->init_lora, engine, held_terms};
+                        clip_div, imgs, best, best_step, sampler, r->c->init_lora, r->engine, held_terms};
     const enum status s = terms && imgs && held_terms ? draft_checkpoint_save(path, &r->lora, &r->opt, (int)(sizeof mk / sizeof *mk), mk, mv)
                                         : tensor_fail(STATUS_OOM, "out of host memory");
     free(terms);
@@ -926,7 +936,7 @@ static enum status draft_run_write_report(struct run *r, const struct draft_run_
     snprintf(v[nk++], sizeof v[0], "%s / %s / %s", dtype_name(c->dtype), device_name(r->p.device),
              precision_name(c->precision));
     snprintf(v[nk++], sizeof v[0], "%.1f", res->seconds);
-    draft_engine_describe(r->p.device, v[nk++], sizeof v[0]);
+    snprintf(v[nk++], sizeof v[0], "%s", r->engine);
     const char *vals[18];
     for (int i = 0; i < nk; i++) vals[i] = v[i];
     struct draft_report_image *imgs = calloc((size_t)c->eval_images, sizeof *imgs);
@@ -1108,6 +1118,7 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
     s = c->ckpt[0] ? sd_pipeline_load_single_file(&r->p, c->ckpt, c->model, c->dtype, c->device)
                    : sd_pipeline_load(&r->p, c->model, c->dtype, c->device);
     if (s) goto done;
+    draft_engine_describe(r->p.device, r->engine, sizeof r->engine);
     if ((s = draft_prompts_load(c->prompts, &r->prompts, &r->n_prompts))) goto done;
     if (c->eval_prompts[0] && (s = draft_prompts_load(c->eval_prompts, &r->eval_list, &r->n_eval_list))) goto done;
     /* "clip:text=..." = the CLIP model shipped with the diffusion model (the embedded one has clip/) */

@@ -94,9 +94,6 @@ int main(int argc, char **argv)
                         k ? "one scale per file (draft-sample sweeps a list)" : "the path is too long");
                 return 2;
             }
-            char dir_lora[PATH_MAX];   /* a run folder: its lora.safetensors */
-            const char *lf = draft_lora_file(lora_paths[n_loras], dir_lora, sizeof dir_lora);
-            if (lf != lora_paths[n_loras]) snprintf(lora_paths[n_loras], PATH_MAX, "%s", dir_lora);
             lora_path_ptrs[n_loras] = lora_paths[n_loras];
             n_loras++;
         } else {

@@ -98,9 +98,10 @@ static bool parse_double(const char *flag, const char *v, double *out)
     return true;
 }
 
-/* <out>/scores.jsonl: {"image", "prompt", "reward"} a line; the mean, lowest and highest on stderr */
+/* <out>/scores.jsonl: {"image", "prompt", "reward"} a line; the mean (also into *mean), lowest and
+ * highest on stderr */
 static enum status write_scores(const char *out, const char *spec, int n, const char *const *labels,
-                                const double *scores)
+                                const double *scores, double *mean)
 {
     char path[PATH_MAX + 128];
     snprintf(path, sizeof path, "%s/scores.jsonl", out);
@@ -123,6 +124,7 @@ static enum status write_scores(const char *out, const char *spec, int n, const 
         lo = fmin(lo, scores[k]);
         hi = fmax(hi, scores[k]);
     }
+    *mean = sum / n;
     if (fclose(f)) return tensor_fail(STATUS_IO, "%s: cannot write", path);
     fprintf(stderr, "draft-sample: reward %s: mean %.6g over %d images (lowest %.6g, highest %.6g); %s\n", spec,
             sum / n, n, lo, hi, path);
@@ -153,6 +155,15 @@ static void scales_name(char *buf, size_t n, int n_loras, const double *scales, 
 {
     int o = snprintf(buf, n, "%s", n_loras ? "" : "none");
     for (int i = 0; i < n_loras && o < (int)n; i++) o += snprintf(buf + o, n - (size_t)o, "%s%g", i ? sep : "", scales[i]);
+}
+
+#define SWEEP_DIR_MAX (32 * MAX_LORAS + 16)
+/* a combination's folder under --out: "scale_0.5_1" */
+static void sweep_dir(char *buf, size_t n, int n_loras, const double *scales)
+{
+    char name[32 * MAX_LORAS + 8];
+    scales_name(name, sizeof name, n_loras, scales, "_");
+    snprintf(buf, n, "scale_%s", name);
 }
 
 /* The job's images into dir: <k>.png, grid.png, and with a reward scores.jsonl (and the mean on
@@ -215,10 +226,7 @@ static enum status sample_into(struct sd_pipeline *p, const struct job *j, const
         if (!f || fclose(f)) s = tensor_fail(STATUS_IO, "%s: cannot write", path);
     }
     if (!s && j->reward) {
-        s = write_scores(dir, j->reward_spec, j->total, j->labels, scores);
-        double sum = 0;
-        for (int k = 0; k < j->total; k++) sum += scores[k];
-        res->reward = sum / j->total;
+        s = write_scores(dir, j->reward_spec, j->total, j->labels, scores, &res->reward);
         /* a sum's terms, unweighted, over all the images */
         struct draft_reward_term terms[DRAFT_REWARD_MAX_TERMS];
         res->n_terms = draft_reward_terms(j->reward, terms);
@@ -261,13 +269,15 @@ static enum status write_sweep(const char *out, const struct job *j, int n_loras
     for (int i = 0; i < n_loras; i++) printf("%s%s", i ? ", " : "", paths[i]);
     printf("), %d image%s each; sweep.html, sweep.png and sweep.jsonl in %s\n", j->total, j->total == 1 ? "" : "s", out);
     printf("  %-16s %12s %12s%s\n", "scales", j->reward ? "reward" : "", "diversity", j->div_model ? "   CLIP diversity" : "");
+    struct draft_sweep_row rows[MAX_SWEEP];   /* also the page's */
+    char dirs[MAX_SWEEP][SWEEP_DIR_MAX];
     for (int c = 0; c < n_cfg; c++) {
-        char name[32 * MAX_LORAS + 8], dir[32 * MAX_LORAS + 16];
-        scales_name(name, sizeof name, n_loras, scales[c], "_");
-        snprintf(dir, sizeof dir, "scale_%s", name);
+        sweep_dir(dirs[c], sizeof dirs[c], n_loras, scales[c]);
+        rows[c] = (struct draft_sweep_row){scales[c], dirs[c], res[c].reward, res[c].diversity, res[c].clip_div};
+        char name[32 * MAX_LORAS + 8];
         cJSON *o = cJSON_CreateObject(), *sc = cJSON_AddArrayToObject(o, "scales");
         for (int i = 0; i < n_loras; i++) cJSON_AddItemToArray(sc, cJSON_CreateNumber(scales[c][i]));
-        cJSON_AddStringToObject(o, "dir", dir);
+        cJSON_AddStringToObject(o, "dir", dirs[c]);
         const char *keys[3] = {"reward", "diversity", "clip_diversity"};
         const double vals[3] = {res[c].reward, res[c].diversity, res[c].clip_div};
         for (int k = 0; k < 3; k++)
@@ -294,14 +304,6 @@ static enum status write_sweep(const char *out, const struct job *j, int n_loras
     }
     if (fclose(f)) return tensor_fail(STATUS_IO, "%s: cannot write", path);
     /* the page: the table, the grid, and for one LoRA the measures against its scale */
-    struct draft_sweep_row rows[MAX_SWEEP];
-    char dirs[MAX_SWEEP][32 * MAX_LORAS + 16];
-    for (int c = 0; c < n_cfg; c++) {
-        char name[32 * MAX_LORAS + 8];
-        scales_name(name, sizeof name, n_loras, scales[c], "_");
-        snprintf(dirs[c], sizeof dirs[c], "scale_%s", name);
-        rows[c] = (struct draft_sweep_row){scales[c], dirs[c], res[c].reward, res[c].diversity, res[c].clip_div};
-    }
     snprintf(path, sizeof path, "%s/sweep.html", out);
     return draft_sweep_html(path, n_loras, paths, n_cfg, rows, j->reward ? j->reward_spec : NULL,
                             j->div_model ? j->div_spec : NULL, "sweep.png");
@@ -381,9 +383,6 @@ int main(int argc, char **argv)
             }
             n_cfg *= k;
             n_scales[n_loras] = k;
-            char dir_lora[PATH_MAX];   /* a run folder: its lora.safetensors */
-            const char *lf = draft_lora_file(lora_paths[n_loras], dir_lora, sizeof dir_lora);
-            if (lf != lora_paths[n_loras]) snprintf(lora_paths[n_loras], PATH_MAX, "%s", dir_lora);
             lora_path_ptrs[n_loras] = lora_paths[n_loras];
             n_loras++;
         } else if (!strcmp(a, "--n")) ok = parse_int(a, v, 1, 1024, &n_per);
@@ -484,31 +483,31 @@ int main(int argc, char **argv)
     memset(thumbs, 0, sizeof thumbs);
     memset(thumb_labels, 0, sizeof thumb_labels);
     const int cols = total < SWEEP_COLS ? total : SWEEP_COLS;
+    const struct sd_lora *lp[MAX_LORAS];
+    for (int i = 0; i < n_loras; i++) lp[i] = &loras[i];
     for (int c = 0; c < n_cfg && !s; c++) {
         for (int i = n_loras - 1, r = c; i >= 0; r /= n_scales[i], i--) cfg_scales[c][i] = lora_scales[i][r % n_scales[i]];
-        char dir[PATH_MAX + 64], name[32 * MAX_LORAS + 8];
-        scales_name(name, sizeof name, n_loras, cfg_scales[c], "_");
+        char dir[PATH_MAX + 64], name[SWEEP_DIR_MAX], shown[32 * MAX_LORAS + 8];
+        sweep_dir(name, sizeof name, n_loras, cfg_scales[c]);
+        scales_name(shown, sizeof shown, n_loras, cfg_scales[c], ", ");
         if (n_cfg > 1) {
-            snprintf(dir, sizeof dir, "%s/scale_%s", out, name);
+            snprintf(dir, sizeof dir, "%s/%s", out, name);
             if (mkdir(dir, 0755) && errno != EEXIST) s = tensor_fail(STATUS_IO, "%s: cannot create: %s", dir, strerror(errno));
         } else {
             snprintf(dir, sizeof dir, "%s", out);
         }
         struct sd_lora combined;
         memset(&combined, 0, sizeof combined);
-        const struct sd_lora *lp[MAX_LORAS];
-        for (int i = 0; i < n_loras; i++) lp[i] = &loras[i];
         if (!s && n_loras) {
             s = sd_lora_combine(&combined, n_loras, lp, cfg_scales[c]);
             if (!s) s = merge ? sd_lora_merge(&combined, &p.unet, 1.0) : sd_lora_attach(&combined, &p.unet, 1.0);
         }
-        if (n_cfg > 1) fprintf(stderr, "draft-sample: LoRA scales %s\n", name);
+        if (n_cfg > 1) fprintf(stderr, "draft-sample: LoRA scales %s\n", shown);
         struct tensor *all = NULL;
         if (!s) s = sample_into(&p, &j, dir, &all, &res[c]);
         for (int k = 0; k < cols && !s && n_cfg > 1; k++) {   /* the sweep grid's row: the first images */
             s = draft_image_from_tensor(all, k, &thumbs[c * cols + k]);
-            char lab[1024], shown[32 * MAX_LORAS + 8];
-            scales_name(shown, sizeof shown, n_loras, cfg_scales[c], ", ");
+            char lab[1024];
             snprintf(lab, sizeof lab, "scale %.520s: %.400s", shown, labels[k]);
             if (!s && !(thumb_labels[c * cols + k] = strdup(lab))) s = tensor_fail(STATUS_OOM, "out of host memory");
         }
