@@ -84,6 +84,12 @@ static const struct bench_case cases[] = {
      {{4, 2, 320, 64, 64}, {1, 320}, {1, 320}}, fwd_group_norm},
     {"attention", "q,k,v[2,8,1024,40] (B,H,L,d)", 4.0 * 2 * 8 * 1024 * 1024 * 40 / 1e9, 3, 3,
      {{4, 2, 8, 1024, 40}, {4, 2, 8, 1024, 40}, {4, 2, 8, 1024, 40}}, fwd_attention},
+    /* the embedded demo UNet's attentions (4 heads of 16; batch 8: four images under guidance),
+     * self and cross (77 text tokens): head dims this small are where BLAS's overheads show */
+    {"attention_d16", "q,k,v[8,4,256,16]", 4.0 * 8 * 4 * 256 * 256 * 16 / 1e9, 3, 3,
+     {{4, 8, 4, 256, 16}, {4, 8, 4, 256, 16}, {4, 8, 4, 256, 16}}, fwd_attention},
+    {"attention_x77", "q[8,4,256,16] k,v[8,4,77,16]", 4.0 * 8 * 4 * 256 * 77 * 16 / 1e9, 3, 3,
+     {{4, 8, 4, 256, 16}, {4, 8, 4, 77, 16}, {4, 8, 4, 77, 16}}, fwd_attention},
     /* exact GELU at the demo UNet's GEGLU shape (the largest elementwise op in its profile) */
     {"gelu", "x[8,256,256] exact (erf)", 0, 0, 1, {{3, 8, 256, 256}}, fwd_gelu},
     /* SiLU at SD 1.4's first resnet activation (the UNet's most frequent elementwise op) */

