@@ -313,6 +313,12 @@ static int classify_key(const struct safetensors *st, const struct sd_unet *u, c
                 return -1;
             }
         }
+        if (*proj < 0) {   /* none of the three: LyCORIS (lora_mid, hada_*, lokr_*), DoRA (dora_scale), ... */
+            tensor_fail(STATUS_FORMAT, "%s: tensor '%s' is not a plain LoRA tensor (a kohya file needs "
+                        "'.lora_down.weight', '.lora_up.weight' and '.alpha' only; LyCORIS and DoRA files are not "
+                        "supported)", st->path, key);
+            return -1;
+        }
     } else {
         /* PEFT "<module>.lora_A.weight"; older diffusers "<attn>.processor.to_q_lora.down.weight" */
         static const char *const sfx[3] = {".lora_A.weight", ".lora_B.weight", ".alpha"};

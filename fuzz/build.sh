@@ -15,7 +15,7 @@ build() {
     clang "${FLAGS[@]}" "fuzz/$t.c" "$@" -o "build-fuzz/$t"
 }
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(fuzz_tokenizer fuzz_tokenizer_files fuzz_safetensors fuzz_config fuzz_pickle fuzz_compare)
+[ ${#targets[@]} -gt 0 ] || targets=(fuzz_tokenizer fuzz_tokenizer_files fuzz_safetensors fuzz_config fuzz_pickle fuzz_lora fuzz_compare)
 for t in "${targets[@]}"; do
     case $t in
     # the tokenizer targets stand in for tensor.c's error reporting (fuzz/tiny_vocab.h)
@@ -23,6 +23,8 @@ for t in "${targets[@]}"; do
     fuzz_safetensors) build "$t" nn/safetensors.c nn/file.c "${ENGINE[@]}" "${BLAS[@]}" -lcjson -lm ;;
     fuzz_config) build "$t" nn/config.c nn/file.c "${ENGINE[@]}" "${BLAS[@]}" -lcjson -lm ;;
     fuzz_pickle) build "$t" nn/pickle.c nn/file.c "${ENGINE[@]}" "${BLAS[@]}" -lcjson -lzip -lm ;;
+    fuzz_lora) build "$t" diffusion/lora.c nn/safetensors.c nn/module.c nn/file.c autograd/*.c "${ENGINE[@]}" "${BLAS[@]}" \
+        -lcjson -lm ;;
     # report.c's page writer without libpng (image.c then has no PNG code to pull in)
     fuzz_compare) build "$t" draft/report.c draft/image.c nn/file.c "${ENGINE[@]}" "${BLAS[@]}" -lcjson -lm ;;
     *) echo "fuzz/build.sh: unknown target $t"; exit 2 ;;

@@ -4,9 +4,9 @@
 # in the ASan build. Arguments: the replay programs of fuzz/meson.build, in its order. The seed
 # of the mutation sequence changes daily (printed, so a failure can be replayed with -s).
 set -u
-[ $# -eq 6 ] || { echo "usage: $0 tokenizer tokenizer_files safetensors config pickle compare (replay programs)"; exit 2; }
+[ $# -eq 7 ] || { echo "usage: $0 tokenizer tokenizer_files safetensors config pickle lora compare (replay programs)"; exit 2; }
 tok=$(realpath "$1") files=$(realpath "$2") st=$(realpath "$3") cfg=$(realpath "$4") pkl=$(realpath "$5")
-cmp=$(realpath "$6")
+lora=$(realpath "$6") cmp=$(realpath "$7")
 cd "$(dirname "$0")/.." || exit 2   # the seeds are named from the repository root
 seed=${FUZZ_REPLAY_SEED:-$(date -u +%Y%m%d)}
 n=${FUZZ_REPLAY_N:-2000}
@@ -30,6 +30,10 @@ run tokenizer_files_tiny "$files" -n "$n" -s "$seed" "$tmp/tiny-tokenizer"
 run safetensors "$st" -n "$((4 * n))" -s "$seed" fuzz/seeds/safetensors/*
 run config "$cfg" -n "$n" -s "$seed" models/emoji/*/config.json models/emoji/scheduler/scheduler_config.json
 run pickle "$pkl" -n "$((4 * n))" -s "$seed" fuzz/seeds/pickle/*
+# the LoRA seeds: the target writes a PEFT and a kohya file of a random adapter (on one mutant of
+# another seed, so that run checks something too)
+run lora_seeds env FUZZ_SEED_OUT="$tmp" "$lora" -n 1 -s "$seed" fuzz/seeds/safetensors/small.safetensors
+run lora "$lora" -n "$((2 * n))" -s "$seed" "$tmp"/lora-peft.safetensors "$tmp"/lora-kohya.safetensors
 run compare "$cmp" -n "$n" -s "$seed" fuzz/seeds/compare/*
 echo "fuzz_replay: seed $seed, $fails failed"
 [ "$fails" -eq 0 ]

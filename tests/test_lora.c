@@ -621,6 +621,7 @@ static enum status write_bad(const char *path, const struct sd_unet *u, int what
     if (what == 4) ts[1] = tensor_zeros(DTYPE_F32, TENSOR_SHAPE(p->out_features, 3), DEVICE_CPU);     /* rank mismatch */
     if (what == 5) { snprintf(k[3], 240, "unet.conv_in.weight"); ts[3] = ts[0]; n = 4; }                /* not LoRA */
     if (what == 6) { snprintf(k[3], 240, "unet.mid_block.attentions.0.transformer_blocks.0.attn1.to_z.lora_A.weight"); ts[3] = ts[0]; n = 4; }
+    if (what == 7) { snprintf(k[3], 240, "%s.dora_scale", base); ts[3] = ts[0]; n = 4; }   /* DoRA (read past projs[] once) */
     const char *names[4] = {k[0], k[1], k[2], k[3]};
     enum status s = safetensors_save(path, n, names, ts, 0, NULL, NULL);
     tensor_scope_end();
@@ -636,11 +637,12 @@ START_TEST(test_bad_files)
     sd_lora_kohya_name(base, sizeof base, n.u.projs[1]->name);
     snprintf(kd, sizeof kd, "%s.lora_down.weight", base);
     snprintf(ku, sizeof ku, "%s.lora_up.weight", base);
-    const char *needles[7][2] = {
+    const char *needles[8][2] = {
         {kd, "lora_B"}, {ku, "[9,2]"}, {"down_blocks_7", "no module"}, {kd, "I32"}, {ku, "rank"}, {"conv_in", "not a LoRA"}, {"to_z", "no module"},
+        {"dora_scale", "not a plain LoRA"},
     };
     test_tmp_path(p, sizeof p, "bad.safetensors");
-    for (int what = 0; what < 7; what++) {
+    for (int what = 0; what < 8; what++) {
         ck_assert_int_eq(write_bad(p, &n.u, what), STATUS_OK);
         struct sd_lora l;
         ck_assert_int_ne(sd_lora_load(&l, &n.u, p), STATUS_OK);
