@@ -159,6 +159,14 @@ static const struct conv_case ref_cases[] = {
     {"ref[1,16,24,19]->32 3x3 stride=2 pad=t0,b1,l0,r1 noncontig", 1, 16, 24, 19, 32, 3, 3, {2, 2, 0, 1, 0, 1, 1, 1, 1},
      false, true, 0},
     {"ref[2,12,18,18]->12 3x3 depthwise pad=1", 2, 12, 18, 18, 12, 3, 3, {1, 1, 1, 1, 1, 1, 1, 1, 12}, true, false, 0},
+    /* few positions per image: images batched into one GEMM (3 batches of 2, 2, 1; two channel
+     * chunks in f64), and batches whose f32 forward takes the thin-K kernel instead */
+    {"ref[5,96,10,14]->48 3x3 pad=1 dil=1x2 (image batches, channel chunks)", 5, 96, 10, 14, 48, 3, 3,
+     {1, 1, 1, 1, 1, 1, 1, 2, 1}, true, false, 0},
+    {"ref[3,8,6,5]->12 3x3 stride=2 pad=1 groups=2 noncontig (one image batch)", 3, 8, 6, 5, 12, 3, 3,
+     {2, 2, 1, 1, 1, 1, 1, 1, 2}, false, true, 0},
+    {"ref[4,40,4,4]->64 3x3 pad=1 (4x4 images: batched, not Winograd)", 4, 40, 4, 4, 64, 3, 3,
+     {1, 1, 1, 1, 1, 1, 1, 1, 1}, true, false, 0},
 };
 #define N_REF_CASES (int)(sizeof ref_cases / sizeof ref_cases[0])
 
@@ -219,12 +227,12 @@ START_TEST(test_reference)
 END_TEST
 
 /* The same results, bit for bit, on 1 and 2 threads (forward and both gradients), for
- * the first reference cases: every kernel path and way of splitting the work. */
+ * the reference cases: every kernel path and way of splitting the work. */
 START_TEST(test_thread_determinism)
 {
     LEAK_CHECK_BEGIN();
     const int threads0 = tensor_num_threads();
-    for (int k = 0; k < 8; k++) {
+    for (int k = 0; k < N_REF_CASES; k++) {
         const struct conv_case *c = &ref_cases[k];
         tensor_scope_begin();
         struct tensor *x = test_uniform(DTYPE_F32, TENSOR_SHAPE(c->N, c->C, c->H, c->W), -1, 1);
