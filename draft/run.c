@@ -576,6 +576,21 @@ static void num_str(char *buf, size_t n, double v)
 
 /* the sampler's settings as flags: a resumed run must sample as the checkpoint's run did, or its
  * held-out values would not compare with the 'before' ones (training and evaluation share them) */
+/* the learning-rate schedule, as the checkpoint keeps it: a decay is planned over --iters updates,
+ * so a resume must keep them (and --lr, --lr-min, --warmup) */
+static void schedule_str(const struct draft_run_config *c, char *buf, size_t n)
+{
+    if (c->opt.decay == NN_LR_CONSTANT) {
+        snprintf(buf, n, "constant");
+        return;
+    }
+    char lr[32], lo[32];
+    num_str(lr, sizeof lr, c->opt.lr);
+    num_str(lo, sizeof lo, c->opt.lr_min);
+    snprintf(buf, n, "--lr %s --lr-decay %s --lr-min %s --warmup %d --iters %d", lr, nn_lr_decay_name(c->opt.decay), lo,
+             c->opt.warmup_steps, c->iters);
+}
+
 static void sampler_str(const struct draft_run_config *c, char *buf, size_t n)
 {
     char g[32], e[32];
@@ -622,18 +637,19 @@ static enum status save_checkpoint(struct run *r)
     /* a sum's terms, and each held-out image's reward, before training */
     char *terms = doubles_join(r->n_terms, r->before.terms), *imgs = doubles_join(r->c->eval_images, r->img_before);
     char *held_terms = doubles_join(r->n_held_terms, r->before.held_terms);
-    char eval_set[48], clip_div[64], sampler[1200];
+    char eval_set[48], clip_div[64], sampler[1200], schedule[200];
     eval_set_str(r, eval_set, sizeof eval_set);
     sampler_str(r->c, sampler, sizeof sampler);
+    schedule_str(r->c, schedule, sizeof schedule);
     snprintf(clip_div, sizeof clip_div, "%.17g", r->before.clip_div);
     const char *mk[] = {"format", "draft.step", "draft.seed", "draft.method", "draft.reward_before", "draft.diversity_before",
                         "draft.size", "draft.eval_reward_before", "draft.reward_terms_before", "draft.eval_set",
                         "draft.reward", "draft.eval_reward", "draft.diversity_model", "draft.clip_diversity_before",
                         "draft.reward_images_before", "draft.best", "draft.best_step", "draft.sampler",
-                        "draft.init_lora", "draft.engine", "draft.eval_reward_terms_before"};
+                        "draft.init_lora", "draft.engine", "draft.eval_reward_terms_before", "draft.lr_schedule"};
     const char *mv[] = {"draft-checkpoint-1", meta_step, meta_seed, draft_method_name(r->c->method.method), before, div_before,
                         size, eval_before, terms, eval_set, r->c->reward, r->c->eval_reward, r->c->diversity_model,
-                        clip_div, imgs, best, best_step, sampler, r->c->init_lora, r->engine, held_terms};
+                        clip_div, imgs, best, best_step, sampler, r->c->init_lora, r->engine, held_terms, schedule};
     const enum status s = terms && imgs && held_terms ? draft_checkpoint_save(path, &r->lora, &r->opt, (int)(sizeof mk / sizeof *mk), mk, mv)
                                         : tensor_fail(STATUS_OOM, "out of host memory");
     free(terms);
@@ -676,6 +692,13 @@ static enum status load_checkpoint(struct run *r)
     if (samp && strcmp(samp, want_samp))
         s = tensor_fail(STATUS_VALUE, "--resume: %s was sampled with %s, this run has %s: its held-out values would not "
                                       "compare; keep them, or start a new --out", path, samp, want_samp);
+    const char *sched = s ? NULL : safetensors_metadata(st, "draft.lr_schedule");   /* absent before decays */
+    char want_sched[200];
+    schedule_str(r->c, want_sched, sizeof want_sched);
+    if (sched && strcmp(sched, want_sched))
+        s = tensor_fail(STATUS_VALUE, "--resume: %s was trained with the learning-rate schedule '%s', this run has '%s': "
+                                      "a decay is planned over the run's --iters; keep them, or start a new --out",
+                        path, sched, want_sched);
     const char *init = s ? NULL : safetensors_metadata(st, "draft.init_lora");
     if (init && strcmp(init, r->c->init_lora))
         s = tensor_fail(STATUS_VALUE, "--resume: %s started from --init-lora '%s', this run has '%s': its 'before' values "
@@ -926,7 +949,11 @@ static enum status draft_run_write_report(struct run *r, const struct draft_run_
     else
         snprintf(v[nk++], sizeof v[0], "%d / %g / %s (%d projections)", c->lora_rank, c->lora_alpha, c->lora_targets,
                  r->lora.n);
-    snprintf(v[nk++], sizeof v[0], "%g / %g / %g", c->opt.lr, c->opt.weight_decay, c->opt.max_grad_norm);
+    if (c->opt.decay == NN_LR_CONSTANT)
+        snprintf(v[nk++], sizeof v[0], "%g / %g / %g", c->opt.lr, c->opt.weight_decay, c->opt.max_grad_norm);
+    else
+        snprintf(v[nk++], sizeof v[0], "%g (%s decay to %g) / %g / %g", c->opt.lr, nn_lr_decay_name(c->opt.decay),
+                 c->opt.lr_min, c->opt.weight_decay, c->opt.max_grad_norm);
     snprintf(v[nk++], sizeof v[0], "%d x %d", c->batch, c->opt.accum_steps);
     snprintf(v[nk++], sizeof v[0], "%d", r->step);
     snprintf(v[nk++], sizeof v[0], "%llu", (unsigned long long)c->seed);
@@ -1080,6 +1107,9 @@ static enum status check_config(const struct draft_run_config *c)
     if (!(c->max_minutes >= 0) || !isfinite(c->max_minutes))
         return tensor_fail(STATUS_VALUE, "--max-minutes must be >= 0 (0 = no limit), got %g", c->max_minutes);
     if (!(c->opt.lr > 0) || !isfinite(c->opt.lr)) return tensor_fail(STATUS_VALUE, "--lr must be > 0, got %g", c->opt.lr);
+    if ((unsigned)c->opt.decay > NN_LR_COSINE) return tensor_fail(STATUS_VALUE, "unknown --lr-decay %d", (int)c->opt.decay);
+    if (c->opt.decay != NN_LR_CONSTANT && !(c->opt.lr_min >= 0 && c->opt.lr_min <= c->opt.lr))
+        return tensor_fail(STATUS_VALUE, "--lr-min must be in [0, --lr = %g], got %g", c->opt.lr, c->opt.lr_min);
     if (c->dtype != DTYPE_F32 && c->dtype != DTYPE_BF16)
         return tensor_fail(STATUS_VALUE, "--dtype %s: the base weights are f32 or bf16", dtype_name(c->dtype));
     if (c->precision != PRECISION_F32 && c->precision != PRECISION_TF32 && c->precision != PRECISION_BF16)
@@ -1163,7 +1193,9 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
         goto done;
     }
     if ((s = sd_lora_attach(&r->lora, &r->p.unet, 1.0))) goto done;
-    if ((s = nn_adamw_init(&r->opt, &c->opt, &r->lora.params))) goto done;
+    struct nn_adamw_config oc = c->opt;
+    oc.decay_steps = c->iters > 0 ? c->iters : 1;   /* a decay spans the run's updates */
+    if ((s = nn_adamw_init(&r->opt, &oc, &r->lora.params))) goto done;
 
     /* held-out evaluation set */
     const int E = c->eval_images;
@@ -1251,6 +1283,7 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
         const double t0 = now_s();
         double J = 0, gnorm = 0, terms[DRAFT_REWARD_MAX_TERMS];
         mem_reset_peak(r->p.device);
+        const double lr = nn_adamw_lr(&r->opt);   /* this step's update: logged as it, not the next one's */
         s = train_step(r, &J, terms, &gnorm);
         if (s) {
             char hint[256] = "";
@@ -1270,7 +1303,7 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
                 "{\"step\": %d, \"reward\": %s, \"loss\": %s, \"grad_norm\": %s, \"lr\": %.6g, \"seconds\": %.4f, "
                 "\"peak_mib\": %.1f",
                 r->step, jnum(jr, sizeof jr, "%.9g", J), jnum(jl, sizeof jl, "%.9g", -J), jnum(jg, sizeof jg, "%.6g", gnorm),
-                nn_adamw_lr(&r->opt), dt, (double)ms.peak_bytes / 1048576.0);
+                lr, dt, (double)ms.peak_bytes / 1048576.0);
         metrics_terms(r->metrics, "reward_terms", r->n_terms, terms);
         fputs("}\n", r->metrics);
         fflush(r->metrics);

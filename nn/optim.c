@@ -1,4 +1,4 @@
-/* optim.c — AdamW (torch.optim.AdamW semantics) with accumulation, clipping and warm-up.
+/* optim.c — AdamW (torch.optim.AdamW semantics) with accumulation, clipping, warm-up and decay.
  * The update is written with ag_ ops under no-grad, so it runs on whichever device holds the
  * parameters; moments live beside them. */
 #include "nn/optim.h"
@@ -11,7 +11,37 @@
 struct nn_adamw_config nn_adamw_config_default(void)
 {
     return (struct nn_adamw_config){.lr = 1e-4, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = 1e-2,
-                                    .max_grad_norm = 0, .warmup_steps = 0, .accum_steps = 1};
+                                    .max_grad_norm = 0, .warmup_steps = 0, .accum_steps = 1,
+                                    .decay = NN_LR_CONSTANT, .decay_steps = 0, .lr_min = 0};
+}
+
+static const char *const decay_names[] = {"constant", "linear", "cosine"};
+
+const char *nn_lr_decay_name(enum nn_lr_decay d)
+{
+    return (unsigned)d < sizeof decay_names / sizeof *decay_names ? decay_names[d] : "?";
+}
+
+bool nn_lr_decay_parse(const char *s, enum nn_lr_decay *out)
+{
+    for (int i = 0; i < (int)(sizeof decay_names / sizeof *decay_names); i++)
+        if (!strcmp(s, decay_names[i])) {
+            *out = (enum nn_lr_decay)i;
+            return true;
+        }
+    return false;
+}
+
+double nn_adamw_lr_at(const struct nn_adamw_config *c, int64_t k)
+{
+    const int64_t w = c->warmup_steps;
+    if (w > 0 && k + 1 < w) return c->lr * (double)(k + 1) / (double)w;
+    if (c->decay == NN_LR_CONSTANT) return c->lr;
+    const double span = (double)(c->decay_steps - w);
+    double t = span > 0 ? (double)(k - w) / span : 1;
+    t = t < 0 ? 0 : t > 1 ? 1 : t;
+    const double f = c->decay == NN_LR_LINEAR ? 1 - t : 0.5 * (1 + cos(M_PI * t));
+    return c->lr_min + (c->lr - c->lr_min) * f;
 }
 
 void nn_adamw_free(struct nn_adamw *o)
@@ -42,6 +72,12 @@ static enum status check_config(const struct nn_adamw_config *c)
         return tensor_fail(STATUS_VALUE, "adamw: max_grad_norm must be >= 0 (0 = no clipping), got %g", c->max_grad_norm);
     if (c->warmup_steps < 0) return tensor_fail(STATUS_VALUE, "adamw: warmup_steps must be >= 0, got %d", c->warmup_steps);
     if (c->accum_steps < 1) return tensor_fail(STATUS_VALUE, "adamw: accum_steps must be >= 1, got %d", c->accum_steps);
+    if ((unsigned)c->decay > NN_LR_COSINE) return tensor_fail(STATUS_VALUE, "adamw: unknown learning-rate decay %d", (int)c->decay);
+    if (c->decay != NN_LR_CONSTANT && c->decay_steps < 1)
+        return tensor_fail(STATUS_VALUE, "adamw: a %s decay needs decay_steps >= 1 (the updates it spans), got %lld",
+                           nn_lr_decay_name(c->decay), (long long)c->decay_steps);
+    if (c->decay != NN_LR_CONSTANT && !(c->lr_min >= 0 && c->lr_min <= c->lr))
+        return tensor_fail(STATUS_VALUE, "adamw: lr_min must be in [0, lr = %g], got %g", c->lr, c->lr_min);
     return STATUS_OK;
 }
 
@@ -83,12 +119,7 @@ enum status nn_adamw_init(struct nn_adamw *o, const struct nn_adamw_config *c, s
     return STATUS_OK;
 }
 
-double nn_adamw_lr(const struct nn_adamw *o)
-{
-    const int w = o->config.warmup_steps;
-    if (w <= 0 || o->step + 1 >= w) return o->config.lr;
-    return o->config.lr * (double)(o->step + 1) / (double)w;
-}
+double nn_adamw_lr(const struct nn_adamw *o) { return nn_adamw_lr_at(&o->config, o->step); }
 
 void nn_adamw_zero_grad(struct nn_adamw *o)
 {

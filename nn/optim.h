@@ -12,9 +12,15 @@
  * p.grad is None. Keep trainable parameters in f32 or f64: a bf16/f16 parameter gets f32
  * moments but is rounded back to its dtype after every update.
  *
- * Learning rate of update k = 0, 1, ...: lr * min(1, (k + 1) / warmup_steps) (from
- * lr / warmup to lr, then constant). Note diffusers' get_constant_schedule_with_warmup starts
- * one step earlier, at 0.
+ * Learning rate of update k = 0, 1, ...: lr * (k + 1) / warmup_steps during the warm-up (from
+ * lr / warmup to lr; diffusers' schedules start one step earlier, at 0), then, with
+ * t = (k - warmup) / (decay_steps - warmup) clamped to [0, 1]:
+ *   constant  lr
+ *   linear    lr_min + (lr - lr_min) (1 - t)
+ *   cosine    lr_min + (lr - lr_min) (1 + cos(pi t)) / 2
+ * (diffusers' get_linear / get_cosine_schedule_with_warmup when lr_min = 0); decay_steps is the
+ * number of updates planned, so the last one uses lr_min + (lr - lr_min) / (decay_steps - warmup)
+ * (linear) and updates past it lr_min.
  */
 #ifndef NN_OPTIM_H
 #define NN_OPTIM_H
@@ -25,14 +31,26 @@
 extern "C" {
 #endif
 
+enum nn_lr_decay { NN_LR_CONSTANT, NN_LR_LINEAR, NN_LR_COSINE };
+
 struct nn_adamw_config {
     double lr, beta1, beta2, eps, weight_decay;
     double max_grad_norm;   /* 0 = no clipping */
     int warmup_steps;       /* 0 = none */
     int accum_steps;        /* micro-batches per update, >= 1 */
+    enum nn_lr_decay decay; /* after the warm-up (header comment) */
+    int64_t decay_steps;    /* updates the decay spans (warm-up included); >= 1 unless constant */
+    double lr_min;          /* where the decay ends, in [0, lr] */
 };
-/* lr 1e-4, betas (0.9, 0.999), eps 1e-8, weight decay 1e-2, no clipping, no warm-up, accum 1 */
+/* lr 1e-4, betas (0.9, 0.999), eps 1e-8, weight decay 1e-2, no clipping, no warm-up, accum 1,
+ * constant learning rate */
 struct nn_adamw_config nn_adamw_config_default(void);
+
+/* "constant", "linear", "cosine" */
+const char *nn_lr_decay_name(enum nn_lr_decay d);
+bool nn_lr_decay_parse(const char *s, enum nn_lr_decay *out);   /* false if unknown */
+/* the learning rate of update k (0-based) under c */
+double nn_adamw_lr_at(const struct nn_adamw_config *c, int64_t k);
 
 struct nn_adamw {
     struct nn_adamw_config config;
@@ -46,7 +64,8 @@ struct nn_adamw {
 };
 
 /* Every float parameter of ps that requires grad. The config is checked (lr >= 0, betas in
- * [0, 1), eps >= 0, weight_decay >= 0, max_grad_norm >= 0, warmup >= 0, accum >= 1). */
+ * [0, 1), eps >= 0, weight_decay >= 0, max_grad_norm >= 0, warmup >= 0, accum >= 1, and for a
+ * decay: decay_steps >= 1, 0 <= lr_min <= lr). */
 enum status nn_adamw_init(struct nn_adamw *o, const struct nn_adamw_config *c, struct nn_params *ps);
 void nn_adamw_free(struct nn_adamw *o);   /* safe on a zeroed or failed optimizer */
 

@@ -57,6 +57,19 @@ struct ref {
     int64_t step;
 };
 
+/* the learning rate of update k, written another way than nn_adamw_lr_at: i updates into a decay
+ * of n, linear (n - i) / n, cosine cos^2(pi i / 2n) = (1 + cos(pi i / n)) / 2 */
+static double ref_lr(const struct nn_adamw_config *c, int64_t k)
+{
+    const int64_t w = c->warmup_steps;
+    if (w > 0 && k + 1 < w) return c->lr * (double)(k + 1) / (double)w;
+    if (c->decay == NN_LR_CONSTANT) return c->lr;
+    const int64_t n = c->decay_steps - w, i = k - w < 0 ? 0 : k - w;
+    if (n <= 0 || i >= n) return c->lr_min;
+    const double f = c->decay == NN_LR_LINEAR ? (double)(n - i) / (double)n : pow(cos(M_PI * (double)i / (2.0 * (double)n)), 2);
+    return c->lr_min + (c->lr - c->lr_min) * f;
+}
+
 static void ref_update(struct ref *r, const struct nn_adamw_config *c, int n_micro, const double *const *R)
 {
     const int n_used = (int)(sizes[0] + sizes[1]);
@@ -69,7 +82,7 @@ static void ref_update(struct ref *r, const struct nn_adamw_config *c, int n_mic
     }
     const double norm = sqrt(sq);
     const double coef = c->max_grad_norm > 0 ? fmin(1.0, c->max_grad_norm / (norm + 1e-6)) : 1.0;
-    const double lr = c->warmup_steps > 0 && r->step + 1 < c->warmup_steps ? c->lr * (double)(r->step + 1) / c->warmup_steps : c->lr;
+    const double lr = ref_lr(c, r->step);
     const int64_t t = ++r->step;
     const double bc1 = 1 - pow(c->beta1, (double)t), bc2 = 1 - pow(c->beta2, (double)t);
     for (int j = 0; j < n_used; j++) {
@@ -94,10 +107,13 @@ START_TEST(test_reference)
     LEAK_CHECK_BEGIN();
     struct nn_adamw_config base = nn_adamw_config_default();
     base.lr = 0.05;   /* large enough that every term matters */
-    struct { const char *label; double wd, clip; int warmup, accum; } cases[] = {
-        {"defaults+wd", 1e-2, 0, 0, 1},  {"wd=0.1,clip=0.5", 0.1, 0.5, 0, 1}, {"warmup=3", 1e-2, 0, 3, 1},
-        {"accum=3", 1e-2, 0, 0, 3},      {"all: wd,clip=1,warmup=2,accum=2", 0.05, 1.0, 2, 2},
-        {"no wd, loose clip=100", 0, 100, 0, 1},
+    struct { const char *label; double wd, clip; int warmup, accum; enum nn_lr_decay decay; double lr_min; } cases[] = {
+        {"defaults+wd", 1e-2, 0, 0, 1, NN_LR_CONSTANT, 0},  {"wd=0.1,clip=0.5", 0.1, 0.5, 0, 1, NN_LR_CONSTANT, 0},
+        {"warmup=3", 1e-2, 0, 3, 1, NN_LR_CONSTANT, 0},     {"accum=3", 1e-2, 0, 0, 3, NN_LR_CONSTANT, 0},
+        {"all: wd,clip=1,warmup=2,accum=2", 0.05, 1.0, 2, 2, NN_LR_CONSTANT, 0},
+        {"no wd, loose clip=100", 0, 100, 0, 1, NN_LR_CONSTANT, 0},
+        /* decays over 5 of the 6 updates, so the last runs at lr_min */
+        {"warmup=2, cosine to 0.01", 1e-2, 0, 2, 1, NN_LR_COSINE, 0.01}, {"linear to 0, accum=2", 1e-2, 0, 0, 2, NN_LR_LINEAR, 0},
     };
     const enum dtype dts[2] = {DTYPE_F64, DTYPE_F32};
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++)
@@ -107,6 +123,9 @@ START_TEST(test_reference)
             c.max_grad_norm = cases[ci].clip;
             c.warmup_steps = cases[ci].warmup;
             c.accum_steps = cases[ci].accum;
+            c.decay = cases[ci].decay;
+            c.decay_steps = 5;
+            c.lr_min = cases[ci].lr_min;
             double init[21];
             random_values(init, 21, -1, 1);
             struct nn_params ps;
@@ -347,15 +366,17 @@ START_TEST(test_errors)
     tensor_free(v0);
     nn_adamw_free(&o);
     /* bad configs */
-    struct { struct nn_adamw_config c; const char *needle; } bad[6];
-    for (int i = 0; i < 6; i++) bad[i].c = nn_adamw_config_default();
+    struct { struct nn_adamw_config c; const char *needle; } bad[8];
+    for (int i = 0; i < 8; i++) bad[i].c = nn_adamw_config_default();
     bad[0].c.lr = -1; bad[0].needle = "lr";
     bad[1].c.beta1 = 1; bad[1].needle = "beta1";
     bad[2].c.beta2 = -0.1; bad[2].needle = "beta2";
     bad[3].c.accum_steps = 0; bad[3].needle = "accum_steps";
     bad[4].c.max_grad_norm = -1; bad[4].needle = "max_grad_norm";
     bad[5].c.warmup_steps = -2; bad[5].needle = "warmup_steps";
-    for (int i = 0; i < 6; i++) {
+    bad[6].c.decay = NN_LR_COSINE; bad[6].needle = "decay_steps";                        /* no span */
+    bad[7].c.decay = NN_LR_LINEAR; bad[7].c.decay_steps = 9; bad[7].c.lr_min = 1; bad[7].needle = "lr_min";   /* > lr */
+    for (int i = 0; i < 8; i++) {
         ck_assert_int_eq(nn_adamw_init(&o, &bad[i].c, &ps), STATUS_VALUE);
         ck_assert_msg(strstr(tensor_error(), bad[i].needle) != NULL, "%s", tensor_error());
         nn_adamw_free(&o);
@@ -368,6 +389,25 @@ START_TEST(test_errors)
         o.step++;
     }
     nn_adamw_free(&o);
+    /* warm-up 2 then cosine over 6 updates from 1 to 0.1: 0.5, 1, 1, then down to 0.1 at update 6 and after;
+     * every decay reaches lr_min exactly, and names parse back */
+    struct nn_adamw_config d = nn_adamw_config_default();
+    d.lr = 1;
+    d.warmup_steps = 2;
+    d.decay = NN_LR_COSINE;
+    d.decay_steps = 6;
+    d.lr_min = 0.1;
+    const double want[8] = {0.5, 1, 1, 0.1 + 0.9 * (1 + sqrt(0.5)) / 2, 0.55, 0.1 + 0.9 * (1 - sqrt(0.5)) / 2, 0.1, 0.1};
+    for (int k = 0; k < 8; k++)
+        ck_assert_msg(fabs(nn_adamw_lr_at(&d, k) - want[k]) < 1e-15, "cosine update %d: %.17g", k, nn_adamw_lr_at(&d, k));
+    d.decay = NN_LR_LINEAR;
+    ck_assert(fabs(nn_adamw_lr_at(&d, 3) - 0.775) < 1e-15 && nn_adamw_lr_at(&d, 6) == 0.1 && nn_adamw_lr_at(&d, 99) == 0.1);
+    for (int k = 0; k < 3; k++) {
+        enum nn_lr_decay e;
+        ck_assert(nn_lr_decay_parse(nn_lr_decay_name((enum nn_lr_decay)k), &e) && e == (enum nn_lr_decay)k);
+    }
+    enum nn_lr_decay e;
+    ck_assert(!nn_lr_decay_parse("exponential", &e));
     nn_params_free(&ps);
     LEAK_CHECK_END();
 }

@@ -20,7 +20,7 @@ check "draft-run --help fits in 100 columns (the model's path aside)" "! awk 'le
 awk '/^                     [^ ]/ { sub(/^ +/, " "); line = line $0; next } { if (have) print line; line = $0; have = 1 }
      END { if (have) print line }' "$tmp/help.raw" >"$tmp/help"
 for opt in model ckpt reward eval-reward prompts negative-prompt out method k lv-n steps guidance eta checkpoint checkpoint-blocks lora-rank lora-targets init-lora lr grad-clip \
-           warmup accum batch iters seed size eval-images save-every lora-every max-minutes resume dry-run device precision; do
+           warmup lr-decay lr-min accum batch iters seed size eval-images save-every lora-every max-minutes resume dry-run device precision; do
     check "--help lists --$opt with its default" "grep -q -- '--$opt.*(default: ' '$tmp/help'"
 done
 # --version: the project's version, the commit of the build's source, the CPU and its BLAS
@@ -262,6 +262,23 @@ if [ -f "$model/model_index.json" ]; then
     check "draft-run --eval-prompts: the held-out set is scored on those prompts" \
           "[ $rc -eq 0 ] && [ -n '$e1' ] && [ '$e1' = '$e2' ] && [ '$e1' != '$e3' ] && \
            grep -q 'eval_prompts.txt' '$tmp/ep1/report.html'"
+    # --lr-decay: metrics.jsonl logs each step's own learning rate (warm-up 2, then cosine from 0.01
+    # to 0.001 over the 4 steps: 0.005, 0.01, 0.01, 0.0055), computed here from the formula
+    ld="--steps 2 --iters 4 --batch 1 --size 64 --eval-images 1 --reward red --no-progress --lr 0.01 --warmup 2 --lr-min 0.001"
+    "$run" --model "$model" $ld --lr-decay cosine --save-every 2 --out "$tmp/ld" >"$tmp/o" 2>&1; rc=$?
+    lr_bad=$(awk '/"lr": / { s = $0; sub(/.*"step": /, "", s); sub(/,.*/, "", s); l = $0; sub(/.*"lr": /, "", l); sub(/,.*/, "", l)
+                 k = s - 1; w = 2; n = 4 - w; t = (k - w) / n; t = t < 0 ? 0 : t > 1 ? 1 : t
+                 e = k + 1 < w ? 0.01 * (k + 1) / w : 0.001 + 0.009 * (1 + cos(3.14159265358979 * t)) / 2
+                 m++; if ((l - e) > 1e-6 * e || (e - l) > 1e-6 * e) bad = bad " step " s ": " l " (want " e ")" }
+                 END { print m == 4 ? bad : "only " m + 0 " steps" }' "$tmp/ld/metrics.jsonl")
+    check "--lr-decay cosine with a warm-up: each step logs the rate it used${lr_bad:+ (got$lr_bad)}" \
+          "[ $rc -eq 0 ] && [ -z '$lr_bad' ] && grep -q '\"lr-decay\":[[:space:]]*\"cosine\"' '$tmp/ld/config.json' && \
+           grep -q '0.01 (cosine decay to 0.001)' '$tmp/ld/report.html'"
+    "$run" --model "$model" $ld --lr-decay cosine --iters 6 --out "$tmp/ld" --resume >"$tmp/o" 2>&1; rc=$?
+    check "--resume with other --iters under a decay: refused, naming both schedules" \
+          "[ $rc -ne 0 ] && grep -q \"learning-rate schedule '--lr 0.01 --lr-decay cosine --lr-min 0.001 --warmup 2 --iters 4'\" '$tmp/o'"
+    "$run" --lr-decay exponential >"$tmp/o" 2>&1; rc=$?
+    check "--lr-decay exponential: exit 2 and a message" "[ $rc -eq 2 ] && grep -q 'is not constant, linear or cosine' '$tmp/o'"
     # --resume refuses what would make its values incomparable with the checkpoint's 'before'
     "$run" --model "$model" $ep --eval-prompts "$tmp/eval_prompts.txt" --out "$tmp/ep1" --iters 2 --resume >"$tmp/o" 2>&1; rc=$?
     check "--resume with the same held-out set continues" "[ $rc -eq 0 ] && grep -q 'resumed at step 1/2' '$tmp/o'"

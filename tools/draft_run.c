@@ -19,7 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum kind { K_STR, K_INT, K_U64, K_DOUBLE, K_BOOL, K_METHOD, K_DTYPE, K_DEVICE, K_PRECISION, K_SIZE };
+enum kind { K_STR, K_INT, K_U64, K_DOUBLE, K_BOOL, K_METHOD, K_DTYPE, K_DEVICE, K_PRECISION, K_SIZE, K_DECAY };
 
 struct opt {
     const char *name;
@@ -84,6 +84,9 @@ static const struct opt opts[] = {
     {"weight-decay", K_DOUBLE, F(opt.weight_decay), "AdamW decoupled weight decay"},
     {"grad-clip", K_DOUBLE, F(opt.max_grad_norm), "clip the global gradient norm to this (0 = off)"},
     {"warmup", K_INT, F(opt.warmup_steps), "linear learning-rate warm-up steps"},
+    {"lr-decay", K_DECAY, F(opt.decay), "after the warm-up: constant, or a linear or cosine decay to --lr-min at the "
+     "last of the --iters steps"},
+    {"lr-min", K_DOUBLE, F(opt.lr_min), "where --lr-decay ends"},
     {"accum", K_INT, F(opt.accum_steps), "gradient accumulation: micro-batches per optimiser step"},
     {"batch", K_INT, F(batch), "images per micro-batch"},
     {"iters", K_INT, F(iters), "optimiser steps"},
@@ -143,6 +146,7 @@ static void value_str(const struct draft_run_config *c, const struct opt *o, cha
     case K_DTYPE: snprintf(buf, n, "%s", *(const enum dtype *)p == DTYPE_BF16 ? "bf16" : "f32"); break;
     case K_DEVICE: snprintf(buf, n, "%s", device_name(*(const enum device *)p)); break;
     case K_PRECISION: snprintf(buf, n, "%s", precision_name(*(const enum precision *)p)); break;
+    case K_DECAY: snprintf(buf, n, "%s", nn_lr_decay_name(*(const enum nn_lr_decay *)p)); break;
     case K_SIZE:
         if (c->image_width == c->image_height) snprintf(buf, n, "%d", c->image_width);
         else snprintf(buf, n, "%dx%d", c->image_width, c->image_height);
@@ -277,6 +281,10 @@ static bool set_value(struct draft_run_config *c, const struct opt *o, const cha
         if (precision_parse(v, (enum precision *)p)) return true;
         fprintf(stderr, "draft-run: %s: --precision '%s' is not f32, tf32 or bf16\n", where, v);
         return false;
+    case K_DECAY:
+        if (nn_lr_decay_parse(v, (enum nn_lr_decay *)p)) return true;
+        fprintf(stderr, "draft-run: %s: --lr-decay '%s' is not constant, linear or cosine\n", where, v);
+        return false;
     case K_SIZE:   /* the two fields; "0" keeps the model's default */
         if (!strcmp(v, "0")) c->image_width = c->image_height = 0;
         else if (!draft_size_parse(v, &c->image_width, &c->image_height)) break;
@@ -284,7 +292,7 @@ static bool set_value(struct draft_run_config *c, const struct opt *o, const cha
     }
     static const char *const kinds[] = {"text", "an integer", "a non-negative integer", "a finite number",
                                         "true or false", "a method", "a dtype", "a device", "a precision",
-                                        "a size in pixels (512, or width x height: 768x512)"};
+                                        "a size in pixels (512, or width x height: 768x512)", "a decay"};
     fprintf(stderr, "draft-run: %s: --%s expects %s, got '%s'\n", where, o->name, kinds[o->kind], v);
     return false;
 }
