@@ -120,7 +120,8 @@ static struct tensor *linear_impl(struct tensor *x, struct tensor *w, struct ten
                     dtype_name(w->dtype), tensor_shape_str(w, s2, sizeof s2), b ? tensor_shape_str(b, s3, sizeof s3) : "none");
         return NULL;
     }
-    const int64_t rows = tensor_numel(x) / (in_f ? in_f : 1);
+    int64_t rows = 1;   /* the leading dims' product (not numel / in: in may be 0) */
+    for (int d = 0; d < x->ndim - 1; d++) rows *= x->shape[d];
     struct tensor *x2 = tensor_reshape(x, TENSOR_SHAPE(rows, in_f));
     int64_t oshape[TENSOR_MAX_DIMS];
     memcpy(oshape, x->shape, sizeof oshape);

@@ -1,6 +1,7 @@
 /* op_misc.c — embedding, dropout and the losses. */
 #include "autograd/node.h"
 
+#include <stdio.h>
 #include <string.h>
 
 /* ---------------------------------------------------------------- embedding */
@@ -90,6 +91,12 @@ struct tensor *ag_cross_entropy(struct tensor *logits, struct tensor *target)
     if (eye)
         for (int64_t i = 0; i < C; i++) tensor_set_flat(eye, i * C + i, 1.0);
     struct tensor *onehot = ag_embedding(tensor_to_device(eye, logits->storage->device), target);
+    if (!onehot && tensor_status() == STATUS_VALUE) {   /* a target outside [0, C): say so in this op's terms */
+        char why[256];
+        snprintf(why, sizeof why, "%s", tensor_error());
+        tensor_fail(STATUS_VALUE, "cross_entropy: a target is not a class of logits %s (%lld classes): %s",
+                    tensor_shape_str(logits, a, sizeof a), (long long)C, why);
+    }
     struct tensor *picked = ag_mul(ag_log_softmax(logits, -1), onehot);
     return tensor_scope_return(ag_scale(ag_sum(picked, 0, NULL, false), -1.0 / (double)logits->shape[0]));
 }

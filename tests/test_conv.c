@@ -331,6 +331,44 @@ static void expect_error(struct tensor *r, const char *needle)
     tensor_clear_error();
 }
 
+/* No input channels is a valid conv (the output is the bias): every path, forward and both
+ * gradients, in f32 and f64; it once divided by the zero channel count (SIGFPE) */
+START_TEST(test_no_input_channels)
+{
+    LEAK_CHECK_BEGIN();
+    const int64_t shapes[4][5] = {{1, 4, 4, 3, 3}, {2, 4, 4, 3, 3}, {2, 20, 20, 3, 3}, {3, 5, 6, 1, 1}};   /* N, H, W, KH, KW */
+    for (int d = 0; d < 2; d++)
+        for (int i = 0; i < 4; i++) {
+            tensor_scope_begin();
+            const enum dtype dt = d ? DTYPE_F32 : DTYPE_F64;
+            const int64_t *sh = shapes[i];
+            struct tensor *x = tensor_zeros(dt, 4, (int64_t[]){sh[0], 0, sh[1], sh[2]}, DEVICE_CPU);
+            struct tensor *w = tensor_zeros(dt, 4, (int64_t[]){3, 0, sh[3], sh[4]}, DEVICE_CPU);
+            struct tensor *b = tensor_to_dtype(test_uniform(DTYPE_F64, TENSOR_SHAPE(3), -1, 1), dt);
+            ag_set_requires_grad(x, true);
+            ag_set_requires_grad(w, true);
+            ag_set_requires_grad(b, true);
+            struct conv2d_params p = conv2d_params_default();
+            p.pad_top = p.pad_bottom = p.pad_left = p.pad_right = sh[3] / 2;
+            struct tensor *out = ag_conv2d(x, w, b, &p);
+            ck_assert_msg(out, "%s", tensor_error());
+            ck_assert(out->shape[0] == sh[0] && out->shape[1] == 3 && out->shape[2] == sh[1] && out->shape[3] == sh[2]);
+            for (int64_t j = 0; j < tensor_numel(out); j++)
+                ck_assert(tensor_get_flat(out, j) == tensor_get_flat(b, j / (sh[1] * sh[2]) % 3));
+            struct tensor *dy = tensor_to_dtype(test_uniform(DTYPE_F64, out->ndim, out->shape, -1, 1), dt);
+            ck_assert_int_eq(ag_backward(out, dy, false), STATUS_OK);
+            for (int o = 0; o < 3; o++) {   /* db[o]: the sum of dy over its channel */
+                double sum = 0;
+                for (int64_t j = 0; j < tensor_numel(dy); j++)
+                    if (j / (sh[1] * sh[2]) % 3 == o) sum += tensor_get_flat(dy, j);
+                ck_assert(fabs(tensor_get_flat(b->grad, o) - sum) <= 1e-5 * (1 + fabs(sum)));
+            }
+            tensor_scope_end();
+        }
+    LEAK_CHECK_END();
+}
+END_TEST
+
 START_TEST(test_errors)
 {
     LEAK_CHECK_BEGIN();
@@ -389,6 +427,7 @@ int main(void)
     tcase_add_test(tc, test_thread_determinism);
     tcase_add_test(tc, test_shared_input);
     tcase_add_test(tc, test_saved);
+    tcase_add_test(tc, test_no_input_channels);
     tcase_add_test(tc, test_errors);
     suite_add_tcase(s, tc);
     return test_run_suite(s);

@@ -613,6 +613,53 @@ START_TEST(test_vec_act_edges)
 }
 END_TEST
 
+/* Empty dims where the op is still defined: a value a user can check, gradients of the right
+ * shapes, no crash. Each of these once failed: linear with no input features (reshaped through
+ * numel / in = 0 rows), layer_norm over no rows (the weight checked against 0 elements), a
+ * cross_entropy target outside no classes (reported as an embedding's error) */
+START_TEST(test_empty_dims)
+{
+    LEAK_CHECK_BEGIN();
+    tensor_scope_begin();
+    /* linear, in = 0: the bias, broadcast; dw is [3,0], db the column sums of dy */
+    struct tensor *x = tensor_zeros(DTYPE_F64, TENSOR_SHAPE(2, 0), DEVICE_CPU), *w = tensor_zeros(DTYPE_F64, TENSOR_SHAPE(3, 0), DEVICE_CPU);
+    struct tensor *b = test_uniform(DTYPE_F64, TENSOR_SHAPE(3), -1, 1);
+    ag_set_requires_grad(w, true);
+    ag_set_requires_grad(b, true);
+    struct tensor *y = ag_linear(x, w, b);
+    ck_assert_msg(y, "%s", tensor_error());
+    ck_assert(y->ndim == 2 && y->shape[0] == 2 && y->shape[1] == 3);
+    for (int64_t i = 0; i < 6; i++) ck_assert(tensor_get_flat(y, i) == tensor_get_flat(b, i % 3));
+    struct tensor *dy = test_uniform(DTYPE_F64, TENSOR_SHAPE(2, 3), -1, 1);
+    ck_assert_int_eq(ag_backward(y, dy, false), STATUS_OK);
+    ck_assert(w->grad && w->grad->shape[0] == 3 && w->grad->shape[1] == 0);
+    for (int64_t o = 0; o < 3; o++)
+        ck_assert(fabs(tensor_get_flat(b->grad, o) - (tensor_get_flat(dy, o) + tensor_get_flat(dy, 3 + o))) < 1e-15);
+    /* layer_norm over no rows: an empty result, and weight/bias gradients of their own shape, zero */
+    struct tensor *xl = tensor_zeros(DTYPE_F32, TENSOR_SHAPE(0, 4), DEVICE_CPU);
+    struct tensor *wl = test_uniform(DTYPE_F32, TENSOR_SHAPE(4), -1, 1), *bl = test_uniform(DTYPE_F32, TENSOR_SHAPE(4), -1, 1);
+    ag_set_requires_grad(wl, true);
+    ag_set_requires_grad(bl, true);
+    struct tensor *yl = ag_layer_norm(xl, 1, wl, bl, 1e-5);
+    ck_assert_msg(yl && tensor_numel(yl) == 0, "%s", tensor_error());
+    ck_assert_int_eq(ag_backward(yl, tensor_zeros(DTYPE_F32, TENSOR_SHAPE(0, 4), DEVICE_CPU), false), STATUS_OK);
+    for (int i = 0; i < 4; i++) ck_assert(tensor_get_flat(wl->grad, i) == 0 && tensor_get_flat(bl->grad, i) == 0);
+    /* cross_entropy with no classes: refused in its own terms */
+    struct tensor *tgt = tensor_zeros(DTYPE_I64, TENSOR_SHAPE(2), DEVICE_CPU);
+    ck_assert_ptr_null(ag_cross_entropy(tensor_zeros(DTYPE_F32, TENSOR_SHAPE(2, 0), DEVICE_CPU), tgt));
+    ck_assert_msg(strstr(tensor_error(), "cross_entropy: a target is not a class of logits [2,0]"), "%s", tensor_error());
+    tensor_clear_error();
+    /* attention with no keys: every row sees nothing, out is 0 */
+    struct tensor *q = test_uniform(DTYPE_F32, TENSOR_SHAPE(1, 2, 3, 4), -1, 1);
+    struct tensor *k = tensor_zeros(DTYPE_F32, TENSOR_SHAPE(1, 2, 0, 4), DEVICE_CPU), *v = tensor_zeros(DTYPE_F32, TENSOR_SHAPE(1, 2, 0, 5), DEVICE_CPU);
+    struct tensor *ya = ag_attention(q, k, v, 0, false);
+    ck_assert_msg(ya && tensor_numel(ya) == 30, "%s", tensor_error());
+    for (int64_t i = 0; i < 30; i++) ck_assert(tensor_get_flat(ya, i) == 0);
+    tensor_scope_end();
+    LEAK_CHECK_END();
+}
+END_TEST
+
 int main(void)
 {
     test_seed();
@@ -635,6 +682,7 @@ int main(void)
     tcase_add_test(tc, test_softmax_reference);
     tcase_add_test(tc, test_misc);
     tcase_add_test(tc, test_dropout_stats);
+    tcase_add_test(tc, test_empty_dims);
     suite_add_tcase(s, tc);
     return test_run_suite(s);
 }

@@ -141,6 +141,7 @@ static bool shape_is(const struct tensor *t, int64_t a, int64_t b, int64_t c, in
 /* whole channels per im2col chunk so that a chunk of one tile fits the workspace */
 static int64_t chunk_channels(const struct geom *g, int64_t nc)
 {
+    if (nc <= 0) return 1;   /* no input channels: nothing to chunk (and no division by zero) */
     int64_t fit = max64(1, WS_BYTES / (int64_t)(g->KK * g->tile * g->esz));
     int64_t nchunks = ceil_div(nc, fit);
     return ceil_div(nc, nchunks);   /* balanced chunks */
@@ -769,6 +770,7 @@ static int64_t small_batch(const struct geom *g)
 /* channels per im2col chunk of `cols` columns within WS_BYTES (balanced over nc) */
 static int64_t chunk_for(const struct geom *g, int64_t nc, int64_t cols)
 {
+    if (nc <= 0) return 1;
     const int64_t fit = max64(1, WS_BYTES / (int64_t)(g->KK * cols * g->esz));
     return ceil_div(nc, ceil_div(nc, fit));
 }

@@ -276,8 +276,8 @@ static enum status layer_norm_impl(struct tensor *out, struct tensor *mean, stru
     if (s) return s;
     const int64_t rows = tensor_numel(mean), total = tensor_numel(x), n = rows ? total / rows : 0;
     if ((s = check_numel(op, "x", x, rows * n)) || (s = check_numel(op, "out", out, total)) ||
-        (s = check_numel(op, "rstd", rstd, rows)) || (s = check_numel(op, "weight", w, n)) ||
-        (s = check_numel(op, "bias", b, n)))
+        (s = check_numel(op, "rstd", rstd, rows)) || (rows && (s = check_numel(op, "weight", w, n))) ||
+        (rows && (s = check_numel(op, "bias", b, n))))   /* no rows: n is unknown here, nothing is read */
         return s;
     if (total == 0) return STATUS_OK;
     const struct norm_loops *L = norm_loops_for(x->dtype);
@@ -331,7 +331,7 @@ static enum status layer_norm_backward_impl(struct tensor *dx, struct tensor *dw
     const int64_t rows = tensor_numel(mean), total = tensor_numel(x), n = rows ? total / rows : 0;
     if ((s = check_numel(op, "x", x, rows * n)) || (s = check_numel(op, "dy", dy, total)) ||
         (s = check_numel(op, "dx", dx, total)) || (s = check_numel(op, "rstd", rstd, rows)) ||
-        (s = check_numel(op, "weight", w, n)) || (rows && (s = check_numel(op, "dw", dw, n))) ||
+        (rows && (s = check_numel(op, "weight", w, n))) || (rows && (s = check_numel(op, "dw", dw, n))) ||
         (rows && (s = check_numel(op, "db", db, n))))
         return s;
     if (total == 0) {   /* nothing summed: zero parameter gradients */
