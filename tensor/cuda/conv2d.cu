@@ -778,7 +778,13 @@ enum status forward_body(struct tensor *out, const struct tensor *x, const struc
     if (bias && (bias->dtype != x->dtype || tensor_numel(bias) != g.O))
         return tensor_fail(STATUS_SHAPE, "conv2d: bias must be [%lld] of dtype %s", (long long)g.O, dtype_name(x->dtype));
     if (tensor_numel(out) == 0) return STATUS_OK;
-    if (g.Kg == 0 && !bias) return cuda_fill(out, 0);
+    if (g.Kg == 0) {   /* no input channels: the output is the bias (the GEMM paths would divide by K = 0) */
+        if (!bias) return cuda_fill(out, 0);
+        const int64_t b4s[4] = {1, g.O, 1, 1};
+        struct tensor *b4 = tensor_reshape((struct tensor *)bias, 4, b4s);
+        struct tensor *be = b4 ? tensor_expand(b4, out->ndim, out->shape) : NULL;
+        return be ? cuda_copy(out, be) : tensor_status();
+    }
     const struct tensor *xc, *wc, *bc = NULL;
     if (!(xc = contig(x, &s)) || !(wc = contig(w, &s)) || (bias && !(bc = contig(bias, &s)))) return s;
     outbuf o;
