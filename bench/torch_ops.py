@@ -56,6 +56,7 @@ def main():
         ("matmul", [(1024, 1024), (1024, 1024)], lambda a, b: torch.matmul(a, b)),
         ("conv2d_320", [(2, 320, 32, 32), (320, 320, 3, 3), (320,)], lambda x, w, b: F.conv2d(x, w, b, padding=1)),
         ("conv2d_4", [(2, 4, 64, 64), (320, 4, 3, 3), (320,)], lambda x, w, b: F.conv2d(x, w, b, padding=1)),
+        ("conv2d_4px", [(8, 256, 4, 4), (128, 256, 3, 3), (128,)], lambda x, w, b: F.conv2d(x, w, b, padding=1)),
         ("group_norm", [(2, 320, 64, 64), (320,), (320,)], lambda x, w, b: F.group_norm(x, 32, w, b, 1e-5)),
         ("attention", [(2, 8, 1024, 40)] * 3, attention),
         ("attention_d16", [(8, 4, 256, 16)] * 3, attention),
