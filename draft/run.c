@@ -49,6 +49,7 @@ void draft_run_config_default(struct draft_run_config *c)
     c->eval_images = 8;
     c->eval_every = 0;
     c->save_every = 50;
+    c->skip_nonfinite = 3;
     c->progress = true;
 }
 
@@ -327,6 +328,7 @@ struct run {
     int n_prompts, n_eval_list;
     int64_t latent_c, latent_h, latent_w;
     int step;                 /* optimiser steps done */
+    int skipped;              /* of them, skipped for a gradient that was not finite (--skip-nonfinite) */
     FILE *metrics;
     double *curve_x, *curve_y, *curve_ex, *curve_ey;   /* train reward per step; eval reward */
     int n_curve, n_eval_curve, cap_curve;
@@ -637,7 +639,8 @@ static enum status save_checkpoint(struct run *r)
     /* a sum's terms, and each held-out image's reward, before training */
     char *terms = doubles_join(r->n_terms, r->before.terms), *imgs = doubles_join(r->c->eval_images, r->img_before);
     char *held_terms = doubles_join(r->n_held_terms, r->before.held_terms);
-    char eval_set[48], clip_div[64], sampler[1200], schedule[200];
+    char eval_set[48], clip_div[64], sampler[1200], schedule[200], skipped[32];
+    snprintf(skipped, sizeof skipped, "%d", r->skipped);
     eval_set_str(r, eval_set, sizeof eval_set);
     sampler_str(r->c, sampler, sizeof sampler);
     schedule_str(r->c, schedule, sizeof schedule);
@@ -646,10 +649,12 @@ static enum status save_checkpoint(struct run *r)
                         "draft.size", "draft.eval_reward_before", "draft.reward_terms_before", "draft.eval_set",
                         "draft.reward", "draft.eval_reward", "draft.diversity_model", "draft.clip_diversity_before",
                         "draft.reward_images_before", "draft.best", "draft.best_step", "draft.sampler",
-                        "draft.init_lora", "draft.engine", "draft.eval_reward_terms_before", "draft.lr_schedule"};
+                        "draft.init_lora", "draft.engine", "draft.eval_reward_terms_before", "draft.lr_schedule",
+                        "draft.skipped"};
     const char *mv[] = {"draft-checkpoint-1", meta_step, meta_seed, draft_method_name(r->c->method.method), before, div_before,
                         size, eval_before, terms, eval_set, r->c->reward, r->c->eval_reward, r->c->diversity_model,
-                        clip_div, imgs, best, best_step, sampler, r->c->init_lora, r->engine, held_terms, schedule};
+                        clip_div, imgs, best, best_step, sampler, r->c->init_lora, r->engine, held_terms, schedule,
+                        skipped};
     const enum status s = terms && imgs && held_terms ? draft_checkpoint_save(path, &r->lora, &r->opt, (int)(sizeof mk / sizeof *mk), mk, mv)
                                         : tensor_fail(STATUS_OOM, "out of host memory");
     free(terms);
@@ -718,6 +723,8 @@ static enum status load_checkpoint(struct run *r)
                         espec, r->c->eval_reward);
     if (!s) {
         r->step = atoi(step);
+        const char *sk = safetensors_metadata(st, "draft.skipped");   /* absent before --skip-nonfinite */
+        r->skipped = sk ? atoi(sk) : 0;
         r->before.reward = strtod(rb, NULL);
         r->before.diversity = strtod(db, NULL);
         const char *eb = safetensors_metadata(st, "draft.eval_reward_before");   /* absent before --eval-reward */
@@ -955,7 +962,10 @@ static enum status draft_run_write_report(struct run *r, const struct draft_run_
         snprintf(v[nk++], sizeof v[0], "%g (%s decay to %g) / %g / %g", c->opt.lr, nn_lr_decay_name(c->opt.decay),
                  c->opt.lr_min, c->opt.weight_decay, c->opt.max_grad_norm);
     snprintf(v[nk++], sizeof v[0], "%d x %d", c->batch, c->opt.accum_steps);
-    snprintf(v[nk++], sizeof v[0], "%d", r->step);
+    if (r->skipped)
+        snprintf(v[nk++], sizeof v[0], "%d (%d skipped: the gradient was not finite)", r->step, r->skipped);
+    else
+        snprintf(v[nk++], sizeof v[0], "%d", r->step);
     snprintf(v[nk++], sizeof v[0], "%llu", (unsigned long long)c->seed);
     snprintf(v[nk++], sizeof v[0], "%d (prompts: %s)", c->eval_images,
              c->eval_prompts[0] ? c->eval_prompts : "the training prompts");
@@ -1104,6 +1114,7 @@ static enum status check_config(const struct draft_run_config *c)
     if (c->eval_images < 1 || c->eval_images > 256) return tensor_fail(STATUS_VALUE, "--eval-images must be in [1, 256], got %d", c->eval_images);
     if (c->eval_every < 0 || c->save_every < 0 || c->lora_every < 0)
         return tensor_fail(STATUS_VALUE, "--eval-every, --save-every and --lora-every must be >= 0");
+    if (c->skip_nonfinite < 0) return tensor_fail(STATUS_VALUE, "--skip-nonfinite must be >= 0, got %d", c->skip_nonfinite);
     if (!(c->max_minutes >= 0) || !isfinite(c->max_minutes))
         return tensor_fail(STATUS_VALUE, "--max-minutes must be >= 0 (0 = no limit), got %g", c->max_minutes);
     if (!(c->opt.lr > 0) || !isfinite(c->opt.lr)) return tensor_fail(STATUS_VALUE, "--lr must be > 0, got %g", c->opt.lr);
@@ -1279,15 +1290,34 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
     }
 
     double step_avg = 0;
+    int in_a_row = 0;   /* steps skipped for a gradient that was not finite, since the last update */
     while (r->step < c->iters) {
         const double t0 = now_s();
         double J = 0, gnorm = 0, terms[DRAFT_REWARD_MAX_TERMS];
         mem_reset_peak(r->p.device);
         const double lr = nn_adamw_lr(&r->opt);   /* this step's update: logged as it, not the next one's */
         s = train_step(r, &J, terms, &gnorm);
+        /* A gradient that is not finite: AdamW made no update and dropped it. The run goes on with the
+         * next step's prompts and noise; stopping instead would leave a --resume that replays this very
+         * step (its draws are fixed by the seed and the step) and fails again. */
+        const bool nonfinite = s == STATUS_VALUE && !isfinite(gnorm);
+        const bool skipped = nonfinite && in_a_row < c->skip_nonfinite;
+        if (skipped) {
+            in_a_row++;
+            r->skipped++;
+            fprintf(stderr, "%sdraft-run: step %d skipped (%d in a row, --skip-nonfinite %d): %s\n", c->progress ? "\n" : "",
+                    r->step + 1, in_a_row, c->skip_nonfinite, tensor_error());
+            tensor_clear_error();
+            s = STATUS_OK;
+        } else if (!s) {
+            in_a_row = 0;
+        }
         if (s) {
             char hint[256] = "";
             if (s == STATUS_OOM) oom_hint(c, hint, sizeof hint);
+            if (nonfinite)
+                snprintf(hint, sizeof hint, "; %d steps in a row had a gradient that was not finite (--skip-nonfinite %d)",
+                         in_a_row + 1, c->skip_nonfinite);
             fprintf(stderr, "\n");
             tensor_fail(s, "step %d: %s; the last good checkpoint is %s/checkpoint.safetensors (use --resume)%s",
                         r->step + 1, tensor_error(), c->out, hint);
@@ -1305,9 +1335,9 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
                 r->step, jnum(jr, sizeof jr, "%.9g", J), jnum(jl, sizeof jl, "%.9g", -J), jnum(jg, sizeof jg, "%.6g", gnorm),
                 lr, dt, (double)ms.peak_bytes / 1048576.0);
         metrics_terms(r->metrics, "reward_terms", r->n_terms, terms);
-        fputs("}\n", r->metrics);
+        fputs(skipped ? ", \"skipped\": true}\n" : "}\n", r->metrics);
         fflush(r->metrics);
-        curve_push(r, false, r->step, J);
+        if (isfinite(J)) curve_push(r, false, r->step, J);
         if (c->progress) progress(r, J, -J, step_avg, gnorm);
         if (c->eval_every && r->step % c->eval_every == 0 && r->step < c->iters) {
             struct eval_result e;
@@ -1383,6 +1413,9 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
     if ((s = sd_lora_save(&r->lora, path, SD_LORA_PEFT))) goto done;
     path_in(r, path, sizeof path, "lora_kohya.safetensors");
     if ((s = sd_lora_save(&r->lora, path, SD_LORA_KOHYA))) goto done;
+    if (r->skipped)
+        fprintf(stderr, "draft-run: %d of the %d steps made no update: their gradient was not finite (\"skipped\" in "
+                        "metrics.jsonl)\n", r->skipped, r->step);
     res->seconds = now_s() - r->t_start;
     s = draft_run_write_report(r, res);
 

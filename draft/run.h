@@ -61,6 +61,8 @@ struct draft_run_config {
     int lora_every;        /* also keep the LoRA of every N-th step, <out>/loras/step_NNNNN.safetensors (0 = off) */
     double max_minutes;    /* end training once this much wall time has passed (0 = no limit): checkpoint, then
                             * the final evaluation, LoRA files and report as after the last step */
+    int skip_nonfinite;    /* a step whose gradient is not finite makes no update and the run goes on, up to
+                            * this many in a row; then it stops as on any error (0: at the first) */
     bool resume;           /* continue from out/checkpoint.safetensors */
     bool dry_run;          /* measure one held-out evaluation and one optimiser step, project the whole run
                             * from them, and write nothing (not even out/) */

@@ -20,7 +20,7 @@ check "draft-run --help fits in 100 columns (the model's path aside)" "! awk 'le
 awk '/^                     [^ ]/ { sub(/^ +/, " "); line = line $0; next } { if (have) print line; line = $0; have = 1 }
      END { if (have) print line }' "$tmp/help.raw" >"$tmp/help"
 for opt in model ckpt reward eval-reward prompts negative-prompt out method k lv-n steps guidance eta checkpoint checkpoint-blocks lora-rank lora-targets init-lora lr grad-clip \
-           warmup lr-decay lr-min accum batch iters seed size eval-images save-every lora-every max-minutes resume dry-run device precision; do
+           warmup lr-decay lr-min skip-nonfinite accum batch iters seed size eval-images save-every lora-every max-minutes resume dry-run device precision; do
     check "--help lists --$opt with its default" "grep -q -- '--$opt.*(default: ' '$tmp/help'"
 done
 # --version: the project's version, the commit of the build's source, the CPU and its BLAS
@@ -277,6 +277,20 @@ if [ -f "$model/model_index.json" ]; then
     "$run" --model "$model" $ld --lr-decay cosine --iters 6 --out "$tmp/ld" --resume >"$tmp/o" 2>&1; rc=$?
     check "--resume with other --iters under a decay: refused, naming both schedules" \
           "[ $rc -ne 0 ] && grep -q \"learning-rate schedule '--lr 0.01 --lr-decay cosine --lr-min 0.001 --warmup 2 --iters 4'\" '$tmp/o'"
+    # --skip-nonfinite: a reward weighted 1e36 overflows every gradient norm. Each such step makes no
+    # update and the run goes on (up to N in a row, the count kept through --resume); one more stops it
+    nf="--reward sum:1e36*red --steps 2 --batch 1 --size 64 --eval-images 1 --no-progress"
+    "$run" --model "$model" $nf --iters 2 --skip-nonfinite 5 --out "$tmp/nf" >"$tmp/o" 2>&1; rc1=$?
+    "$run" --model "$model" $nf --iters 4 --skip-nonfinite 5 --out "$tmp/nf" --resume >"$tmp/o" 2>&1; rc=$?
+    fin=$(grep '^final:' "$tmp/o")
+    check "--skip-nonfinite: 4 steps skipped, no update (reward after = before), the count kept through --resume" \
+          "[ $rc1 -eq 0 ] && [ $rc -eq 0 ] && [ \$(grep -c '\"skipped\": true' '$tmp/nf/metrics.jsonl') -eq 4 ] && \
+           [ -n \"\$(echo '$fin' | awk -F'[= ]' '\$3 == \$5')\" ] && grep -q '4 of the 4 steps made no update' '$tmp/o' && \
+           grep -q '4 (4 skipped: the gradient was not finite)' '$tmp/nf/report.html'"
+    "$run" --model "$model" $nf --iters 5 --out "$tmp/nf2" >"$tmp/o" 2>&1; rc=$?
+    check "--skip-nonfinite 3 (the default): the 4th non-finite step in a row stops the run, saying so" \
+          "[ $rc -eq 1 ] && [ \$(grep -c 'skipped (' '$tmp/o') -eq 3 ] && grep -q 'step 4: adamw: the gradient norm is inf' '$tmp/o' && \
+           grep -q '4 steps in a row had a gradient that was not finite' '$tmp/o'"
     "$run" --lr-decay exponential >"$tmp/o" 2>&1; rc=$?
     check "--lr-decay exponential: exit 2 and a message" "[ $rc -eq 2 ] && grep -q 'is not constant, linear or cosine' '$tmp/o'"
     # --resume refuses what would make its values incomparable with the checkpoint's 'before'

@@ -101,6 +101,8 @@ static const struct opt opts[] = {
     {"save-every", K_INT, F(save_every), "write checkpoint.safetensors every N steps (0 = at the end only)"},
     {"lora-every", K_INT, F(lora_every), "also keep the LoRA of every N-th step in <out>/loras/step_NNNNN.safetensors "
                                          "(0 = off)"},
+    {"skip-nonfinite", K_INT, F(skip_nonfinite), "a step whose gradient is not finite makes no update and the run "
+     "goes on, up to this many in a row (0: stop at the first)"},
     {"max-minutes", K_DOUBLE, F(max_minutes), "end training after this much wall time (0 = no limit), then evaluate "
                                               "and report as after the last step; --resume continues"},
     {"resume", K_BOOL, F(resume), "continue from <out>/checkpoint.safetensors, with the options of "
