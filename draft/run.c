@@ -576,8 +576,6 @@ static void num_str(char *buf, size_t n, double v)
     if (strtod(buf, NULL) != v) snprintf(buf, n, "%.17g", v);
 }
 
-/* the sampler's settings as flags: a resumed run must sample as the checkpoint's run did, or its
- * held-out values would not compare with the 'before' ones (training and evaluation share them) */
 /* the learning-rate schedule, as the checkpoint keeps it: a decay is planned over --iters updates,
  * so a resume must keep them (and --lr, --lr-min, --warmup) */
 static void schedule_str(const struct draft_run_config *c, char *buf, size_t n)
@@ -593,6 +591,8 @@ static void schedule_str(const struct draft_run_config *c, char *buf, size_t n)
              c->opt.warmup_steps, c->iters);
 }
 
+/* the sampler's settings as flags: a resumed run must sample as the checkpoint's run did, or its
+ * held-out values would not compare with the 'before' ones (training and evaluation share them) */
 static void sampler_str(const struct draft_run_config *c, char *buf, size_t n)
 {
     char g[32], e[32];

@@ -532,9 +532,15 @@ static void act_both_paths(enum unary_op op, struct tensor *x, struct tensor *g,
     cpu_elementwise_baseline_only(false);
 }
 
+/* internal hook of tensor/cpu/vecmath.c: the widest vectors it may use (16, 8 or 4 lanes) */
+void cpu_vecmath_max_lanes(int lanes);
+static const int vec_lanes[3] = {16, 8, 4};
+
 START_TEST(test_vec_act)
 {
     LEAK_CHECK_BEGIN();
+    cpu_vecmath_max_lanes(vec_lanes[_i]);   /* each width the CPU has; a missing one falls to the next */
+    printf("vector activations, at most %d lanes\n", vec_lanes[_i]);
     static const int64_t lens[] = {1, 3, 4, 5, 7, 8, 9, 15, 16, 17, 1000, 3 * 16384 + 123};
     float probe_in[8] = {0}, probe_out[8];
     printf("vector activation path: %s\n", cpu_vec_unary_f32(UNARY_GELU, probe_out, 1, probe_in, 1, 8) ? "libmvec" : "none (scalar loops)");
@@ -566,6 +572,7 @@ START_TEST(test_vec_act)
             (void)x1;
             tensor_scope_end();
         }
+    cpu_vecmath_max_lanes(16);
     LEAK_CHECK_END();
 }
 END_TEST
@@ -576,6 +583,7 @@ END_TEST
 START_TEST(test_vec_act_edges)
 {
     LEAK_CHECK_BEGIN();
+    cpu_vecmath_max_lanes(vec_lanes[_i]);
     const float k = 1.702f;
     const float special[] = {INFINITY, -INFINITY, NAN, 0.0f, -0.0f, FLT_MAX, -FLT_MAX, 200, -200, 87, -87, 88.5f, -88.5f,
                              88.8f, -88.8f, 20, -20, 19.9f, -20.1f, 87 / k, -87 / k, 88.5f / k, -88.5f / k, 13.19f, -13.19f,
@@ -609,6 +617,7 @@ START_TEST(test_vec_act_edges)
         }
     }
     tensor_scope_end();
+    cpu_vecmath_max_lanes(16);
     LEAK_CHECK_END();
 }
 END_TEST
@@ -671,8 +680,8 @@ int main(void)
     tcase_add_loop_test(tc, test_binary, 0, sizeof binary_cases / sizeof *binary_cases);
     tcase_add_test(tc, test_where);
     tcase_add_test(tc, test_long_rows);
-    tcase_add_test(tc, test_vec_act);
-    tcase_add_test(tc, test_vec_act_edges);
+    tcase_add_loop_test(tc, test_vec_act, 0, 3);
+    tcase_add_loop_test(tc, test_vec_act_edges, 0, 3);
     tcase_add_loop_test(tc, test_reduce, 0, sizeof reduce_cases / sizeof *reduce_cases);
     tcase_add_test(tc, test_reduce_values);
     tcase_add_loop_test(tc, test_views, 0, 8);

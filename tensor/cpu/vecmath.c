@@ -13,6 +13,12 @@
 static bool vec_baseline_only;
 void cpu_elementwise_baseline_only(bool on) { vec_baseline_only = on; }
 
+/* Tests cap the lanes to check every width the CPU has (16 needs AVX-512, 8 AVX2). Internal:
+ * declared where used, not in a header. */
+static int vec_max_lanes = 16;
+void cpu_vecmath_max_lanes(int lanes);
+void cpu_vecmath_max_lanes(int lanes) { vec_max_lanes = lanes; }
+
 #if defined(TENSOR_HAVE_MVEC) && defined(__x86_64__) && defined(__GNUC__)
 
 typedef float v16f __attribute__((vector_size(64)));
@@ -110,7 +116,8 @@ DEFINE_ROWS(16, v16f, v16i, AVX512_FN, _ZGVeN16v_erff, _ZGVeN16v_expf)
 DEFINE_ROWS(8, v8f, v8i, AVX2_FN, _ZGVdN8v_erff, _ZGVdN8v_expf)
 DEFINE_ROWS(4, v4f, v4i, , _ZGVbN4v_erff, _ZGVbN4v_expf)
 
-#define HAVE_AVX512() (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq"))
+#define HAVE_AVX512() (vec_max_lanes >= 16 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq"))
+#define HAVE_AVX2() (vec_max_lanes >= 8 && __builtin_cpu_supports("avx2"))
 
 /* sigmoid's backward uses y, not exp: the scalar loop is already cheap */
 static bool vec_op(enum unary_op op, bool bwd)
@@ -122,7 +129,7 @@ bool cpu_vec_unary_f32(enum unary_op op, float *o, int64_t so, const float *a, i
 {
     if (vec_baseline_only || !vec_op(op, false) || so != 1 || sa != 1) return false;
     if (HAVE_AVX512()) unary_v16f(op, o, a, n);
-    else if (__builtin_cpu_supports("avx2")) unary_v8f(op, o, a, n);
+    else if (HAVE_AVX2()) unary_v8f(op, o, a, n);
     else unary_v4f(op, o, a, n);
     return true;
 }
@@ -132,7 +139,7 @@ bool cpu_vec_unary_bwd_f32(enum unary_op op, float *dx, int64_t sdx, const float
 {
     if (vec_baseline_only || !vec_op(op, true) || !x || sdx != 1 || sdy != 1 || sx != 1) return false;
     if (HAVE_AVX512()) unary_bwd_v16f(op, dx, dy, x, n);
-    else if (__builtin_cpu_supports("avx2")) unary_bwd_v8f(op, dx, dy, x, n);
+    else if (HAVE_AVX2()) unary_bwd_v8f(op, dx, dy, x, n);
     else unary_bwd_v4f(op, dx, dy, x, n);
     return true;
 }
