@@ -295,8 +295,23 @@ END_TEST
 /* internal hook of tensor/cpu/attention.c: the widest SIMD the f32 exp may use */
 void cpu_attention_max_lanes(int lanes);
 
+/* out, dq, dk, dv of attention(q, k, v) with the f32 exp capped at `lanes` */
+static void attention_at(int lanes, bool causal, struct tensor *q, struct tensor *k, struct tensor *v, struct tensor *dout,
+                         struct tensor *res[4])
+{
+    cpu_attention_max_lanes(lanes);
+    struct tensor *x[3] = {ag_detach(q), ag_detach(k), ag_detach(v)};
+    for (int i = 0; i < 3; i++) ag_set_requires_grad(x[i], true);
+    res[0] = ag_attention(x[0], x[1], x[2], 0, causal);
+    ck_assert_ptr_nonnull(res[0]);
+    ck_assert_int_eq(ag_backward(res[0], dout, false), STATUS_OK);
+    for (int i = 0; i < 3; i++) res[i + 1] = x[i]->grad;
+    cpu_attention_max_lanes(16);
+}
+
 /* The f32 softmax's exp runs on 4, 8 or 16 lanes, whichever the CPU has: every width gives the
- * same bits, forward and backward (key counts off a multiple of 16 take the scalar tail) */
+ * same bits, forward and backward, causal or not (key counts off a multiple of 16 take the scalar
+ * tail) */
 START_TEST(test_simd_widths)
 {
     LEAK_CHECK_BEGIN();
@@ -305,29 +320,14 @@ START_TEST(test_simd_widths)
     struct tensor *k = make_input(DTYPE_F32, CONTIGUOUS, 2, 3, 83, 24, -3, 3);
     struct tensor *v = make_input(DTYPE_F32, CONTIGUOUS, 2, 3, 83, 16, -1, 1);
     struct tensor *dout = make_input(DTYPE_F32, CONTIGUOUS, 2, 3, 70, 16, -1, 1);
-    const int lanes[3] = {4, 8, 16};
-    struct tensor *res[3][4];
-    for (int w = 0; w < 3; w++) {
-        cpu_attention_max_lanes(lanes[w]);
-        struct tensor *x[3] = {ag_detach(q), ag_detach(k), ag_detach(v)};
-        for (int i = 0; i < 3; i++) ag_set_requires_grad(x[i], true);
-        res[w][0] = ag_attention(x[0], x[1], x[2], 0, w == 1);
-        ck_assert_ptr_nonnull(res[w][0]);
-        ck_assert_int_eq(ag_backward(res[w][0], dout, false), STATUS_OK);
-        for (int i = 0; i < 3; i++) res[w][i + 1] = x[i]->grad;
-    }
-    cpu_attention_max_lanes(16);
-    /* w == 1 ran causal: compare it with a causal run on 4 lanes */
-    cpu_attention_max_lanes(4);
-    struct tensor *x[3] = {ag_detach(q), ag_detach(k), ag_detach(v)};
-    for (int i = 0; i < 3; i++) ag_set_requires_grad(x[i], true);
-    struct tensor *causal4 = ag_attention(x[0], x[1], x[2], 0, true);
-    ck_assert_int_eq(ag_backward(causal4, dout, false), STATUS_OK);
-    cpu_attention_max_lanes(16);
-    struct tensor *c4[4] = {causal4, x[0]->grad, x[1]->grad, x[2]->grad};
-    for (int i = 0; i < 4; i++) {
-        ck_assert_msg(identical(res[2][i], res[0][i]), "16 lanes differ from 4 (result %d)", i);
-        ck_assert_msg(identical(res[1][i], c4[i]), "8 lanes differ from 4 (causal, result %d)", i);
+    for (int causal = 0; causal < 2; causal++) {
+        struct tensor *r4[4], *r8[4], *r16[4];
+        attention_at(4, causal, q, k, v, dout, r4);
+        attention_at(8, causal, q, k, v, dout, r8);
+        attention_at(16, causal, q, k, v, dout, r16);
+        for (int i = 0; i < 4; i++)
+            ck_assert_msg(identical(r8[i], r4[i]) && identical(r16[i], r4[i]), "%s result %d differs between widths",
+                          causal ? "causal" : "full", i);
     }
     tensor_scope_end();
     LEAK_CHECK_END();
