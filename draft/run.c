@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -742,6 +743,35 @@ static enum status load_checkpoint(struct run *r)
     return s;
 }
 
+/* ---------------------------------------------------------------- a busy machine */
+
+/* the process's CPU time so far (user + system), seconds */
+static double cpu_seconds(void)
+{
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru)) return NAN;
+    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) + 1e-6 * (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+}
+
+/* After a step on the CPU: with OpenMP's default wait policy the engine's threads spin at their
+ * barriers, so on a machine of its own the process gets about all of its threads' time (0.98 of
+ * it on the demo). Much less means other programs share the CPUs, and then every barrier waits on
+ * a preempted thread while the others spin: 2 steps of the demo took 17.4 s instead of 3.9 beside
+ * one busy process on 2 cores, 8.1 with OMP_WAIT_POLICY=PASSIVE. Said once, and only where no wait
+ * policy was chosen. */
+static void busy_machine_hint(const struct draft_run_config *c, double cpu_s, double wall_s)
+{
+    static bool said;
+    const int threads = tensor_num_threads();
+    if (said || c->device != DEVICE_CPU || threads < 2 || getenv("OMP_WAIT_POLICY") || !(wall_s > 0.2)) return;
+    const double share = cpu_s / (wall_s * threads);
+    if (!(share < 0.75)) return;
+    said = true;
+    fprintf(stderr, "%sdraft-run: this step had %.0f%% of its %d threads' time: other programs are using these CPUs. "
+                    "OMP_WAIT_POLICY=PASSIVE (or fewer OMP_NUM_THREADS) can make such a run about twice as fast "
+                    "(docs/tutorial.md)\n", c->progress ? "\n" : "", 100 * share, threads);
+}
+
 /* ---------------------------------------------------------------- progress */
 
 static void fmt_duration(char *buf, size_t n, double s)
@@ -1292,7 +1322,7 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
     double step_avg = 0;
     int in_a_row = 0;   /* steps skipped for a gradient that was not finite, since the last update */
     while (r->step < c->iters) {
-        const double t0 = now_s();
+        const double t0 = now_s(), cpu0 = cpu_seconds();
         double J = 0, gnorm = 0, terms[DRAFT_REWARD_MAX_TERMS];
         mem_reset_peak(r->p.device);
         const double lr = nn_adamw_lr(&r->opt);   /* this step's update: logged as it, not the next one's */
@@ -1326,6 +1356,7 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
         r->step++;
         const double dt = now_s() - t0;
         step_avg = step_avg ? 0.8 * step_avg + 0.2 * dt : dt;
+        busy_machine_hint(c, cpu_seconds() - cpu0, dt);
         struct mem_stats ms;
         mem_get_stats(r->p.device, &ms);
         char jr[32], jl[32], jg[32];

@@ -291,6 +291,17 @@ if [ -f "$model/model_index.json" ]; then
     check "--skip-nonfinite 3 (the default): the 4th non-finite step in a row stops the run, saying so" \
           "[ $rc -eq 1 ] && [ \$(grep -c 'skipped (' '$tmp/o') -eq 3 ] && grep -q 'step 4: adamw: the gradient norm is inf' '$tmp/o' && \
            grep -q '4 steps in a row had a gradient that was not finite' '$tmp/o'"
+    # a machine other programs keep busy (a spinning loop on every CPU): draft-run says so after a
+    # step, with the remedy, unless a wait policy was chosen (meson sets OMP_WAIT_POLICY=PASSIVE)
+    hogs=()
+    for _ in $(seq "$(nproc)"); do sh -c 'while :; do :; done' & hogs+=($!); done
+    bm="--steps 2 --batch 1 --size 64 --iters 1 --eval-images 1 --eval-every 0 --reward red --no-progress"
+    env -u OMP_WAIT_POLICY OMP_NUM_THREADS=2 "$run" --model "$model" $bm --out "$tmp/bm1" >"$tmp/o" 2>&1; rc=$?
+    env OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=2 "$run" --model "$model" $bm --out "$tmp/bm2" >"$tmp/o2" 2>&1; rc2=$?
+    kill "${hogs[@]}" 2>/dev/null; wait "${hogs[@]}" 2>/dev/null
+    check "a busy machine: the step's share of its threads' time, and OMP_WAIT_POLICY=PASSIVE, said once" \
+          "[ $rc -eq 0 ] && [ \$(grep -c \"of its 2 threads' time: other programs are using these CPUs. OMP_WAIT_POLICY=PASSIVE\" '$tmp/o') -eq 1 ]"
+    check "a busy machine with OMP_WAIT_POLICY set: nothing said" "[ $rc2 -eq 0 ] && ! grep -q \"threads' time\" '$tmp/o2'"
     "$run" --lr-decay exponential >"$tmp/o" 2>&1; rc=$?
     check "--lr-decay exponential: exit 2 and a message" "[ $rc -eq 2 ] && grep -q 'is not constant, linear or cosine' '$tmp/o'"
     # --resume refuses what would make its values incomparable with the checkpoint's 'before'
