@@ -769,7 +769,7 @@ static void busy_machine_hint(const struct draft_run_config *c, double cpu_s, do
     said = true;
     fprintf(stderr, "%sdraft-run: this step had %.0f%% of its %d threads' time: other programs are using these CPUs. "
                     "OMP_WAIT_POLICY=PASSIVE (or fewer OMP_NUM_THREADS) can make such a run about twice as fast "
-                    "(docs/tutorial.md)\n", c->progress ? "\n" : "", 100 * share, threads);
+                    "(docs/tutorial.md)\n", c->progress && !c->dry_run ? "\n" : "", 100 * share, threads);
 }
 
 /* ---------------------------------------------------------------- progress */
@@ -879,8 +879,10 @@ static enum status dry_run(struct run *r, struct draft_run_result *res)
     mem_reset_peak(dev);
     t0 = now_s();
     double J, gnorm, terms[DRAFT_REWARD_MAX_TERMS];
+    const double cpu0 = cpu_seconds();
     if ((s = train_step(r, &J, terms, &gnorm))) return s;
     res->step_seconds = now_s() - t0;
+    busy_machine_hint(c, cpu_seconds() - cpu0, res->step_seconds);   /* the projection assumes it stays so */
     mem_get_stats(dev, &m);
     res->step_peak_bytes = m.peak_bytes;
     /* the steps left, an evaluation every eval_every of them (not at the last), one after, one before

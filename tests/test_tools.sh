@@ -298,10 +298,13 @@ if [ -f "$model/model_index.json" ]; then
     bm="--steps 2 --batch 1 --size 64 --iters 1 --eval-images 1 --eval-every 0 --reward red --no-progress"
     env -u OMP_WAIT_POLICY OMP_NUM_THREADS=2 "$run" --model "$model" $bm --out "$tmp/bm1" >"$tmp/o" 2>&1; rc=$?
     env OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=2 "$run" --model "$model" $bm --out "$tmp/bm2" >"$tmp/o2" 2>&1; rc2=$?
+    env -u OMP_WAIT_POLICY OMP_NUM_THREADS=2 "$run" --model "$model" $bm --dry-run --out "$tmp/bm3" >"$tmp/o3" 2>&1; rc3=$?
     kill "${hogs[@]}" 2>/dev/null; wait "${hogs[@]}" 2>/dev/null
     check "a busy machine: the step's share of its threads' time, and OMP_WAIT_POLICY=PASSIVE, said once" \
           "[ $rc -eq 0 ] && [ \$(grep -c \"of its 2 threads' time: other programs are using these CPUs. OMP_WAIT_POLICY=PASSIVE\" '$tmp/o') -eq 1 ]"
     check "a busy machine with OMP_WAIT_POLICY set: nothing said" "[ $rc2 -eq 0 ] && ! grep -q \"threads' time\" '$tmp/o2'"
+    check "a busy machine: --dry-run says so too, beside its projection" \
+          "[ $rc3 -eq 0 ] && grep -q \"threads' time: other programs\" '$tmp/o3' && grep -q '^dry-run: step_seconds=' '$tmp/o3'"
     "$run" --lr-decay exponential >"$tmp/o" 2>&1; rc=$?
     check "--lr-decay exponential: exit 2 and a message" "[ $rc -eq 2 ] && grep -q 'is not constant, linear or cosine' '$tmp/o'"
     # --resume refuses what would make its values incomparable with the checkpoint's 'before'
