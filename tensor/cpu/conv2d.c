@@ -139,12 +139,38 @@ static bool shape_is(const struct tensor *t, int64_t a, int64_t b, int64_t c, in
 }
 
 /* whole channels per im2col chunk so that a chunk of one tile fits the workspace */
-static int64_t chunk_channels(const struct geom *g, int64_t nc)
+/* channels per im2col chunk of `cols` columns within WS_BYTES, balanced over nc */
+static int64_t chunk_channels(const struct geom *g, int64_t nc, int64_t cols)
 {
     if (nc <= 0) return 1;   /* no input channels: nothing to chunk (and no division by zero) */
-    int64_t fit = max64(1, WS_BYTES / (int64_t)(g->KK * g->tile * g->esz));
-    int64_t nchunks = ceil_div(nc, fit);
-    return ceil_div(nc, nchunks);   /* balanced chunks */
+    const int64_t fit = max64(1, WS_BYTES / (int64_t)(g->KK * cols * g->esz));
+    return ceil_div(nc, ceil_div(nc, fit));
+}
+
+/* input-channel chunks of the backward input: enough items for the threads over `base` (image or
+ * image batch, group) pairs, each chunk keeping at least 64 rows of W^T so its GEMM stays efficient */
+static int64_t input_chunks(const struct geom *g, int64_t base)
+{
+    return base >= PAR_ITEMS ? 1 : max64(1, min64(ceil_div(PAR_ITEMS, base), min64(g->Cg, g->K / 64)));
+}
+
+/* C[r][0:np] (rows ldc apart) = bias[o0 + r] for no rows, or 0 without a bias when K = 0 (nothing
+ * will be summed into it); returns the GEMM's beta: 1 if C now holds a start, else 0 */
+static double start_from_bias(const struct geom *g, void *C, int64_t ldc, int64_t no, int64_t np,
+                              const struct tensor *bias, int64_t o0)
+{
+    if (!bias && g->K != 0) return 0;
+    for (int64_t r = 0; r < no; r++) {
+        const int64_t boff = bias ? bias->offset + (o0 + r) * bias->stride[0] : 0;
+        if (g->f32) {
+            const float v = bias ? CPU_PTR(const float, bias)[boff] : 0;
+            for (int64_t j = 0; j < np; j++) ((float *)C)[r * ldc + j] = v;
+        } else {
+            const double v = bias ? CPU_PTR(const double, bias)[boff] : 0;
+            for (int64_t j = 0; j < np; j++) ((double *)C)[r * ldc + j] = v;
+        }
+    }
+    return 1;
 }
 
 /* ---------------------------------------------------------------- im2col / col2im */
@@ -767,14 +793,6 @@ static int64_t small_batch(const struct geom *g)
     return ceil_div(g->N, nbatch);   /* balanced batches */
 }
 
-/* channels per im2col chunk of `cols` columns within WS_BYTES (balanced over nc) */
-static int64_t chunk_for(const struct geom *g, int64_t nc, int64_t cols)
-{
-    if (nc <= 0) return 1;
-    const int64_t fit = max64(1, WS_BYTES / (int64_t)(g->KK * cols * g->esz));
-    return ceil_div(nc, ceil_div(nc, fit));
-}
-
 /* out[n] (as [O, P], row stride ldc) = W (as [O, K], lda) conv x + bias, nb images a GEMM */
 static enum status conv_forward_batched(const struct geom *g, struct tensor *o, int64_t ldc, const struct tensor *x,
                                         const struct tensor *wm, int64_t lda, const struct tensor *bias, int64_t nb)
@@ -784,7 +802,7 @@ static enum status conv_forward_batched(const struct geom *g, struct tensor *o, 
      * about as much as a GEMM of 128 rows ([8,256,4,4] -> 128: 2.2x slower in 4 chunks than in 1) */
     const int64_t och = base >= PAR_ITEMS ? 1 : min64(ceil_div(PAR_ITEMS, base), max64(1, g->Og / 128));
     const int64_t oper = ceil_div(g->Og, och), n_oc = ceil_div(g->Og, oper);
-    const int64_t csub = chunk_for(g, g->Cg, cols);
+    const int64_t csub = chunk_channels(g, g->Cg, cols);
     int64_t ws_stride;
     struct tensor *ws = workspace(g, csub * g->KK * cols + oper * cols, &ws_stride);
     if (!ws) return tensor_status();
@@ -797,20 +815,7 @@ static enum status conv_forward_batched(const struct geom *g, struct tensor *o, 
         const int64_t o0 = gi * g->Og + oc * oper, no = min64(oper, g->Og - oc * oper);
         char *col = (char *)ws->storage->data + (size_t)(omp_get_thread_num() * ws_stride) * g->esz;
         char *C = col + (size_t)(csub * g->KK * cols) * g->esz;   /* [no, np] */
-        double beta = 0;
-        if (bias || g->K == 0) {   /* start from the bias (or zero when there is nothing to sum) */
-            for (int64_t r = 0; r < no; r++) {
-                const int64_t boff = bias ? bias->offset + (o0 + r) * bias->stride[0] : 0;
-                if (g->f32) {
-                    const float v = bias ? CPU_PTR(const float, bias)[boff] : 0;
-                    for (int64_t j = 0; j < np; j++) ((float *)C)[r * np + j] = v;
-                } else {
-                    const double v = bias ? CPU_PTR(const double, bias)[boff] : 0;
-                    for (int64_t j = 0; j < np; j++) ((double *)C)[r * np + j] = v;
-                }
-            }
-            beta = 1;
-        }
+        double beta = start_from_bias(g, C, np, no, np, bias, o0);
         for (int64_t c0 = 0; c0 < g->Cg; c0 += csub) {
             const int64_t nc = min64(csub, g->Cg - c0);
             for (int64_t i = 0; i < nn; i++)
@@ -835,10 +840,9 @@ static enum status conv_backward_input_batched(const struct geom *g, struct tens
                                                int64_t lda, int64_t nb)
 {
     const int64_t nbatch = ceil_div(g->N, nb), cols = nb * g->P, base = nbatch * g->G;
-    const int64_t cch =
-        base >= PAR_ITEMS ? 1 : max64(1, min64(ceil_div(PAR_ITEMS, base), min64(g->Cg, g->K / 64)));
+    const int64_t cch = input_chunks(g, base);
     const int64_t cper = ceil_div(g->Cg, cch), n_cc = ceil_div(g->Cg, cper);
-    const int64_t csub = chunk_for(g, cper, cols);
+    const int64_t csub = chunk_channels(g, cper, cols);
     int64_t ws_stride;
     struct tensor *ws = workspace(g, g->Og * cols + csub * g->KK * cols, &ws_stride);
     if (!ws) return tensor_status();
@@ -904,7 +908,7 @@ enum status cpu_conv2d(struct tensor *out, const struct tensor *x, const struct 
         return s;
     }
     const bool direct = g.direct && as_matrix(x, 1, &ldx);         /* x[n] as [C, P] is col */
-    const int64_t csub = chunk_channels(&g, g.Cg);
+    const int64_t csub = chunk_channels(&g, g.Cg, g.tile);
     /* items: (image, group, tile, output-channel chunk); O is split only when images x
      * groups x tiles are too few to keep the threads busy (each chunk repeats the im2col) */
     const int64_t base_items = g.N * g.G * g.ntiles;
@@ -943,21 +947,7 @@ enum status cpu_conv2d(struct tensor *out, const struct tensor *x, const struct 
             continue;
         }
 #endif
-        /* start the accumulator from the bias (or zero when there is nothing to sum) */
-        double beta = 0;
-        if (bias || g.K == 0) {
-            for (int64_t r = 0; r < no; r++) {
-                const int64_t boff = bias ? bias->offset + (o0 + r) * bias->stride[0] : 0;
-                if (g.f32) {
-                    float v = bias ? CPU_PTR(const float, bias)[boff] : 0, *c = (float *)C + r * ldC;
-                    for (int64_t j = 0; j < np; j++) c[j] = v;
-                } else {
-                    double v = bias ? CPU_PTR(const double, bias)[boff] : 0, *c = (double *)C + r * ldC;
-                    for (int64_t j = 0; j < np; j++) c[j] = v;
-                }
-            }
-            beta = 1;
-        }
+        double beta = start_from_bias(&g, C, ldC, no, np, bias, o0);   /* the accumulator starts from the bias */
         if (direct) {
             gemm(g.f32, false, false, no, np, g.Cg, A, lda, at(x, xoff + p0), ldx, beta, C, ldC);
             continue;
@@ -1018,12 +1008,10 @@ enum status cpu_conv2d_backward_input(struct tensor *dx, const struct tensor *dy
         return s;
     }
     /* items: (image, group, input-channel chunk), each owning its slice of dx, so col2im
-     * never races; chunks keep at least 64 rows of W^T so the GEMMs stay efficient */
-    const int64_t base_items = g.N * g.G;
-    const int64_t cch =
-        base_items >= PAR_ITEMS ? 1 : max64(1, min64(ceil_div(PAR_ITEMS, base_items), min64(g.Cg, g.K / 64)));
+     * never races */
+    const int64_t base_items = g.N * g.G, cch = input_chunks(&g, base_items);
     const int64_t cper = ceil_div(g.Cg, cch), n_cc = ceil_div(g.Cg, cper);
-    const int64_t csub = chunk_channels(&g, cper);
+    const int64_t csub = chunk_channels(&g, cper, g.tile);
     if (!g.direct) ws = workspace(&g, csub * g.KK * g.tile, &ws_stride);
     if (!wm || !dym || !d || (!g.direct && !ws)) {
         tensor_free(wtmp); tensor_free(dytmp); tensor_free(dxtmp); tensor_free(ws);
@@ -1143,7 +1131,7 @@ enum status cpu_conv2d_backward_weight(struct tensor *dw, struct tensor *db, con
     const int64_t cper = ceil_div(g.Cg, cch), n_cc = ceil_div(g.Cg, cper);
     const int64_t oper = ceil_div(g.Og, och), n_oc = ceil_div(g.Og, oper);
     const int64_t pper = ceil_div(seq, pch), n_pc = ceil_div(seq, pper);
-    const int64_t csub = chunk_channels(&g, cper);
+    const int64_t csub = chunk_channels(&g, cper, g.tile);
     struct tensor *part = NULL;
     if (!direct) ws = workspace(&g, csub * g.KK * g.tile, &ws_stride);
     if (n_pc > 1) part = tensor_keep(tensor_empty(x->dtype, TENSOR_SHAPE(n_pc * g.O * g.K), DEVICE_CPU));
