@@ -84,7 +84,7 @@ END_TEST
 
 /* ---------------------------------------------------------------- naive reference */
 
-/* internal hook of tensor/cpu/conv2d.c: the BLAS path instead of the thin-K kernel */
+/* internal hook of tensor/cpu/conv2d.c: the BLAS path instead of the register-blocked kernel */
 void cpu_conv2d_baseline_only(bool on);
 
 static double *host_f64(const struct tensor *t)
@@ -160,13 +160,22 @@ static const struct conv_case ref_cases[] = {
      false, true, 0},
     {"ref[2,12,18,18]->12 3x3 depthwise pad=1", 2, 12, 18, 18, 12, 3, 3, {1, 1, 1, 1, 1, 1, 1, 1, 12}, true, false, 0},
     /* few positions per image: images batched into one GEMM (3 batches of 2, 2, 1; two channel
-     * chunks in f64), and batches whose f32 forward takes the thin-K kernel instead */
+     * chunks in f64; the backward weight in batches of its own), through the tap table's im2col */
     {"ref[5,96,10,14]->48 3x3 pad=1 dil=1x2 (image batches, channel chunks)", 5, 96, 10, 14, 48, 3, 3,
      {1, 1, 1, 1, 1, 1, 1, 2, 1}, true, false, 0},
     {"ref[3,8,6,5]->12 3x3 stride=2 pad=1 groups=2 noncontig (one image batch)", 3, 8, 6, 5, 12, 3, 3,
      {2, 2, 1, 1, 1, 1, 1, 1, 2}, false, true, 0},
     {"ref[4,40,4,4]->64 3x3 pad=1 (4x4 images: batched, not Winograd)", 4, 40, 4, 4, 64, 3, 3,
      {1, 1, 1, 1, 1, 1, 1, 1, 1}, true, false, 0},
+    /* few columns, large K: the register-blocked kernel instead of BLAS (f32 on AVX-512), with K
+     * in blocks, channel chunks adding onto the first, 12-, 4- and 1-row tiles, partial column
+     * blocks; and the backward input's transposed W */
+    {"ref[3,700,4,4]->30 3x3 pad=1 (image batch, register-blocked: K blocks, 2 channel chunks)", 3, 700, 4, 4, 30,
+     3, 3, {1, 1, 1, 1, 1, 1, 1, 1, 1}, true, false, 0},
+    {"ref[1,900,6,6]->20 3x3 pad=1 (one image, register-blocked over 2 channel chunks)", 1, 900, 6, 6, 20, 3, 3,
+     {1, 1, 1, 1, 1, 1, 1, 1, 1}, true, true, 0},
+    {"ref[2,300,5,5]->40 1x1 (direct, few positions: register-blocked)", 2, 300, 5, 5, 40, 1, 1,
+     {1, 1, 0, 0, 0, 0, 1, 1, 1}, true, false, 0},
 };
 #define N_REF_CASES (int)(sizeof ref_cases / sizeof ref_cases[0])
 
@@ -192,7 +201,7 @@ START_TEST(test_reference)
     struct tensor *r_dw = from_host(hdw, 4, w->shape), *r_db = from_host(hdb, 1, b->shape);
     free(hx); free(hw); free(hb); free(hdy); free(ho); free(hdx); free(hdw); free(hdb);
 
-    /* f64, f32, and f32 again with the thin-K kernel switched off (the BLAS path) */
+    /* f64, f32, and f32 again with the register-blocked kernel switched off (the BLAS path) */
     for (int k = 0; k < 3; k++) {
         const enum dtype dt = k ? DTYPE_F32 : DTYPE_F64;
         const double tol = k ? 2e-6 : 1e-13;

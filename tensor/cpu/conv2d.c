@@ -10,8 +10,9 @@
  * workspace is WS_BYTES per thread whatever the input size. A 1x1, stride-1, unpadded conv
  * reads x itself as col (no copy at all). 3x3 stride-1 convs with enough channels take a
  * Winograd F(2x2,3x3) path for all three instead (2.25x fewer flops, section below), with
- * a workspace of WINO_WS_BYTES per thread. A forward with few input channels (K <= 80, as
- * SD's conv_in) skips BLAS for a register-blocked AVX-512 kernel over the im2col tile.
+ * a workspace of WINO_WS_BYTES per thread. GEMMs with few input channels (K <= 80, as SD's
+ * conv_in) or few columns (images of few pixels, Winograd's small tile blocks) skip BLAS for a
+ * register-blocked AVX-512 kernel (section "register-blocked kernel").
  *
  * Parallelism: work is cut into independent items (tiles of the output, channel chunks of
  * dx or dW, ...), one single-threaded GEMM at a time per thread. On this OpenBLAS (OpenMP
@@ -25,6 +26,7 @@
 #include <cblas.h>
 #include <omp.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #ifdef __SSE2__
 #include <immintrin.h>
@@ -267,6 +269,76 @@ static void col2im(const struct geom *g, void *dx, int64_t dxc, const void *col,
     else col2im_f64(dx, dxc, col, nc, g, p0, np, ld);
 }
 
+/* Whole images of few positions (the batched paths below) go through a table instead: for each
+ * tap (kh, kw) and output position, the offset it reads in the image's channel, or -1 in the
+ * padding. The general loops above cost a division and a few branches per row segment, and a
+ * 4x4 image has 4 segments of 4 per tap: their im2col took two thirds of the time of the GEMM
+ * it feeds ([8,256,4,4] -> 128). Same values and, for col2im, the same additions in the same
+ * order (c, kh, kw, position). */
+#define TAP_TABLE_MAX 8192   /* KK * P entries */
+
+/* offsets for row stride rs and column stride cs, or NULL (too large: the general loops) */
+static int64_t *tap_table(const struct geom *g, int64_t rs, int64_t cs)
+{
+    if (g->KK * g->P > TAP_TABLE_MAX) return NULL;
+    int64_t *tab = malloc(sizeof *tab * (size_t)(g->KK * g->P));
+    if (!tab) return NULL;
+    for (int64_t kh = 0; kh < g->KH; kh++)
+        for (int64_t kw = 0; kw < g->KW; kw++)
+            for (int64_t p = 0; p < g->P; p++) {
+                const int64_t ih = p / g->OW * g->sh - g->pt + kh * g->dh, iw = p % g->OW * g->sw - g->pl + kw * g->dw;
+                tab[(kh * g->KW + kw) * g->P + p] = ih >= 0 && ih < g->H && iw >= 0 && iw < g->W ? ih * rs + iw * cs : -1;
+            }
+    return tab;
+}
+
+#define DEFINE_TAPS(T, SUF)                                                                                   \
+    /* col[c*KK + t][j] = x[c][tab[t][j]] (0 at -1), channels cs apart */                                    \
+    static void im2col_taps_##SUF(T *col, const T *x, int64_t cs, int64_t nc, const int64_t *tab, int64_t KK, \
+                                  int64_t P, int64_t ld)                                                    \
+    {                                                                                                       \
+        for (int64_t c = 0; c < nc; c++)                                                                    \
+            for (int64_t t = 0; t < KK; t++) {                                                              \
+                const T *xc = x + c * cs;                                                                   \
+                const int64_t *o = tab + t * P;                                                             \
+                T *row = col + (c * KK + t) * ld;                                                           \
+                for (int64_t j = 0; j < P; j++) row[j] = o[j] >= 0 ? xc[o[j]] : 0;                          \
+            }                                                                                               \
+    }                                                                                                       \
+    /* the adjoint: dx[c][tab[t][j]] += col[c*KK + t][j] */                                                  \
+    static void col2im_taps_##SUF(T *dx, int64_t dxc, const T *col, int64_t nc, const int64_t *tab, int64_t KK, \
+                                  int64_t P, int64_t ld)                                                    \
+    {                                                                                                       \
+        for (int64_t c = 0; c < nc; c++)                                                                    \
+            for (int64_t t = 0; t < KK; t++) {                                                              \
+                T *d = dx + c * dxc;                                                                        \
+                const int64_t *o = tab + t * P;                                                             \
+                const T *row = col + (c * KK + t) * ld;                                                     \
+                for (int64_t j = 0; j < P; j++)                                                             \
+                    if (o[j] >= 0) d[o[j]] += row[j];                                                       \
+            }                                                                                               \
+    }
+DEFINE_TAPS(float, f32)
+DEFINE_TAPS(double, f64)
+
+/* one whole image's im2col (x at its channel 0, strides xs) into col (rows ld apart) */
+static void im2col_image(const struct geom *g, const int64_t *tab, void *col, const void *x, const int64_t *xs,
+                         int64_t nc, int64_t ld)
+{
+    if (!tab) im2col(g, col, x, xs, nc, 0, g->P, ld);
+    else if (g->f32) im2col_taps_f32(col, x, xs[0], nc, tab, g->KK, g->P, ld);
+    else im2col_taps_f64(col, x, xs[0], nc, tab, g->KK, g->P, ld);
+}
+
+/* one whole image's col2im (dx flat [H, W] per channel, channels dxc apart) */
+static void col2im_image(const struct geom *g, const int64_t *tab, void *dx, int64_t dxc, const void *col,
+                         int64_t nc, int64_t ld)
+{
+    if (!tab) col2im(g, dx, dxc, col, nc, 0, g->P, ld);
+    else if (g->f32) col2im_taps_f32(dx, dxc, col, nc, tab, g->KK, g->P, ld);
+    else col2im_taps_f64(dx, dxc, col, nc, tab, g->KK, g->P, ld);
+}
+
 /* C[M,N] = op(A) @ op(B) + beta*C, row-major, single BLAS call */
 static void gemm(bool f32, bool ta, bool tb, int64_t M, int64_t N, int64_t K, const void *A, int64_t lda,
                  const void *B, int64_t ldb, double beta, void *C, int64_t ldc)
@@ -283,6 +355,139 @@ static void gemm(bool f32, bool ta, bool tb, int64_t M, int64_t N, int64_t K, co
     else
         cblas_dgemm(CblasRowMajor, TA, TB, (blasint)M, (blasint)N, (blasint)K, 1.0, A, (blasint)lda, B,
                     (blasint)ldb, beta, C, (blasint)ldc);
+}
+
+/* ---------------------------------------------------------------- register-blocked kernel */
+
+/* A GEMM with few columns is too thin for BLAS, which packs both operands for every call: SD's
+ * conv_in (K = 4*9 = 36 rows: packing, bias fill and a staged copy-out cost about a third of the
+ * time) and the few-pixel convs of the UNet's lowest level (a batch of 4x4 images is 64 columns
+ * against K = 11520: BLAS packs 59 MB of weights for them). This kernel instead keeps a 12x32
+ * block of the output in AVX-512 registers, starts it from the bias (or C), runs the K
+ * multiply-adds with A broadcast from memory and B read in place, and stores the block once.
+ * K is cut into blocks of THIN_KC, each summed in registers from 0 and then added to C (one
+ * chain of 6300 products had 4x BLAS's rounding error); a block's B panel stays in L2 across
+ * the row blocks and the row block's A in L1 across the column blocks.
+ * Measured on one Zen 4 core (sgemm 1024^3: 97 GFLOP/s): M x N x K = 128 x 64 x 2304 (the
+ * [8,256,4,4] forward) 116 against BLAS's 96 GFLOP/s; 1284 x 64 x 11520 112 against 79;
+ * 1284 x 32 x 11520 113 against 61; but 1284 x 256 x 11520 91 against 97, so BLAS keeps the
+ * wide tiles. Chosen at run time (CPUs without AVX-512 take the BLAS path); tests switch it
+ * off to compare both paths. */
+#define THIN_K_MAX 80     /* up to this K, any number of columns (conv_in): K = 108 was a tie */
+#define THIN_COLS 128     /* up to this many columns, any K */
+#define THIN_KC 256      /* each block summed from 0, then added to C: short chains, as BLAS's */
+#if defined(__x86_64__) && defined(__GNUC__)
+#define THIN_AVX512 1
+#define T512 __attribute__((target("avx512f")))
+
+/* MR rows x up to 32 columns (masks m0, m1 pick the valid ones): C = A @ B + start, start = C
+ * (acc), else the bias (none: 0), added after the sum; A[r, k] at A[r * lda + k], or at
+ * A[k * lda + r] (SUF t: A^T stored, as the backward input's W^T) */
+#define DEFINE_THIN_TILE(MR, SUF, AIDX)                                                                       \
+    T512 static void thin_tile_##MR##SUF(int64_t K, const float *A, int64_t lda, const float *B, int64_t ldb, \
+                                         const float *bias, int64_t bs, bool acc, float *C, int64_t ldc,     \
+                                         __mmask16 m0, __mmask16 m1, bool stream)                            \
+    {                                                                                                        \
+        __m512 c0[MR], c1[MR];                                                                               \
+        _Pragma("GCC unroll 12") for (int r = 0; r < MR; r++) c0[r] = c1[r] = _mm512_setzero_ps();          \
+        for (int64_t k = 0; k < K; k++) {                                                                    \
+            const __m512 b0 = _mm512_maskz_loadu_ps(m0, B + k * ldb);                                       \
+            const __m512 b1 = _mm512_maskz_loadu_ps(m1, B + k * ldb + 16);                                  \
+            _Pragma("GCC unroll 12") for (int r = 0; r < MR; r++) {                                          \
+                const __m512 a = _mm512_set1_ps(A[AIDX]);                                                    \
+                c0[r] = _mm512_fmadd_ps(a, b0, c0[r]);                                                       \
+                c1[r] = _mm512_fmadd_ps(a, b1, c1[r]);                                                       \
+            }                                                                                                \
+        }                                                                                                    \
+        _Pragma("GCC unroll 12") for (int r = 0; r < MR; r++) {                                              \
+            float *c = C + r * ldc;                                                                          \
+            if (acc) {                                                                                       \
+                c0[r] = _mm512_add_ps(c0[r], _mm512_maskz_loadu_ps(m0, c));                                  \
+                c1[r] = _mm512_add_ps(c1[r], _mm512_maskz_loadu_ps(m1, c + 16));                             \
+            } else if (bias) {                                                                               \
+                c0[r] = _mm512_add_ps(c0[r], _mm512_set1_ps(bias[r * bs]));                                  \
+                c1[r] = _mm512_add_ps(c1[r], _mm512_set1_ps(bias[r * bs]));                                  \
+            }                                                                                                \
+            if (stream && !((uintptr_t)c & 63)) {   /* whole, aligned cache lines: no read-for-write */      \
+                _mm512_stream_ps(c, c0[r]);                                                                  \
+                _mm512_stream_ps(c + 16, c1[r]);                                                             \
+            } else {                                                                                         \
+                _mm512_mask_storeu_ps(c, m0, c0[r]);                                                         \
+                _mm512_mask_storeu_ps(c + 16, m1, c1[r]);                                                    \
+            }                                                                                                \
+        }                                                                                                    \
+    }
+DEFINE_THIN_TILE(12, n, r * lda + k)
+DEFINE_THIN_TILE(4, n, r * lda + k)
+DEFINE_THIN_TILE(1, n, r * lda + k)
+DEFINE_THIN_TILE(12, t, k * lda + r)
+DEFINE_THIN_TILE(4, t, k * lda + r)
+DEFINE_THIN_TILE(1, t, k * lda + r)
+
+/* C[no, np] (row stride ldc) = start + op(A)[no, K] @ B[K, np] (ldb), start = C (acc), else
+ * bias[o] (stride bs; none: 0); op(A) = A [no, K] (lda), or with ta the transpose of A [K, no].
+ * stream: write whole cache lines past the cache (an output nothing reads soon). */
+T512 static void thin_gemm(bool ta, int64_t no, int64_t np, int64_t K, const float *A, int64_t lda, const float *B,
+                           int64_t ldb, const float *bias, int64_t bs, bool acc, float *C, int64_t ldc, bool stream)
+{
+    for (int64_t k0 = 0; k0 < K || k0 == 0; k0 += THIN_KC) {
+        const int64_t kc = min64(THIN_KC, K - k0);
+        const bool start = acc || k0 > 0, last = k0 + kc >= K;
+        const float *Ak = A + (ta ? k0 * lda : k0), *Bk = B + k0 * ldb;
+        for (int64_t r = 0; r < no;) {
+            const int64_t mr = no - r >= 12 ? 12 : no - r >= 4 ? 4 : 1;
+            const float *Ar = Ak + (ta ? r : r * lda), *br = bias ? bias + r * bs : NULL;
+            for (int64_t j = 0; j < np; j += 32) {
+                const int64_t w = min64(32, np - j);
+                const __mmask16 m0 = (__mmask16)(w >= 16 ? 0xFFFF : (1u << w) - 1);
+                const __mmask16 m1 = (__mmask16)(w >= 32 ? 0xFFFF : w > 16 ? (1u << (w - 16)) - 1 : 0);
+                const bool st = stream && last && w == 32;
+                float *Cb = C + r * ldc + j;
+                if (mr == 12 && ta) thin_tile_12t(kc, Ar, lda, Bk + j, ldb, br, bs, start, Cb, ldc, m0, m1, st);
+                else if (mr == 12) thin_tile_12n(kc, Ar, lda, Bk + j, ldb, br, bs, start, Cb, ldc, m0, m1, st);
+                else if (mr == 4 && ta) thin_tile_4t(kc, Ar, lda, Bk + j, ldb, br, bs, start, Cb, ldc, m0, m1, st);
+                else if (mr == 4) thin_tile_4n(kc, Ar, lda, Bk + j, ldb, br, bs, start, Cb, ldc, m0, m1, st);
+                else if (ta) thin_tile_1t(kc, Ar, lda, Bk + j, ldb, br, bs, start, Cb, ldc, m0, m1, st);
+                else thin_tile_1n(kc, Ar, lda, Bk + j, ldb, br, bs, start, Cb, ldc, m0, m1, st);
+            }
+            r += mr;
+        }
+        if (K == 0) break;
+    }
+    if (stream) _mm_sfence();   /* streamed stores are weakly ordered: make them visible before the barrier */
+}
+#endif
+
+/* Tests switch the kernel off to check the BLAS path on an AVX-512 machine. Internal:
+ * declared where used, not in a header. */
+static bool conv_baseline_only;
+void cpu_conv2d_baseline_only(bool on);
+void cpu_conv2d_baseline_only(bool on) { conv_baseline_only = on; }
+
+/* whether a GEMM of `cols` columns takes the register-blocked kernel */
+static bool thin_fits(const struct geom *g, int64_t cols)
+{
+#ifdef THIN_AVX512
+    return g->f32 && (g->K <= THIN_K_MAX || cols <= THIN_COLS) && !conv_baseline_only &&
+           __builtin_cpu_supports("avx512f");
+#else
+    (void)g, (void)cols;
+    return false;
+#endif
+}
+
+/* C[M, N] = beta * C + op(A)[M, K] @ B[K, N] (beta 0 or 1), op(A) = A or A^T (ta): through the
+ * register-blocked kernel where it wins, else BLAS */
+static void conv_gemm(const struct geom *g, bool ta, int64_t M, int64_t N, int64_t K, const void *A, int64_t lda,
+                      const void *B, int64_t ldb, double beta, void *C, int64_t ldc)
+{
+#ifdef THIN_AVX512
+    if (thin_fits(g, N)) {
+        if (M > 0 && N > 0) thin_gemm(ta, M, N, K, A, lda, B, ldb, NULL, 0, beta != 0, C, ldc, false);
+        return;
+    }
+#endif
+    gemm(g->f32, ta, false, M, N, K, A, lda, B, ldb, beta, C, ldc);
 }
 
 /* per-thread im2col workspace (through the caching allocator: no page faults per call) */
@@ -497,7 +702,7 @@ static enum status wino_run(const struct geom *g, struct tensor *out, int64_t ld
                     /* A = U[xi] [Og, Cg] columns c0.., or U[rot xi] stored [Cg, Og] read transposed */
                     const int64_t ua = flip ? ((gi * 16 + rot[xi / 4] * 4 + rot[xi % 4]) * g->Cg + c0) * g->Og
                                             : ((gi * 16 + xi) * g->Og) * g->Cg + c0;
-                    gemm(g->f32, flip, false, g->Og, nt, nc, (const char *)U + (size_t)ua * g->esz,
+                    conv_gemm(g, flip, g->Og, nt, nc, (const char *)U + (size_t)ua * g->esz,
                          flip ? g->Og : g->Cg, V + (size_t)(xi * ldxi_v) * g->esz, Tb, c0 ? 1 : 0,
                          M + (size_t)(xi * ldxi_m + gi * g->Og * Tb) * g->esz, Tb);
                 }
@@ -684,93 +889,6 @@ static void stream_rows(bool f32, void *dst, int64_t ld, const void *src, int64_
 #endif
 }
 
-/* ---------------------------------------------------------------- thin-K kernel */
-
-/* A conv with few input channels (SD's conv_in: K = 4*9 = 36) is a GEMM too thin for BLAS:
- * packing both operands, filling the bias and copying a staged tile out cost about a third
- * of the time, for 36 multiply-adds per output. This kernel instead keeps a 12x32 block of
- * the output in AVX-512 registers, starts it from the bias, runs the K multiply-adds with W
- * broadcast from memory and col read in place, and streams the block to the output once.
- * Chosen at run time (CPUs without AVX-512 take the BLAS path); tests switch it off to
- * compare both paths. */
-/* Measured against the BLAS path ([2,C,64,64] -> 320, 3x3, 2 threads): K = 36 20% faster,
- * K = 72 15%, K = 108 a tie; above, BLAS's blocking wins. */
-#define THIN_K_MAX 80
-#if defined(__x86_64__) && defined(__GNUC__)
-#define THIN_AVX512 1
-#define T512 __attribute__((target("avx512f")))
-
-/* MR rows x up to 32 columns (masks m0, m1 pick the valid ones): C = bias + A @ B */
-#define DEFINE_THIN_TILE(MR)                                                                              \
-    T512 static void thin_tile_##MR(int64_t K, const float *A, int64_t lda, const float *B, int64_t ldb,  \
-                                    const float *bias, int64_t bs, float *C, int64_t ldc, __mmask16 m0,   \
-                                    __mmask16 m1, bool stream)                                           \
-    {                                                                                                    \
-        __m512 c0[MR], c1[MR];                                                                           \
-        _Pragma("GCC unroll 12") for (int r = 0; r < MR; r++) c0[r] = c1[r] = _mm512_set1_ps(bias ? bias[r * bs] : 0.0f);        \
-        for (int64_t k = 0; k < K; k++) {                                                                \
-            const __m512 b0 = _mm512_maskz_loadu_ps(m0, B + k * ldb);                                   \
-            const __m512 b1 = _mm512_maskz_loadu_ps(m1, B + k * ldb + 16);                              \
-            _Pragma("GCC unroll 12") for (int r = 0; r < MR; r++) {                                                               \
-                const __m512 a = _mm512_set1_ps(A[r * lda + k]);                                         \
-                c0[r] = _mm512_fmadd_ps(a, b0, c0[r]);                                                   \
-                c1[r] = _mm512_fmadd_ps(a, b1, c1[r]);                                                   \
-            }                                                                                            \
-        }                                                                                                \
-        _Pragma("GCC unroll 12") for (int r = 0; r < MR; r++) {                                                                   \
-            float *c = C + r * ldc;                                                                      \
-            if (stream && !((uintptr_t)c & 63)) {   /* whole, aligned cache lines: no read-for-write */  \
-                _mm512_stream_ps(c, c0[r]);                                                              \
-                _mm512_stream_ps(c + 16, c1[r]);                                                         \
-            } else {                                                                                     \
-                _mm512_mask_storeu_ps(c, m0, c0[r]);                                                     \
-                _mm512_mask_storeu_ps(c + 16, m1, c1[r]);                                                \
-            }                                                                                            \
-        }                                                                                                \
-    }
-DEFINE_THIN_TILE(12)
-DEFINE_THIN_TILE(4)
-DEFINE_THIN_TILE(1)
-
-/* C[no, np] (row stride ldc) = bias[o] (stride bs; none: 0) + A[no, K] (lda) @ B[K, np] (ldb) */
-T512 static void thin_gemm(int64_t no, int64_t np, int64_t K, const float *A, int64_t lda, const float *B,
-                           int64_t ldb, const float *bias, int64_t bs, float *C, int64_t ldc)
-{
-    for (int64_t j = 0; j < np; j += 32) {
-        const int64_t w = min64(32, np - j);
-        const __mmask16 m0 = (__mmask16)(w >= 16 ? 0xFFFF : (1u << w) - 1);
-        const __mmask16 m1 = (__mmask16)(w >= 32 ? 0xFFFF : w > 16 ? (1u << (w - 16)) - 1 : 0);
-        const bool whole = w == 32;
-        int64_t r = 0;
-        for (; r + 12 <= no; r += 12)
-            thin_tile_12(K, A + r * lda, lda, B + j, ldb, bias ? bias + r * bs : NULL, bs, C + r * ldc + j, ldc, m0, m1,
-                         whole);
-        for (; r + 4 <= no; r += 4)
-            thin_tile_4(K, A + r * lda, lda, B + j, ldb, bias ? bias + r * bs : NULL, bs, C + r * ldc + j, ldc, m0, m1,
-                        whole);
-        for (; r < no; r++)
-            thin_tile_1(K, A + r * lda, lda, B + j, ldb, bias ? bias + r * bs : NULL, bs, C + r * ldc + j, ldc, m0, m1,
-                        whole);
-    }
-    _mm_sfence();   /* streamed stores are weakly ordered: make them visible before the barrier */
-}
-#endif
-
-/* Tests switch the kernel off to check the BLAS path on an AVX-512 machine. Internal:
- * declared where used, not in a header. */
-static bool conv_baseline_only;
-void cpu_conv2d_baseline_only(bool on);
-void cpu_conv2d_baseline_only(bool on) { conv_baseline_only = on; }
-
-static bool thin_fits(const struct geom *g)
-{
-#ifdef THIN_AVX512
-    return g->f32 && !g->direct && g->K <= THIN_K_MAX && !conv_baseline_only && __builtin_cpu_supports("avx512f");
-#else
-    (void)g;
-    return false;
-#endif
-}
 
 /* ---------------------------------------------------------------- few positions per image */
 
@@ -793,6 +911,15 @@ static int64_t small_batch(const struct geom *g)
     return ceil_div(g->N, nbatch);   /* balanced batches */
 }
 
+/* images per batch of the backward weight, whose GEMMs sum over the batch's positions: as many
+ * as TILE_COLS columns hold (1: this path does not apply) */
+static int64_t weight_batch(const struct geom *g)
+{
+    if (g->direct || g->P > SMALL_P || g->N < 2) return 1;
+    const int64_t nb = min64(g->N, max64(2, TILE_COLS / g->P)), nbatch = ceil_div(g->N, nb);
+    return ceil_div(g->N, nbatch);
+}
+
 /* out[n] (as [O, P], row stride ldc) = W (as [O, K], lda) conv x + bias, nb images a GEMM */
 static enum status conv_forward_batched(const struct geom *g, struct tensor *o, int64_t ldc, const struct tensor *x,
                                         const struct tensor *wm, int64_t lda, const struct tensor *bias, int64_t nb)
@@ -807,6 +934,7 @@ static enum status conv_forward_batched(const struct geom *g, struct tensor *o, 
     struct tensor *ws = workspace(g, csub * g->KK * cols + oper * cols, &ws_stride);
     if (!ws) return tensor_status();
     const int64_t xs[3] = {x->stride[1], x->stride[2], x->stride[3]};
+    int64_t *tab = tap_table(g, xs[1], xs[2]);
     const int64_t items = base * n_oc, macs = g->N * g->O * g->P * g->K;
 #pragma omp parallel for schedule(dynamic, 1) if (items > 1 && macs >= PAR_MIN_MACS)
     for (int64_t it = 0; it < items; it++) {
@@ -819,9 +947,9 @@ static enum status conv_forward_batched(const struct geom *g, struct tensor *o, 
         for (int64_t c0 = 0; c0 < g->Cg; c0 += csub) {
             const int64_t nc = min64(csub, g->Cg - c0);
             for (int64_t i = 0; i < nn; i++)
-                im2col(g, col + (size_t)(i * g->P) * g->esz,
-                       at(x, (n0 + i) * x->stride[0] + (gi * g->Cg + c0) * x->stride[1]), xs, nc, 0, g->P, np);
-            gemm(g->f32, false, false, no, np, nc * g->KK, at(wm, o0 * lda + c0 * g->KK), lda, col, np, beta, C, np);
+                im2col_image(g, tab, col + (size_t)(i * g->P) * g->esz,
+                             at(x, (n0 + i) * x->stride[0] + (gi * g->Cg + c0) * x->stride[1]), xs, nc, np);
+            conv_gemm(g, false, no, np, nc * g->KK, at(wm, o0 * lda + c0 * g->KK), lda, col, np, beta, C, np);
             beta = 1;
         }
         for (int64_t i = 0; i < nn; i++)
@@ -830,6 +958,7 @@ static enum status conv_forward_batched(const struct geom *g, struct tensor *o, 
                        (size_t)g->P * g->esz);
     }
     tensor_free(ws);
+    free(tab);
     return STATUS_OK;
 }
 
@@ -846,6 +975,7 @@ static enum status conv_backward_input_batched(const struct geom *g, struct tens
     int64_t ws_stride;
     struct tensor *ws = workspace(g, g->Og * cols + csub * g->KK * cols, &ws_stride);
     if (!ws) return tensor_status();
+    int64_t *tab = tap_table(g, g->W, 1);
     const int64_t items = base * n_cc, macs = g->N * g->O * g->P * g->K;
 #pragma omp parallel for schedule(dynamic, 1) if (items > 1 && macs >= PAR_MIN_MACS)
     for (int64_t it = 0; it < items; it++) {
@@ -863,13 +993,60 @@ static enum status conv_backward_input_batched(const struct geom *g, struct tens
                 memset(at(d, (n0 + i) * d->stride[0] + (gi * g->Cg + c0 + c) * dxc), 0, (size_t)(g->H * g->W) * g->esz);
         for (int64_t s0 = 0; s0 < nc; s0 += csub) {
             const int64_t ns = min64(csub, nc - s0);
-            gemm(g->f32, true, false, ns * g->KK, np, g->Og, at(wm, gi * g->Og * lda + (c0 + s0) * g->KK), lda, dyb, np, 0,
+            conv_gemm(g, true, ns * g->KK, np, g->Og, at(wm, gi * g->Og * lda + (c0 + s0) * g->KK), lda, dyb, np, 0,
                  col, np);
             for (int64_t i = 0; i < nn; i++)
-                col2im(g, at(d, (n0 + i) * d->stride[0] + (gi * g->Cg + c0 + s0) * dxc), dxc,
-                       col + (size_t)(i * g->P) * g->esz, ns, 0, g->P, np);
+                col2im_image(g, tab, at(d, (n0 + i) * d->stride[0] + (gi * g->Cg + c0 + s0) * dxc), dxc,
+                             col + (size_t)(i * g->P) * g->esz, ns, np);
         }
     }
+    tensor_free(ws);
+    free(tab);
+    return STATUS_OK;
+}
+
+/* dW (as [O, K], row stride ldc) = sum over images of dy[n] (as [O, P], ldb) @ col[n]^T, nb
+ * images a GEMM: the positions of a batch are the GEMM's reduction, where one image each gave
+ * a reduction of P (16 at 4x4) and a pass over the whole dW block per image. Items: (group,
+ * input-channel chunk), each summing its batches in order. */
+static enum status conv_backward_weight_batched(const struct geom *g, struct tensor *dwm, int64_t ldc,
+                                                const struct tensor *dym, int64_t ldb, const struct tensor *x,
+                                                int64_t nb)
+{
+    const int64_t nbatch = ceil_div(g->N, nb), cols = nb * g->P;
+    const int64_t want = g->G >= PAR_ITEMS ? 1 : ceil_div(PAR_ITEMS, g->G);
+    const int64_t cch = max64(1, min64(want, min64(g->Cg, g->K / 64)));
+    const int64_t cper = ceil_div(g->Cg, cch), n_cc = ceil_div(g->Cg, cper);
+    const int64_t csub = chunk_channels(g, cper, cols);
+    int64_t ws_stride;
+    struct tensor *ws = workspace(g, g->Og * cols + csub * g->KK * cols, &ws_stride);
+    if (!ws) return tensor_status();
+    const int64_t xs[3] = {x->stride[1], x->stride[2], x->stride[3]};
+    int64_t *tab = tap_table(g, xs[1], xs[2]);
+    const int64_t items = g->G * n_cc, macs = g->N * g->O * g->P * g->K;
+#pragma omp parallel for schedule(dynamic, 1) if (items > 1 && macs >= PAR_MIN_MACS)
+    for (int64_t it = 0; it < items; it++) {
+        const int64_t cc = it % n_cc, gi = it / n_cc;
+        const int64_t c0 = cc * cper, nc = min64(cper, g->Cg - c0);
+        char *dyb = (char *)ws->storage->data + (size_t)(omp_get_thread_num() * ws_stride) * g->esz;   /* [Og, np] */
+        char *col = dyb + (size_t)(g->Og * cols) * g->esz;
+        for (int64_t bi = 0; bi < nbatch; bi++) {
+            const int64_t n0 = bi * nb, nn = min64(nb, g->N - n0), np = nn * g->P;
+            for (int64_t i = 0; i < nn; i++)
+                for (int64_t r = 0; r < g->Og; r++)
+                    memcpy(dyb + (size_t)(r * np + i * g->P) * g->esz,
+                           at(dym, (n0 + i) * dym->stride[0] + (gi * g->Og + r) * ldb), (size_t)g->P * g->esz);
+            for (int64_t s0 = 0; s0 < nc; s0 += csub) {
+                const int64_t ns = min64(csub, nc - s0);
+                for (int64_t i = 0; i < nn; i++)
+                    im2col_image(g, tab, col + (size_t)(i * g->P) * g->esz,
+                                 at(x, (n0 + i) * x->stride[0] + (gi * g->Cg + c0 + s0) * x->stride[1]), xs, ns, np);
+                gemm(g->f32, false, true, g->Og, ns * g->KK, np, dyb, np, col, np, bi ? 1 : 0,
+                     at(dwm, gi * g->Og * ldc + (c0 + s0) * g->KK), ldc);
+            }
+        }
+    }
+    free(tab);
     tensor_free(ws);
     return STATUS_OK;
 }
@@ -899,7 +1076,7 @@ enum status cpu_conv2d(struct tensor *out, const struct tensor *x, const struct 
         return s;
     }
     const struct tensor *wm = matrix_or_copy(w, 0, &lda, &wtmp);   /* W as [O, K] */
-    const int64_t nb = thin_fits(&g) ? 1 : small_batch(&g);
+    const int64_t nb = g.K <= THIN_K_MAX && thin_fits(&g, g.tile) ? 1 : small_batch(&g);
     if (nb > 1) {
         s = wm ? conv_forward_batched(&g, o, ldc, x, wm, lda, bias, nb) : tensor_status();
         if (!s && otmp) s = cpu_copy(out, otmp);
@@ -915,8 +1092,9 @@ enum status cpu_conv2d(struct tensor *out, const struct tensor *x, const struct 
     const int64_t och = base_items >= PAR_ITEMS ? 1 : min64(ceil_div(PAR_ITEMS, base_items), max64(1, g.Og / 32));
     const int64_t oper = ceil_div(g.Og, och), n_oc = ceil_div(g.Og, oper);
     /* With a small K the conv is bound by writing the output: each tile is then summed in a
-     * scratch block (in cache) and streamed out. */
-    const bool thin = thin_fits(&g) && csub == g.Cg;   /* thin_fits excludes the direct 1x1 path */
+     * scratch block (in cache) and streamed out; the register-blocked kernel streams its own
+     * blocks out. */
+    const bool thin = !direct && thin_fits(&g, g.tile);
     const bool staged = !direct && !thin && g.K <= 256 && oper * g.tile * (int64_t)g.esz <= WS_BYTES / 2;
     if (!direct) ws = workspace(&g, csub * g.KK * g.tile + (staged ? oper * g.tile : 0), &ws_stride);
     if (!wm || !o || (!direct && !ws)) {
@@ -939,23 +1117,26 @@ enum status cpu_conv2d(struct tensor *out, const struct tensor *x, const struct 
         const char *A = at(wm, o0 * lda);
         const int64_t xoff = n * x->stride[0] + gi * g.Cg * x->stride[1];
 #ifdef THIN_AVX512
-        if (thin) {
-            im2col(&g, col, at(x, xoff), xs, g.Cg, p0, np, np);
-            thin_gemm(no, np, g.K, (const float *)A, lda, (const float *)col, np,
-                      bias ? CPU_PTR(const float, bias) + bias->offset + o0 * bias->stride[0] : NULL,
-                      bias ? bias->stride[0] : 0, (float *)Cout, ldc);
+        if (thin) {   /* the first chunk starts from the bias, the last streams the blocks out */
+            const float *bp = bias ? CPU_PTR(const float, bias) + bias->offset + o0 * bias->stride[0] : NULL;
+            for (int64_t c0 = 0; c0 < g.Cg || c0 == 0; c0 += csub) {   /* once if no channels: the bias */
+                const int64_t nc = min64(csub, g.Cg - c0);
+                im2col(&g, col, at(x, xoff + c0 * x->stride[1]), xs, nc, p0, np, np);
+                thin_gemm(false, no, np, nc * g.KK, (const float *)A + c0 * g.KK, lda, (const float *)col, np,
+                          c0 ? NULL : bp, bias ? bias->stride[0] : 0, c0 > 0, (float *)Cout, ldc, c0 + nc >= g.Cg);
+            }
             continue;
         }
 #endif
         double beta = start_from_bias(&g, C, ldC, no, np, bias, o0);   /* the accumulator starts from the bias */
         if (direct) {
-            gemm(g.f32, false, false, no, np, g.Cg, A, lda, at(x, xoff + p0), ldx, beta, C, ldC);
+            conv_gemm(&g, false, no, np, g.Cg, A, lda, at(x, xoff + p0), ldx, beta, C, ldC);
             continue;
         }
         for (int64_t c0 = 0; c0 < g.Cg; c0 += csub) {
             const int64_t nc = min64(csub, g.Cg - c0);
             im2col(&g, col, at(x, xoff + c0 * x->stride[1]), xs, nc, p0, np, np);
-            gemm(g.f32, false, false, no, np, nc * g.KK, A + (size_t)(c0 * g.KK) * g.esz, lda, col, np, beta, C, ldC);
+            conv_gemm(&g, false, no, np, nc * g.KK, A + (size_t)(c0 * g.KK) * g.esz, lda, col, np, beta, C, ldC);
             beta = 1;
         }
         if (staged) stream_rows(g.f32, Cout, ldc, C, ldC, no, np);
@@ -1027,7 +1208,7 @@ enum status cpu_conv2d_backward_input(struct tensor *dx, const struct tensor *dy
         const char *A = at(wm, gi * g.Og * lda + c0 * g.KK);   /* W[g*Og.., c0*KK..], read transposed */
         const char *dyp = at(dym, n * dym->stride[0] + gi * g.Og * ldb);
         if (g.direct) {   /* dx[c, p] = sum_o W[o, c] dy[o, p], straight into dx */
-            gemm(g.f32, true, false, nc, g.P, g.Og, A, lda, dyp, ldb, 0, dxp, dxc);
+            conv_gemm(&g, true, nc, g.P, g.Og, A, lda, dyp, ldb, 0, dxp, dxc);
             continue;
         }
         for (int64_t c = 0; c < nc; c++) memset(dxp + (size_t)(c * dxc) * g.esz, 0, (size_t)(g.H * g.W) * g.esz);
@@ -1036,7 +1217,7 @@ enum status cpu_conv2d_backward_input(struct tensor *dx, const struct tensor *dy
             const int64_t p0 = t * g.tile, np = min64(g.tile, g.P - p0);
             for (int64_t s0 = 0; s0 < nc; s0 += csub) {
                 const int64_t ns = min64(csub, nc - s0);
-                gemm(g.f32, true, false, ns * g.KK, np, g.Og, A + (size_t)(s0 * g.KK) * g.esz, lda,
+                conv_gemm(&g, true, ns * g.KK, np, g.Og, A + (size_t)(s0 * g.KK) * g.esz, lda,
                      dyp + (size_t)p0 * g.esz, ldb, 0, col, np);
                 col2im(&g, dxp + (size_t)(s0 * dxc) * g.esz, dxc, col, ns, p0, np, np);
             }
@@ -1105,6 +1286,14 @@ enum status cpu_conv2d_backward_weight(struct tensor *dw, struct tensor *db, con
     struct tensor *dwm = matrix_or_temp(dw, 0, &ldc, &dwtmp);         /* dW as [O, K] */
     if (dwm && wino_fits(&g)) {
         s = wino_weight_grad(&g, dwm, ldc, dym, x);
+        if (!s && dwtmp) s = cpu_copy(dw, dwtmp);
+        tensor_free(dytmp);
+        tensor_free(dwtmp);
+        return s;
+    }
+    const int64_t nbw = weight_batch(&g);
+    if (dwm && nbw > 1) {
+        s = conv_backward_weight_batched(&g, dwm, ldc, dym, lda, x, nbw);
         if (!s && dwtmp) s = cpu_copy(dw, dwtmp);
         tensor_free(dytmp);
         tensor_free(dwtmp);
