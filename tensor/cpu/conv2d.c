@@ -363,11 +363,11 @@ static void gemm(bool f32, bool ta, bool tb, int64_t M, int64_t N, int64_t K, co
  * conv_in (K = 4*9 = 36 rows: packing, bias fill and a staged copy-out cost about a third of the
  * time) and the few-pixel convs of the UNet's lowest level (a batch of 4x4 images is 64 columns
  * against K = 11520: BLAS packs 59 MB of weights for them). This kernel instead keeps a 12x32
- * block of the output in AVX-512 registers, starts it from the bias (or C), runs the K
- * multiply-adds with A broadcast from memory and B read in place, and stores the block once.
- * K is cut into blocks of THIN_KC, each summed in registers from 0 and then added to C (one
- * chain of 6300 products had 4x BLAS's rounding error); a block's B panel stays in L2 across
- * the row blocks and the row block's A in L1 across the column blocks.
+ * block of the output in AVX-512 registers, runs the multiply-adds with A broadcast from memory
+ * and B read in place, adds the bias (or what C holds) and stores the block once. K is cut
+ * into blocks of THIN_KC, each summed in registers from 0 and then added to C (one chain of
+ * 6300 products had 4x BLAS's rounding error); a block's B panel stays in L2 across the row
+ * blocks and the row block's A in L1 across the column blocks.
  * Measured on one Zen 4 core (sgemm 1024^3: 97 GFLOP/s): M x N x K = 128 x 64 x 2304 (the
  * [8,256,4,4] forward) 116 against BLAS's 96 GFLOP/s; 1284 x 64 x 11520 112 against 79;
  * 1284 x 32 x 11520 113 against 61; but 1284 x 256 x 11520 91 against 97, so BLAS keeps the
