@@ -202,6 +202,7 @@ START_TEST(test_reference)
     free(hx); free(hw); free(hb); free(hdy); free(ho); free(hdx); free(hdw); free(hdb);
 
     /* f64, f32, and f32 again with the register-blocked kernel switched off (the BLAS path) */
+    double e_f32[2][2] = {{0}};   /* [kernel, BLAS path][out, dx] */
     for (int k = 0; k < 3; k++) {
         const enum dtype dt = k ? DTYPE_F32 : DTYPE_F64;
         const double tol = k ? 2e-6 : 1e-13;
@@ -226,9 +227,15 @@ START_TEST(test_reference)
                k == 2 ? " (BLAS path)" : "", e_out, e_dx, e_dw, e_db);
         ck_assert_msg(e_out < tol && e_dx < tol && e_dw < tol && e_db < tol, "%s %s: errors above %.0e", c->label,
                       dtype_name(dt), tol);
+        if (k) e_f32[k - 1][0] = e_out, e_f32[k - 1][1] = e_dx;
         if (!c->bias) ck_assert_ptr_null(bk->grad);
         tensor_scope_end();
     }
+    /* the kernel rounds like BLAS (short chains of K), not merely within tol: one chain over all
+     * of K = 6300 had 4x BLAS's error and still passed tol */
+    for (int j = 0; j < 2; j++)
+        ck_assert_msg(e_f32[0][j] <= 2 * e_f32[1][j] + 1e-7, "%s: %s error %.1e with the kernel, %.1e with BLAS", c->label,
+                      j ? "dx" : "out", e_f32[0][j], e_f32[1][j]);
     cpu_conv2d_baseline_only(false);
     tensor_scope_end();
     LEAK_CHECK_END();
