@@ -176,6 +176,8 @@ static const struct conv_case ref_cases[] = {
      {1, 1, 1, 1, 1, 1, 1, 1, 1}, true, true, 0},
     {"ref[2,300,5,5]->40 1x1 (direct, few positions: register-blocked)", 2, 300, 5, 5, 40, 1, 1,
      {1, 1, 0, 0, 0, 0, 1, 1, 1}, true, false, 0},
+    {"ref[2,3,10,10]->8 11x11 pad=5 (image batch past the tap table's size: the general im2col)", 2, 3, 10, 10, 8, 11,
+     11, {1, 1, 5, 5, 5, 5, 1, 1, 1}, true, true, 0},
 };
 #define N_REF_CASES (int)(sizeof ref_cases / sizeof ref_cases[0])
 
