@@ -140,7 +140,6 @@ static bool shape_is(const struct tensor *t, int64_t a, int64_t b, int64_t c, in
     return t->ndim == 4 && t->shape[0] == a && t->shape[1] == b && t->shape[2] == c && t->shape[3] == d;
 }
 
-/* whole channels per im2col chunk so that a chunk of one tile fits the workspace */
 /* channels per im2col chunk of `cols` columns within WS_BYTES, balanced over nc */
 static int64_t chunk_channels(const struct geom *g, int64_t nc, int64_t cols)
 {
@@ -149,8 +148,9 @@ static int64_t chunk_channels(const struct geom *g, int64_t nc, int64_t cols)
     return ceil_div(nc, ceil_div(nc, fit));
 }
 
-/* input-channel chunks of the backward input: enough items for the threads over `base` (image or
- * image batch, group) pairs, each chunk keeping at least 64 rows of W^T so its GEMM stays efficient */
+/* input-channel chunks of the backward passes: enough items for the threads over `base` items
+ * ((image or image batch, group) pairs for the input, groups for the weight), each chunk keeping
+ * at least 64 rows of W^T (columns of dW) so its GEMM stays efficient */
 static int64_t input_chunks(const struct geom *g, int64_t base)
 {
     return base >= PAR_ITEMS ? 1 : max64(1, min64(ceil_div(PAR_ITEMS, base), min64(g->Cg, g->K / 64)));
@@ -430,7 +430,8 @@ DEFINE_THIN_TILE(1, t, k * lda + r)
 T512 static void thin_gemm(bool ta, int64_t no, int64_t np, int64_t K, const float *A, int64_t lda, const float *B,
                            int64_t ldb, const float *bias, int64_t bs, bool acc, float *C, int64_t ldc, bool stream)
 {
-    for (int64_t k0 = 0; k0 < K || k0 == 0; k0 += THIN_KC) {
+    int64_t k0 = 0;
+    do {   /* once with K = 0: the start alone */
         const int64_t kc = min64(THIN_KC, K - k0);
         const bool start = acc || k0 > 0, last = k0 + kc >= K;
         const float *Ak = A + (ta ? k0 * lda : k0), *Bk = B + k0 * ldb;
@@ -452,8 +453,7 @@ T512 static void thin_gemm(bool ta, int64_t no, int64_t np, int64_t K, const flo
             }
             r += mr;
         }
-        if (K == 0) break;
-    }
+    } while ((k0 += THIN_KC) < K);
     if (stream) _mm_sfence();   /* streamed stores are weakly ordered: make them visible before the barrier */
 }
 #endif
@@ -1014,8 +1014,7 @@ static enum status conv_backward_weight_batched(const struct geom *g, struct ten
                                                 int64_t nb)
 {
     const int64_t nbatch = ceil_div(g->N, nb), cols = nb * g->P;
-    const int64_t want = g->G >= PAR_ITEMS ? 1 : ceil_div(PAR_ITEMS, g->G);
-    const int64_t cch = max64(1, min64(want, min64(g->Cg, g->K / 64)));
+    const int64_t cch = input_chunks(g, g->G);
     const int64_t cper = ceil_div(g->Cg, cch), n_cc = ceil_div(g->Cg, cper);
     const int64_t csub = chunk_channels(g, cper, cols);
     int64_t ws_stride;
@@ -1307,7 +1306,7 @@ enum status cpu_conv2d_backward_weight(struct tensor *dw, struct tensor *db, con
      * over output channels, which repeats the im2col (free on the direct 1x1 path). */
     const bool direct = g.direct && as_matrix(x, 1, &ldx);
     const int64_t want = g.G >= PAR_ITEMS ? 1 : ceil_div(PAR_ITEMS, g.G);
-    const int64_t cch = max64(1, min64(want, min64(g.Cg, g.K / 64)));
+    const int64_t cch = input_chunks(&g, g.G);
     const int64_t rest = ceil_div(want, cch);
     /* positions are this GEMM's reduction: with a small K, take as many per tile as the
      * workspace holds (fewer, larger GEMMs), but leave enough tiles to split over */
