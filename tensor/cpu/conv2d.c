@@ -650,7 +650,10 @@ DEFINE_WINO_WEIGHTS(double, f64)
                     ya[2 * j + 1] = b0 + (s1 - s2 - s3);                                                    \
                 }                                                                                           \
                 const int64_t oh = 2 * th + a;                                                              \
-                if (oh < g->OH) memcpy(out + o * ldo + oh * g->OW + ow0, ya, (size_t)nw * sizeof(T));       \
+                /* a whole row of the segment as a copy of constant size (inlined when ns is) */         \
+                if (oh >= g->OH) continue;                                                                  \
+                if (nw == 2 * ns) memcpy(out + o * ldo + oh * g->OW + ow0, ya, (size_t)(2 * ns) * sizeof(T)); \
+                else memcpy(out + o * ldo + oh * g->OW + ow0, ya, (size_t)nw * sizeof(T));                  \
             }                                                                                               \
         }                                                                                                   \
     }                                                                                                       \
