@@ -430,9 +430,11 @@ END_TEST
 /* ---------------------------------------------------------------- long rows, many threads */
 
 /* The CPU elementwise kernels cut each merged row into CPU_CHUNK-element pieces spread over
- * the threads. Rows longer than a chunk and not a multiple of it, at an offset and with a
- * stride, run on 4 threads, and every element is checked against its own formula: a piece
- * that starts at the wrong place, or a tail that is lost, shows. Also a copy within one
+ * the threads, and group short rows into items of about as many elements, stepping from row
+ * to row. Rows longer than a chunk and not a multiple of it, at an offset and with a stride,
+ * and short rows in three dims, run on 4 threads, and every element is checked against its
+ * own formula: a piece that starts at the wrong place, a wrong step, or a tail that is lost,
+ * shows. Also a copy within one
  * storage (a shift by one): memmove's semantics, which chunks or threads would break. */
 static const struct backend *cpu(void) { return backend_for(DEVICE_CPU); }
 
@@ -471,6 +473,12 @@ static void check_long_rows(struct tensor *(*view)(struct tensor *), const char 
 static struct tensor *view_row(struct tensor *t) { return tensor_narrow(tensor_narrow(t, 0, 1, 1), 1, 5, 3 * 16384 + 123); }
 static struct tensor *view_rows(struct tensor *t) { return tensor_narrow(t, 1, 3, 3 * 16384 + 123); }
 static struct tensor *view_strided(struct tensor *t) { return tensor_transpose(tensor_narrow(t, 1, 2, 3 * 16384 + 123), 0, 1); }
+/* [12321, 2, 3]: rows of 3 in three dims that do not merge, 24642 rows, so the items (whole rows,
+ * about CPU_CHUNK elements each) start in the middle of the outer dims */
+static struct tensor *view_short_rows(struct tensor *t)
+{
+    return tensor_narrow(tensor_transpose(tensor_reshape(t, TENSOR_SHAPE(2, 12321, 4)), 0, 1), 2, 0, 3);
+}
 
 START_TEST(test_long_rows)
 {
@@ -480,6 +488,15 @@ START_TEST(test_long_rows)
     check_long_rows(view_row, "one row at an offset");
     check_long_rows(view_rows, "two rows");
     check_long_rows(view_strided, "transposed");
+    check_long_rows(view_short_rows, "short rows");
+    /* a copy between layouts: out contiguous, in the short rows' view (a permute's copy) */
+    tensor_scope_begin();
+    struct tensor *buf0 = test_uniform(DTYPE_F32, TENSOR_SHAPE(2, 3 * 16384 + 132), -1, 1);
+    struct tensor *sv = view_short_rows(buf0), *sc = tensor_empty(DTYPE_F32, 3, sv->shape, DEVICE_CPU);
+    ck_assert_int_eq(cpu()->copy(sc, sv), STATUS_OK);
+    for (int64_t i = 0; i < tensor_numel(sv); i++)
+        ck_assert_msg(tensor_get_flat(sc, i) == tensor_get_flat(sv, i), "permuted copy at %lld", (long long)i);
+    tensor_scope_end();
     /* a shift by one within one storage, in both directions */
     tensor_scope_begin();
     const int64_t N = 3 * 16384 + 123;

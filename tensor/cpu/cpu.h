@@ -71,23 +71,67 @@ static inline void cpu_iter_offsets(const struct cpu_iter *it, int64_t o, int64_
     }
 }
 
-/* Work items of a parallel elementwise loop: each inner row, cut into pieces of at most
- * CPU_CHUNK elements, so that a contiguous tensor (one long row after merging) still spreads
- * over the threads. Every element is computed alone, so the cut changes no result. */
+/* Work items of a parallel elementwise loop. A long inner row (a contiguous tensor is one,
+ * after merging) is cut into pieces of at most CPU_CHUNK elements, so that it still spreads
+ * over the threads; short rows are grouped, about CPU_CHUNK elements an item, so that the
+ * divisions that find a row's offsets run once an item, and the rows after the first are
+ * stepped to (a permuted [8,4,256,16] copy is 8192 rows of 16 elements). Every element is
+ * computed alone, so the cut changes no result. */
 #define CPU_CHUNK 16384
+
+struct cpu_rows {
+    int64_t off[4];                    /* element offsets of the current row's start */
+    int64_t idx[TENSOR_MAX_DIMS];      /* its index in the outer dims */
+    int64_t n, len;                    /* rows left in the item (this one included); elements a row */
+};
+
+static inline int64_t cpu_iter_rows_per_item(const struct cpu_iter *it)
+{
+    return it->inner >= CPU_CHUNK ? 1 : CPU_CHUNK / it->inner;
+}
 
 static inline int64_t cpu_iter_items(const struct cpu_iter *it)
 {
-    return it->outer * ((it->inner + CPU_CHUNK - 1) / CPU_CHUNK);
+    if (it->inner == 0 || it->outer == 0) return 0;
+    if (it->inner >= CPU_CHUNK) return it->outer * ((it->inner + CPU_CHUNK - 1) / CPU_CHUNK);
+    const int64_t rows = cpu_iter_rows_per_item(it);
+    return (it->outer + rows - 1) / rows;
 }
 
-/* element offsets of work item w's first element; returns its length */
-static inline int64_t cpu_iter_item(const struct cpu_iter *it, int64_t w, int64_t *off)
+/* the first row of work item w: r->off, r->len, and r->n rows to go (cpu_iter_next steps) */
+static inline void cpu_iter_item(const struct cpu_iter *it, int64_t w, struct cpu_rows *r)
 {
-    const int64_t per_row = (it->inner + CPU_CHUNK - 1) / CPU_CHUNK, s = (w % per_row) * CPU_CHUNK;
-    cpu_iter_offsets(it, w / per_row, off);
-    for (int k = 0; k < it->nops; k++) off[k] += s * it->inner_stride[k];
-    return it->inner - s < CPU_CHUNK ? it->inner - s : CPU_CHUNK;
+    int64_t row, s = 0;
+    if (it->inner >= CPU_CHUNK) {
+        const int64_t per_row = (it->inner + CPU_CHUNK - 1) / CPU_CHUNK;
+        row = w / per_row;
+        s = (w % per_row) * CPU_CHUNK;
+        r->n = 1;
+        r->len = it->inner - s < CPU_CHUNK ? it->inner - s : CPU_CHUNK;
+    } else {
+        const int64_t rows = cpu_iter_rows_per_item(it);
+        row = w * rows;
+        r->n = it->outer - row < rows ? it->outer - row : rows;
+        r->len = it->inner;
+    }
+    for (int k = 0; k < it->nops; k++) r->off[k] = it->base[k] + s * it->inner_stride[k];
+    for (int d = it->ndim - 2; d >= 0; d--) {
+        r->idx[d] = row % it->shape[d];
+        row /= it->shape[d];
+        for (int k = 0; k < it->nops; k++) r->off[k] += r->idx[d] * it->stride[k][d];
+    }
+}
+
+/* the next row of the item (r->n counts down; past the last, r->off is not to be used) */
+static inline void cpu_iter_next(const struct cpu_iter *it, struct cpu_rows *r)
+{
+    if (--r->n <= 0) return;
+    for (int d = it->ndim - 2; d >= 0; d--) {
+        for (int k = 0; k < it->nops; k++) r->off[k] += it->stride[k][d];
+        if (++r->idx[d] < it->shape[d]) return;
+        for (int k = 0; k < it->nops; k++) r->off[k] -= it->shape[d] * it->stride[k][d];
+        r->idx[d] = 0;
+    }
 }
 
 #define CPU_PTR(T, t) ((T *)(t)->storage->data)

@@ -133,9 +133,9 @@ enum status cpu_copy(struct tensor *dst, const struct tensor *src)
     const int64_t items = cpu_iter_items(&it);
 #pragma omp parallel for schedule(static) if (it.outer * it.inner >= CPU_PAR_MIN)
     for (int64_t w = 0; w < items; w++) {
-        int64_t off[4];
-        const int64_t len = cpu_iter_item(&it, w, off);
-        copy_row(pd, dst->dtype, off[0], it.inner_stride[0], ps, src->dtype, off[1], it.inner_stride[1], len);
+        struct cpu_rows r;
+        for (cpu_iter_item(&it, w, &r); r.n > 0; cpu_iter_next(&it, &r))
+            copy_row(pd, dst->dtype, r.off[0], it.inner_stride[0], ps, src->dtype, r.off[1], it.inner_stride[1], r.len);
     }
     return STATUS_OK;
 }
@@ -149,9 +149,9 @@ enum status cpu_fill(struct tensor *dst, double value)
     const int64_t items = cpu_iter_items(&it);
 #pragma omp parallel for schedule(static) if (it.outer * it.inner >= CPU_PAR_MIN)
     for (int64_t w = 0; w < items; w++) {
-        int64_t off[4];
-        const int64_t len = cpu_iter_item(&it, w, off);
-        for (int64_t i = 0; i < len; i++) store_double(pd, dst->dtype, off[0] + i * it.inner_stride[0], value);
+        struct cpu_rows r;
+        for (cpu_iter_item(&it, w, &r); r.n > 0; cpu_iter_next(&it, &r))
+            for (int64_t i = 0; i < r.len; i++) store_double(pd, dst->dtype, r.off[0] + i * it.inner_stride[0], value);
     }
     return STATUS_OK;
 }

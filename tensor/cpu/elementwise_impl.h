@@ -117,9 +117,9 @@ static void CAT(unary_run, SUF)(enum unary_op op, struct tensor *out, const stru
     const int64_t items = cpu_iter_items(&it);
 #pragma omp parallel for schedule(static) if (it.outer * it.inner >= CPU_PAR_MIN)
     for (int64_t w = 0; w < items; w++) {
-        int64_t off[4];
-        const int64_t len = cpu_iter_item(&it, w, off);
-        CAT(unary_row, SUF)(op, po + off[0], it.inner_stride[0], pa + off[1], it.inner_stride[1], len, p);
+        struct cpu_rows r;
+        for (cpu_iter_item(&it, w, &r); r.n > 0; cpu_iter_next(&it, &r))
+            CAT(unary_row, SUF)(op, po + r.off[0], it.inner_stride[0], pa + r.off[1], it.inner_stride[1], r.len, p);
     }
 }
 
@@ -135,11 +135,11 @@ static void CAT(unary_bwd_run, SUF)(enum unary_op op, struct tensor *dx, const s
     const int64_t items = cpu_iter_items(&it);
 #pragma omp parallel for schedule(static) if (it.outer * it.inner >= CPU_PAR_MIN)
     for (int64_t w = 0; w < items; w++) {
-        int64_t off[4];
-        const int64_t len = cpu_iter_item(&it, w, off);
-        CAT(unary_bwd_row, SUF)(op, pdx + off[0], it.inner_stride[0], pdy + off[1], it.inner_stride[1],
-                                px ? px + off[2] : NULL, it.inner_stride[2], py ? py + off[3] : NULL, it.inner_stride[3],
-                                len, p);
+        struct cpu_rows r;
+        for (cpu_iter_item(&it, w, &r); r.n > 0; cpu_iter_next(&it, &r))
+            CAT(unary_bwd_row, SUF)(op, pdx + r.off[0], it.inner_stride[0], pdy + r.off[1], it.inner_stride[1],
+                                    px ? px + r.off[2] : NULL, it.inner_stride[2], py ? py + r.off[3] : NULL,
+                                    it.inner_stride[3], r.len, p);
     }
 }
 
@@ -153,10 +153,10 @@ static void CAT(binary_run, SUF)(enum binary_op op, struct tensor *out, const st
     const int64_t items = cpu_iter_items(&it);
 #pragma omp parallel for schedule(static) if (it.outer * it.inner >= CPU_PAR_MIN)
     for (int64_t w = 0; w < items; w++) {
-        int64_t off[4];
-        const int64_t len = cpu_iter_item(&it, w, off);
-        CAT(binary_row, SUF)(op, po + off[0], it.inner_stride[0], pa + off[1], it.inner_stride[1], pb + off[2],
-                             it.inner_stride[2], len);
+        struct cpu_rows r;
+        for (cpu_iter_item(&it, w, &r); r.n > 0; cpu_iter_next(&it, &r))
+            CAT(binary_row, SUF)(op, po + r.off[0], it.inner_stride[0], pa + r.off[1], it.inner_stride[1],
+                                 pb + r.off[2], it.inner_stride[2], r.len);
     }
 }
 
@@ -170,12 +170,14 @@ static void CAT(where_run, SUF)(struct tensor *out, const struct tensor *cond, c
     const int64_t items = cpu_iter_items(&it);
 #pragma omp parallel for schedule(static) if (it.outer * it.inner >= CPU_PAR_MIN)
     for (int64_t w = 0; w < items; w++) {
-        int64_t off[4];
-        const int64_t len = cpu_iter_item(&it, w, off);
-        for (int64_t i = 0; i < len; i++)
-            po[off[0] + i * it.inner_stride[0]] = pc[off[1] + i * it.inner_stride[1]] != 0
-                                                      ? pa[off[2] + i * it.inner_stride[2]]
-                                                      : pb[off[3] + i * it.inner_stride[3]];
+        struct cpu_rows r;
+        for (cpu_iter_item(&it, w, &r); r.n > 0; cpu_iter_next(&it, &r)) {
+            const int64_t *off = r.off;
+            for (int64_t i = 0; i < r.len; i++)
+                po[off[0] + i * it.inner_stride[0]] = pc[off[1] + i * it.inner_stride[1]] != 0
+                                                          ? pa[off[2] + i * it.inner_stride[2]]
+                                                          : pb[off[3] + i * it.inner_stride[3]];
+        }
     }
 }
 
