@@ -496,6 +496,17 @@ START_TEST(test_long_rows)
     ck_assert_int_eq(cpu()->copy(sc, sv), STATUS_OK);
     for (int64_t i = 0; i < tensor_numel(sv); i++)
         ck_assert_msg(tensor_get_flat(sc, i) == tensor_get_flat(sv, i), "permuted copy at %lld", (long long)i);
+    /* transposes (in contiguous along the dim before the inner one: 4x4 tiles): rows and
+     * columns not multiples of 4, row blocks, threads; and an f64 one (the general loops) */
+    const int64_t tshapes[3][3] = {{4, 70, 150}, {5, 37, 23}, {1, 4, 4}};
+    for (int k = 0; k < 4; k++) {
+        const int64_t *sh = tshapes[k % 3];
+        struct tensor *t = test_uniform(k == 3 ? DTYPE_F64 : DTYPE_F32, TENSOR_SHAPE(sh[0], sh[1], sh[2]), -1, 1);
+        struct tensor *tv = tensor_transpose(t, 1, 2), *tc = tensor_empty(t->dtype, 3, tv->shape, DEVICE_CPU);
+        ck_assert_int_eq(cpu()->copy(tc, tv), STATUS_OK);
+        for (int64_t i = 0; i < tensor_numel(tv); i++)
+            ck_assert_msg(tensor_get_flat(tc, i) == tensor_get_flat(tv, i), "transposed copy %d at %lld", k, (long long)i);
+    }
     tensor_scope_end();
     /* a shift by one within one storage, in both directions */
     tensor_scope_begin();
