@@ -528,15 +528,16 @@ static bool wino_fits(const struct geom *g)
  * go through a local buffer and out as whole rows. */
 #define WINO_WBLK 64
 #define DEFINE_WINO_WEIGHTS(T, SUF)                                                                           \
-    static void wino_weights_##SUF(const struct geom *g, const T *w, const int64_t *ws, T *U)                \
+    /* kernels o in [o_lo, o_hi), input channels c in [c_lo, c_hi) */                                       \
+    static void wino_weights_block_##SUF(const struct geom *g, const T *w, const int64_t *ws, T *U, int64_t o_lo, \
+                                         int64_t o_hi, int64_t c_lo, int64_t c_hi)                          \
     {                                                                                                       \
         const int64_t R = g->Og, S = g->Cg;                                                                 \
-        _Pragma("omp parallel for schedule(static) if (g->O * S * 16 >= CPU_PAR_MIN)")                      \
-        for (int64_t o = 0; o < g->O; o++) {                                                                \
+        for (int64_t o = o_lo; o < o_hi; o++) {                                                             \
             const int64_t gi = o / R, r = o % R;                                                            \
             T buf[16][WINO_WBLK];                                                                           \
-            for (int64_t c0 = 0; c0 < S; c0 += WINO_WBLK) {                                                 \
-                const int64_t nc = min64(WINO_WBLK, S - c0);                                                \
+            for (int64_t c0 = c_lo; c0 < c_hi; c0 += WINO_WBLK) {                                           \
+                const int64_t nc = min64(WINO_WBLK, c_hi - c0);                                             \
                 for (int64_t c = 0; c < nc; c++) {                                                          \
                     const T *kp = w + o * ws[0] + (c0 + c) * ws[1];                                         \
                     T k[3][3], t[4][3];                                                                     \
@@ -559,6 +560,11 @@ static bool wino_fits(const struct geom *g)
                     memcpy(U + ((gi * 16 + xi) * R + r) * S + c0, buf[xi], (size_t)nc * sizeof(T));         \
             }                                                                                               \
         }                                                                                                   \
+    }                                                                                                       \
+    static void wino_weights_##SUF(const struct geom *g, const T *w, const int64_t *ws, T *U)                \
+    {                                                                                                       \
+        _Pragma("omp parallel for schedule(static) if (g->O * g->Cg * 16 >= CPU_PAR_MIN)")                  \
+        for (int64_t o = 0; o < g->O; o++) wino_weights_block_##SUF(g, w, ws, U, o, o + 1, 0, g->Cg);       \
     }
 DEFINE_WINO_WEIGHTS(float, f32)
 DEFINE_WINO_WEIGHTS(double, f64)
@@ -770,22 +776,26 @@ static bool wino_few_fits(const struct geom *g)
 }
 
 static enum status wino_run_few(const struct geom *g, struct tensor *out, int64_t ldo, const struct tensor *x,
-                                const void *U, bool flip, const struct tensor *bias)
+                                const struct geom *gw, const struct tensor *w, bool flip, const struct tensor *bias)
 {
     static const int rot[4] = {3, 1, 2, 0};
     const int64_t TW = ceil_div(g->OW, 2), TT = ceil_div(g->OH, 2) * TW, T_all = g->N * TT;
     const int64_t ldxi_v = plane_stride(g->Cg * T_all), ldxi_m = plane_stride(g->O * T_all);
-    struct tensor *ws = tensor_keep(tensor_empty(g->f32 ? DTYPE_F32 : DTYPE_F64, TENSOR_SHAPE(16 * (ldxi_v + ldxi_m)),
-                                                 DEVICE_CPU));
+    const int64_t n_u = 16 * g->O * g->Cg;   /* the transformed weights, written by the row blocks */
+    struct tensor *ws = tensor_keep(tensor_empty(g->f32 ? DTYPE_F32 : DTYPE_F64,
+                                                 TENSOR_SHAPE(16 * (ldxi_v + ldxi_m) + n_u), DEVICE_CPU));
     if (!ws) return tensor_status();
-    char *V = ws->storage->data, *M = V + (size_t)(16 * ldxi_v) * g->esz;
+    char *V = ws->storage->data, *M = V + (size_t)(16 * ldxi_v) * g->esz, *U = M + (size_t)(16 * ldxi_m) * g->esz;
     const int64_t xs[3] = {x->stride[1], x->stride[2], x->stride[3]};
     const int64_t bs = bias ? bias->stride[0] : 0;
-    /* Work items small enough that a thread slowed by another process hands its share to the
-     * others (each stage ends in a barrier): channels of the transforms in blocks of CB, the
-     * products' rows in blocks of RB */
-    const int64_t CB = 16, RB = 64;
-    const int64_t n_ci = ceil_div(g->Cg, CB), n_oi = ceil_div(g->Og, CB), n_ri = ceil_div(g->Og, RB);
+    /* Two stages and one barrier between them: with a core taken by another process, every
+     * barrier waits for the slowed thread (three barriers and a region for the weights ran
+     * 1.9x slower than im2col then). Stage 1, the input transform, by channel blocks; stage 2,
+     * by blocks of RB output channels, each transforming the weights it needs, running its
+     * rows of the 16 products and their output transform. Small dynamic items, so that a
+     * slowed thread hands its share to the others. */
+    const int64_t CB = 16, RB = 32;
+    const int64_t n_ci = ceil_div(g->Cg, CB), n_ri = ceil_div(g->Og, RB);
 #pragma omp parallel if (g->N * g->O * g->P * g->K >= PAR_MIN_MACS)
     for (int64_t gi = 0; gi < g->G; gi++) {
 #pragma omp for schedule(dynamic, 1)
@@ -800,25 +810,29 @@ static enum status wino_run_few(const struct geom *g, struct tensor *out, int64_
             }
         }
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t item = 0; item < 16 * n_ri; item++) {
-            const int64_t xi = item / n_ri, r0 = item % n_ri * RB, nr = min64(RB, g->Og - r0);
-            /* A = U[xi] [Og, Cg] rows r0.., or U[rot xi] stored [Cg, Og] read transposed */
-            const int64_t ua = flip ? ((gi * 16 + rot[xi / 4] * 4 + rot[xi % 4]) * g->Cg) * g->Og + r0
-                                    : ((gi * 16 + xi) * g->Og + r0) * g->Cg;
-            conv_gemm(g, flip, nr, T_all, g->Cg, (const char *)U + (size_t)ua * g->esz, flip ? g->Og : g->Cg,
-                      V + (size_t)(xi * ldxi_v) * g->esz, T_all, 0,
-                      M + (size_t)(xi * ldxi_m + (gi * g->Og + r0) * T_all) * g->esz, T_all);
-        }
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t oi = 0; oi < n_oi; oi++) {
-            const int64_t o0 = gi * g->Og + oi * CB, no = min64(CB, g->Og - oi * CB);
+        for (int64_t ri = 0; ri < n_ri; ri++) {
+            const int64_t r0 = ri * RB, nr = min64(RB, g->Og - r0), o0 = gi * g->Og + r0;
+            /* the weights these rows read: kernels o0.. (all input channels) of this conv, or
+             * with flip, input channels r0.. of every kernel of the group in the forward conv */
+            const int64_t wo_lo = flip ? gi * gw->Og : o0, wo_hi = flip ? (gi + 1) * gw->Og : o0 + nr;
+            const int64_t wc_lo = flip ? r0 : 0, wc_hi = flip ? r0 + nr : gw->Cg;
+            if (g->f32) wino_weights_block_f32(gw, at(w, 0), w->stride, (float *)U, wo_lo, wo_hi, wc_lo, wc_hi);
+            else wino_weights_block_f64(gw, at(w, 0), w->stride, (double *)U, wo_lo, wo_hi, wc_lo, wc_hi);
+            for (int xi = 0; xi < 16; xi++) {
+                /* A = U[xi] [Og, Cg] rows r0.., or U[rot xi] stored [Cg, Og] read transposed */
+                const int64_t ua = flip ? ((gi * 16 + rot[xi / 4] * 4 + rot[xi % 4]) * g->Cg) * g->Og + r0
+                                        : ((gi * 16 + xi) * g->Og + r0) * g->Cg;
+                conv_gemm(g, flip, nr, T_all, g->Cg, U + (size_t)ua * g->esz, flip ? g->Og : g->Cg,
+                          V + (size_t)(xi * ldxi_v) * g->esz, T_all, 0, M + (size_t)(xi * ldxi_m + o0 * T_all) * g->esz,
+                          T_all);
+            }
             const void *bp = bias ? at(bias, o0 * bs) : NULL;
             const char *Mo = M + (size_t)(o0 * T_all) * g->esz;
             for (int64_t t = 0; t < T_all; t += TW) {
                 const int64_t n = t / TT, th = t % TT / TW;
                 void *op = at(out, n * out->stride[0] + o0 * ldo);
-                if (g->f32) wino_output_f32(op, ldo, (const float *)Mo, T_all, ldxi_m, no, bp, bs, g, th, 0, TW, t);
-                else wino_output_f64(op, ldo, (const double *)Mo, T_all, ldxi_m, no, bp, bs, g, th, 0, TW, t);
+                if (g->f32) wino_output_f32(op, ldo, (const float *)Mo, T_all, ldxi_m, nr, bp, bs, g, th, 0, TW, t);
+                else wino_output_f64(op, ldo, (const double *)Mo, T_all, ldxi_m, nr, bp, bs, g, th, 0, TW, t);
             }
         }
     }
@@ -1170,12 +1184,15 @@ enum status cpu_conv2d(struct tensor *out, const struct tensor *x, const struct 
     struct tensor *wtmp, *otmp, *ws = NULL;
     struct tensor *o = matrix_or_temp(out, 1, &ldc, &otmp);        /* out[n] as [O, P] */
     if (!o) return tensor_status();
-    const bool few = wino_few_fits(&g);
-    if (few || wino_fits(&g)) {
+    if (wino_few_fits(&g)) {
+        s = wino_run_few(&g, o, ldc, x, &g, w, false, bias);
+        if (!s && otmp) s = cpu_copy(out, otmp);
+        tensor_free(otmp);
+        return s;
+    }
+    if (wino_fits(&g)) {
         struct tensor *U = wino_transform(&g, w);
-        s = !U ? tensor_status()
-            : few ? wino_run_few(&g, o, ldc, x, U->storage->data, false, bias)
-                  : wino_run(&g, o, ldc, x, U->storage->data, false, bias);
+        s = U ? wino_run(&g, o, ldc, x, U->storage->data, false, bias) : tensor_status();
         if (!s && otmp) s = cpu_copy(out, otmp);
         tensor_free(U);
         tensor_free(otmp);
@@ -1277,12 +1294,15 @@ enum status cpu_conv2d_backward_input(struct tensor *dx, const struct tensor *dy
     t.pt = 2 - g.pt; t.pl = 2 - g.pl;
     t.K = t.Cg * 9; t.P = t.OH * t.OW;
     const bool wino_pads = g.pt <= 2 && g.pl <= 2 && p->pad_bottom <= 2 && p->pad_right <= 2;
-    const bool few = wino_pads && wino_few_fits(&t);
-    if (few || (wino_pads && wino_fits(&g))) {
+    if (wino_pads && wino_few_fits(&t)) {
+        s = wino_run_few(&t, d, dxc, dy, &g, w, true, NULL);
+        if (!s && dxtmp) s = cpu_copy(dx, dxtmp);
+        tensor_free(dxtmp);
+        return s;
+    }
+    if (wino_pads && wino_fits(&g)) {
         struct tensor *U = wino_transform(&g, w);
-        s = !U ? tensor_status()
-            : few ? wino_run_few(&t, d, dxc, dy, U->storage->data, true, NULL)
-                  : wino_run(&t, d, dxc, dy, U->storage->data, true, NULL);
+        s = U ? wino_run(&t, d, dxc, dy, U->storage->data, true, NULL) : tensor_status();
         if (!s && dxtmp) s = cpu_copy(dx, dxtmp);
         tensor_free(U);
         tensor_free(dxtmp);
