@@ -755,13 +755,12 @@ static enum status wino_run(const struct geom *g, struct tensor *out, int64_t ld
  * few tiles for wino_run's blocks, so they took im2col, which multiplies 36 times per
  * (o, c, tile) where Winograd multiplies 16. As one block on one thread, the 16 products of
  * a batch's tiles (at most 128 columns) would run serially: slower than im2col. Here the
- * threads share each stage instead: the input transform by channels, the 16 products by
- * transform position and rows (each row a whole sum: the same on any thread count), the
- * output transform by output channels. Only where every product fits the register-blocked
+ * threads share the work by channels instead (wino_run_few; each row of a product is a whole
+ * sum: the same on any thread count). Only where every product fits the register-blocked
  * kernel, and the weights' transform pays: it writes 16/9 of w for every call (memory-bound,
  * about 4 ns a kernel on one core), which a batch of few tiles does not win back. 2 threads,
- * [8,256,4,4] -> 128: forward 0.43 -> 0.33 ms. Their weight gradient takes wino_weight_grad,
- * whose stages are shared the same way. */
+ * [8,256,4,4] -> 128: forward 0.43 -> 0.32 ms. Their weight gradient takes wino_weight_grad,
+ * whose stages are shared between the threads too. */
 #define WINO_FEW_MIN_TILES 4          /* tiles per image, at least: below that, a tile is mostly padding */
 #define WINO_FEW_MIN_BATCH_TILES 32   /* tiles of the batch: fewer do not pay for transforming the weights */
 #define WINO_FEW_MAX_BYTES (4 << 20)  /* the transformed weights: [8,640,4,4] -> 640 (26 MB) ran 1.2x slower */
