@@ -167,14 +167,14 @@ static const struct conv_case ref_cases[] = {
      {2, 2, 1, 1, 1, 1, 1, 1, 2}, false, true, 0},
     {"ref[4,40,4,4]->64 3x3 pad=1 (4x4 images: batched, not Winograd)", 4, 40, 4, 4, 64, 3, 3,
      {1, 1, 1, 1, 1, 1, 1, 1, 1}, true, false, 0},
-    /* images of few tiles, but 32 or more in the batch: Winograd with the threads split by
-     * channels and transform positions (f32 on AVX-512; f64 and the BLAS run take the batches) */
-    {"ref[8,24,4,4]->40 3x3 pad=1 (few-tile Winograd: 32 tiles, channel chunks of 16 + 8)", 8, 24, 4, 4, 40, 3, 3,
+    /* more images of few pixels: two batches of four 4x4 images, two of seven 3x3 images, and
+     * three of two with groups and uneven padding (Winograd on such images: docs/performance.md) */
+    {"ref[8,24,4,4]->40 3x3 pad=1 (two image batches of 64 columns)", 8, 24, 4, 4, 40, 3, 3,
      {1, 1, 1, 1, 1, 1, 1, 1, 1}, true, false, 0},
-    {"ref[14,16,3,3]->16 3x3 pad=1 (few-tile Winograd: partial tiles)", 14, 16, 3, 3, 16, 3, 3,
-     {1, 1, 1, 1, 1, 1, 1, 1, 1}, false, false, 0},
-    {"ref[6,32,5,7]->40 3x3 pad=1,2,0,1 groups=2 noncontig (few-tile Winograd: rows of 3 tiles, and of 4 in dx)", 6,
-     32, 5, 7, 40, 3, 3, {1, 1, 1, 2, 0, 1, 1, 1, 2}, true, true, 0},
+    {"ref[14,16,3,3]->16 3x3 pad=1 (3x3 images, two batches)", 14, 16, 3, 3, 16, 3, 3, {1, 1, 1, 1, 1, 1, 1, 1, 1},
+     false, false, 0},
+    {"ref[6,32,5,7]->40 3x3 pad=1,2,0,1 groups=2 noncontig (three image batches, groups)", 6, 32, 5, 7, 40, 3, 3,
+     {1, 1, 1, 2, 0, 1, 1, 1, 2}, true, true, 0},
     /* few columns, large K: the register-blocked kernel instead of BLAS (f32 on AVX-512), with K
      * in blocks, channel chunks adding onto the first, 12-, 4- and 1-row tiles, partial column
      * blocks; and the backward input's transposed W */

@@ -10,8 +10,7 @@
  * workspace is WS_BYTES per thread whatever the input size. A 1x1, stride-1, unpadded conv
  * reads x itself as col (no copy at all). 3x3 stride-1 convs with enough channels take a
  * Winograd F(2x2,3x3) path for all three instead (2.25x fewer flops, section below), with
- * a workspace of WINO_WS_BYTES per thread; so do batches of small images (4x4 pixels), whose
- * tiles are too few for its blocks, in a mode of their own (wino_run_few). GEMMs with few input channels (K <= 80, as SD's
+ * a workspace of WINO_WS_BYTES per thread. GEMMs with few input channels (K <= 80, as SD's
  * conv_in) or few columns (images of few pixels, Winograd's small tile blocks) skip BLAS for a
  * register-blocked AVX-512 kernel (section "register-blocked kernel").
  *
@@ -528,16 +527,15 @@ static bool wino_fits(const struct geom *g)
  * go through a local buffer and out as whole rows. */
 #define WINO_WBLK 64
 #define DEFINE_WINO_WEIGHTS(T, SUF)                                                                           \
-    /* kernels o in [o_lo, o_hi), input channels c in [c_lo, c_hi) */                                       \
-    static void wino_weights_block_##SUF(const struct geom *g, const T *w, const int64_t *ws, T *U, int64_t o_lo, \
-                                         int64_t o_hi, int64_t c_lo, int64_t c_hi)                          \
+    static void wino_weights_##SUF(const struct geom *g, const T *w, const int64_t *ws, T *U)                \
     {                                                                                                       \
         const int64_t R = g->Og, S = g->Cg;                                                                 \
-        for (int64_t o = o_lo; o < o_hi; o++) {                                                             \
+        _Pragma("omp parallel for schedule(static) if (g->O * S * 16 >= CPU_PAR_MIN)")                      \
+        for (int64_t o = 0; o < g->O; o++) {                                                                \
             const int64_t gi = o / R, r = o % R;                                                            \
             T buf[16][WINO_WBLK];                                                                           \
-            for (int64_t c0 = c_lo; c0 < c_hi; c0 += WINO_WBLK) {                                           \
-                const int64_t nc = min64(WINO_WBLK, c_hi - c0);                                             \
+            for (int64_t c0 = 0; c0 < S; c0 += WINO_WBLK) {                                                 \
+                const int64_t nc = min64(WINO_WBLK, S - c0);                                                \
                 for (int64_t c = 0; c < nc; c++) {                                                          \
                     const T *kp = w + o * ws[0] + (c0 + c) * ws[1];                                         \
                     T k[3][3], t[4][3];                                                                     \
@@ -560,11 +558,6 @@ static bool wino_fits(const struct geom *g)
                     memcpy(U + ((gi * 16 + xi) * R + r) * S + c0, buf[xi], (size_t)nc * sizeof(T));         \
             }                                                                                               \
         }                                                                                                   \
-    }                                                                                                       \
-    static void wino_weights_##SUF(const struct geom *g, const T *w, const int64_t *ws, T *U)                \
-    {                                                                                                       \
-        _Pragma("omp parallel for schedule(static) if (g->O * g->Cg * 16 >= CPU_PAR_MIN)")                  \
-        for (int64_t o = 0; o < g->O; o++) wino_weights_block_##SUF(g, w, ws, U, o, o + 1, 0, g->Cg);       \
     }
 DEFINE_WINO_WEIGHTS(float, f32)
 DEFINE_WINO_WEIGHTS(double, f64)
@@ -620,9 +613,9 @@ DEFINE_WINO_WEIGHTS(double, f64)
             }                                                                                               \
         }                                                                                                   \
     }                                                                                                       \
-    /* Segments of 2 and 4 tiles (images 3-4 and 7-8 pixels wide) take copies of the loops with \
-     * the width a constant, which the compiler unrolls: the general loops of 6 or 10 elements  \
-     * were mostly loop control. */                                                                \
+    /* Segments of 2 and 4 tiles (rows of images 7-8 pixels wide, pieces of rows at a block's    \
+     * edge) take copies of the loops with the width a constant, which the compiler unrolls:    \
+     * the general loops of 6 or 10 elements were mostly loop control. */                          \
     static void wino_input_##SUF(T *V, int64_t ldc, int64_t ldxi, const T *x, const int64_t *xs, int64_t nc, \
                                  const struct geom *g, int64_t th, int64_t tw0, int64_t ns, int64_t j0)     \
     {                                                                                                       \
@@ -745,94 +738,6 @@ static enum status wino_run(const struct geom *g, struct tensor *out, int64_t ld
             if (g->f32) wino_output_f32(op, ldo, (const float *)M, Tb, ldxi_m, g->O, bp, bs, g, th, tw, ns, t - t0);
             else wino_output_f64(op, ldo, (const double *)M, Tb, ldxi_m, g->O, bp, bs, g, th, tw, ns, t - t0);
             t += ns;
-        }
-    }
-    tensor_free(ws);
-    return STATUS_OK;
-}
-
-/* Images of 2x2 to 3x3 tiles (the demo UNet's lowest level: 4x4 pixels, 4 tiles) are too
- * few tiles for wino_run's blocks, so they took im2col, which multiplies 36 times per
- * (o, c, tile) where Winograd multiplies 16. As one block on one thread, the 16 products of
- * a batch's tiles (at most 128 columns) would run serially: slower than im2col. Here the
- * threads share the work by channels instead (wino_run_few; each row of a product is a whole
- * sum: the same on any thread count). Only where every product fits the register-blocked
- * kernel, and the weights' transform pays: it writes 16/9 of w for every call (memory-bound,
- * about 4 ns a kernel on one core), which a batch of few tiles does not win back. 2 threads,
- * [8,256,4,4] -> 128: forward 0.43 -> 0.32 ms. Their weight gradient takes wino_weight_grad,
- * whose stages are shared between the threads too. */
-#define WINO_FEW_MIN_TILES 4          /* tiles per image, at least: below that, a tile is mostly padding */
-#define WINO_FEW_MIN_BATCH_TILES 32   /* tiles of the batch: fewer do not pay for transforming the weights */
-#define WINO_FEW_MAX_BYTES (4 << 20)  /* the transformed weights: [8,640,4,4] -> 640 (26 MB) ran 1.2x slower */
-
-static bool wino_few_fits(const struct geom *g)
-{
-    const int64_t tiles = ceil_div(g->OH, 2) * ceil_div(g->OW, 2);
-    return g->KH == 3 && g->KW == 3 && g->sh == 1 && g->sw == 1 && g->dh == 1 && g->dw == 1 &&
-           g->Cg >= WINO_MIN_CH && 16 * g->O * g->Cg * (int64_t)g->esz <= WINO_FEW_MAX_BYTES &&
-           tiles >= WINO_FEW_MIN_TILES && tiles < WINO_MIN_TILES && g->N * tiles >= WINO_FEW_MIN_BATCH_TILES &&
-           thin_fits(g, g->N * tiles);
-}
-
-static enum status wino_run_few(const struct geom *g, struct tensor *out, int64_t ldo, const struct tensor *x,
-                                const struct geom *gw, const struct tensor *w, bool flip, const struct tensor *bias)
-{
-    static const int rot[4] = {3, 1, 2, 0};
-    const int64_t TW = ceil_div(g->OW, 2), TT = ceil_div(g->OH, 2) * TW, T_all = g->N * TT;
-    const int64_t ldxi_v = plane_stride(g->Cg * T_all), ldxi_m = plane_stride(g->O * T_all);
-    const int64_t n_u = 16 * g->O * g->Cg;   /* the transformed weights, written by the row blocks */
-    struct tensor *ws = tensor_keep(tensor_empty(g->f32 ? DTYPE_F32 : DTYPE_F64,
-                                                 TENSOR_SHAPE(16 * (ldxi_v + ldxi_m) + n_u), DEVICE_CPU));
-    if (!ws) return tensor_status();
-    char *V = ws->storage->data, *M = V + (size_t)(16 * ldxi_v) * g->esz, *U = M + (size_t)(16 * ldxi_m) * g->esz;
-    const int64_t xs[3] = {x->stride[1], x->stride[2], x->stride[3]};
-    const int64_t bs = bias ? bias->stride[0] : 0;
-    /* Two stages and one barrier between them: with a core taken by another process, every
-     * barrier waits for the slowed thread (three barriers and a region for the weights ran
-     * 1.9x slower than im2col then). Stage 1, the input transform, by channel blocks; stage 2,
-     * by blocks of RB output channels, each transforming the weights it needs, running its
-     * rows of the 16 products and their output transform. Small dynamic items, so that a
-     * slowed thread hands its share to the others. */
-    const int64_t CB = 16, RB = 32;
-    const int64_t n_ci = ceil_div(g->Cg, CB), n_ri = ceil_div(g->Og, RB);
-#pragma omp parallel if (g->N * g->O * g->P * g->K >= PAR_MIN_MACS)
-    for (int64_t gi = 0; gi < g->G; gi++) {
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t ci = 0; ci < n_ci; ci++) {
-            const int64_t c0 = ci * CB, nc = min64(CB, g->Cg - c0);
-            for (int64_t t = 0; t < T_all; t += TW) {   /* a row of tiles is one segment */
-                const int64_t n = t / TT, th = t % TT / TW;
-                const void *xp = at(x, n * x->stride[0] + (gi * g->Cg + c0) * x->stride[1]);
-                char *Vc = V + (size_t)(c0 * T_all) * g->esz;
-                if (g->f32) wino_input_f32((float *)Vc, T_all, ldxi_v, xp, xs, nc, g, th, 0, TW, t);
-                else wino_input_f64((double *)Vc, T_all, ldxi_v, xp, xs, nc, g, th, 0, TW, t);
-            }
-        }
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t ri = 0; ri < n_ri; ri++) {
-            const int64_t r0 = ri * RB, nr = min64(RB, g->Og - r0), o0 = gi * g->Og + r0;
-            /* the weights these rows read: kernels o0.. (all input channels) of this conv, or
-             * with flip, input channels r0.. of every kernel of the group in the forward conv */
-            const int64_t wo_lo = flip ? gi * gw->Og : o0, wo_hi = flip ? (gi + 1) * gw->Og : o0 + nr;
-            const int64_t wc_lo = flip ? r0 : 0, wc_hi = flip ? r0 + nr : gw->Cg;
-            if (g->f32) wino_weights_block_f32(gw, at(w, 0), w->stride, (float *)U, wo_lo, wo_hi, wc_lo, wc_hi);
-            else wino_weights_block_f64(gw, at(w, 0), w->stride, (double *)U, wo_lo, wo_hi, wc_lo, wc_hi);
-            for (int xi = 0; xi < 16; xi++) {
-                /* A = U[xi] [Og, Cg] rows r0.., or U[rot xi] stored [Cg, Og] read transposed */
-                const int64_t ua = flip ? ((gi * 16 + rot[xi / 4] * 4 + rot[xi % 4]) * g->Cg) * g->Og + r0
-                                        : ((gi * 16 + xi) * g->Og + r0) * g->Cg;
-                conv_gemm(g, flip, nr, T_all, g->Cg, U + (size_t)ua * g->esz, flip ? g->Og : g->Cg,
-                          V + (size_t)(xi * ldxi_v) * g->esz, T_all, 0, M + (size_t)(xi * ldxi_m + o0 * T_all) * g->esz,
-                          T_all);
-            }
-            const void *bp = bias ? at(bias, o0 * bs) : NULL;
-            const char *Mo = M + (size_t)(o0 * T_all) * g->esz;
-            for (int64_t t = 0; t < T_all; t += TW) {
-                const int64_t n = t / TT, th = t % TT / TW;
-                void *op = at(out, n * out->stride[0] + o0 * ldo);
-                if (g->f32) wino_output_f32(op, ldo, (const float *)Mo, T_all, ldxi_m, nr, bp, bs, g, th, 0, TW, t);
-                else wino_output_f64(op, ldo, (const double *)Mo, T_all, ldxi_m, nr, bp, bs, g, th, 0, TW, t);
-            }
         }
     }
     tensor_free(ws);
@@ -1183,12 +1088,6 @@ enum status cpu_conv2d(struct tensor *out, const struct tensor *x, const struct 
     struct tensor *wtmp, *otmp, *ws = NULL;
     struct tensor *o = matrix_or_temp(out, 1, &ldc, &otmp);        /* out[n] as [O, P] */
     if (!o) return tensor_status();
-    if (wino_few_fits(&g)) {
-        s = wino_run_few(&g, o, ldc, x, &g, w, false, bias);
-        if (!s && otmp) s = cpu_copy(out, otmp);
-        tensor_free(otmp);
-        return s;
-    }
     if (wino_fits(&g)) {
         struct tensor *U = wino_transform(&g, w);
         s = U ? wino_run(&g, o, ldc, x, U->storage->data, false, bias) : tensor_status();
@@ -1286,20 +1185,13 @@ enum status cpu_conv2d_backward_input(struct tensor *dx, const struct tensor *dy
     struct tensor *wtmp, *dytmp, *dxtmp, *ws = NULL;
     struct tensor *d = matrix_or_temp(dx, 1, &dxc, &dxtmp);
     if (!d) return tensor_status();
-    /* dx = conv(dy, w rotated 180 degrees with in/out channels swapped, padding 2 - p) */
-    struct geom t = g;
-    t.C = g.O; t.O = g.C; t.Cg = g.Og; t.Og = g.Cg;
-    t.H = g.OH; t.W = g.OW; t.OH = g.H; t.OW = g.W;
-    t.pt = 2 - g.pt; t.pl = 2 - g.pl;
-    t.K = t.Cg * 9; t.P = t.OH * t.OW;
-    const bool wino_pads = g.pt <= 2 && g.pl <= 2 && p->pad_bottom <= 2 && p->pad_right <= 2;
-    if (wino_pads && wino_few_fits(&t)) {
-        s = wino_run_few(&t, d, dxc, dy, &g, w, true, NULL);
-        if (!s && dxtmp) s = cpu_copy(dx, dxtmp);
-        tensor_free(dxtmp);
-        return s;
-    }
-    if (wino_pads && wino_fits(&g)) {
+    if (wino_fits(&g) && g.pt <= 2 && g.pl <= 2 && p->pad_bottom <= 2 && p->pad_right <= 2) {
+        /* dx = conv(dy, w rotated 180 degrees with in/out channels swapped, padding 2 - p) */
+        struct geom t = g;
+        t.C = g.O; t.O = g.C; t.Cg = g.Og; t.Og = g.Cg;
+        t.H = g.OH; t.W = g.OW; t.OH = g.H; t.OW = g.W;
+        t.pt = 2 - g.pt; t.pl = 2 - g.pl;
+        t.K = t.Cg * 9; t.P = t.OH * t.OW;
         struct tensor *U = wino_transform(&g, w);
         s = U ? wino_run(&t, d, dxc, dy, U->storage->data, true, NULL) : tensor_status();
         if (!s && dxtmp) s = cpu_copy(dx, dxtmp);
@@ -1413,7 +1305,7 @@ enum status cpu_conv2d_backward_weight(struct tensor *dw, struct tensor *db, con
         return cpu_fill(dw, 0);
     }
     struct tensor *dwm = matrix_or_temp(dw, 0, &ldc, &dwtmp);         /* dW as [O, K] */
-    if (dwm && (wino_fits(&g) || wino_few_fits(&g))) {
+    if (dwm && wino_fits(&g)) {
         s = wino_weight_grad(&g, dwm, ldc, dym, x);
         if (!s && dwtmp) s = cpu_copy(dw, dwtmp);
         tensor_free(dytmp);
