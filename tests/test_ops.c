@@ -434,8 +434,9 @@ END_TEST
  * to row. Rows longer than a chunk and not a multiple of it, at an offset and with a stride,
  * and short rows in three dims, run on 4 threads, and every element is checked against its
  * own formula: a piece that starts at the wrong place, a wrong step, or a tail that is lost,
- * shows. Also a copy within one
- * storage (a shift by one): memmove's semantics, which chunks or threads would break. */
+ * shows. Also copies between layouts (a permute's, and transposes in 4x4 tiles), and a copy
+ * within one storage (a shift by one): memmove's semantics, which chunks or threads would
+ * break. */
 static const struct backend *cpu(void) { return backend_for(DEVICE_CPU); }
 
 static void check_long_rows(struct tensor *(*view)(struct tensor *), const char *what)
