@@ -757,8 +757,8 @@ static double cpu_seconds(void)
  * barriers, so on a machine of its own the process gets about all of its threads' time (0.98 of
  * it on the demo). Much less means other programs share the CPUs, and then every barrier waits on
  * a preempted thread while the others spin: 2 steps of the demo took 16.9 s instead of 3.9 beside
- * one busy process on 2 cores, 8.5 with OMP_WAIT_POLICY=PASSIVE (docs/tutorial.md). Said once, and only where no wait
- * policy was chosen. */
+ * one busy process on 2 cores, 8.5 with OMP_WAIT_POLICY=PASSIVE (docs/tutorial.md). Said once,
+ * and only where no wait policy was chosen. */
 static void busy_machine_hint(const struct draft_run_config *c, double cpu_s, double wall_s)
 {
     static bool said;

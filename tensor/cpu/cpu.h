@@ -60,15 +60,21 @@ static inline void cpu_iter_init(struct cpu_iter *it, int nops, const struct ten
     for (int k = 0; k < nops; k++) it->inner_stride[k] = it->stride[k][it->ndim - 1];
 }
 
-/* element offsets of the start of inner row `o` */
-static inline void cpu_iter_offsets(const struct cpu_iter *it, int64_t o, int64_t *off)
+/* element offsets of the start of inner row `o`, and its index in the outer dims (idx may be NULL) */
+static inline void cpu_iter_locate(const struct cpu_iter *it, int64_t o, int64_t *off, int64_t *idx)
 {
     for (int k = 0; k < it->nops; k++) off[k] = it->base[k];
     for (int d = it->ndim - 2; d >= 0; d--) {
         int64_t i = o % it->shape[d];
         o /= it->shape[d];
+        if (idx) idx[d] = i;
         for (int k = 0; k < it->nops; k++) off[k] += i * it->stride[k][d];
     }
+}
+
+static inline void cpu_iter_offsets(const struct cpu_iter *it, int64_t o, int64_t *off)
+{
+    cpu_iter_locate(it, o, off, NULL);
 }
 
 /* Work items of a parallel elementwise loop. A long inner row (a contiguous tensor is one,
@@ -114,12 +120,8 @@ static inline void cpu_iter_item(const struct cpu_iter *it, int64_t w, struct cp
         r->n = it->outer - row < rows ? it->outer - row : rows;
         r->len = it->inner;
     }
-    for (int k = 0; k < it->nops; k++) r->off[k] = it->base[k] + s * it->inner_stride[k];
-    for (int d = it->ndim - 2; d >= 0; d--) {
-        r->idx[d] = row % it->shape[d];
-        row /= it->shape[d];
-        for (int k = 0; k < it->nops; k++) r->off[k] += r->idx[d] * it->stride[k][d];
-    }
+    cpu_iter_locate(it, row, r->off, r->idx);
+    for (int k = 0; k < it->nops; k++) r->off[k] += s * it->inner_stride[k];
 }
 
 /* the next row of the item (r->n counts down; past the last, r->off is not to be used) */
