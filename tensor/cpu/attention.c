@@ -98,13 +98,20 @@
                 V##_store(x + j + u * W, e);                                                             \
                 acc[u] += e;                                                                             \
             }                                                                                            \
+        if (j < n) { /* the tail as one block of 16 padded with -inf (exp 0): one vector exp, not one \
+                      * a key, and each key still lands in lane j mod 16 */                              \
+            float t[16];                                                                                 \
+            for (int l = 0; l < 16; l++) t[l] = j + l < n ? x[j + l] - sub : -INFINITY;                  \
+            for (int u = 0; u < 16 / W; u++) {                                                           \
+                const V##f e = V##_exp(V##_load(t + u * W));                                             \
+                V##_store(t + u * W, e);                                                                 \
+                acc[u] += e;                                                                             \
+            }                                                                                            \
+            memcpy(x + j, t, (size_t)(n - j) * sizeof(float));                                           \
+        }                                                                                                \
         float sum = 0;                                                                                   \
         for (int u = 0; u < 16 / W; u++)                                                                 \
             for (int l = 0; l < W; l++) sum += acc[u][l];                                                \
-        for (; j < n; j++) {                                                                             \
-            x[j] = V##_exp((V##f){0} + (x[j] - sub))[0];                                                 \
-            sum += x[j];                                                                                 \
-        }                                                                                                \
         return sum;                                                                                      \
     }
 DEFINE_VEC(4, v4, )
