@@ -31,6 +31,9 @@
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 
 /* query rows per block: the scratch is ATTN_BLOCK x S per thread (x2 in the backward) */
 #define ATTN_BLOCK 64
@@ -40,37 +43,45 @@
 /* exp over a row of f32 scores is the one non-BLAS cost that grows with L x S, so it runs on
  * GCC vector types: 4 lanes everywhere (SSE, NEON), 8 where the CPU has AVX2 and 16 where it has
  * AVX-512, picked at run time. All keep 16 running sums (lane l takes elements j = l mod 16) added
- * in the same order, and none contracts to FMA, so all give bit-identical results (tested: a run
- * is the same on any of these machines). 16 lanes: 1.85 -> 1.60 ms for the demo UNet's
- * self-attention forward ([8,4,256,16], 2 threads of a Zen 4), where exp is half the time.
+ * in the same order, and all use FMA where the CPU has it (every AVX2 and AVX-512 one) and none
+ * where it does not, so on one machine all give bit-identical results (tested). 16 lanes: 1.85 ->
+ * 1.60 ms for the demo UNet's self-attention forward ([8,4,256,16], 2 threads of a Zen 4), where
+ * exp is half the time; FMA: 1.54 -> 1.37 ms. A row's keys past a multiple of 16 go through one
+ * vector padded with -inf (exp 0), not a vector exp each: cross-attention over 77 keys
+ * ([8,4,256,16]) 1.02 -> 0.67 ms, then 0.61 with FMA.
  * exp: x = n ln2 + r with |r| <= ln2/2, Cephes' degree-6 polynomial for exp(r) (about 1 ulp),
  * 2^n built in the exponent bits; 0 below -87.3 (the smallest normal float), clamped at 88. */
-#define DEFINE_VEC(W, V, TARGET)                                                                         \
+/* (v4f's row max goes unused: a max has no rounding, so v4's serves) */
+#define UNUSED __attribute__((unused))
+#define DEFINE_VEC(W, V, TARGET, FMA)                                                                    \
     typedef float V##f __attribute__((vector_size(4 * W)));                                              \
     typedef int32_t V##i __attribute__((vector_size(4 * W)));                                            \
     typedef uint32_t V##u __attribute__((vector_size(4 * W)));                                           \
     TARGET static inline V##f V##_load(const float *p) { V##f v; memcpy(&v, p, sizeof v); return v; }    \
     TARGET static inline void V##_store(float *p, V##f v) { memcpy(p, &v, sizeof v); }                   \
     TARGET static inline V##f V##_select(V##i m, V##f a, V##f b) { return (V##f)((m & (V##i)a) | (~m & (V##i)b)); } \
+    TARGET static inline V##f V##_fma(V##f a, V##f b, V##f c) { return FMA; }                            \
     TARGET static inline V##f V##_exp(V##f x)                                                            \
     {                                                                                                    \
         const V##f lo = (V##f){0} + -87.33654f, hi = (V##f){0} + 88.0f;                                  \
         V##f xc = V##_select(x < lo, lo, x);                                                             \
         xc = V##_select(xc > hi, hi, xc);                                                                \
-        const V##f t = xc * 1.44269504088896341f + 12582912.0f;   /* 1.5 * 2^23: rounds to integer */    \
+        const V##f K = (V##f){0};                                                                        \
+        const V##f t = V##_fma(xc, K + 1.44269504088896341f, K + 12582912.0f);   /* 1.5 * 2^23: rounds */\
         const V##f n = t - 12582912.0f;                                                                  \
-        const V##f r = (xc - n * 0.693359375f) - n * -2.12194440e-4f;   /* ln2 in two parts */           \
+        /* ln2 in two parts */                                                                           \
+        const V##f r = V##_fma(n, K + 2.12194440e-4f, V##_fma(n, K + -0.693359375f, xc));                \
         V##f p = (V##f){0} + 1.9875691500e-4f;                                                           \
-        p = p * r + 1.3981999507e-3f;                                                                    \
-        p = p * r + 8.3334519073e-3f;                                                                    \
-        p = p * r + 4.1665795894e-2f;                                                                    \
-        p = p * r + 1.6666665459e-1f;                                                                    \
-        p = p * r + 5.0000001201e-1f;                                                                    \
-        p = p * r * r + r + 1.0f;                                                                        \
+        p = V##_fma(p, r, K + 1.3981999507e-3f);                                                         \
+        p = V##_fma(p, r, K + 8.3334519073e-3f);                                                         \
+        p = V##_fma(p, r, K + 4.1665795894e-2f);                                                         \
+        p = V##_fma(p, r, K + 1.6666665459e-1f);                                                         \
+        p = V##_fma(p, r, K + 5.0000001201e-1f);                                                         \
+        p = V##_fma(p, r * r, r) + 1.0f;                                                                 \
         const V##u two_n = ((V##u)t << 23) + (127u << 23);   /* the low bits of t hold n */              \
         return (V##f)((V##i)(p * (V##f)two_n) & ~(x < lo));                                              \
     }                                                                                                    \
-    TARGET static float V##_row_max(const float *x, int64_t n)                                           \
+    TARGET UNUSED static float V##_row_max(const float *x, int64_t n)                                    \
     {                                                                                                    \
         V##f acc[16 / W];                                                                                \
         for (int u = 0; u < 16 / W; u++) acc[u] = (V##f){0} + -INFINITY;                                 \
@@ -98,8 +109,7 @@
                 V##_store(x + j + u * W, e);                                                             \
                 acc[u] += e;                                                                             \
             }                                                                                            \
-        if (j < n) { /* the tail as one block of 16 padded with -inf (exp 0): one vector exp, not one \
-                      * a key, and each key still lands in lane j mod 16 */                              \
+        if (j < n) { /* the last keys: one block of 16 padded with -inf, each in lane j mod 16 */        \
             float t[16];                                                                                 \
             for (int l = 0; l < 16; l++) t[l] = j + l < n ? x[j + l] - sub : -INFINITY;                  \
             for (int u = 0; u < 16 / W; u++) {                                                           \
@@ -114,24 +124,32 @@
             for (int l = 0; l < W; l++) sum += acc[u][l];                                                \
         return sum;                                                                                      \
     }
-DEFINE_VEC(4, v4, )
+/* without FMA: CPUs that lack it, and other architectures (one width there, so nothing to match) */
+DEFINE_VEC(4, v4, , a * b + c)
 #if defined(__x86_64__) || defined(__i386__)
-DEFINE_VEC(8, v8, __attribute__((target("avx2"))))
+/* with FMA at every width, so that on a CPU with AVX2 or AVX-512 the 4 lanes a test caps it to
+ * give the same bits as the 8 or 16 it runs */
+DEFINE_VEC(4, v4f, __attribute__((target("fma"))), (v4ff)_mm_fmadd_ps((__m128)a, (__m128)b, (__m128)c))
+DEFINE_VEC(8, v8, __attribute__((target("avx2,fma"))), (v8f)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c))
 /* 16 lanes: one accumulator whose lane l takes j mod 16, so the same sums in the same order */
-DEFINE_VEC(16, v16, __attribute__((target("avx512f,avx512dq"))))
-#define HAVE_V8() __builtin_cpu_supports("avx2")
-#define HAVE_V16() (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq"))
+DEFINE_VEC(16, v16, __attribute__((target("avx512f,avx512dq,fma"))),
+           (v16f)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c))
+#define HAVE_FMA() __builtin_cpu_supports("fma")
+#define HAVE_V8() (__builtin_cpu_supports("avx2") && HAVE_FMA())
+#define HAVE_V16() (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") && HAVE_FMA())
 #else
+#define HAVE_FMA() 0
 #define HAVE_V8() 0
 #define HAVE_V16() 0
+#define v4f_exp_sum v4_exp_sum
 #define v8_row_max v4_row_max
 #define v8_exp_sum v4_exp_sum
 #define v16_row_max v4_row_max
 #define v16_exp_sum v4_exp_sum
 #endif
 
-/* Tests cap the lanes to check that every width gives the same bits. Internal: declared where
- * used, not in a header. */
+/* Tests cap the lanes to check that every width gives the same bits; 0 takes the 4 lanes without
+ * FMA of a CPU that lacks it. Internal: declared where used, not in a header. */
 static int attn_max_lanes = 16;
 void cpu_attention_max_lanes(int lanes);
 void cpu_attention_max_lanes(int lanes) { attn_max_lanes = lanes; }
@@ -144,7 +162,8 @@ static float row_max_f32(const float *x, int64_t n)
 static float exp_sum_f32(float *x, int64_t n, float sub)
 {
     if (attn_max_lanes >= 16 && HAVE_V16()) return v16_exp_sum(x, n, sub);
-    return attn_max_lanes >= 8 && HAVE_V8() ? v8_exp_sum(x, n, sub) : v4_exp_sum(x, n, sub);
+    if (attn_max_lanes >= 8 && HAVE_V8()) return v8_exp_sum(x, n, sub);
+    return attn_max_lanes >= 4 && HAVE_FMA() ? v4f_exp_sum(x, n, sub) : v4_exp_sum(x, n, sub);
 }
 
 /* f64 (tests and references): plain loops and libm */
