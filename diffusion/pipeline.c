@@ -29,12 +29,9 @@ static enum status check_model_index(const char *dir)
     size_t len;
     char *text = nn_file_read(path, (size_t)1 << 20, &len);
     if (!text) return tensor_fail(STATUS_IO, "%s: not a diffusers pipeline folder (no readable model_index.json)", dir);
-    cJSON *root = cJSON_ParseWithLength(text, len);
+    cJSON *root = nn_json_object(text, len, path);
     free(text);
-    if (!cJSON_IsObject(root)) {
-        cJSON_Delete(root);
-        return tensor_fail(STATUS_FORMAT, "%s: not a JSON object", path);
-    }
+    if (!root) return tensor_status();
     enum status s = STATUS_OK;
     for (size_t i = 0; i < sizeof want / sizeof want[0] && !s; i++) {
         const cJSON *c = cJSON_GetObjectItemCaseSensitive(root, want[i][0]);
@@ -185,12 +182,9 @@ static enum status save_model_index(const char *src, const char *dst)
     size_t len;
     char *text = nn_file_read(src, (size_t)1 << 20, &len);
     if (!text) return tensor_status();
-    cJSON *root = cJSON_ParseWithLength(text, len);
+    cJSON *root = nn_json_object(text, len, src);
     free(text);
-    if (!cJSON_IsObject(root)) {
-        cJSON_Delete(root);
-        return tensor_fail(STATUS_FORMAT, "%s: not a JSON object", src);
-    }
+    if (!root) return tensor_status();
     static const char *const dropped[] = {"safety_checker", "feature_extractor", "image_encoder"};
     for (size_t i = 0; i < sizeof dropped / sizeof dropped[0]; i++)
         if (cJSON_GetObjectItemCaseSensitive(root, dropped[i])) {

@@ -652,12 +652,9 @@ static enum status cmp_read_config(struct cmp_run *r)
     size_t n;
     char *text = nn_file_read(path, (size_t)1 << 20, &n);
     if (!text) return tensor_status();
-    cJSON *c = cJSON_Parse(text);
+    cJSON *c = nn_json_object(text, n, path);
     free(text);
-    if (!cJSON_IsObject(c)) {
-        cJSON_Delete(c);
-        return tensor_fail(STATUS_FORMAT, "%s: not a JSON object", path);
-    }
+    if (!c) return tensor_status();
     json_str(c, "method", r->method, sizeof r->method);
     json_str(c, "reward", r->reward, sizeof r->reward);
     json_str(c, "eval-reward", r->eval_reward, sizeof r->eval_reward);

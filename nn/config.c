@@ -36,11 +36,8 @@ enum status nn_config_parse(struct nn_config *c, const char *json, size_t len, c
 {
     memset(c, 0, sizeof *c);
     snprintf(c->path, sizeof c->path, "%s", label);
-    cJSON *root = cJSON_ParseWithLength(json, len);
-    if (!root || !cJSON_IsObject(root)) {
-        cJSON_Delete(root);
-        return tensor_fail(STATUS_FORMAT, "%s: not a JSON object", label);
-    }
+    cJSON *root = nn_json_object(json, len, label);
+    if (!root) return tensor_status();
     c->root = root;
     return STATUS_OK;
 }

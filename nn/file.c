@@ -1,6 +1,7 @@
 /* file.c — see file.h */
 #include "nn/file.h"
 
+#include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdatomic.h>
@@ -106,4 +107,50 @@ enum status nn_mkdir_p(const char *path)
         }
     }
     return STATUS_OK;
+}
+
+static const char *json_kind(const cJSON *v)
+{
+    if (cJSON_IsArray(v)) return "a JSON array";
+    if (cJSON_IsString(v)) return "a JSON string";
+    if (cJSON_IsNumber(v)) return "a JSON number";
+    if (cJSON_IsBool(v)) return "a JSON boolean";
+    return "JSON null";
+}
+
+cJSON *nn_json_object(const char *text, size_t len, const char *label)
+{
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, false);
+    if (root && end >= text && end <= text + len) {   /* only whitespace may follow */
+        while (end < text + len && (*end == ' ' || *end == '\t' || *end == '\n' || *end == '\r')) end++;
+        if (end < text + len) {
+            cJSON_Delete(root);
+            root = NULL;
+        }
+    }
+    if (!root) {
+        /* cJSON points at where it stopped; the line and column there, and the text just before */
+        if (!end || end < text || end > text + len) end = text;
+        int line = 1, col = 1;
+        const char *bol = text;
+        for (const char *p = text; p < end; p++) {
+            if (*p == '\n') { line++; col = 1; bol = p + 1; } else col++;
+        }
+        const char *from = end - bol > 40 ? end - 40 : bol;
+        char ctx[48];
+        int n = 0;
+        for (const char *p = from; p < end && n < 40; p++) ctx[n++] = (*p >= 32 && *p < 127) ? *p : '?';
+        ctx[n] = 0;
+        if (len == 0) tensor_fail(STATUS_FORMAT, "%s: empty, not a JSON object", label);
+        else if (n) tensor_fail(STATUS_FORMAT, "%s:%d:%d: invalid JSON (after '%s')", label, line, col, ctx);
+        else tensor_fail(STATUS_FORMAT, "%s:%d:%d: invalid JSON", label, line, col);
+        return NULL;
+    }
+    if (!cJSON_IsObject(root)) {
+        tensor_fail(STATUS_FORMAT, "%s: %s, not an object", label, json_kind(root));
+        cJSON_Delete(root);
+        return NULL;
+    }
+    return root;
 }

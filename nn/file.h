@@ -20,6 +20,12 @@ char *nn_file_read(const char *path, size_t max_bytes, size_t *len);
  * over `path`: a reader never sees half a file, and a crash leaves the old one. */
 enum status nn_file_write_atomic(const char *path, int n_parts, const void *const *parts, const size_t *lens);
 
+/* `len` bytes of JSON text that must hold one object (whitespace around it allowed, nothing else),
+ * parsed with cJSON; free it with cJSON_Delete. NULL with a message naming `label` and where it
+ * went wrong: "config.json:12:5: invalid JSON (after '\"eps\": 1e-5,')" for a syntax error, or
+ * "config.json: a JSON array, not an object". */
+struct cJSON *nn_json_object(const char *text, size_t len, const char *label);
+
 /* a regular file is there (and can be stat'ed) */
 bool nn_file_exists(const char *path);
 

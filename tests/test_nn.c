@@ -2,9 +2,11 @@
  * casting, saving), the basic layers, and config.json reading. */
 #include "tests/harness.h"
 #include "nn/config.h"
+#include "nn/file.h"
 #include "nn/module.h"
 #include "tensor/alloc.h"
 
+#include <cjson/cJSON.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -222,12 +224,56 @@ START_TEST(test_config)
 }
 END_TEST
 
+/* A hand-edited JSON file that does not parse is named with the line where it stops (and the
+ * column and the text before it: where cJSON gave up, checked only for their form); valid JSON
+ * that is not an object says what it is */
+START_TEST(test_json_errors)
+{
+    static const struct {
+        const char *text, *want;
+    } cases[] = {
+        {"{\n  \"a\": 1,\n  \"b\": 2,\n}\n", "x.json:4:"},   /* trailing comma */
+        {"{\"eps\": 1e-5,\n \"n\": four}", "x.json:2:"},
+        {"{\n  \"a\": [1, 2,\n  \"b\": 3\n}", "x.json:3:"},   /* unclosed list */
+        {"{\"a\": 1} {\"b\": 2}", "x.json:1:10: invalid JSON (after '{\"a\": 1} ')"},   /* text after the object */
+        {"{\"a\": 1", "x.json:1:"},
+        {"", "x.json: empty, not a JSON object"},
+        {"[1, 2]", "x.json: a JSON array, not an object"},
+        {"\"s\"", "x.json: a JSON string, not an object"},
+        {"null", "x.json: JSON null, not an object"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *t = cases[i].text, *want = cases[i].want;
+        ck_assert_ptr_null(nn_json_object(t, strlen(t), "x.json"));
+        const char *e = tensor_error();
+        int line, col, n = 0;
+        if (want[strlen(want) - 1] == ':')   /* a syntax error: the line, then ":col: invalid JSON (after '...')" */
+            ck_assert_msg(!strncmp(e, want, strlen(want)) && sscanf(e, "x.json:%d:%d: invalid JSON (after '%n", &line,
+                                                                    &col, &n) == 2 && n > 0 && e[strlen(e) - 2] == '\'',
+                          "case %zu: '%s', want '%s<col>: invalid JSON (after '...')'", i, e, want);
+        else
+            ck_assert_msg(!strcmp(e, want), "case %zu: '%s', want '%s'", i, e, want);
+    }
+    /* whitespace around the object is fine; the text is read only up to len (no NUL needed) */
+    const char *ok = "  {\"a\": [1, 2]}\n\n garbage past len";
+    cJSON *root = nn_json_object(ok, strlen(ok) - strlen(" garbage past len"), "x.json");
+    ck_assert_ptr_nonnull(root);
+    ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetObjectItem(root, "a")), 2);
+    cJSON_Delete(root);
+    /* the config reader reports through it */
+    struct nn_config c;
+    ck_assert_int_eq(nn_config_parse(&c, "{\"a\": 1,}", 9, "config.json"), STATUS_FORMAT);
+    ck_assert(!strncmp(tensor_error(), "config.json:1:", 14) && strstr(tensor_error(), "invalid JSON"));
+}
+END_TEST
+
 int main(void)
 {
     test_seed();
     Suite *s = suite_create("nn");
     TCase *tc = tcase_create("nn");
     tcase_add_test(tc, test_params);
+    tcase_add_test(tc, test_json_errors);
     tcase_add_test(tc, test_half_storage);
     tcase_add_test(tc, test_load);
     tcase_add_test(tc, test_config);

@@ -98,7 +98,9 @@ START_TEST(test_folder_errors)
     ck_assert_int_eq(mkdir(tmpdir, 0700), 0);
     expect_error("no model_index", "model_index.json");
     write_file("model_index.json", "[1, 2");
-    expect_error("broken json", "not a JSON object");
+    expect_error("broken json", "model_index.json:1:");
+    write_file("model_index.json", "[1, 2]");
+    expect_error("not an object", "model_index.json: a JSON array, not an object");
     write_file("model_index.json", "{\"unet\": [\"diffusers\", \"UNet2DConditionModel\"]}");
     expect_error("missing component", "\"tokenizer\" missing");
     write_file("model_index.json",

@@ -42,6 +42,9 @@ check "bad precision: exit 2 and the choices" "[ $rc -eq 2 ] && grep -q \"'fp8' 
 echo '{"lr": 0.001, "nonsense": 1}' >"$tmp/c.json"
 "$run" --config "$tmp/c.json" >"$tmp/o" 2>&1; rc=$?
 check "unknown config key: exit 2" "[ $rc -eq 2 ] && grep -q 'unknown key \"nonsense\"' '$tmp/o'"
+printf '{\n  "lr": 0.001,\n  "iters": 3,\n}\n' >"$tmp/c.json"
+"$run" --config "$tmp/c.json" >"$tmp/o" 2>&1; rc=$?
+check "a --config file with a trailing comma: exit 2, its line named" "[ $rc -eq 2 ] && grep -q 'c.json:4:[0-9]*: invalid JSON' '$tmp/o'"
 "$run" --model /nonexistent >"$tmp/o" 2>&1; rc=$?
 check "missing model folder: exit 1 and the path" "[ $rc -eq 1 ] && grep -q '/nonexistent' '$tmp/o'"
 "$run" --size 512x >"$tmp/o" 2>&1; rc=$?

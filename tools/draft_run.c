@@ -310,14 +310,10 @@ static bool load_config(struct draft_run_config *c, const char *path)
 {
     size_t n;
     char *text = nn_file_read(path, (size_t)1 << 20, &n);
-    if (!text) {
-        fprintf(stderr, "draft-run: --config: %s\n", tensor_error());
-        return false;
-    }
-    cJSON *root = cJSON_Parse(text);
+    cJSON *root = text ? nn_json_object(text, n, path) : NULL;
     free(text);
-    bool ok = cJSON_IsObject(root);
-    if (!ok) fprintf(stderr, "draft-run: --config %s: not a JSON object\n", path);
+    bool ok = root != NULL;
+    if (!ok) fprintf(stderr, "draft-run: --config: %s\n", tensor_error());
     for (cJSON *it = ok ? root->child : NULL; it && ok; it = it->next) {
         const struct opt *o = find_opt(it->string);
         char where[1200], buf[64];
