@@ -51,8 +51,7 @@
  * ([8,4,256,16]) 1.02 -> 0.67 ms, then 0.61 with FMA.
  * exp: x = n ln2 + r with |r| <= ln2/2, Cephes' degree-6 polynomial for exp(r) (about 1 ulp),
  * 2^n built in the exponent bits; 0 below -87.3 (the smallest normal float), clamped at 88. */
-/* (v4f's row max goes unused: a max has no rounding, so v4's serves) */
-#define UNUSED __attribute__((unused))
+#define UNUSED __attribute__((unused))   /* v4f's row max: a max has no rounding, so v4's serves */
 #define DEFINE_VEC(W, V, TARGET, FMA)                                                                    \
     typedef float V##f __attribute__((vector_size(4 * W)));                                              \
     typedef int32_t V##i __attribute__((vector_size(4 * W)));                                            \
@@ -67,7 +66,7 @@
         V##f xc = V##_select(x < lo, lo, x);                                                             \
         xc = V##_select(xc > hi, hi, xc);                                                                \
         const V##f K = (V##f){0};                                                                        \
-        const V##f t = V##_fma(xc, K + 1.44269504088896341f, K + 12582912.0f);   /* 1.5 * 2^23: rounds */\
+        const V##f t = V##_fma(xc, K + 1.44269504088896341f, K + 12582912.0f);   /* 1.5 * 2^23 */        \
         const V##f n = t - 12582912.0f;                                                                  \
         /* ln2 in two parts */                                                                           \
         const V##f r = V##_fma(n, K + 2.12194440e-4f, V##_fma(n, K + -0.693359375f, xc));                \
