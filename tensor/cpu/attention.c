@@ -194,7 +194,7 @@ static inline int64_t clamp64(int64_t x, int64_t lo, int64_t hi) { return x < lo
         for (int64_t i = 0; i < m; i++) {                                                                \
             T *x = s + i * nk;                                                                           \
             const int64_t lim = clamp64(lim0 + i, 0, nk);                                                \
-            memset(x + lim, 0, (size_t)(nk - lim) * sizeof(T));                                          \
+            if (lim < nk) memset(x + lim, 0, (size_t)(nk - lim) * sizeof(T));   /* causal */             \
             if (lim == 0) { inv[i] = 0; lse[i] = -INFINITY; continue; }                                  \
             const T mx = row_max_##SUF(x, lim);                                                          \
             const T sum = exp_sum_##SUF(x, lim, mx);                                                     \
@@ -209,7 +209,7 @@ static inline int64_t clamp64(int64_t x, int64_t lo, int64_t hi) { return x < lo
         for (int64_t i = 0; i < m; i++) {                                                                \
             T *x = s + i * nk;                                                                           \
             const int64_t lim = clamp64(lim0 + i, 0, nk);                                                \
-            memset(x + lim, 0, (size_t)(nk - lim) * sizeof(T));                                          \
+            if (lim < nk) memset(x + lim, 0, (size_t)(nk - lim) * sizeof(T));   /* causal */             \
             exp_sum_##SUF(x, lim, (T)lse[i]);                                                            \
         }                                                                                                \
     }                                                                                                    \
