@@ -108,7 +108,7 @@ int draft_lora_arg_parse_list(const char *arg, char *path, size_t n, double *sca
     for (const char *q = colon ? colon + 1 : NULL; q; k++) {   /* every item a number, else ':' is the path's */
         char *end = NULL;
         const double x = strtod(q, &end);
-        if (end == q || (*end && *end != ',')) {
+        if (end == q || (*end && *end != ',') || !isfinite(x)) {
             k = 0;
             break;
         }
@@ -116,6 +116,13 @@ int draft_lora_arg_parse_list(const char *arg, char *path, size_t n, double *sca
         q = *end ? end + 1 : NULL;
     }
     if (k > max) return -1;
+    struct stat st;
+    if (!k && colon && stat(path, &st)) {   /* no such path: a mistyped scale after an existing one? */
+        *colon = 0;
+        const bool before = !stat(path, &st);
+        *colon = ':';
+        if (before) return -2;
+    }
     if (k) *colon = 0;
     else scales[0] = 1.0, k = 1;
     return lora_dir_to_file(path, n) ? k : 0;

@@ -136,7 +136,8 @@ bool draft_size_parse(const char *s, int *width, int *height);
  * scales (room for max): what follows the last ':' when every comma-separated item reads as a
  * number (else the ':' is part of the path, and the scale is 1). A draft-run folder stands for its
  * lora.safetensors (draft_lora_file). Returns the count of scales; 0 if the path does not fit, -1
- * for more than max values */
+ * for more than max values, -2 when the text after ':' is not a list of finite numbers and the
+ * path before it exists but the whole does not (a mistyped scale, "run:0,5x") */
 int draft_lora_arg_parse_list(const char *arg, char *path, size_t n, double *scales, int max);
 /* a LoRA argument that names a draft-run folder means its lora.safetensors: that path into buf
  * (returned); any other path is returned as it is */

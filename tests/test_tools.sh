@@ -60,6 +60,8 @@ check "a bad size in a --config file: exit 2" "[ $rc -eq 2 ] && grep -q 'expects
 check "draft-sample --help exits 0" "[ $? -eq 0 ]"
 "$sample" --model x --n 0 >"$tmp/o" 2>&1; rc=$?
 check "draft-sample bad --n: exit 2" "[ $rc -eq 2 ]"
+"$sample" --model x --guidance inf >"$tmp/o" 2>&1; rc=$?
+check "draft-sample --guidance inf: exit 2" "[ $rc -eq 2 ] && grep -q \"expects a finite number, got 'inf'\" '$tmp/o'"
 "$score" --help >"$tmp/o" 2>&1
 check "draft-score --help exits 0" "[ $? -eq 0 ] && grep -q 'usage: draft-score' '$tmp/o'"
 "$score" a.png >"$tmp/o" 2>&1; rc=$?
@@ -377,6 +379,9 @@ if [ -f "$model/model_index.json" ]; then
     "$sample" --model "$model" --prompt "a cat" --seed 3 --steps 2 --size 64 --lora "$tmp/run/lora.safetensors:0.5" \
               --out "$tmp/sd2" >/dev/null 2>&1
     check "--lora with a run folder: its lora.safetensors" "[ -s '$tmp/sd1/0000.png' ] && cmp -s '$tmp/sd1/0000.png' '$tmp/sd2/0000.png'"
+    "$sample" --model "$model" --prompt "a cat" --steps 2 --size 64 --lora "$tmp/run:0,5x" --out "$tmp/sd3" >"$tmp/o" 2>&1; rc=$?
+    check "--lora with a mistyped scale after an existing path: exit 2, said so" \
+          "[ $rc -eq 2 ] && grep -q \"what follows the last ':' is not a scale\" '$tmp/o' && [ ! -e '$tmp/sd3' ]"
     # --reward scores every image: one line each, the same score for the same image in another batch
     "$sample" --model "$model" --prompt "a red apple" --prompt "a cat" --n 2 --steps 2 --size 64 --batch 1 \
               --reward red --out "$tmp/sr" >"$tmp/o" 2>&1; rc=$?

@@ -91,7 +91,8 @@ int main(int argc, char **argv)
             const int k = draft_lora_arg_parse_list(v, lora_paths[n_loras], PATH_MAX, &lora_scales[n_loras], 1);
             if (k <= 0) {
                 fprintf(stderr, "draft-convert: --lora '%s': %s\n", v,
-                        k ? "one scale per file (draft-sample sweeps a list)" : "the path is too long");
+                        k == -2 ? "what follows the last ':' is not a scale (a number)"
+                        : k ? "one scale per file (draft-sample sweeps a list)" : "the path is too long");
                 return 2;
             }
             lora_path_ptrs[n_loras] = lora_paths[n_loras];

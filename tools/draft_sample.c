@@ -90,8 +90,8 @@ static bool parse_double(const char *flag, const char *v, double *out)
     char *end;
     errno = 0;
     double x = strtod(v, &end);
-    if (errno || end == v || *end || x != x) {
-        fprintf(stderr, "draft-sample: %s expects a number, got '%s'\n", flag, v);
+    if (errno || end == v || *end || !isfinite(x)) {
+        fprintf(stderr, "draft-sample: %s expects a finite number, got '%s'\n", flag, v);
         return false;
     }
     *out = x;
@@ -378,6 +378,7 @@ int main(int argc, char **argv)
             const int k = draft_lora_arg_parse_list(v, lora_paths[n_loras], PATH_MAX, lora_scales[n_loras], MAX_SWEEP);
             if (k <= 0 || n_cfg * k > MAX_SWEEP) {
                 fprintf(stderr, "draft-sample: --lora '%s': %s\n", v, !k ? "the path is too long"
+                        : k == -2 ? "what follows the last ':' is not a scale (a number, or numbers separated by commas)"
                         : "more than " STR(MAX_SWEEP) " combinations of scales in all");
                 return 2;
             }
