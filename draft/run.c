@@ -1184,6 +1184,15 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
     stop_requested = 0;
     char path[1200], name[64];
 
+    if (!c->dry_run && !c->resume && !c->overwrite) {   /* an earlier run's results are not replaced unasked */
+        static const char *const marks[] = {"lora.safetensors", "checkpoint.safetensors", "metrics.jsonl"};
+        for (size_t i = 0; i < sizeof marks / sizeof marks[0]; i++) {
+            path_in(r, path, sizeof path, marks[i]);
+            if (nn_file_exists(path))
+                return tensor_fail(STATUS_VALUE, "%s holds an earlier run (%s): --resume continues it, --overwrite "
+                                   "replaces it, or give another --out", c->out, marks[i]);
+        }
+    }
     if (!c->dry_run) {
         if ((s = nn_mkdir_p(c->out))) return s;
         path_in(r, path, sizeof path, "samples");

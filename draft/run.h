@@ -64,6 +64,8 @@ struct draft_run_config {
     int skip_nonfinite;    /* a step whose gradient is not finite makes no update and the run goes on, up to
                             * this many in a row; then it stops as on any error (0: at the first) */
     bool resume;           /* continue from out/checkpoint.safetensors */
+    bool overwrite;        /* write into an out/ that holds an earlier run (else that is refused, so that a
+                            * finished run's LoRA and metrics are not replaced by mistake) */
     bool dry_run;          /* measure one held-out evaluation and one optimiser step, project the whole run
                             * from them, and write nothing (not even out/) */
     bool progress;         /* a progress bar on stderr */

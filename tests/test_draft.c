@@ -461,6 +461,7 @@ static void run_config(struct draft_run_config *c, const char *dir, const char *
     c->save_every = 2;
     c->progress = false;
     c->seed = 7;
+    c->overwrite = true;   /* the runs below reuse their folders; test_run_and_resume checks the refusal */
 }
 
 /* a short run raises the reward on held-out seeds; an interrupted and resumed run ends with the
@@ -481,6 +482,16 @@ START_TEST(test_run_and_resume)
     printf("draft run: reward %.6f -> %.6f in %d steps, %.1f s\n", ra.reward_before, ra.reward_after, ra.steps, ra.seconds);
     ck_assert_int_eq(ra.steps, 4);
     ck_assert_msg(ra.reward_after > ra.reward_before, "reward did not rise: %g -> %g", ra.reward_before, ra.reward_after);
+    /* a new run into that folder is refused unless it resumes or overwrites: the LoRA stays */
+    struct draft_run_config c2;
+    run_config(&c2, dir, a);
+    c2.overwrite = false;
+    ck_assert_int_eq(draft_run(&c2, &rb), STATUS_VALUE);
+    ck_assert_msg(strstr(tensor_error(), "holds an earlier run (lora.safetensors): --resume continues it, --overwrite"),
+                  "%s", tensor_error());
+    tensor_clear_error();
+    c2.dry_run = true;   /* a dry run writes nothing, so it may measure there */
+    ck_assert_msg(draft_run(&c2, &rb) == STATUS_OK, "%s", tensor_error());
 
     run_config(&c, dir, b);
     c.stop_after = 2;

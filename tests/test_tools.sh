@@ -147,6 +147,15 @@ if [ -f "$model/model_index.json" ]; then
            cmp -s '$tmp/il0/before.png' '$tmp/il0/after.png' && tail -n 1 '$tmp/o' | grep -q ' steps=0 '"
     "$run" --model "$model" $il --init-lora "$tmp/run/lora_kohya.safetensors" --out "$tmp/il1" --iters 2 --resume >"$tmp/o" 2>&1; rc=$?
     check "--resume with another --init-lora: refused" "[ $rc -ne 0 ] && grep -q \"started from --init-lora '.*/lora.safetensors'\" '$tmp/o'"
+    # a new run into a finished run's folder is refused (its LoRA unchanged); --overwrite replaces it
+    cp "$tmp/il1/lora.safetensors" "$tmp/il1.lora"
+    "$run" --model "$model" $il --out "$tmp/il1" >"$tmp/o" 2>&1; rc=$?
+    check "a new run into an earlier run's --out: exit 1, what to do, the LoRA unchanged" \
+          "[ $rc -eq 1 ] && grep -q 'holds an earlier run (lora.safetensors): --resume continues it, --overwrite replaces it' '$tmp/o' && \
+           cmp -s '$tmp/il1.lora' '$tmp/il1/lora.safetensors'"
+    "$run" --model "$model" $il --overwrite --out "$tmp/il1" >"$tmp/o" 2>&1; rc=$?
+    check "--overwrite replaces it (a fresh LoRA, no --init-lora)" \
+          "[ $rc -eq 0 ] && ! cmp -s '$tmp/il1.lora' '$tmp/il1/lora.safetensors' && grep -q '\"overwrite\":[[:space:]]*false' '$tmp/il1/config.json'"
     "$run" --model "$model" $il --init-lora "$tmp/nothing.safetensors" --out "$tmp/il3" >"$tmp/o" 2>&1; rc=$?
     check "--init-lora of a missing file: exit 1, naming it" "[ $rc -eq 1 ] && grep -q -- '--init-lora: .*nothing.safetensors' '$tmp/o'"
     # --lora-every keeps the LoRA of every N-th step (the last one is lora.safetensors); --max-minutes

@@ -107,6 +107,9 @@ static const struct opt opts[] = {
                                               "and report as after the last step; --resume continues"},
     {"resume", K_BOOL, F(resume), "continue from <out>/checkpoint.safetensors, with the options of "
                                   "<out>/config.json unless --config is given (flags given now override them)"},
+    {"overwrite", K_BOOL, F(overwrite), "write into an --out that holds an earlier run (its LoRA, checkpoint, "
+                                        "metrics and report are replaced; other files of it stay); without it such "
+                                        "a folder is refused"},
     {"progress", K_BOOL, F(progress), "show a progress bar on stderr"},
     {"dry-run", K_BOOL, F(dry_run), "measure one held-out evaluation and one optimiser step (time, peak memory), "
                                     "project the whole run from them, and write nothing: whether a setting fits "
@@ -123,6 +126,7 @@ static const char *const embedded_preset[][2] = {
     {"iters", "60"},       {"batch", "4"},             {"eval-images", "16"}, {"eval-every", "20"},
     {"save-every", "20"},  {"out", "runs/demo"},      {"checkpoint-blocks", "false"},   /* tiny: time, not memory */
     {"diversity-model", "clip"},   /* its own small CLIP */
+    {"overwrite", "true"},         /* the demo again replaces the last one */
 };
 #define N_PRESET (int)(sizeof embedded_preset / sizeof embedded_preset[0])
 
@@ -345,7 +349,8 @@ static bool load_config(struct draft_run_config *c, const char *path)
 
 /* every option as a JSON object that load_config reads back to the same config: numbers that
  * round-trip (cJSON prints 17 digits where 15 do not), the seed as text (past 2^53 a JSON
- * number would round it), and resume and dry-run false, so the file starts the run itself */
+ * number would round it), and resume, dry-run and overwrite false, so the file starts the run
+ * itself and replaces none */
 static char *config_json(const struct draft_run_config *c)
 {
     cJSON *o = cJSON_CreateObject();
@@ -358,9 +363,10 @@ static char *config_json(const struct draft_run_config *c)
         case K_STR: v = cJSON_CreateString(p); break;
         case K_INT: v = cJSON_CreateNumber(*(const int *)p); break;
         case K_DOUBLE: v = cJSON_CreateNumber(*(const double *)p); break;
-        case K_BOOL:   /* the file starts the run itself: not a resume, not a dry run */
+        case K_BOOL:   /* the file starts the run itself: not a resume, not a dry run, and replaces no run */
             v = cJSON_CreateBool(op->off != offsetof(struct draft_run_config, resume) &&
-                                 op->off != offsetof(struct draft_run_config, dry_run) && *(const bool *)p);
+                                 op->off != offsetof(struct draft_run_config, dry_run) &&
+                                 op->off != offsetof(struct draft_run_config, overwrite) && *(const bool *)p);
             break;
         default: value_str(c, op, buf, sizeof buf), v = cJSON_CreateString(buf); break;
         }
