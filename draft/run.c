@@ -65,6 +65,20 @@ const char *draft_engine_describe(enum device dev, char *buf, size_t n)
     return buf;
 }
 
+bool draft_tool_info_flag(const char *a, void (*usage)(FILE *))
+{
+    if (!strcmp(a, "--version")) {
+        char e[1200];
+        printf("%s\n", draft_engine_describe(DEVICE_CUDA, e, sizeof e));
+        return true;
+    }
+    if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+        usage(stdout);
+        return true;
+    }
+    return false;
+}
+
 /* ---------------------------------------------------------------- devices */
 
 bool draft_device_parse(const char *s, enum device *dev)

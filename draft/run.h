@@ -19,6 +19,7 @@
 #define DRAFT_RUN_H
 
 #include "draft/train.h"
+#include <stdio.h>
 #include "nn/optim.h"
 
 #ifdef __cplusplus
@@ -104,6 +105,9 @@ const char *draft_version(void);
 /* "<draft_version()>; cpu: <...>[; cuda: <...>]": the version and each backend in use
  * (tensor_backend_describe; the GPU with dev = DEVICE_CUDA) into buf, which is returned */
 const char *draft_engine_describe(enum device dev, char *buf, size_t n);
+/* The two flags every tool answers alike and then exits 0: --version (draft_engine_describe with
+ * the GPU, where there is one) and --help / -h (usage). True when a is one of them, printed on stdout. */
+bool draft_tool_info_flag(const char *a, void (*usage)(FILE *));
 
 /* A reward spec beside a model folder: "clip" and "clip:text=<words>" name the folder's own CLIP
  * (<model>/clip, which the embedded model has), written into buf; any other spec is returned as is. */

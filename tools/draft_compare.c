@@ -33,15 +33,7 @@ int main(int argc, char **argv)
     int n = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        if (!strcmp(a, "--version")) {   /* the version, the commit, the backends */
-            char e[1200];
-            printf("%s\n", draft_engine_describe(DEVICE_CUDA, e, sizeof e));
-            return 0;
-        }
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage(stdout);
-            return 0;
-        }
+        if (draft_tool_info_flag(a, usage)) return 0;   /* --version, --help */
         if (!strcmp(a, "--x") || !strcmp(a, "--out")) {
             if (i + 1 >= argc) {
                 fprintf(stderr, "draft-compare: %s needs a value (see --help)\n", a);

@@ -49,15 +49,7 @@ int main(int argc, char **argv)
     char embedded[1024];
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        if (!strcmp(a, "--version")) {   /* the version, the commit, the backends */
-            char e[1200];
-            printf("%s\n", draft_engine_describe(DEVICE_CUDA, e, sizeof e));
-            return 0;
-        }
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage(stdout);
-            return 0;
-        }
+        if (draft_tool_info_flag(a, usage)) return 0;   /* --version, --help */
         if (strncmp(a, "--", 2) || i + 1 >= argc) {
             fprintf(stderr, "draft-convert: %s '%s' (see --help)\n",
                     strncmp(a, "--", 2) ? "unexpected argument" : "missing value for", a);

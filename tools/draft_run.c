@@ -403,15 +403,7 @@ static int build_config(struct draft_run_config *c, int argc, char **argv, const
     /* the config file first, so flags override it wherever they stand */
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        if (!strcmp(a, "--version")) {   /* the version, the commit, the backends */
-            char e[1200];
-            printf("%s\n", draft_engine_describe(DEVICE_CUDA, e, sizeof e));
-            return 0;
-        }
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage(stdout);
-            return 0;
-        }
+        if (draft_tool_info_flag(a, usage)) return 0;   /* --version, --help */
         if (!strncmp(a, "--config", 8) && (a[8] == 0 || a[8] == '=')) {
             const char *v = a[8] == '=' ? a + 9 : (i + 1 < argc ? argv[++i] : NULL);
             if (!v) {

@@ -131,14 +131,7 @@ int main(int argc, char **argv)
     if (!args) return 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        if (!strcmp(a, "--version")) {
-            char e[1200];
-            printf("%s\n", draft_engine_describe(DEVICE_CUDA, e, sizeof e));
-            free(args);
-            return 0;
-        }
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage(stdout);
+        if (draft_tool_info_flag(a, usage)) {   /* --version, --help */
             free(args);
             return 0;
         }
