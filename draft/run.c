@@ -343,6 +343,7 @@ struct run {
     int n_terms;   /* the reward's terms when it is a sum, else 0 */
     struct draft_reward_term terms[DRAFT_REWARD_MAX_TERMS];
     char engine[1024];   /* draft_engine_describe, once: in every checkpoint and the report */
+    const char *earlier;   /* a dry run into an earlier run's --out without --resume/--overwrite: its file */
     int n_held_terms;   /* the eval reward's, the same way */
     struct draft_reward_term held_terms[DRAFT_REWARD_MAX_TERMS];
     double held_terms_after[DRAFT_REWARD_MAX_TERMS];   /* their values at the last evaluation, for the report */
@@ -954,6 +955,9 @@ static enum status dry_run(struct run *r, struct draft_run_result *res)
         fprintf(stderr, "  --max-minutes %g ends training first, after about %d of the %d steps\n", c->max_minutes,
                 fit > 1 ? (int)fit : 1, left);
     }
+    if (r->earlier)
+        fprintf(stderr, "  but %s holds an earlier run (%s): the run itself needs --resume (to continue it) or "
+                        "--overwrite (to replace it), or another --out\n", c->out, r->earlier);
     return STATUS_OK;
 }
 
@@ -1160,6 +1164,7 @@ static void run_free(struct run *r)
 static enum status check_config(const struct draft_run_config *c)
 {
     if (!c->model[0]) return tensor_fail(STATUS_VALUE, "no model: give a diffusers folder with --model");
+    if (!c->out[0]) return tensor_fail(STATUS_VALUE, "--out is empty: give the run folder");
     if (c->batch < 1 || c->batch > 256) return tensor_fail(STATUS_VALUE, "--batch must be in [1, 256], got %d", c->batch);
     if (c->iters < 0) return tensor_fail(STATUS_VALUE, "--iters must be >= 0, got %d", c->iters);
     if (c->lora_rank < 1 || c->lora_rank > 1024) return tensor_fail(STATUS_VALUE, "--lora-rank must be in [1, 1024], got %d", c->lora_rank);
@@ -1198,15 +1203,18 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
     stop_requested = 0;
     char path[1200], name[64];
 
-    if (!c->dry_run && !c->resume && !c->overwrite) {   /* an earlier run's results are not replaced unasked */
+    if (!c->resume && !c->overwrite) {   /* an earlier run's results are not replaced unasked */
         static const char *const marks[] = {"lora.safetensors", "checkpoint.safetensors", "metrics.jsonl"};
-        for (size_t i = 0; i < sizeof marks / sizeof marks[0]; i++) {
+        for (size_t i = 0; i < sizeof marks / sizeof marks[0] && !r->earlier; i++) {
             path_in(r, path, sizeof path, marks[i]);
-            if (nn_file_exists(path))
-                return tensor_fail(STATUS_VALUE, "%s holds an earlier run (%s): --resume continues it, --overwrite "
-                                   "replaces it, or give another --out", c->out, marks[i]);
+            if (nn_file_exists(path)) r->earlier = marks[i];
         }
+        if (r->earlier && !c->dry_run)   /* a dry run writes nothing: it measures, and says so at the end */
+            return tensor_fail(STATUS_VALUE, "%s holds an earlier run (%s): --resume continues it, --overwrite "
+                               "replaces it, or give another --out", c->out, r->earlier);
     }
+    /* a dry run says what the run would: an --out it could not create or write in ends it here */
+    if (c->dry_run && (s = nn_mkdir_p_check(c->out))) return s;
     if (!c->dry_run) {
         if ((s = nn_mkdir_p(c->out))) return s;
         path_in(r, path, sizeof path, "samples");

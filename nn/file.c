@@ -93,6 +93,7 @@ bool nn_file_exists(const char *path)
 enum status nn_mkdir_p(const char *path)
 {
     char buf[4096];
+    if (!path[0]) return tensor_fail(STATUS_IO, "an empty folder name");
     if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf) return tensor_fail(STATUS_IO, "%s: path too long", path);
     for (char *p = buf + 1;; p++) {
         if (*p == '/' || !*p) {
@@ -105,6 +106,35 @@ enum status nn_mkdir_p(const char *path)
             *p = c;
             if (!c) break;
         }
+    }
+    return STATUS_OK;
+}
+
+enum status nn_mkdir_p_check(const char *path)
+{
+    char buf[4096];
+    if (!path[0]) return tensor_fail(STATUS_IO, "an empty folder name");
+    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf) return tensor_fail(STATUS_IO, "%s: path too long", path);
+    char last[4096] = ".";   /* the deepest folder of the path that exists: where the first mkdir would write */
+    if (buf[0] == '/') snprintf(last, sizeof last, "/");
+    for (char *p = buf + 1;; p++) {
+        if (*p == '/' || !*p) {
+            const char c = *p;
+            *p = 0;
+            struct stat sb;
+            if (stat(buf, &sb)) {
+                if (errno != ENOENT) return tensor_fail(STATUS_IO, "cannot create folder %s: %s", buf, strerror(errno));
+                break;   /* it and everything below it would be created */
+            }
+            if (!S_ISDIR(sb.st_mode)) return tensor_fail(STATUS_IO, "%s exists and is not a folder", buf);
+            snprintf(last, sizeof last, "%s", buf);
+            *p = c;
+            if (!c) break;
+        }
+    }
+    if (access(last, W_OK | X_OK)) {
+        if (!strcmp(last, path)) return tensor_fail(STATUS_IO, "cannot write in folder %s: %s", path, strerror(errno));
+        return tensor_fail(STATUS_IO, "cannot create folder %s: %s: %s", path, last, strerror(errno));
     }
     return STATUS_OK;
 }

@@ -31,6 +31,9 @@ bool nn_file_exists(const char *path);
 
 /* create a folder and its missing parents (mkdir -p); an existing non-folder is an error */
 enum status nn_mkdir_p(const char *path);
+/* whether nn_mkdir_p(path) would succeed and files could then be written in the folder, creating
+ * nothing: each existing part of the path is a folder, and the deepest existing one is writable */
+enum status nn_mkdir_p_check(const char *path);
 
 #ifdef __cplusplus
 }

@@ -7,6 +7,7 @@
 #include "tensor/alloc.h"
 
 #include <cjson/cJSON.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -267,6 +268,34 @@ START_TEST(test_json_errors)
 }
 END_TEST
 
+/* nn_mkdir_p_check says what nn_mkdir_p would do, creating nothing: a path through a file fails
+ * alike in both; a new nested folder under a writable one, or an existing folder, passes */
+START_TEST(test_mkdir_check)
+{
+    char root[] = "/tmp/draft-test-mkdir-XXXXXX", p[256];
+    ck_assert_ptr_nonnull(mkdtemp(root));
+    snprintf(p, sizeof p, "%s/a/b/c", root);
+    ck_assert_int_eq(nn_mkdir_p_check(p), STATUS_OK);
+    snprintf(p, sizeof p, "%s/a", root);
+    ck_assert_int_ne(access(p, F_OK), 0);   /* nothing created */
+    ck_assert_int_eq(nn_mkdir_p_check(root), STATUS_OK);
+    snprintf(p, sizeof p, "%s/f", root);
+    FILE *f = fopen(p, "w");
+    ck_assert_ptr_nonnull(f);
+    fclose(f);
+    snprintf(p, sizeof p, "%s/f/sub", root);
+    ck_assert_int_eq(nn_mkdir_p_check(p), STATUS_IO);
+    ck_assert_msg(strstr(tensor_error(), "/f exists and is not a folder") != NULL, "%s", tensor_error());
+    ck_assert_int_eq(nn_mkdir_p(p), STATUS_IO);   /* the same verdict as the real thing */
+    snprintf(p, sizeof p, "%s/f", root);
+    ck_assert_int_eq(nn_mkdir_p_check(p), STATUS_IO);
+    ck_assert_int_eq(nn_mkdir_p_check(""), STATUS_IO);
+    ck_assert_int_eq(nn_mkdir_p(""), STATUS_IO);
+    ck_assert_int_eq(unlink(p), 0);
+    ck_assert_int_eq(rmdir(root), 0);
+}
+END_TEST
+
 int main(void)
 {
     test_seed();
@@ -274,6 +303,7 @@ int main(void)
     TCase *tc = tcase_create("nn");
     tcase_add_test(tc, test_params);
     tcase_add_test(tc, test_json_errors);
+    tcase_add_test(tc, test_mkdir_check);
     tcase_add_test(tc, test_half_storage);
     tcase_add_test(tc, test_load);
     tcase_add_test(tc, test_config);

@@ -153,6 +153,17 @@ if [ -f "$model/model_index.json" ]; then
     check "a new run into an earlier run's --out: exit 1, what to do, the LoRA unchanged" \
           "[ $rc -eq 1 ] && grep -q 'holds an earlier run (lora.safetensors): --resume continues it, --overwrite replaces it' '$tmp/o' && \
            cmp -s '$tmp/il1.lora' '$tmp/il1/lora.safetensors'"
+    # a dry run there measures, then says the run itself would be refused; a path it could not
+    # create ends it before it measures anything
+    "$run" --model "$model" $il --dry-run --out "$tmp/il1" >"$tmp/o" 2>&1; rc=$?
+    check "--dry-run into an earlier run's --out: measured, and the run's refusal said" \
+          "[ $rc -eq 0 ] && grep -q '^dry-run: step_seconds=' '$tmp/o' && \
+           grep -q 'il1 holds an earlier run (lora.safetensors): the run itself needs --resume' '$tmp/o'"
+    "$run" --model "$model" $il --dry-run --out "$tmp/il1/lora.safetensors/x" >"$tmp/o" 2>&1; rc=$?
+    check "--dry-run with a file in --out's path: exit 1 before measuring, naming the file" \
+          "[ $rc -eq 1 ] && grep -q 'il1/lora.safetensors exists and is not a folder' '$tmp/o' && ! grep -q '^dry-run:' '$tmp/o'"
+    "$run" --model "$model" $il --dry-run --out "" >"$tmp/o" 2>&1; rc=$?
+    check "--out '': exit 1, said" "[ $rc -eq 1 ] && grep -q -- '--out is empty' '$tmp/o'"
     "$run" --model "$model" $il --overwrite --out "$tmp/il1" >"$tmp/o" 2>&1; rc=$?
     check "--overwrite replaces it (a fresh LoRA, no --init-lora)" \
           "[ $rc -eq 0 ] && ! cmp -s '$tmp/il1.lora' '$tmp/il1/lora.safetensors' && grep -q '\"overwrite\":[[:space:]]*false' '$tmp/il1/config.json'"
