@@ -542,9 +542,16 @@ if [ -f "$emb/model_index.json" ]; then
     check "DRAFT_PROFILE=1 prints the time per op at exit" \
           "grep -q '^profile: ' '$tmp/o' && grep -Eq '^conv2d 3x3 +cpu +f32 ' '$tmp/o' && grep -Eq '^attention +cpu ' '$tmp/o'"
     # non-square: the PNG's IHDR holds width then height (big-endian 32-bit at bytes 16 and 20)
-    "$sample" --prompt "taxi" --steps 2 --size 64x32 --out "$tmp/ns" >"$tmp/o" 2>&1; rc=$?
-    wh=$(od -An -tu1 -j16 -N8 "$tmp/ns/0000.png" 2>/dev/null | awk '{print ($3*256+$4) "x" ($7*256+$8)}')
-    check "draft-sample --size 64x32 writes a 64 x 32 image" "[ $rc -eq 0 ] && [ '$wh' = 64x32 ]"
+    "$sample" --prompt "taxi" --steps 2 --size 64x32 --out "$tmp/ns/a/b" >"$tmp/o" 2>&1; rc=$?
+    wh=$(od -An -tu1 -j16 -N8 "$tmp/ns/a/b/0000.png" 2>/dev/null | awk '{print ($3*256+$4) "x" ($7*256+$8)}')
+    check "draft-sample --size 64x32 writes a 64 x 32 image (into a new nested --out)" "[ $rc -eq 0 ] && [ '$wh' = 64x32 ]"
+    "$sample" --prompt "taxi" --steps 2 --out "$tmp/ns/a/b/0000.png/c" >"$tmp/o" 2>&1; rc=$?
+    check "draft-sample --out through a file: exit 1 before sampling, the file named" \
+          "[ $rc -eq 1 ] && grep -q '0000.png exists and is not a folder' '$tmp/o' && ! grep -q 'images' '$tmp/o'"
+    "$sample" --prompt "taxi" --out "" >"$tmp/o" 2>&1; rc=$?
+    "$compare" --out "" "$tmp/ns" >"$tmp/o2" 2>&1; rc2=$?
+    check "draft-sample and draft-compare --out '': exit 2, said" \
+          "[ $rc -eq 2 ] && [ $rc2 -eq 2 ] && grep -q -- '--out is empty' '$tmp/o' && grep -q -- '--out is empty' '$tmp/o2'"
     "$sample" --prompt "taxi" --steps 2 --size 64x36 --out "$tmp/ns" >"$tmp/o" 2>&1; rc=$?
     check "draft-sample --size 64x36: exit 1, both sides named" "[ $rc -eq 1 ] && grep -q -- '--size 64x36: width and height must be multiples of' '$tmp/o'"
 else

@@ -40,6 +40,10 @@ int main(int argc, char **argv)
                 return 2;
             }
             const char *v = argv[++i];
+            if (!strcmp(a, "--out") && !v[0]) {
+                fprintf(stderr, "draft-compare: --out is empty: give the HTML file to write\n");
+                return 2;
+            }
             if (!strcmp(a, "--out")) out = v;
             else if (!strcmp(v, "step")) x = DRAFT_COMPARE_STEP;
             else if (!strcmp(v, "queries")) x = DRAFT_COMPARE_QUERIES;

@@ -16,6 +16,7 @@
 #include "draft/report.h"
 #include "draft/reward.h"
 #include "draft/run.h"
+#include "nn/file.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -68,7 +69,7 @@ static void usage(FILE *f)
             "                     <out>/scores.jsonl and the mean on stderr\n"
             "  --diversity-model SPEC  a reward spec with an image tower (clip:<dir>, aesthetic:..., or clip for\n"
             "                     the model folder's own): the images' diversity also in its embeddings\n"
-            "  --out DIR          output folder (default samples)\n"
+            "  --out DIR          output folder, created with its parents (default samples)\n"
             "  --version          the version, the commit and the backends (CPU, BLAS, GPU)\n");
 }
 
@@ -434,9 +435,10 @@ int main(int argc, char **argv)
         int p = k / (int)n_per;
         labels[k] = p < n_prompt_args ? prompt_args[p] : file_prompts[p - n_prompt_args];
     }
-    if (mkdir(out, 0755) && errno != EEXIST) {
-        fprintf(stderr, "draft-sample: %s: cannot create: %s\n", out, strerror(errno));
-        return 1;
+    if (!out[0] || nn_mkdir_p(out)) {   /* with its parents, as draft-run's --out; before any sampling */
+        fprintf(stderr, "draft-sample: %s\n", out[0] ? tensor_error() : "--out is empty: give the folder for the images");
+        free(labels);
+        return out[0] ? 1 : 2;
     }
 
     struct sd_pipeline p;
