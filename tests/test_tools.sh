@@ -42,6 +42,12 @@ check "bad precision: exit 2 and the choices" "[ $rc -eq 2 ] && grep -q \"'fp8' 
 echo '{"lr": 0.001, "nonsense": 1}' >"$tmp/c.json"
 "$run" --config "$tmp/c.json" >"$tmp/o" 2>&1; rc=$?
 check "unknown config key: exit 2" "[ $rc -eq 2 ] && grep -q 'unknown key \"nonsense\"' '$tmp/o'"
+echo '{"iters": 3, "lr": 0.001, "iters": 4}' >"$tmp/c.json"
+"$run" --config "$tmp/c.json" --model /nonexistent >"$tmp/o" 2>&1; rc=$?   # (a missing check: exit 1 there)
+check "a key twice in a --config file: exit 2, named" "[ $rc -eq 2 ] && grep -q 'key \"iters\" appears twice' '$tmp/o'"
+echo '{"batch": 1e300}' >"$tmp/c.json"
+"$run" --config "$tmp/c.json" --model /nonexistent >"$tmp/o" 2>&1; rc=$?
+check "a huge integer in a --config file: exit 2, as a number" "[ $rc -eq 2 ] && grep -q -- \"--batch expects an integer, got '1.0*1e+300'\" '$tmp/o'"
 printf '{\n  "lr": 0.001,\n  "iters": 3,\n}\n' >"$tmp/c.json"
 "$run" --config "$tmp/c.json" >"$tmp/o" 2>&1; rc=$?
 check "a --config file with a trailing comma: exit 2, its line named" "[ $rc -eq 2 ] && grep -q 'c.json:4:[0-9]*: invalid JSON' '$tmp/o'"

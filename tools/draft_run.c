@@ -322,15 +322,21 @@ static bool load_config(struct draft_run_config *c, const char *path)
         const struct opt *o = find_opt(it->string);
         char where[1200], buf[64];
         snprintf(where, sizeof where, "--config %s", path);
+        const cJSON *first = root->child;   /* cJSON keeps both of a repeated key: which one counted would be hidden */
+        while (first != it && strcmp(first->string, it->string)) first = first->next;
         if (!o) {
             fprintf(stderr, "draft-run: %s: unknown key \"%s\" (draft-run --help lists them)\n", where, it->string);
+            ok = false;
+        } else if (first != it) {
+            fprintf(stderr, "draft-run: %s: key \"%s\" appears twice\n", where, it->string);
             ok = false;
         } else if (cJSON_IsString(it)) {
             ok = set_given(c, o, it->valuestring, where);
         } else if (cJSON_IsBool(it)) {
             ok = set_given(c, o, cJSON_IsTrue(it) ? "true" : "false", where);
         } else if (cJSON_IsNumber(it)) {
-            if (o->kind == K_INT || o->kind == K_U64 || o->kind == K_SIZE) snprintf(buf, sizeof buf, "%.0f", it->valuedouble);
+            if ((o->kind == K_INT || o->kind == K_U64 || o->kind == K_SIZE) && fabs(it->valuedouble) < 18446744073709551616.0)
+                snprintf(buf, sizeof buf, "%.0f", it->valuedouble);   /* from 2^64 on as 1e+300: refused, not cut to 64 digits */
             else snprintf(buf, sizeof buf, "%.17g", it->valuedouble);
             if ((o->kind == K_INT || o->kind == K_U64 || o->kind == K_SIZE) && it->valuedouble != floor(it->valuedouble)) {
                 fprintf(stderr, "draft-run: %s: \"%s\" must be an integer\n", where, it->string);
