@@ -148,6 +148,8 @@ static const char *json_kind(const cJSON *v)
     return "JSON null";
 }
 
+static int cmp_str(const void *a, const void *b) { return strcmp(*(const char *const *)a, *(const char *const *)b); }
+
 cJSON *nn_json_object(const char *text, size_t len, const char *label)
 {
     const char *end = NULL;
@@ -182,5 +184,25 @@ cJSON *nn_json_object(const char *text, size_t len, const char *label)
         cJSON_Delete(root);
         return NULL;
     }
+    /* cJSON keeps both of a repeated key and a lookup finds the first: a hand edit that adds a key
+     * already there would silently not count. Sorted, so a file of many keys stays fast. */
+    const int n = cJSON_GetArraySize(root);
+    const char **keys = n > 1 ? malloc((size_t)n * sizeof *keys) : NULL;
+    if (n > 1 && !keys) {
+        tensor_fail(STATUS_OOM, "%s: out of memory", label);
+        cJSON_Delete(root);
+        return NULL;
+    }
+    int k = 0;
+    for (const cJSON *e = keys ? root->child : NULL; e && k < n; e = e->next) keys[k++] = e->string;
+    if (k > 1) qsort(keys, (size_t)k, sizeof *keys, cmp_str);
+    for (int i = 1; i < k; i++)
+        if (!strcmp(keys[i - 1], keys[i])) {
+            tensor_fail(STATUS_FORMAT, "%s: key \"%.80s\" appears twice", label, keys[i]);
+            free(keys);
+            cJSON_Delete(root);
+            return NULL;
+        }
+    free(keys);
     return root;
 }

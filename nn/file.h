@@ -23,7 +23,8 @@ enum status nn_file_write_atomic(const char *path, int n_parts, const void *cons
 /* `len` bytes of JSON text that must hold one object (whitespace around it allowed, nothing else),
  * parsed with cJSON; free it with cJSON_Delete. NULL with a message naming `label` and where it
  * went wrong: "config.json:12:5: invalid JSON (after '\"eps\": 1e-5,')" for a syntax error, or
- * "config.json: a JSON array, not an object". */
+ * "config.json: a JSON array, not an object". A key that appears twice in the object is refused
+ * (cJSON would keep both, and a lookup see only the first). */
 struct cJSON *nn_json_object(const char *text, size_t len, const char *label);
 
 /* a regular file is there (and can be stat'ed) */

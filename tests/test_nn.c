@@ -242,6 +242,7 @@ START_TEST(test_json_errors)
         {"[1, 2]", "x.json: a JSON array, not an object"},
         {"\"s\"", "x.json: a JSON string, not an object"},
         {"null", "x.json: JSON null, not an object"},
+        {"{\"b\": 1, \"a\": 2, \"c\": {}, \"a\": 3}", "x.json: key \"a\" appears twice"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const char *t = cases[i].text, *want = cases[i].want;

@@ -322,13 +322,8 @@ static bool load_config(struct draft_run_config *c, const char *path)
         const struct opt *o = find_opt(it->string);
         char where[1200], buf[64];
         snprintf(where, sizeof where, "--config %s", path);
-        const cJSON *first = root->child;   /* cJSON keeps both of a repeated key: which one counted would be hidden */
-        while (first != it && strcmp(first->string, it->string)) first = first->next;
         if (!o) {
             fprintf(stderr, "draft-run: %s: unknown key \"%s\" (draft-run --help lists them)\n", where, it->string);
-            ok = false;
-        } else if (first != it) {
-            fprintf(stderr, "draft-run: %s: key \"%s\" appears twice\n", where, it->string);
             ok = false;
         } else if (cJSON_IsString(it)) {
             ok = set_given(c, o, it->valuestring, where);
