@@ -17,6 +17,7 @@ static const char reward_specs[] =
     "  clip:<clip_model_dir>[,logit_scale][,text=<target text>]\n"
     "  hpsv2:<HPS_v2_compressed.pt>,<tokenizer_dir>[,text=<target text>]\n"
     "  pickscore:<PickScore_v1 dir>[,text=<target text>]\n"
+    "  classify:<clip_model_dir>,text=<target>|<other>|...   (log p(target) of CLIP's zero-shot classifier)\n"
     "  sum:[<w>*]<spec>;[<w>*]<spec>;...   (a weighted sum of the others; w defaults to 1)\n"
     "  colorfulness\n"
     "  brightness=<target in [0,1]>\n"
@@ -584,6 +585,12 @@ struct clip_ctx {
     const struct clip_tokenizer *tok;
     double scale;
     struct tensor *target_emb;   /* [1, P] normalised, owned; NULL: use the prompts */
+    /* classify: the class texts' normalised embeddings [C, P], owned, the target first (the
+     * prompt's is computed per call, before them, when prompt_class) */
+    struct tensor *class_emb;
+    bool prompt_class;
+    char *class_list;           /* classify: the class texts, NUL-separated (n_classes of them, the target first) */
+    int n_classes;
 };
 
 /* normalised text embeddings [n, P] of n texts, computed without a graph (the reward is
@@ -650,6 +657,8 @@ static void clip_free_reward(struct draft_reward *r)
     struct clip_ctx *c = r->ctx;
     if (c) {
         tensor_free(c->target_emb);
+        tensor_free(c->class_emb);
+        free(c->class_list);
         if (c->own) {
             if (c->text_init) clip_text_free(&c->tm);
             if (c->vision_init) clip_vision_free(&c->vm);
@@ -743,8 +752,8 @@ static struct draft_reward *clip_owned_create(const char *what, const struct cli
     const bool has_ls = nn_weights_has(w, "logit_scale");
     if (!s && has_ls && !nn_param_new(&c->ps, "", "logit_scale", 0, NULL)) s = tensor_status();
     if (!s && use_logit_scale && !has_ls)
-        s = tensor_fail(STATUS_FORMAT, "reward %s: %s has no 'logit_scale' (drop the logit_scale flag)", what,
-                        nn_weights_path(w));
+        s = tensor_fail(STATUS_FORMAT, "reward %s: %s has no 'logit_scale' (%s)", what, nn_weights_path(w),
+                        strcmp(what, "classify") ? "drop the logit_scale flag" : "the classifier's temperature");
     if (!s) s = load(&c->ps, w);
     if (!s && use_logit_scale) {   /* read on the host: the parameter may live on the GPU */
         tensor_scope_begin();
@@ -771,11 +780,11 @@ static enum status load_transformers(struct nn_params *ps, const struct nn_weigh
     return clip_params_load(ps, w, "");
 }
 
-struct draft_reward *draft_reward_clip_create(const char *clip_dir, const char *target_text, bool use_logit_scale,
-                                              enum dtype dt, enum device dev)
+static struct draft_reward *clip_folder_create(const char *what, const char *clip_dir, const char *target_text,
+                                               bool use_logit_scale, enum dtype dt, enum device dev)
 {
     if (!clip_dir) {
-        tensor_fail(STATUS_VALUE, "reward clip: a CLIPModel folder is needed");
+        tensor_fail(STATUS_VALUE, "reward %s: a CLIPModel folder is needed", what);
         return NULL;
     }
     struct clip_text_config tc;
@@ -784,10 +793,108 @@ struct draft_reward *draft_reward_clip_create(const char *clip_dir, const char *
     bool whole;
     if (clip_folder_configs(clip_dir, &tc, &vc, &proj, &whole)) return NULL;
     struct nn_weights *w = clip_folder_weights(clip_dir);
-    struct draft_reward *r = w ? clip_owned_create("clip", &tc, &vc, proj, w, load_transformers, clip_dir, target_text,
+    struct draft_reward *r = w ? clip_owned_create(what, &tc, &vc, proj, w, load_transformers, clip_dir, target_text,
                                                    use_logit_scale, dt, dev)
                                : NULL;
     nn_weights_close(w);
+    return r;
+}
+
+struct draft_reward *draft_reward_clip_create(const char *clip_dir, const char *target_text, bool use_logit_scale,
+                                              enum dtype dt, enum device dev)
+{
+    return clip_folder_create("clip", clip_dir, target_text, use_logit_scale, dt, dev);
+}
+
+/* log p(target | image) of CLIP's zero-shot classifier: a softmax over the classes of
+ * exp(logit_scale) * cos(image, class text), as CLIPModel's logits_per_image */
+static struct tensor *classify_score(struct draft_reward *r, struct tensor *images, const char *const *prompts)
+{
+    struct clip_ctx *c = r->ctx;
+    const int64_t B = images->shape[0];
+    if (c->prompt_class && !prompts) {
+        tensor_fail(STATUS_VALUE, "reward classify: the target class is each image's prompt (text=|...), and no prompts "
+                                  "were given");
+        return NULL;
+    }
+    tensor_scope_begin();
+    const struct tensor *vw = c->vision->class_embedding;
+    struct tensor *ie = vision_embeds(c->vision, images);   /* [B, P] */
+    struct tensor *ce = cast_to(c->class_emb, vw->dtype, tensor_device(vw));
+    struct tensor *logits = ag_scale(ag_matmul(ie, ce ? ag_transpose(ce, 0, 1) : NULL), c->scale);   /* [B, C] */
+    if (c->prompt_class && logits) {
+        /* each image's prompt as class 0; a listed class equal to it is left out of its softmax
+         * (a -inf logit), so a prompt among the classes is not counted twice */
+        const int64_t C = c->n_classes;
+        double *mask = calloc((size_t)(B * C), sizeof *mask);
+        struct tensor *m = NULL;
+        if (mask) {
+            for (int64_t b = 0; b < B; b++) {
+                const char *t = c->class_list;
+                for (int64_t j = 0; j < C; t += strlen(t) + 1, j++)
+                    if (prompts[b] && !strcmp(prompts[b], t)) mask[b * C + j] = -INFINITY;
+            }
+            m = cast_to(tensor_from_data(DTYPE_F64, 2, (int64_t[]){B, C}, mask), logits->dtype, tensor_device(logits));
+            free(mask);
+        } else {
+            tensor_fail(STATUS_OOM, "reward classify: out of memory");
+        }
+        struct tensor *te = cast_to(clip_text_embeds(c, (int)B, prompts), vw->dtype, tensor_device(vw));
+        struct tensor *parts[2] = {te ? ag_scale(ag_sum(ag_mul(ie, te), 1, (int[]){1}, true), c->scale) : NULL,
+                                   m ? ag_add(logits, m) : NULL};
+        logits = parts[0] && parts[1] ? ag_concat(2, parts, 1) : NULL;
+    }
+    struct tensor *lp = logits ? ag_log_softmax(logits, 1) : NULL;
+    struct tensor *s = lp ? ag_reshape(ag_narrow(lp, 1, 0, 1), 1, (int64_t[]){B}) : NULL;
+    return tensor_scope_return(cast_to(s, images->dtype, tensor_device(images)));
+}
+
+struct draft_reward *draft_reward_classify_create(const char *clip_dir, const char *classes, enum dtype dt,
+                                                  enum device dev)
+{
+    if (!classes || !strchr(classes, '|')) {
+        tensor_fail(STATUS_VALUE, "reward classify: the classes are text=<target>|<other>|... (at least two; an empty "
+                                  "target: each image's prompt), got '%s'", classes ? classes : "");
+        return NULL;
+    }
+    char *list = strdup(classes);
+    const char **texts = calloc(strlen(classes) + 1, sizeof *texts);
+    struct draft_reward *r = NULL;
+    int n = 0;
+    if (!list || !texts) tensor_fail(STATUS_OOM, "reward classify: out of memory");
+    else {
+        const bool prompt_class = list[0] == '|';
+        bool ok = true;
+        for (char *t = list + prompt_class, *bar; ok; t = bar + 1) {
+            if ((bar = strchr(t, '|'))) *bar = 0;
+            if (!*t) ok = !tensor_fail(STATUS_VALUE, "reward classify: class %d of '%s' is empty", n + 1 + prompt_class, classes);
+            texts[n++] = t;
+            if (!bar) break;
+        }
+        /* the folder's logit_scale is the classifier's temperature: required */
+        if (ok && (r = clip_folder_create("classify", clip_dir, NULL, true, dt, dev))) {
+            struct clip_ctx *c = r->ctx;
+            snprintf(r->name, sizeof r->name, "classify");
+            r->score = classify_score;
+            c->prompt_class = prompt_class;
+            c->n_classes = n;
+            c->class_list = malloc(strlen(classes) + 1);
+            if (c->class_list) {
+                char *q = c->class_list;
+                for (int i = 0; i < n; i++) q = stpcpy(q, texts[i]) + 1;
+            }
+            tensor_scope_begin();
+            c->class_emb = tensor_keep(clip_text_embeds(c, n, texts));
+            tensor_scope_end();
+            if (!c->class_emb || !c->class_list) {
+                if (!c->class_list) tensor_fail(STATUS_OOM, "reward classify: out of memory");
+                draft_reward_free(r);
+                r = NULL;
+            }
+        }
+    }
+    free(texts);
+    free(list);
     return r;
 }
 
@@ -1115,6 +1222,18 @@ struct draft_reward *draft_reward_create_on(const char *spec, enum dtype dt, enu
         if (!*dir) tensor_fail(STATUS_VALUE, "reward spec '%s': expected pickscore:<PickScore_v1 folder>", spec);
         else r = draft_reward_clip_create(dir, text, true, dt, dev);
         if (r) snprintf(r->name, sizeof r->name, "pickscore");
+        free(dir);
+        return r;
+    }
+    if (!strncmp(spec, "classify:", 9)) {   /* <clip_dir>,text=<target>|<other>|... */
+        const char *text;
+        char *dir = spec_args(spec + 9, &text);
+        if (!dir) return NULL;
+        struct draft_reward *r = NULL;
+        if (!*dir || !text)
+            tensor_fail(STATUS_VALUE, "reward spec '%s': expected classify:<CLIPModel folder>,text=<target>|<other>|...",
+                        spec);
+        else r = draft_reward_classify_create(dir, text, dt, dev);
         free(dir);
         return r;
     }

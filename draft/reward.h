@@ -28,6 +28,11 @@
  *       state dict: .pt/.bin/.safetensors); no logit scale. <tokenizer_dir> holds CLIP's BPE
  *       (vocab.json + merges.txt, in it or in its tokenizer/: an SD 1.x folder does). The text is
  *       each image's prompt, or <target text> for all.
+ *   classify:<clip_dir>,text=<target>|<other>|...   log p(target | image) of the CLIPModel
+ *       folder's zero-shot classifier over the '|'-separated class texts: log_softmax over the
+ *       classes of exp(logit_scale) * cos(image, text) (the folder's logit_scale is required). An
+ *       empty target (text=|<other>|...) makes each image's prompt its target class. Adversarial
+ *       examples against a classifier, or steering away from what an image should not show.
  *   sum:[w*]<spec>;[w*]<spec>;...   sum_i w_i r_i(images) (w_i defaults to 1; up to 8 terms, no sum
  *       inside a sum): several rewards at once, e.g. sum:aesthetic:<dir>,<head>;0.5*hpsv2:<file>,<dir>
  *   colorfulness          Hasler–Süsstrunk: sqrt(std_rg² + std_yb²) + 0.3 sqrt(mean_rg² + mean_yb²)
@@ -107,6 +112,9 @@ struct draft_reward *draft_reward_aesthetic_create(const char *clip_vision_dir, 
 /* target_text NULL: score against each image's prompt. use_logit_scale: multiply by exp(logit_scale). */
 struct draft_reward *draft_reward_clip_create(const char *clip_dir, const char *target_text, bool use_logit_scale,
                                               enum dtype dt, enum device dev);
+/* classes: "<target>|<other>|..." as in the classify: spec (an empty target: each image's prompt) */
+struct draft_reward *draft_reward_classify_create(const char *clip_dir, const char *classes, enum dtype dt,
+                                                  enum device dev);
 /* an OpenCLIP state dict (diffusion/clip.h): head widths and activation as its model config says
  * (HPSv2, ViT-H-14: text 64, image 80, CLIP_ACT_GELU); the score is the cosine (times
  * exp(logit_scale) with use_logit_scale) towards each prompt or target_text */

@@ -1126,6 +1126,7 @@ static enum status draft_run_write_report(struct run *r, const struct draft_run_
 const char *draft_reward_spec_for_model(const char *spec, const char *model, char *buf, size_t n)
 {
     if (!strncmp(spec, "clip:text=", 10)) snprintf(buf, n, "clip:%s/clip,%s", model, spec + 5);
+    else if (!strncmp(spec, "classify:text=", 14)) snprintf(buf, n, "classify:%s/clip,%s", model, spec + 9);
     else if (!strcmp(spec, "clip")) snprintf(buf, n, "clip:%s/clip", model);   /* each image against its prompt */
     else return spec;
     return buf;

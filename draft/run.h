@@ -109,8 +109,9 @@ const char *draft_engine_describe(enum device dev, char *buf, size_t n);
  * the GPU, where there is one) and --help / -h (usage). True when a is one of them, printed on stdout. */
 bool draft_tool_info_flag(const char *a, void (*usage)(FILE *));
 
-/* A reward spec beside a model folder: "clip" and "clip:text=<words>" name the folder's own CLIP
- * (<model>/clip, which the embedded model has), written into buf; any other spec is returned as is. */
+/* A reward spec beside a model folder: "clip", "clip:text=<words>" and "classify:text=<classes>"
+ * name the folder's own CLIP (<model>/clip, which the embedded model has), written into buf; any
+ * other spec is returned as is. */
 const char *draft_reward_spec_for_model(const char *spec, const char *model, char *buf, size_t n);
 
 /* built-in prompt sets: "@animals" (the 45 simple animals of the DDPO/DRaFT aesthetic

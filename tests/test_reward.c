@@ -719,6 +719,58 @@ START_TEST(test_clip_tiny)
     ck_assert_double_lt(el, 1e-5);
     draft_reward_free(rf);
     draft_reward_free(rp);
+    /* classify: CLIP's zero-shot classifier, log_softmax over the classes of exp(logit_scale) cos,
+     * against each class's clip:<dir>,logit_scale,text=<class> score combined here in f64 */
+    {
+        char cs[1200];   /* spec still holds clip:<dir>,logit_scale for what follows */
+        const char *cls[3] = {"a red dog, on grass", "a photo of a cat", "an astronaut riding a horse"};
+        double lg[3][2];
+        for (int k = 0; k < 3; k++) {
+            snprintf(cs, sizeof cs, "clip:%s,logit_scale,text=%s", dir, cls[k]);
+            struct draft_reward *rk = draft_reward_create_on(cs, DTYPE_F64, DEVICE_CPU);
+            struct tensor *sk = rk ? draft_reward_score(rk, img, NULL) : NULL;
+            ck_assert_msg(sk, "%s", tensor_error());
+            for (int b = 0; b < 2; b++) lg[k][b] = tensor_get_flat(sk, b);
+            draft_reward_free(rk);
+        }
+        snprintf(cs, sizeof cs, "classify:%s,text=%s|%s|%s", dir, cls[0], cls[1], cls[2]);
+        struct draft_reward *rc = draft_reward_create_on(cs, DTYPE_F64, DEVICE_CPU);
+        /* the target is each image's prompt; prompts[0] is also cls[1], left out of its own softmax */
+        snprintf(cs, sizeof cs, "classify:%s,text=|%s|%s", dir, cls[0], cls[1]);
+        struct draft_reward *rq = draft_reward_create_on(cs, DTYPE_F64, DEVICE_CPU);
+        ck_assert_msg(rc && rq && !strcmp(rc->name, "classify"), "%s", tensor_error());
+        ck_assert_str_eq(prompts[0], cls[1]);
+        ck_assert_str_eq(prompts[1], cls[2]);
+        struct tensor *sc = draft_reward_score(rc, img, NULL), *sq = draft_reward_score(rq, img, prompts);
+        ck_assert_msg(sc && sq, "%s", tensor_error());
+        double ec = 0;
+        for (int b = 0; b < 2; b++) {
+            const double all = log(exp(lg[0][b]) + exp(lg[1][b]) + exp(lg[2][b]));
+            const double ref_c = lg[0][b] - all;
+            const double ref_q = b == 0 ? lg[1][0] - log(exp(lg[1][0]) + exp(lg[0][0])) : lg[2][1] - all;
+            printf("classify tiny image %d: log p(target) %.12f (ref %.12f), log p(prompt) %.12f (ref %.12f)\n", b,
+                   tensor_get_flat(sc, b), ref_c, tensor_get_flat(sq, b), ref_q);
+            ec = fmax(ec, fmax(fabs(tensor_get_flat(sc, b) - ref_c), fabs(tensor_get_flat(sq, b) - ref_q)));
+        }
+        ck_assert_double_lt(ec, 1e-12);
+        ck_assert(draft_reward_has_image_tower(rq));
+        ck_assert(draft_reward_score(rq, img, NULL) == NULL && strstr(tensor_error(), "no prompts"));
+        struct pixel_ctx qc = {.r = rq, .prompts = prompts};
+        struct tensor *q = pixel_setup(&qc, tensor_clone(img), 6);
+        ck_assert(gradcheck("classify tiny d log p(prompt) / d pixels", pixel_fn, &qc, 1, &q,
+                            &(struct gc_opts){.tol = 1e-6, .f32_tol = -1}));
+        draft_reward_free(rc);
+        draft_reward_free(rq);
+        static const struct {
+            const char *args, *want;
+        } bad[] = {{",text=a cat", "at least two"}, {"", "expected classify:<CLIPModel folder>"},
+                   {",text=a||b", "class 2 of 'a||b' is empty"}, {",text=|", "class 2 of '|' is empty"}};
+        for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+            snprintf(cs, sizeof cs, "classify:%s%s", dir, bad[i].args);
+            ck_assert_msg(draft_reward_create(cs) == NULL && strstr(tensor_error(), bad[i].want), "'%s': %s", cs,
+                          tensor_error());
+        }
+    }
     /* the same folder with pytorch_model.bin (torch.save, f32) in place of model.safetensors */
     {
         char bin[1000], sf[1000];

@@ -551,6 +551,13 @@ if [ -f "$emb/model_index.json" ]; then
     "$sample" --prompt "taxi" --steps 2 --size 64x32 --out "$tmp/ns/a/b" >"$tmp/o" 2>&1; rc=$?
     wh=$(od -An -tu1 -j16 -N8 "$tmp/ns/a/b/0000.png" 2>/dev/null | awk '{print ($3*256+$4) "x" ($7*256+$8)}')
     check "draft-sample --size 64x32 writes a 64 x 32 image (into a new nested --out)" "[ $rc -eq 0 ] && [ '$wh' = 64x32 ]"
+    # classify:text=...: the embedded model's own CLIP as a zero-shot classifier; log p <= 0, and the
+    # image's prompt (taxi, from the folder's prompts.txt) as its target class
+    "$score" --reward 'classify:text=|a red apple|a cat|fire' "$tmp/ns/a/b" >"$tmp/o" 2>&1; rc=$?
+    "$score" --reward 'classify:text=fire|taxi' "$tmp/ns/a/b" >"$tmp/o2" 2>&1; rc2=$?
+    lp=$(sed -n 's/.*"prompt":"taxi","reward":\([^}]*\)}$/\1/p' "$tmp/o"); lf=$(sed -n 's/.*"reward":\([^}]*\)}$/\1/p' "$tmp/o2")
+    check "draft-score --reward classify:text=...: log p of the prompt's class ($lp) and of another ($lf), both <= 0" \
+          "[ $rc -eq 0 ] && [ $rc2 -eq 0 ] && awk -v a='$lp' -v b='$lf' 'BEGIN { exit !(a != \"\" && b != \"\" && a <= 0 && b <= 0 && a > -100 && b > -100) }'"
     "$sample" --prompt "taxi" --steps 2 --out "$tmp/ns/a/b/0000.png/c" >"$tmp/o" 2>&1; rc=$?
     check "draft-sample --out through a file: exit 1 before sampling, the file named" \
           "[ $rc -eq 1 ] && grep -q '0000.png exists and is not a folder' '$tmp/o' && ! grep -q 'images' '$tmp/o'"

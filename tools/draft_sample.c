@@ -451,7 +451,7 @@ int main(int argc, char **argv)
     struct job j = {.labels = labels, .total = total, .n_per = (int)n_per, .batch = (int)batch, .seed = seed,
                     .o = {.steps = (int)steps, .guidance = guidance, .eta = eta}, .negative = negative,
                     .reward_spec = reward_spec, .div_spec = div_spec};
-    char rspec_buf[PATH_MAX + 16];   /* "clip", "clip:text=...": the model folder's own CLIP, as in draft-run */
+    char rspec_buf[PATH_MAX + 16];   /* "clip", "clip:text=...", "classify:text=...": the model folder's own CLIP, as in draft-run */
     if (!s && reward_spec &&
         !(j.reward = draft_reward_create_on(draft_reward_spec_for_model(reward_spec, model, rspec_buf, sizeof rspec_buf),
                                             sd_pipeline_dtype(&p), p.device)))
