@@ -139,6 +139,23 @@ enum status nn_mkdir_p_check(const char *path)
     return STATUS_OK;
 }
 
+enum status nn_file_check_writable(const char *path)
+{
+    char dir[4096];
+    if (!path[0]) return tensor_fail(STATUS_IO, "an empty file name");
+    if (snprintf(dir, sizeof dir, "%s", path) >= (int)sizeof dir) return tensor_fail(STATUS_IO, "%s: path too long", path);
+    char *slash = strrchr(dir, '/');
+    if (!slash) snprintf(dir, sizeof dir, ".");
+    else if (slash == dir) dir[1] = 0;   /* "/name": the root */
+    else *slash = 0;
+    struct stat sb;
+    if (stat(dir, &sb)) return tensor_fail(STATUS_IO, "cannot write %s: %s: %s", path, dir, strerror(errno));
+    if (!S_ISDIR(sb.st_mode)) return tensor_fail(STATUS_IO, "cannot write %s: %s is not a folder", path, dir);
+    if (access(dir, W_OK | X_OK)) return tensor_fail(STATUS_IO, "cannot write %s: %s: %s", path, dir, strerror(errno));
+    if (!stat(path, &sb) && S_ISDIR(sb.st_mode)) return tensor_fail(STATUS_IO, "cannot write %s: it is a folder", path);
+    return STATUS_OK;
+}
+
 static const char *json_kind(const cJSON *v)
 {
     if (cJSON_IsArray(v)) return "a JSON array";

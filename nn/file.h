@@ -35,6 +35,9 @@ enum status nn_mkdir_p(const char *path);
 /* whether nn_mkdir_p(path) would succeed and files could then be written in the folder, creating
  * nothing: each existing part of the path is a folder, and the deepest existing one is writable */
 enum status nn_mkdir_p_check(const char *path);
+/* whether a file could be written at path (nn_file_write_atomic), writing nothing: its folder
+ * exists and is writable, and path is not a folder */
+enum status nn_file_check_writable(const char *path);
 
 #ifdef __cplusplus
 }

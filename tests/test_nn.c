@@ -292,6 +292,20 @@ START_TEST(test_mkdir_check)
     ck_assert_int_eq(nn_mkdir_p_check(p), STATUS_IO);
     ck_assert_int_eq(nn_mkdir_p_check(""), STATUS_IO);
     ck_assert_int_eq(nn_mkdir_p(""), STATUS_IO);
+    /* a file to write: into a folder that is there (the file there or not), not into a file or a folder */
+    ck_assert_int_eq(nn_file_check_writable(p), STATUS_OK);   /* root/f, a file */
+    snprintf(p, sizeof p, "%s/new.jsonl", root);
+    ck_assert_int_eq(nn_file_check_writable(p), STATUS_OK);
+    ck_assert_int_ne(access(p, F_OK), 0);   /* nothing created */
+    snprintf(p, sizeof p, "%s/f/x", root);
+    ck_assert_int_eq(nn_file_check_writable(p), STATUS_IO);
+    ck_assert_msg(strstr(tensor_error(), "/f is not a folder") != NULL, "%s", tensor_error());
+    snprintf(p, sizeof p, "%s/none/x", root);
+    ck_assert_int_eq(nn_file_check_writable(p), STATUS_IO);
+    ck_assert_int_eq(nn_file_check_writable(root), STATUS_IO);
+    ck_assert_msg(strstr(tensor_error(), "it is a folder") != NULL, "%s", tensor_error());
+    ck_assert_int_eq(nn_file_check_writable(""), STATUS_IO);
+    snprintf(p, sizeof p, "%s/f", root);
     ck_assert_int_eq(unlink(p), 0);
     ck_assert_int_eq(rmdir(root), 0);
 }

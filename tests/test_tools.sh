@@ -422,6 +422,13 @@ if [ -f "$model/model_index.json" ]; then
     check "draft-score: the samples' PNGs score what draft-sample scored (to 1e-3: 8-bit pixels)" \
           "[ $rc -eq 0 ] && close_scores '$tmp/sr/scores.jsonl' '$tmp/score.jsonl' 1e-3 && \
            ! close_scores '$tmp/sr/scores.jsonl' '$tmp/score.jsonl' 1e-9 && grep -q 'diversity 0\.[0-9]* over the 4 images of 64x64' '$tmp/o'"
+    # --out: refused before any scoring when it cannot be written; a failed run leaves it as it was
+    "$score" --reward red "$tmp/sr/0000.png" --out "$tmp/score.jsonl/x" >"$tmp/o" 2>&1; rc=$?
+    check "draft-score --out through a file: exit 1 before scoring, said" \
+          "[ $rc -eq 1 ] && grep -q 'cannot write .*score.jsonl/x: .*score.jsonl is not a folder' '$tmp/o' && ! grep -q 'mean' '$tmp/o'"
+    cp "$tmp/score.jsonl" "$tmp/score.keep"
+    "$score" --reward red "$tmp/sr/0000.png" "$tmp/bad.png" --out "$tmp/score.jsonl" >"$tmp/o" 2>&1; rc=$?
+    check "draft-score failing (a PNG that does not read): the earlier --out file unchanged" "[ $rc -eq 1 ] && cmp -s '$tmp/score.keep' '$tmp/score.jsonl'"
     "$score" --reward "sum:red;0.5*brightness=0.5" "$tmp/sr/0000.png" "$tmp/sr/0001.png" >"$tmp/score3.jsonl" 2>/dev/null; rc=$?
     sum_terms=$(awk -F'"reward":|,"reward_terms":\\[|,|\\]' '{ d = $3 - ($4 + 0.5 * $5); if (d < 0) d = -d; if (d > 1e-7) bad = 1; n++ }   # f32 sums
                                                              END { print (bad || n != 2) ? "no" : "yes" }' "$tmp/score3.jsonl")

@@ -12,6 +12,7 @@
 #include "draft/report.h"
 #include "draft/reward.h"
 #include "draft/run.h"
+#include "nn/file.h"
 
 #include <cjson/cJSON.h>
 #include <dirent.h>
@@ -42,7 +43,8 @@ static void usage(FILE *f)
             "                     (default: the embedded emoji model)\n"
             "  --batch N          images per reward call (default 8); images of one size go together\n"
             "  --device D         cpu or cuda (default cpu)\n"
-            "  --out FILE         the JSON lines into FILE instead of stdout\n"
+            "  --out FILE         the JSON lines into FILE instead of stdout (checked first, written at the\n"
+            "                     end all at once: a failed run leaves an earlier FILE as it was)\n"
             "  --version          the version, the commit and the backends\n");
 }
 
@@ -170,7 +172,8 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    const char *why = !reward_spec ? "no --reward" : !n ? "no image" : prompt && prompts_file ? "--prompt and --prompts both given" : NULL;
+    const char *why = !reward_spec ? "no --reward" : !n ? "no image" : prompt && prompts_file ? "--prompt and --prompts both given"
+                    : out && !out[0] ? "--out is empty" : NULL;
     if (why) {
         fprintf(stderr, "draft-score: %s (see --help)\n", why);
         free(args);
@@ -192,7 +195,8 @@ int main(int argc, char **argv)
         prompts_file = dir_prompts;
         fprintf(stderr, "draft-score: the prompts of %s\n", dir_prompts);
     }
-    if (draft_device_check(device)) {
+    /* an --out the scores could not be written to is said now, not after scoring every image */
+    if (draft_device_check(device) || (out && nn_file_check_writable(out))) {
         fprintf(stderr, "draft-score: %s\n", tensor_error());
         free_paths(paths, n);
         return 1;
@@ -267,10 +271,15 @@ int main(int argc, char **argv)
                         prompts ? "" : " (--prompt or --prompts gives the images' prompts)");
         i0 += nb;
     }
-    FILE *f = out ? fopen(out, "w") : stdout;
-    if (!s && !f) s = tensor_fail(STATUS_IO, "%s: cannot write: %s", out, strerror(errno));
+    /* --out: the lines in memory, then into place at once (a failed run leaves an earlier file as it was) */
+    char *text = NULL;
+    size_t text_len = 0;
+    FILE *f = s ? NULL : out ? open_memstream(&text, &text_len) : stdout;
+    if (!s && !f) s = tensor_fail(STATUS_OOM, "out of memory");
     if (!s) s = write_lines(f, n, paths, prompts, scores, n_terms, terms);
-    if (f && f != stdout && fclose(f) && !s) s = tensor_fail(STATUS_IO, "%s: cannot write", out);
+    if (f && f != stdout && fclose(f) && !s) s = tensor_fail(STATUS_OOM, "out of memory");
+    if (!s && out) s = nn_file_write_atomic(out, 1, (const void *[]){text}, &text_len);
+    free(text);
     /* the summary, and how alike the images are where they share a size (the first image's) */
     double diversity = NAN, clip_div = NAN;
     int same = 0;
