@@ -239,7 +239,7 @@ static enum status copy_configs(const char *src, const char *dst, const char *su
     return s;
 }
 
-enum status sd_pipeline_save(const struct sd_pipeline *p, const char *out)
+enum status sd_pipeline_save_check(const char *out)
 {
     if (!out || !*out) return tensor_fail(STATUS_VALUE, "sd_pipeline_save: no output folder");
     DIR *d = opendir(out);
@@ -250,7 +250,14 @@ enum status sd_pipeline_save(const struct sd_pipeline *p, const char *out)
         closedir(d);
         if (!empty) return tensor_fail(STATUS_IO, "%s: the folder exists and is not empty (nothing was written)", out);
     }
-    enum status s = nn_mkdir_p(out);
+    return nn_mkdir_p_check(out);
+}
+
+enum status sd_pipeline_save(const struct sd_pipeline *p, const char *out)
+{
+    enum status s = sd_pipeline_save_check(out);
+    if (s) return s;
+    s = nn_mkdir_p(out);
     static const char *const subs[] = {"", "scheduler", "tokenizer", "text_encoder", "unet", "vae"};
     for (size_t i = 0; i < sizeof subs / sizeof subs[0] && !s; i++) s = copy_configs(p->dir, out, subs[i]);
     static const struct { const char *file; size_t off; } comps[] = {

@@ -63,6 +63,9 @@ void sd_pipeline_free(struct sd_pipeline *p);
  * {"format": "pt"} metadata as transformers wants. model_index.json drops the safety checker and
  * feature extractor, which are not written (what diffusers saves for safety_checker=None). */
 enum status sd_pipeline_save(const struct sd_pipeline *p, const char *out);
+/* what sd_pipeline_save would refuse about `out` (not empty, a file in its path, not writable),
+ * writing nothing: for a tool to say so before it loads a model */
+enum status sd_pipeline_save_check(const char *out);
 
 /* the dtype of latents, text embeddings and images: the parameters' dtype, or f32 for a model
  * stored in bf16/f16 (its layers cast their weights per use; nn_compute_dtype) */

@@ -87,6 +87,14 @@ check "draft-convert --lora with a list of scales: exit 2" "[ $rc -eq 2 ] && gre
 check "draft-convert bad --format: exit 2" "[ $rc -eq 2 ] && grep -q 'peft or kohya' '$tmp/o'"
 "$convert" --model /nonexistent --out "$tmp/never" >"$tmp/o" 2>&1; rc=$?
 check "draft-convert missing model: exit 1 and the path, nothing written" "[ $rc -eq 1 ] && grep -q '/nonexistent' '$tmp/o' && [ ! -e '$tmp/never' ]"
+# what the writes would refuse is said before any model is loaded (here: none that would load)
+mkdir -p "$tmp/full" && : >"$tmp/full/x"
+"$convert" --model /nonexistent --out "$tmp/full" >"$tmp/o" 2>&1; rc=$?
+"$convert" --model /nonexistent --lora a.safetensors --lora-out "$tmp/full/x/k.safetensors" >"$tmp/o2" 2>&1; rc2=$?
+"$convert" --out "" >"$tmp/o3" 2>&1; rc3=$?
+check "draft-convert: a non-empty --out, a --lora-out through a file, an empty --out: refused before loading" \
+      "[ $rc -eq 1 ] && grep -q 'full: the folder exists and is not empty' '$tmp/o' && [ $rc2 -eq 1 ] && \
+       grep -q 'cannot write .*full/x/k.safetensors: .*full/x is not a folder' '$tmp/o2' && [ $rc3 -eq 2 ] && grep -q -- '--out is empty' '$tmp/o3'"
 
 "$compare" --help >"$tmp/o" 2>&1
 check "draft-compare --help exits 0" "[ $? -eq 0 ] && grep -q 'usage: draft-compare' '$tmp/o'"

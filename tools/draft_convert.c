@@ -8,6 +8,7 @@
  * sd_pipeline_save. The folder loads in diffusers and transformers as in this project. */
 #include "diffusion/lora.h"
 #include "draft/run.h"
+#include "nn/file.h"
 
 #include <limits.h>
 #include <stdio.h>
@@ -101,6 +102,15 @@ int main(int argc, char **argv)
     if (lora_out && !n_loras) {
         fprintf(stderr, "draft-convert: --lora-out needs at least one --lora\n");
         return 2;
+    }
+    /* what the writes would refuse, said before a model is loaded (a .ckpt takes a while) */
+    if ((out && !*out) || (lora_out && !*lora_out)) {
+        fprintf(stderr, "draft-convert: %s is empty (see --help)\n", out && !*out ? "--out" : "--lora-out");
+        return 2;
+    }
+    if ((out && sd_pipeline_save_check(out)) || (lora_out && nn_file_check_writable(lora_out))) {
+        fprintf(stderr, "draft-convert: %s\n", tensor_error());
+        return 1;
     }
     if (!model && ckpt) {
         fprintf(stderr, "draft-convert: --ckpt needs --model for the configs and tokenizer (see --help)\n");
