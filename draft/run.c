@@ -1192,18 +1192,13 @@ static enum status check_config(const struct draft_run_config *c)
     return s ? s : draft_device_check(c->device);   /* before any output is written */
 }
 
-enum status draft_run(const struct draft_run_config *c, struct draft_run_result *res)
+/* The run folder before anything is loaded: an earlier run's results are not replaced unasked,
+ * and a dry run only checks that the folder could be made */
+static enum status prepare_out(struct run *r)
 {
-    memset(res, 0, sizeof *res);
-    res->eval_reward_before = res->eval_reward_after = NAN;
-    res->clip_diversity_before = res->clip_diversity_after = NAN;
-    enum status s = check_config(c);
-    if (s) return s;
-    struct run run = {.c = c, .before.held = NAN, .before.clip_div = NAN, .best = NAN, .best_step = -1}, *r = &run;
-    r->t_start = now_s();
-    stop_requested = 0;
-    char path[1200], name[64];
-
+    const struct draft_run_config *c = r->c;
+    char path[1200];
+    enum status s;
     if (!c->resume && !c->overwrite) {   /* an earlier run's results are not replaced unasked */
         static const char *const marks[] = {"lora.safetensors", "checkpoint.safetensors", "metrics.jsonl"};
         for (size_t i = 0; i < sizeof marks / sizeof marks[0] && !r->earlier; i++) {
@@ -1225,14 +1220,41 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
             (s = nn_file_write_atomic(path, 2, (const void *[]){c->config_json, "\n"}, (size_t[]){strlen(c->config_json), 1})))
             return s;
     }
+    return STATUS_OK;
+}
+
+enum status draft_run(const struct draft_run_config *c, struct draft_run_result *res)
+{
+    memset(res, 0, sizeof *res);
+    res->eval_reward_before = res->eval_reward_after = NAN;
+    res->clip_diversity_before = res->clip_diversity_after = NAN;
+    enum status s = check_config(c);
+    if (s) return s;
+    /* the prompt files first: a mistyped one is said before a folder is written or a model loaded */
+    char **prompts = NULL, **eval_list = NULL;
+    int n_prompts = 0, n_eval_list = 0;
+    if ((s = draft_prompts_load(c->prompts, &prompts, &n_prompts))) return s;
+    if (c->eval_prompts[0] && (s = draft_prompts_load(c->eval_prompts, &eval_list, &n_eval_list))) {
+        draft_prompts_free(prompts, n_prompts);
+        return s;
+    }
+    struct run run = {.c = c, .before.held = NAN, .before.clip_div = NAN, .best = NAN, .best_step = -1,
+                      .prompts = prompts, .n_prompts = n_prompts, .eval_list = eval_list, .n_eval_list = n_eval_list},
+               *r = &run;
+    r->t_start = now_s();
+    stop_requested = 0;
+    char path[1200], name[64];
+    if ((s = prepare_out(r))) {
+        draft_prompts_free(prompts, n_prompts);
+        draft_prompts_free(eval_list, n_eval_list);
+        return s;
+    }
     const enum precision precision0 = tensor_precision();   /* the run's own, restored at the end */
     tensor_set_precision(c->precision);
     s = c->ckpt[0] ? sd_pipeline_load_single_file(&r->p, c->ckpt, c->model, c->dtype, c->device)
                    : sd_pipeline_load(&r->p, c->model, c->dtype, c->device);
     if (s) goto done;
     draft_engine_describe(r->p.device, r->engine, sizeof r->engine);
-    if ((s = draft_prompts_load(c->prompts, &r->prompts, &r->n_prompts))) goto done;
-    if (c->eval_prompts[0] && (s = draft_prompts_load(c->eval_prompts, &r->eval_list, &r->n_eval_list))) goto done;
     /* "clip:text=..." = the CLIP model shipped with the diffusion model (the embedded one has clip/) */
     /* reward models beside the pipeline, in its compute dtype (f32 for f32 and bf16 weights) */
     if (!(r->reward = run_reward(c, c->reward, &r->p)) ||

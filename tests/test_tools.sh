@@ -87,6 +87,9 @@ check "draft-convert --lora with a list of scales: exit 2" "[ $rc -eq 2 ] && gre
 check "draft-convert bad --format: exit 2" "[ $rc -eq 2 ] && grep -q 'peft or kohya' '$tmp/o'"
 "$convert" --model /nonexistent --out "$tmp/never" >"$tmp/o" 2>&1; rc=$?
 check "draft-convert missing model: exit 1 and the path, nothing written" "[ $rc -eq 1 ] && grep -q '/nonexistent' '$tmp/o' && [ ! -e '$tmp/never' ]"
+"$run" --model /nonexistent --prompts "$tmp/no_prompts.txt" --out "$tmp/np0" >"$tmp/o" 2>&1; rc=$?
+check "draft-run with a missing --prompts file: exit 1, named, before the model and the run folder" \
+      "[ $rc -eq 1 ] && grep -q 'no_prompts.txt: cannot open the prompt file' '$tmp/o' && [ ! -e '$tmp/np0' ]"
 # what the writes would refuse is said before any model is loaded (here: none that would load)
 mkdir -p "$tmp/full" && : >"$tmp/full/x"
 "$convert" --model /nonexistent --out "$tmp/full" >"$tmp/o" 2>&1; rc=$?
