@@ -589,7 +589,7 @@ struct clip_ctx {
      * prompt's is computed per call, before them, when prompt_class) */
     struct tensor *class_emb;
     bool prompt_class;
-    char *class_list;           /* classify: the class texts, NUL-separated (n_classes of them, the target first) */
+    int32_t *class_ids;         /* classify: the class texts' token ids [n_classes][CLIP_CONTEXT] */
     int n_classes;
 };
 
@@ -658,7 +658,7 @@ static void clip_free_reward(struct draft_reward *r)
     if (c) {
         tensor_free(c->target_emb);
         tensor_free(c->class_emb);
-        free(c->class_list);
+        free(c->class_ids);
         if (c->own) {
             if (c->text_init) clip_text_free(&c->tm);
             if (c->vision_init) clip_vision_free(&c->vm);
@@ -823,22 +823,22 @@ static struct tensor *classify_score(struct draft_reward *r, struct tensor *imag
     struct tensor *ce = cast_to(c->class_emb, vw->dtype, tensor_device(vw));
     struct tensor *logits = ag_scale(ag_matmul(ie, ce ? ag_transpose(ce, 0, 1) : NULL), c->scale);   /* [B, C] */
     if (c->prompt_class && logits) {
-        /* each image's prompt as class 0; a listed class equal to it is left out of its softmax
-         * (a -inf logit), so a prompt among the classes is not counted twice */
+        /* each image's prompt as class 0; a listed class the same text for CLIP (the same token
+         * ids: case and spacing aside) is left out of its softmax (a -inf logit), so a prompt
+         * among the classes is not counted twice */
         const int64_t C = c->n_classes;
         double *mask = calloc((size_t)(B * C), sizeof *mask);
         struct tensor *m = NULL;
-        if (mask) {
-            for (int64_t b = 0; b < B; b++) {
-                const char *t = c->class_list;
-                for (int64_t j = 0; j < C; t += strlen(t) + 1, j++)
-                    if (prompts[b] && !strcmp(prompts[b], t)) mask[b * C + j] = -INFINITY;
-            }
-            m = cast_to(tensor_from_data(DTYPE_F64, 2, (int64_t[]){B, C}, mask), logits->dtype, tensor_device(logits));
-            free(mask);
-        } else {
-            tensor_fail(STATUS_OOM, "reward classify: out of memory");
+        enum status st = mask ? STATUS_OK : tensor_fail(STATUS_OOM, "reward classify: out of memory");
+        for (int64_t b = 0; b < B && !st; b++) {
+            int32_t ids[CLIP_CONTEXT];
+            if (!prompts[b]) st = tensor_fail(STATUS_VALUE, "reward classify: prompt %lld is NULL", (long long)b);
+            else st = clip_tokenize_77(c->tok, prompts[b], ids);
+            for (int64_t j = 0; j < C && !st; j++)
+                if (!memcmp(ids, c->class_ids + j * CLIP_CONTEXT, sizeof ids)) mask[b * C + j] = -INFINITY;
         }
+        if (!st) m = cast_to(tensor_from_data(DTYPE_F64, 2, (int64_t[]){B, C}, mask), logits->dtype, tensor_device(logits));
+        free(mask);
         struct tensor *te = cast_to(clip_text_embeds(c, (int)B, prompts), vw->dtype, tensor_device(vw));
         struct tensor *parts[2] = {te ? ag_scale(ag_sum(ag_mul(ie, te), 1, (int[]){1}, true), c->scale) : NULL,
                                    m ? ag_add(logits, m) : NULL};
@@ -878,16 +878,15 @@ struct draft_reward *draft_reward_classify_create(const char *clip_dir, const ch
             r->score = classify_score;
             c->prompt_class = prompt_class;
             c->n_classes = n;
-            c->class_list = malloc(strlen(classes) + 1);
-            if (c->class_list) {
-                char *q = c->class_list;
-                for (int i = 0; i < n; i++) q = stpcpy(q, texts[i]) + 1;
+            enum status st = (c->class_ids = malloc((size_t)n * CLIP_CONTEXT * sizeof *c->class_ids))
+                                 ? STATUS_OK : tensor_fail(STATUS_OOM, "reward classify: out of memory");
+            for (int i = 0; i < n && !st; i++) st = clip_tokenize_77(c->tok, texts[i], c->class_ids + (size_t)i * CLIP_CONTEXT);
+            if (!st) {
+                tensor_scope_begin();
+                c->class_emb = tensor_keep(clip_text_embeds(c, n, texts));
+                tensor_scope_end();
             }
-            tensor_scope_begin();
-            c->class_emb = tensor_keep(clip_text_embeds(c, n, texts));
-            tensor_scope_end();
-            if (!c->class_emb || !c->class_list) {
-                if (!c->class_list) tensor_fail(STATUS_OOM, "reward classify: out of memory");
+            if (!c->class_emb) {
                 draft_reward_free(r);
                 r = NULL;
             }

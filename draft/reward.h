@@ -31,8 +31,9 @@
  *   classify:<clip_dir>,text=<target>|<other>|...   log p(target | image) of the CLIPModel
  *       folder's zero-shot classifier over the '|'-separated class texts: log_softmax over the
  *       classes of exp(logit_scale) * cos(image, text) (the folder's logit_scale is required). An
- *       empty target (text=|<other>|...) makes each image's prompt its target class. Adversarial
- *       examples against a classifier, or steering away from what an image should not show.
+ *       empty target (text=|<other>|...) makes each image's prompt its target class (a listed class
+ *       that tokenizes as the prompt is left out of that image's softmax). Adversarial examples
+ *       against a classifier, or steering away from what an image should not show.
  *   sum:[w*]<spec>;[w*]<spec>;...   sum_i w_i r_i(images) (w_i defaults to 1; up to 8 terms, no sum
  *       inside a sum): several rewards at once, e.g. sum:aesthetic:<dir>,<head>;0.5*hpsv2:<file>,<dir>
  *   colorfulness          Hasler–Süsstrunk: sqrt(std_rg² + std_yb²) + 0.3 sqrt(mean_rg² + mean_yb²)

@@ -735,8 +735,9 @@ START_TEST(test_clip_tiny)
         }
         snprintf(cs, sizeof cs, "classify:%s,text=%s|%s|%s", dir, cls[0], cls[1], cls[2]);
         struct draft_reward *rc = draft_reward_create_on(cs, DTYPE_F64, DEVICE_CPU);
-        /* the target is each image's prompt; prompts[0] is also cls[1], left out of its own softmax */
-        snprintf(cs, sizeof cs, "classify:%s,text=|%s|%s", dir, cls[0], cls[1]);
+        /* the target is each image's prompt; prompts[0] is also cls[1] (written here with other
+         * case and spacing: the same tokens), left out of its own softmax */
+        snprintf(cs, sizeof cs, "classify:%s,text=|%s|%s", dir, cls[0], "A Photo of  a CAT ");
         struct draft_reward *rq = draft_reward_create_on(cs, DTYPE_F64, DEVICE_CPU);
         ck_assert_msg(rc && rq && !strcmp(rc->name, "classify"), "%s", tensor_error());
         ck_assert_str_eq(prompts[0], cls[1]);
