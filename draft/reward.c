@@ -1085,6 +1085,26 @@ struct tensor *draft_reward_image_embeds(struct draft_reward *r, struct tensor *
 static enum status parse_number(const char *spec, const char *s, double *out);
 
 /* "sum:" then terms "[w*]spec" separated by ';' */
+/* a sum's term "[w*]spec", cut in place: the spec returned, w into *w (1 unless a number stands
+ * before the first '*': a path may hold one too, and only a number counts) */
+static char *sum_term(char *term, double *w)
+{
+    *w = 1.0;
+    char *star = strchr(term, '*');
+    if (star) {
+        *star = 0;
+        char *end;
+        errno = 0;
+        const double v = strtod(term, &end);
+        if (end != term && !*end && !errno && isfinite(v)) {
+            *w = v;
+            return star + 1;
+        }
+        *star = '*';
+    }
+    return term;
+}
+
 static struct draft_reward *sum_create(const char *spec, const char *terms, enum dtype dt, enum device dev)
 {
     struct sum_ctx *c = calloc(1, sizeof *c);
@@ -1103,17 +1123,8 @@ static struct draft_reward *sum_create(const char *spec, const char *terms, enum
             s = tensor_fail(STATUS_VALUE, "reward spec '%s': more than %d terms", spec, SUM_MAX);
             break;
         }
-        double w = 1.0;
-        char *star = strchr(term, '*');
-        /* "w*spec": a number before the first '*' (a path may hold one too: only a number counts) */
-        if (star) {
-            *star = 0;
-            char *end;
-            errno = 0;
-            const double v = strtod(term, &end);
-            if (end != term && !*end && !errno && isfinite(v)) w = v, term = star + 1;
-            else *star = '*';
-        }
+        double w;
+        term = sum_term(term, &w);
         if (!strncmp(term, "sum:", 4)) {
             s = tensor_fail(STATUS_VALUE, "reward spec '%s': a sum inside a sum", spec);
             break;
@@ -1266,3 +1277,35 @@ struct draft_reward *draft_reward_create_on(const char *spec, enum dtype dt, enu
 }
 
 struct draft_reward *draft_reward_create(const char *spec) { return draft_reward_create_on(spec, DTYPE_F32, DEVICE_CPU); }
+
+/* one spec, not a sum: a model reward by its kind (its files are read when it is made), any other
+ * made and dropped (no file, no model: at once) */
+static enum status spec_check_one(const char *spec)
+{
+    static const char *const model_kinds[] = {"aesthetic:", "clip:", "hpsv2:", "pickscore:", "classify:"};
+    for (size_t i = 0; i < sizeof model_kinds / sizeof model_kinds[0]; i++)
+        if (!strncmp(spec, model_kinds[i], strlen(model_kinds[i]))) return STATUS_OK;
+    struct draft_reward *r = draft_reward_create(spec);
+    draft_reward_free(r);
+    return r ? STATUS_OK : tensor_status();
+}
+
+enum status draft_reward_spec_check(const char *spec)
+{
+    if (!spec || strncmp(spec, "sum:", 4)) {
+        if (!spec || !*spec) return tensor_fail(STATUS_VALUE, "reward spec is empty; valid specs:\n%s", reward_specs);
+        return spec_check_one(spec);
+    }
+    char *buf = strdup(spec + 4), *save = NULL;
+    if (!buf) return tensor_fail(STATUS_OOM, "reward spec: out of memory");
+    enum status s = STATUS_OK;
+    for (char *term = strtok_r(buf, ";", &save); term && !s; term = strtok_r(NULL, ";", &save)) {
+        double w;
+        term = sum_term(term, &w);
+        if (!strncmp(term, "sum:", 4)) s = tensor_fail(STATUS_VALUE, "reward spec '%s': a sum inside a sum", spec);
+        else if ((s = spec_check_one(term)))
+            s = tensor_fail(STATUS_VALUE, "reward spec '%s', term '%s': %s", spec, term, tensor_error());
+    }
+    free(buf);
+    return s;   /* an empty sum and too many terms: said when it is made */
+}

@@ -105,6 +105,10 @@ int draft_reward_terms_take(struct draft_reward *r, double *means);
 struct draft_reward *draft_reward_create(const char *spec);
 /* the same with the model weights in dt on dev (analytic rewards ignore both) */
 struct draft_reward *draft_reward_create_on(const char *spec, enum dtype dt, enum device dev);
+/* a spec's form, reading no file and loading no model: an unknown kind, a bad number, a sum inside
+ * a sum; for a tool to say so before it loads what takes long (a model reward's files are read,
+ * and can still fail, when it is made) */
+enum status draft_reward_spec_check(const char *spec);
 /* the valid spec forms, one per line (for --help texts and error messages) */
 const char *draft_reward_specs(void);
 

@@ -1230,7 +1230,16 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
     res->clip_diversity_before = res->clip_diversity_after = NAN;
     enum status s = check_config(c);
     if (s) return s;
-    /* the prompt files first: a mistyped one is said before a folder is written or a model loaded */
+    /* the reward specs' form and the prompt files first: a mistyped one is said before a folder is
+     * written or a model loaded */
+    const char *const specs[3] = {c->reward, c->eval_reward, c->diversity_model};
+    const char *const flags[3] = {"--reward", "--eval-reward", "--diversity-model"};
+    for (int i = 0; i < 3; i++) {
+        char spec_buf[2200];
+        if ((i == 0 || specs[i][0]) &&
+            (s = draft_reward_spec_check(draft_reward_spec_for_model(specs[i], c->model, spec_buf, sizeof spec_buf))))
+            return i ? tensor_fail(s, "%s: %s", flags[i], tensor_error()) : s;
+    }
     char **prompts = NULL, **eval_list = NULL;
     int n_prompts = 0, n_eval_list = 0;
     if ((s = draft_prompts_load(c->prompts, &prompts, &n_prompts))) return s;

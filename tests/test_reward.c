@@ -1069,6 +1069,22 @@ START_TEST(test_errors)
         ck_assert_msg(strstr(tensor_error(), cases[i].want), "spec '%s': message '%s' lacks '%s'", cases[i].spec,
                       tensor_error(), cases[i].want);
     }
+    /* draft_reward_spec_check: the form only, no file read; what it refuses, creation refuses too */
+    static const char *const form_ok[] = {"colorfulness", "aesthetic:/nonexistent/clip,/nonexistent/h.pth",
+                                          "sum:red;0.5*clip:/nonexistent,text=a*b;-1*jpeg", "classify:/x,text=a|b"};
+    for (size_t i = 0; i < sizeof form_ok / sizeof *form_ok; i++)
+        ck_assert_msg(draft_reward_spec_check(form_ok[i]) == STATUS_OK, "'%s': %s", form_ok[i], tensor_error());
+    static const struct {
+        const char *spec, *want;
+    } form_bad[] = {{"", "reward spec is empty"}, {"colourfulness", "unknown reward spec 'colourfulness'"},
+                    {"brightness=abc", "'abc' is not a number"}, {"sum:red;sum:jpeg", "a sum inside a sum"},
+                    {"sum:red;2*colourful", "term 'colourful': unknown reward spec"}};
+    for (size_t i = 0; i < sizeof form_bad / sizeof *form_bad; i++) {
+        ck_assert_msg(draft_reward_spec_check(form_bad[i].spec) != STATUS_OK, "'%s' passed", form_bad[i].spec);
+        ck_assert_msg(strstr(tensor_error(), form_bad[i].want), "'%s': '%s' lacks '%s'", form_bad[i].spec, tensor_error(),
+                      form_bad[i].want);
+        ck_assert(draft_reward_create(form_bad[i].spec) == NULL);
+    }
     char hp[512];
     char enc[600];
     if (parity_path("tiny-sd/image_encoder/config.json", enc, sizeof enc)) {

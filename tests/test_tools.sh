@@ -87,6 +87,11 @@ check "draft-convert --lora with a list of scales: exit 2" "[ $rc -eq 2 ] && gre
 check "draft-convert bad --format: exit 2" "[ $rc -eq 2 ] && grep -q 'peft or kohya' '$tmp/o'"
 "$convert" --model /nonexistent --out "$tmp/never" >"$tmp/o" 2>&1; rc=$?
 check "draft-convert missing model: exit 1 and the path, nothing written" "[ $rc -eq 1 ] && grep -q '/nonexistent' '$tmp/o' && [ ! -e '$tmp/never' ]"
+"$run" --model /nonexistent --reward 'sum:red;0.5*colourful' --out "$tmp/np0" >"$tmp/o" 2>&1; rc=$?
+"$run" --model /nonexistent --eval-reward 'brightness=high' --out "$tmp/np0" >"$tmp/o2" 2>&1; rc2=$?
+check "draft-run with a mistyped reward spec: exit 1, the term named, before the model and the run folder" \
+      "[ $rc -eq 1 ] && grep -q \"term 'colourful': unknown reward spec 'colourful'\" '$tmp/o' && [ $rc2 -eq 1 ] && \
+       grep -q \"^draft-run: --eval-reward: reward spec 'brightness=high': 'high' is not a number\" '$tmp/o2' && [ ! -e '$tmp/np0' ]"
 "$run" --model /nonexistent --prompts "$tmp/no_prompts.txt" --out "$tmp/np0" >"$tmp/o" 2>&1; rc=$?
 check "draft-run with a missing --prompts file: exit 1, named, before the model and the run folder" \
       "[ $rc -eq 1 ] && grep -q 'no_prompts.txt: cannot open the prompt file' '$tmp/o' && [ ! -e '$tmp/np0' ]"
@@ -445,7 +450,7 @@ if [ -f "$model/model_index.json" ]; then
                                                              END { print (bad || n != 2) ? "no" : "yes" }' "$tmp/score3.jsonl")
     check "draft-score with a sum reward: each image's terms, their weighted sum the reward" "[ $rc -eq 0 ] && [ '$sum_terms' = yes ]"
     "$sample" --model "$model" --prompt "a cat" --steps 2 --size 64 --reward sharpness --out "$tmp/sr2" >"$tmp/o" 2>&1; rc=$?
-    check "draft-sample bad --reward: exit 1 before sampling" "[ $rc -eq 1 ] && grep -q 'unknown reward spec' '$tmp/o' && [ ! -e '$tmp/sr2/0000.png' ]"
+    check "draft-sample bad --reward: exit 1 before the model and the folder" "[ $rc -eq 1 ] && grep -q 'unknown reward spec' '$tmp/o' && [ ! -e '$tmp/sr2' ]"
     # --negative-prompt: with the prompt itself as the negative, guidance has nothing to steer away
     # from (eps_uncond = eps_cond), so the images are the unguided ones (--guidance 1); with the
     # empty default they are not

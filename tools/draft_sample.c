@@ -435,6 +435,18 @@ int main(int argc, char **argv)
         int p = k / (int)n_per;
         labels[k] = p < n_prompt_args ? prompt_args[p] : file_prompts[p - n_prompt_args];
     }
+    /* the reward specs' form before the folder and the model (a model reward's files are read later) */
+    char rspec_buf[PATH_MAX + 16];   /* "clip", "clip:text=...", "classify:text=...": the model folder's own CLIP, as in draft-run */
+    const char *bad = NULL;
+    if (reward_spec && draft_reward_spec_check(draft_reward_spec_for_model(reward_spec, model, rspec_buf, sizeof rspec_buf)))
+        bad = "";
+    else if (div_spec && draft_reward_spec_check(draft_reward_spec_for_model(div_spec, model, rspec_buf, sizeof rspec_buf)))
+        bad = "--diversity-model: ";
+    if (bad) {
+        fprintf(stderr, "draft-sample: %s%s\n", bad, tensor_error());
+        free(labels);
+        return 1;
+    }
     if (!out[0] || nn_mkdir_p(out)) {   /* with its parents, as draft-run's --out; before any sampling */
         fprintf(stderr, "draft-sample: %s\n", out[0] ? tensor_error() : "--out is empty: give the folder for the images");
         free(labels);
@@ -451,7 +463,6 @@ int main(int argc, char **argv)
     struct job j = {.labels = labels, .total = total, .n_per = (int)n_per, .batch = (int)batch, .seed = seed,
                     .o = {.steps = (int)steps, .guidance = guidance, .eta = eta}, .negative = negative,
                     .reward_spec = reward_spec, .div_spec = div_spec};
-    char rspec_buf[PATH_MAX + 16];   /* "clip", "clip:text=...", "classify:text=...": the model folder's own CLIP, as in draft-run */
     if (!s && reward_spec &&
         !(j.reward = draft_reward_create_on(draft_reward_spec_for_model(reward_spec, model, rspec_buf, sizeof rspec_buf),
                                             sd_pipeline_dtype(&p), p.device)))
