@@ -1240,6 +1240,10 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
             (s = draft_reward_spec_check(draft_reward_spec_for_model(specs[i], c->model, spec_buf, sizeof spec_buf))))
             return i ? tensor_fail(s, "%s: %s", flags[i], tensor_error()) : s;
     }
+    char init_file[1100];   /* a LoRA file, or a run folder's lora.safetensors: there before anything loads */
+    if (c->init_lora[0] && !nn_file_exists(draft_lora_file(c->init_lora, init_file, sizeof init_file)))
+        return tensor_fail(STATUS_IO, "--init-lora: %s is not a file (a LoRA's .safetensors, or a run folder holding "
+                                      "lora.safetensors)", draft_lora_file(c->init_lora, init_file, sizeof init_file));
     char **prompts = NULL, **eval_list = NULL;
     int n_prompts = 0, n_eval_list = 0;
     if ((s = draft_prompts_load(c->prompts, &prompts, &n_prompts))) return s;
@@ -1298,7 +1302,6 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
         r->latent_h = h / f;
         r->latent_w = w / f;
     }
-    char init_file[1100];
     s = c->init_lora[0] ? sd_lora_load(&r->lora, &r->p.unet, draft_lora_file(c->init_lora, init_file, sizeof init_file))
                         : sd_lora_init(&r->lora, &r->p.unet, c->lora_rank, c->lora_alpha, c->lora_targets, DTYPE_F32, c->seed);
     if (s) {

@@ -92,6 +92,9 @@ check "draft-convert missing model: exit 1 and the path, nothing written" "[ $rc
 check "draft-run with a mistyped reward spec: exit 1, the term named, before the model and the run folder" \
       "[ $rc -eq 1 ] && grep -q \"term 'colourful': unknown reward spec 'colourful'\" '$tmp/o' && [ $rc2 -eq 1 ] && \
        grep -q \"^draft-run: --eval-reward: reward spec 'brightness=high': 'high' is not a number\" '$tmp/o2' && [ ! -e '$tmp/np0' ]"
+"$run" --model /nonexistent --init-lora "$tmp/no_lora.safetensors" --out "$tmp/np0" >"$tmp/o" 2>&1; rc=$?
+check "draft-run with a missing --init-lora: exit 1, named, before the model and the run folder" \
+      "[ $rc -eq 1 ] && grep -q -- '--init-lora: .*no_lora.safetensors is not a file' '$tmp/o' && [ ! -e '$tmp/np0' ]"
 "$run" --model /nonexistent --prompts "$tmp/no_prompts.txt" --out "$tmp/np0" >"$tmp/o" 2>&1; rc=$?
 check "draft-run with a missing --prompts file: exit 1, named, before the model and the run folder" \
       "[ $rc -eq 1 ] && grep -q 'no_prompts.txt: cannot open the prompt file' '$tmp/o' && [ ! -e '$tmp/np0' ]"
