@@ -1241,9 +1241,10 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
             return i ? tensor_fail(s, "%s: %s", flags[i], tensor_error()) : s;
     }
     char init_file[1100];   /* a LoRA file, or a run folder's lora.safetensors: there before anything loads */
-    if (c->init_lora[0] && !nn_file_exists(draft_lora_file(c->init_lora, init_file, sizeof init_file)))
+    const char *init_path = c->init_lora[0] ? draft_lora_file(c->init_lora, init_file, sizeof init_file) : NULL;
+    if (init_path && !nn_file_exists(init_path))
         return tensor_fail(STATUS_IO, "--init-lora: %s is not a file (a LoRA's .safetensors, or a run folder holding "
-                                      "lora.safetensors)", draft_lora_file(c->init_lora, init_file, sizeof init_file));
+                                      "lora.safetensors)", init_path);
     char **prompts = NULL, **eval_list = NULL;
     int n_prompts = 0, n_eval_list = 0;
     if ((s = draft_prompts_load(c->prompts, &prompts, &n_prompts))) return s;
@@ -1302,10 +1303,10 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
         r->latent_h = h / f;
         r->latent_w = w / f;
     }
-    s = c->init_lora[0] ? sd_lora_load(&r->lora, &r->p.unet, draft_lora_file(c->init_lora, init_file, sizeof init_file))
-                        : sd_lora_init(&r->lora, &r->p.unet, c->lora_rank, c->lora_alpha, c->lora_targets, DTYPE_F32, c->seed);
+    s = init_path ? sd_lora_load(&r->lora, &r->p.unet, init_path)
+                  : sd_lora_init(&r->lora, &r->p.unet, c->lora_rank, c->lora_alpha, c->lora_targets, DTYPE_F32, c->seed);
     if (s) {
-        if (c->init_lora[0]) tensor_fail(s, "--init-lora: %s", tensor_error());
+        if (init_path) tensor_fail(s, "--init-lora: %s", tensor_error());
         goto done;
     }
     if ((s = sd_lora_attach(&r->lora, &r->p.unet, 1.0))) goto done;

@@ -19,8 +19,9 @@
 #define DRAFT_RUN_H
 
 #include "draft/train.h"
-#include <stdio.h>
 #include "nn/optim.h"
+
+#include <stdio.h>
 
 #ifdef __cplusplus
 extern "C" {
