@@ -21,12 +21,16 @@ static enum status clip_act_parse(struct nn_config *c, enum clip_act *act)
     return STATUS_OK;
 }
 
-static enum status clip_model_type_check(struct nn_config *c, const char *want)
+/* model_type "clip_<tower>_model", or OWL-ViT's "owlvit_<tower>_model" (*owlvit: which) */
+static enum status clip_model_type_check(struct nn_config *c, const char *tower, bool *owlvit)
 {
-    char buf[64];
+    char buf[64], want[64], owl[64];
+    snprintf(want, sizeof want, "clip_%s_model", tower);
+    snprintf(owl, sizeof owl, "owlvit_%s_model", tower);
     const char *s = nn_config_string(c, "model_type", want, buf, sizeof buf);
-    if (s && strcmp(s, want))
-        return tensor_fail(STATUS_FORMAT, "%s: model_type '%s' is not '%s'", c->path, s, want);
+    *owlvit = s && !strcmp(s, owl);
+    if (s && strcmp(s, want) && !*owlvit)
+        return tensor_fail(STATUS_FORMAT, "%s: model_type '%s' is not '%s' (or '%s')", c->path, s, want, owl);
     return STATUS_OK;
 }
 
@@ -41,14 +45,15 @@ static const char *const clip_ignored_keys[] = {
 enum status clip_text_config_read(struct clip_text_config *cfg, struct nn_config *c)
 {
     memset(cfg, 0, sizeof *cfg);
-    enum status s = clip_model_type_check(c, "clip_text_model");
+    bool owlvit;   /* the same tower; OwlViTTextConfig's defaults differ only in max_position_embeddings (16) */
+    enum status s = clip_model_type_check(c, "text", &owlvit);
     if (s) return s;
     cfg->vocab_size = nn_config_int(c, "vocab_size", 49408);
     cfg->hidden_size = nn_config_int(c, "hidden_size", 512);
     cfg->intermediate_size = nn_config_int(c, "intermediate_size", 2048);
     cfg->num_hidden_layers = (int)nn_config_int(c, "num_hidden_layers", 12);
     cfg->num_attention_heads = (int)nn_config_int(c, "num_attention_heads", 8);
-    cfg->max_position_embeddings = nn_config_int(c, "max_position_embeddings", 77);
+    cfg->max_position_embeddings = nn_config_int(c, "max_position_embeddings", owlvit ? 16 : 77);
     cfg->layer_norm_eps = nn_config_double(c, "layer_norm_eps", 1e-5);
     cfg->eos_token_id = nn_config_int(c, "eos_token_id", 2);
     if ((s = clip_act_parse(c, &cfg->hidden_act))) return s;
@@ -69,14 +74,14 @@ enum status clip_text_config_read(struct clip_text_config *cfg, struct nn_config
 enum status clip_vision_config_read(struct clip_vision_config *cfg, struct nn_config *c)
 {
     memset(cfg, 0, sizeof *cfg);
-    enum status s = clip_model_type_check(c, "clip_vision_model");
+    enum status s = clip_model_type_check(c, "vision", &cfg->owlvit);
     if (s) return s;
     cfg->hidden_size = nn_config_int(c, "hidden_size", 768);
     cfg->intermediate_size = nn_config_int(c, "intermediate_size", 3072);
     cfg->num_hidden_layers = (int)nn_config_int(c, "num_hidden_layers", 12);
     cfg->num_attention_heads = (int)nn_config_int(c, "num_attention_heads", 12);
     cfg->num_channels = nn_config_int(c, "num_channels", 3);
-    cfg->image_size = nn_config_int(c, "image_size", 224);
+    cfg->image_size = nn_config_int(c, "image_size", cfg->owlvit ? 768 : 224);
     cfg->patch_size = nn_config_int(c, "patch_size", 32);
     cfg->projection_dim = nn_config_int(c, "projection_dim", 512);
     cfg->layer_norm_eps = nn_config_double(c, "layer_norm_eps", 1e-5);
@@ -314,7 +319,8 @@ enum status clip_vision_init(struct clip_vision_model *m, const struct clip_visi
     if ((s = nn_embedding_init(&m->position_embedding, ps, nn_name(p, sizeof p, base, "embeddings.position_embedding"),
                                grid * grid + 1, D)))
         return s;
-    if ((s = nn_layer_norm_init(&m->pre_layrnorm, ps, nn_name(p, sizeof p, base, "pre_layrnorm"), D, cfg->layer_norm_eps)))
+    if ((s = nn_layer_norm_init(&m->pre_layrnorm, ps, nn_name(p, sizeof p, base, cfg->owlvit ? "pre_layernorm" : "pre_layrnorm"),
+                                D, cfg->layer_norm_eps)))
         return s;
     if ((s = clip_encoder_init(&m->encoder, ps, base, cfg->num_hidden_layers, cfg->num_attention_heads, D,
                                cfg->intermediate_size, cfg->layer_norm_eps, cfg->hidden_act)))
@@ -328,14 +334,14 @@ enum status clip_vision_init(struct clip_vision_model *m, const struct clip_visi
 
 void clip_vision_free(struct clip_vision_model *m) { clip_encoder_free(&m->encoder); }
 
-struct tensor *clip_vision_forward(const struct clip_vision_model *m, struct tensor *pixel_values)
+struct tensor *clip_vision_hidden(const struct clip_vision_model *m, struct tensor *pixel_values)
 {
     if (!pixel_values) return NULL;
     const struct clip_vision_config *cfg = &m->cfg;
     char a[128];
     if (pixel_values->ndim != 4 || pixel_values->shape[0] < 1 || pixel_values->shape[1] != cfg->num_channels ||
         pixel_values->shape[2] != cfg->image_size || pixel_values->shape[3] != cfg->image_size) {
-        tensor_fail(STATUS_SHAPE, "clip_vision_forward: pixel_values must be [B, %lld, %lld, %lld], got %s",
+        tensor_fail(STATUS_SHAPE, "clip vision tower: pixel_values must be [B, %lld, %lld, %lld], got %s",
                     (long long)cfg->num_channels, (long long)cfg->image_size, (long long)cfg->image_size,
                     tensor_shape_str(pixel_values, a, sizeof a));
         return NULL;
@@ -353,9 +359,15 @@ struct tensor *clip_vision_forward(const struct clip_vision_model *m, struct ten
     struct tensor *pe = m->position_embedding.weight;
     x = ag_add(x, x && pe->dtype != x->dtype && nn_compute_dtype(pe->dtype) == x->dtype ? ag_to_dtype(pe, x->dtype) : pe);
     x = nn_layer_norm_forward(&m->pre_layrnorm, x);
-    x = clip_encoder_forward(&m->encoder, x, false);
+    return tensor_scope_return(clip_encoder_forward(&m->encoder, x, false));
+}
+
+struct tensor *clip_vision_forward(const struct clip_vision_model *m, struct tensor *pixel_values)
+{
+    tensor_scope_begin();
+    struct tensor *x = clip_vision_hidden(m, pixel_values);
     /* pooled = post_layernorm(class token) -> projection */
-    struct tensor *pooled = ag_reshape(ag_narrow(x, 1, 0, 1), TENSOR_SHAPE(B, D));
+    struct tensor *pooled = x ? ag_reshape(ag_narrow(x, 1, 0, 1), TENSOR_SHAPE(x->shape[0], m->cfg.hidden_size)) : NULL;
     pooled = nn_layer_norm_forward(&m->post_layernorm, pooled);
     return tensor_scope_return(nn_linear_forward(&m->visual_projection, pooled));
 }
@@ -371,14 +383,20 @@ static bool clip_is_position_ids(const char *name)
 
 enum status clip_params_load(struct nn_params *ps, const struct nn_weights *w, const char *key_prefix)
 {
+    return clip_params_load_except(ps, w, key_prefix, NULL);
+}
+
+enum status clip_params_load_except(struct nn_params *ps, const struct nn_weights *w, const char *key_prefix,
+                                    const char *skip_prefix)
+{
     const char *kp = key_prefix ? key_prefix : "";
-    const size_t kl = strlen(kp);
+    const size_t kl = strlen(kp), sl = skip_prefix ? strlen(skip_prefix) : 0;
     const char *path = nn_weights_path(w);
     char name[512];
     for (int i = 0; i < nn_weights_count(w); i++) {
         const char *nm = nn_weights_name(w, i);
         if (strncmp(nm, kp, kl)) continue;
-        if (nn_param_find(ps, nm + kl)) continue;
+        if (nn_param_find(ps, nm + kl) || (sl && !strncmp(nm, skip_prefix, sl))) continue;
         if (!clip_is_position_ids(nm))
             return tensor_fail(STATUS_FORMAT, "%s: unexpected tensor '%s' (not a parameter of this model)", path, nm);
         /* the forward uses positions 0, 1, 2, ...; a file whose buffer says otherwise is not

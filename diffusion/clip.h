@@ -46,10 +46,13 @@ struct clip_vision_config {
     int64_t projection_dim;      /* 512 */
     double layer_norm_eps;       /* 1e-5 */
     enum clip_act hidden_act;    /* quick_gelu */
+    bool owlvit;                 /* OWL-ViT's tower (model_type owlvit_vision_model): its pre-LN is
+                                    spelt "pre_layernorm" */
 };
 
-/* Read a config.json (a CLIPTextConfig / CLIPVisionConfig; keys the model does not use, such
- * as dropout rates and token ids, are accepted; unknown keys are errors). */
+/* Read a config.json (a CLIPTextConfig / CLIPVisionConfig, or OWL-ViT's OwlViTTextConfig /
+ * OwlViTVisionConfig: the same towers; keys the model does not use, such as dropout rates and
+ * token ids, are accepted; unknown keys are errors). */
 enum status clip_text_config_load(struct clip_text_config *cfg, const char *path);
 enum status clip_vision_config_load(struct clip_vision_config *cfg, const char *path);
 /* the same from a parsed config: reads, declares the ignored keys and finishes it (the caller frees it) */
@@ -81,7 +84,7 @@ struct clip_vision_model {
     struct tensor *class_embedding;   /* [hidden] */
     struct nn_conv2d patch_embedding;   /* [hidden, C, p, p], stride p, no bias */
     struct nn_embedding position_embedding;   /* [(image/patch)^2 + 1, hidden] */
-    struct nn_layer_norm pre_layrnorm, post_layernorm;
+    struct nn_layer_norm pre_layrnorm, post_layernorm;   /* pre_layernorm for OWL-ViT (cfg.owlvit) */
     struct clip_encoder encoder;
     struct nn_linear visual_projection;   /* [projection_dim, hidden], no bias */
 };
@@ -105,6 +108,9 @@ void clip_vision_free(struct clip_vision_model *m);
 /* pixel_values [B, C, image_size, image_size] (CLIP-normalised) -> image_embeds [B, projection_dim]
  * (not normalised: the aesthetic reward divides by the L2 norm itself) */
 struct tensor *clip_vision_forward(const struct clip_vision_model *m, struct tensor *pixel_values);
+/* the same tower's last_hidden_state [B, (image/patch)^2 + 1, hidden]: the class token first, then
+ * the patches row by row; before post_layernorm (OWL-ViT's detection heads read every token) */
+struct tensor *clip_vision_hidden(const struct clip_vision_model *m, struct tensor *pixel_values);
 
 /* Load a transformers CLIP file (safetensors, or a torch.save .bin: nn/weights.h). Besides the
  * parameters, the file may hold the `*.embeddings.position_ids` buffers older transformers saved;
@@ -113,6 +119,10 @@ struct tensor *clip_vision_forward(const struct clip_vision_model *m, struct ten
  * checkpoint) are ignored. */
 struct nn_weights;
 enum status clip_params_load(struct nn_params *ps, const struct nn_weights *w, const char *key_prefix);
+/* the same, ignoring the file's tensors whose names start with skip_prefix (OWL-ViT's box head,
+ * which its detection score does not read) */
+enum status clip_params_load_except(struct nn_params *ps, const struct nn_weights *w, const char *key_prefix,
+                                    const char *skip_prefix);
 
 /* OpenCLIP state dicts (open_clip's CLIP class: HPSv2's HPS_v2_compressed.pt, LAION's
  * open_clip_pytorch_model.bin or .safetensors). The text tower sits at the top level

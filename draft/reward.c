@@ -1,5 +1,6 @@
 /* reward.c — DRaFT's differentiable rewards (see reward.h for the specs and conventions). */
 #include "draft/reward.h"
+#include "diffusion/owlvit.h"
 #include "nn/file.h"
 #include "nn/weights.h"
 
@@ -18,6 +19,7 @@ static const char reward_specs[] =
     "  hpsv2:<HPS_v2_compressed.pt>,<tokenizer_dir>[,text=<target text>]\n"
     "  pickscore:<PickScore_v1 dir>[,text=<target text>]\n"
     "  classify:<clip_model_dir>,text=<target>|<other>|...   (log p(target) of CLIP's zero-shot classifier)\n"
+    "  detect:<owlvit_dir>[,text=<object>]   (OWL-ViT's best box score for the object, or for the prompt)\n"
     "  sum:[<w>*]<spec>;[<w>*]<spec>;...   (a weighted sum of the others; w defaults to 1)\n"
     "  colorfulness\n"
     "  brightness=<target in [0,1]>\n"
@@ -263,13 +265,14 @@ static struct tensor *side_matrix(int64_t in, int64_t scaled, int64_t size, enum
 static const double clip_mean[3] = {0.48145466, 0.4578275, 0.40821073};
 static const double clip_std[3] = {0.26862954, 0.26130258, 0.27577711};
 
-struct tensor *draft_clip_preprocess(struct tensor *images, int64_t size)
+/* stretch: both sides resized to size (OWL-ViT's processor), else CLIP's shortest side and crop */
+static struct tensor *preprocess(const char *what, struct tensor *images, int64_t size, bool stretch)
 {
     if (!images) return NULL;
     char a[128];
     if (images->ndim != 4 || images->shape[1] != 3 || images->shape[0] < 1 || !dtype_is_float(images->dtype) ||
         size <= 0) {
-        tensor_fail(STATUS_SHAPE, "draft_clip_preprocess: images must be float [B, 3, H, W] and size > 0, got %s %s, size %lld",
+        tensor_fail(STATUS_SHAPE, "%s: images must be float [B, 3, H, W] and size > 0, got %s %s, size %lld", what,
                     dtype_name(images->dtype), tensor_shape_str(images, a, sizeof a), (long long)size);
         return NULL;
     }
@@ -281,14 +284,24 @@ struct tensor *draft_clip_preprocess(struct tensor *images, int64_t size)
     if (H != size || W != size) {
         /* Resize(size): the shortest side becomes size, the other int(size * long / short); then CenterCrop */
         int64_t nh = H <= W ? size : size * H / W, nw = H <= W ? size * W / H : size;
-        if (nh < size) nh = size;
-        if (nw < size) nw = size;
+        if (nh < size || stretch) nh = size;
+        if (nw < size || stretch) nw = size;
         struct tensor *mv = side_matrix(H, nh, size, dt, dev), *mh = side_matrix(W, nw, size, dt, dev);
         x = ag_matmul(ag_matmul(mv, x), mh ? tensor_transpose(mh, 0, 1) : NULL);
     }
     const int64_t cs[4] = {1, 3, 1, 1};
     struct tensor *mean = const_tensor(clip_mean, 4, cs, dt, dev), *std = const_tensor(clip_std, 4, cs, dt, dev);
     return tensor_scope_return(ag_div(ag_sub(x, mean), std));
+}
+
+struct tensor *draft_clip_preprocess(struct tensor *images, int64_t size)
+{
+    return preprocess("draft_clip_preprocess", images, size, false);
+}
+
+struct tensor *draft_owlvit_preprocess(struct tensor *images, int64_t size)
+{
+    return preprocess("draft_owlvit_preprocess", images, size, true);
 }
 
 /* ---------------------------------------------------------------- config and weights loading */
@@ -922,6 +935,148 @@ struct draft_reward *draft_reward_openclip_create(const char *path, const char *
 /* ---------------------------------------------------------------- interface */
 
 /* images a reward reads: float [B, 3, H, W], none of the sizes 0; a message for reward r otherwise */
+/* ---------------------------------------------------------------- OWL-ViT detection reward */
+
+struct detect_ctx {
+    struct nn_params ps;
+    struct owlvit_model m;
+    struct clip_tokenizer *tok;
+    struct tensor *target;   /* [1, E] the object's query embedding, owned; NULL: each image's prompt */
+};
+
+/* query embeddings [n, E] of n texts, without a graph (the score is differentiated w.r.t. the images) */
+static struct tensor *detect_queries(const struct detect_ctx *c, int n, const char *const *texts)
+{
+    const int L = (int)c->m.text_model.cfg.max_position_embeddings;
+    int32_t *ids = malloc(sizeof *ids * (size_t)n * (size_t)L);
+    if (!ids) {
+        tensor_fail(STATUS_OOM, "reward detect: out of memory");
+        return NULL;
+    }
+    enum status s = STATUS_OK;
+    for (int i = 0; !s && i < n; i++) {
+        if (!texts[i]) s = tensor_fail(STATUS_VALUE, "reward detect: prompt %d is NULL", i);
+        else s = owlvit_tokenize(c->tok, texts[i], ids + (size_t)i * (size_t)L, L);
+    }
+    if (s) {
+        free(ids);
+        return NULL;
+    }
+    tensor_scope_begin();
+    ag_no_grad_begin();
+    struct tensor *t = tensor_from_data(DTYPE_I32, 2, (int64_t[]){n, L}, ids);
+    free(ids);
+    const struct tensor *w = c->m.text_model.token_embedding.weight;
+    if (t && tensor_device(w) != DEVICE_CPU) t = tensor_to_device(t, tensor_device(w));
+    struct tensor *e = owlvit_text_embeds(&c->m, t);
+    ag_no_grad_end();
+    return tensor_scope_return(e);
+}
+
+/* max over the patches of sigmoid(logit): the score of the best box for the object, as OWL-ViT's
+ * post-processing reports it (the gradient reaches that box's patch) */
+static struct tensor *detect_score(struct draft_reward *r, struct tensor *images, const char *const *prompts)
+{
+    struct detect_ctx *c = r->ctx;
+    const int64_t B = images->shape[0];
+    if (!c->target && !prompts) {
+        tensor_fail(STATUS_VALUE, "reward detect: no prompts given and no object set (spec text=...)");
+        return NULL;
+    }
+    tensor_scope_begin();
+    const struct clip_vision_model *vm = &c->m.vision_model;
+    const struct tensor *vw = vm->class_embedding;
+    struct tensor *px = cast_to(draft_owlvit_preprocess(images, vm->cfg.image_size), vw->dtype, tensor_device(vw));
+    struct tensor *feats = owlvit_image_feats(&c->m, px);   /* [B, P, D] */
+    struct tensor *q = c->target ? c->target : detect_queries(c, (int)B, prompts);
+    q = cast_to(q, vw->dtype, tensor_device(vw));
+    if (q && !c->target) q = ag_reshape(q, TENSOR_SHAPE(B, 1, q->shape[1]));   /* each image its own query */
+    struct tensor *logits = owlvit_class_logits(&c->m, feats, q);   /* [B, P, 1] */
+    struct tensor *best = ag_max(ag_sigmoid(logits), 1, false);     /* [B, 1] */
+    struct tensor *score = best ? ag_reshape(best, TENSOR_SHAPE(B)) : NULL;
+    return tensor_scope_return(cast_to(score, images->dtype, tensor_device(images)));
+}
+
+static void detect_free(struct draft_reward *r)
+{
+    struct detect_ctx *c = r->ctx;
+    if (c) {
+        tensor_free(c->target);
+        owlvit_free(&c->m);
+        nn_params_free(&c->ps);
+        clip_tokenizer_free(c->tok);
+        free(c);
+    }
+    free(r);
+}
+
+struct draft_reward *draft_reward_detect_create(const char *owlvit_dir, const char *object, enum dtype dt,
+                                                enum device dev)
+{
+    if (!owlvit_dir || !*owlvit_dir) {
+        tensor_fail(STATUS_VALUE, "reward detect: an OWL-ViT folder is needed");
+        return NULL;
+    }
+    if (object && !*object) {
+        tensor_fail(STATUS_VALUE, "reward detect: text= is empty (leave it out to detect each image's prompt)");
+        return NULL;
+    }
+    /* the top-level model_type first: a CLIP folder given by mistake is named as such */
+    char path[1024], buf[64];
+    snprintf(path, sizeof path, "%s/config.json", owlvit_dir);
+    struct nn_config top;
+    if (!nn_file_exists(path)) {
+        tensor_fail(STATUS_IO, "reward detect: %s has no config.json (expected %s)", owlvit_dir, path);
+        return NULL;
+    }
+    if (nn_config_load(&top, path)) return NULL;
+    const char *mt = nn_config_string(&top, "model_type", "", buf, sizeof buf);
+    const bool owl = mt && !strcmp(mt, "owlvit");
+    if (!owl)
+        tensor_fail(STATUS_FORMAT, "reward detect: %s: model_type '%s' is not 'owlvit' (an OwlViTForObjectDetection "
+                                   "folder, such as google/owlvit-base-patch32, is needed)", path, mt ? mt : "?");
+    nn_config_free(&top);
+    if (!owl) return NULL;
+    struct clip_text_config tc;
+    struct clip_vision_config vc;
+    int64_t proj;
+    bool whole;
+    if (clip_folder_configs(owlvit_dir, &tc, &vc, &proj, &whole)) return NULL;
+    if (!vc.owlvit) {
+        tensor_fail(STATUS_FORMAT, "reward detect: %s/config.json is not an OWL-ViT config (its vision_config's model_type "
+                                   "is not owlvit_vision_model)", owlvit_dir);
+        return NULL;
+    }
+    struct detect_ctx *c = calloc(1, sizeof *c);
+    struct draft_reward *r = c ? reward_new("detect", detect_score, detect_free, c) : NULL;
+    if (!r) {
+        free(c);
+        tensor_fail(STATUS_OOM, "reward detect: out of memory");
+        return NULL;
+    }
+    nn_params_init(&c->ps, dt, dev);
+    enum status s = owlvit_init(&c->m, &tc, &vc, proj, &c->ps);
+    struct nn_weights *w = s ? NULL : clip_folder_weights(owlvit_dir);
+    if (!s && !w) s = tensor_status();
+    if (!s) s = owlvit_params_load(&c->ps, w);
+    nn_weights_close(w);
+    if (!s && !(c->tok = clip_folder_tokenizer(owlvit_dir))) s = tensor_status();
+    if (!s && clip_vocab_size(c->tok) != tc.vocab_size)
+        s = tensor_fail(STATUS_SHAPE, "reward detect: the tokenizer in %s has %d tokens, the text tower %lld", owlvit_dir,
+                        clip_vocab_size(c->tok), (long long)tc.vocab_size);
+    if (!s && object) {
+        tensor_scope_begin();
+        c->target = tensor_keep(detect_queries(c, 1, &object));
+        tensor_scope_end();
+        if (!c->target) s = tensor_status();
+    }
+    if (s) {
+        detect_free(r);
+        return NULL;
+    }
+    return r;
+}
+
 static bool images_ok(const struct draft_reward *r, const struct tensor *images)
 {
     char a[128];
@@ -1247,6 +1402,17 @@ struct draft_reward *draft_reward_create_on(const char *spec, enum dtype dt, enu
         free(dir);
         return r;
     }
+    if (!strncmp(spec, "detect:", 7)) {   /* <owlvit_dir>[,text=<object>] */
+        const char *text;
+        char *dir = spec_args(spec + 7, &text);
+        if (!dir) return NULL;
+        struct draft_reward *r = NULL;
+        if (!*dir || strchr(dir, ','))
+            tensor_fail(STATUS_VALUE, "reward spec '%s': expected detect:<OWL-ViT folder>[,text=<object>]", spec);
+        else r = draft_reward_detect_create(dir, text, dt, dev);
+        free(dir);
+        return r;
+    }
     if (!strncmp(spec, "clip:", 5)) {
         bool logit = false;
         const char *text;
@@ -1282,7 +1448,8 @@ struct draft_reward *draft_reward_create(const char *spec) { return draft_reward
  * made and dropped (no file, no model: at once) */
 static enum status spec_check_one(const char *spec)
 {
-    static const char *const model_kinds[] = {"aesthetic:", "clip:", "hpsv2:", "pickscore:", "classify:"};
+    static const char *const model_kinds[] = {"aesthetic:", "clip:", "hpsv2:", "pickscore:", "classify:",
+                                               "detect:"};
     for (size_t i = 0; i < sizeof model_kinds / sizeof model_kinds[0]; i++)
         if (!strncmp(spec, model_kinds[i], strlen(model_kinds[i]))) return STATUS_OK;
     struct draft_reward *r = draft_reward_create(spec);

@@ -34,6 +34,13 @@
  *       empty target (text=|<other>|...) makes each image's prompt its target class (a listed class
  *       that tokenizes as the prompt is left out of that image's softmax). Adversarial examples
  *       against a classifier, or steering away from what an image should not show.
+ *   detect:<owlvit_dir>[,text=<object>]   OWL-ViT's open-vocabulary detector (a transformers
+ *       OwlViTForObjectDetection folder: config.json, model.safetensors or pytorch_model.bin, and
+ *       vocab.json + merges.txt in it or its tokenizer/): the score of its best box for the object,
+ *       max over the patches of sigmoid(class logit), in [0, 1]; without text= each image's prompt
+ *       is the query. The paper's object-detection reward; with a negative weight in a sum, it
+ *       takes an object out of the images. Images are stretched to the tower's size (768 for
+ *       google/owlvit-base-patch32), as OwlViTImageProcessor does.
  *   sum:[w*]<spec>;[w*]<spec>;...   sum_i w_i r_i(images) (w_i defaults to 1; up to 8 terms, no sum
  *       inside a sum): several rewards at once, e.g. sum:aesthetic:<dir>,<head>;0.5*hpsv2:<file>,<dir>
  *   colorfulness          Hasler–Süsstrunk: sqrt(std_rg² + std_yb²) + 0.3 sqrt(mean_rg² + mean_yb²)
@@ -120,6 +127,9 @@ struct draft_reward *draft_reward_clip_create(const char *clip_dir, const char *
 /* classes: "<target>|<other>|..." as in the classify: spec (an empty target: each image's prompt) */
 struct draft_reward *draft_reward_classify_create(const char *clip_dir, const char *classes, enum dtype dt,
                                                   enum device dev);
+/* object NULL: each image's prompt is the query */
+struct draft_reward *draft_reward_detect_create(const char *owlvit_dir, const char *object, enum dtype dt,
+                                                enum device dev);
 /* an OpenCLIP state dict (diffusion/clip.h): head widths and activation as its model config says
  * (HPSv2, ViT-H-14: text 64, image 80, CLIP_ACT_GELU); the score is the cosine (times
  * exp(logit_scale) with use_logit_scale) towards each prompt or target_text */
@@ -149,6 +159,9 @@ struct tensor *draft_aesthetic_head_forward(const struct draft_aesthetic_head *h
 
 /* images [B, 3, H, W] in [-1, 1] -> CLIP pixel_values [B, 3, size, size] (see above) */
 struct tensor *draft_clip_preprocess(struct tensor *images, int64_t size);
+/* the same for OWL-ViT (OwlViTImageProcessor): both sides resized to size (a non-square image is
+ * stretched, not cropped), then CLIP's mean/std */
+struct tensor *draft_owlvit_preprocess(struct tensor *images, int64_t size);
 /* the PIL-bicubic resize matrix [out, in] (f64, CPU): row i holds the weights of output pixel i */
 struct tensor *draft_pil_bicubic_matrix(int64_t in, int64_t out);
 

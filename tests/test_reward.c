@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "diffusion/owlvit.h"
 #include "draft/reward.h"
 #include "nn/pickle.h"
 #include "tests/torch_save.h"
@@ -1042,6 +1043,263 @@ START_TEST(test_openclip_tiny)
 }
 END_TEST
 
+/* ---------------------------------------------------------------- OWL-ViT detection */
+
+/* OWL-ViT's pixel values of image b: each side resized to S on its own (no crop), CLIP mean/std */
+static void ref_stretch(const struct tensor *img, int64_t b, int64_t S, double *out /* [3][S][S] */)
+{
+    const int64_t H = img->shape[2], W = img->shape[3];
+    static const double mean[3] = {0.48145466, 0.4578275, 0.40821073}, sd[3] = {0.26862954, 0.26130258, 0.27577711};
+    for (int c = 0; c < 3; c++)
+        for (int64_t i = 0; i < S; i++)
+            for (int64_t j = 0; j < S; j++) {
+                double v = 0;
+                for (int64_t y = 0; y < H; y++) {
+                    double wy = ref_pil_weight(H, S, i, y);
+                    if (wy == 0) continue;
+                    for (int64_t x = 0; x < W; x++) v += wy * ref_pil_weight(W, S, j, x) * px(img, b, c, y, x);
+                }
+                out[(c * S + i) * S + j] = (v - mean[c]) / sd[c];
+            }
+}
+
+/* layer norm of n values in place (biased variance, as torch) */
+static void ref_ln(double *x, int64_t n, const struct tensor *w, const struct tensor *bias, double eps)
+{
+    double m = 0, v = 0;
+    for (int64_t i = 0; i < n; i++) m += x[i] / (double)n;
+    for (int64_t i = 0; i < n; i++) v += (x[i] - m) * (x[i] - m) / (double)n;
+    for (int64_t i = 0; i < n; i++)
+        x[i] = (x[i] - m) / sqrt(v + eps) * tensor_get_flat(w, i) + tensor_get_flat(bias, i);
+}
+
+/* y = W x + b for W [out, in] */
+static void ref_affine(const struct tensor *W, const struct tensor *bias, const double *x, double *y)
+{
+    const int64_t o = W->shape[0], n = W->shape[1];
+    for (int64_t r = 0; r < o; r++) {
+        y[r] = bias ? tensor_get_flat(bias, r) : 0;
+        for (int64_t k = 0; k < n; k++) y[r] += tensor_get(W, (int64_t[]){r, k}) * x[k];
+    }
+}
+
+struct owl_head {   /* the parameters an OWL-ViT folder adds to the tiny towers (f64) */
+    struct tensor *tproj, *ln_w, *ln_b, *d0_w, *d0_b, *sh_w, *sh_b, *sc_w, *sc_b;
+};
+
+/* OwlViTProcessor's ids, written again: bos, at most 14 ids, eos, 0s up to 16 */
+static void ref_owl_ids(const struct clip_tokenizer *tok, const char *text, int32_t ids[16])
+{
+    int32_t all[256];
+    int n = clip_tokenize(tok, text, all, 256);
+    ck_assert(n >= 0 && n <= 256);
+    if (n > 14) n = 14;
+    ids[0] = 49406;
+    for (int i = 0; i < n; i++) ids[1 + i] = all[i];
+    ids[1 + n] = 49407;
+    for (int i = 2 + n; i < 16; i++) ids[i] = 0;
+}
+
+/* the detection score of image b for `text`, in f64: the towers' outputs (checked against
+ * transformers in test_clip) and the heads written out as modeling_owlvit.py has them */
+static double ref_detect(struct tiny *t, const struct owl_head *h, const struct clip_tokenizer *tok,
+                         const struct tensor *img, int64_t b, const char *text)
+{
+    const int64_t S = t->vm.cfg.image_size, D = 32, E = 32;
+    tensor_scope_begin();
+    /* the query: pooled at the eos, projected, normalised */
+    int32_t ids[16];
+    ref_owl_ids(tok, text, ids);
+    ag_no_grad_begin();
+    struct tensor *th = clip_text_forward(&t->tm, tensor_from_data(DTYPE_I32, 2, (int64_t[]){1, 16}, ids));
+    double *pix = malloc(sizeof(double) * (size_t)(3 * S * S));
+    ref_stretch(img, b, S, pix);
+    struct tensor *vh = clip_vision_hidden(&t->vm, tensor_from_data(DTYPE_F64, 4, (int64_t[]){1, 3, S, S}, pix));
+    free(pix);
+    ag_no_grad_end();
+    ck_assert_msg(th && vh, "%s", tensor_error());
+    int at = 0;
+    while (ids[at] != 49407) at++;
+    double pooled[32], q[32], qn = 0;
+    for (int64_t d = 0; d < D; d++) pooled[d] = tensor_get(th, (int64_t[]){0, at, d});
+    ref_affine(h->tproj, NULL, pooled, q);
+    for (int64_t e = 0; e < E; e++) qn += q[e] * q[e];
+    qn = sqrt(qn);
+    double q2n = 0;
+    for (int64_t e = 0; e < E; e++) q2n += (q[e] / qn) * (q[e] / qn);
+    for (int64_t e = 0; e < E; e++) q[e] = q[e] / qn / (sqrt(q2n) + 1e-6);
+    /* every token through post_layernorm; patch times class token; layer_norm; the class head */
+    const int64_t T = vh->shape[1];
+    double cls[32], best = -1;
+    for (int64_t d = 0; d < D; d++) cls[d] = tensor_get(vh, (int64_t[]){0, 0, d});
+    ref_ln(cls, D, t->vm.post_layernorm.weight, t->vm.post_layernorm.bias, 1e-5);
+    for (int64_t p = 1; p < T; p++) {
+        double x[32], c[32], sh, sc, cn = 0, dot = 0;
+        for (int64_t d = 0; d < D; d++) x[d] = tensor_get(vh, (int64_t[]){0, p, d});
+        ref_ln(x, D, t->vm.post_layernorm.weight, t->vm.post_layernorm.bias, 1e-5);
+        for (int64_t d = 0; d < D; d++) x[d] *= cls[d];
+        ref_ln(x, D, h->ln_w, h->ln_b, 1e-5);
+        ref_affine(h->d0_w, h->d0_b, x, c);
+        ref_affine(h->sh_w, h->sh_b, x, &sh);
+        ref_affine(h->sc_w, h->sc_b, x, &sc);
+        for (int64_t e = 0; e < E; e++) cn += c[e] * c[e];
+        for (int64_t e = 0; e < E; e++) dot += c[e] / (sqrt(cn) + 1e-6) * q[e];
+        const double logit = (dot + sh) * ((sc > 0 ? sc : expm1(sc)) + 1);
+        best = fmax(best, 1 / (1 + exp(-logit)));
+    }
+    tensor_scope_end();
+    return best;
+}
+
+/* an OwlViTForObjectDetection folder around the tiny towers: the text tower's positions cut to
+ * OWL-ViT's 16, CLIP's "pre_layrnorm" spelt "pre_layernorm", random heads, a box head to skip */
+static void write_owlvit(struct tiny *t, const char *dir, struct owl_head *h, bool extra)
+{
+    char path[900];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    FILE *f = fopen(path, "w");
+    ck_assert(f);
+    fprintf(f, "{\"architectures\": [\"OwlViTForObjectDetection\"], \"model_type\": \"owlvit\", \"projection_dim\": 32, "
+               "\"logit_scale_init_value\": 2.6592, \"return_dict\": true,\n"
+               " \"text_config\": {\"model_type\": \"owlvit_text_model\", \"vocab_size\": 49408, \"hidden_size\": 32, "
+               "\"intermediate_size\": 128, \"num_hidden_layers\": 2, \"num_attention_heads\": 4, "
+               "\"max_position_embeddings\": 16, \"hidden_act\": \"quick_gelu\", \"layer_norm_eps\": 1e-05, "
+               "\"bos_token_id\": 49406, \"eos_token_id\": 49407, \"pad_token_id\": 0},\n"
+               " \"vision_config\": {\"model_type\": \"owlvit_vision_model\", \"image_size\": 32, \"patch_size\": 8, "
+               "\"hidden_size\": 32, \"intermediate_size\": 128, \"num_hidden_layers\": 2, \"num_attention_heads\": 4, "
+               "\"hidden_act\": \"quick_gelu\", \"layer_norm_eps\": 1e-05, \"num_channels\": 3}}\n");
+    fclose(f);
+    struct nn_params o;
+    nn_params_init(&o, DTYPE_F64, DEVICE_CPU);
+    char name[300];
+    for (int i = 0; i < t->ps.n; i++) {
+        const char *nm = t->ps.v[i].name;
+        struct tensor *v = t->ps.v[i].t;
+        if (!strcmp(nm, "visual_projection.weight")) continue;   /* CLIP's is 16 wide; OWL-ViT's below */
+        if (!strncmp(nm, "text_model.embeddings.position_embedding", 40)) v = tensor_narrow(v, 0, 0, 16);
+        const char *ln = strstr(nm, "pre_layrnorm");
+        if (ln) snprintf(name, sizeof name, "owlvit.%.*spre_layernorm%s", (int)(ln - nm), nm, ln + 12);
+        else snprintf(name, sizeof name, "owlvit.%s", nm);
+        struct tensor *dst = nn_param_new(&o, "", name, v->ndim, v->shape);
+        ck_assert(dst && !tensor_copy_(dst, v));
+    }
+    static const struct {
+        const char *name;
+        int64_t rows, cols;
+        double lo, hi;
+    } add[] = {{"owlvit.text_projection.weight", 32, 32, -0.3, 0.3},
+               {"owlvit.visual_projection.weight", 32, 32, -0.3, 0.3},
+               {"layer_norm.weight", 32, 0, 0.6, 1.4}, {"layer_norm.bias", 32, 0, -0.2, 0.2},
+               {"class_head.dense0.weight", 32, 32, -0.3, 0.3}, {"class_head.dense0.bias", 32, 0, -0.2, 0.2},
+               {"class_head.logit_shift.weight", 1, 32, -0.05, 0.05}, {"class_head.logit_shift.bias", 1, 0, -0.8, -0.4},
+               {"class_head.logit_scale.weight", 1, 32, -0.15, 0.15}, {"class_head.logit_scale.bias", 1, 0, 0.2, 0.6},
+               {"box_head.dense0.weight", 32, 32, -1, 1}, {"box_head.dense2.bias", 4, 0, -1, 1}};
+    struct tensor **slot[] = {&h->tproj, NULL, &h->ln_w, &h->ln_b, &h->d0_w, &h->d0_b,
+                              &h->sh_w, &h->sh_b, &h->sc_w, &h->sc_b, NULL, NULL};
+    for (size_t i = 0; i < sizeof add / sizeof *add; i++) {
+        const int nd = add[i].cols ? 2 : 1;
+        struct tensor *v = test_uniform(DTYPE_F64, nd, (int64_t[]){add[i].rows, add[i].cols}, add[i].lo, add[i].hi);
+        struct tensor *dst = nn_param_new(&o, "", add[i].name, nd, v->shape);
+        ck_assert(dst && !tensor_copy_(dst, v));
+        if (slot[i]) *slot[i] = v;
+    }
+    struct tensor *ls = nn_param_new(&o, "", "owlvit.logit_scale", 0, NULL);
+    ck_assert(ls && !tensor_fill_(ls, 2.6592));
+    if (extra) ck_assert(nn_param_new(&o, "", "class_head.bogus", 1, (int64_t[]){3}));
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    ck_assert_int_eq(nn_params_save(&o, path), STATUS_OK);
+    nn_params_free(&o);
+}
+
+START_TEST(test_owlvit_tiny)
+{
+    LEAK_CHECK_BEGIN();
+    tensor_scope_begin();
+    struct tiny t;
+    if (!tiny_load(&t)) {
+        tensor_scope_end();
+        return;
+    }
+    char dir[] = "/tmp/test_reward_owl_XXXXXX", path[900], tokdir[PATH_MAX], spec[1200];
+    ck_assert(mkdtemp(dir));
+    struct owl_head h;
+    write_owlvit(&t, dir, &h, false);
+    snprintf(path, sizeof path, "%s/tokenizer", t.dir);
+    ck_assert_msg(realpath(path, tokdir), "%s: %s", path, strerror(errno));
+    snprintf(path, sizeof path, "%s/tokenizer", dir);
+    ck_assert(symlink(tokdir, path) == 0);
+    snprintf(path, sizeof path, "%s/tokenizer/vocab.json", t.dir);
+    char mp[700];
+    snprintf(mp, sizeof mp, "%s/tokenizer/merges.txt", t.dir);
+    struct clip_tokenizer *tok = clip_tokenizer_load(path, mp);
+    ck_assert_msg(tok, "%s", tensor_error());
+
+    snprintf(spec, sizeof spec, "detect:%s,text=a red square, small", dir);
+    struct draft_reward *ro = draft_reward_create_on(spec, DTYPE_F64, DEVICE_CPU), *ro32 = draft_reward_create(spec);
+    snprintf(spec, sizeof spec, "detect:%s", dir);
+    struct draft_reward *rp = draft_reward_create_on(spec, DTYPE_F64, DEVICE_CPU);
+    ck_assert_msg(ro && ro32 && rp, "%s", tensor_error());
+    ck_assert_str_eq(ro->name, "detect");
+    /* 40 x 24: the height shrinks, the width grows, each on its own; the second prompt is cut at 14 ids */
+    const char *prompts[2] = {"a photo of a cat",
+                              "a very long prompt that goes on and on past the sixteen tokens OWL-ViT reads"};
+    struct tensor *img = test_uniform(DTYPE_F64, 4, (int64_t[]){2, 3, 40, 24}, -1.05, 1.05);
+    struct tensor *so = draft_reward_score(ro, img, NULL), *sp = draft_reward_score(rp, img, prompts);
+    struct tensor *s32 = draft_reward_score(ro32, tensor_to_dtype(img, DTYPE_F32), NULL);
+    ck_assert_msg(so && sp && s32, "%s", tensor_error());
+    ck_assert(so->ndim == 1 && so->shape[0] == 2 && s32->dtype == DTYPE_F32);
+    double err = 0, err32 = 0;
+    for (int64_t b = 0; b < 2; b++) {
+        const double refo = ref_detect(&t, &h, tok, img, b, "a red square, small");
+        const double refp = ref_detect(&t, &h, tok, img, b, prompts[b]);
+        printf("detect tiny image %lld: object %.10f (ref %.10f, f32 %.7f), prompt %.10f (ref %.10f)\n", (long long)b,
+               tensor_get_flat(so, b), refo, tensor_get_flat(s32, b), tensor_get_flat(sp, b), refp);
+        err = fmax(err, fmax(fabs(tensor_get_flat(so, b) - refo), fabs(tensor_get_flat(sp, b) - refp)));
+        err32 = fmax(err32, fabs(tensor_get_flat(s32, b) - refo));
+        ck_assert(refo > 0.02 && refo < 0.98 && refp > 0.02 && refp < 0.98);   /* away from saturation */
+    }
+    printf("detect tiny vs float64 re-computation: f64 max abs %.2e, f32 %.2e\n", err, err32);
+    ck_assert_double_lt(err, 1e-12);
+    ck_assert_double_lt(err32, 1e-5);
+    ck_assert(draft_reward_score(rp, img, NULL) == NULL && strstr(tensor_error(), "no prompts"));
+    ck_assert(!draft_reward_has_image_tower(ro));
+
+    struct pixel_ctx pc = {.r = rp, .prompts = prompts};
+    struct tensor *p = pixel_setup(&pc, tensor_clone(img), 8);
+    ck_assert(gradcheck("detect tiny d score / d pixels", pixel_fn, &pc, 1, &p,
+                        &(struct gc_opts){.tol = 1e-6, .f32_tol = -1}));
+    draft_reward_free(ro);
+    draft_reward_free(ro32);
+    draft_reward_free(rp);
+
+    /* refused: a CLIP folder, a tensor the model does not have, an empty object, a second argument */
+    snprintf(spec, sizeof spec, "detect:%s", t.dir);
+    char enc[700];
+    snprintf(enc, sizeof enc, "detect:%s/image_encoder", t.dir);
+    write_owlvit(&t, dir, &h, true);
+    struct {
+        const char *spec, *want;
+    } bad[] = {{enc, "model_type 'clip_vision_model' is not 'owlvit'"}, {NULL, "unexpected tensor 'class_head.bogus'"},
+               {"detect:", "expected detect:<OWL-ViT folder>"}, {"detect:/x,/y", "expected detect:<OWL-ViT folder>"},
+               {"detect:/x,text=", "text= is empty"}};
+    char sbad[1200];
+    snprintf(sbad, sizeof sbad, "detect:%s,text=a cat", dir);
+    bad[1].spec = sbad;
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        ck_assert_msg(draft_reward_create(bad[i].spec) == NULL, "'%s' accepted", bad[i].spec);
+        printf("spec '%s' -> %s\n", bad[i].spec, tensor_error());
+        ck_assert_msg(strstr(tensor_error(), bad[i].want), "'%s': '%s' lacks '%s'", bad[i].spec, tensor_error(),
+                      bad[i].want);
+    }
+    clip_tokenizer_free(tok);
+    snprintf(path, sizeof path, "rm -rf '%s'", dir);
+    ck_assert(system(path) == 0);
+    tiny_free(&t);
+    tensor_scope_end();
+    LEAK_CHECK_END();
+}
+END_TEST
+
 /* ---------------------------------------------------------------- errors */
 
 START_TEST(test_errors)
@@ -1127,6 +1385,7 @@ int main(void)
     tcase_add_test(tc, test_aesthetic_tiny);
     tcase_add_test(tc, test_clip_tiny);
     tcase_add_test(tc, test_openclip_tiny);
+    tcase_add_test(tc, test_owlvit_tiny);
     suite_add_tcase(s, tc);
     return test_run_suite(s);
 }
