@@ -973,6 +973,23 @@ static struct tensor *detect_queries(const struct detect_ctx *c, int n, const ch
     return tensor_scope_return(e);
 }
 
+/* the images as the vision tower takes them, in its dtype and place */
+static struct tensor *detect_pixels(const struct detect_ctx *c, struct tensor *images)
+{
+    const struct clip_vision_model *vm = &c->m.vision_model;
+    const struct tensor *w = vm->class_embedding;
+    return cast_to(draft_owlvit_preprocess(images, vm->cfg.image_size), w->dtype, tensor_device(w));
+}
+
+/* OwlViTModel's image_embeds: the class token through post_layernorm and visual_projection, normalised */
+static struct tensor *detect_embed(struct draft_reward *r, struct tensor *images)
+{
+    const struct detect_ctx *c = r->ctx;
+    tensor_scope_begin();
+    struct tensor *e = clip_vision_forward(&c->m.vision_model, detect_pixels(c, images));
+    return tensor_scope_return(ag_normalize(e, 1, NORM_EPS));
+}
+
 /* max over the patches of sigmoid(logit): the score of the best box for the object, as OWL-ViT's
  * post-processing reports it (the gradient reaches that box's patch) */
 static struct tensor *detect_score(struct draft_reward *r, struct tensor *images, const char *const *prompts)
@@ -984,10 +1001,8 @@ static struct tensor *detect_score(struct draft_reward *r, struct tensor *images
         return NULL;
     }
     tensor_scope_begin();
-    const struct clip_vision_model *vm = &c->m.vision_model;
-    const struct tensor *vw = vm->class_embedding;
-    struct tensor *px = cast_to(draft_owlvit_preprocess(images, vm->cfg.image_size), vw->dtype, tensor_device(vw));
-    struct tensor *feats = owlvit_image_feats(&c->m, px);   /* [B, P, D] */
+    const struct tensor *vw = c->m.vision_model.class_embedding;
+    struct tensor *feats = owlvit_image_feats(&c->m, detect_pixels(c, images));   /* [B, P, D] */
     struct tensor *q = c->target ? c->target : detect_queries(c, (int)B, prompts);
     q = cast_to(q, vw->dtype, tensor_device(vw));
     if (q && !c->target) q = ag_reshape(q, TENSOR_SHAPE(B, 1, q->shape[1]));   /* each image its own query */
@@ -1049,6 +1064,7 @@ struct draft_reward *draft_reward_detect_create(const char *owlvit_dir, const ch
     }
     struct detect_ctx *c = calloc(1, sizeof *c);
     struct draft_reward *r = c ? reward_new("detect", detect_score, detect_free, c) : NULL;
+    if (r) r->embed = detect_embed;
     if (!r) {
         free(c);
         tensor_fail(STATUS_OOM, "reward detect: out of memory");
@@ -1223,8 +1239,8 @@ struct tensor *draft_reward_image_embeds(struct draft_reward *r, struct tensor *
     }
     struct draft_reward *with = embedder(r);
     if (!with) {
-        tensor_fail(STATUS_VALUE, "reward %s has no image tower to embed images with (aesthetic, clip, pickscore and "
-                                  "hpsv2 have one)", r->name);
+        tensor_fail(STATUS_VALUE, "reward %s has no image tower to embed images with (aesthetic, clip, classify, "
+                                  "pickscore, hpsv2 and detect have one)", r->name);
         return NULL;
     }
     if (!images_ok(with, images)) return NULL;

@@ -1084,7 +1084,7 @@ static void ref_affine(const struct tensor *W, const struct tensor *bias, const 
 }
 
 struct owl_head {   /* the parameters an OWL-ViT folder adds to the tiny towers (f64) */
-    struct tensor *tproj, *ln_w, *ln_b, *d0_w, *d0_b, *sh_w, *sh_b, *sc_w, *sc_b;
+    struct tensor *tproj, *vproj, *ln_w, *ln_b, *d0_w, *d0_b, *sh_w, *sh_b, *sc_w, *sc_b;
 };
 
 /* OwlViTProcessor's ids, written again: bos, at most 14 ids, eos, 0s up to 16 */
@@ -1194,7 +1194,7 @@ static void write_owlvit(struct tiny *t, const char *dir, struct owl_head *h, bo
                {"class_head.logit_shift.weight", 1, 32, -0.05, 0.05}, {"class_head.logit_shift.bias", 1, 0, -0.8, -0.4},
                {"class_head.logit_scale.weight", 1, 32, -0.15, 0.15}, {"class_head.logit_scale.bias", 1, 0, 0.2, 0.6},
                {"box_head.dense0.weight", 32, 32, -1, 1}, {"box_head.dense2.bias", 4, 0, -1, 1}};
-    struct tensor **slot[] = {&h->tproj, NULL, &h->ln_w, &h->ln_b, &h->d0_w, &h->d0_b,
+    struct tensor **slot[] = {&h->tproj, &h->vproj, &h->ln_w, &h->ln_b, &h->d0_w, &h->d0_b,
                               &h->sh_w, &h->sh_b, &h->sc_w, &h->sc_b, NULL, NULL};
     for (size_t i = 0; i < sizeof add / sizeof *add; i++) {
         const int nd = add[i].cols ? 2 : 1;
@@ -1262,7 +1262,26 @@ START_TEST(test_owlvit_tiny)
     ck_assert_double_lt(err, 1e-12);
     ck_assert_double_lt(err32, 1e-5);
     ck_assert(draft_reward_score(rp, img, NULL) == NULL && strstr(tensor_error(), "no prompts"));
-    ck_assert(!draft_reward_has_image_tower(ro));
+    /* its image embeddings (--diversity-model): OwlViTModel's image_embeds, the class token through
+     * post_layernorm and visual_projection, normalised */
+    ck_assert(draft_reward_has_image_tower(ro));
+    struct tensor *emb = draft_reward_image_embeds(ro, img);
+    ck_assert_msg(emb && emb->ndim == 2 && emb->shape[0] == 2 && emb->shape[1] == 32, "%s", tensor_error());
+    double eerr = 0;
+    for (int64_t b = 0; b < 2; b++) {
+        double pix[3 * 32 * 32], cls[32], e[32], n = 0;
+        ref_stretch(img, b, 32, pix);
+        ag_no_grad_begin();
+        struct tensor *vh = clip_vision_hidden(&t.vm, tensor_from_data(DTYPE_F64, 4, (int64_t[]){1, 3, 32, 32}, pix));
+        ag_no_grad_end();
+        for (int64_t d = 0; d < 32; d++) cls[d] = tensor_get(vh, (int64_t[]){0, 0, d});
+        ref_ln(cls, 32, t.vm.post_layernorm.weight, t.vm.post_layernorm.bias, 1e-5);
+        ref_affine(h.vproj, NULL, cls, e);
+        for (int64_t k = 0; k < 32; k++) n += e[k] * e[k];
+        for (int64_t k = 0; k < 32; k++) eerr = fmax(eerr, fabs(tensor_get(emb, (int64_t[]){b, k}) - e[k] / sqrt(n)));
+    }
+    printf("detect tiny image embeds vs float64 re-computation: max abs %.2e\n", eerr);
+    ck_assert_double_lt(eerr, 1e-12);
 
     struct pixel_ctx pc = {.r = rp, .prompts = prompts};
     struct tensor *p = pixel_setup(&pc, tensor_clone(img), 8);
