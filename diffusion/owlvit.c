@@ -41,18 +41,6 @@ enum status owlvit_params_load(struct nn_params *ps, const struct nn_weights *w)
     return clip_params_load_except(ps, w, "", "box_head.");
 }
 
-enum status owlvit_tokenize(const struct clip_tokenizer *tok, const char *utf8, int32_t *out, int L)
-{
-    if (!out || L < 2) return tensor_fail(STATUS_VALUE, "owlvit_tokenize: room for at least bos and eos is needed");
-    int n = clip_tokenize(tok, utf8, out + 1, L - 2);
-    if (n < 0) return tensor_status();
-    if (n > L - 2) n = L - 2;   /* truncation=True */
-    out[0] = clip_bos_id(tok);
-    out[1 + n] = clip_eos_id(tok);
-    for (int i = 2 + n; i < L; i++) out[i] = 0;   /* OWL-ViT pads with "!" (id 0), after the eos it pools at */
-    return STATUS_OK;
-}
-
 struct tensor *owlvit_text_embeds(const struct owlvit_model *m, struct tensor *input_ids)
 {
     tensor_scope_begin();

@@ -44,8 +44,9 @@ void owlvit_free(struct owlvit_model *m);
  * pytorch_model.bin); the box head's tensors are skipped, any other extra tensor is an error. */
 enum status owlvit_params_load(struct nn_params *ps, const struct nn_weights *w);
 
-/* OwlViTProcessor's ids: bos, the first L - 2 ids at most, eos, then 0 up to L */
-enum status owlvit_tokenize(const struct clip_tokenizer *tok, const char *utf8, int32_t *out, int L);
+/* OwlViTProcessor's ids (padding="max_length", truncation): bos, the first L - 2 ids at most, eos,
+ * then "!" (id 0) up to L = max_position_embeddings; the tower pools at the eos */
+#define OWLVIT_PAD_ID 0
 /* input_ids [Q, L] (L <= max_position_embeddings) -> query embeddings [Q, projection_dim],
  * L2-normalised (OwlViTModel's text_embeds) */
 struct tensor *owlvit_text_embeds(const struct owlvit_model *m, struct tensor *input_ids);

@@ -649,17 +649,23 @@ int clip_tokenize(const struct clip_tokenizer *tok, const char *utf8, int32_t *i
     return tokenize(tok, utf8, ids, max, -1);
 }
 
+enum status clip_tokenize_padded(const struct clip_tokenizer *tok, const char *utf8, int32_t *out, int length,
+                                 int32_t pad)
+{
+    if (!out || length < 2) return tensor_fail(STATUS_VALUE, "clip_tokenize_padded: room for bos and eos is needed");
+    int n = tokenize(tok, utf8, out + 1, length - 2, length - 2);
+    if (n < 0) return tensor_status();
+    if (n > length - 2) n = length - 2;
+    out[0] = tok->bos;
+    out[1 + n] = tok->eos;
+    for (int i = 2 + n; i < length; i++) out[i] = pad;
+    return STATUS_OK;
+}
+
 enum status clip_tokenize_77(const struct clip_tokenizer *tok, const char *utf8, int32_t out[CLIP_CONTEXT])
 {
-    if (!out) return tensor_fail(STATUS_VALUE, "clip_tokenize_77: NULL output");
-    int32_t ids[CLIP_MAX_CONTENT];
-    int n = tokenize(tok, utf8, ids, CLIP_MAX_CONTENT, CLIP_MAX_CONTENT);
-    if (n < 0) return tensor_status();
-    if (n > CLIP_MAX_CONTENT) n = CLIP_MAX_CONTENT;
-    out[0] = tok->bos;
-    for (int i = 0; i < n; i++) out[1 + i] = ids[i];
-    for (int i = 1 + n; i < CLIP_CONTEXT; i++) out[i] = tok->eos;
-    return STATUS_OK;
+    if (!tok || !out) return tensor_fail(STATUS_VALUE, "clip_tokenize_77: NULL tokenizer or output");
+    return clip_tokenize_padded(tok, utf8, out, CLIP_CONTEXT, tok->eos);
 }
 
 /* Python's bytes.decode("utf-8", errors="replace"): one U+FFFD per maximal invalid subpart */

@@ -58,6 +58,10 @@ int clip_tokenize(const struct clip_tokenizer *tok, const char *utf8, int32_t *i
 /* SD 1.x framing (HF CLIPTokenizer, padding="max_length", truncation=True, max_length=77):
  * bos, the first 75 ids at most, eos, then eos as padding up to 77. */
 enum status clip_tokenize_77(const struct clip_tokenizer *tok, const char *utf8, int32_t out[CLIP_CONTEXT]);
+/* the same framing at any length >= 2 with any padding id: bos, the first length - 2 ids at most,
+ * eos, then pad (OWL-ViT's processor: length 16, pad 0) */
+enum status clip_tokenize_padded(const struct clip_tokenizer *tok, const char *utf8, int32_t *out, int length,
+                                 int32_t pad);
 /* the reference's decode: tokens concatenated, byte-chars back to bytes, decoded as UTF-8 with
  * U+FFFD for invalid sequences (as Python's errors="replace"), "</w>" → " ". Returns a string
  * to free() or NULL on error (an id outside the vocabulary, or a token holding byte 0, which no

@@ -956,7 +956,7 @@ static struct tensor *detect_queries(const struct detect_ctx *c, int n, const ch
     enum status s = STATUS_OK;
     for (int i = 0; !s && i < n; i++) {
         if (!texts[i]) s = tensor_fail(STATUS_VALUE, "reward detect: prompt %d is NULL", i);
-        else s = owlvit_tokenize(c->tok, texts[i], ids + (size_t)i * (size_t)L, L);
+        else s = clip_tokenize_padded(c->tok, texts[i], ids + (size_t)i * (size_t)L, L, OWLVIT_PAD_ID);
     }
     if (s) {
         free(ids);

@@ -3,9 +3,10 @@
  * The tokenizer comes from a small in-memory vocabulary (the 512 byte tokens, a few dozen
  * merges, the specials), or from $DRAFT_PARITY_DIR/tiny-sd/tokenizer/{vocab.json,merges.txt}
  * (the real CLIP vocabulary) when that variable is set. Each input, cut at its first NUL, goes
- * through clip_tokenize, clip_tokenize_77 and clip_decode, and the results are checked for
- * consistency: both calls agree, the 77 ids are framed bos / content / eos..., every id is in the
- * vocabulary, invalid UTF-8 is an error for both, decoding what was tokenized succeeds.
+ * through clip_tokenize, clip_tokenize_77, clip_tokenize_padded (OWL-ViT's 16 ids) and clip_decode, and the results are
+ * checked for consistency: the calls agree, the 77 ids are framed bos / content / eos..., OWL-ViT's
+ * 16 bos / content / eos / 0..., every id is in the vocabulary, invalid UTF-8 is an error for all,
+ * decoding what was tokenized succeeds.
  * Build and run: see fuzz/README.md. */
 #define FUZZ_NAME "fuzz_tokenizer"   /* names the target in CHECK's message */
 #include "fuzz/tiny_vocab.h"
@@ -45,9 +46,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int32_t ids[CAP], out[CLIP_CONTEXT];
     int n = clip_tokenize(tok, text, ids, CAP);
     enum status st = clip_tokenize_77(tok, text, out);
+    int32_t owl[16];
+    enum status so = clip_tokenize_padded(tok, text, owl, 16, 0);
     if (n < 0) {
         CHECK(st != STATUS_OK);
+        CHECK(so != STATUS_OK);
     } else {
+        CHECK(so == STATUS_OK);
+        const int ko = n < 14 ? n : 14;
+        CHECK(owl[0] == clip_bos_id(tok) && owl[1 + ko] == clip_eos_id(tok));
+        for (int i = 0; i < ko; i++) CHECK(owl[1 + i] == ids[i]);
+        for (int i = 2 + ko; i < 16; i++) CHECK(owl[i] == 0);
         CHECK(st == STATUS_OK);
         int keep = n < CLIP_MAX_CONTENT ? n : CLIP_MAX_CONTENT, vocab = clip_vocab_size(tok);
         CHECK(out[0] == clip_bos_id(tok));

@@ -195,6 +195,22 @@ START_TEST(test_frame_77)
     ck_assert_int_eq(out[75], cat);
     ck_assert_int_eq(out[76], eos);
     printf("tokenizer frame truncation 80 -> 75 ok\n");
+
+    /* OWL-ViT's framing: 16 ids padded with 0; the 80 words cut at 14; the shortest frame is bos, eos */
+    int32_t o16[16];
+    ck_assert_int_eq(clip_tokenize_padded(t, "a cat", o16, 16, 0), STATUS_OK);
+    ck_assert(o16[0] == bos && o16[1] == a && o16[2] == cat && o16[3] == eos);
+    for (int i = 4; i < 16; i++) ck_assert_int_eq(o16[i], 0);
+    text[0] = 0;
+    for (int i = 0; i < 80; i++) strcat(text, i % 2 ? "cat " : "a ");
+    ck_assert_int_eq(clip_tokenize_padded(t, text, o16, 16, 0), STATUS_OK);
+    for (int i = 0; i < 14; i++) ck_assert_int_eq(o16[1 + i], i % 2 ? cat : a);
+    ck_assert_int_eq(o16[15], eos);
+    ck_assert_int_eq(clip_tokenize_padded(t, "a cat", o16, 2, 0), STATUS_OK);
+    ck_assert(o16[0] == bos && o16[1] == eos);
+    ck_assert_int_eq(clip_tokenize_padded(t, "a cat", o16, 1, 0), STATUS_VALUE);
+    ck_assert_int_eq(clip_tokenize_padded(t, "a \xff", o16, 16, 0), STATUS_VALUE);
+    printf("tokenizer frame of 16 padded with 0 ok\n");
     clip_tokenizer_free(t);
     tmp_teardown();
     LEAK_CHECK_END();
