@@ -6,6 +6,7 @@
  * back to UTF-8 bytes for the byte-level BPE, which runs on token ids: a merge is looked up by
  * its (left id, right id) pair in an open-addressing table giving (rank, merged id). */
 #include "diffusion/tokenizer.h"
+#include "diffusion/unicode.h"
 #include "nn/file.h"
 
 #include <cjson/cJSON.h>
@@ -260,6 +261,23 @@ static bool final_sigma(const uint32_t *s, size_t n, size_t i)
     return j == n || !IN(uc_cased, s[j]);
 }
 
+/* ---------------------------------------------------------------- shared with wordpiece.c (unicode.h) */
+
+int uc_utf8_decode(const uint8_t *s, size_t n, uint32_t *cp) { return utf8_decode(s, n, cp); }
+int uc_utf8_encode(uint32_t c, uint8_t *o) { return utf8_encode(c, o); }
+bool uc_is_pyspace(uint32_t c) { return is_pyspace(c); }
+
+int uc_py_lower(const uint32_t *s, size_t n, size_t i, uint32_t out[2])
+{
+    const uint32_t c = s[i];
+    if (c == 0x130) {   /* the one full mapping that is not one code point */
+        out[0] = 'i', out[1] = 0x307;
+        return 2;
+    }
+    out[0] = c == 0x3A3 ? (final_sigma(s, n, i) ? 0x3C2 : 0x3C3) : lower_simple(c);
+    return 1;
+}
+
 /* basic_clean (without ftfy) + whitespace_clean + lower(): code points in, code points out */
 static bool clean_text(const uint32_t *s, size_t n, struct cpbuf *out)
 {
@@ -286,15 +304,9 @@ static bool clean_text(const uint32_t *s, size_t n, struct cpbuf *out)
     while (hi > lo && is_pyspace(a.v[hi - 1])) hi--;
     /* str.lower(): full mapping (U+0130 → i + U+0307) and the final-sigma context */
     for (size_t i = lo; i < hi; i++) {
-        uint32_t c = a.v[i];
-        if (c == 0x130) {
-            cp_push(out, 'i');
-            cp_push(out, 0x307);
-        } else if (c == 0x3A3) {
-            cp_push(out, final_sigma(a.v + lo, hi - lo, i - lo) ? 0x3C2 : 0x3C3);
-        } else {
-            cp_push(out, lower_simple(c));
-        }
+        uint32_t l[2];
+        const int k = uc_py_lower(a.v + lo, hi - lo, i - lo, l);
+        for (int j = 0; j < k; j++) cp_push(out, l[j]);
     }
     ok = ok && !a.oom && !out->oom;
     free(a.v);

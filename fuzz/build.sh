@@ -19,7 +19,7 @@ targets=("$@")
 for t in "${targets[@]}"; do
     case $t in
     # the tokenizer targets stand in for tensor.c's error reporting (fuzz/tiny_vocab.h)
-    fuzz_tokenizer | fuzz_tokenizer_files) build "$t" diffusion/tokenizer.c nn/file.c -lcjson ;;
+    fuzz_tokenizer | fuzz_tokenizer_files) build "$t" diffusion/tokenizer.c diffusion/wordpiece.c nn/file.c -lcjson ;;
     fuzz_safetensors) build "$t" nn/safetensors.c nn/file.c "${ENGINE[@]}" "${BLAS[@]}" -lcjson -lm ;;
     fuzz_config) build "$t" nn/config.c nn/file.c "${ENGINE[@]}" "${BLAS[@]}" -lcjson -lm ;;
     fuzz_pickle) build "$t" nn/pickle.c nn/file.c "${ENGINE[@]}" "${BLAS[@]}" -lcjson -lzip -lm ;;

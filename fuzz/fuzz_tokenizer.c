@@ -3,15 +3,33 @@
  * The tokenizer comes from a small in-memory vocabulary (the 512 byte tokens, a few dozen
  * merges, the specials), or from $DRAFT_PARITY_DIR/tiny-sd/tokenizer/{vocab.json,merges.txt}
  * (the real CLIP vocabulary) when that variable is set. Each input, cut at its first NUL, goes
- * through clip_tokenize, clip_tokenize_77, clip_tokenize_padded (OWL-ViT's 16 ids) and clip_decode, and the results are
+ * through clip_tokenize, clip_tokenize_77, clip_tokenize_padded (OWL-ViT's 16 ids) and clip_decode,
+ * and through BERT's WordPiece (wp_tokenize, wp_encode) with a small vocabulary, and the results are
  * checked for consistency: the calls agree, the 77 ids are framed bos / content / eos..., OWL-ViT's
  * 16 bos / content / eos / 0..., every id is in the vocabulary, invalid UTF-8 is an error for all,
  * decoding what was tokenized succeeds.
  * Build and run: see fuzz/README.md. */
 #define FUZZ_NAME "fuzz_tokenizer"   /* names the target in CHECK's message */
 #include "fuzz/tiny_vocab.h"
+#include "diffusion/wordpiece.h"
 
 static struct clip_tokenizer *tok;
+static struct wp_tokenizer *wp;
+
+/* specials, the lower-case letters alone and as continuations, a few words and marks */
+static struct wp_tokenizer *tiny_wordpiece(void)
+{
+    char v[2048] = "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n";
+    for (char c = 'a'; c <= 'z'; c++) {
+        char l[16];
+        snprintf(l, sizeof l, "%c\n##%c\n", c, c);
+        strcat(v, l);
+    }
+    strcat(v, "the\nphoto\n##ing\n.\n,\n!\n[\n]\n\xe7\x9a\x84\n");
+    struct wp_tokenizer *t = wp_tokenizer_from_memory(v, strlen(v), "fuzz vocab");
+    if (t && wp_add_special(t, "[DEC]") < 0) t = NULL;
+    return t;
+}
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
@@ -26,7 +44,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     } else {
         tok = tiny_tokenizer();
     }
-    if (!tok) {
+    wp = tiny_wordpiece();
+    if (!tok || !wp) {
         fprintf(stderr, "fuzz_tokenizer: cannot build the tokenizer: %s\n", fuzz_error);
         abort();
     }
@@ -48,6 +67,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     enum status st = clip_tokenize_77(tok, text, out);
     int32_t owl[16];
     enum status so = clip_tokenize_padded(tok, text, owl, 16, 0);
+    int32_t wids[64], wenc[16], wmask[16];
+    const int wn = wp_tokenize(wp, text, wids, 64);
+    const enum status we = wp_encode(wp, text, wenc, wmask, 16);
+    CHECK((wn < 0) == (n < 0) && (we != STATUS_OK) == (wn < 0));   /* both reject exactly invalid UTF-8 */
+    if (wn >= 0) {
+        const int kw = wn < 14 ? wn : 14, nv = wp_vocab_size(wp);
+        for (int i = 0; i < wn && i < 64; i++) CHECK(wids[i] >= 0 && wids[i] < nv);
+        CHECK(wenc[0] == wp_token_id(wp, "[CLS]") && wenc[1 + kw] == wp_token_id(wp, "[SEP]") && wmask[1 + kw] == 1);
+        for (int i = 0; i < kw; i++) CHECK(wenc[1 + i] == wids[i] && wmask[1 + i] == 1);
+        for (int i = 2 + kw; i < 16; i++) CHECK(wenc[i] == wp_token_id(wp, "[PAD]") && wmask[i] == 0);
+    }
     if (n < 0) {
         CHECK(st != STATUS_OK);
         CHECK(so != STATUS_OK);

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "diffusion/tokenizer.h"
+#include "diffusion/wordpiece.h"
 #include "tests/harness.h"
 #include "tests/parity.h"
 
@@ -484,6 +485,86 @@ START_TEST(test_golden)
 }
 END_TEST
 
+/* ---------------------------------------------------------------- BERT WordPiece */
+
+static const char wp_vocab[] = "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\na\nphoto\nof\ncat\nplay\n##ing\nun\n##aff\n"
+                               "##able\ncafe\n,\n.\n!\n[\n]\n\xe7\x9a\x84\nx\n##x\ni\nstrasse\nabc\n\xcf\x83\xcf\x82\n";
+
+/* the ids of text under this vocabulary, as token strings joined by spaces */
+static void wp_expect(const struct wp_tokenizer *t, const char *text, const char *want)
+{
+    int32_t ids[256];
+    const int n = wp_tokenize(t, text, ids, 256);
+    ck_assert_msg(n >= 0 && n <= 256, "'%s': %s", text, tensor_error());
+    char got[2048] = "";
+    for (int i = 0; i < n; i++) {
+        char one[64];
+        snprintf(one, sizeof one, "%s%d", i ? " " : "", ids[i]);
+        strcat(got, one);
+    }
+    /* want: token strings -> their ids */
+    char buf[1024], ids_want[2048] = "";
+    snprintf(buf, sizeof buf, "%s", want);
+    int k = 0;
+    for (char *sv = NULL, *w = strtok_r(buf, " ", &sv); w; w = strtok_r(NULL, " ", &sv), k++) {
+        const int32_t id = wp_token_id(t, w);
+        ck_assert_msg(id >= 0, "expected token '%s' is not in the vocabulary", w);
+        char one[64];
+        snprintf(one, sizeof one, "%s%d", k ? " " : "", id);
+        strcat(ids_want, one);
+    }
+    ck_assert_msg(!strcmp(got, ids_want), "'%s': ids %s, expected %s (%s)", text, got, ids_want, want);
+}
+
+START_TEST(test_wordpiece)
+{
+    LEAK_CHECK_BEGIN();
+    struct wp_tokenizer *t = wp_tokenizer_from_memory(wp_vocab, sizeof wp_vocab - 1, "test vocab");
+    ck_assert_msg(t, "%s", tensor_error());
+    ck_assert_int_eq(wp_vocab_size(t), 27);
+    ck_assert_int_eq(wp_add_special(t, "[DEC]"), 27);
+    ck_assert_int_eq(wp_add_special(t, "[DEC]"), 27);
+    wp_expect(t, "A Photo of a CAT.", "a photo of a cat .");
+    wp_expect(t, "unaffable playing", "un ##aff ##able play ##ing");
+    wp_expect(t, "Caf\xc3\xa9!", "cafe !");                       /* accents stripped, punctuation alone */
+    wp_expect(t, "cafe\xcc\x81", "cafe");                          /* a combining accent: the same */
+    wp_expect(t, "unknown cats", "[UNK] [UNK]");                   /* no covering pieces: the whole word */
+    wp_expect(t, "\xe7\x9a\x84\xe7\x9a\x84x", "\xe7\x9a\x84 \xe7\x9a\x84 x");   /* CJK ideographs stand alone */
+    wp_expect(t, "[CLS] a[SEP][cls] [DEC]x", "[CLS] a [SEP] [ [UNK] ] [DEC] x");   /* specials: literal, cased */
+    wp_expect(t, "c\x01" "at a\xe3\x80\x80" "cat\t\n", "cat a cat");   /* controls dropped, Zs is a space */
+    wp_expect(t, "\xc4\xb0 STRASSE \xce\xa3\xce\xa3", "i strasse \xcf\x83\xcf\x82");   /* lower(): i + U+0307, final sigma */
+    wp_expect(t, "", "");
+    char longw[120] = "";
+    for (int i = 0; i < 100; i++) strcat(longw, "x");
+    int32_t ids[128];
+    ck_assert_int_eq(wp_tokenize(t, longw, ids, 128), 100);   /* x ##x ... */
+    ck_assert(ids[0] == wp_token_id(t, "x") && ids[99] == wp_token_id(t, "##x"));
+    strcat(longw, "x");
+    wp_expect(t, longw, "[UNK]");                                 /* over 100 characters */
+    ck_assert_int_eq(wp_tokenize(t, "a a a", ids, 1), 3);          /* counts like snprintf */
+    /* framing: [CLS] ... [SEP] [PAD]..., the mask on the text; truncated to length - 2 */
+    int32_t e[8], m[8];
+    ck_assert_int_eq(wp_encode(t, "a photo", e, m, 8), STATUS_OK);
+    const int32_t want_e[8] = {2, 5, 6, 3, 0, 0, 0, 0}, want_m[8] = {1, 1, 1, 1, 0, 0, 0, 0};
+    for (int i = 0; i < 8; i++) ck_assert(e[i] == want_e[i] && m[i] == want_m[i]);
+    ck_assert_int_eq(wp_encode(t, "a a a a a a a a a", e, m, 8), STATUS_OK);
+    ck_assert(e[0] == 2 && e[6] == 5 && e[7] == 3 && m[7] == 1);
+    ck_assert_int_eq(wp_encode(t, "a", e, NULL, 1), STATUS_VALUE);
+    ck_assert_int_eq(wp_tokenize(t, "a \xff", ids, 128), -1);
+    ck_assert(strstr(tensor_error(), "invalid UTF-8 at byte 2"));
+    wp_tokenizer_free(t);
+    /* vocabularies refused: a token twice, no [CLS] */
+    static const char dup[] = "[PAD]\n[UNK]\n[CLS]\n[SEP]\na\nb\na\n", nocls[] = "[PAD]\n[UNK]\n[SEP]\n";
+    ck_assert(wp_tokenizer_from_memory(dup, sizeof dup - 1, "dup.txt") == NULL);
+    ck_assert_msg(strstr(tensor_error(), "dup.txt: line 7 repeats the token 'a' of line 5"), "%s", tensor_error());
+    ck_assert(wp_tokenizer_from_memory(nocls, sizeof nocls - 1, "nocls.txt") == NULL);
+    ck_assert(strstr(tensor_error(), "nocls.txt: no [CLS] token"));
+    ck_assert(wp_tokenizer_load("/nonexistent/vocab.txt") == NULL);
+    printf("wordpiece ok\n");
+    LEAK_CHECK_END();
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("tokenizer");
@@ -493,6 +574,7 @@ int main(void)
     tcase_add_test(tc, test_cleanup_pretokenize);
     tcase_add_test(tc, test_invalid_utf8);
     tcase_add_test(tc, test_load_errors);
+    tcase_add_test(tc, test_wordpiece);
     suite_add_tcase(s, tc);
     TCase *tg = tcase_create("golden");
     tcase_set_timeout(tg, 120);
