@@ -1,6 +1,8 @@
 /* reward.c — DRaFT's differentiable rewards (see reward.h for the specs and conventions). */
 #include "draft/reward.h"
+#include "diffusion/blip.h"
 #include "diffusion/owlvit.h"
+#include "diffusion/wordpiece.h"
 #include "nn/file.h"
 #include "nn/weights.h"
 
@@ -11,7 +13,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "nn/pickle.h"
 
 static const char reward_specs[] =
     "  aesthetic:<clip_vision_dir>,<head.pth|head.safetensors>\n"
@@ -20,6 +21,7 @@ static const char reward_specs[] =
     "  pickscore:<PickScore_v1 dir>[,text=<target text>]\n"
     "  classify:<clip_model_dir>,text=<target>|<other>|...   (log p(target) of CLIP's zero-shot classifier)\n"
     "  detect:<owlvit_dir>[,text=<object>]   (OWL-ViT's best box score for the object, or for the prompt)\n"
+    "  imagereward:<dir>[,text=<prompt>]   (ImageReward: ImageReward.pt, med_config.json, vocab.txt)\n"
     "  sum:[<w>*]<spec>;[<w>*]<spec>;...   (a weighted sum of the others; w defaults to 1)\n"
     "  colorfulness\n"
     "  brightness=<target in [0,1]>\n"
@@ -416,39 +418,29 @@ void draft_aesthetic_head_free(struct draft_aesthetic_head *h)
 
 int64_t draft_aesthetic_head_dim(const struct draft_aesthetic_head *h) { return h ? h->dim : 0; }
 
-struct draft_aesthetic_head *draft_aesthetic_head_load(const char *path, enum dtype dt, enum device dev)
+/* the 5 linears <prefix>layers.0/2/4/6/7 of an open state dict; what names the head in messages */
+static struct draft_aesthetic_head *head_from_weights(const struct nn_weights *wf, const char *prefix,
+                                                      const char *what, enum dtype dt, enum device dev)
 {
-    if (!path || !nn_file_exists(path)) {
-        tensor_fail(STATUS_IO, "aesthetic head: cannot open '%s' (a .pth or .safetensors with keys layers.0/2/4/6/7)",
-                    path ? path : "(null)");
-        return NULL;
-    }
-    /* torch.save files are zips ("PK"); anything else is read as safetensors */
-    unsigned char magic[2] = {0};
-    FILE *f = fopen(path, "rb");
-    bool is_zip = f && fread(magic, 1, 2, f) == 2 && magic[0] == 'P' && magic[1] == 'K';
-    if (f) fclose(f);
-    struct torch_file *tf = is_zip ? torch_file_open(path) : NULL;
-    struct safetensors *st = is_zip ? NULL : safetensors_open(path);
-    if (!tf && !st) return NULL;
+    const char *path = nn_weights_path(wf);
     struct draft_aesthetic_head *h = calloc(1, sizeof *h);
-    enum status s = h ? STATUS_OK : tensor_fail(STATUS_OOM, "aesthetic head: out of memory");
+    enum status s = h ? STATUS_OK : tensor_fail(STATUS_OOM, "%s: out of memory", what);
     tensor_scope_begin();
     int64_t in = -1;
     for (int i = 0; !s && i < HEAD_LAYERS; i++) {
-        char wn[64], bn[64], a[128], c[128];
-        snprintf(wn, sizeof wn, "%s.weight", head_layer_names[i]);
-        snprintf(bn, sizeof bn, "%s.bias", head_layer_names[i]);
-        struct tensor *w = tf ? torch_file_load(tf, wn, DTYPE_F64) : safetensors_load(st, wn, DTYPE_F64, DEVICE_CPU);
-        struct tensor *b = tf ? torch_file_load(tf, bn, DTYPE_F64) : safetensors_load(st, bn, DTYPE_F64, DEVICE_CPU);
+        char wn[128], bn[128], a[128], c[128];
+        snprintf(wn, sizeof wn, "%s%s.weight", prefix, head_layer_names[i]);
+        snprintf(bn, sizeof bn, "%s%s.bias", prefix, head_layer_names[i]);
+        struct tensor *w = nn_weights_load(wf, wn, DTYPE_F64);
+        struct tensor *b = w ? nn_weights_load(wf, bn, DTYPE_F64) : NULL;
         if (!w || !b) {
-            s = tensor_fail(STATUS_FORMAT, "aesthetic head %s: cannot read %s / %s (%s)", path, wn, bn, tensor_error());
+            s = tensor_fail(STATUS_FORMAT, "%s %s: cannot read %s / %s (%s)", what, path, wn, bn, tensor_error());
             break;
         }
         const int64_t out = i == HEAD_LAYERS - 1 ? 1 : (w->ndim == 2 ? w->shape[0] : -1);
         if (i == 0 && w->ndim == 2) in = w->shape[1];
         if (w->ndim != 2 || w->shape[1] != in || w->shape[0] != out || b->ndim != 1 || b->shape[0] != out) {
-            s = tensor_fail(STATUS_SHAPE, "aesthetic head %s: %s is %s and %s is %s; expected [%lld, %lld] and [%lld]%s",
+            s = tensor_fail(STATUS_SHAPE, "%s %s: %s is %s and %s is %s; expected [%lld, %lld] and [%lld]%s", what,
                             path, wn, tensor_shape_str(w, a, sizeof a), bn, tensor_shape_str(b, c, sizeof c),
                             (long long)out, (long long)in, (long long)out,
                             i == HEAD_LAYERS - 1 ? " (the last layer gives one score)" : "");
@@ -461,12 +453,23 @@ struct draft_aesthetic_head *draft_aesthetic_head_load(const char *path, enum dt
         if (!h->w[i] || !h->b[i]) s = tensor_status();
     }
     tensor_scope_end();
-    if (tf) torch_file_close(tf);
-    if (st) safetensors_close(st);
     if (s) {
         draft_aesthetic_head_free(h);
         return NULL;
     }
+    return h;
+}
+
+struct draft_aesthetic_head *draft_aesthetic_head_load(const char *path, enum dtype dt, enum device dev)
+{
+    if (!path || !nn_file_exists(path)) {
+        tensor_fail(STATUS_IO, "aesthetic head: cannot open '%s' (a .pth or .safetensors with keys layers.0/2/4/6/7)",
+                    path ? path : "(null)");
+        return NULL;
+    }
+    struct nn_weights *w = nn_weights_open(path);   /* a torch.save zip or a safetensors file */
+    struct draft_aesthetic_head *h = w ? head_from_weights(w, "", "aesthetic head", dt, dev) : NULL;
+    nn_weights_close(w);
     return h;
 }
 
@@ -1093,6 +1096,169 @@ struct draft_reward *draft_reward_detect_create(const char *owlvit_dir, const ch
     return r;
 }
 
+/* ---------------------------------------------------------------- ImageReward */
+
+/* ImageReward.py: the reward's affine normalisation, fixed in the reference */
+#define IMAGEREWARD_MEAN 0.16717362830052426
+#define IMAGEREWARD_STD 1.0333394966054072
+#define IMAGEREWARD_MAX_LENGTH 35   /* its tokenizer call: padding="max_length", truncation, max_length=35 */
+
+struct imagereward_ctx {
+    struct nn_params ps;
+    struct blip_vit vit;
+    struct blip_bert bert;
+    bool vit_init, bert_init;
+    struct draft_aesthetic_head *mlp;
+    struct wp_tokenizer *tok;
+    char *target;   /* the prompt for every image (text=), owned; NULL: each image's */
+};
+
+/* BLIP's ViT and its cross-attending BERT: the [CLS] row of the text tower, in the towers' dtype */
+static struct tensor *imagereward_features(const struct imagereward_ctx *c, struct tensor *images,
+                                           const char *const *prompts)
+{
+    const int64_t B = images->shape[0];
+    const struct tensor *w = c->vit.cls_token;
+    tensor_scope_begin();
+    struct tensor *px = cast_to(draft_clip_preprocess(images, c->vit.cfg.image_size), w->dtype, tensor_device(w));
+    struct tensor *emb = blip_vit_forward(&c->vit, px);   /* [B, N + 1, width] */
+    struct tensor **cls = calloc((size_t)B, sizeof *cls);
+    if (!cls) {
+        tensor_fail(STATUS_OOM, "reward imagereward: out of memory");
+        return tensor_scope_return(NULL);
+    }
+    bool ok = emb != NULL;
+    /* each image with its own text, unpadded (blip.h says why that is the reference's result) */
+    for (int64_t b = 0; ok && b < B; b++) {
+        const char *text = c->target ? c->target : prompts[b];
+        int32_t ids[IMAGEREWARD_MAX_LENGTH], mask[IMAGEREWARD_MAX_LENGTH];
+        if (!text) {
+            tensor_fail(STATUS_VALUE, "reward imagereward: prompt %lld is NULL", (long long)b);
+            ok = false;
+            break;
+        }
+        if (wp_encode(c->tok, text, ids, mask, IMAGEREWARD_MAX_LENGTH)) {
+            ok = false;
+            break;
+        }
+        int64_t L = 0;
+        while (L < IMAGEREWARD_MAX_LENGTH && mask[L]) L++;
+        struct tensor *t = tensor_from_data(DTYPE_I32, 2, (int64_t[]){1, L}, ids);
+        if (t && tensor_device(w) != DEVICE_CPU) t = tensor_to_device(t, tensor_device(w));
+        struct tensor *h = blip_bert_forward(&c->bert, t, ag_narrow(emb, 0, b, 1));
+        cls[b] = h ? ag_reshape(ag_narrow(h, 1, 0, 1), TENSOR_SHAPE(1, h->shape[2])) : NULL;
+        ok = cls[b] != NULL;
+    }
+    struct tensor *f = ok ? ag_concat((int)B, cls, 0) : NULL;   /* [B, hidden] */
+    free(cls);
+    return tensor_scope_return(f);
+}
+
+static struct tensor *imagereward_score(struct draft_reward *r, struct tensor *images, const char *const *prompts)
+{
+    struct imagereward_ctx *c = r->ctx;
+    const int64_t B = images->shape[0];
+    if (!c->target && !prompts) {
+        tensor_fail(STATUS_VALUE, "reward imagereward: no prompts given and no text set (spec text=...)");
+        return NULL;
+    }
+    tensor_scope_begin();
+    struct tensor *s = draft_aesthetic_head_forward(c->mlp, imagereward_features(c, images, prompts));   /* [B, 1] */
+    s = s ? ag_affine(ag_reshape(s, TENSOR_SHAPE(B)), 1 / IMAGEREWARD_STD, -IMAGEREWARD_MEAN / IMAGEREWARD_STD) : NULL;
+    return tensor_scope_return(cast_to(s, images->dtype, tensor_device(images)));
+}
+
+static void imagereward_free(struct draft_reward *r)
+{
+    struct imagereward_ctx *c = r->ctx;
+    if (c) {
+        if (c->vit_init) blip_vit_free(&c->vit);
+        if (c->bert_init) blip_bert_free(&c->bert);
+        nn_params_free(&c->ps);
+        draft_aesthetic_head_free(c->mlp);
+        wp_tokenizer_free(c->tok);
+        free(c->target);
+        free(c);
+    }
+    free(r);
+}
+
+/* the tensors of an ImageReward state dict that the score does not read: BLIP_Pretrain's
+ * contrastive projections and the position_ids buffer */
+static bool imagereward_unused(const char *name)
+{
+    static const char ids[] = "embeddings.position_ids";
+    const size_t n = strlen(name), k = sizeof ids - 1;
+    return !strncmp(name, "blip.vision_proj.", 17) || !strncmp(name, "blip.text_proj.", 15) ||
+           (n >= k && !strcmp(name + n - k, ids));
+}
+
+struct draft_reward *draft_reward_imagereward_create(const char *dir, const char *text, enum dtype dt, enum device dev)
+{
+    if (!dir || !*dir) {
+        tensor_fail(STATUS_VALUE, "reward imagereward: a folder is needed");
+        return NULL;
+    }
+    char wpath[1024], cpath[1024], vpath[1024];
+    snprintf(wpath, sizeof wpath, "%s/ImageReward.pt", dir);
+    if (!nn_file_exists(wpath)) snprintf(wpath, sizeof wpath, "%s/ImageReward.safetensors", dir);
+    snprintf(cpath, sizeof cpath, "%s/med_config.json", dir);
+    snprintf(vpath, sizeof vpath, "%s/vocab.txt", dir);
+    if (!nn_file_exists(vpath)) snprintf(vpath, sizeof vpath, "%s/tokenizer/vocab.txt", dir);
+    const char *missing = !nn_file_exists(wpath) ? "ImageReward.pt (or ImageReward.safetensors)"
+                          : !nn_file_exists(cpath) ? "med_config.json"
+                          : !nn_file_exists(vpath) ? "vocab.txt (bert-base-uncased's), in it or in its tokenizer/"
+                                                   : NULL;
+    if (missing) {
+        tensor_fail(STATUS_IO, "reward imagereward: %s has no %s (THUDM/ImageReward holds ImageReward.pt and "
+                               "med_config.json; BLIP tokenizes with bert-base-uncased's vocab.txt)", dir, missing);
+        return NULL;
+    }
+    if (text && !*text) {
+        tensor_fail(STATUS_VALUE, "reward imagereward: text= is empty (leave it out to score each image's prompt)");
+        return NULL;
+    }
+    struct imagereward_ctx *c = calloc(1, sizeof *c);
+    struct draft_reward *r = c ? reward_new("imagereward", imagereward_score, imagereward_free, c) : NULL;
+    if (!r) {
+        free(c);
+        tensor_fail(STATUS_OOM, "reward imagereward: out of memory");
+        return NULL;
+    }
+    nn_params_init(&c->ps, dt, dev);
+    struct nn_weights *w = nn_weights_open(wpath);
+    enum status s = w ? STATUS_OK : tensor_status();
+    struct blip_vit_config vc;
+    struct blip_bert_config bc;
+    if (!s) s = blip_vit_config_from_weights(w, "blip.visual_encoder", &vc);
+    if (!s) s = blip_bert_config_load(&bc, cpath, vc.width);
+    if (!s) s = (c->vit_init = true, blip_vit_init(&c->vit, &vc, &c->ps, "blip.visual_encoder"));
+    if (!s) s = (c->bert_init = true, blip_bert_init(&c->bert, &bc, &c->ps, "blip.text_encoder"));
+    for (int i = 0; !s && i < nn_weights_count(w); i++) {   /* every other tensor is the head's or unused */
+        const char *nm = nn_weights_name(w, i);
+        if (!nn_param_find(&c->ps, nm) && strncmp(nm, "mlp.layers.", 11) && !imagereward_unused(nm))
+            s = tensor_fail(STATUS_FORMAT, "%s: unexpected tensor '%s' (not a parameter of ImageReward)", wpath, nm);
+    }
+    for (int i = 0; !s && i < c->ps.n; i++) s = nn_weights_load_into(w, c->ps.v[i].name, c->ps.v[i].t);
+    if (!s && !(c->mlp = head_from_weights(w, "mlp.", "imagereward head", dt, dev))) s = tensor_status();
+    if (!s && draft_aesthetic_head_dim(c->mlp) != bc.hidden_size)
+        s = tensor_fail(STATUS_SHAPE, "%s: the head reads %lld values, the text tower gives %lld", wpath,
+                        (long long)draft_aesthetic_head_dim(c->mlp), (long long)bc.hidden_size);
+    nn_weights_close(w);
+    /* BLIP's tokenizer: bert-base-uncased plus [DEC] and [ENC] (blip.py init_tokenizer) */
+    if (!s && !(c->tok = wp_tokenizer_load(vpath))) s = tensor_status();
+    if (!s && (wp_add_special(c->tok, "[DEC]") < 0 || wp_add_special(c->tok, "[ENC]") < 0)) s = tensor_status();
+    if (!s && wp_vocab_size(c->tok) != bc.vocab_size)
+        s = tensor_fail(STATUS_SHAPE, "reward imagereward: %s with [DEC] and [ENC] has %d tokens, the text tower of %s "
+                                      "%lld", vpath, wp_vocab_size(c->tok), cpath, (long long)bc.vocab_size);
+    if (!s && text && !(c->target = strdup(text))) s = tensor_fail(STATUS_OOM, "reward imagereward: out of memory");
+    if (s) {
+        imagereward_free(r);
+        return NULL;
+    }
+    return r;
+}
+
 static bool images_ok(const struct draft_reward *r, const struct tensor *images)
 {
     char a[128];
@@ -1418,6 +1584,17 @@ struct draft_reward *draft_reward_create_on(const char *spec, enum dtype dt, enu
         free(dir);
         return r;
     }
+    if (!strncmp(spec, "imagereward:", 12)) {   /* <dir>[,text=<prompt>] */
+        const char *text;
+        char *dir = spec_args(spec + 12, &text);
+        if (!dir) return NULL;
+        struct draft_reward *r = NULL;
+        if (!*dir || strchr(dir, ','))
+            tensor_fail(STATUS_VALUE, "reward spec '%s': expected imagereward:<folder>[,text=<prompt>]", spec);
+        else r = draft_reward_imagereward_create(dir, text, dt, dev);
+        free(dir);
+        return r;
+    }
     if (!strncmp(spec, "detect:", 7)) {   /* <owlvit_dir>[,text=<object>] */
         const char *text;
         char *dir = spec_args(spec + 7, &text);
@@ -1465,7 +1642,7 @@ struct draft_reward *draft_reward_create(const char *spec) { return draft_reward
 static enum status spec_check_one(const char *spec)
 {
     static const char *const model_kinds[] = {"aesthetic:", "clip:", "hpsv2:", "pickscore:", "classify:",
-                                               "detect:"};
+                                               "detect:", "imagereward:"};
     for (size_t i = 0; i < sizeof model_kinds / sizeof model_kinds[0]; i++)
         if (!strncmp(spec, model_kinds[i], strlen(model_kinds[i]))) return STATUS_OK;
     struct draft_reward *r = draft_reward_create(spec);

@@ -41,6 +41,12 @@
  *       is the query. The paper's object-detection reward; with a negative weight in a sum, it
  *       takes an object out of the images. Images are stretched to the tower's size (768 for
  *       google/owlvit-base-patch32), as OwlViTImageProcessor does.
+ *   imagereward:<dir>[,text=<prompt>]   ImageReward (THUDM, the reward ReFL trains on): BLIP's ViT-L
+ *       reads the image (CLIP's preprocessing at 224), BLIP's BERT reads the prompt (bert-base-uncased
+ *       WordPiece, at most 35 tokens) cross-attending to it, an MLP maps its [CLS] row to a score,
+ *       normalised as the reference: (s - 0.16717362830052426) / 1.0333394966054072. <dir> holds
+ *       ImageReward.pt (the state dict; or ImageReward.safetensors), med_config.json and vocab.txt
+ *       (bert-base-uncased's; or tokenizer/vocab.txt). The text is each image's prompt, or <prompt>.
  *   sum:[w*]<spec>;[w*]<spec>;...   sum_i w_i r_i(images) (w_i defaults to 1; up to 8 terms, no sum
  *       inside a sum): several rewards at once, e.g. sum:aesthetic:<dir>,<head>;0.5*hpsv2:<file>,<dir>
  *   colorfulness          Hasler–Süsstrunk: sqrt(std_rg² + std_yb²) + 0.3 sqrt(mean_rg² + mean_yb²)
@@ -131,6 +137,9 @@ struct draft_reward *draft_reward_classify_create(const char *clip_dir, const ch
 /* object NULL: each image's prompt is the query */
 struct draft_reward *draft_reward_detect_create(const char *owlvit_dir, const char *object, enum dtype dt,
                                                 enum device dev);
+/* dir holds ImageReward.pt (or .safetensors), med_config.json and bert-base-uncased's vocab.txt
+ * (or tokenizer/vocab.txt); text NULL: each image's prompt */
+struct draft_reward *draft_reward_imagereward_create(const char *dir, const char *text, enum dtype dt, enum device dev);
 /* an OpenCLIP state dict (diffusion/clip.h): head widths and activation as its model config says
  * (HPSv2, ViT-H-14: text 64, image 80, CLIP_ACT_GELU); the score is the cosine (times
  * exp(logit_scale) with use_logit_scale) towards each prompt or target_text */

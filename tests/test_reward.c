@@ -10,7 +10,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "diffusion/blip.h"
 #include "diffusion/owlvit.h"
+#include "diffusion/wordpiece.h"
 #include "draft/reward.h"
 #include "nn/pickle.h"
 #include "tests/torch_save.h"
@@ -1319,6 +1321,292 @@ START_TEST(test_owlvit_tiny)
 }
 END_TEST
 
+/* ---------------------------------------------------------------- ImageReward */
+
+static const char ir_vocab[] = "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\na\nphoto\nof\ncat\nplay\n##ing\nun\n##aff\n"
+                               "##able\ncafe\n,\n.\n!\n";
+
+#define IRV 64    /* the tiny ViT: one 64-wide head (BLIP's width), 16 px in 8 px patches: 5 tokens */
+#define IRH 32    /* the tiny BERT: 2 heads of 16 */
+#define IRT 40    /* longest text the reference sees (35) */
+
+static double gelu_ref(double x) { return 0.5 * x * (1 + erf(x / sqrt(2.0))); }
+static const struct tensor *P0(const struct nn_params *ps, const char *name)
+{
+    const struct tensor *t = nn_param_find(ps, name);
+    ck_assert_msg(t, "no parameter %s", name);
+    return t;
+}
+static const struct tensor *P(const struct nn_params *ps, const char *fmt, int i)
+{
+    char n[256];
+    snprintf(n, sizeof n, fmt, i);
+    const struct tensor *t = nn_param_find(ps, n);
+    ck_assert_msg(t, "no parameter %s", n);
+    return t;
+}
+
+/* blip.text_encoder.encoder.layer.<l>.<part>.<what> */
+static const struct tensor *bert_param(const struct nn_params *ps, int l, const char *part, const char *what)
+{
+    char n[256];
+    snprintf(n, sizeof n, "blip.text_encoder.encoder.layer.%d.%s.%s", l, part, what);
+    const struct tensor *t = nn_param_find(ps, n);
+    ck_assert_msg(t, "no parameter %s", n);
+    return t;
+}
+
+/* rows y[r] = softmax(q[r] k^T / sqrt(d)) v over `heads` heads of width D/heads */
+static void ref_attention(const double *q, int nq, const double *k, const double *v, int nk, int D, int heads, double *y)
+{
+    const int d = D / heads;
+    for (int h = 0; h < heads; h++)
+        for (int r = 0; r < nq; r++) {
+            double sc[IRT], mx = -INFINITY, z = 0;
+            for (int j = 0; j < nk; j++) {
+                sc[j] = 0;
+                for (int e = 0; e < d; e++) sc[j] += q[r * D + h * d + e] * k[j * D + h * d + e];
+                sc[j] /= sqrt((double)d);
+                mx = fmax(mx, sc[j]);
+            }
+            for (int j = 0; j < nk; j++) z += (sc[j] = exp(sc[j] - mx));
+            for (int e = 0; e < d; e++) {
+                double acc = 0;
+                for (int j = 0; j < nk; j++) acc += sc[j] / z * v[j * D + h * d + e];
+                y[r * D + h * d + e] = acc;
+            }
+        }
+}
+
+/* n rows of W x + b */
+static void ref_rows(const struct tensor *W, const struct tensor *b, const double *x, int n, double *y)
+{
+    const int64_t o = W->shape[0], in = W->shape[1];
+    for (int r = 0; r < n; r++) ref_affine(W, b, x + r * in, y + r * o);
+}
+
+/* ImageReward of image b with `text`, in f64: the towers written out as vit.py and med.py have them */
+static double ref_imagereward(const struct nn_params *ps, const struct wp_tokenizer *tok, const struct tensor *img,
+                              int64_t b, const char *text)
+{
+    enum { S = 16, PS = 8, G = 2, T = G * G + 1, MLPW = 96, INTER = 48 };
+    double pix[3 * S * S], x[T * IRV], h[T * IRV], q[T * IRV], kk[T * IRV], vv[T * IRV], a[T * IRV], m[T * MLPW];
+    ref_preprocess(img, b, S, pix);
+    /* patches (conv with bias), the class token first, positions */
+    const struct tensor *pw = P0(ps, "blip.visual_encoder.patch_embed.proj.weight"),
+                        *pb = P0(ps, "blip.visual_encoder.patch_embed.proj.bias");
+    for (int d = 0; d < IRV; d++) x[d] = tensor_get_flat(P0(ps, "blip.visual_encoder.cls_token"), d);
+    for (int p = 0; p < G * G; p++)
+        for (int o = 0; o < IRV; o++) {
+            double acc = tensor_get_flat(pb, o);
+            for (int c = 0; c < 3; c++)
+                for (int ky = 0; ky < PS; ky++)
+                    for (int kx = 0; kx < PS; kx++)
+                        acc += tensor_get(pw, (int64_t[]){o, c, ky, kx}) *
+                               pix[(c * S + (p / G) * PS + ky) * S + (p % G) * PS + kx];
+            x[(1 + p) * IRV + o] = acc;
+        }
+    for (int e = 0; e < T * IRV; e++) x[e] += tensor_get_flat(P0(ps, "blip.visual_encoder.pos_embed"), e);
+    for (int l = 0; l < 2; l++) {
+        memcpy(h, x, sizeof h);
+        for (int r = 0; r < T; r++)
+            ref_ln(h + r * IRV, IRV, P(ps, "blip.visual_encoder.blocks.%d.norm1.weight", l),
+                   P(ps, "blip.visual_encoder.blocks.%d.norm1.bias", l), 1e-6);
+        double qkv[T * 3 * IRV];
+        ref_rows(P(ps, "blip.visual_encoder.blocks.%d.attn.qkv.weight", l),
+                 P(ps, "blip.visual_encoder.blocks.%d.attn.qkv.bias", l), h, T, qkv);
+        for (int r = 0; r < T; r++)
+            for (int d = 0; d < IRV; d++)
+                q[r * IRV + d] = qkv[r * 3 * IRV + d], kk[r * IRV + d] = qkv[r * 3 * IRV + IRV + d],
+                vv[r * IRV + d] = qkv[r * 3 * IRV + 2 * IRV + d];
+        ref_attention(q, T, kk, vv, T, IRV, 1, a);
+        ref_rows(P(ps, "blip.visual_encoder.blocks.%d.attn.proj.weight", l),
+                 P(ps, "blip.visual_encoder.blocks.%d.attn.proj.bias", l), a, T, h);
+        for (int e = 0; e < T * IRV; e++) x[e] += h[e];
+        memcpy(h, x, sizeof h);
+        for (int r = 0; r < T; r++)
+            ref_ln(h + r * IRV, IRV, P(ps, "blip.visual_encoder.blocks.%d.norm2.weight", l),
+                   P(ps, "blip.visual_encoder.blocks.%d.norm2.bias", l), 1e-6);
+        ref_rows(P(ps, "blip.visual_encoder.blocks.%d.mlp.fc1.weight", l),
+                 P(ps, "blip.visual_encoder.blocks.%d.mlp.fc1.bias", l), h, T, m);
+        for (int e = 0; e < T * MLPW; e++) m[e] = gelu_ref(m[e]);
+        ref_rows(P(ps, "blip.visual_encoder.blocks.%d.mlp.fc2.weight", l),
+                 P(ps, "blip.visual_encoder.blocks.%d.mlp.fc2.bias", l), m, T, h);
+        for (int e = 0; e < T * IRV; e++) x[e] += h[e];
+    }
+    for (int r = 0; r < T; r++)
+        ref_ln(x + r * IRV, IRV, P0(ps, "blip.visual_encoder.norm.weight"), P0(ps, "blip.visual_encoder.norm.bias"),
+               1e-6);
+    /* the text: [CLS] ids [SEP] without padding (the reference's padded keys weigh exactly 0) */
+    int32_t ids[35], mask[35];
+    ck_assert(!wp_encode(tok, text, ids, mask, 35));
+    int L = 0;
+    while (L < 35 && mask[L]) L++;
+    double t[IRT * IRH], u[IRT * IRH], tq[IRT * IRH], tk[IRT * IRH], tv[IRT * IRH], ta[IRT * IRH], ti[IRT * INTER];
+    for (int r = 0; r < L; r++)
+        for (int d = 0; d < IRH; d++)
+            t[r * IRH + d] = tensor_get(P0(ps, "blip.text_encoder.embeddings.word_embeddings.weight"),
+                                        (int64_t[]){ids[r], d}) +
+                             tensor_get(P0(ps, "blip.text_encoder.embeddings.position_embeddings.weight"),
+                                        (int64_t[]){r, d});
+    for (int r = 0; r < L; r++)
+        ref_ln(t + r * IRH, IRH, P0(ps, "blip.text_encoder.embeddings.LayerNorm.weight"),
+               P0(ps, "blip.text_encoder.embeddings.LayerNorm.bias"), 1e-12);
+    static const char *const att[2] = {"attention", "crossattention"};
+    for (int l = 0; l < 2; l++) {
+        for (int c = 0; c < 2; c++) {
+            const double *kv = c ? x : t;
+            const int nk = c ? T : L;
+#define TP(what) bert_param(ps, l, att[c], what)
+            ref_rows(TP("self.query.weight"), TP("self.query.bias"), t, L, tq);
+            ref_rows(TP("self.key.weight"), TP("self.key.bias"), kv, nk, tk);
+            ref_rows(TP("self.value.weight"), TP("self.value.bias"), kv, nk, tv);
+            ref_attention(tq, L, tk, tv, nk, IRH, 2, ta);
+            ref_rows(TP("output.dense.weight"), TP("output.dense.bias"), ta, L, u);
+            for (int e = 0; e < L * IRH; e++) t[e] += u[e];
+            for (int r = 0; r < L; r++) ref_ln(t + r * IRH, IRH, TP("output.LayerNorm.weight"), TP("output.LayerNorm.bias"), 1e-12);
+#undef TP
+        }
+        ref_rows(P(ps, "blip.text_encoder.encoder.layer.%d.intermediate.dense.weight", l),
+                 P(ps, "blip.text_encoder.encoder.layer.%d.intermediate.dense.bias", l), t, L, ti);
+        for (int e = 0; e < L * INTER; e++) ti[e] = gelu_ref(ti[e]);
+        ref_rows(P(ps, "blip.text_encoder.encoder.layer.%d.output.dense.weight", l),
+                 P(ps, "blip.text_encoder.encoder.layer.%d.output.dense.bias", l), ti, L, u);
+        for (int e = 0; e < L * IRH; e++) t[e] += u[e];
+        for (int r = 0; r < L; r++)
+            ref_ln(t + r * IRH, IRH, P(ps, "blip.text_encoder.encoder.layer.%d.output.LayerNorm.weight", l),
+                   P(ps, "blip.text_encoder.encoder.layer.%d.output.LayerNorm.bias", l), 1e-12);
+    }
+    /* the MLP on [CLS] (no activations), then ImageReward's normalisation */
+    double y[64], z[64];
+    memcpy(y, t, sizeof(double) * IRH);
+    static const int layer[5] = {0, 2, 4, 6, 7};
+    for (int i = 0; i < 5; i++) {
+        ref_affine(P(ps, "mlp.layers.%d.weight", layer[i]), P(ps, "mlp.layers.%d.bias", layer[i]), y, z);
+        memcpy(y, z, sizeof z);
+    }
+    return (y[0] - 0.16717362830052426) / 1.0333394966054072;
+}
+
+/* a tiny ImageReward folder: random towers and head in f64 (ImageReward.safetensors), its
+ * med_config.json and vocab.txt; extra: a tensor no part of the model has */
+static void write_imagereward(const char *dir, struct nn_params *ps, bool extra)
+{
+    char path[700];
+    snprintf(path, sizeof path, "%s/med_config.json", dir);
+    FILE *f = fopen(path, "w");
+    ck_assert(f);
+    fprintf(f, "{\"architectures\": [\"BertModel\"], \"attention_probs_dropout_prob\": 0.1, \"hidden_act\": \"gelu\", "
+               "\"hidden_dropout_prob\": 0.1, \"hidden_size\": %d, \"initializer_range\": 0.02, \"intermediate_size\": 48, "
+               "\"layer_norm_eps\": 1e-12, \"max_position_embeddings\": %d, \"model_type\": \"bert\", "
+               "\"num_attention_heads\": 2, \"num_hidden_layers\": 2, \"pad_token_id\": 0, \"type_vocab_size\": 2, "
+               "\"vocab_size\": 20, \"encoder_width\": 768, \"add_cross_attention\": true}\n", IRH, IRT);
+    fclose(f);
+    snprintf(path, sizeof path, "%s/vocab.txt", dir);
+    f = fopen(path, "w");
+    ck_assert(f && fwrite(ir_vocab, 1, sizeof ir_vocab - 1, f) == sizeof ir_vocab - 1);
+    fclose(f);
+    nn_params_init(ps, DTYPE_F64, DEVICE_CPU);
+    struct blip_vit vit;
+    struct blip_bert bert;
+    const struct blip_vit_config vc = {.width = IRV, .depth = 2, .heads = 1, .patch = 8, .image_size = 16, .mlp = 96};
+    const struct blip_bert_config bc = {.vocab_size = 20, .hidden_size = IRH, .intermediate_size = 48,
+                                        .max_position_embeddings = IRT, .encoder_width = IRV, .num_hidden_layers = 2,
+                                        .num_attention_heads = 2, .layer_norm_eps = 1e-12};
+    ck_assert(!blip_vit_init(&vit, &vc, ps, "blip.visual_encoder") && !blip_bert_init(&bert, &bc, ps, "blip.text_encoder"));
+    blip_vit_free(&vit);
+    blip_bert_free(&bert);
+    static const int64_t hd[6] = {IRH, 16, 8, 6, 4, 1};
+    static const int layer[5] = {0, 2, 4, 6, 7};
+    char n[64];
+    for (int i = 0; i < 5; i++) {
+        snprintf(n, sizeof n, "mlp.layers.%d.weight", layer[i]);
+        ck_assert(nn_param_new(ps, "", n, 2, (int64_t[]){hd[i + 1], hd[i]}));
+        snprintf(n, sizeof n, "mlp.layers.%d.bias", layer[i]);
+        ck_assert(nn_param_new(ps, "", n, 1, (int64_t[]){hd[i + 1]}));
+    }
+    ck_assert(nn_param_new(ps, "", "blip.vision_proj.weight", 2, (int64_t[]){8, IRV}));   /* unused, skipped */
+    if (extra) ck_assert(nn_param_new(ps, "", "blip.bogus", 1, (int64_t[]){2}));
+    /* layers of unit variance, norms away from 1, biases away from 0 */
+    for (int i = 0; i < ps->n; i++) {
+        struct tensor *v = ps->v[i].t;
+        const bool norm = strstr(ps->v[i].name, "norm") || strstr(ps->v[i].name, "LayerNorm");
+        const double a = v->ndim >= 2 ? 1.7 / sqrt((double)(tensor_numel(v) / v->shape[0])) : 0.3;
+        ck_assert(!tensor_copy_(v, norm && strstr(ps->v[i].name, "weight") ? test_uniform(DTYPE_F64, v->ndim, v->shape, 0.6, 1.4)
+                                                                         : test_uniform(DTYPE_F64, v->ndim, v->shape, -a, a)));
+    }
+    snprintf(path, sizeof path, "%s/ImageReward.safetensors", dir);
+    ck_assert_int_eq(nn_params_save(ps, path), STATUS_OK);
+}
+
+START_TEST(test_imagereward_tiny)
+{
+    LEAK_CHECK_BEGIN();
+    tensor_scope_begin();
+    char dir[] = "/tmp/test_reward_ir_XXXXXX", spec[600], cmd[700];
+    ck_assert(mkdtemp(dir));
+    struct nn_params ps;
+    write_imagereward(dir, &ps, false);
+    struct wp_tokenizer *tok = wp_tokenizer_from_memory(ir_vocab, sizeof ir_vocab - 1, "ir vocab");
+    ck_assert(tok && wp_add_special(tok, "[DEC]") == 18 && wp_add_special(tok, "[ENC]") == 19);
+    snprintf(spec, sizeof spec, "imagereward:%s", dir);
+    struct draft_reward *r = draft_reward_create_on(spec, DTYPE_F64, DEVICE_CPU), *r32 = draft_reward_create(spec);
+    snprintf(spec, sizeof spec, "imagereward:%s,text=Cafe, un-playing!", dir);
+    struct draft_reward *rt = draft_reward_create_on(spec, DTYPE_F64, DEVICE_CPU);
+    ck_assert_msg(r && r32 && rt, "%s", tensor_error());
+    ck_assert_str_eq(r->name, "imagereward");
+    /* 24 x 20: CLIP's resize and crop to 16; the second prompt is cut to [CLS] + 33 + [SEP] */
+    char longp[400] = "";
+    for (int i = 0; i < 40; i++) strcat(longp, i % 3 ? "cat " : "a photo ");
+    const char *prompts[2] = {"A photo of a CAT.", longp};
+    struct tensor *img = test_uniform(DTYPE_F64, 4, (int64_t[]){2, 3, 24, 20}, -1.05, 1.05);
+    struct tensor *s = draft_reward_score(r, img, prompts), *st = draft_reward_score(rt, img, NULL);
+    struct tensor *s32 = draft_reward_score(r32, tensor_to_dtype(img, DTYPE_F32), prompts);
+    ck_assert_msg(s && st && s32, "%s", tensor_error());
+    double err = 0, err32 = 0;
+    for (int64_t b = 0; b < 2; b++) {
+        const double ref = ref_imagereward(&ps, tok, img, b, prompts[b]);
+        const double reft = ref_imagereward(&ps, tok, img, b, "Cafe, un-playing!");
+        printf("imagereward tiny image %lld: %.10f (ref %.10f, f32 %.7f), text= %.10f (ref %.10f)\n", (long long)b,
+               tensor_get_flat(s, b), ref, tensor_get_flat(s32, b), tensor_get_flat(st, b), reft);
+        err = fmax(err, fmax(fabs(tensor_get_flat(s, b) - ref), fabs(tensor_get_flat(st, b) - reft)) / fmax(1, fabs(ref)));
+        err32 = fmax(err32, fabs(tensor_get_flat(s32, b) - ref) / fmax(1, fabs(ref)));
+    }
+    printf("imagereward tiny vs float64 loops: f64 rel %.2e, f32 rel %.2e\n", err, err32);
+    ck_assert_double_lt(err, 1e-12);
+    ck_assert_double_lt(err32, 1e-5);
+    ck_assert(fabs(tensor_get_flat(s, 0) - tensor_get_flat(s, 1)) > 1e-3);   /* the inputs matter */
+    ck_assert(draft_reward_score(r, img, NULL) == NULL && strstr(tensor_error(), "no prompts"));
+
+    struct pixel_ctx pc = {.r = r, .prompts = prompts};
+    struct tensor *p = pixel_setup(&pc, tensor_clone(img), 8);
+    ck_assert(gradcheck("imagereward tiny d score / d pixels", pixel_fn, &pc, 1, &p,
+                        &(struct gc_opts){.tol = 1e-6, .f32_tol = -1}));
+    draft_reward_free(r);
+    draft_reward_free(r32);
+    draft_reward_free(rt);
+    nn_params_free(&ps);
+
+    /* refused: an unknown tensor, a missing vocabulary, a bad spec */
+    write_imagereward(dir, &ps, true);
+    nn_params_free(&ps);
+    snprintf(spec, sizeof spec, "imagereward:%s", dir);
+    ck_assert(draft_reward_create(spec) == NULL);
+    ck_assert_msg(strstr(tensor_error(), "unexpected tensor 'blip.bogus'"), "%s", tensor_error());
+    snprintf(cmd, sizeof cmd, "%s/vocab.txt", dir);
+    ck_assert(unlink(cmd) == 0);
+    ck_assert(draft_reward_create(spec) == NULL);
+    ck_assert_msg(strstr(tensor_error(), "has no vocab.txt (bert-base-uncased's)"), "%s", tensor_error());
+    ck_assert(draft_reward_create("imagereward:") == NULL && strstr(tensor_error(), "expected imagereward:<folder>"));
+    ck_assert(draft_reward_spec_check("imagereward:/x,text=a") == STATUS_OK);
+    wp_tokenizer_free(tok);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    ck_assert(system(cmd) == 0);
+    tensor_scope_end();
+    LEAK_CHECK_END();
+}
+END_TEST
+
 /* ---------------------------------------------------------------- errors */
 
 START_TEST(test_errors)
@@ -1405,6 +1693,7 @@ int main(void)
     tcase_add_test(tc, test_clip_tiny);
     tcase_add_test(tc, test_openclip_tiny);
     tcase_add_test(tc, test_owlvit_tiny);
+    tcase_add_test(tc, test_imagereward_tiny);
     suite_add_tcase(s, tc);
     return test_run_suite(s);
 }

@@ -36,7 +36,7 @@ static const struct opt opts[] = {
     {"reward", K_STR, F(reward), "reward: aesthetic:<clip_dir>,<head.pth> | clip:<dir>[,logit_scale][,text=...] | "
                                  "hpsv2:<HPS_v2_compressed.pt>,<tokenizer dir> | pickscore:<dir> | classify:<dir>,text=<target>|<other>|... "
                                  "(log p(target) of CLIP's zero-shot classifier) | detect:<owlvit dir>[,text=<object>] "
-                                 "(OWL-ViT's best box score) | colorfulness | brightness=<t> | "
+                                 "(OWL-ViT's best box score) | imagereward:<dir>[,text=...] | colorfulness | brightness=<t> | "
                                  "contrast=<t> | jpeg | red | sum:[w*]<spec>;[w*]<spec>... (weighted sum)"},
     {"eval-reward", K_STR, F(eval_reward), "a second reward (same specs) scored on the held-out samples only: "
                                            "metrics.jsonl's eval_reward, the report; where reward hacking shows"},

@@ -32,7 +32,7 @@ static void usage(FILE *f)
             "diffusers against the aesthetic scorer a LoRA was trained with.\n"
             "  --reward SPEC      the reward (draft-run --help lists the specs)\n"
             "  --prompt TEXT      every image's prompt, for the rewards that read one (clip, hpsv2,\n"
-            "                     pickscore, classify with text=|..., detect without text=)\n"
+            "                     pickscore, classify with text=|..., detect and imagereward without text=)\n"
             "  --prompts FILE     one prompt a line ('#' lines and blank lines skipped): the i-th for the i-th\n"
             "                     image; as many as there are images\n"
             "  A FOLDER stands for its PNGs in name order (grid.png and sweep.png left out); the prompts.txt\n"
