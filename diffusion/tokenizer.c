@@ -83,9 +83,7 @@ static int utf8_encode(uint32_t c, uint8_t *o)
 
 /* ---------------------------------------------------------------- growable buffers */
 
-struct cpbuf { uint32_t *v; size_t n, cap; bool oom; };
-
-static void cp_push(struct cpbuf *b, uint32_t c)
+void uc_cp_push(struct cpbuf *b, uint32_t c)
 {
     if (b->n == b->cap) {
         size_t cap = b->cap ? 2 * b->cap : 64;
@@ -189,7 +187,7 @@ static void push_utf8(struct cpbuf *o, const char *s)
         uint32_t c = 0;
         int len = utf8_decode((const uint8_t *)s + i, n - i, &c);
         if (!len) break;   /* the generated table is valid UTF-8 */
-        cp_push(o, c);
+        uc_cp_push(o, c);
         i += (size_t)len;
     }
 }
@@ -202,12 +200,12 @@ static uint32_t hex_val(uint32_t c) { return c <= '9' ? c - '0' : (c | 0x20) - '
 static void html_unescape(const uint32_t *s, size_t n, struct cpbuf *o)
 {
     for (size_t i = 0; i < n;) {
-        if (s[i] != '&' || i + 1 >= n) { cp_push(o, s[i++]); continue; }
+        if (s[i] != '&' || i + 1 >= n) { uc_cp_push(o, s[i++]); continue; }
         size_t j = i + 1;
         if (s[j] == '#') {
             bool hex = j + 2 < n && (s[j + 1] == 'x' || s[j + 1] == 'X') && is_hex(s[j + 2]);
             bool dec = j + 1 < n && s[j + 1] >= '0' && s[j + 1] <= '9';
-            if (!hex && !dec) { cp_push(o, s[i++]); continue; }
+            if (!hex && !dec) { uc_cp_push(o, s[i++]); continue; }
             uint32_t num = 0;   /* saturates above U+10FFFF: Python's int is unbounded */
             size_t k = j + (hex ? 2 : 1);
             for (; k < n && (hex ? is_hex(s[k]) : (s[k] >= '0' && s[k] <= '9')); k++) {
@@ -219,12 +217,12 @@ static void html_unescape(const uint32_t *s, size_t n, struct cpbuf *o)
             size_t r;
             for (r = 0; r < NELEM(html_invalid_charrefs); r++)
                 if (html_invalid_charrefs[r].cp == num) break;
-            if (r < NELEM(html_invalid_charrefs)) { cp_push(o, html_invalid_charrefs[r].repl); continue; }
-            if ((num >= 0xD800 && num <= 0xDFFF) || num > 0x10FFFF) { cp_push(o, 0xFFFD); continue; }
+            if (r < NELEM(html_invalid_charrefs)) { uc_cp_push(o, html_invalid_charrefs[r].repl); continue; }
+            if ((num >= 0xD800 && num <= 0xDFFF) || num > 0x10FFFF) { uc_cp_push(o, 0xFFFD); continue; }
             bool drop = false;
             for (r = 0; r < NELEM(html_invalid_codepoints); r++)
                 if (html_invalid_codepoints[r] == num) drop = true;
-            if (!drop) cp_push(o, num);
+            if (!drop) uc_cp_push(o, num);
             continue;
         }
         /* a name: up to 32 code points other than \t \n \f space < & # ; — then an optional ';' */
@@ -232,7 +230,7 @@ static void html_unescape(const uint32_t *s, size_t n, struct cpbuf *o)
         while (k < n && k - j < 32 && s[k] != '\t' && s[k] != '\n' && s[k] != '\f' && s[k] != ' ' && s[k] != '<' &&
                s[k] != '&' && s[k] != '#' && s[k] != ';')
             k++;
-        if (k == j) { cp_push(o, s[i++]); continue; }
+        if (k == j) { uc_cp_push(o, s[i++]); continue; }
         if (k < n && s[k] == ';') k++;
         const struct html_entity *e = entity_find(s + j, k - j);
         size_t used = k - j;
@@ -241,10 +239,10 @@ static void html_unescape(const uint32_t *s, size_t n, struct cpbuf *o)
             used = x;
         }
         if (!e) {   /* no reference: the text stays */
-            for (size_t m = i; m < k; m++) cp_push(o, s[m]);
+            for (size_t m = i; m < k; m++) uc_cp_push(o, s[m]);
         } else {
             push_utf8(o, e->utf8);
-            for (size_t m = j + used; m < k; m++) cp_push(o, s[m]);
+            for (size_t m = j + used; m < k; m++) uc_cp_push(o, s[m]);
         }
         i = k;
     }
@@ -292,10 +290,10 @@ static bool clean_text(const uint32_t *s, size_t n, struct cpbuf *out)
     a.n = 0;
     for (size_t i = lo; i < hi;) {
         if (is_space(b.v[i])) {
-            cp_push(&a, ' ');
+            uc_cp_push(&a, ' ');
             while (i < hi && is_space(b.v[i])) i++;
         } else {
-            cp_push(&a, b.v[i++]);
+            uc_cp_push(&a, b.v[i++]);
         }
     }
     lo = 0;
@@ -306,7 +304,7 @@ static bool clean_text(const uint32_t *s, size_t n, struct cpbuf *out)
     for (size_t i = lo; i < hi; i++) {
         uint32_t l[2];
         const int k = uc_py_lower(a.v + lo, hi - lo, i - lo, l);
-        for (int j = 0; j < k; j++) cp_push(out, l[j]);
+        for (int j = 0; j < k; j++) uc_cp_push(out, l[j]);
     }
     ok = ok && !a.oom && !out->oom;
     free(a.v);
@@ -625,7 +623,7 @@ static int tokenize(const struct clip_tokenizer *t, const char *utf8, int32_t *i
             tensor_fail(STATUS_VALUE, "clip_tokenize: invalid UTF-8 at byte %zu (0x%02X)", i, (uint8_t)utf8[i]);
             return -1;
         }
-        cp_push(&text, c);
+        uc_cp_push(&text, c);
         i += (size_t)l;
     }
     bool ok = !text.oom && clean_text(text.v, text.n, &clean);

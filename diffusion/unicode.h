@@ -7,6 +7,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* a growable array of code points; oom once an allocation failed (pushes then do nothing) */
+struct cpbuf { uint32_t *v; size_t n, cap; bool oom; };
+void uc_cp_push(struct cpbuf *b, uint32_t c);
+
 /* strict decode of one code point at s[0..n): its length, or 0 when invalid (overlong,
  * surrogate, past U+10FFFF, cut short) */
 int uc_utf8_decode(const uint8_t *s, size_t n, uint32_t *cp);

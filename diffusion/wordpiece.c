@@ -204,29 +204,14 @@ static int ccc_of(uint32_t c)   /* canonical combining class of a code point tha
     return 0;
 }
 
-/* ---------------------------------------------------------------- growable code point buffer */
-
-struct cps { uint32_t *v; size_t n, cap; bool oom; };
-
-static void push(struct cps *b, uint32_t c)
-{
-    if (b->n == b->cap) {
-        size_t cap = b->cap ? 2 * b->cap : 64;
-        uint32_t *v = b->oom ? NULL : realloc(b->v, cap * sizeof *v);
-        if (!v) { b->oom = true; return; }
-        b->v = v, b->cap = cap;
-    }
-    b->v[b->n++] = c;
-}
-
 /* NFD of c without its marks (Mn), appended to out */
-static void push_stripped(struct cps *out, uint32_t c)
+static void push_stripped(struct cpbuf *out, uint32_t c)
 {
     if (c >= 0xAC00 && c <= 0xD7A3) {   /* Hangul syllable: L V [T] jamo (Unicode 3.12) */
         const uint32_t s = c - 0xAC00;
-        push(out, 0x1100 + s / 588);
-        push(out, 0x1161 + (s % 588) / 28);
-        if (s % 28) push(out, 0x11A7 + s % 28);
+        uc_cp_push(out, 0x1100 + s / 588);
+        uc_cp_push(out, 0x1161 + (s % 588) / 28);
+        if (s % 28) uc_cp_push(out, 0x11A7 + s % 28);
         return;
     }
     size_t lo = 0, hi = NELEM(wp_nfd);
@@ -237,12 +222,12 @@ static void push_stripped(struct cps *out, uint32_t c)
         else {
             for (int k = 0; k < wp_nfd[mid].n; k++) {
                 const uint32_t d = wp_nfd_pool[wp_nfd[mid].at + k];
-                if (!is_mark(d)) push(out, d);
+                if (!is_mark(d)) uc_cp_push(out, d);
             }
             return;
         }
     }
-    if (!is_mark(c)) push(out, c);
+    if (!is_mark(c)) uc_cp_push(out, c);
 }
 
 /* ---------------------------------------------------------------- tokenize */
@@ -315,13 +300,13 @@ static bool wordpiece(const struct wp_tokenizer *t, const uint32_t *w, size_t n,
 /* BasicTokenizer on a text without special tokens, then WordPiece */
 static bool basic(const struct wp_tokenizer *t, const uint32_t *s, size_t n, struct out *o)
 {
-    struct cps a = {0}, w = {0}, x = {0};
+    struct cpbuf a = {0}, w = {0}, x = {0};
     for (size_t i = 0; i < n; i++) {   /* _clean_text, _tokenize_chinese_chars */
         const uint32_t c = s[i];
         if (c == 0 || c == 0xFFFD || is_control(c)) continue;
-        if (is_whitespace(c)) push(&a, ' ');
-        else if (is_cjk(c)) push(&a, ' '), push(&a, c), push(&a, ' ');
-        else push(&a, c);
+        if (is_whitespace(c)) uc_cp_push(&a, ' ');
+        else if (is_cjk(c)) uc_cp_push(&a, ' '), uc_cp_push(&a, c), uc_cp_push(&a, ' ');
+        else uc_cp_push(&a, c);
     }
     for (size_t i = 0; i < a.n && !a.oom;) {
         while (i < a.n && uc_is_pyspace(a.v[i])) i++;
@@ -360,7 +345,7 @@ static bool basic(const struct wp_tokenizer *t, const uint32_t *s, size_t n, str
                 x.n = 0;
                 if (k < w.n) wordpiece(t, &w.v[k], 1, o);
             } else {
-                push(&x, w.v[k]);
+                uc_cp_push(&x, w.v[k]);
             }
         }
         i = e;
@@ -387,7 +372,7 @@ int wp_tokenize(const struct wp_tokenizer *t, const char *utf8, int32_t *ids, in
         tensor_fail(STATUS_VALUE, "wp_tokenize: text of %zu bytes is too long", len);
         return -1;
     }
-    struct cps s = {0};
+    struct cpbuf s = {0};
     for (size_t i = 0; i < len;) {
         uint32_t c = 0;
         const int l = uc_utf8_decode((const uint8_t *)utf8 + i, len - i, &c);
@@ -396,7 +381,7 @@ int wp_tokenize(const struct wp_tokenizer *t, const char *utf8, int32_t *ids, in
             tensor_fail(STATUS_VALUE, "wp_tokenize: invalid UTF-8 at byte %zu (0x%02X)", i, (uint8_t)utf8[i]);
             return -1;
         }
-        push(&s, c);
+        uc_cp_push(&s, c);
         i += (size_t)l;
     }
     /* the special tokens, cut out where they stand (the longest at the earliest place) */

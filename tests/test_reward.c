@@ -1075,6 +1075,12 @@ static void ref_ln(double *x, int64_t n, const struct tensor *w, const struct te
         x[i] = (x[i] - m) / sqrt(v + eps) * tensor_get_flat(w, i) + tensor_get_flat(bias, i);
 }
 
+/* ref_ln on each of n rows of width D */
+static void ref_ln_rows(double *x, int n, int64_t D, const struct tensor *w, const struct tensor *bias, double eps)
+{
+    for (int r = 0; r < n; r++) ref_ln(x + (int64_t)r * D, D, w, bias, eps);
+}
+
 /* y = W x + b for W [out, in] */
 static void ref_affine(const struct tensor *W, const struct tensor *bias, const double *x, double *y)
 {
@@ -1409,8 +1415,7 @@ static double ref_imagereward(const struct nn_params *ps, const struct wp_tokeni
     for (int e = 0; e < T * IRV; e++) x[e] += tensor_get_flat(P0(ps, "blip.visual_encoder.pos_embed"), e);
     for (int l = 0; l < 2; l++) {
         memcpy(h, x, sizeof h);
-        for (int r = 0; r < T; r++)
-            ref_ln(h + r * IRV, IRV, P(ps, "blip.visual_encoder.blocks.%d.norm1.weight", l),
+        ref_ln_rows(h, T, IRV, P(ps, "blip.visual_encoder.blocks.%d.norm1.weight", l),
                    P(ps, "blip.visual_encoder.blocks.%d.norm1.bias", l), 1e-6);
         double qkv[T * 3 * IRV];
         ref_rows(P(ps, "blip.visual_encoder.blocks.%d.attn.qkv.weight", l),
@@ -1424,8 +1429,7 @@ static double ref_imagereward(const struct nn_params *ps, const struct wp_tokeni
                  P(ps, "blip.visual_encoder.blocks.%d.attn.proj.bias", l), a, T, h);
         for (int e = 0; e < T * IRV; e++) x[e] += h[e];
         memcpy(h, x, sizeof h);
-        for (int r = 0; r < T; r++)
-            ref_ln(h + r * IRV, IRV, P(ps, "blip.visual_encoder.blocks.%d.norm2.weight", l),
+        ref_ln_rows(h, T, IRV, P(ps, "blip.visual_encoder.blocks.%d.norm2.weight", l),
                    P(ps, "blip.visual_encoder.blocks.%d.norm2.bias", l), 1e-6);
         ref_rows(P(ps, "blip.visual_encoder.blocks.%d.mlp.fc1.weight", l),
                  P(ps, "blip.visual_encoder.blocks.%d.mlp.fc1.bias", l), h, T, m);
@@ -1434,8 +1438,7 @@ static double ref_imagereward(const struct nn_params *ps, const struct wp_tokeni
                  P(ps, "blip.visual_encoder.blocks.%d.mlp.fc2.bias", l), m, T, h);
         for (int e = 0; e < T * IRV; e++) x[e] += h[e];
     }
-    for (int r = 0; r < T; r++)
-        ref_ln(x + r * IRV, IRV, P0(ps, "blip.visual_encoder.norm.weight"), P0(ps, "blip.visual_encoder.norm.bias"),
+    ref_ln_rows(x, T, IRV, P0(ps, "blip.visual_encoder.norm.weight"), P0(ps, "blip.visual_encoder.norm.bias"),
                1e-6);
     /* the text: [CLS] ids [SEP] without padding (the reference's padded keys weigh exactly 0) */
     int32_t ids[35], mask[35];
@@ -1449,8 +1452,7 @@ static double ref_imagereward(const struct nn_params *ps, const struct wp_tokeni
                                         (int64_t[]){ids[r], d}) +
                              tensor_get(P0(ps, "blip.text_encoder.embeddings.position_embeddings.weight"),
                                         (int64_t[]){r, d});
-    for (int r = 0; r < L; r++)
-        ref_ln(t + r * IRH, IRH, P0(ps, "blip.text_encoder.embeddings.LayerNorm.weight"),
+    ref_ln_rows(t, L, IRH, P0(ps, "blip.text_encoder.embeddings.LayerNorm.weight"),
                P0(ps, "blip.text_encoder.embeddings.LayerNorm.bias"), 1e-12);
     static const char *const att[2] = {"attention", "crossattention"};
     for (int l = 0; l < 2; l++) {
@@ -1464,7 +1466,7 @@ static double ref_imagereward(const struct nn_params *ps, const struct wp_tokeni
             ref_attention(tq, L, tk, tv, nk, IRH, 2, ta);
             ref_rows(TP("output.dense.weight"), TP("output.dense.bias"), ta, L, u);
             for (int e = 0; e < L * IRH; e++) t[e] += u[e];
-            for (int r = 0; r < L; r++) ref_ln(t + r * IRH, IRH, TP("output.LayerNorm.weight"), TP("output.LayerNorm.bias"), 1e-12);
+            ref_ln_rows(t, L, IRH, TP("output.LayerNorm.weight"), TP("output.LayerNorm.bias"), 1e-12);
 #undef TP
         }
         ref_rows(P(ps, "blip.text_encoder.encoder.layer.%d.intermediate.dense.weight", l),
@@ -1473,8 +1475,7 @@ static double ref_imagereward(const struct nn_params *ps, const struct wp_tokeni
         ref_rows(P(ps, "blip.text_encoder.encoder.layer.%d.output.dense.weight", l),
                  P(ps, "blip.text_encoder.encoder.layer.%d.output.dense.bias", l), ti, L, u);
         for (int e = 0; e < L * IRH; e++) t[e] += u[e];
-        for (int r = 0; r < L; r++)
-            ref_ln(t + r * IRH, IRH, P(ps, "blip.text_encoder.encoder.layer.%d.output.LayerNorm.weight", l),
+        ref_ln_rows(t, L, IRH, P(ps, "blip.text_encoder.encoder.layer.%d.output.LayerNorm.weight", l),
                    P(ps, "blip.text_encoder.encoder.layer.%d.output.LayerNorm.bias", l), 1e-12);
     }
     /* the MLP on [CLS] (no activations), then ImageReward's normalisation */
