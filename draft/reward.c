@@ -1109,9 +1109,23 @@ struct imagereward_ctx {
     struct blip_bert bert;
     bool vit_init, bert_init;
     struct draft_aesthetic_head *mlp;
+    struct nn_linear vision_proj;   /* BLIP's contrastive image projection: the image embeddings */
+    bool has_proj;
     struct wp_tokenizer *tok;
     char *target;   /* the prompt for every image (text=), owned; NULL: each image's */
 };
+
+/* BLIP's image embedding: normalize(vision_proj(image_embeds[:, 0])), as BLIP_Pretrain's image_feat */
+static struct tensor *imagereward_embed(struct draft_reward *r, struct tensor *images)
+{
+    const struct imagereward_ctx *c = r->ctx;
+    const struct tensor *w = c->vit.cls_token;
+    tensor_scope_begin();
+    struct tensor *px = cast_to(draft_clip_preprocess(images, c->vit.cfg.image_size), w->dtype, tensor_device(w));
+    struct tensor *emb = blip_vit_forward(&c->vit, px);
+    struct tensor *cls = emb ? ag_reshape(ag_narrow(emb, 1, 0, 1), TENSOR_SHAPE(emb->shape[0], emb->shape[2])) : NULL;
+    return tensor_scope_return(ag_normalize(nn_linear_forward(&c->vision_proj, cls), 1, NORM_EPS));
+}
 
 /* BLIP's ViT and its cross-attending BERT: the [CLS] row of the text tower, in the towers' dtype */
 static struct tensor *imagereward_features(const struct imagereward_ctx *c, struct tensor *images,
@@ -1183,14 +1197,13 @@ static void imagereward_free(struct draft_reward *r)
     free(r);
 }
 
-/* the tensors of an ImageReward state dict that the score does not read: BLIP_Pretrain's
- * contrastive projections and the position_ids buffer */
+/* the tensors of an ImageReward state dict that nothing reads: BLIP_Pretrain's text projection
+ * and the position_ids buffer */
 static bool imagereward_unused(const char *name)
 {
     static const char ids[] = "embeddings.position_ids";
     const size_t n = strlen(name), k = sizeof ids - 1;
-    return !strncmp(name, "blip.vision_proj.", 17) || !strncmp(name, "blip.text_proj.", 15) ||
-           (n >= k && !strcmp(name + n - k, ids));
+    return !strncmp(name, "blip.text_proj.", 15) || (n >= k && !strcmp(name + n - k, ids));
 }
 
 struct draft_reward *draft_reward_imagereward_create(const char *dir, const char *text, enum dtype dt, enum device dev)
@@ -1234,6 +1247,11 @@ struct draft_reward *draft_reward_imagereward_create(const char *dir, const char
     if (!s) s = blip_bert_config_load(&bc, cpath, vc.width);
     if (!s) s = (c->vit_init = true, blip_vit_init(&c->vit, &vc, &c->ps, "blip.visual_encoder"));
     if (!s) s = (c->bert_init = true, blip_bert_init(&c->bert, &bc, &c->ps, "blip.text_encoder"));
+    /* the image embeddings' projection, where the file has it (BLIP_Pretrain's checkpoints do) */
+    int64_t pshape[TENSOR_MAX_DIMS];
+    int pnd = 0;
+    c->has_proj = !s && nn_weights_shape(w, "blip.vision_proj.weight", &pnd, pshape) && pnd == 2;
+    if (c->has_proj) s = nn_linear_init(&c->vision_proj, &c->ps, "blip.vision_proj", vc.width, pshape[0], true);
     for (int i = 0; !s && i < nn_weights_count(w); i++) {   /* every other tensor is the head's or unused */
         const char *nm = nn_weights_name(w, i);
         if (!nn_param_find(&c->ps, nm) && strncmp(nm, "mlp.layers.", 11) && !imagereward_unused(nm))
@@ -1252,6 +1270,7 @@ struct draft_reward *draft_reward_imagereward_create(const char *dir, const char
         s = tensor_fail(STATUS_SHAPE, "reward imagereward: %s with [DEC] and [ENC] has %d tokens, the text tower of %s "
                                       "%lld", vpath, wp_vocab_size(c->tok), cpath, (long long)bc.vocab_size);
     if (!s && text && !(c->target = strdup(text))) s = tensor_fail(STATUS_OOM, "reward imagereward: out of memory");
+    if (!s && c->has_proj) r->embed = imagereward_embed;
     if (s) {
         imagereward_free(r);
         return NULL;
@@ -1406,7 +1425,7 @@ struct tensor *draft_reward_image_embeds(struct draft_reward *r, struct tensor *
     struct draft_reward *with = embedder(r);
     if (!with) {
         tensor_fail(STATUS_VALUE, "reward %s has no image tower to embed images with (aesthetic, clip, classify, "
-                                  "pickscore, hpsv2 and detect have one)", r->name);
+                                  "pickscore, hpsv2, detect and imagereward have one)", r->name);
         return NULL;
     }
     if (!images_ok(with, images)) return NULL;

@@ -95,7 +95,8 @@ enum status draft_reward_score_values(struct draft_reward *r, struct tensor *ima
 
 /* The normalised image embeddings [B, P] (f64 on the CPU) of a reward with an image tower:
  * aesthetic (its CLIP image embedding), clip, pickscore, hpsv2, detect (OWL-ViT's image-level CLIP
- * embedding, OwlViTModel's image_embeds), or a sum (its first such term).
+ * embedding, OwlViTModel's image_embeds), imagereward (BLIP's: the ViT's class token through
+ * blip.vision_proj, when the file has it), or a sum (its first such term).
  * Computed without a graph, from the images as the reward sees them. NULL with a message for a
  * reward without one. For measures of the samples in a model's feature space (draft_feature_diversity). */
 struct tensor *draft_reward_image_embeds(struct draft_reward *r, struct tensor *images);

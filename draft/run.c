@@ -1286,7 +1286,7 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
         }
         if (!draft_reward_has_image_tower(r->div_model)) {
             s = tensor_fail(STATUS_VALUE, "--diversity-model %s: reward %s has no image tower (clip, classify, "
-                                          "aesthetic, pickscore, hpsv2 and detect have one)", c->diversity_model, r->div_model->name);
+                                          "aesthetic, pickscore, hpsv2, detect and imagereward have one)", c->diversity_model, r->div_model->name);
             goto done;
         }
     }

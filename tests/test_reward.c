@@ -1392,11 +1392,13 @@ static void ref_rows(const struct tensor *W, const struct tensor *b, const doubl
 }
 
 /* ImageReward of image b with `text`, in f64: the towers written out as vit.py and med.py have them */
-static double ref_imagereward(const struct nn_params *ps, const struct wp_tokenizer *tok, const struct tensor *img,
-                              int64_t b, const char *text)
+#define IRT_IMG 5   /* the tiny ViT's tokens: 2 x 2 patches and the class token */
+
+/* the tiny ViT's output tokens x [IRT_IMG][IRV] for image b, as vit.py computes them */
+static void ref_blip_vit(const struct nn_params *ps, const struct tensor *img, int64_t b, double *x)
 {
-    enum { S = 16, PS = 8, G = 2, T = G * G + 1, MLPW = 96, INTER = 48 };
-    double pix[3 * S * S], x[T * IRV], h[T * IRV], q[T * IRV], kk[T * IRV], vv[T * IRV], a[T * IRV], m[T * MLPW];
+    enum { S = 16, PS = 8, G = 2, T = IRT_IMG, MLPW = 96 };
+    double pix[3 * S * S], h[T * IRV], q[T * IRV], kk[T * IRV], vv[T * IRV], a[T * IRV], m[T * MLPW];
     ref_preprocess(img, b, S, pix);
     /* patches (conv with bias), the class token first, positions */
     const struct tensor *pw = P0(ps, "blip.visual_encoder.patch_embed.proj.weight"),
@@ -1440,6 +1442,14 @@ static double ref_imagereward(const struct nn_params *ps, const struct wp_tokeni
     }
     ref_ln_rows(x, T, IRV, P0(ps, "blip.visual_encoder.norm.weight"), P0(ps, "blip.visual_encoder.norm.bias"),
                1e-6);
+}
+
+static double ref_imagereward(const struct nn_params *ps, const struct wp_tokenizer *tok, const struct tensor *img,
+                              int64_t b, const char *text)
+{
+    enum { T = IRT_IMG, INTER = 48 };
+    double x[T * IRV];
+    ref_blip_vit(ps, img, b, x);
     /* the text: [CLS] ids [SEP] without padding (the reference's padded keys weigh exactly 0) */
     int32_t ids[35], mask[35];
     ck_assert(!wp_encode(tok, text, ids, mask, 35));
@@ -1526,7 +1536,9 @@ static void write_imagereward(const char *dir, struct nn_params *ps, bool extra)
         snprintf(n, sizeof n, "mlp.layers.%d.bias", layer[i]);
         ck_assert(nn_param_new(ps, "", n, 1, (int64_t[]){hd[i + 1]}));
     }
-    ck_assert(nn_param_new(ps, "", "blip.vision_proj.weight", 2, (int64_t[]){8, IRV}));   /* unused, skipped */
+    ck_assert(nn_param_new(ps, "", "blip.vision_proj.weight", 2, (int64_t[]){8, IRV}));   /* the image embeddings */
+    ck_assert(nn_param_new(ps, "", "blip.vision_proj.bias", 1, (int64_t[]){8}));
+    ck_assert(nn_param_new(ps, "", "blip.text_proj.weight", 2, (int64_t[]){8, IRH}));   /* unused, skipped */
     if (extra) ck_assert(nn_param_new(ps, "", "blip.bogus", 1, (int64_t[]){2}));
     /* layers of unit variance, norms away from 1, biases away from 0 */
     for (int i = 0; i < ps->n; i++) {
@@ -1578,6 +1590,20 @@ START_TEST(test_imagereward_tiny)
     ck_assert_double_lt(err32, 1e-5);
     ck_assert(fabs(tensor_get_flat(s, 0) - tensor_get_flat(s, 1)) > 1e-3);   /* the inputs matter */
     ck_assert(draft_reward_score(r, img, NULL) == NULL && strstr(tensor_error(), "no prompts"));
+    /* its image embeddings (--diversity-model): normalize(vision_proj(the ViT's class token)) */
+    ck_assert(draft_reward_has_image_tower(r));
+    struct tensor *emb = draft_reward_image_embeds(r, img);
+    ck_assert_msg(emb && emb->ndim == 2 && emb->shape[0] == 2 && emb->shape[1] == 8, "%s", tensor_error());
+    double eerr = 0;
+    for (int64_t b = 0; b < 2; b++) {
+        double tokens[IRT_IMG * IRV], e[8], n = 0;
+        ref_blip_vit(&ps, img, b, tokens);   /* the class token first */
+        ref_affine(P0(&ps, "blip.vision_proj.weight"), P0(&ps, "blip.vision_proj.bias"), tokens, e);
+        for (int k = 0; k < 8; k++) n += e[k] * e[k];
+        for (int k = 0; k < 8; k++) eerr = fmax(eerr, fabs(tensor_get(emb, (int64_t[]){b, k}) - e[k] / sqrt(n)));
+    }
+    printf("imagereward tiny image embeds vs float64 loops: max abs %.2e\n", eerr);
+    ck_assert_double_lt(eerr, 1e-12);
 
     struct pixel_ctx pc = {.r = r, .prompts = prompts};
     struct tensor *p = pixel_setup(&pc, tensor_clone(img), 8);

@@ -41,7 +41,7 @@ static const struct opt opts[] = {
     {"eval-reward", K_STR, F(eval_reward), "a second reward (same specs) scored on the held-out samples only: "
                                            "metrics.jsonl's eval_reward, the report; where reward hacking shows"},
     {"diversity-model", K_STR, F(diversity_model), "a reward spec with an image tower (clip:<dir>, aesthetic:..., "
-                                                   "pickscore:<dir>, hpsv2:..., detect:<dir>), or clip for the model folder's own: "
+                                                   "pickscore:<dir>, hpsv2:..., detect:<dir>, imagereward:<dir>), or clip for the model folder's own: "
                                                    "the held-out samples' diversity also in its image embeddings (mean "
                                                    "pairwise 1 - cosine), which sees them converge on one subject where "
                                                    "pixels do not"},
