@@ -5,10 +5,40 @@
  * merges.txt). Each goes in its own exact-size buffer, so reading past either end is a sanitizer
  * report. clip_tokenizer_from_memory must refuse with a message, or accept a tokenizer that
  * works: bos/eos and every byte token in the vocabulary, and a few prompts tokenize to ids inside
- * it and decode again. Seed: FUZZ_SEED_OUT=<file> writes the tiny vocabulary's pair of files in
+ * it and decode again. The vocab.json part is also read as a WordPiece vocab.txt
+ * (wp_tokenizer_from_memory), with the same rule: a refusal with a message, or a tokenizer whose
+ * ids stay inside it and whose framing is [CLS] ... [SEP] [PAD]... Seed: FUZZ_SEED_OUT=<file> writes the tiny vocabulary's pair of files in
  * this format before fuzzing starts. Build and run: see fuzz/README.md. */
 #define FUZZ_NAME "fuzz_tokenizer_files"   /* names the target in CHECK's message */
 #include "fuzz/tiny_vocab.h"
+#include "diffusion/wordpiece.h"
+
+/* bytes as a WordPiece vocab.txt: refused with a message, or a tokenizer that works */
+static void wordpiece_check(const char *v, size_t vn)
+{
+    fuzz_error[0] = 0;
+    fuzz_status = STATUS_OK;
+    struct wp_tokenizer *w = wp_tokenizer_from_memory(v, vn, "vocab.txt");
+    if (!w) {
+        CHECK(fuzz_status != STATUS_OK && fuzz_error[0]);
+        return;
+    }
+    const int nv = wp_vocab_size(w);
+    const int32_t cls = wp_token_id(w, "[CLS]"), sep = wp_token_id(w, "[SEP]"), pad = wp_token_id(w, "[PAD]");
+    CHECK(cls >= 0 && sep >= 0 && pad >= 0 && wp_token_id(w, "[UNK]") >= 0);
+    static const char *const texts[] = {"a photo of a cat", "Caf\xC3\xA9 [CLS] x[SEP]y \xE7\x9A\x84!", "", "##a ##"};
+    for (size_t k = 0; k < sizeof texts / sizeof texts[0]; k++) {
+        int32_t ids[64], e[12], m[12];
+        const int n = wp_tokenize(w, texts[k], ids, 64);
+        CHECK(n >= 0 && n <= 64);
+        for (int i = 0; i < n; i++) CHECK(ids[i] >= 0 && ids[i] < nv);
+        CHECK(wp_encode(w, texts[k], e, m, 12) == STATUS_OK);
+        const int kk = n < 10 ? n : 10;
+        CHECK(e[0] == cls && e[1 + kk] == sep && m[1 + kk] == 1);
+        for (int i = 2 + kk; i < 12; i++) CHECK(e[i] == pad && m[i] == 0);
+    }
+    wp_tokenizer_free(w);
+}
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
@@ -41,6 +71,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     const uint8_t *nul = memchr(data, 0, size);
     const size_t vn = nul ? (size_t)(nul - data) : size, mn = nul ? size - vn - 1 : 0;
     char *v = copy_exact(data, vn), *m = copy_exact(nul ? nul + 1 : data, mn);
+    wordpiece_check(v, vn);
     fuzz_error[0] = 0;
     fuzz_status = STATUS_OK;
     struct clip_tokenizer *t = clip_tokenizer_from_memory(v, vn, "vocab.json", m, mn, "merges.txt");
