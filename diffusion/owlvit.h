@@ -10,9 +10,10 @@
  * a detection score does not read it, so it is not built (and its tensors are skipped on load).
  *
  * Parameters are named by the checkpoint keys: "owlvit.text_model.…", "owlvit.vision_model.…"
- * (pre_layernorm, spelt so), "owlvit.text_projection.weight", "owlvit.visual_projection.weight",
- * "owlvit.logit_scale" (the image-level CLIP head; loaded, unused here), "layer_norm.*",
- * "class_head.dense0.*", "class_head.logit_shift.*", "class_head.logit_scale.*".
+ * (pre_layernorm, spelt so), "owlvit.text_projection.weight", "owlvit.visual_projection.weight"
+ * (the image-level CLIP embedding: clip_vision_forward of vision_model), "owlvit.logit_scale"
+ * (CLIP's temperature; loaded, unused here), "layer_norm.*", "class_head.dense0.*",
+ * "class_head.logit_shift.*", "class_head.logit_scale.*".
  */
 #ifndef DIFFUSION_OWLVIT_H
 #define DIFFUSION_OWLVIT_H
