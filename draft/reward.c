@@ -1127,44 +1127,53 @@ static struct tensor *imagereward_embed(struct draft_reward *r, struct tensor *i
     return tensor_scope_return(ag_normalize(nn_linear_forward(&c->vision_proj, cls), 1, NORM_EPS));
 }
 
-/* BLIP's ViT and its cross-attending BERT: the [CLS] row of the text tower, in the towers' dtype */
+/* BLIP's ViT and its cross-attending BERT: the [CLS] row of the text tower, in the towers' dtype.
+ * Texts run unpadded (blip.h says why that is the reference's result), those of one length together. */
 static struct tensor *imagereward_features(const struct imagereward_ctx *c, struct tensor *images,
                                            const char *const *prompts)
 {
+    enum { N = IMAGEREWARD_MAX_LENGTH };
     const int64_t B = images->shape[0];
     const struct tensor *w = c->vit.cls_token;
-    tensor_scope_begin();
-    struct tensor *px = cast_to(draft_clip_preprocess(images, c->vit.cfg.image_size), w->dtype, tensor_device(w));
-    struct tensor *emb = blip_vit_forward(&c->vit, px);   /* [B, N + 1, width] */
-    struct tensor **cls = calloc((size_t)B, sizeof *cls);
-    if (!cls) {
-        tensor_fail(STATUS_OOM, "reward imagereward: out of memory");
-        return tensor_scope_return(NULL);
-    }
-    bool ok = emb != NULL;
-    /* each image with its own text, unpadded (blip.h says why that is the reference's result) */
+    int32_t(*ids)[N] = malloc(sizeof *ids * (size_t)B), *group = malloc(sizeof *group * (size_t)B * N);
+    int *len = calloc((size_t)B, sizeof *len);
+    struct tensor **cls = calloc((size_t)B, sizeof *cls), **embs = calloc((size_t)B, sizeof *embs);
+    bool ok = ids && group && len && cls && embs;
+    if (!ok) tensor_fail(STATUS_OOM, "reward imagereward: out of memory");
     for (int64_t b = 0; ok && b < B; b++) {
         const char *text = c->target ? c->target : prompts[b];
-        int32_t ids[IMAGEREWARD_MAX_LENGTH], mask[IMAGEREWARD_MAX_LENGTH];
-        if (!text) {
-            tensor_fail(STATUS_VALUE, "reward imagereward: prompt %lld is NULL", (long long)b);
-            ok = false;
-            break;
-        }
-        if (wp_encode(c->tok, text, ids, mask, IMAGEREWARD_MAX_LENGTH)) {
-            ok = false;
-            break;
-        }
-        int64_t L = 0;
-        while (L < IMAGEREWARD_MAX_LENGTH && mask[L]) L++;
-        struct tensor *t = tensor_from_data(DTYPE_I32, 2, (int64_t[]){1, L}, ids);
-        if (t && tensor_device(w) != DEVICE_CPU) t = tensor_to_device(t, tensor_device(w));
-        struct tensor *h = blip_bert_forward(&c->bert, t, ag_narrow(emb, 0, b, 1));
-        cls[b] = h ? ag_reshape(ag_narrow(h, 1, 0, 1), TENSOR_SHAPE(1, h->shape[2])) : NULL;
-        ok = cls[b] != NULL;
+        int32_t mask[N];
+        if (!text) ok = !tensor_fail(STATUS_VALUE, "reward imagereward: prompt %lld is NULL", (long long)b);
+        else ok = !wp_encode(c->tok, text, ids[b], mask, N);
+        while (ok && len[b] < N && mask[len[b]]) len[b]++;
     }
-    struct tensor *f = ok ? ag_concat((int)B, cls, 0) : NULL;   /* [B, hidden] */
+    tensor_scope_begin();
+    struct tensor *px = ok ? cast_to(draft_clip_preprocess(images, c->vit.cfg.image_size), w->dtype, tensor_device(w)) : NULL;
+    struct tensor *emb = blip_vit_forward(&c->vit, px);   /* [B, N + 1, width] */
+    ok = ok && emb;
+    for (int64_t b = 0; ok && b < B; b++) {
+        if (cls[b]) continue;
+        /* the images whose texts have b's length, b first */
+        int64_t members[64], G = 0;
+        for (int64_t j = b; j < B && G < 64; j++)
+            if (!cls[j] && len[j] == len[b]) {
+                members[G] = j;
+                memcpy(group + G * len[b], ids[j], sizeof(int32_t) * (size_t)len[b]);
+                embs[G++] = ag_narrow(emb, 0, j, 1);
+            }
+        struct tensor *t = tensor_from_data(DTYPE_I32, 2, (int64_t[]){G, len[b]}, group);
+        if (t && tensor_device(w) != DEVICE_CPU) t = tensor_to_device(t, tensor_device(w));
+        struct tensor *h = blip_bert_forward(&c->bert, t, G == B ? emb : ag_concat((int)G, embs, 0));
+        for (int64_t k = 0; h && k < G; k++)
+            cls[members[k]] = ag_reshape(ag_narrow(ag_narrow(h, 0, k, 1), 1, 0, 1), TENSOR_SHAPE(1, h->shape[2]));
+        ok = h && cls[b];
+    }
+    struct tensor *f = ok ? ag_concat((int)B, cls, 0) : NULL;   /* [B, hidden], in the images' order */
+    free(ids);
+    free(group);
+    free(len);
     free(cls);
+    free(embs);
     return tensor_scope_return(f);
 }
 

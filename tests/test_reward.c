@@ -1568,16 +1568,17 @@ START_TEST(test_imagereward_tiny)
     struct draft_reward *rt = draft_reward_create_on(spec, DTYPE_F64, DEVICE_CPU);
     ck_assert_msg(r && r32 && rt, "%s", tensor_error());
     ck_assert_str_eq(r->name, "imagereward");
-    /* 24 x 20: CLIP's resize and crop to 16; the second prompt is cut to [CLS] + 33 + [SEP] */
+    /* 24 x 20: CLIP's resize and crop to 16; the second prompt is cut to [CLS] + 33 + [SEP]; the
+     * first and third have one length (one text-tower call for the two) */
     char longp[400] = "";
     for (int i = 0; i < 40; i++) strcat(longp, i % 3 ? "cat " : "a photo ");
-    const char *prompts[2] = {"A photo of a CAT.", longp};
-    struct tensor *img = test_uniform(DTYPE_F64, 4, (int64_t[]){2, 3, 24, 20}, -1.05, 1.05);
+    const char *prompts[3] = {"A photo of a CAT.", longp, "a photo of a cat!"};
+    struct tensor *img = test_uniform(DTYPE_F64, 4, (int64_t[]){3, 3, 24, 20}, -1.05, 1.05);
     struct tensor *s = draft_reward_score(r, img, prompts), *st = draft_reward_score(rt, img, NULL);
     struct tensor *s32 = draft_reward_score(r32, tensor_to_dtype(img, DTYPE_F32), prompts);
     ck_assert_msg(s && st && s32, "%s", tensor_error());
     double err = 0, err32 = 0;
-    for (int64_t b = 0; b < 2; b++) {
+    for (int64_t b = 0; b < 3; b++) {
         const double ref = ref_imagereward(&ps, tok, img, b, prompts[b]);
         const double reft = ref_imagereward(&ps, tok, img, b, "Cafe, un-playing!");
         printf("imagereward tiny image %lld: %.10f (ref %.10f, f32 %.7f), text= %.10f (ref %.10f)\n", (long long)b,
@@ -1593,7 +1594,7 @@ START_TEST(test_imagereward_tiny)
     /* its image embeddings (--diversity-model): normalize(vision_proj(the ViT's class token)) */
     ck_assert(draft_reward_has_image_tower(r));
     struct tensor *emb = draft_reward_image_embeds(r, img);
-    ck_assert_msg(emb && emb->ndim == 2 && emb->shape[0] == 2 && emb->shape[1] == 8, "%s", tensor_error());
+    ck_assert_msg(emb && emb->ndim == 2 && emb->shape[0] == 3 && emb->shape[1] == 8, "%s", tensor_error());
     double eerr = 0;
     for (int64_t b = 0; b < 2; b++) {
         double tokens[IRT_IMG * IRV], e[8], n = 0;
