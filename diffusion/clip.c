@@ -21,16 +21,18 @@ static enum status clip_act_parse(struct nn_config *c, enum clip_act *act)
     return STATUS_OK;
 }
 
-/* model_type "clip_<tower>_model", or OWL-ViT's "owlvit_<tower>_model" (*owlvit: which) */
+/* model_type "clip_<tower>_model", or OWL-ViT's "owlvit_<tower>_model" / OWLv2's
+ * "owlv2_<tower>_model" (*owlvit: one of those two) */
 static enum status clip_model_type_check(struct nn_config *c, const char *tower, bool *owlvit)
 {
-    char buf[64], want[64], owl[64];
+    char buf[64], want[64], owl[64], owl2[64];
     snprintf(want, sizeof want, "clip_%s_model", tower);
     snprintf(owl, sizeof owl, "owlvit_%s_model", tower);
+    snprintf(owl2, sizeof owl2, "owlv2_%s_model", tower);
     const char *s = nn_config_string(c, "model_type", want, buf, sizeof buf);
-    *owlvit = s && !strcmp(s, owl);
+    *owlvit = s && (!strcmp(s, owl) || !strcmp(s, owl2));
     if (s && strcmp(s, want) && !*owlvit)
-        return tensor_fail(STATUS_FORMAT, "%s: model_type '%s' is not '%s' (or '%s')", c->path, s, want, owl);
+        return tensor_fail(STATUS_FORMAT, "%s: model_type '%s' is not '%s' (or '%s', '%s')", c->path, s, want, owl, owl2);
     return STATUS_OK;
 }
 
@@ -386,17 +388,24 @@ enum status clip_params_load(struct nn_params *ps, const struct nn_weights *w, c
     return clip_params_load_except(ps, w, key_prefix, NULL);
 }
 
+static bool skipped(const char *name, const char *const *skip)
+{
+    for (int i = 0; skip && skip[i]; i++)
+        if (!strncmp(name, skip[i], strlen(skip[i]))) return true;
+    return false;
+}
+
 enum status clip_params_load_except(struct nn_params *ps, const struct nn_weights *w, const char *key_prefix,
-                                    const char *skip_prefix)
+                                    const char *const *skip)
 {
     const char *kp = key_prefix ? key_prefix : "";
-    const size_t kl = strlen(kp), sl = skip_prefix ? strlen(skip_prefix) : 0;
+    const size_t kl = strlen(kp);
     const char *path = nn_weights_path(w);
     char name[512];
     for (int i = 0; i < nn_weights_count(w); i++) {
         const char *nm = nn_weights_name(w, i);
         if (strncmp(nm, kp, kl)) continue;
-        if (nn_param_find(ps, nm + kl) || (sl && !strncmp(nm, skip_prefix, sl))) continue;
+        if (nn_param_find(ps, nm + kl) || skipped(nm, skip)) continue;
         if (!clip_is_position_ids(nm))
             return tensor_fail(STATUS_FORMAT, "%s: unexpected tensor '%s' (not a parameter of this model)", path, nm);
         /* the forward uses positions 0, 1, 2, ...; a file whose buffer says otherwise is not

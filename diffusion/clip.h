@@ -46,12 +46,12 @@ struct clip_vision_config {
     int64_t projection_dim;      /* 512 */
     double layer_norm_eps;       /* 1e-5 */
     enum clip_act hidden_act;    /* quick_gelu */
-    bool owlvit;                 /* OWL-ViT's tower (model_type owlvit_vision_model): its pre-LN is
-                                    spelt "pre_layernorm" */
+    bool owlvit;                 /* OWL-ViT's tower (model_type owlvit_vision_model, or OWLv2's
+                                    owlv2_vision_model): its pre-LN is spelt "pre_layernorm" */
 };
 
-/* Read a config.json (a CLIPTextConfig / CLIPVisionConfig, or OWL-ViT's OwlViTTextConfig /
- * OwlViTVisionConfig: the same towers; keys the model does not use, such as dropout rates and
+/* Read a config.json (a CLIPTextConfig / CLIPVisionConfig, or OWL-ViT's (and OWLv2's) text and
+ * vision configs: the same towers; keys the model does not use, such as dropout rates and
  * token ids, are accepted; unknown keys are errors). */
 enum status clip_text_config_load(struct clip_text_config *cfg, const char *path);
 enum status clip_vision_config_load(struct clip_vision_config *cfg, const char *path);
@@ -119,10 +119,10 @@ struct tensor *clip_vision_hidden(const struct clip_vision_model *m, struct tens
  * checkpoint) are ignored. */
 struct nn_weights;
 enum status clip_params_load(struct nn_params *ps, const struct nn_weights *w, const char *key_prefix);
-/* the same, ignoring the file's tensors whose names start with skip_prefix (OWL-ViT's box head,
- * which its detection score does not read) */
+/* the same, ignoring the file's tensors whose names start with one of skip (a NULL-terminated
+ * list; NULL for none): OWL-ViT's box and objectness heads, which its detection score does not read */
 enum status clip_params_load_except(struct nn_params *ps, const struct nn_weights *w, const char *key_prefix,
-                                    const char *skip_prefix);
+                                    const char *const *skip);
 
 /* OpenCLIP state dicts (open_clip's CLIP class: HPSv2's HPS_v2_compressed.pt, LAION's
  * open_clip_pytorch_model.bin or .safetensors). The text tower sits at the top level

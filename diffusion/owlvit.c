@@ -1,4 +1,5 @@
-/* owlvit.c — OwlViTForObjectDetection's class logits (transformers modeling_owlvit.py). */
+/* owlvit.c — OwlViTForObjectDetection's (and Owlv2ForObjectDetection's) class logits
+ * (transformers modeling_owlvit.py, modeling_owlv2.py). */
 #include "diffusion/owlvit.h"
 #include "nn/weights.h"
 
@@ -7,21 +8,26 @@
 #include <string.h>
 
 enum status owlvit_init(struct owlvit_model *m, const struct clip_text_config *tc, const struct clip_vision_config *vc,
-                        int64_t projection_dim, struct nn_params *ps)
+                        int64_t projection_dim, bool v2, struct nn_params *ps)
 {
     memset(m, 0, sizeof *m);
+    m->v2 = v2;
     if (!vc->owlvit)
-        return tensor_fail(STATUS_FORMAT, "owlvit: the vision config is not OWL-ViT's (model_type owlvit_vision_model)");
+        return tensor_fail(STATUS_FORMAT, "owlvit: the vision config is not OWL-ViT's (model_type owlvit_vision_model "
+                                          "or owlv2_vision_model)");
+    const char *top = v2 ? "owlv2" : "owlvit";
+    char name[64];
     if (tc->hidden_size != projection_dim)
         return tensor_fail(STATUS_FORMAT, "owlvit: the text width %lld differs from projection_dim %lld (the class head "
                                           "compares the two)", (long long)tc->hidden_size, (long long)projection_dim);
     struct clip_vision_config v = *vc;
     v.projection_dim = projection_dim;
     const int64_t D = vc->hidden_size;
-    enum status s = (m->text_init = true, clip_text_init(&m->text_model, tc, ps, "owlvit"));
-    if (!s) s = (m->vision_init = true, clip_vision_init(&m->vision_model, &v, ps, "owlvit"));
-    if (!s) s = nn_linear_init(&m->text_projection, ps, "owlvit.text_projection", tc->hidden_size, projection_dim, false);
-    if (!s && !nn_param_new(ps, "owlvit", "logit_scale", 0, NULL)) s = tensor_status();
+    enum status s = (m->text_init = true, clip_text_init(&m->text_model, tc, ps, top));
+    if (!s) s = (m->vision_init = true, clip_vision_init(&m->vision_model, &v, ps, top));
+    if (!s) s = nn_linear_init(&m->text_projection, ps, nn_name(name, sizeof name, top, "text_projection"), tc->hidden_size,
+                               projection_dim, false);
+    if (!s && !nn_param_new(ps, top, "logit_scale", 0, NULL)) s = tensor_status();
     if (!s) s = nn_layer_norm_init(&m->layer_norm, ps, "layer_norm", D, vc->layer_norm_eps);
     if (!s) s = nn_linear_init(&m->class_dense0, ps, "class_head.dense0", D, tc->hidden_size, true);
     if (!s) s = nn_linear_init(&m->class_logit_shift, ps, "class_head.logit_shift", D, 1, true);
@@ -38,7 +44,8 @@ void owlvit_free(struct owlvit_model *m)
 
 enum status owlvit_params_load(struct nn_params *ps, const struct nn_weights *w)
 {
-    return clip_params_load_except(ps, w, "", "box_head.");
+    static const char *const heads[] = {"box_head.", "objectness_head.", NULL};   /* where boxes are, not what */
+    return clip_params_load_except(ps, w, "", heads);
 }
 
 struct tensor *owlvit_text_embeds(const struct owlvit_model *m, struct tensor *input_ids)

@@ -9,6 +9,10 @@
  * cosine with 1e-6 added to each norm. The box head (box_head.*) predicts where the patch's box is;
  * a detection score does not read it, so it is not built (and its tensors are skipped on load).
  *
+ * OWLv2 (Owlv2ForObjectDetection, "Scaling Open-Vocabulary Object Detection") has the same towers
+ * and class head under "owlv2." in place of "owlvit.", and an objectness head that is not read
+ * either; its processor pads an image to a square and resizes it otherwise (draft/reward.h).
+ *
  * Parameters are named by the checkpoint keys: "owlvit.text_model.…", "owlvit.vision_model.…"
  * (pre_layernorm, spelt so), "owlvit.text_projection.weight", "owlvit.visual_projection.weight"
  * (the image-level CLIP embedding: clip_vision_forward of vision_model), "owlvit.logit_scale"
@@ -33,16 +37,18 @@ struct owlvit_model {
     struct nn_linear class_dense0;           /* class_head.dense0: vision hidden -> text hidden */
     struct nn_linear class_logit_shift, class_logit_scale;   /* class_head: vision hidden -> 1 */
     bool text_init, vision_init;
+    bool v2;   /* OWLv2: its keys start "owlv2." */
 };
 
 /* Create the parameters in ps (borrowed by the model, as clip_text_init). The vision config must
  * be OWL-ViT's (vc->owlvit) and the text tower's width equal projection_dim (the class head
  * compares dense0's output, text-wide, with the projected queries). */
 enum status owlvit_init(struct owlvit_model *m, const struct clip_text_config *tc, const struct clip_vision_config *vc,
-                        int64_t projection_dim, struct nn_params *ps);
+                        int64_t projection_dim, bool v2, struct nn_params *ps);
 void owlvit_free(struct owlvit_model *m);
-/* Read every parameter from a transformers OwlViTForObjectDetection file (model.safetensors or
- * pytorch_model.bin); the box head's tensors are skipped, any other extra tensor is an error. */
+/* Read every parameter from a transformers OwlViTForObjectDetection or Owlv2ForObjectDetection
+ * file (model.safetensors or pytorch_model.bin); the box head's tensors (and OWLv2's objectness
+ * head's) are skipped, any other extra tensor is an error. */
 enum status owlvit_params_load(struct nn_params *ps, const struct nn_weights *w);
 
 /* OwlViTProcessor's ids (padding="max_length", truncation): bos, the first L - 2 ids at most, eos,

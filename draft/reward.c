@@ -306,6 +306,85 @@ struct tensor *draft_owlvit_preprocess(struct tensor *images, int64_t size)
     return preprocess("draft_owlvit_preprocess", images, size, true);
 }
 
+/* scipy.ndimage's 'mirror' extension of index i into [0, n): d c b | a b c d | c b a */
+static int64_t mirror_index(int64_t i, int64_t n)
+{
+    if (n == 1) return 0;
+    const int64_t p = 2 * n - 2;
+    i %= p;
+    if (i < 0) i += p;
+    return i < n ? i : p - i;
+}
+
+/* one axis of Owlv2ImageProcessor's resize, n -> size, as [size, n] (f64, CPU): when it shrinks, a
+ * Gaussian of sigma (n / size - 1) / 2 cut at 4 sigma (ndimage.gaussian_filter), then linear
+ * interpolation on the pixel grid (ndimage.zoom, order 1, grid_mode: output o reads input
+ * (o + 0.5) n / size - 0.5); both extend the image by mirroring */
+static struct tensor *owlv2_axis_matrix(int64_t n, int64_t size)
+{
+    struct tensor *g = tensor_zeros(DTYPE_F64, 2, (int64_t[]){n, n}, DEVICE_CPU);
+    struct tensor *z = tensor_zeros(DTYPE_F64, 2, (int64_t[]){size, n}, DEVICE_CPU);
+    if (!g || !z) return NULL;
+    double *gv = tensor_data_ptr(g), *zv = tensor_data_ptr(z);
+    const double f = (double)n / (double)size, sigma = f > 1 ? (f - 1) / 2 : 0;
+    const int64_t r = (int64_t)(4.0 * sigma + 0.5);
+    double *w = malloc(sizeof *w * (size_t)(2 * r + 1)), sum = 0;
+    if (!w) {
+        tensor_fail(STATUS_OOM, "owlv2 resize: out of memory");
+        return NULL;
+    }
+    for (int64_t k = -r; k <= r; k++) sum += (w[k + r] = sigma > 0 ? exp(-0.5 * (double)(k * k) / (sigma * sigma)) : 1);
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t k = -r; k <= r; k++) gv[i * n + mirror_index(i + k, n)] += w[k + r] / sum;
+    free(w);
+    for (int64_t o = 0; o < size; o++) {
+        const double c = ((double)o + 0.5) * f - 0.5, i0 = floor(c), t = c - i0;
+        zv[o * n + mirror_index((int64_t)i0, n)] += 1 - t;
+        zv[o * n + mirror_index((int64_t)i0 + 1, n)] += t;
+    }
+    return ag_matmul(z, g);
+}
+
+struct tensor *draft_owlv2_preprocess(struct tensor *images, int64_t size)
+{
+    if (!images) return NULL;
+    char a[128];
+    if (images->ndim != 4 || images->shape[1] != 3 || images->shape[0] < 1 || !dtype_is_float(images->dtype) ||
+        size <= 0) {
+        tensor_fail(STATUS_SHAPE, "draft_owlv2_preprocess: images must be float [B, 3, H, W] and size > 0, got %s %s, "
+                                  "size %lld", dtype_name(images->dtype), tensor_shape_str(images, a, sizeof a),
+                    (long long)size);
+        return NULL;
+    }
+    tensor_scope_begin();
+    const enum dtype dt = images->dtype;
+    const enum device dev = tensor_device(images);
+    const int64_t H = images->shape[2], W = images->shape[3], n = H > W ? H : W;
+    /* padded to n x n at the bottom and right with 0.5: y = Av x Ah^T + 0.5 (1 - av ah^T), where A
+     * is the resize's columns of the image rows and a its row sums (the resize's rows sum to 1) */
+    struct tensor *m = owlv2_axis_matrix(n, size);
+    struct tensor *av = m ? tensor_contiguous(tensor_narrow(m, 1, 0, H)) : NULL;
+    struct tensor *ah = m ? tensor_contiguous(tensor_narrow(m, 1, 0, W)) : NULL;
+    struct tensor *c = NULL;
+    if (av && ah && H != W) {
+        c = tensor_zeros(DTYPE_F64, 2, (int64_t[]){size, size}, DEVICE_CPU);
+        double *cv = c ? tensor_data_ptr(c) : NULL;
+        for (int64_t i = 0; cv && i < size; i++)
+            for (int64_t j = 0; j < size; j++) {
+                double si = 0, sj = 0;
+                for (int64_t k = 0; k < H; k++) si += tensor_get(av, (int64_t[]){i, k});
+                for (int64_t k = 0; k < W; k++) sj += tensor_get(ah, (int64_t[]){j, k});
+                cv[i * size + j] = 0.5 * (1 - si * sj);
+            }
+        c = cast_to(c, dt, dev);
+    }
+    struct tensor *x = ag_matmul(ag_matmul(cast_to(av, dt, dev), to_unit(images)), ah ? tensor_transpose(cast_to(ah, dt, dev), 0, 1) : NULL);
+    if (H != W) x = ag_add(x, c);
+    const int64_t cs[4] = {1, 3, 1, 1};
+    struct tensor *mean = const_tensor(clip_mean, 4, cs, dt, dev), *std = const_tensor(clip_std, 4, cs, dt, dev);
+    return tensor_scope_return(ag_div(ag_sub(x, mean), std));
+}
+
 /* ---------------------------------------------------------------- config and weights loading */
 
 /* a sub-config of a CLIPModel config.json (text_config / vision_config) restricted to the keys
@@ -981,7 +1060,9 @@ static struct tensor *detect_pixels(const struct detect_ctx *c, struct tensor *i
 {
     const struct clip_vision_model *vm = &c->m.vision_model;
     const struct tensor *w = vm->class_embedding;
-    return cast_to(draft_owlvit_preprocess(images, vm->cfg.image_size), w->dtype, tensor_device(w));
+    const int64_t S = vm->cfg.image_size;
+    return cast_to(c->m.v2 ? draft_owlv2_preprocess(images, S) : draft_owlvit_preprocess(images, S), w->dtype,
+                   tensor_device(w));
 }
 
 /* OwlViTModel's image_embeds: the class token through post_layernorm and visual_projection, normalised */
@@ -1049,10 +1130,12 @@ struct draft_reward *draft_reward_detect_create(const char *owlvit_dir, const ch
     }
     if (nn_config_load(&top, path)) return NULL;
     const char *mt = nn_config_string(&top, "model_type", "", buf, sizeof buf);
-    const bool owl = mt && !strcmp(mt, "owlvit");
+    const bool v2 = mt && !strcmp(mt, "owlv2"), owl = v2 || (mt && !strcmp(mt, "owlvit"));
     if (!owl)
-        tensor_fail(STATUS_FORMAT, "reward detect: %s: model_type '%s' is not 'owlvit' (an OwlViTForObjectDetection "
-                                   "folder, such as google/owlvit-base-patch32, is needed)", path, mt ? mt : "?");
+        tensor_fail(STATUS_FORMAT, "reward detect: %s: model_type '%s' is not 'owlvit' or 'owlv2' (an "
+                                   "OwlViTForObjectDetection or Owlv2ForObjectDetection folder, such as "
+                                   "google/owlvit-base-patch32 or google/owlv2-base-patch16-ensemble, is needed)",
+                    path, mt ? mt : "?");
     nn_config_free(&top);
     if (!owl) return NULL;
     struct clip_text_config tc;
@@ -1062,7 +1145,7 @@ struct draft_reward *draft_reward_detect_create(const char *owlvit_dir, const ch
     if (clip_folder_configs(owlvit_dir, &tc, &vc, &proj, &whole)) return NULL;
     if (!vc.owlvit) {
         tensor_fail(STATUS_FORMAT, "reward detect: %s/config.json is not an OWL-ViT config (its vision_config's model_type "
-                                   "is not owlvit_vision_model)", owlvit_dir);
+                                   "is neither owlvit_vision_model nor owlv2_vision_model)", owlvit_dir);
         return NULL;
     }
     struct detect_ctx *c = calloc(1, sizeof *c);
@@ -1074,7 +1157,7 @@ struct draft_reward *draft_reward_detect_create(const char *owlvit_dir, const ch
         return NULL;
     }
     nn_params_init(&c->ps, dt, dev);
-    enum status s = owlvit_init(&c->m, &tc, &vc, proj, &c->ps);
+    enum status s = owlvit_init(&c->m, &tc, &vc, proj, v2, &c->ps);
     struct nn_weights *w = s ? NULL : clip_folder_weights(owlvit_dir);
     if (!s && !w) s = tensor_status();
     if (!s) s = owlvit_params_load(&c->ps, w);

@@ -35,12 +35,13 @@
  *       that tokenizes as the prompt is left out of that image's softmax). Adversarial examples
  *       against a classifier, or steering away from what an image should not show.
  *   detect:<owlvit_dir>[,text=<object>]   OWL-ViT's open-vocabulary detector (a transformers
- *       OwlViTForObjectDetection folder: config.json, model.safetensors or pytorch_model.bin, and
+ *       OwlViTForObjectDetection or Owlv2ForObjectDetection folder: config.json, model.safetensors or pytorch_model.bin, and
  *       vocab.json + merges.txt in it or its tokenizer/): the score of its best box for the object,
  *       max over the patches of sigmoid(class logit), in [0, 1]; without text= each image's prompt
  *       is the query. The paper's object-detection reward; with a negative weight in a sum, it
  *       takes an object out of the images. Images are stretched to the tower's size (768 for
- *       google/owlvit-base-patch32), as OwlViTImageProcessor does.
+ *       google/owlvit-base-patch32), as OwlViTImageProcessor does; OWLv2's are padded and resized
+ *       as Owlv2ImageProcessor does (draft_owlv2_preprocess).
  *   imagereward:<dir>[,text=<prompt>]   ImageReward (THUDM, the reward ReFL trains on): BLIP's ViT-L
  *       reads the image (CLIP's preprocessing at 224), BLIP's BERT reads the prompt (bert-base-uncased
  *       WordPiece, at most 35 tokens) cross-attending to it, an MLP maps its [CLS] row to a score,
@@ -173,6 +174,11 @@ struct tensor *draft_clip_preprocess(struct tensor *images, int64_t size);
 /* the same for OWL-ViT (OwlViTImageProcessor): both sides resized to size (a non-square image is
  * stretched, not cropped), then CLIP's mean/std */
 struct tensor *draft_owlvit_preprocess(struct tensor *images, int64_t size);
+/* the same for OWLv2 (Owlv2ImageProcessor, as transformers 4.x and the original pad): padded to a
+ * square at the bottom and right with 0.5 grey, then resized as skimage does (a Gaussian when
+ * shrinking, linear interpolation on the pixel grid, mirrored edges), then CLIP's mean/std.
+ * transformers 5.x pads with 0 instead; a square image (SD's) is not padded either way. */
+struct tensor *draft_owlv2_preprocess(struct tensor *images, int64_t size);
 /* the PIL-bicubic resize matrix [out, in] (f64, CPU): row i holds the weights of output pixel i */
 struct tensor *draft_pil_bicubic_matrix(int64_t in, int64_t out);
 

@@ -263,9 +263,63 @@ static void ref_preprocess(const struct tensor *img, int64_t b, int64_t S, doubl
             }
 }
 
+/* scipy.ndimage's 'mirror' boundary, written again: reflect about the edge pixels' centres */
+static int64_t ref_mirror(int64_t i, int64_t n)
+{
+    if (n == 1) return 0;
+    while (i < 0 || i >= n) i = i < 0 ? -i : 2 * (n - 1) - i;
+    return i;
+}
+
+/* OWLv2's pixel values of image b: padded to a square with 0.5 (bottom, right), a Gaussian of
+ * sigma (n / S - 1) / 2 along each axis when shrinking (cut at 4 sigma), bilinear sampling at
+ * (o + 0.5) n / S - 0.5, both with mirrored edges; CLIP mean/std */
+static void ref_owlv2(const struct tensor *img, int64_t b, int64_t S, double *out /* [3][S][S] */)
+{
+    const int64_t H = img->shape[2], W = img->shape[3], n = H > W ? H : W;
+    const double f = (double)n / S, sg = f > 1 ? (f - 1) / 2 : 0;
+    const int64_t r = (int64_t)(4 * sg + 0.5);
+    static const double mean[3] = {0.48145466, 0.4578275, 0.40821073}, sd[3] = {0.26862954, 0.26130258, 0.27577711};
+    double *p = malloc(sizeof(double) * (size_t)(n * n)), *q = malloc(sizeof(double) * (size_t)(n * n));
+    for (int c = 0; c < 3; c++) {
+        for (int64_t y = 0; y < n; y++)
+            for (int64_t x = 0; x < n; x++) p[y * n + x] = y < H && x < W ? px(img, b, c, y, x) : 0.5;
+        for (int pass = 0; pass < 2 && sg > 0; pass++) {   /* rows, then columns */
+            for (int64_t y = 0; y < n; y++)
+                for (int64_t x = 0; x < n; x++) {
+                    double acc = 0, z = 0;
+                    for (int64_t k = -r; k <= r; k++) {
+                        const double w = exp(-0.5 * (double)(k * k) / (sg * sg));
+                        z += w;
+                        acc += w * (pass ? p[y * n + ref_mirror(x + k, n)] : p[ref_mirror(y + k, n) * n + x]);
+                    }
+                    q[y * n + x] = acc / z;
+                }
+            memcpy(p, q, sizeof(double) * (size_t)(n * n));
+        }
+        for (int64_t i = 0; i < S; i++)
+            for (int64_t j = 0; j < S; j++) {
+                const double cy = (i + 0.5) * f - 0.5, cx = (j + 0.5) * f - 0.5, fy = floor(cy), fx = floor(cx);
+                const double ty = cy - fy, tx = cx - fx;
+                const int64_t y0 = ref_mirror((int64_t)fy, n), y1 = ref_mirror((int64_t)fy + 1, n);
+                const int64_t x0 = ref_mirror((int64_t)fx, n), x1 = ref_mirror((int64_t)fx + 1, n);
+                const double v = (1 - ty) * ((1 - tx) * p[y0 * n + x0] + tx * p[y0 * n + x1]) +
+                                 ty * ((1 - tx) * p[y1 * n + x0] + tx * p[y1 * n + x1]);
+                out[(c * S + i) * S + j] = (v - mean[c]) / sd[c];
+            }
+    }
+    free(p);
+    free(q);
+}
+
 static struct tensor *preprocess_fn(struct tensor *const *in, void *ctx)
 {
     return draft_clip_preprocess(in[0], *(int64_t *)ctx);
+}
+
+static struct tensor *owlv2_fn(struct tensor *const *in, void *ctx)
+{
+    return draft_owlv2_preprocess(in[0], *(int64_t *)ctx);
 }
 
 START_TEST(test_preprocess)
@@ -308,6 +362,23 @@ START_TEST(test_preprocess)
     struct tensor *img = test_uniform(DTYPE_F64, 4, (int64_t[]){1, 3, 7, 10}, -0.95, 0.95);
     int64_t s4 = 4;
     ck_assert(gradcheck("clip preprocess 7x10->4", preprocess_fn, &s4, 1, &img, NULL));
+    /* OWLv2's: padded, shrunk with a Gaussian or grown, mirrored edges; an 8 x 8 image unchanged */
+    const int64_t v2shapes[5][2] = {{13, 20}, {21, 12}, {5, 5}, {8, 8}, {1, 3}};
+    for (int k = 0; k < 5; k++) {
+        struct tensor *im = test_uniform(DTYPE_F64, 4, (int64_t[]){2, 3, v2shapes[k][0], v2shapes[k][1]}, -1.05, 1.05);
+        struct tensor *p = draft_owlv2_preprocess(im, S);
+        ck_assert_msg(p && p->shape[2] == S && p->shape[3] == S, "%s", tensor_error());
+        double ref[3 * 8 * 8], err = 0;
+        for (int64_t b = 0; b < 2; b++) {
+            ref_owlv2(im, b, S, ref);
+            for (int64_t e = 0; e < 3 * S * S; e++) err = fmax(err, fabs(tensor_get_flat(p, b * 3 * S * S + e) - ref[e]));
+        }
+        printf("owlv2 preprocess %lldx%lld -> %lld: max abs err %.2e\n", (long long)v2shapes[k][0],
+               (long long)v2shapes[k][1], (long long)S, err);
+        ck_assert_double_lt(err, 1e-12);
+    }
+    struct tensor *im2 = test_uniform(DTYPE_F64, 4, (int64_t[]){1, 3, 11, 6}, -0.95, 0.95);
+    ck_assert(gradcheck("owlv2 preprocess 11x6->4", owlv2_fn, &s4, 1, &im2, NULL));
     tensor_scope_end();
     LEAK_CHECK_END();
 }
@@ -1111,7 +1182,7 @@ static void ref_owl_ids(const struct clip_tokenizer *tok, const char *text, int3
 /* the detection score of image b for `text`, in f64: the towers' outputs (checked against
  * transformers in test_clip) and the heads written out as modeling_owlvit.py has them */
 static double ref_detect(struct tiny *t, const struct owl_head *h, const struct clip_tokenizer *tok,
-                         const struct tensor *img, int64_t b, const char *text)
+                         const struct tensor *img, int64_t b, const char *text, bool v2)
 {
     const int64_t S = t->vm.cfg.image_size, D = 32, E = 32;
     tensor_scope_begin();
@@ -1121,7 +1192,8 @@ static double ref_detect(struct tiny *t, const struct owl_head *h, const struct 
     ag_no_grad_begin();
     struct tensor *th = clip_text_forward(&t->tm, tensor_from_data(DTYPE_I32, 2, (int64_t[]){1, 16}, ids));
     double *pix = malloc(sizeof(double) * (size_t)(3 * S * S));
-    ref_stretch(img, b, S, pix);
+    if (v2) ref_owlv2(img, b, S, pix);
+    else ref_stretch(img, b, S, pix);
     struct tensor *vh = clip_vision_hidden(&t->vm, tensor_from_data(DTYPE_F64, 4, (int64_t[]){1, 3, S, S}, pix));
     free(pix);
     ag_no_grad_end();
@@ -1159,23 +1231,25 @@ static double ref_detect(struct tiny *t, const struct owl_head *h, const struct 
     return best;
 }
 
-/* an OwlViTForObjectDetection folder around the tiny towers: the text tower's positions cut to
+/* an OwlViTForObjectDetection folder around the tiny towers (top "owlvit"; "owlv2": an
+ * Owlv2ForObjectDetection one, with an objectness head): the text tower's positions cut to
  * OWL-ViT's 16, CLIP's "pre_layrnorm" spelt "pre_layernorm", random heads, a box head to skip */
-static void write_owlvit(struct tiny *t, const char *dir, struct owl_head *h, bool extra)
+static void write_owlvit(struct tiny *t, const char *dir, struct owl_head *h, bool extra, const char *top)
 {
     char path[900];
     snprintf(path, sizeof path, "%s/config.json", dir);
     FILE *f = fopen(path, "w");
     ck_assert(f);
-    fprintf(f, "{\"architectures\": [\"OwlViTForObjectDetection\"], \"model_type\": \"owlvit\", \"projection_dim\": 32, "
+    fprintf(f, "{\"architectures\": [\"%sForObjectDetection\"], \"model_type\": \"%s\", \"projection_dim\": 32, "
                "\"logit_scale_init_value\": 2.6592, \"return_dict\": true,\n"
-               " \"text_config\": {\"model_type\": \"owlvit_text_model\", \"vocab_size\": 49408, \"hidden_size\": 32, "
+               " \"text_config\": {\"model_type\": \"%s_text_model\", \"vocab_size\": 49408, \"hidden_size\": 32, "
                "\"intermediate_size\": 128, \"num_hidden_layers\": 2, \"num_attention_heads\": 4, "
                "\"max_position_embeddings\": 16, \"hidden_act\": \"quick_gelu\", \"layer_norm_eps\": 1e-05, "
                "\"bos_token_id\": 49406, \"eos_token_id\": 49407, \"pad_token_id\": 0},\n"
-               " \"vision_config\": {\"model_type\": \"owlvit_vision_model\", \"image_size\": 32, \"patch_size\": 8, "
+               " \"vision_config\": {\"model_type\": \"%s_vision_model\", \"image_size\": 32, \"patch_size\": 8, "
                "\"hidden_size\": 32, \"intermediate_size\": 128, \"num_hidden_layers\": 2, \"num_attention_heads\": 4, "
-               "\"hidden_act\": \"quick_gelu\", \"layer_norm_eps\": 1e-05, \"num_channels\": 3}}\n");
+               "\"hidden_act\": \"quick_gelu\", \"layer_norm_eps\": 1e-05, \"num_channels\": 3}}\n",
+            strcmp(top, "owlv2") ? "OwlViT" : "Owlv2", top, top, top);
     fclose(f);
     struct nn_params o;
     nn_params_init(&o, DTYPE_F64, DEVICE_CPU);
@@ -1186,8 +1260,8 @@ static void write_owlvit(struct tiny *t, const char *dir, struct owl_head *h, bo
         if (!strcmp(nm, "visual_projection.weight")) continue;   /* CLIP's is 16 wide; OWL-ViT's below */
         if (!strncmp(nm, "text_model.embeddings.position_embedding", 40)) v = tensor_narrow(v, 0, 0, 16);
         const char *ln = strstr(nm, "pre_layrnorm");
-        if (ln) snprintf(name, sizeof name, "owlvit.%.*spre_layernorm%s", (int)(ln - nm), nm, ln + 12);
-        else snprintf(name, sizeof name, "owlvit.%s", nm);
+        if (ln) snprintf(name, sizeof name, "%s.%.*spre_layernorm%s", top, (int)(ln - nm), nm, ln + 12);
+        else snprintf(name, sizeof name, "%s.%s", top, nm);
         struct tensor *dst = nn_param_new(&o, "", name, v->ndim, v->shape);
         ck_assert(dst && !tensor_copy_(dst, v));
     }
@@ -1201,17 +1275,21 @@ static void write_owlvit(struct tiny *t, const char *dir, struct owl_head *h, bo
                {"class_head.dense0.weight", 32, 32, -0.3, 0.3}, {"class_head.dense0.bias", 32, 0, -0.2, 0.2},
                {"class_head.logit_shift.weight", 1, 32, -0.05, 0.05}, {"class_head.logit_shift.bias", 1, 0, -0.8, -0.4},
                {"class_head.logit_scale.weight", 1, 32, -0.15, 0.15}, {"class_head.logit_scale.bias", 1, 0, 0.2, 0.6},
-               {"box_head.dense0.weight", 32, 32, -1, 1}, {"box_head.dense2.bias", 4, 0, -1, 1}};
+               {"box_head.dense0.weight", 32, 32, -1, 1}, {"box_head.dense2.bias", 4, 0, -1, 1},
+               {"objectness_head.dense2.weight", 1, 32, -1, 1}};
     struct tensor **slot[] = {&h->tproj, &h->vproj, &h->ln_w, &h->ln_b, &h->d0_w, &h->d0_b,
-                              &h->sh_w, &h->sh_b, &h->sc_w, &h->sc_b, NULL, NULL};
+                              &h->sh_w, &h->sh_b, &h->sc_w, &h->sc_b, NULL, NULL, NULL};
     for (size_t i = 0; i < sizeof add / sizeof *add; i++) {
+        if (!strncmp(add[i].name, "objectness", 10) && strcmp(top, "owlv2")) continue;   /* OWLv2's only */
         const int nd = add[i].cols ? 2 : 1;
         struct tensor *v = test_uniform(DTYPE_F64, nd, (int64_t[]){add[i].rows, add[i].cols}, add[i].lo, add[i].hi);
-        struct tensor *dst = nn_param_new(&o, "", add[i].name, nd, v->shape);
+        if (!strncmp(add[i].name, "owlvit.", 7)) snprintf(name, sizeof name, "%s.%s", top, add[i].name + 7);
+        else snprintf(name, sizeof name, "%s", add[i].name);
+        struct tensor *dst = nn_param_new(&o, "", name, nd, v->shape);
         ck_assert(dst && !tensor_copy_(dst, v));
         if (slot[i]) *slot[i] = v;
     }
-    struct tensor *ls = nn_param_new(&o, "", "owlvit.logit_scale", 0, NULL);
+    struct tensor *ls = nn_param_new(&o, top, "logit_scale", 0, NULL);
     ck_assert(ls && !tensor_fill_(ls, 2.6592));
     if (extra) ck_assert(nn_param_new(&o, "", "class_head.bogus", 1, (int64_t[]){3}));
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
@@ -1231,7 +1309,7 @@ START_TEST(test_owlvit_tiny)
     char dir[] = "/tmp/test_reward_owl_XXXXXX", path[900], tokdir[PATH_MAX], spec[1200];
     ck_assert(mkdtemp(dir));
     struct owl_head h;
-    write_owlvit(&t, dir, &h, false);
+    write_owlvit(&t, dir, &h, false, "owlvit");
     snprintf(path, sizeof path, "%s/tokenizer", t.dir);
     ck_assert_msg(realpath(path, tokdir), "%s: %s", path, strerror(errno));
     snprintf(path, sizeof path, "%s/tokenizer", dir);
@@ -1258,8 +1336,8 @@ START_TEST(test_owlvit_tiny)
     ck_assert(so->ndim == 1 && so->shape[0] == 2 && s32->dtype == DTYPE_F32);
     double err = 0, err32 = 0;
     for (int64_t b = 0; b < 2; b++) {
-        const double refo = ref_detect(&t, &h, tok, img, b, "a red square, small");
-        const double refp = ref_detect(&t, &h, tok, img, b, prompts[b]);
+        const double refo = ref_detect(&t, &h, tok, img, b, "a red square, small", false);
+        const double refp = ref_detect(&t, &h, tok, img, b, prompts[b], false);
         printf("detect tiny image %lld: object %.10f (ref %.10f, f32 %.7f), prompt %.10f (ref %.10f)\n", (long long)b,
                tensor_get_flat(so, b), refo, tensor_get_flat(s32, b), tensor_get_flat(sp, b), refp);
         err = fmax(err, fmax(fabs(tensor_get_flat(so, b) - refo), fabs(tensor_get_flat(sp, b) - refp)));
@@ -1295,6 +1373,30 @@ START_TEST(test_owlvit_tiny)
     struct tensor *p = pixel_setup(&pc, tensor_clone(img), 8);
     ck_assert(gradcheck("detect tiny d score / d pixels", pixel_fn, &pc, 1, &p,
                         &(struct gc_opts){.tol = 1e-6, .f32_tol = -1}));
+    /* the same as an Owlv2ForObjectDetection folder: "owlv2." keys, an objectness head to skip, and
+     * OWLv2's processing (the 40 x 24 images padded to 40 x 40, then shrunk with a Gaussian) */
+    char dir2[] = "/tmp/test_reward_owl2_XXXXXX";
+    ck_assert(mkdtemp(dir2));
+    struct owl_head h2;
+    write_owlvit(&t, dir2, &h2, false, "owlv2");
+    snprintf(path, sizeof path, "%s/tokenizer", dir2);
+    ck_assert(symlink(tokdir, path) == 0);
+    snprintf(spec, sizeof spec, "detect:%s,text=a red square, small", dir2);
+    struct draft_reward *r2 = draft_reward_create_on(spec, DTYPE_F64, DEVICE_CPU);
+    ck_assert_msg(r2, "%s", tensor_error());
+    struct tensor *s2 = draft_reward_score(r2, img, NULL);
+    ck_assert_msg(s2, "%s", tensor_error());
+    double err2 = 0;
+    for (int64_t b = 0; b < 2; b++) {
+        const double ref = ref_detect(&t, &h2, tok, img, b, "a red square, small", true);
+        printf("detect tiny owlv2 image %lld: %.10f (ref %.10f)\n", (long long)b, tensor_get_flat(s2, b), ref);
+        err2 = fmax(err2, fabs(tensor_get_flat(s2, b) - ref));
+        ck_assert(ref > 0.02 && ref < 0.98);
+    }
+    ck_assert_double_lt(err2, 1e-12);
+    draft_reward_free(r2);
+    snprintf(path, sizeof path, "rm -rf '%s'", dir2);
+    ck_assert(system(path) == 0);
     draft_reward_free(ro);
     draft_reward_free(ro32);
     draft_reward_free(rp);
@@ -1303,7 +1405,7 @@ START_TEST(test_owlvit_tiny)
     snprintf(spec, sizeof spec, "detect:%s", t.dir);
     char enc[700];
     snprintf(enc, sizeof enc, "detect:%s/image_encoder", t.dir);
-    write_owlvit(&t, dir, &h, true);
+    write_owlvit(&t, dir, &h, true, "owlvit");
     struct {
         const char *spec, *want;
     } bad[] = {{enc, "model_type 'clip_vision_model' is not 'owlvit'"}, {NULL, "unexpected tensor 'class_head.bogus'"},
