@@ -1152,6 +1152,15 @@ static void ref_ln_rows(double *x, int n, int64_t D, const struct tensor *w, con
     for (int r = 0; r < n; r++) ref_ln(x + (int64_t)r * D, D, w, bias, eps);
 }
 
+/* max over k of |emb[b, k] - e[k] / ||e|||: row b of embeddings against unnormalised f64 ones */
+static double normalized_err(const struct tensor *emb, int64_t b, const double *e, int n)
+{
+    double nn = 0, err = 0;
+    for (int k = 0; k < n; k++) nn += e[k] * e[k];
+    for (int k = 0; k < n; k++) err = fmax(err, fabs(tensor_get(emb, (int64_t[]){b, k}) - e[k] / sqrt(nn)));
+    return err;
+}
+
 /* y = W x + b for W [out, in] */
 static void ref_affine(const struct tensor *W, const struct tensor *bias, const double *x, double *y)
 {
@@ -1355,7 +1364,7 @@ START_TEST(test_owlvit_tiny)
     ck_assert_msg(emb && emb->ndim == 2 && emb->shape[0] == 2 && emb->shape[1] == 32, "%s", tensor_error());
     double eerr = 0;
     for (int64_t b = 0; b < 2; b++) {
-        double pix[3 * 32 * 32], cls[32], e[32], n = 0;
+        double pix[3 * 32 * 32], cls[32], e[32];
         ref_stretch(img, b, 32, pix);
         ag_no_grad_begin();
         struct tensor *vh = clip_vision_hidden(&t.vm, tensor_from_data(DTYPE_F64, 4, (int64_t[]){1, 3, 32, 32}, pix));
@@ -1363,8 +1372,7 @@ START_TEST(test_owlvit_tiny)
         for (int64_t d = 0; d < 32; d++) cls[d] = tensor_get(vh, (int64_t[]){0, 0, d});
         ref_ln(cls, 32, t.vm.post_layernorm.weight, t.vm.post_layernorm.bias, 1e-5);
         ref_affine(h.vproj, NULL, cls, e);
-        for (int64_t k = 0; k < 32; k++) n += e[k] * e[k];
-        for (int64_t k = 0; k < 32; k++) eerr = fmax(eerr, fabs(tensor_get(emb, (int64_t[]){b, k}) - e[k] / sqrt(n)));
+        eerr = fmax(eerr, normalized_err(emb, b, e, 32));
     }
     printf("detect tiny image embeds vs float64 re-computation: max abs %.2e\n", eerr);
     ck_assert_double_lt(eerr, 1e-12);
@@ -1699,11 +1707,10 @@ START_TEST(test_imagereward_tiny)
     ck_assert_msg(emb && emb->ndim == 2 && emb->shape[0] == 3 && emb->shape[1] == 8, "%s", tensor_error());
     double eerr = 0;
     for (int64_t b = 0; b < 2; b++) {
-        double tokens[IRT_IMG * IRV], e[8], n = 0;
+        double tokens[IRT_IMG * IRV], e[8];
         ref_blip_vit(&ps, img, b, tokens);   /* the class token first */
         ref_affine(P0(&ps, "blip.vision_proj.weight"), P0(&ps, "blip.vision_proj.bias"), tokens, e);
-        for (int k = 0; k < 8; k++) n += e[k] * e[k];
-        for (int k = 0; k < 8; k++) eerr = fmax(eerr, fabs(tensor_get(emb, (int64_t[]){b, k}) - e[k] / sqrt(n)));
+        eerr = fmax(eerr, normalized_err(emb, b, e, 8));
     }
     printf("imagereward tiny image embeds vs float64 loops: max abs %.2e\n", eerr);
     ck_assert_double_lt(eerr, 1e-12);
