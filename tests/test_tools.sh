@@ -584,6 +584,12 @@ if [ -f "$emb/model_index.json" ]; then
     lp=$(sed -n 's/.*"prompt":"taxi","reward":\([^}]*\)}$/\1/p' "$tmp/o"); lf=$(sed -n 's/.*"reward":\([^}]*\)}$/\1/p' "$tmp/o2")
     check "draft-score --reward classify:text=...: log p of the prompt's class ($lp) and of another ($lf), both <= 0" \
           "[ $rc -eq 0 ] && [ $rc2 -eq 0 ] && awk -v a='$lp' -v b='$lf' 'BEGIN { exit !(a != \"\" && b != \"\" && a <= 0 && b <= 0 && a > -100 && b > -100) }'"
+    # the model rewards without their files say which file is missing, and what folder they take
+    mkdir -p "$tmp/noir"
+    "$score" --reward "imagereward:$tmp/noir" "$tmp/ns/a/b" >"$tmp/o" 2>&1; rc=$?
+    "$score" --reward "detect:$emb/clip,text=a cat" "$tmp/ns/a/b" >"$tmp/o2" 2>&1; rc2=$?
+    check "draft-score --reward imagereward:<empty folder> / detect:<a CLIP folder>: exit 1, the file and the folder kind named" \
+          "[ $rc -eq 1 ] && grep -q 'has no ImageReward.pt' '$tmp/o' && [ $rc2 -eq 1 ] && grep -q \"is not 'owlvit' or 'owlv2'\" '$tmp/o2'"
     "$sample" --prompt "taxi" --steps 2 --out "$tmp/ns/a/b/0000.png/c" >"$tmp/o" 2>&1; rc=$?
     check "draft-sample --out through a file: exit 1 before sampling, the file named" \
           "[ $rc -eq 1 ] && grep -q '0000.png exists and is not a folder' '$tmp/o' && ! grep -q 'images' '$tmp/o'"
