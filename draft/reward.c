@@ -267,8 +267,86 @@ static struct tensor *side_matrix(int64_t in, int64_t scaled, int64_t size, enum
 static const double clip_mean[3] = {0.48145466, 0.4578275, 0.40821073};
 static const double clip_std[3] = {0.26862954, 0.26130258, 0.27577711};
 
-/* stretch: both sides resized to size (OWL-ViT's processor), else CLIP's shortest side and crop */
-static struct tensor *preprocess(const char *what, struct tensor *images, int64_t size, bool stretch)
+/* scipy.ndimage's 'mirror' extension of index i into [0, n): d c b | a b c d | c b a */
+static int64_t mirror_index(int64_t i, int64_t n)
+{
+    if (n == 1) return 0;
+    const int64_t p = 2 * n - 2;
+    i %= p;
+    if (i < 0) i += p;
+    return i < n ? i : p - i;
+}
+
+/* one axis of Owlv2ImageProcessor's resize, n -> size, as [size, n] (f64, CPU): when it shrinks, a
+ * Gaussian of sigma (n / size - 1) / 2 cut at 4 sigma (ndimage.gaussian_filter), then linear
+ * interpolation on the pixel grid (ndimage.zoom, order 1, grid_mode: output o reads input
+ * (o + 0.5) n / size - 0.5); both extend the image by mirroring. Row o is its two taps' rows of
+ * the Gaussian, so it is built without the [n, n] filter. */
+static struct tensor *owlv2_axis_matrix(int64_t n, int64_t size)
+{
+    struct tensor *m = tensor_zeros(DTYPE_F64, 2, (int64_t[]){size, n}, DEVICE_CPU);
+    if (!m) return NULL;
+    double *mv = tensor_data_ptr(m);
+    const double f = (double)n / (double)size, sigma = f > 1 ? (f - 1) / 2 : 0;
+    const int64_t r = (int64_t)(4.0 * sigma + 0.5);
+    double *w = malloc(sizeof *w * (size_t)(2 * r + 1)), sum = 0;
+    if (!w) {
+        tensor_fail(STATUS_OOM, "owlv2 resize: out of memory");
+        return NULL;
+    }
+    for (int64_t k = -r; k <= r; k++) sum += (w[k + r] = sigma > 0 ? exp(-0.5 * (double)(k * k) / (sigma * sigma)) : 1);
+    for (int64_t o = 0; o < size; o++) {
+        const double c = ((double)o + 0.5) * f - 0.5, i0 = floor(c), t = c - i0;
+        for (int tap = 0; tap < 2; tap++) {
+            const int64_t at = mirror_index((int64_t)i0 + tap, n);
+            for (int64_t k = -r; k <= r; k++) mv[o * n + mirror_index(at + k, n)] += (tap ? t : 1 - t) * w[k + r] / sum;
+        }
+    }
+    free(w);
+    return m;
+}
+
+/* OWLv2: padded to n x n at the bottom and right with 0.5, then resized: y = Av x Ah^T +
+ * 0.5 (1 - av ah^T), A the resize's columns of the image's rows (columns) and a their row sums
+ * (the resize's whole rows sum to 1) */
+static struct tensor *owlv2_resize(struct tensor *x, int64_t size)
+{
+    const enum dtype dt = x->dtype;
+    const enum device dev = tensor_device(x);
+    const int64_t H = x->shape[2], W = x->shape[3], n = H > W ? H : W;
+    tensor_scope_begin();
+    struct tensor *m = owlv2_axis_matrix(n, size);
+    struct tensor *av = m ? tensor_contiguous(tensor_narrow(m, 1, 0, H)) : NULL;
+    struct tensor *ah = m ? tensor_contiguous(tensor_narrow(m, 1, 0, W)) : NULL;
+    if (!av || !ah) return tensor_scope_return(NULL);
+    struct tensor *y = ag_matmul(ag_matmul(cast_to(av, dt, dev), x), tensor_transpose(cast_to(ah, dt, dev), 0, 1));
+    if (H != W) {
+        struct tensor *c = tensor_zeros(DTYPE_F64, 2, (int64_t[]){size, size}, DEVICE_CPU);
+        double *sv = malloc(sizeof *sv * (size_t)(2 * size)), *cv = c ? tensor_data_ptr(c) : NULL;
+        if (!sv || !cv) {
+            free(sv);
+            tensor_fail(STATUS_OOM, "owlv2 resize: out of memory");
+            return tensor_scope_return(NULL);
+        }
+        const double *avv = tensor_data_ptr(av), *ahv = tensor_data_ptr(ah);
+        for (int64_t i = 0; i < size; i++) {
+            sv[i] = sv[size + i] = 0;
+            for (int64_t k = 0; k < H; k++) sv[i] += avv[i * H + k];
+            for (int64_t k = 0; k < W; k++) sv[size + i] += ahv[i * W + k];
+        }
+        for (int64_t i = 0; i < size; i++)
+            for (int64_t j = 0; j < size; j++) cv[i * size + j] = 0.5 * (1 - sv[i] * sv[size + j]);
+        free(sv);
+        y = ag_add(y, cast_to(c, dt, dev));
+    }
+    return tensor_scope_return(y);
+}
+
+/* how an image becomes a tower's square input: CLIP's shortest side and centre crop, OWL-ViT's
+ * stretch of both sides, OWLv2's pad and resize */
+enum fit { FIT_CROP, FIT_STRETCH, FIT_OWLV2 };
+
+static struct tensor *preprocess(const char *what, struct tensor *images, int64_t size, enum fit fit)
 {
     if (!images) return NULL;
     char a[128];
@@ -283,11 +361,13 @@ static struct tensor *preprocess(const char *what, struct tensor *images, int64_
     const enum device dev = tensor_device(images);
     const int64_t H = images->shape[2], W = images->shape[3];
     struct tensor *x = to_unit(images);
-    if (H != size || W != size) {
+    if (fit == FIT_OWLV2) {
+        x = owlv2_resize(x, size);
+    } else if (H != size || W != size) {
         /* Resize(size): the shortest side becomes size, the other int(size * long / short); then CenterCrop */
         int64_t nh = H <= W ? size : size * H / W, nw = H <= W ? size * W / H : size;
-        if (nh < size || stretch) nh = size;
-        if (nw < size || stretch) nw = size;
+        if (nh < size || fit == FIT_STRETCH) nh = size;
+        if (nw < size || fit == FIT_STRETCH) nw = size;
         struct tensor *mv = side_matrix(H, nh, size, dt, dev), *mh = side_matrix(W, nw, size, dt, dev);
         x = ag_matmul(ag_matmul(mv, x), mh ? tensor_transpose(mh, 0, 1) : NULL);
     }
@@ -298,91 +378,17 @@ static struct tensor *preprocess(const char *what, struct tensor *images, int64_
 
 struct tensor *draft_clip_preprocess(struct tensor *images, int64_t size)
 {
-    return preprocess("draft_clip_preprocess", images, size, false);
+    return preprocess("draft_clip_preprocess", images, size, FIT_CROP);
 }
 
 struct tensor *draft_owlvit_preprocess(struct tensor *images, int64_t size)
 {
-    return preprocess("draft_owlvit_preprocess", images, size, true);
-}
-
-/* scipy.ndimage's 'mirror' extension of index i into [0, n): d c b | a b c d | c b a */
-static int64_t mirror_index(int64_t i, int64_t n)
-{
-    if (n == 1) return 0;
-    const int64_t p = 2 * n - 2;
-    i %= p;
-    if (i < 0) i += p;
-    return i < n ? i : p - i;
-}
-
-/* one axis of Owlv2ImageProcessor's resize, n -> size, as [size, n] (f64, CPU): when it shrinks, a
- * Gaussian of sigma (n / size - 1) / 2 cut at 4 sigma (ndimage.gaussian_filter), then linear
- * interpolation on the pixel grid (ndimage.zoom, order 1, grid_mode: output o reads input
- * (o + 0.5) n / size - 0.5); both extend the image by mirroring */
-static struct tensor *owlv2_axis_matrix(int64_t n, int64_t size)
-{
-    struct tensor *g = tensor_zeros(DTYPE_F64, 2, (int64_t[]){n, n}, DEVICE_CPU);
-    struct tensor *z = tensor_zeros(DTYPE_F64, 2, (int64_t[]){size, n}, DEVICE_CPU);
-    if (!g || !z) return NULL;
-    double *gv = tensor_data_ptr(g), *zv = tensor_data_ptr(z);
-    const double f = (double)n / (double)size, sigma = f > 1 ? (f - 1) / 2 : 0;
-    const int64_t r = (int64_t)(4.0 * sigma + 0.5);
-    double *w = malloc(sizeof *w * (size_t)(2 * r + 1)), sum = 0;
-    if (!w) {
-        tensor_fail(STATUS_OOM, "owlv2 resize: out of memory");
-        return NULL;
-    }
-    for (int64_t k = -r; k <= r; k++) sum += (w[k + r] = sigma > 0 ? exp(-0.5 * (double)(k * k) / (sigma * sigma)) : 1);
-    for (int64_t i = 0; i < n; i++)
-        for (int64_t k = -r; k <= r; k++) gv[i * n + mirror_index(i + k, n)] += w[k + r] / sum;
-    free(w);
-    for (int64_t o = 0; o < size; o++) {
-        const double c = ((double)o + 0.5) * f - 0.5, i0 = floor(c), t = c - i0;
-        zv[o * n + mirror_index((int64_t)i0, n)] += 1 - t;
-        zv[o * n + mirror_index((int64_t)i0 + 1, n)] += t;
-    }
-    return ag_matmul(z, g);
+    return preprocess("draft_owlvit_preprocess", images, size, FIT_STRETCH);
 }
 
 struct tensor *draft_owlv2_preprocess(struct tensor *images, int64_t size)
 {
-    if (!images) return NULL;
-    char a[128];
-    if (images->ndim != 4 || images->shape[1] != 3 || images->shape[0] < 1 || !dtype_is_float(images->dtype) ||
-        size <= 0) {
-        tensor_fail(STATUS_SHAPE, "draft_owlv2_preprocess: images must be float [B, 3, H, W] and size > 0, got %s %s, "
-                                  "size %lld", dtype_name(images->dtype), tensor_shape_str(images, a, sizeof a),
-                    (long long)size);
-        return NULL;
-    }
-    tensor_scope_begin();
-    const enum dtype dt = images->dtype;
-    const enum device dev = tensor_device(images);
-    const int64_t H = images->shape[2], W = images->shape[3], n = H > W ? H : W;
-    /* padded to n x n at the bottom and right with 0.5: y = Av x Ah^T + 0.5 (1 - av ah^T), where A
-     * is the resize's columns of the image rows and a its row sums (the resize's rows sum to 1) */
-    struct tensor *m = owlv2_axis_matrix(n, size);
-    struct tensor *av = m ? tensor_contiguous(tensor_narrow(m, 1, 0, H)) : NULL;
-    struct tensor *ah = m ? tensor_contiguous(tensor_narrow(m, 1, 0, W)) : NULL;
-    struct tensor *c = NULL;
-    if (av && ah && H != W) {
-        c = tensor_zeros(DTYPE_F64, 2, (int64_t[]){size, size}, DEVICE_CPU);
-        double *cv = c ? tensor_data_ptr(c) : NULL;
-        for (int64_t i = 0; cv && i < size; i++)
-            for (int64_t j = 0; j < size; j++) {
-                double si = 0, sj = 0;
-                for (int64_t k = 0; k < H; k++) si += tensor_get(av, (int64_t[]){i, k});
-                for (int64_t k = 0; k < W; k++) sj += tensor_get(ah, (int64_t[]){j, k});
-                cv[i * size + j] = 0.5 * (1 - si * sj);
-            }
-        c = cast_to(c, dt, dev);
-    }
-    struct tensor *x = ag_matmul(ag_matmul(cast_to(av, dt, dev), to_unit(images)), ah ? tensor_transpose(cast_to(ah, dt, dev), 0, 1) : NULL);
-    if (H != W) x = ag_add(x, c);
-    const int64_t cs[4] = {1, 3, 1, 1};
-    struct tensor *mean = const_tensor(clip_mean, 4, cs, dt, dev), *std = const_tensor(clip_std, 4, cs, dt, dev);
-    return tensor_scope_return(ag_div(ag_sub(x, mean), std));
+    return preprocess("draft_owlv2_preprocess", images, size, FIT_OWLV2);
 }
 
 /* ---------------------------------------------------------------- config and weights loading */
@@ -1198,14 +1204,19 @@ struct imagereward_ctx {
     char *target;   /* the prompt for every image (text=), owned; NULL: each image's */
 };
 
+/* the images as BLIP's ViT takes them (CLIP's preprocessing), in its dtype and place */
+static struct tensor *imagereward_pixels(const struct imagereward_ctx *c, struct tensor *images)
+{
+    const struct tensor *w = c->vit.cls_token;
+    return cast_to(draft_clip_preprocess(images, c->vit.cfg.image_size), w->dtype, tensor_device(w));
+}
+
 /* BLIP's image embedding: normalize(vision_proj(image_embeds[:, 0])), as BLIP_Pretrain's image_feat */
 static struct tensor *imagereward_embed(struct draft_reward *r, struct tensor *images)
 {
     const struct imagereward_ctx *c = r->ctx;
-    const struct tensor *w = c->vit.cls_token;
     tensor_scope_begin();
-    struct tensor *px = cast_to(draft_clip_preprocess(images, c->vit.cfg.image_size), w->dtype, tensor_device(w));
-    struct tensor *emb = blip_vit_forward(&c->vit, px);
+    struct tensor *emb = blip_vit_forward(&c->vit, imagereward_pixels(c, images));
     struct tensor *cls = emb ? ag_reshape(ag_narrow(emb, 1, 0, 1), TENSOR_SHAPE(emb->shape[0], emb->shape[2])) : NULL;
     return tensor_scope_return(ag_normalize(nn_linear_forward(&c->vision_proj, cls), 1, NORM_EPS));
 }
@@ -1231,8 +1242,7 @@ static struct tensor *imagereward_features(const struct imagereward_ctx *c, stru
         while (ok && len[b] < N && mask[len[b]]) len[b]++;
     }
     tensor_scope_begin();
-    struct tensor *px = ok ? cast_to(draft_clip_preprocess(images, c->vit.cfg.image_size), w->dtype, tensor_device(w)) : NULL;
-    struct tensor *emb = blip_vit_forward(&c->vit, px);   /* [B, N + 1, width] */
+    struct tensor *emb = ok ? blip_vit_forward(&c->vit, imagereward_pixels(c, images)) : NULL;   /* [B, N + 1, width] */
     ok = ok && emb;
     for (int64_t b = 0; ok && b < B; b++) {
         if (cls[b]) continue;
@@ -1623,6 +1633,21 @@ static char *spec_args(const char *args, const char **text)
     return a;
 }
 
+/* "<kind>:<folder>[,text=<text>]" (the kind kl characters long) made by create; usage names the form */
+static struct draft_reward *folder_spec(const char *spec, size_t kl, const char *usage,
+                                        struct draft_reward *(*create)(const char *, const char *, enum dtype, enum device),
+                                        enum dtype dt, enum device dev)
+{
+    const char *text;
+    char *dir = spec_args(spec + kl, &text);
+    if (!dir) return NULL;
+    struct draft_reward *r = NULL;
+    if (!*dir || strchr(dir, ',')) tensor_fail(STATUS_VALUE, "reward spec '%s': expected %s", spec, usage);
+    else r = create(dir, text, dt, dev);
+    free(dir);
+    return r;
+}
+
 struct draft_reward *draft_reward_create_on(const char *spec, enum dtype dt, enum device dev)
 {
     if (!spec || !*spec) {
@@ -1695,28 +1720,10 @@ struct draft_reward *draft_reward_create_on(const char *spec, enum dtype dt, enu
         free(dir);
         return r;
     }
-    if (!strncmp(spec, "imagereward:", 12)) {   /* <dir>[,text=<prompt>] */
-        const char *text;
-        char *dir = spec_args(spec + 12, &text);
-        if (!dir) return NULL;
-        struct draft_reward *r = NULL;
-        if (!*dir || strchr(dir, ','))
-            tensor_fail(STATUS_VALUE, "reward spec '%s': expected imagereward:<folder>[,text=<prompt>]", spec);
-        else r = draft_reward_imagereward_create(dir, text, dt, dev);
-        free(dir);
-        return r;
-    }
-    if (!strncmp(spec, "detect:", 7)) {   /* <owlvit_dir>[,text=<object>] */
-        const char *text;
-        char *dir = spec_args(spec + 7, &text);
-        if (!dir) return NULL;
-        struct draft_reward *r = NULL;
-        if (!*dir || strchr(dir, ','))
-            tensor_fail(STATUS_VALUE, "reward spec '%s': expected detect:<OWL-ViT folder>[,text=<object>]", spec);
-        else r = draft_reward_detect_create(dir, text, dt, dev);
-        free(dir);
-        return r;
-    }
+    if (!strncmp(spec, "imagereward:", 12))
+        return folder_spec(spec, 12, "imagereward:<folder>[,text=<prompt>]", draft_reward_imagereward_create, dt, dev);
+    if (!strncmp(spec, "detect:", 7))
+        return folder_spec(spec, 7, "detect:<OWL-ViT folder>[,text=<object>]", draft_reward_detect_create, dt, dev);
     if (!strncmp(spec, "clip:", 5)) {
         bool logit = false;
         const char *text;
