@@ -263,6 +263,20 @@ static bool final_sigma(const uint32_t *s, size_t n, size_t i)
 
 int uc_utf8_decode(const uint8_t *s, size_t n, uint32_t *cp) { return utf8_decode(s, n, cp); }
 int uc_utf8_encode(uint32_t c, uint8_t *o) { return utf8_encode(c, o); }
+
+bool uc_decode_text(const char *utf8, const char *who, struct cpbuf *out)
+{
+    const size_t len = strlen(utf8);
+    if (len > MAX_TEXT_BYTES) return !tensor_fail(STATUS_VALUE, "%s: text of %zu bytes is too long", who, len);
+    for (size_t i = 0; i < len;) {
+        uint32_t c = 0;
+        const int l = utf8_decode((const uint8_t *)utf8 + i, len - i, &c);
+        if (!l) return !tensor_fail(STATUS_VALUE, "%s: invalid UTF-8 at byte %zu (0x%02X)", who, i, (uint8_t)utf8[i]);
+        uc_cp_push(out, c);
+        i += (size_t)l;
+    }
+    return out->oom ? !tensor_fail(STATUS_OOM, "%s: out of memory", who) : true;
+}
 bool uc_is_pyspace(uint32_t c) { return is_pyspace(c); }
 
 int uc_py_lower(const uint32_t *s, size_t n, size_t i, uint32_t out[2])
@@ -612,21 +626,12 @@ static int tokenize(const struct clip_tokenizer *t, const char *utf8, int32_t *i
 {
     if (!t || !utf8) { tensor_fail(STATUS_VALUE, "clip_tokenize: NULL tokenizer or text"); return -1; }
     if (max < 0 || (max > 0 && !ids)) { tensor_fail(STATUS_VALUE, "clip_tokenize: bad output buffer (max %d)", max); return -1; }
-    size_t len = strlen(utf8);
-    if (len > MAX_TEXT_BYTES) { tensor_fail(STATUS_VALUE, "clip_tokenize: text of %zu bytes is too long", len); return -1; }
     struct cpbuf text = {0}, clean = {0};
-    for (size_t i = 0; i < len;) {
-        uint32_t c = 0;
-        int l = utf8_decode((const uint8_t *)utf8 + i, len - i, &c);
-        if (!l) {
-            free(text.v);
-            tensor_fail(STATUS_VALUE, "clip_tokenize: invalid UTF-8 at byte %zu (0x%02X)", i, (uint8_t)utf8[i]);
-            return -1;
-        }
-        uc_cp_push(&text, c);
-        i += (size_t)l;
+    if (!uc_decode_text(utf8, "clip_tokenize", &text)) {
+        free(text.v);
+        return -1;
     }
-    bool ok = !text.oom && clean_text(text.v, text.n, &clean);
+    bool ok = clean_text(text.v, text.n, &clean);
     free(text.v);
     /* word bytes and their BPE pieces; a word of n bytes has at most n pieces */
     uint8_t *bytes = ok ? malloc(4 * clean.n + 1) : NULL;

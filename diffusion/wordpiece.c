@@ -11,7 +11,6 @@
 #include "diffusion/wordpiece_tables.h"
 
 #define NELEM(a) (sizeof(a) / sizeof((a)[0]))
-#define MAX_TEXT_BYTES ((size_t)256 << 20)
 #define MAX_WORD_CHARS 100   /* WordpieceTokenizer's max_input_chars_per_word */
 #define MAX_SPECIALS 16
 
@@ -367,26 +366,14 @@ int wp_tokenize(const struct wp_tokenizer *t, const char *utf8, int32_t *ids, in
         tensor_fail(STATUS_VALUE, "wp_tokenize: bad output buffer (max %d)", max);
         return -1;
     }
-    const size_t len = strlen(utf8);
-    if (len > MAX_TEXT_BYTES) {
-        tensor_fail(STATUS_VALUE, "wp_tokenize: text of %zu bytes is too long", len);
-        return -1;
-    }
     struct cpbuf s = {0};
-    for (size_t i = 0; i < len;) {
-        uint32_t c = 0;
-        const int l = uc_utf8_decode((const uint8_t *)utf8 + i, len - i, &c);
-        if (!l) {
-            free(s.v);
-            tensor_fail(STATUS_VALUE, "wp_tokenize: invalid UTF-8 at byte %zu (0x%02X)", i, (uint8_t)utf8[i]);
-            return -1;
-        }
-        uc_cp_push(&s, c);
-        i += (size_t)l;
+    if (!uc_decode_text(utf8, "wp_tokenize", &s)) {
+        free(s.v);
+        return -1;
     }
     /* the special tokens, cut out where they stand (the longest at the earliest place) */
     struct out o = {ids, max, 0};
-    bool ok = !s.oom;
+    bool ok = true;
     size_t from = 0;
     for (size_t i = 0; ok && i < s.n; i++) {
         int32_t best = -1;
