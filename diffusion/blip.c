@@ -107,12 +107,6 @@ void blip_vit_free(struct blip_vit *m)
     m->blocks = NULL;
 }
 
-/* a tensor in x's dtype when it is stored narrower (bf16/f16 parameters compute in f32) */
-static struct tensor *as_x(struct tensor *p, const struct tensor *x)
-{
-    return x && p->dtype != x->dtype && nn_compute_dtype(p->dtype) == x->dtype ? ag_to_dtype(p, x->dtype) : p;
-}
-
 struct tensor *blip_vit_forward(const struct blip_vit *m, struct tensor *pixel_values)
 {
     if (!pixel_values) return NULL;
@@ -128,9 +122,9 @@ struct tensor *blip_vit_forward(const struct blip_vit *m, struct tensor *pixel_v
     const int64_t B = pixel_values->shape[0], D = cfg->width, grid = cfg->image_size / cfg->patch, N = grid * grid;
     struct tensor *x = nn_conv2d_forward(&m->patch_embed, pixel_values);   /* [B, D, g, g] */
     x = ag_transpose(ag_reshape(x, TENSOR_SHAPE(B, D, N)), 1, 2);           /* flatten(2).transpose(1, 2) */
-    struct tensor *cls = ag_expand(as_x(m->cls_token, x), TENSOR_SHAPE(B, 1, D));
+    struct tensor *cls = ag_expand(nn_param_as(m->cls_token, x), TENSOR_SHAPE(B, 1, D));
     x = ag_concat(2, (struct tensor *[]){cls, x}, 1);
-    x = ag_add(x, as_x(m->pos_embed, x));
+    x = ag_add(x, nn_param_as(m->pos_embed, x));
     for (int64_t i = 0; i < cfg->depth && x; i++) {
         const struct blip_vit_block *b = &m->blocks[i];
         /* qkv [B, L, 3D] -> q, k, v (reshape(B, N, 3, H, d): the three D-wide thirds in order) */
@@ -266,7 +260,7 @@ struct tensor *blip_bert_forward(const struct blip_bert *m, struct tensor *input
     const int64_t L = input_ids->shape[1];
     struct tensor *x = nn_embedding_forward(&m->word_embeddings, input_ids);   /* [B, L, H] */
     struct tensor *pos = ag_narrow(m->position_embeddings.weight, 0, 0, L);
-    x = nn_layer_norm_forward(&m->embeddings_norm, ag_add(x, as_x(pos, x)));
+    x = nn_layer_norm_forward(&m->embeddings_norm, ag_add(x, nn_param_as(pos, x)));
     for (int i = 0; i < cfg->num_hidden_layers && x; i++) {
         const struct blip_bert_layer *l = &m->layers[i];
         x = attention_forward(&l->self_attn, x, x, cfg->num_attention_heads);

@@ -354,12 +354,9 @@ struct tensor *clip_vision_hidden(const struct clip_vision_model *m, struct tens
     /* patches [B, D, g, g] -> tokens [B, g*g, D] (row-major over the grid, as flatten(2).transpose(1, 2)) */
     struct tensor *x = nn_conv2d_forward(&m->patch_embedding, pixel_values);
     x = ag_transpose(ag_reshape(x, TENSOR_SHAPE(B, D, N)), 1, 2);
-    struct tensor *ce = m->class_embedding;
-    if (x && ce->dtype != x->dtype && nn_compute_dtype(ce->dtype) == x->dtype) ce = ag_to_dtype(ce, x->dtype);
-    struct tensor *cls = ag_expand(ag_reshape(ce, TENSOR_SHAPE(1, 1, D)), TENSOR_SHAPE(B, 1, D));
+    struct tensor *cls = ag_expand(ag_reshape(nn_param_as(m->class_embedding, x), TENSOR_SHAPE(1, 1, D)), TENSOR_SHAPE(B, 1, D));
     x = ag_concat(2, (struct tensor *[]){cls, x}, 1);   /* [B, N + 1, D] */
-    struct tensor *pe = m->position_embedding.weight;
-    x = ag_add(x, x && pe->dtype != x->dtype && nn_compute_dtype(pe->dtype) == x->dtype ? ag_to_dtype(pe, x->dtype) : pe);
+    x = ag_add(x, nn_param_as(m->position_embedding.weight, x));
     x = nn_layer_norm_forward(&m->pre_layrnorm, x);
     return tensor_scope_return(clip_encoder_forward(&m->encoder, x, false));
 }

@@ -187,6 +187,11 @@ enum dtype nn_compute_dtype(enum dtype storage)
     return storage == DTYPE_BF16 || storage == DTYPE_F16 ? DTYPE_F32 : storage;
 }
 
+struct tensor *nn_param_as(struct tensor *p, const struct tensor *x)
+{
+    return x && p->dtype != x->dtype && nn_compute_dtype(p->dtype) == x->dtype ? ag_to_dtype(p, x->dtype) : p;
+}
+
 static struct tensor *as_dtype(struct tensor *t, enum dtype dt)
 {
     return !t || t->dtype == dt ? t : ag_to_dtype(t, dt);

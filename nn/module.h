@@ -31,6 +31,9 @@ void nn_params_init(struct nn_params *ps, enum dtype dt, enum device dev);
 /* the dtype activations have for parameters stored in `storage`: f32 for bf16/f16 (the layers
  * cast their weights per use), else the same */
 enum dtype nn_compute_dtype(enum dtype storage);
+/* a parameter used directly in activations' arithmetic: p cast to x's dtype where p is stored
+ * narrower (bf16/f16 with f32 activations), else p itself */
+struct tensor *nn_param_as(struct tensor *p, const struct tensor *x);
 void nn_params_free(struct nn_params *ps);
 /* a new zero parameter "<prefix>.<name>" (prefix may be ""); NULL on error (duplicate name) */
 struct tensor *nn_param_new(struct nn_params *ps, const char *prefix, const char *name, int ndim, const int64_t *shape);
