@@ -164,7 +164,7 @@ enum status blip_bert_config_load(struct blip_bert_config *cfg, const char *path
      * vocabulary med.py's embeddings do not have) */
     static const char *const ignored[] = {"architectures", "attention_probs_dropout_prob", "hidden_dropout_prob",
                                           "initializer_range", "model_type", "pad_token_id", "type_vocab_size",
-                                          "transformers_version", "torch_dtype", "use_cache", "gradient_checkpointing",
+                                          "transformers_version", "torch_dtype", "dtype", "use_cache", "gradient_checkpointing",
                                           "bos_token_id", "eos_token_id"};
     nn_config_ignore(&c, ignored, (int)(sizeof ignored / sizeof *ignored));
     s = nn_config_finish(&c);

@@ -38,9 +38,10 @@ static enum status clip_model_type_check(struct nn_config *c, const char *tower,
 
 /* keys of transformers' CLIP configs that do not change the inference/training forward:
  * dropout is inactive at these rates in SD (0.0) and the model runs without it; the token ids
- * other than eos and the initialisers only matter elsewhere */
+ * other than eos and the initialisers only matter elsewhere; transformers 5 writes dtype for
+ * torch_dtype */
 static const char *const clip_ignored_keys[] = {
-    "architectures", "torch_dtype", "transformers_version", "attention_dropout", "dropout",
+    "architectures", "torch_dtype", "dtype", "transformers_version", "attention_dropout", "dropout",
     "initializer_factor", "initializer_range", "bos_token_id", "pad_token_id",
 };
 
@@ -392,17 +393,33 @@ static bool skipped(const char *name, const char *const *skip)
     return false;
 }
 
+/* transformers 5 saves CLIPTextModel without its "text_model." prefix (4.x and the released SD
+ * folders keep it): "text_model." when the model's names carry it and the file's do not, else "" */
+static const char *bare_text_prefix(const struct nn_params *ps, const struct nn_weights *w, const char *kp)
+{
+    static const char *const prefix = "text_model.", *const probe = "embeddings.token_embedding.weight";
+    char a[512], b[512];
+    snprintf(a, sizeof a, "%s%s", prefix, probe);
+    if (!nn_param_find(ps, a)) return "";
+    snprintf(a, sizeof a, "%s%s%s", kp, prefix, probe);
+    snprintf(b, sizeof b, "%s%s", kp, probe);
+    return !nn_weights_has(w, a) && nn_weights_has(w, b) ? prefix : "";
+}
+
 enum status clip_params_load_except(struct nn_params *ps, const struct nn_weights *w, const char *key_prefix,
                                     const char *const *skip)
 {
     const char *kp = key_prefix ? key_prefix : "";
     const size_t kl = strlen(kp);
     const char *path = nn_weights_path(w);
+    const char *bare = bare_text_prefix(ps, w, kp);   /* what the file's names lack of the model's */
+    const size_t bl = strlen(bare);
     char name[512];
     for (int i = 0; i < nn_weights_count(w); i++) {
         const char *nm = nn_weights_name(w, i);
         if (strncmp(nm, kp, kl)) continue;
-        if (nn_param_find(ps, nm + kl) || skipped(nm, skip)) continue;
+        snprintf(name, sizeof name, "%s%s", bare, nm + kl);
+        if (nn_param_find(ps, name) || skipped(nm, skip)) continue;
         if (!clip_is_position_ids(nm))
             return tensor_fail(STATUS_FORMAT, "%s: unexpected tensor '%s' (not a parameter of this model)", path, nm);
         /* the forward uses positions 0, 1, 2, ...; a file whose buffer says otherwise is not
@@ -419,7 +436,8 @@ enum status clip_params_load_except(struct nn_params *ps, const struct nn_weight
         if (s) return s;
     }
     for (int i = 0; i < ps->n; i++) {
-        snprintf(name, sizeof name, "%s%s", kp, ps->v[i].name);
+        const char *pn = ps->v[i].name;
+        snprintf(name, sizeof name, "%s%s", kp, bl && !strncmp(pn, bare, bl) ? pn + bl : pn);
         const enum status s = nn_weights_load_into(w, name, ps->v[i].t);
         if (s) return s;
     }

@@ -112,7 +112,9 @@ struct tensor *clip_vision_forward(const struct clip_vision_model *m, struct ten
  * the patches row by row; before post_layernorm (OWL-ViT's detection heads read every token) */
 struct tensor *clip_vision_hidden(const struct clip_vision_model *m, struct tensor *pixel_values);
 
-/* Load a transformers CLIP file (safetensors, or a torch.save .bin: nn/weights.h). Besides the
+/* Load a transformers CLIP file (safetensors, or a torch.save .bin: nn/weights.h). A text tower's
+ * file may name its tensors with "text_model." (transformers 4.x, the released SD folders) or
+ * without (CLIPTextModel saved by transformers 5). Besides the
  * parameters, the file may hold the `*.embeddings.position_ids` buffers older transformers saved;
  * they are checked to be 0, 1, 2, ... (what the forward assumes) and skipped. Any other extra
  * tensor under key_prefix is an error; tensors outside key_prefix (other components of a whole

@@ -104,6 +104,45 @@ static enum status load_file(struct nn_params *ps, const char *path, nn_name_map
     return s;
 }
 
+/* The padding id of the prompts: the tokenizer's pad_token (special_tokens_map.json, which
+ * transformers lets override tokenizer_config.json), a string or an AddedToken object. SD 1.x pads
+ * with "<|endoftext|>" (the eos), SD 2.x with "!" (id 0); the UNet reads every position, so it
+ * matters. Neither file: CLIPTokenizer's default, the eos. */
+static enum status read_pad_id(struct sd_pipeline *p, const char *dir)
+{
+    static const char *const files[2] = {"special_tokens_map.json", "tokenizer_config.json"};
+    p->pad_id = clip_eos_id(p->tokenizer);
+    for (int i = 0; i < 2; i++) {
+        char path[1200];
+        snprintf(path, sizeof path, "%s/tokenizer/%s", dir, files[i]);
+        if (!nn_file_exists(path)) continue;
+        size_t len;
+        char *text = nn_file_read(path, (size_t)1 << 24, &len);
+        if (!text) return tensor_status();
+        cJSON *root = nn_json_object(text, len, path);
+        free(text);
+        if (!root) return tensor_status();
+        const cJSON *pad = cJSON_GetObjectItemCaseSensitive(root, "pad_token");
+        if (cJSON_IsObject(pad)) pad = cJSON_GetObjectItemCaseSensitive(pad, "content");
+        enum status s = STATUS_OK;
+        bool found = false;
+        if (pad && !cJSON_IsNull(pad)) {
+            found = true;
+            const int32_t id = cJSON_IsString(pad) ? clip_token_id(p->tokenizer, pad->valuestring) : -1;
+            if (!cJSON_IsString(pad))
+                s = tensor_fail(STATUS_FORMAT, "%s: pad_token must be a string or {\"content\": ...}", path);
+            else if (id < 0)
+                s = tensor_fail(STATUS_FORMAT, "%s: pad_token '%s' is not a token of tokenizer/vocab.json", path,
+                                pad->valuestring);
+            else
+                p->pad_id = id;
+        }
+        cJSON_Delete(root);
+        if (s || found) return s;
+    }
+    return STATUS_OK;
+}
+
 /* tokenizer, configs, modules (zero weights) and scheduler from a diffusers folder */
 static enum status init_components(struct sd_pipeline *p, const char *dir)
 {
@@ -114,6 +153,7 @@ static enum status init_components(struct sd_pipeline *p, const char *dir)
     snprintf(b, sizeof b, "%s/tokenizer/merges.txt", dir);
     p->tokenizer = clip_tokenizer_load(a, b);
     if (!p->tokenizer) return tensor_status();
+    if ((s = read_pad_id(p, dir))) return s;
     struct clip_text_config tc;
     snprintf(a, sizeof a, "%s/text_encoder/config.json", dir);
     if ((s = clip_text_config_load(&tc, a))) return s;
@@ -159,7 +199,11 @@ enum status sd_pipeline_load(struct sd_pipeline *p, const char *dir, enum dtype 
     if (find_weights(dir, "text_encoder", "model", a, sizeof a) &&
         (s = find_weights(dir, "text_encoder", "pytorch_model", a, sizeof a)))
         return s;
-    if ((s = load_file(&p->text_params, a, NULL, false))) return s;
+    struct nn_weights *w = nn_weights_open(a);   /* clip.c reads 4.x's and 5.x's names */
+    if (!w) return tensor_status();
+    s = clip_params_load(&p->text_params, w, "");
+    nn_weights_close(w);
+    if (s) return s;
     if ((s = find_weights(dir, "unet", "diffusion_pytorch_model", a, sizeof a))) return s;
     if ((s = load_file(&p->unet_params, a, NULL, false))) return s;
     if ((s = find_weights(dir, "vae", "diffusion_pytorch_model", a, sizeof a))) return s;
@@ -338,7 +382,8 @@ struct tensor *sd_pipeline_tokenize(const struct sd_pipeline *p, int n, const ch
         return NULL;
     }
     for (int i = 0; i < n; i++) {
-        if (clip_tokenize_77(p->tokenizer, prompts[i] ? prompts[i] : "", ids + (size_t)i * CLIP_CONTEXT)) {
+        if (clip_tokenize_padded(p->tokenizer, prompts[i] ? prompts[i] : "", ids + (size_t)i * CLIP_CONTEXT, CLIP_CONTEXT,
+                                 p->pad_id)) {
             free(ids);
             return NULL;
         }

@@ -1,8 +1,9 @@
 /* pipeline.h — StableDiffusionPipeline: the components of a diffusers folder and the
- * text-to-image path (diffusers pipelines/stable_diffusion/pipeline_stable_diffusion.py).
+ * text-to-image path (diffusers pipelines/stable_diffusion/pipeline_stable_diffusion.py), for
+ * Stable Diffusion 1.x and 2.x (the UNet's Linear projections, v-prediction, "!" padding).
  *
  * A folder holds model_index.json and one sub-folder per component:
- *   tokenizer/     vocab.json, merges.txt                       (CLIPTokenizer)
+ *   tokenizer/     vocab.json, merges.txt, [special_tokens_map.json] (CLIPTokenizer; its pad_token)
  *   text_encoder/  config.json, model.safetensors                (CLIPTextModel)
  *   unet/          config.json, diffusion_pytorch_model.safetensors (UNet2DConditionModel)
  *   vae/           config.json, diffusion_pytorch_model.safetensors (AutoencoderKL)
@@ -33,6 +34,7 @@ struct sd_pipeline {
     enum dtype dtype;
     enum device device;
     struct clip_tokenizer *tokenizer;
+    int32_t pad_id;   /* the prompts' padding: eos for SD 1.x, "!" (0) for SD 2.x (tokenizer/special_tokens_map.json) */
     struct clip_text_model text_encoder;
     struct nn_params text_params;
     struct sd_unet unet;
@@ -73,7 +75,7 @@ enum dtype sd_pipeline_dtype(const struct sd_pipeline *p);
 /* the UNet's latent size for an image side (image / 2^(vae levels - 1)) */
 int64_t sd_pipeline_latent_size(const struct sd_pipeline *p, int64_t image_size);
 
-/* prompts -> ids [n, 77] (i32, bos + at most 75 ids + eos, eos padding: SD's tokenizer call) */
+/* prompts -> ids [n, 77] (i32, bos + at most 75 ids + eos, then pad_id: SD's tokenizer call) */
 struct tensor *sd_pipeline_tokenize(const struct sd_pipeline *p, int n, const char *const *prompts);
 /* ids [n, 77] -> text embeddings [n, 77, hidden] (the final LayerNorm's output) */
 struct tensor *sd_pipeline_encode(const struct sd_pipeline *p, struct tensor *ids);

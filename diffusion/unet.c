@@ -1,7 +1,8 @@
-/* unet.c — UNet2DConditionModel (diffusers 0.25 semantics) for Stable Diffusion 1.x.
+/* unet.c — UNet2DConditionModel (diffusers 0.25 semantics) for Stable Diffusion 1.x and 2.x.
  *
  * Module for module the diffusers tree: ResnetBlock2D, Transformer2DModel (GroupNorm eps
- * 1e-6, conv1x1 proj_in/proj_out, BasicTransformerBlock with self-attention, cross-attention
+ * 1e-6, conv1x1 proj_in/proj_out, or Linear ones on the tokens with use_linear_projection,
+ * BasicTransformerBlock with self-attention, cross-attention
  * and a GEGLU feed-forward), Downsample2D / Upsample2D, the down/mid/up blocks and the skip
  * stack. Parameters are created in the diffusers state_dict order.
  */
@@ -149,7 +150,10 @@ static enum status transformer2d_init(struct sd_unet *u, struct sd_transformer2d
         return tensor_fail(STATUS_VALUE, "unet %s: %lld channels do not split into %d attention heads", prefix,
                            (long long)dim, heads);
     if ((s = nn_group_norm_init(&t->norm, u->ps, nn_name(b, sizeof b, prefix, "norm"), groups, dim, 1e-6))) return s;
-    if ((s = nn_conv2d_init(&t->proj_in, u->ps, nn_name(b, sizeof b, prefix, "proj_in"), dim, dim, 1, 1, 0, true))) return s;
+    t->linear = u->linear_projection;
+    s = t->linear ? nn_linear_init(&t->proj_in_linear, u->ps, nn_name(b, sizeof b, prefix, "proj_in"), dim, dim, true)
+                  : nn_conv2d_init(&t->proj_in, u->ps, nn_name(b, sizeof b, prefix, "proj_in"), dim, dim, 1, 1, 0, true);
+    if (s) return s;
     t->blocks = calloc((size_t)n_blocks, sizeof *t->blocks);
     if (!t->blocks) return tensor_fail(STATUS_OOM, "unet: out of host memory");
     t->n_blocks = n_blocks;
@@ -158,7 +162,8 @@ static enum status transformer2d_init(struct sd_unet *u, struct sd_transformer2d
         snprintf(bb, sizeof bb, "%s.transformer_blocks.%d", prefix, i);
         if ((s = transformer_block_init(u, &t->blocks[i], bb, dim, ctx_dim, heads))) return s;
     }
-    return nn_conv2d_init(&t->proj_out, u->ps, nn_name(b, sizeof b, prefix, "proj_out"), dim, dim, 1, 1, 0, true);
+    return t->linear ? nn_linear_init(&t->proj_out_linear, u->ps, nn_name(b, sizeof b, prefix, "proj_out"), dim, dim, true)
+                     : nn_conv2d_init(&t->proj_out, u->ps, nn_name(b, sizeof b, prefix, "proj_out"), dim, dim, 1, 1, 0, true);
 }
 
 /* x [B, C, H, W] -> [B, C, H, W] */
@@ -168,11 +173,16 @@ static struct tensor *transformer2d_forward(const struct sd_transformer2d *t, st
     tensor_scope_begin();
     const int64_t B = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3];
     static const int to_nhwc[4] = {0, 2, 3, 1}, to_nchw[4] = {0, 3, 1, 2};
-    struct tensor *h = nn_conv2d_forward(&t->proj_in, nn_group_norm_forward(&t->norm, x));
+    struct tensor *h = nn_group_norm_forward(&t->norm, x);
+    /* SD 1.x projects before going to tokens [B, HW, C] and after coming back; SD 2.x on the tokens */
+    if (!t->linear) h = nn_conv2d_forward(&t->proj_in, h);
     h = ag_reshape(ag_permute(h, to_nhwc), TENSOR_SHAPE(B, H * W, C));
+    if (t->linear) h = nn_linear_forward(&t->proj_in_linear, h);
     for (int i = 0; i < t->n_blocks; i++) h = transformer_block_forward(&t->blocks[i], h, ctx);
+    if (t->linear) h = nn_linear_forward(&t->proj_out_linear, h);
     h = ag_contiguous(ag_permute(ag_reshape(h, TENSOR_SHAPE(B, H, W, C)), to_nchw));
-    return tensor_scope_return(ag_add(nn_conv2d_forward(&t->proj_out, h), x));
+    if (!t->linear) h = nn_conv2d_forward(&t->proj_out, h);
+    return tensor_scope_return(ag_add(h, x));
 }
 
 static void transformer2d_free(struct sd_transformer2d *t)
@@ -303,6 +313,7 @@ static enum status unet_build(struct sd_unet *u, struct nn_config *c)
     u->center_input_sample = nn_config_bool(c, "center_input_sample", false);
     u->flip_sin_to_cos = nn_config_bool(c, "flip_sin_to_cos", true);
     u->freq_shift = nn_config_double(c, "freq_shift", 0);
+    u->linear_projection = nn_config_bool(c, "use_linear_projection", false);
     char down_types[SD_UNET_MAX_BLOCKS][64], up_types[SD_UNET_MAX_BLOCKS][64];
     int nd = nn_config_string_array(c, "down_block_types", down_types, SD_UNET_MAX_BLOCKS);
     int nu = nn_config_string_array(c, "up_block_types", up_types, SD_UNET_MAX_BLOCKS);
@@ -375,13 +386,12 @@ static enum status unet_build(struct sd_unet *u, struct nn_config *c)
         if (!is_null_or_absent(c, must_null[i]))
             return UNSUPPORTED("%s: '%s' must be null: this UNet implements only the SD 1.x architecture", c->path, must_null[i]);
     static const char *const must_false[] = {
-        "use_linear_projection", "only_cross_attention", "dual_cross_attention", "resnet_skip_time_act",
+        "only_cross_attention", "dual_cross_attention", "resnet_skip_time_act",
     };
     for (size_t i = 0; i < sizeof must_false / sizeof must_false[0]; i++)
         if (!is_false_or_absent(c, must_false[i]))
-            return UNSUPPORTED("%s: %s = true is not supported (only the SD 1.x architecture: %s)", c->path, must_false[i],
-                               !strcmp(must_false[i], "use_linear_projection") ? "conv1x1 proj_in/proj_out"
-                                                                                : "false");
+            return UNSUPPORTED("%s: %s = true is not supported (only the SD 1.x and 2.x architecture: false)", c->path,
+                               must_false[i]);
     /* keys that do not change this architecture: sample_size is a pipeline hint; upcast_attention only changes the
      * precision of half-precision attention; the rest only act with the embeddings/blocks rejected above */
     static const char *const ignored[] = {

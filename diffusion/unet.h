@@ -6,11 +6,12 @@
  * unet/diffusion_pytorch_model.safetensors directly. The forward is made of ag_ ops, so
  * ag_backward gives the gradient of every parameter and of both float inputs.
  *
- * Supported: the SD 1.x layout — CrossAttnDownBlock2D / DownBlock2D, UNetMidBlock2DCrossAttn,
- * UpBlock2D / CrossAttnUpBlock2D, positional timestep embedding, conv1x1 proj_in/proj_out
- * (use_linear_projection=false), GEGLU feed-forward. Config values that would change this
- * architecture (other block types, linear projections, class/addition embeddings, ...) are
- * rejected with a message naming the key.
+ * Supported: the SD 1.x and 2.x layouts — CrossAttnDownBlock2D / DownBlock2D,
+ * UNetMidBlock2DCrossAttn, UpBlock2D / CrossAttnUpBlock2D, positional timestep embedding, GEGLU
+ * feed-forward, the transformers' proj_in/proj_out as conv1x1 (SD 1.x) or Linear layers
+ * (use_linear_projection=true, SD 2.x), a head count per block. Config values that would change
+ * this architecture (other block types, class/addition embeddings, ...) are rejected with a
+ * message naming the key.
  *
  * Naming trap of the SD 1 config: `attention_head_dim` is the number of HEADS (8), not the
  * head size; head size = channels / heads (40, 80, 160 at SD 1.4 sizes).
@@ -52,9 +53,11 @@ struct sd_transformer_block {   /* BasicTransformerBlock, layer_norm type, GEGLU
     int64_t inner;
 };
 
-struct sd_transformer2d {   /* Transformer2DModel, continuous input, conv1x1 projections */
+struct sd_transformer2d {   /* Transformer2DModel, continuous input */
     struct nn_group_norm norm;
-    struct nn_conv2d proj_in, proj_out;
+    bool linear;                                    /* use_linear_projection (SD 2.x): Linear over [B, HW, C] */
+    struct nn_conv2d proj_in, proj_out;             /* else: conv1x1 (SD 1.x) */
+    struct nn_linear proj_in_linear, proj_out_linear;
     int n_blocks;
     struct sd_transformer_block *blocks;
 };
@@ -82,6 +85,7 @@ struct sd_unet {
     int n_blocks;
     int64_t block_out[SD_UNET_MAX_BLOCKS];
     bool flip_sin_to_cos, center_input_sample;
+    bool linear_projection;  /* use_linear_projection: the transformers' proj_in/proj_out are Linear layers */
     double freq_shift;
     int n_samplers;         /* number of down (= up) samplers: H, W must divide 2^n */
     /* modules */

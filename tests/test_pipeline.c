@@ -150,6 +150,147 @@ START_TEST(test_missing_weights)
 END_TEST
 
 
+/* ---------------------------------------------------------------- SD 2.x and transformers 5 folders */
+
+/* `link_dir`: the embedded emoji model (every checkout has it) as symlinks, but for the tokenizer's
+ * JSON files and the text encoder's weights, which the caller writes */
+static void emoji_links(char *link_dir, size_t n, const char *tag)
+{
+    char abs_dir[PATH_MAX], cmd[3000];
+    ck_assert_ptr_nonnull(realpath("models/emoji", abs_dir));
+    ck_assert_int_lt(strlen(abs_dir), 400);
+    snprintf(link_dir, n, "/tmp/draft_pipeline_%s_%d", tag, (int)getpid());
+    snprintf(cmd, sizeof cmd,
+             "rm -rf %s && mkdir -p %s/tokenizer %s/text_encoder && for c in model_index.json unet vae scheduler "
+             "tokenizer/vocab.json tokenizer/merges.txt text_encoder/config.json; do ln -s %s/$c %s/$c; done",
+             link_dir, link_dir, link_dir, abs_dir, link_dir);
+    ck_assert_int_eq(system(cmd), 0);
+}
+
+static void rm_rf(const char *dir)
+{
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    ck_assert_int_eq(system(cmd), 0);
+}
+
+static void write_in(const char *dir, const char *rel, const char *text)
+{
+    char path[700];
+    snprintf(path, sizeof path, "%s/%s", dir, rel);
+    if (!text) {
+        unlink(path);
+        return;
+    }
+    FILE *f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+/* The prompts' padding comes from the tokenizer's pad_token: "<|endoftext|>" in SD 1.x folders,
+ * "!" (id 0 in CLIP's vocabulary) in SD 2.x's; special_tokens_map.json over tokenizer_config.json,
+ * as transformers reads them; the eos without either. The UNet reads all 77 positions, so a wrong
+ * padding changes every image (tests/reference/sd2_parity.py checks it against diffusers). */
+START_TEST(test_pad_token)
+{
+    char dir[300], te[600];
+    emoji_links(dir, sizeof dir, "pad");
+    snprintf(te, sizeof te, "%s/text_encoder/model.safetensors", dir);
+    char abs_te[PATH_MAX];
+    ck_assert_ptr_nonnull(realpath("models/emoji/text_encoder/model.safetensors", abs_te));
+    ck_assert_int_eq(symlink(abs_te, te), 0);
+    LEAK_CHECK_BEGIN();
+    static const struct { const char *map, *cfg, *pad, *err; } cases[] = {
+        {NULL, NULL, "<|endoftext|>", NULL},
+        {"{\"pad_token\": \"!\"}", NULL, "!", NULL},
+        {"{\"pad_token\": {\"content\": \"!\", \"lstrip\": false, \"__type\": \"AddedToken\"}}", NULL, "!", NULL},
+        {NULL, "{\"model_max_length\": 77, \"pad_token\": \"!\"}", "!", NULL},
+        {"{\"eos_token\": \"<|endoftext|>\"}", "{\"pad_token\": \"!\"}", "!", NULL},
+        {"{\"pad_token\": \"<|endoftext|>\"}", "{\"pad_token\": \"!\"}", "<|endoftext|>", NULL},
+        {"{\"pad_token\": \"<pad>\"}", NULL, NULL, "special_tokens_map.json: pad_token '<pad>' is not a token"},
+        {NULL, "{\"pad_token\": 0}", NULL, "tokenizer_config.json: pad_token must be a string"},
+        {"{\"pad_token\": ", NULL, NULL, "special_tokens_map.json"},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        write_in(dir, "tokenizer/special_tokens_map.json", cases[c].map);
+        write_in(dir, "tokenizer/tokenizer_config.json", cases[c].cfg);
+        struct sd_pipeline p;
+        const enum status s = sd_pipeline_load(&p, dir, DTYPE_F32, DEVICE_CPU);
+        if (cases[c].err) {
+            ck_assert_msg(s != STATUS_OK, "case %zu: loaded", c);
+            ck_assert_msg(strstr(tensor_error(), cases[c].err), "case %zu: '%s' lacks '%s'", c, tensor_error(), cases[c].err);
+            sd_pipeline_free(&p);
+            continue;
+        }
+        ck_assert_msg(s == STATUS_OK, "case %zu: %s", c, tensor_error());
+        const int32_t pad = clip_token_id(p.tokenizer, cases[c].pad);
+        ck_assert_int_ge(pad, 0);
+        ck_assert_int_eq(p.pad_id, pad);
+        tensor_scope_begin();
+        const char *prompts[2] = {"", "a red heart"};
+        struct tensor *ids = sd_pipeline_tokenize(&p, 2, prompts);
+        ck_assert_msg(ids != NULL, "%s", tensor_error());
+        const int32_t *v = tensor_data_ptr(ids);
+        ck_assert_int_eq(v[0], clip_bos_id(p.tokenizer));
+        ck_assert_int_eq(v[1], clip_eos_id(p.tokenizer));
+        for (int i = 2; i < CLIP_CONTEXT; i++) ck_assert_int_eq(v[i], pad);
+        int k = 1;
+        while (v[CLIP_CONTEXT + k] != clip_eos_id(p.tokenizer)) k++;
+        ck_assert_int_gt(k, 1);
+        for (int i = k + 1; i < CLIP_CONTEXT; i++) ck_assert_int_eq(v[CLIP_CONTEXT + i], pad);
+        tensor_scope_end();
+        sd_pipeline_free(&p);
+    }
+    LEAK_CHECK_END();
+    rm_rf(dir);
+}
+END_TEST
+
+/* transformers 5 saves CLIPTextModel without "text_model." in its names: such a text encoder
+ * loads, and gives the same context as the released layout */
+START_TEST(test_text_encoder_unprefixed)
+{
+    char dir[300], path[600];
+    emoji_links(dir, sizeof dir, "te5");
+    LEAK_CHECK_BEGIN();
+    tensor_scope_begin();
+    struct safetensors *st = safetensors_open("models/emoji/text_encoder/model.safetensors");
+    ck_assert_msg(st != NULL, "%s", tensor_error());
+    char **names = calloc((size_t)st->n, sizeof *names);
+    struct tensor **ts = calloc((size_t)st->n, sizeof *ts);
+    ck_assert(names && ts);
+    int n_bare = 0;
+    for (int i = 0; i < st->n; i++) {
+        const char *nm = st->entries[i].name;
+        n_bare += !strncmp(nm, "text_model.", 11);
+        names[i] = strdup(strncmp(nm, "text_model.", 11) ? nm : nm + 11);
+        ts[i] = safetensors_load(st, nm, st->entries[i].dtype, DEVICE_CPU);
+        ck_assert(names[i] && ts[i]);
+    }
+    ck_assert_int_gt(n_bare, 0);
+    snprintf(path, sizeof path, "%s/text_encoder/model.safetensors", dir);
+    ck_assert_int_eq(safetensors_save(path, st->n, (const char *const *)names, ts, 0, NULL, NULL), STATUS_OK);
+    for (int i = 0; i < st->n; i++) free(names[i]);
+    free(names);
+    free(ts);
+    safetensors_close(st);
+    struct sd_pipeline a, b;
+    ck_assert_msg(sd_pipeline_load(&a, "models/emoji", DTYPE_F32, DEVICE_CPU) == STATUS_OK, "%s", tensor_error());
+    ck_assert_msg(sd_pipeline_load(&b, dir, DTYPE_F32, DEVICE_CPU) == STATUS_OK, "%s", tensor_error());
+    const char *prompts[2] = {"", "a smiling sun"};
+    struct tensor *ids = sd_pipeline_tokenize(&a, 2, prompts);
+    struct tensor *ca = sd_pipeline_context(&a, ids, ids), *cb = sd_pipeline_context(&b, ids, ids);
+    ck_assert_msg(ca && cb, "%s", tensor_error());
+    ck_assert_double_eq(test_rel_err(cb, ca), 0);
+    tensor_scope_end();
+    sd_pipeline_free(&a);
+    sd_pipeline_free(&b);
+    LEAK_CHECK_END();
+    rm_rf(dir);
+}
+END_TEST
+
 /* ---------------------------------------------------------------- the original single-file layout */
 
 struct ldm_file {
@@ -435,6 +576,8 @@ int main(void)
     tcase_add_test(tc, test_parity);
     tcase_add_test(tc, test_folder_errors);
     tcase_add_test(tc, test_missing_weights);
+    tcase_add_test(tc, test_pad_token);
+    tcase_add_test(tc, test_text_encoder_unprefixed);
     tcase_add_test(tc, test_single_file);
     tcase_add_test(tc, test_bf16_storage);
     suite_add_tcase(s, tc);

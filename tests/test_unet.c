@@ -217,6 +217,15 @@ static const char micro2_json[] =
     " \"transformer_layers_per_block\": 2, \"mid_block_scale_factor\": 1.5, \"resnet_out_scale_factor\": 2.0,"
     " \"time_embedding_dim\": 6, \"flip_sin_to_cos\": false, \"freq_shift\": 1}";
 
+/* SD 2.x's layout: the transformers' proj_in/proj_out as Linear layers over the tokens, a head count per
+ * block; and the same with conv1x1 projections */
+#define MICRO_HEADS_JSON(linear)                                                                                     \
+    "{\"_class_name\": \"UNet2DConditionModel\", \"in_channels\": 3, \"out_channels\": 2,"                          \
+    " \"block_out_channels\": [8, 12], \"down_block_types\": [\"CrossAttnDownBlock2D\", \"DownBlock2D\"],"          \
+    " \"up_block_types\": [\"UpBlock2D\", \"CrossAttnUpBlock2D\"], \"layers_per_block\": 1, \"norm_num_groups\": 4," \
+    " \"attention_head_dim\": [2, 3], \"cross_attention_dim\": 6, \"sample_size\": 4, \"use_linear_projection\": " linear "}"
+static const char micro_linear_json[] = MICRO_HEADS_JSON("true"), micro_heads_conv_json[] = MICRO_HEADS_JSON("false");
+
 struct micro {
     struct nn_params ps64, ps32;
     struct sd_unet u64, u32;
@@ -243,6 +252,7 @@ START_TEST(test_gradcheck_micro)
         {"unet[micro,2 levels,heads=2,B=2,4x4,S=3]", micro_json, 2, 3, 4, 4, 3, 6},
         {"unet[pad=0,centre,2 transformer layers,scaled,temb=6,no flip,shift=1,B=1,4x4,S=2]", micro2_json, 1, 2, 4, 4, 2, 4},
         {"unet[micro,non-square 2x6,B=1,S=2]", micro_json, 1, 3, 2, 6, 2, 6},
+        {"unet[micro,linear projections (SD 2.x),heads=2/3,B=2,4x4,S=3]", micro_linear_json, 2, 3, 4, 4, 3, 6},
     };
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         struct micro m;
@@ -257,6 +267,73 @@ START_TEST(test_gradcheck_micro)
         ck_assert(gradcheck(cases[c].label, gc_unet_fn, &m, 2, in, &o));
         tensor_scope_end();
         micro_free(&m);
+    }
+    LEAK_CHECK_END();
+}
+END_TEST
+
+/* use_linear_projection (SD 2.x) against conv1x1 (SD 1.x): a 1x1 convolution before going to tokens
+ * [B, HW, C] is the Linear layer after it, so the same weights (a [C, C, 1, 1] kernel as a [C, C]
+ * matrix) give the same UNet, forward and every gradient. A projection left out, applied twice or
+ * swapped with the other breaks it. (Against diffusers on an SD 2.x-shaped model with its own
+ * weights: tests/reference/sd2_parity.py, docs/models.md.) */
+START_TEST(test_linear_projection)
+{
+    LEAK_CHECK_BEGIN();
+    struct nn_config c;
+    struct nn_params ps[2];
+    struct sd_unet u[2];
+    const char *const js[2] = {micro_heads_conv_json, micro_linear_json};
+    for (int k = 0; k < 2; k++) {
+        nn_params_init(&ps[k], DTYPE_F64, DEVICE_CPU);
+        ck_assert_int_eq(nn_config_parse(&c, js[k], strlen(js[k]), "micro"), STATUS_OK);
+        ck_assert_msg(sd_unet_init(&u[k], &c, &ps[k]) == STATUS_OK, "%s", tensor_error());
+        nn_config_free(&c);
+    }
+    ck_assert(!u[0].linear_projection && u[1].linear_projection);
+    ck_assert_int_eq(ps[0].n, ps[1].n);
+    tensor_scope_begin();
+    int n_proj = 0;
+    for (int i = 0; i < ps[0].n; i++) {
+        struct tensor *a = ps[0].v[i].t, *b = ps[1].v[i].t;
+        ck_assert_str_eq(ps[0].v[i].name, ps[1].v[i].name);
+        const bool proj = strstr(ps[0].v[i].name, ".proj_in.weight") || strstr(ps[0].v[i].name, ".proj_out.weight");
+        if (proj) {
+            ck_assert_int_eq(a->ndim, 4);
+            ck_assert_int_eq(b->ndim, 2);
+            n_proj++;
+        }
+        struct tensor *r = test_uniform(DTYPE_F64, a->ndim, a->shape, -0.4, 0.4);
+        ck_assert_int_eq(tensor_copy_(a, r), STATUS_OK);
+        ck_assert_int_eq(tensor_copy_(b, proj ? tensor_reshape(r, b->ndim, b->shape) : r), STATUS_OK);
+    }
+    ck_assert_int_eq(n_proj, 2 * 4);   /* 4 transformers: 1 down, 1 mid, 2 up */
+    nn_params_set_trainable(&ps[0], true);
+    nn_params_set_trainable(&ps[1], true);
+    struct tensor *t = tensor_from_data(DTYPE_I64, TENSOR_SHAPE(2), (int64_t[]){981, 17});
+    struct tensor *x = test_uniform(DTYPE_F64, TENSOR_SHAPE(2, 3, 4, 8), -1, 1);
+    struct tensor *ehs = test_uniform(DTYPE_F64, TENSOR_SHAPE(2, 3, 6), -1, 1);
+    struct tensor *R = test_uniform(DTYPE_F64, TENSOR_SHAPE(2, 2, 4, 8), -1, 1);
+    struct tensor *y[2];
+    for (int k = 0; k < 2; k++) {
+        y[k] = sd_unet_forward(&u[k], x, t, ehs);
+        ck_assert_msg(y[k] != NULL, "%s", tensor_error());
+        ck_assert_int_eq(ag_backward(ag_sum(ag_mul(y[k], R), 0, NULL, false), NULL, false), STATUS_OK);
+    }
+    const double ey = test_rel_err(y[1], y[0]);
+    double eg = 0;
+    for (int i = 0; i < ps[0].n; i++) {
+        const struct tensor *ga = ps[0].v[i].t->grad, *gb = ps[1].v[i].t->grad;
+        ck_assert_msg(ga && gb, "%s: no gradient", ps[0].v[i].name);
+        eg = fmax(eg, test_rel_err(gb, tensor_reshape((struct tensor *)ga, gb->ndim, gb->shape)));
+    }
+    printf("unet linear projections against conv1x1: %d projections, forward rel %.2e, worst gradient rel %.2e\n", n_proj,
+           ey, eg);
+    ck_assert_msg(ey <= 1e-13 && eg <= 1e-12, "forward rel %g, gradient rel %g", ey, eg);
+    tensor_scope_end();
+    for (int k = 0; k < 2; k++) {
+        sd_unet_free(&u[k]);
+        nn_params_free(&ps[k]);
     }
     LEAK_CHECK_END();
 }
@@ -433,7 +510,7 @@ START_TEST(test_errors)
     static const struct { const char *json, *needle; } bad[] = {
         {"{\"block_out_channels\": [8, 8], \"down_block_types\": [\"DownBlock2D\", \"DownBlock2D\"],"
          " \"up_block_types\": [\"UpBlock2D\", \"UpBlock2D\"], \"norm_num_groups\": 4, \"flavour\": 1}", "flavour"},
-        {"{\"use_linear_projection\": true}", "use_linear_projection"},
+        {"{\"use_linear_projection\": 1}", "use_linear_projection"},
         {"{\"down_block_types\": [\"SimpleCrossAttnDownBlock2D\", \"CrossAttnDownBlock2D\", \"CrossAttnDownBlock2D\","
          " \"DownBlock2D\"]}", "SimpleCrossAttnDownBlock2D"},
         {"{\"up_block_types\": [\"UpBlock2D\", \"CrossAttnUpBlock2D\", \"AttnUpBlock2D\", \"CrossAttnUpBlock2D\"]}",
@@ -536,6 +613,7 @@ int main(void)
     tcase_add_test(tc, test_errors);
     tcase_add_test(tc, test_gradcheck_micro);
     tcase_add_test(tc, test_transpose_non_square);
+    tcase_add_test(tc, test_linear_projection);
     tcase_add_test(tc, test_checkpoint_units);
     tcase_add_test(tc, test_manifest);
     suite_add_tcase(s, tc);
