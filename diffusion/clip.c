@@ -599,21 +599,21 @@ static bool openclip_key(const char *name, char *key, size_t n, int *part)
 /* the text tower's causal mask, a buffer some open_clip versions saved: the forward builds its own */
 static bool openclip_buffer(const char *name) { return !strcmp(name, "attn_mask"); }
 
-enum status clip_openclip_load(struct nn_params *ps, const struct nn_weights *w)
+/* every parameter of ps from its OpenCLIP key under prefix (q/k/v cut out of the stacked
+ * projection, the projections transposed); used[] marks the file tensors read */
+static enum status openclip_load_into(struct nn_params *ps, const struct nn_weights *w, const char *prefix, bool *used)
 {
     const char *path = nn_weights_path(w);
-    const int nf = nn_weights_count(w);
-    bool *used = calloc((size_t)(nf > 0 ? nf : 1), sizeof *used);
-    if (!used) return tensor_fail(STATUS_OOM, "%s: out of host memory", path);
     enum status s = STATUS_OK;
     for (int i = 0; i < ps->n && !s; i++) {
-        char key[600];
+        char bare[560], key[600];
         int part;
         struct tensor *dst = ps->v[i].t;
-        if (!openclip_key(ps->v[i].name, key, sizeof key, &part)) {
+        if (!openclip_key(ps->v[i].name, bare, sizeof bare, &part)) {
             s = tensor_fail(STATUS_FORMAT, "%s: an OpenCLIP state dict has no key for parameter '%s'", path, ps->v[i].name);
             break;
         }
+        snprintf(key, sizeof key, "%s%s", prefix, bare);
         const int j = nn_weights_find(w, key);
         if (j < 0) {
             s = tensor_fail(STATUS_FORMAT, "%s: missing tensor '%s' (holds the model's '%s')", path, key, ps->v[i].name);
@@ -642,7 +642,35 @@ enum status clip_openclip_load(struct nn_params *ps, const struct nn_weights *w)
         }
         tensor_scope_end();
     }
+    return s;
+}
+
+enum status clip_openclip_load(struct nn_params *ps, const struct nn_weights *w)
+{
+    const int nf = nn_weights_count(w);
+    bool *used = calloc((size_t)(nf > 0 ? nf : 1), sizeof *used);
+    if (!used) return tensor_fail(STATUS_OOM, "%s: out of host memory", nn_weights_path(w));
+    enum status s = openclip_load_into(ps, w, "", used);
     if (!s) s = nn_weights_check_used(w, used, NULL, openclip_buffer);
     free(used);
     return s;
+}
+
+enum status clip_openclip_text_load(struct nn_params *ps, const struct nn_weights *w, const char *prefix, int layers,
+                                    bool *used)
+{
+    enum status s = openclip_load_into(ps, w, prefix, used);
+    if (s) return s;
+    /* what CLIPTextModel does not have: the blocks past its last, the projection, logit_scale, the mask */
+    const size_t pl = strlen(prefix);
+    for (int i = 0; i < nn_weights_count(w); i++) {
+        const char *nm = nn_weights_name(w, i);
+        if (strncmp(nm, prefix, pl)) continue;
+        nm += pl;
+        int layer = -1;
+        if ((sscanf(nm, "transformer.resblocks.%d.", &layer) == 1 && layer >= layers) || !strcmp(nm, "text_projection") ||
+            !strcmp(nm, "logit_scale") || openclip_buffer(nm))
+            used[i] = true;
+    }
+    return STATUS_OK;
 }

@@ -146,6 +146,14 @@ enum status clip_openclip_configs(const struct nn_weights *w, int64_t text_head_
  * "text_projection.weight", "logit_scale") from an OpenCLIP state dict: q/k/v cut out of the
  * stacked projections, the two projections transposed. Every tensor of the file must be used. */
 enum status clip_openclip_load(struct nn_params *ps, const struct nn_weights *w);
+/* A text tower alone (CLIPTextModel's "text_model.…" parameters) from the OpenCLIP keys under
+ * `prefix`: SD 2.x's original checkpoint ("cond_stage_model.model.", as diffusers'
+ * convert_open_clip_checkpoint reads it). A model of `layers` blocks takes the file's first ones
+ * (SD 2.x conditions on the penultimate block's output: 23 of ViT-H's 24). Marks in used[] (one
+ * entry per file tensor) what it read and what such a model leaves out: the blocks past its
+ * last, text_projection, logit_scale, attn_mask. */
+enum status clip_openclip_text_load(struct nn_params *ps, const struct nn_weights *w, const char *prefix, int layers,
+                                    bool *used);
 
 #ifdef __cplusplus
 }

@@ -3,7 +3,8 @@
  *
  *   UNet          model.diffusion_model.<input_blocks / middle_block / output_blocks ...>
  *   VAE           first_stage_model.<encoder.down.i.block.j ...; decoder.up.(n-1-i) ...>
- *   text encoder  cond_stage_model.transformer.<the transformers names>
+ *   text encoder  cond_stage_model.transformer.<the transformers names>   (SD 1.x)
+ *                 cond_stage_model.model.<OpenCLIP's text tower>          (SD 2.x; clip_openclip_text_load)
  *
  * The maps are written from the block structure (layers per block, which up blocks have
  * attentions), not from a table, so any SD 1.x-shaped config maps. */
@@ -20,6 +21,7 @@ extern "C" {
 #define SD_LDM_UNET_PREFIX "model.diffusion_model."
 #define SD_LDM_VAE_PREFIX "first_stage_model."
 #define SD_LDM_TEXT_PREFIX "cond_stage_model.transformer."
+#define SD_LDM_OPENCLIP_PREFIX "cond_stage_model.model."
 
 /* diffusers UNet parameter name -> LDM key (with prefix); false if the name is not a UNet
  * parameter of this structure. ctx: the struct sd_unet. */

@@ -332,7 +332,7 @@ enum status sd_pipeline_load_single_file(struct sd_pipeline *p, const char *file
     char probe[600];
     if (!sd_ldm_unet_key(&p->unet, p->unet_params.v[0].name, probe, sizeof probe) || !nn_weights_has(w, probe)) {
         s = tensor_fail(STATUS_FORMAT,
-                        "%s: not an original (CompVis/LDM) Stable Diffusion 1.x checkpoint: no '%s' (a diffusers "
+                        "%s: not an original (CompVis/LDM) Stable Diffusion 1.x/2.x checkpoint: no '%s' (a diffusers "
                         "folder loads with sd_pipeline_load / --model)",
                         file, probe);
         nn_weights_close(w);
@@ -342,8 +342,16 @@ enum status sd_pipeline_load_single_file(struct sd_pipeline *p, const char *file
     if (!used) s = tensor_fail(STATUS_OOM, "out of host memory");
     if (!s) s = nn_params_load_mapped(&p->unet_params, w, sd_ldm_unet_key, &p->unet, used);
     if (!s) s = nn_params_load_mapped(&p->vae_params, w, sd_ldm_vae_key, &p->vae, used);
-    if (!s) s = nn_params_load_mapped(&p->text_params, w, sd_ldm_text_key, NULL, used);
-    static const char *const owned[3] = {SD_LDM_UNET_PREFIX, SD_LDM_VAE_PREFIX, SD_LDM_TEXT_PREFIX};
+    /* SD 1.x keeps transformers' CLIPTextModel under cond_stage_model.transformer., SD 2.x OpenCLIP's
+     * text tower under cond_stage_model.model. */
+    const bool openclip = nn_weights_has(w, SD_LDM_OPENCLIP_PREFIX "token_embedding.weight");
+    if (!s && openclip)
+        s = clip_openclip_text_load(&p->text_params, w, SD_LDM_OPENCLIP_PREFIX, (int)p->text_encoder.cfg.num_hidden_layers,
+                                    used);
+    else if (!s)
+        s = nn_params_load_mapped(&p->text_params, w, sd_ldm_text_key, NULL, used);
+    const char *const owned[3] = {SD_LDM_UNET_PREFIX, SD_LDM_VAE_PREFIX,
+                                  openclip ? SD_LDM_OPENCLIP_PREFIX : SD_LDM_TEXT_PREFIX};
     for (int i = 0; i < 3 && !s; i++) s = nn_weights_check_used(w, used, owned[i], skip_ldm);
     free(used);
     nn_weights_close(w);

@@ -288,6 +288,33 @@ START_TEST(test_manifest)
 }
 END_TEST
 
+/* SD 2.1's text encoder (OpenCLIP ViT-H/14's text tower as a CLIPTextModel: 1024 wide, 23 of its 24
+ * blocks, exact GELU) against the names and shapes transformers builds from the same config
+ * (tests/reference/sd2_parity.py's sd21/; skipped elsewhere) */
+START_TEST(test_manifest_sd21)
+{
+    char tp[512], mp[512];
+    if (!parity_path("sd21/text_encoder.config.json", tp, sizeof tp) || !parity_path("sd21/sd21-manifest.json", mp, sizeof mp))
+        return;
+    LEAK_CHECK_BEGIN();
+    cJSON *man = manifest_load(mp);
+    struct clip_text_config tc;
+    ck_assert_msg(clip_text_config_load(&tc, tp) == STATUS_OK, "%s", tensor_error());
+    ck_assert_int_eq(tc.num_hidden_layers, 23);
+    ck_assert_int_eq(tc.hidden_act, CLIP_ACT_GELU);
+    struct nn_params ps;
+    nn_params_init(&ps, DTYPE_BF16, DEVICE_CPU);
+    struct clip_text_model tm;
+    ck_assert_msg(clip_text_init(&tm, &tc, &ps, "") == STATUS_OK, "%s", tensor_error());
+    check_manifest(man, "text_encoder", &ps);
+    ck_assert_int_eq(nn_params_count(&ps), 340387840);
+    clip_text_free(&tm);
+    nn_params_free(&ps);
+    cJSON_Delete(man);
+    LEAK_CHECK_END();
+}
+END_TEST
+
 /* ---------------------------------------------------------------- gradient checks (small, f64) */
 
 /* The checker takes at most 16 inputs, so parameters are checked in groups: the model runs with
@@ -625,6 +652,7 @@ int main(void)
     tcase_add_test(tc, test_text_parity);
     tcase_add_test(tc, test_vision_parity);
     tcase_add_test(tc, test_manifest);
+    tcase_add_test(tc, test_manifest_sd21);
     suite_add_tcase(s, tc);
     return test_run_suite(s);
 }

@@ -521,6 +521,97 @@ START_TEST(test_single_file)
 }
 END_TEST
 
+/* SD 2.x's original checkpoint keeps OpenCLIP's text tower under cond_stage_model.model. (q/k/v
+ * stacked in attn.in_proj_*, 24 blocks of which SD 2.x's text encoder has the first 23,
+ * text_projection, logit_scale): written here from that layout (open_clip/transformer.py, as
+ * diffusers' convert_open_clip_checkpoint reads it) for the embedded model's text encoder, it
+ * loads bit for bit; the UNet and VAE keys are SD 1.x's. */
+START_TEST(test_single_file_openclip)
+{
+    LEAK_CHECK_BEGIN();
+    struct sd_pipeline a;
+    ck_assert_msg(sd_pipeline_load(&a, "models/emoji", DTYPE_F32, DEVICE_CPU) == STATUS_OK, "%s", tensor_error());
+    struct ldm_file f = {0};
+    ldm_component(&f, &a.unet_params, sd_ldm_unet_key, &a.unet);
+    ldm_component(&f, &a.vae_params, sd_ldm_vae_key, &a.vae);
+    const char *const oc = "cond_stage_model.model.";
+    char k[300], h[300];
+#define TP(name) nn_param_find(&a.text_params, "text_model." name)
+    snprintf(k, sizeof k, "%stoken_embedding.weight", oc);
+    ldm_add(&f, k, tensor_ref(TP("embeddings.token_embedding.weight")));
+    snprintf(k, sizeof k, "%spositional_embedding", oc);
+    ldm_add(&f, k, tensor_ref(TP("embeddings.position_embedding.weight")));
+    snprintf(k, sizeof k, "%sln_final.weight", oc);
+    ldm_add(&f, k, tensor_ref(TP("final_layer_norm.weight")));
+    snprintf(k, sizeof k, "%sln_final.bias", oc);
+    ldm_add(&f, k, tensor_ref(TP("final_layer_norm.bias")));
+#undef TP
+    const int layers = (int)a.text_encoder.cfg.num_hidden_layers;
+    int n_text = 4;
+    /* one block more than the model has (as ViT-H's 24th), holding layer 0's weights */
+    for (int l = 0; l <= layers; l++) {
+        const int from = l < layers ? l : 0;
+        static const char *const wb[2] = {"weight", "bias"};
+        for (int j = 0; j < 2; j++) {
+            struct tensor *qkv[3];
+            static const char *const qkvn[3] = {"q_proj", "k_proj", "v_proj"};
+            for (int q = 0; q < 3; q++) {
+                snprintf(h, sizeof h, "text_model.encoder.layers.%d.self_attn.%s.%s", from, qkvn[q], wb[j]);
+                qkv[q] = nn_param_find(&a.text_params, h);
+                ck_assert_ptr_nonnull(qkv[q]);
+            }
+            snprintf(k, sizeof k, "%stransformer.resblocks.%d.attn.in_proj_%s", oc, l, wb[j]);
+            tensor_scope_begin();
+            ldm_add(&f, k, tensor_keep(tensor_contiguous(ag_concat(3, qkv, 0))));
+            tensor_scope_end();
+            static const char *const pairs[5][2] = {{"self_attn.out_proj", "attn.out_proj"}, {"layer_norm1", "ln_1"},
+                                                    {"layer_norm2", "ln_2"}, {"mlp.fc1", "mlp.c_fc"},
+                                                    {"mlp.fc2", "mlp.c_proj"}};
+            for (int q = 0; q < 5; q++) {
+                snprintf(h, sizeof h, "text_model.encoder.layers.%d.%s.%s", from, pairs[q][0], wb[j]);
+                snprintf(k, sizeof k, "%stransformer.resblocks.%d.%s.%s", oc, l, pairs[q][1], wb[j]);
+                ck_assert_ptr_nonnull(nn_param_find(&a.text_params, h));
+                ldm_add(&f, k, tensor_ref(nn_param_find(&a.text_params, h)));
+            }
+            if (l < layers) n_text += 3 + 5;
+        }
+    }
+    ck_assert_int_eq(n_text, a.text_params.n);   /* every parameter of the text encoder is in the file */
+    const int64_t width = a.text_encoder.cfg.hidden_size;
+    snprintf(k, sizeof k, "%stext_projection", oc);
+    ldm_add(&f, k, tensor_zeros(DTYPE_F32, TENSOR_SHAPE(width, width), DEVICE_CPU));
+    snprintf(k, sizeof k, "%slogit_scale", oc);
+    ldm_add(&f, k, tensor_scalar(DTYPE_F32, 4.6));
+
+    char path[300];
+    snprintf(path, sizeof path, "/tmp/draft_ldm_openclip_%d.safetensors", (int)getpid());
+    ck_assert_int_eq(safetensors_save(path, f.n, (const char *const *)f.names, f.ts, 0, NULL, NULL), STATUS_OK);
+    struct sd_pipeline b;
+    ck_assert_msg(sd_pipeline_load_single_file(&b, path, "models/emoji", DTYPE_F32, DEVICE_CPU) == STATUS_OK, "%s",
+                  tensor_error());
+    expect_same_params(&a.unet_params, &b.unet_params);
+    expect_same_params(&a.vae_params, &b.vae_params);
+    expect_same_params(&a.text_params, &b.text_params);
+    sd_pipeline_free(&b);
+    /* a tensor of the text tower the model does not have, and a missing one */
+    snprintf(k, sizeof k, "%stransformer.resblocks.0.attn.in_proj_weight", oc);
+    for (int i = 0; i < f.n; i++)
+        if (!strcmp(f.names[i], k)) {
+            free(f.names[i]);
+            f.names[i] = strdup("cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weights");
+        }
+    ck_assert_int_eq(safetensors_save(path, f.n, (const char *const *)f.names, f.ts, 0, NULL, NULL), STATUS_OK);
+    expect_single_error(path, "models/emoji", "missing tensor 'cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight'");
+    ldm_add(&f, k, tensor_zeros(DTYPE_F32, TENSOR_SHAPE(3 * width, width), DEVICE_CPU));
+    ck_assert_int_eq(safetensors_save(path, f.n, (const char *const *)f.names, f.ts, 0, NULL, NULL), STATUS_OK);
+    expect_single_error(path, "models/emoji", "unexpected tensor 'cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weights'");
+    unlink(path);
+    ldm_free(&f);
+    sd_pipeline_free(&a);
+    LEAK_CHECK_END();
+}
+END_TEST
+
 /* a model stored in bf16 computes in f32 with its weights cast per use: exactly the f32 model
  * whose weights were rounded to bf16 */
 START_TEST(test_bf16_storage)
@@ -579,6 +670,7 @@ int main(void)
     tcase_add_test(tc, test_pad_token);
     tcase_add_test(tc, test_text_encoder_unprefixed);
     tcase_add_test(tc, test_single_file);
+    tcase_add_test(tc, test_single_file_openclip);
     tcase_add_test(tc, test_bf16_storage);
     suite_add_tcase(s, tc);
     return test_run_suite(s);

@@ -6,6 +6,7 @@
 #include "tests/parity.h"
 #include "tests/micro_unet.h"
 #include "diffusion/unet.h"
+#include "nn/file.h"
 #include "tensor/alloc.h"
 
 #include <cjson/cJSON.h>
@@ -120,8 +121,17 @@ END_TEST
 /* ---------------------------------------------------------------- manifest */
 
 /* build from the real config in dt; compare with the manifest; print time and peak memory */
-static void build_and_check_manifest(const char *cfgp, const cJSON *names, long long want_count, enum dtype dt)
+/* the model of config cfgp against a manifest's names, shapes and count; the text width its
+ * cross-attention reads, and the LoRA parameters per rank that follow (SD14.md 2.7) */
+struct manifest_want {
+    const char *file;
+    long long count;
+    int64_t text_dim, lora_per_rank;
+};
+
+static void build_and_check_manifest(const char *cfgp, const cJSON *names, const struct manifest_want *want, enum dtype dt)
 {
+    const long long want_count = want->count;
     struct nn_params ps;
     struct sd_unet u;
     char b1[32], b2[32];
@@ -149,18 +159,19 @@ static void build_and_check_manifest(const char *cfgp, const cJSON *names, long 
     }
     ck_assert_int_eq(n_match, ps.n);   /* and nothing extra */
     ck_assert_int_eq(count, want_count);
-    printf("manifest unet %s: %d tensors, %lld parameters match sd14-manifest.json (%d in the same order); "
+    printf("manifest unet %s: %d tensors, %lld parameters match %s (%d in the same order); "
            "build %.2fs, peak memory %s (live %s)\n",
-           dtype_name(dt), ps.n, (long long)count, in_order, t1 - t0, mem_format(m1.peak_bytes - m0.live_bytes, b1, sizeof b1),
-           mem_format(m1.live_bytes - m0.live_bytes, b2, sizeof b2));
-    /* the LoRA targets of SD 1.x: 16 transformers x (attn1, attn2) x (to_q, to_k, to_v, to_out.0); a rank-r
-     * adapter on them has r * sum(in + out) = 199,296 r parameters (SD14.md 2.7) */
+           dtype_name(dt), ps.n, (long long)count, want->file, in_order, t1 - t0,
+           mem_format(m1.peak_bytes - m0.live_bytes, b1, sizeof b1), mem_format(m1.live_bytes - m0.live_bytes, b2, sizeof b2));
+    /* the LoRA targets of SD 1.x and 2.x: 16 transformers x (attn1, attn2) x (to_q, to_k, to_v, to_out.0); a
+     * rank-r adapter on them has r * sum(in + out) parameters: 199,296 r in SD 1.x (SD14.md 2.7), 207,488 r
+     * in SD 2.x, whose cross-attention reads 1024-d text */
     ck_assert_int_eq(u.n_projs, 128);
     int64_t lora_per_rank = 0;
     for (int i = 0; i < u.n_projs; i++) lora_per_rank += u.projs[i]->in_features + u.projs[i]->out_features;
-    ck_assert_int_eq(lora_per_rank, 199296);
+    ck_assert_int_eq(lora_per_rank, want->lora_per_rank);
     ck_assert_str_eq(u.projs[0]->name, "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q");
-    ck_assert_int_eq(u.projs[5]->in_features, 768);   /* attn2.to_k reads the 768-d text */
+    ck_assert_int_eq(u.projs[5]->in_features, want->text_dim);   /* attn2.to_k reads the text */
     sd_unet_free(&u);
     nn_params_free(&ps);
     mem_empty_cache(DEVICE_CPU);
@@ -189,11 +200,39 @@ START_TEST(test_manifest)
     ck_assert(cJSON_IsObject(names) && cJSON_IsNumber(cnt));
     ck_assert_int_eq(cJSON_GetArraySize(names), 686);
     ck_assert_int_eq((long long)cnt->valuedouble, 859520964LL);
-    build_and_check_manifest(cfgp, names, (long long)cnt->valuedouble, DTYPE_BF16);
+    const struct manifest_want want = {"sd14-manifest.json", 859520964LL, 768, 199296};
+    build_and_check_manifest(cfgp, names, &want, DTYPE_BF16);
     /* the float32 build needs 3.4 GB: only on request */
     const char *e = getenv("UNET_MANIFEST_F32");
-    if (e && *e && strcmp(e, "0")) build_and_check_manifest(cfgp, names, (long long)cnt->valuedouble, DTYPE_F32);
+    if (e && *e && strcmp(e, "0")) build_and_check_manifest(cfgp, names, &want, DTYPE_F32);
     else printf("manifest unet f32: skipped (set UNET_MANIFEST_F32=1 to also build the 3.4 GB float32 UNet)\n");
+    cJSON_Delete(man);
+    LEAK_CHECK_END();
+}
+END_TEST
+
+/* SD 2.1's UNet (stabilityai/stable-diffusion-2-1: Linear projections, 5/10/20/20 heads of 64,
+ * 1024-d text) against the names and shapes diffusers builds from the same config: the folder
+ * tests/reference/sd2_parity.py writes (sd21/), so only when DRAFT_PARITY_DIR points there.
+ * 865,910,724 is the public parameter count of SD 2.x's UNet. */
+START_TEST(test_manifest_sd21)
+{
+    char cfgp[512], mp[512];
+    if (!parity_path("sd21/unet.config.json", cfgp, sizeof cfgp) || !parity_path("sd21/sd21-manifest.json", mp, sizeof mp))
+        return;
+    LEAK_CHECK_BEGIN();
+    size_t n;
+    char *text = nn_file_read(mp, (size_t)1 << 26, &n);
+    ck_assert_ptr_nonnull(text);
+    cJSON *man = cJSON_ParseWithLength(text, n);
+    free(text);
+    const cJSON *names = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(man, "parameters"), "unet");
+    const cJSON *cnt = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(man, "parameter_counts"), "unet");
+    ck_assert(cJSON_IsObject(names) && cJSON_IsNumber(cnt));
+    ck_assert_int_eq(cJSON_GetArraySize(names), 686);
+    ck_assert_int_eq((long long)cnt->valuedouble, 865910724LL);
+    const struct manifest_want want = {"sd21-manifest.json", 865910724LL, 1024, 207488};
+    build_and_check_manifest(cfgp, names, &want, DTYPE_BF16);
     cJSON_Delete(man);
     LEAK_CHECK_END();
 }
@@ -616,6 +655,7 @@ int main(void)
     tcase_add_test(tc, test_linear_projection);
     tcase_add_test(tc, test_checkpoint_units);
     tcase_add_test(tc, test_manifest);
+    tcase_add_test(tc, test_manifest_sd21);
     suite_add_tcase(s, tc);
     TCase *tp = tcase_create("parity");   /* alone: CK_RUN_CASE=parity (gpu-check runs it on cuda) */
     tcase_set_timeout(tp, 600);

@@ -3,13 +3,15 @@
 
 Writes OUT/tiny-sd (a diffusers pipeline folder shaped like stabilityai/stable-diffusion-2-1:
 Linear proj_in/proj_out in the UNet's transformers, a head count per block, an exact-GELU text
-encoder, the tokenizer padding with "!" (id 0), a v-prediction DDIM schedule) and OUT/golden with
+encoder, the tokenizer padding with "!" (id 0), a v-prediction DDIM schedule), OUT/golden with
 the files the suite's parity tests read (unet, text_encoder, pipeline), laid out as
-../shared/parity is, so that
+../shared/parity is, and OUT/sd21 with the real SD 2.1 UNet and text encoder configs and every
+parameter name and shape diffusers and transformers build from them, so that
 
     DRAFT_PARITY_DIR=OUT meson test -C build unet clip pipeline
 
-checks the engine against diffusers and transformers on this architecture. Random weights, stored in
+checks the engine against diffusers and transformers on this architecture (test_parity,
+test_text_parity, test_manifest_sd21; the tests that need ../shared/parity's other files skip). Random weights, stored in
 float32; the golden values are computed in float64 (a gradient that is exactly 0, such as a key
 bias's, is then 0 and not float32 round-off). The tokenizer's vocabulary and the VAE are copied from SHARED_PARITY/tiny-sd (default
 ../shared/parity next to the repository). Needs torch, diffusers, transformers and safetensors
@@ -142,4 +144,35 @@ with torch.no_grad():
 save_file(f32(rec), os.path.join(gold, "pipeline.safetensors"),
           metadata={"num_inference_steps": "4", "eta": "0", "cfg_batch_order": "uncond then cond",
                     "guidance_scale": "7.5", "prediction_type": "v_prediction"})
-print("wrote", out)
+# ---- the real SD 2.1 shapes, without the weights: stabilityai/stable-diffusion-2-1's UNet and text encoder
+# configs, and every parameter name and shape diffusers / transformers build from them (on the meta device)
+unet21 = {"_class_name": "UNet2DConditionModel", "act_fn": "silu", "attention_head_dim": [5, 10, 20, 20],
+          "block_out_channels": [320, 640, 1280, 1280], "center_input_sample": False, "cross_attention_dim": 1024,
+          "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"], "downsample_padding": 1,
+          "dual_cross_attention": False, "flip_sin_to_cos": True, "freq_shift": 0, "in_channels": 4, "layers_per_block": 2,
+          "mid_block_scale_factor": 1, "norm_eps": 1e-05, "norm_num_groups": 32, "num_class_embeds": None,
+          "only_cross_attention": False, "out_channels": 4, "sample_size": 96,
+          "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3, "use_linear_projection": True,
+          "upcast_attention": True}
+text21 = {"architectures": ["CLIPTextModel"], "attention_dropout": 0.0, "bos_token_id": 0, "dropout": 0.0,
+          "eos_token_id": 2, "hidden_act": "gelu", "hidden_size": 1024, "initializer_factor": 1.0,
+          "initializer_range": 0.02, "intermediate_size": 4096, "layer_norm_eps": 1e-05, "max_position_embeddings": 77,
+          "model_type": "clip_text_model", "num_attention_heads": 16, "num_hidden_layers": 23, "pad_token_id": 1,
+          "projection_dim": 512, "torch_dtype": "float32", "vocab_size": 49408}
+os.makedirs(os.path.join(out, "sd21"), exist_ok=True)
+json.dump(unet21, open(os.path.join(out, "sd21", "unet.config.json"), "w"), indent=2)
+json.dump(text21, open(os.path.join(out, "sd21", "text_encoder.config.json"), "w"), indent=2)
+with torch.device("meta"):
+    u21 = UNet2DConditionModel(**{k: v for k, v in unet21.items() if not k.startswith("_")})
+    t21 = CLIPTextModel(CLIPTextConfig(**{k: v for k, v in text21.items() if k != "architectures"}))
+
+
+def manifest(m, prefix=""):
+    return {prefix + k: list(v.shape) for k, v in m.state_dict().items() if not k.endswith("position_ids")}
+
+
+man = {"parameters": {"unet": manifest(u21),
+                      "text_encoder": manifest(t21, "" if hasattr(t21, "text_model") else "text_model.")}}
+man["parameter_counts"] = {k: sum(int(torch.tensor(s).prod()) for s in v.values()) for k, v in man["parameters"].items()}
+json.dump(man, open(os.path.join(out, "sd21", "sd21-manifest.json"), "w"), indent=1)
+print("wrote", out, man["parameter_counts"])
