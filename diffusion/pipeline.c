@@ -378,6 +378,11 @@ int64_t sd_pipeline_latent_size(const struct sd_pipeline *p, int64_t image_size)
     return image_size >> (p->vae.cfg.n_blocks - 1);
 }
 
+int64_t sd_pipeline_default_size(const struct sd_pipeline *p)
+{
+    return p->unet.sample_size > 0 ? p->unet.sample_size << (p->vae.cfg.n_blocks - 1) : p->vae.cfg.sample_size;
+}
+
 struct tensor *sd_pipeline_tokenize(const struct sd_pipeline *p, int n, const char *const *prompts)
 {
     if (n <= 0) {

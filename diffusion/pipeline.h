@@ -74,6 +74,10 @@ enum status sd_pipeline_save_check(const char *out);
 enum dtype sd_pipeline_dtype(const struct sd_pipeline *p);
 /* the UNet's latent size for an image side (image / 2^(vae levels - 1)) */
 int64_t sd_pipeline_latent_size(const struct sd_pipeline *p, int64_t image_size);
+/* the default image side, as diffusers' pipeline takes it: the UNet's sample_size times the VAE's
+ * factor (512 for SD 1.x and 2.1-base, 768 for SD 2.1), which a VAE config's own sample_size need
+ * not match; the VAE's when the UNet's config has none */
+int64_t sd_pipeline_default_size(const struct sd_pipeline *p);
 
 /* prompts -> ids [n, 77] (i32, bos + at most 75 ids + eos, then pad_id: SD's tokenizer call) */
 struct tensor *sd_pipeline_tokenize(const struct sd_pipeline *p, int n, const char *const *prompts);

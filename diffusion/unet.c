@@ -314,6 +314,9 @@ static enum status unet_build(struct sd_unet *u, struct nn_config *c)
     u->flip_sin_to_cos = nn_config_bool(c, "flip_sin_to_cos", true);
     u->freq_shift = nn_config_double(c, "freq_shift", 0);
     u->linear_projection = nn_config_bool(c, "use_linear_projection", false);
+    /* an int in every SD config; diffusers also allows [h, w], which says nothing to a square default */
+    if (cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive((const cJSON *)c->root, "sample_size")))
+        u->sample_size = nn_config_int(c, "sample_size", 0);
     char down_types[SD_UNET_MAX_BLOCKS][64], up_types[SD_UNET_MAX_BLOCKS][64];
     int nd = nn_config_string_array(c, "down_block_types", down_types, SD_UNET_MAX_BLOCKS);
     int nu = nn_config_string_array(c, "up_block_types", up_types, SD_UNET_MAX_BLOCKS);
@@ -392,8 +395,9 @@ static enum status unet_build(struct sd_unet *u, struct nn_config *c)
         if (!is_false_or_absent(c, must_false[i]))
             return UNSUPPORTED("%s: %s = true is not supported (only the SD 1.x and 2.x architecture: false)", c->path,
                                must_false[i]);
-    /* keys that do not change this architecture: sample_size is a pipeline hint; upcast_attention only changes the
-     * precision of half-precision attention; the rest only act with the embeddings/blocks rejected above */
+    /* keys that do not change this architecture: sample_size is a pipeline hint (read above when a number);
+     * upcast_attention only changes the precision of half-precision attention; the rest only act with the
+     * embeddings/blocks rejected above */
     static const char *const ignored[] = {
         "sample_size",       "upcast_attention",        "addition_time_embed_dim", "addition_embed_type_num_heads",
         "cross_attention_norm", "class_embeddings_concat", "mid_block_only_cross_attention",

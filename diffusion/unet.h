@@ -86,6 +86,7 @@ struct sd_unet {
     int64_t block_out[SD_UNET_MAX_BLOCKS];
     bool flip_sin_to_cos, center_input_sample;
     bool linear_projection;  /* use_linear_projection: the transformers' proj_in/proj_out are Linear layers */
+    int64_t sample_size;     /* the config's latent side (a pipeline hint: its default image size); 0 if none */
     double freq_shift;
     int n_samplers;         /* number of down (= up) samplers: H, W must divide 2^n */
     /* modules */

@@ -1292,7 +1292,7 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
     }
     r->latent_c = r->p.unet.in_channels;
     {
-        const int64_t def = r->p.vae.cfg.sample_size;
+        const int64_t def = sd_pipeline_default_size(&r->p);
         const int64_t w = c->image_width > 0 ? c->image_width : def, h = c->image_height > 0 ? c->image_height : def;
         const int64_t f = (int64_t)1 << (r->p.vae.cfg.n_blocks - 1), m = f << r->p.unet.n_samplers;
         if (w <= 0 || h <= 0 || w % m || h % m) {

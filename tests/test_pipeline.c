@@ -278,6 +278,9 @@ START_TEST(test_text_encoder_unprefixed)
     struct sd_pipeline a, b;
     ck_assert_msg(sd_pipeline_load(&a, "models/emoji", DTYPE_F32, DEVICE_CPU) == STATUS_OK, "%s", tensor_error());
     ck_assert_msg(sd_pipeline_load(&b, dir, DTYPE_F32, DEVICE_CPU) == STATUS_OK, "%s", tensor_error());
+    /* the default image side: the UNet's 16 latents x the VAE's factor 2, as diffusers takes it */
+    ck_assert_int_eq(a.unet.sample_size, 16);
+    ck_assert_int_eq(sd_pipeline_default_size(&a), 32);
     const char *prompts[2] = {"", "a smiling sun"};
     struct tensor *ids = sd_pipeline_tokenize(&a, 2, prompts);
     struct tensor *ca = sd_pipeline_context(&a, ids, ids), *cb = sd_pipeline_context(&b, ids, ids);

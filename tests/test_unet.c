@@ -330,6 +330,7 @@ START_TEST(test_linear_projection)
         nn_config_free(&c);
     }
     ck_assert(!u[0].linear_projection && u[1].linear_projection);
+    ck_assert_int_eq(u[1].sample_size, 4);   /* the pipeline's default size, 4 latents */
     ck_assert_int_eq(ps[0].n, ps[1].n);
     tensor_scope_begin();
     int n_proj = 0;

@@ -1,4 +1,4 @@
-/* draft_sample.c — `draft-sample`: text-to-image with a Stable Diffusion 1.x model and any number
+/* draft_sample.c — `draft-sample`: text-to-image with a Stable Diffusion 1.x/2.x model and any number
  * of LoRA files, each with its own scale (e.g. two rewards' LoRAs mixed, DRAFT.md "Results").
  *
  *   draft-sample --model DIR --prompt "a photo of a cat" [--prompt ...] [--prompts FILE|@animals]
@@ -41,7 +41,8 @@ static void usage(FILE *f)
             "  --model DIR        diffusers folder (configs, tokenizer; and weights unless --ckpt); without it,\n"
             "                     the embedded emoji model (models/emoji) with --steps 20 --guidance 5 unless\n"
             "                     given\n"
-            "  --ckpt FILE        original single-file weights (sd-v1-4.ckpt or .safetensors)\n"
+            "  --ckpt FILE        original single-file weights (sd-v1-4.ckpt, SD 2.x's v2-1_768-ema-pruned.ckpt,\n"
+            "                     or a .safetensors with their keys)\n"
             "  --prompt TEXT      a prompt (repeatable)\n"
             "  --prompts SPEC     a prompt file (one a line) or a built-in set\n"
             "  --negative-prompt TEXT  the unconditional half of guidance, for every image: what the\n"
@@ -475,7 +476,7 @@ int main(int argc, char **argv)
         else if (!draft_reward_has_image_tower(j.div_model))
             s = tensor_fail(STATUS_VALUE, "--diversity-model %s: reward %s has no image tower", div_spec, j.div_model->name);
     }
-    j.w = width ? width : p.vae.cfg.sample_size, j.h = height ? height : p.vae.cfg.sample_size;
+    j.w = width ? width : sd_pipeline_default_size(&p), j.h = height ? height : sd_pipeline_default_size(&p);
     j.f = (int64_t)1 << (p.vae.cfg.n_blocks - 1);
     const int64_t m = j.f << p.unet.n_samplers;
     if (!s && (j.w % m || j.h % m))
