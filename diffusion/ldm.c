@@ -53,6 +53,7 @@ bool sd_ldm_unet_key(void *ctx, const char *name, char *key, size_t n)
         {"conv_in.", "input_blocks.0.0."},      {"time_embedding.linear_1.", "time_embed.0."},
         {"time_embedding.linear_2.", "time_embed.2."}, {"conv_norm_out.", "out.0."},
         {"conv_out.", "out.2."},
+        {"add_embedding.linear_1.", "label_emb.0.0."},   {"add_embedding.linear_2.", "label_emb.0.2."},   /* SDXL */
     };
     for (size_t k = 0; k < sizeof fixed / sizeof fixed[0]; k++) {
         size_t l = strlen(fixed[k][0]);

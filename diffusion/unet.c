@@ -380,8 +380,21 @@ static enum status unet_build(struct sd_unet *u, struct nn_config *c)
             return UNSUPPORTED("%s: %s = %s is not supported (only \"%s\", the SD 1.x architecture)", c->path, strs[i].key,
                                v ? v : "null", strs[i].want);
     }
+    /* SDXL's added embedding: addition_embed_type "text_time" and its two sizes; the other types are not SD's */
+    const char *add_type = nn_config_string(c, "addition_embed_type", NULL, buf, sizeof buf);
+    const long long add_time = nn_config_int(c, "addition_time_embed_dim", 0);
+    const long long add_in = nn_config_int(c, "projection_class_embeddings_input_dim", 0);
+    if (c->err) return nn_config_finish(c);
+    if (add_type && strcmp(add_type, "text_time"))
+        return UNSUPPORTED("%s: addition_embed_type '%s' is not supported (null, or \"text_time\": SDXL's)", c->path,
+                           add_type);
+    if (add_type && (add_time < 2 || add_time % 2 || add_in <= add_time))
+        return UNSUPPORTED("%s: addition_embed_type \"text_time\" needs an even addition_time_embed_dim and a larger "
+                           "projection_class_embeddings_input_dim (got %lld and %lld)", c->path, add_time, add_in);
+    u->add_time_dim = add_type ? add_time : 0;
+    u->add_in_dim = add_type ? add_in : 0;
     static const char *const must_null[] = {
-        "num_attention_heads",  "class_embed_type",     "addition_embed_type",     "num_class_embeds",
+        "num_attention_heads",  "class_embed_type",     "num_class_embeds",
         "encoder_hid_dim",      "encoder_hid_dim_type", "time_embedding_act_fn",   "timestep_post_act",
         "time_cond_proj_dim",   "reverse_transformer_layers_per_block",
     };
@@ -399,9 +412,8 @@ static enum status unet_build(struct sd_unet *u, struct nn_config *c)
      * upcast_attention only changes the precision of half-precision attention; the rest only act with the
      * embeddings/blocks rejected above */
     static const char *const ignored[] = {
-        "sample_size",       "upcast_attention",        "addition_time_embed_dim", "addition_embed_type_num_heads",
+        "sample_size",       "upcast_attention",        "addition_embed_type_num_heads",
         "cross_attention_norm", "class_embeddings_concat", "mid_block_only_cross_attention",
-        "projection_class_embeddings_input_dim",
     };
     nn_config_ignore(c, ignored, (int)(sizeof ignored / sizeof ignored[0]));
     if ((s = nn_config_finish(c))) return s;
@@ -432,6 +444,10 @@ static enum status unet_build(struct sd_unet *u, struct nn_config *c)
     if ((s = nn_conv2d_init(&u->conv_in, u->ps, "conv_in", u->in_channels, bo[0], (int)k_in, 1, pad_in, true))) return s;
     if ((s = nn_linear_init(&u->time_linear_1, u->ps, "time_embedding.linear_1", u->time_proj_dim, hp.temb, true))) return s;
     if ((s = nn_linear_init(&u->time_linear_2, u->ps, "time_embedding.linear_2", hp.temb, hp.temb, true))) return s;
+    if (u->add_time_dim) {
+        if ((s = nn_linear_init(&u->add_linear_1, u->ps, "add_embedding.linear_1", u->add_in_dim, hp.temb, true))) return s;
+        if ((s = nn_linear_init(&u->add_linear_2, u->ps, "add_embedding.linear_2", hp.temb, hp.temb, true))) return s;
+    }
 
     int64_t out_ch = bo[0];
     for (int i = 0; i < nb; i++) {
@@ -626,8 +642,46 @@ static struct tensor *block_forward(const struct sd_unet *u, const struct sd_une
     return h;
 }
 
+/* SDXL: add_embedding([text_embeds, add_time_proj(time_ids) as a row]) (diffusers' "text_time"
+ * branch); NULL with a message on a missing or mis-shaped input */
+static struct tensor *added_embedding(struct sd_unet *u, const struct sd_unet_added *a, int64_t B, enum dtype dt,
+                                      enum device dev)
+{
+    char s1[96], s2[96];
+    if (!a || !a->text_embeds || !a->time_ids) {
+        tensor_fail(STATUS_VALUE, "sd_unet_forward: this UNet (addition_embed_type \"text_time\", SDXL) needs text_embeds "
+                                  "and time_ids (sd_unet_forward_added)");
+        return NULL;
+    }
+    const struct tensor *te = a->text_embeds, *ti = a->time_ids;
+    const int64_t K = ti->ndim == 2 ? ti->shape[1] : 0, D = te->ndim == 2 ? te->shape[1] : 0;
+    if (te->ndim != 2 || te->shape[0] != B || ti->ndim != 2 || ti->shape[0] != B || K < 1 ||
+        D + K * u->add_time_dim != u->add_in_dim) {
+        tensor_fail(STATUS_SHAPE, "sd_unet_forward: text_embeds %s and time_ids %s must be [%lld, D] and [%lld, K] with "
+                                  "D + K x %lld = %lld",
+                    tensor_shape_str(te, s1, sizeof s1), tensor_shape_str(ti, s2, sizeof s2), (long long)B, (long long)B,
+                    (long long)u->add_time_dim, (long long)u->add_in_dim);
+        return NULL;
+    }
+    if (te->dtype != dt || tensor_device(te) != dev) {
+        tensor_fail(STATUS_VALUE, "sd_unet_forward: text_embeds must be %s on the sample's device", dtype_name(dt));
+        return NULL;
+    }
+    struct tensor *tf = sd_timestep_features(tensor_reshape(a->time_ids, 1, (int64_t[]){B * K}), u->add_time_dim,
+                                             u->flip_sin_to_cos, u->freq_shift);
+    if (tf) tf = tensor_to_device(tensor_to_dtype(tensor_reshape(tf, 2, (int64_t[]){B, K * u->add_time_dim}), dt), dev);
+    struct tensor *cat[2] = {a->text_embeds, tf};
+    return nn_linear_forward(&u->add_linear_2, ag_silu(nn_linear_forward(&u->add_linear_1, tf ? ag_concat(2, cat, 1) : NULL)));
+}
+
 struct tensor *sd_unet_forward(struct sd_unet *u, struct tensor *sample, struct tensor *timesteps,
                                struct tensor *encoder_hidden_states)
+{
+    return sd_unet_forward_added(u, sample, timesteps, encoder_hidden_states, NULL);
+}
+
+struct tensor *sd_unet_forward_added(struct sd_unet *u, struct tensor *sample, struct tensor *timesteps,
+                                     struct tensor *encoder_hidden_states, const struct sd_unet_added *added)
 {
     if (!sample || !timesteps || !encoder_hidden_states) return NULL;
     if (!check_inputs(u, sample, timesteps, encoder_hidden_states)) return NULL;
@@ -643,6 +697,11 @@ struct tensor *sd_unet_forward(struct sd_unet *u, struct tensor *sample, struct 
     if (tf && tensor_numel(timesteps) == 1 && B != 1) tf = tensor_expand(tf, TENSOR_SHAPE(B, u->time_proj_dim));
     if (tf) tf = tensor_to_device(tensor_to_dtype(tf, dt), dev);
     struct tensor *emb = nn_linear_forward(&u->time_linear_2, ag_silu(nn_linear_forward(&u->time_linear_1, tf)));
+    if (u->add_time_dim) {
+        struct tensor *aug = added_embedding(u, added, B, dt, dev);
+        if (!aug) return tensor_scope_return(NULL);
+        emb = ag_add(emb, aug);
+    }
     struct tensor *temb = ag_silu(emb);
 
     /* 2. conv_in, 3. down path: every resnet(+attention) output and every downsampler output is a skip */

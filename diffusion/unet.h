@@ -10,8 +10,8 @@
  * UNetMidBlock2DCrossAttn, UpBlock2D / CrossAttnUpBlock2D, positional timestep embedding, GEGLU
  * feed-forward, the transformers' proj_in/proj_out as conv1x1 (SD 1.x) or Linear layers
  * (use_linear_projection=true, SD 2.x), a head count per block. Config values that would change
- * this architecture (other block types, class/addition embeddings, ...) are rejected with a
- * message naming the key.
+ * this architecture (other block types, class embeddings, ...) are rejected with a message naming
+ * the key. SDXL's UNet is this one with the "text_time" added embedding (sd_unet_forward_added).
  *
  * Naming trap of the SD 1 config: `attention_head_dim` is the number of HEADS (8), not the
  * head size; head size = channels / heads (40, 80, 160 at SD 1.4 sizes).
@@ -87,11 +87,15 @@ struct sd_unet {
     bool flip_sin_to_cos, center_input_sample;
     bool linear_projection;  /* use_linear_projection: the transformers' proj_in/proj_out are Linear layers */
     int64_t sample_size;     /* the config's latent side (a pipeline hint: its default image size); 0 if none */
+    /* addition_embed_type "text_time" (SDXL): emb += add_embedding([text_embeds, features of each time id]) */
+    int64_t add_time_dim;    /* addition_time_embed_dim (256); 0 = no added embedding */
+    int64_t add_in_dim;      /* projection_class_embeddings_input_dim (2816 = 1280 + 6 x 256) */
     double freq_shift;
     int n_samplers;         /* number of down (= up) samplers: H, W must divide 2^n */
     /* modules */
     struct nn_conv2d conv_in, conv_out;
     struct nn_linear time_linear_1, time_linear_2;
+    struct nn_linear add_linear_1, add_linear_2;   /* add_embedding.linear_1/2, when add_time_dim */
     struct sd_unet_block down[SD_UNET_MAX_BLOCKS], mid, up[SD_UNET_MAX_BLOCKS];
     struct nn_group_norm conv_norm_out;
     /* every attention projection, in parameter order (LoRA attaches here) */
@@ -120,6 +124,16 @@ void sd_unet_free(struct sd_unet *u);
  * multiples of 2^(number of downsamplers). NULL with a message on bad input. */
 struct tensor *sd_unet_forward(struct sd_unet *u, struct tensor *sample, struct tensor *timesteps,
                                struct tensor *encoder_hidden_states);
+/* SDXL's added conditioning (diffusers' added_cond_kwargs): text_embeds [B, D] (the second text
+ * encoder's pooled, projected output; differentiable) and time_ids [B, K] (original size, crop
+ * corner, target size: K = 6; any real or integer dtype; not differentiated), with
+ * D + K * add_time_dim = add_in_dim */
+struct sd_unet_added {
+    struct tensor *text_embeds, *time_ids;
+};
+/* the same with the added conditioning a "text_time" UNet needs (NULL for the others) */
+struct tensor *sd_unet_forward_added(struct sd_unet *u, struct tensor *sample, struct tensor *timesteps,
+                                     struct tensor *encoder_hidden_states, const struct sd_unet_added *added);
 
 /* The sinusoidal timestep features (diffusers get_timestep_embedding, float32 arithmetic):
  * timesteps [B] -> [B, dim] f32 on the CPU. */

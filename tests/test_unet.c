@@ -34,7 +34,7 @@ static const char *kind_of(const char *key)
     if (strstr(key, "transformer_blocks") && strstr(key, ".norm")) return "layer_norm";
     if (strstr(key, ".proj_in.") || strstr(key, ".proj_out.")) return "proj_in_out";
     if (strstr(key, "norm")) return "group_norm";
-    if (strstr(key, "time_emb")) return "time_emb";
+    if (strstr(key, "time_emb") || strstr(key, "add_embedding") || !strcmp(key, "grad.text_embeds")) return "time_emb";
     if (strstr(key, "samplers.")) return "resample_conv";
     return "conv";
 }
@@ -61,7 +61,8 @@ START_TEST(test_parity)
     ck_assert_msg(w && gold, "%s", tensor_error());
     ck_assert_msg(nn_params_load(&ps, w, "", false) == STATUS_OK, "%s", tensor_error());
     nn_params_set_trainable(&ps, true);
-    ck_assert_int_eq(u.n_projs, 4 * 2 * (2 * 3 + 3 * 3 + 1));   /* q,k,v,out x attn1/2 x 16 transformers */
+    if (u.n_blocks == 4)   /* SD 1.x/2.x's structure (an SDXL-shaped tiny UNet has another) */
+        ck_assert_int_eq(u.n_projs, 4 * 2 * (2 * 3 + 3 * 3 + 1));   /* q,k,v,out x attn1/2 x 16 transformers */
 
     tensor_scope_begin();
     struct tensor *sample = parity_load_on(gold, "sample", dev), *ehs = parity_load_on(gold, "encoder_hidden_states", dev);
@@ -69,8 +70,18 @@ START_TEST(test_parity)
     ck_assert_ptr_nonnull(t);
     ag_set_requires_grad(sample, true);
     ag_set_requires_grad(ehs, true);
+    /* SDXL's added conditioning, when the golden file has it (tests/reference/sdxl_parity.py) */
+    const bool has_added = safetensors_find(gold, "text_embeds") != NULL;
+    struct sd_unet_added added = {0};
+    if (has_added) {
+        ck_assert(u.add_time_dim > 0);
+        added.text_embeds = parity_load_on(gold, "text_embeds", dev);
+        added.time_ids = safetensors_load(gold, "time_ids", DTYPE_F32, DEVICE_CPU);
+        ck_assert_ptr_nonnull(added.time_ids);
+        ag_set_requires_grad(added.text_embeds, true);
+    }
     double t0 = now_s();
-    struct tensor *out = sd_unet_forward(&u, sample, t, ehs);
+    struct tensor *out = sd_unet_forward_added(&u, sample, t, ehs, has_added ? &added : NULL);
     ck_assert_msg(out != NULL, "%s", tensor_error());
     double t1 = now_s();
     int n_ok = 0, n_total = 0;
@@ -90,7 +101,10 @@ START_TEST(test_parity)
         if (strncmp(key, "grad.", 5)) continue;
         n_grads++;
         const char *name = key + 5;
-        struct tensor *x = !strcmp(name, "sample") ? sample : !strcmp(name, "encoder_hidden_states") ? ehs : nn_param_find(&ps, name);
+        struct tensor *x = !strcmp(name, "sample")                  ? sample
+                           : !strcmp(name, "encoder_hidden_states") ? ehs
+                           : !strcmp(name, "text_embeds")           ? added.text_embeds
+                                                                    : nn_param_find(&ps, name);
         ck_assert_msg(x != NULL, "golden gradient %s has no tensor in the model", key);
         struct tensor *g = parity_load(gold, key);
         bool ok = parity_check(key, x->grad, g, PARITY_RTOL_GRAD, S);
@@ -100,10 +114,10 @@ START_TEST(test_parity)
         for (int j = 0; j < N_KINDS; j++)
             if (!strcmp(k, kinds[j]) && x->grad) worst[j] = fmax(worst[j], test_rel_err(x->grad, g));
     }
-    /* every parameter (and both inputs) has a golden gradient */
-    ck_assert_int_eq(n_grads, ps.n + 2);
-    printf("parity summary unet on %s: %d/%d ok (forward rel %.2e; %d params + 2 inputs); forward %.2fs, backward %.2fs\n",
-           device_name(dev), n_ok, n_total, fwd_rel, ps.n, t1 - t0, t2 - t1);
+    /* every parameter (and each float input) has a golden gradient */
+    ck_assert_int_eq(n_grads, ps.n + 2 + has_added);
+    printf("parity summary unet on %s: %d/%d ok (forward rel %.2e; %d params + %d inputs); forward %.2fs, backward %.2fs\n",
+           device_name(dev), n_ok, n_total, fwd_rel, ps.n, 2 + has_added, t1 - t0, t2 - t1);
     printf("parity unet worst gradient rel by kind:");
     for (int j = 0; j < N_KINDS; j++) printf(" %s=%.2e", kinds[j], worst[j]);
     printf("\n");
@@ -127,6 +141,8 @@ struct manifest_want {
     const char *file;
     long long count;
     int64_t text_dim, lora_per_rank;
+    int n_projs;
+    const char *first_proj;
 };
 
 static void build_and_check_manifest(const char *cfgp, const cJSON *names, const struct manifest_want *want, enum dtype dt)
@@ -163,14 +179,14 @@ static void build_and_check_manifest(const char *cfgp, const cJSON *names, const
            "build %.2fs, peak memory %s (live %s)\n",
            dtype_name(dt), ps.n, (long long)count, want->file, in_order, t1 - t0,
            mem_format(m1.peak_bytes - m0.live_bytes, b1, sizeof b1), mem_format(m1.live_bytes - m0.live_bytes, b2, sizeof b2));
-    /* the LoRA targets of SD 1.x and 2.x: 16 transformers x (attn1, attn2) x (to_q, to_k, to_v, to_out.0); a
-     * rank-r adapter on them has r * sum(in + out) parameters: 199,296 r in SD 1.x (SD14.md 2.7), 207,488 r
-     * in SD 2.x, whose cross-attention reads 1024-d text */
-    ck_assert_int_eq(u.n_projs, 128);
+    /* the LoRA targets: transformer blocks x (attn1, attn2) x (to_q, to_k, to_v, to_out.0), 16 blocks in SD 1.x
+     * and 2.x, 70 in SDXL; a rank-r adapter on them has r * sum(in + out) parameters: 199,296 r in SD 1.x
+     * (SD14.md 2.7), 207,488 r in SD 2.x, whose cross-attention reads 1024-d text, 1,451,520 r in SDXL */
+    ck_assert_int_eq(u.n_projs, want->n_projs);
     int64_t lora_per_rank = 0;
     for (int i = 0; i < u.n_projs; i++) lora_per_rank += u.projs[i]->in_features + u.projs[i]->out_features;
     ck_assert_int_eq(lora_per_rank, want->lora_per_rank);
-    ck_assert_str_eq(u.projs[0]->name, "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q");
+    ck_assert_str_eq(u.projs[0]->name, want->first_proj);
     ck_assert_int_eq(u.projs[5]->in_features, want->text_dim);   /* attn2.to_k reads the text */
     sd_unet_free(&u);
     nn_params_free(&ps);
@@ -200,7 +216,8 @@ START_TEST(test_manifest)
     ck_assert(cJSON_IsObject(names) && cJSON_IsNumber(cnt));
     ck_assert_int_eq(cJSON_GetArraySize(names), 686);
     ck_assert_int_eq((long long)cnt->valuedouble, 859520964LL);
-    const struct manifest_want want = {"sd14-manifest.json", 859520964LL, 768, 199296};
+    const struct manifest_want want = {"sd14-manifest.json", 859520964LL, 768, 199296, 128,
+                                       "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"};
     build_and_check_manifest(cfgp, names, &want, DTYPE_BF16);
     /* the float32 build needs 3.4 GB: only on request */
     const char *e = getenv("UNET_MANIFEST_F32");
@@ -211,16 +228,16 @@ START_TEST(test_manifest)
 }
 END_TEST
 
-/* SD 2.1's UNet (stabilityai/stable-diffusion-2-1: Linear projections, 5/10/20/20 heads of 64,
- * 1024-d text) against the names and shapes diffusers builds from the same config: the folder
- * tests/reference/sd2_parity.py writes (sd21/), so only when DRAFT_PARITY_DIR points there.
- * 865,910,724 is the public parameter count of SD 2.x's UNet. */
-START_TEST(test_manifest_sd21)
+/* a manifest folder written by tests/reference/ (sd21/, sdxl/): the real UNet's config and every
+ * parameter name and shape diffusers builds from it; skipped unless DRAFT_PARITY_DIR points there */
+static void check_reference_manifest(const char *folder, const char *file, int n_tensors,
+                                     const struct manifest_want *want)
 {
-    char cfgp[512], mp[512];
-    if (!parity_path("sd21/unet.config.json", cfgp, sizeof cfgp) || !parity_path("sd21/sd21-manifest.json", mp, sizeof mp))
-        return;
-    LEAK_CHECK_BEGIN();
+    char rel[128], cfgp[512], mp[512];
+    snprintf(rel, sizeof rel, "%s/unet.config.json", folder);
+    if (!parity_path(rel, cfgp, sizeof cfgp)) return;
+    snprintf(rel, sizeof rel, "%s/%s", folder, file);
+    if (!parity_path(rel, mp, sizeof mp)) return;
     size_t n;
     char *text = nn_file_read(mp, (size_t)1 << 26, &n);
     ck_assert_ptr_nonnull(text);
@@ -229,11 +246,34 @@ START_TEST(test_manifest_sd21)
     const cJSON *names = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(man, "parameters"), "unet");
     const cJSON *cnt = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(man, "parameter_counts"), "unet");
     ck_assert(cJSON_IsObject(names) && cJSON_IsNumber(cnt));
-    ck_assert_int_eq(cJSON_GetArraySize(names), 686);
-    ck_assert_int_eq((long long)cnt->valuedouble, 865910724LL);
-    const struct manifest_want want = {"sd21-manifest.json", 865910724LL, 1024, 207488};
-    build_and_check_manifest(cfgp, names, &want, DTYPE_BF16);
+    ck_assert_int_eq(cJSON_GetArraySize(names), n_tensors);
+    ck_assert_int_eq((long long)cnt->valuedouble, want->count);
+    build_and_check_manifest(cfgp, names, want, DTYPE_BF16);
     cJSON_Delete(man);
+}
+
+/* SD 2.1's UNet (stabilityai/stable-diffusion-2-1: Linear projections, 5/10/20/20 heads of 64,
+ * 1024-d text; tests/reference/sd2_parity.py). 865,910,724 is the public parameter count of
+ * SD 2.x's UNet. */
+START_TEST(test_manifest_sd21)
+{
+    LEAK_CHECK_BEGIN();
+    const struct manifest_want want = {"sd21-manifest.json", 865910724LL, 1024, 207488, 128,
+                                       "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"};
+    check_reference_manifest("sd21", want.file, 686, &want);
+    LEAK_CHECK_END();
+}
+END_TEST
+
+/* SDXL base's UNet (stabilityai/stable-diffusion-xl-base-1.0: no attention in the first level,
+ * 1/2/10 transformer blocks, 2048-d text, the "text_time" added embedding;
+ * tests/reference/sdxl_parity.py): 2,567,463,684 parameters, its public count */
+START_TEST(test_manifest_sdxl)
+{
+    LEAK_CHECK_BEGIN();
+    const struct manifest_want want = {"sdxl-manifest.json", 2567463684LL, 2048, 1451520, 560,
+                                       "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"};
+    check_reference_manifest("sdxl", want.file, 1680, &want);
     LEAK_CHECK_END();
 }
 END_TEST
@@ -265,10 +305,21 @@ static const char micro2_json[] =
     " \"attention_head_dim\": [2, 3], \"cross_attention_dim\": 6, \"sample_size\": 4, \"use_linear_projection\": " linear "}"
 static const char micro_linear_json[] = MICRO_HEADS_JSON("true"), micro_heads_conv_json[] = MICRO_HEADS_JSON("false");
 
+/* SDXL's layout: a plain first level, 1/2 transformer blocks, Linear projections and the "text_time"
+ * added embedding: 5-wide pooled text + 6 ids x 4 features = 29 */
+#define MICRO_XL_JSON(added)                                                                                            \
+    "{\"in_channels\": 3, \"out_channels\": 2, \"block_out_channels\": [8, 12], \"down_block_types\": [\"DownBlock2D\","  \
+    " \"CrossAttnDownBlock2D\"], \"up_block_types\": [\"CrossAttnUpBlock2D\", \"UpBlock2D\"], \"layers_per_block\": 1,"    \
+    " \"norm_num_groups\": 4, \"attention_head_dim\": [2, 3], \"cross_attention_dim\": 6,"                                \
+    " \"transformer_layers_per_block\": [1, 2], \"use_linear_projection\": true" added "}"
+static const char micro_xl_json[] = MICRO_XL_JSON(", \"addition_embed_type\": \"text_time\", \"addition_time_embed_dim\": 4,"
+                                                  " \"projection_class_embeddings_input_dim\": 29"),
+                  micro_xl_plain_json[] = MICRO_XL_JSON("");
+
 struct micro {
     struct nn_params ps64, ps32;
     struct sd_unet u64, u32;
-    struct tensor *t;
+    struct tensor *t, *time_ids;   /* timesteps; SDXL's time ids */
 };
 
 static void micro_build(struct micro *m, const char *json)
@@ -283,6 +334,97 @@ static struct tensor *gc_unet_fn(struct tensor *const *in, void *vctx)
     struct micro *m = vctx;
     return sd_unet_forward(in[0]->dtype == DTYPE_F32 ? &m->u32 : &m->u64, in[0], m->t, in[1]);
 }
+
+/* SDXL's: in[2] is text_embeds, the time ids are the context's */
+static struct tensor *gc_unet_added_fn(struct tensor *const *in, void *vctx)
+{
+    struct micro *m = vctx;
+    const struct sd_unet_added a = {in[2], m->time_ids};
+    return sd_unet_forward_added(in[0]->dtype == DTYPE_F32 ? &m->u32 : &m->u64, in[0], m->t, in[1], &a);
+}
+
+/* SDXL's added embedding: a gradient check into the pooled text as well; and, against float64 loops,
+ * the UNet of each batch row equals the same UNet without the added embedding whose
+ * time_embedding.linear_2.bias is moved by that row's add_embedding([text_embeds, features of
+ * the six ids]) (the features from sd_timestep_features, which test_timestep_features checks):
+ * the order of the concatenation, the ids' layout and the sum into the time embedding */
+START_TEST(test_added_embedding)
+{
+    LEAK_CHECK_BEGIN();
+    struct micro m;
+    micro_build(&m, micro_xl_json);
+    ck_assert_int_eq(m.u64.add_time_dim, 4);
+    tensor_scope_begin();
+    const int64_t B = 2;
+    m.t = tensor_from_data(DTYPE_I64, TENSOR_SHAPE(B), (int64_t[]){981, 17});
+    m.time_ids = tensor_from_data(DTYPE_F64, TENSOR_SHAPE(B, 6), (double[]){1024, 1024, 0, 0, 1024, 1024, 512, 768, 16, 32,
+                                                                              1024, 1024});
+    struct tensor *in[3] = {
+        test_uniform(DTYPE_F64, TENSOR_SHAPE(B, 3, 4, 4), -1, 1),
+        test_uniform(DTYPE_F64, TENSOR_SHAPE(B, 3, 6), -1, 1),
+        test_noncontig(test_uniform(DTYPE_F64, TENSOR_SHAPE(B, 5), -1, 1)),
+    };
+    struct gc_opts o = {.tol = 1e-5, .f32_tol = 2e-4};
+    ck_assert(gradcheck("unet[SDXL layout,text_time,B=2,4x4,S=3,text 5]", gc_unet_added_fn, &m, 3, in, &o));
+
+    const struct sd_unet_added added = {in[2], m.time_ids};
+    struct tensor *y = sd_unet_forward_added(&m.u64, in[0], m.t, in[1], &added);
+    ck_assert_msg(y != NULL, "%s", tensor_error());
+    /* the twin without the added embedding, every other weight the same */
+    struct nn_config c;
+    struct nn_params ps;
+    struct sd_unet twin;
+    nn_params_init(&ps, DTYPE_F64, DEVICE_CPU);
+    ck_assert_int_eq(nn_config_parse(&c, micro_xl_plain_json, strlen(micro_xl_plain_json), "micro"), STATUS_OK);
+    ck_assert_msg(sd_unet_init(&twin, &c, &ps) == STATUS_OK, "%s", tensor_error());
+    nn_config_free(&c);
+    ck_assert_int_eq(ps.n, m.ps64.n - 4);
+    for (int i = 0; i < ps.n; i++)
+        ck_assert_int_eq(tensor_copy_(ps.v[i].t, nn_param_find(&m.ps64, ps.v[i].name)), STATUS_OK);
+    struct tensor *bias = nn_param_find(&ps, "time_embedding.linear_2.bias");
+    const struct tensor *w1 = m.u64.add_linear_1.weight, *b1 = m.u64.add_linear_1.bias;
+    const struct tensor *w2 = m.u64.add_linear_2.weight, *b2 = m.u64.add_linear_2.bias;
+    const int64_t T = bias->shape[0], IN = 29;
+    struct tensor *bias0 = tensor_contiguous(tensor_clone(bias));
+    struct tensor *feats = sd_timestep_features(tensor_reshape(m.time_ids, 1, (int64_t[]){B * 6}), 4, true, 0);
+    ck_assert_ptr_nonnull(feats);
+    double worst = 0;
+    for (int64_t b = 0; b < B; b++) {
+        double x[29], h[64];
+        for (int k = 0; k < 5; k++) x[k] = tensor_get_flat(in[2], b * 5 + k);   /* the text first, then id by id */
+        for (int k = 0; k < 24; k++) x[5 + k] = tensor_get_flat(feats, b * 24 + k);
+        for (int64_t r = 0; r < T; r++) {
+            double a = tensor_get_flat(b1, r);
+            for (int k = 0; k < IN; k++) a += tensor_get_flat(w1, r * IN + k) * x[k];
+            h[r] = a / (1 + exp(-a));
+        }
+        for (int64_t r = 0; r < T; r++) {
+            double a = tensor_get_flat(b2, r);
+            for (int64_t k = 0; k < T; k++) a += tensor_get_flat(w2, r * T + k) * h[k];
+            tensor_set_flat(bias, r, tensor_get_flat(bias0, r) + a);
+        }
+        struct tensor *row = tensor_contiguous(tensor_narrow(in[0], 0, b, 1));
+        struct tensor *ctx = tensor_contiguous(tensor_narrow(in[1], 0, b, 1));
+        struct tensor *tb = tensor_from_data(DTYPE_I64, TENSOR_SHAPE(1), (int64_t[]){b ? 17 : 981});
+        struct tensor *yt = sd_unet_forward(&twin, row, tb, ctx);
+        ck_assert_msg(yt != NULL, "%s", tensor_error());
+        worst = fmax(worst, test_rel_err(yt, tensor_narrow(y, 0, b, 1)));
+    }
+    printf("unet text_time: the added embedding = a moved time bias, per row: rel %.2e\n", worst);
+    ck_assert_msg(worst <= 1e-12, "rel %g", worst);
+    /* what a text_time UNet needs, and shapes that do not add up */
+    ck_assert_ptr_null(sd_unet_forward(&m.u64, in[0], m.t, in[1]));
+    ck_assert_msg(strstr(tensor_error(), "needs text_embeds and time_ids"), "%s", tensor_error());
+    const struct sd_unet_added bad = {in[2], tensor_zeros(DTYPE_F64, TENSOR_SHAPE(B, 5), DEVICE_CPU)};
+    ck_assert_ptr_null(sd_unet_forward_added(&m.u64, in[0], m.t, in[1], &bad));
+    ck_assert_msg(strstr(tensor_error(), "D + K x 4 = 29"), "%s", tensor_error());
+    tensor_scope_end();
+    sd_unet_free(&twin);
+    nn_params_free(&ps);
+    micro_free(&m);
+    LEAK_CHECK_END();
+}
+END_TEST
 
 START_TEST(test_gradcheck_micro)
 {
@@ -559,6 +701,7 @@ START_TEST(test_errors)
         {"{\"class_embed_type\": \"timestep\"}", "class_embed_type"},
         {"{\"num_attention_heads\": 8}", "num_attention_heads"},
         {"{\"addition_embed_type\": \"text_time\"}", "addition_embed_type"},
+        {"{\"addition_embed_type\": \"text\", \"encoder_hid_dim\": 8}", "addition_embed_type 'text' is not supported"},
         {"{\"act_fn\": \"gelu\"}", "act_fn"},
         {"{\"time_embedding_type\": \"fourier\"}", "time_embedding_type"},
         {"{\"resnet_time_scale_shift\": \"scale_shift\"}", "resnet_time_scale_shift"},
@@ -652,11 +795,13 @@ int main(void)
     tcase_add_test(tc, test_timestep_features);
     tcase_add_test(tc, test_errors);
     tcase_add_test(tc, test_gradcheck_micro);
+    tcase_add_test(tc, test_added_embedding);
     tcase_add_test(tc, test_transpose_non_square);
     tcase_add_test(tc, test_linear_projection);
     tcase_add_test(tc, test_checkpoint_units);
     tcase_add_test(tc, test_manifest);
     tcase_add_test(tc, test_manifest_sd21);
+    tcase_add_test(tc, test_manifest_sdxl);
     suite_add_tcase(s, tc);
     TCase *tp = tcase_create("parity");   /* alone: CK_RUN_CASE=parity (gpu-check runs it on cuda) */
     tcase_set_timeout(tp, 600);
