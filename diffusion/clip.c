@@ -59,11 +59,10 @@ enum status clip_text_config_read(struct clip_text_config *cfg, struct nn_config
     cfg->max_position_embeddings = nn_config_int(c, "max_position_embeddings", owlvit ? 16 : 77);
     cfg->layer_norm_eps = nn_config_double(c, "layer_norm_eps", 1e-5);
     cfg->eos_token_id = nn_config_int(c, "eos_token_id", 2);
+    /* CLIPTextModel has no projection; CLIPTextModelWithProjection reads it */
+    cfg->projection_dim = nn_config_int(c, "projection_dim", 512);
     if ((s = clip_act_parse(c, &cfg->hidden_act))) return s;
-    /* CLIPTextModel has no projection; CLIPTextModelWithProjection would read it */
-    static const char *const text_only[] = {"projection_dim"};
     nn_config_ignore(c, clip_ignored_keys, (int)(sizeof clip_ignored_keys / sizeof *clip_ignored_keys));
-    nn_config_ignore(c, text_only, 1);
     if ((s = nn_config_finish(c))) return s;
     if (cfg->vocab_size <= 0 || cfg->hidden_size <= 0 || cfg->intermediate_size <= 0 || cfg->num_hidden_layers < 0 ||
         cfg->num_attention_heads <= 0 || cfg->max_position_embeddings <= 0 || !(cfg->layer_norm_eps > 0))
@@ -239,13 +238,14 @@ enum status clip_text_init(struct clip_text_model *m, const struct clip_text_con
 
 void clip_text_free(struct clip_text_model *m) { clip_encoder_free(&m->encoder); }
 
-struct tensor *clip_text_forward(const struct clip_text_model *m, struct tensor *input_ids)
+/* the embeddings of input_ids (token + position), or NULL with a message naming `op` */
+static struct tensor *text_embeddings(const struct clip_text_model *m, struct tensor *input_ids, const char *op)
 {
     if (!input_ids) return NULL;
     char a[128];
     if (input_ids->ndim != 2 || input_ids->shape[1] < 1 || input_ids->shape[1] > m->cfg.max_position_embeddings ||
         (input_ids->dtype != DTYPE_I32 && input_ids->dtype != DTYPE_I64)) {
-        tensor_fail(STATUS_SHAPE, "clip_text_forward: input_ids must be i32/i64 [B, L] with 1 <= L <= %lld, got %s %s",
+        tensor_fail(STATUS_SHAPE, "%s: input_ids must be i32/i64 [B, L] with 1 <= L <= %lld, got %s %s", op,
                     (long long)m->cfg.max_position_embeddings, dtype_name(input_ids->dtype),
                     tensor_shape_str(input_ids, a, sizeof a));
         return NULL;
@@ -255,9 +255,40 @@ struct tensor *clip_text_forward(const struct clip_text_model *m, struct tensor 
     /* position_ids = 0..L-1: the first L rows of the table, broadcast over the batch */
     struct tensor *pos = ag_narrow(m->position_embedding.weight, 0, 0, L);
     if (pos && pos->dtype != nn_compute_dtype(pos->dtype)) pos = ag_to_dtype(pos, nn_compute_dtype(pos->dtype));
-    struct tensor *x = ag_add(nn_embedding_forward(&m->token_embedding, input_ids), pos);
-    x = clip_encoder_forward(&m->encoder, x, true);
-    return tensor_scope_return(nn_layer_norm_forward(&m->final_layer_norm, x));
+    return tensor_scope_return(ag_add(nn_embedding_forward(&m->token_embedding, input_ids), pos));
+}
+
+struct tensor *clip_text_forward(const struct clip_text_model *m, struct tensor *input_ids)
+{
+    tensor_scope_begin();
+    struct tensor *x = clip_encoder_forward(&m->encoder, text_embeddings(m, input_ids, "clip_text_forward"), true);
+    return tensor_scope_return(x ? nn_layer_norm_forward(&m->final_layer_norm, x) : NULL);
+}
+
+struct tensor *clip_text_hidden(const struct clip_text_model *m, struct tensor *input_ids, int layers,
+                                struct tensor **last_hidden_state)
+{
+    const struct clip_encoder *e = &m->encoder;
+    if (last_hidden_state) *last_hidden_state = NULL;
+    if (layers < 0 || layers > e->n_layers) {
+        tensor_fail(STATUS_VALUE, "clip_text_hidden: %d layers of a %d-layer encoder", layers, e->n_layers);
+        return NULL;
+    }
+    tensor_scope_begin();
+    struct tensor *x = text_embeddings(m, input_ids, "clip_text_hidden"), *h = NULL;
+    for (int i = 0; i < e->n_layers && x; i++) {
+        if (i == layers) h = x;
+        if (i >= layers && !last_hidden_state) break;
+        x = clip_encoder_layer_forward(&e->layers[i], e->n_heads, e->act, x, true);
+    }
+    if (layers == e->n_layers) h = x;
+    struct tensor *last = last_hidden_state && x ? nn_layer_norm_forward(&m->final_layer_norm, x) : NULL;
+    if (!h || (last_hidden_state && !last)) return tensor_scope_return(NULL);
+    tensor_keep(h);
+    if (last) tensor_keep(last);
+    tensor_scope_end();
+    if (last_hidden_state) *last_hidden_state = tensor_autorelease(last);
+    return tensor_autorelease(h);
 }
 
 struct tensor *clip_text_pooled(const struct clip_text_model *m, struct tensor *input_ids,

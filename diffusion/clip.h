@@ -33,6 +33,7 @@ struct clip_text_config {
     double layer_norm_eps;       /* 1e-5 */
     enum clip_act hidden_act;    /* quick_gelu */
     int64_t eos_token_id;        /* 2: the legacy value, meaning "pool at argmax(ids)" */
+    int64_t projection_dim;      /* 512; CLIPTextModelWithProjection's text_projection (SDXL's text_encoder_2) */
 };
 
 struct clip_vision_config {
@@ -97,6 +98,12 @@ enum status clip_text_init(struct clip_text_model *m, const struct clip_text_con
 void clip_text_free(struct clip_text_model *m);
 /* input_ids i32/i64 [B, L] with L <= max_position_embeddings -> last_hidden_state [B, L, hidden] */
 struct tensor *clip_text_forward(const struct clip_text_model *m, struct tensor *input_ids);
+/* hidden_states[layers] of transformers' CLIPTextModel: the output of the first `layers` encoder
+ * layers, without the final LayerNorm ([B, L, hidden]; layers = n - 1 is SDXL's hidden_states[-2]).
+ * last_hidden_state (optional): the whole model's output too, as clip_text_forward, from the
+ * same pass (SDXL pools the second encoder's) */
+struct tensor *clip_text_hidden(const struct clip_text_model *m, struct tensor *input_ids, int layers,
+                                struct tensor **last_hidden_state);
 /* pooled output [B, hidden]: last_hidden_state at the eos token of each row (argmax of the ids
  * for the legacy eos_token_id 2, else the first eos_token_id), as CLIPTextModel's pooler_output */
 struct tensor *clip_text_pooled(const struct clip_text_model *m, struct tensor *input_ids,

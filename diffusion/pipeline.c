@@ -15,7 +15,7 @@
 #include <string.h>
 
 /* model_index.json: each component we load must be present and of the class we implement */
-static enum status check_model_index(const char *dir)
+static enum status check_model_index(const char *dir, bool *xl, bool *force_zeros)
 {
     static const char *const want[][3] = {
         {"tokenizer", "CLIPTokenizer", "CLIPTokenizerFast"},
@@ -44,6 +44,26 @@ static enum status check_model_index(const char *dir)
             s = tensor_fail(STATUS_FORMAT, "%s: %s is a %s; this loader implements %s", path, want[i][0],
                             cls->valuestring, want[i][1]);
         }
+    }
+    /* SDXL: both second components, or neither */
+    const cJSON *t2 = cJSON_GetObjectItemCaseSensitive(root, "text_encoder_2");
+    const cJSON *k2 = cJSON_GetObjectItemCaseSensitive(root, "tokenizer_2");
+    const bool has_t2 = cJSON_IsArray(t2) && cJSON_IsString(cJSON_GetArrayItem(t2, 1));
+    const bool has_k2 = cJSON_IsArray(k2) && cJSON_IsString(cJSON_GetArrayItem(k2, 1));
+    if (!s && has_t2 != has_k2)
+        s = tensor_fail(STATUS_FORMAT, "%s: text_encoder_2 and tokenizer_2 go together (SDXL); one of them is missing",
+                        path);
+    if (!s && has_t2 && strcmp(cJSON_GetArrayItem(t2, 1)->valuestring, "CLIPTextModelWithProjection"))
+        s = tensor_fail(STATUS_FORMAT, "%s: text_encoder_2 is a %s; this loader implements CLIPTextModelWithProjection",
+                        path, cJSON_GetArrayItem(t2, 1)->valuestring);
+    if (!s && has_k2 && strcmp(cJSON_GetArrayItem(k2, 1)->valuestring, "CLIPTokenizer") &&
+        strcmp(cJSON_GetArrayItem(k2, 1)->valuestring, "CLIPTokenizerFast"))
+        s = tensor_fail(STATUS_FORMAT, "%s: tokenizer_2 is a %s; this loader implements CLIPTokenizer", path,
+                        cJSON_GetArrayItem(k2, 1)->valuestring);
+    if (!s && xl) {
+        *xl = has_t2;
+        const cJSON *fz = cJSON_GetObjectItemCaseSensitive(root, "force_zeros_for_empty_prompt");
+        *force_zeros = has_t2 && (!fz || cJSON_IsTrue(fz));   /* the pipeline's default is true */
     }
     cJSON_Delete(root);
     return s;
@@ -108,13 +128,13 @@ static enum status load_file(struct nn_params *ps, const char *path, nn_name_map
  * transformers lets override tokenizer_config.json), a string or an AddedToken object. SD 1.x pads
  * with "<|endoftext|>" (the eos), SD 2.x with "!" (id 0); the UNet reads every position, so it
  * matters. Neither file: CLIPTokenizer's default, the eos. */
-static enum status read_pad_id(struct sd_pipeline *p, const char *dir)
+static enum status read_pad_id(const struct clip_tokenizer *tok, const char *dir, const char *sub, int32_t *pad_id)
 {
     static const char *const files[2] = {"special_tokens_map.json", "tokenizer_config.json"};
-    p->pad_id = clip_eos_id(p->tokenizer);
+    *pad_id = clip_eos_id(tok);
     for (int i = 0; i < 2; i++) {
         char path[1200];
-        snprintf(path, sizeof path, "%s/tokenizer/%s", dir, files[i]);
+        snprintf(path, sizeof path, "%s/%s/%s", dir, sub, files[i]);
         if (!nn_file_exists(path)) continue;
         size_t len;
         char *text = nn_file_read(path, (size_t)1 << 24, &len);
@@ -128,14 +148,14 @@ static enum status read_pad_id(struct sd_pipeline *p, const char *dir)
         bool found = false;
         if (pad && !cJSON_IsNull(pad)) {
             found = true;
-            const int32_t id = cJSON_IsString(pad) ? clip_token_id(p->tokenizer, pad->valuestring) : -1;
+            const int32_t id = cJSON_IsString(pad) ? clip_token_id(tok, pad->valuestring) : -1;
             if (!cJSON_IsString(pad))
                 s = tensor_fail(STATUS_FORMAT, "%s: pad_token must be a string or {\"content\": ...}", path);
             else if (id < 0)
-                s = tensor_fail(STATUS_FORMAT, "%s: pad_token '%s' is not a token of tokenizer/vocab.json", path,
-                                pad->valuestring);
+                s = tensor_fail(STATUS_FORMAT, "%s: pad_token '%s' is not a token of %s/vocab.json", path,
+                                pad->valuestring, sub);
             else
-                p->pad_id = id;
+                *pad_id = id;
         }
         cJSON_Delete(root);
         if (s || found) return s;
@@ -143,23 +163,77 @@ static enum status read_pad_id(struct sd_pipeline *p, const char *dir)
     return STATUS_OK;
 }
 
+/* SDXL's tokenizer_2: CLIP's vocabulary and merges again (the same files in every SDXL folder),
+ * so the prompts' ids are tokenizer's up to the eos and only the padding after it differs */
+static enum status same_file(const char *dir, const char *a_rel, const char *b_rel)
+{
+    char a[1200], b[1200];
+    snprintf(a, sizeof a, "%s/%s", dir, a_rel);
+    snprintf(b, sizeof b, "%s/%s", dir, b_rel);
+    size_t na, nb;
+    char *x = nn_file_read(a, (size_t)1 << 26, &na), *y = x ? nn_file_read(b, (size_t)1 << 26, &nb) : NULL;
+    enum status s = !x || !y ? tensor_status()
+                    : na != nb || memcmp(x, y, na)
+                        ? tensor_fail(STATUS_FORMAT, "%s differs from %s: SDXL's two tokenizers are expected to share CLIP's "
+                                                     "vocabulary and merges (only their padding differs)", b, a)
+                        : STATUS_OK;
+    free(x);
+    free(y);
+    return s;
+}
+
+/* SDXL's second text encoder: CLIPTextModelWithProjection (text_model.* + text_projection) */
+static enum status init_text_encoder_2(struct sd_pipeline *p, const char *dir)
+{
+    enum status s;
+    if ((s = same_file(dir, "tokenizer/vocab.json", "tokenizer_2/vocab.json")) ||
+        (s = same_file(dir, "tokenizer/merges.txt", "tokenizer_2/merges.txt")) ||
+        (s = read_pad_id(p->tokenizer, dir, "tokenizer_2", &p->pad_id_2)))
+        return s;
+    char a[1200];
+    struct clip_text_config tc;
+    snprintf(a, sizeof a, "%s/text_encoder_2/config.json", dir);
+    if ((s = clip_text_config_load(&tc, a))) return s;
+    if (tc.projection_dim < 1) return tensor_fail(STATUS_FORMAT, "%s: projection_dim must be positive", a);
+    if ((s = clip_text_init(&p->text_encoder_2, &tc, &p->text_params_2, ""))) return s;
+    if ((s = nn_linear_init(&p->text_projection_2, &p->text_params_2, "text_projection", tc.hidden_size,
+                            tc.projection_dim, false)))
+        return s;
+    const int64_t d = p->text_encoder.cfg.hidden_size + tc.hidden_size;
+    if (d != p->unet.cross_attention_dim)
+        return tensor_fail(STATUS_SHAPE, "%s: the two text encoders give %lld + %lld = %lld features, the UNet's "
+                                         "cross_attention_dim is %lld", dir, (long long)p->text_encoder.cfg.hidden_size,
+                           (long long)tc.hidden_size, (long long)d, (long long)p->unet.cross_attention_dim);
+    if (!p->unet.add_time_dim || tc.projection_dim >= p->unet.add_in_dim)
+        return tensor_fail(STATUS_FORMAT, "%s: an SDXL pipeline needs a UNet with addition_embed_type \"text_time\" "
+                                          "wider than text_encoder_2's projection_dim (%lld)", dir,
+                           (long long)tc.projection_dim);
+    p->pooled_dim = tc.projection_dim;
+    return STATUS_OK;
+}
+
 /* tokenizer, configs, modules (zero weights) and scheduler from a diffusers folder */
 static enum status init_components(struct sd_pipeline *p, const char *dir)
 {
-    enum status s = check_model_index(dir);
+    enum status s = check_model_index(dir, &p->xl, &p->force_zeros);
     if (s) return s;
     char a[1200], b[1200];
     snprintf(a, sizeof a, "%s/tokenizer/vocab.json", dir);
     snprintf(b, sizeof b, "%s/tokenizer/merges.txt", dir);
     p->tokenizer = clip_tokenizer_load(a, b);
     if (!p->tokenizer) return tensor_status();
-    if ((s = read_pad_id(p, dir))) return s;
+    if ((s = read_pad_id(p->tokenizer, dir, "tokenizer", &p->pad_id))) return s;
+    p->text_rows = CLIP_CONTEXT;
     struct clip_text_config tc;
     snprintf(a, sizeof a, "%s/text_encoder/config.json", dir);
     if ((s = clip_text_config_load(&tc, a))) return s;
     if ((s = clip_text_init(&p->text_encoder, &tc, &p->text_params, ""))) return s;
     snprintf(a, sizeof a, "%s/unet/config.json", dir);
     if ((s = sd_unet_init_file(&p->unet, a, &p->unet_params))) return s;
+    if (p->xl && (s = init_text_encoder_2(p, dir))) return s;
+    if (!p->xl && p->unet.add_time_dim)
+        return tensor_fail(STATUS_FORMAT, "%s: the UNet takes SDXL's added conditioning but model_index.json lists no "
+                                          "text_encoder_2", dir);
     snprintf(a, sizeof a, "%s/vae/config.json", dir);
     if ((s = sd_vae_init(&p->vae, a, &p->vae_params))) return s;
     snprintf(a, sizeof a, "%s/scheduler/scheduler_config.json", dir);
@@ -174,6 +248,7 @@ static enum status pipeline_begin(struct sd_pipeline *p, const char *dir, enum d
     p->dtype = dt;
     p->device = dev;
     nn_params_init(&p->text_params, dt, dev);
+    nn_params_init(&p->text_params_2, dt, dev);
     nn_params_init(&p->unet_params, dt, dev);
     nn_params_init(&p->vae_params, dt, dev);
     sd_ddim_init_default(&p->scheduler);
@@ -186,8 +261,19 @@ static enum status pipeline_begin(struct sd_pipeline *p, const char *dir, enum d
 static void pipeline_freeze(struct sd_pipeline *p)
 {
     nn_params_set_trainable(&p->text_params, false);
+    nn_params_set_trainable(&p->text_params_2, false);
     nn_params_set_trainable(&p->unet_params, false);
     nn_params_set_trainable(&p->vae_params, false);
+}
+
+/* a text encoder's file: clip.c reads 4.x's and 5.x's names */
+static enum status load_text_encoder(struct nn_params *ps, const char *path)
+{
+    struct nn_weights *w = nn_weights_open(path);
+    if (!w) return tensor_status();
+    enum status s = clip_params_load(ps, w, "");
+    nn_weights_close(w);
+    return s;
 }
 
 enum status sd_pipeline_load(struct sd_pipeline *p, const char *dir, enum dtype dt, enum device dev)
@@ -199,11 +285,13 @@ enum status sd_pipeline_load(struct sd_pipeline *p, const char *dir, enum dtype 
     if (find_weights(dir, "text_encoder", "model", a, sizeof a) &&
         (s = find_weights(dir, "text_encoder", "pytorch_model", a, sizeof a)))
         return s;
-    struct nn_weights *w = nn_weights_open(a);   /* clip.c reads 4.x's and 5.x's names */
-    if (!w) return tensor_status();
-    s = clip_params_load(&p->text_params, w, "");
-    nn_weights_close(w);
-    if (s) return s;
+    if ((s = load_text_encoder(&p->text_params, a))) return s;
+    if (p->xl) {
+        if (find_weights(dir, "text_encoder_2", "model", a, sizeof a) &&
+            (s = find_weights(dir, "text_encoder_2", "pytorch_model", a, sizeof a)))
+            return s;
+        if ((s = load_text_encoder(&p->text_params_2, a))) return s;
+    }
     if ((s = find_weights(dir, "unet", "diffusion_pytorch_model", a, sizeof a))) return s;
     if ((s = load_file(&p->unet_params, a, NULL, false))) return s;
     if ((s = find_weights(dir, "vae", "diffusion_pytorch_model", a, sizeof a))) return s;
@@ -302,14 +390,17 @@ enum status sd_pipeline_save(const struct sd_pipeline *p, const char *out)
     enum status s = sd_pipeline_save_check(out);
     if (s) return s;
     s = nn_mkdir_p(out);
-    static const char *const subs[] = {"", "scheduler", "tokenizer", "text_encoder", "unet", "vae"};
+    static const char *const subs[] = {"", "scheduler", "tokenizer", "text_encoder", "unet", "vae", "tokenizer_2",
+                                       "text_encoder_2"};
     for (size_t i = 0; i < sizeof subs / sizeof subs[0] && !s; i++) s = copy_configs(p->dir, out, subs[i]);
     static const struct { const char *file; size_t off; } comps[] = {
         {"text_encoder/model.safetensors", offsetof(struct sd_pipeline, text_params)},
         {"unet/diffusion_pytorch_model.safetensors", offsetof(struct sd_pipeline, unet_params)},
         {"vae/diffusion_pytorch_model.safetensors", offsetof(struct sd_pipeline, vae_params)},
+        {"text_encoder_2/model.safetensors", offsetof(struct sd_pipeline, text_params_2)},
     };
     for (size_t i = 0; i < sizeof comps / sizeof comps[0] && !s; i++) {
+        if (!p->xl && i == 3) break;
         char path[1400];
         snprintf(path, sizeof path, "%s/%s", out, comps[i].file);
         s = nn_params_save((const struct nn_params *)((const char *)p + comps[i].off), path);
@@ -327,6 +418,9 @@ enum status sd_pipeline_load_single_file(struct sd_pipeline *p, const char *file
 {
     enum status s = pipeline_begin(p, config_dir, dt, dev);
     if (s) return s;
+    if (p->xl)
+        return tensor_fail(STATUS_FORMAT, "%s: SDXL's single-file checkpoints are not read yet; give its diffusers folder "
+                                          "(--model) with the weights", file);
     struct nn_weights *w = nn_weights_open(file);
     if (!w) return tensor_status();
     char probe[600];
@@ -363,9 +457,11 @@ void sd_pipeline_free(struct sd_pipeline *p)
 {
     clip_tokenizer_free(p->tokenizer);
     clip_text_free(&p->text_encoder);
+    clip_text_free(&p->text_encoder_2);
     sd_unet_free(&p->unet);
     sd_ddim_free(&p->scheduler);
     nn_params_free(&p->text_params);
+    nn_params_free(&p->text_params_2);
     nn_params_free(&p->unet_params);
     nn_params_free(&p->vae_params);
     memset(p, 0, sizeof *p);
@@ -406,21 +502,124 @@ struct tensor *sd_pipeline_tokenize(const struct sd_pipeline *p, int n, const ch
     return t;
 }
 
+/* rows of the context holding SDXL's pooled text_embeds after the token rows */
+static int64_t pooled_rows(const struct sd_pipeline *p)
+{
+    const int64_t d = p->unet.cross_attention_dim;
+    return p->xl ? (p->pooled_dim + d - 1) / d : 0;
+}
+
+/* tokenizer's ids with tokenizer_2's padding after each row's first eos */
+static struct tensor *repad(const struct sd_pipeline *p, struct tensor *ids)
+{
+    struct tensor *c = tensor_contiguous(tensor_to_dtype(tensor_to_device(ids, DEVICE_CPU), DTYPE_I32));
+    if (!c || c->ndim != 2) return c;
+    struct tensor *out = tensor_clone(c);
+    if (!out) return NULL;
+    int32_t *v = tensor_data_ptr(out);
+    const int32_t eos = clip_eos_id(p->tokenizer);
+    for (int64_t r = 0; r < out->shape[0]; r++) {
+        bool after = false;
+        for (int64_t i = 0; i < out->shape[1]; i++) {
+            if (after) v[r * out->shape[1] + i] = p->pad_id_2;
+            after = after || v[r * out->shape[1] + i] == eos;
+        }
+    }
+    return out;
+}
+
+/* SDXL's encode_prompt: [hidden_states[-2] of both encoders; the pooled rows] */
+static struct tensor *encode_xl(const struct sd_pipeline *p, struct tensor *ids)
+{
+    tensor_scope_begin();
+    struct tensor *last = NULL;
+    struct tensor *h1 = clip_text_hidden(&p->text_encoder, tensor_to_device(ids, p->device),
+                                         (int)p->text_encoder.cfg.num_hidden_layers - 1, NULL);
+    struct tensor *ids2 = repad(p, ids);
+    struct tensor *h2 = ids2 ? clip_text_hidden(&p->text_encoder_2, tensor_to_device(ids2, p->device),
+                                                (int)p->text_encoder_2.cfg.num_hidden_layers - 1, &last)
+                             : NULL;
+    if (!h1 || !h2) return tensor_scope_return(NULL);
+    struct tensor *pooled = nn_linear_forward(&p->text_projection_2, clip_text_pooled(&p->text_encoder_2, ids2, last));
+    if (!pooled) return tensor_scope_return(NULL);
+    const int64_t n = h1->shape[0], d = p->unet.cross_attention_dim, r = pooled_rows(p);
+    struct tensor *hs[2] = {h1, h2};
+    struct tensor *tokens = ag_concat(2, hs, 2);
+    /* the pooled vector laid out over r rows of d, zero-padded */
+    struct tensor *pad = tensor_zeros(pooled->dtype, TENSOR_SHAPE(n, r * d - p->pooled_dim), tensor_device(pooled));
+    struct tensor *pp[2] = {pooled, pad};
+    struct tensor *prow = r * d > p->pooled_dim ? ag_concat(2, pp, 1) : pooled;
+    struct tensor *rows[2] = {tokens, ag_reshape(prow, TENSOR_SHAPE(n, r, d))};
+    return tensor_scope_return(ag_concat(2, rows, 1));
+}
+
 struct tensor *sd_pipeline_encode(const struct sd_pipeline *p, struct tensor *ids)
 {
     if (!ids) return NULL;
+    if (p->xl) return encode_xl(p, ids);
     tensor_scope_begin();
     struct tensor *h = clip_text_forward(&p->text_encoder, tensor_to_device(ids, p->device));
     return tensor_scope_return(h);
+}
+
+/* every row of ids the empty prompt's (bos, eos, then padding)? */
+static bool all_empty(const struct sd_pipeline *p, struct tensor *ids)
+{
+    struct tensor *c = tensor_contiguous(tensor_to_dtype(tensor_to_device(ids, DEVICE_CPU), DTYPE_I32));
+    if (!c || c->ndim != 2 || c->shape[1] < 2) return false;
+    const int32_t *v = tensor_data_ptr(c);
+    for (int64_t r = 0; r < c->shape[0]; r++)
+        if (v[r * c->shape[1]] != clip_bos_id(p->tokenizer) || v[r * c->shape[1] + 1] != clip_eos_id(p->tokenizer))
+            return false;
+    return true;
 }
 
 struct tensor *sd_pipeline_context(const struct sd_pipeline *p, struct tensor *uncond_ids, struct tensor *cond_ids)
 {
     if (!uncond_ids || !cond_ids) return NULL;
     tensor_scope_begin();
+    if (p->xl && p->force_zeros && all_empty(p, uncond_ids)) {
+        /* diffusers' SDXL with negative_prompt=None: zeros for the whole unconditional half */
+        struct tensor *c = sd_pipeline_encode(p, cond_ids);
+        struct tensor *halves[2] = {c ? tensor_zeros(c->dtype, c->ndim, c->shape, tensor_device(c)) : NULL, c};
+        return tensor_scope_return(c ? ag_concat(2, halves, 0) : NULL);
+    }
     struct tensor *ids[2] = {uncond_ids, cond_ids};
     struct tensor *both = ag_concat(2, ids, 0);
     return tensor_scope_return(sd_pipeline_encode(p, both));
+}
+
+/* the UNet on a context: SDXL's takes the pooled rows out as text_embeds, with time ids (H, W, 0, 0,
+ * H, W) of x's image size (diffusers' original_size = target_size = (height, width), no crop) */
+static struct tensor *unet_call(struct sd_pipeline *p, struct tensor *x, struct tensor *ts, struct tensor *context)
+{
+    if (!p->xl) return sd_unet_forward(&p->unet, x, ts, context);
+    const int64_t rows = context->shape[0], r = pooled_rows(p), d = p->unet.cross_attention_dim;
+    if (context->ndim != 3 || context->shape[1] != p->text_rows + r || context->shape[2] != d) {
+        char a[96];
+        tensor_fail(STATUS_SHAPE, "SDXL UNet call: context %s, expected [n, %lld, %lld] (77 tokens and the pooled rows)",
+                    tensor_shape_str(context, a, sizeof a), (long long)(p->text_rows + r), (long long)d);
+        return NULL;
+    }
+    tensor_scope_begin();
+    struct tensor *ehs = ag_narrow(context, 1, 0, p->text_rows);
+    struct tensor *pooled = ag_narrow(ag_reshape(ag_narrow(context, 1, p->text_rows, r), TENSOR_SHAPE(rows, r * d)), 1, 0,
+                                      p->pooled_dim);
+    const double f = (double)((int64_t)1 << (p->vae.cfg.n_blocks - 1));
+    const double H = f * (double)x->shape[2], W = f * (double)x->shape[3];
+    double *ids = malloc((size_t)rows * 6 * sizeof *ids);
+    if (!ids) {
+        tensor_fail(STATUS_OOM, "out of host memory");
+        return tensor_scope_return(NULL);
+    }
+    for (int64_t i = 0; i < rows; i++) {
+        const double v[6] = {H, W, 0, 0, H, W};
+        memcpy(ids + i * 6, v, sizeof v);
+    }
+    struct tensor *time_ids = tensor_from_data(DTYPE_F64, TENSOR_SHAPE(rows, 6), ids);
+    free(ids);
+    const struct sd_unet_added added = {pooled, time_ids};
+    return tensor_scope_return(sd_unet_forward_added(&p->unet, x, ts, ehs, &added));
 }
 
 struct tensor *sd_pipeline_eps(struct sd_pipeline *p, struct tensor *x, int64_t t, struct tensor *context,
@@ -431,7 +630,7 @@ struct tensor *sd_pipeline_eps(struct sd_pipeline *p, struct tensor *x, int64_t 
     tensor_scope_begin();
     struct tensor *ts = tensor_from_data(DTYPE_I64, TENSOR_SHAPE(1), &t);
     if (context->shape[0] == n) {   /* no guidance: the rows given */
-        return tensor_scope_return(sd_unet_forward(&p->unet, x, ts, context));
+        return tensor_scope_return(unet_call(p, x, ts, context));
     }
     if (context->shape[0] != 2 * n) {
         tensor_fail(STATUS_SHAPE, "guided step: context has %lld rows, expected %lld ([uncond; cond]) for %lld latents",
@@ -440,10 +639,10 @@ struct tensor *sd_pipeline_eps(struct sd_pipeline *p, struct tensor *x, int64_t 
     }
     if (guidance <= 1.0) {   /* eps = eps_c: only the conditional half is needed */
         struct tensor *cond = ag_narrow(context, 0, n, n);
-        return tensor_scope_return(sd_unet_forward(&p->unet, x, ts, cond));
+        return tensor_scope_return(unet_call(p, x, ts, cond));
     }
     struct tensor *xs[2] = {x, x};
-    struct tensor *eps = sd_unet_forward(&p->unet, ag_concat(2, xs, 0), ts, context);
+    struct tensor *eps = unet_call(p, ag_concat(2, xs, 0), ts, context);
     struct tensor *eu = ag_narrow(eps, 0, 0, n), *ec = ag_narrow(eps, 0, n, n);
     struct tensor *out = ag_add(eu, ag_scale(ag_sub(ec, eu), guidance));
     return tensor_scope_return(out);

@@ -1,6 +1,7 @@
 /* pipeline.h — StableDiffusionPipeline: the components of a diffusers folder and the
  * text-to-image path (diffusers pipelines/stable_diffusion/pipeline_stable_diffusion.py), for
- * Stable Diffusion 1.x and 2.x (the UNet's Linear projections, v-prediction, "!" padding).
+ * Stable Diffusion 1.x and 2.x (the UNet's Linear projections, v-prediction, "!" padding), and
+ * StableDiffusionXLPipeline (pipeline_stable_diffusion_xl.py: two text encoders, see below).
  *
  * A folder holds model_index.json and one sub-folder per component:
  *   tokenizer/     vocab.json, merges.txt, [special_tokens_map.json] (CLIPTokenizer; its pad_token)
@@ -8,6 +9,13 @@
  *   unet/          config.json, diffusion_pytorch_model.safetensors (UNet2DConditionModel)
  *   vae/           config.json, diffusion_pytorch_model.safetensors (AutoencoderKL)
  *   scheduler/     scheduler_config.json                         (read as a DDIMScheduler)
+ * SDXL folders add tokenizer_2/ (CLIPTokenizer: the same vocabulary, its own pad_token) and
+ * text_encoder_2/ (CLIPTextModelWithProjection). The context is then the two encoders'
+ * hidden_states[-2] side by side ([n, 77, 768 + 1280]), followed by the rows that carry the second
+ * encoder's pooled, projected output (its text_embeds, [n, 1280], in ceil(1280 / 2048) = 1 row,
+ * the rest zeros): the UNet call takes them out again, with time ids (H, W, 0, 0, H, W) of the
+ * latents' image size, as diffusers' defaults. With force_zeros_for_empty_prompt, the
+ * unconditional half of an empty negative prompt is zeros (diffusers' negative_prompt=None).
  * Weights may also be `*.fp16.safetensors` (the "fp16" variant) or PyTorch `*.bin` files
  * (read by the restricted unpickler of nn/pickle.h). The safety checker and feature
  * extractor of the real repository are not loaded.
@@ -42,6 +50,14 @@ struct sd_pipeline {
     struct sd_vae vae;
     struct nn_params vae_params;
     struct sd_ddim scheduler;
+    /* SDXL: a second tokenizer (same vocabulary) and CLIPTextModelWithProjection */
+    bool xl;
+    bool force_zeros;                     /* force_zeros_for_empty_prompt (model_index.json) */
+    int32_t pad_id_2;
+    struct clip_text_model text_encoder_2;
+    struct nn_linear text_projection_2;   /* text_encoder_2's "text_projection" [proj, hidden], no bias */
+    struct nn_params text_params_2;
+    int64_t pooled_dim, text_rows;        /* text_embeds' width; the context's token rows (77) */
 };
 
 /* Load every component of the diffusers folder `dir`, parameters in dtype `dt` on `dev`
@@ -81,9 +97,11 @@ int64_t sd_pipeline_default_size(const struct sd_pipeline *p);
 
 /* prompts -> ids [n, 77] (i32, bos + at most 75 ids + eos, then pad_id: SD's tokenizer call) */
 struct tensor *sd_pipeline_tokenize(const struct sd_pipeline *p, int n, const char *const *prompts);
-/* ids [n, 77] -> text embeddings [n, 77, hidden] (the final LayerNorm's output) */
+/* ids [n, 77] -> text embeddings [n, 77, hidden] (the final LayerNorm's output); SDXL: the
+ * context rows above, the pooled rows included */
 struct tensor *sd_pipeline_encode(const struct sd_pipeline *p, struct tensor *ids);
-/* the guidance context: [2n, 77, hidden] = [uncond; cond] for one batch of n prompts */
+/* the guidance context: [2n, 77, hidden] = [uncond; cond] for one batch of n prompts (SDXL: with
+ * the pooled rows, and zeros for an empty unconditional prompt under force_zeros) */
 struct tensor *sd_pipeline_context(const struct sd_pipeline *p, struct tensor *uncond_ids, struct tensor *cond_ids);
 
 /* One guided noise prediction: x [n, C, h, w] at timestep t with context [2n, 77, D]

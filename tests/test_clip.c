@@ -439,6 +439,55 @@ static const char tiny_vision_json[] =
     " \"hidden_size\": 8, \"intermediate_size\": 12, \"num_hidden_layers\": 1, \"num_attention_heads\": 2,"
     " \"projection_dim\": 5, \"hidden_act\": \"gelu\", \"layer_norm_eps\": 1e-5}";
 
+/* clip_text_hidden: hidden_states[k] of CLIPTextModel (what SDXL reads at k = n - 1) is the output
+ * of a model cut to its first k layers, before the final LayerNorm; at k = n with that norm it is
+ * clip_text_forward; its last_hidden_state is clip_text_forward's, from the same pass */
+START_TEST(test_text_hidden)
+{
+    LEAK_CHECK_BEGIN();
+    tensor_scope_begin();
+    struct nn_config jc;
+    ck_assert_int_eq(nn_config_parse(&jc, tiny_text_json, strlen(tiny_text_json), "tiny_text.json"), STATUS_OK);
+    struct clip_text_config cfg;
+    ck_assert_msg(clip_text_config_read(&cfg, &jc) == STATUS_OK, "%s", tensor_error());
+    nn_config_free(&jc);
+    ck_assert_int_eq(cfg.num_hidden_layers, 2);
+    struct clip_text_config cut = cfg;
+    cut.num_hidden_layers = 1;
+    struct nn_params ps, pc;
+    nn_params_init(&ps, DTYPE_F64, DEVICE_CPU);
+    nn_params_init(&pc, DTYPE_F64, DEVICE_CPU);
+    struct clip_text_model m, mc;
+    ck_assert_int_eq(clip_text_init(&m, &cfg, &ps, ""), STATUS_OK);
+    ck_assert_int_eq(clip_text_init(&mc, &cut, &pc, ""), STATUS_OK);
+    params_randomize(&ps);
+    for (int i = 0; i < pc.n; i++) ck_assert_int_eq(tensor_copy_(pc.v[i].t, nn_param_find(&ps, pc.v[i].name)), STATUS_OK);
+    /* the cut model's output before its final norm: clip_text_hidden at its full depth */
+    int32_t idv[2 * 5] = {3, 1, 4, 1, 10, 0, 9, 2, 6, 5};
+    struct tensor *ids = tensor_from_data(DTYPE_I32, TENSOR_SHAPE(2, 5), idv);
+    struct tensor *last = NULL;
+    struct tensor *h1 = clip_text_hidden(&m, ids, 1, &last), *h1c = clip_text_hidden(&mc, ids, 1, NULL);
+    struct tensor *full = clip_text_forward(&m, ids), *h2 = clip_text_hidden(&m, ids, 2, NULL);
+    ck_assert(h1 && h1c && last && full && h2);
+    ck_assert_double_eq(test_max_abs_diff(h1, h1c), 0);
+    ck_assert_double_eq(test_max_abs_diff(last, full), 0);
+    ck_assert_double_eq(test_max_abs_diff(nn_layer_norm_forward(&m.final_layer_norm, h2), full), 0);
+    ck_assert(test_max_abs_diff(h1, h2) > 1e-3);   /* one layer more is another tensor */
+    struct tensor *h0 = clip_text_hidden(&m, ids, 0, NULL);   /* hidden_states[0]: the embeddings */
+    ck_assert_ptr_nonnull(h0);
+    ck_assert_double_le(fabs(tensor_get_flat(h0, 0) - (tensor_get_flat(m.token_embedding.weight, 3 * 8) +
+                                                       tensor_get_flat(m.position_embedding.weight, 0))), 1e-15);
+    ck_assert_ptr_null(clip_text_hidden(&m, ids, 3, NULL));
+    ck_assert_msg(strstr(tensor_error(), "3 layers of a 2-layer encoder"), "%s", tensor_error());
+    clip_text_free(&m);
+    clip_text_free(&mc);
+    nn_params_free(&ps);
+    nn_params_free(&pc);
+    tensor_scope_end();
+    LEAK_CHECK_END();
+}
+END_TEST
+
 START_TEST(test_gradcheck_text)
 {
     LEAK_CHECK_BEGIN();
@@ -648,6 +697,7 @@ int main(void)
     tcase_add_test(tc, test_errors);
     tcase_add_test(tc, test_pooled);
     tcase_add_test(tc, test_gradcheck_text);
+    tcase_add_test(tc, test_text_hidden);
     tcase_add_test(tc, test_gradcheck_vision);
     tcase_add_test(tc, test_text_parity);
     tcase_add_test(tc, test_vision_parity);

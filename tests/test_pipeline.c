@@ -12,6 +12,7 @@
 
 #include <cjson/cJSON.h>
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -135,9 +136,10 @@ START_TEST(test_missing_weights)
     snprintf(link_dir, sizeof link_dir, "/tmp/draft_pipeline_w_%d", (int)getpid());
     /* a copy of the folder made of symlinks, without the VAE weights */
     snprintf(cmd, sizeof cmd,
-             "mkdir -p %s/vae && for c in model_index.json tokenizer text_encoder unet scheduler; do ln -s %s/$c %s/$c; "
-             "done && ln -s %s/vae/config.json %s/vae/config.json",
-             link_dir, abs_dir, link_dir, abs_dir, link_dir);
+             "mkdir -p %s/vae && for c in model_index.json tokenizer text_encoder unet scheduler tokenizer_2 "
+             "text_encoder_2; do if [ -e %s/$c ]; then ln -s %s/$c %s/$c; fi; done && "
+             "ln -s %s/vae/config.json %s/vae/config.json",
+             link_dir, abs_dir, abs_dir, link_dir, abs_dir, link_dir);
     ck_assert_int_eq(system(cmd), 0);
     struct sd_pipeline p;
     ck_assert_int_ne(sd_pipeline_load(&p, link_dir, DTYPE_F32, DEVICE_CPU), STATUS_OK);
@@ -289,6 +291,195 @@ START_TEST(test_text_encoder_unprefixed)
     tensor_scope_end();
     sd_pipeline_free(&a);
     sd_pipeline_free(&b);
+    LEAK_CHECK_END();
+    rm_rf(dir);
+}
+END_TEST
+
+/* ---------------------------------------------------------------- SDXL */
+
+/* random weights of a sensible scale for every parameter of ps, written to path */
+static void save_random(struct nn_params *ps, const char *path)
+{
+    tensor_scope_begin();
+    for (int i = 0; i < ps->n; i++) {
+        struct tensor *t = ps->v[i].t;
+        int64_t fan = 1;
+        for (int d = 1; d < t->ndim; d++) fan *= t->shape[d];
+        const double s = t->ndim >= 2 ? 1.5 / sqrt((double)fan) : 0.2;
+        const bool normw = t->ndim == 1 && strstr(ps->v[i].name, "norm") && strstr(ps->v[i].name, ".weight");
+        ck_assert_int_eq(tensor_copy_(t, test_uniform(DTYPE_F32, t->ndim, t->shape, normw ? 0.7 : -s, normw ? 1.3 : s)),
+                         STATUS_OK);
+    }
+    tensor_scope_end();
+    ck_assert_msg(nn_params_save(ps, path) == STATUS_OK, "%s", tensor_error());
+}
+
+static const char xl_index[] =
+    "{\"_class_name\": \"StableDiffusionXLPipeline\", \"force_zeros_for_empty_prompt\": %s, \"scheduler\": [\"diffusers\", "
+    "\"DDIMScheduler\"], \"text_encoder\": [\"transformers\", \"CLIPTextModel\"], \"text_encoder_2\": [\"transformers\", "
+    "\"CLIPTextModelWithProjection\"], \"tokenizer\": [\"transformers\", \"CLIPTokenizer\"], \"tokenizer_2\": "
+    "[\"transformers\", \"CLIPTokenizer\"], \"unet\": [\"diffusers\", \"UNet2DConditionModel\"], \"vae\": [\"diffusers\", "
+    "\"AutoencoderKL\"]}";
+
+/* An SDXL-shaped folder around the embedded model (its tokenizer, first text encoder, VAE and
+ * schedule): tokenizer_2 (the same files, "!" padding), a random CLIPTextModelWithProjection (64
+ * wide, projection 32) and a random "text_time" UNet reading 128 + 64 features. The context is
+ * checked against its parts computed here: the two encoders' hidden_states[-2] side by side, then
+ * text_projection(final LayerNorm at the eos) of the second with its padding, zeros for the
+ * empty unconditional prompt under force_zeros_for_empty_prompt; the UNet call against
+ * sd_unet_forward_added with time ids (32, 16, 0, 0, 32, 16) for a 32 x 16 image. (Against diffusers' own
+ * encode_prompt and time ids: tests/reference/sdxl_parity.py, docs/models.md.) */
+START_TEST(test_sdxl_folder)
+{
+    char dir[300], path[700];
+    emoji_links(dir, sizeof dir, "xl");
+    LEAK_CHECK_BEGIN();
+    char abs_dir[PATH_MAX], cmd[3000];
+    ck_assert_ptr_nonnull(realpath("models/emoji", abs_dir));
+    ck_assert_int_lt(strlen(abs_dir), 400);
+    char root[401];   /* a bound the compiler sees */
+    snprintf(root, sizeof root, "%s", abs_dir);
+    snprintf(cmd, sizeof cmd,
+             "cd %s && rm model_index.json unet && mkdir unet tokenizer_2 text_encoder_2 && "
+             "ln -s %s/text_encoder/model.safetensors text_encoder/model.safetensors && "
+             "ln -s %s/tokenizer/vocab.json tokenizer_2/vocab.json && ln -s %s/tokenizer/merges.txt tokenizer_2/merges.txt",
+             dir, root, root, root);
+    ck_assert_int_eq(system(cmd), 0);
+    write_in(dir, "tokenizer/special_tokens_map.json", "{\"pad_token\": \"<|endoftext|>\"}");
+    write_in(dir, "tokenizer_2/special_tokens_map.json", "{\"pad_token\": \"!\"}");
+    write_in(dir, "text_encoder_2/config.json",
+             "{\"architectures\": [\"CLIPTextModelWithProjection\"], \"model_type\": \"clip_text_model\", \"vocab_size\": "
+             "1024, \"hidden_size\": 64, \"intermediate_size\": 128, \"num_hidden_layers\": 2, \"num_attention_heads\": 2, "
+             "\"max_position_embeddings\": 77, \"hidden_act\": \"gelu\", \"projection_dim\": 32, \"eos_token_id\": 1023}");
+    write_in(dir, "unet/config.json",
+             "{\"_class_name\": \"UNet2DConditionModel\", \"block_out_channels\": [32, 64], \"down_block_types\": "
+             "[\"DownBlock2D\", \"CrossAttnDownBlock2D\"], \"up_block_types\": [\"CrossAttnUpBlock2D\", \"UpBlock2D\"], "
+             "\"layers_per_block\": 1, \"norm_num_groups\": 8, \"attention_head_dim\": [2, 4], \"cross_attention_dim\": 192, "
+             "\"transformer_layers_per_block\": [1, 2], \"use_linear_projection\": true, \"addition_embed_type\": "
+             "\"text_time\", \"addition_time_embed_dim\": 8, \"projection_class_embeddings_input_dim\": 80, "
+             "\"sample_size\": 16}");
+    char idx[1200];
+    snprintf(idx, sizeof idx, xl_index, "true");
+    write_in(dir, "model_index.json", idx);
+    {   /* the random weights: the model's own parameter sets, saved */
+        struct sd_pipeline w;
+        ck_assert_int_eq(sd_pipeline_load(&w, dir, DTYPE_F32, DEVICE_CPU), STATUS_IO);   /* no weights yet */
+        ck_assert_msg(strstr(tensor_error(), "text_encoder_2: no weights"), "%s", tensor_error());
+        snprintf(path, sizeof path, "%s/text_encoder_2/model.safetensors", dir);
+        save_random(&w.text_params_2, path);
+        snprintf(path, sizeof path, "%s/unet/diffusion_pytorch_model.safetensors", dir);
+        save_random(&w.unet_params, path);
+        sd_pipeline_free(&w);
+    }
+    struct sd_pipeline p;
+    ck_assert_msg(sd_pipeline_load(&p, dir, DTYPE_F32, DEVICE_CPU) == STATUS_OK, "%s", tensor_error());
+    ck_assert(p.xl && p.force_zeros);
+    ck_assert_int_eq(p.pooled_dim, 32);
+    ck_assert_int_eq(p.pad_id_2, clip_token_id(p.tokenizer, "!"));
+    ck_assert_int_ne(p.pad_id_2, p.pad_id);
+    ck_assert_int_eq(sd_pipeline_default_size(&p), 32);
+    tensor_scope_begin();
+    const char *pr[2] = {"a red heart", "a smiling sun with sunglasses"}, *empty[2] = {"", ""};
+    struct tensor *ids = sd_pipeline_tokenize(&p, 2, pr);
+    struct tensor *ctx = sd_pipeline_context(&p, sd_pipeline_tokenize(&p, 2, empty), ids);
+    ck_assert_msg(ctx != NULL, "%s", tensor_error());
+    ck_assert_int_eq(ctx->ndim, 3);
+    ck_assert(ctx->shape[0] == 4 && ctx->shape[1] == 78 && ctx->shape[2] == 192);
+    /* the parts, computed here */
+    int32_t ids2[2 * CLIP_CONTEXT];
+    for (int b = 0; b < 2; b++) ck_assert_int_eq(clip_tokenize_padded(p.tokenizer, pr[b], ids2 + b * CLIP_CONTEXT,
+                                                                      CLIP_CONTEXT, p.pad_id_2), STATUS_OK);
+    struct tensor *t2 = tensor_from_data(DTYPE_I32, TENSOR_SHAPE(2, CLIP_CONTEXT), ids2);
+    struct tensor *h1 = clip_text_hidden(&p.text_encoder, ids, 2, NULL), *h2 = clip_text_hidden(&p.text_encoder_2, t2, 1, NULL);
+    struct tensor *last2 = clip_text_forward(&p.text_encoder_2, t2);
+    ck_assert(h1 && h2 && last2);
+    ck_assert(h1->shape[2] == 128 && h2->shape[2] == 64);
+    double worst_tok = 0, pool_err = 0, pool_norm = 0, uncond = 0, rest = 0;
+    const struct tensor *proj = p.text_projection_2.weight;
+    for (int b = 0; b < 2; b++) {
+        for (int i = 0; i < CLIP_CONTEXT; i++)
+            for (int c = 0; c < 192; c++) {
+                const double want = c < 128 ? tensor_get_flat(h1, ((int64_t)b * CLIP_CONTEXT + i) * 128 + c)
+                                            : tensor_get_flat(h2, ((int64_t)b * CLIP_CONTEXT + i) * 64 + c - 128);
+                worst_tok = fmax(worst_tok, fabs(tensor_get_flat(ctx, ((int64_t)(2 + b) * 78 + i) * 192 + c) - want));
+            }
+        int e = 0;   /* the first eos: eos_token_id 1023 */
+        while (ids2[b * CLIP_CONTEXT + e] != 1023) e++;
+        for (int c = 0; c < 192; c++) {
+            double want = 0;
+            for (int k = 0; c < 32 && k < 64; k++)
+                want += tensor_get_flat(proj, c * 64 + k) * tensor_get_flat(last2, ((int64_t)b * CLIP_CONTEXT + e) * 64 + k);
+            const double got = tensor_get_flat(ctx, ((int64_t)(2 + b) * 78 + 77) * 192 + c);
+            if (c < 32) pool_err += (got - want) * (got - want), pool_norm += want * want;
+            else rest = fmax(rest, fabs(got));
+        }
+    }
+    for (int64_t i = 0; i < 2 * 78 * 192; i++) uncond = fmax(uncond, fabs(tensor_get_flat(ctx, i)));
+    const double pool_rel = sqrt(pool_err / pool_norm);   /* f32 against the f64 product */
+    printf("sdxl context: tokens max |diff| %.2e, pooled rel %.2e, padding %.1g, unconditional half %.1g\n", worst_tok,
+           pool_rel, rest, uncond);
+    ck_assert(worst_tok == 0 && pool_rel < 1e-6 && rest == 0 && uncond == 0);
+    /* the UNet call: the pooled rows out, time ids (height, width, 0, 0, height, width) of the 32 x 16 image */
+    struct tensor *x = test_uniform(DTYPE_F32, TENSOR_SHAPE(2, 4, 16, 8), -1, 1);
+    struct tensor *eps = sd_pipeline_eps(&p, x, 501, ag_narrow(ctx, 0, 2, 2), 1.0);
+    const double tid[12] = {32, 16, 0, 0, 32, 16, 32, 16, 0, 0, 32, 16};
+    const struct sd_unet_added added = {
+        tensor_contiguous(ag_narrow(ag_reshape(ag_narrow(ag_narrow(ctx, 0, 2, 2), 1, 77, 1), TENSOR_SHAPE(2, 192)), 1, 0, 32)),
+        tensor_from_data(DTYPE_F64, TENSOR_SHAPE(2, 6), tid)};
+    struct tensor *want = sd_unet_forward_added(&p.unet, x, tensor_from_data(DTYPE_I64, TENSOR_SHAPE(1), (int64_t[]){501}),
+                                                tensor_contiguous(ag_narrow(ag_narrow(ctx, 0, 2, 2), 1, 0, 77)), &added);
+    ck_assert_msg(eps && want, "%s", tensor_error());
+    ck_assert_double_eq(test_max_abs_diff(eps, want), 0);
+    tensor_scope_end();
+    sd_pipeline_free(&p);
+
+    /* without force_zeros_for_empty_prompt: the empty prompt encoded */
+    snprintf(idx, sizeof idx, xl_index, "false");
+    write_in(dir, "model_index.json", idx);
+    ck_assert_msg(sd_pipeline_load(&p, dir, DTYPE_F32, DEVICE_CPU) == STATUS_OK, "%s", tensor_error());
+    ck_assert(p.xl && !p.force_zeros);
+    tensor_scope_begin();
+    struct tensor *eids = sd_pipeline_tokenize(&p, 2, empty);
+    struct tensor *c2 = sd_pipeline_context(&p, eids, sd_pipeline_tokenize(&p, 2, pr));
+    /* (a batch of 2 against one of 4: the same up to float rounding) */
+    ck_assert_double_le(test_rel_err(ag_narrow(c2, 0, 0, 2), sd_pipeline_encode(&p, eids)), 1e-6);
+    ck_assert(tensor_get_flat(c2, 5) != 0);
+    tensor_scope_end();
+    sd_pipeline_free(&p);
+
+    /* what an SDXL folder must hold, named */
+    snprintf(idx, sizeof idx, xl_index, "true");
+    write_in(dir, "tokenizer_2/special_tokens_map.json", "{\"pad_token\": \"<none>\"}");
+    write_in(dir, "model_index.json", idx);
+    ck_assert_int_ne(sd_pipeline_load(&p, dir, DTYPE_F32, DEVICE_CPU), STATUS_OK);
+    ck_assert_msg(strstr(tensor_error(), "tokenizer_2/special_tokens_map.json: pad_token '<none>'"), "%s", tensor_error());
+    sd_pipeline_free(&p);
+    write_in(dir, "tokenizer_2/special_tokens_map.json", "{\"pad_token\": \"!\"}");
+    snprintf(cmd, sizeof cmd, "cd %s && rm tokenizer_2/merges.txt && head -c 400 %s/tokenizer/merges.txt > tokenizer_2/merges.txt",
+             dir, root);
+    ck_assert_int_eq(system(cmd), 0);
+    ck_assert_int_ne(sd_pipeline_load(&p, dir, DTYPE_F32, DEVICE_CPU), STATUS_OK);
+    ck_assert_msg(strstr(tensor_error(), "tokenizer_2/merges.txt differs from"), "%s", tensor_error());
+    sd_pipeline_free(&p);
+    snprintf(idx, sizeof idx, "%s", xl_index);
+    char *t2pos = strstr(idx, ", \"tokenizer_2\"");
+    ck_assert_ptr_nonnull(t2pos);
+    memmove(t2pos, strstr(t2pos, "]") + 1, strlen(strstr(t2pos, "]") + 1) + 1);
+    char idx2[1200];
+    snprintf(idx2, sizeof idx2, idx, "true");
+    write_in(dir, "model_index.json", idx2);
+    ck_assert_int_ne(sd_pipeline_load(&p, dir, DTYPE_F32, DEVICE_CPU), STATUS_OK);
+    ck_assert_msg(strstr(tensor_error(), "text_encoder_2 and tokenizer_2 go together"), "%s", tensor_error());
+    sd_pipeline_free(&p);
+    snprintf(path, sizeof path, "%s/unet/diffusion_pytorch_model.safetensors", dir);
+    write_in(dir, "model_index.json", "{\"_class_name\": \"StableDiffusionPipeline\", \"scheduler\": [\"diffusers\", "
+                                      "\"DDIMScheduler\"], \"text_encoder\": [\"transformers\", \"CLIPTextModel\"], "
+                                      "\"tokenizer\": [\"transformers\", \"CLIPTokenizer\"], \"unet\": [\"diffusers\", "
+                                      "\"UNet2DConditionModel\"], \"vae\": [\"diffusers\", \"AutoencoderKL\"]}");
+    ck_assert_int_ne(sd_pipeline_load(&p, dir, DTYPE_F32, DEVICE_CPU), STATUS_OK);
+    ck_assert_msg(strstr(tensor_error(), "lists no text_encoder_2"), "%s", tensor_error());
+    sd_pipeline_free(&p);
     LEAK_CHECK_END();
     rm_rf(dir);
 }
@@ -627,8 +818,8 @@ START_TEST(test_bf16_storage)
     ck_assert_msg(sd_pipeline_load(&a, dir, DTYPE_F32, DEVICE_CPU) == STATUS_OK, "%s", tensor_error());
     ck_assert_msg(sd_pipeline_load(&b, dir, DTYPE_BF16, DEVICE_CPU) == STATUS_OK, "%s", tensor_error());
     ck_assert_int_eq(sd_pipeline_dtype(&b), DTYPE_F32);
-    struct nn_params *pa[3] = {&a.text_params, &a.unet_params, &a.vae_params};
-    for (int i = 0; i < 3; i++) {
+    struct nn_params *pa[4] = {&a.text_params, &a.text_params_2, &a.unet_params, &a.vae_params};
+    for (int i = 0; i < 4; i++) {
         ck_assert_int_eq(nn_params_to_dtype(pa[i], DTYPE_BF16), STATUS_OK);
         ck_assert_int_eq(nn_params_to_dtype(pa[i], DTYPE_F32), STATUS_OK);
     }
@@ -672,6 +863,7 @@ int main(void)
     tcase_add_test(tc, test_missing_weights);
     tcase_add_test(tc, test_pad_token);
     tcase_add_test(tc, test_text_encoder_unprefixed);
+    tcase_add_test(tc, test_sdxl_folder);
     tcase_add_test(tc, test_single_file);
     tcase_add_test(tc, test_single_file_openclip);
     tcase_add_test(tc, test_bf16_storage);

@@ -1,26 +1,37 @@
 #!/usr/bin/env python3
-"""sdxl_parity.py OUT — a parity folder for Stable Diffusion XL's UNet.
+"""sdxl_parity.py OUT [SHARED_PARITY] [--no-force-zeros] — a parity folder for Stable Diffusion XL.
 
-Writes OUT/tiny-sd/unet (a diffusers UNet2DConditionModel shaped like SDXL's: a plain first down
-block, transformer_layers_per_block per block, Linear projections, heads per block, and the
-"text_time" added embedding of the pooled text and the six size/crop ids), OUT/golden/unet.safetensors
-(sample, timestep, encoder_hidden_states, text_embeds, time_ids -> out, and the gradient of
-sum(out * loss_weights) for every parameter and float input, computed in float64), and OUT/sdxl
-with stabilityai/stable-diffusion-xl-base-1.0's UNet config and every parameter name and shape
-diffusers builds from it, so that
+Writes OUT/tiny-sd, a StableDiffusionXLPipeline folder with tiny sizes: a UNet shaped like SDXL's
+(a plain first down block, transformer_layers_per_block per block, Linear projections, heads per
+block, the "text_time" added embedding of the pooled text and the six size/crop ids), two
+tokenizers (CLIP's vocabulary; the second pads with "!"), a CLIPTextModel and a
+CLIPTextModelWithProjection, a VAE with SDXL's scaling factor and a DDIM schedule; OUT/golden with
+unet.safetensors (sample, timestep, encoder_hidden_states, text_embeds, time_ids -> out, and the
+gradient of sum(out * loss_weights) for every parameter and float input) and pipeline.safetensors
+(diffusers' own encode_prompt and time ids, 4 guided DDIM steps at 128 px, the decode), computed in
+float64; and OUT/sdxl with stabilityai/stable-diffusion-xl-base-1.0's UNet config and every
+parameter name and shape diffusers builds from it, so that
 
-    DRAFT_PARITY_DIR=OUT meson test -C build unet
+    DRAFT_PARITY_DIR=OUT meson test -C build unet pipeline
 
-checks the UNet against diffusers (test_parity, test_manifest_sdxl). Needs torch, diffusers and
-safetensors (from PyPI); the project itself never runs Python.
+checks them against diffusers (test_parity of both, test_manifest_sdxl). --no-force-zeros writes a
+folder whose unconditional half is the encoded empty prompt, not zeros. The tokenizer's
+vocabulary and the VAE come from SHARED_PARITY/tiny-sd (default ../shared/parity next to the
+repository). Needs torch, diffusers, transformers and safetensors (from PyPI); the project itself
+never runs Python.
 """
-import json, os, sys
+import json, os, shutil, sys
 
 import torch
 from safetensors.torch import save_file
-from diffusers import UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-out = sys.argv[1]
+args = [a for a in sys.argv[1:] if not a.startswith("--")]
+force_zeros = "--no-force-zeros" not in sys.argv
+out = args[0]
+shared = args[1] if len(args) > 1 else os.path.join(os.path.dirname(__file__), "../../../shared/parity")
+sd = os.path.join(out, "tiny-sd")
 os.makedirs(os.path.join(out, "golden"), exist_ok=True)
 torch.manual_seed(3)
 
@@ -73,6 +84,69 @@ golden = {"sample": sample, "timestep": t, "encoder_hidden_states": ehs, "text_e
           **{f"grad.{n}": p.grad for n, p in unet.named_parameters()}}
 save_file(f32(golden), os.path.join(out, "golden", "unet.safetensors"),
           metadata={"loss": "sum(out * loss_weights)", "added_cond_kwargs": "text_embeds, time_ids"})
+
+# ---- the rest of the pipeline: two tokenizers and text encoders (32 + 16 = the UNet's 48), the VAE
+for sub, pad in (("tokenizer", "<|endoftext|>"), ("tokenizer_2", "!")):
+    shutil.copytree(os.path.join(shared, "tiny-sd", "tokenizer"), os.path.join(sd, sub), dirs_exist_ok=True)
+    for f in ("special_tokens_map.json", "tokenizer_config.json"):
+        p = os.path.join(sd, sub, f)
+        j = json.load(open(p))
+        j["pad_token"] = pad
+        json.dump(j, open(p, "w"), indent=2)
+torch.set_default_dtype(torch.float64)
+te = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                  num_attention_heads=4, max_position_embeddings=77, hidden_act="quick_gelu",
+                                  projection_dim=32)).eval()
+te2 = CLIPTextModelWithProjection(CLIPTextConfig(vocab_size=49408, hidden_size=16, intermediate_size=48,
+                                                 num_hidden_layers=3, num_attention_heads=2, max_position_embeddings=77,
+                                                 hidden_act="gelu", projection_dim=16)).eval()
+for m, sub in ((te, "text_encoder"), (te2, "text_encoder_2")):
+    randomise(m)
+    m.float().save_pretrained(os.path.join(sd, sub), safe_serialization=True)
+    m.double()
+shutil.copytree(os.path.join(shared, "tiny-sd", "vae"), os.path.join(sd, "vae"), dirs_exist_ok=True)
+vcfg = json.load(open(os.path.join(sd, "vae", "config.json")))
+vcfg["scaling_factor"] = 0.13025
+json.dump(vcfg, open(os.path.join(sd, "vae", "config.json"), "w"), indent=2)
+vae = AutoencoderKL.from_pretrained(os.path.join(sd, "vae")).double().eval()
+sched = DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                      clip_sample=False, set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading")
+sched.save_pretrained(os.path.join(sd, "scheduler"))
+json.dump({"_class_name": "StableDiffusionXLPipeline", "force_zeros_for_empty_prompt": force_zeros,
+           "scheduler": ["diffusers", "DDIMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+           "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+           "tokenizer": ["transformers", "CLIPTokenizer"], "tokenizer_2": ["transformers", "CLIPTokenizer"],
+           "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]},
+          open(os.path.join(sd, "model_index.json"), "w"), indent=2)
+tok, tok2 = CLIPTokenizer.from_pretrained(os.path.join(sd, "tokenizer")), CLIPTokenizer.from_pretrained(
+    os.path.join(sd, "tokenizer_2"))
+pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=te, text_encoder_2=te2, tokenizer=tok, tokenizer_2=tok2,
+                                 unet=unet, scheduler=sched, force_zeros_for_empty_prompt=force_zeros)
+prompts = ["a photograph of an astronaut riding a horse", "a watercolor painting of a red fox in the snow"]
+ids = tok(prompts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+uids = tok(["", ""], padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+with torch.no_grad():
+    pe, npe, pooled, npooled = pipe.encode_prompt(prompts, device="cpu", do_classifier_free_guidance=True)
+    ctx = torch.cat([npe, pe])
+    add_text = torch.cat([npooled, pooled])
+    tid = pipe._get_add_time_ids((128, 128), (0, 0), (128, 128), dtype=torch.float64,
+                                 text_encoder_projection_dim=16)
+    add_time = torch.cat([tid, tid]).repeat(2, 1)
+    lat = rnd(2, 4, 16, 16)
+    rec = {"input_ids": ids.int(), "uncond_input_ids": uids.int(), "init_latents": lat.clone()}
+    sched.set_timesteps(4)
+    for i, ts in enumerate(sched.timesteps):
+        e_u, e_c = unet(torch.cat([lat, lat]), ts, ctx,
+                        added_cond_kwargs={"text_embeds": add_text, "time_ids": add_time}).sample.chunk(2)
+        lat = sched.step(e_u + 7.5 * (e_c - e_u), ts, lat, eta=0.0).prev_sample
+        rec[f"latents_after_step{i}"] = lat.clone()
+    rec["image"] = vae.decode(lat / vae.config.scaling_factor).sample
+    rec["timesteps"] = sched.timesteps.clone()
+    rec["prompt_embeds"], rec["pooled_prompt_embeds"] = pe, pooled
+save_file(f32(rec), os.path.join(out, "golden", "pipeline.safetensors"),
+          metadata={"num_inference_steps": "4", "eta": "0", "cfg_batch_order": "uncond then cond",
+                    "guidance_scale": "7.5", "force_zeros_for_empty_prompt": str(force_zeros), "size": "128x128"})
+torch.set_default_dtype(torch.float32)
 
 # ---- the real SDXL base UNet's shapes (stabilityai/stable-diffusion-xl-base-1.0/unet/config.json)
 xl = {"_class_name": "UNet2DConditionModel", "act_fn": "silu", "addition_embed_type": "text_time",
