@@ -141,8 +141,14 @@ enum status sd_ddim_init(struct sd_ddim *s, struct nn_config *c)
     nn_config_double(c, "sample_max_value", 1.0);               /* only used by thresholding */
     const char *tv = nn_config_string(c, "timestep_spacing", "leading", spacing, sizeof spacing);
     const bool zero_snr = nn_config_bool(c, "rescale_betas_zero_snr", false);
-    static const char *const keys[] = {"trained_betas", "skip_prk_steps" /* PNDMScheduler (SD 1.4's file) */};
-    nn_config_ignore(c, keys, 2);
+    /* PNDMScheduler's skip_prk_steps (SD 1.4's file) and EulerDiscreteScheduler's sigma options (SDXL's
+     * and SD 2.x's files): how those samplers step, not the betas DDIM reads (diffusers' DDIMScheduler
+     * .from_config ignores them too) */
+    static const char *const keys[] = {"trained_betas",  "skip_prk_steps",      "interpolation_type",
+                                       "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas",
+                                       "sigma_min",      "sigma_max",           "timestep_type",
+                                       "final_sigmas_type"};
+    nn_config_ignore(c, keys, (int)(sizeof keys / sizeof keys[0]));
     const cJSON *tb = cJSON_GetObjectItemCaseSensitive((const cJSON *)c->root, "trained_betas");
     enum status st = nn_config_finish(c);
     if (st) return st;

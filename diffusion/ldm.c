@@ -172,3 +172,9 @@ bool sd_ldm_text_key(void *unused, const char *name, char *key, size_t n)
     (void)unused;
     return put(key, n, SD_LDM_TEXT_PREFIX, name, "");
 }
+
+bool sd_ldm_xl_text_key(void *unused, const char *name, char *key, size_t n)
+{
+    (void)unused;
+    return put(key, n, SD_LDM_XL_TEXT_PREFIX, name, "");
+}

@@ -5,6 +5,8 @@
  *   VAE           first_stage_model.<encoder.down.i.block.j ...; decoder.up.(n-1-i) ...>
  *   text encoder  cond_stage_model.transformer.<the transformers names>   (SD 1.x)
  *                 cond_stage_model.model.<OpenCLIP's text tower>          (SD 2.x; clip_openclip_text_load)
+ *                 conditioner.embedders.0.transformer.<transformers names> (SDXL's first)
+ *                 conditioner.embedders.1.model.<OpenCLIP's text tower>    (SDXL's second)
  *
  * The maps are written from the block structure (layers per block, which up blocks have
  * attentions), not from a table, so any SD 1.x-shaped config maps. */
@@ -22,6 +24,8 @@ extern "C" {
 #define SD_LDM_VAE_PREFIX "first_stage_model."
 #define SD_LDM_TEXT_PREFIX "cond_stage_model.transformer."
 #define SD_LDM_OPENCLIP_PREFIX "cond_stage_model.model."
+#define SD_LDM_XL_TEXT_PREFIX "conditioner.embedders.0.transformer."
+#define SD_LDM_XL_OPENCLIP_PREFIX "conditioner.embedders.1.model."
 
 /* diffusers UNet parameter name -> LDM key (with prefix); false if the name is not a UNet
  * parameter of this structure. ctx: the struct sd_unet. */
@@ -30,6 +34,8 @@ bool sd_ldm_unet_key(void *unet, const char *name, char *key, size_t n);
 bool sd_ldm_vae_key(void *vae, const char *name, char *key, size_t n);
 /* transformers CLIPTextModel parameter name -> LDM key (with prefix). ctx unused. */
 bool sd_ldm_text_key(void *unused, const char *name, char *key, size_t n);
+/* the same for SDXL's first text encoder (SD_LDM_XL_TEXT_PREFIX). ctx unused. */
+bool sd_ldm_xl_text_key(void *unused, const char *name, char *key, size_t n);
 
 #ifdef __cplusplus
 }

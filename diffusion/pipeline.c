@@ -410,7 +410,7 @@ enum status sd_pipeline_save(const struct sd_pipeline *p, const char *out)
 
 static bool skip_ldm(const char *name)
 {
-    return torch_ckpt_name_unused(name);
+    return torch_ckpt_name_unused(name) || skip_position_ids(name);
 }
 
 enum status sd_pipeline_load_single_file(struct sd_pipeline *p, const char *file, const char *config_dir,
@@ -418,16 +418,13 @@ enum status sd_pipeline_load_single_file(struct sd_pipeline *p, const char *file
 {
     enum status s = pipeline_begin(p, config_dir, dt, dev);
     if (s) return s;
-    if (p->xl)
-        return tensor_fail(STATUS_FORMAT, "%s: SDXL's single-file checkpoints are not read yet; give its diffusers folder "
-                                          "(--model) with the weights", file);
     struct nn_weights *w = nn_weights_open(file);
     if (!w) return tensor_status();
     char probe[600];
     if (!sd_ldm_unet_key(&p->unet, p->unet_params.v[0].name, probe, sizeof probe) || !nn_weights_has(w, probe)) {
         s = tensor_fail(STATUS_FORMAT,
-                        "%s: not an original (CompVis/LDM) Stable Diffusion 1.x/2.x checkpoint: no '%s' (a diffusers "
-                        "folder loads with sd_pipeline_load / --model)",
+                        "%s: not an original (CompVis/LDM/SGM) Stable Diffusion 1.x/2.x/XL checkpoint: no '%s' (a "
+                        "diffusers folder loads with sd_pipeline_load / --model)",
                         file, probe);
         nn_weights_close(w);
         return s;
@@ -437,16 +434,24 @@ enum status sd_pipeline_load_single_file(struct sd_pipeline *p, const char *file
     if (!s) s = nn_params_load_mapped(&p->unet_params, w, sd_ldm_unet_key, &p->unet, used);
     if (!s) s = nn_params_load_mapped(&p->vae_params, w, sd_ldm_vae_key, &p->vae, used);
     /* SD 1.x keeps transformers' CLIPTextModel under cond_stage_model.transformer., SD 2.x OpenCLIP's
-     * text tower under cond_stage_model.model. */
+     * text tower under cond_stage_model.model., SDXL (Stability's sgm) both under conditioner.embedders.
+     * (the second with its projection: it pools) */
     const bool openclip = nn_weights_has(w, SD_LDM_OPENCLIP_PREFIX "token_embedding.weight");
-    if (!s && openclip)
+    const char *owned[4] = {SD_LDM_UNET_PREFIX, SD_LDM_VAE_PREFIX, openclip ? SD_LDM_OPENCLIP_PREFIX : SD_LDM_TEXT_PREFIX,
+                            NULL};
+    if (!s && p->xl) {
+        owned[2] = SD_LDM_XL_TEXT_PREFIX, owned[3] = SD_LDM_XL_OPENCLIP_PREFIX;
+        s = nn_params_load_mapped(&p->text_params, w, sd_ldm_xl_text_key, NULL, used);
+        if (!s)
+            s = clip_openclip_text_load(&p->text_params_2, w, SD_LDM_XL_OPENCLIP_PREFIX,
+                                        (int)p->text_encoder_2.cfg.num_hidden_layers, used);
+    } else if (!s && openclip) {
         s = clip_openclip_text_load(&p->text_params, w, SD_LDM_OPENCLIP_PREFIX, (int)p->text_encoder.cfg.num_hidden_layers,
                                     used);
-    else if (!s)
+    } else if (!s) {
         s = nn_params_load_mapped(&p->text_params, w, sd_ldm_text_key, NULL, used);
-    const char *const owned[3] = {SD_LDM_UNET_PREFIX, SD_LDM_VAE_PREFIX,
-                                  openclip ? SD_LDM_OPENCLIP_PREFIX : SD_LDM_TEXT_PREFIX};
-    for (int i = 0; i < 3 && !s; i++) s = nn_weights_check_used(w, used, owned[i], skip_ldm);
+    }
+    for (int i = 0; i < 4 && owned[i] && !s; i++) s = nn_weights_check_used(w, used, owned[i], skip_ldm);
     free(used);
     nn_weights_close(w);
     if (!s) pipeline_freeze(p);

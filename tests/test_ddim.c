@@ -534,6 +534,18 @@ START_TEST(test_errors)
                        " \"thresholding\": false, \"dynamic_thresholding_ratio\": 0.995, \"sample_max_value\": 1.0,"
                        " \"clip_sample_range\": 1.0, \"rescale_betas_zero_snr\": false, \"skip_prk_steps\": true}");
     sd_ddim_free(&s);
+    /* SDXL's scheduler_config.json (EulerDiscreteScheduler): its sigma options are not DDIM's business,
+     * the betas are SD's */
+    ddim_from_json(&s, "{\"_class_name\": \"EulerDiscreteScheduler\", \"beta_end\": 0.012, \"beta_schedule\": "
+                       "\"scaled_linear\", \"beta_start\": 0.00085, \"clip_sample\": false, \"interpolation_type\": "
+                       "\"linear\", \"num_train_timesteps\": 1000, \"prediction_type\": \"epsilon\", \"sample_max_value\": "
+                       "1.0, \"set_alpha_to_one\": false, \"skip_prk_steps\": true, \"steps_offset\": 1, "
+                       "\"timestep_spacing\": \"leading\", \"trained_betas\": null, \"use_karras_sigmas\": false}");
+    struct sd_ddim d0;
+    sd_ddim_init_default(&d0);
+    ck_assert(memcmp(s.alphas_cumprod, d0.alphas_cumprod, 1000 * sizeof(double)) == 0 && s.steps_offset == 1);
+    sd_ddim_free(&d0);
+    sd_ddim_free(&s);
     struct sd_ddim f;
     ck_assert_int_ne(sd_ddim_init_file(&f, "/nonexistent/scheduler_config.json"), STATUS_OK);
     ck_assert(strstr(tensor_error(), "/nonexistent/scheduler_config.json"));

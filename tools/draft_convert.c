@@ -1,4 +1,4 @@
-/* draft_convert.c — `draft-convert`: a Stable Diffusion 1.x/2.x model or LoRA into the files other tools read.
+/* draft_convert.c — `draft-convert`: a Stable Diffusion 1.x/2.x/XL model or LoRA into the files other tools read.
  *
  *   draft-convert --ckpt sd-v1-4.ckpt --model CONFIGS --out sd14        original checkpoint -> diffusers folder
  *   draft-convert --model sd14 --lora run/lora.safetensors:0.8 --out sd14-draft   LoRA merged into the weights
@@ -22,13 +22,13 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: draft-convert [--model DIR] [--ckpt FILE] [--lora FILE[:S] ...] (--out DIR | --lora-out FILE)\n"
             "                     [options]\n"
-            "Writes a Stable Diffusion 1.x/2.x model as a diffusers folder (configs, tokenizer, scheduler and\n"
+            "Writes a Stable Diffusion 1.x/2.x/XL model as a diffusers folder (configs, tokenizer, scheduler and\n"
             "safetensors weights under diffusers' names, as diffusers and transformers read them), or LoRA\n"
             "files as one adapter in another format.\n"
             "  --model DIR        diffusers folder: configs, tokenizer, scheduler (and weights unless --ckpt);\n"
             "                     without it, the embedded emoji model (models/emoji)\n"
             "  --ckpt FILE        original single-file weights (sd-v1-4.ckpt, SD 2.x's v2-1_768-ema-pruned.ckpt,\n"
-            "                     or a .safetensors with their keys)\n"
+            "                     SDXL's sd_xl_base_1.0.safetensors, or a .safetensors with their keys)\n"
             "  --lora FILE[:S]    a LoRA file (diffusers/PEFT or kohya names) with scale S (default 1);\n"
             "                     repeatable: several LoRAs are combined into one adapter\n"
             "  --out DIR          the diffusers folder to write (new, or empty), the LoRAs merged into the UNet\n"

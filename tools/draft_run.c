@@ -1,4 +1,4 @@
-/* draft_run.c — `draft-run`: fine-tune a Stable Diffusion 1.x/2.x model's LoRA on a differentiable
+/* draft_run.c — `draft-run`: fine-tune a Stable Diffusion 1.x/2.x/XL model's LoRA on a differentiable
  * reward with DRaFT, DRaFT-K, DRaFT-LV, ReFL or AlignProp (draft/run.h does the work).
  *
  *   draft-run --model DIR [--reward SPEC] [--prompts FILE|@animals] [--method lv] ...
@@ -31,7 +31,7 @@ struct opt {
 #define F(field) offsetof(struct draft_run_config, field), sizeof(((struct draft_run_config *)0)->field)
 static const struct opt opts[] = {
     {"model", K_STR, F(model), "diffusers folder of the model (model_index.json, unet/, vae/, ...)"},
-    {"ckpt", K_STR, F(ckpt), "original single-file weights (sd-v1-4.ckpt, v2-1_512-ema-pruned.ckpt or .safetensors); --model then gives "
+    {"ckpt", K_STR, F(ckpt), "original single-file weights (sd-v1-4.ckpt, v2-1_512-ema-pruned.ckpt, sd_xl_base_1.0.safetensors); --model then gives "
                              "the configs and tokenizer"},
     {"reward", K_STR, F(reward), "reward: aesthetic:<clip_dir>,<head.pth> | clip:<dir>[,logit_scale][,text=...] | "
                                  "hpsv2:<HPS_v2_compressed.pt>,<tokenizer dir> | pickscore:<dir> | classify:<dir>,text=<target>|<other>|... "
@@ -94,7 +94,7 @@ static const struct opt opts[] = {
     {"iters", K_INT, F(iters), "optimiser steps"},
     {"seed", K_U64, F(seed), "seed of every random draw (prompts, latents, noise, LoRA init)"},
     {"size", K_SIZE, F(image_width), "image size in pixels: a side (512) or width x height (768x512), multiples "
-                                     "of 64 for SD 1.x/2.x (0 = the model's default)"},
+                                     "of 64 for SD 1.x/2.x/XL (0 = the model's default)"},
     {"eval-images", K_INT, F(eval_images), "held-out fixed-seed images scored before, during and after"},
     {"keep-best", K_STR, F(keep_best), "reward or eval-reward: also keep, as lora_best.safetensors, the LoRA of the "
                                        "held-out evaluation (before, every --eval-every, after) where that was highest: "
@@ -194,7 +194,7 @@ static void usage(FILE *f)
     struct draft_run_config d;
     draft_run_config_default(&d);
     fprintf(f, "usage: draft-run [--model DIR] [options]      (no --model: the embedded emoji model, see the end)\n"
-               "Fine-tunes a LoRA on the UNet of a Stable Diffusion 1.x or 2.x model so that a differentiable\n"
+               "Fine-tunes a LoRA on the UNet of a Stable Diffusion 1.x, 2.x or XL model so that a differentiable\n"
                "reward of its samples rises, by backpropagating through the DDIM sampler (DRaFT, Clark et al.\n"
                "2024).\n\n"
                "options (also accepted as keys of a JSON object in --config FILE; later flags override it):\n");

@@ -1,4 +1,4 @@
-/* draft_sample.c — `draft-sample`: text-to-image with a Stable Diffusion 1.x/2.x model and any number
+/* draft_sample.c — `draft-sample`: text-to-image with a Stable Diffusion 1.x/2.x/XL model and any number
  * of LoRA files, each with its own scale (e.g. two rewards' LoRAs mixed, DRAFT.md "Results").
  *
  *   draft-sample --model DIR --prompt "a photo of a cat" [--prompt ...] [--prompts FILE|@animals]
@@ -42,7 +42,7 @@ static void usage(FILE *f)
             "                     the embedded emoji model (models/emoji) with --steps 20 --guidance 5 unless\n"
             "                     given\n"
             "  --ckpt FILE        original single-file weights (sd-v1-4.ckpt, SD 2.x's v2-1_768-ema-pruned.ckpt,\n"
-            "                     or a .safetensors with their keys)\n"
+            "                     SDXL's sd_xl_base_1.0.safetensors, or a .safetensors with their keys)\n"
             "  --prompt TEXT      a prompt (repeatable)\n"
             "  --prompts SPEC     a prompt file (one a line) or a built-in set\n"
             "  --negative-prompt TEXT  the unconditional half of guidance, for every image: what the\n"
