@@ -439,6 +439,21 @@ static const char tiny_vision_json[] =
     " \"hidden_size\": 8, \"intermediate_size\": 12, \"num_hidden_layers\": 1, \"num_attention_heads\": 2,"
     " \"projection_dim\": 5, \"hidden_act\": \"gelu\", \"layer_norm_eps\": 1e-5}";
 
+static enum status text_config_from(const char *json, struct clip_text_config *cfg)
+{
+    struct nn_config jc;
+    enum status s = nn_config_parse(&jc, json, strlen(json), "cfg.json");
+    if (!s) s = clip_text_config_read(cfg, &jc);
+    nn_config_free(&jc);
+    return s;
+}
+
+/* the config of tiny_text_json */
+static void tiny_text_config(struct clip_text_config *cfg)
+{
+    ck_assert_msg(text_config_from(tiny_text_json, cfg) == STATUS_OK, "%s", tensor_error());
+}
+
 /* clip_text_hidden: hidden_states[k] of CLIPTextModel (what SDXL reads at k = n - 1) is the output
  * of a model cut to its first k layers, before the final LayerNorm; at k = n with that norm it is
  * clip_text_forward; its last_hidden_state is clip_text_forward's, from the same pass */
@@ -446,11 +461,8 @@ START_TEST(test_text_hidden)
 {
     LEAK_CHECK_BEGIN();
     tensor_scope_begin();
-    struct nn_config jc;
-    ck_assert_int_eq(nn_config_parse(&jc, tiny_text_json, strlen(tiny_text_json), "tiny_text.json"), STATUS_OK);
     struct clip_text_config cfg;
-    ck_assert_msg(clip_text_config_read(&cfg, &jc) == STATUS_OK, "%s", tensor_error());
-    nn_config_free(&jc);
+    tiny_text_config(&cfg);
     ck_assert_int_eq(cfg.num_hidden_layers, 2);
     struct clip_text_config cut = cfg;
     cut.num_hidden_layers = 1;
@@ -492,11 +504,8 @@ START_TEST(test_gradcheck_text)
 {
     LEAK_CHECK_BEGIN();
     tensor_scope_begin();
-    struct nn_config jc;
-    ck_assert_int_eq(nn_config_parse(&jc, tiny_text_json, strlen(tiny_text_json), "tiny_text.json"), STATUS_OK);
     struct clip_text_config cfg;
-    ck_assert_msg(clip_text_config_read(&cfg, &jc) == STATUS_OK, "%s", tensor_error());
-    nn_config_free(&jc);
+    tiny_text_config(&cfg);
     struct nn_params ps;
     nn_params_init(&ps, DTYPE_F64, DEVICE_CPU);
     struct clip_text_model m;
@@ -574,15 +583,6 @@ START_TEST(test_pooled)
 END_TEST
 
 /* ---------------------------------------------------------------- errors */
-
-static enum status text_config_from(const char *json, struct clip_text_config *cfg)
-{
-    struct nn_config jc;
-    enum status s = nn_config_parse(&jc, json, strlen(json), "cfg.json");
-    if (!s) s = clip_text_config_read(cfg, &jc);
-    nn_config_free(&jc);
-    return s;
-}
 
 START_TEST(test_errors)
 {

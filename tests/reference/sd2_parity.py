@@ -22,6 +22,7 @@ import json, os, shutil, sys
 import torch
 from safetensors.torch import save_file
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from reference_util import f32, randomise, rnd
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 out = sys.argv[1]
@@ -33,26 +34,10 @@ os.makedirs(gold, exist_ok=True)
 torch.manual_seed(2)
 
 
-def randomise(module):
-    """every parameter away from its init: norms' weights off 1 and biases off 0"""
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if name.endswith("bias"):
-                p.copy_(0.1 * torch.randn_like(p))
-            elif p.ndim == 1:
-                p.copy_(1 + 0.1 * torch.randn_like(p))
-            else:
-                fan_in = p[0].numel()
-                p.copy_(torch.randn_like(p) / fan_in ** 0.5)
 
 
-def rnd(*shape):
-    """a float64 tensor of float32 values: the golden is computed from exactly what the file stores"""
-    return torch.randn(*shape, dtype=torch.float32).double()
 
 
-def f32(d):
-    return {k: (v.float() if v.is_floating_point() else v).detach().contiguous() for k, v in d.items()}
 
 
 def grads(module, prefix=""):

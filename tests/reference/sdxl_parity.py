@@ -25,6 +25,7 @@ import json, os, shutil, sys
 import torch
 from safetensors.torch import save_file
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+from reference_util import f32, randomise, rnd
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 args = [a for a in sys.argv[1:] if not a.startswith("--")]
@@ -36,24 +37,10 @@ os.makedirs(os.path.join(out, "golden"), exist_ok=True)
 torch.manual_seed(3)
 
 
-def rnd(*shape):
-    """float64 values that float32 holds exactly: the golden is computed from what the file stores"""
-    return torch.randn(*shape, dtype=torch.float32).double()
 
 
-def randomise(module):
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if name.endswith("bias"):
-                p.copy_(0.1 * torch.randn_like(p))
-            elif p.ndim == 1:
-                p.copy_(1 + 0.1 * torch.randn_like(p))
-            else:
-                p.copy_(torch.randn_like(p) / p[0].numel() ** 0.5)
 
 
-def f32(d):
-    return {k: (v.float() if v.is_floating_point() else v).detach().contiguous() for k, v in d.items()}
 
 
 # ---- a tiny SDXL-shaped UNet: 8-wide time ids, 16-wide pooled text (16 + 6 x 8 = 64)
