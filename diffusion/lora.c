@@ -1,6 +1,7 @@
 /* lora.c — LoRA adapters for the UNet's attention projections: init, attach, combine, merge,
  * and the PEFT / kohya safetensors files. */
 #include "diffusion/lora.h"
+#include "diffusion/ldm.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -46,7 +47,7 @@ void sd_lora_free(struct sd_lora *l)
 }
 
 /* create the A/B parameters of one module (zero) and record it */
-static enum status add_module(struct sd_lora *l, const char *name, int64_t in, int64_t out, int cap)
+static enum status add_module(struct sd_lora *l, const char *name, const char *kohya, int64_t in, int64_t out, int cap)
 {
     if (!l->mods) {
         l->mods = calloc((size_t)(cap > 0 ? cap : 1), sizeof *l->mods);
@@ -54,6 +55,7 @@ static enum status add_module(struct sd_lora *l, const char *name, int64_t in, i
     }
     struct sd_lora_module *m = &l->mods[l->n];
     snprintf(m->name, sizeof m->name, "%s", name);
+    snprintf(m->kohya, sizeof m->kohya, "%s", kohya ? kohya : "");
     m->in = in;
     m->out = out;
     m->A = nn_param_new(&l->params, name, "lora_A.weight", TENSOR_SHAPE(l->rank, in));
@@ -87,7 +89,9 @@ enum status sd_lora_init(struct sd_lora *l, const struct sd_unet *u, int rank, d
     for (int i = 0; i < u->n_projs && !st; i++) {
         const struct sd_proj *p = u->projs[i];
         if (!matches_targets(p->name, targets)) continue;
-        if ((st = add_module(l, p->name, p->in_features, p->out_features, u->n_projs))) break;
+        char kohya[200];
+        sd_lora_kohya_stem(kohya, sizeof kohya, u, p->name);
+        if ((st = add_module(l, p->name, kohya, p->in_features, p->out_features, u->n_projs))) break;
         struct tensor *A = l->mods[l->n - 1].A;
         /* kaiming_uniform_(a=sqrt(5)): gain sqrt(2/(1+5)), bound = gain*sqrt(3/fan_in) = 1/sqrt(in);
          * drawn in f64 so f32 and f64 adapters start from the same numbers */
@@ -167,7 +171,7 @@ enum status sd_lora_combine(struct sd_lora *out, int n, const struct sd_lora *co
                                      m->name, (long long)out->mods[j].in, (long long)out->mods[j].out, (long long)m->in,
                                      (long long)m->out, k);
             }
-            if (!seen && !st) st = add_module(out, m->name, m->in, m->out, total);
+            if (!seen && !st) st = add_module(out, m->name, m->kohya, m->in, m->out, total);
         }
     ag_no_grad_begin();
     for (int j = 0; j < out->n && !st; j++) {
@@ -238,6 +242,25 @@ const char *sd_lora_kohya_name(char *buf, size_t n, const char *module)
     return buf;
 }
 
+/* the module's original (LDM/SGM) path, "lora_unet_"-prefixed with '_' for '.'; diffusers' when it has none */
+static const char *kohya_original(char *buf, size_t n, const struct sd_unet *u, const char *module)
+{
+    char name[300], key[600];
+    snprintf(name, sizeof name, "%s.weight", module);
+    const size_t pl = strlen(SD_LDM_UNET_PREFIX), wl = strlen(".weight");
+    if (!sd_ldm_unet_key((void *)u, name, key, sizeof key) || strlen(key) <= pl + wl)
+        return sd_lora_kohya_name(buf, n, module);
+    snprintf(buf, n, "lora_unet_%.*s", (int)(strlen(key) - pl - wl), key + pl);
+    for (char *p = buf; *p; p++)
+        if (*p == '.') *p = '_';
+    return buf;
+}
+
+const char *sd_lora_kohya_stem(char *buf, size_t n, const struct sd_unet *u, const char *module)
+{
+    return u && u->add_time_dim ? kohya_original(buf, n, u, module) : sd_lora_kohya_name(buf, n, module);
+}
+
 enum status sd_lora_save(const struct sd_lora *l, const char *path, enum sd_lora_format fmt)
 {
     if (fmt != SD_LORA_PEFT && fmt != SD_LORA_KOHYA) return tensor_fail(STATUS_VALUE, "lora_save: unknown format %d", (int)fmt);
@@ -254,7 +277,8 @@ enum status sd_lora_save(const struct sd_lora *l, const char *path, enum sd_lora
     for (int i = 0; i < l->n && !st; i++) {
         const struct sd_lora_module *m = &l->mods[i];
         char base[256], key[320];
-        if (fmt == SD_LORA_KOHYA) sd_lora_kohya_name(base, sizeof base, m->name);
+        if (fmt == SD_LORA_KOHYA && m->kohya[0]) snprintf(base, sizeof base, "%s", m->kohya);
+        else if (fmt == SD_LORA_KOHYA) sd_lora_kohya_name(base, sizeof base, m->name);
         else snprintf(base, sizeof base, "unet.%s", m->name);
         const char *sfx[3] = {fmt == SD_LORA_KOHYA ? "lora_down.weight" : "lora_A.weight",
                               fmt == SD_LORA_KOHYA ? "lora_up.weight" : "lora_B.weight", "alpha"};
@@ -292,7 +316,8 @@ static bool starts_with(const char *s, const char *pre) { return !strncmp(s, pre
 
 /* what one file key is: the projection index, and which part (0 = A, 1 = B, 2 = alpha);
  * returns 0 = recognised, 1 = ignored (text encoder), -1 = error (message set) */
-static int classify_key(const struct safetensors *st, const struct sd_unet *u, const char *key, int *proj, int *part)
+static int classify_key(const struct safetensors *st, const struct sd_unet *u, char (*const kohya)[2][200], const char *key,
+                        int *proj, int *part)
 {
     if (starts_with(key, "text_encoder") || starts_with(key, "lora_te")) return 1;
     char mod[400];
@@ -305,9 +330,8 @@ static int classify_key(const struct safetensors *st, const struct sd_unet *u, c
             if (!ends_with(k, sfx[p])) continue;
             *part = p;
             snprintf(mod, sizeof mod, "%.*s", (int)(kl - strlen(sfx[p])), k);
-            char kn[400];
             for (int i = 0; i < u->n_projs; i++)
-                if (!strcmp(sd_lora_kohya_name(kn, sizeof kn, u->projs[i]->name), mod)) { *proj = i; break; }
+                if (!strcmp(kohya[i][0], mod) || !strcmp(kohya[i][1], mod)) { *proj = i; break; }
             if (*proj < 0) {
                 tensor_fail(STATUS_FORMAT, "%s: tensor '%s': the UNet has no module '%s' (kohya naming)", st->path, key, mod);
                 return -1;
@@ -372,14 +396,21 @@ enum status sd_lora_load(struct sd_lora *l, const struct sd_unet *u, const char 
     const int np = u->n_projs;
     int *ia = malloc((size_t)(np ? np : 1) * sizeof *ia), *ib = malloc((size_t)(np ? np : 1) * sizeof *ib);
     double *alpha = malloc((size_t)(np ? np : 1) * sizeof *alpha);
-    enum status s = ia && ib && alpha ? STATUS_OK : tensor_fail(STATUS_OOM, "lora_load: out of host memory");
+    /* each projection's kohya stems: [0] the one sd-scripts gives this UNet, [1] the other naming */
+    char (*kohya)[2][200] = malloc((size_t)(np ? np : 1) * sizeof *kohya);
+    enum status s = ia && ib && alpha && kohya ? STATUS_OK : tensor_fail(STATUS_OOM, "lora_load: out of host memory");
+    for (int i = 0; i < np && !s; i++) {
+        sd_lora_kohya_stem(kohya[i][0], sizeof kohya[i][0], u, u->projs[i]->name);
+        if (u->add_time_dim) sd_lora_kohya_name(kohya[i][1], sizeof kohya[i][1], u->projs[i]->name);
+        else kohya_original(kohya[i][1], sizeof kohya[i][1], u, u->projs[i]->name);
+    }
     for (int i = 0; i < np && !s; i++) { ia[i] = ib[i] = -1; alpha[i] = NAN; }
     const char *meta_alpha = safetensors_metadata(st, "lora_alpha");
     char a1[64], a2[64];
     for (int j = 0; j < st->n && !s; j++) {
         const struct safetensors_entry *e = &st->entries[j];
         int proj = -1, part = 0;
-        int c = classify_key(st, u, e->name, &proj, &part);
+        int c = classify_key(st, u, kohya, e->name, &proj, &part);
         if (c < 0) { s = tensor_status(); break; }
         if (c > 0) continue;
         if (!entry_is_float(e)) {
@@ -458,7 +489,7 @@ enum status sd_lora_load(struct sd_lora *l, const struct sd_unet *u, const char 
         for (int i = 0; i < np && !s; i++) {
             if (ia[i] < 0) continue;
             const struct sd_proj *p = u->projs[i];
-            if ((s = add_module(l, p->name, p->in_features, p->out_features, n))) break;
+            if ((s = add_module(l, p->name, kohya[i][0], p->in_features, p->out_features, n))) break;
             struct sd_lora_module *m = &l->mods[l->n - 1];
             const int64_t r = st->entries[ia[i]].shape[0];
             const double fold = (alpha[i] / (double)r) / (l->alpha / rank);
@@ -477,6 +508,7 @@ enum status sd_lora_load(struct sd_lora *l, const struct sd_unet *u, const char 
     free(ia);
     free(ib);
     free(alpha);
+    free(kohya);
     safetensors_close(st);
     if (s) sd_lora_free(l);
     return s;

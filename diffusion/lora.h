@@ -22,6 +22,7 @@ extern "C" {
 
 struct sd_lora_module {
     char name[160];          /* module path, e.g. "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q" */
+    char kohya[200];         /* its kohya/A1111 key stem (sd_lora_kohya_stem), "" = from the name */
     int64_t in, out;
     struct tensor *A, *B;    /* borrowed from params: [rank, in], [out, rank] */
 };
@@ -69,6 +70,11 @@ enum sd_lora_format {
 
 /* "lora_unet_down_blocks_0_..._attn1_to_out_0" into buf */
 const char *sd_lora_kohya_name(char *buf, size_t n, const char *module);
+/* the kohya/A1111 key stem of a UNet projection as kohya's sd-scripts names it: diffusers' module
+ * path for SD 1.x/2.x (sd_lora_kohya_name), Stability's original one for SDXL, whose UNet sd-scripts
+ * builds in that layout ("lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q"); files in
+ * either naming load into either UNet */
+const char *sd_lora_kohya_stem(char *buf, size_t n, const struct sd_unet *u, const char *module);
 
 /* write atomically (temporary file + rename) in the adapter's dtype */
 enum status sd_lora_save(const struct sd_lora *l, const char *path, enum sd_lora_format fmt);

@@ -600,6 +600,80 @@ START_TEST(test_files)
 }
 END_TEST
 
+/* SDXL's kohya files name the modules as Stability's UNet does, the one kohya's sd-scripts trains
+ * (input_blocks / middle_block / output_blocks): an SDXL-shaped UNet (SD XL's block layout: a plain
+ * first level, two attention levels of 2 layers, 1/2 transformer blocks, the added embedding)
+ * writes those names, and reads them or diffusers' back; the names are those of real SDXL kohya
+ * LoRAs (input_blocks.4.1 = down_blocks.1.attentions.0, middle_block.1, output_blocks.0.1 =
+ * up_blocks.0.attentions.0) */
+START_TEST(test_kohya_sdxl)
+{
+    LEAK_CHECK_BEGIN();
+    static const char xl_json[] =
+        "{\"in_channels\": 4, \"out_channels\": 4, \"block_out_channels\": [8, 16, 16], \"down_block_types\": "
+        "[\"DownBlock2D\", \"CrossAttnDownBlock2D\", \"CrossAttnDownBlock2D\"], \"up_block_types\": [\"CrossAttnUpBlock2D\", "
+        "\"CrossAttnUpBlock2D\", \"UpBlock2D\"], \"layers_per_block\": 2, \"norm_num_groups\": 4, \"attention_head_dim\": "
+        "[1, 2, 4], \"cross_attention_dim\": 12, \"transformer_layers_per_block\": [1, 1, 2], \"use_linear_projection\": "
+        "true, \"addition_embed_type\": \"text_time\", \"addition_time_embed_dim\": 4, "
+        "\"projection_class_embeddings_input_dim\": 30}";
+    struct nn_config c;
+    struct nn_params ps;
+    struct sd_unet u;
+    nn_params_init(&ps, DTYPE_F32, DEVICE_CPU);
+    ck_assert_int_eq(nn_config_parse(&c, xl_json, strlen(xl_json), "xl"), STATUS_OK);
+    ck_assert_msg(sd_unet_init(&u, &c, &ps) == STATUS_OK, "%s", tensor_error());
+    nn_config_free(&c);
+    char k[256];
+    static const char *const want[][2] = {
+        {"down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q", "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q"},
+        {"down_blocks.2.attentions.1.transformer_blocks.1.attn2.to_k", "lora_unet_input_blocks_8_1_transformer_blocks_1_attn2_to_k"},
+        {"mid_block.attentions.0.transformer_blocks.1.attn2.to_out.0", "lora_unet_middle_block_1_transformer_blocks_1_attn2_to_out_0"},
+        {"up_blocks.0.attentions.2.transformer_blocks.0.attn1.to_v", "lora_unet_output_blocks_2_1_transformer_blocks_0_attn1_to_v"},
+        {"up_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q", "lora_unet_output_blocks_3_1_transformer_blocks_0_attn1_to_q"},
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+        ck_assert_str_eq(sd_lora_kohya_stem(k, sizeof k, &u, want[i][0]), want[i][1]);
+    struct sd_lora l, r;
+    ck_assert_int_eq(sd_lora_init(&l, &u, 2, 1.5, NULL, DTYPE_F32, 7), STATUS_OK);
+    tensor_scope_begin();
+    for (int i = 0; i < l.n; i++)   /* B non-zero, so a swapped module shows */
+        ck_assert_int_eq(tensor_copy_(l.mods[i].B, test_uniform(DTYPE_F32, 2, l.mods[i].B->shape, -1, 1)), STATUS_OK);
+    tensor_scope_end();
+    char p[512];
+    test_tmp_path(p, sizeof p, "kohya_xl.safetensors");
+    ck_assert_msg(sd_lora_save(&l, p, SD_LORA_KOHYA) == STATUS_OK, "%s", tensor_error());
+    struct safetensors *st = safetensors_open(p);
+    ck_assert_ptr_nonnull(st);
+    ck_assert_ptr_nonnull(safetensors_find(st, "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_k.lora_down.weight"));
+    ck_assert_ptr_nonnull(safetensors_find(st, "lora_unet_middle_block_1_transformer_blocks_0_attn1_to_q.alpha"));
+    ck_assert_ptr_null(safetensors_find(st, "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_k.lora_down.weight"));
+    safetensors_close(st);
+    ck_assert_msg(sd_lora_load(&r, &u, p) == STATUS_OK, "%s", tensor_error());
+    assert_same_lora(&l, &r);
+    sd_lora_free(&r);
+    /* combined adapters keep the names; a file in diffusers' kohya names loads into the same modules */
+    const struct sd_lora *one[1] = {&l};
+    struct sd_lora comb;
+    ck_assert_int_eq(sd_lora_combine(&comb, 1, one, (double[]){1.0}), STATUS_OK);
+    ck_assert_str_eq(comb.mods[0].kohya, l.mods[0].kohya);
+    sd_lora_free(&comb);
+    for (int i = 0; i < l.n; i++) l.mods[i].kohya[0] = 0;   /* diffusers' kohya names */
+    ck_assert_msg(sd_lora_save(&l, p, SD_LORA_KOHYA) == STATUS_OK, "%s", tensor_error());
+    st = safetensors_open(p);
+    ck_assert_ptr_nonnull(st);
+    ck_assert_ptr_nonnull(safetensors_find(st, "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_k.lora_down.weight"));
+    safetensors_close(st);
+    ck_assert_msg(sd_lora_load(&r, &u, p) == STATUS_OK, "%s", tensor_error());
+    assert_same_lora(&l, &r);
+    ck_assert_str_eq(r.mods[0].kohya, "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q");
+    sd_lora_free(&r);
+    unlink(p);
+    sd_lora_free(&l);
+    sd_unet_free(&u);
+    nn_params_free(&ps);
+    LEAK_CHECK_END();
+}
+END_TEST
 /* a kohya-style file of one module with one tensor replaced */
 static enum status write_bad(const char *path, const struct sd_unet *u, int what)
 {
@@ -671,6 +745,7 @@ int main(void)
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, test_init);
     tcase_add_test(tc, test_merge_micro);
+    tcase_add_test(tc, test_kohya_sdxl);
     tcase_add_test(tc, test_nograd_merged);
     tcase_add_test(tc, test_merge_tiny_parity);
     tcase_add_test(tc, test_gradcheck);
