@@ -23,7 +23,7 @@ for t in "${targets[@]}"; do
     fuzz_safetensors) build "$t" nn/safetensors.c nn/file.c "${ENGINE[@]}" "${BLAS[@]}" -lcjson -lm ;;
     fuzz_config) build "$t" nn/config.c nn/file.c "${ENGINE[@]}" "${BLAS[@]}" -lcjson -lm ;;
     fuzz_pickle) build "$t" nn/pickle.c nn/file.c "${ENGINE[@]}" "${BLAS[@]}" -lcjson -lzip -lm ;;
-    fuzz_lora) build "$t" diffusion/lora.c nn/safetensors.c nn/module.c nn/file.c autograd/*.c "${ENGINE[@]}" "${BLAS[@]}" \
+    fuzz_lora) build "$t" diffusion/lora.c diffusion/ldm.c nn/safetensors.c nn/module.c nn/file.c autograd/*.c "${ENGINE[@]}" "${BLAS[@]}" \
         -lcjson -lm ;;
     # report.c's page writer without libpng (image.c then has no PNG code to pull in)
     fuzz_compare) build "$t" draft/report.c draft/image.c nn/file.c "${ENGINE[@]}" "${BLAS[@]}" -lcjson -lm ;;
