@@ -533,16 +533,28 @@ static struct tensor *repad(const struct sd_pipeline *p, struct tensor *ids)
     return out;
 }
 
-/* SDXL's encode_prompt: [hidden_states[-2] of both encoders; the pooled rows] */
+enum status sd_pipeline_set_clip_skip(struct sd_pipeline *p, int k)
+{
+    const int n1 = p->text_encoder.cfg.num_hidden_layers, n2 = p->xl ? p->text_encoder_2.cfg.num_hidden_layers : n1;
+    /* down to hidden_states[0], the embeddings; SDXL starts from the penultimate layer */
+    const int most = (n1 < n2 ? n1 : n2) - (p->xl ? 1 : 0);
+    if (k < 0 || k > most)
+        return tensor_fail(STATUS_VALUE, "clip skip %d: the text encoder%s %d layers leave 0 .. %d", k, p->xl ? "s'" : "'s",
+                           n1 < n2 ? n1 : n2, most);
+    p->clip_skip = k;
+    return STATUS_OK;
+}
+
+/* SDXL's encode_prompt: [hidden_states[-(clip_skip + 2)] of both encoders; the pooled rows] */
 static struct tensor *encode_xl(const struct sd_pipeline *p, struct tensor *ids)
 {
     tensor_scope_begin();
     struct tensor *last = NULL;
     struct tensor *h1 = clip_text_hidden(&p->text_encoder, tensor_to_device(ids, p->device),
-                                         (int)p->text_encoder.cfg.num_hidden_layers - 1, NULL);
+                                         (int)p->text_encoder.cfg.num_hidden_layers - 1 - p->clip_skip, NULL);
     struct tensor *ids2 = repad(p, ids);
     struct tensor *h2 = ids2 ? clip_text_hidden(&p->text_encoder_2, tensor_to_device(ids2, p->device),
-                                                (int)p->text_encoder_2.cfg.num_hidden_layers - 1, &last)
+                                                (int)p->text_encoder_2.cfg.num_hidden_layers - 1 - p->clip_skip, &last)
                              : NULL;
     if (!h1 || !h2) return tensor_scope_return(NULL);
     struct tensor *pooled = nn_linear_forward(&p->text_projection_2, clip_text_pooled(&p->text_encoder_2, ids2, last));
@@ -563,7 +575,13 @@ struct tensor *sd_pipeline_encode(const struct sd_pipeline *p, struct tensor *id
     if (!ids) return NULL;
     if (p->xl) return encode_xl(p, ids);
     tensor_scope_begin();
-    struct tensor *h = clip_text_forward(&p->text_encoder, tensor_to_device(ids, p->device));
+    struct tensor *d = tensor_to_device(ids, p->device), *h;
+    if (p->clip_skip) {   /* hidden_states[-(clip_skip + 1)], then final_layer_norm (diffusers' encode_prompt) */
+        h = clip_text_hidden(&p->text_encoder, d, (int)p->text_encoder.cfg.num_hidden_layers - p->clip_skip, NULL);
+        h = h ? nn_layer_norm_forward(&p->text_encoder.final_layer_norm, h) : NULL;
+    } else {
+        h = clip_text_forward(&p->text_encoder, d);
+    }
     return tensor_scope_return(h);
 }
 

@@ -58,6 +58,7 @@ struct sd_pipeline {
     struct nn_linear text_projection_2;   /* text_encoder_2's "text_projection" [proj, hidden], no bias */
     struct nn_params text_params_2;
     int64_t pooled_dim, text_rows;        /* text_embeds' width; the context's token rows (77) */
+    int clip_skip;                        /* diffusers' clip_skip: text layers left out (0 = none) */
 };
 
 /* Load every component of the diffusers folder `dir`, parameters in dtype `dt` on `dev`
@@ -97,6 +98,11 @@ int64_t sd_pipeline_default_size(const struct sd_pipeline *p);
 
 /* prompts -> ids [n, 77] (i32, bos + at most 75 ids + eos, then pad_id: SD's tokenizer call) */
 struct tensor *sd_pipeline_tokenize(const struct sd_pipeline *p, int n, const char *const *prompts);
+/* diffusers' clip_skip (0 = none): the prompt embeddings come from `k` text encoder layers before
+ * the last, through the final LayerNorm as diffusers' StableDiffusionPipeline does; SDXL's from
+ * hidden_states[-(k + 2)] of both encoders, without it (its pooled text stays the last layer's).
+ * An error when the encoders have no layer to spare. */
+enum status sd_pipeline_set_clip_skip(struct sd_pipeline *p, int k);
 /* ids [n, 77] -> text embeddings [n, 77, hidden] (the final LayerNorm's output); SDXL: the
  * context rows above, the pooled rows included */
 struct tensor *sd_pipeline_encode(const struct sd_pipeline *p, struct tensor *ids);

@@ -622,6 +622,8 @@ static void sampler_str(const struct draft_run_config *c, char *buf, size_t n)
     num_str(g, sizeof g, c->method.guidance);
     num_str(e, sizeof e, c->method.eta);
     snprintf(buf, n, "--steps %d --guidance %s --eta %s --negative-prompt '%s'", c->method.steps, g, e, c->negative_prompt);
+    /* (only when set: the checkpoints of earlier runs, which had no clip skip, still compare equal) */
+    if (c->clip_skip) snprintf(buf + strlen(buf), n - strlen(buf), " --clip-skip %d", c->clip_skip);
 }
 
 /* n doubles as "%.17g" joined by ',' (checkpoint metadata), malloc'd; NULL when out of memory */
@@ -1006,6 +1008,7 @@ static enum status draft_run_write_report(struct run *r, const struct draft_run_
     snprintf(v[nk++], sizeof v[0], "%s", c->negative_prompt[0] ? c->negative_prompt : "(none: the empty prompt)");
     snprintf(v[nk++], sizeof v[0], "%s%s", draft_method_name(c->method.method), c->method.checkpoint ? " (checkpointed)" : "");
     snprintf(v[nk++], sizeof v[0], "%d / %g / %g", c->method.steps, c->method.guidance, c->method.eta);
+    if (c->clip_skip) snprintf(v[nk - 1] + strlen(v[nk - 1]), sizeof v[0] - strlen(v[nk - 1]), " (clip skip %d)", c->clip_skip);
     snprintf(v[nk++], sizeof v[0], "%d / %d", c->method.k, c->method.lv_n);
     if (c->init_lora[0])
         snprintf(v[nk++], sizeof v[0], "%d / %g / from %s (%d projections)", r->lora.rank, r->lora.alpha, c->init_lora,
@@ -1267,6 +1270,7 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
     tensor_set_precision(c->precision);
     s = c->ckpt[0] ? sd_pipeline_load_single_file(&r->p, c->ckpt, c->model, c->dtype, c->device)
                    : sd_pipeline_load(&r->p, c->model, c->dtype, c->device);
+    if (!s) s = sd_pipeline_set_clip_skip(&r->p, c->clip_skip);
     if (s) goto done;
     draft_engine_describe(r->p.device, r->engine, sizeof r->engine);
     /* "clip:text=..." = the CLIP model shipped with the diffusion model (the embedded one has clip/) */

@@ -39,6 +39,7 @@ struct draft_run_config {
     char eval_prompts[1024];   /* the held-out evaluation's prompts, the same forms ("" = the training prompts) */
     char negative_prompt[1024];   /* the unconditional half of classifier-free guidance, in training and
                                    * evaluation ("" = the empty prompt, as diffusers without negative_prompt) */
+    int clip_skip;         /* diffusers' clip_skip: text encoder layers left out of the prompt embeddings */
     char keep_best[16];    /* "reward" or "eval-reward": <out>/lora_best.safetensors holds the LoRA of the
                             * held-out evaluation where that was highest ("" = off) */
     char out[1024];        /* run folder */

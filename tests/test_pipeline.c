@@ -62,6 +62,23 @@ START_TEST(test_parity)
     }
     ok += parity_check("image", img, parity_load(gold, "image"), PARITY_RTOL_FWD, parity_rms(gold, "image"));
     ck_assert_int_eq(ok, 5);
+    /* diffusers' encode_prompt with clip_skip=1, where the golden file has it (tests/reference/) */
+    if (safetensors_find(gold, "prompt_embeds_clip_skip1")) {
+        ck_assert_int_eq(sd_pipeline_set_clip_skip(&p, 1), STATUS_OK);
+        struct tensor *e = sd_pipeline_encode(&p, cids);
+        ck_assert_msg(e != NULL, "%s", tensor_error());
+        struct tensor *tok = p.xl ? ag_narrow(e, 1, 0, p.text_rows) : e;
+        ck_assert(parity_check("prompt_embeds_clip_skip1", tok, parity_load(gold, "prompt_embeds_clip_skip1"), PARITY_RTOL_FWD,
+                               parity_rms(gold, "prompt_embeds_clip_skip1")));
+        if (p.xl) {
+            struct tensor *pooled = ag_narrow(ag_reshape(ag_narrow(e, 1, p.text_rows, 1), TENSOR_SHAPE(2, e->shape[2])), 1, 0,
+                                              p.pooled_dim);
+            ck_assert(parity_check("pooled_prompt_embeds_clip_skip1", pooled,
+                                   parity_load(gold, "pooled_prompt_embeds_clip_skip1"), PARITY_RTOL_FWD,
+                                   parity_rms(gold, "pooled_prompt_embeds_clip_skip1")));
+        }
+        ck_assert_int_eq(sd_pipeline_set_clip_skip(&p, 0), STATUS_OK);
+    }
     tensor_scope_end();
     safetensors_close(gold);
     sd_pipeline_free(&p);
@@ -296,6 +313,38 @@ START_TEST(test_text_encoder_unprefixed)
 }
 END_TEST
 
+
+/* --clip-skip (diffusers' clip_skip): hidden_states[-(k + 1)] through the final LayerNorm, down to
+ * the embeddings; past them an error. (Against diffusers' encode_prompt: tests/reference/.) */
+START_TEST(test_clip_skip)
+{
+    LEAK_CHECK_BEGIN();
+    struct sd_pipeline p;
+    ck_assert_msg(sd_pipeline_load(&p, "models/emoji", DTYPE_F32, DEVICE_CPU) == STATUS_OK, "%s", tensor_error());
+    const int n = (int)p.text_encoder.cfg.num_hidden_layers;
+    tensor_scope_begin();
+    const char *pr[2] = {"a red heart", "a cat"};
+    struct tensor *ids = sd_pipeline_tokenize(&p, 2, pr);
+    struct tensor *e0 = sd_pipeline_encode(&p, ids);
+    for (int k = 1; k <= n; k++) {
+        ck_assert_int_eq(sd_pipeline_set_clip_skip(&p, k), STATUS_OK);
+        struct tensor *e = sd_pipeline_encode(&p, ids);
+        struct tensor *want = nn_layer_norm_forward(&p.text_encoder.final_layer_norm, clip_text_hidden(&p.text_encoder, ids,
+                                                                                                        n - k, NULL));
+        ck_assert_msg(e && want, "%s", tensor_error());
+        ck_assert_double_eq(test_max_abs_diff(e, want), 0);
+        ck_assert(test_max_abs_diff(e, e0) > 1e-3);
+    }
+    ck_assert_int_ne(sd_pipeline_set_clip_skip(&p, n + 1), STATUS_OK);
+    ck_assert_msg(strstr(tensor_error(), "clip skip 4: the text encoder's 3 layers leave 0 .. 3"), "%s", tensor_error());
+    ck_assert_int_ne(sd_pipeline_set_clip_skip(&p, -1), STATUS_OK);
+    ck_assert_int_eq(sd_pipeline_set_clip_skip(&p, 0), STATUS_OK);
+    ck_assert_double_eq(test_max_abs_diff(sd_pipeline_encode(&p, ids), e0), 0);
+    tensor_scope_end();
+    sd_pipeline_free(&p);
+    LEAK_CHECK_END();
+}
+END_TEST
 
 /* ---------------------------------------------------------------- the original single-file layout */
 
@@ -768,6 +817,16 @@ START_TEST(test_sdxl_folder)
     printf("sdxl context: tokens max |diff| %.2e, pooled rel %.2e, padding %.1g, unconditional half %.1g\n", worst_tok,
            pool_rel, rest, uncond);
     ck_assert(worst_tok == 0 && pool_rel < 1e-6 && rest == 0 && uncond == 0);
+    /* clip skip 1: hidden_states[-3] of both (the first encoder's layer 1, the second's embeddings), the
+     * pooled rows as they were */
+    ck_assert_int_eq(sd_pipeline_set_clip_skip(&p, 2), STATUS_VALUE);
+    ck_assert_int_eq(sd_pipeline_set_clip_skip(&p, 1), STATUS_OK);
+    struct tensor *cs = sd_pipeline_encode(&p, ids);
+    struct tensor *parts[2] = {clip_text_hidden(&p.text_encoder, ids, 1, NULL), clip_text_hidden(&p.text_encoder_2, t2, 0, NULL)};
+    ck_assert(cs && parts[0] && parts[1]);
+    ck_assert_double_eq(test_max_abs_diff(ag_narrow(cs, 1, 0, 77), ag_concat(2, parts, 2)), 0);
+    ck_assert_double_eq(test_max_abs_diff(ag_narrow(cs, 1, 77, 1), ag_narrow(ag_narrow(ctx, 0, 2, 2), 1, 77, 1)), 0);
+    ck_assert_int_eq(sd_pipeline_set_clip_skip(&p, 0), STATUS_OK);
     /* the UNet call: the pooled rows out, time ids (height, width, 0, 0, height, width) of the 32 x 16 image */
     struct tensor *x = test_uniform(DTYPE_F32, TENSOR_SHAPE(2, 4, 16, 8), -1, 1);
     struct tensor *eps = sd_pipeline_eps(&p, x, 501, ag_narrow(ctx, 0, 2, 2), 1.0);
@@ -935,6 +994,7 @@ int main(void)
     tcase_add_test(tc, test_missing_weights);
     tcase_add_test(tc, test_pad_token);
     tcase_add_test(tc, test_text_encoder_unprefixed);
+    tcase_add_test(tc, test_clip_skip);
     tcase_add_test(tc, test_sdxl_folder);
     tcase_add_test(tc, test_sdxl_single_file);
     tcase_add_test(tc, test_single_file);

@@ -19,7 +19,7 @@ check "draft-run --help fits in 100 columns (the model's path aside)" "! awk 'le
 # an option's help continues on lines indented by 21 spaces: one line per option to grep
 awk '/^                     [^ ]/ { sub(/^ +/, " "); line = line $0; next } { if (have) print line; line = $0; have = 1 }
      END { if (have) print line }' "$tmp/help.raw" >"$tmp/help"
-for opt in model ckpt reward eval-reward prompts negative-prompt out method k lv-n steps guidance eta checkpoint checkpoint-blocks lora-rank lora-targets init-lora lr grad-clip \
+for opt in model ckpt reward eval-reward prompts negative-prompt clip-skip out method k lv-n steps guidance eta checkpoint checkpoint-blocks lora-rank lora-targets init-lora lr grad-clip \
            warmup lr-decay lr-min skip-nonfinite accum batch iters seed size eval-images save-every lora-every max-minutes resume dry-run device precision; do
     check "--help lists --$opt with its default" "grep -q -- '--$opt.*(default: ' '$tmp/help'"
 done
@@ -390,6 +390,11 @@ if [ -f "$model/model_index.json" ]; then
     check "--resume with another --steps: refused" "[ $rc -ne 0 ] && grep -q 'was sampled with --steps 2 .*this run has --steps 3' '$tmp/o'"
     "$run" --model "$model" $nr --negative-prompt "a cat" --out "$tmp/nr1" --iters 2 --resume >"$tmp/o" 2>&1; rc=$?
     check "--resume with the same sampler continues" "[ $rc -eq 0 ] && grep -q 'resumed at step 1/2' '$tmp/o'"
+    "$run" --model "$model" $nr --negative-prompt "a cat" --clip-skip 1 --out "$tmp/nr1" --iters 3 --resume >"$tmp/o" 2>&1; rc=$?
+    check "--resume with another --clip-skip: refused" "[ $rc -ne 0 ] && grep -q 'this run has .*--clip-skip 1' '$tmp/o'"
+    "$run" --model "$model" $nr --clip-skip 99 --out "$tmp/cs99" >"$tmp/o" 2>&1; rc=$?
+    check "--clip-skip past the text encoder's layers: exit 1, the range" \
+          "[ $rc -eq 1 ] && grep -Eq \"clip skip 99: the text encoder's [0-9]+ layers leave 0 \\.\\. [0-9]+\" '$tmp/o'"
     # a sum as --eval-reward: each evaluation has its terms, weighted they give eval_reward; after a
     # resume the report still has their 'before' values
     et="--steps 2 --batch 1 --size 64 --eval-images 2 --reward red --eval-reward sum:red;-2*brightness=0.5 --no-progress"

@@ -52,6 +52,9 @@ static const struct opt opts[] = {
     {"negative-prompt", K_STR, F(negative_prompt), "the unconditional half of classifier-free guidance, in training "
                                                    "and evaluation: what the samples are steered away from (default: "
                                                    "the empty prompt)"},
+    {"clip-skip", K_INT, F(clip_skip), "text encoder layers left out of the prompt embeddings, as diffusers' "
+                                       "clip_skip (1: the penultimate layer's, through the final LayerNorm; for "
+                                       "models trained so)"},
     {"out", K_STR, F(out), "run folder (metrics, grids, checkpoints, LoRA, report.html)"},
     {"dtype", K_DTYPE, F(dtype), "dtype of the frozen base weights: f32 or bf16 (bf16 halves their memory; activations, LoRA and AdamW stay f32)"},
     {"device", K_DEVICE, F(device), "cpu or cuda: where the model, LoRA, optimiser and reward run (cuda needs a build "

@@ -47,6 +47,8 @@ static void usage(FILE *f)
             "  --prompts SPEC     a prompt file (one a line) or a built-in set\n"
             "  --negative-prompt TEXT  the unconditional half of guidance, for every image: what the\n"
             "                     samples are steered away from (default: the empty prompt)\n"
+            "  --clip-skip K      text encoder layers left out of the prompt embeddings, as diffusers'\n"
+            "                     clip_skip (default 0; 1 for models trained on the penultimate layer)\n"
             "  --lora FILE[:S]    a LoRA file (diffusers/PEFT or kohya names; a draft-run folder: its\n"
             "                     lora.safetensors) applied with scale S (default 1);\n"
             "                     repeatable: several LoRAs are combined into one adapter. FILE:S1,S2,...\n"
@@ -321,7 +323,7 @@ int main(int argc, char **argv)
     const char *lora_path_ptrs[MAX_LORAS];
     double lora_scales[MAX_LORAS][MAX_SWEEP];   /* each --lora's scales: one, or a list to sweep */
     int n_scales[MAX_LORAS], n_cfg = 1;
-    long n_per = 1, steps = 50, batch = 4, seed = 0;
+    long n_per = 1, steps = 50, batch = 4, seed = 0, clip_skip = 0;
     int width = 0, height = 0;   /* 0: the model's default */
     double guidance = 7.5, eta = 0.0;
     bool merge = false, steps_given = false, guidance_given = false;
@@ -387,6 +389,7 @@ int main(int argc, char **argv)
             if (!ok) fprintf(stderr, "draft-sample: --size '%s' is not a size in pixels (512, or width x height: 768x512)\n", v);
         }
         else if (!strcmp(a, "--batch")) ok = parse_int(a, v, 1, 256, &batch);
+        else if (!strcmp(a, "--clip-skip")) ok = parse_int(a, v, 0, 64, &clip_skip);
         else if (!strcmp(a, "--seed")) ok = parse_int(a, v, 0, LONG_MAX, &seed);
         else if (!strcmp(a, "--guidance")) ok = parse_double(a, v, &guidance), guidance_given = true;
         else if (!strcmp(a, "--eta")) ok = parse_double(a, v, &eta);
@@ -459,6 +462,7 @@ int main(int argc, char **argv)
     memset(loras, 0, sizeof loras);
     enum status s = ckpt ? sd_pipeline_load_single_file(&p, ckpt, model, dtype, device)
                          : sd_pipeline_load(&p, model, dtype, device);
+    if (!s) s = sd_pipeline_set_clip_skip(&p, (int)clip_skip);
     for (int i = 0; i < n_loras && !s; i++) s = sd_lora_load(&loras[i], &p.unet, lora_path_ptrs[i]);
     /* the reward before any sampling: a bad spec fails at once */
     struct job j = {.labels = labels, .total = total, .n_per = (int)n_per, .batch = (int)batch, .seed = seed,

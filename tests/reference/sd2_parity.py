@@ -21,7 +21,7 @@ import json, os, shutil, sys
 
 import torch
 from safetensors.torch import save_file
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from reference_util import f32, randomise, rnd
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -126,6 +126,16 @@ with torch.no_grad():
         rec[f"latents_after_step{i}"] = lat.clone()
     rec["image"] = vae.decode(lat / vae.config.scaling_factor).sample
     rec["timesteps"] = sched.timesteps.clone()
+    # encode_prompt with clip_skip=1: the penultimate layer through the final LayerNorm. diffusers' own call
+    # reads text_encoder.text_model.final_layer_norm, which transformers 5's CLIPTextModel no longer has;
+    # then its two lines are done here
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet, scheduler=sched, safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    try:
+        rec["prompt_embeds_clip_skip1"] = pipe.encode_prompt(prompts, "cpu", 1, False, clip_skip=1)[0]
+    except AttributeError:
+        final_ln = te.text_model.final_layer_norm if hasattr(te, "text_model") else te.final_layer_norm
+        rec["prompt_embeds_clip_skip1"] = final_ln(te(ids, output_hidden_states=True).hidden_states[-(1 + 1)])
 save_file(f32(rec), os.path.join(gold, "pipeline.safetensors"),
           metadata={"num_inference_steps": "4", "eta": "0", "cfg_batch_order": "uncond then cond",
                     "guidance_scale": "7.5", "prediction_type": "v_prediction"})

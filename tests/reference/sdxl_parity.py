@@ -130,6 +130,9 @@ with torch.no_grad():
     rec["image"] = vae.decode(lat / vae.config.scaling_factor).sample
     rec["timesteps"] = sched.timesteps.clone()
     rec["prompt_embeds"], rec["pooled_prompt_embeds"] = pe, pooled
+    # with clip_skip=1: both encoders' hidden_states[-3]; the pooled text unchanged
+    rec["prompt_embeds_clip_skip1"], _, rec["pooled_prompt_embeds_clip_skip1"], _ = pipe.encode_prompt(
+        prompts, device="cpu", do_classifier_free_guidance=False, clip_skip=1)
 save_file(f32(rec), os.path.join(out, "golden", "pipeline.safetensors"),
           metadata={"num_inference_steps": "4", "eta": "0", "cfg_batch_order": "uncond then cond",
                     "guidance_scale": "7.5", "force_zeros_for_empty_prompt": str(force_zeros), "size": "128x128"})
