@@ -1,10 +1,10 @@
-/* unet.c — UNet2DConditionModel (diffusers 0.25 semantics) for Stable Diffusion 1.x and 2.x.
+/* unet.c — UNet2DConditionModel (diffusers 0.25 semantics) for Stable Diffusion 1.x, 2.x and XL.
  *
  * Module for module the diffusers tree: ResnetBlock2D, Transformer2DModel (GroupNorm eps
  * 1e-6, conv1x1 proj_in/proj_out, or Linear ones on the tokens with use_linear_projection,
- * BasicTransformerBlock with self-attention, cross-attention
- * and a GEGLU feed-forward), Downsample2D / Upsample2D, the down/mid/up blocks and the skip
- * stack. Parameters are created in the diffusers state_dict order.
+ * BasicTransformerBlock with self-attention, cross-attention and a GEGLU feed-forward),
+ * Downsample2D / Upsample2D, the down/mid/up blocks and the skip stack, and SDXL's "text_time"
+ * added embedding. Parameters are created in the diffusers state_dict order.
  */
 #include "diffusion/unet.h"
 
@@ -406,7 +406,7 @@ static enum status unet_build(struct sd_unet *u, struct nn_config *c)
     };
     for (size_t i = 0; i < sizeof must_false / sizeof must_false[0]; i++)
         if (!is_false_or_absent(c, must_false[i]))
-            return UNSUPPORTED("%s: %s = true is not supported (only the SD 1.x and 2.x architecture: false)", c->path,
+            return UNSUPPORTED("%s: %s = true is not supported (only the SD 1.x, 2.x and XL architecture: false)", c->path,
                                must_false[i]);
     /* keys that do not change this architecture: sample_size is a pipeline hint (read above when a number);
      * upcast_attention only changes the precision of half-precision attention; the rest only act with the
