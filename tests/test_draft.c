@@ -578,13 +578,19 @@ START_TEST(test_run_non_square)
     ck_assert_int_eq(draft_run(&c, &r), STATUS_VALUE);
     ck_assert_msg(strstr(tensor_error(), "was trained at --size 64x128, this run has 64x64"), "%s", tensor_error());
     tensor_clear_error();
-    /* a size that is not a multiple of the model's 64 names both sides */
+    /* a size that is not a multiple of the model's (64 for the tiny SD 1.x model: the VAE's 8 times
+     * the UNet's 3 down-samplers) names both sides */
+    struct sd_pipeline p;
+    ck_assert_msg(sd_pipeline_load(&p, dir, DTYPE_F32, DEVICE_CPU) == STATUS_OK, "%s", tensor_error());
+    const int m = (1 << (p.vae.cfg.n_blocks - 1)) << p.unet.n_samplers;
+    sd_pipeline_free(&p);
     run_config(&c, dir, out);
-    c.image_width = 64;
-    c.image_height = 96;
+    c.image_width = m;
+    c.image_height = m + m / 2;
     ck_assert_int_eq(draft_run(&c, &r), STATUS_VALUE);
-    ck_assert_msg(strstr(tensor_error(), "--size 64x96: width and height must be positive multiples of 64"), "%s",
-                  tensor_error());
+    char want[160];
+    snprintf(want, sizeof want, "--size %dx%d: width and height must be positive multiples of %d", m, m + m / 2, m);
+    ck_assert_msg(strstr(tensor_error(), want), "'%s' lacks '%s'", tensor_error(), want);
     tensor_clear_error();
     char cmd[400];
     snprintf(cmd, sizeof cmd, "rm -rf %s", out);

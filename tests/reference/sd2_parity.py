@@ -4,14 +4,15 @@
 Writes OUT/tiny-sd (a diffusers pipeline folder shaped like stabilityai/stable-diffusion-2-1:
 Linear proj_in/proj_out in the UNet's transformers, a head count per block, an exact-GELU text
 encoder, the tokenizer padding with "!" (id 0), a v-prediction DDIM schedule), OUT/golden with
-the files the suite's parity tests read (unet, text_encoder, pipeline), laid out as
+the files the suite's parity tests read (unet, text_encoder, pipeline, draft), laid out as
 ../shared/parity is, and OUT/sd21 with the real SD 2.1 UNet and text encoder configs and every
 parameter name and shape diffusers and transformers build from them, so that
 
-    DRAFT_PARITY_DIR=OUT meson test -C build unet clip pipeline
+    DRAFT_PARITY_DIR=OUT meson test -C build unet clip pipeline draft
 
 checks the engine against diffusers and transformers on this architecture (test_parity,
-test_text_parity, test_manifest_sd21; the tests that need ../shared/parity's other files skip). Random weights, stored in
+test_text_parity, test_manifest_sd21, test_golden_gradients; the tests that need
+../shared/parity's other files skip). Random weights, stored in
 float32; the golden values are computed in float64 (a gradient that is exactly 0, such as a key
 bias's, is then 0 and not float32 round-off). The tokenizer's vocabulary and the VAE are copied from SHARED_PARITY/tiny-sd (default
 ../shared/parity next to the repository). Needs torch, diffusers, transformers and safetensors
@@ -22,7 +23,7 @@ import json, os, shutil, sys
 import torch
 from safetensors.torch import save_file
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from reference_util import f32, randomise, rnd
+from reference_util import draft_golden, f32, randomise, rnd
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 out = sys.argv[1]
@@ -139,6 +140,11 @@ with torch.no_grad():
 save_file(f32(rec), os.path.join(gold, "pipeline.safetensors"),
           metadata={"num_inference_steps": "4", "eta": "0", "cfg_batch_order": "uncond then cond",
                     "guidance_scale": "7.5", "prediction_type": "v_prediction"})
+# ---- the DRaFT family's reward gradients through the v-prediction sampler (golden/draft.safetensors)
+ctx = ctx.detach()
+save_file(f32(draft_golden(unet, vae, sched, ctx, lambda rows: {}, rnd(2, 4, 16, 16))),
+          os.path.join(gold, "draft.safetensors"), metadata={"lora": "rank 2, scale 1", "steps": "4", "guidance": "7.5"})
+
 # ---- the real SD 2.1 shapes, without the weights: stabilityai/stable-diffusion-2-1's UNet and text encoder
 # configs, and every parameter name and shape diffusers / transformers build from them (on the meta device)
 unet21 = {"_class_name": "UNet2DConditionModel", "act_fn": "silu", "attention_head_dim": [5, 10, 20, 20],

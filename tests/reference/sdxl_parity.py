@@ -8,13 +8,13 @@ tokenizers (CLIP's vocabulary; the second pads with "!"), a CLIPTextModel and a
 CLIPTextModelWithProjection, a VAE with SDXL's scaling factor and a DDIM schedule; OUT/golden with
 unet.safetensors (sample, timestep, encoder_hidden_states, text_embeds, time_ids -> out, and the
 gradient of sum(out * loss_weights) for every parameter and float input) and pipeline.safetensors
-(diffusers' own encode_prompt and time ids, 4 guided DDIM steps at 128 px, the decode), computed in
-float64; and OUT/sdxl with stabilityai/stable-diffusion-xl-base-1.0's UNet config and every
+(diffusers' own encode_prompt and time ids, 4 guided DDIM steps at 128 px, the decode) and
+draft.safetensors (the DRaFT family's reward gradients), computed in float64; and OUT/sdxl with stabilityai/stable-diffusion-xl-base-1.0's UNet config and every
 parameter name and shape diffusers builds from it, so that
 
-    DRAFT_PARITY_DIR=OUT meson test -C build unet pipeline
+    DRAFT_PARITY_DIR=OUT meson test -C build unet pipeline draft
 
-checks them against diffusers (test_parity of both, test_manifest_sdxl). --no-force-zeros writes a
+checks them against diffusers (test_parity of both, test_manifest_sdxl, test_golden_gradients). --no-force-zeros writes a
 folder whose unconditional half is the encoded empty prompt, not zeros. The tokenizer's
 vocabulary and the VAE come from SHARED_PARITY/tiny-sd (default ../shared/parity next to the
 repository). Needs torch, diffusers, transformers and safetensors (from PyPI); the project itself
@@ -25,7 +25,7 @@ import json, os, shutil, sys
 import torch
 from safetensors.torch import save_file
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-from reference_util import f32, randomise, rnd
+from reference_util import draft_golden, f32, randomise, rnd
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 args = [a for a in sys.argv[1:] if not a.startswith("--")]
@@ -136,6 +136,17 @@ with torch.no_grad():
 save_file(f32(rec), os.path.join(out, "golden", "pipeline.safetensors"),
           metadata={"num_inference_steps": "4", "eta": "0", "cfg_batch_order": "uncond then cond",
                     "guidance_scale": "7.5", "force_zeros_for_empty_prompt": str(force_zeros), "size": "128x128"})
+# ---- the DRaFT family's reward gradients with the added conditioning (golden/draft.safetensors)
+
+
+def added(rows):
+    r = rows // 4   # rows = 2 x latents, latents = r x the 2 prompts: [uncond x r; cond x r]
+    return {"text_embeds": torch.cat([npooled] * r + [pooled] * r), "time_ids": tid.repeat(rows, 1)}
+
+
+save_file(f32(draft_golden(unet, vae, sched, ctx.detach(), added, rnd(2, 4, 16, 16))),
+          os.path.join(out, "golden", "draft.safetensors"), metadata={"lora": "rank 2, scale 1", "steps": "4",
+                                                                      "guidance": "7.5"})
 torch.set_default_dtype(torch.float32)
 
 # ---- the real SDXL base UNet's shapes (stabilityai/stable-diffusion-xl-base-1.0/unet/config.json)
