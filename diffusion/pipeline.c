@@ -163,32 +163,28 @@ static enum status read_pad_id(const struct clip_tokenizer *tok, const char *dir
     return STATUS_OK;
 }
 
-/* SDXL's tokenizer_2: CLIP's vocabulary and merges again (the same files in every SDXL folder),
- * so the prompts' ids are tokenizer's up to the eos and only the padding after it differs */
-static enum status same_file(const char *dir, const char *a_rel, const char *b_rel)
+/* SDXL's tokenizer_2: CLIP's vocabulary and merges again (its own padding), so the prompts' ids are
+ * tokenizer's up to the eos and only the padding after it differs; the files may be formatted
+ * otherwise, the tables must be the same */
+static enum status same_tokenizer(const struct sd_pipeline *p, const char *dir)
 {
     char a[1200], b[1200];
-    snprintf(a, sizeof a, "%s/%s", dir, a_rel);
-    snprintf(b, sizeof b, "%s/%s", dir, b_rel);
-    size_t na, nb;
-    char *x = nn_file_read(a, (size_t)1 << 26, &na), *y = x ? nn_file_read(b, (size_t)1 << 26, &nb) : NULL;
-    enum status s = !x || !y ? tensor_status()
-                    : na != nb || memcmp(x, y, na)
-                        ? tensor_fail(STATUS_FORMAT, "%s differs from %s: SDXL's two tokenizers are expected to share CLIP's "
-                                                     "vocabulary and merges (only their padding differs)", b, a)
-                        : STATUS_OK;
-    free(x);
-    free(y);
-    return s;
+    snprintf(a, sizeof a, "%s/tokenizer_2/vocab.json", dir);
+    snprintf(b, sizeof b, "%s/tokenizer_2/merges.txt", dir);
+    struct clip_tokenizer *t2 = clip_tokenizer_load(a, b);
+    if (!t2) return tensor_status();
+    const bool same = clip_tokenizer_same(p->tokenizer, t2);
+    clip_tokenizer_free(t2);
+    return same ? STATUS_OK
+                : tensor_fail(STATUS_FORMAT, "%s/tokenizer_2: another vocabulary or merges than %s/tokenizer's; SDXL's two "
+                                             "tokenizers share CLIP's (only their padding differs)", dir, dir);
 }
 
 /* SDXL's second text encoder: CLIPTextModelWithProjection (text_model.* + text_projection) */
 static enum status init_text_encoder_2(struct sd_pipeline *p, const char *dir)
 {
     enum status s;
-    if ((s = same_file(dir, "tokenizer/vocab.json", "tokenizer_2/vocab.json")) ||
-        (s = same_file(dir, "tokenizer/merges.txt", "tokenizer_2/merges.txt")) ||
-        (s = read_pad_id(p->tokenizer, dir, "tokenizer_2", &p->pad_id_2)))
+    if ((s = same_tokenizer(p, dir)) || (s = read_pad_id(p->tokenizer, dir, "tokenizer_2", &p->pad_id_2)))
         return s;
     char a[1200];
     struct clip_text_config tc;

@@ -386,6 +386,21 @@ static const struct merge_slot *merge_find(const struct clip_tokenizer *t, int32
     }
 }
 
+bool clip_tokenizer_same(const struct clip_tokenizer *a, const struct clip_tokenizer *b)
+{
+    if (!a || !b || a->n_vocab != b->n_vocab || a->n_merges != b->n_merges || a->bos != b->bos || a->eos != b->eos)
+        return false;
+    for (int i = 0; i < a->n_vocab; i++)
+        if (a->token_len[i] != b->token_len[i] || memcmp(a->tokens[i], b->tokens[i], a->token_len[i])) return false;
+    for (size_t i = 0; a->merges && i <= a->merge_mask; i++) {
+        const struct merge_slot *m = &a->merges[i];
+        if (m->rank < 0) continue;
+        const struct merge_slot *o = merge_find(b, (int32_t)(m->key >> 32), (int32_t)(m->key & 0xffffffffu));
+        if (!o || o->rank != m->rank || o->merged != m->merged) return false;
+    }
+    return true;
+}
+
 int clip_vocab_size(const struct clip_tokenizer *tok) { return tok ? tok->n_vocab : 0; }
 int32_t clip_bos_id(const struct clip_tokenizer *tok) { return tok ? tok->bos : -1; }
 int32_t clip_eos_id(const struct clip_tokenizer *tok) { return tok ? tok->eos : -1; }

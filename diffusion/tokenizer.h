@@ -28,6 +28,7 @@
 #ifndef DIFFUSION_TOKENIZER_H
 #define DIFFUSION_TOKENIZER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -69,6 +70,9 @@ enum status clip_tokenize_padded(const struct clip_tokenizer *tok, const char *u
 char *clip_decode(const struct clip_tokenizer *tok, const int32_t *ids, int n);
 
 int clip_vocab_size(const struct clip_tokenizer *tok);
+/* the same vocabulary (every id's string), merges (pair, rank and result) and bos/eos: whatever
+ * the files' formatting, the two tokenize every text alike */
+bool clip_tokenizer_same(const struct clip_tokenizer *a, const struct clip_tokenizer *b);
 int32_t clip_bos_id(const struct clip_tokenizer *tok);   /* 49406 for CLIP */
 int32_t clip_eos_id(const struct clip_tokenizer *tok);   /* 49407, also the SD pad */
 /* the id of a vocabulary string (e.g. "a</w>"), or -1 */

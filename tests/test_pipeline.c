@@ -863,12 +863,50 @@ START_TEST(test_sdxl_folder)
     ck_assert_msg(strstr(tensor_error(), "tokenizer_2/special_tokens_map.json: pad_token '<none>'"), "%s", tensor_error());
     sd_pipeline_free(&p);
     write_in(dir, "tokenizer_2/special_tokens_map.json", "{\"pad_token\": \"!\"}");
-    snprintf(cmd, sizeof cmd, "cd %s && rm tokenizer_2/merges.txt && head -c 400 %s/tokenizer/merges.txt > tokenizer_2/merges.txt",
+    {   /* the same vocabulary formatted otherwise (cJSON's indented print): the same tokenizer */
+        size_t len;
+        snprintf(path, sizeof path, "%s/tokenizer/vocab.json", root);
+        char *text = nn_file_read(path, 1 << 24, &len);
+        ck_assert_ptr_nonnull(text);
+        cJSON *v = cJSON_ParseWithLength(text, len);
+        free(text);
+        char *pretty = v ? cJSON_Print(v) : NULL;
+        ck_assert_ptr_nonnull(pretty);
+        cJSON_Delete(v);
+        snprintf(path, sizeof path, "%s/tokenizer_2/vocab.json", dir);
+        unlink(path);
+        write_in(dir, "tokenizer_2/vocab.json", pretty);
+        free(pretty);
+        ck_assert_msg(sd_pipeline_load(&p, dir, DTYPE_F32, DEVICE_CPU) == STATUS_OK, "%s", tensor_error());
+        sd_pipeline_free(&p);
+    }
+    snprintf(cmd, sizeof cmd, "cd %s && rm tokenizer_2/merges.txt && head -n 20 %s/tokenizer/merges.txt > tokenizer_2/merges.txt",
              dir, root);
     ck_assert_int_eq(system(cmd), 0);
     ck_assert_int_ne(sd_pipeline_load(&p, dir, DTYPE_F32, DEVICE_CPU), STATUS_OK);
-    ck_assert_msg(strstr(tensor_error(), "tokenizer_2/merges.txt differs from"), "%s", tensor_error());
+    ck_assert_msg(strstr(tensor_error(), "tokenizer_2: another vocabulary or merges than"), "%s", tensor_error());
     sd_pipeline_free(&p);
+    {   /* the merges back, two ids of the vocabulary swapped: refused too */
+        snprintf(cmd, sizeof cmd, "cd %s && cp %s/tokenizer/merges.txt tokenizer_2/merges.txt", dir, root);
+        ck_assert_int_eq(system(cmd), 0);
+        size_t len;
+        snprintf(path, sizeof path, "%s/tokenizer_2/vocab.json", dir);
+        char *text = nn_file_read(path, 1 << 24, &len);
+        ck_assert_ptr_nonnull(text);
+        cJSON *v = cJSON_ParseWithLength(text, len);
+        free(text);
+        ck_assert(v && v->child && v->child->next);
+        const double id0 = v->child->valuedouble, id1 = v->child->next->valuedouble;
+        cJSON_SetNumberValue(v->child, id1);
+        cJSON_SetNumberValue(v->child->next, id0);
+        char *out = cJSON_PrintUnformatted(v);
+        cJSON_Delete(v);
+        write_in(dir, "tokenizer_2/vocab.json", out);
+        free(out);
+        ck_assert_int_ne(sd_pipeline_load(&p, dir, DTYPE_F32, DEVICE_CPU), STATUS_OK);
+        ck_assert_msg(strstr(tensor_error(), "tokenizer_2: another vocabulary or merges than"), "%s", tensor_error());
+        sd_pipeline_free(&p);
+    }
     snprintf(idx, sizeof idx, "%s", xl_index);
     char *t2pos = strstr(idx, ", \"tokenizer_2\"");
     ck_assert_ptr_nonnull(t2pos);
