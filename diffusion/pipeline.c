@@ -136,11 +136,7 @@ static enum status read_pad_id(const struct clip_tokenizer *tok, const char *dir
         char path[1200];
         snprintf(path, sizeof path, "%s/%s/%s", dir, sub, files[i]);
         if (!nn_file_exists(path)) continue;
-        size_t len;
-        char *text = nn_file_read(path, (size_t)1 << 24, &len);
-        if (!text) return tensor_status();
-        cJSON *root = nn_json_object(text, len, path);
-        free(text);
+        cJSON *root = nn_json_file(path, (size_t)1 << 24);
         if (!root) return tensor_status();
         const cJSON *pad = cJSON_GetObjectItemCaseSensitive(root, "pad_token");
         if (cJSON_IsObject(pad)) pad = cJSON_GetObjectItemCaseSensitive(pad, "content");
@@ -307,11 +303,7 @@ static bool has_suffix(const char *s, const char *suf)
 /* model_index.json without the components we do not write */
 static enum status save_model_index(const char *src, const char *dst)
 {
-    size_t len;
-    char *text = nn_file_read(src, (size_t)1 << 20, &len);
-    if (!text) return tensor_status();
-    cJSON *root = nn_json_object(text, len, src);
-    free(text);
+    cJSON *root = nn_json_file(src, (size_t)1 << 20);
     if (!root) return tensor_status();
     static const char *const dropped[] = {"safety_checker", "feature_extractor", "image_encoder"};
     for (size_t i = 0; i < sizeof dropped / sizeof dropped[0]; i++)
@@ -510,10 +502,16 @@ static int64_t pooled_rows(const struct sd_pipeline *p)
     return p->xl ? (p->pooled_dim + d - 1) / d : 0;
 }
 
+/* ids as contiguous i32 on the host, to read (in the caller's scope) */
+static struct tensor *host_ids(struct tensor *ids)
+{
+    return tensor_contiguous(tensor_to_dtype(tensor_to_device(ids, DEVICE_CPU), DTYPE_I32));
+}
+
 /* tokenizer's ids with tokenizer_2's padding after each row's first eos */
 static struct tensor *repad(const struct sd_pipeline *p, struct tensor *ids)
 {
-    struct tensor *c = tensor_contiguous(tensor_to_dtype(tensor_to_device(ids, DEVICE_CPU), DTYPE_I32));
+    struct tensor *c = host_ids(ids);
     if (!c || c->ndim != 2) return c;
     struct tensor *out = tensor_clone(c);
     if (!out) return NULL;
@@ -559,9 +557,12 @@ static struct tensor *encode_xl(const struct sd_pipeline *p, struct tensor *ids)
     struct tensor *hs[2] = {h1, h2};
     struct tensor *tokens = ag_concat(2, hs, 2);
     /* the pooled vector laid out over r rows of d, zero-padded */
-    struct tensor *pad = tensor_zeros(pooled->dtype, TENSOR_SHAPE(n, r * d - p->pooled_dim), tensor_device(pooled));
-    struct tensor *pp[2] = {pooled, pad};
-    struct tensor *prow = r * d > p->pooled_dim ? ag_concat(2, pp, 1) : pooled;
+    struct tensor *prow = pooled;
+    if (r * d > p->pooled_dim) {
+        struct tensor *pp[2] = {pooled, tensor_zeros(pooled->dtype, TENSOR_SHAPE(n, r * d - p->pooled_dim),
+                                                     tensor_device(pooled))};
+        prow = ag_concat(2, pp, 1);
+    }
     struct tensor *rows[2] = {tokens, ag_reshape(prow, TENSOR_SHAPE(n, r, d))};
     return tensor_scope_return(ag_concat(2, rows, 1));
 }
@@ -584,7 +585,7 @@ struct tensor *sd_pipeline_encode(const struct sd_pipeline *p, struct tensor *id
 /* every row of ids the empty prompt's (bos, eos, then padding)? */
 static bool all_empty(const struct sd_pipeline *p, struct tensor *ids)
 {
-    struct tensor *c = tensor_contiguous(tensor_to_dtype(tensor_to_device(ids, DEVICE_CPU), DTYPE_I32));
+    struct tensor *c = host_ids(ids);
     if (!c || c->ndim != 2 || c->shape[1] < 2) return false;
     const int32_t *v = tensor_data_ptr(c);
     for (int64_t r = 0; r < c->shape[0]; r++)

@@ -649,11 +649,7 @@ static enum status cmp_read_config(struct cmp_run *r)
     r->queries_per_step = NAN;
     snprintf(r->method, sizeof r->method, "?");
     if (!nn_file_exists(path)) return STATUS_OK;
-    size_t n;
-    char *text = nn_file_read(path, (size_t)1 << 20, &n);
-    if (!text) return tensor_status();
-    cJSON *c = nn_json_object(text, n, path);
-    free(text);
+    cJSON *c = nn_json_file(path, (size_t)1 << 20);
     if (!c) return tensor_status();
     json_str(c, "method", r->method, sizeof r->method);
     json_str(c, "reward", r->reward, sizeof r->reward);

@@ -223,3 +223,13 @@ cJSON *nn_json_object(const char *text, size_t len, const char *label)
     free(keys);
     return root;
 }
+
+struct cJSON *nn_json_file(const char *path, size_t max_bytes)
+{
+    size_t len;
+    char *text = nn_file_read(path, max_bytes, &len);
+    if (!text) return NULL;
+    cJSON *root = nn_json_object(text, len, path);
+    free(text);
+    return root;
+}

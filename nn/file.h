@@ -26,6 +26,8 @@ enum status nn_file_write_atomic(const char *path, int n_parts, const void *cons
  * "config.json: a JSON array, not an object". A key that appears twice in the object is refused
  * (cJSON would keep both, and a lookup see only the first). */
 struct cJSON *nn_json_object(const char *text, size_t len, const char *label);
+/* the same for a whole file of at most max_bytes (nn_file_read's messages when it cannot be read) */
+struct cJSON *nn_json_file(const char *path, size_t max_bytes);
 
 /* a regular file is there (and can be stat'ed) */
 bool nn_file_exists(const char *path);

@@ -90,15 +90,22 @@ END_TEST
 
 static char tmpdir[256];
 
-static void write_file(const char *rel, const char *text)
+/* rel under dir: text, or (NULL) no file */
+static void write_in(const char *dir, const char *rel, const char *text)
 {
-    char path[600];
-    snprintf(path, sizeof path, "%s/%s", tmpdir, rel);
+    char path[700];
+    snprintf(path, sizeof path, "%s/%s", dir, rel);
+    if (!text) {
+        unlink(path);
+        return;
+    }
     FILE *f = fopen(path, "w");
     ck_assert_ptr_nonnull(f);
     fputs(text, f);
     fclose(f);
 }
+
+static void write_file(const char *rel, const char *text) { write_in(tmpdir, rel, text); }
 
 static void expect_error(const char *what, const char *needle)
 {
@@ -191,20 +198,6 @@ static void rm_rf(const char *dir)
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     ck_assert_int_eq(system(cmd), 0);
-}
-
-static void write_in(const char *dir, const char *rel, const char *text)
-{
-    char path[700];
-    snprintf(path, sizeof path, "%s/%s", dir, rel);
-    if (!text) {
-        unlink(path);
-        return;
-    }
-    FILE *f = fopen(path, "w");
-    ck_assert_ptr_nonnull(f);
-    fputs(text, f);
-    fclose(f);
 }
 
 /* The prompts' padding comes from the tokenizer's pad_token: "<|endoftext|>" in SD 1.x folders,
@@ -864,12 +857,8 @@ START_TEST(test_sdxl_folder)
     sd_pipeline_free(&p);
     write_in(dir, "tokenizer_2/special_tokens_map.json", "{\"pad_token\": \"!\"}");
     {   /* the same vocabulary formatted otherwise (cJSON's indented print): the same tokenizer */
-        size_t len;
         snprintf(path, sizeof path, "%s/tokenizer/vocab.json", root);
-        char *text = nn_file_read(path, 1 << 24, &len);
-        ck_assert_ptr_nonnull(text);
-        cJSON *v = cJSON_ParseWithLength(text, len);
-        free(text);
+        cJSON *v = nn_json_file(path, 1 << 24);
         char *pretty = v ? cJSON_Print(v) : NULL;
         ck_assert_ptr_nonnull(pretty);
         cJSON_Delete(v);
@@ -889,12 +878,8 @@ START_TEST(test_sdxl_folder)
     {   /* the merges back, two ids of the vocabulary swapped: refused too */
         snprintf(cmd, sizeof cmd, "cd %s && cp %s/tokenizer/merges.txt tokenizer_2/merges.txt", dir, root);
         ck_assert_int_eq(system(cmd), 0);
-        size_t len;
         snprintf(path, sizeof path, "%s/tokenizer_2/vocab.json", dir);
-        char *text = nn_file_read(path, 1 << 24, &len);
-        ck_assert_ptr_nonnull(text);
-        cJSON *v = cJSON_ParseWithLength(text, len);
-        free(text);
+        cJSON *v = nn_json_file(path, 1 << 24);
         ck_assert(v && v->child && v->child->next);
         const double id0 = v->child->valuedouble, id1 = v->child->next->valuedouble;
         cJSON_SetNumberValue(v->child, id1);

@@ -318,10 +318,7 @@ static bool set_given(struct draft_run_config *c, const struct opt *o, const cha
 
 static bool load_config(struct draft_run_config *c, const char *path)
 {
-    size_t n;
-    char *text = nn_file_read(path, (size_t)1 << 20, &n);
-    cJSON *root = text ? nn_json_object(text, n, path) : NULL;
-    free(text);
+    cJSON *root = nn_json_file(path, (size_t)1 << 20);
     bool ok = root != NULL;
     if (!ok) fprintf(stderr, "draft-run: --config: %s\n", tensor_error());
     for (cJSON *it = ok ? root->child : NULL; it && ok; it = it->next) {
