@@ -18,8 +18,9 @@
 /* the kernel-variant switches (tensor/README.md) */
 static const char *const g_switches[] = {"DRAFT_CONV_PIPELINE", "DRAFT_CONV_ROWSHIFT", "DRAFT_CONV_IMPLICIT",
                                          "DRAFT_CONV_HALO",     "DRAFT_CONV_WINOGRAD", "DRAFT_GN_FUSED_BWD",
-                                         "DRAFT_GN_REG",        "DRAFT_ATTN_FUSED_DQ", "DRAFT_ATTN_MMA",
-                                         "DRAFT_ATTN_VEC4",     "DRAFT_ATTN_PACKED",   "DRAFT_MATMUL_FAST_BF16"};
+                                         "DRAFT_GN_REG",        "DRAFT_GN_SUMS",       "DRAFT_ATTN_FUSED_DQ",
+                                         "DRAFT_ATTN_MMA",      "DRAFT_ATTN_VEC4",     "DRAFT_ATTN_PACKED",
+                                         "DRAFT_MATMUL_FAST_BF16"};
 #define N_SWITCHES (sizeof g_switches / sizeof *g_switches)
 
 /* all off but those in `on` (a name, or names joined by '+'; NULL: all off), so that each row
@@ -354,9 +355,10 @@ int main(int argc, char **argv)
      * channels under PRECISION_BF16 (torch: autocast to bf16) and in exact f32 (torch: cuDNN with
      * allow_tf32 off); last, in TF32 again, the VAE decoder's 128 channels at 512 px (the largest
      * convolutions of a DRaFT step, forward and backward input: not a target) with the halo
-     * kernel's rows only */
-    const int64_t cs[6][2] = {{320, 64}, {640, 32}, {1280, 16}, {320, 64}, {320, 64}, {128, 512}};
-    for (int i = 0; i < 6; i++) {
+     * kernel's rows and Winograd's, and its 256 channels at 256 px and 512 at 128 with one row of
+     * each (conv_halo's rule by size picks between them) */
+    const int64_t cs[8][2] = {{320, 64}, {640, 32}, {1280, 16}, {320, 64}, {320, 64}, {128, 512}, {256, 256}, {512, 128}};
+    for (int i = 0; i < 8; i++) {
         if (i == 3) tensor_set_precision(PRECISION_BF16);
         if (i == 4) tensor_set_precision(PRECISION_F32);
         if (i == 5) tensor_set_precision(PRECISION_TF32);
@@ -401,6 +403,7 @@ int main(int argc, char **argv)
                              {"DRAFT_CONV_WINOGRAD", "_wino_ws256m", "DRAFT_CONV_WORKSPACE_KB", "262144", true, false, false}};
             for (int v = 0; v < 12; v++) {
                 const bool want = i == 3 ? variants[v].autocast : i == 4 ? variants[v].f32 : i == 5 ? v >= 5
+                                : i > 5 ? v == 5 || v == 10
                                 : v == 0 ? i == 0 : v == 4 ? i != 0 : variants[v].tf32;   /* split1: where it splits */
                 if (!want) continue;
                 set_switches(variants[v].env);
@@ -420,7 +423,8 @@ int main(int argc, char **argv)
     /* group_norm [2,320,64,64]; fwd+bwd again with the one-pass cluster backward; then both with
      * the cluster size forced (DRAFT_GN_CLUSTER; the forward's rule picks 2 blocks of 80 KiB here
      * on 132 SMs, the backward's 8; 1: a whole group of 160 KiB in one block); the forward with
-     * its chunk in registers (DRAFT_GN_REG), at the picked size and at 4 */
+     * its chunk in registers (DRAFT_GN_REG), at the picked size and at 4; its statistics as sums
+     * in double (DRAFT_GN_SUMS), alone, with REG, at 4, and under the one-pass backward */
     const struct {
         const char *name, *cluster, *sw;   /* sw: the switch on */
         bool back;
@@ -435,6 +439,11 @@ int main(int argc, char **argv)
         {"group_norm_fwdbwd_cl1", "1", NULL, true},
         {"group_norm_fwd_reg", NULL, "DRAFT_GN_REG", false},
         {"group_norm_fwd_reg_cl4", "4", "DRAFT_GN_REG", false},
+        {"group_norm_fwd_sums", NULL, "DRAFT_GN_SUMS", false},
+        {"group_norm_fwd_reg_sums", NULL, "DRAFT_GN_REG+DRAFT_GN_SUMS", false},
+        {"group_norm_fwd_sums_cl4", "4", "DRAFT_GN_SUMS", false},
+        {"group_norm_fwdbwd_fused_bwd_sums", NULL, "DRAFT_GN_FUSED_BWD+DRAFT_GN_SUMS", true},
+        {"group_norm_fwdbwd_fused_bwd_reg_sums", NULL, "DRAFT_GN_FUSED_BWD+DRAFT_GN_REG+DRAFT_GN_SUMS", true},
     };
     if (row_wanted() && !g_only) {   /* how the one-pass kernels launch here, and whether in one wave */
         char occ[512];
@@ -547,6 +556,13 @@ int main(int argc, char **argv)
         {"attention_fwdbwd_mma_packed", "DRAFT_ATTN_MMA+DRAFT_ATTN_PACKED", PRECISION_F32, true, 2, 8, 4096, 40},
         {"attention_fwd_tf32_packed", "DRAFT_ATTN_MMA+DRAFT_ATTN_PACKED", PRECISION_TF32, false, 2, 8, 4096, 40},
         {"attention_fwdbwd_tf32_packed", "DRAFT_ATTN_MMA+DRAFT_ATTN_PACKED", PRECISION_TF32, true, 2, 8, 4096, 40},
+        /* both: the defaults since 2026-11-29 */
+        {"attention_fwd_autocast_packed_vec4", "DRAFT_ATTN_MMA+DRAFT_ATTN_VEC4+DRAFT_ATTN_PACKED", PRECISION_BF16, false, 2, 8, 4096, 40},
+        {"attention_fwdbwd_autocast_packed_vec4", "DRAFT_ATTN_MMA+DRAFT_ATTN_VEC4+DRAFT_ATTN_PACKED", PRECISION_BF16, true, 2, 8, 4096, 40},
+        {"attention_fwd_mma_packed_vec4", "DRAFT_ATTN_MMA+DRAFT_ATTN_VEC4+DRAFT_ATTN_PACKED", PRECISION_F32, false, 2, 8, 4096, 40},
+        {"attention_fwdbwd_mma_packed_vec4", "DRAFT_ATTN_MMA+DRAFT_ATTN_VEC4+DRAFT_ATTN_PACKED", PRECISION_F32, true, 2, 8, 4096, 40},
+        {"attention_fwd_tf32_packed_vec4", "DRAFT_ATTN_MMA+DRAFT_ATTN_VEC4+DRAFT_ATTN_PACKED", PRECISION_TF32, false, 2, 8, 4096, 40},
+        {"attention_fwdbwd_tf32_packed_vec4", "DRAFT_ATTN_MMA+DRAFT_ATTN_VEC4+DRAFT_ATTN_PACKED", PRECISION_TF32, true, 2, 8, 4096, 40},
         /* the VAE's mid-block attention at 64x64 latents: one 512-wide head (the GEMM path) */
         {"attention_vae_fwd", NULL, PRECISION_F32, false, 4, 1, 4096, 512},
         {"attention_vae_fwdbwd", NULL, PRECISION_F32, true, 4, 1, 4096, 512},

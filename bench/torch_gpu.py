@@ -66,7 +66,8 @@ def main():
         matmul_row(f"matmul_{mode}_ff", a, b, 2 * 8192 * 320 * 2560, mode, 3, 20)
     del a, b
     torch.backends.cudnn.allow_tf32 = True  # PyTorch's default for convolutions
-    for i, (C, S) in enumerate(((320, 64), (640, 32), (1280, 16), (320, 64), (320, 64), (128, 512))):
+    for i, (C, S) in enumerate(((320, 64), (640, 32), (1280, 16), (320, 64), (320, 64), (128, 512), (256, 256),
+                                (512, 128))):
         torch.backends.cudnn.allow_tf32 = i != 4  # the last: exact f32
         for bw in (False, True):
             x = torch.randn(2, C, S, S, device=dev, requires_grad=bw)
@@ -86,6 +87,7 @@ def main():
             # the same reference for the rows of our opt-in variants (bench_gpu.c's list)
             suffixes = ("_pipe", "_rowshift", "_implicit") if i == 3 else ("_implicit", "_wino") if i == 4 else \
                 ("_halo", "_halo_bm64", "_halo_bm128", "_ws16m", "_ws8m", "_wino", "_wino_ws256m") if i == 5 else \
+                ("_halo", "_wino") if i > 5 else \
                 ("_rowshift", "_implicit", "_implicit_bm128", "_halo", "_halo_bm64", "_halo_bm128", "_ws16m", "_ws8m",
                  "_wino", "_wino_ws256m") + (("_pipe",) if i == 0 else ("_implicit_split1",))
             for suffix in ("",) + suffixes:
@@ -161,7 +163,8 @@ def main():
             # and for our f32 tensor-core (3xTF32) rows, their float4-load variants and our TF32
             # rows (one tf32 product: less accurate than torch's f32 kernels, which are the only
             # f32 reference there is): torch's f32 kernels
-            for suffix in ("_mma", "_mma_vec4", "_mma_packed", "_tf32", "_tf32_vec4", "_tf32_packed"):
+            for suffix in ("_mma", "_mma_vec4", "_mma_packed", "_mma_packed_vec4", "_tf32", "_tf32_vec4", "_tf32_packed",
+                           "_tf32_packed_vec4"):
                 print(f"RESULT {name}{suffix} {ms:.3f} {f / ms / 1e9:.1f} TFLOP/s")
 
             gb = g.bfloat16()  # the autocast output is bf16: so is its gradient
@@ -172,7 +175,7 @@ def main():
                 if bw:
                     y.backward(gb)
             ms = timed(run_autocast, 3, 20, name=f"{name}_autocast")
-            for suffix in ("_autocast", "_autocast_vec4", "_autocast_packed"):
+            for suffix in ("_autocast", "_autocast_vec4", "_autocast_packed", "_autocast_packed_vec4"):
                 print(f"RESULT {name}{suffix} {ms:.3f} {f / ms / 1e9:.1f} TFLOP/s")
     n = 1 << 26
     a = torch.randn(n, device=dev)

@@ -17,7 +17,9 @@
 # (skip the demo runs / the SD 1.4 steps / the op benchmarks: a quick tests-and-table call),
 # GPU_CHECK_PROFILE=0 (skip the TF32 and bf16 SD 1.4 steps once more under DRAFT_PROFILE=shapes: time per op and per shape),
 # GPU_CHECK_NCU=0 (skip the last phase: Nsight Compute on the rows that miss their targets, ours and torch's),
-# GPU_CHECK_TESTS=0 (skip the GPU test suites),
+# GPU_CHECK_TESTS=0 (skip the GPU test suites), GPU_CHECK_TARGETS="tests/test_cuda bench/bench_gpu" (build only
+# these; the phases of programs not built are left out), GPU_CHECK_NCU_ROWS="row ..." (profile these rows),
+# GPU_CHECK_GROUPS="DRAFT_X ..." (only these switches' variant rows),
 # GPU_CHECK_E2E=1 (a call of its own: one DRaFT-LV step of SD 1.4, ours against PyTorch + diffusers
 # (bench/torch_sd14_step.py) on the same card in tf32, bf16 and f32, three steps a process, and
 # nothing else unless asked; the machine has PyTorch but not diffusers: --prepare downloads its wheel
@@ -97,6 +99,9 @@ fi
 # has GPU cases, to spend the machine's minutes on the GPU
 if [ "${GPU_CHECK_ALL:-0}" = 1 ]; then targets=(); else
     targets=(tests/test_cuda tests/test_draft tests/test_unet tools/draft-run bench/bench_gpu bench/bench_sd14_step); fi
+# GPU_CHECK_TARGETS="tests/test_cuda bench/bench_gpu": only these (a short call: the build is most of
+# its time); a phase whose program was not built is left out and named in the summary
+[ -z "${GPU_CHECK_TARGETS:-}" ] || read -r -a targets <<< "$GPU_CHECK_TARGETS"
 [ "${GPU_CHECK_E2E:-0}" = 1 ] && [ "${GPU_CHECK_TESTS:-1}" = 0 ] && [ "${GPU_CHECK_BENCH:-1}" = 0 ] && targets=(bench/bench_sd14_step)
 ninja -C build-gpu "${targets[@]}" > "$OUTDIR/build.log" 2>&1 || { grep -E "error" -A3 "$OUTDIR/build.log" | head -60; exit 1; }
 echo "build: $(( $(date +%s) - t0 )) s"
@@ -116,9 +121,11 @@ elif [ "${GPU_CHECK_ALL:-0}" = 1 ]; then
 else
     OMP_NUM_THREADS=4 CK_DEFAULT_TIMEOUT=600 timeout $(cap 300) ./build-gpu/tests/test_cuda > "$OUTDIR/testlog.txt" 2>&1
     test_rc=$?
-    OMP_NUM_THREADS=4 CK_DEFAULT_TIMEOUT=600 CK_RUN_CASE=cuda timeout $(cap 150) ./build-gpu/tests/test_draft \
-        > "$OUTDIR/test-draft.txt" 2>&1 || test_rc=$((test_rc | 2))
-    grep -E "^draft |[0-9]+%: Checks" "$OUTDIR/test-draft.txt"
+    if [ -x build-gpu/tests/test_draft ]; then
+        OMP_NUM_THREADS=4 CK_DEFAULT_TIMEOUT=600 CK_RUN_CASE=cuda timeout $(cap 150) ./build-gpu/tests/test_draft \
+            > "$OUTDIR/test-draft.txt" 2>&1 || test_rc=$((test_rc | 2))
+        grep -E "^draft |[0-9]+%: Checks" "$OUTDIR/test-draft.txt"
+    else skipped+=("test_draft's cuda case (not built: GPU_CHECK_TARGETS)"); fi
 fi
 # the UNet against the reference's golden values (diffusers, f32: forward and every gradient) on
 # the GPU, where the parity data for it came along
@@ -154,7 +161,8 @@ if [ -x build-gpu/bench/bench_gpu ] && [ "${GPU_CHECK_BENCH:-1}" = 1 ]; then
     # other rows with it
     timeout $(cap 150) ./build-gpu/bench/bench_gpu defaults > "$OUTDIR/bench-ours.txt" 2>&1 || bench_rc=$?
     if fits 60 "torch_gpu.py"; then timeout $(cap 150) python3 bench/torch_gpu.py > "$OUTDIR/bench-torch.txt" 2>&1; fi
-    for group in $(./build-gpu/bench/bench_gpu groups); do
+    # GPU_CHECK_GROUPS="DRAFT_X ...": only these switches' variant rows (bench_gpu groups lists them all)
+    for group in ${GPU_CHECK_GROUPS:-$(./build-gpu/bench/bench_gpu groups)}; do
         fits 40 "bench_gpu variants $group" || continue
         timeout $(cap 90) ./build-gpu/bench/bench_gpu variants "$group" >> "$OUTDIR/bench-ours.txt" 2>&1 || bench_rc=$?
     done
@@ -167,6 +175,7 @@ demo=()
 run_rc=0
 for pr in f32 tf32 bf16; do
     [ "${GPU_CHECK_DEMO:-1}" = 1 ] || break   # GPU_CHECK_DEMO=0 skips the demo runs
+    [ -x build-gpu/tools/draft-run ] || { skipped+=("the demo runs (draft-run not built)"); break; }
     fits 60 "demo $pr" || continue
     timeout $(cap 120) ./build-gpu/tools/draft-run --device cuda --precision $pr --no-progress --out "$OUTDIR/demo-$pr" \
         > "$OUTDIR/demo-$pr.log" 2>&1
@@ -188,23 +197,18 @@ sd14_step() {   # sd14_step LABEL ARGS...: one step (variables set in front of t
     sd14+=("$1${line:-FAILED: ${*:2}}")
     echo "$1${line:-FAILED: ${*:2}}"
 }
+[ -x build-gpu/bench/bench_sd14_step ] || [ "${GPU_CHECK_SD14:-1}" = 0 ] || { GPU_CHECK_SD14=0; skipped+=("the SD 1.4 steps (bench_sd14_step not built)"); }
 if [ -f "$PARITY/sd14/unet.config.json" ] && [ "${GPU_CHECK_SD14:-1}" = 1 ]; then   # GPU_CHECK_SD14=0 skips
     for args in "--batch 1 --steps 2" "--batch 4 --steps 50 --reward-vit --precision f32" \
                 "--batch 4 --steps 50 --reward-vit --precision tf32" "--batch 4 --steps 50 --reward-vit --precision bf16"; do
         fits 60 "sd14 step $args" || continue
         sd14_step "" $args
     done
-    # the TF32 and bf16 steps again with the opt-in kernels not yet measured on a GPU (written
-    # 2026-11-27 without one) all on: what they give end to end, beside their rows and tests in
-    # switches.txt (last, so that a fault costs nothing else; CONV_WINOGRAD applies under f32 and
-    # TF32 only, and takes every 3x3 stride-1 convolution CONV_HALO would: its rows measure that one)
+    # the TF32 step again with the opt-in kernels not yet made defaults on: what they give end to
+    # end, beside their rows and tests in switches.txt (last, so that a fault costs nothing else)
     if fits 60 "sd14 step tf32, opt-ins"; then
-        DRAFT_CONV_WINOGRAD=1 DRAFT_GN_REG=1 DRAFT_ATTN_VEC4=1 DRAFT_ATTN_PACKED=1 \
-            sd14_step "opt-ins (CONV_WINOGRAD, GN_REG, ATTN_VEC4, ATTN_PACKED): " --batch 4 --steps 50 --reward-vit --precision tf32
-    fi
-    if fits 60 "sd14 step bf16, opt-ins"; then
-        DRAFT_GN_REG=1 DRAFT_ATTN_VEC4=1 DRAFT_ATTN_PACKED=1 \
-            sd14_step "opt-ins (GN_REG, ATTN_VEC4, ATTN_PACKED): " --batch 4 --steps 50 --reward-vit --precision bf16
+        DRAFT_GN_REG=1 DRAFT_GN_SUMS=1 \
+            sd14_step "opt-ins (GN_REG, GN_SUMS): " --batch 4 --steps 50 --reward-vit --precision tf32
     fi
     # GPU_CHECK_PROFILE=1 (the default): the TF32 and bf16 steps again under DRAFT_PROFILE=shapes (tensor/profile.h):
     # time per op kind and per shape, in $OUT/sd14-profile-*.txt, the top of each in the summary
@@ -253,14 +257,15 @@ fi
 # Nsight Compute on the rows that miss their target (GPU_CHECK_NCU=0 skips): one profile per row
 # and side (bench_gpu's BENCH_GPU_ONLY, torch_gpu.py's BENCH_ONLY: the row's calls alone inside the
 # profiler's window), summed up by bench/ncu_summary.py: each kernel's time and what bounds it
-ncu_rows=(conv2d_320c_64px_fwd conv2d_320c_64px_fwd_halo conv2d_320c_64px_fwd_wino group_norm_fwd group_norm_fwd_reg group_norm_fwdbwd copy_10M attention_fwd_autocast
-          attention_fwd_autocast_vec4 attention_fwd_autocast_packed attention_fwd_mma)
+ncu_rows=(group_norm_fwd group_norm_fwd_reg group_norm_fwd_sums group_norm_fwd_reg_sums group_norm_fwdbwd_fused_bwd
+          attention_fwd_autocast_packed)
+[ -z "${GPU_CHECK_NCU_ROWS:-}" ] || read -r -a ncu_rows <<< "$GPU_CHECK_NCU_ROWS"   # GPU_CHECK_NCU_ROWS="row row ...": these instead
 ncu_args=()
 ncu_works=""
 if [ "${GPU_CHECK_NCU:-1}" = 1 ] && command -v ncu > /dev/null && [ -x build-gpu/bench/bench_gpu ]; then
     for row in "${ncu_rows[@]}"; do
         for side in ours torch; do
-            case $side/$row in torch/attention_fwd_mma | torch/*_halo | torch/*_wino | torch/*_reg | torch/*_vec4 | torch/*_packed) continue ;; esac   # the base row's
+            case $side/$row in torch/attention_fwd_mma | torch/*_halo | torch/*_wino | torch/*_reg | torch/*_vec4 | torch/*_packed | torch/*_sums | torch/*_fused_bwd) continue ;; esac   # the base row's
             fits 40 "ncu $side $row" || continue
             prog=(./build-gpu/bench/bench_gpu); [ $side = torch ] && prog=(python3 bench/torch_gpu.py)
             BENCH_GPU_ONLY=$row BENCH_ONLY=$row timeout $(cap 60) ncu --profile-from-start off --clock-control none \

@@ -144,8 +144,8 @@ template <int DP, class E> void run_mma(const setup &u0, const char *name0, doub
     report(fname, c, "out", rel_err(out, u.ref.out), bound);
     report(fname, c, "lse", rel_err(lse, u.ref.lse), lse_bound);
     /* DRAFT_ATTN_PACKED: K and V packed once, tiles copied in two stages: the same bits (each
-     * policy once, with the scalar loads' run) */
-    if (!vec4) {
+     * policy with the scalar and the float4 loads: both switches are the defaults) */
+    {
         const int ntk = (S + 63) / 64, Sp = ntk * 64;
         const int64_t nk = (int64_t)heads * Sp * (DP / E::EPW), nv = (int64_t)heads * ntk * DP * (64 / E::EPW);
         std::vector<uint32_t> kp((size_t)nk, 0xffffffffu), vp((size_t)nv, 0xffffffffu);
@@ -185,8 +185,8 @@ template <int DP, class E> void run_mma(const setup &u0, const char *name0, doub
         report(bname, c, "dk", rel_err(dk, u.ref.dk), bound);
         report(bname, c, "dv", rel_err(dv, u.ref.dv), bound);
         /* DRAFT_ATTN_PACKED: Q, dO (both ways), lse and D packed once, query tiles copied in two
-         * stages: the same bits of dK, dV and the dQ partials (each policy once, as the forward) */
-        if (!vec4) {
+         * stages: the same bits of dK, dV and the dQ partials (with either loads, as the forward) */
+        {
             const int ntq = (L + 63) / 64;
             int64_t off[6];
             attn_bwd_pack_offsets<DP, E>(heads, ntq, off);

@@ -1145,6 +1145,23 @@ START_TEST(test_nn)
         check_op("group_norm[gn_reg,sd,groups=32]", f_group_norm, (void *)32, 3, gns, &big);
         check_op("group_norm[gn_reg,groups=2,5x5]", f_group_norm, (void *)2, 3, gno, &o);
         unsetenv("DRAFT_GN_REG");
+        /* the forward's statistics as sums of x and x^2 in double (DRAFT_GN_SUMS): shared memory
+         * and registers, SD's shape and the large case at clusters of 8, the 5x5 one (V = 1) */
+        set_switch("DRAFT_GN_SUMS", true);
+        for (int m = 0; m < 2; m++) {
+            char label[96];
+            set_switch("DRAFT_GN_REG", m == 1);
+            snprintf(label, sizeof label, "group_norm[gn_sums%s,sd,groups=32]", m ? ",reg" : "");
+            check_op(label, f_group_norm, (void *)32, 3, gns, &big);
+            setenv("DRAFT_GN_CLUSTER", "8", 1);
+            snprintf(label, sizeof label, "group_norm[gn_sums%s,cluster=8,large,groups=32]", m ? ",reg" : "");
+            check_op(label, f_group_norm, (void *)32, 3, gnb, &big);
+            unsetenv("DRAFT_GN_CLUSTER");
+        }
+        set_switch("DRAFT_GN_REG", false);
+        check_op("group_norm[gn_sums,groups=2,5x5]", f_group_norm, (void *)2, 3, gno, &o);
+        unsetenv("DRAFT_GN_SUMS");
+        unsetenv("DRAFT_GN_REG");
     }
     /* attention */
     struct tensor *qkv[3], *qkv2[3], *qkvb[3], *qkvt[3], *qkvc[3], *qkv80[3], *qkvw[3], *qkvw2[3];
@@ -1180,15 +1197,17 @@ START_TEST(test_nn)
      * multiples of 4, else the scalar loads), and with the forward's K and V packed once and copied
      * in two stages (DRAFT_ATTN_PACKED) */
     const struct case_opts obf = {.tol32 = TOL_BF16}, otf = {.tol32 = TOL_TF32};
-    const char *modes[11] = {"", "fused_dq", "bf16_mma", "tf32_mma", "3xtf32_mma", "bf16_mma_vec4", "tf32_mma_vec4",
-                             "3xtf32_mma_vec4", "bf16_mma_packed", "tf32_mma_packed", "3xtf32_mma_packed"};
-    const enum precision mma_prec[11] = {PRECISION_F32,  PRECISION_F32,  PRECISION_BF16, PRECISION_TF32,
-                                         PRECISION_F32,  PRECISION_BF16, PRECISION_TF32, PRECISION_F32,
-                                         PRECISION_BF16, PRECISION_TF32, PRECISION_F32};
-    for (int m = 0; m < (optin_skipped() ? 1 : 11); m++) {
+    const char *modes[14] = {"", "fused_dq", "bf16_mma", "tf32_mma", "3xtf32_mma", "bf16_mma_vec4", "tf32_mma_vec4",
+                             "3xtf32_mma_vec4", "bf16_mma_packed", "tf32_mma_packed", "3xtf32_mma_packed",
+                             "bf16_mma_packed_vec4", "tf32_mma_packed_vec4", "3xtf32_mma_packed_vec4"};
+    const enum precision mma_prec[14] = {PRECISION_F32,  PRECISION_F32,  PRECISION_BF16, PRECISION_TF32, PRECISION_F32,
+                                         PRECISION_BF16, PRECISION_TF32, PRECISION_F32,  PRECISION_BF16, PRECISION_TF32,
+                                         PRECISION_F32,  PRECISION_BF16, PRECISION_TF32, PRECISION_F32};
+    /* (and both: the defaults since 2026-11-29) */
+    for (int m = 0; m < (optin_skipped() ? 1 : 14); m++) {
         set_switch("DRAFT_ATTN_FUSED_DQ", m == 1);
         set_switch("DRAFT_ATTN_MMA", m >= 2);
-        set_switch("DRAFT_ATTN_VEC4", m >= 5 && m < 8);
+        set_switch("DRAFT_ATTN_VEC4", (m >= 5 && m < 8) || m >= 11);
         set_switch("DRAFT_ATTN_PACKED", m >= 8);
         tensor_set_precision(mma_prec[m]);
         for (size_t k = 0; k < sizeof attns / sizeof *attns; k++) {

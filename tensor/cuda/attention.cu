@@ -26,8 +26,9 @@
  * f64 up to 256 uses simple kernels (a thread per query or key row, same maths).
  * Tensor cores (DRAFT_ATTN_MMA, the default since the H200 run of 2026-11-27; head dims up to 64, the forward up to
  * 80): mma.sync forward and backward in bf16 (autocast), tf32 (PRECISION_TF32) or 3xTF32 (f32's accuracy), see
- * attention_kernels.cuh. With DRAFT_ATTN_PACKED=1 (opt-in) the forward first packs K and V into its
- * tiles' words and copies them in two cp.async stages (fwd_mma), the backward Q, dO, lse and D (bwd_mma).
+ * attention_kernels.cuh. The forward first packs K and V into its tiles' words and copies them in two
+ * cp.async stages (fwd_mma), the backward Q, dO, lse and D (bwd_mma) (DRAFT_ATTN_PACKED, the default
+ * since 2026-11-29); tiles are loaded in float4 runs where the rows allow (DRAFT_ATTN_VEC4, likewise).
  * Memory: shared memory only (57 KB for DP = 48 up to 209 KB for the DP = 256 dQ kernel),
  * plus a [B,H,L] f32 buffer for D in the backward. All tensors are read and written through
  * their strides (any layout, e.g. the [B,L,H,D] permuted views of a fused projection).
@@ -84,11 +85,13 @@ bool fused_dq() { return cuda_switch("DRAFT_ATTN_FUSED_DQ", true); }
  * the SIMT kernels (torch SDPA 2.10), forward+backward 6.14 against 9.33 (torch 7.14). */
 bool attn_mma() { return cuda_switch("DRAFT_ATTN_MMA", true); }
 
-/* DRAFT_ATTN_VEC4=1 (opt-in until measured on a GPU): the tensor-core kernels load their tiles in
- * float4 runs where the rows allow (contiguous, 16-byte aligned, head dims % 4 == 0: SD's q, k,
- * v), V transposed from them: a quarter of the loads and their index arithmetic, which outnumber
- * the products at head dim 40 (several kernels take a few more registers: ptxas) */
-bool attn_vec4() { return cuda_switch("DRAFT_ATTN_VEC4", false); }
+/* DRAFT_ATTN_VEC4 (the default since the H200 run of 2026-11-29; =0 turns it off): the tensor-core
+ * kernels load their tiles in float4 runs where the rows allow (contiguous, 16-byte aligned, head
+ * dims % 4 == 0: SD's q, k, v), V transposed from them: a quarter of the loads and their index
+ * arithmetic, which outnumber the products at head dim 40. H200, B2 H8 L4096 d40, against the
+ * scalar loads: forward 0.62x (3xTF32) / 0.52x (TF32) / 0.66x (bf16) of their time, forward+backward
+ * 0.75x / 0.62x / 0.80x. */
+bool attn_vec4() { return cuda_switch("DRAFT_ATTN_VEC4", true); }
 
 /* call f(policy) with the element policy of the current precision */
 template <class F> enum status with_mma_policy(F f)
@@ -100,13 +103,15 @@ template <class F> enum status with_mma_policy(F f)
     }
 }
 
-/* DRAFT_ATTN_PACKED=1 (opt-in until measured on a GPU): the tensor-core forward reads K and V
+/* DRAFT_ATTN_PACKED (the default since the H200 run of 2026-11-29; =0 turns it off; forward 0.36x /
+ * 0.43x / 0.35x of the unpacked kernels' time in 3xTF32 / TF32 / bf16, forward+backward 0.69x /
+ * 0.65x / 0.50x, B2 H8 L4096 d40): the tensor-core forward reads K and V
  * packed once into its tiles' words (attn_pack_rows_kernel, attn_pack_cols_kernel: a pass over K and V,
  * in bf16 half their bytes) with 16-byte cp.async, the next tile's copy in flight under this
  * one's products; without it every block loads, converts and transposes every tile itself, and
  * waits for each. The packed words take (B H) (Sp W + ntk DP 64 / EPW) words of scratch. The
  * backward packs Q and dO (both ways) and its per-row lse and D the same way (bwd_mma). */
-bool attn_packed() { return cuda_switch("DRAFT_ATTN_PACKED", false); }
+bool attn_packed() { return cuda_switch("DRAFT_ATTN_PACKED", true); }
 
 template <int DP, class E>
 enum status fwd_mma(opnd<float> out, float *lse, int64_t lsb, int64_t lsh, int64_t lsl, opnd<const float> q,

@@ -9,10 +9,11 @@
  * entries that read it, so no atomics are needed. With DRAFT_CONV_ROWSHIFT=1 a forward with
  * stride_h 1 instead expands only the kernel columns and runs one GEMM per kernel row over
  * views of that shifted by whole rows (conv2d_kernels.cuh): KH times less im2col traffic.
- * With DRAFT_CONV_HALO=1 a 3x3 stride-1 f32 forward under TF32 (and its backward input) is one
- * kernel that reads the 9 taps out of a halo tile of the input in shared memory (conv2d_kernels.cuh).
- * With DRAFT_CONV_WINOGRAD=1 a 3x3 stride-1 f32 forward under f32 or TF32 (and its backward input)
- * is Winograd F(2x2, 3x3) instead: input and weight transforms, 16 GEMMs, the output transform.
+ * Since the H200 run of 2026-11-29 a 3x3 stride-1 f32 forward under f32 or TF32 (and its backward
+ * input) is by default Winograd F(2x2, 3x3) instead: input and weight transforms, 16 GEMMs, the
+ * output transform (DRAFT_CONV_WINOGRAD=0 turns it off); under TF32 with few channels over many
+ * pixels (the VAE decoder's), one kernel that reads the 9 taps out of a halo tile of the input in
+ * shared memory (conv2d_kernels.cuh; DRAFT_CONV_HALO=1 / =0: always / never).
  * With DRAFT_CONV_IMPLICIT=1 an f32 forward (groups 1) is instead one implicit-GEMM kernel on
  * tensor cores that gathers its operand tiles from x into shared memory (conv2d_kernels.cuh; in
  * tap-major order over permuted weights where C % 16 == 0), and so is the backward input at
@@ -498,13 +499,21 @@ enum status implicit_backward_input(bool *done, float *dx, const float *dy, cons
 
 /* ---------------------------------------------------------------- halo-tile forward */
 
-/* DRAFT_CONV_HALO=1 (opt-in until measured on a GPU): under TF32, a 3x3 convolution at stride 1,
- * dilation 1, groups 1 with C % 8 == 0 and W % 4 == 0 (every 3x3 of SD's UNet at stride 1) runs
- * its forward, and its backward input, as conv_halo_kernel (conv2d_kernels.cuh): per 8 input
- * channels, one halo tile of the input in shared memory and the 9 taps read out of it. The weights
- * go through conv_halo_weight_kernel first (fragment order, tf32, padded to BM channels).
- * DRAFT_CONV_HALO_BM=64|128|160 forces the channel block (tests, benchmarks). */
-bool conv_halo() { return cuda_switch("DRAFT_CONV_HALO", false); }
+/* DRAFT_CONV_HALO: under TF32, a 3x3 convolution at stride 1, dilation 1, groups 1 with C % 8 == 0
+ * and W % 4 == 0 (every 3x3 of SD's UNet and VAE at stride 1) runs its forward, and its backward
+ * input, as conv_halo_kernel (conv2d_kernels.cuh): per 8 input channels, one halo tile of the input
+ * in shared memory and the 9 taps read out of it. The weights go through conv_halo_weight_kernel
+ * first (fragment order, tf32, padded to BM channels). DRAFT_CONV_HALO_BM=64|128|160 forces the
+ * channel block (tests, benchmarks). Unset, it runs by size: few channels over many pixels (the
+ * VAE decoder's 128 channels at 512 px), where it beat both im2col and Winograd on an H200
+ * (2026-11-29: forward 1.03 ms against 2.67 and 1.60, forward+backward 5.0 against 10.6 and 5.6);
+ * at SD's UNet shapes Winograd is faster (320 ch at 64 px: 0.103 against 0.114 ms forward), and
+ * at 640 and 1280 channels both im2col and Winograd are (the halo kernel: 1.7-2x their time).
+ * =1 takes every convolution it applies to, =0 none. */
+bool conv_halo(const kgeom &kg, int64_t Oc)
+{
+    return cuda_switch("DRAFT_CONV_HALO", kg.C <= 256 && Oc <= 256 && (int64_t)kg.OH * kg.OW >= 128 * 128);
+}
 
 /* the channel block: forced, else of 64, 128 and 160 the one whose grid fills the SMs best with
  * the blocks a SM holds (shared memory: 79 KiB, 145 KiB, 162 KiB a block), ties to the larger */
@@ -531,9 +540,9 @@ int halo_bm(int64_t tiles, int64_t O)
  * [N, Cin, H, W] (x, aligned) into Oc channels of geometry kg */
 bool halo_applies(const kgeom &kg, int64_t N, int64_t Oc, int G, const void *x)
 {
-    return conv_halo() && tensor_precision() == PRECISION_TF32 && G == 1 && kg.C > 0 && kg.KH == 3 && kg.KW == 3 && kg.sh == 1 &&
+    return tensor_precision() == PRECISION_TF32 && G == 1 && kg.C > 0 && kg.KH == 3 && kg.KW == 3 && kg.sh == 1 &&
            kg.sw == 1 && kg.dh == 1 && kg.dw == 1 && kg.C % 8 == 0 && kg.W % 4 == 0 && ((uintptr_t)x & 15) == 0 &&
-           N <= 65535 && (Oc + 63) / 64 <= 65535 && (int64_t)kg.C * kg.HW <= INT_MAX;
+           N <= 65535 && (Oc + 63) / 64 <= 65535 && (int64_t)kg.C * kg.HW <= INT_MAX && conv_halo(kg, Oc);
 }
 
 template <int BM>
@@ -573,15 +582,24 @@ enum status halo_run(float *out, const float *x, const float *w, const float *bi
 
 /* ---------------------------------------------------------------- Winograd F(2x2, 3x3)
  *
- * DRAFT_CONV_WINOGRAD=1 (opt-in until measured on a GPU): a 3x3 stride-1 f32 forward (groups 1)
+ * DRAFT_CONV_WINOGRAD (the default since the H200 run of 2026-11-29; =0 turns it off): a 3x3
+ * stride-1 f32 forward (groups 1)
  * under exact f32 or TF32, and its backward input (the forward of dy with the weights flipped), as
  * a transform of the input (wino_input_kernel), 16 strided-batched GEMMs (cuda_gemm: the
  * precision switch applies) and a transform back (wino_output_kernel, bias included): 2.25x fewer
- * products than im2col's, GEMMs of K = C. V and M take the workspace bound (a chunk of tiles per
- * pass; at 320 ch [2,320,64,64] 2048 tiles in 3 passes of 683, whose 28 MiB may stay in the 50 MiB
- * L2); U (16 O C floats, 16/9 of w) comes on top. Under TF32 its error is that of the products'
- * operands, rounded after the transforms (tests/test_conv_emu.cpp measures both). */
-bool conv_winograd() { return cuda_switch("DRAFT_CONV_WINOGRAD", false); }
+ * products than im2col's, GEMMs of K = C. V and M take at most kWinoWorkspaceBytes (a chunk of
+ * tiles per pass); U (16 O C floats, 16/9 of w) comes on top. Under TF32 its error is that of the
+ * products' operands, rounded after the transforms (tests/test_conv_emu.cpp measures both).
+ * H200, B = 2, TF32, forward / forward+backward against im2col: 320 ch at 64 px 0.103 / 0.366 ms
+ * against 0.160 / 0.523, 640 ch at 32 px 0.080 / 0.275 against 0.104 / 0.359, 1280 ch at 16 px
+ * 0.110 / 0.402 against 0.189 / 0.463; exact f32 at 320 ch 0.247 against 0.418. */
+bool conv_winograd() { return cuda_switch("DRAFT_CONV_WINOGRAD", true); }
+
+/* V and M's bound: with im2col's 64 MiB, 320 ch at 64 px ran in 3 passes of 683 tiles, 0.155 ms
+ * forward on an H200; in one of all 2048 (84 MiB), 0.103 (640 ch at 32 px: 0.103 and 0.080).
+ * DRAFT_CONV_WORKSPACE_KB sets both bounds. */
+constexpr size_t kWinoWorkspaceBytes = (size_t)256 << 20;
+size_t wino_workspace_bytes() { return getenv("DRAFT_CONV_WORKSPACE_KB") ? workspace_bytes() : kWinoWorkspaceBytes; }
 
 bool wino_applies(const kgeom &kg, int64_t N, int64_t Oc, int G)
 {
@@ -596,7 +614,7 @@ bool wino_applies(const kgeom &kg, int64_t N, int64_t Oc, int G)
 enum status wino_run(float *out, const float *x, const float *w, const float *bias, const kgeom &kg, int64_t N, int O,
                      bool flip)
 {
-    const wino_chunks ch = wino_plan(N, kg.OH, kg.OW, kg.C, O, workspace_bytes() / 2);
+    const wino_chunks ch = wino_plan(N, kg.OH, kg.OW, kg.C, O, wino_workspace_bytes());
     const int64_t OC = (int64_t)O * kg.C;
     enum status s = STATUS_OK;
     float *U = scratch<float>(16 * OC, &s), *V = U ? scratch<float>(16 * (int64_t)kg.C * ch.ld, &s) : nullptr;
@@ -652,8 +670,8 @@ template <typename T> enum status conv_forward(T *out, const T *x, const T *w, c
     enum status s = STATUS_OK;
     if constexpr (sizeof(T) == 4) {
         const kgeom kg = kernel_geom(g);
-        if (wino_applies(kg, g.N, g.O, (int)g.G)) return wino_run(out, x, w, bias, kg, g.N, (int)g.O, false);
         if (halo_applies(kg, g.N, g.O, (int)g.G, x)) return halo_run(out, x, w, bias, kg, g.N, (int)g.O, false);
+        if (wino_applies(kg, g.N, g.O, (int)g.G)) return wino_run(out, x, w, bias, kg, g.N, (int)g.O, false);
         bool done = false;
         if ((s = implicit_forward(&done, out, x, w, bias, g)) || done) return s;
     }
@@ -691,10 +709,10 @@ template <typename T> enum status conv_backward_input(T *dx, const T *dy, const 
     enum status s = STATUS_OK;
     if constexpr (sizeof(T) == 4) {
         const kgeom dg = dgrad_geom(kernel_geom(g), (int)g.O);
-        if (g.sh == 1 && g.sw == 1 && wino_applies(dg, g.N, g.C, (int)g.G))
-            return wino_run(dx, dy, w, nullptr, dg, g.N, (int)g.C, true);
         if (g.sh == 1 && g.sw == 1 && halo_applies(dg, g.N, g.C, (int)g.G, dy))
             return halo_run(dx, dy, w, nullptr, dg, g.N, (int)g.C, true);
+        if (g.sh == 1 && g.sw == 1 && wino_applies(dg, g.N, g.C, (int)g.G))
+            return wino_run(dx, dy, w, nullptr, dg, g.N, (int)g.C, true);
         bool done = false;
         if ((s = implicit_backward_input(&done, dx, dy, w, g)) || done) return s;
     }

@@ -225,6 +225,10 @@ bool gn_cluster_launch(void (*kernel)(P...), size_t *raised, int cl, int64_t NG,
  * shared memory (gn_fused_kernel<4, NV>; float4 runs only) */
 bool gn_reg_enabled() { return cuda_switch("DRAFT_GN_REG", false); }
 
+/* DRAFT_GN_SUMS=1 (opt-in until measured on a GPU): the forward's statistics as sums of x and x^2
+ * in double, no Chan merges (gn_fused_kernel<V, NV, true>; with or without DRAFT_GN_REG) */
+bool gn_sums_enabled() { return cuda_switch("DRAFT_GN_SUMS", false); }
+
 /* the one-pass forward when it applies (f32); *done tells whether it ran */
 void group_norm_fused(bool *done, float *out, float *mean, float *rstd, const float *x, const float *w, const float *b,
                       int64_t N, int C, int G, int64_t HW, double eps)
@@ -237,14 +241,19 @@ void group_norm_fused(bool *done, float *out, float *mean, float *rstd, const fl
     if (!cl) return;
     const bool v4 = HW % 4 == 0 && aligned16(x) && aligned16(out);
     const int nv = v4 && gn_reg_enabled() ? gn_reg_nv(chunk) : 0;
-    static size_t raised[8];   /* per kernel: <1>, <4>, then <4, nv> at 1 + nv / 4 */
+    const bool sums = gn_sums_enabled();
+    /* per kernel, then the same again for SUMS at 8 + i: <1>, <4>, then <4, nv> at 1 + nv / 4 */
+    static size_t raised[16];
+    size_t *r = raised + (sums ? 8 : 0);
     if (nv) {   /* the register variant: no chunk in shared memory */
-        *done = gn_cluster_launch(gn_fused_reg_kernel(nv), &raised[1 + nv / 4], cl, NG, gn_fwd_smem(cg, 0), out, mean, rstd,
+        *done = gn_cluster_launch(gn_fused_reg_kernel(nv, sums), &r[1 + nv / 4], cl, NG, gn_fwd_smem(cg, 0), out, mean, rstd,
                                   x, w, b, C, cg, (int)HW, (int)ge, chunk, eps);
         return;
     }
-    *done = gn_cluster_launch(v4 ? gn_fused_kernel<4> : gn_fused_kernel<1>, &raised[v4], cl, NG, gn_fwd_smem(cg, chunk),
-                              out, mean, rstd, x, w, b, C, cg, (int)HW, (int)ge, chunk, eps);
+    const gn_fwd_fn k = sums ? (v4 ? gn_fused_kernel<4, 0, true> : gn_fused_kernel<1, 0, true>)
+                             : (v4 ? gn_fused_kernel<4> : gn_fused_kernel<1>);
+    *done = gn_cluster_launch(k, &r[v4], cl, NG, gn_fwd_smem(cg, chunk), out, mean, rstd, x, w, b, C, cg, (int)HW, (int)ge,
+                              chunk, eps);
 }
 
 /* the one-pass input gradient: the default (DRAFT_GN_FUSED_BWD=0 turns it off). H200, 2026-11-27,

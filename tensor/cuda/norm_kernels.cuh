@@ -295,6 +295,8 @@ __host__ __device__ constexpr size_t gn_align16(size_t n) { return (n + 15) / 16
 struct gn_fwd_head {
     wsum warp[kThreads / 32];      /* this block's warps' states */
     wsum remote[kGnMaxCluster];    /* every block's state, written by that block */
+    double2 wsums[kThreads / 32];  /* SUMS: this block's warps' (sum x, sum x^2) */
+    double2 rsums[kGnMaxCluster];  /* SUMS: every block's, written by that block */
 };
 __host__ __device__ constexpr size_t gn_fwd_smem(int cg, int chunk)
 {
@@ -310,8 +312,15 @@ __host__ __device__ constexpr size_t gn_fwd_smem(int cg, int chunk)
  * split: arrive before the load, wait after it).
  * NV > 0 (V = 4, DRAFT_GN_REG=1): the chunk stays in registers instead, NV float4 per thread
  * (chunk <= NV * 4 * kThreads; gn_fwd_smem(cg, 0) of shared memory): no copy into shared memory
- * and no three passes over it, the same arithmetic in the same order, so the same bits. */
-template <int V, int NV = 0>
+ * and no three passes over it, the same arithmetic in the same order, so the same bits.
+ * SUMS (DRAFT_GN_SUMS=1): the statistics as the sums of x and x^2 in double instead of merged
+ * (count, mean, M2) states: x^2 of a float is exact in double, each thread folds its values into
+ * four partial sums (one per vector lane: short chains), and warps, blocks and the cluster add
+ * them in a fixed order. No division until the group's mean and variance (Chan's merge divides at
+ * every step of its trees, and those divisions are the critical path between load and store);
+ * var = E[x^2] - mean^2 in double loses 2^-53 (1 + mean^2 / var) relative, under 1e-9 for any
+ * group whose mean is within 10^3.5 standard deviations of 0. Not the same bits as the merges. */
+template <int V, int NV = 0, bool SUMS = false>
 __global__ void __launch_bounds__(kThreads)
 gn_fused_kernel(float *__restrict__ out, float *__restrict__ mean, float *__restrict__ rstd, const float *__restrict__ x,
                 const float *__restrict__ w, const float *__restrict__ b, int C, int cg, int HW, int ge, int chunk,
@@ -361,39 +370,76 @@ gn_fused_kernel(float *__restrict__ out, float *__restrict__ mean, float *__rest
         wb[cg + i] = b ? b[c0 + i] : 0.f;
     }
     if constexpr (NV == 0) __pipeline_wait_prior(0);   /* each thread reads back only what it copied itself */
-    int cnt = 0;
-    float sum = 0.f;
-    each([&](int, const vec<float, V> &v) {
+    double mu, rs;
+    if constexpr (SUMS) {
+        double s4[V], q4[V];
 #pragma unroll
-        for (int i = 0; i < V; i++) sum += v.v[i];
-        cnt += V;
-    });
-    const float mt = cnt ? sum / (float)cnt : 0.f;
-    float m2 = 0.f;
-    each([&](int, const vec<float, V> &v) {
+        for (int i = 0; i < V; i++) s4[i] = q4[i] = 0.0;
+        each([&](int, const vec<float, V> &v) {
 #pragma unroll
-        for (int i = 0; i < V; i++) m2 += (v.v[i] - mt) * (v.v[i] - mt);
-    });
-    wsum st = {(double)cnt, (double)mt, (double)m2};
+            for (int i = 0; i < V; i++) {
+                const double d = (double)v.v[i];
+                s4[i] += d;
+                q4[i] = fma(d, d, q4[i]);
+            }
+        });
+        double s1 = s4[0], q1 = q4[0];
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) st = wmerge(st, shfl_down(st, o));
-    if (threadIdx.x % 32 == 0) sh.warp[threadIdx.x / 32] = st;
-    __syncthreads();   /* the warp states, and w and b, are in shared memory */
-    cl.barrier_wait();
-    if ((int)threadIdx.x < ncl) {   /* this block's state, into block threadIdx.x's remote[rank] */
-        wsum bs = sh.warp[0];
-        for (int i = 1; i < kThreads / 32; i++) bs = wmerge(bs, sh.warp[i]);
-        cl.map_shared_rank(sh.remote, (int)threadIdx.x)[rank] = bs;
+        for (int i = 1; i < V; i++) s1 += s4[i], q1 += q4[i];
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            s1 += __shfl_down_sync(0xffffffffu, s1, o);
+            q1 += __shfl_down_sync(0xffffffffu, q1, o);
+        }
+        if (threadIdx.x % 32 == 0) sh.wsums[threadIdx.x / 32] = make_double2(s1, q1);
+        __syncthreads();   /* the warp sums, and w and b, are in shared memory */
+        cl.barrier_wait();
+        if ((int)threadIdx.x < ncl) {   /* this block's sums, into block threadIdx.x's rsums[rank] */
+            double2 bs = sh.wsums[0];
+            for (int i = 1; i < kThreads / 32; i++) bs.x += sh.wsums[i].x, bs.y += sh.wsums[i].y;
+            cl.map_shared_rank(sh.rsums, (int)threadIdx.x)[rank] = bs;
+        }
+        cl.sync();   /* every block's sums are in every block */
+        double S = 0, Q = 0;
+        for (int i = 0; i < ncl; i++) S += sh.rsums[i].x, Q += sh.rsums[i].y;
+        mu = S / (double)ge;
+        const double var = Q / (double)ge - mu * mu;
+        rs = 1.0 / sqrt((var > 0 ? var : 0.0) + eps);
+    } else {
+        int cnt = 0;
+        float sum = 0.f;
+        each([&](int, const vec<float, V> &v) {
+#pragma unroll
+            for (int i = 0; i < V; i++) sum += v.v[i];
+            cnt += V;
+        });
+        const float mt = cnt ? sum / (float)cnt : 0.f;
+        float m2 = 0.f;
+        each([&](int, const vec<float, V> &v) {
+#pragma unroll
+            for (int i = 0; i < V; i++) m2 += (v.v[i] - mt) * (v.v[i] - mt);
+        });
+        wsum st = {(double)cnt, (double)mt, (double)m2};
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) st = wmerge(st, shfl_down(st, o));
+        if (threadIdx.x % 32 == 0) sh.warp[threadIdx.x / 32] = st;
+        __syncthreads();   /* the warp states, and w and b, are in shared memory */
+        cl.barrier_wait();
+        if ((int)threadIdx.x < ncl) {   /* this block's state, into block threadIdx.x's remote[rank] */
+            wsum bs = sh.warp[0];
+            for (int i = 1; i < kThreads / 32; i++) bs = wmerge(bs, sh.warp[i]);
+            cl.map_shared_rank(sh.remote, (int)threadIdx.x)[rank] = bs;
+        }
+        cl.sync();   /* every block's state is in every block; no block reads another's memory after this */
+        double n = 0, s1 = 0, m2g = 0;
+        for (int i = 0; i < ncl; i++) n += sh.remote[i].n, s1 += sh.remote[i].n * sh.remote[i].mean;
+        mu = s1 / n;
+        for (int i = 0; i < ncl; i++) {
+            const double d = sh.remote[i].mean - mu;
+            m2g += sh.remote[i].m2 + sh.remote[i].n * d * d;
+        }
+        rs = 1.0 / sqrt(m2g / n + eps);
     }
-    cl.sync();   /* every block's state is in every block; no block reads another's memory after this */
-    double n = 0, s1 = 0, m2g = 0;
-    for (int i = 0; i < ncl; i++) n += sh.remote[i].n, s1 += sh.remote[i].n * sh.remote[i].mean;
-    const double mu = s1 / n;
-    for (int i = 0; i < ncl; i++) {
-        const double d = sh.remote[i].mean - mu;
-        m2g += sh.remote[i].m2 + sh.remote[i].n * d * d;
-    }
-    const double rs = 1.0 / sqrt(m2g / n + eps);
     if (rank == 0 && threadIdx.x == 0) {
         if (mean) mean[g] = (float)mu;
         if (rstd) rstd[g] = (float)rs;
@@ -424,19 +470,23 @@ __host__ __device__ constexpr int gn_reg_nv(int chunk)
     return need > 24 ? 0 : need <= 4 ? 4 : (need + 3) / 4 * 4;
 }
 
-/* gn_fused_kernel<4, nv> for nv = gn_reg_nv(chunk) > 0 */
+/* gn_fused_kernel<4, nv, sums> for nv = gn_reg_nv(chunk) > 0 */
 using gn_fwd_fn = void (*)(float *, float *, float *, const float *, const float *, const float *, int, int, int, int, int,
                            double);
-inline gn_fwd_fn gn_fused_reg_kernel(int nv)
+template <bool SUMS> inline gn_fwd_fn gn_fused_reg_kernel_t(int nv)
 {
     switch (nv) {
-    case 4: return gn_fused_kernel<4, 4>;
-    case 8: return gn_fused_kernel<4, 8>;
-    case 12: return gn_fused_kernel<4, 12>;
-    case 16: return gn_fused_kernel<4, 16>;
-    case 20: return gn_fused_kernel<4, 20>;
-    default: return gn_fused_kernel<4, 24>;
+    case 4: return gn_fused_kernel<4, 4, SUMS>;
+    case 8: return gn_fused_kernel<4, 8, SUMS>;
+    case 12: return gn_fused_kernel<4, 12, SUMS>;
+    case 16: return gn_fused_kernel<4, 16, SUMS>;
+    case 20: return gn_fused_kernel<4, 20, SUMS>;
+    default: return gn_fused_kernel<4, 24, SUMS>;
     }
+}
+inline gn_fwd_fn gn_fused_reg_kernel(int nv, bool sums = false)
+{
+    return sums ? gn_fused_reg_kernel_t<true>(nv) : gn_fused_reg_kernel_t<false>(nv);
 }
 
 /* backward: [head | part: cg double2 | rpart: kGnMaxCluster * cg double2 | tot: cg double2 |
