@@ -1145,21 +1145,26 @@ START_TEST(test_nn)
         check_op("group_norm[gn_reg,sd,groups=32]", f_group_norm, (void *)32, 3, gns, &big);
         check_op("group_norm[gn_reg,groups=2,5x5]", f_group_norm, (void *)2, 3, gno, &o);
         unsetenv("DRAFT_GN_REG");
-        /* the forward's statistics as sums of x and x^2 in double (DRAFT_GN_SUMS): shared memory
-         * and registers, SD's shape and the large case at clusters of 8, the 5x5 one (V = 1) */
-        set_switch("DRAFT_GN_SUMS", true);
-        for (int m = 0; m < 2; m++) {
+        /* the forward's statistics as sums of x and x^2 in double (DRAFT_GN_SUMS, the default), then
+         * as Chan's merges of (count, mean, M2) (=0): shared memory and registers, SD's shape and
+         * the large case at clusters of 8, the 5x5 one (V = 1) */
+        for (int m = 0; m < 4; m++) {
             char label[96];
-            set_switch("DRAFT_GN_REG", m == 1);
-            snprintf(label, sizeof label, "group_norm[gn_sums%s,sd,groups=32]", m ? ",reg" : "");
+            const char *way = m < 2 ? "gn_sums" : "gn_chan";
+            set_switch("DRAFT_GN_SUMS", m < 2);
+            set_switch("DRAFT_GN_REG", m % 2 == 1);
+            snprintf(label, sizeof label, "group_norm[%s%s,sd,groups=32]", way, m % 2 ? ",reg" : "");
             check_op(label, f_group_norm, (void *)32, 3, gns, &big);
             setenv("DRAFT_GN_CLUSTER", "8", 1);
-            snprintf(label, sizeof label, "group_norm[gn_sums%s,cluster=8,large,groups=32]", m ? ",reg" : "");
+            snprintf(label, sizeof label, "group_norm[%s%s,cluster=8,large,groups=32]", way, m % 2 ? ",reg" : "");
             check_op(label, f_group_norm, (void *)32, 3, gnb, &big);
             unsetenv("DRAFT_GN_CLUSTER");
         }
         set_switch("DRAFT_GN_REG", false);
+        set_switch("DRAFT_GN_SUMS", true);
         check_op("group_norm[gn_sums,groups=2,5x5]", f_group_norm, (void *)2, 3, gno, &o);
+        set_switch("DRAFT_GN_SUMS", false);
+        check_op("group_norm[gn_chan,groups=2,5x5]", f_group_norm, (void *)2, 3, gno, &o);
         unsetenv("DRAFT_GN_SUMS");
         unsetenv("DRAFT_GN_REG");
     }

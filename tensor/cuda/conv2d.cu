@@ -506,13 +506,14 @@ enum status implicit_backward_input(bool *done, float *dx, const float *dy, cons
  * first (fragment order, tf32, padded to BM channels). DRAFT_CONV_HALO_BM=64|128|160 forces the
  * channel block (tests, benchmarks). Unset, it runs by size: few channels over many pixels (the
  * VAE decoder's 128 channels at 512 px), where it beat both im2col and Winograd on an H200
- * (2026-11-29: forward 1.03 ms against 2.67 and 1.60, forward+backward 5.0 against 10.6 and 5.6);
- * at SD's UNet shapes Winograd is faster (320 ch at 64 px: 0.103 against 0.114 ms forward), and
- * at 640 and 1280 channels both im2col and Winograd are (the halo kernel: 1.7-2x their time).
+ * (2026-11-29, B = 2: forward 1.02 ms against 2.68 and 1.40, forward+backward 5.05 against 10.65
+ * and 5.85); already at 256 channels (256 px) Winograd is faster (0.74 against 0.97 ms forward,
+ * 3.56 against 3.96 forward+backward), and so at 512 ch (128 px), at SD's UNet shapes (320 ch at
+ * 64 px: 0.109 against 0.117 ms forward), and at 640 and 1280 channels by 1.7-2x.
  * =1 takes every convolution it applies to, =0 none. */
 bool conv_halo(const kgeom &kg, int64_t Oc)
 {
-    return cuda_switch("DRAFT_CONV_HALO", kg.C <= 256 && Oc <= 256 && (int64_t)kg.OH * kg.OW >= 128 * 128);
+    return cuda_switch("DRAFT_CONV_HALO", kg.C <= 128 && Oc <= 128 && (int64_t)kg.OH * kg.OW >= 128 * 128);
 }
 
 /* the channel block: forced, else of 64, 128 and 160 the one whose grid fills the SMs best with
