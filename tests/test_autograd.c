@@ -115,8 +115,11 @@ START_TEST(test_accumulate_and_zero_grad)
     struct tensor *x = leaf(DTYPE_F64, TENSOR_SHAPE(5), -1, 1);
     for (int k = 0; k < 2; k++) ck_assert_int_eq(ag_backward(ag_sum(ag_exp(x), 0, NULL, false), NULL, false), STATUS_OK);
     check_grad("exp, two backward calls", x->grad, x, NULL, d_2exp, 1e-15);
-    /* a reference to the gradient taken earlier sees the accumulation (it is updated in place) */
-    struct tensor *held = x->grad;
+    /* a reference to the gradient taken earlier sees the accumulation (it is updated in place);
+     * after zero_grad the next backward makes a new one. Held with a reference of its own: a
+     * bare pointer to the freed gradient could be handed out again for the new one (and was,
+     * as the allocator's state happened to fall) */
+    struct tensor *held = tensor_ref(x->grad);
     ag_zero_grad(x);
     ck_assert_ptr_null(x->grad);
     ag_zero_grad(x);   /* twice is fine */
@@ -124,6 +127,7 @@ START_TEST(test_accumulate_and_zero_grad)
     ck_assert_int_eq(ag_backward(ag_sum(ag_exp(x), 0, NULL, false), NULL, false), STATUS_OK);
     check_grad("exp after zero_grad", x->grad, x, NULL, d_exp, 1e-15);
     ck_assert(x->grad != held);
+    tensor_free(held);
     /* two leaves, one graph, accumulated twice */
     struct tensor *a = leaf(DTYPE_F64, TENSOR_SHAPE(3), -1, 1), *b = leaf(DTYPE_F64, TENSOR_SHAPE(3), -1, 1);
     for (int k = 0; k < 2; k++) ck_assert_int_eq(ag_backward(ag_sum(ag_mul(a, b), 0, NULL, false), NULL, false), STATUS_OK);
