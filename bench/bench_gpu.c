@@ -356,10 +356,12 @@ int main(int argc, char **argv)
      * allow_tf32 off); last, in TF32 again, the VAE decoder's 128 channels at 512 px (the largest
      * convolutions of a DRaFT step, forward and backward input: not a target) with the halo
      * kernel's rows and Winograd's, and its 256 channels at 256 px and 512 at 128 with one row of
-     * each (conv_halo's rule by size picks between them) */
-    const int64_t cs[8][2] = {{320, 64}, {640, 32}, {1280, 16}, {320, 64}, {320, 64}, {128, 512}, {256, 256}, {512, 128}};
-    for (int i = 0; i < 8; i++) {
-        if (i == 3) tensor_set_precision(PRECISION_BF16);
+     * each (conv_halo's rule by size picks between them); the 128 and 256 channels again under
+     * bf16 autocast, where neither applies (im2col in bf16: is TF32's halo or Winograd faster?) */
+    const int64_t cs[10][2] = {{320, 64}, {640, 32}, {1280, 16}, {320, 64},  {320, 64},
+                               {128, 512}, {256, 256}, {512, 128}, {128, 512}, {256, 256}};
+    for (int i = 0; i < 10; i++) {
+        if (i == 3 || i == 8) tensor_set_precision(PRECISION_BF16);
         if (i == 4) tensor_set_precision(PRECISION_F32);
         if (i == 5) tensor_set_precision(PRECISION_TF32);
         for (int bw = 0; bw < 2; bw++) {
@@ -372,7 +374,7 @@ int main(int argc, char **argv)
             a.cp.pad_top = a.cp.pad_bottom = a.cp.pad_left = a.cp.pad_right = 1;
             a.backward = bw;
             char name[64];
-            const char *mode = i == 3 ? "_autocast" : i == 4 ? "_f32" : "";
+            const char *mode = i == 3 || i >= 8 ? "_autocast" : i == 4 ? "_f32" : "";
             snprintf(name, sizeof name, "conv2d_%lldc_%lldpx_%s%s", (long long)C, (long long)S, bw ? "fwdbwd" : "fwd", mode);
             ms = time_it(name, run_conv, &a, 3, 20);
             double f = 2.0 * 2 * C * S * S * C * 9 * (bw ? 3 : 1);
@@ -402,7 +404,7 @@ int main(int argc, char **argv)
                              {"DRAFT_CONV_WINOGRAD", "_wino", NULL, NULL, true, false, true},
                              {"DRAFT_CONV_WINOGRAD", "_wino_ws256m", "DRAFT_CONV_WORKSPACE_KB", "262144", true, false, false}};
             for (int v = 0; v < 12; v++) {
-                const bool want = i == 3 ? variants[v].autocast : i == 4 ? variants[v].f32 : i == 5 ? v >= 5
+                const bool want = i >= 8 ? false : i == 3 ? variants[v].autocast : i == 4 ? variants[v].f32 : i == 5 ? v >= 5
                                 : i > 5 ? v == 5 || v == 10
                                 : v == 0 ? i == 0 : v == 4 ? i != 0 : variants[v].tf32;   /* split1: where it splits */
                 if (!want) continue;

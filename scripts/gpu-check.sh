@@ -207,8 +207,7 @@ if [ -f "$PARITY/sd14/unet.config.json" ] && [ "${GPU_CHECK_SD14:-1}" = 1 ]; the
     # the TF32 step again with the opt-in kernels not yet made defaults on: what they give end to
     # end, beside their rows and tests in switches.txt (last, so that a fault costs nothing else)
     if fits 60 "sd14 step tf32, opt-ins"; then
-        DRAFT_GN_REG=1 DRAFT_GN_SUMS=1 \
-            sd14_step "opt-ins (GN_REG, GN_SUMS): " --batch 4 --steps 50 --reward-vit --precision tf32
+        DRAFT_GN_REG=1 sd14_step "opt-ins (GN_REG): " --batch 4 --steps 50 --reward-vit --precision tf32
     fi
     # GPU_CHECK_PROFILE=1 (the default): the TF32 and bf16 steps again under DRAFT_PROFILE=shapes (tensor/profile.h):
     # time per op kind and per shape, in $OUT/sd14-profile-*.txt, the top of each in the summary

@@ -25,8 +25,9 @@
  * TF32, or bf16 autocast: tensor_set_precision); f64 uses cublasDgemmStridedBatched. Under bf16
  * autocast the forward and backward weight write their im2col in bf16 directly (cuda_gemm_bf16),
  * so the workspace holds twice the pixels and nothing packs col a second time.
- * Memory: one workspace of at most kWorkspaceBytes (64 MiB; more only when a single output
- * row of pixels times K needs it) from the caching allocator: a tile is a batch of whole
+ * Memory: one workspace of at most kWorkspaceBytes (64 MiB; 256 MiB for the backward weight
+ * and Winograd's V and M; more only when a single output row of pixels times K needs it) from
+ * the caching allocator: a tile is a batch of whole
  * images when they fit, else a range of pixels of one image (forward, backward weight) or a
  * range of channels of one image (backward input, so that col2im sees every pixel of them).
  * Non-contiguous x / w / dy are copied to contiguous temporaries.
@@ -752,12 +753,20 @@ template <typename T> enum status conv_backward_input(T *dx, const T *dy, const 
     return STATUS_OK;
 }
 
+/* the backward weight's im2col bound: 256 MiB, DRAFT_CONV_WORKSPACE_KB when set. H200, 2026-11-29,
+ * TF32, conv2d forward+backward with the Winograd forward and backward input (its own 256 MiB)
+ * and this bound at 64 / 256 MiB: 128 ch at 512 px 5.85 / 5.25 ms (the VAE decoder's: fewer and
+ * longer GEMMs, K = 1152 over 14.5k / 58k pixels a tile), 320 ch at 64 px 0.385 / 0.375, 640 and
+ * 1280 ch the same */
+constexpr size_t kWeightWorkspaceBytes = (size_t)256 << 20;
+size_t weight_workspace_bytes() { return getenv("DRAFT_CONV_WORKSPACE_KB") ? workspace_bytes() : kWeightWorkspaceBytes; }
+
 /* dw += dy @ im2col(x)^T over the tiles of the workspace (the first GEMM overwrites) */
 template <typename T, typename CT> enum status weight_tiles(T *dw, const T *dy, const T *x, const geom &g)
 {
     enum status s = STATUS_OK;
     bool first = true;
-    const tiling t = pixel_tiling(g, sizeof(CT), workspace_bytes());
+    const tiling t = pixel_tiling(g, sizeof(CT), weight_workspace_bytes());
     CT *col = scratch<CT>(t.nb * g.K * t.P, &s);
     if (!col) return s;
     return for_each_tile(g, t, [&](int64_t n0, int64_t nb, int64_t p0, int64_t pc) -> enum status {
