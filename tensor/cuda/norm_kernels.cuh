@@ -491,20 +491,21 @@ inline gn_fwd_fn gn_fused_reg_kernel(int nv, bool sums = false)
 }
 
 /* backward: [head | part: cg double2 | rpart: kGnMaxCluster * cg double2 | tot: cg double2 |
- *            k1: cg floats | xs, dys: chunk floats each] */
+ *            k1, ws: cg floats each | xs, dys: chunk floats each] */
 struct gn_bwd_head {
     double2 red[kThreads / 32];
     double2 k;   /* (k2, k3) of dx = k1[c] * dy + k2 * x + k3 */
 };
 struct gn_bwd_layout {
-    size_t part, rpart, tot, k1, xs, dys, bytes;
+    size_t part, rpart, tot, k1, ws, xs, dys, bytes;
 };
 __host__ __device__ constexpr gn_bwd_layout gn_bwd_smem(int cg, int chunk)
 {
     const size_t part = gn_align16(sizeof(gn_bwd_head)), rpart = part + 16 * (size_t)cg;
     const size_t tot = rpart + 16 * (size_t)kGnMaxCluster * cg, k1 = tot + 16 * (size_t)cg;
-    const size_t xs = gn_align16(k1 + sizeof(float) * (size_t)cg), dys = xs + sizeof(float) * (size_t)chunk;
-    return gn_bwd_layout{part, rpart, tot, k1, xs, dys, dys + sizeof(float) * (size_t)chunk};
+    const size_t ws = k1 + sizeof(float) * (size_t)cg;
+    const size_t xs = gn_align16(ws + sizeof(float) * (size_t)cg), dys = xs + sizeof(float) * (size_t)chunk;
+    return gn_bwd_layout{part, rpart, tot, k1, ws, xs, dys, dys + sizeof(float) * (size_t)chunk};
 }
 
 /* The input gradient in one pass: dy and x are read once, dx written once.
@@ -525,8 +526,8 @@ gn_bwd_fused_kernel(float *__restrict__ dx, double2 *__restrict__ ab, const floa
     gn_bwd_head &sh = *reinterpret_cast<gn_bwd_head *>(base);
     double2 *part = reinterpret_cast<double2 *>(base + lay.part), *rpart = reinterpret_cast<double2 *>(base + lay.rpart);
     double2 *tot = reinterpret_cast<double2 *>(base + lay.tot);
-    float *k1 = reinterpret_cast<float *>(base + lay.k1), *xs = reinterpret_cast<float *>(base + lay.xs),
-          *dys = reinterpret_cast<float *>(base + lay.dys);
+    float *k1 = reinterpret_cast<float *>(base + lay.k1), *ws = reinterpret_cast<float *>(base + lay.ws),
+          *xs = reinterpret_cast<float *>(base + lay.xs), *dys = reinterpret_cast<float *>(base + lay.dys);
     cooperative_groups::cluster_group cl = cooperative_groups::this_cluster();
     const int rank = (int)cl.block_rank(), ncl = (int)cl.num_blocks();
     const int64_t g = blockIdx.y;
@@ -540,8 +541,10 @@ gn_bwd_fused_kernel(float *__restrict__ dx, double2 *__restrict__ ab, const floa
     cl.barrier_arrive();   /* started (see gn_fused_kernel) */
     const int c0 = (int)(g % (C / cg)) * cg;
     const double rs = (double)rstd[g], mu = (double)mean[g];   /* loaded while the chunk streams in */
-    for (int i = threadIdx.x; i < cg; i += kThreads) {
-        k1[i] = (float)(rs * (w ? (double)w[c0 + i] : 1.0));
+    for (int i = threadIdx.x; i < cg; i += kThreads) {   /* w too: the coefficients need it after the
+                                                            cluster's barrier, not a global load there */
+        ws[i] = w ? w[c0 + i] : 1.f;
+        k1[i] = (float)(rs * (double)ws[i]);
         part[i] = make_double2(0, 0);
     }
     __pipeline_wait_prior(0);
@@ -580,10 +583,10 @@ gn_bwd_fused_kernel(float *__restrict__ dx, double2 *__restrict__ ab, const floa
         if (rank == 0) ab[g * cg + i] = tot[i];   /* plane n * C + c0 + i */
     }
     __syncthreads();
-    if (threadIdx.x < 32) {   /* warp 0, a lane per channel: one round of w loads, not cg in a row */
+    if (threadIdx.x < 32) {   /* warp 0, a lane per channel */
         double s1 = 0, s2 = 0;   /* sum dy*w, sum dy*w*(x - mean) */
         for (int i = (int)threadIdx.x; i < cg; i += 32) {
-            const double wc = w ? (double)w[c0 + i] : 1.0;
+            const double wc = (double)ws[i];
             s1 += wc * tot[i].x;
             s2 += wc * (tot[i].y - mu * tot[i].x);
         }
