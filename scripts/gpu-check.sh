@@ -256,8 +256,9 @@ fi
 # Nsight Compute on the rows that miss their target (GPU_CHECK_NCU=0 skips): one profile per row
 # and side (bench_gpu's BENCH_GPU_ONLY, torch_gpu.py's BENCH_ONLY: the row's calls alone inside the
 # profiler's window), summed up by bench/ncu_summary.py: each kernel's time and what bounds it
-ncu_rows=(group_norm_fwd group_norm_fwd_reg group_norm_fwd_sums group_norm_fwd_reg_sums group_norm_fwdbwd_fused_bwd
-          attention_fwd_autocast_packed)
+# (the defaults' rows of what is still behind: group_norm, and attention under bf16 autocast, with torch's)
+ncu_rows=(group_norm_fwd_sums group_norm_fwdbwd_fused_bwd_sums attention_fwd_autocast attention_fwd_autocast_packed_vec4
+          attention_fwdbwd_autocast_packed_vec4)
 [ -z "${GPU_CHECK_NCU_ROWS:-}" ] || read -r -a ncu_rows <<< "$GPU_CHECK_NCU_ROWS"   # GPU_CHECK_NCU_ROWS="row row ...": these instead
 ncu_args=()
 ncu_works=""
