@@ -20,7 +20,7 @@ static const char *const g_switches[] = {"DRAFT_CONV_PIPELINE", "DRAFT_CONV_ROWS
                                          "DRAFT_CONV_HALO",     "DRAFT_CONV_WINOGRAD", "DRAFT_GN_FUSED_BWD",
                                          "DRAFT_GN_REG",        "DRAFT_GN_SUMS",       "DRAFT_ATTN_FUSED_DQ",
                                          "DRAFT_ATTN_MMA",      "DRAFT_ATTN_VEC4",     "DRAFT_ATTN_PACKED",
-                                         "DRAFT_MATMUL_FAST_BF16"};
+                                         "DRAFT_MATMUL_FAST_BF16", "DRAFT_CONV_AUTOCAST_TF32"};
 #define N_SWITCHES (sizeof g_switches / sizeof *g_switches)
 
 /* all off but those in `on` (a name, or names joined by '+'; NULL: all off), so that each row
@@ -357,7 +357,8 @@ int main(int argc, char **argv)
      * convolutions of a DRaFT step, forward and backward input: not a target) with the halo
      * kernel's rows and Winograd's, and its 256 channels at 256 px and 512 at 128 with one row of
      * each (conv_halo's rule by size picks between them); the 128 and 256 channels again under
-     * bf16 autocast, where neither applies (im2col in bf16: is TF32's halo or Winograd faster?) */
+     * bf16 autocast, where neither applies (im2col in bf16), and with DRAFT_CONV_AUTOCAST_TF32
+     * (the halo kernel or Winograd in TF32 instead, by the defaults' rule; 320 channels too) */
     const int64_t cs[10][2] = {{320, 64}, {640, 32}, {1280, 16}, {320, 64},  {320, 64},
                                {128, 512}, {256, 256}, {512, 128}, {128, 512}, {256, 256}};
     for (int i = 0; i < 10; i++) {
@@ -391,24 +392,27 @@ int main(int argc, char **argv)
             const struct {
                 const char *env, *suffix, *knob, *value;   /* knob: a tuning variable set to value */
                 bool tf32, autocast, f32;
-            } variants[12] = {{"DRAFT_CONV_PIPELINE", "_pipe", NULL, NULL, false, true, false},
-                             {"DRAFT_CONV_ROWSHIFT", "_rowshift", NULL, NULL, true, true, false},
-                             {"DRAFT_CONV_IMPLICIT", "_implicit", NULL, NULL, true, true, true},
-                             {"DRAFT_CONV_IMPLICIT", "_implicit_bm128", "DRAFT_CONV_IMPLICIT_BM", "128", true, false, false},
-                             {"DRAFT_CONV_IMPLICIT", "_implicit_split1", "DRAFT_CONV_IMPLICIT_SPLIT", "1", true, false, false},
-                             {"DRAFT_CONV_HALO", "_halo", NULL, NULL, true, false, false},
-                             {"DRAFT_CONV_HALO", "_halo_bm64", "DRAFT_CONV_HALO_BM", "64", true, false, false},
-                             {"DRAFT_CONV_HALO", "_halo_bm128", "DRAFT_CONV_HALO_BM", "128", true, false, false},
-                             {NULL, "_ws16m", "DRAFT_CONV_WORKSPACE_KB", "16384", true, false, false},
-                             {NULL, "_ws8m", "DRAFT_CONV_WORKSPACE_KB", "8192", true, false, false},
-                             {"DRAFT_CONV_WINOGRAD", "_wino", NULL, NULL, true, false, true},
-                             {"DRAFT_CONV_WINOGRAD", "_wino_ws256m", "DRAFT_CONV_WORKSPACE_KB", "262144", true, false, false}};
-            for (int v = 0; v < 12; v++) {
-                const bool want = i >= 8 ? false : i == 3 ? variants[v].autocast : i == 4 ? variants[v].f32 : i == 5 ? v >= 5
+                bool conv_defaults;   /* the halo and Winograd switches back to their defaults */
+            } variants[13] = {{"DRAFT_CONV_PIPELINE", "_pipe", NULL, NULL, false, true, false, false},
+                             {"DRAFT_CONV_ROWSHIFT", "_rowshift", NULL, NULL, true, true, false, false},
+                             {"DRAFT_CONV_IMPLICIT", "_implicit", NULL, NULL, true, true, true, false},
+                             {"DRAFT_CONV_IMPLICIT", "_implicit_bm128", "DRAFT_CONV_IMPLICIT_BM", "128", true, false, false, false},
+                             {"DRAFT_CONV_IMPLICIT", "_implicit_split1", "DRAFT_CONV_IMPLICIT_SPLIT", "1", true, false, false, false},
+                             {"DRAFT_CONV_HALO", "_halo", NULL, NULL, true, false, false, false},
+                             {"DRAFT_CONV_HALO", "_halo_bm64", "DRAFT_CONV_HALO_BM", "64", true, false, false, false},
+                             {"DRAFT_CONV_HALO", "_halo_bm128", "DRAFT_CONV_HALO_BM", "128", true, false, false, false},
+                             {NULL, "_ws16m", "DRAFT_CONV_WORKSPACE_KB", "16384", true, false, false, false},
+                             {NULL, "_ws8m", "DRAFT_CONV_WORKSPACE_KB", "8192", true, false, false, false},
+                             {"DRAFT_CONV_WINOGRAD", "_wino", NULL, NULL, true, false, true, false},
+                             {"DRAFT_CONV_WINOGRAD", "_wino_ws256m", "DRAFT_CONV_WORKSPACE_KB", "262144", true, false, false, false},
+                             {"DRAFT_CONV_AUTOCAST_TF32", "_actf32", NULL, NULL, false, true, false, true}};
+            for (int v = 0; v < 13; v++) {
+                const bool want = i >= 8 ? v == 12 : i == 3 ? variants[v].autocast : i == 4 ? variants[v].f32 : i == 5 ? v >= 5 && v < 12
                                 : i > 5 ? v == 5 || v == 10
                                 : v == 0 ? i == 0 : v == 4 ? i != 0 : variants[v].tf32;   /* split1: where it splits */
                 if (!want) continue;
                 set_switches(variants[v].env);
+                if (variants[v].conv_defaults) unsetenv("DRAFT_CONV_HALO"), unsetenv("DRAFT_CONV_WINOGRAD");
                 if (variants[v].knob) setenv(variants[v].knob, variants[v].value, 1);
                 snprintf(name, sizeof name, "conv2d_%lldc_%lldpx_%s%s%s", (long long)C, (long long)S,
                          bw ? "fwdbwd" : "fwd", mode, variants[v].suffix);

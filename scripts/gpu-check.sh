@@ -209,6 +209,9 @@ if [ -f "$PARITY/sd14/unet.config.json" ] && [ "${GPU_CHECK_SD14:-1}" = 1 ]; the
     if fits 60 "sd14 step tf32, opt-ins"; then
         DRAFT_GN_REG=1 sd14_step "opt-ins (GN_REG): " --batch 4 --steps 50 --reward-vit --precision tf32
     fi
+    if fits 60 "sd14 step bf16, opt-ins"; then   # the bf16 step's 3x3 convolutions as TF32's
+        DRAFT_CONV_AUTOCAST_TF32=1 sd14_step "opt-ins (CONV_AUTOCAST_TF32): " --batch 4 --steps 50 --reward-vit --precision bf16
+    fi
     # GPU_CHECK_PROFILE=1 (the default): the TF32 and bf16 steps again under DRAFT_PROFILE=shapes (tensor/profile.h):
     # time per op kind and per shape, in $OUT/sd14-profile-*.txt, the top of each in the summary
     for pr in tf32 bf16; do

@@ -517,6 +517,32 @@ bool conv_halo(const kgeom &kg, int64_t Oc)
     return cuda_switch("DRAFT_CONV_HALO", kg.C <= 128 && Oc <= 128 && (int64_t)kg.OH * kg.OW >= 128 * 128);
 }
 
+/* DRAFT_CONV_AUTOCAST_TF32=1 (opt-in until measured on a GPU): under bf16 autocast, the 3x3
+ * stride-1 convolutions that the halo kernel or Winograd take under TF32 run as under TF32 (TF32
+ * products, more exact than bf16's; the weight gradient too) instead of as im2col with bf16 GEMMs. At the VAE decoder's
+ * shapes im2col is slow (TF32, 128 ch at 512 px: 2.68 ms forward against the halo kernel's 1.02),
+ * and its backward input is tens of tiles of GEMM and col2im; our bf16 DRaFT step's backward took
+ * 1.22 s against TF32's 0.77 on an H200. The bench rows *_autocast (ours and PyTorch's) at those
+ * shapes, and this switch's, say whether it pays. */
+bool conv_autocast_tf32() { return cuda_switch("DRAFT_CONV_AUTOCAST_TF32", false); }
+
+/* the precision the halo and Winograd paths run in: the current one, or TF32 for bf16 autocast
+ * under DRAFT_CONV_AUTOCAST_TF32 */
+enum precision fast_conv_precision()
+{
+    const enum precision p = tensor_precision();
+    return p == PRECISION_BF16 && conv_autocast_tf32() ? PRECISION_TF32 : p;
+}
+
+/* the matrix-product precision set for a scope, the caller's again on every way out */
+struct precision_scope {
+    enum precision saved = tensor_precision();
+    explicit precision_scope(enum precision p) { tensor_set_precision(p); }
+    ~precision_scope() { tensor_set_precision(saved); }
+    precision_scope(const precision_scope &) = delete;
+    precision_scope &operator=(const precision_scope &) = delete;
+};
+
 /* the channel block: forced, else of 64, 128 and 160 the one whose grid fills the SMs best with
  * the blocks a SM holds (shared memory: 79 KiB, 145 KiB, 162 KiB a block), ties to the larger */
 int halo_bm(int64_t tiles, int64_t O)
@@ -542,7 +568,7 @@ int halo_bm(int64_t tiles, int64_t O)
  * [N, Cin, H, W] (x, aligned) into Oc channels of geometry kg */
 bool halo_applies(const kgeom &kg, int64_t N, int64_t Oc, int G, const void *x)
 {
-    return tensor_precision() == PRECISION_TF32 && G == 1 && kg.C > 0 && kg.KH == 3 && kg.KW == 3 && kg.sh == 1 &&
+    return fast_conv_precision() == PRECISION_TF32 && G == 1 && kg.C > 0 && kg.KH == 3 && kg.KW == 3 && kg.sh == 1 &&
            kg.sw == 1 && kg.dh == 1 && kg.dw == 1 && kg.C % 8 == 0 && kg.W % 4 == 0 && ((uintptr_t)x & 15) == 0 &&
            N <= 65535 && (Oc + 63) / 64 <= 65535 && (int64_t)kg.C * kg.HW <= INT_MAX && conv_halo(kg, Oc);
 }
@@ -605,7 +631,7 @@ size_t wino_workspace_bytes() { return getenv("DRAFT_CONV_WORKSPACE_KB") ? works
 
 bool wino_applies(const kgeom &kg, int64_t N, int64_t Oc, int G)
 {
-    const enum precision pr = tensor_precision();
+    const enum precision pr = fast_conv_precision();
     return conv_winograd() && (pr == PRECISION_F32 || pr == PRECISION_TF32) && G == 1 && kg.C > 0 && Oc > 0 && kg.KH == 3 &&
            kg.KW == 3 && kg.sh == 1 && kg.sw == 1 && kg.dh == 1 && kg.dw == 1 && kg.OH > 0 && kg.OW > 0 &&
            N * ((kg.OH + 1) / 2) * ((kg.OW + 1) / 2) <= INT_MAX;
@@ -616,6 +642,8 @@ bool wino_applies(const kgeom &kg, int64_t N, int64_t Oc, int G)
 enum status wino_run(float *out, const float *x, const float *w, const float *bias, const kgeom &kg, int64_t N, int O,
                      bool flip)
 {
+    /* its GEMMs in the precision wino_applies took it for (TF32 under DRAFT_CONV_AUTOCAST_TF32) */
+    const precision_scope prec(fast_conv_precision());
     const wino_chunks ch = wino_plan(N, kg.OH, kg.OW, kg.C, O, wino_workspace_bytes());
     const int64_t OC = (int64_t)O * kg.C;
     enum status s = STATUS_OK;
@@ -790,8 +818,17 @@ template <typename T> enum status conv_backward_weight(T *dw, const T *dy, const
                 return s;
         return STATUS_OK;
     }
-    if constexpr (sizeof(T) == 4)
+    if constexpr (sizeof(T) == 4) {
+        /* DRAFT_CONV_AUTOCAST_TF32: a convolution whose forward and backward input run in TF32
+         * under autocast (halo or Winograd) takes its weight gradient in TF32 too */
+        const kgeom kg = kernel_geom(g);
+        if (tensor_precision() == PRECISION_BF16 && conv_autocast_tf32() &&
+            (halo_applies(kg, g.N, g.O, (int)g.G, x) || wino_applies(kg, g.N, g.O, (int)g.G))) {
+            const precision_scope prec(PRECISION_TF32);
+            return weight_tiles<float, float>(dw, dy, x, g);
+        }
         if (col_in_bf16()) return weight_tiles<float, uint16_t>(dw, dy, x, g);
+    }
     return weight_tiles<T, T>(dw, dy, x, g);
 }
 
