@@ -52,6 +52,14 @@ namespace {
 /* im2col workspace bound. On an H200, [2,320,64,64] 3x3 (TF32) ran fwd/bwd-input/bwd-weight in
  * 0.163/0.211/0.168 ms with 32 MiB, 0.159/0.208/0.151 with 64 MiB, 0.169/0.192/0.146 with 128 MiB. */
 constexpr size_t kWorkspaceBytes = (size_t)64 << 20;
+/* Winograd's V and M: with im2col's 64 MiB, 320 ch at 64 px ran in 3 passes of 683 tiles, 0.155 ms
+ * forward on an H200; in one of all 2048 (84 MiB), 0.103 (640 ch at 32 px: 0.103 and 0.080). */
+constexpr size_t kWinoWorkspaceBytes = (size_t)256 << 20;
+/* the backward weight's im2col. H200, 2026-11-29, TF32, conv2d forward+backward with the Winograd
+ * forward and backward input (their own 256 MiB) and this bound at 64 / 256 MiB: 128 ch at 512 px
+ * 5.85 / 5.25 ms (the VAE decoder's: fewer and longer GEMMs, K = 1152 over 14.5k / 58k pixels a
+ * tile), 320 ch at 64 px 0.385 / 0.375, 640 and 1280 ch the same */
+constexpr size_t kWeightWorkspaceBytes = (size_t)256 << 20;
 
 #define CUBLAS_TRY(call)                                                                                  \
     do {                                                                                                  \
@@ -159,13 +167,14 @@ struct tiling {
     int64_t nb, P;
 };
 
-/* the workspace bound: kWorkspaceBytes, or DRAFT_CONV_WORKSPACE_KB from the environment (tests
- * set a small one to make every tiling path run on small shapes) */
-size_t workspace_bytes()
+/* a workspace bound: def (kWorkspaceBytes for im2col; kWinoWorkspaceBytes, kWeightWorkspaceBytes),
+ * or DRAFT_CONV_WORKSPACE_KB from the environment for all of them (tests set a small one to make
+ * every tiling path run on small shapes) */
+size_t workspace_bytes(size_t def = kWorkspaceBytes)
 {
     const char *e = getenv("DRAFT_CONV_WORKSPACE_KB");
     const long kb = e ? atol(e) : 0;
-    return kb > 0 ? (size_t)kb << 10 : kWorkspaceBytes;
+    return kb > 0 ? (size_t)kb << 10 : def;
 }
 
 tiling pixel_tiling(const geom &g, size_t es, size_t bytes)
@@ -623,11 +632,6 @@ enum status halo_run(float *out, const float *x, const float *w, const float *bi
  * 0.110 / 0.402 against 0.189 / 0.463; exact f32 at 320 ch 0.247 against 0.418. */
 bool conv_winograd() { return cuda_switch("DRAFT_CONV_WINOGRAD", true); }
 
-/* V and M's bound: with im2col's 64 MiB, 320 ch at 64 px ran in 3 passes of 683 tiles, 0.155 ms
- * forward on an H200; in one of all 2048 (84 MiB), 0.103 (640 ch at 32 px: 0.103 and 0.080).
- * DRAFT_CONV_WORKSPACE_KB sets both bounds. */
-constexpr size_t kWinoWorkspaceBytes = (size_t)256 << 20;
-size_t wino_workspace_bytes() { return getenv("DRAFT_CONV_WORKSPACE_KB") ? workspace_bytes() : kWinoWorkspaceBytes; }
 
 bool wino_applies(const kgeom &kg, int64_t N, int64_t Oc, int G)
 {
@@ -644,7 +648,7 @@ enum status wino_run(float *out, const float *x, const float *w, const float *bi
 {
     /* its GEMMs in the precision wino_applies took it for (TF32 under DRAFT_CONV_AUTOCAST_TF32) */
     const precision_scope prec(fast_conv_precision());
-    const wino_chunks ch = wino_plan(N, kg.OH, kg.OW, kg.C, O, wino_workspace_bytes());
+    const wino_chunks ch = wino_plan(N, kg.OH, kg.OW, kg.C, O, workspace_bytes(kWinoWorkspaceBytes));
     const int64_t OC = (int64_t)O * kg.C;
     enum status s = STATUS_OK;
     float *U = scratch<float>(16 * OC, &s), *V = U ? scratch<float>(16 * (int64_t)kg.C * ch.ld, &s) : nullptr;
@@ -781,20 +785,12 @@ template <typename T> enum status conv_backward_input(T *dx, const T *dy, const 
     return STATUS_OK;
 }
 
-/* the backward weight's im2col bound: 256 MiB, DRAFT_CONV_WORKSPACE_KB when set. H200, 2026-11-29,
- * TF32, conv2d forward+backward with the Winograd forward and backward input (its own 256 MiB)
- * and this bound at 64 / 256 MiB: 128 ch at 512 px 5.85 / 5.25 ms (the VAE decoder's: fewer and
- * longer GEMMs, K = 1152 over 14.5k / 58k pixels a tile), 320 ch at 64 px 0.385 / 0.375, 640 and
- * 1280 ch the same */
-constexpr size_t kWeightWorkspaceBytes = (size_t)256 << 20;
-size_t weight_workspace_bytes() { return getenv("DRAFT_CONV_WORKSPACE_KB") ? workspace_bytes() : kWeightWorkspaceBytes; }
-
 /* dw += dy @ im2col(x)^T over the tiles of the workspace (the first GEMM overwrites) */
 template <typename T, typename CT> enum status weight_tiles(T *dw, const T *dy, const T *x, const geom &g)
 {
     enum status s = STATUS_OK;
     bool first = true;
-    const tiling t = pixel_tiling(g, sizeof(CT), weight_workspace_bytes());
+    const tiling t = pixel_tiling(g, sizeof(CT), workspace_bytes(kWeightWorkspaceBytes));
     CT *col = scratch<CT>(t.nb * g.K * t.P, &s);
     if (!col) return s;
     return for_each_tile(g, t, [&](int64_t n0, int64_t nb, int64_t p0, int64_t pc) -> enum status {
