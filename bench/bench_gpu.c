@@ -20,7 +20,7 @@ static const char *const g_switches[] = {"DRAFT_CONV_PIPELINE", "DRAFT_CONV_ROWS
                                          "DRAFT_CONV_HALO",     "DRAFT_CONV_WINOGRAD", "DRAFT_GN_FUSED_BWD",
                                          "DRAFT_GN_REG",        "DRAFT_GN_SUMS",       "DRAFT_ATTN_FUSED_DQ",
                                          "DRAFT_ATTN_MMA",      "DRAFT_ATTN_VEC4",     "DRAFT_ATTN_PACKED",
-                                         "DRAFT_MATMUL_FAST_BF16", "DRAFT_CONV_AUTOCAST_TF32"};
+                                         "DRAFT_MATMUL_FAST_BF16", "DRAFT_CONV_AUTOCAST_TF32", "DRAFT_GN_STAGED"};
 #define N_SWITCHES (sizeof g_switches / sizeof *g_switches)
 
 /* all off but those in `on` (a name, or names joined by '+'; NULL: all off), so that each row
@@ -430,29 +430,36 @@ int main(int argc, char **argv)
      * the cluster size forced (DRAFT_GN_CLUSTER; the forward's rule picks 2 blocks of 80 KiB here
      * on 132 SMs, the backward's 8; 1: a whole group of 160 KiB in one block); the forward with
      * its chunk in registers (DRAFT_GN_REG), at the picked size and at 4; its statistics as sums
-     * in double (DRAFT_GN_SUMS), alone, with REG, at 4, and under the one-pass backward */
+     * in double (DRAFT_GN_SUMS), alone, with REG, at 4, and under the one-pass backward; the
+     * staged forward (DRAFT_GN_STAGED, sums: its base rows are the _sums ones) at 2 groups a
+     * cluster (clusters of 4 here), at 1 and at 4 (DRAFT_GN_GPC), and under the one-pass backward */
     const struct {
         const char *name, *cluster, *sw;   /* sw: the switch on */
         bool back;
+        const char *gpc;   /* DRAFT_GN_GPC, or NULL */
     } gn_rows[] = {
-        {"group_norm_fwd", NULL, NULL, false},
-        {"group_norm_fwdbwd", NULL, NULL, true},
-        {"group_norm_fwdbwd_fused_bwd", NULL, "DRAFT_GN_FUSED_BWD", true},
-        {"group_norm_fwd_cl1", "1", NULL, false},
-        {"group_norm_fwd_cl2", "2", NULL, false},
-        {"group_norm_fwd_cl4", "4", NULL, false},
-        {"group_norm_fwdbwd_fused_bwd_cl4", "4", "DRAFT_GN_FUSED_BWD", true},
-        {"group_norm_fwdbwd_cl1", "1", NULL, true},
-        {"group_norm_fwd_reg", NULL, "DRAFT_GN_REG", false},
-        {"group_norm_fwd_reg_cl4", "4", "DRAFT_GN_REG", false},
-        {"group_norm_fwd_sums", NULL, "DRAFT_GN_SUMS", false},
-        {"group_norm_fwd_reg_sums", NULL, "DRAFT_GN_REG+DRAFT_GN_SUMS", false},
-        {"group_norm_fwd_sums_cl4", "4", "DRAFT_GN_SUMS", false},
-        {"group_norm_fwdbwd_fused_bwd_sums", NULL, "DRAFT_GN_FUSED_BWD+DRAFT_GN_SUMS", true},
-        {"group_norm_fwdbwd_fused_bwd_reg_sums", NULL, "DRAFT_GN_FUSED_BWD+DRAFT_GN_REG+DRAFT_GN_SUMS", true},
+        {"group_norm_fwd", NULL, NULL, false, NULL},
+        {"group_norm_fwdbwd", NULL, NULL, true, NULL},
+        {"group_norm_fwdbwd_fused_bwd", NULL, "DRAFT_GN_FUSED_BWD", true, NULL},
+        {"group_norm_fwd_cl1", "1", NULL, false, NULL},
+        {"group_norm_fwd_cl2", "2", NULL, false, NULL},
+        {"group_norm_fwd_cl4", "4", NULL, false, NULL},
+        {"group_norm_fwdbwd_fused_bwd_cl4", "4", "DRAFT_GN_FUSED_BWD", true, NULL},
+        {"group_norm_fwdbwd_cl1", "1", NULL, true, NULL},
+        {"group_norm_fwd_reg", NULL, "DRAFT_GN_REG", false, NULL},
+        {"group_norm_fwd_reg_cl4", "4", "DRAFT_GN_REG", false, NULL},
+        {"group_norm_fwd_sums", NULL, "DRAFT_GN_SUMS", false, NULL},
+        {"group_norm_fwd_reg_sums", NULL, "DRAFT_GN_REG+DRAFT_GN_SUMS", false, NULL},
+        {"group_norm_fwd_sums_cl4", "4", "DRAFT_GN_SUMS", false, NULL},
+        {"group_norm_fwdbwd_fused_bwd_sums", NULL, "DRAFT_GN_FUSED_BWD+DRAFT_GN_SUMS", true, NULL},
+        {"group_norm_fwdbwd_fused_bwd_reg_sums", NULL, "DRAFT_GN_FUSED_BWD+DRAFT_GN_REG+DRAFT_GN_SUMS", true, NULL},
+        {"group_norm_fwd_sums_staged", NULL, "DRAFT_GN_SUMS+DRAFT_GN_STAGED", false, NULL},
+        {"group_norm_fwd_sums_staged_g1", NULL, "DRAFT_GN_SUMS+DRAFT_GN_STAGED", false, "1"},
+        {"group_norm_fwd_sums_staged_g4", NULL, "DRAFT_GN_SUMS+DRAFT_GN_STAGED", false, "4"},
+        {"group_norm_fwdbwd_fused_bwd_sums_staged", NULL, "DRAFT_GN_FUSED_BWD+DRAFT_GN_SUMS+DRAFT_GN_STAGED", true, NULL},
     };
     if (row_wanted() && !g_only) {   /* how the one-pass kernels launch here, and whether in one wave */
-        char occ[512];
+        char occ[1024];
         cuda_group_norm_occupancy(occ, sizeof occ, 2, 320, 32, 64 * 64);
         for (char *line = strtok(occ, "\n"); line; line = strtok(NULL, "\n")) printf("INFO %s\n", line);
     }
@@ -460,6 +467,7 @@ int main(int argc, char **argv)
         const int bw = gn_rows[mode].back;
         set_switches(gn_rows[mode].sw);
         if (gn_rows[mode].cluster) setenv("DRAFT_GN_CLUSTER", gn_rows[mode].cluster, 1);
+        if (gn_rows[mode].gpc) setenv("DRAFT_GN_GPC", gn_rows[mode].gpc, 1);
         a.a = randn_dev(DTYPE_F32, TENSOR_SHAPE(2, 320, 64, 64), bw);
         a.b = randn_dev(DTYPE_F32, TENSOR_SHAPE(320), bw);
         a.c = randn_dev(DTYPE_F32, TENSOR_SHAPE(320), bw);
@@ -480,6 +488,7 @@ int main(int argc, char **argv)
         release(&a);
         set_switches(NULL);
         unsetenv("DRAFT_GN_CLUSTER");
+        unsetenv("DRAFT_GN_GPC");
     }
     if (row_wanted()) {   /* default kernels only: not in the variants process */
         struct gn_raw g = {0};

@@ -260,19 +260,21 @@ fi
 # and side (bench_gpu's BENCH_GPU_ONLY, torch_gpu.py's BENCH_ONLY: the row's calls alone inside the
 # profiler's window), summed up by bench/ncu_summary.py: each kernel's time and what bounds it
 # (the defaults' rows of what is still behind: group_norm, and attention under bf16 autocast, with torch's)
-ncu_rows=(group_norm_fwd_sums group_norm_fwdbwd_fused_bwd_sums attention_fwd_autocast attention_fwd_autocast_packed_vec4
-          attention_fwdbwd_autocast_packed_vec4)
+ncu_rows=(group_norm_fwd_sums group_norm_fwd_sums_staged group_norm_fwdbwd_fused_bwd_sums attention_fwd_autocast
+          attention_fwd_autocast_packed_vec4 attention_fwdbwd_autocast_packed_vec4)
 [ -z "${GPU_CHECK_NCU_ROWS:-}" ] || read -r -a ncu_rows <<< "$GPU_CHECK_NCU_ROWS"   # GPU_CHECK_NCU_ROWS="row row ...": these instead
 ncu_args=()
 ncu_works=""
 if [ "${GPU_CHECK_NCU:-1}" = 1 ] && command -v ncu > /dev/null && [ -x build-gpu/bench/bench_gpu ]; then
     for row in "${ncu_rows[@]}"; do
         for side in ours torch; do
-            case $side/$row in torch/attention_fwd_mma | torch/*_halo | torch/*_wino | torch/*_reg | torch/*_vec4 | torch/*_packed | torch/*_sums | torch/*_fused_bwd) continue ;; esac   # the base row's
+            case $side/$row in torch/attention_fwd_mma | torch/*_halo | torch/*_wino | torch/*_reg | torch/*_vec4 | torch/*_packed | torch/*_sums | torch/*_staged | torch/*_fused_bwd) continue ;; esac   # the base row's
             fits 40 "ncu $side $row" || continue
             prog=(./build-gpu/bench/bench_gpu); [ $side = torch ] && prog=(python3 bench/torch_gpu.py)
+            # group_norm's kernels are latency-bound (15% of issue, 21% of DRAM): where their warps stall too
+            extra=(); case $row in group_norm*) extra=(--section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis) ;; esac
             BENCH_GPU_ONLY=$row BENCH_ONLY=$row timeout $(cap 60) ncu --profile-from-start off --clock-control none \
-                --section SpeedOfLight --section Occupancy --section LaunchStats --csv --page details "${prog[@]}" \
+                --section SpeedOfLight --section Occupancy --section LaunchStats ${extra[@]+"${extra[@]}"} --csv --page details "${prog[@]}" \
                 > "$OUTDIR/ncu-$side-$row.csv" 2>&1
             ncu_args+=("$side:$row" "$OUTDIR/ncu-$side-$row.csv")
             # no metrics in the first profile (no permission for the counters, say): the rest would

@@ -1181,6 +1181,26 @@ START_TEST(test_nn)
         check_op("group_norm[gn_chan,groups=2,5x5]", f_group_norm, (void *)2, 3, gno, &o);
         unsetenv("DRAFT_GN_SUMS");
         unsetenv("DRAFT_GN_REG");
+        /* the staged forward (DRAFT_GN_STAGED): 1, 2 and 4 groups a cluster (DRAFT_GN_GPC) on SD's
+         * shape and the large one (64 groups), 3 groups of 5x5 (V = 1; gpc 2 leaves the last
+         * cluster one group short), and clusters of 8 forced on the large one (gpc 1: 8 x 1) */
+        set_switch("DRAFT_GN_STAGED", true);
+        for (int m = 0; m < 3; m++) {
+            char label[96], gpc[2] = {(char)('0' + (1 << m)), 0};
+            setenv("DRAFT_GN_GPC", gpc, 1);
+            snprintf(label, sizeof label, "group_norm[gn_staged,gpc=%s,sd,groups=32]", gpc);
+            check_op(label, f_group_norm, (void *)32, 3, gns, &big);
+            snprintf(label, sizeof label, "group_norm[gn_staged,gpc=%s,large,groups=32]", gpc);
+            check_op(label, f_group_norm, (void *)32, 3, gnb, &big);
+        }
+        setenv("DRAFT_GN_GPC", "2", 1);
+        check_op("group_norm[gn_staged,gpc=2,groups=3]", f_group_norm, (void *)3, 3, gn, &o);
+        check_op("group_norm[gn_staged,gpc=2,groups=2,5x5]", f_group_norm, (void *)2, 3, gno, &o);
+        setenv("DRAFT_GN_CLUSTER", "8", 1);
+        check_op("group_norm[gn_staged,cluster=8,large,groups=32]", f_group_norm, (void *)32, 3, gnb, &big);
+        unsetenv("DRAFT_GN_CLUSTER");
+        unsetenv("DRAFT_GN_GPC");
+        unsetenv("DRAFT_GN_STAGED");
     }
     /* attention */
     struct tensor *qkv[3], *qkv2[3], *qkvb[3], *qkvt[3], *qkvc[3], *qkv80[3], *qkvw[3], *qkvw2[3];

@@ -181,6 +181,33 @@ template <int V> void run_case(const gn_case &c, int cl)
             printf("emu group_norm[fused_fwd_reg_sums,N=%d,C=%d,G=%d,HW=%d,cluster=%d,NV=%d] out, mean, rstd %s the shared-memory sums kernel's %s\n",
                    c.N, c.C, c.G, c.HW, cl, nv, same ? "are" : "are NOT", same ? "ok" : "FAILED");
         }
+        /* the staged forward (DRAFT_GN_STAGED): gpc groups a cluster of cl * gpc blocks, as
+         * gn_staged_pick launches it (the last cluster short of groups where gpc does not divide
+         * N * G); gpc = 1 gives the sums kernel's bits, the others the reference's values */
+        for (int gpc = 1; gpc <= kGnMaxGpc && cl * gpc <= kGnMaxCluster; gpc *= 2) {
+            const int cls = cl * gpc, chs = ((ge + cls - 1) / cls + 3) / 4 * 4;
+            if (gn_staged_smem(cg, chs, gpc) > dev_max) continue;
+            std::vector<float> o5(n, NAN), m5(NG, NAN), r5(NG, NAN);
+            {
+                const emu_smem_scope smem(gn_staged_smem(cg, chs, gpc));
+                emu_launch((unsigned)cls, (unsigned)((NG + gpc - 1) / gpc), (unsigned)cls, kThreads, [&] {
+                    gn_staged_kernel<V>(o5.data(), m5.data(), r5.data(), x.data(), w.data(), b.data(), c.C, cg, c.HW, ge, chs,
+                                        gpc, NG, eps);
+                });
+            }
+            char kn[48];
+            snprintf(kn, sizeof kn, "staged_fwd,gpc=%d", gpc);
+            report(kn, c, cls, V, "out", rel_err(o5, out), out_bound);
+            report(kn, c, cls, V, "mean", rel_err(m5, mu), 1e-6);
+            report(kn, c, cls, V, "rstd", rel_err(r5, rs), 1e-6);
+            if (gpc == 1) {
+                const bool same = !memcmp(o5.data(), o3.data(), n * sizeof(float)) &&
+                                  !memcmp(m5.data(), m3.data(), NG * sizeof(float)) && !memcmp(r5.data(), r3.data(), NG * sizeof(float));
+                failures += !same;
+                printf("emu group_norm[staged_fwd,gpc=1,N=%d,C=%d,G=%d,HW=%d,cluster=%d,V=%d] out, mean, rstd %s the sums kernel's %s\n",
+                       c.N, c.C, c.G, c.HW, cl, V, same ? "are" : "are NOT", same ? "ok" : "FAILED");
+            }
+        }
     }
 
     if (!bwd_fits || far_mean()) return;

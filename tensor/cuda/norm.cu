@@ -233,6 +233,34 @@ bool gn_reg_enabled() { return cuda_switch("DRAFT_GN_REG", false); }
  * a call in a burst against 0.012, forward+backward 0.028 against 0.030. */
 bool gn_sums_enabled() { return cuda_switch("DRAFT_GN_SUMS", true); }
 
+/* DRAFT_GN_STAGED=1 (opt-in until measured on a GPU): the staged forward (gn_staged_kernel), gpc
+ * groups to a cluster of gpc times the blocks the rule above picks, so that each block stages as
+ * much as before; DRAFT_GN_GPC=1, 2 or 4 sets gpc (default 2; less where the cluster would pass 8
+ * blocks, the shared memory its bound, or where there are fewer groups) */
+bool gn_staged_enabled() { return cuda_switch("DRAFT_GN_STAGED", false); }
+
+int gn_staged_gpc(int cl, int64_t NG)
+{
+    const char *e = getenv("DRAFT_GN_GPC");
+    int gpc = e && (!strcmp(e, "1") || !strcmp(e, "2") || !strcmp(e, "4")) ? atoi(e) : 2;
+    while (gpc > 1 && (cl * gpc > kGnMaxCluster || gpc > NG)) gpc /= 2;
+    return gpc;
+}
+
+/* the staged forward's cluster size, chunk and gpc from the one-pass forward's pick (cl, chunk);
+ * false when it does not fit */
+bool gn_staged_pick(int cl, int64_t NG, int64_t ge, int cg, int *cl_out, int *chunk_out, int *gpc_out)
+{
+    const size_t max = gn_cluster_floor() == 1 ? kFusedSmemMaxOne : kFusedSmemMax;
+    for (int gpc = gn_staged_gpc(cl, NG); gpc >= 1; gpc /= 2) {
+        const int cls = cl * gpc, chunk = (int)(((ge + cls - 1) / cls + 3) / 4 * 4);
+        if (gn_staged_smem(cg, chunk, gpc) > max) continue;
+        *cl_out = cls, *chunk_out = chunk, *gpc_out = gpc;
+        return true;
+    }
+    return false;
+}
+
 /* the one-pass forward when it applies (f32); *done tells whether it ran */
 void group_norm_fused(bool *done, float *out, float *mean, float *rstd, const float *x, const float *w, const float *b,
                       int64_t N, int C, int G, int64_t HW, double eps)
@@ -245,6 +273,16 @@ void group_norm_fused(bool *done, float *out, float *mean, float *rstd, const fl
     if (!cl) return;
     const bool v4 = HW % 4 == 0 && aligned16(x) && aligned16(out);
     const int nv = v4 && gn_reg_enabled() ? gn_reg_nv(chunk) : 0;
+    if (gn_staged_enabled()) {
+        int cls = 0, chs = 0, gpc = 0;
+        if (gn_staged_pick(cl, NG, ge, cg, &cls, &chs, &gpc)) {
+            static size_t raised_staged[2];
+            *done = gn_cluster_launch(v4 ? gn_staged_kernel<4> : gn_staged_kernel<1>, &raised_staged[v4], cls,
+                                      (NG + gpc - 1) / gpc, gn_staged_smem(cg, chs, gpc), out, mean, rstd, x, w, b, C, cg,
+                                      (int)HW, (int)ge, chs, gpc, (int)NG, eps);
+            if (*done) return;
+        }
+    }
     const bool sums = gn_sums_enabled();
     /* per kernel, then the same again for SUMS at 8 + i: <1>, <4>, then <4, nv> at 1 + nv / 4 */
     static size_t raised[16];
@@ -545,9 +583,16 @@ extern "C" void cuda_group_norm_occupancy(char *buf, size_t n, int64_t N, int C,
     const int64_t NG = N * G, ge = (int64_t)cg * HW;
     int chunk = 0;
     int cl = gn_cluster_pick(NG, ge, [cg](int ch) { return gn_fwd_smem(cg, ch); }, false, &chunk);
-    const size_t half = n / 2;
-    gn_occupancy_line(buf, half, "group_norm fwd", gn_fused_kernel<4>, cl, NG, cl ? gn_fwd_smem(cg, chunk) : 0);
-    const size_t used = strlen(buf);
+    const size_t third = n / 3;
+    gn_occupancy_line(buf, third, "group_norm fwd", gn_fused_kernel<4>, cl, NG, cl ? gn_fwd_smem(cg, chunk) : 0);
+    size_t used = strlen(buf);
+    int cls = 0, chs = 0, gpc = 0;   /* the staged forward (DRAFT_GN_STAGED): gpc groups a cluster */
+    if (!cl || !gn_staged_pick(cl, NG, ge, cg, &cls, &chs, &gpc)) cls = 0;
+    char what[64];
+    snprintf(what, sizeof what, "group_norm fwd staged (%d groups a cluster)", gpc);
+    gn_occupancy_line(buf + used, n - used < third ? n - used : third, what, gn_staged_kernel<4>, cls,
+                      cls ? (NG + gpc - 1) / gpc : 0, cls ? gn_staged_smem(cg, chs, gpc) : 0);
+    used = strlen(buf);
     cl = gn_cluster_pick(NG, ge, [cg](int ch) { return gn_bwd_smem(cg, ch).bytes; }, true, &chunk);
     gn_occupancy_line(buf + used, n - used, "group_norm bwd", gn_bwd_fused_kernel<4>, cl, NG,
                       cl ? gn_bwd_smem(cg, chunk).bytes : 0);

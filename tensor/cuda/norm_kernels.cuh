@@ -490,6 +490,137 @@ inline gn_fwd_fn gn_fused_reg_kernel(int nv, bool sums = false)
     return sums ? gn_fused_reg_kernel_t<true>(nv) : gn_fused_reg_kernel_t<false>(nv);
 }
 
+/* ---- the staged forward (DRAFT_GN_STAGED=1, opt-in until measured on a GPU)
+ * gn_fused_kernel loads its whole chunk, then sums it, exchanges the sums over the cluster, and
+ * only then writes: the memory system idles while the SMs sum, wait at the cluster's barrier and
+ * normalise (Nsight Compute, H200: 10.2 us for 21 MB, under half a copy's rate). Here a cluster
+ * of cl blocks normalises gpc groups (1, 2 or 4; block y of the grid has groups y * gpc + k), and
+ * each block stages chunk elements of each of them, all requested at the start in
+ * kGnStages = 8 cp.async groups, group after group (8 / gpc stages each, the most
+ * cp.async.wait_group counts exactly). A thread sums each stage as it lands, and group k's
+ * exchange, barrier and stores run while groups k + 1.. still stream in: the memory system
+ * has work through all but the last group's exchange and stores.
+ * Statistics as DRAFT_GN_SUMS's (double sums of x and x^2 per vector lane, warps, block, cluster
+ * in a fixed order): with gpc = 1 the same bits as gn_fused_kernel<V, 0, true> at the same
+ * cluster size and chunk. Layout: [head | xs: gpc * chunk floats | w, b: gpc * 2 * cg floats]. */
+constexpr int kGnMaxGpc = 4;
+constexpr int kGnStages = 8;
+struct gn_staged_head {
+    double2 wsums[kGnMaxGpc][kThreads / 32];   /* this block's warps' sums, per group */
+    double2 rsums[kGnMaxGpc][kGnMaxCluster];   /* every block's, written by that block, per group */
+};
+__host__ __device__ constexpr size_t gn_staged_smem(int cg, int chunk, int gpc)
+{
+    return gn_align16(sizeof(gn_staged_head)) + sizeof(float) * (size_t)gpc * ((size_t)chunk + 2 * (size_t)cg);
+}
+
+template <int V>
+__global__ void __launch_bounds__(kThreads)
+gn_staged_kernel(float *__restrict__ out, float *__restrict__ mean, float *__restrict__ rstd, const float *__restrict__ x,
+                 const float *__restrict__ w, const float *__restrict__ b, int C, int cg, int HW, int ge, int chunk, int gpc,
+                 int NG, double eps)
+{
+    DYN_SMEM(float4, gn_smem4);
+    unsigned char *base = reinterpret_cast<unsigned char *>(gn_smem4);
+    gn_staged_head &sh = *reinterpret_cast<gn_staged_head *>(base);
+    float *xs = reinterpret_cast<float *>(base + gn_align16(sizeof(gn_staged_head))), *wb = xs + (size_t)gpc * chunk;
+    cooperative_groups::cluster_group cl = cooperative_groups::this_cluster();
+    const int rank = (int)cl.block_rank(), ncl = (int)cl.num_blocks();
+    const int g0 = (int)blockIdx.y * gpc, ng = min(gpc, NG - g0);   /* uniform over the cluster */
+    const int j0 = rank * chunk, j1 = min(ge, j0 + chunk);
+    const int S = kGnStages / gpc;
+    const int per = (chunk + kThreads * V - 1) / (kThreads * V);   /* a thread's runs of a chunk, at most */
+    const int sp = (per + S - 1) / S;                             /* ... of a stage */
+    /* f(j, v) for this thread's runs of stage s of group k, in order: element j of the group */
+    auto each = [&](int k, int s, auto f) {
+        const float *xk = xs + (size_t)k * chunk;
+        const int i1 = min(per, (s + 1) * sp);
+        for (int i = s * sp; i < i1; i++) {
+            const int j = j0 + ((int)threadIdx.x + i * kThreads) * V;
+            if (j < j1) f(j, *reinterpret_cast<const vec<float, V> *>(xk + (j - j0)));
+        }
+    };
+    for (int k = 0; k < gpc; k++)   /* every group's stages in flight, in order; empty ones commit too */
+        for (int s = 0; s < S; s++) {
+            if (k < ng) {
+                const float *xg = x + (int64_t)(g0 + k) * ge;
+                float *xk = xs + (size_t)k * chunk;
+                const int i1 = min(per, (s + 1) * sp);
+                for (int i = s * sp; i < i1; i++) {
+                    const int j = j0 + ((int)threadIdx.x + i * kThreads) * V;
+                    if (j < j1) __pipeline_memcpy_async(xk + (j - j0), xg + j, sizeof(float) * V);
+                }
+            }
+            __pipeline_commit();
+        }
+    cl.barrier_arrive();   /* started: see gn_fused_kernel */
+    for (int i = threadIdx.x; i < ng * cg; i += kThreads) {   /* the groups' w and b, while x streams in */
+        const int k = i / cg, c = (int)((g0 + k) % (C / cg)) * cg + (i - k * cg);
+        wb[k * 2 * cg + (i - k * cg)] = w ? w[c] : 1.f;
+        wb[k * 2 * cg + cg + (i - k * cg)] = b ? b[c] : 0.f;
+    }
+    for (int k = 0; k < ng; k++) {
+        double s4[V], q4[V];
+#pragma unroll
+        for (int i = 0; i < V; i++) s4[i] = q4[i] = 0.0;
+        for (int s = 0; s < S; s++) {
+            __pipeline_wait_prior(kGnStages - 1 - (k * S + s));   /* this thread's copies of stage s of group k */
+            each(k, s, [&](int, const vec<float, V> &v) {
+#pragma unroll
+                for (int i = 0; i < V; i++) {
+                    const double d = (double)v.v[i];
+                    s4[i] += d;
+                    q4[i] = fma(d, d, q4[i]);
+                }
+            });
+        }
+        double s1 = s4[0], q1 = q4[0];
+#pragma unroll
+        for (int i = 1; i < V; i++) s1 += s4[i], q1 += q4[i];
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            s1 += __shfl_down_sync(0xffffffffu, s1, o);
+            q1 += __shfl_down_sync(0xffffffffu, q1, o);
+        }
+        if (threadIdx.x % 32 == 0) sh.wsums[k][threadIdx.x / 32] = make_double2(s1, q1);
+        __syncthreads();   /* group k's warp sums (and, the first time, w and b) are in shared memory */
+        if (k == 0) cl.barrier_wait();
+        if ((int)threadIdx.x < ncl) {   /* this block's sums, into block threadIdx.x's rsums[k][rank] */
+            double2 bs = sh.wsums[k][0];
+            for (int i = 1; i < kThreads / 32; i++) bs.x += sh.wsums[k][i].x, bs.y += sh.wsums[k][i].y;
+            cl.map_shared_rank(&sh.rsums[k][0], (int)threadIdx.x)[rank] = bs;
+        }
+        cl.sync();   /* every block's sums of group k are in every block (later groups' land in other slots) */
+        double Sx = 0, Qx = 0;
+        for (int i = 0; i < ncl; i++) Sx += sh.rsums[k][i].x, Qx += sh.rsums[k][i].y;
+        const double mu = Sx / (double)ge, var = Qx / (double)ge - mu * mu;
+        const double rs = 1.0 / sqrt((var > 0 ? var : 0.0) + eps);
+        const int64_t g = g0 + k;
+        if (rank == 0 && threadIdx.x == 0) {
+            if (mean) mean[g] = (float)mu;
+            if (rstd) rstd[g] = (float)rs;
+        }
+        const float *wk = wb + k * 2 * cg;
+        float *og = out + g * ge;
+        int cur = -1;
+        float sc = 0.f, sf = 0.f;
+        for (int s = 0; s < S; s++)
+            each(k, s, [&](int j, const vec<float, V> &x4) {
+                vec<float, V> v = x4;
+                const int ci = j / HW;   /* one channel per vector: V == 4 only when HW % 4 == 0 */
+                if (ci != cur) {
+                    const double scd = rs * (double)wk[ci];
+                    sc = (float)scd;
+                    sf = (float)((double)wk[cg + ci] - mu * scd);
+                    cur = ci;
+                }
+#pragma unroll
+                for (int i = 0; i < V; i++) v.v[i] = v.v[i] * sc + sf;
+                store<float, V>(og + j, v);
+            });
+    }
+}
+
 /* backward: [head | part: cg double2 | rpart: kGnMaxCluster * cg double2 | tot: cg double2 |
  *            k1, ws: cg floats each | xs, dys: chunk floats each] */
 struct gn_bwd_head {
