@@ -20,7 +20,8 @@ static const char *const g_switches[] = {"DRAFT_CONV_PIPELINE", "DRAFT_CONV_ROWS
                                          "DRAFT_CONV_HALO",     "DRAFT_CONV_WINOGRAD", "DRAFT_GN_FUSED_BWD",
                                          "DRAFT_GN_REG",        "DRAFT_GN_SUMS",       "DRAFT_ATTN_FUSED_DQ",
                                          "DRAFT_ATTN_MMA",      "DRAFT_ATTN_VEC4",     "DRAFT_ATTN_PACKED",
-                                         "DRAFT_MATMUL_FAST_BF16", "DRAFT_CONV_AUTOCAST_TF32", "DRAFT_GN_STAGED"};
+                                         "DRAFT_MATMUL_FAST_BF16", "DRAFT_CONV_AUTOCAST_TF32", "DRAFT_GN_STAGED",
+                                         "DRAFT_GN_FUSED_WB"};
 #define N_SWITCHES (sizeof g_switches / sizeof *g_switches)
 
 /* all off but those in `on` (a name, or names joined by '+'; NULL: all off), so that each row
@@ -432,7 +433,8 @@ int main(int argc, char **argv)
      * its chunk in registers (DRAFT_GN_REG), at the picked size and at 4; its statistics as sums
      * in double (DRAFT_GN_SUMS), alone, with REG, at 4, and under the one-pass backward; the
      * staged forward (DRAFT_GN_STAGED, sums: its base rows are the _sums ones) at 2 groups a
-     * cluster (clusters of 4 here), at 1 and at 4 (DRAFT_GN_GPC), and under the one-pass backward */
+     * cluster (clusters of 4 here), at 1 and at 4 (DRAFT_GN_GPC), and under the one-pass backward;
+     * that backward summing dw and db itself (DRAFT_GN_FUSED_WB), without and with the staged forward */
     const struct {
         const char *name, *cluster, *sw;   /* sw: the switch on */
         bool back;
@@ -457,6 +459,9 @@ int main(int argc, char **argv)
         {"group_norm_fwd_sums_staged_g1", NULL, "DRAFT_GN_SUMS+DRAFT_GN_STAGED", false, "1"},
         {"group_norm_fwd_sums_staged_g4", NULL, "DRAFT_GN_SUMS+DRAFT_GN_STAGED", false, "4"},
         {"group_norm_fwdbwd_fused_bwd_sums_staged", NULL, "DRAFT_GN_FUSED_BWD+DRAFT_GN_SUMS+DRAFT_GN_STAGED", true, NULL},
+        {"group_norm_fwdbwd_fused_bwd_sums_wb", NULL, "DRAFT_GN_FUSED_BWD+DRAFT_GN_SUMS+DRAFT_GN_FUSED_WB", true, NULL},
+        {"group_norm_fwdbwd_fused_bwd_sums_staged_wb", NULL,
+         "DRAFT_GN_FUSED_BWD+DRAFT_GN_SUMS+DRAFT_GN_STAGED+DRAFT_GN_FUSED_WB", true, NULL},
     };
     if (row_wanted() && !g_only) {   /* how the one-pass kernels launch here, and whether in one wave */
         char occ[1024];

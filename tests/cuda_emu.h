@@ -333,7 +333,16 @@ inline float __uint_as_float(uint32_t u)
     return f;
 }
 template <class T> T __ldg(const T *p) { return *p; }
+template <class T> T __ldcg(const T *p) { return *p; }
+/* one OS thread: memory is coherent, a fence orders nothing more */
+inline void __threadfence() {}
 /* the fibers take turns on one OS thread: a plain read-modify-write is atomic */
+inline unsigned atomicInc(unsigned *p, unsigned limit)
+{
+    const unsigned old = *p;
+    *p = old >= limit ? 0u : old + 1u;
+    return old;
+}
 template <class T> T atomicMin(T *p, T v)
 {
     const T old = *p;

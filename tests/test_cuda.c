@@ -1201,6 +1201,19 @@ START_TEST(test_nn)
         unsetenv("DRAFT_GN_CLUSTER");
         unsetenv("DRAFT_GN_GPC");
         unsetenv("DRAFT_GN_STAGED");
+        /* the one-pass backward summing dw and db itself (DRAFT_GN_FUSED_WB): SD's shape, the large
+         * one at the default clusters and at clusters of 2, the 5x5 one (V = 1), 3 groups of 3x4 */
+        set_switch("DRAFT_GN_FUSED_BWD", true);
+        set_switch("DRAFT_GN_FUSED_WB", true);
+        check_op("group_norm[gn_fused_wb,sd,groups=32]", f_group_norm, (void *)32, 3, gns, &big);
+        check_op("group_norm[gn_fused_wb,large,groups=32]", f_group_norm, (void *)32, 3, gnb, &big);
+        setenv("DRAFT_GN_CLUSTER", "2", 1);
+        check_op("group_norm[gn_fused_wb,cluster=2,large,groups=32]", f_group_norm, (void *)32, 3, gnb, &big);
+        unsetenv("DRAFT_GN_CLUSTER");
+        check_op("group_norm[gn_fused_wb,groups=2,5x5]", f_group_norm, (void *)2, 3, gno, &o);
+        check_op("group_norm[gn_fused_wb,groups=3]", f_group_norm, (void *)3, 3, gn, &o);
+        unsetenv("DRAFT_GN_FUSED_WB");
+        unsetenv("DRAFT_GN_FUSED_BWD");
     }
     /* attention */
     struct tensor *qkv[3], *qkv2[3], *qkvb[3], *qkvt[3], *qkvc[3], *qkv80[3], *qkvw[3], *qkvw2[3];

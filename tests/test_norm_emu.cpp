@@ -212,13 +212,13 @@ template <int V> void run_case(const gn_case &c, int cl)
 
     if (!bwd_fits || far_mean()) return;
     /* the backward from the kernel's own float statistics, as the engine runs it */
-    std::vector<float> d(n, NAN);
+    std::vector<float> d(n, NAN), dwv(c.C, NAN), dbv(c.C, NAN);
     std::vector<double2> ab((size_t)c.N * c.C, double2{NAN, NAN});
     {
         const emu_smem_scope smem(gn_bwd_smem(cg, chunk).bytes);
         emu_launch((unsigned)cl, (unsigned)NG, (unsigned)cl, kThreads, [&] {
             gn_bwd_fused_kernel<V>(d.data(), ab.data(), dy.data(), x.data(), w.data(), m.data(), r.data(), c.C, cg, c.HW,
-                                   ge, chunk);
+                                   ge, chunk, dwv.data(), dbv.data(), NG);
         });
     }
     std::vector<double> aba(ab.size()), abb(ab.size());
@@ -226,6 +226,31 @@ template <int V> void run_case(const gn_case &c, int cl)
     report("fused_bwd", c, cl, V, "dx", rel_err(d, dx), 2e-6);
     report("fused_bwd", c, cl, V, "sum_dy", rel_err(aba, ab_a), 1e-6);
     report("fused_bwd", c, cl, V, "sum_dy_x", rel_err(abb, ab_b), 1e-6);
+    /* dw and db, summed by the last cluster's block 0 (the counter back at 0 after each launch):
+     * against the reference, and the same bits as gn_bwd_wb_kernel's own launch over the same sums */
+    report("fused_bwd", c, cl, V, "dw", rel_err(dwv, R.dw), 2e-6);
+    report("fused_bwd", c, cl, V, "db", rel_err(dbv, R.db), 1e-6);
+    std::vector<float> dw2(c.C, NAN), db2(c.C, NAN);
+    emu_launch((unsigned)((c.C + 127) / 128), 128,
+               [&] { gn_bwd_wb_kernel<float>(dw2.data(), db2.data(), ab.data(), m.data(), r.data(), c.N, c.C, cg); });
+    const bool same = !memcmp(dw2.data(), dwv.data(), c.C * sizeof(float)) && !memcmp(db2.data(), dbv.data(), c.C * sizeof(float)) &&
+                      gn_bwd_done_ctr == 0;
+    failures += !same;
+    printf("emu group_norm[fused_bwd,N=%d,C=%d,G=%d,HW=%d,cluster=%d,V=%d] dw, db %s gn_bwd_wb_kernel's, counter %u %s\n", c.N, c.C,
+           c.G, c.HW, cl, V, same ? "are" : "are NOT", gn_bwd_done_ctr, same ? "ok" : "FAILED");
+    /* dx alone (dw, db NULL): the counter untouched */
+    std::vector<float> d3(n, NAN);
+    {
+        const emu_smem_scope smem(gn_bwd_smem(cg, chunk).bytes);
+        emu_launch((unsigned)cl, (unsigned)NG, (unsigned)cl, kThreads, [&] {
+            gn_bwd_fused_kernel<V>(d3.data(), ab.data(), dy.data(), x.data(), w.data(), m.data(), r.data(), c.C, cg, c.HW,
+                                   ge, chunk, nullptr, nullptr, NG);
+        });
+    }
+    const bool same3 = !memcmp(d3.data(), d.data(), n * sizeof(float)) && gn_bwd_done_ctr == 0;
+    failures += !same3;
+    printf("emu group_norm[fused_bwd,dx only,N=%d,C=%d,G=%d,HW=%d,cluster=%d,V=%d] dx %s %s\n", c.N, c.C, c.G, c.HW, cl, V,
+           same3 ? "the same, counter 0" : "DIFFERS or counter moved", same3 ? "ok" : "FAILED");
 }
 
 /* the two-pass group_norm (f64, groups too large for a cluster, DRAFT_GN_TWOPASS=1) as

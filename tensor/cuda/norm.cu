@@ -25,13 +25,15 @@
  *  - group_norm backward, f32, under the forward's cluster condition (the default since the
  *    2026-11-27 GPU run; DRAFT_GN_FUSED_BWD=0 turns it off): ONE kernel for dx and the
  *    per-plane sums, with dy and x staged in shared memory: read once, dx written once (3
- *    passes over memory instead of 5).
+ *    passes over memory instead of 5); with DRAFT_GN_FUSED_WB=1 (opt-in) also dw/db, summed over
+ *    N by the block that wrote the last group's sums (a counter, back at 0 after each launch: the
+ *    one atomic, a count; the sums themselves in a fixed order) instead of a launch of their own.
  * All the kernels live in norm_kernels.cuh, which tests/test_norm_emu.cpp runs on the CPU.
  * Memory: group_norm two-pass uses N*G*S*24 bytes of partials, its backward N*C*16 + N*G*16
  * bytes; layer_norm backward uses 16 bytes * n * chunks (chunks <= 256). Non-contiguous inputs
  * are copied to contiguous temporaries; non-contiguous outputs go through one.
- * Determinism: no atomics; every reduction is a fixed tree or a fixed sequential order, so
- * results are bit-identical between runs.
+ * Determinism: no atomic sums (the one atomic counts finished groups); every reduction is a
+ * fixed tree or a fixed sequential order, so results are bit-identical between runs.
  * Measured on an H200 (f32, [2,320,64,64], G=32; the forward kernel before its 2026-11-27
  * barrier cut): group_norm forward 14.0 us (copy of the
  * same tensor 8.7 us; torch 42-56 us), backward 20-23 us (torch 141-200 us); layer_norm
@@ -302,10 +304,15 @@ void group_norm_fused(bool *done, float *out, float *mean, float *rstd, const fl
  * [2,320,64,64] fwd+bwd: 0.048 ms against 0.052 of the five-pass backward */
 bool fused_bwd_enabled() { return cuda_switch("DRAFT_GN_FUSED_BWD", true); }
 
+/* DRAFT_GN_FUSED_WB=1 (opt-in until measured on a GPU): the one-pass backward also sums dw and db
+ * (its last block), instead of gn_bwd_wb_kernel's launch after it */
+bool fused_wb_enabled() { return cuda_switch("DRAFT_GN_FUSED_WB", false); }
+
 /* the one-pass input gradient when it applies (f32, dx wanted); it also writes ab (the per-plane
- * sums the dw/db kernel reads). *done tells whether it ran. */
-void group_norm_bwd_fused(bool *done, float *dx, double2 *ab, const float *dy, const float *x, const float *w,
-                          const float *mean, const float *rstd, int64_t N, int C, int G, int64_t HW)
+ * sums) and, with DRAFT_GN_FUSED_WB, dw and db from them (either may be NULL: with both NULL the
+ * caller sums them). *done tells whether it ran. */
+void group_norm_bwd_fused(bool *done, float *dx, float *dw, float *db, double2 *ab, const float *dy, const float *x,
+                          const float *w, const float *mean, const float *rstd, int64_t N, int C, int G, int64_t HW)
 {
     const int cg = C / G;
     const int64_t NG = N * G, ge = (int64_t)cg * HW;
@@ -314,9 +321,11 @@ void group_norm_bwd_fused(bool *done, float *dx, double2 *ab, const float *dy, c
     *done = false;
     if (!cl) return;
     const bool v4 = HW % 4 == 0 && aligned16(x) && aligned16(dy) && aligned16(dx);
+    if (!fused_wb_enabled()) dw = db = NULL;
     static size_t raised[2];
     *done = gn_cluster_launch(v4 ? gn_bwd_fused_kernel<4> : gn_bwd_fused_kernel<1>, &raised[v4], cl, NG,
-                              gn_bwd_smem(cg, chunk).bytes, dx, ab, dy, x, w, mean, rstd, C, cg, (int)HW, (int)ge, chunk);
+                              gn_bwd_smem(cg, chunk).bytes, dx, ab, dy, x, w, mean, rstd, C, cg, (int)HW, (int)ge, chunk, dw,
+                              db, (int)NG);
 }
 
 template <typename T>
@@ -362,10 +371,12 @@ enum status group_norm_bwd_run(T *dx, T *dw, T *db, const T *dy, const T *x, con
     double2 *ab = (double2 *)scratch((size_t)(planes + NG) * sizeof(double2), &s);
     if (!ab) return s;
     double2 *coef = ab + planes;
-    bool done = false;
+    bool done = false, wb_done = false;
     if constexpr (std::is_same<T, float>::value) {
-        if (dx && fused_bwd_enabled() && !fused_disabled())
-            group_norm_bwd_fused(&done, dx, ab, dy, x, w, mean, rstd, N, C, G, HW);
+        if (dx && fused_bwd_enabled() && !fused_disabled()) {
+            group_norm_bwd_fused(&done, dx, dw, db, ab, dy, x, w, mean, rstd, N, C, G, HW);
+            wb_done = done && fused_wb_enabled();
+        }
     }
     const bool v4 = std::is_same<T, float>::value && HW % 4 == 0 && aligned16(x) && aligned16(dy) &&
                     (!dx || aligned16(dx));
@@ -381,7 +392,7 @@ enum status group_norm_bwd_run(T *dx, T *dw, T *db, const T *dy, const T *x, con
         else gn_bwd_dx_kernel<T, 1><<<(unsigned)planes, kThreads, 0, st>>>(dx, dy, x, w, rstd, coef, C, cg, HW);
         CUDA_LAUNCHED();
     }
-    if (dw || db) {
+    if ((dw || db) && !wb_done) {
         gn_bwd_wb_kernel<T><<<(unsigned)((C + 127) / 128), 128, 0, st>>>(dw, db, ab, mean, rstd, N, C, cg);
         CUDA_LAUNCHED();
     }

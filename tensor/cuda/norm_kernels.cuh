@@ -626,7 +626,13 @@ gn_staged_kernel(float *__restrict__ out, float *__restrict__ mean, float *__res
 struct gn_bwd_head {
     double2 red[kThreads / 32];
     double2 k;   /* (k2, k3) of dx = k1[c] * dy + k2 * x + k3 */
+    int last;    /* this block is the last to have written its group's sums (dw, db) */
 };
+
+/* The clusters of one gn_bwd_fused_kernel launch count here which of them finished its group's
+ * sums last (atomicInc back to 0 by that one, so each launch starts from 0): one counter, so
+ * these launches must not run concurrently (the engine has one stream). */
+__device__ unsigned gn_bwd_done_ctr;
 struct gn_bwd_layout {
     size_t part, rpart, tot, k1, ws, xs, dys, bytes;
 };
@@ -644,12 +650,16 @@ __host__ __device__ constexpr gn_bwd_layout gn_bwd_smem(int cg, int chunk)
  *   k2 = -rstd^3 * sum_c w[c] (sum dy*x - mean * sum dy) / m,  k3 = -rstd * sum_c w[c] sum dy / m - k2 * mean.
  * Each block sums dy and dy*x per channel over its chunk and writes the sums into every block of
  * the cluster; each adds them in rank order, and block 0 also writes them to ab[n * C + c] (as
- * gn_bwd_plane_kernel does: dw and db are summed from there over N). The same arithmetic as the two-kernel path, in a different order. */
+ * gn_bwd_plane_kernel does: dw and db are summed from there over N). The same arithmetic as the two-kernel path, in a different order.
+ * dw and db (either may be NULL): the block 0 that writes the last group's sums (gn_bwd_done_ctr)
+ * then sums them over N, as gn_bwd_wb_kernel does in its own launch (the same loop, the same
+ * bits): one launch less, whose start-up took as long as its work (2.8 us on an H200). */
 template <int V>
 __global__ void __launch_bounds__(kThreads)
 gn_bwd_fused_kernel(float *__restrict__ dx, double2 *__restrict__ ab, const float *__restrict__ dy,
                     const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ mean,
-                    const float *__restrict__ rstd, int C, int cg, int HW, int ge, int chunk)
+                    const float *__restrict__ rstd, int C, int cg, int HW, int ge, int chunk, float *__restrict__ dw,
+                    float *__restrict__ db, int NG)
 {
     DYN_SMEM(float4, gn_smem4);
     unsigned char *base = reinterpret_cast<unsigned char *>(gn_smem4);
@@ -713,7 +723,29 @@ gn_bwd_fused_kernel(float *__restrict__ dx, double2 *__restrict__ ab, const floa
         tot[i] = make_double2(sa, sb);
         if (rank == 0) ab[g * cg + i] = tot[i];   /* plane n * C + c0 + i */
     }
+    const bool wb = (dw || db) && rank == 0;
+    if (wb) __threadfence();   /* this thread's ab before the count below */
     __syncthreads();
+    if (wb && threadIdx.x == 0) sh.last = atomicInc(&gn_bwd_done_ctr, (unsigned)NG - 1) == (unsigned)NG - 1;
+    if (wb) {
+        __syncthreads();
+        if (sh.last) {   /* every group's sums are in ab: dw and db (gn_bwd_wb_kernel's loop) */
+            __threadfence();
+            const int G = C / cg;
+            const int64_t N = NG / G;
+            for (int c = threadIdx.x; c < C; c += kThreads) {
+                double sw = 0, sb = 0;
+                for (int64_t n = 0; n < N; n++) {
+                    const double2 v = __ldcg(&ab[n * C + c]);   /* from L2: other blocks wrote it */
+                    const int64_t gi = n * G + c / cg;
+                    sw += (double)rstd[gi] * (v.y - (double)mean[gi] * v.x);
+                    sb += v.x;
+                }
+                if (dw) dw[c] = (float)sw;
+                if (db) db[c] = (float)sb;
+            }
+        }
+    }
     if (threadIdx.x < 32) {   /* warp 0, a lane per channel */
         double s1 = 0, s2 = 0;   /* sum dy*w, sum dy*w*(x - mean) */
         for (int i = (int)threadIdx.x; i < cg; i += 32) {
