@@ -204,8 +204,8 @@ static enum status run_gn(void *p)
 }
 
 /* the backend's group_norm kernels without autograd (no graph, no allocation: outputs made
- * once): the forward alone, the backward alone, and its input gradient alone (dw, db NULL: no
- * dw/db kernel). With the fwd and fwd+bwd rows they split the fwd+bwd time into kernels and
+ * once), as compiled in (the switches unset, where the base rows set every one off): the forward
+ * alone, the backward alone, and its input gradient alone (dw, db NULL: no dw/db sums). With the fwd and fwd+bwd rows they split the fwd+bwd time into kernels and
  * the rest (graph, allocator, launches), which Nsight Compute cannot do where it lacks
  * counter permissions. */
 struct gn_raw {
@@ -496,6 +496,7 @@ int main(int argc, char **argv)
         unsetenv("DRAFT_GN_GPC");
     }
     if (row_wanted()) {   /* default kernels only: not in the variants process */
+        for (size_t i = 0; i < N_SWITCHES; i++) unsetenv(g_switches[i]);   /* the compiled-in defaults */
         struct gn_raw g = {0};
         g.nrot = kRot;
         bool ok = true;
@@ -519,6 +520,13 @@ int main(int argc, char **argv)
         for (size_t i = 0; ok && i < sizeof raw_rows / sizeof *raw_rows; i++) {
             g.part = raw_rows[i].part;
             const double bytes = 2.0 * 320 * 64 * 64 * 4 * raw_rows[i].passes;
+            if (i == 0) {   /* the forward as a single call on one input, as group_norm_fwd times it:
+                               the difference between the two is autograd's and the allocator's host time */
+                g.nrot = 1;
+                ms = time_it(raw_rows[i].name, run_gn_raw, &g, 3, 20);
+                if (ms > 0) printf("RESULT %s %.3f %.1f GB/s\n", raw_rows[i].name, ms, bytes / ms / 1e6);
+                g.nrot = kRot;
+            }
             char bname[64];
             snprintf(bname, sizeof bname, "%s_burst20", raw_rows[i].name);
             ms = time_burst(bname, run_gn_raw, &g, 3, 20, 20);
@@ -528,6 +536,7 @@ int main(int argc, char **argv)
         for (int i = 0; i < kRot; i++) tensor_free(g.x[i]), tensor_free(g.dy[i]);
         tensor_free(g.w), tensor_free(g.b), tensor_free(g.out), tensor_free(g.dx), tensor_free(g.mean);
         tensor_free(g.rstd), tensor_free(g.dw), tensor_free(g.db);
+        set_switches(NULL);
     }
     /* the bandwidth a tensor of that size can reach at all: a device-to-device copy of it */
     a.a = randn_dev(DTYPE_F32, TENSOR_SHAPE(2, 320, 64, 64), false);

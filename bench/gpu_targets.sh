@@ -65,5 +65,8 @@ END {
     if ((f in ms) && (b in ms) && ms[f] > 0 && (c in ms) && ms[c] > 0)
         printf "%-36s %5.0f%% / %.0f%% of %s (fwd / fwd+bwd; kernels alone, not counted)\n", "group_norm kernels (burst)",
                100 * ms[c] / ms[f], 100 * 2.5 * ms[c] / (ms[f] + ms[b]), c   # 2 passes, 5 passes; the copy 2
+    f = "group_norm_fwd_raw"; c = "copy_10M"
+    if ((f in ms) && ms[f] > 0 && (c in ms) && ms[c] > 0)
+        printf "%-36s %5.0f%% of %s (fwd, one call; kernel alone, not counted)\n", "group_norm kernel (single)", 100 * ms[c] / ms[f], c
     printf "targets: %d met, %d missed\n", met, missed
 }' "$1" "$2"
