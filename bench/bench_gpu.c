@@ -21,7 +21,7 @@ static const char *const g_switches[] = {"DRAFT_CONV_PIPELINE", "DRAFT_CONV_ROWS
                                          "DRAFT_GN_REG",        "DRAFT_GN_SUMS",       "DRAFT_ATTN_FUSED_DQ",
                                          "DRAFT_ATTN_MMA",      "DRAFT_ATTN_VEC4",     "DRAFT_ATTN_PACKED",
                                          "DRAFT_MATMUL_FAST_BF16", "DRAFT_CONV_AUTOCAST_TF32", "DRAFT_GN_STAGED",
-                                         "DRAFT_GN_FUSED_WB"};
+                                         "DRAFT_GN_FUSED_WB",      "DRAFT_GN_STAGED_BWD"};
 #define N_SWITCHES (sizeof g_switches / sizeof *g_switches)
 
 /* all off but those in `on` (a name, or names joined by '+'; NULL: all off), so that each row
@@ -434,7 +434,8 @@ int main(int argc, char **argv)
      * in double (DRAFT_GN_SUMS), alone, with REG, at 4, and under the one-pass backward; the
      * staged forward (DRAFT_GN_STAGED, sums: its base rows are the _sums ones) at 2 groups a
      * cluster (clusters of 4 here), at 1 and at 4 (DRAFT_GN_GPC), and under the one-pass backward;
-     * that backward summing dw and db itself (DRAFT_GN_FUSED_WB), without and with the staged forward */
+     * that backward summing dw and db itself (DRAFT_GN_FUSED_WB), without and with the staged forward;
+     * the backward with 2 groups a cluster (DRAFT_GN_STAGED_BWD), alone and with all three */
     const struct {
         const char *name, *cluster, *sw;   /* sw: the switch on */
         bool back;
@@ -462,6 +463,9 @@ int main(int argc, char **argv)
         {"group_norm_fwdbwd_fused_bwd_sums_wb", NULL, "DRAFT_GN_FUSED_BWD+DRAFT_GN_SUMS+DRAFT_GN_FUSED_WB", true, NULL},
         {"group_norm_fwdbwd_fused_bwd_sums_staged_wb", NULL,
          "DRAFT_GN_FUSED_BWD+DRAFT_GN_SUMS+DRAFT_GN_STAGED+DRAFT_GN_FUSED_WB", true, NULL},
+        {"group_norm_fwdbwd_fused_bwd_sums_stbwd", NULL, "DRAFT_GN_FUSED_BWD+DRAFT_GN_SUMS+DRAFT_GN_STAGED_BWD", true, NULL},
+        {"group_norm_fwdbwd_fused_bwd_sums_staged_wb_stbwd", NULL,
+         "DRAFT_GN_FUSED_BWD+DRAFT_GN_SUMS+DRAFT_GN_STAGED+DRAFT_GN_FUSED_WB+DRAFT_GN_STAGED_BWD", true, NULL},
     };
     if (row_wanted() && !g_only) {   /* how the one-pass kernels launch here, and whether in one wave */
         char occ[1024];

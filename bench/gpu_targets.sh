@@ -53,12 +53,14 @@ END {
               " group_norm_fwd_sums_staged_g1_burst20 group_norm_fwd_sums_staged_g4_burst20", "copy_10M_burst20")
     bw_target("group_norm_fwdbwd", "group_norm_fwdbwd_fused_bwd group_norm_fwdbwd_fused_bwd_cl4 group_norm_fwdbwd_cl1" \
               " group_norm_fwdbwd_fused_bwd_sums group_norm_fwdbwd_fused_bwd_reg_sums group_norm_fwdbwd_fused_bwd_sums_staged" \
-              " group_norm_fwdbwd_fused_bwd_sums_wb group_norm_fwdbwd_fused_bwd_sums_staged_wb", "copy_10M")
+              " group_norm_fwdbwd_fused_bwd_sums_wb group_norm_fwdbwd_fused_bwd_sums_staged_wb" \
+              " group_norm_fwdbwd_fused_bwd_sums_stbwd group_norm_fwdbwd_fused_bwd_sums_staged_wb_stbwd", "copy_10M")
     bw_target("group_norm_fwdbwd_burst20",
               "group_norm_fwdbwd_fused_bwd_burst20 group_norm_fwdbwd_fused_bwd_cl4_burst20 group_norm_fwdbwd_cl1_burst20" \
               " group_norm_fwdbwd_fused_bwd_sums_burst20 group_norm_fwdbwd_fused_bwd_reg_sums_burst20" \
               " group_norm_fwdbwd_fused_bwd_sums_staged_burst20 group_norm_fwdbwd_fused_bwd_sums_wb_burst20" \
-              " group_norm_fwdbwd_fused_bwd_sums_staged_wb_burst20", "copy_10M_burst20")
+              " group_norm_fwdbwd_fused_bwd_sums_staged_wb_burst20 group_norm_fwdbwd_fused_bwd_sums_stbwd_burst20" \
+              " group_norm_fwdbwd_fused_bwd_sums_staged_wb_stbwd_burst20", "copy_10M_burst20")
     # not a target row: the group_norm kernels alone (backend calls, no autograd), like the copy
     # row they are compared with; says how much of the fwd+bwd rows is kernels and how much the rest
     f = "group_norm_fwd_raw_burst20"; b = "group_norm_bwd_raw_burst20"; c = "copy_10M_burst20"

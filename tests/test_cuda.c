@@ -1212,6 +1212,24 @@ START_TEST(test_nn)
         unsetenv("DRAFT_GN_CLUSTER");
         check_op("group_norm[gn_fused_wb,groups=2,5x5]", f_group_norm, (void *)2, 3, gno, &o);
         check_op("group_norm[gn_fused_wb,groups=3]", f_group_norm, (void *)3, 3, gn, &o);
+        /* the one-pass backward with 2 and 4 groups a cluster (DRAFT_GN_STAGED_BWD; 4 falls back
+         * to 2 where 4 would pass the shared memory's bound), with and without dw and db in it */
+        set_switch("DRAFT_GN_STAGED_BWD", true);
+        for (int m = 0; m < 4; m++) {
+            char label[96];
+            const char *gpc = m % 2 ? "4" : "2";
+            set_switch("DRAFT_GN_FUSED_WB", m >= 2);
+            setenv("DRAFT_GN_GPC", gpc, 1);
+            snprintf(label, sizeof label, "group_norm[gn_staged_bwd,gpc=%s%s,sd,groups=32]", gpc, m >= 2 ? ",wb" : "");
+            check_op(label, f_group_norm, (void *)32, 3, gns, &big);
+            snprintf(label, sizeof label, "group_norm[gn_staged_bwd,gpc=%s%s,large,groups=32]", gpc, m >= 2 ? ",wb" : "");
+            check_op(label, f_group_norm, (void *)32, 3, gnb, &big);
+        }
+        setenv("DRAFT_GN_GPC", "2", 1);
+        check_op("group_norm[gn_staged_bwd,gpc=2,groups=3]", f_group_norm, (void *)3, 3, gn, &o);
+        check_op("group_norm[gn_staged_bwd,gpc=2,groups=2,5x5]", f_group_norm, (void *)2, 3, gno, &o);
+        unsetenv("DRAFT_GN_GPC");
+        unsetenv("DRAFT_GN_STAGED_BWD");
         unsetenv("DRAFT_GN_FUSED_WB");
         unsetenv("DRAFT_GN_FUSED_BWD");
     }

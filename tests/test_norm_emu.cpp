@@ -251,6 +251,26 @@ template <int V> void run_case(const gn_case &c, int cl)
     failures += !same3;
     printf("emu group_norm[fused_bwd,dx only,N=%d,C=%d,G=%d,HW=%d,cluster=%d,V=%d] dx %s %s\n", c.N, c.C, c.G, c.HW, cl, V,
            same3 ? "the same, counter 0" : "DIFFERS or counter moved", same3 ? "ok" : "FAILED");
+    /* gpc groups a cluster (DRAFT_GN_STAGED_BWD; the last cluster short of groups where gpc does
+     * not divide N * G): each group's steps are gpc = 1's, so dx, the sums, dw and db are its bits */
+    for (int gpc = 2; gpc <= kGnMaxGpc; gpc *= 2) {
+        if (gn_bwd_smem(cg, chunk, gpc).bytes > dev_max) continue;
+        std::vector<float> d4(n, NAN), dw4(c.C, NAN), db4(c.C, NAN);
+        std::vector<double2> ab4(ab.size(), double2{NAN, NAN});
+        {
+            const emu_smem_scope smem(gn_bwd_smem(cg, chunk, gpc).bytes);
+            emu_launch((unsigned)cl, (unsigned)((NG + gpc - 1) / gpc), (unsigned)cl, kThreads, [&] {
+                gn_bwd_fused_kernel<V, true>(d4.data(), ab4.data(), dy.data(), x.data(), w.data(), m.data(), r.data(), c.C, cg,
+                                             c.HW, ge, chunk, dw4.data(), db4.data(), NG, gpc);
+            });
+        }
+        const bool same4 = !memcmp(d4.data(), d.data(), n * sizeof(float)) && !memcmp(ab4.data(), ab.data(), ab.size() * sizeof(double2)) &&
+                           !memcmp(dw4.data(), dwv.data(), c.C * sizeof(float)) && !memcmp(db4.data(), dbv.data(), c.C * sizeof(float)) &&
+                           gn_bwd_done_ctr == 0;
+        failures += !same4;
+        printf("emu group_norm[fused_bwd,gpc=%d,N=%d,C=%d,G=%d,HW=%d,cluster=%d,V=%d] dx, sums, dw, db %s gpc=1's %s\n", gpc, c.N,
+               c.C, c.G, c.HW, cl, V, same4 ? "are" : "are NOT", same4 ? "ok" : "FAILED");
+    }
 }
 
 /* the two-pass group_norm (f64, groups too large for a cluster, DRAFT_GN_TWOPASS=1) as

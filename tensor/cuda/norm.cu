@@ -308,6 +308,23 @@ bool fused_bwd_enabled() { return cuda_switch("DRAFT_GN_FUSED_BWD", true); }
  * (its last block), instead of gn_bwd_wb_kernel's launch after it */
 bool fused_wb_enabled() { return cuda_switch("DRAFT_GN_FUSED_WB", false); }
 
+/* DRAFT_GN_STAGED_BWD=1 (opt-in until measured on a GPU): the one-pass backward takes gpc groups a
+ * cluster (DRAFT_GN_GPC, default 2), at the cluster size and chunk its rule picks, so each block
+ * stages gpc times as much (fewer where that passes the shared memory's bound or the groups);
+ * unset: 1 */
+bool gn_staged_bwd_enabled() { return cuda_switch("DRAFT_GN_STAGED_BWD", false); }
+
+/* the groups a cluster the staged backward takes (whether or not it is on) */
+int gn_bwd_staged_gpc(int64_t NG, int cg, int chunk)
+{
+    const size_t max = gn_cluster_floor() == 1 ? kFusedSmemMaxOne : kFusedSmemMax;
+    int gpc = gn_staged_gpc(1, NG);
+    while (gpc > 1 && gn_bwd_smem(cg, chunk, gpc).bytes > max) gpc /= 2;
+    return gpc;
+}
+
+int gn_bwd_gpc(int64_t NG, int cg, int chunk) { return gn_staged_bwd_enabled() ? gn_bwd_staged_gpc(NG, cg, chunk) : 1; }
+
 /* the one-pass input gradient when it applies (f32, dx wanted); it also writes ab (the per-plane
  * sums) and, with DRAFT_GN_FUSED_WB, dw and db from them (either may be NULL: with both NULL the
  * caller sums them). *done tells whether it ran. */
@@ -322,10 +339,17 @@ void group_norm_bwd_fused(bool *done, float *dx, float *dw, float *db, double2 *
     if (!cl) return;
     const bool v4 = HW % 4 == 0 && aligned16(x) && aligned16(dy) && aligned16(dx);
     if (!fused_wb_enabled()) dw = db = NULL;
+    const int gpc = gn_bwd_gpc(NG, cg, chunk);
     static size_t raised[2];
-    *done = gn_cluster_launch(v4 ? gn_bwd_fused_kernel<4> : gn_bwd_fused_kernel<1>, &raised[v4], cl, NG,
-                              gn_bwd_smem(cg, chunk).bytes, dx, ab, dy, x, w, mean, rstd, C, cg, (int)HW, (int)ge, chunk, dw,
-                              db, (int)NG);
+    static size_t raised_staged[2];
+    if (gpc > 1)
+        *done = gn_cluster_launch(v4 ? gn_bwd_fused_kernel<4, true> : gn_bwd_fused_kernel<1, true>, &raised_staged[v4], cl,
+                                  (NG + gpc - 1) / gpc, gn_bwd_smem(cg, chunk, gpc).bytes, dx, ab, dy, x, w, mean, rstd, C, cg,
+                                  (int)HW, (int)ge, chunk, dw, db, (int)NG, gpc);
+    else
+        *done = gn_cluster_launch(v4 ? gn_bwd_fused_kernel<4> : gn_bwd_fused_kernel<1>, &raised[v4], cl, NG,
+                                  gn_bwd_smem(cg, chunk).bytes, dx, ab, dy, x, w, mean, rstd, C, cg, (int)HW, (int)ge, chunk, dw,
+                                  db, (int)NG, 1);
 }
 
 template <typename T>
@@ -594,7 +618,7 @@ extern "C" void cuda_group_norm_occupancy(char *buf, size_t n, int64_t N, int C,
     const int64_t NG = N * G, ge = (int64_t)cg * HW;
     int chunk = 0;
     int cl = gn_cluster_pick(NG, ge, [cg](int ch) { return gn_fwd_smem(cg, ch); }, false, &chunk);
-    const size_t third = n / 3;
+    const size_t third = n / 4;   /* a quarter: four lines */
     gn_occupancy_line(buf, third, "group_norm fwd", gn_fused_kernel<4>, cl, NG, cl ? gn_fwd_smem(cg, chunk) : 0);
     size_t used = strlen(buf);
     int cls = 0, chs = 0, gpc = 0;   /* the staged forward (DRAFT_GN_STAGED): gpc groups a cluster */
@@ -605,8 +629,13 @@ extern "C" void cuda_group_norm_occupancy(char *buf, size_t n, int64_t N, int C,
                       cls ? (NG + gpc - 1) / gpc : 0, cls ? gn_staged_smem(cg, chs, gpc) : 0);
     used = strlen(buf);
     cl = gn_cluster_pick(NG, ge, [cg](int ch) { return gn_bwd_smem(cg, ch).bytes; }, true, &chunk);
-    gn_occupancy_line(buf + used, n - used, "group_norm bwd", gn_bwd_fused_kernel<4>, cl, NG,
+    gn_occupancy_line(buf + used, n - used < third ? n - used : third, "group_norm bwd", gn_bwd_fused_kernel<4>, cl, NG,
                       cl ? gn_bwd_smem(cg, chunk).bytes : 0);
+    used = strlen(buf);
+    const int g2 = cl ? gn_bwd_staged_gpc(NG, cg, chunk) : 1;   /* DRAFT_GN_STAGED_BWD's */
+    snprintf(what, sizeof what, "group_norm bwd staged (%d groups a cluster)", g2);
+    gn_occupancy_line(buf + used, n - used, what, gn_bwd_fused_kernel<4, true>, g2 > 1 ? cl : 0, cl ? (NG + g2 - 1) / g2 : 0,
+                      cl ? gn_bwd_smem(cg, chunk, g2).bytes : 0);
 }
 
 /* ---------------------------------------------------------------- entry points: each runs in its

@@ -621,8 +621,9 @@ gn_staged_kernel(float *__restrict__ out, float *__restrict__ mean, float *__res
     }
 }
 
-/* backward: [head | part: cg double2 | rpart: kGnMaxCluster * cg double2 | tot: cg double2 |
- *            k1, ws: cg floats each | xs, dys: chunk floats each] */
+/* backward: [head | part: cg double2 | rpart: nb * kGnMaxCluster * cg double2 | tot: cg double2 |
+ *            k1, ws: gpc * cg floats each | xs, dys: gpc * chunk floats each]
+ * gpc groups a cluster (1; DRAFT_GN_STAGED_BWD: 2 or 4), nb = min(gpc, 2) buffers of rpart */
 struct gn_bwd_head {
     double2 red[kThreads / 32];
     double2 k;   /* (k2, k3) of dx = k1[c] * dy + k2 * x + k3 */
@@ -636,13 +637,13 @@ __device__ unsigned gn_bwd_done_ctr;
 struct gn_bwd_layout {
     size_t part, rpart, tot, k1, ws, xs, dys, bytes;
 };
-__host__ __device__ constexpr gn_bwd_layout gn_bwd_smem(int cg, int chunk)
+__host__ __device__ constexpr gn_bwd_layout gn_bwd_smem(int cg, int chunk, int gpc = 1)
 {
-    const size_t part = gn_align16(sizeof(gn_bwd_head)), rpart = part + 16 * (size_t)cg;
-    const size_t tot = rpart + 16 * (size_t)kGnMaxCluster * cg, k1 = tot + 16 * (size_t)cg;
-    const size_t ws = k1 + sizeof(float) * (size_t)cg;
-    const size_t xs = gn_align16(ws + sizeof(float) * (size_t)cg), dys = xs + sizeof(float) * (size_t)chunk;
-    return gn_bwd_layout{part, rpart, tot, k1, ws, xs, dys, dys + sizeof(float) * (size_t)chunk};
+    const size_t nb = gpc > 1 ? 2 : 1, part = gn_align16(sizeof(gn_bwd_head)), rpart = part + 16 * (size_t)cg;
+    const size_t tot = rpart + 16 * nb * (size_t)kGnMaxCluster * cg, k1 = tot + 16 * (size_t)cg;
+    const size_t ws = k1 + sizeof(float) * (size_t)gpc * cg;
+    const size_t xs = gn_align16(ws + sizeof(float) * (size_t)gpc * cg), dys = xs + sizeof(float) * (size_t)gpc * chunk;
+    return gn_bwd_layout{part, rpart, tot, k1, ws, xs, dys, dys + sizeof(float) * (size_t)gpc * chunk};
 }
 
 /* The input gradient in one pass: dy and x are read once, dx written once.
@@ -653,127 +654,142 @@ __host__ __device__ constexpr gn_bwd_layout gn_bwd_smem(int cg, int chunk)
  * gn_bwd_plane_kernel does: dw and db are summed from there over N). The same arithmetic as the two-kernel path, in a different order.
  * dw and db (either may be NULL): the block 0 that writes the last group's sums (gn_bwd_done_ctr)
  * then sums them over N, as gn_bwd_wb_kernel does in its own launch (the same loop, the same
- * bits): one launch less, whose start-up took as long as its work (2.8 us on an H200). */
-template <int V>
+ * bits): one launch less, whose start-up took as long as its work (2.8 us on an H200).
+ * gpc > 1 (DRAFT_GN_STAGED_BWD, opt-in): a cluster takes gpc groups (block y: groups y * gpc + k),
+ * each block a chunk of each, all requested at the start, a cp.async group per group: group k's
+ * sums, exchange and dx run while groups k + 1.. stream in (as gn_staged_kernel does for the
+ * forward). Each group's steps are those of gpc = 1, so the same bits at any gpc. STAGED = false
+ * (gpc 1) compiles to the kernel as it was without the group loop (48 registers, not 63: five
+ * blocks an SM at SD's shape, which its clusters of 8 need for one wave). */
+template <int V, bool STAGED = false>
 __global__ void __launch_bounds__(kThreads)
 gn_bwd_fused_kernel(float *__restrict__ dx, double2 *__restrict__ ab, const float *__restrict__ dy,
                     const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ mean,
                     const float *__restrict__ rstd, int C, int cg, int HW, int ge, int chunk, float *__restrict__ dw,
-                    float *__restrict__ db, int NG)
+                    float *__restrict__ db, int NG, int gpc_arg = 1)
 {
+    const int gpc = STAGED ? gpc_arg : 1;
     DYN_SMEM(float4, gn_smem4);
     unsigned char *base = reinterpret_cast<unsigned char *>(gn_smem4);
-    const gn_bwd_layout lay = gn_bwd_smem(cg, chunk);
+    const gn_bwd_layout lay = gn_bwd_smem(cg, chunk, gpc);
     gn_bwd_head &sh = *reinterpret_cast<gn_bwd_head *>(base);
-    double2 *part = reinterpret_cast<double2 *>(base + lay.part), *rpart = reinterpret_cast<double2 *>(base + lay.rpart);
+    double2 *part = reinterpret_cast<double2 *>(base + lay.part), *rpart0 = reinterpret_cast<double2 *>(base + lay.rpart);
     double2 *tot = reinterpret_cast<double2 *>(base + lay.tot);
-    float *k1 = reinterpret_cast<float *>(base + lay.k1), *ws = reinterpret_cast<float *>(base + lay.ws),
-          *xs = reinterpret_cast<float *>(base + lay.xs), *dys = reinterpret_cast<float *>(base + lay.dys);
+    float *k1a = reinterpret_cast<float *>(base + lay.k1), *wsa = reinterpret_cast<float *>(base + lay.ws),
+          *xsa = reinterpret_cast<float *>(base + lay.xs), *dysa = reinterpret_cast<float *>(base + lay.dys);
     cooperative_groups::cluster_group cl = cooperative_groups::this_cluster();
     const int rank = (int)cl.block_rank(), ncl = (int)cl.num_blocks();
-    const int64_t g = blockIdx.y;
+    const int g0 = (int)blockIdx.y * gpc, ng = min(gpc, NG - g0);   /* uniform over the cluster */
     const int j0 = rank * chunk, j1 = min(ge, j0 + chunk);
-    const float *xg = x + g * ge, *dyg = dy + g * ge;
-    for (int j = j0 + (int)threadIdx.x * V; j < j1; j += kThreads * V) {
-        __pipeline_memcpy_async(xs + (j - j0), xg + j, sizeof(float) * V);
-        __pipeline_memcpy_async(dys + (j - j0), dyg + j, sizeof(float) * V);
+    for (int k = 0; k < gpc; k++) {   /* each group's x and dy: one cp.async group (empty past ng) */
+        const float *xg = x + (int64_t)(g0 + k) * ge, *dyg = dy + (int64_t)(g0 + k) * ge;
+        float *xs = xsa + (size_t)k * chunk, *dys = dysa + (size_t)k * chunk;
+        for (int j = j0 + (int)threadIdx.x * V; k < ng && j < j1; j += kThreads * V) {
+            __pipeline_memcpy_async(xs + (j - j0), xg + j, sizeof(float) * V);
+            __pipeline_memcpy_async(dys + (j - j0), dyg + j, sizeof(float) * V);
+        }
+        __pipeline_commit();
     }
-    __pipeline_commit();
     cl.barrier_arrive();   /* started (see gn_fused_kernel) */
-    const int c0 = (int)(g % (C / cg)) * cg;
-    const double rs = (double)rstd[g], mu = (double)mean[g];   /* loaded while the chunk streams in */
-    for (int i = threadIdx.x; i < cg; i += kThreads) {   /* w too: the coefficients need it after the
-                                                            cluster's barrier, not a global load there */
-        ws[i] = w ? w[c0 + i] : 1.f;
-        k1[i] = (float)(rs * (double)ws[i]);
-        part[i] = make_double2(0, 0);
+    for (int i = threadIdx.x; i < ng * cg; i += kThreads) {   /* w too: the coefficients need it after the
+                                                                 cluster's barrier, not a global load there */
+        const int k = i / cg, c0 = (int)((g0 + k) % (C / cg)) * cg;
+        wsa[i] = w ? w[c0 + i - k * cg] : 1.f;
+        k1a[i] = (float)((double)rstd[g0 + k] * (double)wsa[i]);
     }
-    __pipeline_wait_prior(0);
-    __syncthreads();   /* the per-channel sums read what other threads copied */
-    /* the channels this chunk touches (none when it is empty): sum dy and dy*x over each */
-    const int ca = j0 / HW, cb = j1 > j0 ? (j1 - 1) / HW : ca - 1;
-    for (int ci = ca; ci <= cb; ci++) {   /* uniform over the block */
-        const int a = max(j0, ci * HW), e = min(j1, (ci + 1) * HW);   /* a - j0, e - a: multiples of V */
-        double sa = 0, sb = 0;
-        for (int j = a + (int)threadIdx.x * V; j < e; j += kThreads * V) {
-            const vec<float, V> gv = *reinterpret_cast<const vec<float, V> *>(dys + (j - j0));
-            const vec<float, V> xv = *reinterpret_cast<const vec<float, V> *>(xs + (j - j0));
-            float fa = 0.f, fb = 0.f;
+    for (int k = 0; k < ng; k++) {
+        const int64_t g = g0 + k;
+        const double rs = (double)rstd[g], mu = (double)mean[g];   /* loaded while the chunk streams in */
+        const float *xs = xsa + (size_t)k * chunk, *dys = dysa + (size_t)k * chunk, *ws = wsa + k * cg, *k1 = k1a + k * cg;
+        double2 *rpart = rpart0 + (size_t)(k % 2) * kGnMaxCluster * cg;   /* group k + 2's writers wait for us at k + 1's barrier */
+        for (int i = threadIdx.x; i < cg; i += kThreads) part[i] = make_double2(0, 0);
+        __pipeline_wait_prior(gpc - 1 - k);
+        __syncthreads();   /* the per-channel sums read what other threads copied */
+        /* the channels this chunk touches (none when it is empty): sum dy and dy*x over each */
+        const int ca = j0 / HW, cb = j1 > j0 ? (j1 - 1) / HW : ca - 1;
+        for (int ci = ca; ci <= cb; ci++) {   /* uniform over the block */
+            const int a = max(j0, ci * HW), e = min(j1, (ci + 1) * HW);   /* a - j0, e - a: multiples of V */
+            double sa = 0, sb = 0;
+            for (int j = a + (int)threadIdx.x * V; j < e; j += kThreads * V) {
+                const vec<float, V> gv = *reinterpret_cast<const vec<float, V> *>(dys + (j - j0));
+                const vec<float, V> xv = *reinterpret_cast<const vec<float, V> *>(xs + (j - j0));
+                float fa = 0.f, fb = 0.f;
 #pragma unroll
-            for (int i = 0; i < V; i++) { fa += gv.v[i]; fb += gv.v[i] * xv.v[i]; }
-            sa += (double)fa;
-            sb += (double)fb;
+                for (int i = 0; i < V; i++) { fa += gv.v[i]; fb += gv.v[i] * xv.v[i]; }
+                sa += (double)fa;
+                sb += (double)fb;
+            }
+            const double2 s = block_sum2(sa, sb, sh.red);
+            if (threadIdx.x == 0) part[ci] = s;
         }
-        const double2 s = block_sum2(sa, sb, sh.red);
-        if (threadIdx.x == 0) part[ci] = s;
-    }
-    __syncthreads();   /* part[] is complete */
-    cl.barrier_wait();
-    for (int e = threadIdx.x; e < ncl * cg; e += kThreads) {   /* part[], into every block's rpart[rank] */
-        const int d = e / cg, i = e - d * cg;
-        cl.map_shared_rank(rpart, d)[rank * cg + i] = part[i];
-    }
-    cl.sync();   /* every block's sums are in every block; no block reads another's memory after this */
-    for (int i = threadIdx.x; i < cg; i += kThreads) {
-        double sa = 0, sb = 0;
-        for (int r = 0; r < ncl; r++) {
-            sa += rpart[r * cg + i].x;
-            sb += rpart[r * cg + i].y;
+        __syncthreads();   /* part[] is complete */
+        if (k == 0) cl.barrier_wait();
+        for (int e = threadIdx.x; e < ncl * cg; e += kThreads) {   /* part[], into every block's rpart[rank] */
+            const int d = e / cg, i = e - d * cg;
+            cl.map_shared_rank(rpart, d)[rank * cg + i] = part[i];
         }
-        tot[i] = make_double2(sa, sb);
-        if (rank == 0) ab[g * cg + i] = tot[i];   /* plane n * C + c0 + i */
-    }
-    const bool wb = (dw || db) && rank == 0;
-    if (wb) __threadfence();   /* this thread's ab before the count below */
-    __syncthreads();
-    if (wb && threadIdx.x == 0) sh.last = atomicInc(&gn_bwd_done_ctr, (unsigned)NG - 1) == (unsigned)NG - 1;
-    if (wb) {
+        cl.sync();   /* every block's sums are in every block; no block reads another's memory after the last */
+        for (int i = threadIdx.x; i < cg; i += kThreads) {
+            double sa = 0, sb = 0;
+            for (int r = 0; r < ncl; r++) {
+                sa += rpart[r * cg + i].x;
+                sb += rpart[r * cg + i].y;
+            }
+            tot[i] = make_double2(sa, sb);
+            if (rank == 0) ab[g * cg + i] = tot[i];   /* plane n * C + c0 + i */
+        }
+        const bool wb = (dw || db) && rank == 0;
+        if (wb) __threadfence();   /* this thread's ab before the count below */
         __syncthreads();
-        if (sh.last) {   /* every group's sums are in ab: dw and db (gn_bwd_wb_kernel's loop) */
-            __threadfence();
-            const int G = C / cg;
-            const int64_t N = NG / G;
-            for (int c = threadIdx.x; c < C; c += kThreads) {
-                double sw = 0, sb = 0;
-                for (int64_t n = 0; n < N; n++) {
-                    const double2 v = __ldcg(&ab[n * C + c]);   /* from L2: other blocks wrote it */
-                    const int64_t gi = n * G + c / cg;
-                    sw += (double)rstd[gi] * (v.y - (double)mean[gi] * v.x);
-                    sb += v.x;
+        if (wb && threadIdx.x == 0) sh.last = atomicInc(&gn_bwd_done_ctr, (unsigned)NG - 1) == (unsigned)NG - 1;
+        if (wb) {
+            __syncthreads();
+            if (sh.last) {   /* every group's sums are in ab: dw and db (gn_bwd_wb_kernel's loop) */
+                __threadfence();
+                const int G = C / cg;
+                const int64_t N = NG / G;
+                for (int c = threadIdx.x; c < C; c += kThreads) {
+                    double sw = 0, sb = 0;
+                    for (int64_t n = 0; n < N; n++) {
+                        const double2 v = __ldcg(&ab[n * C + c]);   /* from L2: other blocks wrote it */
+                        const int64_t gi = n * G + c / cg;
+                        sw += (double)rstd[gi] * (v.y - (double)mean[gi] * v.x);
+                        sb += v.x;
+                    }
+                    if (dw) dw[c] = (float)sw;
+                    if (db) db[c] = (float)sb;
                 }
-                if (dw) dw[c] = (float)sw;
-                if (db) db[c] = (float)sb;
             }
         }
-    }
-    if (threadIdx.x < 32) {   /* warp 0, a lane per channel */
-        double s1 = 0, s2 = 0;   /* sum dy*w, sum dy*w*(x - mean) */
-        for (int i = (int)threadIdx.x; i < cg; i += 32) {
-            const double wc = (double)ws[i];
-            s1 += wc * tot[i].x;
-            s2 += wc * (tot[i].y - mu * tot[i].x);
-        }
+        if (threadIdx.x < 32) {   /* warp 0, a lane per channel */
+            double s1 = 0, s2 = 0;   /* sum dy*w, sum dy*w*(x - mean) */
+            for (int i = (int)threadIdx.x; i < cg; i += 32) {
+                const double wc = (double)ws[i];
+                s1 += wc * tot[i].x;
+                s2 += wc * (tot[i].y - mu * tot[i].x);
+            }
 #pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-            s1 += __shfl_down_sync(0xffffffffu, s1, o);
-            s2 += __shfl_down_sync(0xffffffffu, s2, o);
+            for (int o = 16; o > 0; o >>= 1) {
+                s1 += __shfl_down_sync(0xffffffffu, s1, o);
+                s2 += __shfl_down_sync(0xffffffffu, s2, o);
+            }
+            if (threadIdx.x == 0) {
+                const double m = (double)cg * (double)HW;
+                const double k2 = -rs * rs * rs * s2 / m;
+                sh.k = make_double2(k2, -rs * s1 / m - k2 * mu);
+            }
         }
-        if (threadIdx.x == 0) {
-            const double m = (double)cg * (double)HW;
-            const double k2 = -rs * rs * rs * s2 / m;
-            sh.k = make_double2(k2, -rs * s1 / m - k2 * mu);
-        }
-    }
-    __syncthreads();
-    const float k2 = (float)sh.k.x, k3 = (float)sh.k.y;
-    float *dxg = dx + g * ge;
-    for (int j = j0 + (int)threadIdx.x * V; j < j1; j += kThreads * V) {
-        vec<float, V> gv = *reinterpret_cast<const vec<float, V> *>(dys + (j - j0));
-        const vec<float, V> xv = *reinterpret_cast<const vec<float, V> *>(xs + (j - j0));
-        const float f = k1[j / HW];
+        __syncthreads();
+        const float k2 = (float)sh.k.x, k3 = (float)sh.k.y;
+        float *dxg = dx + g * ge;
+        for (int j = j0 + (int)threadIdx.x * V; j < j1; j += kThreads * V) {
+            vec<float, V> gv = *reinterpret_cast<const vec<float, V> *>(dys + (j - j0));
+            const vec<float, V> xv = *reinterpret_cast<const vec<float, V> *>(xs + (j - j0));
+            const float f = k1[j / HW];
 #pragma unroll
-        for (int i = 0; i < V; i++) gv.v[i] = f * gv.v[i] + k2 * xv.v[i] + k3;
-        store<float, V>(dxg + j, gv);
+            for (int i = 0; i < V; i++) gv.v[i] = f * gv.v[i] + k2 * xv.v[i] + k3;
+            store<float, V>(dxg + j, gv);
+        }
     }
 }
 
