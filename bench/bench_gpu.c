@@ -21,7 +21,8 @@ static const char *const g_switches[] = {"DRAFT_CONV_PIPELINE", "DRAFT_CONV_ROWS
                                          "DRAFT_GN_REG",        "DRAFT_GN_SUMS",       "DRAFT_ATTN_FUSED_DQ",
                                          "DRAFT_ATTN_MMA",      "DRAFT_ATTN_VEC4",     "DRAFT_ATTN_PACKED",
                                          "DRAFT_MATMUL_FAST_BF16", "DRAFT_CONV_AUTOCAST_TF32", "DRAFT_GN_STAGED",
-                                         "DRAFT_GN_FUSED_WB",      "DRAFT_GN_STAGED_BWD"};
+                                         "DRAFT_GN_FUSED_WB",      "DRAFT_GN_STAGED_BWD",
+                                         "DRAFT_CONV_AUTOCAST_WINO"};
 #define N_SWITCHES (sizeof g_switches / sizeof *g_switches)
 
 /* all off but those in `on` (a name, or names joined by '+'; NULL: all off), so that each row
@@ -359,7 +360,8 @@ int main(int argc, char **argv)
      * kernel's rows and Winograd's, and its 256 channels at 256 px and 512 at 128 with one row of
      * each (conv_halo's rule by size picks between them); the 128 and 256 channels again under
      * bf16 autocast, where neither applies (im2col in bf16), and with DRAFT_CONV_AUTOCAST_TF32
-     * (the halo kernel or Winograd in TF32 instead, by the defaults' rule; 320 channels too) */
+     * (the halo kernel or Winograd in TF32 instead, by the defaults' rule; 320 channels too) and
+     * with DRAFT_CONV_AUTOCAST_WINO (Winograd with bf16 products) */
     const int64_t cs[10][2] = {{320, 64}, {640, 32}, {1280, 16}, {320, 64},  {320, 64},
                                {128, 512}, {256, 256}, {512, 128}, {128, 512}, {256, 256}};
     for (int i = 0; i < 10; i++) {
@@ -394,7 +396,7 @@ int main(int argc, char **argv)
                 const char *env, *suffix, *knob, *value;   /* knob: a tuning variable set to value */
                 bool tf32, autocast, f32;
                 bool conv_defaults;   /* the halo and Winograd switches back to their defaults */
-            } variants[13] = {{"DRAFT_CONV_PIPELINE", "_pipe", NULL, NULL, false, true, false, false},
+            } variants[14] = {{"DRAFT_CONV_PIPELINE", "_pipe", NULL, NULL, false, true, false, false},
                              {"DRAFT_CONV_ROWSHIFT", "_rowshift", NULL, NULL, true, true, false, false},
                              {"DRAFT_CONV_IMPLICIT", "_implicit", NULL, NULL, true, true, true, false},
                              {"DRAFT_CONV_IMPLICIT", "_implicit_bm128", "DRAFT_CONV_IMPLICIT_BM", "128", true, false, false, false},
@@ -406,9 +408,10 @@ int main(int argc, char **argv)
                              {NULL, "_ws8m", "DRAFT_CONV_WORKSPACE_KB", "8192", true, false, false, false},
                              {"DRAFT_CONV_WINOGRAD", "_wino", NULL, NULL, true, false, true, false},
                              {"DRAFT_CONV_WINOGRAD", "_wino_ws256m", "DRAFT_CONV_WORKSPACE_KB", "262144", true, false, false, false},
-                             {"DRAFT_CONV_AUTOCAST_TF32", "_actf32", NULL, NULL, false, true, false, true}};
-            for (int v = 0; v < 13; v++) {
-                const bool want = i >= 8 ? v == 12 : i == 3 ? variants[v].autocast : i == 4 ? variants[v].f32 : i == 5 ? v >= 5 && v < 12
+                             {"DRAFT_CONV_AUTOCAST_TF32", "_actf32", NULL, NULL, false, true, false, true},
+                             {"DRAFT_CONV_WINOGRAD+DRAFT_CONV_AUTOCAST_WINO", "_acwino", NULL, NULL, false, true, false, false}};
+            for (int v = 0; v < 14; v++) {
+                const bool want = i >= 8 ? v >= 12 : i == 3 ? variants[v].autocast : i == 4 ? variants[v].f32 : i == 5 ? v >= 5 && v < 12
                                 : i > 5 ? v == 5 || v == 10
                                 : v == 0 ? i == 0 : v == 4 ? i != 0 : variants[v].tf32;   /* split1: where it splits */
                 if (!want) continue;

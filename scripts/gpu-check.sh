@@ -206,11 +206,15 @@ if [ -f "$PARITY/sd14/unet.config.json" ] && [ "${GPU_CHECK_SD14:-1}" = 1 ]; the
     done
     # the TF32 step again with the opt-in kernels not yet made defaults on: what they give end to
     # end, beside their rows and tests in switches.txt (last, so that a fault costs nothing else)
-    if fits 60 "sd14 step tf32, opt-ins"; then
-        DRAFT_GN_REG=1 sd14_step "opt-ins (GN_REG): " --batch 4 --steps 50 --reward-vit --precision tf32
-    fi
     if fits 60 "sd14 step bf16, opt-ins"; then   # the bf16 step's 3x3 convolutions as TF32's
         DRAFT_CONV_AUTOCAST_TF32=1 sd14_step "opt-ins (CONV_AUTOCAST_TF32): " --batch 4 --steps 50 --reward-vit --precision bf16
+    fi
+    if fits 60 "sd14 step bf16, Winograd in bf16"; then   # or as Winograd with bf16 products
+        DRAFT_CONV_AUTOCAST_WINO=1 sd14_step "opt-ins (CONV_AUTOCAST_WINO): " --batch 4 --steps 50 --reward-vit --precision bf16
+    fi
+    if fits 60 "sd14 step tf32, group_norm opt-ins"; then   # the staged group_norm, dw/db in its backward
+        DRAFT_GN_STAGED=1 DRAFT_GN_FUSED_WB=1 DRAFT_GN_STAGED_BWD=1 sd14_step "opt-ins (GN_STAGED, FUSED_WB, STAGED_BWD): " \
+            --batch 4 --steps 50 --reward-vit --precision tf32
     fi
     # GPU_CHECK_PROFILE=1 (the default): the TF32 and bf16 steps again under DRAFT_PROFILE=shapes (tensor/profile.h):
     # time per op kind and per shape, in $OUT/sd14-profile-*.txt, the top of each in the summary

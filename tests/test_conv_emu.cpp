@@ -359,6 +359,12 @@ void run_halo(float *out, const float *x, const float *w, const float *bias, con
 
 /* v as the TF32 operand: rounded to nearest (ties away), 13 low bits zero */
 double tf32_of(float v) { return (double)__uint_as_float(to_tf32(v)); }
+/* v as a bf16 operand (rounded to nearest even, as the engine's and cuBLAS's conversions) */
+double bf16_of(float v) { return (double)__uint_as_float((uint32_t)half_f32_bits_to_bf16(__float_as_uint(v)) << 16); }
+/* how the Winograd GEMMs' operands are taken: exact f32, TF32 (TF32 or 3xTF32 off), bf16
+ * (DRAFT_CONV_AUTOCAST_WINO under bf16 autocast) */
+enum wino_round { WR_F32 = 0, WR_TF32 = 1, WR_BF16 = 2 };
+double round_op(float v, int r) { return r == WR_TF32 ? tf32_of(v) : r == WR_BF16 ? bf16_of(v) : (double)v; }
 
 /* a groups-1 convolution of c into O channels: random x, w and bias (none: empty), its output in
  * float64, and (direct_conv_tf32) the output of the operands rounded to tf32 */
@@ -378,11 +384,11 @@ conv_data make_conv_data(const conv_case &c, int O, bool with_bias)
     return d;
 }
 
-std::vector<double> direct_conv_tf32(const conv_case &c, int O, const conv_data &d)
+std::vector<double> direct_conv_tf32(const conv_case &c, int O, const conv_data &d, int r = WR_TF32)
 {
     std::vector<double> xr(d.x.size()), wr(d.w.size()), br(d.bias.begin(), d.bias.end());
-    for (size_t i = 0; i < d.x.size(); i++) xr[i] = tf32_of(d.x[i]);
-    for (size_t i = 0; i < d.w.size(); i++) wr[i] = tf32_of(d.w[i]);
+    for (size_t i = 0; i < d.x.size(); i++) xr[i] = round_op(d.x[i], r);
+    for (size_t i = 0; i < d.w.size(); i++) wr[i] = round_op(d.w[i], r);
     return direct_conv(c, O, 1, xr, wr, br);
 }
 
@@ -421,17 +427,16 @@ template <int BM> void check_halo_dgrad(const conv_case &c, int O)
 /* the Winograd path as conv2d.cu's wino_run runs it: wino_plan over `bytes`, the weight transform,
  * then per chunk the input transform (its channel grid capped at ycap, so that the loop past the
  * grid runs), the 16 GEMMs (a plain loop in place of cuBLAS: f64 sums of the f32 operands, or of
- * their tf32 roundings as TF32 tensor cores take them) and the output transform. V and M start as
- * NaN: a tile or channel the transforms miss shows. */
+ * their tf32 or bf16 roundings as the tensor cores take them: rnd, a wino_round) and the output
+ * transform. V and M start as NaN: a tile or channel the transforms miss shows. */
 void run_wino(float *out, const float *x, const float *w, const float *bias, const kgeom &g, int N, int O, bool flip,
-              size_t bytes, bool tf32, unsigned ycap)
+              size_t bytes, int rnd, unsigned ycap)
 {
     const wino_chunks ch = wino_plan(N, g.OH, g.OW, g.C, O, bytes);
     const int64_t OC = (int64_t)O * g.C;
     std::vector<float> U((size_t)(16 * OC), NAN), V((size_t)(16 * g.C * ch.ld), NAN), M((size_t)(16 * O * ch.ld), NAN);
     emu_launch((unsigned)((OC + 255) / 256), 256, [&] { wino_weight_kernel(U.data(), w, O, g.C, flip); });
-    if (tf32)
-        for (float &u : U) u = (float)tf32_of(u);
+    for (float &u : U) u = (float)round_op(u, rnd);
     const bool pairs = g.OW % 2 == 0 && ((uintptr_t)out & 7) == 0;
     for (int64_t q0 = 0; q0 < ch.tiles; q0 += ch.ld) {
         const int pc = (int)(ch.tiles - q0 < ch.ld ? ch.tiles - q0 : ch.ld);
@@ -444,7 +449,7 @@ void run_wino(float *out, const float *x, const float *w, const float *bias, con
                     double acc = 0;
                     for (int c = 0; c < g.C; c++) {
                         const float v = V[((size_t)xi * g.C + c) * ch.ld + p];
-                        acc += (double)U[((size_t)xi * O + o) * g.C + c] * (tf32 ? tf32_of(v) : (double)v);
+                        acc += (double)U[((size_t)xi * O + o) * g.C + c] * round_op(v, rnd);
                     }
                     M[((size_t)xi * O + o) * ch.ld + p] = (float)acc;
                 }
@@ -458,39 +463,42 @@ void run_wino(float *out, const float *x, const float *w, const float *bias, con
  * convolution in TF32 (its operands rounded, f64 sums) for comparison: the transforms round after
  * adding up to 4 inputs or 9 weights, which costs accuracy against it. out_off: the output one
  * float off 8-byte alignment (single stores). */
-void check_wino(const conv_case &c, int O, bool with_bias, bool out_off, size_t bytes, bool tf32, unsigned ycap = 65535)
+void check_wino(const conv_case &c, int O, bool with_bias, bool out_off, size_t bytes, int rnd, unsigned ycap = 65535)
 {
     const kgeom g = make_kgeom(c);
     const conv_data d = make_conv_data(c, O, with_bias);
     const std::vector<double> &ref = d.ref;
     std::vector<float> obuf(ref.size() + 1, NAN);
     float *op = obuf.data() + (out_off ? 1 : 0);
-    run_wino(op, d.x.data(), d.w.data(), with_bias ? d.bias.data() : nullptr, g, c.N, O, false, bytes, tf32, ycap);
+    run_wino(op, d.x.data(), d.w.data(), with_bias ? d.bias.data() : nullptr, g, c.N, O, false, bytes, rnd, ycap);
     const std::vector<float> out(op, op + ref.size());
     const wino_chunks ch = wino_plan(c.N, g.OH, g.OW, c.C, O, bytes);
+    const char *rn = rnd == WR_TF32 ? "tf32" : "bf16";
     char label[200];
-    snprintf(label, sizeof label, "%s,N=%d,C=%d,O=%d,%dx%d->%dx%d,%s,%lld_tiles_in_%lld%s%s", c.label, c.N, c.C, O, c.H,
+    snprintf(label, sizeof label, "%s,N=%d,C=%d,O=%d,%dx%d->%dx%d,%s,%lld_tiles_in_%lld%s%s%s", c.label, c.N, c.C, O, c.H,
              c.W, g.OH, g.OW, with_bias ? "bias" : "no_bias", (long long)ch.tiles, (long long)ch.n, out_off ? ",out_off" : "",
-             tf32 ? ",tf32" : "");
-    if (!tf32) {
+             rnd ? "," : "", rnd ? rn : "");
+    if (rnd == WR_F32) {
         report("wino_fwd", label, "rel", rel_l2(out, ref), 1e-6);
         return;
     }
-    const double direct = rel_l2(direct_conv_tf32(c, O, d), ref), e = rel_l2(out, ref);
+    /* TF32: 1e-3; bf16 (DRAFT_CONV_AUTOCAST_WINO): autocast's 1e-2 */
+    const double direct = rel_l2(direct_conv_tf32(c, O, d, rnd), ref), e = rel_l2(out, ref);
     char what[64];
-    snprintf(what, sizeof what, "rel (direct tf32 %.1e, x%.1f)", direct, e / direct);
-    report("wino_fwd", label, what, e, 1e-3);
+    snprintf(what, sizeof what, "rel (direct %s %.1e, x%.1f)", rn, direct, e / direct);
+    report("wino_fwd", label, what, e, rnd == WR_TF32 ? 1e-3 : 1e-2);
 }
 
 /* its backward input (the forward of dy with the weights flipped, over dgrad_geom) */
-void check_wino_dgrad(const conv_case &c, int O, bool tf32)
+void check_wino_dgrad(const conv_case &c, int O, int rnd)
 {
     const dgrad_data d = make_dgrad_data(c, O);
     std::vector<float> dx(d.ref.size(), NAN);
-    run_wino(dx.data(), d.dy.data(), d.w.data(), nullptr, d.t, c.N, c.C, true, (size_t)64 << 20, tf32, 65535);
+    run_wino(dx.data(), d.dy.data(), d.w.data(), nullptr, d.t, c.N, c.C, true, (size_t)64 << 20, rnd, 65535);
     char label[160];
-    snprintf(label, sizeof label, "%s,N=%d,C=%d,O=%d,%dx%d%s", c.label, c.N, c.C, O, c.H, c.W, tf32 ? ",tf32" : "");
-    report("wino_dgrad", label, "rel", rel_l2(dx, d.ref), tf32 ? 1e-3 : 1e-6);
+    snprintf(label, sizeof label, "%s,N=%d,C=%d,O=%d,%dx%d%s", c.label, c.N, c.C, O, c.H, c.W,
+             rnd == WR_TF32 ? ",tf32" : rnd == WR_BF16 ? ",bf16" : "");
+    report("wino_dgrad", label, "rel", rel_l2(dx, d.ref), rnd == WR_TF32 ? 1e-3 : rnd == WR_BF16 ? 1e-2 : 1e-6);
 }
 
 /* shared-memory banks of the halo kernel's B fragment loads (halo_b_word): for every pixel
@@ -703,6 +711,14 @@ int main()
     check_wino_dgrad(wc[2], 5, true);   /* the backward's padding 0 */
     check_wino_dgrad(wc[1], 4, false);  /* its padding 2 */
     check_wino_dgrad(wc[3], 8, true);   /* uneven: 2 - pad on each side */
+    /* bf16 products (DRAFT_CONV_AUTOCAST_WINO): the forward against f64 and a direct bf16
+     * convolution, at 5, 32 and 320 input channels (SD's: the longest sums), and a backward input */
+    check_wino(wc[0], 7, true, false, 64 << 20, WR_BF16);
+    check_wino(wc[5], 40, true, false, 64 << 20, WR_BF16);
+    const conv_case sd = {"3x3,pad=1,c320", 1, 320, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1};
+    check_wino(sd, 16, true, false, 64 << 20, WR_BF16);
+    check_wino(sd, 16, true, false, 64 << 20, WR_TF32);
+    check_wino_dgrad(wc[3], 8, WR_BF16);
     /* packing: one shared matrix, a batch with padding between rows and matrices, grids that wrap */
     check_pack<4>(1, 5, 12, 12, 0, 1, 2);
     check_pack<4>(3, 4, 1032, 1040, 4 * 1040 + 8, 1, 2);

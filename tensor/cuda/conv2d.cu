@@ -535,6 +535,14 @@ bool conv_halo(const kgeom &kg, int64_t Oc)
  * shapes, and this switch's, say whether it pays. */
 bool conv_autocast_tf32() { return cuda_switch("DRAFT_CONV_AUTOCAST_TF32", false); }
 
+/* DRAFT_CONV_AUTOCAST_WINO=1 (opt-in until measured on a GPU): under bf16 autocast (and without
+ * DRAFT_CONV_AUTOCAST_TF32, which takes precedence), Winograd takes the 3x3 stride-1 convolutions
+ * it takes under TF32 (forward and backward input), its 16 GEMMs as bf16 products (cuda_gemm's
+ * autocast: cuBLAS rounds V and U as it loads them), instead of im2col with bf16 GEMMs: 2.25x
+ * fewer products and no im2col. The weight gradient stays im2col's. Its error is about twice a
+ * direct bf16 convolution's (tests/test_conv_emu.cpp), under autocast's bound. Rows *_acwino. */
+bool conv_autocast_wino() { return cuda_switch("DRAFT_CONV_AUTOCAST_WINO", false); }
+
 /* the precision the halo and Winograd paths run in: the current one, or TF32 for bf16 autocast
  * under DRAFT_CONV_AUTOCAST_TF32 */
 enum precision fast_conv_precision()
@@ -636,7 +644,8 @@ bool conv_winograd() { return cuda_switch("DRAFT_CONV_WINOGRAD", true); }
 bool wino_applies(const kgeom &kg, int64_t N, int64_t Oc, int G)
 {
     const enum precision pr = fast_conv_precision();
-    return conv_winograd() && (pr == PRECISION_F32 || pr == PRECISION_TF32) && G == 1 && kg.C > 0 && Oc > 0 && kg.KH == 3 &&
+    return conv_winograd() && (pr == PRECISION_F32 || pr == PRECISION_TF32 || (pr == PRECISION_BF16 && conv_autocast_wino())) &&
+           G == 1 && kg.C > 0 && Oc > 0 && kg.KH == 3 &&
            kg.KW == 3 && kg.sh == 1 && kg.sw == 1 && kg.dh == 1 && kg.dw == 1 && kg.OH > 0 && kg.OW > 0 &&
            N * ((kg.OH + 1) / 2) * ((kg.OW + 1) / 2) <= INT_MAX;
 }
@@ -646,7 +655,8 @@ bool wino_applies(const kgeom &kg, int64_t N, int64_t Oc, int G)
 enum status wino_run(float *out, const float *x, const float *w, const float *bias, const kgeom &kg, int64_t N, int O,
                      bool flip)
 {
-    /* its GEMMs in the precision wino_applies took it for (TF32 under DRAFT_CONV_AUTOCAST_TF32) */
+    /* its GEMMs in the precision wino_applies took it for (TF32 under DRAFT_CONV_AUTOCAST_TF32,
+     * bf16 products under DRAFT_CONV_AUTOCAST_WINO) */
     const precision_scope prec(fast_conv_precision());
     const wino_chunks ch = wino_plan(N, kg.OH, kg.OW, kg.C, O, workspace_bytes(kWinoWorkspaceBytes));
     const int64_t OC = (int64_t)O * kg.C;

@@ -618,18 +618,18 @@ extern "C" void cuda_group_norm_occupancy(char *buf, size_t n, int64_t N, int C,
     const int64_t NG = N * G, ge = (int64_t)cg * HW;
     int chunk = 0;
     int cl = gn_cluster_pick(NG, ge, [cg](int ch) { return gn_fwd_smem(cg, ch); }, false, &chunk);
-    const size_t third = n / 4;   /* a quarter: four lines */
-    gn_occupancy_line(buf, third, "group_norm fwd", gn_fused_kernel<4>, cl, NG, cl ? gn_fwd_smem(cg, chunk) : 0);
+    const size_t line = n / 4;   /* four lines, a quarter each */
+    gn_occupancy_line(buf, line, "group_norm fwd", gn_fused_kernel<4>, cl, NG, cl ? gn_fwd_smem(cg, chunk) : 0);
     size_t used = strlen(buf);
     int cls = 0, chs = 0, gpc = 0;   /* the staged forward (DRAFT_GN_STAGED): gpc groups a cluster */
     if (!cl || !gn_staged_pick(cl, NG, ge, cg, &cls, &chs, &gpc)) cls = 0;
     char what[64];
     snprintf(what, sizeof what, "group_norm fwd staged (%d groups a cluster)", gpc);
-    gn_occupancy_line(buf + used, n - used < third ? n - used : third, what, gn_staged_kernel<4>, cls,
+    gn_occupancy_line(buf + used, n - used < line ? n - used : line, what, gn_staged_kernel<4>, cls,
                       cls ? (NG + gpc - 1) / gpc : 0, cls ? gn_staged_smem(cg, chs, gpc) : 0);
     used = strlen(buf);
     cl = gn_cluster_pick(NG, ge, [cg](int ch) { return gn_bwd_smem(cg, ch).bytes; }, true, &chunk);
-    gn_occupancy_line(buf + used, n - used < third ? n - used : third, "group_norm bwd", gn_bwd_fused_kernel<4>, cl, NG,
+    gn_occupancy_line(buf + used, n - used < line ? n - used : line, "group_norm bwd", gn_bwd_fused_kernel<4>, cl, NG,
                       cl ? gn_bwd_smem(cg, chunk).bytes : 0);
     used = strlen(buf);
     const int g2 = cl ? gn_bwd_staged_gpc(NG, cg, chunk) : 1;   /* DRAFT_GN_STAGED_BWD's */
