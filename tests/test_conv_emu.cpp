@@ -435,14 +435,31 @@ void run_wino(float *out, const float *x, const float *w, const float *bias, con
     const wino_chunks ch = wino_plan(N, g.OH, g.OW, g.C, O, bytes);
     const int64_t OC = (int64_t)O * g.C;
     std::vector<float> U((size_t)(16 * OC), NAN), V((size_t)(16 * g.C * ch.ld), NAN), M((size_t)(16 * O * ch.ld), NAN);
-    emu_launch((unsigned)((OC + 255) / 256), 256, [&] { wino_weight_kernel(U.data(), w, O, g.C, flip); });
-    for (float &u : U) u = (float)round_op(u, rnd);
+    /* bf16: the kernels write U and V as bf16 bits (as wino_chunks_run<uint16_t> runs them), read
+     * back here as floats; NaN stays NaN */
+    std::vector<uint16_t> Ub(rnd == WR_BF16 ? U.size() : 0, 0x7fc0), Vb(rnd == WR_BF16 ? V.size() : 0, 0x7fc0);
+    auto widen = [](std::vector<float> &f, const std::vector<uint16_t> &b) {
+        for (size_t i = 0; i < b.size(); i++) f[i] = __uint_as_float(half_bf16_to_f32_bits(b[i]));
+    };
+    if (rnd == WR_BF16) {
+        emu_launch((unsigned)((OC + 255) / 256), 256, [&] { wino_weight_kernel<uint16_t>(Ub.data(), w, O, g.C, flip); });
+        widen(U, Ub);
+    } else {
+        emu_launch((unsigned)((OC + 255) / 256), 256, [&] { wino_weight_kernel<float>(U.data(), w, O, g.C, flip); });
+    }
+    for (float &u : U) u = (float)round_op(u, rnd);   /* bf16: already */
     const bool pairs = g.OW % 2 == 0 && ((uintptr_t)out & 7) == 0;
     for (int64_t q0 = 0; q0 < ch.tiles; q0 += ch.ld) {
         const int pc = (int)(ch.tiles - q0 < ch.ld ? ch.tiles - q0 : ch.ld);
         const unsigned bx = (unsigned)((pc + 255) / 256);
-        emu_launch(bx, (unsigned)g.C < ycap ? (unsigned)g.C : ycap, 1, 256,
-                   [&] { wino_input_kernel(V.data(), x, g, q0, pc, ch.ld); });
+        if (rnd == WR_BF16) {
+            emu_launch(bx, (unsigned)g.C < ycap ? (unsigned)g.C : ycap, 1, 256,
+                       [&] { wino_input_kernel<uint16_t>(Vb.data(), x, g, q0, pc, ch.ld); });
+            widen(V, Vb);
+        } else {
+            emu_launch(bx, (unsigned)g.C < ycap ? (unsigned)g.C : ycap, 1, 256,
+                       [&] { wino_input_kernel<float>(V.data(), x, g, q0, pc, ch.ld); });
+        }
         for (int xi = 0; xi < 16; xi++)
             for (int o = 0; o < O; o++)
                 for (int p = 0; p < pc; p++) {

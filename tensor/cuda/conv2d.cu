@@ -537,9 +537,9 @@ bool conv_autocast_tf32() { return cuda_switch("DRAFT_CONV_AUTOCAST_TF32", false
 
 /* DRAFT_CONV_AUTOCAST_WINO=1 (opt-in until measured on a GPU): under bf16 autocast (and without
  * DRAFT_CONV_AUTOCAST_TF32, which takes precedence), Winograd takes the 3x3 stride-1 convolutions
- * it takes under TF32 (forward and backward input), its 16 GEMMs as bf16 products (cuda_gemm's
- * autocast: cuBLAS rounds V and U as it loads them), instead of im2col with bf16 GEMMs: 2.25x
- * fewer products and no im2col. The weight gradient stays im2col's. Its error is about twice a
+ * it takes under TF32 (forward and backward input), its 16 GEMMs as bf16 products (the
+ * transforms write V and U as bf16: half the bytes of their passes), instead of im2col with bf16
+ * GEMMs: 2.25x fewer products and no im2col. The weight gradient stays im2col's. Its error is about twice a
  * direct bf16 convolution's (tests/test_conv_emu.cpp), under autocast's bound. Rows *_acwino. */
 bool conv_autocast_wino() { return cuda_switch("DRAFT_CONV_AUTOCAST_WINO", false); }
 
@@ -650,31 +650,49 @@ bool wino_applies(const kgeom &kg, int64_t N, int64_t Oc, int G)
            N * ((kg.OH + 1) / 2) * ((kg.OW + 1) / 2) <= INT_MAX;
 }
 
+template <typename VT>
+enum status wino_chunks_run(float *out, const float *x, const float *w, const float *bias, const kgeom &kg, int64_t N, int O,
+                            bool flip);
+
 /* out = conv(x, w) (+ bias) over kg with O output channels; flip: w is the forward's and this is
  * its backward input (kg = dgrad_geom, O = the forward's C) */
 enum status wino_run(float *out, const float *x, const float *w, const float *bias, const kgeom &kg, int64_t N, int O,
                      bool flip)
 {
     /* its GEMMs in the precision wino_applies took it for (TF32 under DRAFT_CONV_AUTOCAST_TF32,
-     * bf16 products under DRAFT_CONV_AUTOCAST_WINO) */
+     * bf16 under DRAFT_CONV_AUTOCAST_WINO: U and V then written as bf16, half the bytes, and
+     * multiplied as such) */
     const precision_scope prec(fast_conv_precision());
+    return tensor_precision() == PRECISION_BF16 ? wino_chunks_run<uint16_t>(out, x, w, bias, kg, N, O, flip)
+                                                : wino_chunks_run<float>(out, x, w, bias, kg, N, O, flip);
+}
+
+/* wino_run's passes, with U and V of element type VT (float, or bf16 bits) */
+template <typename VT>
+enum status wino_chunks_run(float *out, const float *x, const float *w, const float *bias, const kgeom &kg, int64_t N, int O,
+                            bool flip)
+{
     const wino_chunks ch = wino_plan(N, kg.OH, kg.OW, kg.C, O, workspace_bytes(kWinoWorkspaceBytes));
     const int64_t OC = (int64_t)O * kg.C;
     enum status s = STATUS_OK;
-    float *U = scratch<float>(16 * OC, &s), *V = U ? scratch<float>(16 * (int64_t)kg.C * ch.ld, &s) : nullptr;
+    VT *U = scratch<VT>(16 * OC, &s), *V = U ? scratch<VT>(16 * (int64_t)kg.C * ch.ld, &s) : nullptr;
     float *M = V ? scratch<float>(16 * (int64_t)O * ch.ld, &s) : nullptr;
     if (!M) return s;
     cudaStream_t st = (cudaStream_t)cuda_stream();
-    wino_weight_kernel<<<(unsigned)((OC + 255) / 256), 256, 0, st>>>(U, w, O, kg.C, flip);
+    wino_weight_kernel<VT><<<(unsigned)((OC + 255) / 256), 256, 0, st>>>(U, w, O, kg.C, flip);
     CUDA_LAUNCHED();
     const bool pairs = kg.OW % 2 == 0 && ((uintptr_t)out & 7) == 0;
     for (int64_t q0 = 0; q0 < ch.tiles; q0 += ch.ld) {
         const int pc = (int)(ch.tiles - q0 < ch.ld ? ch.tiles - q0 : ch.ld);
-        wino_input_kernel<<<plane_grid(pc, 1, kg.C, 256), 256, 0, st>>>(V, x, kg, q0, pc, ch.ld);   /* tiles x channels */
+        wino_input_kernel<VT><<<plane_grid(pc, 1, kg.C, 256), 256, 0, st>>>(V, x, kg, q0, pc, ch.ld);   /* tiles x channels */
         CUDA_LAUNCHED();
-        if ((s = gemm(CUBLAS_OP_N, CUBLAS_OP_N, pc, O, kg.C, V, ch.ld, kg.C * ch.ld, U, kg.C, OC, 0.f, M, ch.ld,
-                      (int64_t)O * ch.ld, 16)))
-            return s;
+        if constexpr (sizeof(VT) == 2)
+            s = cuda_gemm_bf16(true, true, false, false, pc, O, kg.C, 1.0, V, ch.ld, kg.C * ch.ld, U, kg.C, OC, 0.0, M, ch.ld,
+                               (int64_t)O * ch.ld, 16);
+        else
+            s = gemm(CUBLAS_OP_N, CUBLAS_OP_N, pc, O, kg.C, V, ch.ld, kg.C * ch.ld, U, kg.C, OC, 0.f, M, ch.ld,
+                     (int64_t)O * ch.ld, 16);
+        if (s) return s;
         wino_output_kernel<<<plane_grid(pc, 1, O, 256), 256, 0, st>>>(out, M, bias, kg, O, q0, pc, ch.ld, pairs);
         CUDA_LAUNCHED();
     }

@@ -711,9 +711,11 @@ __host__ __device__ inline wino_chunks wino_plan(int64_t N, int OH, int OW, int 
 
 /* U[xi][o][c] = (G g G^T)[xi] of g = w[o][c] (w [O][C][3][3]), or with flip the backward input's
  * operand: g = w[c][o] mirrored (w [C][O][3][3], the forward's; O and C as in dgrad_geom). In f64,
- * rounded once. One thread per (o, c), c fastest. */
+ * rounded once. One thread per (o, c), c fastest. VT: float, or uint16_t for bf16 bits (the
+ * operands of DRAFT_CONV_AUTOCAST_WINO's bf16 GEMMs, rounded once more, to nearest even). */
+template <typename VT>
 __global__ void __launch_bounds__(256)
-wino_weight_kernel(float *__restrict__ U, const float *__restrict__ w, int O, int C, bool flip)
+wino_weight_kernel(VT *__restrict__ U, const float *__restrict__ w, int O, int C, bool flip)
 {
     const int64_t e = (int64_t)blockIdx.x * 256 + threadIdx.x, OC = (int64_t)O * C;
     if (e >= OC) return;
@@ -728,11 +730,11 @@ wino_weight_kernel(float *__restrict__ U, const float *__restrict__ w, int O, in
         s[3][j] = g[2][j];
     }
     for (int i = 0; i < 4; i++) {   /* U = s G^T */
-        float *u = U + (int64_t)4 * i * OC + e;
-        u[0] = (float)s[i][0];
-        u[OC] = (float)(0.5 * (s[i][0] + s[i][1] + s[i][2]));
-        u[2 * OC] = (float)(0.5 * (s[i][0] - s[i][1] + s[i][2]));
-        u[3 * OC] = (float)s[i][2];
+        VT *u = U + (int64_t)4 * i * OC + e;
+        u[0] = col_value<VT>((float)s[i][0]);
+        u[OC] = col_value<VT>((float)(0.5 * (s[i][0] + s[i][1] + s[i][2])));
+        u[2 * OC] = col_value<VT>((float)(0.5 * (s[i][0] - s[i][1] + s[i][2])));
+        u[3 * OC] = col_value<VT>((float)s[i][2]);
     }
 }
 
@@ -747,9 +749,10 @@ __device__ __forceinline__ void wino_tile(const kgeom &g, int64_t q, int *n, int
 
 /* V[xi][c][p] = (B^T d B)[xi] of the 4x4 patch of x [N][C][H][W] from row 2 ty - pt, column
  * 2 tx - pl (0 outside the image), for the pc tiles of the chunk at q0. Grid: x = 256 tiles (the
- * stores coalesce along p), y = channels (looping past 65535). */
+ * stores coalesce along p), y = channels (looping past 65535). VT: as wino_weight_kernel's. */
+template <typename VT>
 __global__ void __launch_bounds__(256)
-wino_input_kernel(float *__restrict__ V, const float *__restrict__ x, kgeom g, int64_t q0, int pc, int64_t ld)
+wino_input_kernel(VT *__restrict__ V, const float *__restrict__ x, kgeom g, int64_t q0, int pc, int64_t ld)
 {
     const int p = (int)blockIdx.x * 256 + (int)threadIdx.x;
     if (p >= pc) return;
@@ -771,12 +774,12 @@ wino_input_kernel(float *__restrict__ V, const float *__restrict__ x, kgeom g, i
             t[2][j] = d[2][j] - d[1][j];
             t[3][j] = d[1][j] - d[3][j];
         }
-        float *v = V + (int64_t)c * ld + p;
+        VT *v = V + (int64_t)c * ld + p;
         for (int i = 0; i < 4; i++) {   /* V = t B */
-            v[(4 * i) * plane] = t[i][0] - t[i][2];
-            v[(4 * i + 1) * plane] = t[i][1] + t[i][2];
-            v[(4 * i + 2) * plane] = t[i][2] - t[i][1];
-            v[(4 * i + 3) * plane] = t[i][1] - t[i][3];
+            v[(4 * i) * plane] = col_value<VT>(t[i][0] - t[i][2]);
+            v[(4 * i + 1) * plane] = col_value<VT>(t[i][1] + t[i][2]);
+            v[(4 * i + 2) * plane] = col_value<VT>(t[i][2] - t[i][1]);
+            v[(4 * i + 3) * plane] = col_value<VT>(t[i][1] - t[i][3]);
         }
     }
 }
