@@ -22,7 +22,7 @@ static const char *const g_switches[] = {"DRAFT_CONV_PIPELINE", "DRAFT_CONV_ROWS
                                          "DRAFT_ATTN_MMA",      "DRAFT_ATTN_VEC4",     "DRAFT_ATTN_PACKED",
                                          "DRAFT_MATMUL_FAST_BF16", "DRAFT_CONV_AUTOCAST_TF32", "DRAFT_GN_STAGED",
                                          "DRAFT_GN_FUSED_WB",      "DRAFT_GN_STAGED_BWD",
-                                         "DRAFT_CONV_AUTOCAST_WINO"};
+                                         "DRAFT_CONV_AUTOCAST_WINO", "DRAFT_GN_PDL"};
 #define N_SWITCHES (sizeof g_switches / sizeof *g_switches)
 
 /* all off but those in `on` (a name, or names joined by '+'; NULL: all off), so that each row
@@ -438,7 +438,9 @@ int main(int argc, char **argv)
      * staged forward (DRAFT_GN_STAGED, sums: its base rows are the _sums ones) at 2 groups a
      * cluster (clusters of 4 here), at 1 and at 4 (DRAFT_GN_GPC), and under the one-pass backward;
      * that backward summing dw and db itself (DRAFT_GN_FUSED_WB), without and with the staged forward;
-     * the backward with 2 groups a cluster (DRAFT_GN_STAGED_BWD), alone and with all three */
+     * the backward with 2 groups a cluster (DRAFT_GN_STAGED_BWD), alone and with all three; and
+     * launched as programmatic dependents (DRAFT_GN_PDL): the sums forward, the staged one, the
+     * forward+backward as now and with all the above */
     const struct {
         const char *name, *cluster, *sw;   /* sw: the switch on */
         bool back;
@@ -469,6 +471,11 @@ int main(int argc, char **argv)
         {"group_norm_fwdbwd_fused_bwd_sums_stbwd", NULL, "DRAFT_GN_FUSED_BWD+DRAFT_GN_SUMS+DRAFT_GN_STAGED_BWD", true, NULL},
         {"group_norm_fwdbwd_fused_bwd_sums_staged_wb_stbwd", NULL,
          "DRAFT_GN_FUSED_BWD+DRAFT_GN_SUMS+DRAFT_GN_STAGED+DRAFT_GN_FUSED_WB+DRAFT_GN_STAGED_BWD", true, NULL},
+        {"group_norm_fwd_sums_pdl", NULL, "DRAFT_GN_SUMS+DRAFT_GN_PDL", false, NULL},
+        {"group_norm_fwd_sums_staged_pdl", NULL, "DRAFT_GN_SUMS+DRAFT_GN_STAGED+DRAFT_GN_PDL", false, NULL},
+        {"group_norm_fwdbwd_fused_bwd_sums_pdl", NULL, "DRAFT_GN_FUSED_BWD+DRAFT_GN_SUMS+DRAFT_GN_PDL", true, NULL},
+        {"group_norm_fwdbwd_fused_bwd_sums_staged_wb_stbwd_pdl", NULL,
+         "DRAFT_GN_FUSED_BWD+DRAFT_GN_SUMS+DRAFT_GN_STAGED+DRAFT_GN_FUSED_WB+DRAFT_GN_STAGED_BWD+DRAFT_GN_PDL", true, NULL},
     };
     if (row_wanted() && !g_only) {   /* how the one-pass kernels launch here, and whether in one wave */
         char occ[1024];

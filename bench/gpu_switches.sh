@@ -17,7 +17,7 @@ FNR == NR {   # test_cuda lines: "cuda <label> <dtype> fwd rel=... bwd rel=... o
 }
 $1 == "RESULT" { ms[$2] = $3 }
 BEGIN {
-    ns = 18
+    ns = 19
     sw[1] = "DRAFT_ATTN_MMA";      pat[1] = "_mma[],]";         file[1] = "tensor/cuda/attention.cu"
     sw[2] = "DRAFT_ATTN_FUSED_DQ"; pat[2] = "fused_dq";         file[2] = "tensor/cuda/attention.cu"
     sw[3] = "DRAFT_GN_FUSED_BWD";  pat[3] = "fused_bwd";        file[3] = "tensor/cuda/norm.cu"
@@ -36,11 +36,12 @@ BEGIN {
     sw[16] = "DRAFT_GN_FUSED_WB";  pat[16] = "gn_fused_wb";     file[16] = "tensor/cuda/norm.cu"
     sw[17] = "DRAFT_GN_STAGED_BWD"; pat[17] = "gn_staged_bwd";  file[17] = "tensor/cuda/norm.cu"
     sw[18] = "DRAFT_CONV_AUTOCAST_WINO"; pat[18] = "autocast_wino"; file[18] = "tensor/cuda/conv2d.cu"
+    sw[19] = "DRAFT_GN_PDL";       pat[19] = "gn_pdl";          file[19] = "tensor/cuda/norm.cu"
     # variant row = base row + suffix
     n = split(defs, dv, ";")
     for (i = 1; i <= n; i++) if (dv[i] != "") { split(dv[i], kv, "="); now[kv[1]] = kv[2] }
     for (i = 1; i <= ns; i++) if (!(sw[i] in now)) now[sw[i]] = "unknown"
-    suf[1] = "_mma"; suf[2] = "_fused_dq"; suf[3] = "_fused_bwd"; suf[4] = "_rowshift"; suf[5] = "_pipe"; suf[6] = "_implicit"; suf[7] = "_fast16bf"; suf[8] = "_halo"; suf[9] = "_reg"; suf[10] = "_vec4"; suf[11] = "_wino"; suf[12] = "_packed"; suf[13] = "_sums"; suf[14] = "_actf32"; suf[15] = "_staged"; suf[16] = "_wb"; suf[17] = "_stbwd"; suf[18] = "_acwino"
+    suf[1] = "_mma"; suf[2] = "_fused_dq"; suf[3] = "_fused_bwd"; suf[4] = "_rowshift"; suf[5] = "_pipe"; suf[6] = "_implicit"; suf[7] = "_fast16bf"; suf[8] = "_halo"; suf[9] = "_reg"; suf[10] = "_vec4"; suf[11] = "_wino"; suf[12] = "_packed"; suf[13] = "_sums"; suf[14] = "_actf32"; suf[15] = "_staged"; suf[16] = "_wb"; suf[17] = "_stbwd"; suf[18] = "_acwino"; suf[19] = "_pdl"
 }
 END {
     for (i = 1; i <= ns; i++) {

@@ -46,21 +46,25 @@ END {
     bw_target("add_64M", "", "copy_64M")
     bw_target("group_norm_fwd", "group_norm_fwd_cl1 group_norm_fwd_cl2 group_norm_fwd_cl4 group_norm_fwd_reg group_norm_fwd_reg_cl4" \
               " group_norm_fwd_sums group_norm_fwd_reg_sums group_norm_fwd_sums_cl4" \
-              " group_norm_fwd_sums_staged group_norm_fwd_sums_staged_g1 group_norm_fwd_sums_staged_g4", "copy_10M")
+              " group_norm_fwd_sums_staged group_norm_fwd_sums_staged_g1 group_norm_fwd_sums_staged_g4" \
+              " group_norm_fwd_sums_pdl group_norm_fwd_sums_staged_pdl", "copy_10M")
     bw_target("group_norm_fwd_burst20", "group_norm_fwd_cl1_burst20 group_norm_fwd_cl2_burst20 group_norm_fwd_cl4_burst20" \
               " group_norm_fwd_reg_burst20 group_norm_fwd_reg_cl4_burst20 group_norm_fwd_sums_burst20" \
               " group_norm_fwd_reg_sums_burst20 group_norm_fwd_sums_cl4_burst20 group_norm_fwd_sums_staged_burst20" \
-              " group_norm_fwd_sums_staged_g1_burst20 group_norm_fwd_sums_staged_g4_burst20", "copy_10M_burst20")
+              " group_norm_fwd_sums_staged_g1_burst20 group_norm_fwd_sums_staged_g4_burst20" \
+              " group_norm_fwd_sums_pdl_burst20 group_norm_fwd_sums_staged_pdl_burst20", "copy_10M_burst20")
     bw_target("group_norm_fwdbwd", "group_norm_fwdbwd_fused_bwd group_norm_fwdbwd_fused_bwd_cl4 group_norm_fwdbwd_cl1" \
               " group_norm_fwdbwd_fused_bwd_sums group_norm_fwdbwd_fused_bwd_reg_sums group_norm_fwdbwd_fused_bwd_sums_staged" \
               " group_norm_fwdbwd_fused_bwd_sums_wb group_norm_fwdbwd_fused_bwd_sums_staged_wb" \
-              " group_norm_fwdbwd_fused_bwd_sums_stbwd group_norm_fwdbwd_fused_bwd_sums_staged_wb_stbwd", "copy_10M")
+              " group_norm_fwdbwd_fused_bwd_sums_stbwd group_norm_fwdbwd_fused_bwd_sums_staged_wb_stbwd" \
+              " group_norm_fwdbwd_fused_bwd_sums_pdl group_norm_fwdbwd_fused_bwd_sums_staged_wb_stbwd_pdl", "copy_10M")
     bw_target("group_norm_fwdbwd_burst20",
               "group_norm_fwdbwd_fused_bwd_burst20 group_norm_fwdbwd_fused_bwd_cl4_burst20 group_norm_fwdbwd_cl1_burst20" \
               " group_norm_fwdbwd_fused_bwd_sums_burst20 group_norm_fwdbwd_fused_bwd_reg_sums_burst20" \
               " group_norm_fwdbwd_fused_bwd_sums_staged_burst20 group_norm_fwdbwd_fused_bwd_sums_wb_burst20" \
               " group_norm_fwdbwd_fused_bwd_sums_staged_wb_burst20 group_norm_fwdbwd_fused_bwd_sums_stbwd_burst20" \
-              " group_norm_fwdbwd_fused_bwd_sums_staged_wb_stbwd_burst20", "copy_10M_burst20")
+              " group_norm_fwdbwd_fused_bwd_sums_staged_wb_stbwd_burst20 group_norm_fwdbwd_fused_bwd_sums_pdl_burst20" \
+              " group_norm_fwdbwd_fused_bwd_sums_staged_wb_stbwd_pdl_burst20", "copy_10M_burst20")
     # not a target row: the group_norm kernels alone (backend calls, no autograd), like the copy
     # row they are compared with; says how much of the fwd+bwd rows is kernels and how much the rest
     f = "group_norm_fwd_raw_burst20"; b = "group_norm_bwd_raw_burst20"; c = "copy_10M_burst20"

@@ -213,7 +213,7 @@ if [ -f "$PARITY/sd14/unet.config.json" ] && [ "${GPU_CHECK_SD14:-1}" = 1 ]; the
         DRAFT_CONV_AUTOCAST_WINO=1 sd14_step "opt-ins (CONV_AUTOCAST_WINO): " --batch 4 --steps 50 --reward-vit --precision bf16
     fi
     if fits 60 "sd14 step tf32, group_norm opt-ins"; then   # the staged group_norm, dw/db in its backward
-        DRAFT_GN_STAGED=1 DRAFT_GN_FUSED_WB=1 DRAFT_GN_STAGED_BWD=1 sd14_step "opt-ins (GN_STAGED, FUSED_WB, STAGED_BWD): " \
+        DRAFT_GN_STAGED=1 DRAFT_GN_FUSED_WB=1 DRAFT_GN_STAGED_BWD=1 DRAFT_GN_PDL=1 sd14_step "opt-ins (GN_STAGED, FUSED_WB, STAGED_BWD, PDL): " \
             --batch 4 --steps 50 --reward-vit --precision tf32
     fi
     # GPU_CHECK_PROFILE=1 (the default): the TF32 and bf16 steps again under DRAFT_PROFILE=shapes (tensor/profile.h):

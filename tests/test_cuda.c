@@ -1244,6 +1244,26 @@ START_TEST(test_nn)
         unsetenv("DRAFT_GN_GPC");
         unsetenv("DRAFT_GN_STAGED_BWD");
         unsetenv("DRAFT_GN_FUSED_WB");
+        /* the one-pass kernels as programmatic dependents (DRAFT_GN_PDL): each starts while the
+         * kernel before it ends and must not read what that kernel writes before it has (the
+         * inputs' copies to the GPU and the forward's outputs come right before); as now, and
+         * with the staged forward and backward and dw/db in the backward */
+        set_switch("DRAFT_GN_PDL", true);
+        for (int m = 0; m < 2; m++) {
+            set_switch("DRAFT_GN_STAGED", m == 1);
+            set_switch("DRAFT_GN_STAGED_BWD", m == 1);
+            set_switch("DRAFT_GN_FUSED_WB", m == 1);
+            check_op(m ? "group_norm[gn_pdl,staged,sd,groups=32]" : "group_norm[gn_pdl,sd,groups=32]", f_group_norm, (void *)32,
+                     3, gns, &big);
+            check_op(m ? "group_norm[gn_pdl,staged,large,groups=32]" : "group_norm[gn_pdl,large,groups=32]", f_group_norm,
+                     (void *)32, 3, gnb, &big);
+            check_op(m ? "group_norm[gn_pdl,staged,groups=2,5x5]" : "group_norm[gn_pdl,groups=2,5x5]", f_group_norm, (void *)2, 3,
+                     gno, &o);
+        }
+        unsetenv("DRAFT_GN_PDL");
+        unsetenv("DRAFT_GN_STAGED");
+        unsetenv("DRAFT_GN_STAGED_BWD");
+        unsetenv("DRAFT_GN_FUSED_WB");
         unsetenv("DRAFT_GN_FUSED_BWD");
     }
     /* attention */

@@ -186,7 +186,14 @@ template <class SmemFn> int gn_cluster_pick(int64_t NG, int64_t ge, SmemFn smem,
     return best;
 }
 
-/* grid (cl, NG) of kThreads-thread blocks in clusters of cl, on our stream; attr: its one attribute */
+/* DRAFT_GN_PDL=1 (opt-in until measured on a GPU): the one-pass kernels launch as programmatic
+ * dependents of the kernel ahead of them (gn_grid_wait in norm_kernels.cuh): their blocks are
+ * scheduled while that kernel finishes, instead of after it, and each lets the next start once
+ * its own loads are issued */
+bool gn_pdl_enabled() { return cuda_switch("DRAFT_GN_PDL", false); }
+
+/* grid (cl, NG) of kThreads-thread blocks in clusters of cl, on our stream; attr: its attributes
+ * (two: the cluster, and with DRAFT_GN_PDL the programmatic serialization) */
 cudaLaunchConfig_t gn_cluster_config(cudaLaunchAttribute *attr, int cl, int64_t NG, size_t smem)
 {
     cudaLaunchConfig_t lc = {};
@@ -200,6 +207,11 @@ cudaLaunchConfig_t gn_cluster_config(cudaLaunchAttribute *attr, int cl, int64_t 
     attr->val.clusterDim.z = 1;
     lc.attrs = attr;
     lc.numAttrs = 1;
+    if (gn_pdl_enabled()) {
+        attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attr[1].val.programmaticStreamSerializationAllowed = 1;
+        lc.numAttrs = 2;
+    }
     return lc;
 }
 
@@ -216,8 +228,8 @@ bool gn_cluster_launch(void (*kernel)(P...), size_t *raised, int cl, int64_t NG,
         }
         *raised = to;
     }
-    cudaLaunchAttribute attr;
-    const cudaLaunchConfig_t lc = gn_cluster_config(&attr, cl, NG, smem);
+    cudaLaunchAttribute attr[2];
+    const cudaLaunchConfig_t lc = gn_cluster_config(attr, cl, NG, smem);
     if (cudaLaunchKernelEx(&lc, kernel, ((P)args)...) != cudaSuccess) {
         (void)cudaGetLastError();
         return false;
@@ -598,8 +610,8 @@ static void gn_occupancy_line(char *buf, size_t n, const char *what, K kernel, i
     /* raised only, never lowered: gn_cluster_launch keeps track of what it set */
     if ((int)smem > fa.maxDynamicSharedSizeBytes)
         (void)cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    cudaLaunchAttribute attr;
-    const cudaLaunchConfig_t lc = gn_cluster_config(&attr, cl, NG, smem);
+    cudaLaunchAttribute attr[2];
+    const cudaLaunchConfig_t lc = gn_cluster_config(attr, cl, NG, smem);
     int clusters = -1, blocks_sm = -1;
     if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &lc) != cudaSuccess) clusters = -1;
     if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_sm, kernel, kThreads, smem) != cudaSuccess) blocks_sm = -1;

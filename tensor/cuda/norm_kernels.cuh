@@ -23,6 +23,24 @@
 constexpr int kThreads = 256;
 constexpr int kGnMaxCluster = 8;   /* the portable cluster size limit */
 
+/* Programmatic dependent launch (DRAFT_GN_PDL): a kernel launched with it may start before the
+ * kernel ahead of it on the stream has finished. gn_grid_wait holds it, before its first global
+ * access, until that kernel has completed and its writes are visible; gn_grid_release (once its
+ * loads are issued) lets the next such kernel start. Both do nothing in a kernel launched without
+ * it, and in the host emulation. */
+__device__ __forceinline__ void gn_grid_wait()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void gn_grid_release()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 /* V consecutive elements (V = 4 only for float, 16-byte aligned) */
 template <typename T, int V> struct alignas(sizeof(T) * V) vec { T v[V]; };
 
@@ -338,6 +356,7 @@ gn_fused_kernel(float *__restrict__ out, float *__restrict__ mean, float *__rest
     const int j0 = rank * chunk, j1 = min(ge, j0 + chunk);
     const float *xg = x + g * ge;
     vec<float, V> rv[NV ? NV : 1];
+    gn_grid_wait();
     /* f(j, v) for each of this thread's runs, in order: element j of the group, its V values */
     auto each = [&](auto f) {
         if constexpr (NV > 0) {
@@ -362,6 +381,7 @@ gn_fused_kernel(float *__restrict__ out, float *__restrict__ mean, float *__rest
             __pipeline_memcpy_async(xs + (j - j0), xg + j, sizeof(float) * V);
         __pipeline_commit();
     }
+    gn_grid_release();
     cl.barrier_arrive();   /* this block has started: the others may write into its shared memory
                               once everyone has (the wait below), while the chunk streams in */
     /* while the chunk streams in: this group's w and b */
@@ -540,6 +560,7 @@ gn_staged_kernel(float *__restrict__ out, float *__restrict__ mean, float *__res
             if (j < j1) f(j, *reinterpret_cast<const vec<float, V> *>(xk + (j - j0)));
         }
     };
+    gn_grid_wait();
     for (int k = 0; k < gpc; k++)   /* every group's stages in flight, in order; empty ones commit too */
         for (int s = 0; s < S; s++) {
             if (k < ng) {
@@ -553,6 +574,7 @@ gn_staged_kernel(float *__restrict__ out, float *__restrict__ mean, float *__res
             }
             __pipeline_commit();
         }
+    gn_grid_release();
     cl.barrier_arrive();   /* started: see gn_fused_kernel */
     for (int i = threadIdx.x; i < ng * cg; i += kThreads) {   /* the groups' w and b, while x streams in */
         const int k = i / cg, c = (int)((g0 + k) % (C / cg)) * cg + (i - k * cg);
@@ -681,6 +703,7 @@ gn_bwd_fused_kernel(float *__restrict__ dx, double2 *__restrict__ ab, const floa
     const int rank = (int)cl.block_rank(), ncl = (int)cl.num_blocks();
     const int g0 = (int)blockIdx.y * gpc, ng = min(gpc, NG - g0);   /* uniform over the cluster */
     const int j0 = rank * chunk, j1 = min(ge, j0 + chunk);
+    gn_grid_wait();
     for (int k = 0; k < gpc; k++) {   /* each group's x and dy: one cp.async group (empty past ng) */
         const float *xg = x + (int64_t)(g0 + k) * ge, *dyg = dy + (int64_t)(g0 + k) * ge;
         float *xs = xsa + (size_t)k * chunk, *dys = dysa + (size_t)k * chunk;
@@ -690,6 +713,7 @@ gn_bwd_fused_kernel(float *__restrict__ dx, double2 *__restrict__ ab, const floa
         }
         __pipeline_commit();
     }
+    gn_grid_release();
     cl.barrier_arrive();   /* started (see gn_fused_kernel) */
     for (int i = threadIdx.x; i < ng * cg; i += kThreads) {   /* w too: the coefficients need it after the
                                                                  cluster's barrier, not a global load there */
