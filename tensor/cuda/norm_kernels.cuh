@@ -309,6 +309,64 @@ __global__ void ln_bwd_wb_final_kernel(T *__restrict__ dw, T *__restrict__ db, c
 
 __host__ __device__ constexpr size_t gn_align16(size_t n) { return (n + 15) / 16 * 16; }
 
+/* DRAFT_GN_SUMS's statistics of a thread: the sums of x and x^2 in double, one pair per vector
+ * lane (short chains), then the lanes' and the warp's in a fixed order */
+template <int V> struct gn_lane_sums {
+    double s[V], q[V];
+    __device__ gn_lane_sums()
+    {
+#pragma unroll
+        for (int i = 0; i < V; i++) s[i] = q[i] = 0.0;
+    }
+    __device__ void add(const vec<float, V> &v)
+    {
+#pragma unroll
+        for (int i = 0; i < V; i++) {
+            const double d = (double)v.v[i];
+            s[i] += d;
+            q[i] = fma(d, d, q[i]);
+        }
+    }
+    /* the warp's (sum x, sum x^2), in lane 0 */
+    __device__ double2 warp_total() const
+    {
+        double s1 = s[0], q1 = q[0];
+#pragma unroll
+        for (int i = 1; i < V; i++) s1 += s[i], q1 += q[i];
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            s1 += __shfl_down_sync(0xffffffffu, s1, o);
+            q1 += __shfl_down_sync(0xffffffffu, q1, o);
+        }
+        return make_double2(s1, q1);
+    }
+};
+
+/* out = x * scale + shift of x's channel over a thread's runs in order: scale = rstd * w[c] and
+ * shift = b[c] - mean * scale in double, rounded once, recomputed where the channel changes
+ * (wb: the group's w then b, cg each) */
+template <int V> struct gn_affine_out {
+    const float *wb;
+    int cg, HW;
+    double mu, rs;
+    int cur = -1;
+    float sc = 0.f, sf = 0.f;
+    __device__ gn_affine_out(const float *wb_, int cg_, int HW_, double mu_, double rs_) : wb(wb_), cg(cg_), HW(HW_), mu(mu_), rs(rs_) {}
+    __device__ void put(float *og, int j, vec<float, V> v)
+    {
+        const int ci = j / HW;   /* one channel per vector: V == 4 only when HW % 4 == 0 */
+        if (ci != cur) {
+            const double scd = rs * (double)wb[ci];
+            sc = (float)scd;
+            sf = (float)((double)wb[cg + ci] - mu * scd);
+            cur = ci;
+        }
+#pragma unroll
+        for (int i = 0; i < V; i++) v.v[i] = v.v[i] * sc + sf;
+        store<float, V>(og + j, v);
+    }
+};
+
 /* forward: [head | xs: chunk floats | w, b: 2 * cg floats] */
 struct gn_fwd_head {
     wsum warp[kThreads / 32];      /* this block's warps' states */
@@ -393,26 +451,10 @@ gn_fused_kernel(float *__restrict__ out, float *__restrict__ mean, float *__rest
     if constexpr (NV == 0) __pipeline_wait_prior(0);   /* each thread reads back only what it copied itself */
     double mu, rs;
     if constexpr (SUMS) {
-        double s4[V], q4[V];
-#pragma unroll
-        for (int i = 0; i < V; i++) s4[i] = q4[i] = 0.0;
-        each([&](int, const vec<float, V> &v) {
-#pragma unroll
-            for (int i = 0; i < V; i++) {
-                const double d = (double)v.v[i];
-                s4[i] += d;
-                q4[i] = fma(d, d, q4[i]);
-            }
-        });
-        double s1 = s4[0], q1 = q4[0];
-#pragma unroll
-        for (int i = 1; i < V; i++) s1 += s4[i], q1 += q4[i];
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-            s1 += __shfl_down_sync(0xffffffffu, s1, o);
-            q1 += __shfl_down_sync(0xffffffffu, q1, o);
-        }
-        if (threadIdx.x % 32 == 0) sh.wsums[threadIdx.x / 32] = make_double2(s1, q1);
+        gn_lane_sums<V> ls;
+        each([&](int, const vec<float, V> &v) { ls.add(v); });
+        const double2 wt = ls.warp_total();
+        if (threadIdx.x % 32 == 0) sh.wsums[threadIdx.x / 32] = wt;
         __syncthreads();   /* the warp sums, and w and b, are in shared memory */
         cl.barrier_wait();
         if ((int)threadIdx.x < ncl) {   /* this block's sums, into block threadIdx.x's rsums[rank] */
@@ -466,21 +508,8 @@ gn_fused_kernel(float *__restrict__ out, float *__restrict__ mean, float *__rest
         if (rstd) rstd[g] = (float)rs;
     }
     float *og = out + g * ge;
-    int cur = -1;
-    float sc = 0.f, sf = 0.f;
-    each([&](int j, const vec<float, V> &x4) {
-        vec<float, V> v = x4;
-        const int ci = j / HW;   /* one channel per vector: V == 4 only when HW % 4 == 0 */
-        if (ci != cur) {   /* scale and shift of channel ci */
-            const double scd = rs * (double)wb[ci];
-            sc = (float)scd;
-            sf = (float)((double)wb[cg + ci] - mu * scd);
-            cur = ci;
-        }
-#pragma unroll
-        for (int i = 0; i < V; i++) v.v[i] = v.v[i] * sc + sf;
-        store<float, V>(og + j, v);
-    });
+    gn_affine_out<V> ao(wb, cg, HW, mu, rs);
+    each([&](int j, const vec<float, V> &x4) { ao.put(og, j, x4); });
 }
 
 /* the register variants' sizes, float4 per thread: the smallest of 4, 8, .., 24 that holds the
@@ -582,29 +611,13 @@ gn_staged_kernel(float *__restrict__ out, float *__restrict__ mean, float *__res
         wb[k * 2 * cg + cg + (i - k * cg)] = b ? b[c] : 0.f;
     }
     for (int k = 0; k < ng; k++) {
-        double s4[V], q4[V];
-#pragma unroll
-        for (int i = 0; i < V; i++) s4[i] = q4[i] = 0.0;
+        gn_lane_sums<V> ls;
         for (int s = 0; s < S; s++) {
             __pipeline_wait_prior(kGnStages - 1 - (k * S + s));   /* this thread's copies of stage s of group k */
-            each(k, s, [&](int, const vec<float, V> &v) {
-#pragma unroll
-                for (int i = 0; i < V; i++) {
-                    const double d = (double)v.v[i];
-                    s4[i] += d;
-                    q4[i] = fma(d, d, q4[i]);
-                }
-            });
+            each(k, s, [&](int, const vec<float, V> &v) { ls.add(v); });
         }
-        double s1 = s4[0], q1 = q4[0];
-#pragma unroll
-        for (int i = 1; i < V; i++) s1 += s4[i], q1 += q4[i];
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-            s1 += __shfl_down_sync(0xffffffffu, s1, o);
-            q1 += __shfl_down_sync(0xffffffffu, q1, o);
-        }
-        if (threadIdx.x % 32 == 0) sh.wsums[k][threadIdx.x / 32] = make_double2(s1, q1);
+        const double2 wt = ls.warp_total();
+        if (threadIdx.x % 32 == 0) sh.wsums[k][threadIdx.x / 32] = wt;
         __syncthreads();   /* group k's warp sums (and, the first time, w and b) are in shared memory */
         if (k == 0) cl.barrier_wait();
         if ((int)threadIdx.x < ncl) {   /* this block's sums, into block threadIdx.x's rsums[k][rank] */
@@ -622,24 +635,9 @@ gn_staged_kernel(float *__restrict__ out, float *__restrict__ mean, float *__res
             if (mean) mean[g] = (float)mu;
             if (rstd) rstd[g] = (float)rs;
         }
-        const float *wk = wb + k * 2 * cg;
         float *og = out + g * ge;
-        int cur = -1;
-        float sc = 0.f, sf = 0.f;
-        for (int s = 0; s < S; s++)
-            each(k, s, [&](int j, const vec<float, V> &x4) {
-                vec<float, V> v = x4;
-                const int ci = j / HW;   /* one channel per vector: V == 4 only when HW % 4 == 0 */
-                if (ci != cur) {
-                    const double scd = rs * (double)wk[ci];
-                    sc = (float)scd;
-                    sf = (float)((double)wk[cg + ci] - mu * scd);
-                    cur = ci;
-                }
-#pragma unroll
-                for (int i = 0; i < V; i++) v.v[i] = v.v[i] * sc + sf;
-                store<float, V>(og + j, v);
-            });
+        gn_affine_out<V> ao(wb + k * 2 * cg, cg, HW, mu, rs);
+        for (int s = 0; s < S; s++) each(k, s, [&](int j, const vec<float, V> &x4) { ao.put(og, j, x4); });
     }
 }
 
