@@ -1206,6 +1206,7 @@ START_TEST(test_nn)
             snprintf(label, sizeof label, "group_norm[gn_staged,gpc=%s,large,groups=32]", gpc);
             check_op(label, f_group_norm, (void *)32, 3, gnb, &big);
         }
+        check_op("group_norm[gn_staged,gpc=4,groups=3]", f_group_norm, (void *)3, 3, gn, &o);   /* 6 groups: 4 + 2 */
         setenv("DRAFT_GN_GPC", "2", 1);
         check_op("group_norm[gn_staged,gpc=2,groups=3]", f_group_norm, (void *)3, 3, gn, &o);
         check_op("group_norm[gn_staged,gpc=2,groups=2,5x5]", f_group_norm, (void *)2, 3, gno, &o);
@@ -1238,6 +1239,8 @@ START_TEST(test_nn)
             snprintf(label, sizeof label, "group_norm[gn_staged_bwd,gpc=%s%s,large,groups=32]", gpc, m >= 2 ? ",wb" : "");
             check_op(label, f_group_norm, (void *)32, 3, gnb, &big);
         }
+        check_op("group_norm[gn_staged_bwd,gpc=4,wb,groups=3]", f_group_norm, (void *)3, 3, gn, &o);   /* 6 groups: 4 + 2 */
+        set_switch("DRAFT_GN_FUSED_WB", false);
         setenv("DRAFT_GN_GPC", "2", 1);
         check_op("group_norm[gn_staged_bwd,gpc=2,groups=3]", f_group_norm, (void *)3, 3, gn, &o);
         check_op("group_norm[gn_staged_bwd,gpc=2,groups=2,5x5]", f_group_norm, (void *)2, 3, gno, &o);
