@@ -703,11 +703,13 @@ gn_bwd_fused_kernel(float *__restrict__ dx, double2 *__restrict__ ab, const floa
     const int j0 = rank * chunk, j1 = min(ge, j0 + chunk);
     gn_grid_wait();
     for (int k = 0; k < gpc; k++) {   /* each group's x and dy: one cp.async group (empty past ng) */
-        const float *xg = x + (int64_t)(g0 + k) * ge, *dyg = dy + (int64_t)(g0 + k) * ge;
-        float *xs = xsa + (size_t)k * chunk, *dys = dysa + (size_t)k * chunk;
-        for (int j = j0 + (int)threadIdx.x * V; k < ng && j < j1; j += kThreads * V) {
-            __pipeline_memcpy_async(xs + (j - j0), xg + j, sizeof(float) * V);
-            __pipeline_memcpy_async(dys + (j - j0), dyg + j, sizeof(float) * V);
+        if (k < ng) {
+            const float *xg = x + (int64_t)(g0 + k) * ge, *dyg = dy + (int64_t)(g0 + k) * ge;
+            float *xs = xsa + (size_t)k * chunk, *dys = dysa + (size_t)k * chunk;
+            for (int j = j0 + (int)threadIdx.x * V; j < j1; j += kThreads * V) {
+                __pipeline_memcpy_async(xs + (j - j0), xg + j, sizeof(float) * V);
+                __pipeline_memcpy_async(dys + (j - j0), dyg + j, sizeof(float) * V);
+            }
         }
         __pipeline_commit();
     }
