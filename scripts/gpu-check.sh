@@ -275,8 +275,14 @@ if [ "${GPU_CHECK_NCU:-1}" = 1 ] && command -v ncu > /dev/null && [ -x build-gpu
             case $side/$row in torch/attention_fwd_mma | torch/*_halo | torch/*_wino | torch/*_reg | torch/*_vec4 | torch/*_packed | torch/*_sums | torch/*_staged | torch/*_fused_bwd) continue ;; esac   # the base row's
             fits 40 "ncu $side $row" || continue
             prog=(./build-gpu/bench/bench_gpu); [ $side = torch ] && prog=(python3 bench/torch_gpu.py)
-            # group_norm's kernels are latency-bound (15% of issue, 21% of DRAM): where their warps stall too
-            extra=(); case $row in group_norm*) extra=(--section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis) ;; esac
+            # group_norm's kernels are latency-bound (15% of issue, 21% of DRAM), and our bf16
+            # attention runs at 59 TFLOP/s against PyTorch's 81: where their warps stall, and (attention)
+            # what the pipes do (the exp on the SFU against the mma)
+            extra=()
+            case $row in
+                group_norm*) extra=(--section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis) ;;
+                attention*autocast*) extra=(--section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis) ;;
+            esac
             BENCH_GPU_ONLY=$row BENCH_ONLY=$row timeout $(cap 60) ncu --profile-from-start off --clock-control none \
                 --section SpeedOfLight --section Occupancy --section LaunchStats ${extra[@]+"${extra[@]}"} --csv --page details "${prog[@]}" \
                 > "$OUTDIR/ncu-$side-$row.csv" 2>&1
