@@ -2,7 +2,10 @@
 `--csv --page details` output (scripts/gpu-check.sh's ncu step: one CSV per benchmark row, ours
 and PyTorch's): where the row's time goes and what bounds each kernel. Columns: time, share of
 the row, SM and memory throughput (% of the peak the section reports), DRAM throughput, achieved
-occupancy, registers per thread, grid x block, the kernel's name (shortened).
+occupancy, registers per thread, grid x block, the kernel's name (shortened). Where the profile has
+the warp-state and scheduler sections, a second line per kernel: cycles per issued instruction,
+the share of cycles with a warp eligible to issue, and Nsight Compute's stall note (what the warps
+wait on most).
 A CSV that is missing or has no kernel prints one line saying so."""
 import csv
 import re
@@ -15,6 +18,8 @@ WANT = {
     "DRAM Throughput": "dram",
     "Achieved Occupancy": "occ",
     "Registers Per Thread": "regs",
+    "Warp Cycles Per Issued Instruction": "cpi",
+    "One or More Eligible": "elig",
 }
 TO_US = {"nsecond": 1e-3, "ns": 1e-3, "usecond": 1.0, "us": 1.0, "msecond": 1e3, "ms": 1e3, "second": 1e6, "s": 1e6}
 
@@ -47,7 +52,10 @@ def kernels(path):
         if kid not in rows:
             rows[kid] = (kid, rec.get("Kernel Name", "?"), rec.get("Grid Size", "?"), rec.get("Block Size", "?"), {})
             order.append(kid)
-        key = WANT.get(rec["Metric Name"])
+        desc = rec.get("Rule Description") or ""
+        if (rec.get("Rule Name") == "CPIStall" or "being stalled" in desc) and desc and "stall" not in rows[kid][4]:
+            rows[kid][4]["stall"] = " ".join(desc.split())
+        key = WANT.get(rec["Metric Name"] or "")
         val = number(rec.get("Metric Value", ""))
         if key is None or val is None:
             continue
@@ -77,6 +85,10 @@ def main(argv):
             share = 100 * m["dur"] / total if total > 0 and "dur" in m else float("nan")
             print(f"{label:<34} {g('dur', '8.1f'):>8} {share:5.0f} {g('sm', '5.1f'):>5} {g('mem', '5.1f'):>5} "
                   f"{g('dram', '5.1f'):>5} {g('occ', '5.1f'):>5} {g('regs', '4.0f'):>4}  {grid}x{block}  {short(name)}")
+            if "cpi" in m or "elig" in m or "stall" in m:
+                note = m.get("stall", "")
+                print(f"{label:<34}   cycles/issue {g('cpi', '.1f')}, eligible {g('elig', '.0f')}%"
+                      f"{'; ' + (note if len(note) <= 220 else note[:217] + '...') if note else ''}")
         print(f"{label:<34} {total:8.1f} total over {len(ks)} kernels")
     return 0
 

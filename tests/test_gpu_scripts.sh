@@ -123,17 +123,21 @@ else echo "ok   switches: every def read from tensor/cuda"; fi
 if command -v python3 > /dev/null; then
     cat > "$t/ncu.csv" <<'R'
 ==PROF== Connected to process 1 (bench_gpu)
-"ID","Process ID","Kernel Name","Block Size","Grid Size","Section Name","Metric Name","Metric Unit","Metric Value"
+"ID","Process ID","Kernel Name","Block Size","Grid Size","Section Name","Metric Name","Metric Unit","Metric Value","Rule Name","Rule Type","Rule Description"
 "0","1","void (anonymous namespace)::im2col<float, int>(const float *, geom)","(256, 1, 1)","(1024, 1, 1)","SOL","Duration","usecond","30.00"
 "0","1","void (anonymous namespace)::im2col<float, int>(const float *, geom)","(256, 1, 1)","(1024, 1, 1)","SOL","DRAM Throughput","%","1,081.5"
 "1","1","sm90_xmma_gemm_tf32","(384, 1, 1)","(3, 32, 1)","SOL","Duration","msecond","0.09"
 "1","1","sm90_xmma_gemm_tf32","(384, 1, 1)","(3, 32, 1)","Occupancy","Achieved Occupancy","%","12.4"
+"1","1","sm90_xmma_gemm_tf32","(384, 1, 1)","(3, 32, 1)","WarpStateStats","Warp Cycles Per Issued Instruction","cycle","23.51"
+"1","1","sm90_xmma_gemm_tf32","(384, 1, 1)","(3, 32, 1)","SchedulerStats","One or More Eligible","%","21.6"
+"1","1","sm90_xmma_gemm_tf32","(384, 1, 1)","(3, 32, 1)","WarpStateStats","","","","CPIStall","WRN","On average, each warp of this kernel spends 9.8 cycles being stalled waiting for a scoreboard dependency on a L1TEX operation."
 R
     python3 bench/ncu_summary.py ours:conv "$t/ncu.csv" torch:conv "$t/none.csv" > "$t/ncu" 2>&1
     check "ncu: a kernel, its share and name" "$t/ncu" '^ours:conv +30\.0 +25 +- +- +1081\.5 .*\(1024, 1, 1\)x\(256, 1, 1\)  im2col<float, int>$'
     check "ncu: a duration in ms" "$t/ncu" '^ours:conv +90\.0 +75 +- +- +- +12\.4 '
     check "ncu: the total" "$t/ncu" '^ours:conv +120\.0 total over 2 kernels'
     check "ncu: a missing profile" "$t/ncu" '^torch:conv +no profile'
+    check "ncu: the warps' stall line" "$t/ncu" '^ours:conv +cycles/issue 23\.5, eligible 22%; On average, each warp of this kernel spends 9\.8 cycles being stalled waiting for a scoreboard dependency on a L1TEX operation\.$'
 fi
 # every kernel-variant switch (a cuda_switch call in tensor/cuda; DRAFT_GN_TWOPASS is the tests'
 # fallback, not an opt-in kernel) has rows in bench_gpu (its list, which gpu-check's per-switch
