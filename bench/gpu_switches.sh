@@ -32,7 +32,7 @@ BEGIN {
     sw[12] = "DRAFT_ATTN_PACKED";  pat[12] = "_packed";         file[12] = "tensor/cuda/attention.cu"
     sw[13] = "DRAFT_GN_SUMS";      pat[13] = "gn_sums";         file[13] = "tensor/cuda/norm.cu"
     sw[14] = "DRAFT_CONV_AUTOCAST_TF32"; pat[14] = "autocast_tf32"; file[14] = "tensor/cuda/conv2d.cu"
-    sw[15] = "DRAFT_GN_STAGED";    pat[15] = "gn_staged";       file[15] = "tensor/cuda/norm.cu"
+    sw[15] = "DRAFT_GN_STAGED";    pat[15] = "gn_staged,";      file[15] = "tensor/cuda/norm.cu"
     sw[16] = "DRAFT_GN_FUSED_WB";  pat[16] = "gn_fused_wb";     file[16] = "tensor/cuda/norm.cu"
     sw[17] = "DRAFT_GN_STAGED_BWD"; pat[17] = "gn_staged_bwd";  file[17] = "tensor/cuda/norm.cu"
     sw[18] = "DRAFT_CONV_AUTOCAST_WINO"; pat[18] = "autocast_wino"; file[18] = "tensor/cuda/conv2d.cu"
