@@ -509,6 +509,38 @@ int main(int argc, char **argv)
         unsetenv("DRAFT_GN_CLUSTER");
         unsetenv("DRAFT_GN_GPC");
     }
+    /* group_norm at a DRaFT step's batch: [8,320,64,64] (batch 4 under classifier-free guidance),
+     * 256 groups, more than one wave of the one-pass kernels; in a burst (not targets: what the
+     * switches give where SD 1.4 runs them) */
+    const struct {
+        const char *name, *sw;
+        bool back;
+    } gn8_rows[] = {
+        {"group_norm_b8_fwd_sums", "DRAFT_GN_SUMS", false},
+        {"group_norm_b8_fwd_sums_staged", "DRAFT_GN_SUMS+DRAFT_GN_STAGED", false},
+        {"group_norm_b8_fwdbwd_fused_bwd_sums", "DRAFT_GN_FUSED_BWD+DRAFT_GN_SUMS", true},
+        {"group_norm_b8_fwdbwd_fused_bwd_sums_staged_wb_stbwd_pdl",
+         "DRAFT_GN_FUSED_BWD+DRAFT_GN_SUMS+DRAFT_GN_STAGED+DRAFT_GN_FUSED_WB+DRAFT_GN_STAGED_BWD+DRAFT_GN_PDL", true},
+    };
+    for (size_t mode = 0; mode < sizeof gn8_rows / sizeof *gn8_rows; mode++) {
+        set_switches(gn8_rows[mode].sw);
+        const int bw = gn8_rows[mode].back;
+        if (!row_wanted()) { set_switches(NULL); continue; }
+        a.b = randn_dev(DTYPE_F32, TENSOR_SHAPE(320), bw);
+        a.c = randn_dev(DTYPE_F32, TENSOR_SHAPE(320), bw);
+        a.backward = bw;
+        for (a.nrot = 0; a.nrot < kRot; a.nrot++) {
+            a.rx[a.nrot] = randn_dev(DTYPE_F32, TENSOR_SHAPE(8, 320, 64, 64), bw);
+            a.ry[a.nrot] = randn_dev(DTYPE_F32, TENSOR_SHAPE(8, 320, 64, 64), false);
+        }
+        char bname[80];
+        snprintf(bname, sizeof bname, "%s_burst20", gn8_rows[mode].name);
+        ms = time_burst(bname, run_gn, &a, 3, 20, 20);
+        const double bytes = 8.0 * 320 * 64 * 64 * 4 * (bw ? 5 : 2);
+        if (ms > 0) printf("RESULT %s %.3f %.1f GB/s\n", bname, ms, bytes / ms / 1e6);
+        release(&a);
+        set_switches(NULL);
+    }
     if (row_wanted()) {   /* default kernels only: not in the variants process */
         for (size_t i = 0; i < N_SWITCHES; i++) unsetenv(g_switches[i]);   /* the compiled-in defaults */
         struct gn_raw g = {0};
