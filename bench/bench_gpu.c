@@ -445,37 +445,46 @@ int main(int argc, char **argv)
         const char *name, *cluster, *sw;   /* sw: the switch on */
         bool back;
         const char *gpc;   /* DRAFT_GN_GPC, or NULL */
+        int n;             /* the batch: 0 for the targets' 2 (a single call and a burst), else a burst only */
     } gn_rows[] = {
-        {"group_norm_fwd", NULL, NULL, false, NULL},
-        {"group_norm_fwdbwd", NULL, NULL, true, NULL},
-        {"group_norm_fwdbwd_fused_bwd", NULL, "DRAFT_GN_FUSED_BWD", true, NULL},
-        {"group_norm_fwd_cl1", "1", NULL, false, NULL},
-        {"group_norm_fwd_cl2", "2", NULL, false, NULL},
-        {"group_norm_fwd_cl4", "4", NULL, false, NULL},
-        {"group_norm_fwdbwd_fused_bwd_cl4", "4", "DRAFT_GN_FUSED_BWD", true, NULL},
-        {"group_norm_fwdbwd_cl1", "1", NULL, true, NULL},
-        {"group_norm_fwd_reg", NULL, "DRAFT_GN_REG", false, NULL},
-        {"group_norm_fwd_reg_cl4", "4", "DRAFT_GN_REG", false, NULL},
-        {"group_norm_fwd_sums", NULL, "DRAFT_GN_SUMS", false, NULL},
-        {"group_norm_fwd_reg_sums", NULL, "DRAFT_GN_REG+DRAFT_GN_SUMS", false, NULL},
-        {"group_norm_fwd_sums_cl4", "4", "DRAFT_GN_SUMS", false, NULL},
-        {"group_norm_fwdbwd_fused_bwd_sums", NULL, "DRAFT_GN_FUSED_BWD+DRAFT_GN_SUMS", true, NULL},
-        {"group_norm_fwdbwd_fused_bwd_reg_sums", NULL, "DRAFT_GN_FUSED_BWD+DRAFT_GN_REG+DRAFT_GN_SUMS", true, NULL},
-        {"group_norm_fwd_sums_staged", NULL, "DRAFT_GN_SUMS+DRAFT_GN_STAGED", false, NULL},
-        {"group_norm_fwd_sums_staged_g1", NULL, "DRAFT_GN_SUMS+DRAFT_GN_STAGED", false, "1"},
-        {"group_norm_fwd_sums_staged_g4", NULL, "DRAFT_GN_SUMS+DRAFT_GN_STAGED", false, "4"},
-        {"group_norm_fwdbwd_fused_bwd_sums_staged", NULL, "DRAFT_GN_FUSED_BWD+DRAFT_GN_SUMS+DRAFT_GN_STAGED", true, NULL},
-        {"group_norm_fwdbwd_fused_bwd_sums_wb", NULL, "DRAFT_GN_FUSED_BWD+DRAFT_GN_SUMS+DRAFT_GN_FUSED_WB", true, NULL},
+        {"group_norm_fwd", NULL, NULL, false, NULL, 0},
+        {"group_norm_fwdbwd", NULL, NULL, true, NULL, 0},
+        {"group_norm_fwdbwd_fused_bwd", NULL, "DRAFT_GN_FUSED_BWD", true, NULL, 0},
+        {"group_norm_fwd_cl1", "1", NULL, false, NULL, 0},
+        {"group_norm_fwd_cl2", "2", NULL, false, NULL, 0},
+        {"group_norm_fwd_cl4", "4", NULL, false, NULL, 0},
+        {"group_norm_fwdbwd_fused_bwd_cl4", "4", "DRAFT_GN_FUSED_BWD", true, NULL, 0},
+        {"group_norm_fwdbwd_cl1", "1", NULL, true, NULL, 0},
+        {"group_norm_fwd_reg", NULL, "DRAFT_GN_REG", false, NULL, 0},
+        {"group_norm_fwd_reg_cl4", "4", "DRAFT_GN_REG", false, NULL, 0},
+        {"group_norm_fwd_sums", NULL, "DRAFT_GN_SUMS", false, NULL, 0},
+        {"group_norm_fwd_reg_sums", NULL, "DRAFT_GN_REG+DRAFT_GN_SUMS", false, NULL, 0},
+        {"group_norm_fwd_sums_cl4", "4", "DRAFT_GN_SUMS", false, NULL, 0},
+        {"group_norm_fwdbwd_fused_bwd_sums", NULL, "DRAFT_GN_FUSED_BWD+DRAFT_GN_SUMS", true, NULL, 0},
+        {"group_norm_fwdbwd_fused_bwd_reg_sums", NULL, "DRAFT_GN_FUSED_BWD+DRAFT_GN_REG+DRAFT_GN_SUMS", true, NULL, 0},
+        {"group_norm_fwd_sums_staged", NULL, "DRAFT_GN_SUMS+DRAFT_GN_STAGED", false, NULL, 0},
+        {"group_norm_fwd_sums_staged_g1", NULL, "DRAFT_GN_SUMS+DRAFT_GN_STAGED", false, "1", 0},
+        {"group_norm_fwd_sums_staged_g4", NULL, "DRAFT_GN_SUMS+DRAFT_GN_STAGED", false, "4", 0},
+        {"group_norm_fwdbwd_fused_bwd_sums_staged", NULL, "DRAFT_GN_FUSED_BWD+DRAFT_GN_SUMS+DRAFT_GN_STAGED", true, NULL, 0},
+        {"group_norm_fwdbwd_fused_bwd_sums_wb", NULL, "DRAFT_GN_FUSED_BWD+DRAFT_GN_SUMS+DRAFT_GN_FUSED_WB", true, NULL, 0},
         {"group_norm_fwdbwd_fused_bwd_sums_staged_wb", NULL,
-         "DRAFT_GN_FUSED_BWD+DRAFT_GN_SUMS+DRAFT_GN_STAGED+DRAFT_GN_FUSED_WB", true, NULL},
-        {"group_norm_fwdbwd_fused_bwd_sums_stbwd", NULL, "DRAFT_GN_FUSED_BWD+DRAFT_GN_SUMS+DRAFT_GN_STAGED_BWD", true, NULL},
+         "DRAFT_GN_FUSED_BWD+DRAFT_GN_SUMS+DRAFT_GN_STAGED+DRAFT_GN_FUSED_WB", true, NULL, 0},
+        {"group_norm_fwdbwd_fused_bwd_sums_stbwd", NULL, "DRAFT_GN_FUSED_BWD+DRAFT_GN_SUMS+DRAFT_GN_STAGED_BWD", true, NULL, 0},
         {"group_norm_fwdbwd_fused_bwd_sums_staged_wb_stbwd", NULL,
-         "DRAFT_GN_FUSED_BWD+DRAFT_GN_SUMS+DRAFT_GN_STAGED+DRAFT_GN_FUSED_WB+DRAFT_GN_STAGED_BWD", true, NULL},
-        {"group_norm_fwd_sums_pdl", NULL, "DRAFT_GN_SUMS+DRAFT_GN_PDL", false, NULL},
-        {"group_norm_fwd_sums_staged_pdl", NULL, "DRAFT_GN_SUMS+DRAFT_GN_STAGED+DRAFT_GN_PDL", false, NULL},
-        {"group_norm_fwdbwd_fused_bwd_sums_pdl", NULL, "DRAFT_GN_FUSED_BWD+DRAFT_GN_SUMS+DRAFT_GN_PDL", true, NULL},
+         "DRAFT_GN_FUSED_BWD+DRAFT_GN_SUMS+DRAFT_GN_STAGED+DRAFT_GN_FUSED_WB+DRAFT_GN_STAGED_BWD", true, NULL, 0},
+        {"group_norm_fwd_sums_pdl", NULL, "DRAFT_GN_SUMS+DRAFT_GN_PDL", false, NULL, 0},
+        {"group_norm_fwd_sums_staged_pdl", NULL, "DRAFT_GN_SUMS+DRAFT_GN_STAGED+DRAFT_GN_PDL", false, NULL, 0},
+        {"group_norm_fwdbwd_fused_bwd_sums_pdl", NULL, "DRAFT_GN_FUSED_BWD+DRAFT_GN_SUMS+DRAFT_GN_PDL", true, NULL, 0},
         {"group_norm_fwdbwd_fused_bwd_sums_staged_wb_stbwd_pdl", NULL,
-         "DRAFT_GN_FUSED_BWD+DRAFT_GN_SUMS+DRAFT_GN_STAGED+DRAFT_GN_FUSED_WB+DRAFT_GN_STAGED_BWD+DRAFT_GN_PDL", true, NULL},
+         "DRAFT_GN_FUSED_BWD+DRAFT_GN_SUMS+DRAFT_GN_STAGED+DRAFT_GN_FUSED_WB+DRAFT_GN_STAGED_BWD+DRAFT_GN_PDL", true, NULL, 0},
+        /* at a DRaFT step's batch, [8,320,64,64] (batch 4 under classifier-free guidance): 256
+         * groups, more than one wave of the one-pass kernels (not targets: what the switches give
+         * where SD 1.4 runs them) */
+        {"group_norm_b8_fwd_sums", NULL, "DRAFT_GN_SUMS", false, NULL, 8},
+        {"group_norm_b8_fwd_sums_staged", NULL, "DRAFT_GN_SUMS+DRAFT_GN_STAGED", false, NULL, 8},
+        {"group_norm_b8_fwdbwd_fused_bwd_sums", NULL, "DRAFT_GN_FUSED_BWD+DRAFT_GN_SUMS", true, NULL, 8},
+        {"group_norm_b8_fwdbwd_fused_bwd_sums_staged_wb_stbwd_pdl", NULL,
+         "DRAFT_GN_FUSED_BWD+DRAFT_GN_SUMS+DRAFT_GN_STAGED+DRAFT_GN_FUSED_WB+DRAFT_GN_STAGED_BWD+DRAFT_GN_PDL", true, NULL, 8},
     };
     if (row_wanted() && !g_only) {   /* how the one-pass kernels launch here, and whether in one wave */
         char occ[1024];
@@ -484,23 +493,26 @@ int main(int argc, char **argv)
     }
     for (size_t mode = 0; mode < sizeof gn_rows / sizeof *gn_rows; mode++) {
         const int bw = gn_rows[mode].back;
+        const int64_t N = gn_rows[mode].n ? gn_rows[mode].n : 2;
         set_switches(gn_rows[mode].sw);
         if (gn_rows[mode].cluster) setenv("DRAFT_GN_CLUSTER", gn_rows[mode].cluster, 1);
         if (gn_rows[mode].gpc) setenv("DRAFT_GN_GPC", gn_rows[mode].gpc, 1);
-        a.a = randn_dev(DTYPE_F32, TENSOR_SHAPE(2, 320, 64, 64), bw);
         a.b = randn_dev(DTYPE_F32, TENSOR_SHAPE(320), bw);
         a.c = randn_dev(DTYPE_F32, TENSOR_SHAPE(320), bw);
-        a.d = randn_dev(DTYPE_F32, TENSOR_SHAPE(2, 320, 64, 64), false);
         a.backward = bw;
         const char *name = gn_rows[mode].name;
-        ms = time_it(name, run_gn, &a, 3, 20);
-        double bytes = 2.0 * 320 * 64 * 64 * 4 * (bw ? 5 : 2);   /* fwd: read x, write y; bwd: + read dy, x, write dx */
-        if (ms > 0) printf("RESULT %s %.3f %.1f GB/s\n", name, ms, bytes / ms / 1e6);
-        char bname[64];
+        const double bytes = (double)N * 320 * 64 * 64 * 4 * (bw ? 5 : 2);   /* fwd: read x, write y; bwd: + read dy, x, write dx */
+        if (!gn_rows[mode].n) {   /* one call from an idle GPU, the same input each time */
+            a.a = randn_dev(DTYPE_F32, TENSOR_SHAPE(N, 320, 64, 64), bw);
+            a.d = randn_dev(DTYPE_F32, TENSOR_SHAPE(N, 320, 64, 64), false);
+            ms = time_it(name, run_gn, &a, 3, 20);
+            if (ms > 0) printf("RESULT %s %.3f %.1f GB/s\n", name, ms, bytes / ms / 1e6);
+        }
+        char bname[80];
         snprintf(bname, sizeof bname, "%s_burst20", name);
         for (a.nrot = 0; a.nrot < kRot; a.nrot++) {
-            a.rx[a.nrot] = randn_dev(DTYPE_F32, TENSOR_SHAPE(2, 320, 64, 64), bw);
-            a.ry[a.nrot] = randn_dev(DTYPE_F32, TENSOR_SHAPE(2, 320, 64, 64), false);
+            a.rx[a.nrot] = randn_dev(DTYPE_F32, TENSOR_SHAPE(N, 320, 64, 64), bw);
+            a.ry[a.nrot] = randn_dev(DTYPE_F32, TENSOR_SHAPE(N, 320, 64, 64), false);
         }
         ms = time_burst(bname, run_gn, &a, 3, 20, 20);
         if (ms > 0) printf("RESULT %s %.3f %.1f GB/s\n", bname, ms, bytes / ms / 1e6);
@@ -508,38 +520,6 @@ int main(int argc, char **argv)
         set_switches(NULL);
         unsetenv("DRAFT_GN_CLUSTER");
         unsetenv("DRAFT_GN_GPC");
-    }
-    /* group_norm at a DRaFT step's batch: [8,320,64,64] (batch 4 under classifier-free guidance),
-     * 256 groups, more than one wave of the one-pass kernels; in a burst (not targets: what the
-     * switches give where SD 1.4 runs them) */
-    const struct {
-        const char *name, *sw;
-        bool back;
-    } gn8_rows[] = {
-        {"group_norm_b8_fwd_sums", "DRAFT_GN_SUMS", false},
-        {"group_norm_b8_fwd_sums_staged", "DRAFT_GN_SUMS+DRAFT_GN_STAGED", false},
-        {"group_norm_b8_fwdbwd_fused_bwd_sums", "DRAFT_GN_FUSED_BWD+DRAFT_GN_SUMS", true},
-        {"group_norm_b8_fwdbwd_fused_bwd_sums_staged_wb_stbwd_pdl",
-         "DRAFT_GN_FUSED_BWD+DRAFT_GN_SUMS+DRAFT_GN_STAGED+DRAFT_GN_FUSED_WB+DRAFT_GN_STAGED_BWD+DRAFT_GN_PDL", true},
-    };
-    for (size_t mode = 0; mode < sizeof gn8_rows / sizeof *gn8_rows; mode++) {
-        set_switches(gn8_rows[mode].sw);
-        const int bw = gn8_rows[mode].back;
-        if (!row_wanted()) { set_switches(NULL); continue; }
-        a.b = randn_dev(DTYPE_F32, TENSOR_SHAPE(320), bw);
-        a.c = randn_dev(DTYPE_F32, TENSOR_SHAPE(320), bw);
-        a.backward = bw;
-        for (a.nrot = 0; a.nrot < kRot; a.nrot++) {
-            a.rx[a.nrot] = randn_dev(DTYPE_F32, TENSOR_SHAPE(8, 320, 64, 64), bw);
-            a.ry[a.nrot] = randn_dev(DTYPE_F32, TENSOR_SHAPE(8, 320, 64, 64), false);
-        }
-        char bname[80];
-        snprintf(bname, sizeof bname, "%s_burst20", gn8_rows[mode].name);
-        ms = time_burst(bname, run_gn, &a, 3, 20, 20);
-        const double bytes = 8.0 * 320 * 64 * 64 * 4 * (bw ? 5 : 2);
-        if (ms > 0) printf("RESULT %s %.3f %.1f GB/s\n", bname, ms, bytes / ms / 1e6);
-        release(&a);
-        set_switches(NULL);
     }
     if (row_wanted()) {   /* default kernels only: not in the variants process */
         for (size_t i = 0; i < N_SWITCHES; i++) unsetenv(g_switches[i]);   /* the compiled-in defaults */

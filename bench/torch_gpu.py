@@ -85,9 +85,9 @@ def main():
             ms = timed(run, 3, 20, name=name)
             f = 2.0 * 2 * C * S * S * C * 9 * (3 if bw else 1)
             # the same reference for the rows of our opt-in variants (bench_gpu.c's list)
-            suffixes = ("_pipe", "_rowshift", "_implicit", "_actf32") if i == 3 else ("_implicit", "_wino") if i == 4 else \
+            suffixes = ("_pipe", "_rowshift", "_implicit", "_actf32", "_acwino") if i == 3 else ("_implicit", "_wino") if i == 4 else \
                 ("_halo", "_halo_bm64", "_halo_bm128", "_ws16m", "_ws8m", "_wino", "_wino_ws256m") if i == 5 else \
-                ("_actf32",) if i >= 8 else ("_halo", "_wino") if i > 5 else \
+                ("_actf32", "_acwino") if i >= 8 else ("_halo", "_wino") if i > 5 else \
                 ("_rowshift", "_implicit", "_implicit_bm128", "_halo", "_halo_bm64", "_halo_bm128", "_ws16m", "_ws8m",
                  "_wino", "_wino_ws256m") + (("_pipe",) if i == 0 else ("_implicit_split1",))
             for suffix in ("",) + suffixes:

@@ -204,8 +204,8 @@ if [ -f "$PARITY/sd14/unet.config.json" ] && [ "${GPU_CHECK_SD14:-1}" = 1 ]; the
         fits 60 "sd14 step $args" || continue
         sd14_step "" $args
     done
-    # the TF32 step again with the opt-in kernels not yet made defaults on: what they give end to
-    # end, beside their rows and tests in switches.txt (last, so that a fault costs nothing else)
+    # the bf16 and TF32 steps again with opt-in kernels not yet made defaults on: what they give
+    # end to end, beside their rows and tests in switches.txt (last, so that a fault costs nothing else)
     if fits 60 "sd14 step bf16, opt-ins"; then   # the bf16 step's 3x3 convolutions as TF32's
         DRAFT_CONV_AUTOCAST_TF32=1 sd14_step "opt-ins (CONV_AUTOCAST_TF32): " --batch 4 --steps 50 --reward-vit --precision bf16
     fi

@@ -640,31 +640,12 @@ enum status halo_run(float *out, const float *x, const float *w, const float *bi
  * 0.110 / 0.402 against 0.189 / 0.463; exact f32 at 320 ch 0.247 against 0.418. */
 bool conv_winograd() { return cuda_switch("DRAFT_CONV_WINOGRAD", true); }
 
-
 bool wino_applies(const kgeom &kg, int64_t N, int64_t Oc, int G)
 {
     const enum precision pr = fast_conv_precision();
     return conv_winograd() && (pr == PRECISION_F32 || pr == PRECISION_TF32 || (pr == PRECISION_BF16 && conv_autocast_wino())) &&
-           G == 1 && kg.C > 0 && Oc > 0 && kg.KH == 3 &&
-           kg.KW == 3 && kg.sh == 1 && kg.sw == 1 && kg.dh == 1 && kg.dw == 1 && kg.OH > 0 && kg.OW > 0 &&
-           N * ((kg.OH + 1) / 2) * ((kg.OW + 1) / 2) <= INT_MAX;
-}
-
-template <typename VT>
-enum status wino_chunks_run(float *out, const float *x, const float *w, const float *bias, const kgeom &kg, int64_t N, int O,
-                            bool flip);
-
-/* out = conv(x, w) (+ bias) over kg with O output channels; flip: w is the forward's and this is
- * its backward input (kg = dgrad_geom, O = the forward's C) */
-enum status wino_run(float *out, const float *x, const float *w, const float *bias, const kgeom &kg, int64_t N, int O,
-                     bool flip)
-{
-    /* its GEMMs in the precision wino_applies took it for (TF32 under DRAFT_CONV_AUTOCAST_TF32,
-     * bf16 under DRAFT_CONV_AUTOCAST_WINO: U and V then written as bf16, half the bytes, and
-     * multiplied as such) */
-    const precision_scope prec(fast_conv_precision());
-    return tensor_precision() == PRECISION_BF16 ? wino_chunks_run<uint16_t>(out, x, w, bias, kg, N, O, flip)
-                                                : wino_chunks_run<float>(out, x, w, bias, kg, N, O, flip);
+           G == 1 && kg.C > 0 && Oc > 0 && kg.KH == 3 && kg.KW == 3 && kg.sh == 1 && kg.sw == 1 && kg.dh == 1 &&
+           kg.dw == 1 && kg.OH > 0 && kg.OW > 0 && N * ((kg.OH + 1) / 2) * ((kg.OW + 1) / 2) <= INT_MAX;
 }
 
 /* wino_run's passes, with U and V of element type VT (float, or bf16 bits) */
@@ -697,6 +678,19 @@ enum status wino_chunks_run(float *out, const float *x, const float *w, const fl
         CUDA_LAUNCHED();
     }
     return STATUS_OK;
+}
+
+/* out = conv(x, w) (+ bias) over kg with O output channels; flip: w is the forward's and this is
+ * its backward input (kg = dgrad_geom, O = the forward's C) */
+enum status wino_run(float *out, const float *x, const float *w, const float *bias, const kgeom &kg, int64_t N, int O,
+                     bool flip)
+{
+    /* its GEMMs in the precision wino_applies took it for (TF32 under DRAFT_CONV_AUTOCAST_TF32,
+     * bf16 under DRAFT_CONV_AUTOCAST_WINO: U and V then written as bf16, half the bytes, and
+     * multiplied as such) */
+    const precision_scope prec(fast_conv_precision());
+    return tensor_precision() == PRECISION_BF16 ? wino_chunks_run<uint16_t>(out, x, w, bias, kg, N, O, flip)
+                                                : wino_chunks_run<float>(out, x, w, bias, kg, N, O, flip);
 }
 
 /* ---------------------------------------------------------------- the three operations */

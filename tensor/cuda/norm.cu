@@ -338,8 +338,8 @@ int gn_bwd_staged_gpc(int64_t NG, int cg, int chunk)
 int gn_bwd_gpc(int64_t NG, int cg, int chunk) { return gn_staged_bwd_enabled() ? gn_bwd_staged_gpc(NG, cg, chunk) : 1; }
 
 /* the one-pass input gradient when it applies (f32, dx wanted); it also writes ab (the per-plane
- * sums) and, with DRAFT_GN_FUSED_WB, dw and db from them (either may be NULL: with both NULL the
- * caller sums them). *done tells whether it ran. */
+ * sums) and dw and db from them (either may be NULL: with both NULL the caller sums them). *done
+ * tells whether it ran. */
 void group_norm_bwd_fused(bool *done, float *dx, float *dw, float *db, double2 *ab, const float *dy, const float *x,
                           const float *w, const float *mean, const float *rstd, int64_t N, int C, int G, int64_t HW)
 {
@@ -350,18 +350,12 @@ void group_norm_bwd_fused(bool *done, float *dx, float *dw, float *db, double2 *
     *done = false;
     if (!cl) return;
     const bool v4 = HW % 4 == 0 && aligned16(x) && aligned16(dy) && aligned16(dx);
-    if (!fused_wb_enabled()) dw = db = NULL;
-    const int gpc = gn_bwd_gpc(NG, cg, chunk);
-    static size_t raised[2];
-    static size_t raised_staged[2];
-    if (gpc > 1)
-        *done = gn_cluster_launch(v4 ? gn_bwd_fused_kernel<4, true> : gn_bwd_fused_kernel<1, true>, &raised_staged[v4], cl,
-                                  (NG + gpc - 1) / gpc, gn_bwd_smem(cg, chunk, gpc).bytes, dx, ab, dy, x, w, mean, rstd, C, cg,
-                                  (int)HW, (int)ge, chunk, dw, db, (int)NG, gpc);
-    else
-        *done = gn_cluster_launch(v4 ? gn_bwd_fused_kernel<4> : gn_bwd_fused_kernel<1>, &raised[v4], cl, NG,
-                                  gn_bwd_smem(cg, chunk).bytes, dx, ab, dy, x, w, mean, rstd, C, cg, (int)HW, (int)ge, chunk, dw,
-                                  db, (int)NG, 1);
+    const int gpc = gn_bwd_gpc(NG, cg, chunk), st = gpc > 1;
+    static size_t raised[2][2];   /* [staged][v4] */
+    const auto kernel = st ? (v4 ? gn_bwd_fused_kernel<4, true> : gn_bwd_fused_kernel<1, true>)
+                           : (v4 ? gn_bwd_fused_kernel<4> : gn_bwd_fused_kernel<1>);
+    *done = gn_cluster_launch(kernel, &raised[st][v4], cl, (NG + gpc - 1) / gpc, gn_bwd_smem(cg, chunk, gpc).bytes, dx, ab,
+                              dy, x, w, mean, rstd, C, cg, (int)HW, (int)ge, chunk, dw, db, (int)NG, gpc);
 }
 
 template <typename T>
@@ -410,8 +404,9 @@ enum status group_norm_bwd_run(T *dx, T *dw, T *db, const T *dy, const T *x, con
     bool done = false, wb_done = false;
     if constexpr (std::is_same<T, float>::value) {
         if (dx && fused_bwd_enabled() && !fused_disabled()) {
-            group_norm_bwd_fused(&done, dx, dw, db, ab, dy, x, w, mean, rstd, N, C, G, HW);
-            wb_done = done && fused_wb_enabled();
+            const bool wb = fused_wb_enabled();   /* dw and db in the one-pass kernel, else in their own below */
+            group_norm_bwd_fused(&done, dx, wb ? dw : NULL, wb ? db : NULL, ab, dy, x, w, mean, rstd, N, C, G, HW);
+            wb_done = done && wb;
         }
     }
     const bool v4 = std::is_same<T, float>::value && HW % 4 == 0 && aligned16(x) && aligned16(dy) &&
