@@ -245,6 +245,17 @@ static enum status run_copy(void *p)
     return a->nrot ? tensor_copy_(a->ry[r], a->rx[r]) : tensor_copy_(a->c, a->a);
 }
 
+/* an empty kernel launched as the group_norm forward at [2,320,64,64] is (launch_empty_gn_* rows) */
+static enum status run_empty_launch(void *p)
+{
+#ifdef TENSOR_HAVE_CUDA
+    return cuda_group_norm_empty_launch(2, 320, 32, 64 * 64, *(const bool *)p);
+#else
+    (void)p;
+    return STATUS_OK;
+#endif
+}
+
 static struct tensor *randn_dev(enum dtype dt, int nd, const int64_t *shape, bool grad)
 {
     struct tensor *t = tensor_keep(ag_randn(dt, nd, shape, DEVICE_CUDA));
@@ -576,6 +587,35 @@ int main(int argc, char **argv)
     ms = time_burst("copy_10M_burst20", run_copy, &a, 3, 20, 20);
     if (ms > 0) printf("RESULT copy_10M_burst20 %.3f %.1f GB/s\n", ms, 2.0 * 2 * 320 * 64 * 64 * 4 / ms / 1e6);
     release(&a);
+    /* The single-call rows' floors (not targets; gpu_targets.sh prints them beside group_norm_fwd):
+     * a copy of 4 bytes, and an empty kernel launched with the group_norm forward's grid, block and
+     * shared memory, without and with its clusters (and, a DRAFT_GN_PDL row, as a programmatic
+     * dependent: named without "_pdl", so that gpu_switches.sh's verdict on the switch stays with
+     * the kernels). In 0.1 us: these are a few us. */
+    a.a = randn_dev(DTYPE_F32, TENSOR_SHAPE(1), false);
+    a.c = tensor_keep(tensor_empty(DTYPE_F32, TENSOR_SHAPE(1), DEVICE_CUDA));
+    ms = time_it("copy_4B", run_copy, &a, 3, 20);
+    if (ms > 0) printf("RESULT copy_4B %.4f %.3f GB/s\n", ms, 2.0 * 4 / ms / 1e6);
+    ms = time_burst("copy_4B_burst20", run_copy, &a, 3, 20, 20);
+    if (ms > 0) printf("RESULT copy_4B_burst20 %.4f %.3f GB/s\n", ms, 2.0 * 4 / ms / 1e6);
+    release(&a);
+    const struct {
+        const char *name, *sw;
+        bool cluster;
+    } launch_rows[] = {{"launch_empty_gn_grid", NULL, false},
+                       {"launch_empty_gn_cluster", NULL, true},
+                       {"launch_empty_gn_cluster_dependent", "DRAFT_GN_PDL", true}};
+    for (size_t i = 0; i < sizeof launch_rows / sizeof *launch_rows; i++) {
+        set_switches(launch_rows[i].sw);
+        bool cluster = launch_rows[i].cluster;
+        char bname[64];
+        snprintf(bname, sizeof bname, "%s_burst20", launch_rows[i].name);
+        ms = time_it(launch_rows[i].name, run_empty_launch, &cluster, 3, 20);
+        if (ms > 0) printf("RESULT %s %.4f 0 GB/s\n", launch_rows[i].name, ms);
+        ms = time_burst(bname, run_empty_launch, &cluster, 3, 20, 20);
+        if (ms > 0) printf("RESULT %s %.4f 0 GB/s\n", bname, ms);
+    }
+    set_switches(NULL);
 
     /* attention B=2, 8 heads, L=4096, d=40: the SIMT kernels; fwd+bwd again with the fused dQ
      * backward; under bf16 autocast on tensor cores (torch: autocast, its bf16 flash kernels); in

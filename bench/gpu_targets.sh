@@ -74,5 +74,13 @@ END {
     f = "group_norm_fwd_raw"; c = "copy_10M"
     if ((f in ms) && ms[f] > 0 && (c in ms) && ms[c] > 0)
         printf "%-36s %5.0f%% of %s (fwd, one call; kernel alone, not counted)\n", "group_norm kernel (single)", 100 * ms[c] / ms[f], c
+    # not a target row: what a single call costs before any kernel body (empty kernels launched as
+    # the forward is, and a 4-byte copy), against the single-call budget of the forward for 80% of copy_10M
+    e = "launch_empty_gn_cluster"; c = "copy_10M"
+    if ((e in ms) && ms[e] > 0 && (c in ms) && ms[c] > 0)
+        printf "%-36s %.1f us for 80%% of %s; floors: empty launch %.1f us (clusters), %.1f (none), copy_4B %.1f; left %.1f us\n",
+               "group_norm_fwd single-call budget", 1000 * ms[c] / 0.8, c, 1000 * ms[e],
+               ("launch_empty_gn_grid" in ms) ? 1000 * ms["launch_empty_gn_grid"] : -1,
+               ("copy_4B" in ms) ? 1000 * ms["copy_4B"] : -1, 1000 * (ms[c] / 0.8 - ms[e])
     printf "targets: %d met, %d missed\n", met, missed
 }' "$1" "$2"

@@ -46,6 +46,9 @@ RESULT group_norm_fwdbwd_fused_bwd 0.041 1280.0 GB/s
 RESULT copy_10M 0.012 1697.0 GB/s
 RESULT copy_10M_burst20 0.008 2600.0 GB/s
 RESULT group_norm_fwd_raw_burst20 0.010 2097.2 GB/s
+RESULT copy_4B 0.0036 0.002 GB/s
+RESULT launch_empty_gn_grid 0.0041 0 GB/s
+RESULT launch_empty_gn_cluster 0.0052 0 GB/s
 RESULT group_norm_bwd_raw_burst20 0.016 1966.1 GB/s
 RESULT copy_64M 0.135 3977.0 GB/s
 RESULT add_64M 0.196 4118.0 GB/s
@@ -87,6 +90,7 @@ check "targets: a missing row" "$t/targets" '^conv2d_1280c_16px_fwd +no result'
 check "targets: the halo conv's forced tile" "$t/targets" '^conv2d_1280c_16px_fwdbwd +0\.49x torch .* met +best: conv2d_1280c_16px_fwdbwd_halo_bm64$'
 check "targets: the count" "$t/targets" '^targets: [0-9]+ met, [0-9]+ missed$'
 check "targets: group_norm kernels alone, not counted" "$t/targets" '^group_norm kernels \(burst\) +80% / 77% of copy_10M_burst20 .*not counted'
+check "targets: the single call's budget and floors" "$t/targets" '^group_norm_fwd single-call budget +15\.0 us for 80% of copy_10M; floors: empty launch 5\.2 us \(clusters\), 4\.1 \(none\), copy_4B 3\.6; left 9\.8 us$'
 # every switch opt-in (as they all were before the first GPU run measured them)
 all_optin="DRAFT_ATTN_MMA=opt-in;DRAFT_ATTN_FUSED_DQ=opt-in;DRAFT_GN_FUSED_BWD=opt-in;DRAFT_CONV_ROWSHIFT=opt-in;"
 all_optin="${all_optin}DRAFT_CONV_PIPELINE=opt-in;DRAFT_CONV_IMPLICIT=opt-in;DRAFT_MATMUL_FAST_BF16=opt-in;DRAFT_CONV_HALO=opt-in;DRAFT_GN_REG=opt-in;DRAFT_ATTN_VEC4=opt-in;DRAFT_CONV_WINOGRAD=opt-in;DRAFT_ATTN_PACKED=opt-in;"

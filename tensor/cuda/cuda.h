@@ -77,9 +77,12 @@ enum status cuda_group_norm_backward(struct tensor *dx, struct tensor *dw, struc
                                      const struct tensor *x, const struct tensor *w, const struct tensor *mean,
                                      const struct tensor *rstd, int groups);
 /* bench_gpu: the one-pass group_norm kernels' launch at x [N, C, HW] with G groups (cluster size,
- * registers, shared memory) and how many of their clusters fit on the device at once, two lines
- * into buf (empty when G does not divide C) */
+ * registers, shared memory) and how many of their clusters fit on the device at once, a line per
+ * kernel into buf (empty when G does not divide C) */
 void cuda_group_norm_occupancy(char *buf, size_t n, int64_t N, int C, int G, int64_t HW);
+/* bench_gpu: an empty kernel launched with the one-pass forward's grid, block and shared memory,
+ * in its clusters or not (the single-call rows' launch floor) */
+enum status cuda_group_norm_empty_launch(int64_t N, int C, int G, int64_t HW, bool cluster);
 enum status cuda_attention(struct tensor *out, struct tensor *lse, const struct tensor *q, const struct tensor *k,
                            const struct tensor *v, double scale, bool causal);
 enum status cuda_attention_backward(struct tensor *dq, struct tensor *dk, struct tensor *dv, const struct tensor *dout,

@@ -645,6 +645,35 @@ extern "C" void cuda_group_norm_occupancy(char *buf, size_t n, int64_t N, int C,
                       cl ? gn_bwd_smem(cg, chunk, g2).bytes : 0);
 }
 
+/* An empty kernel launched as the one-pass forward would be at x [N, C, HW] with G groups: its
+ * grid, block and shared memory, in its clusters (cluster) or without, with DRAFT_GN_PDL's
+ * attribute when that is on. bench_gpu's launch_* rows time it as a single call from an idle GPU:
+ * the part of group_norm_fwd's single call that no kernel body can remove. */
+extern "C" enum status cuda_group_norm_empty_launch(int64_t N, int C, int G, int64_t HW, bool cluster)
+{
+    if (G <= 0 || C % G) return tensor_fail(STATUS_VALUE, "group_norm: %d channels do not split into %d groups", C, G);
+    const int cg = C / G;
+    const int64_t NG = N * G, ge = (int64_t)cg * HW;
+    int chunk = 0;
+    const int cl = gn_cluster_pick(NG, ge, [cg](int ch) { return gn_fwd_smem(cg, ch); }, false, &chunk);
+    if (!cl) return tensor_fail(STATUS_VALUE, "group_norm: no one-pass launch for [%lld, %d, %lld] in %d groups", (long long)N,
+                                C, (long long)HW, G);
+    const size_t smem = gn_fwd_smem(cg, chunk);
+    static size_t raised;
+    if (smem > 48 * 1024 && smem > raised) {
+        CUDA_TRY(cudaFuncSetAttribute(gn_empty_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        raised = smem;
+    }
+    cudaLaunchAttribute attr[2];
+    cudaLaunchConfig_t lc = gn_cluster_config(attr, cl, NG, smem);
+    if (!cluster) {   /* the same grid without the cluster attribute (attr[0]); the PDL one stays */
+        lc.attrs = attr + 1;
+        lc.numAttrs--;
+    }
+    CUDA_TRY(cudaLaunchKernelEx(&lc, gn_empty_kernel));
+    return STATUS_OK;
+}
+
 /* ---------------------------------------------------------------- entry points: each runs in its
  * own tensor scope so temporaries (contiguous copies, partials) are released on every path */
 
