@@ -1,6 +1,7 @@
 /* report.c — SVG line chart, diversity measures, HTML report (see report.h). */
 #include "draft/report.h"
 
+#include <float.h>
 #include <limits.h>
 #include <math.h>
 #include <stdarg.h>
@@ -108,10 +109,16 @@ static double nice_num(double x, bool round_it)
 
 struct axis {
     double lo, hi, step;
-    int decimals;
+    int decimals;   /* the ticks' digits after the point, or -1: "%.4g" */
 };
 
-/* round-number ticks covering [mn, mx], about `want` of them */
+/* at most this many ticks an axis: the loops over them stop there whatever the arithmetic did */
+#define MAX_TICKS 32
+
+/* round-number ticks covering [mn, mx] (finite), about `want` of them. Values near the ends of
+ * the double range (a run's metrics can hold 1e308) overflow the round steps, and a window finer
+ * than the values' own spacing gives steps of 0: then two ticks, at mn and mx, and a window those
+ * span. */
 static struct axis nice_axis(double mn, double mx, int want)
 {
     if (!(mx > mn)) {   /* one value (or none): a unit-ish window around it */
@@ -121,14 +128,34 @@ static struct axis nice_axis(double mn, double mx, int want)
     }
     double step = nice_num(nice_num(mx - mn, false) / (want - 1), true);
     struct axis a = {floor(mn / step) * step, ceil(mx / step) * step, step, 0};
-    int d = -(int)floor(log10(step) + 1e-9);
-    a.decimals = d > 0 ? (d < 12 ? d : 12) : 0;
-    return a;
+    if (isfinite(step) && step > 0 && isfinite(a.lo) && isfinite(a.hi) && a.hi > a.lo &&
+        a.hi / step - a.lo / step <= MAX_TICKS - 1) {
+        int d = -(int)floor(log10(step) + 1e-9);
+        a.decimals = d > 0 ? (d < 12 ? d : 12) : 0;
+        return a;
+    }
+    mn = isfinite(mn) ? mn : -DBL_MAX, mx = isfinite(mx) ? mx : DBL_MAX;   /* the pad may have overflowed */
+    if (!(mx > mn)) mx = nextafter(mn, DBL_MAX);   /* a value the pad could not move (the least subnormal) */
+    if (!(mx > mn)) mn = nextafter(mx, -DBL_MAX);   /* or DBL_MAX itself */
+    return (struct axis){mn, mx, mx / 2 - mn / 2, -1};   /* halves: mx - mn itself may overflow */
+}
+
+/* where v falls in [lo, hi], 0 to 1, in halves so that a span past DBL_MAX does not overflow (the
+ * same value as (v - lo) / (hi - lo) otherwise: halving is exact) */
+static double axis_frac(const struct axis *a, double v) { return (v / 2 - a->lo / 2) / (a->hi / 2 - a->lo / 2); }
+
+/* tick i of the axis in *v, or false past its end (or past the finite doubles); in halves, as
+ * axis_frac, so that a tick at DBL_MAX can be reached from -DBL_MAX */
+static bool axis_tick(const struct axis *a, int i, double *v)
+{
+    *v = 2 * (a->lo / 2 + i * (a->step / 2));
+    return i < MAX_TICKS && isfinite(*v) && !(*v > a->hi + a->step * 1e-6);
 }
 
 static void fmt_tick(char *buf, size_t n, double v, int decimals)
 {
-    snprintf(buf, n, "%.*f", decimals, v);
+    if (decimals < 0) snprintf(buf, n, "%.4g", v);
+    else snprintf(buf, n, "%.*f", decimals, v);
     if (strspn(buf, "-0.") == strlen(buf) && buf[0] == '-') memmove(buf, buf + 1, strlen(buf));   /* no "-0" */
 }
 
@@ -184,8 +211,8 @@ char *draft_svg_chart_xy(const double *const *xs, const double *const *ys, const
     bool empty = !(xmn <= xmx);
     if (empty) xmn = ymn = 0, xmx = ymx = 1;
     struct axis ax = nice_axis(xmn, xmx, 7), ay = nice_axis(ymn, ymx, 6);
-#define PX(v) (L + ((v)-ax.lo) / (ax.hi - ax.lo) * (R - L))
-#define PY(v) (B - ((v)-ay.lo) / (ay.hi - ay.lo) * (B - T))
+#define PX(v) (L + axis_frac(&ax, (v)) * (R - L))
+#define PY(v) (B - axis_frac(&ay, (v)) * (B - T))
 
     struct sbuf b = {0};
     sb_printf(&b,
@@ -200,27 +227,20 @@ char *draft_svg_chart_xy(const double *const *xs, const double *const *ys, const
     }
     /* grid lines and tick labels */
     char tb[64];
+    double v;
     sb_puts(&b, "<g class=\"axes\" stroke=\"#dddddd\" stroke-width=\"1\">\n");
-    for (int i = 0;; i++) {
-        double v = ax.lo + i * ax.step;
-        if (v > ax.hi + ax.step * 1e-6) break;
+    for (int i = 0; axis_tick(&ax, i, &v); i++) {
         sb_printf(&b, "<line x1=\"%.2f\" y1=\"%d\" x2=\"%.2f\" y2=\"%d\"/>\n", PX(v), T, PX(v), B);
     }
-    for (int i = 0;; i++) {
-        double v = ay.lo + i * ay.step;
-        if (v > ay.hi + ay.step * 1e-6) break;
+    for (int i = 0; axis_tick(&ay, i, &v); i++) {
         sb_printf(&b, "<line x1=\"%d\" y1=\"%.2f\" x2=\"%d\" y2=\"%.2f\"/>\n", L, PY(v), R, PY(v));
     }
     sb_puts(&b, "</g>\n<g class=\"ticks\" fill=\"#333333\">\n");
-    for (int i = 0;; i++) {
-        double v = ax.lo + i * ax.step;
-        if (v > ax.hi + ax.step * 1e-6) break;
+    for (int i = 0; axis_tick(&ax, i, &v); i++) {
         fmt_tick(tb, sizeof tb, v, ax.decimals);
         sb_printf(&b, "<text x=\"%.2f\" y=\"%d\" text-anchor=\"middle\">%s</text>\n", PX(v), B + 16, tb);
     }
-    for (int i = 0;; i++) {
-        double v = ay.lo + i * ay.step;
-        if (v > ay.hi + ay.step * 1e-6) break;
+    for (int i = 0; axis_tick(&ay, i, &v); i++) {
         fmt_tick(tb, sizeof tb, v, ay.decimals);
         sb_printf(&b, "<text x=\"%d\" y=\"%.2f\" text-anchor=\"end\" dominant-baseline=\"middle\">%s</text>\n", L - 6,
                   PY(v), tb);

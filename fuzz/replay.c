@@ -2,7 +2,7 @@
  * (meson: fuzz/meson.build) and run in every `meson test` (suite fuzz_replay), sanitizers
  * included in the ASan build.
  *
- *   <target>_replay [-n N] [-s SEED] [-k K [-o OUT]] FILE...
+ *   <target>_replay [-n N] [-s SEED] [-t SECONDS] [-k K [-o OUT]] FILE...
  *
  * Each FILE goes to LLVMFuzzerTestOneInput as it is, then N mutants of it (default 500): a
  * deterministic xorshift sequence of one to four edits each (bit flips, special bytes, bytes
@@ -10,7 +10,9 @@
  * truncation). No coverage feedback: a regression
  * check that is cheap enough for CI, not a replacement for a libFuzzer campaign (README.md).
  * A target that fails aborts; the handler names the file and mutant first, and `-k K -o OUT`
- * writes that mutant (the K-th of FILE under the same seed) to OUT and runs only it. */
+ * writes that mutant (the K-th of FILE under the same seed) to OUT and runs only it. An input
+ * that runs longer than -t SECONDS (default 10; 0: no limit) fails too: a loop that never ends
+ * would otherwise grow until the machine kills the process, with no mutant named. */
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -61,6 +63,7 @@ static void report(void)
 
 static void on_signal(int sig)
 {
+    if (sig == SIGALRM) say("fuzz_replay: one input ran past the time limit (-t): a hang or a runaway loop\n");
     report();
     signal(sig, SIG_DFL);
     raise(sig);
@@ -155,22 +158,23 @@ static uint8_t *read_all(const char *path, size_t *n)
 
 int main(int argc, char **argv)
 {
-    long n_mutants = 500, only = -1;
+    long n_mutants = 500, only = -1, limit_s = 10;
     uint64_t seed = 0x5eed;
     const char *out = NULL;
     int opt;
-    while ((opt = getopt(argc, argv, "n:s:k:o:")) != -1) {
+    while ((opt = getopt(argc, argv, "n:s:k:o:t:")) != -1) {
         if (opt == 'n') n_mutants = strtol(optarg, NULL, 10);
+        else if (opt == 't') limit_s = strtol(optarg, NULL, 10);
         else if (opt == 's') seed = strtoull(optarg, NULL, 10);
         else if (opt == 'k') only = strtol(optarg, NULL, 10);
         else if (opt == 'o') out = optarg;
         else {
-            fprintf(stderr, "usage: %s [-n N] [-s SEED] [-k K [-o OUT]] FILE...\n", argv[0]);
+            fprintf(stderr, "usage: %s [-n N] [-s SEED] [-t SECONDS] [-k K [-o OUT]] FILE...\n", argv[0]);
             return 2;
         }
     }
-    if (optind >= argc || n_mutants < 0 || (out && only < 0)) {
-        fprintf(stderr, "usage: %s [-n N] [-s SEED] [-k K [-o OUT]] FILE... (-o needs -k)\n", argv[0]);
+    if (optind >= argc || n_mutants < 0 || limit_s < 0 || (out && only < 0)) {
+        fprintf(stderr, "usage: %s [-n N] [-s SEED] [-t SECONDS] [-k K [-o OUT]] FILE... (-o needs -k)\n", argv[0]);
         return 2;
     }
     if (LLVMFuzzerInitialize) LLVMFuzzerInitialize(&argc, &argv);
@@ -179,6 +183,7 @@ int main(int argc, char **argv)
     signal(SIGSEGV, on_signal);
     signal(SIGBUS, on_signal);
     signal(SIGFPE, on_signal);
+    signal(SIGALRM, on_signal);
     long runs = 0;
     for (int a = optind; a < argc; a++) {
         size_t n0 = 0;
@@ -192,7 +197,12 @@ int main(int argc, char **argv)
         if (!buf) return 2;
         cur.file = argv[a];
         cur.seed = seed;
-        uint64_t s = seed ^ (0x9E3779B97F4A7C15ULL * (uint64_t)(a - optind + 1));
+        /* each file's sequence from its name, not its place in the list, so that `-k K` with the
+         * file alone gives the mutant a run over several named */
+        const char *name = strrchr(argv[a], '/') ? strrchr(argv[a], '/') + 1 : argv[a];
+        uint64_t h = 0xcbf29ce484222325ULL;   /* FNV-1a */
+        for (const char *c = name; *c; c++) h = (h ^ (unsigned char)*c) * 0x100000001b3ULL;
+        uint64_t s = seed ^ (0x9E3779B97F4A7C15ULL * (h | 1));
         for (long k = -1; k < n_mutants && (only < 0 || k <= only); k++) {
             size_t n = n0;
             memcpy(buf, orig, n0);
@@ -211,7 +221,9 @@ int main(int argc, char **argv)
             if (!input) return 2;
             memcpy(input, buf, n);
             cur.mutant = k;
+            alarm((unsigned)limit_s);   /* 0: no limit */
             LLVMFuzzerTestOneInput(input, n);
+            alarm(0);
             free(input);
             runs++;
         }

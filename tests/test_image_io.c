@@ -4,6 +4,7 @@
  * PNGs, grid geometry and pixel placement, captions (when the font is installed; skipped with a
  * reason otherwise), the SVG chart, the diversity measures against hand-computed values and
  * the HTML report. With DRAFT_REPORT_DEMO=DIR set, also writes a demo report into DIR. */
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -591,6 +592,21 @@ START_TEST(test_svg_chart)
     free(s);
     ck_assert(draft_svg_line_chart(NULL, ys, NULL, 1, 3, NULL, NULL, NULL) == NULL);
     ck_assert(draft_svg_line_chart(x, ys, NULL, 1, -1, NULL, NULL, NULL) == NULL);
+    /* values at the ends of the double range, or closer together than their own spacing, where
+     * the round steps overflow or vanish (a run's metrics.jsonl can hold "seconds": 1.7e308; the
+     * tick loops never ended and the page grew until the process was killed): a page with finite
+     * coordinates and a few ticks */
+    const double xe[4][3] = {{0, 2.1, 1.66891e308}, {-1e308, 0, 1e308}, {DBL_MAX, DBL_MAX, DBL_MAX},
+                             {1e17, nextafter(1e17, 2e17), 1e17}};
+    const double ye[4][3] = {{0.3, 0.4, 0.5}, {-DBL_MAX, 1, DBL_MAX}, {5e-324, 5e-324, 5e-324}, {1, 2, 3}};
+    for (int k = 0; k < 4; k++) {
+        const double *yk[1] = {ye[k]};
+        s = draft_svg_line_chart(xe[k], yk, NULL, 1, 3, NULL, NULL, NULL);
+        ck_assert_msg(s != NULL, "case %d: %s", k, tensor_error());
+        ck_assert_msg(!has_nonfinite(s) && count_str(s, "<polyline") == 1, "case %d: %d polylines, non-finite %d: %.600s", k, count_str(s, "<polyline"), has_nonfinite(s), strstr(s, "<g class=\"series") ? strstr(s, "<g class=\"series") : s);
+        ck_assert_msg(count_str(s, "<text") <= 2 * 32, "case %d: %d labels", k, count_str(s, "<text"));
+        free(s);
+    }
     /* series with x values of their own: each one line over its own points; the x axis spans both */
     double xa[3] = {0, 10, 20}, ya[3] = {1, 2, 3}, xb[2] = {5, 300}, yb[2] = {2, 2.5};
     const double *xs2[2] = {xa, xb}, *ys2[2] = {ya, yb};
