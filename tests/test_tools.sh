@@ -486,6 +486,10 @@ if [ -f "$model/model_index.json" ]; then
            cmp -s '$tmp/sw/scale_0_0/0000.png' '$tmp/sw0/0000.png' && ! cmp -s '$tmp/sw/scale_0.5_2/0000.png' '$tmp/sw0/0000.png' && \
            [ -n '$r05' ] && [ \"\$(printf '%.6g' '$r05')\" = '$m05' ] && grep -q '^  0.5, 2 ' '$tmp/o' && \
            [ \$(grep -c '<tr><td class=\"num\">' '$tmp/sw/sweep.html') -eq 6 ] && grep -q 'href=\"scale_0.5_2/grid.png\"' '$tmp/sw/sweep.html'"
+    # one image a combination: no diversity, said as the page says it (the table printed "nan")
+    "$sample" --model $model --prompt cat --steps 2 --size 64 --lora "$tmp/run/lora.safetensors:0,1" --out "$tmp/sw3" >"$tmp/o" 2>&1; rc=$?
+    check "a sweep of one image a combination: diversity n/a, not nan" \
+          "[ $rc -eq 0 ] && grep -Eq '^  1 +n/a$' '$tmp/o' && grep -q 'diversity: n/a with one image' '$tmp/o' && ! grep -qi 'nan' '$tmp/o'"
     "$sample" $sw --lora "$tmp/run/lora.safetensors:1,2,3,4,5" --lora "$tmp/run/lora.safetensors:1,2,3,4" --out "$tmp/sw2" >"$tmp/o" 2>&1; rc=$?
     check "a sweep of more than 16 combinations: exit 2" "[ $rc -eq 2 ] && grep -q 'more than 16 combinations' '$tmp/o'"
     "$sample" $sw --merge --lora "$tmp/run/lora.safetensors:0,1" --out "$tmp/sw2" >"$tmp/o" 2>&1; rc=$?

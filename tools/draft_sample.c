@@ -302,10 +302,12 @@ static enum status write_sweep(const char *out, const struct job *j, int n_loras
         for (int k = 0; k < 3; k++) {
             if (k == 0 && !j->reward) printf(" %12s", "");
             else if (k == 2 && !j->div_model) break;
+            else if (!isfinite(vals[k])) printf(k == 2 ? " %16s" : " %12s", "n/a");   /* as the page has it */
             else printf(k == 2 ? " %16.4f" : " %12.4f", vals[k]);
         }
         printf("\n");
     }
+    if (j->total < 2) printf("  (diversity: n/a with one image a combination; --n 2 or a second prompt gives it)\n");
     if (fclose(f)) return tensor_fail(STATUS_IO, "%s: cannot write", path);
     /* the page: the table, the grid, and for one LoRA the measures against its scale */
     snprintf(path, sizeof path, "%s/sweep.html", out);
