@@ -61,30 +61,39 @@ static uint8_t to_u8(float x)
     return (uint8_t)rint((double)p);
 }
 
+/* image b of `images` checked ([B,3,H,W], float, b in range, a size we take) and, inside the
+ * caller's tensor scope, as a contiguous float32 [3,H,W] tensor on the CPU in *c (the views do not
+ * modify `images`) */
+static enum status image_cpu_f32(const char *fn, const struct tensor *images, int b, struct tensor **c)
+{
+    *c = NULL;
+    if (!images) return tensor_status() ? tensor_status() : tensor_fail(STATUS_VALUE, "%s: NULL images", fn);
+    char sb[64];
+    if (images->ndim != 4 || images->shape[1] != 3 || !dtype_is_float(images->dtype))
+        return tensor_fail(STATUS_SHAPE, "%s: expected a float [B,3,H,W] tensor, got %s %s", fn, dtype_name(images->dtype),
+                           tensor_shape_str(images, sb, sizeof sb));
+    if (b < 0 || b >= images->shape[0])
+        return tensor_fail(STATUS_VALUE, "%s: image %d out of range (batch of %lld)", fn, b, (long long)images->shape[0]);
+    int64_t H = images->shape[2], W = images->shape[3];
+    if (H < 1 || W < 1 || H * W > MAX_PIXELS)
+        return tensor_fail(STATUS_SHAPE, "%s: image size %lldx%lld out of range", fn, (long long)W, (long long)H);
+    /* float32, as diffusers converts too */
+    struct tensor *one = tensor_select((struct tensor *)images, 0, b);
+    struct tensor *cpu = one ? tensor_to_device(one, DEVICE_CPU) : NULL;
+    struct tensor *f = cpu ? tensor_to_dtype(cpu, DTYPE_F32) : NULL;
+    *c = f ? tensor_contiguous(f) : NULL;
+    return *c ? STATUS_OK : tensor_status();
+}
+
 enum status draft_image_from_tensor(const struct tensor *images, int b, struct draft_image *out)
 {
     out->w = out->h = 0;
     out->rgb = NULL;
-    if (!images) return tensor_status() ? tensor_status() : tensor_fail(STATUS_VALUE, "draft_image_from_tensor: NULL images");
-    char sb[64];
-    if (images->ndim != 4 || images->shape[1] != 3 || !dtype_is_float(images->dtype))
-        return tensor_fail(STATUS_SHAPE, "draft_image_from_tensor: expected a float [B,3,H,W] tensor, got %s %s",
-                           dtype_name(images->dtype), tensor_shape_str(images, sb, sizeof sb));
-    if (b < 0 || b >= images->shape[0])
-        return tensor_fail(STATUS_VALUE, "draft_image_from_tensor: image %d out of range (batch of %lld)", b,
-                           (long long)images->shape[0]);
-    int64_t H = images->shape[2], W = images->shape[3];
-    if (H < 1 || W < 1 || H * W > MAX_PIXELS)
-        return tensor_fail(STATUS_SHAPE, "draft_image_from_tensor: image size %lldx%lld out of range", (long long)W,
-                           (long long)H);
-    /* one image, on the CPU, float32 (diffusers converts to float32 too), contiguous [3,H,W];
-     * the views do not modify `images` */
     tensor_scope_begin();
-    struct tensor *one = tensor_select((struct tensor *)images, 0, b);
-    struct tensor *cpu = one ? tensor_to_device(one, DEVICE_CPU) : NULL;
-    struct tensor *f = cpu ? tensor_to_dtype(cpu, DTYPE_F32) : NULL;
-    struct tensor *c = f ? tensor_contiguous(f) : NULL;
-    enum status s = c ? draft_image_alloc(out, (int)W, (int)H, 0) : tensor_status();
+    struct tensor *c = NULL;
+    enum status s = image_cpu_f32("draft_image_from_tensor", images, b, &c);
+    const int64_t H = c ? c->shape[1] : 0, W = c ? c->shape[2] : 0;
+    if (!s) s = draft_image_alloc(out, (int)W, (int)H, 0);
     if (!s) {
         const float *src = tensor_data_ptr(c);
         size_t plane = (size_t)H * (size_t)W;
@@ -93,6 +102,19 @@ enum status draft_image_from_tensor(const struct tensor *images, int b, struct d
     }
     tensor_scope_end();
     return s;
+}
+
+int64_t draft_image_nonfinite(const struct tensor *images, int b)
+{
+    tensor_scope_begin();
+    struct tensor *c = NULL;
+    int64_t n = image_cpu_f32("draft_image_nonfinite", images, b, &c) ? -1 : 0;
+    if (c) {
+        const float *src = tensor_data_ptr(c);
+        for (int64_t i = 0, m = tensor_numel(c); i < m; i++) n += !isfinite(src[i]);
+    }
+    tensor_scope_end();
+    return n;
 }
 
 struct tensor *draft_image_to_tensor(const struct draft_image *ims, int n, enum dtype dt, enum device dev)

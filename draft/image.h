@@ -23,10 +23,13 @@ enum status draft_image_alloc(struct draft_image *im, int w, int h, uint8_t fill
 void draft_image_free(struct draft_image *im);   /* frees the pixels; `im` becomes empty; NULL is fine */
 
 /* Image b of `images` ([B,3,H,W], any float dtype, any device, any strides) as 8-bit RGB,
- * computed in float32 as diffusers does: v = clamp(x/2 + 0.5, 0, 1), p = v*255, then rounded
- * half up (floor(p + 0.5)). (numpy's round, which diffusers calls, rounds ties to even; the two
- * differ only where p is exactly k+0.5.) NaN maps to 0. */
+ * computed in float32 as diffusers does: v = clamp(x/2 + 0.5, 0, 1), p = v*255, then rounded as
+ * numpy's round, which diffusers calls (ties to even), so the bytes equal diffusers'. NaN maps
+ * to 0. */
 enum status draft_image_from_tensor(const struct tensor *images, int b, struct draft_image *out);
+/* How many of image b's values are NaN or infinite (what draft_image_from_tensor writes as 0 or
+ * 255: a sampling that diverged), or -1 with the error set (the checks of draft_image_from_tensor) */
+int64_t draft_image_nonfinite(const struct tensor *images, int b);
 
 /* n images of one size as a float tensor [n,3,H,W] in [-1,1] (x = p/255 * 2 - 1, the inverse of
  * draft_image_from_tensor up to its rounding: from_tensor(to_tensor(im)) == im) of dtype dt on dev.

@@ -175,6 +175,21 @@ START_TEST(test_from_tensor_values)
     tensor_free(bad);
     tensor_clear_error();
     ck_assert_int_ne(draft_image_from_tensor(NULL, 0, &im), STATUS_OK);
+    /* the values a diverged sampling leaves: image 1 has one NaN in each of its 3 channels;
+     * then an infinity in image 0 and in a channel of image 1 (counted in f16 too) */
+    ck_assert_int_eq(draft_image_nonfinite(t, 0), 0);
+    ck_assert_int_eq(draft_image_nonfinite(t, 1), 3);
+    tensor_set_flat(t, 5, INFINITY);
+    tensor_set_flat(t, (int64_t)4 * N + 2, -INFINITY);
+    ck_assert_int_eq(draft_image_nonfinite(t, 0), 1);
+    ck_assert_int_eq(draft_image_nonfinite(t, 1), 4);
+    struct tensor *h = tensor_to_dtype(t, DTYPE_F16);
+    ck_assert_int_eq(draft_image_nonfinite(h, 1), 4);
+    tensor_free(h);
+    ck_assert_int_eq(draft_image_nonfinite(t, 2), -1);
+    ck_assert_msg(strstr(tensor_error(), "draft_image_nonfinite: image 2 out of range") != NULL, "%s", tensor_error());
+    ck_assert_int_eq(draft_image_nonfinite(NULL, 0), -1);
+    tensor_clear_error();
     tensor_free(t);
     LEAK_CHECK_END();
 }

@@ -490,6 +490,10 @@ if [ -f "$model/model_index.json" ]; then
     "$sample" --model $model --prompt cat --steps 2 --size 64 --lora "$tmp/run/lora.safetensors:0,1" --out "$tmp/sw3" >"$tmp/o" 2>&1; rc=$?
     check "a sweep of one image a combination: diversity n/a, not nan" \
           "[ $rc -eq 0 ] && grep -Eq '^  1 +n/a$' '$tmp/o' && grep -q 'diversity: n/a with one image' '$tmp/o' && ! grep -qi 'nan' '$tmp/o'"
+    # a LoRA scale that makes the sampling diverge: the images are written, and the user told
+    "$sample" --model $model --prompt cat --steps 2 --size 64 --lora "$tmp/run/lora.safetensors:1e308" --out "$tmp/sw4" >"$tmp/o" 2>&1; rc=$?
+    check "draft-sample: a diverged sampling (LoRA scale 1e308) warns, naming the image" \
+          "[ $rc -eq 0 ] && [ -s '$tmp/sw4/0000.png' ] && grep -q 'warning: .*/sw4/0000.png has [0-9]* NaN or infinite values of 12288' '$tmp/o'"
     "$sample" $sw --lora "$tmp/run/lora.safetensors:1,2,3,4,5" --lora "$tmp/run/lora.safetensors:1,2,3,4" --out "$tmp/sw2" >"$tmp/o" 2>&1; rc=$?
     check "a sweep of more than 16 combinations: exit 2" "[ $rc -eq 2 ] && grep -q 'more than 16 combinations' '$tmp/o'"
     "$sample" $sw --merge --lora "$tmp/run/lora.safetensors:0,1" --out "$tmp/sw2" >"$tmp/o" 2>&1; rc=$?
