@@ -267,7 +267,9 @@ enum status draft_objective_backward(struct sd_pipeline *p, const struct draft_m
         s = tensor_fail(STATUS_VALUE, "objective: the reward does not depend on any trainable weight (no LoRA attached?)");
     if (!s) {
         double j = tensor_get_flat(tensor_to_device(J, DEVICE_CPU), 0);
-        if (!isfinite(j)) s = tensor_fail(STATUS_VALUE, "objective: the reward is %g", j);
+        if (!isfinite(j))
+            s = tensor_fail(STATUS_VALUE, "objective: the reward is %s: the sampling diverged (the guidance, the learning "
+                            "rate, or the weights)", isnan(j) ? "NaN" : j > 0 ? "+infinity" : "-infinity");
         if (reward) *reward = j;
     }
     if (!s) s = ag_backward(ag_scale(J, -scale), NULL, false);

@@ -341,6 +341,11 @@ if [ -f "$model/model_index.json" ]; then
     check "--skip-nonfinite 3 (the default): the 4th non-finite step in a row stops the run, saying so" \
           "[ $rc -eq 1 ] && [ \$(grep -c 'skipped (' '$tmp/o') -eq 3 ] && grep -q 'step 4: adamw: the gradient norm is inf' '$tmp/o' && \
            grep -q '4 steps in a row had a gradient that was not finite' '$tmp/o'"
+    # a reward that is not finite (guidance 1e308 overflows the sampling): the run stops at once, saying why
+    "$run" --model "$model" --guidance 1e308 --steps 2 --batch 1 --size 64 --eval-images 1 --no-progress --iters 1 \
+           --reward red --out "$tmp/gd" >"$tmp/o" 2>&1; rc=$?
+    check "a non-finite reward (guidance 1e308) stops the run with the cause, not a bare nan" \
+          "[ $rc -eq 1 ] && grep -q 'objective: the reward is NaN: the sampling diverged' '$tmp/o' && ! grep -q 'reward is -nan' '$tmp/o'"
     # a machine other programs keep busy (a spinning loop on every CPU): draft-run says so after a
     # step, with the remedy, unless a wait policy was chosen (meson sets OMP_WAIT_POLICY=PASSIVE)
     hogs=()
