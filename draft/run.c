@@ -489,6 +489,14 @@ static enum status evaluate(struct run *r, const char *grid_path, struct eval_re
     return s;
 }
 
+/* v with 4 decimals, or NaN / inf / -inf spelled out (printf's "-nan" reads like a number) */
+static const char *num4(char b[32], double v)
+{
+    if (isfinite(v)) snprintf(b, 32, "%.4f", v);
+    else snprintf(b, 32, "%s", isnan(v) ? "NaN" : v > 0 ? "inf" : "-inf");
+    return b;
+}
+
 /* <out>/eval_scores.jsonl: each held-out image's prompt and reward before and after (null when
  * not finite, or unknown after resuming from a checkpoint that did not keep them) */
 static enum status write_eval_scores(const struct run *r)
@@ -1351,14 +1359,16 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
         path_in(r, path, sizeof path, "before.png");
         if ((s = evaluate(r, path, &r->before, r->img_before))) goto done;
         if (r->eval_reward) fprintf(stderr, "draft-run: eval reward %s before %.4f\n", c->eval_reward, r->before.held);
-        if (isfinite(r->before.diversity) && r->div_model)
-            fprintf(stderr, "draft-run: reward before %.4f on %d held-out seeds (diversity %.4f, CLIP diversity %.4f)\n",
-                    r->before.reward, E, r->before.diversity, r->before.clip_div);
-        else if (isfinite(r->before.diversity))
-            fprintf(stderr, "draft-run: reward before %.4f on %d held-out seeds (diversity %.4f)\n", r->before.reward, E,
-                    r->before.diversity);
-        else   /* one image: no diversity */
-            fprintf(stderr, "draft-run: reward before %.4f on %d held-out seed\n", r->before.reward, E);
+        char rb[32], db[32], cb[32];
+        fprintf(stderr, "draft-run: reward before %s on %d held-out seed%s", num4(rb, r->before.reward), E, E > 1 ? "s" : "");
+        if (E > 1 && r->div_model)   /* one image has no diversity */
+            fprintf(stderr, " (diversity %s, CLIP diversity %s)", num4(db, r->before.diversity), num4(cb, r->before.clip_div));
+        else if (E > 1)
+            fprintf(stderr, " (diversity %s)", num4(db, r->before.diversity));
+        fprintf(stderr, "\n");
+        if (!isfinite(r->before.reward))
+            fprintf(stderr, "draft-run: warning: the held-out reward is not finite before any training: the sampling "
+                            "diverges (the guidance or the weights)\n");
         for (int i = 0; i < r->n_held_terms; i++)
             fprintf(stderr, "draft-run:   eval term %d, %g * %s: %.4f\n", i + 1, r->held_terms[i].weight,
                     r->held_terms[i].name, r->before.held_terms[i]);
