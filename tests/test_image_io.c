@@ -61,12 +61,17 @@ static char *path_in(const char *name)
     return p[k];
 }
 
-/* a non-finite number printed anywhere ("nan", "-inf", ... as a value, not inside a word) */
+static bool word_char(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_'; }
+
+/* a non-finite number printed anywhere: "nan", "inf" or "infinity" in any case as a token of its
+ * own ("-nan", ">inf<"), not inside a word or a name (a page's temporary path ends in mkdtemp's
+ * random letters, "draft_compare_INf8Gu" once: no value) */
 static bool has_nonfinite(const char *s)
 {
     for (const char *p = s; *p; p++) {
-        bool word_start = p == s || !((p[-1] >= 'a' && p[-1] <= 'z') || (p[-1] >= 'A' && p[-1] <= 'Z'));
-        if (word_start && (!strncasecmp(p, "nan", 3) || !strncasecmp(p, "inf", 3))) return true;
+        if (p > s && word_char(p[-1])) continue;
+        const size_t n = !strncasecmp(p, "infinity", 8) ? 8 : !strncasecmp(p, "nan", 3) || !strncasecmp(p, "inf", 3) ? 3 : 0;
+        if (n && !word_char(p[n])) return true;
     }
     return false;
 }
@@ -560,6 +565,10 @@ START_TEST(test_svg_chart)
     c[39] = NAN;        /* ...made isolated: c[41..49] still a run */
     const double *ys[3] = {a, b, c};
     const char *names[3] = {"reward", "loss <train>", "aesthetic & co"};
+    /* the checker itself: printf's spellings count, words and names do not */
+    ck_assert(has_nonfinite("x=\"-nan\"") && has_nonfinite(">inf<") && has_nonfinite("NaN") && has_nonfinite("-Infinity,"));
+    ck_assert(!has_nonfinite("information infinite nano") && !has_nonfinite("/tmp/draft_compare_INf8Gu/a") &&
+              !has_nonfinite("x2nan _inf"));
     char *s = draft_svg_line_chart(x, ys, names, 2, N, "title a<b", "step", "value");
     ck_assert_msg(s != NULL, "%s", tensor_error());
     ck_assert(strncmp(s, "<svg xmlns=\"http://www.w3.org/2000/svg\"", 39) == 0);
