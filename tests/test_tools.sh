@@ -495,7 +495,8 @@ if [ -f "$model/model_index.json" ]; then
     # one image a combination: no diversity, said as the page says it (the table printed "nan")
     "$sample" --model $model --prompt cat --steps 2 --size 64 --lora "$tmp/run/lora.safetensors:0,1" --out "$tmp/sw3" >"$tmp/o" 2>&1; rc=$?
     check "a sweep of one image a combination: diversity n/a, not nan" \
-          "[ $rc -eq 0 ] && grep -Eq '^  1 +n/a$' '$tmp/o' && grep -q 'diversity: n/a with one image' '$tmp/o' && ! grep -qi 'nan' '$tmp/o'"
+          "[ $rc -eq 0 ] && grep -Eq '^  1 +n/a$' '$tmp/o' && grep -q 'diversity: n/a with one image' '$tmp/o' && \
+           ! grep -Eqi '(^|[^[:alnum:]_])nan([^[:alnum:]_]|\$)' '$tmp/o'"
     # a LoRA scale that makes the sampling diverge: the images are written, and the user told
     "$sample" --model $model --prompt cat --steps 2 --size 64 --lora "$tmp/run/lora.safetensors:1e308" --out "$tmp/sw4" >"$tmp/o" 2>&1; rc=$?
     check "draft-sample: a diverged sampling (LoRA scale 1e308) warns, naming the image" \
