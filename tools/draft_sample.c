@@ -206,7 +206,7 @@ static enum status sample_into(struct sd_pipeline *p, const struct job *j, const
             draft_image_free(&im);
             const int64_t bad = s ? 0 : draft_image_nonfinite(images, i);
             if (bad < 0) s = tensor_status();
-            if (bad > 0)   /* written, as 0 there: a sweep's high scales may do this, and should go on */
+            if (bad > 0)   /* written anyway (0 or 255 there): a sweep's high scales may diverge, and it goes on */
                 fprintf(stderr, "\ndraft-sample: warning: %s has %lld NaN or infinite values of %lld (written as 0 or 255): "
                         "the sampling diverged (a LoRA scale, the guidance, or the weights)\n", path, (long long)bad,
                         (long long)(3 * j->h * j->w));
