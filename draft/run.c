@@ -433,6 +433,12 @@ static const char *jnum(char *buf, size_t n, const char *fmt, double v)
     return buf;
 }
 
+/* the same for messages: a value that is not finite spelled out (printf's "-nan" reads like a number) */
+static const char *tnum(char *buf, size_t n, const char *fmt, double v)
+{
+    return isfinite(v) ? jnum(buf, n, fmt, v) : isnan(v) ? "NaN" : v > 0 ? "inf" : "-inf";
+}
+
 /* ', "reward_terms": [...]': a sum reward's terms, unweighted, in the spec's order (none for n = 0) */
 static void metrics_terms(FILE *f, const char *key, int n, const double *terms)
 {
@@ -487,14 +493,6 @@ static enum status evaluate(struct run *r, const char *grid_path, struct eval_re
     }
     tensor_free(images);
     return s;
-}
-
-/* v with 4 decimals, or NaN / inf / -inf spelled out (printf's "-nan" reads like a number) */
-static const char *num4(char b[32], double v)
-{
-    if (isfinite(v)) snprintf(b, 32, "%.4f", v);
-    else snprintf(b, 32, "%s", isnan(v) ? "NaN" : v > 0 ? "inf" : "-inf");
-    return b;
 }
 
 /* <out>/eval_scores.jsonl: each held-out image's prompt and reward before and after (null when
@@ -1360,11 +1358,13 @@ enum status draft_run(const struct draft_run_config *c, struct draft_run_result 
         if ((s = evaluate(r, path, &r->before, r->img_before))) goto done;
         if (r->eval_reward) fprintf(stderr, "draft-run: eval reward %s before %.4f\n", c->eval_reward, r->before.held);
         char rb[32], db[32], cb[32];
-        fprintf(stderr, "draft-run: reward before %s on %d held-out seed%s", num4(rb, r->before.reward), E, E > 1 ? "s" : "");
+        fprintf(stderr, "draft-run: reward before %s on %d held-out seed%s", tnum(rb, sizeof rb, "%.4f", r->before.reward), E,
+                E > 1 ? "s" : "");
         if (E > 1 && r->div_model)   /* one image has no diversity */
-            fprintf(stderr, " (diversity %s, CLIP diversity %s)", num4(db, r->before.diversity), num4(cb, r->before.clip_div));
+            fprintf(stderr, " (diversity %s, CLIP diversity %s)", tnum(db, sizeof db, "%.4f", r->before.diversity),
+                    tnum(cb, sizeof cb, "%.4f", r->before.clip_div));
         else if (E > 1)
-            fprintf(stderr, " (diversity %s)", num4(db, r->before.diversity));
+            fprintf(stderr, " (diversity %s)", tnum(db, sizeof db, "%.4f", r->before.diversity));
         fprintf(stderr, "\n");
         if (!isfinite(r->before.reward))
             fprintf(stderr, "draft-run: warning: the held-out reward is not finite before any training: the sampling "

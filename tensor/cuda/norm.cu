@@ -217,17 +217,24 @@ cudaLaunchConfig_t gn_cluster_config(cudaLaunchAttribute *attr, int cl, int64_t 
 
 /* launch kernel on grid (cl, NG) in clusters of cl blocks; false when the device refuses (no
  * cluster support, too much shared memory): the caller then takes the multi-kernel path */
+/* the kernel's dynamic shared memory limit raised to fit smem (to at least kFusedSmemMax, once);
+ * raised: its limit so far. False when the device refuses. */
+template <typename K> bool gn_raise_smem(K kernel, size_t *raised, size_t smem)
+{
+    if (smem <= 48 * 1024 || smem <= *raised) return true;
+    const size_t to = smem > (size_t)kFusedSmemMax ? smem : (size_t)kFusedSmemMax;
+    if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)to) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return false;
+    }
+    *raised = to;
+    return true;
+}
+
 template <typename... P, typename... A>
 bool gn_cluster_launch(void (*kernel)(P...), size_t *raised, int cl, int64_t NG, size_t smem, A... args)
 {
-    if (smem > 48 * 1024 && smem > *raised) {   /* raised: the kernel's dynamic shared memory limit so far */
-        const size_t to = smem > (size_t)kFusedSmemMax ? smem : (size_t)kFusedSmemMax;
-        if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)to) != cudaSuccess) {
-            (void)cudaGetLastError();
-            return false;
-        }
-        *raised = to;
-    }
+    if (!gn_raise_smem(kernel, raised, smem)) return false;
     cudaLaunchAttribute attr[2];
     const cudaLaunchConfig_t lc = gn_cluster_config(attr, cl, NG, smem);
     if (cudaLaunchKernelEx(&lc, kernel, ((P)args)...) != cudaSuccess) {
@@ -660,10 +667,8 @@ extern "C" enum status cuda_group_norm_empty_launch(int64_t N, int C, int G, int
                                 C, (long long)HW, G);
     const size_t smem = gn_fwd_smem(cg, chunk);
     static size_t raised;
-    if (smem > 48 * 1024 && smem > raised) {
-        CUDA_TRY(cudaFuncSetAttribute(gn_empty_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-        raised = smem;
-    }
+    if (!gn_raise_smem(gn_empty_kernel, &raised, smem))
+        return tensor_fail(STATUS_DEVICE, "group_norm: the device refused %zu bytes of shared memory a block", smem);
     cudaLaunchAttribute attr[2];
     cudaLaunchConfig_t lc = gn_cluster_config(attr, cl, NG, smem);
     if (!cluster) {   /* the same grid without the cluster attribute (attr[0]); the PDL one stays */
